@@ -1,0 +1,101 @@
+// swift-tools-version:6.0
+// The kernel: one executable, one library target per folder. Modules live under Modules/<Name>.
+import PackageDescription
+
+let nio: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+]
+let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
+
+let package = Package(
+    name: "kernel",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "kernel", targets: ["Kernel"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // libyaml, the system C library (Debian: libyaml-dev).
+        .systemLibrary(
+            name: "CYAML",
+            path: "Sources/CYAML",
+            pkgConfig: "yaml-0.1",
+            providers: [.apt(["libyaml-dev"])]
+        ),
+        .target(name: "KernelConfig", dependencies: ["CYAML"], path: "Sources/KernelConfig"),
+        .target(
+            name: "KernelCore",
+            dependencies: nio + [
+                "KernelConfig", log,
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/KernelCore"
+        ),
+
+        // Modules: one folder each.
+        .target(
+            name: "HTTP",
+            dependencies: nio + ["KernelCore", "KernelConfig", log, .product(name: "NIOHTTP1", package: "swift-nio")],
+            path: "Modules/HTTP"
+        ),
+        .target(
+            name: "UWSGI",
+            dependencies: nio + ["KernelCore", "KernelConfig", log],
+            path: "Modules/UWSGI"
+        ),
+        .target(
+            name: "Inference",
+            dependencies: nio + ["KernelCore", "KernelConfig", log,
+                                 .product(name: "Atomics", package: "swift-atomics"),
+                                 .product(name: "DequeModule", package: "swift-collections")],
+            path: "Modules/Inference"
+        ),
+        .target(
+            name: "Routing",
+            dependencies: nio + ["KernelCore", "KernelConfig", log],
+            path: "Modules/Routing"
+        ),
+
+        .executableTarget(
+            name: "Kernel",
+            dependencies: nio + [
+                "KernelCore", "KernelConfig", "HTTP", "UWSGI", "Inference", "Routing", log,
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/Kernel"
+        ),
+
+        .testTarget(name: "KernelConfigTests", dependencies: ["KernelConfig"]),
+        .testTarget(name: "KernelCoreTests", dependencies: ["KernelCore", "KernelConfig"] + nio),
+        .testTarget(
+            name: "HTTPTests",
+            dependencies: nio + ["HTTP", "KernelCore", "KernelConfig", "Routing",
+                                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                                 .product(name: "NIOHTTP1", package: "swift-nio")]
+        ),
+        .testTarget(name: "RoutingTests", dependencies: ["Routing", "KernelCore", "KernelConfig"] + nio),
+        .testTarget(
+            name: "UWSGITests",
+            dependencies: nio + ["UWSGI", "KernelCore", "KernelConfig", "Routing",
+                                 .product(name: "NIOEmbedded", package: "swift-nio")]
+        ),
+        .testTarget(name: "InferenceTests", dependencies: ["Inference", "KernelCore", "KernelConfig"] + nio),
+        // Boots the real `kernel` binary (and real nginx / uWSGI / tritonclient peers).
+        .testTarget(name: "SystemTests", dependencies: nio + [.product(name: "NIOHTTP1", package: "swift-nio")]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,171 @@
+import ArgumentParser
+import KernelConfig
+import KernelCore
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension KernelRole: ExpressibleByArgument {}
+
+/// `-s` signal names and what they mean (nginx's).
+enum ControlSignal: String, ExpressibleByArgument, CaseIterable {
+    /// Re-read the configuration (SIGHUP).
+    case reload
+    /// Reopen log files (SIGUSR1).
+    case reopen
+    /// Graceful stop: finish open requests (SIGQUIT).
+    case quit
+    /// Fast stop (SIGTERM).
+    case stop
+
+    var number: Int32 {
+        switch self {
+        case .reload: return SIGHUP
+        case .reopen: return SIGUSR1
+        case .quit: return SIGQUIT
+        case .stop: return SIGTERM
+        }
+    }
+}
+
+@main
+struct KernelCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kernel",
+        abstract: "HTTP/uwsgi front end, balancer and ONNX model server in one binary.",
+        version: KernelVersion.string
+    )
+
+    @Option(help: "What this process does: edge, worker or both.")
+    var role: KernelRole = .both
+
+    @Option(name: [.customShort("c"), .long], help: "The configuration file.")
+    var config: String = "etc/kernel.yaml"
+
+    @Flag(name: [.customShort("t"), .long], help: "Check the configuration and exit (0 when valid), like nginx -t.")
+    var check = false
+
+    @Option(name: [.short, .long], help: "Send a signal to the running kernel: reload, reopen, quit, stop.")
+    var signal: ControlSignal?
+
+    func run() async throws {
+        let loader = ConfigurationLoader(modules: compiledModules, role: role)
+        if let signal {
+            throw ExitCode(sendSignal(signal, loader: loader))
+        }
+        if check {
+            throw ExitCode(checkConfiguration(loader: loader))
+        }
+        try await serve(loader: loader)
+    }
+
+    private func emerg(_ message: String) {
+        writeStandardError("kernel: [emerg] \(message)\n")
+    }
+
+    private func sendSignal(_ signal: ControlSignal, loader: ConfigurationLoader) -> Int32 {
+        let core: CoreConfiguration
+        do {
+            core = try loader.coreConfiguration(file: config)
+        } catch {
+            emerg("\(error)")
+            return 1
+        }
+        guard let file = fopen(core.pidFile, "r") else {
+            writeStandardError("kernel: [error] open() \"\(core.pidFile)\" failed (\(errno): \(String(cString: strerror(errno))))\n")
+            return 1
+        }
+        var buffer = [CChar](repeating: 0, count: 32)
+        let line = fgets(&buffer, 32, file).map { String(cString: $0) } ?? ""
+        fclose(file)
+        guard let pid = pid_t(line.trimmingCharacters(in: " \n")), pid > 0 else {
+            writeStandardError("kernel: [error] invalid PID number \"\(line.trimmingCharacters(in: " \n"))\" in \"\(core.pidFile)\"\n")
+            return 1
+        }
+        if kill(pid, signal.number) != 0 {
+            writeStandardError("kernel: [error] kill(\(pid), \(signal.rawValue)) failed (\(errno): \(String(cString: strerror(errno))))\n")
+            return 1
+        }
+        return 0
+    }
+
+    private func checkConfiguration(loader: ConfigurationLoader) -> Int32 {
+        let runtime = KernelRuntime.standalone(threads: 1, level: .warning)
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        do {
+            _ = try loader.load(file: config, runtime: runtime, mode: .check, number: 1)
+        } catch {
+            emerg("\(error)")
+            writeStandardError("kernel: configuration file \(config) test failed\n")
+            return 1
+        }
+        writeStandardError("kernel: the configuration file \(config) syntax is ok\n")
+        writeStandardError("kernel: configuration file \(config) test is successful\n")
+        return 0
+    }
+
+    private func serve(loader: ConfigurationLoader) async throws {
+        // The core section first: it decides threads and the error log before anything else logs.
+        let core: CoreConfiguration
+        do {
+            core = try loader.coreConfiguration(file: config)
+        } catch {
+            emerg("\(error)")
+            throw ExitCode(1)
+        }
+        let logFiles = LogFileRegistry()
+        let destination: ErrorLogHandler.Destination
+        do {
+            destination = ErrorLogHandler.Destination(file: try logFiles.file(core.errorLogPath), level: core.errorLogLevel)
+        } catch {
+            emerg("\(error)")
+            throw ExitCode(1)
+        }
+        LoggingSystem.bootstrap { _ in ErrorLogHandler(destination: destination) }
+        let logger = Logger(label: "kernel")
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: core.eventLoopThreads)
+        let runtime = KernelRuntime(eventLoopGroup: group, logger: logger, logFiles: logFiles, errorLog: destination)
+        let server = KernelServer(runtime: runtime, loader: loader, configurationFile: config)
+        do {
+            let generation = try loader.load(file: config, runtime: runtime, mode: .run, number: 1)
+            try await server.start(generation)
+        } catch {
+            logger.critical("\(error)")
+            emerg("\(error)")
+            try? await group.shutdownGracefully()
+            throw ExitCode(1)
+        }
+        let serviceGroup = ServiceGroup(configuration: .init(
+            services: [.init(service: server)],
+            gracefulShutdownSignals: [.sigquit],
+            cancellationSignals: [.sigterm, .sigint],
+            logger: Logger(label: "kernel.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })
+        ))
+        try await serviceGroup.run()
+        try? await group.shutdownGracefully()
+    }
+}
+
+/// The version `--version` prints and `GET /v2` reports.
+enum KernelVersion {
+    static let string = KernelCore.kernelVersion
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s.removeFirst() }
+        while let l = s.last, set.contains(l) { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// Writes to standard error without touching the C `stderr` global (not concurrency-safe in Swift 6).
+func writeStandardError(_ text: String) {
+    var text = text
+    text.withUTF8 { bytes in _ = write(2, bytes.baseAddress, bytes.count) }
+}

@@ -1,0 +1,67 @@
+import KernelConfig
+import Logging
+
+/// The `kernel:` section: process-wide settings owned by the core.
+public struct CoreConfiguration: Sendable {
+    /// Event-loop threads (nginx `worker_processes`); `auto` is one per core.
+    public var eventLoopThreads: Int
+    /// The pid file `kernel -s SIGNAL` reads (nginx `pid`).
+    public var pidFile: String
+    /// Where the error log goes (`stderr` or a path) and its minimum level.
+    public var errorLogPath: String
+    public var errorLogLevel: Logger.Level
+    /// How long a graceful stop (`-s quit`) waits for open requests (nginx `worker_shutdown_timeout`).
+    public var shutdownTimeout: ConfigDuration
+
+    public static let key = "kernel"
+
+    public init(eventLoopThreads: Int = System.coreCount, pidFile: String = "/run/kernel.pid",
+                errorLogPath: String = "stderr", errorLogLevel: Logger.Level = .notice,
+                shutdownTimeout: ConfigDuration = .seconds(30)) {
+        self.eventLoopThreads = eventLoopThreads
+        self.pidFile = pidFile
+        self.errorLogPath = errorLogPath
+        self.errorLogLevel = errorLogLevel
+        self.shutdownTimeout = shutdownTimeout
+    }
+
+    /// Decodes `kernel:`; absent means defaults. Relative paths resolve against `directory`.
+    public static func decode(_ value: ConfigValue?, directory: String) throws -> CoreConfiguration {
+        var configuration = CoreConfiguration()
+        guard let value else { return configuration }
+        let mapping = try value.mapping()
+        if let threads = mapping.optional("event_loop_threads") {
+            if threads.node.scalarText == "auto" {
+                configuration.eventLoopThreads = System.coreCount
+            } else {
+                configuration.eventLoopThreads = try threads.int(in: 1...1024, what: "auto or a thread count 1-1024")
+            }
+        }
+        if let pid = mapping.optional("pid") {
+            configuration.pidFile = resolve(try pid.nonEmptyString(), directory)
+        }
+        if let log = mapping.optional("error_log") {
+            let fields = try log.mapping()
+            if let path = fields.optional("path") {
+                let text = try path.nonEmptyString()
+                configuration.errorLogPath = text == "stderr" || text == "stdout" ? text : resolve(text, directory)
+            }
+            if let level = fields.optional("level") {
+                let name = try level.oneOf(["debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"])
+                configuration.errorLogLevel = ErrorLogHandler.level(named: name)!
+            }
+            try fields.finish()
+        }
+        if let timeout = mapping.optional("shutdown_timeout") {
+            configuration.shutdownTimeout = try timeout.duration()
+        }
+        try mapping.finish()
+        return configuration
+    }
+
+    private static func resolve(_ path: String, _ directory: String) -> String {
+        path.hasPrefix("/") ? path : "\(directory)/\(path)"
+    }
+}
+
+import NIOCore

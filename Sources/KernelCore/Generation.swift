@@ -1,0 +1,197 @@
+import Atomics
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One loaded configuration: its router, filters, listeners and services.
+///
+/// A reload builds a new generation and makes it current; requests already begun keep the generation they
+/// started with, and a retired generation stops its services once its last request has finished.
+public final class KernelGeneration: Sendable {
+    public let number: Int
+    public let core: CoreConfiguration
+    public let activeModules: [String]
+    let router: any RequestRouter
+    let filters: FilterChain
+    let listeners: [ListenerSpec]
+    let services: [any KernelService]
+    private let inFlight = ManagedAtomic<Int>(0)
+    private let retired = ManagedAtomic<Bool>(false)
+    private let onDrained = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
+
+    init(number: Int, core: CoreConfiguration, registrar: Registrar, activeModules: [String]) {
+        self.number = number
+        self.core = core
+        self.activeModules = activeModules
+        router = registrar.router ?? NotFoundRouter()
+        filters = FilterChain(filters: registrar.orderedFilters)
+        listeners = registrar.listeners
+        services = registrar.services
+    }
+
+    /// Listener identities (protocol and address) this generation declares.
+    public var listenerIdentities: [String] { listeners.map(\.identity) }
+
+    func acquire() { inFlight.wrappingIncrement(ordering: .relaxed) }
+
+    func release() {
+        if inFlight.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing) == 0, retired.load(ordering: .acquiring) {
+            fireDrained()
+        }
+    }
+
+    /// Marks the generation as no longer current; `drained` runs once no request holds it.
+    func retire(drained: @escaping @Sendable () -> Void) {
+        onDrained.withLockedValue { $0 = drained }
+        retired.store(true, ordering: .releasing)
+        if inFlight.load(ordering: .acquiring) == 0 { fireDrained() }
+    }
+
+    private func fireDrained() {
+        let callback = onDrained.withLockedValue { value -> (@Sendable () -> Void)? in
+            defer { value = nil }
+            return value
+        }
+        callback?()
+    }
+
+    /// Starts the services in order; on failure stops those already started and rethrows.
+    func startServices(logger: Logger) async throws {
+        var started: [any KernelService] = []
+        for service in services {
+            do {
+                try await service.start()
+                started.append(service)
+            } catch {
+                for done in started.reversed() { await done.stop() }
+                throw error
+            }
+        }
+    }
+
+    /// Stops the services in reverse order.
+    func stopServices() async {
+        for service in services.reversed() { await service.stop() }
+    }
+}
+
+/// One request's passage through the kernel, from the routed head to the logged response.
+///
+/// A protocol module calls `KernelRuntime.begin` once the head is parsed, reads at most `maxBodySize` body bytes,
+/// calls `respond`, writes the response and then `finish`. `finish` writes the access log line and lets the
+/// generation go; it runs at most once (also from `deinit`, so an abandoned exchange never pins a generation).
+public final class RequestExchange: @unchecked Sendable {
+    public let generation: KernelGeneration
+    public let decision: RouteDecision
+    public let context: RequestContext
+    private let started: UInt64
+    private var finished = false
+
+    init(generation: KernelGeneration, decision: RouteDecision, context: RequestContext) {
+        self.generation = generation
+        self.decision = decision
+        self.context = context
+        started = DispatchTimeNanos.now()
+        generation.acquire()
+    }
+
+    /// `client_max_body_size` of the chosen location; nil is unlimited.
+    public var maxBodySize: Int? { decision.maxBodySize }
+
+    /// Runs the filters and the route's handler.
+    public func respond(_ request: KernelRequest) -> EventLoopFuture<KernelResponse> {
+        generation.filters.run(request, context: context, handler: decision.handler)
+    }
+
+    /// Logs the request and releases the generation. `status` is what was sent (or 499 when the client left).
+    public func finish(_ request: KernelRequest, status: Int, bodyBytesSent: Int) {
+        guard !finished else { return }
+        finished = true
+        if let log = decision.accessLog {
+            let seconds = Double(DispatchTimeNanos.now() - started) / 1e9
+            log.log(request, route: decision.route, status: status, bodyBytesSent: bodyBytesSent, requestTime: seconds)
+        }
+        generation.release()
+    }
+
+    deinit {
+        if !finished { generation.release() }
+    }
+}
+
+enum DispatchTimeNanos {
+    static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+}
+
+/// What lives for the whole process: event loops, logs, the current generation, the listeners.
+public final class KernelRuntime: Sendable {
+    public let eventLoopGroup: MultiThreadedEventLoopGroup
+    public let logger: Logger
+    public let logFiles: LogFileRegistry
+    /// The error log destination (swapped when a reload changes `kernel.error_log`).
+    public let errorLog: ErrorLogHandler.Destination
+    private let current = NIOLockedValueBox<KernelGeneration?>(nil)
+    private let requestCounter = ManagedAtomic<UInt64>(0)
+
+    public init(eventLoopGroup: MultiThreadedEventLoopGroup, logger: Logger, logFiles: LogFileRegistry,
+                errorLog: ErrorLogHandler.Destination) {
+        self.eventLoopGroup = eventLoopGroup
+        self.logger = logger
+        self.logFiles = logFiles
+        self.errorLog = errorLog
+    }
+
+    /// The generation new requests use.
+    public var currentGeneration: KernelGeneration? { current.withLockedValue { $0 } }
+
+    func makeCurrent(_ generation: KernelGeneration) -> KernelGeneration? {
+        current.withLockedValue { value in
+            defer { value = generation }
+            return value
+        }
+    }
+
+    /// Routes a request head with the current generation and opens its exchange.
+    public func begin(_ request: KernelRequest, on eventLoop: any EventLoop) -> RequestExchange {
+        let generation = current.withLockedValue { $0 }!
+        let decision = generation.router.route(request)
+        let context = RequestContext(eventLoop: eventLoop, logger: logger, route: decision.route)
+        return RequestExchange(generation: generation, decision: decision, context: context)
+    }
+
+    /// A number for log lines of one request.
+    public func nextRequestNumber() -> UInt64 { requestCounter.wrappingIncrementThenLoad(ordering: .relaxed) }
+}
+
+extension KernelGeneration {
+    /// A generation made directly from a router and filters, with no listeners or services: for embedding the
+    /// request path (codec tests on `EmbeddedChannel`).
+    public convenience init(router: any RequestRouter, filters: [any RequestFilter] = [], runtime: KernelRuntime) {
+        let registrar = Registrar(role: .both, mode: .check, configurationFile: "-", runtime: runtime)
+        registrar.setRouter(router)
+        for filter in filters { registrar.addFilter(filter, phase: .access) }
+        self.init(number: 0, core: CoreConfiguration(), registrar: registrar, activeModules: [])
+    }
+}
+
+extension KernelRuntime {
+    /// Makes `generation` current without listeners: for embedding and tests.
+    public func install(_ generation: KernelGeneration) { _ = makeCurrent(generation) }
+
+    /// A runtime logging to stderr at `level`, on `threads` event loops: for tests and tools.
+    public static func standalone(threads: Int = 1, level: Logger.Level = .notice) -> KernelRuntime {
+        let file = try! LogFile(path: "stderr")
+        let destination = ErrorLogHandler.Destination(file: file, level: level)
+        let logger = Logger(label: "kernel") { _ in ErrorLogHandler(destination: destination) }
+        return KernelRuntime(eventLoopGroup: MultiThreadedEventLoopGroup(numberOfThreads: threads), logger: logger,
+                             logFiles: LogFileRegistry(), errorLog: destination)
+    }
+}

@@ -1,0 +1,107 @@
+import Logging
+import NIOCore
+
+/// What a request is handled with: the virtual server and location the router chose.
+public struct RouteInfo: Sendable {
+    /// The first `server_name` of the chosen server (`$server_name`), or empty.
+    public var serverName: String
+    /// The chosen location as written (`= /`, `^~ /images/`), or empty when nothing matched.
+    public var location: String
+    /// Regex captures of a `~`/`~*` location ($1...), empty otherwise.
+    public var captures: [String]
+
+    public init(serverName: String = "", location: String = "", captures: [String] = []) {
+        self.serverName = serverName
+        self.location = location
+        self.captures = captures
+    }
+}
+
+/// What a handler and a filter get beside the request.
+public struct RequestContext: Sendable {
+    /// The event loop of the connection the request arrived on; futures returned must be on it or hop to it.
+    public let eventLoop: any EventLoop
+    /// The error log, with `request_id` metadata.
+    public var logger: Logger
+    public var route: RouteInfo
+
+    public init(eventLoop: any EventLoop, logger: Logger, route: RouteInfo) {
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.route = route
+    }
+}
+
+/// Produces the response to a request: a `return`, a proxied upstream, a model.
+public protocol RequestHandler: Sendable {
+    func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse>
+}
+
+/// A handler built from a closure.
+public struct ClosureHandler: RequestHandler {
+    let body: @Sendable (KernelRequest, RequestContext) -> EventLoopFuture<KernelResponse>
+    public init(_ body: @escaping @Sendable (KernelRequest, RequestContext) -> EventLoopFuture<KernelResponse>) {
+        self.body = body
+    }
+    public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        body(request, context)
+    }
+}
+
+/// When a filter runs. Phases run in this order; filters of one phase run in the order of the module list.
+public enum FilterPhase: Int, Sendable, Comparable, CaseIterable {
+    /// Rewrites the request before anything else looks at it.
+    case rewrite
+    /// Decides whether the request may proceed (limits, auth); may answer at once.
+    case access
+    /// Edits response headers on the way out (CORS, `add_header`); may answer preflights at once.
+    case headers
+
+    public static func < (a: FilterPhase, b: FilterPhase) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// Middleware: answers at once, or calls `next` and may edit the response on its way out.
+public protocol RequestFilter: Sendable {
+    func handle(_ request: KernelRequest, context: RequestContext, next: FilterNext) -> EventLoopFuture<KernelResponse>
+}
+
+/// The rest of the chain after a filter.
+public struct FilterNext: Sendable {
+    let chain: FilterChain
+    let index: Int
+    let handler: any RequestHandler
+
+    public func callAsFunction(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        chain.run(from: index, request, context: context, handler: handler)
+    }
+}
+
+/// The ordered filters of one configuration generation, wrapped around the route's handler.
+public struct FilterChain: Sendable {
+    public let filters: [any RequestFilter]
+
+    public init(filters: [any RequestFilter]) { self.filters = filters }
+
+    /// Runs the filters from `index`, then `handler`. A thrown or failed handler becomes a JSON error response
+    /// (its status when it is a `KernelHTTPError`, else 500), so protocol modules always get a response.
+    public func run(from index: Int = 0, _ request: KernelRequest, context: RequestContext,
+                    handler: any RequestHandler) -> EventLoopFuture<KernelResponse> {
+        let future: EventLoopFuture<KernelResponse>
+        if index < filters.count {
+            future = filters[index].handle(request, context: context,
+                                           next: FilterNext(chain: self, index: index + 1, handler: handler))
+        } else {
+            future = handler.handle(request, context: context)
+        }
+        guard index == 0 else { return future }
+        return future.flatMapErrorThrowing { error in
+            if let error = error as? KernelHTTPError {
+                if error.status >= 500 { context.logger.error("\(error.message)") }
+                else { context.logger.info("\(error.message)") }
+                return .error(error.status, error.message)
+            }
+            context.logger.error("handler failed: \(error)")
+            return .error(500, "internal error")
+        }
+    }
+}

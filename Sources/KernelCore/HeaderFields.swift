@@ -1,0 +1,65 @@
+/// An ordered list of header fields with case-insensitive lookup, shared by every protocol.
+/// Names keep the case they arrived with; order and duplicates are preserved.
+public struct HeaderFields: Sendable, Sequence, ExpressibleByDictionaryLiteral, CustomStringConvertible {
+    public typealias Element = (name: String, value: String)
+    public private(set) var fields: [Element]
+
+    public init() { fields = [] }
+    public init(_ fields: [Element]) { self.fields = fields }
+    public init(dictionaryLiteral elements: (String, String)...) {
+        fields = elements.map { (name: $0.0, value: $0.1) }
+    }
+
+    public var count: Int { fields.count }
+    public var isEmpty: Bool { fields.isEmpty }
+    public func makeIterator() -> IndexingIterator<[Element]> { fields.makeIterator() }
+
+    /// The first value of `name`.
+    public subscript(name: String) -> String? {
+        for field in fields where field.name.equalsCaseInsensitive(name) { return field.value }
+        return nil
+    }
+
+    /// Every value of `name`, in order.
+    public func values(_ name: String) -> [String] {
+        fields.filter { $0.name.equalsCaseInsensitive(name) }.map(\.value)
+    }
+
+    public func contains(_ name: String) -> Bool { self[name] != nil }
+
+    public mutating func add(_ name: String, _ value: String) { fields.append((name, value)) }
+
+    /// Replaces every field called `name` with one field (appended when absent).
+    public mutating func replace(_ name: String, _ value: String) {
+        if let index = fields.firstIndex(where: { $0.name.equalsCaseInsensitive(name) }) {
+            fields[index] = (fields[index].name, value)
+            var next = fields.index(after: index)
+            while next < fields.endIndex {
+                if fields[next].name.equalsCaseInsensitive(name) { fields.remove(at: next) } else { next += 1 }
+            }
+        } else {
+            fields.append((name, value))
+        }
+    }
+
+    public mutating func remove(_ name: String) {
+        fields.removeAll { $0.name.equalsCaseInsensitive(name) }
+    }
+
+    public var description: String { fields.map { "\($0.name): \($0.value)" }.joined(separator: "\n") }
+}
+
+extension String {
+    /// ASCII case-insensitive equality, the comparison header names need.
+    @inlinable
+    public func equalsCaseInsensitive(_ other: String) -> Bool {
+        let a = self.utf8, b = other.utf8
+        guard a.count == b.count else { return false }
+        for (x, y) in zip(a, b) where x != y {
+            let lx = (x >= 65 && x <= 90) ? x | 0x20 : x
+            let ly = (y >= 65 && y <= 90) ? y | 0x20 : y
+            if lx != ly { return false }
+        }
+        return true
+    }
+}

@@ -1,0 +1,252 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An address a listener binds: `8080` (all IPv4 addresses), `127.0.0.1:8080`, `[::1]:8080`, `*:8080`,
+/// `localhost:8080`, `unix:/run/kernel.sock`.
+public enum ListenAddress: Sendable, Hashable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    public init?(parsing text: String) {
+        if text.hasPrefix("unix:") {
+            let path = String(text.dropFirst(5))
+            guard !path.isEmpty else { return nil }
+            self = .unix(path: path)
+            return
+        }
+        if let port = Int(text), (0...65535).contains(port) {
+            self = .tcp(host: "0.0.0.0", port: port)
+            return
+        }
+        guard let (host, port) = ListenAddress.splitHostPort(text), let port, (0...65535).contains(port), !host.isEmpty else {
+            return nil
+        }
+        self = .tcp(host: host == "*" ? "0.0.0.0" : host, port: port)
+    }
+
+    /// Splits `host:port` or `[v6]:port`; the port is nil when absent, the whole split nil when malformed.
+    public static func splitHostPort(_ text: String) -> (String, Int?)? {
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            let host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            if rest.isEmpty { return (host, nil) }
+            guard rest.first == ":", let port = Int(rest.dropFirst()) else { return nil }
+            return (host, port)
+        }
+        guard let colon = text.lastIndex(of: ":") else { return (text, nil) }
+        let host = String(text[..<colon])
+        guard !host.contains(":"), let port = Int(text[text.index(after: colon)...]) else { return nil }
+        return (host, port)
+    }
+
+    public var description: String {
+        switch self {
+        case .tcp(let host, let port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case .unix(let path): return "unix:\(path)"
+        }
+    }
+}
+
+/// A listener a protocol module asks for. The core binds it, keeps it across reloads while its protocol and
+/// address stay the same, and hands each accepted connection to `initializeConnection` of the newest
+/// configuration that declares it.
+public struct ListenerSpec: Sendable {
+    /// `http`, `uwsgi`: part of the listener's identity.
+    public var protocolName: String
+    public var address: ListenAddress
+    /// Permissions of a unix socket file (uWSGI `chmod-socket`), e.g. `0o660`.
+    public var unixSocketMode: UInt32?
+    /// Owner of a unix socket file as `user` or `user:group` (uWSGI `chown-socket`).
+    public var unixSocketOwner: String?
+    public var backlog: Int32
+    /// Sets up the pipeline of one accepted connection.
+    public var initializeConnection: @Sendable (any Channel, KernelRuntime) -> EventLoopFuture<Void>
+
+    public init(protocolName: String, address: ListenAddress, unixSocketMode: UInt32? = nil, unixSocketOwner: String? = nil,
+                backlog: Int32 = 511,
+                initializeConnection: @escaping @Sendable (any Channel, KernelRuntime) -> EventLoopFuture<Void>) {
+        self.protocolName = protocolName
+        self.address = address
+        self.unixSocketMode = unixSocketMode
+        self.unixSocketOwner = unixSocketOwner
+        self.backlog = backlog
+        self.initializeConnection = initializeConnection
+    }
+
+    /// What makes two listeners "the same" across a reload.
+    public var identity: String { "\(protocolName) \(address)" }
+}
+
+/// One bound server socket and the connections it accepted.
+final class BoundListener: Sendable {
+    let identity: String
+    let spec: NIOLockedValueBox<ListenerSpec>
+    let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
+
+    init(spec: ListenerSpec) {
+        identity = spec.identity
+        self.spec = NIOLockedValueBox(spec)
+    }
+
+    var boundAddress: SocketAddress? { serverChannel.withLockedValue { $0?.localAddress } }
+}
+
+/// Binds, keeps and closes the listeners of the running configuration.
+public final class ListenerManager: Sendable {
+    let runtime: KernelRuntime
+    private let bound = NIOLockedValueBox<[String: BoundListener]>([:])
+
+    init(runtime: KernelRuntime) { self.runtime = runtime }
+
+    /// Addresses actually bound, by listener identity (port 0 resolved).
+    public var boundAddresses: [String: SocketAddress] {
+        bound.withLockedValue { listeners in
+            var result: [String: SocketAddress] = [:]
+            for (identity, listener) in listeners { result[identity] = listener.boundAddress }
+            return result
+        }
+    }
+
+    /// Opens what `specs` adds, keeps what it shares with the running set (with the new spec swapped in), and
+    /// returns the listeners it no longer has, still open: the caller closes them once the new configuration is
+    /// in place. On a bind failure everything opened by this call is closed again and the error is thrown.
+    func apply(_ specs: [ListenerSpec]) async throws -> [BoundListener] {
+        let current = bound.withLockedValue { $0 }
+        var opened: [BoundListener] = []
+        do {
+            for spec in specs where current[spec.identity] == nil {
+                let listener = BoundListener(spec: spec)
+                try await bind(listener)
+                opened.append(listener)
+            }
+        } catch {
+            for listener in opened { try? await listener.serverChannel.withLockedValue { $0 }?.close() }
+            throw error
+        }
+        let wanted = Set(specs.map(\.identity))
+        return bound.withLockedValue { listeners in
+            for spec in specs { listeners[spec.identity]?.spec.withLockedValue { $0 = spec } }
+            for listener in opened { listeners[listener.identity] = listener }
+            var removed: [BoundListener] = []
+            for (identity, listener) in listeners where !wanted.contains(identity) {
+                removed.append(listener)
+                listeners[identity] = nil
+            }
+            return removed
+        }
+    }
+
+    private func bind(_ listener: BoundListener) async throws {
+        let runtime = self.runtime
+        let spec = listener.spec.withLockedValue { $0 }
+        let bootstrap = ServerBootstrap(group: runtime.eventLoopGroup)
+            .serverChannelOption(.backlog, value: spec.backlog)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                let id = ObjectIdentifier(channel)
+                listener.connections.withLockedValue { $0[id] = channel }
+                channel.closeFuture.whenComplete { _ in
+                    _ = listener.connections.withLockedValue { $0.removeValue(forKey: id) }
+                }
+                return listener.spec.withLockedValue { $0 }.initializeConnection(channel, runtime)
+            }
+        var tcpNoDelay = false
+        let channel: any Channel
+        switch spec.address {
+        case .tcp(let host, let port):
+            tcpNoDelay = true
+            channel = try await bootstrap
+                .childChannelOption(.socketOption(.tcp_nodelay), value: tcpNoDelay ? 1 : 0)
+                .bind(host: host, port: port).get()
+        case .unix(let path):
+            channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            try applyUnixSocketPermissions(path: path, mode: spec.unixSocketMode, owner: spec.unixSocketOwner)
+        }
+        listener.serverChannel.withLockedValue { $0 = channel }
+        let shown = channel.localAddress.map { describe($0) } ?? spec.address.description
+        runtime.logger.notice("listening on \(spec.protocolName) \(shown) (\(spec.address))")
+    }
+
+    /// Stops accepting on `listeners` and asks their connections to finish their current request and close.
+    func retire(_ listeners: [BoundListener]) async {
+        for listener in listeners {
+            if let channel = listener.serverChannel.withLockedValue({ $0 }) {
+                try? await channel.close()
+                if case .unix(let path) = listener.spec.withLockedValue({ $0.address }) { unlink(path) }
+                runtime.logger.notice("closed listener \(listener.identity)")
+            }
+            for connection in listener.connections.withLockedValue({ Array($0.values) }) {
+                connection.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+            }
+        }
+    }
+
+    /// Graceful stop: stop accepting, ask every connection to finish and close, wait up to `timeout`, then close
+    /// what is left.
+    func shutdown(timeout: TimeAmount) async {
+        let all = bound.withLockedValue { listeners in
+            let all = Array(listeners.values)
+            listeners = [:]
+            return all
+        }
+        await retire(all)
+        let deadline = NIODeadline.now() + timeout
+        while NIODeadline.now() < deadline {
+            if all.allSatisfy({ $0.connections.withLockedValue { $0.isEmpty } }) { return }
+            try? await Task.sleep(nanoseconds: 20_000_000)
+        }
+        var forced = 0
+        for listener in all {
+            for connection in listener.connections.withLockedValue({ Array($0.values) }) {
+                forced += 1
+                connection.close(promise: nil)
+            }
+        }
+        if forced > 0 { runtime.logger.warning("closed \(forced) connection(s) still open at shutdown") }
+    }
+}
+
+/// `127.0.0.1:8080`, `[::1]:8080`, `unix:/path`.
+func describe(_ address: SocketAddress) -> String {
+    switch address {
+    case .v4: return "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
+    case .v6: return "[\(address.ipAddress ?? "?")]:\(address.port ?? 0)"
+    case .unixDomainSocket: return "unix:\(address.pathname ?? "")"
+    }
+}
+
+private func applyUnixSocketPermissions(path: String, mode: UInt32?, owner: String?) throws {
+    if let mode, chmod(path, mode_t(mode)) != 0 {
+        throw ListenerError("chmod \(String(mode, radix: 8)) \(path): \(String(cString: strerror(errno)))")
+    }
+    if let owner {
+        let parts = owner.split(separator: ":", maxSplits: 1).map(String.init)
+        var uid: uid_t = uid_t.max, gid: gid_t = gid_t.max
+        if let user = parts.first, !user.isEmpty {
+            if let pw = getpwnam(user) { uid = pw.pointee.pw_uid; gid = pw.pointee.pw_gid }
+            else if let n = UInt32(user) { uid = n } else { throw ListenerError("unknown user \"\(user)\" for \(path)") }
+        }
+        if parts.count == 2 {
+            if let gr = getgrnam(parts[1]) { gid = gr.pointee.gr_gid }
+            else if let n = UInt32(parts[1]) { gid = n } else { throw ListenerError("unknown group \"\(parts[1])\" for \(path)") }
+        }
+        if chown(path, uid, gid) != 0 {
+            throw ListenerError("chown \(owner) \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+/// A listener that could not be set up.
+public struct ListenerError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ description: String) { self.description = description }
+}

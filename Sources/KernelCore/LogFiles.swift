@@ -1,0 +1,190 @@
+import Logging
+import NIOConcurrencyHelpers
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A log destination: `stderr`, `stdout` or a file opened for appending, reopened on `kernel -s reopen`
+/// (SIGUSR1) so that log rotation works as with nginx.
+public final class LogFile: Sendable {
+    public let path: String
+    private let descriptor: NIOLockedValueBox<Int32>
+
+    /// Opens `path` (creating it, mode 0644); `stderr` and `stdout` name the process's streams.
+    public init(path: String) throws {
+        self.path = path
+        descriptor = NIOLockedValueBox(try LogFile.open(path))
+    }
+
+    private static func open(_ path: String) throws -> Int32 {
+        switch path {
+        case "stderr": return 2
+        case "stdout": return 1
+        default:
+            let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+            guard fd >= 0 else {
+                throw LogFileError(description: "cannot open log file \"\(path)\": \(String(cString: strerror(errno)))")
+            }
+            return fd
+        }
+    }
+
+    /// Writes one line (a newline is appended). One `write(2)` per line keeps lines whole with O_APPEND.
+    public func write(line: String) {
+        var text = line
+        text.append("\n")
+        descriptor.withLockedValue { fd in
+            text.withUTF8 { bytes in
+                var offset = 0
+                while offset < bytes.count {
+                    let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                    if written < 0 { if errno == EINTR { continue }; return }
+                    offset += written
+                }
+            }
+        }
+    }
+
+    /// Reopens the file by name (after rotation); the old descriptor is closed.
+    public func reopen() throws {
+        guard path != "stderr", path != "stdout" else { return }
+        let fresh = try LogFile.open(path)
+        descriptor.withLockedValue { fd in
+            close(fd)
+            fd = fresh
+        }
+    }
+
+    deinit {
+        let fd = descriptor.withLockedValue { $0 }
+        if fd > 2 { close(fd) }
+    }
+}
+
+public struct LogFileError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// Every log file the process has open, by path, so that `reopen` reaches all of them and two logs naming one
+/// file share one descriptor.
+public final class LogFileRegistry: Sendable {
+    private let files = NIOLockedValueBox<[String: LogFile]>([:])
+
+    public init() {}
+
+    public func file(_ path: String) throws -> LogFile {
+        try files.withLockedValue { files in
+            if let file = files[path] { return file }
+            let file = try LogFile(path: path)
+            files[path] = file
+            return file
+        }
+    }
+
+    /// Reopens every file; returns the errors of those that failed (they keep their old descriptor).
+    public func reopenAll() -> [String] {
+        var failures: [String] = []
+        for file in files.withLockedValue({ Array($0.values) }) {
+            do { try file.reopen() } catch { failures.append("\(error)") }
+        }
+        return failures
+    }
+}
+
+/// Formats wall-clock times for logs, caching the text of the current second.
+public enum LogTime {
+    private struct Cache {
+        var second: Int = -1
+        var errorLog = ""
+        var accessLog = ""
+        var iso = ""
+    }
+    private static let cache = NIOLockedValueBox(Cache())
+
+    /// `2026/11/25 08:29:18` (error log), `25/Nov/2026:08:29:18 +0000` (`$time_local`), `2026-11-25T08:29:18+00:00`.
+    public static func now() -> (errorLog: String, accessLog: String, iso: String) {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let second = Int(ts.tv_sec)
+        return cache.withLockedValue { cache in
+            if cache.second != second {
+                var t = time_t(second)
+                var parts = tm()
+                localtime_r(&t, &parts)
+                let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+                let year = Int(parts.tm_year) + 1900, month = Int(parts.tm_mon) + 1, day = Int(parts.tm_mday)
+                let hh = pad(Int(parts.tm_hour)), mm = pad(Int(parts.tm_min)), ss = pad(Int(parts.tm_sec))
+                let offsetMinutes = Int(parts.tm_gmtoff) / 60
+                let sign = offsetMinutes < 0 ? "-" : "+"
+                let oh = pad(abs(offsetMinutes) / 60), om = pad(abs(offsetMinutes) % 60)
+                cache.second = second
+                cache.errorLog = "\(year)/\(pad(month))/\(pad(day)) \(hh):\(mm):\(ss)"
+                cache.accessLog = "\(pad(day))/\(months[month - 1])/\(year):\(hh):\(mm):\(ss) \(sign)\(oh)\(om)"
+                cache.iso = "\(year)-\(pad(month))-\(pad(day))T\(hh):\(mm):\(ss)\(sign)\(oh):\(om)"
+            }
+            return (cache.errorLog, cache.accessLog, cache.iso)
+        }
+    }
+
+    private static func pad(_ value: Int) -> String { value < 10 ? "0\(value)" : "\(value)" }
+}
+
+/// The error log: swift-log lines in nginx's shape, `2026/11/25 08:29:18 [error] 1234#0: message, key: value`.
+public struct ErrorLogHandler: LogHandler {
+    /// Where lines go and the minimum level; swapped on reload.
+    public final class Destination: Sendable {
+        let state: NIOLockedValueBox<(file: LogFile, level: Logger.Level)>
+        public init(file: LogFile, level: Logger.Level) { state = NIOLockedValueBox((file, level)) }
+        public func update(file: LogFile, level: Logger.Level) { state.withLockedValue { $0 = (file, level) } }
+        public var level: Logger.Level { state.withLockedValue { $0.level } }
+        var file: LogFile { state.withLockedValue { $0.file } }
+    }
+
+    public let destination: Destination
+    public var metadata: Logger.Metadata = [:]
+    private var explicitLevel: Logger.Level?
+
+    public init(destination: Destination) { self.destination = destination }
+
+    public var logLevel: Logger.Level {
+        get { explicitLevel ?? destination.level }
+        set { explicitLevel = newValue }
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var text = "\(LogTime.now().errorLog) [\(ErrorLogHandler.name(event.level))] \(getpid())#0: \(event.message)"
+        let all = event.metadata.map { metadata.merging($0) { $1 } } ?? metadata
+        for (key, value) in all.sorted(by: { $0.key < $1.key }) { text += ", \(key): \(value)" }
+        destination.file.write(line: text)
+    }
+
+    /// nginx's level names.
+    public static func name(_ level: Logger.Level) -> String {
+        switch level {
+        case .trace, .debug: return "debug"
+        case .info: return "info"
+        case .notice: return "notice"
+        case .warning: return "warn"
+        case .error: return "error"
+        case .critical: return "crit"
+        }
+    }
+
+    /// Parses nginx's level names (`debug`, `info`, `notice`, `warn`, `error`, `crit`, `alert`, `emerg`).
+    public static func level(named name: String) -> Logger.Level? {
+        switch name {
+        case "debug": return .debug
+        case "info": return .info
+        case "notice": return .notice
+        case "warn", "warning": return .warning
+        case "error": return .error
+        case "crit", "alert", "emerg": return .critical
+        default: return nil
+        }
+    }
+}

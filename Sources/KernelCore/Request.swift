@@ -1,0 +1,155 @@
+import NIOCore
+
+/// Where a request came in: filled by the protocol module that accepted it.
+public struct ConnectionInfo: Sendable {
+    /// `http` or `uwsgi`.
+    public var protocolName: String
+    /// The listener's configured address, as written in YAML (`127.0.0.1:8080`, `unix:/run/k.sock`).
+    public var listener: String
+    public var remoteAddress: SocketAddress?
+    public var localAddress: SocketAddress?
+    /// `http` or `https`, as the client used it (uwsgi carries it in `UWSGI_SCHEME`/`HTTPS`).
+    public var scheme: String
+
+    public init(protocolName: String, listener: String, remoteAddress: SocketAddress?, localAddress: SocketAddress?, scheme: String = "http") {
+        self.protocolName = protocolName
+        self.listener = listener
+        self.remoteAddress = remoteAddress
+        self.localAddress = localAddress
+        self.scheme = scheme
+    }
+
+    /// The client's IP address as text (`$remote_addr`), or `-`.
+    public var remoteIP: String { remoteAddress?.ipAddress ?? (remoteAddress == nil ? "-" : "unix:") }
+}
+
+/// The HTTP version a request was sent with.
+public struct ProtocolVersion: Sendable, Hashable, CustomStringConvertible {
+    public var major: Int
+    public var minor: Int
+    public init(major: Int, minor: Int) { self.major = major; self.minor = minor }
+    public static let http1_0 = ProtocolVersion(major: 1, minor: 0)
+    public static let http1_1 = ProtocolVersion(major: 1, minor: 1)
+    public var description: String { "HTTP/\(major).\(minor)" }
+}
+
+/// A request, in the one shape every protocol module produces and every handler consumes.
+public struct KernelRequest: Sendable {
+    /// `GET`, `POST`, ...
+    public var method: String
+    /// The request target as received (`/v1/parse?x=1`): nginx's `$request_uri`.
+    public var uri: String
+    /// The path without the query, percent-decoded and normalised (`.` and `..` resolved, `//` merged) the way nginx
+    /// matches locations. Set with `KernelRequest.normalizedPath(_:)` by protocol modules.
+    public var path: String
+    /// The query string without `?`, or empty (`$args`).
+    public var query: String
+    public var version: ProtocolVersion
+    public var headers: HeaderFields
+    /// The whole request body, read before the handler runs (as nginx buffers request bodies by default).
+    public var body: ByteBuffer?
+    public var connection: ConnectionInfo
+    /// Protocol variables that have no place above (uwsgi's `SCRIPT_NAME`, `SERVER_NAME`, ...).
+    public var variables: [(name: String, value: String)]
+
+    public init(method: String, uri: String, path: String, query: String, version: ProtocolVersion,
+                headers: HeaderFields, body: ByteBuffer? = nil, connection: ConnectionInfo,
+                variables: [(name: String, value: String)] = []) {
+        self.method = method
+        self.uri = uri
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.body = body
+        self.connection = connection
+        self.variables = variables
+    }
+
+    /// The host the client asked for, without a port (`$host`): the `Host` header, lower-cased.
+    public var host: String? {
+        guard var host = headers["Host"], !host.isEmpty else { return nil }
+        if host.hasPrefix("[") {
+            if let end = host.firstIndex(of: "]") { host = String(host[...end]) }
+        } else if let colon = host.lastIndex(of: ":") {
+            host = String(host[..<colon])
+        }
+        return host.lowercased()
+    }
+
+    /// `GET /path?q HTTP/1.1`, as `$request` in access logs.
+    public var requestLine: String { "\(method) \(uri) \(version)" }
+
+    /// The value of a protocol variable.
+    public func variable(_ name: String) -> String? { variables.first { $0.name == name }?.value }
+
+    /// Splits a request target into a normalised path and a query, or nil when the path escapes the root
+    /// (`/../x`) or holds a bad percent escape or a NUL: such requests are answered with 400, as nginx does.
+    public static func splitTarget(_ target: String) -> (path: String, query: String)? {
+        var rawPath = Substring(target)
+        var query = ""
+        if let mark = target.firstIndex(of: "?") {
+            rawPath = target[..<mark]
+            query = String(target[target.index(after: mark)...])
+        }
+        // Absolute-form targets (`http://host/path`) keep only their path.
+        if rawPath.hasPrefix("http://") || rawPath.hasPrefix("https://") {
+            let afterScheme = rawPath.dropFirst(rawPath.hasPrefix("https://") ? 8 : 7)
+            rawPath = afterScheme.firstIndex(of: "/").map { afterScheme[$0...] } ?? "/"
+        }
+        guard rawPath.first == "/" else {
+            return rawPath.isEmpty ? nil : (rawPath == "*" ? ("*", query) : nil)
+        }
+        guard let path = normalizedPath(rawPath) else { return nil }
+        return (path, query)
+    }
+
+    /// Percent-decodes a path and resolves `.`/`..` segments and repeated slashes (nginx `merge_slashes on`).
+    public static func normalizedPath<S: StringProtocol>(_ raw: S) -> String? {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(raw.utf8.count)
+        var iterator = Array(raw.utf8)[...]
+        while let byte = iterator.popFirst() {
+            if byte == UInt8(ascii: "%") {
+                guard let high = iterator.popFirst().flatMap(hexValue), let low = iterator.popFirst().flatMap(hexValue) else {
+                    return nil
+                }
+                let decoded = high << 4 | low
+                guard decoded != 0 else { return nil }
+                bytes.append(decoded)
+            } else {
+                guard byte != 0 else { return nil }
+                bytes.append(byte)
+            }
+        }
+        var segments: [ArraySlice<UInt8>] = []
+        let trailingSlash = bytes.last == UInt8(ascii: "/")
+        for segment in bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true) {
+            if segment.elementsEqual([UInt8(ascii: ".")]) { continue }
+            if segment.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")]) {
+                guard !segments.isEmpty else { return nil }
+                segments.removeLast()
+                continue
+            }
+            segments.append(segment)
+        }
+        var result: [UInt8] = [UInt8(ascii: "/")]
+        for (index, segment) in segments.enumerated() {
+            if index > 0 { result.append(UInt8(ascii: "/")) }
+            result += segment
+        }
+        let last = bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true).last
+        let endsWithDotSegment = last.map { $0.elementsEqual([46]) || $0.elementsEqual([46, 46]) } ?? false
+        if (trailingSlash || endsWithDotSegment), !segments.isEmpty { result.append(UInt8(ascii: "/")) }
+        return String(decoding: result, as: UTF8.self)
+    }
+}
+
+private func hexValue(_ byte: UInt8) -> UInt8? {
+    switch byte {
+    case 48...57: return byte - 48
+    case 65...70: return byte - 55
+    case 97...102: return byte - 87
+    default: return nil
+    }
+}

@@ -1,0 +1,151 @@
+import NIOCore
+
+/// A response body that arrives in parts (a proxied upstream answering while it reads).
+///
+/// The consumer pulls: it calls `next()` again only after it wrote the previous part, which gives backpressure.
+/// `next()` returns nil at the end; a failed future means the producer broke off (the consumer then closes the
+/// connection, as nginx does when an upstream fails mid-body). `cancel()` tells the producer the client is gone.
+public struct ResponseBodyStream: Sendable {
+    public let next: @Sendable () -> EventLoopFuture<ByteBuffer?>
+    public let cancel: @Sendable () -> Void
+
+    public init(next: @escaping @Sendable () -> EventLoopFuture<ByteBuffer?>, cancel: @escaping @Sendable () -> Void) {
+        self.next = next
+        self.cancel = cancel
+    }
+}
+
+/// The body of a `KernelResponse`.
+public enum ResponseBody: Sendable {
+    case empty
+    case buffer(ByteBuffer)
+    /// Parts pulled one after another; the length is in `Content-Length` when the producer knows it.
+    case stream(ResponseBodyStream)
+
+    /// The length when known without reading.
+    public var knownLength: Int? {
+        switch self {
+        case .empty: return 0
+        case .buffer(let buffer): return buffer.readableBytes
+        case .stream: return nil
+        }
+    }
+}
+
+/// A response, in the one shape every handler produces and every protocol module writes.
+public struct KernelResponse: Sendable {
+    public var status: Int
+    /// The reason phrase; nil means the standard one for `status`.
+    public var reason: String?
+    public var headers: HeaderFields
+    public var body: ResponseBody
+
+    public init(status: Int, reason: String? = nil, headers: HeaderFields = [:], body: ResponseBody = .empty) {
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+    }
+
+    /// A response with a text body (`return 200 "hello"`).
+    public static func text(_ status: Int, _ text: String, contentType: String = "text/plain") -> KernelResponse {
+        var buffer = ByteBufferAllocator().buffer(capacity: text.utf8.count)
+        buffer.writeString(text)
+        return KernelResponse(status: status, headers: ["Content-Type": contentType], body: .buffer(buffer))
+    }
+
+    /// The JSON error body every kernel error uses: `{"error":"..."}` (also the Open Inference Protocol's shape).
+    public static func error(_ status: Int, _ message: String) -> KernelResponse {
+        var buffer = ByteBufferAllocator().buffer(capacity: message.utf8.count + 16)
+        buffer.writeString("{\"error\":")
+        buffer.writeString(JSONText.quoted(message))
+        buffer.writeString("}")
+        return KernelResponse(status: status, headers: ["Content-Type": "application/json"], body: .buffer(buffer))
+    }
+
+    /// The reason phrase written on the status line.
+    public var reasonPhrase: String { reason ?? HTTPStatusText.reason(for: status) }
+}
+
+/// An error a handler throws to answer with a given status and a JSON error body.
+public struct KernelHTTPError: Error, Sendable, CustomStringConvertible {
+    public var status: Int
+    public var message: String
+    public init(_ status: Int, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+    public var description: String { "\(status): \(message)" }
+}
+
+/// Standard reason phrases.
+public enum HTTPStatusText {
+    public static func reason(for status: Int) -> String {
+        switch status {
+        case 100: return "Continue"
+        case 101: return "Switching Protocols"
+        case 200: return "OK"
+        case 201: return "Created"
+        case 202: return "Accepted"
+        case 204: return "No Content"
+        case 206: return "Partial Content"
+        case 301: return "Moved Permanently"
+        case 302: return "Moved Temporarily"
+        case 303: return "See Other"
+        case 304: return "Not Modified"
+        case 307: return "Temporary Redirect"
+        case 308: return "Permanent Redirect"
+        case 400: return "Bad Request"
+        case 401: return "Unauthorized"
+        case 403: return "Forbidden"
+        case 404: return "Not Found"
+        case 405: return "Not Allowed"
+        case 406: return "Not Acceptable"
+        case 408: return "Request Time-out"
+        case 409: return "Conflict"
+        case 410: return "Gone"
+        case 411: return "Length Required"
+        case 412: return "Precondition Failed"
+        case 413: return "Request Entity Too Large"
+        case 414: return "Request-URI Too Large"
+        case 415: return "Unsupported Media Type"
+        case 416: return "Requested Range Not Satisfiable"
+        case 421: return "Misdirected Request"
+        case 429: return "Too Many Requests"
+        case 431: return "Request Header Fields Too Large"
+        case 500: return "Internal Server Error"
+        case 501: return "Not Implemented"
+        case 502: return "Bad Gateway"
+        case 503: return "Service Temporarily Unavailable"
+        case 504: return "Gateway Time-out"
+        case 505: return "HTTP Version Not Supported"
+        default: return status < 300 ? "OK" : "Unknown"
+        }
+    }
+}
+
+/// Minimal JSON text helpers the core needs for error bodies and JSON access logs.
+public enum JSONText {
+    /// `text` as a JSON string literal, quotes included.
+    public static func quoted(_ text: String) -> String {
+        var out = "\""
+        out.reserveCapacity(text.utf8.count + 2)
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 {
+                    let hex = String(scalar.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return out + "\""
+    }
+}

@@ -1,0 +1,59 @@
+import KernelConfig
+import NIOCore
+
+/// What the router decided for a request head, before its body is read.
+public struct RouteDecision: Sendable {
+    public var route: RouteInfo
+    public var handler: any RequestHandler
+    /// `client_max_body_size` in bytes; nil means no limit (nginx's `0`).
+    public var maxBodySize: Int?
+    /// The server's access log, or nil when off.
+    public var accessLog: AccessLog?
+
+    public init(route: RouteInfo, handler: any RequestHandler, maxBodySize: Int?, accessLog: AccessLog?) {
+        self.route = route
+        self.handler = handler
+        self.maxBodySize = maxBodySize
+        self.accessLog = accessLog
+    }
+}
+
+/// Chooses the virtual server and location of a request (the routing module provides the real one).
+public protocol RequestRouter: Sendable {
+    /// Called with the request head (body not read yet).
+    func route(_ request: KernelRequest) -> RouteDecision
+}
+
+/// The router used when no `routing:` is configured: every request gets 404.
+public struct NotFoundRouter: RequestRouter {
+    public init() {}
+    public func route(_ request: KernelRequest) -> RouteDecision {
+        RouteDecision(route: RouteInfo(), handler: StaticResponseHandler(.error(404, "not found")),
+                      maxBodySize: 1 << 20, accessLog: nil)
+    }
+}
+
+/// A handler that always answers with the same response.
+public struct StaticResponseHandler: RequestHandler {
+    public let response: KernelResponse
+    public init(_ response: KernelResponse) { self.response = response }
+    public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        context.eventLoop.makeSucceededFuture(response)
+    }
+}
+
+/// Builds a location's handler from its YAML value: how a module contributes a location directive
+/// (`uwsgi_pass: 127.0.0.1:6666`, `inference: {}`) that the routing module does not know itself.
+public typealias LocationHandlerFactory = @Sendable (_ value: ConfigValue, _ location: LocationContext) throws -> any RequestHandler
+
+/// What a location handler factory knows of the location it is built for.
+public struct LocationContext: Sendable {
+    /// The location's match as written (`^~ /v2/`).
+    public var match: String
+    /// The location's prefix or exact path when it has one (for handlers that strip it), else nil.
+    public var prefix: String?
+    public init(match: String, prefix: String?) {
+        self.match = match
+        self.prefix = prefix
+    }
+}
