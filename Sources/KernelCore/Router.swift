@@ -44,7 +44,10 @@ public struct StaticResponseHandler: RequestHandler {
 
 /// Builds a location's handler from its YAML value: how a module contributes a location directive
 /// (`uwsgi_pass: 127.0.0.1:6666`, `inference: {}`) that the routing module does not know itself.
-public typealias LocationHandlerFactory = @Sendable (_ value: ConfigValue, _ location: LocationContext) throws -> any RequestHandler
+///
+/// `value` is the directive's value; `location` is the whole location mapping, from which the factory reads its
+/// own option keys (`uwsgi_param`, `uwsgi_read_timeout`): keys nobody reads are reported as unknown afterwards.
+public typealias LocationHandlerFactory = (_ value: ConfigValue, _ location: ConfigMapping, _ context: LocationContext) throws -> any RequestHandler
 
 /// What a location handler factory knows of the location it is built for.
 public struct LocationContext: Sendable {
