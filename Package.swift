@@ -80,7 +80,7 @@ let package = Package(
         ),
 
         .testTarget(name: "KernelConfigTests", dependencies: ["KernelConfig"]),
-        .testTarget(name: "KernelCoreTests", dependencies: ["KernelCore", "KernelConfig"] + nio),
+        .testTarget(name: "KernelCoreTests", dependencies: ["KernelCore", "KernelConfig", .product(name: "NIOEmbedded", package: "swift-nio")] + nio),
         .testTarget(
             name: "HTTPTests",
             dependencies: nio + ["HTTP", "KernelCore", "KernelConfig", "Routing",

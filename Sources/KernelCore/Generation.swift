@@ -195,3 +195,8 @@ extension KernelRuntime {
                              logFiles: LogFileRegistry(), errorLog: destination)
     }
 }
+
+extension KernelGeneration {
+    /// Retires the generation outside a server (tests of the drain rule).
+    public func retireForTesting(drained: @escaping @Sendable () -> Void) { retire(drained: drained) }
+}

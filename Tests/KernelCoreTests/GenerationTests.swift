@@ -1,0 +1,52 @@
+import Foundation
+import KernelConfig
+import KernelCore
+import NIOCore
+import NIOEmbedded
+import NIOConcurrencyHelpers
+import XCTest
+
+final class GenerationTests: XCTestCase {
+    func testRetiredGenerationDrainsOnlyAfterItsLastRequest() throws {
+        let runtime = KernelRuntime.standalone(threads: 1, level: .error)
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        let old = KernelGeneration(router: NotFoundRouter(), runtime: runtime)
+        runtime.install(old)
+        let request = KernelRequest(method: "GET", uri: "/", path: "/", query: "", version: .http1_1, headers: [:],
+                                    connection: ConnectionInfo(protocolName: "http", listener: "-", remoteAddress: nil, localAddress: nil))
+        let exchange = runtime.begin(request, on: EmbeddedEventLoop())
+        XCTAssertTrue(exchange.generation === old)
+
+        runtime.install(KernelGeneration(router: NotFoundRouter(), runtime: runtime))
+        let drained = NIOLockedValueBox(false)
+        old.retireForTesting { drained.withLockedValue { $0 = true } }
+        XCTAssertFalse(drained.withLockedValue { $0 }, "a request still holds the old generation")
+        exchange.finish(request, status: 200, bodyBytesSent: 0)
+        XCTAssertTrue(drained.withLockedValue { $0 })
+        // A second finish does not release twice.
+        exchange.finish(request, status: 200, bodyBytesSent: 0)
+    }
+
+    func testUnknownTopLevelKeyIsAnError() throws {
+        let file = NSTemporaryDirectory() + "kernel-core-\(getpid()).yaml"
+        try "kernel:\n  pid: /tmp/x.pid\nhtp:\n  listen: 80\n".write(toFile: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let runtime = KernelRuntime.standalone(threads: 1, level: .error)
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        let loader = ConfigurationLoader(modules: [], role: .both)
+        XCTAssertThrowsError(try loader.load(file: file, runtime: runtime, mode: .check, number: 1)) { error in
+            XCTAssertEqual("\(error)", "\(file):3:1: htp: unknown key (expected one of: kernel)")
+        }
+    }
+
+    func testCoreSectionDecodesUnitsAndLevels() throws {
+        let text = "kernel:\n  event_loop_threads: 3\n  pid: run/k.pid\n  error_log: {path: logs/e.log, level: warn}\n  shutdown_timeout: 1m30s\n"
+        let root = try YAMLParser().parse(text, file: "etc/k.yaml")
+        let core = try CoreConfiguration.decode(try ConfigValue(node: root, path: "").mapping().optional("kernel"), directory: "etc")
+        XCTAssertEqual(core.eventLoopThreads, 3)
+        XCTAssertEqual(core.pidFile, "etc/run/k.pid")
+        XCTAssertEqual(core.errorLogPath, "etc/logs/e.log")
+        XCTAssertEqual(core.errorLogLevel, .warning)
+        XCTAssertEqual(core.shutdownTimeout.milliseconds, 90_000)
+    }
+}

@@ -1,0 +1,71 @@
+import KernelCore
+import NIOCore
+import XCTest
+
+final class RequestShapeTests: XCTestCase {
+    func testTargetSplitsIntoNormalisedPathAndQuery() {
+        XCTAssertEqual(KernelRequest.splitTarget("/a/b?x=1&y=2")?.path, "/a/b")
+        XCTAssertEqual(KernelRequest.splitTarget("/a/b?x=1&y=2")?.query, "x=1&y=2")
+        XCTAssertEqual(KernelRequest.splitTarget("/")?.path, "/")
+        XCTAssertEqual(KernelRequest.splitTarget("/a//b/./c/../d")?.path, "/a/b/d")
+        XCTAssertEqual(KernelRequest.splitTarget("/a/b/")?.path, "/a/b/")
+        XCTAssertEqual(KernelRequest.splitTarget("/a/%41%20b")?.path, "/a/A b")
+        XCTAssertEqual(KernelRequest.splitTarget("/a/..")?.path, "/")
+        XCTAssertEqual(KernelRequest.splitTarget("http://example.com/x/y?q")?.path, "/x/y")
+        XCTAssertEqual(KernelRequest.splitTarget("http://example.com/x/y?q")?.query, "q")
+    }
+
+    func testTargetsThatEscapeTheRootOrAreMalformedAreRejected() {
+        XCTAssertNil(KernelRequest.splitTarget("/../etc/passwd"))
+        XCTAssertNil(KernelRequest.splitTarget("/a/%2e%2e/%2e%2e/x"))
+        XCTAssertNil(KernelRequest.splitTarget("/a%zz"))
+        XCTAssertNil(KernelRequest.splitTarget("/a%00b"))
+        XCTAssertNil(KernelRequest.splitTarget("relative"))
+        XCTAssertNil(KernelRequest.splitTarget(""))
+    }
+
+    func testHostDropsPortAndCase() {
+        func host(_ value: String) -> String? {
+            KernelRequest(method: "GET", uri: "/", path: "/", query: "", version: .http1_1, headers: ["Host": value],
+                          connection: ConnectionInfo(protocolName: "http", listener: "-", remoteAddress: nil, localAddress: nil)).host
+        }
+        XCTAssertEqual(host("Example.COM:8080"), "example.com")
+        XCTAssertEqual(host("[::1]:8080"), "[::1]")
+        XCTAssertEqual(host("localhost"), "localhost")
+    }
+
+    func testHeaderFieldsAreCaseInsensitiveAndOrdered() {
+        var headers: HeaderFields = ["Content-Type": "text/plain", "X-A": "1"]
+        headers.add("x-a", "2")
+        XCTAssertEqual(headers["content-type"], "text/plain")
+        XCTAssertEqual(headers.values("X-A"), ["1", "2"])
+        headers.replace("X-a", "3")
+        XCTAssertEqual(headers.values("x-a"), ["3"])
+        XCTAssertEqual(headers.fields.map(\.name), ["Content-Type", "X-A"])
+        headers.remove("CONTENT-TYPE")
+        XCTAssertFalse(headers.contains("Content-Type"))
+    }
+
+    func testListenAddressesParseAsNginxWritesThem() {
+        XCTAssertEqual(ListenAddress(parsing: "8080"), .tcp(host: "0.0.0.0", port: 8080))
+        XCTAssertEqual(ListenAddress(parsing: "*:80"), .tcp(host: "0.0.0.0", port: 80))
+        XCTAssertEqual(ListenAddress(parsing: "127.0.0.1:0"), .tcp(host: "127.0.0.1", port: 0))
+        XCTAssertEqual(ListenAddress(parsing: "[::1]:8080"), .tcp(host: "::1", port: 8080))
+        XCTAssertEqual(ListenAddress(parsing: "unix:/run/k.sock"), .unix(path: "/run/k.sock"))
+        XCTAssertNil(ListenAddress(parsing: "127.0.0.1:70000"))
+        XCTAssertNil(ListenAddress(parsing: "::1:80"))
+        XCTAssertNil(ListenAddress(parsing: "unix:"))
+        XCTAssertEqual(ListenAddress(parsing: "[::1]:8080")?.description, "[::1]:8080")
+        XCTAssertEqual(PeerAddress(parsing: "127.0.0.1:6666"), .tcp(host: "127.0.0.1", port: 6666))
+        XCTAssertNil(PeerAddress(parsing: "127.0.0.1:0"))
+        XCTAssertNil(PeerAddress(parsing: "127.0.0.1"))
+    }
+
+    func testErrorResponseIsJSONWithEscapedMessage() {
+        let response = KernelResponse.error(400, "bad \"x\"\n")
+        guard case .buffer(let buffer) = response.body else { return XCTFail("expected a buffer body") }
+        XCTAssertEqual(String(buffer: buffer), #"{"error":"bad \"x\"\n"}"#)
+        XCTAssertEqual(response.headers["Content-Type"], "application/json")
+        XCTAssertEqual(response.reasonPhrase, "Bad Request")
+    }
+}
