@@ -1,0 +1,50 @@
+# kernel: `make run` sets up and starts the demo, `make test` runs every test, `make bench` measures.
+SWIFT ?= swift
+PYTHON ?= python3
+CONFIG ?= etc/kernel.yaml
+RELEASE_BIN := .build/release/kernel
+DEBUG_BIN := .build/debug/kernel
+
+export KERNEL_ONNXRUNTIME_LIBRARY ?= $(shell scripts/onnxruntime-library.sh 2>/dev/null)
+
+.PHONY: run test setup build release unit-test system-test bench fuzz clean
+
+setup:
+	@scripts/setup.sh
+
+build:
+	$(SWIFT) build
+
+release:
+	$(SWIFT) build -c release
+
+run: setup release
+	@mkdir -p run
+	@$(eval KERNEL_ONNXRUNTIME_LIBRARY := $(shell scripts/onnxruntime-library.sh))
+	@echo
+	@echo "kernel: starting '$(RELEASE_BIN) --role both --config $(CONFIG)' on http://127.0.0.1:8080"
+	@echo "  curl http://127.0.0.1:8080/"
+	@echo "  curl http://127.0.0.1:8080/v2/models/demo"
+	@echo "  curl -X POST http://127.0.0.1:8080/v2/models/demo/infer -H 'Content-Type: application/json' \\"
+	@echo "       -d @etc/examples/demo-request.json"
+	@echo "  stop with Ctrl-C, or '$(RELEASE_BIN) -s quit --config $(CONFIG)' from another shell"
+	@echo
+	KERNEL_ONNXRUNTIME_LIBRARY=$(KERNEL_ONNXRUNTIME_LIBRARY) exec $(RELEASE_BIN) --role both --config $(CONFIG)
+
+test: setup
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+	@$(MAKE) --no-print-directory system-test
+
+system-test:
+	KERNEL_BIN=$(DEBUG_BIN) KERNEL_ONNXRUNTIME_LIBRARY=$$(scripts/onnxruntime-library.sh) \
+		$(PYTHON) -m pytest -q -p no:cacheprovider Tests/SystemTests
+
+bench: setup release
+	KERNEL_BIN=$(RELEASE_BIN) KERNEL_ONNXRUNTIME_LIBRARY=$$(scripts/onnxruntime-library.sh) bench/run.sh
+
+fuzz:
+	Fuzz/fuzz.sh
+
+clean:
+	rm -rf .build run

@@ -1,0 +1,207 @@
+"""The kernel binary as an operator uses it: --check, -s reload|reopen|quit|stop, signals, listeners on reload."""
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import KERNEL_BIN, with_core_section
+
+HELLO = """
+http:
+  listen: "127.0.0.1:0"
+routing:
+  servers:
+    - locations:
+        - location: /
+          return: 200 "{text}"
+"""
+
+
+def get(port, path="/", host="127.0.0.1"):
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body = response.read().decode()
+    conn.close()
+    return response.status, body
+
+
+def check(tmp_path, text, name="check.yaml"):
+    path = tmp_path / name
+    path.write_text(with_core_section(text, str(tmp_path)))
+    result = subprocess.run([KERNEL_BIN, "-t", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    return path, result
+
+
+def test_version(kernel_bin):
+    result = subprocess.run([kernel_bin, "--version"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert re.fullmatch(r"\d+\.\d+\.\d+\n", result.stdout)
+
+
+def test_check_accepts_a_valid_file(tmp_path):
+    path, result = check(tmp_path, HELLO.format(text="hello"))
+    assert result.returncode == 0, result.stderr
+    assert f"the configuration file {path} syntax is ok" in result.stderr
+    assert f"configuration file {path} test is successful" in result.stderr
+
+
+def test_check_rejects_an_invalid_file_naming_line_and_column(tmp_path):
+    text = HELLO.format(text="hello").replace('return: 200 "hello"', 'return: abc')
+    path, result = check(tmp_path, text)
+    assert result.returncode == 1
+    lines = with_core_section(text, str(tmp_path)).splitlines()
+    line = next(i for i, l in enumerate(lines, 1) if "return: abc" in l)
+    column = lines[line - 1].index("abc") + 1
+    assert (f'{path}:{line}:{column}: routing.servers[0].locations[0].return: '
+            f'expected a status code 100-599, found "abc"') in result.stderr
+    assert f"configuration file {path} test failed" in result.stderr
+
+
+def test_check_rejects_an_unknown_key(tmp_path):
+    path, result = check(tmp_path, HELLO.format(text="x") + "  bogus: 1\n")
+    assert result.returncode == 1
+    assert f"{path}:" in result.stderr and "routing.bogus: unknown key" in result.stderr
+
+
+def test_startup_with_an_invalid_file_exits_non_zero(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(with_core_section("http:\n  listen: [\n", str(tmp_path)))
+    result = subprocess.run([KERNEL_BIN, "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"[emerg] {path}:" in result.stdout + result.stderr
+
+
+def test_reload_under_load_loses_no_request(start_kernel, tmp_path):
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed (scripts/setup.sh installs it)")
+    kernel = start_kernel(HELLO.format(text="generation-0"))
+    port = kernel.port()
+    assert get(port) == (200, "generation-0")
+    wrk = subprocess.Popen(["wrk", "-t2", "-c16", "-d8s", f"http://127.0.0.1:{port}/"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.5)
+    for number in range(1, 21):
+        kernel.write_config(HELLO.format(text=f"generation-{number}"))
+        result = kernel.control("reload")
+        assert result.returncode == 0, result.stderr
+        kernel.wait_for_log("configuration reloaded", timeout=20, count=number)
+        time.sleep(0.25)
+    output, _ = wrk.communicate(timeout=60)
+    assert "requests in" in output, output
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    assert requests > 0
+    assert "Non-2xx" not in output, output
+    assert "Socket errors" not in output, output
+    assert get(port) == (200, "generation-20")
+
+
+def test_invalid_reload_keeps_the_running_configuration(start_kernel):
+    kernel = start_kernel(HELLO.format(text="old"))
+    port = kernel.port()
+    kernel.write_config(HELLO.format(text="new").replace('return: 200 "new"', "return: 99"))
+    assert kernel.control("reload").returncode == 0
+    text = kernel.wait_for_log("reload failed", timeout=20)
+    assert re.search(r"reload failed, keeping the running configuration: \S+kernel\.yaml:\d+:\d+: "
+                     r"routing\.servers\[0\]\.locations\[0\]\.return", text), text
+    assert get(port) == (200, "old")
+
+
+def test_sighup_sent_directly_reloads(start_kernel):
+    kernel = start_kernel(HELLO.format(text="before"))
+    kernel.write_config(HELLO.format(text="after"))
+    os.kill(kernel.pid, signal.SIGHUP)
+    kernel.wait_for_log("configuration reloaded", timeout=20)
+    assert get(kernel.port()) == (200, "after")
+
+
+def test_reload_opens_added_and_closes_removed_listeners(start_kernel):
+    kernel = start_kernel(HELLO.format(text="one"))
+    first = kernel.port()
+    two = HELLO.format(text="two").replace('listen: "127.0.0.1:0"', 'listen: ["127.0.0.1:0", "[::1]:0"]')
+    kernel.write_config(two)
+    kernel.control("reload")
+    kernel.wait_for_log("configuration reloaded", timeout=20)
+    v6 = kernel.port(configured="[::1]:0")
+    assert get(first) == (200, "two"), "an unchanged listener keeps its socket"
+    assert get(v6, host="::1") == (200, "two")
+    kernel.write_config(HELLO.format(text="three"))
+    kernel.control("reload")
+    kernel.wait_for_log("configuration reloaded", timeout=20, count=2)
+    assert get(first) == (200, "three")
+    with pytest.raises(OSError):
+        socket.create_connection(("::1", v6), timeout=2).close()
+
+
+def test_quit_lets_an_in_flight_request_finish(start_kernel):
+    kernel = start_kernel(HELLO.format(text="done"))
+    port = kernel.port()
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    client.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+    time.sleep(0.3)
+    assert kernel.control("quit").returncode == 0
+    kernel.wait_for_log("graceful shutdown", timeout=10)
+    # The listener is closed for new connections...
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            time.sleep(0.05)
+        except OSError:
+            break
+    else:
+        pytest.fail("the listener still accepts after quit")
+    # ...while the request in flight completes.
+    client.sendall(b"67890")
+    response = b""
+    while True:
+        chunk = client.recv(4096)
+        if not chunk:
+            break
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n"), response
+    assert response.endswith(b"done")
+    assert kernel.wait_exit(timeout=20) == 0
+    assert not os.path.exists(os.path.join(kernel.workdir, "kernel.pid"))
+
+
+def test_stop_exits_at_once_with_connections_open(start_kernel):
+    kernel = start_kernel(HELLO.format(text="x"))
+    idle = socket.create_connection(("127.0.0.1", kernel.port()), timeout=10)
+    idle.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n1")
+    started = time.time()
+    assert kernel.control("stop").returncode == 0
+    assert kernel.wait_exit(timeout=10) == 0
+    assert time.time() - started < 8
+    idle.close()
+
+
+def test_reopen_moves_the_access_log_to_a_new_file(start_kernel, tmp_path):
+    log = tmp_path / "access.log"
+    text = HELLO.format(text="x").replace("    - locations:", f"    - access_log: {log}\n      locations:")
+    kernel = start_kernel(text)
+    port = kernel.port()
+    get(port, "/first")
+    rotated = tmp_path / "access.log.1"
+    os.rename(log, rotated)
+    assert kernel.control("reopen").returncode == 0
+    kernel.wait_for_log("log files reopened", timeout=10)
+    get(port, "/second")
+    assert '"GET /first HTTP/1.1" 200 1' in rotated.read_text()
+    line = log.read_text()
+    assert re.fullmatch(r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] '
+                        r'"GET /second HTTP/1\.1" 200 1 "-" "-"\n', line), line
+
+
+def test_signal_without_a_running_kernel_reports_the_pid_file(tmp_path):
+    path, _ = check(tmp_path, HELLO.format(text="x"))
+    result = subprocess.run([KERNEL_BIN, "-s", "reload", "-c", str(path)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert f'open() "{tmp_path}/kernel.pid" failed' in result.stderr

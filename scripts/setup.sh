@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what the kernel, its tests and its benchmarks need, skipping what is already there:
+# Debian packages (libyaml, nginx, wrk), Python packages from PyPI (ONNX Runtime and the test peers),
+# and the demo and test models.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for package in libyaml-dev nginx-light wrk; do
+    dpkg -s "$package" >/dev/null 2>&1 || need_apt+=("$package")
+done
+if ((${#need_apt[@]})); then
+    echo "setup: apt-get install ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# nginx-light's package starts a system nginx on port 80; the kernel's tests start their own.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+
+PYTHON=${PYTHON:-python3}
+need_pip=()
+check() { "$PYTHON" -c "import $1" >/dev/null 2>&1 || need_pip+=("$2"); }
+check onnxruntime onnxruntime
+check onnx onnx
+check numpy numpy
+check tritonclient.http "tritonclient[http]"
+check flask flask
+check pytest pytest
+check requests requests
+check rapidocr_onnxruntime rapidocr-onnxruntime
+command -v uwsgi >/dev/null 2>&1 || need_pip+=(uwsgi)
+if ((${#need_pip[@]})); then
+    echo "setup: pip install ${need_pip[*]}"
+    "$PYTHON" -m pip install -q --disable-pip-version-check "${need_pip[@]}"
+fi
+
+"$PYTHON" scripts/models/make_models.py
