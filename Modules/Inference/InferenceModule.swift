@@ -1,12 +1,44 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import KernelConfig
 import KernelCore
 
-/// The `inference` module.
+/// The `inference` module: serves ONNX models through ONNX Runtime over the Open Inference Protocol.
+///
+/// Runs in the worker role (and so in `both`). It contributes a service that loads the models before the listeners
+/// open, and the `inference` location directive (`inference: {}` or `inference: true`) that answers `/v2/...`.
 public enum InferenceModule: KernelModule {
     public static let configurationKey = "inference"
-    public static let roles: Set<KernelRole> = [.edge, .worker]
-    public static func decode(_ value: ConfigValue, registrar: Registrar) throws -> Void {
-        throw value.error("the inference module is not built yet")
+    public static let roles: Set<KernelRole> = [.worker]
+
+    public static func decode(_ value: ConfigValue, registrar: Registrar) throws -> InferenceConfiguration {
+        let configuration = try InferenceConfiguration.decode(value, resolvePath: registrar.resolvePath)
+        // Checked in both modes, so that `kernel -t` reports a missing model file; loading waits for `start`.
+        let models = try value.mapping().optional("models").map { try $0.list() } ?? []
+        for (index, model) in configuration.models.enumerated() where access(model.path, R_OK) != 0 {
+            let pathValue = try models[index].mapping().required("path")
+            throw pathValue.error("model file \"\(model.path)\" cannot be read: \(String(cString: strerror(errno)))")
+        }
+        return configuration
     }
-    public static func register(_ configuration: Void, into registrar: Registrar) throws {}
+
+    public static func register(_ configuration: InferenceConfiguration, into registrar: Registrar) throws {
+        let repository = ModelRepository(configurations: configuration.models)
+        if registrar.mode == .run {
+            registrar.addService(ModelLoadingService(repository: repository, runtimeLibrary: configuration.runtimeLibrary,
+                                                     environment: ProcessEnvironment.all(), logger: registrar.logger))
+        }
+        let handler = InferenceHandler(repository: repository)
+        registrar.addLocationHandler("inference") { value, _, _ in
+            if case .scalar = value.node {
+                guard try value.bool() else { throw value.expected("true or a mapping ({})") }
+            } else {
+                try value.mapping().finish()
+            }
+            return handler
+        }
+    }
 }

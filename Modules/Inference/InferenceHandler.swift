@@ -1,0 +1,231 @@
+import KernelCore
+import NIOCore
+
+/// Serves the Open Inference Protocol (KServe v2, Triton's HTTP API) for the models of a repository.
+///
+/// Routes match `request.path` from its `/v2` on, whatever location the handler is mounted at:
+/// `GET /v2`, `/v2/health/live`, `/v2/health/ready`, `/v2/models/stats`, `/v2/models/{name}[/versions/{v}]`
+/// with nothing (metadata), `/ready`, `/config`, `/stats`, and `POST .../infer`.
+public struct InferenceHandler: RequestHandler {
+    public let repository: ModelRepository
+    public static let serverName = "kernel"
+    public static let extensions = ["binary_tensor_data", "statistics", "model_configuration"]
+
+    public init(repository: ModelRepository) { self.repository = repository }
+
+    public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        do {
+            return try route(request, context: context)
+        } catch let error as KernelHTTPError {
+            return context.eventLoop.makeFailedFuture(error)
+        } catch {
+            return context.eventLoop.makeFailedFuture(KernelHTTPError(500, "\(error)"))
+        }
+    }
+
+    private func route(_ request: KernelRequest, context: RequestContext) throws -> EventLoopFuture<KernelResponse> {
+        let segments = request.path.split(separator: "/", omittingEmptySubsequences: true)
+        guard segments.first == "v2" else { throw KernelHTTPError(404, "not found: \(request.path)") }
+        let rest = segments.dropFirst()
+        let isRead = request.method == "GET" || request.method == "HEAD"
+        func read(_ body: () throws -> KernelResponse) throws -> EventLoopFuture<KernelResponse> {
+            guard isRead else { throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path)") }
+            return context.eventLoop.makeSucceededFuture(try body())
+        }
+        switch rest.count {
+        case 0:
+            return try read { serverMetadata() }
+        case 2 where rest.first == "health":
+            let probe = rest.last!
+            if probe == "live" { return try read { KernelResponse(status: 200) } }
+            if probe == "ready" {
+                return try read {
+                    repository.allReady ? KernelResponse(status: 200) : .error(400, "server is not ready: not every model loaded")
+                }
+            }
+        case 2 where rest.first == "models" && rest.last == "stats":
+            return try read { statisticsResponse(repository.loadedModels) }
+        default:
+            break
+        }
+        guard rest.first == "models", rest.count >= 2 else { throw KernelHTTPError(404, "not found: \(request.path)") }
+        let name = String(rest[rest.startIndex + 1])
+        var tail = rest.dropFirst(2)
+        guard let configuration = repository.configuration(name) else {
+            throw KernelHTTPError(404, "Request for unknown model: '\(name)' is not found")
+        }
+        if tail.first == "versions" {
+            guard tail.count >= 2 else { throw KernelHTTPError(404, "not found: \(request.path)") }
+            let version = String(tail[tail.startIndex + 1])
+            guard version == configuration.version else {
+                throw KernelHTTPError(404, "Request for unknown model: '\(name)' version \(version) is not found")
+            }
+            tail = tail.dropFirst(2)
+        }
+        guard tail.count <= 1 else { throw KernelHTTPError(404, "not found: \(request.path)") }
+        let action = tail.first.map(String.init) ?? ""
+        let state = repository.state(name) ?? .loading
+        if action == "ready" {
+            return try read {
+                if case .ready = state { return KernelResponse(status: 200) }
+                return .error(400, notReadyMessage(configuration))
+            }
+        }
+        guard case .ready(let model) = state else {
+            if action == "" || action == "infer" || action == "config" || action == "stats" {
+                throw KernelHTTPError(400, notReadyMessage(configuration))
+            }
+            throw KernelHTTPError(404, "not found: \(request.path)")
+        }
+        switch action {
+        case "": return try read { modelMetadata(model) }
+        case "config": return try read { modelConfig(model) }
+        case "stats": return try read { statisticsResponse([model]) }
+        case "infer":
+            guard request.method == "POST" else {
+                throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path): use POST")
+            }
+            return infer(request, model: model, context: context)
+        default:
+            throw KernelHTTPError(404, "not found: \(request.path)")
+        }
+    }
+
+    /// Triton's wording for a model that is configured but not loaded.
+    private func notReadyMessage(_ configuration: ModelConfiguration) -> String {
+        var message = "Request for unknown model: '\(configuration.name)' version \(configuration.version) is not at ready state"
+        if case .failed(let reason) = repository.state(configuration.name) { message += ": \(reason)" }
+        return message
+    }
+
+    private func infer(_ request: KernelRequest, model: LoadedModel, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        let decoded: DecodedInferenceRequest
+        do {
+            decoded = try InferenceCodec.decodeRequest(body: request.body, headers: request.headers, model: model.signature)
+        } catch {
+            return context.eventLoop.makeFailedFuture(error)
+        }
+        let signature = model.signature
+        return model.scheduler.submit(decoded.inputs, on: context.eventLoop).map { outputs in
+            InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: outputs)
+        }
+    }
+
+    // MARK: - Metadata
+
+    private func json(_ body: (inout JSONWriter) -> Void) -> KernelResponse {
+        var writer = JSONWriter(buffer: ByteBufferAllocator().buffer(capacity: 512))
+        body(&writer)
+        return KernelResponse(status: 200, headers: ["Content-Type": "application/json"], body: .buffer(writer.buffer))
+    }
+
+    private func serverMetadata() -> KernelResponse {
+        json { writer in
+            writer.raw("{\"name\":")
+            writer.string(InferenceHandler.serverName)
+            writer.raw(",\"version\":")
+            writer.string(kernelVersion)
+            writer.raw(",\"extensions\":[")
+            for (index, name) in InferenceHandler.extensions.enumerated() {
+                if index > 0 { writer.byte(UInt8(ascii: ",")) }
+                writer.string(name)
+            }
+            writer.raw("]}")
+        }
+    }
+
+    private func writeTensors(_ specs: [TensorSpec], into writer: inout JSONWriter) {
+        writer.byte(UInt8(ascii: "["))
+        for (index, spec) in specs.enumerated() {
+            if index > 0 { writer.byte(UInt8(ascii: ",")) }
+            writer.raw("{\"name\":")
+            writer.string(spec.name)
+            writer.raw(",\"datatype\":")
+            writer.string(spec.dataType.rawValue)
+            writer.raw(",\"shape\":[")
+            for (dimensionIndex, dimension) in spec.shape.enumerated() {
+                if dimensionIndex > 0 { writer.byte(UInt8(ascii: ",")) }
+                writer.integer(dimension)
+            }
+            writer.raw("]}")
+        }
+        writer.byte(UInt8(ascii: "]"))
+    }
+
+    private func modelMetadata(_ model: LoadedModel) -> KernelResponse {
+        json { writer in
+            writer.raw("{\"name\":")
+            writer.string(model.signature.name)
+            writer.raw(",\"versions\":[")
+            writer.string(model.signature.version)
+            writer.raw("],\"platform\":\"onnxruntime_onnx\",\"inputs\":")
+            writeTensors(model.signature.inputs, into: &writer)
+            writer.raw(",\"outputs\":")
+            writeTensors(model.signature.outputs, into: &writer)
+            writer.byte(UInt8(ascii: "}"))
+        }
+    }
+
+    /// Triton's model configuration, in its JSON form (dimensions without the batch dimension when batching).
+    private func modelConfig(_ model: LoadedModel) -> KernelResponse {
+        let configuration = model.configuration
+        func configTensors(_ specs: [TensorSpec], into writer: inout JSONWriter) {
+            writer.byte(UInt8(ascii: "["))
+            for (index, spec) in specs.enumerated() {
+                if index > 0 { writer.byte(UInt8(ascii: ",")) }
+                writer.raw("{\"name\":")
+                writer.string(spec.name)
+                writer.raw(",\"data_type\":")
+                writer.string("TYPE_" + (spec.dataType == .fp16 ? "FP16" : spec.dataType.rawValue))
+                writer.raw(",\"dims\":[")
+                let dims = configuration.maxBatchSize > 0 ? Array(spec.shape.dropFirst()) : spec.shape
+                for (dimensionIndex, dimension) in dims.enumerated() {
+                    if dimensionIndex > 0 { writer.byte(UInt8(ascii: ",")) }
+                    writer.integer(dimension)
+                }
+                writer.raw("]}")
+            }
+            writer.byte(UInt8(ascii: "]"))
+        }
+        return json { writer in
+            writer.raw("{\"name\":")
+            writer.string(configuration.name)
+            writer.raw(",\"platform\":\"onnxruntime_onnx\",\"backend\":\"onnxruntime\",\"max_batch_size\":")
+            writer.integer(configuration.maxBatchSize)
+            writer.raw(",\"input\":")
+            configTensors(model.signature.inputs, into: &writer)
+            writer.raw(",\"output\":")
+            configTensors(model.signature.outputs, into: &writer)
+            writer.raw(",\"instance_group\":[{\"count\":")
+            writer.integer(configuration.instances)
+            writer.raw(",\"kind\":\"KIND_CPU\"}]")
+            if let batching = configuration.dynamicBatching {
+                writer.raw(",\"dynamic_batching\":{\"preferred_batch_size\":[")
+                for (index, size) in batching.preferredBatchSizes.enumerated() {
+                    if index > 0 { writer.byte(UInt8(ascii: ",")) }
+                    writer.integer(size)
+                }
+                writer.raw("],\"max_queue_delay_microseconds\":")
+                writer.integer(batching.maxQueueDelay.milliseconds * 1000)
+                writer.raw(",\"default_queue_policy\":{\"max_queue_size\":")
+                writer.integer(configuration.maxQueue)
+                writer.raw(",\"default_timeout_microseconds\":")
+                writer.integer(configuration.timeout.milliseconds * 1000)
+                writer.raw("}}")
+            }
+            writer.byte(UInt8(ascii: "}"))
+        }
+    }
+
+    private func statisticsResponse(_ models: [LoadedModel]) -> KernelResponse {
+        json { writer in
+            writer.raw("{\"model_stats\":[")
+            for (index, model) in models.enumerated() {
+                if index > 0 { writer.byte(UInt8(ascii: ",")) }
+                model.scheduler.currentStatistics.write(name: model.signature.name, version: model.signature.version,
+                                                        into: &writer)
+            }
+            writer.raw("]}")
+        }
+    }
+}

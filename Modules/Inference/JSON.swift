@@ -1,0 +1,491 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import NIOCore
+
+/// A parsed JSON value. Numbers keep their source text's byte range and are converted only when the element type
+/// they are read as is known, so that every type gets one correctly rounded conversion from the decimal text.
+public indirect enum JSONValue: Sendable {
+    case null
+    case bool(Bool)
+    /// The number's bytes in the parsed document.
+    case number(JSONNumber)
+    case string(String)
+    case array([JSONValue])
+    case object([(key: String, value: JSONValue)])
+
+    /// The member `key` of an object (first occurrence), or nil.
+    public subscript(key: String) -> JSONValue? {
+        guard case .object(let members) = self else { return nil }
+        for member in members where member.key == key { return member.value }
+        return nil
+    }
+
+    public var stringValue: String? {
+        if case .string(let text) = self { return text }
+        return nil
+    }
+
+    public var boolValue: Bool? {
+        if case .bool(let value) = self { return value }
+        return nil
+    }
+
+    public var arrayValue: [JSONValue]? {
+        if case .array(let items) = self { return items }
+        return nil
+    }
+
+    public var isObject: Bool {
+        if case .object = self { return true }
+        return false
+    }
+
+    /// A short name of the kind of value, for error messages.
+    public var kindName: String {
+        switch self {
+        case .null: return "null"
+        case .bool: return "a boolean"
+        case .number: return "a number"
+        case .string: return "a string"
+        case .array: return "an array"
+        case .object: return "an object"
+        }
+    }
+}
+
+/// A JSON number as written: sign, up to 19 significant digits and a power of ten (the text itself only when it
+/// has more digits), plus `NaN`, `Infinity` and `-Infinity` as Python's `json` writes them.
+///
+/// Keeping the decimal form lets each element type get one correctly rounded conversion (FP32 is not rounded
+/// through FP64) without allocating per number.
+public struct JSONNumber: Sendable {
+    enum Special: UInt8, Sendable { case none, nan, infinity }
+    var negative: Bool
+    /// Significant digits as an integer.
+    var mantissa: UInt64
+    /// The power of ten `mantissa` is scaled by.
+    var exponent: Int32
+    /// Written without fraction or exponent.
+    public let isInteger: Bool
+    var special: Special
+    /// The text, kept only when the digits did not fit `mantissa`.
+    var longText: [UInt8]?
+
+    /// The value as an integer, or nil when it is not an integer literal or does not fit.
+    public var int64: Int64? {
+        guard isInteger, longText == nil else { return nil }
+        if negative {
+            guard mantissa <= UInt64(Int64.max) + 1 else { return nil }
+            return mantissa == UInt64(Int64.max) + 1 ? Int64.min : -Int64(mantissa)
+        }
+        guard mantissa <= UInt64(Int64.max) else { return nil }
+        return Int64(mantissa)
+    }
+
+    /// The value as an unsigned integer, or nil when negative, not an integer literal, or too large.
+    public var uint64: UInt64? {
+        guard isInteger, longText == nil else { return nil }
+        guard !negative || mantissa == 0 else { return nil }
+        return mantissa
+    }
+
+    /// The nearest `Double` to the decimal text.
+    public var double: Double {
+        switch special {
+        case .nan: return .nan
+        case .infinity: return negative ? -.infinity : .infinity
+        case .none: break
+        }
+        if longText == nil, mantissa < (1 << 53), exponent >= -22, exponent <= 22 {
+            // Exact operands and one correctly rounded operation (Clinger's fast path).
+            let magnitude = exponent < 0 ? Double(mantissa) / powersOfTen[Int(-exponent)]
+                                         : Double(mantissa) * powersOfTen[Int(exponent)]
+            return negative ? -magnitude : magnitude
+        }
+        return withCString { strtod($0, nil) }
+    }
+
+    /// The nearest `Float` to the decimal text (one rounding, not through `Double`).
+    public var float: Float {
+        switch special {
+        case .nan: return .nan
+        case .infinity: return negative ? -.infinity : .infinity
+        case .none: break
+        }
+        if longText == nil, mantissa < (1 << 24), exponent >= -10, exponent <= 10 {
+            let scale = Float(powersOfTen[Int(abs(exponent))])
+            let magnitude = exponent < 0 ? Float(mantissa) / scale : Float(mantissa) * scale
+            return negative ? -magnitude : magnitude
+        }
+        return withCString { strtof($0, nil) }
+    }
+
+    /// The number as C text (`-123e-4`) for `strtod`/`strtof`, on the stack.
+    private func withCString<T>(_ body: (UnsafePointer<CChar>) -> T) -> T {
+        if let longText {
+            return withUnsafeTemporaryAllocation(of: CChar.self, capacity: longText.count + 1) { buffer in
+                for (index, byte) in longText.enumerated() { buffer[index] = CChar(bitPattern: byte) }
+                buffer[longText.count] = 0
+                return body(UnsafePointer(buffer.baseAddress!))
+            }
+        }
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 40) { buffer in
+            var position = 0
+            func put(_ byte: UInt8) { buffer[position] = CChar(bitPattern: byte); position += 1 }
+            if negative { put(UInt8(ascii: "-")) }
+            var digits: [UInt8] = []
+            var value = mantissa
+            repeat { digits.append(UInt8(value % 10) + 48); value /= 10 } while value > 0
+            for digit in digits.reversed() { put(digit) }
+            put(UInt8(ascii: "e"))
+            var exponentValue = Int(exponent)
+            if exponentValue < 0 { put(UInt8(ascii: "-")); exponentValue = -exponentValue }
+            var exponentDigits: [UInt8] = []
+            repeat { exponentDigits.append(UInt8(exponentValue % 10) + 48); exponentValue /= 10 } while exponentValue > 0
+            for digit in exponentDigits.reversed() { put(digit) }
+            buffer[position] = 0
+            return body(UnsafePointer(buffer.baseAddress!))
+        }
+    }
+}
+
+private let powersOfTen: [Double] = (0...22).map { exponent in
+    var value = 1.0
+    for _ in 0..<exponent { value *= 10 }
+    return value
+}
+
+/// Why a document is not valid JSON, with the byte offset where parsing stopped.
+public struct JSONParseError: Error, Sendable, CustomStringConvertible {
+    public var offset: Int
+    public var reason: String
+    public var description: String { "\(reason) at byte \(offset)" }
+}
+
+/// A strict JSON parser (RFC 8259, plus `NaN`/`Infinity` numbers as Python's `json` writes them), with a nesting
+/// limit so a hostile document cannot exhaust the stack.
+public struct JSONReader {
+    public static let maximumDepth = 64
+
+    /// Parses one document from `bytes`; trailing non-space bytes are an error.
+    public static func parse<Bytes: Collection<UInt8>>(_ bytes: Bytes) throws -> JSONValue {
+        let result: JSONValue? = try bytes.withContiguousStorageIfAvailable { try parse(buffer: $0) }
+        if let result { return result }
+        return try Array(bytes).withUnsafeBufferPointer { try parse(buffer: $0) }
+    }
+
+    /// Parses the readable bytes of `buffer`.
+    public static func parse(_ buffer: ByteBuffer) throws -> JSONValue {
+        try buffer.withUnsafeReadableBytes { try parse(buffer: $0.bindMemory(to: UInt8.self)) }
+    }
+
+    static func parse(buffer: UnsafeBufferPointer<UInt8>) throws -> JSONValue {
+        var reader = Cursor(bytes: buffer, index: 0)
+        let value = try reader.value(depth: 0)
+        reader.skipSpace()
+        guard reader.index == buffer.count else { throw reader.error("unexpected data after the JSON value") }
+        return value
+    }
+
+    struct Cursor {
+        let bytes: UnsafeBufferPointer<UInt8>
+        var index: Int
+
+        func error(_ reason: String) -> JSONParseError { JSONParseError(offset: index, reason: reason) }
+
+        mutating func skipSpace() {
+            while index < bytes.count {
+                switch bytes[index] {
+                case 0x20, 0x0A, 0x0D, 0x09: index += 1
+                default: return
+                }
+            }
+        }
+
+        mutating func value(depth: Int) throws -> JSONValue {
+            guard depth < JSONReader.maximumDepth else { throw error("nesting deeper than \(JSONReader.maximumDepth)") }
+            skipSpace()
+            guard index < bytes.count else { throw error("unexpected end of JSON") }
+            switch bytes[index] {
+            case UInt8(ascii: "{"): return try object(depth: depth)
+            case UInt8(ascii: "["): return try array(depth: depth)
+            case UInt8(ascii: "\""): return .string(try string())
+            case UInt8(ascii: "t"): try literal("true"); return .bool(true)
+            case UInt8(ascii: "f"): try literal("false"); return .bool(false)
+            case UInt8(ascii: "n"): try literal("null"); return .null
+            default: return .number(try number())
+            }
+        }
+
+        mutating func literal(_ word: StaticString) throws {
+            let count = word.utf8CodeUnitCount
+            guard index + count <= bytes.count else { throw error("invalid literal") }
+            for offset in 0..<count where bytes[index + offset] != word.utf8Start[offset] {
+                throw error("invalid literal")
+            }
+            index += count
+        }
+
+        mutating func object(depth: Int) throws -> JSONValue {
+            index += 1
+            var members: [(key: String, value: JSONValue)] = []
+            skipSpace()
+            if index < bytes.count, bytes[index] == UInt8(ascii: "}") { index += 1; return .object(members) }
+            while true {
+                skipSpace()
+                guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a member name") }
+                let key = try string()
+                skipSpace()
+                guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+                index += 1
+                members.append((key, try value(depth: depth + 1)))
+                skipSpace()
+                guard index < bytes.count else { throw error("unexpected end of JSON") }
+                if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                if bytes[index] == UInt8(ascii: "}") { index += 1; return .object(members) }
+                throw error("expected ',' or '}'")
+            }
+        }
+
+        mutating func array(depth: Int) throws -> JSONValue {
+            index += 1
+            var items: [JSONValue] = []
+            skipSpace()
+            if index < bytes.count, bytes[index] == UInt8(ascii: "]") { index += 1; return .array(items) }
+            while true {
+                items.append(try value(depth: depth + 1))
+                skipSpace()
+                guard index < bytes.count else { throw error("unexpected end of JSON") }
+                if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                if bytes[index] == UInt8(ascii: "]") { index += 1; return .array(items) }
+                throw error("expected ',' or ']'")
+            }
+        }
+
+        mutating func number() throws -> JSONNumber {
+            let start = index
+            let negative = bytes[index] == UInt8(ascii: "-")
+            if negative { index += 1 }
+            guard index < bytes.count else { throw error("invalid number") }
+            if bytes[index] == UInt8(ascii: "N") {
+                guard !negative else { throw error("invalid number") }
+                try literal("NaN")
+                return JSONNumber(negative: false, mantissa: 0, exponent: 0, isInteger: false, special: .nan)
+            }
+            if bytes[index] == UInt8(ascii: "I") {
+                try literal("Infinity")
+                return JSONNumber(negative: negative, mantissa: 0, exponent: 0, isInteger: false, special: .infinity)
+            }
+            var mantissa: UInt64 = 0
+            var significant = 0
+            var exponent = 0
+            var truncated = false
+            @inline(__always) func addDigit(_ byte: UInt8, fraction: Bool) {
+                if mantissa == 0 && byte == 48 {
+                    if fraction { exponent -= 1 }
+                    return
+                }
+                if significant < 19 {
+                    mantissa = mantissa * 10 + UInt64(byte - 48)
+                    significant += 1
+                    if fraction { exponent -= 1 }
+                } else {
+                    truncated = true
+                    if !fraction { exponent += 1 }
+                }
+            }
+            var integer = true
+            let digitsStart = index
+            while index < bytes.count, isDigit(bytes[index]) { addDigit(bytes[index], fraction: false); index += 1 }
+            let integerDigits = index - digitsStart
+            guard integerDigits > 0 else { throw error("invalid number") }
+            guard integerDigits == 1 || bytes[digitsStart] != UInt8(ascii: "0") else { throw error("invalid number (leading zero)") }
+            if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+                integer = false
+                index += 1
+                let fractionStart = index
+                while index < bytes.count, isDigit(bytes[index]) { addDigit(bytes[index], fraction: true); index += 1 }
+                guard index > fractionStart else { throw error("invalid number") }
+            }
+            if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
+                integer = false
+                index += 1
+                var negativeExponent = false
+                if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
+                    negativeExponent = bytes[index] == UInt8(ascii: "-")
+                    index += 1
+                }
+                let exponentStart = index
+                var written = 0
+                while index < bytes.count, isDigit(bytes[index]) {
+                    if written < 100_000 { written = written * 10 + Int(bytes[index] - 48) }
+                    index += 1
+                }
+                guard index > exponentStart else { throw error("invalid number") }
+                exponent += negativeExponent ? -written : written
+            }
+            // Out-of-range exponents saturate: strtod/strtof then give 0 or infinity as the text would.
+            let clamped = Int32(clamping: max(-100_000, min(100_000, exponent)))
+            return JSONNumber(negative: negative, mantissa: mantissa, exponent: clamped, isInteger: integer && !truncated,
+                              special: .none, longText: truncated ? Array(bytes[start..<index]) : nil)
+        }
+
+        @inline(__always) func isDigit(_ byte: UInt8) -> Bool { byte >= 48 && byte <= 57 }
+
+        mutating func string() throws -> String {
+            index += 1
+            let start = index
+            // Fast path: no escapes.
+            while index < bytes.count {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: "\"") {
+                    let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
+                    index += 1
+                    return text
+                }
+                if byte == UInt8(ascii: "\\") { break }
+                guard byte >= 0x20 else { throw error("control character in string") }
+                index += 1
+            }
+            var scalars = Array(bytes[start..<index])
+            while index < bytes.count {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: "\"") {
+                    index += 1
+                    return String(decoding: scalars, as: UTF8.self)
+                }
+                guard byte >= 0x20 else { throw error("control character in string") }
+                if byte != UInt8(ascii: "\\") {
+                    scalars.append(byte)
+                    index += 1
+                    continue
+                }
+                index += 1
+                guard index < bytes.count else { break }
+                let escape = bytes[index]
+                index += 1
+                switch escape {
+                case UInt8(ascii: "\""): scalars.append(0x22)
+                case UInt8(ascii: "\\"): scalars.append(0x5C)
+                case UInt8(ascii: "/"): scalars.append(0x2F)
+                case UInt8(ascii: "b"): scalars.append(0x08)
+                case UInt8(ascii: "f"): scalars.append(0x0C)
+                case UInt8(ascii: "n"): scalars.append(0x0A)
+                case UInt8(ascii: "r"): scalars.append(0x0D)
+                case UInt8(ascii: "t"): scalars.append(0x09)
+                case UInt8(ascii: "u"):
+                    var code = try hex4()
+                    if code >= 0xD800 && code < 0xDC00 {
+                        guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") else {
+                            throw error("unpaired surrogate")
+                        }
+                        index += 2
+                        let low = try hex4()
+                        guard low >= 0xDC00 && low < 0xE000 else { throw error("unpaired surrogate") }
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                    } else if code >= 0xDC00 && code < 0xE000 {
+                        throw error("unpaired surrogate")
+                    }
+                    scalars.append(contentsOf: String(Character(Unicode.Scalar(code)!)).utf8)
+                default:
+                    throw error("invalid escape")
+                }
+            }
+            throw error("unterminated string")
+        }
+
+        mutating func hex4() throws -> UInt32 {
+            guard index + 4 <= bytes.count else { throw error("invalid \\u escape") }
+            var value: UInt32 = 0
+            for _ in 0..<4 {
+                let byte = bytes[index]
+                let digit: UInt32
+                switch byte {
+                case 48...57: digit = UInt32(byte - 48)
+                case 65...70: digit = UInt32(byte - 55)
+                case 97...102: digit = UInt32(byte - 87)
+                default: throw error("invalid \\u escape")
+                }
+                value = value << 4 | digit
+                index += 1
+            }
+            return value
+        }
+    }
+}
+
+/// Appends JSON text to a `ByteBuffer` without building intermediate strings for structure.
+public struct JSONWriter {
+    public var buffer: ByteBuffer
+
+    public init(buffer: ByteBuffer) { self.buffer = buffer }
+
+    @inline(__always) public mutating func raw(_ text: StaticString) { buffer.writeStaticString(text) }
+
+    @inline(__always) public mutating func byte(_ byte: UInt8) { buffer.writeInteger(byte) }
+
+    /// A JSON string literal with the escapes JSON requires.
+    public mutating func string(_ text: String) {
+        buffer.writeInteger(UInt8(ascii: "\""))
+        var plain = true
+        for byte in text.utf8 where byte < 0x20 || byte == 0x22 || byte == 0x5C { plain = false; break }
+        if plain {
+            buffer.writeString(text)
+        } else {
+            for byte in text.utf8 {
+                switch byte {
+                case 0x22: buffer.writeStaticString("\\\"")
+                case 0x5C: buffer.writeStaticString("\\\\")
+                case 0x0A: buffer.writeStaticString("\\n")
+                case 0x0D: buffer.writeStaticString("\\r")
+                case 0x09: buffer.writeStaticString("\\t")
+                case 0..<0x20:
+                    buffer.writeStaticString("\\u00")
+                    let hex: [UInt8] = Array("0123456789abcdef".utf8)
+                    buffer.writeInteger(hex[Int(byte >> 4)])
+                    buffer.writeInteger(hex[Int(byte & 15)])
+                default: buffer.writeInteger(byte)
+                }
+            }
+        }
+        buffer.writeInteger(UInt8(ascii: "\""))
+    }
+
+    /// An integer in decimal, written digit by digit.
+    public mutating func integer<T: BinaryInteger>(_ value: T) {
+        if value == 0 { buffer.writeInteger(UInt8(ascii: "0")); return }
+        var magnitude = value.magnitude
+        if value < 0 { buffer.writeInteger(UInt8(ascii: "-")) }
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes of scratch, enough for 20 digits
+        let count = withUnsafeMutableBytes(of: &digits) { scratch -> Int in
+            var position = scratch.count
+            while magnitude > 0 {
+                position -= 1
+                scratch[position] = UInt8(truncatingIfNeeded: magnitude % 10) + 48
+                magnitude /= 10
+            }
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: scratch[position...]))
+            return scratch.count - position
+        }
+        _ = count
+    }
+
+    /// The shortest text that reads back as the same `Float` (Swift's `description`); NaN and infinities as
+    /// Python's `json` writes them.
+    public mutating func float(_ value: Float) {
+        if value.isFinite { buffer.writeString(value.description) } else { nonFinite(Double(value)) }
+    }
+
+    /// The shortest text that reads back as the same `Double`.
+    public mutating func double(_ value: Double) {
+        if value.isFinite { buffer.writeString(value.description) } else { nonFinite(value) }
+    }
+
+    private mutating func nonFinite(_ value: Double) {
+        if value.isNaN { buffer.writeStaticString("NaN") }
+        else { buffer.writeStaticString(value < 0 ? "-Infinity" : "Infinity") }
+    }
+}

@@ -1,0 +1,357 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import DequeModule
+import KernelCore
+import Logging
+import NIOCore
+
+/// How a model's requests are queued and joined into batches.
+public struct SchedulingPolicy: Sendable {
+    /// Largest batch (rows along dimension 0); 0 means the model does not batch.
+    public var maxBatchSize: Int
+    /// Whether requests are joined at all (`dynamic_batching` present and `max_batch_size` > 0).
+    public var dynamicBatching: Bool
+    /// How long the first request of a batch may wait for others.
+    public var maxQueueDelayNanoseconds: UInt64
+    /// Batch sizes dispatched as soon as they can be formed; at the delay's end the largest one formable is taken.
+    public var preferredBatchSizes: [Int]
+    /// Requests waiting at most (0: unlimited); more are answered 503 at once.
+    public var maxQueue: Int
+    /// How long a request may wait before it starts (0: no limit); then it is answered 504 and never run.
+    public var timeoutNanoseconds: UInt64
+
+    public init(maxBatchSize: Int = 0, dynamicBatching: Bool = false, maxQueueDelayNanoseconds: UInt64 = 0,
+                preferredBatchSizes: [Int] = [], maxQueue: Int = 0, timeoutNanoseconds: UInt64 = 0) {
+        self.maxBatchSize = maxBatchSize
+        self.dynamicBatching = dynamicBatching && maxBatchSize > 0
+        self.maxQueueDelayNanoseconds = maxQueueDelayNanoseconds
+        self.preferredBatchSizes = preferredBatchSizes.filter { $0 > 0 && $0 <= maxBatchSize }.sorted()
+        self.maxQueue = maxQueue
+        self.timeoutNanoseconds = timeoutNanoseconds
+    }
+}
+
+/// Monotonic nanoseconds.
+@inline(__always)
+func monotonicNanoseconds() -> UInt64 {
+    var time = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &time)
+    return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
+}
+
+/// Wall-clock milliseconds since the epoch (Triton's `last_inference`).
+func wallClockMilliseconds() -> UInt64 {
+    var time = timespec()
+    clock_gettime(CLOCK_REALTIME, &time)
+    return UInt64(time.tv_sec) * 1000 + UInt64(time.tv_nsec) / 1_000_000
+}
+
+/// Queues a model's requests, joins compatible ones along dimension 0, and runs them on one thread per instance.
+///
+/// Inference never runs on an event loop: each runner has its own thread, which takes batches from the shared
+/// queue. Results complete the request's promise, whose callbacks run on the request's event loop.
+///
+/// A batch starts with the oldest request and takes, in arrival order, the requests whose inputs agree with it on
+/// every dimension but the first, while the rows fit `max_batch_size`. It is dispatched when it is full, when it
+/// reaches the largest preferred size, or when the oldest request has waited `max_queue_delay`; then the largest
+/// preferred size that a prefix of it forms is taken, else all of it. Outputs are split back by each request's rows,
+/// so every caller receives exactly the rows an unbatched run gives.
+public final class ModelScheduler: @unchecked Sendable {
+    public let modelName: String
+    public let policy: SchedulingPolicy
+    private let runners: [any ModelRunner]
+    private let logger: Logger
+
+    // Everything below is guarded by `mutex`.
+    private var mutex = pthread_mutex_t()
+    private var condition = pthread_cond_t()
+    private var queue = Deque<InferenceJob>()
+    private var stopping = false
+    private var threads: [pthread_t] = []
+    private var statistics = ModelStatistics()
+
+    /// One runner per instance; threads start at once.
+    public init(modelName: String, policy: SchedulingPolicy, runners: [any ModelRunner], logger: Logger) {
+        precondition(!runners.isEmpty)
+        self.modelName = modelName
+        self.policy = policy
+        self.runners = runners
+        self.logger = logger
+        pthread_mutex_init(&mutex, nil)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(&condition, &attributes)
+        pthread_condattr_destroy(&attributes)
+        for runner in runners {
+            threads.append(startThread { [self] in self.workLoop(runner: runner) })
+        }
+    }
+
+    deinit {
+        pthread_cond_destroy(&condition)
+        pthread_mutex_destroy(&mutex)
+    }
+
+    /// Queues `inputs` (model input order, already validated) and answers with the outputs of its rows.
+    ///
+    /// Fails with a `KernelHTTPError` 503 when the queue is full or the model is stopping, 504 when the request did
+    /// not start within the timeout, 500 when the runtime reports an error.
+    public func submit(_ inputs: [Tensor], on eventLoop: any EventLoop) -> EventLoopFuture<[Tensor]> {
+        let promise = eventLoop.makePromise(of: [Tensor].self)
+        let job = InferenceJob(inputs: inputs, promise: promise, enqueued: monotonicNanoseconds())
+        pthread_mutex_lock(&mutex)
+        if stopping {
+            pthread_mutex_unlock(&mutex)
+            promise.fail(KernelHTTPError(503, "model '\(modelName)' is being unloaded"))
+            return promise.futureResult
+        }
+        if policy.maxQueue > 0, queue.count >= policy.maxQueue {
+            statistics.queueRejections += 1
+            pthread_mutex_unlock(&mutex)
+            promise.fail(KernelHTTPError(503, "inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))"))
+            return promise.futureResult
+        }
+        queue.append(job)
+        if policy.timeoutNanoseconds > 0 {
+            job.timer = eventLoop.scheduleTask(in: .nanoseconds(Int64(policy.timeoutNanoseconds))) { [self] in
+                self.expire(job)
+            }
+        }
+        pthread_cond_signal(&condition)
+        pthread_mutex_unlock(&mutex)
+        return promise.futureResult
+    }
+
+    /// Answers a request that is still queued at its deadline with 504; it is then never run.
+    private func expire(_ job: InferenceJob) {
+        pthread_mutex_lock(&mutex)
+        guard job.state == .queued else {
+            pthread_mutex_unlock(&mutex)
+            return
+        }
+        job.state = .expired
+        if let index = queue.firstIndex(where: { $0 === job }) { queue.remove(at: index) }
+        statistics.timeouts += 1
+        statistics.failure.add(monotonicNanoseconds() - job.enqueued)
+        pthread_mutex_unlock(&mutex)
+        let seconds = Double(policy.timeoutNanoseconds) / 1e9
+        job.promise.fail(KernelHTTPError(504, "inference request for model '\(modelName)' timed out after \(seconds)s in the queue"))
+    }
+
+    /// Stops taking requests, lets the threads finish what is queued, and joins them.
+    public func stop() {
+        pthread_mutex_lock(&mutex)
+        stopping = true
+        let joining = threads
+        threads = []
+        pthread_cond_broadcast(&condition)
+        pthread_mutex_unlock(&mutex)
+        for thread in joining { pthread_join(thread, nil) }
+    }
+
+    /// A snapshot of the counters.
+    public var currentStatistics: ModelStatistics {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return statistics
+    }
+
+    /// Requests waiting now.
+    public var queuedCount: Int {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return queue.count
+    }
+
+    // MARK: - Instance threads
+
+    private func workLoop(runner: any ModelRunner) {
+        pthread_mutex_lock(&mutex)
+        while true {
+            if queue.isEmpty {
+                if stopping { break }
+                pthread_cond_wait(&condition, &mutex)
+                continue
+            }
+            let now = monotonicNanoseconds()
+            switch nextBatch(now: now) {
+            case .wait(let until):
+                var deadline = timespec(tv_sec: Int(until / 1_000_000_000), tv_nsec: Int(until % 1_000_000_000))
+                pthread_cond_timedwait(&condition, &mutex, &deadline)
+            case .run(let jobs):
+                for job in jobs { job.state = .started }
+                pthread_mutex_unlock(&mutex)
+                execute(jobs, runner: runner, dequeued: now)
+                pthread_mutex_lock(&mutex)
+            }
+        }
+        pthread_mutex_unlock(&mutex)
+    }
+
+    enum BatchDecision {
+        case run([InferenceJob])
+        case wait(until: UInt64)
+    }
+
+    /// Chooses the next batch (and removes it from the queue), or how long to wait for more requests.
+    /// Called with `mutex` held and a non-empty queue.
+    func nextBatch(now: UInt64) -> BatchDecision {
+        let head = queue[0]
+        guard policy.dynamicBatching else {
+            queue.removeFirst()
+            return .run([head])
+        }
+        var members: [Int] = [0]     // queue indices, in arrival order
+        var prefixRows: [Int] = [head.rows]
+        var total = head.rows
+        var full = total >= policy.maxBatchSize
+        if !full {
+            for index in 1..<queue.count where queue[index].isCompatible(with: head) {
+                let rows = queue[index].rows
+                if total + rows > policy.maxBatchSize { full = true; break }
+                total += rows
+                members.append(index)
+                prefixRows.append(total)
+                if total == policy.maxBatchSize { full = true; break }
+            }
+        }
+        let largestPreferred = policy.preferredBatchSizes.last
+        let reachedPreferred = largestPreferred.map { prefixRows.contains($0) } ?? false
+        let deadline = head.enqueued &+ policy.maxQueueDelayNanoseconds
+        guard full || reachedPreferred || now >= deadline || stopping else {
+            return .wait(until: deadline)
+        }
+        var taken = members.count
+        if !full, !policy.preferredBatchSizes.isEmpty,
+           let last = prefixRows.lastIndex(where: { policy.preferredBatchSizes.contains($0) }) {
+            taken = last + 1
+        }
+        let chosen = Array(members.prefix(taken))
+        let jobs = chosen.map { queue[$0] }
+        for index in chosen.reversed() { queue.remove(at: index) }
+        return .run(jobs)
+    }
+
+    private func execute(_ jobs: [InferenceJob], runner: any ModelRunner, dequeued: UInt64) {
+        let rows = jobs.reduce(0) { $0 + $1.rows }
+        let started = monotonicNanoseconds()
+        let result: Result<[[Tensor]], Error>
+        do {
+            if jobs.count == 1 {
+                result = .success([try runner.run(jobs[0].inputs)])
+            } else {
+                let outputs = try runner.run(BatchAssembly.join(jobs.map(\.inputs)))
+                result = .success(try BatchAssembly.split(outputs, rows: jobs.map(\.rows)))
+            }
+        } catch let error as KernelHTTPError {
+            result = .failure(error)
+        } catch {
+            result = .failure(KernelHTTPError(500, "inference failed for model '\(modelName)': \(error)"))
+        }
+        let finished = monotonicNanoseconds()
+
+        pthread_mutex_lock(&mutex)
+        statistics.record(batchSize: rows, requests: jobs, computeNanoseconds: finished - started,
+                          dequeued: dequeued, finished: finished, succeeded: (try? result.get()) != nil)
+        pthread_mutex_unlock(&mutex)
+        logger.debug("model '\(modelName)': batch of \(rows) row(s) from \(jobs.count) request(s) in \((finished - started) / 1000) us")
+
+        for (index, job) in jobs.enumerated() {
+            job.timer?.cancel()
+            switch result {
+            case .success(let outputs): job.promise.succeed(outputs[index])
+            case .failure(let error): job.promise.fail(error)
+            }
+        }
+    }
+}
+
+/// One queued request.
+final class InferenceJob: @unchecked Sendable {
+    enum State { case queued, started, expired }
+    let inputs: [Tensor]
+    let promise: EventLoopPromise<[Tensor]>
+    let enqueued: UInt64
+    let rows: Int
+    /// Guarded by the scheduler's mutex.
+    var state = State.queued
+    /// Set under the scheduler's mutex before any thread can see the job; cancelled when the job completes.
+    var timer: Scheduled<Void>?
+
+    init(inputs: [Tensor], promise: EventLoopPromise<[Tensor]>, enqueued: UInt64) {
+        self.inputs = inputs
+        self.promise = promise
+        self.enqueued = enqueued
+        rows = inputs.first?.rows ?? 1
+    }
+
+    /// Same element types and the same dimensions after the first on every input: rows can be stacked.
+    func isCompatible(with other: InferenceJob) -> Bool {
+        guard inputs.count == other.inputs.count else { return false }
+        for (a, b) in zip(inputs, other.inputs) {
+            guard a.dataType == b.dataType, a.shape.count == b.shape.count, !a.shape.isEmpty,
+                  a.shape.dropFirst() == b.shape.dropFirst() else { return false }
+        }
+        return true
+    }
+}
+
+/// Stacking requests along dimension 0 and splitting the outputs back.
+public enum BatchAssembly {
+    /// Concatenates each input of every request (row-major data: the rows simply follow each other).
+    public static func join(_ requests: [[Tensor]]) -> [Tensor] {
+        guard let first = requests.first else { return [] }
+        var joined: [Tensor] = []
+        for position in first.indices {
+            let parts = requests.map { $0[position] }
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(parts.reduce(0) { $0 + $1.bytes.count })
+            for part in parts { bytes.append(contentsOf: part.bytes) }
+            var shape = parts[0].shape
+            shape[0] = parts.reduce(0) { $0 + $1.shape[0] }
+            joined.append(Tensor(dataType: parts[0].dataType, shape: shape, bytes: bytes))
+        }
+        return joined
+    }
+
+    /// Splits each output along dimension 0 into consecutive slices of `rows`.
+    public static func split(_ outputs: [Tensor], rows: [Int]) throws -> [[Tensor]] {
+        let total = rows.reduce(0, +)
+        var result = [[Tensor]](repeating: [], count: rows.count)
+        for output in outputs {
+            guard let first = output.shape.first, first == Int64(total) else {
+                throw KernelHTTPError(500, "a batched output has shape \(InferenceCodec.shapeText(output.shape)), "
+                                      + "not \(total) rows along dimension 0: the model cannot be batched")
+            }
+            let rowBytes = output.rowByteCount
+            var offset = 0
+            for (index, count) in rows.enumerated() {
+                var shape = output.shape
+                shape[0] = Int64(count)
+                let length = rowBytes * count
+                result[index].append(Tensor(dataType: output.dataType, shape: shape,
+                                            bytes: Array(output.bytes[offset..<offset + length])))
+                offset += length
+            }
+        }
+        return result
+    }
+}
+
+/// Starts a joinable POSIX thread running `body`.
+private func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
+    final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+    let context = Unmanaged.passRetained(Box(body)).toOpaque()
+    var thread = pthread_t()
+    let result = pthread_create(&thread, nil, { raw in
+        let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+        box.body()
+        return nil
+    }, context)
+    precondition(result == 0, "pthread_create failed: \(result)")
+    return thread
+}
