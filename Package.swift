@@ -16,7 +16,6 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
-        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
@@ -94,8 +93,7 @@ let package = Package(
                                  .product(name: "NIOEmbedded", package: "swift-nio")]
         ),
         .testTarget(name: "InferenceTests", dependencies: ["Inference", "KernelCore", "KernelConfig"] + nio),
-        // Boots the real `kernel` binary (and real nginx / uWSGI / tritonclient peers).
-        .testTarget(name: "SystemTests", dependencies: nio + [.product(name: "NIOHTTP1", package: "swift-nio")]),
+        // Tests/SystemTests holds the pytest suites that boot the real `kernel` binary (`make system-test`).
     ],
     swiftLanguageModes: [.v6]
 )

@@ -134,7 +134,7 @@ struct KernelCommand: AsyncParsableCommand {
             let generation = try loader.load(file: config, runtime: runtime, mode: .run, number: 1)
             try await server.start(generation)
         } catch {
-            logger.critical("\(error)")
+            if core.errorLogPath != "stderr" { logger.critical("\(error)") }
             emerg("\(error)")
             try? await group.shutdownGracefully()
             throw ExitCode(1)

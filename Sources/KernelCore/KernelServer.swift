@@ -38,12 +38,12 @@ public final class KernelServer: Service, Sendable {
             throw error
         }
         try writePidFile(generation.core.pidFile)
-        runtime.logger.notice("kernel started: role \(loader.role), modules [\(generation.activeModules.joined(separator: ", "))], \(runtime.eventLoopGroup.makeIterator().map { _ in 1 }.count) event loop thread(s), pid \(getpid())")
+        runtime.logger.notice("kernel started: role \(loader.role), modules [\(generation.activeModules.joined(separator: ", "))], \(generation.core.eventLoopThreads) event-loop thread(s), pid \(getpid())")
     }
 
     public func run() async throws {
         let signals = await UnixSignalsSequence(trapping: .sighup, .sigusr1)
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await signal in signals {
                     switch signal {

@@ -159,13 +159,12 @@ public final class ListenerManager: Sendable {
                 }
                 return listener.spec.withLockedValue { $0 }.initializeConnection(channel, runtime)
             }
-        var tcpNoDelay = false
         let channel: any Channel
         switch spec.address {
         case .tcp(let host, let port):
-            tcpNoDelay = true
+            // Responses are written whole; Nagle would only delay the last segment of each.
             channel = try await bootstrap
-                .childChannelOption(.socketOption(.tcp_nodelay), value: tcpNoDelay ? 1 : 0)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .bind(host: host, port: port).get()
         case .unix(let path):
             channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()

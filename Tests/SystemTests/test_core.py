@@ -205,3 +205,14 @@ def test_signal_without_a_running_kernel_reports_the_pid_file(tmp_path):
     result = subprocess.run([KERNEL_BIN, "-s", "reload", "-c", str(path)], capture_output=True, text=True)
     assert result.returncode == 1
     assert f'open() "{tmp_path}/kernel.pid" failed' in result.stderr
+
+
+@pytest.mark.parametrize("name", ["etc/kernel.yaml", "etc/worker.yaml", "etc/edge.yaml", "etc/examples/hello.yaml",
+                                  "etc/examples/seed-nginx.yaml", "etc/examples/seed-uwsgi.yaml"])
+def test_shipped_configurations_pass_check(name):
+    from conftest import ROOT
+    role = {"etc/worker.yaml": "worker", "etc/edge.yaml": "edge", "etc/examples/seed-nginx.yaml": "edge",
+            "etc/examples/seed-uwsgi.yaml": "worker"}.get(name, "both")
+    result = subprocess.run([KERNEL_BIN, "-t", "--role", role, "-c", os.path.join(ROOT, name)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,77 @@
+"""Helpers shared by the benchmarks: wrk runs and their parsing, ports, memory."""
+import os
+import re
+import socket
+import subprocess
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+KERNEL_BIN = os.path.abspath(os.environ.get("KERNEL_BIN", os.path.join(ROOT, ".build", "release", "kernel")))
+
+
+def cpu_count():
+    return os.cpu_count() or 1
+
+
+def wait_port(port, host="127.0.0.1", timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {host}:{port}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _millis(text):
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
+
+
+def wrk(url, connections, duration, threads=2, script=None):
+    """Runs wrk with --latency; returns req/s, p50/p99 (as printed and in ms), errors and non-2xx counts."""
+    command = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}", "--latency"]
+    if script:
+        command += ["-s", script]
+    output = subprocess.run(command + [url], capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    p50 = re.search(r"50%\s+(\S+)", output).group(1)
+    p99 = re.search(r"99%\s+(\S+)", output).group(1)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    return {"rps": rps, "p50": p50, "p99": p99, "p50_ms": _millis(p50), "p99_ms": _millis(p99),
+            "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else "",
+            "output": output}
+
+
+def rss_kib(pids, children=False):
+    """Resident memory (KiB) of the processes, and of their children when asked."""
+    total = 0
+    seen = set()
+    queue = list(pids)
+    while queue:
+        pid = queue.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            continue
+        if children:
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    queue += [int(c) for c in f.read().split()]
+            except FileNotFoundError:
+                pass
+    return total
