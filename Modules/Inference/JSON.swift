@@ -56,7 +56,7 @@ public indirect enum JSONValue: Sendable {
     }
 }
 
-/// A JSON number as written: sign, up to 19 significant digits and a power of ten (the text itself only when it
+/// A JSON number as written: sign, the significant digits that fit a UInt64 and a power of ten (the text itself only when it
 /// has more digits), plus `NaN`, `Infinity` and `-Infinity` as Python's `json` writes them.
 ///
 /// Keeping the decimal form lets each element type get one correctly rounded conversion (FP32 is not rounded
@@ -288,8 +288,10 @@ public struct JSONReader {
                     if fraction { exponent -= 1 }
                     return
                 }
-                if significant < 19 {
-                    mantissa = mantissa * 10 + UInt64(byte - 48)
+                let (scaled, o1) = mantissa.multipliedReportingOverflow(by: 10)
+                let (sum, o2) = scaled.addingReportingOverflow(UInt64(byte - 48))
+                if !truncated, !o1, !o2 {
+                    mantissa = sum
                     significant += 1
                     if fraction { exponent -= 1 }
                 } else {

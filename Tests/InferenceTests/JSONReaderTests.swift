@@ -1,0 +1,86 @@
+import NIOCore
+import XCTest
+@testable import Inference
+
+final class JSONReaderTests: XCTestCase {
+    private func parse(_ text: String) throws -> JSONValue { try JSONReader.parse(Array(text.utf8)) }
+
+    private func number(_ text: String) throws -> JSONNumber {
+        guard case .number(let number) = try parse(text) else {
+            XCTFail("\(text) is not a number")
+            throw JSONParseError(offset: 0, reason: "not a number")
+        }
+        return number
+    }
+
+    func testParsesNestedDocument() throws {
+        let value = try parse(#" {"a": [1, -2.5e1, true, null, "x\n\u00e9\ud83d\ude00"], "b": {}} "#)
+        let items = try XCTUnwrap(value["a"]?.arrayValue)
+        XCTAssertEqual(items.count, 5)
+        guard case .number(let first) = items[0], case .number(let second) = items[1] else { return XCTFail() }
+        XCTAssertEqual(first.int64, 1)
+        XCTAssertEqual(second.double, -25)
+        XCTAssertNil(second.int64)
+        XCTAssertEqual(items[2].boolValue, true)
+        XCTAssertEqual(items[4].stringValue, "x\né😀")
+        XCTAssertTrue(value["b"]?.isObject ?? false)
+    }
+
+    func testRejectsMalformedDocuments() {
+        for text in ["", "{", "[1,]", "{\"a\" 1}", "01", "1.", "-", "[1] x", "\"\u{01}\"", "tru", "\"\\ud800\"", "{\"a\":1,}"] {
+            XCTAssertThrowsError(try parse(text), "accepted \(text.debugDescription)")
+        }
+    }
+
+    func testLimitsNesting() {
+        let deep = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
+        XCTAssertThrowsError(try parse(deep))
+        let fine = String(repeating: "[", count: 10) + String(repeating: "]", count: 10)
+        XCTAssertNoThrow(try parse(fine))
+    }
+
+    func testFloatConversionIsCorrectlyRounded() throws {
+        // Each text must give exactly what Swift's correctly rounded Float(String)/Double(String) give.
+        let texts = ["0.1", "0.10000000149011612", "1e-45", "1.4e-45", "3.4028235e38", "3.4028236e38", "-0.0",
+                     "16777217", "0.30000001192092896", "123456789012345678901234567890", "2.5e-3", "1E+2",
+                     "0.000000000000000000000000000000000000011754943508222875", "7.038531e-26", "1e400"]
+        for text in texts {
+            XCTAssertEqual(try number(text).float.bitPattern, Float(text)!.bitPattern, text)
+            XCTAssertEqual(try number(text).double.bitPattern, Double(text)!.bitPattern, text)
+        }
+        XCTAssertTrue(try number("NaN").float.isNaN)
+        XCTAssertEqual(try number("-Infinity").double, -.infinity)
+    }
+
+    func testIntegerRanges() throws {
+        XCTAssertEqual(try number("-9223372036854775808").int64, Int64.min)
+        XCTAssertNil(try number("9223372036854775808").int64)
+        XCTAssertEqual(try number("18446744073709551615").uint64, UInt64.max)
+        XCTAssertNil(try number("18446744073709551616").uint64)
+        XCTAssertNil(try number("-1").uint64)
+        XCTAssertNil(try number("1.0").int64)
+    }
+
+    func testWriterRoundTripsFloatsAndEscapesStrings() throws {
+        var writer = JSONWriter(buffer: ByteBuffer())
+        let values: [Float] = [0.1, 1, -0.0, 1e-45, 3.4028235e38, 1.0 / 3.0, 123456.79]
+        writer.raw("[")
+        for (index, value) in values.enumerated() {
+            if index > 0 { writer.raw(",") }
+            writer.float(value)
+        }
+        writer.raw(",")
+        writer.string("a\"b\\c\n\u{1}")
+        writer.raw(",")
+        writer.integer(Int64.min)
+        writer.raw("]")
+        let parsed = try XCTUnwrap(try JSONReader.parse(writer.buffer).arrayValue)
+        for (index, value) in values.enumerated() {
+            guard case .number(let number) = parsed[index] else { return XCTFail() }
+            XCTAssertEqual(number.float.bitPattern, value.bitPattern)
+        }
+        XCTAssertEqual(parsed[values.count].stringValue, "a\"b\\c\n\u{1}")
+        guard case .number(let last) = parsed[values.count + 1] else { return XCTFail() }
+        XCTAssertEqual(last.int64, Int64.min)
+    }
+}

@@ -1,0 +1,92 @@
+import Foundation
+import KernelCore
+import Logging
+import NIOCore
+import NIOPosix
+import XCTest
+@testable import Inference
+
+/// Real ONNX Runtime runs of the demo model (made by scripts/models/make_models.py; `make test` makes it).
+final class ONNXRuntimeTests: XCTestCase {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().path
+    static let demoPath = root + "/models/demo/1/model.onnx"
+
+    private func runtime() throws -> ONNXRuntime {
+        let path: String
+        do {
+            path = try ONNXRuntime.locate(configured: nil, environment: ProcessInfo.processInfo.environment)
+        } catch {
+            throw XCTSkip("ONNX Runtime is not installed: \(error)")
+        }
+        return try ONNXRuntime.open(path: path)
+    }
+
+    private func demoSession(_ runtime: ONNXRuntime) throws -> ONNXSession {
+        guard FileManager.default.fileExists(atPath: ONNXRuntimeTests.demoPath) else {
+            throw XCTSkip("\(ONNXRuntimeTests.demoPath) is missing: run scripts/models/make_models.py")
+        }
+        return try ONNXSession(runtime: runtime, path: ONNXRuntimeTests.demoPath, options: SessionOptions())
+    }
+
+    /// Deterministic input rows.
+    private func input(rows: Int, seed: Int) -> Tensor {
+        var state = UInt32(truncatingIfNeeded: seed &* 2654435761 &+ 1)
+        let values = (0..<(rows * 64)).map { _ -> Float in
+            state = state &* 1664525 &+ 1013904223
+            return Float(Int32(bitPattern: state >> 8) - (1 << 23)) / Float(1 << 23)
+        }
+        return Tensor(float32: values, shape: [Int64(rows), 64])
+    }
+
+    func testReadsTheModelsSignature() throws {
+        let session = try demoSession(try runtime())
+        XCTAssertEqual(session.inputs, [TensorSpec(name: "input", dataType: .fp32, shape: [-1, 64])])
+        XCTAssertEqual(session.outputs, [TensorSpec(name: "output", dataType: .fp32, shape: [-1, 10])])
+    }
+
+    func testMissingModelFileGivesOrtsMessage() throws {
+        let runtime = try runtime()
+        XCTAssertThrowsError(try ONNXSession(runtime: runtime, path: "/nonexistent/model.onnx", options: SessionOptions())) { error in
+            XCTAssertTrue("\(error)".contains("/nonexistent/model.onnx"), "\(error)")
+        }
+    }
+
+    func testLocateReportsHowToInstall() {
+        XCTAssertThrowsError(try ONNXRuntime.locate(configured: "/nonexistent/libonnxruntime.so", environment: [:])) { error in
+            XCTAssertTrue("\(error)".contains("pip install onnxruntime"), "\(error)")
+        }
+        XCTAssertThrowsError(try ONNXRuntime.open(path: "/dev/null")) { error in
+            XCTAssertTrue("\(error)".contains("pip install onnxruntime"), "\(error)")
+        }
+    }
+
+    func testBatchedRunIsBitIdenticalToSingleRuns() throws {
+        let session = try demoSession(try runtime())
+        let singles = (0..<8).map { input(rows: 1, seed: $0) }
+        let unbatched = try singles.map { try session.run([$0])[0] }
+        let joined = BatchAssembly.join(singles.map { [$0] })
+        let batched = try BatchAssembly.split(try session.run(joined), rows: Array(repeating: 1, count: 8))
+        for (one, fromBatch) in zip(unbatched, batched) {
+            XCTAssertEqual(one.shape, [1, 10])
+            XCTAssertEqual(fromBatch[0].bytes, one.bytes)
+        }
+    }
+
+    func testSchedulerJoinsConcurrentRequestsWithExactResults() throws {
+        let runtime = try runtime()
+        let session = try demoSession(runtime)
+        let reference = try demoSession(runtime)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        defer { try? group.syncShutdownGracefully() }
+        let policy = SchedulingPolicy(maxBatchSize: 16, dynamicBatching: true, maxQueueDelayNanoseconds: 2_000_000)
+        let scheduler = ModelScheduler(modelName: "demo", policy: policy, runners: [session], logger: Logger(label: "test"))
+        defer { scheduler.stop() }
+        let inputs = (0..<64).map { input(rows: 1 + $0 % 3, seed: 100 + $0) }
+        let futures = inputs.map { scheduler.submit([$0], on: group.next()) }
+        for (tensor, future) in zip(inputs, futures) {
+            XCTAssertEqual(try future.wait()[0].bytes, try reference.run([tensor])[0].bytes)
+        }
+        XCTAssertEqual(scheduler.currentStatistics.inferenceCount, UInt64(inputs.reduce(0) { $0 + $1.rows }))
+    }
+}
