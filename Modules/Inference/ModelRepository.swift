@@ -136,8 +136,13 @@ final class ModelLoadingService: KernelService {
                 let count = Tensor.elementCount(shape) ?? 0
                 return Tensor(dataType: spec.dataType, shape: shape, bytes: [UInt8](repeating: 0, count: count * spec.dataType.byteWidth))
             }
-            for session in sessions {
-                for _ in 0..<configuration.warmup { _ = try session.run(inputs) }
+            // Warm-up inputs are guesses (zeros, free dimensions 1): a model that rejects them still serves.
+            do {
+                for session in sessions {
+                    for _ in 0..<configuration.warmup { _ = try session.run(inputs) }
+                }
+            } catch {
+                logger.warning("inference: model '\(configuration.name)': warm-up with zero inputs (free dimensions 1) failed, serving without it: \(error)")
             }
         }
         let signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: first.inputs,

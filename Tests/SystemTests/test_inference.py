@@ -1,0 +1,244 @@
+"""The inference module as a Triton/KServe user meets it: the real `tritonclient[http]` against `kernel --role both`.
+
+Outputs are compared bit for bit with onnxruntime's Python API running the same model with one intra-op thread.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import requests
+
+tritonclient_http = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from inference_support import DEMO, PPOCR_CLS, Reference, ensure_models, make_slow_model, models_yaml  # noqa: E402
+
+ensure_models()
+
+
+@pytest.fixture
+def kernel(start_kernel):
+    return start_kernel(models_yaml(), role="both")
+
+
+@pytest.fixture
+def client(kernel):
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}", concurrency=16)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def demo_reference():
+    return Reference(DEMO)
+
+
+def demo_rows(count, seed):
+    return np.random.default_rng(seed).standard_normal((count, 64)).astype(np.float32)
+
+
+def demo_input(array, binary):
+    tensor = tritonclient_http.InferInput("input", list(array.shape), "FP32")
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    return tensor
+
+
+def post(kernel, path, body, headers=None):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(f"http://127.0.0.1:{kernel.port('http')}{path}", data=data, headers=headers or {}, timeout=30)
+
+
+def assert_error(response, status, fragment):
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    message = response.json()["error"]
+    assert fragment in message, message
+
+
+def test_server_live_ready_and_metadata(client):
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    metadata = client.get_server_metadata()
+    assert metadata["name"] == "kernel"
+    assert metadata["version"]
+    assert "binary_tensor_data" in metadata["extensions"]
+    assert "statistics" in metadata["extensions"]
+
+
+def test_model_metadata_and_readiness(client):
+    assert client.is_model_ready("demo")
+    assert client.is_model_ready("demo", "1")
+    metadata = client.get_model_metadata("demo")
+    assert metadata["name"] == "demo"
+    assert metadata["versions"] == ["1"]
+    assert metadata["platform"] == "onnxruntime_onnx"
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    assert metadata["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]
+    cls = client.get_model_metadata("ppocr_cls", "1")
+    assert cls["inputs"][0]["shape"] == [-1, 3, -1, -1]
+    assert cls["outputs"][0]["shape"] == [-1, 2]
+    config = client.get_model_config("demo")
+    assert config["max_batch_size"] == 32
+    assert config["input"][0]["dims"] == [64]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_infer_matches_onnxruntime(client, demo_reference, binary):
+    array = demo_rows(3, seed=1)
+    outputs = [tritonclient_http.InferRequestedOutput("output", binary_data=binary)]
+    result = client.infer("demo", [demo_input(array, binary)], outputs=outputs, request_id="req-42")
+    assert result.get_response()["id"] == "req-42"
+    assert result.get_response()["model_name"] == "demo"
+    got = result.as_numpy("output")
+    assert got.dtype == np.float32 and got.shape == (3, 10)
+    assert np.array_equal(got, demo_reference.run(array))
+
+
+def test_infer_accepts_nested_json_data(kernel, demo_reference):
+    array = demo_rows(2, seed=2)
+    body = {"id": "nested", "inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": array.tolist()}]}
+    response = post(kernel, "/v2/models/demo/versions/1/infer", body)
+    assert response.status_code == 200, response.text
+    document = response.json()
+    assert document["id"] == "nested"
+    output = document["outputs"][0]
+    assert output["name"] == "output" and output["shape"] == [2, 10] and output["datatype"] == "FP32"
+    assert np.array_equal(np.array(output["data"], dtype=np.float32).reshape(2, 10), demo_reference.run(array))
+
+
+def test_many_concurrent_requests_are_batched_with_exact_results(client, demo_reference):
+    arrays = [demo_rows(1 + i % 4, seed=100 + i) for i in range(128)]
+    pending = [client.async_infer("demo", [demo_input(array, binary=i % 2 == 0)],
+                                  outputs=[tritonclient_http.InferRequestedOutput("output", binary_data=i % 3 == 0)])
+               for i, array in enumerate(arrays)]
+    for array, request in zip(arrays, pending):
+        assert np.array_equal(request.get_result().as_numpy("output"), demo_reference.run(array))
+    stats = client.get_inference_statistics("demo")["model_stats"][0]
+    assert stats["inference_count"] >= sum(a.shape[0] for a in arrays)
+    sizes = [entry["batch_size"] for entry in stats["batch_stats"]]
+    assert max(sizes) > 4, stats  # a run joined rows of several requests
+    assert stats["execution_count"] < len(arrays) + 1
+
+
+def test_ppocr_classifier_matches_onnxruntime(client):
+    reference = Reference(PPOCR_CLS)
+    images = [np.random.default_rng(i).random((1, 3, 48, 192), dtype=np.float32) for i in range(12)]
+    pending = []
+    for image in images:
+        tensor = tritonclient_http.InferInput("x", list(image.shape), "FP32")
+        tensor.set_data_from_numpy(image, binary_data=True)
+        pending.append(client.async_infer("ppocr_cls", [tensor]))
+    output_name = reference.output
+    for image, request in zip(images, pending):
+        got = request.get_result().as_numpy(output_name)
+        assert got.shape == (1, 2)
+        assert np.array_equal(got, reference.run(image))
+
+
+def test_unknown_model_is_404(kernel, client):
+    response = requests.get(f"http://127.0.0.1:{kernel.port('http')}/v2/models/nope", timeout=10)
+    assert_error(response, 404, "Request for unknown model: 'nope' is not found")
+    assert_error(post(kernel, "/v2/models/nope/infer", {"inputs": []}), 404, "'nope'")
+    with pytest.raises(InferenceServerException):
+        client.get_model_metadata("nope")
+    assert "unknown model" in kernel.log_text()
+
+
+def good_input(rows=1):
+    return {"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": [0.5] * (64 * rows)}
+
+
+@pytest.mark.parametrize("body,fragment", [
+    (b"{not json", "failed to parse the request JSON"),
+    ({"inputs": []}, "expected 1 inputs but got 0 inputs for model 'demo'"),
+    ({"inputs": [good_input(), {"name": "extra", "shape": [1], "datatype": "FP32", "data": [1]}]},
+     "unexpected inference input 'extra' for model 'demo'"),
+    ({"inputs": [dict(good_input(), datatype="FP64")]}, "data-type is 'FP64', but model 'demo' expects 'FP32'"),
+    ({"inputs": [dict(good_input(), shape=[1, 63], data=[0.5] * 63)]},
+     "unexpected shape for input 'input' for model 'demo'. Expected [-1,64], got [1,63]"),
+    ({"inputs": [dict(good_input(), shape=[2, 64])]}, "unexpected number of elements for input 'input'"),
+    ({"inputs": [dict(good_input(), shape=[33, 64], data=[0.0] * 64 * 33)]}, "batch-size must be <= 32"),
+    ({"inputs": [good_input()], "outputs": [{"name": "nope"}]}, "unexpected inference output 'nope'"),
+])
+def test_bad_requests_are_400(kernel, body, fragment):
+    assert_error(post(kernel, "/v2/models/demo/infer", body), 400, fragment)
+
+
+def test_binary_sizes_that_disagree_are_400(kernel):
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 128}}]}).encode()
+    for payload, fragment in [(b"\0" * 128, "binary_data_size 128 does not match"),
+                              (b"\0" * 256 + b"\0", "binary_data_size 128 does not match")]:
+        response = post(kernel, "/v2/models/demo/infer", header + payload,
+                        {"Inference-Header-Content-Length": str(len(header))})
+        assert_error(response, 400, fragment)
+    good = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 256}}]}).encode()
+    response = post(kernel, "/v2/models/demo/infer", good + b"\0" * 300, {"Inference-Header-Content-Length": str(len(good))})
+    assert_error(response, 400, "binary bytes that no input claims")
+    response = post(kernel, "/v2/models/demo/infer", good, {"Inference-Header-Content-Length": "99999"})
+    assert_error(response, 400, "larger than the request body")
+
+
+def test_model_that_fails_to_load_is_not_ready_and_others_serve(start_kernel, tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"this is not an onnx model")
+    kernel = start_kernel(models_yaml(f"    - name: broken\n      path: {broken}\n"), role="both")
+    assert f"model 'broken' failed to load from {broken}" in kernel.log_text()
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    assert not client.is_model_ready("broken")
+    assert not client.is_server_ready()
+    assert client.is_model_ready("demo")
+    response = post(kernel, "/v2/models/broken/infer", {"inputs": [good_input()]})
+    assert_error(response, 400, "Request for unknown model: 'broken' version 1 is not at ready state")
+    assert client.infer("demo", [demo_input(demo_rows(1, 3), False)]).as_numpy("output").shape == (1, 10)
+
+
+def slow_kernel(start_kernel, tmp_path, options):
+    path = make_slow_model(str(tmp_path / "slow.onnx"))
+    extra = f"    - name: slow\n      path: {path}\n      instances: 1\n" + "".join(f"      {line}\n" for line in options)
+    kernel = start_kernel(models_yaml(extra), role="both")
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}", concurrency=12,
+                                                     network_timeout=120)
+    return kernel, client
+
+
+def slow_requests(client, count, rows=384):
+    array = np.random.default_rng(5).standard_normal((rows, 256)).astype(np.float32)
+    pending = []
+    for _ in range(count):
+        tensor = tritonclient_http.InferInput("x", list(array.shape), "FP32")
+        tensor.set_data_from_numpy(array, binary_data=True)
+        pending.append(client.async_infer("slow", [tensor]))
+    outcomes = []
+    for request in pending:
+        try:
+            request.get_result()
+            outcomes.append((200, ""))
+        except InferenceServerException as error:
+            outcomes.append((int(error.status()), error.message()))
+    return outcomes
+
+
+def test_full_queue_is_503(start_kernel, tmp_path):
+    kernel, client = slow_kernel(start_kernel, tmp_path, ["max_queue: 1"])
+    outcomes = slow_requests(client, 10)
+    statuses = [status for status, _ in outcomes]
+    assert set(statuses) <= {200, 503}, outcomes
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 1, outcomes
+    assert all("the queue is full (max_queue 1)" in message for status, message in outcomes if status == 503)
+    stats = client.get_inference_statistics("slow")["model_stats"][0]
+    assert stats["queue_rejections"] == statuses.count(503)
+
+
+def test_request_past_its_timeout_is_504_and_not_run(start_kernel, tmp_path):
+    kernel, client = slow_kernel(start_kernel, tmp_path, ["timeout: 20ms"])
+    outcomes = slow_requests(client, 6)
+    statuses = [status for status, _ in outcomes]
+    assert set(statuses) <= {200, 504}, outcomes
+    assert statuses.count(504) >= 1, outcomes
+    assert all("timed out" in message for status, message in outcomes if status == 504)
+    stats = client.get_inference_statistics("slow")["model_stats"][0]
+    assert stats["execution_count"] == statuses.count(200)
+    assert "timed out" in kernel.log_text()
