@@ -2,8 +2,9 @@
 
 Outputs are compared bit for bit with onnxruntime's Python API running the same model with one intra-op thread.
 """
+import concurrent.futures
 import json
-import os
+import threading
 
 import numpy as np
 import pytest
@@ -107,31 +108,50 @@ def test_infer_accepts_nested_json_data(kernel, demo_reference):
     assert np.array_equal(np.array(output["data"], dtype=np.float32).reshape(2, 10), demo_reference.run(array))
 
 
-def test_many_concurrent_requests_are_batched_with_exact_results(client, demo_reference):
-    arrays = [demo_rows(1 + i % 4, seed=100 + i) for i in range(128)]
-    pending = [client.async_infer("demo", [demo_input(array, binary=i % 2 == 0)],
-                                  outputs=[tritonclient_http.InferRequestedOutput("output", binary_data=i % 3 == 0)])
-               for i, array in enumerate(arrays)]
-    for array, request in zip(arrays, pending):
-        assert np.array_equal(request.get_result().as_numpy("output"), demo_reference.run(array))
+def parallel(kernel, calls, workers=16):
+    """Runs `call(client)` for each call on `workers` threads, each with its own client (a client is not
+    thread-safe; tritonclient's own async_infer does not overlap requests without gevent's monkey patching)."""
+    local = threading.local()
+
+    def run(call):
+        if not hasattr(local, "client"):
+            local.client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}",
+                                                                   network_timeout=120)
+        return call(local.client)
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(run, calls))
+
+
+def test_many_concurrent_requests_are_batched_with_exact_results(kernel, client, demo_reference):
+    arrays = [demo_rows(1 + i % 4, seed=100 + i) for i in range(256)]
+
+    def call(i):
+        outputs = [tritonclient_http.InferRequestedOutput("output", binary_data=i % 3 == 0)]
+        return lambda c: c.infer("demo", [demo_input(arrays[i], binary=i % 2 == 0)], outputs=outputs).as_numpy("output")
+
+    results = parallel(kernel, [call(i) for i in range(len(arrays))])
+    for array, got in zip(arrays, results):
+        assert np.array_equal(got, demo_reference.run(array))
     stats = client.get_inference_statistics("demo")["model_stats"][0]
     assert stats["inference_count"] >= sum(a.shape[0] for a in arrays)
     sizes = [entry["batch_size"] for entry in stats["batch_stats"]]
     assert max(sizes) > 4, stats  # a run joined rows of several requests
-    assert stats["execution_count"] < len(arrays) + 1
+    assert stats["execution_count"] < len(arrays)
 
 
-def test_ppocr_classifier_matches_onnxruntime(client):
+def test_ppocr_classifier_matches_onnxruntime(kernel):
     reference = Reference(PPOCR_CLS)
-    images = [np.random.default_rng(i).random((1, 3, 48, 192), dtype=np.float32) for i in range(12)]
-    pending = []
-    for image in images:
-        tensor = tritonclient_http.InferInput("x", list(image.shape), "FP32")
-        tensor.set_data_from_numpy(image, binary_data=True)
-        pending.append(client.async_infer("ppocr_cls", [tensor]))
-    output_name = reference.output
-    for image, request in zip(images, pending):
-        got = request.get_result().as_numpy(output_name)
+    images = [np.random.default_rng(i).random((1, 3, 48, 192), dtype=np.float32) for i in range(24)]
+
+    def call(image):
+        def infer(client):
+            tensor = tritonclient_http.InferInput("x", list(image.shape), "FP32")
+            tensor.set_data_from_numpy(image, binary_data=True)
+            return client.infer("ppocr_cls", [tensor]).as_numpy(reference.output)
+        return infer
+
+    for image, got in zip(images, parallel(kernel, [call(image) for image in images], workers=8)):
         assert got.shape == (1, 2)
         assert np.array_equal(got, reference.run(image))
 
@@ -199,31 +219,28 @@ def slow_kernel(start_kernel, tmp_path, options):
     path = make_slow_model(str(tmp_path / "slow.onnx"))
     extra = f"    - name: slow\n      path: {path}\n      instances: 1\n" + "".join(f"      {line}\n" for line in options)
     kernel = start_kernel(models_yaml(extra), role="both")
-    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}", concurrency=12,
-                                                     network_timeout=120)
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}", network_timeout=120)
     return kernel, client
 
 
-def slow_requests(client, count, rows=384):
+def slow_requests(kernel, count, rows=384):
     array = np.random.default_rng(5).standard_normal((rows, 256)).astype(np.float32)
-    pending = []
-    for _ in range(count):
+
+    def infer(client):
         tensor = tritonclient_http.InferInput("x", list(array.shape), "FP32")
         tensor.set_data_from_numpy(array, binary_data=True)
-        pending.append(client.async_infer("slow", [tensor]))
-    outcomes = []
-    for request in pending:
         try:
-            request.get_result()
-            outcomes.append((200, ""))
+            client.infer("slow", [tensor])
+            return 200, ""
         except InferenceServerException as error:
-            outcomes.append((int(error.status()), error.message()))
-    return outcomes
+            return int(error.status()), error.message()
+
+    return parallel(kernel, [infer] * count, workers=count)
 
 
 def test_full_queue_is_503(start_kernel, tmp_path):
     kernel, client = slow_kernel(start_kernel, tmp_path, ["max_queue: 1"])
-    outcomes = slow_requests(client, 10)
+    outcomes = slow_requests(kernel, 10)
     statuses = [status for status, _ in outcomes]
     assert set(statuses) <= {200, 503}, outcomes
     assert statuses.count(200) >= 1 and statuses.count(503) >= 1, outcomes
@@ -234,7 +251,7 @@ def test_full_queue_is_503(start_kernel, tmp_path):
 
 def test_request_past_its_timeout_is_504_and_not_run(start_kernel, tmp_path):
     kernel, client = slow_kernel(start_kernel, tmp_path, ["timeout: 20ms"])
-    outcomes = slow_requests(client, 6)
+    outcomes = slow_requests(kernel, 6)
     statuses = [status for status, _ in outcomes]
     assert set(statuses) <= {200, 504}, outcomes
     assert statuses.count(504) >= 1, outcomes
