@@ -78,6 +78,9 @@ let package = Package(
             path: "Sources/Kernel"
         ),
 
+        // The in-process ceiling of a model for bench/inference (ONNX Runtime in a tight loop).
+        .executableTarget(name: "KernelModelBench", dependencies: ["Inference"], path: "Sources/KernelModelBench"),
+
         .testTarget(name: "KernelConfigTests", dependencies: ["KernelConfig"]),
         .testTarget(name: "KernelCoreTests", dependencies: ["KernelCore", "KernelConfig", .product(name: "NIOEmbedded", package: "swift-nio")] + nio),
         .testTarget(
