@@ -1,0 +1,31 @@
+"""The seed stack's model server: a Flask app running the model with onnxruntime, as the tutorial's uWSGI serves it.
+
+It answers the same Open Inference Protocol JSON request as the kernel (`POST /v2/models/<name>/infer`), so both
+sides get the same bytes. The model comes from the environment: SEED_MODEL_NAME, SEED_MODEL_PATH.
+"""
+import os
+
+import numpy as np
+import onnxruntime as ort
+from flask import Flask, jsonify, request
+
+MODEL_NAME = os.environ["SEED_MODEL_NAME"]
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+options.inter_op_num_threads = 1
+session = ort.InferenceSession(os.environ["SEED_MODEL_PATH"], options, providers=["CPUExecutionProvider"])
+INPUT = session.get_inputs()[0].name
+OUTPUTS = [output.name for output in session.get_outputs()]
+
+app = Flask(__name__)
+
+
+@app.route(f"/v2/models/{MODEL_NAME}/infer", methods=["POST"])
+def infer():
+    body = request.get_json(force=True)
+    tensor = body["inputs"][0]
+    array = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+    results = session.run(OUTPUTS, {INPUT: array})
+    return jsonify({"model_name": MODEL_NAME, "model_version": "1",
+                    "outputs": [{"name": name, "datatype": "FP32", "shape": list(result.shape),
+                                 "data": result.ravel().tolist()} for name, result in zip(OUTPUTS, results)]})
