@@ -17,7 +17,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import ROOT, KERNEL_BIN, free_port, rss_kib, wait_port, wrk  # noqa: E402
+import re  # noqa: E402
+
+from common import ROOT, KERNEL_BIN, free_port, rss_kib, wait_port  # noqa: E402
 
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 CONNECTIONS = [int(c) for c in os.environ.get("BENCH_CONNECTIONS", "1,8,32,128").split(",")]
@@ -65,6 +67,7 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
     client_max_body_size 16m;
+    client_body_buffer_size 16m;  # keep bodies in memory, as the kernel does
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -103,6 +106,24 @@ local f = io.open("{body}", "rb")
 wrk.body = f:read("*all")
 f:close()
 """
+
+
+def wrk(url, connections, duration, threads=2, script=None):
+    """Runs wrk --latency; req/s, p50, p99 and error counts. Percentiles are read from the "Latency Distribution"
+    lines only (a stdev column such as "93.50%" must not be taken for the 50th percentile)."""
+    command = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}", "--latency"]
+    if script:
+        command += ["-s", script]
+    output = subprocess.run(command + [url], capture_output=True, text=True).stdout
+    def percentile(label):
+        found = re.search(rf"^\s+{label}%\s+(\S+)$", output, re.M)
+        return found.group(1) if found else "-"
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": percentile("50"), "p99": percentile("99"),
+            "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else "",
+            "output": output}
 
 
 def request_body(shape, seed=1):
