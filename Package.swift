@@ -79,7 +79,7 @@ let package = Package(
         ),
 
         // The in-process ceiling of a model for bench/inference (ONNX Runtime in a tight loop).
-        .executableTarget(name: "KernelModelBench", dependencies: ["Inference"], path: "Sources/KernelModelBench"),
+        .executableTarget(name: "KernelModelBench", dependencies: ["Inference", .product(name: "NIOCore", package: "swift-nio")], path: "Sources/KernelModelBench"),
 
         .testTarget(name: "KernelConfigTests", dependencies: ["KernelConfig"]),
         .testTarget(name: "KernelCoreTests", dependencies: ["KernelCore", "KernelConfig", .product(name: "NIOEmbedded", package: "swift-nio")] + nio),

@@ -194,31 +194,58 @@ public enum InferenceCodec {
     static func decodeData(_ data: JSONValue, dataType: TensorDataType, count: Int, name: String, shape: [Int64]) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count * dataType.byteWidth)
         var written = 0
-        var failure: String?
+        var bad: JSONValue?
         bytes.withUnsafeMutableBytes { raw in
-            func store(_ value: JSONValue) -> Bool {
-                switch value {
-                case .array(let items):
-                    for item in items where !store(item) { return false }
-                    return true
-                default:
-                    guard written < count else { written += 1; return false }
-                    guard storeElement(value, dataType: dataType, into: raw, at: written) else {
-                        failure = "input '\(name)': element \(written) (\(value.kindName)) is not a valid \(dataType.rawValue) value"
-                        return false
-                    }
-                    written += 1
-                    return true
-                }
-            }
-            _ = store(data)
+            _ = flatten(data, dataType: dataType, count: count, into: raw, written: &written, bad: &bad)
         }
-        if let failure { throw KernelHTTPError(400, failure) }
+        if let bad {
+            throw KernelHTTPError(400, "input '\(name)': element \(written) (\(bad.kindName)) is not a valid \(dataType.rawValue) value")
+        }
         guard written == count else {
             let given = written > count ? "more than \(count)" : "\(written)"
             throw KernelHTTPError(400, "unexpected number of elements for input '\(name)': the shape \(shapeText(shape)) needs \(count), the data has \(given)")
         }
         return bytes
+    }
+
+    /// Stores the elements of `value` from `written` on; false stops at an invalid element (`bad`) or at one
+    /// element beyond `count` (then `written` is `count + 1`).
+    private static func flatten(_ value: JSONValue, dataType: TensorDataType, count: Int, into raw: UnsafeMutableRawBufferPointer,
+                                written: inout Int, bad: inout JSONValue?) -> Bool {
+        switch value {
+        case .numbers(let numbers):
+            guard numbers.count <= count - written else { written = count + 1; return false }
+            if dataType == .fp32 {
+                // The common case, kept tight: no per-element switch.
+                let floats = raw.baseAddress!.assumingMemoryBound(to: Float.self)
+                for number in numbers {
+                    floats[written] = number.float
+                    written += 1
+                }
+                return true
+            }
+            for number in numbers {
+                guard storeElement(.number(number), dataType: dataType, into: raw, at: written) else {
+                    bad = .number(number)
+                    return false
+                }
+                written += 1
+            }
+            return true
+        case .array(let items):
+            for item in items where !flatten(item, dataType: dataType, count: count, into: raw, written: &written, bad: &bad) {
+                return false
+            }
+            return true
+        default:
+            guard written < count else { written = count + 1; return false }
+            guard storeElement(value, dataType: dataType, into: raw, at: written) else {
+                bad = value
+                return false
+            }
+            written += 1
+            return true
+        }
     }
 
     @inline(__always)

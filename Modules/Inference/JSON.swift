@@ -7,13 +7,15 @@ import NIOCore
 
 /// A parsed JSON value. Numbers keep their source text's byte range and are converted only when the element type
 /// they are read as is known, so that every type gets one correctly rounded conversion from the decimal text.
-public indirect enum JSONValue: Sendable {
+public enum JSONValue: Sendable {
     case null
     case bool(Bool)
     /// The number's bytes in the parsed document.
     case number(JSONNumber)
     case string(String)
     case array([JSONValue])
+    /// An array whose items are all numbers (tensor data, shapes), kept without wrapping each item.
+    case numbers([JSONNumber])
     case object([(key: String, value: JSONValue)])
 
     /// The member `key` of an object (first occurrence), or nil.
@@ -35,6 +37,7 @@ public indirect enum JSONValue: Sendable {
 
     public var arrayValue: [JSONValue]? {
         if case .array(let items) = self { return items }
+        if case .numbers(let items) = self { return items.map { .number($0) } }
         return nil
     }
 
@@ -50,7 +53,7 @@ public indirect enum JSONValue: Sendable {
         case .bool: return "a boolean"
         case .number: return "a number"
         case .string: return "a string"
-        case .array: return "an array"
+        case .array, .numbers: return "an array"
         case .object: return "an object"
         }
     }
@@ -115,10 +118,26 @@ public struct JSONNumber: Sendable {
         case .infinity: return negative ? -.infinity : .infinity
         case .none: break
         }
-        if longText == nil, mantissa < (1 << 24), exponent >= -10, exponent <= 10 {
-            let scale = Float(powersOfTen[Int(abs(exponent))])
-            let magnitude = exponent < 0 ? Float(mantissa) / scale : Float(mantissa) * scale
-            return negative ? -magnitude : magnitude
+        if longText == nil, exponent >= -22, exponent <= 22 {
+            if mantissa < (1 << 24), exponent >= -10, exponent <= 10 {
+                // Exact operands, one rounding.
+                let scale = Float(powersOfTen[Int(abs(exponent))])
+                let magnitude = exponent < 0 ? Float(mantissa) / scale : Float(mantissa) * scale
+                return negative ? -magnitude : magnitude
+            }
+            // Python writes FP32 values as the shortest *double* text (17 digits): compute in Double, which lands
+            // within 2 units in the last place of the exact value (two roundings of relative error 2^-53 each).
+            // Rounding that to Float is then exact unless the double lies within those 2 units of a midpoint
+            // between two floats, that is unless the 29 bits Float drops are within 4 of 2^28; and the value is a
+            // normal float. Otherwise, the C library rounds the decimal text itself.
+            let approximate = exponent < 0 ? Double(mantissa) / powersOfTen[Int(-exponent)]
+                                           : Double(mantissa) * powersOfTen[Int(exponent)]
+            let dropped = approximate.significandBitPattern & ((1 << 29) - 1)
+            let distance = dropped > (1 << 28) ? dropped - (1 << 28) : (1 << 28) - dropped
+            if distance > 4, approximate >= Double(Float.leastNormalMagnitude), approximate < Double(Float.greatestFiniteMagnitude) {
+                let magnitude = Float(approximate)
+                return negative ? -magnitude : magnitude
+            }
         }
         return withCString { strtof($0, nil) }
     }
@@ -132,23 +151,29 @@ public struct JSONNumber: Sendable {
                 return body(UnsafePointer(buffer.baseAddress!))
             }
         }
-        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 40) { buffer in
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 48) { buffer in
             var position = 0
-            func put(_ byte: UInt8) { buffer[position] = CChar(bitPattern: byte); position += 1 }
-            if negative { put(UInt8(ascii: "-")) }
-            var digits: [UInt8] = []
-            var value = mantissa
-            repeat { digits.append(UInt8(value % 10) + 48); value /= 10 } while value > 0
-            for digit in digits.reversed() { put(digit) }
-            put(UInt8(ascii: "e"))
-            var exponentValue = Int(exponent)
-            if exponentValue < 0 { put(UInt8(ascii: "-")); exponentValue = -exponentValue }
-            var exponentDigits: [UInt8] = []
-            repeat { exponentDigits.append(UInt8(exponentValue % 10) + 48); exponentValue /= 10 } while exponentValue > 0
-            for digit in exponentDigits.reversed() { put(digit) }
+            if negative { buffer[position] = CChar(UInt8(ascii: "-")); position += 1 }
+            position = appendDigits(of: mantissa, to: buffer, at: position)
+            buffer[position] = CChar(UInt8(ascii: "e")); position += 1
+            if exponent < 0 { buffer[position] = CChar(UInt8(ascii: "-")); position += 1 }
+            position = appendDigits(of: UInt64(exponent.magnitude), to: buffer, at: position)
             buffer[position] = 0
             return body(UnsafePointer(buffer.baseAddress!))
         }
+    }
+
+    /// Writes `value` in decimal at `position`; returns the position after it.
+    private func appendDigits(of value: UInt64, to buffer: UnsafeMutableBufferPointer<CChar>, at position: Int) -> Int {
+        var digits = 0
+        var rest = value
+        repeat { digits += 1; rest /= 10 } while rest > 0
+        rest = value
+        for offset in stride(from: digits - 1, through: 0, by: -1) {
+            buffer[position + offset] = CChar(UInt8(rest % 10) + 48)
+            rest /= 10
+        }
+        return position + digits
     }
 }
 
@@ -255,6 +280,22 @@ public struct JSONReader {
             var items: [JSONValue] = []
             skipSpace()
             if index < bytes.count, bytes[index] == UInt8(ascii: "]") { index += 1; return .array(items) }
+            if index < bytes.count, bytes[index] == UInt8(ascii: "-") || isDigit(bytes[index]) {
+                // Tensor data: read a run of numbers without wrapping each in a JSONValue.
+                var numbers: [JSONNumber] = []
+                while true {
+                    numbers.append(try number())
+                    skipSpace()
+                    guard index < bytes.count else { throw error("unexpected end of JSON") }
+                    if bytes[index] == UInt8(ascii: "]") { index += 1; return .numbers(numbers) }
+                    guard bytes[index] == UInt8(ascii: ",") else { throw error("expected ',' or ']'") }
+                    index += 1
+                    skipSpace()
+                    guard index < bytes.count else { throw error("unexpected end of JSON") }
+                    if !(bytes[index] == UInt8(ascii: "-") || isDigit(bytes[index])) { break }
+                }
+                items = numbers.map { .number($0) }  // a mixed array: continue item by item
+            }
             while true {
                 items.append(try value(depth: depth + 1))
                 skipSpace()
@@ -283,13 +324,20 @@ public struct JSONReader {
             var significant = 0
             var exponent = 0
             var truncated = false
+            // Up to 19 significant digits always fit a UInt64; only longer texts take the checked path.
             @inline(__always) func addDigit(_ byte: UInt8, fraction: Bool) {
-                if mantissa == 0 && byte == 48 {
+                if significant < 19 {
+                    if mantissa == 0 && byte == 48 {
+                        if fraction { exponent -= 1 }
+                        return
+                    }
+                    mantissa = mantissa &* 10 &+ UInt64(byte &- 48)
+                    significant += 1
                     if fraction { exponent -= 1 }
                     return
                 }
                 let (scaled, o1) = mantissa.multipliedReportingOverflow(by: 10)
-                let (sum, o2) = scaled.addingReportingOverflow(UInt64(byte - 48))
+                let (sum, o2) = scaled.addingReportingOverflow(UInt64(byte &- 48))
                 if !truncated, !o1, !o2 {
                     mantissa = sum
                     significant += 1

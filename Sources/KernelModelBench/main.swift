@@ -5,6 +5,7 @@
 // Prints one JSON line: runs/s and rows/s over all instances (each on its own thread, as the kernel runs them).
 import Foundation
 import Inference
+import NIOCore
 
 struct Arguments {
     var model = ""
@@ -12,6 +13,8 @@ struct Arguments {
     var seconds = 5.0
     var intraOpThreads = 1
     var instances = 1
+    /// A JSON inference request to decode in a loop instead (the codec's cost, no model run).
+    var decodeFile: String?
 
     init(_ list: [String]) throws {
         var iterator = list.makeIterator()
@@ -25,6 +28,7 @@ struct Arguments {
             case "--seconds": seconds = Double(try value()) ?? 5
             case "--intra-op-threads": intraOpThreads = Int(try value()) ?? 1
             case "--instances": instances = Int(try value()) ?? 1
+            case "--decode": decodeFile = try value()
             default: model = argument
             }
         }
@@ -41,6 +45,20 @@ do {
     let sessions = try (0..<arguments.instances).map { _ in
         try ONNXSession(runtime: runtime, path: arguments.model,
                         options: SessionOptions(intraOpThreads: arguments.intraOpThreads, interOpThreads: 1))
+    }
+    if let decodeFile = arguments.decodeFile {
+        let body = ByteBuffer(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: decodeFile))))
+        let signature = ModelSignature(name: "m", version: "1", inputs: sessions[0].inputs, outputs: sessions[0].outputs,
+                                       maxBatchSize: 0)
+        let start = Date()
+        var decoded = 0
+        while Date().timeIntervalSince(start) < arguments.seconds {
+            _ = try InferenceCodec.decodeRequest(body: body, headers: [:], model: signature)
+            decoded += 1
+        }
+        let elapsed = Date().timeIntervalSince(start)
+        print("{\"decodes_per_second\": \(Double(decoded) / elapsed), \"mean_decode_us\": \(elapsed / Double(decoded) * 1e6)}")
+        exit(0)
     }
     let spec = sessions[0].inputs[0]
     let count = Tensor.elementCount(arguments.shape) ?? 0

@@ -52,6 +52,33 @@ final class JSONReaderTests: XCTestCase {
         XCTAssertEqual(try number("-Infinity").double, -.infinity)
     }
 
+    func testFloatFromPythonStyleDoubleTextIsExact() throws {
+        // Python sends FP32 data as the shortest text of the double holding the float (`0.10000000149011612`).
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            let value = Float(bitPattern: UInt32.random(in: 0...UInt32.max, using: &generator))
+            guard value.isFinite else { continue }
+            let text = Double(value).description
+            XCTAssertEqual(try number(text).float.bitPattern, value.bitPattern, text)
+        }
+    }
+
+    func testFloatFromArbitraryDecimalsMatchesCorrectRounding() throws {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            let digits = (0..<Int.random(in: 1...19, using: &generator)).map { _ in String(Int.random(in: 0...9, using: &generator)) }.joined()
+            let text = "\(Bool.random(using: &generator) ? "-" : "")\(Int.random(in: 1...9, using: &generator))\(digits)e\(Int.random(in: -40...20, using: &generator))"
+            XCTAssertEqual(try number(text).float.bitPattern, Float(text)!.bitPattern, text)
+            XCTAssertEqual(try number(text).double.bitPattern, Double(text)!.bitPattern, text)
+        }
+        // Midpoints between adjacent floats, written exactly: ties round to even.
+        for bits in stride(from: UInt32(0x3F80_0000), to: 0x3F80_0000 + 2000, by: 1) {
+            let low = Double(Float(bitPattern: bits)), high = Double(Float(bitPattern: bits + 1))
+            let text = ((low + high) / 2).description
+            XCTAssertEqual(try number(text).float.bitPattern, Float(text)!.bitPattern, text)
+        }
+    }
+
     func testIntegerRanges() throws {
         XCTAssertEqual(try number("-9223372036854775808").int64, Int64.min)
         XCTAssertNil(try number("9223372036854775808").int64)
