@@ -77,6 +77,17 @@ public struct JSONNumber: Sendable {
     /// The text, kept only when the digits did not fit `mantissa`.
     var longText: [UInt8]?
 
+    /// Adds a digit beyond the 19th: kept while the mantissa does not overflow, else dropped (the text is then
+    /// kept for conversions) with the exponent adjusted for integer digits.
+    @inline(never)
+    static func extend(_ mantissa: UInt64, _ digit: UInt8, _ truncated: Bool, _ exponent: Int,
+                       fraction: Bool) -> (UInt64, Bool, Int) {
+        let (scaled, o1) = mantissa.multipliedReportingOverflow(by: 10)
+        let (sum, o2) = scaled.addingReportingOverflow(UInt64(digit))
+        if !truncated, !o1, !o2 { return (sum, false, fraction ? exponent - 1 : exponent) }
+        return (mantissa, true, fraction ? exponent : exponent + 1)
+    }
+
     /// The value as an integer, or nil when it is not an integer literal or does not fit.
     public var int64: Int64? {
         guard isInteger, longText == nil else { return nil }
@@ -320,67 +331,69 @@ public struct JSONReader {
                 try literal("Infinity")
                 return JSONNumber(negative: negative, mantissa: 0, exponent: 0, isInteger: false, special: .infinity)
             }
+            var i = index  // a local cursor: the loops below stay in registers
             var mantissa: UInt64 = 0
-            var significant = 0
+            var significant = 0   // digits in mantissa, leading zeros excluded
             var exponent = 0
             var truncated = false
-            // Up to 19 significant digits always fit a UInt64; only longer texts take the checked path.
-            @inline(__always) func addDigit(_ byte: UInt8, fraction: Bool) {
-                if significant < 19 {
-                    if mantissa == 0 && byte == 48 {
-                        if fraction { exponent -= 1 }
-                        return
-                    }
-                    mantissa = mantissa &* 10 &+ UInt64(byte &- 48)
-                    significant += 1
-                    if fraction { exponent -= 1 }
-                    return
-                }
-                let (scaled, o1) = mantissa.multipliedReportingOverflow(by: 10)
-                let (sum, o2) = scaled.addingReportingOverflow(UInt64(byte &- 48))
-                if !truncated, !o1, !o2 {
-                    mantissa = sum
-                    significant += 1
-                    if fraction { exponent -= 1 }
-                } else {
-                    truncated = true
-                    if !fraction { exponent += 1 }
-                }
-            }
             var integer = true
-            let digitsStart = index
-            while index < bytes.count, isDigit(bytes[index]) { addDigit(bytes[index], fraction: false); index += 1 }
-            let integerDigits = index - digitsStart
-            guard integerDigits > 0 else { throw error("invalid number") }
-            guard integerDigits == 1 || bytes[digitsStart] != UInt8(ascii: "0") else { throw error("invalid number (leading zero)") }
-            if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
-                integer = false
-                index += 1
-                let fractionStart = index
-                while index < bytes.count, isDigit(bytes[index]) { addDigit(bytes[index], fraction: true); index += 1 }
-                guard index > fractionStart else { throw error("invalid number") }
+            let count = bytes.count
+            // Integer part. Up to 19 significant digits always fit a UInt64 (no overflow checks needed).
+            let digitsStart = i
+            while i < count {
+                let digit = bytes[i] &- 48
+                guard digit < 10 else { break }
+                if significant < 19 {
+                    mantissa = mantissa &* 10 &+ UInt64(digit)
+                    if mantissa != 0 { significant += 1 }
+                } else {
+                    (mantissa, truncated, exponent) = JSONNumber.extend(mantissa, digit, truncated, exponent, fraction: false)
+                }
+                i += 1
             }
-            if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
+            let integerDigits = i - digitsStart
+            guard integerDigits > 0 else { index = i; throw error("invalid number") }
+            guard integerDigits == 1 || bytes[digitsStart] != UInt8(ascii: "0") else { index = i; throw error("invalid number (leading zero)") }
+            if i < count, bytes[i] == UInt8(ascii: ".") {
                 integer = false
-                index += 1
+                i += 1
+                let fractionStart = i
+                while i < count {
+                    let digit = bytes[i] &- 48
+                    guard digit < 10 else { break }
+                    if significant < 19 {
+                        mantissa = mantissa &* 10 &+ UInt64(digit)
+                        if mantissa != 0 { significant += 1 }
+                        exponent -= 1
+                    } else {
+                        (mantissa, truncated, exponent) = JSONNumber.extend(mantissa, digit, truncated, exponent, fraction: true)
+                    }
+                    i += 1
+                }
+                guard i > fractionStart else { index = i; throw error("invalid number") }
+            }
+            if i < count, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
+                integer = false
+                i += 1
                 var negativeExponent = false
-                if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
-                    negativeExponent = bytes[index] == UInt8(ascii: "-")
-                    index += 1
+                if i < count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") {
+                    negativeExponent = bytes[i] == UInt8(ascii: "-")
+                    i += 1
                 }
-                let exponentStart = index
+                let exponentStart = i
                 var written = 0
-                while index < bytes.count, isDigit(bytes[index]) {
-                    if written < 100_000 { written = written * 10 + Int(bytes[index] - 48) }
-                    index += 1
+                while i < count, isDigit(bytes[i]) {
+                    if written < 100_000 { written = written * 10 + Int(bytes[i] - 48) }
+                    i += 1
                 }
-                guard index > exponentStart else { throw error("invalid number") }
+                guard i > exponentStart else { index = i; throw error("invalid number") }
                 exponent += negativeExponent ? -written : written
             }
+            index = i
             // Out-of-range exponents saturate: strtod/strtof then give 0 or infinity as the text would.
             let clamped = Int32(clamping: max(-100_000, min(100_000, exponent)))
             return JSONNumber(negative: negative, mantissa: mantissa, exponent: clamped, isInteger: integer && !truncated,
-                              special: .none, longText: truncated ? Array(bytes[start..<index]) : nil)
+                              special: .none, longText: truncated ? Array(bytes[start..<i]) : nil)
         }
 
         @inline(__always) func isDigit(_ byte: UInt8) -> Bool { byte >= 48 && byte <= 57 }

@@ -47,7 +47,7 @@ inference:
       instances: 1
       intra_op_threads: 1
       max_batch_size: {batch}
-      dynamic_batching: {{max_queue_delay: 1ms}}
+      dynamic_batching: {{max_queue_delay: 0ms}}
       max_queue: 4096
       warmup: 2
 routing:
@@ -246,7 +246,7 @@ def main():
     work = tempfile.mkdtemp(prefix="kernel-bench-inference-")
     out = ["## Inference: kernel vs nginx → uWSGI → Flask + onnxruntime", "",
            f"wrk, 2 threads, {DURATION} per point, same JSON request (Open Inference Protocol) on both sides. The kernel runs "
-           "`--role both` with one model instance (1 intra-op thread) and dynamic batching (max_queue_delay 1ms); the "
+           "`--role both` with one model instance (1 intra-op thread) and dynamic batching with max_queue_delay 0 (a run takes whatever queued while the previous one ran); the "
            "seed stack runs nginx (one worker per core) → uWSGI (master, lazy, 3 workers, 1 thread) → Flask with an "
            "onnxruntime session per worker (1 intra-op thread).", ""]
     try:
