@@ -1,4 +1,5 @@
 import KernelCore
+import NIOCore
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -7,7 +8,9 @@ import Darwin
 
 /// The locations of one virtual server, arranged for nginx's search order.
 ///
-/// 1. An exact (`=`) location equal to the path wins at once.
+/// 1. An exact (`=`) location equal to the path wins at once. Next, a path that is a `*_pass` prefix location
+///    without its trailing slash (`/api` for `location /api/` with `uwsgi_pass`) is redirected with 301 to the
+///    slashed path, as nginx does.
 /// 2. Otherwise the longest matching prefix is found (plain and `^~` alike); if it is `^~`, it wins.
 /// 3. Otherwise the regular expressions (`~`, `~*`) are tried in file order; the first match wins.
 /// 4. Otherwise the longest matching prefix wins, if any.
@@ -23,13 +26,16 @@ struct LocationTable: Sendable {
     }
 
     private let exact: [String: RouteDecision]
+    /// Slash-appending redirects, by the path without its slash.
+    private let slashRedirects: [String: RouteDecision]
     /// Longest first; equal lengths cannot occur (duplicates are configuration errors).
     private let prefixes: [Prefix]
     /// In file order.
     private let regexes: [Regex]
 
-    init(exact: [String: RouteDecision], prefixes: [Prefix], regexes: [Regex]) {
+    init(exact: [String: RouteDecision], slashRedirects: [String: RouteDecision] = [:], prefixes: [Prefix], regexes: [Regex]) {
         self.exact = exact
+        self.slashRedirects = slashRedirects
         self.prefixes = prefixes.sorted { $0.bytes.count > $1.bytes.count }
         self.regexes = regexes
     }
@@ -37,6 +43,7 @@ struct LocationTable: Sendable {
     /// The decision of the location matching `path`, nil when none does.
     func decision(for path: String) -> RouteDecision? {
         if !exact.isEmpty, let decision = exact[path] { return decision }
+        if !slashRedirects.isEmpty, let decision = slashRedirects[path] { return decision }
         let longest = longestPrefix(of: path)
         if let longest, longest.stopsRegexSearch { return longest.decision }
         for entry in regexes {
@@ -171,5 +178,13 @@ public struct LocationRouter: RequestRouter {
             return table
         }
         return otherListeners
+    }
+}
+
+/// nginx's redirect of `/dir` to `/dir/` for a proxying prefix location `/dir/`: 301, the query kept.
+struct SlashRedirectHandler: RequestHandler {
+    func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        let target = request.path + "/" + (request.query.isEmpty ? "" : "?" + request.query)
+        return context.eventLoop.makeSucceededFuture(ReturnDirective.response(status: 301, body: .redirect(VariableTemplate.empty), text: target))
     }
 }

@@ -124,6 +124,7 @@ struct RoutingDecoder {
         var prefixes: [LocationTable.Prefix] = []
         var regexes: [LocationTable.Regex] = []
         var seen: [String: SourceMark] = [:]
+        var slashRedirectCandidates: [(path: String, decision: RouteDecision)] = []
         if let locationsValue = mapping.optional("locations") {
             for item in try locationsValue.list() {
                 let location = try decodeLocation(item, serverName: firstName, maxBodySize: maxBodySize, accessLog: accessLog)
@@ -139,18 +140,30 @@ struct RoutingDecoder {
                     exact[path] = location.decision
                 case .prefix(let path, let stops):
                     prefixes.append(.init(bytes: Array(path.utf8), stopsRegexSearch: stops, decision: location.decision))
+                    if location.handlerKey.hasSuffix("_pass"), path.count > 1, path.hasSuffix("/") {
+                        var redirect = location.decision
+                        redirect.handler = SlashRedirectHandler()
+                        slashRedirectCandidates.append((String(path.dropLast()), redirect))
+                    }
                 case .regex:
                     regexes.append(.init(regex: location.regex!, decision: location.decision))
                 }
             }
         }
         try mapping.finish()
+        // An explicit location for the unslashed path takes it over, as in nginx.
+        var slashRedirects: [String: RouteDecision] = [:]
+        for candidate in slashRedirectCandidates
+        where exact[candidate.path] == nil && !prefixes.contains(where: { $0.bytes.elementsEqual(candidate.path.utf8) }) {
+            slashRedirects[candidate.path] = candidate.decision
+        }
 
         let notFound = RouteDecision(route: RouteInfo(serverName: firstName),
                                      handler: StaticResponseHandler(.error(404, "not found")),
                                      maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog)
         let server = VirtualServer(name: firstName,
-                                   locations: LocationTable(exact: exact, prefixes: prefixes, regexes: regexes),
+                                   locations: LocationTable(exact: exact, slashRedirects: slashRedirects,
+                                                            prefixes: prefixes, regexes: regexes),
                                    notFound: notFound, serverReturn: serverReturn)
         return DecodedServer(path: value.path, names: names, firstName: firstName, listen: listen,
                              defaultServer: defaultServer, server: server)
@@ -161,6 +174,8 @@ struct RoutingDecoder {
         let matchText: String
         let matchValue: ConfigValue
         let regex: POSIXRegex?
+        /// `return` or the handler directive's key.
+        let handlerKey: String
         let decision: RouteDecision
     }
 
@@ -220,7 +235,8 @@ struct RoutingDecoder {
         try mapping.finish()
         let decision = RouteDecision(route: RouteInfo(serverName: serverName, location: matchText), handler: handler,
                                      maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog)
-        return DecodedLocation(match: match, matchText: matchText, matchValue: matchValue, regex: regex, decision: decision)
+        return DecodedLocation(match: match, matchText: matchText, matchValue: matchValue, regex: regex,
+                               handlerKey: chosen.key, decision: decision)
     }
 
     /// `client_max_body_size`: a size; 0 is unlimited.

@@ -42,6 +42,11 @@ struct VariableTemplate: Sendable {
 
     let pieces: [Piece]
 
+    /// A template of no text.
+    static let empty = VariableTemplate(pieces: [])
+
+    private init(pieces: [Piece]) { self.pieces = pieces }
+
     /// The text when it holds no variable.
     var constantText: String? {
         if pieces.isEmpty { return "" }

@@ -174,4 +174,34 @@ final class ReturnAndLimitsTests: XCTestCase {
         XCTAssertEqual(try fixture.respond("/bare").body, "- - /bare = /bare", "a null value still names the handler")
         XCTAssertEqual(try fixture.respond("/regex").body, "r - nil ~ ^/re")
     }
+
+    func testProxyingPrefixLocationRedirectsTheUnslashedPath() throws {
+        let fixture = try RoutingFixture()
+        try fixture.load("""
+            echo: {}
+            routing:
+              servers:
+                - locations:
+                    - location: /api/
+                      echo_pass: backend
+                    - location: /docs/
+                      return: 200 "docs"
+                    - location: /both/
+                      echo_pass: backend
+                    - location: = /both
+                      return: 200 "exact"
+                    - location: "~ ^/api"
+                      return: 200 "regex"
+            """, withEcho: true)
+        // The redirect comes before the regex search, as nginx's does.
+        let answer = try fixture.respond("/api?x=1")
+        XCTAssertEqual(answer.status, 301)
+        XCTAssertEqual(answer.headers["Location"], "/api/?x=1")
+        XCTAssertEqual(answer.decision.route.location, "/api/")
+        XCTAssertEqual(try fixture.respond("/api").headers["Location"], "/api/")
+        XCTAssertEqual(try fixture.respond("/api/x").body, "regex", "below the prefix, regexes still win as usual")
+        XCTAssertEqual(try fixture.respond("/both/x").body, "backend - /both/ /both/")
+        XCTAssertEqual(try fixture.respond("/docs").status, 404, "only *_pass locations redirect")
+        XCTAssertEqual(try fixture.respond("/both").body, "exact", "an exact location takes the path over")
+    }
 }
