@@ -23,16 +23,31 @@ struct ReturnDirective: Sendable {
 
     /// Decodes the directive's value. Errors name the value's position and key path.
     init(_ value: ConfigValue) throws {
-        let text = try value.string()
         let words: [String]
-        do {
-            words = try NginxArguments.split(text)
-        } catch let error as NginxArguments.SyntaxError {
-            throw value.error("\(error.message) in \"\(text)\"")
+        // Where a bad code or text is reported: the scalar, or the list item.
+        let wordValues: [ConfigValue]
+        let text: String
+        if case .sequence = value.node {
+            // `[200, "text: with a colon"]`: each item is one word, no nginx quoting needed.
+            wordValues = try value.list()
+            words = try wordValues.map { try $0.string() }
+            text = words.joined(separator: " ")
+            guard (1...2).contains(words.count) else {
+                throw value.error("expected [CODE], [CODE, TEXT], [CODE, URL] or [URL], found \(words.count) items")
+            }
+        } else {
+            text = try value.string()
+            do {
+                words = try NginxArguments.split(text)
+            } catch let error as NginxArguments.SyntaxError {
+                throw value.error("\(error.message) in \"\(text)\"")
+            }
+            wordValues = Array(repeating: value, count: words.count)
         }
         guard let first = words.first else {
             throw value.error("expected a status code and an optional text or URL, or a URL, found \"\(text)\"")
         }
+        let value = wordValues[0]
         if words.count == 1, ReturnDirective.isURL(first) {
             // `return URL` is a temporary redirect.
             status = 302
@@ -54,11 +69,11 @@ struct ReturnDirective: Sendable {
             body = .none
             return
         }
-        let template = try ReturnDirective.template(words[1], value)
+        let template = try ReturnDirective.template(words[1], wordValues[1])
         if ReturnDirective.redirectCodes.contains(code) {
             body = .redirect(template)
         } else if code == 204 || code == 304 {
-            throw value.error("a \(code) response has no body, found the text \"\(words[1])\"")
+            throw wordValues[1].error("a \(code) response has no body, found the text \"\(words[1])\"")
         } else {
             body = .text(template)
         }

@@ -29,6 +29,10 @@ final class ReturnAndLimitsTests: XCTestCase {
                       return: https://example.org/
                     - location: = /scheme
                       return: $scheme://$host$uri$is_args$args
+                    - location: = /list
+                      return: [200, "kernel is running: POST /v2\\n"]
+                    - location: = /list-redirect
+                      return: [308, "https://example.org$uri"]
                     - location: = /vars
                       return: 200 "$request_method $server_protocol $remote_addr $server_port $http_user_agent [$arg_b] [$${args}]"
             """)
@@ -73,6 +77,12 @@ final class ReturnAndLimitsTests: XCTestCase {
         XCTAssertEqual(answer.status, 302)
         XCTAssertEqual(answer.headers["Location"], "https://example.com/scheme?q=1")
         XCTAssertEqual(try fixture.respond("/scheme").headers["Location"], "http://example.com/scheme")
+
+        answer = try fixture.respond("/list")
+        XCTAssertEqual(answer.body, "kernel is running: POST /v2\n", "the list form needs no nginx quoting")
+        answer = try fixture.respond("/list-redirect")
+        XCTAssertEqual(answer.status, 308)
+        XCTAssertEqual(answer.headers["Location"], "https://example.org/list-redirect")
 
         answer = try fixture.respond("/vars?a=1&b=two", headers: [("User-Agent", "curl/8")])
         XCTAssertEqual(answer.body, "GET HTTP/1.1 192.0.2.7 8080 curl/8 [two] [a=1&b=two]")

@@ -46,8 +46,14 @@ final class RoutingConfigErrorTests: XCTestCase {
                        "FILE:9:19: routing.servers[0].locations[2].return: unterminated quoted text in \"200 \"open\"")
         XCTAssertEqual(fixture.loadError(thirdLocation("          return: 204 \"body\"")),
                        "FILE:9:19: routing.servers[0].locations[2].return: a 204 response has no body, found the text \"body\"")
-        XCTAssertEqual(fixture.loadError(thirdLocation("          return: [200]")),
-                       "FILE:9:19: routing.servers[0].locations[2].return: expected a string, found a sequence")
+        XCTAssertEqual(fixture.loadError(thirdLocation("          return: {code: 200}")),
+                       "FILE:9:19: routing.servers[0].locations[2].return: expected a string, found a mapping")
+        XCTAssertEqual(fixture.loadError(thirdLocation("          return: [200, a, b]")),
+                       "FILE:9:19: routing.servers[0].locations[2].return: expected [CODE], [CODE, TEXT], [CODE, URL] or [URL], found 3 items")
+        XCTAssertEqual(fixture.loadError(thirdLocation("          return: [2OO, \"x\"]")),
+                       "FILE:9:20: routing.servers[0].locations[2].return[0]: expected a status code 100-599, found \"2OO\"")
+        XCTAssertEqual(fixture.loadError(thirdLocation("          return: [200, \"$bad\"]")),
+                       "FILE:9:25: routing.servers[0].locations[2].return[1]: unknown variable \"$bad\" (known: $request_uri, $uri, $document_uri, $args, $query_string, $is_args, $host, $scheme, $remote_addr, $server_name, $server_port, $request_method, $server_protocol, $http_NAME, $arg_NAME, $1-$9)")
         XCTAssertEqual(fixture.loadError(thirdLocation("          return:")),
                        "FILE:9:18: routing.servers[0].locations[2].return: expected a string, found null")
     }
