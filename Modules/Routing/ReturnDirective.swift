@@ -47,19 +47,23 @@ struct ReturnDirective: Sendable {
         guard let first = words.first else {
             throw value.error("expected a status code and an optional text or URL, or a URL, found \"\(text)\"")
         }
-        let value = wordValues[0]
+        let codeValue = wordValues[0]
         if words.count == 1, ReturnDirective.isURL(first) {
             // `return URL` is a temporary redirect.
             status = 302
-            body = .redirect(try ReturnDirective.template(first, value))
+            body = .redirect(try ReturnDirective.template(first, codeValue))
             return
         }
         guard first.utf8.count == 3, first.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
               let code = Int(first), (100...599).contains(code) else {
-            throw value.error("expected a status code 100-599, found \"\(first)\"")
+            throw codeValue.error("expected a status code 100-599, found \"\(first)\"")
         }
         guard code >= 200 else {
-            throw value.error("a 1xx status is not a final response, found \"\(first)\"")
+            throw codeValue.error("a 1xx status is not a final response, found \"\(first)\"")
+        }
+        // nginx's 444 closes the connection without answering; sending a 444 response instead would mislead.
+        guard code != 444 else {
+            throw codeValue.error("444 (close the connection without a response) is not supported; use a status such as 403 or 404")
         }
         guard words.count <= 2 else {
             throw value.error("expected a status code and one text or URL (quote a text with spaces: 200 \"hello world\"), found \"\(text)\"")

@@ -22,7 +22,7 @@ public enum RoutingModule: KernelModule {
         guard !items.isEmpty else { throw serversValue.expected("a list of at least one server") }
         let decoder = RoutingDecoder(registrar: registrar)
         let servers = try items.map { try decoder.decodeServer($0) }
-        return try RouterBuilder(servers: servers, logger: registrar).build()
+        return try RouterBuilder(servers: servers, registrar: registrar).build()
     }
 
     /// Installs the router.
@@ -295,7 +295,7 @@ extension LocationMatch {
 /// Builds the per-listener server tables and checks default servers.
 struct RouterBuilder {
     let servers: [DecodedServer]
-    let logger: Registrar
+    let registrar: Registrar
 
     func build() throws -> LocationRouter {
         // Listeners named by some server, canonical form first seen order, with the spellings that name them.
@@ -307,11 +307,17 @@ struct RouterBuilder {
                 spellings[address.canonical, default: []].formUnion([address.written, address.canonical])
             }
         }
-        let others = try table(for: nil)
+        var conflicts: [(value: ConfigValue, listener: String)] = []
+        let others = try table(for: nil, conflicts: &conflicts)
         var byListener: [String: ServerTable] = [:]
         for canonical in canonicalOrder {
-            let table = try table(for: canonical)
+            let table = try table(for: canonical, conflicts: &conflicts)
             for spelling in spellings[canonical]! { byListener[spelling] = table }
+        }
+        // A server without `listen` is in every table: say each conflict once.
+        var warned: Set<SourceMark> = []
+        for conflict in conflicts where warned.insert(conflict.value.mark).inserted {
+            registrar.logger.warning("\(conflict.value.mark): conflicting server name \"\(conflict.value.node.scalarText ?? "")\" on \(conflict.listener), ignored")
         }
         let noServer = RouteDecision(route: RouteInfo(), handler: StaticResponseHandler(.error(404, "not found")),
                                      maxBodySize: RoutingDecoder.defaultMaxBodySize, accessLog: nil)
@@ -320,7 +326,7 @@ struct RouterBuilder {
     }
 
     /// The table of the listener `canonical`, or of listeners no server names (nil).
-    private func table(for canonical: String?) throws -> ServerTable {
+    private func table(for canonical: String?, conflicts: inout [(value: ConfigValue, listener: String)]) throws -> ServerTable {
         let members = servers.indices.filter { index in
             guard let listen = servers[index].listen else { return true }
             guard let canonical else { return false }
@@ -345,15 +351,15 @@ struct RouterBuilder {
             for (name, value, regex) in servers[index].names {
                 switch name {
                 case .exact(let text):
-                    if exact[text] == nil { exact[text] = index } else { warnConflict(value, listenerText) }
+                    if exact[text] == nil { exact[text] = index } else { conflicts.append((value, listenerText)) }
                 case .leadingWildcard(let suffix):
                     if wildcardsSeen.insert("*" + suffix).inserted {
                         leading.append(.init(text: suffix, server: index))
-                    } else { warnConflict(value, listenerText) }
+                    } else { conflicts.append((value, listenerText)) }
                 case .trailingWildcard(let prefix):
                     if wildcardsSeen.insert(prefix + "*").inserted {
                         trailing.append(.init(text: prefix, server: index))
-                    } else { warnConflict(value, listenerText) }
+                    } else { conflicts.append((value, listenerText)) }
                 case .regex:
                     regexes.append(.init(regex: regex!, server: index))
                 }
@@ -363,7 +369,4 @@ struct RouterBuilder {
                            defaultServer: defaultServer ?? members.first, serverCount: members.count)
     }
 
-    private func warnConflict(_ value: ConfigValue, _ listener: String) {
-        logger.logger.warning("\(value.mark): conflicting server name \"\(value.node.scalarText ?? "")\" on \(listener), ignored")
-    }
 }

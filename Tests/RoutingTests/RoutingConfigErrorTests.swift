@@ -35,6 +35,8 @@ final class RoutingConfigErrorTests: XCTestCase {
                        "FILE:9:19: routing.servers[0].locations[2].return: expected a status code 100-599, found \"700\"")
         XCTAssertEqual(fixture.loadError(thirdLocation("          return: 20")),
                        "FILE:9:19: routing.servers[0].locations[2].return: expected a status code 100-599, found \"20\"")
+        XCTAssertEqual(fixture.loadError(thirdLocation("          return: 444")),
+                       "FILE:9:19: routing.servers[0].locations[2].return: 444 (close the connection without a response) is not supported; use a status such as 403 or 404")
         XCTAssertEqual(fixture.loadError(thirdLocation("          return: 101")),
                        "FILE:9:19: routing.servers[0].locations[2].return: a 1xx status is not a final response, found \"101\"")
     }
