@@ -8,9 +8,12 @@ import KernelCore
 /// declared. The whole configuration is turned into a `LocationRouter` while decoding, so that every error names
 /// its place in the file before anything starts.
 public enum RoutingModule: KernelModule {
+    /// The decoded configuration is the router itself.
     public typealias Configuration = LocationRouter
 
+    /// The top-level key: `routing:`.
     public static let configurationKey = "routing"
+    /// Edge and worker processes both route (`both` runs it too).
     public static let roles: Set<KernelRole> = [.edge, .worker]
 
     /// Decodes `routing.servers[]` and builds the router.
@@ -19,7 +22,7 @@ public enum RoutingModule: KernelModule {
         let serversValue = try mapping.required("servers")
         try mapping.finish()
         let items = try serversValue.list()
-        guard !items.isEmpty else { throw serversValue.expected("a list of at least one server") }
+        guard !items.isEmpty else { throw serversValue.error("expected at least one server, found an empty list") }
         let decoder = RoutingDecoder(registrar: registrar)
         let servers = try items.map { try decoder.decodeServer($0) }
         return try RouterBuilder(servers: servers, registrar: registrar).build()

@@ -123,7 +123,7 @@ final class RoutingConfigErrorTests: XCTestCase {
 
     func testStructureErrors() {
         XCTAssertEqual(fixture.loadError("routing:\n  servers: []\n"),
-                       "FILE:2:12: routing.servers: expected a list of at least one server, found a sequence")
+                       "FILE:2:12: routing.servers: expected at least one server, found an empty list")
         XCTAssertEqual(fixture.loadError("routing:\n  servers:\n    - locations: {location: /}\n"),
                        "FILE:3:18: routing.servers[0].locations: expected a list, found a mapping")
         XCTAssertEqual(fixture.loadError("routing:\n  servers:\n    - locations:\n        - return: 200\n"),
