@@ -181,10 +181,13 @@ public struct LocationRouter: RequestRouter {
     }
 }
 
-/// nginx's redirect of `/dir` to `/dir/` for a proxying prefix location `/dir/`: 301, the query kept.
+/// nginx's redirect of `/dir` to `/dir/` for a proxying prefix location `/dir/`: 301 to the location's own path
+/// (never the request's bytes), the query kept.
 struct SlashRedirectHandler: RequestHandler {
+    let location: String
+
     func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
-        let target = request.path + "/" + (request.query.isEmpty ? "" : "?" + request.query)
+        let target = request.query.isEmpty ? location : location + "?" + request.query
         return context.eventLoop.makeSucceededFuture(ReturnDirective.response(status: 301, body: .redirect(VariableTemplate.empty), text: target))
     }
 }

@@ -145,7 +145,7 @@ struct RoutingDecoder {
                     prefixes.append(.init(bytes: Array(path.utf8), stopsRegexSearch: stops, decision: location.decision))
                     if location.handlerKey.hasSuffix("_pass"), path.count > 1, path.hasSuffix("/") {
                         var redirect = location.decision
-                        redirect.handler = SlashRedirectHandler()
+                        redirect.handler = SlashRedirectHandler(location: path)
                         slashRedirectCandidates.append((String(path.dropLast()), redirect))
                     }
                 case .regex:

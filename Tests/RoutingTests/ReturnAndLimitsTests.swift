@@ -25,6 +25,8 @@ final class ReturnAndLimitsTests: XCTestCase {
                       return: 499
                     - location: = /moved
                       return: 301 https://example.org$request_uri
+                    - location: ^~ /moved
+                      return: 301 https://example.org$uri
                     - location: = /url
                       return: https://example.org/
                     - location: = /scheme
@@ -68,6 +70,10 @@ final class ReturnAndLimitsTests: XCTestCase {
         XCTAssertEqual(answer.headers["Location"], "https://example.org/moved?a=1&b=2")
         XCTAssertEqual(answer.headers["Content-Type"], "text/html")
         XCTAssertEqual(answer.body, "<html>\r\n<head><title>301 Moved Permanently</title></head>\r\n<body>\r\n<center><h1>301 Moved Permanently</h1></center>\r\n</body>\r\n</html>\r\n")
+
+        answer = try fixture.respond("/moved%0d%0aSet-Cookie:%20a=b/%C3%A9")
+        XCTAssertEqual(answer.headers["Location"], "https://example.org/moved%0D%0ASet-Cookie:%20a=b/%C3%A9",
+                       "decoded bytes that cannot stand in a header are percent-encoded again")
 
         answer = try fixture.respond("/url")
         XCTAssertEqual(answer.status, 302)
