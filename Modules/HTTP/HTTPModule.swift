@@ -15,13 +15,18 @@ public enum HTTPModule: KernelModule {
     }
 
     public static func register(_ configuration: HTTPConfiguration, into registrar: Registrar) throws {
-        for entry in configuration.listen {
+        for spec in listenerSpecs(for: configuration) { registrar.addListener(spec) }
+    }
+
+    /// One listener per `listen` address; each connection's pipeline is built with `configuration` captured.
+    public static func listenerSpecs(for configuration: HTTPConfiguration) -> [ListenerSpec] {
+        configuration.listen.map { entry in
             let settings = HTTPConnectionSettings(configuration: configuration, listener: entry.text)
-            registrar.addListener(ListenerSpec(protocolName: "http", address: entry.address, backlog: entry.backlog) { channel, runtime in
+            return ListenerSpec(protocolName: "http", address: entry.address, backlog: entry.backlog) { channel, runtime in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(HTTPConnectionHandler(settings: settings, runtime: runtime))
                 }
-            })
+            }
         }
     }
 }
