@@ -126,9 +126,15 @@ struct HTTPHeadScanner {
                 return .complete(start: headStart, end: position)
             }
             if length > maxLineLength { return .failure(lines == 0 ? .requestLineTooLong : .headerLineTooLong) }
+            if lines == 0, case .failure(let error) = HTTPRequestHeadParser.checkRequestLine(bytes, lineStart..<lineEnd) {
+                return .failure(error)
+            }
             lines += 1
             lineStart = position
             if position - headStart > maxHeadLength { return .failure(.headTooLarge) }
+        }
+        if lines == 0, !HTTPRequestHeadParser.requestLinePrefixIsPlausible(bytes, lineStart..<count) {
+            return .failure(.invalidRequestLine)
         }
         return checkPartial(count)
     }
@@ -278,6 +284,25 @@ enum HTTPRequestHeadParser {
 
     /// `METHOD SP request-target SP HTTP/d.d`.
     private static func parseRequestLine(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) -> Result<HTTPRequestHead, HTTPRequestError> {
+        switch checkRequestLine(bytes, line) {
+        case .failure(let error):
+            return .failure(error)
+        case .success(let parts):
+            return .success(HTTPRequestHead(method: method(bytes, parts.method), target: string(bytes, parts.target),
+                                            version: parts.version, headers: HeaderFields(), contentLength: nil, chunked: false,
+                                            connectionClose: false, connectionKeepAlive: false, expectContinue: false))
+        }
+    }
+
+    /// The parts of a request line, located and validated without building strings (the head scanner calls it as
+    /// soon as the first line is complete, so that a non-HTTP client is refused at once).
+    struct RequestLineParts {
+        var method: Range<Int>
+        var target: Range<Int>
+        var version: ProtocolVersion
+    }
+
+    static func checkRequestLine(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) -> Result<RequestLineParts, HTTPRequestError> {
         var index = line.lowerBound
         while index < line.upperBound, HTTPByte.isToken(bytes[index]) { index += 1 }
         guard index > line.lowerBound, index < line.upperBound, bytes[index] == HTTPByte.space else {
@@ -293,8 +318,8 @@ enum HTTPRequestHeadParser {
         let targetRange = targetStart..<index
         index += 1
         // HTTP-version = "HTTP/" DIGIT "." DIGIT; other digit strings are versions we do not speak (505).
-        let prefix: [UInt8] = Array("HTTP/".utf8)
-        guard line.upperBound - index >= 7, prefix.indices.allSatisfy({ bytes[index + $0] == prefix[$0] }) else {
+        guard line.upperBound - index >= 7, bytes[index] == UInt8(ascii: "H"), bytes[index + 1] == UInt8(ascii: "T"),
+              bytes[index + 2] == UInt8(ascii: "T"), bytes[index + 3] == UInt8(ascii: "P"), bytes[index + 4] == UInt8(ascii: "/") else {
             return .failure(.invalidRequestLine)
         }
         index += 5
@@ -311,9 +336,20 @@ enum HTTPRequestHeadParser {
         case (1, 0): version = .http1_0
         default: return .failure(.unsupportedVersion)
         }
-        return .success(HTTPRequestHead(method: method(bytes, methodRange), target: string(bytes, targetRange),
-                                        version: version, headers: HeaderFields(), contentLength: nil, chunked: false,
-                                        connectionClose: false, connectionKeepAlive: false, expectContinue: false))
+        return .success(RequestLineParts(method: methodRange, target: targetRange, version: version))
+    }
+
+    /// Whether the start of a request line still in progress can begin a valid one (a method of token bytes, then
+    /// a space): refuses TLS handshakes and other binary input before it fills the head buffer.
+    static func requestLinePrefixIsPlausible(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
+        for index in range {
+            let byte = bytes[index]
+            if byte == HTTPByte.space { return index > range.lowerBound }
+            // A CR at the very end may be the start of a line ending.
+            if byte == HTTPByte.cr, index == range.upperBound - 1 { return true }
+            if !HTTPByte.isToken(byte) { return false }
+        }
+        return true
     }
 
     /// One to three decimal digits (a version number).

@@ -144,6 +144,20 @@ final class HTTPConnectionTests: XCTestCase {
         }
     }
 
+    func testBinaryInputIsRefusedBeforeTheLineEnds() throws {
+        let h = try HTTPHarness()
+        try h.send(bytes: [0x16, 0x03, 0x01, 0x02, 0x00, 0x01])  // the start of a TLS ClientHello
+        XCTAssertEqual(try h.output(), jsonError("400 Bad Request", "invalid request line"))
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testLeadingLineEndingSplitAcrossReads() throws {
+        let h = try HTTPHarness()
+        try h.send("\r")
+        try h.send("\n" + getHello)
+        XCTAssertEqual(try h.output(), hello())
+    }
+
     func testGarbageGetsTheExactErrorResponse() throws {
         let h = try HTTPHarness()
         try h.send("HELLO\r\n\r\n")
