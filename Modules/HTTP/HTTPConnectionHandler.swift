@@ -184,11 +184,25 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable, waitingForWritability {
             waitingForWritability = false
-            if timerKind == .send { timerKind = .none }
+            if timerKind == .send {
+                if state == .awaitingHead, (input?.readableBytes ?? 0) == 0 {
+                    setTimer(.keepalive, settings.keepaliveTimeout, context)
+                } else {
+                    timerKind = .none
+                }
+            }
             process(context)
             resumeReads(context)
         }
         context.fireChannelWritabilityChanged()
+    }
+
+    /// Responses are queued beyond the high watermark: the client is not reading. Nothing more is processed until
+    /// they drain, and `send_timeout` bounds the wait.
+    private func waitForWritability(_ context: ChannelHandlerContext) {
+        guard !waitingForWritability else { return }
+        waitingForWritability = true
+        setTimer(.send, settings.sendTimeout, context)
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
@@ -244,9 +258,9 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                     return
                 }
                 // A client that does not read its responses gets no more of them processed (send_timeout runs).
+                guard !waitingForWritability else { return }
                 guard context.channel.isWritable else {
-                    waitingForWritability = true
-                    setTimer(.send, settings.sendTimeout, context)
+                    waitForWritability(context)
                     return
                 }
                 if timerKind != .header { setTimer(.header, settings.clientHeaderTimeout, context) }
@@ -553,7 +567,9 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             return
         }
         state = .awaitingHead
-        if (input?.readableBytes ?? 0) == 0 {
+        if !context.channel.isWritable {
+            waitForWritability(context)
+        } else if (input?.readableBytes ?? 0) == 0 {
             input = nil
             setTimer(.keepalive, settings.keepaliveTimeout, context)
         }

@@ -245,6 +245,10 @@ enum HTTPRequestHeadParser {
                 guard !sawHost else {
                     return .failure(.badRequest("client sent duplicate host header: \"\(name): \(value)\"", "duplicate Host"))
                 }
+                // A host is a name, an address or `[v6]`, with an optional port: path separators never belong in it.
+                for i in valueRange where bytes[i] == UInt8(ascii: "/") || bytes[i] == UInt8(ascii: "\\") || bytes[i] == HTTPByte.space || bytes[i] == HTTPByte.tab {
+                    return .failure(.badRequest("client sent invalid host header", "invalid Host header"))
+                }
                 sawHost = true
             } else if equalsLowercased(bytes, nameRange, connection) {
                 for token in value.utf8.split(separator: UInt8(ascii: ",")) {

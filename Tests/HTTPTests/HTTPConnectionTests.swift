@@ -188,6 +188,8 @@ final class HTTPConnectionTests: XCTestCase {
             ("GET /hello HTTP/1.2\r\nHost: test\r\n\r\n", jsonError("505 HTTP Version Not Supported", "HTTP version not supported")),
             ("GET /hello HTTP/0.9\r\n\r\n", jsonError("505 HTTP Version Not Supported", "HTTP version not supported")),
             ("GET /hello HTTP/1.1\r\n\r\n", jsonError("400 Bad Request", "missing Host header")),
+            ("GET /hello HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", jsonError("400 Bad Request", "duplicate Host")),
+            ("GET /hello HTTP/1.1\r\nHost: a/../b\r\n\r\n", jsonError("400 Bad Request", "invalid Host header")),
             ("GET /../etc/passwd HTTP/1.1\r\nHost: test\r\n\r\n", jsonError("400 Bad Request", "invalid request target")),
         ]
         for (request, expected) in cases {
@@ -358,6 +360,26 @@ final class HTTPConnectionTests: XCTestCase {
         h.probe.pendingSlow.withLockedValue { $0 }!.succeed(.text(200, "late"))
         XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Content-Length: 4"], body: "late", close: true))
         XCTAssertFalse(h.isOpen)
+    }
+
+    func testAClientThatDoesNotReadGetsNothingMoreProcessedAndTimesOut() throws {
+        let h = try HTTPHarness { $0.sendTimeout = .seconds(10) }
+        try h.send("GET /slow HTTP/1.1\r\nHost: test\r\n\r\n" + getHello)
+        h.channel.isWritable = false  // the client stopped reading
+        h.probe.pendingSlow.withLockedValue { $0 }!.succeed(.text(200, "late"))
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Content-Length: 4"], body: "late"))
+        h.loop.advanceTime(by: .seconds(5))
+        XCTAssertEqual(try h.output(), "", "the pipelined request waits")
+        h.channel.isWritable = true
+        h.channel.pipeline.fireChannelWritabilityChanged()
+        XCTAssertEqual(try h.output(), hello())
+
+        h.channel.isWritable = false
+        try h.send(getHello)
+        XCTAssertEqual(try h.output(), "")
+        h.loop.advanceTime(by: .seconds(11))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(try h.loggedStatuses(), [200, 200])
     }
 
     func testLeadingEmptyLinesAreSkipped() throws {
