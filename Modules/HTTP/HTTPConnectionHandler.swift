@@ -275,13 +275,13 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                     let parsed = input!.withUnsafeReadableBytes { bytes in
                         HTTPRequestHeadParser.parse(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
                     }
-                    input!.moveReaderIndex(forwardBy: end)
-                    scanner.reset()
                     switch parsed {
                     case .failure(let error):
                         reject(error, context)
                         return
                     case .success(let head):
+                        input!.moveReaderIndex(forwardBy: end)
+                        scanner.reset()
                         startRequest(head, context)
                     }
                 }
@@ -299,7 +299,8 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         timerKind = .none
         requestsStarted += 1
         guard let (path, query) = KernelRequest.splitTarget(head.target) else {
-            reject(.invalidTarget, context, requestLine: "\(head.method) \(head.target) \(head.version)")
+            reject(.invalidTarget, context, requestLine: "\(head.method) \(head.target) \(head.version)",
+                   phase: "reading client request headers")
             return
         }
         let request = KernelRequest(method: head.method, uri: head.target, path: path, query: query, version: head.version,
@@ -315,7 +316,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             if let limit = exchange.maxBodySize, length > limit {
                 // Refused before a byte of the body is read (and without `100 Continue`).
                 reject(HTTPRequestError(status: 413, logMessage: "client intended to send too large body: \(length) bytes",
-                                        clientMessage: "request body too large"), context)
+                                        clientMessage: "request body too large"), context, showPhase: false)
                 return
             }
             current!.bodyFraming = .length(remaining: length)
@@ -373,7 +374,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                 return
             case .tooLarge(let size):
                 reject(HTTPRequestError(status: 413, logMessage: "client intended to send too large chunked body: \(size) bytes",
-                                        clientMessage: "request body too large"), context)
+                                        clientMessage: "request body too large"), context, showPhase: false)
                 return
             }
         }
@@ -598,8 +599,11 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
 
     /// Answers a request that cannot be served with `error.status` and `Connection: close`, logs one line, and
     /// closes; input behind it is drained, never processed.
-    private func reject(_ error: HTTPRequestError, _ context: ChannelHandlerContext, requestLine: String? = nil) {
-        var line = "\(error.logMessage) while \(phaseDescription), client: \(connection.remoteIP), server: \(settings.listener)"
+    private func reject(_ error: HTTPRequestError, _ context: ChannelHandlerContext, requestLine: String? = nil,
+                        phase: String? = nil, showPhase: Bool = true) {
+        var line = error.logMessage
+        if showPhase { line += " while \(phase ?? phaseDescription)" }
+        line += ", client: \(connection.remoteIP), server: \(settings.listener)"
         if let shown = requestLine ?? current?.request.requestLine { line += ", request: \"\(shown)\"" }
         runtime.logger.info("\(line)")
         let response = KernelResponse.error(error.status, error.clientMessage)

@@ -158,6 +158,20 @@ final class HTTPConnectionTests: XCTestCase {
         XCTAssertEqual(try h.output(), hello())
     }
 
+    func testEveryRefusalLogsOneLine() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /hello HTTP/1.1\r\nHost: test\r\nBad Header\r\n\r\n")
+        XCTAssertEqual(h.errorLogLines(), ["[info] client sent invalid header line while reading client request headers, client: 127.0.0.1, server: 127.0.0.1:8080"])
+
+        let target = try HTTPHarness()
+        try target.send("GET /a/../../b HTTP/1.1\r\nHost: test\r\n\r\n")
+        XCTAssertEqual(target.errorLogLines(), ["[info] client sent invalid request target while reading client request headers, client: 127.0.0.1, server: 127.0.0.1:8080, request: \"GET /a/../../b HTTP/1.1\""])
+
+        let big = try HTTPHarness()
+        try big.send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 500\r\n\r\n")
+        XCTAssertEqual(big.errorLogLines(), ["[info] client intended to send too large body: 500 bytes, client: 127.0.0.1, server: 127.0.0.1:8080, request: \"POST /echo HTTP/1.1\""])
+    }
+
     func testGarbageGetsTheExactErrorResponse() throws {
         let h = try HTTPHarness()
         try h.send("HELLO\r\n\r\n")

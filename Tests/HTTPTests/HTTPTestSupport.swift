@@ -1,6 +1,8 @@
 import Foundation
 import KernelConfig
 import KernelCore
+import Logging
+import NIOPosix
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
@@ -74,10 +76,16 @@ final class HTTPHarness {
     let channel: EmbeddedChannel
     let probe = TestProbe()
     let accessLogPath: String
+    let errorLogPath: String
 
     init(_ configure: (inout HTTPConfiguration) -> Void = { _ in }) throws {
-        runtime = KernelRuntime.standalone(threads: 1, level: .critical)
-        accessLogPath = NSTemporaryDirectory() + "kernel-http-test-\(getpid())-\(UUID().uuidString).log"
+        let stem = NSTemporaryDirectory() + "kernel-http-test-\(getpid())-\(UUID().uuidString)"
+        accessLogPath = stem + ".access.log"
+        errorLogPath = stem + ".error.log"
+        let destination = ErrorLogHandler.Destination(file: try LogFile(path: errorLogPath), level: .info)
+        runtime = KernelRuntime(eventLoopGroup: MultiThreadedEventLoopGroup(numberOfThreads: 1),
+                                logger: Logger(label: "kernel") { _ in ErrorLogHandler(destination: destination) },
+                                logFiles: LogFileRegistry(), errorLog: destination)
         let accessLog = AccessLog(file: try LogFile(path: accessLogPath), format: .combined)
         runtime.install(KernelGeneration(router: TestRouter(probe: probe, accessLog: accessLog), runtime: runtime))
         var configuration = HTTPConfiguration(listen: [HTTPListenAddress(text: "127.0.0.1:8080",
@@ -92,6 +100,7 @@ final class HTTPHarness {
     deinit {
         _ = try? channel.finish()
         try? FileManager.default.removeItem(atPath: accessLogPath)
+        try? FileManager.default.removeItem(atPath: errorLogPath)
         try? runtime.eventLoopGroup.syncShutdownGracefully()
     }
 
@@ -120,6 +129,16 @@ final class HTTPHarness {
             let parts = line.split(separator: "\"", omittingEmptySubsequences: false)
             guard parts.count > 2 else { return nil }
             return Int(parts[2].split(separator: " ").first ?? "")
+        }
+    }
+
+    /// Error-log lines so far, without the time and pid prefix (`[info] message`).
+    func errorLogLines() -> [String] {
+        let text = (try? String(contentsOfFile: errorLogPath, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").map { line in
+            guard let bracket = line.firstIndex(of: "["), let colon = line.range(of: "#0: ") else { return String(line) }
+            let level = line[bracket...].prefix { $0 != " " }
+            return "\(level) \(line[colon.upperBound...])"
         }
     }
 
