@@ -235,8 +235,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             quiescing = true
             // Idle: close now. Otherwise the request under way is answered with `Connection: close`.
             if state == .awaitingHead, (input?.readableBytes ?? 0) == 0, !scanner.hasSeenRequestBytes {
-                state = .closing
-                context.close(promise: nil)
+                closeAfterWrites(linger: false, context)
             }
             return
         }
@@ -359,13 +358,13 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         case .chunked(var decoder):
             guard available > 0 else { return }
             if current!.body == nil { current!.body = context.channel.allocator.buffer(capacity: min(available, 1 << 16)) }
-            let before = decoder.received
             let limit = current!.exchange.maxBodySize
             let outcome = decoder.decode(&input!, into: &current!.body!, limit: limit)
             current!.bodyFraming = .chunked(decoder)
             switch outcome {
             case .needMore:
-                if decoder.received != before || available > 0 { setTimer(.body, settings.clientBodyTimeout, context) }
+                // Bytes were read: client_body_timeout counts from here (it bounds the gap between reads).
+                setTimer(.body, settings.clientBodyTimeout, context)
                 return
             case .done:
                 break

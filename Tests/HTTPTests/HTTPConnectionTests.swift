@@ -1,3 +1,4 @@
+import Foundation
 import KernelConfig
 import KernelCore
 import NIOCore
@@ -407,7 +408,9 @@ final class HTTPConnectionTests: XCTestCase {
         let pieces: [[UInt8]] = ["GET ", "POST ", "/hello", " HTTP/1.1", " HTTP/1.0", "\r\n", "\n", "\r", "Host: a\r\n",
                                  "Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n", "Expect: 100-continue\r\n",
                                  "0\r\n", "5\r\n", "hello", ": ", " ", "\u{0}", "ffffffff\r\n", "\r\n\r\n"].map { Array($0.utf8) }
-        for _ in 0..<400 {
+        // HTTP_RANDOM_ITERATIONS=100000 swift test --filter testRandomInputNeverCrashes runs a longer search.
+        let iterations = ProcessInfo.processInfo.environment["HTTP_RANDOM_ITERATIONS"].flatMap { Int($0) } ?? 400
+        for _ in 0..<iterations {
             let h = try HTTPHarness()
             var bytes: [UInt8] = []
             for _ in 0..<Int(generator.next() % 24) {
