@@ -17,6 +17,15 @@ final class HTTPConnectionTests: XCTestCase {
         XCTAssertEqual(try h.loggedStatuses(), [200])
     }
 
+    func testRequestShape() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /x/./y/../../inspect?x=1&y=%20 HTTP/1.1\r\nHost: test:8080\r\nX-Tab:\tvalue with spaces \t\r\nX-Empty:\r\n\r\n")
+        let body = "GET uri=/x/./y/../../inspect?x=1&y=%20 path=/inspect query=x=1&y=%20 HTTP/1.1\n"
+            + "listener=127.0.0.1:8080 protocol=http remote=127.0.0.1 local=[IPv4]127.0.0.1:8080\n"
+            + "Host=test:8080\nX-Tab=value with spaces\nX-Empty=\n"
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Content-Length: \(body.utf8.count)"], body: body))
+    }
+
     func testPipelinedRequestsAreAnsweredInOrder() throws {
         let h = try HTTPHarness()
         try h.send(getHello + "GET /missing HTTP/1.1\r\nHost: test\r\n\r\n" + "GET /hello?x=1 HTTP/1.1\r\nHost: test\r\n\r\n")

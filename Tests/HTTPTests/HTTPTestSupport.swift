@@ -56,6 +56,14 @@ struct TestRouter: RequestRouter {
                 if path == "/stream-length" { headers.add("Content-Length", "6") }
                 return eventLoop.makeSucceededFuture(KernelResponse(status: 200, headers: headers, body: .stream(stream)))
             }
+        case "/inspect":
+            handler = ClosureHandler { request, context in
+                let c = request.connection
+                var text = "\(request.method) uri=\(request.uri) path=\(request.path) query=\(request.query) \(request.version)\n"
+                text += "listener=\(c.listener) protocol=\(c.protocolName) remote=\(c.remoteIP) local=\(c.localAddress.map { "\($0)" } ?? "-")\n"
+                for field in request.headers { text += "\(field.name)=\(field.value)\n" }
+                return context.eventLoop.makeSucceededFuture(.text(200, text))
+            }
         case "/slow":
             handler = ClosureHandler { _, context in
                 let promise = context.eventLoop.makePromise(of: KernelResponse.self)
@@ -94,6 +102,7 @@ final class HTTPHarness {
         channel = EmbeddedChannel(loop: loop)
         let settings = HTTPConnectionSettings(configuration: configuration, listener: "127.0.0.1:8080")
         try channel.pipeline.syncOperations.addHandler(HTTPConnectionHandler(settings: settings, runtime: runtime))
+        try channel.bind(to: SocketAddress(ipAddress: "127.0.0.1", port: 8080)).wait()
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40000)).wait()
     }
 
