@@ -388,15 +388,17 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     private func dispatch(_ context: ChannelHandlerContext) {
         state = .processing
         timerKind = .none
-        let inFlight = current!
-        let serial = inFlight.serial
-        inFlight.exchange.respond(inFlight.request).hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
-            guard let current = self.current, current.serial == serial, self.state == .processing else { return }
+        let serial = current!.serial
+        let responded = current!.exchange.respond(current!.request)
+        // A response that is already there (a `return`, a static answer) completes this callback inline.
+        responded.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
+            guard self.current?.serial == serial, self.state == .processing else { return }
             switch result {
             case .success(let response):
                 self.writeResponse(response, context)
             case .failure(let error):
-                current.exchange.context.logger.error("handler failed: \(error)")
+                // The filter chain turns handler errors into responses; this is a broken filter.
+                self.current!.exchange.context.logger.error("handler failed: \(error)")
                 self.writeResponse(.error(500, "internal error"), context)
             }
         }
@@ -472,7 +474,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         guard let stream = current?.stream else { return }
         let serial = current!.serial
         stream.next().hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
-            guard let current = self.current, current.serial == serial, self.state == .writingStream else { return }
+            guard self.current?.serial == serial, self.state == .writingStream else { return }
             switch result {
             case .success(.some(let part)):
                 self.writePart(part, context)
@@ -480,7 +482,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                 self.endStream(context)
             case .failure(let error):
                 // The producer broke off: the body cannot be completed, so the connection closes (as nginx does).
-                self.runtime.logger.error("response body failed: \(error) while sending response to client, client: \(self.connection.remoteIP), server: \(self.settings.listener), request: \"\(current.request.requestLine)\"")
+                self.runtime.logger.error("response body failed: \(error) while sending response to client, client: \(self.connection.remoteIP), server: \(self.settings.listener), request: \"\(self.current!.request.requestLine)\"")
                 self.abortResponse(context)
             }
         }
