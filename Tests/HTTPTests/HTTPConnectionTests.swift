@@ -330,6 +330,37 @@ final class HTTPConnectionTests: XCTestCase {
         XCTAssertEqual(try h.loggedStatuses(), [200, 200])
     }
 
+    func testStreamIsPulledOnlyAfterThePreviousPartWasWritten() throws {
+        let h = try HTTPHarness()
+        let gate = WriteGate()
+        try h.channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try h.send("GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        XCTAssertEqual(h.probe.streamPulls.withLockedValue { $0 }, 1)
+        XCTAssertEqual(gate.heldCount, 1)
+        gate.releaseOne()
+        XCTAssertEqual(h.probe.streamPulls.withLockedValue { $0 }, 2)
+        gate.releaseOne()
+        gate.releaseOne()
+        XCTAssertEqual(h.probe.streamPulls.withLockedValue { $0 }, 4)
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Transfer-Encoding: chunked"],
+                                                body: "2\r\nab\r\n2\r\ncd\r\n2\r\nef\r\n0\r\n\r\n"))
+    }
+
+    func testSendTimeoutClosesAStalledStream() throws {
+        let h = try HTTPHarness { $0.sendTimeout = .seconds(10) }
+        let gate = WriteGate()
+        try h.channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try h.send("GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        h.loop.advanceTime(by: .seconds(9))
+        gate.releaseOne()
+        h.loop.advanceTime(by: .seconds(9))
+        XCTAssertTrue(h.isOpen)
+        h.loop.advanceTime(by: .seconds(2))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertTrue(h.probe.streamCancelled.withLockedValue { $0 })
+        XCTAssertEqual(try h.loggedStatuses(), [200])
+    }
+
     func testStreamedBodyWithLengthIsSentAsIs() throws {
         let h = try HTTPHarness()
         try h.send("GET /stream-length HTTP/1.1\r\nHost: test\r\n\r\n")

@@ -170,3 +170,22 @@ func jsonError(_ status: String, _ message: String) -> String {
     let body = "{\"error\":\"\(message)\"}"
     return response(status, ["Content-Type: application/json", "Content-Length: \(body.utf8.count)"], body: body, close: true)
 }
+
+/// Holds write completions until the test releases them: a socket whose peer reads slowly.
+final class WriteGate: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private var held: [EventLoopPromise<Void>] = []
+
+    var heldCount: Int { held.count }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        context.write(data, promise: nil)
+        if let promise { held.append(promise) }
+    }
+
+    /// Completes the oldest held write.
+    func releaseOne() {
+        if !held.isEmpty { held.removeFirst().succeed(()) }
+    }
+}
