@@ -239,6 +239,12 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             }
             return
         }
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            // Only seen when half-closure is enabled on the channel: the client will send nothing more. Like nginx,
+            // an end of input is taken as the client leaving (and it ends a lingering close).
+            context.close(promise: nil)
+            return
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
