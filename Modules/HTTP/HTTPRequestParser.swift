@@ -167,8 +167,6 @@ struct HTTPRequestHead {
         return version == .http1_1 || connectionKeepAlive
     }
 
-    /// Whether a body follows the head.
-    var hasBody: Bool { chunked || (contentLength ?? 0) > 0 }
 }
 
 /// Parses a complete request head strictly (RFC 9112 plus nginx's checks): the request line, header field
@@ -179,6 +177,10 @@ enum HTTPRequestHeadParser {
     private static let host: [UInt8] = Array("host".utf8)
     private static let connection: [UInt8] = Array("connection".utf8)
     private static let expect: [UInt8] = Array("expect".utf8)
+    private static let close: [UInt8] = Array("close".utf8)
+    private static let keepAlive: [UInt8] = Array("keep-alive".utf8)
+    private static let continueExpectation: [UInt8] = Array("100-continue".utf8)
+    private static let chunked: [UInt8] = Array("chunked".utf8)
 
     /// `bytes` is the head including its final empty line.
     static func parse(_ bytes: UnsafeRawBufferPointer) -> Result<HTTPRequestHead, HTTPRequestError> {
@@ -207,7 +209,8 @@ enum HTTPRequestHeadParser {
 
         var fields: [HeaderFields.Element] = []
         fields.reserveCapacity(8)
-        var transferEncodingValue: String?
+        /// nil without a Transfer-Encoding header; else whether it is exactly `chunked`.
+        var transferEncodingIsChunked: Bool?
         var sawHost = false
         while let line = nextLine(), !line.isEmpty {
             let first = bytes[line.lowerBound]
@@ -237,10 +240,10 @@ enum HTTPRequestHeadParser {
                 }
                 head.contentLength = length
             } else if equalsLowercased(bytes, nameRange, transferEncoding) {
-                guard transferEncodingValue == nil else {
+                guard transferEncodingIsChunked == nil else {
                     return .failure(.badRequest("client sent duplicate header line: \"\(name): \(value)\"", "duplicate Transfer-Encoding"))
                 }
-                transferEncodingValue = value
+                transferEncodingIsChunked = equalsLowercased(bytes, valueRange, chunked)
             } else if equalsLowercased(bytes, nameRange, host) {
                 guard !sawHost else {
                     return .failure(.badRequest("client sent duplicate host header: \"\(name): \(value)\"", "duplicate Host"))
@@ -251,16 +254,18 @@ enum HTTPRequestHeadParser {
                 }
                 sawHost = true
             } else if equalsLowercased(bytes, nameRange, connection) {
-                for token in value.utf8.split(separator: UInt8(ascii: ",")) {
-                    let trimmed = token.drop { $0 == HTTPByte.space || $0 == HTTPByte.tab }
-                    let word = trimmed.reversed().drop { $0 == HTTPByte.space || $0 == HTTPByte.tab }.reversed().map(HTTPByte.lower)
-                    if word.elementsEqual("close".utf8) { head.connectionClose = true }
-                    if word.elementsEqual("keep-alive".utf8) { head.connectionKeepAlive = true }
+                // A comma-separated list of options; only `close` and `keep-alive` matter here.
+                var tokenStart = valueRange.lowerBound
+                for i in valueRange.lowerBound...valueRange.upperBound where i == valueRange.upperBound || bytes[i] == UInt8(ascii: ",") {
+                    var start = tokenStart, end = i
+                    while start < end, bytes[start] == HTTPByte.space || bytes[start] == HTTPByte.tab { start += 1 }
+                    while end > start, bytes[end - 1] == HTTPByte.space || bytes[end - 1] == HTTPByte.tab { end -= 1 }
+                    if equalsLowercased(bytes, start..<end, close) { head.connectionClose = true }
+                    if equalsLowercased(bytes, start..<end, keepAlive) { head.connectionKeepAlive = true }
+                    tokenStart = i + 1
                 }
             } else if equalsLowercased(bytes, nameRange, expect) {
-                if value.utf8.count == 12, value.utf8.map(HTTPByte.lower).elementsEqual("100-continue".utf8) {
-                    head.expectContinue = true
-                }
+                if equalsLowercased(bytes, valueRange, continueExpectation) { head.expectContinue = true }
             }
             fields.append((name: name, value: value))
         }
@@ -269,7 +274,7 @@ enum HTTPRequestHeadParser {
         if head.version == .http1_1, !sawHost {
             return .failure(.badRequest("client sent HTTP/1.1 request without \"Host\" header", "missing Host header"))
         }
-        if let transferEncoding = transferEncodingValue {
+        if let isChunked = transferEncodingIsChunked {
             if head.version == .http1_0 {
                 return .failure(.badRequest("client sent HTTP/1.0 request with \"Transfer-Encoding\" header",
                                             "Transfer-Encoding in an HTTP/1.0 request"))
@@ -278,7 +283,7 @@ enum HTTPRequestHeadParser {
                 return .failure(.badRequest("client sent \"Content-Length\" and \"Transfer-Encoding\" headers at the same time",
                                             "Content-Length with Transfer-Encoding"))
             }
-            guard transferEncoding.utf8.count == 7, transferEncoding.utf8.map(HTTPByte.lower).elementsEqual("chunked".utf8) else {
+            guard isChunked else {
                 return .failure(.unknownTransferEncoding)
             }
             head.chunked = true

@@ -313,6 +313,20 @@ final class HTTPConnectionTests: XCTestCase {
         try k.send("GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
         XCTAssertEqual(try k.output(), hello())
         XCTAssertTrue(k.isOpen)
+
+        let list = try HTTPHarness()
+        try list.send("GET /hello HTTP/1.0\r\nConnection: TE , Keep-Alive\r\n\r\n")
+        XCTAssertEqual(try list.output(), hello())
+
+        let closing = try HTTPHarness()
+        try closing.send("GET /hello HTTP/1.1\r\nHost: test\r\nConnection: keep-alive,CLOSE\r\n\r\n")
+        XCTAssertEqual(try closing.output(), hello(close: true))
+    }
+
+    func testTransferEncodingIsCaseInsensitive() throws {
+        let h = try HTTPHarness()
+        try h.send("POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: application/octet-stream", "X-Method: POST", "Content-Length: 2"], body: "ok"))
     }
 
     func testServerTokensOff() throws {
