@@ -16,7 +16,9 @@ public enum InferenceModule: KernelModule {
 
     public static func decode(_ value: ConfigValue, registrar: Registrar) throws -> InferenceConfiguration {
         let configuration = try InferenceConfiguration.decode(value, resolvePath: registrar.resolvePath)
-        // Checked in both modes, so that `kernel -t` reports a missing model file; loading waits for `start`.
+        // `kernel -t` reports a model file it cannot read. When running, the load itself reports it (with ONNX
+        // Runtime's message) and only that model is not ready, as for any other model that fails to load.
+        guard registrar.mode == .check else { return configuration }
         let models = try value.mapping().optional("models").map { try $0.list() } ?? []
         for (index, model) in configuration.models.enumerated() where access(model.path, R_OK) != 0 {
             let pathValue = try models[index].mapping().required("path")

@@ -4,6 +4,8 @@ Outputs are compared bit for bit with onnxruntime's Python API running the same 
 """
 import concurrent.futures
 import json
+import os
+import subprocess
 import threading
 
 import numpy as np
@@ -259,3 +261,47 @@ def test_request_past_its_timeout_is_504_and_not_run(start_kernel, tmp_path):
     stats = client.get_inference_statistics("slow")["model_stats"][0]
     assert stats["execution_count"] == statuses.count(200)
     assert "timed out" in kernel.log_text()
+
+
+def test_check_reports_a_missing_model_file_and_loads_nothing(tmp_path):
+    from conftest import KERNEL_BIN, with_core_section
+    missing = tmp_path / "missing.onnx"
+    config = tmp_path / "check.yaml"
+    config.write_text(with_core_section(models_yaml(f"    - name: gone\n      path: {missing}\n"), str(tmp_path)))
+    environment = dict(os.environ, KERNEL_ONNXRUNTIME_LIBRARY="/nonexistent/libonnxruntime.so")  # never opened by -t
+    result = subprocess.run([KERNEL_BIN, "-t", "-c", str(config)], capture_output=True, text=True, timeout=60,
+                            env=environment)
+    assert result.returncode == 1, result.stderr
+    assert f"inference.models[2].path: model file \"{missing}\" cannot be read" in result.stderr
+
+
+def test_missing_model_file_at_run_is_not_fatal(start_kernel, tmp_path):
+    missing = tmp_path / "missing.onnx"
+    kernel = start_kernel(models_yaml(f"    - name: gone\n      path: {missing}\n"), role="both")
+    assert f"model 'gone' failed to load from {missing}" in kernel.log_text()
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    assert not client.is_model_ready("gone")
+    assert client.is_model_ready("demo")
+
+
+def test_missing_runtime_library_stops_startup_with_install_hint(tmp_path):
+    from conftest import KERNEL_BIN, with_core_section
+    config = tmp_path / "kernel.yaml"
+    config.write_text(with_core_section(models_yaml(), str(tmp_path)))
+    environment = dict(os.environ, KERNEL_ONNXRUNTIME_LIBRARY="/nonexistent/libonnxruntime.so")
+    result = subprocess.run([KERNEL_BIN, "--role", "both", "--config", str(config)], capture_output=True, text=True,
+                            timeout=60, env=environment)
+    assert result.returncode != 0
+    assert "pip install onnxruntime" in result.stderr
+    assert "/nonexistent/libonnxruntime.so" in result.stderr
+
+
+def test_edge_role_does_not_run_models(tmp_path):
+    from conftest import KERNEL_BIN, with_core_section
+    config = tmp_path / "kernel.yaml"
+    config.write_text(with_core_section(models_yaml(), str(tmp_path)))
+    result = subprocess.run([KERNEL_BIN, "-t", "--role", "edge", "-c", str(config)], capture_output=True, text=True,
+                            timeout=60)
+    # The edge role does not run the inference module, so its location directive is unknown there.
+    assert result.returncode == 1
+    assert "inference" in result.stderr
