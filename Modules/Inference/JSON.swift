@@ -77,6 +77,23 @@ public struct JSONNumber: Sendable {
     /// The text, kept only when the digits did not fit `mantissa`.
     var longText: [UInt8]?
 
+    /// The value of eight ASCII digits at `pointer`, or nil when any of the eight bytes is not a digit
+    /// (SWAR: the eight bytes are checked and combined as one little-endian 64-bit word).
+    @inline(__always)
+    static func eightDigits(_ pointer: UnsafePointer<UInt8>) -> UInt64? {
+        let word = UInt64(littleEndian: UnsafeRawPointer(pointer).loadUnaligned(as: UInt64.self))
+        // Every byte is 0x30...0x39: its high nibble is 3, and adding 6 keeps it 3.
+        let high = word & 0xF0F0_F0F0_F0F0_F0F0
+        let carried = ((word &+ 0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4
+        guard high | carried == 0x3333_3333_3333_3333 else { return nil }
+        var value = word &- 0x3030_3030_3030_3030
+        value = (value &* 10) &+ (value >> 8)            // pairs: d0*10+d1 in bytes 0, 2, 4, 6
+        let pairs = value & 0x0000_00FF_0000_00FF          // pairs 0 and 2
+        let others = (value >> 16) & 0x0000_00FF_0000_00FF // pairs 1 and 3
+        value = (pairs &* (100 + (1_000_000 << 32)) &+ others &* (1 + (10_000 << 32))) >> 32
+        return value & 0xFFFF_FFFF
+    }
+
     /// Adds a digit beyond the 19th: kept while the mantissa does not overflow, else dropped (the text is then
     /// kept for conversions) with the exponent adjusted for integer digits.
     @inline(never)
@@ -358,6 +375,14 @@ public struct JSONReader {
                 integer = false
                 i += 1
                 let fractionStart = i
+                // Eight digits at a time while they surely fit (counting leading zeros as significant only makes
+                // the checked path below start earlier).
+                while significant <= 11, i + 8 <= count, let eight = JSONNumber.eightDigits(bytes.baseAddress! + i) {
+                    mantissa = mantissa &* 100_000_000 &+ eight
+                    significant += mantissa == 0 ? 0 : 8
+                    exponent -= 8
+                    i += 8
+                }
                 while i < count {
                     let digit = bytes[i] &- 48
                     guard digit < 10 else { break }

@@ -71,6 +71,15 @@ final class JSONReaderTests: XCTestCase {
             XCTAssertEqual(try number(text).float.bitPattern, Float(text)!.bitPattern, text)
             XCTAssertEqual(try number(text).double.bitPattern, Double(text)!.bitPattern, text)
         }
+        // Fractions of every length (the digit loop takes eight at a time), leading zeros included.
+        for _ in 0..<20_000 {
+            let integer = Bool.random(using: &generator) ? "0" : String(Int.random(in: 1...99_999, using: &generator))
+            let zeros = String(repeating: "0", count: Int.random(in: 0...12, using: &generator))
+            let digits = (0..<Int.random(in: 1...25, using: &generator)).map { _ in String(Int.random(in: 0...9, using: &generator)) }.joined()
+            let text = "\(integer).\(zeros)\(digits)"
+            XCTAssertEqual(try number(text).float.bitPattern, Float(text)!.bitPattern, text)
+            XCTAssertEqual(try number(text).double.bitPattern, Double(text)!.bitPattern, text)
+        }
         // Midpoints between adjacent floats, written exactly: ties round to even.
         for bits in stride(from: UInt32(0x3F80_0000), to: 0x3F80_0000 + 2000, by: 1) {
             let low = Double(Float(bitPattern: bits)), high = Double(Float(bitPattern: bits + 1))
