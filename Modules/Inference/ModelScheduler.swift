@@ -260,11 +260,22 @@ public final class ModelScheduler: @unchecked Sendable {
         pthread_mutex_unlock(&mutex)
         logger.debug("model '\(modelName)': batch of \(rows) row(s) from \(jobs.count) request(s) in \((finished - started) / 1000) us")
 
+        // One task per event loop completes all of its requests: a wake-up per loop, not per request.
+        var byLoop: [ObjectIdentifier: (loop: any EventLoop, completions: [(InferenceJob, Result<[Tensor], Error>)])] = [:]
         for (index, job) in jobs.enumerated() {
             job.timer?.cancel()
-            switch result {
-            case .success(let outputs): job.promise.succeed(outputs[index])
-            case .failure(let error): job.promise.fail(error)
+            let outcome: Result<[Tensor], Error> = result.map { $0[index] }
+            let loop = job.promise.futureResult.eventLoop
+            byLoop[ObjectIdentifier(loop), default: (loop, [])].completions.append((job, outcome))
+        }
+        for (_, group) in byLoop {
+            let completions = group.completions
+            if completions.count == 1 {
+                completions[0].0.promise.completeWith(completions[0].1)
+                continue
+            }
+            group.loop.execute {
+                for (job, outcome) in completions { job.promise.completeWith(outcome) }
             }
         }
     }
