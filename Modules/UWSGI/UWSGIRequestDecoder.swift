@@ -58,27 +58,15 @@ public struct UWSGIRequestDecoder: ByteToMessageDecoder, Sendable {
             }
             guard header.modifier1 == 0 else { throw UWSGIDecodingError.unsupportedModifier(header.modifier1) }
             state = .variables(header)
+            // An empty block is complete at once (the handler stops calling `decode` on an empty buffer).
+            if header.dataSize == 0 { try finishHead(header, block: ByteBuffer(), context: context) }
             return .continue
 
         case .variables(let header):
             guard let block = buffer.readSlice(length: header.dataSize) else { return .needMoreData }
             headBytesReceived += header.dataSize
-            let variables = try UWSGIRequestDecoder.parseVariables(block)
-            let lengthText = variables["CONTENT_LENGTH"] ?? ""
-            guard let contentLength = parseUWSGIContentLength(lengthText) else {
-                state = .done
-                throw UWSGIDecodingError.invalidContentLength(lengthText)
-            }
-            context.fireChannelRead(wrapInboundOut(.head(UWSGIRequestHead(
-                modifier1: header.modifier1, modifier2: header.modifier2, variables: variables, contentLength: contentLength))))
-            if contentLength == 0 {
-                state = .done
-                context.fireChannelRead(wrapInboundOut(.end))
-            } else {
-                state = .body(remaining: contentLength, received: 0, expected: contentLength)
-            }
+            try finishHead(header, block: block, context: context)
             return .continue
-
         case .body(let remaining, let received, let expected):
             guard buffer.readableBytes > 0 else { return .needMoreData }
             let length = min(remaining, buffer.readableBytes)
@@ -96,6 +84,23 @@ public struct UWSGIRequestDecoder: ByteToMessageDecoder, Sendable {
         case .done:
             buffer.moveReaderIndex(to: buffer.writerIndex)
             return .needMoreData
+        }
+    }
+
+    private mutating func finishHead(_ header: UWSGIPacketHeader, block: ByteBuffer, context: ChannelHandlerContext) throws {
+        let variables = try UWSGIRequestDecoder.parseVariables(block)
+        let lengthText = variables["CONTENT_LENGTH"] ?? ""
+        guard let contentLength = parseUWSGIContentLength(lengthText) else {
+            state = .done
+            throw UWSGIDecodingError.invalidContentLength(lengthText)
+        }
+        context.fireChannelRead(wrapInboundOut(.head(UWSGIRequestHead(
+            modifier1: header.modifier1, modifier2: header.modifier2, variables: variables, contentLength: contentLength))))
+        if contentLength == 0 {
+            state = .done
+            context.fireChannelRead(wrapInboundOut(.end))
+        } else {
+            state = .body(remaining: contentLength, received: 0, expected: contentLength)
         }
     }
 

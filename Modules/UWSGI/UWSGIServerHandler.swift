@@ -32,7 +32,7 @@ public struct UWSGIListenerSettings: Sendable {
 
     func syncConfigure(_ channel: any Channel, runtime: KernelRuntime) throws {
         let handlers: [any ChannelHandler] = [
-            IdleStateHandler(readTimeout: clientBodyTimeout),
+            UWSGIReadTimeoutHandler(timeout: clientBodyTimeout),
             ByteToMessageHandler(UWSGIRequestDecoder(maxBlockSize: bufferSize)),
             UWSGIServerHandler(runtime: runtime, settings: self),
         ]
@@ -288,7 +288,7 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+        if event is UWSGIReadTimeoutEvent {
             switch state {
             case .waiting:
                 logger.info("client timed out (110: Connection timed out) while reading the uwsgi packet, client: \(describeClient(context.channel.remoteAddress))")
@@ -388,4 +388,52 @@ func describeClient(_ address: SocketAddress?) -> String {
     guard let address else { return "-" }
     if let ip = address.ipAddress { return ip }
     return "unix:"
+}
+
+/// Raised when no bytes arrived for `client_body_timeout`.
+public struct UWSGIReadTimeoutEvent: Sendable {}
+
+/// Watches the pause between two reads of raw bytes, before any decoding (a vars block trickling in byte by byte
+/// must time out too). Fires `UWSGIReadTimeoutEvent` once per silence.
+public final class UWSGIReadTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
+
+    private let timeout: TimeAmount
+    private var timer: Scheduled<Void>?
+
+    public init(timeout: TimeAmount) { self.timeout = timeout }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { arm(context) }
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        arm(context)
+        context.fireChannelActive()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        arm(context)
+        context.fireChannelRead(data)
+    }
+
+    private func arm(_ context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+            timer = nil
+            context.fireUserInboundEventTriggered(UWSGIReadTimeoutEvent())
+        }
+    }
 }
