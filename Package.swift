@@ -66,7 +66,7 @@ let package = Package(
         ),
         .target(
             name: "Routing",
-            dependencies: nio + ["KernelCore", "KernelConfig", log],
+            dependencies: nio + ["KernelCore", "KernelConfig", log, .product(name: "Atomics", package: "swift-atomics")],
             path: "Modules/Routing"
         ),
 

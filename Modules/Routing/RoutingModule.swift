@@ -1,12 +1,375 @@
 import KernelConfig
 import KernelCore
 
-/// The `routing` module.
+/// The `routing` module: virtual servers (`server_name`, `listen`, `default_server`) and nginx `location`s with
+/// `return` or a handler directive of another module (`uwsgi_pass`, `inference`).
+///
+/// It is registered last in the module list: its locations use the handler directives the modules before it
+/// declared. The whole configuration is turned into a `LocationRouter` while decoding, so that every error names
+/// its place in the file before anything starts.
 public enum RoutingModule: KernelModule {
+    /// The decoded configuration is the router itself.
+    public typealias Configuration = LocationRouter
+
+    /// The top-level key: `routing:`.
     public static let configurationKey = "routing"
+    /// Edge and worker processes both route (`both` runs it too).
     public static let roles: Set<KernelRole> = [.edge, .worker]
-    public static func decode(_ value: ConfigValue, registrar: Registrar) throws -> Void {
-        throw value.error("the routing module is not built yet")
+
+    /// Decodes `routing.servers[]` and builds the router.
+    public static func decode(_ value: ConfigValue, registrar: Registrar) throws -> LocationRouter {
+        let mapping = try value.mapping()
+        let serversValue = try mapping.required("servers")
+        try mapping.finish()
+        let items = try serversValue.list()
+        guard !items.isEmpty else { throw serversValue.error("expected at least one server, found an empty list") }
+        let decoder = RoutingDecoder(registrar: registrar)
+        let servers = try items.map { try decoder.decodeServer($0) }
+        return try RouterBuilder(servers: servers, registrar: registrar).build()
     }
-    public static func register(_ configuration: Void, into registrar: Registrar) throws {}
+
+    /// Installs the router.
+    public static func register(_ configuration: LocationRouter, into registrar: Registrar) throws {
+        registrar.setRouter(configuration)
+    }
+}
+
+/// A server as decoded, before the listener tables are built.
+struct DecodedServer {
+    let path: String
+    /// Names with where they were written; a regex name carries its compiled expression.
+    let names: [(name: ServerName, value: ConfigValue, regex: POSIXRegex?)]
+    /// `$server_name`: the first name as written, or empty.
+    let firstName: String
+    /// Addresses of `listen` as written with their canonical form; nil means every listener.
+    let listen: [(written: String, canonical: String)]?
+    let defaultServer: ConfigValue?
+    let server: VirtualServer
+}
+
+/// Decodes servers and locations strictly, with the registrar's location handlers and log files.
+struct RoutingDecoder {
+    let registrar: Registrar
+    /// Compiled copies of each regular expression: one per event-loop thread (see `POSIXRegex`).
+    let regexCopies: Int
+    private let logs = AccessLogCache()
+
+    /// nginx's default `client_max_body_size`.
+    static let defaultMaxBodySize = 1 << 20
+
+    init(registrar: Registrar) {
+        self.registrar = registrar
+        regexCopies = registrar.mode == .check ? 1 : max(1, Array(registrar.eventLoopGroup.makeIterator()).count)
+    }
+
+    func decodeServer(_ value: ConfigValue) throws -> DecodedServer {
+        let mapping = try value.mapping()
+
+        var names: [(name: ServerName, value: ConfigValue, regex: POSIXRegex?)] = []
+        var firstName = ""
+        if let namesValue = mapping.optional("server_name") {
+            for (position, item) in try namesValue.list(allowScalar: true).enumerated() {
+                let text = try item.string()
+                if position == 0 { firstName = text.hasPrefix("~") ? text : text.lowercased() }
+                let parsed: [ServerName]
+                do {
+                    parsed = try ServerName.parse(text)
+                } catch let error as ServerNameSyntaxError {
+                    throw item.error(error.message)
+                }
+                for name in parsed {
+                    var regex: POSIXRegex? = nil
+                    if case .regex(let pattern) = name {
+                        do {
+                            // Host names are matched lower-cased and case-insensitively, as nginx does.
+                            regex = try POSIXRegex(pattern, caseInsensitive: true, copies: regexCopies)
+                        } catch {
+                            throw item.error("invalid regular expression \"\(pattern)\": \(error)")
+                        }
+                    }
+                    names.append((name, item, regex))
+                }
+            }
+        }
+
+        var listen: [(written: String, canonical: String)]? = nil
+        if let listenValue = mapping.optional("listen") {
+            let items = try listenValue.list(allowScalar: true)
+            guard !items.isEmpty else { throw listenValue.expected("at least one listener address") }
+            listen = try items.map { item in
+                let text = try item.string()
+                guard let address = ListenAddress(parsing: text) else {
+                    throw item.expected("a listener address as in http.listen or uwsgi.listen (127.0.0.1:8080, [::1]:8080, 8080, unix:/path)")
+                }
+                return (text, address.description)
+            }
+        }
+
+        var defaultServer: ConfigValue? = nil
+        if let defaultValue = mapping.optional("default_server"), try defaultValue.bool() {
+            defaultServer = defaultValue
+        }
+
+        let maxBodySize = try mapping.optional("client_max_body_size").map(bodySize) ?? RoutingDecoder.defaultMaxBodySize
+        let accessLog = try mapping.optional("access_log").map(accessLog) ?? nil
+
+        var serverReturn: RouteDecision? = nil
+        if let returnValue = mapping.optional("return") {
+            let directive = try ReturnDirective(returnValue)
+            if directive.highestCapture > 0 {
+                throw returnValue.error("$\(directive.highestCapture) needs a regular expression location (~ or ~*)")
+            }
+            serverReturn = RouteDecision(route: RouteInfo(serverName: firstName), handler: directive.makeHandler(),
+                                         maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog)
+        }
+
+        var exact: [String: RouteDecision] = [:]
+        var prefixes: [LocationTable.Prefix] = []
+        var regexes: [LocationTable.Regex] = []
+        var seen: [String: SourceMark] = [:]
+        var slashRedirectCandidates: [(path: String, decision: RouteDecision)] = []
+        if let locationsValue = mapping.optional("locations") {
+            for item in try locationsValue.list() {
+                let location = try decodeLocation(item, serverName: firstName, maxBodySize: maxBodySize, accessLog: accessLog)
+                if let path = location.match.path {
+                    let key = location.match.isExact ? "= \(path)" : path
+                    if let first = seen[key] {
+                        throw location.matchValue.error("duplicate location \"\(location.matchText)\" (first defined at \(first))")
+                    }
+                    seen[key] = location.matchValue.mark
+                }
+                switch location.match {
+                case .exact(let path):
+                    exact[path] = location.decision
+                case .prefix(let path, let stops):
+                    prefixes.append(.init(bytes: Array(path.utf8), stopsRegexSearch: stops, decision: location.decision))
+                    if location.handlerKey.hasSuffix("_pass"), path.count > 1, path.hasSuffix("/") {
+                        var redirect = location.decision
+                        redirect.handler = SlashRedirectHandler(location: path)
+                        slashRedirectCandidates.append((String(path.dropLast()), redirect))
+                    }
+                case .regex:
+                    regexes.append(.init(regex: location.regex!, decision: location.decision))
+                }
+            }
+        }
+        try mapping.finish()
+        // An explicit location for the unslashed path takes it over, as in nginx.
+        var slashRedirects: [String: RouteDecision] = [:]
+        for candidate in slashRedirectCandidates
+        where exact[candidate.path] == nil && !prefixes.contains(where: { $0.bytes.elementsEqual(candidate.path.utf8) }) {
+            slashRedirects[candidate.path] = candidate.decision
+        }
+
+        let notFound = RouteDecision(route: RouteInfo(serverName: firstName),
+                                     handler: StaticResponseHandler(.error(404, "not found")),
+                                     maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog)
+        let server = VirtualServer(name: firstName,
+                                   locations: LocationTable(exact: exact, slashRedirects: slashRedirects,
+                                                            prefixes: prefixes, regexes: regexes),
+                                   notFound: notFound, serverReturn: serverReturn)
+        return DecodedServer(path: value.path, names: names, firstName: firstName, listen: listen,
+                             defaultServer: defaultServer, server: server)
+    }
+
+    struct DecodedLocation {
+        let match: LocationMatch
+        let matchText: String
+        let matchValue: ConfigValue
+        let regex: POSIXRegex?
+        /// `return` or the handler directive's key.
+        let handlerKey: String
+        let decision: RouteDecision
+    }
+
+    func decodeLocation(_ value: ConfigValue, serverName: String, maxBodySize serverMaxBodySize: Int,
+                        accessLog serverAccessLog: AccessLog?) throws -> DecodedLocation {
+        let mapping = try value.mapping()
+        let matchValue = try mapping.required("location")
+        let matchText = try matchValue.nonEmptyString()
+        let match: LocationMatch
+        do {
+            match = try LocationMatch.parse(matchText)
+        } catch let error as LocationSyntaxError {
+            throw matchValue.error(error.message)
+        }
+        var regex: POSIXRegex? = nil
+        if case .regex(let pattern, let caseInsensitive) = match {
+            do {
+                regex = try POSIXRegex(pattern, caseInsensitive: caseInsensitive, copies: regexCopies)
+            } catch {
+                throw matchValue.error("invalid regular expression \"\(pattern)\": \(error)")
+            }
+        }
+        let maxBodySize = try mapping.optional("client_max_body_size").map(bodySize) ?? serverMaxBodySize
+        let accessLog = try mapping.optional("access_log").map(accessLog) ?? serverAccessLog
+
+        // The handler: `return`, or one directive an active module declared. Found among the keys not read yet,
+        // in file order, so that a null value (`inference:`) still counts as written.
+        let candidates = mapping.unread().filter { $0.key == "return" || registrar.locationHandler($0.key) != nil }
+        let available = (["return"] + registrar.locationHandlerKeys).sorted().joined(separator: ", ")
+        guard let chosen = candidates.first else {
+            if let unknown = mapping.unread().first {
+                throw unknown.value.error("unknown key (a location needs one handler: \(available))")
+            }
+            throw value.error("missing a handler (one of: \(available))")
+        }
+        if candidates.count > 1 {
+            throw candidates[1].value.error("a location has one handler, found \"\(chosen.key)\" and \"\(candidates[1].key)\"")
+        }
+        mapping.allow(chosen.key)
+        let handler: any RequestHandler
+        if chosen.key == "return" {
+            let directive = try ReturnDirective(chosen.value)
+            let used = directive.highestCapture
+            if used > 0 {
+                guard let regex else {
+                    throw chosen.value.error("$\(used) needs a regular expression location (~ or ~*)")
+                }
+                guard used <= regex.captureCount else {
+                    throw chosen.value.error("$\(used) refers to a group the regular expression \"\(regex.pattern)\" does not have (it has \(regex.captureCount))")
+                }
+            }
+            handler = directive.makeHandler()
+        } else {
+            let factory = registrar.locationHandler(chosen.key)!
+            handler = try factory(chosen.value, mapping, LocationContext(match: matchText, prefix: match.path))
+        }
+        try mapping.finish()
+        let decision = RouteDecision(route: RouteInfo(serverName: serverName, location: matchText), handler: handler,
+                                     maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog)
+        return DecodedLocation(match: match, matchText: matchText, matchValue: matchValue, regex: regex,
+                               handlerKey: chosen.key, decision: decision)
+    }
+
+    /// `client_max_body_size`: a size; 0 is unlimited.
+    private func bodySize(_ value: ConfigValue) throws -> Int {
+        try value.size().bytes
+    }
+
+    /// `access_log`: `off`, `stdout`, `stderr`, a path, or `{path: ..., format: combined|json}`. Nil is off.
+    /// While only checking (`kernel -t`) nothing is opened.
+    private func accessLog(_ value: ConfigValue) throws -> AccessLog? {
+        var format = AccessLog.Format.combined
+        let pathValue: ConfigValue
+        if case .mapping = value.node {
+            let fields = try value.mapping()
+            pathValue = try fields.required("path")
+            if let formatValue = fields.optional("format") {
+                format = AccessLog.Format(rawValue: try formatValue.oneOf(AccessLog.Format.allCases.map(\.rawValue)))!
+            }
+            try fields.finish()
+        } else {
+            if case .scalar(let text, _, true) = value.node, text == "off" { return nil }
+            pathValue = value
+        }
+        let text = try pathValue.nonEmptyString()
+        if text == "off" { throw pathValue.error("\"off\" cannot have a format; write access_log: off") }
+        let path = text == "stdout" || text == "stderr" ? text : registrar.resolvePath(text)
+        guard registrar.mode == .run else { return nil }
+        do {
+            return try logs.log(path: path, format: format, files: registrar.runtime.logFiles)
+        } catch {
+            throw pathValue.error("\(error)")
+        }
+    }
+}
+
+/// One `AccessLog` per file and format, so that servers writing to one file share it.
+private final class AccessLogCache {
+    private var logs: [String: AccessLog] = [:]
+
+    func log(path: String, format: AccessLog.Format, files: LogFileRegistry) throws -> AccessLog {
+        let key = "\(format.rawValue) \(path)"
+        if let log = logs[key] { return log }
+        let log = AccessLog(file: try files.file(path), format: format)
+        logs[key] = log
+        return log
+    }
+}
+
+extension LocationMatch {
+    fileprivate var isExact: Bool {
+        if case .exact = self { return true }
+        return false
+    }
+}
+
+/// Builds the per-listener server tables and checks default servers.
+struct RouterBuilder {
+    let servers: [DecodedServer]
+    let registrar: Registrar
+
+    func build() throws -> LocationRouter {
+        // Listeners named by some server, canonical form first seen order, with the spellings that name them.
+        var canonicalOrder: [String] = []
+        var spellings: [String: Set<String>] = [:]
+        for server in servers {
+            for address in server.listen ?? [] {
+                if spellings[address.canonical] == nil { canonicalOrder.append(address.canonical) }
+                spellings[address.canonical, default: []].formUnion([address.written, address.canonical])
+            }
+        }
+        var conflicts: [(value: ConfigValue, listener: String)] = []
+        let others = try table(for: nil, conflicts: &conflicts)
+        var byListener: [String: ServerTable] = [:]
+        for canonical in canonicalOrder {
+            let table = try table(for: canonical, conflicts: &conflicts)
+            for spelling in spellings[canonical]! { byListener[spelling] = table }
+        }
+        // A server without `listen` is in every table: say each conflict once.
+        var warned: Set<SourceMark> = []
+        for conflict in conflicts where warned.insert(conflict.value.mark).inserted {
+            registrar.logger.warning("\(conflict.value.mark): conflicting server name \"\(conflict.value.node.scalarText ?? "")\" on \(conflict.listener), ignored")
+        }
+        let noServer = RouteDecision(route: RouteInfo(), handler: StaticResponseHandler(.error(404, "not found")),
+                                     maxBodySize: RoutingDecoder.defaultMaxBodySize, accessLog: nil)
+        return LocationRouter(servers: servers.map(\.server), tablesByListener: byListener, otherListeners: others,
+                              noServer: noServer)
+    }
+
+    /// The table of the listener `canonical`, or of listeners no server names (nil).
+    private func table(for canonical: String?, conflicts: inout [(value: ConfigValue, listener: String)]) throws -> ServerTable {
+        let members = servers.indices.filter { index in
+            guard let listen = servers[index].listen else { return true }
+            guard let canonical else { return false }
+            return listen.contains { $0.canonical == canonical }
+        }
+        let listenerText = canonical ?? "every listener"
+        var defaultServer: Int? = nil
+        for index in members {
+            guard let value = servers[index].defaultServer else { continue }
+            if let first = defaultServer {
+                throw value.error("a second default server for \(listenerText) (the first is \(servers[first].path))")
+            }
+            defaultServer = index
+        }
+
+        var exact: [String: Int] = [:]
+        var leading: [ServerTable.Wildcard] = []
+        var trailing: [ServerTable.Wildcard] = []
+        var regexes: [ServerTable.Regex] = []
+        var wildcardsSeen: Set<String> = []
+        for index in members {
+            for (name, value, regex) in servers[index].names {
+                switch name {
+                case .exact(let text):
+                    if exact[text] == nil { exact[text] = index } else { conflicts.append((value, listenerText)) }
+                case .leadingWildcard(let suffix):
+                    if wildcardsSeen.insert("*" + suffix).inserted {
+                        leading.append(.init(text: suffix, server: index))
+                    } else { conflicts.append((value, listenerText)) }
+                case .trailingWildcard(let prefix):
+                    if wildcardsSeen.insert(prefix + "*").inserted {
+                        trailing.append(.init(text: prefix, server: index))
+                    } else { conflicts.append((value, listenerText)) }
+                case .regex:
+                    regexes.append(.init(regex: regex!, server: index))
+                }
+            }
+        }
+        return ServerTable(exact: exact, leadingWildcards: leading, trailingWildcards: trailing, regexes: regexes,
+                           defaultServer: defaultServer ?? members.first, serverCount: members.count)
+    }
+
 }

@@ -23,25 +23,27 @@ public struct YAMLParser: Sendable {
 
     /// Parses the file at `path`. An empty file is an empty mapping.
     public func parseFile(_ path: String) throws -> YAMLNode {
-        try parseFile(path, depth: 0)
+        try parseFile(path, depth: 0, keyPath: "")
     }
 
     /// Parses YAML text; `file` is the name errors use.
     public func parse(_ text: String, file: String) throws -> YAMLNode {
-        try parse(text, file: file, depth: 0)
+        try parse(text, file: file, depth: 0, keyPath: "")
     }
 
-    private func parseFile(_ path: String, depth: Int) throws -> YAMLNode {
+    /// `keyPath` is where the file's root sits in the whole configuration (an included file's include key's
+    /// mapping), so that errors inside it name the full key path.
+    private func parseFile(_ path: String, depth: Int, keyPath: String) throws -> YAMLNode {
         guard let text = readFile(path) else {
             throw ConfigError(mark: nil, path: "", message: "\(path): cannot read file: \(String(cString: strerror(errno)))")
         }
-        return try parse(text, file: path, depth: depth)
+        return try parse(text, file: path, depth: depth, keyPath: keyPath)
     }
 
-    private func parse(_ text: String, file: String, depth: Int) throws -> YAMLNode {
+    private func parse(_ text: String, file: String, depth: Int, keyPath: String) throws -> YAMLNode {
         var reader = EventReader(file: file)
         let root = try reader.readDocument(text)
-        return try resolve(root, file: file, depth: depth, path: "")
+        return try resolve(root, file: file, depth: depth, path: keyPath)
     }
 
     // MARK: - include and environment
@@ -75,9 +77,9 @@ public struct YAMLParser: Sendable {
                             throw ConfigError(mark: value.mark, path: childPath,
                                               message: "includes nested deeper than \(maximumIncludeDepth) levels (a cycle?)")
                         }
-                        let tree = try parseFile(included, depth: depth + 1)
+                        let tree = try parseFile(included, depth: depth + 1, keyPath: path)
                         guard case .mapping(let includedEntries, _) = tree else {
-                            throw ConfigError(mark: tree.mark, path: "",
+                            throw ConfigError(mark: tree.mark, path: childPath,
                                               message: "an included file must hold a mapping, found \(tree.foundDescription)")
                         }
                         for (k, v) in includedEntries {
@@ -155,7 +157,9 @@ public struct YAMLParser: Sendable {
                 } else if let fallback {
                     output += fallback
                 } else {
-                    throw ConfigError(mark: mark, path: path, message: "environment variable \(name) is not set")
+                    // `${NAME}` requires a value; an empty one is as good as none (`${NAME:-}` allows it).
+                    let state = environment[String(name)] == nil ? "is not set" : "is empty"
+                    throw ConfigError(mark: mark, path: path, message: "environment variable \(name) \(state)")
                 }
                 index = text.index(after: close)
             } else {
