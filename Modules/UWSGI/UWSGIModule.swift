@@ -40,7 +40,8 @@ public enum UWSGIModule: KernelModule {
         }
         if let size = mapping.optional("buffer_size") {
             let parsed = try size.size()
-            guard parsed.bytes >= 16, parsed.bytes <= UWSGIPacketHeader.maximumDataSize else {
+            // 64k (65536) is what uWSGI deployments write for "the largest block the 16-bit size can announce".
+            guard parsed.bytes >= 16, parsed.bytes <= 65536 else {
                 throw size.error("expected a size from 16 to 64k (the uwsgi header's 16-bit size field), found \(parsed)")
             }
             configuration.bufferSize = parsed
