@@ -2,6 +2,23 @@ import NIOCore
 import NIOEmbedded
 import UWSGI
 
+/// libFuzzer's driver, called from the executable's entry point below.
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
+) -> CInt
+
+/// SwiftPM links an executable target with its `main` renamed to `<target>_main`; this is it, handing control to
+/// libFuzzer (whose own `main` is then not linked).
+@_cdecl("UWSGIDecoderFuzz_main")
+public func fuzzerMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    var count = argc
+    var arguments = argv
+    return LLVMFuzzerRunDriver(&count, &arguments) { data, size in fuzzUWSGIDecoders(data, size) }
+}
+
 /// libFuzzer's entry point: the input is fed to the uwsgi request decoder (in two reads split where the first byte
 /// says, to exercise the incremental paths) and to the upstream response decoder. Any decoding error is fine;
 /// a crash, a hang, a leak or an over-long body is a finding.
@@ -16,9 +33,9 @@ public func fuzzUWSGIDecoders(_ start: UnsafePointer<UInt8>, _ count: Int) -> CI
 
 private func feed(_ channel: EmbeddedChannel, _ bytes: UnsafeBufferPointer<UInt8>, split: Int) {
     var first = channel.allocator.buffer(capacity: split)
-    first.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[..<split]))
+    first.writeBytes(UnsafeBufferPointer(rebasing: bytes[..<split]))
     var second = channel.allocator.buffer(capacity: bytes.count - split)
-    second.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[split...]))
+    second.writeBytes(UnsafeBufferPointer(rebasing: bytes[split...]))
     do {
         try channel.writeInbound(first)
         try channel.writeInbound(second)

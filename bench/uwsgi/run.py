@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""nginx -> kernel worker over uwsgi vs nginx -> uWSGI + Flask over uwsgi, the same tiny route, in the same run.
+
+Both stacks sit behind one nginx (one server block each, `include uwsgi_params; uwsgi_pass ...`), the uWSGI side
+configured as the seed deployment (master, lazy, 3 workers, buffer-size 65536). Prints a markdown section with
+req/s, p50, p99 and the ratio kernel/uWSGI, and appends it to docs/performance.md.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from common import ROOT, KERNEL_BIN, free_port, wait_port, wrk, rss_kib  # noqa: E402
+
+DURATION = os.environ.get("BENCH_DURATION", "10s")
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
+RECORD = os.environ.get("BENCH_RECORD", "1") == "1"
+PATH = "/v1/parse"
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="kernel-bench-uwsgi-")
+    ports = {"kernel_front": free_port(), "uwsgi_front": free_port(), "kernel_uwsgi": free_port(), "uwsgi_port": free_port()}
+    user = "user root;" if os.geteuid() == 0 else ""
+    with open(os.path.join(HERE, "nginx.conf.template")) as f:
+        nginx_conf = f.read().format(dir=work, user=user, **ports)
+    with open(os.path.join(HERE, "worker.yaml.template")) as f:
+        worker_yaml = f.read().format(dir=work, **ports)
+    conf = os.path.join(work, "nginx.conf")
+    config = os.path.join(work, "worker.yaml")
+    with open(conf, "w") as f:
+        f.write(nginx_conf)
+    with open(config, "w") as f:
+        f.write(worker_yaml)
+    uwsgi_command = ["uwsgi", "--socket", f"127.0.0.1:{ports['uwsgi_port']}", "--master", "--lazy", "--workers", "3",
+                     "--buffer-size", "65536", "--wsgi-file", os.path.join(HERE, "app.py"), "--callable", "app",
+                     "--chdir", HERE, "--disable-logging", "--die-on-term", "--logto", os.path.join(work, "uwsgi.log")]
+    processes = []
+    try:
+        kernel = subprocess.Popen([KERNEL_BIN, "--role", "worker", "--config", config], stderr=subprocess.DEVNULL)
+        processes.append(kernel)
+        app = subprocess.Popen(uwsgi_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        processes.append(app)
+        nginx = subprocess.Popen(["nginx", "-c", conf, "-p", work], stderr=subprocess.DEVNULL)
+        processes.append(nginx)
+        for port in ports.values():
+            wait_port(port)
+        kernel_url = f"http://127.0.0.1:{ports['kernel_front']}{PATH}"
+        uwsgi_url = f"http://127.0.0.1:{ports['uwsgi_front']}{PATH}"
+        for url in (kernel_url, uwsgi_url):  # warm-up (uWSGI's lazy workers load the app on their first request)
+            wrk(url, CONNECTIONS, "2s")
+        k = wrk(kernel_url, CONNECTIONS, DURATION)
+        u = wrk(uwsgi_url, CONNECTIONS, DURATION)
+        kernel_rss = rss_kib([kernel.pid])
+        uwsgi_rss = rss_kib([app.pid], children=True)
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+    ratio = k["rps"] / u["rps"] if u["rps"] else float("inf")
+    lines = [
+        "## uwsgi: nginx -> kernel worker vs nginx -> uWSGI + Flask\n",
+        f"Command: `KERNEL_BIN={os.path.relpath(KERNEL_BIN, ROOT)} bench/uwsgi/run.sh`: one nginx "
+        f"(`worker_processes 1`, `include uwsgi_params; uwsgi_pass`) in front of a kernel `--role worker` "
+        f"(uwsgi listener, `return 200` of the same JSON) and of `uwsgi --master --lazy --workers 3 --buffer-size 65536` "
+        f"running bench/uwsgi/app.py (`/v1/parse` answers `{{\"status\":\"ok\"}}`); "
+        f"`wrk -t2 -c{CONNECTIONS} -d{DURATION} --latency {PATH}` against each, one after the other, after a 2 s warm-up.\n",
+        "| stack | req/s | p50 | p99 | non-2xx | socket errors | RSS (KiB) |",
+        "|---|---:|---:|---:|---:|---|---:|",
+        f"| nginx -> kernel worker | {k['rps']:.0f} | {k['p50']} | {k['p99']} | {k['non2xx']} | {k['errors'] or '-'} | {kernel_rss} |",
+        f"| nginx -> uWSGI + Flask | {u['rps']:.0f} | {u['p50']} | {u['p99']} | {u['non2xx']} | {u['errors'] or '-'} | {uwsgi_rss} |",
+        "",
+        f"Ratio kernel/uWSGI (req/s): **{ratio:.2f}**.",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if RECORD:
+        with open(os.path.join(ROOT, "docs", "performance.md"), "a") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
