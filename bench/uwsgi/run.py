@@ -6,6 +6,7 @@ configured as the seed deployment (master, lazy, 3 workers, buffer-size 65536). 
 req/s, p50, p99 and the ratio kernel/uWSGI, and appends it to docs/performance.md.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,12 +14,28 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from common import ROOT, KERNEL_BIN, free_port, wait_port, wrk, rss_kib  # noqa: E402
+from common import ROOT, KERNEL_BIN, free_port, wait_port, rss_kib  # noqa: E402
 
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 RECORD = os.environ.get("BENCH_RECORD", "1") == "1"
 PATH = "/v1/parse"
+
+
+def wrk(url, connections, duration, threads=2):
+    """Runs `wrk --latency`; req/s, p50/p99 as printed, non-2xx count and socket errors. The percentiles are read
+    only from the lines that start with them (a "+/- Stdev" column such as "67.50%" must not match)."""
+    command = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}", "--latency", url]
+    output = subprocess.run(command, capture_output=True, text=True).stdout
+    found = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if not found:
+        raise SystemExit(f"wrk failed:\n{output}")
+    p50 = re.search(r"^\s*50%\s+(\S+)", output, re.M).group(1)
+    p99 = re.search(r"^\s*99%\s+(\S+)", output, re.M).group(1)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    return {"rps": float(found.group(1)), "p50": p50, "p99": p99, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "errors": errors.group(1) if errors else ""}
 
 
 def main():
@@ -44,9 +61,12 @@ def main():
         processes.append(kernel)
         app = subprocess.Popen(uwsgi_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         processes.append(app)
-        nginx = subprocess.Popen(["nginx", "-c", conf, "-p", work], stderr=subprocess.DEVNULL)
+        nginx = subprocess.Popen(["nginx", "-c", conf, "-p", work], stderr=open(os.path.join(work, "nginx-error.log"), "a"))
         processes.append(nginx)
-        for port in ports.values():
+        for name, port in ports.items():
+            for process in processes:
+                if process.poll() is not None:
+                    raise SystemExit(f"{process.args[0]} exited with {process.returncode}; logs in {work}")
             wait_port(port)
         kernel_url = f"http://127.0.0.1:{ports['kernel_front']}{PATH}"
         uwsgi_url = f"http://127.0.0.1:{ports['uwsgi_front']}{PATH}"
@@ -56,6 +76,13 @@ def main():
         u = wrk(uwsgi_url, CONNECTIONS, DURATION)
         kernel_rss = rss_kib([kernel.pid])
         uwsgi_rss = rss_kib([app.pid], children=True)
+    except BaseException:
+        for log in ("kernel.log", "uwsgi.log", "nginx-error.log"):
+            path = os.path.join(work, log)
+            if os.path.exists(path):
+                with open(path) as f:
+                    sys.stderr.write(f"--- {log}\n" + f.read()[-2000:])
+        raise
     finally:
         for process in reversed(processes):
             if process.poll() is None:
@@ -70,7 +97,7 @@ def main():
     lines = [
         "## uwsgi: nginx -> kernel worker vs nginx -> uWSGI + Flask\n",
         f"Command: `KERNEL_BIN={os.path.relpath(KERNEL_BIN, ROOT)} bench/uwsgi/run.sh`: one nginx "
-        f"(`worker_processes 1`, `include uwsgi_params; uwsgi_pass`) in front of a kernel `--role worker` "
+        f"(`worker_processes 1`, `include /etc/nginx/uwsgi_params; uwsgi_pass`) in front of a kernel `--role worker` "
         f"(uwsgi listener, `return 200` of the same JSON) and of `uwsgi --master --lazy --workers 3 --buffer-size 65536` "
         f"running bench/uwsgi/app.py (`/v1/parse` answers `{{\"status\":\"ok\"}}`); "
         f"`wrk -t2 -c{CONNECTIONS} -d{DURATION} --latency {PATH}` against each, one after the other, after a 2 s warm-up.\n",
