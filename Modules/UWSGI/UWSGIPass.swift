@@ -313,10 +313,15 @@ final class UWSGIUpstreamRequest: @unchecked Sendable {
         }
         let body: ResponseBody
         if let whole = handler.takeWholeBody() {
-            body = whole.readableBytes == 0 && head.headers["Content-Length"] == nil ? .empty : .buffer(whole)
-            if whole.readableBytes == 0, head.headers["Content-Length"] == nil, request.method != "HEAD",
-               !(head.status == 204 || head.status == 304) {
-                headers.add("Content-Length", "0")
+            if request.method == "HEAD" || whole.readableBytes == 0 {
+                // The upstream's Content-Length (the length a GET would have) stays for HEAD.
+                body = .empty
+                if head.headers["Content-Length"] == nil, request.method != "HEAD",
+                   !(head.status == 204 || head.status == 304 || (100..<200).contains(head.status)) {
+                    headers.add("Content-Length", "0")
+                }
+            } else {
+                body = .buffer(whole)
             }
         } else {
             let logger = context.logger
