@@ -1,0 +1,502 @@
+import Foundation
+import KernelConfig
+import KernelCore
+import NIOCore
+import NIOEmbedded
+import XCTest
+@testable import HTTP
+
+final class HTTPConnectionTests: XCTestCase {
+    private let getHello = "GET /hello HTTP/1.1\r\nHost: test\r\n\r\n"
+
+    func testSimpleRequest() throws {
+        let h = try HTTPHarness()
+        try h.send(getHello)
+        XCTAssertEqual(try h.output(), hello())
+        XCTAssertTrue(h.isOpen)
+        XCTAssertEqual(try h.loggedStatuses(), [200])
+    }
+
+    func testRequestShape() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /x/./y/../../inspect?x=1&y=%20 HTTP/1.1\r\nHost: test:8080\r\nX-Tab:\tvalue with spaces \t\r\nX-Empty:\r\n\r\n")
+        let body = "GET uri=/x/./y/../../inspect?x=1&y=%20 path=/inspect query=x=1&y=%20 HTTP/1.1\n"
+            + "listener=127.0.0.1:8080 protocol=http remote=127.0.0.1 local=[IPv4]127.0.0.1:8080\n"
+            + "Host=test:8080\nX-Tab=value with spaces\nX-Empty=\n"
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Content-Length: \(body.utf8.count)"], body: body))
+    }
+
+    func testPipelinedRequestsAreAnsweredInOrder() throws {
+        let h = try HTTPHarness()
+        try h.send(getHello + "GET /missing HTTP/1.1\r\nHost: test\r\n\r\n" + "GET /hello?x=1 HTTP/1.1\r\nHost: test\r\n\r\n")
+        let notFound = response("404 Not Found", ["Content-Type: application/json", "Content-Length: 21"], body: "{\"error\":\"not found\"}")
+        XCTAssertEqual(try h.output(), hello() + notFound + hello())
+        XCTAssertEqual(try h.loggedStatuses(), [200, 404, 200])
+    }
+
+    func testPipelinedRequestWaitsForTheSlowResponseBeforeIt() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /slow HTTP/1.1\r\nHost: test\r\n\r\n" + getHello)
+        XCTAssertEqual(try h.output(), "")
+        h.probe.pendingSlow.withLockedValue { $0 }!.succeed(.text(200, "late"))
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Content-Length: 4"], body: "late") + hello())
+    }
+
+    func testRequestSplitAcrossManyWrites() throws {
+        let h = try HTTPHarness()
+        for byte in getHello.utf8 { try h.send(bytes: [byte]) }
+        XCTAssertEqual(try h.output(), hello())
+    }
+
+    func testContentLengthBody() throws {
+        let h = try HTTPHarness()
+        try h.send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 11\r\n\r\nhello")
+        XCTAssertEqual(try h.output(), "")
+        try h.send(" world")
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: application/octet-stream", "X-Method: POST", "Content-Length: 11"], body: "hello world"))
+    }
+
+    func testChunkedBodySplitAcrossWrites() throws {
+        let h = try HTTPHarness()
+        let request = "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\n"
+        let bytes = Array(request.utf8)
+        var index = 0
+        for size in [3, 40, 20, 1, 1, 4, 2, 7, 1, 1000] where index < bytes.count {
+            let end = min(bytes.count, index + size)
+            try h.send(bytes: Array(bytes[index..<end]))
+            index = end
+        }
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: application/octet-stream", "X-Method: POST", "Content-Length: 11"], body: "hello world"))
+        XCTAssertTrue(h.isOpen)
+    }
+
+    func testEmptyChunkedBody() throws {
+        let h = try HTTPHarness()
+        try h.send("POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: application/octet-stream", "X-Method: POST", "Content-Length: 0"]))
+    }
+
+    func testTooLargeContentLengthIsRefusedBeforeTheBody() throws {
+        let h = try HTTPHarness()
+        try h.send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 101\r\n\r\n")
+        XCTAssertEqual(try h.output(), jsonError("413 Request Entity Too Large", "request body too large"))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(try h.loggedStatuses(), [413])
+    }
+
+    func testGrowingChunkedBodyIsRefusedAtTheLimit() throws {
+        let h = try HTTPHarness()
+        try h.send("POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n32\r\n" + String(repeating: "a", count: 50) + "\r\n")
+        XCTAssertEqual(try h.output(), "")
+        XCTAssertTrue(h.isOpen)
+        try h.send("33\r\n")
+        XCTAssertEqual(try h.output(), jsonError("413 Request Entity Too Large", "request body too large"))
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testExpectContinueIsAnsweredOnlyForAnAcceptableBody() throws {
+        let h = try HTTPHarness()
+        try h.send("POST /echo HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        XCTAssertEqual(try h.output(), "HTTP/1.1 100 Continue\r\n\r\n")
+        try h.send("ok")
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: application/octet-stream", "X-Method: POST", "Content-Length: 2"], body: "ok"))
+
+        let refused = try HTTPHarness()
+        try refused.send("POST /echo HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n")
+        XCTAssertEqual(try refused.output(), jsonError("413 Request Entity Too Large", "request body too large"))
+    }
+
+    func testHeaderLineTooLongIs431() throws {
+        let h = try HTTPHarness { $0.largeHeaderBufferCount = 4; $0.largeHeaderBufferSize = ByteSize(bytes: 64) }
+        try h.send("GET /hello HTTP/1.1\r\nHost: test\r\nX-Long: " + String(repeating: "a", count: 60) + "\r\n\r\n")
+        XCTAssertEqual(try h.output(), jsonError("431 Request Header Fields Too Large", "request header line too large"))
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testHeadTooLargeIs431EvenBeforeItEnds() throws {
+        let h = try HTTPHarness {
+            $0.clientHeaderBufferSize = ByteSize(bytes: 64)
+            $0.largeHeaderBufferCount = 2
+            $0.largeHeaderBufferSize = ByteSize(bytes: 64)
+        }
+        try h.send("GET /hello HTTP/1.1\r\nHost: test\r\n")
+        for _ in 0..<3 { try h.send("X-Header: " + String(repeating: "b", count: 30) + "\r\n") }
+        XCTAssertEqual(try h.output(), jsonError("431 Request Header Fields Too Large", "request header fields too large"))
+    }
+
+    func testRequestLineTooLongIs414() throws {
+        let h = try HTTPHarness { $0.largeHeaderBufferSize = ByteSize(bytes: 64) }
+        try h.send("GET /" + String(repeating: "x", count: 70))
+        XCTAssertEqual(try h.output(), jsonError("414 Request-URI Too Large", "request line too long"))
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testMalformedRequestsAre400() throws {
+        let cases = [
+            "\u{1}\u{2}garbage\r\n\r\n",
+            "GET /hello\r\nHost: test\r\n\r\n",
+            "GET  /hello HTTP/1.1\r\nHost: test\r\n\r\n",
+            "GET /hello HTTP/1.x\r\nHost: test\r\n\r\n",
+            "GET /hel\rlo HTTP/1.1\r\nHost: test\r\n\r\n",
+            "GET /hello HTTP/1.1\r\nHost: test\r\nX-Bad: a\rb\r\n\r\n",
+            "GET /hello HTTP/1.1\r\nHost: test\r\nX-Folded: a\r\n b\r\n\r\n",
+            "GET /hello HTTP/1.1\r\nHost: test\r\nX-Space : a\r\n\r\n",
+            "GET /hello HTTP/1.1\r\nHost: test\r\nNo colon\r\n\r\n",
+            "GET /hello HTTP/1.1\r\nHost: test\r\nX-Nul: a\u{0}b\r\n\r\n",
+        ]
+        for request in cases {
+            let h = try HTTPHarness()
+            try h.send(request)
+            let out = try h.output()
+            XCTAssertTrue(out.hasPrefix("HTTP/1.1 400 Bad Request\r\n"), "\(request.debugDescription) -> \(out.debugDescription)")
+            XCTAssertTrue(out.contains("Connection: close\r\n"))
+            XCTAssertFalse(h.isOpen, request.debugDescription)
+        }
+    }
+
+    func testBinaryInputIsRefusedBeforeTheLineEnds() throws {
+        let h = try HTTPHarness()
+        try h.send(bytes: [0x16, 0x03, 0x01, 0x02, 0x00, 0x01])  // the start of a TLS ClientHello
+        XCTAssertEqual(try h.output(), jsonError("400 Bad Request", "invalid request line"))
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testLeadingLineEndingSplitAcrossReads() throws {
+        let h = try HTTPHarness()
+        try h.send("\r")
+        try h.send("\n" + getHello)
+        XCTAssertEqual(try h.output(), hello())
+    }
+
+    func testEveryRefusalLogsOneLine() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /hello HTTP/1.1\r\nHost: test\r\nBad Header\r\n\r\n")
+        XCTAssertEqual(h.errorLogLines(), ["[info] client sent invalid header line while reading client request headers, client: 127.0.0.1, server: 127.0.0.1:8080"])
+
+        let target = try HTTPHarness()
+        try target.send("GET /a/../../b HTTP/1.1\r\nHost: test\r\n\r\n")
+        XCTAssertEqual(target.errorLogLines(), ["[info] client sent invalid request target while reading client request headers, client: 127.0.0.1, server: 127.0.0.1:8080, request: \"GET /a/../../b HTTP/1.1\""])
+
+        let big = try HTTPHarness()
+        try big.send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 500\r\n\r\n")
+        XCTAssertEqual(big.errorLogLines(), ["[info] client intended to send too large body: 500 bytes, client: 127.0.0.1, server: 127.0.0.1:8080, request: \"POST /echo HTTP/1.1\""])
+    }
+
+    func testGarbageGetsTheExactErrorResponse() throws {
+        let h = try HTTPHarness()
+        try h.send("HELLO\r\n\r\n")
+        XCTAssertEqual(try h.output(), jsonError("400 Bad Request", "invalid request line"))
+    }
+
+    func testFramingErrors() throws {
+        let cases: [(String, String)] = [
+            ("POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n\r\n",
+             jsonError("501 Not Implemented", "unsupported transfer encoding")),
+            ("POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+             jsonError("501 Not Implemented", "unsupported transfer encoding")),
+            ("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+             jsonError("400 Bad Request", "Content-Length with Transfer-Encoding")),
+            ("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+             jsonError("400 Bad Request", "duplicate Content-Length")),
+            ("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 3x\r\n\r\nabc",
+             jsonError("400 Bad Request", "invalid Content-Length")),
+            ("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: -3\r\n\r\nabc",
+             jsonError("400 Bad Request", "invalid Content-Length")),
+            ("POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+             jsonError("400 Bad Request", "invalid chunked body")),
+            ("POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",
+             jsonError("400 Bad Request", "invalid chunked body")),
+            ("POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
+             jsonError("400 Bad Request", "invalid chunked body")),
+            ("GET /hello HTTP/2.0\r\nHost: test\r\n\r\n", jsonError("505 HTTP Version Not Supported", "HTTP version not supported")),
+            ("GET /hello HTTP/1.2\r\nHost: test\r\n\r\n", jsonError("505 HTTP Version Not Supported", "HTTP version not supported")),
+            ("GET /hello HTTP/0.9\r\n\r\n", jsonError("505 HTTP Version Not Supported", "HTTP version not supported")),
+            ("GET /hello HTTP/1.1\r\n\r\n", jsonError("400 Bad Request", "missing Host header")),
+            ("GET /hello HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", jsonError("400 Bad Request", "duplicate Host")),
+            ("GET /hello HTTP/1.1\r\nHost: a/../b\r\n\r\n", jsonError("400 Bad Request", "invalid Host header")),
+            ("GET /../etc/passwd HTTP/1.1\r\nHost: test\r\n\r\n", jsonError("400 Bad Request", "invalid request target")),
+        ]
+        for (request, expected) in cases {
+            let h = try HTTPHarness()
+            try h.send(request)
+            XCTAssertEqual(try h.output(), expected, request.debugDescription)
+            XCTAssertFalse(h.isOpen, request.debugDescription)
+        }
+    }
+
+    func testNothingPipelinedAfterABadRequestIsProcessed() throws {
+        let h = try HTTPHarness()
+        try h.send(getHello + "BAD REQUEST\r\n\r\n" + getHello)
+        XCTAssertEqual(try h.output(), hello() + jsonError("400 Bad Request", "invalid request line"))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(try h.loggedStatuses(), [200])
+    }
+
+    func testSlowHeaderGets408() throws {
+        let h = try HTTPHarness { $0.clientHeaderTimeout = .seconds(10) }
+        try h.send("GET /hello HTTP/1.1\r\n")
+        h.loop.advanceTime(by: .seconds(9))
+        XCTAssertEqual(try h.output(), "")
+        XCTAssertTrue(h.isOpen)
+        try h.send("Host: test\r\n")  // progress does not extend the head's deadline
+        h.loop.advanceTime(by: .seconds(2))
+        XCTAssertEqual(try h.output(), jsonError("408 Request Time-out", "request timed out"))
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testSilentConnectionClosesWithoutAResponse() throws {
+        let h = try HTTPHarness { $0.clientHeaderTimeout = .seconds(10) }
+        h.loop.advanceTime(by: .seconds(11))
+        XCTAssertEqual(try h.output(), "")
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testSlowBodyGets408() throws {
+        let h = try HTTPHarness { $0.clientBodyTimeout = .seconds(5) }
+        try h.send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\n\r\na")
+        h.loop.advanceTime(by: .seconds(4))
+        try h.send("b")
+        h.loop.advanceTime(by: .seconds(4))  // the timeout runs between reads
+        XCTAssertTrue(h.isOpen)
+        h.loop.advanceTime(by: .seconds(2))
+        XCTAssertEqual(try h.output(), jsonError("408 Request Time-out", "request timed out"))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(try h.loggedStatuses(), [408])
+    }
+
+    func testKeepAliveTimeoutClosesIdleConnection() throws {
+        let h = try HTTPHarness { $0.keepaliveTimeout = .seconds(75); $0.clientHeaderTimeout = .seconds(60) }
+        try h.send(getHello)
+        XCTAssertEqual(try h.output(), hello())
+        h.loop.advanceTime(by: .seconds(74))
+        XCTAssertTrue(h.isOpen)
+        h.loop.advanceTime(by: .seconds(2))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(try h.output(), "")
+    }
+
+    func testKeepAliveTimeoutZeroDisablesKeepAlive() throws {
+        let h = try HTTPHarness { $0.keepaliveTimeout = .seconds(0) }
+        try h.send(getHello + getHello)
+        XCTAssertEqual(try h.output(), hello(close: true))
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testKeepAliveRequestsClosesAfterN() throws {
+        let h = try HTTPHarness { $0.keepaliveRequests = 2 }
+        try h.send(getHello + getHello + getHello)
+        XCTAssertEqual(try h.output(), hello() + hello(close: true))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(try h.loggedStatuses(), [200, 200])
+    }
+
+    func testConnectionCloseIsHonoured() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /hello HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n" + getHello)
+        XCTAssertEqual(try h.output(), hello(close: true))
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testHeadHasLengthButNoBody() throws {
+        let h = try HTTPHarness()
+        try h.send("HEAD /hello HTTP/1.1\r\nHost: test\r\n\r\n" + getHello)
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Content-Length: 5"]) + hello())
+    }
+
+    func testHTTP10ClosesUnlessKeepAliveIsAsked() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /hello HTTP/1.0\r\n\r\n")
+        XCTAssertEqual(try h.output(), hello(close: true))
+        XCTAssertFalse(h.isOpen)
+
+        let k = try HTTPHarness()
+        try k.send("GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        XCTAssertEqual(try k.output(), hello())
+        XCTAssertTrue(k.isOpen)
+
+        let list = try HTTPHarness()
+        try list.send("GET /hello HTTP/1.0\r\nConnection: TE , Keep-Alive\r\n\r\n")
+        XCTAssertEqual(try list.output(), hello())
+
+        let closing = try HTTPHarness()
+        try closing.send("GET /hello HTTP/1.1\r\nHost: test\r\nConnection: keep-alive,CLOSE\r\n\r\n")
+        XCTAssertEqual(try closing.output(), hello(close: true))
+    }
+
+    func testTransferEncodingIsCaseInsensitive() throws {
+        let h = try HTTPHarness()
+        try h.send("POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: application/octet-stream", "X-Method: POST", "Content-Length: 2"], body: "ok"))
+    }
+
+    func testServerTokensOff() throws {
+        let h = try HTTPHarness { $0.serverTokens = false }
+        try h.send(getHello)
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Content-Length: 5"], body: "hello", server: "kernel"))
+    }
+
+    func testStreamedBodyIsChunkedOnHTTP11() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /stream HTTP/1.1\r\nHost: test\r\n\r\n" + getHello)
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Transfer-Encoding: chunked"],
+                                                body: "2\r\nab\r\n2\r\ncd\r\n2\r\nef\r\n0\r\n\r\n") + hello())
+        XCTAssertEqual(h.probe.streamPulls.withLockedValue { $0 }, 4)
+        XCTAssertEqual(try h.loggedStatuses(), [200, 200])
+    }
+
+    func testStreamIsPulledOnlyAfterThePreviousPartWasWritten() throws {
+        let h = try HTTPHarness()
+        let gate = WriteGate()
+        try h.channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try h.send("GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        XCTAssertEqual(h.probe.streamPulls.withLockedValue { $0 }, 1)
+        XCTAssertEqual(gate.heldCount, 1)
+        gate.releaseOne()
+        XCTAssertEqual(h.probe.streamPulls.withLockedValue { $0 }, 2)
+        gate.releaseOne()
+        gate.releaseOne()
+        XCTAssertEqual(h.probe.streamPulls.withLockedValue { $0 }, 4)
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Transfer-Encoding: chunked"],
+                                                body: "2\r\nab\r\n2\r\ncd\r\n2\r\nef\r\n0\r\n\r\n"))
+    }
+
+    func testSendTimeoutClosesAStalledStream() throws {
+        let h = try HTTPHarness { $0.sendTimeout = .seconds(10) }
+        let gate = WriteGate()
+        try h.channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try h.send("GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        h.loop.advanceTime(by: .seconds(9))
+        gate.releaseOne()
+        h.loop.advanceTime(by: .seconds(9))
+        XCTAssertTrue(h.isOpen)
+        h.loop.advanceTime(by: .seconds(2))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertTrue(h.probe.streamCancelled.withLockedValue { $0 })
+        XCTAssertEqual(try h.loggedStatuses(), [200])
+    }
+
+    func testStreamedBodyWithLengthIsSentAsIs() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /stream-length HTTP/1.1\r\nHost: test\r\n\r\n")
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Content-Length: 6"], body: "abcdef"))
+        XCTAssertTrue(h.isOpen)
+    }
+
+    func testStreamedBodyOnHTTP10IsCloseDelimited() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain"], body: "abcdef", close: true))
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testHeadOfAStreamCancelsIt() throws {
+        let h = try HTTPHarness()
+        try h.send("HEAD /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain"]))
+        XCTAssertTrue(h.probe.streamCancelled.withLockedValue { $0 })
+        XCTAssertTrue(h.isOpen)
+    }
+
+    func testFailedStreamClosesTheConnection() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /stream-broken HTTP/1.1\r\nHost: test\r\n\r\n" + getHello)
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Transfer-Encoding: chunked"], body: "2\r\nab\r\n"))
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testClientGoneBeforeTheResponseIsLogged499() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+        try h.channel.close().wait()
+        XCTAssertEqual(try h.loggedStatuses(), [499])
+        h.probe.pendingSlow.withLockedValue { $0 }!.succeed(.text(200, "late"))
+        XCTAssertEqual(try h.loggedStatuses(), [499])
+    }
+
+    func testQuiesceClosesAnIdleConnection() throws {
+        let h = try HTTPHarness()
+        try h.send(getHello)
+        XCTAssertEqual(try h.output(), hello())
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testQuiesceLetsTheRequestInFlightFinishWithConnectionClose() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /slow HTTP/1.1\r\nHost: test\r\n\r\n" + getHello)
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        XCTAssertTrue(h.isOpen)
+        h.probe.pendingSlow.withLockedValue { $0 }!.succeed(.text(200, "late"))
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Content-Length: 4"], body: "late", close: true))
+        XCTAssertFalse(h.isOpen)
+    }
+
+    func testAClientThatDoesNotReadGetsNothingMoreProcessedAndTimesOut() throws {
+        let h = try HTTPHarness { $0.sendTimeout = .seconds(10) }
+        try h.send("GET /slow HTTP/1.1\r\nHost: test\r\n\r\n" + getHello)
+        h.channel.isWritable = false  // the client stopped reading
+        h.probe.pendingSlow.withLockedValue { $0 }!.succeed(.text(200, "late"))
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Content-Length: 4"], body: "late"))
+        h.loop.advanceTime(by: .seconds(5))
+        XCTAssertEqual(try h.output(), "", "the pipelined request waits")
+        h.channel.isWritable = true
+        h.channel.pipeline.fireChannelWritabilityChanged()
+        XCTAssertEqual(try h.output(), hello())
+
+        h.channel.isWritable = false
+        try h.send(getHello)
+        XCTAssertEqual(try h.output(), "")
+        h.loop.advanceTime(by: .seconds(11))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(try h.loggedStatuses(), [200, 200])
+    }
+
+    func testLeadingEmptyLinesAreSkipped() throws {
+        let h = try HTTPHarness()
+        try h.send("\r\n\r\n" + getHello)
+        XCTAssertEqual(try h.output(), hello())
+    }
+
+    func testRandomInputNeverCrashes() throws {
+        let seed = ProcessInfo.processInfo.environment["HTTP_RANDOM_SEED"].flatMap { UInt64($0) } ?? 0x6b65726e656c
+        var generator = SplitMix64(seed: seed)
+        let pieces: [[UInt8]] = ["GET ", "POST ", "/hello", " HTTP/1.1", " HTTP/1.0", "\r\n", "\n", "\r", "Host: a\r\n",
+                                 "Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n", "Expect: 100-continue\r\n",
+                                 "0\r\n", "5\r\n", "hello", ": ", " ", "\u{0}", "ffffffff\r\n", "\r\n\r\n"].map { Array($0.utf8) }
+        // HTTP_RANDOM_ITERATIONS=100000 HTTP_RANDOM_SEED=7 swift test --filter testRandomInputNeverCrashes runs a longer search.
+        let iterations = ProcessInfo.processInfo.environment["HTTP_RANDOM_ITERATIONS"].flatMap { Int($0) } ?? 400
+        for _ in 0..<iterations {
+            let h = try HTTPHarness()
+            var bytes: [UInt8] = []
+            for _ in 0..<Int(generator.next() % 24) {
+                if generator.next() % 3 == 0 {
+                    bytes += (0..<Int(generator.next() % 8)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+                } else {
+                    bytes += pieces[Int(generator.next() % UInt64(pieces.count))]
+                }
+            }
+            var index = 0
+            while index < bytes.count, h.isOpen {
+                let end = min(bytes.count, index + 1 + Int(generator.next() % 16))
+                try h.send(bytes: Array(bytes[index..<end]))
+                index = end
+            }
+            h.loop.advanceTime(by: .seconds(120))
+            let out = try h.output()
+            XCTAssertTrue(out.isEmpty || out.hasPrefix("HTTP/1.1 "), out.debugDescription)
+        }
+    }
+}
+
+/// A small deterministic random source for the input loop.
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
