@@ -137,3 +137,14 @@ public func parseUWSGIContentLength(_ text: String) -> Int? {
     }
     return value
 }
+
+/// Text of header names and values as received: UTF-8 when the bytes are valid UTF-8, else each byte as the code
+/// point of the same value (ISO-8859-1, as WSGI reads headers), so that no byte is replaced or lost.
+public func decodeHeaderText(_ buffer: ByteBuffer) -> String {
+    let bytes = buffer.readableBytesView
+    if let text = String(validating: bytes, as: UTF8.self) { return text }
+    var text = ""
+    text.unicodeScalars.reserveCapacity(bytes.count)
+    for byte in bytes { text.unicodeScalars.append(Unicode.Scalar(byte)) }
+    return text
+}

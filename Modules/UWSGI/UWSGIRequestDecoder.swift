@@ -139,16 +139,18 @@ public struct UWSGIRequestDecoder: ByteToMessageDecoder, Sendable {
                 throw UWSGIDecodingError.variableOutOfBounds(offset: offset, length: 2)
             }
             guard keyLength > 0 else { throw UWSGIDecodingError.emptyKey(offset: offset) }
-            guard let key = block.readString(length: Int(keyLength)) else {
+            guard let keyBytes = block.readSlice(length: Int(keyLength)) else {
                 throw UWSGIDecodingError.variableOutOfBounds(offset: offset, length: Int(keyLength))
             }
+            let key = decodeHeaderText(keyBytes)
             let valueOffset = block.readerIndex
             guard let valueLength = block.readInteger(endianness: .little, as: UInt16.self) else {
                 throw UWSGIDecodingError.variableOutOfBounds(offset: valueOffset, length: 2)
             }
-            guard let value = block.readString(length: Int(valueLength)) else {
+            guard let valueBytes = block.readSlice(length: Int(valueLength)) else {
                 throw UWSGIDecodingError.variableOutOfBounds(offset: valueOffset, length: Int(valueLength))
             }
+            let value = decodeHeaderText(valueBytes)
             variables.append(key, value)
         }
         return variables

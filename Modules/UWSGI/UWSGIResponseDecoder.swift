@@ -96,7 +96,7 @@ public struct UWSGIResponseDecoder: ByteToMessageDecoder, Sendable {
             if line.readableBytes > 0, line.getInteger(at: line.writerIndex - 1, as: UInt8.self) == UInt8(ascii: "\r") {
                 line.moveWriterIndex(to: line.writerIndex - 1)
             }
-            let text = String(buffer: line)
+            let text = decodeHeaderText(line)
             if !sawFirstLine {
                 sawFirstLine = true
                 if text.hasPrefix("HTTP/") {

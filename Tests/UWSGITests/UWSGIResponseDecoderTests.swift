@@ -149,3 +149,18 @@ final class UWSGIResponseDecoderTests: XCTestCase {
         XCTAssertNoThrow(try channel.finish())
     }
 }
+
+final class UWSGIHeaderTextTests: XCTestCase {
+    func testUTF8IsKeptAndOtherBytesReadAsLatin1() {
+        XCTAssertEqual(decodeHeaderText(buffer(Array("café ☃".utf8))), "café ☃")
+        XCTAssertEqual(decodeHeaderText(buffer([0x63, 0x61, 0x66, 0xE9])), "caf\u{E9}")
+        XCTAssertEqual(decodeHeaderText(buffer([0xFF, 0x00, 0x41])), "\u{FF}\u{0}A")
+    }
+
+    func testLatin1HeaderFromTheUpstreamKeepsItsCharacter() throws {
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(UWSGIResponseDecoder()))
+        try channel.writeInbound(buffer(Array("HTTP/1.1 200 OK\r\nX-Reply: caf".utf8) + [0xE9] + Array("\r\nContent-Length: 0\r\n\r\n".utf8)))
+        XCTAssertEqual(try drainResponse(channel).heads.first?.headers["X-Reply"], "caf\u{E9}")
+    }
+}

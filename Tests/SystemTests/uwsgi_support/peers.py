@@ -61,6 +61,15 @@ class UWSGIApp:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+        # The workers share the listening socket: it is gone only once the last of them is.
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except ConnectionRefusedError:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"uWSGI still accepts on {self.port} after SIGKILL")
 
     def stop(self):
         if self.process.poll() is None:
