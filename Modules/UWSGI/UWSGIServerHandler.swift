@@ -72,6 +72,8 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
     private var sendTimer: Scheduled<Void>?
     private var lingerTimer: Scheduled<Void>?
     private var requestComplete = false
+    /// Bytes of a request arrived: a graceful stop lets it finish.
+    private var requestStarted = false
 
     /// How long a connection whose response is sent keeps draining an unread body (nginx `lingering_time`).
     static let lingeringTime = TimeAmount.seconds(5)
@@ -304,9 +306,13 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
             }
             return
         }
+        if event is UWSGIRequestStartedEvent {
+            requestStarted = true
+            return
+        }
         if event is ChannelShouldQuiesceEvent {
             // One request per connection: a connection that has started one closes after it anyway.
-            if case .waiting = state { closeNow(context) }
+            if case .waiting = state, !requestStarted { closeNow(context) }
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -393,6 +399,9 @@ func describeClient(_ address: SocketAddress?) -> String {
 /// Raised when no bytes arrived for `client_body_timeout`.
 public struct UWSGIReadTimeoutEvent: Sendable {}
 
+/// Raised once, when the first bytes of a request arrive: from then on the connection has a request in progress.
+public struct UWSGIRequestStartedEvent: Sendable {}
+
 /// Watches the pause between two reads of raw bytes, before any decoding (a vars block trickling in byte by byte
 /// must time out too). Fires `UWSGIReadTimeoutEvent` once per silence.
 public final class UWSGIReadTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -401,6 +410,7 @@ public final class UWSGIReadTimeoutHandler: ChannelInboundHandler, RemovableChan
 
     private let timeout: TimeAmount
     private var timer: Scheduled<Void>?
+    private var started = false
 
     public init(timeout: TimeAmount) { self.timeout = timeout }
 
@@ -426,6 +436,10 @@ public final class UWSGIReadTimeoutHandler: ChannelInboundHandler, RemovableChan
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         arm(context)
+        if !started {
+            started = true
+            context.fireUserInboundEventTriggered(UWSGIRequestStartedEvent())
+        }
         context.fireChannelRead(data)
     }
 

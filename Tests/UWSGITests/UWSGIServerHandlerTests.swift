@@ -135,6 +135,21 @@ final class UWSGIServerHandlerTests: XCTestCase {
         XCTAssertFalse(channel.isActive)
     }
 
+    func testQuiesceLetsAPartlyReceivedRequestFinish() throws {
+        let runtime = makeRuntime()
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        let channel = try serverChannel(runtime: runtime)
+        let packet = handMadePacket([("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/q")])
+        try channel.writeInbound(buffer(Array(packet.prefix(10))))
+        channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        channel.embeddedEventLoop.run()
+        XCTAssertTrue(channel.isActive)
+        try channel.writeInbound(buffer(Array(packet.dropFirst(10))))
+        channel.embeddedEventLoop.run()
+        XCTAssertTrue(try readAllOutbound(channel).hasPrefix("HTTP/1.0 200 OK\r\n"))
+        XCTAssertFalse(channel.isActive)
+    }
+
     func testQuiesceLetsARunningRequestFinish() throws {
         let promiseBox = PromiseBox()
         let runtime = makeRuntime(handler: ClosureHandler { _, context in
