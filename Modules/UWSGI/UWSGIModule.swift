@@ -34,7 +34,10 @@ public enum UWSGIModule: KernelModule {
         var configuration = UWSGIConfiguration()
         let mapping = try value.mapping()
         if let listen = mapping.optional("listen") {
-            for item in try listen.list(allowScalar: true) {
+            // One address, one mapping, or a list of either.
+            let items: [ConfigValue]
+            if case .mapping = listen.node { items = [listen] } else { items = try listen.list(allowScalar: true) }
+            for item in items {
                 configuration.listeners.append(try decodeListener(item))
             }
         }
