@@ -105,6 +105,50 @@ final class UWSGILoopbackTests: XCTestCase {
         XCTAssertEqual(String(decoding: body, as: UTF8.self), "{\"error\":\"bad gateway\"}")
     }
 
+    func testNextPeerIsTriedAfterAConnectError() throws {
+        let worker = try startWorker()
+        let closed = try ServerBootstrap(group: runtime.eventLoopGroup).bind(host: "127.0.0.1", port: 0).wait()
+        let dead = PeerAddress.tcp(host: "127.0.0.1", port: closed.localAddress!.port!)
+        try closed.close().wait()
+        let group = RecordingGroup(peers: [dead, worker])
+        let context = RequestContext(eventLoop: runtime.eventLoopGroup.next(), logger: runtime.logger, route: RouteInfo())
+        let response = try UWSGIPassHandler(configuration: UWSGIPassConfiguration(group: group)).handle(request(), context: context).wait()
+        XCTAssertEqual(response.status, 200)
+        XCTAssertEqual(group.reports.map { "\($0.0) \($0.1)" }, ["\(dead) failure", "\(worker) success"])
+    }
+
+    func testEveryPeerRefusingIs502AfterMaxTries() throws {
+        var peers: [PeerAddress] = []
+        for _ in 0..<3 {
+            let closed = try ServerBootstrap(group: runtime.eventLoopGroup).bind(host: "127.0.0.1", port: 0).wait()
+            peers.append(.tcp(host: "127.0.0.1", port: closed.localAddress!.port!))
+            try closed.close().wait()
+        }
+        let group = RecordingGroup(peers: peers, maxTries: 2)
+        let context = RequestContext(eventLoop: runtime.eventLoopGroup.next(), logger: runtime.logger, route: RouteInfo())
+        let response = try UWSGIPassHandler(configuration: UWSGIPassConfiguration(group: group)).handle(request(), context: context).wait()
+        XCTAssertEqual(response.status, 502)
+        XCTAssertEqual(group.reports.count, 2)
+    }
+
+    func testVarsBlockOver64kIs502WithoutConnecting() throws {
+        let group = RecordingGroup(peers: [.tcp(host: "127.0.0.1", port: 9)])
+        let context = RequestContext(eventLoop: runtime.eventLoopGroup.next(), logger: runtime.logger, route: RouteInfo())
+        let big = request(headers: HeaderFields([("Host", "edge"), ("X-Big", String(repeating: "b", count: 70_000))]))
+        let response = try UWSGIPassHandler(configuration: UWSGIPassConfiguration(group: group)).handle(big, context: context).wait()
+        XCTAssertEqual(response.status, 502)
+        XCTAssertTrue(group.reports.isEmpty)
+    }
+
+    func testConnectTimeoutMapsTo504() {
+        let failure = UWSGIUpstreamRequest.connectFailure(ChannelError.connectTimeout(.seconds(1)))
+        XCTAssertEqual(failure.response.status, 504)
+        XCTAssertEqual(failure.message, "upstream timed out (110: Connection timed out)")
+        let refused = UWSGIUpstreamRequest.connectFailure(IOError(errnoCode: ECONNREFUSED, reason: "connect"))
+        XCTAssertEqual(refused.response.status, 502)
+        XCTAssertEqual(refused.message, "connect() failed (111: Connection refused)")
+    }
+
     func testMissingUnixSocketIs502() throws {
         let (response, _) = try pass(request(), to: .unix(path: "/tmp/no-such-uwsgi-\(getpid()).sock"))
         XCTAssertEqual(response.status, 502)
@@ -176,4 +220,20 @@ final class FakePeerHandler: ChannelInboundHandler {
             context.close(promise: nil)
         }
     }
+}
+
+/// An upstream group over fixed peers, in order, recording what it is told.
+final class RecordingGroup: UpstreamGroup, @unchecked Sendable {
+    let peers: [PeerAddress]
+    let maxTries: Int
+    private(set) var reports: [(PeerAddress, PeerOutcome)] = []
+    init(peers: [PeerAddress], maxTries: Int? = nil) {
+        self.peers = peers
+        self.maxTries = maxTries ?? peers.count
+    }
+    var name: String { "test" }
+    func pick(for request: KernelRequest, excluding excluded: [PeerAddress]) -> PeerAddress? {
+        peers.first { !excluded.contains($0) }
+    }
+    func report(_ peer: PeerAddress, outcome: PeerOutcome) { reports.append((peer, outcome)) }
 }
