@@ -142,6 +142,17 @@ def test_ten_megabyte_body_round_trip(chain, server):
     assert body == data
 
 
+STREAMED = "".join(f"part {i}\n" for i in range(20000)).encode()
+
+
+@pytest.mark.parametrize("server", [0, 1], ids=["tcp", "unix"])
+def test_close_delimited_answer_through_the_chain(chain, server):
+    _, nginx, _ = chain
+    response, body = request(nginx.ports[server], "GET", "/app/stream?parts=20000")
+    assert response.status == 200
+    assert body == STREAMED
+
+
 def test_client_max_body_size_of_the_kernel(chain):
     kernel, nginx, _ = chain
     for port in nginx.ports:
@@ -303,6 +314,13 @@ def test_edge_bodies(edge, size):
     response, body = request(kernel.port("http"), "POST", "/raw", body=data)
     assert response.status == 200
     assert body == data
+
+
+def test_edge_close_delimited_answer(edge):
+    kernel, _ = edge
+    response, body = request(kernel.port("http"), "GET", "/stream?parts=20000")
+    assert response.status == 200
+    assert body == STREAMED
 
 
 def test_edge_app_error_is_passed_through(edge):

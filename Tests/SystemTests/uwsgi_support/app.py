@@ -25,6 +25,14 @@ def status(code):
     return Response(f"status {code} from the app", status=code, mimetype="text/plain")
 
 
+@app.route("/stream")
+@app.route("/app/stream")
+def stream():
+    """A generator: uWSGI sends it without Content-Length, delimited by the end of the connection."""
+    count = int(request.args.get("parts", "1000"))
+    return Response((f"part {i}\n" for i in range(count)), mimetype="text/plain")
+
+
 @app.route("/raw", methods=["POST", "PUT"])
 @app.route("/app/raw", methods=["POST", "PUT"])
 def raw():
