@@ -63,7 +63,7 @@ final class UWSGIServerHandlerTests: XCTestCase {
         let runtime = makeRuntime()
         defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
         let channel = try serverChannel(runtime: runtime)
-        try? channel.writeInbound(buffer(handMadePacket([("REQUEST_METHOD", "POST"), ("REQUEST_URI", "/"), ("CONTENT_LENGTH", "5abc")], body: Array("12345".utf8))))
+        _ = try? channel.writeInbound(buffer(handMadePacket([("REQUEST_METHOD", "POST"), ("REQUEST_URI", "/"), ("CONTENT_LENGTH", "5abc")], body: Array("12345".utf8))))
         channel.embeddedEventLoop.run()
         let output = try readAllOutbound(channel)
         XCTAssertTrue(output.hasPrefix("HTTP/1.0 400 Bad Request\r\n"), output)
@@ -94,7 +94,7 @@ final class UWSGIServerHandlerTests: XCTestCase {
         for packet in packets {
             let runtime = makeRuntime()
             let channel = try serverChannel(runtime: runtime)
-            try? channel.writeInbound(buffer(packet))
+            _ = try? channel.writeInbound(buffer(packet))
             channel.embeddedEventLoop.run()
             XCTAssertEqual(try readAllOutbound(channel), "", "\(packet)")
             XCTAssertFalse(channel.isActive, "\(packet)")
