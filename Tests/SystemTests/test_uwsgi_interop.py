@@ -279,6 +279,12 @@ def test_edge_methods(edge, method):
     assert seen["environ"]["REQUEST_METHOD"] == method
     assert seen["environ"]["QUERY_STRING"] == "x=1"
     assert seen["environ"]["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert seen["environ"]["REQUEST_URI"] == "/m?x=1"
+    assert seen["environ"]["PATH_INFO"] == "/m"
+    assert seen["environ"]["REMOTE_ADDR"] == "127.0.0.1"
+    assert seen["environ"]["SERVER_PORT"] == str(kernel.port("http"))
+    assert seen["environ"]["REQUEST_SCHEME"] == "http"
+    assert "HTTPS" not in seen["environ"]
 
 
 def test_edge_head(edge):
