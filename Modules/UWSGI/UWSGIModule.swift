@@ -138,6 +138,14 @@ enum UWSGIPassFactory {
             throw value.expected("host:port, unix:/path or the name of an upstream group")
         }
         var configuration = UWSGIPassConfiguration(group: group)
+        if let single = group as? SinglePeerGroup, case .tcp(let host, let port) = single.peer,
+           (try? SocketAddress(ipAddress: host, port: port)) == nil {
+            do {
+                configuration.resolved[single.peer] = try SocketAddress.makeAddressResolvingHost(host, port: port)
+            } catch {
+                throw value.error("host not found in upstream \"\(stripped)\"")
+            }
+        }
         if let params = location.optional("uwsgi_param") {
             configuration.params = UWSGIParam.merged(try decodeParams(params))
         }

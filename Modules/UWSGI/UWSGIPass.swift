@@ -59,6 +59,9 @@ public struct UWSGIPassConfiguration: Sendable {
     public var bufferSize: Int
     public var modifier1: UInt8
     public var modifier2: UInt8
+    /// Addresses of named peers resolved when the configuration was loaded (nginx resolves `uwsgi_pass host:port`
+    /// at start-up too), so that no request waits for a blocking name lookup on its event loop.
+    public var resolved: [PeerAddress: SocketAddress] = [:]
 
     public init(group: any UpstreamGroup, params: [UWSGIParam] = UWSGIParam.stock, connectTimeout: TimeAmount = .seconds(60),
                 readTimeout: TimeAmount = .seconds(60), sendTimeout: TimeAmount = .seconds(60),
@@ -215,7 +218,15 @@ final class UWSGIUpstreamRequest: @unchecked Sendable {
         switch peer {
         case .tcp(let host, let port):
             do {
-                let address = try (try? SocketAddress(ipAddress: host, port: port)) ?? SocketAddress.makeAddressResolvingHost(host, port: port)
+                let address: SocketAddress
+                if let known = configuration.resolved[peer] {
+                    address = known
+                } else if let literal = try? SocketAddress(ipAddress: host, port: port) {
+                    address = literal
+                } else {
+                    // A name from an upstream group that was not resolved at load time.
+                    address = try SocketAddress.makeAddressResolvingHost(host, port: port)
+                }
                 connecting = bootstrap.connect(to: address)
             } catch {
                 connecting = eventLoop.makeFailedFuture(error)

@@ -23,6 +23,8 @@ uwsgi:
 routing:
   servers:
     - locations:
+        - location: /by-name
+          uwsgi_pass: localhost:6666
         - location: /v1/parse
           uwsgi_pass: unix:/tmp/app.sock
           uwsgi_param: {SCRIPT_NAME: /v1, HTTP_HOST: $host, X_REAL: "$remote_addr:$remote_port", HTTPS: {value: $https, if_not_empty: true}}
@@ -67,6 +69,7 @@ routing:
     ("127.0.0.1:6666", "          uwsgi_read_timeout: 0s\n", "uwsgi_read_timeout: expected a duration above zero"),
     ("127.0.0.1:6666", "          uwsgi_modifier1: 300\n", "uwsgi_modifier1: expected an integer 0-255"),
     ("127.0.0.1:6666", "          uwsgi_bogus: 1\n", "uwsgi_bogus: unknown key"),
+    ("no-such-host.invalid:6666", "", 'uwsgi_pass: host not found in upstream "no-such-host.invalid:6666"'),
 ])
 def test_location_errors(tmp_path, target, extra, needle):
     path, result = check(tmp_path, LOCATION.format(target=target, extra=extra))
