@@ -115,22 +115,27 @@ public enum UWSGIRequestMapping {
                              body: nil, connection: connection, variables: variables)
     }
 
-    /// `HTTP_X_FOO_BAR` → `X-Foo-Bar`.
+    /// `HTTP_X_FOO_BAR` → `X-Foo-Bar`. ASCII letters change case; other bytes are kept as they are.
     public static func headerName(fromVariable name: String) -> String {
-        var result = ""
-        result.reserveCapacity(name.utf8.count - 5)
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(name.utf8.count - 5)
         var startOfWord = true
-        for scalar in name.unicodeScalars.dropFirst(5) {
-            if scalar == "_" {
-                result.append("-")
+        for byte in name.utf8.dropFirst(5) {
+            switch byte {
+            case UInt8(ascii: "_"):
+                bytes.append(UInt8(ascii: "-"))
                 startOfWord = true
-            } else {
-                let text = String(scalar)
-                result += startOfWord ? text.uppercased() : text.lowercased()
-                startOfWord = false
+                continue
+            case UInt8(ascii: "a")...UInt8(ascii: "z"):
+                bytes.append(startOfWord ? byte - 32 : byte)
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"):
+                bytes.append(startOfWord ? byte : byte + 32)
+            default:
+                bytes.append(byte)
             }
+            startOfWord = false
         }
-        return result
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// `HTTP/1.1` → 1.1.
