@@ -18,7 +18,7 @@ from common import ROOT, KERNEL_BIN, free_port, wait_port, rss_kib  # noqa: E402
 
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
-RECORD = os.environ.get("BENCH_RECORD", "1") == "1"
+RECORD = os.environ.get("BENCH_RECORD", "0") == "1"  # bench/run.sh records the whole run
 PATH = "/v1/parse"
 
 
