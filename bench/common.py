@@ -76,3 +76,29 @@ def rss_kib(pids, children=False):
             except FileNotFoundError:
                 pass
     return total
+
+
+def cpu_seconds(pids, children=False):
+    """User + system CPU time (s) used so far by the processes (and their live children when asked)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    seen = set()
+    queue = list(pids)
+    while queue:
+        pid = queue.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except FileNotFoundError:
+            continue
+        if children:
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    queue += [int(c) for c in f.read().split()]
+            except FileNotFoundError:
+                pass
+    return total / ticks
