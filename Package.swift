@@ -13,6 +13,8 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "kernel", targets: ["Kernel"]),
+        // The uwsgi codec as a library: the fuzz package (Fuzz/) links it.
+        .library(name: "UWSGI", targets: ["UWSGI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

@@ -42,8 +42,9 @@ def wrk(url, connections, duration, threads=2, script=None):
         command += ["-s", script]
     output = subprocess.run(command + [url], capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    p50 = re.search(r"50%\s+(\S+)", output).group(1)
-    p99 = re.search(r"99%\s+(\S+)", output).group(1)
+    # The latency distribution lines only: "     50%  678.00us" (the stdev column also ends in "%").
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors = re.search(r"Socket errors: (.*)", output)
     return {"rps": rps, "p50": p50, "p99": p99, "p50_ms": _millis(p50), "p99_ms": _millis(p99),
@@ -75,3 +76,29 @@ def rss_kib(pids, children=False):
             except FileNotFoundError:
                 pass
     return total
+
+
+def cpu_seconds(pids, children=False):
+    """User + system CPU time (s) used so far by the processes (and their live children when asked)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    seen = set()
+    queue = list(pids)
+    while queue:
+        pid = queue.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except FileNotFoundError:
+            continue
+        if children:
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    queue += [int(c) for c in f.read().split()]
+            except FileNotFoundError:
+                pass
+    return total / ticks

@@ -268,10 +268,11 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                     waitForWritability(context)
                     return
                 }
-                if timerKind != .header { setTimer(.header, settings.clientHeaderTimeout, context) }
                 let outcome = input!.withUnsafeReadableBytes { scanner.scan($0) }
                 switch outcome {
                 case .needMore:
+                    // client_header_timeout runs from the first bytes of a head that did not arrive whole.
+                    if timerKind != .header { setTimer(.header, settings.clientHeaderTimeout, context) }
                     return
                 case .failure(let error):
                     reject(error, context)

@@ -2,6 +2,8 @@ import KernelCore
 import NIOCore
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Why a request was refused before a handler saw it: the status sent, the error-log text and the short text of

@@ -2,6 +2,8 @@ import KernelCore
 import NIOCore
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// The `Date` header value (`Wed, 25 Nov 2026 08:29:18 GMT`), formatted once per second per connection.

@@ -244,6 +244,19 @@ final class HTTPConnectionTests: XCTestCase {
         XCTAssertFalse(h.isOpen)
     }
 
+    func testSlowHeaderOnAKeptAliveConnectionGets408() throws {
+        let h = try HTTPHarness { $0.clientHeaderTimeout = .seconds(10); $0.keepaliveTimeout = .seconds(75) }
+        try h.send(getHello)
+        XCTAssertEqual(try h.output(), hello())
+        h.loop.advanceTime(by: .seconds(30))
+        try h.send("GET /hello HTTP/1.1\r\nHo")
+        h.loop.advanceTime(by: .seconds(9))
+        XCTAssertTrue(h.isOpen)
+        h.loop.advanceTime(by: .seconds(2))
+        XCTAssertEqual(try h.output(), jsonError("408 Request Time-out", "request timed out"))
+        XCTAssertFalse(h.isOpen)
+    }
+
     func testSilentConnectionClosesWithoutAResponse() throws {
         let h = try HTTPHarness { $0.clientHeaderTimeout = .seconds(10) }
         h.loop.advanceTime(by: .seconds(11))

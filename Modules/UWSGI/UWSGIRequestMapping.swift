@@ -1,0 +1,173 @@
+import KernelCore
+import NIOCore
+
+/// Turns the variables of a uwsgi request into the kernel's request shape, as uWSGI builds a WSGI environ.
+public enum UWSGIRequestMapping {
+    /// Why a head cannot become a request; answered with 400.
+    public struct Invalid: Error, Sendable, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Maps `head`. `remoteAddress` and `localAddress` are the connection's; `REMOTE_ADDR`/`REMOTE_PORT` (the real
+    /// client, as the front proxy saw it) take precedence over the former.
+    public static func request(from head: UWSGIRequestHead, listener: String, remoteAddress: SocketAddress?,
+                               localAddress: SocketAddress?) throws -> KernelRequest {
+        var method: String?
+        var requestURI: String?
+        var pathInfo: String?
+        var queryString: String?
+        var serverProtocol: String?
+        var remoteAddr: String?
+        var remotePort: String?
+        var uwsgiScheme: String?
+        var requestScheme: String?
+        var https: String?
+        var headers = HeaderFields()
+        var variables: [(name: String, value: String)] = []
+        var contentType: String?
+
+        for (name, value) in head.variables {
+            switch name {
+            case "REQUEST_METHOD": method = value
+            case "REQUEST_URI": requestURI = value
+            case "PATH_INFO": pathInfo = value; variables.append((name, value))
+            case "QUERY_STRING": queryString = value; variables.append((name, value))
+            case "SERVER_PROTOCOL": serverProtocol = value
+            case "REMOTE_ADDR": remoteAddr = value
+            case "REMOTE_PORT": remotePort = value
+            case "UWSGI_SCHEME": uwsgiScheme = value
+            case "REQUEST_SCHEME": requestScheme = value
+            case "HTTPS": https = value
+            case "CONTENT_TYPE": contentType = value
+            case "CONTENT_LENGTH": break  // validated by the decoder: `head.contentLength`
+            // CGI carries these two outside HTTP_*; a copy inside would duplicate them.
+            case "HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH": break
+            default:
+                if name.hasPrefix("HTTP_"), name.utf8.count > 5 {
+                    headers.add(headerName(fromVariable: name), value)
+                } else {
+                    variables.append((name, value))
+                }
+            }
+        }
+
+        guard let method, !method.isEmpty else { throw Invalid(description: "missing REQUEST_METHOD") }
+        guard method.utf8.allSatisfy({ isTokenByte($0) }) else { throw Invalid(description: "invalid REQUEST_METHOD") }
+
+        let uri: String
+        let path: String
+        let query: String
+        if let requestURI, !requestURI.isEmpty {
+            guard let split = KernelRequest.splitTarget(requestURI) else {
+                throw Invalid(description: "invalid REQUEST_URI \"\(requestURI)\"")
+            }
+            uri = requestURI
+            (path, query) = split
+        } else {
+            // PATH_INFO is already percent-decoded by the front proxy: escape it again, so that decoding and
+            // normalising it yields it unchanged and `uri` stays a valid request target.
+            let raw = pathInfo.flatMap { $0.isEmpty ? nil : $0 } ?? "/"
+            let escaped = percentEscapedPath(raw)
+            let args = queryString ?? ""
+            uri = args.isEmpty ? escaped : "\(escaped)?\(args)"
+            guard escaped.hasPrefix("/"), let normalized = KernelRequest.normalizedPath(escaped) else {
+                throw Invalid(description: "invalid PATH_INFO \"\(raw)\"")
+            }
+            path = normalized
+            query = args
+        }
+
+        let version: ProtocolVersion
+        if let serverProtocol, !serverProtocol.isEmpty {
+            guard let parsed = parseVersion(serverProtocol) else {
+                throw Invalid(description: "invalid SERVER_PROTOCOL \"\(serverProtocol)\"")
+            }
+            version = parsed
+        } else {
+            version = .http1_0
+        }
+
+        if let contentType, !contentType.isEmpty { headers.add("Content-Type", contentType) }
+        if head.contentLength > 0 || head.variables["CONTENT_LENGTH"].map({ !$0.isEmpty }) == true {
+            headers.add("Content-Length", String(head.contentLength))
+        }
+
+        var client = remoteAddress
+        if let remoteAddr, !remoteAddr.isEmpty {
+            let port = remotePort.flatMap { Int($0) }.flatMap { (0...65535).contains($0) ? $0 : nil } ?? 0
+            if let address = try? SocketAddress(ipAddress: remoteAddr, port: port) { client = address }
+        }
+
+        let scheme: String
+        if let uwsgiScheme, !uwsgiScheme.isEmpty {
+            scheme = uwsgiScheme.lowercased()
+        } else if let https, ["on", "1", "true"].contains(https.lowercased()) {
+            scheme = "https"
+        } else if let requestScheme, !requestScheme.isEmpty {
+            scheme = requestScheme.lowercased()
+        } else {
+            scheme = "http"
+        }
+
+        let connection = ConnectionInfo(protocolName: "uwsgi", listener: listener, remoteAddress: client,
+                                        localAddress: localAddress, scheme: scheme)
+        return KernelRequest(method: method, uri: uri, path: path, query: query, version: version, headers: headers,
+                             body: nil, connection: connection, variables: variables)
+    }
+
+    /// `HTTP_X_FOO_BAR` → `X-Foo-Bar`. ASCII letters change case; other bytes are kept as they are.
+    public static func headerName(fromVariable name: String) -> String {
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(name.utf8.count - 5)
+        var startOfWord = true
+        for byte in name.utf8.dropFirst(5) {
+            switch byte {
+            case UInt8(ascii: "_"):
+                bytes.append(UInt8(ascii: "-"))
+                startOfWord = true
+                continue
+            case UInt8(ascii: "a")...UInt8(ascii: "z"):
+                bytes.append(startOfWord ? byte - 32 : byte)
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"):
+                bytes.append(startOfWord ? byte : byte + 32)
+            default:
+                bytes.append(byte)
+            }
+            startOfWord = false
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// `HTTP/1.1` → 1.1.
+    static func parseVersion(_ text: String) -> ProtocolVersion? {
+        let bytes = Array(text.utf8)
+        guard bytes.count == 8, text.hasPrefix("HTTP/"), bytes[6] == UInt8(ascii: "."),
+              (48...57).contains(bytes[5]), (48...57).contains(bytes[7]) else { return nil }
+        return ProtocolVersion(major: Int(bytes[5] - 48), minor: Int(bytes[7] - 48))
+    }
+
+    /// Escapes what cannot stand literally in a path: `%`, `?`, `#`, controls, space and non-ASCII.
+    static func percentEscapedPath(_ path: String) -> String {
+        let hex: [Character] = Array("0123456789ABCDEF")
+        var out = ""
+        for byte in path.utf8 {
+            if byte <= 0x20 || byte >= 0x7f || byte == UInt8(ascii: "%") || byte == UInt8(ascii: "?") || byte == UInt8(ascii: "#") {
+                out.append("%")
+                out.append(hex[Int(byte >> 4)])
+                out.append(hex[Int(byte & 0x0f)])
+            } else {
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            }
+        }
+        return out
+    }
+
+    private static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        default:
+            return "!#$%&'*+-.^_`|~".utf8.contains(byte)
+        }
+    }
+}

@@ -1,0 +1,252 @@
+import KernelCore
+import NIOCore
+
+/// The status and headers of an upstream's answer.
+public struct UWSGIResponseHead: Sendable {
+    public var status: Int
+    /// The reason phrase as sent; nil when the upstream sent none (or a CGI-style `Status: 404`).
+    public var reason: String?
+    public var headers: HeaderFields
+
+    public init(status: Int, reason: String?, headers: HeaderFields) {
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+    }
+}
+
+/// What the response decoder emits.
+public enum UWSGIResponsePart: Sendable {
+    case head(UWSGIResponseHead)
+    case body(ByteBuffer)
+    case end
+}
+
+/// Why an upstream's answer is unusable (answered with 502).
+public enum UWSGIResponseError: Error, Sendable, Hashable, CustomStringConvertible {
+    case invalidStatusLine(String)
+    case invalidHeader(String)
+    case invalidStatus(String)
+    case headTooLarge(limit: Int)
+    case invalidContentLength(String)
+    case unsupportedTransferEncoding(String)
+    /// Closed before the head was complete.
+    case prematureCloseInHead
+    /// Closed before `Content-Length` body bytes arrived.
+    case prematureCloseInBody(received: Int, expected: Int)
+
+    public var description: String {
+        switch self {
+        case .invalidStatusLine(let line): return "upstream sent invalid status line: \"\(escapeForLog(line))\""
+        case .invalidHeader(let line): return "upstream sent invalid header: \"\(escapeForLog(line))\""
+        case .invalidStatus(let value): return "upstream sent invalid status \"\(escapeForLog(value))\""
+        case .headTooLarge(let limit): return "upstream sent too big header (over \(limit) bytes)"
+        case .invalidContentLength(let value): return "upstream sent invalid \"Content-Length\" header: \"\(escapeForLog(value))\""
+        case .unsupportedTransferEncoding(let value): return "upstream sent unsupported \"Transfer-Encoding\": \"\(escapeForLog(value))\""
+        case .prematureCloseInHead: return "upstream prematurely closed connection"
+        case .prematureCloseInBody(let received, let expected):
+            return "upstream prematurely closed connection (\(received) of \(expected) body bytes)"
+        }
+    }
+}
+
+/// Parses what a uwsgi application server writes back: an HTTP/1.x status line, header lines, an empty line and
+/// the body, delimited by `Content-Length` or by the connection's end.
+///
+/// As nginx does, an answer that does not start with a status line is read as CGI-style headers: its status comes
+/// from a `Status` header, else 302 with a `Location`, else 200. Lines may end in CRLF or LF. The head may not
+/// exceed `maxHeadSize` (nginx `uwsgi_buffer_size`).
+public struct UWSGIResponseDecoder: ByteToMessageDecoder, Sendable {
+    public typealias InboundOut = UWSGIResponsePart
+
+    private enum State {
+        case head
+        case lengthBody(remaining: Int, received: Int, expected: Int)
+        case closeBody
+        case done
+    }
+
+    public let maxHeadSize: Int
+    /// Whether the request was `HEAD` (its answer has no body whatever its headers say).
+    public let isHeadRequest: Bool
+    private var state = State.head
+    private var headBytes = 0
+    private var statusLine: (status: Int, reason: String?)?
+    private var sawFirstLine = false
+    private var headers = HeaderFields()
+
+    public init(maxHeadSize: Int = 4096, isHeadRequest: Bool = false) {
+        self.maxHeadSize = maxHeadSize
+        self.isHeadRequest = isHeadRequest
+    }
+
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        switch state {
+        case .head:
+            let view = buffer.readableBytesView
+            guard let newline = view.firstIndex(of: UInt8(ascii: "\n")) else {
+                if headBytes + buffer.readableBytes > maxHeadSize { throw UWSGIResponseError.headTooLarge(limit: maxHeadSize) }
+                return .needMoreData
+            }
+            let lineLength = newline - view.startIndex
+            headBytes += lineLength + 1
+            guard headBytes <= maxHeadSize else { throw UWSGIResponseError.headTooLarge(limit: maxHeadSize) }
+            var line = buffer.readSlice(length: lineLength)!
+            buffer.moveReaderIndex(forwardBy: 1)
+            if line.readableBytes > 0, line.getInteger(at: line.writerIndex - 1, as: UInt8.self) == UInt8(ascii: "\r") {
+                line.moveWriterIndex(to: line.writerIndex - 1)
+            }
+            let text = decodeHeaderText(line)
+            if !sawFirstLine {
+                sawFirstLine = true
+                if text.hasPrefix("HTTP/") {
+                    statusLine = try UWSGIResponseDecoder.parseStatusLine(text)
+                    return .continue
+                }
+            }
+            if text.isEmpty {
+                try finishHead(context: context)
+                return .continue
+            }
+            let (name, value) = try UWSGIResponseDecoder.parseHeaderLine(text)
+            headers.add(name, value)
+            return .continue
+
+        case .lengthBody(let remaining, let received, let expected):
+            guard buffer.readableBytes > 0 else { return .needMoreData }
+            let length = min(remaining, buffer.readableBytes)
+            let part = buffer.readSlice(length: length)!
+            context.fireChannelRead(wrapInboundOut(.body(part)))
+            if length == remaining {
+                state = .done
+                context.fireChannelRead(wrapInboundOut(.end))
+            } else {
+                state = .lengthBody(remaining: remaining - length, received: received + length, expected: expected)
+            }
+            return .continue
+
+        case .closeBody:
+            guard buffer.readableBytes > 0 else { return .needMoreData }
+            context.fireChannelRead(wrapInboundOut(.body(buffer.readSlice(length: buffer.readableBytes)!)))
+            return .continue
+
+        case .done:
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+            return .needMoreData
+        }
+    }
+
+    private mutating func finishHead(context: ChannelHandlerContext) throws {
+        var status: Int
+        var reason: String?
+        if let statusLine {
+            (status, reason) = statusLine
+        } else if let value = headers["Status"] {
+            // CGI style: `Status: 404 Not Found`.
+            let digits = value.prefix(3)
+            guard digits.count == 3, digits.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let code = Int(digits), code >= 100 else {
+                throw UWSGIResponseError.invalidStatus(value)
+            }
+            status = code
+            let rest = value.dropFirst(3).drop { $0 == " " }
+            reason = rest.isEmpty ? nil : String(rest)
+        } else if headers.contains("Location") {
+            status = 302
+        } else {
+            status = 200
+        }
+        headers.remove("Status")
+        if let encoding = headers["Transfer-Encoding"], !encoding.equalsCaseInsensitive("identity") {
+            throw UWSGIResponseError.unsupportedTransferEncoding(encoding)
+        }
+        var length: Int?
+        for value in headers.values("Content-Length") {
+            guard let parsed = parseUWSGIContentLength(value), !value.isEmpty else {
+                throw UWSGIResponseError.invalidContentLength(value)
+            }
+            if let length, length != parsed { throw UWSGIResponseError.invalidContentLength(value) }
+            length = parsed
+        }
+        context.fireChannelRead(wrapInboundOut(.head(UWSGIResponseHead(status: status, reason: reason, headers: headers))))
+        headers = HeaderFields()
+        if isHeadRequest || status == 204 || status == 304 || (100..<200).contains(status) || length == 0 {
+            state = .done
+            context.fireChannelRead(wrapInboundOut(.end))
+        } else if let length {
+            state = .lengthBody(remaining: length, received: 0, expected: length)
+        } else {
+            state = .closeBody
+        }
+    }
+
+    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        while try decode(context: context, buffer: &buffer) == .continue {}
+        switch state {
+        case .head:
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+            state = .done
+            throw UWSGIResponseError.prematureCloseInHead
+        case .lengthBody(_, let received, let expected):
+            state = .done
+            throw UWSGIResponseError.prematureCloseInBody(received: received, expected: expected)
+        case .closeBody:
+            state = .done
+            context.fireChannelRead(wrapInboundOut(.end))
+        case .done:
+            break
+        }
+        return .needMoreData
+    }
+
+    /// `HTTP/1.1 200 OK` → (200, "OK"); the reason may be empty or absent.
+    static func parseStatusLine(_ line: String) throws -> (Int, String?) {
+        let bytes = Array(line.utf8)
+        // "HTTP/d.d ddd"
+        guard bytes.count >= 12, bytes[6] == UInt8(ascii: "."), isDigit(bytes[5]), isDigit(bytes[7]),
+              bytes[8] == UInt8(ascii: " "), isDigit(bytes[9]), isDigit(bytes[10]), isDigit(bytes[11]),
+              bytes.count == 12 || bytes[12] == UInt8(ascii: " ") else {
+            throw UWSGIResponseError.invalidStatusLine(line)
+        }
+        let status = Int(bytes[9] - 48) * 100 + Int(bytes[10] - 48) * 10 + Int(bytes[11] - 48)
+        guard status >= 100 else { throw UWSGIResponseError.invalidStatusLine(line) }
+        let reason = bytes.count > 13 ? String(decoding: bytes[13...], as: UTF8.self) : nil
+        return (status, reason)
+    }
+
+    /// `Name: value` with a token name; surrounding spaces of the value are dropped.
+    static func parseHeaderLine(_ line: String) throws -> (String, String) {
+        guard let colon = line.utf8.firstIndex(of: UInt8(ascii: ":")) else { throw UWSGIResponseError.invalidHeader(line) }
+        let name = line[..<colon]
+        guard !name.isEmpty, name.utf8.allSatisfy(isTokenByte) else { throw UWSGIResponseError.invalidHeader(line) }
+        var value = line[line.index(after: colon)...]
+        while let first = value.first, first == " " || first == "\t" { value.removeFirst() }
+        while let last = value.last, last == " " || last == "\t" { value.removeLast() }
+        guard !value.utf8.contains(where: { $0 == 0 }) else { throw UWSGIResponseError.invalidHeader(line) }
+        return (String(name), String(value))
+    }
+}
+
+private func isDigit(_ byte: UInt8) -> Bool { byte >= 48 && byte <= 57 }
+
+private func isTokenByte(_ byte: UInt8) -> Bool {
+    switch byte {
+    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+        return true
+    default:
+        return "!#$%&'*+-.^_`|~".utf8.contains(byte)
+    }
+}
+
+/// Keeps a log line on one line and printable: bytes outside printable ASCII become `\xHH`, at most 200 bytes.
+func escapeForLog(_ text: String) -> String {
+    var out = ""
+    for byte in text.utf8.prefix(200) {
+        if byte < 0x20 || byte >= 0x7f || byte == 0x22 || byte == 0x5c {
+            let hex = String(byte, radix: 16, uppercase: true)
+            out += "\\x" + (hex.count == 1 ? "0" + hex : hex)
+        } else {
+            out.unicodeScalars.append(Unicode.Scalar(byte))
+        }
+    }
+    return text.utf8.count > 200 ? out + "..." : out
+}

@@ -1,0 +1,453 @@
+import KernelCore
+import Logging
+import NIOCore
+
+/// Limits of one uwsgi listener (the worker side).
+public struct UWSGIListenerSettings: Sendable {
+    /// The configured address, as written (`127.0.0.1:6666`, `unix:/run/kernel.sock`).
+    public var listener: String
+    /// The largest vars block accepted (uWSGI `buffer-size`).
+    public var bufferSize: Int
+    /// Longest pause between two reads while the request (vars and body) is read.
+    public var clientBodyTimeout: TimeAmount
+    /// Longest pause between two successful writes of the response.
+    public var sendTimeout: TimeAmount
+
+    public init(listener: String, bufferSize: Int = 4096, clientBodyTimeout: TimeAmount = .seconds(60),
+                sendTimeout: TimeAmount = .seconds(60)) {
+        self.listener = listener
+        self.bufferSize = bufferSize
+        self.clientBodyTimeout = clientBodyTimeout
+        self.sendTimeout = sendTimeout
+    }
+
+    /// Adds the uwsgi request pipeline to an accepted connection.
+    public func configure(_ channel: any Channel, runtime: KernelRuntime) -> EventLoopFuture<Void> {
+        let settings = self
+        if channel.eventLoop.inEventLoop {
+            return channel.eventLoop.makeCompletedFuture { try settings.syncConfigure(channel, runtime: runtime) }
+        }
+        return channel.eventLoop.submit { try settings.syncConfigure(channel, runtime: runtime) }
+    }
+
+    func syncConfigure(_ channel: any Channel, runtime: KernelRuntime) throws {
+        let handlers: [any ChannelHandler] = [
+            UWSGIReadTimeoutHandler(timeout: clientBodyTimeout),
+            ByteToMessageHandler(UWSGIRequestDecoder(maxBlockSize: bufferSize)),
+            UWSGIServerHandler(runtime: runtime, settings: self),
+        ]
+        try channel.pipeline.syncOperations.addHandlers(handlers)
+    }
+}
+
+/// Serves the one request of a uwsgi connection: routes its head, reads its body, writes the response as uWSGI
+/// does (`SERVER_PROTOCOL status reason`, headers, body) and closes.
+public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHandler {
+    public typealias InboundIn = UWSGIRequestPart
+    public typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        /// Nothing decoded yet.
+        case waiting
+        /// The head is routed; body bytes are collected.
+        case readingBody
+        /// The handler runs or the response is being written.
+        case responding
+        /// The response went out before the whole body was read (413): the rest is read and dropped, so that the
+        /// peer, still writing, gets the answer instead of a reset.
+        case discarding
+        case closed
+    }
+
+    private let runtime: KernelRuntime
+    private let settings: UWSGIListenerSettings
+    private var state = State.waiting
+    private var exchange: RequestExchange?
+    private var request: KernelRequest?
+    private var body: ByteBuffer?
+    private var bodyBytesSent = 0
+    private var status = 0
+    private var stream: ResponseBodyStream?
+    private var pendingWrites = 0
+    private var sendTimer: Scheduled<Void>?
+    private var lingerTimer: Scheduled<Void>?
+    private var requestComplete = false
+    /// Bytes of a request arrived: a graceful stop lets it finish.
+    private var requestStarted = false
+
+    /// How long a connection whose response is sent keeps draining an unread body (nginx `lingering_time`).
+    static let lingeringTime = TimeAmount.seconds(5)
+
+    public init(runtime: KernelRuntime, settings: UWSGIListenerSettings) {
+        self.runtime = runtime
+        self.settings = settings
+    }
+
+    private var logger: Logger { runtime.logger }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            guard case .waiting = state else { return }
+            receivedHead(head, context: context)
+        case .body(let part):
+            if case .readingBody = state {
+                body!.writeImmutableBuffer(part)
+            }
+        case .end:
+            requestComplete = true
+            switch state {
+            case .readingBody:
+                receivedEnd(context: context)
+            case .discarding:
+                if pendingWrites == 0, stream == nil, exchangeDone { closeNow(context) }
+            default:
+                break
+            }
+        }
+    }
+
+    private var exchangeDone: Bool { exchange == nil }
+
+    private func receivedHead(_ head: UWSGIRequestHead, context: ChannelHandlerContext) {
+        let channel = context.channel
+        let request: KernelRequest
+        do {
+            request = try UWSGIRequestMapping.request(from: head, listener: settings.listener,
+                                                      remoteAddress: channel.remoteAddress, localAddress: channel.localAddress)
+        } catch {
+            logger.info("client sent invalid uwsgi request: \(error), client: \(describeClient(channel.remoteAddress))")
+            answerWithoutExchange(.error(400, "\(error)"), version: .http1_0, context: context)
+            return
+        }
+        self.request = request
+        let exchange = runtime.begin(request, on: context.eventLoop)
+        self.exchange = exchange
+        if let limit = exchange.maxBodySize, head.contentLength > limit {
+            logger.error("client intended to send too large body: \(head.contentLength) bytes, client: \(request.connection.remoteIP), request: \"\(request.requestLine)\"")
+            state = .discarding
+            writeResponse(.error(413, "request body too large"), context: context)
+            return
+        }
+        if head.contentLength > 0 {
+            // The announced length only sizes the first allocation up to a bound: the body grows as it arrives.
+            body = context.channel.allocator.buffer(capacity: min(head.contentLength, 1 << 20))
+            state = .readingBody
+        } else {
+            state = .readingBody
+            body = nil
+        }
+    }
+
+    private func receivedEnd(context: ChannelHandlerContext) {
+        guard var request, let exchange else { return }
+        request.body = body
+        body = nil
+        self.request = request
+        state = .responding
+        let eventLoop = context.eventLoop
+        exchange.respond(request).hop(to: eventLoop).assumeIsolated().whenComplete { [self] result in
+            guard case .responding = state else {
+                if case .success(let response) = result, case .stream(let stream) = response.body { stream.cancel() }
+                return
+            }
+            switch result {
+            case .success(let response):
+                writeResponse(response, context: context)
+            case .failure(let error):
+                logger.error("handler failed: \(error)")
+                writeResponse(.error(500, "internal error"), context: context)
+            }
+        }
+    }
+
+    /// A 400 for a head that is no request: nothing is routed, so there is no exchange to log it.
+    private func answerWithoutExchange(_ response: KernelResponse, version: ProtocolVersion, context: ChannelHandlerContext) {
+        state = .responding
+        var buffer = context.channel.allocator.buffer(capacity: 256)
+        UWSGIResponseWriter.writeHead(response, version: version, method: "GET", to: &buffer)
+        if case .buffer(let part) = response.body { buffer.writeImmutableBuffer(part) }
+        send(buffer, context: context).assumeIsolated().whenComplete { [self] _ in closeNow(context) }
+    }
+
+    private func writeResponse(_ response: KernelResponse, context: ChannelHandlerContext) {
+        guard let request else { return }
+        status = response.status
+        let omitBody = request.method == "HEAD" || response.status == 204 || response.status == 304
+            || (100..<200).contains(response.status)
+        var head = context.channel.allocator.buffer(capacity: 256)
+        UWSGIResponseWriter.writeHead(response, version: request.version, method: request.method, to: &head)
+        switch response.body {
+        case .empty:
+            send(head, context: context).assumeIsolated().whenComplete { [self] result in responseWritten(result, context: context) }
+        case .buffer(let part):
+            if omitBody {
+                send(head, context: context).assumeIsolated().whenComplete { [self] result in responseWritten(result, context: context) }
+            } else {
+                context.write(wrapOutboundOut(head), promise: nil)
+                bodyBytesSent = part.readableBytes
+                send(part, context: context).assumeIsolated().whenComplete { [self] result in responseWritten(result, context: context) }
+            }
+        case .stream(let stream):
+            if omitBody {
+                stream.cancel()
+                send(head, context: context).assumeIsolated().whenComplete { [self] result in responseWritten(result, context: context) }
+            } else {
+                self.stream = stream
+                send(head, context: context).assumeIsolated().whenComplete { [self] result in
+                    switch result {
+                    case .success: pump(stream, context: context)
+                    case .failure: responseWritten(result, context: context)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pulls the next part only after the previous one was written: the producer never runs ahead of the socket.
+    private func pump(_ stream: ResponseBodyStream, context: ChannelHandlerContext) {
+        stream.next().hop(to: context.eventLoop).assumeIsolated().whenComplete { [self] result in
+            guard self.stream != nil else { return }
+            switch result {
+            case .success(.some(let part)):
+                bodyBytesSent += part.readableBytes
+                send(part, context: context).assumeIsolated().whenComplete { [self] written in
+                    switch written {
+                    case .success: pump(stream, context: context)
+                    case .failure: responseWritten(written, context: context)
+                    }
+                }
+            case .success(.none):
+                self.stream = nil
+                responseWritten(.success(()), context: context)
+            case .failure(let error):
+                // The upstream broke off mid-body: the client sees a short response, as with nginx.
+                self.stream = nil
+                logger.info("response body ended early: \(error), client: \(request?.connection.remoteIP ?? "-")")
+                responseWritten(.failure(error), context: context)
+            }
+        }
+    }
+
+    private func responseWritten(_ result: Result<Void, any Error>, context: ChannelHandlerContext) {
+        if let request, let exchange {
+            exchange.finish(request, status: status, bodyBytesSent: bodyBytesSent)
+        }
+        exchange = nil
+        if case .discarding = state, !requestComplete, case .success = result {
+            // Stop writing but keep reading what the peer still sends, for a bounded time.
+            context.close(mode: .output, promise: nil)
+            lingerTimer = context.eventLoop.assumeIsolated().scheduleTask(in: UWSGIServerHandler.lingeringTime) { [self] in
+                closeNow(context)
+            }
+            return
+        }
+        closeNow(context)
+    }
+
+    private func closeNow(_ context: ChannelHandlerContext) {
+        if case .closed = state { return }
+        state = .closed
+        sendTimer?.cancel()
+        lingerTimer?.cancel()
+        context.close(promise: nil)
+    }
+
+    /// Writes and flushes `buffer`; `send_timeout` bounds the wait for each write to complete.
+    private func send(_ buffer: ByteBuffer, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        pendingWrites += 1
+        armSendTimer(context: context)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: promise)
+        promise.futureResult.assumeIsolated().whenComplete { [self] _ in
+            pendingWrites -= 1
+            if pendingWrites == 0 {
+                sendTimer?.cancel()
+                sendTimer = nil
+            } else {
+                armSendTimer(context: context)
+            }
+        }
+        return promise.futureResult
+    }
+
+    private func armSendTimer(context: ChannelHandlerContext) {
+        sendTimer?.cancel()
+        sendTimer = context.eventLoop.assumeIsolated().scheduleTask(in: settings.sendTimeout) { [self] in
+            logger.info("client timed out (110: Connection timed out) while sending response to client, client: \(describeClient(context.channel.remoteAddress))")
+            stream?.cancel()
+            stream = nil
+            finishAbandoned(status: 408)
+            closeNow(context)
+        }
+    }
+
+    private func finishAbandoned(status: Int) {
+        if let request, let exchange {
+            exchange.finish(request, status: self.status == 0 ? status : self.status, bodyBytesSent: bodyBytesSent)
+        }
+        exchange = nil
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is UWSGIReadTimeoutEvent {
+            switch state {
+            case .waiting:
+                logger.info("client timed out (110: Connection timed out) while reading the uwsgi packet, client: \(describeClient(context.channel.remoteAddress))")
+                closeNow(context)
+            case .readingBody:
+                logger.info("client timed out (110: Connection timed out) while reading client request body, client: \(describeClient(context.channel.remoteAddress))")
+                finishAbandoned(status: 408)
+                closeNow(context)
+            case .discarding:
+                if exchange == nil { closeNow(context) }
+            case .responding, .closed:
+                break
+            }
+            return
+        }
+        if event is UWSGIRequestStartedEvent {
+            requestStarted = true
+            return
+        }
+        if event is ChannelShouldQuiesceEvent {
+            // One request per connection: a connection that has started one closes after it anyway.
+            if case .waiting = state, !requestStarted { closeNow(context) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let client = describeClient(context.channel.remoteAddress)
+        switch error {
+        case UWSGIDecodingError.invalidContentLength(let value):
+            logger.info("client sent invalid CONTENT_LENGTH \"\(value)\" in uwsgi request, client: \(client)")
+            if case .waiting = state {
+                answerWithoutExchange(.error(400, "invalid CONTENT_LENGTH"), version: .http1_0, context: context)
+            } else {
+                closeNow(context)
+            }
+        case UWSGIDecodingError.truncatedBody:
+            logger.info("\(error), client: \(client)")
+            finishAbandoned(status: 499)
+            if case .discarding = state, pendingWrites > 0 { return }
+            closeNow(context)
+        case UWSGIDecodingError.truncatedHead:
+            logger.info("\(error), client: \(client)")
+            closeNow(context)
+        case let error as UWSGIDecodingError:
+            logger.error("\(error), client: \(client)")
+            closeNow(context)
+        default:
+            if case .closed = state { return }
+            logger.info("uwsgi connection error: \(error), client: \(client)")
+            finishAbandoned(status: 499)
+            closeNow(context)
+        }
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        stream?.cancel()
+        stream = nil
+        finishAbandoned(status: 499)
+        sendTimer?.cancel()
+        lingerTimer?.cancel()
+        state = .closed
+        context.fireChannelInactive()
+    }
+}
+
+/// Writes response heads the way uWSGI does for a WSGI app: `SERVER_PROTOCOL status reason`, `Name: value` lines,
+/// an empty line. No chunking: a body of unknown length is delimited by closing the connection.
+public enum UWSGIResponseWriter {
+    public static func writeHead(_ response: KernelResponse, version: ProtocolVersion, method: String, to buffer: inout ByteBuffer) {
+        buffer.writeString("\(version) \(response.status) \(sanitized(response.reasonPhrase))\r\n")
+        var hasLength = false
+        for (name, value) in response.headers {
+            // A name or value holding CR or LF would split the head: such a field is dropped.
+            guard !name.isEmpty, !containsLineBreak(name), !containsLineBreak(value) else { continue }
+            if name.equalsCaseInsensitive("Transfer-Encoding") || name.equalsCaseInsensitive("Connection") { continue }
+            if name.equalsCaseInsensitive("Content-Length") { hasLength = true }
+            buffer.writeString(name)
+            buffer.writeString(": ")
+            buffer.writeString(value)
+            buffer.writeString("\r\n")
+        }
+        if !hasLength, let length = response.body.knownLength,
+           !(response.status == 204 || response.status == 304 || (100..<200).contains(response.status)) {
+            buffer.writeString("Content-Length: \(length)\r\n")
+        }
+        buffer.writeString("\r\n")
+    }
+
+    private static func containsLineBreak(_ text: String) -> Bool {
+        text.utf8.contains { $0 == 13 || $0 == 10 }
+    }
+
+    private static func sanitized(_ reason: String) -> String {
+        containsLineBreak(reason) ? "" : reason
+    }
+}
+
+func describeClient(_ address: SocketAddress?) -> String {
+    guard let address else { return "-" }
+    if let ip = address.ipAddress { return ip }
+    return "unix:"
+}
+
+/// Raised when no bytes arrived for `client_body_timeout`.
+public struct UWSGIReadTimeoutEvent: Sendable {}
+
+/// Raised once, when the first bytes of a request arrive: from then on the connection has a request in progress.
+public struct UWSGIRequestStartedEvent: Sendable {}
+
+/// Watches the pause between two reads of raw bytes, before any decoding (a vars block trickling in byte by byte
+/// must time out too). Fires `UWSGIReadTimeoutEvent` once per silence.
+public final class UWSGIReadTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
+
+    private let timeout: TimeAmount
+    private var timer: Scheduled<Void>?
+    private var started = false
+
+    public init(timeout: TimeAmount) { self.timeout = timeout }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { arm(context) }
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        arm(context)
+        context.fireChannelActive()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        arm(context)
+        if !started {
+            started = true
+            context.fireUserInboundEventTriggered(UWSGIRequestStartedEvent())
+        }
+        context.fireChannelRead(data)
+    }
+
+    private func arm(_ context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+            timer = nil
+            context.fireUserInboundEventTriggered(UWSGIReadTimeoutEvent())
+        }
+    }
+}

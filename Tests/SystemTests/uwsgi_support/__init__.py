@@ -1,0 +1,1 @@
+"""Helpers of the uwsgi interop tests: start uWSGI with the Flask app and a real nginx with a temporary config."""
