@@ -305,3 +305,24 @@ def test_edge_role_does_not_run_models(tmp_path):
     # The edge role does not run the inference module, so its location directive is unknown there.
     assert result.returncode == 1
     assert "inference" in result.stderr
+
+
+def test_worker_behind_real_nginx_over_uwsgi(start_kernel, tmp_path, demo_reference):
+    """The seed's topology with the kernel as the worker: nginx `uwsgi_pass` → `kernel --role worker`."""
+    from uwsgi_support.peers import Nginx, uwsgi_location
+    worker_yaml = models_yaml().replace('http:\n  listen: "127.0.0.1:0"', 'uwsgi:\n  listen: "127.0.0.1:0"')
+    kernel = start_kernel(worker_yaml, role="worker")
+    nginx = Nginx(str(tmp_path), uwsgi_location("/v2/", f"127.0.0.1:{kernel.port('uwsgi')}"))
+    try:
+        client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{nginx.port}")
+        assert client.is_server_ready()
+        assert client.get_model_metadata("demo")["platform"] == "onnxruntime_onnx"
+        for binary in (False, True):
+            array = demo_rows(4, seed=40)
+            outputs = [tritonclient_http.InferRequestedOutput("output", binary_data=binary)]
+            result = client.infer("demo", [demo_input(array, binary)], outputs=outputs)
+            assert np.array_equal(result.as_numpy("output"), demo_reference.run(array))
+        response = requests.get(f"http://127.0.0.1:{nginx.port}/v2/models/nope", timeout=10)
+        assert_error(response, 404, "'nope' is not found")
+    finally:
+        nginx.stop()
