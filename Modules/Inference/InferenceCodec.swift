@@ -145,6 +145,11 @@ public enum InferenceCodec {
                 decoded[position] = Tensor(dataType: dataType, shape: shape, bytes: bytes)
             } else {
                 guard let data = item["data"] else { throw KernelHTTPError(400, "input '\(name)' has no \"data\"") }
+                // Each JSON element takes at least two bytes of the document: a larger shape cannot be matched by
+                // its data, and must not make us allocate for it.
+                guard count <= jsonLength / 2 + 1 else {
+                    throw KernelHTTPError(400, "unexpected number of elements for input '\(name)': the shape \(shapeText(shape)) needs \(count), more than the request's \(jsonLength) bytes of JSON can hold")
+                }
                 let bytes = try decodeData(data, dataType: dataType, count: count, name: name, shape: shape)
                 decoded[position] = Tensor(dataType: dataType, shape: shape, bytes: bytes)
             }

@@ -80,6 +80,12 @@ final class InferenceCodecTests: XCTestCase {
         assertStatus(400, "unexpected number of elements for input 'input'") {
             _ = try self.decode(#"{"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}"#)
         }
+        assertStatus(400, "more than the request's") {  // a huge shape is refused before anything is allocated
+            let signature = ModelSignature(name: "big", version: "1", inputs: [TensorSpec(name: "x", dataType: .fp64, shape: [-1, -1])],
+                                           outputs: [], maxBatchSize: 0)
+            let body = ByteBuffer(string: #"{"inputs": [{"name": "x", "shape": [1000000, 1000], "datatype": "FP64", "data": [1]}]}"#)
+            _ = try InferenceCodec.decodeRequest(body: body, headers: [:], model: signature)
+        }
         assertStatus(400, "batch-size must be <= 8") {
             _ = try self.decode(#"{"inputs": [{"name": "input", "shape": [9, 4], "datatype": "FP32", "data": []}]}"#)
         }
