@@ -326,3 +326,16 @@ def test_worker_behind_real_nginx_over_uwsgi(start_kernel, tmp_path, demo_refere
         assert_error(response, 404, "'nope' is not found")
     finally:
         nginx.stop()
+
+
+def test_reload_loads_the_models_again_and_keeps_serving(kernel, client, demo_reference):
+    array = demo_rows(2, seed=77)
+    before = client.infer("demo", [demo_input(array, False)]).as_numpy("output")
+    assert kernel.control("reload").returncode == 0
+    kernel.wait_for_log("configuration reloaded", timeout=30)
+    assert kernel.log_text().count("model 'demo' version 1 ready") == 2
+    fresh = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    after = fresh.infer("demo", [demo_input(array, True)]).as_numpy("output")
+    assert np.array_equal(before, after) and np.array_equal(after, demo_reference.run(array))
+    # The new generation counts from zero.
+    assert fresh.get_inference_statistics("demo")["model_stats"][0]["inference_count"] == 2
