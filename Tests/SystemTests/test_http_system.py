@@ -371,6 +371,17 @@ def test_expect_100_continue_within_the_limit_is_invited(kernel):
         assert conn.final_response().status == 200
 
 
+def test_expect_100_continue_from_http10_gets_no_interim_response(kernel):
+    # RFC 9110 10.1.1: a server must not send 100 Continue to an HTTP/1.0 client.
+    with Conn(kernel.port()) as conn:
+        conn.send(request_bytes("POST", "/body", host=None, version="HTTP/1.0",
+                                headers=[("Content-Length", "5"), ("Expect", "100-continue")]))
+        time.sleep(0.3)
+        conn.send(b"hello")
+        response = conn.response()
+        assert (response.status, response.body) == (200, b"body taken")
+
+
 def test_chunked_body_growing_past_the_limit_gets_413(kernel):
     mark = log_mark(kernel)
     with Conn(kernel.port()) as conn:
@@ -504,6 +515,18 @@ def test_client_header_timeout_answers_408_and_closes(start_kernel):
         assert response.closes
         assert conn.closed_by_peer()
     wait_for_info(kernel, "client timed out", since=mark)
+    assert_alive(kernel)
+
+
+def test_client_header_timeout_on_a_kept_alive_connection(start_kernel):
+    kernel = start_kernel(config(http_extra="  client_header_timeout: 1s"))
+    with Conn(kernel.port(), timeout=6) as conn:
+        conn.send(request_bytes("GET", "/"))
+        assert conn.final_response().status == 200
+        conn.send(b"GET /echo?i=2 HTTP/1.1\r\nHo")
+        response = conn.final_response()
+        assert response is not None and response.status == 408
+        assert conn.closed_by_peer()
     assert_alive(kernel)
 
 
