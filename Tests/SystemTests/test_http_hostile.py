@@ -360,15 +360,33 @@ def test_tls_handshake_against_plain_http_fails_fast(kernel):
     assert_alive(kernel)
 
 
-def open_fds(kernel):
-    return len(os.listdir(f"/proc/{kernel.pid}/fd"))
+def open_sockets(kernel):
+    """The kernel's open sockets: listeners and connections (other descriptors come and go during startup)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{kernel.pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{kernel.pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
 
 
-def wait_for_fds(kernel, at_most, timeout=8.0):
+def fd_listing(kernel):
+    """What the kernel's open descriptors are, for failure messages."""
+    out = []
+    for fd in sorted(os.listdir(f"/proc/{kernel.pid}/fd"), key=int):
+        try:
+            out.append(f"{fd}->{os.readlink(f'/proc/{kernel.pid}/fd/{fd}')}")
+        except OSError:
+            pass
+    return " ".join(out)
+
+
+def wait_for_sockets(kernel, at_most, timeout=8.0):
     deadline = time.time() + timeout
-    while open_fds(kernel) > at_most and time.time() < deadline:
+    while open_sockets(kernel) > at_most and time.time() < deadline:
         time.sleep(0.1)
-    return open_fds(kernel)
+    return open_sockets(kernel)
 
 
 def test_slowloris_connections_get_408_while_others_are_served(kernel):
@@ -417,7 +435,7 @@ def test_slowloris_connections_get_408_while_others_are_served(kernel):
 
 def test_200_connections_dropped_mid_request(kernel):
     assert_alive(kernel)
-    baseline = open_fds(kernel)
+    baseline = open_sockets(kernel)
     partials = [
         b"GET /",
         b"GET / HTTP/1.1\r\nHost: local",
@@ -438,13 +456,15 @@ def test_200_connections_dropped_mid_request(kernel):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         s.close()
     assert_alive(kernel)
-    assert wait_for_fds(kernel, baseline + 2) <= baseline + 2, "connections dropped by clients were not closed"
+    assert wait_for_sockets(kernel, baseline) <= baseline, ("connections dropped by clients were not closed",
+                                                            fd_listing(kernel))
     assert_alive(kernel)
 
 
 def test_client_that_never_reads_does_not_block_others(kernel):
     mark = log_mark(kernel)
-    baseline = open_fds(kernel)
+    baseline = open_sockets(kernel)
+    before = fd_listing(kernel)
     hog = socket.create_connection(("127.0.0.1", kernel.port()))
     hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     hog.settimeout(2)
@@ -458,7 +478,7 @@ def test_client_that_never_reads_does_not_block_others(kernel):
     # send_timeout (1s) ends the stalled connection and frees it.
     wait_for_info(kernel, "client timed out while sending response to client", since=mark)
     hog.close()
-    assert wait_for_fds(kernel, baseline + 1) <= baseline + 1
+    assert wait_for_sockets(kernel, baseline) <= baseline, (before, fd_listing(kernel))
     assert_alive(kernel)
 
 
@@ -473,6 +493,16 @@ def test_client_that_closes_right_after_sending(kernel):
             s.sendall(request_bytes("GET", "/x") * 50)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         s.close()
+    assert_alive(kernel)
+
+
+def test_client_that_closes_in_the_middle_of_its_body_is_logged(kernel):
+    mark = log_mark(kernel)
+    for body in (post([("Content-Length", "100")], b"abcdefghij"), chunked(b"10\r\nabc")):
+        with socket.create_connection(("127.0.0.1", kernel.port())) as s:
+            s.sendall(body)
+            time.sleep(0.1)
+    wait_for_info(kernel, "client prematurely closed connection", since=mark, count=2)
     assert_alive(kernel)
 
 
@@ -600,4 +630,65 @@ def test_many_idle_connections_do_not_stop_service(kernel):
     finally:
         for s in idle:
             s.close()
+    assert_alive(kernel)
+
+
+@pytest.mark.parametrize("payload", [
+    b"HEAD / HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5abc\r\n\r\n",
+    b"HEAD /a%00 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4096\r\n\r\n",
+], ids=["invalid-header", "invalid-content-length", "invalid-target", "body-over-limit"])
+def test_refusal_of_a_head_request_has_no_body(kernel, payload):
+    # RFC 9110 9.3.2, and nginx: a response to HEAD carries no content, refusals included.
+    with Conn(kernel.port()) as conn:
+        conn.send(payload)
+        response = conn.response(head_request=True)
+        assert response.status in (400, 413)
+        assert int(response.header("Content-Length")) > 0
+        assert conn.closed_by_peer(), f"bytes after the head of a HEAD response: {conn.buf!r}"
+    assert_alive(kernel)
+
+
+def test_mutated_requests_never_hang_crash_or_answer_500(kernel):
+    """2000 deterministic mutations of valid requests, each on its own connection closed for writing."""
+    rng = random.Random(20261125)
+    seeds = [
+        b"GET /x?a=1 HTTP/1.1\r\nHost: localhost\r\nUser-Agent: f\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nT: v\r\n\r\n",
+        b"HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    ]
+    alphabet = b"\r\n :\t\x00/%.0123456789abcdefABCDEF-;,\"\x7f\xff"
+    problems = []
+    for _ in range(2000):
+        data = bytearray(rng.choice(seeds) * rng.randint(1, 3))
+        for _ in range(rng.randint(1, 6)):
+            op, pos = rng.random(), rng.randrange(len(data) + 1)
+            if op < 0.4:
+                data[pos:pos] = bytes([rng.choice(alphabet)])
+            elif pos < len(data) and op < 0.7:
+                del data[pos]
+            elif pos < len(data):
+                data[pos] = rng.choice(alphabet)
+        with socket.create_connection(("127.0.0.1", kernel.port()), timeout=5) as s:
+            s.sendall(bytes(data))
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    out += chunk
+            except socket.timeout:
+                problems.append(("hang", bytes(data), out))
+            except ConnectionResetError:
+                problems.append(("reset", bytes(data), out))
+        if out and not out.startswith(b"HTTP/1.1 "):
+            problems.append(("not an HTTP response", bytes(data), out))
+        if b"HTTP/1.1 500 " in out:
+            problems.append(("500", bytes(data), out))
+    assert not problems, problems[:5]
+    assert "[error]" not in kernel.log_text()
     assert_alive(kernel)

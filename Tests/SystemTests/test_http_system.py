@@ -485,6 +485,14 @@ def test_keepalive_requests_does_not_answer_pipelined_requests_past_the_last(sta
     assert responses[-1].closes
 
 
+def test_keepalive_requests_zero_serves_one_request_per_connection(start_kernel):
+    kernel = start_kernel(config(http_extra="  keepalive_requests: 0"))
+    with Conn(kernel.port()) as conn:
+        conn.send(request_bytes("GET", "/echo?i=1") + request_bytes("GET", "/echo?i=2"))
+        responses = conn.responses_until_close()
+    assert [(r.body, r.header("Connection")) for r in responses] == [(b"echo 1", "close")]
+
+
 def test_keepalive_timeout_closes_an_idle_connection(start_kernel):
     kernel = start_kernel(config(http_extra="  keepalive_timeout: 1s"))
     with Conn(kernel.port()) as conn:
