@@ -692,3 +692,50 @@ def test_mutated_requests_never_hang_crash_or_answer_500(kernel):
     assert not problems, problems[:5]
     assert "[error]" not in kernel.log_text()
     assert_alive(kernel)
+
+
+def resident_mb(kernel):
+    with open(f"/proc/{kernel.pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) // 1024
+
+
+def pour(kernel, head, filler, megabytes=16):
+    """Sends `head` and then `filler` until `megabytes` are sent or the kernel stops taking them."""
+    with socket.create_connection(("127.0.0.1", kernel.port()), timeout=3) as s:
+        try:
+            s.sendall(head)
+            for _ in range(megabytes * 16):
+                s.sendall(filler * (65536 // len(filler)))
+        except (socket.timeout, BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def test_memory_stays_bounded_under_endless_input(kernel):
+    assert_alive(kernel)
+    before = resident_mb(kernel)
+    pour(kernel, b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Endless: ", b"a")                    # one header line
+    pour(kernel, b"GET /", b"a")                                                               # one request line
+    pour(kernel, chunked(b"5;"), b"e")                                                         # a chunk extension
+    pour(kernel, chunked(b"5\r\nhello\r\n0\r\n"), b"X-Trailer: t\r\n")                          # trailer fields
+    pour(kernel, b"", request_bytes("GET", "/big"))                                          # unread pipelining
+    assert_alive(kernel)
+    grown = resident_mb(kernel) - before
+    assert grown < 64, f"resident memory grew by {grown} MB while clients sent endless input"
+
+
+def test_slow_but_steady_reader_gets_every_pipelined_response_intact(kernel):
+    count = 900
+    with Conn(kernel.port(), timeout=10) as conn:
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        conn.send(request_bytes("GET", "/big") * count + request_bytes("GET", "/", headers=[("Connection", "close")]))
+        responses = []
+        while True:
+            response = conn.response()
+            if response is None:
+                break
+            responses.append(response)
+            if len(responses) % 100 == 0:
+                time.sleep(0.05)
+    assert len(responses) == count + 1
+    assert all(r.status == 200 and r.body == BIG_TEXT.encode() for r in responses[:count])
+    assert responses[-1].body == b"ok"

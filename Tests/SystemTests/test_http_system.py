@@ -559,6 +559,17 @@ def test_client_body_timeout_answers_408_and_closes(start_kernel):
     assert_alive(kernel)
 
 
+def test_client_body_timeout_is_between_reads_not_for_the_whole_body(start_kernel):
+    kernel = start_kernel(config(http_extra="  client_body_timeout: 1s"))
+    with Conn(kernel.port(), timeout=6) as conn:
+        conn.send(request_bytes("POST", "/body", headers=[("Content-Length", "6")]))
+        for byte in b"abcdef":                  # 6 x 0.4 s: longer than the timeout in total, never between reads
+            time.sleep(0.4)
+            conn.send(bytes([byte]))
+        response = conn.final_response()
+        assert (response.status, response.body) == (200, b"body taken")
+
+
 def test_client_body_timeout_on_a_stalled_chunked_body(start_kernel):
     kernel = start_kernel(config(http_extra="  client_body_timeout: 1s"))
     with Conn(kernel.port(), timeout=6) as conn:
