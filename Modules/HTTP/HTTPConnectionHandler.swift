@@ -275,7 +275,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                     if timerKind != .header { setTimer(.header, settings.clientHeaderTimeout, context) }
                     return
                 case .failure(let error):
-                    reject(error, context)
+                    reject(error, context, refused: RefusedRequestLine(input))
                     return
                 case .complete(let start, let end):
                     let parsed = input!.withUnsafeReadableBytes { bytes in
@@ -283,7 +283,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                     }
                     switch parsed {
                     case .failure(let error):
-                        reject(error, context)
+                        reject(error, context, refused: RefusedRequestLine(input))
                         return
                     case .success(let head):
                         input!.moveReaderIndex(forwardBy: end)
@@ -306,6 +306,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         requestsStarted += 1
         guard let (path, query) = KernelRequest.splitTarget(head.target) else {
             reject(.invalidTarget, context, requestLine: "\(head.method) \(head.target) \(head.version)",
+                   refused: RefusedRequestLine(method: head.method, target: head.target, version: head.version),
                    phase: "reading client request headers")
             return
         }
@@ -608,7 +609,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     /// Answers a request that cannot be served with `error.status` and `Connection: close`, logs one line, and
     /// closes; input behind it is drained, never processed.
     private func reject(_ error: HTTPRequestError, _ context: ChannelHandlerContext, requestLine: String? = nil,
-                        phase: String? = nil, showPhase: Bool = true) {
+                        refused refusedLine: RefusedRequestLine? = nil, phase: String? = nil, showPhase: Bool = true) {
         var line = error.logMessage
         if showPhase { line += " while \(phase ?? phaseDescription)" }
         line += ", client: \(connection.remoteIP), server: \(settings.listener)"
@@ -620,12 +621,17 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         HTTPResponseHeadWriter.write(status: error.status, reason: response.reasonPhrase, headers: response.headers,
                                      framing: .length(body.readableBytes), close: true, serverLine: settings.serverLine,
                                      date: dateCache.current(), into: &out)
-        let isHead = current?.isHead ?? false
+        // A head refused before it became a request still names its method and target in its first line: that
+        // decides whether a body goes out (HEAD) and what the access log of the server it was for records.
+        let isHead = current?.isHead ?? refusedLine?.isHead ?? false
         if !isHead { out.writeImmutableBuffer(body) }
         context.write(wrapOutboundOut(out), promise: nil)
+        let bodyBytesSent = isHead ? 0 : body.readableBytes
         if let inFlight = current {
             current = nil
-            inFlight.exchange.finish(inFlight.request, status: error.status, bodyBytesSent: isHead ? 0 : body.readableBytes)
+            inFlight.exchange.finish(inFlight.request, status: error.status, bodyBytesSent: bodyBytesSent)
+        } else if let refusedLine, let request = refusedLine.request(connection: connection) {
+            runtime.begin(request, on: context.eventLoop).finish(request, status: error.status, bodyBytesSent: bodyBytesSent)
         }
         closeAfterWrites(linger: true, context)
     }
@@ -724,5 +730,46 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         case .linger:
             context.close(promise: nil)
         }
+    }
+}
+
+
+/// The request line of a head that was refused before it was parsed whole, as far as it can be read.
+struct RefusedRequestLine {
+    let method: String
+    let target: String
+    let version: ProtocolVersion
+
+    init(method: String, target: String, version: ProtocolVersion) {
+        self.method = method
+        self.target = target
+        self.version = version
+    }
+
+    /// Reads `METHOD SP TARGET SP HTTP/x.y` from the start of `input` (a head not yet consumed); nil when it is not
+    /// there.
+    init?(_ input: ByteBuffer?) {
+        guard let input else { return nil }
+        let view = input.readableBytesView.prefix(8192)
+        guard let end = view.firstIndex(where: { $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\n") }) else { return nil }
+        let parts = view[view.startIndex..<end].split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false)
+        guard parts.count == 3, !parts[0].isEmpty, parts[0].allSatisfy({ $0 >= 0x41 && $0 <= 0x5A }),
+              parts[2].starts(with: Array("HTTP/".utf8)), parts[2].count == 8 else { return nil }
+        let digits = Array(parts[2])
+        guard digits[5] >= 0x30, digits[5] <= 0x39, digits[6] == UInt8(ascii: "."), digits[7] >= 0x30, digits[7] <= 0x39 else {
+            return nil
+        }
+        method = String(decoding: parts[0], as: UTF8.self)
+        target = String(decoding: parts[1], as: UTF8.self)
+        version = ProtocolVersion(major: Int(digits[5] - 0x30), minor: Int(digits[7] - 0x30))
+    }
+
+    var isHead: Bool { method == "HEAD" }
+
+    /// A request for the access log only: routed to the default server, with the target's path when it has one.
+    func request(connection: ConnectionInfo) -> KernelRequest? {
+        let split = KernelRequest.splitTarget(target) ?? ("/", "")
+        return KernelRequest(method: method, uri: target, path: split.path, query: split.query, version: version,
+                             headers: HeaderFields(), connection: connection)
     }
 }

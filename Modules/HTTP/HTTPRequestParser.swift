@@ -375,13 +375,17 @@ enum HTTPRequestHeadParser {
     }
 
     /// A Content-Length value: only digits, at most 18 of them (no sign, no spaces, no list).
+    /// Plain decimal digits up to `Int.max` (nginx's `off_t` limit: a larger value is invalid, not "too large").
     private static func parseDecimal(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
-        guard !range.isEmpty, range.count <= 18 else { return nil }
+        guard !range.isEmpty, range.count <= 19 else { return nil }
         var value = 0
         for i in range {
             let byte = bytes[i]
             guard byte >= 0x30, byte <= 0x39 else { return nil }
-            value = value * 10 + Int(byte - 0x30)
+            let (times10, o1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, o2) = times10.addingReportingOverflow(Int(byte - 0x30))
+            guard !o1, !o2 else { return nil }
+            value = sum
         }
         return value
     }

@@ -66,15 +66,28 @@ public struct KernelRequest: Sendable {
         self.variables = variables
     }
 
-    /// The host the client asked for, without a port (`$host`): the `Host` header, lower-cased.
+    /// The host the client asked for, without a port or a trailing dot, lower-cased (`$host`): the authority of an
+    /// absolute-form target (`GET http://example.com/ HTTP/1.1`) takes precedence over the `Host` header, as
+    /// RFC 9112 section 3.2.2 requires.
     public var host: String? {
-        guard var host = headers["Host"], !host.isEmpty else { return nil }
+        guard var host = absoluteFormAuthority ?? headers["Host"], !host.isEmpty else { return nil }
         if host.hasPrefix("[") {
             if let end = host.firstIndex(of: "]") { host = String(host[...end]) }
         } else if let colon = host.lastIndex(of: ":") {
             host = String(host[..<colon])
         }
-        return host.lowercased()
+        if host.hasSuffix(".") { host.removeLast() }
+        return host.isEmpty ? nil : host.lowercased()
+    }
+
+    /// `example.com:8080` of `http://example.com:8080/path`, or nil for an origin-form target.
+    private var absoluteFormAuthority: String? {
+        let rest: Substring
+        if uri.hasPrefix("http://") { rest = uri.dropFirst(7) }
+        else if uri.hasPrefix("https://") { rest = uri.dropFirst(8) }
+        else { return nil }
+        let authority = rest.prefix { $0 != "/" && $0 != "?" }
+        return authority.isEmpty ? nil : String(authority.split(separator: "@").last ?? authority)
     }
 
     /// `GET /path?q HTTP/1.1`, as `$request` in access logs.
