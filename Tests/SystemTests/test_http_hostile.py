@@ -157,6 +157,7 @@ REFUSALS = [
     ("host-with-slash", b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, "client sent invalid host header"),
     ("host-with-dotdot", b"GET / HTTP/1.1\r\nHost: ../a\r\n\r\n", 400, "client sent invalid host header"),
     ("host-with-space", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "client sent invalid host header"),
+    ("host-empty", b"GET / HTTP/1.1\r\nHost: \r\n\r\n", 400, "client sent invalid host header"),
     # Content-Length.
     ("content-length-and-transfer-encoding",
      post([("Content-Length", "5"), ("Transfer-Encoding", "chunked")], b"0\r\n\r\n"), 400,
