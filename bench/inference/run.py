@@ -4,8 +4,8 @@ lazy, 3 workers → Flask + onnxruntime), same JSON request, at 1, 8, 32 and 128
 
 For each model (the demo MLP and the PP-OCR classifier) it reports req/s, p50 and p99 from wrk, the resident memory of
 all processes of each side, and the kernel's throughput as a fraction of the in-process ceiling (ONNX Runtime in a
-tight loop with the same threads: KernelModelBench). Prints a markdown section; run.sh appends it to
-docs/performance.md with the commands.
+tight loop with the same threads: KernelModelBench). Prints a markdown section; bench/run.sh (`make bench`) writes it
+to docs/performance.md.
 """
 import json
 import os

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Kernel vs the seed stack (nginx → uWSGI → Flask + onnxruntime) on the demo MLP and the PP-OCR classifier.
 # KERNEL_BIN: the release binary (default .build/release/kernel); KernelModelBench is taken from the same directory.
-# Prints the table and appends it, with the commands that made it, to docs/performance.md.
+# Prints a markdown section with the commands that made it (bench/run.sh writes docs/performance.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${KERNEL_BIN:=.build/release/kernel}"
@@ -11,12 +11,6 @@ if [ -z "${KERNEL_ONNXRUNTIME_LIBRARY:-}" ]; then
     export KERNEL_ONNXRUNTIME_LIBRARY
 fi
 python3 scripts/models/make_models.py >/dev/null
-table=$(python3 bench/inference/run.py)
-echo "$table"
-{
-    echo
-    echo "$table"
-    echo
-    echo "Commands: \`swift build -c release && KERNEL_BIN=$KERNEL_BIN bench/inference/run.sh\`"
-    echo "(BENCH_DURATION=${BENCH_DURATION:-10s}, BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-1,8,32,128}; run $(date -u +%Y-%m-%dT%H:%MZ))."
-} >> docs/performance.md
+python3 bench/inference/run.py
+echo
+echo "Commands: \`make bench\` (bench/inference/run.sh, BENCH_DURATION=${BENCH_DURATION:-10s}, BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-1,8,32,128}; run $(date -u +%Y-%m-%dT%H:%MZ))."
