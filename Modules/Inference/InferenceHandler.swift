@@ -29,7 +29,9 @@ public struct InferenceHandler: RequestHandler {
         let rest = segments.dropFirst()
         let isRead = request.method == "GET" || request.method == "HEAD"
         func read(_ body: () throws -> KernelResponse) throws -> EventLoopFuture<KernelResponse> {
-            guard isRead else { throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path)") }
+            guard isRead else {
+                throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path)", headers: ["Allow": "GET, HEAD"])
+            }
             return context.eventLoop.makeSucceededFuture(try body())
         }
         switch rest.count {
@@ -83,7 +85,7 @@ public struct InferenceHandler: RequestHandler {
         case "stats": return try read { statisticsResponse([model]) }
         case "infer":
             guard request.method == "POST" else {
-                throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path): use POST")
+                throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path): use POST", headers: ["Allow": "POST"])
             }
             return infer(request, model: model, context: context)
         default:

@@ -82,12 +82,16 @@ final class ModelLoadingService: KernelService {
         try await NIOThreadPool.singleton.runIfActive { try self.load() }
     }
 
-    func stop() async {
+    func stop() async { await stop(discardingQueued: false) }
+
+    func abort() async { await stop(discardingQueued: true) }
+
+    private func stop(discardingQueued: Bool) async {
         let models = repository.loadedModels
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             // Joining the instance threads blocks: do it off the concurrency pool.
             NIOThreadPool.singleton.submit { _ in
-                for model in models { model.scheduler.stop() }
+                for model in models { model.scheduler.stop(discardingQueued: discardingQueued) }
                 continuation.resume()
             }
         }

@@ -142,14 +142,25 @@ public final class ModelScheduler: @unchecked Sendable {
         job.promise.fail(KernelHTTPError(504, "inference request for model '\(modelName)' timed out after \(seconds)s in the queue"))
     }
 
-    /// Stops taking requests, lets the threads finish what is queued, and joins them.
-    public func stop() {
+    /// Stops taking requests, lets the threads finish what is queued (or, with `discardingQueued`, fails it with 503
+    /// at once: a fast stop has closed the connections that waited for it), and joins the threads.
+    public func stop(discardingQueued: Bool = false) {
         pthread_mutex_lock(&mutex)
         stopping = true
+        var discarded: [InferenceJob] = []
+        if discardingQueued {
+            discarded = queue.filter { $0.state == .queued }
+            for job in discarded { job.state = .expired }
+            queue.removeAll()
+        }
         let joining = threads
         threads = []
         pthread_cond_broadcast(&condition)
         pthread_mutex_unlock(&mutex)
+        for job in discarded {
+            job.timer?.cancel()
+            job.promise.fail(KernelHTTPError(503, "the kernel is stopping: inference request for model '\(modelName)' dropped"))
+        }
         for thread in joining { pthread_join(thread, nil) }
     }
 
@@ -158,13 +169,6 @@ public final class ModelScheduler: @unchecked Sendable {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         return statistics
-    }
-
-    /// Requests waiting now.
-    public var queuedCount: Int {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return queue.count
     }
 
     // MARK: - Instance threads

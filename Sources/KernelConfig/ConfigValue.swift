@@ -74,7 +74,7 @@ public struct ConfigValue: Sendable {
     /// A duration in nginx units: `500ms`, `30s`, `5m`, `1h`, `1d`, combinations (`1m30s`); a bare number is seconds.
     public func duration() throws -> ConfigDuration {
         guard case .scalar(let text, _, _) = node, let duration = ConfigDuration(parsing: text) else {
-            throw expected("a duration such as 500ms, 30s, 5m or 1h")
+            throw expected("a duration such as 500ms, 30s, 5m or 1h (at most 365d)")
         }
         return duration
     }

@@ -76,8 +76,13 @@ public struct ConfigDuration: Sendable, Hashable, Comparable, CustomStringConver
             guard !o1, !o2 else { return nil }
             total = sum
         }
+        guard total <= ConfigDuration.maximum.milliseconds else { return nil }
         milliseconds = total
     }
+
+    /// The longest duration accepted (365 days): every conversion of a configured duration (to nanoseconds, to a
+    /// timer) then stays far inside Int64.
+    public static let maximum = ConfigDuration(milliseconds: 365 * 86_400_000)
 
     public static func seconds(_ value: Int64) -> ConfigDuration { ConfigDuration(milliseconds: value * 1000) }
 

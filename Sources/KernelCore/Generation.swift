@@ -33,13 +33,13 @@ public final class KernelGeneration: Sendable {
         services = registrar.services
     }
 
-    /// Listener identities (protocol and address) this generation declares.
-    public var listenerIdentities: [String] { listeners.map(\.identity) }
-
     func acquire() { inFlight.wrappingIncrement(ordering: .relaxed) }
 
+    // `release` and `retire` each write one of (inFlight, retired) and then read the other; sequential consistency
+    // guarantees at least one of them sees both writes, so the drain callback cannot be missed (and `fireDrained`
+    // runs it at most once).
     func release() {
-        if inFlight.wrappingDecrementThenLoad(ordering: .acquiringAndReleasing) == 0, retired.load(ordering: .acquiring) {
+        if inFlight.wrappingDecrementThenLoad(ordering: .sequentiallyConsistent) == 0, retired.load(ordering: .sequentiallyConsistent) {
             fireDrained()
         }
     }
@@ -47,8 +47,8 @@ public final class KernelGeneration: Sendable {
     /// Marks the generation as no longer current; `drained` runs once no request holds it.
     func retire(drained: @escaping @Sendable () -> Void) {
         onDrained.withLockedValue { $0 = drained }
-        retired.store(true, ordering: .releasing)
-        if inFlight.load(ordering: .acquiring) == 0 { fireDrained() }
+        retired.store(true, ordering: .sequentiallyConsistent)
+        if inFlight.load(ordering: .sequentiallyConsistent) == 0 { fireDrained() }
     }
 
     private func fireDrained() {
@@ -73,9 +73,11 @@ public final class KernelGeneration: Sendable {
         }
     }
 
-    /// Stops the services in reverse order.
-    func stopServices() async {
-        for service in services.reversed() { await service.stop() }
+    /// Stops the services in reverse order; `fast` drops the work they still have queued.
+    func stopServices(fast: Bool = false) async {
+        for service in services.reversed() {
+            if fast { await service.abort() } else { await service.stop() }
+        }
     }
 }
 
@@ -91,12 +93,13 @@ public final class RequestExchange: @unchecked Sendable {
     private let started: UInt64
     private var finished = false
 
+    /// `generation` must already be acquired for this exchange (`KernelRuntime.begin` does it under the lock that
+    /// reads the current generation, so a reload cannot retire it in between).
     init(generation: KernelGeneration, decision: RouteDecision, context: RequestContext) {
         self.generation = generation
         self.decision = decision
         self.context = context
         started = DispatchTimeNanos.now()
-        generation.acquire()
     }
 
     /// `client_max_body_size` of the chosen location; nil is unlimited.
@@ -139,7 +142,6 @@ public final class KernelRuntime: Sendable {
     /// The error log destination (swapped when a reload changes `kernel.error_log`).
     public let errorLog: ErrorLogHandler.Destination
     private let current = NIOLockedValueBox<KernelGeneration?>(nil)
-    private let requestCounter = ManagedAtomic<UInt64>(0)
 
     public init(eventLoopGroup: MultiThreadedEventLoopGroup, logger: Logger, logFiles: LogFileRegistry,
                 errorLog: ErrorLogHandler.Destination) {
@@ -161,14 +163,15 @@ public final class KernelRuntime: Sendable {
 
     /// Routes a request head with the current generation and opens its exchange.
     public func begin(_ request: KernelRequest, on eventLoop: any EventLoop) -> RequestExchange {
-        let generation = current.withLockedValue { $0 }!
+        let generation = current.withLockedValue { current in
+            current!.acquire()
+            return current!
+        }
         let decision = generation.router.route(request)
         let context = RequestContext(eventLoop: eventLoop, logger: logger, route: decision.route)
         return RequestExchange(generation: generation, decision: decision, context: context)
     }
 
-    /// A number for log lines of one request.
-    public func nextRequestNumber() -> UInt64 { requestCounter.wrappingIncrementThenLoad(ordering: .relaxed) }
 }
 
 extension KernelGeneration {

@@ -21,7 +21,7 @@ public struct RouteInfo: Sendable {
 public struct RequestContext: Sendable {
     /// The event loop of the connection the request arrived on; futures returned must be on it or hop to it.
     public let eventLoop: any EventLoop
-    /// The error log, with `request_id` metadata.
+    /// The error log.
     public var logger: Logger
     public var route: RouteInfo
 
@@ -98,7 +98,9 @@ public struct FilterChain: Sendable {
             if let error = error as? KernelHTTPError {
                 if error.status >= 500 { context.logger.error("\(error.message)") }
                 else { context.logger.info("\(error.message)") }
-                return .error(error.status, error.message)
+                var response = KernelResponse.error(error.status, error.message)
+                for (name, value) in error.headers { response.headers.add(name, value) }
+                return response
             }
             context.logger.error("handler failed: \(error)")
             return .error(500, "internal error")

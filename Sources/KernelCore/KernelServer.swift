@@ -18,7 +18,7 @@ public final class KernelServer: Service, Sendable {
     public let loader: ConfigurationLoader
     public let configurationFile: String
     public let listeners: ListenerManager
-    private let generationCounter = ManagedAtomicCounter()
+    private let generationCounter = GenerationCounter()
 
     public init(runtime: KernelRuntime, loader: ConfigurationLoader, configurationFile: String) {
         self.runtime = runtime
@@ -27,17 +27,25 @@ public final class KernelServer: Service, Sendable {
         listeners = ListenerManager(runtime: runtime)
     }
 
-    /// Loads, starts and opens the first configuration. Throws (and leaves nothing open) when any step fails.
+    /// Starts the first configuration: pid file, services (models load), listeners. Throws when any step fails,
+    /// having undone the steps before it.
     public func start(_ generation: KernelGeneration) async throws {
-        try await generation.startServices(logger: runtime.logger)
-        _ = runtime.makeCurrent(generation)
+        try writePidFile(generation.core.pidFile)
         do {
-            _ = try await listeners.apply(generation.listeners)
+            try await generation.startServices(logger: runtime.logger)
         } catch {
-            await generation.stopServices()
+            unlink(generation.core.pidFile)
             throw error
         }
-        try writePidFile(generation.core.pidFile)
+        _ = runtime.makeCurrent(generation)
+        do {
+            let (opened, _) = try await listeners.apply(generation.listeners)
+            await listeners.activate(opened)
+        } catch {
+            await generation.stopServices()
+            unlink(generation.core.pidFile)
+            throw error
+        }
         runtime.logger.notice("kernel started: role \(loader.role), modules [\(generation.activeModules.joined(separator: ", "))], \(generation.core.eventLoopThreads) event-loop thread(s), pid \(getpid())")
     }
 
@@ -69,6 +77,7 @@ public final class KernelServer: Service, Sendable {
         let logger = runtime.logger
         logger.notice("reloading configuration \(configurationFile)")
         let generation: KernelGeneration
+        runtime.logFiles.markUse()
         do {
             generation = try loader.load(file: configurationFile, runtime: runtime, mode: .run, number: generationCounter.next())
         } catch {
@@ -81,9 +90,9 @@ public final class KernelServer: Service, Sendable {
             logger.error("reload failed, keeping the running configuration: \(error)")
             return
         }
-        let removed: [BoundListener]
+        let opened: [BoundListener], removed: [BoundListener]
         do {
-            removed = try await listeners.apply(generation.listeners)
+            (opened, removed) = try await listeners.apply(generation.listeners)
         } catch {
             logger.error("reload failed, keeping the running configuration: \(error)")
             await generation.stopServices()
@@ -94,7 +103,10 @@ public final class KernelServer: Service, Sendable {
         }
         applyErrorLog(generation.core)
         let previous = runtime.makeCurrent(generation)
+        await listeners.activate(opened)
         await listeners.retire(removed)
+        // Log files the new configuration no longer names close once the old generation's last request is done.
+        runtime.logFiles.dropUnused()
         if let previous {
             previous.retire {
                 Task { await previous.stopServices() }
@@ -115,7 +127,7 @@ public final class KernelServer: Service, Sendable {
         let timeout = graceful ? TimeAmount.milliseconds(generation?.core.shutdownTimeout.milliseconds ?? 30_000) : .zero
         runtime.logger.notice(graceful ? "graceful shutdown: draining connections" : "fast shutdown")
         await listeners.shutdown(timeout: timeout)
-        await generation?.stopServices()
+        await generation?.stopServices(fast: !graceful)
         if let pid = generation?.core.pidFile { unlink(pid) }
         runtime.logger.notice("exiting")
     }
@@ -138,8 +150,8 @@ public final class KernelServer: Service, Sendable {
     }
 }
 
-/// A counter for generation numbers.
-final class ManagedAtomicCounter: Sendable {
+/// Numbers the configuration generations (the first is 1).
+final class GenerationCounter: Sendable {
     private let value = NIOLockedValueBox(1)
     func next() -> Int { value.withLockedValue { $0 += 1; return $0 } }
 }

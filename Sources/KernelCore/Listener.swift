@@ -51,6 +51,12 @@ public enum ListenAddress: Sendable, Hashable, CustomStringConvertible {
         case .unix(let path): return "unix:\(path)"
         }
     }
+
+    /// The socket path of a unix address.
+    public var unixPath: String? {
+        if case .unix(let path) = self { return path }
+        return nil
+    }
 }
 
 /// A listener a protocol module asks for. The core binds it, keeps it across reloads while its protocol and
@@ -94,8 +100,6 @@ final class BoundListener: Sendable {
         identity = spec.identity
         self.spec = NIOLockedValueBox(spec)
     }
-
-    var boundAddress: SocketAddress? { serverChannel.withLockedValue { $0?.localAddress } }
 }
 
 /// Binds, keeps and closes the listeners of the running configuration.
@@ -105,20 +109,20 @@ public final class ListenerManager: Sendable {
 
     init(runtime: KernelRuntime) { self.runtime = runtime }
 
-    /// Addresses actually bound, by listener identity (port 0 resolved).
-    public var boundAddresses: [String: SocketAddress] {
-        bound.withLockedValue { listeners in
-            var result: [String: SocketAddress] = [:]
-            for (identity, listener) in listeners { result[identity] = listener.boundAddress }
-            return result
-        }
-    }
-
-    /// Opens what `specs` adds, keeps what it shares with the running set (with the new spec swapped in), and
-    /// returns the listeners it no longer has, still open: the caller closes them once the new configuration is
-    /// in place. On a bind failure everything opened by this call is closed again and the error is thrown.
-    func apply(_ specs: [ListenerSpec]) async throws -> [BoundListener] {
+    /// Opens what `specs` adds (bound, not yet accepting: see `activate`), keeps what it shares with the running set
+    /// (with the new spec swapped in: connections accepted from then on use it), and returns the listeners it
+    /// opened and those it no longer has, still open: the caller closes them once the new configuration is in
+    /// place. On a bind failure everything opened by this call is closed again and the error is thrown.
+    func apply(_ specs: [ListenerSpec]) async throws -> (opened: [BoundListener], removed: [BoundListener]) {
         let current = bound.withLockedValue { $0 }
+        let wanted = Set(specs.map(\.identity))
+        // A unix socket path that passes to another protocol is closed before it is bound again: closing a NIO
+        // unix listener unlinks its path, which would remove the new listener's socket if it were bound first.
+        let reboundPaths = Set(specs.filter { current[$0.identity] == nil }.compactMap(\.address.unixPath))
+        for (identity, listener) in current where !wanted.contains(identity) {
+            guard let path = listener.spec.withLockedValue({ $0.address.unixPath }), reboundPaths.contains(path) else { continue }
+            try? await listener.serverChannel.withLockedValue({ $0 })?.close()
+        }
         var opened: [BoundListener] = []
         do {
             for spec in specs where current[spec.identity] == nil {
@@ -130,8 +134,7 @@ public final class ListenerManager: Sendable {
             for listener in opened { try? await listener.serverChannel.withLockedValue { $0 }?.close() }
             throw error
         }
-        let wanted = Set(specs.map(\.identity))
-        return bound.withLockedValue { listeners in
+        let removed = bound.withLockedValue { listeners in
             for spec in specs { listeners[spec.identity]?.spec.withLockedValue { $0 = spec } }
             for listener in opened { listeners[listener.identity] = listener }
             var removed: [BoundListener] = []
@@ -141,12 +144,28 @@ public final class ListenerManager: Sendable {
             }
             return removed
         }
+        return (opened, removed)
+    }
+
+    /// Starts accepting on listeners opened by `apply`.
+    func activate(_ listeners: [BoundListener]) async {
+        for listener in listeners {
+            guard let channel = listener.serverChannel.withLockedValue({ $0 }) else { continue }
+            do {
+                try await channel.setOption(.autoRead, value: true).get()
+            } catch {
+                runtime.logger.error("cannot start accepting on \(listener.identity): \(error)")
+            }
+        }
     }
 
     private func bind(_ listener: BoundListener) async throws {
         let runtime = self.runtime
         let spec = listener.spec.withLockedValue { $0 }
         let bootstrap = ServerBootstrap(group: runtime.eventLoopGroup)
+            // Accepting starts in `activate`, once the generation that declares the listener is current: a
+            // connection accepted earlier would be routed by a configuration that does not know the listener.
+            .serverChannelOption(.autoRead, value: false)
             .serverChannelOption(.backlog, value: spec.backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -167,7 +186,9 @@ public final class ListenerManager: Sendable {
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .bind(host: host, port: port).get()
         case .unix(let path):
-            channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+            // A socket file left by an earlier process is replaced; any other kind of file there is an error.
+            try removeSocketFile(path)
+            channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
             try applyUnixSocketPermissions(path: path, mode: spec.unixSocketMode, owner: spec.unixSocketOwner)
         }
         listener.serverChannel.withLockedValue { $0 = channel }
@@ -179,8 +200,8 @@ public final class ListenerManager: Sendable {
     func retire(_ listeners: [BoundListener]) async {
         for listener in listeners {
             if let channel = listener.serverChannel.withLockedValue({ $0 }) {
+                // Closing also unlinks a unix socket's path (NIO does it for the sockets it binds).
                 try? await channel.close()
-                if case .unix(let path) = listener.spec.withLockedValue({ $0.address }) { unlink(path) }
                 runtime.logger.notice("closed listener \(listener.identity)")
             }
             for connection in listener.connections.withLockedValue({ Array($0.values) }) {
@@ -220,6 +241,18 @@ func describe(_ address: SocketAddress) -> String {
     case .v4: return "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
     case .v6: return "[\(address.ipAddress ?? "?")]:\(address.port ?? 0)"
     case .unixDomainSocket: return "unix:\(address.pathname ?? "")"
+    }
+}
+
+/// Unlinks `path` when it is a socket; any other kind of file there is an error (never removed).
+private func removeSocketFile(_ path: String) throws {
+    var info = stat()
+    guard lstat(path, &info) == 0 else { return }
+    guard info.st_mode & S_IFMT == S_IFSOCK else {
+        throw ListenerError("cannot listen on unix:\(path): the path exists and is not a socket")
+    }
+    if unlink(path) != 0 {
+        throw ListenerError("cannot remove the old socket unix:\(path): \(String(cString: strerror(errno)))")
     }
 }
 

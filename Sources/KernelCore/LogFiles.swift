@@ -68,23 +68,40 @@ public struct LogFileError: Error, CustomStringConvertible {
 /// Every log file the process has open, by path, so that `reopen` reaches all of them and two logs naming one
 /// file share one descriptor.
 public final class LogFileRegistry: Sendable {
-    private let files = NIOLockedValueBox<[String: LogFile]>([:])
+    private struct State {
+        var files: [String: LogFile] = [:]
+        /// Paths asked for since `markUse`: what the configuration being loaded uses.
+        var used: Set<String> = []
+    }
+    private let state = NIOLockedValueBox(State())
 
     public init() {}
 
     public func file(_ path: String) throws -> LogFile {
-        try files.withLockedValue { files in
-            if let file = files[path] { return file }
+        try state.withLockedValue { state in
+            state.used.insert(path)
+            if let file = state.files[path] { return file }
             let file = try LogFile(path: path)
-            files[path] = file
+            state.files[path] = file
             return file
+        }
+    }
+
+    /// Starts recording which paths a configuration being loaded asks for.
+    public func markUse() { state.withLockedValue { $0.used = [] } }
+
+    /// Forgets the files not asked for since `markUse`: `reopen` no longer recreates them, and each closes when the
+    /// last log holding it (an old generation's) is gone.
+    public func dropUnused() {
+        state.withLockedValue { state in
+            state.files = state.files.filter { state.used.contains($0.key) || $0.key == "stderr" || $0.key == "stdout" }
         }
     }
 
     /// Reopens every file; returns the errors of those that failed (they keep their old descriptor).
     public func reopenAll() -> [String] {
         var failures: [String] = []
-        for file in files.withLockedValue({ Array($0.values) }) {
+        for file in state.withLockedValue({ Array($0.files.values) }) {
             do { try file.reopen() } catch { failures.append("\(error)") }
         }
         return failures

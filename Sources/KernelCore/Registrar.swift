@@ -6,10 +6,17 @@ import NIOCore
 ///
 /// `start` runs before the generation's listeners open (load and warm up models); a failure aborts the startup or
 /// the reload. `stop` runs after the generation is retired and its last request finished, in reverse order.
+/// `abort` replaces `stop` on a fast stop (`-s stop`): work still queued is dropped, not done.
 public protocol KernelService: AnyObject, Sendable {
     var name: String { get }
     func start() async throws
     func stop() async
+    func abort() async
+}
+
+extension KernelService {
+    /// By default a fast stop is a stop.
+    public func abort() async { await stop() }
 }
 
 /// How modules contribute to a configuration generation, once, while it is built.

@@ -71,9 +71,12 @@ public struct KernelResponse: Sendable {
 public struct KernelHTTPError: Error, Sendable, CustomStringConvertible {
     public var status: Int
     public var message: String
-    public init(_ status: Int, _ message: String) {
+    /// Headers the error response carries (`Allow` on a 405).
+    public var headers: HeaderFields
+    public init(_ status: Int, _ message: String, headers: HeaderFields = [:]) {
         self.status = status
         self.message = message
+        self.headers = headers
     }
     public var description: String { "\(status): \(message)" }
 }

@@ -61,6 +61,7 @@ final class InferenceHandlerTests: XCTestCase {
         XCTAssertEqual(try call("GET", "/v2/health/ready").0, 400)  // "broken" did not load
         XCTAssertEqual(try call("GET", "/v1/models").0, 404)
         XCTAssertEqual(try call("POST", "/v2").0, 405)
+        XCTAssertEqual(try call("POST", "/v2").2.headers["Allow"], "GET, HEAD")
     }
 
     func testModelMetadataReadinessAndErrors() throws {
@@ -78,6 +79,7 @@ final class InferenceHandlerTests: XCTestCase {
         XCTAssertTrue(broken.1.contains("is not at ready state"), broken.1)
         XCTAssertEqual(try call("GET", "/v2/models/broken/ready").0, 400)
         XCTAssertEqual(try call("GET", "/v2/models/double/infer").0, 405)
+        XCTAssertEqual(try call("GET", "/v2/models/double/infer").2.headers["Allow"], "POST")
     }
 
     func testInferAnswersJSONAndBinaryAndCountsStatistics() throws {

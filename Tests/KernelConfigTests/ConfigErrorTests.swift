@@ -127,11 +127,11 @@ final class ConfigErrorTests: XCTestCase {
         XCTAssertEqual(message { _ = try mapping.required("negative").size() },
                        "etc/kernel.yaml:2:11: negative: expected a size such as 512, 64k, 100m or 1g, found \"-1k\"")
         XCTAssertEqual(message { _ = try mapping.required("duration").duration() },
-                       "etc/kernel.yaml:3:11: duration: expected a duration such as 500ms, 30s, 5m or 1h, found \"5x\"")
+                       "etc/kernel.yaml:3:11: duration: expected a duration such as 500ms, 30s, 5m or 1h (at most 365d), found \"5x\"")
         XCTAssertEqual(message { _ = try mapping.required("empty").duration() },
-                       "etc/kernel.yaml:4:8: empty: expected a duration such as 500ms, 30s, 5m or 1h, found \"\"")
+                       "etc/kernel.yaml:4:8: empty: expected a duration such as 500ms, 30s, 5m or 1h (at most 365d), found \"\"")
         XCTAssertEqual(message { _ = try mapping.required("fraction").duration() },
-                       "etc/kernel.yaml:5:11: fraction: expected a duration such as 500ms, 30s, 5m or 1h, found \"1.5s\"")
+                       "etc/kernel.yaml:5:11: fraction: expected a duration such as 500ms, 30s, 5m or 1h (at most 365d), found \"1.5s\"")
     }
 
     // MARK: - YAML syntax

@@ -29,7 +29,8 @@ final class UnitTests: XCTestCase {
         XCTAssertEqual(ConfigDuration(parsing: "1d")?.milliseconds, 86_400_000)
         XCTAssertEqual(ConfigDuration(parsing: "1w")?.milliseconds, 604_800_000)
         XCTAssertEqual(ConfigDuration(parsing: "0")?.milliseconds, 0)
-        for bad in ["", "ms", "s", "1.5s", "-1s", "5x", "1hh", "1M", "99999999999999999999s", "1h30q"] {
+        XCTAssertEqual(ConfigDuration(parsing: "365d")?.milliseconds, 31_536_000_000, "the longest duration accepted")
+        for bad in ["", "ms", "s", "1.5s", "-1s", "5x", "1hh", "1M", "99999999999999999999s", "1h30q", "366d", "10000000000"] {
             XCTAssertNil(ConfigDuration(parsing: bad), bad)
         }
         XCTAssertEqual(ConfigDuration(milliseconds: 500).description, "500ms")

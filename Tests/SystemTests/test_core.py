@@ -216,3 +216,36 @@ def test_shipped_configurations_pass_check(name):
     result = subprocess.run([KERNEL_BIN, "-t", "--role", role, "-c", os.path.join(ROOT, name)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def uwsgi_get(path_on_disk, uri):
+    """One GET over uwsgi on a unix socket; returns the raw response."""
+    import struct
+    pairs = [(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", uri.encode()), (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+             (b"HTTP_HOST", b"localhost")]
+    block = b"".join(struct.pack("<H", len(k)) + k + struct.pack("<H", len(v)) + v for k, v in pairs)
+    client = socket.socket(socket.AF_UNIX)
+    client.settimeout(10)
+    client.connect(path_on_disk)
+    client.sendall(b"\x00" + struct.pack("<H", len(block)) + b"\x00" + block)
+    response = b""
+    while True:
+        chunk = client.recv(4096)
+        if not chunk:
+            break
+        response += chunk
+    client.close()
+    return response
+
+
+def test_reload_moving_a_unix_socket_to_another_protocol_keeps_the_socket(start_kernel, tmp_path):
+    path = tmp_path / "k.sock"
+    kernel = start_kernel(HELLO.format(text="over-http").replace('listen: "127.0.0.1:0"', f'listen: "unix:{path}"'))
+    assert path.exists()
+    moved = HELLO.format(text="over-uwsgi").replace('http:\n  listen: "127.0.0.1:0"', f'uwsgi:\n  listen: "unix:{path}"')
+    kernel.write_config(moved)
+    kernel.control("reload")
+    kernel.wait_for_log("configuration reloaded", timeout=20)
+    assert path.exists(), "retiring the http listener must not unlink the socket the uwsgi listener now holds"
+    response = uwsgi_get(str(path), "/")
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n") and response.endswith(b"over-uwsgi"), response
