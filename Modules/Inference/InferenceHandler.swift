@@ -3,7 +3,7 @@ import NIOCore
 
 /// Serves the Open Inference Protocol (KServe v2, Triton's HTTP API) for the models of a repository.
 ///
-/// Routes match `request.path` from its `/v2` on, whatever location the handler is mounted at:
+/// Routes match request paths that start with `/v2` (mount the handler on a location such as `^~ /v2`):
 /// `GET /v2`, `/v2/health/live`, `/v2/health/ready`, `/v2/models/stats`, `/v2/models/{name}[/versions/{v}]`
 /// with nothing (metadata), `/ready`, `/config`, `/stats`, and `POST .../infer`.
 public struct InferenceHandler: RequestHandler {

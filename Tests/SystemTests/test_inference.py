@@ -308,7 +308,7 @@ def test_edge_role_does_not_run_models(tmp_path):
 
 
 def test_worker_behind_real_nginx_over_uwsgi(start_kernel, tmp_path, demo_reference):
-    """The seed's topology with the kernel as the worker: nginx `uwsgi_pass` → `kernel --role worker`."""
+    """The nginx + uWSGI topology with the kernel as the worker: nginx `uwsgi_pass` → `kernel --role worker`."""
     from uwsgi_support.peers import Nginx, uwsgi_location
     worker_yaml = models_yaml().replace('http:\n  listen: "127.0.0.1:0"', 'uwsgi:\n  listen: "127.0.0.1:0"')
     kernel = start_kernel(worker_yaml, role="worker")

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""The comparison this project exists for: `kernel --role both` against the seed stack (nginx → uWSGI with master,
-lazy, 3 workers → Flask + onnxruntime), same JSON request, at 1, 8, 32 and 128 connections, in one run.
+"""The comparison this project exists for: `kernel --role both` against nginx → uWSGI (master, lazy, 3 workers) →
+Flask + onnxruntime, same JSON request, at 1, 8, 32 and 128 connections, in one run.
 
 For each model (the demo MLP and the PP-OCR classifier) it reports req/s, p50 and p99 from wrk, the resident memory of
 all processes of each side, and the kernel's throughput as a fraction of the in-process ceiling (ONNX Runtime in a
@@ -88,7 +88,7 @@ UWSGI_INI = """
 [uwsgi]
 socket = 127.0.0.1:{uwsgi_port}
 chdir = {here}
-wsgi-file = seed_app.py
+wsgi-file = flask_app.py
 callable = app
 buffer-size = 65536
 master = true
@@ -183,37 +183,37 @@ def bench_model(name, relative_path, shape, batch, work):
     finally:
         stop(kernel)
 
-    # The seed stack: nginx → uWSGI (master, lazy, 3 workers) → Flask + onnxruntime.
-    seed_dir = os.path.join(work, f"seed-{name}")
-    os.makedirs(seed_dir)
+    # The nginx → uWSGI → Flask stack: nginx → uWSGI (master, lazy, 3 workers) → Flask + onnxruntime.
+    stack_dir = os.path.join(work, f"flask-{name}")
+    os.makedirs(stack_dir)
     nginx_port, uwsgi_port = free_port(), free_port()
-    ini = os.path.join(seed_dir, "uwsgi.ini")
+    ini = os.path.join(stack_dir, "uwsgi.ini")
     with open(ini, "w") as f:
         f.write(UWSGI_INI.format(uwsgi_port=uwsgi_port, here=HERE))
-    conf = os.path.join(seed_dir, "nginx.conf")
+    conf = os.path.join(stack_dir, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(workers=os.cpu_count() or 1, dir=seed_dir, port=nginx_port, uwsgi_port=uwsgi_port))
-    environment = dict(os.environ, SEED_MODEL_NAME=name, SEED_MODEL_PATH=path)
+        f.write(NGINX_CONF.format(workers=os.cpu_count() or 1, dir=stack_dir, port=nginx_port, uwsgi_port=uwsgi_port))
+    environment = dict(os.environ, FLASK_MODEL_NAME=name, FLASK_MODEL_PATH=path)
     uwsgi = subprocess.Popen([shutil.which("uwsgi") or "uwsgi", "--ini", ini], env=environment,
-                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(seed_dir, "uwsgi.log"), "w"))
-    nginx = subprocess.Popen(["nginx", "-c", conf, "-p", seed_dir], stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(stack_dir, "uwsgi.log"), "w"))
+    nginx = subprocess.Popen(["nginx", "-c", conf, "-p", stack_dir], stderr=subprocess.DEVNULL)
     try:
         wait_port(uwsgi_port)
         wait_port(nginx_port)
-        seed_url = f"http://127.0.0.1:{nginx_port}{url_path}"
+        stack_url = f"http://127.0.0.1:{nginx_port}{url_path}"
         deadline = time.time() + 60  # lazy workers import onnxruntime on their first request
         while subprocess.run(["curl", "-sf", "-o", "/dev/null", "-X", "POST", "--data-binary", f"@{body_path}",
-                              "-H", "Content-Type: application/json", seed_url]).returncode != 0:
+                              "-H", "Content-Type: application/json", stack_url]).returncode != 0:
             if time.time() > deadline:
-                raise SystemExit(f"the seed stack does not answer {seed_url}; see {seed_dir}/uwsgi.log")
+                raise SystemExit(f"the nginx → uWSGI → Flask stack does not answer {stack_url}; see {stack_dir}/uwsgi.log")
             time.sleep(0.5)
-        seed_results = measure(seed_url, script)
-        seed_rss = rss_kib([nginx.pid, uwsgi.pid], children=True)
+        stack_results = measure(stack_url, script)
+        stack_rss = rss_kib([nginx.pid, uwsgi.pid], children=True)
     finally:
         stop(nginx)
         stop(uwsgi)
 
-    return {"kernel": kernel_results, "seed": seed_results, "kernel_rss": kernel_rss, "seed_rss": seed_rss,
+    return {"kernel": kernel_results, "stack": stack_results, "kernel_rss": kernel_rss, "stack_rss": stack_rss,
             "ceiling": ceiling(path, shape), "shape": shape, "body_bytes": os.path.getsize(body_path)}
 
 
@@ -221,16 +221,16 @@ def section(name, shape, result):
     lines = [f"### {name}: input {shape}, JSON body {result['body_bytes']} bytes", "",
              f"In-process ceiling (ONNX Runtime in a tight loop, batch {shape[0]}, 1 thread): "
              f"{result['ceiling']:.0f} runs/s. Resident memory: kernel {result['kernel_rss'] / 1024:.0f} MiB, "
-             f"seed stack (nginx + uWSGI master and 3 workers) {result['seed_rss'] / 1024:.0f} MiB.", "",
-             "| connections | kernel req/s | p50 | p99 | seed req/s | p50 | p99 | kernel/seed | kernel/ceiling |",
+             f"Flask stack (nginx + uWSGI master and 3 workers) {result['stack_rss'] / 1024:.0f} MiB.", "",
+             "| connections | kernel req/s | p50 | p99 | Flask stack req/s | p50 | p99 | kernel/Flask stack | kernel/ceiling |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in CONNECTIONS:
-        k, s = result["kernel"][c], result["seed"][c]
+        k, s = result["kernel"][c], result["stack"][c]
         flags = ""
         if k["non2xx"] or k["errors"]:
             flags += f" (kernel: {k['non2xx']} non-2xx {k['errors']})"
         if s["non2xx"] or s["errors"]:
-            flags += f" (seed: {s['non2xx']} non-2xx {s['errors']})"
+            flags += f" (Flask stack: {s['non2xx']} non-2xx {s['errors']})"
         lines.append(f"| {c} | {k['rps']:.0f} | {k['p50']} | {k['p99']} | {s['rps']:.0f} | {s['p50']} | {s['p99']} | "
                      f"{k['rps'] / max(s['rps'], 1e-9):.1f}× | {k['rps'] / result['ceiling']:.2f}{flags} |")
     return "\n".join(lines)
@@ -247,7 +247,7 @@ def main():
     out = ["## Inference: kernel vs nginx → uWSGI → Flask + onnxruntime", "",
            f"wrk, 2 threads, {DURATION} per point, same JSON request (Open Inference Protocol) on both sides. The kernel runs "
            "`--role both` with one model instance (1 intra-op thread) and dynamic batching with max_queue_delay 0 (a run takes whatever queued while the previous one ran); the "
-           "seed stack runs nginx (one worker per core) → uWSGI (master, lazy, 3 workers, 1 thread) → Flask with an "
+           "Flask stack runs nginx (one worker per core) → uWSGI (master, lazy, 3 workers, 1 thread) → Flask with an "
            "onnxruntime session per worker (1 intra-op thread).", ""]
     try:
         for name, path, shape, batch in MODELS:

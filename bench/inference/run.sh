@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Kernel vs the seed stack (nginx → uWSGI → Flask + onnxruntime) on the demo MLP and the PP-OCR classifier.
+# Kernel vs nginx → uWSGI → Flask (nginx → uWSGI → Flask + onnxruntime) on the demo MLP and the PP-OCR classifier.
 # KERNEL_BIN: the release binary (default .build/release/kernel); KernelModelBench is taken from the same directory.
 # Prints a markdown section with the commands that made it (bench/run.sh writes docs/performance.md).
 set -euo pipefail

@@ -2,7 +2,7 @@
 """nginx -> kernel worker over uwsgi vs nginx -> uWSGI + Flask over uwsgi, the same tiny route, in the same run.
 
 Both stacks sit behind one nginx (one server block each, `include uwsgi_params; uwsgi_pass ...`), the uWSGI side
-configured as the seed deployment (master, lazy, 3 workers, buffer-size 65536). Prints a markdown section with
+configured as a typical deployment (master, lazy, 3 workers, buffer-size 65536). Prints a markdown section with
 req/s, p50, p99 and the ratio kernel/uWSGI, and appends it to docs/performance.md.
 """
 import os

@@ -1,7 +1,7 @@
-"""The seed stack's model server: a Flask app running the model with onnxruntime, as the tutorial's uWSGI serves it.
+"""The model server of the nginx → uWSGI → Flask stack: a Flask app running the model with onnxruntime, as uWSGI serves a Flask app.
 
 It answers the same Open Inference Protocol JSON request as the kernel (`POST /v2/models/<name>/infer`), so both
-sides get the same bytes. The model comes from the environment: SEED_MODEL_NAME, SEED_MODEL_PATH.
+sides get the same bytes. The model comes from the environment: FLASK_MODEL_NAME, FLASK_MODEL_PATH.
 """
 import os
 
@@ -9,11 +9,11 @@ import numpy as np
 import onnxruntime as ort
 from flask import Flask, jsonify, request
 
-MODEL_NAME = os.environ["SEED_MODEL_NAME"]
+MODEL_NAME = os.environ["FLASK_MODEL_NAME"]
 options = ort.SessionOptions()
 options.intra_op_num_threads = 1
 options.inter_op_num_threads = 1
-session = ort.InferenceSession(os.environ["SEED_MODEL_PATH"], options, providers=["CPUExecutionProvider"])
+session = ort.InferenceSession(os.environ["FLASK_MODEL_PATH"], options, providers=["CPUExecutionProvider"])
 INPUT = session.get_inputs()[0].name
 OUTPUTS = [output.name for output in session.get_outputs()]
 
