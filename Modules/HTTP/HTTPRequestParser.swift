@@ -345,8 +345,9 @@ enum HTTPRequestHeadParser {
         }
         let version: ProtocolVersion
         switch (major, minor) {
-        case (1, 1): version = .http1_1
         case (1, 0): version = .http1_0
+        // A later HTTP/1 minor version is answered as HTTP/1.1, the highest this server speaks (RFC 9110 2.5).
+        case (1, _): version = .http1_1
         default: return .failure(.unsupportedVersion)
         }
         return .success(RequestLineParts(method: methodRange, target: targetRange, version: version))

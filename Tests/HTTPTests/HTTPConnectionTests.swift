@@ -209,7 +209,7 @@ final class HTTPConnectionTests: XCTestCase {
             ("POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
              jsonError("400 Bad Request", "invalid chunked body")),
             ("GET /hello HTTP/2.0\r\nHost: test\r\n\r\n", jsonError("505 HTTP Version Not Supported", "HTTP version not supported")),
-            ("GET /hello HTTP/1.2\r\nHost: test\r\n\r\n", jsonError("505 HTTP Version Not Supported", "HTTP version not supported")),
+            ("GET /hello HTTP/3.0\r\nHost: test\r\n\r\n", jsonError("505 HTTP Version Not Supported", "HTTP version not supported")),
             ("GET /hello HTTP/0.9\r\n\r\n", jsonError("505 HTTP Version Not Supported", "HTTP version not supported")),
             ("GET /hello HTTP/1.1\r\n\r\n", jsonError("400 Bad Request", "missing Host header")),
             ("GET /hello HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", jsonError("400 Bad Request", "duplicate Host")),
@@ -222,6 +222,13 @@ final class HTTPConnectionTests: XCTestCase {
             XCTAssertEqual(try h.output(), expected, request.debugDescription)
             XCTAssertFalse(h.isOpen, request.debugDescription)
         }
+    }
+
+    func testALaterHTTP1MinorVersionIsAnsweredAsHTTP11() throws {
+        let h = try HTTPHarness()
+        try h.send("GET /hello HTTP/1.2\r\nHost: test\r\n\r\n")
+        XCTAssertEqual(try h.output(), hello())
+        XCTAssertTrue(h.isOpen)
     }
 
     func testNothingPipelinedAfterABadRequestIsProcessed() throws {
