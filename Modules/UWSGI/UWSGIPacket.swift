@@ -141,6 +141,13 @@ public func parseUWSGIContentLength(_ text: String) -> Int? {
 /// Text of header names and values as received: UTF-8 when the bytes are valid UTF-8, else each byte as the code
 /// point of the same value (ISO-8859-1, as WSGI reads headers), so that no byte is replaced or lost.
 public func decodeHeaderText(_ buffer: ByteBuffer) -> String {
+    // ASCII (nearly every variable a front proxy sends) is valid UTF-8 as it is: one scan over contiguous bytes,
+    // without the generic validating initialiser that costs a metadata lookup per call.
+    let ascii = buffer.withUnsafeReadableBytes { raw -> String? in
+        for byte in raw where byte >= 0x80 { return nil }
+        return String(decoding: raw, as: UTF8.self)
+    }
+    if let ascii { return ascii }
     let bytes = buffer.readableBytesView
     if let text = String(validating: bytes, as: UTF8.self) { return text }
     var text = ""

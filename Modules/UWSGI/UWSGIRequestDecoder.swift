@@ -28,6 +28,10 @@ public enum UWSGIRequestPart: Sendable {
 /// The vars block is parsed only once all of it is buffered, and only if `datasize` is at most `maxBlockSize`
 /// (uWSGI's `buffer-size`), so memory per connection is bounded by it. The body is passed on as it arrives, never
 /// more than `CONTENT_LENGTH` bytes. uwsgi carries one request per connection: bytes after the body are dropped.
+///
+/// `next(from:)` and `endOfInput(_:)` need no channel: the worker's connection handler drives them directly, so
+/// that a connection needs no decoding handler of its own. The `ByteToMessageDecoder` conformance serves other
+/// pipelines (and the codec tests).
 public struct UWSGIRequestDecoder: ByteToMessageDecoder, Sendable {
     public typealias InboundOut = UWSGIRequestPart
 
@@ -35,6 +39,8 @@ public struct UWSGIRequestDecoder: ByteToMessageDecoder, Sendable {
         case header
         case variables(UWSGIPacketHeader)
         case body(remaining: Int, received: Int, expected: Int)
+        /// Everything is read; `.end` is still to be emitted.
+        case end
         case done
     }
 
@@ -47,85 +53,101 @@ public struct UWSGIRequestDecoder: ByteToMessageDecoder, Sendable {
         self.maxBlockSize = maxBlockSize
     }
 
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        switch state {
-        case .header:
-            guard let header = UWSGIPacketHeader.read(from: &buffer) else { return .needMoreData }
-            headBytesReceived = UWSGIPacketHeader.size
-            // uWSGI checks the size first (its buffer is sized by it), then dispatches on modifier1.
-            guard header.dataSize <= maxBlockSize else {
-                throw UWSGIDecodingError.blockTooLarge(size: header.dataSize, maximum: maxBlockSize)
-            }
-            guard header.modifier1 == 0 else { throw UWSGIDecodingError.unsupportedModifier(header.modifier1) }
-            state = .variables(header)
-            // An empty block is complete at once (the handler stops calling `decode` on an empty buffer).
-            if header.dataSize == 0 { try finishHead(header, block: ByteBuffer(), context: context) }
-            return .continue
-
-        case .variables(let header):
-            guard let block = buffer.readSlice(length: header.dataSize) else { return .needMoreData }
-            headBytesReceived += header.dataSize
-            try finishHead(header, block: block, context: context)
-            return .continue
-        case .body(let remaining, let received, let expected):
-            guard buffer.readableBytes > 0 else { return .needMoreData }
-            let length = min(remaining, buffer.readableBytes)
-            let part = buffer.readSlice(length: length)!
-            if length == remaining {
+    /// The next part `buffer` completes, or nil when more bytes are needed (or the request is over: later bytes
+    /// are consumed and dropped). Throws `UWSGIDecodingError` for a packet that is no valid request.
+    public mutating func next(from buffer: inout ByteBuffer) throws -> UWSGIRequestPart? {
+        while true {
+            switch state {
+            case .header:
+                guard let header = UWSGIPacketHeader.read(from: &buffer) else { return nil }
+                headBytesReceived = UWSGIPacketHeader.size
+                // uWSGI checks the size first (its buffer is sized by it), then dispatches on modifier1.
+                guard header.dataSize <= maxBlockSize else {
+                    state = .done
+                    throw UWSGIDecodingError.blockTooLarge(size: header.dataSize, maximum: maxBlockSize)
+                }
+                guard header.modifier1 == 0 else {
+                    state = .done
+                    throw UWSGIDecodingError.unsupportedModifier(header.modifier1)
+                }
+                state = .variables(header)
+            case .variables(let header):
+                // An empty block is complete at once: a zero-length slice is always readable.
+                guard let block = buffer.readSlice(length: header.dataSize) else { return nil }
+                headBytesReceived += header.dataSize
+                return .head(try finishHead(header, block: block))
+            case .body(let remaining, let received, let expected):
+                guard buffer.readableBytes > 0 else { return nil }
+                let length = min(remaining, buffer.readableBytes)
+                let part = buffer.readSlice(length: length)!
+                state = length == remaining
+                    ? .end : .body(remaining: remaining - length, received: received + length, expected: expected)
+                return .body(part)
+            case .end:
                 state = .done
-                context.fireChannelRead(wrapInboundOut(.body(part)))
-                context.fireChannelRead(wrapInboundOut(.end))
-            } else {
-                state = .body(remaining: remaining - length, received: received + length, expected: expected)
-                context.fireChannelRead(wrapInboundOut(.body(part)))
+                return .end
+            case .done:
+                buffer.moveReaderIndex(to: buffer.writerIndex)
+                return nil
             }
-            return .continue
-
-        case .done:
-            buffer.moveReaderIndex(to: buffer.writerIndex)
-            return .needMoreData
         }
     }
 
-    private mutating func finishHead(_ header: UWSGIPacketHeader, block: ByteBuffer, context: ChannelHandlerContext) throws {
-        let variables = try UWSGIRequestDecoder.parseVariables(block)
+    private mutating func finishHead(_ header: UWSGIPacketHeader, block: ByteBuffer) throws -> UWSGIRequestHead {
+        let variables: UWSGIVariables
+        do {
+            variables = try UWSGIRequestDecoder.parseVariables(block)
+        } catch {
+            state = .done
+            throw error
+        }
         let lengthText = variables["CONTENT_LENGTH"] ?? ""
         guard let contentLength = parseUWSGIContentLength(lengthText) else {
             state = .done
             throw UWSGIDecodingError.invalidContentLength(lengthText)
         }
-        context.fireChannelRead(wrapInboundOut(.head(UWSGIRequestHead(
-            modifier1: header.modifier1, modifier2: header.modifier2, variables: variables, contentLength: contentLength))))
-        if contentLength == 0 {
-            state = .done
-            context.fireChannelRead(wrapInboundOut(.end))
-        } else {
-            state = .body(remaining: contentLength, received: 0, expected: contentLength)
-        }
+        state = contentLength == 0 ? .end : .body(remaining: contentLength, received: 0, expected: contentLength)
+        return UWSGIRequestHead(modifier1: header.modifier1, modifier2: header.modifier2, variables: variables,
+                                contentLength: contentLength)
     }
 
-    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        while try decode(context: context, buffer: &buffer) == .continue {}
+    /// The input ended (the peer closed). `buffer` holds what was not consumed; parts it still completes must have
+    /// been taken with `next(from:)` first. Throws when the request was cut short; a connection closed before any
+    /// byte is no request at all (a health check's connect, say) and is no error.
+    public mutating func endOfInput(_ buffer: inout ByteBuffer) throws {
+        let unread = buffer.readableBytes
+        buffer.moveReaderIndex(to: buffer.writerIndex)
         switch state {
         case .header:
-            // A connection closed before any byte is no request at all (a health check's connect, say).
-            if buffer.readableBytes > 0 || headBytesReceived > 0 {
-                let received = buffer.readableBytes
-                buffer.moveReaderIndex(to: buffer.writerIndex)
+            if unread > 0 || headBytesReceived > 0 {
                 state = .done
-                throw UWSGIDecodingError.truncatedHead(received: received)
+                throw UWSGIDecodingError.truncatedHead(received: unread)
             }
         case .variables:
-            let received = headBytesReceived + buffer.readableBytes
-            buffer.moveReaderIndex(to: buffer.writerIndex)
             state = .done
-            throw UWSGIDecodingError.truncatedHead(received: received)
+            throw UWSGIDecodingError.truncatedHead(received: headBytesReceived + unread)
         case .body(_, let received, let expected):
             state = .done
             throw UWSGIDecodingError.truncatedBody(received: received, expected: expected)
-        case .done:
-            buffer.moveReaderIndex(to: buffer.writerIndex)
+        case .end, .done:
+            break
         }
+    }
+
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        // Every part the buffer completes goes out now: the handler does not call back on an empty buffer, and a
+        // head or a last body part is followed by `.end` without further bytes.
+        while let part = try next(from: &buffer) {
+            context.fireChannelRead(wrapInboundOut(part))
+        }
+        return .needMoreData
+    }
+
+    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        while let part = try next(from: &buffer) {
+            context.fireChannelRead(wrapInboundOut(part))
+        }
+        try endOfInput(&buffer)
         return .needMoreData
     }
 

@@ -117,25 +117,30 @@ public enum UWSGIRequestMapping {
 
     /// `HTTP_X_FOO_BAR` → `X-Foo-Bar`. ASCII letters change case; other bytes are kept as they are.
     public static func headerName(fromVariable name: String) -> String {
-        var bytes = [UInt8]()
-        bytes.reserveCapacity(name.utf8.count - 5)
-        var startOfWord = true
-        for byte in name.utf8.dropFirst(5) {
-            switch byte {
-            case UInt8(ascii: "_"):
-                bytes.append(UInt8(ascii: "-"))
-                startOfWord = true
-                continue
-            case UInt8(ascii: "a")...UInt8(ascii: "z"):
-                bytes.append(startOfWord ? byte - 32 : byte)
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"):
-                bytes.append(startOfWord ? byte : byte + 32)
-            default:
-                bytes.append(byte)
+        let source = name.utf8.dropFirst(5)
+        // Written straight into the string's storage: no intermediate array per header.
+        return String(unsafeUninitializedCapacity: source.count) { out in
+            var count = 0
+            var startOfWord = true
+            for byte in source {
+                switch byte {
+                case UInt8(ascii: "_"):
+                    out[count] = UInt8(ascii: "-")
+                    startOfWord = true
+                    count += 1
+                    continue
+                case UInt8(ascii: "a")...UInt8(ascii: "z"):
+                    out[count] = startOfWord ? byte - 32 : byte
+                case UInt8(ascii: "A")...UInt8(ascii: "Z"):
+                    out[count] = startOfWord ? byte : byte + 32
+                default:
+                    out[count] = byte
+                }
+                count += 1
+                startOfWord = false
             }
-            startOfWord = false
+            return count
         }
-        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// `HTTP/1.1` → 1.1.

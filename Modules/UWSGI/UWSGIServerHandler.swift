@@ -31,19 +31,19 @@ public struct UWSGIListenerSettings: Sendable {
     }
 
     func syncConfigure(_ channel: any Channel, runtime: KernelRuntime) throws {
-        let handlers: [any ChannelHandler] = [
-            UWSGIReadTimeoutHandler(timeout: clientBodyTimeout),
-            ByteToMessageHandler(UWSGIRequestDecoder(maxBlockSize: bufferSize)),
-            UWSGIServerHandler(runtime: runtime, settings: self),
-        ]
-        try channel.pipeline.syncOperations.addHandlers(handlers)
+        // One handler per connection: nginx opens a connection per request, so each handler added is paid per
+        // request.
+        try channel.pipeline.syncOperations.addHandler(UWSGIServerHandler(runtime: runtime, settings: self))
     }
 }
 
-/// Serves the one request of a uwsgi connection: routes its head, reads its body, writes the response as uWSGI
-/// does (`SERVER_PROTOCOL status reason`, headers, body) and closes.
+/// Serves the one request of a uwsgi connection: decodes the packet from the raw bytes, routes its head, reads its
+/// body, writes the response as uWSGI does (`SERVER_PROTOCOL status reason`, headers, body) and closes.
+///
+/// Decoding, the read and send timeouts and the lingering drain after an early 413 all live here, with one
+/// scheduled task per connection: connections are short (one request), so per-connection work is what costs.
 public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHandler {
-    public typealias InboundIn = UWSGIRequestPart
+    public typealias InboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
 
     private enum State {
@@ -62,6 +62,9 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
     private let runtime: KernelRuntime
     private let settings: UWSGIListenerSettings
     private var state = State.waiting
+    private var decoder: UWSGIRequestDecoder
+    /// Received bytes the decoder has not consumed yet (a packet split across reads).
+    private var input: ByteBuffer?
     private var exchange: RequestExchange?
     private var request: KernelRequest?
     private var body: ByteBuffer?
@@ -69,11 +72,20 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
     private var status = 0
     private var stream: ResponseBodyStream?
     private var pendingWrites = 0
-    private var sendTimer: Scheduled<Void>?
-    private var lingerTimer: Scheduled<Void>?
     private var requestComplete = false
     /// Bytes of a request arrived: a graceful stop lets it finish.
     private var requestStarted = false
+
+    // The three deadlines share one scheduled task. Moving a deadline later (every read moves the read deadline)
+    // only stores it; the task, when it fires early, re-arms itself for the nearest deadline.
+    /// `client_body_timeout`: the next bytes must arrive by then. Fires once per silence.
+    private var readDeadline: NIODeadline?
+    /// `send_timeout`: the pending write must complete by then.
+    private var sendDeadline: NIODeadline?
+    /// `lingeringTime`: the end of draining an unread body after an early response.
+    private var lingerDeadline: NIODeadline?
+    private var timer: Scheduled<Void>?
+    private var timerAt = NIODeadline.distantFuture
 
     /// How long a connection whose response is sent keeps draining an unread body (nginx `lingering_time`).
     static let lingeringTime = TimeAmount.seconds(5)
@@ -81,18 +93,77 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
     public init(runtime: KernelRuntime, settings: UWSGIListenerSettings) {
         self.runtime = runtime
         self.settings = settings
+        decoder = UWSGIRequestDecoder(maxBlockSize: settings.bufferSize)
     }
 
     private var logger: Logger { runtime.logger }
 
+    public func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { startReadTimer(context) }
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        cancelTimer()
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        startReadTimer(context)
+        context.fireChannelActive()
+    }
+
+    private func startReadTimer(_ context: ChannelHandlerContext) {
+        guard readDeadline == nil, case .waiting = state, !requestStarted else { return }
+        readDeadline = context.eventLoop.now + settings.clientBodyTimeout
+        updateTimer(context)
+    }
+
+    // MARK: - Input
+
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        if case .closed = state { return }
+        var bytes = unwrapInboundIn(data)
+        requestStarted = true
+        switch state {
+        case .waiting, .readingBody, .discarding:
+            // The silence before these bytes ended: the next one is measured from now.
+            readDeadline = context.eventLoop.now + settings.clientBodyTimeout
+            updateTimer(context)
+        case .responding, .closed:
+            break
+        }
+        if var buffered = input, buffered.readableBytes > 0 {
+            input = nil  // keep the storage uniquely referenced so that appending does not copy it
+            buffered.writeBuffer(&bytes)
+            bytes = buffered
+        }
+        do {
+            while let part = try decoder.next(from: &bytes) {
+                received(part, context: context)
+                if case .closed = state { return }
+            }
+        } catch let error as UWSGIDecodingError {
+            input = nil
+            decodingFailed(error, context: context)
+            return
+        } catch {
+            preconditionFailure("the uwsgi decoder throws only UWSGIDecodingError")
+        }
+        input = bytes.readableBytes > 0 ? bytes : nil
+    }
+
+    private func received(_ part: UWSGIRequestPart, context: ChannelHandlerContext) {
+        switch part {
         case .head(let head):
             guard case .waiting = state else { return }
             receivedHead(head, context: context)
         case .body(let part):
             if case .readingBody = state {
-                body!.writeImmutableBuffer(part)
+                if body == nil {
+                    // The common case, a body in one read, keeps the received bytes without a copy.
+                    body = part
+                } else {
+                    body!.writeImmutableBuffer(part)
+                }
             }
         case .end:
             requestComplete = true
@@ -129,14 +200,8 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
             writeResponse(.error(413, "request body too large"), context: context)
             return
         }
-        if head.contentLength > 0 {
-            // The announced length only sizes the first allocation up to a bound: the body grows as it arrives.
-            body = context.channel.allocator.buffer(capacity: min(head.contentLength, 1 << 20))
-            state = .readingBody
-        } else {
-            state = .readingBody
-            body = nil
-        }
+        body = nil
+        state = .readingBody
     }
 
     private func receivedEnd(context: ChannelHandlerContext) {
@@ -145,6 +210,8 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         body = nil
         self.request = request
         state = .responding
+        // The request is whole: only `send_timeout` applies from here.
+        readDeadline = nil
         let eventLoop = context.eventLoop
         exchange.respond(request).hop(to: eventLoop).assumeIsolated().whenComplete { [self] result in
             guard case .responding = state else {
@@ -161,21 +228,31 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         }
     }
 
+    // MARK: - Output
+
     /// A 400 for a head that is no request: nothing is routed, so there is no exchange to log it.
     private func answerWithoutExchange(_ response: KernelResponse, version: ProtocolVersion, context: ChannelHandlerContext) {
         state = .responding
+        readDeadline = nil
         var buffer = context.channel.allocator.buffer(capacity: 256)
         UWSGIResponseWriter.writeHead(response, version: version, method: "GET", to: &buffer)
         if case .buffer(let part) = response.body { buffer.writeImmutableBuffer(part) }
         send(buffer, context: context).assumeIsolated().whenComplete { [self] _ in closeNow(context) }
     }
 
+    /// Bodies up to this size go out in the same buffer as the head: one write, one flush.
+    static let inlineBodyLimit = 64 * 1024
+
     private func writeResponse(_ response: KernelResponse, context: ChannelHandlerContext) {
         guard let request else { return }
         status = response.status
         let omitBody = request.method == "HEAD" || response.status == 204 || response.status == 304
             || (100..<200).contains(response.status)
-        var head = context.channel.allocator.buffer(capacity: 256)
+        var inlineBody: ByteBuffer?
+        if !omitBody, case .buffer(let part) = response.body, part.readableBytes <= UWSGIServerHandler.inlineBodyLimit {
+            inlineBody = part
+        }
+        var head = context.channel.allocator.buffer(capacity: 256 + (inlineBody?.readableBytes ?? 0))
         UWSGIResponseWriter.writeHead(response, version: request.version, method: request.method, to: &head)
         switch response.body {
         case .empty:
@@ -184,9 +261,14 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
             if omitBody {
                 send(head, context: context).assumeIsolated().whenComplete { [self] result in responseWritten(result, context: context) }
             } else {
-                context.write(wrapOutboundOut(head), promise: nil)
                 bodyBytesSent = part.readableBytes
-                send(part, context: context).assumeIsolated().whenComplete { [self] result in responseWritten(result, context: context) }
+                if let inlineBody {
+                    head.writeImmutableBuffer(inlineBody)
+                } else {
+                    context.write(wrapOutboundOut(head), promise: nil)
+                    head = part
+                }
+                send(head, context: context).assumeIsolated().whenComplete { [self] result in responseWritten(result, context: context) }
             }
         case .stream(let stream):
             if omitBody {
@@ -237,9 +319,8 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         if case .discarding = state, !requestComplete, case .success = result {
             // Stop writing but keep reading what the peer still sends, for a bounded time.
             context.close(mode: .output, promise: nil)
-            lingerTimer = context.eventLoop.assumeIsolated().scheduleTask(in: UWSGIServerHandler.lingeringTime) { [self] in
-                closeNow(context)
-            }
+            lingerDeadline = context.eventLoop.now + UWSGIServerHandler.lingeringTime
+            updateTimer(context)
             return
         }
         closeNow(context)
@@ -248,8 +329,8 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
     private func closeNow(_ context: ChannelHandlerContext) {
         if case .closed = state { return }
         state = .closed
-        sendTimer?.cancel()
-        lingerTimer?.cancel()
+        input = nil
+        cancelTimer()
         context.close(promise: nil)
     }
 
@@ -257,29 +338,21 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
     private func send(_ buffer: ByteBuffer, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
         let promise = context.eventLoop.makePromise(of: Void.self)
         pendingWrites += 1
-        armSendTimer(context: context)
+        sendDeadline = context.eventLoop.now + settings.sendTimeout
+        updateTimer(context)
         context.writeAndFlush(wrapOutboundOut(buffer), promise: promise)
         promise.futureResult.assumeIsolated().whenComplete { [self] _ in
             pendingWrites -= 1
             if pendingWrites == 0 {
-                sendTimer?.cancel()
-                sendTimer = nil
+                sendDeadline = nil
+            } else if case .closed = state {
+                // Nothing is measured on a closed connection.
             } else {
-                armSendTimer(context: context)
+                sendDeadline = context.eventLoop.now + settings.sendTimeout
+                updateTimer(context)
             }
         }
         return promise.futureResult
-    }
-
-    private func armSendTimer(context: ChannelHandlerContext) {
-        sendTimer?.cancel()
-        sendTimer = context.eventLoop.assumeIsolated().scheduleTask(in: settings.sendTimeout) { [self] in
-            logger.info("client timed out (110: Connection timed out) while sending response to client, client: \(describeClient(context.channel.remoteAddress))")
-            stream?.cancel()
-            stream = nil
-            finishAbandoned(status: 408)
-            closeNow(context)
-        }
     }
 
     private func finishAbandoned(status: Int) {
@@ -289,27 +362,84 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         exchange = nil
     }
 
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is UWSGIReadTimeoutEvent {
-            switch state {
-            case .waiting:
-                logger.info("client timed out (110: Connection timed out) while reading the uwsgi packet, client: \(describeClient(context.channel.remoteAddress))")
-                closeNow(context)
-            case .readingBody:
-                logger.info("client timed out (110: Connection timed out) while reading client request body, client: \(describeClient(context.channel.remoteAddress))")
-                finishAbandoned(status: 408)
-                closeNow(context)
-            case .discarding:
-                if exchange == nil { closeNow(context) }
-            case .responding, .closed:
-                break
+    // MARK: - Timeouts
+
+    /// Makes sure the task fires no later than the nearest deadline.
+    private func updateTimer(_ context: ChannelHandlerContext) {
+        if case .closed = state { return }
+        guard let next = nearestDeadline else { return }
+        if timer == nil || timerAt > next {
+            timer?.cancel()
+            timerAt = next
+            timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: next) { [self] in
+                timerFired(context)
             }
+        }
+    }
+
+    private var nearestDeadline: NIODeadline? {
+        var next = readDeadline
+        if let send = sendDeadline, next.map({ send < $0 }) ?? true { next = send }
+        if let linger = lingerDeadline, next.map({ linger < $0 }) ?? true { next = linger }
+        return next
+    }
+
+    private func cancelTimer() {
+        timer?.cancel()
+        timer = nil
+        timerAt = .distantFuture
+        readDeadline = nil
+        sendDeadline = nil
+        lingerDeadline = nil
+    }
+
+    private func timerFired(_ context: ChannelHandlerContext) {
+        timer = nil
+        timerAt = .distantFuture
+        if case .closed = state { return }
+        let now = context.eventLoop.now
+        if let deadline = sendDeadline, deadline <= now {
+            sendDeadline = nil
+            logger.info("client timed out (110: Connection timed out) while sending response to client, client: \(describeClient(context.channel.remoteAddress))")
+            stream?.cancel()
+            stream = nil
+            finishAbandoned(status: 408)
+            closeNow(context)
             return
         }
-        if event is UWSGIRequestStartedEvent {
-            requestStarted = true
+        if let deadline = lingerDeadline, deadline <= now {
+            lingerDeadline = nil
+            closeNow(context)
             return
         }
+        if let deadline = readDeadline, deadline <= now {
+            readDeadline = nil
+            readTimedOut(context)
+            if case .closed = state { return }
+        }
+        updateTimer(context)
+    }
+
+    /// No bytes arrived for `client_body_timeout`.
+    private func readTimedOut(_ context: ChannelHandlerContext) {
+        switch state {
+        case .waiting:
+            logger.info("client timed out (110: Connection timed out) while reading the uwsgi packet, client: \(describeClient(context.channel.remoteAddress))")
+            closeNow(context)
+        case .readingBody:
+            logger.info("client timed out (110: Connection timed out) while reading client request body, client: \(describeClient(context.channel.remoteAddress))")
+            finishAbandoned(status: 408)
+            closeNow(context)
+        case .discarding:
+            if exchange == nil { closeNow(context) }
+        case .responding, .closed:
+            break
+        }
+    }
+
+    // MARK: - Events and errors
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
             // One request per connection: a connection that has started one closes after it anyway.
             if case .waiting = state, !requestStarted { closeNow(context) }
@@ -318,41 +448,57 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         context.fireUserInboundEventTriggered(event)
     }
 
-    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    /// The packet is no valid request. Each case gets uWSGI's reaction: a 400 for a bad `CONTENT_LENGTH`, a
+    /// closed connection for the structural ones; the peer cutting the request short is only logged.
+    private func decodingFailed(_ error: UWSGIDecodingError, context: ChannelHandlerContext) {
         let client = describeClient(context.channel.remoteAddress)
         switch error {
-        case UWSGIDecodingError.invalidContentLength(let value):
+        case .invalidContentLength(let value):
             logger.info("client sent invalid CONTENT_LENGTH \"\(value)\" in uwsgi request, client: \(client)")
             if case .waiting = state {
                 answerWithoutExchange(.error(400, "invalid CONTENT_LENGTH"), version: .http1_0, context: context)
             } else {
                 closeNow(context)
             }
-        case UWSGIDecodingError.truncatedBody:
+        case .truncatedBody:
             logger.info("\(error), client: \(client)")
             finishAbandoned(status: 499)
             if case .discarding = state, pendingWrites > 0 { return }
             closeNow(context)
-        case UWSGIDecodingError.truncatedHead:
+        case .truncatedHead:
             logger.info("\(error), client: \(client)")
             closeNow(context)
-        case let error as UWSGIDecodingError:
-            logger.error("\(error), client: \(client)")
-            closeNow(context)
         default:
-            if case .closed = state { return }
-            logger.info("uwsgi connection error: \(error), client: \(client)")
-            finishAbandoned(status: 499)
+            logger.error("\(error), client: \(client)")
             closeNow(context)
         }
     }
 
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if case .closed = state { return }
+        logger.info("uwsgi connection error: \(error), client: \(describeClient(context.channel.remoteAddress))")
+        finishAbandoned(status: 499)
+        closeNow(context)
+    }
+
     public func channelInactive(context: ChannelHandlerContext) {
+        if case .closed = state {} else {
+            // The peer closed: a request it cut short is logged as such.
+            var rest = input ?? ByteBuffer()
+            input = nil
+            do {
+                while let part = try decoder.next(from: &rest) { received(part, context: context) }
+                try decoder.endOfInput(&rest)
+            } catch let error as UWSGIDecodingError {
+                decodingFailed(error, context: context)
+            } catch {
+                preconditionFailure("the uwsgi decoder throws only UWSGIDecodingError")
+            }
+        }
         stream?.cancel()
         stream = nil
         finishAbandoned(status: 499)
-        sendTimer?.cancel()
-        lingerTimer?.cancel()
+        cancelTimer()
         state = .closed
         context.fireChannelInactive()
     }
@@ -394,60 +540,4 @@ func describeClient(_ address: SocketAddress?) -> String {
     guard let address else { return "-" }
     if let ip = address.ipAddress { return ip }
     return "unix:"
-}
-
-/// Raised when no bytes arrived for `client_body_timeout`.
-public struct UWSGIReadTimeoutEvent: Sendable {}
-
-/// Raised once, when the first bytes of a request arrive: from then on the connection has a request in progress.
-public struct UWSGIRequestStartedEvent: Sendable {}
-
-/// Watches the pause between two reads of raw bytes, before any decoding (a vars block trickling in byte by byte
-/// must time out too). Fires `UWSGIReadTimeoutEvent` once per silence.
-public final class UWSGIReadTimeoutHandler: ChannelInboundHandler, RemovableChannelHandler {
-    public typealias InboundIn = ByteBuffer
-    public typealias InboundOut = ByteBuffer
-
-    private let timeout: TimeAmount
-    private var timer: Scheduled<Void>?
-    private var started = false
-
-    public init(timeout: TimeAmount) { self.timeout = timeout }
-
-    public func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { arm(context) }
-    }
-
-    public func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
-    }
-
-    public func channelActive(context: ChannelHandlerContext) {
-        arm(context)
-        context.fireChannelActive()
-    }
-
-    public func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
-        context.fireChannelInactive()
-    }
-
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        arm(context)
-        if !started {
-            started = true
-            context.fireUserInboundEventTriggered(UWSGIRequestStartedEvent())
-        }
-        context.fireChannelRead(data)
-    }
-
-    private func arm(_ context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
-            timer = nil
-            context.fireUserInboundEventTriggered(UWSGIReadTimeoutEvent())
-        }
-    }
 }

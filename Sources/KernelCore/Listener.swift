@@ -168,7 +168,9 @@ public final class ListenerManager: Sendable {
             .serverChannelOption(.autoRead, value: false)
             .serverChannelOption(.backlog, value: spec.backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Child options are few on purpose: each is one step of a future chain (and a setsockopt) per
+            // accepted connection, and uwsgi peers open a connection per request. SO_REUSEADDR means nothing on
+            // an accepted socket.
             .childChannelOption(.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
                 let id = ObjectIdentifier(channel)
@@ -181,9 +183,11 @@ public final class ListenerManager: Sendable {
         let channel: any Channel
         switch spec.address {
         case .tcp(let host, let port):
-            // Responses are written whole; Nagle would only delay the last segment of each.
+            // Responses are written whole; Nagle would only delay the last segment of each. Set on the listening
+            // socket, TCP_NODELAY is inherited by every accepted one, which saves a setsockopt per connection.
+            // (It is a TCP-level option: `.socketOption(.tcp_nodelay)` would set SOL_SOCKET option 1, SO_DEBUG.)
             channel = try await bootstrap
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .serverChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .bind(host: host, port: port).get()
         case .unix(let path):
             // A socket file left by an earlier process is replaced; any other kind of file there is an error.

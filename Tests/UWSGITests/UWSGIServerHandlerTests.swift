@@ -115,6 +115,45 @@ final class UWSGIServerHandlerTests: XCTestCase {
         XCTAssertEqual(try readAllOutbound(channel), "")
     }
 
+    func testEachReadRestartsTheClientBodyTimeout() throws {
+        let runtime = makeRuntime()
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        let channel = try serverChannel(runtime: runtime)
+        let packet = handMadePacket(nginxVars, body: Array("hello".utf8))
+        try channel.writeInbound(buffer(Array(packet.dropLast(4))))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(40))
+        try channel.writeInbound(buffer(Array(packet.suffix(4).prefix(2))))
+        // 80 s after the first bytes, 40 s after the last ones: still within the timeout.
+        channel.embeddedEventLoop.advanceTime(by: .seconds(40))
+        XCTAssertTrue(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(21))
+        XCTAssertFalse(channel.isActive)
+        XCTAssertEqual(try readAllOutbound(channel), "")
+    }
+
+    func testSilentConnectionIsClosedAfterClientBodyTimeout() throws {
+        let runtime = makeRuntime()
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        let channel = try serverChannel(runtime: runtime)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(59))
+        XCTAssertTrue(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        XCTAssertFalse(channel.isActive)
+        XCTAssertEqual(try readAllOutbound(channel), "")
+    }
+
+    func testAnsweredRequestLeavesNoTimerBehind() throws {
+        let runtime = makeRuntime()
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        let channel = try serverChannel(runtime: runtime)
+        try channel.writeInbound(buffer(handMadePacket(nginxVars, body: Array("hello".utf8))))
+        XCTAssertFalse(channel.isActive)
+        XCTAssertTrue(try readAllOutbound(channel).hasPrefix("HTTP/1.1 200 OK\r\n"))
+        // A timer left armed would fire on the closed connection; nothing must happen.
+        channel.embeddedEventLoop.advanceTime(by: .seconds(3600))
+        XCTAssertEqual(try readAllOutbound(channel), "")
+    }
+
     func testPeerClosingMidBodyClosesCleanly() throws {
         let runtime = makeRuntime()
         defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
