@@ -119,6 +119,7 @@ public struct KernelRequest: Sendable {
 
     /// Percent-decodes a path and resolves `.`/`..` segments and repeated slashes (nginx `merge_slashes on`).
     public static func normalizedPath<S: StringProtocol>(_ raw: S) -> String? {
+        if isAlreadyNormalized(raw.utf8) { return String(raw) }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(raw.utf8.count)
         var iterator = Array(raw.utf8)[...]
@@ -156,6 +157,30 @@ public struct KernelRequest: Sendable {
         if (trailingSlash || endsWithDotSegment), !segments.isEmpty { result.append(UInt8(ascii: "/")) }
         return String(decoding: result, as: UTF8.self)
     }
+}
+
+/// Whether a path starting with `/` has nothing to decode or resolve: no `%`, no NUL, no `//`, no `.` or `..`
+/// segment. Most request paths are like that, and then the path is used as it came.
+private func isAlreadyNormalized<C: Collection>(_ bytes: C) -> Bool where C.Element == UInt8 {
+    var previous: UInt8 = 0
+    var segmentLength = 0
+    var segmentIsDots = true
+    for byte in bytes {
+        switch byte {
+        case UInt8(ascii: "%"), 0:
+            return false
+        case UInt8(ascii: "/"):
+            if previous == UInt8(ascii: "/") { return false }
+            if segmentLength > 0, segmentLength <= 2, segmentIsDots { return false }
+            segmentLength = 0
+            segmentIsDots = true
+        default:
+            segmentLength += 1
+            if byte != UInt8(ascii: ".") { segmentIsDots = false }
+        }
+        previous = byte
+    }
+    return !(segmentLength > 0 && segmentLength <= 2 && segmentIsDots)
 }
 
 private func hexValue(_ byte: UInt8) -> UInt8? {

@@ -13,6 +13,13 @@ final class RequestShapeTests: XCTestCase {
         XCTAssertEqual(KernelRequest.splitTarget("/a/..")?.path, "/")
         XCTAssertEqual(KernelRequest.splitTarget("http://example.com/x/y?q")?.path, "/x/y")
         XCTAssertEqual(KernelRequest.splitTarget("http://example.com/x/y?q")?.query, "q")
+        // Paths with nothing to resolve come back as they are; dots inside names are not segments.
+        XCTAssertEqual(KernelRequest.splitTarget("/v2/models/demo/infer")?.path, "/v2/models/demo/infer")
+        XCTAssertEqual(KernelRequest.splitTarget("/a/.hidden/b..c/...")?.path, "/a/.hidden/b..c/...")
+        XCTAssertEqual(KernelRequest.splitTarget("/a/.")?.path, "/a/")
+        XCTAssertEqual(KernelRequest.splitTarget("/a/b/..")?.path, "/a/")
+        XCTAssertEqual(KernelRequest.splitTarget("/./a")?.path, "/a")
+        XCTAssertEqual(KernelRequest.splitTarget("//a")?.path, "/a")
     }
 
     func testTargetsThatEscapeTheRootOrAreMalformedAreRejected() {
