@@ -52,16 +52,28 @@ def wrk(url, connections, duration, threads=2, script=None):
             "output": output}
 
 
-def rss_kib(pids, children=False):
-    """Resident memory (KiB) of the processes, and of their children when asked."""
-    total = 0
-    seen = set()
+def process_tree(pids, children=False):
+    """The pids given and, when asked, their descendants alive now."""
+    seen = []
     queue = list(pids)
     while queue:
         pid = queue.pop()
         if pid in seen:
             continue
-        seen.add(pid)
+        seen.append(pid)
+        if children:
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    queue += [int(c) for c in f.read().split()]
+            except FileNotFoundError:
+                pass
+    return seen
+
+
+def rss_kib(pids, children=False):
+    """Resident memory (KiB) of the processes, and of their children when asked."""
+    total = 0
+    for pid in process_tree(pids, children):
         try:
             with open(f"/proc/{pid}/status") as f:
                 for line in f:
@@ -69,12 +81,6 @@ def rss_kib(pids, children=False):
                         total += int(line.split()[1])
         except FileNotFoundError:
             continue
-        if children:
-            try:
-                with open(f"/proc/{pid}/task/{pid}/children") as f:
-                    queue += [int(c) for c in f.read().split()]
-            except FileNotFoundError:
-                pass
     return total
 
 
@@ -82,23 +88,11 @@ def cpu_seconds(pids, children=False):
     """User + system CPU time (s) used so far by the processes (and their live children when asked)."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
-    seen = set()
-    queue = list(pids)
-    while queue:
-        pid = queue.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
+    for pid in process_tree(pids, children):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime
         except FileNotFoundError:
             continue
-        if children:
-            try:
-                with open(f"/proc/{pid}/task/{pid}/children") as f:
-                    queue += [int(c) for c in f.read().split()]
-            except FileNotFoundError:
-                pass
     return total / ticks

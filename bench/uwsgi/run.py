@@ -14,6 +14,8 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+# The same Flask app the uwsgi interop tests run behind uWSGI.
+APP_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "Tests", "SystemTests", "uwsgi_support")
 from common import ROOT, KERNEL_BIN, free_port, wait_port, rss_kib, cpu_seconds  # noqa: E402
 
 DURATION = os.environ.get("BENCH_DURATION", "10s")
@@ -59,8 +61,8 @@ def main():
     with open(config, "w") as f:
         f.write(worker_yaml)
     uwsgi_command = ["uwsgi", "--socket", f"127.0.0.1:{ports['uwsgi_port']}", "--master", "--lazy", "--workers", "3",
-                     "--buffer-size", "65536", "--wsgi-file", os.path.join(HERE, "app.py"), "--callable", "app",
-                     "--chdir", HERE, "--disable-logging", "--die-on-term", "--logto", os.path.join(work, "uwsgi.log")]
+                     "--buffer-size", "65536", "--wsgi-file", os.path.join(APP_DIR, "app.py"), "--callable", "app",
+                     "--chdir", APP_DIR, "--disable-logging", "--die-on-term", "--logto", os.path.join(work, "uwsgi.log")]
     processes = []
     try:
         kernel = subprocess.Popen([KERNEL_BIN, "--role", "worker", "--config", config], stderr=subprocess.DEVNULL)
@@ -111,7 +113,7 @@ def main():
         f"Command: `KERNEL_BIN={os.path.relpath(KERNEL_BIN, ROOT)} bench/uwsgi/run.sh`: one nginx "
         f"(`worker_processes 1`, `include /etc/nginx/uwsgi_params; uwsgi_pass`) in front of a kernel `--role worker` "
         f"(uwsgi listener, `return 200` of the same JSON) and of `uwsgi --master --lazy --workers 3 --buffer-size 65536` "
-        f"running bench/uwsgi/app.py (`/v1/parse` answers `{{\"status\":\"ok\"}}`); "
+        f"running Tests/SystemTests/uwsgi_support/app.py (`/v1/parse` answers `{{\"status\":\"ok\"}}`); "
         f"`wrk -t2 -c{CONNECTIONS} -d{DURATION} --latency {PATH}` against each, one after the other, after a 2 s warm-up.\n",
         "| stack | req/s | p50 | p99 | non-2xx | socket errors | backend CPU µs/request | backend RSS (KiB) |",
         "|---|---:|---:|---:|---:|---|---:|---:|",

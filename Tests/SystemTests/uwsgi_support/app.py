@@ -1,4 +1,4 @@
-"""The Flask app behind uWSGI in the interop tests and the benchmark (`uwsgi --wsgi-file app.py --callable app`)."""
+"""The Flask app behind uWSGI in the interop tests and the uwsgi benchmark (`uwsgi --wsgi-file app.py --callable app`)."""
 import hashlib
 import json
 
