@@ -127,9 +127,8 @@ struct ServerTable: Sendable {
     /// The server for `host` (lower-case, without port; nil when the request has none).
     func server(for request: KernelRequest) -> Int? {
         if let onlyServer { return onlyServer }
-        var host = request.host ?? ""
-        // nginx ignores one trailing dot of a fully qualified name.
-        if host.utf8.last == UInt8(ascii: ".") { host.removeLast() }
+        // `KernelRequest.host` already drops the port and one trailing dot, as nginx's `$host` does.
+        let host = request.host ?? ""
         if let server = exact[host] { return server }
         guard !host.isEmpty else { return defaultServer }
         let length = host.utf8.count

@@ -109,10 +109,7 @@ public struct YAMLParser: Sendable {
                 throw ConfigError(mark: pattern.mark, path: path, message: "expected a file path, found \(pattern.foundDescription)")
             }
             text = try expandEnvironment(text, mark: pattern.mark, path: path)
-            if !text.hasPrefix("/") {
-                let directory = file.contains("/") ? String(file[..<file.lastIndex(of: "/")!]) : "."
-                text = directory + "/" + text
-            }
+            text = ConfigPath.resolve(text, in: ConfigPath.directory(of: file))
             let isGlob = text.contains { $0 == "*" || $0 == "?" || $0 == "[" }
             if isGlob {
                 files += globFiles(text)  // an empty glob includes nothing, as nginx's include does

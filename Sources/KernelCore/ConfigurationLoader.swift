@@ -28,13 +28,13 @@ public struct ConfigurationLoader: Sendable {
     /// Reads only the `kernel:` section (for `-s SIGNAL`, which needs the pid file and nothing else).
     public func coreConfiguration(file: String) throws -> CoreConfiguration {
         let root = try parse(file).mapping()
-        return try CoreConfiguration.decode(root.optional(CoreConfiguration.key), directory: directory(of: file))
+        return try CoreConfiguration.decode(root.optional(CoreConfiguration.key), directory: ConfigPath.directory(of: file))
     }
 
     /// Builds a generation. Throws the first `ConfigError` (or module error) found.
     public func load(file: String, runtime: KernelRuntime, mode: Registrar.Mode, number: Int) throws -> KernelGeneration {
         let root = try parse(file).mapping()
-        let core = try CoreConfiguration.decode(root.optional(CoreConfiguration.key), directory: directory(of: file))
+        let core = try CoreConfiguration.decode(root.optional(CoreConfiguration.key), directory: ConfigPath.directory(of: file))
         let registrar = Registrar(role: role, mode: mode, configurationFile: file, runtime: runtime)
         var active: [String] = []
         for module in modules {
@@ -48,11 +48,6 @@ public struct ConfigurationLoader: Sendable {
         }
         try root.finish()
         return KernelGeneration(number: number, core: core, registrar: registrar, activeModules: active)
-    }
-
-    private func directory(of file: String) -> String {
-        guard let slash = file.lastIndex(of: "/") else { return "." }
-        return String(file[..<slash])
     }
 }
 

@@ -1,4 +1,5 @@
 import KernelConfig
+import NIOCore
 import Logging
 
 /// The `kernel:` section: process-wide settings owned by the core.
@@ -38,13 +39,13 @@ public struct CoreConfiguration: Sendable {
             }
         }
         if let pid = mapping.optional("pid") {
-            configuration.pidFile = resolve(try pid.nonEmptyString(), directory)
+            configuration.pidFile = ConfigPath.resolve(try pid.nonEmptyString(), in: directory)
         }
         if let log = mapping.optional("error_log") {
             let fields = try log.mapping()
             if let path = fields.optional("path") {
                 let text = try path.nonEmptyString()
-                configuration.errorLogPath = text == "stderr" || text == "stdout" ? text : resolve(text, directory)
+                configuration.errorLogPath = text == "stderr" || text == "stdout" ? text : ConfigPath.resolve(text, in: directory)
             }
             if let level = fields.optional("level") {
                 let name = try level.oneOf(["debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"])
@@ -58,10 +59,5 @@ public struct CoreConfiguration: Sendable {
         try mapping.finish()
         return configuration
     }
-
-    private static func resolve(_ path: String, _ directory: String) -> String {
-        path.hasPrefix("/") ? path : "\(directory)/\(path)"
-    }
 }
 
-import NIOCore

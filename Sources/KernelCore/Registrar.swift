@@ -49,14 +49,11 @@ public final class Registrar: @unchecked Sendable {
     }
 
     /// The directory of the configuration file: relative paths in it (models, includes) resolve against it.
-    public var configurationDirectory: String {
-        guard let slash = configurationFile.lastIndex(of: "/") else { return "." }
-        return String(configurationFile[..<slash])
-    }
+    public var configurationDirectory: String { ConfigPath.directory(of: configurationFile) }
 
     /// `path` made absolute against the configuration directory.
     public func resolvePath(_ path: String) -> String {
-        path.hasPrefix("/") ? path : "\(configurationDirectory)/\(path)"
+        ConfigPath.resolve(path, in: configurationDirectory)
     }
 
     public func addListener(_ listener: ListenerSpec) { listeners.append(listener) }
