@@ -71,8 +71,9 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
 
     private enum TimerKind { case none, header, body, keepalive, send, linger }
 
-    /// The request being handled.
-    private struct InFlight {
+    /// The request being handled. A class: the handler updates it in place many times per request, and a struct
+    /// held in an optional would be copied whole (with a reference count per field) on each of those accesses.
+    private final class InFlight {
         let serial: UInt64
         let exchange: RequestExchange
         var request: KernelRequest
@@ -85,6 +86,14 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         var closeAfter = false
         var stream: ResponseBodyStream?
         var streamFraming = HTTPBodyFraming.none
+
+        init(serial: UInt64, exchange: RequestExchange, request: KernelRequest, keepAlive: Bool, isHead: Bool) {
+            self.serial = serial
+            self.exchange = exchange
+            self.request = request
+            self.keepAlive = keepAlive
+            self.isHead = isHead
+        }
     }
 
     private let settings: HTTPConnectionSettings
@@ -396,9 +405,16 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     private func dispatch(_ context: ChannelHandlerContext) {
         state = .processing
         timerKind = .none
-        let serial = current!.serial
-        let responded = current!.exchange.respond(current!.request)
-        // A response that is already there (a `return`, a static answer) completes this callback inline.
+        let inFlight = current!
+        let responded: EventLoopFuture<KernelResponse>
+        switch inFlight.exchange.start(inFlight.request) {
+        case .ready(let response):
+            writeResponse(response, context)
+            return
+        case .future(let future):
+            responded = future
+        }
+        let serial = inFlight.serial
         responded.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
             guard self.current?.serial == serial, self.state == .processing else { return }
             switch result {

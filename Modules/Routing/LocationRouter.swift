@@ -15,10 +15,17 @@ import Darwin
 /// 3. Otherwise the regular expressions (`~`, `~*`) are tried in file order; the first match wins.
 /// 4. Otherwise the longest matching prefix wins, if any.
 struct LocationTable: Sendable {
-    struct Prefix: Sendable {
+    /// A class, so that the search hands out a reference rather than copying the entry.
+    final class Prefix: Sendable {
         let bytes: [UInt8]
         let stopsRegexSearch: Bool
         let decision: RouteDecision
+
+        init(bytes: [UInt8], stopsRegexSearch: Bool, decision: RouteDecision) {
+            self.bytes = bytes
+            self.stopsRegexSearch = stopsRegexSearch
+            self.decision = decision
+        }
     }
     struct Regex: Sendable {
         let regex: POSIXRegex
@@ -48,9 +55,7 @@ struct LocationTable: Sendable {
         if let longest, longest.stopsRegexSearch { return longest.decision }
         for entry in regexes {
             if let captures = entry.regex.captures(in: path) {
-                var decision = entry.decision
-                decision.route.captures = captures
-                return decision
+                return entry.decision.withCaptures(captures)
             }
         }
         return longest?.decision
@@ -74,8 +79,8 @@ struct LocationTable: Sendable {
     }
 }
 
-/// One `server` as the router uses it.
-struct VirtualServer: Sendable {
+/// One `server` as the router uses it (a class: routing reads it in place instead of copying its tables).
+final class VirtualServer: Sendable {
     /// The first name (`$server_name`).
     let name: String
     let locations: LocationTable
@@ -83,6 +88,13 @@ struct VirtualServer: Sendable {
     let notFound: RouteDecision
     /// A server-level `return`: answers every request of the server before locations are searched, as in nginx.
     let serverReturn: RouteDecision?
+
+    init(name: String, locations: LocationTable, notFound: RouteDecision, serverReturn: RouteDecision?) {
+        self.name = name
+        self.locations = locations
+        self.notFound = notFound
+        self.serverReturn = serverReturn
+    }
 
     func decision(for path: String) -> RouteDecision {
         if let serverReturn { return serverReturn }
@@ -186,7 +198,15 @@ struct SlashRedirectHandler: RequestHandler {
     let location: String
 
     func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        context.eventLoop.makeSucceededFuture(response(to: request))
+    }
+
+    func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse? {
+        response(to: request)
+    }
+
+    private func response(to request: KernelRequest) -> KernelResponse {
         let target = request.query.isEmpty ? location : location + "?" + request.query
-        return context.eventLoop.makeSucceededFuture(ReturnDirective.response(status: 301, body: .redirect(VariableTemplate.empty), text: target))
+        return ReturnDirective.response(status: 301, body: .redirect(VariableTemplate.empty), text: target)
     }
 }

@@ -166,8 +166,15 @@ struct ReturnHandler: RequestHandler {
     let template: VariableTemplate
 
     func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
-        let text = template.render(request, route: context.route)
-        return context.eventLoop.makeSucceededFuture(ReturnDirective.response(status: status, body: body, text: text))
+        context.eventLoop.makeSucceededFuture(response(to: request, route: context.route))
+    }
+
+    func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse? {
+        response(to: request, route: context.route)
+    }
+
+    private func response(to request: KernelRequest, route: RouteInfo) -> KernelResponse {
+        ReturnDirective.response(status: status, body: body, text: template.render(request, route: route))
     }
 }
 

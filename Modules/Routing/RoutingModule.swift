@@ -144,8 +144,9 @@ struct RoutingDecoder {
                 case .prefix(let path, let stops):
                     prefixes.append(.init(bytes: Array(path.utf8), stopsRegexSearch: stops, decision: location.decision))
                     if location.handlerKey.hasSuffix("_pass"), path.count > 1, path.hasSuffix("/") {
-                        var redirect = location.decision
-                        redirect.handler = SlashRedirectHandler(location: path)
+                        let decision = location.decision
+                        let redirect = RouteDecision(route: decision.route, handler: SlashRedirectHandler(location: path),
+                                                     maxBodySize: decision.maxBodySize, accessLog: decision.accessLog)
                         slashRedirectCandidates.append((String(path.dropLast()), redirect))
                     }
                 case .regex:

@@ -213,7 +213,15 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         // The request is whole: only `send_timeout` applies from here.
         readDeadline = nil
         let eventLoop = context.eventLoop
-        exchange.respond(request).hop(to: eventLoop).assumeIsolated().whenComplete { [self] result in
+        let responded: EventLoopFuture<KernelResponse>
+        switch exchange.start(request) {
+        case .ready(let response):
+            writeResponse(response, context: context)
+            return
+        case .future(let future):
+            responded = future
+        }
+        responded.hop(to: eventLoop).assumeIsolated().whenComplete { [self] result in
             guard case .responding = state else {
                 if case .success(let response) = result, case .stream(let stream) = response.body { stream.cancel() }
                 return

@@ -105,9 +105,18 @@ public final class RequestExchange: @unchecked Sendable {
     /// `client_max_body_size` of the chosen location; nil is unlimited.
     public var maxBodySize: Int? { decision.maxBodySize }
 
-    /// Runs the filters and the route's handler.
+    /// Runs the filters and the route's handler; the future does not fail.
     public func respond(_ request: KernelRequest) -> EventLoopFuture<KernelResponse> {
-        generation.filters.run(request, context: context, handler: decision.handler)
+        switch start(request) {
+        case .ready(let response): return context.eventLoop.makeSucceededFuture(response)
+        case .future(let future): return future
+        }
+    }
+
+    /// Runs the filters and the route's handler, giving the response at once when it is there: what protocol
+    /// modules call, so that a `return` is written without a future.
+    public func start(_ request: KernelRequest) -> PendingResponse {
+        generation.filters.start(request, context: context, handler: decision.handler)
     }
 
     /// Logs the request and releases the generation. `status` is what was sent (or 499 when the client left).

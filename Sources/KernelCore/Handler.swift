@@ -2,13 +2,16 @@ import Logging
 import NIOCore
 
 /// What a request is handled with: the virtual server and location the router chose.
-public struct RouteInfo: Sendable {
+///
+/// Made once per location when the configuration is loaded (and per request only for a regex location's captures),
+/// so passing it along is one reference count.
+public final class RouteInfo: Sendable {
     /// The first `server_name` of the chosen server (`$server_name`), or empty.
-    public var serverName: String
+    public let serverName: String
     /// The chosen location as written (`= /`, `^~ /images/`), or empty when nothing matched.
-    public var location: String
+    public let location: String
     /// Regex captures of a `~`/`~*` location ($1...), empty otherwise.
-    public var captures: [String]
+    public let captures: [String]
 
     public init(serverName: String = "", location: String = "", captures: [String] = []) {
         self.serverName = serverName
@@ -23,7 +26,7 @@ public struct RequestContext: Sendable {
     public let eventLoop: any EventLoop
     /// The error log.
     public var logger: Logger
-    public var route: RouteInfo
+    public let route: RouteInfo
 
     public init(eventLoop: any EventLoop, logger: Logger, route: RouteInfo) {
         self.eventLoop = eventLoop
@@ -35,6 +38,22 @@ public struct RequestContext: Sendable {
 /// Produces the response to a request: a `return`, a proxied upstream, a model.
 public protocol RequestHandler: Sendable {
     func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse>
+
+    /// The response at once, for a handler that has it without waiting (`return`, fixed answers); nil means that
+    /// `handle` must be called. A response given here spares the request path a future. The default is nil.
+    func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse?
+}
+
+extension RequestHandler {
+    public func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse? { nil }
+}
+
+/// The response of a request: there at once, or to be waited for.
+public enum PendingResponse: Sendable {
+    /// The handler answered at once and no filter is configured.
+    case ready(KernelResponse)
+    /// The response to come; the future does not fail (errors have become error responses).
+    case future(EventLoopFuture<KernelResponse>)
 }
 
 /// A handler built from a closure.
@@ -94,16 +113,29 @@ public struct FilterChain: Sendable {
             future = handler.handle(request, context: context)
         }
         guard index == 0 else { return future }
-        return future.flatMapErrorThrowing { error in
-            if let error = error as? KernelHTTPError {
-                if error.status >= 500 { context.logger.error("\(error.message)") }
-                else { context.logger.info("\(error.message)") }
-                var response = KernelResponse.error(error.status, error.message)
-                for (name, value) in error.headers { response.headers.add(name, value) }
-                return response
-            }
-            context.logger.error("handler failed: \(error)")
-            return .error(500, "internal error")
+        return future.flatMapErrorThrowing { error in FilterChain.errorResponse(error, logger: context.logger) }
+    }
+
+    /// Like `run`, but without a future when no filter is configured and the handler answers at once: the common
+    /// `return` and fixed answers then cost no allocation beyond the response.
+    public func start(_ request: KernelRequest, context: RequestContext, handler: any RequestHandler) -> PendingResponse {
+        if filters.isEmpty, let response = handler.immediateResponse(to: request, context: context) {
+            return .ready(response)
         }
+        return .future(run(request, context: context, handler: handler))
+    }
+
+    /// The response for a handler's error: a `KernelHTTPError`'s status, message and headers, or 500. Logged at
+    /// `error` for 5xx, at `info` for what the client caused.
+    public static func errorResponse(_ error: any Error, logger: Logger) -> KernelResponse {
+        if let error = error as? KernelHTTPError {
+            if error.status >= 500 { logger.error("\(error.message)") }
+            else { logger.info("\(error.message)") }
+            var response = KernelResponse.error(error.status, error.message)
+            for (name, value) in error.headers { response.headers.add(name, value) }
+            return response
+        }
+        logger.error("handler failed: \(error)")
+        return .error(500, "internal error")
     }
 }

@@ -34,36 +34,100 @@ public struct ProtocolVersion: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// A request, in the one shape every protocol module produces and every handler consumes.
+///
+/// A value type whose fields live in one copy-on-write box: a request passes through the router, the filters, the
+/// handler and the access log, and each copy is then one reference count instead of one per field.
 public struct KernelRequest: Sendable {
+    private final class Storage: @unchecked Sendable {
+        // Mutated only while uniquely referenced (see `unique`), so sharing it between copies is safe.
+        var method: String
+        var uri: String
+        var path: String
+        var query: String
+        var version: ProtocolVersion
+        var headers: HeaderFields
+        var body: ByteBuffer?
+        var connection: ConnectionInfo
+        var variables: [(name: String, value: String)]
+
+        init(method: String, uri: String, path: String, query: String, version: ProtocolVersion, headers: HeaderFields,
+             body: ByteBuffer?, connection: ConnectionInfo, variables: [(name: String, value: String)]) {
+            self.method = method
+            self.uri = uri
+            self.path = path
+            self.query = query
+            self.version = version
+            self.headers = headers
+            self.body = body
+            self.connection = connection
+            self.variables = variables
+        }
+
+        func copy() -> Storage {
+            Storage(method: method, uri: uri, path: path, query: query, version: version, headers: headers, body: body,
+                    connection: connection, variables: variables)
+        }
+    }
+
+    private var storage: Storage
+
+    /// The storage, copied first when another request value shares it.
+    private var unique: Storage {
+        mutating get {
+            if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+            return storage
+        }
+    }
+
     /// `GET`, `POST`, ...
-    public var method: String
+    public var method: String {
+        get { storage.method }
+        _modify { yield &unique.method }
+    }
     /// The request target as received (`/v1/parse?x=1`): nginx's `$request_uri`.
-    public var uri: String
+    public var uri: String {
+        get { storage.uri }
+        _modify { yield &unique.uri }
+    }
     /// The path without the query, percent-decoded and normalised (`.` and `..` resolved, `//` merged) the way nginx
     /// matches locations. Set with `KernelRequest.normalizedPath(_:)` by protocol modules.
-    public var path: String
+    public var path: String {
+        get { storage.path }
+        _modify { yield &unique.path }
+    }
     /// The query string without `?`, or empty (`$args`).
-    public var query: String
-    public var version: ProtocolVersion
-    public var headers: HeaderFields
+    public var query: String {
+        get { storage.query }
+        _modify { yield &unique.query }
+    }
+    public var version: ProtocolVersion {
+        get { storage.version }
+        _modify { yield &unique.version }
+    }
+    public var headers: HeaderFields {
+        get { storage.headers }
+        _modify { yield &unique.headers }
+    }
     /// The whole request body, read before the handler runs (as nginx buffers request bodies by default).
-    public var body: ByteBuffer?
-    public var connection: ConnectionInfo
+    public var body: ByteBuffer? {
+        get { storage.body }
+        _modify { yield &unique.body }
+    }
+    public var connection: ConnectionInfo {
+        get { storage.connection }
+        _modify { yield &unique.connection }
+    }
     /// Protocol variables that have no place above (uwsgi's `SCRIPT_NAME`, `SERVER_NAME`, ...).
-    public var variables: [(name: String, value: String)]
+    public var variables: [(name: String, value: String)] {
+        get { storage.variables }
+        _modify { yield &unique.variables }
+    }
 
     public init(method: String, uri: String, path: String, query: String, version: ProtocolVersion,
                 headers: HeaderFields, body: ByteBuffer? = nil, connection: ConnectionInfo,
                 variables: [(name: String, value: String)] = []) {
-        self.method = method
-        self.uri = uri
-        self.path = path
-        self.query = query
-        self.version = version
-        self.headers = headers
-        self.body = body
-        self.connection = connection
-        self.variables = variables
+        storage = Storage(method: method, uri: uri, path: path, query: query, version: version, headers: headers,
+                          body: body, connection: connection, variables: variables)
     }
 
     /// The host the client asked for, without a port or a trailing dot, lower-cased (`$host`): the authority of an

@@ -2,19 +2,28 @@ import KernelConfig
 import NIOCore
 
 /// What the router decided for a request head, before its body is read.
-public struct RouteDecision: Sendable {
-    public var route: RouteInfo
-    public var handler: any RequestHandler
+///
+/// Routers prepare one per location when the configuration is loaded and hand out that same object, so routing a
+/// request allocates nothing (a regex location adds its captures with `withCaptures`).
+public final class RouteDecision: Sendable {
+    public let route: RouteInfo
+    public let handler: any RequestHandler
     /// `client_max_body_size` in bytes; nil means no limit (nginx's `0`).
-    public var maxBodySize: Int?
+    public let maxBodySize: Int?
     /// The server's access log, or nil when off.
-    public var accessLog: AccessLog?
+    public let accessLog: AccessLog?
 
     public init(route: RouteInfo, handler: any RequestHandler, maxBodySize: Int?, accessLog: AccessLog?) {
         self.route = route
         self.handler = handler
         self.maxBodySize = maxBodySize
         self.accessLog = accessLog
+    }
+
+    /// The same decision with a regex location's captures (`$1`...).
+    public func withCaptures(_ captures: [String]) -> RouteDecision {
+        RouteDecision(route: RouteInfo(serverName: route.serverName, location: route.location, captures: captures),
+                      handler: handler, maxBodySize: maxBodySize, accessLog: accessLog)
     }
 }
 
@@ -40,6 +49,7 @@ public struct StaticResponseHandler: RequestHandler {
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
         context.eventLoop.makeSucceededFuture(response)
     }
+    public func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse? { response }
 }
 
 /// Builds a location's handler from its YAML value: how a module contributes a location directive

@@ -25,14 +25,50 @@ private struct FailingHandler: RequestHandler {
 
 private struct PlainError: Error {}
 
+/// Answers through its future only, as a proxy or a model does.
+private struct FutureOnlyHandler: RequestHandler {
+    func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        context.eventLoop.makeSucceededFuture(.text(202, "later"))
+    }
+}
+
 final class FilterChainTests: XCTestCase {
     private let loop = EmbeddedEventLoop()
 
     private func run(_ chain: FilterChain, _ handler: any RequestHandler) throws -> KernelResponse {
         let request = KernelRequest(method: "GET", uri: "/", path: "/", query: "", version: .http1_1, headers: [:],
                                     connection: ConnectionInfo(protocolName: "http", listener: "-", remoteAddress: nil, localAddress: nil))
-        let context = RequestContext(eventLoop: loop, logger: Logger(label: "test"), route: RouteInfo())
-        return try chain.run(request, context: context, handler: handler).wait()
+        return try chain.run(request, context: context(), handler: handler).wait()
+    }
+
+    private func context() -> RequestContext {
+        RequestContext(eventLoop: loop, logger: Logger(label: "test"), route: RouteInfo())
+    }
+
+    private func start(_ chain: FilterChain, _ handler: any RequestHandler) -> PendingResponse {
+        let request = KernelRequest(method: "GET", uri: "/", path: "/", query: "", version: .http1_1, headers: [:],
+                                    connection: ConnectionInfo(protocolName: "http", listener: "-", remoteAddress: nil, localAddress: nil))
+        return chain.start(request, context: context(), handler: handler)
+    }
+
+    func testAnImmediateAnswerWithoutFiltersNeedsNoFuture() throws {
+        guard case .ready(let response) = start(FilterChain(filters: []), StaticResponseHandler(.text(200, "ok"))) else {
+            return XCTFail("a static answer without filters is ready at once")
+        }
+        XCTAssertEqual(response.status, 200)
+        // A filter must see the response, so it goes through the future path.
+        guard case .future(let filtered) = start(FilterChain(filters: [TaggingFilter(name: "f")]), StaticResponseHandler(.text(200, "ok"))) else {
+            return XCTFail("filters run on futures")
+        }
+        XCTAssertEqual(try filtered.wait().headers["X-Filter"], "f")
+        guard case .future(let later) = start(FilterChain(filters: []), FutureOnlyHandler()) else {
+            return XCTFail("a handler without an immediate answer is waited for")
+        }
+        XCTAssertEqual(try later.wait().status, 202)
+        guard case .future(let failed) = start(FilterChain(filters: []), FailingHandler(error: KernelHTTPError(503, "busy"))) else {
+            return XCTFail("a failing handler is waited for")
+        }
+        XCTAssertEqual(try failed.wait().status, 503, "the future path still turns errors into responses")
     }
 
     func testFiltersWrapTheHandlerInOrder() throws {

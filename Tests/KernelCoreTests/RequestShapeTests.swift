@@ -41,6 +41,26 @@ final class RequestShapeTests: XCTestCase {
         XCTAssertEqual(host("localhost"), "localhost")
     }
 
+    func testCopiesOfARequestAreIndependentValues() {
+        let connection = ConnectionInfo(protocolName: "http", listener: "-", remoteAddress: nil, localAddress: nil)
+        let original = KernelRequest(method: "GET", uri: "/a?x=1", path: "/a", query: "x=1", version: .http1_1,
+                                     headers: HeaderFields([("Host", "a.test")]), connection: connection)
+        var copy = original
+        copy.path = "/b"
+        copy.headers.add("X-Added", "1")
+        copy.body = ByteBuffer(string: "body")
+        copy.connection.scheme = "https"
+        XCTAssertEqual(original.path, "/a")
+        XCTAssertEqual(original.headers.count, 1)
+        XCTAssertNil(original.body)
+        XCTAssertEqual(original.connection.scheme, "http")
+        XCTAssertEqual(copy.path, "/b")
+        XCTAssertEqual(copy.headers["x-added"], "1")
+        XCTAssertEqual(copy.body.map { String(buffer: $0) }, "body")
+        XCTAssertEqual(copy.connection.scheme, "https")
+        XCTAssertEqual(copy.uri, "/a?x=1", "fields not written keep the original's values")
+    }
+
     func testHeaderFieldsAreCaseInsensitiveAndOrdered() {
         var headers: HeaderFields = ["Content-Type": "text/plain", "X-A": "1"]
         headers.add("x-a", "2")
