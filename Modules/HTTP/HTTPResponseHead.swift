@@ -63,62 +63,51 @@ enum HTTPResponseHeadWriter {
         return true
     }
 
+    /// Writes the status line and headers. The head is measured first and then copied into the buffer in one
+    /// pass: a response head is a dozen short pieces, and writing them one `ByteBuffer` call at a time cost more
+    /// than the copying.
     static func write(status: Int, reason: String, headers: HeaderFields, framing: HTTPBodyFraming, close: Bool,
                       serverLine: String, date: String, into out: inout ByteBuffer) {
-        out.writeStaticString("HTTP/1.1 ")
-        if (100...999).contains(status) {
-            out.writeInteger(UInt8(48 + status / 100))
-            out.writeInteger(UInt8(48 + status / 10 % 10))
-            out.writeInteger(UInt8(48 + status % 10))
-        } else {
-            out.writeStaticString("500")
-        }
-        out.writeStaticString(" ")
-        out.writeString(isSafe(reason) ? reason : HTTPStatusText.reason(for: status))
-        out.writeStaticString("\r\n")
-        out.writeString(serverLine)
-        out.writeStaticString("Date: ")
-        out.writeString(date)
-        out.writeStaticString("\r\n")
-        for field in headers.fields where !isConnectionOwned(field.name) {
-            guard isSafe(field.name), isSafe(field.value), !field.name.isEmpty else { continue }
-            out.writeString(field.name)
-            out.writeStaticString(": ")
-            out.writeString(field.value)
-            out.writeStaticString("\r\n")
-        }
-        switch framing {
-        case .length(let length):
-            out.writeStaticString("Content-Length: ")
-            writeDecimal(length, into: &out)
-            out.writeStaticString("\r\n")
-        case .chunked:
-            out.writeStaticString("Transfer-Encoding: chunked\r\n")
-        case .closeDelimited, .none:
-            break
-        }
-        out.writeStaticString(close ? "Connection: close\r\n\r\n" : "Connection: keep-alive\r\n\r\n")
-    }
-
-    /// Writes a non-negative integer in decimal without building a String.
-    static func writeDecimal(_ value: Int, into out: inout ByteBuffer) {
-        precondition(value >= 0, "lengths are never negative")
-        if value < 10 {
-            out.writeInteger(UInt8(48 + value))
-            return
-        }
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var count = 0
-        var rest = value
-        withUnsafeMutableBytes(of: &digits) { raw in
-            while rest > 0 {
-                raw[19 - count] = UInt8(48 + rest % 10)
-                rest /= 10
-                count += 1
+        let reason = isSafe(reason) ? reason : HTTPStatusText.reason(for: status)
+        var size = 16 + reason.utf8.count + serverLine.utf8.count + 8 + date.utf8.count
+        for field in headers.fields { size += field.name.utf8.count + field.value.utf8.count + 4 }
+        size += 64  // Content-Length or Transfer-Encoding, and Connection.
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { buffer in
+            var head = HeadBytes(buffer)
+            head.append("HTTP/1.1 ")
+            if (100...999).contains(status) {
+                head.append(UInt8(48 + status / 100))
+                head.append(UInt8(48 + status / 10 % 10))
+                head.append(UInt8(48 + status % 10))
+            } else {
+                head.append("500")
             }
-            out.writeBytes(UnsafeRawBufferPointer(rebasing: raw[(20 - count)...]))
+            head.append(" ")
+            head.append(reason)
+            head.append("\r\n")
+            head.append(serverLine)
+            head.append("Date: ")
+            head.append(date)
+            head.append("\r\n")
+            for field in headers.fields where !isConnectionOwned(field.name) {
+                guard isSafe(field.name), isSafe(field.value), !field.name.isEmpty else { continue }
+                head.append(field.name)
+                head.append(": ")
+                head.append(field.value)
+                head.append("\r\n")
+            }
+            switch framing {
+            case .length(let length):
+                head.append("Content-Length: ")
+                head.appendDecimal(length)
+                head.append("\r\n")
+            case .chunked:
+                head.append("Transfer-Encoding: chunked\r\n")
+            case .closeDelimited, .none:
+                break
+            }
+            head.append(close ? "Connection: close\r\n\r\n" : "Connection: keep-alive\r\n\r\n")
+            return head.count
         }
     }
 
@@ -127,5 +116,52 @@ enum HTTPResponseHeadWriter {
         let hex = String(length, radix: 16)
         out.writeString(hex)
         out.writeStaticString("\r\n")
+    }
+}
+
+/// Appends bytes to memory measured beforehand (`HTTPResponseHeadWriter.write` sizes it); running past the end is a
+/// programming error and traps.
+private struct HeadBytes {
+    private let base: UnsafeMutableRawBufferPointer
+    private(set) var count = 0
+
+    init(_ base: UnsafeMutableRawBufferPointer) { self.base = base }
+
+    mutating func append(_ byte: UInt8) {
+        precondition(count < base.count, "response head larger than measured")
+        base[count] = byte
+        count += 1
+    }
+
+    mutating func append(_ text: StaticString) {
+        append(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    mutating func append(_ text: String) {
+        var text = text
+        text.withUTF8 { append(UnsafeRawBufferPointer($0)) }
+    }
+
+    mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        precondition(count + bytes.count <= base.count, "response head larger than measured")
+        if bytes.count > 0 {
+            (base.baseAddress! + count).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        }
+        count += bytes.count
+    }
+
+    /// A non-negative integer in decimal.
+    mutating func appendDecimal(_ value: Int) {
+        precondition(value >= 0, "lengths are never negative")
+        var digits = 1
+        var rest = value / 10
+        while rest > 0 { digits += 1; rest /= 10 }
+        precondition(count + digits <= base.count, "response head larger than measured")
+        rest = value
+        for position in stride(from: count + digits - 1, through: count, by: -1) {
+            base[position] = UInt8(48 + rest % 10)
+            rest /= 10
+        }
+        count += digits
     }
 }

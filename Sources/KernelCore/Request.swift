@@ -163,18 +163,24 @@ public struct KernelRequest: Sendable {
     /// Splits a request target into a normalised path and a query, or nil when the path escapes the root
     /// (`/../x`) or holds a bad percent escape or a NUL: such requests are answered with 400, as nginx does.
     public static func splitTarget(_ target: String) -> (path: String, query: String)? {
+        let utf8 = target.utf8
+        // The common case, `/plain/path` without a query, is the target itself: no bytes are copied.
+        if utf8.first == UInt8(ascii: "/"), !utf8.contains(UInt8(ascii: "?")), isAlreadyNormalized(utf8) {
+            return (target, "")
+        }
         var rawPath = Substring(target)
         var query = ""
-        if let mark = target.firstIndex(of: "?") {
+        // `?` is ASCII, so its UTF-8 position is a valid index of the string.
+        if let mark = utf8.firstIndex(of: UInt8(ascii: "?")) {
             rawPath = target[..<mark]
-            query = String(target[target.index(after: mark)...])
+            query = String(target[utf8.index(after: mark)...])
         }
         // Absolute-form targets (`http://host/path`) keep only their path.
         if rawPath.hasPrefix("http://") || rawPath.hasPrefix("https://") {
             let afterScheme = rawPath.dropFirst(rawPath.hasPrefix("https://") ? 8 : 7)
             rawPath = afterScheme.firstIndex(of: "/").map { afterScheme[$0...] } ?? "/"
         }
-        guard rawPath.first == "/" else {
+        guard rawPath.utf8.first == UInt8(ascii: "/") else {
             return rawPath.isEmpty ? nil : (rawPath == "*" ? ("*", query) : nil)
         }
         guard let path = normalizedPath(rawPath) else { return nil }
