@@ -7,7 +7,7 @@ DEBUG_BIN := .build/debug/kernel
 
 export KERNEL_ONNXRUNTIME_LIBRARY ?= $(shell scripts/onnxruntime-library.sh 2>/dev/null)
 
-.PHONY: run test setup build release unit-test system-test bench fuzz clean
+.PHONY: run test setup build release unit-test system-test bench profile fuzz clean
 
 setup:
 	@scripts/setup.sh
@@ -42,6 +42,11 @@ system-test:
 
 bench: setup release
 	KERNEL_BIN=$(RELEASE_BIN) KERNEL_ONNXRUNTIME_LIBRARY=$$(scripts/onnxruntime-library.sh) bench/run.sh
+
+# Where the CPU of `return 200 "hello"` goes, kernel vs nginx (perf, root): see docs/performance.md.
+profile: setup release
+	@command -v perf >/dev/null || (apt-get update -q && apt-get install -y -q linux-perf)
+	KERNEL_BIN=$(RELEASE_BIN) bench/http/profile.py
 
 fuzz:
 	Fuzz/fuzz.sh
