@@ -99,7 +99,8 @@ public final class RequestExchange: @unchecked Sendable {
         self.generation = generation
         self.decision = decision
         self.context = context
-        started = DispatchTimeNanos.now()
+        // Only the access log's request time needs the start.
+        started = decision.accessLog == nil ? 0 : DispatchTimeNanos.now()
     }
 
     /// `client_max_body_size` of the chosen location; nil is unlimited.

@@ -42,8 +42,9 @@ public struct NotFoundRouter: RequestRouter {
     }
 }
 
-/// A handler that always answers with the same response.
-public struct StaticResponseHandler: RequestHandler {
+/// A handler that always answers with the same response (a class: the request path reaches it through an
+/// existential, and a reference is cheaper to pass along than the response it holds).
+public final class StaticResponseHandler: RequestHandler {
     public let response: KernelResponse
     public init(_ response: KernelResponse) { self.response = response }
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {

@@ -59,6 +59,11 @@ final class RequestShapeTests: XCTestCase {
         XCTAssertEqual(copy.body.map { String(buffer: $0) }, "body")
         XCTAssertEqual(copy.connection.scheme, "https")
         XCTAssertEqual(copy.uri, "/a?x=1", "fields not written keep the original's values")
+
+        var otherConnection = connection
+        otherConnection.listener = "unix:/run/k.sock"
+        XCTAssertEqual(connection.listener, "-", "a connection's info is a value too")
+        XCTAssertEqual(otherConnection.listener, "unix:/run/k.sock")
     }
 
     func testHeaderFieldsAreCaseInsensitiveAndOrdered() {
