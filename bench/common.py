@@ -96,3 +96,25 @@ def cpu_seconds(pids, children=False):
         except FileNotFoundError:
             continue
     return total / ticks
+
+
+# nginx with the `return 200 "hello"` route of etc/examples/hello.yaml (bench/http: run.py and profile.py).
+NGINX_HELLO_CONF = """
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "hello"; }}
+    }}
+}}
+"""

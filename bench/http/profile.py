@@ -16,32 +16,13 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import ROOT, KERNEL_BIN, wait_port, cpu_count, cpu_seconds  # noqa: E402
+from common import ROOT, KERNEL_BIN, NGINX_HELLO_CONF, wait_port, cpu_count, cpu_seconds  # noqa: E402
 
 NGINX_PORT = 8081
 KERNEL_PORT = 8080
 LOAD_SECONDS = 9
 SAMPLE_SECONDS = 5
 
-NGINX_CONF = """
-worker_processes {workers};
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-daemon off;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ return 200 "hello"; }}
-    }}
-}}
-"""
 
 
 def run(command, **kwargs):
@@ -143,7 +124,7 @@ def main():
     work = tempfile.mkdtemp(prefix="kernel-profile-")
     conf = os.path.join(work, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(workers=cpu_count(), dir=work, port=NGINX_PORT))
+        f.write(NGINX_HELLO_CONF.format(workers=cpu_count(), dir=work, port=NGINX_PORT))
     os.makedirs(os.path.join(ROOT, "run"), exist_ok=True)
     nginx = subprocess.Popen(["nginx", "-c", conf, "-p", work], stderr=subprocess.DEVNULL)
     kernel = subprocess.Popen([KERNEL_BIN, "--role", "both", "--config", os.path.join(ROOT, "etc/examples/hello.yaml")],

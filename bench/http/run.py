@@ -11,7 +11,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import ROOT, KERNEL_BIN, wait_port, wrk, cpu_count, rss_kib, cpu_seconds  # noqa: E402
+from common import ROOT, KERNEL_BIN, NGINX_HELLO_CONF, wait_port, wrk, cpu_count, rss_kib, cpu_seconds  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 DURATION = os.environ.get("BENCH_DURATION", "10s")
@@ -19,25 +19,6 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 NGINX_PORT = 8081
 KERNEL_PORT = 8080
 
-NGINX_CONF = """
-worker_processes {workers};
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-daemon off;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ return 200 "hello"; }}
-    }}
-}}
-"""
 
 
 def main():
@@ -45,7 +26,7 @@ def main():
     work = tempfile.mkdtemp(prefix="kernel-bench-http-")
     conf = os.path.join(work, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(workers=threads, dir=work, port=NGINX_PORT))
+        f.write(NGINX_HELLO_CONF.format(workers=threads, dir=work, port=NGINX_PORT))
     os.makedirs(os.path.join(ROOT, "run"), exist_ok=True)
     nginx = subprocess.Popen(["nginx", "-c", conf, "-p", work], stderr=subprocess.DEVNULL)
     kernel = subprocess.Popen([KERNEL_BIN, "--role", "both", "--config", os.path.join(ROOT, "etc/examples/hello.yaml")],
