@@ -194,18 +194,10 @@ public struct LocationRouter: RequestRouter {
 
 /// nginx's redirect of `/dir` to `/dir/` for a proxying prefix location `/dir/`: 301 to the location's own path
 /// (never the request's bytes), the query kept.
-struct SlashRedirectHandler: RequestHandler {
+struct SlashRedirectHandler: ImmediateRequestHandler {
     let location: String
 
-    func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
-        context.eventLoop.makeSucceededFuture(response(to: request))
-    }
-
-    func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse? {
-        response(to: request)
-    }
-
-    private func response(to request: KernelRequest) -> KernelResponse {
+    func response(to request: KernelRequest, context: RequestContext) -> KernelResponse {
         let target = request.query.isEmpty ? location : location + "?" + request.query
         return ReturnDirective.response(status: 301, body: .redirect(VariableTemplate.empty), text: target)
     }

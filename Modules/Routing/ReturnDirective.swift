@@ -160,21 +160,13 @@ extension ReturnDirective {
 }
 
 /// A `return` whose text or URL holds variables: rendered for each request.
-struct ReturnHandler: RequestHandler {
+struct ReturnHandler: ImmediateRequestHandler {
     let status: Int
     let body: ReturnDirective.Body
     let template: VariableTemplate
 
-    func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
-        context.eventLoop.makeSucceededFuture(response(to: request, route: context.route))
-    }
-
-    func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse? {
-        response(to: request, route: context.route)
-    }
-
-    private func response(to request: KernelRequest, route: RouteInfo) -> KernelResponse {
-        ReturnDirective.response(status: status, body: body, text: template.render(request, route: route))
+    func response(to request: KernelRequest, context: RequestContext) -> KernelResponse {
+        ReturnDirective.response(status: status, body: body, text: template.render(request, route: context.route))
     }
 }
 

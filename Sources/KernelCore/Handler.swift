@@ -48,6 +48,22 @@ extension RequestHandler {
     public func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse? { nil }
 }
 
+/// A handler that always has its answer at once (`return`, fixed answers, redirects): it writes only `response`,
+/// and both ways of asking for it come from here.
+public protocol ImmediateRequestHandler: RequestHandler {
+    func response(to request: KernelRequest, context: RequestContext) -> KernelResponse
+}
+
+extension ImmediateRequestHandler {
+    public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        context.eventLoop.makeSucceededFuture(response(to: request, context: context))
+    }
+
+    public func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse? {
+        response(to: request, context: context)
+    }
+}
+
 /// The response of a request: there at once, or to be waited for.
 public enum PendingResponse: Sendable {
     /// The handler answered at once and no filter is configured.

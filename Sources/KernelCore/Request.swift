@@ -1,67 +1,22 @@
 import NIOCore
 
 /// Where a request came in: filled by the protocol module that accepted it.
-///
-/// A value type in one copy-on-write box, like `KernelRequest`: every request of a connection carries the same box.
 public struct ConnectionInfo: Sendable {
-    private final class Storage: @unchecked Sendable {
-        // Mutated only while uniquely referenced (see `unique`).
-        var protocolName: String
-        var listener: String
-        var remoteAddress: SocketAddress?
-        var localAddress: SocketAddress?
-        var scheme: String
-
-        init(protocolName: String, listener: String, remoteAddress: SocketAddress?, localAddress: SocketAddress?, scheme: String) {
-            self.protocolName = protocolName
-            self.listener = listener
-            self.remoteAddress = remoteAddress
-            self.localAddress = localAddress
-            self.scheme = scheme
-        }
-
-        func copy() -> Storage {
-            Storage(protocolName: protocolName, listener: listener, remoteAddress: remoteAddress, localAddress: localAddress,
-                    scheme: scheme)
-        }
-    }
-
-    private var storage: Storage
-
-    private var unique: Storage {
-        mutating get {
-            if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
-            return storage
-        }
-    }
-
     /// `http` or `uwsgi`.
-    public var protocolName: String {
-        get { storage.protocolName }
-        _modify { yield &unique.protocolName }
-    }
+    public var protocolName: String
     /// The listener's configured address, as written in YAML (`127.0.0.1:8080`, `unix:/run/k.sock`).
-    public var listener: String {
-        get { storage.listener }
-        _modify { yield &unique.listener }
-    }
-    public var remoteAddress: SocketAddress? {
-        get { storage.remoteAddress }
-        _modify { yield &unique.remoteAddress }
-    }
-    public var localAddress: SocketAddress? {
-        get { storage.localAddress }
-        _modify { yield &unique.localAddress }
-    }
+    public var listener: String
+    public var remoteAddress: SocketAddress?
+    public var localAddress: SocketAddress?
     /// `http` or `https`, as the client used it (uwsgi carries it in `UWSGI_SCHEME`/`HTTPS`).
-    public var scheme: String {
-        get { storage.scheme }
-        _modify { yield &unique.scheme }
-    }
+    public var scheme: String
 
     public init(protocolName: String, listener: String, remoteAddress: SocketAddress?, localAddress: SocketAddress?, scheme: String = "http") {
-        storage = Storage(protocolName: protocolName, listener: listener, remoteAddress: remoteAddress,
-                          localAddress: localAddress, scheme: scheme)
+        self.protocolName = protocolName
+        self.listener = listener
+        self.remoteAddress = remoteAddress
+        self.localAddress = localAddress
+        self.scheme = scheme
     }
 
     /// The client's IP address as text (`$remote_addr`), or `-`.

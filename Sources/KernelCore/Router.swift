@@ -44,13 +44,10 @@ public struct NotFoundRouter: RequestRouter {
 
 /// A handler that always answers with the same response (a class: the request path reaches it through an
 /// existential, and a reference is cheaper to pass along than the response it holds).
-public final class StaticResponseHandler: RequestHandler {
+public final class StaticResponseHandler: ImmediateRequestHandler {
     public let response: KernelResponse
     public init(_ response: KernelResponse) { self.response = response }
-    public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
-        context.eventLoop.makeSucceededFuture(response)
-    }
-    public func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse? { response }
+    public func response(to request: KernelRequest, context: RequestContext) -> KernelResponse { response }
 }
 
 /// Builds a location's handler from its YAML value: how a module contributes a location directive
