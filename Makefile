@@ -33,7 +33,7 @@ run: setup release
 
 test: setup
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	KERNEL_ONNXRUNTIME_LIBRARY=$$(scripts/onnxruntime-library.sh) $(SWIFT) test --skip-build
 	@$(MAKE) --no-print-directory system-test
 
 system-test:

@@ -75,14 +75,28 @@ class Kernel:
         return self.process.wait(timeout=timeout)
 
     def stop(self):
+        """Stops the kernel with SIGTERM (`-s stop`) and fails when it does not exit cleanly.
+
+        A kernel that crashes or hangs while it stops is a defect of the test that stopped it; one that a test
+        stopped itself must have exited with 0 (or been killed by the test on purpose, see `killed`).
+        """
+        hung = False
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
+                hung = True
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+        if hung:
+            raise AssertionError(f"the kernel did not exit within 15 s of SIGTERM:\n{self.log_text()}")
+        if self.process.returncode != 0 and not self.killed:
+            raise AssertionError(f"the kernel exited with {self.process.returncode} while stopping:\n{self.log_text()}")
+
+    #: Set by a test that kills the kernel on purpose (SIGKILL, a failed start): `stop` then accepts any exit.
+    killed = False
 
 
 def with_core_section(text, workdir):
@@ -115,12 +129,23 @@ def start_kernel(tmp_path, kernel_bin):
         return kernel
 
     yield start
+    failures = []
     for kernel in started:
-        kernel.stop()
+        try:
+            kernel.stop()
+        except AssertionError as error:
+            failures.append(str(error))
+    if failures:
+        pytest.fail("\n".join(failures))
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A skipped test is a failed one: every peer these tests need (nginx, uWSGI, tritonclient, ONNX Runtime, wrk)
+    is installed by `make test`, so a skip can only hide a missing install or a broken binary."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        reason = call.excinfo.value if call.excinfo is not None else "skipped"
+        report.longrepr = f"skipped tests count as failures: {reason}"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import requests
 
-tritonclient_http = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import tritonclient.http as tritonclient_http  # installed by scripts/setup.sh: a missing client fails, never skips
+from tritonclient.utils import InferenceServerException
 
 from inference_support import DEMO, PPOCR_CLS, Reference, ensure_models, make_slow_model, models_yaml  # noqa: E402
 
@@ -142,7 +142,12 @@ def test_many_concurrent_requests_are_batched_with_exact_results(kernel, client,
     assert stats["execution_count"] < len(arrays)
 
 
-def test_ppocr_classifier_matches_onnxruntime(kernel):
+def test_ppocr_classifier_batches_and_matches_onnxruntime(start_kernel):
+    # A longer queue delay than the shared fixture's, so that the concurrent requests below join batches.
+    text = models_yaml().replace("max_batch_size: 8\n      dynamic_batching: {max_queue_delay: 5ms}",
+                                 "max_batch_size: 8\n      dynamic_batching: {max_queue_delay: 200ms}")
+    assert "200ms" in text
+    kernel = start_kernel(text)
     reference = Reference(PPOCR_CLS)
     images = [np.random.default_rng(i).random((1, 3, 48, 192), dtype=np.float32) for i in range(24)]
 
@@ -153,7 +158,14 @@ def test_ppocr_classifier_matches_onnxruntime(kernel):
             return client.infer("ppocr_cls", [tensor]).as_numpy(reference.output)
         return infer
 
-    for image, got in zip(images, parallel(kernel, [call(image) for image in images], workers=8)):
+    results = parallel(kernel, [call(image) for image in images], workers=24)
+    # The comparison below is about batched runs: first prove that requests were joined.
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    stats = client.get_inference_statistics("ppocr_cls")["model_stats"][0]
+    sizes = [entry["batch_size"] for entry in stats["batch_stats"]]
+    assert max(sizes) > 1, stats
+    assert stats["execution_count"] < len(images), stats
+    for image, got in zip(images, results):
         assert got.shape == (1, 2)
         assert np.array_equal(got, reference.run(image))
 

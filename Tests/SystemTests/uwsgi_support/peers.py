@@ -1,5 +1,6 @@
 """Real peers for the uwsgi interop tests: uWSGI running the Flask app, and nginx with a temporary configuration."""
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,10 +14,7 @@ UWSGI = shutil.which("uwsgi")
 UWSGI_PARAMS = "/etc/nginx/uwsgi_params"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+UWSGI_BOUND = re.compile(r"uwsgi socket 0 bound to TCP address 127\.0\.0\.1:(\d+) \(port auto-assigned\)")
 
 
 def wait_port(port, timeout=30, process=None, log=None):
@@ -43,18 +41,28 @@ class UWSGIApp:
     """`uwsgi --socket 127.0.0.1:PORT --master --workers 2 --lazy --wsgi-file app.py --callable app`."""
 
     def __init__(self, workdir, workers=2, extra=()):
-        self.port = free_port()
         self.log = os.path.join(workdir, "uwsgi.log")
-        self.command = [UWSGI, "--socket", f"127.0.0.1:{self.port}", "--master", "--workers", str(workers), "--lazy",
+        # Port 0: uWSGI binds a port of the kernel's choosing and logs it, so no port is picked and released first.
+        self.command = [UWSGI, "--socket", "127.0.0.1:0", "--master", "--workers", str(workers), "--lazy",
                         "--wsgi-file", APP, "--callable", "app", "--buffer-size", "65536", "--die-on-term",
                         "--need-app", "--chdir", HERE, "--logto", self.log, *extra]
         self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                         start_new_session=True)
+        self.port = int(self._wait_for_log(UWSGI_BOUND).group(1))
         wait_port(self.port, process=self.process, log=self.log)
-        # `--lazy` loads the app in each worker after the socket is open: wait until a worker answers.
-        deadline = time.time() + 30
-        while "WSGI app 0" not in read(self.log) and time.time() < deadline:
+        # `--lazy` loads the app in each worker after the socket is open: wait until a worker has it.
+        self._wait_for_log(re.compile(r"WSGI app 0 \(mountpoint='[^']*'\) ready"))
+
+    def _wait_for_log(self, pattern, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = pattern.search(read(self.log))
+            if found:
+                return found
+            if self.process.poll() is not None:
+                raise AssertionError(f"uWSGI exited with {self.process.returncode}:\n{read(self.log)}")
             time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {pattern.pattern!r} in the uWSGI log:\n{read(self.log)}")
 
     def kill(self):
         """Kills the whole uWSGI process group at once (master and workers)."""
@@ -86,7 +94,16 @@ class Nginx:
     def __init__(self, workdir, locations, client_max_body_size="100m"):
         # One server block per entry of `locations` (a string is one server); `ports` in the same order.
         servers = [locations] if isinstance(locations, str) else list(locations)
-        self.ports = [free_port() for _ in servers]
+        # nginx cannot listen on port 0, so the sockets are bound and listening here and handed over as nginx's
+        # own binary upgrade does (`NGINX="fd;fd;"`): nginx takes an inherited socket whose address its
+        # configuration names instead of binding one, and no port is ever picked and then released.
+        sockets = []
+        for _ in servers:
+            listening = socket.socket()
+            listening.bind(("127.0.0.1", 0))
+            listening.listen(511)
+            sockets.append(listening)
+        self.ports = [listening.getsockname()[1] for listening in sockets]
         self.port = self.ports[0]
         self.workdir = workdir
         self.error_log = os.path.join(workdir, "nginx-error.log")
@@ -106,8 +123,13 @@ http {{
 {"".join(self._server(port, block) for port, block in zip(self.ports, servers))}}}
 """)
         self.conf = conf
+        fds = [listening.fileno() for listening in sockets]
+        env = dict(os.environ, NGINX="".join(f"{fd};" for fd in fds))
         self.process = subprocess.Popen([NGINX, "-p", workdir, "-c", conf], stdout=subprocess.DEVNULL,
-                                        stderr=open(os.path.join(workdir, "nginx-stderr.log"), "wb"))
+                                        stderr=open(os.path.join(workdir, "nginx-stderr.log"), "wb"),
+                                        env=env, pass_fds=fds)
+        for listening in sockets:
+            listening.close()
         for port in self.ports:
             wait_port(port, process=self.process, log=os.path.join(workdir, "nginx-stderr.log"))
 
