@@ -102,7 +102,8 @@ public final class ModelScheduler: @unchecked Sendable {
     /// not start within the timeout, 500 when the runtime reports an error.
     public func submit(_ inputs: [Tensor], on eventLoop: any EventLoop) -> EventLoopFuture<[Tensor]> {
         let promise = eventLoop.makePromise(of: [Tensor].self)
-        let job = InferenceJob(inputs: inputs, promise: promise, enqueued: monotonicNanoseconds())
+        let job = InferenceJob(inputs: inputs, promise: promise, enqueued: monotonicNanoseconds(),
+                               batchDimension: policy.maxBatchSize > 0)
         pthread_mutex_lock(&mutex)
         if stopping {
             pthread_mutex_unlock(&mutex)
@@ -293,17 +294,19 @@ final class InferenceJob: @unchecked Sendable {
     let inputs: [Tensor]
     let promise: EventLoopPromise<[Tensor]>
     let enqueued: UInt64
+    /// Rows along dimension 0 when the model batches (at most `max_batch_size`, checked by the codec); 1 otherwise,
+    /// as Triton counts a request to a model without a batch dimension as one inference.
     let rows: Int
     /// Guarded by the scheduler's mutex.
     var state = State.queued
     /// Set under the scheduler's mutex before any thread can see the job; cancelled when the job completes.
     var timer: Scheduled<Void>?
 
-    init(inputs: [Tensor], promise: EventLoopPromise<[Tensor]>, enqueued: UInt64) {
+    init(inputs: [Tensor], promise: EventLoopPromise<[Tensor]>, enqueued: UInt64, batchDimension: Bool) {
         self.inputs = inputs
         self.promise = promise
         self.enqueued = enqueued
-        rows = inputs.first?.rows ?? 1
+        rows = batchDimension ? inputs.first?.rows ?? 1 : 1
     }
 
     /// Same element types and the same dimensions after the first on every input: rows can be stacked.

@@ -1,7 +1,6 @@
 /// A count and the nanoseconds spent, as Triton's statistics report durations.
 ///
-/// Counters saturate at `UInt64.max` rather than trap: a row count comes from a request's shape (a model that does
-/// not batch takes `[2^62, 0]`), and no counter may stop the process.
+/// Counters saturate at `UInt64.max` rather than trap: no counter may stop the process.
 public struct DurationCounter: Sendable, Equatable {
     public var count: UInt64 = 0
     public var nanoseconds: UInt64 = 0

@@ -85,15 +85,19 @@ final class TensorSizeTests: XCTestCase {
         XCTAssertEqual(counter.count, .max)
         XCTAssertEqual(counter.nanoseconds, .max)
 
-        // A model that does not batch takes `[2^62, 0]`: four such requests count more rows than UInt64 holds.
+        // Rows that add up past UInt64 saturate the count. A model that does not batch counts each request as one.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { try? group.syncShutdownGracefully() }
         let loop = group.next()
         var statistics = ModelStatistics()
         let jobs = (0..<4).map { _ in
             InferenceJob(inputs: [Tensor(dataType: .fp32, shape: [1 << 62, 0], bytes: [])],
-                         promise: loop.makePromise(of: [Tensor].self), enqueued: 10)
+                         promise: loop.makePromise(of: [Tensor].self), enqueued: 10, batchDimension: true)
         }
+        let unbatched = InferenceJob(inputs: [Tensor(dataType: .fp32, shape: [1 << 62, 0], bytes: [])],
+                                     promise: loop.makePromise(of: [Tensor].self), enqueued: 10, batchDimension: false)
+        XCTAssertEqual(unbatched.rows, 1)
+        unbatched.promise.succeed([])
         for job in jobs {
             statistics.record(batchSize: job.rows, requests: [job], computeNanoseconds: 1, dequeued: 5, finished: 3,
                               succeeded: true)
