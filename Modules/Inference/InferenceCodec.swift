@@ -52,7 +52,9 @@ public enum InferenceCodec {
         let body = body ?? ByteBuffer()
         var jsonLength = body.readableBytes
         if let text = headers[inferenceHeaderContentLength] {
-            guard let length = Int(text), length >= 0 else {
+            // Plain decimal digits only (no sign, no space): the JSON part's length, at most the body's.
+            guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+                  let length = Int(text) else {
                 throw KernelHTTPError(400, "invalid \(inferenceHeaderContentLength) header \"\(text)\"")
             }
             guard length <= body.readableBytes else {
@@ -95,7 +97,7 @@ public enum InferenceCodec {
                 throw KernelHTTPError(400, "unexpected inference input '\(name)' for model '\(model.name)'")
             }
             guard decoded[position] == nil else {
-                throw KernelHTTPError(400, "input '\(name)' is given more than once")
+                throw KernelHTTPError(400, "input '\(name)' already exists in request")
             }
             let spec = model.inputs[position]
             guard let typeName = item["datatype"]?.stringValue else {
@@ -124,10 +126,12 @@ public enum InferenceCodec {
             if model.maxBatchSize > 0, let rows = shape.first, rows > Int64(model.maxBatchSize) {
                 throw KernelHTTPError(400, "inference request batch-size must be <= \(model.maxBatchSize) for '\(model.name)'")
             }
-            guard let count = Tensor.elementCount(shape), count <= Int.max / 8 else {
-                throw KernelHTTPError(400, "input '\(name)' has a shape too large: \(shapeText(shape))")
+            // Sizes are checked before anything is computed from them: the element count, the byte size, and the
+            // extent (non-empty dimensions), so that `[0, 2^62]` cannot overflow a row size or a batch split later.
+            guard let count = TensorSize.elementCount(shape), let byteCount = TensorSize.byteCount(shape, dataType),
+                  let extent = TensorSize.extentByteCount(shape, dataType), extent <= TensorSize.bufferLimit else {
+                throw KernelHTTPError(400, "input '\(name)' has a shape too large: \(shapeText(shape)) of \(typeName) spans more than \(TensorSize.bufferLimit) bytes (counting each empty dimension as 1)")
             }
-            let byteCount = count * dataType.byteWidth
             let parameters = item["parameters"]
             if let sizeValue = parameters?["binary_data_size"] {
                 guard case .number(let number) = sizeValue, let size = number.int64, size >= 0 else {
@@ -149,6 +153,12 @@ public enum InferenceCodec {
                 // its data, and must not make us allocate for it.
                 guard count <= jsonLength / 2 + 1 else {
                     throw KernelHTTPError(400, "unexpected number of elements for input '\(name)': the shape \(shapeText(shape)) needs \(count), more than the request's \(jsonLength) bytes of JSON can hold")
+                }
+                // The elements are counted before the tensor is allocated: a short `data` with a large shape is
+                // refused without allocating for the shape.
+                let given = elementCount(of: data)
+                guard given == count else {
+                    throw KernelHTTPError(400, "unexpected number of elements for input '\(name)': the shape \(shapeText(shape)) needs \(count), the data has \(given)")
                 }
                 let bytes = try decodeData(data, dataType: dataType, count: count, name: name, shape: shape)
                 decoded[position] = Tensor(dataType: dataType, shape: shape, bytes: bytes)
@@ -181,6 +191,11 @@ public enum InferenceCodec {
                 guard model.outputs.contains(where: { $0.name == name }) else {
                     throw KernelHTTPError(400, "unexpected inference output '\(name)' for model '\(model.name)'")
                 }
+                // Each output is written once: a repeated name would repeat the tensor in the response (as Triton,
+                // refused). `outputs` holds distinct model outputs only, so this scan is bounded by the model.
+                guard !outputs.contains(where: { $0.name == name }) else {
+                    throw KernelHTTPError(400, "output '\(name)' already exists in request")
+                }
                 var binaryFlag: Bool?
                 if let flag = item["parameters"]?["binary_data"] {
                     guard let value = flag.boolValue else { throw KernelHTTPError(400, "output '\(name)': binary_data must be a boolean") }
@@ -195,9 +210,22 @@ public enum InferenceCodec {
 
     static func shapeText(_ shape: [Int64]) -> String { "[" + shape.map(String.init).joined(separator: ",") + "]" }
 
+    /// The leaves of `data` (flat or nested arrays): the elements it gives. Each leaf is a parsed value, so the sum
+    /// is bounded by the document's size.
+    static func elementCount(of data: JSONValue) -> Int {
+        switch data {
+        case .numbers(let numbers): return numbers.count
+        case .array(let items): return items.reduce(0) { $0 &+ elementCount(of: $1) }
+        default: return 1
+        }
+    }
+
     /// Flattens `data` (flat or nested arrays) into `count` elements of `dataType`, native byte order.
     static func decodeData(_ data: JSONValue, dataType: TensorDataType, count: Int, name: String, shape: [Int64]) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count * dataType.byteWidth)
+        guard let byteCount = TensorSize.product(count, dataType.byteWidth) else {
+            throw KernelHTTPError(400, "input '\(name)' has a shape too large: \(shapeText(shape))")
+        }
+        var bytes = [UInt8](repeating: 0, count: byteCount)
         var written = 0
         var bad: JSONValue?
         bytes.withUnsafeMutableBytes { raw in
@@ -296,85 +324,175 @@ public enum InferenceCodec {
         return true
     }
 
+    /// The most bytes one JSON element takes, with its comma: `-2.2250738585072014e-308` (FP64) is 24.
+    static let maximumElementText = 32
+
     /// Writes an infer response: JSON, or JSON followed by the binary outputs (with `Inference-Header-Content-Length`).
+    ///
+    /// The response is at most `limit` bytes (at most `TensorSize.bufferLimit`, what one `ByteBuffer` holds). Every
+    /// size is known or bounded before it is written: the binary outputs' total before anything is written, the
+    /// JSON text before each piece. A response that would be larger throws a `KernelHTTPError` 500 (with a hint to
+    /// ask for binary outputs when only the JSON text is too large); a requested output named twice, or outputs that
+    /// do not match the model, throw too (`decodeRequest` never gives such a request).
     public static func encodeResponse(model: ModelSignature, request: DecodedInferenceRequest, outputs: [Tensor],
-                                      allocator: ByteBufferAllocator = ByteBufferAllocator()) -> KernelResponse {
-        var estimate = 128
-        for tensor in outputs { estimate += 64 + tensor.elementCount * 12 }
-        var writer = JSONWriter(buffer: allocator.buffer(capacity: estimate))
-        var binaryParts: [Tensor] = []
-        writer.raw("{\"model_name\":")
-        writer.string(model.name)
-        writer.raw(",\"model_version\":")
-        writer.string(model.version)
+                                      limit: Int = TensorSize.bufferLimit,
+                                      allocator: ByteBufferAllocator = ByteBufferAllocator()) throws -> KernelResponse {
+        let limit = min(max(0, limit), TensorSize.bufferLimit)
+        // The outputs to write, each once, in the requested order.
+        var parts: [(name: String, tensor: Tensor, binary: Bool)] = []
+        parts.reserveCapacity(min(request.outputs.count, model.outputs.count))
+        for wanted in request.outputs {
+            guard let position = model.outputs.firstIndex(where: { $0.name == wanted.name }) else {
+                throw KernelHTTPError(400, "unexpected inference output '\(wanted.name)' for model '\(model.name)'")
+            }
+            guard !parts.contains(where: { $0.name == wanted.name }) else {
+                throw KernelHTTPError(400, "output '\(wanted.name)' already exists in request")
+            }
+            guard position < outputs.count, outputs[position].isConsistent else {
+                let found = position < outputs.count
+                    ? "shape \(shapeText(outputs[position].shape)) with \(outputs[position].bytes.count) bytes" : "no tensor"
+                throw KernelHTTPError(500, "inference failed for model '\(model.name)': output '\(wanted.name)' has \(found)")
+            }
+            parts.append((wanted.name, outputs[position], wanted.binary ?? request.binaryOutputDefault))
+        }
+        guard let binaryBytes = TensorSize.total(parts.lazy.filter(\.binary).map(\.tensor.bytes.count)),
+              binaryBytes <= limit else {
+            let total = parts.filter(\.binary).reduce(UInt64(0)) { $0 &+ UInt64($1.tensor.bytes.count) }
+            throw KernelHTTPError(500, "the response of model '\(model.name)' would hold \(total) bytes of binary outputs, more than the \(limit) bytes one response can hold")
+        }
+        // The JSON part may use what the binary outputs leave.
+        var writer = BoundedJSONWriter(limit: limit - binaryBytes, modelName: model.name,
+                                       hasJSONData: parts.contains(where: { !$0.binary }))
+        var estimate = 128 + model.name.utf8.count + model.version.utf8.count + (request.id?.utf8.count ?? 0)
+        for part in parts {
+            let text = part.binary ? 0 : (TensorSize.product(part.tensor.elementCount, 12) ?? Int.max)
+            estimate = TensorSize.sum(estimate, TensorSize.sum(96 + part.name.utf8.count + 21 * part.tensor.shape.count, text) ?? Int.max) ?? Int.max
+        }
+        // Room for the JSON (a guess, at most 16 MiB: a larger text grows the buffer) and the binary outputs.
+        writer.json.buffer = allocator.buffer(capacity: min(min(estimate, writer.limit, 1 << 24) + binaryBytes, limit))
+        try writer.reserve(64)
+        writer.json.raw("{\"model_name\":")
+        try writer.string(model.name)
+        writer.json.raw(",\"model_version\":")
+        try writer.string(model.version)
         if let id = request.id {
-            writer.raw(",\"id\":")
-            writer.string(id)
+            try writer.reserve(8)
+            writer.json.raw(",\"id\":")
+            try writer.string(id)
         }
-        writer.raw(",\"outputs\":[")
-        for (index, wanted) in request.outputs.enumerated() {
-            guard let position = model.outputs.firstIndex(where: { $0.name == wanted.name }) else { continue }
-            let tensor = outputs[position]
-            if index > 0 { writer.byte(UInt8(ascii: ",")) }
-            writer.raw("{\"name\":")
-            writer.string(wanted.name)
-            writer.raw(",\"datatype\":\"")
-            writer.buffer.writeString(tensor.dataType.rawValue)
-            writer.raw("\",\"shape\":[")
+        try writer.reserve(16)
+        writer.json.raw(",\"outputs\":[")
+        for (index, part) in parts.enumerated() {
+            let tensor = part.tensor
+            try writer.reserve(48 + 21 * tensor.shape.count)
+            if index > 0 { writer.json.byte(UInt8(ascii: ",")) }
+            writer.json.raw("{\"name\":")
+            try writer.string(part.name)
+            try writer.reserve(48 + 21 * tensor.shape.count)
+            writer.json.raw(",\"datatype\":\"")
+            writer.json.buffer.writeString(tensor.dataType.rawValue)
+            writer.json.raw("\",\"shape\":[")
             for (dimensionIndex, dimension) in tensor.shape.enumerated() {
-                if dimensionIndex > 0 { writer.byte(UInt8(ascii: ",")) }
-                writer.integer(dimension)
+                if dimensionIndex > 0 { writer.json.byte(UInt8(ascii: ",")) }
+                writer.json.integer(dimension)
             }
-            writer.byte(UInt8(ascii: "]"))
-            if wanted.binary ?? request.binaryOutputDefault {
-                writer.raw(",\"parameters\":{\"binary_data_size\":")
-                writer.integer(tensor.bytes.count)
-                writer.raw("}}")
-                binaryParts.append(tensor)
+            writer.json.byte(UInt8(ascii: "]"))
+            if part.binary {
+                try writer.reserve(64)
+                writer.json.raw(",\"parameters\":{\"binary_data_size\":")
+                writer.json.integer(tensor.bytes.count)
+                writer.json.raw("}}")
             } else {
-                writer.raw(",\"data\":")
-                writeData(tensor, into: &writer)
-                writer.byte(UInt8(ascii: "}"))
+                try writer.reserve(16)
+                writer.json.raw(",\"data\":")
+                try writeData(tensor, into: &writer)
+                writer.json.byte(UInt8(ascii: "}"))
             }
         }
-        writer.raw("]}")
-        var buffer = writer.buffer
+        try writer.reserve(8)
+        writer.json.raw("]}")
+        try writer.check()
+        var buffer = writer.json.buffer
         var headers: HeaderFields = [:]
-        if binaryParts.isEmpty {
+        if !parts.contains(where: \.binary) {
             headers.add("Content-Type", "application/json")
         } else {
             headers.add(inferenceHeaderContentLength, String(buffer.readableBytes))
             headers.add("Content-Type", "application/octet-stream")
-            for part in binaryParts { buffer.writeBytes(part.bytes) }
+            for part in parts where part.binary { buffer.writeBytes(part.tensor.bytes) }
         }
         return KernelResponse(status: 200, headers: headers, body: .buffer(buffer))
     }
 
-    /// The elements of `tensor` as a flat JSON array.
-    static func writeData(_ tensor: Tensor, into writer: inout JSONWriter) {
-        writer.byte(UInt8(ascii: "["))
+    /// A `JSONWriter` kept within `limit` bytes: callers `reserve` the most the next piece can take before writing
+    /// it (so the buffer never reaches what a `ByteBuffer` cannot hold), and `check` the exact size when done.
+    struct BoundedJSONWriter {
+        var json = JSONWriter(buffer: ByteBuffer())
+        let limit: Int
+        let modelName: String
+        /// Whether some output is written as JSON text: then asking for binary data is the way out.
+        let hasJSONData: Bool
+
+        init(limit: Int, modelName: String, hasJSONData: Bool) {
+            self.limit = limit
+            self.modelName = modelName
+            self.hasJSONData = hasJSONData
+        }
+
+        private var tooLarge: KernelHTTPError {
+            let hint = hasJSONData ? ": request the outputs as binary data (\"binary_data_output\": true)" : ""
+            return KernelHTTPError(500, "the JSON part of the response of model '\(modelName)' would be more than the \(limit) bytes left for it\(hint)")
+        }
+
+        /// Throws a 500 when the text is already past `limit`, or when `count` more bytes would not fit a buffer.
+        @inline(__always)
+        func reserve(_ count: Int) throws {
+            let written = json.buffer.writerIndex
+            guard written <= limit, let end = TensorSize.sum(written, count), end <= TensorSize.bufferLimit else { throw tooLarge }
+        }
+
+        /// Throws a 500 when the text is past `limit`.
+        func check() throws {
+            guard json.buffer.writerIndex <= limit else { throw tooLarge }
+        }
+
+        /// A JSON string: escaped, it takes at most six bytes per byte of `text`, plus the quotes.
+        mutating func string(_ text: String) throws {
+            try reserve(TensorSize.product(text.utf8.count, 6).flatMap { TensorSize.sum($0, 2) } ?? Int.max)
+            json.string(text)
+        }
+    }
+
+    /// The elements of `tensor` as a flat JSON array; room is checked before each element.
+    static func writeData(_ tensor: Tensor, into bounded: inout BoundedJSONWriter) throws {
+        bounded.json.byte(UInt8(ascii: "["))
         let count = tensor.elementCount
-        tensor.bytes.withUnsafeBytes { raw in
+        // Room for every element at once when the whole array surely fits; otherwise element by element.
+        let end = TensorSize.product(count, maximumElementText).flatMap { TensorSize.sum(bounded.json.buffer.writerIndex, $0 + 1) }
+        let checkEach = end.map { $0 > bounded.limit } ?? true
+        try tensor.bytes.withUnsafeBytes { raw in
             for index in 0..<count {
-                if index > 0 { writer.byte(UInt8(ascii: ",")) }
+                if checkEach { try bounded.reserve(maximumElementText) }
+                if index > 0 { bounded.json.byte(UInt8(ascii: ",")) }
                 switch tensor.dataType {
-                case .fp32: writer.float(raw.loadUnaligned(fromByteOffset: index * 4, as: Float.self))
-                case .fp64: writer.double(raw.loadUnaligned(fromByteOffset: index * 8, as: Double.self))
+                case .fp32: bounded.json.float(raw.loadUnaligned(fromByteOffset: index * 4, as: Float.self))
+                case .fp64: bounded.json.double(raw.loadUnaligned(fromByteOffset: index * 8, as: Double.self))
                 case .fp16:
                     let half = Float16(bitPattern: raw.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self))
-                    if half.isFinite { writer.buffer.writeString(half.description) } else { writer.float(Float(half)) }
-                case .bool: writer.raw(raw[index] != 0 ? "true" : "false")
-                case .uint8: writer.integer(raw[index])
-                case .int8: writer.integer(Int8(bitPattern: raw[index]))
-                case .uint16: writer.integer(raw.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self))
-                case .int16: writer.integer(raw.loadUnaligned(fromByteOffset: index * 2, as: Int16.self))
-                case .uint32: writer.integer(raw.loadUnaligned(fromByteOffset: index * 4, as: UInt32.self))
-                case .int32: writer.integer(raw.loadUnaligned(fromByteOffset: index * 4, as: Int32.self))
-                case .uint64: writer.integer(raw.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self))
-                case .int64: writer.integer(raw.loadUnaligned(fromByteOffset: index * 8, as: Int64.self))
+                    if half.isFinite { bounded.json.buffer.writeString(half.description) } else { bounded.json.float(Float(half)) }
+                case .bool: bounded.json.raw(raw[index] != 0 ? "true" : "false")
+                case .uint8: bounded.json.integer(raw[index])
+                case .int8: bounded.json.integer(Int8(bitPattern: raw[index]))
+                case .uint16: bounded.json.integer(raw.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self))
+                case .int16: bounded.json.integer(raw.loadUnaligned(fromByteOffset: index * 2, as: Int16.self))
+                case .uint32: bounded.json.integer(raw.loadUnaligned(fromByteOffset: index * 4, as: UInt32.self))
+                case .int32: bounded.json.integer(raw.loadUnaligned(fromByteOffset: index * 4, as: Int32.self))
+                case .uint64: bounded.json.integer(raw.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self))
+                case .int64: bounded.json.integer(raw.loadUnaligned(fromByteOffset: index * 8, as: Int64.self))
                 }
             }
         }
-        writer.byte(UInt8(ascii: "]"))
+        try bounded.reserve(1)
+        bounded.json.byte(UInt8(ascii: "]"))
     }
 }

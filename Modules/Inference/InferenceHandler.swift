@@ -108,8 +108,8 @@ public struct InferenceHandler: RequestHandler {
             return context.eventLoop.makeFailedFuture(error)
         }
         let signature = model.signature
-        return model.scheduler.submit(decoded.inputs, on: context.eventLoop).map { outputs in
-            InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: outputs)
+        return model.scheduler.submit(decoded.inputs, on: context.eventLoop).flatMapThrowing { outputs in
+            try InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: outputs)
         }
     }
 

@@ -137,8 +137,10 @@ final class ModelLoadingService: KernelService {
         if configuration.warmup > 0 {
             let inputs = first.inputs.map { spec -> Tensor in
                 let shape = spec.shape.map { $0 < 0 ? Int64(1) : $0 }
-                let count = Tensor.elementCount(shape) ?? 0
-                return Tensor(dataType: spec.dataType, shape: shape, bytes: [UInt8](repeating: 0, count: count * spec.dataType.byteWidth))
+                // The model file's fixed dimensions: a size that does not fit gives an empty tensor, which the
+                // model rejects (warm-up failing is only a warning).
+                let byteCount = TensorSize.byteCount(shape, spec.dataType).flatMap { $0 <= TensorSize.bufferLimit ? $0 : nil } ?? 0
+                return Tensor(dataType: spec.dataType, shape: shape, bytes: [UInt8](repeating: 0, count: byteCount))
             }
             // Warm-up inputs are guesses (zeros, free dimensions 1): a model that rejects them still serves.
             do {

@@ -102,7 +102,8 @@ public final class ModelScheduler: @unchecked Sendable {
     /// not start within the timeout, 500 when the runtime reports an error.
     public func submit(_ inputs: [Tensor], on eventLoop: any EventLoop) -> EventLoopFuture<[Tensor]> {
         let promise = eventLoop.makePromise(of: [Tensor].self)
-        let job = InferenceJob(inputs: inputs, promise: promise, enqueued: monotonicNanoseconds())
+        let job = InferenceJob(inputs: inputs, promise: promise, enqueued: monotonicNanoseconds(),
+                               batchDimension: policy.maxBatchSize > 0)
         pthread_mutex_lock(&mutex)
         if stopping {
             pthread_mutex_unlock(&mutex)
@@ -110,7 +111,7 @@ public final class ModelScheduler: @unchecked Sendable {
             return promise.futureResult
         }
         if policy.maxQueue > 0, queue.count >= policy.maxQueue {
-            statistics.queueRejections += 1
+            statistics.queueRejections.saturatingAdd(1)
             pthread_mutex_unlock(&mutex)
             promise.fail(KernelHTTPError(503, "inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))"))
             return promise.futureResult
@@ -135,8 +136,9 @@ public final class ModelScheduler: @unchecked Sendable {
         }
         job.state = .expired
         if let index = queue.firstIndex(where: { $0 === job }) { queue.remove(at: index) }
-        statistics.timeouts += 1
-        statistics.failure.add(monotonicNanoseconds() - job.enqueued)
+        statistics.timeouts.saturatingAdd(1)
+        let now = monotonicNanoseconds()
+        statistics.failure.add(now > job.enqueued ? now - job.enqueued : 0)
         pthread_mutex_unlock(&mutex)
         let seconds = Double(policy.timeoutNanoseconds) / 1e9
         job.promise.fail(KernelHTTPError(504, "inference request for model '\(modelName)' timed out after \(seconds)s in the queue"))
@@ -241,7 +243,8 @@ public final class ModelScheduler: @unchecked Sendable {
     }
 
     private func execute(_ jobs: [InferenceJob], runner: any ModelRunner, dequeued: UInt64) {
-        let rows = jobs.reduce(0) { $0 + $1.rows }
+        // Rows of a batch are at most max_batch_size; a lone request's rows are its own (any Int).
+        let rows = TensorSize.total(jobs.map(\.rows)) ?? Int.max
         let started = monotonicNanoseconds()
         let result: Result<[[Tensor]], Error>
         do {
@@ -259,7 +262,7 @@ public final class ModelScheduler: @unchecked Sendable {
         let finished = monotonicNanoseconds()
 
         pthread_mutex_lock(&mutex)
-        statistics.record(batchSize: rows, requests: jobs, computeNanoseconds: finished - started,
+        statistics.record(batchSize: rows, requests: jobs, computeNanoseconds: finished &- started,
                           dequeued: dequeued, finished: finished, succeeded: (try? result.get()) != nil)
         pthread_mutex_unlock(&mutex)
         logger.debug("model '\(modelName)': batch of \(rows) row(s) from \(jobs.count) request(s) in \((finished - started) / 1000) us")
@@ -291,17 +294,19 @@ final class InferenceJob: @unchecked Sendable {
     let inputs: [Tensor]
     let promise: EventLoopPromise<[Tensor]>
     let enqueued: UInt64
+    /// Rows along dimension 0 when the model batches (at most `max_batch_size`, checked by the codec); 1 otherwise,
+    /// as Triton counts a request to a model without a batch dimension as one inference.
     let rows: Int
     /// Guarded by the scheduler's mutex.
     var state = State.queued
     /// Set under the scheduler's mutex before any thread can see the job; cancelled when the job completes.
     var timer: Scheduled<Void>?
 
-    init(inputs: [Tensor], promise: EventLoopPromise<[Tensor]>, enqueued: UInt64) {
+    init(inputs: [Tensor], promise: EventLoopPromise<[Tensor]>, enqueued: UInt64, batchDimension: Bool) {
         self.inputs = inputs
         self.promise = promise
         self.enqueued = enqueued
-        rows = inputs.first?.rows ?? 1
+        rows = batchDimension ? inputs.first?.rows ?? 1 : 1
     }
 
     /// Same element types and the same dimensions after the first on every input: rows can be stacked.
@@ -318,6 +323,9 @@ final class InferenceJob: @unchecked Sendable {
 /// Stacking requests along dimension 0 and splitting the outputs back.
 public enum BatchAssembly {
     /// Concatenates each input of every request (row-major data: the rows simply follow each other).
+    ///
+    /// The requests are those the scheduler found compatible: the rows total at most `max_batch_size`, and the bytes
+    /// are those of tensors already in memory, so these sums cannot overflow.
     public static func join(_ requests: [[Tensor]]) -> [Tensor] {
         guard let first = requests.first else { return [] }
         var joined: [Tensor] = []
@@ -334,19 +342,28 @@ public enum BatchAssembly {
     }
 
     /// Splits each output along dimension 0 into consecutive slices of `rows`.
+    ///
+    /// Fails with 500 when an output's dimension 0 is not the rows' total, or its shape does not describe its bytes
+    /// (sizes checked, so a model's odd output shape cannot trap).
     public static func split(_ outputs: [Tensor], rows: [Int]) throws -> [[Tensor]] {
-        let total = rows.reduce(0, +)
+        guard let total = TensorSize.total(rows) else {
+            throw KernelHTTPError(500, "a batch of \(rows.count) requests has more rows than can be counted")
+        }
         var result = [[Tensor]](repeating: [], count: rows.count)
         for output in outputs {
             guard let first = output.shape.first, first == Int64(total) else {
                 throw KernelHTTPError(500, "a batched output has shape \(InferenceCodec.shapeText(output.shape)), "
                                       + "not \(total) rows along dimension 0: the model cannot be batched")
             }
-            let rowBytes = output.rowByteCount
+            guard let rowBytes = output.rowByteCount, output.isConsistent else {
+                throw KernelHTTPError(500, "a batched output has shape \(InferenceCodec.shapeText(output.shape)) "
+                                      + "that does not describe its \(output.bytes.count) bytes")
+            }
             var offset = 0
             for (index, count) in rows.enumerated() {
                 var shape = output.shape
                 shape[0] = Int64(count)
+                // rowBytes * total is the output's byte count, so each slice's product fits.
                 let length = rowBytes * count
                 result[index].append(Tensor(dataType: output.dataType, shape: shape,
                                             bytes: Array(output.bytes[offset..<offset + length])))

@@ -1,4 +1,6 @@
 /// A count and the nanoseconds spent, as Triton's statistics report durations.
+///
+/// Counters saturate at `UInt64.max` rather than trap: no counter may stop the process.
 public struct DurationCounter: Sendable, Equatable {
     public var count: UInt64 = 0
     public var nanoseconds: UInt64 = 0
@@ -6,8 +8,8 @@ public struct DurationCounter: Sendable, Equatable {
     public init() {}
 
     mutating func add(_ duration: UInt64) {
-        count += 1
-        nanoseconds &+= duration
+        count.saturatingAdd(1)
+        nanoseconds.saturatingAdd(duration)
     }
 
     func write(_ name: StaticString, into writer: inout JSONWriter) {
@@ -48,17 +50,18 @@ public struct ModelStatistics: Sendable {
 
     mutating func record(batchSize: Int, requests: [InferenceJob], computeNanoseconds: UInt64, dequeued: UInt64,
                          finished: UInt64, succeeded: Bool) {
-        executionCount += 1
+        executionCount.saturatingAdd(1)
         lastInference = wallClockMilliseconds()
         batches[batchSize, default: DurationCounter()].add(computeNanoseconds)
         for job in requests {
             queue.add(dequeued > job.enqueued ? dequeued - job.enqueued : 0)
+            let elapsed = finished > job.enqueued ? finished - job.enqueued : 0
             if succeeded {
-                success.add(finished - job.enqueued)
+                success.add(elapsed)
                 computeInfer.add(computeNanoseconds)
-                inferenceCount += UInt64(job.rows)
+                inferenceCount.saturatingAdd(UInt64(clamping: job.rows))
             } else {
-                failure.add(finished - job.enqueued)
+                failure.add(elapsed)
             }
         }
     }
@@ -97,5 +100,14 @@ public struct ModelStatistics: Sendable {
         writer.raw(",\"timeouts\":")
         writer.integer(timeouts)
         writer.byte(UInt8(ascii: "}"))
+    }
+}
+
+extension UInt64 {
+    /// Adds `other`, staying at `UInt64.max` instead of overflowing.
+    @inline(__always)
+    mutating func saturatingAdd(_ other: UInt64) {
+        let (sum, overflow) = addingReportingOverflow(other)
+        self = overflow ? .max : sum
     }
 }

@@ -140,12 +140,11 @@ public final class ONNXSession: ModelRunner, @unchecked Sendable {
             var shape = [Int64](repeating: 0, count: rank)
             try api.check(shape.withUnsafeMutableBufferPointer { api.getDimensions(info, $0.baseAddress, rank) })
             let dataType = outputs[index].dataType
-            guard let count = Tensor.elementCount(shape) else {
+            guard let byteCount = TensorSize.byteCount(shape, dataType) else {
                 throw ONNXRuntimeError("output \"\(outputs[index].name)\" has an invalid shape \(shape)")
             }
             var data: UnsafeMutableRawPointer?
             try api.check(api.getTensorMutableData(value, &data))
-            let byteCount = count * dataType.byteWidth
             let bytes = byteCount == 0 || data == nil
                 ? [UInt8]() : Array(UnsafeRawBufferPointer(start: data, count: byteCount))
             results.append(Tensor(dataType: dataType, shape: shape, bytes: bytes))

@@ -90,19 +90,15 @@ public struct Tensor: Sendable, Equatable {
         self.init(dataType: .fp32, shape: shape, bytes: values.withUnsafeBytes { Array($0) })
     }
 
-    /// The number of elements the shape describes, or nil when a dimension is negative or the product overflows.
-    public static func elementCount(_ shape: [Int64]) -> Int? {
-        var count = 1
-        for dimension in shape {
-            guard dimension >= 0 else { return nil }
-            let (product, overflow) = count.multipliedReportingOverflow(by: Int(dimension))
-            guard !overflow else { return nil }
-            count = product
-        }
-        return count
-    }
+    /// The number of elements the shape describes, or nil when a dimension is negative or the product overflows
+    /// (`TensorSize.elementCount`: 0 when any dimension is 0).
+    public static func elementCount(_ shape: [Int64]) -> Int? { TensorSize.elementCount(shape) }
 
-    public var elementCount: Int { Tensor.elementCount(shape) ?? 0 }
+    /// The elements of `shape`, 0 when the shape is invalid (a tensor that holds its bytes has a valid shape).
+    public var elementCount: Int { TensorSize.elementCount(shape) ?? 0 }
+
+    /// Whether `bytes` holds exactly the elements `shape` describes.
+    public var isConsistent: Bool { TensorSize.byteCount(shape, dataType) == bytes.count }
 
     /// The elements as FP32 values (tests and tools).
     public var float32Values: [Float] {
@@ -110,11 +106,9 @@ public struct Tensor: Sendable, Equatable {
         return bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
     }
 
-    /// The rows along dimension 0 (1 for a scalar).
-    public var rows: Int { shape.first.map { Int($0) } ?? 1 }
+    /// The rows along dimension 0 (1 for a scalar; a negative dimension, which no decoded tensor has, counts 0).
+    public var rows: Int { shape.first.map { Int(max(0, $0)) } ?? 1 }
 
-    /// Bytes of one row along dimension 0.
-    public var rowByteCount: Int {
-        Tensor.elementCount(Array(shape.dropFirst())).map { $0 * dataType.byteWidth } ?? 0
-    }
+    /// Bytes of one row along dimension 0, or nil when the size overflows or a dimension is negative.
+    public var rowByteCount: Int? { TensorSize.byteCount(Array(shape.dropFirst()), dataType) }
 }

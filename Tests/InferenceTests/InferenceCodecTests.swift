@@ -83,7 +83,7 @@ final class InferenceCodecTests: XCTestCase {
         assertStatus(400, "more than the request's") {  // a huge shape is refused before anything is allocated
             let signature = ModelSignature(name: "big", version: "1", inputs: [TensorSpec(name: "x", dataType: .fp64, shape: [-1, -1])],
                                            outputs: [], maxBatchSize: 0)
-            let body = ByteBuffer(string: #"{"inputs": [{"name": "x", "shape": [1000000, 1000], "datatype": "FP64", "data": [1]}]}"#)
+            let body = ByteBuffer(string: #"{"inputs": [{"name": "x", "shape": [100000, 1000], "datatype": "FP64", "data": [1]}]}"#)
             _ = try InferenceCodec.decodeRequest(body: body, headers: [:], model: signature)
         }
         assertStatus(400, "batch-size must be <= 8") {
@@ -129,7 +129,7 @@ final class InferenceCodecTests: XCTestCase {
         let floats: [Float] = [0.1, -1e-7, 1.0 / 3.0, 42]
         let outputs = [Tensor(float32: floats, shape: [2, 2]),
                        Tensor(dataType: .int64, shape: [2], bytes: [Int64(-5), 7].withUnsafeBytes { Array($0) })]
-        let response = InferenceCodec.encodeResponse(model: model, request: request, outputs: outputs)
+        let response = try InferenceCodec.encodeResponse(model: model, request: request, outputs: outputs)
         XCTAssertEqual(response.headers["Content-Type"], "application/json")
         guard case .buffer(let buffer) = response.body else { return XCTFail() }
         let document = try JSONReader.parse(buffer)
@@ -153,7 +153,7 @@ final class InferenceCodecTests: XCTestCase {
         let floats: [Float] = [1, 2, 3, 4]
         let outputs = [Tensor(float32: floats, shape: [2, 2]),
                        Tensor(dataType: .int64, shape: [2], bytes: [Int64(1), 2].withUnsafeBytes { Array($0) })]
-        let response = InferenceCodec.encodeResponse(model: model, request: request, outputs: outputs)
+        let response = try InferenceCodec.encodeResponse(model: model, request: request, outputs: outputs)
         let headerLength = try XCTUnwrap(Int(response.headers[inferenceHeaderContentLength] ?? ""))
         guard case .buffer(var buffer) = response.body else { return XCTFail() }
         let json = try JSONReader.parse(buffer.readSlice(length: headerLength)!)
@@ -162,5 +162,182 @@ final class InferenceCodecTests: XCTestCase {
         guard case .number(let size)? = first["parameters"]?["binary_data_size"] else { return XCTFail() }
         XCTAssertEqual(size.int64, 16)
         XCTAssertEqual(buffer.readBytes(length: buffer.readableBytes), floats.withUnsafeBytes { Array($0) })
+    }
+
+    // MARK: - Sizes from request input
+
+    /// A model with free dimensions everywhere, so that only the size checks stand between a shape and the codec.
+    private let free = ModelSignature(
+        name: "free", version: "1",
+        inputs: [TensorSpec(name: "x", dataType: .fp32, shape: [-1, -1])],
+        outputs: [TensorSpec(name: "y", dataType: .fp32, shape: [-1, -1])], maxBatchSize: 0)
+
+    private func decodeFree(_ json: String, binary: [UInt8] = [], headers: HeaderFields = [:]) throws -> DecodedInferenceRequest {
+        var body = ByteBuffer(string: json)
+        body.writeBytes(binary)
+        var headers = headers
+        if !binary.isEmpty { headers.add(inferenceHeaderContentLength, String(json.utf8.count)) }
+        return try InferenceCodec.decodeRequest(body: body, headers: headers, model: free)
+    }
+
+    func testRepeatedRequestedOutputIsRefusedAsTritonDoes() {
+        let outputs = String(repeating: #"{"name": "output"},"#, count: 1000) + #"{"name": "output"}"#
+        assertStatus(400, "output 'output' already exists in request") {
+            _ = try self.decode(#"{"inputs": [\#(self.validInputs)], "outputs": [\#(outputs)]}"#)
+        }
+        // Also when the repeats differ in their parameters.
+        assertStatus(400, "output 'label' already exists in request") {
+            _ = try self.decode(#"{"inputs": [\#(self.validInputs)], "outputs": [{"name": "label"}, {"name": "output"}, {"name": "label", "parameters": {"binary_data": true}}]}"#)
+        }
+        assertStatus(400, "input 'input' already exists in request") {
+            _ = try self.decode(#"{"inputs": [\#(self.validInputs), {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}"#)
+        }
+    }
+
+    func testShapesWhoseSizesOverflowAreRefused() {
+        let cases: [(shape: String, fragment: String)] = [
+            ("[0, 4611686018427387904]", "shape too large: [0,4611686018427387904] of FP32"),
+            ("[4611686018427387904, 0]", "shape too large"),
+            ("[1099511627776, 1099511627776]", "shape too large: [1099511627776,1099511627776]"),
+            ("[9223372036854775807, 0]", "shape too large"),
+            ("[2147483648, 2]", "shape too large"),  // 2^32 elements fit an Int, their 16 GiB do not fit a body
+            ("[0, 1073741824]", "shape too large"),     // exactly 4 GiB per row: one byte over what a body holds
+            ("[-1, 4]", "invalid shape"),
+            ("[1, -4]", "invalid shape"),
+            ("[0, -1]", "invalid shape"),
+            ("[1, 9223372036854775808]", "invalid shape"),  // 2^63: not an Int64
+            ("[1, 1e3]", "invalid shape"),
+            ("[1, 2.0]", "invalid shape"),
+        ]
+        for (shape, fragment) in cases {
+            assertStatus(400, fragment) {
+                _ = try self.decodeFree(#"{"inputs": [{"name": "x", "shape": \#(shape), "datatype": "FP32", "data": []}]}"#)
+            }
+            assertStatus(400, fragment) {
+                _ = try self.decodeFree(#"{"inputs": [{"name": "x", "shape": \#(shape), "datatype": "FP32", "parameters": {"binary_data_size": 0}}]}"#)
+            }
+        }
+    }
+
+    func testEmptyTensorsWithBoundedRowsDecode() throws {
+        let json = try decodeFree(#"{"inputs": [{"name": "x", "shape": [0, 1048576], "datatype": "FP32", "data": []}]}"#)
+        XCTAssertEqual(json.inputs[0].shape, [0, 1_048_576])
+        XCTAssertEqual(json.inputs[0].bytes, [])
+        let binary = try decodeFree(#"{"inputs": [{"name": "x", "shape": [3, 0], "datatype": "FP32", "parameters": {"binary_data_size": 0}}]}"#)
+        XCTAssertEqual(binary.inputs[0].shape, [3, 0])
+    }
+
+    func testBinarySizesThatDisagreeWithTheBodyAreRefused() {
+        let header = #"{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": SIZE}}]}"#
+        func withSize(_ size: String) -> String { header.replacingOccurrences(of: "SIZE", with: size) }
+        let eight = [UInt8](repeating: 0, count: 8)
+        assertStatus(400, "binary_data_size must be a non-negative integer") { _ = try self.decodeFree(withSize("-8"), binary: eight) }
+        assertStatus(400, "binary_data_size must be a non-negative integer") { _ = try self.decodeFree(withSize("1e30"), binary: eight) }
+        assertStatus(400, "binary_data_size must be a non-negative integer") {
+            _ = try self.decodeFree(withSize("18446744073709551616"), binary: eight)
+        }
+        assertStatus(400, "binary_data_size 9223372036854775807 does not match") {
+            _ = try self.decodeFree(withSize("9223372036854775807"), binary: eight)
+        }
+        assertStatus(400, "binary_data_size 4 does not match the shape [1,2] of FP32 (8 bytes)") {
+            _ = try self.decodeFree(withSize("4"), binary: eight)
+        }
+        assertStatus(400, "exceeds the 4 binary bytes left") { _ = try self.decodeFree(withSize("8"), binary: [0, 0, 0, 0]) }
+        assertStatus(400, "binary bytes that no input claims") { _ = try self.decodeFree(withSize("8"), binary: eight + [0]) }
+    }
+
+    func testInferenceHeaderContentLengthMustBePlainDigitsWithinTheBody() {
+        let json = #"{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}"#
+        for bad in ["-1", "+5", " 5", "5 ", "0x10", "abc", "", "99999999999999999999999"] {
+            assertStatus(400, "invalid \(inferenceHeaderContentLength) header") {
+                _ = try self.decodeFree(json, headers: [inferenceHeaderContentLength: bad])
+            }
+        }
+        assertStatus(400, "larger than the request body") {
+            _ = try self.decodeFree(json, headers: [inferenceHeaderContentLength: "9223372036854775807"])
+        }
+        assertStatus(400, "the request body is empty") {
+            _ = try self.decodeFree(json, headers: [inferenceHeaderContentLength: "0"])
+        }
+        XCTAssertNoThrow(try decodeFree(json, headers: [inferenceHeaderContentLength: "000\(json.utf8.count)"]))
+    }
+
+    func testJSONDataIsCountedBeforeTheTensorIsAllocated() {
+        // A document large enough to hold the shape's elements, with four: refused from the count of the parsed data.
+        let body = #"{"inputs": [{"name": "x", "shape": [100000, 1], "datatype": "FP32", "data": [[1], [2], [3], [4]]}], "padding": "PAD"}"#
+            .replacingOccurrences(of: "PAD", with: String(repeating: " ", count: 300_000))
+        assertStatus(400, "the shape [100000,1] needs 100000, the data has 4") { _ = try self.decodeFree(body) }
+        assertStatus(400, "needs 6, the data has 7") {
+            _ = try self.decodeFree(#"{"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [[1, 2, 3], [4, 5, 6, 7]]}]}"#)
+        }
+        assertStatus(400, "needs 6, the data has 5") {
+            _ = try self.decodeFree(#"{"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [[1, 2, 3], [4, 5], []]}]}"#)
+        }
+    }
+
+    private func encodingStatus(_ body: () throws -> KernelResponse) -> (Int, String)? {
+        do {
+            _ = try body()
+            return nil
+        } catch let error as KernelHTTPError {
+            return (error.status, error.message)
+        } catch {
+            return (0, "\(error)")
+        }
+    }
+
+    func testEncodingWritesEachOutputOnceAndRefusesRepeats() throws {
+        let outputs = [Tensor(float32: [1, 2], shape: [1, 2]), Tensor(dataType: .int64, shape: [1], bytes: [UInt8](repeating: 0, count: 8))]
+        let repeated = DecodedInferenceRequest(id: nil, inputs: [], outputs: Array(repeating: RequestedOutput(name: "output", binary: true), count: 3),
+                                               binaryOutputDefault: false)
+        let status = encodingStatus { try InferenceCodec.encodeResponse(model: model, request: repeated, outputs: outputs) }
+        XCTAssertEqual(status?.0, 400)
+        XCTAssertEqual(status?.1, "output 'output' already exists in request")
+
+        let unknown = DecodedInferenceRequest(id: nil, inputs: [], outputs: [RequestedOutput(name: "nope")], binaryOutputDefault: false)
+        XCTAssertEqual(encodingStatus { try InferenceCodec.encodeResponse(model: model, request: unknown, outputs: outputs) }?.0, 400)
+        // A runner that gave fewer outputs, or an output whose bytes do not match its shape: 500, not a trap.
+        let both = DecodedInferenceRequest(id: nil, inputs: [], outputs: [RequestedOutput(name: "label")], binaryOutputDefault: false)
+        XCTAssertEqual(encodingStatus { try InferenceCodec.encodeResponse(model: model, request: both, outputs: [outputs[0]]) }?.0, 500)
+        let short = [outputs[0], Tensor(dataType: .int64, shape: [4], bytes: [1])]
+        XCTAssertEqual(encodingStatus { try InferenceCodec.encodeResponse(model: model, request: both, outputs: short) }?.0, 500)
+    }
+
+    func testResponsesLargerThanTheLimitAre500() throws {
+        let tensor = Tensor(float32: (0..<1000).map { Float($0) / 7 }, shape: [500, 2])
+        let outputs = [tensor, Tensor(dataType: .int64, shape: [0], bytes: [])]
+        for binary in [false, true] {
+            let request = DecodedInferenceRequest(id: "an id", inputs: [], outputs: [RequestedOutput(name: "output"), RequestedOutput(name: "label")],
+                                                  binaryOutputDefault: binary)
+            let full = try InferenceCodec.encodeResponse(model: model, request: request, outputs: outputs)
+            guard case .buffer(let buffer) = full.body else { return XCTFail() }
+            let size = buffer.readableBytes
+            // Exactly at the limit: written; one byte below: refused with a message, nothing trapped.
+            let exact = try InferenceCodec.encodeResponse(model: model, request: request, outputs: outputs, limit: size)
+            guard case .buffer(let exactBuffer) = exact.body else { return XCTFail() }
+            XCTAssertEqual(exactBuffer, buffer)
+            for limit in [size - 1, size / 2, 4000, 100, 10, 0, -1] {
+                let status = encodingStatus { try InferenceCodec.encodeResponse(model: model, request: request, outputs: outputs, limit: limit) }
+                XCTAssertEqual(status?.0, 500, "binary \(binary), limit \(limit)")
+                if binary, limit < 4000 {
+                    XCTAssertTrue(status?.1.contains("binary outputs, more than the") ?? false, status?.1 ?? "")
+                } else if !binary {
+                    XCTAssertTrue(status?.1.contains("request the outputs as binary data") ?? false, status?.1 ?? "")
+                }
+            }
+        }
+        // The JSON text of 1000 floats is larger than their 4000 binary bytes: the same outputs fit as binary.
+        let json = DecodedInferenceRequest(id: nil, inputs: [], outputs: [RequestedOutput(name: "output")], binaryOutputDefault: false)
+        XCTAssertEqual(encodingStatus { try InferenceCodec.encodeResponse(model: model, request: json, outputs: outputs, limit: 4200) }?.0, 500)
+        let binary = DecodedInferenceRequest(id: nil, inputs: [], outputs: [RequestedOutput(name: "output")], binaryOutputDefault: true)
+        XCTAssertNoThrow(try InferenceCodec.encodeResponse(model: model, request: binary, outputs: outputs, limit: 4200))
+    }
+
+    func testALongIdIsBoundedToo() {
+        let request = DecodedInferenceRequest(id: String(repeating: "\"", count: 1000), inputs: [], outputs: [RequestedOutput(name: "label")],
+                                              binaryOutputDefault: false)
+        let outputs = [Tensor(float32: [], shape: [0, 2]), Tensor(dataType: .int64, shape: [0], bytes: [])]
+        XCTAssertEqual(encodingStatus { try InferenceCodec.encodeResponse(model: model, request: request, outputs: outputs, limit: 1500) }?.0, 500)
+        XCTAssertNil(encodingStatus { try InferenceCodec.encodeResponse(model: model, request: request, outputs: outputs, limit: 10_000) })
     }
 }

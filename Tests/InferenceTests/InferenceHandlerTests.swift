@@ -107,4 +107,21 @@ final class InferenceHandlerTests: XCTestCase {
         guard case .number(let count)? = entry["inference_count"] else { return XCTFail(stats) }
         XCTAssertEqual(count.int64, 3)
     }
+
+    func testRepeatedOutputsAndHugeShapesAre400AndTheModelKeepsServing() throws {
+        let outputs = Array(repeating: #"{"name": "doubled", "parameters": {"binary_data": true}}"#, count: 10_000).joined(separator: ",")
+        let repeated = #"{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], "outputs": [\#(outputs)]}"#
+        let (status, body, response) = try call("POST", "/v2/models/double/infer", body: repeated)
+        XCTAssertEqual(status, 400, body)
+        XCTAssertEqual(body, #"{"error":"output 'doubled' already exists in request"}"#)
+        XCTAssertEqual(response.headers["Content-Type"], "application/json")
+        for shape in ["[0, 4611686018427387904]", "[1099511627776, 1099511627776]", "[4, -2]"] {
+            let huge = #"{"inputs": [{"name": "x", "shape": \#(shape), "datatype": "FP32", "data": []}]}"#
+            XCTAssertEqual(try call("POST", "/v2/models/double/infer", body: huge).0, 400, shape)
+        }
+        let good = #"{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], "outputs": [{"name": "doubled"}]}"#
+        let (goodStatus, goodBody, _) = try call("POST", "/v2/models/double/infer", body: good)
+        XCTAssertEqual(goodStatus, 200, goodBody)
+        XCTAssertTrue(goodBody.contains(#""data":[2.0,4.0]"#), goodBody)
+    }
 }

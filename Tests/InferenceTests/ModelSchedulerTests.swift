@@ -180,4 +180,17 @@ final class ModelSchedulerTests: XCTestCase {
         XCTAssertEqual(joined[0].shape, [3, 2])
         XCTAssertEqual(joined[0].float32Values, [0, 1, 10, 11, 12, 13])
     }
+
+    func testAModelWithoutBatchDimensionCountsEachRequestOnce() throws {
+        let scheduler = ModelScheduler(modelName: "m", policy: SchedulingPolicy(), runners: [RecordingRunner(blockFirst: false)],
+                                       logger: Logger(label: "test"))
+        defer { scheduler.stop() }
+        _ = try scheduler.submit([rows(5, width: 2, start: 0)], on: group.next()).wait()
+        let empty = Tensor(dataType: .fp32, shape: [1 << 62, 0], bytes: [])
+        for _ in 0..<4 { _ = try scheduler.submit([empty], on: group.next()).wait() }
+        let statistics = scheduler.currentStatistics
+        XCTAssertEqual(statistics.inferenceCount, 5)
+        XCTAssertEqual(statistics.executionCount, 5)
+        XCTAssertEqual(statistics.batches.keys.sorted(), [1])
+    }
 }

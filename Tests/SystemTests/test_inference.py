@@ -351,3 +351,129 @@ def test_reload_loads_the_models_again_and_keeps_serving(kernel, client, demo_re
     assert np.array_equal(before, after) and np.array_equal(after, demo_reference.run(array))
     # The new generation counts from zero.
     assert fresh.get_inference_statistics("demo")["model_stats"][0]["inference_count"] == 2
+
+
+# Sizes computed from request input: errors, never a crash.
+
+def assert_still_serving(kernel, demo_reference):
+    """A fresh client (a new connection) gets exact results after the bad request: the process did not die."""
+    assert kernel.process.poll() is None, kernel.log_text()
+    fresh = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    try:
+        array = demo_rows(2, seed=90)
+        assert np.array_equal(fresh.infer("demo", [demo_input(array, True)]).as_numpy("output"), demo_reference.run(array))
+    finally:
+        fresh.close()
+
+
+def test_repeated_requested_output_is_400_and_the_kernel_keeps_serving(start_kernel, demo_reference):
+    """With the shipped `client_max_body_size: 100m`, 3.4 million repeats of one requested output (a 58 MB body) asked
+    for 32 rows x 10 FP32 = 1280 bytes each time: more than 4 GiB of response, once written until the process died."""
+    kernel = start_kernel(models_yaml().replace("client_max_body_size: 16m", "client_max_body_size: 100m"), role="both")
+    array = demo_rows(32, seed=8)
+    inputs = json.dumps([{"name": "input", "shape": [32, 64], "datatype": "FP32", "data": array.flatten().tolist()}])
+    repeats = 3_400_000
+    body = ('{"parameters": {"binary_data_output": true}, "inputs": ' + inputs + ', "outputs": ['
+            + ",".join(['{"name":"output"}'] * repeats) + "]}").encode()
+    assert len(body) > 55_000_000
+    response = post(kernel, "/v2/models/demo/infer", body)
+    assert_error(response, 400, "output 'output' already exists in request")
+    assert_still_serving(kernel, demo_reference)
+    # Two entries are enough to be refused, also when they differ in their parameters.
+    response = post(kernel, "/v2/models/demo/infer", {
+        "inputs": [good_input()],
+        "outputs": [{"name": "output", "parameters": {"binary_data": True}}, {"name": "output"}]})
+    assert_error(response, 400, "output 'output' already exists in request")
+    assert "output 'output' already exists in request" in kernel.log_text()
+    assert_still_serving(kernel, demo_reference)
+
+
+def make_identity_model(path):
+    """FP32 "x" [-1, -1] → Identity → "y": every shape with two dimensions reaches the size checks and ONNX Runtime."""
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", "columns"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", "columns"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def identity_kernel(start_kernel, tmp_path):
+    path = make_identity_model(str(tmp_path / "identity.onnx"))
+    extra = (f"    - name: identity\n      path: {path}\n      max_batch_size: 8\n"
+             "      dynamic_batching: {max_queue_delay: 1ms}\n")
+    return start_kernel(models_yaml(extra), role="both")
+
+
+@pytest.mark.parametrize("shape", [[0, 2 ** 62], [2 ** 62, 0], [2 ** 40, 2 ** 40], [0, 2 ** 30], [2 ** 63 - 1, 0]])
+def test_shapes_whose_sizes_overflow_are_400(identity_kernel, demo_reference, shape):
+    for binary in (False, True):
+        item = {"name": "x", "shape": shape, "datatype": "FP32"}
+        item.update({"parameters": {"binary_data_size": 0}} if binary else {"data": []})
+        response = post(identity_kernel, "/v2/models/identity/infer", {"inputs": [item]})
+        if shape[0] > 8:
+            assert_error(response, 400, "inference request batch-size must be <= 8 for 'identity'")
+        else:
+            assert_error(response, 400, f"input 'x' has a shape too large: [{shape[0]},{shape[1]}] of FP32")
+    # The same shapes where the model fixes a dimension, and on a model with four dimensions.
+    assert_error(post(identity_kernel, "/v2/models/demo/infer",
+                      {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": []}]}), 400, "input")
+    cls = {"name": "x", "shape": [0, 3] + shape, "datatype": "FP32", "data": []}
+    assert_error(post(identity_kernel, "/v2/models/ppocr_cls/infer", {"inputs": [cls]}), 400, "shape too large")
+    assert_still_serving(identity_kernel, demo_reference)
+
+
+def test_concurrent_empty_requests_with_huge_rows_are_400(identity_kernel, demo_reference):
+    """Requests that arrive together are joined into one run, whose outputs are split by rows of the output's row
+    size: `[0, 2^62]` FP32 rows are 2^64 bytes. Refused at decoding, they never reach a batch."""
+    item = {"name": "x", "shape": [0, 2 ** 62], "datatype": "FP32", "data": []}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: post(identity_kernel, "/v2/models/identity/infer", {"inputs": [item]}),
+                                  range(16)))
+    for response in responses:
+        assert_error(response, 400, "shape too large")
+    assert_still_serving(identity_kernel, demo_reference)
+
+
+def test_negative_dimensions_and_bad_binary_sizes_are_400(identity_kernel, demo_reference):
+    for shape in ([-1, 4], [1, -4], [0, -1], [1, 2 ** 63]):
+        response = post(identity_kernel, "/v2/models/identity/infer",
+                        {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": []}]})
+        assert_error(response, 400, "invalid shape: dimensions must be non-negative integers")
+    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 8}}]}).encode()
+    for value in ("-1", "+10", "1e3", "99999999999999999999999"):
+        response = post(identity_kernel, "/v2/models/identity/infer", header + b"\0" * 8,
+                        {"Inference-Header-Content-Length": value})
+        assert_error(response, 400, f'invalid Inference-Header-Content-Length header "{value}"')
+    for size in (-8, 2 ** 63 - 1, 2 ** 64):
+        body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": size}}]}).encode()
+        response = post(identity_kernel, "/v2/models/identity/infer", body + b"\0" * 8,
+                        {"Inference-Header-Content-Length": str(len(body))})
+        assert_error(response, 400, "binary_data_size")
+    assert_still_serving(identity_kernel, demo_reference)
+
+
+def test_empty_tensors_with_wide_rows_run_and_come_back_empty(identity_kernel, demo_reference):
+    """Zero rows of 2^20 columns hold no element: they run (alone or joined with others) and come back empty."""
+    def infer(rows, binary):
+        def call(client):
+            array = np.zeros((rows, 2 ** 20), dtype=np.float32)
+            tensor = tritonclient_http.InferInput("x", list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array, binary_data=binary)
+            output = tritonclient_http.InferRequestedOutput("y", binary_data=binary)
+            return client.infer("identity", [tensor], outputs=[output]).as_numpy("y").shape
+        return call
+
+    assert parallel(identity_kernel, [infer(0, False), infer(0, True)], workers=1) == [(0, 2 ** 20)] * 2
+    rows = [0, 1, 0, 2, 0, 0]
+    shapes = parallel(identity_kernel, [infer(count, True) for count in rows], workers=len(rows))
+    assert shapes == [(count, 2 ** 20) for count in rows]
+    stats = requests.get(identity_kernel.url("/v2/models/identity/stats"), timeout=10).json()["model_stats"][0]
+    assert stats["inference_count"] == 3
+    assert_still_serving(identity_kernel, demo_reference)
