@@ -22,7 +22,8 @@ public struct YAMLParser: Sendable {
     public var maximumIncludeDepth = 16
     /// Nodes a configuration may hold once every alias is expanded, summed over the file and what it includes.
     public var maximumNodes = 1_000_000
-    /// Collections nested in one another, per file.
+    /// Collections nested in one another, counted through includes (an included file's root is at the depth of the
+    /// mapping that includes it).
     public var maximumDepth = 256
 
     public init(environment: [String: String] = [:]) {
@@ -31,38 +32,40 @@ public struct YAMLParser: Sendable {
 
     /// Parses the file at `path`. An empty file is an empty mapping.
     public func parseFile(_ path: String) throws -> YAMLNode {
-        try parseFile(path, depth: 0, keyPath: "", budget: NodeBudget(remaining: maximumNodes))
+        try parseFile(path, depth: 0, keyPath: "", nesting: 0, budget: NodeBudget(remaining: maximumNodes))
     }
 
     /// Parses YAML text; `file` is the name errors use.
     public func parse(_ text: String, file: String) throws -> YAMLNode {
-        try parse(text, file: file, depth: 0, keyPath: "", budget: NodeBudget(remaining: maximumNodes))
+        try parse(text, file: file, depth: 0, keyPath: "", nesting: 0, budget: NodeBudget(remaining: maximumNodes))
     }
 
     /// `keyPath` is where the file's root sits in the whole configuration (an included file's include key's
-    /// mapping), so that errors inside it name the full key path.
-    private func parseFile(_ path: String, depth: Int, keyPath: String, budget: NodeBudget) throws -> YAMLNode {
+    /// mapping), so that errors inside it name the full key path; `nesting` is how deep that mapping is.
+    private func parseFile(_ path: String, depth: Int, keyPath: String, nesting: Int, budget: NodeBudget) throws -> YAMLNode {
         guard let text = readFile(path) else {
             throw ConfigError(mark: nil, path: "", message: "\(path): cannot read file: \(String(cString: strerror(errno)))")
         }
-        return try parse(text, file: path, depth: depth, keyPath: keyPath, budget: budget)
+        return try parse(text, file: path, depth: depth, keyPath: keyPath, nesting: nesting, budget: budget)
     }
 
-    private func parse(_ text: String, file: String, depth: Int, keyPath: String, budget: NodeBudget) throws -> YAMLNode {
+    private func parse(_ text: String, file: String, depth: Int, keyPath: String, nesting: Int,
+                       budget: NodeBudget) throws -> YAMLNode {
         var reader = EventReader(file: file, budget: budget, maximumNodes: maximumNodes, maximumDepth: maximumDepth)
-        let root = try reader.readDocument(text)
-        return try resolve(root, file: file, depth: depth, path: keyPath, budget: budget)
+        let root = try reader.readDocument(text, nesting: nesting)
+        return try resolve(root, file: file, depth: depth, path: keyPath, nesting: nesting, budget: budget)
     }
 
     // MARK: - include and environment
 
-    private func resolve(_ node: YAMLNode, file: String, depth: Int, path: String, budget: NodeBudget) throws -> YAMLNode {
+    private func resolve(_ node: YAMLNode, file: String, depth: Int, path: String, nesting: Int,
+                         budget: NodeBudget) throws -> YAMLNode {
         switch node {
         case .scalar(let text, let mark, let plain):
             return .scalar(try expandEnvironment(text, mark: mark, path: path), mark: mark, isPlain: plain)
         case .sequence(let items, let mark):
             return .sequence(try items.enumerated().map { index, item in
-                try resolve(item, file: file, depth: depth, path: "\(path)[\(index)]", budget: budget)
+                try resolve(item, file: file, depth: depth, path: "\(path)[\(index)]", nesting: nesting + 1, budget: budget)
             }, mark: mark)
         case .mapping(let entries, let mark):
             var merged: [(key: YAMLNode, value: YAMLNode)] = []
@@ -85,7 +88,7 @@ public struct YAMLParser: Sendable {
                             throw ConfigError(mark: value.mark, path: childPath,
                                               message: "includes nested deeper than \(maximumIncludeDepth) levels (a cycle?)")
                         }
-                        let tree = try parseFile(included, depth: depth + 1, keyPath: path, budget: budget)
+                        let tree = try parseFile(included, depth: depth + 1, keyPath: path, nesting: nesting, budget: budget)
                         guard case .mapping(let includedEntries, _) = tree else {
                             throw ConfigError(mark: tree.mark, path: childPath,
                                               message: "an included file must hold a mapping, found \(tree.foundDescription)")
@@ -96,7 +99,8 @@ public struct YAMLParser: Sendable {
                         }
                     }
                 } else {
-                    try append(key, try resolve(value, file: file, depth: depth, path: childPath, budget: budget), path: childPath)
+                    try append(key, try resolve(value, file: file, depth: depth, path: childPath, nesting: nesting + 1,
+                                                budget: budget), path: childPath)
                 }
             }
             return .mapping(merged, mark: mark)
@@ -227,7 +231,8 @@ private struct EventReader {
         self.maximumDepth = maximumDepth
     }
 
-    mutating func readDocument(_ text: String) throws -> YAMLNode {
+    /// Reads the one document of `text`; its root sits `nesting` collections deep (in the including file).
+    mutating func readDocument(_ text: String, nesting: Int) throws -> YAMLNode {
         var bytes = Array(text.utf8)
         guard yaml_parser_initialize(&parser) == 1 else {
             throw ConfigError(mark: nil, path: "", message: "\(file): cannot initialise the YAML parser")
@@ -252,7 +257,7 @@ private struct EventReader {
                     var first = try nextEvent()
                     defer { yaml_event_delete(&first) }
                     if first.type == YAML_DOCUMENT_END_EVENT { continue }
-                    root = try node(startingWith: &first, depth: 0)
+                    root = try node(startingWith: &first, depth: nesting)
                 case YAML_STREAM_END_EVENT:
                     if let root {
                         if root.isNull { return .mapping([], mark: root.mark) }

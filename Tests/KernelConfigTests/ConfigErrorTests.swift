@@ -173,7 +173,7 @@ final class ConfigErrorTests: XCTestCase {
                        "DIR/part.yaml:1:5: the configuration expands to more than 12 YAML nodes (aliases included)")
     }
 
-    func testNestingDeeperThanTheLimitIsRefusedBeforeRecursing() {
+    func testNestingDeeperThanTheLimitIsRefusedBeforeRecursing() throws {
         let flow = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
         XCTAssertEqual(message { _ = try YAMLParser().parse(flow, file: "deep.yaml") },
                        "deep.yaml:1:257: YAML collections nested deeper than 256 levels")
@@ -183,6 +183,14 @@ final class ConfigErrorTests: XCTestCase {
         let mappings = String(repeating: "{a: ", count: 300) + "1" + String(repeating: "}", count: 300)
         XCTAssertEqual(message { _ = try root(mappings) },
                        "etc/kernel.yaml:1:1025: YAML collections nested deeper than 256 levels")
+        // An included file's root sits at the depth of the mapping that includes it.
+        let inner = String(repeating: "[", count: 255) + String(repeating: "]", count: 255)
+        try write("deep/part.yaml", "a: \(inner)\n")
+        let main = try write("deep/main.yaml", "b:\n  include: part.yaml\n")
+        XCTAssertEqual(message { _ = try YAMLParser().parseFile(main) },
+                       "DIR/deep/part.yaml:1:258: YAML collections nested deeper than 256 levels")
+        try write("deep/part.yaml", "a: \(inner.dropFirst().dropLast())\n")
+        XCTAssertNoThrow(try YAMLParser().parseFile(main))
         // 256 levels are allowed.
         XCTAssertNoThrow(try YAMLParser().parse(String(repeating: "[", count: 256) + String(repeating: "]", count: 256), file: "ok.yaml"))
     }
