@@ -205,13 +205,18 @@ public final class ListenerManager: Sendable {
             }
         case .unix(let path):
             // A socket file left by an earlier process is replaced; any other kind of file there is an error.
-            try removeSocketFile(path)
+            do { try removeSocketFile(path) } catch let error as ListenerError { throw error.at(spec.mark) }
             do {
                 channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
             } catch {
                 throw ListenerError(binding: spec, error)
             }
-            try applyUnixSocketPermissions(path: path, mode: spec.unixSocketMode, owner: spec.unixSocketOwner)
+            do {
+                try applyUnixSocketPermissions(path: path, mode: spec.unixSocketMode, owner: spec.unixSocketOwner)
+            } catch let error as ListenerError {
+                try? await channel.close()
+                throw error.at(spec.mark)
+            }
         }
         listener.serverChannel.withLockedValue { $0 = channel }
         let shown = channel.localAddress.map { describe($0) } ?? spec.address.description
@@ -388,7 +393,13 @@ public struct ListenerError: Error, CustomStringConvertible {
         } else {
             text += " (\(error))"
         }
-        if let mark = spec.mark { text += ", in \(mark)" }
         description = text
+        self = at(spec.mark)
+    }
+
+    /// The error followed by where the listener is configured, when known: `..., in etc/kernel.yaml:12:13`.
+    func at(_ mark: SourceMark?) -> ListenerError {
+        guard let mark else { return self }
+        return ListenerError("\(description), in \(mark)")
     }
 }

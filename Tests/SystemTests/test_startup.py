@@ -94,6 +94,14 @@ def test_a_unix_socket_that_cannot_be_bound_names_its_path(tmp_path):
     where = position(text, "unix:")
     assert (f"[emerg] bind() to unix:{tmp_path}/missing/k.sock failed (2: No such file or directory), in {path}:{where}"
             in result.stderr), result.stderr
+    # A file that is not a socket is never replaced.
+    (tmp_path / "missing").mkdir()
+    (tmp_path / "missing" / "k.sock").write_text("data")
+    result = run_kernel(["--role", "worker", "--config", str(path)])
+    assert result.returncode == 1
+    assert (f"[emerg] cannot listen on unix:{tmp_path}/missing/k.sock: the path exists and is not a socket, "
+            f"in {path}:{where}") in result.stderr, result.stderr
+    assert (tmp_path / "missing" / "k.sock").read_text() == "data"
 
 
 def test_a_reload_onto_a_port_in_use_fails_and_the_old_configuration_serves(start_kernel, taken_port):
