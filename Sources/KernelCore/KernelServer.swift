@@ -55,6 +55,7 @@ public final class KernelServer: Service, Sendable {
             unlink(generation.core.pidFile)
             if stopRequested {
                 runtime.logger.notice("stopped while starting: \(error)")
+                runtime.logger.notice("exiting")
                 return false
             }
             throw error
@@ -199,10 +200,10 @@ public final class KernelServer: Service, Sendable {
 /// `kernel.worker_rlimit_nofile`: the soft `RLIMIT_NOFILE` the process runs with. Each connection (and each
 /// connection to an upstream) holds a descriptor, and the soft limit a shell hands down is often 1024.
 enum OpenFileLimit {
-    /// Sets the soft limit to `configured`, or raises it to the hard limit when nil, and logs the figure.
-    /// A limit that cannot be set is logged in nginx's words and the process goes on with the one it has.
     private static let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
 
+    /// Sets the soft limit to `configured`, or raises it to the hard limit when nil, and logs the figure.
+    /// A limit that cannot be set is logged in nginx's words and the process goes on with the one it has.
     static func apply(_ configured: Int?, logger: Logger) {
         var limit = rlimit()
         guard getrlimit(resource, &limit) == 0 else {
