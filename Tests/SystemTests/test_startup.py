@@ -221,6 +221,26 @@ def test_a_stop_while_models_load_is_handled_and_removes_the_pid_file(tmp_path, 
     assert not pid_file.exists()
 
 
+def test_a_reload_asked_for_while_models_load_waits_for_the_start(tmp_path, slow_loading_model):
+    """SIGHUP's default action would end the process: it is trapped before the start and acted on after it."""
+    path, process, pid_file = start_loading(tmp_path, slow_loading_model)
+    log_path = tmp_path / "kernel-stderr.log"
+    try:
+        assert run_kernel(["-s", "reload", "--config", str(path)]).returncode == 0
+        wait_for(lambda: "configuration reloaded" in log_path.read_text() or process.poll() is not None, 120,
+                 "the reload after the start")
+        assert process.poll() is None, log_path.read_text()
+        log = log_path.read_text()
+        assert log.index("kernel started") < log.index("configuration reloaded")
+        assert run_kernel(["-s", "quit", "--config", str(path)]).returncode == 0
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not pid_file.exists()
+
+
 # --------------------------------------------------------------------------------------------- file descriptors
 
 def limit_open_files(count):
