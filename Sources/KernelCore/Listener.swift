@@ -384,14 +384,15 @@ public struct ListenerError: Error, CustomStringConvertible {
 
     /// nginx's line for a failed bind, `bind() to 127.0.0.1:6666 failed (98: Address already in use)`, followed by
     /// where the address is configured: `, in etc/kernel.yaml:12:13`.
+    /// A name that does not resolve is nginx's `host not found in "name:port"`.
     init(binding spec: ListenerSpec, _ error: any Error) {
-        var text = "bind() to \(spec.address) failed"
+        let text: String
         if let io = error as? IOError {
-            text += " (\(io.errnoCode): \(String(cString: strerror(io.errnoCode))))"
-        } else if let resolution = error as? SocketAddressError {
-            text += " (\(resolution))"
+            text = "bind() to \(spec.address) failed (\(io.errnoCode): \(String(cString: strerror(io.errnoCode))))"
+        } else if let unknown = error as? SocketAddressError.UnknownHost {
+            text = "host not found in \"\(spec.address)\" (\(unknown.errorDescription))"
         } else {
-            text += " (\(error))"
+            text = "bind() to \(spec.address) failed (\(error))"
         }
         description = text
         self = at(spec.mark)
