@@ -255,27 +255,45 @@ def test_open_file_limit_is_raised_to_the_hard_limit_and_can_be_set(tmp_path):
     path = tmp_path / "kernel.yaml"
     path.write_text(text)
 
+    log_path = tmp_path / "kernel-stderr.log"
+
+    def figures(process):
+        limits = open(f"/proc/{process.pid}/limits").read()
+        return re.search(r"Max open files\s+(\d+)\s+(\d+)", limits).groups()
+
     def start(config):
-        log = tmp_path / "kernel-stderr.log"
-        with open(log, "wb") as out:
+        with open(log_path, "wb") as out:
             process = subprocess.Popen([KERNEL_BIN, "--config", str(config)], stdout=out, stderr=subprocess.STDOUT,
                                        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
-        try:
-            wait_for(lambda: "kernel started" in log.read_text() or process.poll() is not None, 60, "the start")
-            limits = open(f"/proc/{process.pid}/limits").read()
-            return log.read_text(), re.search(r"Max open files\s+(\d+)\s+(\d+)", limits).groups()
-        finally:
-            process.send_signal(signal.SIGQUIT)
-            process.wait(timeout=30)
+        wait_for(lambda: "kernel started" in log_path.read_text() or process.poll() is not None, 60, "the start")
+        assert process.poll() is None, log_path.read_text()
+        return process
 
-    log, figures = start(path)
-    assert figures == (str(hard), str(hard))
-    assert re.search(rf"\[info\] \d+#0: RLIMIT_NOFILE: {hard} open files \(was {soft}, hard limit {hard}\)", log), log
+    def quit(process):
+        process.send_signal(signal.SIGQUIT)
+        assert process.wait(timeout=30) == 0
+
+    process = start(path)
+    try:
+        assert figures(process) == (str(hard), str(hard))
+        assert re.search(rf"\[info\] \d+#0: RLIMIT_NOFILE: {hard} open files \(was {soft}, hard limit {hard}\)",
+                         log_path.read_text()), log_path.read_text()
+    finally:
+        quit(process)
 
     path.write_text(text.replace("kernel:\n", "kernel:\n  worker_rlimit_nofile: 1000\n"))
-    log, figures = start(path)
-    assert figures == ("1000", str(hard))
-    assert f"RLIMIT_NOFILE: 1000 open files (was {soft}, hard limit {hard})" in log, log
+    process = start(path)
+    try:
+        assert figures(process) == ("1000", str(hard))
+        assert f"RLIMIT_NOFILE: 1000 open files (was {soft}, hard limit {hard})" in log_path.read_text()
+        # A reload applies a changed value.
+        path.write_text(text.replace("kernel:\n", "kernel:\n  worker_rlimit_nofile: 2000\n"))
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in log_path.read_text(), 30, "the reload")
+        assert figures(process) == ("2000", str(hard))
+        assert "RLIMIT_NOFILE: 2000 open files (was 1000, hard limit 4096)" in log_path.read_text()
+    finally:
+        quit(process)
 
 
 def test_check_rejects_a_bad_worker_rlimit_nofile(tmp_path):
