@@ -9,11 +9,18 @@ public struct HTTPListenAddress: Sendable, Equatable {
     public var address: ListenAddress
     /// The accept queue length (nginx `listen ... backlog=N`).
     public var backlog: Int32
+    /// Where the address is written, for errors about binding it; not part of what the entry says (`==`).
+    public var mark: SourceMark?
 
-    public init(text: String, address: ListenAddress, backlog: Int32 = 511) {
+    public init(text: String, address: ListenAddress, backlog: Int32 = 511, mark: SourceMark? = nil) {
         self.text = text
         self.address = address
         self.backlog = backlog
+        self.mark = mark
+    }
+
+    public static func == (lhs: HTTPListenAddress, rhs: HTTPListenAddress) -> Bool {
+        lhs.text == rhs.text && lhs.address == rhs.address && lhs.backlog == rhs.backlog
     }
 }
 
@@ -98,7 +105,7 @@ public struct HTTPConfiguration: Sendable {
                 let mapping = try item.mapping()
                 let addressValue = try mapping.required("address")
                 entry = HTTPListenAddress(text: try addressValue.string(), address: try parseAddress(addressValue),
-                                          backlog: 511)
+                                          backlog: 511, mark: addressValue.mark)
                 var withBacklog = entry
                 if let backlog = mapping.optional("backlog") {
                     withBacklog.backlog = Int32(try backlog.int(in: 1...65535, what: "an integer 1-65535"))
@@ -110,7 +117,7 @@ public struct HTTPConfiguration: Sendable {
                 result.append(withBacklog)
                 continue
             }
-            entry = HTTPListenAddress(text: try item.string(), address: try parseAddress(item))
+            entry = HTTPListenAddress(text: try item.string(), address: try parseAddress(item), mark: item.mark)
             if let duplicate = result.first(where: { $0.address == entry.address }) {
                 throw item.error("duplicate listen address \"\(entry.text)\" (same as \"\(duplicate.text)\")")
             }

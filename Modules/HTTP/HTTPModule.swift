@@ -22,7 +22,7 @@ public enum HTTPModule: KernelModule {
     public static func listenerSpecs(for configuration: HTTPConfiguration) -> [ListenerSpec] {
         configuration.listen.map { entry in
             let settings = HTTPConnectionSettings(configuration: configuration, listener: entry.text)
-            return ListenerSpec(protocolName: "http", address: entry.address, backlog: entry.backlog) { channel, runtime in
+            return ListenerSpec(protocolName: "http", address: entry.address, backlog: entry.backlog, mark: entry.mark) { channel, runtime in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(HTTPConnectionHandler(settings: settings, runtime: runtime))
                 }

@@ -261,7 +261,8 @@ struct RoutingDecoder {
             }
             try fields.finish()
         } else {
-            if case .scalar(let text, _, true) = value.node, text == "off" { return nil }
+            // `off` quoted or not, as nginx reads `access_log off` and `access_log "off"` alike.
+            if value.node.scalarText == "off" { return nil }
             pathValue = value
         }
         let text = try pathValue.nonEmptyString()

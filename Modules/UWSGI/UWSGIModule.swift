@@ -10,6 +10,8 @@ public struct UWSGIListenerConfiguration: Sendable {
     public var mode: UInt32?
     public var owner: String?
     public var backlog: Int32
+    /// Where the address is written, for errors about binding it.
+    public var mark: SourceMark?
 }
 
 /// The `uwsgi:` section.
@@ -92,7 +94,8 @@ public enum UWSGIModule: KernelModule {
         if case .tcp = address, mode != nil || owner != nil {
             throw item.error("mode and owner apply to unix sockets only")
         }
-        return UWSGIListenerConfiguration(address: address, text: text, mode: mode, owner: owner, backlog: backlog)
+        return UWSGIListenerConfiguration(address: address, text: text, mode: mode, owner: owner, backlog: backlog,
+                                          mark: addressValue.mark)
     }
 
     static func positiveDuration(_ value: ConfigValue) throws -> ConfigDuration {
@@ -118,7 +121,7 @@ public enum UWSGIModule: KernelModule {
                 sendTimeout: .milliseconds(configuration.sendTimeout.milliseconds))
             registrar.addListener(ListenerSpec(
                 protocolName: "uwsgi", address: listener.address, unixSocketMode: listener.mode,
-                unixSocketOwner: listener.owner, backlog: listener.backlog,
+                unixSocketOwner: listener.owner, backlog: listener.backlog, mark: listener.mark,
                 initializeConnection: { channel, runtime in settings.configure(channel, runtime: runtime) }))
         }
     }

@@ -129,23 +129,31 @@ struct KernelCommand: AsyncParsableCommand {
         let logger = Logger(label: "kernel")
         let group = MultiThreadedEventLoopGroup(numberOfThreads: core.eventLoopThreads)
         let runtime = KernelRuntime(eventLoopGroup: group, logger: logger, logFiles: logFiles, errorLog: destination)
-        let server = KernelServer(runtime: runtime, loader: loader, configurationFile: config)
-        do {
-            let generation = try loader.load(file: config, runtime: runtime, mode: .run, number: 1)
-            try await server.start(generation)
-        } catch {
+        let failed = { (error: any Error) async throws -> Never in
             if core.errorLogPath != "stderr" { logger.critical("\(error)") }
             emerg("\(error)")
             try? await group.shutdownGracefully()
             throw ExitCode(1)
         }
+        let generation: KernelGeneration
+        do {
+            generation = try loader.load(file: config, runtime: runtime, mode: .run, number: 1)
+        } catch {
+            try await failed(error)
+        }
+        // The server starts the generation inside the service group, whose signal handlers are in place by then:
+        // `-s quit` or `-s stop` while models load stops the start and removes the pid file.
+        let server = KernelServer(runtime: runtime, loader: loader, configurationFile: config, firstGeneration: generation)
         let serviceGroup = ServiceGroup(configuration: .init(
-            services: [.init(service: server)],
+            // `run` returns when the kernel has stopped, or did not start (`startupFailure` says which): either way
+            // the group is done, which is not an error of its own.
+            services: [.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup)],
             gracefulShutdownSignals: [.sigquit],
             cancellationSignals: [.sigterm, .sigint],
             logger: Logger(label: "kernel.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })
         ))
         try await serviceGroup.run()
+        if let failure = server.startupFailure { try await failed(failure) }
         try? await group.shutdownGracefully()
     }
 }

@@ -12,10 +12,19 @@ import Darwin
 ///   allowed, sorted) must hold a mapping whose keys are merged in place of the `include` key;
 /// - `${NAME}` and `${NAME:-default}` in scalar values: environment variables.
 /// Duplicate keys are errors, also when one of them comes from an included file.
+///
+/// A file cannot make the parser use unbounded memory or stack: aliases are counted as the nodes they expand to
+/// (a "billion laughs" file stops at `maximumNodes`), and collections nested deeper than `maximumDepth` are refused
+/// while libyaml's events are read, before anything recurses that deep.
 public struct YAMLParser: Sendable {
     public var environment: [String: String]
     /// Include depth beyond which a cycle is assumed.
     public var maximumIncludeDepth = 16
+    /// Nodes a configuration may hold once every alias is expanded, summed over the file and what it includes.
+    public var maximumNodes = 1_000_000
+    /// Collections nested in one another, counted through includes (an included file's root is at the depth of the
+    /// mapping that includes it).
+    public var maximumDepth = 256
 
     public init(environment: [String: String] = [:]) {
         self.environment = environment
@@ -23,38 +32,40 @@ public struct YAMLParser: Sendable {
 
     /// Parses the file at `path`. An empty file is an empty mapping.
     public func parseFile(_ path: String) throws -> YAMLNode {
-        try parseFile(path, depth: 0, keyPath: "")
+        try parseFile(path, depth: 0, keyPath: "", nesting: 0, budget: NodeBudget(remaining: maximumNodes))
     }
 
     /// Parses YAML text; `file` is the name errors use.
     public func parse(_ text: String, file: String) throws -> YAMLNode {
-        try parse(text, file: file, depth: 0, keyPath: "")
+        try parse(text, file: file, depth: 0, keyPath: "", nesting: 0, budget: NodeBudget(remaining: maximumNodes))
     }
 
     /// `keyPath` is where the file's root sits in the whole configuration (an included file's include key's
-    /// mapping), so that errors inside it name the full key path.
-    private func parseFile(_ path: String, depth: Int, keyPath: String) throws -> YAMLNode {
+    /// mapping), so that errors inside it name the full key path; `nesting` is how deep that mapping is.
+    private func parseFile(_ path: String, depth: Int, keyPath: String, nesting: Int, budget: NodeBudget) throws -> YAMLNode {
         guard let text = readFile(path) else {
             throw ConfigError(mark: nil, path: "", message: "\(path): cannot read file: \(String(cString: strerror(errno)))")
         }
-        return try parse(text, file: path, depth: depth, keyPath: keyPath)
+        return try parse(text, file: path, depth: depth, keyPath: keyPath, nesting: nesting, budget: budget)
     }
 
-    private func parse(_ text: String, file: String, depth: Int, keyPath: String) throws -> YAMLNode {
-        var reader = EventReader(file: file)
-        let root = try reader.readDocument(text)
-        return try resolve(root, file: file, depth: depth, path: keyPath)
+    private func parse(_ text: String, file: String, depth: Int, keyPath: String, nesting: Int,
+                       budget: NodeBudget) throws -> YAMLNode {
+        var reader = EventReader(file: file, budget: budget, maximumNodes: maximumNodes, maximumDepth: maximumDepth)
+        let root = try reader.readDocument(text, nesting: nesting)
+        return try resolve(root, file: file, depth: depth, path: keyPath, nesting: nesting, budget: budget)
     }
 
     // MARK: - include and environment
 
-    private func resolve(_ node: YAMLNode, file: String, depth: Int, path: String) throws -> YAMLNode {
+    private func resolve(_ node: YAMLNode, file: String, depth: Int, path: String, nesting: Int,
+                         budget: NodeBudget) throws -> YAMLNode {
         switch node {
         case .scalar(let text, let mark, let plain):
             return .scalar(try expandEnvironment(text, mark: mark, path: path), mark: mark, isPlain: plain)
         case .sequence(let items, let mark):
             return .sequence(try items.enumerated().map { index, item in
-                try resolve(item, file: file, depth: depth, path: "\(path)[\(index)]")
+                try resolve(item, file: file, depth: depth, path: "\(path)[\(index)]", nesting: nesting + 1, budget: budget)
             }, mark: mark)
         case .mapping(let entries, let mark):
             var merged: [(key: YAMLNode, value: YAMLNode)] = []
@@ -77,7 +88,7 @@ public struct YAMLParser: Sendable {
                             throw ConfigError(mark: value.mark, path: childPath,
                                               message: "includes nested deeper than \(maximumIncludeDepth) levels (a cycle?)")
                         }
-                        let tree = try parseFile(included, depth: depth + 1, keyPath: path)
+                        let tree = try parseFile(included, depth: depth + 1, keyPath: path, nesting: nesting, budget: budget)
                         guard case .mapping(let includedEntries, _) = tree else {
                             throw ConfigError(mark: tree.mark, path: childPath,
                                               message: "an included file must hold a mapping, found \(tree.foundDescription)")
@@ -88,7 +99,8 @@ public struct YAMLParser: Sendable {
                         }
                     }
                 } else {
-                    try append(key, try resolve(value, file: file, depth: depth, path: childPath), path: childPath)
+                    try append(key, try resolve(value, file: file, depth: depth, path: childPath, nesting: nesting + 1,
+                                                budget: budget), path: childPath)
                 }
             }
             return .mapping(merged, mark: mark)
@@ -193,15 +205,34 @@ private func globFiles(_ pattern: String) -> [String] {
     return files.sorted()
 }
 
+/// How many more nodes the configuration being parsed may expand to: one budget for a file and all it includes.
+private final class NodeBudget {
+    var remaining: Int
+    init(remaining: Int) { self.remaining = remaining }
+}
+
 /// Pulls libyaml events and builds the node tree of one document.
+///
+/// libyaml's parser keeps its nesting on heap stacks, not the C stack; the recursion is here, in `node`, so the depth
+/// limit is checked at each collection's start event, before descending.
 private struct EventReader {
     let file: String
     var parser = yaml_parser_t()
-    var anchors: [String: YAMLNode] = [:]
+    /// An anchored node and the number of nodes it stands for with its own aliases expanded.
+    var anchors: [String: (node: YAMLNode, expandedSize: Int)] = [:]
+    let budget: NodeBudget
+    let maximumNodes: Int
+    let maximumDepth: Int
 
-    init(file: String) { self.file = file }
+    init(file: String, budget: NodeBudget, maximumNodes: Int, maximumDepth: Int) {
+        self.file = file
+        self.budget = budget
+        self.maximumNodes = maximumNodes
+        self.maximumDepth = maximumDepth
+    }
 
-    mutating func readDocument(_ text: String) throws -> YAMLNode {
+    /// Reads the one document of `text`; its root sits `nesting` collections deep (in the including file).
+    mutating func readDocument(_ text: String, nesting: Int) throws -> YAMLNode {
         var bytes = Array(text.utf8)
         guard yaml_parser_initialize(&parser) == 1 else {
             throw ConfigError(mark: nil, path: "", message: "\(file): cannot initialise the YAML parser")
@@ -226,7 +257,7 @@ private struct EventReader {
                     var first = try nextEvent()
                     defer { yaml_event_delete(&first) }
                     if first.type == YAML_DOCUMENT_END_EVENT { continue }
-                    root = try node(startingWith: &first)
+                    root = try node(startingWith: &first, depth: nesting)
                 case YAML_STREAM_END_EVENT:
                     if let root {
                         if root.isNull { return .mapping([], mark: root.mark) }
@@ -257,59 +288,76 @@ private struct EventReader {
         SourceMark(file: file, line: Int(raw.line) + 1, column: Int(raw.column) + 1)
     }
 
-    private mutating func node(startingWith event: inout yaml_event_t) throws -> YAMLNode {
+    /// Counts `count` nodes against the budget; the error names where the configuration passed it.
+    private func spend(_ count: Int, at mark: SourceMark) throws {
+        guard count <= budget.remaining else {
+            throw ConfigError(mark: mark, path: "",
+                              message: "the configuration expands to more than \(maximumNodes) YAML nodes (aliases included)")
+        }
+        budget.remaining -= count
+    }
+
+    /// Reads the node `event` starts. `depth` is the number of collections it is nested in.
+    private mutating func node(startingWith event: inout yaml_event_t, depth: Int) throws -> YAMLNode {
         let start = mark(event.start_mark)
         switch event.type {
         case YAML_SCALAR_EVENT:
+            try spend(1, at: start)
             let scalar = event.data.scalar
             let text = scalar.value.map {
                 String(decoding: UnsafeBufferPointer(start: $0, count: Int(scalar.length)), as: UTF8.self)
             } ?? ""
             let node = YAMLNode.scalar(text, mark: start, isPlain: scalar.style == YAML_PLAIN_SCALAR_STYLE)
-            remember(scalar.anchor, node)
+            if let anchor = scalar.anchor { anchors[String(cString: anchor)] = (node, 1) }
             return node
         case YAML_ALIAS_EVENT:
             let name = event.data.alias.anchor.map { String(cString: $0) } ?? ""
-            guard let node = anchors[name] else {
+            guard let (node, size) = anchors[name] else {
                 throw ConfigError(mark: start, path: "", message: "unknown YAML alias *\(name)")
             }
+            // An alias is shared in memory, but everything after parsing (includes, environment, decoding) walks
+            // it as a copy: it costs what it expands to.
+            try spend(size, at: start)
             return node
-        case YAML_SEQUENCE_START_EVENT:
-            let anchor = event.data.sequence_start.anchor.map { String(cString: $0) }
-            var items: [YAMLNode] = []
-            while true {
-                var child = try nextEvent()
-                defer { yaml_event_delete(&child) }
-                if child.type == YAML_SEQUENCE_END_EVENT { break }
-                items.append(try node(startingWith: &child))
+        case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
+            guard depth < maximumDepth else {
+                throw ConfigError(mark: start, path: "", message: "YAML collections nested deeper than \(maximumDepth) levels")
             }
-            let node = YAMLNode.sequence(items, mark: start)
-            if let anchor { anchors[anchor] = node }
-            return node
-        case YAML_MAPPING_START_EVENT:
-            let anchor = event.data.mapping_start.anchor.map { String(cString: $0) }
-            var entries: [(key: YAMLNode, value: YAMLNode)] = []
-            while true {
-                var keyEvent = try nextEvent()
-                defer { yaml_event_delete(&keyEvent) }
-                if keyEvent.type == YAML_MAPPING_END_EVENT { break }
-                let key = try node(startingWith: &keyEvent)
-                guard case .scalar = key else {
-                    throw ConfigError(mark: key.mark, path: "", message: "a mapping key must be a scalar, found \(key.foundDescription)")
+            try spend(1, at: start)
+            let before = budget.remaining
+            let node: YAMLNode
+            let anchor: String?
+            if event.type == YAML_SEQUENCE_START_EVENT {
+                anchor = event.data.sequence_start.anchor.map { String(cString: $0) }
+                var items: [YAMLNode] = []
+                while true {
+                    var child = try nextEvent()
+                    defer { yaml_event_delete(&child) }
+                    if child.type == YAML_SEQUENCE_END_EVENT { break }
+                    items.append(try self.node(startingWith: &child, depth: depth + 1))
                 }
-                var valueEvent = try nextEvent()
-                defer { yaml_event_delete(&valueEvent) }
-                entries.append((key, try node(startingWith: &valueEvent)))
+                node = .sequence(items, mark: start)
+            } else {
+                anchor = event.data.mapping_start.anchor.map { String(cString: $0) }
+                var entries: [(key: YAMLNode, value: YAMLNode)] = []
+                while true {
+                    var keyEvent = try nextEvent()
+                    defer { yaml_event_delete(&keyEvent) }
+                    if keyEvent.type == YAML_MAPPING_END_EVENT { break }
+                    let key = try self.node(startingWith: &keyEvent, depth: depth + 1)
+                    guard case .scalar = key else {
+                        throw ConfigError(mark: key.mark, path: "", message: "a mapping key must be a scalar, found \(key.foundDescription)")
+                    }
+                    var valueEvent = try nextEvent()
+                    defer { yaml_event_delete(&valueEvent) }
+                    entries.append((key, try self.node(startingWith: &valueEvent, depth: depth + 1)))
+                }
+                node = .mapping(entries, mark: start)
             }
-            let node = YAMLNode.mapping(entries, mark: start)
-            if let anchor { anchors[anchor] = node }
+            if let anchor { anchors[anchor] = (node, 1 + before - budget.remaining) }
             return node
         default:
             throw ConfigError(mark: start, path: "", message: "unexpected YAML event")
         }
-    }
-
-    private mutating func remember(_ anchor: UnsafeMutablePointer<yaml_char_t>?, _ node: YAMLNode) {
-        if let anchor { anchors[String(cString: anchor)] = node }
     }
 }

@@ -13,6 +13,8 @@ public struct CoreConfiguration: Sendable {
     public var errorLogLevel: Logger.Level
     /// How long a graceful stop (`-s quit`) waits for open requests (nginx `worker_shutdown_timeout`).
     public var shutdownTimeout: ConfigDuration
+    /// The soft limit on open files (nginx `worker_rlimit_nofile`); nil raises it to the hard limit.
+    public var openFileLimit: Int?
 
     public static let key = "kernel"
 
@@ -55,6 +57,9 @@ public struct CoreConfiguration: Sendable {
         }
         if let timeout = mapping.optional("shutdown_timeout") {
             configuration.shutdownTimeout = try timeout.duration()
+        }
+        if let limit = mapping.optional("worker_rlimit_nofile") {
+            configuration.openFileLimit = try limit.int(in: 1...Int(Int32.max), what: "a number of files 1-\(Int32.max)")
         }
         try mapping.finish()
         return configuration

@@ -11,31 +11,61 @@ import Glibc
 /// The running kernel: starts the first generation, reloads on SIGHUP, reopens logs on SIGUSR1, and drains on a
 /// graceful shutdown (SIGQUIT) or closes at once on cancellation (SIGTERM, SIGINT), as nginx does.
 ///
-/// Run by a swift-service-lifecycle `ServiceGroup`. Order of start: services of the generation (models load and
-/// warm up), then listeners. Order of stop: listeners stop accepting, connections drain, services stop in reverse.
+/// Run by a swift-service-lifecycle `ServiceGroup`, which traps SIGQUIT, SIGTERM and SIGINT before `run` starts:
+/// the first generation starts inside `run`, so a stop asked for while models load (the pid file is already
+/// written) is handled rather than left to the signal's default action. Order of start: pid file, services of the
+/// generation (models load and warm up), then listeners. Order of stop: listeners stop accepting, connections
+/// drain, services stop in reverse, the pid file goes.
 public final class KernelServer: Service, Sendable {
     public let runtime: KernelRuntime
     public let loader: ConfigurationLoader
     public let configurationFile: String
     public let listeners: ListenerManager
     private let generationCounter = GenerationCounter()
+    private let firstGeneration: KernelGeneration?
+    private let failure = NIOLockedValueBox<(any Error)?>(nil)
 
-    public init(runtime: KernelRuntime, loader: ConfigurationLoader, configurationFile: String) {
+    /// `firstGeneration`, when given, is started by `run`.
+    public init(runtime: KernelRuntime, loader: ConfigurationLoader, configurationFile: String,
+                firstGeneration: KernelGeneration? = nil) {
         self.runtime = runtime
         self.loader = loader
         self.configurationFile = configurationFile
+        self.firstGeneration = firstGeneration
         listeners = ListenerManager(runtime: runtime)
     }
 
+    /// Why the first generation did not start, once `run` has returned; nil when it started (or was stopped while
+    /// starting, which is not a failure).
+    public var startupFailure: (any Error)? { failure.withLockedValue { $0 } }
+
+    /// Whether a stop (graceful or fast) has been asked for.
+    private var stopRequested: Bool { Task.isCancelled || Task.isShuttingDownGracefully }
+
     /// Starts the first configuration: pid file, services (models load), listeners. Throws when any step fails,
-    /// having undone the steps before it.
-    public func start(_ generation: KernelGeneration) async throws {
+    /// having undone the steps before it. Returns false, with everything undone, when a stop was asked for while the
+    /// services started: the listeners are then never opened.
+    @discardableResult
+    public func start(_ generation: KernelGeneration) async throws -> Bool {
+        OpenFileLimit.apply(generation.core.openFileLimit, logger: runtime.logger)
         try writePidFile(generation.core.pidFile)
         do {
             try await generation.startServices(logger: runtime.logger)
         } catch {
             unlink(generation.core.pidFile)
+            if stopRequested {
+                runtime.logger.notice("stopped while starting: \(error)")
+                runtime.logger.notice("exiting")
+                return false
+            }
             throw error
+        }
+        if stopRequested {
+            runtime.logger.notice(Task.isCancelled ? "fast shutdown while starting" : "graceful shutdown while starting")
+            await generation.stopServices(fast: Task.isCancelled)
+            unlink(generation.core.pidFile)
+            runtime.logger.notice("exiting")
+            return false
         }
         _ = runtime.makeCurrent(generation)
         do {
@@ -47,10 +77,21 @@ public final class KernelServer: Service, Sendable {
             throw error
         }
         runtime.logger.notice("kernel started: role \(loader.role), modules [\(generation.activeModules.joined(separator: ", "))], \(generation.core.eventLoopThreads) event-loop thread(s), pid \(getpid())")
+        return true
     }
 
     public func run() async throws {
+        // Trapped before the first generation starts, so that a reload or reopen asked for while models load waits
+        // for the start (SIGHUP's default action would end the process).
         let signals = await UnixSignalsSequence(trapping: .sighup, .sigusr1)
+        if let firstGeneration {
+            do {
+                guard try await start(firstGeneration) else { return }
+            } catch {
+                failure.withLockedValue { $0 = error }
+                return
+            }
+        }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await signal in signals {
@@ -102,6 +143,7 @@ public final class KernelServer: Service, Sendable {
             logger.warning("kernel.event_loop_threads changed: takes effect after a restart")
         }
         applyErrorLog(generation.core)
+        OpenFileLimit.apply(generation.core.openFileLimit, logger: logger)
         let previous = runtime.makeCurrent(generation)
         await listeners.activate(opened)
         await listeners.retire(removed)
@@ -142,11 +184,46 @@ public final class KernelServer: Service, Sendable {
 
     private func writePidFile(_ path: String) throws {
         let text = "\(getpid())\n"
+        do {
+            try ParentDirectories.create(for: path)
+        } catch {
+            throw ListenerError("cannot write pid file \"\(path)\": \(error)")
+        }
         guard let file = fopen(path, "w") else {
             throw ListenerError("cannot write pid file \"\(path)\": \(String(cString: strerror(errno)))")
         }
         fputs(text, file)
         fclose(file)
+    }
+}
+
+/// `kernel.worker_rlimit_nofile`: the soft `RLIMIT_NOFILE` the process runs with. Each connection (and each
+/// connection to an upstream) holds a descriptor, and the soft limit a shell hands down is often 1024.
+enum OpenFileLimit {
+    private static let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+
+    /// Sets the soft limit to `configured`, or raises it to the hard limit when nil, and logs the figure.
+    /// A limit that cannot be set is logged in nginx's words and the process goes on with the one it has.
+    static func apply(_ configured: Int?, logger: Logger) {
+        var limit = rlimit()
+        guard getrlimit(resource, &limit) == 0 else {
+            logger.critical("getrlimit(RLIMIT_NOFILE) failed (\(errno): \(String(cString: strerror(errno))))")
+            return
+        }
+        let before = limit.rlim_cur
+        let wanted = configured.map { rlim_t($0) } ?? limit.rlim_max
+        if wanted == before {
+            logger.info("RLIMIT_NOFILE: \(before) open files (hard limit \(limit.rlim_max))")
+            return
+        }
+        limit.rlim_cur = wanted
+        // Above the hard limit only a privileged process can go; it then raises both, as nginx sets both.
+        if wanted > limit.rlim_max { limit.rlim_max = wanted }
+        guard setrlimit(resource, &limit) == 0 else {
+            logger.critical("setrlimit(RLIMIT_NOFILE, \(wanted)) failed (\(errno): \(String(cString: strerror(errno)))), keeping \(before)")
+            return
+        }
+        logger.info("RLIMIT_NOFILE: \(wanted) open files (was \(before), hard limit \(limit.rlim_max))")
     }
 }
 

@@ -1,3 +1,4 @@
+import KernelConfig
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -71,17 +72,20 @@ public struct ListenerSpec: Sendable {
     /// Owner of a unix socket file as `user` or `user:group` (uWSGI `chown-socket`).
     public var unixSocketOwner: String?
     public var backlog: Int32
+    /// Where the address is written in the configuration: errors about binding it name the position.
+    public var mark: SourceMark?
     /// Sets up the pipeline of one accepted connection.
     public var initializeConnection: @Sendable (any Channel, KernelRuntime) -> EventLoopFuture<Void>
 
     public init(protocolName: String, address: ListenAddress, unixSocketMode: UInt32? = nil, unixSocketOwner: String? = nil,
-                backlog: Int32 = 511,
+                backlog: Int32 = 511, mark: SourceMark? = nil,
                 initializeConnection: @escaping @Sendable (any Channel, KernelRuntime) -> EventLoopFuture<Void>) {
         self.protocolName = protocolName
         self.address = address
         self.unixSocketMode = unixSocketMode
         self.unixSocketOwner = unixSocketOwner
         self.backlog = backlog
+        self.mark = mark
         self.initializeConnection = initializeConnection
     }
 
@@ -168,6 +172,12 @@ public final class ListenerManager: Sendable {
             .serverChannelOption(.autoRead, value: false)
             .serverChannelOption(.backlog, value: spec.backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let shown = spec.address.description
+                    try channel.pipeline.syncOperations.addHandler(AcceptFailureHandler(listener: shown, logger: runtime.logger))
+                }
+            }
             // Child options are few on purpose: each is one step of a future chain (and a setsockopt) per
             // accepted connection, and uwsgi peers open a connection per request. SO_REUSEADDR means nothing on
             // an accepted socket.
@@ -186,14 +196,27 @@ public final class ListenerManager: Sendable {
             // Responses are written whole; Nagle would only delay the last segment of each. Set on the listening
             // socket, TCP_NODELAY is inherited by every accepted one, which saves a setsockopt per connection.
             // (It is a TCP-level option: `.socketOption(.tcp_nodelay)` would set SOL_SOCKET option 1, SO_DEBUG.)
-            channel = try await bootstrap
-                .serverChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .bind(host: host, port: port).get()
+            do {
+                channel = try await bootstrap
+                    .serverChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+                    .bind(host: host, port: port).get()
+            } catch {
+                throw ListenerError(binding: spec, error)
+            }
         case .unix(let path):
             // A socket file left by an earlier process is replaced; any other kind of file there is an error.
-            try removeSocketFile(path)
-            channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
-            try applyUnixSocketPermissions(path: path, mode: spec.unixSocketMode, owner: spec.unixSocketOwner)
+            do { try removeSocketFile(path) } catch let error as ListenerError { throw error.at(spec.mark) }
+            do {
+                channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
+            } catch {
+                throw ListenerError(binding: spec, error)
+            }
+            do {
+                try applyUnixSocketPermissions(path: path, mode: spec.unixSocketMode, owner: spec.unixSocketOwner)
+            } catch let error as ListenerError {
+                try? await channel.close()
+                throw error.at(spec.mark)
+            }
         }
         listener.serverChannel.withLockedValue { $0 = channel }
         let shown = channel.localAddress.map { describe($0) } ?? spec.address.description
@@ -236,6 +259,79 @@ public final class ListenerManager: Sendable {
             }
         }
         if forced > 0 { runtime.logger.warning("closed \(forced) connection(s) still open at shutdown") }
+    }
+}
+
+/// What a listening socket does when `accept` fails, as nginx's `ngx_event_accept`: log the failure in nginx's words
+/// and, when descriptors ran out (`EMFILE`, `ENFILE`), stop accepting for `backoff` (nginx's `accept_mutex_delay`,
+/// 500 ms) and then try again. Connections already open are served meanwhile; new ones wait in the listen queue.
+///
+/// SwiftNIO keeps a socket whose accept failed registered for reading, and the pending connection keeps it readable,
+/// so without this the event loop would retry `accept` at once, forever. Turning `autoRead` off takes the socket
+/// out of the poll set; turning it on again resumes accepting.
+final class AcceptFailureHandler: ChannelInboundHandler {
+    typealias InboundIn = any Channel
+    typealias InboundOut = any Channel
+
+    private let listener: String
+    private let logger: Logger
+    private let backoff: TimeAmount
+    private let logInterval: TimeAmount
+    private var resume: Scheduled<Void>?
+    private var lastLogged: NIODeadline?
+    private var suppressed = 0
+
+    /// `listener` is the configured address, shown when the socket's own is not known.
+    init(listener: String, logger: Logger, backoff: TimeAmount = .milliseconds(500), logInterval: TimeAmount = .seconds(1)) {
+        self.listener = listener
+        self.logger = logger
+        self.backoff = backoff
+        self.logInterval = logInterval
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let io = error as? IOError else {
+            context.fireErrorCaught(error)
+            return
+        }
+        let code = io.errnoCode
+        let outOfDescriptors = code == EMFILE || code == ENFILE
+        // The bound address (the port a `:0` listener got), as nginx names the listening socket.
+        let address = context.channel.localAddress.map(describe) ?? listener
+        log(code: code, level: outOfDescriptors ? .critical : code == ECONNABORTED ? .error : .critical,
+            address: address, now: context.eventLoop.now)
+        guard outOfDescriptors, resume == nil else { return }
+        context.channel.setOption(.autoRead, value: false).whenComplete { _ in }
+        let channel = context.channel
+        resume = context.eventLoop.assumeIsolated().scheduleTask(in: backoff) { [weak self] in
+            self?.resume = nil
+            channel.setOption(.autoRead, value: true).whenComplete { _ in }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        resume?.cancel()
+        resume = nil
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        resume?.cancel()
+        resume = nil
+    }
+
+    /// nginx logs every failure; descriptors running out can fail thousands of accepts a second, so lines are kept
+    /// to one per `logInterval` and say how many were left out.
+    private func log(code: Int32, level: Logger.Level, address: String, now: NIODeadline) {
+        if let lastLogged, now < lastLogged + logInterval {
+            suppressed += 1
+            return
+        }
+        var message = "accept() failed (\(code): \(String(cString: strerror(code)))) while accepting new connection on \(address)"
+        if suppressed > 0 { message += " (\(suppressed) more since the last report)" }
+        logger.log(level: level, "\(message)")
+        lastLogged = now
+        suppressed = 0
     }
 }
 
@@ -285,4 +381,26 @@ private func applyUnixSocketPermissions(path: String, mode: UInt32?, owner: Stri
 public struct ListenerError: Error, CustomStringConvertible {
     public var description: String
     init(_ description: String) { self.description = description }
+
+    /// nginx's line for a failed bind, `bind() to 127.0.0.1:6666 failed (98: Address already in use)`, followed by
+    /// where the address is configured: `, in etc/kernel.yaml:12:13`.
+    /// A name that does not resolve is nginx's `host not found in "name:port"`.
+    init(binding spec: ListenerSpec, _ error: any Error) {
+        let text: String
+        if let io = error as? IOError {
+            text = "bind() to \(spec.address) failed (\(io.errnoCode): \(String(cString: strerror(io.errnoCode))))"
+        } else if let unknown = error as? SocketAddressError.UnknownHost {
+            text = "host not found in \"\(spec.address)\" (\(unknown.errorDescription))"
+        } else {
+            text = "bind() to \(spec.address) failed (\(error))"
+        }
+        description = text
+        self = at(spec.mark)
+    }
+
+    /// The error followed by where the listener is configured, when known: `..., in etc/kernel.yaml:12:13`.
+    func at(_ mark: SourceMark?) -> ListenerError {
+        guard let mark else { return self }
+        return ListenerError("\(description), in \(mark)")
+    }
 }

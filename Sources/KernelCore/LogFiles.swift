@@ -1,3 +1,4 @@
+import KernelConfig
 import Logging
 import NIOConcurrencyHelpers
 #if canImport(Glibc)
@@ -21,6 +22,11 @@ public final class LogFile: Sendable {
         case "stderr": return 2
         case "stdout": return 1
         default:
+            do {
+                try ParentDirectories.create(for: path)
+            } catch {
+                throw LogFileError(description: "cannot open log file \"\(path)\": \(error)")
+            }
             let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
             guard fd >= 0 else {
                 throw LogFileError(description: "cannot open log file \"\(path)\": \(String(cString: strerror(errno)))")
@@ -62,6 +68,32 @@ public final class LogFile: Sendable {
 }
 
 public struct LogFileError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// Creates the missing directories above a file the kernel writes (pid file, logs, temporary files), as
+/// `mkdir -p` with mode 0755 would, so that a configuration naming `run/kernel.pid` works in a fresh checkout.
+public enum ParentDirectories {
+    /// Creates every missing directory on the way to `path`'s parent. Throws nginx's `mkdir()` line naming the
+    /// directory that could not be made.
+    public static func create(for path: String) throws {
+        let parent = ConfigPath.directory(of: path)
+        guard !parent.isEmpty, parent != "." else { return }
+        var info = stat()
+        if stat(parent, &info) == 0 { return }
+        var prefix = parent.hasPrefix("/") ? "/" : ""
+        for component in parent.split(separator: "/", omittingEmptySubsequences: true) {
+            prefix += component
+            if mkdir(prefix, 0o755) != 0, errno != EEXIST {
+                throw ParentDirectoryError(description: "mkdir() \"\(prefix)\" failed (\(errno): \(String(cString: strerror(errno))))")
+            }
+            prefix += "/"
+        }
+    }
+}
+
+/// A directory above a file the kernel writes that could not be created.
+public struct ParentDirectoryError: Error, CustomStringConvertible {
     public var description: String
 }
 

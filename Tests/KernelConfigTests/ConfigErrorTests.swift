@@ -147,6 +147,54 @@ final class ConfigErrorTests: XCTestCase {
                        "etc/kernel.yaml:1:4: unknown YAML alias *nowhere")
     }
 
+    // MARK: - bombs
+
+    /// The "billion laughs" file: nine levels of nine aliases each would expand to 9^9 scalars.
+    func testAliasBombStopsAtTheNodeLimit() {
+        var text = "a: &a [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n"
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
+        for (previous, name) in zip(names, names.dropFirst()) {
+            text += "\(name): &\(name) [" + Array(repeating: "*\(previous)", count: 9).joined(separator: ", ") + "]\n"
+        }
+        XCTAssertEqual(message { _ = try root(text) },
+                       "etc/kernel.yaml:7:8: the configuration expands to more than 1000000 YAML nodes (aliases included)")
+    }
+
+    func testNodeLimitCountsAliasesAndIncludedFiles() throws {
+        var parser = YAMLParser()
+        parser.maximumNodes = 12
+        // root mapping, 2 keys, list + 3 items, then *x costs 4: 11 nodes.
+        XCTAssertNoThrow(try parser.parse("x: &x [1, 2, 3]\ny: *x\n", file: "f.yaml"))
+        XCTAssertEqual(message { _ = try parser.parse("x: &x [1, 2, 3]\ny: *x\nz: 1\n", file: "f.yaml") },
+                       "f.yaml:3:4: the configuration expands to more than 12 YAML nodes (aliases included)")
+        try write("part.yaml", "p: [1, 2, 3, 4]\n")
+        let main = try write("main.yaml", "a: [1, 2, 3]\ninclude: [part.yaml]\n")
+        XCTAssertEqual(message { _ = try parser.parseFile(main) },
+                       "DIR/part.yaml:1:5: the configuration expands to more than 12 YAML nodes (aliases included)")
+    }
+
+    func testNestingDeeperThanTheLimitIsRefusedBeforeRecursing() throws {
+        let flow = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        XCTAssertEqual(message { _ = try YAMLParser().parse(flow, file: "deep.yaml") },
+                       "deep.yaml:1:257: YAML collections nested deeper than 256 levels")
+        let block = String(repeating: "- ", count: 100_000) + "x\n"
+        XCTAssertEqual(message { _ = try YAMLParser().parse(block, file: "deep.yaml") },
+                       "deep.yaml:1:513: YAML collections nested deeper than 256 levels")
+        let mappings = String(repeating: "{a: ", count: 300) + "1" + String(repeating: "}", count: 300)
+        XCTAssertEqual(message { _ = try root(mappings) },
+                       "etc/kernel.yaml:1:1025: YAML collections nested deeper than 256 levels")
+        // An included file's root sits at the depth of the mapping that includes it.
+        let inner = String(repeating: "[", count: 255) + String(repeating: "]", count: 255)
+        try write("deep/part.yaml", "a: \(inner)\n")
+        let main = try write("deep/main.yaml", "b:\n  include: part.yaml\n")
+        XCTAssertEqual(message { _ = try YAMLParser().parseFile(main) },
+                       "DIR/deep/part.yaml:1:258: YAML collections nested deeper than 256 levels")
+        try write("deep/part.yaml", "a: \(inner.dropFirst().dropLast())\n")
+        XCTAssertNoThrow(try YAMLParser().parseFile(main))
+        // 256 levels are allowed.
+        XCTAssertNoThrow(try YAMLParser().parse(String(repeating: "[", count: 256) + String(repeating: "]", count: 256), file: "ok.yaml"))
+    }
+
     func testMissingConfigurationFile() {
         XCTAssertEqual(message { _ = try YAMLParser().parseFile("\(directory)/absent.yaml") },
                        "DIR/absent.yaml: cannot read file: No such file or directory")

@@ -48,5 +48,44 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(core.errorLogPath, "etc/logs/e.log")
         XCTAssertEqual(core.errorLogLevel, .warning)
         XCTAssertEqual(core.shutdownTimeout.milliseconds, 90_000)
+        XCTAssertNil(core.openFileLimit, "absent: the soft limit is raised to the hard limit")
+    }
+
+    func testWorkerRlimitNofile() throws {
+        func decode(_ text: String) throws -> CoreConfiguration {
+            let root = try YAMLParser().parse("kernel:\n  worker_rlimit_nofile: \(text)\n", file: "k.yaml")
+            return try CoreConfiguration.decode(try ConfigValue(node: root, path: "").mapping().optional("kernel"), directory: ".")
+        }
+        XCTAssertEqual(try decode("65536").openFileLimit, 65536)
+        for bad in ["0", "-1", "lots", "\"1024\"", "4294967296"] {
+            XCTAssertThrowsError(try decode(bad)) { error in
+                XCTAssertEqual("\(error)", "k.yaml:2:25: kernel.worker_rlimit_nofile: expected a number of files 1-2147483647, found \(bad.hasPrefix("\"") ? bad : "\"\(bad)\"")")
+            }
+        }
+    }
+
+    func testParentDirectoriesAreCreatedAsMkdirP() throws {
+        let base = NSTemporaryDirectory() + "kernel-dirs-\(getpid())-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        try ParentDirectories.create(for: "\(base)/a/b/../c/kernel.pid")
+        var info = stat()
+        XCTAssertEqual(stat("\(base)/a/c", &info), 0)
+        XCTAssertEqual(info.st_mode & 0o777, 0o755 & ~currentUmask())
+        XCTAssertEqual(stat("\(base)/a/b", &info), 0)
+        XCTAssertNoThrow(try ParentDirectories.create(for: "\(base)/a/c/kernel.pid"), "existing directories are fine")
+        XCTAssertNoThrow(try ParentDirectories.create(for: "kernel.pid"), "no directory part")
+        XCTAssertThrowsError(try ParentDirectories.create(for: "/proc/kernel-test-dir/x/k.pid")) { error in
+            XCTAssertEqual("\(error)", "mkdir() \"/proc/kernel-test-dir\" failed (2: No such file or directory)")
+        }
+        _ = FileManager.default.createFile(atPath: "\(base)/file", contents: Data())
+        XCTAssertThrowsError(try ParentDirectories.create(for: "\(base)/file/sub/k.pid")) { error in
+            XCTAssertEqual("\(error)", "mkdir() \"\(base)/file/sub\" failed (20: Not a directory)")
+        }
+    }
+
+    private func currentUmask() -> mode_t {
+        let mask = umask(0)
+        umask(mask)
+        return mask
     }
 }

@@ -136,6 +136,9 @@ final class ReturnAndLimitsTests: XCTestCase {
                     - location: /quiet
                       access_log: off
                       return: 200
+                    - location: /quoted-off
+                      access_log: "off"
+                      return: 200
                     - location: /combined
                       access_log: logs-combined.log
                       return: 200
@@ -148,6 +151,8 @@ final class ReturnAndLimitsTests: XCTestCase {
         XCTAssertEqual(fixture.decision("/", host: "logged").accessLog?.file.path, "\(fixture.directory)/logs-access.json",
                        "relative paths resolve against the configuration file")
         XCTAssertNil(fixture.decision("/quiet", host: "logged").accessLog)
+        XCTAssertNil(fixture.decision("/quoted-off", host: "logged").accessLog, "\"off\" quoted is off too, not a file")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(fixture.directory)/off"))
         XCTAssertEqual(fixture.decision("/combined", host: "logged").accessLog?.format, .combined)
         XCTAssertNil(fixture.decision("/", host: "silent").accessLog, "access logs are off unless configured")
         XCTAssertEqual(fixture.decision("/missing", host: "logged").accessLog?.format, .json, "404s are logged too")

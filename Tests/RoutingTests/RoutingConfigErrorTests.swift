@@ -155,10 +155,13 @@ final class RoutingConfigErrorTests: XCTestCase {
     }
 
     func testUnopenableAccessLogFailsTheRun() throws {
-        XCTAssertThrowsError(try fixture.load("routing:\n  servers:\n    - access_log: /nonexistent-dir/a.log\n      return: 200\n")) { error in
+        // Missing directories are created (`mkdir -p`); one that cannot be (under /proc, even as root) is named.
+        XCTAssertThrowsError(try fixture.load("routing:\n  servers:\n    - access_log: /proc/kernel-logs/a.log\n      return: 200\n")) { error in
             XCTAssertEqual("\(error)".replacingOccurrences(of: fixture.directory, with: "DIR"),
-                           "DIR/kernel-1.yaml:3:19: routing.servers[0].access_log: cannot open log file \"/nonexistent-dir/a.log\": No such file or directory")
+                           "DIR/kernel-1.yaml:3:19: routing.servers[0].access_log: cannot open log file \"/proc/kernel-logs/a.log\": mkdir() \"/proc/kernel-logs\" failed (2: No such file or directory)")
         }
+        try fixture.load("routing:\n  servers:\n    - access_log: logs/new/a.log\n      return: 200\n")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(fixture.directory)/logs/new/a.log"))
     }
 
     func testServerErrors() {
