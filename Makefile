@@ -7,7 +7,7 @@ DEBUG_BIN := .build/debug/kernel
 
 export KERNEL_ONNXRUNTIME_LIBRARY ?= $(shell scripts/onnxruntime-library.sh 2>/dev/null)
 
-.PHONY: run test setup build release unit-test system-test bench profile fuzz clean
+.PHONY: run test setup build release unit-test system-test bench bench-compare profile fuzz clean
 
 setup:
 	@scripts/setup.sh
@@ -42,6 +42,11 @@ system-test:
 
 bench: setup release
 	KERNEL_BIN=$(RELEASE_BIN) KERNEL_ONNXRUNTIME_LIBRARY=$$(scripts/onnxruntime-library.sh) bench/run.sh
+
+# Two kernel builds under the same load, alternating: make bench-compare BEFORE=/path/to/an/older/kernel
+bench-compare: setup release
+	@test -x "$(BEFORE)" || (echo "make bench-compare BEFORE=/path/to/kernel" && exit 2)
+	KERNEL_ONNXRUNTIME_LIBRARY=$$(scripts/onnxruntime-library.sh) $(PYTHON) bench/compare.py $(BEFORE) $(RELEASE_BIN)
 
 # Where the CPU of `return 200 "hello"` goes, kernel vs nginx (perf, root): see docs/performance.md.
 profile: setup release
