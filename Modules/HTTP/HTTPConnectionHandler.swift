@@ -69,7 +69,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         case chunked(ChunkedBodyDecoder)
     }
 
-    private enum TimerKind { case none, header, body, keepalive, send, linger }
+    private enum TimerKind { case none, header, body, keepalive, linger }
 
     /// The request being handled. A class: the handler updates it in place many times per request, and a struct
     /// held in an optional would be copied whole (with a reference count per field) on each of those accesses.
@@ -123,6 +123,12 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     private var timerDeadline = NIODeadline.distantFuture
     private var scheduledTimer: Scheduled<Void>?
     private var scheduledAt = NIODeadline.distantFuture
+    /// `send_timeout`, which runs beside the timer above (a response can still be leaving while the next request
+    /// is read): set while watched writes are pending or the client is not reading, moved on by every completed
+    /// write.
+    private var sendDeadline: NIODeadline?
+    /// Watched writes (see `writeWatched`) not completed yet.
+    private var watchedWrites = 0
 
     /// A handler for a connection accepted on `settings.listener`.
     public init(settings: HTTPConnectionSettings, runtime: KernelRuntime) {
@@ -193,11 +199,10 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable, waitingForWritability {
             waitingForWritability = false
-            if timerKind == .send {
-                if state == .awaitingHead, (input?.readableBytes ?? 0) == 0 {
+            if watchedWrites == 0 {
+                sendDeadline = nil
+                if state == .awaitingHead, (input?.readableBytes ?? 0) == 0, timerKind == .none {
                     setTimer(.keepalive, settings.keepaliveTimeout, context)
-                } else {
-                    timerKind = .none
                 }
             }
             process(context)
@@ -211,13 +216,17 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     private func waitForWritability(_ context: ChannelHandlerContext) {
         guard !waitingForWritability else { return }
         waitingForWritability = true
-        setTimer(.send, settings.sendTimeout, context)
+        if sendDeadline == nil {
+            sendDeadline = context.eventLoop.now + settings.sendTimeout
+            armTimerTask(context)
+        }
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
         scheduledTimer?.cancel()
         scheduledTimer = nil
         timerKind = .none
+        sendDeadline = nil
         if let inFlight = current {
             current = nil
             inFlight.stream?.cancel()
@@ -453,7 +462,8 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                     emit(out, context)
                 } else {
                     context.write(wrapOutboundOut(out), promise: nil)
-                    emit(body, context)
+                    writeWatched(body, context)
+                    flushNowOrAtReadEnd(context)
                 }
             } else {
                 emit(out, context)
@@ -533,22 +543,21 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             if length <= 16 * 1024 {
                 framed.writeImmutableBuffer(part)
                 framed.writeStaticString("\r\n")
-                context.writeAndFlush(wrapOutboundOut(framed), promise: promise)
+                writeWatched(framed, context, promise: promise)
             } else {
                 context.write(wrapOutboundOut(framed), promise: nil)
-                context.write(wrapOutboundOut(part), promise: nil)
+                writeWatched(part, context)
                 var end = context.channel.allocator.buffer(capacity: 2)
                 end.writeStaticString("\r\n")
-                context.writeAndFlush(wrapOutboundOut(end), promise: promise)
+                writeWatched(end, context, promise: promise)
             }
         } else {
-            context.writeAndFlush(wrapOutboundOut(part), promise: promise)
+            writeWatched(part, context, promise: promise)
         }
-        setTimer(.send, settings.sendTimeout, context)
+        context.flush()
         let serial = current!.serial
         promise.futureResult.assumeIsolated().whenComplete { result in
             guard self.current?.serial == serial, self.state == .writingStream else { return }
-            if self.timerKind == .send { self.timerKind = .none }
             if case .success = result { self.pullNextPart(context) }
             // A failed write means the channel is closing; channelInactive finishes the exchange.
         }
@@ -597,7 +606,8 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             waitForWritability(context)
         } else if (input?.readableBytes ?? 0) == 0 {
             input = nil
-            setTimer(.keepalive, settings.keepaliveTimeout, context)
+            // keepalive_timeout starts once the response has left; until then send_timeout runs.
+            if watchedWrites == 0 { setTimer(.keepalive, settings.keepaliveTimeout, context) }
         }
         resumeReads(context)
         process(context)
@@ -606,10 +616,46 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     /// Writes `buffer`, flushing now or, inside a read cycle, once at its end.
     private func emit(_ buffer: ByteBuffer, _ context: ChannelHandlerContext) {
         context.write(wrapOutboundOut(buffer), promise: nil)
+        flushNowOrAtReadEnd(context)
+    }
+
+    private func flushNowOrAtReadEnd(_ context: ChannelHandlerContext) {
         if inReadCycle {
             flushPending = true
         } else {
             context.flush()
+        }
+    }
+
+    /// Writes `buffer` (without flushing) in slices whose completions are watched: `send_timeout` runs while any
+    /// is pending and restarts each time one completes, so a large body that keeps moving never times out while
+    /// a client that stops reading is cut off `send_timeout` after the last progress. `promise` completes with
+    /// the last slice. Small responses are not written this way: they cost no promise.
+    private func writeWatched(_ buffer: ByteBuffer, _ context: ChannelHandlerContext,
+                              promise: EventLoopPromise<Void>? = nil) {
+        SendProgress.forEachSlice(of: buffer) { slice, isLast in
+            let written = (isLast ? promise : nil) ?? context.eventLoop.makePromise(of: Void.self)
+            if watchedWrites == 0, sendDeadline == nil {
+                sendDeadline = context.eventLoop.now + settings.sendTimeout
+                armTimerTask(context)
+            }
+            watchedWrites += 1
+            written.futureResult.assumeIsolated().whenComplete { _ in self.watchedWriteCompleted(context) }
+            context.write(wrapOutboundOut(slice), promise: written)
+        }
+    }
+
+    private func watchedWriteCompleted(_ context: ChannelHandlerContext) {
+        watchedWrites -= 1
+        guard context.channel.isActive else { return }
+        if watchedWrites > 0 || waitingForWritability {
+            // Progress: the deadline moves on. Moving it later needs no new task; the pending one re-arms.
+            sendDeadline = context.eventLoop.now + settings.sendTimeout
+        } else {
+            sendDeadline = nil
+            if state == .awaitingHead, (input?.readableBytes ?? 0) == 0, timerKind == .none {
+                setTimer(.keepalive, settings.keepaliveTimeout, context)
+            }
         }
     }
 
@@ -660,7 +706,10 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         input = nil
         flushPending = false
         let written = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
+        // Completes once everything before it is sent; until then send_timeout bounds the wait, so a client that
+        // does not read its last response cannot keep the connection.
+        writeWatched(context.channel.allocator.buffer(capacity: 0), context, promise: written)
+        context.flush()
         resumeReads(context)
         written.futureResult.assumeIsolated().whenComplete { result in
             guard linger, case .success = result, context.channel.isActive else {
@@ -696,9 +745,17 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     private func setTimer(_ kind: TimerKind, _ amount: TimeAmount, _ context: ChannelHandlerContext) {
         timerKind = kind
         timerDeadline = context.eventLoop.now + amount
-        if scheduledTimer == nil || scheduledAt > timerDeadline {
+        armTimerTask(context)
+    }
+
+    /// Makes sure the task fires no later than the nearest deadline (the timer's or `send_timeout`'s).
+    private func armTimerTask(_ context: ChannelHandlerContext) {
+        var next = timerKind == .none ? NIODeadline.distantFuture : timerDeadline
+        if let sendDeadline, sendDeadline < next { next = sendDeadline }
+        guard next != .distantFuture else { return }
+        if scheduledTimer == nil || scheduledAt > next {
             scheduledTimer?.cancel()
-            scheduleTimer(at: timerDeadline, context)
+            scheduleTimer(at: next, context)
         }
     }
 
@@ -712,9 +769,17 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     private func timerFired(_ context: ChannelHandlerContext) {
         scheduledTimer = nil
         scheduledAt = .distantFuture
-        guard timerKind != .none else { return }
-        if context.eventLoop.now < timerDeadline {
-            scheduleTimer(at: timerDeadline, context)
+        let now = context.eventLoop.now
+        if let sendDeadline, sendDeadline <= now {
+            self.sendDeadline = nil
+            // nginx logs the errno of its timer (ETIMEDOUT) at info: the client's doing.
+            runtime.logger.info("client timed out (110: Connection timed out) while sending response to client, client: \(connection.remoteIP), server: \(settings.listener)")
+            current?.stream?.cancel()
+            abortResponse(context)
+            return
+        }
+        guard timerKind != .none, timerDeadline <= now else {
+            armTimerTask(context)
             return
         }
         let kind = timerKind
@@ -723,7 +788,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         case .none:
             break
         case .header:
-            guard state == .awaitingHead else { return }
+            guard state == .awaitingHead else { break }
             if scanner.hasSeenRequestBytes || (input?.readableBytes ?? 0) > 0 {
                 reject(.timedOut, context)
             } else {
@@ -733,19 +798,16 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                 context.close(promise: nil)
             }
         case .body:
-            guard state == .readingBody else { return }
+            guard state == .readingBody else { break }
             reject(.timedOut, context)
         case .keepalive:
-            guard state == .awaitingHead, (input?.readableBytes ?? 0) == 0 else { return }
+            guard state == .awaitingHead, (input?.readableBytes ?? 0) == 0 else { break }
             state = .closing
             context.close(promise: nil)
-        case .send:
-            runtime.logger.info("client timed out while sending response to client, client: \(connection.remoteIP), server: \(settings.listener)")
-            current?.stream?.cancel()
-            abortResponse(context)
         case .linger:
             context.close(promise: nil)
         }
+        armTimerTask(context)
     }
 }
 

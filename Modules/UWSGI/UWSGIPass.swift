@@ -265,19 +265,25 @@ final class UWSGIUpstreamRequest: @unchecked Sendable {
     private func connected(_ channel: any Channel, peer: PeerAddress, handler: UWSGIUpstreamHandler) {
         let group = configuration.group
         let logger = context.logger
-        // Send: the packet head, then the body as it is, with `uwsgi_send_timeout` on the whole write.
-        let sendTimer = eventLoop.scheduleTask(in: configuration.sendTimeout) {
+        // Send: the packet head, then the body. `uwsgi_send_timeout` is the longest wait between two writes that
+        // made progress (as nginx measures it), so a large body that keeps moving never times out.
+        let watch = SendTimeoutWatch(timeout: configuration.sendTimeout, eventLoop: eventLoop) {
             handler.fail(UWSGIUpstreamFailure.timeout("upstream timed out (110: Connection timed out) while sending request to upstream"))
         }
-        channel.write(packet, promise: nil)
-        let written: EventLoopFuture<Void>
-        if let body = request.body, body.readableBytes > 0 {
-            written = channel.writeAndFlush(body)
-        } else {
-            written = channel.writeAndFlush(channel.allocator.buffer(capacity: 0))
+        let written = eventLoop.makePromise(of: Void.self)
+        var pieces = [packet]
+        if let body = request.body, body.readableBytes > 0 { pieces.append(body) }
+        for (index, piece) in pieces.enumerated() {
+            SendProgress.forEachSlice(of: piece) { slice, isLast in
+                let promise = isLast && index == pieces.count - 1 ? written : eventLoop.makePromise(of: Void.self)
+                watch.writeStarted()
+                promise.futureResult.assumeIsolated().whenComplete { _ in watch.writeCompleted() }
+                channel.write(slice, promise: promise)
+            }
         }
-        written.hop(to: eventLoop).whenComplete { result in
-            sendTimer.cancel()
+        channel.flush()
+        written.futureResult.assumeIsolated().whenComplete { result in
+            watch.stop()
             if case .failure(let error) = result { self.sendError = error }
             handler.requestSent()
         }

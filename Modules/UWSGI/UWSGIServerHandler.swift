@@ -342,24 +342,32 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         context.close(promise: nil)
     }
 
-    /// Writes and flushes `buffer`; `send_timeout` bounds the wait for each write to complete.
+    /// Writes and flushes `buffer`. `send_timeout` is the longest wait without progress: the buffer goes out in
+    /// slices (`SendProgress`), the deadline moves on each time one completes, and it is cleared when nothing
+    /// is pending. The future completes with the last slice.
     private func send(_ buffer: ByteBuffer, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
         let promise = context.eventLoop.makePromise(of: Void.self)
-        pendingWrites += 1
-        sendDeadline = context.eventLoop.now + settings.sendTimeout
-        updateTimer(context)
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: promise)
-        promise.futureResult.assumeIsolated().whenComplete { [self] _ in
-            pendingWrites -= 1
-            if pendingWrites == 0 {
-                sendDeadline = nil
-            } else if case .closed = state {
-                // Nothing is measured on a closed connection.
-            } else {
-                sendDeadline = context.eventLoop.now + settings.sendTimeout
-                updateTimer(context)
-            }
+        if pendingWrites == 0 {
+            sendDeadline = context.eventLoop.now + settings.sendTimeout
+            updateTimer(context)
         }
+        SendProgress.forEachSlice(of: buffer) { slice, isLast in
+            let written = isLast ? promise : context.eventLoop.makePromise(of: Void.self)
+            pendingWrites += 1
+            written.futureResult.assumeIsolated().whenComplete { [self] _ in
+                pendingWrites -= 1
+                if pendingWrites == 0 {
+                    sendDeadline = nil
+                } else if case .closed = state {
+                    // Nothing is measured on a closed connection.
+                } else {
+                    // Progress: the deadline moves on; the scheduled task re-arms itself when it fires early.
+                    sendDeadline = context.eventLoop.now + settings.sendTimeout
+                }
+            }
+            context.write(wrapOutboundOut(slice), promise: written)
+        }
+        context.flush()
         return promise.futureResult
     }
 
@@ -408,7 +416,7 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         let now = context.eventLoop.now
         if let deadline = sendDeadline, deadline <= now {
             sendDeadline = nil
-            logger.info("client timed out (110: Connection timed out) while sending response to client, client: \(describeClient(context.channel.remoteAddress))")
+            logger.info("client timed out (110: Connection timed out) while sending response to client, client: \(describeClient(context.channel.remoteAddress)), server: \(settings.listener)")
             stream?.cancel()
             stream = nil
             finishAbandoned(status: 408)

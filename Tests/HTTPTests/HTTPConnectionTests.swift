@@ -395,6 +395,64 @@ final class HTTPConnectionTests: XCTestCase {
         XCTAssertEqual(try h.loggedStatuses(), [200])
     }
 
+    func testSendTimeoutEndsTheLastResponseOfAClientThatStopsReading() throws {
+        let h = try HTTPHarness { $0.sendTimeout = .seconds(10) }
+        let gate = WriteGate()
+        try h.channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try h.send("GET /big HTTP/1.0\r\n\r\n")  // the last response of its connection
+        XCTAssertGreaterThan(gate.heldCount, 1, "the body goes out in watched slices")
+        h.loop.advanceTime(by: .seconds(9))
+        XCTAssertTrue(h.isOpen)
+        h.loop.advanceTime(by: .seconds(2))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(try h.loggedStatuses(), [200])
+        XCTAssertEqual(h.errorLogLines(), ["[info] client timed out (110: Connection timed out) while sending response to client, client: 127.0.0.1, server: 127.0.0.1:8080"])
+    }
+
+    func testSendTimeoutRestartsWheneverSomeBytesWereWritten() throws {
+        let h = try HTTPHarness { $0.sendTimeout = .seconds(10) }
+        let gate = WriteGate()
+        try h.channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try h.send("GET /big HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        // Far longer than send_timeout in total, never between two writes.
+        while gate.heldCount > 0 {
+            h.loop.advanceTime(by: .seconds(9))
+            XCTAssertTrue(h.isOpen)
+            gate.releaseOne()
+        }
+        XCTAssertFalse(h.isOpen, "closed once the response was sent")
+        let text = try h.output()
+        XCTAssertTrue(text.hasSuffix(String(repeating: "b", count: bigBodyLength)))
+        XCTAssertEqual(h.errorLogLines(), [])
+    }
+
+    func testSendTimeoutOnAKeptAliveConnectionHandsOverToKeepaliveTimeout() throws {
+        let h = try HTTPHarness { $0.sendTimeout = .seconds(10); $0.keepaliveTimeout = .seconds(30) }
+        let gate = WriteGate()
+        try h.channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try h.send("GET /big HTTP/1.1\r\nHost: test\r\n\r\n")
+        while gate.heldCount > 0 {
+            h.loop.advanceTime(by: .seconds(9))
+            gate.releaseOne()
+        }
+        h.loop.advanceTime(by: .seconds(29))
+        XCTAssertTrue(h.isOpen, "keepalive_timeout runs from the end of the response")
+        h.loop.advanceTime(by: .seconds(2))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(h.errorLogLines(), [])
+    }
+
+    func testSendTimeoutEndsARefusalTheClientDoesNotRead() throws {
+        let h = try HTTPHarness { $0.sendTimeout = .seconds(10) }
+        let gate = WriteGate()
+        try h.channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try h.send("HELLO\r\n\r\n")
+        XCTAssertTrue(h.isOpen)
+        h.loop.advanceTime(by: .seconds(11))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(h.errorLogLines().last, "[info] client timed out (110: Connection timed out) while sending response to client, client: 127.0.0.1, server: 127.0.0.1:8080")
+    }
+
     func testStreamedBodyWithLengthIsSentAsIs() throws {
         let h = try HTTPHarness()
         try h.send("GET /stream-length HTTP/1.1\r\nHost: test\r\n\r\n")

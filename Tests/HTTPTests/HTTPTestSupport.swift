@@ -17,8 +17,11 @@ final class TestProbe: Sendable {
     let streamPulls = NIOLockedValueBox(0)
 }
 
+/// The length of the `/big` body: several `SendProgress` slices.
+let bigBodyLength = 100_000
+
 /// A small router for the codec tests:
-/// `/hello` → 200 "hello"; `/echo` echoes the body (limit 100 bytes); `/stream`, `/stream-length`, `/stream-broken`
+/// `/hello` → 200 "hello"; `/big` → 200 with `bigBodyLength` bytes; `/echo` echoes the body (limit 100 bytes); `/stream`, `/stream-length`, `/stream-broken`
 /// stream "ab" "cd" "ef"; `/slow` answers when the test completes `probe.pendingSlow`; anything else → 404.
 struct TestRouter: RequestRouter {
     let probe: TestProbe
@@ -31,6 +34,8 @@ struct TestRouter: RequestRouter {
         switch request.path {
         case "/hello":
             handler = StaticResponseHandler(.text(200, "hello"))
+        case "/big":
+            handler = StaticResponseHandler(.text(200, String(repeating: "b", count: bigBodyLength)))
         case "/echo":
             limit = 100
             handler = ClosureHandler { request, context in
@@ -187,5 +192,20 @@ final class WriteGate: ChannelOutboundHandler, RemovableChannelHandler {
     /// Completes the oldest held write.
     func releaseOne() {
         if !held.isEmpty { held.removeFirst().succeed(()) }
+    }
+
+    /// Completes every held write.
+    func releaseAll() {
+        while !held.isEmpty { releaseOne() }
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        // A closed socket fails what it has not sent, as NIO's socket channels do.
+        if mode == .all {
+            let pending = held
+            held = []
+            for promise in pending { promise.fail(ChannelError.ioOnClosedChannel) }
+        }
+        context.close(mode: mode, promise: promise)
     }
 }

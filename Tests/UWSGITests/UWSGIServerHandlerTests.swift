@@ -154,6 +154,42 @@ final class UWSGIServerHandlerTests: XCTestCase {
         XCTAssertEqual(try readAllOutbound(channel), "")
     }
 
+    private func largeEchoRequest(gate: WriteGate, runtime: KernelRuntime) throws -> EmbeddedChannel {
+        let channel = try serverChannel(runtime: runtime)
+        try channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        let body = [UInt8](repeating: UInt8(ascii: "b"), count: 100_000)
+        let vars = nginxVars.map { $0.0 == "CONTENT_LENGTH" ? ($0.0, "\(body.count)") : $0 }
+        try channel.writeInbound(buffer(handMadePacket(vars, body: body)))
+        return channel
+    }
+
+    func testSendTimeoutClosesAPeerThatStopsReading() throws {
+        let runtime = makeRuntime()
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        let gate = WriteGate()
+        let channel = try largeEchoRequest(gate: gate, runtime: runtime)
+        XCTAssertGreaterThan(gate.heldCount, 1, "the body goes out in watched slices")
+        channel.embeddedEventLoop.advanceTime(by: .seconds(59))
+        XCTAssertTrue(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        XCTAssertFalse(channel.isActive)
+    }
+
+    func testSendTimeoutRestartsWheneverSomeBytesWereWritten() throws {
+        let runtime = makeRuntime()
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        let gate = WriteGate()
+        let channel = try largeEchoRequest(gate: gate, runtime: runtime)
+        // Far longer than send_timeout in total, never between two writes.
+        while gate.heldCount > 0 {
+            channel.embeddedEventLoop.advanceTime(by: .seconds(50))
+            XCTAssertTrue(channel.isActive)
+            gate.releaseOne()
+        }
+        XCTAssertFalse(channel.isActive, "closed once the response was sent")
+        XCTAssertTrue(try readAllOutbound(channel).hasSuffix(String(repeating: "b", count: 100_000)))
+    }
+
     func testPeerClosingMidBodyClosesCleanly() throws {
         let runtime = makeRuntime()
         defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
