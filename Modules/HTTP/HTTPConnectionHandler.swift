@@ -80,7 +80,8 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         let keepAlive: Bool
         let isHead: Bool
         var bodyFraming: RequestBodyFraming?
-        var body: ByteBuffer?
+        /// Where the body goes while it is read; nil for a small body that came whole with the head.
+        var bodySink: RequestBodySink?
         var status = 0
         var bytesSent = 0
         var closeAfter = false
@@ -358,56 +359,74 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         setTimer(.body, settings.clientBodyTimeout, context)
     }
 
-    /// Moves body bytes from the input into the request; dispatches once the body is complete.
+    /// Moves body bytes from the input into the body sink (memory up to `client_body_buffer_size`, then a
+    /// temporary file); dispatches once the body is complete.
     private func readBody(_ context: ChannelHandlerContext) {
         guard let framing = current?.bodyFraming else { return }
         let available = input?.readableBytes ?? 0
-        switch framing {
-        case .length(let remaining):
-            guard available > 0 else { return }
-            if current!.body == nil, available >= remaining {
-                // The whole body arrived with the head: a slice of the input, no copy.
-                current!.body = input!.readSlice(length: remaining)
-            } else {
-                if current!.body == nil {
-                    current!.body = context.channel.allocator.buffer(capacity: min(remaining, 1 << 20))
+        do {
+            switch framing {
+            case .length(let remaining):
+                guard available > 0 else { return }
+                if current!.bodySink == nil, available >= remaining,
+                   remaining <= current!.exchange.decision.bodyBuffering.bufferSize {
+                    // The whole body arrived with the head and fits the buffer: a slice of the input, no copy.
+                    current!.request.body = input!.readSlice(length: remaining)
+                } else {
+                    let sink = bodySink(context)
+                    let take = min(remaining, available)
+                    try sink.append(input!.readSlice(length: take)!)
+                    if take < remaining {
+                        current!.bodyFraming = .length(remaining: remaining - take)
+                        setTimer(.body, settings.clientBodyTimeout, context)
+                        return
+                    }
                 }
-                let take = min(remaining, available)
-                var part = input!.readSlice(length: take)!
-                current!.body!.writeBuffer(&part)
-                if take < remaining {
-                    current!.bodyFraming = .length(remaining: remaining - take)
+            case .chunked(var decoder):
+                guard available > 0 else { return }
+                let sink = bodySink(context)
+                var decoded = context.channel.allocator.buffer(capacity: min(available, 1 << 16))
+                let outcome = decoder.decode(&input!, into: &decoded, limit: current!.exchange.maxBodySize)
+                current!.bodyFraming = .chunked(decoder)
+                try sink.append(decoded)
+                switch outcome {
+                case .needMore:
+                    // Bytes were read: client_body_timeout counts from here (it bounds the gap between reads).
                     setTimer(.body, settings.clientBodyTimeout, context)
+                    return
+                case .done:
+                    break
+                case .failure(let error):
+                    reject(error, context)
+                    return
+                case .tooLarge(let size):
+                    reject(HTTPRequestError(status: 413, logMessage: "client intended to send too large chunked body: \(size) bytes",
+                                            clientMessage: "request body too large"), context, showPhase: false)
                     return
                 }
             }
-        case .chunked(var decoder):
-            guard available > 0 else { return }
-            if current!.body == nil { current!.body = context.channel.allocator.buffer(capacity: min(available, 1 << 16)) }
-            let limit = current!.exchange.maxBodySize
-            let outcome = decoder.decode(&input!, into: &current!.body!, limit: limit)
-            current!.bodyFraming = .chunked(decoder)
-            switch outcome {
-            case .needMore:
-                // Bytes were read: client_body_timeout counts from here (it bounds the gap between reads).
-                setTimer(.body, settings.clientBodyTimeout, context)
-                return
-            case .done:
-                break
-            case .failure(let error):
-                reject(error, context)
-                return
-            case .tooLarge(let size):
-                reject(HTTPRequestError(status: 413, logMessage: "client intended to send too large chunked body: \(size) bytes",
-                                        clientMessage: "request body too large"), context, showPhase: false)
-                return
-            }
+        } catch {
+            // The temporary file could not be made or written (nginx: a [crit] line and 500).
+            runtime.logger.critical("\(error)")
+            reject(HTTPRequestError(status: 500, logMessage: "\(error)", clientMessage: "internal error"), context)
+            return
         }
         current!.bodyFraming = nil
-        current!.request.body = current!.body
-        current!.body = nil
+        if let sink = current!.bodySink {
+            let (memory, file) = sink.finish()
+            current!.request.body = memory
+            if let file { current!.request.bodySource = .file(file) }
+            current!.bodySink = nil
+        }
         timerKind = .none
         dispatch(context)
+    }
+
+    private func bodySink(_ context: ChannelHandlerContext) -> RequestBodySink {
+        if let sink = current!.bodySink { return sink }
+        let sink = current!.exchange.makeBodySink(allocator: context.channel.allocator)
+        current!.bodySink = sink
+        return sink
     }
 
     /// Hands the complete request to the filters and the route's handler.

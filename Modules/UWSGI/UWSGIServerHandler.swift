@@ -67,7 +67,10 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
     private var input: ByteBuffer?
     private var exchange: RequestExchange?
     private var request: KernelRequest?
+    /// The body when it came in one part that fits `client_body_buffer_size` (kept as received, no copy).
     private var body: ByteBuffer?
+    /// Where the body goes once it does not: memory up to `client_body_buffer_size`, then a temporary file.
+    private var bodySink: RequestBodySink?
     private var bodyBytesSent = 0
     private var status = 0
     private var stream: ResponseBodyStream?
@@ -158,11 +161,24 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
             receivedHead(head, context: context)
         case .body(let part):
             if case .readingBody = state {
-                if body == nil {
-                    // The common case, a body in one read, keeps the received bytes without a copy.
+                if bodySink == nil, body == nil, let exchange, part.readableBytes <= exchange.decision.bodyBuffering.bufferSize {
+                    // The common case, a small body in one read, keeps the received bytes without a copy.
                     body = part
-                } else {
-                    body!.writeImmutableBuffer(part)
+                    return
+                }
+                do {
+                    if bodySink == nil, let exchange {
+                        bodySink = exchange.makeBodySink(allocator: context.channel.allocator)
+                        if let body { try bodySink!.append(body) }
+                        body = nil
+                    }
+                    try bodySink?.append(part)
+                } catch {
+                    // The temporary file could not be made or written (nginx: a [crit] line and 500).
+                    logger.critical("\(error)")
+                    bodySink = nil
+                    state = .discarding
+                    writeResponse(.error(500, "internal error"), context: context)
                 }
             }
         case .end:
@@ -206,7 +222,14 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
 
     private func receivedEnd(context: ChannelHandlerContext) {
         guard var request, let exchange else { return }
-        request.body = body
+        if let bodySink {
+            let (memory, file) = bodySink.finish()
+            request.body = memory
+            if let file { request.bodySource = .file(file) }
+            self.bodySink = nil
+        } else {
+            request.body = body
+        }
         body = nil
         self.request = request
         state = .responding
