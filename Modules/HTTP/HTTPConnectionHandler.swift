@@ -82,6 +82,8 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         var bodyFraming: RequestBodyFraming?
         /// Where the body goes while it is read; nil for a small body that came whole with the head.
         var bodySink: RequestBodySink?
+        /// The body still arriving while the handler already runs (`uwsgi_request_buffering off`).
+        var bodyStream: RequestBodyStream?
         var status = 0
         var bytesSent = 0
         var closeAfter = false
@@ -190,7 +192,10 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     public func read(context: ChannelHandlerContext) {
         let buffered = input?.readableBytes ?? 0
         let busy = state == .processing || state == .writingStream || waitingForWritability
-        if busy, buffered >= settings.maxBufferedInput {
+        if let stream = current?.bodyStream, stream.isFull {
+            // An unbuffered body: the consumer (the upstream) is behind, so the client waits.
+            readHeld = true
+        } else if busy, current?.bodyStream == nil, buffered >= settings.maxBufferedInput {
             readHeld = true
         } else {
             context.read()
@@ -231,6 +236,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         if let inFlight = current {
             current = nil
             inFlight.stream?.cancel()
+            abandonBodyStream(inFlight, "client prematurely closed connection")
             // 499: the client went away before its response was written (nginx's code for it).
             let status = state == .writingStream ? inFlight.status : 499
             if status == 499 {
@@ -313,7 +319,10 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             case .readingBody:
                 readBody(context)
                 if state == .readingBody { return }
-            case .processing, .writingStream, .closing:
+            case .processing, .writingStream:
+                if current?.bodyStream != nil { feedBodyStream(context) }
+                return
+            case .closing:
                 return
             }
         }
@@ -357,6 +366,48 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         }
         setTimer(.body, settings.clientBodyTimeout, context)
+        if case .length(let length) = current!.bodyFraming, exchange.requestBodyUse == .streamed {
+            // Unbuffered: the handler runs now and pulls the body while it arrives. (A chunked body is read whole
+            // first: its length, which uwsgi needs before the body, is known only at its end.)
+            let stream = RequestBodyStream(length: Int64(length), eventLoop: context.eventLoop)
+            let serial = current!.serial
+            stream.onDemand {
+                // The consumer took what was held: reading from the client resumes.
+                guard self.current?.serial == serial else { return }
+                self.resumeReads(context)
+            }
+            current!.bodyStream = stream
+            current!.request.bodySource = .stream(stream)
+            dispatch(context, keepBodyTimer: true)
+            if current?.serial == serial, current?.bodyStream != nil { feedBodyStream(context) }
+        }
+    }
+
+    /// Hands body bytes of an unbuffered request to its stream; finishes the stream at the body's end.
+    private func feedBodyStream(_ context: ChannelHandlerContext) {
+        guard let inFlight = current, let stream = inFlight.bodyStream,
+              case .length(let remaining) = inFlight.bodyFraming else { return }
+        let available = input?.readableBytes ?? 0
+        guard available > 0 else { return }
+        let take = min(remaining, available)
+        stream.push(input!.readSlice(length: take)!)
+        if take < remaining {
+            inFlight.bodyFraming = .length(remaining: remaining - take)
+            // Bytes were read: client_body_timeout counts from here.
+            setTimer(.body, settings.clientBodyTimeout, context)
+        } else {
+            inFlight.bodyFraming = nil
+            inFlight.bodyStream = nil
+            stream.finish()
+            if timerKind == .body { timerKind = .none }
+        }
+    }
+
+    /// The client will not send the rest of an unbuffered body: the handler reading it is told.
+    private func abandonBodyStream(_ inFlight: InFlight, _ reason: String) {
+        guard let stream = inFlight.bodyStream else { return }
+        inFlight.bodyStream = nil
+        stream.fail(RequestBodyError.clientAborted(reason))
     }
 
     /// Moves body bytes from the input into the body sink (memory up to `client_body_buffer_size`, then a
@@ -430,9 +481,9 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     }
 
     /// Hands the complete request to the filters and the route's handler.
-    private func dispatch(_ context: ChannelHandlerContext) {
+    private func dispatch(_ context: ChannelHandlerContext, keepBodyTimer: Bool = false) {
         state = .processing
-        timerKind = .none
+        if !keepBodyTimer { timerKind = .none }
         let inFlight = current!
         let responded: EventLoopFuture<KernelResponse>
         switch inFlight.exchange.start(inFlight.request) {
@@ -462,7 +513,8 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         let status = response.status
         let bodiless = status < 200 || status == 204 || status == 304
         let suppressBody = bodiless || current!.isHead
-        var close = !current!.keepAlive || quiescing
+        // An unbuffered body not read to its end cannot be told from a next request: the connection closes.
+        var close = !current!.keepAlive || quiescing || current!.bodyStream != nil
         current!.status = status
         let date = dateCache.current()
         switch response.body {
@@ -603,6 +655,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     private func abortResponse(_ context: ChannelHandlerContext) {
         if let inFlight = current {
             current = nil
+            abandonBodyStream(inFlight, "the response ended before the request body was read")
             inFlight.exchange.finish(inFlight.request, status: inFlight.status, bodyBytesSent: inFlight.bytesSent)
         }
         state = .closing
@@ -612,12 +665,21 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
 
     /// Logs the request and moves on to the next one, or closes.
     private func completeResponse(status: Int, bytesSent: Int, close: Bool, _ context: ChannelHandlerContext) {
+        var close = close
+        var bodyLeftUnread = false
         if let inFlight = current {
             current = nil
+            if inFlight.bodyStream != nil {
+                // Answered before its unbuffered body was all read: the rest cannot be told from a next request,
+                // so the connection closes (draining what still comes).
+                abandonBodyStream(inFlight, "the response ended before the request body was read")
+                close = true
+                bodyLeftUnread = true
+            }
             inFlight.exchange.finish(inFlight.request, status: status, bodyBytesSent: bytesSent)
         }
         if close || quiescing {
-            closeAfterWrites(linger: (input?.readableBytes ?? 0) > 0, context)
+            closeAfterWrites(linger: bodyLeftUnread || (input?.readableBytes ?? 0) > 0, context)
             return
         }
         state = .awaitingHead
@@ -817,6 +879,14 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                 context.close(promise: nil)
             }
         case .body:
+            if let inFlight = current, inFlight.bodyStream != nil {
+                // An unbuffered body stalled while its handler runs: the handler is told, the connection closes.
+                runtime.logger.info("client timed out (110: Connection timed out) while reading client request body, client: \(connection.remoteIP), server: \(settings.listener), request: \"\(inFlight.request.requestLine)\"")
+                abandonBodyStream(inFlight, "client timed out (110: Connection timed out)")
+                inFlight.status = 408
+                abortResponse(context)
+                break
+            }
             guard state == .readingBody else { break }
             reject(.timedOut, context)
         case .keepalive:

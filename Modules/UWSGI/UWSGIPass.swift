@@ -278,10 +278,9 @@ final class UWSGIUpstreamRequest: @unchecked Sendable {
         }
         sender.send(packet: packet, request: request).whenComplete { result in
             if case .failure(let error) = result {
-                if let failure = error as? UWSGIUpstreamFailure {
-                    logger.error("\(failure.message)\(self.suffix(peer))")
-                    handler.fail(failure)
-                }
+                // A failure of the request's own (a timeout, the client's body broken off) ends the exchange and is
+                // logged with it; a failed write shows as the upstream closing.
+                if let failure = error as? UWSGIUpstreamFailure { handler.fail(failure) }
                 self.sendError = error
             }
             handler.requestSent()
@@ -436,7 +435,7 @@ final class UWSGIRequestSender: @unchecked Sendable {
                 flushed.futureResult.assumeIsolated().whenComplete { self.finish($0) }
             case .failure(let error):
                 // The client broke off or timed out: the upstream gets no more (its connection closes).
-                self.done.fail(error)
+                self.done.fail(UWSGIUpstreamFailure.error("\(error) while sending request to upstream"))
             }
         }
     }

@@ -115,11 +115,14 @@ public enum RequestBodyError: Error, CustomStringConvertible {
     case io(String)
     /// The handler needs the body in memory and it is larger than a buffer can be; the client gets 413.
     case tooLargeForMemory(Int64)
+    /// An unbuffered body will not arrive whole: the client left, timed out, or its request was answered.
+    case clientAborted(String)
 
     public var description: String {
         switch self {
         case .io(let message): return message
         case .tooLargeForMemory(let length): return "request body of \(length) bytes is too large to be held in memory"
+        case .clientAborted(let reason): return reason
         }
     }
 }

@@ -26,6 +26,9 @@ class UWSGISink:
         self.server.listen(16)
         self.port = self.server.getsockname()[1]
         self.counts = []
+        self.progress = 0                   # body bytes of the request being read
+        self.reading = threading.Event()    # cleared: the sink stops reading (a slow upstream)
+        self.reading.set()
         threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self):
@@ -59,11 +62,14 @@ class UWSGISink:
             remaining = int(variables.get("CONTENT_LENGTH") or 0)
             scratch = bytearray(1 << 20)
             got = 0
+            self.progress = 0
             while got < remaining:
+                self.reading.wait()
                 n = conn.recv_into(scratch, min(len(scratch), remaining - got))
                 if n == 0:
                     break
                 got += n
+                self.progress = got
             self.counts.append(got)
             body = str(got).encode()
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
@@ -199,3 +205,76 @@ def test_client_body_buffer_size_is_per_location(start_kernel, sink, tmp_path):
     mark = log_mark(kernel)
     assert post(kernel.port(), "/roomy", 500_000) == (200, b"500000")
     assert "buffered to a temporary file" not in kernel.log_text()[mark:]
+
+
+def wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_unbuffered_body_reaches_the_upstream_while_it_arrives(start_kernel, sink, tmp_path):
+    kernel = start_kernel(edge_config(sink, str(tmp_path / "bodies"), buffering=False))
+    s = socket.create_connection(("127.0.0.1", kernel.port()))
+    s.sendall(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 2000000\r\n\r\n")
+    s.sendall(b"u" * 1_000_000)
+    # Half the body is sent and the client waits: the upstream already has it.
+    assert wait_until(lambda: sink.progress >= 1_000_000), sink.progress
+    s.sendall(b"u" * 1_000_000)
+    s.settimeout(10)
+    answer = b""
+    while not answer.endswith(b"2000000"):
+        part = s.recv(65536)
+        if not part:
+            break
+        answer += part
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\n2000000"), answer
+    assert "buffered to a temporary file" not in kernel.log_text()
+
+
+def test_buffered_body_reaches_the_upstream_only_when_whole(start_kernel, sink, tmp_path):
+    kernel = start_kernel(edge_config(sink, str(tmp_path / "bodies")))
+    s = socket.create_connection(("127.0.0.1", kernel.port()))
+    s.sendall(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 2000000\r\n\r\n")
+    s.sendall(b"u" * 1_000_000)
+    kernel.wait_for_log("buffered to a temporary file")
+    assert not wait_until(lambda: sink.counts or sink.progress, timeout=0.5), "the upstream was contacted early"
+    s.sendall(b"u" * 1_000_000)
+    s.settimeout(10)
+    assert s.recv(65536).startswith(b"HTTP/1.1 200 OK")
+    s.close()
+
+
+def test_unbuffered_upload_waits_for_a_slow_upstream_with_bounded_memory(start_kernel, sink, tmp_path):
+    kernel = start_kernel(edge_config(sink, str(tmp_path / "bodies"), buffering=False))
+    port = kernel.port()
+    assert post(port, "/upload", 100_000) == (200, b"100000")
+    _, hwm_before = memory(kernel)
+    sink.reading.clear()                 # the upstream stops reading
+    size = 512 << 20
+    result = {}
+    sender = threading.Thread(target=lambda: result.update(answer=post(port, "/upload", size)), daemon=True)
+    sender.start()
+    # The client is held back (the kernel stops reading it) instead of the body piling up in the kernel.
+    assert wait_until(lambda: sink.progress == 0 and memory(kernel)[1] - hwm_before < RSS_GROWTH_LIMIT, timeout=1)
+    time.sleep(1.0)                      # a while of the upstream not reading (not a timing assertion)
+    _, hwm_stalled = memory(kernel)
+    sink.reading.set()
+    sender.join(timeout=120)
+    assert result.get("answer") == (200, str(size).encode()), result
+    assert hwm_stalled - hwm_before < RSS_GROWTH_LIMIT, f"memory grew by {hwm_stalled - hwm_before} bytes while stalled"
+
+
+def test_unbuffered_client_leaving_mid_body_closes_the_upstream(start_kernel, sink, tmp_path):
+    kernel = start_kernel(edge_config(sink, str(tmp_path / "bodies"), buffering=False))
+    s = socket.create_connection(("127.0.0.1", kernel.port()))
+    s.sendall(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2000000\r\n\r\n" + b"u" * 500_000)
+    assert wait_until(lambda: sink.progress >= 500_000)
+    s.close()
+    # The sink sees the end of its connection: it records what it got.
+    assert wait_until(lambda: sink.counts and sink.counts[-1] == 500_000), sink.counts
+    assert post(kernel.port(), "/small", 0) == (200, b"small")
