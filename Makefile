@@ -7,7 +7,7 @@ DEBUG_BIN := .build/debug/kernel
 
 export KERNEL_ONNXRUNTIME_LIBRARY ?= $(shell scripts/onnxruntime-library.sh 2>/dev/null)
 
-.PHONY: run test setup build release unit-test system-test bench bench-compare profile fuzz clean
+.PHONY: run test setup build release unit-test system-test stress bench bench-compare profile fuzz clean
 
 setup:
 	@scripts/setup.sh
@@ -39,6 +39,13 @@ test: setup
 system-test:
 	KERNEL_BIN=$(DEBUG_BIN) KERNEL_ONNXRUNTIME_LIBRARY=$$(scripts/onnxruntime-library.sh) \
 		$(PYTHON) -m pytest -q -p no:cacheprovider Tests/SystemTests
+
+# A 5 GiB upload through uwsgi_pass (buffered to a temporary file, and streamed with uwsgi_request_buffering off)
+# with the edge's resident-memory growth printed; bounded to 15 minutes. See docs/testing.md.
+stress:
+	$(SWIFT) build
+	KERNEL_BIN=$(DEBUG_BIN) KERNEL_UPLOAD_GIB=5 timeout 900 \
+		$(PYTHON) -m pytest -q -s -p no:cacheprovider Tests/SystemTests/test_request_bodies.py -k bounded_memory
 
 bench: setup release
 	KERNEL_BIN=$(RELEASE_BIN) KERNEL_ONNXRUNTIME_LIBRARY=$$(scripts/onnxruntime-library.sh) bench/run.sh

@@ -69,7 +69,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         case chunked(ChunkedBodyDecoder)
     }
 
-    private enum TimerKind { case none, header, body, keepalive, send, linger }
+    private enum TimerKind { case none, header, body, keepalive, linger }
 
     /// The request being handled. A class: the handler updates it in place many times per request, and a struct
     /// held in an optional would be copied whole (with a reference count per field) on each of those accesses.
@@ -80,7 +80,10 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         let keepAlive: Bool
         let isHead: Bool
         var bodyFraming: RequestBodyFraming?
-        var body: ByteBuffer?
+        /// Where the body goes while it is read; nil for a small body that came whole with the head.
+        var bodySink: RequestBodySink?
+        /// The body still arriving while the handler already runs (`uwsgi_request_buffering off`).
+        var bodyStream: RequestBodyStream?
         var status = 0
         var bytesSent = 0
         var closeAfter = false
@@ -123,6 +126,12 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     private var timerDeadline = NIODeadline.distantFuture
     private var scheduledTimer: Scheduled<Void>?
     private var scheduledAt = NIODeadline.distantFuture
+    /// `send_timeout`, which runs beside the timer above (a response can still be leaving while the next request
+    /// is read): set while watched writes are pending or the client is not reading, moved on by every completed
+    /// write.
+    private var sendDeadline: NIODeadline?
+    /// Watched writes (see `writeWatched`) not completed yet.
+    private var watchedWrites = 0
 
     /// A handler for a connection accepted on `settings.listener`.
     public init(settings: HTTPConnectionSettings, runtime: KernelRuntime) {
@@ -183,7 +192,10 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     public func read(context: ChannelHandlerContext) {
         let buffered = input?.readableBytes ?? 0
         let busy = state == .processing || state == .writingStream || waitingForWritability
-        if busy, buffered >= settings.maxBufferedInput {
+        if let stream = current?.bodyStream, stream.isFull {
+            // An unbuffered body: the consumer (the upstream) is behind, so the client waits.
+            readHeld = true
+        } else if busy, current?.bodyStream == nil, buffered >= settings.maxBufferedInput {
             readHeld = true
         } else {
             context.read()
@@ -193,11 +205,10 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable, waitingForWritability {
             waitingForWritability = false
-            if timerKind == .send {
-                if state == .awaitingHead, (input?.readableBytes ?? 0) == 0 {
+            if watchedWrites == 0 {
+                sendDeadline = nil
+                if state == .awaitingHead, (input?.readableBytes ?? 0) == 0, timerKind == .none {
                     setTimer(.keepalive, settings.keepaliveTimeout, context)
-                } else {
-                    timerKind = .none
                 }
             }
             process(context)
@@ -211,16 +222,21 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     private func waitForWritability(_ context: ChannelHandlerContext) {
         guard !waitingForWritability else { return }
         waitingForWritability = true
-        setTimer(.send, settings.sendTimeout, context)
+        if sendDeadline == nil {
+            sendDeadline = context.eventLoop.now + settings.sendTimeout
+            armTimerTask(context)
+        }
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
         scheduledTimer?.cancel()
         scheduledTimer = nil
         timerKind = .none
+        sendDeadline = nil
         if let inFlight = current {
             current = nil
             inFlight.stream?.cancel()
+            abandonBodyStream(inFlight, "client prematurely closed connection")
             // 499: the client went away before its response was written (nginx's code for it).
             let status = state == .writingStream ? inFlight.status : 499
             if status == 499 {
@@ -303,7 +319,10 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             case .readingBody:
                 readBody(context)
                 if state == .readingBody { return }
-            case .processing, .writingStream, .closing:
+            case .processing, .writingStream:
+                if current?.bodyStream != nil { feedBodyStream(context) }
+                return
+            case .closing:
                 return
             }
         }
@@ -347,64 +366,124 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         }
         setTimer(.body, settings.clientBodyTimeout, context)
+        if case .length(let length) = current!.bodyFraming, exchange.requestBodyUse == .streamed {
+            // Unbuffered: the handler runs now and pulls the body while it arrives. (A chunked body is read whole
+            // first: its length, which uwsgi needs before the body, is known only at its end.)
+            let stream = RequestBodyStream(length: Int64(length), eventLoop: context.eventLoop)
+            let serial = current!.serial
+            stream.onDemand {
+                // The consumer took what was held: reading from the client resumes.
+                guard self.current?.serial == serial else { return }
+                self.resumeReads(context)
+            }
+            current!.bodyStream = stream
+            current!.request.bodySource = .stream(stream)
+            dispatch(context, keepBodyTimer: true)
+            if current?.serial == serial, current?.bodyStream != nil { feedBodyStream(context) }
+        }
     }
 
-    /// Moves body bytes from the input into the request; dispatches once the body is complete.
+    /// Hands body bytes of an unbuffered request to its stream; finishes the stream at the body's end.
+    private func feedBodyStream(_ context: ChannelHandlerContext) {
+        guard let inFlight = current, let stream = inFlight.bodyStream,
+              case .length(let remaining) = inFlight.bodyFraming else { return }
+        let available = input?.readableBytes ?? 0
+        guard available > 0 else { return }
+        let take = min(remaining, available)
+        stream.push(input!.readSlice(length: take)!)
+        if take < remaining {
+            inFlight.bodyFraming = .length(remaining: remaining - take)
+            // Bytes were read: client_body_timeout counts from here.
+            setTimer(.body, settings.clientBodyTimeout, context)
+        } else {
+            inFlight.bodyFraming = nil
+            inFlight.bodyStream = nil
+            stream.finish()
+            if timerKind == .body { timerKind = .none }
+        }
+    }
+
+    /// The client will not send the rest of an unbuffered body: the handler reading it is told.
+    private func abandonBodyStream(_ inFlight: InFlight, _ reason: String) {
+        guard let stream = inFlight.bodyStream else { return }
+        inFlight.bodyStream = nil
+        stream.fail(RequestBodyError.clientAborted(reason))
+    }
+
+    /// Moves body bytes from the input into the body sink (memory up to `client_body_buffer_size`, then a
+    /// temporary file); dispatches once the body is complete.
     private func readBody(_ context: ChannelHandlerContext) {
         guard let framing = current?.bodyFraming else { return }
         let available = input?.readableBytes ?? 0
-        switch framing {
-        case .length(let remaining):
-            guard available > 0 else { return }
-            if current!.body == nil, available >= remaining {
-                // The whole body arrived with the head: a slice of the input, no copy.
-                current!.body = input!.readSlice(length: remaining)
-            } else {
-                if current!.body == nil {
-                    current!.body = context.channel.allocator.buffer(capacity: min(remaining, 1 << 20))
+        do {
+            switch framing {
+            case .length(let remaining):
+                guard available > 0 else { return }
+                if current!.bodySink == nil, available >= remaining,
+                   remaining <= current!.exchange.decision.bodyBuffering.bufferSize {
+                    // The whole body arrived with the head and fits the buffer: a slice of the input, no copy.
+                    current!.request.body = input!.readSlice(length: remaining)
+                } else {
+                    let sink = bodySink(context)
+                    let take = min(remaining, available)
+                    try sink.append(input!.readSlice(length: take)!)
+                    if take < remaining {
+                        current!.bodyFraming = .length(remaining: remaining - take)
+                        setTimer(.body, settings.clientBodyTimeout, context)
+                        return
+                    }
                 }
-                let take = min(remaining, available)
-                var part = input!.readSlice(length: take)!
-                current!.body!.writeBuffer(&part)
-                if take < remaining {
-                    current!.bodyFraming = .length(remaining: remaining - take)
+            case .chunked(var decoder):
+                guard available > 0 else { return }
+                let sink = bodySink(context)
+                var decoded = context.channel.allocator.buffer(capacity: min(available, 1 << 16))
+                let outcome = decoder.decode(&input!, into: &decoded, limit: current!.exchange.maxBodySize)
+                current!.bodyFraming = .chunked(decoder)
+                try sink.append(decoded)
+                switch outcome {
+                case .needMore:
+                    // Bytes were read: client_body_timeout counts from here (it bounds the gap between reads).
                     setTimer(.body, settings.clientBodyTimeout, context)
+                    return
+                case .done:
+                    break
+                case .failure(let error):
+                    reject(error, context)
+                    return
+                case .tooLarge(let size):
+                    reject(HTTPRequestError(status: 413, logMessage: "client intended to send too large chunked body: \(size) bytes",
+                                            clientMessage: "request body too large"), context, showPhase: false)
                     return
                 }
             }
-        case .chunked(var decoder):
-            guard available > 0 else { return }
-            if current!.body == nil { current!.body = context.channel.allocator.buffer(capacity: min(available, 1 << 16)) }
-            let limit = current!.exchange.maxBodySize
-            let outcome = decoder.decode(&input!, into: &current!.body!, limit: limit)
-            current!.bodyFraming = .chunked(decoder)
-            switch outcome {
-            case .needMore:
-                // Bytes were read: client_body_timeout counts from here (it bounds the gap between reads).
-                setTimer(.body, settings.clientBodyTimeout, context)
-                return
-            case .done:
-                break
-            case .failure(let error):
-                reject(error, context)
-                return
-            case .tooLarge(let size):
-                reject(HTTPRequestError(status: 413, logMessage: "client intended to send too large chunked body: \(size) bytes",
-                                        clientMessage: "request body too large"), context, showPhase: false)
-                return
-            }
+        } catch {
+            // The temporary file could not be made or written (nginx: a [crit] line and 500).
+            runtime.logger.critical("\(error)")
+            reject(HTTPRequestError(status: 500, logMessage: "\(error)", clientMessage: "internal error"), context)
+            return
         }
         current!.bodyFraming = nil
-        current!.request.body = current!.body
-        current!.body = nil
+        if let sink = current!.bodySink {
+            let (memory, file) = sink.finish()
+            current!.request.body = memory
+            if let file { current!.request.bodySource = .file(file) }
+            current!.bodySink = nil
+        }
         timerKind = .none
         dispatch(context)
     }
 
+    private func bodySink(_ context: ChannelHandlerContext) -> RequestBodySink {
+        if let sink = current!.bodySink { return sink }
+        let sink = current!.exchange.makeBodySink(allocator: context.channel.allocator)
+        current!.bodySink = sink
+        return sink
+    }
+
     /// Hands the complete request to the filters and the route's handler.
-    private func dispatch(_ context: ChannelHandlerContext) {
+    private func dispatch(_ context: ChannelHandlerContext, keepBodyTimer: Bool = false) {
         state = .processing
-        timerKind = .none
+        if !keepBodyTimer { timerKind = .none }
         let inFlight = current!
         let responded: EventLoopFuture<KernelResponse>
         switch inFlight.exchange.start(inFlight.request) {
@@ -434,7 +513,8 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         let status = response.status
         let bodiless = status < 200 || status == 204 || status == 304
         let suppressBody = bodiless || current!.isHead
-        var close = !current!.keepAlive || quiescing
+        // An unbuffered body not read to its end cannot be told from a next request: the connection closes.
+        var close = !current!.keepAlive || quiescing || current!.bodyStream != nil
         current!.status = status
         let date = dateCache.current()
         switch response.body {
@@ -453,7 +533,8 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                     emit(out, context)
                 } else {
                     context.write(wrapOutboundOut(out), promise: nil)
-                    emit(body, context)
+                    writeWatched(body, context)
+                    flushNowOrAtReadEnd(context)
                 }
             } else {
                 emit(out, context)
@@ -533,22 +614,21 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             if length <= 16 * 1024 {
                 framed.writeImmutableBuffer(part)
                 framed.writeStaticString("\r\n")
-                context.writeAndFlush(wrapOutboundOut(framed), promise: promise)
+                writeWatched(framed, context, promise: promise)
             } else {
                 context.write(wrapOutboundOut(framed), promise: nil)
-                context.write(wrapOutboundOut(part), promise: nil)
+                writeWatched(part, context)
                 var end = context.channel.allocator.buffer(capacity: 2)
                 end.writeStaticString("\r\n")
-                context.writeAndFlush(wrapOutboundOut(end), promise: promise)
+                writeWatched(end, context, promise: promise)
             }
         } else {
-            context.writeAndFlush(wrapOutboundOut(part), promise: promise)
+            writeWatched(part, context, promise: promise)
         }
-        setTimer(.send, settings.sendTimeout, context)
+        context.flush()
         let serial = current!.serial
         promise.futureResult.assumeIsolated().whenComplete { result in
             guard self.current?.serial == serial, self.state == .writingStream else { return }
-            if self.timerKind == .send { self.timerKind = .none }
             if case .success = result { self.pullNextPart(context) }
             // A failed write means the channel is closing; channelInactive finishes the exchange.
         }
@@ -575,6 +655,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     private func abortResponse(_ context: ChannelHandlerContext) {
         if let inFlight = current {
             current = nil
+            abandonBodyStream(inFlight, "the response ended before the request body was read")
             inFlight.exchange.finish(inFlight.request, status: inFlight.status, bodyBytesSent: inFlight.bytesSent)
         }
         state = .closing
@@ -584,12 +665,21 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
 
     /// Logs the request and moves on to the next one, or closes.
     private func completeResponse(status: Int, bytesSent: Int, close: Bool, _ context: ChannelHandlerContext) {
+        var close = close
+        var bodyLeftUnread = false
         if let inFlight = current {
             current = nil
+            if inFlight.bodyStream != nil {
+                // Answered before its unbuffered body was all read: the rest cannot be told from a next request,
+                // so the connection closes (draining what still comes).
+                abandonBodyStream(inFlight, "the response ended before the request body was read")
+                close = true
+                bodyLeftUnread = true
+            }
             inFlight.exchange.finish(inFlight.request, status: status, bodyBytesSent: bytesSent)
         }
         if close || quiescing {
-            closeAfterWrites(linger: (input?.readableBytes ?? 0) > 0, context)
+            closeAfterWrites(linger: bodyLeftUnread || (input?.readableBytes ?? 0) > 0, context)
             return
         }
         state = .awaitingHead
@@ -597,7 +687,8 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             waitForWritability(context)
         } else if (input?.readableBytes ?? 0) == 0 {
             input = nil
-            setTimer(.keepalive, settings.keepaliveTimeout, context)
+            // keepalive_timeout starts once the response has left; until then send_timeout runs.
+            if watchedWrites == 0 { setTimer(.keepalive, settings.keepaliveTimeout, context) }
         }
         resumeReads(context)
         process(context)
@@ -606,10 +697,46 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     /// Writes `buffer`, flushing now or, inside a read cycle, once at its end.
     private func emit(_ buffer: ByteBuffer, _ context: ChannelHandlerContext) {
         context.write(wrapOutboundOut(buffer), promise: nil)
+        flushNowOrAtReadEnd(context)
+    }
+
+    private func flushNowOrAtReadEnd(_ context: ChannelHandlerContext) {
         if inReadCycle {
             flushPending = true
         } else {
             context.flush()
+        }
+    }
+
+    /// Writes `buffer` (without flushing) in slices whose completions are watched: `send_timeout` runs while any
+    /// is pending and restarts each time one completes, so a large body that keeps moving never times out while
+    /// a client that stops reading is cut off `send_timeout` after the last progress. `promise` completes with
+    /// the last slice. Small responses are not written this way: they cost no promise.
+    private func writeWatched(_ buffer: ByteBuffer, _ context: ChannelHandlerContext,
+                              promise: EventLoopPromise<Void>? = nil) {
+        SendProgress.forEachSlice(of: buffer) { slice, isLast in
+            let written = (isLast ? promise : nil) ?? context.eventLoop.makePromise(of: Void.self)
+            if watchedWrites == 0, sendDeadline == nil {
+                sendDeadline = context.eventLoop.now + settings.sendTimeout
+                armTimerTask(context)
+            }
+            watchedWrites += 1
+            written.futureResult.assumeIsolated().whenComplete { _ in self.watchedWriteCompleted(context) }
+            context.write(wrapOutboundOut(slice), promise: written)
+        }
+    }
+
+    private func watchedWriteCompleted(_ context: ChannelHandlerContext) {
+        watchedWrites -= 1
+        guard context.channel.isActive else { return }
+        if watchedWrites > 0 || waitingForWritability {
+            // Progress: the deadline moves on. Moving it later needs no new task; the pending one re-arms.
+            sendDeadline = context.eventLoop.now + settings.sendTimeout
+        } else {
+            sendDeadline = nil
+            if state == .awaitingHead, (input?.readableBytes ?? 0) == 0, timerKind == .none {
+                setTimer(.keepalive, settings.keepaliveTimeout, context)
+            }
         }
     }
 
@@ -660,7 +787,10 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         input = nil
         flushPending = false
         let written = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: written)
+        // Completes once everything before it is sent; until then send_timeout bounds the wait, so a client that
+        // does not read its last response cannot keep the connection.
+        writeWatched(context.channel.allocator.buffer(capacity: 0), context, promise: written)
+        context.flush()
         resumeReads(context)
         written.futureResult.assumeIsolated().whenComplete { result in
             guard linger, case .success = result, context.channel.isActive else {
@@ -696,9 +826,17 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     private func setTimer(_ kind: TimerKind, _ amount: TimeAmount, _ context: ChannelHandlerContext) {
         timerKind = kind
         timerDeadline = context.eventLoop.now + amount
-        if scheduledTimer == nil || scheduledAt > timerDeadline {
+        armTimerTask(context)
+    }
+
+    /// Makes sure the task fires no later than the nearest deadline (the timer's or `send_timeout`'s).
+    private func armTimerTask(_ context: ChannelHandlerContext) {
+        var next = timerKind == .none ? NIODeadline.distantFuture : timerDeadline
+        if let sendDeadline, sendDeadline < next { next = sendDeadline }
+        guard next != .distantFuture else { return }
+        if scheduledTimer == nil || scheduledAt > next {
             scheduledTimer?.cancel()
-            scheduleTimer(at: timerDeadline, context)
+            scheduleTimer(at: next, context)
         }
     }
 
@@ -712,9 +850,17 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     private func timerFired(_ context: ChannelHandlerContext) {
         scheduledTimer = nil
         scheduledAt = .distantFuture
-        guard timerKind != .none else { return }
-        if context.eventLoop.now < timerDeadline {
-            scheduleTimer(at: timerDeadline, context)
+        let now = context.eventLoop.now
+        if let sendDeadline, sendDeadline <= now {
+            self.sendDeadline = nil
+            // nginx logs the errno of its timer (ETIMEDOUT) at info: the client's doing.
+            runtime.logger.info("client timed out (110: Connection timed out) while sending response to client, client: \(connection.remoteIP), server: \(settings.listener)")
+            current?.stream?.cancel()
+            abortResponse(context)
+            return
+        }
+        guard timerKind != .none, timerDeadline <= now else {
+            armTimerTask(context)
             return
         }
         let kind = timerKind
@@ -723,7 +869,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         case .none:
             break
         case .header:
-            guard state == .awaitingHead else { return }
+            guard state == .awaitingHead else { break }
             if scanner.hasSeenRequestBytes || (input?.readableBytes ?? 0) > 0 {
                 reject(.timedOut, context)
             } else {
@@ -733,19 +879,24 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                 context.close(promise: nil)
             }
         case .body:
-            guard state == .readingBody else { return }
+            if let inFlight = current, inFlight.bodyStream != nil {
+                // An unbuffered body stalled while its handler runs: the handler is told, the connection closes.
+                runtime.logger.info("client timed out (110: Connection timed out) while reading client request body, client: \(connection.remoteIP), server: \(settings.listener), request: \"\(inFlight.request.requestLine)\"")
+                abandonBodyStream(inFlight, "client timed out (110: Connection timed out)")
+                inFlight.status = 408
+                abortResponse(context)
+                break
+            }
+            guard state == .readingBody else { break }
             reject(.timedOut, context)
         case .keepalive:
-            guard state == .awaitingHead, (input?.readableBytes ?? 0) == 0 else { return }
+            guard state == .awaitingHead, (input?.readableBytes ?? 0) == 0 else { break }
             state = .closing
             context.close(promise: nil)
-        case .send:
-            runtime.logger.info("client timed out while sending response to client, client: \(connection.remoteIP), server: \(settings.listener)")
-            current?.stream?.cancel()
-            abortResponse(context)
         case .linger:
             context.close(promise: nil)
         }
+        armTimerTask(context)
     }
 }
 

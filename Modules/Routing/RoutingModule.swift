@@ -112,6 +112,7 @@ struct RoutingDecoder {
 
         let maxBodySize = try mapping.optional("client_max_body_size").map(bodySize) ?? RoutingDecoder.defaultMaxBodySize
         let accessLog = try mapping.optional("access_log").map(accessLog) ?? nil
+        let bodyBuffering = try decodeBodyBuffering(mapping, inheriting: .default)
 
         var serverReturn: RouteDecision? = nil
         if let returnValue = mapping.optional("return") {
@@ -120,7 +121,8 @@ struct RoutingDecoder {
                 throw returnValue.error("$\(directive.highestCapture) needs a regular expression location (~ or ~*)")
             }
             serverReturn = RouteDecision(route: RouteInfo(serverName: firstName), handler: directive.makeHandler(),
-                                         maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog)
+                                         maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog,
+                                         bodyBuffering: bodyBuffering)
         }
 
         var exact: [String: RouteDecision] = [:]
@@ -130,7 +132,8 @@ struct RoutingDecoder {
         var slashRedirectCandidates: [(path: String, decision: RouteDecision)] = []
         if let locationsValue = mapping.optional("locations") {
             for item in try locationsValue.list() {
-                let location = try decodeLocation(item, serverName: firstName, maxBodySize: maxBodySize, accessLog: accessLog)
+                let location = try decodeLocation(item, serverName: firstName, maxBodySize: maxBodySize, accessLog: accessLog,
+                                                  bodyBuffering: bodyBuffering)
                 if let path = location.match.path {
                     let key = location.match.isExact ? "= \(path)" : path
                     if let first = seen[key] {
@@ -146,7 +149,8 @@ struct RoutingDecoder {
                     if location.handlerKey.hasSuffix("_pass"), path.count > 1, path.hasSuffix("/") {
                         let decision = location.decision
                         let redirect = RouteDecision(route: decision.route, handler: SlashRedirectHandler(location: path),
-                                                     maxBodySize: decision.maxBodySize, accessLog: decision.accessLog)
+                                                     maxBodySize: decision.maxBodySize, accessLog: decision.accessLog,
+                                                     bodyBuffering: decision.bodyBuffering)
                         slashRedirectCandidates.append((String(path.dropLast()), redirect))
                     }
                 case .regex:
@@ -164,7 +168,8 @@ struct RoutingDecoder {
 
         let notFound = RouteDecision(route: RouteInfo(serverName: firstName),
                                      handler: StaticResponseHandler(.error(404, "not found")),
-                                     maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog)
+                                     maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog,
+                                     bodyBuffering: bodyBuffering)
         let server = VirtualServer(name: firstName,
                                    locations: LocationTable(exact: exact, slashRedirects: slashRedirects,
                                                             prefixes: prefixes, regexes: regexes),
@@ -184,7 +189,8 @@ struct RoutingDecoder {
     }
 
     func decodeLocation(_ value: ConfigValue, serverName: String, maxBodySize serverMaxBodySize: Int,
-                        accessLog serverAccessLog: AccessLog?) throws -> DecodedLocation {
+                        accessLog serverAccessLog: AccessLog?,
+                        bodyBuffering serverBodyBuffering: RequestBodyBuffering = .default) throws -> DecodedLocation {
         let mapping = try value.mapping()
         let matchValue = try mapping.required("location")
         let matchText = try matchValue.nonEmptyString()
@@ -204,6 +210,7 @@ struct RoutingDecoder {
         }
         let maxBodySize = try mapping.optional("client_max_body_size").map(bodySize) ?? serverMaxBodySize
         let accessLog = try mapping.optional("access_log").map(accessLog) ?? serverAccessLog
+        let bodyBuffering = try decodeBodyBuffering(mapping, inheriting: serverBodyBuffering)
 
         // The handler: `return`, or one directive an active module declared. Found among the keys not read yet,
         // in file order, so that a null value (`inference:`) still counts as written.
@@ -238,9 +245,25 @@ struct RoutingDecoder {
         }
         try mapping.finish()
         let decision = RouteDecision(route: RouteInfo(serverName: serverName, location: matchText), handler: handler,
-                                     maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog)
+                                     maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog,
+                                     bodyBuffering: bodyBuffering)
         return DecodedLocation(match: match, matchText: matchText, matchValue: matchValue, regex: regex,
                                handlerKey: chosen.key, decision: decision)
+    }
+
+    /// `client_body_buffer_size` (a size of at least 1 byte, at most what one buffer holds) and
+    /// `client_body_temp_path` (a directory, relative to the file that names it), each inherited when absent.
+    private func decodeBodyBuffering(_ mapping: ConfigMapping, inheriting inherited: RequestBodyBuffering) throws -> RequestBodyBuffering {
+        var buffering = inherited
+        if let value = mapping.optional("client_body_buffer_size") {
+            let size = try value.size().bytes
+            guard size >= 1, size <= 1 << 30 else { throw value.expected("a size from 1 to 1g") }
+            buffering.bufferSize = size
+        }
+        if let value = mapping.optional("client_body_temp_path") {
+            buffering.tempPath = ConfigPath.resolve(try value.nonEmptyString(), in: ConfigPath.directory(of: value.mark.file))
+        }
+        return buffering
     }
 
     /// `client_max_body_size`: a size; 0 is unlimited.

@@ -161,6 +161,9 @@ enum UWSGIPassFactory {
         if let timeout = location.optional("uwsgi_send_timeout") {
             configuration.sendTimeout = .milliseconds(try UWSGIModule.positiveDuration(timeout).milliseconds)
         }
+        if let flag = location.optional("uwsgi_request_buffering") {
+            configuration.requestBuffering = try flag.bool()
+        }
         if let flag = location.optional("uwsgi_pass_request_headers") {
             configuration.passRequestHeaders = try flag.bool()
         }

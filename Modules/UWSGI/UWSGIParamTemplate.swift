@@ -139,7 +139,7 @@ public enum UWSGIVariable: Sendable, Equatable {
         case .contentLength:
             if let length = request.headers["Content-Length"] { return length }
             // A chunked body was read whole: its length is known now (nginx does the same after reading it).
-            if let body = request.body, body.readableBytes > 0 { return String(body.readableBytes) }
+            if let length = request.bodyLength, length > 0 { return String(length) }
             return ""
         case .documentRoot: return ""
         case .remoteUser: return ""

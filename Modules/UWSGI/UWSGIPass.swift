@@ -55,6 +55,9 @@ public struct UWSGIPassConfiguration: Sendable {
     public var readTimeout: TimeAmount
     public var sendTimeout: TimeAmount
     public var passRequestHeaders: Bool
+    /// nginx's `uwsgi_request_buffering`: on, the body is read whole (memory, then a temporary file) before the
+    /// upstream is contacted; off, it is sent to the upstream while it arrives.
+    public var requestBuffering = true
     /// The largest response head accepted (nginx `uwsgi_buffer_size`).
     public var bufferSize: Int
     public var modifier1: UInt8
@@ -124,6 +127,10 @@ public struct UWSGIPassHandler: RequestHandler {
     public let configuration: UWSGIPassConfiguration
 
     public init(configuration: UWSGIPassConfiguration) { self.configuration = configuration }
+
+    /// The body is streamed to the upstream from where it is: memory, the spooled file, or (buffering off) the
+    /// connection, so it is never loaded into memory whole.
+    public var requestBodyUse: RequestBodyUse { configuration.requestBuffering ? .spooled : .streamed }
 
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
         let variables = configuration.variables(for: request, route: context.route)
@@ -265,20 +272,17 @@ final class UWSGIUpstreamRequest: @unchecked Sendable {
     private func connected(_ channel: any Channel, peer: PeerAddress, handler: UWSGIUpstreamHandler) {
         let group = configuration.group
         let logger = context.logger
-        // Send: the packet head, then the body as it is, with `uwsgi_send_timeout` on the whole write.
-        let sendTimer = eventLoop.scheduleTask(in: configuration.sendTimeout) {
+        // Send: the packet head, then the body, part after part.
+        let sender = UWSGIRequestSender(channel: channel, sendTimeout: configuration.sendTimeout, eventLoop: eventLoop) {
             handler.fail(UWSGIUpstreamFailure.timeout("upstream timed out (110: Connection timed out) while sending request to upstream"))
         }
-        channel.write(packet, promise: nil)
-        let written: EventLoopFuture<Void>
-        if let body = request.body, body.readableBytes > 0 {
-            written = channel.writeAndFlush(body)
-        } else {
-            written = channel.writeAndFlush(channel.allocator.buffer(capacity: 0))
-        }
-        written.hop(to: eventLoop).whenComplete { result in
-            sendTimer.cancel()
-            if case .failure(let error) = result { self.sendError = error }
+        sender.send(packet: packet, request: request).whenComplete { result in
+            if case .failure(let error) = result {
+                // A failure of the request's own (a timeout, the client's body broken off) ends the exchange and is
+                // logged with it; a failed write shows as the upstream closing.
+                if let failure = error as? UWSGIUpstreamFailure { handler.fail(failure) }
+                self.sendError = error
+            }
             handler.requestSent()
         }
         handler.startReading()
@@ -346,6 +350,107 @@ final class UWSGIUpstreamRequest: @unchecked Sendable {
 
     static let hiddenHeaders: Set<String> = ["connection", "keep-alive", "transfer-encoding", "proxy-connection",
                                              "upgrade", "date", "server", "x-pad"]
+}
+
+/// Writes one request to the upstream: the packet head, then the body from memory, from the spooled file or from
+/// the client connection (`uwsgi_request_buffering off`). The next part is read only once the previous one was
+/// written, so memory stays bounded by one part whatever the body's size; `uwsgi_send_timeout` is the longest time
+/// without progress between two writes (as nginx measures it), so a large body that keeps moving never times out.
+/// Lives on the upstream channel's event loop.
+final class UWSGIRequestSender: @unchecked Sendable {
+    /// Bytes read from a spooled file per part.
+    static let filePartSize = 256 * 1024
+
+    private let channel: any Channel
+    private let eventLoop: any EventLoop
+    private let watch: SendTimeoutWatch
+    private let done: EventLoopPromise<Void>
+
+    init(channel: any Channel, sendTimeout: TimeAmount, eventLoop: any EventLoop, onTimeout: @escaping () -> Void) {
+        self.channel = channel
+        self.eventLoop = eventLoop
+        watch = SendTimeoutWatch(timeout: sendTimeout, eventLoop: eventLoop, onTimeout: onTimeout)
+        done = eventLoop.makePromise(of: Void.self)
+    }
+
+    /// Completes once the whole request is written, or fails (the channel closed, the client's body broke off).
+    func send(packet: ByteBuffer, request: KernelRequest) -> EventLoopFuture<Void> {
+        write(packet, promise: nil)
+        switch request.bodySource {
+        case .file(let file)?:
+            sendFile(file, from: 0)
+        case .stream(let stream)?:
+            sendStream(stream)
+        case nil:
+            let written = eventLoop.makePromise(of: Void.self)
+            write(request.body ?? channel.allocator.buffer(capacity: 0), promise: written)
+            written.futureResult.assumeIsolated().whenComplete { self.finish($0) }
+        }
+        done.futureResult.assumeIsolated().whenComplete { _ in self.watch.stop() }
+        return done.futureResult
+    }
+
+    /// Writes and flushes `buffer` in watched slices; `promise` completes with the last.
+    private func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?) {
+        SendProgress.forEachSlice(of: buffer) { slice, isLast in
+            let written = (isLast ? promise : nil) ?? eventLoop.makePromise(of: Void.self)
+            watch.writeStarted()
+            written.futureResult.assumeIsolated().whenComplete { _ in self.watch.writeCompleted() }
+            channel.write(slice, promise: written)
+        }
+        channel.flush()
+    }
+
+    private func finish(_ result: Result<Void, any Error>) {
+        switch result {
+        case .success: done.succeed(())
+        case .failure(let error): done.fail(error)
+        }
+    }
+
+    private func sendFile(_ file: SpooledRequestBody, from offset: Int64) {
+        guard offset < file.length else {
+            done.succeed(())
+            return
+        }
+        file.read(from: offset, count: UWSGIRequestSender.filePartSize, allocator: channel.allocator, on: eventLoop)
+            .assumeIsolated().whenComplete { result in
+                switch result {
+                case .success(let part):
+                    self.writeThen(part) { self.sendFile(file, from: offset + Int64(part.readableBytes)) }
+                case .failure(let error):
+                    self.done.fail(UWSGIUpstreamFailure.error("\(error) while sending request to upstream"))
+                }
+            }
+    }
+
+    private func sendStream(_ stream: RequestBodyStream) {
+        stream.next().hop(to: eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(.some(let part)):
+                self.writeThen(part) { self.sendStream(stream) }
+            case .success(.none):
+                let flushed = self.eventLoop.makePromise(of: Void.self)
+                self.channel.writeAndFlush(self.channel.allocator.buffer(capacity: 0), promise: flushed)
+                flushed.futureResult.assumeIsolated().whenComplete { self.finish($0) }
+            case .failure(let error):
+                // The client broke off or timed out: the upstream gets no more (its connection closes).
+                self.done.fail(UWSGIUpstreamFailure.error("\(error) while sending request to upstream"))
+            }
+        }
+    }
+
+    /// Writes `part` and calls `next` once it is written; a failed write ends the request.
+    private func writeThen(_ part: ByteBuffer, _ next: @escaping () -> Void) {
+        let written = eventLoop.makePromise(of: Void.self)
+        write(part, promise: written)
+        written.futureResult.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success: next()
+            case .failure(let error): self.done.fail(error)
+            }
+        }
+    }
 }
 
 /// The upstream connection's reading side: collects the head, then hands body parts to the consumer one pull at a

@@ -67,7 +67,10 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
     private var input: ByteBuffer?
     private var exchange: RequestExchange?
     private var request: KernelRequest?
+    /// The body when it came in one part that fits `client_body_buffer_size` (kept as received, no copy).
     private var body: ByteBuffer?
+    /// Where the body goes once it does not: memory up to `client_body_buffer_size`, then a temporary file.
+    private var bodySink: RequestBodySink?
     private var bodyBytesSent = 0
     private var status = 0
     private var stream: ResponseBodyStream?
@@ -158,11 +161,24 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
             receivedHead(head, context: context)
         case .body(let part):
             if case .readingBody = state {
-                if body == nil {
-                    // The common case, a body in one read, keeps the received bytes without a copy.
+                if bodySink == nil, body == nil, let exchange, part.readableBytes <= exchange.decision.bodyBuffering.bufferSize {
+                    // The common case, a small body in one read, keeps the received bytes without a copy.
                     body = part
-                } else {
-                    body!.writeImmutableBuffer(part)
+                    return
+                }
+                do {
+                    if bodySink == nil, let exchange {
+                        bodySink = exchange.makeBodySink(allocator: context.channel.allocator)
+                        if let body { try bodySink!.append(body) }
+                        body = nil
+                    }
+                    try bodySink?.append(part)
+                } catch {
+                    // The temporary file could not be made or written (nginx: a [crit] line and 500).
+                    logger.critical("\(error)")
+                    bodySink = nil
+                    state = .discarding
+                    writeResponse(.error(500, "internal error"), context: context)
                 }
             }
         case .end:
@@ -206,7 +222,14 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
 
     private func receivedEnd(context: ChannelHandlerContext) {
         guard var request, let exchange else { return }
-        request.body = body
+        if let bodySink {
+            let (memory, file) = bodySink.finish()
+            request.body = memory
+            if let file { request.bodySource = .file(file) }
+            self.bodySink = nil
+        } else {
+            request.body = body
+        }
         body = nil
         self.request = request
         state = .responding
@@ -342,24 +365,32 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         context.close(promise: nil)
     }
 
-    /// Writes and flushes `buffer`; `send_timeout` bounds the wait for each write to complete.
+    /// Writes and flushes `buffer`. `send_timeout` is the longest wait without progress: the buffer goes out in
+    /// slices (`SendProgress`), the deadline moves on each time one completes, and it is cleared when nothing
+    /// is pending. The future completes with the last slice.
     private func send(_ buffer: ByteBuffer, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
         let promise = context.eventLoop.makePromise(of: Void.self)
-        pendingWrites += 1
-        sendDeadline = context.eventLoop.now + settings.sendTimeout
-        updateTimer(context)
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: promise)
-        promise.futureResult.assumeIsolated().whenComplete { [self] _ in
-            pendingWrites -= 1
-            if pendingWrites == 0 {
-                sendDeadline = nil
-            } else if case .closed = state {
-                // Nothing is measured on a closed connection.
-            } else {
-                sendDeadline = context.eventLoop.now + settings.sendTimeout
-                updateTimer(context)
-            }
+        if pendingWrites == 0 {
+            sendDeadline = context.eventLoop.now + settings.sendTimeout
+            updateTimer(context)
         }
+        SendProgress.forEachSlice(of: buffer) { slice, isLast in
+            let written = isLast ? promise : context.eventLoop.makePromise(of: Void.self)
+            pendingWrites += 1
+            written.futureResult.assumeIsolated().whenComplete { [self] _ in
+                pendingWrites -= 1
+                if pendingWrites == 0 {
+                    sendDeadline = nil
+                } else if case .closed = state {
+                    // Nothing is measured on a closed connection.
+                } else {
+                    // Progress: the deadline moves on; the scheduled task re-arms itself when it fires early.
+                    sendDeadline = context.eventLoop.now + settings.sendTimeout
+                }
+            }
+            context.write(wrapOutboundOut(slice), promise: written)
+        }
+        context.flush()
         return promise.futureResult
     }
 
@@ -408,7 +439,7 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         let now = context.eventLoop.now
         if let deadline = sendDeadline, deadline <= now {
             sendDeadline = nil
-            logger.info("client timed out (110: Connection timed out) while sending response to client, client: \(describeClient(context.channel.remoteAddress))")
+            logger.info("client timed out (110: Connection timed out) while sending response to client, client: \(describeClient(context.channel.remoteAddress)), server: \(settings.listener)")
             stream?.cancel()
             stream = nil
             finishAbandoned(status: 408)

@@ -18,6 +18,12 @@ public struct CoreConfiguration: Sendable {
 
     public static let key = "kernel"
 
+    /// Where request bodies are spooled when a location sets no `client_body_temp_path`: `client_body_temp`
+    /// beside the pid file (the kernel's run directory, as nginx keeps it under its prefix).
+    public var defaultClientBodyTempPath: String {
+        ConfigPath.directory(of: pidFile) + "/client_body_temp"
+    }
+
     public init(eventLoopThreads: Int = System.coreCount, pidFile: String = "/run/kernel.pid",
                 errorLogPath: String = "stderr", errorLogLevel: Logger.Level = .notice,
                 shutdownTimeout: ConfigDuration = .seconds(30)) {

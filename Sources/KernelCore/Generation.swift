@@ -115,9 +115,42 @@ public final class RequestExchange: @unchecked Sendable {
     }
 
     /// Runs the filters and the route's handler, giving the response at once when it is there: what protocol
-    /// modules call, so that a `return` is written without a future.
+    /// modules call, so that a `return` is written without a future. A spooled body is read back into memory
+    /// first (off the event loop) for a handler that needs it there.
     public func start(_ request: KernelRequest) -> PendingResponse {
-        generation.filters.start(request, context: context, handler: decision.handler)
+        if case .file(let spooled)? = request.bodySource, decision.handler.requestBodyUse == .memory {
+            return .future(readBack(spooled, request))
+        }
+        return generation.filters.start(request, context: context, handler: decision.handler)
+    }
+
+    /// What the handler needs of the body (`.memory` unless it reads files or streams).
+    public var requestBodyUse: RequestBodyUse { decision.handler.requestBodyUse }
+
+    /// A sink for the body of this request, with the location's `client_body_buffer_size` and temp path.
+    public func makeBodySink(allocator: ByteBufferAllocator) -> RequestBodySink {
+        RequestBodySink(buffering: decision.bodyBuffering,
+                        tempDirectory: decision.bodyBuffering.tempPath ?? generation.core.defaultClientBodyTempPath,
+                        logger: context.logger, allocator: allocator)
+    }
+
+    private func readBack(_ spooled: SpooledRequestBody, _ request: KernelRequest) -> EventLoopFuture<KernelResponse> {
+        let context = self.context
+        guard spooled.length <= Int64(maxInMemoryBodySize) else {
+            context.logger.error("\(RequestBodyError.tooLargeForMemory(spooled.length)) for location \"\(decision.route.location)\"")
+            return context.eventLoop.makeSucceededFuture(.error(413, "request body too large"))
+        }
+        let filters = generation.filters
+        let handler = decision.handler
+        return spooled.readAll(allocator: ByteBufferAllocator(), on: context.eventLoop).flatMap { body in
+            var request = request
+            request.body = body
+            request.bodySource = nil
+            return filters.run(request, context: context, handler: handler)
+        }.flatMapError { error in
+            context.logger.critical("\(error)")
+            return context.eventLoop.makeSucceededFuture(.error(500, "internal error"))
+        }
     }
 
     /// Logs the request and releases the generation. `status` is what was sent (or 499 when the client left).

@@ -42,10 +42,14 @@ public protocol RequestHandler: Sendable {
     /// The response at once, for a handler that has it without waiting (`return`, fixed answers); nil means that
     /// `handle` must be called. A response given here spares the request path a future. The default is nil.
     func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse?
+
+    /// What the handler needs of the body. The default, `.memory`, gives it the whole body in `request.body`.
+    var requestBodyUse: RequestBodyUse { get }
 }
 
 extension RequestHandler {
     public func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse? { nil }
+    public var requestBodyUse: RequestBodyUse { .memory }
 }
 
 /// A handler that always has its answer at once (`return`, fixed answers, redirects): it writes only `response`,

@@ -47,6 +47,7 @@ public struct KernelRequest: Sendable {
         var version: ProtocolVersion
         var headers: HeaderFields
         var body: ByteBuffer?
+        var bodySource: RequestBodySource?
         var connection: ConnectionInfo
         var variables: [(name: String, value: String)]
 
@@ -59,13 +60,16 @@ public struct KernelRequest: Sendable {
             self.version = version
             self.headers = headers
             self.body = body
+            self.bodySource = nil
             self.connection = connection
             self.variables = variables
         }
 
         func copy() -> Storage {
-            Storage(method: method, uri: uri, path: path, query: query, version: version, headers: headers, body: body,
-                    connection: connection, variables: variables)
+            let copy = Storage(method: method, uri: uri, path: path, query: query, version: version, headers: headers,
+                               body: body, connection: connection, variables: variables)
+            copy.bodySource = bodySource
+            return copy
         }
     }
 
@@ -108,10 +112,24 @@ public struct KernelRequest: Sendable {
         get { storage.headers }
         _modify { yield &unique.headers }
     }
-    /// The whole request body, read before the handler runs (as nginx buffers request bodies by default).
+    /// The request body in memory: the whole body, read before the handler runs (as nginx buffers request
+    /// bodies by default). A body larger than `client_body_buffer_size` is spooled to a file; handlers whose
+    /// `requestBodyUse` is `.memory` still get it here (read back into memory, up to `client_max_body_size`),
+    /// the others find it in `bodySource`.
     public var body: ByteBuffer? {
         get { storage.body }
         _modify { yield &unique.body }
+    }
+    /// The body when it is not in `body`: the spooled file, or the stream of a body still arriving.
+    public var bodySource: RequestBodySource? {
+        get { storage.bodySource }
+        _modify { yield &unique.bodySource }
+    }
+    /// The body's length when known: what is in memory, the spooled file's length, or the declared length of a
+    /// stream.
+    public var bodyLength: Int64? {
+        if let source = bodySource { return source.length }
+        return body.map { Int64($0.readableBytes) }
     }
     public var connection: ConnectionInfo {
         get { storage.connection }

@@ -12,18 +12,22 @@ public final class RouteDecision: Sendable {
     public let maxBodySize: Int?
     /// The server's access log, or nil when off.
     public let accessLog: AccessLog?
+    /// `client_body_buffer_size` and `client_body_temp_path` of the location.
+    public let bodyBuffering: RequestBodyBuffering
 
-    public init(route: RouteInfo, handler: any RequestHandler, maxBodySize: Int?, accessLog: AccessLog?) {
+    public init(route: RouteInfo, handler: any RequestHandler, maxBodySize: Int?, accessLog: AccessLog?,
+                bodyBuffering: RequestBodyBuffering = .default) {
         self.route = route
         self.handler = handler
         self.maxBodySize = maxBodySize
         self.accessLog = accessLog
+        self.bodyBuffering = bodyBuffering
     }
 
     /// The same decision with a regex location's captures (`$1`...).
     public func withCaptures(_ captures: [String]) -> RouteDecision {
         RouteDecision(route: RouteInfo(serverName: route.serverName, location: route.location, captures: captures),
-                      handler: handler, maxBodySize: maxBodySize, accessLog: accessLog)
+                      handler: handler, maxBodySize: maxBodySize, accessLog: accessLog, bodyBuffering: bodyBuffering)
     }
 }
 

@@ -395,6 +395,128 @@ final class HTTPConnectionTests: XCTestCase {
         XCTAssertEqual(try h.loggedStatuses(), [200])
     }
 
+    func testSendTimeoutEndsTheLastResponseOfAClientThatStopsReading() throws {
+        let h = try HTTPHarness { $0.sendTimeout = .seconds(10) }
+        let gate = WriteGate()
+        try h.channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try h.send("GET /big HTTP/1.0\r\n\r\n")  // the last response of its connection
+        XCTAssertGreaterThan(gate.heldCount, 1, "the body goes out in watched slices")
+        h.loop.advanceTime(by: .seconds(9))
+        XCTAssertTrue(h.isOpen)
+        h.loop.advanceTime(by: .seconds(2))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(try h.loggedStatuses(), [200])
+        XCTAssertEqual(h.errorLogLines(), ["[info] client timed out (110: Connection timed out) while sending response to client, client: 127.0.0.1, server: 127.0.0.1:8080"])
+    }
+
+    func testSendTimeoutRestartsWheneverSomeBytesWereWritten() throws {
+        let h = try HTTPHarness { $0.sendTimeout = .seconds(10) }
+        let gate = WriteGate()
+        try h.channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try h.send("GET /big HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        // Far longer than send_timeout in total, never between two writes.
+        while gate.heldCount > 0 {
+            h.loop.advanceTime(by: .seconds(9))
+            XCTAssertTrue(h.isOpen)
+            gate.releaseOne()
+        }
+        XCTAssertFalse(h.isOpen, "closed once the response was sent")
+        let text = try h.output()
+        XCTAssertTrue(text.hasSuffix(String(repeating: "b", count: bigBodyLength)))
+        XCTAssertEqual(h.errorLogLines(), [])
+    }
+
+    func testSendTimeoutOnAKeptAliveConnectionHandsOverToKeepaliveTimeout() throws {
+        let h = try HTTPHarness { $0.sendTimeout = .seconds(10); $0.keepaliveTimeout = .seconds(30) }
+        let gate = WriteGate()
+        try h.channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try h.send("GET /big HTTP/1.1\r\nHost: test\r\n\r\n")
+        while gate.heldCount > 0 {
+            h.loop.advanceTime(by: .seconds(9))
+            gate.releaseOne()
+        }
+        h.loop.advanceTime(by: .seconds(29))
+        XCTAssertTrue(h.isOpen, "keepalive_timeout runs from the end of the response")
+        h.loop.advanceTime(by: .seconds(2))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(h.errorLogLines(), [])
+    }
+
+    func testSendTimeoutEndsARefusalTheClientDoesNotRead() throws {
+        let h = try HTTPHarness { $0.sendTimeout = .seconds(10) }
+        let gate = WriteGate()
+        try h.channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try h.send("HELLO\r\n\r\n")
+        XCTAssertTrue(h.isOpen)
+        h.loop.advanceTime(by: .seconds(11))
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(h.errorLogLines().last, "[info] client timed out (110: Connection timed out) while sending response to client, client: 127.0.0.1, server: 127.0.0.1:8080")
+    }
+
+    func testABodyOverClientBodyBufferSizeIsSpooled() throws {
+        let h = try HTTPHarness()
+        try h.send("POST /spooled HTTP/1.1\r\nHost: test\r\nContent-Length: 16\r\n\r\n" + String(repeating: "a", count: 16))
+        XCTAssertTrue(try h.output().hasSuffix("memory 16"), "a body that fits stays in memory")
+        try h.send("POST /spooled HTTP/1.1\r\nHost: test\r\nContent-Length: 40\r\n\r\n" + String(repeating: "a", count: 17))
+        try h.send(String(repeating: "b", count: 23))
+        XCTAssertTrue(try h.output().hasSuffix("file 40"))
+        try h.send("POST /spooled HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n" + String(repeating: "c", count: 20) + "\r\n")
+        try h.send("5\r\nddddd\r\n0\r\n\r\n")
+        XCTAssertTrue(try h.output().hasSuffix("file 25"))
+        XCTAssertEqual(h.errorLogLines().filter { $0.hasPrefix("[warn] a client request body is buffered to a temporary file ") }.count, 2)
+        XCTAssertEqual(try h.loggedStatuses(), [200, 200, 200])
+    }
+
+    func testAnUnbufferedBodyIsHandedOverWhileItArrivesWithBackpressure() throws {
+        let h = try HTTPHarness()
+        let reads = ReadCounter()
+        try h.channel.pipeline.syncOperations.addHandler(reads, position: .first)
+        let size = RequestBodyStream.highWatermark + 10
+        try h.send("POST /unbuffered HTTP/1.1\r\nHost: test\r\nContent-Length: \(size)\r\n\r\nhello")
+        let stream = try XCTUnwrap(h.probe.bodyStream.withLockedValue { $0 }, "the handler runs before the body is read")
+        XCTAssertEqual(try stream.next().wait().map { String(buffer: $0) }, "hello")
+        try h.send(String(repeating: "x", count: size - 5 - 1))
+        // The consumer is behind by the whole watermark: the connection stops asking the client for more.
+        let before = reads.reads
+        h.channel.read()
+        XCTAssertEqual(reads.reads, before, "reading is held while the consumer is behind")
+        XCTAssertEqual(try stream.next().wait()?.readableBytes, size - 5 - 1)
+        XCTAssertEqual(reads.reads, before + 1, "reading resumes once the consumer took it")
+        try h.send("!" + getHello)             // the body's last byte, then a pipelined request
+        XCTAssertEqual(try stream.next().wait().map { String(buffer: $0) }, "!")
+        XCTAssertNil(try stream.next().wait())
+        h.probe.pendingSlow.withLockedValue { $0 }!.succeed(.text(200, "taken"))
+        XCTAssertEqual(try h.output(), response("200 OK", ["Content-Type: text/plain", "Content-Length: 5"], body: "taken") + hello())
+    }
+
+    func testAnUnbufferedBodyFailsWhenTheClientStallsOrLeaves() throws {
+        let h = try HTTPHarness { $0.clientBodyTimeout = .seconds(10) }
+        try h.send("POST /unbuffered HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nhello")
+        let stream = try XCTUnwrap(h.probe.bodyStream.withLockedValue { $0 })
+        _ = try stream.next().wait()
+        let rest = stream.next()
+        h.loop.advanceTime(by: .seconds(11))
+        XCTAssertThrowsError(try rest.wait())
+        XCTAssertFalse(h.isOpen)
+        XCTAssertEqual(try h.loggedStatuses(), [408])
+
+        let left = try HTTPHarness()
+        try left.send("POST /unbuffered HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nhello")
+        let second = try XCTUnwrap(left.probe.bodyStream.withLockedValue { $0 })
+        _ = try second.next().wait()
+        try left.channel.close().wait()
+        XCTAssertThrowsError(try second.next().wait())
+    }
+
+    func testAnUnbufferedRequestAnsweredBeforeItsBodyEndsClosesTheConnection() throws {
+        let h = try HTTPHarness()
+        try h.send("POST /unbuffered HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nhello")
+        let stream = try XCTUnwrap(h.probe.bodyStream.withLockedValue { $0 })
+        h.probe.pendingSlow.withLockedValue { $0 }!.succeed(.text(413, "no"))
+        XCTAssertTrue(try h.output().contains("Connection: close"))
+        XCTAssertThrowsError(try stream.next().wait(), "the handler is told the rest will not come")
+    }
+
     func testStreamedBodyWithLengthIsSentAsIs() throws {
         let h = try HTTPHarness()
         try h.send("GET /stream-length HTTP/1.1\r\nHost: test\r\n\r\n")

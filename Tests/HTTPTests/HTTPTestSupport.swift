@@ -15,10 +15,47 @@ final class TestProbe: Sendable {
     let pendingSlow = NIOLockedValueBox<EventLoopPromise<KernelResponse>?>(nil)
     let streamCancelled = NIOLockedValueBox(false)
     let streamPulls = NIOLockedValueBox(0)
+    /// The body stream an unbuffered request handed to `/unbuffered`.
+    let bodyStream = NIOLockedValueBox<RequestBodyStream?>(nil)
 }
 
+/// Answers with where its request's body was: `memory N`, `file N` (spooled) or, for a stream, hands it to the
+/// probe and answers when the test completes `probe.pendingSlow`.
+struct BodyPlaceHandler: RequestHandler {
+    let use: RequestBodyUse
+    let probe: TestProbe
+    var requestBodyUse: RequestBodyUse { use }
+
+    func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        switch request.bodySource {
+        case .file(let file)?:
+            return context.eventLoop.makeSucceededFuture(.text(200, "file \(file.length)"))
+        case .stream(let stream)?:
+            probe.bodyStream.withLockedValue { $0 = stream }
+            let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+            probe.pendingSlow.withLockedValue { $0 = promise }
+            return promise.futureResult
+        case nil:
+            return context.eventLoop.makeSucceededFuture(.text(200, "memory \(request.body?.readableBytes ?? 0)"))
+        }
+    }
+}
+
+/// Counts `read` calls that reach the socket: whether the connection asks for more input.
+final class ReadCounter: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = ByteBuffer
+    var reads = 0
+    func read(context: ChannelHandlerContext) {
+        reads += 1
+        context.read()
+    }
+}
+
+/// The length of the `/big` body: several `SendProgress` slices.
+let bigBodyLength = 100_000
+
 /// A small router for the codec tests:
-/// `/hello` → 200 "hello"; `/echo` echoes the body (limit 100 bytes); `/stream`, `/stream-length`, `/stream-broken`
+/// `/hello` → 200 "hello"; `/big` → 200 with `bigBodyLength` bytes; `/echo` echoes the body (limit 100 bytes); `/stream`, `/stream-length`, `/stream-broken`
 /// stream "ab" "cd" "ef"; `/slow` answers when the test completes `probe.pendingSlow`; anything else → 404.
 struct TestRouter: RequestRouter {
     let probe: TestProbe
@@ -31,6 +68,12 @@ struct TestRouter: RequestRouter {
         switch request.path {
         case "/hello":
             handler = StaticResponseHandler(.text(200, "hello"))
+        case "/spooled", "/unbuffered":
+            let buffering = RequestBodyBuffering(bufferSize: 16, tempPath: NSTemporaryDirectory() + "kernel-http-test-bodies")
+            return RouteDecision(route: RouteInfo(), handler: BodyPlaceHandler(use: request.path == "/spooled" ? .spooled : .streamed, probe: probe),
+                                 maxBodySize: nil, accessLog: accessLog, bodyBuffering: buffering)
+        case "/big":
+            handler = StaticResponseHandler(.text(200, String(repeating: "b", count: bigBodyLength)))
         case "/echo":
             limit = 100
             handler = ClosureHandler { request, context in
@@ -187,5 +230,20 @@ final class WriteGate: ChannelOutboundHandler, RemovableChannelHandler {
     /// Completes the oldest held write.
     func releaseOne() {
         if !held.isEmpty { held.removeFirst().succeed(()) }
+    }
+
+    /// Completes every held write.
+    func releaseAll() {
+        while !held.isEmpty { releaseOne() }
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        // A closed socket fails what it has not sent, as NIO's socket channels do.
+        if mode == .all {
+            let pending = held
+            held = []
+            for promise in pending { promise.fail(ChannelError.ioOnClosedChannel) }
+        }
+        context.close(mode: mode, promise: promise)
     }
 }

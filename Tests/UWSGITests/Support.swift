@@ -108,3 +108,32 @@ func readAllOutbound(_ channel: EmbeddedChannel) throws -> String {
     while let part = try channel.readOutbound(as: ByteBuffer.self) { bytes += Array(part.readableBytesView) }
     return String(decoding: bytes, as: UTF8.self)
 }
+
+/// Holds write completions until the test releases them: a socket whose peer reads slowly.
+final class WriteGate: ChannelOutboundHandler, RemovableChannelHandler {
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private var held: [EventLoopPromise<Void>] = []
+
+    var heldCount: Int { held.count }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        context.write(data, promise: nil)
+        if let promise { held.append(promise) }
+    }
+
+    /// Completes the oldest held write.
+    func releaseOne() {
+        if !held.isEmpty { held.removeFirst().succeed(()) }
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        // A closed socket fails what it has not sent, as NIO's socket channels do.
+        if mode == .all {
+            let pending = held
+            held = []
+            for promise in pending { promise.fail(ChannelError.ioOnClosedChannel) }
+        }
+        context.close(mode: mode, promise: promise)
+    }
+}

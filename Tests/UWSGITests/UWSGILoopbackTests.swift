@@ -160,6 +160,21 @@ final class UWSGILoopbackTests: XCTestCase {
         XCTAssertEqual(response.status, 504)
     }
 
+    func testPeerThatStopsReadingTheBodyIs504AfterSendTimeout() throws {
+        // A peer that accepts and never reads: the body stays queued once the socket buffers are full.
+        let server = try ServerBootstrap(group: runtime.eventLoopGroup)
+            .childChannelOption(.autoRead, value: false)
+            .childChannelOption(.socketOption(.so_rcvbuf), value: 4096)
+            .bind(host: "127.0.0.1", port: 0).wait()
+        servers.append(server)
+        var configuration = UWSGIPassConfiguration(group: SinglePeerGroup(.tcp(host: "127.0.0.1", port: server.localAddress!.port!)))
+        configuration.sendTimeout = .milliseconds(300)
+        let context = RequestContext(eventLoop: runtime.eventLoopGroup.next(), logger: runtime.logger, route: RouteInfo())
+        let body = ByteBuffer(repeating: UInt8(ascii: "b"), count: 32 << 20)
+        let response = try UWSGIPassHandler(configuration: configuration).handle(request("POST", body: body), context: context).wait()
+        XCTAssertEqual(response.status, 504)
+    }
+
     func testInvalidAnswerIs502() throws {
         let peer = try startFakePeer(answer: "HTTP/1.1 abc\r\n\r\n")
         XCTAssertEqual(try pass(request(), to: peer).0.status, 502)

@@ -154,6 +154,47 @@ final class UWSGIServerHandlerTests: XCTestCase {
         XCTAssertEqual(try readAllOutbound(channel), "")
     }
 
+    /// A request whose answer is 100,000 bytes of `b`.
+    private func largeEchoRequest(gate: WriteGate, runtime: KernelRuntime) throws -> EmbeddedChannel {
+        let channel = try serverChannel(runtime: runtime)
+        try channel.pipeline.syncOperations.addHandler(gate, position: .first)
+        try channel.writeInbound(buffer(handMadePacket(nginxVars, body: Array("hello".utf8))))
+        return channel
+    }
+
+    private func bigAnswerRuntime() -> KernelRuntime {
+        makeRuntime(handler: ClosureHandler { _, context in
+            context.eventLoop.makeSucceededFuture(.text(200, String(repeating: "b", count: 100_000)))
+        })
+    }
+
+    func testSendTimeoutClosesAPeerThatStopsReading() throws {
+        let runtime = bigAnswerRuntime()
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        let gate = WriteGate()
+        let channel = try largeEchoRequest(gate: gate, runtime: runtime)
+        XCTAssertGreaterThan(gate.heldCount, 1, "the body goes out in watched slices")
+        channel.embeddedEventLoop.advanceTime(by: .seconds(59))
+        XCTAssertTrue(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        XCTAssertFalse(channel.isActive)
+    }
+
+    func testSendTimeoutRestartsWheneverSomeBytesWereWritten() throws {
+        let runtime = bigAnswerRuntime()
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        let gate = WriteGate()
+        let channel = try largeEchoRequest(gate: gate, runtime: runtime)
+        // Far longer than send_timeout in total, never between two writes.
+        while gate.heldCount > 0 {
+            channel.embeddedEventLoop.advanceTime(by: .seconds(50))
+            XCTAssertTrue(channel.isActive)
+            gate.releaseOne()
+        }
+        XCTAssertFalse(channel.isActive, "closed once the response was sent")
+        XCTAssertTrue(try readAllOutbound(channel).hasSuffix(String(repeating: "b", count: 100_000)))
+    }
+
     func testPeerClosingMidBodyClosesCleanly() throws {
         let runtime = makeRuntime()
         defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }

@@ -53,6 +53,7 @@ inference:
 routing:
   servers:
     - client_max_body_size: 16m
+      client_body_buffer_size: 16m   # bodies in memory, as the nginx configuration below keeps them
       locations:
         - location: "^~ /v2"
           inference: {{}}
@@ -67,7 +68,7 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
     client_max_body_size 16m;
-    client_body_buffer_size 16m;  # keep bodies in memory, as the kernel does
+    client_body_buffer_size 16m;  # keep bodies in memory, as the kernel's configuration does
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
