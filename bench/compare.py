@@ -11,7 +11,8 @@ wrk loads one, then the other, alternating for BENCH_ROUNDS rounds (default 5), 
   connections.
 
 Prints, per workload, each round's req/s and the median ratio after/before with its spread (lowest and highest
-round ratio). Needs the models of scripts/models/make_models.py.
+round ratio). Needs the models of scripts/models/make_models.py. BENCH_AFTER_LOCATION adds keys (`;`-separated) to
+the newer build's `/v2` location only, for settings the older one does not know.
 """
 import json
 import os
@@ -56,15 +57,15 @@ routing:
           return: 200 "hello"
         - location: "^~ /v2"
           inference: {{}}
-"""
+{extra}"""
 
 
 class Kernel:
-    def __init__(self, binary, name, work):
+    def __init__(self, binary, name, work, extra=""):
         self.name = name
         config = os.path.join(work, f"{name}.yaml")
         with open(config, "w") as f:
-            f.write(CONFIG.format(work=work, name=name, root=ROOT))
+            f.write(CONFIG.format(work=work, name=name, root=ROOT, extra=extra))
         self.log = os.path.join(work, f"{name}.log")
         self.process = subprocess.Popen([binary, "--role", "both", "--config", config],
                                         stderr=open(self.log, "w"), stdout=subprocess.DEVNULL)
@@ -119,7 +120,10 @@ def main():
     work = tempfile.mkdtemp(prefix="kernel-compare-")
     kernels = []
     try:
-        kernels = [Kernel(before_bin, "before", work), Kernel(after_bin, "after", work)]
+        # Keys only the newer build knows, for its `/v2` location (e.g. "client_body_buffer_size: 16m").
+        extra = os.environ.get("BENCH_AFTER_LOCATION", "")
+        extra = "".join(f"          {line}\n" for line in extra.split(";") if line.strip())
+        kernels = [Kernel(before_bin, "before", work), Kernel(after_bin, "after", work, extra)]
         before, after = kernels
         print(f"before: {before_bin}\nafter: {after_bin}\n{ROUNDS} rounds of {DURATION} per side, alternating\n")
         for name, path, connections, script in workloads(work):
