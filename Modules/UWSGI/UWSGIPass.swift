@@ -89,19 +89,39 @@ public struct UWSGIPassConfiguration: Sendable {
             variables.append(param.name, value)
         }
         guard passRequestHeaders else { return variables }
+        // Repeated fields are joined by their name, case-insensitively, as nginx links them: two names that only
+        // map to the same variable (`X-Forwarded-For`, and `X_Forwarded_For` where `underscores_in_headers` lets
+        // it in) stay two variables and are never merged into one value.
         var order: [String] = []
         var merged: [String: (name: String, values: [String])] = [:]
         for (name, value) in request.headers {
-            let key = UWSGIPassConfiguration.variableName(forHeader: name)
+            let key = UWSGIPassConfiguration.asciiLowercased(name)
             if merged[key] == nil { order.append(key); merged[key] = (name, []) }
             merged[key]!.values.append(value)
         }
         let paramNames = Set(params.lazy.map(\.name).filter { $0.hasPrefix("HTTP_") })
-        for key in order where !paramNames.contains(key) && key != "HTTP_TRANSFER_ENCODING" {
+        for key in order {
             let entry = merged[key]!
-            variables.append(key, entry.values.joined(separator: entry.name.equalsCaseInsensitive("Cookie") ? "; " : ", "))
+            let variable = UWSGIPassConfiguration.variableName(forHeader: entry.name)
+            guard !paramNames.contains(variable), variable != "HTTP_TRANSFER_ENCODING" else { continue }
+            variables.append(variable, entry.values.joined(separator: entry.name.equalsCaseInsensitive("Cookie") ? "; " : ", "))
         }
         return variables
+    }
+
+    /// The name with ASCII letters lowered (nginx's `lowcase_key`; other bytes stay as they are).
+    static func asciiLowercased(_ name: String) -> String {
+        guard name.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) else { return name }
+        var out = ""
+        out.unicodeScalars.reserveCapacity(name.utf8.count)
+        for scalar in name.unicodeScalars {
+            if scalar.value >= 65, scalar.value <= 90 {
+                out.unicodeScalars.append(Unicode.Scalar(UInt8(scalar.value) | 0x20))
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 
     /// `X-Foo-Bar` → `HTTP_X_FOO_BAR`.
@@ -324,11 +344,18 @@ final class UWSGIUpstreamRequest: @unchecked Sendable {
         }
         let body: ResponseBody
         if let whole = handler.takeWholeBody() {
-            if request.method == "HEAD" || whole.readableBytes == 0 {
-                // The upstream's Content-Length (the length a GET would have) stays for HEAD.
+            if request.method == "HEAD" {
+                // The upstream's Content-Length (the length a GET would have) stays for HEAD, as nginx passes it.
+                // Without one the length is unknown: an empty stream says so, and no length goes out.
+                if head.headers["Content-Length"] != nil {
+                    body = .empty
+                } else {
+                    let eventLoop = self.eventLoop
+                    body = .stream(ResponseBodyStream(next: { eventLoop.makeSucceededFuture(nil) }, cancel: {}))
+                }
+            } else if whole.readableBytes == 0 {
                 body = .empty
-                if head.headers["Content-Length"] == nil, request.method != "HEAD",
-                   !(head.status == 204 || head.status == 304 || (100..<200).contains(head.status)) {
+                if head.headers["Content-Length"] == nil, !(head.status == 204 || head.status == 304) {
                     headers.add("Content-Length", "0")
                 }
             } else {

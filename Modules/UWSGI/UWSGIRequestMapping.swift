@@ -44,7 +44,11 @@ public enum UWSGIRequestMapping {
             case "HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH": break
             default:
                 if name.hasPrefix("HTTP_"), name.utf8.count > 5 {
-                    headers.add(headerName(fromVariable: name), value)
+                    // A variable sent twice keeps its last value, as in uWSGI's environ: nginx sends
+                    // `X-Forwarded-For` and (with `underscores_in_headers on`) `X_Forwarded_For` as two
+                    // HTTP_X_FORWARDED_FOR, which must not become one repeated header here.
+                    let header = headerName(fromVariable: name)
+                    if headers.contains(header) { headers.replace(header, value) } else { headers.add(header, value) }
                 } else {
                     variables.append((name, value))
                 }
