@@ -193,6 +193,21 @@ final class UWSGIHeaderVariableTests: XCTestCase {
         XCTAssertEqual(request.headers.values("X-Forwarded-For"), ["6.6.6.6"])
         XCTAssertEqual(request.headers.fields.map(\.name), ["X-Forwarded-For", "Host"])
     }
+
+    func testLastValueWinsInABlockWithManyVariables() throws {
+        // Past a few dozen headers an index replaces the linear search; the outcome is the same.
+        var vars: [(String, String)] = [("REQUEST_METHOD", "GET")]
+        for index in 0..<200 { vars.append(("HTTP_X_H\(index)", "\(index)")) }
+        vars += [("HTTP_X_H3", "again"), ("HTTP_X_H150", "later"), ("HTTP_X_NEW", "n"), ("HTTP_X_H150", "last")]
+        let request = try UWSGIRequestMapping.request(from: UWSGIRequestHead(variables: UWSGIVariables(vars), contentLength: 0),
+                                                      listener: "x", remoteAddress: nil, localAddress: nil)
+        XCTAssertEqual(request.headers.count, 201)
+        XCTAssertEqual(request.headers.values("X-H3"), ["again"])
+        XCTAssertEqual(request.headers.values("X-H150"), ["last"])
+        XCTAssertEqual(request.headers.values("X-H199"), ["199"])
+        XCTAssertEqual(request.headers.fields.last?.name, "X-New")
+        XCTAssertEqual(request.headers.fields[3].name, "X-H3")
+    }
 }
 
 /// `uwsgi_pass` against a fake upstream over loopback: what the client-facing response is made of.
