@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from uwsgi_support.peers import UWSGI, UWSGIApp
+from uwsgi_support.peers import UWSGI, UWSGIApp, Nginx, uwsgi_location
 
 INT_MAX = str(2 ** 63 - 1)  # 19 digits: nginx's NGX_MAX_OFF_T_VALUE
 TWENTY_DIGITS = "1" + "0" * 19
@@ -210,6 +210,27 @@ def test_head_without_an_upstream_length_sends_none(edge):
     after = conn.getresponse()
     assert (after.status, after.read()) == (200, b'{"status":"ok"}')
     conn.close()
+
+
+def test_head_through_nginx_and_a_kernel_worker_keeps_the_length(tmp_path, start_kernel, app):
+    """nginx -> kernel uwsgi listener -> uwsgi_pass -> uWSGI: the worker writes the app's length for HEAD too."""
+    kernel = start_kernel(f"""
+uwsgi:
+  listen: "127.0.0.1:0"
+routing:
+  servers:
+    - locations:
+        - location: /
+          uwsgi_pass: 127.0.0.1:{app.port}
+""", role="both")
+    nginx = Nginx(str(tmp_path), uwsgi_location("/", f"127.0.0.1:{kernel.port('uwsgi')}"))
+    try:
+        get, body = request(nginx.port, "GET", "/parse")
+        head, nothing = request(nginx.port, "HEAD", "/parse")
+        assert (get.status, head.status, nothing) == (200, 200, b"")
+        assert head.getheader("Content-Length") == str(len(body)) == "15"
+    finally:
+        nginx.stop()
 
 
 # One Content-Length limit on both listeners.
