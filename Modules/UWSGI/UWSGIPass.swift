@@ -92,10 +92,10 @@ public struct UWSGIPassConfiguration: Sendable {
         // Repeated fields are joined by their name, case-insensitively, as nginx links them: two names that only
         // map to the same variable (`X-Forwarded-For`, and `X_Forwarded_For` where `underscores_in_headers` lets
         // it in) stay two variables and are never merged into one value.
-        var order: [String] = []
-        var merged: [String: (name: String, values: [String])] = [:]
+        var order: [HeaderName] = []
+        var merged: [HeaderName: (name: String, values: [String])] = [:]
         for (name, value) in request.headers {
-            let key = UWSGIPassConfiguration.asciiLowercased(name)
+            let key = HeaderName(name)
             if merged[key] == nil { order.append(key); merged[key] = (name, []) }
             merged[key]!.values.append(value)
         }
@@ -109,19 +109,17 @@ public struct UWSGIPassConfiguration: Sendable {
         return variables
     }
 
-    /// The name with ASCII letters lowered (nginx's `lowcase_key`; other bytes stay as they are).
-    static func asciiLowercased(_ name: String) -> String {
-        guard name.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) else { return name }
-        var out = ""
-        out.unicodeScalars.reserveCapacity(name.utf8.count)
-        for scalar in name.unicodeScalars {
-            if scalar.value >= 65, scalar.value <= 90 {
-                out.unicodeScalars.append(Unicode.Scalar(UInt8(scalar.value) | 0x20))
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
+    /// A header name compared and hashed without ASCII case (nginx's `lowcase_key`), with no lowered copy made.
+    struct HeaderName: Hashable {
+        let name: String
+
+        init(_ name: String) { self.name = name }
+
+        static func == (a: HeaderName, b: HeaderName) -> Bool { a.name.equalsCaseInsensitive(b.name) }
+
+        func hash(into hasher: inout Hasher) {
+            for byte in name.utf8 { hasher.combine((byte >= 65 && byte <= 90) ? byte | 0x20 : byte) }
         }
-        return out
     }
 
     /// `X-Foo-Bar` → `HTTP_X_FOO_BAR`.
