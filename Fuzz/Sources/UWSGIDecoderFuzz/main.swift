@@ -75,7 +75,7 @@ private func fuzzResponseDecoder(_ bytes: UnsafeBufferPointer<UInt8>, split: Int
     while let part = try? channel.readInbound(as: UWSGIResponsePart.self) {
         if case .head(let head) = part {
             heads += 1
-            precondition((100...999).contains(head.status), "status out of range")
+            precondition((200...999).contains(head.status), "status out of range, or an interim 1xx head passed on")
         }
     }
     precondition(heads <= 1, "more than one response head")
