@@ -45,12 +45,17 @@ public struct HTTPConfiguration: Sendable {
     public var largeHeaderBufferSize = ByteSize(bytes: 8192)
     /// Whether the `Server` header names the version.
     public var serverTokens = true
+    /// Whether `_` is allowed in request header names (nginx `underscores_in_headers`, off: such names are invalid).
+    public var underscoresInHeaders = false
+    /// Whether request header lines with invalid names are dropped (nginx `ignore_invalid_headers`, on).
+    public var ignoreInvalidHeaders = true
 
     public init(listen: [HTTPListenAddress]) { self.listen = listen }
 
     /// Every key of the section, for the docs and error messages.
     public static let keys = ["listen", "client_header_timeout", "client_body_timeout", "send_timeout", "keepalive_timeout",
-                              "keepalive_requests", "client_header_buffer_size", "large_client_header_buffers", "server_tokens"]
+                              "keepalive_requests", "client_header_buffer_size", "large_client_header_buffers", "server_tokens",
+                              "underscores_in_headers", "ignore_invalid_headers"]
 
     /// Decodes the `http:` mapping strictly.
     public static func decode(_ value: ConfigValue) throws -> HTTPConfiguration {
@@ -72,6 +77,8 @@ public struct HTTPConfiguration: Sendable {
             (configuration.largeHeaderBufferCount, configuration.largeHeaderBufferSize) = try decodeLargeBuffers(v)
         }
         if let v = mapping.optional("server_tokens") { configuration.serverTokens = try v.bool() }
+        if let v = mapping.optional("underscores_in_headers") { configuration.underscoresInHeaders = try v.bool() }
+        if let v = mapping.optional("ignore_invalid_headers") { configuration.ignoreInvalidHeaders = try v.bool() }
         try mapping.finish()
         return configuration
     }

@@ -21,6 +21,8 @@ public final class HTTPConnectionSettings: Sendable {
     let maxBufferedInput: Int
     /// `Server: kernel/0.1.0\r\n` or `Server: kernel\r\n`.
     let serverLine: String
+    /// `underscores_in_headers` and `ignore_invalid_headers`.
+    let headerNames: HTTPHeaderNamePolicy
     /// How long unread input is drained after an error response before the socket closes (nginx `lingering_timeout`).
     let lingeringTimeout: TimeAmount = .seconds(5)
 
@@ -37,6 +39,8 @@ public final class HTTPConnectionSettings: Sendable {
                             configuration.clientHeaderBufferSize.bytes)
         maxBufferedInput = max(maxHeadLength, 64 * 1024)
         serverLine = configuration.serverTokens ? "Server: kernel/\(kernelVersion)\r\n" : "Server: kernel\r\n"
+        headerNames = HTTPHeaderNamePolicy(underscoresAllowed: configuration.underscoresInHeaders,
+                                           ignoreInvalid: configuration.ignoreInvalidHeaders)
     }
 }
 
@@ -304,13 +308,15 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                     return
                 case .complete(let start, let end):
                     let parsed = input!.withUnsafeReadableBytes { bytes in
-                        HTTPRequestHeadParser.parse(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+                        HTTPRequestHeadParser.parse(UnsafeRawBufferPointer(rebasing: bytes[start..<end]),
+                                                    names: settings.headerNames)
                     }
                     switch parsed {
                     case .failure(let error):
                         reject(error, context, refused: RefusedRequestLine(input))
                         return
                     case .success(let head):
+                        if !head.ignoredHeaderLines.isEmpty { logIgnoredHeaderLines(head) }
                         input!.moveReaderIndex(forwardBy: end)
                         scanner.reset()
                         startRequest(head, context)
@@ -522,10 +528,13 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             var body: ByteBuffer? = nil
             if case .buffer(let buffer) = response.body, buffer.readableBytes > 0 { body = buffer }
             let length = body?.readableBytes ?? 0
+            // A bodiless answer to HEAD keeps the length its handler declares (a proxied upstream's), as nginx does.
+            let framedLength = current!.isHead && body == nil
+                ? response.headers["Content-Length"].flatMap(ContentLength.parse) ?? 0 : length
             let inline = !suppressBody && length <= 16 * 1024
             var out = context.channel.allocator.buffer(capacity: 192 + response.headers.count * 48 + (inline ? length : 0))
             HTTPResponseHeadWriter.write(status: status, reason: response.reasonPhrase, headers: response.headers,
-                                         framing: bodiless ? .none : .length(length), close: close,
+                                         framing: bodiless ? .none : .length(framedLength), close: close,
                                          serverLine: settings.serverLine, date: date, into: &out)
             if let body, !suppressBody {
                 if inline {
@@ -541,7 +550,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             }
             completeResponse(status: status, bytesSent: suppressBody ? 0 : length, close: close, context)
         case .stream(let stream):
-            let declared = response.headers["Content-Length"].flatMap { Int($0) }.flatMap { $0 >= 0 ? $0 : nil }
+            let declared = response.headers["Content-Length"].flatMap(ContentLength.parse)
             let framing: HTTPBodyFraming
             if bodiless {
                 framing = .none
@@ -938,5 +947,14 @@ struct RefusedRequestLine {
         let split = KernelRequest.splitTarget(target) ?? ("/", "")
         return KernelRequest(method: method, uri: target, path: split.path, query: split.query, version: version,
                              headers: HeaderFields(), connection: connection)
+    }
+}
+
+extension HTTPConnectionHandler {
+    /// nginx's info line for each header line dropped by `ignore_invalid_headers`.
+    fileprivate func logIgnoredHeaderLines(_ head: HTTPRequestHead) {
+        for line in head.ignoredHeaderLines {
+            runtime.logger.info("client sent invalid header line: \"\(line)\" while reading client request headers, client: \(connection.remoteIP), server: \(settings.listener), request: \"\(head.method) \(head.target) \(head.version)\"")
+        }
     }
 }

@@ -64,6 +64,29 @@ enum HTTPByte {
 
     @inline(__always)
     static func lower(_ byte: UInt8) -> UInt8 { (byte >= 0x41 && byte <= 0x5A) ? byte | 0x20 : byte }
+
+    /// The bytes nginx treats as valid in a header name: ASCII letters, digits and `-` (`_` only with
+    /// `underscores_in_headers`). Other bytes make a name invalid, except controls and space, which refuse the line.
+    @inline(__always)
+    static func isPlainNameByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A, 0x2D: return true
+        default: return false
+        }
+    }
+}
+
+/// What nginx does with unusual header names (`underscores_in_headers`, `ignore_invalid_headers`).
+///
+/// A name is *invalid* when it holds a byte other than ASCII letters, digits and `-` (or `_` while underscores are
+/// not allowed): other token characters (`.`, `!`, ...), separators and bytes of 0x80 and above. An invalid name
+/// is dropped with an info line when `ignoreInvalid` is on (the default) and kept as it is otherwise. A name that
+/// starts with a colon, or holds a control byte, DEL or a space, is no header line at all: 400 either way.
+struct HTTPHeaderNamePolicy: Sendable, Equatable {
+    /// nginx `underscores_in_headers` (default off): whether `_` is valid in a header name.
+    var underscoresAllowed = false
+    /// nginx `ignore_invalid_headers` (default on): whether lines with invalid names are dropped.
+    var ignoreInvalid = true
 }
 
 /// Finds the end of a request head while bytes arrive, enforcing the nginx size limits on the way, so that a
@@ -162,6 +185,8 @@ struct HTTPRequestHead {
     var connectionKeepAlive: Bool
     /// `Expect: 100-continue` was sent.
     var expectContinue: Bool
+    /// Header lines dropped for an invalid name (`ignore_invalid_headers`), as `name: value`, for the error log.
+    var ignoredHeaderLines: [String] = []
 
     /// Whether the client allows the connection to stay open after this request.
     var clientWantsKeepAlive: Bool {
@@ -184,8 +209,9 @@ enum HTTPRequestHeadParser {
     private static let continueExpectation: [UInt8] = Array("100-continue".utf8)
     private static let chunked: [UInt8] = Array("chunked".utf8)
 
-    /// `bytes` is the head including its final empty line.
-    static func parse(_ bytes: UnsafeRawBufferPointer) -> Result<HTTPRequestHead, HTTPRequestError> {
+    /// `bytes` is the head including its final empty line; `names` decides what happens to unusual header names.
+    static func parse(_ bytes: UnsafeRawBufferPointer,
+                      names: HTTPHeaderNamePolicy = HTTPHeaderNamePolicy()) -> Result<HTTPRequestHead, HTTPRequestError> {
         guard let base = bytes.baseAddress else { return .failure(.invalidRequestLine) }
         let count = bytes.count
         var position = 0
@@ -218,9 +244,24 @@ enum HTTPRequestHeadParser {
             let first = bytes[line.lowerBound]
             // obs-fold (a continuation line) is rejected, as RFC 9112 §5.2 allows.
             if first == HTTPByte.space || first == HTTPByte.tab { return .failure(.invalidHeaderLine) }
+            // The name as nginx's ngx_http_parse_header_line reads it: up to the first colon; controls, DEL and
+            // spaces refuse the line (no whitespace before the colon, RFC 9112 5.1), other unusual bytes only make
+            // the name invalid. A line without a colon is refused too (nginx would take it as a name with an
+            // empty value).
             var index = line.lowerBound
-            while index < line.upperBound, HTTPByte.isToken(bytes[index]) { index += 1 }
-            guard index > line.lowerBound, index < line.upperBound, bytes[index] == HTTPByte.colon else {
+            var invalidName = false
+            while index < line.upperBound {
+                let byte = bytes[index]
+                if HTTPByte.isPlainNameByte(byte) {
+                    index += 1
+                    continue
+                }
+                if byte == HTTPByte.colon { break }
+                if byte <= HTTPByte.space || byte == 0x7F { return .failure(.invalidHeaderLine) }
+                if byte != UInt8(ascii: "_") || !names.underscoresAllowed { invalidName = true }
+                index += 1
+            }
+            guard index > line.lowerBound, index < line.upperBound else {
                 return .failure(.invalidHeaderLine)
             }
             let nameRange = line.lowerBound..<index
@@ -230,6 +271,12 @@ enum HTTPRequestHeadParser {
             while valueEnd > index, bytes[valueEnd - 1] == HTTPByte.space || bytes[valueEnd - 1] == HTTPByte.tab { valueEnd -= 1 }
             for i in index..<valueEnd where !HTTPByte.isFieldValue(bytes[i]) { return .failure(.invalidHeaderLine) }
             let valueRange = index..<valueEnd
+            if invalidName, names.ignoreInvalid {
+                // Dropped before anything reads it: `X_Forwarded_For` never stands in for `X-Forwarded-For`, nor
+                // `Content_Length` for a length.
+                head.ignoredHeaderLines.append(string(bytes, line.lowerBound..<valueEnd))
+                continue
+            }
             let name = string(bytes, nameRange)
             let value = string(bytes, valueRange)
 
@@ -237,7 +284,7 @@ enum HTTPRequestHeadParser {
                 guard head.contentLength == nil else {
                     return .failure(.badRequest("client sent duplicate header line: \"\(name): \(value)\"", "duplicate Content-Length"))
                 }
-                guard let length = parseDecimal(bytes, valueRange) else {
+                guard let length = ContentLength.parse(UnsafeRawBufferPointer(rebasing: bytes[valueRange])) else {
                     return .failure(.badRequest("client sent invalid \"Content-Length\" header", "invalid Content-Length"))
                 }
                 head.contentLength = length
@@ -375,22 +422,6 @@ enum HTTPRequestHeadParser {
             index += 1
         }
         return index > start ? value : nil
-    }
-
-    /// A Content-Length value: only digits, at most 18 of them (no sign, no spaces, no list).
-    /// Plain decimal digits up to `Int.max` (nginx's `off_t` limit: a larger value is invalid, not "too large").
-    private static func parseDecimal(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
-        guard !range.isEmpty, range.count <= 19 else { return nil }
-        var value = 0
-        for i in range {
-            let byte = bytes[i]
-            guard byte >= 0x30, byte <= 0x39 else { return nil }
-            let (times10, o1) = value.multipliedReportingOverflow(by: 10)
-            let (sum, o2) = times10.addingReportingOverflow(Int(byte - 0x30))
-            guard !o1, !o2 else { return nil }
-            value = sum
-        }
-        return value
     }
 
     @inline(__always)

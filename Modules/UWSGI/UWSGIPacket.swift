@@ -1,10 +1,11 @@
+import KernelCore
 import NIOCore
 
 /// The uwsgi packet header: `modifier1` (u8), the size of what follows (u16, little-endian), `modifier2` (u8).
 ///
 /// A request packet is this header, then `datasize` bytes of variables (each `u16 LE key length, key, u16 LE value
 /// length, value`), then `CONTENT_LENGTH` bytes of body. Only `modifier1 == 0` (a WSGI-style request with a vars
-/// block) is served, as a uWSGI with only the Python plugin loaded does.
+/// block) is served, as a uWSGI with only the Python plugin loaded does, and `modifier1 == 100` (ping) is answered.
 public struct UWSGIPacketHeader: Sendable, Hashable {
     /// The size of the header on the wire.
     public static let size = 4
@@ -14,6 +15,13 @@ public struct UWSGIPacketHeader: Sendable, Hashable {
     public var modifier1: UInt8
     public var dataSize: Int
     public var modifier2: UInt8
+
+    /// `modifier1` of a request with a vars block (WSGI, CGI style).
+    public static let requestModifier: UInt8 = 0
+    /// `modifier1` of a ping (uWSGI `UWSGI_MODIFIER_PING`, sent by `uwsgi --ping` and the nagios plugin).
+    public static let pingModifier: UInt8 = 100
+    /// uWSGI's answer to a ping with no warning message set: `modifier1` 100, an empty body, `modifier2` 1.
+    public static let pingAnswer = UWSGIPacketHeader(modifier1: pingModifier, dataSize: 0, modifier2: 1)
 
     public init(modifier1: UInt8 = 0, dataSize: Int, modifier2: UInt8 = 0) {
         self.modifier1 = modifier1
@@ -123,19 +131,12 @@ public enum UWSGIDecodingError: Error, Sendable, Hashable, CustomStringConvertib
     }
 }
 
-/// Parses `CONTENT_LENGTH`: empty means 0; anything but ASCII digits (`5abc`, `-1`, ` 5`, `+5`) is rejected, where
-/// uWSGI would read the leading digits. At most 18 digits, so the value always fits.
+/// Parses `CONTENT_LENGTH`: empty means 0 (uWSGI reads a missing or empty one so); otherwise `ContentLength.parse`,
+/// the rule the HTTP listener uses too: only ASCII digits (`5abc`, `-1`, ` 5`, `+5` are rejected, where uWSGI would
+/// read the leading digits), at most `Int.max`.
 public func parseUWSGIContentLength(_ text: String) -> Int? {
     if text.isEmpty { return 0 }
-    var value = 0
-    var digits = 0
-    for byte in text.utf8 {
-        guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
-        digits += 1
-        guard digits <= 18 else { return nil }
-        value = value * 10 + Int(byte - UInt8(ascii: "0"))
-    }
-    return value
+    return ContentLength.parse(text)
 }
 
 /// Text of header names and values as received: UTF-8 when the bytes are valid UTF-8, else each byte as the code

@@ -92,19 +92,37 @@ public struct UWSGIPassConfiguration: Sendable {
             variables.append(param.name, value)
         }
         guard passRequestHeaders else { return variables }
-        var order: [String] = []
-        var merged: [String: (name: String, values: [String])] = [:]
+        // Repeated fields are joined by their name, case-insensitively, as nginx links them: two names that only
+        // map to the same variable (`X-Forwarded-For`, and `X_Forwarded_For` where `underscores_in_headers` lets
+        // it in) stay two variables and are never merged into one value.
+        var order: [HeaderName] = []
+        var merged: [HeaderName: (name: String, values: [String])] = [:]
         for (name, value) in request.headers {
-            let key = UWSGIPassConfiguration.variableName(forHeader: name)
+            let key = HeaderName(name)
             if merged[key] == nil { order.append(key); merged[key] = (name, []) }
             merged[key]!.values.append(value)
         }
         let paramNames = Set(params.lazy.map(\.name).filter { $0.hasPrefix("HTTP_") })
-        for key in order where !paramNames.contains(key) && key != "HTTP_TRANSFER_ENCODING" {
+        for key in order {
             let entry = merged[key]!
-            variables.append(key, entry.values.joined(separator: entry.name.equalsCaseInsensitive("Cookie") ? "; " : ", "))
+            let variable = UWSGIPassConfiguration.variableName(forHeader: entry.name)
+            guard !paramNames.contains(variable), variable != "HTTP_TRANSFER_ENCODING" else { continue }
+            variables.append(variable, entry.values.joined(separator: entry.name.equalsCaseInsensitive("Cookie") ? "; " : ", "))
         }
         return variables
+    }
+
+    /// A header name compared and hashed without ASCII case (nginx's `lowcase_key`), with no lowered copy made.
+    struct HeaderName: Hashable {
+        let name: String
+
+        init(_ name: String) { self.name = name }
+
+        static func == (a: HeaderName, b: HeaderName) -> Bool { a.name.equalsCaseInsensitive(b.name) }
+
+        func hash(into hasher: inout Hasher) {
+            for byte in name.utf8 { hasher.combine((byte >= 65 && byte <= 90) ? byte | 0x20 : byte) }
+        }
     }
 
     /// `X-Foo-Bar` → `HTTP_X_FOO_BAR`.
@@ -328,11 +346,18 @@ final class UWSGIUpstreamRequest: @unchecked Sendable {
         }
         let body: ResponseBody
         if let whole = handler.takeWholeBody() {
-            if request.method == "HEAD" || whole.readableBytes == 0 {
-                // The upstream's Content-Length (the length a GET would have) stays for HEAD.
+            if request.method == "HEAD" {
+                // The upstream's Content-Length (the length a GET would have) stays for HEAD, as nginx passes it.
+                // Without one the length is unknown: an empty stream says so, and no length goes out.
+                if head.headers["Content-Length"] != nil {
+                    body = .empty
+                } else {
+                    let eventLoop = self.eventLoop
+                    body = .stream(ResponseBodyStream(next: { eventLoop.makeSucceededFuture(nil) }, cancel: {}))
+                }
+            } else if whole.readableBytes == 0 {
                 body = .empty
-                if head.headers["Content-Length"] == nil, request.method != "HEAD",
-                   !(head.status == 204 || head.status == 304 || (100..<200).contains(head.status)) {
+                if head.headers["Content-Length"] == nil, !(head.status == 204 || head.status == 304) {
                     headers.add("Content-Length", "0")
                 }
             } else {

@@ -21,6 +21,9 @@ public enum UWSGIRequestPart: Sendable {
     case head(UWSGIRequestHead)
     case body(ByteBuffer)
     case end
+    /// A ping (`modifier1` 100, its block read and ignored, as uWSGI's ping plugin does): to be answered with
+    /// `UWSGIPacketHeader.pingAnswer`. Nothing follows it on the connection.
+    case ping
 }
 
 /// Decodes one uwsgi request from a byte stream, incrementally and without trusting any length.
@@ -28,6 +31,7 @@ public enum UWSGIRequestPart: Sendable {
 /// The vars block is parsed only once all of it is buffered, and only if `datasize` is at most `maxBlockSize`
 /// (uWSGI's `buffer-size`), so memory per connection is bounded by it. The body is passed on as it arrives, never
 /// more than `CONTENT_LENGTH` bytes. uwsgi carries one request per connection: bytes after the body are dropped.
+/// A packet with `modifier1` 100 is a ping: its block is read, then `.ping` is emitted instead of a head.
 ///
 /// `next(from:)` and `endOfInput(_:)` need no channel: the worker's connection handler drives them directly, so
 /// that a connection needs no decoding handler of its own. The `ByteToMessageDecoder` conformance serves other
@@ -66,7 +70,7 @@ public struct UWSGIRequestDecoder: ByteToMessageDecoder, Sendable {
                     state = .done
                     throw UWSGIDecodingError.blockTooLarge(size: header.dataSize, maximum: maxBlockSize)
                 }
-                guard header.modifier1 == 0 else {
+                guard header.modifier1 == UWSGIPacketHeader.requestModifier || header.modifier1 == UWSGIPacketHeader.pingModifier else {
                     state = .done
                     throw UWSGIDecodingError.unsupportedModifier(header.modifier1)
                 }
@@ -75,6 +79,10 @@ public struct UWSGIRequestDecoder: ByteToMessageDecoder, Sendable {
                 // An empty block is complete at once: a zero-length slice is always readable.
                 guard let block = buffer.readSlice(length: header.dataSize) else { return nil }
                 headBytesReceived += header.dataSize
+                if header.modifier1 == UWSGIPacketHeader.pingModifier {
+                    state = .done
+                    return .ping
+                }
                 return .head(try finishHead(header, block: block))
             case .body(let remaining, let received, let expected):
                 guard buffer.readableBytes > 0 else { return nil }

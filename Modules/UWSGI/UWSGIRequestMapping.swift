@@ -22,7 +22,7 @@ public enum UWSGIRequestMapping {
         var uwsgiScheme: String?
         var requestScheme: String?
         var https: String?
-        var headers = HeaderFields()
+        var headers = HeaderVariables()
         var variables: [(name: String, value: String)] = []
         var contentType: String?
 
@@ -44,7 +44,7 @@ public enum UWSGIRequestMapping {
             case "HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH": break
             default:
                 if name.hasPrefix("HTTP_"), name.utf8.count > 5 {
-                    headers.add(headerName(fromVariable: name), value)
+                    headers.set(headerName(fromVariable: name), value)
                 } else {
                     variables.append((name, value))
                 }
@@ -87,9 +87,10 @@ public enum UWSGIRequestMapping {
             version = .http1_0
         }
 
-        if let contentType, !contentType.isEmpty { headers.add("Content-Type", contentType) }
+        var fields = headers.fields
+        if let contentType, !contentType.isEmpty { fields.add("Content-Type", contentType) }
         if head.contentLength > 0 || head.variables["CONTENT_LENGTH"].map({ !$0.isEmpty }) == true {
-            headers.add("Content-Length", String(head.contentLength))
+            fields.add("Content-Length", String(head.contentLength))
         }
 
         var client = remoteAddress
@@ -111,8 +112,39 @@ public enum UWSGIRequestMapping {
 
         let connection = ConnectionInfo(protocolName: "uwsgi", listener: listener, remoteAddress: client,
                                         localAddress: localAddress, scheme: scheme)
-        return KernelRequest(method: method, uri: uri, path: path, query: query, version: version, headers: headers,
+        return KernelRequest(method: method, uri: uri, path: path, query: query, version: version, headers: fields,
                              body: nil, connection: connection, variables: variables)
+    }
+
+    /// The headers of the `HTTP_*` variables, where a variable sent twice keeps its last value, as in uWSGI's
+    /// environ: nginx sends `X-Forwarded-For` and (with `underscores_in_headers on`) `X_Forwarded_For` as two
+    /// HTTP_X_FORWARDED_FOR, which must not become one repeated header here. Names come from
+    /// `headerName(fromVariable:)`, so equal variables give equal names; a linear search serves the usual dozen, an
+    /// index takes over for a block with many, so that no vars block costs quadratic time.
+    private struct HeaderVariables {
+        private(set) var fields = HeaderFields()
+        private var index: [String: Int]?
+        private static let indexFrom = 32
+
+        mutating func set(_ name: String, _ value: String) {
+            if index == nil, fields.count >= HeaderVariables.indexFrom {
+                var built: [String: Int] = [:]
+                for (position, field) in fields.fields.enumerated() { built[field.name] = position }
+                index = built
+            }
+            let found: Int?
+            if let index {
+                found = index[name]
+            } else {
+                found = fields.fields.firstIndex(where: { $0.name == name })
+            }
+            if let found {
+                fields.setValue(value, at: found)
+            } else {
+                index?[name] = fields.count
+                fields.add(name, value)
+            }
+        }
     }
 
     /// `HTTP_X_FOO_BAR` → `X-Foo-Bar`. ASCII letters change case; other bytes are kept as they are.

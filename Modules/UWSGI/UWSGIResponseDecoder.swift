@@ -54,8 +54,9 @@ public enum UWSGIResponseError: Error, Sendable, Hashable, CustomStringConvertib
 /// the body, delimited by `Content-Length` or by the connection's end.
 ///
 /// As nginx does, an answer that does not start with a status line is read as CGI-style headers: its status comes
-/// from a `Status` header, else 302 with a `Location`, else 200. Lines may end in CRLF or LF. The head may not
-/// exceed `maxHeadSize` (nginx `uwsgi_buffer_size`).
+/// from a `Status` header, else 302 with a `Location`, else 200. Lines may end in CRLF or LF. Interim `1xx` heads
+/// are skipped. The head (with any interim heads before it) may not exceed `maxHeadSize` (nginx
+/// `uwsgi_buffer_size`).
 public struct UWSGIResponseDecoder: ByteToMessageDecoder, Sendable {
     public typealias InboundOut = UWSGIResponsePart
 
@@ -155,13 +156,22 @@ public struct UWSGIResponseDecoder: ByteToMessageDecoder, Sendable {
         } else {
             status = 200
         }
+        if (100..<200).contains(status) {
+            // An interim answer (100 Continue, 103 Early Hints, and 101 too: the kernel never asks for an upgrade)
+            // is no answer to pass on: its headers are dropped and the final answer is read next. Interim and
+            // final heads count together against `maxHeadSize`, so an endless run of them ends in an error.
+            headers = HeaderFields()
+            statusLine = nil
+            sawFirstLine = false
+            return
+        }
         headers.remove("Status")
         if let encoding = headers["Transfer-Encoding"], !encoding.equalsCaseInsensitive("identity") {
             throw UWSGIResponseError.unsupportedTransferEncoding(encoding)
         }
         var length: Int?
         for value in headers.values("Content-Length") {
-            guard let parsed = parseUWSGIContentLength(value), !value.isEmpty else {
+            guard let parsed = ContentLength.parse(value) else {
                 throw UWSGIResponseError.invalidContentLength(value)
             }
             if let length, length != parsed { throw UWSGIResponseError.invalidContentLength(value) }
@@ -169,7 +179,7 @@ public struct UWSGIResponseDecoder: ByteToMessageDecoder, Sendable {
         }
         context.fireChannelRead(wrapInboundOut(.head(UWSGIResponseHead(status: status, reason: reason, headers: headers))))
         headers = HeaderFields()
-        if isHeadRequest || status == 204 || status == 304 || (100..<200).contains(status) || length == 0 {
+        if isHeadRequest || status == 204 || status == 304 || length == 0 {
             state = .done
             context.fireChannelRead(wrapInboundOut(.end))
         } else if let length {

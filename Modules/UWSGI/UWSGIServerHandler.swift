@@ -159,6 +159,9 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         case .head(let head):
             guard case .waiting = state else { return }
             receivedHead(head, context: context)
+        case .ping:
+            guard case .waiting = state else { return }
+            answerPing(context: context)
         case .body(let part):
             if case .readingBody = state {
                 if bodySink == nil, body == nil, let exchange, part.readableBytes <= exchange.decision.bodyBuffering.bufferSize {
@@ -268,6 +271,16 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         var buffer = context.channel.allocator.buffer(capacity: 256)
         UWSGIResponseWriter.writeHead(response, version: version, method: "GET", to: &buffer)
         if case .buffer(let part) = response.body { buffer.writeImmutableBuffer(part) }
+        send(buffer, context: context).assumeIsolated().whenComplete { [self] _ in closeNow(context) }
+    }
+
+    /// uWSGI's answer to a ping, then the close; a ping is no request, so it is neither routed nor access-logged.
+    private func answerPing(context: ChannelHandlerContext) {
+        state = .responding
+        readDeadline = nil
+        var buffer = context.channel.allocator.buffer(capacity: UWSGIPacketHeader.size)
+        UWSGIPacketHeader.pingAnswer.write(to: &buffer)
+        logger.debug("uwsgi ping, client: \(describeClient(context.channel.remoteAddress))")
         send(buffer, context: context).assumeIsolated().whenComplete { [self] _ in closeNow(context) }
     }
 

@@ -29,6 +29,9 @@ public struct HeaderFields: Sendable, Sequence, ExpressibleByDictionaryLiteral, 
 
     public mutating func add(_ name: String, _ value: String) { fields.append((name, value)) }
 
+    /// Sets the value of the field at `index` (an index of `fields`), keeping its name and place.
+    public mutating func setValue(_ value: String, at index: Int) { fields[index].value = value }
+
     /// Replaces every field called `name` with one field (appended when absent).
     public mutating func replace(_ name: String, _ value: String) {
         if let index = fields.firstIndex(where: { $0.name.equalsCaseInsensitive(name) }) {

@@ -31,6 +31,8 @@ final class HTTPConfigurationTests: XCTestCase {
         XCTAssertEqual(c.largeHeaderBufferCount, 4)
         XCTAssertEqual(c.largeHeaderBufferSize.bytes, 8192)
         XCTAssertTrue(c.serverTokens)
+        XCTAssertFalse(c.underscoresInHeaders)
+        XCTAssertTrue(c.ignoreInvalidHeaders)
     }
 
     func testEveryKey() throws {
@@ -45,6 +47,8 @@ final class HTTPConfigurationTests: XCTestCase {
           client_header_buffer_size: 2k
           large_client_header_buffers: 8 16k
           server_tokens: off
+          underscores_in_headers: on
+          ignore_invalid_headers: off
 
         """)
         XCTAssertEqual(c.listen.map(\.text), ["127.0.0.1:8080", "[::1]:8081", "unix:/tmp/k.sock", "9000"])
@@ -60,6 +64,8 @@ final class HTTPConfigurationTests: XCTestCase {
         XCTAssertEqual(c.largeHeaderBufferCount, 8)
         XCTAssertEqual(c.largeHeaderBufferSize.bytes, 16384)
         XCTAssertFalse(c.serverTokens)
+        XCTAssertTrue(c.underscoresInHeaders)
+        XCTAssertFalse(c.ignoreInvalidHeaders)
     }
 
     func testErrorsNameTheKey() {
@@ -71,9 +77,11 @@ final class HTTPConfigurationTests: XCTestCase {
                        "k.yaml:2:11: http.listen: expected an address such as 127.0.0.1:8080, [::1]:8080, *:8080, 8080 or unix:/path, found \"localhost\"")
         XCTAssertEqual(error("http:\n  client_header_timeout: 5s\n"), "k.yaml:2:3: http: missing required key \"listen\"")
         XCTAssertEqual(error("http:\n  listen: 80\n  keepalive: 5\n"),
-                       "k.yaml:3:3: http.keepalive: unknown key (expected one of: client_body_timeout, client_header_buffer_size, client_header_timeout, keepalive_requests, keepalive_timeout, large_client_header_buffers, listen, send_timeout, server_tokens)")
+                       "k.yaml:3:3: http.keepalive: unknown key (expected one of: client_body_timeout, client_header_buffer_size, client_header_timeout, ignore_invalid_headers, keepalive_requests, keepalive_timeout, large_client_header_buffers, listen, send_timeout, server_tokens, underscores_in_headers)")
         XCTAssertEqual(error("http:\n  listen: 80\n  large_client_header_buffers: 8k\n"),
                        "k.yaml:3:32: http.large_client_header_buffers: expected \"NUMBER SIZE\" such as \"4 8k\", found \"8k\"")
+        XCTAssertEqual(error("http:\n  listen: 80\n  underscores_in_headers: maybe\n"),
+                       "k.yaml:3:27: http.underscores_in_headers: expected true or false, found \"maybe\"")
         XCTAssertEqual(error("http:\n  listen: 80\n  send_timeout: 0\n"),
                        "k.yaml:3:17: http.send_timeout: expected a duration greater than zero, found \"0\"")
         XCTAssertEqual(error("http:\n  listen: [{address: 80, backlog: 0}]\n"),

@@ -56,7 +56,7 @@ let bigBodyLength = 100_000
 
 /// A small router for the codec tests:
 /// `/hello` → 200 "hello"; `/big` → 200 with `bigBodyLength` bytes; `/echo` echoes the body (limit 100 bytes); `/stream`, `/stream-length`, `/stream-broken`
-/// stream "ab" "cd" "ef"; `/slow` answers when the test completes `probe.pendingSlow`; anything else → 404.
+/// stream "ab" "cd" "ef"; `/declared-length` has no body and `Content-Length: 1234`; `/slow` answers when the test completes `probe.pendingSlow`; anything else → 404.
 struct TestRouter: RequestRouter {
     let probe: TestProbe
     let accessLog: AccessLog?
@@ -107,6 +107,10 @@ struct TestRouter: RequestRouter {
                 for field in request.headers { text += "\(field.name)=\(field.value)\n" }
                 return context.eventLoop.makeSucceededFuture(.text(200, text))
             }
+        case "/declared-length":
+            // No body, and the length a GET would have: what `uwsgi_pass` gives for HEAD.
+            handler = StaticResponseHandler(KernelResponse(status: 200, headers: ["Content-Type": "text/plain", "Content-Length": "1234"],
+                                                           body: .empty))
         case "/slow":
             handler = ClosureHandler { _, context in
                 let promise = context.eventLoop.makePromise(of: KernelResponse.self)

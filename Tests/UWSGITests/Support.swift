@@ -27,6 +27,7 @@ struct DecodedRequest {
     var heads: [UWSGIRequestHead] = []
     var body: [UInt8] = []
     var ends = 0
+    var pings = 0
 }
 
 func decoderChannel(maxBlockSize: Int = 4096) throws -> EmbeddedChannel {
@@ -42,6 +43,7 @@ func drainRequest(_ channel: EmbeddedChannel) throws -> DecodedRequest {
         case .head(let head): result.heads.append(head)
         case .body(let part): result.body += Array(part.readableBytesView)
         case .end: result.ends += 1
+        case .ping: result.pings += 1
         }
     }
     return result

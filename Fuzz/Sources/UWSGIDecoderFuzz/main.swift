@@ -60,6 +60,7 @@ private func fuzzRequestDecoder(_ bytes: UnsafeBufferPointer<UInt8>, split: Int)
             precondition(head.variables.encodedSize <= 4096, "vars block over buffer_size accepted")
         case .body(let body): bodyBytes += body.readableBytes
         case .end: precondition(bodyBytes == announced, "body length differs from CONTENT_LENGTH")
+        case .ping: precondition(heads == 0, "a ping after a request head")
         }
     }
     precondition(heads <= 1, "more than one request on a connection")
@@ -74,7 +75,7 @@ private func fuzzResponseDecoder(_ bytes: UnsafeBufferPointer<UInt8>, split: Int
     while let part = try? channel.readInbound(as: UWSGIResponsePart.self) {
         if case .head(let head) = part {
             heads += 1
-            precondition((100...999).contains(head.status), "status out of range")
+            precondition((200...999).contains(head.status), "status out of range, or an interim 1xx head passed on")
         }
     }
     precondition(heads <= 1, "more than one response head")

@@ -25,6 +25,17 @@ def status(code):
     return Response(f"status {code} from the app", status=code, mimetype="text/plain")
 
 
+@app.route("/interim")
+@app.route("/app/interim")
+def interim():
+    """100 Continue and 103 Early Hints ahead of the final answer: `uwsgi.send` writes raw bytes to the connection
+    before uWSGI writes the response's own status line."""
+    import uwsgi  # only inside uWSGI
+    uwsgi.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+    uwsgi.send(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+    return Response("the final answer", status=201, mimetype="text/plain")
+
+
 @app.route("/stream")
 @app.route("/app/stream")
 def stream():
