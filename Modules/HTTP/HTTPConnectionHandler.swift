@@ -430,7 +430,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                     // The whole body arrived with the head and fits the buffer: a slice of the input, no copy.
                     current!.request.body = input!.readSlice(length: remaining)
                 } else {
-                    let sink = bodySink(context)
+                    let sink = bodySink(context, expectedLength: Int64(remaining))
                     let take = min(remaining, available)
                     try sink.append(input!.readSlice(length: take)!)
                     if take < remaining {
@@ -479,9 +479,9 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         dispatch(context)
     }
 
-    private func bodySink(_ context: ChannelHandlerContext) -> RequestBodySink {
+    private func bodySink(_ context: ChannelHandlerContext, expectedLength: Int64? = nil) -> RequestBodySink {
         if let sink = current!.bodySink { return sink }
-        let sink = current!.exchange.makeBodySink(allocator: context.channel.allocator)
+        let sink = current!.exchange.makeBodySink(allocator: context.channel.allocator, expectedLength: expectedLength)
         current!.bodySink = sink
         return sink
     }

@@ -71,6 +71,8 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
     private var body: ByteBuffer?
     /// Where the body goes once it does not: memory up to `client_body_buffer_size`, then a temporary file.
     private var bodySink: RequestBodySink?
+    /// The packet's `CONTENT_LENGTH`: sizes the body sink's memory.
+    private var declaredBodyLength: Int64 = 0
     private var bodyBytesSent = 0
     private var status = 0
     private var stream: ResponseBodyStream?
@@ -171,7 +173,8 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
                 }
                 do {
                     if bodySink == nil, let exchange {
-                        bodySink = exchange.makeBodySink(allocator: context.channel.allocator)
+                        bodySink = exchange.makeBodySink(allocator: context.channel.allocator,
+                                                         expectedLength: declaredBodyLength)
                         if let body { try bodySink!.append(body) }
                         body = nil
                     }
@@ -220,6 +223,7 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
             return
         }
         body = nil
+        declaredBodyLength = Int64(head.contentLength)
         state = .readingBody
     }
 

@@ -128,10 +128,11 @@ public final class RequestExchange: @unchecked Sendable {
     public var requestBodyUse: RequestBodyUse { decision.handler.requestBodyUse }
 
     /// A sink for the body of this request, with the location's `client_body_buffer_size` and temp path.
-    public func makeBodySink(allocator: ByteBufferAllocator) -> RequestBodySink {
+    /// `expectedLength` is the declared body length, when the framing gives one.
+    public func makeBodySink(allocator: ByteBufferAllocator, expectedLength: Int64? = nil) -> RequestBodySink {
         RequestBodySink(buffering: decision.bodyBuffering,
                         tempDirectory: decision.bodyBuffering.tempPath ?? generation.core.defaultClientBodyTempPath,
-                        logger: context.logger, allocator: allocator)
+                        logger: context.logger, allocator: allocator, expectedLength: expectedLength)
     }
 
     private func readBack(_ spooled: SpooledRequestBody, _ request: KernelRequest) -> EventLoopFuture<KernelResponse> {

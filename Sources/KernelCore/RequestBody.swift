@@ -140,14 +140,18 @@ public final class RequestBodySink {
     private let allocator: ByteBufferAllocator
     private var memory: ByteBuffer?
     private var memoryIsOwned = false
+    /// The declared body length, when the framing gives one: the in-memory buffer is sized to it.
+    private let expectedLength: Int64?
     private var descriptor: CInt = -1
     private var path = ""
     /// Body bytes taken so far (Int64: bodies may exceed 4 GiB).
     public private(set) var received: Int64 = 0
 
-    /// `tempDirectory` is the resolved `client_body_temp_path`.
-    public init(buffering: RequestBodyBuffering, tempDirectory: String, logger: Logger, allocator: ByteBufferAllocator) {
+    /// `tempDirectory` is the resolved `client_body_temp_path`; `expectedLength` the declared length, if any.
+    public init(buffering: RequestBodyBuffering, tempDirectory: String, logger: Logger, allocator: ByteBufferAllocator,
+                expectedLength: Int64? = nil) {
         self.buffering = buffering
+        self.expectedLength = expectedLength
         self.tempDirectory = tempDirectory
         self.logger = logger
         self.allocator = allocator
@@ -175,7 +179,11 @@ public final class RequestBodySink {
                 memory = part
             } else {
                 if !memoryIsOwned {
-                    var owned = allocator.buffer(capacity: buffering.bufferSize)
+                    // As nginx sizes its body buffer: the declared length when it fits, never a whole
+                    // `client_body_buffer_size` up front (16m per request for a small body would be mapped and
+                    // unmapped each time); without a length the buffer grows as bytes come.
+                    let wanted = expectedLength.map { min($0, Int64(buffering.bufferSize)) } ?? Int64(held + count)
+                    var owned = allocator.buffer(capacity: max(Int(wanted), held + count))
                     owned.writeImmutableBuffer(memory!)
                     memory = owned
                     memoryIsOwned = true
