@@ -28,6 +28,8 @@ max_len() {
     esac
 }
 
+# Swift's backtracer would take the trap before libFuzzer, which then writes no crash-* file.
+export SWIFT_BACKTRACE=enable=no
 summary=()
 for target in $targets; do
     mkdir -p "corpus/$target" "findings/$target"

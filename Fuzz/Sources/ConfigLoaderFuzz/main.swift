@@ -98,11 +98,3 @@ public func fuzzConfigLoader(_ start: UnsafePointer<UInt8>, _ count: Int) -> CIn
     }
     return 0
 }
-
-/// A failed invariant: print it and trap, so that libFuzzer records the input.
-private func check(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
-    if !condition() {
-        print("ConfigLoaderFuzz: \(message())")
-        fatalError("invariant failed")
-    }
-}

@@ -1,4 +1,7 @@
 /// What every fuzz target shares: libFuzzer's driver and the way an input chooses how it is cut into reads.
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// libFuzzer's driver (linked by `-sanitize=fuzzer`): each target's entry point hands control to it.
 @_silgen_name("LLVMFuzzerRunDriver")
@@ -56,4 +59,14 @@ public struct SplitInput {
 
     /// The target's own control bytes (zero when the input is shorter).
     public let control: [UInt8]
+}
+
+/// A broken invariant: the message goes to stderr (unbuffered, so that it survives the trap), then the process
+/// traps and libFuzzer writes the input to a `crash-*` file.
+public func check(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
+    if !condition() {
+        var text = "invariant failed: \(message())\n"
+        text.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        fatalError("invariant failed")
+    }
 }

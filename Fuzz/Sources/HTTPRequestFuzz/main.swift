@@ -226,16 +226,8 @@ private struct ConnectionRun {
     }
 }
 
-// MARK: - Checks
+// MARK: - Output
 
 private func quoted(_ bytes: [UInt8]) -> String {
     String(decoding: bytes.prefix(2000), as: UTF8.self).debugDescription
-}
-
-/// A failed invariant: print it and trap, so that libFuzzer records the input.
-private func check(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
-    if !condition() {
-        print("HTTPRequestFuzz: \(message())")
-        fatalError("invariant failed")
-    }
 }

@@ -212,11 +212,3 @@ private func canonical(_ bytes: [UInt8], _ type: TensorDataType) -> [UInt8] {
     }
     return result
 }
-
-/// A failed invariant: print it and trap, so that libFuzzer records the input.
-private func check(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
-    if !condition() {
-        print("InferenceCodecFuzz: \(message())")
-        fatalError("invariant failed")
-    }
-}

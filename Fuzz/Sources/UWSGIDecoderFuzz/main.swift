@@ -111,11 +111,3 @@ private func decodeResponse(_ payload: UnsafeBufferPointer<UInt8>, reads: [Range
     check(result.ends <= 1, "more than one end")
     return result
 }
-
-/// A failed invariant: print it and trap, so that libFuzzer records the input.
-private func check(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String) {
-    if !condition() {
-        print("UWSGIDecoderFuzz: \(message())")
-        fatalError("invariant failed")
-    }
-}
