@@ -21,13 +21,6 @@ swift build "${flags[@]}"
 bin=$(swift build "${flags[@]}" --show-bin-path)
 python3 make_seeds.py
 
-max_len() {
-    case $1 in
-        ConfigLoaderFuzz) echo 4096 ;;
-        *) echo 8192 ;;
-    esac
-}
-
 # Swift's backtracer would take the trap before libFuzzer, which then writes no crash-* file.
 export SWIFT_BACKTRACE=enable=no
 summary=()
@@ -38,7 +31,7 @@ for target in $targets; do
     echo "== $target (${bound[*]})"
     log="findings/$target/last-run.log"
     status=0
-    "$bin/$target" "corpus/$target" "${bound[@]}" -max_len="$(max_len "$target")" -timeout=10 -rss_limit_mb=2048 \
+    "$bin/$target" "corpus/$target" "${bound[@]}" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="findings/$target/" -print_final_stats=1 >"$log" 2>&1 || status=$?
     tail -12 "$log"
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")

@@ -24,7 +24,9 @@ private let directory: String = {
     clearenv()
     setenv("FUZZ_PORT", "8080", 1)
     setenv("FUZZ_NAME", "leaf", 1)
-    var template = Array("/tmp/kernel-config-fuzz-XXXXXX".utf8CString)
+    // In memory when there is a tmpfs: rewriting a file on ext4 each run waits for the disk.
+    let base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp"
+    var template = Array("\(base)/kernel-config-fuzz-XXXXXX".utf8CString)
     let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
     precondition(made != nil, "mkdtemp failed")
     let path = String(cString: template)

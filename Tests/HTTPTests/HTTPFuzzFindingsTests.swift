@@ -1,0 +1,87 @@
+import Foundation
+import NIOCore
+import XCTest
+@testable import HTTP
+
+/// Inputs that `Fuzz/Sources/HTTPRequestFuzz` found (base64 of the fuzz input: two split-control bytes, then what
+/// the client sent). Each once gave a different answer when the same bytes arrived in other reads; the head
+/// scanner must answer the same whole and fed one byte more at a time, with the limits the fuzz target uses.
+final class HTTPFuzzFindingsTests: XCTestCase {
+    private let maxLine = 256
+    private let maxHead = 1024
+
+    /// The scanner's outcome over `payload` at once, and over every prefix of it in turn (stopping at the first
+    /// answer), as a slow client's reads would give it.
+    private func outcomes(_ payload: [UInt8]) -> (whole: HTTPHeadScanner.Outcome, byByte: HTTPHeadScanner.Outcome) {
+        var whole = HTTPHeadScanner(maxLineLength: maxLine, maxHeadLength: maxHead)
+        let wholeOutcome = payload.withUnsafeBytes { whole.scan($0) }
+        var split = HTTPHeadScanner(maxLineLength: maxLine, maxHeadLength: maxHead)
+        var splitOutcome = HTTPHeadScanner.Outcome.needMore
+        for end in 1...payload.count where splitOutcome == .needMore {
+            splitOutcome = payload.withUnsafeBytes { split.scan(UnsafeRawBufferPointer(rebasing: $0[0..<end])) }
+        }
+        return (wholeOutcome, splitOutcome)
+    }
+
+    private func payload(_ base64: String) -> [UInt8] {
+        Array(Data(base64Encoded: base64)!.dropFirst(2))
+    }
+
+    /// A request line longer than the limit whose method has a byte no method has: 400 (not 414), however cut.
+    func testLongRequestLineWithAnInvalidMethodIs400HoweverCut() {
+        let bytes = payload(
+            "QUFBQUFB1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU" +
+            "1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NRBQUFBUVFRUVFRUVFRUVFfUS4u09M0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0" +
+            "NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0" +
+            "NDQ0NDQ0NDQ0NDQ0NDTT09PTLi4uLi4uLlFaR0VUIC8lAAAK")
+        let (whole, byByte) = outcomes(bytes)
+        XCTAssertEqual(whole, .failure(.invalidRequestLine))
+        XCTAssertEqual(byByte, whole)
+    }
+
+    /// A header line exactly at the limit whose CR and LF arrive apart is not too long.
+    func testHeaderLineAtTheLimitIsNotTooLongWhenItsCRArrivesAlone() {
+        let bytes = payload(
+            "AAdQT1NUIC9UcmVhY25zZmVyLUVKbm9zdGhvIEhUVFAvMS4xDQr////////////ExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMQN" +
+            "Cv///////////8TExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExIEAAADExMTExMTExMTEAgICAgICAgICAgICAgICAgICAgICAgIC" +
+            "AhICAgICAgJvgQAAAMTExMTExMTExMQCAgICAgICAgICAgICAgICAgICAgICAgICEgICAgICAm9kaW5nOiBDaHVua2VkDQICAgICAgICAgICAgIC" +
+            "AgICU2V0AgICAgICAgICAgICAgICAgICAgICAsTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExHQtTGVubmc6IGNo" +
+            "dW5rZWQNCg0K")
+        let (whole, byByte) = outcomes(bytes)
+        guard case .complete(let start, let end) = whole else { return XCTFail("\(whole)") }
+        XCTAssertEqual(byByte, whole)
+        let parsed = bytes.withUnsafeBytes { HTTPRequestHeadParser.parse(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
+        guard case .failure(let error) = parsed else { return XCTFail("parsed \(parsed)") }
+        XCTAssertEqual(error, .invalidHeaderLine)
+    }
+
+    /// A long header line that starts near the end of the head's room: the head's limit is reached first, whole
+    /// or cut.
+    func testLongHeaderLineNearTheEndOfTheHeadIsHeadTooLargeHoweverCut() {
+        let bytes = payload(
+            "A1pHR0VUIC9oZWxsbyBIVFRQLzEuMg0KSG9zdDogdGVzdA0KDSdFVCAvaGVsbG8gSFRUUC8xRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZG" +
+            "RkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkYuMg0KSG9z/3QHAFBPU1QgL2hvIEhUVFAvMS4xDQpIb3N0OiB0ZXN0" +
+            "DQpFeHBnY3Q6IDFlbnRpbnUgdGVzQ2hhcmFjdGV0DQpFeP9nY3Q6IDF0ZWVudC1MZW5ndHRlc3QNClRyYW5zZmVyLUVuY29kaW5naDpFeHANCkVj" +
+            "Onh0Z3AgMWVVbmVudC1MZW5ndHRlZW50LUxlbmd0dGVzdA0AAADfbnNmZXItRW5jb2RpbnQ6IHRlc3QNCkV4cGdjdDogMf9vZW50aW51IHRlc0No" +
+            "YXJhY3RldA0KRXhwZ2N0IG4tY3RSYW5naW51IHRlc3QNCkV4cGdjdDogyJpudGludUV4cA0KRWM6eHRncCAxZXN0YW5zdDogdGVzdA0KRXhwZ2N0" +
+            "OiAx/29lbnRpbnUgdGVzQ2hhcmFjdGV0DQpFeHBnY3Q6IDFldGVuZEZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZG" +
+            "LjINCkhvc/90BwBQT1NUIC9obyBIVFRQLzEuMQ0KSG9zdDogdGVzdA0KRXhwZ2N0OiAxZW50aW51IHRlc0NoYXJhY3RldA0KRXj/Z2N0OiAxdGVl" +
+            "bnQtTGVuZ3R0ZXN0DQpUcmFuc2Zlci1FbmNvZGluZ2g6RXhwDQpFYzp4dGdwIDFlVW5lbnQtTGVuZ3R0ZWVudC1MZW5ndHRlc3QNAAAA325zZmVy" +
+            "LUVuY29kaW50OiB0ZXN0DQpFeHBnY3Q6IDH/b2VudGludSB0ZXNDaGFyYWN0ZXQNCkV4cGdjdCBuLWN0UmFuZ2ludSB0ZXN0DQpFeHBnY3Q6IMia" +
+            "bnRpbnVFeHANCkVjOnh0Z3AgMWVzdGFuc3Q6IHRlc3QNCkV4cGdjdDogMf9vZW50aW51IHRlc0NoYXJhY3RldA0KRXhwZ2N0OiAxZXRlbmQtTGVu" +
+            "Z/////////////////////////////////////////////////////////8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" +
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA////" +
+            "////////////////////////////////////////////////////////////////////////LUxlbmf/////////////////////////////////" +
+            "////////////////////////AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" +
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAP//////////////////////////////////////" +
+            "//////////////////////////////////////90dGVzdA0KVHJhbnRlc3NmZXItRW5jb2RpbnQ6IHRlc3QNCkV4cGdjdDogMP9vZW50aW51IHRl" +
+            "c0NoYXJhY3RldA0KRXhwZ2N0OiAxZf8/bnQtTGVuZ3R0ZXN0DQpUcmFuc2Zlci1FbmNvZGluZ2g6RXhwDQpFeHBnY3Q6IDFlbmZlcpJFbmNveHB0" +
+            "Om8xMDAgbi1jdGludSB0ZQAAAN9FeHCinIvF3zdlkXRpUE9TVCAvZWNobyBIVFRQLzEuMQ0KSG9zdDogdGVzdA0KVHJhbnNmZW518vLy8vLy8kV4" +
+            "cA0KRWM6dUV4cA0KRWM6eHRncCAxZW50aW51IHQNClRyYW5zZmVyLUVuY29kaW5naDpFeHANCkV4cGdjdDogMmVuZmVykkVuY29kaW5naDpFeHB0" +
+            "Om8xMDAgbi1jdGtudSB0ZQAAAN9FeCpwopyLxd83ZZF0aW51RXhwDQpFYzp4dGdwIDFlbnRpbnUgbnUgdGVzdA0KZ2N0OiAxZXRMbmUtdGVuZ3R0" +
+            "ZXN0YW4=")
+        let (whole, byByte) = outcomes(bytes)
+        XCTAssertEqual(whole, .failure(.headTooLarge))
+        XCTAssertEqual(byByte, whole)
+    }
+}
