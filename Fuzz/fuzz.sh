@@ -37,8 +37,11 @@ for target in $targets; do
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
     last=$(grep -E '^#[0-9]+' "$log" | tail -1 | grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9a-zA-Z]+' || true)
-    result="no finding"
-    [ "$status" -eq 0 ] || result="FINDING (exit $status), see $log"
+    case $status in
+        0) result="no finding" ;;
+        72) result="interrupted" ;;  # libFuzzer's -interrupted_exitcode
+        *) result="FINDING (exit $status), see $log" ;;
+    esac
     summary+=("$target: ${execs:-?} execs, ${rate:-?} exec/s, ${last:-no stats}, $result")
 done
 echo "== summary"

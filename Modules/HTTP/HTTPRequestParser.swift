@@ -153,9 +153,13 @@ struct HTTPHeadScanner {
     private func checkPartial(_ count: Int) -> Outcome {
         // One byte more than the limits: a CR at the end may begin the line ending, which neither limit counts, so
         // that a line or head just at its limit is not refused because its CR and LF arrived apart.
-        if count - lineStart > maxLineLength + 1 { return .failure(lines == 0 ? .requestLineTooLong : .headerLineTooLong) }
-        if count - headStart > maxHeadLength + 1 { return .failure(lines == 0 ? .requestLineTooLong : .headTooLarge) }
-        return .needMore
+        let lineOver = count - lineStart > maxLineLength + 1
+        let headOver = count - headStart > maxHeadLength + 1
+        guard lineOver || headOver else { return .needMore }
+        if lines == 0 { return .failure(.requestLineTooLong) }
+        // Past both: the limit the bytes reached first, whatever the size of the read that passed them.
+        if headOver, !lineOver || headStart + maxHeadLength < lineStart + maxLineLength { return .failure(.headTooLarge) }
+        return .failure(.headerLineTooLong)
     }
 }
 

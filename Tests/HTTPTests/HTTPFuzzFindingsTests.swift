@@ -84,4 +84,28 @@ final class HTTPFuzzFindingsTests: XCTestCase {
         XCTAssertEqual(whole, .failure(.headTooLarge))
         XCTAssertEqual(byByte, whole)
     }
+
+    /// A head that ends in an unfinished header line past both limits: the head's limit, reached first, decides
+    /// (not the read that happened to pass both at once).
+    func testUnfinishedLineAcrossBothLimitsIsHeadTooLargeHoweverCut() {
+        let bytes = payload(
+            "A1pQT1NUIC9lY2hvIEhUVFAvMS4xDQpIb3N0OiB0IGNob2VudGludA0KVHJhbnNmZXItRW5jb2RpbmdoOkV4cA0KRWM6eHRncCAxZVVuZW50LUxl" +
+            "bmd0dGVzdA0KVHJhbnNmZXItRW5jb2RpbmdoOkV4cA0KRWM6eHRncCAwZVVuc2FmdXRCc2UNCkV4cGdjdDogMmV0ZW50LUxlbmd0dGVzbnQtTGVu" +
+            "Z3R0ZXN0DQpUcmFuc2Zlci1FbmNvZGluZ2g6RXhwDUB8fHx8R2N0OiAwZW5mZXKSRW5jb2RpbmdoOkV4cGdjdDpvMTAwIG4gaW50Y3UtdGVzdA0K" +
+            "RXhwZ2N0OiDImm50aW51RXhwDQpFYzp4dGdwIDFlbnRpbnUgdGVzdA0KRXhwZ2N0OiAxZXRlbnQtTGVuZ3R0ZXN0YW5zdDogdGVzdA0KRXhwZ2N0" +
+            "OiAyZW50aW51IHRlc0NoYXJhY09TVCAvaG8gSFRUUC8xLjENIApIb3M6dHRlc3QNCkV4cGdjdHQtTGVuZy1MZW5ndHRlc3QNClRyYW5zZmVyLUVu" +
+            "Y29kaW5naDpkaW5naDpFeHBnY3Q6bzEwMCBuLWN0aW51IHRlc3QNCkV4cGdjdDogyJpudGludUV4cA0KRWM6eHRncCAxZXRuaW51IHRlc3QNCkV4" +
+            "cGdjdDogMWV0ZW50LUxlbmd0dGVzdGFuc3Q6IHRlc3QNCkV4cGdjdDogMWVudGludSB0ZXNDaGFyYWN0AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" +
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" +
+            "AAAAAAAAAAAAAAAAAGWmdA0KRXhwZ2N0OiAxZXRlbnQtTGVuZ3R0ZXMgdGVzdA0KRW54cGdjdDogc2FmZUJ1c3hwZ2N0OiAxZXR0ZXN0YW5zdDog" +
+            "dGVzdA0KRXhwZ2N0OiAx/09TVCAvZWNUcmFlci1Fbm9zdGhvIEhUVFADWlQgLzEuMQ0KSHQ6IHRldA0KQ29ubnRldC1MZW5ndGg6IDMNClRyYW5z" +
+            "ZmVyLUVub3N0OiB0ZXN0DQpDb250ZW50LWc6IGNodW5rZW5zZmVyLUVub3N0aG8gSFRUUC8xLjENCkh0OiBvZS8uKS90Yy8uLi8uKS9pbnNwZWN0" +
+            "Ly4vY3QveC94Ly4veS8uLi8uKS9pbnNwZWN0Ly4veS8uLhguKS90Y3AvLi9TdG4vIEhUVFAvAAAAeS8uLi8uKS90Yy8uLi8uKS9pbnNwZWN0Ly4v" +
+            "Y3QveC94Ly4veS8uLi8uKS9pbnNwZWN0Ly4veS8uLhguKS90Y3BlL2lzbng9eT0lMTkuL3kvLi4vLikvaW4uKXkvLi4vLikvaW5zcGJjdC94L3gv" +
+            "Li95Ly4uLy8uL3kvLi4vLikvaW5zcGVjdC8uL3kvLi4YLikvdGNwZS9pc254PXk9JTE5Li95Ly4uLy4pL2luLil5Ly4AdGludSB0ZXN0DXNwYmN0" +
+            "L3gveC8uL3kvLi4vLik=")
+        let (whole, byByte) = outcomes(bytes)
+        XCTAssertEqual(whole, .failure(.headTooLarge))
+        XCTAssertEqual(byByte, whole)
+    }
 }

@@ -31,9 +31,10 @@ public func fuzzUWSGIDecoders(_ start: UnsafePointer<UInt8>, _ count: Int) -> CI
     return 0
 }
 
-/// What a decoder made of an input: heads as text, the body bytes joined, whether it ended, its error.
+/// What a decoder made of an input: each head as its fields in order, the body bytes joined, whether it ended,
+/// its error.
 private struct Decoded: Equatable {
-    var heads: [String] = []
+    var heads: [[String]] = []
     var body: [UInt8] = []
     var ends = 0
     var error: String?
@@ -53,7 +54,9 @@ private func decodeRequest(_ payload: UnsafeBufferPointer<UInt8>, reads: [Range<
             check(head.variables.encodedSize <= maxBlock, "vars block over buffer_size accepted")
             check(head.contentLength >= 0, "negative CONTENT_LENGTH")
             announced = head.contentLength
-            result.heads.append("\(head.modifier1) \(head.modifier2) \(head.contentLength) \(head.variables.map { "\($0.name)=\($0.value)" })")
+            var fields = [String(head.modifier1), String(head.modifier2), String(head.contentLength)]
+            for variable in head.variables { fields += [variable.name, variable.value] }
+            result.heads.append(fields)
         case .body(let body):
             check(!result.heads.isEmpty && result.ends == 0, "body outside a request")
             result.body += body.readableBytesView
@@ -86,7 +89,9 @@ private func decodeResponse(_ payload: UnsafeBufferPointer<UInt8>, reads: [Range
             case .head(let head):
                 check(result.heads.isEmpty, "more than one response head")
                 check((100...999).contains(head.status), "status out of range")
-                result.heads.append("\(head.status) \(head.reason ?? "-") \(head.headers.map { "\($0.name)=\($0.value)" })")
+                var fields = [String(head.status), head.reason ?? "-"]
+                for field in head.headers { fields += [field.name, field.value] }
+                result.heads.append(fields)
             case .body(let body):
                 check(!result.heads.isEmpty && result.ends == 0, "body outside a response")
                 check(!isHead, "a body after the head of a HEAD answer")
