@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import KernelConfig
 import XCTest
 @testable import HTTP
 
@@ -107,5 +108,29 @@ final class HTTPFuzzFindingsTests: XCTestCase {
         let (whole, byByte) = outcomes(bytes)
         XCTAssertEqual(whole, .failure(.headTooLarge))
         XCTAssertEqual(byByte, whole)
+    }
+
+    /// A HEAD whose request line is too long: 414 without a body, whether the line was refused before it ended
+    /// (its method known, its version not yet) or whole.
+    func testTooLongHeadRequestLineGets414WithoutBodyHoweverCut() throws {
+        let bytes = payload(
+            "A1pIRUFEIC9oZWxsYmN0L3gveC8uL3kvLi4vLikvaW5zcGVjdC8uL3kvLi5pbnNwYmN0L3gveC8uL3kvLi4vLi95Ly4uLy4pL2luc254PXk9JTE5" +
+            "Li95Ly4uLy4pL2luc3BlY3QvLi95Ly4uLy4pLz15PSUxOS4veS8uLi8uKS9pbnNwZWN0Ly4vY3QveC94Ly4veS8uLi8uKS9pbnNwZWN0Ly4veS8u" +
+            "Li8uKS90Y3BlL2lzbng9eT0lMTkuL3kvLi4vLikvaW5zcGVjdC8uL3kvLi4vLi4vLikvaW5zcGVjdC8uL3kvLi4vLikvdGNwZS9pc254PXk9JTE5" +
+            "Li95Ly4uLy4pL2luc3BlY3QvLi9jdC94L3gvLi95Ly4uLy4pL2luc3BlY3QvLi95Ly4uLy4pL3RjcGUvaXNueD15PSUxOS4veS8uLi8uKS9pbi4p" +
+            "eS8uLi8uKS9pbnNwYmN0L2luc3BlY3QvLi95Ly4uLy4pL3RjcGUvaXNueD15PSUxOS4veS8uLi8uKS9pbnNwZWN0Ly4veS8uLi8uLi8uKS9pbnNw" +
+            "ZWN0Ly4veS8uLi8uKS90Y3BlL2lzbng9eT0lMTkuL3kvLi4vLikvaW5zcGVjdC8uL2N0L3gveC8uL3kvLi4vLikvaW5zcGVjdC8uL3kvLi4vLikv" +
+            "dGNwZS9pc254PXk9JTE5Li95Ly4uLy4pL2luLil5Ly4uLy4pL2luc3BiY3QveC94Ly4veS8uLi8uKS9pbnNwZWN0Ly4veS8uLi8uCS90Y3BlL2lz" +
+            "bng9eW8gSFRUUC8xLjENCkhvc3Q6IHRlc3QNCg0K")
+        let expected = response("414 Request-URI Too Large", ["Content-Type: application/json", "Content-Length: 33"], close: true)
+        for firstRead in [bytes.count, 300] {
+            let h = try HTTPHarness {
+                $0.clientHeaderBufferSize = ByteSize(bytes: 1024)
+                $0.largeHeaderBufferSize = ByteSize(bytes: 256)
+            }
+            try h.send(bytes: Array(bytes[..<firstRead]))
+            if h.isOpen, firstRead < bytes.count { try h.send(bytes: Array(bytes[firstRead...])) }
+            XCTAssertEqual(try h.output(), expected, "first read \(firstRead) bytes")
+        }
     }
 }
