@@ -13,8 +13,13 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "kernel", targets: ["Kernel"]),
-        // The uwsgi codec as a library: the fuzz package (Fuzz/) links it.
+        // The decoders as libraries: the fuzz package (Fuzz/) links them.
         .library(name: "UWSGI", targets: ["UWSGI"]),
+        .library(name: "HTTP", targets: ["HTTP"]),
+        .library(name: "Inference", targets: ["Inference"]),
+        .library(name: "KernelConfig", targets: ["KernelConfig"]),
+        .library(name: "KernelCore", targets: ["KernelCore"]),
+        .library(name: "Routing", targets: ["Routing"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

@@ -1,28 +1,51 @@
 #!/usr/bin/env bash
-# Builds the fuzz targets with libFuzzer and runs each for a bounded time (FUZZ_SECONDS, default 60).
-# Findings (crash-*, leak-*, timeout-*) land in Fuzz/findings/; the corpus grows in Fuzz/corpus/<target>/.
+# Builds the fuzz targets with libFuzzer and runs each for a bounded time, one after the other.
+#
+#   FUZZ_SECONDS   seconds per target (default 60)
+#   FUZZ_RUNS      stop a target after this many executions instead (e.g. 10000000), when set
+#   FUZZ_TARGETS   the targets to run (default: all four)
+#   FUZZ_SANITIZE  the -sanitize= list (default fuzzer; fuzzer,address adds AddressSanitizer, in .build-asan/)
+#
+# Seeds come from the test vectors (make_seeds.py); the corpus grows in Fuzz/corpus/<target>/ and findings
+# (crash-*, leak-*, timeout-*, oom-*) land in Fuzz/findings/<target>/, with each run's log beside them.
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${FUZZ_SECONDS:-60}
-swift build -c release -Xswiftc -sanitize=fuzzer -Xswiftc -parse-as-library --product UWSGIDecoderFuzz
-bin=$(swift build -c release -Xswiftc -sanitize=fuzzer -Xswiftc -parse-as-library --show-bin-path)
-mkdir -p corpus/UWSGIDecoderFuzz findings
-# Seeds: a valid nginx-shaped request and a uWSGI-shaped answer.
-python3 - corpus/UWSGIDecoderFuzz <<'PY'
-import struct, sys, os
-out = sys.argv[1]
-def packet(pairs, body=b""):
-    block = b"".join(struct.pack("<H", len(k)) + k + struct.pack("<H", len(v)) + v for k, v in pairs)
-    return b"\x00" + struct.pack("<H", len(block)) + b"\x00" + block + body
-seeds = {
-    "request": packet([(b"REQUEST_METHOD", b"POST"), (b"REQUEST_URI", b"/v1/parse?x=1"), (b"CONTENT_LENGTH", b"5"),
-                       (b"HTTP_HOST", b"localhost")], b"hello"),
-    "response": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
-    "cgi": b"Status: 404 Not Found\r\nContent-Length: 0\r\n\r\n",
-}
-for name, data in seeds.items():
-    with open(os.path.join(out, "seed-" + name), "wb") as f:
-        f.write(data)
-PY
-"$bin/UWSGIDecoderFuzz" corpus/UWSGIDecoderFuzz -max_total_time="$seconds" -max_len=8192 -timeout=10 \
-    -rss_limit_mb=2048 -artifact_prefix=findings/ -print_final_stats=1 2>&1 | tee findings/last-run.log | tail -25
+targets=${FUZZ_TARGETS:-"HTTPRequestFuzz InferenceCodecFuzz ConfigLoaderFuzz UWSGIDecoderFuzz"}
+sanitize=${FUZZ_SANITIZE:-fuzzer}
+scratch=.build
+[ "$sanitize" = fuzzer ] || scratch=.build-asan
+# -enable-testing: the targets reach the internal parsers through `@testable import`.
+flags=(-c release --scratch-path "$scratch" -Xswiftc "-sanitize=$sanitize" -Xswiftc -parse-as-library -Xswiftc -enable-testing)
+swift build "${flags[@]}"
+bin=$(swift build "${flags[@]}" --show-bin-path)
+python3 make_seeds.py
+
+# Swift's backtracer would take the trap before libFuzzer, which then writes no crash-* file.
+export SWIFT_BACKTRACE=enable=no
+summary=()
+for target in $targets; do
+    mkdir -p "corpus/$target" "findings/$target"
+    bound=(-max_total_time="$seconds")
+    [ -n "${FUZZ_RUNS:-}" ] && bound=(-runs="$FUZZ_RUNS")
+    echo "== $target (${bound[*]})"
+    log="findings/$target/last-run.log"
+    status=0
+    "$bin/$target" "corpus/$target" "${bound[@]}" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="findings/$target/" -print_final_stats=1 >"$log" 2>&1 || status=$?
+    tail -12 "$log"
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
+    last=$(grep -E '^#[0-9]+' "$log" | tail -1 | grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9a-zA-Z]+' || true)
+    case $status in
+        0) result="no finding" ;;
+        72) result="interrupted" ;;  # libFuzzer's -interrupted_exitcode
+        *) result="FINDING (exit $status), see $log" ;;
+    esac
+    summary+=("$target: ${execs:-?} execs, ${rate:-?} exec/s, ${last:-no stats}, $result")
+done
+echo "== summary"
+printf '%s\n' "${summary[@]}"
+for line in "${summary[@]}"; do
+    case $line in *FINDING*) exit 1 ;; esac
+done

@@ -775,7 +775,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
                                      date: dateCache.current(), into: &out)
         // A head refused before it became a request still names its method and target in its first line: that
         // decides whether a body goes out (HEAD) and what the access log of the server it was for records.
-        let isHead = current?.isHead ?? refusedLine?.isHead ?? false
+        let isHead = current?.isHead ?? refusedLine?.isHead ?? RefusedRequestLine.startsWithHead(input)
         if !isHead { out.writeImmutableBuffer(body) }
         context.write(wrapOutboundOut(out), promise: nil)
         let bodyBytesSent = isHead ? 0 : body.readableBytes
@@ -941,6 +941,12 @@ struct RefusedRequestLine {
     }
 
     var isHead: Bool { method == "HEAD" }
+
+    /// Whether unconsumed input begins with `HEAD `: a request line refused before it ended still shows its
+    /// method, and a HEAD is answered without a body however much of the line had arrived.
+    static func startsWithHead(_ input: ByteBuffer?) -> Bool {
+        input?.readableBytesView.starts(with: "HEAD ".utf8) ?? false
+    }
 
     /// A request for the access log only: routed to the default server, with the target's path when it has one.
     func request(connection: ConnectionInfo) -> KernelRequest? {

@@ -150,7 +150,15 @@ struct HTTPHeadScanner {
                 }
                 return .complete(start: headStart, end: position)
             }
-            if length > maxLineLength { return .failure(lines == 0 ? .requestLineTooLong : .headerLineTooLong) }
+            if length > maxLineLength {
+                // What the limit's worth of bytes shows decides, as when the line arrives in pieces (below).
+                if lines == 0, !HTTPRequestHeadParser.requestLinePrefixIsPlausible(bytes, lineStart..<lineStart + maxLineLength) {
+                    return .failure(.invalidRequestLine)
+                }
+                // The limit its bytes reach first: the whole head's when the line starts near its end.
+                if lines > 0, lineStart + maxLineLength > headStart + maxHeadLength { return .failure(.headTooLarge) }
+                return .failure(lines == 0 ? .requestLineTooLong : .headerLineTooLong)
+            }
             if lines == 0, case .failure(let error) = HTTPRequestHeadParser.checkRequestLine(bytes, lineStart..<lineEnd) {
                 return .failure(error)
             }
@@ -158,16 +166,23 @@ struct HTTPHeadScanner {
             lineStart = position
             if position - headStart > maxHeadLength { return .failure(.headTooLarge) }
         }
-        if lines == 0, !HTTPRequestHeadParser.requestLinePrefixIsPlausible(bytes, lineStart..<count) {
+        // Only the first `maxLineLength` bytes are judged, so that the answer does not depend on how the line is cut.
+        if lines == 0, !HTTPRequestHeadParser.requestLinePrefixIsPlausible(bytes, lineStart..<min(count, lineStart + maxLineLength)) {
             return .failure(.invalidRequestLine)
         }
         return checkPartial(count)
     }
 
     private func checkPartial(_ count: Int) -> Outcome {
-        if count - lineStart > maxLineLength { return .failure(lines == 0 ? .requestLineTooLong : .headerLineTooLong) }
-        if count - headStart > maxHeadLength { return .failure(lines == 0 ? .requestLineTooLong : .headTooLarge) }
-        return .needMore
+        // One byte more than the limits: a CR at the end may begin the line ending, which neither limit counts, so
+        // that a line or head just at its limit is not refused because its CR and LF arrived apart.
+        let lineOver = count - lineStart > maxLineLength + 1
+        let headOver = count - headStart > maxHeadLength + 1
+        guard lineOver || headOver else { return .needMore }
+        if lines == 0 { return .failure(.requestLineTooLong) }
+        // Past both: the limit the bytes reached first, whatever the size of the read that passed them.
+        if headOver, !lineOver || headStart + maxHeadLength < lineStart + maxLineLength { return .failure(.headTooLarge) }
+        return .failure(.headerLineTooLong)
     }
 }
 

@@ -1,82 +1,123 @@
+import FuzzSupport
 import NIOCore
 import NIOEmbedded
 import UWSGI
-
-/// libFuzzer's driver, called from the executable's entry point below.
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(
-    _ argc: UnsafeMutablePointer<CInt>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
-) -> CInt
 
 /// SwiftPM links an executable target with its `main` renamed to `<target>_main`; this is it, handing control to
 /// libFuzzer (whose own `main` is then not linked).
 @_cdecl("UWSGIDecoderFuzz_main")
 public func fuzzerMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    var count = argc
-    var arguments = argv
-    return LLVMFuzzerRunDriver(&count, &arguments) { data, size in fuzzUWSGIDecoders(data, size) }
+    runFuzzer(argc, argv) { data, size in fuzzUWSGIDecoders(data, size) }
 }
 
-/// libFuzzer's entry point: the input is fed to the uwsgi request decoder (in two reads split where the first byte
-/// says, to exercise the incremental paths) and to the upstream response decoder. Any decoding error is fine;
-/// a crash, a hang, a leak or an over-long body is a finding.
+/// libFuzzer's entry point. The payload (after the split bytes, see `SplitInput`, and one byte whose low bit makes
+/// the answer one to `HEAD`) goes to the uwsgi request decoder (the worker side, driven as its connection handler
+/// drives it) and to the upstream response decoder (the `uwsgi_pass` side, in a `ByteToMessageHandler`), each
+/// fed the payload whole and then in the reads the split bytes choose. Besides the same parts both ways, it
+/// checks: at most one head, no vars block over `buffer_size` accepted, never more body than `CONTENT_LENGTH`,
+/// a body ending exactly at `CONTENT_LENGTH`, final statuses 200-999 (interim 1xx heads are skipped), no body after a HEAD's head. Any decoding error
+/// is fine; a crash, a hang or a broken invariant is a finding.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzUWSGIDecoders(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
-    let bytes = UnsafeBufferPointer(start: start, count: count)
-    let split = count > 0 ? Int(bytes[0]) % (count + 1) : 0
-    fuzzRequestDecoder(bytes, split: split)
-    fuzzResponseDecoder(bytes, split: split)
+    let input = SplitInput(start, count, controlBytes: 1)
+    let whole: [Range<Int>] = input.payload.isEmpty ? [] : [0..<input.payload.count]
+    let isHead = input.control[0] & 1 == 1
+    let request = decodeRequest(input.payload, reads: whole)
+    let response = decodeResponse(input.payload, reads: whole, isHead: isHead)
+    // A payload in one read is already the whole run.
+    guard input.reads.count > 1 else { return 0 }
+    check(request == decodeRequest(input.payload, reads: input.reads), "request decoder parts differ when the input is split")
+    check(response == decodeResponse(input.payload, reads: input.reads, isHead: isHead), "response decoder parts differ when the input is split")
     return 0
 }
 
-private func feed(_ channel: EmbeddedChannel, _ bytes: UnsafeBufferPointer<UInt8>, split: Int) {
-    var first = channel.allocator.buffer(capacity: split)
-    first.writeBytes(UnsafeBufferPointer(rebasing: bytes[..<split]))
-    var second = channel.allocator.buffer(capacity: bytes.count - split)
-    second.writeBytes(UnsafeBufferPointer(rebasing: bytes[split...]))
-    do {
-        try channel.writeInbound(first)
-        try channel.writeInbound(second)
-    } catch {
-        // Rejected input: the expected outcome for most of it.
-    }
-    _ = try? channel.finish()
+/// What a decoder made of an input: each head as its fields in order, the body bytes joined, whether it ended,
+/// its error.
+private struct Decoded: Equatable {
+    var heads: [[String]] = []
+    var body: [UInt8] = []
+    var ends = 0
+    var error: String?
 }
 
-private func fuzzRequestDecoder(_ bytes: UnsafeBufferPointer<UInt8>, split: Int) {
-    let channel = EmbeddedChannel()
-    try! channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(UWSGIRequestDecoder(maxBlockSize: 4096)))
-    feed(channel, bytes, split: split)
-    var heads = 0
-    var bodyBytes = 0
+private let maxBlock = 4096
+
+private func decodeRequest(_ payload: UnsafeBufferPointer<UInt8>, reads: [Range<Int>]) -> Decoded {
+    var decoder = UWSGIRequestDecoder(maxBlockSize: maxBlock)
+    var buffer = ByteBuffer()
+    var result = Decoded()
     var announced = 0
-    while let part = try? channel.readInbound(as: UWSGIRequestPart.self) {
+    func take(_ part: UWSGIRequestPart) {
         switch part {
         case .head(let head):
-            heads += 1
+            check(result.heads.isEmpty, "more than one request on a connection")
+            check(head.variables.encodedSize <= maxBlock, "vars block over buffer_size accepted")
+            check(head.contentLength >= 0, "negative CONTENT_LENGTH")
             announced = head.contentLength
-            precondition(head.variables.encodedSize <= 4096, "vars block over buffer_size accepted")
-        case .body(let body): bodyBytes += body.readableBytes
-        case .end: precondition(bodyBytes == announced, "body length differs from CONTENT_LENGTH")
-        case .ping: precondition(heads == 0, "a ping after a request head")
+            var fields = [String(head.modifier1), String(head.modifier2), String(head.contentLength)]
+            for variable in head.variables { fields += [variable.name, variable.value] }
+            result.heads.append(fields)
+        case .body(let body):
+            check(!result.heads.isEmpty && result.ends == 0, "body outside a request")
+            result.body += body.readableBytesView
+            check(result.body.count <= announced, "more body than CONTENT_LENGTH")
+        case .end:
+            check(result.body.count == announced, "body length differs from CONTENT_LENGTH")
+            result.ends += 1
+        case .ping:
+            check(result.heads.isEmpty, "a ping after a request head")
+            result.heads.append(["ping"])
         }
     }
-    precondition(heads <= 1, "more than one request on a connection")
-    precondition(bodyBytes <= announced, "more body than CONTENT_LENGTH")
+    do {
+        for read in reads {
+            buffer.writeBytes(UnsafeBufferPointer(rebasing: payload[read]))
+            while let part = try decoder.next(from: &buffer) { take(part) }
+        }
+        try decoder.endOfInput(&buffer)
+    } catch {
+        result.error = "\(error)"
+    }
+    check(result.ends <= 1, "more than one end")
+    return result
 }
 
-private func fuzzResponseDecoder(_ bytes: UnsafeBufferPointer<UInt8>, split: Int) {
+private func decodeResponse(_ payload: UnsafeBufferPointer<UInt8>, reads: [Range<Int>], isHead: Bool) -> Decoded {
     let channel = EmbeddedChannel()
-    try! channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(UWSGIResponseDecoder(maxHeadSize: 4096)))
-    feed(channel, bytes, split: split)
-    var heads = 0
-    while let part = try? channel.readInbound(as: UWSGIResponsePart.self) {
-        if case .head(let head) = part {
-            heads += 1
-            precondition((200...999).contains(head.status), "status out of range, or an interim 1xx head passed on")
+    try! channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(UWSGIResponseDecoder(maxHeadSize: maxBlock, isHeadRequest: isHead)))
+    var result = Decoded()
+    func collect() {
+        while let part = try? channel.readInbound(as: UWSGIResponsePart.self) {
+            switch part {
+            case .head(let head):
+                check(result.heads.isEmpty, "more than one response head")
+                check((200...999).contains(head.status), "status out of range, or an interim 1xx head passed on")
+                var fields = [String(head.status), head.reason ?? "-"]
+                for field in head.headers { fields += [field.name, field.value] }
+                result.heads.append(fields)
+            case .body(let body):
+                check(!result.heads.isEmpty && result.ends == 0, "body outside a response")
+                check(!isHead, "a body after the head of a HEAD answer")
+                result.body += body.readableBytesView
+            case .end:
+                result.ends += 1
+            }
         }
     }
-    precondition(heads <= 1, "more than one response head")
+    do {
+        for read in reads {
+            var buffer = channel.allocator.buffer(capacity: read.count)
+            buffer.writeBytes(UnsafeBufferPointer(rebasing: payload[read]))
+            try channel.writeInbound(buffer)
+            collect()
+        }
+        _ = try channel.finish()
+    } catch {
+        result.error = "\(error)"
+    }
+    collect()
+    // After an error the pipeline is torn down without reading more.
+    if result.error != nil { _ = try? channel.finish() }
+    check(result.ends <= 1, "more than one end")
+    return result
 }

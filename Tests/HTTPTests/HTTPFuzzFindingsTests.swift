@@ -1,0 +1,136 @@
+import Foundation
+import NIOCore
+import KernelConfig
+import XCTest
+@testable import HTTP
+
+/// Inputs that `Fuzz/Sources/HTTPRequestFuzz` found (base64 of the fuzz input: two split-control bytes, then what
+/// the client sent). Each once gave a different answer when the same bytes arrived in other reads; the head
+/// scanner must answer the same whole and fed one byte more at a time, with the limits the fuzz target uses.
+final class HTTPFuzzFindingsTests: XCTestCase {
+    private let maxLine = 256
+    private let maxHead = 1024
+
+    /// The scanner's outcome over `payload` at once, and over every prefix of it in turn (stopping at the first
+    /// answer), as a slow client's reads would give it.
+    private func outcomes(_ payload: [UInt8]) -> (whole: HTTPHeadScanner.Outcome, byByte: HTTPHeadScanner.Outcome) {
+        var whole = HTTPHeadScanner(maxLineLength: maxLine, maxHeadLength: maxHead)
+        let wholeOutcome = payload.withUnsafeBytes { whole.scan($0) }
+        var split = HTTPHeadScanner(maxLineLength: maxLine, maxHeadLength: maxHead)
+        var splitOutcome = HTTPHeadScanner.Outcome.needMore
+        for end in 1...payload.count where splitOutcome == .needMore {
+            splitOutcome = payload.withUnsafeBytes { split.scan(UnsafeRawBufferPointer(rebasing: $0[0..<end])) }
+        }
+        return (wholeOutcome, splitOutcome)
+    }
+
+    private func payload(_ base64: String) -> [UInt8] {
+        Array(Data(base64Encoded: base64)!.dropFirst(2))
+    }
+
+    /// A request line longer than the limit whose method has a byte no method has: 400 (not 414), however cut.
+    func testLongRequestLineWithAnInvalidMethodIs400HoweverCut() {
+        let bytes = payload(
+            "QUFBQUFB1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU" +
+            "1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NTU1NRBQUFBUVFRUVFRUVFRUVFfUS4u09M0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0" +
+            "NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0" +
+            "NDQ0NDQ0NDQ0NDQ0NDTT09PTLi4uLi4uLlFaR0VUIC8lAAAK")
+        let (whole, byByte) = outcomes(bytes)
+        XCTAssertEqual(whole, .failure(.invalidRequestLine))
+        XCTAssertEqual(byByte, whole)
+    }
+
+    /// A header line exactly at the limit whose CR and LF arrive apart is not too long.
+    func testHeaderLineAtTheLimitIsNotTooLongWhenItsCRArrivesAlone() {
+        let bytes = payload(
+            "AAdQT1NUIC9UcmVhY25zZmVyLUVKbm9zdGhvIEhUVFAvMS4xDQr////////////ExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMQN" +
+            "Cv///////////8TExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExIEAAADExMTExMTExMTEAgICAgICAgICAgICAgICAgICAgICAgIC" +
+            "AhICAgICAgJvgQAAAMTExMTExMTExMQCAgICAgICAgICAgICAgICAgICAgICAgICEgICAgICAm9kaW5nOiBDaHVua2VkDQICAgICAgICAgICAgIC" +
+            "AgICU2V0AgICAgICAgICAgICAgICAgICAgICAsTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExHQtTGVubmc6IGNo" +
+            "dW5rZWQNCg0K")
+        let (whole, byByte) = outcomes(bytes)
+        guard case .complete(let start, let end) = whole else { return XCTFail("\(whole)") }
+        XCTAssertEqual(byByte, whole)
+        let parsed = bytes.withUnsafeBytes { HTTPRequestHeadParser.parse(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
+        guard case .failure(let error) = parsed else { return XCTFail("parsed \(parsed)") }
+        XCTAssertEqual(error, .invalidHeaderLine)
+    }
+
+    /// A long header line that starts near the end of the head's room: the head's limit is reached first, whole
+    /// or cut.
+    func testLongHeaderLineNearTheEndOfTheHeadIsHeadTooLargeHoweverCut() {
+        let bytes = payload(
+            "A1pHR0VUIC9oZWxsbyBIVFRQLzEuMg0KSG9zdDogdGVzdA0KDSdFVCAvaGVsbG8gSFRUUC8xRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZG" +
+            "RkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkYuMg0KSG9z/3QHAFBPU1QgL2hvIEhUVFAvMS4xDQpIb3N0OiB0ZXN0" +
+            "DQpFeHBnY3Q6IDFlbnRpbnUgdGVzQ2hhcmFjdGV0DQpFeP9nY3Q6IDF0ZWVudC1MZW5ndHRlc3QNClRyYW5zZmVyLUVuY29kaW5naDpFeHANCkVj" +
+            "Onh0Z3AgMWVVbmVudC1MZW5ndHRlZW50LUxlbmd0dGVzdA0AAADfbnNmZXItRW5jb2RpbnQ6IHRlc3QNCkV4cGdjdDogMf9vZW50aW51IHRlc0No" +
+            "YXJhY3RldA0KRXhwZ2N0IG4tY3RSYW5naW51IHRlc3QNCkV4cGdjdDogyJpudGludUV4cA0KRWM6eHRncCAxZXN0YW5zdDogdGVzdA0KRXhwZ2N0" +
+            "OiAx/29lbnRpbnUgdGVzQ2hhcmFjdGV0DQpFeHBnY3Q6IDFldGVuZEZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZG" +
+            "LjINCkhvc/90BwBQT1NUIC9obyBIVFRQLzEuMQ0KSG9zdDogdGVzdA0KRXhwZ2N0OiAxZW50aW51IHRlc0NoYXJhY3RldA0KRXj/Z2N0OiAxdGVl" +
+            "bnQtTGVuZ3R0ZXN0DQpUcmFuc2Zlci1FbmNvZGluZ2g6RXhwDQpFYzp4dGdwIDFlVW5lbnQtTGVuZ3R0ZWVudC1MZW5ndHRlc3QNAAAA325zZmVy" +
+            "LUVuY29kaW50OiB0ZXN0DQpFeHBnY3Q6IDH/b2VudGludSB0ZXNDaGFyYWN0ZXQNCkV4cGdjdCBuLWN0UmFuZ2ludSB0ZXN0DQpFeHBnY3Q6IMia" +
+            "bnRpbnVFeHANCkVjOnh0Z3AgMWVzdGFuc3Q6IHRlc3QNCkV4cGdjdDogMf9vZW50aW51IHRlc0NoYXJhY3RldA0KRXhwZ2N0OiAxZXRlbmQtTGVu" +
+            "Z/////////////////////////////////////////////////////////8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" +
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA////" +
+            "////////////////////////////////////////////////////////////////////////LUxlbmf/////////////////////////////////" +
+            "////////////////////////AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" +
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAP//////////////////////////////////////" +
+            "//////////////////////////////////////90dGVzdA0KVHJhbnRlc3NmZXItRW5jb2RpbnQ6IHRlc3QNCkV4cGdjdDogMP9vZW50aW51IHRl" +
+            "c0NoYXJhY3RldA0KRXhwZ2N0OiAxZf8/bnQtTGVuZ3R0ZXN0DQpUcmFuc2Zlci1FbmNvZGluZ2g6RXhwDQpFeHBnY3Q6IDFlbmZlcpJFbmNveHB0" +
+            "Om8xMDAgbi1jdGludSB0ZQAAAN9FeHCinIvF3zdlkXRpUE9TVCAvZWNobyBIVFRQLzEuMQ0KSG9zdDogdGVzdA0KVHJhbnNmZW518vLy8vLy8kV4" +
+            "cA0KRWM6dUV4cA0KRWM6eHRncCAxZW50aW51IHQNClRyYW5zZmVyLUVuY29kaW5naDpFeHANCkV4cGdjdDogMmVuZmVykkVuY29kaW5naDpFeHB0" +
+            "Om8xMDAgbi1jdGtudSB0ZQAAAN9FeCpwopyLxd83ZZF0aW51RXhwDQpFYzp4dGdwIDFlbnRpbnUgbnUgdGVzdA0KZ2N0OiAxZXRMbmUtdGVuZ3R0" +
+            "ZXN0YW4=")
+        let (whole, byByte) = outcomes(bytes)
+        XCTAssertEqual(whole, .failure(.headTooLarge))
+        XCTAssertEqual(byByte, whole)
+    }
+
+    /// A head that ends in an unfinished header line past both limits: the head's limit, reached first, decides
+    /// (not the read that happened to pass both at once).
+    func testUnfinishedLineAcrossBothLimitsIsHeadTooLargeHoweverCut() {
+        let bytes = payload(
+            "A1pQT1NUIC9lY2hvIEhUVFAvMS4xDQpIb3N0OiB0IGNob2VudGludA0KVHJhbnNmZXItRW5jb2RpbmdoOkV4cA0KRWM6eHRncCAxZVVuZW50LUxl" +
+            "bmd0dGVzdA0KVHJhbnNmZXItRW5jb2RpbmdoOkV4cA0KRWM6eHRncCAwZVVuc2FmdXRCc2UNCkV4cGdjdDogMmV0ZW50LUxlbmd0dGVzbnQtTGVu" +
+            "Z3R0ZXN0DQpUcmFuc2Zlci1FbmNvZGluZ2g6RXhwDUB8fHx8R2N0OiAwZW5mZXKSRW5jb2RpbmdoOkV4cGdjdDpvMTAwIG4gaW50Y3UtdGVzdA0K" +
+            "RXhwZ2N0OiDImm50aW51RXhwDQpFYzp4dGdwIDFlbnRpbnUgdGVzdA0KRXhwZ2N0OiAxZXRlbnQtTGVuZ3R0ZXN0YW5zdDogdGVzdA0KRXhwZ2N0" +
+            "OiAyZW50aW51IHRlc0NoYXJhY09TVCAvaG8gSFRUUC8xLjENIApIb3M6dHRlc3QNCkV4cGdjdHQtTGVuZy1MZW5ndHRlc3QNClRyYW5zZmVyLUVu" +
+            "Y29kaW5naDpkaW5naDpFeHBnY3Q6bzEwMCBuLWN0aW51IHRlc3QNCkV4cGdjdDogyJpudGludUV4cA0KRWM6eHRncCAxZXRuaW51IHRlc3QNCkV4" +
+            "cGdjdDogMWV0ZW50LUxlbmd0dGVzdGFuc3Q6IHRlc3QNCkV4cGdjdDogMWVudGludSB0ZXNDaGFyYWN0AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" +
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" +
+            "AAAAAAAAAAAAAAAAAGWmdA0KRXhwZ2N0OiAxZXRlbnQtTGVuZ3R0ZXMgdGVzdA0KRW54cGdjdDogc2FmZUJ1c3hwZ2N0OiAxZXR0ZXN0YW5zdDog" +
+            "dGVzdA0KRXhwZ2N0OiAx/09TVCAvZWNUcmFlci1Fbm9zdGhvIEhUVFADWlQgLzEuMQ0KSHQ6IHRldA0KQ29ubnRldC1MZW5ndGg6IDMNClRyYW5z" +
+            "ZmVyLUVub3N0OiB0ZXN0DQpDb250ZW50LWc6IGNodW5rZW5zZmVyLUVub3N0aG8gSFRUUC8xLjENCkh0OiBvZS8uKS90Yy8uLi8uKS9pbnNwZWN0" +
+            "Ly4vY3QveC94Ly4veS8uLi8uKS9pbnNwZWN0Ly4veS8uLhguKS90Y3AvLi9TdG4vIEhUVFAvAAAAeS8uLi8uKS90Yy8uLi8uKS9pbnNwZWN0Ly4v" +
+            "Y3QveC94Ly4veS8uLi8uKS9pbnNwZWN0Ly4veS8uLhguKS90Y3BlL2lzbng9eT0lMTkuL3kvLi4vLikvaW4uKXkvLi4vLikvaW5zcGJjdC94L3gv" +
+            "Li95Ly4uLy8uL3kvLi4vLikvaW5zcGVjdC8uL3kvLi4YLikvdGNwZS9pc254PXk9JTE5Li95Ly4uLy4pL2luLil5Ly4AdGludSB0ZXN0DXNwYmN0" +
+            "L3gveC8uL3kvLi4vLik=")
+        let (whole, byByte) = outcomes(bytes)
+        XCTAssertEqual(whole, .failure(.headTooLarge))
+        XCTAssertEqual(byByte, whole)
+    }
+
+    /// A HEAD whose request line is too long: 414 without a body, whether the line was refused before it ended
+    /// (its method known, its version not yet) or whole.
+    func testTooLongHeadRequestLineGets414WithoutBodyHoweverCut() throws {
+        let bytes = payload(
+            "A1pIRUFEIC9oZWxsYmN0L3gveC8uL3kvLi4vLikvaW5zcGVjdC8uL3kvLi5pbnNwYmN0L3gveC8uL3kvLi4vLi95Ly4uLy4pL2luc254PXk9JTE5" +
+            "Li95Ly4uLy4pL2luc3BlY3QvLi95Ly4uLy4pLz15PSUxOS4veS8uLi8uKS9pbnNwZWN0Ly4vY3QveC94Ly4veS8uLi8uKS9pbnNwZWN0Ly4veS8u" +
+            "Li8uKS90Y3BlL2lzbng9eT0lMTkuL3kvLi4vLikvaW5zcGVjdC8uL3kvLi4vLi4vLikvaW5zcGVjdC8uL3kvLi4vLikvdGNwZS9pc254PXk9JTE5" +
+            "Li95Ly4uLy4pL2luc3BlY3QvLi9jdC94L3gvLi95Ly4uLy4pL2luc3BlY3QvLi95Ly4uLy4pL3RjcGUvaXNueD15PSUxOS4veS8uLi8uKS9pbi4p" +
+            "eS8uLi8uKS9pbnNwYmN0L2luc3BlY3QvLi95Ly4uLy4pL3RjcGUvaXNueD15PSUxOS4veS8uLi8uKS9pbnNwZWN0Ly4veS8uLi8uLi8uKS9pbnNw" +
+            "ZWN0Ly4veS8uLi8uKS90Y3BlL2lzbng9eT0lMTkuL3kvLi4vLikvaW5zcGVjdC8uL2N0L3gveC8uL3kvLi4vLikvaW5zcGVjdC8uL3kvLi4vLikv" +
+            "dGNwZS9pc254PXk9JTE5Li95Ly4uLy4pL2luLil5Ly4uLy4pL2luc3BiY3QveC94Ly4veS8uLi8uKS9pbnNwZWN0Ly4veS8uLi8uCS90Y3BlL2lz" +
+            "bng9eW8gSFRUUC8xLjENCkhvc3Q6IHRlc3QNCg0K")
+        let expected = response("414 Request-URI Too Large", ["Content-Type: application/json", "Content-Length: 33"], close: true)
+        for firstRead in [bytes.count, 300] {
+            let h = try HTTPHarness {
+                $0.clientHeaderBufferSize = ByteSize(bytes: 1024)
+                $0.largeHeaderBufferSize = ByteSize(bytes: 256)
+            }
+            try h.send(bytes: Array(bytes[..<firstRead]))
+            if h.isOpen, firstRead < bytes.count { try h.send(bytes: Array(bytes[firstRead...])) }
+            XCTAssertEqual(try h.output(), expected, "first read \(firstRead) bytes")
+        }
+    }
+}
