@@ -11,27 +11,10 @@ import threading
 
 import pytest
 
-from uwsgi_support.peers import UWSGI, UWSGIApp, Nginx, uwsgi_location
+from uwsgi_support.peers import UWSGI, UWSGIApp, Nginx, uwsgi_location, http_request as request
 
 INT_MAX = str(2 ** 63 - 1)  # 19 digits: nginx's NGX_MAX_OFF_T_VALUE
 TWENTY_DIGITS = "1" + "0" * 19
-
-
-def request(port, method, path, headers=(), body=None):
-    """One request on a new connection; `headers` is a list of (name, value), sent as they are."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.putrequest(method, path, skip_accept_encoding=True)
-    for name, value in headers:
-        conn.putheader(name, value)
-    if body is not None:
-        conn.putheader("Content-Length", str(len(body)))
-    conn.endheaders()
-    if body is not None:
-        conn.send(body)
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response, data
 
 
 def raw_exchange(port, data):

@@ -13,28 +13,12 @@ import socket
 
 import pytest
 
-from uwsgi_support.peers import Nginx, UWSGIApp, uwsgi_location, UWSGI, NGINX
+from uwsgi_support.peers import Nginx, UWSGIApp, uwsgi_location, UWSGI, NGINX, http_request as request
 
 # Both peers are installed by `make test` (scripts/setup.sh): without them these tests fail, they never skip.
 assert UWSGI and os.path.exists(NGINX), "nginx and uwsgi are missing: run scripts/setup.sh"
 
 TEN_MB = 10 * 1024 * 1024
-
-
-def request(port, method, path, body=None, headers=None, timeout=60):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    conn.putrequest(method, path, skip_accept_encoding=True)
-    for name, value in (headers or {}).items():
-        conn.putheader(name, value)
-    if body is not None:
-        conn.putheader("Content-Length", str(len(body)))
-    conn.endheaders()
-    if body is not None:
-        conn.send(body)
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response, data
 
 
 def payload(size):

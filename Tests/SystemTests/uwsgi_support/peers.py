@@ -30,6 +30,25 @@ def wait_port(port, timeout=30, process=None, log=None):
     raise AssertionError(f"nothing listens on 127.0.0.1:{port}:\n{read(log)}")
 
 
+def http_request(port, method, path, headers=(), body=None, timeout=60):
+    """One request on a new connection, headers sent as they are (a dict or (name, value) pairs, repeats kept);
+    returns (response, body)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.putrequest(method, path, skip_accept_encoding=True)
+    for name, value in (headers.items() if isinstance(headers, dict) else headers):
+        conn.putheader(name, value)
+    if body is not None:
+        conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders()
+    if body is not None:
+        conn.send(body)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response, data
+
+
 def read(path):
     if not path or not os.path.exists(path):
         return ""
