@@ -741,16 +741,6 @@ def test_access_log_records_refused_requests(start_kernel, tmp_path):
 # IPv6
 # --------------------------------------------------------------------------------------------------------------
 
-def ipv6_loopback_available():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback on this machine")
 def test_ipv6_listener(start_kernel):
     kernel = start_kernel(config(listen='"[::1]:0"').replace("$arg_i", "$arg_i $remote_addr"))
     address = kernel.address()

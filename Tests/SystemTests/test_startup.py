@@ -179,8 +179,7 @@ def test_quoted_off_access_log_is_off(start_kernel):
 @pytest.fixture(scope="module")
 def slow_loading_model(tmp_path_factory):
     """A model whose warm-up (thousands of runs of 48 MatMul+Tanh layers) keeps the start busy for seconds."""
-    pytest.importorskip("onnx")
-    from inference_support import make_slow_model
+    from inference_support import make_slow_model  # onnx, installed by scripts/setup.sh
     return make_slow_model(str(tmp_path_factory.mktemp("models") / "slow.onnx"))
 
 
