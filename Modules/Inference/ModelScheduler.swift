@@ -34,21 +34,6 @@ public struct SchedulingPolicy: Sendable {
     }
 }
 
-/// Monotonic nanoseconds.
-@inline(__always)
-func monotonicNanoseconds() -> UInt64 {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
-}
-
-/// Wall-clock milliseconds since the epoch (Triton's `last_inference`).
-func wallClockMilliseconds() -> UInt64 {
-    var time = timespec()
-    clock_gettime(CLOCK_REALTIME, &time)
-    return UInt64(time.tv_sec) * 1000 + UInt64(time.tv_nsec) / 1_000_000
-}
-
 /// Queues a model's requests, joins compatible ones along dimension 0, and runs them on one thread per instance.
 ///
 /// Inference never runs on an event loop: each runner has its own thread, which takes batches from the shared
@@ -102,7 +87,7 @@ public final class ModelScheduler: @unchecked Sendable {
     /// not start within the timeout, 500 when the runtime reports an error.
     public func submit(_ inputs: [Tensor], on eventLoop: any EventLoop) -> EventLoopFuture<[Tensor]> {
         let promise = eventLoop.makePromise(of: [Tensor].self)
-        let job = InferenceJob(inputs: inputs, promise: promise, enqueued: monotonicNanoseconds(),
+        let job = InferenceJob(inputs: inputs, promise: promise, enqueued: KernelClock.monotonicNanoseconds(),
                                batchDimension: policy.maxBatchSize > 0)
         pthread_mutex_lock(&mutex)
         if stopping {
@@ -137,7 +122,7 @@ public final class ModelScheduler: @unchecked Sendable {
         job.state = .expired
         if let index = queue.firstIndex(where: { $0 === job }) { queue.remove(at: index) }
         statistics.timeouts.saturatingAdd(1)
-        let now = monotonicNanoseconds()
+        let now = KernelClock.monotonicNanoseconds()
         statistics.failure.add(now > job.enqueued ? now - job.enqueued : 0)
         pthread_mutex_unlock(&mutex)
         let seconds = Double(policy.timeoutNanoseconds) / 1e9
@@ -183,7 +168,7 @@ public final class ModelScheduler: @unchecked Sendable {
                 pthread_cond_wait(&condition, &mutex)
                 continue
             }
-            let now = monotonicNanoseconds()
+            let now = KernelClock.monotonicNanoseconds()
             switch nextBatch(now: now) {
             case .wait(let until):
                 var deadline = timespec(tv_sec: Int(until / 1_000_000_000), tv_nsec: Int(until % 1_000_000_000))
@@ -245,7 +230,7 @@ public final class ModelScheduler: @unchecked Sendable {
     private func execute(_ jobs: [InferenceJob], runner: any ModelRunner, dequeued: UInt64) {
         // Rows of a batch are at most max_batch_size; a lone request's rows are its own (any Int).
         let rows = TensorSize.total(jobs.map(\.rows)) ?? Int.max
-        let started = monotonicNanoseconds()
+        let started = KernelClock.monotonicNanoseconds()
         let result: Result<[[Tensor]], Error>
         do {
             if jobs.count == 1 {
@@ -259,7 +244,7 @@ public final class ModelScheduler: @unchecked Sendable {
         } catch {
             result = .failure(KernelHTTPError(500, "inference failed for model '\(modelName)': \(error)"))
         }
-        let finished = monotonicNanoseconds()
+        let finished = KernelClock.monotonicNanoseconds()
 
         pthread_mutex_lock(&mutex)
         statistics.record(batchSize: rows, requests: jobs, computeNanoseconds: finished &- started,

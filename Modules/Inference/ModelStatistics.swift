@@ -1,3 +1,4 @@
+import KernelCore
 /// A count and the nanoseconds spent, as Triton's statistics report durations.
 ///
 /// Counters saturate at `UInt64.max` rather than trap: no counter may stop the process.
@@ -51,7 +52,7 @@ public struct ModelStatistics: Sendable {
     mutating func record(batchSize: Int, requests: [InferenceJob], computeNanoseconds: UInt64, dequeued: UInt64,
                          finished: UInt64, succeeded: Bool) {
         executionCount.saturatingAdd(1)
-        lastInference = wallClockMilliseconds()
+        lastInference = KernelClock.wallClockMilliseconds()
         batches[batchSize, default: DurationCounter()].add(computeNanoseconds)
         for job in requests {
             queue.add(dequeued > job.enqueued ? dequeued - job.enqueued : 0)

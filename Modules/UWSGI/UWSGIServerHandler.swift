@@ -591,9 +591,3 @@ public enum UWSGIResponseWriter {
         containsLineBreak(reason) ? "" : reason
     }
 }
-
-func describeClient(_ address: SocketAddress?) -> String {
-    guard let address else { return "-" }
-    if let ip = address.ipAddress { return ip }
-    return "unix:"
-}

@@ -100,7 +100,7 @@ public final class RequestExchange: @unchecked Sendable {
         self.decision = decision
         self.context = context
         // Only the access log's request time needs the start.
-        started = decision.accessLog == nil ? 0 : DispatchTimeNanos.now()
+        started = decision.accessLog == nil ? 0 : KernelClock.monotonicNanoseconds()
     }
 
     /// `client_max_body_size` of the chosen location; nil is unlimited.
@@ -154,12 +154,14 @@ public final class RequestExchange: @unchecked Sendable {
         }
     }
 
-    /// Logs the request and releases the generation. `status` is what was sent (or 499 when the client left).
-    public func finish(_ request: KernelRequest, status: Int, bodyBytesSent: Int) {
+    /// Logs the request and releases the generation. `status` is what was sent (or 499 when the client left);
+    /// `bytesSent` counts the head too (nil: not counted); `upstream` is the response's upstream report.
+    public func finish(_ request: KernelRequest, status: Int, bodyBytesSent: Int, bytesSent: Int? = nil,
+                       upstream: UpstreamReport? = nil) {
         guard !finished else { return }
         finished = true
         if let log = decision.accessLog {
-            let seconds = Double(DispatchTimeNanos.now() - started) / 1e9
+            let seconds = Double(KernelClock.monotonicNanoseconds() - started) / 1e9
             log.log(request, route: decision.route, status: status, bodyBytesSent: bodyBytesSent, requestTime: seconds)
         }
         generation.release()
@@ -167,14 +169,6 @@ public final class RequestExchange: @unchecked Sendable {
 
     deinit {
         if !finished { generation.release() }
-    }
-}
-
-enum DispatchTimeNanos {
-    static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 }
 

@@ -1,4 +1,7 @@
+import Atomics
 import NIOCore
+
+private let connectionSerial = ManagedAtomic<UInt64>(0)
 
 /// Where a request came in: filled by the protocol module that accepted it.
 public struct ConnectionInfo: Sendable {
@@ -10,6 +13,10 @@ public struct ConnectionInfo: Sendable {
     public var localAddress: SocketAddress?
     /// `http` or `https`, as the client used it (uwsgi carries it in `UWSGI_SCHEME`/`HTTPS`).
     public var scheme: String
+    /// The connection's serial number (`$connection`), unique in the process; 0 when not set.
+    public var id: UInt64 = 0
+    /// How many requests this connection has begun, this one included (`$connection_requests`).
+    public var requestNumber: Int = 0
 
     public init(protocolName: String, listener: String, remoteAddress: SocketAddress?, localAddress: SocketAddress?, scheme: String = "http") {
         self.protocolName = protocolName
@@ -17,6 +24,11 @@ public struct ConnectionInfo: Sendable {
         self.remoteAddress = remoteAddress
         self.localAddress = localAddress
         self.scheme = scheme
+    }
+
+    /// A new connection serial number for `id`.
+    public static func nextID() -> UInt64 {
+        connectionSerial.wrappingIncrementThenLoad(ordering: .relaxed)
     }
 
     /// The client's IP address as text (`$remote_addr`), or `-`.

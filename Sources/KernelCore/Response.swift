@@ -39,12 +39,16 @@ public struct KernelResponse: Sendable {
     public var reason: String?
     public var headers: HeaderFields
     public var body: ResponseBody
+    /// The upstream peers tried for this response, set by proxying handlers (`$upstream_addr`, ...).
+    public var upstream: UpstreamReport?
 
-    public init(status: Int, reason: String? = nil, headers: HeaderFields = [:], body: ResponseBody = .empty) {
+    public init(status: Int, reason: String? = nil, headers: HeaderFields = [:], body: ResponseBody = .empty,
+                upstream: UpstreamReport? = nil) {
         self.status = status
         self.reason = reason
         self.headers = headers
         self.body = body
+        self.upstream = upstream
     }
 
     /// A response with a text body (`return 200 "hello"`).
