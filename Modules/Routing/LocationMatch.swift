@@ -39,6 +39,12 @@ enum LocationMatch: Sendable, Equatable {
         }
     }
 
+    /// Whether it is a prefix location (`/path`, `^~ /path`): what a handler that strips a prefix needs.
+    var isPrefix: Bool {
+        if case .prefix = self { return true }
+        return false
+    }
+
     /// The path of an exact or prefix location (what a handler may strip), nil for a regex.
     var path: String? {
         switch self {

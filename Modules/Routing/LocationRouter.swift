@@ -8,9 +8,9 @@ import Darwin
 
 /// The locations of one virtual server, arranged for nginx's search order.
 ///
-/// 1. An exact (`=`) location equal to the path wins at once. Next, a path that is a `*_pass` prefix location
-///    without its trailing slash (`/api` for `location /api/` with `uwsgi_pass`) is redirected with 301 to the
-///    slashed path, as nginx does.
+/// 1. An exact (`=`) location equal to the path wins at once. Next, a path that is a proxying prefix location
+///    (its handler declares `.proxies`) without its trailing slash (`/api` for `location /api/` with `uwsgi_pass`)
+///    is redirected with 301 to the slashed path, as nginx does.
 /// 2. Otherwise the longest matching prefix is found (plain and `^~` alike); if it is `^~`, it wins.
 /// 3. Otherwise the regular expressions (`~`, `~*`) are tried in file order; the first match wins.
 /// 4. Otherwise the longest matching prefix wins, if any.

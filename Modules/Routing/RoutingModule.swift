@@ -2,10 +2,11 @@ import KernelConfig
 import KernelCore
 
 /// The `routing` module: virtual servers (`server_name`, `listen`, `default_server`) and nginx `location`s with
-/// `return` or a handler directive of another module (`uwsgi_pass`, `inference`).
+/// `return` or a handler directive of another module (`uwsgi_pass`, `inference`), and any filter directives of
+/// other modules (`Registrar.addLocationFilter`) at server or location level.
 ///
-/// It is registered last in the module list: its locations use the handler directives the modules before it
-/// declared. The whole configuration is turned into a `LocationRouter` while decoding, so that every error names
+/// It is registered last in the module list: its locations use the handler and filter directives the modules
+/// before it declared, and each location's filter chain is built here, once. The whole configuration is turned into a `LocationRouter` while decoding, so that every error names
 /// its place in the file before anything starts.
 public enum RoutingModule: KernelModule {
     /// The decoded configuration is the router itself.
@@ -113,6 +114,10 @@ struct RoutingDecoder {
         let maxBodySize = try mapping.optional("client_max_body_size").map(bodySize) ?? RoutingDecoder.defaultMaxBodySize
         let accessLog = try mapping.optional("access_log").map(accessLog) ?? nil
         let bodyBuffering = try decodeBodyBuffering(mapping, inheriting: .default)
+        // Server-level filter directives: inherited by every location that does not write the same directive, and
+        // around the server's own answers (its `return`, its 404).
+        let serverFilters = try decodeFilterDirectives(mapping, context: .server)
+        let serverChain = registrar.filterChain(Array(serverFilters.values))
 
         var serverReturn: RouteDecision? = nil
         if let returnValue = mapping.optional("return") {
@@ -121,7 +126,7 @@ struct RoutingDecoder {
                 throw returnValue.error("$\(directive.highestCapture) needs a regular expression location (~ or ~*)")
             }
             serverReturn = RouteDecision(route: RouteInfo(serverName: firstName), handler: directive.makeHandler(),
-                                         maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog,
+                                         filters: serverChain, maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog,
                                          bodyBuffering: bodyBuffering)
         }
 
@@ -133,7 +138,7 @@ struct RoutingDecoder {
         if let locationsValue = mapping.optional("locations") {
             for item in try locationsValue.list() {
                 let location = try decodeLocation(item, serverName: firstName, maxBodySize: maxBodySize, accessLog: accessLog,
-                                                  bodyBuffering: bodyBuffering)
+                                                  bodyBuffering: bodyBuffering, filters: serverFilters)
                 if let path = location.match.path {
                     let key = location.match.isExact ? "= \(path)" : path
                     if let first = seen[key] {
@@ -146,11 +151,8 @@ struct RoutingDecoder {
                     exact[path] = location.decision
                 case .prefix(let path, let stops):
                     prefixes.append(.init(bytes: Array(path.utf8), stopsRegexSearch: stops, decision: location.decision))
-                    if location.handlerKey.hasSuffix("_pass"), path.count > 1, path.hasSuffix("/") {
-                        let decision = location.decision
-                        let redirect = RouteDecision(route: decision.route, handler: SlashRedirectHandler(location: path),
-                                                     maxBodySize: decision.maxBodySize, accessLog: decision.accessLog,
-                                                     bodyBuffering: decision.bodyBuffering)
+                    if location.capabilities.contains(.proxies), path.count > 1, path.hasSuffix("/") {
+                        let redirect = location.decision.withHandler(SlashRedirectHandler(location: path))
                         slashRedirectCandidates.append((String(path.dropLast()), redirect))
                     }
                 case .regex:
@@ -167,7 +169,7 @@ struct RoutingDecoder {
         }
 
         let notFound = RouteDecision(route: RouteInfo(serverName: firstName),
-                                     handler: StaticResponseHandler(.error(404, "not found")),
+                                     handler: StaticResponseHandler(.error(404, "not found")), filters: serverChain,
                                      maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog,
                                      bodyBuffering: bodyBuffering)
         let server = VirtualServer(name: firstName,
@@ -183,14 +185,15 @@ struct RoutingDecoder {
         let matchText: String
         let matchValue: ConfigValue
         let regex: POSIXRegex?
-        /// `return` or the handler directive's key.
-        let handlerKey: String
+        /// What the handler directive declared (empty for `return`).
+        let capabilities: LocationHandlerCapabilities
         let decision: RouteDecision
     }
 
     func decodeLocation(_ value: ConfigValue, serverName: String, maxBodySize serverMaxBodySize: Int,
                         accessLog serverAccessLog: AccessLog?,
-                        bodyBuffering serverBodyBuffering: RequestBodyBuffering = .default) throws -> DecodedLocation {
+                        bodyBuffering serverBodyBuffering: RequestBodyBuffering = .default,
+                        filters serverFilters: [String: DirectiveFilter] = [:]) throws -> DecodedLocation {
         let mapping = try value.mapping()
         let matchValue = try mapping.required("location")
         let matchText = try matchValue.nonEmptyString()
@@ -211,6 +214,11 @@ struct RoutingDecoder {
         let maxBodySize = try mapping.optional("client_max_body_size").map(bodySize) ?? serverMaxBodySize
         let accessLog = try mapping.optional("access_log").map(accessLog) ?? serverAccessLog
         let bodyBuffering = try decodeBodyBuffering(mapping, inheriting: serverBodyBuffering)
+        let context = LocationContext(match: matchText, prefix: match.path)
+        // A filter directive written here replaces the server's value of that directive entirely; the others are
+        // inherited (nginx's rule for `add_header` and array directives).
+        let ownFilters = try decodeFilterDirectives(mapping, context: context)
+        let filters = registrar.filterChain(Array(serverFilters.merging(ownFilters) { _, own in own }.values))
 
         // The handler: `return`, or one directive an active module declared. Found among the keys not read yet,
         // in file order, so that a null value (`inference:`) still counts as written.
@@ -227,6 +235,10 @@ struct RoutingDecoder {
         }
         mapping.allow(chosen.key)
         let handler: any RequestHandler
+        let capabilities = chosen.key == "return" ? [] : registrar.locationHandlerCapabilities(chosen.key)
+        if capabilities.contains(.stripsPrefix), !match.isPrefix {
+            throw chosen.value.error("\"\(chosen.key)\" serves the paths under its location's prefix: it needs a prefix location (/path/ or ^~ /path), found \"\(matchText)\"")
+        }
         if chosen.key == "return" {
             let directive = try ReturnDirective(chosen.value)
             let used = directive.highestCapture
@@ -241,14 +253,24 @@ struct RoutingDecoder {
             handler = directive.makeHandler()
         } else {
             let factory = registrar.locationHandler(chosen.key)!
-            handler = try factory(chosen.value, mapping, LocationContext(match: matchText, prefix: match.path))
+            handler = try factory(chosen.value, mapping, context)
         }
         try mapping.finish()
         let decision = RouteDecision(route: RouteInfo(serverName: serverName, location: matchText), handler: handler,
-                                     maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog,
+                                     filters: filters, maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog,
                                      bodyBuffering: bodyBuffering)
         return DecodedLocation(match: match, matchText: matchText, matchValue: matchValue, regex: regex,
-                               handlerKey: chosen.key, decision: decision)
+                               capabilities: capabilities, decision: decision)
+    }
+
+    /// The filter directives written in `mapping` (a server or a location), built, by key.
+    private func decodeFilterDirectives(_ mapping: ConfigMapping, context: LocationContext) throws -> [String: DirectiveFilter] {
+        var built: [String: DirectiveFilter] = [:]
+        for directive in registrar.locationFilterDirectives {
+            guard let value = mapping.optional(directive.key) else { continue }
+            built[directive.key] = try directive.make(value, in: mapping, context: context)
+        }
+        return built
     }
 
     /// `client_body_buffer_size` (a size of at least 1 byte, at most what one buffer holds) and
@@ -348,7 +370,7 @@ struct RouterBuilder {
             registrar.logger.warning("\(conflict.value.mark): conflicting server name \"\(conflict.value.node.scalarText ?? "")\" on \(conflict.listener), ignored")
         }
         let noServer = RouteDecision(route: RouteInfo(), handler: StaticResponseHandler(.error(404, "not found")),
-                                     maxBodySize: RoutingDecoder.defaultMaxBodySize, accessLog: nil)
+                                     filters: registrar.filterChain([]), maxBodySize: RoutingDecoder.defaultMaxBodySize, accessLog: nil)
         return LocationRouter(servers: servers.map(\.server), tablesByListener: byListener, otherListeners: others,
                               noServer: noServer)
     }

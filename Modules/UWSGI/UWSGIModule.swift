@@ -105,7 +105,7 @@ public enum UWSGIModule: KernelModule {
     }
 
     public static func register(_ configuration: UWSGIConfiguration, into registrar: Registrar) throws {
-        registrar.addLocationHandler("uwsgi_pass") { value, location, _ in
+        registrar.addLocationHandler("uwsgi_pass", capabilities: .proxies) { value, location, _ in
             try UWSGIPassFactory.make(value: value, location: location, registrar: registrar)
         }
         guard registrar.role != .edge else {

@@ -7,7 +7,7 @@ import NIOPosix
 import Glibc
 #endif
 
-/// One loaded configuration: its router, filters, listeners and services.
+/// One loaded configuration: its router (whose decisions hold each location's filters), listeners and services.
 ///
 /// A reload builds a new generation and makes it current; requests already begun keep the generation they
 /// started with, and a retired generation stops its services once its last request has finished.
@@ -16,7 +16,6 @@ public final class KernelGeneration: Sendable {
     public let core: CoreConfiguration
     public let activeModules: [String]
     let router: any RequestRouter
-    let filters: FilterChain
     let listeners: [ListenerSpec]
     let services: [any KernelService]
     private let inFlight = ManagedAtomic<Int>(0)
@@ -27,8 +26,7 @@ public final class KernelGeneration: Sendable {
         self.number = number
         self.core = core
         self.activeModules = activeModules
-        router = registrar.router ?? NotFoundRouter()
-        filters = FilterChain(filters: registrar.orderedFilters)
+        router = registrar.router ?? NotFoundRouter(filters: registrar.filterChain([]))
         listeners = registrar.listeners
         services = registrar.services
     }
@@ -84,7 +82,7 @@ public final class KernelGeneration: Sendable {
 /// One request's passage through the kernel, from the routed head to the logged response.
 ///
 /// A protocol module calls `KernelRuntime.begin` once the head is parsed, reads at most `maxBodySize` body bytes,
-/// calls `respond`, writes the response and then `finish`. `finish` writes the access log line and lets the
+/// calls `start`, writes the response and then `finish`. `finish` writes the access log line and lets the
 /// generation go; it runs at most once (also from `deinit`, so an abandoned exchange never pins a generation).
 public final class RequestExchange: @unchecked Sendable {
     public let generation: KernelGeneration
@@ -106,22 +104,23 @@ public final class RequestExchange: @unchecked Sendable {
     /// `client_max_body_size` of the chosen location; nil is unlimited.
     public var maxBodySize: Int? { decision.maxBodySize }
 
-    /// Runs the filters and the route's handler; the future does not fail.
-    public func respond(_ request: KernelRequest) -> EventLoopFuture<KernelResponse> {
+    /// Runs the filters and the route's handler; the future does not fail. For tests: protocol modules call `start`.
+    package func respond(_ request: KernelRequest) -> EventLoopFuture<KernelResponse> {
         switch start(request) {
         case .ready(let response): return context.eventLoop.makeSucceededFuture(response)
         case .future(let future): return future
         }
     }
 
-    /// Runs the filters and the route's handler, giving the response at once when it is there: what protocol
-    /// modules call, so that a `return` is written without a future. A spooled body is read back into memory
-    /// first (off the event loop) for a handler that needs it there.
+    /// Runs the location's filter chain (built at load, in the decision) and its handler, giving the response at
+    /// once when it is there: what protocol modules call, so that a `return` of a location without filters is
+    /// written without a future. A spooled body is read back into memory first (off the event loop) for a handler
+    /// that needs it there.
     public func start(_ request: KernelRequest) -> PendingResponse {
         if case .file(let spooled)? = request.bodySource, decision.handler.requestBodyUse == .memory {
             return .future(readBack(spooled, request))
         }
-        return generation.filters.start(request, context: context, handler: decision.handler)
+        return decision.filters.start(request, context: context, handler: decision.handler)
     }
 
     /// What the handler needs of the body (`.memory` unless it reads files or streams).
@@ -141,7 +140,7 @@ public final class RequestExchange: @unchecked Sendable {
             context.logger.error("\(RequestBodyError.tooLargeForMemory(spooled.length)) for location \"\(decision.route.location)\"")
             return context.eventLoop.makeSucceededFuture(.error(413, "request body too large"))
         }
-        let filters = generation.filters
+        let filters = decision.filters
         let handler = decision.handler
         return spooled.readAll(allocator: ByteBufferAllocator(), on: context.eventLoop).flatMap { body in
             var request = request
@@ -213,19 +212,18 @@ public final class KernelRuntime: Sendable {
 }
 
 extension KernelGeneration {
-    /// A generation made directly from a router and filters, with no listeners or services: for embedding the
-    /// request path (codec tests on `EmbeddedChannel`).
-    public convenience init(router: any RequestRouter, filters: [any RequestFilter] = [], runtime: KernelRuntime) {
+    /// A generation made directly from a router, with no listeners or services: for embedding the request path
+    /// (codec tests on `EmbeddedChannel`). The router's decisions carry their filters.
+    public convenience init(router: any RequestRouter, runtime: KernelRuntime) {
         let registrar = Registrar(role: .both, mode: .check, configurationFile: "-", runtime: runtime)
         registrar.setRouter(router)
-        for filter in filters { registrar.addFilter(filter, phase: .access) }
         self.init(number: 0, core: CoreConfiguration(), registrar: registrar, activeModules: [])
     }
 }
 
 extension KernelRuntime {
     /// Makes `generation` current without listeners: for embedding and tests.
-    public func install(_ generation: KernelGeneration) { _ = makeCurrent(generation) }
+    package func install(_ generation: KernelGeneration) { _ = makeCurrent(generation) }
 
     /// A runtime logging to stderr at `level`, on `threads` event loops: for tests and tools.
     public static func standalone(threads: Int = 1, level: Logger.Level = .notice) -> KernelRuntime {
@@ -239,5 +237,5 @@ extension KernelRuntime {
 
 extension KernelGeneration {
     /// Retires the generation outside a server (tests of the drain rule).
-    public func retireForTesting(drained: @escaping @Sendable () -> Void) { retire(drained: drained) }
+    package func retireForTesting(drained: @escaping @Sendable () -> Void) { retire(drained: drained) }
 }

@@ -70,7 +70,7 @@ extension ImmediateRequestHandler {
 
 /// The response of a request: there at once, or to be waited for.
 public enum PendingResponse: Sendable {
-    /// The handler answered at once and no filter is configured.
+    /// The handler answered at once and the location has no filter.
     case ready(KernelResponse)
     /// The response to come; the future does not fail (errors have become error responses).
     case future(EventLoopFuture<KernelResponse>)
@@ -115,11 +115,20 @@ public struct FilterNext: Sendable {
     }
 }
 
-/// The ordered filters of one configuration generation, wrapped around the route's handler.
+/// The ordered filters of one location, wrapped around its handler.
+///
+/// Built once per location when the configuration loads (the module-wide filters of `Registrar.addFilter` and the
+/// location's filter directives, by phase: `Registrar.filterChain(_:)`) and kept in its `RouteDecision`, as
+/// Hummingbird builds a route's middleware stack when the route is registered: a request only walks the array.
 public struct FilterChain: Sendable {
     public let filters: [any RequestFilter]
 
     public init(filters: [any RequestFilter]) { self.filters = filters }
+
+    /// No filter: a handler with an immediate answer then needs no future (`start` gives `.ready`).
+    public static let empty = FilterChain(filters: [])
+
+    public var isEmpty: Bool { filters.isEmpty }
 
     /// Runs the filters from `index`, then `handler`. A thrown or failed handler becomes a JSON error response
     /// (its status when it is a `KernelHTTPError`, else 500), so protocol modules always get a response.

@@ -38,7 +38,10 @@ public final class Registrar: @unchecked Sendable {
     private(set) var filters: [(phase: FilterPhase, order: Int, filter: any RequestFilter)] = []
     private(set) var router: (any RequestRouter)?
     private(set) var services: [any KernelService] = []
-    private var locationHandlers: [String: LocationHandlerFactory] = [:]
+    private var locationHandlers: [String: (capabilities: LocationHandlerCapabilities, factory: LocationHandlerFactory)] = [:]
+    private var locationFilters: [LocationFilterDirective] = []
+    /// Set once a location's chain has been made: module-wide filters added later would be missing from it.
+    private var madeFilterChain = false
     private var upstreamGroups: [String: any UpstreamGroup] = [:]
 
     init(role: KernelRole, mode: Mode, configurationFile: String, runtime: KernelRuntime) {
@@ -58,20 +61,56 @@ public final class Registrar: @unchecked Sendable {
 
     public func addListener(_ listener: ListenerSpec) { listeners.append(listener) }
 
+    /// Adds a filter that runs for every location, before the location's own filter directives of the same phase.
+    /// Only modules listed before routing can add one (the routing module builds each location's chain).
     public func addFilter(_ filter: any RequestFilter, phase: FilterPhase) {
+        precondition(!madeFilterChain, "a module-wide filter was added after the locations' filter chains were built")
         filters.append((phase, filters.count, filter))
     }
 
-    /// Declares a location directive (`uwsgi_pass`, `inference`) and how to build its handler.
-    public func addLocationHandler(_ key: String, factory: @escaping LocationHandlerFactory) {
-        locationHandlers[key] = factory
+    /// Declares a location directive (`uwsgi_pass`, `inference`): the content handler of the locations that write
+    /// it (a location has one), what it can do beyond answering, and how to build it.
+    public func addLocationHandler(_ key: String, capabilities: LocationHandlerCapabilities = [],
+                                   factory: @escaping LocationHandlerFactory) {
+        locationHandlers[key] = (capabilities, factory)
     }
 
     /// The factory of a location directive declared by an active module.
-    public func locationHandler(_ key: String) -> LocationHandlerFactory? { locationHandlers[key] }
+    public func locationHandler(_ key: String) -> LocationHandlerFactory? { locationHandlers[key]?.factory }
+
+    /// The capabilities a location directive was declared with (empty for an unknown key).
+    public func locationHandlerCapabilities(_ key: String) -> LocationHandlerCapabilities {
+        locationHandlers[key]?.capabilities ?? []
+    }
 
     /// Location directives declared so far, sorted.
     public var locationHandlerKeys: [String] { locationHandlers.keys.sorted() }
+
+    /// Declares a filter directive (`add_header`, `cors`): written in a server or a location, any number of them
+    /// beside the location's handler. A location that writes it uses its own value; one that does not inherits the
+    /// server's (nginx's rule for `add_header` and most array directives). Filters of one phase run in the order
+    /// their directives were declared (the module list's order).
+    public func addLocationFilter(_ key: String, phase: FilterPhase, factory: @escaping LocationFilterFactory) {
+        precondition(locationHandlers[key] == nil && locationFilter(key) == nil, "location directive \"\(key)\" declared twice")
+        locationFilters.append(LocationFilterDirective(key: key, phase: phase, order: locationFilters.count, factory: factory))
+    }
+
+    /// The filter directive `key`, when an active module declared it.
+    public func locationFilter(_ key: String) -> LocationFilterDirective? { locationFilters.first { $0.key == key } }
+
+    /// Filter directives declared so far, in declaration order.
+    public var locationFilterDirectives: [LocationFilterDirective] { locationFilters }
+
+    /// The chain of one location: the module-wide filters and the location's directive filters (its own or the
+    /// inherited ones), by phase; within a phase module-wide filters first, then directives in declaration order.
+    public func filterChain(_ directiveFilters: [DirectiveFilter]) -> FilterChain {
+        madeFilterChain = true
+        guard !filters.isEmpty || !directiveFilters.isEmpty else { return .empty }
+        let moduleWide = filters.map { (phase: $0.phase, group: 0, order: $0.order, filter: $0.filter) }
+        let directives = directiveFilters.map { (phase: $0.phase, group: 1, order: $0.order, filter: $0.filter) }
+        let ordered = (moduleWide + directives).sorted { ($0.phase, $0.group, $0.order) < ($1.phase, $1.group, $1.order) }
+        return FilterChain(filters: ordered.map(\.filter))
+    }
 
     public func setRouter(_ router: any RequestRouter) { self.router = router }
 
@@ -82,8 +121,28 @@ public final class Registrar: @unchecked Sendable {
 
     public func upstreamGroup(named name: String) -> (any UpstreamGroup)? { upstreamGroups[name] }
 
-    /// Filters in run order: by phase, then by registration order (the module list's order).
-    var orderedFilters: [any RequestFilter] {
-        filters.sorted { ($0.phase, $0.order) < ($1.phase, $1.order) }.map(\.filter)
+}
+
+/// A filter directive a module declared with `Registrar.addLocationFilter`.
+public struct LocationFilterDirective {
+    /// The YAML key (`add_header`).
+    public let key: String
+    public let phase: FilterPhase
+    /// Its place among the filter directives: the run order within a phase.
+    let order: Int
+    let factory: LocationFilterFactory
+
+    /// Builds the directive's filter from its value in `mapping` (a server or a location).
+    public func make(_ value: ConfigValue, in mapping: ConfigMapping, context: LocationContext) throws -> DirectiveFilter {
+        DirectiveFilter(key: key, phase: phase, order: order, filter: try factory(value, mapping, context))
     }
+}
+
+/// A filter built from one directive, with what orders it in a location's chain.
+public struct DirectiveFilter: Sendable {
+    /// The directive's key: a location's value replaces the server's of the same key.
+    public let key: String
+    public let phase: FilterPhase
+    let order: Int
+    public let filter: any RequestFilter
 }

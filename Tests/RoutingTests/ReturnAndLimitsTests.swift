@@ -222,7 +222,7 @@ final class ReturnAndLimitsTests: XCTestCase {
         XCTAssertEqual(try fixture.respond("/api").headers["Location"], "/api/")
         XCTAssertEqual(try fixture.respond("/api/x").body, "regex", "below the prefix, regexes still win as usual")
         XCTAssertEqual(try fixture.respond("/both/x").body, "backend - /both/ /both/")
-        XCTAssertEqual(try fixture.respond("/docs").status, 404, "only *_pass locations redirect")
+        XCTAssertEqual(try fixture.respond("/docs").status, 404, "only locations whose handler declares .proxies redirect")
         XCTAssertEqual(try fixture.respond("/both").body, "exact", "an exact location takes the path over")
     }
 }

@@ -14,7 +14,7 @@ enum EchoTestModule: KernelModule {
         try value.mapping().finish()
     }
     static func register(_ configuration: Void, into registrar: Registrar) throws {
-        registrar.addLocationHandler("echo_pass") { value, location, context in
+        registrar.addLocationHandler("echo_pass", capabilities: .proxies) { value, location, context in
             let target = value.isNull ? "-" : try value.string()
             let option = try location.optional("echo_option")?.string() ?? "-"
             let text = "\(target) \(option) \(context.prefix ?? "nil") \(context.match)"
@@ -50,9 +50,10 @@ final class RoutingFixture {
 
     /// Loads `yaml` and makes it the current generation.
     @discardableResult
-    func load(_ yaml: String, mode: Registrar.Mode = .run, withEcho: Bool = false) throws -> KernelGeneration {
+    func load(_ yaml: String, mode: Registrar.Mode = .run, withEcho: Bool = false,
+              modules extra: [ModuleDescriptor] = []) throws -> KernelGeneration {
         let file = try write(yaml)
-        let modules = (withEcho ? [ModuleDescriptor(EchoTestModule.self)] : []) + [ModuleDescriptor(RoutingModule.self)]
+        let modules = (withEcho ? [ModuleDescriptor(EchoTestModule.self)] : []) + extra + [ModuleDescriptor(RoutingModule.self)]
         let generation = try ConfigurationLoader(modules: modules, role: .both)
             .load(file: file, runtime: runtime, mode: mode, number: 1)
         runtime.install(generation)
@@ -60,9 +61,10 @@ final class RoutingFixture {
     }
 
     /// The error text loading `yaml` gives, with the temporary file's path replaced by `FILE`.
-    func loadError(_ yaml: String, withEcho: Bool = false, file: StaticString = #filePath, line: UInt = #line) -> String {
+    func loadError(_ yaml: String, withEcho: Bool = false, modules: [ModuleDescriptor] = [],
+                   file: StaticString = #filePath, line: UInt = #line) -> String {
         do {
-            try load(yaml, mode: .check, withEcho: withEcho)
+            try load(yaml, mode: .check, withEcho: withEcho, modules: modules)
             XCTFail("expected a configuration error", file: file, line: line)
             return ""
         } catch {
