@@ -50,9 +50,8 @@ public final class ModelScheduler: @unchecked Sendable {
     private let runners: [any ModelRunner]
     private let logger: Logger
 
-    // Everything below is guarded by `mutex`.
-    private var mutex = pthread_mutex_t()
-    private var condition = pthread_cond_t()
+    /// Guards everything below; its condition wakes the instance threads.
+    private let lock = QueueLock()
     private var queue = Deque<InferenceJob>()
     private var stopping = false
     private var threads: [pthread_t] = []
@@ -65,20 +64,9 @@ public final class ModelScheduler: @unchecked Sendable {
         self.policy = policy
         self.runners = runners
         self.logger = logger
-        pthread_mutex_init(&mutex, nil)
-        var attributes = pthread_condattr_t()
-        pthread_condattr_init(&attributes)
-        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
-        pthread_cond_init(&condition, &attributes)
-        pthread_condattr_destroy(&attributes)
         for runner in runners {
             threads.append(startThread { [self] in self.workLoop(runner: runner) })
         }
-    }
-
-    deinit {
-        pthread_cond_destroy(&condition)
-        pthread_mutex_destroy(&mutex)
     }
 
     /// Queues `inputs` (model input order, already validated) and answers with the outputs of its rows.
@@ -89,15 +77,15 @@ public final class ModelScheduler: @unchecked Sendable {
         let promise = eventLoop.makePromise(of: [Tensor].self)
         let job = InferenceJob(inputs: inputs, promise: promise, enqueued: KernelClock.monotonicNanoseconds(),
                                batchDimension: policy.maxBatchSize > 0)
-        pthread_mutex_lock(&mutex)
+        lock.lock()
         if stopping {
-            pthread_mutex_unlock(&mutex)
+            lock.unlock()
             promise.fail(KernelHTTPError(503, "model '\(modelName)' is being unloaded"))
             return promise.futureResult
         }
         if policy.maxQueue > 0, queue.count >= policy.maxQueue {
             statistics.queueRejections.saturatingAdd(1)
-            pthread_mutex_unlock(&mutex)
+            lock.unlock()
             promise.fail(KernelHTTPError(503, "inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))"))
             return promise.futureResult
         }
@@ -107,16 +95,16 @@ public final class ModelScheduler: @unchecked Sendable {
                 self.expire(job)
             }
         }
-        pthread_cond_signal(&condition)
-        pthread_mutex_unlock(&mutex)
+        lock.signal()
+        lock.unlock()
         return promise.futureResult
     }
 
     /// Answers a request that is still queued at its deadline with 504; it is then never run.
     private func expire(_ job: InferenceJob) {
-        pthread_mutex_lock(&mutex)
+        lock.lock()
         guard job.state == .queued else {
-            pthread_mutex_unlock(&mutex)
+            lock.unlock()
             return
         }
         job.state = .expired
@@ -124,7 +112,7 @@ public final class ModelScheduler: @unchecked Sendable {
         statistics.timeouts.saturatingAdd(1)
         let now = KernelClock.monotonicNanoseconds()
         statistics.failure.add(now > job.enqueued ? now - job.enqueued : 0)
-        pthread_mutex_unlock(&mutex)
+        lock.unlock()
         let seconds = Double(policy.timeoutNanoseconds) / 1e9
         job.promise.fail(KernelHTTPError(504, "inference request for model '\(modelName)' timed out after \(seconds)s in the queue"))
     }
@@ -132,7 +120,7 @@ public final class ModelScheduler: @unchecked Sendable {
     /// Stops taking requests, lets the threads finish what is queued (or, with `discardingQueued`, fails it with 503
     /// at once: a fast stop has closed the connections that waited for it), and joins the threads.
     public func stop(discardingQueued: Bool = false) {
-        pthread_mutex_lock(&mutex)
+        lock.lock()
         stopping = true
         var discarded: [InferenceJob] = []
         if discardingQueued {
@@ -142,8 +130,8 @@ public final class ModelScheduler: @unchecked Sendable {
         }
         let joining = threads
         threads = []
-        pthread_cond_broadcast(&condition)
-        pthread_mutex_unlock(&mutex)
+        lock.broadcast()
+        lock.unlock()
         for job in discarded {
             job.timer?.cancel()
             job.promise.fail(KernelHTTPError(503, "the kernel is stopping: inference request for model '\(modelName)' dropped"))
@@ -153,34 +141,33 @@ public final class ModelScheduler: @unchecked Sendable {
 
     /// A snapshot of the counters.
     public var currentStatistics: ModelStatistics {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        lock.lock()
+        defer { lock.unlock() }
         return statistics
     }
 
     // MARK: - Instance threads
 
     private func workLoop(runner: any ModelRunner) {
-        pthread_mutex_lock(&mutex)
+        lock.lock()
         while true {
             if queue.isEmpty {
                 if stopping { break }
-                pthread_cond_wait(&condition, &mutex)
+                lock.wait()
                 continue
             }
             let now = KernelClock.monotonicNanoseconds()
             switch nextBatch(now: now) {
             case .wait(let until):
-                var deadline = timespec(tv_sec: Int(until / 1_000_000_000), tv_nsec: Int(until % 1_000_000_000))
-                pthread_cond_timedwait(&condition, &mutex, &deadline)
+                lock.wait(untilMonotonicNanoseconds: until)
             case .run(let jobs):
                 for job in jobs { job.state = .started }
-                pthread_mutex_unlock(&mutex)
+                lock.unlock()
                 execute(jobs, runner: runner, dequeued: now)
-                pthread_mutex_lock(&mutex)
+                lock.lock()
             }
         }
-        pthread_mutex_unlock(&mutex)
+        lock.unlock()
     }
 
     enum BatchDecision {
@@ -189,7 +176,7 @@ public final class ModelScheduler: @unchecked Sendable {
     }
 
     /// Chooses the next batch (and removes it from the queue), or how long to wait for more requests.
-    /// Called with `mutex` held and a non-empty queue.
+    /// Called with `lock` held and a non-empty queue.
     func nextBatch(now: UInt64) -> BatchDecision {
         let head = queue[0]
         guard policy.dynamicBatching else {
@@ -246,10 +233,10 @@ public final class ModelScheduler: @unchecked Sendable {
         }
         let finished = KernelClock.monotonicNanoseconds()
 
-        pthread_mutex_lock(&mutex)
+        lock.lock()
         statistics.record(batchSize: rows, requests: jobs, computeNanoseconds: finished &- started,
                           dequeued: dequeued, finished: finished, succeeded: (try? result.get()) != nil)
-        pthread_mutex_unlock(&mutex)
+        lock.unlock()
         logger.debug("model '\(modelName)': batch of \(rows) row(s) from \(jobs.count) request(s) in \((finished - started) / 1000) us")
 
         // One task per event loop completes all of its requests: a wake-up per loop, not per request.
@@ -356,6 +343,49 @@ public enum BatchAssembly {
             }
         }
         return result
+    }
+}
+
+/// A pthread mutex and a condition variable on the monotonic clock, at addresses that never move.
+///
+/// pthread objects must stay where they were initialised, and `&storedProperty` of a class gives no such address in
+/// Swift (it may be a temporary copy), so both live in memory allocated here, as NIO's `NIOLock` keeps its mutex.
+private final class QueueLock: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    init() {
+        mutex.initialize(to: pthread_mutex_t())
+        condition.initialize(to: pthread_cond_t())
+        precondition(pthread_mutex_init(mutex, nil) == 0, "pthread_mutex_init failed")
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        precondition(pthread_cond_init(condition, &attributes) == 0, "pthread_cond_init failed")
+        pthread_condattr_destroy(&attributes)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deinitialize(count: 1)
+        mutex.deinitialize(count: 1)
+        condition.deallocate()
+        mutex.deallocate()
+    }
+
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
+    func signal() { pthread_cond_signal(condition) }
+    func broadcast() { pthread_cond_broadcast(condition) }
+
+    /// Waits for a signal; the mutex must be held.
+    func wait() { pthread_cond_wait(condition, mutex) }
+
+    /// Waits for a signal or until the monotonic clock reaches `deadline`; the mutex must be held.
+    func wait(untilMonotonicNanoseconds deadline: UInt64) {
+        var time = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+        pthread_cond_timedwait(condition, mutex, &time)
     }
 }
 
