@@ -3,15 +3,33 @@ import NIOCore
 
 /// Serves the Open Inference Protocol (KServe v2, Triton's HTTP API) for the models of a repository.
 ///
-/// Routes match request paths that start with `/v2` (mount the handler on a location such as `^~ /v2`):
-/// `GET /v2`, `/v2/health/live`, `/v2/health/ready`, `/v2/models/stats`, `/v2/models/{name}[/versions/{v}]`
-/// with nothing (metadata), `/ready`, `/config`, `/stats`, and `POST .../infer`.
+/// The protocol's paths are `/v2`, `/v2/health/live`, `/v2/health/ready`, `/v2/models/stats`,
+/// `/v2/models/{name}[/versions/{v}]` with nothing (metadata), `/ready`, `/config`, `/stats`, and `POST .../infer`.
+/// The handler serves them under the prefix location it is mounted on, which takes the place of `/v2`: with
+/// `location ^~ /v2` the paths are the protocol's own; with `location /models/`, `/models/health/ready` is
+/// `/v2/health/ready` and `/models/models/m/infer` is `/v2/models/m/infer`. It does not look for `/v2` itself.
 public struct InferenceHandler: RequestHandler {
     public let repository: ModelRepository
+    /// The location prefix standing for `/v2`, without a trailing slash (`/v2`, `/models`, or empty for `/`).
+    public let mount: String
     public static let serverName = "kernel"
     public static let extensions = ["binary_tensor_data", "statistics", "model_configuration"]
 
-    public init(repository: ModelRepository) { self.repository = repository }
+    /// `mount`: the location's prefix (`LocationContext.prefix`); a trailing slash is dropped, so `/v2/` and `/v2`
+    /// mount the same paths.
+    public init(repository: ModelRepository, mount: String = "/v2") {
+        self.repository = repository
+        self.mount = mount.hasSuffix("/") ? String(mount.dropLast()) : mount
+    }
+
+    /// The segments of `path` below the mount point (the protocol path after `/v2`), nil when `path` is not at or
+    /// below it: `/v2x` is not under `/v2`, though location `^~ /v2` matches it.
+    func protocolSegments(of path: String) -> ArraySlice<Substring>? {
+        guard path.utf8.starts(with: mount.utf8) else { return nil }
+        let rest = path.utf8.dropFirst(mount.utf8.count)
+        guard rest.isEmpty || rest.first == UInt8(ascii: "/") else { return nil }
+        return Substring(rest).split(separator: "/", omittingEmptySubsequences: true)[...]
+    }
 
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
         do {
@@ -24,9 +42,7 @@ public struct InferenceHandler: RequestHandler {
     }
 
     private func route(_ request: KernelRequest, context: RequestContext) throws -> EventLoopFuture<KernelResponse> {
-        let segments = request.path.split(separator: "/", omittingEmptySubsequences: true)
-        guard segments.first == "v2" else { throw KernelHTTPError(404, "not found: \(request.path)") }
-        let rest = segments.dropFirst()
+        guard let rest = protocolSegments(of: request.path) else { throw KernelHTTPError(404, "not found: \(request.path)") }
         let isRead = request.method == "GET" || request.method == "HEAD"
         func read(_ body: () throws -> KernelResponse) throws -> EventLoopFuture<KernelResponse> {
             guard isRead else {

@@ -9,7 +9,8 @@ import KernelCore
 /// The `inference` module: serves ONNX models through ONNX Runtime over the Open Inference Protocol.
 ///
 /// Runs in the worker role (and so in `both`). It contributes a service that loads the models before the listeners
-/// open, and the `inference` location directive (`inference: {}` or `inference: true`) that answers `/v2/...`.
+/// open, and the `inference` location directive (`inference: {}` or `inference: true`), which serves the protocol's
+/// `/v2/...` paths under the prefix location it is written in (`InferenceHandler.mount`).
 public enum InferenceModule: KernelModule {
     public static let configurationKey = "inference"
     public static let roles: Set<KernelRole> = [.worker]
@@ -33,14 +34,14 @@ public enum InferenceModule: KernelModule {
             registrar.addService(ModelLoadingService(repository: repository, runtimeLibrary: configuration.runtimeLibrary,
                                                      environment: ProcessEnvironment.all(), logger: registrar.logger))
         }
-        let handler = InferenceHandler(repository: repository)
-        registrar.addLocationHandler("inference") { value, _, _ in
+        // `.stripsPrefix`: the location's prefix stands for `/v2`, so only prefix locations can hold it.
+        registrar.addLocationHandler("inference", capabilities: .stripsPrefix) { value, _, context in
             if case .scalar = value.node {
                 guard try value.bool() else { throw value.expected("true or a mapping ({})") }
             } else {
                 try value.mapping().finish()
             }
-            return handler
+            return InferenceHandler(repository: repository, mount: context.prefix ?? "")
         }
     }
 }

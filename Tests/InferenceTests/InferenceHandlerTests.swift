@@ -38,14 +38,15 @@ final class InferenceHandlerTests: XCTestCase {
         try? group.syncShutdownGracefully()
     }
 
-    private func call(_ method: String, _ path: String, body: String? = nil, headers: HeaderFields = [:]) throws -> (Int, String, KernelResponse) {
+    private func call(_ method: String, _ path: String, body: String? = nil, headers: HeaderFields = [:],
+                      mount: String = "/v2") throws -> (Int, String, KernelResponse) {
         let request = KernelRequest(method: method, uri: path, path: path, query: "", version: .http1_1, headers: headers,
                                     body: body.map { ByteBuffer(string: $0) },
                                     connection: ConnectionInfo(protocolName: "http", listener: "test", remoteAddress: nil, localAddress: nil))
         let loop = group.next()
         let context = RequestContext(eventLoop: loop, logger: Logger(label: "test"), route: RouteInfo())
         let chain = FilterChain(filters: [])
-        let response = try chain.run(request, context: context, handler: InferenceHandler(repository: repository)).wait()
+        let response = try chain.run(request, context: context, handler: InferenceHandler(repository: repository, mount: mount)).wait()
         var text = ""
         if case .buffer(let buffer) = response.body { text = String(buffer: buffer) }
         return (response.status, text, response)
@@ -62,6 +63,24 @@ final class InferenceHandlerTests: XCTestCase {
         XCTAssertEqual(try call("GET", "/v1/models").0, 404)
         XCTAssertEqual(try call("POST", "/v2").0, 405)
         XCTAssertEqual(try call("POST", "/v2").2.headers["Allow"], "GET, HEAD")
+    }
+
+    func testTheMountPrefixStandsForV2() throws {
+        // `location /models/`: the prefix takes the place of `/v2`.
+        XCTAssertEqual(try call("GET", "/models", mount: "/models/").0, 200)
+        XCTAssertEqual(try call("GET", "/models/health/live", mount: "/models/").0, 200)
+        XCTAssertEqual(try call("GET", "/models/models/double/ready", mount: "/models/").0, 200)
+        let json = #"{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}"#
+        XCTAssertEqual(try call("POST", "/models/models/double/infer", body: json, mount: "/models/").0, 200)
+        XCTAssertEqual(try call("GET", "/models/v2/health/live", mount: "/models/").0, 404, "no second /v2 below the mount")
+        XCTAssertEqual(try call("GET", "/v2/health/live", mount: "/models/").0, 404)
+        // `location ^~ /v2` also matches `/v2x`, which is not below the mount point.
+        XCTAssertEqual(try call("GET", "/v2x/health/live").0, 404)
+        XCTAssertEqual(try call("GET", "/v2/health/live", mount: "/v2/").0, 200)
+        // `location /`: the protocol's paths without `/v2`.
+        XCTAssertEqual(try call("GET", "/health/live", mount: "/").0, 200)
+        XCTAssertEqual(try call("GET", "/models/double/ready", mount: "/").0, 200)
+        XCTAssertEqual(try call("GET", "/", mount: "/").1.contains(#""name":"kernel""#), true)
     }
 
     func testModelMetadataReadinessAndErrors() throws {

@@ -319,6 +319,36 @@ def test_edge_role_does_not_run_models(tmp_path):
     assert "inference" in result.stderr
 
 
+def test_a_prefix_location_stands_for_v2(start_kernel, demo_reference):
+    # Mounted on `/models/`, the protocol's `/v2/...` paths are served as `/models/...`.
+    kernel = start_kernel(models_yaml(location="/models/"), role="both")
+    base = f"http://127.0.0.1:{kernel.port('http')}"
+    assert requests.get(f"{base}/models/health/ready", timeout=10).status_code == 200
+    assert requests.get(f"{base}/models/", timeout=10).json()["name"] == "kernel"
+    assert requests.get(f"{base}/models", timeout=10).status_code == 404, "location /models/ does not match /models"
+    assert requests.get(f"{base}/models/models/demo", timeout=10).json()["name"] == "demo"
+    rows = demo_rows(3, seed=11)
+    body = {"inputs": [{"name": "input", "shape": [3, 64], "datatype": "FP32", "data": rows.flatten().tolist()}]}
+    answer = post(kernel, "/models/models/demo/infer", body)
+    assert answer.status_code == 200, answer.text
+    output = answer.json()["outputs"][0]
+    assert np.array_equal(np.array(output["data"], dtype=np.float32).reshape(output["shape"]), demo_reference.run(rows))
+    # The protocol's own prefix is not looked for below the mount, nor outside it.
+    assert requests.get(f"{base}/models/v2/health/ready", timeout=10).status_code == 404
+    assert requests.get(f"{base}/v2/health/ready", timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize("location", ['"= /v2"', '"~ ^/v2/"'])
+def test_inference_needs_a_prefix_location(tmp_path, location):
+    from conftest import KERNEL_BIN, with_core_section
+    config = tmp_path / "kernel.yaml"
+    config.write_text(with_core_section(models_yaml(location=location), str(tmp_path)))
+    result = subprocess.run([KERNEL_BIN, "-t", "-c", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "routing.servers[0].locations[0].inference: \"inference\" serves the paths under its location's prefix: " \
+           "it needs a prefix location" in result.stderr, result.stderr
+
+
 def test_worker_behind_real_nginx_over_uwsgi(start_kernel, tmp_path, demo_reference):
     """The nginx + uWSGI topology with the kernel as the worker: nginx `uwsgi_pass` → `kernel --role worker`."""
     from uwsgi_support.peers import Nginx, uwsgi_location

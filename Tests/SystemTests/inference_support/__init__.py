@@ -55,8 +55,9 @@ class Reference:
         return self.session.run([self.output], {self.input: array})[0]
 
 
-def models_yaml(extra=""):
-    """An `inference:` section serving the demo MLP and the PP-OCR classifier, plus `extra` model entries."""
+def models_yaml(extra="", location='"^~ /v2"'):
+    """An `inference:` section serving the demo MLP and the PP-OCR classifier, plus `extra` model entries, mounted on
+    `location`."""
     return f"""
 http:
   listen: "127.0.0.1:0"
@@ -79,6 +80,6 @@ routing:
   servers:
     - client_max_body_size: 16m
       locations:
-        - location: "^~ /v2"
+        - location: {location}
           inference: {{}}
 """
