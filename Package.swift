@@ -7,6 +7,8 @@ let nio: [Target.Dependency] = [
     .product(name: "NIOPosix", package: "swift-nio"),
 ]
 let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
+let locks: Target.Dependency = .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
+let embedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swift-nio")
 
 let package = Package(
     name: "kernel",
@@ -24,7 +26,6 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
@@ -42,8 +43,7 @@ let package = Package(
         .target(
             name: "KernelCore",
             dependencies: nio + [
-                "KernelConfig", log,
-                .product(name: "Metrics", package: "swift-metrics"),
+                "KernelConfig", log, locks,
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -54,7 +54,7 @@ let package = Package(
         // Modules: one folder each.
         .target(
             name: "HTTP",
-            dependencies: nio + ["KernelCore", "KernelConfig", log, .product(name: "NIOHTTP1", package: "swift-nio")],
+            dependencies: nio + ["KernelCore", "KernelConfig", log],
             path: "Modules/HTTP"
         ),
         .target(
@@ -64,14 +64,14 @@ let package = Package(
         ),
         .target(
             name: "Inference",
-            dependencies: nio + ["KernelCore", "KernelConfig", log,
-                                 .product(name: "Atomics", package: "swift-atomics"),
+            dependencies: nio + ["KernelCore", "KernelConfig", log, locks,
                                  .product(name: "DequeModule", package: "swift-collections")],
             path: "Modules/Inference"
         ),
         .target(
             name: "Routing",
-            dependencies: nio + ["KernelCore", "KernelConfig", log, .product(name: "Atomics", package: "swift-atomics")],
+            dependencies: ["KernelCore", "KernelConfig", .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "Atomics", package: "swift-atomics")],
             path: "Modules/Routing"
         ),
 
@@ -89,20 +89,13 @@ let package = Package(
         .executableTarget(name: "KernelModelBench", dependencies: ["Inference", .product(name: "NIOCore", package: "swift-nio")], path: "Sources/KernelModelBench"),
 
         .testTarget(name: "KernelConfigTests", dependencies: ["KernelConfig"]),
-        .testTarget(name: "KernelCoreTests", dependencies: ["KernelCore", "KernelConfig", .product(name: "NIOEmbedded", package: "swift-nio")] + nio),
-        .testTarget(
-            name: "HTTPTests",
-            dependencies: nio + ["HTTP", "KernelCore", "KernelConfig", "Routing",
-                                 .product(name: "NIOEmbedded", package: "swift-nio"),
-                                 .product(name: "NIOHTTP1", package: "swift-nio")]
-        ),
-        .testTarget(name: "RoutingTests", dependencies: ["Routing", "KernelCore", "KernelConfig"] + nio),
-        .testTarget(
-            name: "UWSGITests",
-            dependencies: nio + ["UWSGI", "KernelCore", "KernelConfig", "Routing",
-                                 .product(name: "NIOEmbedded", package: "swift-nio")]
-        ),
-        .testTarget(name: "InferenceTests", dependencies: ["Inference", "KernelCore", "KernelConfig"] + nio),
+        // Each test target declares what it imports, no more.
+        .testTarget(name: "KernelCoreTests", dependencies: nio + ["KernelCore", "KernelConfig", log, locks, embedded]),
+        .testTarget(name: "HTTPTests", dependencies: nio + ["HTTP", "KernelCore", "KernelConfig", log, locks, embedded]),
+        .testTarget(name: "RoutingTests", dependencies: ["Routing", "KernelCore", "KernelConfig", locks,
+                                                         .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(name: "UWSGITests", dependencies: nio + ["UWSGI", "KernelCore", log, embedded]),
+        .testTarget(name: "InferenceTests", dependencies: nio + ["Inference", "KernelCore", "KernelConfig", log, locks]),
         // Tests/SystemTests holds the pytest suites that boot the real `kernel` binary (`make system-test`).
     ],
     swiftLanguageModes: [.v6]

@@ -1,6 +1,6 @@
 import FuzzSupport
 import KernelConfig
-import KernelCore
+@testable import KernelCore  // `KernelRuntime.install` is a package-level test seam
 import Logging
 import NIOCore
 import NIOEmbedded
