@@ -232,3 +232,28 @@ def test_reload_moving_a_unix_socket_to_another_protocol_keeps_the_socket(start_
     assert path.exists(), "retiring the http listener must not unlink the socket the uwsgi listener now holds"
     response = uwsgi_get(str(path), "/")
     assert response.startswith(b"HTTP/1.1 200 OK\r\n") and response.endswith(b"over-uwsgi"), response
+
+
+def test_a_proxying_prefix_location_redirects_its_unslashed_path(start_kernel):
+    # `uwsgi_pass` declares that it proxies: `/api` gets nginx's 301 to `/api/` without an upstream being asked
+    # (nothing listens on the address); a `return` location ending in `/` does not redirect.
+    kernel = start_kernel("""
+http:
+  listen: "127.0.0.1:0"
+uwsgi: {}
+routing:
+  servers:
+    - locations:
+        - location: /api/
+          uwsgi_pass: unix:/nonexistent/kernel-test.sock
+        - location: /docs/
+          return: 200 "docs"
+""", role="edge")
+    conn = http.client.HTTPConnection("127.0.0.1", kernel.port("http"), timeout=10)
+    conn.request("GET", "/api?x=1")
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 301
+    assert response.getheader("Location") == "/api/?x=1"
+    conn.close()
+    assert get(kernel.port("http"), "/docs")[0] == 404
