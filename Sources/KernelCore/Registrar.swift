@@ -72,6 +72,7 @@ public final class Registrar: @unchecked Sendable {
     /// it (a location has one), what it can do beyond answering, and how to build it.
     public func addLocationHandler(_ key: String, capabilities: LocationHandlerCapabilities = [],
                                    factory: @escaping LocationHandlerFactory) {
+        precondition(locationFilter(key) == nil, "location directive \"\(key)\" declared as a filter and a handler")
         locationHandlers[key] = (capabilities, factory)
     }
 

@@ -1,4 +1,5 @@
-import KernelCore
+import KernelConfig
+@testable import KernelCore
 import Logging
 import NIOCore
 import NIOEmbedded
@@ -77,6 +78,29 @@ final class FilterChainTests: XCTestCase {
         XCTAssertEqual(response.status, 200)
         // The inner filter sees the response first on its way out.
         XCTAssertEqual(response.headers.values("X-Filter"), ["inner", "outer"])
+    }
+
+    func testALocationChainOrdersModuleWideAndDirectiveFiltersByPhase() throws {
+        let runtime = KernelRuntime.standalone(threads: 1, level: .critical)
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        XCTAssertTrue(Registrar(role: .both, mode: .check, configurationFile: "-", runtime: runtime).filterChain([]).isEmpty,
+                      "no filter anywhere: the empty chain, hence the fast path")
+        let registrar = Registrar(role: .both, mode: .check, configurationFile: "-", runtime: runtime)
+        registrar.addFilter(TaggingFilter(name: "module-headers"), phase: .headers)
+        registrar.addFilter(TaggingFilter(name: "module-rewrite"), phase: .rewrite)
+        registrar.addLocationFilter("late", phase: .headers) { value, _, _ in TaggingFilter(name: try value.string()) }
+        registrar.addLocationFilter("early", phase: .rewrite) { value, _, _ in TaggingFilter(name: try value.string()) }
+        let yaml = try YAMLParser(environment: [:]).parse("late: directive-headers\nearly: directive-rewrite\n", file: "t.yaml")
+        let mapping = try ConfigValue(node: yaml, path: "").mapping()
+        let built = try registrar.locationFilterDirectives.map { directive in
+            try directive.make(mapping.required(directive.key), in: mapping, context: .server)
+        }
+        let chain = registrar.filterChain(built.reversed())
+        let response = try run(chain, StaticResponseHandler(.text(200, "ok")))
+        // Outermost first: rewrite (module-wide, then directive), then headers (module-wide, then directive); the
+        // response header lists them innermost first.
+        XCTAssertEqual(response.headers.values("X-Filter"),
+                       ["directive-headers", "module-headers", "directive-rewrite", "module-rewrite"])
     }
 
     func testHTTPErrorsBecomeTheirStatusAndOtherErrors500() throws {
