@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "Inference", targets: ["Inference"]),
         .library(name: "KernelConfig", targets: ["KernelConfig"]),
         .library(name: "KernelCore", targets: ["KernelCore"]),
+        .library(name: "KernelUpstream", targets: ["KernelUpstream"]),
         .library(name: "Routing", targets: ["Routing"]),
     ],
     dependencies: [
@@ -50,6 +51,8 @@ let package = Package(
             ],
             path: "Sources/KernelCore"
         ),
+        // The upstream engine every proxying module (uwsgi_pass, proxy_pass) is built on.
+        .target(name: "KernelUpstream", dependencies: nio + ["KernelCore", log], path: "Sources/KernelUpstream"),
 
         // Modules: one folder each.
         .target(
@@ -59,7 +62,7 @@ let package = Package(
         ),
         .target(
             name: "UWSGI",
-            dependencies: nio + ["KernelCore", "KernelConfig", log],
+            dependencies: nio + ["KernelCore", "KernelUpstream", "KernelConfig", log],
             path: "Modules/UWSGI"
         ),
         .target(
@@ -91,6 +94,10 @@ let package = Package(
         .testTarget(name: "KernelConfigTests", dependencies: ["KernelConfig"]),
         .testTarget(name: "KernelCoreTests", dependencies: ["KernelCore", "KernelConfig", .product(name: "NIOEmbedded", package: "swift-nio")] + nio),
         .testTarget(
+            name: "KernelUpstreamTests",
+            dependencies: nio + ["KernelUpstream", "KernelCore", .product(name: "NIOEmbedded", package: "swift-nio")]
+        ),
+        .testTarget(
             name: "HTTPTests",
             dependencies: nio + ["HTTP", "KernelCore", "KernelConfig", "Routing",
                                  .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -99,7 +106,7 @@ let package = Package(
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "KernelCore", "KernelConfig"] + nio),
         .testTarget(
             name: "UWSGITests",
-            dependencies: nio + ["UWSGI", "KernelCore", "KernelConfig", "Routing",
+            dependencies: nio + ["UWSGI", "KernelCore", "KernelUpstream", "KernelConfig", "Routing",
                                  .product(name: "NIOEmbedded", package: "swift-nio")]
         ),
         .testTarget(name: "InferenceTests", dependencies: ["Inference", "KernelCore", "KernelConfig"] + nio),
