@@ -104,6 +104,9 @@ final class UWSGILoopbackTests: XCTestCase {
         let (response, body) = try pass(request(), to: .tcp(host: "127.0.0.1", port: port))
         XCTAssertEqual(response.status, 502)
         XCTAssertEqual(String(decoding: body, as: UTF8.self), "{\"error\":\"bad gateway\"}")
+        // The engine's own error answer names the peer tried, for `$upstream_addr` and `$upstream_status`.
+        XCTAssertEqual(response.upstream?.attempts.map(\.address), ["127.0.0.1:\(port)"])
+        XCTAssertEqual(response.upstream?.attempts.map(\.status), [nil])
     }
 
     func testNextPeerIsTriedAfterAConnectError() throws {
@@ -116,6 +119,8 @@ final class UWSGILoopbackTests: XCTestCase {
         let response = try UWSGIPassHandler(configuration: UWSGIPassConfiguration(group: group)).handle(request(), context: context).wait()
         XCTAssertEqual(response.status, 200)
         XCTAssertEqual(group.reports.map { "\($0.0) \($0.1)" }, ["\(dead) failure", "\(worker) success"])
+        XCTAssertEqual(response.upstream?.attempts.map(\.address), [dead.description, worker.description])
+        XCTAssertEqual(response.upstream?.attempts.map(\.status), [nil, 200])
     }
 
     func testEveryPeerRefusingIs502AfterMaxTries() throws {
