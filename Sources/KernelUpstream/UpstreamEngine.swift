@@ -291,12 +291,24 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         } else {
             let logger = context.logger
             let suffix = self.suffix(nil)
+            let release = UpstreamBodyRelease(handler: handler)
             body = .stream(ResponseBodyStream(
-                next: { handler.next(logger: logger, suffix: suffix) },
-                cancel: { handler.cancel() }))
+                next: { release.handler.next(logger: logger, suffix: suffix) },
+                cancel: { release.handler.cancel() }))
         }
         return KernelResponse(status: head.status, reason: head.reason, headers: headers, body: body)
     }
+}
+
+/// Held by a streamed response body: when the last copy of the stream goes without having been read to its end
+/// or cancelled (a filter replaced the response, a protocol module dropped it), the upstream connection closes
+/// and the lease is finished as a client close, so a balancer never counts an attempt that nobody reads.
+final class UpstreamBodyRelease: Sendable {
+    let handler: UpstreamConnectionHandler
+
+    init(handler: UpstreamConnectionHandler) { self.handler = handler }
+
+    deinit { handler.cancel() }
 }
 
 /// A named peer without an address in the resolver.

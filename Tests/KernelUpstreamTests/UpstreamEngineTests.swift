@@ -392,6 +392,22 @@ final class UpstreamEngineTests: XCTestCase {
         XCTAssertEqual(outcome.bytesReceived, 5)
     }
 
+    func testAStreamNobodyReadsFinishesTheLeaseWhenItGoes() throws {
+        let release = group.next().makePromise(of: Void.self)
+        defer { release.succeed(()) }
+        let peer = try halfwayPeer(release: release.futureResult)
+        let ended = expectation(description: "lease finished")
+        let upstreams = RecordingGroup([peer.address]) { _ in ended.fulfill() }
+        do {
+            let response = try proxy(engine(upstreams))
+            guard case .stream = response.body else { return XCTFail("expected a streamed body") }
+            XCTAssertEqual(upstreams.finished.count, 0)
+        }
+        wait(for: [ended], timeout: 10)
+        XCTAssertEqual(upstreams.finished.count, 1)
+        XCTAssertEqual(upstreams.finished.first?.1.clientClosed, true)
+    }
+
     func testAPeerClosingMidBodyFinishesTheLeaseAsAFailure() throws {
         let peer = try peer(answer: ["200 len:10\n\nshort"])
         let ended = expectation(description: "lease finished")
