@@ -107,6 +107,27 @@ final class UpstreamEngineTests: XCTestCase {
         XCTAssertEqual(seen.withLockedValue { $0 }, "payload")
     }
 
+    func testSpooledRequestBodyIsSentFromItsFile() throws {
+        let seen = NIOLockedValueBox("")
+        let peer = try peer { channel, body in
+            seen.withLockedValue { $0 = String(buffer: body) }
+            channel.writeAndFlush(buffer("200 len:2\n\nok")).whenComplete { _ in channel.close(promise: nil) }
+        }
+        let directory = NSTemporaryDirectory() + "kernel-upstream-spool-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let sink = RequestBodySink(buffering: RequestBodyBuffering(bufferSize: 4), tempDirectory: directory,
+                                   logger: Logger(label: "test"), allocator: ByteBufferAllocator())
+        let payload = String(repeating: "0123456789", count: 60_000)
+        try sink.append(buffer(payload))
+        let file = try XCTUnwrap(sink.finish().file)
+        var request = makeRequest("PUT")
+        request.bodySource = .file(file)
+        let response = try proxy(engine(RecordingGroup([peer.address])), request)
+        XCTAssertEqual(response.status, 200)
+        XCTAssertEqual(peer.requests, ["FAKE PUT /work?a=1 600000"])
+        XCTAssertEqual(seen.withLockedValue { $0 }, payload)
+    }
+
     func testStreamedRequestBodyIsSentWhileItArrives() throws {
         let seen = NIOLockedValueBox("")
         let peer = try peer { channel, body in
