@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "Inference", targets: ["Inference"]),
         .library(name: "KernelConfig", targets: ["KernelConfig"]),
         .library(name: "KernelCore", targets: ["KernelCore"]),
+        .library(name: "KernelUpstream", targets: ["KernelUpstream"]),
         .library(name: "Routing", targets: ["Routing"]),
     ],
     dependencies: [
@@ -50,6 +51,8 @@ let package = Package(
             ],
             path: "Sources/KernelCore"
         ),
+        // The upstream engine every proxying module (uwsgi_pass, proxy_pass) is built on.
+        .target(name: "KernelUpstream", dependencies: nio + ["KernelCore", log, locks], path: "Sources/KernelUpstream"),
 
         // Modules: one folder each.
         .target(
@@ -59,7 +62,7 @@ let package = Package(
         ),
         .target(
             name: "UWSGI",
-            dependencies: nio + ["KernelCore", "KernelConfig", log],
+            dependencies: nio + ["KernelCore", "KernelUpstream", "KernelConfig", log],
             path: "Modules/UWSGI"
         ),
         .target(
@@ -91,10 +94,11 @@ let package = Package(
         .testTarget(name: "KernelConfigTests", dependencies: ["KernelConfig"]),
         // Each test target declares what it imports, no more.
         .testTarget(name: "KernelCoreTests", dependencies: nio + ["KernelCore", "KernelConfig", log, locks, embedded]),
+        .testTarget(name: "KernelUpstreamTests", dependencies: nio + ["KernelUpstream", "KernelCore", log, locks, embedded]),
         .testTarget(name: "HTTPTests", dependencies: nio + ["HTTP", "KernelCore", "KernelConfig", log, locks, embedded]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "KernelCore", "KernelConfig", locks,
                                                          .product(name: "NIOCore", package: "swift-nio")]),
-        .testTarget(name: "UWSGITests", dependencies: nio + ["UWSGI", "KernelCore", log, embedded]),
+        .testTarget(name: "UWSGITests", dependencies: nio + ["UWSGI", "KernelCore", "KernelUpstream", log, embedded]),
         .testTarget(name: "InferenceTests", dependencies: nio + ["Inference", "KernelCore", "KernelConfig", log, locks]),
         // Tests/SystemTests holds the pytest suites that boot the real `kernel` binary (`make system-test`).
     ],

@@ -22,7 +22,8 @@ let package = Package(
         .target(name: "FuzzSupport"),
         .executableTarget(
             name: "UWSGIDecoderFuzz",
-            dependencies: nio + ["FuzzSupport", .product(name: "UWSGI", package: "kernel")]
+            dependencies: nio + ["FuzzSupport", .product(name: "UWSGI", package: "kernel"),
+                                 .product(name: "KernelUpstream", package: "kernel")]
         ),
         .executableTarget(
             name: "HTTPRequestFuzz",

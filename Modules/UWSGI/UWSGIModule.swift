@@ -1,5 +1,6 @@
 import KernelConfig
 import KernelCore
+import KernelUpstream
 import NIOCore
 
 /// One uwsgi listener as configured.
@@ -141,14 +142,15 @@ enum UWSGIPassFactory {
             throw value.expected("host:port, unix:/path or the name of an upstream group")
         }
         var configuration = UWSGIPassConfiguration(group: group)
-        if let single = group as? SinglePeerGroup, case .tcp(let host, let port) = single.peer,
-           (try? SocketAddress(ipAddress: host, port: port)) == nil {
-            do {
-                configuration.resolved[single.peer] = try SocketAddress.makeAddressResolvingHost(host, port: port)
-            } catch {
-                throw value.error("host not found in upstream \"\(stripped)\"")
-            }
+        // Named peers are looked up now, while the configuration loads (nginx resolves them at start-up too): no
+        // request ever waits for a blocking lookup on its event loop.
+        let book = PeerAddressBook()
+        do {
+            try book.resolve(group.peers)
+        } catch let notFound as PeerNotFound {
+            throw value.error(notFound.description)
         }
+        configuration.resolver = book
         if let params = location.optional("uwsgi_param") {
             configuration.params = UWSGIParam.merged(try decodeParams(params))
         }
@@ -160,6 +162,9 @@ enum UWSGIPassFactory {
         }
         if let timeout = location.optional("uwsgi_send_timeout") {
             configuration.sendTimeout = .milliseconds(try UWSGIModule.positiveDuration(timeout).milliseconds)
+        }
+        if let next = location.optional("uwsgi_next_upstream") {
+            configuration.nextUpstream = try decodeNextUpstream(next)
         }
         if let flag = location.optional("uwsgi_request_buffering") {
             configuration.requestBuffering = try flag.bool()
@@ -179,6 +184,21 @@ enum UWSGIPassFactory {
             configuration.modifier2 = UInt8(try modifier.int(in: 0...255))
         }
         return UWSGIPassHandler(configuration: configuration)
+    }
+
+    /// `uwsgi_next_upstream: [error, timeout, http_503]` (or one word); `off` alone turns retries off.
+    static func decodeNextUpstream(_ value: ConfigValue) throws -> NextUpstreamConditions {
+        let items = try value.list(allowScalar: true)
+        var conditions: NextUpstreamConditions = []
+        for item in items {
+            let word = try item.nonEmptyString()
+            guard let condition = NextUpstreamConditions.words[word] else {
+                throw item.expected("one of " + NextUpstreamConditions.words.keys.sorted().joined(separator: ", "))
+            }
+            if word == "off", items.count > 1 { throw item.error("\"off\" cannot be combined with other values") }
+            conditions.formUnion(condition)
+        }
+        return conditions
     }
 
     /// `uwsgi_param: {NAME: value, NAME2: {value: $https, if_not_empty: true}}`.

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// An address a proxy connects to: `host:port` or a unix socket.
@@ -27,20 +28,83 @@ public enum PeerAddress: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// How a request went at a peer, reported back to the balancer (nginx's `free`, Envoy's outcome).
-public enum PeerOutcome: Sendable {
-    case success
-    /// Connect error, timeout or invalid response: counts towards `max_fails`.
-    case failure
+/// Why an attempt at a peer failed in a way that counts towards its `max_fails` (nginx's `NGX_PEER_FAILED`).
+public enum PeerFailure: Sendable, Hashable {
+    /// Connection refused or reset, unreachable, a broken pipe: nginx's `error`.
+    case error
+    /// Connect, send or read timeout: nginx's `timeout`.
+    case timeout
+    /// The answer could not be parsed: nginx's `invalid_header`.
+    case invalidHeader
+    /// The peer answered with a status that `*_next_upstream` names (`http_502`, ...), and the request went on to
+    /// another peer.
+    case status(Int)
+}
+
+/// How one attempt at a peer ended, told to the balancer once, when the response body has ended (or failed, or
+/// the client left).
+public struct PeerLeaseOutcome: Sendable {
+    /// The status the peer answered with; nil when it gave none (connect error, timeout, invalid header).
+    public var status: Int?
+    /// Body bytes received from the peer.
+    public var bytesReceived: Int64
+    /// Nanoseconds from the start of the connect to the end of the attempt (its body's end, or its failure).
+    public var durationNanoseconds: UInt64
+    /// Set when the attempt failed in a way that counts towards `max_fails`; nil for a usable answer.
+    public var failure: PeerFailure?
+    /// Whether the client left before the body ended (not the peer's fault: no failure).
+    public var clientClosed: Bool
+
+    public init(status: Int?, bytesReceived: Int64, durationNanoseconds: UInt64, failure: PeerFailure? = nil,
+                clientClosed: Bool = false) {
+        self.status = status
+        self.bytesReceived = bytesReceived
+        self.durationNanoseconds = durationNanoseconds
+        self.failure = failure
+        self.clientClosed = clientClosed
+    }
+
+    /// Whether the attempt counts towards the peer's `max_fails`.
+    public var isFailure: Bool { failure != nil }
+}
+
+/// One attempt of one request at one peer, handed out by a group's balancer (nginx's `get`/`free` pair as one
+/// object). The proxy calls `finish` exactly once per lease, when the response body has ended (or failed, or the
+/// client left), so a balancer that counts active requests (`least_conn`) or measures response times sees each
+/// attempt start and end once. A second `finish` is ignored.
+public final class PeerLease: Sendable {
+    /// The peer to connect to.
+    public let peer: PeerAddress
+    private let onFinish: @Sendable (PeerLeaseOutcome) -> Void
+    private let finished = NIOLockedValueBox(false)
+
+    /// `onFinish` is the balancer's bookkeeping; it runs once, on the thread that finishes the lease.
+    public init(peer: PeerAddress, onFinish: @escaping @Sendable (PeerLeaseOutcome) -> Void = { _ in }) {
+        self.peer = peer
+        self.onFinish = onFinish
+    }
+
+    /// Ends the attempt with `outcome`.
+    public func finish(_ outcome: PeerLeaseOutcome) {
+        let first = finished.withLockedValue { done -> Bool in
+            defer { done = true }
+            return !done
+        }
+        if first { onFinish(outcome) }
+    }
+
+    /// Whether `finish` was called.
+    public var isFinished: Bool { finished.withLockedValue { $0 } }
 }
 
 /// A group of peers with a balancing method (an nginx `upstream` block), contributed by the balancing module.
 public protocol UpstreamGroup: Sendable {
     var name: String { get }
-    /// Picks a peer for a request, skipping `excluded` (peers already tried for it); nil when none is usable.
-    func pick(for request: KernelRequest, excluding excluded: [PeerAddress]) -> PeerAddress?
-    /// Tells the group how the request went at `peer`.
-    func report(_ peer: PeerAddress, outcome: PeerOutcome)
+    /// Every peer of the group, so that named ones are resolved when the configuration loads.
+    var peers: [PeerAddress] { get }
+    /// Leases a peer for one attempt of `request`, skipping `excluded` (peers already tried for it); nil when none
+    /// is usable (nginx's "no live upstreams").
+    func begin(_ request: KernelRequest, excluding excluded: [PeerAddress]) -> PeerLease?
     /// How many peers a request may try (nginx `proxy_next_upstream_tries`, at most the number of peers).
     var maxTries: Int { get }
 }
@@ -50,9 +114,9 @@ public struct SinglePeerGroup: UpstreamGroup {
     public let peer: PeerAddress
     public init(_ peer: PeerAddress) { self.peer = peer }
     public var name: String { peer.description }
+    public var peers: [PeerAddress] { [peer] }
     public var maxTries: Int { 1 }
-    public func pick(for request: KernelRequest, excluding excluded: [PeerAddress]) -> PeerAddress? {
-        excluded.contains(peer) ? nil : peer
+    public func begin(_ request: KernelRequest, excluding excluded: [PeerAddress]) -> PeerLease? {
+        excluded.contains(peer) ? nil : PeerLease(peer: peer)
     }
-    public func report(_ peer: PeerAddress, outcome: PeerOutcome) {}
 }

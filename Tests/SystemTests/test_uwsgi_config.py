@@ -35,6 +35,10 @@ routing:
           uwsgi_pass_request_headers: false
           uwsgi_buffer_size: 8k
           uwsgi_modifier1: 0
+          uwsgi_next_upstream: [error, timeout, invalid_header, http_500, http_502, http_503, http_504, http_429, non_idempotent]
+        - location: /no-retries
+          uwsgi_pass: 127.0.0.1:6666
+          uwsgi_next_upstream: "off"
 """)
     assert result.returncode == 0, result.stderr
 
@@ -98,6 +102,11 @@ AT = "routing.servers[0].locations[0]."
     ("127.0.0.1:6666", "          uwsgi_modifier1: 300\n", "13:28",
      AT + 'uwsgi_modifier1: expected an integer 0-255, found "300"'),
     ("127.0.0.1:6666", "          uwsgi_bogus: 1\n", "13:11", AT + "uwsgi_bogus: unknown key"),
+    ("127.0.0.1:6666", "          uwsgi_next_upstream: [error, bogus]\n", "13:40",
+     AT + 'uwsgi_next_upstream[1]: expected one of error, http_403, http_404, http_429, http_500, http_502, http_503, '
+     'http_504, invalid_header, non_idempotent, off, timeout, found "bogus"'),
+    ("127.0.0.1:6666", "          uwsgi_next_upstream: [error, \"off\"]\n", "13:40",
+     AT + 'uwsgi_next_upstream[1]: "off" cannot be combined with other values'),
     ("no-such-host.invalid:6666", "", "12:23", AT + 'uwsgi_pass: host not found in upstream "no-such-host.invalid:6666"'),
 ])
 def test_location_errors(tmp_path, target, extra, position, message):

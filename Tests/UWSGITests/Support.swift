@@ -1,4 +1,5 @@
 import KernelCore
+import KernelUpstream
 import NIOCore
 import NIOEmbedded
 import XCTest
@@ -49,16 +50,26 @@ func drainRequest(_ channel: EmbeddedChannel) throws -> DecodedRequest {
     return result
 }
 
+/// The upstream engine's response decoder with the uwsgi parser, as `uwsgi_pass` reads answers.
+func uwsgiResponseDecoder(maxHeadSize: Int = 4096, isHeadRequest: Bool = false) -> ByteToMessageHandler<UpstreamResponseDecoder<UWSGIResponseParser>> {
+    ByteToMessageHandler(UpstreamResponseDecoder(parser: UWSGIResponseParser(maxHeadSize: maxHeadSize), isHeadRequest: isHeadRequest))
+}
+
+/// The uwsgi parser's error inside the engine's "invalid answer" error.
+func uwsgiError(_ error: any Error) -> UWSGIResponseError? {
+    (error as? UpstreamInvalidResponse)?.underlying as? UWSGIResponseError
+}
+
 /// Everything a response decoder produced.
 struct DecodedResponse {
-    var heads: [UWSGIResponseHead] = []
+    var heads: [UpstreamResponseHead] = []
     var body: [UInt8] = []
     var ends = 0
 }
 
 func drainResponse(_ channel: EmbeddedChannel) throws -> DecodedResponse {
     var result = DecodedResponse()
-    while let part = try channel.readInbound(as: UWSGIResponsePart.self) {
+    while let part = try channel.readInbound(as: UpstreamResponsePart.self) {
         switch part {
         case .head(let head): result.heads.append(head)
         case .body(let part): result.body += Array(part.readableBytesView)

@@ -1,4 +1,5 @@
 import KernelCore
+import KernelUpstream
 import NIOCore
 import NIOEmbedded
 import NIOPosix
@@ -9,7 +10,7 @@ import XCTest
 final class UWSGIInterimAnswerTests: XCTestCase {
     private func channel(maxHeadSize: Int = 4096, head: Bool = false) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(UWSGIResponseDecoder(maxHeadSize: maxHeadSize, isHeadRequest: head)))
+        try channel.pipeline.syncOperations.addHandler(uwsgiResponseDecoder(maxHeadSize: maxHeadSize, isHeadRequest: head))
         return channel
     }
 
@@ -68,7 +69,7 @@ final class UWSGIInterimAnswerTests: XCTestCase {
         let channel = try channel(maxHeadSize: 256)
         let interim = String(repeating: "HTTP/1.1 100 Continue\r\n\r\n", count: 11)  // 275 bytes
         XCTAssertThrowsError(try channel.writeInbound(buffer(interim))) { error in
-            XCTAssertEqual(error as? UWSGIResponseError, .headTooLarge(limit: 256))
+            XCTAssertEqual(uwsgiError(error), .headTooLarge(limit: 256))
         }
     }
 
@@ -77,7 +78,7 @@ final class UWSGIInterimAnswerTests: XCTestCase {
         try channel.writeInbound(buffer("HTTP/1.1 100 Continue\r\n\r\n"))
         XCTAssertEqual(try drainResponse(channel).heads.count, 0)
         XCTAssertThrowsError(try channel.finish()) { error in
-            XCTAssertEqual(error as? UWSGIResponseError, .prematureCloseInHead)
+            XCTAssertEqual(error as? UpstreamResponseError, .prematureCloseInHead)
         }
     }
 
@@ -88,7 +89,7 @@ final class UWSGIInterimAnswerTests: XCTestCase {
         for value in ["9223372036854775808", "10000000000000000000", "", "+1"] {
             let channel = try channel()
             XCTAssertThrowsError(try channel.writeInbound(buffer("HTTP/1.1 200 OK\r\nContent-Length: \(value)\r\n\r\n")), value) { error in
-                XCTAssertEqual(error as? UWSGIResponseError, .invalidContentLength(value))
+                XCTAssertEqual(uwsgiError(error), .invalidContentLength(value))
             }
         }
     }

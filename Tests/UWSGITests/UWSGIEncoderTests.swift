@@ -1,5 +1,6 @@
 import KernelCore
 import NIOCore
+import NIOEmbedded
 import XCTest
 @testable import UWSGI
 
@@ -62,6 +63,21 @@ final class UWSGIEncoderTests: XCTestCase {
             "HTTP_HOST=example.com:8100", "HTTP_CONTENT_TYPE=application/json", "HTTP_CONTENT_LENGTH=2",
             "HTTP_X_FORWARDED_FOR=1.1.1.1, 2.2.2.2", "HTTP_COOKIE=a=1; b=2",
         ])
+    }
+
+    func testContentLengthIsTheBodysTypedLengthNotAHeaderReadBack() throws {
+        let configuration = UWSGIPassConfiguration(group: SinglePeerGroup(.tcp(host: "127.0.0.1", port: 6666)))
+        // A streamed body: its declared length, carried as a number, frames the uwsgi body.
+        var streamed = request(headers: ["Host": "h"])
+        streamed.bodySource = .stream(RequestBodyStream(length: 12345, eventLoop: EmbeddedEventLoop()))
+        let variables = configuration.variables(for: streamed, route: RouteInfo())
+        XCTAssertEqual(variables["CONTENT_LENGTH"], "12345")
+        // Without a body the stock param evaluates as nginx's `$content_length`: empty.
+        XCTAssertEqual(configuration.variables(for: request(headers: ["Host": "h"]), route: RouteInfo())["CONTENT_LENGTH"], "")
+        // A CONTENT_LENGTH param of the location's own is sent as written.
+        var own = configuration
+        own.params = UWSGIParam.merged([UWSGIParam(name: "CONTENT_LENGTH", value: try UWSGIParamTemplate(parsing: "7"))])
+        XCTAssertEqual(own.variables(for: streamed, route: RouteInfo())["CONTENT_LENGTH"], "7")
     }
 
     func testParamsOverrideStockAndSuppressTheirHeader() throws {

@@ -1,4 +1,5 @@
 import FuzzSupport
+import KernelUpstream
 import NIOCore
 import NIOEmbedded
 import UWSGI
@@ -84,10 +85,10 @@ private func decodeRequest(_ payload: UnsafeBufferPointer<UInt8>, reads: [Range<
 
 private func decodeResponse(_ payload: UnsafeBufferPointer<UInt8>, reads: [Range<Int>], isHead: Bool) -> Decoded {
     let channel = EmbeddedChannel()
-    try! channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(UWSGIResponseDecoder(maxHeadSize: maxBlock, isHeadRequest: isHead)))
+    try! channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(UpstreamResponseDecoder(parser: UWSGIResponseParser(maxHeadSize: maxBlock), isHeadRequest: isHead)))
     var result = Decoded()
     func collect() {
-        while let part = try? channel.readInbound(as: UWSGIResponsePart.self) {
+        while let part = try? channel.readInbound(as: UpstreamResponsePart.self) {
             switch part {
             case .head(let head):
                 check(result.heads.isEmpty, "more than one response head")

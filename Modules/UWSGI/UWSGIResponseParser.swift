@@ -1,28 +1,8 @@
 import KernelCore
+import KernelUpstream
 import NIOCore
 
-/// The status and headers of an upstream's answer.
-public struct UWSGIResponseHead: Sendable {
-    public var status: Int
-    /// The reason phrase as sent; nil when the upstream sent none (or a CGI-style `Status: 404`).
-    public var reason: String?
-    public var headers: HeaderFields
-
-    public init(status: Int, reason: String?, headers: HeaderFields) {
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-    }
-}
-
-/// What the response decoder emits.
-public enum UWSGIResponsePart: Sendable {
-    case head(UWSGIResponseHead)
-    case body(ByteBuffer)
-    case end
-}
-
-/// Why an upstream's answer is unusable (answered with 502).
+/// Why a uwsgi application's answer is unusable (answered with 502, nginx's `invalid_header`).
 public enum UWSGIResponseError: Error, Sendable, Hashable, CustomStringConvertible {
     case invalidStatusLine(String)
     case invalidHeader(String)
@@ -30,10 +10,6 @@ public enum UWSGIResponseError: Error, Sendable, Hashable, CustomStringConvertib
     case headTooLarge(limit: Int)
     case invalidContentLength(String)
     case unsupportedTransferEncoding(String)
-    /// Closed before the head was complete.
-    case prematureCloseInHead
-    /// Closed before `Content-Length` body bytes arrived.
-    case prematureCloseInBody(received: Int, expected: Int)
 
     public var description: String {
         switch self {
@@ -43,51 +19,35 @@ public enum UWSGIResponseError: Error, Sendable, Hashable, CustomStringConvertib
         case .headTooLarge(let limit): return "upstream sent too big header (over \(limit) bytes)"
         case .invalidContentLength(let value): return "upstream sent invalid \"Content-Length\" header: \"\(escapeForLog(value))\""
         case .unsupportedTransferEncoding(let value): return "upstream sent unsupported \"Transfer-Encoding\": \"\(escapeForLog(value))\""
-        case .prematureCloseInHead: return "upstream prematurely closed connection"
-        case .prematureCloseInBody(let received, let expected):
-            return "upstream prematurely closed connection (\(received) of \(expected) body bytes)"
         }
     }
 }
 
-/// Parses what a uwsgi application server writes back: an HTTP/1.x status line, header lines, an empty line and
-/// the body, delimited by `Content-Length` or by the connection's end.
+/// Parses the head a uwsgi application server writes back (nginx's `ngx_http_uwsgi_process_header`): an HTTP/1.x
+/// status line, header lines and an empty line; the body that follows is delimited by `Content-Length` or by the
+/// connection's end (the upstream engine reads it).
 ///
 /// As nginx does, an answer that does not start with a status line is read as CGI-style headers: its status comes
 /// from a `Status` header, else 302 with a `Location`, else 200. Lines may end in CRLF or LF. Interim `1xx` heads
 /// are skipped. The head (with any interim heads before it) may not exceed `maxHeadSize` (nginx
 /// `uwsgi_buffer_size`).
-public struct UWSGIResponseDecoder: ByteToMessageDecoder, Sendable {
-    public typealias InboundOut = UWSGIResponsePart
-
-    private enum State {
-        case head
-        case lengthBody(remaining: Int, received: Int, expected: Int)
-        case closeBody
-        case done
-    }
-
+public struct UWSGIResponseParser: UpstreamResponseParser, Sendable {
     public let maxHeadSize: Int
-    /// Whether the request was `HEAD` (its answer has no body whatever its headers say).
-    public let isHeadRequest: Bool
-    private var state = State.head
     private var headBytes = 0
     private var statusLine: (status: Int, reason: String?)?
     private var sawFirstLine = false
     private var headers = HeaderFields()
 
-    public init(maxHeadSize: Int = 4096, isHeadRequest: Bool = false) {
+    public init(maxHeadSize: Int = 4096) {
         self.maxHeadSize = maxHeadSize
-        self.isHeadRequest = isHeadRequest
     }
 
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        switch state {
-        case .head:
+    public mutating func parseHead(_ buffer: inout ByteBuffer) throws -> UpstreamResponseHead? {
+        while true {
             let view = buffer.readableBytesView
             guard let newline = view.firstIndex(of: UInt8(ascii: "\n")) else {
                 if headBytes + buffer.readableBytes > maxHeadSize { throw UWSGIResponseError.headTooLarge(limit: maxHeadSize) }
-                return .needMoreData
+                return nil
             }
             let lineLength = newline - view.startIndex
             headBytes += lineLength + 1
@@ -101,43 +61,21 @@ public struct UWSGIResponseDecoder: ByteToMessageDecoder, Sendable {
             if !sawFirstLine {
                 sawFirstLine = true
                 if text.hasPrefix("HTTP/") {
-                    statusLine = try UWSGIResponseDecoder.parseStatusLine(text)
-                    return .continue
+                    statusLine = try UWSGIResponseParser.parseStatusLine(text)
+                    continue
                 }
             }
             if text.isEmpty {
-                try finishHead(context: context)
-                return .continue
+                if let head = try finishHead() { return head }
+                continue
             }
-            let (name, value) = try UWSGIResponseDecoder.parseHeaderLine(text)
+            let (name, value) = try UWSGIResponseParser.parseHeaderLine(text)
             headers.add(name, value)
-            return .continue
-
-        case .lengthBody(let remaining, let received, let expected):
-            guard buffer.readableBytes > 0 else { return .needMoreData }
-            let length = min(remaining, buffer.readableBytes)
-            let part = buffer.readSlice(length: length)!
-            context.fireChannelRead(wrapInboundOut(.body(part)))
-            if length == remaining {
-                state = .done
-                context.fireChannelRead(wrapInboundOut(.end))
-            } else {
-                state = .lengthBody(remaining: remaining - length, received: received + length, expected: expected)
-            }
-            return .continue
-
-        case .closeBody:
-            guard buffer.readableBytes > 0 else { return .needMoreData }
-            context.fireChannelRead(wrapInboundOut(.body(buffer.readSlice(length: buffer.readableBytes)!)))
-            return .continue
-
-        case .done:
-            buffer.moveReaderIndex(to: buffer.writerIndex)
-            return .needMoreData
         }
     }
 
-    private mutating func finishHead(context: ChannelHandlerContext) throws {
+    /// The final head, or nil after an interim one (whose lines are dropped; the final head is read next).
+    private mutating func finishHead() throws -> UpstreamResponseHead? {
         var status: Int
         var reason: String?
         if let statusLine {
@@ -163,7 +101,7 @@ public struct UWSGIResponseDecoder: ByteToMessageDecoder, Sendable {
             headers = HeaderFields()
             statusLine = nil
             sawFirstLine = false
-            return
+            return nil
         }
         headers.remove("Status")
         if let encoding = headers["Transfer-Encoding"], !encoding.equalsCaseInsensitive("identity") {
@@ -177,35 +115,9 @@ public struct UWSGIResponseDecoder: ByteToMessageDecoder, Sendable {
             if let length, length != parsed { throw UWSGIResponseError.invalidContentLength(value) }
             length = parsed
         }
-        context.fireChannelRead(wrapInboundOut(.head(UWSGIResponseHead(status: status, reason: reason, headers: headers))))
-        headers = HeaderFields()
-        if isHeadRequest || status == 204 || status == 304 || length == 0 {
-            state = .done
-            context.fireChannelRead(wrapInboundOut(.end))
-        } else if let length {
-            state = .lengthBody(remaining: length, received: 0, expected: length)
-        } else {
-            state = .closeBody
-        }
-    }
-
-    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        while try decode(context: context, buffer: &buffer) == .continue {}
-        switch state {
-        case .head:
-            buffer.moveReaderIndex(to: buffer.writerIndex)
-            state = .done
-            throw UWSGIResponseError.prematureCloseInHead
-        case .lengthBody(_, let received, let expected):
-            state = .done
-            throw UWSGIResponseError.prematureCloseInBody(received: received, expected: expected)
-        case .closeBody:
-            state = .done
-            context.fireChannelRead(wrapInboundOut(.end))
-        case .done:
-            break
-        }
-        return .needMoreData
+        defer { headers = HeaderFields() }
+        return UpstreamResponseHead(status: status, reason: reason, headers: headers,
+                                    framing: length.map { .length(Int64($0)) } ?? .untilClose)
     }
 
     /// `HTTP/1.1 200 OK` → (200, "OK"); the reason may be empty or absent.

@@ -1,13 +1,14 @@
 import KernelCore
+import KernelUpstream
 import NIOCore
 import NIOEmbedded
 import XCTest
 @testable import UWSGI
 
-final class UWSGIResponseDecoderTests: XCTestCase {
+final class UWSGIResponseParserTests: XCTestCase {
     private func channel(maxHeadSize: Int = 4096, head: Bool = false) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(UWSGIResponseDecoder(maxHeadSize: maxHeadSize, isHeadRequest: head)))
+        try channel.pipeline.syncOperations.addHandler(uwsgiResponseDecoder(maxHeadSize: maxHeadSize, isHeadRequest: head))
         return channel
     }
 
@@ -81,7 +82,7 @@ final class UWSGIResponseDecoderTests: XCTestCase {
         for line in ["HTTP/1.1 2000 OK", "HTTP/1.1 20 OK", "HTTP/1.1 abc OK", "HTTP/11 200 OK", "HTTP/1.1  200 OK", "HTTP/1.1 099 X"] {
             let channel = try channel()
             XCTAssertThrowsError(try channel.writeInbound(buffer("\(line)\r\n\r\n")), line) { error in
-                XCTAssertEqual(error as? UWSGIResponseError, .invalidStatusLine(line), line)
+                XCTAssertEqual(uwsgiError(error), .invalidStatusLine(line), line)
             }
         }
     }
@@ -89,14 +90,14 @@ final class UWSGIResponseDecoderTests: XCTestCase {
     func testInvalidHeaderLine() throws {
         let channel = try channel()
         XCTAssertThrowsError(try channel.writeInbound(buffer("HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n"))) { error in
-            XCTAssertEqual(error as? UWSGIResponseError, .invalidHeader("No colon here"))
+            XCTAssertEqual(uwsgiError(error), .invalidHeader("No colon here"))
         }
     }
 
     func testInvalidCGIStatus() throws {
         let channel = try channel()
         XCTAssertThrowsError(try channel.writeInbound(buffer("Status: bad\r\n\r\n"))) { error in
-            XCTAssertEqual(error as? UWSGIResponseError, .invalidStatus("bad"))
+            XCTAssertEqual(uwsgiError(error), .invalidStatus("bad"))
         }
     }
 
@@ -110,14 +111,14 @@ final class UWSGIResponseDecoderTests: XCTestCase {
     func testChunkedAnswerIsRefused() throws {
         let channel = try channel()
         XCTAssertThrowsError(try channel.writeInbound(buffer("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"))) { error in
-            XCTAssertEqual(error as? UWSGIResponseError, .unsupportedTransferEncoding("chunked"))
+            XCTAssertEqual(uwsgiError(error), .unsupportedTransferEncoding("chunked"))
         }
     }
 
     func testHeadTooLarge() throws {
         let channel = try channel(maxHeadSize: 64)
         XCTAssertThrowsError(try channel.writeInbound(buffer("HTTP/1.1 200 OK\r\nX-Big: \(String(repeating: "x", count: 100))"))) { error in
-            XCTAssertEqual(error as? UWSGIResponseError, .headTooLarge(limit: 64))
+            XCTAssertEqual(uwsgiError(error), .headTooLarge(limit: 64))
         }
     }
 
@@ -125,7 +126,7 @@ final class UWSGIResponseDecoderTests: XCTestCase {
         let channel = try channel()
         try channel.writeInbound(buffer("HTTP/1.1 200 OK\r\nContent-"))
         XCTAssertThrowsError(try channel.finish()) { error in
-            XCTAssertEqual(error as? UWSGIResponseError, .prematureCloseInHead)
+            XCTAssertEqual(error as? UpstreamResponseError, .prematureCloseInHead)
         }
     }
 
@@ -135,7 +136,7 @@ final class UWSGIResponseDecoderTests: XCTestCase {
         let partial = try drainResponse(channel)
         XCTAssertEqual(partial.body, Array("abc".utf8))
         XCTAssertThrowsError(try channel.finish()) { error in
-            XCTAssertEqual(error as? UWSGIResponseError, .prematureCloseInBody(received: 3, expected: 10))
+            XCTAssertEqual(error as? UpstreamResponseError, .prematureCloseInBody(received: 3, expected: 10))
         }
         XCTAssertEqual(try drainResponse(channel).ends, 0)
     }
@@ -159,7 +160,7 @@ final class UWSGIHeaderTextTests: XCTestCase {
 
     func testLatin1HeaderFromTheUpstreamKeepsItsCharacter() throws {
         let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(UWSGIResponseDecoder()))
+        try channel.pipeline.syncOperations.addHandler(uwsgiResponseDecoder())
         try channel.writeInbound(buffer(Array("HTTP/1.1 200 OK\r\nX-Reply: caf".utf8) + [0xE9] + Array("\r\nContent-Length: 0\r\n\r\n".utf8)))
         XCTAssertEqual(try drainResponse(channel).heads.first?.headers["X-Reply"], "caf\u{E9}")
     }

@@ -1,0 +1,258 @@
+import KernelCore
+import Logging
+import NIOCore
+
+/// How a response body that was handed to the client ended at the upstream.
+enum UpstreamBodyEnd {
+    /// The last byte arrived.
+    case complete
+    /// The upstream failed (closed early, timed out, sent an invalid encoding).
+    case failed(any Error)
+    /// The client left (or the response was dropped) before the end.
+    case cancelled
+}
+
+/// The upstream connection's reading side: collects the head, then hands body parts to the consumer one pull at a
+/// time, reading from the socket only when the consumer wants more (the channel has `autoRead` off). So the client
+/// side's pull drives the upstream's reads, and at most one read's worth of body is held.
+///
+/// `*_read_timeout` runs while a head or a pulled part is awaited. Lives on the upstream channel's event loop,
+/// which is the request's.
+final class UpstreamConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = UpstreamResponsePart
+
+    private let readTimeout: TimeAmount
+    let eventLoop: any EventLoop
+    private var context: ChannelHandlerContext?
+    private let headPromise: EventLoopPromise<UpstreamResponseHead>
+    private var pendingHead: UpstreamResponseHead?
+    private var headDelivered = false
+    private var parts = CircularBuffer<ByteBuffer>()
+    private var ended = false
+    private var failure: (any Error)?
+    private var waiter: EventLoopPromise<ByteBuffer?>?
+    private var readTimer: Scheduled<Void>?
+    private var sent = false
+    private var closed = false
+    /// Body bytes received from the upstream (for the balancer's outcome).
+    private(set) var bodyBytesReceived: Int64 = 0
+    /// Socket reads asked for: what the backpressure tests observe.
+    private(set) var readsRequested = 0
+    private var bodyEnd: UpstreamBodyEnd?
+    private var bodyEndObserver: ((UpstreamBodyEnd) -> Void)?
+
+    init(readTimeout: TimeAmount, eventLoop: any EventLoop) {
+        self.readTimeout = readTimeout
+        self.eventLoop = eventLoop
+        headPromise = eventLoop.makePromise(of: UpstreamResponseHead.self)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        readTimer?.cancel()
+        // A handler removed before the head arrived (the channel went away) must not leave the head waited for.
+        if !headDelivered { deliver(error: failure ?? UpstreamResponseError.prematureCloseInHead) }
+    }
+
+    var headFuture: EventLoopFuture<UpstreamResponseHead> { headPromise.futureResult }
+
+    private func read() {
+        guard let context else { return }
+        readsRequested += 1
+        context.read()
+    }
+
+    func startReading() { read() }
+
+    /// The request is written: from now on the read timeout runs while an answer is awaited.
+    func requestSent() {
+        sent = true
+        if !headDelivered { armReadTimer(phase: "reading response header from upstream") }
+    }
+
+    func fail(_ error: any Error) {
+        guard !closed else { return }
+        deliver(error: error)
+        closed = true
+        context?.close(promise: nil)
+    }
+
+    /// Closes the connection without an error (an answer that is not passed on: a retried 5xx).
+    func close() {
+        guard !closed else { return }
+        closed = true
+        ended = true
+        readTimer?.cancel()
+        context?.close(promise: nil)
+    }
+
+    /// `observer` is called once, when the body handed to the client ends (at once when it already has).
+    func observeBodyEnd(_ observer: @escaping (UpstreamBodyEnd) -> Void) {
+        if let bodyEnd { observer(bodyEnd) } else { bodyEndObserver = observer }
+    }
+
+    private func recordBodyEnd(_ end: UpstreamBodyEnd) {
+        guard headDelivered, bodyEnd == nil else { return }
+        bodyEnd = end
+        if let observer = bodyEndObserver {
+            bodyEndObserver = nil
+            observer(end)
+        }
+    }
+
+    private func armReadTimer(phase: String) {
+        readTimer?.cancel()
+        guard let context else { return }
+        readTimer = context.eventLoop.assumeIsolated().scheduleTask(in: readTimeout) { [self] in
+            fail(UpstreamFailure.timeout("upstream timed out (110: Connection timed out) while \(phase)"))
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if sent || headDelivered { armReadTimer(phase: headDelivered ? "reading upstream" : "reading response header from upstream") }
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            pendingHead = head
+        case .body(let part):
+            bodyBytesReceived += Int64(part.readableBytes)
+            if let waiter, parts.isEmpty, headDelivered {
+                self.waiter = nil
+                waiter.succeed(part)
+            } else {
+                parts.append(part)
+            }
+        case .end:
+            ended = true
+            readTimer?.cancel()
+            recordBodyEnd(.complete)
+            if let waiter, parts.isEmpty {
+                self.waiter = nil
+                waiter.succeed(nil)
+            }
+            closed = true
+            context.close(promise: nil)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        deliverHeadIfReady()
+        if !headDelivered {
+            read()
+        } else if waiter != nil, parts.isEmpty, !ended {
+            read()
+        } else if waiter == nil {
+            readTimer?.cancel()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    /// The head goes out once a whole read has been decoded, so that a small answer that came in one read is
+    /// handed over as one buffer instead of a stream.
+    private func deliverHeadIfReady() {
+        guard !headDelivered, let head = pendingHead else { return }
+        headDelivered = true
+        pendingHead = nil
+        if ended { bodyEnd = .complete }
+        headPromise.succeed(head)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        deliverHeadIfReady()
+        deliver(error: error)
+        closed = true
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deliverHeadIfReady()
+        readTimer?.cancel()
+        closed = true
+        if !ended { deliver(error: failure ?? UpstreamResponseError.prematureCloseInHead) }
+        context.fireChannelInactive()
+    }
+
+    private func deliver(error: any Error) {
+        readTimer?.cancel()
+        if !headDelivered {
+            headDelivered = true
+            headPromise.fail(error)
+            return
+        }
+        guard !ended, failure == nil else { return }
+        failure = error
+        recordBodyEnd(.failed(error))
+        if let waiter {
+            self.waiter = nil
+            waiter.fail(error)
+        }
+    }
+
+    /// The whole body when it has already arrived (small answers), else nil.
+    func takeWholeBody() -> ByteBuffer? {
+        guard ended, failure == nil else { return nil }
+        guard var first = parts.popFirst() else { return ByteBuffer() }
+        while let part = parts.popFirst() { first.writeImmutableBuffer(part) }
+        return first
+    }
+
+    /// The consumer's pull: a held part, or one more read from the socket.
+    func next(logger: Logger, suffix: String) -> EventLoopFuture<ByteBuffer?> {
+        if eventLoop.inEventLoop { return pull(logger: logger, suffix: suffix) }
+        return eventLoop.flatSubmit { self.pull(logger: logger, suffix: suffix) }
+    }
+
+    private func pull(logger: Logger, suffix: String) -> EventLoopFuture<ByteBuffer?> {
+        if let part = parts.popFirst() { return eventLoop.makeSucceededFuture(part) }
+        if ended { return eventLoop.makeSucceededFuture(nil) }
+        if let failure {
+            logger.error("\(UpstreamConnectionHandler.describeBodyFailure(failure))\(suffix)")
+            return eventLoop.makeFailedFuture(failure)
+        }
+        precondition(waiter == nil, "ResponseBodyStream.next called again before the previous part arrived")
+        let promise = eventLoop.makePromise(of: ByteBuffer?.self)
+        waiter = promise
+        armReadTimer(phase: "reading upstream")
+        read()
+        return promise.futureResult.flatMapErrorThrowing { error in
+            logger.error("\(UpstreamConnectionHandler.describeBodyFailure(error))\(suffix)")
+            throw error
+        }
+    }
+
+    static func describeBodyFailure(_ error: any Error) -> String {
+        switch error {
+        case let failure as UpstreamFailure: return failure.message
+        case let broken as UpstreamResponseError: return "\(broken) while reading upstream"
+        case let invalid as UpstreamInvalidResponse: return "\(invalid) while reading upstream"
+        default: return "recv() failed (\(UpstreamFailure.describe(error))) while reading upstream"
+        }
+    }
+
+    /// What the balancer is told of a body that broke off.
+    static func peerFailure(ofBody error: any Error) -> PeerFailure {
+        switch error {
+        case let failure as UpstreamFailure: return failure.peerFailure
+        case is UpstreamInvalidResponse: return .invalidHeader
+        default: return .error
+        }
+    }
+
+    /// The client is gone: the upstream connection closes and a waiting pull ends.
+    func cancel() {
+        let close: @Sendable () -> Void = { [self] in
+            parts.removeAll()
+            if !ended {
+                ended = true
+                closed = true
+                recordBodyEnd(.cancelled)
+                self.context?.close(promise: nil)
+            }
+            if let waiter { self.waiter = nil; waiter.succeed(nil) }
+        }
+        if eventLoop.inEventLoop { close() } else { eventLoop.execute(close) }
+    }
+}

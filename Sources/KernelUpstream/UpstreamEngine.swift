@@ -1,0 +1,320 @@
+import KernelCore
+import Logging
+import NIOCore
+import NIOPosix
+
+/// The upstream engine (nginx's `ngx_http_upstream.c`), parameterised by protocol: leases peers from the group,
+/// connects (TCP or unix) within the connect timeout, sends the protocol's head and the request body, reads the
+/// answer's head through the protocol's parser, retries other peers as `*_next_upstream` allows, and hands the
+/// client a response whose body streams from the upstream as the client pulls it.
+public struct UpstreamEngine<Protocol: UpstreamProtocol>: Sendable {
+    public let configuration: UpstreamConfiguration
+    public let hooks: Protocol
+
+    public init(configuration: UpstreamConfiguration, protocol hooks: Protocol) {
+        self.configuration = configuration
+        self.hooks = hooks
+    }
+
+    /// The response to `request`. The future does not fail: an upstream that cannot answer gives a JSON 502/504
+    /// with nginx's log line. Every response made here carries its `UpstreamReport`.
+    public func proxy(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        let exchange = UpstreamExchange(engine: self, request: request, context: context)
+        return exchange.start()
+    }
+}
+
+/// One proxied request: its attempts at peers until one answers or none may be tried. Lives on the request's
+/// event loop.
+final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
+    private let engine: UpstreamEngine<Protocol>
+    private let request: KernelRequest
+    private let context: RequestContext
+    private let promise: EventLoopPromise<KernelResponse>
+    private var head: ByteBuffer?
+    private var tried: [PeerAddress] = []
+    private var attempts: [UpstreamAttempt] = []
+    private var lastFailure: UpstreamFailure?
+
+    init(engine: UpstreamEngine<Protocol>, request: KernelRequest, context: RequestContext) {
+        self.engine = engine
+        self.request = request
+        self.context = context
+        promise = context.eventLoop.makePromise(of: KernelResponse.self)
+    }
+
+    private var eventLoop: any EventLoop { context.eventLoop }
+    private var configuration: UpstreamConfiguration { engine.configuration }
+
+    func start() -> EventLoopFuture<KernelResponse> {
+        if eventLoop.inEventLoop { begin() } else { eventLoop.execute { self.begin() } }
+        return promise.futureResult
+    }
+
+    private func begin() {
+        do {
+            head = try engine.hooks.makeRequestHead(for: request, context: context, allocator: ByteBufferAllocator())
+        } catch let refused as UpstreamRequestRefused {
+            context.logger.error("\(refused.logMessage)\(suffix(nil))")
+            respond(refused.response)
+            return
+        } catch {
+            context.logger.error("\(error)\(suffix(nil))")
+            respond(.error(502, "bad gateway"))
+            return
+        }
+        attempt()
+    }
+
+    /// nginx's error-log suffix naming the request.
+    private func suffix(_ peer: PeerAddress?) -> String {
+        var text = ", client: \(request.connection.remoteIP), server: \(context.route.serverName), request: \"\(request.requestLine)\""
+        if let peer { text += ", upstream: \"\(engine.hooks.scheme)://\(peer)\"" }
+        if let host = request.headers["Host"] { text += ", host: \"\(host)\"" }
+        return text
+    }
+
+    /// The client's answer, with every attempt so far.
+    private func respond(_ response: KernelResponse) {
+        var response = response
+        response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts)
+        promise.succeed(response)
+    }
+
+    /// Whether a failed attempt may go on to another peer (nginx's `ngx_http_upstream_test_next`): the condition
+    /// is configured, tries are left, and the request can be sent again: not once an unbuffered body was being
+    /// read, nor a POST, LOCK or PATCH once sent unless `non_idempotent` is set.
+    private func mayRetry(_ condition: NextUpstreamConditions, requestSent: Bool) -> Bool {
+        let next = configuration.nextUpstream
+        guard next.contains(condition), tried.count < max(1, configuration.group.maxTries) else { return false }
+        guard requestSent else { return true }
+        if case .stream? = request.bodySource { return false }
+        if ["POST", "LOCK", "PATCH"].contains(request.method), !next.contains(.nonIdempotent) { return false }
+        return true
+    }
+
+    private func attempt() {
+        let group = configuration.group
+        guard tried.count < max(1, group.maxTries), let lease = group.begin(request, excluding: tried) else {
+            if let lastFailure {
+                respond(lastFailure.response)
+            } else {
+                context.logger.error("no live upstreams while connecting to upstream\(suffix(nil)), upstream: \"\(engine.hooks.scheme)://\(group.name)\"")
+                respond(.error(502, "no live upstreams"))
+            }
+            return
+        }
+        run(lease)
+    }
+
+    /// One attempt at the leased peer.
+    private func run(_ lease: PeerLease) {
+        let peer = lease.peer
+        tried.append(peer)
+        let started = KernelClock.monotonicNanoseconds()
+        let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop)
+        let decoder = UpstreamResponseDecoder(parser: engine.hooks.makeResponseParser(for: request),
+                                              isHeadRequest: request.method == "HEAD")
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(configuration.connectTimeout)
+            .channelOption(.autoRead, value: false)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([ByteToMessageHandler(decoder), handler])
+                }
+            }
+        let connecting: EventLoopFuture<any Channel>
+        switch peer {
+        case .tcp(let host, let port):
+            if let address = (try? SocketAddress(ipAddress: host, port: port)) ?? configuration.resolver.address(host: host, port: port) {
+                connecting = bootstrap.connect(to: address)
+            } else {
+                // A name nobody resolved: never looked up here, on the event loop.
+                connecting = eventLoop.makeFailedFuture(UnresolvedPeer(host: host))
+            }
+        case .unix(let path):
+            connecting = bootstrap.connect(unixDomainSocketPath: path)
+        }
+        connecting.hop(to: eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let channel):
+                self.connected(channel, lease: lease, handler: handler, started: started)
+            case .failure(let error):
+                let failure: UpstreamFailure
+                if let unresolved = error as? UnresolvedPeer {
+                    failure = .error("\(unresolved.host) could not be resolved (3: Host not found)")
+                } else {
+                    failure = UpstreamFailure.connectFailure(error)
+                }
+                handler.fail(failure)
+                self.context.logger.error("\(failure.message) while connecting to upstream\(self.suffix(peer))")
+                self.failed(lease, failure, started: started, connectTime: nil, requestSent: false)
+            }
+        }
+    }
+
+    /// An attempt that gave no usable answer: the balancer hears of it, then the next peer or the last failure.
+    private func failed(_ lease: PeerLease, _ failure: UpstreamFailure, started: UInt64, connectTime: Double?,
+                        requestSent: Bool) {
+        let now = KernelClock.monotonicNanoseconds()
+        attempts.append(UpstreamAttempt(address: lease.peer.description, status: nil,
+                                        responseTime: seconds(now &- started), connectTime: connectTime))
+        lease.finish(PeerLeaseOutcome(status: nil, bytesReceived: 0, durationNanoseconds: now &- started,
+                                      failure: failure.peerFailure))
+        lastFailure = failure
+        if mayRetry(failure.condition, requestSent: requestSent) {
+            attempt()
+        } else {
+            respond(failure.response)
+        }
+    }
+
+    private func connected(_ channel: any Channel, lease: PeerLease, handler: UpstreamConnectionHandler, started: UInt64) {
+        let connectTime = seconds(KernelClock.monotonicNanoseconds() &- started)
+        var sendError: (any Error)?
+        let sender = UpstreamRequestSender(channel: channel, hooks: engine.hooks, sendTimeout: configuration.sendTimeout,
+                                           eventLoop: eventLoop) {
+            handler.fail(UpstreamFailure.timeout("upstream timed out (110: Connection timed out) while sending request to upstream"))
+        }
+        sender.send(head: head ?? ByteBuffer(), request: request).assumeIsolated().whenComplete { result in
+            if case .failure(let error) = result {
+                // A failure of the request's own (a timeout, the client's body broken off) ends the attempt and is
+                // logged with it; a failed write shows as the upstream closing.
+                if let failure = error as? UpstreamFailure { handler.fail(failure) }
+                sendError = error
+            }
+            handler.requestSent()
+        }
+        handler.startReading()
+        let peer = lease.peer
+        handler.headFuture.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let head):
+                self.answered(head, lease: lease, handler: handler, started: started, connectTime: connectTime)
+            case .failure(let error):
+                let failure: UpstreamFailure
+                switch error {
+                case let known as UpstreamFailure:
+                    failure = known
+                case let broken as UpstreamResponseError:
+                    if broken == .prematureCloseInHead, let sendError {
+                        failure = .error("writev() failed (\(UpstreamFailure.describe(sendError))) while sending request to upstream")
+                    } else {
+                        failure = .error("\(broken) while reading response header from upstream")
+                    }
+                case let invalid as UpstreamInvalidResponse:
+                    failure = .invalidHeader("\(invalid) while reading response header from upstream")
+                default:
+                    failure = .error("recv() failed (\(UpstreamFailure.describe(error))) while reading response header from upstream")
+                }
+                self.context.logger.error("\(failure.message)\(self.suffix(peer))")
+                channel.close(promise: nil)
+                self.failed(lease, failure, started: started, connectTime: connectTime, requestSent: true)
+            }
+        }
+    }
+
+    /// A head arrived: passed on, or (a status `*_next_upstream` names, with another peer to try) dropped.
+    private func answered(_ head: UpstreamResponseHead, lease: PeerLease, handler: UpstreamConnectionHandler,
+                          started: UInt64, connectTime: Double) {
+        let headerNanoseconds = KernelClock.monotonicNanoseconds() &- started
+        // Without another peer to lease, the answer is passed on as it is (nginx does the same).
+        if let condition = NextUpstreamConditions.condition(forStatus: head.status), mayRetry(condition, requestSent: true),
+           let next = configuration.group.begin(request, excluding: tried) {
+            handler.close()
+            attempts.append(UpstreamAttempt(address: lease.peer.description, status: head.status,
+                                            responseTime: seconds(headerNanoseconds), connectTime: connectTime,
+                                            headerTime: seconds(headerNanoseconds)))
+            // nginx counts a 403 or 404 that went on to the next peer as no failure of the peer's.
+            let counts = head.status != 403 && head.status != 404
+            lease.finish(PeerLeaseOutcome(status: head.status, bytesReceived: handler.bodyBytesReceived,
+                                          durationNanoseconds: headerNanoseconds,
+                                          failure: counts ? .status(head.status) : nil))
+            lastFailure = nil
+            run(next)
+            return
+        }
+        // The balancer hears of the attempt once, when its body has ended (at once for a body that is already
+        // whole), so `least_conn` and response-time balancing count the whole exchange.
+        let status = head.status
+        handler.observeBodyEnd { [handler] end in
+            let duration = KernelClock.monotonicNanoseconds() &- started
+            switch end {
+            case .complete:
+                lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration))
+            case .failed(let error):
+                lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration,
+                                              failure: UpstreamConnectionHandler.peerFailure(ofBody: error)))
+            case .cancelled:
+                lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration,
+                                              clientClosed: true))
+            }
+        }
+        var response = makeResponse(head, handler: handler)
+        let handed = KernelClock.monotonicNanoseconds() &- started
+        attempts.append(UpstreamAttempt(address: lease.peer.description, status: head.status,
+                                        responseTime: seconds(handed), connectTime: connectTime,
+                                        headerTime: seconds(headerNanoseconds)))
+        response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts)
+        promise.succeed(response)
+    }
+
+    /// The client-facing response: hop-by-hop fields, `Date`/`Server` (the kernel writes its own) and those the
+    /// protocol hides are dropped.
+    private func makeResponse(_ head: UpstreamResponseHead, handler: UpstreamConnectionHandler) -> KernelResponse {
+        var headers = HeaderFields()
+        for (name, value) in head.headers {
+            if HopByHopHeaders.contains(name) { continue }
+            let lower = name.lowercased()
+            if lower == "date" || lower == "server" || engine.hooks.hidesResponseHeader(lower) { continue }
+            headers.add(name, value)
+        }
+        let body: ResponseBody
+        if let whole = handler.takeWholeBody() {
+            if request.method == "HEAD" {
+                // The upstream's Content-Length (the length a GET would have) stays for HEAD, as nginx passes it.
+                // Without one the length is unknown: an empty stream says so, and no length goes out.
+                if head.headers["Content-Length"] != nil {
+                    body = .empty
+                } else {
+                    let eventLoop = self.eventLoop
+                    body = .stream(ResponseBodyStream(next: { eventLoop.makeSucceededFuture(nil) }, cancel: {}))
+                }
+            } else if whole.readableBytes == 0 {
+                body = .empty
+                if head.headers["Content-Length"] == nil, !(head.status == 204 || head.status == 304) {
+                    headers.add("Content-Length", "0")
+                }
+            } else {
+                body = .buffer(whole)
+            }
+        } else {
+            let logger = context.logger
+            let suffix = self.suffix(nil)
+            let release = UpstreamBodyRelease(handler: handler)
+            body = .stream(ResponseBodyStream(
+                next: { release.handler.next(logger: logger, suffix: suffix) },
+                cancel: { release.handler.cancel() }))
+        }
+        return KernelResponse(status: head.status, reason: head.reason, headers: headers, body: body)
+    }
+}
+
+/// Held by a streamed response body: when the last copy of the stream goes without having been read to its end
+/// or cancelled (a filter replaced the response, a protocol module dropped it), the upstream connection closes
+/// and the lease is finished as a client close, so a balancer never counts an attempt that nobody reads.
+final class UpstreamBodyRelease: Sendable {
+    let handler: UpstreamConnectionHandler
+
+    init(handler: UpstreamConnectionHandler) { self.handler = handler }
+
+    deinit { handler.cancel() }
+}
+
+/// A named peer without an address in the resolver.
+struct UnresolvedPeer: Error {
+    var host: String
+}
+
+@inline(__always)
+func seconds(_ nanoseconds: UInt64) -> Double { Double(nanoseconds) / 1e9 }

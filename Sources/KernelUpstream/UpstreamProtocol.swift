@@ -1,0 +1,106 @@
+import KernelCore
+import NIOCore
+
+/// What a proxy protocol module (uwsgi, HTTP `proxy_pass`) supplies to the upstream engine: nginx's per-protocol
+/// `create_request` and `process_header` hooks. The engine does everything else (peers, connects, timeouts,
+/// retries, the body in both directions, backpressure, error answers).
+public protocol UpstreamProtocol: Sendable {
+    associatedtype Parser: UpstreamResponseParser
+
+    /// The scheme log lines name peers with (`upstream: "uwsgi://127.0.0.1:6666"`).
+    var scheme: String { get }
+
+    /// nginx's `create_request`: the bytes sent before the request body (a uwsgi vars packet, an HTTP request
+    /// head). Called once per request; every attempt sends the same head. Throws `UpstreamRequestRefused` for a
+    /// request the protocol cannot carry.
+    func makeRequestHead(for request: KernelRequest, context: RequestContext,
+                         allocator: ByteBufferAllocator) throws -> ByteBuffer
+
+    /// How one part of the request body goes on the wire (identity for uwsgi, a chunk for chunked HTTP).
+    func frameRequestBodyPart(_ part: ByteBuffer) -> ByteBuffer
+
+    /// What follows the last part of the request body (nothing for uwsgi, `0\r\n\r\n` for chunked HTTP).
+    func requestBodyTrailer(allocator: ByteBufferAllocator) -> ByteBuffer?
+
+    /// nginx's `process_header`: a fresh parser for one attempt's answer.
+    func makeResponseParser(for request: KernelRequest) -> Parser
+
+    /// Whether a response header (lower-cased name) is kept from the client, beside the hop-by-hop ones and
+    /// `Date`/`Server` that the engine always drops (nginx's `*_hide_header` defaults).
+    func hidesResponseHeader(_ lowercasedName: String) -> Bool
+}
+
+extension UpstreamProtocol {
+    public func frameRequestBodyPart(_ part: ByteBuffer) -> ByteBuffer { part }
+    public func requestBodyTrailer(allocator: ByteBufferAllocator) -> ByteBuffer? { nil }
+    public func hidesResponseHeader(_ lowercasedName: String) -> Bool { false }
+}
+
+/// A request the protocol cannot send (a uwsgi vars block over 64k): answered without contacting a peer.
+public struct UpstreamRequestRefused: Error, Sendable {
+    /// The error-log message (nginx's words), the request's details are appended.
+    public var logMessage: String
+    /// The client's answer.
+    public var response: KernelResponse
+
+    public init(logMessage: String, response: KernelResponse) {
+        self.logMessage = logMessage
+        self.response = response
+    }
+}
+
+/// Parses the head of one upstream answer from the bytes as they arrive.
+public protocol UpstreamResponseParser: Sendable {
+    /// Parses the head from the start of `buffer`, consuming what it used; nil when more bytes are needed.
+    /// Interim heads (`1xx`) are the protocol's to skip. A thrown error is an invalid answer (502, nginx's
+    /// `invalid_header`); its description is the log message ("upstream sent invalid header: ...").
+    mutating func parseHead(_ buffer: inout ByteBuffer) throws -> UpstreamResponseHead?
+}
+
+/// The final head of an upstream's answer and how its body is delimited.
+public struct UpstreamResponseHead: Sendable {
+    public var status: Int
+    /// The reason phrase as sent; nil when the upstream sent none.
+    public var reason: String?
+    public var headers: HeaderFields
+    /// How the body that follows is delimited on the wire. The engine makes it `.none` itself for HEAD requests
+    /// and 204/304 answers.
+    public var framing: UpstreamBodyFraming
+
+    public init(status: Int, reason: String?, headers: HeaderFields, framing: UpstreamBodyFraming) {
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.framing = framing
+    }
+}
+
+/// How an upstream answer's body is delimited.
+public enum UpstreamBodyFraming: Sendable {
+    /// No body.
+    case none
+    /// Exactly this many bytes (`Content-Length`).
+    case length(Int64)
+    /// Everything until the peer closes the connection.
+    case untilClose
+    /// A protocol's own encoding (HTTP's chunked transfer coding), decoded by the protocol.
+    case decoded(any UpstreamBodyDecoder)
+}
+
+/// Decodes a body in a protocol's own encoding (chunked). The engine hands it the bytes after the head, read
+/// after read, and calls it until it needs more data.
+public protocol UpstreamBodyDecoder: Sendable {
+    /// Decodes from the start of `buffer`, consuming what it used. A thrown error is an invalid answer; its
+    /// description is the log message.
+    mutating func decode(_ buffer: inout ByteBuffer) throws -> UpstreamBodyDecoding
+}
+
+/// One step of an `UpstreamBodyDecoder`.
+public enum UpstreamBodyDecoding: Sendable {
+    /// Payload bytes of the body.
+    case part(ByteBuffer)
+    /// More input is needed.
+    case needMoreData
+    /// The body ended (bytes after it are ignored).
+    case end
+}

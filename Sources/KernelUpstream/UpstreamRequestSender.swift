@@ -1,0 +1,114 @@
+import KernelCore
+import NIOCore
+
+/// Writes one request to the upstream: the protocol's head, then the body from memory, from the spooled file or
+/// from the client connection (unbuffered), each part framed by the protocol. The next part is read only once the
+/// previous one was written, so memory stays bounded by one part whatever the body's size; `*_send_timeout` is
+/// the longest time without progress between two writes (as nginx measures it, through `SendTimeoutWatch`), so a
+/// large body that keeps moving never times out. Lives on the upstream channel's event loop.
+final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendable {
+    /// Bytes read from a spooled file per part.
+    static var filePartSize: Int { 256 * 1024 }
+
+    private let channel: any Channel
+    private let eventLoop: any EventLoop
+    private let hooks: Protocol
+    private let watch: SendTimeoutWatch
+    private let done: EventLoopPromise<Void>
+
+    init(channel: any Channel, hooks: Protocol, sendTimeout: TimeAmount, eventLoop: any EventLoop,
+         onTimeout: @escaping () -> Void) {
+        self.channel = channel
+        self.hooks = hooks
+        self.eventLoop = eventLoop
+        watch = SendTimeoutWatch(timeout: sendTimeout, eventLoop: eventLoop, onTimeout: onTimeout)
+        done = eventLoop.makePromise(of: Void.self)
+    }
+
+    /// Completes once the whole request is written, or fails (the channel closed, the client's body broke off).
+    func send(head: ByteBuffer, request: KernelRequest) -> EventLoopFuture<Void> {
+        write(head, promise: nil)
+        switch request.bodySource {
+        case .file(let file)?:
+            sendFile(file, from: 0)
+        case .stream(let stream)?:
+            sendStream(stream)
+        case nil:
+            if let body = request.body, body.readableBytes > 0 {
+                writeThen(hooks.frameRequestBodyPart(body)) { self.sendTrailer() }
+            } else {
+                sendTrailer()
+            }
+        }
+        done.futureResult.assumeIsolated().whenComplete { _ in self.watch.stop() }
+        return done.futureResult
+    }
+
+    /// Writes and flushes `buffer` in watched slices; `promise` completes with the last.
+    private func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?) {
+        SendProgress.forEachSlice(of: buffer) { slice, isLast in
+            let written = (isLast ? promise : nil) ?? eventLoop.makePromise(of: Void.self)
+            watch.writeStarted()
+            written.futureResult.assumeIsolated().whenComplete { _ in self.watch.writeCompleted() }
+            channel.write(slice, promise: written)
+        }
+        channel.flush()
+    }
+
+    /// The protocol's end of the body (if any), then a flushed empty write whose completion says everything
+    /// before it left.
+    private func sendTrailer() {
+        let flushed = eventLoop.makePromise(of: Void.self)
+        write(hooks.requestBodyTrailer(allocator: channel.allocator) ?? channel.allocator.buffer(capacity: 0), promise: flushed)
+        flushed.futureResult.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success: self.done.succeed(())
+            case .failure(let error): self.done.fail(error)
+            }
+        }
+    }
+
+    private func sendFile(_ file: SpooledRequestBody, from offset: Int64) {
+        guard offset < file.length else {
+            sendTrailer()
+            return
+        }
+        file.read(from: offset, count: Self.filePartSize, allocator: channel.allocator, on: eventLoop)
+            .assumeIsolated().whenComplete { result in
+                switch result {
+                case .success(let part):
+                    self.writeThen(self.hooks.frameRequestBodyPart(part)) {
+                        self.sendFile(file, from: offset + Int64(part.readableBytes))
+                    }
+                case .failure(let error):
+                    self.done.fail(UpstreamFailure.error("\(error) while sending request to upstream"))
+                }
+            }
+    }
+
+    private func sendStream(_ stream: RequestBodyStream) {
+        stream.next().hop(to: eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(.some(let part)):
+                self.writeThen(self.hooks.frameRequestBodyPart(part)) { self.sendStream(stream) }
+            case .success(.none):
+                self.sendTrailer()
+            case .failure(let error):
+                // The client broke off or timed out: the upstream gets no more (its connection closes).
+                self.done.fail(UpstreamFailure.error("\(error) while sending request to upstream"))
+            }
+        }
+    }
+
+    /// Writes `part` and calls `next` once it is written; a failed write ends the request.
+    private func writeThen(_ part: ByteBuffer, _ next: @escaping () -> Void) {
+        let written = eventLoop.makePromise(of: Void.self)
+        write(part, promise: written)
+        written.futureResult.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success: next()
+            case .failure(let error): self.done.fail(error)
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+import KernelCore
+import NIOCore
+
+/// What the upstream response decoder emits.
+public enum UpstreamResponsePart: Sendable {
+    case head(UpstreamResponseHead)
+    case body(ByteBuffer)
+    case end
+}
+
+/// Why an upstream's answer broke off, whatever its protocol.
+public enum UpstreamResponseError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// Closed before the head was complete.
+    case prematureCloseInHead
+    /// Closed before `expected` body bytes arrived.
+    case prematureCloseInBody(received: Int64, expected: Int64)
+    /// Closed before a protocol-encoded body (chunked) ended.
+    case prematureCloseInEncodedBody
+
+    public var description: String {
+        switch self {
+        case .prematureCloseInHead, .prematureCloseInEncodedBody: return "upstream prematurely closed connection"
+        case .prematureCloseInBody(let received, let expected):
+            return "upstream prematurely closed connection (\(received) of \(expected) body bytes)"
+        }
+    }
+}
+
+/// An answer the protocol's parser or body decoder refused (nginx's `invalid_header`: 502); `underlying` is the
+/// protocol's error, whose description is the log message.
+public struct UpstreamInvalidResponse: Error, Sendable, CustomStringConvertible {
+    public let underlying: any Error & Sendable
+    /// Whether the head was refused (else the body).
+    public let inHead: Bool
+
+    public var description: String { "\(underlying)" }
+}
+
+/// Splits an upstream's bytes into the head (through the protocol's parser) and body parts delimited as the head
+/// says, ending with `.end`. The framing is generic: by length, until the connection closes, none, or through the
+/// protocol's own body decoder (chunked).
+public struct UpstreamResponseDecoder<Parser: UpstreamResponseParser>: ByteToMessageDecoder, Sendable {
+    public typealias InboundOut = UpstreamResponsePart
+
+    private enum State: Sendable {
+        case head
+        case length(remaining: Int64, received: Int64, expected: Int64)
+        case untilClose
+        case decoded(any UpstreamBodyDecoder)
+        case done
+    }
+
+    private var parser: Parser
+    /// Whether the request was `HEAD` (its answer has no body whatever its headers say).
+    public let isHeadRequest: Bool
+    private var state = State.head
+
+    public init(parser: Parser, isHeadRequest: Bool) {
+        self.parser = parser
+        self.isHeadRequest = isHeadRequest
+    }
+
+    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        switch state {
+        case .head:
+            let parsed: UpstreamResponseHead?
+            do {
+                parsed = try parser.parseHead(&buffer)
+            } catch {
+                state = .done
+                throw UpstreamInvalidResponse(underlying: error, inHead: true)
+            }
+            guard var head = parsed else { return .needMoreData }
+            // The generic rule: no body for HEAD, 1xx, 204 and 304, whatever the headers say.
+            if isHeadRequest || head.status < 200 || head.status == 204 || head.status == 304 { head.framing = .none }
+            let framing = head.framing
+            context.fireChannelRead(wrapInboundOut(.head(head)))
+            switch framing {
+            case .none, .length(0):
+                end(context)
+            case .length(let length):
+                state = .length(remaining: length, received: 0, expected: length)
+            case .untilClose:
+                state = .untilClose
+            case .decoded(let decoder):
+                state = .decoded(decoder)
+            }
+            return .continue
+
+        case .length(let remaining, let received, let expected):
+            guard buffer.readableBytes > 0 else { return .needMoreData }
+            let length = Int(min(remaining, Int64(buffer.readableBytes)))
+            context.fireChannelRead(wrapInboundOut(.body(buffer.readSlice(length: length)!)))
+            if Int64(length) == remaining {
+                end(context)
+            } else {
+                state = .length(remaining: remaining - Int64(length), received: received + Int64(length), expected: expected)
+            }
+            return .continue
+
+        case .untilClose:
+            guard buffer.readableBytes > 0 else { return .needMoreData }
+            context.fireChannelRead(wrapInboundOut(.body(buffer.readSlice(length: buffer.readableBytes)!)))
+            return .continue
+
+        case .decoded(var decoder):
+            let step: UpstreamBodyDecoding
+            do {
+                step = try decoder.decode(&buffer)
+            } catch {
+                state = .done
+                throw UpstreamInvalidResponse(underlying: error, inHead: false)
+            }
+            switch step {
+            case .part(let part):
+                state = .decoded(decoder)
+                if part.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(.body(part))) }
+                return .continue
+            case .needMoreData:
+                state = .decoded(decoder)
+                return .needMoreData
+            case .end:
+                end(context)
+                return .continue
+            }
+
+        case .done:
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+            return .needMoreData
+        }
+    }
+
+    private mutating func end(_ context: ChannelHandlerContext) {
+        state = .done
+        context.fireChannelRead(wrapInboundOut(.end))
+    }
+
+    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        while try decode(context: context, buffer: &buffer) == .continue {}
+        switch state {
+        case .head:
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+            state = .done
+            throw UpstreamResponseError.prematureCloseInHead
+        case .length(_, let received, let expected):
+            state = .done
+            throw UpstreamResponseError.prematureCloseInBody(received: received, expected: expected)
+        case .decoded:
+            state = .done
+            throw UpstreamResponseError.prematureCloseInEncodedBody
+        case .untilClose:
+            end(context)
+        case .done:
+            break
+        }
+        return .needMoreData
+    }
+}
