@@ -28,7 +28,7 @@ struct LocationTable: Sendable {
         }
     }
     struct Regex: Sendable {
-        let regex: POSIXRegex
+        let regex: PCRERegex
         let decision: RouteDecision
     }
 
@@ -111,7 +111,7 @@ struct ServerTable: Sendable {
         let server: Int
     }
     struct Regex: Sendable {
-        let regex: POSIXRegex
+        let regex: PCRERegex
         let server: Int
     }
 

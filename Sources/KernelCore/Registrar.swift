@@ -40,6 +40,12 @@ public final class Registrar: @unchecked Sendable {
     private(set) var services: [any KernelService] = []
     private var locationHandlers: [String: LocationHandlerFactory] = [:]
     private var upstreamGroups: [String: any UpstreamGroup] = [:]
+    private(set) var finishObservers: [any RequestFinishObserver] = []
+
+    /// The variables templates of this configuration may use: the core's, and those modules add here
+    /// (`registrar.variables.register("name") { context in ... }`). Modules register in the module list's order,
+    /// so a module's variables are there for the templates of the modules after it (routing comes last).
+    public var variables = VariableRegistry.standard
 
     init(role: KernelRole, mode: Mode, configurationFile: String, runtime: KernelRuntime) {
         self.role = role
@@ -81,6 +87,10 @@ public final class Registrar: @unchecked Sendable {
     public func addUpstreamGroup(_ group: any UpstreamGroup) { upstreamGroups[group.name] = group }
 
     public func upstreamGroup(named name: String) -> (any UpstreamGroup)? { upstreamGroups[name] }
+
+    /// Adds an observer of every finished exchange of this configuration (metrics, stats); the routes' access
+    /// logs are observers too, attached by the router.
+    public func addFinishObserver(_ observer: any RequestFinishObserver) { finishObservers.append(observer) }
 
     /// Filters in run order: by phase, then by registration order (the module list's order).
     var orderedFilters: [any RequestFilter] {

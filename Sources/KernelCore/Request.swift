@@ -2,6 +2,7 @@ import Atomics
 import NIOCore
 
 private let connectionSerial = ManagedAtomic<UInt64>(0)
+private let requestSerial = ManagedAtomic<UInt64>(0)
 
 /// Where a request came in: filled by the protocol module that accepted it.
 public struct ConnectionInfo: Sendable {
@@ -61,10 +62,11 @@ public struct KernelRequest: Sendable {
         var body: ByteBuffer?
         var bodySource: RequestBodySource?
         var connection: ConnectionInfo
-        var variables: [(name: String, value: String)]
+        /// Unique in the process, the same in every copy of one request: what `$request_id` is made from.
+        let serial: UInt64
 
         init(method: String, uri: String, path: String, query: String, version: ProtocolVersion, headers: HeaderFields,
-             body: ByteBuffer?, connection: ConnectionInfo, variables: [(name: String, value: String)]) {
+             body: ByteBuffer?, connection: ConnectionInfo, serial: UInt64) {
             self.method = method
             self.uri = uri
             self.path = path
@@ -74,12 +76,12 @@ public struct KernelRequest: Sendable {
             self.body = body
             self.bodySource = nil
             self.connection = connection
-            self.variables = variables
+            self.serial = serial
         }
 
         func copy() -> Storage {
             let copy = Storage(method: method, uri: uri, path: path, query: query, version: version, headers: headers,
-                               body: body, connection: connection, variables: variables)
+                               body: body, connection: connection, serial: serial)
             copy.bodySource = bodySource
             return copy
         }
@@ -147,17 +149,15 @@ public struct KernelRequest: Sendable {
         get { storage.connection }
         _modify { yield &unique.connection }
     }
-    /// Protocol variables that have no place above (uwsgi's `SCRIPT_NAME`, `SERVER_NAME`, ...).
-    public var variables: [(name: String, value: String)] {
-        get { storage.variables }
-        _modify { yield &unique.variables }
-    }
+    /// The request's serial number: unique in the process and kept by every copy of the request (`$request_id`
+    /// is derived from it).
+    public var serial: UInt64 { storage.serial }
 
     public init(method: String, uri: String, path: String, query: String, version: ProtocolVersion,
-                headers: HeaderFields, body: ByteBuffer? = nil, connection: ConnectionInfo,
-                variables: [(name: String, value: String)] = []) {
+                headers: HeaderFields, body: ByteBuffer? = nil, connection: ConnectionInfo) {
         storage = Storage(method: method, uri: uri, path: path, query: query, version: version, headers: headers,
-                          body: body, connection: connection, variables: variables)
+                          body: body, connection: connection,
+                          serial: requestSerial.wrappingIncrementThenLoad(ordering: .relaxed))
     }
 
     /// The host the client asked for, without a port or a trailing dot, lower-cased (`$host`): the authority of an
@@ -186,9 +186,6 @@ public struct KernelRequest: Sendable {
 
     /// `GET /path?q HTTP/1.1`, as `$request` in access logs.
     public var requestLine: String { "\(method) \(uri) \(version)" }
-
-    /// The value of a protocol variable.
-    public func variable(_ name: String) -> String? { variables.first { $0.name == name }?.value }
 
     /// Splits a request target into a normalised path and a query, or nil when the path escapes the root
     /// (`/../x`) or holds a bad percent escape or a NUL: such requests are answered with 400, as nginx does.
