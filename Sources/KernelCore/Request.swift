@@ -62,7 +62,8 @@ public struct KernelRequest: Sendable {
         var body: ByteBuffer?
         var bodySource: RequestBodySource?
         var connection: ConnectionInfo
-        /// Unique in the process, the same in every copy of one request: what `$request_id` is made from.
+        /// Set when the request was made on a connection without a serial number (`ConnectionInfo.id` 0): unique in
+        /// the process, the same in every copy of one request. 0 otherwise (see `KernelRequest.identity`).
         let serial: UInt64
 
         init(method: String, uri: String, path: String, query: String, version: ProtocolVersion, headers: HeaderFields,
@@ -149,15 +150,21 @@ public struct KernelRequest: Sendable {
         get { storage.connection }
         _modify { yield &unique.connection }
     }
-    /// The request's serial number: unique in the process and kept by every copy of the request (`$request_id`
-    /// is derived from it).
-    public var serial: UInt64 { storage.serial }
+    /// Two numbers that identify the request in the process, the same in every copy of it (`$request_id` is made
+    /// from them): the connection's serial number and the request's number on it when the listener numbers its
+    /// connections, else 0 and a process-wide request serial.
+    public var identity: (UInt64, UInt64) {
+        let connection = storage.connection
+        if connection.id != 0 { return (connection.id, UInt64(connection.requestNumber)) }
+        return (0, storage.serial)
+    }
 
     public init(method: String, uri: String, path: String, query: String, version: ProtocolVersion,
                 headers: HeaderFields, body: ByteBuffer? = nil, connection: ConnectionInfo) {
         storage = Storage(method: method, uri: uri, path: path, query: query, version: version, headers: headers,
                           body: body, connection: connection,
-                          serial: requestSerial.wrappingIncrementThenLoad(ordering: .relaxed))
+                          // A numbered connection identifies its requests without a shared counter.
+                          serial: connection.id != 0 ? 0 : requestSerial.wrappingIncrementThenLoad(ordering: .relaxed))
     }
 
     /// The host the client asked for, without a port or a trailing dot, lower-cased (`$host`): the authority of an

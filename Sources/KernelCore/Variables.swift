@@ -103,7 +103,7 @@ enum StandardVariables {
         registry.register("server_protocol") { $0.request.version.description }
         registry.register("scheme") { $0.request.connection.scheme }
         registry.register("https") { $0.request.connection.scheme == "https" ? "on" : "" }
-        registry.register("request_id") { RequestID.text(of: $0.request.serial) }
+        registry.register("request_id") { RequestID.text(of: $0.request.identity) }
 
         // Names and addresses.
         registry.register("host") { $0.request.host ?? $0.route.serverName }
@@ -260,17 +260,21 @@ enum StandardVariables {
     }
 }
 
-/// `$request_id`: 32 hexadecimal digits, made from the request's serial number with a key drawn at start-up, so
-/// that it is the same wherever one request uses it and unpredictable across requests (nginx hashes a counter with
-/// a random key the same way).
+/// `$request_id`: 32 hexadecimal digits, made from the request's identity (two numbers, see
+/// `KernelRequest.identity`) with a key drawn at start-up, so that it is the same wherever one request uses it and
+/// looks random across requests (nginx hashes a counter with a random key). The mapping is a bijection of the two
+/// numbers, so two requests never share an id.
 enum RequestID {
     private static let key: (UInt64, UInt64) = {
         var generator = SystemRandomNumberGenerator()
         return (generator.next(), generator.next())
     }()
 
-    static func text(of serial: UInt64) -> String {
-        let high = mix(serial ^ key.0), low = mix(serial &+ key.1)
+    static func text(of identity: (UInt64, UInt64)) -> String {
+        // Invertible step by step (mix is a bijection): the low half gives back the second number given the high
+        // half, the high half then gives back the first.
+        let high = mix(identity.0 ^ key.0 ^ mix(identity.1))
+        let low = mix(identity.1 ^ key.1 ^ high)
         let digits: [UInt8] = Array("0123456789abcdef".utf8)
         var bytes = [UInt8](repeating: 0, count: 32)
         for index in 0..<16 {

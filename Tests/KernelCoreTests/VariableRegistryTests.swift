@@ -123,18 +123,36 @@ final class VariableRegistryTests: XCTestCase {
     }
 
     func testRequestIDIsStableWithinARequestAndDiffersAcrossRequests() throws {
-        let first = request()
         let template = try VariableTemplate("$request_id")
-        let id = template.render(first, route: RouteInfo())
-        XCTAssertEqual(id.utf8.count, 32)
-        XCTAssertTrue(id.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }, id)
+        func id(_ request: KernelRequest) -> String { template.render(request, route: RouteInfo()) }
+        let first = request()
+        let value = id(first)
+        XCTAssertEqual(value.utf8.count, 32)
+        XCTAssertTrue(value.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }, value)
         var copy = first
         copy.headers.add("X-Changed", "1")
-        XCTAssertEqual(template.render(copy, route: RouteInfo()), id, "a copy of the request keeps its id")
-        XCTAssertEqual(template.render(first, route: RouteInfo(serverName: "other")), id)
-        let ids = Set((0..<100).map { _ in template.render(request(), route: RouteInfo()) })
-        XCTAssertEqual(ids.count, 100)
-        XCTAssertFalse(ids.contains(id))
+        XCTAssertEqual(id(copy), value, "a copy of the request keeps its id")
+        XCTAssertEqual(template.render(first, route: RouteInfo(serverName: "other")), value)
+
+        // On a numbered connection: one id per request number, and per connection.
+        var numbered: Set<String> = []
+        for connection in UInt64(1)...10 {
+            for number in 1...10 {
+                var request = request()
+                request.connection.id = connection
+                request.connection.requestNumber = number
+                numbered.insert(id(request))
+            }
+        }
+        XCTAssertEqual(numbered.count, 100)
+        // Without a connection serial (a listener that does not number connections): a process-wide serial.
+        let unnumbered = (0..<100).map { _ in
+            KernelRequest(method: "GET", uri: "/", path: "/", query: "", version: .http1_1, headers: [:],
+                          connection: ConnectionInfo(protocolName: "http", listener: "-", remoteAddress: nil, localAddress: nil))
+        }
+        XCTAssertEqual(Set(unnumbered.map(id)).count, 100)
+        XCTAssertTrue(Set(unnumbered.map(id)).isDisjoint(with: numbered))
+        XCTAssertEqual(unnumbered.map(id), unnumbered.map(id), "evaluated again, the same ids")
     }
 
     func testResponseAndFinishedExchangeVariables() throws {
