@@ -19,6 +19,7 @@ public enum RoutingModule: KernelModule {
     /// Decodes `routing.log_format` and `routing.servers[]` and builds the router.
     public static func decode(_ value: ConfigValue, registrar: Registrar) throws -> LocationRouter {
         let mapping = try value.mapping()
+        NamedCaptureVariables.register(servers: mapping.optional("servers"), into: registrar)
         let formats = try AccessLogDecoder.decodeFormats(mapping.optional("log_format"), variables: registrar.variables)
         let serversValue = try mapping.required("servers")
         try mapping.finish()

@@ -48,6 +48,27 @@ final class LogFormatConfigTests: XCTestCase {
         return time
     }
 
+    func testNamedGroupsOfRegexLocationsAreVariablesOfEveryTemplate() throws {
+        let fixture = try RoutingFixture()
+        try fixture.load("""
+            routing:
+              log_format:
+                ids: '$uri model=$model version=[$version]'
+              servers:
+                - access_log: {path: ids.log, format: ids}
+                  locations:
+                    - location: "~ ^/v2/models/(?<model>[^/]+)(?:/versions/(?<version>\\\\d+))?/infer$"
+                      return: 200 "m=$model"
+                    - location: /
+                      return: 200 "[$model]"
+            """)
+        XCTAssertEqual(try fixture.respond("/v2/models/demo/versions/3/infer").body, "m=demo")
+        _ = try fixture.respond("/v2/models/demo/infer")
+        XCTAssertEqual(try fixture.respond("/other").body, "[]", "outside its location a named group is not found")
+        XCTAssertEqual(try String(contentsOfFile: "\(fixture.directory)/ids.log", encoding: .utf8),
+                       "/v2/models/demo/versions/3/infer model=demo version=[3]\n/v2/models/demo/infer model=demo version=[]\n/other model=- version=[-]\n")
+    }
+
     func testFormatErrorsNameTheirPlace() throws {
         let fixture = try RoutingFixture()
         XCTAssertEqual(fixture.loadError("""

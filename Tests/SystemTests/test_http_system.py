@@ -744,7 +744,7 @@ http:
 routing:
   log_format:
     detailed: '$remote_addr:$remote_port "$request" $status $body_bytes_sent $request_time $request_id [$upstream_addr] $arg_page $http_x_trace $cookie_sid $host $connection_requests'
-    api: {{escape: json, format: '{{"uri":"$uri","agent":"$http_user_agent","first":"$1"}}'}}
+    api: {{escape: json, format: '{{"uri":"$uri","agent":"$http_user_agent","id":"$user_id","first":"$1"}}'}}
   servers:
     - server_name: logged.test
       access_log: {{path: {detailed}, format: detailed}}
@@ -771,7 +771,7 @@ def test_named_log_format_with_several_variables(start_kernel, tmp_path):
     assert match, lines[0]
     assert int(match.group(1)) > 0 and float(match.group(2)) >= 0
     entry = json.loads(read_lines(api, 1)[0])
-    assert entry == {"uri": "/users/42/posts", "agent": 'say "hi"', "first": "42"}
+    assert entry == {"uri": "/users/42/posts", "agent": 'say "hi"', "id": "42", "first": "42"}
     no_crash_lines(kernel)
 
 
