@@ -40,11 +40,18 @@ let package = Package(
             pkgConfig: "yaml-0.1",
             providers: [.apt(["libyaml-dev"])]
         ),
+        // PCRE2, the regular expressions nginx uses (Debian: libpcre2-dev), with JIT.
+        .systemLibrary(
+            name: "CPCRE2",
+            path: "Sources/CPCRE2",
+            pkgConfig: "libpcre2-8",
+            providers: [.apt(["libpcre2-dev"])]
+        ),
         .target(name: "KernelConfig", dependencies: ["CYAML"], path: "Sources/KernelConfig"),
         .target(
             name: "KernelCore",
             dependencies: nio + [
-                "KernelConfig", log, locks,
+                "KernelConfig", "CPCRE2", log, locks,
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the kernel, its tests and its benchmarks need, skipping what is already there:
-# Debian packages (libyaml, nginx, wrk), Python packages from PyPI (ONNX Runtime and the test peers),
+# Debian packages (libyaml, PCRE2, nginx, wrk), Python packages from PyPI (ONNX Runtime and the test peers),
 # and the demo and test models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for package in libyaml-dev nginx-light wrk; do
+for package in libyaml-dev libpcre2-dev nginx-light wrk; do
     dpkg -s "$package" >/dev/null 2>&1 || need_apt+=("$package")
 done
 if ((${#need_apt[@]})); then

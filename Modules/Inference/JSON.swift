@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import KernelCore
 import NIOCore
 
 /// A parsed JSON value. Numbers keep their source text's byte range and are converted only when the element type
@@ -515,32 +516,8 @@ public struct JSONWriter {
 
     @inline(__always) public mutating func byte(_ byte: UInt8) { buffer.writeInteger(byte) }
 
-    /// A JSON string literal with the escapes JSON requires.
-    public mutating func string(_ text: String) {
-        buffer.writeInteger(UInt8(ascii: "\""))
-        var plain = true
-        for byte in text.utf8 where byte < 0x20 || byte == 0x22 || byte == 0x5C { plain = false; break }
-        if plain {
-            buffer.writeString(text)
-        } else {
-            for byte in text.utf8 {
-                switch byte {
-                case 0x22: buffer.writeStaticString("\\\"")
-                case 0x5C: buffer.writeStaticString("\\\\")
-                case 0x0A: buffer.writeStaticString("\\n")
-                case 0x0D: buffer.writeStaticString("\\r")
-                case 0x09: buffer.writeStaticString("\\t")
-                case 0..<0x20:
-                    buffer.writeStaticString("\\u00")
-                    let hex: [UInt8] = Array("0123456789abcdef".utf8)
-                    buffer.writeInteger(hex[Int(byte >> 4)])
-                    buffer.writeInteger(hex[Int(byte & 15)])
-                default: buffer.writeInteger(byte)
-                }
-            }
-        }
-        buffer.writeInteger(UInt8(ascii: "\""))
-    }
+    /// A JSON string literal with the escapes JSON requires (the core's one escaper).
+    @inline(__always) public mutating func string(_ text: String) { JSONText.writeQuoted(text, into: &buffer) }
 
     /// An integer in decimal, written digit by digit.
     public mutating func integer<T: BinaryInteger>(_ value: T) {

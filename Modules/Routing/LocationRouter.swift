@@ -28,7 +28,7 @@ struct LocationTable: Sendable {
         }
     }
     struct Regex: Sendable {
-        let regex: POSIXRegex
+        let regex: PCRERegex
         let decision: RouteDecision
     }
 
@@ -55,7 +55,7 @@ struct LocationTable: Sendable {
         if let longest, longest.stopsRegexSearch { return longest.decision }
         for entry in regexes {
             if let captures = entry.regex.captures(in: path) {
-                return entry.decision.withCaptures(captures)
+                return entry.decision.withCaptures(captures, names: entry.regex.captureNames)
             }
         }
         return longest?.decision
@@ -111,7 +111,7 @@ struct ServerTable: Sendable {
         let server: Int
     }
     struct Regex: Sendable {
-        let regex: POSIXRegex
+        let regex: PCRERegex
         let server: Int
     }
 

@@ -7,7 +7,8 @@ import NIOCore
 ///
 /// Codes 301, 302, 303, 307 and 308 take a URL, sent as `Location` with a small HTML body; other codes take an
 /// optional text, sent as `text/plain`. A code of 400 or more without a text answers with the kernel's JSON error
-/// body. Text and URL may use nginx variables (`VariableTemplate`).
+/// body. Text and URL may use nginx variables (`VariableTemplate`, compiled against the registrar's variables and
+/// the named groups of the location's regular expression).
 struct ReturnDirective: Sendable {
     enum Body: Sendable {
         /// No text given: an empty body below 400, the JSON error body from 400 on.
@@ -21,8 +22,16 @@ struct ReturnDirective: Sendable {
 
     static let redirectCodes: Set<Int> = [301, 302, 303, 307, 308]
 
-    /// Decodes the directive's value. Errors name the value's position and key path.
-    init(_ value: ConfigValue) throws {
+    /// Decodes the directive's value. Errors name the value's position and key path. `captureNames` are the named
+    /// groups of the location's regular expression (`$name`), empty outside a regex location.
+    init(_ value: ConfigValue, variables: VariableRegistry = .standard, captureNames: [String: Int] = [:]) throws {
+        func template(_ text: String, _ value: ConfigValue) throws -> VariableTemplate {
+            do {
+                return try VariableTemplate(text, variables: variables, captureNames: captureNames)
+            } catch {
+                throw value.error(error.message)
+            }
+        }
         let words: [String]
         // Where a bad code or text is reported: the scalar, or the list item.
         let wordValues: [ConfigValue]
@@ -51,7 +60,7 @@ struct ReturnDirective: Sendable {
         if words.count == 1, ReturnDirective.isURL(first) {
             // `return URL` is a temporary redirect.
             status = 302
-            body = .redirect(try ReturnDirective.template(first, codeValue))
+            body = .redirect(try template(first, codeValue))
             return
         }
         guard first.utf8.count == 3, first.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
@@ -73,27 +82,19 @@ struct ReturnDirective: Sendable {
             body = .none
             return
         }
-        let template = try ReturnDirective.template(words[1], wordValues[1])
+        let compiled = try template(words[1], wordValues[1])
         if ReturnDirective.redirectCodes.contains(code) {
-            body = .redirect(template)
+            body = .redirect(compiled)
         } else if code == 204 || code == 304 {
             throw wordValues[1].error("a \(code) response has no body, found the text \"\(words[1])\"")
         } else {
-            body = .text(template)
+            body = .text(compiled)
         }
     }
 
     /// `http://`, `https://` or `$scheme` start a URL, as nginx decides for `return URL`.
     private static func isURL(_ word: String) -> Bool {
         word.hasPrefix("http://") || word.hasPrefix("https://") || word.hasPrefix("$scheme")
-    }
-
-    private static func template(_ text: String, _ value: ConfigValue) throws -> VariableTemplate {
-        do {
-            return try VariableTemplate(parsing: text)
-        } catch let error as TemplateError {
-            throw value.error(error.message)
-        }
     }
 
     /// The highest `$N` the text or URL uses.

@@ -17,14 +17,16 @@ public enum RoutingModule: KernelModule {
     /// Edge and worker processes both route (`both` runs it too).
     public static let roles: Set<KernelRole> = [.edge, .worker]
 
-    /// Decodes `routing.servers[]` and builds the router.
+    /// Decodes `routing.log_format` and `routing.servers[]` and builds the router.
     public static func decode(_ value: ConfigValue, registrar: Registrar) throws -> LocationRouter {
         let mapping = try value.mapping()
+        NamedCaptureVariables.register(servers: mapping.optional("servers"), into: registrar)
+        let formats = try AccessLogDecoder.decodeFormats(mapping.optional("log_format"), variables: registrar.variables)
         let serversValue = try mapping.required("servers")
         try mapping.finish()
         let items = try serversValue.list()
         guard !items.isEmpty else { throw serversValue.error("expected at least one server, found an empty list") }
-        let decoder = RoutingDecoder(registrar: registrar)
+        let decoder = RoutingDecoder(registrar: registrar, logFormats: formats)
         let servers = try items.map { try decoder.decodeServer($0) }
         return try RouterBuilder(servers: servers, registrar: registrar).build()
     }
@@ -39,7 +41,7 @@ public enum RoutingModule: KernelModule {
 struct DecodedServer {
     let path: String
     /// Names with where they were written; a regex name carries its compiled expression.
-    let names: [(name: ServerName, value: ConfigValue, regex: POSIXRegex?)]
+    let names: [(name: ServerName, value: ConfigValue, regex: PCRERegex?)]
     /// `$server_name`: the first name as written, or empty.
     let firstName: String
     /// Addresses of `listen` as written with their canonical form; nil means every listener.
@@ -51,22 +53,20 @@ struct DecodedServer {
 /// Decodes servers and locations strictly, with the registrar's location handlers and log files.
 struct RoutingDecoder {
     let registrar: Registrar
-    /// Compiled copies of each regular expression: one per event-loop thread (see `POSIXRegex`).
-    let regexCopies: Int
-    private let logs = AccessLogCache()
+    private let accessLogs: AccessLogDecoder
 
     /// nginx's default `client_max_body_size`.
     static let defaultMaxBodySize = 1 << 20
 
-    init(registrar: Registrar) {
+    init(registrar: Registrar, logFormats: [String: LogFormat] = LogFormat.predefined) {
         self.registrar = registrar
-        regexCopies = registrar.mode == .check ? 1 : max(1, Array(registrar.eventLoopGroup.makeIterator()).count)
+        accessLogs = AccessLogDecoder(registrar: registrar, formats: logFormats)
     }
 
     func decodeServer(_ value: ConfigValue) throws -> DecodedServer {
         let mapping = try value.mapping()
 
-        var names: [(name: ServerName, value: ConfigValue, regex: POSIXRegex?)] = []
+        var names: [(name: ServerName, value: ConfigValue, regex: PCRERegex?)] = []
         var firstName = ""
         if let namesValue = mapping.optional("server_name") {
             for (position, item) in try namesValue.list(allowScalar: true).enumerated() {
@@ -79,11 +79,11 @@ struct RoutingDecoder {
                     throw item.error(error.message)
                 }
                 for name in parsed {
-                    var regex: POSIXRegex? = nil
+                    var regex: PCRERegex? = nil
                     if case .regex(let pattern) = name {
                         do {
                             // Host names are matched lower-cased and case-insensitively, as nginx does.
-                            regex = try POSIXRegex(pattern, caseInsensitive: true, copies: regexCopies)
+                            regex = try PCRERegex(pattern, caseInsensitive: true)
                         } catch {
                             throw item.error("invalid regular expression \"\(pattern)\": \(error)")
                         }
@@ -121,7 +121,7 @@ struct RoutingDecoder {
 
         var serverReturn: RouteDecision? = nil
         if let returnValue = mapping.optional("return") {
-            let directive = try ReturnDirective(returnValue)
+            let directive = try ReturnDirective(returnValue, variables: registrar.variables)
             if directive.highestCapture > 0 {
                 throw returnValue.error("$\(directive.highestCapture) needs a regular expression location (~ or ~*)")
             }
@@ -184,7 +184,7 @@ struct RoutingDecoder {
         let match: LocationMatch
         let matchText: String
         let matchValue: ConfigValue
-        let regex: POSIXRegex?
+        let regex: PCRERegex?
         /// What the handler directive declared (empty for `return`).
         let capabilities: LocationHandlerCapabilities
         let decision: RouteDecision
@@ -203,10 +203,10 @@ struct RoutingDecoder {
         } catch let error as LocationSyntaxError {
             throw matchValue.error(error.message)
         }
-        var regex: POSIXRegex? = nil
+        var regex: PCRERegex? = nil
         if case .regex(let pattern, let caseInsensitive) = match {
             do {
-                regex = try POSIXRegex(pattern, caseInsensitive: caseInsensitive, copies: regexCopies)
+                regex = try PCRERegex(pattern, caseInsensitive: caseInsensitive)
             } catch {
                 throw matchValue.error("invalid regular expression \"\(pattern)\": \(error)")
             }
@@ -240,7 +240,8 @@ struct RoutingDecoder {
             throw chosen.value.error("\"\(chosen.key)\" serves the paths under its location's prefix: it needs a prefix location (/path/ or ^~ /path), found \"\(matchText)\"")
         }
         if chosen.key == "return" {
-            let directive = try ReturnDirective(chosen.value)
+            let directive = try ReturnDirective(chosen.value, variables: registrar.variables,
+                                                captureNames: regex?.captureNames ?? [:])
             let used = directive.highestCapture
             if used > 0 {
                 guard let regex else {
@@ -293,45 +294,9 @@ struct RoutingDecoder {
         try value.size().bytes
     }
 
-    /// `access_log`: `off`, `stdout`, `stderr`, a path, or `{path: ..., format: combined|json}`. Nil is off.
-    /// While only checking (`kernel -t`) nothing is opened.
+    /// `access_log` (see `AccessLogDecoder`). Nil is off.
     private func accessLog(_ value: ConfigValue) throws -> AccessLog? {
-        var format = AccessLog.Format.combined
-        let pathValue: ConfigValue
-        if case .mapping = value.node {
-            let fields = try value.mapping()
-            pathValue = try fields.required("path")
-            if let formatValue = fields.optional("format") {
-                format = AccessLog.Format(rawValue: try formatValue.oneOf(AccessLog.Format.allCases.map(\.rawValue)))!
-            }
-            try fields.finish()
-        } else {
-            // `off` quoted or not, as nginx reads `access_log off` and `access_log "off"` alike.
-            if value.node.scalarText == "off" { return nil }
-            pathValue = value
-        }
-        let text = try pathValue.nonEmptyString()
-        if text == "off" { throw pathValue.error("\"off\" cannot have a format; write access_log: off") }
-        let path = text == "stdout" || text == "stderr" ? text : registrar.resolvePath(text)
-        guard registrar.mode == .run else { return nil }
-        do {
-            return try logs.log(path: path, format: format, files: registrar.runtime.logFiles)
-        } catch {
-            throw pathValue.error("\(error)")
-        }
-    }
-}
-
-/// One `AccessLog` per file and format, so that servers writing to one file share it.
-private final class AccessLogCache {
-    private var logs: [String: AccessLog] = [:]
-
-    func log(path: String, format: AccessLog.Format, files: LogFileRegistry) throws -> AccessLog {
-        let key = "\(format.rawValue) \(path)"
-        if let log = logs[key] { return log }
-        let log = AccessLog(file: try files.file(path), format: format)
-        logs[key] = log
-        return log
+        try accessLogs.decode(value)
     }
 }
 

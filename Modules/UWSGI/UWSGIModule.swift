@@ -152,7 +152,7 @@ enum UWSGIPassFactory {
         }
         configuration.resolver = book
         if let params = location.optional("uwsgi_param") {
-            configuration.params = UWSGIParam.merged(try decodeParams(params))
+            configuration.params = UWSGIParam.merged(try decodeParams(params, variables: registrar.variables))
         }
         if let timeout = location.optional("uwsgi_connect_timeout") {
             configuration.connectTimeout = .milliseconds(try UWSGIModule.positiveDuration(timeout).milliseconds)
@@ -202,7 +202,7 @@ enum UWSGIPassFactory {
     }
 
     /// `uwsgi_param: {NAME: value, NAME2: {value: $https, if_not_empty: true}}`.
-    static func decodeParams(_ value: ConfigValue) throws -> [UWSGIParam] {
+    static func decodeParams(_ value: ConfigValue, variables: VariableRegistry = .standard) throws -> [UWSGIParam] {
         let mapping = try value.mapping()
         var params: [UWSGIParam] = []
         for (name, entry) in mapping.unread() {
@@ -223,7 +223,7 @@ enum UWSGIPassFactory {
                 text = try entry.string()
             }
             do {
-                params.append(UWSGIParam(name: name, value: try UWSGIParamTemplate(parsing: text), ifNotEmpty: ifNotEmpty))
+                params.append(UWSGIParam(name: name, value: try UWSGIParamTemplate(parsing: text, variables: variables), ifNotEmpty: ifNotEmpty))
             } catch let error as UWSGIParamTemplateError {
                 throw templateValue.error(error.description)
             }

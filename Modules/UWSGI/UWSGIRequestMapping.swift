@@ -23,15 +23,14 @@ public enum UWSGIRequestMapping {
         var requestScheme: String?
         var https: String?
         var headers = HeaderVariables()
-        var variables: [(name: String, value: String)] = []
         var contentType: String?
 
         for (name, value) in head.variables {
             switch name {
             case "REQUEST_METHOD": method = value
             case "REQUEST_URI": requestURI = value
-            case "PATH_INFO": pathInfo = value; variables.append((name, value))
-            case "QUERY_STRING": queryString = value; variables.append((name, value))
+            case "PATH_INFO": pathInfo = value
+            case "QUERY_STRING": queryString = value
             case "SERVER_PROTOCOL": serverProtocol = value
             case "REMOTE_ADDR": remoteAddr = value
             case "REMOTE_PORT": remotePort = value
@@ -43,10 +42,9 @@ public enum UWSGIRequestMapping {
             // CGI carries these two outside HTTP_*; a copy inside would duplicate them.
             case "HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH": break
             default:
+                // Other CGI variables (SCRIPT_NAME, SERVER_NAME, ...) have no place in the request shape.
                 if name.hasPrefix("HTTP_"), name.utf8.count > 5 {
                     headers.set(headerName(fromVariable: name), value)
-                } else {
-                    variables.append((name, value))
                 }
             }
         }
@@ -113,7 +111,7 @@ public enum UWSGIRequestMapping {
         let connection = ConnectionInfo(protocolName: "uwsgi", listener: listener, remoteAddress: client,
                                         localAddress: localAddress, scheme: scheme)
         return KernelRequest(method: method, uri: uri, path: path, query: query, version: version, headers: fields,
-                             body: nil, connection: connection, variables: variables)
+                             body: nil, connection: connection)
     }
 
     /// The headers of the `HTTP_*` variables, where a variable sent twice keeps its last value, as in uWSGI's

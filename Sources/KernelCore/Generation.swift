@@ -18,6 +18,8 @@ public final class KernelGeneration: Sendable {
     let router: any RequestRouter
     let listeners: [ListenerSpec]
     let services: [any KernelService]
+    /// Observers modules registered for every finished exchange (besides each route's access log).
+    let finishObservers: [any RequestFinishObserver]
     private let inFlight = ManagedAtomic<Int>(0)
     private let retired = ManagedAtomic<Bool>(false)
     private let onDrained = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
@@ -29,6 +31,7 @@ public final class KernelGeneration: Sendable {
         router = registrar.router ?? NotFoundRouter(filters: registrar.filterChain([]))
         listeners = registrar.listeners
         services = registrar.services
+        finishObservers = registrar.finishObservers
     }
 
     func acquire() { inFlight.wrappingIncrement(ordering: .relaxed) }
@@ -82,12 +85,15 @@ public final class KernelGeneration: Sendable {
 /// One request's passage through the kernel, from the routed head to the logged response.
 ///
 /// A protocol module calls `KernelRuntime.begin` once the head is parsed, reads at most `maxBodySize` body bytes,
-/// calls `start`, writes the response and then `finish`. `finish` writes the access log line and lets the
-/// generation go; it runs at most once (also from `deinit`, so an abandoned exchange never pins a generation).
+/// calls `start`, writes the response and then `finish`. `finish` tells the request-finish observers (the
+/// route's access log, those modules registered) and lets the generation go; it runs at most once (also from
+/// `deinit`, so an abandoned exchange never pins a generation).
 public final class RequestExchange: @unchecked Sendable {
     public let generation: KernelGeneration
     public let decision: RouteDecision
     public let context: RequestContext
+    /// When the head was routed (monotonic nanoseconds), or 0 when nobody observes the exchange: then neither
+    /// the clock is read nor a `FinishedExchange` made.
     private let started: UInt64
     private var finished = false
 
@@ -97,8 +103,8 @@ public final class RequestExchange: @unchecked Sendable {
         self.generation = generation
         self.decision = decision
         self.context = context
-        // Only the access log's request time needs the start.
-        started = decision.accessLog == nil ? 0 : KernelClock.monotonicNanoseconds()
+        // Only observers need the start (`$request_time`); the common unobserved exchange reads no clock.
+        started = decision.accessLog == nil && generation.finishObservers.isEmpty ? 0 : KernelClock.monotonicNanoseconds()
     }
 
     /// `client_max_body_size` of the chosen location; nil is unlimited.
@@ -153,15 +159,20 @@ public final class RequestExchange: @unchecked Sendable {
         }
     }
 
-    /// Logs the request and releases the generation. `status` is what was sent (or 499 when the client left);
-    /// `bytesSent` counts the head too (nil: not counted); `upstream` is the response's upstream report.
+    /// Tells the observers and releases the generation. `status` is what was sent (or 499 when the client left);
+    /// `bytesSent` counts the head too (nil: not counted, and observers see the body bytes); `upstream` is the
+    /// response's upstream report.
     public func finish(_ request: KernelRequest, status: Int, bodyBytesSent: Int, bytesSent: Int? = nil,
                        upstream: UpstreamReport? = nil) {
         guard !finished else { return }
         finished = true
-        if let log = decision.accessLog {
-            let seconds = Double(KernelClock.monotonicNanoseconds() - started) / 1e9
-            log.log(request, route: decision.route, status: status, bodyBytesSent: bodyBytesSent, requestTime: seconds)
+        if started != 0 {
+            let exchange = FinishedExchange(request: request, route: decision.route, status: status,
+                                            bodyBytesSent: bodyBytesSent, bytesSent: bytesSent ?? bodyBytesSent,
+                                            startNanoseconds: started, endNanoseconds: KernelClock.monotonicNanoseconds(),
+                                            upstream: upstream)
+            decision.accessLog?.exchangeFinished(exchange)
+            for observer in generation.finishObservers { observer.exchangeFinished(exchange) }
         }
         generation.release()
     }

@@ -12,11 +12,15 @@ public final class RouteInfo: Sendable {
     public let location: String
     /// Regex captures of a `~`/`~*` location ($1...), empty otherwise.
     public let captures: [String]
+    /// The group numbers of the regex's named groups (`(?<id>...)`), by name: what the variable `$id` reads.
+    public let captureNames: [String: Int]
 
-    public init(serverName: String = "", location: String = "", captures: [String] = []) {
+    public init(serverName: String = "", location: String = "", captures: [String] = [],
+                captureNames: [String: Int] = [:]) {
         self.serverName = serverName
         self.location = location
         self.captures = captures
+        self.captureNames = captureNames
     }
 }
 

@@ -43,6 +43,12 @@ public final class Registrar: @unchecked Sendable {
     /// Set once a location's chain has been made: module-wide filters added later would be missing from it.
     private var madeFilterChain = false
     private var upstreamGroups: [String: any UpstreamGroup] = [:]
+    private(set) var finishObservers: [any RequestFinishObserver] = []
+
+    /// The variables templates of this configuration may use: the core's, and those modules add here
+    /// (`registrar.variables.register("name") { context in ... }`). Modules register in the module list's order,
+    /// so a module's variables are there for the templates of the modules after it (routing comes last).
+    public var variables = VariableRegistry.standard
 
     init(role: KernelRole, mode: Mode, configurationFile: String, runtime: KernelRuntime) {
         self.role = role
@@ -122,6 +128,9 @@ public final class Registrar: @unchecked Sendable {
 
     public func upstreamGroup(named name: String) -> (any UpstreamGroup)? { upstreamGroups[name] }
 
+    /// Adds an observer of every finished exchange of this configuration (metrics, stats); the routes' access
+    /// logs are observers too, attached by the router.
+    public func addFinishObserver(_ observer: any RequestFinishObserver) { finishObservers.append(observer) }
 }
 
 /// A filter directive a module declared with `Registrar.addLocationFilter`.

@@ -2,6 +2,7 @@ import Atomics
 import NIOCore
 
 private let connectionSerial = ManagedAtomic<UInt64>(0)
+private let requestSerial = ManagedAtomic<UInt64>(0)
 
 /// Where a request came in: filled by the protocol module that accepted it.
 public struct ConnectionInfo: Sendable {
@@ -61,10 +62,12 @@ public struct KernelRequest: Sendable {
         var body: ByteBuffer?
         var bodySource: RequestBodySource?
         var connection: ConnectionInfo
-        var variables: [(name: String, value: String)]
+        /// Set when the request was made on a connection without a serial number (`ConnectionInfo.id` 0): unique in
+        /// the process, the same in every copy of one request. 0 otherwise (see `KernelRequest.identity`).
+        let serial: UInt64
 
         init(method: String, uri: String, path: String, query: String, version: ProtocolVersion, headers: HeaderFields,
-             body: ByteBuffer?, connection: ConnectionInfo, variables: [(name: String, value: String)]) {
+             body: ByteBuffer?, connection: ConnectionInfo, serial: UInt64) {
             self.method = method
             self.uri = uri
             self.path = path
@@ -74,12 +77,12 @@ public struct KernelRequest: Sendable {
             self.body = body
             self.bodySource = nil
             self.connection = connection
-            self.variables = variables
+            self.serial = serial
         }
 
         func copy() -> Storage {
             let copy = Storage(method: method, uri: uri, path: path, query: query, version: version, headers: headers,
-                               body: body, connection: connection, variables: variables)
+                               body: body, connection: connection, serial: serial)
             copy.bodySource = bodySource
             return copy
         }
@@ -147,17 +150,21 @@ public struct KernelRequest: Sendable {
         get { storage.connection }
         _modify { yield &unique.connection }
     }
-    /// Protocol variables that have no place above (uwsgi's `SCRIPT_NAME`, `SERVER_NAME`, ...).
-    public var variables: [(name: String, value: String)] {
-        get { storage.variables }
-        _modify { yield &unique.variables }
+    /// Two numbers that identify the request in the process, the same in every copy of it (`$request_id` is made
+    /// from them): the connection's serial number and the request's number on it when the listener numbers its
+    /// connections, else 0 and a process-wide request serial.
+    public var identity: (UInt64, UInt64) {
+        let connection = storage.connection
+        if connection.id != 0 { return (connection.id, UInt64(connection.requestNumber)) }
+        return (0, storage.serial)
     }
 
     public init(method: String, uri: String, path: String, query: String, version: ProtocolVersion,
-                headers: HeaderFields, body: ByteBuffer? = nil, connection: ConnectionInfo,
-                variables: [(name: String, value: String)] = []) {
+                headers: HeaderFields, body: ByteBuffer? = nil, connection: ConnectionInfo) {
         storage = Storage(method: method, uri: uri, path: path, query: query, version: version, headers: headers,
-                          body: body, connection: connection, variables: variables)
+                          body: body, connection: connection,
+                          // A numbered connection identifies its requests without a shared counter.
+                          serial: connection.id != 0 ? 0 : requestSerial.wrappingIncrementThenLoad(ordering: .relaxed))
     }
 
     /// The host the client asked for, without a port or a trailing dot, lower-cased (`$host`): the authority of an
@@ -186,9 +193,6 @@ public struct KernelRequest: Sendable {
 
     /// `GET /path?q HTTP/1.1`, as `$request` in access logs.
     public var requestLine: String { "\(method) \(uri) \(version)" }
-
-    /// The value of a protocol variable.
-    public func variable(_ name: String) -> String? { variables.first { $0.name == name }?.value }
 
     /// Splits a request target into a normalised path and a query, or nil when the path escapes the root
     /// (`/../x`) or holds a bad percent escape or a NUL: such requests are answered with 400, as nginx does.

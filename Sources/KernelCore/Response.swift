@@ -61,9 +61,9 @@ public struct KernelResponse: Sendable {
     /// The JSON error body every kernel error uses: `{"error":"..."}` (also the Open Inference Protocol's shape).
     public static func error(_ status: Int, _ message: String) -> KernelResponse {
         var buffer = ByteBufferAllocator().buffer(capacity: message.utf8.count + 16)
-        buffer.writeString("{\"error\":")
-        buffer.writeString(JSONText.quoted(message))
-        buffer.writeString("}")
+        buffer.writeStaticString("{\"error\":")
+        JSONText.writeQuoted(message, into: &buffer)
+        buffer.writeStaticString("}")
         return KernelResponse(status: status, headers: ["Content-Type": "application/json"], body: .buffer(buffer))
     }
 
@@ -128,31 +128,5 @@ public enum HTTPStatusText {
         case 505: return "HTTP Version Not Supported"
         default: return status < 300 ? "OK" : "Unknown"
         }
-    }
-}
-
-/// Minimal JSON text helpers the core needs for error bodies and JSON access logs.
-public enum JSONText {
-    /// `text` as a JSON string literal, quotes included.
-    public static func quoted(_ text: String) -> String {
-        var out = "\""
-        out.reserveCapacity(text.utf8.count + 2)
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
     }
 }

@@ -28,9 +28,10 @@ public final class RouteDecision: Sendable {
         self.bodyBuffering = bodyBuffering
     }
 
-    /// The same decision with a regex location's captures (`$1`...).
-    public func withCaptures(_ captures: [String]) -> RouteDecision {
-        RouteDecision(route: RouteInfo(serverName: route.serverName, location: route.location, captures: captures),
+    /// The same decision with a regex location's captures (`$1`...) and its named groups' numbers.
+    public func withCaptures(_ captures: [String], names: [String: Int] = [:]) -> RouteDecision {
+        RouteDecision(route: RouteInfo(serverName: route.serverName, location: route.location, captures: captures,
+                                       captureNames: names),
                       handler: handler, filters: filters, maxBodySize: maxBodySize, accessLog: accessLog,
                       bodyBuffering: bodyBuffering)
     }

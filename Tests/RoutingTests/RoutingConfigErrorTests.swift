@@ -55,7 +55,7 @@ final class RoutingConfigErrorTests: XCTestCase {
         XCTAssertEqual(fixture.loadError(thirdLocation("          return: [2OO, \"x\"]")),
                        "FILE:9:20: routing.servers[0].locations[2].return[0]: expected a status code 100-599, found \"2OO\"")
         XCTAssertEqual(fixture.loadError(thirdLocation("          return: [200, \"$bad\"]")),
-                       "FILE:9:25: routing.servers[0].locations[2].return[1]: unknown variable \"$bad\" (known: $request_uri, $uri, $document_uri, $args, $query_string, $is_args, $host, $scheme, $remote_addr, $server_name, $server_port, $request_method, $server_protocol, $http_NAME, $arg_NAME, $1-$9)")
+                       "FILE:9:25: routing.servers[0].locations[2].return[1]: unknown \"bad\" variable")
         XCTAssertEqual(fixture.loadError(thirdLocation("          return:")),
                        "FILE:9:18: routing.servers[0].locations[2].return: expected a string, found null")
     }
@@ -67,7 +67,7 @@ final class RoutingConfigErrorTests: XCTestCase {
 
     func testUnknownAndMalformedVariables() {
         XCTAssertEqual(fixture.loadError(thirdLocation("          return: 200 \"$nope\"")),
-                       "FILE:9:19: routing.servers[0].locations[2].return: unknown variable \"$nope\" (known: $request_uri, $uri, $document_uri, $args, $query_string, $is_args, $host, $scheme, $remote_addr, $server_name, $server_port, $request_method, $server_protocol, $http_NAME, $arg_NAME, $1-$9)")
+                       "FILE:9:19: routing.servers[0].locations[2].return: unknown \"nope\" variable")
         XCTAssertEqual(fixture.loadError(thirdLocation("          return: '200 \"cost $\"'")),
                        "FILE:9:19: routing.servers[0].locations[2].return: invalid variable name after \"$\" in \"cost $\" (a literal \"$\" cannot be written)")
         XCTAssertEqual(fixture.loadError(thirdLocation("          return: 200 \"$1\"")),
@@ -84,19 +84,15 @@ final class RoutingConfigErrorTests: XCTestCase {
 
     func testBadRegularExpressions() {
         XCTAssertEqual(fixture.loadError(afterThreeLocations("        - location: ~ ^/(a\n          return: 200")),
-                       "FILE:10:21: routing.servers[0].locations[3].location: invalid regular expression \"^/(a\": Unmatched ( or \\(")
-        XCTAssertEqual(fixture.loadError(afterThreeLocations("        - location: ~* (?=a)\n          return: 200")),
-                       "FILE:10:21: routing.servers[0].locations[3].location: invalid regular expression \"(?=a)\": \"(?\" groups other than \"(?:...)\" are not supported")
-        XCTAssertEqual(fixture.loadError(afterThreeLocations("        - location: ~ a+?\n          return: 200")),
-                       "FILE:10:21: routing.servers[0].locations[3].location: invalid regular expression \"a+?\": lazy and possessive quantifiers (*?, +?, ??, *+) are not supported")
-        XCTAssertEqual(fixture.loadError(afterThreeLocations("        - location: ~ \\z\n          return: 200")),
-                       "FILE:10:21: routing.servers[0].locations[3].location: invalid regular expression \"\\z\": \"\\z\" is not supported (POSIX extended syntax with \\d, \\w, \\s, \\b)")
+                       "FILE:10:21: routing.servers[0].locations[3].location: invalid regular expression \"^/(a\": missing closing parenthesis at offset 4")
+        XCTAssertEqual(fixture.loadError(afterThreeLocations("        - location: ~* a**\n          return: 200")),
+                       "FILE:10:21: routing.servers[0].locations[3].location: invalid regular expression \"a**\": quantifier does not follow a repeatable item at offset 2")
         XCTAssertEqual(fixture.loadError("""
             routing:
               servers:
                 - server_name: [ok.example, "~^(www"]
             """),
-                       "FILE:3:33: routing.servers[0].server_name[1]: invalid regular expression \"^(www\": Unmatched ( or \\(")
+                       "FILE:3:33: routing.servers[0].server_name[1]: invalid regular expression \"^(www\": missing closing parenthesis at offset 5")
     }
 
     func testHandlerCountErrors() {
@@ -147,7 +143,7 @@ final class RoutingConfigErrorTests: XCTestCase {
         XCTAssertEqual(fixture.loadError(thirdLocation("          client_max_body_size: 10q\n          return: 200")),
                        "FILE:9:33: routing.servers[0].locations[2].client_max_body_size: expected a size such as 512, 64k, 100m or 1g, found \"10q\"")
         XCTAssertEqual(fixture.loadError(thirdLocation("          access_log: {path: a.log, format: xml}\n          return: 200")),
-                       "FILE:9:45: routing.servers[0].locations[2].access_log.format: expected one of combined, json, found \"xml\"")
+                       "FILE:9:45: routing.servers[0].locations[2].access_log.format: unknown log format \"xml\" (known: combined, json)")
         XCTAssertEqual(fixture.loadError(thirdLocation("          access_log: {format: json}\n          return: 200")),
                        "FILE:9:23: routing.servers[0].locations[2].access_log: missing required key \"path\"")
         XCTAssertEqual(fixture.loadError(thirdLocation("          access_log: {path: a.log, buffer: 32k}\n          return: 200")),

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import time
 
 import pytest
@@ -735,6 +736,63 @@ def test_access_log_records_refused_requests(start_kernel, tmp_path):
     exchange(kernel.port(), b"GET / HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n")
     lines = read_lines(path, 1)
     assert len(lines) == 1 and '" 400 ' in lines[0], lines
+
+
+NAMED_FORMAT = """
+http:
+  listen: "127.0.0.1:0"
+routing:
+  log_format:
+    detailed: '$remote_addr:$remote_port "$request" $status $body_bytes_sent $request_time $request_id [$upstream_addr] $arg_page $http_x_trace $cookie_sid $host $connection_requests'
+    api: {{escape: json, format: '{{"uri":"$uri","agent":"$http_user_agent","id":"$user_id","first":"$1"}}'}}
+  servers:
+    - server_name: logged.test
+      access_log: {{path: {detailed}, format: detailed}}
+      locations:
+        - location: /
+          return: 200 "root"
+        - location: "~ ^/users/(?<user_id>\\\\d+)(?:/(?P<tab>[a-z]+))?$"
+          access_log: {{path: {api}, format: api}}
+          return: 200 "user $user_id tab [$tab] first $1"
+        - location: "~ ^/api/(?!internal)"
+          return: 200 "public"
+"""
+
+
+def test_named_log_format_with_several_variables(start_kernel, tmp_path):
+    detailed, api = tmp_path / "detailed.log", tmp_path / "api.log"
+    kernel = start_kernel(NAMED_FORMAT.format(detailed=detailed, api=api))
+    get(kernel.port(), "/?page=3&x=1", host="Logged.Test:81", headers=[("X-Trace", "t-1"), ("Cookie", "a=1; sid=s9")])
+    get(kernel.port(), "/users/42/posts", host="logged.test", headers=[("User-Agent", 'say "hi"')])
+    lines = read_lines(detailed, 1)
+    assert len(lines) == 1, lines
+    match = re.fullmatch(r'127\.0\.0\.1:(\d+) "GET /\?page=3&x=1 HTTP/1\.1" 200 4 (\d+\.\d{3}) ([0-9a-f]{32}) \[-\] 3 t-1 s9 logged\.test (\d+)',
+                         lines[0])
+    assert match, lines[0]
+    assert int(match.group(1)) > 0 and float(match.group(2)) >= 0
+    entry = json.loads(read_lines(api, 1)[0])
+    assert entry == {"uri": "/users/42/posts", "agent": 'say "hi"', "id": "42", "first": "42"}
+    no_crash_lines(kernel)
+
+
+def test_regex_location_with_named_captures_and_lookahead(start_kernel, tmp_path):
+    kernel = start_kernel(NAMED_FORMAT.format(detailed=tmp_path / "d.log", api=tmp_path / "a.log"))
+    response = get(kernel.port(), "/users/7/settings", host="logged.test")
+    assert (response.status, response.body) == (200, b"user 7 tab [settings] first 7")
+    assert get(kernel.port(), "/users/7", host="logged.test").body == b"user 7 tab [] first 7"
+    assert get(kernel.port(), "/api/v1", host="logged.test").body == b"public"
+    assert get(kernel.port(), "/api/internal", host="logged.test").body == b"root"
+    no_crash_lines(kernel)
+
+
+def test_bad_regular_expression_fails_the_start_with_pcre_message(kernel_bin, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(PRECEDENCE.replace('"~ ^/re/(\\\\w+)/(\\\\d+)$"', '"~ ^/re/(?<x\\\\w+)"'))
+    result = subprocess.run([kernel_bin, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result
+    assert 'location: invalid regular expression "^/re/(?<x\\w+)": ' in result.stderr, result.stderr
+    assert "syntax error in subpattern name (missing terminator?) at offset 9" in result.stderr, result.stderr
+    assert ":17:21: routing.servers[0].locations[5].location" in result.stderr, result.stderr
 
 
 # --------------------------------------------------------------------------------------------------------------
