@@ -1,3 +1,5 @@
+import Atomics
+
 /// One try of a request at an upstream peer, as `$upstream_addr`, `$upstream_status` and
 /// `$upstream_response_time` show it (one entry per peer tried, in order).
 public struct UpstreamAttempt: Sendable {
@@ -22,15 +24,49 @@ public struct UpstreamAttempt: Sendable {
     }
 }
 
+/// When the body of a streamed upstream answer ended: the answer is handed to the client at its head, so the
+/// answering attempt's response time is known only later. The upstream engine marks the end on the event loop
+/// the body arrives on; observers read it after the response has been written.
+public final class UpstreamBodyTiming: Sendable {
+    /// Monotonic nanoseconds (`KernelClock`) when the attempt began connecting.
+    public let startNanoseconds: UInt64
+    private let end = ManagedAtomic<UInt64>(0)
+
+    public init(startNanoseconds: UInt64) { self.startNanoseconds = startNanoseconds }
+
+    /// Records the body's end (its last byte, or the moment it failed or was cancelled); only the first call counts.
+    public func markEnd(at nanoseconds: UInt64 = KernelClock.monotonicNanoseconds()) {
+        _ = end.compareExchange(expected: 0, desired: max(nanoseconds, 1), ordering: .relaxed)
+    }
+
+    /// Seconds from the start to the body's end; nil while the body is still arriving.
+    public var responseTime: Double? {
+        let end = end.load(ordering: .relaxed)
+        return end == 0 ? nil : Double(end &- startNanoseconds) / 1e9
+    }
+}
+
 /// What a proxying handler tells the rest of the request path about its upstream: every peer tried, in order.
 public struct UpstreamReport: Sendable {
     public var attempts: [UpstreamAttempt]
     /// The upstream group's name (`backend`), or the single address of a `*_pass` without a group.
     public var group: String
+    /// The end of the answering (last) attempt's body, when the answer was streamed.
+    public var bodyTiming: UpstreamBodyTiming?
 
-    public init(group: String, attempts: [UpstreamAttempt] = []) {
+    public init(group: String, attempts: [UpstreamAttempt] = [], bodyTiming: UpstreamBodyTiming? = nil) {
         self.group = group
         self.attempts = attempts
+        self.bodyTiming = bodyTiming
+    }
+
+    /// The attempts with the answering one's response time running to the end of its body once that is known
+    /// (`$upstream_response_time` counts the whole answer, as nginx's does).
+    public var finalAttempts: [UpstreamAttempt] {
+        guard let time = bodyTiming?.responseTime, !attempts.isEmpty else { return attempts }
+        var attempts = attempts
+        attempts[attempts.count - 1].responseTime = time
+        return attempts
     }
 }
 

@@ -191,7 +191,7 @@ enum StandardVariables {
 
     private static func upstreamTimes(_ context: VariableContext, _ time: (UpstreamAttempt) -> Double?) -> String? {
         guard let upstream = context.upstream, !upstream.attempts.isEmpty else { return nil }
-        return upstream.attempts.map { attempt in
+        return upstream.finalAttempts.map { attempt in
             time(attempt).map { seconds(milliseconds: Int(($0 * 1000).rounded())) } ?? "-"
         }.joined(separator: ", ")
     }

@@ -237,8 +237,11 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         // The balancer hears of the attempt once, when its body has ended (at once for a body that is already
         // whole), so `least_conn` and response-time balancing count the whole exchange.
         let status = head.status
+        let timing = UpstreamBodyTiming(startNanoseconds: started)
         handler.observeBodyEnd { [handler] end in
-            let duration = KernelClock.monotonicNanoseconds() &- started
+            let now = KernelClock.monotonicNanoseconds()
+            timing.markEnd(at: now)
+            let duration = now &- started
             switch end {
             case .complete:
                 lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration))
@@ -255,7 +258,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         attempts.append(UpstreamAttempt(address: lease.peer.description, status: head.status,
                                         responseTime: seconds(handed), connectTime: connectTime,
                                         headerTime: seconds(headerNanoseconds)))
-        response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts)
+        response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts, bodyTiming: timing)
         promise.succeed(response)
     }
 

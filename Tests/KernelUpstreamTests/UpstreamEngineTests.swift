@@ -394,6 +394,25 @@ final class UpstreamEngineTests: XCTestCase {
         XCTAssertGreaterThan(outcome.durationNanoseconds, 0)
     }
 
+    func testTheResponseTimeOfAStreamedAnswerRunsToTheEndOfItsBody() throws {
+        let release = group.next().makePromise(of: Void.self)
+        let peer = try halfwayPeer(release: release.futureResult)
+        let response = try proxy(engine(RecordingGroup([peer.address])))
+        guard case .stream(let stream) = response.body else { return XCTFail("expected a streamed body") }
+        let report = try XCTUnwrap(response.upstream)
+        let atHead = try XCTUnwrap(report.finalAttempts.last?.responseTime)
+        XCTAssertNil(report.bodyTiming?.responseTime, "the body has not ended")
+        XCTAssertEqual(try stream.next().wait().map { String(buffer: $0) }, "first")
+        // The peer holds the rest back until released: the body ends strictly after the head was handed over.
+        Thread.sleep(forTimeInterval: 0.05)
+        release.succeed(())
+        XCTAssertEqual(try stream.next().wait().map { String(buffer: $0) }, "-half")
+        XCTAssertNil(try stream.next().wait())
+        let atEnd = try XCTUnwrap(report.finalAttempts.last?.responseTime)
+        XCTAssertGreaterThan(atEnd, atHead)
+        XCTAssertEqual(report.finalAttempts.last?.headerTime, report.attempts.last?.headerTime)
+    }
+
     func testAClientLeavingMidBodyFinishesTheLeaseOnceWithoutFailure() throws {
         let release = group.next().makePromise(of: Void.self)
         defer { release.succeed(()) }
