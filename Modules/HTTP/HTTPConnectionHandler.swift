@@ -168,7 +168,9 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         inProcessLoop = true
         defer { inProcessLoop = false }
         while true {
-            switch machine.nextStep(inputAvailable: inputPending, writable: context.channel.isWritable) {
+            // Writability matters only when there is input to parse: the channel is asked only then.
+            let available = inputPending
+            switch machine.nextStep(inputAvailable: available, writable: available && context.channel.isWritable) {
             case .stop(let dropInput):
                 if dropInput { input = nil }
                 return

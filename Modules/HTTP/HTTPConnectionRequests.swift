@@ -50,8 +50,10 @@ extension HTTPConnectionHandler {
         let routed = machine.requestRouted(.init(
             keepAliveWanted: head.clientWantsKeepAlive, isHead: head.method == "HEAD", version: head.version,
             contentLength: length, chunked: head.chunked, expectContinue: head.expectContinue,
-            bodyAdmitted: inFlight.exchange.admitsBody(ofLength: length),
-            handlerStreamsBody: inFlight.exchange.requestBodyUse == .streamed, inputPending: inputPending))
+            // Asked only when there is a body: a request without one (the common case) costs neither lookup.
+            bodyAdmitted: length == 0 || inFlight.exchange.admitsBody(ofLength: length),
+            handlerStreamsBody: length > 0 && !head.chunked && inFlight.exchange.requestBodyUse == .streamed,
+            inputPending: inputPending))
         switch routed {
         case .start:
             ExchangeDriver.start(inFlight, for: self, context: context)

@@ -85,14 +85,14 @@ public enum ExchangeDriver {
             responded = future
         }
         let serial = inFlight.serial
-        let logger = inFlight.exchange.context.logger
+        let exchange = inFlight.exchange
         responded.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
             let response: KernelResponse
             switch result {
             case .success(let value):
                 response = value
             case .failure(let error):
-                logger.error("handler failed: \(error)")
+                exchange.context.logger.error("handler failed: \(error)")
                 response = .error(500, "internal error")
             }
             if !owner.exchangeResponded(response, serial: serial, context: context), case .stream(let stream) = response.body {
