@@ -43,16 +43,15 @@ enum HTTPBodyFraming: Equatable {
 
 /// Serialises response heads straight into a `ByteBuffer`.
 enum HTTPResponseHeadWriter {
-    /// Headers the connection owns: a handler's value for them is replaced, not forwarded.
+    /// Headers the connection owns: a handler's value for them is replaced (`Date`, `Server`, the framing) or, for
+    /// the hop-by-hop fields (`HopByHopHeaders`), dropped: they describe the handler's connection, not this one.
     @inline(__always)
     static func isConnectionOwned(_ name: String) -> Bool {
         switch name.utf8.count {
         case 4: return name.equalsCaseInsensitive("date")
         case 6: return name.equalsCaseInsensitive("server")
-        case 10: return name.equalsCaseInsensitive("connection") || name.equalsCaseInsensitive("keep-alive")
         case 14: return name.equalsCaseInsensitive("content-length")
-        case 17: return name.equalsCaseInsensitive("transfer-encoding")
-        default: return false
+        default: return HopByHopHeaders.contains(name)
         }
     }
 

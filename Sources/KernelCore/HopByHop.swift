@@ -9,12 +9,18 @@ public enum HopByHopHeaders {
         "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
     ]
 
-    /// Whether `name` (any case) is hop-by-hop.
+    /// Whether `name` (any case) is hop-by-hop. Compared by length first and then in place: writers ask this for
+    /// every header of every response, so it must not allocate.
+    @inlinable
     public static func contains(_ name: String) -> Bool {
-        // Every name in the list is 2 to 17 bytes long: most fields are rejected without lower-casing.
-        let length = name.utf8.count
-        guard length >= 2, length <= 17 else { return false }
-        return names.contains(name.lowercased())
+        switch name.utf8.count {
+        case 2: return name.equalsCaseInsensitive("te")
+        case 7: return name.equalsCaseInsensitive("trailer") || name.equalsCaseInsensitive("upgrade")
+        case 10: return name.equalsCaseInsensitive("connection") || name.equalsCaseInsensitive("keep-alive")
+        case 16: return name.equalsCaseInsensitive("proxy-connection")
+        case 17: return name.equalsCaseInsensitive("transfer-encoding")
+        default: return false
+        }
     }
 }
 

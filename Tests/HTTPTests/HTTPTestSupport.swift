@@ -55,7 +55,7 @@ final class ReadCounter: ChannelOutboundHandler, RemovableChannelHandler {
 let bigBodyLength = 100_000
 
 /// A small router for the codec tests:
-/// `/hello` → 200 "hello"; `/big` → 200 with `bigBodyLength` bytes; `/echo` echoes the body (limit 100 bytes); `/stream`, `/stream-length`, `/stream-broken`
+/// `/hello` → 200 "hello"; `/connection` → the connection's serial and request number; `/big` → 200 with `bigBodyLength` bytes; `/echo` echoes the body (limit 100 bytes); `/stream`, `/stream-length`, `/stream-broken`
 /// stream "ab" "cd" "ef"; `/declared-length` has no body and `Content-Length: 1234`; `/slow` answers when the test completes `probe.pendingSlow`; anything else → 404.
 struct TestRouter: RequestRouter {
     let probe: TestProbe
@@ -106,6 +106,11 @@ struct TestRouter: RequestRouter {
                 text += "listener=\(c.listener) protocol=\(c.protocolName) remote=\(c.remoteIP) local=\(c.localAddress.map { "\($0)" } ?? "-")\n"
                 for field in request.headers { text += "\(field.name)=\(field.value)\n" }
                 return context.eventLoop.makeSucceededFuture(.text(200, text))
+            }
+        case "/connection":
+            // `$connection` and `$connection_requests`.
+            handler = ClosureHandler { request, context in
+                context.eventLoop.makeSucceededFuture(.text(200, "\(request.connection.id) \(request.connection.requestNumber)"))
             }
         case "/declared-length":
             // No body, and the length a GET would have: what `uwsgi_pass` gives for HEAD.

@@ -339,3 +339,31 @@ final class UWSGIRequestMappingTests: XCTestCase {
         XCTAssertEqual(request.headers.values("Content-Length"), ["3"])
     }
 }
+
+/// `$connection` and `$connection_requests` on the worker side: one request per connection.
+final class UWSGIConnectionNumbersTests: XCTestCase {
+    struct NumbersHandler: RequestHandler {
+        func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+            context.eventLoop.makeSucceededFuture(.text(200, "\(request.connection.id) \(request.connection.requestNumber)"))
+        }
+    }
+
+    func testEachConnectionHasASerialAndItsOneRequestIsTheFirst() throws {
+        let runtime = makeRuntime(handler: NumbersHandler())
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        var serials: [UInt64] = []
+        for _ in 0..<2 {
+            let channel = try serverChannel(runtime: runtime)
+            try channel.writeInbound(buffer(handMadePacket([("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/"),
+                                                            ("PATH_INFO", "/"), ("SERVER_PROTOCOL", "HTTP/1.1")])))
+            channel.embeddedEventLoop.run()
+            let body = try readAllOutbound(channel).components(separatedBy: "\r\n\r\n").last ?? ""
+            let parts = body.split(separator: " ").compactMap { UInt64($0) }
+            XCTAssertEqual(parts.count, 2, body)
+            XCTAssertEqual(parts.last, 1)
+            serials.append(parts.first ?? 0)
+        }
+        XCTAssertGreaterThan(serials[0], 0)
+        XCTAssertNotEqual(serials[0], serials[1])
+    }
+}
