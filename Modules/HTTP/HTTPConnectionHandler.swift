@@ -14,26 +14,31 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     public typealias OutboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
 
+    // The mutable state below is touched only on the connection's event loop, and every access ends before the
+    // next begins (an event is applied to the state machine, then its actions run). Swift's dynamic exclusivity
+    // check on each access of a class's stored property is then pure cost, several times per request on the
+    // hot path: it is switched off for these properties, as the standard library and swift-collections do for
+    // theirs.
     let settings: HTTPConnectionSettings
     let runtime: KernelRuntime
-    var connection: ConnectionInfo
-    var machine: HTTPConnectionStateMachine
+    @exclusivity(unchecked) var connection: ConnectionInfo
+    @exclusivity(unchecked) var machine: HTTPConnectionStateMachine
     let timers = ConnectionTimers()
     /// Received bytes not consumed yet.
-    var input: ByteBuffer?
-    var scanner: HTTPHeadScanner
+    @exclusivity(unchecked) var input: ByteBuffer?
+    @exclusivity(unchecked) var scanner: HTTPHeadScanner
     /// The request under way.
-    var current: InFlightExchange?
+    @exclusivity(unchecked) var current: InFlightExchange?
     /// How its body is read while it is.
-    var bodyReader: HTTPRequestBodyReader?
-    var serial: UInt64 = 0
+    @exclusivity(unchecked) var bodyReader: HTTPRequestBodyReader?
+    @exclusivity(unchecked) var serial: UInt64 = 0
     /// Inside `channelRead`: writes are flushed once at `channelReadComplete` (one syscall for pipelined responses).
-    var inReadCycle = false
-    var flushPending = false
+    @exclusivity(unchecked) var inReadCycle = false
+    @exclusivity(unchecked) var flushPending = false
     /// Guards `process` against re-entry when a response completes synchronously inside it.
-    private var inProcessLoop = false
-    private var readHeld = false
-    var dateCache = HTTPDateCache()
+    @exclusivity(unchecked) private var inProcessLoop = false
+    @exclusivity(unchecked) private var readHeld = false
+    @exclusivity(unchecked) var dateCache = HTTPDateCache()
 
     /// A handler for a connection accepted on `settings.listener`.
     public init(settings: HTTPConnectionSettings, runtime: KernelRuntime) {

@@ -28,13 +28,14 @@ public final class ConnectionTimers {
         case stopped
     }
 
-    private var send: NIODeadline?
-    private var linger: NIODeadline?
-    private var read: NIODeadline?
-    private var task: Scheduled<Void>?
-    private var taskAt = NIODeadline.distantFuture
+    // Event-loop-only state, one access at a time: no dynamic exclusivity check (see `HTTPConnectionHandler`).
+    @exclusivity(unchecked) private var send: NIODeadline?
+    @exclusivity(unchecked) private var linger: NIODeadline?
+    @exclusivity(unchecked) private var read: NIODeadline?
+    @exclusivity(unchecked) private var task: Scheduled<Void>?
+    @exclusivity(unchecked) private var taskAt = NIODeadline.distantFuture
     /// Watched writes handed to the channel and not completed yet.
-    public private(set) var pendingWrites = 0
+    @exclusivity(unchecked) public private(set) var pendingWrites = 0
 
     public init() {}
 

@@ -5,26 +5,28 @@ import NIOCore
 /// A class: a connection handler updates it in place many times per request, and a struct held in an optional
 /// would be copied whole (with a reference count per field) on each of those accesses.
 public final class InFlightExchange {
+    // Used on the connection's event loop only, one access at a time: the dynamic exclusivity check of each
+    // access is switched off for the hot fields (see `HTTPConnectionHandler`).
     /// The connection's count of exchanges: a callback that arrives for an older one is ignored.
     public let serial: UInt64
     public let exchange: RequestExchange
-    public var request: KernelRequest
+    @exclusivity(unchecked) public var request: KernelRequest
     /// The body read so far, while it is read before the handler runs.
-    public var body = RequestBodyCollector()
+    @exclusivity(unchecked) public var body = RequestBodyCollector()
     /// The declared body length, when the framing gives one: sizes the body sink's memory.
     public var declaredBodyLength: Int64?
     /// The body still arriving while the handler already runs (`uwsgi_request_buffering off`).
-    public var bodyStream: RequestBodyStream?
+    @exclusivity(unchecked) public var bodyStream: RequestBodyStream?
     /// The streamed response body being written.
-    public var responseStream: ResponseBodyStream?
+    @exclusivity(unchecked) public var responseStream: ResponseBodyStream?
     /// The status of the response (0 until there is one).
-    public var status = 0
+    @exclusivity(unchecked) public var status = 0
     /// Response body bytes written (`$body_bytes_sent`).
-    public var bodyBytesSent = 0
+    @exclusivity(unchecked) public var bodyBytesSent = 0
     /// Bytes handed to the channel for the response: head, body and framing (`$bytes_sent`).
-    public var bytesSent = 0
+    @exclusivity(unchecked) public var bytesSent = 0
     /// The response's upstream report, for the finish observers.
-    public var upstream: UpstreamReport?
+    @exclusivity(unchecked) public var upstream: UpstreamReport?
 
     public init(serial: UInt64, exchange: RequestExchange, request: KernelRequest) {
         self.serial = serial
