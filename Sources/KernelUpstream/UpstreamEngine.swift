@@ -157,7 +157,9 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     private func failed(_ lease: PeerLease, _ failure: UpstreamFailure, started: UInt64, connectTime: Double?,
                         requestSent: Bool) {
         let now = KernelClock.monotonicNanoseconds()
-        attempts.append(UpstreamAttempt(address: lease.peer.description, status: nil,
+        // `$upstream_status` shows the status the failure stands for (502, or 504 for a timeout), as nginx's
+        // `ngx_http_upstream_next` records it; the balancer hears of no status, the peer gave none.
+        attempts.append(UpstreamAttempt(address: lease.peer.description, status: failure.response.status,
                                         responseTime: seconds(now &- started), connectTime: connectTime))
         lease.finish(PeerLeaseOutcome(status: nil, bytesReceived: 0, durationNanoseconds: now &- started,
                                       failure: failure.peerFailure))

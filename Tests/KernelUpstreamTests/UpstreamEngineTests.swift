@@ -173,8 +173,10 @@ final class UpstreamEngineTests: XCTestCase {
         XCTAssertEqual(try collectBody(response.body), "{\"error\":\"bad gateway\"}")
         XCTAssertTrue(log.contains("[error] connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.5, server: edge, request: \"GET /work?a=1 HTTP/1.1\", upstream: \"fake://\(dead)\", host: \"edge.test\""), "\(log)")
         XCTAssertEqual(response.upstream?.attempts.map(\.address), [dead.description])
-        XCTAssertNil(response.upstream?.attempts.first?.status)
+        // nginx's $upstream_status shows the 502 the failure stands for; the balancer hears of no status.
+        XCTAssertEqual(response.upstream?.attempts.first?.status, 502)
         XCTAssertEqual(upstreams.finished.map(\.1.failure), [.error])
+        XCTAssertEqual(upstreams.finished.map(\.1.status), [nil])
     }
 
     func testConnectErrorGoesOnToTheNextPeer() throws {
@@ -185,7 +187,7 @@ final class UpstreamEngineTests: XCTestCase {
         XCTAssertEqual(response.status, 200)
         XCTAssertEqual(upstreams.finished.map { "\($0.0)" }, [dead.description, live.address.description])
         XCTAssertEqual(upstreams.finished.map(\.1.isFailure), [true, false])
-        XCTAssertEqual(response.upstream?.attempts.map(\.status), [nil, 200])
+        XCTAssertEqual(response.upstream?.attempts.map(\.status), [502, 200])
     }
 
     func testAPostIsRetriedAfterAConnectErrorSinceNothingWasSent() throws {
@@ -219,6 +221,7 @@ final class UpstreamEngineTests: XCTestCase {
         XCTAssertTrue(log.contains { $0.contains("upstream timed out (110: Connection timed out) while reading response header from upstream, client: 127.0.0.5") }, "\(log)")
         XCTAssertEqual(upstreams.finished.map(\.1.failure), [.timeout])
         XCTAssertNotNil(response.upstream?.attempts.first?.connectTime)
+        XCTAssertEqual(response.upstream?.attempts.first?.status, 504)
     }
 
     func testReadTimeoutGoesOnToTheNextPeer() throws {

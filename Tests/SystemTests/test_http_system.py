@@ -775,6 +775,49 @@ def test_named_log_format_with_several_variables(start_kernel, tmp_path):
     no_crash_lines(kernel)
 
 
+COUNTED_FORMAT = """
+http:
+  listen: "127.0.0.1:0"
+uwsgi: {{}}
+routing:
+  log_format:
+    counted: '$connection $connection_requests $status $body_bytes_sent $bytes_sent [$upstream_addr] [$upstream_status] [$upstream_response_time]'
+  servers:
+    - access_log: {{path: {path}, format: counted}}
+      locations:
+        - location: /
+          return: 200 "hello"
+        - location: /dead/
+          uwsgi_pass: 127.0.0.1:{dead}
+          uwsgi_connect_timeout: 2s
+"""
+
+
+def test_access_log_counts_connections_requests_bytes_and_upstream_tries(start_kernel, tmp_path):
+    # The listener numbers its connections and requests and counts the head in $bytes_sent; a failed upstream try
+    # shows its address and the 502 it stands for, as nginx's access log does.
+    path = tmp_path / "counted.log"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    kernel = start_kernel(COUNTED_FORMAT.format(path=path, dead=dead))
+    with Conn(kernel.port()) as conn:
+        for _ in range(2):
+            conn.send(request_bytes("GET", "/"))
+            assert conn.final_response().status == 200
+    assert get(kernel.port(), "/dead/x").status == 502
+    lines = read_lines(path, 3)
+    assert len(lines) == 3, lines
+    first, second, third = (line.split(" ") for line in lines)
+    assert first[0] == second[0] != third[0] and int(first[0]) > 0, lines
+    assert (first[1], second[1], third[1]) == ("1", "2", "1"), lines
+    assert first[2:4] == ["200", "5"] and int(first[4]) > 5 + len("HTTP/1.1 200 OK\r\n"), lines
+    assert first[5:] == ["[-]", "[-]", "[-]"], lines
+    assert third[2] == "502" and third[5] == f"[127.0.0.1:{dead}]" and third[6] == "[502]", lines
+    assert re.fullmatch(r"\[\d+\.\d{3}\]", third[7]), lines
+    no_crash_lines(kernel)
+
+
 def test_regex_location_with_named_captures_and_lookahead(start_kernel, tmp_path):
     kernel = start_kernel(NAMED_FORMAT.format(detailed=tmp_path / "d.log", api=tmp_path / "a.log"))
     response = get(kernel.port(), "/users/7/settings", host="logged.test")
