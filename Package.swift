@@ -79,6 +79,11 @@ let package = Package(
             path: "Modules/Inference"
         ),
         .target(
+            name: "CORS",
+            dependencies: ["KernelCore", "KernelConfig", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Modules/CORS"
+        ),
+        .target(
             name: "Routing",
             dependencies: ["KernelCore", "KernelConfig", .product(name: "NIOCore", package: "swift-nio"),
                            .product(name: "Atomics", package: "swift-atomics")],
@@ -88,7 +93,7 @@ let package = Package(
         .executableTarget(
             name: "Kernel",
             dependencies: nio + [
-                "KernelCore", "KernelConfig", "HTTP", "UWSGI", "Inference", "Routing", log,
+                "KernelCore", "KernelConfig", "HTTP", "UWSGI", "Inference", "CORS", "Routing", log,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -99,6 +104,8 @@ let package = Package(
         .executableTarget(name: "KernelModelBench", dependencies: ["Inference", .product(name: "NIOCore", package: "swift-nio")], path: "Sources/KernelModelBench"),
 
         .testTarget(name: "KernelConfigTests", dependencies: ["KernelConfig"]),
+        .testTarget(name: "CORSTests", dependencies: ["CORS", "Routing", "KernelCore", "KernelConfig", locks,
+                                                      .product(name: "NIOCore", package: "swift-nio")]),
         // Each test target declares what it imports, no more.
         .testTarget(name: "KernelCoreTests", dependencies: nio + ["KernelCore", "KernelConfig", log, locks, embedded]),
         .testTarget(name: "KernelUpstreamTests", dependencies: nio + ["KernelUpstream", "KernelCore", log, locks, embedded]),

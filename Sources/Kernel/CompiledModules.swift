@@ -1,3 +1,4 @@
+import CORS
 import HTTP
 import Inference
 import KernelCore
@@ -14,5 +15,6 @@ let compiledModules: [ModuleDescriptor] = [
     ModuleDescriptor(HTTPModule.self),
     ModuleDescriptor(UWSGIModule.self),
     ModuleDescriptor(InferenceModule.self),
+    ModuleDescriptor(CORSModule.self),
     ModuleDescriptor(RoutingModule.self),
 ]

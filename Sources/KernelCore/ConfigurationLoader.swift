@@ -38,7 +38,15 @@ public struct ConfigurationLoader: Sendable {
         let registrar = Registrar(role: role, mode: mode, configurationFile: file, runtime: runtime)
         var active: [String] = []
         for module in modules {
-            guard let value = root.optional(module.configurationKey) else { continue }
+            let value: ConfigValue
+            if let present = root.optional(module.configurationKey) {
+                value = present
+            } else if module.enabledWithoutKey {
+                value = ConfigValue(node: .mapping([], mark: SourceMark(file: file, line: 1, column: 1)),
+                                    path: module.configurationKey)
+            } else {
+                continue
+            }
             guard role.runs(module.roles) else {
                 runtime.logger.info("module \(module.configurationKey) is not started in role \(role)")
                 continue

@@ -18,17 +18,28 @@ public protocol KernelModule: Sendable {
 
     /// Contributes listeners, filters, location handlers, upstream groups and services.
     static func register(_ configuration: Configuration, into registrar: Registrar) throws
+
+    /// Whether the module runs, with an empty mapping, when its key is absent: for modules whose directives nginx
+    /// users expect to be there always (`add_header`, as nginx's headers module is always built in).
+    static var enabledWithoutKey: Bool { get }
+}
+
+extension KernelModule {
+    public static var enabledWithoutKey: Bool { false }
 }
 
 /// A type-erased entry of the compiled-in module list.
 public struct ModuleDescriptor: Sendable {
     public let configurationKey: String
     public let roles: Set<KernelRole>
+    /// `KernelModule.enabledWithoutKey`.
+    public let enabledWithoutKey: Bool
     let load: @Sendable (ConfigValue, Registrar) throws -> Void
 
     public init<Module: KernelModule>(_ module: Module.Type) {
         configurationKey = Module.configurationKey
         roles = Module.roles
+        enabledWithoutKey = Module.enabledWithoutKey
         load = { value, registrar in
             let configuration = try Module.decode(value, registrar: registrar)
             try Module.register(configuration, into: registrar)
