@@ -79,6 +79,11 @@ let package = Package(
             path: "Modules/Inference"
         ),
         .target(
+            name: "Balancing",
+            dependencies: ["KernelCore", "KernelConfig", log, locks, .product(name: "NIOCore", package: "swift-nio")],
+            path: "Modules/Balancing"
+        ),
+        .target(
             name: "CORS",
             dependencies: ["KernelCore", "KernelConfig", .product(name: "NIOCore", package: "swift-nio")],
             path: "Modules/CORS"
@@ -93,7 +98,7 @@ let package = Package(
         .executableTarget(
             name: "Kernel",
             dependencies: nio + [
-                "KernelCore", "KernelConfig", "HTTP", "UWSGI", "Inference", "CORS", "Routing", log,
+                "KernelCore", "KernelConfig", "HTTP", "Balancing", "UWSGI", "Inference", "CORS", "Routing", log,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -104,6 +109,8 @@ let package = Package(
         .executableTarget(name: "KernelModelBench", dependencies: ["Inference", .product(name: "NIOCore", package: "swift-nio")], path: "Sources/KernelModelBench"),
 
         .testTarget(name: "KernelConfigTests", dependencies: ["KernelConfig"]),
+        .testTarget(name: "BalancingTests", dependencies: ["Balancing", "KernelCore", "KernelConfig",
+                                                           .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "CORSTests", dependencies: ["CORS", "Routing", "KernelCore", "KernelConfig", locks,
                                                       .product(name: "NIOCore", package: "swift-nio")]),
         // Each test target declares what it imports, no more.

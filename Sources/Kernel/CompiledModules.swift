@@ -1,3 +1,4 @@
+import Balancing
 import CORS
 import HTTP
 import Inference
@@ -13,6 +14,7 @@ import UWSGI
 /// phase run in this order.
 let compiledModules: [ModuleDescriptor] = [
     ModuleDescriptor(HTTPModule.self),
+    ModuleDescriptor(BalancingModule.self),
     ModuleDescriptor(UWSGIModule.self),
     ModuleDescriptor(InferenceModule.self),
     ModuleDescriptor(CORSModule.self),

@@ -20,7 +20,8 @@ class Kernel:
         self.config_path = config_path
         self.role = role
         self.workdir = workdir
-        self.log_path = os.path.join(workdir, "kernel-stderr.log")
+        # kernel.yaml logs to kernel-stderr.log; several kernels of one test (edge.yaml, w1.yaml) to their own.
+        self.log_path = os.path.join(workdir, os.path.basename(config_path).rsplit(".", 1)[0] + "-stderr.log")
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [KERNEL_BIN, "--role", role, "--config", config_path, *extra_args],
@@ -99,12 +100,12 @@ class Kernel:
     killed = False
 
 
-def with_core_section(text, workdir):
+def with_core_section(text, workdir, pid="kernel.pid"):
     """Adds a `kernel:` section (pid file in the test's directory, info-level log, 2 threads) unless present."""
     text = textwrap.dedent(text)
     if re.search(r"^kernel:", text, re.M):
         return text
-    core = (f"kernel:\n  pid: {workdir}/kernel.pid\n  error_log: {{path: stderr, level: info}}\n"
+    core = (f"kernel:\n  pid: {workdir}/{pid}\n  error_log: {{path: stderr, level: info}}\n"
             f"  event_loop_threads: 2\n  shutdown_timeout: 10s\n")
     return core + text
 
@@ -123,7 +124,7 @@ def start_kernel(tmp_path, kernel_bin):
     def start(yaml_text, role="both", extra_args=(), env=None, name="kernel.yaml"):
         path = os.path.join(str(tmp_path), name)
         with open(path, "w") as f:
-            f.write(with_core_section(yaml_text, str(tmp_path)))
+            f.write(with_core_section(yaml_text, str(tmp_path), pid=name.rsplit(".", 1)[0] + ".pid"))
         kernel = Kernel(path, role, str(tmp_path), extra_args, env)
         started.append(kernel)
         return kernel
