@@ -23,6 +23,8 @@ let package = Package(
         .library(name: "KernelCore", targets: ["KernelCore"]),
         .library(name: "KernelUpstream", targets: ["KernelUpstream"]),
         .library(name: "Routing", targets: ["Routing"]),
+        .library(name: "Balancing", targets: ["Balancing"]),
+        .library(name: "CORS", targets: ["CORS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

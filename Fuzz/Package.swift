@@ -43,6 +43,8 @@ let package = Package(
                                  .product(name: "KernelCore", package: "kernel"),
                                  .product(name: "HTTP", package: "kernel"),
                                  .product(name: "Inference", package: "kernel"),
+                                 .product(name: "Balancing", package: "kernel"),
+                                 .product(name: "CORS", package: "kernel"),
                                  .product(name: "Routing", package: "kernel"),
                                  .product(name: "Logging", package: "swift-log")]
         ),

@@ -1,3 +1,5 @@
+import Balancing
+import CORS
 import FuzzSupport
 import HTTP
 import Inference
@@ -72,7 +74,8 @@ private let runtime: KernelRuntime = {
 /// The modules whose sections are decoded as `kernel -t` does (checking mode: no file is opened, no model
 /// loaded). The uwsgi module is left out: its `upstreams` resolve host names, and a fuzzer must not send DNS
 /// queries for every input.
-private let loader = ConfigurationLoader(modules: [ModuleDescriptor(HTTPModule.self), ModuleDescriptor(InferenceModule.self),
+private let loader = ConfigurationLoader(modules: [ModuleDescriptor(HTTPModule.self), ModuleDescriptor(BalancingModule.self),
+                                                   ModuleDescriptor(InferenceModule.self), ModuleDescriptor(CORSModule.self),
                                                    ModuleDescriptor(RoutingModule.self)], role: .both)
 
 /// libFuzzer's entry point: the input is written to `kernel.yaml` next to the fixed files and loaded as `kernel -t`
