@@ -9,6 +9,8 @@ public enum BalancingMethod: Sendable, Equatable {
     case roundRobin
     /// nginx's `ip_hash`: the first three octets of an IPv4 client, the whole IPv6 address.
     case ipHash
+    /// nginx's `least_conn`: the fewest requests in flight for its weight; ties by weighted round robin.
+    case leastConn
 }
 
 /// An nginx `upstream` block: its servers, its method, and each server's live state (weights, failures,
@@ -63,8 +65,9 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
             if method == .ipHash, let index = ipHashPick(request, excluding: excluded, at: time) {
                 return (false, index)
             }
-            if let index = Self.roundRobinPick(&primary, excluding: excluded, at: time) { return (false, index) }
-            if let index = Self.roundRobinPick(&backup, excluding: excluded, at: time) { return (true, index) }
+            let pick = method == .leastConn ? Self.leastConnPick : Self.roundRobinPick
+            if let index = pick(&primary, excluded, time) { return (false, index) }
+            if let index = pick(&backup, excluded, time) { return (true, index) }
             return nil
         }
         guard let picked else { return nil }
@@ -91,10 +94,31 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
     /// nginx's smooth weighted round robin (`ngx_http_upstream_get_peer`): every usable peer gains its effective
     /// weight, the highest is chosen and loses the total. Weights 5, 1, 1 give a a b a c a a.
     static func roundRobinPick(_ peers: inout [Peer], excluding excluded: [PeerAddress], at time: UInt64) -> Int? {
+        let candidates = peers.indices.filter { usable(peers[$0], at: time) && !excluded.contains(peers[$0].server.address) }
+        return weightedPick(&peers, among: candidates, at: time)
+    }
+
+    /// nginx's `least_conn` (`ngx_http_upstream_get_least_conn_peer`): the usable peers with the fewest requests in
+    /// flight for their weight (`conns / weight`, compared crosswise), and among those the smooth weighted round
+    /// robin. The counts are right because a lease gives its connection back only when the body has ended.
+    static func leastConnPick(_ peers: inout [Peer], excluding excluded: [PeerAddress], at time: UInt64) -> Int? {
+        let candidates = peers.indices.filter { usable(peers[$0], at: time) && !excluded.contains(peers[$0].server.address) }
+        guard let first = candidates.first else { return nil }
+        var least = first
+        for index in candidates.dropFirst()
+        where peers[index].conns * peers[least].server.weight < peers[least].conns * peers[index].server.weight {
+            least = index
+        }
+        let tied = candidates.filter {
+            peers[$0].conns * peers[least].server.weight == peers[least].conns * peers[$0].server.weight
+        }
+        return weightedPick(&peers, among: tied, at: time)
+    }
+
+    private static func weightedPick(_ peers: inout [Peer], among candidates: [Int], at time: UInt64) -> Int? {
         var best: Int?
         var total = 0
-        for index in peers.indices {
-            guard usable(peers[index], at: time), !excluded.contains(peers[index].server.address) else { continue }
+        for index in candidates {
             peers[index].currentWeight += peers[index].effectiveWeight
             total += peers[index].effectiveWeight
             if peers[index].effectiveWeight < peers[index].server.weight { peers[index].effectiveWeight += 1 }

@@ -7,7 +7,7 @@ import KernelCore
 /// ```yaml
 /// upstreams:
 ///   backend:
-///     method: round_robin        # or ip_hash
+///     method: round_robin        # or ip_hash, least_conn
 ///     servers:
 ///       - 127.0.0.1:8001 weight=5 max_fails=3 fail_timeout=10s
 ///       - 127.0.0.1:8002
@@ -27,8 +27,9 @@ public enum BalancingModule: KernelModule {
             }
             let mapping = try body.mapping()
             let method: BalancingMethod
-            switch try mapping.optional("method")?.oneOf(["round_robin", "ip_hash"]) ?? "round_robin" {
+            switch try mapping.optional("method")?.oneOf(["round_robin", "ip_hash", "least_conn"]) ?? "round_robin" {
             case "ip_hash": method = .ipHash
+            case "least_conn": method = .leastConn
             default: method = .roundRobin
             }
             let serverValues = try mapping.required("servers").list()

@@ -116,6 +116,27 @@ final class BalancedGroupTests: XCTestCase {
         XCTAssertNil(BalancedGroup.ipHashKey(try SocketAddress(unixDomainSocketPath: "/tmp/x")))
     }
 
+    func testLeastConnPrefersTheServerWithFewerRequestsInFlightForItsWeight() throws {
+        let group = BalancedGroup(name: "b", method: .leastConn,
+                                  servers: [try server("127.0.0.1:1"), try server("127.0.0.1:2 weight=2")])
+        let one = PeerAddress.tcp(host: "127.0.0.1", port: 1), two = PeerAddress.tcp(host: "127.0.0.1", port: 2)
+        // Nothing in flight: a tie, decided by weighted round robin (weight 2 first).
+        let first = group.begin(request(from: "10.0.0.1"), excluding: [])!
+        XCTAssertEqual(first.peer, two)
+        // 1/2 in flight on :2 against 0/1 on :1.
+        let second = group.begin(request(from: "10.0.0.1"), excluding: [])!
+        XCTAssertEqual(second.peer, one)
+        // 1/2 against 1/1: :2 has fewer for its weight.
+        let third = group.begin(request(from: "10.0.0.1"), excluding: [])!
+        XCTAssertEqual(third.peer, two)
+        // 2/2 against 1/1: a tie again; finishing :1's request makes it the least loaded.
+        second.finish(success)
+        XCTAssertEqual(group.begin(request(from: "10.0.0.1"), excluding: [])?.peer, one)
+        // A lease counts until it is finished, which the engine does at the end of the body.
+        first.finish(success)
+        third.finish(success)
+    }
+
     func testALeaseFinishedTwiceCountsOnce() throws {
         let group = BalancedGroup(name: "b", method: .roundRobin, servers: [try server("127.0.0.1:1 max_conns=1")])
         let lease = group.begin(request(from: "10.0.0.1"), excluding: [])!

@@ -83,3 +83,10 @@ def test_upstream_errors_name_their_place(kernel_bin, tmp_path):
     result = subprocess.run([kernel_bin, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1, result
     assert ':9:9: upstreams.backend.servers[0]: upstream server: invalid weight "0"' in result.stderr, result.stderr
+
+
+def test_least_conn_serves_sequential_requests_by_weight(start_kernel):
+    # One request at a time: every server has none in flight, so weighted round robin breaks the tie (3:1).
+    edge = start_edge(start_kernel, "least_conn")
+    counts = collections.Counter(answer(edge.port())[1] for _ in range(40))
+    assert counts["w1"] + counts["w2"] == 40 and counts["w1"] > 2 * counts["w2"] > 0, counts
