@@ -60,23 +60,32 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
     public var maxTries: Int { servers.count }
 
     public func begin(_ request: KernelRequest, excluding excluded: [PeerAddress]) -> PeerLease? {
-        let picked: (backup: Bool, index: Int)? = lock.withLock {
+        // One critical section picks and counts the connection, so `max_conns` holds across event loops.
+        let picked: (backup: Bool, index: Int, address: PeerAddress)? = lock.withLock {
             let time = now()
+            var choice: (backup: Bool, index: Int)?
             if method == .ipHash, let index = ipHashPick(request, excluding: excluded, at: time) {
-                return (false, index)
+                choice = (false, index)
+            } else {
+                let pick = method == .leastConn ? Self.leastConnPick : Self.roundRobinPick
+                if let index = pick(&primary, excluded, time) {
+                    choice = (false, index)
+                } else if let index = pick(&backup, excluded, time) {
+                    choice = (true, index)
+                }
             }
-            let pick = method == .leastConn ? Self.leastConnPick : Self.roundRobinPick
-            if let index = pick(&primary, excluded, time) { return (false, index) }
-            if let index = pick(&backup, excluded, time) { return (true, index) }
-            return nil
+            guard let choice else { return nil }
+            if choice.backup {
+                backup[choice.index].conns += 1
+                return (true, choice.index, backup[choice.index].server.address)
+            }
+            primary[choice.index].conns += 1
+            return (false, choice.index, primary[choice.index].server.address)
         }
         guard let picked else { return nil }
-        let address = lock.withLock { () -> PeerAddress in
-            if picked.backup { backup[picked.index].conns += 1; return backup[picked.index].server.address }
-            primary[picked.index].conns += 1
-            return primary[picked.index].server.address
-        }
-        return PeerLease(peer: address) { [self] outcome in finished(picked, outcome) }
+        let address = picked.address
+        let slot = (backup: picked.backup, index: picked.index)
+        return PeerLease(peer: address) { [self] outcome in finished(slot, outcome) }
     }
 
     /// Whether a peer may take a request now (nginx: not `down`, not failed within `fail_timeout`, under
