@@ -53,7 +53,7 @@ public struct AddedHeader: Sendable {
 
     private static func make(name: String, value: String, always: Bool, at node: ConfigValue,
                              variables: VariableRegistry) throws -> AddedHeader {
-        guard name.utf8.allSatisfy({ HTTPToken.isTokenByte($0) }) else {
+        guard HTTPToken.isToken(name) else {
             throw node.error("add_header: invalid header name \"\(name)\"")
         }
         guard !value.utf8.contains(where: { $0 == 13 || $0 == 10 || $0 == 0 }) else {
@@ -83,18 +83,6 @@ struct AddHeaderFilter: RequestFilter {
                 if !value.isEmpty { response.headers.add(header.name, value) }
             }
             return response
-        }
-    }
-}
-
-/// RFC 9110 token characters, for header names.
-enum HTTPToken {
-    static func isTokenByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            return true
-        default:
-            return "!#$%&'*+-.^_`|~".utf8.contains(byte)
         }
     }
 }

@@ -62,12 +62,12 @@ public struct CORSPolicy: Sendable {
             throw value.error("cors: \"*\" in allow_origins allows every origin: write it alone")
         }
         let methods = try mapping.optional("allow_methods")?.stringList().map { $0.uppercased() } ?? defaultMethods
-        for method in methods where !method.utf8.allSatisfy(HTTPToken.isTokenByte) || method.isEmpty {
+        for method in methods where !HTTPToken.isToken(method) {
             throw value.error("cors: invalid method \"\(method)\" in allow_methods")
         }
         let allowHeaders = try mapping.optional("allow_headers")?.stringList()
         let exposeHeaders = try mapping.optional("expose_headers")?.stringList() ?? []
-        for name in (allowHeaders ?? []) + exposeHeaders where name != "*" && !name.utf8.allSatisfy(HTTPToken.isTokenByte) {
+        for name in (allowHeaders ?? []) + exposeHeaders where name != "*" && !HTTPToken.isToken(name) {
             throw value.error("cors: invalid header name \"\(name)\"")
         }
         let credentials = try mapping.optional("allow_credentials")?.bool() ?? false

@@ -44,15 +44,9 @@ enum HTTPByte {
     static let tab: UInt8 = 9
     static let colon: UInt8 = 58
 
-    /// `tchar`: the characters of methods and header names.
+    /// `tchar`: the characters of methods and header names (the core's one rule).
     @inline(__always)
-    static func isToken(_ byte: UInt8) -> Bool {
-        switch byte {
-        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: return true
-        case 0x21, 0x23, 0x24, 0x25, 0x26, 0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x5E, 0x5F, 0x60, 0x7C, 0x7E: return true
-        default: return false
-        }
-    }
+    static func isToken(_ byte: UInt8) -> Bool { HTTPToken.isTokenByte(byte) }
 
     /// A byte allowed in a header value: HTAB, visible ASCII, space and obs-text; never CR, LF, NUL or DEL.
     @inline(__always)

@@ -50,7 +50,7 @@ public enum UWSGIRequestMapping {
         }
 
         guard let method, !method.isEmpty else { throw Invalid(description: "missing REQUEST_METHOD") }
-        guard method.utf8.allSatisfy({ isTokenByte($0) }) else { throw Invalid(description: "invalid REQUEST_METHOD") }
+        guard method.utf8.allSatisfy(HTTPToken.isTokenByte) else { throw Invalid(description: "invalid REQUEST_METHOD") }
 
         let uri: String
         let path: String
@@ -195,14 +195,5 @@ public enum UWSGIRequestMapping {
             }
         }
         return out
-    }
-
-    private static func isTokenByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            return true
-        default:
-            return "!#$%&'*+-.^_`|~".utf8.contains(byte)
-        }
     }
 }

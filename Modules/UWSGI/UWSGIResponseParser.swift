@@ -139,7 +139,7 @@ public struct UWSGIResponseParser: UpstreamResponseParser, Sendable {
     static func parseHeaderLine(_ line: String) throws -> (String, String) {
         guard let colon = line.utf8.firstIndex(of: UInt8(ascii: ":")) else { throw UWSGIResponseError.invalidHeader(line) }
         let name = line[..<colon]
-        guard !name.isEmpty, name.utf8.allSatisfy(isTokenByte) else { throw UWSGIResponseError.invalidHeader(line) }
+        guard !name.isEmpty, name.utf8.allSatisfy(HTTPToken.isTokenByte) else { throw UWSGIResponseError.invalidHeader(line) }
         var value = line[line.index(after: colon)...]
         while let first = value.first, first == " " || first == "\t" { value.removeFirst() }
         while let last = value.last, last == " " || last == "\t" { value.removeLast() }
@@ -149,15 +149,6 @@ public struct UWSGIResponseParser: UpstreamResponseParser, Sendable {
 }
 
 private func isDigit(_ byte: UInt8) -> Bool { byte >= 48 && byte <= 57 }
-
-private func isTokenByte(_ byte: UInt8) -> Bool {
-    switch byte {
-    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-        return true
-    default:
-        return "!#$%&'*+-.^_`|~".utf8.contains(byte)
-    }
-}
 
 /// Keeps a log line on one line and printable: bytes outside printable ASCII become `\xHH`, at most 200 bytes.
 func escapeForLog(_ text: String) -> String {

@@ -56,7 +56,32 @@ extension String {
     /// ASCII case-insensitive equality, the comparison header names need.
     @inlinable
     public func equalsCaseInsensitive(_ other: String) -> Bool {
-        let a = self.utf8, b = other.utf8
+        HTTPToken.equalCaseInsensitive(self.utf8, other.utf8)
+    }
+}
+
+/// The RFC 9110 rules for header names (and methods) that every protocol module and header directive applies.
+public enum HTTPToken {
+    /// `tchar`: the bytes of a token (a header name, a method).
+    @inlinable
+    public static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: return true
+        case 0x21, 0x23, 0x24, 0x25, 0x26, 0x27, 0x2A, 0x2B, 0x2D, 0x2E, 0x5E, 0x5F, 0x60, 0x7C, 0x7E: return true
+        default: return false
+        }
+    }
+
+    /// Whether `text` is a non-empty token.
+    @inlinable
+    public static func isToken(_ text: String) -> Bool {
+        !text.isEmpty && text.utf8.allSatisfy(isTokenByte)
+    }
+
+    /// ASCII case-insensitive equality of two byte sequences.
+    @inlinable
+    public static func equalCaseInsensitive<A: Collection, B: Collection>(_ a: A, _ b: B) -> Bool
+    where A.Element == UInt8, B.Element == UInt8 {
         guard a.count == b.count else { return false }
         for (x, y) in zip(a, b) where x != y {
             let lx = (x >= 65 && x <= 90) ? x | 0x20 : x

@@ -224,7 +224,7 @@ enum StandardVariables {
         guard !query.isEmpty else { return nil }
         for pair in query.utf8.split(separator: UInt8(ascii: "&"), omittingEmptySubsequences: true) {
             guard let equals = pair.firstIndex(of: UInt8(ascii: "=")) else { continue }
-            if asciiCaseInsensitiveEqual(pair[..<equals], name.utf8) {
+            if HTTPToken.equalCaseInsensitive(pair[..<equals], name.utf8) {
                 return String(Substring(pair[pair.index(after: equals)...]))
             }
         }
@@ -240,23 +240,12 @@ enum StandardVariables {
                 guard let equals = trimmed.firstIndex(of: UInt8(ascii: "=")) else { continue }
                 var key = trimmed[..<equals]
                 while key.last == UInt8(ascii: " ") { key = key.dropLast() }
-                guard asciiCaseInsensitiveEqual(key, name.utf8) else { continue }
+                guard HTTPToken.equalCaseInsensitive(key, name.utf8) else { continue }
                 let value = trimmed[trimmed.index(after: equals)...].drop { $0 == UInt8(ascii: " ") }
                 return String(Substring(value))
             }
         }
         return nil
-    }
-
-    private static func asciiCaseInsensitiveEqual<A: Collection, B: Collection>(_ a: A, _ b: B) -> Bool
-    where A.Element == UInt8, B.Element == UInt8 {
-        guard a.count == b.count else { return false }
-        for (x, y) in zip(a, b) where x != y {
-            let lx = (x >= 65 && x <= 90) ? x | 0x20 : x
-            let ly = (y >= 65 && y <= 90) ? y | 0x20 : y
-            if lx != ly { return false }
-        }
-        return true
     }
 }
 
