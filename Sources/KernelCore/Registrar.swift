@@ -43,6 +43,7 @@ public final class Registrar: @unchecked Sendable {
     /// Set once a location's chain has been made: module-wide filters added later would be missing from it.
     private var madeFilterChain = false
     private var upstreamGroups: [String: any UpstreamGroup] = [:]
+    private var upstreamProbers: [String: any UpstreamProber] = [:]
     private(set) var finishObservers: [any RequestFinishObserver] = []
 
     /// The variables templates of this configuration may use: the core's, and those modules add here
@@ -127,6 +128,12 @@ public final class Registrar: @unchecked Sendable {
     public func addUpstreamGroup(_ group: any UpstreamGroup) { upstreamGroups[group.name] = group }
 
     public func upstreamGroup(named name: String) -> (any UpstreamGroup)? { upstreamGroups[name] }
+
+    /// Makes a protocol's health-check prober available by scheme (`http`, `uwsgi`).
+    public func addUpstreamProber(scheme: String, _ prober: any UpstreamProber) { upstreamProbers[scheme] = prober }
+
+    /// The prober of a scheme, if a module registered one.
+    public func upstreamProber(scheme: String) -> (any UpstreamProber)? { upstreamProbers[scheme] }
 
     /// Adds an observer of every finished exchange of this configuration (metrics, stats); the routes' access
     /// logs are observers too, attached by the router.

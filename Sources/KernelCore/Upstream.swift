@@ -54,14 +54,18 @@ public struct PeerLeaseOutcome: Sendable {
     public var failure: PeerFailure?
     /// Whether the client left before the body ended (not the peer's fault: no failure).
     public var clientClosed: Bool
+    /// Nanoseconds from the start of the connect to the end of the answer's head; nil when no head arrived
+    /// (what `least_time header` measures; `durationNanoseconds` is what `least_time last_byte` measures).
+    public var headerNanoseconds: UInt64?
 
     public init(status: Int?, bytesReceived: Int64, durationNanoseconds: UInt64, failure: PeerFailure? = nil,
-                clientClosed: Bool = false) {
+                clientClosed: Bool = false, headerNanoseconds: UInt64? = nil) {
         self.status = status
         self.bytesReceived = bytesReceived
         self.durationNanoseconds = durationNanoseconds
         self.failure = failure
         self.clientClosed = clientClosed
+        self.headerNanoseconds = headerNanoseconds
     }
 
     /// Whether the attempt counts towards the peer's `max_fails`.
@@ -107,6 +111,53 @@ public protocol UpstreamGroup: Sendable {
     func begin(_ request: KernelRequest, excluding excluded: [PeerAddress]) -> PeerLease?
     /// How many peers a request may try (nginx `proxy_next_upstream_tries`, at most the number of peers).
     var maxTries: Int { get }
+    /// Leases a peer for one attempt, possibly later: a group with a `queue` waits for a peer under `max_conns`
+    /// to free up. The future succeeds on `eventLoop` with nil when none is usable (or the wait timed out). The
+    /// default answers at once with `begin`.
+    func lease(_ request: KernelRequest, excluding excluded: [PeerAddress], on eventLoop: any EventLoop) -> EventLoopFuture<PeerLease?>
+    /// The group's idle connection pool (nginx's `keepalive` in an `upstream` block); nil keeps no connection
+    /// open after an answer. The default is nil.
+    var keepalive: UpstreamKeepalive? { get }
+    /// The protocol the group's servers speak (`http`, `uwsgi`); nil when the group does not say, and any proxy
+    /// handler may use it. A handler refuses a group that speaks another protocol when the configuration loads.
+    var scheme: String? { get }
+}
+
+extension UpstreamGroup {
+    public func lease(_ request: KernelRequest, excluding excluded: [PeerAddress], on eventLoop: any EventLoop) -> EventLoopFuture<PeerLease?> {
+        eventLoop.makeSucceededFuture(begin(request, excluding: excluded))
+    }
+
+    public var keepalive: UpstreamKeepalive? { nil }
+
+    public var scheme: String? { nil }
+}
+
+/// nginx's `keepalive`, `keepalive_timeout` and `keepalive_requests` of an `upstream` block: idle connections to
+/// the group's peers kept for reuse by each event loop.
+public struct UpstreamKeepalive: Sendable, Equatable {
+    /// Idle connections kept per event loop (nginx's `keepalive N` is per worker process).
+    public var connections: Int
+    /// How long an idle connection is kept.
+    public var timeout: TimeAmount
+    /// Requests served over one connection before it is closed.
+    public var requests: Int
+
+    public init(connections: Int, timeout: TimeAmount, requests: Int) {
+        self.connections = connections
+        self.timeout = timeout
+        self.requests = requests
+    }
+}
+
+/// Sends one health-check request to a peer in a protocol's own wire format and reports the status it answered
+/// with. Protocol modules register one per scheme (`Registrar.addUpstreamProber`); the balancing module's active
+/// health checks use the one of their group's scheme.
+public protocol UpstreamProber: Sendable {
+    /// The status of `peer`'s answer to a `GET uri` (with `host` as its Host), or a failed future when it did not
+    /// answer within `timeout` or the answer was not valid.
+    func probe(_ peer: PeerAddress, uri: String, host: String, timeout: TimeAmount,
+               on eventLoop: any EventLoop) -> EventLoopFuture<Int>
 }
 
 /// A group of one fixed peer: what `uwsgi_pass 127.0.0.1:6666` means without an `upstream` block.

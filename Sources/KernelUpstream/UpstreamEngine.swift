@@ -95,16 +95,23 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
 
     private func attempt() {
         let group = configuration.group
-        guard tried.count < max(1, group.maxTries), let lease = group.begin(request, excluding: tried) else {
-            if let lastFailure {
-                respond(lastFailure.response)
-            } else {
-                context.logger.error("no live upstreams while connecting to upstream\(suffix(nil)), upstream: \"\(engine.hooks.scheme)://\(group.name)\"")
-                respond(.error(502, "no live upstreams"))
-            }
+        guard tried.count < max(1, group.maxTries) else {
+            noPeer()
             return
         }
-        run(lease)
+        group.lease(request, excluding: tried, on: eventLoop).hop(to: eventLoop).assumeIsolated().whenSuccess { lease in
+            if let lease { self.run(lease) } else { self.noPeer() }
+        }
+    }
+
+    /// No peer may be tried: the last failure's answer, or nginx's "no live upstreams".
+    private func noPeer() {
+        if let lastFailure {
+            respond(lastFailure.response)
+        } else {
+            context.logger.error("no live upstreams while connecting to upstream\(suffix(nil)), upstream: \"\(engine.hooks.scheme)://\(configuration.group.name)\"")
+            respond(.error(502, "no live upstreams"))
+        }
     }
 
     /// One attempt at the leased peer.
@@ -231,7 +238,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             let counts = head.status != 403 && head.status != 404
             lease.finish(PeerLeaseOutcome(status: head.status, bytesReceived: handler.bodyBytesReceived,
                                           durationNanoseconds: headerNanoseconds,
-                                          failure: counts ? .status(head.status) : nil))
+                                          failure: counts ? .status(head.status) : nil, headerNanoseconds: headerNanoseconds))
             lastFailure = nil
             run(next)
             return
@@ -246,13 +253,15 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             let duration = now &- started
             switch end {
             case .complete:
-                lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration))
+                lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration,
+                                              headerNanoseconds: headerNanoseconds))
             case .failed(let error):
                 lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration,
-                                              failure: UpstreamConnectionHandler.peerFailure(ofBody: error)))
+                                              failure: UpstreamConnectionHandler.peerFailure(ofBody: error),
+                                              headerNanoseconds: headerNanoseconds))
             case .cancelled:
                 lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration,
-                                              clientClosed: true))
+                                              clientClosed: true, headerNanoseconds: headerNanoseconds))
             }
         }
         var response = makeResponse(head, handler: handler)
