@@ -66,12 +66,18 @@ public struct UpstreamResponseHead: Sendable {
     /// How the body that follows is delimited on the wire. The engine makes it `.none` itself for HEAD requests
     /// and 204/304 answers.
     public var framing: UpstreamBodyFraming
+    /// Whether the peer keeps the connection open for another request once this answer's body has ended (an
+    /// HTTP/1.1 answer without `Connection: close` whose body is framed by length or chunks). Only such a
+    /// connection may go back to a group's keepalive pool. A `101 Switching Protocols` head turns the connection
+    /// into a tunnel instead.
+    public var reusable: Bool
 
-    public init(status: Int, reason: String?, headers: HeaderFields, framing: UpstreamBodyFraming) {
+    public init(status: Int, reason: String?, headers: HeaderFields, framing: UpstreamBodyFraming, reusable: Bool = false) {
         self.status = status
         self.reason = reason
         self.headers = headers
         self.framing = framing
+        self.reusable = reusable
     }
 }
 
