@@ -82,7 +82,7 @@ let package = Package(
         ),
         .target(
             name: "Balancing",
-            dependencies: ["KernelCore", "KernelConfig", log, locks, .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: nio + ["KernelCore", "KernelConfig", "KernelUpstream", log, locks],
             path: "Modules/Balancing"
         ),
         .target(
@@ -111,7 +111,7 @@ let package = Package(
         .executableTarget(name: "KernelModelBench", dependencies: ["Inference", .product(name: "NIOCore", package: "swift-nio")], path: "Sources/KernelModelBench"),
 
         .testTarget(name: "KernelConfigTests", dependencies: ["KernelConfig"]),
-        .testTarget(name: "BalancingTests", dependencies: ["Balancing", "KernelCore", "KernelConfig",
+        .testTarget(name: "BalancingTests", dependencies: ["Balancing", "KernelCore", "KernelConfig", "KernelUpstream", log,
                                                            .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "CORSTests", dependencies: ["CORS", "Routing", "KernelCore", "KernelConfig", locks,
                                                       .product(name: "NIOCore", package: "swift-nio")]),

@@ -28,6 +28,8 @@ check tritonclient.http "tritonclient[http]"
 check flask flask
 check pytest pytest
 check requests requests
+# A DNS server on loopback for the upstream `resolve` tests, with records changed while they run.
+check dnslib dnslib
 check rapidocr_onnxruntime rapidocr-onnxruntime
 command -v uwsgi >/dev/null 2>&1 || need_pip+=(uwsgi)
 if ((${#need_pip[@]})); then

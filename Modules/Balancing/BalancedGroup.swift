@@ -26,16 +26,30 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
         /// Monotonic nanoseconds of the last failure, and of the last time its failures were checked.
         var accessed: UInt64 = 0
         var checked: UInt64 = 0
+        /// Membership and active health checks (GroupMembership.swift, HealthCheck.swift): the index in `servers`
+        /// of the `resolve` line this peer is an address of, whether the name stopped having this address (the
+        /// slot stays, so that leases in flight finish on it), and whether it passes its health checks.
+        var resolvedFrom: Int?
+        var removed = false
+        var passesHealthChecks = true
 
         init(_ server: UpstreamServer) {
             self.server = server
             effectiveWeight = server.weight
         }
+
+        /// Whether membership and health checks let the peer take requests (every method asks `usable`).
+        var inService: Bool { !removed && passesHealthChecks }
     }
 
     public let name: String
     public let method: BalancingMethod
     public let servers: [UpstreamServer]
+    /// The group's `protocol:` (`http`, `uwsgi`), nil when it does not say.
+    public let scheme: String?
+    /// Whether active health checks decide which peers are usable: peers then start out of service until they
+    /// pass (nginx Plus's `mandatory`).
+    public let healthChecked: Bool
     private let lock = NIOLock()
     // Guarded by `lock`.
     private var primary: [Peer]
@@ -43,21 +57,61 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
     private let now: @Sendable () -> UInt64
     private let logger: Logger?
 
-    public init(name: String, method: BalancingMethod, servers: [UpstreamServer], logger: Logger? = nil,
+    public init(name: String, method: BalancingMethod, servers: [UpstreamServer], scheme: String? = nil,
+                healthChecked: Bool = false, logger: Logger? = nil,
                 now: @escaping @Sendable () -> UInt64 = { KernelClock.monotonicNanoseconds() }) {
         self.name = name
         self.method = method
         self.servers = servers
-        primary = servers.filter { !$0.backup }.map(Peer.init)
-        backup = servers.filter(\.backup).map(Peer.init)
+        self.scheme = scheme
+        self.healthChecked = healthChecked
+        // A `resolve` line has no peer until its name is resolved (`replaceResolvedPeers`).
+        let fixed = servers.filter { !$0.resolve }.map { server -> Peer in
+            var peer = Peer(server)
+            peer.passesHealthChecks = !healthChecked
+            return peer
+        }
+        primary = fixed.filter { !$0.server.backup }
+        backup = fixed.filter(\.server.backup)
         self.logger = logger
         self.now = now
     }
 
-    public var peers: [PeerAddress] { servers.map(\.address) }
+    /// The peers the group has now: its fixed servers and the current addresses of its `resolve` lines.
+    public var peers: [PeerAddress] {
+        lock.withLock { (primary + backup).filter { !$0.removed }.map(\.server.address) }
+    }
 
     /// nginx tries each server once at most (`proxy_next_upstream_tries 0`): primaries and backups.
-    public var maxTries: Int { servers.count }
+    public var maxTries: Int {
+        guard servers.contains(where: \.resolve) else { return servers.count }
+        return lock.withLock { primary.count(where: { !$0.removed }) + backup.count(where: { !$0.removed }) }
+    }
+
+    /// Makes the peers of the `resolve` line `server` the given addresses (its name's current answer): new
+    /// addresses become peers with the line's parameters, addresses no longer there leave the group. A removed
+    /// peer's requests in flight finish normally; their leases end on the peer's kept slot.
+    @discardableResult
+    public func replaceResolvedPeers(of server: UpstreamServer, with addresses: [PeerAddress]) -> PeerMembershipChange {
+        guard let line = servers.firstIndex(of: server), server.resolve else { return PeerMembershipChange() }
+        return lock.withLock {
+            if server.backup {
+                return GroupMembership.replace(line: line, template: server, addresses: addresses, in: &backup,
+                                               healthChecked: healthChecked)
+            }
+            return GroupMembership.replace(line: line, template: server, addresses: addresses, in: &primary,
+                                           healthChecked: healthChecked)
+        }
+    }
+
+    /// Sets whether the peer at `address` passes its active health checks (a no-op for an address the group no
+    /// longer has).
+    public func setPassesHealthChecks(_ passes: Bool, peer address: PeerAddress) {
+        lock.withLock {
+            for index in primary.indices where primary[index].server.address == address { primary[index].passesHealthChecks = passes }
+            for index in backup.indices where backup[index].server.address == address { backup[index].passesHealthChecks = passes }
+        }
+    }
 
     public func begin(_ request: KernelRequest, excluding excluded: [PeerAddress]) -> PeerLease? {
         // One critical section picks and counts the connection, so `max_conns` holds across event loops.
@@ -91,7 +145,7 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
     /// Whether a peer may take a request now (nginx: not `down`, not failed within `fail_timeout`, under
     /// `max_conns`).
     private static func usable(_ peer: Peer, at time: UInt64) -> Bool {
-        if peer.server.down { return false }
+        if peer.server.down || !peer.inService { return false }
         if peer.server.maxFails > 0, peer.fails >= peer.server.maxFails,
            time &- peer.checked <= peer.server.failTimeoutNanoseconds {
             return false

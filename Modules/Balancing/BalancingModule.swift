@@ -12,6 +12,10 @@ import KernelCore
 ///       - 127.0.0.1:8001 weight=5 max_fails=3 fail_timeout=10s
 ///       - 127.0.0.1:8002
 ///       - 127.0.0.1:8003 backup
+///       - app.internal:6666 resolve   # each address of the name, re-resolved as its TTL expires
+///     protocol: uwsgi                 # or http: what the servers speak
+///     resolver: 127.0.0.1:53 valid=30s ipv6=off
+///     health_check: {interval: 5s, uri: /healthz, status: 200-399, rise: 2, fall: 3, timeout: 2s}
 /// ```
 public enum BalancingModule: KernelModule {
     public static let configurationKey = "upstreams"
@@ -35,6 +39,7 @@ public enum BalancingModule: KernelModule {
             let serverValues = try mapping.required("servers").list()
             guard !serverValues.isEmpty else { throw body.error("upstream \"\(name)\" has no servers") }
             var servers: [UpstreamServer] = []
+            var serverLines: [(server: UpstreamServer, value: ConfigValue)] = []
             for serverValue in serverValues {
                 let server = try UpstreamServer.decode(serverValue)
                 if method == .ipHash, server.backup {
@@ -42,12 +47,17 @@ public enum BalancingModule: KernelModule {
                     throw serverValue.error("upstream \"\(name)\": ip_hash cannot use a backup server")
                 }
                 servers.append(server)
+                serverLines.append((server, serverValue))
             }
             guard servers.contains(where: { !$0.backup }) else {
                 throw body.error("upstream \"\(name)\" has only backup servers")
             }
+            let options = try GroupOptions.decode(mapping, group: name, servers: serverLines, body: body)
             try mapping.finish()
-            decoded.append(BalancedGroup(name: name, method: method, servers: servers, logger: registrar.logger))
+            let group = BalancedGroup(name: name, method: method, servers: servers, scheme: options.scheme,
+                                      healthChecked: options.healthCheck != nil, logger: registrar.logger)
+            try options.addServices(for: group, registrar: registrar, body: body)
+            decoded.append(group)
         }
         try groups.finish()
         return decoded

@@ -1,5 +1,6 @@
 import KernelConfig
 import KernelCore
+import NIOCore
 
 /// One `server` line of an upstream group, as nginx writes it: `127.0.0.1:8001 weight=5 max_fails=3
 /// fail_timeout=10s max_conns=100 backup down`.
@@ -13,6 +14,9 @@ public struct UpstreamServer: Sendable, Equatable {
     public var maxConns = 0
     public var backup = false
     public var down = false
+    /// nginx's `resolve`: the host name is looked up with the group's `resolver` and each address it has is a peer
+    /// with this line's parameters, added and removed as the answers change.
+    public var resolve = false
 
     public init(address: PeerAddress) { self.address = address }
 
@@ -47,8 +51,14 @@ public struct UpstreamServer: Sendable, Equatable {
                 server.backup = true
             case ("down", nil):
                 server.down = true
+            case ("resolve", nil):
+                guard case .tcp(let host, _) = address else {
+                    throw value.error("upstream server: resolve needs a host name, not a unix socket")
+                }
+                // An IP address needs no lookup: the parameter is then a no-op, as in nginx.
+                server.resolve = (try? SocketAddress(ipAddress: host, port: 0)) == nil
             default:
-                throw value.error("upstream server: unknown parameter \"\(word)\" (weight=, max_fails=, fail_timeout=, max_conns=, backup, down)")
+                throw value.error("upstream server: unknown parameter \"\(word)\" (weight=, max_fails=, fail_timeout=, max_conns=, backup, down, resolve)")
             }
         }
         return server

@@ -109,6 +109,7 @@ public enum UWSGIModule: KernelModule {
         registrar.addLocationHandler("uwsgi_pass", capabilities: .proxies) { value, location, _ in
             try UWSGIPassFactory.make(value: value, location: location, registrar: registrar)
         }
+        registrar.addUpstreamProber(scheme: "uwsgi", UWSGIProber(logger: registrar.logger))
         guard registrar.role != .edge else {
             if !configuration.listeners.isEmpty {
                 registrar.logger.info("uwsgi listeners are not opened in role edge")
@@ -135,6 +136,9 @@ enum UWSGIPassFactory {
         let group: any UpstreamGroup
         let stripped = target.hasPrefix("uwsgi://") ? String(target.dropFirst(8)) : target
         if let named = registrar.upstreamGroup(named: stripped) {
+            if let scheme = named.scheme, scheme != "uwsgi" {
+                throw value.error("upstream \"\(named.name)\" speaks \(scheme) (its protocol:), not uwsgi")
+            }
             group = named
         } else if let peer = PeerAddress(parsing: stripped) {
             group = SinglePeerGroup(peer)
