@@ -33,11 +33,13 @@ struct UWSGIProber: UpstreamProber {
             switch result {
             case .success(let response):
                 if case .stream(let body) = response.body { body.cancel() }
-                // The engine answers for a peer that gave no head (502, 504): that is a failed check.
-                if let status = response.upstream?.attempts.last?.status {
+                // The engine answers for a peer that gave no head (502, 504; the attempt then has no header
+                // time): that is a failed check, whatever the status stands for.
+                if let attempt = response.upstream?.attempts.last, attempt.headerTime != nil, let status = attempt.status {
                     promise.succeed(status)
                 } else {
-                    promise.fail(UWSGIProbeFailed(reason: "no answer (\(response.status))"))
+                    let why = response.status == 504 ? "timed out" : "no valid answer"
+                    promise.fail(UWSGIProbeFailed(reason: "\(why), see the error above"))
                 }
             case .failure(let error):
                 promise.fail(error)
