@@ -2,8 +2,8 @@ import KernelConfig
 import KernelCore
 
 /// An upstream group's `health_check:` (nginx Plus's `health_check`, HAProxy's `check`): every `interval` each
-/// peer is sent `GET uri` in the group's protocol; a peer takes requests only once it has passed `rise` checks in
-/// a row (it starts out of service, as with nginx Plus's `mandatory`) and is taken out after `fall` failures in a
+/// peer is sent `GET uri` in the group's protocol. A new peer takes no request until its first check passed (nginx
+/// Plus's `mandatory`); a peer is taken out after `fall` failures in a row and comes back after `rise` passes in a
 /// row. A check passes when the peer answers within `timeout` with one of `status`.
 public struct HealthCheckSettings: Sendable, Equatable {
     public var intervalNanoseconds: UInt64 = 5_000_000_000
@@ -78,19 +78,26 @@ public struct HealthCheckSettings: Sendable, Equatable {
     }
 }
 
-/// A peer's health as its checks have found it: nginx Plus's and HAProxy's rise/fall counting.
+/// A peer's health as its checks have found it: nginx Plus's `mandatory` start and HAProxy's rise/fall counting.
+///
+/// A new peer is "checking" (out of service) until its first check ends, which decides at once, as nginx Plus's
+/// `mandatory` does; after that it takes `rise` passes in a row to come back and `fall` failures in a row to
+/// go out.
 public struct PeerHealth: Sendable, Equatable {
-    public private(set) var healthy: Bool
+    public private(set) var healthy = false
+    /// Whether a check has ended yet.
+    public private(set) var checked = false
     /// Passes in a row while out of service, failures in a row while in service.
     public private(set) var streak = 0
+    /// How many checks in a row made the latest transition (1 for the first check).
+    public private(set) var decidingChecks = 0
     /// How many times the peer came into service.
     public private(set) var timesHealthy = 0
 
+    public init() {}
+
     /// Whether the peer had been in service before its latest return (for "is healthy again").
     public var hasBeenHealthyBefore: Bool { timesHealthy > 1 }
-
-    /// A peer starts out of service: it needs `rise` passes first.
-    public init(healthy: Bool = false) { self.healthy = healthy }
 
     /// What a check's result changed.
     public enum Transition: Sendable, Equatable {
@@ -98,16 +105,26 @@ public struct PeerHealth: Sendable, Equatable {
         case becameUnhealthy
     }
 
-    /// Counts one check; a transition when the peer comes into or goes out of service.
+    /// Counts one check; a transition when the peer comes into or goes out of service (or its first check
+    /// failed).
     public mutating func record(passed: Bool, rise: Int, fall: Int) -> Transition? {
+        if !checked {
+            checked = true
+            return change(to: passed, after: 1)
+        }
         if passed == healthy {
             streak = 0
             return nil
         }
         streak += 1
         guard streak >= (healthy ? fall : rise) else { return nil }
-        healthy.toggle()
+        return change(to: passed, after: streak)
+    }
+
+    private mutating func change(to healthy: Bool, after checks: Int) -> Transition {
+        self.healthy = healthy
         streak = 0
+        decidingChecks = checks
         if healthy { timesHealthy += 1 }
         return healthy ? .becameHealthy : .becameUnhealthy
     }

@@ -43,10 +43,13 @@ public final class HealthCheckService: KernelService, @unchecked Sendable {
         guard let prober = findProber() else {
             throw HealthCheckUnavailable(group: group.name, scheme: scheme)
         }
-        try await eventLoop.submit { [self] in
+        // The first round is waited for (each check is bounded by the timeout), so that the peers that pass are
+        // in service when the listeners open or the reloaded configuration takes over.
+        let firstRound = try await eventLoop.submit { [self] in
             self.prober = prober
-            tick()
+            return EventLoopFuture.andAllComplete(tick(), on: eventLoop)
         }.get()
+        try await firstRound.get()
     }
 
     public func stop() async {
@@ -58,14 +61,14 @@ public final class HealthCheckService: KernelService, @unchecked Sendable {
     }
 
     /// Starts the checks that are due and sleeps until the next one (at most an interval, so that peers a
-    /// resolver adds are found).
-    private func tick() {
-        guard !stopped, let prober else { return }
+    /// resolver adds are found); the checks' futures complete when their results are recorded.
+    @discardableResult
+    private func tick() -> [EventLoopFuture<Void>] {
+        guard !stopped, let prober else { return [] }
         let time = now()
-        for peer in schedule.due(peers: group.peers, at: time) {
-            check(peer, with: prober)
-        }
+        let checks = schedule.due(peers: group.peers, at: time).map { check($0, with: prober) }
         rearm(at: time)
+        return checks
     }
 
     private func rearm(at time: UInt64) {
@@ -76,13 +79,15 @@ public final class HealthCheckService: KernelService, @unchecked Sendable {
         timer = eventLoop.scheduleTask(in: .nanoseconds(delay)) { [self] in tick() }
     }
 
-    private func check(_ peer: PeerAddress, with prober: any UpstreamProber) {
+    private func check(_ peer: PeerAddress, with prober: any UpstreamProber) -> EventLoopFuture<Void> {
         let settings = schedule.settings
         let target = connectable(peer)
         let timeout = TimeAmount.nanoseconds(Int64(clamping: settings.effectiveTimeoutNanoseconds))
-        prober.probe(target, uri: settings.uri, host: group.name, timeout: timeout, on: eventLoop)
+        return prober.probe(target, uri: settings.uri, host: group.name, timeout: timeout, on: eventLoop)
             .hop(to: eventLoop)
-            .whenComplete { [self] result in
+            .map { status -> Result<Int, any Error> in .success(status) }
+            .recover { error in .failure(error) }
+            .map { [self] result in
                 guard !stopped else { return }
                 let passed: Bool
                 let detail: String
@@ -96,12 +101,13 @@ public final class HealthCheckService: KernelService, @unchecked Sendable {
                 }
                 guard let (health, transition) = schedule.finished(peer, passed: passed, at: now()) else { return }
                 group.setPassesHealthChecks(health.healthy, peer: peer)
+                let checks = "\(health.decidingChecks) \(passed ? "passed" : "failed") health check\(health.decidingChecks == 1 ? "" : "s") of \(settings.uri)"
                 switch transition {
                 case .becameUnhealthy?:
-                    logger.warning("upstream \"\(group.name)\": peer \(peer) is unhealthy after \(settings.fall) failed health check\(settings.fall == 1 ? "" : "s") of \(settings.uri) (\(detail))")
+                    logger.warning("upstream \"\(group.name)\": peer \(peer) is unhealthy after \(checks) (\(detail))")
                 case .becameHealthy?:
                     let again = health.hasBeenHealthyBefore ? " again" : ""
-                    logger.notice("upstream \"\(group.name)\": peer \(peer) is healthy\(again) after \(settings.rise) passed health check\(settings.rise == 1 ? "" : "s") of \(settings.uri)")
+                    logger.notice("upstream \"\(group.name)\": peer \(peer) is healthy\(again) after \(checks)")
                 case nil:
                     break
                 }

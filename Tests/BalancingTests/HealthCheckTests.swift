@@ -17,24 +17,33 @@ final class HealthCheckTests: XCTestCase {
         return settings
     }
 
-    func testAPeerComesIntoServiceAfterRisePassesInARowAndLeavesAfterFallFailures() {
+    func testTheFirstCheckDecidesThenFallFailuresTakeAPeerOutAndRisePassesBringItBack() {
         var health = PeerHealth()
         XCTAssertFalse(health.healthy, "a checked peer starts out of service")
-        XCTAssertNil(health.record(passed: true, rise: 2, fall: 3))
-        XCTAssertNil(health.record(passed: false, rise: 2, fall: 3), "a failure restarts the count of passes")
-        XCTAssertNil(health.record(passed: true, rise: 2, fall: 3))
-        XCTAssertEqual(health.record(passed: true, rise: 2, fall: 3), .becameHealthy)
+        XCTAssertEqual(health.record(passed: true, rise: 2, fall: 3), .becameHealthy, "nginx Plus's mandatory: the first check decides")
+        XCTAssertEqual(health.decidingChecks, 1)
         XCTAssertFalse(health.hasBeenHealthyBefore)
         XCTAssertNil(health.record(passed: false, rise: 2, fall: 3))
         XCTAssertNil(health.record(passed: false, rise: 2, fall: 3))
         XCTAssertNil(health.record(passed: true, rise: 2, fall: 3), "a pass restarts the count of failures")
         XCTAssertNil(health.record(passed: false, rise: 2, fall: 3))
         XCTAssertNil(health.record(passed: false, rise: 2, fall: 3))
+        XCTAssertTrue(health.healthy)
         XCTAssertEqual(health.record(passed: false, rise: 2, fall: 3), .becameUnhealthy)
+        XCTAssertEqual(health.decidingChecks, 3)
         XCTAssertFalse(health.healthy)
         XCTAssertNil(health.record(passed: true, rise: 2, fall: 3))
+        XCTAssertNil(health.record(passed: false, rise: 2, fall: 3), "a failure restarts the count of passes")
+        XCTAssertNil(health.record(passed: true, rise: 2, fall: 3))
         XCTAssertEqual(health.record(passed: true, rise: 2, fall: 3), .becameHealthy)
+        XCTAssertEqual(health.decidingChecks, 2)
         XCTAssertTrue(health.hasBeenHealthyBefore, "the second return is \"healthy again\"")
+
+        var failing = PeerHealth()
+        XCTAssertEqual(failing.record(passed: false, rise: 2, fall: 3), .becameUnhealthy, "a failed first check is reported")
+        XCTAssertNil(failing.record(passed: true, rise: 2, fall: 3))
+        XCTAssertEqual(failing.record(passed: true, rise: 2, fall: 3), .becameHealthy)
+        XCTAssertFalse(failing.hasBeenHealthyBefore)
     }
 
     func testChecksAreDueEveryIntervalNeverTwiceAtOnceAndFollowTheGroupsPeers() {

@@ -52,8 +52,9 @@ def start(start_kernel):
                             name=f"{name}.yaml") for name in ("w1", "w2")]
     ports = [worker.port("uwsgi") for worker in workers]
     edge = start_kernel(EDGE.format(a=ports[0], b=ports[1]), role="edge", name="edge.yaml")
+    # The first round of checks ends before the edge listens, and a first pass is enough (nginx Plus's mandatory).
     for port in ports:
-        edge.wait_for_log(f"peer 127.0.0.1:{port} is healthy after 2 passed health checks of /healthz")
+        assert f"peer 127.0.0.1:{port} is healthy after 1 passed health check of /healthz" in edge.log_text()
     return edge, workers, ports
 
 
