@@ -121,3 +121,19 @@ def test_health_check_errors_name_their_place(kernel_bin, tmp_path):
     stderr = check(edge.replace("protocol: uwsgi", "protocol: http"))
     assert ':16:23: routing.servers[0].locations[0].uwsgi_pass: upstream "backend" speaks http (its protocol:), not uwsgi' \
         in stderr, stderr
+
+
+def test_a_reloaded_edge_checks_again_before_it_takes_over_and_the_old_checks_stop(start_kernel):
+    edge, workers, ports = start(start_kernel)
+    assert edge.control("reload").returncode == 0
+    edge.wait_for_log("configuration reloaded (generation 2)")
+    text = edge.log_text()
+    reloaded = text[text.index("reloading configuration"):]
+    for port in ports:
+        assert f"peer 127.0.0.1:{port} is healthy after 1 passed health check of /healthz" in reloaded, reloaded
+    assert served(edge) == {(200, "w1"): 5, (200, "w2"): 5}
+    # Only the new generation checks now: a stopped worker is reported once, not by two generations.
+    workers[0].stop()
+    edge.wait_for_log(f"peer 127.0.0.1:{ports[0]} is unhealthy after 2 failed health checks")
+    edge.wait_for_log(f"connect() failed (111: Connection refused) while connecting to upstream", count=4)
+    assert edge.log_text().count(f"peer 127.0.0.1:{ports[0]} is unhealthy") == 1

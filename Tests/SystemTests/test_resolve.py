@@ -5,10 +5,9 @@ import http.client
 import subprocess
 import threading
 
+import dnslib
 import pytest
-
-dnslib = pytest.importorskip("dnslib")
-from dnslib.server import BaseResolver, DNSLogger, DNSServer  # noqa: E402
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 WORKER = """
 uwsgi:
