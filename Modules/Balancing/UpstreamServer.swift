@@ -2,7 +2,7 @@ import KernelConfig
 import KernelCore
 
 /// One `server` line of an upstream group, as nginx writes it: `127.0.0.1:8001 weight=5 max_fails=3
-/// fail_timeout=10s max_conns=100 backup down`.
+/// fail_timeout=10s max_conns=100 slow_start=30s backup down`.
 public struct UpstreamServer: Sendable, Equatable {
     public var address: PeerAddress
     public var weight = 1
@@ -13,6 +13,9 @@ public struct UpstreamServer: Sendable, Equatable {
     public var maxConns = 0
     public var backup = false
     public var down = false
+    /// nginx Plus's `slow_start`: nanoseconds over which a server back from being unavailable (or new) ramps its
+    /// weight from zero to `weight`; 0 is off.
+    public var slowStartNanoseconds: UInt64 = 0
 
     public init(address: PeerAddress) { self.address = address }
 
@@ -43,12 +46,17 @@ public struct UpstreamServer: Sendable, Equatable {
             case ("max_conns", let number?):
                 guard let conns = Int(number), conns >= 0 else { throw value.error("upstream server: invalid max_conns \"\(number)\"") }
                 server.maxConns = conns
+            case ("slow_start", let time?):
+                guard let duration = ConfigDuration(parsing: time), duration.milliseconds >= 0 else {
+                    throw value.error("upstream server: invalid slow_start \"\(time)\"")
+                }
+                server.slowStartNanoseconds = UInt64(duration.milliseconds) * 1_000_000
             case ("backup", nil):
                 server.backup = true
             case ("down", nil):
                 server.down = true
             default:
-                throw value.error("upstream server: unknown parameter \"\(word)\" (weight=, max_fails=, fail_timeout=, max_conns=, backup, down)")
+                throw value.error("upstream server: unknown parameter \"\(word)\" (weight=, max_fails=, fail_timeout=, max_conns=, slow_start=, backup, down)")
             }
         }
         return server
