@@ -2,10 +2,11 @@ import KernelCore
 
 extension BalancedGroup {
     /// How long a peer's reported queue depth is trusted when no request of this edge is in flight to it. A
-    /// report arrives only with an answer, so a peer that got no request since it reported a deep queue would
-    /// keep that depth for ever and never be chosen again; after this it counts as what is known for sure, the
-    /// requests in flight (none).
-    static let queueReportLifetimeNanoseconds: UInt64 = 1_000_000_000
+    /// report arrives only with an answer, so a peer that got no request since it reported a deep queue would keep
+    /// that depth for ever, and while the others report less it would never be chosen again; after this it counts
+    /// as what is known for sure, the requests in flight (none), and the next request to it brings a fresh report.
+    /// Two seconds is several answers of a model queue, and a probe every two seconds costs a busy peer little.
+    static let queueReportLifetimeNanoseconds: UInt64 = 2_000_000_000
 
     /// The load `least_queue` compares: the depth the peer last reported plus the requests this edge sent it since
     /// (which the report could not count).

@@ -183,7 +183,7 @@ final class MethodTests: XCTestCase {
         (port(a) == 1 ? b : a).finish(outcome(queueDepth: 1))
         let held = group.begin(request(), excluding: [])!
         XCTAssertEqual(port(held), 2)
-        clock.advance(seconds: 2)
+        clock.advance(seconds: 3)
         // :1's report is old and nothing is in flight there: its load is 0, against :2's 1 + 1.
         XCTAssertEqual(port(group.begin(request(), excluding: [])), 1)
         held.finish(outcome())
