@@ -338,8 +338,11 @@ def light_requests_while_a_is_loaded(start_kernel, tmp_path, method):
         thread.start()
     try:
         light = infer_body(1)
-        # A's queue is deep before the edge sends anything.
-        assert int(post_infer(workers[0].port("http"), light)[1]["x-kernel-queue-depth"]) >= 2
+        # Wait (bounded) until A's queue is deep before the edge sends anything.
+        import time
+        deadline = time.time() + 30
+        while int(post_infer(workers[0].port("http"), light)[1]["x-kernel-queue-depth"]) < 2:
+            assert time.time() < deadline, "worker A's model queue never filled"
         counts = collections.Counter()
         for _ in range(20):
             status, headers = post_infer(edge.port("http"), light)
