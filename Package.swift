@@ -111,7 +111,7 @@ let package = Package(
         .executableTarget(name: "KernelModelBench", dependencies: ["Inference", .product(name: "NIOCore", package: "swift-nio")], path: "Sources/KernelModelBench"),
 
         .testTarget(name: "KernelConfigTests", dependencies: ["KernelConfig"]),
-        .testTarget(name: "BalancingTests", dependencies: ["Balancing", "KernelCore", "KernelConfig", "KernelUpstream", log,
+        .testTarget(name: "BalancingTests", dependencies: ["Balancing", "KernelCore", "KernelConfig", "KernelUpstream", log, embedded,
                                                            .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "CORSTests", dependencies: ["CORS", "Routing", "KernelCore", "KernelConfig", locks,
                                                       .product(name: "NIOCore", package: "swift-nio")]),

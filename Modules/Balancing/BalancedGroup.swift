@@ -11,12 +11,38 @@ public enum BalancingMethod: Sendable, Equatable {
     case ipHash
     /// nginx's `least_conn`: the fewest requests in flight for its weight; ties by weighted round robin.
     case leastConn
+    /// nginx's `hash KEY [consistent]`: the rendered key picks the peer; `consistent` is ketama's ring.
+    case hash(HashKey, consistent: Bool)
+    /// nginx's `random [two [least_conn]]`: a weighted random peer, or the less loaded of two.
+    case random(two: Bool)
+    /// nginx Plus's `least_time header|last_byte [inflight]`: the lowest average response time for the load and
+    /// weight.
+    case leastTime(LeastTimeMeasure, inflight: Bool)
+    /// `least_queue`: the lower reported model queue depth of two random peers.
+    case leastQueue
+
+    /// Whether the method may have `backup` servers: nginx refuses them with hash, ip_hash and random, whose
+    /// peers are chosen by a map a backup has no place in.
+    public var allowsBackup: Bool {
+        switch self {
+        case .roundRobin, .leastConn, .leastTime: return true
+        case .ipHash, .hash, .random, .leastQueue: return false
+        }
+    }
+
+    /// Whether the method may ramp weights with `slow_start` (nginx Plus: not with hash, ip_hash and random).
+    public var allowsSlowStart: Bool { allowsBackup }
 }
 
 /// An nginx `upstream` block: its servers, its method, and each server's live state (weights, failures,
-/// connections), shared by every event loop under one lock.
+/// connections, response times, reported queue depths), shared by every event loop under one lock.
+///
+/// The methods live in their own files as extensions (`HashBalancing.swift`, `RandomBalancing.swift`,
+/// `LeastTimeBalancing.swift`, `LeastQueueBalancing.swift`); the `queue` of waiting requests in
+/// `UpstreamQueue.swift`, `slow_start` in `SlowStart.swift`.
 public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
-    /// One server's state, as nginx's `ngx_http_upstream_rr_peer_t` keeps it.
+    /// One server's state, as nginx's `ngx_http_upstream_rr_peer_t` keeps it, plus what nginx Plus's methods and
+    /// `least_queue` measure.
     struct Peer {
         let server: UpstreamServer
         var currentWeight = 0
@@ -32,6 +58,19 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
         var resolvedFrom: Int?
         var removed = false
         var passesHealthChecks = true
+        /// `slow_start`: when the weight ramp began (the end of the unavailable period); nil when none.
+        var rampStart: UInt64?
+        /// `least_time`: the moving average of the measured time, nil before the first sample.
+        var averageNanoseconds: Double?
+        /// `least_time inflight`: the sum of the start times of the leases in flight (wrapping; only the
+        /// difference to `conns × now` is read).
+        var inflightStarts: UInt64 = 0
+        /// `least_queue`: the depth the peer last reported, when, how many reports it made (so a lease knows
+        /// whether it started after the last one), and how many leases started since it.
+        var reportedDepth = 0
+        var reportedAt: UInt64 = 0
+        var reports = 0
+        var startedSinceReport = 0
 
         init(_ server: UpstreamServer) {
             self.server = server
@@ -42,6 +81,14 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
         var inService: Bool { !removed && passesHealthChecks }
     }
 
+    /// Where a lease's peer is and what it must undo when it ends.
+    struct Slot {
+        var backup: Bool
+        var index: Int
+        var started: UInt64
+        var reports: Int
+    }
+
     public let name: String
     public let method: BalancingMethod
     public let servers: [UpstreamServer]
@@ -50,31 +97,51 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
     /// Whether active health checks decide which peers are usable: peers then start out of service until they
     /// pass (nginx Plus's `mandatory`).
     public let healthChecked: Bool
-    private let lock = NIOLock()
-    // Guarded by `lock`.
-    private var primary: [Peer]
-    private var backup: [Peer]
-    private let now: @Sendable () -> UInt64
-    private let logger: Logger?
+    /// nginx Plus's `queue N timeout=T`; nil answers at once when no peer is usable.
+    public let queue: UpstreamQueuePolicy?
+    let lock = NIOLock()
+    // Guarded by `lock`. The arrays are replaced whole (with `ring`, which is derived from `primary`) when the
+    // membership changes.
+    var primary: [Peer] = []
+    var backup: [Peer] = []
+    /// `hash ... consistent`: the points of `primary`'s servers.
+    var ring = ConsistentHashRing(servers: [])
+    /// `queue`: the requests waiting for a peer, oldest first.
+    var waiters = CircularBuffer<UpstreamWaiter>()
+    var nextWaiterID: UInt64 = 0
+    let now: @Sendable () -> UInt64
+    /// Uniform random 64-bit values (`random`, `least_queue`); injected by tests.
+    let random: @Sendable () -> UInt64
+    let logger: Logger?
 
-    public init(name: String, method: BalancingMethod, servers: [UpstreamServer], scheme: String? = nil,
-                healthChecked: Bool = false, logger: Logger? = nil,
-                now: @escaping @Sendable () -> UInt64 = { KernelClock.monotonicNanoseconds() }) {
+    public init(name: String, method: BalancingMethod, servers: [UpstreamServer], queue: UpstreamQueuePolicy? = nil,
+                scheme: String? = nil, healthChecked: Bool = false, logger: Logger? = nil,
+                now: @escaping @Sendable () -> UInt64 = { KernelClock.monotonicNanoseconds() },
+                random: @escaping @Sendable () -> UInt64 = { UInt64.random(in: .min ... .max) }) {
         self.name = name
         self.method = method
         self.servers = servers
+        self.queue = queue
         self.scheme = scheme
         self.healthChecked = healthChecked
+        self.logger = logger
+        self.now = now
+        self.random = random
         // A `resolve` line has no peer until its name is resolved (`replaceResolvedPeers`).
         let fixed = servers.filter { !$0.resolve }.map { server -> Peer in
             var peer = Peer(server)
             peer.passesHealthChecks = !healthChecked
             return peer
         }
-        primary = fixed.filter { !$0.server.backup }
-        backup = fixed.filter(\.server.backup)
-        self.logger = logger
-        self.now = now
+        replacePeers(primary: fixed.filter { !$0.server.backup }, backup: fixed.filter(\.server.backup))
+    }
+
+    /// Installs new peer arrays and what is derived from them. Called with `lock` held (or before the group is
+    /// shared).
+    func replacePeers(primary: [Peer], backup: [Peer]) {
+        self.primary = primary
+        self.backup = backup
+        if case .hash(_, consistent: true) = method { ring = ConsistentHashRing(servers: primary.filter { !$0.removed }.map(\.server)) }
     }
 
     /// The peers the group has now: its fixed servers and the current addresses of its `resolve` lines.
@@ -95,12 +162,16 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
     public func replaceResolvedPeers(of server: UpstreamServer, with addresses: [PeerAddress]) -> PeerMembershipChange {
         guard let line = servers.firstIndex(of: server), server.resolve else { return PeerMembershipChange() }
         return lock.withLock {
-            if server.backup {
-                return GroupMembership.replace(line: line, template: server, addresses: addresses, in: &backup,
-                                               healthChecked: healthChecked)
-            }
-            return GroupMembership.replace(line: line, template: server, addresses: addresses, in: &primary,
-                                           healthChecked: healthChecked)
+            var primary = self.primary
+            var backup = self.backup
+            let change = server.backup
+                ? GroupMembership.replace(line: line, template: server, addresses: addresses, in: &backup,
+                                          healthChecked: healthChecked, at: now())
+                : GroupMembership.replace(line: line, template: server, addresses: addresses, in: &primary,
+                                          healthChecked: healthChecked, at: now())
+            // Through `replacePeers`, so that what is derived from the peers (the consistent-hash ring) follows.
+            replacePeers(primary: primary, backup: backup)
+            return change
         }
     }
 
@@ -114,82 +185,136 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
     }
 
     public func begin(_ request: KernelRequest, excluding excluded: [PeerAddress]) -> PeerLease? {
+        let key = hashKey(of: request)
         // One critical section picks and counts the connection, so `max_conns` holds across event loops.
-        let picked: (backup: Bool, index: Int, address: PeerAddress)? = lock.withLock {
-            let time = now()
-            var choice: (backup: Bool, index: Int)?
-            if method == .ipHash, let index = ipHashPick(request, excluding: excluded, at: time) {
-                choice = (false, index)
-            } else {
-                let pick = method == .leastConn ? Self.leastConnPick : Self.roundRobinPick
-                if let index = pick(&primary, excluded, time) {
-                    choice = (false, index)
-                } else if let index = pick(&backup, excluded, time) {
-                    choice = (true, index)
-                }
-            }
-            guard let choice else { return nil }
-            if choice.backup {
-                backup[choice.index].conns += 1
-                return (true, choice.index, backup[choice.index].server.address)
-            }
-            primary[choice.index].conns += 1
-            return (false, choice.index, primary[choice.index].server.address)
+        return lock.withLock { pickLocked(request, key: key, excluding: excluded, at: now()) }
+    }
+
+    /// The bytes `hash` hashes for `request`; nil for the other methods.
+    func hashKey(of request: KernelRequest) -> [UInt8]? {
+        guard case .hash(let key, _) = method else { return nil }
+        return key.render(request)
+    }
+
+    /// Picks a peer, counts its connection and makes its lease. Called with `lock` held.
+    func pickLocked(_ request: KernelRequest, key: [UInt8]?, excluding excluded: [PeerAddress], at time: UInt64) -> PeerLease? {
+        var choice: (backup: Bool, index: Int)?
+        if let index = primaryPick(request, key: key, excluding: excluded, at: time) {
+            choice = (false, index)
+        } else if !backup.isEmpty, let index = backupPick(excluding: excluded, at: time) {
+            choice = (true, index)
         }
-        guard let picked else { return nil }
-        let address = picked.address
-        let slot = (backup: picked.backup, index: picked.index)
+        guard let choice else { return nil }
+        let slot: Slot
+        let address: PeerAddress
+        if choice.backup {
+            backup[choice.index].conns += 1
+            backup[choice.index].inflightStarts &+= time
+            address = backup[choice.index].server.address
+            slot = Slot(backup: true, index: choice.index, started: time, reports: backup[choice.index].reports)
+        } else {
+            primary[choice.index].conns += 1
+            primary[choice.index].inflightStarts &+= time
+            primary[choice.index].startedSinceReport += 1
+            address = primary[choice.index].server.address
+            slot = Slot(backup: false, index: choice.index, started: time, reports: primary[choice.index].reports)
+        }
         return PeerLease(peer: address) { [self] outcome in finished(slot, outcome) }
+    }
+
+    /// The method's choice among the primary servers. The hashing and random methods fall back to round robin as
+    /// nginx's do (after 20 tries, for an empty key, with fewer than two servers).
+    private func primaryPick(_ request: KernelRequest, key: [UInt8]?, excluding excluded: [PeerAddress], at time: UInt64) -> Int? {
+        switch method {
+        case .roundRobin:
+            return Self.roundRobinPick(&primary, excluding: excluded, at: time)
+        case .leastConn:
+            return Self.leastConnPick(&primary, excluding: excluded, at: time)
+        case .ipHash:
+            return ipHashPick(request, excluding: excluded, at: time) ?? Self.roundRobinPick(&primary, excluding: excluded, at: time)
+        case .hash(_, let consistent):
+            let picked = consistent ? consistentHashPick(key ?? [], excluding: excluded, at: time)
+                                    : hashPick(key ?? [], excluding: excluded, at: time)
+            return picked ?? Self.roundRobinPick(&primary, excluding: excluded, at: time)
+        case .random(let two):
+            return randomPick(two: two, excluding: excluded, at: time) ?? Self.roundRobinPick(&primary, excluding: excluded, at: time)
+        case .leastTime(_, let inflight):
+            return Self.leastTimePick(&primary, inflight: inflight, excluding: excluded, at: time)
+        case .leastQueue:
+            return leastQueuePick(excluding: excluded, at: time) ?? Self.roundRobinPick(&primary, excluding: excluded, at: time)
+        }
+    }
+
+    /// The method's choice among the backup servers, once no primary is usable.
+    private func backupPick(excluding excluded: [PeerAddress], at time: UInt64) -> Int? {
+        switch method {
+        case .leastConn: return Self.leastConnPick(&backup, excluding: excluded, at: time)
+        case .leastTime(_, let inflight): return Self.leastTimePick(&backup, inflight: inflight, excluding: excluded, at: time)
+        default: return Self.roundRobinPick(&backup, excluding: excluded, at: time)
+        }
+    }
+
+    /// Whether a peer is marked unavailable by its failures (nginx: `max_fails` within `fail_timeout`).
+    static func failed(_ peer: Peer, at time: UInt64) -> Bool {
+        peer.server.maxFails > 0 && peer.fails >= peer.server.maxFails && time &- peer.checked <= peer.server.failTimeoutNanoseconds
     }
 
     /// Whether a peer may take a request now (nginx: not `down`, not failed within `fail_timeout`, under
     /// `max_conns`).
-    private static func usable(_ peer: Peer, at time: UInt64) -> Bool {
-        if peer.server.down || !peer.inService { return false }
-        if peer.server.maxFails > 0, peer.fails >= peer.server.maxFails,
-           time &- peer.checked <= peer.server.failTimeoutNanoseconds {
-            return false
-        }
+    static func usable(_ peer: Peer, at time: UInt64) -> Bool {
+        if peer.server.down || !peer.inService || failed(peer, at: time) { return false }
         if peer.server.maxConns > 0, peer.conns >= peer.server.maxConns { return false }
         return true
+    }
+
+    /// The usable peers not yet tried, in order.
+    static func candidates(_ peers: [Peer], excluding excluded: [PeerAddress], at time: UInt64) -> [Int] {
+        peers.indices.filter { usable(peers[$0], at: time) && !excluded.contains(peers[$0].server.address) }
+    }
+
+    /// A chosen peer starts a new `fail_timeout` window for its failures (nginx's `checked`).
+    static func markChecked(_ peer: inout Peer, at time: UInt64) {
+        if time &- peer.checked > peer.server.failTimeoutNanoseconds { peer.checked = time }
     }
 
     /// nginx's smooth weighted round robin (`ngx_http_upstream_get_peer`): every usable peer gains its effective
     /// weight, the highest is chosen and loses the total. Weights 5, 1, 1 give a a b a c a a.
     static func roundRobinPick(_ peers: inout [Peer], excluding excluded: [PeerAddress], at time: UInt64) -> Int? {
-        let candidates = peers.indices.filter { usable(peers[$0], at: time) && !excluded.contains(peers[$0].server.address) }
-        return weightedPick(&peers, among: candidates, at: time)
+        weightedPick(&peers, among: candidates(peers, excluding: excluded, at: time), at: time)
     }
 
     /// nginx's `least_conn` (`ngx_http_upstream_get_least_conn_peer`): the usable peers with the fewest requests in
     /// flight for their weight (`conns / weight`, compared crosswise), and among those the smooth weighted round
     /// robin. The counts are right because a lease gives its connection back only when the body has ended.
     static func leastConnPick(_ peers: inout [Peer], excluding excluded: [PeerAddress], at time: UInt64) -> Int? {
-        let candidates = peers.indices.filter { usable(peers[$0], at: time) && !excluded.contains(peers[$0].server.address) }
+        let candidates = candidates(peers, excluding: excluded, at: time)
         guard let first = candidates.first else { return nil }
+        // Weights in slow start count at their ramped value.
+        let weights = Dictionary(uniqueKeysWithValues: candidates.map { ($0, peers[$0].server.weight * slowStartPermille(peers[$0], at: time)) })
         var least = first
         for index in candidates.dropFirst()
-        where peers[index].conns * peers[least].server.weight < peers[least].conns * peers[index].server.weight {
+        where peers[index].conns * weights[least]! < peers[least].conns * weights[index]! {
             least = index
         }
-        let tied = candidates.filter {
-            peers[$0].conns * peers[least].server.weight == peers[least].conns * peers[$0].server.weight
-        }
+        let tied = candidates.filter { peers[$0].conns * weights[least]! == peers[least].conns * weights[$0]! }
         return weightedPick(&peers, among: tied, at: time)
     }
 
-    private static func weightedPick(_ peers: inout [Peer], among candidates: [Int], at time: UInt64) -> Int? {
+    /// The smooth weighted round robin among `candidates`. Weights count in thousandths so that a peer in
+    /// `slow_start` adds the ramped share of its weight; scaling every weight alike leaves nginx's sequence as it is.
+    static func weightedPick(_ peers: inout [Peer], among candidates: [Int], at time: UInt64) -> Int? {
         var best: Int?
         var total = 0
         for index in candidates {
-            peers[index].currentWeight += peers[index].effectiveWeight
-            total += peers[index].effectiveWeight
+            let share = peers[index].effectiveWeight * slowStartPermille(peers[index], at: time)
+            peers[index].currentWeight += share
+            total += share
             if peers[index].effectiveWeight < peers[index].server.weight { peers[index].effectiveWeight += 1 }
             if best == nil || peers[index].currentWeight > peers[best!].currentWeight { best = index }
         }
         guard let best else { return nil }
         peers[best].currentWeight -= total
-        if time &- peers[best].checked > peers[best].server.failTimeoutNanoseconds { peers[best].checked = time }
+        markChecked(&peers[best], at: time)
         return best
     }
 
@@ -201,18 +326,24 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
         var hash = 89
         for _ in 0..<20 {
             for byte in key { hash = (hash &* 113 &+ Int(byte)) % 6271 }
-            var weight = hash % totalWeight
-            var index = 0
-            while weight >= primary[index].server.weight {
-                weight -= primary[index].server.weight
-                index += 1
-            }
+            let index = Self.peerIndex(atWeight: hash % totalWeight, of: primary)
             if Self.usable(primary[index], at: time), !excluded.contains(primary[index].server.address) {
-                if time &- primary[index].checked > primary[index].server.failTimeoutNanoseconds { primary[index].checked = time }
+                Self.markChecked(&primary[index], at: time)
                 return index
             }
         }
         return nil
+    }
+
+    /// The peer whose share of the summed weights holds `point` (the walk nginx's hashing methods make).
+    static func peerIndex(atWeight point: Int, of peers: [Peer]) -> Int {
+        var weight = point
+        var index = 0
+        while weight >= peers[index].server.weight {
+            weight -= peers[index].server.weight
+            index += 1
+        }
+        return index
     }
 
     /// The bytes nginx hashes: three octets of IPv4, sixteen of IPv6; nil for other clients (unix sockets),
@@ -230,12 +361,16 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
         }
     }
 
-    /// A lease ended: nginx's `ngx_http_upstream_free_round_robin_peer`.
-    private func finished(_ picked: (backup: Bool, index: Int), _ outcome: PeerLeaseOutcome) {
-        let disabled: PeerAddress? = lock.withLock {
+    /// A lease ended: nginx's `ngx_http_upstream_free_round_robin_peer`, plus the measurements of `least_time`
+    /// and `least_queue`; a freed slot goes to the oldest waiting request that can use it.
+    private func finished(_ slot: Slot, _ outcome: PeerLeaseOutcome) {
+        let (disabled, served): (PeerAddress?, [(UpstreamWaiter, PeerLease)]) = lock.withLock {
             let time = now()
-            var peer = picked.backup ? backup[picked.index] : primary[picked.index]
+            // A membership change may have replaced the arrays since the lease began.
+            guard slot.index < (slot.backup ? backup.count : primary.count) else { return (nil, serveWaiters(at: time)) }
+            var peer = slot.backup ? backup[slot.index] : primary[slot.index]
             peer.conns -= 1
+            peer.inflightStarts &-= slot.started
             var disabled: PeerAddress?
             if outcome.isFailure {
                 peer.fails += 1
@@ -243,18 +378,25 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
                 peer.checked = time
                 if peer.server.maxFails > 0 {
                     peer.effectiveWeight -= peer.server.weight / peer.server.maxFails
-                    if peer.fails >= peer.server.maxFails { disabled = peer.server.address }
+                    if peer.fails >= peer.server.maxFails {
+                        disabled = peer.server.address
+                        // Back after fail_timeout, its weight then ramps up over slow_start.
+                        Self.scheduleSlowStart(&peer, at: time &+ peer.server.failTimeoutNanoseconds)
+                    }
                 }
                 if peer.effectiveWeight < 0 { peer.effectiveWeight = 0 }
             } else if peer.accessed < peer.checked {
                 // A success after fail_timeout has passed since the last failure: the count starts again.
                 peer.fails = 0
             }
-            if picked.backup { backup[picked.index] = peer } else { primary[picked.index] = peer }
-            return disabled
+            if case .leastTime(let measure, _) = method { Self.recordTime(outcome, measure: measure, into: &peer) }
+            Self.recordQueueDepth(outcome, lease: slot, into: &peer, at: time)
+            if slot.backup { backup[slot.index] = peer } else { primary[slot.index] = peer }
+            return (disabled, serveWaiters(at: time))
         }
         if let disabled {
             logger?.warning("upstream server temporarily disabled while connecting to upstream, upstream: \"\(disabled)\", group: \"\(name)\"")
         }
+        deliver(served)
     }
 }

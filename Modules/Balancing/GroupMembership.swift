@@ -21,7 +21,7 @@ public struct PeerMembershipChange: Sendable, Equatable {
 /// draining.
 enum GroupMembership {
     static func replace(line: Int, template: UpstreamServer, addresses: [PeerAddress], in peers: inout [BalancedGroup.Peer],
-                        healthChecked: Bool) -> PeerMembershipChange {
+                        healthChecked: Bool, at time: UInt64) -> PeerMembershipChange {
         var change = PeerMembershipChange()
         var wanted: [PeerAddress] = []
         for address in addresses where !wanted.contains(address) { wanted.append(address) }
@@ -40,6 +40,7 @@ enum GroupMembership {
                 peers[back].removed = false
                 peers[back].fails = 0
                 peers[back].passesHealthChecks = !healthChecked
+                BalancedGroup.scheduleSlowStart(&peers[back], at: time)
                 continue
             }
             var server = template
@@ -48,6 +49,8 @@ enum GroupMembership {
             var peer = BalancedGroup.Peer(server)
             peer.resolvedFrom = line
             peer.passesHealthChecks = !healthChecked
+            // A new peer ramps up like one back from failure (nginx Plus's slow_start).
+            BalancedGroup.scheduleSlowStart(&peer, at: time)
             if let free = mine.first(where: { peers[$0].removed && peers[$0].conns == 0 }) {
                 peers[free] = peer
             } else {

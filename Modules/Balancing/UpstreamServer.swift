@@ -3,7 +3,7 @@ import KernelCore
 import NIOCore
 
 /// One `server` line of an upstream group, as nginx writes it: `127.0.0.1:8001 weight=5 max_fails=3
-/// fail_timeout=10s max_conns=100 backup down`.
+/// fail_timeout=10s max_conns=100 slow_start=30s backup down`.
 public struct UpstreamServer: Sendable, Equatable {
     public var address: PeerAddress
     public var weight = 1
@@ -17,6 +17,9 @@ public struct UpstreamServer: Sendable, Equatable {
     /// nginx's `resolve`: the host name is looked up with the group's `resolver` and each address it has is a peer
     /// with this line's parameters, added and removed as the answers change.
     public var resolve = false
+    /// nginx Plus's `slow_start`: nanoseconds over which a server back from being unavailable (or new) ramps its
+    /// weight from zero to `weight`; 0 is off.
+    public var slowStartNanoseconds: UInt64 = 0
 
     public init(address: PeerAddress) { self.address = address }
 
@@ -47,6 +50,11 @@ public struct UpstreamServer: Sendable, Equatable {
             case ("max_conns", let number?):
                 guard let conns = Int(number), conns >= 0 else { throw value.error("upstream server: invalid max_conns \"\(number)\"") }
                 server.maxConns = conns
+            case ("slow_start", let time?):
+                guard let duration = ConfigDuration(parsing: time), duration.milliseconds >= 0 else {
+                    throw value.error("upstream server: invalid slow_start \"\(time)\"")
+                }
+                server.slowStartNanoseconds = UInt64(duration.milliseconds) * 1_000_000
             case ("backup", nil):
                 server.backup = true
             case ("down", nil):
@@ -58,7 +66,7 @@ public struct UpstreamServer: Sendable, Equatable {
                 // An IP address needs no lookup: the parameter is then a no-op, as in nginx.
                 server.resolve = (try? SocketAddress(ipAddress: host, port: 0)) == nil
             default:
-                throw value.error("upstream server: unknown parameter \"\(word)\" (weight=, max_fails=, fail_timeout=, max_conns=, backup, down, resolve)")
+                throw value.error("upstream server: unknown parameter \"\(word)\" (weight=, max_fails=, fail_timeout=, max_conns=, slow_start=, backup, down, resolve)")
             }
         }
         return server

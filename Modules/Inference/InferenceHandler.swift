@@ -124,8 +124,16 @@ public struct InferenceHandler: RequestHandler {
             return context.eventLoop.makeFailedFuture(error)
         }
         let signature = model.signature
-        return model.scheduler.submit(decoded.inputs, on: context.eventLoop).flatMapThrowing { outputs in
-            try InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: outputs)
+        let scheduler = model.scheduler
+        return scheduler.submit(decoded.inputs, on: context.eventLoop).flatMapThrowing { outputs in
+            var response = try InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: outputs)
+            response.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
+            return response
+        }.flatMapErrorThrowing { error in
+            // Rejections and timeouts report the depth too: a full queue is what least_queue must hear of.
+            guard var failure = error as? KernelHTTPError else { throw error }
+            failure.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
+            throw failure
         }
     }
 

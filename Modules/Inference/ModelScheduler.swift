@@ -53,6 +53,8 @@ public final class ModelScheduler: @unchecked Sendable {
     /// Guards everything below; its condition wakes the instance threads.
     private let lock = QueueLock()
     private var queue = Deque<InferenceJob>()
+    /// Requests taken from the queue whose results are not yet delivered.
+    private var running = 0
     private var stopping = false
     private var threads: [pthread_t] = []
     private var statistics = ModelStatistics()
@@ -139,6 +141,13 @@ public final class ModelScheduler: @unchecked Sendable {
         for thread in joining { pthread_join(thread, nil) }
     }
 
+    /// The requests of this model queued or running now: what a worker reports to an edge's `least_queue`.
+    public var depth: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return queue.count + running
+    }
+
     /// A snapshot of the counters.
     public var currentStatistics: ModelStatistics {
         lock.lock()
@@ -162,6 +171,7 @@ public final class ModelScheduler: @unchecked Sendable {
                 lock.wait(untilMonotonicNanoseconds: until)
             case .run(let jobs):
                 for job in jobs { job.state = .started }
+                running += jobs.count
                 lock.unlock()
                 execute(jobs, runner: runner, dequeued: now)
                 lock.lock()
@@ -236,6 +246,8 @@ public final class ModelScheduler: @unchecked Sendable {
         lock.lock()
         statistics.record(batchSize: rows, requests: jobs, computeNanoseconds: finished &- started,
                           dequeued: dequeued, finished: finished, succeeded: (try? result.get()) != nil)
+        // Before the results go out, so an answer's depth report does not count its own request.
+        running -= jobs.count
         lock.unlock()
         logger.debug("model '\(modelName)': batch of \(rows) row(s) from \(jobs.count) request(s) in \((finished - started) / 1000) us")
 

@@ -57,19 +57,38 @@ public struct PeerLeaseOutcome: Sendable {
     /// Nanoseconds from the start of the connect to the end of the answer's head; nil when no head arrived
     /// (what `least_time header` measures; `durationNanoseconds` is what `least_time last_byte` measures).
     public var headerNanoseconds: UInt64?
+    /// The model queue depth the peer reported in its answer (`KernelQueueDepth.headerName`); nil when it
+    /// reported none (what `least_queue` balances on).
+    public var queueDepth: Int?
 
     public init(status: Int?, bytesReceived: Int64, durationNanoseconds: UInt64, failure: PeerFailure? = nil,
-                clientClosed: Bool = false, headerNanoseconds: UInt64? = nil) {
+                clientClosed: Bool = false, headerNanoseconds: UInt64? = nil, queueDepth: Int? = nil) {
         self.status = status
         self.bytesReceived = bytesReceived
         self.durationNanoseconds = durationNanoseconds
         self.failure = failure
         self.clientClosed = clientClosed
         self.headerNanoseconds = headerNanoseconds
+        self.queueDepth = queueDepth
     }
 
     /// Whether the attempt counts towards the peer's `max_fails`.
     public var isFailure: Bool { failure != nil }
+}
+
+/// The response header in which a kernel worker reports its model queue depth (requests of the answering model
+/// queued or running when the answer was made), for an edge's `least_queue` balancing. The edge strips it before
+/// the client sees the response.
+public enum KernelQueueDepth {
+    public static let headerName = "X-Kernel-Queue-Depth"
+
+    /// The depth a header value reports: a non-negative decimal number; nil for anything else.
+    public static func parse(_ value: String?) -> Int? {
+        guard let value, !value.isEmpty, value.utf8.count <= 18, value.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else {
+            return nil
+        }
+        return Int(value)
+    }
 }
 
 /// One attempt of one request at one peer, handed out by a group's balancer (nginx's `get`/`free` pair as one

@@ -227,6 +227,8 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     private func answered(_ head: UpstreamResponseHead, lease: PeerLease, handler: UpstreamConnectionHandler,
                           started: UInt64, connectTime: Double) {
         let headerNanoseconds = KernelClock.monotonicNanoseconds() &- started
+        // A kernel worker's model queue depth, for `least_queue`; makeResponse keeps it from the client.
+        let queueDepth = KernelQueueDepth.parse(head.headers[KernelQueueDepth.headerName])
         // Without another peer to lease, the answer is passed on as it is (nginx does the same).
         if let condition = NextUpstreamConditions.condition(forStatus: head.status), mayRetry(condition, requestSent: true),
            let next = configuration.group.begin(request, excluding: tried) {
@@ -238,7 +240,8 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             let counts = head.status != 403 && head.status != 404
             lease.finish(PeerLeaseOutcome(status: head.status, bytesReceived: handler.bodyBytesReceived,
                                           durationNanoseconds: headerNanoseconds,
-                                          failure: counts ? .status(head.status) : nil, headerNanoseconds: headerNanoseconds))
+                                          failure: counts ? .status(head.status) : nil, headerNanoseconds: headerNanoseconds,
+                                          queueDepth: queueDepth))
             lastFailure = nil
             run(next)
             return
@@ -254,14 +257,14 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             switch end {
             case .complete:
                 lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration,
-                                              headerNanoseconds: headerNanoseconds))
+                                              headerNanoseconds: headerNanoseconds, queueDepth: queueDepth))
             case .failed(let error):
                 lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration,
                                               failure: UpstreamConnectionHandler.peerFailure(ofBody: error),
-                                              headerNanoseconds: headerNanoseconds))
+                                              headerNanoseconds: headerNanoseconds, queueDepth: queueDepth))
             case .cancelled:
                 lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration,
-                                              clientClosed: true, headerNanoseconds: headerNanoseconds))
+                                              clientClosed: true, headerNanoseconds: headerNanoseconds, queueDepth: queueDepth))
             }
         }
         var response = makeResponse(head, handler: handler)
@@ -273,14 +276,15 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         promise.succeed(response)
     }
 
-    /// The client-facing response: hop-by-hop fields, `Date`/`Server` (the kernel writes its own) and those the
-    /// protocol hides are dropped.
+    /// The client-facing response: hop-by-hop fields, `Date`/`Server` (the kernel writes its own), a worker's
+    /// queue depth report (`KernelQueueDepth`, for the balancer only) and those the protocol hides are dropped.
     private func makeResponse(_ head: UpstreamResponseHead, handler: UpstreamConnectionHandler) -> KernelResponse {
         var headers = HeaderFields()
         for (name, value) in head.headers {
             if HopByHopHeaders.contains(name) { continue }
             let lower = name.lowercased()
             if lower == "date" || lower == "server" || engine.hooks.hidesResponseHeader(lower) { continue }
+            if name.equalsCaseInsensitive(KernelQueueDepth.headerName) { continue }
             headers.add(name, value)
         }
         let body: ResponseBody

@@ -4,13 +4,6 @@ import NIOConcurrencyHelpers
 import NIOCore
 import XCTest
 
-/// A clock the test moves by hand.
-private final class TestClock: @unchecked Sendable {
-    private let value = NIOLockedValueBox<UInt64>(1_000_000_000)
-    var now: UInt64 { value.withLockedValue { $0 } }
-    func advance(seconds: Double) { value.withLockedValue { $0 += UInt64(seconds * 1e9) } }
-}
-
 final class BalancedGroupTests: XCTestCase {
     private func server(_ text: String) throws -> UpstreamServer {
         var server = UpstreamServer(address: PeerAddress(parsing: text.split(separator: " ").first.map(String.init)!)!)

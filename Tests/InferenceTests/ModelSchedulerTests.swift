@@ -143,6 +143,25 @@ final class ModelSchedulerTests: XCTestCase {
         for future in [first] + queued { XCTAssertEqual(status(of: future), 200) }
     }
 
+    func testDepthCountsQueuedAndRunningRequestsButNotAnAnsweredOne() throws {
+        let runner = RecordingRunner(blockFirst: true)
+        let scheduler = ModelScheduler(modelName: "m", policy: SchedulingPolicy(maxBatchSize: 0, dynamicBatching: false),
+                                       runners: [runner], logger: Logger(label: "test"))
+        defer { scheduler.stop() }
+        let loop = group.next()
+        XCTAssertEqual(scheduler.depth, 0)
+        let running = scheduler.submit([rows(1, width: 2, start: 0)], on: loop)
+        runner.entered.wait()
+        let queued = (0..<2).map { scheduler.submit([rows(1, width: 2, start: Float($0))], on: loop) }
+        XCTAssertEqual(scheduler.depth, 3, "one running, two queued")
+        // What a response reports is read when its result arrives: its own request no longer counts.
+        let seen = running.map { _ in scheduler.depth }
+        runner.gate.signal()
+        XCTAssertLessThanOrEqual(try seen.wait(), 2)
+        for future in queued { XCTAssertEqual(status(of: future), 200) }
+        XCTAssertEqual(scheduler.depth, 0)
+    }
+
     func testRequestNotStartedBeforeItsTimeoutGets504AndNeverRuns() throws {
         let runner = RecordingRunner(blockFirst: true)
         let policy = SchedulingPolicy(maxBatchSize: 8, dynamicBatching: true, timeoutNanoseconds: 20_000_000)

@@ -72,6 +72,18 @@ final class UpstreamEngineTests: XCTestCase {
         XCTAssertNotNil(report.attempts.first?.headerTime)
     }
 
+    func testAWorkersQueueDepthGoesToTheBalancerNotTheClient() throws {
+        let peer = try peer(answer: ["200 len:2\nX-Kernel-Queue-Depth: 7\nX-App: yes\n\nok"])
+        let upstreams = RecordingGroup([peer.address])
+        let response = try proxy(engine(upstreams))
+        XCTAssertNil(response.headers[KernelQueueDepth.headerName])
+        XCTAssertEqual(response.headers["X-App"], "yes")
+        XCTAssertEqual(try collectBody(response.body), "ok")
+        XCTAssertEqual(upstreams.finished.first?.1.queueDepth, 7)
+        XCTAssertEqual(KernelQueueDepth.parse("12"), 12)
+        for bad in [nil, "", "-1", "1.5", " 3", "99999999999999999999"] { XCTAssertNil(KernelQueueDepth.parse(bad)) }
+    }
+
     func testChunkedAnswerIsDecodedThroughTheProtocolsDecoder() throws {
         let peer = try peer(answer: ["200 chunked\n\n5\r\nhel", "lo\r\n6\r\n world\r\n", "0\r\n\r\n"])
         let response = try proxy(engine(RecordingGroup([peer.address])))
