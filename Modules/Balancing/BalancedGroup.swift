@@ -36,6 +36,9 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
     public let name: String
     public let method: BalancingMethod
     public let servers: [UpstreamServer]
+    /// `keepalive` (with `keepalive_timeout`, `keepalive_requests`): set once when the group is decoded, before any
+    /// request can see it.
+    public internal(set) var keepalive: UpstreamKeepalive?
     private let lock = NIOLock()
     // Guarded by `lock`.
     private var primary: [Peer]

@@ -46,8 +46,11 @@ public enum BalancingModule: KernelModule {
             guard servers.contains(where: { !$0.backup }) else {
                 throw body.error("upstream \"\(name)\" has only backup servers")
             }
+            let keepalive = try decodeKeepalive(mapping)
             try mapping.finish()
-            decoded.append(BalancedGroup(name: name, method: method, servers: servers, logger: registrar.logger))
+            let group = BalancedGroup(name: name, method: method, servers: servers, logger: registrar.logger)
+            group.keepalive = keepalive
+            decoded.append(group)
         }
         try groups.finish()
         return decoded

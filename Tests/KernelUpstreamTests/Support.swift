@@ -12,7 +12,8 @@ func buffer(_ text: String) -> ByteBuffer { ByteBuffer(string: text) }
 ///
 /// Request: `FAKE METHOD URI LENGTH\n`, then the body as it is. Answer: `STATUS FRAMING\n`, header lines
 /// `Name: value\n`, an empty line, then the body framed as FRAMING says: `len:N`, `close`, `none`, or `chunked`
-/// (`HEX\r\nDATA\r\n`... `0\r\n\r\n`, decoded by the protocol's own body decoder).
+/// (`HEX\r\nDATA\r\n`... `0\r\n\r\n`, decoded by the protocol's own body decoder). A `Reuse: yes` header
+/// keeps the connection for another request; a `101` head turns it into a tunnel.
 struct FakeProtocol: UpstreamProtocol {
     var scheme: String { "fake" }
 
@@ -62,7 +63,9 @@ struct FakeParser: UpstreamResponseParser {
                 }
                 framing = .length(length)
             }
-            return UpstreamResponseHead(status: status, reason: nil, headers: headers, framing: framing)
+            // `Reuse: yes` is the fake protocol's keep-alive: the peer keeps the connection for another request.
+            return UpstreamResponseHead(status: status, reason: nil, headers: headers, framing: framing,
+                                        reusable: headers["Reuse"] == "yes")
         }
         return nil
     }
