@@ -46,16 +46,12 @@ final class UpstreamUpgrade: ConnectionUpgrade, @unchecked Sendable {
         }
         let tunnel = UpstreamTunnel(idleTimeout: readTimeout, eventLoop: eventLoop, logger: logger, suffix: suffix)
         let held = handler.takeHeldParts()
-        do {
-            // Half-closure on: one side ending its input is forwarded as the end of the other's output, and the
-            // tunnel ends when both have.
-            try client.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
-            try upstream.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
-            // A handler of our own leaves the pipeline at once (no future to wait for).
-            _ = upstream.pipeline.syncOperations.removeHandler(handler)
-        } catch {
-            // A channel that is already closing refuses options and removals: the tunnel below sees it inactive.
-        }
+        // Half-closure on: one side ending its input is forwarded as the end of the other's output, and the tunnel
+        // ends when both have. A channel that is already closing refuses the option: the tunnel sees it inactive.
+        try? client.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
+        try? upstream.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
+        // The answer's reader leaves (a handler of our own leaves at once); the tunnel's handler takes its place.
+        upstream.pipeline.syncOperations.removeHandler(handler, promise: nil)
         tunnel.join(client: client, upstream: upstream, clientBytes: buffered, upstreamBytes: held)
         return tunnel.done.futureResult.map { end in
             lease.finish(PeerLeaseOutcome(status: 101, bytesReceived: Int64(end.bytesToClient),
@@ -273,6 +269,9 @@ final class TunnelClientHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed { tunnel.inputEnded(.client) }
+        // A graceful stop (or the listener going away in a reload) closes the tunnel: nothing in it can be
+        // finished the way an HTTP request is.
+        if event is ChannelShouldQuiesceEvent { tunnel.closeBoth() }
     }
 }
 

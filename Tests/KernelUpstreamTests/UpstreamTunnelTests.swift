@@ -238,6 +238,14 @@ final class UpstreamTunnelTests: XCTestCase {
         _ = tunnel
     }
 
+    func testAGracefulStopClosesTheTunnel() throws {
+        let (tunnel, client, upstream, _, _, _) = try embeddedTunnel()
+        client.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        XCTAssertFalse(client.isActive)
+        XCTAssertFalse(upstream.isActive)
+        _ = tunnel
+    }
+
     func testTheIdleTimerClosesBothAndSaysSo() throws {
         let (tunnel, client, upstream, _, _, loop) = try embeddedTunnel(idle: .seconds(10))
         loop.advanceTime(by: .seconds(9))
