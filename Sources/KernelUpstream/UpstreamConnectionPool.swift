@@ -148,6 +148,9 @@ final class UpstreamConnection: @unchecked Sendable {
 /// and bytes read in between would be lost in it.
 final class UpstreamDecoderSlot<Parser: UpstreamResponseParser>: @unchecked Sendable {
     var decoder: UpstreamResponseDecoder<Parser>?
+    /// Bytes came after the end of an answer: the peer sent more than it framed, so the connection cannot be
+    /// trusted with another request.
+    var bytesAfterEnd = false
 
     init(_ decoder: UpstreamResponseDecoder<Parser>) { self.decoder = decoder }
 }
@@ -160,6 +163,7 @@ struct UpstreamConnectionDecoder<Parser: UpstreamResponseParser>: ByteToMessageD
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard slot.decoder != nil else { return .needMoreData }
+        if slot.decoder!.hasEnded, buffer.readableBytes > 0 { slot.bytesAfterEnd = true }
         return try slot.decoder!.decode(context: context, buffer: &buffer)
     }
 

@@ -232,7 +232,12 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             connection.requests += 1
             if connection.requests < cache.settings.requests {
                 handler.keepAliveAtEnd = { [handler] in
-                    (connection.decoderSlot as? UpstreamDecoderSlot<Protocol.Parser>)?.decoder = nil
+                    let slot = connection.decoderSlot as? UpstreamDecoderSlot<Protocol.Parser>
+                    slot?.decoder = nil
+                    guard let slot, !slot.bytesAfterEnd else {
+                        connection.channel.close(promise: nil)
+                        return
+                    }
                     cache.release(connection, removing: handler)
                 }
             }

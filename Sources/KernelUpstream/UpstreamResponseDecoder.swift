@@ -57,6 +57,12 @@ public struct UpstreamResponseDecoder<Parser: UpstreamResponseParser>: ByteToMes
     public let isHeadRequest: Bool
     private var state = State.head
 
+    /// Whether the answer has ended (bytes after it are dropped).
+    var hasEnded: Bool {
+        if case .done = state { return true }
+        return false
+    }
+
     public init(parser: Parser, isHeadRequest: Bool) {
         self.parser = parser
         self.isHeadRequest = isHeadRequest

@@ -90,10 +90,19 @@ struct FakeChunkedDecoder: UpstreamBodyDecoder {
             return .part(ByteBuffer())
         }
         guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else { return .needMoreData }
+        let lineStart = buffer.readerIndex
         let line = buffer.readString(length: newline - buffer.readerIndex)!.trimmingCharacters(in: .whitespacesAndNewlines)
         buffer.moveReaderIndex(forwardBy: 1)
         guard let size = Int(line, radix: 16) else { throw FakeError(description: "fake upstream sent invalid chunk size") }
-        if size == 0 { return .end }
+        if size == 0 {
+            // The whole encoding is consumed, the final CRLF included, before the end is reported.
+            guard buffer.readableBytes >= 2 else {
+                buffer.moveReaderIndex(to: lineStart)
+                return .needMoreData
+            }
+            buffer.moveReaderIndex(forwardBy: 2)
+            return .end
+        }
         remaining = size
         inData = true
         return .part(ByteBuffer())

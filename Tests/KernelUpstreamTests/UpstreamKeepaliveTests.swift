@@ -253,6 +253,17 @@ final class UpstreamKeepaliveTests: XCTestCase {
         XCTAssertEqual(peer.connections, 1)
     }
 
+    func testBytesBeyondTheFramedAnswerCloseTheConnection() throws {
+        let peer = try peer { _, _, _ in .answer(Self.kept + "junk") }
+        let engine = engine(RecordingGroup([peer.address]))
+        let loop = group.next()
+        let (response, body) = try proxy(engine, on: loop)
+        XCTAssertEqual(response.status, 200)
+        XCTAssertEqual(body, "ok")
+        try waitUntil("the connection closed") { peer.closedConnections == 1 }
+        XCTAssertEqual(try idle(engine, on: loop), 0)
+    }
+
     func testTheRequestsLimitClosesTheConnection() throws {
         let peer = try peer { _, _, _ in .answer(Self.kept) }
         let engine = engine(RecordingGroup([peer.address]), requests: 2)
