@@ -132,3 +132,41 @@ final class HTTPUpgradeTests: XCTestCase {
         XCTAssertTrue(upgrade.cancelled)
     }
 }
+
+/// `HTTPConnectionStateMachine.upgradeReady`: when a connection may become a tunnel.
+final class HTTPUpgradeStateTests: XCTestCase {
+    typealias Machine = HTTPConnectionStateMachine
+
+    private func processing(method: String = "GET", version: ProtocolVersion = .http1_1, streamedBody: Bool = false) -> Machine {
+        var machine = Machine(keepaliveRequests: 100)
+        _ = machine.channelActive()
+        _ = machine.headReceived()
+        _ = machine.requestRouted(Machine.RoutedHead(
+            keepAliveWanted: true, isHead: method == "HEAD", version: version, contentLength: streamedBody ? 10 : 0,
+            chunked: false, expectContinue: false, bodyAdmitted: true, handlerStreamsBody: streamedBody, inputPending: false))
+        return machine
+    }
+
+    func testAProcessedHTTP11RequestBecomesATunnel() {
+        var machine = processing()
+        XCTAssertEqual(machine.upgradeReady(), true)
+        XCTAssertEqual(machine.phase, .tunnelled)
+        XCTAssertFalse(machine.acceptsInput)
+        XCTAssertEqual(machine.nextStep(inputAvailable: true, writable: true), .stop(dropInput: false))
+        XCTAssertEqual(machine.channelInactive(), .none, "the tunnel, not the connection, ends the exchange")
+    }
+
+    func testWhatCannotBeUpgraded() {
+        var old = processing(version: .http1_0)
+        XCTAssertEqual(old.upgradeReady(), false)
+        var head = processing(method: "HEAD")
+        XCTAssertEqual(head.upgradeReady(), false)
+        var streaming = processing(streamedBody: true)
+        XCTAssertEqual(streaming.upgradeReady(), false)
+        var stopping = processing()
+        _ = stopping.quiesce(requestBytesSeen: false)
+        XCTAssertEqual(stopping.upgradeReady(), false)
+        var idle = Machine(keepaliveRequests: 100)
+        XCTAssertNil(idle.upgradeReady(), "no response is awaited")
+    }
+}
