@@ -92,6 +92,9 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
     public let name: String
     public let method: BalancingMethod
     public let servers: [UpstreamServer]
+    /// `keepalive` (with `keepalive_timeout`, `keepalive_requests`): set once when the group is decoded, before any
+    /// request can see it.
+    public internal(set) var keepalive: UpstreamKeepalive?
     /// The group's `protocol:` (`http`, `uwsgi`), nil when it does not say.
     public let scheme: String?
     /// Whether active health checks decide which peers are usable: peers then start out of service until they

@@ -54,6 +54,7 @@ public enum BalancingModule: KernelModule {
                 throw body.error("upstream \"\(name)\" has only backup servers")
             }
             let options = try GroupOptions.decode(mapping, group: name, servers: serverLines, body: body)
+            let keepalive = try decodeKeepalive(mapping)
             try mapping.finish()
             if queue != nil, !servers.contains(where: { $0.maxConns > 0 }) {
                 // nginx Plus queues only for servers at max_conns: without it nothing would ever wait.
@@ -61,6 +62,7 @@ public enum BalancingModule: KernelModule {
             }
             let group = BalancedGroup(name: name, method: method, servers: servers, queue: queue, scheme: options.scheme,
                                       healthChecked: options.healthCheck != nil, logger: registrar.logger)
+            group.keepalive = keepalive
             try options.addServices(for: group, registrar: registrar, body: body)
             decoded.append(group)
         }

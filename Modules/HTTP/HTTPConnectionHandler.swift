@@ -195,6 +195,53 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
         }
     }
 
+    // MARK: - Upgrades
+
+    /// A `101` that upgrades the connection (a proxied WebSocket): the head goes out, then the connection is
+    /// handed to the upgrade's tunnel and this handler leaves the pipeline, so nothing after the head is parsed as
+    /// HTTP. The exchange finishes (access log, with the tunnelled bytes) when the tunnel closes. A connection that
+    /// cannot be upgraded answers 502 and the far end is closed.
+    func upgradeConnection(_ response: KernelResponse, _ upgrade: any ConnectionUpgrade, _ inFlight: InFlightExchange,
+                           _ context: ChannelHandlerContext) -> Bool {
+        switch machine.upgradeReady() {
+        case nil:
+            upgrade.cancel()
+            return false
+        case false?:
+            upgrade.cancel()
+            runtime.logger.error("upstream answered 101 to a request that cannot be upgraded, client: \(connection.remoteIP), server: \(settings.listener), request: \"\(inFlight.request.requestLine)\"")
+            var refused = KernelResponse.error(502, "bad gateway")
+            refused.upstream = response.upstream
+            return exchangeResponded(refused, serial: inFlight.serial, context: context)
+        case true?:
+            break
+        }
+        inFlight.status = 101
+        inFlight.upstream = response.upstream
+        var out = context.channel.allocator.buffer(capacity: 192 + response.headers.count * 48)
+        HTTPResponseHeadWriter.write(status: 101, reason: response.reasonPhrase, headers: response.headers, framing: .none,
+                                     close: false, serverLine: settings.serverLine, date: dateCache.current(), into: &out,
+                                     upgrading: true)
+        let headBytes = out.readableBytes
+        inFlight.bytesSent = headBytes
+        context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        flushPending = false
+        timers.cancelAll()
+        let buffered = input
+        input = nil
+        current = nil
+        bodyReader = nil
+        upgrade.start(client: context.channel, buffered: buffered).assumeIsolated().whenComplete { result in
+            if case .success(let end) = result {
+                inFlight.bodyBytesSent = end.bytesToClient
+                inFlight.bytesSent = headBytes + end.bytesToClient
+            }
+            inFlight.finish()
+        }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        return true
+    }
+
     // MARK: - Timers
 
     func arm(_ timer: HTTPConnectionStateMachine.Timer, _ context: ChannelHandlerContext) {

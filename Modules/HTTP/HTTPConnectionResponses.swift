@@ -13,6 +13,9 @@ extension HTTPConnectionHandler: DrivenConnection {
     /// Writes the head and a buffered body, or the head of a streamed one and starts pulling its parts.
     private func writeResponse(_ response: KernelResponse, _ inFlight: InFlightExchange,
                                _ context: ChannelHandlerContext) -> Bool {
+        if let upgrade = response.upgrade, response.status == 101 {
+            return upgradeConnection(response, upgrade, inFlight, context)
+        }
         var streamed = false
         var length = 0
         switch response.body {

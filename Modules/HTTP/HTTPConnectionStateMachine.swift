@@ -29,6 +29,8 @@ struct HTTPConnectionStateMachine {
         case processing
         /// A streamed response body is being written.
         case writingStream
+        /// The connection was upgraded (`101`): it is a tunnel now, no longer HTTP, and its handler has left.
+        case tunnelled
         /// The connection is finishing: input is discarded.
         case closing
         /// The channel is gone.
@@ -170,7 +172,7 @@ struct HTTPConnectionStateMachine {
     }
 
     /// Input is read (and not only drained).
-    var acceptsInput: Bool { phase != .closing && phase != .closed }
+    var acceptsInput: Bool { phase != .closing && phase != .closed && phase != .tunnelled }
 
     // MARK: - Connection
 
@@ -197,7 +199,7 @@ struct HTTPConnectionStateMachine {
             return .readBody
         case .processing, .writingStream:
             return request?.bodyStreaming == true ? .feedBodyStream : .stop(dropInput: false)
-        case .closing, .closed:
+        case .closing, .closed, .tunnelled:
             return .stop(dropInput: false)
         }
     }
@@ -310,6 +312,19 @@ struct HTTPConnectionStateMachine {
         request!.framing = framing
         request!.closeAfter = close
         return .writeStreamHead(framing: framing, close: close)
+    }
+
+    /// The handler's response is a `101` that upgrades the connection (a proxied WebSocket). True: the head goes
+    /// out and the connection becomes a tunnel, with no request of its own any more. False: it cannot be
+    /// upgraded (not HTTP/1.1, a HEAD, an unbuffered body still arriving, a graceful stop under way). Nil when
+    /// the connection no longer waits for a response.
+    mutating func upgradeReady() -> Bool? {
+        guard phase == .processing, let current = request else { return nil }
+        guard current.version == .http1_1, !current.isHead, !current.bodyStreaming, !quiescing else { return false }
+        phase = .tunnelled
+        request = nil
+        timer = nil
+        return true
     }
 
     /// A part of the streamed body arrived; `sentSoFar` body bytes were written before it.
@@ -460,6 +475,7 @@ struct HTTPConnectionStateMachine {
         case .readingBody: return "reading client request body"
         case .processing: return "processing request"
         case .writingStream: return "sending response to client"
+        case .tunnelled: return "proxying upgraded connection"
         case .closing, .closed: return "closing request"
         }
     }

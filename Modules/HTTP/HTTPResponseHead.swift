@@ -65,8 +65,10 @@ enum HTTPResponseHeadWriter {
     /// Writes the status line and headers. The head is measured first and then copied into the buffer in one
     /// pass: a response head is a dozen short pieces, and writing them one `ByteBuffer` call at a time cost more
     /// than the copying.
+    /// `upgrading`: the head of a `101` that upgrades the connection, with the handler's `Upgrade` field and
+    /// `Connection: upgrade` instead of the keep-alive fields.
     static func write(status: Int, reason: String, headers: HeaderFields, framing: HTTPBodyFraming, close: Bool,
-                      serverLine: String, date: String, into out: inout ByteBuffer) {
+                      serverLine: String, date: String, into out: inout ByteBuffer, upgrading: Bool = false) {
         let reason = isSafe(reason) ? reason : HTTPStatusText.reason(for: status)
         var size = 16 + reason.utf8.count + serverLine.utf8.count + 8 + date.utf8.count
         for field in headers.fields { size += field.name.utf8.count + field.value.utf8.count + 4 }
@@ -105,7 +107,16 @@ enum HTTPResponseHeadWriter {
             case .closeDelimited, .none:
                 break
             }
-            head.append(close ? "Connection: close\r\n\r\n" : "Connection: keep-alive\r\n\r\n")
+            if upgrading {
+                if let protocols = headers["Upgrade"], isSafe(protocols) {
+                    head.append("Upgrade: ")
+                    head.append(protocols)
+                    head.append("\r\n")
+                }
+                head.append("Connection: upgrade\r\n\r\n")
+            } else {
+                head.append(close ? "Connection: close\r\n\r\n" : "Connection: keep-alive\r\n\r\n")
+            }
             return head.count
         }
     }

@@ -170,6 +170,12 @@ enum UWSGIPassFactory {
         if let next = location.optional("uwsgi_next_upstream") {
             configuration.nextUpstream = try decodeNextUpstream(next)
         }
+        if let tries = location.optional("uwsgi_next_upstream_tries") {
+            configuration.nextUpstreamTries = try tries.int(in: 0...Int(Int32.max), what: "a number of tries (0: no limit)")
+        }
+        if let timeout = location.optional("uwsgi_next_upstream_timeout") {
+            configuration.nextUpstreamTimeout = .milliseconds(try timeout.duration().milliseconds)
+        }
         if let flag = location.optional("uwsgi_request_buffering") {
             configuration.requestBuffering = try flag.bool()
         }

@@ -60,6 +60,10 @@ public struct UWSGIPassConfiguration: Sendable {
     public var modifier2: UInt8
     /// nginx's `uwsgi_next_upstream`: which failures go on to the group's next peer.
     public var nextUpstream = NextUpstreamConditions.default
+    /// nginx's `uwsgi_next_upstream_tries` (0: each peer of the group once).
+    public var nextUpstreamTries = 0
+    /// nginx's `uwsgi_next_upstream_timeout` (zero: no limit).
+    public var nextUpstreamTimeout = TimeAmount.zero
     /// The addresses of named peers, resolved when the configuration was loaded (nginx resolves `uwsgi_pass
     /// host:port` at start-up too), so that no request waits for a blocking name lookup on its event loop.
     public var resolver: any PeerAddressResolver = PeerAddressBook()
@@ -123,8 +127,11 @@ public struct UWSGIPassConfiguration: Sendable {
 
     /// The engine's settings for this location.
     var upstream: UpstreamConfiguration {
-        UpstreamConfiguration(group: group, connectTimeout: connectTimeout, sendTimeout: sendTimeout,
-                              readTimeout: readTimeout, nextUpstream: nextUpstream, resolver: resolver)
+        var upstream = UpstreamConfiguration(group: group, connectTimeout: connectTimeout, sendTimeout: sendTimeout,
+                                             readTimeout: readTimeout, nextUpstream: nextUpstream, resolver: resolver)
+        upstream.nextUpstreamTries = nextUpstreamTries
+        upstream.nextUpstreamTimeout = nextUpstreamTimeout
+        return upstream
     }
 
     /// A header name compared and hashed without ASCII case (nginx's `lowcase_key`), with no lowered copy made.

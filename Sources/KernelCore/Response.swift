@@ -41,6 +41,9 @@ public struct KernelResponse: Sendable {
     public var body: ResponseBody
     /// The upstream peers tried for this response, set by proxying handlers (`$upstream_addr`, ...).
     public var upstream: UpstreamReport?
+    /// With a `101` status: the far end the client's connection is joined to once the head is written (an
+    /// upgraded upstream connection). nil for every other response.
+    public var upgrade: (any ConnectionUpgrade)?
 
     public init(status: Int, reason: String? = nil, headers: HeaderFields = [:], body: ResponseBody = .empty,
                 upstream: UpstreamReport? = nil) {

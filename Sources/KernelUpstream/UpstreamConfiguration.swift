@@ -62,6 +62,12 @@ public struct UpstreamConfiguration: Sendable {
     public var readTimeout: TimeAmount
     /// `*_next_upstream`.
     public var nextUpstream: NextUpstreamConditions
+    /// `*_next_upstream_tries`: the most peers one request tries; 0 (nginx's default) limits it only by the
+    /// group's peers (each once).
+    public var nextUpstreamTries = 0
+    /// `*_next_upstream_timeout`: no other peer is tried once this long has passed since the first attempt
+    /// began; zero (nginx's default) sets no limit.
+    public var nextUpstreamTimeout = TimeAmount.zero
     /// Where the current addresses of named peers come from: filled when the configuration loads, refreshed by
     /// `UpstreamResolverService`. The engine never resolves a name itself.
     public var resolver: any PeerAddressResolver

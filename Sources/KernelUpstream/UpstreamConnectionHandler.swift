@@ -18,7 +18,7 @@ enum UpstreamBodyEnd {
 ///
 /// `*_read_timeout` runs while a head or a pulled part is awaited. Lives on the upstream channel's event loop,
 /// which is the request's.
-final class UpstreamConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
+final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
     typealias InboundIn = UpstreamResponsePart
 
     private let readTimeout: TimeAmount
@@ -40,6 +40,13 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, @unchecked Sendabl
     private(set) var readsRequested = 0
     private var bodyEnd: UpstreamBodyEnd?
     private var bodyEndObserver: ((UpstreamBodyEnd) -> Void)?
+    /// The whole request was written (set by the exchange when its sender completes).
+    var requestFullySent = false
+    /// Set for a connection that may go back to its group's keepalive pool: called instead of closing the
+    /// connection when an answer whose head said `reusable` ends after the whole request was sent.
+    var keepAliveAtEnd: (() -> Void)?
+    private var headReusable = false
+    private var keptAtReadComplete = false
 
     init(readTimeout: TimeAmount, eventLoop: any EventLoop) {
         self.readTimeout = readTimeout
@@ -116,6 +123,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, @unchecked Sendabl
         if sent || headDelivered { armReadTimer(phase: headDelivered ? "reading upstream" : "reading response header from upstream") }
         switch unwrapInboundIn(data) {
         case .head(let head):
+            headReusable = head.reusable
             pendingHead = head
         case .body(let part):
             bodyBytesReceived += Int64(part.readableBytes)
@@ -134,7 +142,13 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, @unchecked Sendabl
                 waiter.succeed(nil)
             }
             closed = true
-            context.close(promise: nil)
+            if headReusable, requestFullySent, keepAliveAtEnd != nil {
+                // Kept once this read is done (the head may still be delivered at its end).
+                keptAtReadComplete = true
+            } else {
+                keepAliveAtEnd = nil
+                context.close(promise: nil)
+            }
         }
     }
 
@@ -148,6 +162,11 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, @unchecked Sendabl
             readTimer?.cancel()
         }
         context.fireChannelReadComplete()
+        if keptAtReadComplete, let keepAlive = keepAliveAtEnd {
+            keptAtReadComplete = false
+            keepAliveAtEnd = nil
+            keepAlive()
+        }
     }
 
     /// The head goes out once a whole read has been decoded, so that a small answer that came in one read is
@@ -197,6 +216,12 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, @unchecked Sendabl
         guard var first = parts.popFirst() else { return ByteBuffer() }
         while let part = parts.popFirst() { first.writeImmutableBuffer(part) }
         return first
+    }
+
+    /// The parts received and not handed on (bytes an upgraded peer sent right behind its `101` head).
+    func takeHeldParts() -> [ByteBuffer] {
+        defer { parts.removeAll() }
+        return Array(parts)
     }
 
     /// The consumer's pull: a held part, or one more read from the socket.

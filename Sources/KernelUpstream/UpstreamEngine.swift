@@ -10,10 +10,13 @@ import NIOPosix
 public struct UpstreamEngine<Protocol: UpstreamProtocol>: Sendable {
     public let configuration: UpstreamConfiguration
     public let hooks: Protocol
+    /// The group's idle connections (`keepalive`), shared with every engine of the group; nil without one.
+    let pool: UpstreamConnectionPool?
 
     public init(configuration: UpstreamConfiguration, protocol hooks: Protocol) {
         self.configuration = configuration
         self.hooks = hooks
+        pool = UpstreamConnectionPool.shared(for: configuration.group)
     }
 
     /// The response to `request`. The future does not fail: an upstream that cannot answer gives a JSON 502/504
@@ -35,6 +38,8 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     private var tried: [PeerAddress] = []
     private var attempts: [UpstreamAttempt] = []
     private var lastFailure: UpstreamFailure?
+    /// When the first attempt began (`*_next_upstream_timeout` counts from it).
+    private var firstAttemptStarted: UInt64?
 
     init(engine: UpstreamEngine<Protocol>, request: KernelRequest, context: RequestContext) {
         self.engine = engine
@@ -66,10 +71,11 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         attempt()
     }
 
-    /// nginx's error-log suffix naming the request.
-    private func suffix(_ peer: PeerAddress?) -> String {
+    /// nginx's error-log suffix naming the request, and the peer (or the group, when no peer was chosen).
+    private func suffix(_ peer: PeerAddress?, group: String? = nil) -> String {
         var text = ", client: \(request.connection.remoteIP), server: \(context.route.serverName), request: \"\(request.requestLine)\""
         if let peer { text += ", upstream: \"\(engine.hooks.scheme)://\(peer)\"" }
+        if let group { text += ", upstream: \"\(engine.hooks.scheme)://\(group)\"" }
         if let host = request.headers["Host"] { text += ", host: \"\(host)\"" }
         return text
     }
@@ -86,16 +92,31 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     /// read, nor a POST, LOCK or PATCH once sent unless `non_idempotent` is set.
     private func mayRetry(_ condition: NextUpstreamConditions, requestSent: Bool) -> Bool {
         let next = configuration.nextUpstream
-        guard next.contains(condition), tried.count < max(1, configuration.group.maxTries) else { return false }
+        guard next.contains(condition), tried.count < triesAllowed, withinNextUpstreamTimeout else { return false }
         guard requestSent else { return true }
         if case .stream? = request.bodySource { return false }
         if ["POST", "LOCK", "PATCH"].contains(request.method), !next.contains(.nonIdempotent) { return false }
         return true
     }
 
+    /// How many peers the request may try: each of the group's once (nginx's default), or fewer with
+    /// `*_next_upstream_tries`.
+    private var triesAllowed: Int {
+        let peers = max(1, configuration.group.maxTries)
+        let limit = configuration.nextUpstreamTries
+        return limit > 0 ? min(limit, peers) : peers
+    }
+
+    /// Whether `*_next_upstream_timeout` (if any) leaves time to try another peer.
+    private var withinNextUpstreamTimeout: Bool {
+        let timeout = configuration.nextUpstreamTimeout.nanoseconds
+        guard timeout > 0, let first = firstAttemptStarted else { return true }
+        return KernelClock.monotonicNanoseconds() &- first < UInt64(timeout)
+    }
+
     private func attempt() {
         let group = configuration.group
-        guard tried.count < max(1, group.maxTries) else {
+        guard tried.count < triesAllowed else {
             noPeer()
             return
         }
@@ -104,30 +125,52 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         }
     }
 
-    /// No peer may be tried: the last failure's answer, or nginx's "no live upstreams".
+    /// No peer may be tried: the last failure's answer, or nginx's "no live upstreams" (every peer down, or
+    /// none left that was not tried), at once, with the group named in the log line and the answer.
     private func noPeer() {
         if let lastFailure {
             respond(lastFailure.response)
         } else {
-            context.logger.error("no live upstreams while connecting to upstream\(suffix(nil)), upstream: \"\(engine.hooks.scheme)://\(configuration.group.name)\"")
-            respond(.error(502, "no live upstreams"))
+            let name = configuration.group.name
+            context.logger.error("no live upstreams while connecting to upstream\(suffix(nil, group: name))")
+            respond(.error(502, "no live upstreams in upstream \"\(name)\""))
         }
     }
 
-    /// One attempt at the leased peer.
-    private func run(_ lease: PeerLease) {
+    /// One attempt at the leased peer: over an idle connection of the group's pool when there is one to the peer,
+    /// else a new one. `afterStaleConnection`: the same attempt again, on a new connection, after a kept-alive one
+    /// failed before answering (not another try).
+    private func run(_ lease: PeerLease, afterStaleConnection: Bool = false) {
         let peer = lease.peer
-        tried.append(peer)
+        if !afterStaleConnection { tried.append(peer) }
         let started = KernelClock.monotonicNanoseconds()
+        if firstAttemptStarted == nil { firstAttemptStarted = started }
         let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop)
         let decoder = UpstreamResponseDecoder(parser: engine.hooks.makeResponseParser(for: request),
                                               isHeadRequest: request.method == "HEAD")
+        let cache = engine.pool?.cache(on: eventLoop)
+        if !afterStaleConnection, let cache, let idle = cache.take(peer) {
+            if let slot = idle.decoderSlot as? UpstreamDecoderSlot<Protocol.Parser>,
+               (try? idle.channel.pipeline.syncOperations.addHandler(handler)) != nil {
+                slot.decoder = decoder
+                connected(idle.channel, lease: lease, handler: handler, started: started, connection: idle, reused: true)
+                return
+            }
+            idle.channel.close(promise: nil)
+        }
+        // A connection that may be kept gets a decoder it keeps across requests, and the keepalive watch first.
+        let kept = cache.map { _ in (watch: UpstreamKeepaliveHandler(), slot: UpstreamDecoderSlot(decoder)) }
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout)
             .channelOption(.autoRead, value: false)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers([ByteToMessageHandler(decoder), handler])
+                    let pipeline = channel.pipeline.syncOperations
+                    if let kept {
+                        try pipeline.addHandlers([kept.watch, ByteToMessageHandler(UpstreamConnectionDecoder(slot: kept.slot)), handler])
+                    } else {
+                        try pipeline.addHandlers([ByteToMessageHandler(decoder), handler])
+                    }
                 }
             }
         let connecting: EventLoopFuture<any Channel>
@@ -145,7 +188,8 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         connecting.hop(to: eventLoop).assumeIsolated().whenComplete { result in
             switch result {
             case .success(let channel):
-                self.connected(channel, lease: lease, handler: handler, started: started)
+                let connection = kept.map { UpstreamConnection(channel: channel, peer: peer, keepalive: $0.watch, decoderSlot: $0.slot) }
+                self.connected(channel, lease: lease, handler: handler, started: started, connection: connection, reused: false)
             case .failure(let error):
                 let failure: UpstreamFailure
                 if let unresolved = error as? UnresolvedPeer {
@@ -178,15 +222,35 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         }
     }
 
-    private func connected(_ channel: any Channel, lease: PeerLease, handler: UpstreamConnectionHandler, started: UInt64) {
+    /// The connection is there (new, or reused from the pool): the request goes out and the head is awaited.
+    /// `connection` is set when the connection may go back to the pool after the answer.
+    private func connected(_ channel: any Channel, lease: PeerLease, handler: UpstreamConnectionHandler,
+                           started: UInt64, connection: UpstreamConnection?, reused: Bool) {
         let connectTime = seconds(KernelClock.monotonicNanoseconds() &- started)
         var sendError: (any Error)?
+        if let connection, let cache = engine.pool?.cache(on: eventLoop) {
+            connection.requests += 1
+            if connection.requests < cache.settings.requests {
+                handler.keepAliveAtEnd = { [handler] in
+                    let slot = connection.decoderSlot as? UpstreamDecoderSlot<Protocol.Parser>
+                    slot?.decoder = nil
+                    guard let slot, !slot.bytesAfterEnd else {
+                        connection.channel.close(promise: nil)
+                        return
+                    }
+                    cache.release(connection, removing: handler)
+                }
+            }
+        }
         let sender = UpstreamRequestSender(channel: channel, hooks: engine.hooks, sendTimeout: configuration.sendTimeout,
                                            eventLoop: eventLoop) {
             handler.fail(UpstreamFailure.timeout("upstream timed out (110: Connection timed out) while sending request to upstream"))
         }
         sender.send(head: head ?? ByteBuffer(), request: request).assumeIsolated().whenComplete { result in
-            if case .failure(let error) = result {
+            switch result {
+            case .success:
+                handler.requestFullySent = true
+            case .failure(let error):
                 // A failure of the request's own (a timeout, the client's body broken off) ends the attempt and is
                 // logged with it; a failed write shows as the upstream closing.
                 if let failure = error as? UpstreamFailure { handler.fail(failure) }
@@ -199,8 +263,17 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         handler.headFuture.assumeIsolated().whenComplete { result in
             switch result {
             case .success(let head):
-                self.answered(head, lease: lease, handler: handler, started: started, connectTime: connectTime)
+                self.answered(head, lease: lease, handler: handler, channel: channel, started: started, connectTime: connectTime)
             case .failure(let error):
+                if reused, let connection, self.isStale(after: error, sendError: sendError, connection: connection) {
+                    // The peer closed a kept-alive connection before this request reached it (its keep-alive ran
+                    // out): nothing was processed, so the request goes again, on a new connection to the same peer,
+                    // whatever its method, and the peer is not blamed.
+                    self.context.logger.info("upstream closed a kept-alive connection before answering (\(UpstreamFailure.describe(sendError ?? error))), retrying on a new connection\(self.suffix(peer))")
+                    channel.close(promise: nil)
+                    self.run(lease, afterStaleConnection: true)
+                    return
+                }
                 let failure: UpstreamFailure
                 switch error {
                 case let known as UpstreamFailure:
@@ -223,11 +296,25 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         }
     }
 
+    /// Whether a failure on a reused connection is the peer having closed it while it was idle: no byte of the
+    /// answer arrived, no timeout ran out, and the request can be sent again (its body is not a stream being
+    /// read from the client, and did not fail on the client's side).
+    private func isStale(after error: any Error, sendError: (any Error)?, connection: UpstreamConnection) -> Bool {
+        guard !connection.keepalive.answerStarted else { return false }
+        if case .stream? = request.bodySource { return false }
+        if error is UpstreamFailure || sendError is UpstreamFailure || error is UpstreamInvalidResponse { return false }
+        return true
+    }
+
     /// A head arrived: passed on, or (a status `*_next_upstream` names, with another peer to try) dropped.
     private func answered(_ head: UpstreamResponseHead, lease: PeerLease, handler: UpstreamConnectionHandler,
-                          started: UInt64, connectTime: Double) {
+                          channel: any Channel, started: UInt64, connectTime: Double) {
         let headerNanoseconds = KernelClock.monotonicNanoseconds() &- started
-        // A kernel worker's model queue depth, for `least_queue`; makeResponse keeps it from the client.
+        if head.status == 101 {
+            upgraded(head, lease: lease, handler: handler, channel: channel, started: started, connectTime: connectTime)
+            return
+        }
+        // A kernel worker's model queue depth, for `least_queue`; responseHeaders keeps it from the client.
         let queueDepth = KernelQueueDepth.parse(head.headers[KernelQueueDepth.headerName])
         // Without another peer to lease, the answer is passed on as it is (nginx does the same).
         if let condition = NextUpstreamConditions.condition(forStatus: head.status), mayRetry(condition, requestSent: true),
@@ -276,17 +363,38 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         promise.succeed(response)
     }
 
-    /// The client-facing response: hop-by-hop fields, `Date`/`Server` (the kernel writes its own), a worker's
-    /// queue depth report (`KernelQueueDepth`, for the balancer only) and those the protocol hides are dropped.
-    private func makeResponse(_ head: UpstreamResponseHead, handler: UpstreamConnectionHandler) -> KernelResponse {
+    /// A `101 Switching Protocols`: the client gets the head, with the upgrade that joins its connection to this
+    /// one once the head is written. The lease ends when the tunnel closes.
+    private func upgraded(_ head: UpstreamResponseHead, lease: PeerLease, handler: UpstreamConnectionHandler,
+                          channel: any Channel, started: UInt64, connectTime: Double) {
+        let headerTime = seconds(KernelClock.monotonicNanoseconds() &- started)
+        var response = KernelResponse(status: 101, reason: head.reason, headers: responseHeaders(head, keepingUpgrade: true))
+        response.upgrade = UpstreamUpgrade(upstream: channel, handler: handler, lease: lease,
+                                           readTimeout: configuration.readTimeout, logger: context.logger,
+                                           suffix: suffix(lease.peer), started: started)
+        attempts.append(UpstreamAttempt(address: lease.peer.description, status: 101, responseTime: headerTime,
+                                        connectTime: connectTime, headerTime: headerTime))
+        respond(response)
+    }
+
+    /// The upstream's header fields the client gets: hop-by-hop fields, `Date`/`Server` (the kernel writes its own),
+    /// a worker's queue depth report (`KernelQueueDepth`, for the balancer only) and those the protocol hides are
+    /// dropped; `Upgrade` stays on a `101`, for the listener to write.
+    private func responseHeaders(_ head: UpstreamResponseHead, keepingUpgrade: Bool = false) -> HeaderFields {
         var headers = HeaderFields()
         for (name, value) in head.headers {
-            if HopByHopHeaders.contains(name) { continue }
+            if HopByHopHeaders.contains(name), !(keepingUpgrade && name.equalsCaseInsensitive("upgrade")) { continue }
             let lower = name.lowercased()
             if lower == "date" || lower == "server" || engine.hooks.hidesResponseHeader(lower) { continue }
             if name.equalsCaseInsensitive(KernelQueueDepth.headerName) { continue }
             headers.add(name, value)
         }
+        return headers
+    }
+
+    /// The client-facing response, with the headers `responseHeaders` keeps.
+    private func makeResponse(_ head: UpstreamResponseHead, handler: UpstreamConnectionHandler) -> KernelResponse {
+        var headers = responseHeaders(head)
         let body: ResponseBody
         if let whole = handler.takeWholeBody() {
             if request.method == "HEAD" {

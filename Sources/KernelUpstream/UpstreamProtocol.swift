@@ -107,6 +107,8 @@ public enum UpstreamBodyDecoding: Sendable {
     case part(ByteBuffer)
     /// More input is needed.
     case needMoreData
-    /// The body ended (bytes after it are ignored).
+    /// The body ended. The decoder consumes its whole encoding first (for chunked: the last chunk, any
+    /// trailer fields and the final CRLF): bytes left after the end are not the answer's, and keep its connection
+    /// from going back to a keepalive pool.
     case end
 }

@@ -47,6 +47,8 @@ public struct UpstreamResponseDecoder<Parser: UpstreamResponseParser>: ByteToMes
         case length(remaining: Int64, received: Int64, expected: Int64)
         case untilClose
         case decoded(any UpstreamBodyDecoder)
+        /// After a `101 Switching Protocols` head: the bytes are another protocol's, passed on as they come.
+        case tunnel
         case done
     }
 
@@ -54,6 +56,12 @@ public struct UpstreamResponseDecoder<Parser: UpstreamResponseParser>: ByteToMes
     /// Whether the request was `HEAD` (its answer has no body whatever its headers say).
     public let isHeadRequest: Bool
     private var state = State.head
+
+    /// Whether the answer has ended (bytes after it are dropped).
+    var hasEnded: Bool {
+        if case .done = state { return true }
+        return false
+    }
 
     public init(parser: Parser, isHeadRequest: Bool) {
         self.parser = parser
@@ -71,6 +79,14 @@ public struct UpstreamResponseDecoder<Parser: UpstreamResponseParser>: ByteToMes
                 throw UpstreamInvalidResponse(underlying: error, inHead: true)
             }
             guard var head = parsed else { return .needMoreData }
+            if head.status == 101 {
+                // The connection now carries another protocol: it has no body and is never reused.
+                head.framing = .none
+                head.reusable = false
+                state = .tunnel
+                context.fireChannelRead(wrapInboundOut(.head(head)))
+                return .continue
+            }
             // The generic rule: no body for HEAD, 1xx, 204 and 304, whatever the headers say.
             if isHeadRequest || head.status < 200 || head.status == 204 || head.status == 304 { head.framing = .none }
             let framing = head.framing
@@ -98,7 +114,7 @@ public struct UpstreamResponseDecoder<Parser: UpstreamResponseParser>: ByteToMes
             }
             return .continue
 
-        case .untilClose:
+        case .untilClose, .tunnel:
             guard buffer.readableBytes > 0 else { return .needMoreData }
             context.fireChannelRead(wrapInboundOut(.body(buffer.readSlice(length: buffer.readableBytes)!)))
             return .continue
@@ -150,7 +166,7 @@ public struct UpstreamResponseDecoder<Parser: UpstreamResponseParser>: ByteToMes
             throw UpstreamResponseError.prematureCloseInEncodedBody
         case .untilClose:
             end(context)
-        case .done:
+        case .done, .tunnel:
             break
         }
         return .needMoreData

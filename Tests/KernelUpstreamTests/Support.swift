@@ -12,7 +12,8 @@ func buffer(_ text: String) -> ByteBuffer { ByteBuffer(string: text) }
 ///
 /// Request: `FAKE METHOD URI LENGTH\n`, then the body as it is. Answer: `STATUS FRAMING\n`, header lines
 /// `Name: value\n`, an empty line, then the body framed as FRAMING says: `len:N`, `close`, `none`, or `chunked`
-/// (`HEX\r\nDATA\r\n`... `0\r\n\r\n`, decoded by the protocol's own body decoder).
+/// (`HEX\r\nDATA\r\n`... `0\r\n\r\n`, decoded by the protocol's own body decoder). A `Reuse: yes` header
+/// keeps the connection for another request; a `101` head turns it into a tunnel.
 struct FakeProtocol: UpstreamProtocol {
     var scheme: String { "fake" }
 
@@ -62,7 +63,9 @@ struct FakeParser: UpstreamResponseParser {
                 }
                 framing = .length(length)
             }
-            return UpstreamResponseHead(status: status, reason: nil, headers: headers, framing: framing)
+            // `Reuse: yes` is the fake protocol's keep-alive: the peer keeps the connection for another request.
+            return UpstreamResponseHead(status: status, reason: nil, headers: headers, framing: framing,
+                                        reusable: headers["Reuse"] == "yes")
         }
         return nil
     }
@@ -87,10 +90,19 @@ struct FakeChunkedDecoder: UpstreamBodyDecoder {
             return .part(ByteBuffer())
         }
         guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else { return .needMoreData }
+        let lineStart = buffer.readerIndex
         let line = buffer.readString(length: newline - buffer.readerIndex)!.trimmingCharacters(in: .whitespacesAndNewlines)
         buffer.moveReaderIndex(forwardBy: 1)
         guard let size = Int(line, radix: 16) else { throw FakeError(description: "fake upstream sent invalid chunk size") }
-        if size == 0 { return .end }
+        if size == 0 {
+            // The whole encoding is consumed, the final CRLF included, before the end is reported.
+            guard buffer.readableBytes >= 2 else {
+                buffer.moveReaderIndex(to: lineStart)
+                return .needMoreData
+            }
+            buffer.moveReaderIndex(forwardBy: 2)
+            return .end
+        }
         remaining = size
         inData = true
         return .part(ByteBuffer())

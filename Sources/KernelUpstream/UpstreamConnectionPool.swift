@@ -1,0 +1,256 @@
+import KernelCore
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// A group's idle upstream connections (nginx's `keepalive` cache of an `upstream` block), one cache per event
+/// loop: a connection is only ever used by requests of the loop it lives on, so each cache is touched by one
+/// thread and needs no lock beyond finding it.
+///
+/// Every engine of a group (each location that names it) shares the group's pool: `shared(for:)` hands out one
+/// pool per group object.
+final class UpstreamConnectionPool: Sendable {
+    let settings: UpstreamKeepalive
+    private let caches = NIOLockedValueBox<[ObjectIdentifier: IdleConnectionCache]>([:])
+
+    init(settings: UpstreamKeepalive) {
+        self.settings = settings
+    }
+
+    /// The cache of `eventLoop`'s idle connections.
+    func cache(on eventLoop: any EventLoop) -> IdleConnectionCache {
+        let key = ObjectIdentifier(eventLoop)
+        return caches.withLockedValue { caches in
+            if let cache = caches[key] { return cache }
+            let cache = IdleConnectionCache(settings: settings, eventLoop: eventLoop)
+            caches[key] = cache
+            return cache
+        }
+    }
+
+    /// Closes every idle connection (a test's teardown, a configuration that is gone).
+    func closeIdle() {
+        for cache in caches.withLockedValue({ Array($0.values) }) {
+            cache.eventLoop.execute { cache.closeAll() }
+        }
+    }
+
+    // MARK: - One pool per group
+
+    // Weak references, read and written under the registry's lock only.
+    private struct Entry: @unchecked Sendable {
+        weak var group: AnyObject?
+        weak var pool: UpstreamConnectionPool?
+    }
+
+    private static let registry = NIOLockedValueBox<[ObjectIdentifier: Entry]>([:])
+
+    /// The pool of `group`, nil when it keeps no connections. Groups that are objects (an `upstreams:` group) get
+    /// one pool however many locations use them; a value group gets a pool of its own per engine.
+    static func shared(for group: any UpstreamGroup) -> UpstreamConnectionPool? {
+        guard let settings = group.keepalive, settings.connections > 0 else { return nil }
+        guard type(of: group) is AnyObject.Type else { return UpstreamConnectionPool(settings: settings) }
+        let object = group as AnyObject
+        let key = ObjectIdentifier(object)
+        return registry.withLockedValue { registry in
+            if let entry = registry[key], entry.group === object, let pool = entry.pool, pool.settings == settings {
+                return pool
+            }
+            registry = registry.filter { $0.value.group != nil && $0.value.pool != nil }
+            let pool = UpstreamConnectionPool(settings: settings)
+            registry[key] = Entry(group: object, pool: pool)
+            return pool
+        }
+    }
+}
+
+/// One event loop's idle connections to a group's peers, most recently used last. Used on its event loop only.
+final class IdleConnectionCache: @unchecked Sendable {
+    let settings: UpstreamKeepalive
+    let eventLoop: any EventLoop
+    private var idle: [UpstreamConnection] = []
+
+    init(settings: UpstreamKeepalive, eventLoop: any EventLoop) {
+        self.settings = settings
+        self.eventLoop = eventLoop
+    }
+
+    /// Idle connections held (for tests).
+    var count: Int { idle.count }
+
+    /// The most recently used idle connection to `peer`, taken out of the cache.
+    func take(_ peer: PeerAddress) -> UpstreamConnection? {
+        eventLoop.preconditionInEventLoop()
+        guard let index = idle.lastIndex(where: { $0.peer == peer }) else { return nil }
+        let connection = idle.remove(at: index)
+        connection.keepalive.leaveIdle()
+        return connection
+    }
+
+    /// Keeps `connection` for the next request to its peer; the least recently used one is closed when the cache
+    /// is full (as nginx's cache drops its oldest).
+    func put(_ connection: UpstreamConnection) {
+        eventLoop.preconditionInEventLoop()
+        guard connection.channel.isActive else { return }
+        if idle.count >= settings.connections {
+            let oldest = idle.removeFirst()
+            oldest.channel.close(promise: nil)
+        }
+        idle.append(connection)
+        connection.keepalive.enterIdle(timeout: settings.timeout) { [weak self] in
+            self?.remove(connection)
+        }
+    }
+
+    /// An answer ended on `connection` and it may serve another request: the reader of that request (`handler`)
+    /// leaves the pipeline (at once: it is our own) and the connection goes into the cache.
+    func release(_ connection: UpstreamConnection, removing handler: any RemovableChannelHandler) {
+        connection.channel.pipeline.syncOperations.removeHandler(handler, promise: nil)
+        if connection.channel.isActive {
+            put(connection)
+        } else {
+            connection.channel.close(promise: nil)
+        }
+    }
+
+    private func remove(_ connection: UpstreamConnection) {
+        idle.removeAll { $0 === connection }
+    }
+
+    func closeAll() {
+        let all = idle
+        idle.removeAll()
+        for connection in all { connection.channel.close(promise: nil) }
+    }
+}
+
+/// An upstream connection that may serve several requests: its channel, its peer and how many requests it
+/// carried. Its first handler, `UpstreamKeepaliveHandler`, watches it while it is idle.
+final class UpstreamConnection: @unchecked Sendable {
+    let channel: any Channel
+    let peer: PeerAddress
+    let keepalive: UpstreamKeepaliveHandler
+    /// The `UpstreamDecoderSlot` of its decoder (of the protocol's parser type).
+    let decoderSlot: AnyObject
+    /// Requests sent over this connection so far.
+    var requests = 0
+
+    init(channel: any Channel, peer: PeerAddress, keepalive: UpstreamKeepaliveHandler, decoderSlot: AnyObject) {
+        self.channel = channel
+        self.peer = peer
+        self.keepalive = keepalive
+        self.decoderSlot = decoderSlot
+    }
+}
+
+/// The response decoder of the request a kept-alive connection carries now: each request puts a fresh one in,
+/// and it is emptied while the connection is idle. One `ByteToMessageHandler` then serves the connection for
+/// its whole life: removing and adding one per request would defer its removal to a later turn of the loop,
+/// and bytes read in between would be lost in it.
+final class UpstreamDecoderSlot<Parser: UpstreamResponseParser>: @unchecked Sendable {
+    var decoder: UpstreamResponseDecoder<Parser>?
+    /// Bytes came after the end of an answer: the peer sent more than it framed, so the connection cannot be
+    /// trusted with another request.
+    var bytesAfterEnd = false
+
+    init(_ decoder: UpstreamResponseDecoder<Parser>) { self.decoder = decoder }
+}
+
+/// Decodes through the slot's current decoder; while the slot is empty (idle) bytes wait (the keepalive watch in
+/// front closes an idle connection that receives any).
+struct UpstreamConnectionDecoder<Parser: UpstreamResponseParser>: ByteToMessageDecoder {
+    typealias InboundOut = UpstreamResponsePart
+    let slot: UpstreamDecoderSlot<Parser>
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard slot.decoder != nil else { return .needMoreData }
+        if slot.decoder!.hasEnded, buffer.readableBytes > 0 { slot.bytesAfterEnd = true }
+        return try slot.decoder!.decode(context: context, buffer: &buffer)
+    }
+
+    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+        guard slot.decoder != nil else {
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+            return .needMoreData
+        }
+        return try slot.decoder!.decodeLast(context: context, buffer: &buffer, seenEOF: seenEOF)
+    }
+}
+
+/// The first handler of a connection that may be kept alive. While a request uses the connection it only notes
+/// whether any byte of the answer arrived (a request on a reused connection that fails before one did was never
+/// processed, and may be sent again on a fresh connection). While the connection is idle it keeps a read
+/// pending, so that the peer closing it (or sending anything unasked) is seen at once and the connection closes
+/// and leaves the cache, and it closes the connection when `keepalive_timeout` passes.
+final class UpstreamKeepaliveHandler: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+
+    private var context: ChannelHandlerContext?
+    private var idleTimer: Scheduled<Void>?
+    private var onGone: (() -> Void)?
+    private(set) var isIdle = false
+    /// Bytes of the current request's answer have arrived.
+    private(set) var answerStarted = false
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        idleTimer?.cancel()
+    }
+
+    /// The connection goes into the cache: a read stays pending, the idle timeout runs; `onGone` is called when
+    /// it closes while idle.
+    func enterIdle(timeout: TimeAmount, onGone: @escaping () -> Void) {
+        guard let context else { return }
+        isIdle = true
+        self.onGone = onGone
+        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+            self.context?.close(promise: nil)
+        }
+        context.read()
+    }
+
+    /// The connection is taken for a request.
+    func leaveIdle() {
+        isIdle = false
+        onGone = nil
+        answerStarted = false
+        idleTimer?.cancel()
+        idleTimer = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if isIdle {
+            // Nothing is asked of an idle connection: whatever comes is not an answer to anything.
+            context.close(promise: nil)
+            return
+        }
+        if unwrapInboundIn(data).readableBytes > 0 { answerStarted = true }
+        context.fireChannelRead(data)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if isIdle { gone() }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if isIdle {
+            context.close(promise: nil)
+            return
+        }
+        context.fireErrorCaught(error)
+    }
+
+    private func gone() {
+        idleTimer?.cancel()
+        idleTimer = nil
+        let onGone = self.onGone
+        self.onGone = nil
+        onGone?()
+    }
+}
