@@ -124,7 +124,9 @@ public struct InferenceHandler: RequestHandler {
             return context.eventLoop.makeFailedFuture(error)
         }
         let signature = model.signature
-        return model.scheduler.submit(decoded.inputs, on: context.eventLoop).flatMapThrowing { outputs in
+        // An edge forwards the time its client still waits: queued work past it is dropped (ModelScheduler).
+        let deadline = ForwardedDeadline.deadline(of: request)
+        return model.scheduler.submit(decoded.inputs, deadline: deadline, on: context.eventLoop).flatMapThrowing { outputs in
             try InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: outputs)
         }
     }

@@ -63,6 +63,9 @@ public struct UWSGIPassConfiguration: Sendable {
     /// The addresses of named peers, resolved when the configuration was loaded (nginx resolves `uwsgi_pass
     /// host:port` at start-up too), so that no request waits for a blocking name lookup on its event loop.
     public var resolver: any PeerAddressResolver = PeerAddressBook()
+    /// `request_timeout` / `request_timeout_header`: the request's deadline, answered 504 at the edge and forwarded
+    /// to the application as `HTTP_X_KERNEL_TIMEOUT_MS` (`ForwardedDeadline`).
+    public var deadline = RequestDeadlinePolicy.none
 
     public init(group: any UpstreamGroup, params: [UWSGIParam] = UWSGIParam.stock, connectTimeout: TimeAmount = .seconds(60),
                 readTimeout: TimeAmount = .seconds(60), sendTimeout: TimeAmount = .seconds(60),
@@ -97,7 +100,13 @@ public struct UWSGIPassConfiguration: Sendable {
             if param.ifNotEmpty && value.isEmpty { continue }
             variables.append(param.name, value)
         }
-        guard passRequestHeaders else { return variables }
+        guard passRequestHeaders else {
+            // The deadline travels even when the client's headers do not.
+            if deadline.isEnabled, let left = request.headers[ForwardedDeadline.headerName] {
+                variables.append(UWSGIPassConfiguration.variableName(forHeader: ForwardedDeadline.headerName), left)
+            }
+            return variables
+        }
         // Repeated fields are joined by their name, case-insensitively, as nginx links them: two names that only
         // map to the same variable (`X-Forwarded-For`, and `X_Forwarded_For` where `underscores_in_headers` lets
         // it in) stay two variables and are never merged into one value.
@@ -170,7 +179,14 @@ public struct UWSGIPassHandler: RequestHandler {
     public var requestBodyUse: RequestBodyUse { configuration.requestBuffering ? .spooled : .streamed }
 
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
-        engine.proxy(request, context: context)
+        guard configuration.deadline.isEnabled,
+              let deadline = configuration.deadline.deadline(for: request, logger: context.logger) else {
+            return engine.proxy(request, context: context)
+        }
+        // The time left goes to the application with the request, replacing any value the client sent.
+        var stamped = request
+        ForwardedDeadline.stamp(&stamped.headers, deadline: deadline)
+        return engine.proxy(stamped, context: context, deadline: deadline)
     }
 }
 

@@ -19,7 +19,15 @@ public struct UpstreamEngine<Protocol: UpstreamProtocol>: Sendable {
     /// The response to `request`. The future does not fail: an upstream that cannot answer gives a JSON 502/504
     /// with nginx's log line. Every response made here carries its `UpstreamReport`.
     public func proxy(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
-        let exchange = UpstreamExchange(engine: self, request: request, context: context)
+        proxy(request, context: context, deadline: nil)
+    }
+
+    /// The response to `request` within an absolute `deadline` (the location's `request_timeout`, see
+    /// `RequestDeadlinePolicy`): when it is reached before the upstream's head arrived, the attempt is closed and
+    /// the client answered 504 at once, and no further peer is tried. The peer is not counted as failed: the limit
+    /// was the request's, not a fault of the peer's. A body already streaming is not cut at the deadline.
+    public func proxy(_ request: KernelRequest, context: RequestContext, deadline: NIODeadline?) -> EventLoopFuture<KernelResponse> {
+        let exchange = UpstreamExchange(engine: self, request: request, context: context, deadline: deadline)
         return exchange.start()
     }
 }
@@ -35,11 +43,19 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     private var tried: [PeerAddress] = []
     private var attempts: [UpstreamAttempt] = []
     private var lastFailure: UpstreamFailure?
+    // The request's deadline: the timer that answers 504 at it, whether it was reached, and the attempt it closes.
+    private let deadline: NIODeadline?
+    private var deadlineTimer: Scheduled<Void>?
+    private var deadlineReached = false
+    private var current: (handler: UpstreamConnectionHandler, peer: PeerAddress, started: UInt64)?
+    /// The client has its answer (a response head, or an error): nothing more is sent to the promise.
+    private var responded = false
 
-    init(engine: UpstreamEngine<Protocol>, request: KernelRequest, context: RequestContext) {
+    init(engine: UpstreamEngine<Protocol>, request: KernelRequest, context: RequestContext, deadline: NIODeadline? = nil) {
         self.engine = engine
         self.request = request
         self.context = context
+        self.deadline = deadline
         promise = context.eventLoop.makePromise(of: KernelResponse.self)
     }
 
@@ -63,7 +79,32 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             respond(.error(502, "bad gateway"))
             return
         }
+        if let deadline {
+            deadlineTimer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { self.reachDeadline() }
+        }
         attempt()
+    }
+
+    /// The request's deadline: the attempt in progress is closed and the client answered 504 now. The attempt's
+    /// own completion then only gives its lease back (`releaseAfterDeadline`).
+    private func reachDeadline() {
+        guard !responded else { return }
+        deadlineReached = true
+        let failure = UpstreamFailure.timeout("upstream timed out (request deadline reached) while waiting for upstream")
+        context.logger.error("\(failure.message)\(suffix(current?.peer))")
+        if let current {
+            attempts.append(UpstreamAttempt(address: current.peer.description, status: 504,
+                                            responseTime: seconds(KernelClock.monotonicNanoseconds() &- current.started),
+                                            connectTime: nil))
+            current.handler.fail(failure)
+        }
+        respond(failure.response)
+    }
+
+    /// A lease whose attempt the deadline ended: given back as a client close, not a failure of the peer's.
+    private func releaseAfterDeadline(_ lease: PeerLease, started: UInt64) {
+        lease.finish(PeerLeaseOutcome(status: nil, bytesReceived: 0,
+                                      durationNanoseconds: KernelClock.monotonicNanoseconds() &- started, clientClosed: true))
     }
 
     /// nginx's error-log suffix naming the request.
@@ -76,6 +117,9 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
 
     /// The client's answer, with every attempt so far.
     private func respond(_ response: KernelResponse) {
+        guard !responded else { return }
+        responded = true
+        deadlineTimer?.cancel()
         var response = response
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts)
         promise.succeed(response)
@@ -100,6 +144,10 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             return
         }
         group.lease(request, excluding: tried, on: eventLoop).hop(to: eventLoop).assumeIsolated().whenSuccess { lease in
+            if self.deadlineReached {
+                if let lease { self.releaseAfterDeadline(lease, started: KernelClock.monotonicNanoseconds()) }
+                return
+            }
             if let lease { self.run(lease) } else { self.noPeer() }
         }
     }
@@ -120,6 +168,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         tried.append(peer)
         let started = KernelClock.monotonicNanoseconds()
         let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop)
+        current = (handler, peer, started)
         let decoder = UpstreamResponseDecoder(parser: engine.hooks.makeResponseParser(for: request),
                                               isHeadRequest: request.method == "HEAD")
         let bootstrap = ClientBootstrap(group: eventLoop)
@@ -147,6 +196,10 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             case .success(let channel):
                 self.connected(channel, lease: lease, handler: handler, started: started)
             case .failure(let error):
+                if self.deadlineReached {
+                    self.releaseAfterDeadline(lease, started: started)
+                    return
+                }
                 let failure: UpstreamFailure
                 if let unresolved = error as? UnresolvedPeer {
                     failure = .error("\(unresolved.host) could not be resolved (3: Host not found)")
@@ -163,6 +216,10 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     /// An attempt that gave no usable answer: the balancer hears of it, then the next peer or the last failure.
     private func failed(_ lease: PeerLease, _ failure: UpstreamFailure, started: UInt64, connectTime: Double?,
                         requestSent: Bool) {
+        if deadlineReached {
+            releaseAfterDeadline(lease, started: started)
+            return
+        }
         let now = KernelClock.monotonicNanoseconds()
         // `$upstream_status` shows the status the failure stands for (502, or 504 for a timeout), as nginx's
         // `ngx_http_upstream_next` records it; the balancer hears of no status, the peer gave none.
@@ -179,6 +236,11 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     }
 
     private func connected(_ channel: any Channel, lease: PeerLease, handler: UpstreamConnectionHandler, started: UInt64) {
+        if deadlineReached {
+            channel.close(promise: nil)
+            releaseAfterDeadline(lease, started: started)
+            return
+        }
         let connectTime = seconds(KernelClock.monotonicNanoseconds() &- started)
         var sendError: (any Error)?
         let sender = UpstreamRequestSender(channel: channel, hooks: engine.hooks, sendTimeout: configuration.sendTimeout,
@@ -201,6 +263,11 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             case .success(let head):
                 self.answered(head, lease: lease, handler: handler, started: started, connectTime: connectTime)
             case .failure(let error):
+                if self.deadlineReached {  // closed by the deadline, already logged and answered
+                    channel.close(promise: nil)
+                    self.releaseAfterDeadline(lease, started: started)
+                    return
+                }
                 let failure: UpstreamFailure
                 switch error {
                 case let known as UpstreamFailure:
@@ -226,6 +293,11 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     /// A head arrived: passed on, or (a status `*_next_upstream` names, with another peer to try) dropped.
     private func answered(_ head: UpstreamResponseHead, lease: PeerLease, handler: UpstreamConnectionHandler,
                           started: UInt64, connectTime: Double) {
+        if deadlineReached {
+            handler.close()
+            releaseAfterDeadline(lease, started: started)
+            return
+        }
         let headerNanoseconds = KernelClock.monotonicNanoseconds() &- started
         // Without another peer to lease, the answer is passed on as it is (nginx does the same).
         if let condition = NextUpstreamConditions.condition(forStatus: head.status), mayRetry(condition, requestSent: true),
@@ -270,6 +342,8 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
                                         responseTime: seconds(handed), connectTime: connectTime,
                                         headerTime: seconds(headerNanoseconds)))
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts, bodyTiming: timing)
+        responded = true
+        deadlineTimer?.cancel()
         promise.succeed(response)
     }
 
