@@ -46,7 +46,12 @@ public struct UWSGIPassConfiguration: Sendable {
     /// The upstream group (a single peer for `uwsgi_pass 127.0.0.1:6666`).
     public var group: any UpstreamGroup
     /// The vars sent, in order: the stock `uwsgi_params` with the location's `uwsgi_param` applied.
-    public var params: [UWSGIParam]
+    public var params: [UWSGIParam] {
+        didSet { headerParamNames = UWSGIPassConfiguration.headerParamNames(of: params) }
+    }
+    /// The `HTTP_*` names among `params`: the request headers they replace are not sent (kept for the encoder,
+    /// which would otherwise look through every param for every header).
+    private(set) var headerParamNames: [String]
     public var connectTimeout: TimeAmount
     public var readTimeout: TimeAmount
     public var sendTimeout: TimeAmount
@@ -72,6 +77,7 @@ public struct UWSGIPassConfiguration: Sendable {
                 passRequestHeaders: Bool = true, bufferSize: Int = 4096, modifier1: UInt8 = 0, modifier2: UInt8 = 0) {
         self.group = group
         self.params = params
+        headerParamNames = UWSGIPassConfiguration.headerParamNames(of: params)
         self.connectTimeout = connectTimeout
         self.readTimeout = readTimeout
         self.sendTimeout = sendTimeout
@@ -127,6 +133,10 @@ public struct UWSGIPassConfiguration: Sendable {
         return variables
     }
 
+    static func headerParamNames(of params: [UWSGIParam]) -> [String] {
+        params.lazy.map(\.name).filter { $0.hasPrefix("HTTP_") }
+    }
+
     /// The stock `CONTENT_LENGTH` value.
     static let contentLengthTemplate = try! UWSGIParamTemplate(parsing: "$content_length")
 
@@ -150,16 +160,12 @@ public struct UWSGIPassConfiguration: Sendable {
     }
 
     /// `X-Foo-Bar` → `HTTP_X_FOO_BAR`.
+    /// Other bytes are kept as they are (a name's UTF-8 stays UTF-8).
     public static func variableName(forHeader name: String) -> String {
-        var out = "HTTP_"
-        for byte in name.utf8 {
-            switch byte {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"): out.unicodeScalars.append(Unicode.Scalar(byte - 32))
-            case UInt8(ascii: "-"): out.append("_")
-            default: out.unicodeScalars.append(Unicode.Scalar(byte))
-            }
-        }
-        return out
+        var bytes: [UInt8] = Array("HTTP_".utf8)
+        bytes.reserveCapacity(5 + name.utf8.count)
+        for byte in name.utf8 { bytes.append(UWSGIVarsWriter.variableByte(byte)) }
+        return String(decoding: bytes, as: UTF8.self)
     }
 }
 
@@ -199,9 +205,9 @@ struct UWSGIUpstreamProtocol: UpstreamProtocol {
 
     func makeRequestHead(for request: KernelRequest, context: RequestContext,
                          allocator: ByteBufferAllocator) throws -> ByteBuffer {
-        let variables = configuration.variables(for: request, route: context.route)
-        guard let packet = variables.encodedPacket(modifier1: configuration.modifier1, modifier2: configuration.modifier2) else {
-            throw UpstreamRequestRefused(logMessage: "uwsgi request is too big: \(variables.encodedSize)",
+        guard let packet = configuration.encodedPacket(for: request, route: context.route, allocator: allocator) else {
+            let size = configuration.variables(for: request, route: context.route).encodedSize
+            throw UpstreamRequestRefused(logMessage: "uwsgi request is too big: \(size)",
                                          response: .error(502, "request head too large for uwsgi"))
         }
         return packet
