@@ -226,12 +226,12 @@ def test_seed_proxy_cors(boot, backends):
                                           "http://127.0.0.1:8000": f"http://127.0.0.1:{backend.port}"})
     port = edge.port()
     status, _, body = request(port, "POST", "/predict?x=1", body=b"hello",
-                              headers={"Host": "models.example:9000", "X-Forwarded-For": "10.0.0.7"})
+                              headers={"Host": "Models.Example:9000", "X-Forwarded-For": "10.0.0.7"})
     assert status == 200, body
     seen = json.loads(body)
     assert seen["method"] == "POST" and seen["path"] == "/predict?x=1" and seen["body_length"] == 5
     # The four proxy_set_header lines, as the backend saw them.
-    assert header(seen, "Host") == "models.example:9000"
+    assert header(seen, "Host") == "models.example"  # nginx's $host: the name without the port, lowercased
     assert header(seen, "X-Real-IP") == "127.0.0.1"
     assert header(seen, "X-Forwarded-For") == "10.0.0.7, 127.0.0.1"
     assert header(seen, "X-Forwarded-Protocol") == "http"
