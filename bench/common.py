@@ -118,3 +118,101 @@ http {{
     }}
 }}
 """
+
+
+def listening_pids(port, host="127.0.0.1"):
+    """The pids holding the TCP socket that listens on host:port (from /proc/net/tcp and each process's fds), so a
+    benchmark can check that the port it loads is served by the process it measures."""
+    import glob
+    wanted = "%08X:%04X" % (int.from_bytes(socket.inet_aton(host), "little"), port)
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == wanted and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(fields[9])
+    pids = set()
+    for fd in glob.glob("/proc/[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            pids.add(int(fd.split("/")[2]))
+    return sorted(pids)
+
+
+class Stack:
+    """The processes one comparison starts, each logging into the work directory; stopped in reverse order."""
+
+    def __init__(self, work):
+        self.work = work
+        self.processes = []
+
+    def start(self, command, log, **kwargs):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.work, log), "a"),
+                                   **kwargs)
+        self.processes.append(process)
+        return process
+
+    def check_alive(self):
+        for process in self.processes:
+            if process.poll() is not None:
+                self.dump_logs()
+                raise SystemExit(f"{process.args[0]} exited with {process.returncode}; logs in {self.work}")
+
+    def dump_logs(self):
+        import sys
+        for name in sorted(os.listdir(self.work)):
+            if name.endswith((".log", ".stderr")):
+                with open(os.path.join(self.work, name), errors="replace") as f:
+                    text = f.read()[-1500:]
+                if text:
+                    sys.stderr.write(f"--- {name}\n{text}\n")
+
+    def stop(self):
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def verify_listener(name, port, process, server_prefix, path, body, backend_header, requests=6):
+    """Checks that `port` is listened on by `process` (or its children) and that its answers to `path` carry its
+    `Server` header and the backend's `body`; returns the `backend_header` values seen, one per request."""
+    import http.client
+    owners = listening_pids(port)
+    tree = process_tree([process.pid], children=True)
+    if not owners or not set(owners) <= set(tree):
+        raise SystemExit(f"{name}: port {port} is listened on by {owners}, not by {process.pid} ({tree})")
+    seen = []
+    for _ in range(requests):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", path)
+        response = conn.getresponse()
+        answer = response.read()
+        conn.close()
+        if response.status != 200 or answer != body:
+            raise SystemExit(f"{name}: {response.status} {answer!r}")
+        server = response.getheader("Server") or ""
+        if not server.startswith(server_prefix):
+            raise SystemExit(f"{name}: Server {server!r}, expected {server_prefix}...")
+        seen.append(response.getheader(backend_header))
+    return seen
+
+
+def duration_seconds(duration):
+    """wrk's duration (`10s`, `2m`) in seconds."""
+    return float(duration[:-1]) * (60 if duration.endswith("m") else 1)
+
+
+def measure_round(url, pids, children, connections, duration):
+    """One wrk run, with `cpu_us`: the CPU the processes (and their children when asked) used per request."""
+    before = cpu_seconds(pids, children=children)
+    result = wrk(url, connections, duration)
+    used = cpu_seconds(pids, children=children) - before
+    result["cpu_us"] = used * 1e6 / max(result["rps"] * duration_seconds(duration), 1)
+    return result

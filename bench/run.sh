@@ -13,6 +13,9 @@ out=$(mktemp)
     echo "other, so ratios are what to read: absolute figures move with the machine's other load."
     echo
     python3 bench/http/run.py
+    # The edge in front of workers: uwsgi_pass (kernel workers, uWSGI + Flask) and proxy_pass with keepalive.
+    python3 bench/uwsgi/edge.py
+    python3 bench/http/proxy.py
     for extra in bench/uwsgi/run.sh bench/inference/run.sh; do
         if [ -x "$extra" ]; then "$extra"; echo; fi
     done

@@ -124,8 +124,10 @@ public struct InferenceHandler: RequestHandler {
             return context.eventLoop.makeFailedFuture(error)
         }
         let signature = model.signature
+        // An edge forwards the time its client still waits: queued work past it is dropped (ModelScheduler).
+        let deadline = ForwardedDeadline.deadline(of: request)
         let scheduler = model.scheduler
-        return scheduler.submit(decoded.inputs, on: context.eventLoop).flatMapThrowing { outputs in
+        return scheduler.submit(decoded.inputs, deadline: deadline, on: context.eventLoop).flatMapThrowing { outputs in
             var response = try InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: outputs)
             response.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
             return response

@@ -76,6 +76,13 @@ public final class ModelScheduler: @unchecked Sendable {
     /// Fails with a `KernelHTTPError` 503 when the queue is full or the model is stopping, 504 when the request did
     /// not start within the timeout, 500 when the runtime reports an error.
     public func submit(_ inputs: [Tensor], on eventLoop: any EventLoop) -> EventLoopFuture<[Tensor]> {
+        submit(inputs, deadline: nil, on: eventLoop)
+    }
+
+    /// Queues `inputs` as `submit(_:on:)` does, with the deadline the request arrived with (the time its client
+    /// still waits, forwarded by an edge as `X-Kernel-Timeout-Ms`): a request still queued at it is dropped with
+    /// 504 and never run, because nobody would read its answer. The earlier of it and the model's `timeout` applies.
+    public func submit(_ inputs: [Tensor], deadline: NIODeadline?, on eventLoop: any EventLoop) -> EventLoopFuture<[Tensor]> {
         let promise = eventLoop.makePromise(of: [Tensor].self)
         let job = InferenceJob(inputs: inputs, promise: promise, enqueued: KernelClock.monotonicNanoseconds(),
                                batchDimension: policy.maxBatchSize > 0)
@@ -91,12 +98,18 @@ public final class ModelScheduler: @unchecked Sendable {
             promise.fail(KernelHTTPError(503, "inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))"))
             return promise.futureResult
         }
-        queue.append(job)
-        if policy.timeoutNanoseconds > 0 {
-            job.timer = eventLoop.scheduleTask(in: .nanoseconds(Int64(policy.timeoutNanoseconds))) { [self] in
-                self.expire(job)
+        if let expiry = QueueExpiry.earliest(timeoutNanoseconds: policy.timeoutNanoseconds, deadline: deadline) {
+            if expiry.at <= .now() {
+                // Its client has given up already: never queued.
+                statistics.timeouts.saturatingAdd(1)
+                lock.unlock()
+                promise.fail(expiry.error(modelName: modelName, policy: policy))
+                return promise.futureResult
             }
+            job.expiry = expiry
+            job.timer = eventLoop.scheduleTask(deadline: expiry.at) { [self] in self.expire(job) }
         }
+        queue.append(job)
         lock.signal()
         lock.unlock()
         return promise.futureResult
@@ -115,8 +128,7 @@ public final class ModelScheduler: @unchecked Sendable {
         let now = KernelClock.monotonicNanoseconds()
         statistics.failure.add(now > job.enqueued ? now - job.enqueued : 0)
         lock.unlock()
-        let seconds = Double(policy.timeoutNanoseconds) / 1e9
-        job.promise.fail(KernelHTTPError(504, "inference request for model '\(modelName)' timed out after \(seconds)s in the queue"))
+        job.promise.fail((job.expiry ?? .timeout(at: .now())).error(modelName: modelName, policy: policy))
     }
 
     /// Stops taking requests, lets the threads finish what is queued (or, with `discardingQueued`, fails it with 503
@@ -285,6 +297,8 @@ final class InferenceJob: @unchecked Sendable {
     var state = State.queued
     /// Set under the scheduler's mutex before any thread can see the job; cancelled when the job completes.
     var timer: Scheduled<Void>?
+    /// When and why `timer` fires; set with it.
+    var expiry: QueueExpiry?
 
     init(inputs: [Tensor], promise: EventLoopPromise<[Tensor]>, enqueued: UInt64, batchDimension: Bool) {
         self.inputs = inputs
@@ -301,6 +315,40 @@ final class InferenceJob: @unchecked Sendable {
                   a.shape.dropFirst() == b.shape.dropFirst() else { return false }
         }
         return true
+    }
+}
+
+/// When a queued request is answered 504 without being run: the model's `timeout` after it was queued, or the
+/// deadline its client sent, whichever comes first.
+enum QueueExpiry: Equatable {
+    case timeout(at: NIODeadline)
+    case clientDeadline(at: NIODeadline)
+
+    var at: NIODeadline {
+        switch self {
+        case .timeout(let at), .clientDeadline(let at): return at
+        }
+    }
+
+    /// The earlier of the two, from now; nil when neither is set. A tie goes to the model's timeout.
+    static func earliest(timeoutNanoseconds: UInt64, deadline: NIODeadline?, now: NIODeadline = .now()) -> QueueExpiry? {
+        let timeout = timeoutNanoseconds > 0 ? now + .nanoseconds(Int64(clamping: timeoutNanoseconds)) : nil
+        switch (timeout, deadline) {
+        case (nil, nil): return nil
+        case (let timeout?, nil): return .timeout(at: timeout)
+        case (nil, let deadline?): return .clientDeadline(at: deadline)
+        case (let timeout?, let deadline?): return deadline < timeout ? .clientDeadline(at: deadline) : .timeout(at: timeout)
+        }
+    }
+
+    func error(modelName: String, policy: SchedulingPolicy) -> KernelHTTPError {
+        switch self {
+        case .timeout:
+            let seconds = Double(policy.timeoutNanoseconds) / 1e9
+            return KernelHTTPError(504, "inference request for model '\(modelName)' timed out after \(seconds)s in the queue")
+        case .clientDeadline:
+            return KernelHTTPError(504, "inference request for model '\(modelName)' dropped from the queue: its deadline passed, the client has given up")
+        }
     }
 }
 

@@ -193,6 +193,7 @@ enum UWSGIPassFactory {
         if let modifier = location.optional("uwsgi_modifier2") {
             configuration.modifier2 = UInt8(try modifier.int(in: 0...255))
         }
+        configuration.deadline = try RequestDeadlinePolicy.decode(from: location)
         return UWSGIPassHandler(configuration: configuration)
     }
 

@@ -46,7 +46,12 @@ public struct UWSGIPassConfiguration: Sendable {
     /// The upstream group (a single peer for `uwsgi_pass 127.0.0.1:6666`).
     public var group: any UpstreamGroup
     /// The vars sent, in order: the stock `uwsgi_params` with the location's `uwsgi_param` applied.
-    public var params: [UWSGIParam]
+    public var params: [UWSGIParam] {
+        didSet { headerParamNames = UWSGIPassConfiguration.headerParamNames(of: params) }
+    }
+    /// The `HTTP_*` names among `params`: the request headers they replace are not sent (kept for the encoder,
+    /// which would otherwise look through every param for every header).
+    private(set) var headerParamNames: [String]
     public var connectTimeout: TimeAmount
     public var readTimeout: TimeAmount
     public var sendTimeout: TimeAmount
@@ -67,12 +72,16 @@ public struct UWSGIPassConfiguration: Sendable {
     /// The addresses of named peers, resolved when the configuration was loaded (nginx resolves `uwsgi_pass
     /// host:port` at start-up too), so that no request waits for a blocking name lookup on its event loop.
     public var resolver: any PeerAddressResolver = PeerAddressBook()
+    /// `request_timeout` / `request_timeout_header`: the request's deadline, answered 504 at the edge and forwarded
+    /// to the application as `HTTP_X_KERNEL_TIMEOUT_MS` (`ForwardedDeadline`).
+    public var deadline = RequestDeadlinePolicy.none
 
     public init(group: any UpstreamGroup, params: [UWSGIParam] = UWSGIParam.stock, connectTimeout: TimeAmount = .seconds(60),
                 readTimeout: TimeAmount = .seconds(60), sendTimeout: TimeAmount = .seconds(60),
                 passRequestHeaders: Bool = true, bufferSize: Int = 4096, modifier1: UInt8 = 0, modifier2: UInt8 = 0) {
         self.group = group
         self.params = params
+        headerParamNames = UWSGIPassConfiguration.headerParamNames(of: params)
         self.connectTimeout = connectTimeout
         self.readTimeout = readTimeout
         self.sendTimeout = sendTimeout
@@ -101,7 +110,13 @@ public struct UWSGIPassConfiguration: Sendable {
             if param.ifNotEmpty && value.isEmpty { continue }
             variables.append(param.name, value)
         }
-        guard passRequestHeaders else { return variables }
+        guard passRequestHeaders else {
+            // The deadline travels even when the client's headers do not.
+            if deadline.isEnabled, let left = request.headers[ForwardedDeadline.headerName] {
+                variables.append(UWSGIPassConfiguration.variableName(forHeader: ForwardedDeadline.headerName), left)
+            }
+            return variables
+        }
         // Repeated fields are joined by their name, case-insensitively, as nginx links them: two names that only
         // map to the same variable (`X-Forwarded-For`, and `X_Forwarded_For` where `underscores_in_headers` lets
         // it in) stay two variables and are never merged into one value.
@@ -120,6 +135,10 @@ public struct UWSGIPassConfiguration: Sendable {
             variables.append(variable, entry.values.joined(separator: entry.name.equalsCaseInsensitive("Cookie") ? "; " : ", "))
         }
         return variables
+    }
+
+    static func headerParamNames(of params: [UWSGIParam]) -> [String] {
+        params.lazy.map(\.name).filter { $0.hasPrefix("HTTP_") }
     }
 
     /// The stock `CONTENT_LENGTH` value.
@@ -148,16 +167,12 @@ public struct UWSGIPassConfiguration: Sendable {
     }
 
     /// `X-Foo-Bar` → `HTTP_X_FOO_BAR`.
+    /// Other bytes are kept as they are (a name's UTF-8 stays UTF-8).
     public static func variableName(forHeader name: String) -> String {
-        var out = "HTTP_"
-        for byte in name.utf8 {
-            switch byte {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"): out.unicodeScalars.append(Unicode.Scalar(byte - 32))
-            case UInt8(ascii: "-"): out.append("_")
-            default: out.unicodeScalars.append(Unicode.Scalar(byte))
-            }
-        }
-        return out
+        var bytes: [UInt8] = Array("HTTP_".utf8)
+        bytes.reserveCapacity(5 + name.utf8.count)
+        for byte in name.utf8 { bytes.append(UWSGIVarsWriter.variableByte(byte)) }
+        return String(decoding: bytes, as: UTF8.self)
     }
 }
 
@@ -177,7 +192,14 @@ public struct UWSGIPassHandler: RequestHandler {
     public var requestBodyUse: RequestBodyUse { configuration.requestBuffering ? .spooled : .streamed }
 
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
-        engine.proxy(request, context: context)
+        guard configuration.deadline.isEnabled,
+              let deadline = configuration.deadline.deadline(for: request, logger: context.logger) else {
+            return engine.proxy(request, context: context)
+        }
+        // The time left goes to the application with the request, replacing any value the client sent.
+        var stamped = request
+        ForwardedDeadline.stamp(&stamped.headers, deadline: deadline)
+        return engine.proxy(stamped, context: context, deadline: deadline)
     }
 }
 
@@ -190,9 +212,9 @@ struct UWSGIUpstreamProtocol: UpstreamProtocol {
 
     func makeRequestHead(for request: KernelRequest, context: RequestContext,
                          allocator: ByteBufferAllocator) throws -> ByteBuffer {
-        let variables = configuration.variables(for: request, route: context.route)
-        guard let packet = variables.encodedPacket(modifier1: configuration.modifier1, modifier2: configuration.modifier2) else {
-            throw UpstreamRequestRefused(logMessage: "uwsgi request is too big: \(variables.encodedSize)",
+        guard let packet = configuration.encodedPacket(for: request, route: context.route, allocator: allocator) else {
+            let size = configuration.variables(for: request, route: context.route).encodedSize
+            throw UpstreamRequestRefused(logMessage: "uwsgi request is too big: \(size)",
                                          response: .error(502, "request head too large for uwsgi"))
         }
         return packet

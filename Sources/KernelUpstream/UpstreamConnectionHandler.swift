@@ -32,6 +32,10 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
     private var failure: (any Error)?
     private var waiter: EventLoopPromise<ByteBuffer?>?
     private var readTimer: Scheduled<Void>?
+    /// When the read under way times out (nil: no read is timed). Moving it on does not touch `readTimer`: the
+    /// timer, when it fires early, waits again for the moved deadline, so a read costs no timer rescheduling.
+    private var readDeadline: NIODeadline?
+    private var readPhase = ""
     private var sent = false
     private var closed = false
     /// Body bytes received from the upstream (for the balancer's outcome).
@@ -60,7 +64,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
-        readTimer?.cancel()
+        stopReadTimer()
         // A handler removed before the head arrived (the channel went away) must not leave the head waited for.
         if !headDelivered { deliver(error: failure ?? UpstreamResponseError.prematureCloseInHead) }
     }
@@ -93,7 +97,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         guard !closed else { return }
         closed = true
         ended = true
-        readTimer?.cancel()
+        stopReadTimer()
         context?.close(promise: nil)
     }
 
@@ -112,11 +116,32 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
     }
 
     private func armReadTimer(phase: String) {
-        readTimer?.cancel()
-        guard let context else { return }
-        readTimer = context.eventLoop.assumeIsolated().scheduleTask(in: readTimeout) { [self] in
-            fail(UpstreamFailure.timeout("upstream timed out (110: Connection timed out) while \(phase)"))
+        guard context != nil else { return }
+        readPhase = phase
+        let deadline = NIODeadline.now() + readTimeout
+        readDeadline = deadline
+        if readTimer == nil { scheduleReadTimer(at: deadline) }
+    }
+
+    private func scheduleReadTimer(at deadline: NIODeadline) {
+        readTimer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            readTimer = nil
+            guard let current = readDeadline else { return }
+            if current > .now() {
+                scheduleReadTimer(at: current)  // read progress since the timer was set
+                return
+            }
+            fail(UpstreamFailure.timeout("upstream timed out (110: Connection timed out) while \(readPhase)"))
         }
+    }
+
+    /// No read is timed any longer; the timer itself goes with the connection (`stopReadTimer`) or fires idle.
+    private func pauseReadTimer() { readDeadline = nil }
+
+    private func stopReadTimer() {
+        readDeadline = nil
+        readTimer?.cancel()
+        readTimer = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -135,7 +160,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
             }
         case .end:
             ended = true
-            readTimer?.cancel()
+            stopReadTimer()
             recordBodyEnd(.complete)
             if let waiter, parts.isEmpty {
                 self.waiter = nil
@@ -159,7 +184,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         } else if waiter != nil, parts.isEmpty, !ended {
             read()
         } else if waiter == nil {
-            readTimer?.cancel()
+            pauseReadTimer()
         }
         context.fireChannelReadComplete()
         if keptAtReadComplete, let keepAlive = keepAliveAtEnd {
@@ -188,14 +213,14 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
 
     func channelInactive(context: ChannelHandlerContext) {
         deliverHeadIfReady()
-        readTimer?.cancel()
+        stopReadTimer()
         closed = true
         if !ended { deliver(error: failure ?? UpstreamResponseError.prematureCloseInHead) }
         context.fireChannelInactive()
     }
 
     private func deliver(error: any Error) {
-        readTimer?.cancel()
+        stopReadTimer()
         if !headDelivered {
             headDelivered = true
             headPromise.fail(error)

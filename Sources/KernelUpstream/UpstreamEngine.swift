@@ -22,7 +22,15 @@ public struct UpstreamEngine<Protocol: UpstreamProtocol>: Sendable {
     /// The response to `request`. The future does not fail: an upstream that cannot answer gives a JSON 502/504
     /// with nginx's log line. Every response made here carries its `UpstreamReport`.
     public func proxy(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
-        let exchange = UpstreamExchange(engine: self, request: request, context: context)
+        proxy(request, context: context, deadline: nil)
+    }
+
+    /// The response to `request` within an absolute `deadline` (the location's `request_timeout`, see
+    /// `RequestDeadlinePolicy`): when it is reached before the upstream's head arrived, the attempt is closed and
+    /// the client answered 504 at once, and no further peer is tried. The peer is not counted as failed: the limit
+    /// was the request's, not a fault of the peer's. A body already streaming is not cut at the deadline.
+    public func proxy(_ request: KernelRequest, context: RequestContext, deadline: NIODeadline?) -> EventLoopFuture<KernelResponse> {
+        let exchange = UpstreamExchange(engine: self, request: request, context: context, deadline: deadline)
         return exchange.start()
     }
 }
@@ -40,11 +48,19 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     private var lastFailure: UpstreamFailure?
     /// When the first attempt began (`*_next_upstream_timeout` counts from it).
     private var firstAttemptStarted: UInt64?
+    // The request's deadline: the timer that answers 504 at it, whether it was reached, and the attempt it closes.
+    private let deadline: NIODeadline?
+    private var deadlineTimer: Scheduled<Void>?
+    private var deadlineReached = false
+    private var current: (handler: UpstreamConnectionHandler, peer: PeerAddress, started: UInt64)?
+    /// The client has its answer (a response head, or an error): nothing more is sent to the promise.
+    private var responded = false
 
-    init(engine: UpstreamEngine<Protocol>, request: KernelRequest, context: RequestContext) {
+    init(engine: UpstreamEngine<Protocol>, request: KernelRequest, context: RequestContext, deadline: NIODeadline? = nil) {
         self.engine = engine
         self.request = request
         self.context = context
+        self.deadline = deadline
         promise = context.eventLoop.makePromise(of: KernelResponse.self)
     }
 
@@ -68,7 +84,32 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             respond(.error(502, "bad gateway"))
             return
         }
+        if let deadline {
+            deadlineTimer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { self.reachDeadline() }
+        }
         attempt()
+    }
+
+    /// The request's deadline: the attempt in progress is closed and the client answered 504 now. The attempt's
+    /// own completion then only gives its lease back (`releaseAfterDeadline`).
+    private func reachDeadline() {
+        guard !responded else { return }
+        deadlineReached = true
+        let failure = UpstreamFailure.timeout("upstream timed out (request deadline reached) while waiting for upstream")
+        context.logger.error("\(failure.message)\(suffix(current?.peer))")
+        if let current {
+            attempts.append(UpstreamAttempt(address: current.peer.description, status: 504,
+                                            responseTime: seconds(KernelClock.monotonicNanoseconds() &- current.started),
+                                            connectTime: nil))
+            current.handler.fail(failure)
+        }
+        respond(failure.response)
+    }
+
+    /// A lease whose attempt the deadline ended: given back as a client close, not a failure of the peer's.
+    private func releaseAfterDeadline(_ lease: PeerLease, started: UInt64) {
+        lease.finish(PeerLeaseOutcome(status: nil, bytesReceived: 0,
+                                      durationNanoseconds: KernelClock.monotonicNanoseconds() &- started, clientClosed: true))
     }
 
     /// nginx's error-log suffix naming the request, and the peer (or the group, when no peer was chosen).
@@ -82,6 +123,9 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
 
     /// The client's answer, with every attempt so far.
     private func respond(_ response: KernelResponse) {
+        guard !responded else { return }
+        responded = true
+        deadlineTimer?.cancel()
         var response = response
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts)
         promise.succeed(response)
@@ -121,6 +165,10 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             return
         }
         group.lease(request, excluding: tried, on: eventLoop).hop(to: eventLoop).assumeIsolated().whenSuccess { lease in
+            if self.deadlineReached {
+                if let lease { self.releaseAfterDeadline(lease, started: KernelClock.monotonicNanoseconds()) }
+                return
+            }
             if let lease { self.run(lease) } else { self.noPeer() }
         }
     }
@@ -146,6 +194,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         let started = KernelClock.monotonicNanoseconds()
         if firstAttemptStarted == nil { firstAttemptStarted = started }
         let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop)
+        current = (handler, peer, started)
         let decoder = UpstreamResponseDecoder(parser: engine.hooks.makeResponseParser(for: request),
                                               isHeadRequest: request.method == "HEAD")
         let cache = engine.pool?.cache(on: eventLoop)
@@ -191,6 +240,10 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
                 let connection = kept.map { UpstreamConnection(channel: channel, peer: peer, keepalive: $0.watch, decoderSlot: $0.slot) }
                 self.connected(channel, lease: lease, handler: handler, started: started, connection: connection, reused: false)
             case .failure(let error):
+                if self.deadlineReached {
+                    self.releaseAfterDeadline(lease, started: started)
+                    return
+                }
                 let failure: UpstreamFailure
                 if let unresolved = error as? UnresolvedPeer {
                     failure = .error("\(unresolved.host) could not be resolved (3: Host not found)")
@@ -207,6 +260,10 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     /// An attempt that gave no usable answer: the balancer hears of it, then the next peer or the last failure.
     private func failed(_ lease: PeerLease, _ failure: UpstreamFailure, started: UInt64, connectTime: Double?,
                         requestSent: Bool) {
+        if deadlineReached {
+            releaseAfterDeadline(lease, started: started)
+            return
+        }
         let now = KernelClock.monotonicNanoseconds()
         // `$upstream_status` shows the status the failure stands for (502, or 504 for a timeout), as nginx's
         // `ngx_http_upstream_next` records it; the balancer hears of no status, the peer gave none.
@@ -226,6 +283,11 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     /// `connection` is set when the connection may go back to the pool after the answer.
     private func connected(_ channel: any Channel, lease: PeerLease, handler: UpstreamConnectionHandler,
                            started: UInt64, connection: UpstreamConnection?, reused: Bool) {
+        if deadlineReached {
+            channel.close(promise: nil)
+            releaseAfterDeadline(lease, started: started)
+            return
+        }
         let connectTime = seconds(KernelClock.monotonicNanoseconds() &- started)
         var sendError: (any Error)?
         if let connection, let cache = engine.pool?.cache(on: eventLoop) {
@@ -265,6 +327,11 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             case .success(let head):
                 self.answered(head, lease: lease, handler: handler, channel: channel, started: started, connectTime: connectTime)
             case .failure(let error):
+                if self.deadlineReached {  // closed by the deadline, already logged and answered
+                    channel.close(promise: nil)
+                    self.releaseAfterDeadline(lease, started: started)
+                    return
+                }
                 if reused, let connection, self.isStale(after: error, sendError: sendError, connection: connection) {
                     // The peer closed a kept-alive connection before this request reached it (its keep-alive ran
                     // out): nothing was processed, so the request goes again, on a new connection to the same peer,
@@ -309,6 +376,11 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     /// A head arrived: passed on, or (a status `*_next_upstream` names, with another peer to try) dropped.
     private func answered(_ head: UpstreamResponseHead, lease: PeerLease, handler: UpstreamConnectionHandler,
                           channel: any Channel, started: UInt64, connectTime: Double) {
+        if deadlineReached {
+            handler.close()
+            releaseAfterDeadline(lease, started: started)
+            return
+        }
         let headerNanoseconds = KernelClock.monotonicNanoseconds() &- started
         if head.status == 101 {
             upgraded(head, lease: lease, handler: handler, channel: channel, started: started, connectTime: connectTime)
@@ -360,6 +432,8 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
                                         responseTime: seconds(handed), connectTime: connectTime,
                                         headerTime: seconds(headerNanoseconds)))
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts, bodyTiming: timing)
+        responded = true
+        deadlineTimer?.cancel()
         promise.succeed(response)
     }
 

@@ -27,39 +27,53 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
 
     /// Completes once the whole request is written, or fails (the channel closed, the client's body broke off).
     func send(head: ByteBuffer, request: KernelRequest) -> EventLoopFuture<Void> {
-        write(head, promise: nil)
         switch request.bodySource {
         case .file(let file)?:
+            write(head, promise: nil)
             sendFile(file, from: 0)
         case .stream(let stream)?:
+            write(head, promise: nil)
             sendStream(stream)
         case nil:
-            if let body = request.body, body.readableBytes > 0 {
-                writeThen(hooks.frameRequestBodyPart(body)) { self.sendTrailer() }
+            let body = request.body.flatMap { $0.readableBytes > 0 ? hooks.frameRequestBodyPart($0) : nil }
+            if let trailer = hooks.requestBodyTrailer(allocator: channel.allocator) {
+                write(head, promise: nil)
+                if let body { writeThen(body) { self.sendTrailer(trailer) } } else { sendTrailer(trailer) }
             } else {
-                sendTrailer()
+                // Head and body (a uwsgi request: no trailer) in one flush; the last write's end is the request's.
+                if let body { write(head, promise: nil, flush: false) }
+                writeThen(body ?? head) { self.done.succeed(()) }
             }
         }
         done.futureResult.assumeIsolated().whenComplete { _ in self.watch.stop() }
         return done.futureResult
     }
 
-    /// Writes and flushes `buffer` in watched slices; `promise` completes with the last.
-    private func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?) {
+    /// Writes (and flushes, unless told not to) `buffer` in watched slices; `promise` completes with the last.
+    private func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?, flush: Bool = true) {
         SendProgress.forEachSlice(of: buffer) { slice, isLast in
             let written = (isLast ? promise : nil) ?? eventLoop.makePromise(of: Void.self)
             watch.writeStarted()
             written.futureResult.assumeIsolated().whenComplete { _ in self.watch.writeCompleted() }
             channel.write(slice, promise: written)
         }
-        channel.flush()
+        if flush { channel.flush() }
     }
 
-    /// The protocol's end of the body (if any), then a flushed empty write whose completion says everything
-    /// before it left.
+    /// After a file or streamed body: the protocol's end of the body if it has one, else (every part before was
+    /// written, each waited for) the request is sent.
     private func sendTrailer() {
+        if let trailer = hooks.requestBodyTrailer(allocator: channel.allocator) {
+            sendTrailer(trailer)
+        } else {
+            done.succeed(())
+        }
+    }
+
+    /// The protocol's end of the body, whose completion says everything before it left.
+    private func sendTrailer(_ trailer: ByteBuffer) {
         let flushed = eventLoop.makePromise(of: Void.self)
-        write(hooks.requestBodyTrailer(allocator: channel.allocator) ?? channel.allocator.buffer(capacity: 0), promise: flushed)
+        write(trailer, promise: flushed)
         flushed.futureResult.assumeIsolated().whenComplete { result in
             switch result {
             case .success: self.done.succeed(())

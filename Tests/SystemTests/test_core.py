@@ -191,11 +191,13 @@ def test_signal_without_a_running_kernel_reports_the_pid_file(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["etc/kernel.yaml", "etc/worker.yaml", "etc/edge.yaml", "etc/examples/hello.yaml",
-                                  "etc/examples/nginx-server-block.yaml", "etc/examples/uwsgi-ini.yaml"])
+                                  "etc/examples/nginx-server-block.yaml", "etc/examples/uwsgi-ini.yaml",
+                                  "etc/examples/seed-ip-hash-uwsgi.yaml", "etc/examples/seed-proxy-cors.yaml",
+                                  "etc/examples/seed-round-robin.yaml", "etc/examples/seed-weighted.yaml"])
 def test_shipped_configurations_pass_check(name):
     from conftest import ROOT
     role = {"etc/worker.yaml": "worker", "etc/edge.yaml": "edge", "etc/examples/nginx-server-block.yaml": "edge",
-            "etc/examples/uwsgi-ini.yaml": "worker"}.get(name, "both")
+            "etc/examples/uwsgi-ini.yaml": "worker"}.get(name, "edge" if "/seed-" in name else "both")
     result = subprocess.run([KERNEL_BIN, "-t", "--role", role, "-c", os.path.join(ROOT, name)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

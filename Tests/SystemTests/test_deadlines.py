@@ -1,0 +1,77 @@
+"""Deadlines that travel: a kernel edge (`uwsgi_pass` with `request_timeout` and `request_timeout_header`) in front
+of a kernel worker serving a deliberately slow model on one instance, which batches (a request waits up to
+`max_queue_delay` for others). The edge answers 504 at the request's
+deadline and forwards the time left (`HTTP_X_KERNEL_TIMEOUT_MS`), so the worker drops the queued request instead of
+running it for a client that has given up."""
+import numpy as np
+import requests
+import tritonclient.http as tritonclient_http
+from tritonclient.utils import InferenceServerException
+
+from inference_support import make_slow_model
+
+WORKER = """
+uwsgi:
+  listen: "127.0.0.1:0"
+inference:
+  models:
+    - name: slow
+      path: {path}
+      instances: 1
+      max_batch_size: 8
+      dynamic_batching: {{max_queue_delay: 2s}}
+routing:
+  servers:
+    - client_max_body_size: 64m
+      locations:
+        - location: "^~ /v2"
+          inference: {{}}
+"""
+
+EDGE = """
+http:
+  listen: "127.0.0.1:0"
+uwsgi: {{}}
+routing:
+  servers:
+    - client_max_body_size: 64m
+      locations:
+        - location: /v2/
+          uwsgi_pass: 127.0.0.1:{port}
+          request_timeout: 60s
+          request_timeout_header: {{name: X-Request-Timeout, max: 60s}}
+"""
+
+
+def infer(edge, rows, headers=None):
+    """One binary-tensor inference through the edge; (status, message)."""
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{edge.port()}", network_timeout=300)
+    array = np.random.default_rng(rows).standard_normal((rows, 256)).astype(np.float32)
+    tensor = tritonclient_http.InferInput("x", list(array.shape), "FP32")
+    tensor.set_data_from_numpy(array, binary_data=True)
+    try:
+        client.infer("slow", [tensor], headers=headers)
+        return 200, ""
+    except InferenceServerException as error:
+        return int(error.status()), error.message()
+    finally:
+        client.close()
+
+
+def test_a_forwarded_deadline_makes_the_worker_drop_the_queued_request(start_kernel, tmp_path):
+    worker = start_kernel(WORKER.format(path=make_slow_model(str(tmp_path / "slow.onnx"))), role="worker", name="worker.yaml")
+    edge = start_kernel(EDGE.format(port=worker.port("uwsgi")), role="edge", name="edge.yaml")
+    # The first request of a batch waits up to max_queue_delay (2 s) for others: a client allowing 300 ms has given
+    # up long before, and the worker, told so by the edge, drops it instead of running it.
+    status, message = infer(edge, 1, headers={"X-Request-Timeout": "300ms"})
+    assert status == 504, message
+    edge_log = edge.log_text()
+    assert "upstream timed out (request deadline reached) while waiting for upstream" in edge_log, edge_log
+    worker_log = worker.wait_for_log("dropped from the queue: its deadline passed, the client has given up")
+    assert "inference request for model 'slow' dropped from the queue" in worker_log
+    # Without a limit of its own the request waits for its batch and runs; the peer was not blamed for the
+    # client's limit (the next request is served through it).
+    assert infer(edge, 1) == (200, "")
+    stats = requests.get(edge.url("/v2/models/slow/stats"), timeout=30).json()["model_stats"][0]
+    assert stats["execution_count"] == 1, stats  # the dropped request never reached ONNX Runtime
+    assert stats["timeouts"] == 1, stats
