@@ -67,7 +67,7 @@ enum ProxyPassFactory {
         }
         let keepsConnections = group.keepalive != nil && !http10
         var head = ProxyRequestHead(uriRule: uriRule, http10: http10,
-                                    headers: defaultHeaders(keepalive: keepsConnections))
+                                    headers: defaultHeaders(keepalive: keepsConnections, variables: variables))
         if let lines = location.optional("proxy_set_header") {
             head.headers = merged(head.headers, try decodeSetHeaders(lines, variables: variables))
         }
@@ -107,18 +107,12 @@ enum ProxyPassFactory {
     }
 
     /// nginx's defaults: `Host: $proxy_host`, and `Connection: close` unless the group keeps connections open.
-    static func defaultHeaders(keepalive: Bool) -> [ProxyHeaderLine] {
-        var lines = [ProxyHeaderLine(name: "Host", value: try! VariableTemplate("$proxy_host", variables: proxyVariablesOnly))]
+    /// `variables` is the location's registry, where `$proxy_host` has its value.
+    static func defaultHeaders(keepalive: Bool, variables: VariableRegistry) -> [ProxyHeaderLine] {
+        var lines = [ProxyHeaderLine(name: "Host", value: try! VariableTemplate("$proxy_host", variables: variables))]
         if !keepalive { lines.append(ProxyHeaderLine(name: "Connection", value: try! VariableTemplate("close"))) }
         return lines
     }
-
-    /// A registry where `$proxy_host` is known, for compiling the default before the location's value exists.
-    private static let proxyVariablesOnly: VariableRegistry = {
-        var registry = VariableRegistry()
-        registry.register("proxy_host") { _ in nil }
-        return registry
-    }()
 
     /// The defaults with the location's lines applied: a line of a default's name replaces it in place (so `Host`
     /// stays first), the others follow in their order.
