@@ -1,7 +1,9 @@
 import KernelConfig
 @testable import KernelCore
 import KernelUpstream
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOEmbedded
 import XCTest
 @testable import HTTP
 
@@ -297,5 +299,38 @@ final class ProxyPassTests: XCTestCase {
         XCTAssertEqual(plain.proxyPort, "80")
         XCTAssertEqual(plain.url, "http://example.test")
         XCTAssertEqual(ProxyRequestHead.escapeURI("/a b#c%d?e\u{7f}é"), "/a%20b%23c%25d%3Fe%7F%C3%A9")
+    }
+}
+
+/// `proxy_buffering on`: the answer is read ahead of the client, up to the limit, and what is held goes out at
+/// once, joined.
+final class ProxyReadAheadTests: XCTestCase {
+    func testReadsAheadUpToTheLimitAndHandsOverWhatIsHeld() throws {
+        let loop = EmbeddedEventLoop()
+        let pulls = NIOLockedValueBox(0)
+        let parts = NIOLockedValueBox(["aaaa", "bbbb", "cccc", "dddd"])
+        let upstream = ResponseBodyStream(next: {
+            pulls.withLockedValue { $0 += 1 }
+            let next = parts.withLockedValue { $0.isEmpty ? nil : $0.removeFirst() }
+            return loop.makeSucceededFuture(next.map { ByteBuffer(string: $0) })
+        }, cancel: {})
+        let stream = ProxyReadAhead(upstream, limit: 8, eventLoop: loop).stream
+        // The first pull reads one part for the client and goes on reading until 8 bytes are held.
+        XCTAssertEqual(try stream.next().wait().map { String(buffer: $0) }, "aaaa")
+        XCTAssertEqual(pulls.withLockedValue { $0 }, 3)
+        XCTAssertEqual(try stream.next().wait().map { String(buffer: $0) }, "bbbbcccc")
+        XCTAssertEqual(try stream.next().wait().map { String(buffer: $0) }, "dddd")
+        XCTAssertNil(try stream.next().wait())
+    }
+
+    func testAFailureAndACancelReachTheClient() throws {
+        let loop = EmbeddedEventLoop()
+        struct Broken: Error {}
+        let cancelled = NIOLockedValueBox(false)
+        let upstream = ResponseBodyStream(next: { loop.makeFailedFuture(Broken()) }, cancel: { cancelled.withLockedValue { $0 = true } })
+        let stream = ProxyReadAhead(upstream, limit: 8, eventLoop: loop).stream
+        XCTAssertThrowsError(try stream.next().wait())
+        stream.cancel()
+        XCTAssertTrue(cancelled.withLockedValue { $0 })
     }
 }
