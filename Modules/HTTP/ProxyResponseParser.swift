@@ -227,24 +227,31 @@ struct ProxyResponseParser: UpstreamResponseParser {
 struct ProxyChunkedDecoder: UpstreamBodyDecoder {
     private var decoder: ChunkedBodyDecoder
     private var ended = false
+    /// A refusal found after payload that was handed out first.
+    private var failure: ProxyResponseError?
 
     init(maxTrailerSize: Int) {
         decoder = ChunkedBodyDecoder(maxTrailerLength: maxTrailerSize)
     }
 
     mutating func decode(_ buffer: inout ByteBuffer) throws -> UpstreamBodyDecoding {
+        if let failure { throw failure }
         if ended { return .end }
         var payload = ByteBuffer()
-        switch decoder.decode(&buffer, into: &payload, limit: nil) {
+        let outcome = decoder.decode(&buffer, into: &payload, limit: nil)
+        switch outcome {
         case .needMore:
             return payload.readableBytes > 0 ? .part(payload) : .needMoreData
         case .done:
             ended = true
             return payload.readableBytes > 0 ? .part(payload) : .end
-        case .failure(let error):
-            throw error.clientMessage == "trailer too large" ? ProxyResponseError.trailersTooLarge : ProxyResponseError.invalidChunkedBody
-        case .tooLarge:
-            throw ProxyResponseError.invalidChunkedBody
+        case .failure, .tooLarge:
+            var error = ProxyResponseError.invalidChunkedBody
+            if case .failure(let refused) = outcome, refused.clientMessage == "trailer too large" { error = .trailersTooLarge }
+            // The chunks decoded before the bad one go out first, whatever reads the body came in.
+            guard payload.readableBytes > 0 else { throw error }
+            failure = error
+            return .part(payload)
         }
     }
 }

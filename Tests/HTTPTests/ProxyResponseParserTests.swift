@@ -174,6 +174,15 @@ final class ProxyResponseParserTests: XCTestCase {
         }
     }
 
+    func testChunksBeforeABadOneGoOutThenTheError() throws {
+        var decoder = ProxyChunkedDecoder(maxTrailerSize: 256)
+        var buffer = ByteBuffer(string: "5\r\nhello\r\nzz\r\n")
+        guard case .part(let part) = try decoder.decode(&buffer) else { return XCTFail("the good chunk first") }
+        XCTAssertEqual(String(buffer: part), "hello")
+        XCTAssertThrowsError(try decoder.decode(&buffer)) { XCTAssertEqual($0 as? ProxyResponseError, .invalidChunkedBody) }
+        XCTAssertThrowsError(try decoder.decode(&buffer), "and it stays refused")
+    }
+
     /// The parser in the engine's decoder on an EmbeddedChannel: a smuggled second answer after a chunked body is
     /// never read as one.
     func testInTheEngineDecoderNothingAfterTheBodyIsRead() throws {
