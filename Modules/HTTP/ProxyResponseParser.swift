@@ -114,8 +114,9 @@ struct ProxyResponseParser: UpstreamResponseParser {
             }
             let name = text(bytes, field.name)
             let value = text(bytes, field.value)
-            if (100..<200).contains(status) {
-                // Interim heads carry nothing for the final answer; their framing headers mean nothing.
+            if (100..<200).contains(status), status != 101 {
+                // Interim heads are dropped: their framing headers mean nothing. A 101 is passed on, so it is
+                // checked as a final head is.
                 headers.append((name, value))
                 continue
             }

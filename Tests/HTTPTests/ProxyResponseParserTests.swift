@@ -1,3 +1,4 @@
+import Foundation
 import KernelCore
 import KernelUpstream
 import NIOCore
@@ -79,6 +80,26 @@ final class ProxyResponseParserTests: XCTestCase {
         // An endless run of interim heads ends at the size limit.
         let endless = String(repeating: "HTTP/1.1 100 Continue\r\n\r\n", count: 200)
         XCTAssertEqual(error(endless, maxHeadSize: 1024), .headTooLarge)
+    }
+
+    /// `HTTPResponseFuzz` finding: a 101 to an upgrade skipped the framing checks of interim heads, so two
+    /// `Content-Length` lines reached the client. The input as libFuzzer wrote it (split bytes, control byte with
+    /// the upgrade bit, payload), fed whole and one byte more at a time.
+    func testFuzzFindingA101IsCheckedAsAFinalHead() throws {
+        let finding = Array(Data(base64Encoded: "AjMCSFRUUC8xLjEgMTAxIP//IEMNCkNvbnRlbnQtVHlwZTogdGVUUC8xLjEgMTAzIP//IEMNCkNvbm50LVR5cGU6IHRleHQvcGxhaW4NCkNvbnRlbnQtTGVuZ3RoOiA1DQpYLU11bHRpOiBhDQpYLU11bHRpOiBieHQvLXBsYWluDQpDb250ZW50LUxlbmd0aDogNQ0KWC1NdWx0aTogYQ0KWC1NdWx0aTogYg0KDQpoZVTLyoxtYAkJb2s=")!)
+        let payload = Array(finding.dropFirst(3))
+        for split in [payload.count] + Array(1..<payload.count) {
+            var parser = ProxyResponseParser(maxHeadSize: 4096, upgradeRequested: true)
+            var buffer = ByteBuffer(bytes: payload.prefix(split))
+            XCTAssertThrowsError(try {
+                _ = try parser.parseHead(&buffer)
+                buffer.writeBytes(payload.dropFirst(split))
+                _ = try parser.parseHead(&buffer)
+            }()) { error in
+                XCTAssertEqual(error as? ProxyResponseError, .duplicateHeader(line: "Content-Length: 5", previous: "Content-Length: 5"))
+            }
+        }
+        XCTAssertThrowsError(try parse("HTTP/1.1 101 Switching Protocols\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", upgrade: true))
     }
 
     func testHostileHeadsAreInvalid() {
