@@ -66,7 +66,7 @@ let package = Package(
         // Modules: one folder each.
         .target(
             name: "HTTP",
-            dependencies: nio + ["KernelCore", "KernelConfig", log],
+            dependencies: nio + ["KernelCore", "KernelUpstream", "KernelConfig", log],
             path: "Modules/HTTP"
         ),
         .target(
@@ -118,7 +118,7 @@ let package = Package(
         // Each test target declares what it imports, no more.
         .testTarget(name: "KernelCoreTests", dependencies: nio + ["KernelCore", "KernelConfig", log, locks, embedded]),
         .testTarget(name: "KernelUpstreamTests", dependencies: nio + ["KernelUpstream", "KernelCore", log, locks, embedded]),
-        .testTarget(name: "HTTPTests", dependencies: nio + ["HTTP", "KernelCore", "KernelConfig", log, locks, embedded]),
+        .testTarget(name: "HTTPTests", dependencies: nio + ["HTTP", "KernelCore", "KernelUpstream", "KernelConfig", log, locks, embedded]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "KernelCore", "KernelConfig", locks,
                                                          .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "UWSGITests", dependencies: nio + ["UWSGI", "KernelCore", "KernelUpstream", log, embedded]),

@@ -33,6 +33,11 @@ let package = Package(
                                  .product(name: "Logging", package: "swift-log")]
         ),
         .executableTarget(
+            name: "HTTPResponseFuzz",
+            dependencies: nio + ["FuzzSupport", .product(name: "HTTP", package: "kernel"),
+                                 .product(name: "KernelUpstream", package: "kernel")]
+        ),
+        .executableTarget(
             name: "InferenceCodecFuzz",
             dependencies: nio + ["FuzzSupport", .product(name: "Inference", package: "kernel"),
                                  .product(name: "KernelCore", package: "kernel")]

@@ -3,7 +3,7 @@
 #
 #   FUZZ_SECONDS   seconds per target (default 60)
 #   FUZZ_RUNS      stop a target after this many executions instead (e.g. 10000000), when set
-#   FUZZ_TARGETS   the targets to run (default: all four)
+#   FUZZ_TARGETS   the targets to run (default: all five)
 #   FUZZ_SANITIZE  the -sanitize= list (default fuzzer; fuzzer,address adds AddressSanitizer, in .build-asan/)
 #
 # Seeds come from the test vectors (make_seeds.py); the corpus grows in Fuzz/corpus/<target>/ and findings
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${FUZZ_SECONDS:-60}
-targets=${FUZZ_TARGETS:-"HTTPRequestFuzz InferenceCodecFuzz ConfigLoaderFuzz UWSGIDecoderFuzz"}
+targets=${FUZZ_TARGETS:-"HTTPRequestFuzz HTTPResponseFuzz InferenceCodecFuzz ConfigLoaderFuzz UWSGIDecoderFuzz"}
 sanitize=${FUZZ_SANITIZE:-fuzzer}
 scratch=.build
 [ "$sanitize" = fuzzer ] || scratch=.build-asan

@@ -145,6 +145,9 @@ def main():
     for lit in http:
         put("HTTPRequestFuzz", b"\x07\x00" + lit)
         put("HTTPRequestFuzz", b"\x03\x5a" + lit)
+    for lit in answers:
+        put("HTTPResponseFuzz", b"\x07\x00\x00" + lit)
+        put("HTTPResponseFuzz", b"\x02\x33\x02" + lit)
     for lit in uwsgi:
         put("UWSGIDecoderFuzz", b"\x07\x00\x00" + lit)
         put("UWSGIDecoderFuzz", b"\x02\x33\x00" + lit)
@@ -160,7 +163,7 @@ def main():
             put("ConfigLoaderFuzz", lit)
     for target in sorted(written):
         print(f"make_seeds: {written[target]} seeds for {target}")
-    missing = {"HTTPRequestFuzz", "UWSGIDecoderFuzz", "InferenceCodecFuzz", "ConfigLoaderFuzz"} - set(written)
+    missing = {"HTTPRequestFuzz", "HTTPResponseFuzz", "UWSGIDecoderFuzz", "InferenceCodecFuzz", "ConfigLoaderFuzz"} - set(written)
     if missing:
         sys.exit(f"make_seeds: no seeds for {sorted(missing)}")
 

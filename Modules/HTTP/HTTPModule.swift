@@ -2,10 +2,12 @@ import KernelConfig
 import KernelCore
 import NIOCore
 
-/// The `http` module: HTTP/1.1 listeners (`http.listen`) with nginx's connection limits and timeouts.
+/// The `http` module: HTTP/1.1 listeners (`http.listen`) with nginx's connection limits and timeouts, and the
+/// client side, `proxy_pass` (nginx's `ngx_http_proxy_module`) on the upstream engine.
 ///
 /// Each listen address becomes one listener (protocol `http`); its connections get an `HTTPConnectionHandler`
-/// built with the configuration of the generation that registered it.
+/// built with the configuration of the generation that registered it. `proxy_pass` is a location handler; the
+/// module registers it, `$proxy_host` and `$proxy_port`, and the health-check prober of the `http` scheme.
 public enum HTTPModule: KernelModule {
     public static let configurationKey = "http"
     public static let roles: Set<KernelRole> = [.edge, .worker]
@@ -16,6 +18,18 @@ public enum HTTPModule: KernelModule {
 
     public static func register(_ configuration: HTTPConfiguration, into registrar: Registrar) throws {
         for spec in listenerSpecs(for: configuration) { registrar.addListener(spec) }
+        registerProxy(into: registrar)
+    }
+
+    /// `proxy_pass`, its variables and the `http` prober. The variables are the location's own in its
+    /// `proxy_set_header` lines and URI (compiled there as constants); elsewhere they are not found.
+    static func registerProxy(into registrar: Registrar) {
+        registrar.variables.register("proxy_host") { _ in nil }
+        registrar.variables.register("proxy_port") { _ in nil }
+        registrar.addLocationHandler("proxy_pass", capabilities: .proxies) { value, location, context in
+            try ProxyPassFactory.make(value: value, location: location, context: context, registrar: registrar)
+        }
+        registrar.addUpstreamProber(scheme: "http", HTTPUpstreamProber(logger: registrar.logger))
     }
 
     /// One listener per `listen` address; each connection's pipeline is built with `configuration` captured.

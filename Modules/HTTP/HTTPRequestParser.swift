@@ -250,40 +250,13 @@ enum HTTPRequestHeadParser {
         var transferEncodingIsChunked: Bool?
         var sawHost = false
         while let line = nextLine(), !line.isEmpty {
-            let first = bytes[line.lowerBound]
-            // obs-fold (a continuation line) is rejected, as RFC 9112 §5.2 allows.
-            if first == HTTPByte.space || first == HTTPByte.tab { return .failure(.invalidHeaderLine) }
-            // The name as nginx's ngx_http_parse_header_line reads it: up to the first colon; controls, DEL and
-            // spaces refuse the line (no whitespace before the colon, RFC 9112 5.1), other unusual bytes only make
-            // the name invalid. A line without a colon is refused too (nginx would take it as a name with an
-            // empty value).
-            var index = line.lowerBound
-            var invalidName = false
-            while index < line.upperBound {
-                let byte = bytes[index]
-                if HTTPByte.isPlainNameByte(byte) {
-                    index += 1
-                    continue
-                }
-                if byte == HTTPByte.colon { break }
-                if byte <= HTTPByte.space || byte == 0x7F { return .failure(.invalidHeaderLine) }
-                if byte != UInt8(ascii: "_") || !names.underscoresAllowed { invalidName = true }
-                index += 1
-            }
-            guard index > line.lowerBound, index < line.upperBound else {
-                return .failure(.invalidHeaderLine)
-            }
-            let nameRange = line.lowerBound..<index
-            index += 1
-            while index < line.upperBound, bytes[index] == HTTPByte.space || bytes[index] == HTTPByte.tab { index += 1 }
-            var valueEnd = line.upperBound
-            while valueEnd > index, bytes[valueEnd - 1] == HTTPByte.space || bytes[valueEnd - 1] == HTTPByte.tab { valueEnd -= 1 }
-            for i in index..<valueEnd where !HTTPByte.isFieldValue(bytes[i]) { return .failure(.invalidHeaderLine) }
-            let valueRange = index..<valueEnd
-            if invalidName, names.ignoreInvalid {
+            guard let field = fieldLine(bytes, line, names: names) else { return .failure(.invalidHeaderLine) }
+            let nameRange = field.name
+            let valueRange = field.value
+            if field.invalidName, names.ignoreInvalid {
                 // Dropped before anything reads it: `X_Forwarded_For` never stands in for `X-Forwarded-For`, nor
                 // `Content_Length` for a length.
-                head.ignoredHeaderLines.append(string(bytes, line.lowerBound..<valueEnd))
+                head.ignoredHeaderLines.append(string(bytes, line.lowerBound..<valueRange.upperBound))
                 continue
             }
             let name = string(bytes, nameRange)
@@ -349,6 +322,51 @@ enum HTTPRequestHeadParser {
             head.chunked = true
         }
         return .success(head)
+    }
+
+    /// Where the name and the value of one header field line are, and whether the name is one nginx calls
+    /// invalid (a byte other than letters, digits and `-`, or `_` unless allowed).
+    struct FieldLine {
+        var name: Range<Int>
+        /// Without the whitespace around it.
+        var value: Range<Int>
+        var invalidName: Bool
+    }
+
+    /// One header field line (without its line ending) checked as strictly as RFC 9112 asks: no obs-fold, no
+    /// whitespace or control byte in or after the name, a colon, a value of field-value bytes only. Nil when the
+    /// line is no header line at all. The request parser and the `proxy_pass` response parser both read their
+    /// header lines with it, so that an edge is as strict with its upstreams as with its clients.
+    static func fieldLine(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>, names: HTTPHeaderNamePolicy) -> FieldLine? {
+        guard !line.isEmpty else { return nil }
+        let first = bytes[line.lowerBound]
+        // obs-fold (a continuation line) is rejected, as RFC 9112 §5.2 allows.
+        if first == HTTPByte.space || first == HTTPByte.tab { return nil }
+        // The name as nginx's ngx_http_parse_header_line reads it: up to the first colon; controls, DEL and
+        // spaces refuse the line (no whitespace before the colon, RFC 9112 5.1), other unusual bytes only make
+        // the name invalid. A line without a colon is refused too (nginx would take it as a name with an
+        // empty value).
+        var index = line.lowerBound
+        var invalidName = false
+        while index < line.upperBound {
+            let byte = bytes[index]
+            if HTTPByte.isPlainNameByte(byte) {
+                index += 1
+                continue
+            }
+            if byte == HTTPByte.colon { break }
+            if byte <= HTTPByte.space || byte == 0x7F { return nil }
+            if byte != UInt8(ascii: "_") || !names.underscoresAllowed { invalidName = true }
+            index += 1
+        }
+        guard index > line.lowerBound, index < line.upperBound else { return nil }
+        let nameRange = line.lowerBound..<index
+        index += 1
+        while index < line.upperBound, bytes[index] == HTTPByte.space || bytes[index] == HTTPByte.tab { index += 1 }
+        var valueEnd = line.upperBound
+        while valueEnd > index, bytes[valueEnd - 1] == HTTPByte.space || bytes[valueEnd - 1] == HTTPByte.tab { valueEnd -= 1 }
+        for i in index..<valueEnd where !HTTPByte.isFieldValue(bytes[i]) { return nil }
+        return FieldLine(name: nameRange, value: index..<valueEnd, invalidName: invalidName)
     }
 
     /// `METHOD SP request-target SP HTTP/d.d`.

@@ -1,0 +1,295 @@
+import KernelCore
+import KernelUpstream
+import NIOCore
+
+/// One `proxy_redirect` rule: a `Location` or `Refresh` value that starts with `from` has that start replaced by
+/// `to`. Both are templates of the registry, as nginx's are complex values.
+struct ProxyRedirectRule: Sendable {
+    var from: VariableTemplate
+    var to: VariableTemplate
+}
+
+/// The options of one `proxy_pass` location.
+public struct ProxyPassConfiguration: Sendable {
+    /// The upstream group (a single peer for `proxy_pass http://127.0.0.1:8000`).
+    public var group: any UpstreamGroup
+    /// The request head: URI rule, `proxy_set_header` lines, `proxy_http_version`, what of the client's request
+    /// is passed.
+    var head: ProxyRequestHead
+    public var connectTimeout: TimeAmount = .seconds(60)
+    public var sendTimeout: TimeAmount = .seconds(60)
+    public var readTimeout: TimeAmount = .seconds(60)
+    /// nginx's `proxy_next_upstream`.
+    public var nextUpstream = NextUpstreamConditions.default
+    /// The addresses of named peers, resolved when the configuration was loaded.
+    public var resolver: any PeerAddressResolver = PeerAddressBook()
+    /// The largest response head accepted (nginx `proxy_buffer_size`, one memory page).
+    public var bufferSize = 4096
+    /// nginx's `proxy_buffering`: on, the answer is read from the upstream ahead of the client, up to
+    /// `readAheadSize`; off (or an upstream's `X-Accel-Buffering: no`), each part is read only when the client has
+    /// taken the one before, and goes out the moment it arrives.
+    public var buffering = true
+    /// nginx's `proxy_buffers NUMBER SIZE` as one total: how much of an answer is held ahead of the client.
+    public var readAheadSize = 8 * 4096
+    /// nginx's `proxy_request_buffering`: off, the body is sent to the upstream while it arrives.
+    public var requestBuffering = true
+    /// `proxy_redirect`: the rules applied to `Location` and `Refresh` (empty for `off`).
+    var redirects: [ProxyRedirectRule] = []
+    /// `proxy_hide_header` (lower-cased), beside nginx's defaults.
+    public var hiddenHeaders: Set<String> = []
+    /// `proxy_pass_header` (lower-cased): defaults that are passed after all.
+    public var passedHeaders: Set<String> = []
+
+    init(group: any UpstreamGroup, head: ProxyRequestHead) {
+        self.group = group
+        self.head = head
+    }
+
+    /// The engine's settings for this location.
+    var upstream: UpstreamConfiguration {
+        UpstreamConfiguration(group: group, connectTimeout: connectTimeout, sendTimeout: sendTimeout,
+                              readTimeout: readTimeout, nextUpstream: nextUpstream, resolver: resolver)
+    }
+
+    /// Whether a response header (lower-cased) stays from the client: nginx's `proxy_hide_header` defaults
+    /// (`X-Pad`, `X-Accel-*`; `Date` and `Server` the engine drops itself), the location's own, less those
+    /// `proxy_pass_header` names. `X-Accel-Buffering` is read by the handler first, which hides it then.
+    func hides(_ lowercasedName: String) -> Bool {
+        if lowercasedName == "x-accel-buffering" { return false }
+        if hiddenHeaders.contains(lowercasedName) { return true }
+        if passedHeaders.contains(lowercasedName) { return false }
+        return lowercasedName == "x-pad" || lowercasedName.hasPrefix("x-accel-")
+    }
+
+    /// Rewrites `value` by the first `proxy_redirect` rule whose `from` starts it (from `offset`, which is past
+    /// `url=` in a `Refresh`); nil when none applies.
+    func rewriteRedirect(_ value: String, from offset: String.Index, context: VariableContext) -> String? {
+        let rest = value[offset...]
+        for rule in redirects {
+            let from = rule.from.render(context)
+            guard !from.isEmpty, rest.utf8.starts(with: from.utf8) else { continue }
+            let tail = rest.utf8.dropFirst(from.utf8.count)
+            return String(value[..<offset]) + rule.to.render(context) + String(decoding: tail, as: UTF8.self)
+        }
+        return nil
+    }
+
+    /// Where the URL of a `Refresh` value starts: after its first `url=`, in any case (nginx's `ngx_strcasestrn`).
+    static func afterURLMarker(_ value: String) -> String.Index? {
+        let utf8 = value.utf8
+        var index = utf8.startIndex
+        while index != utf8.endIndex {
+            let end = utf8.index(index, offsetBy: 4, limitedBy: utf8.endIndex) ?? utf8.endIndex
+            if utf8.distance(from: index, to: end) == 4, HTTPToken.equalCaseInsensitive(utf8[index..<end], "url=".utf8) {
+                return end
+            }
+            index = utf8.index(after: index)
+        }
+        return nil
+    }
+
+    /// The upstream's answer as the client gets it: `proxy_redirect` applied to `Location` and `Refresh`,
+    /// `X-Accel-Buffering` read and hidden, and the body read ahead when buffering is on.
+    func finish(_ response: KernelResponse, request: KernelRequest, context: RequestContext) -> KernelResponse {
+        guard response.upstream?.attempts.last?.headerTime != nil else {
+            // The engine's own answer (502, 504): nothing of an upstream to rewrite.
+            return response
+        }
+        var response = response
+        var buffered = buffering
+        if let accel = response.headers["X-Accel-Buffering"] {
+            // nginx honours the upstream's choice in both directions.
+            if accel.equalsCaseInsensitive("no") { buffered = false }
+            if accel.equalsCaseInsensitive("yes") { buffered = true }
+            if !passedHeaders.contains("x-accel-buffering") { response.headers.remove("X-Accel-Buffering") }
+        }
+        if !redirects.isEmpty {
+            let variables = VariableContext(request: request, route: context.route)
+            for (index, field) in response.headers.enumerated() {
+                if field.name.equalsCaseInsensitive("Location") {
+                    if let rewritten = rewriteRedirect(field.value, from: field.value.startIndex, context: variables) {
+                        response.headers.setValue(rewritten, at: index)
+                    }
+                } else if field.name.equalsCaseInsensitive("Refresh"), let url = Self.afterURLMarker(field.value) {
+                    if let rewritten = rewriteRedirect(field.value, from: url, context: variables) {
+                        response.headers.setValue(rewritten, at: index)
+                    }
+                }
+            }
+        }
+        if buffered, case .stream(let stream) = response.body {
+            response.body = .stream(ProxyReadAhead(stream, limit: readAheadSize, eventLoop: context.eventLoop).stream)
+        }
+        return response
+    }
+}
+
+/// The `proxy_pass` handler: sends the request to an HTTP server through the upstream engine and streams its
+/// answer back.
+public struct ProxyPassHandler: RequestHandler {
+    public let configuration: ProxyPassConfiguration
+    private let lengthFramed: UpstreamEngine<HTTPUpstreamProtocol>
+    private let chunked: UpstreamEngine<HTTPUpstreamProtocol>
+
+    public init(configuration: ProxyPassConfiguration) {
+        self.configuration = configuration
+        // The body's framing is chosen per request (chunked only for a stream of unknown length); the engine's
+        // hooks carry it, so there is one engine for each.
+        lengthFramed = UpstreamEngine(configuration: configuration.upstream,
+                                      protocol: HTTPUpstreamProtocol(configuration: configuration, framing: .length))
+        chunked = UpstreamEngine(configuration: configuration.upstream,
+                                 protocol: HTTPUpstreamProtocol(configuration: configuration, framing: .chunked))
+    }
+
+    /// The body goes to the upstream from where it is (memory, the spooled file), or while it arrives with
+    /// `proxy_request_buffering off`.
+    public var requestBodyUse: RequestBodyUse {
+        configuration.requestBuffering && configuration.head.passRequestBody || !configuration.head.passRequestBody ? .spooled : .streamed
+    }
+
+    public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        var request = request
+        if !configuration.head.passRequestBody {
+            request.body = nil
+            request.bodySource = nil
+        }
+        let engine = ProxyRequestHead.bodyFraming(of: request) == .chunked ? chunked : lengthFramed
+        let configuration = self.configuration
+        return engine.proxy(request, context: context).map { [request] response in
+            configuration.finish(response, request: request, context: context)
+        }
+    }
+}
+
+/// What is HTTP about a proxied request: the request head, the body's framing (as it is with a length, in
+/// chunks for a stream of unknown length), and the parser of the answer's head.
+struct HTTPUpstreamProtocol: UpstreamProtocol {
+    let configuration: ProxyPassConfiguration
+    let framing: ProxyBodyFraming
+
+    var scheme: String { "http" }
+
+    func makeRequestHead(for request: KernelRequest, context: RequestContext,
+                         allocator: ByteBufferAllocator) throws -> ByteBuffer {
+        if framing == .chunked, configuration.head.http10 {
+            throw UpstreamRequestRefused(
+                logMessage: "a request body of unknown length cannot be sent with \"proxy_http_version 1.0\"",
+                response: .error(411, "length required"))
+        }
+        var buffer = allocator.buffer(capacity: 256 + request.headers.count * 48)
+        configuration.head.write(request, route: context.route, framing: framing, into: &buffer)
+        return buffer
+    }
+
+    func frameRequestBodyPart(_ part: ByteBuffer) -> ByteBuffer {
+        guard framing == .chunked, part.readableBytes > 0 else { return part }
+        var framed = ByteBuffer()
+        framed.reserveCapacity(part.readableBytes + 20)
+        framed.writeString(String(part.readableBytes, radix: 16))
+        framed.writeStaticString("\r\n")
+        framed.writeImmutableBuffer(part)
+        framed.writeStaticString("\r\n")
+        return framed
+    }
+
+    func requestBodyTrailer(allocator: ByteBufferAllocator) -> ByteBuffer? {
+        guard framing == .chunked else { return nil }
+        var last = allocator.buffer(capacity: 5)
+        last.writeStaticString("0\r\n\r\n")
+        return last
+    }
+
+    func makeResponseParser(for request: KernelRequest) -> ProxyResponseParser {
+        ProxyResponseParser(maxHeadSize: configuration.bufferSize, upgradeRequested: request.headers.contains("Upgrade"),
+                            isHeadRequest: request.method == "HEAD")
+    }
+
+    func hidesResponseHeader(_ lowercasedName: String) -> Bool { configuration.hides(lowercasedName) }
+}
+
+/// `proxy_buffering on`: reads an upstream answer ahead of the client, up to `limit` bytes, so that the upstream
+/// is freed while a slow client is still being written to. What has arrived when the client asks is handed over
+/// at once, joined into one part, so reading ahead never holds a part back. Lives on the request's event loop.
+final class ProxyReadAhead: @unchecked Sendable {
+    private let upstream: ResponseBodyStream
+    private let limit: Int
+    private let eventLoop: any EventLoop
+    private var held = CircularBuffer<ByteBuffer>()
+    private var heldBytes = 0
+    private var reading = false
+    private var ended = false
+    private var failure: (any Error)?
+    private var waiter: EventLoopPromise<ByteBuffer?>?
+    private var cancelled = false
+
+    init(_ upstream: ResponseBodyStream, limit: Int, eventLoop: any EventLoop) {
+        self.upstream = upstream
+        self.limit = limit
+        self.eventLoop = eventLoop
+    }
+
+    /// The stream the client pulls.
+    var stream: ResponseBodyStream {
+        ResponseBodyStream(next: { self.next() }, cancel: { self.cancel() })
+    }
+
+    private func next() -> EventLoopFuture<ByteBuffer?> {
+        guard eventLoop.inEventLoop else { return eventLoop.flatSubmit { self.next() } }
+        if var first = held.popFirst() {
+            while let part = held.popFirst() { first.writeImmutableBuffer(part) }
+            heldBytes = 0
+            fill()
+            return eventLoop.makeSucceededFuture(first)
+        }
+        if let failure { return eventLoop.makeFailedFuture(failure) }
+        if ended { return eventLoop.makeSucceededFuture(nil) }
+        let promise = eventLoop.makePromise(of: ByteBuffer?.self)
+        waiter = promise
+        fill()
+        return promise.futureResult
+    }
+
+    /// One more upstream read, unless one is under way or enough is held.
+    private func fill() {
+        guard !reading, !ended, !cancelled, failure == nil, heldBytes < limit else { return }
+        reading = true
+        upstream.next().hop(to: eventLoop).assumeIsolated().whenComplete { result in
+            self.reading = false
+            switch result {
+            case .success(.some(let part)):
+                if let waiter = self.waiter {
+                    self.waiter = nil
+                    waiter.succeed(part)
+                } else {
+                    self.held.append(part)
+                    self.heldBytes += part.readableBytes
+                }
+                self.fill()
+            case .success(.none):
+                self.ended = true
+                if let waiter = self.waiter {
+                    self.waiter = nil
+                    waiter.succeed(nil)
+                }
+            case .failure(let error):
+                self.failure = error
+                if let waiter = self.waiter {
+                    self.waiter = nil
+                    waiter.fail(error)
+                }
+            }
+        }
+    }
+
+    private func cancel() {
+        guard eventLoop.inEventLoop else { return eventLoop.execute { self.cancel() } }
+        cancelled = true
+        held.removeAll()
+        heldBytes = 0
+        upstream.cancel()
+        if let waiter {
+            self.waiter = nil
+            waiter.succeed(nil)
+        }
+    }
+}

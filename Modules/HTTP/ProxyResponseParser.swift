@@ -1,0 +1,281 @@
+import KernelCore
+import KernelUpstream
+import NIOCore
+
+/// Why an upstream's HTTP answer is unusable: a 502 for the client (nginx's `invalid_header`) and one of nginx's
+/// log lines.
+enum ProxyResponseError: Error, Sendable, Equatable, CustomStringConvertible {
+    case invalidStatusLine(String)
+    case invalidHeader(String)
+    case headTooLarge
+    case duplicateHeader(line: String, previous: String)
+    case invalidContentLength(String)
+    case lengthAndEncoding
+    case unknownTransferEncoding(String)
+    case earlyHintsInHTTP10
+    case unrequestedSwitch
+    case invalidChunkedBody
+    case trailersTooLarge
+
+    var description: String {
+        switch self {
+        case .invalidStatusLine(let line): return "upstream sent no valid HTTP/1.0 header: \"\(escapeForLog(line))\""
+        case .invalidHeader(let line): return "upstream sent invalid header: \"\(escapeForLog(line))\""
+        case .headTooLarge: return "upstream sent too big header"
+        case .duplicateHeader(let line, let previous):
+            return "upstream sent duplicate header line: \"\(escapeForLog(line))\", previous value: \"\(escapeForLog(previous))\""
+        case .invalidContentLength(let line): return "upstream sent invalid \"Content-Length\" header: \"\(escapeForLog(line))\""
+        case .lengthAndEncoding: return "upstream sent \"Content-Length\" and \"Transfer-Encoding\" headers at the same time"
+        case .unknownTransferEncoding(let value): return "upstream sent unknown \"Transfer-Encoding\": \"\(escapeForLog(value))\""
+        case .earlyHintsInHTTP10: return "upstream sent HTTP/1.0 response with early hints"
+        case .unrequestedSwitch: return "upstream sent \"101 Switching Protocols\" to a request without \"Upgrade\""
+        case .invalidChunkedBody: return "upstream sent invalid chunked response"
+        case .trailersTooLarge: return "upstream sent too big trailers"
+        }
+    }
+}
+
+/// Parses an upstream's HTTP/1.x answer head as strictly as the listener parses requests (the same header-line
+/// check, `HTTPRequestHeadParser.fieldLine`): a status line of `HTTP/1.0` or `HTTP/1.1`, a three-digit status and
+/// a reason of field-value bytes; no obs-fold, no whitespace before a colon, no control bytes; one
+/// `Content-Length` of digits only, never beside a `Transfer-Encoding`; `Transfer-Encoding` exactly `chunked`.
+/// So a smuggled second answer can never reach a client. Lines may end in CRLF or LF, as nginx reads them.
+///
+/// Interim `1xx` heads are read and dropped (their size counts against the limit, so an endless run of them
+/// ends in an error), except a `101 Switching Protocols` to a request that asked for an `Upgrade`: that head is
+/// the answer, with no body. The whole head may not exceed `maxHeadSize` (nginx `proxy_buffer_size`).
+struct ProxyResponseParser: UpstreamResponseParser {
+    let maxHeadSize: Int
+    /// The request carried `Upgrade`: a 101 is its answer.
+    let upgradeRequested: Bool
+    /// The request was HEAD: its answer has no body, whatever its framing says.
+    let isHeadRequest: Bool
+    private var consumed = 0
+
+    init(maxHeadSize: Int, upgradeRequested: Bool = false, isHeadRequest: Bool = false) {
+        self.maxHeadSize = maxHeadSize
+        self.upgradeRequested = upgradeRequested
+        self.isHeadRequest = isHeadRequest
+    }
+
+    mutating func parseHead(_ buffer: inout ByteBuffer) throws -> UpstreamResponseHead? {
+        while true {
+            // A head is parsed once it is whole: nothing is consumed before its empty line arrived.
+            guard let end = Self.headEnd(buffer, limit: maxHeadSize - consumed) else {
+                if consumed + buffer.readableBytes > maxHeadSize { throw ProxyResponseError.headTooLarge }
+                return nil
+            }
+            let head = try buffer.withUnsafeReadableBytes { bytes in
+                try Self.parse(UnsafeRawBufferPointer(rebasing: bytes[0..<end]), upgradeRequested: upgradeRequested,
+                               isHeadRequest: isHeadRequest, maxTrailerSize: maxHeadSize)
+            }
+            buffer.moveReaderIndex(forwardBy: end)
+            consumed += end
+            if let head { return head }
+        }
+    }
+
+    /// The length of the head at the start of `buffer` (through its empty line), nil while incomplete.
+    static func headEnd(_ buffer: ByteBuffer, limit: Int) -> Int? {
+        buffer.withUnsafeReadableBytes { bytes -> Int? in
+            var lineStart = 0
+            var index = 0
+            let count = min(bytes.count, max(0, limit))
+            while index < count {
+                if bytes[index] == HTTPByte.lf {
+                    let length = index - lineStart
+                    if length == 0 || (length == 1 && bytes[lineStart] == HTTPByte.cr) {
+                        // The first line empty is no head at all: the status line check refuses it.
+                        return index + 1
+                    }
+                    lineStart = index + 1
+                }
+                index += 1
+            }
+            return nil
+        }
+    }
+
+    /// One whole head; nil for an interim one that is dropped. A chunked body's trailer may take `maxTrailerSize`.
+    static func parse(_ bytes: UnsafeRawBufferPointer, upgradeRequested: Bool, isHeadRequest: Bool,
+                      maxTrailerSize: Int) throws -> UpstreamResponseHead? {
+        var lines = LineReader(bytes: bytes)
+        guard let statusLine = lines.next() else { throw ProxyResponseError.invalidStatusLine("") }
+        let (http11, status, reason) = try parseStatusLine(bytes, statusLine)
+        var headers: [HeaderFields.Element] = []
+        var contentLength: (line: String, value: Int64)?
+        var transferEncoding: String?
+        var chunked = false
+        var connectionClose = !http11
+        while let line = lines.next(), !line.isEmpty {
+            guard let field = HTTPRequestHeadParser.fieldLine(bytes, line, names: HTTPHeaderNamePolicy(underscoresAllowed: true, ignoreInvalid: false)),
+                  bytes[field.name].allSatisfy(HTTPToken.isTokenByte) else {
+                throw ProxyResponseError.invalidHeader(text(bytes, line))
+            }
+            let name = text(bytes, field.name)
+            let value = text(bytes, field.value)
+            if (100..<200).contains(status), status != 101 {
+                // Interim heads are dropped: their framing headers mean nothing. A 101 is passed on, so it is
+                // checked as a final head is.
+                headers.append((name, value))
+                continue
+            }
+            if name.equalsCaseInsensitive("Content-Length") {
+                if let previous = contentLength {
+                    throw ProxyResponseError.duplicateHeader(line: "\(name): \(value)", previous: previous.line)
+                }
+                if transferEncoding != nil { throw ProxyResponseError.lengthAndEncoding }
+                guard let length = ContentLength.parse(value) else {
+                    throw ProxyResponseError.invalidContentLength("\(name): \(value)")
+                }
+                contentLength = ("\(name): \(value)", Int64(length))
+            } else if name.equalsCaseInsensitive("Transfer-Encoding") {
+                if let previous = transferEncoding {
+                    throw ProxyResponseError.duplicateHeader(line: "\(name): \(value)", previous: previous)
+                }
+                if contentLength != nil { throw ProxyResponseError.lengthAndEncoding }
+                guard value.equalsCaseInsensitive("chunked") else { throw ProxyResponseError.unknownTransferEncoding(value) }
+                transferEncoding = "\(name): \(value)"
+                chunked = true
+            } else if name.equalsCaseInsensitive("Connection") {
+                if value.split(separator: ",").contains(where: { HTTPToken.equalCaseInsensitive($0.trimmingSpaces.utf8, "close".utf8) }) {
+                    connectionClose = true
+                }
+            }
+            headers.append((name, value))
+        }
+        switch status {
+        case 101:
+            guard upgradeRequested else { throw ProxyResponseError.unrequestedSwitch }
+            return UpstreamResponseHead(status: status, reason: reason, headers: HeaderFields(headers), framing: .none,
+                                        reusable: false)
+        case 100..<200:
+            if status == 103, !http11 { throw ProxyResponseError.earlyHintsInHTTP10 }
+            return nil
+        default:
+            break
+        }
+        let framing: UpstreamBodyFraming
+        let delimited: Bool
+        if isHeadRequest || status == 204 || status == 304 {
+            framing = .none
+            delimited = true
+        } else if chunked {
+            framing = .decoded(ProxyChunkedDecoder(maxTrailerSize: maxTrailerSize))
+            delimited = true
+        } else if let contentLength {
+            framing = .length(contentLength.value)
+            delimited = true
+        } else {
+            framing = .untilClose
+            delimited = false
+        }
+        return UpstreamResponseHead(status: status, reason: reason, headers: HeaderFields(headers), framing: framing,
+                                    reusable: http11 && !connectionClose && delimited)
+    }
+
+    /// `HTTP/1.x SP 3DIGIT [SP reason]` → (HTTP/1.1?, status, reason).
+    static func parseStatusLine(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) throws -> (Bool, Int, String?) {
+        let length = line.count
+        let base = line.lowerBound
+        func byte(_ offset: Int) -> UInt8 { bytes[base + offset] }
+        func isDigit(_ byte: UInt8) -> Bool { byte >= 0x30 && byte <= 0x39 }
+        guard length >= 12, byte(0) == UInt8(ascii: "H"), byte(1) == UInt8(ascii: "T"), byte(2) == UInt8(ascii: "T"),
+              byte(3) == UInt8(ascii: "P"), byte(4) == UInt8(ascii: "/"), byte(5) == UInt8(ascii: "1"),
+              byte(6) == UInt8(ascii: "."), byte(7) == UInt8(ascii: "0") || byte(7) == UInt8(ascii: "1"),
+              byte(8) == HTTPByte.space, isDigit(byte(9)), isDigit(byte(10)), isDigit(byte(11)),
+              length == 12 || byte(12) == HTTPByte.space else {
+            throw ProxyResponseError.invalidStatusLine(text(bytes, line))
+        }
+        let status = Int(byte(9) - 0x30) * 100 + Int(byte(10) - 0x30) * 10 + Int(byte(11) - 0x30)
+        guard (100...599).contains(status) else { throw ProxyResponseError.invalidStatusLine(text(bytes, line)) }
+        var reason: String?
+        if length > 13 {
+            let reasonRange = (base + 13)..<line.upperBound
+            for index in reasonRange where !HTTPByte.isFieldValue(bytes[index]) {
+                throw ProxyResponseError.invalidStatusLine(text(bytes, line))
+            }
+            reason = text(bytes, reasonRange)
+        }
+        return (byte(7) == UInt8(ascii: "1"), status, reason)
+    }
+
+    private static func text(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> String {
+        String(decoding: UnsafeRawBufferPointer(rebasing: bytes[range]), as: UTF8.self)
+    }
+
+    /// The lines of a head without their endings (CRLF or LF).
+    struct LineReader {
+        let bytes: UnsafeRawBufferPointer
+        var position = 0
+
+        mutating func next() -> Range<Int>? {
+            guard position < bytes.count else { return nil }
+            var index = position
+            while index < bytes.count, bytes[index] != HTTPByte.lf { index += 1 }
+            guard index < bytes.count else { return nil }
+            var end = index
+            if end > position, bytes[end - 1] == HTTPByte.cr { end -= 1 }
+            defer { position = index + 1 }
+            return position..<end
+        }
+    }
+}
+
+/// Decodes a chunked upstream body with the listener's own chunked decoder (`ChunkedBodyDecoder`: hexadecimal
+/// sizes of at most 15 digits, CRLF after every chunk, trailer lines of field-value bytes within a size limit),
+/// handing out what each read carried as one part.
+struct ProxyChunkedDecoder: UpstreamBodyDecoder {
+    private var decoder: ChunkedBodyDecoder
+    private var ended = false
+    /// A refusal found after payload that was handed out first.
+    private var failure: ProxyResponseError?
+
+    init(maxTrailerSize: Int) {
+        decoder = ChunkedBodyDecoder(maxTrailerLength: maxTrailerSize)
+    }
+
+    mutating func decode(_ buffer: inout ByteBuffer) throws -> UpstreamBodyDecoding {
+        if let failure { throw failure }
+        if ended { return .end }
+        var payload = ByteBuffer()
+        let outcome = decoder.decode(&buffer, into: &payload, limit: nil)
+        switch outcome {
+        case .needMore:
+            return payload.readableBytes > 0 ? .part(payload) : .needMoreData
+        case .done:
+            ended = true
+            return payload.readableBytes > 0 ? .part(payload) : .end
+        case .failure, .tooLarge:
+            var error = ProxyResponseError.invalidChunkedBody
+            if case .failure(let refused) = outcome, refused.clientMessage == "trailer too large" { error = .trailersTooLarge }
+            // The chunks decoded before the bad one go out first, whatever reads the body came in.
+            guard payload.readableBytes > 0 else { throw error }
+            failure = error
+            return .part(payload)
+        }
+    }
+}
+
+private extension Substring {
+    var trimmingSpaces: Substring {
+        var text = self
+        while let first = text.first, first == " " || first == "\t" { text.removeFirst() }
+        while let last = text.last, last == " " || last == "\t" { text.removeLast() }
+        return text
+    }
+}
+
+/// Keeps a log line on one line and printable: bytes outside printable ASCII become `\xHH`, at most 200 bytes.
+func escapeForLog(_ text: String) -> String {
+    var out = ""
+    for byte in text.utf8.prefix(200) {
+        if byte < 0x20 || byte >= 0x7f || byte == 0x22 || byte == 0x5c {
+            let hex = String(byte, radix: 16, uppercase: true)
+            out += "\\x" + (hex.count == 1 ? "0" + hex : hex)
+        } else {
+            out.unicodeScalars.append(Unicode.Scalar(byte))
+        }
+    }
+    return text.utf8.count > 200 ? out + "..." : out
+}
