@@ -21,6 +21,13 @@ public struct ProxyPassConfiguration: Sendable {
     public var readTimeout: TimeAmount = .seconds(60)
     /// nginx's `proxy_next_upstream`.
     public var nextUpstream = NextUpstreamConditions.default
+    /// nginx's `proxy_next_upstream_tries` (0: each peer of the group once).
+    public var nextUpstreamTries = 0
+    /// nginx's `proxy_next_upstream_timeout` (0: no limit).
+    public var nextUpstreamTimeout = TimeAmount.zero
+    /// `request_timeout` / `request_timeout_header`: the request's deadline, answered 504 at the edge and forwarded
+    /// to the upstream as `X-Kernel-Timeout-Ms` (`ForwardedDeadline`).
+    public var deadline = RequestDeadlinePolicy.none
     /// The addresses of named peers, resolved when the configuration was loaded.
     public var resolver: any PeerAddressResolver = PeerAddressBook()
     /// The largest response head accepted (nginx `proxy_buffer_size`, one memory page).
@@ -47,8 +54,11 @@ public struct ProxyPassConfiguration: Sendable {
 
     /// The engine's settings for this location.
     var upstream: UpstreamConfiguration {
-        UpstreamConfiguration(group: group, connectTimeout: connectTimeout, sendTimeout: sendTimeout,
-                              readTimeout: readTimeout, nextUpstream: nextUpstream, resolver: resolver)
+        var upstream = UpstreamConfiguration(group: group, connectTimeout: connectTimeout, sendTimeout: sendTimeout,
+                                             readTimeout: readTimeout, nextUpstream: nextUpstream, resolver: resolver)
+        upstream.nextUpstreamTries = nextUpstreamTries
+        upstream.nextUpstreamTimeout = nextUpstreamTimeout
+        return upstream
     }
 
     /// Whether a response header (lower-cased) stays from the client: nginx's `proxy_hide_header` defaults
@@ -155,7 +165,13 @@ public struct ProxyPassHandler: RequestHandler {
         }
         let engine = ProxyRequestHead.bodyFraming(of: request) == .chunked ? chunked : lengthFramed
         let configuration = self.configuration
-        return engine.proxy(request, context: context).map { [request] response in
+        var deadline: NIODeadline?
+        if configuration.deadline.isEnabled {
+            deadline = configuration.deadline.deadline(for: request, logger: context.logger)
+            // The time left goes to the upstream with the request, replacing any value the client sent.
+            if let deadline { ForwardedDeadline.stamp(&request.headers, deadline: deadline) }
+        }
+        return engine.proxy(request, context: context, deadline: deadline).map { [request] response in
             configuration.finish(response, request: request, context: context)
         }
     }

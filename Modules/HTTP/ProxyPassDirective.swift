@@ -87,6 +87,13 @@ enum ProxyPassFactory {
         if let timeout = location.optional("proxy_send_timeout") { configuration.sendTimeout = try positive(timeout) }
         if let timeout = location.optional("proxy_read_timeout") { configuration.readTimeout = try positive(timeout) }
         if let next = location.optional("proxy_next_upstream") { configuration.nextUpstream = try decodeNextUpstream(next) }
+        if let tries = location.optional("proxy_next_upstream_tries") {
+            configuration.nextUpstreamTries = try tries.int(in: 0...Int(Int32.max), what: "a number of tries (0: no limit)")
+        }
+        if let timeout = location.optional("proxy_next_upstream_timeout") {
+            configuration.nextUpstreamTimeout = .milliseconds(try timeout.duration().milliseconds)
+        }
+        configuration.deadline = try RequestDeadlinePolicy.decode(from: location)
         if let size = location.optional("proxy_buffer_size") {
             let parsed = try size.size()
             guard parsed.bytes >= 64, parsed.bytes <= 1 << 20 else { throw size.expected("a size from 64 bytes to 1m") }

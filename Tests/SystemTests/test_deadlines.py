@@ -1,9 +1,10 @@
-"""Deadlines that travel: a kernel edge (`uwsgi_pass` with `request_timeout` and `request_timeout_header`) in front
-of a kernel worker serving a deliberately slow model on one instance, which batches (a request waits up to
+"""Deadlines that travel: a kernel edge (`uwsgi_pass` or `proxy_pass` with `request_timeout` and
+`request_timeout_header`) in front of a kernel worker serving a deliberately slow model on one instance, which batches (a request waits up to
 `max_queue_delay` for others). The edge answers 504 at the request's
-deadline and forwards the time left (`HTTP_X_KERNEL_TIMEOUT_MS`), so the worker drops the queued request instead of
+deadline and forwards the time left (`X-Kernel-Timeout-Ms`, as `HTTP_X_KERNEL_TIMEOUT_MS` over uwsgi), so the worker drops the queued request instead of
 running it for a client that has given up."""
 import numpy as np
+import pytest
 import requests
 import tritonclient.http as tritonclient_http
 from tritonclient.utils import InferenceServerException
@@ -12,6 +13,8 @@ from inference_support import make_slow_model
 
 WORKER = """
 uwsgi:
+  listen: "127.0.0.1:0"
+http:
   listen: "127.0.0.1:0"
 inference:
   models:
@@ -37,7 +40,7 @@ routing:
     - client_max_body_size: 64m
       locations:
         - location: /v2/
-          uwsgi_pass: 127.0.0.1:{port}
+          {directive}: {target}
           request_timeout: 60s
           request_timeout_header: {{name: X-Request-Timeout, max: 60s}}
 """
@@ -58,9 +61,14 @@ def infer(edge, rows, headers=None):
         client.close()
 
 
-def test_a_forwarded_deadline_makes_the_worker_drop_the_queued_request(start_kernel, tmp_path):
+@pytest.mark.parametrize("directive", ["uwsgi_pass", "proxy_pass"])
+def test_a_forwarded_deadline_makes_the_worker_drop_the_queued_request(start_kernel, tmp_path, directive):
     worker = start_kernel(WORKER.format(path=make_slow_model(str(tmp_path / "slow.onnx"))), role="worker", name="worker.yaml")
-    edge = start_kernel(EDGE.format(port=worker.port("uwsgi")), role="edge", name="edge.yaml")
+    if directive == "uwsgi_pass":
+        target = f"127.0.0.1:{worker.port('uwsgi')}"
+    else:
+        target = f"http://127.0.0.1:{worker.port('http')}"
+    edge = start_kernel(EDGE.format(directive=directive, target=target), role="edge", name="edge.yaml")
     # The first request of a batch waits up to max_queue_delay (2 s) for others: a client allowing 300 ms has given
     # up long before, and the worker, told so by the edge, drops it instead of running it.
     status, message = infer(edge, 1, headers={"X-Request-Timeout": "300ms"})
