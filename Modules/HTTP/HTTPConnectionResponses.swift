@@ -224,7 +224,9 @@ extension HTTPConnectionHandler: DrivenConnection {
         line += ", client: \(connection.remoteIP), server: \(settings.listener)"
         if let shown = requestLine ?? current?.request.requestLine { line += ", request: \"\(shown)\"" }
         runtime.logger.info("\(line)")
-        let response = KernelResponse.error(error.status, error.clientMessage)
+        var response = KernelResponse.error(error.status, error.clientMessage)
+        // A routed request's refusal (413) gets the location's header filters, as nginx's own error pages do.
+        if let current { response = current.exchange.decorateRefusal(response, for: current.request) }
         guard case .buffer(let body) = response.body else { preconditionFailure("error responses have a buffer body") }
         var out = context.channel.allocator.buffer(capacity: 256)
         writeHead(response, framing: .length(body.readableBytes), close: true, into: &out)

@@ -154,7 +154,9 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
         guard inFlight.exchange.admitsBody(ofLength: head.contentLength) else {
             logger.error("client intended to send too large body: \(head.contentLength) bytes, client: \(request.connection.remoteIP), request: \"\(request.requestLine)\"")
             state = .discarding
-            writeResponse(.error(413, "request body too large"), context: context)
+            // With the location's header filters (add_header always, cors), as nginx's own error pages get them.
+            writeResponse(inFlight.exchange.decorateRefusal(.error(413, "request body too large"), for: inFlight.request),
+                          context: context)
             return
         }
         inFlight.declaredBodyLength = Int64(head.contentLength)

@@ -129,6 +129,12 @@ public final class RequestExchange: @unchecked Sendable {
         return decision.filters.start(request, context: context, handler: decision.handler)
     }
 
+    /// A listener's own answer to this routed request (a 413 before the body is read), with the location's
+    /// `headers` phase filters applied (`add_header ... always`, `cors`), so a browser reads the real status.
+    public func decorateRefusal(_ response: KernelResponse, for request: KernelRequest) -> KernelResponse {
+        decision.filters.decorate(response, for: request, context: context)
+    }
+
     /// What the handler needs of the body (`.memory` unless it reads files or streams).
     public var requestBodyUse: RequestBodyUse { decision.handler.requestBodyUse }
 

@@ -80,6 +80,13 @@ public enum PendingResponse: Sendable {
     case future(EventLoopFuture<KernelResponse>)
 }
 
+/// A handler whose answer is given: what the header filters wrap when they decorate a listener's refusal.
+struct FixedResponseHandler: ImmediateRequestHandler {
+    let response: KernelResponse
+
+    func response(to request: KernelRequest, context: RequestContext) -> KernelResponse { response }
+}
+
 /// A handler built from a closure.
 public struct ClosureHandler: RequestHandler {
     let body: @Sendable (KernelRequest, RequestContext) -> EventLoopFuture<KernelResponse>
@@ -126,8 +133,15 @@ public struct FilterNext: Sendable {
 /// Hummingbird builds a route's middleware stack when the route is registered: a request only walks the array.
 public struct FilterChain: Sendable {
     public let filters: [any RequestFilter]
+    /// The filters of the `headers` phase alone (`add_header`, `cors`): they also decorate the answers a listener
+    /// makes itself for a routed request (a 413 before the body is read), as nginx's header filters see its own
+    /// error pages.
+    public let headerFilters: [any RequestFilter]
 
-    public init(filters: [any RequestFilter]) { self.filters = filters }
+    public init(filters: [any RequestFilter], headerFilters: [any RequestFilter] = []) {
+        self.filters = filters
+        self.headerFilters = headerFilters
+    }
 
     /// No filter: a handler with an immediate answer then needs no future (`start` gives `.ready`).
     public static let empty = FilterChain(filters: [])
@@ -156,6 +170,20 @@ public struct FilterChain: Sendable {
             return .ready(response)
         }
         return .future(run(request, context: context, handler: handler))
+    }
+
+    /// `response` (a listener's own refusal of `request`) as the `headers` phase filters leave it. Those filters
+    /// edit a response on its way out without waiting, so the chain completes at once; a filter that would wait,
+    /// or one that answers in the refusal's place (a preflight), leaves the refusal as it was.
+    public func decorate(_ response: KernelResponse, for request: KernelRequest, context: RequestContext) -> KernelResponse {
+        guard !headerFilters.isEmpty, context.eventLoop.inEventLoop else { return response }
+        let chain = FilterChain(filters: headerFilters)
+        var decorated: KernelResponse?
+        chain.run(request, context: context, handler: FixedResponseHandler(response: response))
+            .assumeIsolated().whenSuccess { decorated = $0 }
+        // Only headers may change: a listener writes its refusal's body itself, whole.
+        guard let decorated, decorated.status == response.status, case .buffer = decorated.body else { return response }
+        return decorated
     }
 
     /// The response for a handler's error: a `KernelHTTPError`'s status, message and headers, or 500. Logged at

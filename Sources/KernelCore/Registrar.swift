@@ -117,7 +117,8 @@ public final class Registrar: @unchecked Sendable {
         let moduleWide = filters.map { (phase: $0.phase, group: 0, order: $0.order, filter: $0.filter) }
         let directives = directiveFilters.map { (phase: $0.phase, group: 1, order: $0.order, filter: $0.filter) }
         let ordered = (moduleWide + directives).sorted { ($0.phase, $0.group, $0.order) < ($1.phase, $1.group, $1.order) }
-        return FilterChain(filters: ordered.map(\.filter))
+        return FilterChain(filters: ordered.map(\.filter),
+                           headerFilters: ordered.filter { $0.phase == .headers }.map(\.filter))
     }
 
     public func setRouter(_ router: any RequestRouter) { self.router = router }

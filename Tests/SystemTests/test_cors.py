@@ -89,3 +89,47 @@ def test_star_with_credentials_is_a_warning_at_t(kernel_bin, tmp_path):
     result = subprocess.run([kernel_bin, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result
     assert "[warn]" in result.stderr and 'allow_origins "*" with allow_credentials' in result.stderr, result.stderr
+
+
+LIMITED = """
+http:
+  listen: "127.0.0.1:0"
+cors:
+  policies:
+    app:
+      allow_origins: ["https://app.example.com"]
+      allow_methods: [POST]
+routing:
+  servers:
+    - client_max_body_size: 1k
+      add_header:
+        - "X-Always kernel always"
+        - "X-Only-Success kernel"
+      locations:
+        - location: /upload
+          cors: app
+          return: 200 "stored"
+"""
+
+
+def test_a_413_made_by_the_listener_carries_the_locations_header_filters(start_kernel):
+    """A browser reads a refusal's status only when it carries the CORS headers: the 413 that the listener answers
+    before reading the body passes the location's `cors` and `add_header ... always`, as nginx's own error pages
+    pass its header filters (and `add_header` without `always` stays off a 413, as in nginx)."""
+    kernel = start_kernel(LIMITED, role="edge")
+    conn = http.client.HTTPConnection("127.0.0.1", kernel.port(), timeout=5)
+    conn.putrequest("POST", "/upload")
+    conn.putheader("Origin", "https://app.example.com")
+    conn.putheader("Content-Length", "4096")
+    conn.endheaders()  # the body is never sent: the answer comes from the head alone
+    response = conn.getresponse()
+    headers = {k.lower(): v for k, v in response.getheaders()}
+    response.read()
+    conn.close()
+    assert response.status == 413
+    assert headers.get("access-control-allow-origin") == "https://app.example.com", headers
+    assert headers.get("x-always") == "kernel", headers
+    assert "x-only-success" not in headers, headers
+    status, headers, body = request(kernel.port(), "POST", "/upload", [("Origin", "https://app.example.com")])
+    assert (status, body) == (200, b"stored")
+    assert headers["x-only-success"] == "kernel"
