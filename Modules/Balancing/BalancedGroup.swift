@@ -95,6 +95,8 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
     /// `keepalive` (with `keepalive_timeout`, `keepalive_requests`): set once when the group is decoded, before any
     /// request can see it.
     public internal(set) var keepalive: UpstreamKeepalive?
+    /// The worker side a `local` server dispatches to (`--role both`); set once when the group is decoded.
+    public internal(set) var localPeer: LocalPeer?
     /// The group's `protocol:` (`http`, `uwsgi`), nil when it does not say.
     public let scheme: String?
     /// Whether active health checks decide which peers are usable: peers then start out of service until they
@@ -133,7 +135,8 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
         // A `resolve` line has no peer until its name is resolved (`replaceResolvedPeers`).
         let fixed = servers.filter { !$0.resolve }.map { server -> Peer in
             var peer = Peer(server)
-            peer.passesHealthChecks = !healthChecked
+            // A `local` server is never probed (the process itself): it counts as passing.
+            peer.passesHealthChecks = !healthChecked || server.address == .local
             return peer
         }
         replacePeers(primary: fixed.filter { !$0.server.backup }, backup: fixed.filter(\.server.backup))

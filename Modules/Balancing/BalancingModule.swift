@@ -63,6 +63,13 @@ public enum BalancingModule: KernelModule {
             let group = BalancedGroup(name: name, method: method, servers: servers, queue: queue, scheme: options.scheme,
                                       healthChecked: options.healthCheck != nil, logger: registrar.logger)
             group.keepalive = keepalive
+            if let local = serverLines.first(where: { $0.server.address == .local }) {
+                // `local` is this process's own worker side: only a process that is both has one.
+                guard registrar.role == .both else {
+                    throw local.value.error("upstream \"\(name)\": a local server needs --role both (this process is \(registrar.role))")
+                }
+                group.localPeer = LocalPeer(runtime: registrar.runtime)
+            }
             try options.addServices(for: group, registrar: registrar, body: body)
             decoded.append(group)
         }

@@ -66,7 +66,8 @@ public final class HealthCheckService: KernelService, @unchecked Sendable {
     private func tick() -> [EventLoopFuture<Void>] {
         guard !stopped, let prober else { return [] }
         let time = now()
-        let checks = schedule.due(peers: group.peers, at: time).map { check($0, with: prober) }
+        // A `local` server is this process itself: nothing to probe, it is up while the process is.
+        let checks = schedule.due(peers: group.peers.filter { $0 != .local }, at: time).map { check($0, with: prober) }
         rearm(at: time)
         return checks
     }

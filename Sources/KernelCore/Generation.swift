@@ -17,6 +17,8 @@ public final class KernelGeneration: Sendable {
     public let activeModules: [String]
     let router: any RequestRouter
     let listeners: [ListenerSpec]
+    /// The listeners this configuration opens.
+    public var listenerSpecs: [ListenerSpec] { listeners }
     let services: [any KernelService]
     /// Observers modules registered for every finished exchange (besides each route's access log).
     let finishObservers: [any RequestFinishObserver]

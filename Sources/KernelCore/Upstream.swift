@@ -1,13 +1,19 @@
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// An address a proxy connects to: `host:port` or a unix socket.
+/// An address a proxy connects to: `host:port`, a unix socket, or `local`: this process's own worker side
+/// (`--role both`), reached without a socket (`LocalPeer`).
 public enum PeerAddress: Sendable, Hashable, CustomStringConvertible {
     case tcp(host: String, port: Int)
     case unix(path: String)
+    case local
 
-    /// Parses `127.0.0.1:6666`, `[::1]:6666`, `localhost:6666`, `unix:/run/app.sock`.
+    /// Parses `127.0.0.1:6666`, `[::1]:6666`, `localhost:6666`, `unix:/run/app.sock`, `local`.
     public init?(parsing text: String) {
+        if text == "local" {
+            self = .local
+            return
+        }
         if text.hasPrefix("unix:") {
             let path = String(text.dropFirst(5))
             guard !path.isEmpty else { return nil }
@@ -24,6 +30,7 @@ public enum PeerAddress: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .tcp(let host, let port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         case .unix(let path): return "unix:\(path)"
+        case .local: return "local"
         }
     }
 }
@@ -140,6 +147,8 @@ public protocol UpstreamGroup: Sendable {
     /// The protocol the group's servers speak (`http`, `uwsgi`); nil when the group does not say, and any proxy
     /// handler may use it. A handler refuses a group that speaks another protocol when the configuration loads.
     var scheme: String? { get }
+    /// What the group's `local` server dispatches to; nil when it has none. The default is nil.
+    var localPeer: LocalPeer? { get }
 }
 
 extension UpstreamGroup {
@@ -150,6 +159,8 @@ extension UpstreamGroup {
     public var keepalive: UpstreamKeepalive? { nil }
 
     public var scheme: String? { nil }
+
+    public var localPeer: LocalPeer? { nil }
 }
 
 /// nginx's `keepalive`, `keepalive_timeout` and `keepalive_requests` of an `upstream` block: idle connections to

@@ -193,6 +193,10 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         if !afterStaleConnection { tried.append(peer) }
         let started = KernelClock.monotonicNanoseconds()
         if firstAttemptStarted == nil { firstAttemptStarted = started }
+        if case .local = peer {
+            runLocal(lease, started: started)
+            return
+        }
         let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop)
         current = (handler, peer, started)
         let decoder = UpstreamResponseDecoder(parser: engine.hooks.makeResponseParser(for: request),
@@ -233,6 +237,8 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             }
         case .unix(let path):
             connecting = bootstrap.connect(unixDomainSocketPath: path)
+        case .local:
+            preconditionFailure("a local peer is dispatched by runLocal, never connected")
         }
         connecting.hop(to: eventLoop).assumeIsolated().whenComplete { result in
             switch result {
@@ -255,6 +261,69 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
                 self.failed(lease, failure, started: started, connectTime: nil, requestSent: false)
             }
         }
+    }
+
+    /// An attempt at the group's `local` server: this process's worker side answers (`LocalPeer`), with no
+    /// socket. Its answer is treated as a peer's: `*_next_upstream` statuses go on to the next peer, the worker's
+    /// queue depth feeds `least_queue` and is dropped, and the lease ends with the body.
+    private func runLocal(_ lease: PeerLease, started: UInt64) {
+        let answered: EventLoopFuture<KernelResponse>
+        do {
+            guard let local = configuration.group.localPeer else {
+                throw LocalPeer.Refusal(description: "no local worker side in this process (local needs --role both)")
+            }
+            answered = try local.dispatch(request, on: eventLoop)
+        } catch {
+            let failure = UpstreamFailure.error("\(error)")
+            context.logger.error("\(failure.message) while sending request to upstream\(suffix(lease.peer))")
+            failed(lease, failure, started: started, connectTime: nil, requestSent: false)
+            return
+        }
+        answered.hop(to: eventLoop).assumeIsolated().whenSuccess { response in
+            self.answeredLocally(response, lease: lease, started: started)
+        }
+    }
+
+    private func answeredLocally(_ response: KernelResponse, lease: PeerLease, started: UInt64) {
+        var response = response
+        let headerNanoseconds = KernelClock.monotonicNanoseconds() &- started
+        if deadlineReached {
+            if case .stream(let stream) = response.body { stream.cancel() }
+            releaseAfterDeadline(lease, started: started)
+            return
+        }
+        let queueDepth = KernelQueueDepth.parse(response.headers[KernelQueueDepth.headerName])
+        response.headers.remove(KernelQueueDepth.headerName)
+        let status = response.status
+        if let condition = NextUpstreamConditions.condition(forStatus: status), mayRetry(condition, requestSent: true),
+           let next = configuration.group.begin(request, excluding: tried) {
+            if case .stream(let stream) = response.body { stream.cancel() }
+            attempts.append(UpstreamAttempt(address: lease.peer.description, status: status,
+                                            responseTime: seconds(headerNanoseconds), connectTime: 0,
+                                            headerTime: seconds(headerNanoseconds)))
+            let counts = status != 403 && status != 404
+            lease.finish(PeerLeaseOutcome(status: status, bytesReceived: 0, durationNanoseconds: headerNanoseconds,
+                                          failure: counts ? .status(status) : nil, headerNanoseconds: headerNanoseconds,
+                                          queueDepth: queueDepth))
+            lastFailure = nil
+            run(next)
+            return
+        }
+        let timing = UpstreamBodyTiming(startNanoseconds: started)
+        response.body = LocalAnswerBody.observing(response.body) { end, bytes in
+            let now = KernelClock.monotonicNanoseconds()
+            timing.markEnd(at: now)
+            lease.finish(PeerLeaseOutcome(status: status, bytesReceived: bytes, durationNanoseconds: now &- started,
+                                          failure: end == .failed ? .error : nil, clientClosed: end == .cancelled,
+                                          headerNanoseconds: headerNanoseconds, queueDepth: queueDepth))
+        }
+        attempts.append(UpstreamAttempt(address: lease.peer.description, status: status,
+                                        responseTime: seconds(headerNanoseconds), connectTime: 0,
+                                        headerTime: seconds(headerNanoseconds)))
+        response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts, bodyTiming: timing)
+        responded = true
+        deadlineTimer?.cancel()
+        promise.succeed(response)
     }
 
     /// An attempt that gave no usable answer: the balancer hears of it, then the next peer or the last failure.
