@@ -153,6 +153,13 @@ public struct ProxyPassHandler: RequestHandler {
         configuration.requestBuffering && configuration.head.passRequestBody || !configuration.head.passRequestBody ? .spooled : .streamed
     }
 
+    /// Whether a 101 may answer `request`: nginx tunnels only for a client that asked (`Upgrade` in its request),
+    /// and the client's `Upgrade` is hop-by-hop and never passed, so the upstream is asked only by a
+    /// `proxy_set_header Upgrade` line. A 101 to a head that did not ask is an invalid answer, never a tunnel.
+    func asksUpstreamToUpgrade(_ request: KernelRequest, route: RouteInfo) -> Bool {
+        request.headers.contains("Upgrade") && configuration.head.sendsUpgrade(request, route: route)
+    }
+
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
         var request = request
         if !configuration.head.passRequestBody {
@@ -162,10 +169,7 @@ public struct ProxyPassHandler: RequestHandler {
         let engine: UpstreamEngine<HTTPUpstreamProtocol>
         if ProxyRequestHead.bodyFraming(of: request) == .chunked {
             engine = chunked
-        } else if request.headers.contains("Upgrade"), configuration.head.sendsUpgrade(request, route: context.route) {
-            // nginx tunnels a 101 only to a client that asked (`Upgrade` in its request); the client's `Upgrade`
-            // is hop-by-hop and never passed, so the upstream is asked only by a `proxy_set_header Upgrade` line.
-            // A 101 to a head that did not ask is an invalid answer, never a tunnel.
+        } else if asksUpstreamToUpgrade(request, route: context.route) {
             engine = upgrading
         } else {
             engine = lengthFramed
