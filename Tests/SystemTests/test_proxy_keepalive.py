@@ -150,6 +150,15 @@ def test_sequential_requests_reuse_one_upstream_connection(start_kernel, backend
     assert len({port for port, *_ in seen}) == 1, seen
     # With a keepalive group the edge does not ask the upstream to close.
     assert all(connection is None for _, _, connection, _ in seen), seen
+    # A client's own `Connection: close` is hop-by-hop: it ends the client's connection, not the upstream's.
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port(), timeout=30)
+    conn.request("GET", "/closing", headers={"Connection": "close"})
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 200 and response.getheader("Connection") == "close"
+    conn.close()
+    port, _, connection, _ = backend.seen()[-1]
+    assert connection is None, backend.seen()[-1]
     # Separate client connections may land on either of the two event loops: at most one connection each.
     for _ in range(10):
         conn = http.client.HTTPConnection("127.0.0.1", edge.port(), timeout=30)

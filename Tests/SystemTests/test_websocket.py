@@ -26,7 +26,9 @@ class EchoBackend:
 
         def process_request(connection, request):
             with self.lock:
-                self.handshakes.append({k.lower(): v for k, v in request.headers.raw_items()})
+                headers = {k.lower(): v for k, v in request.headers.raw_items()}
+                headers[":port"] = connection.remote_address[1]
+                self.handshakes.append(headers)
             return None
 
         def echo(websocket):
@@ -66,6 +68,11 @@ def backend():
 CONFIG = """
 http:
   listen: "127.0.0.1:0"
+upstreams:
+  pooled:
+    protocol: http
+    keepalive: 4
+    servers: [127.0.0.1:{port}]
 routing:
   servers:
     - access_log: {{path: {log}, format: combined}}
@@ -79,6 +86,11 @@ routing:
           proxy_read_timeout: 30s
         - location: /plain/
           proxy_pass: http://127.0.0.1:{port}
+        - location: /pooled/
+          proxy_pass: http://pooled
+          proxy_set_header:
+            Upgrade: $http_upgrade
+            Connection: upgrade
 """
 
 
@@ -276,3 +288,18 @@ def test_a_101_to_a_request_sent_without_upgrade_is_refused(start_kernel, tmp_pa
                             'response header from upstream')
     finally:
         switching.close()
+
+
+def test_a_keepalive_group_tunnels_and_never_pools_the_tunnel(start_kernel, backend, tmp_path):
+    kernel, log = start(start_kernel, backend, tmp_path)
+    for round_number in range(3):
+        with connect(ws_url(kernel, f"/pooled/{round_number}"), open_timeout=10) as ws:
+            ws.send(f"message {round_number}")
+            assert ws.recv(timeout=10) == f"message {round_number}"
+    # Each handshake went upstream with the upgrade lines, and each tunnel had its own connection (an upgraded
+    # connection never returns to the pool), all three ending with their 101 lines.
+    assert len(backend.handshakes) == 3
+    assert all(h["upgrade"] == "websocket" and h["connection"] == "upgrade" for h in backend.handshakes)
+    assert len({h[":port"] for h in backend.handshakes}) == 3, backend.handshakes
+    wait_for(lambda: len(access_lines(log)) == 3, "three access lines")
+    assert all(" 101 " in line for line in access_lines(log)), access_lines(log)
