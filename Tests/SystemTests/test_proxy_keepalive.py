@@ -56,16 +56,21 @@ class RecordingBackend:
                 with backend.lock:
                     backend.requests.append((self.client_address[1], self.command,
                                              self.headers.get("Connection"), len(body)))
+                if self.path == "/no-content":
+                    self.send_response(204)
+                    self.end_headers()
+                    return
                 data = json.dumps({"port": self.client_address[1], "served": self.served}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":
+                    self.wfile.write(data)
                 if close_after_response:
                     self.close_connection = True
 
-            do_GET = do_POST = answer
+            do_GET = do_POST = do_HEAD = answer
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -111,7 +116,8 @@ upstreams:
 {group_extra}
 routing:
   servers:
-    - locations:
+    - client_max_body_size: 10m
+      locations:
         - location: /
           proxy_pass: http://backend
 """
@@ -236,3 +242,31 @@ def test_a_request_meeting_a_closing_connection_is_sent_again(start_kernel, back
     assert len(retry_lines) == 5, log
     assert all("[info]" in line and f'upstream: "http://127.0.0.1:{backend.port}"' in line for line in retry_lines), log
     assert "[error]" not in log, log
+
+
+def test_head_and_bodiless_answers_keep_the_connection(start_kernel, backends):
+    backend = backends()
+    edge = start_kernel(edge_yaml(backend.port, KEEPALIVE), role="edge")
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port(), timeout=30)
+    for method, path, status in [("GET", "/a", 200), ("HEAD", "/b", 200), ("GET", "/no-content", 204),
+                                 ("HEAD", "/c", 200), ("GET", "/d", 200)]:
+        conn.request(method, path)
+        response = conn.getresponse()
+        data = response.read()
+        assert response.status == status and (data == b"") == (method == "HEAD" or status == 204), (method, path, data)
+    conn.close()
+    # A HEAD answer's Content-Length and a 204 frame no body: the connection goes back to the pool each time.
+    assert len({port for port, *_ in backend.seen()}) == 1, backend.seen()
+
+
+def test_a_large_post_meeting_a_closing_connection_is_sent_again_whole(start_kernel, backends):
+    backend = backends(drop_reused=True)
+    edge = start_kernel(edge_yaml(backend.port, KEEPALIVE), role="edge")
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port(), timeout=30)
+    big = b"q" * (3 << 20)
+    send(conn, "POST", "/first", big)
+    # The next request meets the connection the backend drops: the 3 MiB body (spooled by the edge) goes again whole.
+    send(conn, "POST", "/second", big)
+    conn.close()
+    assert [length for *_, length in backend.seen()] == [len(big), len(big)], backend.seen()
+    edge.wait_for_log(RETRY_LINE)
