@@ -184,3 +184,53 @@ def test_every_worker_down_is_a_502_naming_the_group(start_kernel):
     line = [line for line in log.splitlines() if "no live upstreams while connecting" in line][0]
     assert "[error]" in line and 'request: "GET /again HTTP/1.1"' in line and 'upstream: "http://backend"' in line, line
     assert log.count("connect() failed (111: Connection refused)") == 2, log
+
+
+CHECKED_WORKER = """
+http:
+  listen: "{address}"
+routing:
+  servers:
+    - locations:
+        - location: = /healthz
+          return: 200 "ok"
+        - location: /
+          return: 200 "{name}"
+"""
+
+CHECKED_EDGE = """
+http:
+  listen: "127.0.0.1:0"
+upstreams:
+  backend:
+    protocol: http
+    keepalive: 8
+    health_check: {{interval: 200ms, uri: /healthz, status: 200-299, rise: 2, fall: 2, timeout: 1s}}
+    servers: [127.0.0.1:{a}, 127.0.0.1:{b}]
+routing:
+  servers:
+    - locations:
+        - location: /
+          proxy_pass: http://backend
+"""
+
+
+def test_health_checks_over_http_take_a_stopped_worker_out_and_back(start_kernel):
+    workers = [start_kernel(CHECKED_WORKER.format(address="127.0.0.1:0", name=name), role="worker",
+                            name=f"{name}.yaml") for name in ("w1", "w2")]
+    ports = [worker.port() for worker in workers]
+    edge = start_kernel(CHECKED_EDGE.format(a=ports[0], b=ports[1]), role="edge", name="edge.yaml")
+    assert collections.Counter(answer(edge.port()) for _ in range(4)) == {(200, "w1"): 2, (200, "w2"): 2}
+
+    workers[0].stop()
+    edge.wait_for_log(f"peer 127.0.0.1:{ports[0]} is unhealthy after 2 failed health checks of /healthz")
+    assert f'request: "GET /healthz HTTP/1.1", upstream: "http://127.0.0.1:{ports[0]}"' in edge.log_text()
+    # The checks took it out: no request goes to it, none fails, none is retried.
+    before = edge.log_text().count("while connecting to upstream, client: 127.0.0.1")
+    assert collections.Counter(answer(edge.port()) for _ in range(6)) == {(200, "w2"): 6}
+    assert edge.log_text().count("while connecting to upstream, client: 127.0.0.1") == before
+
+    start_kernel(CHECKED_WORKER.format(address=f"127.0.0.1:{ports[0]}", name="w1-again"), role="worker",
+                 name="w1-again.yaml")
+    edge.wait_for_log(f"peer 127.0.0.1:{ports[0]} is healthy again after 2 passed health checks of /healthz")
+    assert collections.Counter(answer(edge.port()) for _ in range(4)) == {(200, "w1-again"): 2, (200, "w2"): 2}
