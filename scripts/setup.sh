@@ -31,6 +31,8 @@ check requests requests
 # A DNS server on loopback for the upstream `resolve` tests, with records changed while they run.
 check dnslib dnslib
 check rapidocr_onnxruntime rapidocr-onnxruntime
+# A WebSocket echo server and client for the proxy_pass Upgrade tunnel test.
+check websockets.sync.client websockets
 command -v uwsgi >/dev/null 2>&1 || need_pip+=(uwsgi)
 if ((${#need_pip[@]})); then
     echo "setup: pip install ${need_pip[*]}"

@@ -140,15 +140,21 @@ public struct ProxyPassHandler: RequestHandler {
     public let configuration: ProxyPassConfiguration
     private let lengthFramed: UpstreamEngine<HTTPUpstreamProtocol>
     private let chunked: UpstreamEngine<HTTPUpstreamProtocol>
+    /// For a request that asks for an upgrade and whose head sends `Upgrade` upstream: a 101 is its answer.
+    private let upgrading: UpstreamEngine<HTTPUpstreamProtocol>
 
     public init(configuration: ProxyPassConfiguration) {
         self.configuration = configuration
-        // The body's framing is chosen per request (chunked only for a stream of unknown length); the engine's
-        // hooks carry it, so there is one engine for each.
+        // The body's framing is chosen per request (chunked only for a stream of unknown length), and so is
+        // whether a 101 may answer it; the engine's hooks carry both, so there is one engine for each case. (A
+        // body still arriving cannot go with an upgrade: the listener refuses to upgrade such a connection.)
         lengthFramed = UpstreamEngine(configuration: configuration.upstream,
                                       protocol: HTTPUpstreamProtocol(configuration: configuration, framing: .length))
         chunked = UpstreamEngine(configuration: configuration.upstream,
                                  protocol: HTTPUpstreamProtocol(configuration: configuration, framing: .chunked))
+        upgrading = UpstreamEngine(configuration: configuration.upstream,
+                                   protocol: HTTPUpstreamProtocol(configuration: configuration, framing: .length,
+                                                                  upgradeSent: true))
     }
 
     /// The body goes to the upstream from where it is (memory, the spooled file), or while it arrives with
@@ -157,13 +163,27 @@ public struct ProxyPassHandler: RequestHandler {
         configuration.requestBuffering && configuration.head.passRequestBody || !configuration.head.passRequestBody ? .spooled : .streamed
     }
 
+    /// Whether a 101 may answer `request`: nginx tunnels only for a client that asked (`Upgrade` in its request),
+    /// and the client's `Upgrade` is hop-by-hop and never passed, so the upstream is asked only by a
+    /// `proxy_set_header Upgrade` line. A 101 to a head that did not ask is an invalid answer, never a tunnel.
+    func asksUpstreamToUpgrade(_ request: KernelRequest, route: RouteInfo) -> Bool {
+        request.headers.contains("Upgrade") && configuration.head.sendsUpgrade(request, route: route)
+    }
+
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
         var request = request
         if !configuration.head.passRequestBody {
             request.body = nil
             request.bodySource = nil
         }
-        let engine = ProxyRequestHead.bodyFraming(of: request) == .chunked ? chunked : lengthFramed
+        let engine: UpstreamEngine<HTTPUpstreamProtocol>
+        if ProxyRequestHead.bodyFraming(of: request) == .chunked {
+            engine = chunked
+        } else if asksUpstreamToUpgrade(request, route: context.route) {
+            engine = upgrading
+        } else {
+            engine = lengthFramed
+        }
         let configuration = self.configuration
         var deadline: NIODeadline?
         if configuration.deadline.isEnabled {
@@ -182,6 +202,8 @@ public struct ProxyPassHandler: RequestHandler {
 struct HTTPUpstreamProtocol: UpstreamProtocol {
     let configuration: ProxyPassConfiguration
     let framing: ProxyBodyFraming
+    /// The head sent upstream carries `Upgrade` for a client that asked for one: a 101 may answer it.
+    var upgradeSent = false
 
     var scheme: String { "http" }
 
@@ -216,7 +238,7 @@ struct HTTPUpstreamProtocol: UpstreamProtocol {
     }
 
     func makeResponseParser(for request: KernelRequest) -> ProxyResponseParser {
-        ProxyResponseParser(maxHeadSize: configuration.bufferSize, upgradeRequested: request.headers.contains("Upgrade"),
+        ProxyResponseParser(maxHeadSize: configuration.bufferSize, upgradeRequested: upgradeSent,
                             isHeadRequest: request.method == "HEAD")
     }
 

@@ -113,8 +113,7 @@ struct ProxyRequestHead: Sendable {
         buffer.writeStaticString(http10 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
         for line in headers {
             let value = line.value.render(context)
-            // An empty value removes the line (nginx); a value that could break the head is never written.
-            guard !value.isEmpty, value.utf8.allSatisfy({ $0 == 9 || ($0 >= 0x20 && $0 != 0x7F) }) else { continue }
+            guard Self.isWritten(value) else { continue }
             writeField(line.name, value, into: &buffer)
         }
         if passRequestBody {
@@ -135,6 +134,20 @@ struct ProxyRequestHead: Sendable {
             }
         }
         buffer.writeStaticString("\r\n")
+    }
+
+    /// Whether a rendered `proxy_set_header` value goes on the wire: an empty value removes the line (nginx); a
+    /// value that could break the head is never written.
+    static func isWritten(_ value: String) -> Bool {
+        !value.isEmpty && value.utf8.allSatisfy({ $0 == 9 || ($0 >= 0x20 && $0 != 0x7F) })
+    }
+
+    /// Whether the head written for `request` carries `Upgrade`. Only a `proxy_set_header Upgrade` line can put it
+    /// there (the client's own is hop-by-hop and never passed), when its value renders to a written one
+    /// (`$http_upgrade` is empty for a client that asked for none).
+    func sendsUpgrade(_ request: KernelRequest, route: RouteInfo) -> Bool {
+        guard let line = headers.first(where: { $0.name.equalsCaseInsensitive("Upgrade") }) else { return false }
+        return Self.isWritten(line.value.render(VariableContext(request: request, route: route)))
     }
 
     /// Whether a `proxy_set_header` line (or a default) names `name`: the client's lines of that name are dropped,

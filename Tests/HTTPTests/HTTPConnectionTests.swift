@@ -9,6 +9,13 @@ import XCTest
 final class HTTPConnectionTests: XCTestCase {
     private let getHello = "GET /hello HTTP/1.1\r\nHost: test\r\n\r\n"
 
+    func testSocketErrorsAreLoggedInNginxWords() {
+        XCTAssertEqual(HTTPConnectionHandler.describeSocketError(IOError(errnoCode: ECONNRESET, reason: "read(descriptor:pointer:size:)")),
+                       "recv() failed (104: Connection reset by peer)")
+        XCTAssertEqual(HTTPConnectionHandler.describeSocketError(IOError(errnoCode: EPIPE, reason: "writev(descriptor:iovecs:)")),
+                       "writev() failed (32: Broken pipe)")
+    }
+
     func testSimpleRequest() throws {
         let h = try HTTPHarness()
         try h.send(getHello)

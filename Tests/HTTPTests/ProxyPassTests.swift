@@ -234,6 +234,41 @@ final class ProxyPassTests: XCTestCase {
         XCTAssertEqual(try self.handler("proxy_pass: http://127.0.0.1\nproxy_request_buffering: off").requestBodyUse, .streamed)
     }
 
+    func testOnlyAHeadSendingUpgradeMayBeAnsweredWithA101() throws {
+        let websocket = try handler("proxy_pass: http://127.0.0.1:8000\nproxy_http_version: \"1.1\"\n"
+                                    + "proxy_set_header: {Upgrade: $http_upgrade, Connection: upgrade}")
+        let plain = try handler("proxy_pass: http://127.0.0.1:8000")
+        let asking = request("/ws", headers: ["Host": "h", "Upgrade": "websocket", "Connection": "Upgrade"])
+        let notAsking = request("/ws", headers: ["Host": "h"])
+        // The WebSocket lines pass the client's Upgrade on; without them it is hop-by-hop and dropped.
+        XCTAssertTrue(head(websocket, asking).contains("\r\nUpgrade: websocket\r\n"), head(websocket, asking))
+        XCTAssertTrue(head(websocket, asking).contains("\r\nConnection: upgrade\r\n"), head(websocket, asking))
+        XCTAssertFalse(head(plain, asking).contains("Upgrade"), head(plain, asking))
+        XCTAssertTrue(websocket.asksUpstreamToUpgrade(asking, route: RouteInfo()))
+        XCTAssertFalse(plain.asksUpstreamToUpgrade(asking, route: RouteInfo()))
+        // `$http_upgrade` is empty for a client that did not ask: no Upgrade line, no 101.
+        XCTAssertFalse(head(websocket, notAsking).contains("Upgrade"))
+        XCTAssertFalse(websocket.asksUpstreamToUpgrade(notAsking, route: RouteInfo()))
+        // A fixed Upgrade line does not make a client that did not ask into one that did (nginx keys on the
+        // client's request too), nor does an empty one ask.
+        let fixed = try handler("proxy_pass: http://127.0.0.1:8000\nproxy_set_header: {Upgrade: websocket}")
+        XCTAssertFalse(fixed.asksUpstreamToUpgrade(notAsking, route: RouteInfo()))
+        XCTAssertTrue(fixed.asksUpstreamToUpgrade(asking, route: RouteInfo()))
+        let emptied = try handler("proxy_pass: http://127.0.0.1:8000\nproxy_set_header: {Upgrade: \"\"}")
+        XCTAssertFalse(emptied.asksUpstreamToUpgrade(asking, route: RouteInfo()))
+        // The parser of each accepts a 101 only when the head asked.
+        let switching = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        var upgraded = HTTPUpstreamProtocol(configuration: websocket.configuration, framing: .length, upgradeSent: true)
+            .makeResponseParser(for: asking)
+        var bytes = ByteBuffer(string: switching)
+        XCTAssertEqual(try upgraded.parseHead(&bytes)?.status, 101)
+        var refused = HTTPUpstreamProtocol(configuration: plain.configuration, framing: .length).makeResponseParser(for: asking)
+        bytes = ByteBuffer(string: switching)
+        XCTAssertThrowsError(try refused.parseHead(&bytes)) { error in
+            XCTAssertEqual(error as? ProxyResponseError, .unrequestedSwitch)
+        }
+    }
+
     // MARK: - Response headers
 
     func testRedirectDefaultOffAndRules() throws {
