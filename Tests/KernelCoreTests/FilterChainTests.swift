@@ -17,6 +17,13 @@ private struct TaggingFilter: RequestFilter {
     }
 }
 
+/// Answers in the request's place without calling the rest of the chain, as a CORS preflight does.
+private struct AnsweringFilter: RequestFilter {
+    func handle(_ request: KernelRequest, context: RequestContext, next: FilterNext) -> EventLoopFuture<KernelResponse> {
+        context.eventLoop.makeSucceededFuture(KernelResponse(status: 204, headers: [:], body: .empty))
+    }
+}
+
 private struct FailingHandler: RequestHandler {
     let error: any Error
     func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
@@ -101,6 +108,25 @@ final class FilterChainTests: XCTestCase {
         // response header lists them innermost first.
         XCTAssertEqual(response.headers.values("X-Filter"),
                        ["directive-headers", "module-headers", "directive-rewrite", "module-rewrite"])
+    }
+
+    func testAListenersRefusalGetsTheHeaderPhaseFiltersOnly() throws {
+        let runtime = KernelRuntime.standalone(threads: 1, level: .critical)
+        defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
+        let registrar = Registrar(role: .both, mode: .check, configurationFile: "-", runtime: runtime)
+        registrar.addFilter(TaggingFilter(name: "headers"), phase: .headers)
+        registrar.addFilter(TaggingFilter(name: "access"), phase: .access)
+        let chain = registrar.filterChain([])
+        let request = KernelRequest(method: "POST", uri: "/", path: "/", query: "", version: .http1_1, headers: [:],
+                                    connection: ConnectionInfo(protocolName: "http", listener: "-", remoteAddress: nil, localAddress: nil))
+        let refused = chain.decorate(.error(413, "request body too large"), for: request, context: context())
+        XCTAssertEqual(refused.status, 413)
+        XCTAssertEqual(refused.headers.values("X-Filter"), ["headers"], "only the headers phase sees a refusal")
+        // A filter that would answer in the refusal's place (a preflight) leaves the refusal as it was.
+        let answering = FilterChain(filters: [AnsweringFilter()], headerFilters: [AnsweringFilter()])
+        let kept = answering.decorate(.error(413, "request body too large"), for: request, context: context())
+        XCTAssertEqual(kept.status, 413)
+        guard case .buffer = kept.body else { return XCTFail("the refusal's own body stays") }
     }
 
     func testHTTPErrorsBecomeTheirStatusAndOtherErrors500() throws {
