@@ -61,7 +61,7 @@ let package = Package(
             path: "Sources/KernelCore"
         ),
         // The upstream engine every proxying module (uwsgi_pass, proxy_pass) is built on.
-        .target(name: "KernelUpstream", dependencies: nio + ["KernelCore", log, locks], path: "Sources/KernelUpstream"),
+        .target(name: "KernelUpstream", dependencies: nio + ["KernelCore", "KernelConfig", log, locks], path: "Sources/KernelUpstream"),
 
         // Modules: one folder each.
         .target(

@@ -86,7 +86,7 @@ enum ProxyPassFactory {
         if let timeout = location.optional("proxy_connect_timeout") { configuration.connectTimeout = try positive(timeout) }
         if let timeout = location.optional("proxy_send_timeout") { configuration.sendTimeout = try positive(timeout) }
         if let timeout = location.optional("proxy_read_timeout") { configuration.readTimeout = try positive(timeout) }
-        if let next = location.optional("proxy_next_upstream") { configuration.nextUpstream = try decodeNextUpstream(next) }
+        if let next = location.optional("proxy_next_upstream") { configuration.nextUpstream = try NextUpstreamConditions.decode(next) }
         if let tries = location.optional("proxy_next_upstream_tries") {
             configuration.nextUpstreamTries = try tries.int(in: 0...Int(Int32.max), what: "a number of tries (0: no limit)")
         }
@@ -207,21 +207,6 @@ enum ProxyPassFactory {
         } catch {
             throw value.error(error.description)
         }
-    }
-
-    /// `proxy_next_upstream: [error, timeout, http_503]` (or one word); `off` alone turns retries off.
-    static func decodeNextUpstream(_ value: ConfigValue) throws -> NextUpstreamConditions {
-        let items = try value.list(allowScalar: true)
-        var conditions: NextUpstreamConditions = []
-        for item in items {
-            let word = try item.nonEmptyString()
-            guard let condition = NextUpstreamConditions.words[word] else {
-                throw item.expected("one of " + NextUpstreamConditions.words.keys.sorted().joined(separator: ", "))
-            }
-            if word == "off", items.count > 1 { throw item.error("\"off\" cannot be combined with other values") }
-            conditions.formUnion(condition)
-        }
-        return conditions
     }
 
     /// `proxy_buffers: "8 4k"`: the total a buffered answer may be read ahead of the client.

@@ -168,7 +168,7 @@ enum UWSGIPassFactory {
             configuration.sendTimeout = .milliseconds(try UWSGIModule.positiveDuration(timeout).milliseconds)
         }
         if let next = location.optional("uwsgi_next_upstream") {
-            configuration.nextUpstream = try decodeNextUpstream(next)
+            configuration.nextUpstream = try NextUpstreamConditions.decode(next)
         }
         if let tries = location.optional("uwsgi_next_upstream_tries") {
             configuration.nextUpstreamTries = try tries.int(in: 0...Int(Int32.max), what: "a number of tries (0: no limit)")
@@ -195,21 +195,6 @@ enum UWSGIPassFactory {
         }
         configuration.deadline = try RequestDeadlinePolicy.decode(from: location)
         return UWSGIPassHandler(configuration: configuration)
-    }
-
-    /// `uwsgi_next_upstream: [error, timeout, http_503]` (or one word); `off` alone turns retries off.
-    static func decodeNextUpstream(_ value: ConfigValue) throws -> NextUpstreamConditions {
-        let items = try value.list(allowScalar: true)
-        var conditions: NextUpstreamConditions = []
-        for item in items {
-            let word = try item.nonEmptyString()
-            guard let condition = NextUpstreamConditions.words[word] else {
-                throw item.expected("one of " + NextUpstreamConditions.words.keys.sorted().joined(separator: ", "))
-            }
-            if word == "off", items.count > 1 { throw item.error("\"off\" cannot be combined with other values") }
-            conditions.formUnion(condition)
-        }
-        return conditions
     }
 
     /// `uwsgi_param: {NAME: value, NAME2: {value: $https, if_not_empty: true}}`.
