@@ -137,14 +137,22 @@ public struct UWSGIResponseParser: UpstreamResponseParser, Sendable {
 
     /// `Name: value` with a token name; surrounding spaces of the value are dropped.
     static func parseHeaderLine(_ line: String) throws -> (String, String) {
-        guard let colon = line.utf8.firstIndex(of: UInt8(ascii: ":")) else { throw UWSGIResponseError.invalidHeader(line) }
-        let name = line[..<colon]
-        guard !name.isEmpty, name.utf8.allSatisfy(HTTPToken.isTokenByte) else { throw UWSGIResponseError.invalidHeader(line) }
-        var value = line[line.index(after: colon)...]
-        while let first = value.first, first == " " || first == "\t" { value.removeFirst() }
-        while let last = value.last, last == " " || last == "\t" { value.removeLast() }
-        guard !value.utf8.contains(where: { $0 == 0 }) else { throw UWSGIResponseError.invalidHeader(line) }
-        return (String(name), String(value))
+        // On the UTF-8 view: every byte looked at is ASCII, so its indices are the string's own boundaries, and
+        // no grapheme breaking is done for a line that is a name, a colon and a value.
+        let utf8 = line.utf8
+        guard let colon = utf8.firstIndex(of: UInt8(ascii: ":")) else { throw UWSGIResponseError.invalidHeader(line) }
+        let name = utf8[..<colon]
+        guard !name.isEmpty, name.allSatisfy(HTTPToken.isTokenByte) else { throw UWSGIResponseError.invalidHeader(line) }
+        var start = utf8.index(after: colon)
+        var end = utf8.endIndex
+        while start < end, utf8[start] == UInt8(ascii: " ") || utf8[start] == UInt8(ascii: "\t") { start = utf8.index(after: start) }
+        while start < end {
+            let last = utf8.index(before: end)
+            guard utf8[last] == UInt8(ascii: " ") || utf8[last] == UInt8(ascii: "\t") else { break }
+            end = last
+        }
+        guard !utf8[start..<end].contains(0) else { throw UWSGIResponseError.invalidHeader(line) }
+        return (String(line[..<colon]), String(line[start..<end]))
     }
 }
 
