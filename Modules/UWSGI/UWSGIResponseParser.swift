@@ -57,19 +57,18 @@ public struct UWSGIResponseParser: UpstreamResponseParser, Sendable {
             if line.readableBytes > 0, line.getInteger(at: line.writerIndex - 1, as: UInt8.self) == UInt8(ascii: "\r") {
                 line.moveWriterIndex(to: line.writerIndex - 1)
             }
-            let text = decodeHeaderText(line)
             if !sawFirstLine {
                 sawFirstLine = true
-                if text.hasPrefix("HTTP/") {
-                    statusLine = try UWSGIResponseParser.parseStatusLine(text)
+                if line.readableBytesView.starts(with: "HTTP/".utf8) {
+                    statusLine = try UWSGIResponseParser.parseStatusLine(decodeHeaderText(line))
                     continue
                 }
             }
-            if text.isEmpty {
+            if line.readableBytes == 0 {
                 if let head = try finishHead() { return head }
                 continue
             }
-            let (name, value) = try UWSGIResponseParser.parseHeaderLine(text)
+            let (name, value) = try UWSGIResponseParser.parseHeaderLine(line)
             headers.add(name, value)
         }
     }
@@ -135,16 +134,24 @@ public struct UWSGIResponseParser: UpstreamResponseParser, Sendable {
         return (status, reason)
     }
 
-    /// `Name: value` with a token name; surrounding spaces of the value are dropped.
-    static func parseHeaderLine(_ line: String) throws -> (String, String) {
-        guard let colon = line.utf8.firstIndex(of: UInt8(ascii: ":")) else { throw UWSGIResponseError.invalidHeader(line) }
-        let name = line[..<colon]
-        guard !name.isEmpty, name.utf8.allSatisfy(HTTPToken.isTokenByte) else { throw UWSGIResponseError.invalidHeader(line) }
-        var value = line[line.index(after: colon)...]
-        while let first = value.first, first == " " || first == "\t" { value.removeFirst() }
-        while let last = value.last, last == " " || last == "\t" { value.removeLast() }
-        guard !value.utf8.contains(where: { $0 == 0 }) else { throw UWSGIResponseError.invalidHeader(line) }
-        return (String(name), String(value))
+    /// `Name: value` with a token name; surrounding spaces of the value are dropped. Split on the line's bytes,
+    /// before any text is made: the name is token bytes (ASCII) and only the value goes through
+    /// `decodeHeaderText`, as the whole line did (the bytes around it are ASCII, so its text is the same).
+    static func parseHeaderLine(_ line: ByteBuffer) throws -> (String, String) {
+        let bytes = line.readableBytesView
+        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")), colon > bytes.startIndex,
+              bytes[..<colon].allSatisfy(HTTPToken.isTokenByte) else {
+            throw UWSGIResponseError.invalidHeader(decodeHeaderText(line))
+        }
+        func isBlank(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        var start = colon + 1
+        var end = bytes.endIndex
+        while start < end, isBlank(bytes[start]) { start += 1 }
+        while end > start, isBlank(bytes[end - 1]) { end -= 1 }
+        guard !bytes[start..<end].contains(0) else { throw UWSGIResponseError.invalidHeader(decodeHeaderText(line)) }
+        let name = decodeHeaderText(line.getSlice(at: bytes.startIndex, length: colon - bytes.startIndex)!)
+        let value = decodeHeaderText(line.getSlice(at: start, length: end - start)!)
+        return (name, value)
     }
 }
 

@@ -38,14 +38,22 @@ public final class SendTimeoutWatch {
         self.onTimeout = onTimeout
     }
 
-    /// A write was handed to the channel; call `writeCompleted` when its promise completes.
-    public func writeStarted() {
+    /// A write was handed to the channel; call `writeCompleted` when its promise completes. With `arming` false
+    /// the timer is not set yet: `armIfWaiting` sets it after the flush, so a write that the flush completed at
+    /// once (a small request on an idle socket, the common case) costs no timer at all.
+    public func writeStarted(arming: Bool = true) {
         guard !stopped else { return }
         pending += 1
         if pending == 1 {
             deadline = eventLoop.now + timeout
-            if task == nil { schedule() }
+            if arming, task == nil { schedule() }
         }
+    }
+
+    /// Sets the timer if a write handed over with `writeStarted(arming: false)` is still waiting.
+    public func armIfWaiting() {
+        guard !stopped, pending > 0, task == nil else { return }
+        schedule()
     }
 
     /// A watched write completed (either way): progress, so the deadline moves on.

@@ -215,9 +215,11 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         let kept = cache.map { _ in (watch: UpstreamKeepaliveHandler(), slot: UpstreamDecoderSlot(decoder)) }
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout)
-            .channelOption(.autoRead, value: false)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // Set here, on the loop, rather than as a bootstrap option: each bootstrap option is applied
+                    // through a future of its own, on every connection.
+                    try channel.syncOptions?.setOption(.autoRead, value: false)
                     let pipeline = channel.pipeline.syncOperations
                     if let kept {
                         try pipeline.addHandlers([kept.watch, ByteToMessageHandler(UpstreamConnectionDecoder(slot: kept.slot)), handler])
@@ -377,7 +379,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
                                            eventLoop: eventLoop) {
             handler.fail(UpstreamFailure.timeout("upstream timed out (110: Connection timed out) while sending request to upstream"))
         }
-        sender.send(head: head ?? ByteBuffer(), request: request).assumeIsolated().whenComplete { result in
+        sender.send(head: head ?? ByteBuffer(), request: request) { result in
             switch result {
             case .success:
                 handler.requestFullySent = true

@@ -14,7 +14,9 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
     private let eventLoop: any EventLoop
     private let hooks: Protocol
     private let watch: SendTimeoutWatch
-    private let done: EventLoopPromise<Void>
+    /// Called once, when the whole request is written or sending failed (a callback, not a future: one object
+    /// fewer per request on the path every proxied request takes).
+    private var completion: ((Result<Void, any Error>) -> Void)?
 
     init(channel: any Channel, hooks: Protocol, sendTimeout: TimeAmount, eventLoop: any EventLoop,
          onTimeout: @escaping () -> Void) {
@@ -22,11 +24,12 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
         self.hooks = hooks
         self.eventLoop = eventLoop
         watch = SendTimeoutWatch(timeout: sendTimeout, eventLoop: eventLoop, onTimeout: onTimeout)
-        done = eventLoop.makePromise(of: Void.self)
     }
 
-    /// Completes once the whole request is written, or fails (the channel closed, the client's body broke off).
-    func send(head: ByteBuffer, request: KernelRequest) -> EventLoopFuture<Void> {
+    /// Writes the request; `completion` is called once the whole request is written, or with the failure (the
+    /// channel closed, the client's body broke off). It may be called before `send` returns.
+    func send(head: ByteBuffer, request: KernelRequest, completion: @escaping (Result<Void, any Error>) -> Void) {
+        self.completion = completion
         switch request.bodySource {
         case .file(let file)?:
             write(head, promise: nil)
@@ -42,22 +45,31 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
             } else {
                 // Head and body (a uwsgi request: no trailer) in one flush; the last write's end is the request's.
                 if let body { write(head, promise: nil, flush: false) }
-                writeThen(body ?? head) { self.done.succeed(()) }
+                writeThen(body ?? head) { self.finish(.success(())) }
             }
         }
-        done.futureResult.assumeIsolated().whenComplete { _ in self.watch.stop() }
-        return done.futureResult
+    }
+
+    private func finish(_ result: Result<Void, any Error>) {
+        guard let completion else { return }
+        self.completion = nil
+        watch.stop()
+        completion(result)
     }
 
     /// Writes (and flushes, unless told not to) `buffer` in watched slices; `promise` completes with the last.
     private func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?, flush: Bool = true) {
         SendProgress.forEachSlice(of: buffer) { slice, isLast in
             let written = (isLast ? promise : nil) ?? eventLoop.makePromise(of: Void.self)
-            watch.writeStarted()
+            watch.writeStarted(arming: false)
             written.futureResult.assumeIsolated().whenComplete { _ in self.watch.writeCompleted() }
             channel.write(slice, promise: written)
         }
-        if flush { channel.flush() }
+        if flush {
+            channel.flush()
+            // Only a write the flush could not finish needs the send timer.
+            watch.armIfWaiting()
+        }
     }
 
     /// After a file or streamed body: the protocol's end of the body if it has one, else (every part before was
@@ -66,7 +78,7 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
         if let trailer = hooks.requestBodyTrailer(allocator: channel.allocator) {
             sendTrailer(trailer)
         } else {
-            done.succeed(())
+            finish(.success(()))
         }
     }
 
@@ -76,8 +88,8 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
         write(trailer, promise: flushed)
         flushed.futureResult.assumeIsolated().whenComplete { result in
             switch result {
-            case .success: self.done.succeed(())
-            case .failure(let error): self.done.fail(error)
+            case .success: self.finish(.success(()))
+            case .failure(let error): self.finish(.failure(error))
             }
         }
     }
@@ -95,7 +107,7 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
                         self.sendFile(file, from: offset + Int64(part.readableBytes))
                     }
                 case .failure(let error):
-                    self.done.fail(UpstreamFailure.error("\(error) while sending request to upstream"))
+                    self.finish(.failure(UpstreamFailure.error("\(error) while sending request to upstream")))
                 }
             }
     }
@@ -109,7 +121,7 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
                 self.sendTrailer()
             case .failure(let error):
                 // The client broke off or timed out: the upstream gets no more (its connection closes).
-                self.done.fail(UpstreamFailure.error("\(error) while sending request to upstream"))
+                self.finish(.failure(UpstreamFailure.error("\(error) while sending request to upstream")))
             }
         }
     }
@@ -121,7 +133,7 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
         written.futureResult.assumeIsolated().whenComplete { result in
             switch result {
             case .success: next()
-            case .failure(let error): self.done.fail(error)
+            case .failure(let error): self.finish(.failure(error))
             }
         }
     }

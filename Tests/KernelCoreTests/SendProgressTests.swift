@@ -45,6 +45,36 @@ final class SendProgressTests: XCTestCase {
         XCTAssertEqual(fired, 1, "fires once")
     }
 
+    func testADeferredWriteIsTimedFromItsStartOnceArmed() {
+        let loop = EmbeddedEventLoop()
+        var fired = 0
+        let watch = SendTimeoutWatch(timeout: .seconds(10), eventLoop: loop) { fired += 1 }
+        watch.writeStarted(arming: false)
+        loop.advanceTime(by: .seconds(5))
+        watch.armIfWaiting()             // the flush did not finish the write
+        loop.advanceTime(by: .seconds(4))
+        XCTAssertEqual(fired, 0, "9 s after the write started")
+        loop.advanceTime(by: .seconds(2))
+        XCTAssertEqual(fired, 1, "10 s without progress counted from the write's start, not from arming")
+    }
+
+    func testADeferredWriteThatCompletedIsNeverTimed() {
+        let loop = EmbeddedEventLoop()
+        var fired = 0
+        let watch = SendTimeoutWatch(timeout: .seconds(10), eventLoop: loop) { fired += 1 }
+        watch.writeStarted(arming: false)
+        watch.writeCompleted()           // the flush wrote it at once
+        watch.armIfWaiting()
+        loop.advanceTime(by: .seconds(60))
+        XCTAssertEqual(fired, 0)
+        watch.writeStarted(arming: false)
+        loop.advanceTime(by: .seconds(60))
+        XCTAssertEqual(fired, 0, "not armed: nothing is timed until armIfWaiting")
+        watch.armIfWaiting()
+        loop.advanceTime(by: .seconds(1))
+        XCTAssertEqual(fired, 1)
+    }
+
     func testWatchIsIdleWhenNothingIsPending() {
         let loop = EmbeddedEventLoop()
         var fired = 0

@@ -94,6 +94,27 @@ final class UWSGIResponseParserTests: XCTestCase {
         }
     }
 
+    func testHeaderLineIsSplitOnItsBytes() throws {
+        func parse(_ text: String) throws -> (String, String) {
+            try UWSGIResponseParser.parseHeaderLine(buffer(Array(text.utf8)))
+        }
+        let (trimmedName, trimmed) = try parse("X-A: \t value with  inner spaces \t ")
+        XCTAssertEqual(trimmedName, "X-A")
+        XCTAssertEqual(trimmed, "value with  inner spaces")
+        let (name, value) = try parse("Content-Type:text/plain")
+        XCTAssertEqual(name, "Content-Type")
+        XCTAssertEqual(value, "text/plain")
+        let (_, empty) = try parse("X-Empty: \t ")
+        XCTAssertEqual(empty, "")
+        let (_, snowman) = try parse("X-U: ☃ ")
+        XCTAssertEqual(snowman, "☃")
+        for bad in [": no name", "X A: space in the name", "X-Nul: a\u{0}b", "no colon"] {
+            XCTAssertThrowsError(try parse(bad), bad) { error in
+                XCTAssertEqual(error as? UWSGIResponseError, .invalidHeader(bad))
+            }
+        }
+    }
+
     func testInvalidCGIStatus() throws {
         let channel = try channel()
         XCTAssertThrowsError(try channel.writeInbound(buffer("Status: bad\r\n\r\n"))) { error in
