@@ -153,19 +153,8 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // Resets and other socket errors are the client's doing: logged at info, as nginx does.
-        runtime.logger.info("\(Self.describeSocketError(error)) while \(machine.phaseDescription(requestBytesSeen: requestBytesSeen)), client: \(connection.remoteIP), server: \(settings.listener)")
+        runtime.logger.info("\(describeSocketError(error)) while \(machine.phaseDescription(requestBytesSeen: requestBytesSeen)), client: \(connection.remoteIP), server: \(settings.listener)")
         context.close(promise: nil)
-    }
-
-    /// A socket error in nginx's words: `recv() failed (104: Connection reset by peer)` for a read,
-    /// `writev() failed (32: Broken pipe)` for a write. NIO's `IOError` names the call it made first
-    /// (`read(descriptor:pointer:size:): ...`); other errors are described as they describe themselves.
-    static func describeSocketError(_ error: any Error) -> String {
-        guard let io = error as? IOError else { return "\(error)" }
-        let call = io.description.prefix { $0 != "(" && $0 != ":" }
-        let name = call.hasPrefix("read") || call.hasPrefix("recv") ? "recv"
-            : call.hasPrefix("write") || call.hasPrefix("send") ? "writev" : String(call)
-        return "\(name)() failed (\(io.errnoCode): \(String(cString: strerror(io.errnoCode))))"
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

@@ -273,7 +273,7 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if case .closed = state { return }
-        logger.info("uwsgi connection error: \(error), client: \(describeClient(context.channel.remoteAddress))")
+        logger.info("\(describeSocketError(error)) on a uwsgi connection, client: \(describeClient(context.channel.remoteAddress))")
         finishAbandoned(status: 499)
         closeNow(context)
     }

@@ -10,9 +10,9 @@ final class HTTPConnectionTests: XCTestCase {
     private let getHello = "GET /hello HTTP/1.1\r\nHost: test\r\n\r\n"
 
     func testSocketErrorsAreLoggedInNginxWords() {
-        XCTAssertEqual(HTTPConnectionHandler.describeSocketError(IOError(errnoCode: ECONNRESET, reason: "read(descriptor:pointer:size:)")),
+        XCTAssertEqual(describeSocketError(IOError(errnoCode: ECONNRESET, reason: "read(descriptor:pointer:size:)")),
                        "recv() failed (104: Connection reset by peer)")
-        XCTAssertEqual(HTTPConnectionHandler.describeSocketError(IOError(errnoCode: EPIPE, reason: "writev(descriptor:iovecs:)")),
+        XCTAssertEqual(describeSocketError(IOError(errnoCode: EPIPE, reason: "writev(descriptor:iovecs:)")),
                        "writev() failed (32: Broken pipe)")
     }
 
