@@ -30,6 +30,14 @@ public enum HTTPModule: KernelModule {
             try ProxyPassFactory.make(value: value, location: location, context: context, registrar: registrar)
         }
         registrar.addUpstreamProber(scheme: "http", HTTPUpstreamProber(logger: registrar.logger))
+        // nginx allows these at server (and http) level too; a location's own value replaces the server's.
+        registrar.addServerInheritedKeys([
+            "proxy_set_header", "proxy_hide_header", "proxy_pass_header", "proxy_redirect", "proxy_http_version",
+            "proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout", "proxy_next_upstream",
+            "proxy_next_upstream_tries", "proxy_next_upstream_timeout", "proxy_buffer_size", "proxy_buffers",
+            "proxy_buffering", "proxy_request_buffering", "proxy_pass_request_headers", "proxy_pass_request_body",
+            "request_timeout", "request_timeout_header",
+        ])
     }
 
     /// One listener per `listen` address; each connection's pipeline is built with `configuration` captured.

@@ -118,6 +118,12 @@ struct RoutingDecoder {
         // around the server's own answers (its `return`, its 404).
         let serverFilters = try decodeFilterDirectives(mapping, context: .server)
         let serverChain = registrar.filterChain(Array(serverFilters.values))
+        // Handler options written at server level (`proxy_set_header`, `uwsgi_read_timeout`, ...): what every
+        // location that does not write them reads.
+        var inheritedOptions: [String: ConfigValue] = [:]
+        for key in registrar.serverInheritedKeys.sorted() {
+            if let option = mapping.optional(key) { inheritedOptions[key] = option }
+        }
 
         var serverReturn: RouteDecision? = nil
         if let returnValue = mapping.optional("return") {
@@ -138,7 +144,8 @@ struct RoutingDecoder {
         if let locationsValue = mapping.optional("locations") {
             for item in try locationsValue.list() {
                 let location = try decodeLocation(item, serverName: firstName, maxBodySize: maxBodySize, accessLog: accessLog,
-                                                  bodyBuffering: bodyBuffering, filters: serverFilters)
+                                                  bodyBuffering: bodyBuffering, filters: serverFilters,
+                                                  inheriting: inheritedOptions)
                 if let path = location.match.path {
                     let key = location.match.isExact ? "= \(path)" : path
                     if let first = seen[key] {
@@ -193,8 +200,10 @@ struct RoutingDecoder {
     func decodeLocation(_ value: ConfigValue, serverName: String, maxBodySize serverMaxBodySize: Int,
                         accessLog serverAccessLog: AccessLog?,
                         bodyBuffering serverBodyBuffering: RequestBodyBuffering = .default,
-                        filters serverFilters: [String: DirectiveFilter] = [:]) throws -> DecodedLocation {
+                        filters serverFilters: [String: DirectiveFilter] = [:],
+                        inheriting inheritedOptions: [String: ConfigValue] = [:]) throws -> DecodedLocation {
         let mapping = try value.mapping()
+        mapping.inherited = inheritedOptions
         let matchValue = try mapping.required("location")
         let matchText = try matchValue.nonEmptyString()
         let match: LocationMatch

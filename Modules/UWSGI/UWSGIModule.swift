@@ -110,6 +110,12 @@ public enum UWSGIModule: KernelModule {
             try UWSGIPassFactory.make(value: value, location: location, registrar: registrar)
         }
         registrar.addUpstreamProber(scheme: "uwsgi", UWSGIProber(logger: registrar.logger))
+        // nginx allows these at server (and http) level too; a location's own value replaces the server's.
+        registrar.addServerInheritedKeys([
+            "uwsgi_param", "uwsgi_pass_request_headers", "uwsgi_connect_timeout", "uwsgi_send_timeout",
+            "uwsgi_read_timeout", "uwsgi_buffer_size", "uwsgi_next_upstream", "uwsgi_next_upstream_tries",
+            "uwsgi_next_upstream_timeout", "uwsgi_request_buffering", "request_timeout", "request_timeout_header",
+        ])
         guard registrar.role != .edge else {
             if !configuration.listeners.isEmpty {
                 registrar.logger.info("uwsgi listeners are not opened in role edge")

@@ -118,6 +118,9 @@ public final class ConfigMapping {
     private let entries: [(key: YAMLNode, value: YAMLNode)]
     private var consumed: Set<String> = []
     private var known: [String] = []
+    /// Values of the enclosing block that `optional` gives for keys this mapping does not write (nginx's
+    /// inheritance of a server's directives by its locations); errors in them point at the enclosing block's lines.
+    public var inherited: [String: ConfigValue] = [:]
 
     init(entries: [(key: YAMLNode, value: YAMLNode)], value: ConfigValue) {
         self.entries = entries
@@ -129,11 +132,11 @@ public final class ConfigMapping {
 
     public func contains(_ key: String) -> Bool { keys.contains(key) }
 
-    /// The value of `key`, or nil when absent. An explicit null counts as absent.
+    /// The value of `key`, or nil when absent (then the inherited value, if any). An explicit null counts as absent.
     public func optional(_ key: String) -> ConfigValue? {
         known.append(key)
         consumed.insert(key)
-        guard let entry = entries.first(where: { $0.key.scalarText == key }), !entry.value.isNull else { return nil }
+        guard let entry = entries.first(where: { $0.key.scalarText == key }), !entry.value.isNull else { return inherited[key] }
         return ConfigValue(node: entry.value, path: childPath(key))
     }
 

@@ -83,6 +83,14 @@ public final class Registrar: @unchecked Sendable {
         locationHandlers[key] = (capabilities, factory)
     }
 
+    /// Declares option keys of a location handler that a server may write for all its locations (nginx's
+    /// `proxy_set_header`, `uwsgi_param`, the `*_timeout`s at server level): a location that does not write one
+    /// reads the server's. A location's own value replaces the server's whole, as nginx merges them.
+    public func addServerInheritedKeys(_ keys: [String]) { serverInheritedKeys.formUnion(keys) }
+
+    /// Keys declared by `addServerInheritedKeys`.
+    public private(set) var serverInheritedKeys: Set<String> = []
+
     /// The factory of a location directive declared by an active module.
     public func locationHandler(_ key: String) -> LocationHandlerFactory? { locationHandlers[key]?.factory }
 

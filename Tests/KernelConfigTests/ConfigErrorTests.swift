@@ -41,6 +41,22 @@ final class ConfigErrorTests: XCTestCase {
 
     // MARK: - keys
 
+    func testAnInheritedValueIsReadWhereTheKeyIsNotWrittenAndKeepsItsOwnPosition() throws {
+        let config = try root("server:\n  timeout: soon\n  inner:\n    other: 1\n  own:\n    timeout: 5s\n")
+        let server = try config.required("server").mapping()
+        let timeout = try XCTUnwrap(server.optional("timeout"))
+        let inner = try server.required("inner").mapping()
+        inner.inherited = ["timeout": timeout]
+        let inheritedTimeout = try XCTUnwrap(inner.optional("timeout"))
+        XCTAssertEqual(message { _ = try inheritedTimeout.duration() }.prefix(26), "etc/kernel.yaml:2:12: serv",
+                       "an error in an inherited value names the line it was written on")
+        XCTAssertEqual(try inner.required("other").int(), 1)
+        XCTAssertNoThrow(try inner.finish())
+        let own = try server.required("own").mapping()
+        own.inherited = ["timeout": timeout]
+        XCTAssertEqual(try XCTUnwrap(own.optional("timeout")).duration().milliseconds, 5000, "its own value wins")
+    }
+
     func testUnknownKey() throws {
         let text = "http:\n  listen: 80\n  keepalive_timout: 5s\n"
         XCTAssertEqual(message {

@@ -4,6 +4,7 @@ import hashlib
 import http.client
 import json
 import socket
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -375,3 +376,42 @@ routing:
     for _ in range(3):
         _, seen = report(kernel, "GET", "/g")
         assert header(seen, "Host") == ["backend"] and seen["uri"] == "/g"
+
+
+SERVER_LEVEL = """
+http:
+  listen: "127.0.0.1:0"
+routing:
+  servers:
+    - proxy_set_header:
+        Host: $host
+        X-From: server
+      proxy_read_timeout: 30s
+      locations:
+        - location: /inherits/
+          proxy_pass: http://127.0.0.1:{port}
+        - location: /own/
+          proxy_pass: http://127.0.0.1:{port}
+          proxy_set_header:
+            X-From: location
+"""
+
+
+def test_server_level_proxy_directives_are_inherited_unless_the_location_writes_its_own(start_kernel, backend):
+    """nginx's merge: a location without `proxy_set_header` takes the server's lines; one with its own lines
+    takes only those (and the defaults), never a mix."""
+    kernel = start_kernel(SERVER_LEVEL.format(port=backend.port), role="edge")
+    _, seen = report(kernel, "GET", "/inherits/x", headers={"Host": "client.test"})
+    assert header(seen, "X-From") == ["server"]
+    assert header(seen, "Host") == ["client.test"]
+    _, seen = report(kernel, "GET", "/own/x", headers={"Host": "client.test"})
+    assert header(seen, "X-From") == ["location"]
+    assert header(seen, "Host") == [f"127.0.0.1:{backend.port}"], "the server's Host line is not merged in"
+
+
+def test_a_bad_server_level_proxy_directive_names_its_line(kernel_bin, tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text(SERVER_LEVEL.format(port=8000).replace("proxy_read_timeout: 30s", "proxy_read_timeout: soon"))
+    result = subprocess.run([kernel_bin, "-t", "-c", str(path), "--role", "edge"], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "edge.yaml:9:" in result.stderr and "proxy_read_timeout" in result.stderr, result.stderr
