@@ -168,3 +168,45 @@ def test_resolve_errors_name_their_place(kernel_bin, tmp_path):
     path.write_text(EDGE.format(dns=53, port=6666, valid="").replace("app.internal:6666 resolve", "unix:/x.sock resolve"))
     result = subprocess.run([kernel_bin, "-t", "-c", str(path)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "resolve needs a host name" in result.stderr, result.stderr
+
+
+HTTP_WORKER = """
+http:
+  listen: "{address}"
+routing:
+  servers:
+    - locations:
+        - location: /
+          return: 200 "{name}"
+"""
+
+HTTP_EDGE = """
+http:
+  listen: "127.0.0.1:0"
+upstreams:
+  backend:
+    protocol: http
+    keepalive: 4
+    resolver: 127.0.0.1:{dns} ipv6=off
+    servers:
+      - app.internal:{port} resolve
+routing:
+  servers:
+    - locations:
+        - location: /
+          proxy_pass: http://backend
+"""
+
+
+def test_proxy_pass_follows_the_records_too_with_a_keepalive_pool(start_kernel, name_server):
+    """The same group machinery behind `proxy_pass`: a peer the name stops having takes no new request, even
+    with idle pooled connections to it."""
+    first = start_kernel(HTTP_WORKER.format(address="127.0.0.2:0", name="w1"), role="worker", name="w1.yaml")
+    port = first.port("http")
+    start_kernel(HTTP_WORKER.format(address=f"127.0.0.3:{port}", name="w2"), role="worker", name="w2.yaml")
+    name_server.set("127.0.0.2")
+    edge = start_kernel(HTTP_EDGE.format(dns=name_server.port, port=port), role="edge", name="edge.yaml")
+    assert {answer(edge.port()) for _ in range(6)} == {(200, "w1")}
+    name_server.set("127.0.0.3")
+    edge.wait_for_log(f"peer 127.0.0.2:{port} of app.internal:{port} removed")
+    assert {answer(edge.port()) for _ in range(6)} == {(200, "w2")}
