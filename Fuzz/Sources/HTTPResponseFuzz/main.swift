@@ -17,6 +17,7 @@ public func fuzzerMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutableP
 /// whole and then in the reads the split bytes choose. Besides the same parts both ways, it checks: at most one
 /// head; a final status 200-599, or 101 only to an upgrade; never `Content-Length` twice nor beside
 /// `Transfer-Encoding`; never more body than the `Content-Length`; no body after a HEAD's, a 204's or a 304's head.
+/// After a 101 the bytes are the tunnel's (another protocol's), passed on as they come: they may be anything.
 /// Any decoding error is fine; a crash, a hang or a broken invariant is a finding.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzHTTPResponse(_ start: UnsafePointer<UInt8>, _ count: Int) -> CInt {
@@ -56,7 +57,7 @@ private func decode(_ payload: UnsafeBufferPointer<UInt8>, reads: [Range<Int>], 
                 check(lengths.count <= 1, "Content-Length twice")
                 check(lengths.isEmpty || head.headers.values("Transfer-Encoding").isEmpty, "Content-Length with Transfer-Encoding")
                 if case .length(let length) = head.framing { declared = length }
-                if head.status == 204 || head.status == 304 || head.status == 101 { bodiless = true }
+                if head.status == 204 || head.status == 304 { bodiless = true }
                 var fields = [String(head.status), head.reason ?? "-", String(head.reusable)]
                 for field in head.headers { fields += [field.name, field.value] }
                 result.heads.append(fields)
