@@ -8,6 +8,8 @@ import KernelCore
 public struct HealthCheckSettings: Sendable, Equatable {
     public var intervalNanoseconds: UInt64 = 5_000_000_000
     public var uri = "/"
+    /// The `Host` of the checks; nil is the group's name (what nginx Plus sends, the upstream's name).
+    public var host: String?
     /// The statuses that pass (nginx Plus passes 2xx and 3xx without a `match`).
     public var statuses: [ClosedRange<Int>] = [200...399]
     /// Passes in a row that bring a peer into service (nginx Plus `passes`, HAProxy `rise`).
@@ -24,7 +26,7 @@ public struct HealthCheckSettings: Sendable, Equatable {
     /// Whether an answer with `status` passes.
     public func passes(status: Int) -> Bool { statuses.contains { $0.contains(status) } }
 
-    /// Decodes `{interval: 5s, uri: /healthz, status: 200 | [200, 204] | "200-399", rise: 2, fall: 3, timeout: 2s}`;
+    /// Decodes `{interval: 5s, uri: /healthz, host: api.internal, status: 200 | [200, 204] | "200-399", rise: 2, fall: 3, timeout: 2s}`;
     /// `passes`/`fails` are accepted for `rise`/`fall`.
     static func decode(_ value: ConfigValue) throws -> HealthCheckSettings {
         let mapping = try value.mapping()
@@ -41,6 +43,14 @@ public struct HealthCheckSettings: Sendable, Equatable {
                 throw uri.expected("a path starting with / and without spaces or control characters")
             }
             settings.uri = text
+        }
+        if let host = mapping.optional("host") {
+            let text = try host.nonEmptyString()
+            // A Host value goes on the wire as it is: no spaces, no control bytes, nothing a header cannot hold.
+            guard !text.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7f || $0 == UInt8(ascii: "/") }) else {
+                throw host.expected("a host name, optionally with :port")
+            }
+            settings.host = text
         }
         if let status = mapping.optional("status") {
             settings.statuses = try status.list(allowScalar: true).map(statusRange)

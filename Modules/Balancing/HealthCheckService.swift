@@ -84,7 +84,7 @@ public final class HealthCheckService: KernelService, @unchecked Sendable {
         let settings = schedule.settings
         let target = connectable(peer)
         let timeout = TimeAmount.nanoseconds(Int64(clamping: settings.effectiveTimeoutNanoseconds))
-        return prober.probe(target, uri: settings.uri, host: group.name, timeout: timeout, on: eventLoop)
+        return prober.probe(target, uri: settings.uri, host: settings.host ?? group.name, timeout: timeout, on: eventLoop)
             .hop(to: eventLoop)
             .map { status -> Result<Int, any Error> in .success(status) }
             .recover { error in .failure(error) }

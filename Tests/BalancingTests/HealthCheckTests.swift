@@ -101,6 +101,10 @@ final class HealthCheckTests: XCTestCase {
         XCTAssertTrue(decoded.passes(status: 205))
         XCTAssertFalse(decoded.passes(status: 503))
 
+        XCTAssertNil(decoded.host, "the group's name is the Host unless one is written")
+        XCTAssertEqual(try HealthCheckSettings.decode(value("{host: api.internal:8080}")).host, "api.internal:8080")
+        XCTAssertThrowsError(try HealthCheckSettings.decode(value("{host: \"a b\"}")))
+
         let defaults = try HealthCheckSettings.decode(value("{}"))
         XCTAssertEqual(defaults.uri, "/")
         XCTAssertEqual(defaults.effectiveTimeoutNanoseconds, defaults.intervalNanoseconds, "HAProxy's timeout rule")

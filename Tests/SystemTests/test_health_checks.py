@@ -137,3 +137,47 @@ def test_a_reloaded_edge_checks_again_before_it_takes_over_and_the_old_checks_st
     edge.wait_for_log(f"peer 127.0.0.1:{ports[0]} is unhealthy after 2 failed health checks")
     edge.wait_for_log(f"connect() failed (111: Connection refused) while connecting to upstream", count=4)
     assert edge.log_text().count(f"peer 127.0.0.1:{ports[0]} is unhealthy") == 1
+
+
+VHOST_WORKER = """
+uwsgi:
+  listen: "127.0.0.1:0"
+routing:
+  servers:
+    - server_name: api.internal
+      locations:
+        - location: = /healthz
+          return: 200 "ok"
+    - server_name: other
+      default_server: true
+      locations:
+        - location: = /healthz
+          return: 503 "not this host"
+"""
+
+VHOST_EDGE = """
+http:
+  listen: "127.0.0.1:0"
+uwsgi: {{}}
+upstreams:
+  checked:
+    protocol: uwsgi
+    health_check: {{interval: 200ms, uri: /healthz{host}}}
+    servers:
+      - 127.0.0.1:{port}
+routing:
+  servers:
+    - locations:
+        - location: /
+          uwsgi_pass: checked
+"""
+
+
+def test_the_checks_host_reaches_a_backend_that_routes_by_host(start_kernel):
+    worker = start_kernel(VHOST_WORKER, role="worker", name="worker.yaml")
+    port = worker.port("uwsgi")
+    named = start_kernel(VHOST_EDGE.format(port=port, host=", host: api.internal"), role="edge", name="named.yaml")
+    assert f"peer 127.0.0.1:{port} is healthy after 1 passed health check of /healthz" in named.log_text()
+    # Without `host` the checks ask for the group's name, which this backend's default server answers 503.
+    unnamed = start_kernel(VHOST_EDGE.format(port=port, host=""), role="edge", name="unnamed.yaml")
+    assert f"peer 127.0.0.1:{port} is unhealthy" in unnamed.log_text()
