@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: wrk runs and their parsing, ports, memory."""
 import os
 import re
+import statistics
 import socket
 import subprocess
 import time
@@ -216,3 +217,61 @@ def measure_round(url, pids, children, connections, duration):
     used = cpu_seconds(pids, children=children) - before
     result["cpu_us"] = used * 1e6 / max(result["rps"] * duration_seconds(duration), 1)
     return result
+
+
+NGINX_HTTP_PREAMBLE = """
+worker_processes {threads};
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+daemon off;
+{user}
+events {{ worker_connections 4096; }}
+"""
+"""The top of an nginx.conf for a benchmark peer: `{threads}` workers, everything under `{dir}`, `{user}` the
+`user root;` line when run as root (see `nginx_user_line`)."""
+
+NGINX_HTTP_TEMP_PATHS = """    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+"""
+"""The first lines of its `http` block: no access log, temporary files under `{dir}`."""
+
+
+def nginx_user_line():
+    """nginx refuses to run its workers as root unless told to."""
+    return "user root;" if os.geteuid() == 0 else ""
+
+
+def alternate_rounds(stack, rounds, connections, duration, kernel, nginx):
+    """`rounds` pairs of wrk runs, kernel edge and nginx, alternating which goes first so that neither always meets
+    a backend just warmed by the other. `kernel` and `nginx` are (url, process); nginx's CPU counts its workers.
+    Returns a list of (kernel result, nginx result)."""
+    rows = []
+    for number in range(rounds):
+        pair = [("kernel", kernel[0], [kernel[1].pid], False), ("nginx", nginx[0], [nginx[1].pid], True)]
+        if number % 2:
+            pair.reverse()
+        results = {name: measure_round(url, pids, children, connections, duration) for name, url, pids, children in pair}
+        stack.check_alive()
+        rows.append((results["kernel"], results["nginx"]))
+    return rows
+
+
+def edge_table(rows, cpu_note=""):
+    """The markdown rows of an edge comparison and its medians with their spread."""
+    out = ["| round | kernel edge req/s | p99 | CPU µs/req | nginx req/s | p99 | CPU µs/req | req/s kernel/nginx | CPU/req nginx/kernel |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for number, (k, n) in enumerate(rows, 1):
+        errors = "".join(f" ({who}: {r['non2xx']} non-2xx, {r['errors']})" for who, r in (("kernel", k), ("nginx", n))
+                         if r["non2xx"] or r["errors"])
+        out.append(f"| {number} | {k['rps']:.0f} | {k['p99']} | {k['cpu_us']:.1f} | {n['rps']:.0f} | {n['p99']} | "
+                   f"{n['cpu_us']:.1f} | {k['rps'] / n['rps']:.2f} | {n['cpu_us'] / k['cpu_us']:.2f}{errors} |")
+    rps = [k["rps"] / n["rps"] for k, n in rows if n["rps"]]
+    cpu = [n["cpu_us"] / k["cpu_us"] for k, n in rows if k["cpu_us"]]
+    out.append(f"\nMedian req/s kernel/nginx **{statistics.median(rps):.2f}** ({min(rps):.2f} to {max(rps):.2f}); "
+               f"median CPU per request nginx/kernel **{statistics.median(cpu):.2f}** ({min(cpu):.2f} to {max(cpu):.2f}"
+               f"{cpu_note}).\n")
+    return out

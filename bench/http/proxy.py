@@ -8,21 +8,17 @@ same process for both edges. Each round runs `wrk -c64` against one edge and the
 each edge process (nginx: master and workers) used per request, read from /proc/PID/stat before and after. Before
 measuring, each side is checked to be what it claims: its port is its process's, its answers carry its `Server`
 header and the backend's body and `X-Backend` header. Prints a markdown section (bench/run.sh collects it).
-
-A kernel built without `proxy_pass` (or the upstream `keepalive` key) cannot run this comparison: `kernel -t` of the
-edge file then names the unknown key, and the section says so instead of figures (every other failure stops the
-benchmark).
 """
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from common import KERNEL_BIN, Stack, free_port, wait_port, wrk, measure_round, verify_listener  # noqa: E402
+from common import (KERNEL_BIN, NGINX_HTTP_PREAMBLE, NGINX_HTTP_TEMP_PATHS, Stack, alternate_rounds, edge_table,  # noqa: E402
+                    free_port, nginx_user_line, verify_listener, wait_port, wrk)
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 DURATION = os.environ.get("BENCH_DURATION", "10s")
@@ -67,21 +63,7 @@ routing:
           proxy_pass: http://backend
 """
 
-NGINX_CONF = """
-worker_processes {threads};
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-daemon off;
-{user}
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    upstream backend {{
+NGINX_CONF = NGINX_HTTP_PREAMBLE + "http {{\n" + NGINX_HTTP_TEMP_PATHS + """    upstream backend {{
         server 127.0.0.1:{backend};
         keepalive {keepalive};
     }}
@@ -120,11 +102,6 @@ def main():
             f.write(EDGE_YAML.format(dir=work, threads=THREADS, port=edge_port, backend=backend_port, keepalive=KEEPALIVE))
         check = subprocess.run([KERNEL_BIN, "-t", "--role", "edge", "--config", edge_config], capture_output=True, text=True)
         if check.returncode != 0:
-            # Only a kernel without the directives this benchmark needs is told apart; any other error stops it.
-            if "proxy_pass: unknown key" in check.stderr or "upstreams.backend.keepalive: unknown key" in check.stderr:
-                print("\n".join(header() + [f"Not measured: this kernel ({KERNEL_BIN}) has no `proxy_pass` or upstream `keepalive` "
-                                            f"(`kernel -t`: {check.stderr.strip().splitlines()[0]}).\n"]))
-                return
             raise SystemExit(f"the edge configuration fails `kernel -t`:\n{check.stderr}")
         backend_config = os.path.join(work, "backend.yaml")
         with open(backend_config, "w") as f:
@@ -132,7 +109,7 @@ def main():
         nginx_conf = os.path.join(work, "nginx.conf")
         with open(nginx_conf, "w") as f:
             f.write(NGINX_CONF.format(dir=work, threads=THREADS, port=nginx_port, backend=backend_port,
-                                      keepalive=KEEPALIVE, user="user root;" if os.geteuid() == 0 else ""))
+                                      keepalive=KEEPALIVE, user=nginx_user_line()))
         stack.start([KERNEL_BIN, "--role", "worker", "--config", backend_config], "backend.stderr")
         wait_port(backend_port)
         edge = stack.start([KERNEL_BIN, "--role", "edge", "--config", edge_config], "edge.stderr")
@@ -148,14 +125,7 @@ def main():
             seen = verify_listener(name, port, process, server, PATH, BODY, "X-Backend")
             if set(seen) != {"kernel-worker"}:
                 raise SystemExit(f"{name}: expected the backend's answers, saw {seen}")
-        rows = []
-        for number in range(ROUNDS):
-            pair = [("kernel", edge_url, [edge.pid], False), ("nginx", nginx_url, [nginx.pid], True)]
-            if number % 2:
-                pair.reverse()
-            results = {name: measure_round(url, pids, children, CONNECTIONS, DURATION) for name, url, pids, children in pair}
-            stack.check_alive()
-            rows.append((results["kernel"], results["nginx"]))
+        rows = alternate_rounds(stack, ROUNDS, CONNECTIONS, DURATION, (edge_url, edge), (nginx_url, nginx))
     except BaseException:
         stack.dump_logs()
         raise
@@ -163,18 +133,7 @@ def main():
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    out = header()
-    out.append("| round | kernel edge req/s | p99 | CPU µs/req | nginx req/s | p99 | CPU µs/req | req/s kernel/nginx | CPU/req nginx/kernel |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for number, (k, n) in enumerate(rows, 1):
-        errors = "".join(f" ({who}: {r['non2xx']} non-2xx, {r['errors']})" for who, r in (("kernel", k), ("nginx", n))
-                         if r["non2xx"] or r["errors"])
-        out.append(f"| {number} | {k['rps']:.0f} | {k['p99']} | {k['cpu_us']:.1f} | {n['rps']:.0f} | {n['p99']} | "
-                   f"{n['cpu_us']:.1f} | {k['rps'] / n['rps']:.2f} | {n['cpu_us'] / k['cpu_us']:.2f}{errors} |")
-    rps = [k["rps"] / n["rps"] for k, n in rows]
-    cpu = [n["cpu_us"] / k["cpu_us"] for k, n in rows]
-    out.append(f"\nMedian req/s kernel/nginx **{statistics.median(rps):.2f}** ({min(rps):.2f} to {max(rps):.2f}); "
-               f"median CPU per request nginx/kernel **{statistics.median(cpu):.2f}** ({min(cpu):.2f} to {max(cpu):.2f}).\n")
+    out = header() + edge_table(rows)
     print("\n".join(out))
 
 

@@ -15,13 +15,13 @@ kernel workers both answer. Prints a markdown section (bench/run.sh collects it 
 """
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from common import ROOT, KERNEL_BIN, Stack, free_port, wait_port, wrk, measure_round, verify_listener  # noqa: E402
+from common import (ROOT, KERNEL_BIN, NGINX_HTTP_PREAMBLE, NGINX_HTTP_TEMP_PATHS, Stack, alternate_rounds,  # noqa: E402
+                    edge_table, free_port, nginx_user_line, verify_listener, wait_port, wrk)
 
 APP_DIR = os.path.join(ROOT, "Tests", "SystemTests", "uwsgi_support")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
@@ -31,21 +31,7 @@ THREADS = int(os.environ.get("BENCH_EDGE_THREADS", str(os.cpu_count() or 1)))
 PATH = "/v1/parse"
 BODY = b'{"status":"ok"}'
 
-NGINX_CONF = """
-worker_processes {threads};
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-daemon off;
-{user}
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    upstream workers {{
+NGINX_CONF = NGINX_HTTP_PREAMBLE + "http {{\n" + NGINX_HTTP_TEMP_PATHS + """    upstream workers {{
 {servers}
     }}
     server {{
@@ -128,7 +114,7 @@ def compare(backend):
         nginx_conf = os.path.join(work, "nginx.conf")
         with open(nginx_conf, "w") as f:
             f.write(NGINX_CONF.format(dir=work, threads=THREADS, port=nginx_port,
-                                      user="user root;" if os.geteuid() == 0 else "",
+                                      user=nginx_user_line(),
                                       servers="\n".join(f"        server 127.0.0.1:{p};" for p in ports)))
         edge = stack.start([KERNEL_BIN, "--role", "edge", "--config", edge_config], "edge.stderr")
         nginx = stack.start(["nginx", "-c", nginx_conf, "-p", work], "nginx.stderr")
@@ -142,28 +128,13 @@ def compare(backend):
         for name, port, process, server in (("kernel edge", edge_port, edge, "kernel"), ("nginx", nginx_port, nginx, "nginx")):
             seen = verify_listener(name, port, process, server, PATH, BODY, "X-Worker")
             backend_check(name, seen)
-        rounds = []
-        for number in range(ROUNDS):
-            # Alternate which edge goes first, so neither always meets a backend just warmed by the other.
-            pair = [("kernel", edge_url, [edge.pid], False), ("nginx", nginx_url, [nginx.pid], True)]
-            if number % 2:
-                pair.reverse()
-            results = {name: measure_round(url, pids, children, CONNECTIONS, DURATION) for name, url, pids, children in pair}
-            stack.check_alive()
-            rounds.append((results["kernel"], results["nginx"]))
-        return rounds
+        return alternate_rounds(stack, ROUNDS, CONNECTIONS, DURATION, (edge_url, edge), (nginx_url, nginx))
     except BaseException:
         stack.dump_logs()
         raise
     finally:
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def summary(rows):
-    rps = [k["rps"] / n["rps"] for k, n in rows if n["rps"]]
-    cpu = [n["cpu_us"] / k["cpu_us"] for k, n in rows if k["cpu_us"]]
-    return rps, cpu
 
 
 def main():
@@ -180,17 +151,7 @@ def main():
                            ("uwsgi", "uWSGI + Flask (`--master --lazy --workers 3`, Tests/SystemTests/uwsgi_support/app.py)")):
         rows = compare(backend)
         out.append(f"### Backend: {title}\n")
-        out.append("| round | kernel edge req/s | p99 | CPU µs/req | nginx req/s | p99 | CPU µs/req | req/s kernel/nginx | CPU/req nginx/kernel |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for number, (k, n) in enumerate(rows, 1):
-            errors = "".join(f" ({who}: {r['non2xx']} non-2xx, {r['errors']})" for who, r in (("kernel", k), ("nginx", n))
-                             if r["non2xx"] or r["errors"])
-            out.append(f"| {number} | {k['rps']:.0f} | {k['p99']} | {k['cpu_us']:.1f} | {n['rps']:.0f} | {n['p99']} | "
-                       f"{n['cpu_us']:.1f} | {k['rps'] / n['rps']:.2f} | {n['cpu_us'] / k['cpu_us']:.2f}{errors} |")
-        rps, cpu = summary(rows)
-        out.append(f"\nMedian req/s kernel/nginx **{statistics.median(rps):.2f}** ({min(rps):.2f} to {max(rps):.2f}); "
-                   f"median CPU per request nginx/kernel **{statistics.median(cpu):.2f}** ({min(cpu):.2f} to {max(cpu):.2f}; "
-                   f"above 1: the kernel edge spends less per request).\n")
+        out += edge_table(rows, cpu_note="; above 1: the kernel edge spends less per request")
     print("\n".join(out))
 
 
