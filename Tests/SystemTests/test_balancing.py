@@ -3,6 +3,8 @@ import collections
 import http.client
 import subprocess
 
+from peer_support import closed_port
+
 WORKER = """
 uwsgi:
   listen: "127.0.0.1:0"
@@ -40,13 +42,6 @@ def answer(port, path="/"):
     body = response.read().decode()
     conn.close()
     return response.status, body
-
-
-def closed_port():
-    import socket
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_edge(start_kernel, method):

@@ -5,11 +5,10 @@ import collections
 import http.client
 import json
 import signal
-import socket
-import threading
 import time
 
 from load_support import WrkRun
+from peer_support import closed_port, HangingBackend
 
 WORKER = """
 http:
@@ -43,12 +42,6 @@ def edge_yaml(servers):
     return EDGE.format(servers="\n".join(f"      - {server}" for server in servers))
 
 
-def closed_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def answer(port, path="/"):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request("GET", path)
@@ -65,32 +58,6 @@ def wait_for(predicate, what, timeout=20):
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-class HangingBackend:
-    """Accepts connections, reads what comes and never answers."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.held = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self):
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
 
 
 def refusal_times(edge, port):

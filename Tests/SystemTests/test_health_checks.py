@@ -135,7 +135,7 @@ def test_a_reloaded_edge_checks_again_before_it_takes_over_and_the_old_checks_st
     # Only the new generation checks now: a stopped worker is reported once, not by two generations.
     workers[0].stop()
     edge.wait_for_log(f"peer 127.0.0.1:{ports[0]} is unhealthy after 2 failed health checks")
-    edge.wait_for_log(f"connect() failed (111: Connection refused) while connecting to upstream", count=4)
+    edge.wait_for_log("connect() failed (111: Connection refused) while connecting to upstream", count=4)
     assert edge.log_text().count(f"peer 127.0.0.1:{ports[0]} is unhealthy") == 1
 
 

@@ -3,13 +3,13 @@ reports what it received: the request line, the headers, the body."""
 import hashlib
 import http.client
 import json
-import socket
 import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from peer_support import closed_port
 
 
 class Backend:
@@ -189,12 +189,6 @@ routing:
         - location: /refused/
           proxy_pass: http://127.0.0.1:{refused}
 """
-
-
-def closed_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start(start_kernel, backend):
