@@ -26,10 +26,11 @@ struct HTTPUpstreamProber: UpstreamProber {
         configuration.nextUpstream = []
         configuration.buffering = false
         let book = PeerAddressBook()
+        let settings = configuration
         // A named peer was resolved when its group loaded; resolving here again would block the event loop.
         if case .tcp(let name, _) = peer, (try? SocketAddress(ipAddress: name, port: 0)) == nil {
             return NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { try book.resolve([peer]) }
-                .flatMap { self.send(path: path, query: query, uri: uri, configuration: configuration, book: book, on: eventLoop) }
+                .flatMap { self.send(path: path, query: query, uri: uri, configuration: settings, book: book, on: eventLoop) }
         }
         return send(path: path, query: query, uri: uri, configuration: configuration, book: book, on: eventLoop)
     }

@@ -47,7 +47,8 @@ public final class LocalPeer: Sendable {
         case .ready(let response): answered = eventLoop.makeSucceededFuture(response)
         case .future(let future): answered = future.hop(to: eventLoop)
         }
-        return answered.map { response in Self.finishing(response, exchange: exchange, request: local) }
+        let dispatched = local
+        return answered.map { response in Self.finishing(response, exchange: exchange, request: dispatched) }
     }
 
     /// `response` with the worker side's exchange finished when its body has been handed on (at once for a body

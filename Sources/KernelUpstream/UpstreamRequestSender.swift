@@ -44,7 +44,7 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
                 if let body { writeThen(body) { self.sendTrailer(trailer) } } else { sendTrailer(trailer) }
             } else {
                 // Head and body (a uwsgi request: no trailer) in one flush; the last write's end is the request's.
-                if let body { write(head, promise: nil, flush: false) }
+                if body != nil { write(head, promise: nil, flush: false) }
                 writeThen(body ?? head) { self.finish(.success(())) }
             }
         }
