@@ -197,14 +197,23 @@ public final class KernelRuntime: Sendable {
     public let logFiles: LogFileRegistry
     /// The error log destination (swapped when a reload changes `kernel.error_log`).
     public let errorLog: ErrorLogHandler.Destination
+    /// The responders this process has for queries gathered across the process group.
+    public let processQueries: ProcessQueryRegistry
+    /// The process group this process runs in (`StandaloneSupervision` for a single process).
+    public let supervision: any ProcessSupervision
     private let current = NIOLockedValueBox<KernelGeneration?>(nil)
 
+    /// `supervision` makes the supervision from this runtime's query registry; nil runs the process alone.
     public init(eventLoopGroup: MultiThreadedEventLoopGroup, logger: Logger, logFiles: LogFileRegistry,
-                errorLog: ErrorLogHandler.Destination) {
+                errorLog: ErrorLogHandler.Destination,
+                supervision: ((ProcessQueryRegistry) -> any ProcessSupervision)? = nil) {
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
         self.logFiles = logFiles
         self.errorLog = errorLog
+        let queries = ProcessQueryRegistry()
+        processQueries = queries
+        self.supervision = supervision?(queries) ?? StandaloneSupervision(queries: queries, logger: logger)
     }
 
     /// The generation new requests use.

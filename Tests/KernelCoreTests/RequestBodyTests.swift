@@ -57,7 +57,7 @@ final class RequestBodyTests: XCTestCase {
     }
 
     func testAnUnwritableTempPathIsAnError() throws {
-        FileManager.default.createFile(atPath: directory, contents: Data())   // a file where the directory should be
+        _ = FileManager.default.createFile(atPath: directory, contents: Data())   // a file where the directory should be
         let sink = sink()
         XCTAssertThrowsError(try sink.append(bytes(String(repeating: "x", count: 40)))) { error in
             let text = "\(error)"

@@ -1,0 +1,133 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the rest of the kernel may ask of the process group it runs in: which worker this is, to be replaced
+/// (recycling, harakiri), the answers of every process to a named query (metrics, stats and the status page
+/// aggregate across workers this way), and the table of worker processes.
+///
+/// A single process (`processes: 0`) has `StandaloneSupervision`; worker processes started by a master have an
+/// implementation that talks to the master over the control channel it inherited.
+public protocol ProcessSupervision: Sendable {
+    /// This worker's number, 1-based; 0 for the single process of `processes: 0`; -1 in a master.
+    var workerNumber: Int { get }
+    /// Whether a master starts a replacement when this process asks for one or dies.
+    var isSupervised: Bool { get }
+    /// Asks the master to replace this worker (max_requests, reload_on_rss, harakiri ...). Returns at once. The
+    /// master starts a new worker and, once that one serves, sends this one a graceful stop (SIGQUIT), which it
+    /// must finish within `worker_reload_mercy`. Asking again while a replacement is under way does nothing.
+    func requestReplacement(reason: String)
+    /// Runs the query named `query` in every live process of the group that has a responder for it (the master
+    /// included) and returns their answers; a process that does not answer within `timeout` is left out.
+    func gather(_ query: String, timeout: TimeAmount) async -> [ProcessAnswer]
+    /// The worker processes of the group as the master sees them (one entry, this process, when standalone).
+    func workers() async -> [WorkerProcessInfo]
+}
+
+/// One process's answer to a gathered query.
+public struct ProcessAnswer: Sendable {
+    /// Who answered.
+    public enum Source: Sendable, Hashable {
+        case master
+        /// A worker by its number (0 for the single process of `processes: 0`).
+        case worker(Int)
+    }
+
+    public var source: Source
+    public var pid: Int32
+    /// What the responder returned; its format belongs to whoever registered the query.
+    public var body: [UInt8]
+
+    public init(source: Source, pid: Int32, body: [UInt8]) {
+        self.source = source
+        self.pid = pid
+        self.body = body
+    }
+}
+
+/// A worker process as the master sees it.
+public struct WorkerProcessInfo: Sendable, Codable, Equatable {
+    /// The worker's number in its pool, 1-based (0 for the single process of `processes: 0`).
+    public var number: Int
+    public var pid: Int32
+    /// The pool the worker belongs to (its role name when the master runs several pools).
+    public var pool: String
+    /// When the current process of this slot was started, in seconds since the epoch.
+    public var spawnedAt: Double
+    /// How many times this slot's process has been started again (after a death or a recycle).
+    public var respawns: Int
+    /// `starting`, `serving` or `draining`.
+    public var state: String
+
+    public init(number: Int, pid: Int32, pool: String, spawnedAt: Double, respawns: Int, state: String) {
+        self.number = number
+        self.pid = pid
+        self.pool = pool
+        self.spawnedAt = spawnedAt
+        self.respawns = respawns
+        self.state = state
+    }
+}
+
+/// Produces this process's answer to a named query.
+public typealias ProcessQueryResponder = @Sendable () async -> [UInt8]
+
+/// The responders this process has for gathered queries, by name. A module registers its responder when it loads
+/// (again on each reload: the newest registration of a name wins).
+public final class ProcessQueryRegistry: Sendable {
+    private let responders = NIOLockedValueBox<[String: ProcessQueryResponder]>([:])
+
+    public init() {}
+
+    /// Sets the responder for `query`, replacing an earlier one.
+    public func register(_ query: String, _ responder: @escaping ProcessQueryResponder) {
+        responders.withLockedValue { $0[query] = responder }
+    }
+
+    /// The responder for `query`, if any.
+    public func responder(for query: String) -> ProcessQueryResponder? {
+        responders.withLockedValue { $0[query] }
+    }
+
+    /// Runs the responder for `query` in this process; nil when there is none.
+    public func answer(_ query: String) async -> [UInt8]? {
+        guard let responder = responder(for: query) else { return nil }
+        return await responder()
+    }
+}
+
+/// The supervision of a process that runs alone (`processes: 0`): it is the only worker, nobody replaces it, and a
+/// gathered query is answered by this process only.
+public final class StandaloneSupervision: ProcessSupervision {
+    private let queries: ProcessQueryRegistry
+    private let logger: Logger
+    private let startedAt: Double
+
+    public init(queries: ProcessQueryRegistry, logger: Logger) {
+        self.queries = queries
+        self.logger = logger
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        startedAt = Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+
+    public var workerNumber: Int { 0 }
+    public var isSupervised: Bool { false }
+
+    public func requestReplacement(reason: String) {
+        // With no master there is nobody to start the replacement; stopping would end the service.
+        logger.warning("worker replacement asked for (\(reason)), but the kernel runs as one process (kernel.processes: 0): it keeps running")
+    }
+
+    public func gather(_ query: String, timeout: TimeAmount) async -> [ProcessAnswer] {
+        guard let body = await queries.answer(query) else { return [] }
+        return [ProcessAnswer(source: .worker(0), pid: getpid(), body: body)]
+    }
+
+    public func workers() async -> [WorkerProcessInfo] {
+        [WorkerProcessInfo(number: 0, pid: getpid(), pool: "main", spawnedAt: startedAt, respawns: 0, state: "serving")]
+    }
+}
