@@ -201,6 +201,8 @@ public final class KernelRuntime: Sendable {
     public let processQueries: ProcessQueryRegistry
     /// The process group this process runs in (`StandaloneSupervision` for a single process).
     public let supervision: any ProcessSupervision
+    /// Set when this process begins to stop: readiness reports false from then on.
+    public let stopping = StoppingFlag()
     private let current = NIOLockedValueBox<KernelGeneration?>(nil)
 
     /// `supervision` makes the supervision from this runtime's query registry; nil runs the process alone.

@@ -131,3 +131,18 @@ public final class StandaloneSupervision: ProcessSupervision {
         [WorkerProcessInfo(number: 0, pid: getpid(), pool: "main", spawnedAt: startedAt, respawns: 0, state: "serving")]
     }
 }
+
+/// Whether this process is on its way out: set when a stop begins (SIGTERM with `shutdown_delay`, SIGQUIT, a
+/// recycle), before it stops accepting, so readiness endpoints (`/healthz`, `/v2/health/ready`) turn false first
+/// and load balancers and Kubernetes take the process out of rotation while it still serves.
+public final class StoppingFlag: Sendable {
+    private let value = NIOLockedValueBox(false)
+
+    public init() {}
+
+    /// True once a stop has begun.
+    public var isStopping: Bool { value.withLockedValue { $0 } }
+
+    /// Marks the process as stopping; it never turns back.
+    public func markStopping() { value.withLockedValue { $0 = true } }
+}
