@@ -7,12 +7,12 @@ public struct HTTPListenAddress: Sendable, Equatable {
     /// The address as written in YAML (`127.0.0.1:8080`); routing's `server.listen` compares against this text.
     public var text: String
     public var address: ListenAddress
-    /// The accept queue length (nginx `listen ... backlog=N`).
-    public var backlog: Int32
+    /// The accept queue length (nginx `listen ... backlog=N`); nil is `kernel.listen_backlog`.
+    public var backlog: Int32?
     /// Where the address is written, for errors about binding it; not part of what the entry says (`==`).
     public var mark: SourceMark?
 
-    public init(text: String, address: ListenAddress, backlog: Int32 = 511, mark: SourceMark? = nil) {
+    public init(text: String, address: ListenAddress, backlog: Int32? = nil, mark: SourceMark? = nil) {
         self.text = text
         self.address = address
         self.backlog = backlog
@@ -112,7 +112,7 @@ public struct HTTPConfiguration: Sendable {
                 let mapping = try item.mapping()
                 let addressValue = try mapping.required("address")
                 entry = HTTPListenAddress(text: try addressValue.string(), address: try parseAddress(addressValue),
-                                          backlog: 511, mark: addressValue.mark)
+                                          mark: addressValue.mark)
                 var withBacklog = entry
                 if let backlog = mapping.optional("backlog") {
                     withBacklog.backlog = Int32(try backlog.int(in: 1...65535, what: "an integer 1-65535"))

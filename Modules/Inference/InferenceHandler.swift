@@ -127,6 +127,7 @@ public struct InferenceHandler: RequestHandler {
         // An edge forwards the time its client still waits: queued work past it is dropped (ModelScheduler).
         let deadline = ForwardedDeadline.deadline(of: request)
         let scheduler = model.scheduler
+        context.activity?.note("queued or running in model \"\(signature.name)\" (queue depth \(scheduler.depth))")
         return scheduler.submit(decoded.inputs, deadline: deadline, on: context.eventLoop).flatMapThrowing { outputs in
             var response = try InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: outputs)
             response.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))

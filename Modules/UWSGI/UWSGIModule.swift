@@ -10,7 +10,8 @@ public struct UWSGIListenerConfiguration: Sendable {
     public var text: String
     public var mode: UInt32?
     public var owner: String?
-    public var backlog: Int32
+    /// The accept queue length; nil is `kernel.listen_backlog`.
+    public var backlog: Int32?
     /// Where the address is written, for errors about binding it.
     public var mark: SourceMark?
 }
@@ -66,7 +67,7 @@ public enum UWSGIModule: KernelModule {
         var text: String
         var mode: UInt32?
         var owner: String?
-        var backlog: Int32 = 511
+        var backlog: Int32?
         var addressValue = item
         if case .mapping = item.node {
             let fields = try item.mapping()

@@ -16,6 +16,16 @@ public struct CoreConfiguration: Sendable {
     /// The soft limit on open files (nginx `worker_rlimit_nofile`); nil raises it to the hard limit.
     public var openFileLimit: Int?
 
+    // Recycling, watchdogs, listen queues and the stats server (WorkerRecycling.swift, Harakiri.swift,
+    // ListenQueue.swift, StatsServer.swift).
+    /// `harakiri`, `max_requests`, `max_worker_lifetime`, `reload_on_rss`.
+    public var recycling = RecyclingConfiguration()
+    /// The accept queue length of every listener that sets no `backlog` of its own (uWSGI `listen`).
+    public var listenBacklog: Int32 = CoreConfiguration.defaultListenBacklog
+    public static let defaultListenBacklog: Int32 = 1024
+    /// Where the stats server listens (uWSGI `stats`), nil for none.
+    public var stats: ListenAddress?
+
     public static let key = "kernel"
 
     /// Where request bodies are spooled when a location sets no `client_body_temp_path`: `client_body_temp`
@@ -66,6 +76,21 @@ public struct CoreConfiguration: Sendable {
         }
         if let limit = mapping.optional("worker_rlimit_nofile") {
             configuration.openFileLimit = try limit.int(in: 1...Int(Int32.max), what: "a number of files 1-\(Int32.max)")
+        }
+        configuration.recycling = try RecyclingConfiguration.decode(from: mapping)
+        if let backlog = mapping.optional("listen_backlog") {
+            configuration.listenBacklog = Int32(try backlog.int(in: 1...65535, what: "an integer 1-65535"))
+        }
+        if let stats = mapping.optional("stats") {
+            let text = try stats.nonEmptyString()
+            guard let address = ListenAddress(parsing: text) else {
+                throw stats.expected("an address such as 127.0.0.1:9191 or unix:/run/kernel-stats.sock")
+            }
+            if case .unix(let path) = address {
+                configuration.stats = .unix(path: ConfigPath.resolve(path, in: directory))
+            } else {
+                configuration.stats = address
+            }
         }
         try mapping.finish()
         return configuration

@@ -88,7 +88,13 @@ public enum ExchangeDriver {
         }
         let serial = inFlight.serial
         let exchange = inFlight.exchange
+        // `kernel.harakiri`: a handler that has not answered in time is answered 504 by the watch instead.
+        let harakiri = HarakiriWatch.arm(inFlight, for: owner, context: context)
         responded.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
+            if let harakiri, !harakiri.handlerAnswered() {
+                if case .success(let late) = result, case .stream(let stream) = late.body { stream.cancel() }
+                return
+            }
             let response: KernelResponse
             switch result {
             case .success(let value):

@@ -22,6 +22,9 @@ public final class KernelGeneration: Sendable {
     let services: [any KernelService]
     /// Observers modules registered for every finished exchange (besides each route's access log).
     let finishObservers: [any RequestFinishObserver]
+    /// Whether each exchange's duration is measured: for the observers, and for the stats server's
+    /// `running_time`/`avg_rt` when `kernel.stats` is set.
+    let timesRequests: Bool
     private let inFlight = ManagedAtomic<Int>(0)
     private let retired = ManagedAtomic<Bool>(false)
     private let onDrained = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
@@ -31,10 +34,19 @@ public final class KernelGeneration: Sendable {
         self.core = core
         self.activeModules = activeModules
         router = registrar.router ?? NotFoundRouter(filters: registrar.filterChain([]))
-        listeners = registrar.listeners
+        // A listener without a `backlog` of its own takes `kernel.listen_backlog`.
+        listeners = registrar.listeners.map { spec in
+            var spec = spec
+            if spec.backlog == nil { spec.backlog = core.listenBacklog }
+            return spec
+        }
         services = registrar.services
         finishObservers = registrar.finishObservers
+        timesRequests = !finishObservers.isEmpty || core.stats != nil
     }
+
+    /// Requests holding this generation now.
+    var requestsInFlight: Int { inFlight.load(ordering: .relaxed) }
 
     func acquire() { inFlight.wrappingIncrement(ordering: .relaxed) }
 
@@ -94,6 +106,8 @@ public final class RequestExchange: @unchecked Sendable {
     public let generation: KernelGeneration
     public let decision: RouteDecision
     public let context: RequestContext
+    /// This process's counters and recycling checks, told of the finish.
+    let worker: WorkerWatch
     /// When the head was routed (monotonic nanoseconds), or 0 when nobody observes the exchange: then neither
     /// the clock is read nor a `FinishedExchange` made.
     private let started: UInt64
@@ -101,12 +115,13 @@ public final class RequestExchange: @unchecked Sendable {
 
     /// `generation` must already be acquired for this exchange (`KernelRuntime.begin` does it under the lock that
     /// reads the current generation, so a reload cannot retire it in between).
-    init(generation: KernelGeneration, decision: RouteDecision, context: RequestContext) {
+    init(generation: KernelGeneration, decision: RouteDecision, context: RequestContext, worker: WorkerWatch) {
         self.generation = generation
         self.decision = decision
         self.context = context
-        // Only observers need the start (`$request_time`); the common unobserved exchange reads no clock.
-        started = decision.accessLog == nil && generation.finishObservers.isEmpty ? 0 : KernelClock.monotonicNanoseconds()
+        self.worker = worker
+        // Only observers and the stats need the start (`$request_time`); the common unobserved exchange reads no clock.
+        started = decision.accessLog == nil && !generation.timesRequests ? 0 : KernelClock.monotonicNanoseconds()
     }
 
     /// `client_max_body_size` of the chosen location; nil is unlimited.
@@ -174,14 +189,20 @@ public final class RequestExchange: @unchecked Sendable {
                        upstream: UpstreamReport? = nil) {
         guard !finished else { return }
         finished = true
+        var duration: UInt64?
         if started != 0 {
+            let ended = KernelClock.monotonicNanoseconds()
+            duration = ended &- started
             let exchange = FinishedExchange(request: request, route: decision.route, status: status,
                                             bodyBytesSent: bodyBytesSent, bytesSent: bytesSent ?? bodyBytesSent,
-                                            startNanoseconds: started, endNanoseconds: KernelClock.monotonicNanoseconds(),
+                                            startNanoseconds: started, endNanoseconds: ended,
                                             upstream: upstream)
             decision.accessLog?.exchangeFinished(exchange)
             for observer in generation.finishObservers { observer.exchangeFinished(exchange) }
         }
+        // Counted before the generation goes: a recycle asked for here drains with this request already done.
+        worker.requestFinished(status: status, bytesSent: bytesSent ?? bodyBytesSent, nanoseconds: duration,
+                               limits: generation.core.recycling)
         generation.release()
     }
 
@@ -203,6 +224,8 @@ public final class KernelRuntime: Sendable {
     public let supervision: any ProcessSupervision
     /// Set when this process begins to stop: readiness reports false from then on.
     public let stopping = StoppingFlag()
+    /// This process's request counters, recycling limits and harakiri watchdog.
+    public let worker: WorkerWatch
     private let current = NIOLockedValueBox<KernelGeneration?>(nil)
 
     /// `supervision` makes the supervision from this runtime's query registry; nil runs the process alone.
@@ -215,7 +238,9 @@ public final class KernelRuntime: Sendable {
         self.errorLog = errorLog
         let queries = ProcessQueryRegistry()
         processQueries = queries
-        self.supervision = supervision?(queries) ?? StandaloneSupervision(queries: queries, logger: logger)
+        let supervision = supervision?(queries) ?? StandaloneSupervision(queries: queries, logger: logger)
+        self.supervision = supervision
+        worker = WorkerWatch(supervision: supervision, logger: logger)
     }
 
     /// The generation new requests use.
@@ -235,8 +260,9 @@ public final class KernelRuntime: Sendable {
             return current!
         }
         let decision = generation.router.route(request)
-        let context = RequestContext(eventLoop: eventLoop, logger: logger, route: decision.route)
-        return RequestExchange(generation: generation, decision: decision, context: context)
+        let context = RequestContext(eventLoop: eventLoop, logger: logger, route: decision.route,
+                                     activity: generation.core.recycling.harakiri == nil ? nil : RequestActivity())
+        return RequestExchange(generation: generation, decision: decision, context: context, worker: worker)
     }
 
 }
@@ -244,10 +270,10 @@ public final class KernelRuntime: Sendable {
 extension KernelGeneration {
     /// A generation made directly from a router, with no listeners or services: for embedding the request path
     /// (codec tests on `EmbeddedChannel`). The router's decisions carry their filters.
-    public convenience init(router: any RequestRouter, runtime: KernelRuntime) {
+    public convenience init(router: any RequestRouter, runtime: KernelRuntime, core: CoreConfiguration = CoreConfiguration()) {
         let registrar = Registrar(role: .both, mode: .check, configurationFile: "-", runtime: runtime)
         registrar.setRouter(router)
-        self.init(number: 0, core: CoreConfiguration(), registrar: registrar, activeModules: [])
+        self.init(number: 0, core: core, registrar: registrar, activeModules: [])
     }
 }
 

@@ -31,11 +31,15 @@ public struct RequestContext: Sendable {
     /// The error log.
     public var logger: Logger
     public let route: RouteInfo
+    /// What the request is doing, for the harakiri log line; nil unless `kernel.harakiri` is set. Handlers note
+    /// their waits here (`context.activity?.note("waiting for upstream ...")`).
+    public let activity: RequestActivity?
 
-    public init(eventLoop: any EventLoop, logger: Logger, route: RouteInfo) {
+    public init(eventLoop: any EventLoop, logger: Logger, route: RouteInfo, activity: RequestActivity? = nil) {
         self.eventLoop = eventLoop
         self.logger = logger
         self.route = route
+        self.activity = activity
     }
 }
 

@@ -21,6 +21,10 @@ public final class KernelServer: Service, Sendable {
     public let loader: ConfigurationLoader
     public let configurationFile: String
     public let listeners: ListenerManager
+    /// Listen-queue sampling, `max_worker_lifetime` and the `"stats"` answer of this process.
+    public let housekeeping: WorkerHousekeeping
+    /// The stats server of a process that runs alone (a master starts its own).
+    private let statsServer = NIOLockedValueBox<StatsServer?>(nil)
     private let generationCounter = GenerationCounter()
     private let firstGeneration: KernelGeneration?
     private let failure = NIOLockedValueBox<(any Error)?>(nil)
@@ -33,6 +37,7 @@ public final class KernelServer: Service, Sendable {
         self.configurationFile = configurationFile
         self.firstGeneration = firstGeneration
         listeners = ListenerManager(runtime: runtime)
+        housekeeping = WorkerHousekeeping(runtime: runtime, listeners: listeners)
     }
 
     /// Why the first generation did not start, once `run` has returned; nil when it started (or was stopped while
@@ -70,12 +75,15 @@ public final class KernelServer: Service, Sendable {
         _ = runtime.makeCurrent(generation)
         do {
             let (opened, _) = try await listeners.apply(generation.listeners)
+            try await startStatsServer(generation.core)
             await listeners.activate(opened)
         } catch {
+            await listeners.shutdown(timeout: .zero)
             await generation.stopServices()
             unlink(generation.core.pidFile)
             throw error
         }
+        housekeeping.start()
         runtime.logger.notice("kernel started: role \(loader.role), modules [\(generation.activeModules.joined(separator: ", "))], \(generation.core.eventLoopThreads) event-loop thread(s), pid \(getpid())")
         return true
     }
@@ -142,6 +150,9 @@ public final class KernelServer: Service, Sendable {
         if let old = runtime.currentGeneration, old.core.eventLoopThreads != generation.core.eventLoopThreads {
             logger.warning("kernel.event_loop_threads changed: takes effect after a restart")
         }
+        if let old = runtime.currentGeneration, old.core.stats != generation.core.stats {
+            logger.warning("kernel.stats changed: takes effect after a restart")
+        }
         applyErrorLog(generation.core)
         OpenFileLimit.apply(generation.core.openFileLimit, logger: logger)
         let previous = runtime.makeCurrent(generation)
@@ -168,10 +179,21 @@ public final class KernelServer: Service, Sendable {
         let generation = runtime.currentGeneration
         let timeout = graceful ? TimeAmount.milliseconds(generation?.core.shutdownTimeout.milliseconds ?? 30_000) : .zero
         runtime.logger.notice(graceful ? "graceful shutdown: draining connections" : "fast shutdown")
+        housekeeping.stop()
+        await statsServer.withLockedValue { $0 }?.stop()
         await listeners.shutdown(timeout: timeout)
         await generation?.stopServices(fast: !graceful)
         if let pid = generation?.core.pidFile { unlink(pid) }
         runtime.logger.notice("exiting")
+    }
+
+    /// `kernel.stats` in a process that runs alone; a master runs the group's stats server itself.
+    private func startStatsServer(_ core: CoreConfiguration) async throws {
+        guard let address = core.stats, !runtime.supervision.isSupervised else { return }
+        let server = StatsServer(address: address, supervision: runtime.supervision,
+                                 eventLoopGroup: runtime.eventLoopGroup, logger: runtime.logger)
+        try await server.start()
+        statsServer.withLockedValue { $0 = server }
     }
 
     private func applyErrorLog(_ core: CoreConfiguration) {

@@ -71,14 +71,16 @@ public struct ListenerSpec: Sendable {
     public var unixSocketMode: UInt32?
     /// Owner of a unix socket file as `user` or `user:group` (uWSGI `chown-socket`).
     public var unixSocketOwner: String?
-    public var backlog: Int32
+    /// The accept queue length; nil is the generation's `kernel.listen_backlog` (filled in when the generation is
+    /// built).
+    public var backlog: Int32?
     /// Where the address is written in the configuration: errors about binding it name the position.
     public var mark: SourceMark?
     /// Sets up the pipeline of one accepted connection.
     public var initializeConnection: @Sendable (any Channel, KernelRuntime) -> EventLoopFuture<Void>
 
     public init(protocolName: String, address: ListenAddress, unixSocketMode: UInt32? = nil, unixSocketOwner: String? = nil,
-                backlog: Int32 = 511, mark: SourceMark? = nil,
+                backlog: Int32? = nil, mark: SourceMark? = nil,
                 initializeConnection: @escaping @Sendable (any Channel, KernelRuntime) -> EventLoopFuture<Void>) {
         self.protocolName = protocolName
         self.address = address
@@ -151,6 +153,15 @@ public final class ListenerManager: Sendable {
         return (opened, removed)
     }
 
+    /// The listening sockets now open, by listener identity (`http 127.0.0.1:8080`), for the listen-queue sampler.
+    func serverChannels() -> [(identity: String, channel: any Channel)] {
+        bound.withLockedValue { listeners in
+            listeners.values.compactMap { listener in
+                listener.serverChannel.withLockedValue { $0 }.map { (listener.identity, $0) }
+            }
+        }.sorted { $0.identity < $1.identity }
+    }
+
     /// Starts accepting on listeners opened by `apply`.
     func activate(_ listeners: [BoundListener]) async {
         for listener in listeners {
@@ -166,11 +177,13 @@ public final class ListenerManager: Sendable {
     private func bind(_ listener: BoundListener) async throws {
         let runtime = self.runtime
         let spec = listener.spec.withLockedValue { $0 }
+        let backlog = spec.backlog ?? CoreConfiguration.defaultListenBacklog
+        ListenBacklog.warnIfCapped(backlog, listener: spec.identity, logger: runtime.logger)
         let bootstrap = ServerBootstrap(group: runtime.eventLoopGroup)
             // Accepting starts in `activate`, once the generation that declares the listener is current: a
             // connection accepted earlier would be routed by a configuration that does not know the listener.
             .serverChannelOption(.autoRead, value: false)
-            .serverChannelOption(.backlog, value: spec.backlog)
+            .serverChannelOption(.backlog, value: backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -345,7 +358,7 @@ func describe(_ address: SocketAddress) -> String {
 }
 
 /// Unlinks `path` when it is a socket; any other kind of file there is an error (never removed).
-private func removeSocketFile(_ path: String) throws {
+func removeSocketFile(_ path: String) throws {
     var info = stat()
     guard lstat(path, &info) == 0 else { return }
     guard info.st_mode & S_IFMT == S_IFSOCK else {

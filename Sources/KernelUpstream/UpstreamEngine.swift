@@ -191,6 +191,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     private func run(_ lease: PeerLease, afterStaleConnection: Bool = false) {
         let peer = lease.peer
         if !afterStaleConnection { tried.append(peer) }
+        context.activity?.note("waiting for upstream \"\(engine.hooks.scheme)://\(peer)\"")
         let started = KernelClock.monotonicNanoseconds()
         if firstAttemptStarted == nil { firstAttemptStarted = started }
         if case .local = peer {

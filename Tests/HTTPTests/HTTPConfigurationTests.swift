@@ -21,7 +21,7 @@ final class HTTPConfigurationTests: XCTestCase {
 
     func testDefaultsAreNginxs() throws {
         let c = try decode("http:\n  listen: 127.0.0.1:8080\n")
-        XCTAssertEqual(c.listen, [HTTPListenAddress(text: "127.0.0.1:8080", address: .tcp(host: "127.0.0.1", port: 8080), backlog: 511)])
+        XCTAssertEqual(c.listen, [HTTPListenAddress(text: "127.0.0.1:8080", address: .tcp(host: "127.0.0.1", port: 8080))])
         XCTAssertEqual(c.clientHeaderTimeout, .seconds(60))
         XCTAssertEqual(c.clientBodyTimeout, .seconds(60))
         XCTAssertEqual(c.sendTimeout, .seconds(60))
@@ -54,7 +54,7 @@ final class HTTPConfigurationTests: XCTestCase {
         XCTAssertEqual(c.listen.map(\.text), ["127.0.0.1:8080", "[::1]:8081", "unix:/tmp/k.sock", "9000"])
         XCTAssertEqual(c.listen.map(\.address), [.tcp(host: "127.0.0.1", port: 8080), .tcp(host: "::1", port: 8081),
                                                  .unix(path: "/tmp/k.sock"), .tcp(host: "0.0.0.0", port: 9000)])
-        XCTAssertEqual(c.listen.map(\.backlog), [511, 128, 511, 511])
+        XCTAssertEqual(c.listen.map(\.backlog), [nil, 128, nil, nil])
         XCTAssertEqual(c.clientHeaderTimeout, .seconds(10))
         XCTAssertEqual(c.clientBodyTimeout, .seconds(60))
         XCTAssertEqual(c.sendTimeout.milliseconds, 500)
@@ -96,6 +96,6 @@ final class HTTPConfigurationTests: XCTestCase {
         defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
         let specs = HTTPModule.listenerSpecs(for: c)
         XCTAssertEqual(specs.map(\.identity), ["http 127.0.0.1:0", "http 127.0.0.2:0"])
-        XCTAssertEqual(specs.map(\.backlog), [511, 64])
+        XCTAssertEqual(specs.map(\.backlog), [nil, 64])
     }
 }

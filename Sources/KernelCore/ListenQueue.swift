@@ -1,0 +1,121 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The listen backlog against the system's limit: Linux silently caps a `listen(2)` backlog at
+/// `net.core.somaxconn`, so a larger one is logged at start instead of being believed.
+enum ListenBacklog {
+    /// `/proc/sys/net/core/somaxconn`, nil where it cannot be read.
+    static func systemMaximum(path: String = "/proc/sys/net/core/somaxconn") -> Int? {
+        guard let file = fopen(path, "r") else { return nil }
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 32)
+        guard fgets(&line, Int32(line.count), file) != nil else { return nil }
+        return Int(String(cString: line).filter { $0.isNumber })
+    }
+
+    /// Logs a warning when `backlog` is above `net.core.somaxconn`.
+    static func warnIfCapped(_ backlog: Int32, listener: String, logger: Logger, maximum: Int? = systemMaximum()) {
+        guard let maximum, Int(backlog) > maximum else { return }
+        logger.warning("listen backlog \(backlog) of \(listener) is larger than net.core.somaxconn (\(maximum)): the system caps the accept queue at \(maximum) (raise it with sysctl net.core.somaxconn=\(backlog))")
+    }
+}
+
+/// The accept queues of this process's TCP listeners, sampled about once a second as uWSGI's master samples
+/// `listen_queue`: on Linux `TCP_INFO` of a listening socket gives the connections waiting to be accepted
+/// (`tcpi_unacked`) and the queue's length (`tcpi_sacked`, the backlog as capped). A full queue is logged in
+/// uWSGI's words and counted: new connections are being dropped by the system (a classic cause of random 502s
+/// behind a proxy). Unix sockets are not sampled (Linux gives no such figure for them).
+public final class ListenQueueMonitor: Sendable {
+    /// One listening socket's figures.
+    public struct Socket: Sendable, Equatable {
+        /// `http 127.0.0.1:8080`: protocol and bound address.
+        public var name: String
+        /// Connections waiting to be accepted at the last sample.
+        public var queue: Int
+        /// The accept queue's length (the backlog as the system applies it).
+        public var maxQueue: Int
+        /// Samples that found the queue full.
+        public var overflows: Int
+    }
+
+    private let sockets = NIOLockedValueBox<[String: Socket]>([:])
+    private let logger: Logger
+
+    public init(logger: Logger) { self.logger = logger }
+
+    /// The sockets sampled so far, by name.
+    public var current: [Socket] { sockets.withLockedValue { Array($0.values) }.sorted { $0.name < $1.name } }
+
+    /// The sum of the queues now (uWSGI's top-level `listen_queue`).
+    public var totalQueue: Int { current.reduce(0) { $0 + $1.queue } }
+
+    /// The sum of the overflows (uWSGI's `listen_queue_errors`).
+    public var totalOverflows: Int { current.reduce(0) { $0 + $1.overflows } }
+
+    /// Samples each TCP listening socket in `channels` (identity and channel, as `ListenerManager` holds them).
+    func sample(_ channels: [(identity: String, channel: any Channel)]) async {
+        var seen: Set<String> = []
+        for (identity, channel) in channels {
+            guard let local = channel.localAddress, local.protocol != .unix,
+                  let provider = channel as? any SocketOptionProvider else { continue }
+            let protocolName = identity.split(separator: " ").first.map(String.init) ?? identity
+            let name = "\(protocolName) \(describe(local))"
+            guard let info = try? await provider.getTCPInfo().get() else { continue }
+            seen.insert(name)
+            record(name: name, queue: Int(info.tcpi_unacked), maxQueue: Int(info.tcpi_sacked))
+        }
+        sockets.withLockedValue { $0 = $0.filter { seen.contains($0.key) } }
+    }
+
+    /// Records one sample; a queue at its length (the system drops connections beyond it) is an overflow.
+    func record(name: String, queue: Int, maxQueue: Int) {
+        let full = maxQueue > 0 && queue >= maxQueue
+        let overflows = sockets.withLockedValue { sockets -> Int in
+            var socket = sockets[name] ?? Socket(name: name, queue: 0, maxQueue: maxQueue, overflows: 0)
+            socket.queue = queue
+            socket.maxQueue = maxQueue
+            if full { socket.overflows += 1 }
+            sockets[name] = socket
+            return socket.overflows
+        }
+        if full {
+            logger.error("*** listen queue of socket \"\(name)\" full !!! (\(queue)/\(maxQueue)) *** (\(overflows) time(s) so far: raise its backlog, or add workers)")
+        }
+    }
+
+    /// `kernel_listen_queue{listener,worker}` and `kernel_listen_overflows_total{listener,worker}` in the Prometheus
+    /// text format (0.0.4). Both carry the `worker` label: workers that share an inherited socket each see its
+    /// whole queue, so their samples must not sum.
+    public func metricsText(worker: Int) -> String {
+        let sockets = current
+        var text = "# HELP kernel_listen_queue Connections waiting in the accept queue of a listener at the last sample.\n"
+        text += "# TYPE kernel_listen_queue gauge\n"
+        for socket in sockets {
+            text += "kernel_listen_queue{listener=\(Self.label(socket.name)),worker=\"\(worker)\"} \(socket.queue)\n"
+        }
+        text += "# HELP kernel_listen_overflows_total Samples that found the accept queue of a listener full.\n"
+        text += "# TYPE kernel_listen_overflows_total counter\n"
+        for socket in sockets {
+            text += "kernel_listen_overflows_total{listener=\(Self.label(socket.name)),worker=\"\(worker)\"} \(socket.overflows)\n"
+        }
+        return text
+    }
+
+    /// A label value in the exposition format: quoted, with `\`, `"` and newlines escaped.
+    static func label(_ value: String) -> String {
+        var text = "\""
+        for character in value {
+            switch character {
+            case "\\": text += "\\\\"
+            case "\"": text += "\\\""
+            case "\n": text += "\\n"
+            default: text.append(character)
+            }
+        }
+        return text + "\""
+    }
+}
