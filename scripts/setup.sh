@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for package in libyaml-dev libpcre2-dev nginx-light wrk; do
+# tmux: the stats test reads uwsgitop's screen through it.
+for package in libyaml-dev libpcre2-dev nginx-light wrk tmux; do
     dpkg -s "$package" >/dev/null 2>&1 || need_apt+=("$package")
 done
 if ((${#need_apt[@]})); then
@@ -34,6 +35,8 @@ check rapidocr_onnxruntime rapidocr-onnxruntime
 # A WebSocket echo server and client for the proxy_pass Upgrade tunnel test.
 check websockets.sync.client websockets
 command -v uwsgi >/dev/null 2>&1 || need_pip+=(uwsgi)
+# uwsgitop, the uWSGI stats reader the stats server is checked with (a script, no module to import).
+"$PYTHON" -c "import importlib.metadata as m; m.distribution('uwsgitop')" >/dev/null 2>&1 || need_pip+=(uwsgitop)
 if ((${#need_pip[@]})); then
     echo "setup: pip install ${need_pip[*]}"
     "$PYTHON" -m pip install -q --disable-pip-version-check "${need_pip[@]}"

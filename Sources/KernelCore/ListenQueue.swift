@@ -57,7 +57,9 @@ public final class ListenQueueMonitor: Sendable {
     public var totalOverflows: Int { current.reduce(0) { $0 + $1.overflows } }
 
     /// Samples each TCP listening socket in `channels` (identity and channel, as `ListenerManager` holds them).
-    func sample(_ channels: [(identity: String, channel: any Channel)]) async {
+    /// `counting` is false for a look between the periodic samples (a stats request): the figures are refreshed,
+    /// but a full queue is neither logged nor counted again.
+    func sample(_ channels: [(identity: String, channel: any Channel)], counting: Bool = true) async {
         var seen: Set<String> = []
         for (identity, channel) in channels {
             guard let local = channel.localAddress, local.protocol != .unix,
@@ -66,14 +68,14 @@ public final class ListenQueueMonitor: Sendable {
             let name = "\(protocolName) \(describe(local))"
             guard let info = try? await provider.getTCPInfo().get() else { continue }
             seen.insert(name)
-            record(name: name, queue: Int(info.tcpi_unacked), maxQueue: Int(info.tcpi_sacked))
+            record(name: name, queue: Int(info.tcpi_unacked), maxQueue: Int(info.tcpi_sacked), counting: counting)
         }
         sockets.withLockedValue { $0 = $0.filter { seen.contains($0.key) } }
     }
 
     /// Records one sample; a queue at its length (the system drops connections beyond it) is an overflow.
-    func record(name: String, queue: Int, maxQueue: Int) {
-        let full = maxQueue > 0 && queue >= maxQueue
+    func record(name: String, queue: Int, maxQueue: Int, counting: Bool = true) {
+        let full = counting && maxQueue > 0 && queue >= maxQueue
         let overflows = sockets.withLockedValue { sockets -> Int in
             var socket = sockets[name] ?? Socket(name: name, queue: 0, maxQueue: maxQueue, overflows: 0)
             socket.queue = queue

@@ -28,8 +28,11 @@ public final class WorkerHousekeeping: Sendable {
     /// Registers the queries and starts the tick.
     func start() {
         let runtime = self.runtime, listenQueues = self.listenQueues, startedAt = self.startedAt
+        let listeners = self.listeners
         runtime.processQueries.register("stats") {
-            WorkerStatsReport.render(runtime: runtime, listenQueues: listenQueues, startedAt: startedAt)
+            // The queues as they are now, and sockets opened since the last tick (a reload), in the answer.
+            await listenQueues.sample(listeners.serverChannels(), counting: false)
+            return WorkerStatsReport.render(runtime: runtime, listenQueues: listenQueues, startedAt: startedAt)
         }
         runtime.processQueries.register(Self.metricsQuery) {
             Array(listenQueues.metricsText(worker: runtime.supervision.workerNumber).utf8)

@@ -1,0 +1,137 @@
+"""Recycling and watchdogs on the real binary (uWSGI's harakiri, max-requests, reload-on-rss, max-worker-lifetime,
+and the listen backlog): what one process (`processes: 0`) shows: the 504 and the log lines."""
+import http.client
+import json
+import os
+import socket
+import sys
+import threading
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peer_support import HangingBackend  # noqa: E402
+
+RECYCLING = """
+kernel:
+  pid: {workdir}/kernel.pid
+  error_log: {{path: stderr, level: info}}
+  event_loop_threads: 2
+{keys}
+http:
+  listen: {listen}
+routing:
+  servers:
+    - access_log: {{path: {workdir}/access.log, format: json}}
+      locations:
+        - location: /stuck
+          proxy_pass: http://127.0.0.1:{hanging}
+          proxy_read_timeout: 60s
+        - location: /
+          return: 200 "hello"
+"""
+
+
+@pytest.fixture
+def hanging():
+    backend = HangingBackend()
+    yield backend
+    backend.close()
+
+
+def start(start_kernel, tmp_path, hanging, keys, listen='"127.0.0.1:0"'):
+    return start_kernel(RECYCLING.format(workdir=tmp_path, keys=keys, listen=listen, hanging=hanging.port))
+
+
+def get(kernel, path="/", timeout=30):
+    conn = http.client.HTTPConnection("127.0.0.1", kernel.port(), timeout=timeout)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, body
+
+
+def access_log(tmp_path):
+    with open(os.path.join(tmp_path, "access.log")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_harakiri_answers_the_stuck_request_504_and_logs_what_it_waited_for(start_kernel, tmp_path, hanging):
+    kernel = start(start_kernel, tmp_path, hanging, "  harakiri: 1")
+    stuck = {}
+    thread = threading.Thread(target=lambda: stuck.update(answer=get(kernel, "/stuck?id=7")))
+    thread.start()
+    # The stuck request holds nothing up: the others are answered meanwhile.
+    for _ in range(10):
+        assert get(kernel) == (200, b"hello")
+    thread.join(timeout=30)
+    assert stuck["answer"] == (504, b'{"error":"gateway timeout"}'), "the kernel's 504, as for an upstream timeout"
+    text = kernel.wait_for_log("HARAKIRI on worker 0")
+    port = kernel.port()
+    assert (f'request stuck for 1s (harakiri 1s), answered 504, while waiting for upstream "http://127.0.0.1:{hanging.port}", '
+            f'client: 127.0.0.1, server: , request: "GET /stuck?id=7 HTTP/1.1", location: "/stuck", '
+            f'host: "127.0.0.1:{port}"') in text
+    # With no master nobody replaces the process: it says so and serves on.
+    assert "worker replacement asked for (harakiri), but the kernel runs as one process (kernel.processes: 0)" in text
+    assert "Seeya" not in text, "the process does not go"
+    assert get(kernel) == (200, b"hello")
+    logged = [(line["request"], line["status"]) for line in access_log(tmp_path)]
+    assert ("GET /stuck?id=7 HTTP/1.1", 504) in logged, logged
+
+
+def test_a_request_answered_in_time_is_untouched_by_harakiri(start_kernel, tmp_path, hanging):
+    kernel = start(start_kernel, tmp_path, hanging, "  harakiri: 30")
+    for _ in range(5):
+        assert get(kernel) == (200, b"hello")
+    assert "HARAKIRI" not in kernel.log_text()
+
+
+def test_max_requests_is_logged_once_when_reached(start_kernel, tmp_path, hanging):
+    kernel = start(start_kernel, tmp_path, hanging, "  max_requests: 3")
+    for _ in range(6):
+        assert get(kernel) == (200, b"hello")
+    text = kernel.wait_for_log("max requests reached (3 >= 3)")
+    assert text.count("max requests reached") == 1
+    assert text.count("worker replacement asked for (max_requests)") == 1
+
+
+def test_reload_on_rss_is_checked_after_a_request(start_kernel, tmp_path, hanging):
+    kernel = start(start_kernel, tmp_path, hanging, "  reload_on_rss: 1m")
+    assert "reload-on-rss" not in kernel.log_text(), "checked after a request, not at start"
+    assert get(kernel) == (200, b"hello")
+    text = kernel.wait_for_log("reload-on-rss reached (")
+    assert "bytes)" in text and "worker replacement asked for (reload_on_rss)" in text
+
+
+def test_max_worker_lifetime_is_checked_while_idle(start_kernel, tmp_path, hanging):
+    kernel = start(start_kernel, tmp_path, hanging, "  max_worker_lifetime: 1s")
+    kernel.wait_for_log("worker 0 lifetime reached, it was running for 1 second(s)")
+    kernel.wait_for_log("worker replacement asked for (max_worker_lifetime)")
+    assert get(kernel) == (200, b"hello")
+
+
+def test_a_backlog_above_somaxconn_is_warned_about(start_kernel, tmp_path, hanging):
+    with open("/proc/sys/net/core/somaxconn") as f:
+        somaxconn = int(f.read())
+    if somaxconn >= 65535:
+        pytest.fail("net.core.somaxconn is at 65535: no backlog can exceed it")
+    kernel = start(start_kernel, tmp_path, hanging, "  listen_backlog: 65535")
+    text = kernel.wait_for_log("is larger than net.core.somaxconn")
+    assert (f"listen backlog 65535 of http 127.0.0.1:0 is larger than net.core.somaxconn ({somaxconn}): the system "
+            f"caps the accept queue at {somaxconn}") in text
+    assert get(kernel) == (200, b"hello")
+
+
+def test_a_listen_lines_own_backlog_wins_over_the_kernels(start_kernel, tmp_path, hanging):
+    kernel = start(start_kernel, tmp_path, hanging, "  listen_backlog: 2048\n  stats: 127.0.0.1:0",
+                   listen='["127.0.0.1:0", {address: "127.0.0.2:0", backlog: 16}]')
+    host, port = kernel.address("stats").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    # max_queue is the backlog as the system applies it (TCP_INFO of the listening socket).
+    queues = {entry["name"]: entry["max_queue"] for entry in json.loads(data)["sockets"]}
+    assert queues == {kernel.address("http", "127.0.0.1:0"): 2048, kernel.address("http", "127.0.0.2:0"): 16}
+    assert "somaxconn" not in kernel.log_text()
