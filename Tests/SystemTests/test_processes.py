@@ -196,7 +196,7 @@ def test_reload_under_load_starts_new_workers_and_loses_no_request(start_kernel,
     for number in range(1, reloads + 1):
         kernel.write_config(hello(tmp_path, text=f"generation-{number}"))
         assert kernel.control("reload").returncode == 0
-        kernel.wait_for_log("configuration reloaded", timeout=30, count=number)
+        kernel.wait_for_log("configuration reloaded (generation", timeout=30, count=number)
         # The old workers may take a connection or two between SIGQUIT and closing their listener.
         wait_for(lambda: get(port)[1].startswith(f"generation-{number} "), what=f"generation {number} to answer")
     requests, output = wrk.finish()
@@ -231,7 +231,7 @@ def test_a_draining_worker_past_its_mercy_is_killed(start_kernel, tmp_path):
     threading.Thread(target=lambda: _quietly(get, port, "/hang", 60), daemon=True).start()
     wait_for(lambda: hanging.accepted == 1, what="the request to reach the hanging upstream")
     assert kernel.control("reload").returncode == 0
-    kernel.wait_for_log("configuration reloaded")
+    kernel.wait_for_log("configuration reloaded (generation")
     found = re.search(r"worker process (\d+) did not exit within worker_reload_mercy \(1s\): killing it \(SIGKILL\)",
                       kernel.wait_for_log("did not exit within worker_reload_mercy", timeout=15))
     kernel.wait_for_log(f"worker process {found.group(1)} exited on signal 9")
@@ -275,3 +275,128 @@ def test_sigterm_without_a_delay_stays_a_fast_stop_in_a_single_process(start_ker
     assert kernel.wait_exit() == 0
     log = kernel.log_text()
     assert "fast shutdown" in log and "shutdown_delay" not in log
+
+
+def test_binary_upgrade_under_load_loses_no_request(tmp_path, kernel_bin):
+    """nginx's upgrade: replace the executable file, USR2 to the master (a new master from the new file inherits
+    the sockets and starts its workers), then QUIT to the old one (pid in `<pid file>.oldbin`)."""
+    binary = tmp_path / "kernel"
+    shutil.copy(kernel_bin, binary)
+    config = tmp_path / "kernel.yaml"
+    config.write_text(hello(tmp_path))
+    log_path = tmp_path / "kernel-stderr.log"
+    pid_file = tmp_path / "kernel.pid"
+    with open(log_path, "wb") as log:
+        old = subprocess.Popen([str(binary), "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    new_master = None
+    try:
+        wait_for(lambda: "kernel started: master process" in log_path.read_text(), timeout=60, what="the kernel to start")
+        port = int(re.search(r"listening on http 127\.0\.0\.1:(\d+)", log_path.read_text()).group(1))
+        old_workers = wait_for(lambda: len(children(old.pid)) == 2 and children(old.pid), what="two workers")
+        wrk = WrkRun(f"http://127.0.0.1:{port}/", port, connections=8)
+        wrk.wait_until_loaded()
+        # The file is replaced (a running executable cannot be written over, so a new copy is renamed onto it).
+        shutil.copy(kernel_bin, tmp_path / "kernel.new")
+        os.replace(tmp_path / "kernel.new", binary)
+        os.kill(old.pid, signal.SIGUSR2)
+        wait_for(lambda: os.path.exists(f"{pid_file}.oldbin") and os.path.exists(pid_file)
+                 and read_pid(pid_file) != old.pid, what="the new master's pid file")
+        assert read_pid(f"{pid_file}.oldbin") == old.pid
+        new_master = read_pid(pid_file)
+        wait_for(lambda: log_path.read_text().count("kernel started: master process") == 2, timeout=60,
+                 what="the new master to start")
+        new_workers = wait_for(lambda: len(children(new_master)) == 2 and children(new_master), what="new workers")
+        os.kill(read_pid(f"{pid_file}.oldbin"), signal.SIGQUIT)
+        assert old.wait(timeout=30) == 0
+        assert not os.path.exists(f"{pid_file}.oldbin")
+        assert not any(alive(pid) for pid in old_workers)
+        # Only the new master's workers are left to answer.
+        assert {answering_pid(port) for _ in range(10)} <= set(new_workers)
+        requests, output = wrk.finish()
+        assert requests > 0, output
+        assert "Non-2xx" not in output, output
+        assert "Socket errors" not in output, output
+        with open(f"/proc/{new_master}/cmdline", "rb") as f:
+            assert f.read().split(b"\0")[0] == str(binary).encode()
+    finally:
+        if old.poll() is None:
+            old.kill()
+            old.wait()
+        if new_master:
+            os.kill(new_master, signal.SIGTERM)
+            wait_for(lambda: not alive(new_master), what="the new master to stop")
+
+
+# One master, two pools: an edge worker takes the HTTP listener and passes every request over uwsgi to the model
+# workers' two unix sockets (two servers, so that the edge can retry on the other when a worker dies under it).
+POOLS = """
+kernel:
+  pid: {workdir}/kernel.pid
+  error_log: {{path: stderr, level: info}}
+  event_loop_threads: 1
+  shutdown_timeout: 10s
+  processes:
+    edge: {{count: 1, listen: [http]}}
+    worker: {{count: 2, listen: [uwsgi]}}
+http:
+  listen: "127.0.0.1:0"
+uwsgi:
+  listen: ["unix:{workdir}/w1.sock", "unix:{workdir}/w2.sock"]
+upstreams:
+  models:
+    servers:
+      - unix:{workdir}/w1.sock max_fails=0
+      - unix:{workdir}/w2.sock max_fails=0
+routing:
+  servers:
+    - listen: "127.0.0.1:0"
+      locations:
+        - location: /
+          uwsgi_pass: models
+    - listen: ["unix:{workdir}/w1.sock", "unix:{workdir}/w2.sock"]
+      locations:
+        - location: /
+          return: 200 "model worker $pid"
+"""
+
+
+def pool_pids(kernel, pool):
+    """The live workers of `pool`, by the master's `start worker process` lines."""
+    started = re.findall(rf"start worker process (\d+) \(pool {pool}, ", kernel.log_text())
+    return [int(pid) for pid in started if alive(int(pid))]
+
+
+def test_pools_an_edge_pool_passes_to_a_model_worker_pool(start_kernel, tmp_path):
+    kernel = start_kernel(POOLS.format(workdir=tmp_path))
+    port = kernel.port()
+    log = kernel.log_text()
+    assert "worker pools [edge: 1 (role edge), worker: 2 (role worker)]" in log
+    edge = pool_pids(kernel, "edge")
+    models = pool_pids(kernel, "worker")
+    assert len(edge) == 1 and len(models) == 2
+    # Each pool accepts only on its own listeners.
+    assert re.search(rf"{edge[0]}#0: accepting on http ", log)
+    assert not re.search(rf"{edge[0]}#0: accepting on uwsgi ", log)
+    for pid in models:
+        assert re.search(rf"{pid}#0: accepting on uwsgi unix:{tmp_path}/w1.sock", log)
+        assert not re.search(rf"{pid}#0: accepting on http ", log)
+    answered = {answering_pid(port) for _ in range(20)}
+    assert answered and answered <= set(models), (answered, models)
+
+
+def test_a_model_worker_killed_under_load_fails_no_request_through_the_edge(start_kernel, tmp_path):
+    kernel = start_kernel(POOLS.format(workdir=tmp_path))
+    port = kernel.port()
+    wrk = WrkRun(f"http://127.0.0.1:{port}/", port, connections=8)
+    wrk.wait_until_loaded()
+    victim = pool_pids(kernel, "worker")[0]
+    os.kill(victim, signal.SIGKILL)
+    kernel.wait_for_log(f"worker process {victim} exited on signal 9")
+    respawned = wait_for(lambda: [p for p in pool_pids(kernel, "worker") if p != victim and
+                                  f"start worker process {p}" in kernel.log_text().split(f"{victim} exited")[-1]],
+                         what="a respawned model worker")[0]
+    wait_for(lambda: answering_pid(port) == respawned, what=f"an answer from the new worker {respawned}")
+    requests, output = wrk.finish()
+    assert requests > 0, output
+    assert "Non-2xx" not in output, output
+    assert "Socket errors" not in output, output
