@@ -12,11 +12,14 @@ public final class ListeningSocket: Sendable {
     public let address: ListenAddress
     /// Parked above `ProcessSpawner.parkingFloor`, close-on-exec.
     public let descriptor: CInt
+    /// Taken over from an old master (binary upgrade) rather than opened here.
+    public let inherited: Bool
 
-    init(identity: String, address: ListenAddress, descriptor: CInt) {
+    init(identity: String, address: ListenAddress, descriptor: CInt, inherited: Bool = false) {
         self.identity = identity
         self.address = address
         self.descriptor = descriptor
+        self.inherited = inherited
     }
 
     /// Binds and listens on `spec`'s address with the options the single process sets (SO_REUSEADDR,
@@ -91,7 +94,7 @@ public final class ListeningSocket: Sendable {
             throw ListenerError("\(error)")
         }
         log("listening on \(spec.protocolName) \(boundAddress(parked) ?? spec.address.description) (\(spec.address)), inherited")
-        return ListeningSocket(identity: spec.identity, address: spec.address, descriptor: parked)
+        return ListeningSocket(identity: spec.identity, address: spec.address, descriptor: parked, inherited: true)
     }
 
     /// Closes the master's descriptor. `unlinkPath`: also remove a unix socket's file (when no process will

@@ -112,10 +112,13 @@ public actor MasterProcess {
 
     /// Listening sockets inherited from an old master (binary upgrade), taken over at start.
     private let inherited: InheritedListeners?
+    /// The old master of a binary upgrade (this process's parent when it started with inherited sockets).
+    private let oldMaster: pid_t?
 
     public init(settings: MasterSettings, core: CoreConfiguration, runtime: KernelRuntime, checkRuntime: KernelRuntime,
                 inherited: InheritedListeners?) {
         self.inherited = inherited
+        oldMaster = inherited == nil ? nil : getppid()
         self.settings = settings
         self.core = core
         self.runtime = runtime
@@ -645,9 +648,11 @@ public actor MasterProcess {
                 try? await Task.sleep(nanoseconds: 20_000_000)
             }
         }
-        // After a binary upgrade the sockets (unix paths too) and the pid file belong to the new master.
+        // After a binary upgrade the sockets (unix paths too) and the pid file belong to the new master; a new
+        // master that ends while its old master still runs (going back) leaves the inherited socket files to it.
         let handedOver = upgradeChild != nil
-        for socket in sockets.values { socket.close(unlinkPath: !handedOver) }
+        let oldMasterRuns = oldMaster.map { $0 == getppid() } ?? false
+        for socket in sockets.values { socket.close(unlinkPath: !handedOver && !(socket.inherited && oldMasterRuns)) }
         sockets = [:]
         unlink(handedOver ? core.pidFile + ".oldbin" : core.pidFile)
         logger.notice("exiting")
