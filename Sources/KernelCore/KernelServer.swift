@@ -204,9 +204,11 @@ public final class KernelServer: Service, Sendable {
     public func reload() async {
         let logger = runtime.logger
         if isWorker {
-            // The master reloads by starting new workers; a worker that re-read the file on its own would serve a
-            // configuration the master did not check and whose listeners it did not open.
-            logger.warning("SIGHUP ignored: a worker process is reloaded by its master (pid \(getppid())): signal the master (kernel -s reload)")
+            // A worker does not re-read the file on its own (it would serve a configuration the master did not
+            // check): as in uWSGI, SIGHUP to one worker gracefully reloads that worker only. The master starts its
+            // replacement and, once that serves, drains this one; `kernel -s reload` (the master) reloads all.
+            logger.notice("SIGHUP: asking the master (pid \(getppid())) to replace this worker process")
+            runtime.supervision.requestReplacement(reason: "SIGHUP to worker process \(getpid())")
             return
         }
         logger.notice("reloading configuration \(configurationFile)")

@@ -400,3 +400,42 @@ def test_a_model_worker_killed_under_load_fails_no_request_through_the_edge(star
     assert requests > 0, output
     assert "Non-2xx" not in output, output
     assert "Socket errors" not in output, output
+
+
+def test_a_worker_asking_to_be_replaced_is_replaced_under_load_with_no_failed_request(start_kernel, tmp_path):
+    """SIGHUP to one worker (uWSGI's graceful reload of that worker) goes through `requestReplacement`, the path
+    recycling takes: the master starts a new worker for the slot and drains the old one once the new one serves."""
+    kernel = start_kernel(hello(tmp_path))
+    port = kernel.port()
+    wrk = WrkRun(f"http://127.0.0.1:{port}/", port, connections=8)
+    wrk.wait_until_loaded()
+    for round in range(3):
+        old = children(kernel.pid)[0]
+        os.kill(old, signal.SIGHUP)
+        kernel.wait_for_log(f"worker process {old} asks to be replaced (SIGHUP to worker process {old})")
+        text = kernel.wait_for_log(f"worker process {old} exited with code 0", timeout=30)
+        new = int(re.search(rf"worker process {old} drains: replaced by worker process (\d+)", text).group(1))
+        assert alive(new) and new in children(kernel.pid)
+        wait_for(lambda: answering_pid(port) == new, what=f"an answer from the replacement {new}")
+    requests, output = wrk.finish()
+    assert requests > 0, output
+    assert "Non-2xx" not in output, output
+    assert "Socket errors" not in output, output
+    assert len(children(kernel.pid)) == 2
+
+
+def test_reopen_is_passed_on_to_the_workers(start_kernel, tmp_path):
+    kernel = start_kernel(hello(tmp_path))
+    workers = wait_for(lambda: len(children(kernel.pid)) == 2 and children(kernel.pid), what="two workers")
+    assert kernel.control("reopen").returncode == 0
+    kernel.wait_for_log("log files reopened; asking the worker processes to reopen theirs")
+    for pid in workers:
+        kernel.wait_for_log(f"{pid}#0: log files reopened")
+
+
+def test_lazy_false_starts_the_workers_one_after_another(start_kernel, tmp_path):
+    kernel = start_kernel(hello(tmp_path, extra="  lazy: false"))
+    log = kernel.log_text()
+    first, second = re.findall(r"start worker process (\d+) \(pool main, worker (?:1|2)", log)
+    # The second worker is started only once the first serves.
+    assert log.index(f"{first}#0: worker process 1 started") < log.index(f"start worker process {second} ")
