@@ -7,20 +7,25 @@ import Glibc
 
 /// The listen backlog against the system's limit: Linux silently caps a `listen(2)` backlog at
 /// `net.core.somaxconn`, so a larger one is logged at start instead of being believed.
-enum ListenBacklog {
+public enum ListenBacklog {
     /// `/proc/sys/net/core/somaxconn`, nil where it cannot be read.
-    static func systemMaximum(path: String = "/proc/sys/net/core/somaxconn") -> Int? {
+    public static func systemMaximum(path: String = "/proc/sys/net/core/somaxconn") -> Int? {
         guard let file = fopen(path, "r") else { return nil }
         defer { fclose(file) }
-        var line = [CChar](repeating: 0, count: 32)
+        var line = [UInt8](repeating: 0, count: 32)
         guard fgets(&line, Int32(line.count), file) != nil else { return nil }
-        return Int(String(cString: line).filter { $0.isNumber })
+        return Int(String(decoding: line.prefix { $0 != 0 }, as: UTF8.self).filter { $0.isNumber })
     }
 
-    /// Logs a warning when `backlog` is above `net.core.somaxconn`.
+    /// The warning for `backlog` when it is above `net.core.somaxconn`, nil when it is not.
+    public static func cappedWarning(_ backlog: Int32, listener: String, maximum: Int? = systemMaximum()) -> String? {
+        guard let maximum, Int(backlog) > maximum else { return nil }
+        return "listen backlog \(backlog) of \(listener) is larger than net.core.somaxconn (\(maximum)): the system caps the accept queue at \(maximum) (raise it with sysctl net.core.somaxconn=\(backlog))"
+    }
+
+    /// Logs `cappedWarning` at `warn`.
     static func warnIfCapped(_ backlog: Int32, listener: String, logger: Logger, maximum: Int? = systemMaximum()) {
-        guard let maximum, Int(backlog) > maximum else { return }
-        logger.warning("listen backlog \(backlog) of \(listener) is larger than net.core.somaxconn (\(maximum)): the system caps the accept queue at \(maximum) (raise it with sysctl net.core.somaxconn=\(backlog))")
+        if let warning = cappedWarning(backlog, listener: listener, maximum: maximum) { logger.warning("\(warning)") }
     }
 }
 
@@ -56,21 +61,43 @@ public final class ListenQueueMonitor: Sendable {
     /// The sum of the overflows (uWSGI's `listen_queue_errors`).
     public var totalOverflows: Int { current.reduce(0) { $0 + $1.overflows } }
 
-    /// Samples each TCP listening socket in `channels` (identity and channel, as `ListenerManager` holds them).
-    /// `counting` is false for a look between the periodic samples (a stats request): the figures are refreshed,
-    /// but a full queue is neither logged nor counted again.
-    func sample(_ channels: [(identity: String, channel: any Channel)], counting: Bool = true) async {
+    /// A listening socket to sample: a server channel of this process, or a socket a worker inherited.
+    enum Listening {
+        case channel(protocolName: String, any Channel)
+        case descriptor(protocolName: String, CInt)
+    }
+
+    /// Samples each TCP listening socket in `sockets`. `counting` is false for a look between the periodic samples
+    /// (a stats request): the figures are refreshed, but a full queue is neither logged nor counted again.
+    func sample(_ sockets: [Listening], counting: Bool = true) async {
         var seen: Set<String> = []
-        for (identity, channel) in channels {
-            guard let local = channel.localAddress, local.protocol != .unix,
-                  let provider = channel as? any SocketOptionProvider else { continue }
-            let protocolName = identity.split(separator: " ").first.map(String.init) ?? identity
-            let name = "\(protocolName) \(describe(local))"
-            guard let info = try? await provider.getTCPInfo().get() else { continue }
+        for socket in sockets {
+            let name: String
+            let info: tcp_info
+            switch socket {
+            case .channel(let protocolName, let channel):
+                guard let local = channel.localAddress, local.protocol != .unix,
+                      let provider = channel as? any SocketOptionProvider,
+                      let read = try? await provider.getTCPInfo().get() else { continue }
+                name = "\(protocolName) \(describe(local))"
+                info = read
+            case .descriptor(let protocolName, let fd):
+                guard let address = describeBoundSocket(fd), !address.hasPrefix("unix:"), let read = Self.tcpInfo(fd) else { continue }
+                name = "\(protocolName) \(address)"
+                info = read
+            }
             seen.insert(name)
             record(name: name, queue: Int(info.tcpi_unacked), maxQueue: Int(info.tcpi_sacked), counting: counting)
         }
-        sockets.withLockedValue { $0 = $0.filter { seen.contains($0.key) } }
+        self.sockets.withLockedValue { $0 = $0.filter { seen.contains($0.key) } }
+    }
+
+    /// `TCP_INFO` of a listening socket by descriptor.
+    static func tcpInfo(_ fd: CInt) -> tcp_info? {
+        var info = tcp_info()
+        var length = socklen_t(MemoryLayout<tcp_info>.size)
+        guard getsockopt(fd, CInt(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 else { return nil }
+        return info
     }
 
     /// Records one sample; a queue at its length (the system drops connections beyond it) is an overflow.

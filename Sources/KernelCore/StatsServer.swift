@@ -49,7 +49,9 @@ public final class StatsServer: Sendable {
         do {
             switch address {
             case .tcp(let host, let port):
-                bound = try await bootstrap.bind(host: host, port: port).get()
+                // SO_REUSEPORT: the new master of a binary upgrade binds the address while the old one still runs.
+                bound = try await bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_REUSEPORT)), value: 1)
+                    .bind(host: host, port: port).get()
             case .unix(let path):
                 try removeSocketFile(path)
                 bound = try await bootstrap.bind(unixDomainSocketPath: path).get()

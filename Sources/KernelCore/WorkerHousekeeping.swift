@@ -31,7 +31,7 @@ public final class WorkerHousekeeping: Sendable {
         let listeners = self.listeners
         runtime.processQueries.register("stats") {
             // The queues as they are now, and sockets opened since the last tick (a reload), in the answer.
-            await listenQueues.sample(listeners.serverChannels(), counting: false)
+            await listenQueues.sample(listeners.listeningSockets(), counting: false)
             return WorkerStatsReport.render(runtime: runtime, listenQueues: listenQueues, startedAt: startedAt)
         }
         runtime.processQueries.register(Self.metricsQuery) {
@@ -48,7 +48,7 @@ public final class WorkerHousekeeping: Sendable {
 
     /// One pass: sample the listen queues, check the worker's lifetime.
     func tick() async {
-        await listenQueues.sample(listeners.serverChannels())
+        await listenQueues.sample(listeners.listeningSockets())
         if let core = runtime.currentGeneration?.core {
             runtime.worker.recycler.tick(limits: core.recycling)
         }

@@ -349,8 +349,42 @@ final class RecyclingTests: XCTestCase {
         }
         let (logger, _) = recordingLogger()
         let monitor = ListenQueueMonitor(logger: logger)
-        await monitor.sample([(identity: "http 127.0.0.1:0", channel: server)])
+        await monitor.sample([.channel(protocolName: "http", server)])
         XCTAssertEqual(monitor.current, [ListenQueueMonitor.Socket(name: "http 127.0.0.1:\(port)", queue: 3, maxQueue: 8, overflows: 0)])
+
+        // A worker samples the socket it inherited by its descriptor: here one listening with a backlog of 2, full.
+        let raw = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(raw) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(raw, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        XCTAssertEqual(listen(raw, 2), 0)
+        var bound = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(raw, $0, &length) } }
+        let rawPort = Int(UInt16(bigEndian: bound.sin_port))
+        for _ in 0..<3 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            clients.append(fd)
+            _ = withUnsafePointer(to: &bound) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+        }
+        // The handshakes complete on loopback without waiting; the sampler is asked until it sees them.
+        var sampled: ListenQueueMonitor.Socket?
+        for _ in 0..<100 {
+            await monitor.sample([.descriptor(protocolName: "uwsgi", raw)])
+            sampled = monitor.current.first
+            if sampled?.queue == 3 { break }
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+        XCTAssertEqual(sampled?.name, "uwsgi 127.0.0.1:\(rawPort)")
+        XCTAssertEqual(sampled?.maxQueue, 2)
+        XCTAssertEqual(sampled?.queue, 3, "Linux queues backlog + 1")
+        XCTAssertGreaterThanOrEqual(sampled?.overflows ?? 0, 1)
         try await server.close()
         try await group.shutdownGracefully()
     }
