@@ -1,11 +1,14 @@
 """Recycling and watchdogs on the real binary (uWSGI's harakiri, max-requests, reload-on-rss, max-worker-lifetime,
-and the listen backlog): what one process (`processes: 0`) shows: the 504 and the log lines."""
+and the listen backlog): what one process (`processes: 0`) shows, the 504 and the log lines, and with worker
+processes (`processes: 2`) the replacements, under load, with no failed request."""
 import http.client
 import json
 import os
+import re
 import socket
 import sys
 import threading
+import time
 
 import pytest
 
@@ -135,3 +138,127 @@ def test_a_listen_lines_own_backlog_wins_over_the_kernels(start_kernel, tmp_path
     queues = {entry["name"]: entry["max_queue"] for entry in json.loads(data)["sockets"]}
     assert queues == {kernel.address("http", "127.0.0.1:0"): 2048, kernel.address("http", "127.0.0.2:0"): 16}
     assert "somaxconn" not in kernel.log_text()
+
+
+# With worker processes (`processes: 2`): the master replaces a worker that asks, and no request fails.
+
+PROCESSES = """
+kernel:
+  pid: {workdir}/kernel.pid
+  error_log: {{path: stderr, level: info}}
+  event_loop_threads: 1
+  processes: 2
+  worker_reload_mercy: 10s
+  stats: 127.0.0.1:0
+{keys}
+http:
+  listen: "127.0.0.1:0"
+routing:
+  servers:
+    - locations:
+        - location: /stuck
+          proxy_pass: http://127.0.0.1:{hanging}
+          proxy_read_timeout: 60s
+        - location: /
+          return: 200 "hello"
+"""
+
+
+def start_processes(start_kernel, tmp_path, hanging, keys):
+    return start_kernel(PROCESSES.format(workdir=tmp_path, keys=keys, hanging=hanging.port))
+
+
+def worker_pids(kernel):
+    """The worker processes the master started, in order."""
+    return [int(pid) for pid in re.findall(r"start worker process (\d+) ", kernel.log_text())]
+
+
+def stats(kernel):
+    host, port = kernel.address("stats").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return json.loads(data)
+
+
+def serve_under_load(kernel, count, threads=4):
+    """`count` requests from `threads` clients, each on its own keep-alive connection; returns the statuses."""
+    statuses = []
+    lock = threading.Lock()
+
+    def client(n):
+        conn = http.client.HTTPConnection("127.0.0.1", kernel.port(), timeout=30)
+        for _ in range(n):
+            try:
+                conn.request("GET", "/")
+                response = conn.getresponse()
+                body = response.read()
+                status = response.status if body == b"hello" else f"{response.status} {body!r}"
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", kernel.port(), timeout=30)
+            except (OSError, http.client.HTTPException) as error:
+                status = repr(error)
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", kernel.port(), timeout=30)
+            with lock:
+                statuses.append(status)
+        conn.close()
+
+    workers = [threading.Thread(target=client, args=(count // threads,)) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    return statuses
+
+
+def test_max_requests_recycles_workers_under_load_with_no_failed_request(start_kernel, tmp_path, hanging):
+    kernel = start_processes(start_kernel, tmp_path, hanging, "  max_requests: 100")
+    first = worker_pids(kernel)
+    assert len(first) == 2
+    statuses = serve_under_load(kernel, 800)
+    assert statuses == [200] * 800, [s for s in statuses if s != 200][:5]
+    text = kernel.wait_for_log("...The work of process", count=2)
+    assert "max requests reached (100 >= 100): ...The work of process" in text
+    kernel.wait_for_log("asks to be replaced (max_requests): starting its replacement", count=2)
+    assert len(worker_pids(kernel)) >= 4, "each recycled worker got a replacement"
+
+
+def test_reload_on_rss_recycles_with_no_failed_request(start_kernel, tmp_path, hanging):
+    kernel = start_processes(start_kernel, tmp_path, hanging, "  reload_on_rss: 1m")
+    statuses = serve_under_load(kernel, 60, threads=2)
+    assert statuses == [200] * 60, [s for s in statuses if s != 200][:5]
+    kernel.wait_for_log("asks to be replaced (reload_on_rss): starting its replacement")
+    assert "reload-on-rss reached (" in kernel.log_text()
+    assert len(worker_pids(kernel)) >= 3
+
+
+def test_harakiri_gives_504_a_new_worker_and_leaves_the_others_alone(start_kernel, tmp_path, hanging):
+    kernel = start_processes(start_kernel, tmp_path, hanging, "  harakiri: 1")
+    first = worker_pids(kernel)
+    assert len(first) == 2
+    stuck = {}
+    thread = threading.Thread(target=lambda: stuck.update(answer=get(kernel, "/stuck")))
+    thread.start()
+    statuses = serve_under_load(kernel, 200, threads=2)
+    thread.join(timeout=30)
+    assert stuck["answer"] == (504, b'{"error":"gateway timeout"}')
+    assert statuses == [200] * 200, [s for s in statuses if s != 200][:5]
+    text = kernel.wait_for_log("asks to be replaced (harakiri): starting its replacement")
+    found = re.search(r"HARAKIRI on worker [12] \(pid: (\d+)\): request stuck for 1s \(harakiri 1s\), answered 504, "
+                      r'while waiting for upstream "http://127.0.0.1:\d+", client: 127.0.0.1, server: , '
+                      r'request: "GET /stuck HTTP/1.1", location: "/stuck"', text)
+    assert found, text
+    stuck_pid = int(found.group(1))
+    assert stuck_pid in first
+    kernel.wait_for_log(f"worker process {stuck_pid} exited with code 0")
+    # Two workers serve: the untouched one and the replacement, which the stats show.
+    replacement = [pid for pid in worker_pids(kernel) if pid not in first]
+    assert len(replacement) == 1, worker_pids(kernel)
+    deadline = time.time() + 20
+    while {w["pid"] for w in stats(kernel)["workers"]} != (set(first) - {stuck_pid}) | set(replacement):
+        assert time.time() < deadline, stats(kernel)
+        time.sleep(0.1)
+    assert serve_under_load(kernel, 40, threads=2) == [200] * 40

@@ -4,6 +4,7 @@ import http.client
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -208,3 +209,42 @@ def test_a_full_accept_queue_is_logged_and_in_the_stats(start_kernel, tmp_path):
     assert document["sockets"][0]["max_queue"] == 8, document
     assert get(kernel) == (200, b"hello")
     kernel.wait_for_log("accept() failed (24: Too many open files)")
+
+
+WORKERS = """
+kernel:
+  pid: {workdir}/kernel.pid
+  error_log: {{path: stderr, level: info}}
+  event_loop_threads: 1
+  processes: 2
+  stats: 127.0.0.1:0
+http:
+  listen: "127.0.0.1:0"
+routing:
+  servers:
+    - locations:
+        - location: /
+          return: 200 "hello"
+"""
+
+
+def test_the_master_serves_the_stats_of_its_workers_to_uwsgitop(start_kernel, tmp_path):
+    kernel = start_kernel(WORKERS.format(workdir=tmp_path))
+    workers = [int(pid) for pid in re.findall(r"start worker process (\d+) ", kernel.log_text())]
+    assert len(workers) == 2
+    document = read_stats(kernel)
+    assert document["pid"] == kernel.pid, "the master's pid, as uWSGI's"
+    assert sorted(w["pid"] for w in document["workers"]) == sorted(workers)
+    assert sorted(w["id"] for w in document["workers"]) == [1, 2]
+    assert all(w["respawn_count"] == 1 and w["status"] == "idle" and w["rss"] > 0 for w in document["workers"])
+    assert [s["name"] for s in document["sockets"]] == [kernel.address("http")]
+    top = Tmux(f"env -u COLUMNS -u LINES TERM=xterm {sys.executable} {uwsgitop_script()} --frequency 1 {kernel.address('stats')}")
+    try:
+        top.wait_for(lambda text: all(worker_row(text, pid) for pid in workers))
+        for _ in range(30):
+            assert get(kernel) == (200, b"hello")
+        # Both rows are there and their counts add up to the requests made (each connection went to one of them).
+        screen = top.wait_for(lambda text: sum(int((worker_row(text, pid) or [0] * 4)[3]) for pid in workers) == 30)
+        assert f"masterpid: {kernel.pid}" in screen and "req: 30" in screen, screen
+    finally:
+        top.close()
