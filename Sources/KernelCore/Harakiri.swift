@@ -217,9 +217,9 @@ public final class WorkerWatch: Sendable {
 
     /// After each request: the counters and the recycling checks of `limits`.
     func requestFinished(status: Int, bytesSent: Int, nanoseconds: UInt64?, limits: RecyclingConfiguration) {
-        let count = counters.finished(status: status, bytesSent: bytesSent, nanoseconds: nanoseconds)
+        counters.finished(status: status, bytesSent: bytesSent, nanoseconds: nanoseconds)
         if limits.maxRequests != nil || limits.reloadOnRSS != nil {
-            recycler.requestFinished(count: count, limits: limits)
+            recycler.requestFinished(count: counters.requests, limits: limits)
         }
     }
 }
