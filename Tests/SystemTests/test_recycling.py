@@ -83,6 +83,41 @@ def test_harakiri_answers_the_stuck_request_504_and_logs_what_it_waited_for(star
     assert ("GET /stuck?id=7 HTTP/1.1", 504) in logged, logged
 
 
+def test_harakiri_names_the_model_a_request_waited_in(start_kernel, tmp_path):
+    """A request held in a model's queue (a batch that waits 10 s for company) is the stuck one here."""
+    from inference_support import DEMO, ensure_models
+    ensure_models()
+    kernel = start_kernel(f"""
+kernel:
+  pid: {tmp_path}/kernel.pid
+  error_log: {{path: stderr, level: info}}
+  event_loop_threads: 2
+  harakiri: 1
+http:
+  listen: "127.0.0.1:0"
+inference:
+  models:
+    - name: demo
+      path: {DEMO}
+      max_batch_size: 32
+      dynamic_batching: {{max_queue_delay: 10s, preferred_batch_sizes: [32]}}
+routing:
+  servers:
+    - locations:
+        - location: "^~ /v2"
+          inference: {{}}
+""")
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]})
+    conn = http.client.HTTPConnection("127.0.0.1", kernel.port(), timeout=30)
+    conn.request("POST", "/v2/models/demo/infer", body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (504, b'{"error":"gateway timeout"}')
+    conn.close()
+    text = kernel.wait_for_log("HARAKIRI on worker 0")
+    assert ('answered 504, while queued or running in model "demo" (queue depth 0), client: 127.0.0.1, server: , '
+            'request: "POST /v2/models/demo/infer HTTP/1.1", location: "^~ /v2"') in text
+
+
 def test_a_request_answered_in_time_is_untouched_by_harakiri(start_kernel, tmp_path, hanging):
     kernel = start(start_kernel, tmp_path, hanging, "  harakiri: 30")
     for _ in range(5):
