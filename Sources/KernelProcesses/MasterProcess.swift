@@ -107,9 +107,6 @@ public actor MasterProcess {
     private let workerReplies = PendingReplies()
     private let exitCode = AsyncStream<Int32>.makeStream()
 
-    /// Restart causes of `kernel_worker_restarts_total`.
-    static let restartCauses = ["exit", "signal", "recycle", "harakiri"]
-
     /// Listening sockets inherited from an old master (binary upgrade), taken over at start.
     private let inherited: InheritedListeners?
     /// The old master of a binary upgrade (this process's parent when it started with inherited sockets).
@@ -493,7 +490,11 @@ public actor MasterProcess {
     /// listeners, starts a whole new set of workers with the new configuration and, once all of them serve, lets
     /// the old ones drain. A new worker that exits before it serves fails the reload and the old set keeps serving.
     private func reload() async {
-        guard stopping == nil, started else { return }
+        guard stopping == nil else { return }
+        guard started else {
+            logger.warning("reload ignored: the master is still starting its workers")
+            return
+        }
         if reloading {
             reloadAgain = true
             return
@@ -569,7 +570,11 @@ public actor MasterProcess {
     /// path this master started from, perhaps replaced since) starts as a new master that inherits every listening
     /// socket. The operator then sends this master SIGQUIT (its pid is in the `.oldbin` file).
     private func upgrade() {
-        guard stopping == nil, started else { return }
+        guard stopping == nil else { return }
+        guard started else {
+            logger.warning("binary upgrade ignored: the master is still starting its workers")
+            return
+        }
         if let upgradeChild {
             logger.critical("the changing binary signal is ignored: new binary process \(upgradeChild) runs; quit one of the masters first")
             return
@@ -713,20 +718,34 @@ public actor MasterProcess {
 
     /// The master's `metrics` answer: `kernel_worker_restarts_total{pool,cause}` and `kernel_workers{pool,state}`.
     func metricsText() -> String {
-        let pools = plans.map(\.pool.name)
+        var pools = plans.map(\.pool.name)
+        for worker in workers.values where !pools.contains(worker.pool) { pools.append(worker.pool) }
+        return WorkerMetrics.render(pools: pools, restarts: restarts, workers: workerTable())
+    }
+}
+
+/// The master's metrics in Prometheus text format 0.0.4: every pool gets every cause and state, zeros included,
+/// so that the series exist from the start (a counter that appears only at its first increment breaks `rate`).
+public enum WorkerMetrics {
+    /// Restart causes of `kernel_worker_restarts_total`: a death by exit status or by signal, a replacement asked
+    /// for (`recycle`), or for a stuck request (`harakiri`).
+    public static let causes = ["exit", "signal", "recycle", "harakiri"]
+    public static let states = ["starting", "serving", "draining"]
+
+    public static func render(pools: [String], restarts: [String: [String: Int]], workers: [WorkerProcessInfo]) -> String {
         var text = "# HELP kernel_worker_restarts_total Worker processes started again, by pool and cause.\n"
         text += "# TYPE kernel_worker_restarts_total counter\n"
         for pool in pools {
-            for cause in Self.restartCauses {
+            for cause in causes {
                 text += "kernel_worker_restarts_total{pool=\"\(pool)\",cause=\"\(cause)\"} \(restarts[pool]?[cause] ?? 0)\n"
             }
         }
         text += "# HELP kernel_workers Worker processes, by pool and state.\n"
         text += "# TYPE kernel_workers gauge\n"
         for pool in pools {
-            for state in [Worker.State.starting, .serving, .draining] {
-                let count = workers.values.filter { $0.pool == pool && $0.state == state }.count
-                text += "kernel_workers{pool=\"\(pool)\",state=\"\(state.rawValue)\"} \(count)\n"
+            for state in states {
+                let count = workers.filter { $0.pool == pool && $0.state == state }.count
+                text += "kernel_workers{pool=\"\(pool)\",state=\"\(state)\"} \(count)\n"
             }
         }
         return text

@@ -439,3 +439,45 @@ def test_lazy_false_starts_the_workers_one_after_another(start_kernel, tmp_path)
     first, second = re.findall(r"start worker process (\d+) \(pool main, worker (?:1|2)", log)
     # The second worker is started only once the first serves.
     assert log.index(f"{first}#0: worker process 1 started") < log.index(f"start worker process {second} ")
+
+
+def test_a_worker_that_cannot_start_fails_the_masters_start(tmp_path, kernel_bin):
+    """The check in the master passes (an access log's directory is made only when a worker opens it), the workers
+    fail: the master exits 1, names the worker that failed, and leaves no pid file and no worker."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = tmp_path / "kernel.yaml"
+    config.write_text(hello(tmp_path).replace("    - locations:", f"    - access_log: {blocker}/access.log\n      locations:"))
+    result = subprocess.run([kernel_bin, "--config", str(config)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert re.search(r"worker process \d+ exited with code 1 before it served", result.stderr), result.stderr
+    assert not os.path.exists(tmp_path / "kernel.pid")
+    assert "kernel started" not in result.stderr
+
+
+def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones(start_kernel, tmp_path):
+    kernel = start_kernel(hello(tmp_path))
+    port = kernel.port()
+    workers = wait_for(lambda: len(children(kernel.pid)) == 2 and children(kernel.pid), what="two workers")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    kernel.write_config(hello(tmp_path, text="new").replace("    - locations:", f"    - access_log: {blocker}/a.log\n      locations:"))
+    assert kernel.control("reload").returncode == 0
+    text = kernel.wait_for_log("reload failed, keeping the running configuration", timeout=30)
+    assert re.search(r"reload failed, keeping the running configuration: worker process \d+ exited with code 1 before it served", text)
+    assert children(kernel.pid) == workers
+    status, body = get(port)
+    assert status == 200 and body.startswith("hello "), body
+
+
+def test_a_worker_that_keeps_dying_is_respawned_with_a_back_off(start_kernel, tmp_path):
+    kernel = start_kernel(hello(tmp_path, processes=1))
+    for deaths in range(1, 4):
+        victim = wait_for(lambda: children(kernel.pid), what="a worker")[0]
+        wait_for(lambda: f"{victim}#0: worker process 1 started" in kernel.log_text(), what="the worker to serve")
+        os.kill(victim, signal.SIGKILL)
+        kernel.wait_for_log(f"worker process {victim} exited on signal 9")
+        wait_for(lambda: children(kernel.pid) and children(kernel.pid)[0] != victim, timeout=15, what="a respawn")
+    log = kernel.log_text()
+    assert "worker 1 of pool main exited soon after it started 2 times in a row: respawning in 0.5s" in log
+    assert "worker 1 of pool main exited soon after it started 3 times in a row: respawning in 1.0s" in log
