@@ -99,7 +99,11 @@ struct KernelCommand: AsyncParsableCommand {
         let runtime = KernelRuntime.standalone(threads: 1, level: .warning)
         defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
         do {
-            _ = try loader.load(file: config, runtime: runtime, mode: .check, number: 1)
+            let generation = try loader.load(file: config, runtime: runtime, mode: .check, number: 1)
+            // Under a master every pool's role is checked, with the listeners each pool takes.
+            if case .pools = generation.core.processes {
+                _ = try PoolPlan.load(file: config, modules: compiledModules, role: role, runtime: runtime)
+            }
         } catch {
             emerg("\(error)")
             writeStandardError("kernel: configuration file \(config) test failed\n")

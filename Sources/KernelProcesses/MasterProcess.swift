@@ -59,13 +59,6 @@ public actor MasterProcess {
         }
     }
 
-    /// A worker pool as the running configuration has it: the role its workers run and the listeners they get.
-    struct PoolPlan {
-        var pool: WorkerPool
-        var role: KernelRole
-        var listeners: [ListenerSpec]
-    }
-
     /// One place in a pool (`pool` worker `number`) and the process that fills it.
     struct Slot {
         var worker: Worker?
@@ -167,30 +160,8 @@ public actor MasterProcess {
     /// on every worker belongs here; it uses `runtime.supervision.workers()` and `gather`.
     private func startMasterServices() async {}
 
-    /// Loads the configuration in check mode for every pool's role: nothing starts and no model loads, but every
-    /// error a worker would meet in the file is found, and each pool's listeners are known.
     private func loadPlans(file: String) throws -> (core: CoreConfiguration, plans: [PoolPlan]) {
-        let core = try ConfigurationLoader(modules: settings.modules, role: settings.role).coreConfiguration(file: file)
-        guard case .pools(let pools) = core.processes else {
-            throw ListenerError("kernel.processes is 0: a master cannot become a single process without a restart")
-        }
-        var plans: [PoolPlan] = []
-        for pool in pools {
-            let role = pool.role ?? settings.role
-            let loader = ConfigurationLoader(modules: settings.modules, role: role)
-            let generation = try loader.load(file: file, runtime: checkRuntime, mode: .check, number: 0)
-            var seen = Set<String>()
-            let declared = generation.listenerSpecs.filter { seen.insert($0.identity).inserted }
-            let listeners = declared.filter { pool.takes($0) }
-            for entry in pool.listen ?? [] where !declared.contains(where: { WorkerPool(name: "", role: nil, count: 0, listen: [entry]).takes($0) }) {
-                throw ListenerError("the \(pool.name) pool's listen \"\(entry)\" names no listener of role \(role)").at(pool.mark)
-            }
-            if listeners.isEmpty {
-                logger.warning("the \(pool.name) pool (role \(role)) has no listener: its workers accept nothing")
-            }
-            plans.append(PoolPlan(pool: pool, role: role, listeners: listeners))
-        }
-        return (core, plans)
+        try PoolPlan.load(file: file, modules: settings.modules, role: settings.role, runtime: checkRuntime)
     }
 
     /// Opens the listening sockets `plans` need and the master does not have yet (taking inherited ones over in a
@@ -795,4 +766,42 @@ private func wallClock() -> Double {
 func writeStandardError(_ text: String) {
     var text = text
     text.withUTF8 { bytes in _ = write(2, bytes.baseAddress, bytes.count) }
+}
+
+/// A worker pool as a configuration has it: the role its workers run and the listeners they get.
+public struct PoolPlan: Sendable {
+    public var pool: WorkerPool
+    public var role: KernelRole
+    public var listeners: [ListenerSpec]
+
+    /// Loads `file` in check mode for every pool's role (nothing starts, no model loads, but every error a worker
+    /// would meet in the file is found) and gives each pool its listeners. Used by the master at start and reload,
+    /// and by `kernel -t`. `role` is the command line's, for `processes: N`.
+    public static func load(file: String, modules: [ModuleDescriptor], role commandRole: KernelRole,
+                            runtime: KernelRuntime) throws -> (core: CoreConfiguration, plans: [PoolPlan]) {
+        let core = try ConfigurationLoader(modules: modules, role: commandRole).coreConfiguration(file: file)
+        guard case .pools(let pools) = core.processes else {
+            throw ListenerError("kernel.processes is 0: a master cannot become a single process without a restart")
+        }
+        var plans: [PoolPlan] = []
+        for pool in pools {
+            let role = pool.role ?? commandRole
+            let loader = ConfigurationLoader(modules: modules, role: role)
+            let generation = try loader.load(file: file, runtime: runtime, mode: .check, number: 0)
+            var seen = Set<String>()
+            let declared = generation.listenerSpecs.filter { seen.insert($0.identity).inserted }
+            for entry in pool.listen ?? [] {
+                let single = WorkerPool(name: pool.name, role: role, count: 1, listen: [entry])
+                guard declared.contains(where: single.takes) else {
+                    throw ListenerError("the \(pool.name) pool's listen \"\(entry)\" names no listener of role \(role)").at(pool.mark)
+                }
+            }
+            let listeners = declared.filter { pool.takes($0) }
+            if listeners.isEmpty {
+                runtime.logger.warning("the \(pool.name) pool (role \(role)) has no listener: its workers accept nothing")
+            }
+            plans.append(PoolPlan(pool: pool, role: role, listeners: listeners))
+        }
+        return (core, plans)
+    }
 }

@@ -481,3 +481,15 @@ def test_a_worker_that_keeps_dying_is_respawned_with_a_back_off(start_kernel, tm
     log = kernel.log_text()
     assert "worker 1 of pool main exited soon after it started 2 times in a row: respawning in 0.5s" in log
     assert "worker 1 of pool main exited soon after it started 3 times in a row: respawning in 1.0s" in log
+
+
+def test_check_validates_every_pool(tmp_path, kernel_bin):
+    config = tmp_path / "kernel.yaml"
+    config.write_text(POOLS.format(workdir=tmp_path))
+    result = subprocess.run([kernel_bin, "-t", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    config.write_text(POOLS.format(workdir=tmp_path).replace("listen: [uwsgi]", 'listen: ["unix:/nowhere.sock"]'))
+    result = subprocess.run([kernel_bin, "-t", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert re.search(r'the worker pool\'s listen "unix:/nowhere.sock" names no listener of role worker, in \S+kernel.yaml:\d+:\d+',
+                     result.stderr), result.stderr
