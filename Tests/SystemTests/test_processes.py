@@ -15,6 +15,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from load_support import WrkRun
 from peer_support import HangingBackend
 
@@ -175,10 +177,14 @@ def test_quit_lets_a_request_in_flight_finish_and_removes_the_pid_file(start_ker
     backend.close()
 
 
-def test_stop_ends_master_and_workers(start_kernel, tmp_path):
+@pytest.mark.parametrize("how", ["-s stop", "SIGINT"])
+def test_stop_ends_master_and_workers(start_kernel, tmp_path, how):
     kernel = start_kernel(hello(tmp_path))
     workers = wait_for(lambda: len(children(kernel.pid)) == 2 and children(kernel.pid), what="two workers")
-    assert kernel.control("stop").returncode == 0
+    if how == "SIGINT":
+        os.kill(kernel.pid, signal.SIGINT)
+    else:
+        assert kernel.control("stop").returncode == 0
     assert kernel.wait_exit() == 0
     assert not any(alive(pid) for pid in workers)
     log = kernel.log_text()
