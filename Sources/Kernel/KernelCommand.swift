@@ -140,6 +140,11 @@ struct KernelCommand: AsyncParsableCommand {
             try await serveAsMaster(core: core, logFiles: logFiles, destination: destination, logger: logger, inherited: inherited)
             return
         }
+        if worker == nil, let inherited {
+            // Sockets from an old master (a binary upgrade to a file with `processes: 0`): one process binds its own.
+            logger.warning("kernel.processes is 0: the \(inherited.descriptors.count) listening socket(s) inherited from the old master are closed; this process binds its own")
+            for fd in inherited.descriptors.values { close(fd) }
+        }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: core.eventLoopThreads)
         let runtime: KernelRuntime
         var placement = KernelServer.Placement.standalone
@@ -208,8 +213,9 @@ struct KernelCommand: AsyncParsableCommand {
         let runtime = KernelRuntime(eventLoopGroup: group, logger: logger, logFiles: logFiles, errorLog: destination,
                                     supervision: { _ in supervision })
         let checkRuntime = KernelRuntime(eventLoopGroup: group, logger: logger, logFiles: LogFileRegistry(), errorLog: destination)
+        // Services of the master itself (a stats server over every worker) are made here.
         let settings = MasterSettings(executable: ProcessSpawner.currentExecutable(), configurationFile: absolutePath(config),
-                                      role: role, modules: compiledModules)
+                                      role: role, modules: compiledModules, services: { _, _ in [] })
         // Sockets inherited from an old master (binary upgrade) are adopted by identity.
         let master = MasterProcess(settings: settings, core: core, runtime: runtime, checkRuntime: checkRuntime,
                                    inherited: inherited)

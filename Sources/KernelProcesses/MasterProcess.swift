@@ -17,12 +17,18 @@ public struct MasterSettings: Sendable {
     /// `--role`: the role of the workers of `processes: N`.
     public var role: KernelRole
     public var modules: [ModuleDescriptor]
+    /// The services the master itself runs (not its workers), made from its runtime and the configuration's core
+    /// section at start: a service that reports on the whole process group, such as a stats server, uses
+    /// `runtime.supervision.workers()` and `gather`. Started before the workers, stopped after them.
+    public var services: @Sendable (KernelRuntime, CoreConfiguration) -> [any KernelService]
 
-    public init(executable: String, configurationFile: String, role: KernelRole, modules: [ModuleDescriptor]) {
+    public init(executable: String, configurationFile: String, role: KernelRole, modules: [ModuleDescriptor],
+                services: @escaping @Sendable (KernelRuntime, CoreConfiguration) -> [any KernelService] = { _, _ in [] }) {
         self.executable = executable
         self.configurationFile = configurationFile
         self.role = role
         self.modules = modules
+        self.services = services
     }
 }
 
@@ -97,6 +103,8 @@ public actor MasterProcess {
     private var reloadAgain = false
     /// The new master of a binary upgrade, while it runs.
     private var upgradeChild: pid_t?
+    /// The master's own services, running.
+    private var services: [any KernelService] = []
     private let workerReplies = PendingReplies()
     private let exitCode = AsyncStream<Int32>.makeStream()
 
@@ -147,7 +155,7 @@ public actor MasterProcess {
         try openSockets(for: plans, inherited: inherited)
         try writePidFile()
         self.plans = plans
-        await startMasterServices()
+        try await startMasterServices()
         let first = try await startWorkers(plans)
         if stopping != nil { return }
         for (key, worker) in first { slots[key] = Slot(worker: worker) }
@@ -156,9 +164,14 @@ public actor MasterProcess {
         logger.notice("kernel started: master process, worker pools [\(pools)], pid \(getpid())")
     }
 
-    /// The one place where services of the master itself start (not of a worker): a stats server that reports
-    /// on every worker belongs here; it uses `runtime.supervision.workers()` and `gather`.
-    private func startMasterServices() async {}
+    /// The one place where services of the master itself start (`MasterSettings.services`, not a worker's).
+    private func startMasterServices() async throws {
+        for service in settings.services(runtime, core) {
+            try await service.start()
+            services.append(service)
+            logger.info("master service \(service.name) started")
+        }
+    }
 
     private func loadPlans(file: String) throws -> (core: CoreConfiguration, plans: [PoolPlan]) {
         try PoolPlan.load(file: file, modules: settings.modules, role: settings.role, runtime: checkRuntime)
@@ -210,7 +223,10 @@ public actor MasterProcess {
             }
             try await waitUntilServing(Array(started.values))
         } catch {
-            for worker in started.values where worker.exit == nil { kill(worker.pid, SIGTERM) }
+            for worker in started.values where worker.exit == nil {
+                worker.state = .draining  // its exit is expected, not a death
+                kill(worker.pid, SIGTERM)
+            }
             throw error
         }
         return started
@@ -624,6 +640,8 @@ public actor MasterProcess {
                 try? await Task.sleep(nanoseconds: 20_000_000)
             }
         }
+        for service in services.reversed() { await service.stop() }
+        services = []
         // After a binary upgrade the sockets (unix paths too) and the pid file belong to the new master; a new
         // master that ends while its old master still runs (going back) leaves the inherited socket files to it.
         let handedOver = upgradeChild != nil
