@@ -277,7 +277,7 @@ public actor MasterProcess {
         do {
             pid = try ProcessSpawner.spawn(
                 executable: settings.executable,
-                arguments: [settings.executable, "--role", plan.role.rawValue, "--config", settings.configurationFile],
+                arguments: [settings.executable, "--role", plan.role.rawValue, "--config", plan.configurationFile],
                 environment: environment, descriptors: handed)
         } catch {
             close(masterEnd)
@@ -791,9 +791,11 @@ public struct PoolPlan: Sendable {
     public var pool: WorkerPool
     public var role: KernelRole
     public var listeners: [ListenerSpec]
+    /// The file the pool's workers run: the pool's `config`, else the master's.
+    public var configurationFile: String
 
-    /// Loads `file` in check mode for every pool's role (nothing starts, no model loads, but every error a worker
-    /// would meet in the file is found) and gives each pool its listeners. Used by the master at start and reload,
+    /// Loads `file` (or a pool's own `config`) in check mode for every pool's role (nothing starts, no model loads,
+    /// but every error a worker would meet in the file is found) and gives each pool its listeners. Used by the master at start and reload,
     /// and by `kernel -t`. `role` is the command line's, for `processes: N`.
     public static func load(file: String, modules: [ModuleDescriptor], role commandRole: KernelRole,
                             runtime: KernelRuntime) throws -> (core: CoreConfiguration, plans: [PoolPlan]) {
@@ -804,8 +806,9 @@ public struct PoolPlan: Sendable {
         var plans: [PoolPlan] = []
         for pool in pools {
             let role = pool.role ?? commandRole
+            let poolFile = pool.configurationFile ?? file
             let loader = ConfigurationLoader(modules: modules, role: role)
-            let generation = try loader.load(file: file, runtime: runtime, mode: .check, number: 0)
+            let generation = try loader.load(file: poolFile, runtime: runtime, mode: .check, number: 0)
             var seen = Set<String>()
             let declared = generation.listenerSpecs.filter { seen.insert($0.identity).inserted }
             for entry in pool.listen ?? [] {
@@ -818,7 +821,7 @@ public struct PoolPlan: Sendable {
             if listeners.isEmpty {
                 runtime.logger.warning("the \(pool.name) pool (role \(role)) has no listener: its workers accept nothing")
             }
-            plans.append(PoolPlan(pool: pool, role: role, listeners: listeners))
+            plans.append(PoolPlan(pool: pool, role: role, listeners: listeners, configurationFile: poolFile))
         }
         return (core, plans)
     }

@@ -499,3 +499,65 @@ def test_check_validates_every_pool(tmp_path, kernel_bin):
     assert result.returncode == 1
     assert re.search(r'the worker pool\'s listen "unix:/nowhere.sock" names no listener of role worker, in \S+kernel.yaml:\d+:\d+',
                      result.stderr), result.stderr
+
+
+def test_pools_with_their_own_files_model_workers_each_load_their_models(start_kernel, tmp_path):
+    """A pool's `config`: the edge pool and the model pool run different files (an inference location exists only
+    in the model workers' role), supervised by one master. Every model worker loads the model itself (lazy), the
+    master loads none."""
+    import json
+
+    from inference_support import DEMO, ensure_models
+    ensure_models()
+    core = f"""kernel:
+  pid: {tmp_path}/kernel.pid
+  error_log: {{path: stderr, level: info}}
+  event_loop_threads: 1
+  shutdown_timeout: 10s
+"""
+    (tmp_path / "edge.yaml").write_text(core + f"""
+http:
+  listen: "127.0.0.1:0"
+uwsgi: {{}}
+upstreams:
+  models:
+    servers: ["unix:{tmp_path}/m1.sock max_fails=0", "unix:{tmp_path}/m2.sock max_fails=0"]
+routing:
+  servers:
+    - locations:
+        - location: /
+          uwsgi_pass: models
+""")
+    (tmp_path / "models.yaml").write_text(core + f"""
+uwsgi:
+  listen: ["unix:{tmp_path}/m1.sock", "unix:{tmp_path}/m2.sock"]
+inference:
+  models:
+    - {{name: demo, path: {DEMO}, max_batch_size: 8, warmup: 1}}
+routing:
+  servers:
+    - client_max_body_size: 16m
+      locations:
+        - location: "^~ /v2"
+          inference: {{}}
+""")
+    kernel = start_kernel(core + """  processes:
+    edge: {count: 1, config: edge.yaml}
+    worker: {count: 2, config: models.yaml}
+""")
+    port = kernel.port()
+    models = pool_pids(kernel, "worker")
+    log = kernel.log_text()
+    assert f"--config {tmp_path}/models.yaml" in open(f"/proc/{models[0]}/cmdline").read().replace("\0", " ")
+    loaded = re.findall(r"(\d+)#0: inference: model 'demo' version \d+ ready", log)
+    assert sorted(int(pid) for pid in loaded) == sorted(models), log
+    assert not re.search(rf"{kernel.pid}#0: inference:", log), "the master loads no model"
+    row = [0.5] * 64
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/v2/models/demo/infer", body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    answer = response.read()
+    conn.close()
+    assert response.status == 200, answer
+    assert json.loads(answer)["outputs"][0]["shape"][0] == 1
