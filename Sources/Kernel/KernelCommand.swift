@@ -99,7 +99,11 @@ struct KernelCommand: AsyncParsableCommand {
         let runtime = KernelRuntime.standalone(threads: 1, level: .warning)
         defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
         do {
-            _ = try loader.load(file: config, runtime: runtime, mode: .check, number: 1)
+            let generation = try loader.load(file: config, runtime: runtime, mode: .check, number: 1)
+            // Under a master every pool's role is checked, with the listeners each pool takes.
+            if case .pools = generation.core.processes {
+                _ = try PoolPlan.load(file: config, modules: compiledModules, role: role, runtime: runtime)
+            }
         } catch {
             emerg("\(error)")
             writeStandardError("kernel: configuration file \(config) test failed\n")
@@ -135,6 +139,11 @@ struct KernelCommand: AsyncParsableCommand {
         if worker == nil, case .pools = core.processes {
             try await serveAsMaster(core: core, logFiles: logFiles, destination: destination, logger: logger, inherited: inherited)
             return
+        }
+        if worker == nil, let inherited {
+            // Sockets from an old master (a binary upgrade to a file with `processes: 0`): one process binds its own.
+            logger.warning("kernel.processes is 0: the \(inherited.descriptors.count) listening socket(s) inherited from the old master are closed; this process binds its own")
+            for fd in inherited.descriptors.values { close(fd) }
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: core.eventLoopThreads)
         let runtime: KernelRuntime
@@ -204,8 +213,14 @@ struct KernelCommand: AsyncParsableCommand {
         let runtime = KernelRuntime(eventLoopGroup: group, logger: logger, logFiles: logFiles, errorLog: destination,
                                     supervision: { _ in supervision })
         let checkRuntime = KernelRuntime(eventLoopGroup: group, logger: logger, logFiles: LogFileRegistry(), errorLog: destination)
+        // Services of the master itself are made here: the stats server (`kernel.stats`) over every worker.
         let settings = MasterSettings(executable: ProcessSpawner.currentExecutable(), configurationFile: absolutePath(config),
-                                      role: role, modules: compiledModules)
+                                      role: role, modules: compiledModules, services: { runtime, core in
+            core.stats.map { address in
+                [StatsServer(address: address, supervision: runtime.supervision, eventLoopGroup: runtime.eventLoopGroup,
+                             logger: runtime.logger)]
+            } ?? []
+        })
         // Sockets inherited from an old master (binary upgrade) are adopted by identity.
         let master = MasterProcess(settings: settings, core: core, runtime: runtime, checkRuntime: checkRuntime,
                                    inherited: inherited)

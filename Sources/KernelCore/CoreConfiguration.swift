@@ -90,7 +90,7 @@ public struct CoreConfiguration: Sendable {
         if let limit = mapping.optional("worker_rlimit_nofile") {
             configuration.openFileLimit = try limit.int(in: 1...Int(Int32.max), what: "a number of files 1-\(Int32.max)")
         }
-        try decodeProcesses(mapping, into: &configuration)
+        try decodeProcesses(mapping, directory: directory, into: &configuration)
 
         configuration.recycling = try RecyclingConfiguration.decode(from: mapping)
         if let backlog = mapping.optional("listen_backlog") {
@@ -139,14 +139,18 @@ public struct WorkerPool: Sendable, Equatable {
     /// The listeners the pool's workers get, each a protocol name (`http`, `uwsgi`) or an address as written in
     /// a `listen` (`127.0.0.1:8080`, `unix:/run/kernel.sock`); nil: every listener of the role.
     public var listen: [String]?
+    /// The configuration file the pool's workers run (resolved); nil: the master's own file.
+    public var configurationFile: String?
     /// Where the pool is configured, for errors about its `listen`.
     public var mark: SourceMark?
 
-    public init(name: String, role: KernelRole?, count: Int, listen: [String]? = nil, mark: SourceMark? = nil) {
+    public init(name: String, role: KernelRole?, count: Int, listen: [String]? = nil, configurationFile: String? = nil,
+                mark: SourceMark? = nil) {
         self.name = name
         self.role = role
         self.count = count
         self.listen = listen
+        self.configurationFile = configurationFile
         self.mark = mark
     }
 
@@ -163,9 +167,9 @@ extension CoreConfiguration {
     /// The names `processes` goes by: nginx's `worker_processes` and uWSGI's `workers` mean the same here.
     static let processesKeys = ["processes", "worker_processes", "workers"]
 
-    /// `processes: auto|N|0` or pools, `processes: {edge: N, worker: {count: N, listen: [uwsgi]}}`; `lazy`,
+    /// `processes: auto|N|0` or pools, `processes: {edge: N, worker: {count: N, listen: [uwsgi], config: FILE}}`; `lazy`,
     /// `worker_reload_mercy`, `shutdown_delay`.
-    static func decodeProcesses(_ mapping: ConfigMapping, into configuration: inout CoreConfiguration) throws {
+    static func decodeProcesses(_ mapping: ConfigMapping, directory: String, into configuration: inout CoreConfiguration) throws {
         let given = processesKeys.compactMap { key in mapping.optional(key).map { (key, $0) } }
         if given.count > 1 {
             throw given[1].1.error("\(given[0].0) and \(given[1].0) are the same setting: give one")
@@ -178,18 +182,23 @@ extension CoreConfiguration {
                     guard let pool = pools.optional(role.rawValue) else { continue }
                     var number: Int
                     var listen: [String]?
+                    var file: String?
                     if case .mapping = pool.node {
                         let fields = try pool.mapping()
                         number = try processCount(try fields.required("count"), allowZero: true)
                         if let selection = fields.optional("listen") {
                             listen = try selection.list(allowScalar: true).map { try $0.nonEmptyString() }
                         }
+                        if let config = fields.optional("config") {
+                            file = ConfigPath.resolve(try config.nonEmptyString(), in: directory)
+                        }
                         try fields.finish()
                     } else {
                         number = try processCount(pool, allowZero: true)
                     }
                     if number > 0 {
-                        list.append(WorkerPool(name: role.rawValue, role: role, count: number, listen: listen, mark: pool.mark))
+                        list.append(WorkerPool(name: role.rawValue, role: role, count: number, listen: listen,
+                                               configurationFile: file, mark: pool.mark))
                     }
                 }
                 try pools.finish()

@@ -13,7 +13,8 @@ import Glibc
 ///
 /// It runs in the process that owns the group: the single process of `processes: 0`, or the master, which has no
 /// listeners of its own, so it needs only an event loop group, the supervision and a logger.
-public final class StatsServer: Sendable {
+public final class StatsServer: KernelService {
+    public var name: String { "stats" }
     public let address: ListenAddress
     private let supervision: any ProcessSupervision
     private let eventLoopGroup: any EventLoopGroup

@@ -17,12 +17,18 @@ public struct MasterSettings: Sendable {
     /// `--role`: the role of the workers of `processes: N`.
     public var role: KernelRole
     public var modules: [ModuleDescriptor]
+    /// The services the master itself runs (not its workers), made from its runtime and the configuration's core
+    /// section at start: a service that reports on the whole process group, such as a stats server, uses
+    /// `runtime.supervision.workers()` and `gather`. Started before the workers, stopped after them.
+    public var services: @Sendable (KernelRuntime, CoreConfiguration) -> [any KernelService]
 
-    public init(executable: String, configurationFile: String, role: KernelRole, modules: [ModuleDescriptor]) {
+    public init(executable: String, configurationFile: String, role: KernelRole, modules: [ModuleDescriptor],
+                services: @escaping @Sendable (KernelRuntime, CoreConfiguration) -> [any KernelService] = { _, _ in [] }) {
         self.executable = executable
         self.configurationFile = configurationFile
         self.role = role
         self.modules = modules
+        self.services = services
     }
 }
 
@@ -57,13 +63,6 @@ public actor MasterProcess {
             spawnedAt = wallClock()
             startedAt = .now()
         }
-    }
-
-    /// A worker pool as the running configuration has it: the role its workers run and the listeners they get.
-    struct PoolPlan {
-        var pool: WorkerPool
-        var role: KernelRole
-        var listeners: [ListenerSpec]
     }
 
     /// One place in a pool (`pool` worker `number`) and the process that fills it.
@@ -104,13 +103,10 @@ public actor MasterProcess {
     private var reloadAgain = false
     /// The new master of a binary upgrade, while it runs.
     private var upgradeChild: pid_t?
+    /// The master's own services, running.
+    private var services: [any KernelService] = []
     private let workerReplies = PendingReplies()
-    /// The stats server (`kernel.stats`), while it runs.
-    private var statsServer: StatsServer?
     private let exitCode = AsyncStream<Int32>.makeStream()
-
-    /// Restart causes of `kernel_worker_restarts_total`.
-    static let restartCauses = ["exit", "signal", "recycle", "harakiri"]
 
     /// Listening sockets inherited from an old master (binary upgrade), taken over at start.
     private let inherited: InheritedListeners?
@@ -159,7 +155,7 @@ public actor MasterProcess {
         try openSockets(for: plans, inherited: inherited)
         try writePidFile()
         self.plans = plans
-        await startMasterServices()
+        try await startMasterServices()
         let first = try await startWorkers(plans)
         if stopping != nil { return }
         for (key, worker) in first { slots[key] = Slot(worker: worker) }
@@ -168,46 +164,17 @@ public actor MasterProcess {
         logger.notice("kernel started: master process, worker pools [\(pools)], pid \(getpid())")
     }
 
-    /// The one place where services of the master itself start (not of a worker): the stats server
-    /// (`kernel.stats`), which reports on every worker from `runtime.supervision.workers()` and `gather("stats")`.
-    /// A stats address that cannot be bound is logged and the master runs on without it (in a binary upgrade the
-    /// old master may still hold a unix path).
-    private func startMasterServices() async {
-        guard let address = core.stats else { return }
-        let server = StatsServer(address: address, supervision: runtime.supervision, eventLoopGroup: runtime.eventLoopGroup,
-                                 logger: logger)
-        do {
-            try await server.start()
-            statsServer = server
-        } catch {
-            logger.error("\(error)")
+    /// The one place where services of the master itself start (`MasterSettings.services`, not a worker's).
+    private func startMasterServices() async throws {
+        for service in settings.services(runtime, core) {
+            try await service.start()
+            services.append(service)
+            logger.info("master service \(service.name) started")
         }
     }
 
-    /// Loads the configuration in check mode for every pool's role: nothing starts and no model loads, but every
-    /// error a worker would meet in the file is found, and each pool's listeners are known.
     private func loadPlans(file: String) throws -> (core: CoreConfiguration, plans: [PoolPlan]) {
-        let core = try ConfigurationLoader(modules: settings.modules, role: settings.role).coreConfiguration(file: file)
-        guard case .pools(let pools) = core.processes else {
-            throw ListenerError("kernel.processes is 0: a master cannot become a single process without a restart")
-        }
-        var plans: [PoolPlan] = []
-        for pool in pools {
-            let role = pool.role ?? settings.role
-            let loader = ConfigurationLoader(modules: settings.modules, role: role)
-            let generation = try loader.load(file: file, runtime: checkRuntime, mode: .check, number: 0)
-            var seen = Set<String>()
-            let declared = generation.listenerSpecs.filter { seen.insert($0.identity).inserted }
-            let listeners = declared.filter { pool.takes($0) }
-            for entry in pool.listen ?? [] where !declared.contains(where: { WorkerPool(name: "", role: nil, count: 0, listen: [entry]).takes($0) }) {
-                throw ListenerError("the \(pool.name) pool's listen \"\(entry)\" names no listener of role \(role)").at(pool.mark)
-            }
-            if listeners.isEmpty {
-                logger.warning("the \(pool.name) pool (role \(role)) has no listener: its workers accept nothing")
-            }
-            plans.append(PoolPlan(pool: pool, role: role, listeners: listeners))
-        }
-        return (core, plans)
+        try PoolPlan.load(file: file, modules: settings.modules, role: settings.role, runtime: checkRuntime)
     }
 
     /// Opens the listening sockets `plans` need and the master does not have yet (taking inherited ones over in a
@@ -256,7 +223,10 @@ public actor MasterProcess {
             }
             try await waitUntilServing(Array(started.values))
         } catch {
-            for worker in started.values where worker.exit == nil { kill(worker.pid, SIGTERM) }
+            for worker in started.values where worker.exit == nil {
+                worker.state = .draining  // its exit is expected, not a death
+                kill(worker.pid, SIGTERM)
+            }
             throw error
         }
         return started
@@ -307,7 +277,7 @@ public actor MasterProcess {
         do {
             pid = try ProcessSpawner.spawn(
                 executable: settings.executable,
-                arguments: [settings.executable, "--role", plan.role.rawValue, "--config", settings.configurationFile],
+                arguments: [settings.executable, "--role", plan.role.rawValue, "--config", plan.configurationFile],
                 environment: environment, descriptors: handed)
         } catch {
             close(masterEnd)
@@ -507,7 +477,11 @@ public actor MasterProcess {
     /// listeners, starts a whole new set of workers with the new configuration and, once all of them serve, lets
     /// the old ones drain. A new worker that exits before it serves fails the reload and the old set keeps serving.
     private func reload() async {
-        guard stopping == nil, started else { return }
+        guard stopping == nil else { return }
+        guard started else {
+            logger.warning("reload ignored: the master is still starting its workers")
+            return
+        }
         if reloading {
             reloadAgain = true
             return
@@ -583,7 +557,11 @@ public actor MasterProcess {
     /// path this master started from, perhaps replaced since) starts as a new master that inherits every listening
     /// socket. The operator then sends this master SIGQUIT (its pid is in the `.oldbin` file).
     private func upgrade() {
-        guard stopping == nil, started else { return }
+        guard stopping == nil else { return }
+        guard started else {
+            logger.warning("binary upgrade ignored: the master is still starting its workers")
+            return
+        }
         if let upgradeChild {
             logger.critical("the changing binary signal is ignored: new binary process \(upgradeChild) runs; quit one of the masters first")
             return
@@ -662,10 +640,10 @@ public actor MasterProcess {
                 try? await Task.sleep(nanoseconds: 20_000_000)
             }
         }
+        for service in services.reversed() { await service.stop() }
+        services = []
         // After a binary upgrade the sockets (unix paths too) and the pid file belong to the new master; a new
         // master that ends while its old master still runs (going back) leaves the inherited socket files to it.
-        await statsServer?.stop()
-        statsServer = nil
         let handedOver = upgradeChild != nil
         let oldMasterRuns = oldMaster.map { $0 == getppid() } ?? false
         for socket in sockets.values { socket.close(unlinkPath: !handedOver && !(socket.inherited && oldMasterRuns)) }
@@ -729,20 +707,34 @@ public actor MasterProcess {
 
     /// The master's `metrics` answer: `kernel_worker_restarts_total{pool,cause}` and `kernel_workers{pool,state}`.
     func metricsText() -> String {
-        let pools = plans.map(\.pool.name)
+        var pools = plans.map(\.pool.name)
+        for worker in workers.values where !pools.contains(worker.pool) { pools.append(worker.pool) }
+        return WorkerMetrics.render(pools: pools, restarts: restarts, workers: workerTable())
+    }
+}
+
+/// The master's metrics in Prometheus text format 0.0.4: every pool gets every cause and state, zeros included,
+/// so that the series exist from the start (a counter that appears only at its first increment breaks `rate`).
+public enum WorkerMetrics {
+    /// Restart causes of `kernel_worker_restarts_total`: a death by exit status or by signal, a replacement asked
+    /// for (`recycle`), or for a stuck request (`harakiri`).
+    public static let causes = ["exit", "signal", "recycle", "harakiri"]
+    public static let states = ["starting", "serving", "draining"]
+
+    public static func render(pools: [String], restarts: [String: [String: Int]], workers: [WorkerProcessInfo]) -> String {
         var text = "# HELP kernel_worker_restarts_total Worker processes started again, by pool and cause.\n"
         text += "# TYPE kernel_worker_restarts_total counter\n"
         for pool in pools {
-            for cause in Self.restartCauses {
+            for cause in causes {
                 text += "kernel_worker_restarts_total{pool=\"\(pool)\",cause=\"\(cause)\"} \(restarts[pool]?[cause] ?? 0)\n"
             }
         }
         text += "# HELP kernel_workers Worker processes, by pool and state.\n"
         text += "# TYPE kernel_workers gauge\n"
         for pool in pools {
-            for state in [Worker.State.starting, .serving, .draining] {
-                let count = workers.values.filter { $0.pool == pool && $0.state == state }.count
-                text += "kernel_workers{pool=\"\(pool)\",state=\"\(state.rawValue)\"} \(count)\n"
+            for state in states {
+                let count = workers.filter { $0.pool == pool && $0.state == state }.count
+                text += "kernel_workers{pool=\"\(pool)\",state=\"\(state)\"} \(count)\n"
             }
         }
         return text
@@ -792,4 +784,45 @@ private func wallClock() -> Double {
 func writeStandardError(_ text: String) {
     var text = text
     text.withUTF8 { bytes in _ = write(2, bytes.baseAddress, bytes.count) }
+}
+
+/// A worker pool as a configuration has it: the role its workers run and the listeners they get.
+public struct PoolPlan: Sendable {
+    public var pool: WorkerPool
+    public var role: KernelRole
+    public var listeners: [ListenerSpec]
+    /// The file the pool's workers run: the pool's `config`, else the master's.
+    public var configurationFile: String
+
+    /// Loads `file` (or a pool's own `config`) in check mode for every pool's role (nothing starts, no model loads,
+    /// but every error a worker would meet in the file is found) and gives each pool its listeners. Used by the master at start and reload,
+    /// and by `kernel -t`. `role` is the command line's, for `processes: N`.
+    public static func load(file: String, modules: [ModuleDescriptor], role commandRole: KernelRole,
+                            runtime: KernelRuntime) throws -> (core: CoreConfiguration, plans: [PoolPlan]) {
+        let core = try ConfigurationLoader(modules: modules, role: commandRole).coreConfiguration(file: file)
+        guard case .pools(let pools) = core.processes else {
+            throw ListenerError("kernel.processes is 0: a master cannot become a single process without a restart")
+        }
+        var plans: [PoolPlan] = []
+        for pool in pools {
+            let role = pool.role ?? commandRole
+            let poolFile = pool.configurationFile ?? file
+            let loader = ConfigurationLoader(modules: modules, role: role)
+            let generation = try loader.load(file: poolFile, runtime: runtime, mode: .check, number: 0)
+            var seen = Set<String>()
+            let declared = generation.listenerSpecs.filter { seen.insert($0.identity).inserted }
+            for entry in pool.listen ?? [] {
+                let single = WorkerPool(name: pool.name, role: role, count: 1, listen: [entry])
+                guard declared.contains(where: single.takes) else {
+                    throw ListenerError("the \(pool.name) pool's listen \"\(entry)\" names no listener of role \(role)").at(pool.mark)
+                }
+            }
+            let listeners = declared.filter { pool.takes($0) }
+            if listeners.isEmpty {
+                runtime.logger.warning("the \(pool.name) pool (role \(role)) has no listener: its workers accept nothing")
+            }
+            plans.append(PoolPlan(pool: pool, role: role, listeners: listeners, configurationFile: poolFile))
+        }
+        return (core, plans)
+    }
 }

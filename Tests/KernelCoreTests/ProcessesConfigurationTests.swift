@@ -40,6 +40,10 @@ final class ProcessesConfigurationTests: XCTestCase {
         XCTAssertNil(core.processes.pools[0].listen)
         XCTAssertEqual(core.processes.pools[1].count, 3)
         XCTAssertEqual(core.processes.pools[1].listen, ["uwsgi", "unix:/run/m.sock"])
+        let files = try CoreConfiguration.decode(
+            try ConfigValue(node: try YAMLParser().parse("kernel:\n  processes: {edge: {count: 1, config: edge.yaml}}\n", file: "etc/k.yaml"),
+                            path: "").mapping().optional("kernel"), directory: "etc")
+        XCTAssertEqual(files.processes.pools.first?.configurationFile, "etc/edge.yaml", "relative to the master's file")
         XCTAssertThrowsError(try decode("  processes: {models: 2}\n")) { error in
             XCTAssertTrue("\(error)".contains("models"), "\(error)")
         }

@@ -104,3 +104,23 @@ final class ProcessEnvironmentTests: XCTestCase {
         XCTAssertEqual(MasterProcess.respawnDelay(quickDeaths: 50), .seconds(30))
     }
 }
+
+final class WorkerMetricsTests: XCTestCase {
+    func testEveryPoolHasEveryCauseAndState() {
+        let workers = [WorkerProcessInfo(number: 1, pid: 11, pool: "edge", spawnedAt: 0, respawns: 0, state: "serving"),
+                       WorkerProcessInfo(number: 1, pid: 21, pool: "worker", spawnedAt: 0, respawns: 2, state: "serving"),
+                       WorkerProcessInfo(number: 1, pid: 20, pool: "worker", spawnedAt: 0, respawns: 1, state: "draining")]
+        let text = WorkerMetrics.render(pools: ["edge", "worker"], restarts: ["worker": ["signal": 1, "recycle": 1]], workers: workers)
+        let lines = text.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.filter { $0.hasPrefix("# TYPE") },
+                       ["# TYPE kernel_worker_restarts_total counter", "# TYPE kernel_workers gauge"])
+        XCTAssertTrue(lines.contains("kernel_worker_restarts_total{pool=\"worker\",cause=\"signal\"} 1"))
+        XCTAssertTrue(lines.contains("kernel_worker_restarts_total{pool=\"worker\",cause=\"recycle\"} 1"))
+        XCTAssertTrue(lines.contains("kernel_worker_restarts_total{pool=\"edge\",cause=\"harakiri\"} 0"))
+        XCTAssertTrue(lines.contains("kernel_workers{pool=\"worker\",state=\"serving\"} 1"))
+        XCTAssertTrue(lines.contains("kernel_workers{pool=\"worker\",state=\"draining\"} 1"))
+        XCTAssertTrue(lines.contains("kernel_workers{pool=\"edge\",state=\"starting\"} 0"))
+        XCTAssertEqual(lines.filter { !$0.hasPrefix("#") }.count, 2 * 4 + 2 * 3)
+        XCTAssertTrue(text.hasSuffix("\n"))
+    }
+}

@@ -15,6 +15,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from load_support import WrkRun
 from peer_support import HangingBackend
 
@@ -175,10 +177,14 @@ def test_quit_lets_a_request_in_flight_finish_and_removes_the_pid_file(start_ker
     backend.close()
 
 
-def test_stop_ends_master_and_workers(start_kernel, tmp_path):
+@pytest.mark.parametrize("how", ["-s stop", "SIGINT"])
+def test_stop_ends_master_and_workers(start_kernel, tmp_path, how):
     kernel = start_kernel(hello(tmp_path))
     workers = wait_for(lambda: len(children(kernel.pid)) == 2 and children(kernel.pid), what="two workers")
-    assert kernel.control("stop").returncode == 0
+    if how == "SIGINT":
+        os.kill(kernel.pid, signal.SIGINT)
+    else:
+        assert kernel.control("stop").returncode == 0
     assert kernel.wait_exit() == 0
     assert not any(alive(pid) for pid in workers)
     log = kernel.log_text()
@@ -439,3 +445,119 @@ def test_lazy_false_starts_the_workers_one_after_another(start_kernel, tmp_path)
     first, second = re.findall(r"start worker process (\d+) \(pool main, worker (?:1|2)", log)
     # The second worker is started only once the first serves.
     assert log.index(f"{first}#0: worker process 1 started") < log.index(f"start worker process {second} ")
+
+
+def test_a_worker_that_cannot_start_fails_the_masters_start(tmp_path, kernel_bin):
+    """The check in the master passes (an access log's directory is made only when a worker opens it), the workers
+    fail: the master exits 1, names the worker that failed, and leaves no pid file and no worker."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = tmp_path / "kernel.yaml"
+    config.write_text(hello(tmp_path).replace("    - locations:", f"    - access_log: {blocker}/access.log\n      locations:"))
+    result = subprocess.run([kernel_bin, "--config", str(config)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert re.search(r"worker process \d+ exited with code 1 before it served", result.stderr), result.stderr
+    assert not os.path.exists(tmp_path / "kernel.pid")
+    assert "kernel started" not in result.stderr
+
+
+def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones(start_kernel, tmp_path):
+    kernel = start_kernel(hello(tmp_path))
+    port = kernel.port()
+    workers = wait_for(lambda: len(children(kernel.pid)) == 2 and children(kernel.pid), what="two workers")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    kernel.write_config(hello(tmp_path, text="new").replace("    - locations:", f"    - access_log: {blocker}/a.log\n      locations:"))
+    assert kernel.control("reload").returncode == 0
+    text = kernel.wait_for_log("reload failed, keeping the running configuration", timeout=30)
+    assert re.search(r"reload failed, keeping the running configuration: worker process \d+ exited with code 1 before it served", text)
+    assert children(kernel.pid) == workers
+    status, body = get(port)
+    assert status == 200 and body.startswith("hello "), body
+
+
+def test_a_worker_that_keeps_dying_is_respawned_with_a_back_off(start_kernel, tmp_path):
+    kernel = start_kernel(hello(tmp_path, processes=1))
+    for deaths in range(1, 4):
+        victim = wait_for(lambda: children(kernel.pid), what="a worker")[0]
+        wait_for(lambda: f"{victim}#0: worker process 1 started" in kernel.log_text(), what="the worker to serve")
+        os.kill(victim, signal.SIGKILL)
+        kernel.wait_for_log(f"worker process {victim} exited on signal 9")
+        wait_for(lambda: children(kernel.pid) and children(kernel.pid)[0] != victim, timeout=15, what="a respawn")
+    log = kernel.log_text()
+    assert "worker 1 of pool main exited soon after it started 2 times in a row: respawning in 0.5s" in log
+    assert "worker 1 of pool main exited soon after it started 3 times in a row: respawning in 1.0s" in log
+
+
+def test_check_validates_every_pool(tmp_path, kernel_bin):
+    config = tmp_path / "kernel.yaml"
+    config.write_text(POOLS.format(workdir=tmp_path))
+    result = subprocess.run([kernel_bin, "-t", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    config.write_text(POOLS.format(workdir=tmp_path).replace("listen: [uwsgi]", 'listen: ["unix:/nowhere.sock"]'))
+    result = subprocess.run([kernel_bin, "-t", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert re.search(r'the worker pool\'s listen "unix:/nowhere.sock" names no listener of role worker, in \S+kernel.yaml:\d+:\d+',
+                     result.stderr), result.stderr
+
+
+def test_pools_with_their_own_files_model_workers_each_load_their_models(start_kernel, tmp_path):
+    """A pool's `config`: the edge pool and the model pool run different files (an inference location exists only
+    in the model workers' role), supervised by one master. Every model worker loads the model itself (lazy), the
+    master loads none."""
+    import json
+
+    from inference_support import DEMO, ensure_models
+    ensure_models()
+    core = f"""kernel:
+  pid: {tmp_path}/kernel.pid
+  error_log: {{path: stderr, level: info}}
+  event_loop_threads: 1
+  shutdown_timeout: 10s
+"""
+    (tmp_path / "edge.yaml").write_text(core + f"""
+http:
+  listen: "127.0.0.1:0"
+uwsgi: {{}}
+upstreams:
+  models:
+    servers: ["unix:{tmp_path}/m1.sock max_fails=0", "unix:{tmp_path}/m2.sock max_fails=0"]
+routing:
+  servers:
+    - locations:
+        - location: /
+          uwsgi_pass: models
+""")
+    (tmp_path / "models.yaml").write_text(core + f"""
+uwsgi:
+  listen: ["unix:{tmp_path}/m1.sock", "unix:{tmp_path}/m2.sock"]
+inference:
+  models:
+    - {{name: demo, path: {DEMO}, max_batch_size: 8, warmup: 1}}
+routing:
+  servers:
+    - client_max_body_size: 16m
+      locations:
+        - location: "^~ /v2"
+          inference: {{}}
+""")
+    kernel = start_kernel(core + """  processes:
+    edge: {count: 1, config: edge.yaml}
+    worker: {count: 2, config: models.yaml}
+""")
+    port = kernel.port()
+    models = pool_pids(kernel, "worker")
+    log = kernel.log_text()
+    assert f"--config {tmp_path}/models.yaml" in open(f"/proc/{models[0]}/cmdline").read().replace("\0", " ")
+    loaded = re.findall(r"(\d+)#0: inference: model 'demo' version \d+ ready", log)
+    assert sorted(int(pid) for pid in loaded) == sorted(models), log
+    assert not re.search(rf"{kernel.pid}#0: inference:", log), "the master loads no model"
+    row = [0.5] * 64
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/v2/models/demo/infer", body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    answer = response.read()
+    conn.close()
+    assert response.status == 200, answer
+    assert json.loads(answer)["outputs"][0]["shape"][0] == 1
