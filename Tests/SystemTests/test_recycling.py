@@ -297,3 +297,17 @@ def test_harakiri_gives_504_a_new_worker_and_leaves_the_others_alone(start_kerne
         assert time.time() < deadline, stats(kernel)
         time.sleep(0.1)
     assert serve_under_load(kernel, 40, threads=2) == [200] * 40
+
+
+def test_max_worker_lifetime_replaces_both_workers_with_no_failed_request(start_kernel, tmp_path, hanging):
+    kernel = start_processes(start_kernel, tmp_path, hanging, "  max_worker_lifetime: 1s")
+    first = worker_pids(kernel)
+    statuses = []
+    deadline = time.time() + 30
+    while kernel.log_text().count("asks to be replaced (max_worker_lifetime)") < 2:
+        assert time.time() < deadline, kernel.log_text()
+        statuses += serve_under_load(kernel, 20, threads=2)
+    assert statuses and statuses == [200] * len(statuses), [s for s in statuses if s != 200][:5]
+    assert re.search(r"worker [12] lifetime reached, it was running for \d+ second\(s\): \.\.\.The work of process", kernel.log_text())
+    for pid in first:
+        kernel.wait_for_log(f"worker process {pid} exited with code 0")
