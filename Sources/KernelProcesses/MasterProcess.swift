@@ -390,7 +390,7 @@ public actor MasterProcess {
     private func exited(_ pid: pid_t, _ status: ExitStatus) {
         if pid == upgradeChild {
             upgradeChild = nil
-            logger.critical("new binary process \(pid) \(status)")
+            logger.log(level: status == .exited(code: 0) ? .notice : .critical, "new binary process \(pid) \(status)")
             // As nginx: the upgrade failed, this master stays the one the pid file names.
             if rename(core.pidFile + ".oldbin", core.pidFile) != 0 {
                 logger.critical("rename() \"\(core.pidFile).oldbin\" back to \"\(core.pidFile)\" failed (\(errno): \(String(cString: strerror(errno))))")
