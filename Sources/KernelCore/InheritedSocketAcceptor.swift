@@ -18,7 +18,6 @@ final class InheritedSocketAcceptor: Sendable {
     private let label: String
     private let logger: Logger
     private let initialize: @Sendable (any Channel) -> EventLoopFuture<Void>
-    private let accepted: @Sendable (any Channel) -> Void
     private let pool: NIOThreadPool
     /// The wake-up pipe: writing to [1] ends the accept loop.
     private let wake: (read: CInt, write: CInt)
@@ -28,10 +27,9 @@ final class InheritedSocketAcceptor: Sendable {
     private let handing = NIOLockedValueBox(0)
 
     /// `label` names the socket in log lines (its bound address). `initialize` sets up each accepted connection's
-    /// pipeline; `accepted` is told of each connection once it is set up.
+    /// pipeline.
     init(descriptor: CInt, label: String, group: any EventLoopGroup, logger: Logger,
-         initialize: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>,
-         accepted: @escaping @Sendable (any Channel) -> Void) throws {
+         initialize: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>) throws {
         var pipe: [CInt] = [-1, -1]
         guard Glibc.pipe(&pipe) == 0 else {
             throw ListenerError("pipe() failed (\(errno): \(String(cString: strerror(errno))))")
@@ -44,7 +42,6 @@ final class InheritedSocketAcceptor: Sendable {
         self.label = label
         self.logger = logger
         self.group = group
-        self.accepted = accepted
         wake = (pipe[0], pipe[1])
         self.initialize = initialize
         pool = NIOThreadPool(numberOfThreads: 1)
@@ -132,13 +129,12 @@ final class InheritedSocketAcceptor: Sendable {
         ClientBootstrap(group: group)
             .channelOption(.maxMessagesPerRead, value: 16)
             .channelInitializer(initialize)
-            .withConnectedSocket(connection).whenComplete { [accepted, logger, label, handing] result in
-            handing.withLockedValue { $0 -= 1 }
-            switch result {
-            case .success(let channel): accepted(channel)
-            case .failure(let error): logger.error("cannot set up a connection accepted on \(label): \(error)")
+            .withConnectedSocket(connection).whenComplete { [logger, label, handing] result in
+                handing.withLockedValue { $0 -= 1 }
+                if case .failure(let error) = result {
+                    logger.error("cannot set up a connection accepted on \(label): \(error)")
+                }
             }
-        }
     }
 }
 

@@ -205,6 +205,31 @@ public final class ListenerManager: Sendable {
     private func bind(_ listener: BoundListener) async throws {
         let runtime = self.runtime
         let spec = listener.spec.withLockedValue { $0 }
+        if let inherited {
+            // A worker: the master bound the socket (its options, TCP_NODELAY, unix permissions, are set there).
+            guard let descriptor = inherited[spec.identity] else {
+                throw ListenerError("listener \(spec.identity) was not opened by the master process").at(spec.mark)
+            }
+            let label = describeBoundSocket(descriptor) ?? spec.address.description
+            let acceptor = try InheritedSocketAcceptor(
+                descriptor: descriptor, label: label, group: runtime.eventLoopGroup, logger: runtime.logger,
+                initialize: { channel in
+                    do {
+                        try channel.pipeline.syncOperations.addHandler(QuiesceOnNextRequest())
+                    } catch {
+                        return channel.eventLoop.makeFailedFuture(error)
+                    }
+                    let id = ObjectIdentifier(channel)
+                    listener.connections.withLockedValue { $0[id] = channel }
+                    channel.closeFuture.whenComplete { _ in
+                        _ = listener.connections.withLockedValue { $0.removeValue(forKey: id) }
+                    }
+                    return listener.spec.withLockedValue { $0 }.initializeConnection(channel, runtime)
+                })
+            listener.acceptor.withLockedValue { $0 = acceptor }
+            runtime.logger.info("accepting on \(spec.protocolName) \(label) (\(spec.address)), inherited from the master as fd \(descriptor)")
+            return
+        }
         let backlog = spec.backlog ?? CoreConfiguration.defaultListenBacklog
         ListenBacklog.warnIfCapped(backlog, listener: spec.identity, logger: runtime.logger)
         let bootstrap = ServerBootstrap(group: runtime.eventLoopGroup)
@@ -232,32 +257,6 @@ public final class ListenerManager: Sendable {
                 return listener.spec.withLockedValue { $0 }.initializeConnection(channel, runtime)
             }
         let channel: any Channel
-        if let inherited {
-            // A worker: the master bound the socket (its options, TCP_NODELAY, unix permissions, are set there).
-            guard let descriptor = inherited[spec.identity] else {
-                throw ListenerError("listener \(spec.identity) was not opened by the master process").at(spec.mark)
-            }
-            let label = describeBoundSocket(descriptor) ?? spec.address.description
-            let acceptor = try InheritedSocketAcceptor(
-                descriptor: descriptor, label: label, group: runtime.eventLoopGroup, logger: runtime.logger,
-                initialize: { channel in
-                    do {
-                        try channel.pipeline.syncOperations.addHandler(QuiesceOnNextRequest())
-                    } catch {
-                        return channel.eventLoop.makeFailedFuture(error)
-                    }
-                    let id = ObjectIdentifier(channel)
-                    listener.connections.withLockedValue { $0[id] = channel }
-                    channel.closeFuture.whenComplete { _ in
-                        _ = listener.connections.withLockedValue { $0.removeValue(forKey: id) }
-                    }
-                    return listener.spec.withLockedValue { $0 }.initializeConnection(channel, runtime)
-                },
-                accepted: { _ in })
-            listener.acceptor.withLockedValue { $0 = acceptor }
-            runtime.logger.info("accepting on \(spec.protocolName) \(label) (\(spec.address)), inherited from the master as fd \(descriptor)")
-            return
-        }
         switch spec.address {
         case .tcp(let host, let port):
             // Responses are written whole; Nagle would only delay the last segment of each. Set on the listening

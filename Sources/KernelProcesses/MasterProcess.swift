@@ -390,7 +390,7 @@ public actor MasterProcess {
     private func exited(_ pid: pid_t, _ status: ExitStatus) {
         if pid == upgradeChild {
             upgradeChild = nil
-            logger.critical("new binary process \(pid) \(status)")
+            logger.log(level: status == .exited(code: 0) ? .notice : .critical, "new binary process \(pid) \(status)")
             // As nginx: the upgrade failed, this master stays the one the pid file names.
             if rename(core.pidFile + ".oldbin", core.pidFile) != 0 {
                 logger.critical("rename() \"\(core.pidFile).oldbin\" back to \"\(core.pidFile)\" failed (\(errno): \(String(cString: strerror(errno))))")
@@ -661,10 +661,10 @@ public actor MasterProcess {
         do {
             try ParentDirectories.create(for: path)
         } catch {
-            throw ListenerError("cannot write pid file \"\(path)\": \(error)")
+            throw MasterError("cannot write pid file \"\(path)\": \(error)")
         }
         guard let file = fopen(path, "w") else {
-            throw ListenerError("cannot write pid file \"\(path)\": \(String(cString: strerror(errno)))")
+            throw MasterError("cannot write pid file \"\(path)\": \(String(cString: strerror(errno)))")
         }
         fputs("\(getpid())\n", file)
         fclose(file)
@@ -801,7 +801,7 @@ public struct PoolPlan: Sendable {
                             runtime: KernelRuntime) throws -> (core: CoreConfiguration, plans: [PoolPlan]) {
         let core = try ConfigurationLoader(modules: modules, role: commandRole).coreConfiguration(file: file)
         guard case .pools(let pools) = core.processes else {
-            throw ListenerError("kernel.processes is 0: a master cannot become a single process without a restart")
+            throw MasterError("kernel.processes is 0: a master cannot become a single process without a restart")
         }
         var plans: [PoolPlan] = []
         for pool in pools {
@@ -814,7 +814,8 @@ public struct PoolPlan: Sendable {
             for entry in pool.listen ?? [] {
                 let single = WorkerPool(name: pool.name, role: role, count: 1, listen: [entry])
                 guard declared.contains(where: single.takes) else {
-                    throw ListenerError("the \(pool.name) pool's listen \"\(entry)\" names no listener of role \(role)").at(pool.mark)
+                    let place = pool.mark.map { ", in \($0)" } ?? ""
+                    throw MasterError("the \(pool.name) pool's listen \"\(entry)\" names no listener of role \(role)\(place)")
                 }
             }
             let listeners = declared.filter { pool.takes($0) }
@@ -825,4 +826,10 @@ public struct PoolPlan: Sendable {
         }
         return (core, plans)
     }
+}
+
+/// A configuration a master cannot run.
+public struct MasterError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }

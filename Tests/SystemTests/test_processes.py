@@ -561,3 +561,36 @@ routing:
     conn.close()
     assert response.status == 200, answer
     assert json.loads(answer)["outputs"][0]["shape"][0] == 1
+
+
+def test_a_reload_changes_the_worker_count_and_the_listeners(start_kernel, tmp_path):
+    kernel = start_kernel(hello(tmp_path))
+    first = kernel.port()
+    # A second listener (another spelling of the address is another listener, with a port of its own).
+    two_listeners = hello(tmp_path, processes=3, text="again").replace(
+        'listen: "127.0.0.1:0"', 'listen: ["127.0.0.1:0", "localhost:0"]')
+    kernel.write_config(two_listeners)
+    assert kernel.control("reload").returncode == 0
+    kernel.wait_for_log("configuration reloaded (generation 2)", timeout=30)
+    second = int(re.findall(r"listening on http 127\.0\.0\.1:(\d+) \(localhost:0\)", kernel.log_text())[-1])
+    assert second != first
+    wait_for(lambda: len(children(kernel.pid)) == 3, what="three workers")
+    for port in (first, second):
+        wait_for(lambda: get(port)[1].startswith("again "), what=f"the new workers on {port}")
+    # The first listener removed: the master closes it, the old workers drain, nobody accepts there any more.
+    kernel.write_config(hello(tmp_path, processes=3, text="last").replace('listen: "127.0.0.1:0"', 'listen: "localhost:0"'))
+    assert kernel.control("reload").returncode == 0
+    kernel.wait_for_log("configuration reloaded (generation 3)", timeout=30)
+    assert f"{kernel.pid}#0: closed listener http 127.0.0.1:0" in kernel.log_text()
+    wait_for(lambda: get(second)[1].startswith("last "), what="the last generation")
+
+    def refused():
+        try:
+            get(first, timeout=2)
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+        return False
+
+    wait_for(refused, what=f"port {first} to refuse connections")
