@@ -96,11 +96,17 @@ let package = Package(
                            .product(name: "Atomics", package: "swift-atomics")],
             path: "Modules/Routing"
         ),
+        .target(
+            name: "Status",
+            dependencies: ["KernelCore", "KernelConfig", locks, .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "DequeModule", package: "swift-collections"), log],
+            path: "Modules/Status"
+        ),
 
         .executableTarget(
             name: "Kernel",
             dependencies: nio + [
-                "KernelCore", "KernelConfig", "HTTP", "Balancing", "UWSGI", "Inference", "CORS", "Routing", log,
+                "KernelCore", "KernelConfig", "HTTP", "Balancing", "UWSGI", "Inference", "CORS", "Status", "Routing", log,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -122,6 +128,8 @@ let package = Package(
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "KernelCore", "KernelConfig", locks,
                                                          .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "UWSGITests", dependencies: nio + ["UWSGI", "KernelCore", "KernelUpstream", log, embedded]),
+        .testTarget(name: "StatusTests", dependencies: ["Status", "KernelCore", "KernelConfig", log,
+                                                        .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "InferenceTests", dependencies: nio + ["Inference", "KernelCore", "KernelConfig", log, locks]),
         // Tests/SystemTests holds the pytest suites that boot the real `kernel` binary (`make system-test`).
     ],

@@ -4,6 +4,7 @@ import HTTP
 import Inference
 import KernelCore
 import Routing
+import Status
 import UWSGI
 
 /// The compiled-in modules, as nginx's `ngx_modules[]`: Swift has no static constructors, so the list is written
@@ -18,5 +19,6 @@ let compiledModules: [ModuleDescriptor] = [
     ModuleDescriptor(UWSGIModule.self),
     ModuleDescriptor(InferenceModule.self),
     ModuleDescriptor(CORSModule.self),
+    ModuleDescriptor(StatusModule.self),
     ModuleDescriptor(RoutingModule.self),
 ]
