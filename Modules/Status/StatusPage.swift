@@ -195,7 +195,12 @@ function drawChart(container, data, lines, format) {
   }
 }
 
-function chartSeconds(v) { return v === 0 ? "0" : fmt.seconds(v).replace(" ", ""); }
+// Axis labels: as short as the gridlines' round values allow.
+function axisCount(v) { return v === 0 || v >= 10 ? String(Math.round(v)) : v.toFixed(1); }
+function axisSeconds(v) {
+  if (v === 0) return "0";
+  return v < 1 ? axisCount(v * 1000) + " ms" : axisCount(v) + " s";
+}
 
 function cell(row, value, options) {
   const td = el("td", options && options.cls ? { class: options.cls } : {});
@@ -231,13 +236,14 @@ function render(data) {
   text("latency-p90", fmt.seconds(s.latency_seconds.p90));
   text("latency-p99", fmt.seconds(s.latency_seconds.p99));
   for (const w of document.querySelectorAll(".window")) w.textContent = `(${s.window_seconds} s)`;
-  for (const since of document.querySelectorAll(".since")) since.textContent = `${Math.round(data.history_seconds / 60)} min ago`;
+  const span = data.history_seconds;
+  for (const since of document.querySelectorAll(".since")) since.textContent = span < 120 ? `${span} s ago` : `${Math.round(span / 60)} min ago`;
   drawChart(document.getElementById("rate-chart"), data,
-            [{ values: data.series.requests_per_second, cls: "rate", area: true }], v => fmt.rate(v));
+            [{ values: data.series.requests_per_second, cls: "rate", area: true }], axisCount);
   drawChart(document.getElementById("latency-chart"), data,
             [{ values: data.series.latency_p50_seconds, cls: "p50" },
              { values: data.series.latency_p90_seconds, cls: "p90" },
-             { values: data.series.latency_p99_seconds, cls: "p99" }], chartSeconds);
+             { values: data.series.latency_p99_seconds, cls: "p99" }], axisSeconds);
   fillTable("workers", data.workers, w => [
     ["pool", w.pool], ["number", String(w.number), "n"], ["pid", String(w.pid), "n"],
     ["state", w.state, "state " + w.state], ["requests", fmt.count(w.requests), "n"],
