@@ -128,7 +128,7 @@ let package = Package(
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "KernelCore", "KernelConfig", locks,
                                                          .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "UWSGITests", dependencies: nio + ["UWSGI", "KernelCore", "KernelUpstream", log, embedded]),
-        .testTarget(name: "StatusTests", dependencies: ["Status", "KernelCore", "KernelConfig", log,
+        .testTarget(name: "StatusTests", dependencies: ["Status", "Routing", "KernelCore", "KernelConfig", log,
                                                         .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "InferenceTests", dependencies: nio + ["Inference", "KernelCore", "KernelConfig", log, locks]),
         // Tests/SystemTests holds the pytest suites that boot the real `kernel` binary (`make system-test`).
