@@ -47,7 +47,9 @@ public enum StatusModule: KernelModule {
             } else {
                 try value.mapping().finish()
             }
-            if registrar.mode == .run, added.withLockedValue({ added in defer { added = true }; return !added }) {
+            // A master (worker number -1) answers no request, so it has no page to sample for.
+            if registrar.mode == .run, registrar.runtime.supervision.workerNumber >= 0,
+               added.withLockedValue({ added in defer { added = true }; return !added }) {
                 registrar.addService(sampler)
             }
             return StatusHandler(sampler: sampler)
