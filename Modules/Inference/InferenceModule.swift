@@ -30,6 +30,8 @@ public enum InferenceModule: KernelModule {
 
     public static func register(_ configuration: InferenceConfiguration, into registrar: Registrar) throws {
         let repository = ModelRepository(configurations: configuration.models)
+        registrar.addReadinessCheck(repository)
+        let runtime = registrar.runtime
         if registrar.mode == .run {
             registrar.addService(ModelLoadingService(repository: repository, runtimeLibrary: configuration.runtimeLibrary,
                                                      environment: ProcessEnvironment.all(), logger: registrar.logger))
@@ -41,7 +43,8 @@ public enum InferenceModule: KernelModule {
             } else {
                 try value.mapping().finish()
             }
-            return InferenceHandler(repository: repository, mount: context.prefix ?? "")
+            return InferenceHandler(repository: repository, mount: context.prefix ?? "",
+                                    notReady: { runtime.notReadyReasons() })
         }
     }
 }

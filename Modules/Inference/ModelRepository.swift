@@ -25,8 +25,9 @@ public enum ModelState: Sendable {
     case failed(String)
 }
 
-/// The models of one configuration generation, shared by the loading service and the protocol handlers.
-public final class ModelRepository: Sendable {
+/// The models of one configuration generation, shared by the loading service and the protocol handlers. It is
+/// the generation's readiness check for models: ready once every model loaded and ran its warm-up.
+public final class ModelRepository: ReadinessCheck, Sendable {
     public let configurations: [ModelConfiguration]
     private let states: NIOLockedValueBox<[String: ModelState]>
 
@@ -48,6 +49,19 @@ public final class ModelRepository: Sendable {
     public var allReady: Bool {
         states.withLockedValue { states in
             states.values.allSatisfy { if case .ready = $0 { return true } else { return false } }
+        }
+    }
+
+    /// Each model still loading, or that failed to load (a model is `ready` only after its warm-up ran).
+    public func notReady() -> [NotReadyReason] {
+        states.withLockedValue { states in
+            configurations.compactMap { configuration -> NotReadyReason? in
+                switch states[configuration.name] ?? .loading {
+                case .ready: return nil
+                case .loading: return NotReadyReason(check: "models", name: configuration.name, reason: "loading")
+                case .failed(let message): return NotReadyReason(check: "models", name: configuration.name, reason: "not loaded: \(message)")
+                }
+            }
         }
     }
 

@@ -3,6 +3,7 @@ import CORS
 import HTTP
 import Inference
 import KernelCore
+import KernelMetrics
 import Routing
 import UWSGI
 
@@ -18,5 +19,6 @@ let compiledModules: [ModuleDescriptor] = [
     ModuleDescriptor(UWSGIModule.self),
     ModuleDescriptor(InferenceModule.self),
     ModuleDescriptor(CORSModule.self),
+    ModuleDescriptor(MetricsModule.self),
     ModuleDescriptor(RoutingModule.self),
 ]
