@@ -2,6 +2,10 @@
 /v2/health/ready, which reports the same readiness: the conditions that make a process not ready, and liveness
 staying 200 through them. (The stopping flag and a closed listener, which a running process cannot show from
 outside on its own, are covered by Tests/KernelCoreTests/ReadinessTests.swift.)"""
+import errno
+import os
+import time
+
 import requests
 
 from inference_support import DEMO, ensure_models
@@ -128,3 +132,57 @@ routing:
     triton = get(kernel, "/v2/health/ready")
     assert triton.status_code == 400 and "models 'broken': not loaded" in triton.json()["error"], triton.text
     assert get(kernel, "/v2/models/demo/ready").status_code == 200
+
+
+def write_when_read(fifo, data, timeout=30):
+    """Writes `data` into the FIFO `fifo` once a reader has opened it (bounded wait: never blocks past `timeout`)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as error:
+            if error.errno != errno.ENXIO or time.time() > deadline:
+                raise
+            time.sleep(0.02)
+    os.set_blocking(descriptor, True)
+    with os.fdopen(descriptor, "wb") as f:
+        f.write(data)
+
+
+def test_a_model_still_loading_is_live_but_not_ready(start_kernel, tmp_path):
+    # The model file is a FIFO: ONNX Runtime's read of it waits until the test writes the model, so the load is
+    # held open for as long as the test needs, without a sleep.
+    fifo = str(tmp_path / "demo.onnx")
+    os.mkfifo(fifo)
+    kernel = start_kernel(f"""
+http:
+  listen: "127.0.0.1:0"
+inference:
+  load_before_listen: false
+  models:
+    - name: demo
+      path: {fifo}
+      warmup: 1
+routing:
+  servers:
+    - locations:
+{HEALTH}
+        - location: "^~ /v2"
+          inference: {{}}
+""", role="both")
+    try:
+        ready = get(kernel, "/healthz")
+        assert ready.status_code == 503, ready.text
+        assert ready.json() == {"ready": False, "not_ready": [{"check": "models", "name": "demo", "reason": "loading"}]}
+        assert get(kernel, "/livez").status_code == 200
+        assert get(kernel, "/v2/health/live").status_code == 200
+        assert get(kernel, "/v2/health/ready").status_code == 400
+    finally:
+        with open(DEMO, "rb") as f:
+            write_when_read(fifo, f.read())
+    kernel.wait_for_log("inference: model 'demo' version 1 ready", timeout=30)
+    assert get(kernel, "/healthz").json() == {"ready": True}
+    assert get(kernel, "/v2/health/ready").status_code == 200
+    body = '{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [%s]}]}' % ",".join(["0.5"] * 64)
+    assert requests.post(kernel.url("/v2/models/demo/infer"), data=body, timeout=30).status_code == 200
