@@ -3,6 +3,7 @@ import CORS
 import HTTP
 import Inference
 import KernelCore
+import KernelMetrics
 import Routing
 import Status
 import UWSGI
@@ -19,6 +20,7 @@ let compiledModules: [ModuleDescriptor] = [
     ModuleDescriptor(UWSGIModule.self),
     ModuleDescriptor(InferenceModule.self),
     ModuleDescriptor(CORSModule.self),
+    ModuleDescriptor(MetricsModule.self),
     ModuleDescriptor(StatusModule.self),
     ModuleDescriptor(RoutingModule.self),
 ]

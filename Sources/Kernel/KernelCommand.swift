@@ -1,6 +1,7 @@
 import ArgumentParser
 import KernelConfig
 import KernelCore
+import KernelMetrics
 import Logging
 import NIOCore
 import NIOPosix
@@ -126,6 +127,8 @@ struct KernelCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         LoggingSystem.bootstrap { _ in ErrorLogHandler(destination: destination) }
+        // Before any module makes a metric handle: swift-metrics binds each handle to the backend of its time.
+        KernelMetricsSystem.bootstrap()
         let logger = Logger(label: "kernel")
         let group = MultiThreadedEventLoopGroup(numberOfThreads: core.eventLoopThreads)
         let runtime = KernelRuntime(eventLoopGroup: group, logger: logger, logFiles: logFiles, errorLog: destination)

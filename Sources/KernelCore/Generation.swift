@@ -22,6 +22,12 @@ public final class KernelGeneration: Sendable {
     let services: [any KernelService]
     /// Observers modules registered for every finished exchange (besides each route's access log).
     let finishObservers: [any RequestFinishObserver]
+    /// The readiness conditions modules added (models loaded and warmed).
+    public let readinessChecks: [any ReadinessCheck]
+    /// Every upstream group of the configuration, by name (for metrics: each peer's state).
+    public let upstreamGroups: [any UpstreamGroup]
+    /// The names of the groups some location uses (for readiness: each needs a live peer).
+    public let usedUpstreamGroupNames: Set<String>
     private let inFlight = ManagedAtomic<Int>(0)
     private let retired = ManagedAtomic<Bool>(false)
     private let onDrained = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
@@ -34,6 +40,9 @@ public final class KernelGeneration: Sendable {
         listeners = registrar.listeners
         services = registrar.services
         finishObservers = registrar.finishObservers
+        readinessChecks = registrar.readinessChecks
+        upstreamGroups = registrar.allUpstreamGroups
+        usedUpstreamGroupNames = registrar.usedUpstreamGroupNames
     }
 
     func acquire() { inFlight.wrappingIncrement(ordering: .relaxed) }
@@ -203,6 +212,8 @@ public final class KernelRuntime: Sendable {
     public let supervision: any ProcessSupervision
     /// Set when this process begins to stop: readiness reports false from then on.
     public let stopping = StoppingFlag()
+    /// The listener manager of the server running this runtime, for `listenerStatus` (weak: it holds the runtime).
+    let listenerManager = WeakListenerManager()
     private let current = NIOLockedValueBox<KernelGeneration?>(nil)
 
     /// `supervision` makes the supervision from this runtime's query registry; nil runs the process alone.

@@ -33,6 +33,7 @@ public final class KernelServer: Service, Sendable {
         self.configurationFile = configurationFile
         self.firstGeneration = firstGeneration
         listeners = ListenerManager(runtime: runtime)
+        runtime.listenerManager.set(listeners)
     }
 
     /// Why the first generation did not start, once `run` has returned; nil when it started (or was stopped while
