@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# chromium: the headless browser of the status page test (and scripts/status-screenshot.py).
 need_apt=()
-for package in libyaml-dev libpcre2-dev nginx-light wrk; do
+for package in libyaml-dev libpcre2-dev nginx-light wrk chromium; do
     dpkg -s "$package" >/dev/null 2>&1 || need_apt+=("$package")
 done
 if ((${#need_apt[@]})); then
