@@ -31,6 +31,7 @@ h1 { font-size: 20px; font-weight: 600; margin: 0; letter-spacing: .01em; }
 h2 { font-size: 13px; font-weight: 600; text-transform: uppercase; letter-spacing: .06em; color: var(--muted);
      margin: 0 0 10px; }
 #live { color: var(--muted); font-size: 13px; }
+h2 .scale { text-transform: none; letter-spacing: 0; font-weight: 400; }
 #live::before { content: ""; display: inline-block; width: 8px; height: 8px; border-radius: 50%;
                 background: var(--muted); margin-right: 6px; vertical-align: 1px; }
 #live.ok::before { background: var(--up); }
@@ -42,14 +43,14 @@ h2 { font-size: 13px; font-weight: 600; text-transform: uppercase; letter-spacin
 .tile .value { font-size: 24px; font-weight: 600; font-variant-numeric: tabular-nums; margin-top: 2px; }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(360px, 1fr)); gap: 12px; margin-bottom: 14px; }
 .card { padding: 14px 16px; }
-.chart { position: relative; height: 150px; margin: 4px 0 2px 44px; }
+.chart { position: relative; height: 150px; margin: 4px 0 2px 56px; }
 .chart svg { position: absolute; inset: 0; width: 100%; height: 100%; overflow: visible; }
 .chart .grid { stroke: var(--line); stroke-width: 1; vector-effect: non-scaling-stroke; }
 .chart .series { fill: none; stroke-width: 1.6; vector-effect: non-scaling-stroke; stroke-linejoin: round; }
 .chart .area { stroke: none; opacity: .12; }
-.ylabel { position: absolute; left: -44px; width: 40px; text-align: right; font-size: 11px; color: var(--muted);
+.ylabel { position: absolute; left: -56px; width: 50px; text-align: right; font-size: 11px; color: var(--muted); white-space: nowrap;
           transform: translateY(-50%); font-variant-numeric: tabular-nums; }
-.xaxis { display: flex; justify-content: space-between; margin-left: 44px; font-size: 11px; color: var(--muted); }
+.xaxis { display: flex; justify-content: space-between; margin-left: 56px; font-size: 11px; color: var(--muted); }
 .legend { display: flex; gap: 14px; font-size: 12px; color: var(--muted); margin-bottom: 4px; }
 .legend span::before { content: ""; display: inline-block; width: 10px; height: 3px; margin-right: 5px;
                        vertical-align: 3px; background: currentColor; }
@@ -93,7 +94,7 @@ td.empty { color: var(--muted); font-style: italic; }
     <div class="xaxis"><span class="since"></span><span>now</span></div>
   </div>
   <div class="card">
-    <h2>latency</h2>
+    <h2>latency <span class="scale">(log scale)</span></h2>
     <div class="legend"><span class="p50">p50</span><span class="p90">p90</span><span class="p99">p99</span></div>
     <div class="chart" id="latency-chart"></div>
     <div class="xaxis"><span class="since"></span><span>now</span></div>
@@ -161,18 +162,37 @@ function el(name, attributes, ns) {
   return node;
 }
 
-// One chart: lines over the history window (x: seconds before now), gaps where a value is null.
-function drawChart(container, data, lines, format) {
+// A linear scale from 0 to a round top, gridlines at 0, half and top.
+function linearScale(values) {
+  let top = 0;
+  for (const v of values) if (v != null && v > top) top = v;
+  top = niceCeiling(top);
+  return { at: v => v / top, ticks: [0, top / 2, top], shows: v => v != null };
+}
+
+// A logarithmic scale over whole decades, gridlines at each: latencies differ by orders of magnitude between p50
+// and p99, and one slow second must not flatten the rest.
+function logScale(values) {
+  let low = Infinity, high = 0;
+  for (const v of values) if (v != null && v > 0) { low = Math.min(low, v); high = Math.max(high, v); }
+  if (!(high > 0)) { low = 0.0001; high = 0.01; }
+  let from = Math.floor(Math.log10(low)), to = Math.ceil(Math.log10(high));
+  if (to - from < 2) to = from + 2;
+  const ticks = [];
+  for (let d = from; d <= to; d++) ticks.push(Math.pow(10, d));
+  return { at: v => (Math.log10(v) - from) / (to - from), ticks, shows: v => v != null && v > 0 };
+}
+
+// One chart: lines over the history window (x: seconds before now), gaps where a value is missing.
+function drawChart(container, data, lines, format, makeScale) {
   const width = 600, height = 150;
   const span = data.history_seconds;
   const times = data.series.time;
-  let top = 0;
-  for (const line of lines) for (const v of line.values) if (v != null && v > top) top = v;
-  top = niceCeiling(top);
+  const scale = makeScale([].concat(...lines.map(line => line.values)));
   const x = t => width - Math.min(span, Math.max(0, data.time - t)) / span * width;
-  const y = v => height - v / top * height;
+  const y = v => height - scale.at(v) * height;
   const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img" }, true);
-  for (const f of [0, 0.5, 1]) svg.appendChild(el("line", { class: "grid", x1: 0, x2: width, y1: y(top * f), y2: y(top * f) }, true));
+  for (const tick of scale.ticks) svg.appendChild(el("line", { class: "grid", x1: 0, x2: width, y1: y(tick), y2: y(tick) }, true));
   for (const line of lines) {
     let path = "", area = "", run = [];
     const flush = () => {
@@ -181,22 +201,22 @@ function drawChart(container, data, lines, format) {
       if (line.area) area += `M${run[0][0].toFixed(1)} ${height}` + run.map(p => `L${p[0].toFixed(1)} ${p[1].toFixed(1)}`).join("") + `L${run[run.length - 1][0].toFixed(1)} ${height}Z`;
       run = [];
     };
-    line.values.forEach((v, i) => { if (v == null) flush(); else run.push([x(times[i]), y(v)]); });
+    line.values.forEach((v, i) => { if (!scale.shows(v)) flush(); else run.push([x(times[i]), y(v)]); });
     flush();
     if (area) svg.appendChild(el("path", { class: "area " + line.cls, d: area }, true));
     if (path) svg.appendChild(el("path", { class: "series " + line.cls, d: path }, true));
   }
   container.replaceChildren(svg);
-  for (const f of [0, 0.5, 1]) {
+  for (const tick of scale.ticks) {
     const label = el("span", { class: "ylabel" });
-    label.style.top = (100 - f * 100) + "%";
-    label.textContent = format(top * f);
+    label.style.top = (100 - scale.at(tick) * 100) + "%";
+    label.textContent = format(tick);
     container.appendChild(label);
   }
 }
 
 // Axis labels: as short as the gridlines' round values allow.
-function axisCount(v) { return v === 0 || v >= 10 ? String(Math.round(v)) : v.toFixed(1); }
+function axisCount(v) { return v === 0 ? "0" : String(Number(v.toPrecision(2))); }
 function axisSeconds(v) {
   if (v === 0) return "0";
   return v < 1 ? axisCount(v * 1000) + " ms" : axisCount(v) + " s";
@@ -239,11 +259,11 @@ function render(data) {
   const span = data.history_seconds;
   for (const since of document.querySelectorAll(".since")) since.textContent = span < 120 ? `${span} s ago` : `${Math.round(span / 60)} min ago`;
   drawChart(document.getElementById("rate-chart"), data,
-            [{ values: data.series.requests_per_second, cls: "rate", area: true }], axisCount);
+            [{ values: data.series.requests_per_second, cls: "rate", area: true }], axisCount, linearScale);
   drawChart(document.getElementById("latency-chart"), data,
             [{ values: data.series.latency_p50_seconds, cls: "p50" },
              { values: data.series.latency_p90_seconds, cls: "p90" },
-             { values: data.series.latency_p99_seconds, cls: "p99" }], axisSeconds);
+             { values: data.series.latency_p99_seconds, cls: "p99" }], axisSeconds, logScale);
   fillTable("workers", data.workers, w => [
     ["pool", w.pool], ["number", String(w.number), "n"], ["pid", String(w.pid), "n"],
     ["state", w.state, "state " + w.state], ["requests", fmt.count(w.requests), "n"],
