@@ -53,6 +53,19 @@ public struct StatusHistory: Sendable {
         return true
     }
 
+    /// Takes the points another process (or this process's previous configuration) kept, as the past before this
+    /// history's own: those that ended before its first point (or before `now` when it has none) and within the
+    /// history's length of `now`. Returns how many were taken.
+    @discardableResult
+    public mutating func adopt(_ earlier: [StatusPoint], now: Double, interval: Double) -> Int {
+        let end = points.first?.time ?? now
+        let start = now - Double(capacity) * interval
+        var taken = earlier.filter { $0.time < end && $0.time > start }.sorted { $0.time < $1.time }
+        if taken.count + points.count > capacity { taken.removeFirst(taken.count + points.count - capacity) }
+        points.insert(contentsOf: taken, at: 0)
+        return taken.count
+    }
+
     /// The points of the last `seconds` (by their end times, counted back from the newest) summed, and the
     /// seconds they cover: what rates and percentiles over a window are made of.
     public func window(seconds: Double) -> (increase: ProcessCounters, seconds: Double) {

@@ -38,8 +38,8 @@ public enum StatusModule: KernelModule {
 
     public static func register(_ configuration: Configuration, into registrar: Registrar) throws {
         // One sampler for every status location of this configuration, a service only once one is written.
-        let sampler = StatusSampler(supervision: registrar.runtime.supervision, logger: registrar.logger,
-                                    history: configuration.history)
+        let sampler = StatusSampler(supervision: registrar.runtime.supervision, queries: registrar.runtime.processQueries,
+                                    logger: registrar.logger, history: configuration.history)
         let added = NIOLockedValueBox(false)
         registrar.addLocationHandler("status") { value, _, _ in
             if case .scalar = value.node {

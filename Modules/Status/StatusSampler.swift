@@ -14,6 +14,7 @@ import Glibc
 final class StatusSampler: KernelService {
     let name = "status page sampler"
     private let supervision: any ProcessSupervision
+    private let queries: ProcessQueryRegistry
     private let logger: Logger
     private let interval: TimeAmount
     private let state: NIOLockedValueBox<State>
@@ -29,8 +30,10 @@ final class StatusSampler: KernelService {
     /// How long a reading waits for the processes' answers; a process slower than that is left out once.
     private var gatherTimeout: TimeAmount { .nanoseconds(interval.nanoseconds * 8 / 10) }
 
-    init(supervision: any ProcessSupervision, logger: Logger, history: TimeAmount, interval: TimeAmount = .seconds(1)) {
+    init(supervision: any ProcessSupervision, queries: ProcessQueryRegistry, logger: Logger, history: TimeAmount,
+         interval: TimeAmount = .seconds(1)) {
         self.supervision = supervision
+        self.queries = queries
         self.logger = logger
         self.interval = interval
         let capacity = max(1, Int(history.nanoseconds / interval.nanoseconds))
@@ -38,7 +41,14 @@ final class StatusSampler: KernelService {
     }
 
     func start() async throws {
+        // The history of this process's previous configuration, if it had a status page: taken over below. Then
+        // this sampler answers for the process (the newest registration of a query wins).
+        let previous = queries.responder(for: StatusHistoryTransfer.query)
+        queries.register(StatusHistoryTransfer.query) { [self] in
+            StatusHistoryTransfer.encode(state.withLockedValue { $0.history.points })
+        }
         let task = Task { [self] in
+            await adoptEarlierHistory(previous: previous)
             // A fixed cadence (not "sleep one second after each reading"), so points stay one interval apart.
             let clock = ContinuousClock()
             let step = Duration.nanoseconds(interval.nanoseconds)
@@ -88,6 +98,29 @@ final class StatusSampler: KernelService {
             state.latest = json
             return json
         }
+    }
+
+    /// Takes over the points kept before this sampler started: the previous configuration's in this process, or
+    /// else the longest history among the other processes (this worker was just started).
+    private func adoptEarlierHistory(previous: ProcessQueryResponder?) async {
+        var candidates: [[StatusPoint]] = []
+        if let previous {
+            candidates.append(StatusHistoryTransfer.decode(await previous()) ?? [])
+        }
+        if candidates.allSatisfy(\.isEmpty) {
+            let own = getpid()
+            for answer in await supervision.gather(StatusHistoryTransfer.query, timeout: gatherTimeout) where answer.pid != own {
+                guard let points = StatusHistoryTransfer.decode(answer.body) else {
+                    logger.warning("status: the history answered by process \(answer.pid) does not parse; not taken over")
+                    continue
+                }
+                candidates.append(points)
+            }
+        }
+        guard let longest = candidates.max(by: { $0.count < $1.count }), !longest.isEmpty else { return }
+        let now = Self.wallClock()
+        let interval = Double(self.interval.nanoseconds) / 1e9
+        state.withLockedValue { _ = $0.history.adopt(longest, now: now, interval: interval) }
     }
 
     private static func wallClock() -> Double {
