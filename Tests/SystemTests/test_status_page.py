@@ -224,3 +224,43 @@ def test_page_shows_the_numbers_of_its_json_endpoint(edge, browser):
     sequence = int(page["sequence"])
     browser.wait_for(f"Number(document.body.dataset.sequence) > {sequence}")
     assert browser.errors == []
+
+
+PLAIN = """
+http:
+  listen: "127.0.0.1:0"
+routing:
+  servers:
+    - locations:
+        - location: = /status
+          status: {}
+        - location: = /metrics
+          metrics: {}
+        - location: /hello
+          return: 200 "hello"
+"""
+
+
+def test_history_goes_on_across_a_reload(start_kernel):
+    kernel = start_kernel(PLAIN)
+    port = kernel.port()
+    deadline = time.time() + 15
+    while True:
+        assert request(port, "GET", "/hello")[0] == 200
+        before = status_json(port)
+        if len(before["series"]["time"]) >= 3:
+            break
+        assert time.time() < deadline, f"no history after 15 s: {before}"
+        time.sleep(0.1)
+    assert kernel.control("reload").returncode == 0
+    kernel.wait_for_log("configuration reloaded", timeout=20)
+    # The new configuration's sampler counts its readings from 1 again; its history begins with the old one's.
+    deadline = time.time() + 15
+    while True:
+        after = status_json(port)
+        if after["sequence"] < before["sequence"]:
+            break
+        assert time.time() < deadline, f"the reloaded configuration never answered: {after}"
+        time.sleep(0.1)
+    assert set(before["series"]["time"]) <= set(after["series"]["time"]), (before["series"], after["series"])
+    assert after["summary"]["requests_total"] >= before["summary"]["requests_total"], "counters outlive reloads"
