@@ -155,3 +155,15 @@ def test_an_upstream_failure_moves_peer_state_failures_and_retries(start_kernel)
         value(before, "kernel_upstream_retries_total", upstream="backend") == 1
     assert value(after, "kernel_upstream_peer_up", upstream="backend", peer=kernel.live_peer) == 1
     assert value(after, "kernel_http_requests_total", server="api", location="/api/", status="200") == 1
+
+
+def test_counters_go_on_across_a_reload(start_kernel):
+    kernel = start(start_kernel)
+    for _ in range(2):
+        assert requests.get(kernel.url("/hello"), timeout=10).status_code == 200
+    labels = dict(server="api", location="/hello", status="200")
+    assert value(scrape(kernel), "kernel_http_requests_total", **labels) == 2
+    assert kernel.control("reload").returncode == 0
+    kernel.wait_for_log("configuration reloaded (generation 2)", timeout=30)
+    assert requests.get(kernel.url("/hello"), timeout=10).status_code == 200
+    assert value(scrape(kernel), "kernel_http_requests_total", **labels) == 3
