@@ -9,7 +9,8 @@ struct StatusHandler: RequestHandler {
 
     enum Format: Equatable { case page, json }
 
-    /// The `format` argument of a query string: nil (absent or `html`) is the page; an unknown value is an error.
+    /// The `format` argument of a query string: absent or `html` is the page, `json` the data; another value is a
+    /// 400 (the last `format` given wins).
     static func format(ofQuery query: String) -> Result<Format, KernelHTTPError> {
         var chosen = Format.page
         for argument in query.split(separator: "&") {

@@ -11,6 +11,8 @@
 /// kernel's own processes read it; an answer that does not parse whole is ignored.
 enum StatusHistoryTransfer {
     static let query = "status.history"
+    /// Answered in-process only: which sampler answers `query` now (an opaque token of the sampler).
+    static let ownerQuery = "status.history.owner"
 
     static func encode<Points: Sequence<StatusPoint>>(_ points: Points) -> [UInt8] {
         var text = ""

@@ -19,6 +19,11 @@ final class StatusSampler: KernelService {
     private let interval: TimeAmount
     private let state: NIOLockedValueBox<State>
     private let loop = NIOLockedValueBox<Task<Void, Never>?>(nil)
+    /// The process's `status.history` responders before this sampler's, put back if it stops while still the
+    /// process's newest (its configuration failed to start: the running one's history must stay the answer).
+    private let replaced = NIOLockedValueBox<(history: ProcessQueryResponder?, owner: ProcessQueryResponder?)>((nil, nil))
+    /// Which sampler answers `status.history` in this process: `StatusHistoryTransfer.ownerQuery` answers it.
+    let ownerToken = Array(String(UInt64.random(in: .min ... .max), radix: 16).utf8)
 
     private struct State {
         var history: StatusHistory
@@ -44,9 +49,12 @@ final class StatusSampler: KernelService {
         // The history of this process's previous configuration, if it had a status page: taken over below. Then
         // this sampler answers for the process (the newest registration of a query wins).
         let previous = queries.responder(for: StatusHistoryTransfer.query)
+        replaced.withLockedValue { $0 = (previous, queries.responder(for: StatusHistoryTransfer.ownerQuery)) }
         queries.register(StatusHistoryTransfer.query) { [self] in
             StatusHistoryTransfer.encode(state.withLockedValue { $0.history.points })
         }
+        let token = ownerToken
+        queries.register(StatusHistoryTransfer.ownerQuery) { token }
         let task = Task { [self] in
             await adoptEarlierHistory(previous: previous)
             // A fixed cadence (not "sleep one second after each reading"), so points stay one interval apart.
@@ -70,6 +78,15 @@ final class StatusSampler: KernelService {
         }
         task?.cancel()
         await task?.value
+        let replaced = self.replaced.withLockedValue { replaced in
+            defer { replaced = (nil, nil) }
+            return replaced
+        }
+        if let history = replaced.history, let owner = replaced.owner,
+           await queries.answer(StatusHistoryTransfer.ownerQuery) == ownerToken {
+            queries.register(StatusHistoryTransfer.query, history)
+            queries.register(StatusHistoryTransfer.ownerQuery, owner)
+        }
     }
 
     /// The JSON document of the latest reading; the first request before any reading takes one.

@@ -116,4 +116,32 @@ final class StatusSamplerTests: XCTestCase {
         let handed = StatusHistoryTransfer.decode(await queries.answer(StatusHistoryTransfer.query) ?? [])
         XCTAssertGreaterThanOrEqual(handed?.count ?? 0, 2, "the new configuration answers for the process now")
     }
+
+    func testASamplerThatStopsWhileNewestGivesTheAnswerBackToTheOneItReplaced() async throws {
+        let queries = ProcessQueryRegistry()
+        let supervision = StandaloneSupervision(queries: queries, logger: logger)
+        queries.register("metrics") { Array("kernel_http_requests_total{status=\"200\"} 5\n".utf8) }
+        let running = StatusSampler(supervision: supervision, queries: queries, logger: logger, history: .minutes(5))
+        try await running.start()
+        _ = try await waitForPoints(running, atLeast: 1)
+        func answered() async -> Int { StatusHistoryTransfer.decode(await queries.answer(StatusHistoryTransfer.query) ?? [])?.count ?? -1 }
+        // A reload whose configuration fails to start: its sampler started, then stopped while the newest.
+        let failed = StatusSampler(supervision: supervision, queries: queries, logger: logger, history: .minutes(5),
+                                   interval: .seconds(3600))
+        try await failed.start()
+        await failed.stop()
+        let restored = await queries.answer(StatusHistoryTransfer.ownerQuery)
+        XCTAssertEqual(restored, running.ownerToken, "the running configuration answers again")
+        let points = await answered()
+        XCTAssertGreaterThanOrEqual(points, 1)
+        // A successful reload: the retired sampler stopping leaves the newest answering.
+        let next = StatusSampler(supervision: supervision, queries: queries, logger: logger, history: .minutes(5),
+                                 interval: .seconds(3600))
+        try await next.start()
+        await running.stop()
+        await next.sample()
+        let owner = await queries.answer(StatusHistoryTransfer.ownerQuery)
+        XCTAssertEqual(owner, next.ownerToken, "the newest sampler still answers")
+        await next.stop()
+    }
 }
