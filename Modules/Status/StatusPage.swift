@@ -90,13 +90,13 @@ td.empty { color: var(--muted); font-style: italic; }
   <div class="card">
     <h2>requests per second</h2>
     <div class="legend"><span class="rate">requests/s</span></div>
-    <div class="chart" id="rate-chart"></div>
+    <div class="chart" id="rate-chart" data-label="requests per second over the history"></div>
     <div class="xaxis"><span class="since"></span><span>now</span></div>
   </div>
   <div class="card">
     <h2>latency <span class="scale">(log scale)</span></h2>
     <div class="legend"><span class="p50">p50</span><span class="p90">p90</span><span class="p99">p99</span></div>
-    <div class="chart" id="latency-chart"></div>
+    <div class="chart" id="latency-chart" data-label="latency p50, p90 and p99 over the history"></div>
     <div class="xaxis"><span class="since"></span><span>now</span></div>
   </div>
 </section>
@@ -191,7 +191,8 @@ function drawChart(container, data, lines, format, makeScale) {
   const scale = makeScale([].concat(...lines.map(line => line.values)));
   const x = t => width - Math.min(span, Math.max(0, data.time - t)) / span * width;
   const y = v => height - scale.at(v) * height;
-  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img" }, true);
+  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img",
+                          "aria-label": container.dataset.label }, true);
   for (const tick of scale.ticks) svg.appendChild(el("line", { class: "grid", x1: 0, x2: width, y1: y(tick), y2: y(tick) }, true));
   for (const line of lines) {
     let path = "", area = "", run = [];
