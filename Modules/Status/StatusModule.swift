@@ -41,16 +41,17 @@ public enum StatusModule: KernelModule {
         let sampler = StatusSampler(supervision: registrar.runtime.supervision, queries: registrar.runtime.processQueries,
                                     logger: registrar.logger, history: configuration.history)
         let added = NIOLockedValueBox(false)
-        registrar.addLocationHandler("status") { value, _, _ in
+        // A master (worker number -1) answers no request, so it has no page to sample for.
+        let samples = registrar.mode == .run && registrar.runtime.supervision.workerNumber >= 0
+        // Weak: the registrar keeps this factory, so a strong capture would keep every configuration's registrar.
+        registrar.addLocationHandler("status") { [weak registrar] value, _, _ in
             if case .scalar = value.node {
                 guard try value.bool() else { throw value.expected("true or a mapping ({})") }
             } else {
                 try value.mapping().finish()
             }
-            // A master (worker number -1) answers no request, so it has no page to sample for.
-            if registrar.mode == .run, registrar.runtime.supervision.workerNumber >= 0,
-               added.withLockedValue({ added in defer { added = true }; return !added }) {
-                registrar.addService(sampler)
+            if samples, added.withLockedValue({ added in defer { added = true }; return !added }) {
+                registrar?.addService(sampler)
             }
             return StatusHandler(sampler: sampler)
         }
