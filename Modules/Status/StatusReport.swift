@@ -94,12 +94,19 @@ public struct StatusReport: Sendable {
         ])
     }
 
+    /// The charts' points, rounded to what a chart can show (a millisecond of time, a thousandth of a request per
+    /// second, a tenth of a microsecond), which keeps the document the page reads every second small.
     private var series: StatusJSON {
         let points = history.points
-        func latency(_ q: Double) -> StatusJSON { .array(points.map { .number($0.increase.requestDuration.quantile(q)) }) }
+        func rounded(_ value: Double?, _ scale: Double) -> StatusJSON {
+            .number(value.map { ($0 * scale).rounded() / scale })
+        }
+        func latency(_ q: Double) -> StatusJSON {
+            .array(points.map { rounded($0.increase.requestDuration.quantile(q), 1e7) })
+        }
         return .object([
-            ("time", .array(points.map { .number($0.time) })),
-            ("requests_per_second", .array(points.map { .number($0.requestsPerSecond) })),
+            ("time", .array(points.map { rounded($0.time, 1e3) })),
+            ("requests_per_second", .array(points.map { rounded($0.requestsPerSecond, 1e3) })),
             ("latency_p50_seconds", latency(0.5)),
             ("latency_p90_seconds", latency(0.9)),
             ("latency_p99_seconds", latency(0.99)),
