@@ -9,6 +9,8 @@ let nio: [Target.Dependency] = [
 let log: Target.Dependency = .product(name: "Logging", package: "swift-log")
 let locks: Target.Dependency = .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
 let embedded: Target.Dependency = .product(name: "NIOEmbedded", package: "swift-nio")
+// swift-metrics: the API modules record their metrics with; the Metrics module backs it with swift-prometheus.
+let coreMetrics: Target.Dependency = .product(name: "CoreMetrics", package: "swift-metrics")
 
 let package = Package(
     name: "kernel",
@@ -25,6 +27,7 @@ let package = Package(
         .library(name: "Routing", targets: ["Routing"]),
         .library(name: "Balancing", targets: ["Balancing"]),
         .library(name: "CORS", targets: ["CORS"]),
+        .library(name: "KernelMetrics", targets: ["KernelMetrics"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -33,6 +36,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // libyaml, the system C library (Debian: libyaml-dev).
@@ -83,13 +88,13 @@ let package = Package(
         ),
         .target(
             name: "Inference",
-            dependencies: nio + ["KernelCore", "KernelConfig", log, locks,
+            dependencies: nio + ["KernelCore", "KernelConfig", log, locks, coreMetrics,
                                  .product(name: "DequeModule", package: "swift-collections")],
             path: "Modules/Inference"
         ),
         .target(
             name: "Balancing",
-            dependencies: nio + ["KernelCore", "KernelConfig", "KernelUpstream", log, locks],
+            dependencies: nio + ["KernelCore", "KernelConfig", "KernelUpstream", log, locks, coreMetrics],
             path: "Modules/Balancing"
         ),
         .target(
@@ -97,17 +102,31 @@ let package = Package(
             dependencies: ["KernelCore", "KernelConfig", .product(name: "NIOCore", package: "swift-nio")],
             path: "Modules/CORS"
         ),
+        // Prometheus metrics (`metrics:`) and health endpoints (`health:`). Named KernelMetrics: swift-metrics
+        // has a module called Metrics.
+        .target(
+            name: "KernelMetrics",
+            dependencies: nio + ["KernelCore", "KernelConfig", log, locks, coreMetrics,
+                                 .product(name: "Prometheus", package: "swift-prometheus")],
+            path: "Modules/Metrics"
+        ),
         .target(
             name: "Routing",
             dependencies: ["KernelCore", "KernelConfig", .product(name: "NIOCore", package: "swift-nio"),
                            .product(name: "Atomics", package: "swift-atomics")],
             path: "Modules/Routing"
         ),
+        .target(
+            name: "Status",
+            dependencies: ["KernelCore", "KernelConfig", locks, .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "DequeModule", package: "swift-collections"), log],
+            path: "Modules/Status"
+        ),
 
         .executableTarget(
             name: "Kernel",
             dependencies: nio + [
-                "KernelCore", "KernelConfig", "KernelProcesses", "HTTP", "Balancing", "UWSGI", "Inference", "CORS", "Routing", log, locks,
+                "KernelCore", "KernelConfig", "KernelProcesses", "HTTP", "Balancing", "UWSGI", "Inference", "CORS", "KernelMetrics", "Status", "Routing", log, locks,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -130,7 +149,11 @@ let package = Package(
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "KernelCore", "KernelConfig", locks,
                                                          .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "UWSGITests", dependencies: nio + ["UWSGI", "KernelCore", "KernelUpstream", log, embedded]),
+        .testTarget(name: "StatusTests", dependencies: ["Status", "Routing", "KernelCore", "KernelConfig", log,
+                                                        .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "InferenceTests", dependencies: nio + ["Inference", "KernelCore", "KernelConfig", log, locks]),
+        .testTarget(name: "MetricsTests", dependencies: nio + ["KernelMetrics", "Routing", "KernelCore", "KernelConfig", log, locks, coreMetrics,
+                                                              .product(name: "Prometheus", package: "swift-prometheus")]),
         // Tests/SystemTests holds the pytest suites that boot the real `kernel` binary (`make system-test`).
     ],
     swiftLanguageModes: [.v6]

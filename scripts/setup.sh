@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# chromium: the headless browser of the status page test (and scripts/status-screenshot.py).
 need_apt=()
-# tmux: the stats test reads uwsgitop's screen through it.
-for package in libyaml-dev libpcre2-dev nginx-light wrk tmux; do
+# tmux: the stats test reads uwsgitop's screen through it; chromium: the status page test.
+for package in libyaml-dev libpcre2-dev nginx-light wrk tmux chromium; do
     dpkg -s "$package" >/dev/null 2>&1 || need_apt+=("$package")
 done
 if ((${#need_apt[@]})); then
@@ -18,6 +19,15 @@ if ((${#need_apt[@]})); then
 fi
 # nginx-light's package starts a system nginx on port 80; the kernel's tests start their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+# promtool (`promtool check metrics`) checks the kernel's /metrics; it comes with Debian's prometheus package, whose
+# own server (and, recommended, node exporter) the tests do not need.
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "setup: apt-get install prometheus (for promtool)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+fi
 
 PYTHON=${PYTHON:-python3}
 need_pip=()

@@ -1,3 +1,4 @@
+import CoreMetrics
 import KernelCore
 import Logging
 import NIOConcurrencyHelpers
@@ -140,6 +141,25 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
             return peer
         }
         replacePeers(primary: fixed.filter { !$0.server.backup }, backup: fixed.filter(\.server.backup))
+        // Each peer's failure counter exists from the start, at 0, so that a rate over it is defined.
+        for peer in fixed { _ = Self.failureCounter(group: name, peer: peer.server.address) }
+    }
+
+    /// `kernel_upstream_peer_failures_total{upstream,peer}`: attempts that counted towards the peer's `max_fails`.
+    static func failureCounter(group: String, peer: PeerAddress) -> Counter {
+        Counter(label: "kernel_upstream_peer_failures_total", dimensions: [("upstream", group), ("peer", peer.description)])
+    }
+
+    /// Each peer the group has now and whether a request could go to it (what `usable` asks, but `max_conns`:
+    /// a busy peer is up).
+    public func peerStates() -> [UpstreamPeerState] {
+        lock.withLock {
+            let time = now()
+            return (primary + backup).filter { !$0.removed }.map { peer in
+                UpstreamPeerState(address: peer.server.address.description,
+                                  up: !peer.server.down && peer.inService && !Self.failed(peer, at: time))
+            }
+        }
     }
 
     /// Installs new peer arrays and what is derived from them. Called with `lock` held (or before the group is
@@ -379,6 +399,7 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
             peer.inflightStarts &-= slot.started
             var disabled: PeerAddress?
             if outcome.isFailure {
+                Self.failureCounter(group: name, peer: peer.server.address).increment()
                 peer.fails += 1
                 peer.accessed = time
                 peer.checked = time

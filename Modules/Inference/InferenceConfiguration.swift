@@ -6,6 +6,9 @@ public struct InferenceConfiguration: Sendable {
     /// `runtime_library`: the path of libonnxruntime.so, or nil to search for it.
     public var runtimeLibrary: String?
     public var models: [ModelConfiguration]
+    /// `load_before_listen`: whether the first configuration's models load before its listeners open (the
+    /// default), or behind them (`false`: liveness answers during a long load, readiness waits for the models).
+    public var loadBeforeListen = true
 }
 
 /// One entry of `inference.models`.
@@ -57,8 +60,11 @@ extension InferenceConfiguration {
                 models.append(model)
             }
         }
+        let loadBeforeListen = try mapping.optional("load_before_listen")?.bool() ?? true
         try mapping.finish()
-        return InferenceConfiguration(runtimeLibrary: runtimeLibrary, models: models)
+        var configuration = InferenceConfiguration(runtimeLibrary: runtimeLibrary, models: models)
+        configuration.loadBeforeListen = loadBeforeListen
+        return configuration
     }
 
     static func decodeModel(_ value: ConfigValue, resolvePath: (String) -> String) throws -> ModelConfiguration {

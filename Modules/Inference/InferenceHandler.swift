@@ -12,14 +12,18 @@ public struct InferenceHandler: RequestHandler {
     public let repository: ModelRepository
     /// The location prefix standing for `/v2`, without a trailing slash (`/v2`, `/models`, or empty for `/`).
     public let mount: String
+    /// What keeps the process from being ready (`/v2/health/ready`): the whole process's readiness when the
+    /// module mounts the handler (`KernelRuntime.notReadyReasons`), this repository's models alone by default.
+    let notReady: @Sendable () -> [NotReadyReason]
     public static let serverName = "kernel"
     public static let extensions = ["binary_tensor_data", "statistics", "model_configuration"]
 
     /// `mount`: the location's prefix (`LocationContext.prefix`); a trailing slash is dropped, so `/v2/` and `/v2`
     /// mount the same paths.
-    public init(repository: ModelRepository, mount: String = "/v2") {
+    public init(repository: ModelRepository, mount: String = "/v2", notReady: (@Sendable () -> [NotReadyReason])? = nil) {
         self.repository = repository
         self.mount = mount.hasSuffix("/") ? String(mount.dropLast()) : mount
+        self.notReady = notReady ?? { repository.notReady() }
     }
 
     /// The segments of `path` below the mount point (the protocol path after `/v2`), nil when `path` is not at or
@@ -58,7 +62,11 @@ public struct InferenceHandler: RequestHandler {
             if probe == "live" { return try read { KernelResponse(status: 200) } }
             if probe == "ready" {
                 return try read {
-                    repository.allReady ? KernelResponse(status: 200) : .error(400, "server is not ready: not every model loaded")
+                    // Triton answers 400 while not ready; the reasons are the ones `/healthz` lists.
+                    let reasons = notReady()
+                    guard !reasons.isEmpty else { return KernelResponse(status: 200) }
+                    let listed = reasons.map { $0.name.isEmpty ? "\($0.check): \($0.reason)" : "\($0.check) '\($0.name)': \($0.reason)" }
+                    return .error(400, "server is not ready: \(listed.joined(separator: "; "))")
                 }
             }
         case 2 where rest.first == "models" && rest.last == "stats":

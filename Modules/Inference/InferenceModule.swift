@@ -30,9 +30,14 @@ public enum InferenceModule: KernelModule {
 
     public static func register(_ configuration: InferenceConfiguration, into registrar: Registrar) throws {
         let repository = ModelRepository(configurations: configuration.models)
+        registrar.addReadinessCheck(repository)
+        let runtime = registrar.runtime
         if registrar.mode == .run {
+            // In the background only for the process's first configuration: a reload loads before it switches.
+            let background = !configuration.loadBeforeListen && registrar.runtime.currentGeneration == nil
             registrar.addService(ModelLoadingService(repository: repository, runtimeLibrary: configuration.runtimeLibrary,
-                                                     environment: ProcessEnvironment.all(), logger: registrar.logger))
+                                                     environment: ProcessEnvironment.all(), logger: registrar.logger,
+                                                     loadsInBackground: background))
         }
         // `.stripsPrefix`: the location's prefix stands for `/v2`, so only prefix locations can hold it.
         registrar.addLocationHandler("inference", capabilities: .stripsPrefix) { value, _, context in
@@ -41,7 +46,8 @@ public enum InferenceModule: KernelModule {
             } else {
                 try value.mapping().finish()
             }
-            return InferenceHandler(repository: repository, mount: context.prefix ?? "")
+            return InferenceHandler(repository: repository, mount: context.prefix ?? "",
+                                    notReady: { runtime.notReadyReasons() })
         }
     }
 }

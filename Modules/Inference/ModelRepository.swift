@@ -25,8 +25,9 @@ public enum ModelState: Sendable {
     case failed(String)
 }
 
-/// The models of one configuration generation, shared by the loading service and the protocol handlers.
-public final class ModelRepository: Sendable {
+/// The models of one configuration generation, shared by the loading service and the protocol handlers. It is
+/// the generation's readiness check for models: ready once every model loaded and ran its warm-up.
+public final class ModelRepository: ReadinessCheck, Sendable {
     public let configurations: [ModelConfiguration]
     private let states: NIOLockedValueBox<[String: ModelState]>
 
@@ -51,6 +52,19 @@ public final class ModelRepository: Sendable {
         }
     }
 
+    /// Each model still loading, or that failed to load (a model is `ready` only after its warm-up ran).
+    public func notReady() -> [NotReadyReason] {
+        states.withLockedValue { states in
+            configurations.compactMap { configuration -> NotReadyReason? in
+                switch states[configuration.name] ?? .loading {
+                case .ready: return nil
+                case .loading: return NotReadyReason(check: "models", name: configuration.name, reason: "loading")
+                case .failed(let message): return NotReadyReason(check: "models", name: configuration.name, reason: "not loaded: \(message)")
+                }
+            }
+        }
+    }
+
     /// Models that are ready now.
     var loadedModels: [LoadedModel] {
         states.withLockedValue { states in
@@ -63,23 +77,48 @@ public final class ModelRepository: Sendable {
 ///
 /// ONNX Runtime itself must load: without it the kernel cannot serve and startup fails. A model that fails to load
 /// is logged (naming its file and ORT's message) and reports not ready; the other models still serve.
+///
+/// With `load_before_listen: false` the first configuration of the process loads its models in the background:
+/// `start` returns once ONNX Runtime is open, the listeners open, liveness answers, and readiness reports the
+/// models still loading until each has loaded and warmed up. A reload always loads before it switches, so the
+/// running configuration keeps serving meanwhile.
 final class ModelLoadingService: KernelService {
     let name = "inference"
     let repository: ModelRepository
     let runtimeLibrary: String?
     let environment: [String: String]
     let logger: Logger
+    /// Whether `start` leaves the models loading behind it.
+    let loadsInBackground: Bool
     private let runtime = NIOLockedValueBox<ONNXRuntime?>(nil)
+    /// The background load, while it runs; and whether a stop began (a background load then loads no further model).
+    private let backgroundLoad = NIOLockedValueBox<Task<Void, Never>?>(nil)
+    private let stopped = NIOLockedValueBox(false)
 
-    init(repository: ModelRepository, runtimeLibrary: String?, environment: [String: String], logger: Logger) {
+    init(repository: ModelRepository, runtimeLibrary: String?, environment: [String: String], logger: Logger,
+         loadsInBackground: Bool = false) {
         self.repository = repository
         self.runtimeLibrary = runtimeLibrary
         self.environment = environment
         self.logger = logger
+        self.loadsInBackground = loadsInBackground
     }
 
     func start() async throws {
-        try await NIOThreadPool.singleton.runIfActive { try self.load() }
+        guard loadsInBackground else {
+            try await NIOThreadPool.singleton.runIfActive { try self.loadModels(self.openRuntime()) }
+            return
+        }
+        let runtime = try await NIOThreadPool.singleton.runIfActive { try self.openRuntime() }
+        logger.notice("inference: \(repository.configurations.count) model(s) load in the background (load_before_listen: false); not ready until they have")
+        let task = Task {
+            do {
+                try await NIOThreadPool.singleton.runIfActive { self.loadModels(runtime) }
+            } catch {
+                self.logger.error("inference: the background model load did not run: \(error)")
+            }
+        }
+        backgroundLoad.withLockedValue { $0 = task }
     }
 
     func stop() async { await stop(discardingQueued: false) }
@@ -87,6 +126,10 @@ final class ModelLoadingService: KernelService {
     func abort() async { await stop(discardingQueued: true) }
 
     private func stop(discardingQueued: Bool) async {
+        stopped.withLockedValue { $0 = true }
+        // A model whose load is under way finishes loading (ONNX Runtime cannot be interrupted), then unloads with
+        // the others; the models after it are not loaded.
+        if let load = backgroundLoad.withLockedValue({ $0 }) { await load.value }
         let models = repository.loadedModels
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             // Joining the instance threads blocks: do it off the concurrency pool.
@@ -101,12 +144,17 @@ final class ModelLoadingService: KernelService {
         runtime.withLockedValue { $0 = nil }
     }
 
-    private func load() throws {
+    private func openRuntime() throws -> ONNXRuntime {
         let path = try ONNXRuntime.locate(configured: runtimeLibrary, environment: environment)
         let runtime = try ONNXRuntime.open(path: path)
         self.runtime.withLockedValue { $0 = runtime }
         logger.notice("inference: ONNX Runtime \(runtime.version) loaded from \(path)")
+        return runtime
+    }
+
+    private func loadModels(_ runtime: ONNXRuntime) {
         for configuration in repository.configurations {
+            guard !stopped.withLockedValue({ $0 }) else { return }
             do {
                 let model = try ModelLoadingService.loadModel(configuration, runtime: runtime, logger: logger)
                 repository.setState(.ready(model), for: configuration.name)

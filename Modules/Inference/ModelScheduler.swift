@@ -58,6 +58,7 @@ public final class ModelScheduler: @unchecked Sendable {
     private var stopping = false
     private var threads: [pthread_t] = []
     private var statistics = ModelStatistics()
+    private let metrics: ModelMetrics
 
     /// One runner per instance; threads start at once.
     public init(modelName: String, policy: SchedulingPolicy, runners: [any ModelRunner], logger: Logger) {
@@ -66,6 +67,7 @@ public final class ModelScheduler: @unchecked Sendable {
         self.policy = policy
         self.runners = runners
         self.logger = logger
+        metrics = ModelMetrics(model: modelName)
         for runner in runners {
             threads.append(startThread { [self] in self.workLoop(runner: runner) })
         }
@@ -95,6 +97,7 @@ public final class ModelScheduler: @unchecked Sendable {
         if policy.maxQueue > 0, queue.count >= policy.maxQueue {
             statistics.queueRejections.saturatingAdd(1)
             lock.unlock()
+            metrics.failures.increment()
             promise.fail(KernelHTTPError(503, "inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))"))
             return promise.futureResult
         }
@@ -103,6 +106,7 @@ public final class ModelScheduler: @unchecked Sendable {
                 // Its client has given up already: never queued.
                 statistics.timeouts.saturatingAdd(1)
                 lock.unlock()
+                metrics.failures.increment()
                 promise.fail(expiry.error(modelName: modelName, policy: policy))
                 return promise.futureResult
             }
@@ -110,6 +114,7 @@ public final class ModelScheduler: @unchecked Sendable {
             job.timer = eventLoop.scheduleTask(deadline: expiry.at) { [self] in self.expire(job) }
         }
         queue.append(job)
+        metrics.queueDepth.record(queue.count + running)
         lock.signal()
         lock.unlock()
         return promise.futureResult
@@ -127,7 +132,9 @@ public final class ModelScheduler: @unchecked Sendable {
         statistics.timeouts.saturatingAdd(1)
         let now = KernelClock.monotonicNanoseconds()
         statistics.failure.add(now > job.enqueued ? now - job.enqueued : 0)
+        metrics.queueDepth.record(queue.count + running)
         lock.unlock()
+        metrics.failures.increment()
         job.promise.fail((job.expiry ?? .timeout(at: .now())).error(modelName: modelName, policy: policy))
     }
 
@@ -141,6 +148,7 @@ public final class ModelScheduler: @unchecked Sendable {
             discarded = queue.filter { $0.state == .queued }
             for job in discarded { job.state = .expired }
             queue.removeAll()
+            metrics.queueDepth.record(running)
         }
         let joining = threads
         threads = []
@@ -260,7 +268,12 @@ public final class ModelScheduler: @unchecked Sendable {
                           dequeued: dequeued, finished: finished, succeeded: (try? result.get()) != nil)
         // Before the results go out, so an answer's depth report does not count its own request.
         running -= jobs.count
+        metrics.queueDepth.record(queue.count + running)
         lock.unlock()
+        metrics.batchSize.record(rows)
+        metrics.computeDuration.recordNanoseconds(Int64(clamping: finished &- started))
+        for job in jobs { metrics.queueDuration.recordNanoseconds(Int64(clamping: dequeued > job.enqueued ? dequeued - job.enqueued : 0)) }
+        if (try? result.get()) == nil { metrics.failures.increment(by: jobs.count) }
         logger.debug("model '\(modelName)': batch of \(rows) row(s) from \(jobs.count) request(s) in \((finished - started) / 1000) us")
 
         // One task per event loop completes all of its requests: a wake-up per loop, not per request.

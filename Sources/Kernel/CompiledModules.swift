@@ -3,7 +3,9 @@ import CORS
 import HTTP
 import Inference
 import KernelCore
+import KernelMetrics
 import Routing
+import Status
 import UWSGI
 
 /// The compiled-in modules, as nginx's `ngx_modules[]`: Swift has no static constructors, so the list is written
@@ -18,5 +20,7 @@ let compiledModules: [ModuleDescriptor] = [
     ModuleDescriptor(UWSGIModule.self),
     ModuleDescriptor(InferenceModule.self),
     ModuleDescriptor(CORSModule.self),
+    ModuleDescriptor(MetricsModule.self),
+    ModuleDescriptor(StatusModule.self),
     ModuleDescriptor(RoutingModule.self),
 ]

@@ -1,6 +1,7 @@
 import ArgumentParser
 import KernelConfig
 import KernelCore
+import KernelMetrics
 import KernelProcesses
 import Logging
 import NIOConcurrencyHelpers
@@ -135,6 +136,8 @@ struct KernelCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         LoggingSystem.bootstrap { _ in ErrorLogHandler(destination: destination) }
+        // Before any module makes a metric handle: swift-metrics binds each handle to the backend of its time.
+        KernelMetricsSystem.bootstrap()
         let logger = Logger(label: "kernel")
         if worker == nil, case .pools = core.processes {
             try await serveAsMaster(core: core, logFiles: logFiles, destination: destination, logger: logger, inherited: inherited)

@@ -25,6 +25,12 @@ public final class KernelGeneration: Sendable {
     /// Whether each exchange's duration is measured: for the observers, and for the stats server's
     /// `running_time`/`avg_rt` when `kernel.stats` is set.
     let timesRequests: Bool
+    /// The readiness conditions modules added (models loaded and warmed).
+    public let readinessChecks: [any ReadinessCheck]
+    /// Every upstream group of the configuration, by name (for metrics: each peer's state).
+    public let upstreamGroups: [any UpstreamGroup]
+    /// The names of the groups some location uses (for readiness: each needs a live peer).
+    public let usedUpstreamGroupNames: Set<String>
     private let inFlight = ManagedAtomic<Int>(0)
     private let retired = ManagedAtomic<Bool>(false)
     private let onDrained = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
@@ -43,6 +49,9 @@ public final class KernelGeneration: Sendable {
         services = registrar.services
         finishObservers = registrar.finishObservers
         timesRequests = !finishObservers.isEmpty || core.stats != nil
+        readinessChecks = registrar.readinessChecks
+        upstreamGroups = registrar.allUpstreamGroups
+        usedUpstreamGroupNames = registrar.usedUpstreamGroupNames
     }
 
     /// Requests holding this generation now.
@@ -226,6 +235,8 @@ public final class KernelRuntime: Sendable {
     public let stopping = StoppingFlag()
     /// This process's request counters, recycling limits and harakiri watchdog.
     public let worker: WorkerWatch
+    /// The listener manager of the server running this runtime, for `listenerStatus` (weak: it holds the runtime).
+    let listenerManager = WeakListenerManager()
     private let current = NIOLockedValueBox<KernelGeneration?>(nil)
 
     /// `supervision` makes the supervision from this runtime's query registry; nil runs the process alone.

@@ -57,6 +57,7 @@ public final class KernelServer: Service, Sendable {
         } else {
             listeners = ListenerManager(runtime: runtime)
         }
+        runtime.listenerManager.set(listeners)
         housekeeping = WorkerHousekeeping(runtime: runtime, listeners: listeners)
     }
 

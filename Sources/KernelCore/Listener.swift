@@ -110,6 +110,41 @@ final class BoundListener: Sendable {
     }
 }
 
+/// A listener as metrics (`kernel_connections_open`) and readiness see it.
+public struct ListenerStatus: Sendable, Equatable {
+    /// `http`, `uwsgi`.
+    public var protocolName: String
+    /// The address as configured (`127.0.0.1:8080`, `unix:/run/kernel.sock`): the `listener` label of metrics.
+    public var address: String
+    /// Connections accepted and not yet closed.
+    public var openConnections: Int
+    /// Whether its listening socket is open (bound, not closed).
+    public var isOpen: Bool
+
+    public init(protocolName: String, address: String, openConnections: Int, isOpen: Bool) {
+        self.protocolName = protocolName
+        self.address = address
+        self.openConnections = openConnections
+        self.isOpen = isOpen
+    }
+}
+
+/// The runtime's reference to the listener manager of its server: weak, as the manager holds the runtime.
+final class WeakListenerManager: Sendable {
+    private let box = NIOLockedValueBox<Reference>(Reference())
+
+    private struct Reference: @unchecked Sendable { weak var manager: ListenerManager? }
+
+    func set(_ manager: ListenerManager) { box.withLockedValue { $0.manager = manager } }
+    var manager: ListenerManager? { box.withLockedValue { $0.manager } }
+}
+
+extension KernelRuntime {
+    /// The listeners the running configuration has, by configured address; empty when no server runs this
+    /// runtime (tests that embed the request path).
+    public var listenerStatus: [ListenerStatus] { listenerManager.manager?.status() ?? [] }
+}
+
 /// Binds, keeps and closes the listeners of the running configuration.
 public final class ListenerManager: Sendable {
     let runtime: KernelRuntime
@@ -184,6 +219,18 @@ public final class ListenerManager: Sendable {
                 return nil
             }
         }
+    }
+
+    /// Each bound listener, its open connections and whether its socket is open, sorted by configured address.
+    func status() -> [ListenerStatus] {
+        bound.withLockedValue { Array($0.values) }.map { listener in
+            let spec = listener.spec.withLockedValue { $0 }
+            // A worker accepts on the socket it inherited from the master, with no server channel of its own.
+            let open = listener.serverChannel.withLockedValue { $0 }?.isActive
+                ?? (listener.acceptor.withLockedValue { $0 } != nil)
+            return ListenerStatus(protocolName: spec.protocolName, address: spec.address.description,
+                                  openConnections: listener.connections.withLockedValue { $0.count }, isOpen: open)
+        }.sorted { ($0.address, $0.protocolName) < ($1.address, $1.protocolName) }
     }
 
     /// Starts accepting on listeners opened by `apply`.

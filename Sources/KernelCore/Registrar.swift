@@ -45,6 +45,9 @@ public final class Registrar: @unchecked Sendable {
     private var upstreamGroups: [String: any UpstreamGroup] = [:]
     private var upstreamProbers: [String: any UpstreamProber] = [:]
     private(set) var finishObservers: [any RequestFinishObserver] = []
+    private(set) var readinessChecks: [any ReadinessCheck] = []
+    /// Names of the groups handlers asked for (`upstreamGroup(named:)`): the groups a location uses.
+    private(set) var usedUpstreamGroupNames: Set<String> = []
 
     /// The variables templates of this configuration may use: the core's, and those modules add here
     /// (`registrar.variables.register("name") { context in ... }`). Modules register in the module list's order,
@@ -136,7 +139,16 @@ public final class Registrar: @unchecked Sendable {
     /// Makes an upstream group (`upstream NAME { ... }`) available to proxy handlers by name.
     public func addUpstreamGroup(_ group: any UpstreamGroup) { upstreamGroups[group.name] = group }
 
-    public func upstreamGroup(named name: String) -> (any UpstreamGroup)? { upstreamGroups[name] }
+    /// The group `name`, when one was added. A handler that asks for a group uses it: the group then counts for
+    /// readiness (a used group with no live peer makes the process not ready).
+    public func upstreamGroup(named name: String) -> (any UpstreamGroup)? {
+        guard let group = upstreamGroups[name] else { return nil }
+        usedUpstreamGroupNames.insert(name)
+        return group
+    }
+
+    /// Every upstream group added, by name.
+    var allUpstreamGroups: [any UpstreamGroup] { upstreamGroups.keys.sorted().map { upstreamGroups[$0]! } }
 
     /// Makes a protocol's health-check prober available by scheme (`http`, `uwsgi`).
     public func addUpstreamProber(scheme: String, _ prober: any UpstreamProber) { upstreamProbers[scheme] = prober }
@@ -147,6 +159,10 @@ public final class Registrar: @unchecked Sendable {
     /// Adds an observer of every finished exchange of this configuration (metrics, stats); the routes' access
     /// logs are observers too, attached by the router.
     public func addFinishObserver(_ observer: any RequestFinishObserver) { finishObservers.append(observer) }
+
+    /// Adds a condition of this configuration's readiness (models loaded and warmed): `/healthz` and
+    /// `/v2/health/ready` answer 503 while any check reports something not ready.
+    public func addReadinessCheck(_ check: any ReadinessCheck) { readinessChecks.append(check) }
 }
 
 /// A filter directive a module declared with `Registrar.addLocationFilter`.

@@ -149,6 +149,23 @@ public protocol UpstreamGroup: Sendable {
     var scheme: String? { get }
     /// What the group's `local` server dispatches to; nil when it has none. The default is nil.
     var localPeer: LocalPeer? { get }
+    /// Each peer and whether the group would send it a request now (not `down`, not failed within
+    /// `fail_timeout`, passing its health checks), for metrics (`kernel_upstream_peer_up`) and readiness (a
+    /// group with no live peer makes the process not ready). The default counts every peer up.
+    func peerStates() -> [UpstreamPeerState]
+}
+
+/// A peer of an upstream group as metrics and readiness see it.
+public struct UpstreamPeerState: Sendable, Equatable {
+    /// The peer as written (`127.0.0.1:6666`, `unix:/run/app.sock`, `local`).
+    public var address: String
+    /// Whether the group would send it a request now.
+    public var up: Bool
+
+    public init(address: String, up: Bool) {
+        self.address = address
+        self.up = up
+    }
 }
 
 extension UpstreamGroup {
@@ -161,6 +178,8 @@ extension UpstreamGroup {
     public var scheme: String? { nil }
 
     public var localPeer: LocalPeer? { nil }
+
+    public func peerStates() -> [UpstreamPeerState] { peers.map { UpstreamPeerState(address: $0.description, up: true) } }
 }
 
 /// nginx's `keepalive`, `keepalive_timeout` and `keepalive_requests` of an `upstream` block: idle connections to

@@ -19,6 +19,7 @@ final class InferenceConfigurationTests: XCTestCase {
         let configuration = try decode("""
             inference:
               runtime_library: /opt/ort/libonnxruntime.so.1.31.1
+              load_before_listen: false
               models:
                 - name: demo
                   path: ../models/demo/1/model.onnx
@@ -35,6 +36,8 @@ final class InferenceConfigurationTests: XCTestCase {
                   path: /m.onnx
             """)
         XCTAssertEqual(configuration.runtimeLibrary, "/opt/ort/libonnxruntime.so.1.31.1")
+        XCTAssertFalse(configuration.loadBeforeListen)
+        XCTAssertTrue(try decode("inference: {}\n").loadBeforeListen, "models load before the listeners open by default")
         let demo = configuration.models[0]
         XCTAssertEqual(demo.path, "etc/../models/demo/1/model.onnx")
         XCTAssertEqual(demo.version, "3")
@@ -70,5 +73,6 @@ final class InferenceConfigurationTests: XCTestCase {
                     "etc/k.yaml:4:7: inference.models[1]: model \"a\" is declared twice")
         assertError("inference:\n  models:\n    - {name: a, path: a.onnx, instances: 0}\n",
                     "etc/k.yaml:3:42: inference.models[0].instances: expected an integer 1-256, found \"0\"")
+        XCTAssertThrowsError(try decode("inference:\n  load_before_listen: later\n"))
     }
 }

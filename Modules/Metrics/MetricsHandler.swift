@@ -1,0 +1,63 @@
+import KernelCore
+import NIOCore
+
+/// The `metrics:` location directive's handler: the metrics of every process of the group, merged, in Prometheus
+/// text format 0.0.4 (what a Prometheus server scrapes from `/metrics`).
+///
+/// It gathers the `"metrics"` query from every process (`ProcessSupervision.gather`: this process alone with
+/// `processes: 0`), parses each answer, sums the samples that have the same name and labels, and renders the sum.
+/// A process that does not answer within `gatherTimeout` is left out of this answer. GET and HEAD only, as nginx's
+/// `stub_status`.
+struct MetricsHandler: RequestHandler {
+    static let contentType = "text/plain; version=0.0.4; charset=utf-8"
+
+    let runtime: KernelRuntime
+    let gatherTimeout: TimeAmount
+
+    func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        guard request.method == "GET" || request.method == "HEAD" else {
+            return context.eventLoop.makeFailedFuture(
+                KernelHTTPError(405, "method \(request.method) not allowed on \(request.path)", headers: ["Allow": "GET, HEAD"]))
+        }
+        let runtime = self.runtime
+        let timeout = gatherTimeout
+        let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        promise.completeWithTask {
+            let answers = await runtime.supervision.gather("metrics", timeout: timeout)
+            let families = answers.map { PrometheusExposition.parse(String(decoding: $0.body, as: UTF8.self)) }
+            return .text(200, PrometheusExposition.render(PrometheusExposition.merge(families)), contentType: Self.contentType)
+        }
+        return promise.futureResult
+    }
+}
+
+/// The `health:` location directive's handler: `health: ready` answers whether this process should get traffic
+/// (`KernelRuntime.notReadyReasons`), `health: live` whether it is alive (it answers: that is all liveness asks,
+/// so a process whose models still load, or that is stopping, is alive).
+///
+/// 200 with `{"ready":true}` / `{"live":true}`; not ready is 503 with the reasons
+/// (`{"ready":false,"not_ready":[{"check":"models","name":"demo","reason":"loading"}]}`), which is what
+/// Kubernetes' probes and load balancers' health checks act on.
+struct HealthHandler: ImmediateRequestHandler {
+    enum Probe: String, CaseIterable {
+        case ready, live
+    }
+
+    let probe: Probe
+    let runtime: KernelRuntime
+
+    func response(to request: KernelRequest, context: RequestContext) -> KernelResponse {
+        guard request.method == "GET" || request.method == "HEAD" else {
+            var response = KernelResponse.error(405, "method \(request.method) not allowed on \(request.path)")
+            response.headers.add("Allow", "GET, HEAD")
+            return response
+        }
+        switch probe {
+        case .live:
+            return .text(200, "{\"live\":true}", contentType: "application/json")
+        case .ready:
+            let reasons = runtime.notReadyReasons()
+            return .text(reasons.isEmpty ? 200 : 503, HealthBody.readiness(reasons), contentType: "application/json")
+        }
+    }
+}

@@ -1,0 +1,72 @@
+import KernelConfig
+import KernelCore
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Operations endpoints for monitoring: the `metrics:` location directive (Prometheus metrics of every process of
+/// the group, as nginx's `stub_status` is a location directive) and the `health:` location directive (`ready` or
+/// `live`, for Kubernetes probes and load balancers).
+///
+/// Always enabled, in every role. Every process registers its `"metrics"` query responder, so a process that
+/// answers `/metrics` can gather its siblings' metrics. Requests are counted (`kernel_http_requests_total`,
+/// latency histograms) only in a configuration that mounts `metrics:` somewhere: nobody reads them otherwise. The
+/// top-level `metrics` key takes no options (the directive is written in a location).
+public enum MetricsModule: KernelModule {
+    public struct Configuration: Sendable {}
+
+    public static let configurationKey = "metrics"
+    public static let roles: Set<KernelRole> = [.edge, .worker]
+    public static var enabledWithoutKey: Bool { true }
+
+    /// How long `/metrics` waits for each process's answer by default.
+    static let defaultGatherTimeout = TimeAmount.seconds(2)
+
+    public static func decode(_ value: ConfigValue, registrar: Registrar) throws -> Configuration {
+        guard case .mapping = value.node else {
+            throw value.error("metrics: the top-level key takes no options; mount the metrics in a location (location = /metrics with metrics: {})")
+        }
+        try value.mapping().finish()
+        return Configuration()
+    }
+
+    public static func register(_ configuration: Configuration, into registrar: Registrar) throws {
+        let runtime = registrar.runtime
+        let registry = KernelMetricsSystem.registry
+        if registrar.mode == .run {
+            let exposition = ProcessExposition(runtime: runtime, registry: registry)
+            runtime.processQueries.register("metrics") { await exposition.answer() }
+        }
+        // One request observer per configuration, added by the first `metrics:` location.
+        let observing = NIOLockedValueBox(false)
+        registrar.addLocationHandler("metrics") { [weak registrar] value, _, _ in
+            let timeout = try decodeDirective(value)
+            let first = observing.withLockedValue { added -> Bool in
+                defer { added = true }
+                return !added
+            }
+            if first { registrar?.addFinishObserver(RequestMetrics(registry: registry)) }
+            return MetricsHandler(runtime: runtime, gatherTimeout: timeout)
+        }
+        registrar.addLocationHandler("health") { value, _, _ in
+            let probe = try value.oneOf(HealthHandler.Probe.allCases.map(\.rawValue))
+            return HealthHandler(probe: HealthHandler.Probe(rawValue: probe)!, runtime: runtime)
+        }
+    }
+
+    /// `metrics: {}` (or `metrics: true`), with an optional `gather_timeout`.
+    static func decodeDirective(_ value: ConfigValue) throws -> TimeAmount {
+        if case .scalar = value.node {
+            guard try value.bool() else { throw value.expected("true or a mapping ({})") }
+            return defaultGatherTimeout
+        }
+        let mapping = try value.mapping()
+        var timeout = defaultGatherTimeout
+        if let configured = mapping.optional("gather_timeout") {
+            let duration = try configured.duration()
+            guard duration.milliseconds > 0 else { throw configured.expected("a duration above 0") }
+            timeout = .milliseconds(duration.milliseconds)
+        }
+        try mapping.finish()
+        return timeout
+    }
+}
