@@ -151,7 +151,8 @@ let package = Package(
         .testTarget(name: "UWSGITests", dependencies: nio + ["UWSGI", "KernelCore", "KernelUpstream", log, embedded]),
         .testTarget(name: "StatusTests", dependencies: ["Status", "Routing", "KernelCore", "KernelConfig", log,
                                                         .product(name: "NIOCore", package: "swift-nio")]),
-        .testTarget(name: "InferenceTests", dependencies: nio + ["Inference", "KernelCore", "KernelConfig", log, locks]),
+        .testTarget(name: "InferenceTests", dependencies: nio + ["Inference", "KernelCore", "KernelConfig", log, locks, coreMetrics,
+                                                                .product(name: "MetricsTestKit", package: "swift-metrics")]),
         .testTarget(name: "MetricsTests", dependencies: nio + ["KernelMetrics", "Routing", "KernelCore", "KernelConfig", log, locks, coreMetrics,
                                                               .product(name: "Prometheus", package: "swift-prometheus")]),
         // Tests/SystemTests holds the pytest suites that boot the real `kernel` binary (`make system-test`).

@@ -18,13 +18,14 @@ struct ModelMetrics: Sendable {
     /// Requests that failed: runtime errors, timeouts, queue-full rejections.
     let failures: Counter
 
-    init(model: String) {
+    /// `factory`: the process's (`MetricsSystem.factory`, what the kernel bootstrapped), or a test's.
+    init(model: String, factory: any MetricsFactory) {
         let dimensions = [("model", model)]
-        queueDepth = Gauge(label: "kernel_model_queue_depth", dimensions: dimensions)
-        batchSize = Recorder(label: "kernel_model_batch_size", dimensions: dimensions, aggregate: true)
-        queueDuration = Timer(label: "kernel_model_queue_duration_seconds", dimensions: dimensions)
-        computeDuration = Timer(label: "kernel_model_compute_duration_seconds", dimensions: dimensions)
-        failures = Counter(label: "kernel_model_failures_total", dimensions: dimensions)
+        queueDepth = Gauge(label: "kernel_model_queue_depth", dimensions: dimensions, factory: factory)
+        batchSize = Recorder(label: "kernel_model_batch_size", dimensions: dimensions, aggregate: true, factory: factory)
+        queueDuration = Timer(label: "kernel_model_queue_duration_seconds", dimensions: dimensions, factory: factory)
+        computeDuration = Timer(label: "kernel_model_compute_duration_seconds", dimensions: dimensions, factory: factory)
+        failures = Counter(label: "kernel_model_failures_total", dimensions: dimensions, factory: factory)
         queueDepth.record(0)
     }
 }

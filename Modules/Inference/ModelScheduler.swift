@@ -1,3 +1,4 @@
+import CoreMetrics
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -60,14 +61,15 @@ public final class ModelScheduler: @unchecked Sendable {
     private var statistics = ModelStatistics()
     private let metrics: ModelMetrics
 
-    /// One runner per instance; threads start at once.
-    public init(modelName: String, policy: SchedulingPolicy, runners: [any ModelRunner], logger: Logger) {
+    /// One runner per instance; threads start at once. The model's metrics go to `metricsFactory`.
+    public init(modelName: String, policy: SchedulingPolicy, runners: [any ModelRunner], logger: Logger,
+                metricsFactory: any MetricsFactory = MetricsSystem.factory) {
         precondition(!runners.isEmpty)
         self.modelName = modelName
         self.policy = policy
         self.runners = runners
         self.logger = logger
-        metrics = ModelMetrics(model: modelName)
+        metrics = ModelMetrics(model: modelName, factory: metricsFactory)
         for runner in runners {
             threads.append(startThread { [self] in self.workLoop(runner: runner) })
         }

@@ -140,3 +140,25 @@ final class BalancedGroupTests: XCTestCase {
         XCTAssertNil(group.begin(request(from: "10.0.0.1"), excluding: []), "max_conns=1 still holds")
     }
 }
+
+/// What metrics and readiness read of a group: each peer up or not.
+final class PeerStateTests: XCTestCase {
+    func testAPeerIsUpUnlessDownFailedOrFailingItsHealthChecks() {
+        let clock = TestClock()
+        let group = BalancedGroup(name: "b", method: .roundRobin,
+                                  servers: servers("127.0.0.1:1 max_fails=1", "127.0.0.1:2 down", "127.0.0.1:3", "127.0.0.1:4 backup"),
+                                  now: { clock.now })
+        func states() -> [String: Bool] {
+            Dictionary(uniqueKeysWithValues: group.peerStates().map { ($0.address, $0.up) })
+        }
+        XCTAssertEqual(states(), ["127.0.0.1:1": true, "127.0.0.1:2": false, "127.0.0.1:3": true, "127.0.0.1:4": true])
+        let lease = group.begin(request(), excluding: [])!
+        XCTAssertEqual(port(lease), 1)
+        lease.finish(outcome(failure: .error))
+        XCTAssertEqual(states()["127.0.0.1:1"], false, "failed within fail_timeout")
+        clock.advance(seconds: 11)
+        XCTAssertEqual(states()["127.0.0.1:1"], true, "back once fail_timeout (10s) has passed")
+        group.setPassesHealthChecks(false, peer: .tcp(host: "127.0.0.1", port: 3))
+        XCTAssertEqual(states()["127.0.0.1:3"], false, "failing its health checks")
+    }
+}

@@ -1,6 +1,7 @@
 import Dispatch
 import KernelCore
 import Logging
+import MetricsTestKit
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -141,6 +142,41 @@ final class ModelSchedulerTests: XCTestCase {
         XCTAssertEqual(scheduler.currentStatistics.queueRejections, 1)
         runner.gate.signal()
         for future in [first] + queued { XCTAssertEqual(status(of: future), 200) }
+    }
+
+    func testMetricsFollowTheQueueTheRunsAndTheFailures() throws {
+        let metrics = TestMetrics()
+        let runner = RecordingRunner(blockFirst: true)
+        let scheduler = ModelScheduler(modelName: "m", policy: SchedulingPolicy(maxBatchSize: 8, dynamicBatching: true, maxQueue: 2),
+                                       runners: [runner], logger: Logger(label: "test"), metricsFactory: metrics)
+        defer { scheduler.stop() }
+        let dimensions = [("model", "m")]
+        let depth = try metrics.expectGauge("kernel_model_queue_depth", dimensions)
+        XCTAssertEqual(depth.lastValue, 0, "the series exists before the first request")
+        let loop = group.next()
+        let first = scheduler.submit([rows(1, width: 2, start: 0)], on: loop)
+        runner.entered.wait()
+        let queued = (0..<2).map { scheduler.submit([rows(1, width: 2, start: Float($0))], on: loop) }
+        XCTAssertEqual(depth.lastValue, 3, "one running, two queued")
+        XCTAssertEqual(status(of: scheduler.submit([rows(1, width: 2, start: 9)], on: loop)), 503)
+        XCTAssertEqual(try metrics.expectCounter("kernel_model_failures_total", dimensions).totalValue, 1, "a queue-full rejection")
+        runner.gate.signal()
+        for future in [first] + queued { XCTAssertEqual(status(of: future), 200) }
+        // The first run took the lone request, the second the two that queued meanwhile.
+        XCTAssertEqual(try metrics.expectRecorder("kernel_model_batch_size", dimensions).values, [1, 2])
+        XCTAssertEqual(try metrics.expectTimer("kernel_model_compute_duration_seconds", dimensions).values.count, 2)
+        XCTAssertEqual(try metrics.expectTimer("kernel_model_queue_duration_seconds", dimensions).values.count, 3)
+        XCTAssertEqual(depth.lastValue, 0)
+        XCTAssertEqual(try metrics.expectCounter("kernel_model_failures_total", dimensions).totalValue, 1)
+
+        final class FailingRunner: ModelRunner, @unchecked Sendable {
+            func run(_ inputs: [Tensor]) throws -> [Tensor] { throw ONNXRuntimeError("boom") }
+        }
+        let failing = ModelScheduler(modelName: "f", policy: SchedulingPolicy(), runners: [FailingRunner()],
+                                     logger: Logger(label: "test"), metricsFactory: metrics)
+        defer { failing.stop() }
+        XCTAssertEqual(status(of: failing.submit([rows(1, width: 2, start: 0)], on: loop)), 500)
+        XCTAssertEqual(try metrics.expectCounter("kernel_model_failures_total", [("model", "f")]).totalValue, 1, "a runtime error")
     }
 
     func testDepthCountsQueuedAndRunningRequestsButNotAnAnsweredOne() throws {
