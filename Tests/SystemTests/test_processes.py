@@ -36,6 +36,8 @@ routing:
     - locations:
         - location: /
           return: 200 "{text} $pid"
+        - location: = /healthz
+          health: ready
 """
 
 
@@ -256,11 +258,14 @@ def test_shutdown_delay_keeps_serving_after_sigterm_then_drains(start_kernel, tm
     kernel = start_kernel(hello(tmp_path, extra="  shutdown_delay: 2s"))
     port = kernel.port()
     workers = children(kernel.pid)
+    assert get(port, "/healthz")[0] == 200
     os.kill(kernel.pid, signal.SIGTERM)
     kernel.wait_for_log("serve for shutdown_delay 2s, then drain")
     kernel.wait_for_log("SIGTERM: reporting not ready, serving for shutdown_delay 2s before draining", count=2)
-    # Still served during the delay, by the same workers.
+    # Still served during the delay, by the same workers, which report not ready (so endpoints are removed).
     assert answering_pid(port) in workers
+    status, body = get(port, "/healthz")
+    assert status == 503 and "stopping" in body
     assert kernel.wait_exit() == 0
     assert "graceful shutdown: draining connections" in kernel.log_text()
 
@@ -268,9 +273,12 @@ def test_shutdown_delay_keeps_serving_after_sigterm_then_drains(start_kernel, tm
 def test_shutdown_delay_in_a_single_process(start_kernel, tmp_path):
     kernel = start_kernel(hello(tmp_path, processes=0, extra="  shutdown_delay: 2s"))
     port = kernel.port()
+    assert get(port, "/healthz")[0] == 200
     os.kill(kernel.pid, signal.SIGTERM)
     kernel.wait_for_log("SIGTERM: reporting not ready, serving for shutdown_delay 2s before draining")
     assert answering_pid(port) == kernel.pid
+    status, body = get(port, "/healthz")
+    assert status == 503 and "stopping" in body
     assert kernel.wait_exit() == 0
     assert "graceful shutdown: draining connections" in kernel.log_text()
 
