@@ -9,7 +9,8 @@ import NIOCore
 ///
 /// Always enabled, in every role. Every process registers its `"metrics"` query responder, so a process that
 /// answers `/metrics` can gather its siblings' metrics. Requests are counted (`kernel_http_requests_total`,
-/// latency histograms) only in a configuration that mounts `metrics:` somewhere: nobody reads them otherwise. The
+/// latency histograms) only in a configuration that mounts `metrics:` or the status page somewhere: nobody reads
+/// them otherwise. The
 /// top-level `metrics` key takes no options (the directive is written in a location).
 public enum MetricsModule: KernelModule {
     public struct Configuration: Sendable {}
@@ -36,15 +37,11 @@ public enum MetricsModule: KernelModule {
             let exposition = ProcessExposition(runtime: runtime, registry: registry)
             runtime.processQueries.register("metrics") { await exposition.answer() }
         }
-        // One request observer per configuration, added by the first `metrics:` location.
-        let observing = NIOLockedValueBox(false)
+        // Requests are counted once some directive that reads the counts (`metrics:`, the status page) asks.
+        registrar.setRequestMetricsObserver { RequestMetrics(registry: registry) }
         registrar.addLocationHandler("metrics") { [weak registrar] value, _, _ in
             let timeout = try decodeDirective(value)
-            let first = observing.withLockedValue { added -> Bool in
-                defer { added = true }
-                return !added
-            }
-            if first { registrar?.addFinishObserver(RequestMetrics(registry: registry)) }
+            registrar?.wantRequestMetrics()
             return MetricsHandler(runtime: runtime, gatherTimeout: timeout)
         }
         registrar.addLocationHandler("health") { value, _, _ in

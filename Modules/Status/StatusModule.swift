@@ -50,6 +50,8 @@ public enum StatusModule: KernelModule {
             } else {
                 try value.mapping().finish()
             }
+            // The page shows the request counts of the metrics: ask for them to be kept.
+            registrar?.wantRequestMetrics()
             if samples, added.withLockedValue({ added in defer { added = true }; return !added }) {
                 registrar?.addService(sampler)
             }

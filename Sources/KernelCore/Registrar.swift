@@ -156,6 +156,24 @@ public final class Registrar: @unchecked Sendable {
     /// The prober of a scheme, if a module registered one.
     public func upstreamProber(scheme: String) -> (any UpstreamProber)? { upstreamProbers[scheme] }
 
+    /// Makes the observer that counts requests for the metrics (`kernel_http_requests_total`, latency
+    /// histograms): set by the module that owns the metrics. Nothing counts until some directive asks for it with
+    /// `wantRequestMetrics()`, so a configuration that reads no request metrics pays nothing per request.
+    public func setRequestMetricsObserver(_ make: @escaping () -> any RequestFinishObserver) {
+        requestMetricsObserver = make
+    }
+
+    /// Asks for requests to be counted in this configuration's metrics (a `metrics:` location, the status page,
+    /// which shows the same counts). The observer is added once however often it is asked for.
+    public func wantRequestMetrics() {
+        guard !countsRequests, let make = requestMetricsObserver else { return }
+        countsRequests = true
+        addFinishObserver(make())
+    }
+
+    private var requestMetricsObserver: (() -> any RequestFinishObserver)?
+    private var countsRequests = false
+
     /// Adds an observer of every finished exchange of this configuration (metrics, stats); the routes' access
     /// logs are observers too, attached by the router.
     public func addFinishObserver(_ observer: any RequestFinishObserver) { finishObservers.append(observer) }

@@ -45,8 +45,6 @@ routing:
     - locations:
         - location: = /status
           status: {{}}
-        - location: = /metrics
-          metrics: {{}}
         - location: /hello
           return: 200 "hello"
         - location: /app/
