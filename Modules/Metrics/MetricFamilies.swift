@@ -11,7 +11,7 @@ public enum KernelMetricFamilies {
     public static let all: [String: Family] = [
         "kernel_http_requests_total": Family(type: "counter", help: "Requests answered, by server_name, location and status (499: the client closed the connection first)."),
         "kernel_http_request_duration_seconds": Family(type: "histogram", help: "Time from a request's routed head to its last response byte, by server_name and location."),
-        "kernel_connections_open": Family(type: "gauge", help: "Client connections open, by listener (its address as configured)."),
+        "kernel_connections_open": Family(type: "gauge", help: "Client connections open, by listener (its address as bound)."),
         "kernel_upstream_peer_up": Family(type: "gauge", help: "Whether the upstream group would send a request to the peer now (1) or not (0: down, failed within fail_timeout, failing health checks); summed across worker processes."),
         "kernel_upstream_peer_failures_total": Family(type: "counter", help: "Attempts at the peer that counted towards its max_fails (errors, timeouts, invalid answers, next_upstream statuses)."),
         "kernel_upstream_retries_total": Family(type: "counter", help: "Requests passed on to another peer of the group after an attempt failed (one per extra attempt)."),

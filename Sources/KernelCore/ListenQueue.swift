@@ -45,6 +45,9 @@ public final class ListenQueueMonitor: Sendable {
         public var maxQueue: Int
         /// Samples that found the queue full.
         public var overflows: Int
+
+        /// The bound address alone (`127.0.0.1:8080`): the `listener` label, as `kernel_connections_open` has it.
+        public var address: String { name.split(separator: " ", maxSplits: 1).last.map(String.init) ?? name }
     }
 
     private let sockets = NIOLockedValueBox<[String: Socket]>([:])
@@ -124,12 +127,12 @@ public final class ListenQueueMonitor: Sendable {
         var text = "# HELP kernel_listen_queue Connections waiting in the accept queue of a listener at the last sample.\n"
         text += "# TYPE kernel_listen_queue gauge\n"
         for socket in sockets {
-            text += "kernel_listen_queue{listener=\(Self.label(socket.name)),worker=\"\(worker)\"} \(socket.queue)\n"
+            text += "kernel_listen_queue{listener=\(Self.label(socket.address)),worker=\"\(worker)\"} \(socket.queue)\n"
         }
         text += "# HELP kernel_listen_overflows_total Samples that found the accept queue of a listener full.\n"
         text += "# TYPE kernel_listen_overflows_total counter\n"
         for socket in sockets {
-            text += "kernel_listen_overflows_total{listener=\(Self.label(socket.name)),worker=\"\(worker)\"} \(socket.overflows)\n"
+            text += "kernel_listen_overflows_total{listener=\(Self.label(socket.address)),worker=\"\(worker)\"} \(socket.overflows)\n"
         }
         return text
     }

@@ -226,9 +226,13 @@ public final class ListenerManager: Sendable {
         bound.withLockedValue { Array($0.values) }.map { listener in
             let spec = listener.spec.withLockedValue { $0 }
             // A worker accepts on the socket it inherited from the master, with no server channel of its own.
-            let open = listener.serverChannel.withLockedValue { $0 }?.isActive
-                ?? (listener.acceptor.withLockedValue { $0 } != nil)
-            return ListenerStatus(protocolName: spec.protocolName, address: spec.address.description,
+            let channel = listener.serverChannel.withLockedValue { $0 }
+            let acceptor = listener.acceptor.withLockedValue { $0 }
+            let open = channel?.isActive ?? (acceptor != nil)
+            // The address as bound (a configured port 0 becomes the port the system chose), as the listen-queue
+            // figures name it.
+            let bound = channel?.localAddress.map(describe) ?? acceptor.flatMap { describeBoundSocket($0.descriptor) }
+            return ListenerStatus(protocolName: spec.protocolName, address: bound ?? spec.address.description,
                                   openConnections: listener.connections.withLockedValue { $0.count }, isOpen: open)
         }.sorted { ($0.address, $0.protocolName) < ($1.address, $1.protocolName) }
     }

@@ -317,12 +317,12 @@ final class RecyclingTests: XCTestCase {
         XCTAssertEqual(monitor.metricsText(worker: 2), """
             # HELP kernel_listen_queue Connections waiting in the accept queue of a listener at the last sample.
             # TYPE kernel_listen_queue gauge
-            kernel_listen_queue{listener="http 127.0.0.1:8080",worker="2"} 101
-            kernel_listen_queue{listener="uwsgi 127.0.0.1:3031",worker="2"} 0
+            kernel_listen_queue{listener="127.0.0.1:8080",worker="2"} 101
+            kernel_listen_queue{listener="127.0.0.1:3031",worker="2"} 0
             # HELP kernel_listen_overflows_total Samples that found the accept queue of a listener full.
             # TYPE kernel_listen_overflows_total counter
-            kernel_listen_overflows_total{listener="http 127.0.0.1:8080",worker="2"} 1
-            kernel_listen_overflows_total{listener="uwsgi 127.0.0.1:3031",worker="2"} 0
+            kernel_listen_overflows_total{listener="127.0.0.1:8080",worker="2"} 1
+            kernel_listen_overflows_total{listener="127.0.0.1:3031",worker="2"} 0
 
             """)
         XCTAssertEqual(ListenQueueMonitor.label("a\"b\\c\nd"), "\"a\\\"b\\\\c\\nd\"")

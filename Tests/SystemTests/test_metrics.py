@@ -1,8 +1,11 @@
 """`metrics: {}` on the real binary: Prometheus text format that `promtool check metrics` accepts, with counters
 that move as requests, a model inference and an upstream failure happen."""
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 
 import requests
 
@@ -116,7 +119,7 @@ def test_request_counters_and_latency_move(start_kernel):
         value(after, "kernel_http_request_duration_seconds_count", **labels)
     # The first scrape counted itself once it was written.
     assert value(after, "kernel_http_requests_total", server="api", location="= /metrics", status="200") >= 1
-    assert value(after, "kernel_connections_open", listener="127.0.0.1:0") >= 1
+    assert value(after, "kernel_connections_open", listener=f"127.0.0.1:{kernel.port()}") >= 1
     assert value(after, "kernel_process_resident_memory_bytes", worker="0") > 1_000_000
 
 
@@ -167,3 +170,71 @@ def test_counters_go_on_across_a_reload(start_kernel):
     kernel.wait_for_log("configuration reloaded (generation 2)", timeout=30)
     assert requests.get(kernel.url("/hello"), timeout=10).status_code == 200
     assert value(scrape(kernel), "kernel_http_requests_total", **labels) == 3
+
+
+WORKERS = """
+kernel:
+  event_loop_threads: 1
+  processes: 2
+http:
+  listen: "127.0.0.1:0"
+routing:
+  servers:
+    - locations:
+        - location: = /metrics
+          metrics: {}
+        - location: /
+          return: 200 "hello $pid"
+"""
+
+
+def worker_pids(master):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[1]) == master:
+                found.append(int(entry))
+    return found
+
+
+def test_worker_processes_are_merged_with_the_masters_families(start_kernel):
+    """With `processes: 2` the process answering /metrics sums every worker's counters, each worker's own gauges
+    keep their `worker` label, and the master adds the worker table and restarts by cause."""
+    kernel = start_kernel(WORKERS)
+    port = kernel.port()
+    for _ in range(20):   # a new connection each: both workers answer some
+        assert requests.get(kernel.url("/"), headers={"Connection": "close"}, timeout=10).status_code == 200
+    text = scrape(kernel)
+    result = subprocess.run([shutil.which("promtool"), "check", "metrics"], input=text, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr + text
+    assert value(text, "kernel_http_requests_total", server="", location="/", status="200") == 20
+    assert value(text, "kernel_workers", pool="main", state="serving") == 2
+    assert value(text, "kernel_process_resident_memory_bytes", worker="1") > 1_000_000
+    assert value(text, "kernel_process_resident_memory_bytes", worker="2") > 1_000_000
+    # Each worker samples its accept queue about once a second; both have after a few.
+    queues = [("kernel_listen_queue", frozenset({("listener", f"127.0.0.1:{port}"), ("worker", w)})) for w in "12"]
+    deadline = time.time() + 10
+    while not all(q in samples(text) for q in queues) and time.time() < deadline:
+        time.sleep(0.2)
+        text = scrape(kernel)
+    assert all(q in samples(text) for q in queues), text
+    assert value(text, "kernel_connections_open", listener=f"127.0.0.1:{port}") >= 1
+
+    victim = worker_pids(kernel.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    kernel.wait_for_log(f"worker process {victim} exited on signal 9", timeout=10)
+    deadline = time.time() + 10
+    while True:
+        text = scrape(kernel)
+        if value(text, "kernel_workers", pool="main", state="serving") == 2 or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert value(text, "kernel_workers", pool="main", state="serving") == 2
+    assert value(text, "kernel_worker_restarts_total", pool="main", cause="signal") == 1
+    assert value(text, "kernel_worker_restarts_total", pool="main", cause="exit") == 0
