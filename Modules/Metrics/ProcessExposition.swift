@@ -38,7 +38,7 @@ struct ProcessExposition: Sendable {
         let listeners = runtime.listenerStatus
         if !listeners.isEmpty {
             families.append(family("kernel_connections_open", listeners.map {
-                PrometheusSample(name: "kernel_connections_open", labels: ["listener": $0.address], value: Double($0.openConnections))
+                PrometheusSample(name: "kernel_connections_open", labels: ["listener": $0.boundAddress], value: Double($0.openConnections))
             }))
         }
         let groups = runtime.currentGeneration?.upstreamGroups ?? []

@@ -114,16 +114,20 @@ final class BoundListener: Sendable {
 public struct ListenerStatus: Sendable, Equatable {
     /// `http`, `uwsgi`.
     public var protocolName: String
-    /// The address as configured (`127.0.0.1:8080`, `unix:/run/kernel.sock`): the `listener` label of metrics.
+    /// The address as configured (`127.0.0.1:8080`, `unix:/run/kernel.sock`, `127.0.0.1:0`).
     public var address: String
+    /// The address as bound (a configured port 0 is the port the system chose): the `listener` label of metrics,
+    /// as the listen-queue figures name it. The configured address while nothing is bound.
+    public var boundAddress: String
     /// Connections accepted and not yet closed.
     public var openConnections: Int
     /// Whether its listening socket is open (bound, not closed).
     public var isOpen: Bool
 
-    public init(protocolName: String, address: String, openConnections: Int, isOpen: Bool) {
+    public init(protocolName: String, address: String, boundAddress: String? = nil, openConnections: Int, isOpen: Bool) {
         self.protocolName = protocolName
         self.address = address
+        self.boundAddress = boundAddress ?? address
         self.openConnections = openConnections
         self.isOpen = isOpen
     }
@@ -232,7 +236,7 @@ public final class ListenerManager: Sendable {
             // The address as bound (a configured port 0 becomes the port the system chose), as the listen-queue
             // figures name it.
             let bound = channel?.localAddress.map(describe) ?? acceptor.flatMap { describeBoundSocket($0.descriptor) }
-            return ListenerStatus(protocolName: spec.protocolName, address: bound ?? spec.address.description,
+            return ListenerStatus(protocolName: spec.protocolName, address: spec.address.description, boundAddress: bound,
                                   openConnections: listener.connections.withLockedValue { $0.count }, isOpen: open)
         }.sorted { ($0.address, $0.protocolName) < ($1.address, $1.protocolName) }
     }
