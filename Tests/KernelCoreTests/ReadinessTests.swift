@@ -77,7 +77,10 @@ final class ReadinessTests: XCTestCase {
         XCTAssertEqual(runtime.notReadyReasons(), [NotReadyReason(check: "listener", name: "http 127.0.0.1:0", reason: "not open")])
         let (opened, _) = try await manager.apply(generation.listeners)
         XCTAssertEqual(runtime.notReadyReasons(), [])
-        XCTAssertEqual(runtime.listenerStatus, [ListenerStatus(protocolName: "http", address: "127.0.0.1:0", openConnections: 0, isOpen: true)])
+        let port = opened[0].serverChannel.withLockedValue { $0 }?.localAddress?.port ?? 0
+        XCTAssertNotEqual(port, 0)
+        XCTAssertEqual(runtime.listenerStatus, [ListenerStatus(protocolName: "http", address: "127.0.0.1:0",
+                                                               boundAddress: "127.0.0.1:\(port)", openConnections: 0, isOpen: true)])
         try await opened[0].serverChannel.withLockedValue { $0 }?.close()
         XCTAssertEqual(runtime.notReadyReasons(), [NotReadyReason(check: "listener", name: "http 127.0.0.1:0", reason: "not open")])
         await manager.shutdown(timeout: .zero)
