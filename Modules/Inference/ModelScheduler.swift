@@ -466,14 +466,8 @@ private final class QueueLock: @unchecked Sendable {
 
 /// Starts a joinable POSIX thread running `body`.
 private func startThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
-    final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
-    let context = Unmanaged.passRetained(Box(body)).toOpaque()
-    var thread = pthread_t()
-    let result = pthread_create(&thread, nil, { raw in
-        let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-        box.body()
-        return nil
-    }, context)
-    precondition(result == 0, "pthread_create failed: \(result)")
-    return thread
+    switch PosixThread.start(body) {
+    case .success(let thread): return thread
+    case .failure(let error): preconditionFailure("cannot start a model instance thread (\(error))")
+    }
 }

@@ -175,19 +175,11 @@ final class HarakiriWatchdog: Sendable {
                 check()
             }
         }
-        final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
-        let context = Unmanaged.passRetained(Box(body)).toOpaque()
-        var thread = pthread_t()
-        let result = pthread_create(&thread, nil, { raw in
-            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-            box.body()
-            return nil
-        }, context)
-        if result == 0 {
+        switch PosixThread.start(body) {
+        case .success(let thread):
             pthread_detach(thread)
-        } else {
-            Unmanaged<Box>.fromOpaque(context).release()
-            logger.critical("cannot start the harakiri watchdog thread (pthread_create: \(result)): a stuck event loop will not be detected")
+        case .failure(let error):
+            logger.critical("cannot start the harakiri watchdog thread (\(error)): a stuck event loop will not be detected")
         }
     }
 }
