@@ -77,6 +77,7 @@ public final class KernelServer: Service, Sendable {
             throw error
         }
         runtime.logger.notice("kernel started: role \(loader.role), modules [\(generation.activeModules.joined(separator: ", "))], \(generation.core.eventLoopThreads) event-loop thread(s), pid \(getpid())")
+        SystemdNotify.ready(logger: runtime.logger)
         return true
     }
 
@@ -116,6 +117,7 @@ public final class KernelServer: Service, Sendable {
     /// Re-reads the configuration file; on any error the running configuration stays and the error is logged.
     public func reload() async {
         let logger = runtime.logger
+        SystemdNotify.reloading(logger: logger); defer { SystemdNotify.ready(logger: logger) }
         logger.notice("reloading configuration \(configurationFile)")
         let generation: KernelGeneration
         runtime.logFiles.markUse()
@@ -165,6 +167,7 @@ public final class KernelServer: Service, Sendable {
     }
 
     private func stop(graceful: Bool) async {
+        SystemdNotify.stopping(logger: runtime.logger)
         let generation = runtime.currentGeneration
         let timeout = graceful ? TimeAmount.milliseconds(generation?.core.shutdownTimeout.milliseconds ?? 30_000) : .zero
         runtime.logger.notice(graceful ? "graceful shutdown: draining connections" : "fast shutdown")
