@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the kernel, its tests and its benchmarks need, skipping what is already there:
-# Debian packages (libyaml, PCRE2, nginx, wrk), Python packages from PyPI (ONNX Runtime and the test peers),
+# Debian packages (libyaml, PCRE2, nginx, wrk, systemd), Python packages from PyPI (ONNX Runtime and the test peers),
 # and the demo and test models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for package in libyaml-dev libpcre2-dev nginx-light wrk; do
+# systemd: `systemd-analyze verify` checks the unit in etc/deploy (tests only; nothing here runs under systemd).
+for package in libyaml-dev libpcre2-dev nginx-light wrk systemd; do
     dpkg -s "$package" >/dev/null 2>&1 || need_apt+=("$package")
 done
 if ((${#need_apt[@]})); then
@@ -33,6 +34,9 @@ check dnslib dnslib
 check rapidocr_onnxruntime rapidocr-onnxruntime
 # A WebSocket echo server and client for the proxy_pass Upgrade tunnel test.
 check websockets.sync.client websockets
+# The Kubernetes schemas, offline, for the manifests in etc/deploy/kubernetes.
+check kubernetes_validate kubernetes-validate
+check yaml pyyaml
 command -v uwsgi >/dev/null 2>&1 || need_pip+=(uwsgi)
 if ((${#need_pip[@]})); then
     echo "setup: pip install ${need_pip[*]}"
