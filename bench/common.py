@@ -85,6 +85,24 @@ def rss_kib(pids, children=False):
     return total
 
 
+def memory_kib(pids):
+    """(RSS, PSS) in KiB summed over the processes (/proc/PID/smaps_rollup). PSS divides each shared page between
+    the processes that map it, so the PSS of a group of processes sharing pages (a master and its workers, nginx's
+    workers) adds up to what the group really holds; RSS counts shared pages once per process."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return rss, pss
+
+
 def cpu_seconds(pids, children=False):
     """User + system CPU time (s) used so far by the processes (and their live children when asked)."""
     ticks = os.sysconf("SC_CLK_TCK")
