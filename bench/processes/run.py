@@ -10,9 +10,9 @@ answered request, and throughput by `processes:` setting.
 2. Start-up: from starting `kernel` (fork + exec) to the first answered request, polled every 2 ms: `return 200` on
    a configuration without models, and an inference of the demo model (loaded and warmed, `warmup: 2`). Several
    runs; median and spread. The uWSGI stack's time to its first answered inference, the same way, for reference.
-3. Throughput with each `processes:` setting of BENCH_PROCESSES (default `0`; `0,auto` compares them): hello and
-   the demo model, rounds alternating which setting goes first. A binary that does not know the key (it has only
-   the single process) runs `0` without it.
+3. Throughput with each `processes:` setting of BENCH_PROCESSES (default `0,auto`): hello and the demo model, one
+   kernel per setting, rounds alternating which setting goes first. A binary that does not know the key (it has
+   only the single process) runs `0` alone, without the key.
 
 Prints a markdown section (bench/run.sh collects it into docs/performance.md).
 """
@@ -35,7 +35,8 @@ from common import ROOT, KERNEL_BIN, Stack, free_port, memory_kib, process_tree,
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 STARTUP_RUNS = int(os.environ.get("BENCH_STARTUP_RUNS", "7"))
-SETTINGS = [s.strip() for s in os.environ.get("BENCH_PROCESSES", "0").split(",") if s.strip()]
+# Set in main: BENCH_PROCESSES, or `0,auto` when the binary knows the key and `0` when it does not.
+SETTINGS = []
 MODEL = os.path.join(ROOT, "models", "demo", "1", "model.onnx")
 REQUEST = os.path.join(ROOT, "etc", "examples", "demo-request.json")
 INFER = "/v2/models/demo/infer"
@@ -242,16 +243,16 @@ def first_answer(port, method, path, body, deadline):
     raise SystemExit(f"no answer on 127.0.0.1:{port}{path}")
 
 
-def kernel_startup(work, model, run):
+def kernel_startup(work, setting, model, run):
     stack = Stack(work)
     try:
-        name = f"startup-{'model' if model else 'hello'}-{run}"
+        name = f"startup-{setting}-{'model' if model else 'hello'}-{run}"
         directory = os.path.join(work, name)
         os.makedirs(directory)
         port = free_port()
         config = os.path.join(directory, "kernel.yaml")
         with open(config, "w") as f:
-            f.write(kernel_yaml(directory, port, SETTINGS[-1], model))
+            f.write(kernel_yaml(directory, port, setting, model))
         body = open(REQUEST, "rb").read() if model else None
         started = time.monotonic()
         stack.start([KERNEL_BIN, "--role", "both", "--config", config], f"{name}.stderr")
@@ -329,15 +330,18 @@ def main():
     load_before = os.getloadavg()
     try:
         SUPPORTS_PROCESSES = supports_processes_key(work)
+        default = "0,auto" if SUPPORTS_PROCESSES else "0"
+        SETTINGS[:] = [s.strip() for s in os.environ.get("BENCH_PROCESSES", default).split(",") if s.strip()]
         if not SUPPORTS_PROCESSES and SETTINGS != ["0"]:
             raise SystemExit(f"bench/processes: {KERNEL_BIN} has no `processes:` key; BENCH_PROCESSES=0 only")
         expected = expected_output()
         script = lua_script(work)
         memory = measure_memory(work, expected, script)
-        startup = {"hello": [], "model": [], "stack": []}
+        startup = {"stack": []}
         for run in range(STARTUP_RUNS):
-            startup["hello"].append(kernel_startup(work, False, run))
-            startup["model"].append(kernel_startup(work, True, run))
+            for setting in SETTINGS:
+                startup.setdefault((setting, "hello"), []).append(kernel_startup(work, setting, False, run))
+                startup.setdefault((setting, "model"), []).append(kernel_startup(work, setting, True, run))
             startup["stack"].append(stack_startup(work, run))
         throughput, process_counts = measure_throughput(work, expected, script)
     except BaseException:
@@ -365,10 +369,12 @@ def main():
                                   for name, _, _, pss in memory[:len(SETTINGS)]) + ".\n")
     out += ["### Time from start to the first answered request\n",
             f"From fork + exec to the first 200, polled every 2 ms; {STARTUP_RUNS} runs each, median (min to max), ms.\n",
-            "| what | ms |", "|---|---:|",
-            f"| kernel, `return 200 \"hello\"` (no model) | {spread(startup['hello'])} |",
-            f"| kernel, demo model inference (loaded, warmed: `warmup: 2`) | {spread(startup['model'])} |",
-            f"| nginx + uWSGI (3 lazy workers) + Flask, demo model inference | {spread(startup['stack'])} |", ""]
+            "| what | ms |", "|---|---:|"]
+    for setting in SETTINGS:
+        out += [f"| kernel `processes: {setting}`, `return 200 \"hello\"` (no model) | {spread(startup[(setting, 'hello')])} |",
+                f"| kernel `processes: {setting}`, demo model inference (loaded, warmed: `warmup: 2`) | "
+                f"{spread(startup[(setting, 'model')])} |"]
+    out += [f"| nginx + uWSGI (3 lazy workers) + Flask, demo model inference | {spread(startup['stack'])} |", ""]
     out += ["### Throughput by `processes:`\n",
             f"One kernel per setting, started together, rounds alternating which goes first: `wrk -t2 -c64 -d{DURATION}` "
             f"on `= /hello` (`return 200`), `wrk -t2 -c32 -d{DURATION}` POSTing the demo request. "
