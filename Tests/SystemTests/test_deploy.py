@@ -263,7 +263,7 @@ def get(port, path, body=None):
 def test_the_configmap_serves_an_edge_in_front_of_workers_found_by_name(tmp_path, kernel_bin):
     """The manifests' two configurations on loopback: two workers (two pod addresses, one port), an edge whose
     `resolve` server is the headless Service's name. Inference goes through the edge to both; a pod leaving the
-    DNS answer stops getting requests, without a reload; the edge's liveness is its own."""
+    DNS answer stops getting requests, without a reload; with none left the edge is not ready but still alive."""
     records = HeadlessService()
     dns = DNSServer(records, address="127.0.0.1", port=0,
                     logger=DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data"))
@@ -301,6 +301,12 @@ def test_the_configmap_serves_an_edge_in_front_of_workers_found_by_name(tmp_path
         for _ in range(4):
             assert get(edge_port, "/v2/models/demo/infer", request)[0] == 200
         assert first.log_text().count("POST /v2/models/demo/infer") == served_before
+
+        # No ready worker at all: the edge is not ready (its readiness is a worker's), but it is still alive.
+        records.set()
+        edge.wait_for_log(f"peer 127.0.0.3:{port} of {HeadlessService.NAME}:{port} removed", timeout=15)
+        assert get(edge_port, "/v2/health/ready")[0] == 502
+        assert get(edge_port, "/v2/health/live") == (200, b"")
     finally:
         for kernel in reversed(started):
             kernel.stop()
