@@ -60,6 +60,13 @@ let package = Package(
             ],
             path: "Sources/KernelCore"
         ),
+        // The master process, its worker processes and the control channel between them (`kernel.processes`).
+        .target(
+            name: "KernelProcesses",
+            dependencies: nio + ["KernelCore", "KernelConfig", log, locks,
+                                 .product(name: "UnixSignals", package: "swift-service-lifecycle")],
+            path: "Sources/KernelProcesses"
+        ),
         // The upstream engine every proxying module (uwsgi_pass, proxy_pass) is built on.
         .target(name: "KernelUpstream", dependencies: nio + ["KernelCore", "KernelConfig", log, locks], path: "Sources/KernelUpstream"),
 
@@ -100,7 +107,7 @@ let package = Package(
         .executableTarget(
             name: "Kernel",
             dependencies: nio + [
-                "KernelCore", "KernelConfig", "HTTP", "Balancing", "UWSGI", "Inference", "CORS", "Routing", log,
+                "KernelCore", "KernelConfig", "KernelProcesses", "HTTP", "Balancing", "UWSGI", "Inference", "CORS", "Routing", log, locks,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -117,6 +124,7 @@ let package = Package(
                                                       .product(name: "NIOCore", package: "swift-nio")]),
         // Each test target declares what it imports, no more.
         .testTarget(name: "KernelCoreTests", dependencies: nio + ["KernelCore", "KernelConfig", log, locks, embedded]),
+        .testTarget(name: "KernelProcessesTests", dependencies: nio + ["KernelProcesses", "KernelCore", embedded]),
         .testTarget(name: "KernelUpstreamTests", dependencies: nio + ["KernelUpstream", "KernelCore", log, locks, embedded]),
         .testTarget(name: "HTTPTests", dependencies: nio + ["HTTP", "KernelCore", "KernelUpstream", "KernelConfig", log, locks, embedded]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "KernelCore", "KernelConfig", locks,

@@ -1,7 +1,9 @@
 import ArgumentParser
 import KernelConfig
 import KernelCore
+import KernelProcesses
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -97,7 +99,11 @@ struct KernelCommand: AsyncParsableCommand {
         let runtime = KernelRuntime.standalone(threads: 1, level: .warning)
         defer { try? runtime.eventLoopGroup.syncShutdownGracefully() }
         do {
-            _ = try loader.load(file: config, runtime: runtime, mode: .check, number: 1)
+            let generation = try loader.load(file: config, runtime: runtime, mode: .check, number: 1)
+            // Under a master every pool's role is checked, with the listeners each pool takes.
+            if case .pools = generation.core.processes {
+                _ = try PoolPlan.load(file: config, modules: compiledModules, role: role, runtime: runtime)
+            }
         } catch {
             emerg("\(error)")
             writeStandardError("kernel: configuration file \(config) test failed\n")
@@ -109,6 +115,9 @@ struct KernelCommand: AsyncParsableCommand {
     }
 
     private func serve(loader: ConfigurationLoader) async throws {
+        // Read first: a worker started by a master finds who it is, and its inherited sockets, in the environment.
+        let worker = WorkerIdentity.takeFromEnvironment()
+        let inherited = InheritedListeners.takeFromEnvironment()
         // The core section first: it decides threads and the error log before anything else logs.
         let core: CoreConfiguration
         do {
@@ -127,11 +136,44 @@ struct KernelCommand: AsyncParsableCommand {
         }
         LoggingSystem.bootstrap { _ in ErrorLogHandler(destination: destination) }
         let logger = Logger(label: "kernel")
+        if worker == nil, case .pools = core.processes {
+            try await serveAsMaster(core: core, logFiles: logFiles, destination: destination, logger: logger, inherited: inherited)
+            return
+        }
+        if worker == nil, let inherited {
+            // Sockets from an old master (a binary upgrade to a file with `processes: 0`): one process binds its own.
+            logger.warning("kernel.processes is 0: the \(inherited.descriptors.count) listening socket(s) inherited from the old master are closed; this process binds its own")
+            for fd in inherited.descriptors.values { close(fd) }
+        }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: core.eventLoopThreads)
-        let runtime = KernelRuntime(eventLoopGroup: group, logger: logger, logFiles: logFiles, errorLog: destination)
+        let runtime: KernelRuntime
+        var placement = KernelServer.Placement.standalone
+        var workerSupervision: WorkerSupervision?
+        if let worker {
+            let supervision = NIOLockedValueBox<WorkerSupervision?>(nil)
+            runtime = KernelRuntime(eventLoopGroup: group, logger: logger, logFiles: logFiles, errorLog: destination,
+                                    supervision: { queries in
+                                        let made = WorkerSupervision(identity: worker, queries: queries, logger: logger)
+                                        supervision.withLockedValue { $0 = made }
+                                        return made
+                                    })
+            let made = supervision.withLockedValue { $0 }!
+            workerSupervision = made
+            // The control channel first: a master that dies while this worker loads its models is seen at once.
+            do {
+                try await made.connect(group: group)
+            } catch {
+                emerg("control channel to the master: \(error)")
+                throw ExitCode(1)
+            }
+            placement = .worker(inheritedListeners: inherited?.descriptors ?? [:], serving: { made.reportServing() })
+        } else {
+            runtime = KernelRuntime(eventLoopGroup: group, logger: logger, logFiles: logFiles, errorLog: destination)
+        }
         let failed = { (error: any Error) async throws -> Never in
             if core.errorLogPath != "stderr" { logger.critical("\(error)") }
             emerg("\(error)")
+            workerSupervision?.close()
             try? await group.shutdownGracefully()
             throw ExitCode(1)
         }
@@ -141,20 +183,53 @@ struct KernelCommand: AsyncParsableCommand {
         } catch {
             try await failed(error)
         }
+        // With a shutdown_delay, SIGTERM is the server's to handle (report not ready, serve, then drain); without
+        // one it is nginx's fast stop, a cancellation of the service group.
+        let delayedStop = core.shutdownDelay.milliseconds > 0
         // The server starts the generation inside the service group, whose signal handlers are in place by then:
         // `-s quit` or `-s stop` while models load stops the start and removes the pid file.
-        let server = KernelServer(runtime: runtime, loader: loader, configurationFile: config, firstGeneration: generation)
+        let server = KernelServer(runtime: runtime, loader: loader, configurationFile: config, firstGeneration: generation,
+                                  placement: placement, trapsTermination: delayedStop)
         let serviceGroup = ServiceGroup(configuration: .init(
             // `run` returns when the kernel has stopped, or did not start (`startupFailure` says which): either way
             // the group is done, which is not an error of its own.
             services: [.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup)],
             gracefulShutdownSignals: [.sigquit],
-            cancellationSignals: [.sigterm, .sigint],
+            cancellationSignals: delayedStop ? [.sigint] : [.sigterm, .sigint],
             logger: Logger(label: "kernel.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })
         ))
         try await serviceGroup.run()
         if let failure = server.startupFailure { try await failed(failure) }
+        workerSupervision?.close()
         try? await group.shutdownGracefully()
+    }
+
+    /// `kernel.processes` other than 0: this process is the master; it never serves a request itself.
+    private func serveAsMaster(core: CoreConfiguration, logFiles: LogFileRegistry, destination: ErrorLogHandler.Destination,
+                               logger: Logger, inherited: InheritedListeners?) async throws {
+        // The master's own event loop carries only the control channels.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let supervision = MasterSupervision(logger: logger)
+        let runtime = KernelRuntime(eventLoopGroup: group, logger: logger, logFiles: logFiles, errorLog: destination,
+                                    supervision: { _ in supervision })
+        let checkRuntime = KernelRuntime(eventLoopGroup: group, logger: logger, logFiles: LogFileRegistry(), errorLog: destination)
+        // Services of the master itself (a stats server over every worker) are made here.
+        let settings = MasterSettings(executable: ProcessSpawner.currentExecutable(), configurationFile: absolutePath(config),
+                                      role: role, modules: compiledModules, services: { _, _ in [] })
+        // Sockets inherited from an old master (binary upgrade) are adopted by identity.
+        let master = MasterProcess(settings: settings, core: core, runtime: runtime, checkRuntime: checkRuntime,
+                                   inherited: inherited)
+        supervision.attach(master)
+        let code = await master.run()
+        try? await group.shutdownGracefully()
+        if code != 0 { throw ExitCode(code) }
+    }
+
+    private func absolutePath(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        guard let directory = getcwd(nil, 0) else { return path }
+        defer { free(directory) }
+        return String(cString: directory) + "/" + path
     }
 }
 

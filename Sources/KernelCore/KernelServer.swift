@@ -17,6 +17,15 @@ import Glibc
 /// generation (models load and warm up), then listeners. Order of stop: listeners stop accepting, connections
 /// drain, services stop in reverse, the pid file goes.
 public final class KernelServer: Service, Sendable {
+    /// Where the server runs: alone, or as one worker process of a master.
+    public enum Placement: Sendable {
+        /// The only process (`processes: 0`): it writes the pid file and binds its listeners.
+        case standalone
+        /// A worker process: the master holds the pid file and opened the listening sockets, which the worker
+        /// inherited (by listener identity); `serving` is called once the worker accepts on them.
+        case worker(inheritedListeners: [String: CInt], serving: @Sendable () -> Void)
+    }
+
     public let runtime: KernelRuntime
     public let loader: ConfigurationLoader
     public let configurationFile: String
@@ -24,15 +33,40 @@ public final class KernelServer: Service, Sendable {
     private let generationCounter = GenerationCounter()
     private let firstGeneration: KernelGeneration?
     private let failure = NIOLockedValueBox<(any Error)?>(nil)
+    private let placement: Placement
+    private let trapsTermination: Bool
 
-    /// `firstGeneration`, when given, is started by `run`.
+    /// `firstGeneration`, when given, is started by `run`. `trapsTermination`: SIGTERM is this server's to handle
+    /// (the service group does not cancel on it), for `kernel.shutdown_delay`: it then reports not ready, serves
+    /// for the delay and drains; without a delay it stops fast, as a cancellation does.
     public init(runtime: KernelRuntime, loader: ConfigurationLoader, configurationFile: String,
-                firstGeneration: KernelGeneration? = nil) {
+                firstGeneration: KernelGeneration? = nil, placement: Placement = .standalone,
+                trapsTermination: Bool = false) {
         self.runtime = runtime
         self.loader = loader
         self.configurationFile = configurationFile
         self.firstGeneration = firstGeneration
-        listeners = ListenerManager(runtime: runtime)
+        self.placement = placement
+        self.trapsTermination = trapsTermination
+        if case .worker(let inherited, _) = placement {
+            listeners = ListenerManager(runtime: runtime, inherited: inherited)
+        } else {
+            listeners = ListenerManager(runtime: runtime)
+        }
+    }
+
+    private var isWorker: Bool {
+        if case .worker = placement { return true }
+        return false
+    }
+
+    /// The pid file this process writes and removes: none in a worker (the master's pid is the one signalled).
+    private func ownPidFile(_ core: CoreConfiguration) -> String? {
+        isWorker ? nil : core.pidFile
+    }
+
+    private func removePidFile(_ core: CoreConfiguration) {
+        if let path = ownPidFile(core) { unlink(path) }
     }
 
     /// Why the first generation did not start, once `run` has returned; nil when it started (or was stopped while
@@ -48,11 +82,11 @@ public final class KernelServer: Service, Sendable {
     @discardableResult
     public func start(_ generation: KernelGeneration) async throws -> Bool {
         OpenFileLimit.apply(generation.core.openFileLimit, logger: runtime.logger)
-        try writePidFile(generation.core.pidFile)
+        if let path = ownPidFile(generation.core) { try writePidFile(path) }
         do {
             try await generation.startServices(logger: runtime.logger)
         } catch {
-            unlink(generation.core.pidFile)
+            removePidFile(generation.core)
             if stopRequested {
                 runtime.logger.notice("stopped while starting: \(error)")
                 runtime.logger.notice("exiting")
@@ -63,7 +97,7 @@ public final class KernelServer: Service, Sendable {
         if stopRequested {
             runtime.logger.notice(Task.isCancelled ? "fast shutdown while starting" : "graceful shutdown while starting")
             await generation.stopServices(fast: Task.isCancelled)
-            unlink(generation.core.pidFile)
+            removePidFile(generation.core)
             runtime.logger.notice("exiting")
             return false
         }
@@ -73,18 +107,35 @@ public final class KernelServer: Service, Sendable {
             await listeners.activate(opened)
         } catch {
             await generation.stopServices()
-            unlink(generation.core.pidFile)
+            removePidFile(generation.core)
             throw error
         }
-        runtime.logger.notice("kernel started: role \(loader.role), modules [\(generation.activeModules.joined(separator: ", "))], \(generation.core.eventLoopThreads) event-loop thread(s), pid \(getpid())")
-        SystemdNotify.ready(logger: runtime.logger)
+        let modules = generation.activeModules.joined(separator: ", ")
+        if case .worker(_, let serving) = placement {
+            // "kernel started" is the master's line, once all its workers serve.
+            runtime.logger.notice("worker process \(runtime.supervision.workerNumber) started: role \(loader.role), modules [\(modules)], \(generation.core.eventLoopThreads) event-loop thread(s), pid \(getpid())")
+            serving()
+        } else {
+            runtime.logger.notice("kernel started: role \(loader.role), modules [\(modules)], \(generation.core.eventLoopThreads) event-loop thread(s), pid \(getpid())")
+            SystemdNotify.ready(logger: runtime.logger)
+        }
         return true
+    }
+
+    /// How the wait for a stop ended.
+    private enum StopRequest {
+        /// SIGQUIT (the service group's graceful shutdown): drain.
+        case graceful
+        /// SIGTERM, SIGINT (cancellation): close at once.
+        case fast
+        /// SIGTERM trapped for `shutdown_delay`: report not ready, serve for the delay, then drain.
+        case delayed
     }
 
     public func run() async throws {
         // Trapped before the first generation starts, so that a reload or reopen asked for while models load waits
         // for the start (SIGHUP's default action would end the process).
-        let signals = await UnixSignalsSequence(trapping: .sighup, .sigusr1)
+        let signals = await UnixSignalsSequence(trapping: trapsTermination ? [.sighup, .sigusr1, .sigterm] : [.sighup, .sigusr1])
         if let firstGeneration {
             do {
                 guard try await start(firstGeneration) else { return }
@@ -93,30 +144,74 @@ public final class KernelServer: Service, Sendable {
                 return
             }
         }
-        await withTaskGroup(of: Void.self) { group in
+        let request = await withTaskGroup(of: StopRequest?.self) { group in
             group.addTask {
                 for await signal in signals {
                     switch signal {
                     case .sighup: await self.reload()
                     case .sigusr1: self.reopenLogs()
+                    case .sigterm: return .delayed
                     default: break
                     }
                 }
+                return nil
             }
-            var graceful = true
-            do {
-                try await gracefulShutdown()
-            } catch {
-                graceful = false  // cancelled: fast stop
+            group.addTask {
+                do {
+                    try await gracefulShutdown()
+                    return .graceful
+                } catch {
+                    return .fast  // cancelled: fast stop
+                }
+            }
+            var request = StopRequest.fast
+            while let next = await group.next() {
+                if let next {
+                    request = next
+                    break
+                }
             }
             group.cancelAll()
-            await self.stop(graceful: graceful)
+            return request
         }
+        switch request {
+        case .graceful: await stop(graceful: true)
+        case .fast: await stop(graceful: false)
+        case .delayed: await stopAfterDelay()
+        }
+    }
+
+    /// SIGTERM with `kernel.shutdown_delay` (Kubernetes' stop signal): readiness turns false at once, the process
+    /// keeps serving for the delay (while endpoints are removed from load balancers), then drains as on quit.
+    /// Without a delay SIGTERM is nginx's fast stop. SIGINT during the delay stops fast.
+    private func stopAfterDelay() async {
+        let delay = runtime.currentGeneration?.core.shutdownDelay ?? ConfigDuration(milliseconds: 0)
+        guard delay.milliseconds > 0 else {
+            await stop(graceful: false)
+            return
+        }
+        runtime.stopping.markStopping()
+        runtime.logger.notice("SIGTERM: reporting not ready, serving for shutdown_delay \(delay) before draining")
+        do {
+            try await Task.sleep(nanoseconds: UInt64(delay.nanoseconds))
+        } catch {
+            await stop(graceful: false)
+            return
+        }
+        await stop(graceful: true)
     }
 
     /// Re-reads the configuration file; on any error the running configuration stays and the error is logged.
     public func reload() async {
         let logger = runtime.logger
+        if isWorker {
+            // A worker does not re-read the file on its own (it would serve a configuration the master did not
+            // check): as in uWSGI, SIGHUP to one worker gracefully reloads that worker only. The master starts its
+            // replacement and, once that serves, drains this one; `kernel -s reload` (the master) reloads all.
+            logger.notice("SIGHUP: asking the master (pid \(getppid())) to replace this worker process")
+            runtime.supervision.requestReplacement(reason: "SIGHUP to worker process \(getpid())")
+            return
+        }
         SystemdNotify.reloading(logger: logger); defer { SystemdNotify.ready(logger: logger) }
         logger.notice("reloading configuration \(configurationFile)")
         let generation: KernelGeneration
@@ -167,13 +262,14 @@ public final class KernelServer: Service, Sendable {
     }
 
     private func stop(graceful: Bool) async {
-        SystemdNotify.stopping(logger: runtime.logger)
+        if !isWorker { SystemdNotify.stopping(logger: runtime.logger) }  // a worker's stop is not the service's
         let generation = runtime.currentGeneration
         let timeout = graceful ? TimeAmount.milliseconds(generation?.core.shutdownTimeout.milliseconds ?? 30_000) : .zero
+        runtime.stopping.markStopping()
         runtime.logger.notice(graceful ? "graceful shutdown: draining connections" : "fast shutdown")
         await listeners.shutdown(timeout: timeout)
         await generation?.stopServices(fast: !graceful)
-        if let pid = generation?.core.pidFile { unlink(pid) }
+        if let generation { removePidFile(generation.core) }
         runtime.logger.notice("exiting")
     }
 
@@ -202,12 +298,12 @@ public final class KernelServer: Service, Sendable {
 
 /// `kernel.worker_rlimit_nofile`: the soft `RLIMIT_NOFILE` the process runs with. Each connection (and each
 /// connection to an upstream) holds a descriptor, and the soft limit a shell hands down is often 1024.
-enum OpenFileLimit {
+package enum OpenFileLimit {
     private static let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
 
     /// Sets the soft limit to `configured`, or raises it to the hard limit when nil, and logs the figure.
     /// A limit that cannot be set is logged in nginx's words and the process goes on with the one it has.
-    static func apply(_ configured: Int?, logger: Logger) {
+    package static func apply(_ configured: Int?, logger: Logger) {
         var limit = rlimit()
         guard getrlimit(resource, &limit) == 0 else {
             logger.critical("getrlimit(RLIMIT_NOFILE) failed (\(errno): \(String(cString: strerror(errno))))")

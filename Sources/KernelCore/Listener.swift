@@ -99,6 +99,8 @@ final class BoundListener: Sendable {
     let spec: NIOLockedValueBox<ListenerSpec>
     let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
+    /// In a worker: what accepts on the socket inherited from the master (instead of a server channel).
+    let acceptor = NIOLockedValueBox<InheritedSocketAcceptor?>(nil)
 
     init(spec: ListenerSpec) {
         identity = spec.identity
@@ -110,14 +112,28 @@ final class BoundListener: Sendable {
 public final class ListenerManager: Sendable {
     let runtime: KernelRuntime
     private let bound = NIOLockedValueBox<[String: BoundListener]>([:])
+    /// In a worker process: the listening sockets it inherited from its master, by listener identity. A worker
+    /// adopts these and binds nothing itself; nil in a process that binds its own.
+    let inherited: [String: CInt]?
 
-    init(runtime: KernelRuntime) { self.runtime = runtime }
+    init(runtime: KernelRuntime, inherited: [String: CInt]? = nil) {
+        self.runtime = runtime
+        self.inherited = inherited
+    }
 
     /// Opens what `specs` adds (bound, not yet accepting: see `activate`), keeps what it shares with the running set
     /// (with the new spec swapped in: connections accepted from then on use it), and returns the listeners it
     /// opened and those it no longer has, still open: the caller closes them once the new configuration is in
     /// place. On a bind failure everything opened by this call is closed again and the error is thrown.
     func apply(_ specs: [ListenerSpec]) async throws -> (opened: [BoundListener], removed: [BoundListener]) {
+        var specs = specs
+        if let inherited {
+            // A worker accepts on what its master gave its pool (`kernel.processes` pools choose listeners).
+            for spec in specs where inherited[spec.identity] == nil {
+                runtime.logger.info("listener \(spec.identity) is not given to this worker's pool: not accepting on it")
+            }
+            specs = specs.filter { inherited[$0.identity] != nil }
+        }
         let current = bound.withLockedValue { $0 }
         let wanted = Set(specs.map(\.identity))
         // A unix socket path that passes to another protocol is closed before it is bound again: closing a NIO
@@ -154,6 +170,10 @@ public final class ListenerManager: Sendable {
     /// Starts accepting on listeners opened by `apply`.
     func activate(_ listeners: [BoundListener]) async {
         for listener in listeners {
+            if let acceptor = listener.acceptor.withLockedValue({ $0 }) {
+                acceptor.start()
+                continue
+            }
             guard let channel = listener.serverChannel.withLockedValue({ $0 }) else { continue }
             do {
                 try await channel.setOption(.autoRead, value: true).get()
@@ -166,6 +186,31 @@ public final class ListenerManager: Sendable {
     private func bind(_ listener: BoundListener) async throws {
         let runtime = self.runtime
         let spec = listener.spec.withLockedValue { $0 }
+        if let inherited {
+            // A worker: the master bound the socket (its options, TCP_NODELAY, unix permissions, are set there).
+            guard let descriptor = inherited[spec.identity] else {
+                throw ListenerError("listener \(spec.identity) was not opened by the master process").at(spec.mark)
+            }
+            let label = describeBoundSocket(descriptor) ?? spec.address.description
+            let acceptor = try InheritedSocketAcceptor(
+                descriptor: descriptor, label: label, group: runtime.eventLoopGroup, logger: runtime.logger,
+                initialize: { channel in
+                    do {
+                        try channel.pipeline.syncOperations.addHandler(QuiesceOnNextRequest())
+                    } catch {
+                        return channel.eventLoop.makeFailedFuture(error)
+                    }
+                    let id = ObjectIdentifier(channel)
+                    listener.connections.withLockedValue { $0[id] = channel }
+                    channel.closeFuture.whenComplete { _ in
+                        _ = listener.connections.withLockedValue { $0.removeValue(forKey: id) }
+                    }
+                    return listener.spec.withLockedValue { $0 }.initializeConnection(channel, runtime)
+                })
+            listener.acceptor.withLockedValue { $0 = acceptor }
+            runtime.logger.info("accepting on \(spec.protocolName) \(label) (\(spec.address)), inherited from the master as fd \(descriptor)")
+            return
+        }
         let bootstrap = ServerBootstrap(group: runtime.eventLoopGroup)
             // Accepting starts in `activate`, once the generation that declares the listener is current: a
             // connection accepted earlier would be routed by a configuration that does not know the listener.
@@ -226,6 +271,10 @@ public final class ListenerManager: Sendable {
     /// Stops accepting on `listeners` and asks their connections to finish their current request and close.
     func retire(_ listeners: [BoundListener]) async {
         for listener in listeners {
+            if let acceptor = listener.acceptor.withLockedValue({ $0 }) {
+                await acceptor.stop()
+                runtime.logger.notice("closed listener \(listener.identity)")
+            }
             if let channel = listener.serverChannel.withLockedValue({ $0 }) {
                 // Closing also unlinks a unix socket's path (NIO does it for the sockets it binds).
                 try? await channel.close()
@@ -336,7 +385,7 @@ final class AcceptFailureHandler: ChannelInboundHandler {
 }
 
 /// `127.0.0.1:8080`, `[::1]:8080`, `unix:/path`.
-func describe(_ address: SocketAddress) -> String {
+package func describe(_ address: SocketAddress) -> String {
     switch address {
     case .v4: return "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
     case .v6: return "[\(address.ipAddress ?? "?")]:\(address.port ?? 0)"
@@ -345,7 +394,7 @@ func describe(_ address: SocketAddress) -> String {
 }
 
 /// Unlinks `path` when it is a socket; any other kind of file there is an error (never removed).
-private func removeSocketFile(_ path: String) throws {
+package func removeSocketFile(_ path: String) throws {
     var info = stat()
     guard lstat(path, &info) == 0 else { return }
     guard info.st_mode & S_IFMT == S_IFSOCK else {
@@ -356,7 +405,7 @@ private func removeSocketFile(_ path: String) throws {
     }
 }
 
-private func applyUnixSocketPermissions(path: String, mode: UInt32?, owner: String?) throws {
+package func applyUnixSocketPermissions(path: String, mode: UInt32?, owner: String?) throws {
     if let mode, chmod(path, mode_t(mode)) != 0 {
         throw ListenerError("chmod \(String(mode, radix: 8)) \(path): \(String(cString: strerror(errno)))")
     }
@@ -380,12 +429,12 @@ private func applyUnixSocketPermissions(path: String, mode: UInt32?, owner: Stri
 /// A listener that could not be set up.
 public struct ListenerError: Error, CustomStringConvertible {
     public var description: String
-    init(_ description: String) { self.description = description }
+    package init(_ description: String) { self.description = description }
 
     /// nginx's line for a failed bind, `bind() to 127.0.0.1:6666 failed (98: Address already in use)`, followed by
     /// where the address is configured: `, in etc/kernel.yaml:12:13`.
     /// A name that does not resolve is nginx's `host not found in "name:port"`.
-    init(binding spec: ListenerSpec, _ error: any Error) {
+    package init(binding spec: ListenerSpec, _ error: any Error) {
         let text: String
         if let io = error as? IOError {
             text = "bind() to \(spec.address) failed (\(io.errnoCode): \(String(cString: strerror(io.errnoCode))))"
@@ -399,7 +448,7 @@ public struct ListenerError: Error, CustomStringConvertible {
     }
 
     /// The error followed by where the listener is configured, when known: `..., in etc/kernel.yaml:12:13`.
-    func at(_ mark: SourceMark?) -> ListenerError {
+    package func at(_ mark: SourceMark?) -> ListenerError {
         guard let mark else { return self }
         return ListenerError("\(description), in \(mark)")
     }

@@ -108,6 +108,8 @@ enum StandardVariables {
         // Names and addresses.
         registry.register("host") { $0.request.host ?? $0.route.serverName }
         registry.register("hostname") { _ in Hostname.value }
+        // nginx's `$pid`: the process (the worker, under a master) that handles the request.
+        registry.register("pid") { _ in String(getpid()) }
         registry.register("server_name") { $0.route.serverName }
         registry.register("remote_addr") { $0.request.connection.remoteIP }
         registry.register("remote_port") { port(of: $0.request.connection.remoteAddress) }
