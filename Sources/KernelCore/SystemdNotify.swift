@@ -10,10 +10,11 @@ import Glibc
 /// Written here rather than linking libsystemd: the protocol is one datagram, and the binary stays free of a
 /// library that containers do not have. Outside systemd (`NOTIFY_SOCKET` unset) every call does nothing.
 ///
-/// Only the process systemd started (the master, or the single process of `processes: 0`) notifies: a master
-/// spawns its workers without `NOTIFY_SOCKET` in their environment (`environmentVariable`), so that systemd does
-/// not take a worker's readiness for the service's. A new master started for a binary upgrade is given it, and
-/// announces itself with `MAINPID=` in its `READY=1` (the unit then needs `NotifyAccess=all`).
+/// Only the process systemd started (the master, or the single process of `processes: 0`) notifies: systemd takes
+/// `STOPPING=1` from any process it accepts messages from for the service's own stop, so a worker process never
+/// calls these, and a master best hands its workers an environment without `NOTIFY_SOCKET` (`environmentVariable`).
+/// A new master started for a binary upgrade keeps it and announces itself with `MAINPID=` in its `READY=1` (the
+/// unit then needs `NotifyAccess=all`).
 public struct SystemdNotify: Sendable, Equatable {
     /// The environment variable systemd sets for a `Type=notify` service.
     public static let environmentVariable = "NOTIFY_SOCKET"
