@@ -170,7 +170,7 @@ def duration_seconds(text):
 def test_manifests_fit_together():
     """What the manifests say about each other: the ConfigMap files the Deployments mount and start, the probes on
     the kernel's health endpoints and ports, the headless Service and port the edge resolves, a
-    PodDisruptionBudget per Deployment, and a grace period that covers the preStop wait plus shutdown_timeout."""
+    PodDisruptionBudget per Deployment, and a grace period that covers shutdown_delay plus shutdown_timeout."""
     found = manifests()
     data = config_map()
     workers_service = found[("Service", "kernel-workers")]
@@ -191,8 +191,9 @@ def test_manifests_fit_together():
         assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
         assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
         assert container["resources"]["requests"] and container["resources"]["limits"]
-        delay = int(re.match(r"sleep (\d+);", container["lifecycle"]["preStop"]["exec"]["command"][2]).group(1))
-        assert pod["terminationGracePeriodSeconds"] >= delay + duration_seconds(config["kernel"]["shutdown_timeout"])
+        # SIGTERM waits shutdown_delay, then drains within shutdown_timeout: the grace period covers both.
+        assert pod["terminationGracePeriodSeconds"] >= \
+            duration_seconds(config["kernel"]["shutdown_delay"]) + duration_seconds(config["kernel"]["shutdown_timeout"])
         budget = found[("PodDisruptionBudget", name)]
         assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert found[("Service", "kernel-workers")]["spec"]["selector"] == \
@@ -239,9 +240,11 @@ class HeadlessService(BaseResolver):
         return reply
 
 
-def pod_config(text, tmp_path, name, replacements):
-    """The ConfigMap's YAML as a pod on this machine runs it: its own pid file, loopback addresses."""
+def pod_config(text, tmp_path, name, replacements, delay="1s"):
+    """The ConfigMap's YAML as a pod on this machine runs it: its own pid file, loopback addresses, and a shorter
+    shutdown_delay (the test's stops wait for it)."""
     text = text.replace("pid: /run/kernel/kernel.pid", f"pid: {tmp_path}/{name}.pid")
+    text = re.sub(r"shutdown_delay: \d+s", f"shutdown_delay: {delay}", text)
     for old, new in replacements.items():
         assert old in text, old
         text = text.replace(old, new)
@@ -250,8 +253,8 @@ def pod_config(text, tmp_path, name, replacements):
     return str(path)
 
 
-def get(port, path, body=None):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def get(port, path, body=None, host="127.0.0.1"):
+    connection = http.client.HTTPConnection(host, port, timeout=10)
     connection.request("POST" if body else "GET", path, body=body,
                        headers={"Content-Type": "application/json"} if body else {})
     response = connection.getresponse()
@@ -277,7 +280,8 @@ def test_the_configmap_serves_an_edge_in_front_of_workers_found_by_name(tmp_path
         started.append(first)
         port = first.port("uwsgi")
         second = Kernel(pod_config(data["worker.yaml"], tmp_path, "w2", {
-            "0.0.0.0:8000": "127.0.0.3:0", "0.0.0.0:6666": f"127.0.0.3:{port}"}), "worker", str(tmp_path), env=env)
+            "0.0.0.0:8000": "127.0.0.3:0", "0.0.0.0:6666": f"127.0.0.3:{port}"}, delay="3s"), "worker", str(tmp_path),
+            env=env)
         started.append(second)
         records.set("127.0.0.2", "127.0.0.3")
         edge = Kernel(pod_config(data["edge.yaml"], tmp_path, "edge", {
@@ -301,6 +305,14 @@ def test_the_configmap_serves_an_edge_in_front_of_workers_found_by_name(tmp_path
         for _ in range(4):
             assert get(edge_port, "/v2/models/demo/infer", request)[0] == 200
         assert first.log_text().count("POST /v2/models/demo/infer") == served_before
+
+        # Kubernetes stops the second pod with SIGTERM: during shutdown_delay it still answers, then exits cleanly.
+        worker_port = second.port("http")
+        second.process.send_signal(signal.SIGTERM)
+        second.wait_for_log("SIGTERM: reporting not ready")
+        assert get(worker_port, "/v2/health/live", host="127.0.0.3")[0] == 200
+        assert get(worker_port, "/v2/models/demo/infer", request, host="127.0.0.3")[0] == 200
+        assert second.wait_exit() == 0
 
         # No ready worker at all: the edge is not ready (its readiness is a worker's), but it is still alive.
         records.set()
