@@ -124,6 +124,61 @@ def test_sd_notify_ready_reloading_stopping(tmp_path, kernel_bin, kind):
         notify.socket.close()
 
 
+MASTER = """
+kernel:
+  pid: {dir}/kernel.pid
+  error_log: {{path: stderr, level: info}}
+  event_loop_threads: 1
+  processes: 2
+http:
+  listen: 127.0.0.1:0
+routing:
+  servers:
+    - locations:
+        - location: /
+          return: 200 "hello"
+"""
+
+
+def senders(notify):
+    """(pid, message) of every datagram waiting on the socket (SO_PASSCRED: the kernel stamps the sender's pid)."""
+    found = []
+    notify.socket.setblocking(False)
+    while True:
+        try:
+            data, ancillary, _, _ = notify.socket.recvmsg(4096, socket.CMSG_SPACE(12))
+        except BlockingIOError:
+            return found
+        pid = next(int.from_bytes(d[:4], "little") for level, kind, d in ancillary
+                   if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS)
+        found.append((pid, data.decode()))
+
+
+def test_worker_processes_never_notify(tmp_path, kernel_bin):
+    """systemd takes STOPPING=1 from a process of the service for the service's own stop: a worker that is
+    replaced (SIGHUP to it, as uWSGI reloads one worker) or stops with the master must send nothing."""
+    address = f"@kernel-test-workers-{os.getpid()}"
+    notify = NotifySocket(address)
+    notify.socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    config = tmp_path / "kernel.yaml"
+    config.write_text(MASTER.format(dir=tmp_path))
+    kernel = Kernel(str(config), "both", str(tmp_path), env={**os.environ, "NOTIFY_SOCKET": address})
+    try:
+        workers = [int(pid) for pid in re.findall(r"start worker process (\d+)", kernel.log_text())]
+        assert len(workers) == 2, kernel.log_text()
+        os.kill(workers[0], signal.SIGHUP)
+        text = kernel.wait_for_log(f"worker process {workers[0]} exited with code 0")
+        workers += [int(pid) for pid in re.findall(r"start worker process (\d+)", text)[2:]]
+        assert len(workers) == 3, text
+        kernel.process.send_signal(signal.SIGQUIT)
+        assert kernel.wait_exit() == 0
+        from_workers = [(pid, message) for pid, message in senders(notify) if pid != kernel.pid]
+        assert from_workers == [], f"workers {workers} sent {from_workers}"
+    finally:
+        kernel.stop()
+        notify.socket.close()
+
+
 def test_without_notify_socket_nothing_is_sent_and_a_dead_socket_is_logged(tmp_path, kernel_bin):
     """NOTIFY_SOCKET naming nobody: the kernel serves anyway and logs what failed, in nginx's words."""
     address = f"@kernel-test-nobody-{os.getpid()}"
