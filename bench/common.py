@@ -63,11 +63,15 @@ def process_tree(pids, children=False):
             continue
         seen.append(pid)
         if children:
-            try:
-                with open(f"/proc/{pid}/task/{pid}/children") as f:
-                    queue += [int(c) for c in f.read().split()]
-            except FileNotFoundError:
-                pass
+            # Each thread's children are listed under that thread: a multi-threaded parent (a kernel master
+            # spawning from its event loops) has them under several tasks.
+            import glob
+            for listing in glob.glob(f"/proc/{pid}/task/*/children"):
+                try:
+                    with open(listing) as f:
+                        queue += [int(c) for c in f.read().split()]
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
     return seen
 
 

@@ -286,6 +286,10 @@ def stack_startup(work, run):
         stack.stop()
 
 
+def spread_ratio(values):
+    return f"**{statistics.median(values):.2f}** ({min(values):.2f} to {max(values):.2f})"
+
+
 def spread(values):
     return f"**{statistics.median(values):.0f}** ({min(values):.0f} to {max(values):.0f})"
 
@@ -389,6 +393,14 @@ def main():
     for setting in SETTINGS:
         out.append(f"- `processes: {setting}`: hello {spread([r['rps'] for r in throughput[setting]['hello']])} req/s, "
                    f"model {spread([r['rps'] for r in throughput[setting]['model']])} req/s (median, min to max).")
+    if "0" in SETTINGS and len(SETTINGS) > 1:
+        for setting in SETTINGS:
+            if setting == "0":
+                continue
+            ratios = {what: [r["rps"] / b["rps"] for r, b in zip(throughput[setting][what], throughput["0"][what])]
+                      for what in ("hello", "model")}
+            out.append(f"- `processes: {setting}` / `processes: 0`, per round: hello "
+                       f"{spread_ratio(ratios['hello'])}, model {spread_ratio(ratios['model'])}.")
     print("\n".join(out) + "\n")
 
 
