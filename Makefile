@@ -4,10 +4,13 @@ PYTHON ?= python3
 CONFIG ?= etc/kernel.yaml
 RELEASE_BIN := .build/release/kernel
 DEBUG_BIN := .build/debug/kernel
+# `make install` (PREFIX, DESTDIR as autotools and nginx take them; see scripts/install.sh for the layout).
+PREFIX ?= /usr/local
+DESTDIR ?=
 
 export KERNEL_ONNXRUNTIME_LIBRARY ?= $(shell scripts/onnxruntime-library.sh 2>/dev/null)
 
-.PHONY: run test setup build release unit-test system-test stress bench bench-compare profile fuzz clean
+.PHONY: run test setup build release install unit-test system-test stress bench bench-compare profile fuzz clean
 
 setup:
 	@scripts/setup.sh
@@ -15,8 +18,13 @@ setup:
 build:
 	$(SWIFT) build
 
+# The Swift runtime is linked in (--static-swift-stdlib): the binary needs only system libraries (libyaml, PCRE2,
+# libstdc++, libm, libc), not the toolchain. ONNX Runtime is opened with dlopen when a model is configured.
 release:
-	$(SWIFT) build -c release
+	$(SWIFT) build -c release --static-swift-stdlib
+
+install: release
+	PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) scripts/install.sh
 
 run: setup release
 	@mkdir -p run

@@ -63,11 +63,15 @@ def process_tree(pids, children=False):
             continue
         seen.append(pid)
         if children:
-            try:
-                with open(f"/proc/{pid}/task/{pid}/children") as f:
-                    queue += [int(c) for c in f.read().split()]
-            except FileNotFoundError:
-                pass
+            # Each thread's children are listed under that thread: a multi-threaded parent (a kernel master
+            # spawning from its event loops) has them under several tasks.
+            import glob
+            for listing in glob.glob(f"/proc/{pid}/task/*/children"):
+                try:
+                    with open(listing) as f:
+                        queue += [int(c) for c in f.read().split()]
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
     return seen
 
 
@@ -83,6 +87,24 @@ def rss_kib(pids, children=False):
         except FileNotFoundError:
             continue
     return total
+
+
+def memory_kib(pids):
+    """(RSS, PSS) in KiB summed over the processes (/proc/PID/smaps_rollup). PSS divides each shared page between
+    the processes that map it, so the PSS of a group of processes sharing pages (a master and its workers, nginx's
+    workers) adds up to what the group really holds; RSS counts shared pages once per process."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return rss, pss
 
 
 def cpu_seconds(pids, children=False):

@@ -16,6 +16,8 @@ out=$(mktemp)
     # The edge in front of workers: uwsgi_pass (kernel workers, uWSGI + Flask) and proxy_pass with keepalive.
     python3 bench/uwsgi/edge.py
     python3 bench/http/proxy.py
+    # The deployment: memory against nginx + uWSGI + Flask, time to the first answer, throughput by `processes:`.
+    python3 bench/processes/run.py
     for extra in bench/uwsgi/run.sh bench/inference/run.sh; do
         if [ -x "$extra" ]; then "$extra"; echo; fi
     done

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the kernel, its tests and its benchmarks need, skipping what is already there:
-# Debian packages (libyaml, PCRE2, nginx, wrk), Python packages from PyPI (ONNX Runtime and the test peers),
+# Debian packages (libyaml, PCRE2, nginx, wrk, systemd), Python packages from PyPI (ONNX Runtime and the test peers),
 # and the demo and test models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# chromium: the headless browser of the status page test (and scripts/status-screenshot.py).
 need_apt=()
-# tmux: the stats test reads uwsgitop's screen through it; chromium: the status page test.
-for package in libyaml-dev libpcre2-dev nginx-light wrk tmux chromium; do
+# tmux: the stats test reads uwsgitop's screen through it; chromium: the status page test; systemd:
+# `systemd-analyze verify` checks the unit in etc/deploy (tests only; nothing here runs under systemd).
+for package in libyaml-dev libpcre2-dev nginx-light wrk tmux chromium systemd; do
     dpkg -s "$package" >/dev/null 2>&1 || need_apt+=("$package")
 done
 if ((${#need_apt[@]})); then
@@ -44,6 +44,9 @@ check dnslib dnslib
 check rapidocr_onnxruntime rapidocr-onnxruntime
 # A WebSocket echo server and client for the proxy_pass Upgrade tunnel test.
 check websockets.sync.client websockets
+# The Kubernetes schemas, offline, for the manifests in etc/deploy/kubernetes.
+check kubernetes_validate kubernetes-validate
+check yaml pyyaml
 command -v uwsgi >/dev/null 2>&1 || need_pip+=(uwsgi)
 # uwsgitop, the uWSGI stats reader the stats server is checked with (a script, no module to import).
 "$PYTHON" -c "import importlib.metadata as m; m.distribution('uwsgitop')" >/dev/null 2>&1 || need_pip+=(uwsgitop)

@@ -126,6 +126,7 @@ public final class KernelServer: Service, Sendable {
             serving()
         } else {
             runtime.logger.notice("kernel started: role \(loader.role), modules [\(modules)], \(generation.core.eventLoopThreads) event-loop thread(s), pid \(getpid())")
+            SystemdNotify.ready(logger: runtime.logger)
         }
         return true
     }
@@ -220,6 +221,7 @@ public final class KernelServer: Service, Sendable {
             runtime.supervision.requestReplacement(reason: "SIGHUP to worker process \(getpid())")
             return
         }
+        SystemdNotify.reloading(logger: logger); defer { SystemdNotify.ready(logger: logger) }
         logger.notice("reloading configuration \(configurationFile)")
         let generation: KernelGeneration
         runtime.logFiles.markUse()
@@ -272,6 +274,7 @@ public final class KernelServer: Service, Sendable {
     }
 
     private func stop(graceful: Bool) async {
+        if !isWorker { SystemdNotify.stopping(logger: runtime.logger) }  // a worker's stop is not the service's
         let generation = runtime.currentGeneration
         let timeout = graceful ? TimeAmount.milliseconds(generation?.core.shutdownTimeout.milliseconds ?? 30_000) : .zero
         runtime.stopping.markStopping()
