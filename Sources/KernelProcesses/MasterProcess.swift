@@ -162,6 +162,8 @@ public actor MasterProcess {
         started = true
         let pools = plans.map { "\($0.pool.name): \($0.pool.count) (role \($0.role))" }.joined(separator: ", ")
         logger.notice("kernel started: master process, worker pools [\(pools)], pid \(getpid())")
+        // The master is the service's main process for systemd (`Type=notify`): ready once every worker serves.
+        SystemdNotify.ready(logger: logger)
     }
 
     /// The one place where services of the master itself start (`MasterSettings.services`, not a worker's).
@@ -395,6 +397,8 @@ public actor MasterProcess {
             if rename(core.pidFile + ".oldbin", core.pidFile) != 0 {
                 logger.critical("rename() \"\(core.pidFile).oldbin\" back to \"\(core.pidFile)\" failed (\(errno): \(String(cString: strerror(errno))))")
             }
+            // The new master may have told systemd it is the main process (`MAINPID=`): this one is again.
+            if stopping == nil { SystemdNotify.ready(logger: logger) }
             return
         }
         guard let worker = workers.removeValue(forKey: pid) else { return }
@@ -496,6 +500,8 @@ public actor MasterProcess {
 
     private func reloadOnce() async {
         logger.notice("reloading configuration \(settings.configurationFile)")
+        SystemdNotify.reloading(logger: logger)
+        defer { SystemdNotify.ready(logger: logger) }
         let loaded: (core: CoreConfiguration, plans: [PoolPlan])
         let opened: [ListeningSocket]
         do {
@@ -612,6 +618,9 @@ public actor MasterProcess {
         }
         stopping = kind
         runtime.stopping.markStopping()
+        // After a binary upgrade the new master is the service (it sent `MAINPID=`): the old one's stop is not the
+        // service's, so systemd must not hear `STOPPING=1` from it.
+        if upgradeChild == nil { SystemdNotify.stopping(logger: logger) }
         let timeout = TimeAmount.milliseconds(core.shutdownTimeout.milliseconds)
         let delay = TimeAmount.milliseconds(core.shutdownDelay.milliseconds)
         switch kind {

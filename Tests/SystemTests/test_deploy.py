@@ -156,7 +156,8 @@ def senders(notify):
 
 def test_worker_processes_never_notify(tmp_path, kernel_bin):
     """systemd takes STOPPING=1 from a process of the service for the service's own stop: a worker that is
-    replaced (SIGHUP to it, as uWSGI reloads one worker) or stops with the master must send nothing."""
+    replaced (SIGHUP to it, as uWSGI reloads one worker) or stops with the master must send nothing; the master
+    sends READY=1 once its workers serve, RELOADING=1 and READY=1 around its reload, and STOPPING=1."""
     address = f"@kernel-test-workers-{os.getpid()}"
     notify = NotifySocket(address)
     notify.socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -170,10 +171,17 @@ def test_worker_processes_never_notify(tmp_path, kernel_bin):
         text = kernel.wait_for_log(f"worker process {workers[0]} exited with code 0")
         workers += [int(pid) for pid in re.findall(r"start worker process (\d+)", text)[2:]]
         assert len(workers) == 3, text
+        kernel.process.send_signal(signal.SIGHUP)   # the master's reload: a new set of workers
+        kernel.wait_for_log("configuration reloaded")
         kernel.process.send_signal(signal.SIGQUIT)
         assert kernel.wait_exit() == 0
-        from_workers = [(pid, message) for pid, message in senders(notify) if pid != kernel.pid]
+        received = senders(notify)
+        from_workers = [(pid, message) for pid, message in received if pid != kernel.pid]
         assert from_workers == [], f"workers {workers} sent {from_workers}"
+        # The master is the service's main process: ready once its workers serve, around its reload, stopping.
+        from_master = [message.split("\n")[0] for pid, message in received if pid == kernel.pid]
+        assert from_master == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], received
+        assert f"READY=1\nMAINPID={kernel.pid}" in [message for _, message in received]
     finally:
         kernel.stop()
         notify.socket.close()
