@@ -35,6 +35,12 @@ run: setup release
 	@echo "  curl http://127.0.0.1:8080/v2/models/demo"
 	@echo "  curl -X POST http://127.0.0.1:8080/v2/models/demo/infer -H 'Content-Type: application/json' \\"
 	@echo "       -d @etc/examples/demo-request.json"
+	@echo "  a master process and one worker process per core (kernel.processes: auto):"
+	@echo "  status page   http://127.0.0.1:8080/status"
+	@echo "  metrics       curl http://127.0.0.1:8080/metrics   (Prometheus text)"
+	@echo "  readiness     curl http://127.0.0.1:8080/healthz"
+	@echo "  stats server  uwsgitop 127.0.0.1:9191               (uWSGI's stats JSON)"
+	@echo "  uwsgi         uwsgi_pass 127.0.0.1:6666;            (from a real nginx)"
 	@echo "  stop with Ctrl-C, or '$(RELEASE_BIN) -s quit --config $(CONFIG)' from another shell"
 	@echo
 	KERNEL_ONNXRUNTIME_LIBRARY=$(KERNEL_ONNXRUNTIME_LIBRARY) exec $(RELEASE_BIN) --role both --config $(CONFIG)
