@@ -122,4 +122,4 @@ routing:
         - location: /
           uwsgi_pass: 127.0.0.1:6666
 """)
-    assert_error_line(result, path, "11:23", AT + "uwsgi_pass: unknown key (a location needs one handler: health, metrics, return)")
+    assert_error_line(result, path, "11:23", AT + "uwsgi_pass: unknown key (a location needs one handler: health, metrics, return, status)")
