@@ -187,6 +187,52 @@ def test_worker_processes_never_notify(tmp_path, kernel_bin):
         notify.socket.close()
 
 
+def test_a_binary_upgrade_hands_the_main_pid_to_the_new_master(tmp_path, kernel_bin):
+    """After USR2 the new master tells systemd it is the main process (READY=1 with its MAINPID) once its workers
+    serve, and the old master's QUIT sends no STOPPING=1: the service goes on."""
+    address = f"@kernel-test-upgrade-{os.getpid()}"
+    notify = NotifySocket(address)
+    notify.socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    config = tmp_path / "kernel.yaml"
+    config.write_text(MASTER.format(dir=tmp_path))
+    pid_file = tmp_path / "kernel.pid"
+    kernel = Kernel(str(config), "both", str(tmp_path), env={**os.environ, "NOTIFY_SOCKET": address})
+    new_master = None
+    try:
+        old = kernel.pid
+        os.kill(old, signal.SIGUSR2)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if kernel.log_text().count("kernel started: master process") == 2:
+                break
+            time.sleep(0.05)
+        assert kernel.log_text().count("kernel started: master process") == 2, kernel.log_text()
+        with open(pid_file) as f:
+            new_master = int(f.read())
+        assert new_master != old
+        os.kill(old, signal.SIGQUIT)
+        assert kernel.wait_exit() == 0
+        received = senders(notify)
+        from_old = [message.split("\n")[0] for pid, message in received if pid == old]
+        assert from_old == ["READY=1"], received
+        assert (new_master, f"READY=1\nMAINPID={new_master}") in received, received
+        assert all(pid in (old, new_master) for pid, _ in received), received
+    finally:
+        kernel.stop()
+        if new_master:
+            os.kill(new_master, signal.SIGTERM)
+            deadline = time.time() + 30
+            while os.path.exists(f"/proc/{new_master}") and time.time() < deadline:
+                try:
+                    with open(f"/proc/{new_master}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                            break
+                except OSError:
+                    break
+                time.sleep(0.05)
+        notify.socket.close()
+
+
 def test_without_notify_socket_nothing_is_sent_and_a_dead_socket_is_logged(tmp_path, kernel_bin):
     """NOTIFY_SOCKET naming nobody: the kernel serves anyway and logs what failed, in nginx's words."""
     address = f"@kernel-test-nobody-{os.getpid()}"
