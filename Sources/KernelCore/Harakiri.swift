@@ -43,13 +43,24 @@ final class HarakiriWatch {
         let serial = inFlight.serial
         let stuck = StuckRequest(request: request, route: exchange.decision.route, activity: exchange.context.activity,
                                  limit: limit.milliseconds)
-        watch.ticket = worker.watchdog.register(stuck, overdueAfter: limit.milliseconds + HarakiriWatchdog.graceMilliseconds)
-        watch.task = context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(limit.milliseconds)) {
+        let start = {
             guard !watch.answered else { return }
-            watch.answered = true
-            watch.releaseTicket()
-            worker.harakiri(stuck, logger: exchange.context.logger)
-            _ = owner.exchangeResponded(.error(504, "gateway timeout"), serial: serial, context: context)
+            watch.ticket = worker.watchdog.register(stuck, overdueAfter: limit.milliseconds + HarakiriWatchdog.graceMilliseconds)
+            watch.task = context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(limit.milliseconds)) {
+                guard !watch.answered else { return }
+                watch.answered = true
+                watch.releaseTicket()
+                worker.harakiri(stuck, logger: exchange.context.logger)
+                _ = owner.exchangeResponded(.error(504, "gateway timeout"), serial: serial, context: context)
+            }
+        }
+        // uWSGI counts harakiri once the request has been read: a body streamed to the handler while it arrives
+        // (`*_request_buffering off`) starts the count when its last byte is in, so a slow upload is not taken
+        // for a stuck request. A buffered body is complete before the handler starts.
+        if case .stream(let stream) = request.bodySource {
+            stream.whenReceived(start)
+        } else {
+            start()
         }
         return watch
     }

@@ -283,6 +283,7 @@ public final class RequestBodyStream: @unchecked Sendable {
     private var failure: (any Error)?
     private var waiter: EventLoopPromise<ByteBuffer?>?
     private var demand: (() -> Void)?
+    private var received: [() -> Void] = []
 
     /// Parts held beyond this make the producer stop reading from the client.
     public static let highWatermark = 256 * 1024
@@ -326,6 +327,21 @@ public final class RequestBodyStream: @unchecked Sendable {
             self.waiter = nil
             waiter.succeed(nil)
         }
+        let callbacks = received
+        received = []
+        for callback in callbacks { callback() }
+    }
+
+    /// Runs `callback` on the event loop once the client has sent the whole body (at once when it already has);
+    /// never when the body fails. For what counts from the end of the body, as `harakiri` does.
+    public func whenReceived(_ callback: @escaping () -> Void) {
+        eventLoop.preconditionInEventLoop()
+        guard failure == nil else { return }
+        if ended {
+            callback()
+        } else {
+            received.append(callback)
+        }
     }
 
     public func fail(_ error: any Error) {
@@ -334,6 +350,7 @@ public final class RequestBodyStream: @unchecked Sendable {
         failure = error
         parts.removeAll()
         bufferedBytes = 0
+        received = []
         if let waiter {
             self.waiter = nil
             waiter.fail(error)

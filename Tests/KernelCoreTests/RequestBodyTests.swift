@@ -112,4 +112,24 @@ final class RequestBodyTests: XCTestCase {
         stream.fail(RequestBodyError.clientAborted("client prematurely closed connection"))
         XCTAssertThrowsError(try waiting.wait())
     }
+
+    func testWhenReceivedRunsOnceTheWholeBodyIsInAndNeverAfterAFailure() {
+        let loop = EmbeddedEventLoop()
+        let stream = RequestBodyStream(length: 2, eventLoop: loop)
+        var calls: [String] = []
+        stream.whenReceived { calls.append("before") }
+        stream.push(ByteBuffer(string: "ab"))
+        XCTAssertEqual(calls, [], "parts alone are not the end")
+        stream.finish()
+        XCTAssertEqual(calls, ["before"])
+        stream.whenReceived { calls.append("after") }
+        XCTAssertEqual(calls, ["before", "after"], "at once when the body is already in")
+
+        let failing = RequestBodyStream(length: 2, eventLoop: loop)
+        failing.whenReceived { calls.append("failed") }
+        failing.fail(RequestBodyError.clientAborted("client prematurely closed connection"))
+        failing.finish()
+        failing.whenReceived { calls.append("failed later") }
+        XCTAssertEqual(calls, ["before", "after"])
+    }
 }

@@ -311,3 +311,49 @@ def test_max_worker_lifetime_replaces_both_workers_with_no_failed_request(start_
     assert re.search(r"worker [12] lifetime reached, it was running for \d+ second\(s\): \.\.\.The work of process", kernel.log_text())
     for pid in first:
         kernel.wait_for_log(f"worker process {pid} exited with code 0")
+
+
+STREAMING_EDGE = """
+kernel:
+  pid: {workdir}/edge.pid
+  error_log: {{path: stderr, level: info}}
+  harakiri: 1
+http:
+  listen: "127.0.0.1:0"
+routing:
+  servers:
+    - locations:
+        - location: /upload
+          proxy_pass: http://127.0.0.1:{backend}
+          proxy_request_buffering: off
+"""
+
+READING_BACKEND = """
+http:
+  listen: "127.0.0.1:0"
+routing:
+  servers:
+    - locations:
+        - location: /
+          return: 200 "stored"
+"""
+
+
+def test_harakiri_counts_a_streamed_upload_from_its_last_byte(start_kernel, tmp_path):
+    """With `proxy_request_buffering off` the handler starts while the body still arrives; harakiri counts from
+    the end of the body, as uWSGI's does, so an upload slower than the harakiri is not taken for a stuck request.
+    The backend reads the whole body (it buffers it) before it answers."""
+    backend = start_kernel(READING_BACKEND, role="edge", name="backend.yaml")
+    edge = start_kernel(STREAMING_EDGE.format(workdir=tmp_path, backend=backend.port()), role="edge", name="edge.yaml")
+    parts = [b"a" * 1000, b"b" * 1000, b"c" * 1000]
+    with socket.create_connection(("127.0.0.1", edge.port()), timeout=30) as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3000\r\nConnection: close\r\n\r\n")
+        for part in parts:   # 2.4 s of upload, past the 1 s harakiri
+            time.sleep(0.8)
+            s.sendall(part)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert answer.endswith(b"stored"), answer
+    assert "HARAKIRI" not in edge.log_text()
