@@ -88,7 +88,7 @@ public final class KernelServer: Service, Sendable {
     @discardableResult
     public func start(_ generation: KernelGeneration) async throws -> Bool {
         OpenFileLimit.apply(generation.core.openFileLimit, logger: runtime.logger)
-        if let path = ownPidFile(generation.core) { try writePidFile(path) }
+        if let path = ownPidFile(generation.core) { try PidFile.write(path) }
         do {
             try await generation.startServices(logger: runtime.logger)
         } catch {
@@ -251,7 +251,7 @@ public final class KernelServer: Service, Sendable {
         if let old = runtime.currentGeneration, old.core.stats != generation.core.stats {
             logger.warning("kernel.stats changed: takes effect after a restart")
         }
-        applyErrorLog(generation.core)
+        runtime.applyErrorLog(generation.core)
         OpenFileLimit.apply(generation.core.openFileLimit, logger: logger)
         let previous = runtime.makeCurrent(generation)
         await listeners.activate(opened)
@@ -294,28 +294,6 @@ public final class KernelServer: Service, Sendable {
                                  eventLoopGroup: runtime.eventLoopGroup, logger: runtime.logger)
         try await server.start()
         statsServer.withLockedValue { $0 = server }
-    }
-
-    private func applyErrorLog(_ core: CoreConfiguration) {
-        do {
-            runtime.errorLog.update(file: try runtime.logFiles.file(core.errorLogPath), level: core.errorLogLevel)
-        } catch {
-            runtime.logger.error("\(error)")
-        }
-    }
-
-    private func writePidFile(_ path: String) throws {
-        let text = "\(getpid())\n"
-        do {
-            try ParentDirectories.create(for: path)
-        } catch {
-            throw ListenerError("cannot write pid file \"\(path)\": \(error)")
-        }
-        guard let file = fopen(path, "w") else {
-            throw ListenerError("cannot write pid file \"\(path)\": \(String(cString: strerror(errno)))")
-        }
-        fputs(text, file)
-        fclose(file)
     }
 }
 

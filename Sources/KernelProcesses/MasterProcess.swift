@@ -153,7 +153,7 @@ public actor MasterProcess {
     private func start() async throws {
         let plans = try loadPlans(file: settings.configurationFile).plans
         try openSockets(for: plans, inherited: inherited)
-        try writePidFile()
+        try PidFile.write(core.pidFile)
         self.plans = plans
         try await startMasterServices()
         let first = try await startWorkers(plans)
@@ -544,17 +544,9 @@ public actor MasterProcess {
             socket.close(unlinkPath: socket.address.unixPath.map { !wantedPaths.contains($0) } ?? false)
             logger.notice("closed listener \(identity)")
         }
-        applyErrorLog(core)
+        runtime.applyErrorLog(core)
         runtime.logFiles.dropUnused()
         logger.notice("configuration reloaded (generation \(generation))")
-    }
-
-    private func applyErrorLog(_ core: CoreConfiguration) {
-        do {
-            runtime.errorLog.update(file: try runtime.logFiles.file(core.errorLogPath), level: core.errorLogLevel)
-        } catch {
-            logger.error("\(error)")
-        }
     }
 
     // MARK: - Binary upgrade
@@ -661,22 +653,6 @@ public actor MasterProcess {
         logger.notice("exiting")
         exitCode.continuation.yield(code)
         exitCode.continuation.finish()
-    }
-
-    // MARK: - Pid file
-
-    private func writePidFile() throws {
-        let path = core.pidFile
-        do {
-            try ParentDirectories.create(for: path)
-        } catch {
-            throw MasterError("cannot write pid file \"\(path)\": \(error)")
-        }
-        guard let file = fopen(path, "w") else {
-            throw MasterError("cannot write pid file \"\(path)\": \(String(cString: strerror(errno)))")
-        }
-        fputs("\(getpid())\n", file)
-        fclose(file)
     }
 
     // MARK: - Queries

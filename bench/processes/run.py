@@ -182,15 +182,7 @@ def measure_memory(work, expected, script):
     directory = os.path.join(work, "memory-stack")
     os.makedirs(directory)
     try:
-        nginx_port, uwsgi_port = free_port(), free_port()
-        ini = os.path.join(directory, "uwsgi.ini")
-        with open(ini, "w") as f:
-            f.write(inference_bench.UWSGI_INI.format(uwsgi_port=uwsgi_port, here=os.path.join(ROOT, "bench", "inference")))
-        conf = os.path.join(directory, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(inference_bench.NGINX_CONF.format(workers=os.cpu_count() or 1, dir=directory, port=nginx_port,
-                                                      uwsgi_port=uwsgi_port))
-        environment = dict(os.environ, FLASK_MODEL_NAME="demo", FLASK_MODEL_PATH=MODEL)
+        nginx_port, uwsgi_port, ini, conf, environment = write_tutorial_stack(directory)
         uwsgi = stack.start([shutil.which("uwsgi") or "uwsgi", "--ini", ini], "uwsgi.stderr", env=environment,
                             start_new_session=True)
         nginx = stack.start(["nginx", "-c", conf, "-p", directory], "nginx.stderr")
@@ -262,20 +254,28 @@ def kernel_startup(work, setting, model, run):
         stack.stop()
 
 
+
+def write_tutorial_stack(directory):
+    """The tutorial's stack in `directory`: a uWSGI ini (master, 3 lazy workers, the Flask app with the demo model)
+    and an nginx.conf that `uwsgi_pass`es to it, on free ports. Returns the ports, both files and uWSGI's
+    environment."""
+    nginx_port, uwsgi_port = free_port(), free_port()
+    ini = os.path.join(directory, "uwsgi.ini")
+    with open(ini, "w") as f:
+        f.write(inference_bench.UWSGI_INI.format(uwsgi_port=uwsgi_port, here=os.path.join(ROOT, "bench", "inference")))
+    conf = os.path.join(directory, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(inference_bench.NGINX_CONF.format(workers=os.cpu_count() or 1, dir=directory, port=nginx_port,
+                                                  uwsgi_port=uwsgi_port))
+    environment = dict(os.environ, FLASK_MODEL_NAME="demo", FLASK_MODEL_PATH=MODEL)
+    return nginx_port, uwsgi_port, ini, conf, environment
+
 def stack_startup(work, run):
     stack = Stack(work)
     directory = os.path.join(work, f"startup-stack-{run}")
     os.makedirs(directory)
     try:
-        nginx_port, uwsgi_port = free_port(), free_port()
-        ini = os.path.join(directory, "uwsgi.ini")
-        with open(ini, "w") as f:
-            f.write(inference_bench.UWSGI_INI.format(uwsgi_port=uwsgi_port, here=os.path.join(ROOT, "bench", "inference")))
-        conf = os.path.join(directory, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(inference_bench.NGINX_CONF.format(workers=os.cpu_count() or 1, dir=directory, port=nginx_port,
-                                                      uwsgi_port=uwsgi_port))
-        environment = dict(os.environ, FLASK_MODEL_NAME="demo", FLASK_MODEL_PATH=MODEL)
+        nginx_port, uwsgi_port, ini, conf, environment = write_tutorial_stack(directory)
         started = time.monotonic()
         stack.start(["nginx", "-c", conf, "-p", directory], "nginx.stderr")
         stack.start([shutil.which("uwsgi") or "uwsgi", "--ini", ini], "uwsgi.stderr", env=environment,
