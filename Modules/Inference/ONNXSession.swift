@@ -4,13 +4,6 @@ import Glibc
 import Darwin
 #endif
 
-/// Runs a model: inputs in the model's input order, outputs in its output order.
-///
-/// The scheduler calls `run` from one dedicated thread per instance, never concurrently on one runner.
-public protocol ModelRunner: AnyObject, Sendable {
-    func run(_ inputs: [Tensor]) throws -> [Tensor]
-}
-
 /// How a session is created.
 public struct SessionOptions: Sendable {
     public var intraOpThreads: Int
