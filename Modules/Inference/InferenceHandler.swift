@@ -136,8 +136,9 @@ public struct InferenceHandler: RequestHandler {
         let deadline = ForwardedDeadline.deadline(of: request)
         let scheduler = model.scheduler
         context.activity?.note("queued or running in model \"\(signature.name)\" (queue depth \(scheduler.depth))")
-        return scheduler.submit(decoded.inputs, deadline: deadline, on: context.eventLoop).flatMapThrowing { outputs in
-            var response = try InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: outputs)
+        let options = SubmitOptions(deadline: deadline, cancellation: context.cancellation)
+        return scheduler.submit(decoded.inputs, options: options, on: context.eventLoop).flatMapThrowing { result in
+            var response = try InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: result.outputs)
             response.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
             return response
         }.flatMapErrorThrowing { error in

@@ -75,19 +75,17 @@ public final class ModelScheduler: @unchecked Sendable {
         }
     }
 
-    /// Queues `inputs` (model input order, already validated) and answers with the outputs of its rows.
+    /// Queues `inputs` (model input order, already validated) and answers with the outputs of its rows and where
+    /// its time went.
     ///
     /// Fails with a `KernelHTTPError` 503 when the queue is full or the model is stopping, 504 when the request did
-    /// not start within the timeout, 500 when the runtime reports an error.
-    public func submit(_ inputs: [Tensor], on eventLoop: any EventLoop) -> EventLoopFuture<[Tensor]> {
-        submit(inputs, deadline: nil, on: eventLoop)
-    }
-
-    /// Queues `inputs` as `submit(_:on:)` does, with the deadline the request arrived with (the time its client
-    /// still waits, forwarded by an edge as `X-Kernel-Timeout-Ms`): a request still queued at it is dropped with
-    /// 504 and never run, because nobody would read its answer. The earlier of it and the model's `timeout` applies.
-    public func submit(_ inputs: [Tensor], deadline: NIODeadline?, on eventLoop: any EventLoop) -> EventLoopFuture<[Tensor]> {
-        let promise = eventLoop.makePromise(of: [Tensor].self)
+    /// not start before its deadline (the earlier of the model's `timeout` and `options.deadline`, the time its
+    /// client still waits as an edge forwards it): it is then never run, because nobody would read its answer;
+    /// 500 when the runtime reports an error.
+    public func submit(_ inputs: [Tensor], options: SubmitOptions = SubmitOptions(),
+                       on eventLoop: any EventLoop) -> EventLoopFuture<InferenceResult> {
+        let deadline = options.deadline
+        let promise = eventLoop.makePromise(of: InferenceResult.self)
         let job = InferenceJob(inputs: inputs, promise: promise, enqueued: KernelClock.monotonicNanoseconds(),
                                batchDimension: policy.maxBatchSize > 0)
         lock.lock()
@@ -250,9 +248,9 @@ public final class ModelScheduler: @unchecked Sendable {
         // Rows of a batch are at most max_batch_size; a lone request's rows are its own (any Int).
         let rows = TensorSize.total(jobs.map(\.rows)) ?? Int.max
         let started = KernelClock.monotonicNanoseconds()
-        let result: Result<[[Tensor]], Error>
+        let result: Result<BatchRun, Error>
         do {
-            result = .success(try runner.runBatch(jobs.map(\.inputs), rows: jobs.map(\.rows)).outputs)
+            result = .success(try runner.runBatch(jobs.map(\.inputs), rows: jobs.map(\.rows)))
         } catch let error as KernelHTTPError {
             result = .failure(error)
         } catch {
@@ -274,10 +272,14 @@ public final class ModelScheduler: @unchecked Sendable {
         logger.debug("model '\(modelName)': batch of \(rows) row(s) from \(jobs.count) request(s) in \((finished - started) / 1000) us")
 
         // One task per event loop completes all of its requests: a wake-up per loop, not per request.
-        var byLoop: [ObjectIdentifier: (loop: any EventLoop, completions: [(InferenceJob, Result<[Tensor], Error>)])] = [:]
+        var byLoop: [ObjectIdentifier: (loop: any EventLoop, completions: [(InferenceJob, Result<InferenceResult, Error>)])] = [:]
         for (index, job) in jobs.enumerated() {
             job.timer?.cancel()
-            let outcome: Result<[Tensor], Error> = result.map { $0[index] }
+            let outcome: Result<InferenceResult, Error> = result.map { run in
+                InferenceResult(outputs: run.outputs[index],
+                                timing: InferenceTiming(queueNanoseconds: dequeued > job.enqueued ? dequeued - job.enqueued : 0,
+                                                        batchSize: rows, compute: run.timing))
+            }
             let loop = job.promise.futureResult.eventLoop
             byLoop[ObjectIdentifier(loop), default: (loop, [])].completions.append((job, outcome))
         }
@@ -298,7 +300,7 @@ public final class ModelScheduler: @unchecked Sendable {
 final class InferenceJob: @unchecked Sendable {
     enum State { case queued, started, expired }
     let inputs: [Tensor]
-    let promise: EventLoopPromise<[Tensor]>
+    let promise: EventLoopPromise<InferenceResult>
     let enqueued: UInt64
     /// Rows along dimension 0 when the model batches (at most `max_batch_size`, checked by the codec); 1 otherwise,
     /// as Triton counts a request to a model without a batch dimension as one inference.
@@ -310,7 +312,7 @@ final class InferenceJob: @unchecked Sendable {
     /// When and why `timer` fires; set with it.
     var expiry: QueueExpiry?
 
-    init(inputs: [Tensor], promise: EventLoopPromise<[Tensor]>, enqueued: UInt64, batchDimension: Bool) {
+    init(inputs: [Tensor], promise: EventLoopPromise<InferenceResult>, enqueued: UInt64, batchDimension: Bool) {
         self.inputs = inputs
         self.promise = promise
         self.enqueued = enqueued

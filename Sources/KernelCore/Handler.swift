@@ -34,12 +34,16 @@ public struct RequestContext: Sendable {
     /// What the request is doing, for the harakiri log line; nil unless `kernel.harakiri` is set. Handlers note
     /// their waits here (`context.activity?.note("waiting for upstream ...")`).
     public let activity: RequestActivity?
+    /// Cancelled when the client leaves before its answer is complete; nil where nobody can tell (probes).
+    public let cancellation: RequestCancellation?
 
-    public init(eventLoop: any EventLoop, logger: Logger, route: RouteInfo, activity: RequestActivity? = nil) {
+    public init(eventLoop: any EventLoop, logger: Logger, route: RouteInfo, activity: RequestActivity? = nil,
+                cancellation: RequestCancellation? = nil) {
         self.eventLoop = eventLoop
         self.logger = logger
         self.route = route
         self.activity = activity
+        self.cancellation = cancellation
     }
 }
 

@@ -14,7 +14,7 @@ final class ModelSchedulerDeadlineTests: XCTestCase {
 
     private func rows(_ start: Float) -> Tensor { Tensor(float32: [start, start + 1], shape: [1, 2]) }
 
-    private func failure(of future: EventLoopFuture<[Tensor]>) -> KernelHTTPError? {
+    private func failure<T>(of future: EventLoopFuture<T>) -> KernelHTTPError? {
         do {
             _ = try future.wait()
             return nil
@@ -29,10 +29,10 @@ final class ModelSchedulerDeadlineTests: XCTestCase {
                                        runners: [runner], logger: Logger(label: "test"))
         defer { scheduler.stop() }
         let loop = group.next()
-        let first = scheduler.submit([rows(0)], deadline: nil, on: loop)
+        let first = scheduler.submit([rows(0)], options: SubmitOptions(deadline: nil), on: loop).map(\.outputs)
         runner.entered.wait()
-        let late = scheduler.submit([rows(5)], deadline: .now() + .milliseconds(20), on: loop)
-        let patient = scheduler.submit([rows(9)], deadline: .now() + .seconds(60), on: loop)
+        let late = scheduler.submit([rows(5)], options: SubmitOptions(deadline: .now() + .milliseconds(20)), on: loop).map(\.outputs)
+        let patient = scheduler.submit([rows(9)], options: SubmitOptions(deadline: .now() + .seconds(60)), on: loop).map(\.outputs)
         let dropped = try XCTUnwrap(failure(of: late))
         XCTAssertEqual(dropped.status, 504)
         XCTAssertTrue(dropped.message.contains("dropped from the queue: its deadline passed"), dropped.message)
@@ -48,7 +48,7 @@ final class ModelSchedulerDeadlineTests: XCTestCase {
         let runner = RecordingRunner(blockFirst: false)
         let scheduler = ModelScheduler(modelName: "m", policy: SchedulingPolicy(), runners: [runner], logger: Logger(label: "test"))
         defer { scheduler.stop() }
-        let error = try XCTUnwrap(failure(of: scheduler.submit([rows(0)], deadline: .now() - .milliseconds(1), on: group.next())))
+        let error = try XCTUnwrap(failure(of: scheduler.submit([rows(0)], options: SubmitOptions(deadline: .now() - .milliseconds(1)), on: group.next())))
         XCTAssertEqual(error.status, 504)
         XCTAssertEqual(runner.batches.withLockedValue { $0.count }, 0)
     }

@@ -61,10 +61,10 @@ final class ModelSchedulerTests: XCTestCase {
                                        runners: [runner], logger: Logger(label: "test"))
         defer { scheduler.stop() }
         let loop = group.next()
-        let first = scheduler.submit([rows(1, width: 3, start: 0)], on: loop)
+        let first = scheduler.submit([rows(1, width: 3, start: 0)], on: loop).map(\.outputs)
         runner.entered.wait()
         let inputs = [rows(1, width: 3, start: 10), rows(2, width: 3, start: 20), rows(3, width: 3, start: 30)]
-        let futures = inputs.map { scheduler.submit([$0], on: loop) }
+        let futures = inputs.map { scheduler.submit([$0], on: loop).map(\.outputs) }
         runner.gate.signal()
         XCTAssertEqual(try first.wait()[0].float32Values, [0, 2, 4])
         for (input, future) in zip(inputs, futures) {
@@ -87,11 +87,11 @@ final class ModelSchedulerTests: XCTestCase {
                                        runners: [runner], logger: Logger(label: "test"))
         defer { scheduler.stop() }
         let loop = group.next()
-        let first = scheduler.submit([rows(1, width: 3, start: 0)], on: loop)
+        let first = scheduler.submit([rows(1, width: 3, start: 0)], on: loop).map(\.outputs)
         runner.entered.wait()
-        let a1 = scheduler.submit([rows(1, width: 3, start: 1)], on: loop)
-        let b = scheduler.submit([rows(1, width: 2, start: 2)], on: loop)
-        let a2 = scheduler.submit([rows(1, width: 3, start: 3)], on: loop)
+        let a1 = scheduler.submit([rows(1, width: 3, start: 1)], on: loop).map(\.outputs)
+        let b = scheduler.submit([rows(1, width: 2, start: 2)], on: loop).map(\.outputs)
+        let a2 = scheduler.submit([rows(1, width: 3, start: 3)], on: loop).map(\.outputs)
         runner.gate.signal()
         for future in [first, a1, b, a2] { _ = try future.wait() }
         XCTAssertEqual(try b.wait()[0].float32Values, [4, 6])
@@ -104,9 +104,9 @@ final class ModelSchedulerTests: XCTestCase {
         let scheduler = ModelScheduler(modelName: "m", policy: policy, runners: [runner], logger: Logger(label: "test"))
         defer { scheduler.stop() }
         let loop = group.next()
-        let first = scheduler.submit([rows(1, width: 1, start: 0)], on: loop)
+        let first = scheduler.submit([rows(1, width: 1, start: 0)], on: loop).map(\.outputs)
         runner.entered.wait()
-        let futures = (0..<5).map { scheduler.submit([rows(1, width: 1, start: Float($0))], on: loop) }
+        let futures = (0..<5).map { scheduler.submit([rows(1, width: 1, start: Float($0))], on: loop).map(\.outputs) }
         runner.gate.signal()
         _ = try first.wait()
         for future in futures { _ = try future.wait() }
@@ -120,9 +120,9 @@ final class ModelSchedulerTests: XCTestCase {
                                        runners: [runner], logger: Logger(label: "test"))
         defer { scheduler.stop() }
         let loop = group.next()
-        let first = scheduler.submit([rows(1, width: 2, start: 0)], on: loop)
+        let first = scheduler.submit([rows(1, width: 2, start: 0)], on: loop).map(\.outputs)
         runner.entered.wait()
-        let others = (0..<3).map { scheduler.submit([rows(1, width: 2, start: Float($0))], on: loop) }
+        let others = (0..<3).map { scheduler.submit([rows(1, width: 2, start: Float($0))], on: loop).map(\.outputs) }
         runner.gate.signal()
         for future in [first] + others { _ = try future.wait() }
         XCTAssertEqual(runner.batches.withLockedValue { $0.map { $0[0] } }, [1, 1, 1, 1])
@@ -134,10 +134,10 @@ final class ModelSchedulerTests: XCTestCase {
                                        runners: [runner], logger: Logger(label: "test"))
         defer { scheduler.stop() }
         let loop = group.next()
-        let first = scheduler.submit([rows(1, width: 2, start: 0)], on: loop)
+        let first = scheduler.submit([rows(1, width: 2, start: 0)], on: loop).map(\.outputs)
         runner.entered.wait()
-        let queued = (0..<2).map { scheduler.submit([rows(1, width: 2, start: Float($0))], on: loop) }
-        let rejected = scheduler.submit([rows(1, width: 2, start: 9)], on: loop)
+        let queued = (0..<2).map { scheduler.submit([rows(1, width: 2, start: Float($0))], on: loop).map(\.outputs) }
+        let rejected = scheduler.submit([rows(1, width: 2, start: 9)], on: loop).map(\.outputs)
         XCTAssertEqual(status(of: rejected), 503)
         XCTAssertEqual(scheduler.currentStatistics.queueRejections, 1)
         runner.gate.signal()
@@ -154,11 +154,11 @@ final class ModelSchedulerTests: XCTestCase {
         let depth = try metrics.expectGauge("kernel_model_queue_depth", dimensions)
         XCTAssertEqual(depth.lastValue, 0, "the series exists before the first request")
         let loop = group.next()
-        let first = scheduler.submit([rows(1, width: 2, start: 0)], on: loop)
+        let first = scheduler.submit([rows(1, width: 2, start: 0)], on: loop).map(\.outputs)
         runner.entered.wait()
-        let queued = (0..<2).map { scheduler.submit([rows(1, width: 2, start: Float($0))], on: loop) }
+        let queued = (0..<2).map { scheduler.submit([rows(1, width: 2, start: Float($0))], on: loop).map(\.outputs) }
         XCTAssertEqual(depth.lastValue, 3, "one running, two queued")
-        XCTAssertEqual(status(of: scheduler.submit([rows(1, width: 2, start: 9)], on: loop)), 503)
+        XCTAssertEqual(status(of: scheduler.submit([rows(1, width: 2, start: 9)], on: loop).map(\.outputs)), 503)
         XCTAssertEqual(try metrics.expectCounter("kernel_model_failures_total", dimensions).totalValue, 1, "a queue-full rejection")
         runner.gate.signal()
         for future in [first] + queued { XCTAssertEqual(status(of: future), 200) }
@@ -175,7 +175,7 @@ final class ModelSchedulerTests: XCTestCase {
         let failing = ModelScheduler(modelName: "f", policy: SchedulingPolicy(), runners: [FailingRunner()],
                                      logger: Logger(label: "test"), metricsFactory: metrics)
         defer { failing.stop() }
-        XCTAssertEqual(status(of: failing.submit([rows(1, width: 2, start: 0)], on: loop)), 500)
+        XCTAssertEqual(status(of: failing.submit([rows(1, width: 2, start: 0)], on: loop).map(\.outputs)), 500)
         XCTAssertEqual(try metrics.expectCounter("kernel_model_failures_total", [("model", "f")]).totalValue, 1, "a runtime error")
     }
 
@@ -186,9 +186,9 @@ final class ModelSchedulerTests: XCTestCase {
         defer { scheduler.stop() }
         let loop = group.next()
         XCTAssertEqual(scheduler.depth, 0)
-        let running = scheduler.submit([rows(1, width: 2, start: 0)], on: loop)
+        let running = scheduler.submit([rows(1, width: 2, start: 0)], on: loop).map(\.outputs)
         runner.entered.wait()
-        let queued = (0..<2).map { scheduler.submit([rows(1, width: 2, start: Float($0))], on: loop) }
+        let queued = (0..<2).map { scheduler.submit([rows(1, width: 2, start: Float($0))], on: loop).map(\.outputs) }
         XCTAssertEqual(scheduler.depth, 3, "one running, two queued")
         // What a response reports is read when its result arrives: its own request no longer counts.
         let seen = running.map { _ in scheduler.depth }
@@ -204,9 +204,9 @@ final class ModelSchedulerTests: XCTestCase {
         let scheduler = ModelScheduler(modelName: "m", policy: policy, runners: [runner], logger: Logger(label: "test"))
         defer { scheduler.stop() }
         let loop = group.next()
-        let first = scheduler.submit([rows(1, width: 2, start: 0)], on: loop)
+        let first = scheduler.submit([rows(1, width: 2, start: 0)], on: loop).map(\.outputs)
         runner.entered.wait()
-        let late = scheduler.submit([rows(1, width: 2, start: 5)], on: loop)
+        let late = scheduler.submit([rows(1, width: 2, start: 5)], on: loop).map(\.outputs)
         XCTAssertEqual(status(of: late), 504)
         runner.gate.signal()
         XCTAssertEqual(status(of: first), 200)  // started before its deadline: it completes
@@ -222,7 +222,7 @@ final class ModelSchedulerTests: XCTestCase {
         let scheduler = ModelScheduler(modelName: "m", policy: SchedulingPolicy(), runners: [FailingRunner()],
                                        logger: Logger(label: "test"))
         defer { scheduler.stop() }
-        let future = scheduler.submit([rows(1, width: 2, start: 0)], on: group.next())
+        let future = scheduler.submit([rows(1, width: 2, start: 0)], on: group.next()).map(\.outputs)
         XCTAssertThrowsError(try future.wait()) { error in
             XCTAssertEqual((error as? KernelHTTPError)?.status, 500)
             XCTAssertTrue((error as? KernelHTTPError)?.message.contains("boom") ?? false)

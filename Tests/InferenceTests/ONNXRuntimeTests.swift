@@ -84,7 +84,7 @@ final class ONNXRuntimeTests: XCTestCase {
         let scheduler = ModelScheduler(modelName: "demo", policy: policy, runners: [session], logger: Logger(label: "test"))
         defer { scheduler.stop() }
         let inputs = (0..<64).map { input(rows: 1 + $0 % 3, seed: 100 + $0) }
-        let futures = inputs.map { scheduler.submit([$0], on: group.next()) }
+        let futures = inputs.map { scheduler.submit([$0], on: group.next()).map(\.outputs) }
         for (tensor, future) in zip(inputs, futures) {
             XCTAssertEqual(try future.wait()[0].bytes, try reference.run([tensor])[0].bytes)
         }

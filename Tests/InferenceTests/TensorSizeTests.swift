@@ -92,12 +92,12 @@ final class TensorSizeTests: XCTestCase {
         var statistics = ModelStatistics()
         let jobs = (0..<4).map { _ in
             InferenceJob(inputs: [Tensor(dataType: .fp32, shape: [1 << 62, 0], bytes: [])],
-                         promise: loop.makePromise(of: [Tensor].self), enqueued: 10, batchDimension: true)
+                         promise: loop.makePromise(of: InferenceResult.self), enqueued: 10, batchDimension: true)
         }
         let unbatched = InferenceJob(inputs: [Tensor(dataType: .fp32, shape: [1 << 62, 0], bytes: [])],
-                                     promise: loop.makePromise(of: [Tensor].self), enqueued: 10, batchDimension: false)
+                                     promise: loop.makePromise(of: InferenceResult.self), enqueued: 10, batchDimension: false)
         XCTAssertEqual(unbatched.rows, 1)
-        unbatched.promise.succeed([])
+        unbatched.promise.succeed(InferenceResult(outputs: [], timing: InferenceTiming()))
         for job in jobs {
             statistics.record(batchSize: job.rows, requests: [job], computeNanoseconds: 1, dequeued: 5, finished: 3,
                               succeeded: true)
@@ -105,6 +105,6 @@ final class TensorSizeTests: XCTestCase {
         XCTAssertEqual(statistics.inferenceCount, .max)
         XCTAssertEqual(statistics.executionCount, 4)
         XCTAssertEqual(statistics.success.nanoseconds, 0)  // finished before enqueued (clock): 0, not a trap
-        for job in jobs { job.promise.succeed([]) }
+        for job in jobs { job.promise.succeed(InferenceResult(outputs: [], timing: InferenceTiming())) }
     }
 }
