@@ -140,6 +140,8 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             inFlight.responseStream?.cancel()
             inFlight.abandonBodyStream("client prematurely closed connection")
             if abandoned == .clientLeft {
+                // Work queued for it (a model's queue) is dropped before it runs.
+                inFlight.exchange.context.cancellation?.cancel("client prematurely closed connection")
                 // 499: the client went away before its response was written (nginx's code for it).
                 runtime.logger.info("client prematurely closed connection, client: \(connection.remoteIP), server: \(settings.listener), request: \"\(inFlight.request.requestLine)\"")
                 inFlight.finish(status: 499)

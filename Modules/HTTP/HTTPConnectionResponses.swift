@@ -28,6 +28,7 @@ extension HTTPConnectionHandler: DrivenConnection {
         else { return false }
         inFlight.status = response.status
         inFlight.upstream = response.upstream
+        inFlight.handlerReport = response.handlerReport
         switch action {
         case .writeBuffered(let framing, let sendBody, let close):
             let inline = sendBody && length <= 16 * 1024

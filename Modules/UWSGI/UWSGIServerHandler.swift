@@ -177,6 +177,8 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
     func finishAbandoned(status: Int) {
         guard let inFlight = current else { return }
         current = nil
+        // No response yet: the peer left before it, and work queued for it (a model's queue) is dropped.
+        if inFlight.status == 0 { inFlight.exchange.context.cancellation?.cancel("client prematurely closed connection") }
         inFlight.finish(status: inFlight.status == 0 ? status : inFlight.status)
     }
 

@@ -51,6 +51,7 @@ extension UWSGIServerHandler: DrivenConnection {
         let request = inFlight.request
         inFlight.status = response.status
         inFlight.upstream = response.upstream
+        inFlight.handlerReport = response.handlerReport
         let sendsBody = ResponseBodyRule.sendsBody(status: response.status, isHead: request.method == "HEAD")
         var inlineBody: ByteBuffer?
         if sendsBody, case .buffer(let part) = response.body, part.readableBytes <= UWSGIServerHandler.inlineBodyLimit {

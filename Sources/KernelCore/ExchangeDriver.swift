@@ -27,6 +27,8 @@ public final class InFlightExchange {
     @exclusivity(unchecked) public var bytesSent = 0
     /// The response's upstream report, for the finish observers.
     @exclusivity(unchecked) public var upstream: UpstreamReport?
+    /// The response's handler report, for the finish observers.
+    @exclusivity(unchecked) public var handlerReport: (any HandlerReport)?
 
     public init(serial: UInt64, exchange: RequestExchange, request: KernelRequest) {
         self.serial = serial
@@ -45,7 +47,7 @@ public final class InFlightExchange {
     /// response's (499 when the client left first).
     public func finish(status: Int? = nil) {
         exchange.finish(request, status: status ?? self.status, bodyBytesSent: bodyBytesSent, bytesSent: bytesSent,
-                        upstream: upstream)
+                        upstream: upstream, handlerReport: handlerReport)
     }
 }
 

@@ -70,6 +70,11 @@ public struct UpstreamReport: Sendable {
     }
 }
 
+/// What a handler tells the access log about how it made a response, beyond upstream peers: the variables its
+/// module registers read it (the inference module's `$inference_queue_time`). It travels from the response to the
+/// finished exchange as the upstream report does. A class, so that a response carries one reference.
+public protocol HandlerReport: AnyObject, Sendable {}
+
 /// A finished exchange, as request-finish observers (the access log, metrics, stats) see it.
 public struct FinishedExchange: Sendable {
     public var request: KernelRequest
@@ -85,9 +90,12 @@ public struct FinishedExchange: Sendable {
     public var endNanoseconds: UInt64
     /// The upstream the response came from, when a proxying handler made it.
     public var upstream: UpstreamReport?
+    /// The response's handler report, when its handler made one.
+    public var handlerReport: (any HandlerReport)?
 
     public init(request: KernelRequest, route: RouteInfo, status: Int, bodyBytesSent: Int, bytesSent: Int,
-                startNanoseconds: UInt64, endNanoseconds: UInt64, upstream: UpstreamReport?) {
+                startNanoseconds: UInt64, endNanoseconds: UInt64, upstream: UpstreamReport?,
+                handlerReport: (any HandlerReport)? = nil) {
         self.request = request
         self.route = route
         self.status = status
@@ -96,6 +104,7 @@ public struct FinishedExchange: Sendable {
         self.startNanoseconds = startNanoseconds
         self.endNanoseconds = endNanoseconds
         self.upstream = upstream
+        self.handlerReport = handlerReport
     }
 
     /// Seconds from routing to finish (`$request_time`).

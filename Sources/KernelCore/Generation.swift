@@ -193,9 +193,9 @@ public final class RequestExchange: @unchecked Sendable {
 
     /// Tells the observers and releases the generation. `status` is what was sent (or 499 when the client left);
     /// `bytesSent` counts the head too (nil: not counted, and observers see the body bytes); `upstream` is the
-    /// response's upstream report.
+    /// response's upstream report, `handlerReport` its handler's.
     public func finish(_ request: KernelRequest, status: Int, bodyBytesSent: Int, bytesSent: Int? = nil,
-                       upstream: UpstreamReport? = nil) {
+                       upstream: UpstreamReport? = nil, handlerReport: (any HandlerReport)? = nil) {
         guard !finished else { return }
         finished = true
         var duration: UInt64?
@@ -205,7 +205,7 @@ public final class RequestExchange: @unchecked Sendable {
             let exchange = FinishedExchange(request: request, route: decision.route, status: status,
                                             bodyBytesSent: bodyBytesSent, bytesSent: bytesSent ?? bodyBytesSent,
                                             startNanoseconds: started, endNanoseconds: ended,
-                                            upstream: upstream)
+                                            upstream: upstream, handlerReport: handlerReport)
             decision.accessLog?.exchangeFinished(exchange)
             for observer in generation.finishObservers { observer.exchangeFinished(exchange) }
         }
@@ -271,8 +271,10 @@ public final class KernelRuntime: Sendable {
             return current!
         }
         let decision = generation.router.route(request)
+        // A cancellation only for handlers that drop queued work when the client leaves (the connection fires it).
         let context = RequestContext(eventLoop: eventLoop, logger: logger, route: decision.route,
-                                     activity: generation.core.recycling.harakiri == nil ? nil : RequestActivity())
+                                     activity: generation.core.recycling.harakiri == nil ? nil : RequestActivity(),
+                                     cancellation: decision.handler.cancelsWhenClientLeaves ? RequestCancellation() : nil)
         return RequestExchange(generation: generation, decision: decision, context: context, worker: worker)
     }
 

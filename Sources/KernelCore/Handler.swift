@@ -57,11 +57,17 @@ public protocol RequestHandler: Sendable {
 
     /// What the handler needs of the body. The default, `.memory`, gives it the whole body in `request.body`.
     var requestBodyUse: RequestBodyUse { get }
+
+    /// Whether the handler queues work that should be dropped when the client leaves (a model's queue): its
+    /// requests' contexts then carry a `RequestCancellation` the connection fires. The default, false, spares the
+    /// other handlers' requests the allocation.
+    var cancelsWhenClientLeaves: Bool { get }
 }
 
 extension RequestHandler {
     public func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse? { nil }
     public var requestBodyUse: RequestBodyUse { .memory }
+    public var cancelsWhenClientLeaves: Bool { false }
 }
 
 /// A handler that always has its answer at once (`return`, fixed answers, redirects): it writes only `response`,

@@ -56,7 +56,7 @@ public final class LocalPeer: Sendable {
     static func finishing(_ response: KernelResponse, exchange: RequestExchange, request: KernelRequest) -> KernelResponse {
         guard case .stream(let stream) = response.body else {
             exchange.finish(request, status: response.status, bodyBytesSent: response.body.knownLength ?? 0,
-                            upstream: response.upstream)
+                            upstream: response.upstream, handlerReport: response.handlerReport)
             return response
         }
         let sent = NIOLockedValueBox(0)

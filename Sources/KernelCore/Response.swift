@@ -41,6 +41,8 @@ public struct KernelResponse: Sendable {
     public var body: ResponseBody
     /// The upstream peers tried for this response, set by proxying handlers (`$upstream_addr`, ...).
     public var upstream: UpstreamReport?
+    /// What the handler that made it reports for its module's variables (`$inference_queue_time`); nil for most.
+    public var handlerReport: (any HandlerReport)?
     /// With a `101` status: the far end the client's connection is joined to once the head is written (an
     /// upgraded upstream connection). nil for every other response.
     public var upgrade: (any ConnectionUpgrade)?

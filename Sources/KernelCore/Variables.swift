@@ -27,6 +27,9 @@ public struct VariableContext: Sendable {
 
     /// The upstream report of the finished exchange, else of the response.
     public var upstream: UpstreamReport? { finished?.upstream ?? response?.upstream }
+
+    /// The handler report of the finished exchange, else of the response.
+    public var handlerReport: (any HandlerReport)? { finished?.handlerReport ?? response?.handlerReport }
 }
 
 /// How a variable's value is found. Nil is nginx's "not found": it renders as the empty string in `return` and
