@@ -26,11 +26,16 @@ public struct ModelConfiguration: Sendable {
     public var maxQueue: Int
     public var timeout: ConfigDuration
     public var warmup: Int
+    /// `queue_full_status`: what a full queue answers, 503 (the default, Triton's) or 429.
+    public var queueFullStatus = 503
 
-    /// `dynamic_batching: {max_queue_delay, preferred_batch_sizes}`.
+    /// `dynamic_batching: {max_queue_delay, preferred_batch_sizes, priority_levels, default_priority_level}`.
     public struct DynamicBatching: Sendable {
         public var maxQueueDelay: ConfigDuration
         public var preferredBatchSizes: [Int]
+        /// Triton's `priority_levels` (0: one queue) and `default_priority_level`.
+        public var priorityLevels = 0
+        public var defaultPriorityLevel = 0
     }
 
     /// The scheduler policy these settings describe.
@@ -38,7 +43,10 @@ public struct ModelConfiguration: Sendable {
         SchedulingPolicy(maxBatchSize: maxBatchSize, dynamicBatching: dynamicBatching != nil,
                          maxQueueDelayNanoseconds: UInt64(max(0, dynamicBatching?.maxQueueDelay.nanoseconds ?? 0)),
                          preferredBatchSizes: dynamicBatching?.preferredBatchSizes ?? [],
-                         maxQueue: maxQueue, timeoutNanoseconds: UInt64(max(0, timeout.nanoseconds)))
+                         maxQueue: maxQueue, timeoutNanoseconds: UInt64(max(0, timeout.nanoseconds)),
+                         priorityLevels: dynamicBatching?.priorityLevels ?? 0,
+                         defaultPriorityLevel: dynamicBatching?.defaultPriorityLevel ?? 0,
+                         queueFullStatus: queueFullStatus)
     }
 }
 
@@ -95,20 +103,35 @@ extension InferenceConfiguration {
                     preferred.append(value)
                 }
             }
+            let levels = try batchingMapping.optional("priority_levels")?.int(in: 0...1000, what: "an integer 0-1000") ?? 0
+            let defaultLevelValue = batchingMapping.optional("default_priority_level")
+            let defaultLevel = try defaultLevelValue?.int(in: 0...1000, what: "an integer 0-1000") ?? 0
+            // As Triton checks the model configuration: a default level in 1...priority_levels when there are levels.
+            if levels > 0, !(1...levels).contains(defaultLevel) {
+                throw (defaultLevelValue ?? batching).error("default_priority_level must be in range [1, \(levels)] with priority_levels \(levels)")
+            }
             try batchingMapping.finish()
             guard maxBatchSize > 0 else {
                 throw batching.error("dynamic_batching needs max_batch_size greater than 0")
             }
-            dynamicBatching = .init(maxQueueDelay: delay, preferredBatchSizes: preferred)
+            dynamicBatching = .init(maxQueueDelay: delay, preferredBatchSizes: preferred, priorityLevels: levels,
+                                    defaultPriorityLevel: levels > 0 ? defaultLevel : 0)
         }
         let maxQueue = try mapping.optional("max_queue")?.int(in: 0...10_000_000, what: "a non-negative integer (0: unlimited)")
             ?? InferenceConfiguration.defaultMaxQueue
         let timeout = try mapping.optional("timeout")?.duration() ?? ConfigDuration(milliseconds: 0)
         let warmup = try mapping.optional("warmup")?.int(in: 0...10_000, what: "an integer 0-10000") ?? 0
+        var queueFullStatus = 503
+        if let status = mapping.optional("queue_full_status") {
+            queueFullStatus = try status.int(in: 429...503, what: "503 or 429")
+            guard queueFullStatus == 503 || queueFullStatus == 429 else { throw status.expected("503 or 429") }
+        }
         try mapping.finish()
-        return ModelConfiguration(name: name, path: path, version: version, instances: instances,
+        var model = ModelConfiguration(name: name, path: path, version: version, instances: instances,
                                   intraOpThreads: intra, interOpThreads: inter, maxBatchSize: maxBatchSize,
                                   dynamicBatching: dynamicBatching, maxQueue: maxQueue, timeout: timeout, warmup: warmup)
+        model.queueFullStatus = queueFullStatus
+        return model
     }
 
     /// A version is written as a string or a plain positive integer (`"1"` or `1`).

@@ -17,6 +17,8 @@ public struct InferenceHandler: RequestHandler {
     let notReady: @Sendable () -> [NotReadyReason]
     public static let serverName = "kernel"
     public static let extensions = ["binary_tensor_data", "statistics", "model_configuration"]
+    /// A client that leaves takes its queued request out of the model's queue (`RequestContext.cancellation`).
+    public var cancelsWhenClientLeaves: Bool { true }
 
     /// `mount`: the location's prefix (`LocationContext.prefix`); a trailing slash is dropped, so `/v2/` and `/v2`
     /// mount the same paths.
@@ -125,20 +127,29 @@ public struct InferenceHandler: RequestHandler {
     }
 
     private func infer(_ request: KernelRequest, model: LoadedModel, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        let decodeStart = KernelClock.monotonicNanoseconds()
         let decoded: DecodedInferenceRequest
+        let priority: Int
         do {
             decoded = try InferenceCodec.decodeRequest(body: request.body, headers: request.headers, model: model.signature)
+            priority = try RequestPriority.of(request)
         } catch {
             return context.eventLoop.makeFailedFuture(error)
         }
+        let decodeNanoseconds = KernelClock.monotonicNanoseconds() &- decodeStart
         let signature = model.signature
         // An edge forwards the time its client still waits: queued work past it is dropped (ModelScheduler).
         let deadline = ForwardedDeadline.deadline(of: request)
         let scheduler = model.scheduler
         context.activity?.note("queued or running in model \"\(signature.name)\" (queue depth \(scheduler.depth))")
-        let options = SubmitOptions(deadline: deadline, cancellation: context.cancellation)
+        let options = SubmitOptions(deadline: deadline, priority: priority, cancellation: context.cancellation)
         return scheduler.submit(decoded.inputs, options: options, on: context.eventLoop).flatMapThrowing { result in
+            let encodeStart = KernelClock.monotonicNanoseconds()
             var response = try InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: result.outputs)
+            // Server-Timing and the $inference_* variables: where this request's time went.
+            InferenceExchangeReport(timing: result.timing, decodeNanoseconds: decodeNanoseconds,
+                                    encodeNanoseconds: KernelClock.monotonicNanoseconds() &- encodeStart)
+                .attach(to: &response)
             response.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
             return response
         }.flatMapErrorThrowing { error in

@@ -30,6 +30,7 @@ public enum InferenceModule: KernelModule {
 
     public static func register(_ configuration: InferenceConfiguration, into registrar: Registrar) throws {
         let repository = ModelRepository(configurations: configuration.models)
+        InferenceVariables.register(into: &registrar.variables)
         registrar.addReadinessCheck(repository)
         let runtime = registrar.runtime
         if registrar.mode == .run {

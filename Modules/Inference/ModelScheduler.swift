@@ -19,32 +19,56 @@ public struct SchedulingPolicy: Sendable {
     public var maxQueueDelayNanoseconds: UInt64
     /// Batch sizes dispatched as soon as they can be formed; at the delay's end the largest one formable is taken.
     public var preferredBatchSizes: [Int]
-    /// Requests waiting at most (0: unlimited); more are answered 503 at once.
+    /// Requests waiting at most in each priority level's queue (0: unlimited); more are answered `queueFullStatus`.
     public var maxQueue: Int
     /// How long a request may wait before it starts (0: no limit); then it is answered 504 and never run.
     public var timeoutNanoseconds: UInt64
+    /// Triton's `priority_levels`: that many queues, level 1 the highest, batched first; 0 is one queue.
+    public var priorityLevels: Int
+    /// Triton's `default_priority_level`: the level of a request without a priority (or with one above
+    /// `priorityLevels`, as Triton does); 0 with `priorityLevels` 0.
+    public var defaultPriorityLevel: Int
+    /// The status a full queue answers: 503 (Triton's, the default) or 429.
+    public var queueFullStatus: Int
 
     public init(maxBatchSize: Int = 0, dynamicBatching: Bool = false, maxQueueDelayNanoseconds: UInt64 = 0,
-                preferredBatchSizes: [Int] = [], maxQueue: Int = 0, timeoutNanoseconds: UInt64 = 0) {
+                preferredBatchSizes: [Int] = [], maxQueue: Int = 0, timeoutNanoseconds: UInt64 = 0,
+                priorityLevels: Int = 0, defaultPriorityLevel: Int = 0, queueFullStatus: Int = 503) {
         self.maxBatchSize = maxBatchSize
         self.dynamicBatching = dynamicBatching && maxBatchSize > 0
         self.maxQueueDelayNanoseconds = maxQueueDelayNanoseconds
         self.preferredBatchSizes = preferredBatchSizes.filter { $0 > 0 && $0 <= maxBatchSize }.sorted()
         self.maxQueue = maxQueue
         self.timeoutNanoseconds = timeoutNanoseconds
+        self.priorityLevels = max(0, priorityLevels)
+        self.defaultPriorityLevel = self.priorityLevels == 0 ? 0 : min(max(1, defaultPriorityLevel), self.priorityLevels)
+        self.queueFullStatus = queueFullStatus
+    }
+
+    /// The queue (0 the highest) of a request with Triton's `priority`: 0, or a level above `priorityLevels`, is
+    /// the default level, as Triton's `InferenceRequest::SetPriority` takes it.
+    func queueIndex(priority: Int) -> Int {
+        guard priorityLevels > 0 else { return 0 }
+        let level = priority <= 0 || priority > priorityLevels ? defaultPriorityLevel : priority
+        return level - 1
     }
 }
 
 /// Queues a model's requests, joins compatible ones along dimension 0, and runs them on one thread per instance.
 ///
 /// Inference never runs on an event loop: each runner has its own thread, which takes batches from the shared
-/// queue. Results complete the request's promise, whose callbacks run on the request's event loop.
+/// queues. Results complete the request's promise, whose callbacks run on the request's event loop.
 ///
-/// A batch starts with the oldest request and takes, in arrival order, the requests whose inputs agree with it on
-/// every dimension but the first, while the rows fit `max_batch_size`. It is dispatched when it is full, when it
-/// reaches the largest preferred size, or when the oldest request has waited `max_queue_delay`; then the largest
-/// preferred size that a prefix of it forms is taken, else all of it. Outputs are split back by each request's rows,
-/// so every caller receives exactly the rows an unbatched run gives.
+/// There is one queue per priority level (one without `priority_levels`). A batch starts with the oldest request
+/// of the highest level that has one and takes, level by level from there and in arrival order within a level,
+/// the requests whose inputs agree with it on every dimension but the first, while the rows fit
+/// `max_batch_size`. It is dispatched when it is full, when it reaches the largest preferred size, or when its
+/// oldest request has waited `max_queue_delay`; then the largest preferred size that a prefix of it forms is
+/// taken, else all of it. Outputs are split back by each request's rows, so every caller receives exactly the rows
+/// an unbatched run gives.
+///
+/// A queued request leaves its queue without running when its deadline passes (a timer on its event loop: 504 at
+/// the deadline, whatever the running batch does) or when its client leaves (`SubmitOptions.cancellation`).
 public final class ModelScheduler: @unchecked Sendable {
     public let modelName: String
     public let policy: SchedulingPolicy
@@ -53,12 +77,17 @@ public final class ModelScheduler: @unchecked Sendable {
 
     /// Guards everything below; its condition wakes the instance threads.
     private let lock = QueueLock()
-    private var queue = Deque<InferenceJob>()
+    /// One queue per priority level, the highest first.
+    private var queues: [Deque<InferenceJob>]
+    /// Requests in all the queues.
+    private var queued = 0
     /// Requests taken from the queue whose results are not yet delivered.
     private var running = 0
     private var stopping = false
     private var threads: [pthread_t] = []
     private var statistics = ModelStatistics()
+    /// Recent runs, for the `Retry-After` of a full queue.
+    private var recentRuns = RecentRuns()
     private let metrics: ModelMetrics
 
     /// One runner per instance; threads start at once. The model's metrics go to `metricsFactory`.
@@ -69,6 +98,7 @@ public final class ModelScheduler: @unchecked Sendable {
         self.policy = policy
         self.runners = runners
         self.logger = logger
+        queues = Array(repeating: Deque(), count: max(1, policy.priorityLevels))
         metrics = ModelMetrics(model: modelName, factory: metricsFactory)
         for runner in runners {
             threads.append(startThread { [self] in self.workLoop(runner: runner) })
@@ -78,30 +108,33 @@ public final class ModelScheduler: @unchecked Sendable {
     /// Queues `inputs` (model input order, already validated) and answers with the outputs of its rows and where
     /// its time went.
     ///
-    /// Fails with a `KernelHTTPError` 503 when the queue is full or the model is stopping, 504 when the request did
-    /// not start before its deadline (the earlier of the model's `timeout` and `options.deadline`, the time its
-    /// client still waits as an edge forwards it): it is then never run, because nobody would read its answer;
-    /// 500 when the runtime reports an error.
+    /// Fails with a `KernelHTTPError`: 503 when the model is stopping; `queue_full_status` (503 or 429, with
+    /// `Retry-After`) when the request's queue is full; 504 when the request did not start before its deadline
+    /// (the earlier of the model's `timeout` and `options.deadline`, the time its client still waits as an edge
+    /// forwards it): it is then never run, because nobody would read its answer; 499 when its client left while
+    /// it was queued (never run either); 500 when the runtime reports an error.
     public func submit(_ inputs: [Tensor], options: SubmitOptions = SubmitOptions(),
                        on eventLoop: any EventLoop) -> EventLoopFuture<InferenceResult> {
-        let deadline = options.deadline
         let promise = eventLoop.makePromise(of: InferenceResult.self)
         let job = InferenceJob(inputs: inputs, promise: promise, enqueued: KernelClock.monotonicNanoseconds(),
-                               batchDimension: policy.maxBatchSize > 0)
+                               batchDimension: policy.maxBatchSize > 0, level: policy.queueIndex(priority: options.priority))
         lock.lock()
         if stopping {
             lock.unlock()
             promise.fail(KernelHTTPError(503, "model '\(modelName)' is being unloaded"))
             return promise.futureResult
         }
-        if policy.maxQueue > 0, queue.count >= policy.maxQueue {
+        if policy.maxQueue > 0, queues[job.level].count >= policy.maxQueue {
             statistics.queueRejections.saturatingAdd(1)
+            let retryAfter = recentRuns.secondsToDrain(queued: queued, instances: runners.count)
             lock.unlock()
             metrics.failures.increment()
-            promise.fail(KernelHTTPError(503, "inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))"))
+            promise.fail(KernelHTTPError(policy.queueFullStatus,
+                                         "inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))",
+                                         headers: ["Retry-After": String(retryAfter)]))
             return promise.futureResult
         }
-        if let expiry = QueueExpiry.earliest(timeoutNanoseconds: policy.timeoutNanoseconds, deadline: deadline) {
+        if let expiry = QueueExpiry.earliest(timeoutNanoseconds: policy.timeoutNanoseconds, deadline: options.deadline) {
             if expiry.at <= .now() {
                 // Its client has given up already: never queued.
                 statistics.timeouts.saturatingAdd(1)
@@ -111,31 +144,59 @@ public final class ModelScheduler: @unchecked Sendable {
                 return promise.futureResult
             }
             job.expiry = expiry
+            // On the request's event loop, not an instance thread: it fires at the deadline even while every
+            // instance is busy with a long batch.
             job.timer = eventLoop.scheduleTask(deadline: expiry.at) { [self] in self.expire(job) }
         }
-        queue.append(job)
-        metrics.queueDepth.record(queue.count + running)
+        queues[job.level].append(job)
+        queued += 1
+        metrics.queueDepth.record(queued + running)
         lock.signal()
         lock.unlock()
+        // Outside the lock: a cancellation that has already fired runs the callback at once.
+        options.cancellation?.whenCancelled { [weak self] _ in self?.cancel(job) }
         return promise.futureResult
+    }
+
+    /// Takes a still queued `job` out of its queue; false when it has started or ended already. Called with
+    /// `lock` held.
+    private func dequeue(_ job: InferenceJob, as state: InferenceJob.State) -> Bool {
+        guard job.state == .queued else { return false }
+        job.state = state
+        if let index = queues[job.level].firstIndex(where: { $0 === job }) { queues[job.level].remove(at: index) }
+        queued -= 1
+        let now = KernelClock.monotonicNanoseconds()
+        statistics.failure.add(now > job.enqueued ? now - job.enqueued : 0)
+        metrics.queueDepth.record(queued + running)
+        return true
     }
 
     /// Answers a request that is still queued at its deadline with 504; it is then never run.
     private func expire(_ job: InferenceJob) {
         lock.lock()
-        guard job.state == .queued else {
+        guard dequeue(job, as: .expired) else {
             lock.unlock()
             return
         }
-        job.state = .expired
-        if let index = queue.firstIndex(where: { $0 === job }) { queue.remove(at: index) }
         statistics.timeouts.saturatingAdd(1)
-        let now = KernelClock.monotonicNanoseconds()
-        statistics.failure.add(now > job.enqueued ? now - job.enqueued : 0)
-        metrics.queueDepth.record(queue.count + running)
         lock.unlock()
         metrics.failures.increment()
         job.promise.fail((job.expiry ?? .timeout(at: .now())).error(modelName: modelName, policy: policy))
+    }
+
+    /// Drops a request whose client left while it was queued: it never runs. Its answer (499, nginx's status for
+    /// a client that closed the connection) goes nowhere; the connection logs the 499.
+    private func cancel(_ job: InferenceJob) {
+        lock.lock()
+        guard dequeue(job, as: .cancelled) else {
+            lock.unlock()
+            return
+        }
+        statistics.cancellations.saturatingAdd(1)
+        lock.unlock()
+        job.timer?.cancel()
+        metrics.failures.increment()
+        job.promise.fail(KernelHTTPError(499, "inference request for model '\(modelName)' dropped from the queue: the client closed the connection"))
     }
 
     /// Stops taking requests, lets the threads finish what is queued (or, with `discardingQueued`, fails it with 503
@@ -145,9 +206,12 @@ public final class ModelScheduler: @unchecked Sendable {
         stopping = true
         var discarded: [InferenceJob] = []
         if discardingQueued {
-            discarded = queue.filter { $0.state == .queued }
+            for level in queues.indices {
+                discarded += queues[level].filter { $0.state == .queued }
+                queues[level].removeAll()
+            }
             for job in discarded { job.state = .expired }
-            queue.removeAll()
+            queued = 0
             metrics.queueDepth.record(running)
         }
         let joining = threads
@@ -165,7 +229,7 @@ public final class ModelScheduler: @unchecked Sendable {
     public var depth: Int {
         lock.lock()
         defer { lock.unlock() }
-        return queue.count + running
+        return queued + running
     }
 
     /// A snapshot of the counters.
@@ -180,7 +244,7 @@ public final class ModelScheduler: @unchecked Sendable {
     private func workLoop(runner: any ModelRunner) {
         lock.lock()
         while true {
-            if queue.isEmpty {
+            if queued == 0 {
                 if stopping { break }
                 lock.wait()
                 continue
@@ -205,31 +269,38 @@ public final class ModelScheduler: @unchecked Sendable {
         case wait(until: UInt64)
     }
 
-    /// Chooses the next batch (and removes it from the queue), or how long to wait for more requests.
-    /// Called with `lock` held and a non-empty queue.
+    /// Chooses the next batch (and removes it from the queues), or how long to wait for more requests.
+    /// Called with `lock` held and at least one request queued.
     func nextBatch(now: UInt64) -> BatchDecision {
-        let head = queue[0]
+        let headLevel = queues.firstIndex { !$0.isEmpty }!
+        let head = queues[headLevel][0]
         guard policy.dynamicBatching else {
-            queue.removeFirst()
+            queues[headLevel].removeFirst()
+            queued -= 1
             return .run([head])
         }
-        var members: [Int] = [0]     // queue indices, in arrival order
+        // Members by (level, index), in the order they join: the head's level first, then the lower ones.
+        var members: [(level: Int, index: Int)] = [(headLevel, 0)]
         var prefixRows: [Int] = [head.rows]
         var total = head.rows
+        var oldest = head.enqueued
         var full = total >= policy.maxBatchSize
-        if !full {
-            for index in 1..<queue.count where queue[index].isCompatible(with: head) {
+        scan: for level in headLevel..<queues.count where !full {
+            let queue = queues[level]
+            for index in (level == headLevel ? 1 : 0)..<queue.count where queue[index].isCompatible(with: head) {
                 let rows = queue[index].rows
-                if total + rows > policy.maxBatchSize { full = true; break }
+                if total + rows > policy.maxBatchSize { full = true; break scan }
                 total += rows
-                members.append(index)
+                members.append((level, index))
                 prefixRows.append(total)
-                if total == policy.maxBatchSize { full = true; break }
+                oldest = min(oldest, queue[index].enqueued)
+                if total == policy.maxBatchSize { full = true; break scan }
             }
         }
         let largestPreferred = policy.preferredBatchSizes.last
         let reachedPreferred = largestPreferred.map { prefixRows.contains($0) } ?? false
-        let deadline = head.enqueued &+ policy.maxQueueDelayNanoseconds
+        // The delay runs from the batch's oldest request: a newer request of a higher level does not restart it.
+        let deadline = oldest &+ policy.maxQueueDelayNanoseconds
         guard full || reachedPreferred || now >= deadline || stopping else {
             return .wait(until: deadline)
         }
@@ -238,9 +309,11 @@ public final class ModelScheduler: @unchecked Sendable {
            let last = prefixRows.lastIndex(where: { policy.preferredBatchSizes.contains($0) }) {
             taken = last + 1
         }
-        let chosen = Array(members.prefix(taken))
-        let jobs = chosen.map { queue[$0] }
-        for index in chosen.reversed() { queue.remove(at: index) }
+        let chosen = members.prefix(taken)
+        let jobs = chosen.map { queues[$0.level][$0.index] }
+        // Within a level the indices rise, so removing from the last keeps the earlier ones valid.
+        for member in chosen.reversed() { queues[member.level].remove(at: member.index) }
+        queued -= jobs.count
         return .run(jobs)
     }
 
@@ -257,19 +330,30 @@ public final class ModelScheduler: @unchecked Sendable {
             result = .failure(KernelHTTPError(500, "inference failed for model '\(modelName)': \(error)"))
         }
         let finished = KernelClock.monotonicNanoseconds()
+        let succeeded: Bool
+        let timing: ComputeTiming
+        switch result {
+        case .success(let run):
+            succeeded = true
+            timing = run.timing
+        case .failure:
+            succeeded = false
+            timing = ComputeTiming(inferNanoseconds: finished &- started)
+        }
 
         lock.lock()
-        statistics.record(batchSize: rows, requests: jobs, computeNanoseconds: finished &- started,
-                          dequeued: dequeued, finished: finished, succeeded: (try? result.get()) != nil)
+        statistics.record(batchSize: rows, requests: jobs, timing: timing, dequeued: dequeued, finished: finished,
+                          succeeded: succeeded)
+        recentRuns.add(nanoseconds: finished &- started, requests: jobs.count)
         // Before the results go out, so an answer's depth report does not count its own request.
         running -= jobs.count
-        metrics.queueDepth.record(queue.count + running)
+        metrics.queueDepth.record(queued + running)
         lock.unlock()
         metrics.batchSize.record(rows)
         metrics.computeDuration.recordNanoseconds(Int64(clamping: finished &- started))
         for job in jobs { metrics.queueDuration.recordNanoseconds(Int64(clamping: dequeued > job.enqueued ? dequeued - job.enqueued : 0)) }
-        if (try? result.get()) == nil { metrics.failures.increment(by: jobs.count) }
-        logger.debug("model '\(modelName)': batch of \(rows) row(s) from \(jobs.count) request(s) in \((finished - started) / 1000) us")
+        if !succeeded { metrics.failures.increment(by: jobs.count) }
+        logger.debug("model '\(modelName)': batch of \(rows) row(s) from \(jobs.count) request(s) in \((finished &- started) / 1000) us")
 
         // One task per event loop completes all of its requests: a wake-up per loop, not per request.
         var byLoop: [ObjectIdentifier: (loop: any EventLoop, completions: [(InferenceJob, Result<InferenceResult, Error>)])] = [:]
@@ -296,15 +380,43 @@ public final class ModelScheduler: @unchecked Sendable {
     }
 }
 
+/// The recent pace of a model's runs: how long one takes and how many requests it serves, as moving averages
+/// (each run weighs 1/8), for the `Retry-After` a full queue answers with.
+struct RecentRuns {
+    private(set) var nanosecondsPerRun: Double = 0
+    private(set) var requestsPerRun: Double = 1
+
+    mutating func add(nanoseconds: UInt64, requests: Int) {
+        guard nanosecondsPerRun > 0 else {
+            nanosecondsPerRun = Double(nanoseconds)
+            requestsPerRun = Double(max(1, requests))
+            return
+        }
+        nanosecondsPerRun += (Double(nanoseconds) - nanosecondsPerRun) / 8
+        requestsPerRun += (Double(max(1, requests)) - requestsPerRun) / 8
+    }
+
+    /// Whole seconds until `queued` requests would have run on `instances` at this pace: at least 1 (also before
+    /// the first run), at most an hour.
+    func secondsToDrain(queued: Int, instances: Int) -> Int {
+        let runs = (Double(queued) / max(1, requestsPerRun)).rounded(.up)
+        let seconds = (runs * nanosecondsPerRun / Double(max(1, instances)) / 1e9).rounded(.up)
+        guard seconds.isFinite else { return 1 }
+        return Int(min(3600, max(1, seconds)))
+    }
+}
+
 /// One queued request.
 final class InferenceJob: @unchecked Sendable {
-    enum State { case queued, started, expired }
+    enum State { case queued, started, expired, cancelled }
     let inputs: [Tensor]
     let promise: EventLoopPromise<InferenceResult>
     let enqueued: UInt64
     /// Rows along dimension 0 when the model batches (at most `max_batch_size`, checked by the codec); 1 otherwise,
     /// as Triton counts a request to a model without a batch dimension as one inference.
     let rows: Int
+    /// The index of its priority level's queue (0 the highest).
+    let level: Int
     /// Guarded by the scheduler's mutex.
     var state = State.queued
     /// Set under the scheduler's mutex before any thread can see the job; cancelled when the job completes.
@@ -312,10 +424,12 @@ final class InferenceJob: @unchecked Sendable {
     /// When and why `timer` fires; set with it.
     var expiry: QueueExpiry?
 
-    init(inputs: [Tensor], promise: EventLoopPromise<InferenceResult>, enqueued: UInt64, batchDimension: Bool) {
+    init(inputs: [Tensor], promise: EventLoopPromise<InferenceResult>, enqueued: UInt64, batchDimension: Bool,
+         level: Int = 0) {
         self.inputs = inputs
         self.promise = promise
         self.enqueued = enqueued
+        self.level = level
         rows = batchDimension ? inputs.first?.rows ?? 1 : 1
     }
 

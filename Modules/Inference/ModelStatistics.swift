@@ -24,42 +24,69 @@ public struct DurationCounter: Sendable, Equatable {
     }
 }
 
-/// A model's counters, in the shape of Triton's statistics extension (`GET /v2/models/{name}/stats`).
-public struct ModelStatistics: Sendable {
-    /// Requests answered with outputs, and their time from arrival to completion.
-    public var success = DurationCounter()
-    /// Requests that failed (runtime errors, timeouts), and their time until then.
-    public var failure = DurationCounter()
-    /// Time requests spent queued before their batch started.
-    public var queue = DurationCounter()
-    /// Model runs, and the time spent in them, counted per request as Triton does.
+/// One batch size's runs in `batch_stats`: each phase counted once per run, with the run's time.
+public struct BatchStatistics: Sendable, Equatable {
+    public var computeInput = DurationCounter()
     public var computeInfer = DurationCounter()
+    public var computeOutput = DurationCounter()
+
+    public init() {}
+
+    mutating func add(_ timing: ComputeTiming) {
+        computeInput.add(timing.inputNanoseconds)
+        computeInfer.add(timing.inferNanoseconds)
+        computeOutput.add(timing.outputNanoseconds)
+    }
+}
+
+/// A model's counters, in the shape of Triton's statistics extension (`GET /v2/models/{name}/stats`).
+///
+/// As Triton counts them: `success`, `queue` and the three compute phases once per request that succeeded (a
+/// request's compute phases are those of the batch it ran in), `fail` once per request that did not, and
+/// `batch_stats` once per model run. `cache_hit` and `cache_miss` stay 0: the kernel has no response cache.
+public struct ModelStatistics: Sendable {
+    /// Requests answered with outputs, and their time from being queued to completion.
+    public var success = DurationCounter()
+    /// Requests that failed (runtime errors, timeouts, cancellations), and their time until then.
+    public var failure = DurationCounter()
+    /// Time requests that succeeded spent queued before their batch started.
+    public var queue = DurationCounter()
+    /// The batch's input preparation, per request that succeeded.
+    public var computeInput = DurationCounter()
+    /// The batch's model run, per request that succeeded.
+    public var computeInfer = DurationCounter()
+    /// The batch's output handling, per request that succeeded.
+    public var computeOutput = DurationCounter()
     /// Rows inferred (Triton's `inference_count`).
     public var inferenceCount: UInt64 = 0
     /// Model runs (Triton's `execution_count`).
     public var executionCount: UInt64 = 0
     /// Milliseconds since the epoch of the last run, 0 before the first.
     public var lastInference: UInt64 = 0
-    /// Runs per batch size (rows), and their compute time.
-    public var batches: [Int: DurationCounter] = [:]
-    /// Requests answered 503 because the queue was full.
+    /// Runs per batch size (rows), and their compute phases.
+    public var batches: [Int: BatchStatistics] = [:]
+    /// Requests answered 503 (or 429) because their queue was full.
     public var queueRejections: UInt64 = 0
     /// Requests answered 504 because they did not start in time.
     public var timeouts: UInt64 = 0
+    /// Requests dropped from the queue because their client left.
+    public var cancellations: UInt64 = 0
 
     public init() {}
 
-    mutating func record(batchSize: Int, requests: [InferenceJob], computeNanoseconds: UInt64, dequeued: UInt64,
+    mutating func record(batchSize: Int, requests: [InferenceJob], timing: ComputeTiming, dequeued: UInt64,
                          finished: UInt64, succeeded: Bool) {
         executionCount.saturatingAdd(1)
         lastInference = KernelClock.wallClockMilliseconds()
-        batches[batchSize, default: DurationCounter()].add(computeNanoseconds)
+        batches[batchSize, default: BatchStatistics()].add(timing)
         for job in requests {
-            queue.add(dequeued > job.enqueued ? dequeued - job.enqueued : 0)
             let elapsed = finished > job.enqueued ? finished - job.enqueued : 0
             if succeeded {
                 success.add(elapsed)
-                computeInfer.add(computeNanoseconds)
+                queue.add(dequeued > job.enqueued ? dequeued - job.enqueued : 0)
+                computeInput.add(timing.inputNanoseconds)
+                computeInfer.add(timing.inferNanoseconds)
+                computeOutput.add(timing.outputNanoseconds)
                 inferenceCount.saturatingAdd(UInt64(clamping: job.rows))
             } else {
                 failure.add(elapsed)
@@ -67,7 +94,8 @@ public struct ModelStatistics: Sendable {
         }
     }
 
-    /// One entry of `model_stats`.
+    /// One entry of `model_stats`: Triton's members in Triton's order, then the kernel's three counters (Triton
+    /// clients read the JSON into a mapping, so extra members are harmless).
     func write(name: String, version: String, into writer: inout JSONWriter) {
         writer.raw("{\"name\":")
         writer.string(name)
@@ -86,20 +114,35 @@ public struct ModelStatistics: Sendable {
         writer.byte(UInt8(ascii: ","))
         queue.write("queue", into: &writer)
         writer.byte(UInt8(ascii: ","))
+        computeInput.write("compute_input", into: &writer)
+        writer.byte(UInt8(ascii: ","))
         computeInfer.write("compute_infer", into: &writer)
-        writer.raw("},\"batch_stats\":[")
+        writer.byte(UInt8(ascii: ","))
+        computeOutput.write("compute_output", into: &writer)
+        writer.byte(UInt8(ascii: ","))
+        DurationCounter().write("cache_hit", into: &writer)
+        writer.byte(UInt8(ascii: ","))
+        DurationCounter().write("cache_miss", into: &writer)
+        writer.raw("},\"response_stats\":{},\"batch_stats\":[")
         for (index, size) in batches.keys.sorted().enumerated() {
+            let batch = batches[size]!
             if index > 0 { writer.byte(UInt8(ascii: ",")) }
             writer.raw("{\"batch_size\":")
             writer.integer(size)
             writer.byte(UInt8(ascii: ","))
-            batches[size]!.write("compute_infer", into: &writer)
+            batch.computeInput.write("compute_input", into: &writer)
+            writer.byte(UInt8(ascii: ","))
+            batch.computeInfer.write("compute_infer", into: &writer)
+            writer.byte(UInt8(ascii: ","))
+            batch.computeOutput.write("compute_output", into: &writer)
             writer.byte(UInt8(ascii: "}"))
         }
-        writer.raw("],\"queue_rejections\":")
+        writer.raw("],\"memory_usage\":[],\"queue_rejections\":")
         writer.integer(queueRejections)
         writer.raw(",\"timeouts\":")
         writer.integer(timeouts)
+        writer.raw(",\"cancellations\":")
+        writer.integer(cancellations)
         writer.byte(UInt8(ascii: "}"))
     }
 }

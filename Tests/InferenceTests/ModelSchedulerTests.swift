@@ -77,8 +77,8 @@ final class ModelSchedulerTests: XCTestCase {
         let statistics = scheduler.currentStatistics
         XCTAssertEqual(statistics.executionCount, 2)
         XCTAssertEqual(statistics.inferenceCount, 7)
-        XCTAssertEqual(statistics.batches[6]?.count, 1)
-        XCTAssertEqual(statistics.batches[1]?.count, 1)
+        XCTAssertEqual(statistics.batches[6]?.computeInfer.count, 1)
+        XCTAssertEqual(statistics.batches[1]?.computeInfer.count, 1)
     }
 
     func testDoesNotJoinRequestsWhoseOtherDimensionsDiffer() throws {

@@ -99,7 +99,7 @@ final class TensorSizeTests: XCTestCase {
         XCTAssertEqual(unbatched.rows, 1)
         unbatched.promise.succeed(InferenceResult(outputs: [], timing: InferenceTiming()))
         for job in jobs {
-            statistics.record(batchSize: job.rows, requests: [job], computeNanoseconds: 1, dequeued: 5, finished: 3,
+            statistics.record(batchSize: job.rows, requests: [job], timing: ComputeTiming(inferNanoseconds: 1), dequeued: 5, finished: 3,
                               succeeded: true)
         }
         XCTAssertEqual(statistics.inferenceCount, .max)

@@ -1,0 +1,147 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import KernelCore
+import NIOCore
+
+/// Where one inference request's time went: decoding its body, waiting in its model's queue, the batch it ran in
+/// (rows and compute phases) and encoding its response.
+///
+/// The handler sends it as the `Server-Timing` response header and hands it to the access log as the response's
+/// `HandlerReport`, where the `$inference_*` variables read it.
+public final class InferenceExchangeReport: HandlerReport {
+    public let timing: InferenceTiming
+    public let decodeNanoseconds: UInt64
+    public let encodeNanoseconds: UInt64
+
+    public init(timing: InferenceTiming, decodeNanoseconds: UInt64, encodeNanoseconds: UInt64) {
+        self.timing = timing
+        self.decodeNanoseconds = decodeNanoseconds
+        self.encodeNanoseconds = encodeNanoseconds
+    }
+
+    /// The batch's three compute phases together.
+    public var computeNanoseconds: UInt64 {
+        let compute = timing.compute
+        var total = compute.inputNanoseconds
+        total.saturatingAdd(compute.inferNanoseconds)
+        total.saturatingAdd(compute.outputNanoseconds)
+        return total
+    }
+
+    public static let serverTimingHeader = "Server-Timing"
+
+    /// The `Server-Timing` value (W3C Server Timing: metrics separated by commas, each a name with a `dur` in
+    /// milliseconds, or a `desc`): `queue;dur=0.120, batch;desc="4", compute_input;dur=0.010,
+    /// compute_infer;dur=1.250, compute_output;dur=0.008, decode;dur=0.030, encode;dur=0.020`. The batch's rows
+    /// are a description, not a duration: a browser's developer tools show them beside the times.
+    public var serverTiming: String {
+        var text = "queue;dur="
+        text += Self.milliseconds(timing.queueNanoseconds)
+        text += ", batch;desc=\""
+        text += String(timing.batchSize)
+        text += "\", compute_input;dur="
+        text += Self.milliseconds(timing.compute.inputNanoseconds)
+        text += ", compute_infer;dur="
+        text += Self.milliseconds(timing.compute.inferNanoseconds)
+        text += ", compute_output;dur="
+        text += Self.milliseconds(timing.compute.outputNanoseconds)
+        text += ", decode;dur="
+        text += Self.milliseconds(decodeNanoseconds)
+        text += ", encode;dur="
+        text += Self.milliseconds(encodeNanoseconds)
+        return text
+    }
+
+    /// Adds the `Server-Timing` header to `response` and attaches the report for the access log.
+    public func attach(to response: inout KernelResponse) {
+        response.headers.replace(Self.serverTimingHeader, serverTiming)
+        response.handlerReport = self
+    }
+
+    /// Milliseconds with three decimals (microsecond resolution): `1.250`.
+    static func milliseconds(_ nanoseconds: UInt64) -> String {
+        let micros = nanoseconds / 1000 &+ (nanoseconds % 1000 >= 500 ? 1 : 0)
+        return "\(micros / 1000)." + threeDigits(micros % 1000)
+    }
+
+    /// Seconds with three decimals (millisecond resolution), as nginx writes `$request_time`: `0.012`.
+    static func seconds(_ nanoseconds: UInt64) -> String {
+        let millis = nanoseconds / 1_000_000 &+ (nanoseconds % 1_000_000 >= 500_000 ? 1 : 0)
+        return "\(millis / 1000)." + threeDigits(millis % 1000)
+    }
+
+    private static func threeDigits(_ value: UInt64) -> String {
+        value < 10 ? "00\(value)" : value < 100 ? "0\(value)" : String(value)
+    }
+}
+
+/// The inference module's access-log variables, read from the response's `InferenceExchangeReport`; not found
+/// (`-` in a log line) for a response that no model made (an error, another location):
+/// `$inference_queue_time`, `$inference_compute_time` (the three phases), `$inference_decode_time` and
+/// `$inference_encode_time` in seconds with milliseconds as `$request_time`; `$inference_batch_size` the rows of
+/// the batch the request ran in.
+public enum InferenceVariables {
+    public static func register(into registry: inout VariableRegistry) {
+        typealias Report = InferenceExchangeReport
+        @Sendable func report(_ context: VariableContext) -> Report? { context.handlerReport as? Report }
+        registry.register("inference_queue_time") { report($0).map { Report.seconds($0.timing.queueNanoseconds) } }
+        registry.register("inference_compute_time") { report($0).map { Report.seconds($0.computeNanoseconds) } }
+        registry.register("inference_decode_time") { report($0).map { Report.seconds($0.decodeNanoseconds) } }
+        registry.register("inference_encode_time") { report($0).map { Report.seconds($0.encodeNanoseconds) } }
+        registry.register("inference_batch_size") { report($0).map { String($0.timing.batchSize) } }
+    }
+}
+
+/// A request's Triton priority level: the `X-Kernel-Priority` header when present (an edge may set it per
+/// route), else the request's `parameters.priority` (Triton's name), else 0 (the model's default level).
+///
+/// A level above the model's `priority_levels` runs at the default level, as Triton takes it; a value that is no
+/// non-negative integer is a 400.
+enum RequestPriority {
+    static let headerName = "X-Kernel-Priority"
+    private static let parameterKey = Array("\"priority\"".utf8)
+
+    static func of(_ request: KernelRequest) throws -> Int {
+        if let text = request.headers[headerName] {
+            guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
+                throw KernelHTTPError(400, "invalid \(headerName) header \"\(text)\": expected a priority level (a non-negative integer)")
+            }
+            return Int(text) ?? Int.max
+        }
+        guard let body = request.body else { return 0 }
+        // The JSON part only: binary tensor bytes follow it (the codec has checked the header already).
+        let jsonLength = request.headers[inferenceHeaderContentLength].flatMap { Int($0) }
+            .map { min($0, body.readableBytes) } ?? body.readableBytes
+        // Most requests name no priority: a byte search spares them a second parse of the header.
+        let mentioned = body.withUnsafeReadableBytes { contains(UnsafeRawBufferPointer(rebasing: $0[..<jsonLength])) }
+        guard mentioned,
+              let document = try? JSONReader.parse(body.getSlice(at: body.readerIndex, length: jsonLength)!),
+              let value = document["parameters"]?["priority"] else { return 0 }
+        guard case .number(let number) = value else {
+            throw KernelHTTPError(400, "invalid value type for 'priority' parameter, expected an unsigned integer")
+        }
+        if let level = number.uint64 { return Int(clamping: level) }
+        if number.negative, number.isInteger {
+            throw KernelHTTPError(400, "invalid value for 'priority', expected value >= 0.")
+        }
+        // A fraction, or an integer past 64 bits: Triton reads the parameter as an unsigned 64-bit integer.
+        throw KernelHTTPError(400, "invalid value type for 'priority' parameter, expected an unsigned integer")
+    }
+
+    /// Whether `bytes` hold `"priority"`: `memchr` to each quote, then a comparison.
+    private static func contains(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let base = bytes.baseAddress, bytes.count >= parameterKey.count else { return false }
+        var offset = 0
+        let last = bytes.count - parameterKey.count
+        while offset <= last {
+            guard let found = memchr(base + offset, Int32(UInt8(ascii: "\"")), last - offset + 1) else { return false }
+            offset = base.distance(to: UnsafeRawPointer(found))
+            if parameterKey.withUnsafeBytes({ memcmp(base + offset, $0.baseAddress!, $0.count) == 0 }) { return true }
+            offset += 1
+        }
+        return false
+    }
+}
