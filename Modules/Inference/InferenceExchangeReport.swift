@@ -38,7 +38,9 @@ public final class InferenceExchangeReport: HandlerReport {
     /// compute_infer;dur=1.250, compute_output;dur=0.008, decode;dur=0.030, encode;dur=0.020`. The batch's rows
     /// are a description, not a duration: a browser's developer tools show them beside the times.
     public var serverTiming: String {
-        var text = "queue;dur="
+        var text = ""
+        text.reserveCapacity(176)
+        text += "queue;dur="
         text += Self.milliseconds(timing.queueNanoseconds)
         text += ", batch;desc=\""
         text += String(timing.batchSize)
