@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Kernel vs nginx → uWSGI → Flask (nginx → uWSGI → Flask + onnxruntime) on the demo MLP and the PP-OCR classifier.
+# The serving path in one run of alternating rounds: kernel inference vs the same kernel's `return 200`, vs the
+# in-process ceiling (KernelModelBench, binary tensors and JSON), vs nginx → uWSGI → Flask + onnxruntime; on the demo
+# MLP, the PP-OCR classifier and the BYTES text model. See bench/inference/run.py for what each side is and how it
+# is checked.
 # KERNEL_BIN: the release binary (default .build/release/kernel); KernelModelBench is taken from the same directory.
+# BENCH_DURATION (10s), BENCH_ROUNDS (3), BENCH_CONNECTIONS (32), BENCH_MODELS, BENCH_SIDES; BENCH_QUICK=1 for a
+# short try (3s, 2 rounds).
 # Prints a markdown section with the commands that made it (bench/run.sh writes docs/performance.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,5 +17,7 @@ if [ -z "${KERNEL_ONNXRUNTIME_LIBRARY:-}" ]; then
 fi
 python3 scripts/models/make_models.py >/dev/null
 python3 bench/inference/run.py
+quick=${BENCH_QUICK:-}
+if [ -n "$quick" ] && [ "$quick" != 0 ]; then duration=3s rounds=2; else duration=10s rounds=3; fi
 echo
-echo "Commands: \`make bench\` (bench/inference/run.sh, BENCH_DURATION=${BENCH_DURATION:-10s}, BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-1,8,32,128}; run $(date -u +%Y-%m-%dT%H:%MZ))."
+echo "Commands: \`make bench\` (bench/inference/run.sh, BENCH_DURATION=${BENCH_DURATION:-$duration}, BENCH_ROUNDS=${BENCH_ROUNDS:-$rounds}, BENCH_CONNECTIONS=${BENCH_CONNECTIONS:-32}${BENCH_MODELS:+, BENCH_MODELS=$BENCH_MODELS}${BENCH_SIDES:+, BENCH_SIDES=$BENCH_SIDES}; run $(date -u +%Y-%m-%dT%H:%MZ))."

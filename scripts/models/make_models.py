@@ -5,6 +5,21 @@
   weights from numpy's seeded generator, written with onnx.helper.
 - models/ppocr_cls/1/model.onnx: PP-OCR's text-direction classifier (ch_ppocr_mobile_v2.0_cls_infer.onnx),
   copied from the rapidocr-onnxruntime package; input "x" [-1, 3, 48, 192], output [-1, 2].
+- models/strings/1/model.onnx: string identity, BYTES "INPUT0" [-1, -1] -> ONNX Identity -> BYTES "OUTPUT0" [-1, -1];
+  batchable along dimension 0.
+- models/slow/1/model.onnx: FP32 "x" [-1, 1] -> FP32 "y" [-1, 1] with y == x exactly, after a Loop of
+  SLOW_STEPS MatMul+Tanh steps on a constant 256x256 matrix whose start depends on x (so ONNX Runtime cannot fold it
+  away) and whose result is added to x times zero. The loop's cost does not depend on the batch: about 300 ms of one
+  core per run whatever the batch (calibrated with onnxruntime, 1 intra-op thread, by CPU time; on a loaded machine
+  the wall time of a run is longer). Batchable: tests use it for a batch that keeps an instance busy.
+- models/text/1/model.onnx: a small deterministic text model for benchmarks, BYTES "text" [-1, 1] ->
+  Reshape [-1] -> StringNormalizer (lower case, locale C.UTF-8) -> Reshape [-1, 1] -> BYTES "normalized" [-1, 1],
+  and LabelEncoder (ai.onnx.ml) of the normalized string over TEXT_VOCABULARY -> INT64 "label" [-1, 1] (its index
+  in the vocabulary, -1 for any other string). StringNormalizer takes only [C] or [1, C], hence the reshapes; its
+  locale is C.UTF-8 because glibc has it built in (en_US.UTF-8, its default, needs a locale package).
+
+Every model is built with onnx.helper from fixed values (numpy's seeded generator for weights), so a run writes the
+same bytes each time.
 
 Run again, it rewrites nothing that is already up to date and prints what it made or kept.
 """
@@ -53,6 +68,100 @@ def demo_model_bytes():
     return model.SerializeToString()
 
 
+# One MatMul+Tanh step on 256x256 takes about 0.35 ms of one core of this machine (AMD EPYC, AVX-512, onnxruntime
+# 1.32, 1 intra-op thread): 860 steps make a run of about 300 ms.
+SLOW_STEPS = 860
+SLOW_WIDTH = 256
+
+TEXT_VOCABULARY = ["kernel", "nginx", "uwsgi", "flask", "onnx", "triton", "kserve", "model",
+                   "tensor", "batch", "queue", "string", "bytes", "label", "text", "hello"]
+
+
+def finished(graph, opsets):
+    """The model of `graph` at ir_version 8 (readable by onnxruntime >= 1.14), checked, serialised."""
+    import onnx
+    from onnx import helper
+    model = helper.make_model(graph, producer_name="kernel-make-models",
+                              opset_imports=[helper.make_opsetid(domain, version) for domain, version in opsets])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def strings_model_bytes():
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])], "string_identity",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.STRING, ["batch", "width"])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, ["batch", "width"])])
+    return finished(graph, [("", OPSET)])
+
+
+def slow_model_bytes():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(SEED)
+    width = SLOW_WIDTH
+    weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    square = [width, width]
+    step = helper.make_graph(
+        [helper.make_node("MatMul", ["state_in", "weight"], ["product"]),
+         helper.make_node("Tanh", ["product"], ["state_out"]),  # keeps the state bounded: finite, so 0 * it is 0
+         helper.make_node("Identity", ["condition_in"], ["condition_out"])],
+        "step",
+        [helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+         helper.make_tensor_value_info("condition_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_in", TensorProto.FLOAT, square)],
+        [helper.make_tensor_value_info("condition_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, square)])
+    nodes = [
+        # The loop's start depends on x: constant folding at session creation cannot run it once for all.
+        helper.make_node("ReduceSum", ["x"], ["x_sum"], keepdims=0),
+        helper.make_node("Mul", ["x_sum", "zero"], ["x_nothing"]),
+        helper.make_node("Add", ["weight", "x_nothing"], ["start"]),
+        helper.make_node("Loop", ["steps", "true", "start"], ["final"], body=step),
+        # Its result reaches y, as zero: y == x.
+        helper.make_node("ReduceSum", ["final"], ["final_sum"], keepdims=0),
+        helper.make_node("Mul", ["final_sum", "zero"], ["final_nothing"]),
+        helper.make_node("Add", ["x", "final_nothing"], ["y"]),
+    ]
+    initializers = [numpy_helper.from_array(weight, "weight"),
+                    numpy_helper.from_array(np.array(0, np.float32), "zero"),
+                    numpy_helper.from_array(np.array(SLOW_STEPS, np.int64), "steps"),
+                    numpy_helper.from_array(np.array(True), "true")]
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        initializers)
+    return finished(graph, [("", OPSET)])
+
+
+def text_model_bytes():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Reshape", ["text", "flat_shape"], ["text_flat"]),
+        helper.make_node("StringNormalizer", ["text_flat"], ["normalized_flat"],
+                         case_change_action="LOWER", is_case_sensitive=0, locale="C.UTF-8"),
+        helper.make_node("Reshape", ["normalized_flat", "column_shape"], ["normalized"]),
+        helper.make_node("LabelEncoder", ["normalized"], ["label"], domain="ai.onnx.ml",
+                         keys_strings=TEXT_VOCABULARY, values_int64s=list(range(len(TEXT_VOCABULARY))),
+                         default_int64=-1),
+    ]
+    initializers = [numpy_helper.from_array(np.array([-1], np.int64), "flat_shape"),
+                    numpy_helper.from_array(np.array([-1, 1], np.int64), "column_shape")]
+    graph = helper.make_graph(
+        nodes, "text",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 1])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["batch", 1]),
+         helper.make_tensor_value_info("normalized", TensorProto.STRING, ["batch", 1])],
+        initializers)
+    return finished(graph, [("", OPSET), ("ai.onnx.ml", 3)])
+
+
 def find_ppocr_classifier():
     import rapidocr_onnxruntime
     base = os.path.dirname(rapidocr_onnxruntime.__file__)
@@ -84,6 +193,9 @@ def main():
     with open(source, "rb") as f:
         write_if_changed(os.path.join(MODELS, "ppocr_cls", "1", "model.onnx"), f.read(),
                          f"PP-OCR classifier (from {source})")
+    write_if_changed(os.path.join(MODELS, "strings", "1", "model.onnx"), strings_model_bytes(), "string identity")
+    write_if_changed(os.path.join(MODELS, "slow", "1", "model.onnx"), slow_model_bytes(), "slow model")
+    write_if_changed(os.path.join(MODELS, "text", "1", "model.onnx"), text_model_bytes(), "text model")
 
 
 if __name__ == "__main__":
