@@ -168,6 +168,7 @@ extension ModelRepository {
                 }
                 ModelLoadingService.logReady(model, logger: logger)
                 if let replaced {
+                    usleep(50_000)  // as in `retire`: requests that resolved the old sessions reach their queue
                     logger.notice("inference: model '\(name)' version \(number): the previous sessions finish their requests, then are released")
                     replaced.scheduler.stop(discardingQueued: false)
                 }
@@ -222,6 +223,11 @@ extension ModelRepository {
             }
             entries[name] = entry
             return draining
+        }
+        if !draining.isEmpty {
+            // A request that resolved the version just before it left routing is on its way to the queue (an event
+            // loop between `resolve` and `submit`): let it get there, so it runs instead of meeting a stopped queue.
+            usleep(50_000)
         }
         for (number, model) in draining {
             model.scheduler.stop(discardingQueued: false)
