@@ -325,3 +325,23 @@ def test_a_name_in_models_and_the_repository_is_a_config_error(tmp_path):
     result = subprocess.run([KERNEL_BIN, "-t", "--config", config], capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert f"{tmp_path}/repo/other/config.yaml:2:1: batching: unknown key" in result.stderr + result.stdout
+
+
+def test_every_worker_process_polls_its_own_repository_state(start_kernel, tmp_path):
+    repository = os.path.join(str(tmp_path), "repo")
+    make_scaled_sum_model(os.path.join(repository, "demo", "1", "model.onnx"), 1.0)
+    kernel = start_kernel(f"""
+kernel:
+  pid: {tmp_path}/kernel.pid
+  error_log: {{path: stderr, level: info}}
+  event_loop_threads: 1
+  shutdown_timeout: 10s
+  processes: 2
+""" + repository_yaml("  repository_poll: 1s"))
+    kernel.wait_for_log("model 'demo' version 1 ready", count=2, timeout=60)
+    make_scaled_sum_model(os.path.join(repository, "demo", "2", "model.onnx"), 2.0)
+    # Each worker finds the new version by itself and retires version 1 once version 2 serves.
+    kernel.wait_for_log("model 'demo' version 1 unloaded", count=2, timeout=60)
+    array = rows(2)
+    for _ in range(20):  # a new connection each time: both workers answer some of them
+        assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
