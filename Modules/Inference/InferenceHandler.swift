@@ -137,7 +137,10 @@ public struct InferenceHandler: RequestHandler {
         let body = try RepositoryRequestBody(request.body, what: isIndex ? "registry index" : rest.last == "load" ? "load model" : "unload model")
         if isIndex {
             let readyOnly = try body.readyFlag()
-            return context.eventLoop.makeSucceededFuture(indexResponse(repository.index(readyOnly: readyOnly)))
+            // The index reads the repository directory: off the event loop, as loads are.
+            return NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { [self] in
+                indexResponse(self.repository.index(readyOnly: readyOnly))
+            }
         }
         let name = String(rest[rest.startIndex + 1])
         let repository = repository

@@ -209,7 +209,7 @@ public final class ModelRepository: ReadinessCheck, Sendable {
                         return NotReadyReason(check: "models", name: name, reason: "not loaded: \(message)")
                     }
                 }
-                return NotReadyReason(check: "models", name: name, reason: "no version to serve")
+                return NotReadyReason(check: "models", name: name, reason: "not loaded: no version is available")
             }
         }
     }

@@ -45,7 +45,11 @@ extension ModelRepository {
             guard !stopped() else { return }
             operations.withLock {
                 do {
-                    _ = apply(name, wanted: try wantedVersions(name), loader)
+                    let wanted = try wantedVersions(name)
+                    if wanted.isEmpty {
+                        loader.logger.error("inference: model '\(name)' has no version to load in the repository (no numbered directory its version_policy serves)")
+                    }
+                    _ = apply(name, wanted: wanted, loader)
                 } catch {
                     loader.logger.error("inference: model '\(name)' cannot be loaded from the repository: \(error)")
                     markFailed(name, "\(error)")
@@ -180,7 +184,7 @@ extension ModelRepository {
                     entries[name]?.versions[number] = ModelVersion(configuration: configuration, state: .failed(message), source: source)
                     return false
                 }
-                logger.error("inference: model '\(name)' version \(number) failed to load from \(configuration.path): \(message)\(keeps ? "; the loaded version \(number) keeps serving" : "")")
+                logger.error("inference: model '\(name)' failed to load from \(configuration.path) (version \(number)): \(message)\(keeps ? "; the loaded version \(number) keeps serving" : "")")
             }
         }
         let wantedNumbers = Set(wanted.map { $0.0.versionNumber })

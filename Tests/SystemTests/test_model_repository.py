@@ -63,7 +63,7 @@ def make_repository(root, demo_settings="version_policy: {all: {}}\n"):
     return repository
 
 
-def repository_yaml(inference_extra, models=""):
+def repository_yaml(inference_extra, models="", locations=""):
     return f"""
 http:
   listen: "127.0.0.1:0"
@@ -76,7 +76,7 @@ routing:
     - locations:
         - location: "^~ /v2"
           inference: {{}}
-"""
+{locations}"""
 
 
 def rows(count, seed=3):
@@ -213,15 +213,25 @@ def test_an_unload_finishes_the_requests_it_has_queued(start_kernel, tmp_path):
     # About a second per request of 256 rows: four of them keep the model busy well after the unload arrives.
     make_slow_model(os.path.join(repository, "slow", "1", "model.onnx"), width=256, layers=480)
     write(os.path.join(repository, "slow", "config.yaml"), "max_batch_size: 512\n")
-    kernel = start_kernel(repository_yaml("  repository_control: explicit"))
-    body = {"inputs": [{"name": "x", "shape": [256, 256], "datatype": "FP32", "data": [0.1] * (256 * 256)}]}
+    kernel = start_kernel(repository_yaml("  repository_control: explicit",
+                                          locations="        - location: = /metrics\n          metrics: {}\n"))
+    body = json.dumps({"inputs": [{"name": "x", "shape": [256, 256], "datatype": "FP32", "data": [0.1] * (256 * 256)}]})
+
+    def queued():
+        found = re.search(r'^kernel_model_queue_depth\{model="slow"\} (\d+)', requests.get(kernel.url("/metrics"),
+                          timeout=10).text, re.M)
+        return int(found.group(1)) if found else 0
+
     import concurrent.futures
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        pending = [pool.submit(requests.post, kernel.url("/v2/models/slow/infer"), data=json.dumps(body), timeout=60)
+        pending = [pool.submit(requests.post, kernel.url("/v2/models/slow/infer"), data=body, timeout=120)
                    for _ in range(4)]
-        # Ordering only, not a timed assertion: the four requests reach the kernel well before the unload does.
-        time.sleep(0.5)
-        assert not all(future.done() for future in pending), "the requests ran before the unload: make them slower"
+        # Every request has reached the model, and at least two are queued or running (the model's queue-depth
+        # gauge says so) when the unload comes.
+        def reached():
+            depth = queued()
+            return depth >= 2 and depth + sum(future.done() for future in pending) >= 4
+        wait_until(reached, "the requests in the model's queue", timeout=60)
         unloaded = post(kernel, "/v2/repository/models/slow/unload")
         assert unloaded.status_code == 200, unloaded.text
         # Every request the model had queued or running when the unload came got its answer (none was dropped).
@@ -243,7 +253,7 @@ def test_a_broken_new_version_keeps_the_old_one_serving(start_kernel, tmp_path):
     message = response.json()["error"]
     assert message.startswith("load failed for model 'demo': version 2 is at UNAVAILABLE state: "), message
     assert "Load model from" in message and "failed" in message  # ONNX Runtime's own words
-    assert re.search(r"model 'demo' version 2 failed to load from .*demo/2/model.onnx: ", kernel.log_text())
+    assert re.search(r"model 'demo' failed to load from .*demo/2/model.onnx \(version 2\): Load model from ", kernel.log_text())
     assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 1.0)
     assert requests.get(kernel.url("/v2/models/demo/versions/1/ready"), timeout=10).status_code == 200
     listed = index(kernel)
