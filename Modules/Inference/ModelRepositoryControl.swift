@@ -33,8 +33,7 @@ extension ModelRepository {
         }
         guard let layout else { throw ModelRepositoryError("failed to poll from model repository") }
         let model = try layout.scanModel(name)
-        let settingsPath = layout.path + "/" + name + "/" + ModelRepositoryLayout.settingsFileName
-        let settingsStamp = model.stamps[settingsPath] ?? nil
+        let settingsStamp = model.settingsPath.flatMap { model.stamps[$0] ?? nil }
         return model.versions.map { ($0, VersionSource(model: model.stamps[$0.path] ?? nil, settings: settingsStamp)) }
     }
 

@@ -47,11 +47,13 @@ public struct RepositoryModel: Sendable {
     public var versions: [ModelConfiguration]
     /// The model file's stamp of each served version, and the per-model settings file's: what polling compares.
     public var stamps: [String: FileStamp?]
+    /// The per-model settings file (`config.yaml` or Triton's `config.pbtxt`), when there is one.
+    public var settingsPath: String? = nil
 }
 
 /// Reads a Triton-style model repository: `<repository>/<name>/<version>/model.onnx`, with optional per-model
 /// settings in `<repository>/<name>/config.yaml` (the keys of a `models:` entry but `name`, `path` and `version`,
-/// plus `version_policy`).
+/// plus `version_policy`) or, for a repository made for Triton, the basic fields of `config.pbtxt`.
 public struct ModelRepositoryLayout: Sendable {
     public static let modelFileName = "model.onnx"
     public static let settingsFileName = "config.yaml"
@@ -84,20 +86,38 @@ public struct ModelRepositoryLayout: Sendable {
             throw ModelRepositoryError("failed to poll from model repository: no model directory \(directory)")
         }
         let available = entries.filter { InferenceConfiguration.isVersion($0) }.compactMap { Int($0) }.sorted(by: >)
-        let settingsPath = directory + "/" + ModelRepositoryLayout.settingsFileName
+        let yamlPath = directory + "/" + ModelRepositoryLayout.settingsFileName
+        let pbtxtPath = directory + "/" + TritonModelConfig.fileName
+        let hasYAML = access(yamlPath, F_OK) == 0
+        let hasPbtxt = access(pbtxtPath, F_OK) == 0
+        if hasYAML && hasPbtxt {
+            throw ConfigError(mark: SourceMark(file: pbtxtPath, line: 1, column: 1), path: "",
+                              message: "model \"\(name)\" has both \(ModelRepositoryLayout.settingsFileName) and \(TritonModelConfig.fileName): keep one")
+        }
         var policy = VersionPolicy.latest(1)
         var template: ModelConfiguration
         var stamps: [String: FileStamp?] = [:]
-        if access(settingsPath, F_OK) == 0 {
-            stamps[settingsPath] = FileStamp.of(settingsPath)
-            let root = try YAMLParser().parseFile(settingsPath)
+        var settingsPath: String?
+        if hasYAML || hasPbtxt {
+            let path = hasYAML ? yamlPath : pbtxtPath
+            settingsPath = path
+            stamps[path] = FileStamp.of(path)
+            let root: YAMLNode
+            if hasYAML {
+                root = try YAMLParser().parseFile(path)
+            } else {
+                guard let text = ModelRepositoryLayout.readText(path) else {
+                    throw ModelRepositoryError("\(path) cannot be read: \(String(cString: strerror(errno)))")
+                }
+                root = try TritonModelConfig.settings(text, file: path, modelName: name)
+            }
             let mapping = try ConfigValue(node: root, path: "").mapping()
             if let policyValue = mapping.optional("version_policy") { policy = try ModelRepositoryLayout.decodePolicy(policyValue) }
             template = try InferenceConfiguration.decodeModelSettings(mapping, name: name, path: "", version: "",
                                                                       memoryDefaults: memoryDefaults)
             try mapping.finish()
         } else {
-            let empty = YAMLNode.mapping([], mark: SourceMark(file: settingsPath, line: 1, column: 1))
+            let empty = YAMLNode.mapping([], mark: SourceMark(file: yamlPath, line: 1, column: 1))
             template = try InferenceConfiguration.decodeModelSettings(try ConfigValue(node: empty, path: "").mapping(),
                                                                       name: name, path: "", version: "",
                                                                       memoryDefaults: memoryDefaults)
@@ -109,7 +129,23 @@ public struct ModelRepositoryLayout: Sendable {
             stamps[configuration.path] = FileStamp.of(configuration.path)
             return configuration
         }
-        return RepositoryModel(name: name, policy: policy, availableVersions: available, versions: versions, stamps: stamps)
+        return RepositoryModel(name: name, policy: policy, availableVersions: available, versions: versions, stamps: stamps,
+                               settingsPath: settingsPath)
+    }
+
+    /// The text of a small file (a settings file), or nil when it cannot be read.
+    static func readText(_ path: String) -> String? {
+        guard let file = fopen(path, "rb") else { return nil }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, file)
+            if count > 0 { bytes += chunk[0..<count] }
+            if count < chunk.count { break }
+            guard bytes.count <= 16 << 20 else { return nil }  // a settings file is small; refuse a huge one
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// `version_policy`: `{latest: N}` (or Triton's `{latest: {num_versions: N}}`), `{all: {}}`,

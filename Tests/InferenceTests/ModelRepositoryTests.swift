@@ -124,6 +124,64 @@ final class ModelRepositoryTests: XCTestCase {
                        "\(file):2:25: warmup_batch_sizes[1]: warm-up batch size 8 is larger than max_batch_size 4")
     }
 
+    func testTritonConfigPbtxtBasicFields() throws {
+        try write("demo/1/model.onnx", "")
+        try write("demo/3/model.onnx", "")
+        try write("demo/config.pbtxt", """
+            name: "demo"
+            platform: "onnxruntime_onnx"
+            max_batch_size: 8
+            version_policy: { specific: { versions: [1, 3] } }
+            input [ { name: "input" data_type: TYPE_FP32 dims: [ 64 ] } ]
+            output [ { name: "output", data_type: TYPE_FP32, dims: [ 10 ] } ]
+            # two groups of CPU instances add up
+            instance_group [ { count: 2 kind: KIND_CPU }, { count: 1 } ]
+            dynamic_batching {
+              preferred_batch_size: [ 4, 8 ]
+              max_queue_delay_microseconds: 100
+              default_queue_policy { max_queue_size: 16 default_timeout_microseconds: 2500 }
+            }
+            """)
+        let model = try ModelRepositoryLayout(path: directory).scanModel("demo")
+        XCTAssertEqual(model.policy, .specific([1, 3]))
+        XCTAssertEqual(model.versions.map(\.version), ["3", "1"])
+        XCTAssertEqual(model.settingsPath, directory + "/demo/config.pbtxt")
+        let configuration = model.versions[0]
+        XCTAssertEqual(configuration.maxBatchSize, 8)
+        XCTAssertEqual(configuration.instances, 3)
+        XCTAssertEqual(configuration.dynamicBatching?.preferredBatchSizes, [4, 8])
+        XCTAssertEqual(configuration.dynamicBatching?.maxQueueDelay.milliseconds, 1, "100 us rounds up to 1 ms")
+        XCTAssertEqual(configuration.maxQueue, 16)
+        XCTAssertEqual(configuration.timeout.milliseconds, 3)
+        // Repeated fields written one by one, and Triton's other policy forms.
+        try write("demo/config.pbtxt", "max_batch_size: 4\ndynamic_batching { preferred_batch_size: 2 preferred_batch_size: 4 }\nversion_policy { latest { num_versions: 2 } }\n")
+        let repeated = try ModelRepositoryLayout(path: directory).scanModel("demo")
+        XCTAssertEqual(repeated.versions[0].dynamicBatching?.preferredBatchSizes, [2, 4])
+        XCTAssertEqual(repeated.policy, .latest(2))
+        try write("demo/config.pbtxt", "version_policy: { all { } }\n")
+        XCTAssertEqual(try ModelRepositoryLayout(path: directory).scanModel("demo").policy, .all)
+    }
+
+    func testTritonConfigPbtxtErrorsNameTheirPlace() throws {
+        try write("demo/1/model.onnx", "")
+        let file = directory + "/demo/config.pbtxt"
+        func error(_ text: String) throws -> String {
+            try write("demo/config.pbtxt", text)
+            do { _ = try ModelRepositoryLayout(path: directory).scanModel("demo") } catch { return "\(error)" }
+            XCTFail("no error for \(text)")
+            return ""
+        }
+        XCTAssertEqual(try error("name: \"other\"\n"), "\(file):1:7: name: the model is named \"other\" but its directory is \"demo\"")
+        XCTAssertEqual(try error("platform: \"tensorrt_plan\"\n"), "\(file):1:11: platform: expected \"onnxruntime_onnx\": the kernel serves ONNX models with ONNX Runtime")
+        XCTAssertEqual(try error("max_batch_size: 4\noptimization { }\n"), "\(file):2:1: optimization: not supported in config.pbtxt (write the model's settings in config.yaml)")
+        XCTAssertEqual(try error("instance_group [ { kind: KIND_GPU } ]\n"), "\(file):1:26: instance_group.kind: only KIND_CPU instances are served")
+        XCTAssertEqual(try error("max_batch_size: -1\n"), "\(file):1:17: max_batch_size: expected a non-negative integer, found \"-1\"")
+        XCTAssertEqual(try error("dynamic_batching {\n  preferred_batch_size: 4\n"), "\(file):3:1: expected '}' before the end of the file")
+        XCTAssertEqual(try error("name \"demo\"\n"), "\(file):1:6: expected ':' or '{' after \"name\"")
+        try write("demo/config.yaml", "max_batch_size: 4\n")
+        XCTAssertEqual(try error("max_batch_size: 4\n"), "\(file):1:1: model \"demo\" has both config.yaml and config.pbtxt: keep one")
+    }
+
     // MARK: - The inference keys
 
     func testRepositoryKeysAndTheirDefaults() throws {

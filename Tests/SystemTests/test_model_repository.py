@@ -355,3 +355,24 @@ kernel:
     array = rows(2)
     for _ in range(20):  # a new connection each time: both workers answer some of them
         assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
+
+
+def test_a_triton_repository_with_config_pbtxt_serves_as_it_is(start_kernel, tmp_path):
+    repository = os.path.join(str(tmp_path), "repo")
+    copy_model(DEMO, os.path.join(repository, "demo", "1", "model.onnx"))
+    write(os.path.join(repository, "demo", "config.pbtxt"), """
+name: "demo"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "input", data_type: TYPE_FP32, dims: [ 64 ] } ]
+output [ { name: "output", data_type: TYPE_FP32, dims: [ 10 ] } ]
+instance_group [ { count: 2, kind: KIND_CPU } ]
+dynamic_batching { max_queue_delay_microseconds: 500 }
+""")
+    kernel = start_kernel(repository_yaml(""))
+    config = requests.get(kernel.url("/v2/models/demo/config"), timeout=10).json()
+    assert config["max_batch_size"] == 8
+    assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
+    array = rows(4)
+    assert np.array_equal(output_of(infer(kernel, "demo", array)), Reference(DEMO).run(array))
