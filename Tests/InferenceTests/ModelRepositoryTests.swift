@@ -363,6 +363,47 @@ final class ModelRepositoryTests: XCTestCase {
 
     // MARK: - Loading with ONNX Runtime
 
+    func testMemoryOptionsReachTheSessionsAndTheirAnswersDoNotChange() throws {
+        let runtime = try ONNXRuntime.open(path: ONNXRuntime.locate(configured: nil, environment: ProcessInfo.processInfo.environment))
+        try copyDemo(to: "demo.onnx")
+        var configuration = ModelConfiguration(name: "demo", path: directory + "/demo.onnx", version: "1", instances: 1,
+                                               intraOpThreads: 1, interOpThreads: 1, maxBatchSize: 4, dynamicBatching: nil,
+                                               maxQueue: 8, timeout: .seconds(0), warmup: 1)
+        let input = Tensor(dataType: .fp32, shape: [2, 64], bytes: (0..<128).flatMap { index -> [UInt8] in
+            withUnsafeBytes(of: Float(index % 7) / 7) { Array($0) }
+        })
+        let reference = try ONNXSession(runtime: runtime, path: configuration.path, options: SessionOptions()).run([input])
+        var variants: [SessionMemoryOptions] = []
+        var off = SessionMemoryOptions()
+        off.cpuMemoryArena = false
+        off.memoryPattern = false
+        off.graphOptimizationLevel = .disableAll
+        variants.append(off)
+        var shared = SessionMemoryOptions()
+        shared.arenaExtendStrategy = .sameAsRequested
+        shared.graphOptimizationLevel = .extended
+        variants.append(shared)
+        var own = SessionMemoryOptions()
+        own.arenaExtendStrategy = .nextPowerOfTwo
+        own.graphOptimizationLevel = .basic
+        variants.append(own)
+        for memory in variants {
+            configuration.memory = memory
+            let options = try runtime.sessionOptions(for: configuration)
+            XCTAssertEqual(options.useEnvironmentAllocators, memory.arenaExtendStrategy == .sameAsRequested,
+                           "only same_as_requested needs the environment's arena")
+            // Twice: the environment's arena is registered once, and both sessions use it.
+            for _ in 0..<2 {
+                let session = try ONNXSession(runtime: runtime, path: configuration.path, options: options)
+                let outputs = try session.run([input])
+                XCTAssertEqual(outputs[0].shape, reference[0].shape)
+                let got = outputs[0].bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+                let want = reference[0].bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+                for (a, b) in zip(got, want) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+            }
+        }
+    }
+
     func testLoadPollAndUnloadChangeOnlyWhatChanged() throws {
         let runtime = try ONNXRuntime.open(path: ONNXRuntime.locate(configured: nil, environment: ProcessInfo.processInfo.environment))
         try copyDemo(to: "repo/m/1/model.onnx")

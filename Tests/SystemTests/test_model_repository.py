@@ -309,14 +309,17 @@ def test_warmup_runs_before_readiness(start_kernel, tmp_path):
     make_slow_model(os.path.join(repository, "slow", "1", "model.onnx"), width=256, layers=480)
     # Every batch size 1..16, twice each: seconds of warm-up, during which the model must not be ready.
     write(os.path.join(repository, "slow", "config.yaml"), "max_batch_size: 16\nwarmup: 2\n")
-    kernel = start_kernel(repository_yaml("  load_before_listen: false"))
+    kernel = start_kernel(repository_yaml("  load_before_listen: false",
+                                          locations="        - location: = /healthz\n          health: ready\n"))
     kernel.wait_for_log("warming up 1 instance(s), 2 run(s) at batch size(s) [1, 2, 3", timeout=60)
     assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 400
     assert requests.get(kernel.url("/v2/models/slow/ready"), timeout=10).status_code == 400
+    assert requests.get(kernel.url("/healthz"), timeout=10).status_code == 503
     assert requests.get(kernel.url("/v2/health/live"), timeout=10).status_code == 200
     kernel.wait_for_log("model 'slow' version 1 ready", timeout=120)
     assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 200
     assert requests.get(kernel.url("/v2/models/slow/ready"), timeout=10).status_code == 200
+    assert requests.get(kernel.url("/healthz"), timeout=10).status_code == 200
     text = kernel.log_text()
     assert text.index("warming up") < text.index("model 'slow' version 1 ready")
 
