@@ -11,7 +11,7 @@ public struct SessionOptions: Sendable {
     /// Arena, memory-pattern and graph-optimisation settings (`cpu_mem_arena`, ...).
     public var memory: SessionMemoryOptions
     /// Whether the session allocates from the environment's registered CPU arena (`session.use_env_allocators`),
-    /// which `ONNXRuntime.registerCPUArena` created with the model's `arena_extend_strategy`.
+    /// registered by `ONNXRuntime.sessionOptions(for:)` for `arena_extend_strategy: same_as_requested`.
     public var useEnvironmentAllocators: Bool
     public init(intraOpThreads: Int = 1, interOpThreads: Int = 1, memory: SessionMemoryOptions = SessionMemoryOptions(),
                 useEnvironmentAllocators: Bool = false) {
