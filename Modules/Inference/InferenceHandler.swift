@@ -107,7 +107,10 @@ public struct InferenceHandler: RequestHandler {
         switch action {
         case "": return try read { modelMetadata(model) }
         case "config": return try read { modelConfig(model) }
-        case "stats": return try read { statisticsResponse([model]) }
+        case "stats":
+            // Without a version, every ready version of the model (Triton's statistics for an empty version).
+            let models = version == nil ? repository.loadedModels.filter { $0.signature.name == name } : [model]
+            return try read { statisticsResponse(models) }
         default:
             guard request.method == "POST" else {
                 throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path): use POST", headers: ["Allow": "POST"])

@@ -152,6 +152,8 @@ def test_versions_routing_metadata_index_and_memory_options(start_kernel, tmp_pa
     stats = requests.get(kernel.url("/v2/models/demo/versions/1/stats"), timeout=10).json()["model_stats"]
     assert [(s["name"], s["version"]) for s in stats] == [("demo", "1")]
     assert stats[0]["inference_count"] == 6
+    every = requests.get(kernel.url("/v2/models/demo/stats"), timeout=10).json()["model_stats"]
+    assert [(s["name"], s["version"]) for s in every] == [("demo", "1"), ("demo", "2")]
 
     listed = index(kernel)
     assert {"name": "demo", "version": "1", "state": "READY"} in listed
