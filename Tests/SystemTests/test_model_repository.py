@@ -207,6 +207,12 @@ def test_load_and_unload_while_wrk_drives_another_model(start_kernel, tmp_path):
     unknown = post(kernel, "/v2/repository/models/nope/load")
     assert unknown.status_code == 400
     assert unknown.json()["error"].startswith("failed to load 'nope', failed to poll from model repository")
+    # A model added to the directory after the start is listed by name, and loads on request.
+    make_scaled_sum_model(os.path.join(str(tmp_path), "repo", "late", "1", "model.onnx"), 4.0)
+    assert {"name": "late"} in index(kernel)
+    assert requests.get(kernel.url("/v2/models/late/ready"), timeout=10).status_code == 404
+    assert post(kernel, "/v2/repository/models/late/load").status_code == 200
+    assert is_scaled_sum(output_of(infer(kernel, "late", array)), array, 4.0)
 
 
 def test_an_unload_finishes_the_requests_it_has_queued(start_kernel, tmp_path):
