@@ -5,13 +5,78 @@ import KernelCore
 public struct InferenceConfiguration: Sendable {
     /// `runtime_library`: the path of libonnxruntime.so, or nil to search for it.
     public var runtimeLibrary: String?
+    /// The `models:` entries (each one version of one model).
     public var models: [ModelConfiguration]
     /// `load_before_listen`: whether the first configuration's models load before its listeners open (the
     /// default), or behind them (`false`: liveness answers during a long load, readiness waits for the models).
     public var loadBeforeListen = true
+    /// `model_repository` and its control keys, when configured.
+    public var repository: RepositorySettings?
+    /// The ONNX Runtime memory options of `inference:`, which every model starts from.
+    public var memoryDefaults = SessionMemoryOptions()
 }
 
-/// One entry of `inference.models`.
+/// `inference.model_repository`, `repository_control` and `repository_poll`.
+public struct RepositorySettings: Sendable {
+    /// Absolute (or configuration-relative, resolved) path of the repository directory.
+    public var path: String
+    public var control: RepositoryControl
+    /// How often `poll` mode rescans the repository.
+    public var pollInterval: ConfigDuration
+    /// The models found when the configuration was read (what loads at start), by name.
+    public var models: [RepositoryModel]
+}
+
+/// How a repository's models change while the kernel runs (Triton's `--model-control-mode`).
+public enum RepositoryControl: String, Sendable {
+    /// Models load at start; `load` and `unload` are refused; no rescanning.
+    case none
+    /// The repository is rescanned every `repository_poll`; `load` and `unload` are refused (as Triton refuses them).
+    case poll
+    /// `POST /v2/repository/models/{name}/load` and `/unload` load and unload models (all load at start).
+    case explicit
+}
+
+/// `graph_optimization_level`, with ONNX Runtime's `GraphOptimizationLevel` values.
+public enum GraphOptimizationLevel: Int32, Sendable, CaseIterable {
+    case disableAll = 0
+    case basic = 1
+    case extended = 2
+    case all = 99
+
+    /// The names of onnxruntime's Python `GraphOptimizationLevel` without their `ORT_` prefix.
+    public var configName: String {
+        switch self {
+        case .disableAll: return "disable_all"
+        case .basic: return "basic"
+        case .extended: return "extended"
+        case .all: return "all"
+        }
+    }
+}
+
+/// `arena_extend_strategy`: how ONNX Runtime's CPU arena grows (`kNextPowerOfTwo`, `kSameAsRequested`).
+public enum ArenaExtendStrategy: String, Sendable {
+    case nextPowerOfTwo = "next_power_of_two"
+    case sameAsRequested = "same_as_requested"
+}
+
+/// ONNX Runtime's memory and graph options of one model's sessions, named as onnxruntime's Python
+/// `SessionOptions` and Triton's onnxruntime backend name them.
+public struct SessionMemoryOptions: Sendable, Equatable {
+    /// `cpu_mem_arena` (`enable_cpu_mem_arena`).
+    public var cpuMemoryArena = true
+    /// `arena_extend_strategy`; nil leaves ONNX Runtime's default (each session's own arena, next power of two).
+    public var arenaExtendStrategy: ArenaExtendStrategy?
+    /// `memory_pattern` (`enable_mem_pattern`).
+    public var memoryPattern = true
+    /// `graph_optimization_level`.
+    public var graphOptimizationLevel = GraphOptimizationLevel.all
+
+    public init() {}
+}
+
+/// One entry of `inference.models`, or one version of a repository model.
 public struct ModelConfiguration: Sendable {
     public var name: String
     /// Absolute path of the `.onnx` file.
@@ -25,9 +90,13 @@ public struct ModelConfiguration: Sendable {
     public var dynamicBatching: DynamicBatching?
     public var maxQueue: Int
     public var timeout: ConfigDuration
+    /// Runs per instance and batch size at load.
     public var warmup: Int
     /// `queue_full_status`: what a full queue answers, 503 (the default, Triton's) or 429.
     public var queueFullStatus = 503
+    /// `warmup_batch_sizes`: the batch sizes warm-up runs; nil for every size the batcher can form.
+    public var warmupBatchSizes: [Int]? = nil
+    public var memory = SessionMemoryOptions()
 
     /// `dynamic_batching: {max_queue_delay, preferred_batch_sizes, priority_levels, default_priority_level}`.
     public struct DynamicBatching: Sendable {
@@ -48,42 +117,117 @@ public struct ModelConfiguration: Sendable {
                          defaultPriorityLevel: dynamicBatching?.defaultPriorityLevel ?? 0,
                          queueFullStatus: queueFullStatus)
     }
+
+    /// The batch sizes warm-up runs: the configured list, else 1...`max_batch_size` (every size a batch can have),
+    /// else one run with the model's free dimensions at 1 (a model that does not batch). Empty when warm-up is off.
+    public var warmupSizes: [Int?] {
+        guard warmup > 0 else { return [] }
+        if let warmupBatchSizes { return warmupBatchSizes }
+        return maxBatchSize > 0 ? Array(1...maxBatchSize) : [nil]
+    }
+
+    /// The version as a number, for ordering (versions are decimal digits).
+    public var versionNumber: Int { Int(version) ?? 0 }
 }
 
 extension InferenceConfiguration {
     /// Default of `max_queue`: bounded, so that overload is answered 503 instead of growing memory.
     public static let defaultMaxQueue = 1024
+    /// Default of `repository_poll` when `repository_control: poll` gives none (Triton's `--repository-poll-secs`).
+    public static let defaultPollInterval = ConfigDuration.seconds(15)
 
     /// Decodes the section strictly; relative model paths resolve against the configuration file's directory.
+    /// A `model_repository` is scanned here, so that its per-model files and a name in both it and `models:` are
+    /// reported with their file, line and column.
     public static func decode(_ value: ConfigValue, resolvePath: (String) -> String) throws -> InferenceConfiguration {
         let mapping = try value.mapping()
         let runtimeLibrary = try mapping.optional("runtime_library").map { resolvePath(try $0.nonEmptyString()) }
+        let memoryDefaults = try decodeMemoryOptions(mapping, defaults: SessionMemoryOptions())
         var models: [ModelConfiguration] = []
+        var modelValues: [ConfigValue] = []
         if let list = mapping.optional("models") {
             for item in try list.list() {
-                let model = try decodeModel(item, resolvePath: resolvePath)
+                let model = try decodeModel(item, resolvePath: resolvePath, memoryDefaults: memoryDefaults)
                 if models.contains(where: { $0.name == model.name }) {
                     throw item.error("model \"\(model.name)\" is declared twice")
                 }
                 models.append(model)
+                modelValues.append(item)
             }
         }
         let loadBeforeListen = try mapping.optional("load_before_listen")?.bool() ?? true
+        var repository: RepositorySettings?
+        let controlValue = mapping.optional("repository_control")
+        let pollValue = mapping.optional("repository_poll")
+        if let repositoryValue = mapping.optional("model_repository") {
+            let path = resolvePath(try repositoryValue.nonEmptyString())
+            let poll = try pollValue.map { value -> ConfigDuration in
+                let interval = try value.duration()
+                guard interval.milliseconds > 0 else { throw value.expected("a positive duration") }
+                return interval
+            }
+            var control: RepositoryControl = poll == nil ? .none : .poll
+            if let controlValue {
+                control = RepositoryControl(rawValue: try controlValue.oneOf(["none", "poll", "explicit"]))!
+                if let pollValue, control != .poll {
+                    throw pollValue.error("repository_poll needs repository_control: poll (it is \(control.rawValue))")
+                }
+            }
+            let layout = ModelRepositoryLayout(path: path, memoryDefaults: memoryDefaults)
+            let found: [RepositoryModel]
+            do {
+                found = try layout.scan()
+            } catch let error as ConfigError {
+                throw error
+            } catch {
+                throw repositoryValue.error("\(error)")
+            }
+            for model in found {
+                if let index = models.firstIndex(where: { $0.name == model.name }) {
+                    let nameValue = try modelValues[index].mapping().required("name")
+                    throw nameValue.error("model \"\(model.name)\" is declared here and in model_repository \(path)")
+                }
+            }
+            repository = RepositorySettings(path: path, control: control,
+                                            pollInterval: poll ?? defaultPollInterval, models: found)
+        } else if let stray = controlValue ?? pollValue {
+            throw stray.error("needs model_repository")
+        }
         try mapping.finish()
         var configuration = InferenceConfiguration(runtimeLibrary: runtimeLibrary, models: models)
         configuration.loadBeforeListen = loadBeforeListen
+        configuration.repository = repository
+        configuration.memoryDefaults = memoryDefaults
         return configuration
     }
 
-    static func decodeModel(_ value: ConfigValue, resolvePath: (String) -> String) throws -> ModelConfiguration {
+    static func decodeModel(_ value: ConfigValue, resolvePath: (String) -> String,
+                            memoryDefaults: SessionMemoryOptions = SessionMemoryOptions()) throws -> ModelConfiguration {
         let mapping = try value.mapping()
         let nameValue = try mapping.required("name")
-        let name = try nameValue.nonEmptyString()
-        guard name.utf8.allSatisfy({ $0 > 0x20 && $0 != UInt8(ascii: "/") && $0 < 0x7F }) else {
-            throw nameValue.expected("a model name without spaces or '/'")
-        }
+        let name = try modelName(nameValue)
         let path = resolvePath(try mapping.required("path").nonEmptyString())
         let version = try mapping.optional("version").map { try versionText($0) } ?? "1"
+        let model = try decodeModelSettings(mapping, name: name, path: path, version: version, memoryDefaults: memoryDefaults)
+        try mapping.finish()
+        return model
+    }
+
+    /// A model name as URLs carry it.
+    static func modelName(_ value: ConfigValue) throws -> String {
+        let name = try value.nonEmptyString()
+        guard isModelName(name) else { throw value.expected("a model name without spaces or '/'") }
+        return name
+    }
+
+    static func isModelName(_ name: String) -> Bool {
+        !name.isEmpty && name != "." && name != ".."
+            && name.utf8.allSatisfy({ $0 > 0x20 && $0 != UInt8(ascii: "/") && $0 < 0x7F })
+    }
+
+    /// The keys a `models:` entry shares with a repository model's `config.yaml` (all but name, path, version).
+    static func decodeModelSettings(_ mapping: ConfigMapping, name: String, path: String, version: String,
+                                    memoryDefaults: SessionMemoryOptions) throws -> ModelConfiguration {
         let positive = "a positive integer"
         let instances = try mapping.optional("instances")?.int(in: 1...256, what: "an integer 1-256") ?? 1
         let intra = try mapping.optional("intra_op_threads")?.int(in: 0...1024, what: "an integer 0-1024 (0: ONNX Runtime decides)") ?? 1
@@ -120,26 +264,68 @@ extension InferenceConfiguration {
         let maxQueue = try mapping.optional("max_queue")?.int(in: 0...10_000_000, what: "a non-negative integer (0: unlimited)")
             ?? InferenceConfiguration.defaultMaxQueue
         let timeout = try mapping.optional("timeout")?.duration() ?? ConfigDuration(milliseconds: 0)
-        let warmup = try mapping.optional("warmup")?.int(in: 0...10_000, what: "an integer 0-10000") ?? 0
+        var warmup = try mapping.optional("warmup")?.int(in: 0...10_000, what: "an integer 0-10000") ?? 0
+        var warmupBatchSizes: [Int]?
+        if let sizes = mapping.optional("warmup_batch_sizes") {
+            guard maxBatchSize > 0 else { throw sizes.error("warmup_batch_sizes needs max_batch_size greater than 0") }
+            var list: [Int] = []
+            for size in try sizes.list(allowScalar: true) {
+                let value = try size.int(in: 1...1_000_000, what: positive)
+                guard value <= maxBatchSize else {
+                    throw size.error("warm-up batch size \(value) is larger than max_batch_size \(maxBatchSize)")
+                }
+                if !list.contains(value) { list.append(value) }
+            }
+            warmupBatchSizes = list
+            // A list of sizes asks for warm-up: once each unless `warmup` says how many times.
+            if mapping.optional("warmup") == nil { warmup = 1 }
+        }
         var queueFullStatus = 503
         if let status = mapping.optional("queue_full_status") {
             queueFullStatus = try status.int(in: 429...503, what: "503 or 429")
             guard queueFullStatus == 503 || queueFullStatus == 429 else { throw status.expected("503 or 429") }
         }
-        try mapping.finish()
+        let memory = try decodeMemoryOptions(mapping, defaults: memoryDefaults)
         var model = ModelConfiguration(name: name, path: path, version: version, instances: instances,
                                   intraOpThreads: intra, interOpThreads: inter, maxBatchSize: maxBatchSize,
-                                  dynamicBatching: dynamicBatching, maxQueue: maxQueue, timeout: timeout, warmup: warmup)
+                                  dynamicBatching: dynamicBatching, maxQueue: maxQueue, timeout: timeout, warmup: warmup,
+                                  warmupBatchSizes: warmupBatchSizes, memory: memory)
         model.queueFullStatus = queueFullStatus
         return model
     }
 
+    /// `cpu_mem_arena`, `arena_extend_strategy`, `memory_pattern`, `graph_optimization_level`, over `defaults`.
+    static func decodeMemoryOptions(_ mapping: ConfigMapping, defaults: SessionMemoryOptions) throws -> SessionMemoryOptions {
+        var options = defaults
+        if let value = mapping.optional("cpu_mem_arena") { options.cpuMemoryArena = try value.bool() }
+        let strategyValue = mapping.optional("arena_extend_strategy")
+        if let strategyValue {
+            options.arenaExtendStrategy = ArenaExtendStrategy(rawValue: try strategyValue.oneOf(["next_power_of_two", "same_as_requested"]))
+        }
+        if let value = mapping.optional("memory_pattern") { options.memoryPattern = try value.bool() }
+        if let value = mapping.optional("graph_optimization_level") {
+            let name = try value.oneOf(GraphOptimizationLevel.allCases.map(\.configName))
+            options.graphOptimizationLevel = GraphOptimizationLevel.allCases.first { $0.configName == name }!
+        }
+        if options.arenaExtendStrategy != nil, !options.cpuMemoryArena {
+            // A strategy inherited from `inference:` does not apply to a model that turns its arena off.
+            guard let strategyValue else { options.arenaExtendStrategy = nil; return options }
+            throw strategyValue.error("arena_extend_strategy needs the CPU memory arena (cpu_mem_arena: true)")
+        }
+        return options
+    }
+
     /// A version is written as a string or a plain positive integer (`"1"` or `1`).
-    private static func versionText(_ value: ConfigValue) throws -> String {
+    static func versionText(_ value: ConfigValue) throws -> String {
         let text = try value.nonEmptyString()
-        guard text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
+        guard isVersion(text) else {
             throw value.expected("a version number such as \"1\"")
         }
         return text
+    }
+
+    /// Decimal digits that fit an `Int` (Triton's versions are int64).
+    static func isVersion(_ text: String) -> Bool {
+        !text.isEmpty && text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) && Int(text) != nil
     }
 }

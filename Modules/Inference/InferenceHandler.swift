@@ -1,10 +1,13 @@
 import KernelCore
 import NIOCore
+import NIOPosix
 
 /// Serves the Open Inference Protocol (KServe v2, Triton's HTTP API) for the models of a repository.
 ///
 /// The protocol's paths are `/v2`, `/v2/health/live`, `/v2/health/ready`, `/v2/models/stats`,
-/// `/v2/models/{name}[/versions/{v}]` with nothing (metadata), `/ready`, `/config`, `/stats`, and `POST .../infer`.
+/// `/v2/models/{name}[/versions/{v}]` with nothing (metadata), `/ready`, `/config`, `/stats`, and `POST .../infer`,
+/// and the repository extension's `POST /v2/repository/index` and `/v2/repository/models/{name}/load|unload`.
+/// Without a version, a model path reaches the model's highest ready version.
 /// The handler serves them under the prefix location it is mounted on, which takes the place of `/v2`: with
 /// `location ^~ /v2` the paths are the protocol's own; with `location /models/`, `/models/health/ready` is
 /// `/v2/health/ready` and `/models/models/m/infer` is `/v2/models/m/infer`. It does not look for `/v2` itself.
@@ -16,7 +19,7 @@ public struct InferenceHandler: RequestHandler {
     /// module mounts the handler (`KernelRuntime.notReadyReasons`), this repository's models alone by default.
     let notReady: @Sendable () -> [NotReadyReason]
     public static let serverName = "kernel"
-    public static let extensions = ["binary_tensor_data", "statistics", "model_configuration"]
+    public static let extensions = ["binary_tensor_data", "statistics", "model_configuration", "model_repository"]
     /// A client that leaves takes its queued request out of the model's queue (`RequestContext.cancellation`).
     public var cancelsWhenClientLeaves: Bool { true }
 
@@ -76,54 +79,114 @@ public struct InferenceHandler: RequestHandler {
         default:
             break
         }
+        if rest.first == "repository" { return try repositoryRoute(rest.dropFirst(), request: request, context: context) }
         guard rest.first == "models", rest.count >= 2 else { throw KernelHTTPError(404, "not found: \(request.path)") }
         let name = String(rest[rest.startIndex + 1])
         var tail = rest.dropFirst(2)
-        guard let configuration = repository.configuration(name) else {
-            throw KernelHTTPError(404, "Request for unknown model: '\(name)' is not found")
-        }
+        var version: String?
         if tail.first == "versions" {
             guard tail.count >= 2 else { throw KernelHTTPError(404, "not found: \(request.path)") }
-            let version = String(tail[tail.startIndex + 1])
-            guard version == configuration.version else {
-                throw KernelHTTPError(404, "Request for unknown model: '\(name)' version \(version) is not found")
-            }
+            version = String(tail[tail.startIndex + 1])
             tail = tail.dropFirst(2)
         }
         guard tail.count <= 1 else { throw KernelHTTPError(404, "not found: \(request.path)") }
         let action = tail.first.map(String.init) ?? ""
-        let state = repository.state(name) ?? .loading
+        guard ["", "ready", "config", "stats", "infer"].contains(action) else {
+            throw KernelHTTPError(404, "not found: \(request.path)")
+        }
+        let resolution = repository.resolve(name, version: version)
+        if case .notFound(let message) = resolution { throw KernelHTTPError(404, message) }
         if action == "ready" {
             return try read {
-                if case .ready = state { return KernelResponse(status: 200) }
-                return .error(400, notReadyMessage(configuration))
+                if case .notReady(let message) = resolution { return .error(400, message) }
+                return KernelResponse(status: 200)
             }
         }
-        guard case .ready(let model) = state else {
-            if action == "" || action == "infer" || action == "config" || action == "stats" {
-                throw KernelHTTPError(400, notReadyMessage(configuration))
-            }
+        guard case .ready(let model) = resolution else {
+            if case .notReady(let message) = resolution { throw KernelHTTPError(400, message) }
             throw KernelHTTPError(404, "not found: \(request.path)")
         }
         switch action {
         case "": return try read { modelMetadata(model) }
         case "config": return try read { modelConfig(model) }
-        case "stats": return try read { statisticsResponse([model]) }
-        case "infer":
+        case "stats":
+            // Without a version, every ready version of the model (Triton's statistics for an empty version).
+            let models = version == nil ? repository.loadedModels.filter { $0.signature.name == name } : [model]
+            return try read { statisticsResponse(models) }
+        default:
             guard request.method == "POST" else {
                 throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path): use POST", headers: ["Allow": "POST"])
             }
             return infer(request, model: model, context: context)
-        default:
-            throw KernelHTTPError(404, "not found: \(request.path)")
         }
     }
 
-    /// Triton's wording for a model that is configured but not loaded.
-    private func notReadyMessage(_ configuration: ModelConfiguration) -> String {
-        var message = "Request for unknown model: '\(configuration.name)' version \(configuration.version) is not at ready state"
-        if case .failed(let reason) = repository.state(configuration.name) { message += ": \(reason)" }
-        return message
+    // MARK: - Model repository extension
+
+    /// `POST /v2/repository/index`, `POST /v2/repository/models/{name}/load` and `/unload` (Triton's paths, bodies
+    /// and statuses). A load or unload runs off the event loop and answers once it is done: 200 with no body.
+    private func repositoryRoute(_ rest: ArraySlice<Substring>, request: KernelRequest,
+                                 context: RequestContext) throws -> EventLoopFuture<KernelResponse> {
+        let isIndex = rest.count == 1 && rest.first == "index"
+        let isControl = rest.count == 3 && rest.first == "models" && (rest.last == "load" || rest.last == "unload")
+        guard isIndex || isControl else {
+            // `/v2/repository/{repository}/...` names one of several repositories, which Triton does not support either.
+            if rest.count == 2 && rest.last == "index" || rest.count == 4 && rest[rest.startIndex + 1] == "models" {
+                throw KernelHTTPError(501, "'repository_name' specification is not supported")
+            }
+            throw KernelHTTPError(404, "not found: \(request.path)")
+        }
+        guard request.method == "POST" else {
+            throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path): use POST", headers: ["Allow": "POST"])
+        }
+        let body = try RepositoryRequestBody(request.body, what: isIndex ? "registry index" : rest.last == "load" ? "load model" : "unload model")
+        if isIndex {
+            let readyOnly = try body.readyFlag()
+            // The index reads the repository directory: off the event loop, as loads are.
+            return NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { [self] in
+                indexResponse(self.repository.index(readyOnly: readyOnly))
+            }
+        }
+        let name = String(rest[rest.startIndex + 1])
+        let repository = repository
+        if rest.last == "load" {
+            try body.checkLoadParameters()
+            return NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) {
+                try repository.load(name)
+                return KernelResponse(status: 200, headers: ["Content-Type": "application/json"])
+            }
+        }
+        try body.checkUnloadParameters()
+        return NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) {
+            try repository.unload(name)
+            return KernelResponse(status: 200, headers: ["Content-Type": "application/json"])
+        }
+    }
+
+    /// Triton's index: `[{"name": ..., "version": ..., "state": ..., "reason": ...}]`, absent fields left out.
+    private func indexResponse(_ entries: [RepositoryIndexEntry]) -> KernelResponse {
+        json { writer in
+            writer.byte(UInt8(ascii: "["))
+            for (index, entry) in entries.enumerated() {
+                if index > 0 { writer.byte(UInt8(ascii: ",")) }
+                writer.raw("{\"name\":")
+                writer.string(entry.name)
+                if let version = entry.version {
+                    writer.raw(",\"version\":")
+                    writer.string(version)
+                }
+                if let state = entry.state {
+                    writer.raw(",\"state\":")
+                    writer.string(state)
+                }
+                if let reason = entry.reason {
+                    writer.raw(",\"reason\":")
+                    writer.string(reason)
+                }
+                writer.byte(UInt8(ascii: "}"))
+            }
+            writer.byte(UInt8(ascii: "]"))
+        }
     }
 
     private func infer(_ request: KernelRequest, model: LoadedModel, context: RequestContext) -> EventLoopFuture<KernelResponse> {
@@ -206,7 +269,12 @@ public struct InferenceHandler: RequestHandler {
             writer.raw("{\"name\":")
             writer.string(model.signature.name)
             writer.raw(",\"versions\":[")
-            writer.string(model.signature.version)
+            // Every version that serves now (Triton lists the model's versions), the answering one if none other.
+            let versions = repository.readyVersions(model.signature.name)
+            for (index, version) in (versions.isEmpty ? [model.signature.version] : versions).enumerated() {
+                if index > 0 { writer.byte(UInt8(ascii: ",")) }
+                writer.string(version)
+            }
             writer.raw("],\"platform\":\"onnxruntime_onnx\",\"inputs\":")
             writeTensors(model.signature.inputs, into: &writer)
             writer.raw(",\"outputs\":")

@@ -29,7 +29,8 @@ public enum InferenceModule: KernelModule {
     }
 
     public static func register(_ configuration: InferenceConfiguration, into registrar: Registrar) throws {
-        let repository = ModelRepository(configurations: configuration.models)
+        let repository = ModelRepository(configurations: configuration.models, repository: configuration.repository,
+                                         memoryDefaults: configuration.memoryDefaults)
         InferenceVariables.register(into: &registrar.variables)
         registrar.addReadinessCheck(repository)
         let runtime = registrar.runtime

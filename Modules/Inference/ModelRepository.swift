@@ -4,7 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-/// A model that loaded: its signature and its scheduler (which owns the sessions).
+/// A model version that loaded: its signature and its scheduler (which owns the sessions).
 public final class LoadedModel: Sendable {
     public let configuration: ModelConfiguration
     public let signature: ModelSignature
@@ -17,192 +17,235 @@ public final class LoadedModel: Sendable {
     }
 }
 
-/// Where a configured model stands.
+/// Where a model version stands.
 public enum ModelState: Sendable {
     case loading
     case ready(LoadedModel)
-    /// Loading failed; the message says why (ORT's own words).
+    /// Not serving: it failed to load (the message says why, in ORT's own words), or it was unloaded.
     case failed(String)
+    /// Taken out of routing; finishing the requests it has queued or running before its sessions are released.
+    case unloading
+
+    /// Triton's name of the state, as the repository index reports it.
+    var indexName: String {
+        switch self {
+        case .loading: return "LOADING"
+        case .ready: return "READY"
+        case .failed: return "UNAVAILABLE"
+        case .unloading: return "UNLOADING"
+        }
+    }
 }
 
-/// The models of one configuration generation, shared by the loading service and the protocol handlers. It is
-/// the generation's readiness check for models: ready once every model loaded and ran its warm-up.
+/// What a model's versions were loaded from: when polling finds the same, nothing changed.
+struct VersionSource: Sendable, Equatable {
+    var model: FileStamp?
+    var settings: FileStamp?
+}
+
+/// One version of a model and where it stands.
+struct ModelVersion: Sendable {
+    var configuration: ModelConfiguration
+    var state: ModelState
+    var source: VersionSource?
+}
+
+/// One model: its versions, and whether an unload took it out on purpose (it then does not hold readiness back).
+struct ModelEntry: Sendable {
+    var name: String
+    var versions: [Int: ModelVersion] = [:]
+    /// The versions and sources the last load asked for (what polling compares with the disk).
+    var requested: [Int: VersionSource] = [:]
+    var unloaded = false
+    /// From `models:` (loaded from its path, never rescanned) rather than the repository directory.
+    var configured: ModelConfiguration?
+    /// The last error met scanning the model's directory (logged once, not at every poll).
+    var scanError: String?
+}
+
+/// How a request names a model version: the version it reaches, or why it reaches none.
+public enum ModelResolution: Sendable {
+    case ready(LoadedModel)
+    /// Triton's 404 (no such model, or no such version).
+    case notFound(String)
+    /// Triton's 400 for a model that exists but is not ready.
+    case notReady(String)
+}
+
+/// One line of `POST /v2/repository/index` (Triton's `{name, version, state, reason}`).
+public struct RepositoryIndexEntry: Sendable, Equatable {
+    public var name: String
+    public var version: String?
+    public var state: String?
+    public var reason: String?
+}
+
+/// The models of one configuration generation, shared by the loading service and the protocol handlers: the
+/// `models:` entries and the model repository's models, each with its versions. It is the generation's readiness
+/// check for models: ready once every model that should serve has a version loaded and warmed up.
 public final class ModelRepository: ReadinessCheck, Sendable {
+    /// The `models:` entries.
     public let configurations: [ModelConfiguration]
-    private let states: NIOLockedValueBox<[String: ModelState]>
+    /// The repository directory and how it changes, nil without `model_repository`.
+    public let settings: RepositorySettings?
+    let layout: ModelRepositoryLayout?
+    let entries: NIOLockedValueBox<[String: ModelEntry]>
+    /// Set while the loading service runs: what load, unload and polling need.
+    let loader = NIOLockedValueBox<ModelLoader?>(nil)
+    /// Serialises loads, unloads and polls (held on thread-pool threads, never on an event loop).
+    let operations = NIOLock()
 
-    public init(configurations: [ModelConfiguration]) {
+    public convenience init(configurations: [ModelConfiguration]) {
+        self.init(configurations: configurations, repository: nil)
+    }
+
+    public init(configurations: [ModelConfiguration], repository: RepositorySettings?,
+                memoryDefaults: SessionMemoryOptions = SessionMemoryOptions()) {
         self.configurations = configurations
-        states = NIOLockedValueBox(Dictionary(uniqueKeysWithValues: configurations.map { ($0.name, ModelState.loading) }))
+        settings = repository
+        layout = repository.map { ModelRepositoryLayout(path: $0.path, memoryDefaults: memoryDefaults) }
+        var entries: [String: ModelEntry] = [:]
+        for configuration in configurations {
+            var entry = ModelEntry(name: configuration.name, configured: configuration)
+            entry.versions[configuration.versionNumber] = ModelVersion(configuration: configuration, state: .loading)
+            entries[configuration.name] = entry
+        }
+        for model in repository?.models ?? [] {
+            var entry = ModelEntry(name: model.name)
+            for configuration in model.versions {
+                entry.versions[configuration.versionNumber] = ModelVersion(configuration: configuration, state: .loading)
+            }
+            entries[model.name] = entry
+        }
+        self.entries = NIOLockedValueBox(entries)
     }
 
-    /// The configuration of `name`, or nil when no such model is configured.
+    /// How `load`/`unload` behave: `none` without a repository.
+    public var control: RepositoryControl { settings?.control ?? .none }
+
+    /// The configuration of `name`'s version that requests without a version reach (the highest ready one, else the
+    /// highest known), or nil when no such model is known.
     public func configuration(_ name: String) -> ModelConfiguration? {
-        configurations.first { $0.name == name }
-    }
-
-    public func state(_ name: String) -> ModelState? { states.withLockedValue { $0[name] } }
-
-    func setState(_ state: ModelState, for name: String) { states.withLockedValue { $0[name] = state } }
-
-    /// Whether every configured model is ready.
-    public var allReady: Bool {
-        states.withLockedValue { states in
-            states.values.allSatisfy { if case .ready = $0 { return true } else { return false } }
+        entries.withLockedValue { entries in
+            guard let entry = entries[name] else { return nil }
+            return ModelRepository.defaultVersion(of: entry)?.configuration ?? entry.configured
         }
     }
 
-    /// Each model still loading, or that failed to load (a model is `ready` only after its warm-up ran).
+    /// The state of the version of `name` that requests without a version reach.
+    public func state(_ name: String) -> ModelState? {
+        entries.withLockedValue { entries in
+            entries[name].flatMap { ModelRepository.defaultVersion(of: $0)?.state }
+        }
+    }
+
+    /// Sets the state of `name`'s configured version (or of its only version).
+    func setState(_ state: ModelState, for name: String) {
+        entries.withLockedValue { entries in
+            guard var entry = entries[name], let version = entry.configured?.versionNumber ?? entry.versions.keys.max() else { return }
+            entry.versions[version]?.state = state
+            entries[name] = entry
+        }
+    }
+
+    /// The highest ready version, else the highest version.
+    static func defaultVersion(of entry: ModelEntry) -> ModelVersion? {
+        let ready = entry.versions.filter { if case .ready = $0.value.state { return true } else { return false } }
+        if let highest = ready.keys.max() { return ready[highest] }
+        return entry.versions.keys.max().flatMap { entry.versions[$0] }
+    }
+
+    /// The loaded version a request for `name` (and `version`, when the path names one) reaches.
+    public func resolve(_ name: String, version: String?) -> ModelResolution {
+        entries.withLockedValue { entries in
+            guard let entry = entries[name] else { return .notFound("Request for unknown model: '\(name)' is not found") }
+            let chosen: ModelVersion
+            if let version {
+                guard InferenceConfiguration.isVersion(version), let number = Int(version), let found = entry.versions[number] else {
+                    return .notFound("Request for unknown model: '\(name)' version \(version) is not found")
+                }
+                chosen = found
+            } else {
+                guard let found = ModelRepository.defaultVersion(of: entry) else {
+                    return .notReady("Request for unknown model: '\(name)' has no available versions")
+                }
+                chosen = found
+            }
+            if case .ready(let model) = chosen.state { return .ready(model) }
+            var message = "Request for unknown model: '\(name)' version \(chosen.configuration.version) is not at ready state"
+            if case .failed(let reason) = chosen.state { message += ": \(reason)" }
+            return .notReady(message)
+        }
+    }
+
+    /// The ready versions of `name`, lowest first (metadata's `versions`).
+    public func readyVersions(_ name: String) -> [String] {
+        entries.withLockedValue { entries in
+            guard let entry = entries[name] else { return [] }
+            return entry.versions.keys.sorted().compactMap { number in
+                if case .ready = entry.versions[number]!.state { return String(number) }
+                return nil
+            }
+        }
+    }
+
+    /// Whether every model that should serve does.
+    public var allReady: Bool { notReady().isEmpty }
+
+    /// Each model still loading, or that failed to load and has no version serving (a version is ready only after
+    /// its warm-up ran). A model taken out by `unload` is not counted.
     public func notReady() -> [NotReadyReason] {
-        states.withLockedValue { states in
-            configurations.compactMap { configuration -> NotReadyReason? in
-                switch states[configuration.name] ?? .loading {
-                case .ready: return nil
-                case .loading: return NotReadyReason(check: "models", name: configuration.name, reason: "loading")
-                case .failed(let message): return NotReadyReason(check: "models", name: configuration.name, reason: "not loaded: \(message)")
+        entries.withLockedValue { entries in
+            entries.keys.sorted().compactMap { name -> NotReadyReason? in
+                let entry = entries[name]!
+                guard !entry.unloaded else { return nil }
+                let states = entry.versions.keys.sorted(by: >).map { entry.versions[$0]!.state }
+                if states.contains(where: { if case .ready = $0 { return true } else { return false } }) { return nil }
+                if states.contains(where: { if case .loading = $0 { return true } else { return false } }) {
+                    return NotReadyReason(check: "models", name: name, reason: "loading")
                 }
+                for state in states {
+                    if case .failed(let message) = state {
+                        return NotReadyReason(check: "models", name: name, reason: "not loaded: \(message)")
+                    }
+                }
+                return NotReadyReason(check: "models", name: name, reason: "not loaded: no version is available")
             }
         }
     }
 
-    /// Models that are ready now.
+    /// Every version that is ready now.
     var loadedModels: [LoadedModel] {
-        states.withLockedValue { states in
-            configurations.compactMap { if case .ready(let model) = states[$0.name] { return model } else { return nil } }
-        }
-    }
-}
-
-/// Loads the models of a generation before its listeners open, and unloads them when the generation retires.
-///
-/// ONNX Runtime itself must load: without it the kernel cannot serve and startup fails. A model that fails to load
-/// is logged (naming its file and ORT's message) and reports not ready; the other models still serve.
-///
-/// With `load_before_listen: false` the first configuration of the process loads its models in the background:
-/// `start` returns once ONNX Runtime is open, the listeners open, liveness answers, and readiness reports the
-/// models still loading until each has loaded and warmed up. A reload always loads before it switches, so the
-/// running configuration keeps serving meanwhile.
-final class ModelLoadingService: KernelService {
-    let name = "inference"
-    let repository: ModelRepository
-    let runtimeLibrary: String?
-    let environment: [String: String]
-    let logger: Logger
-    /// Whether `start` leaves the models loading behind it.
-    let loadsInBackground: Bool
-    private let runtime = NIOLockedValueBox<ONNXRuntime?>(nil)
-    /// The background load, while it runs; and whether a stop began (a background load then loads no further model).
-    private let backgroundLoad = NIOLockedValueBox<Task<Void, Never>?>(nil)
-    private let stopped = NIOLockedValueBox(false)
-
-    init(repository: ModelRepository, runtimeLibrary: String?, environment: [String: String], logger: Logger,
-         loadsInBackground: Bool = false) {
-        self.repository = repository
-        self.runtimeLibrary = runtimeLibrary
-        self.environment = environment
-        self.logger = logger
-        self.loadsInBackground = loadsInBackground
-    }
-
-    func start() async throws {
-        guard loadsInBackground else {
-            try await NIOThreadPool.singleton.runIfActive { try self.loadModels(self.openRuntime()) }
-            return
-        }
-        let runtime = try await NIOThreadPool.singleton.runIfActive { try self.openRuntime() }
-        logger.notice("inference: \(repository.configurations.count) model(s) load in the background (load_before_listen: false); not ready until they have")
-        let task = Task {
-            do {
-                try await NIOThreadPool.singleton.runIfActive { self.loadModels(runtime) }
-            } catch {
-                self.logger.error("inference: the background model load did not run: \(error)")
-            }
-        }
-        backgroundLoad.withLockedValue { $0 = task }
-    }
-
-    func stop() async { await stop(discardingQueued: false) }
-
-    func abort() async { await stop(discardingQueued: true) }
-
-    private func stop(discardingQueued: Bool) async {
-        stopped.withLockedValue { $0 = true }
-        // A model whose load is under way finishes loading (ONNX Runtime cannot be interrupted), then unloads with
-        // the others; the models after it are not loaded.
-        if let load = backgroundLoad.withLockedValue({ $0 }) { await load.value }
-        let models = repository.loadedModels
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            // Joining the instance threads blocks: do it off the concurrency pool.
-            NIOThreadPool.singleton.submit { _ in
-                for model in models { model.scheduler.stop(discardingQueued: discardingQueued) }
-                continuation.resume()
-            }
-        }
-        for configuration in repository.configurations {
-            repository.setState(.failed("the model was unloaded"), for: configuration.name)
-        }
-        runtime.withLockedValue { $0 = nil }
-    }
-
-    private func openRuntime() throws -> ONNXRuntime {
-        let path = try ONNXRuntime.locate(configured: runtimeLibrary, environment: environment)
-        let runtime = try ONNXRuntime.open(path: path)
-        self.runtime.withLockedValue { $0 = runtime }
-        logger.notice("inference: ONNX Runtime \(runtime.version) loaded from \(path)")
-        return runtime
-    }
-
-    private func loadModels(_ runtime: ONNXRuntime) {
-        for configuration in repository.configurations {
-            guard !stopped.withLockedValue({ $0 }) else { return }
-            do {
-                let model = try ModelLoadingService.loadModel(configuration, runtime: runtime, logger: logger)
-                repository.setState(.ready(model), for: configuration.name)
-                let inputs = model.signature.inputs.map { "\($0.name) \($0.dataType.rawValue)\($0.shapeText)" }
-                let outputs = model.signature.outputs.map { "\($0.name) \($0.dataType.rawValue)\($0.shapeText)" }
-                logger.notice("inference: model '\(configuration.name)' version \(configuration.version) ready: \(configuration.instances) instance(s), inputs [\(inputs.joined(separator: ", "))], outputs [\(outputs.joined(separator: ", "))], max_batch_size \(configuration.maxBatchSize)")
-            } catch {
-                repository.setState(.failed("\(error)"), for: configuration.name)
-                logger.error("inference: model '\(configuration.name)' failed to load from \(configuration.path): \(error)")
-            }
-        }
-    }
-
-    /// Creates one session per instance, checks the model can batch as configured, runs the warm-up, and starts
-    /// the scheduler.
-    static func loadModel(_ configuration: ModelConfiguration, runtime: ONNXRuntime, logger: Logger) throws -> LoadedModel {
-        let options = SessionOptions(intraOpThreads: configuration.intraOpThreads, interOpThreads: configuration.interOpThreads)
-        var sessions: [ONNXSession] = []
-        for _ in 0..<configuration.instances {
-            sessions.append(try ONNXSession(runtime: runtime, path: configuration.path, options: options))
-        }
-        let first = sessions[0]
-        if configuration.maxBatchSize > 0 {
-            for spec in first.inputs + first.outputs where spec.shape.first != -1 {
-                throw ONNXRuntimeError("max_batch_size \(configuration.maxBatchSize) needs dimension 0 of every input and output to be dynamic, but '\(spec.name)' has shape \(spec.shapeText)")
-            }
-        }
-        if configuration.warmup > 0 {
-            let inputs = first.inputs.map { spec -> Tensor in
-                let shape = spec.shape.map { $0 < 0 ? Int64(1) : $0 }
-                // The model file's fixed dimensions: a size that does not fit gives an empty tensor, which the
-                // model rejects (warm-up failing is only a warning).
-                let byteCount = TensorSize.byteCount(shape, spec.dataType).flatMap { $0 <= TensorSize.bufferLimit ? $0 : nil } ?? 0
-                return Tensor(dataType: spec.dataType, shape: shape, bytes: [UInt8](repeating: 0, count: byteCount))
-            }
-            // Warm-up inputs are guesses (zeros, free dimensions 1): a model that rejects them still serves.
-            do {
-                for session in sessions {
-                    for _ in 0..<configuration.warmup { _ = try session.run(inputs) }
+        entries.withLockedValue { entries in
+            entries.keys.sorted().flatMap { name -> [LoadedModel] in
+                let entry = entries[name]!
+                return entry.versions.keys.sorted().compactMap { number in
+                    if case .ready(let model) = entry.versions[number]!.state { return model }
+                    return nil
                 }
-            } catch {
-                logger.warning("inference: model '\(configuration.name)': warm-up with zero inputs (free dimensions 1) failed, serving without it: \(error)")
             }
         }
-        let signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: first.inputs,
-                                       outputs: first.outputs, maxBatchSize: configuration.maxBatchSize)
-        let scheduler = ModelScheduler(modelName: configuration.name, policy: configuration.policy, runners: sessions,
-                                       logger: logger)
-        return LoadedModel(configuration: configuration, signature: signature, scheduler: scheduler)
+    }
+
+    /// Triton's repository index: every model of the repository directory and of `models:`, one line per version it
+    /// has a state for (a model never loaded has a line with its name alone). `readyOnly`: only ready versions.
+    public func index(readyOnly: Bool) -> [RepositoryIndexEntry] {
+        var names = Set(entries.withLockedValue { Array($0.keys) })
+        if let layout, let found = try? layout.modelNames() { names.formUnion(found) }
+        return entries.withLockedValue { entries in
+            names.sorted().flatMap { name -> [RepositoryIndexEntry] in
+                guard let entry = entries[name], !entry.versions.isEmpty else {
+                    return readyOnly ? [] : [RepositoryIndexEntry(name: name)]
+                }
+                return entry.versions.keys.sorted().compactMap { number in
+                    let version = entry.versions[number]!
+                    var reason: String?
+                    if case .failed(let message) = version.state { reason = message }
+                    if readyOnly, case .ready = version.state {} else if readyOnly { return nil }
+                    return RepositoryIndexEntry(name: name, version: String(number), state: version.state.indexName,
+                                                reason: reason)
+                }
+            }
+        }
     }
 }

@@ -16,8 +16,9 @@ public struct ONNXRuntimeError: Error, Sendable, CustomStringConvertible {
 ///
 /// No C header is used: each function type is declared here with `@convention(c)` and loaded from its slot in the
 /// table. Slot numbers follow the order of `struct OrtApi` in the upstream `onnxruntime_c_api.h`; the table only
-/// grows at its end, so a slot learnt for one API version stays valid in every later library. Every slot used here
-/// (the highest is 100, `ReleaseSessionOptions`) exists since API version 1, which is therefore what we ask for.
+/// grows at its end, so a slot learnt for one API version stays valid in every later library. The highest slot used
+/// here is 164 (`CreateArenaCfgV2`, API version 8, ONNX Runtime 1.8), which is therefore the version asked for: an
+/// older library answers `GetApi` with nothing, and the kernel says it is too old, instead of reading past its table.
 struct ORTFunctions: Sendable {
     typealias Status = OpaquePointer?
     typealias GetErrorMessage = @convention(c) (OpaquePointer?) -> UnsafePointer<CChar>?
@@ -48,7 +49,7 @@ struct ORTFunctions: Sendable {
     typealias Release = @convention(c) (OpaquePointer?) -> Void
 
     /// Version of the `OrtApi` table asked from `GetApi`.
-    static let apiVersion: UInt32 = 1
+    static let apiVersion: UInt32 = 8
 
     let getErrorMessage: GetErrorMessage          // 2
     let createEnv: CreateEnv                      // 3
@@ -82,6 +83,23 @@ struct ORTFunctions: Sendable {
     let releaseTypeInfo: Release                  // 98
     let releaseTensorTypeAndShapeInfo: Release    // 99
     let releaseSessionOptions: Release            // 100
+
+    // Memory and graph options of a session (`cpu_mem_arena`, `memory_pattern`, `arena_extend_strategy`): the arena
+    // switches of OrtSessionOptions, session config entries, and a CPU arena with its own growth strategy registered
+    // on the environment (CreateArenaCfgV2 is the newest, ORT 1.8).
+    typealias SessionOptionsSwitch = @convention(c) (OpaquePointer?) -> Status
+    typealias AddSessionConfigEntry = @convention(c) (OpaquePointer?, UnsafePointer<CChar>?, UnsafePointer<CChar>?) -> Status
+    typealias CreateAndRegisterAllocator = @convention(c) (OpaquePointer?, OpaquePointer?, OpaquePointer?) -> Status
+    typealias CreateArenaCfgV2 = @convention(c) (UnsafePointer<UnsafePointer<CChar>?>?, UnsafePointer<Int>?, Int,
+                                                 UnsafeMutablePointer<OpaquePointer?>?) -> Status
+    let enableMemPattern: SessionOptionsSwitch    // 16
+    let disableMemPattern: SessionOptionsSwitch   // 17
+    let enableCpuMemArena: SessionOptionsSwitch   // 18
+    let disableCpuMemArena: SessionOptionsSwitch  // 19
+    let addSessionConfigEntry: AddSessionConfigEntry // 130
+    let createAndRegisterAllocator: CreateAndRegisterAllocator // 144
+    let releaseArenaCfg: Release                  // 157
+    let createArenaCfgV2: CreateArenaCfgV2        // 164
 
     init(table: UnsafePointer<UnsafeRawPointer?>) throws {
         func slot<F>(_ index: Int, _ type: F.Type) throws -> F {
@@ -122,6 +140,15 @@ struct ORTFunctions: Sendable {
         releaseTypeInfo = try slot(98, Release.self)
         releaseTensorTypeAndShapeInfo = try slot(99, Release.self)
         releaseSessionOptions = try slot(100, Release.self)
+        // Memory and graph options (see their declarations).
+        enableMemPattern = try slot(16, SessionOptionsSwitch.self)
+        disableMemPattern = try slot(17, SessionOptionsSwitch.self)
+        enableCpuMemArena = try slot(18, SessionOptionsSwitch.self)
+        disableCpuMemArena = try slot(19, SessionOptionsSwitch.self)
+        addSessionConfigEntry = try slot(130, AddSessionConfigEntry.self)
+        createAndRegisterAllocator = try slot(144, CreateAndRegisterAllocator.self)
+        releaseArenaCfg = try slot(157, Release.self)
+        createArenaCfgV2 = try slot(164, CreateArenaCfgV2.self)
     }
 
     /// Turns a returned `OrtStatus*` into a thrown error carrying ORT's message, releasing the status.

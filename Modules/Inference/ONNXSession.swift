@@ -8,9 +8,17 @@ import Darwin
 public struct SessionOptions: Sendable {
     public var intraOpThreads: Int
     public var interOpThreads: Int
-    public init(intraOpThreads: Int = 1, interOpThreads: Int = 1) {
+    /// Arena, memory-pattern and graph-optimisation settings (`cpu_mem_arena`, ...).
+    public var memory: SessionMemoryOptions
+    /// Whether the session allocates from the environment's registered CPU arena (`session.use_env_allocators`),
+    /// registered by `ONNXRuntime.sessionOptions(for:)` for `arena_extend_strategy: same_as_requested`.
+    public var useEnvironmentAllocators: Bool
+    public init(intraOpThreads: Int = 1, interOpThreads: Int = 1, memory: SessionMemoryOptions = SessionMemoryOptions(),
+                useEnvironmentAllocators: Bool = false) {
         self.intraOpThreads = intraOpThreads
         self.interOpThreads = interOpThreads
+        self.memory = memory
+        self.useEnvironmentAllocators = useEnvironmentAllocators
     }
 }
 
@@ -36,7 +44,12 @@ public final class ONNXSession: ModelRunner, @unchecked Sendable {
         defer { api.releaseSessionOptions(sessionOptions) }
         try api.check(api.setIntraOpNumThreads(sessionOptions, Int32(clamping: options.intraOpThreads)))
         try api.check(api.setInterOpNumThreads(sessionOptions, Int32(clamping: options.interOpThreads)))
-        try api.check(api.setGraphOptimizationLevel(sessionOptions, 99))  // ORT_ENABLE_ALL
+        try api.check(api.setGraphOptimizationLevel(sessionOptions, options.memory.graphOptimizationLevel.rawValue))
+        try api.check(options.memory.cpuMemoryArena ? api.enableCpuMemArena(sessionOptions) : api.disableCpuMemArena(sessionOptions))
+        try api.check(options.memory.memoryPattern ? api.enableMemPattern(sessionOptions) : api.disableMemPattern(sessionOptions))
+        if options.useEnvironmentAllocators {
+            try api.check(api.addSessionConfigEntry(sessionOptions, "session.use_env_allocators", "1"))
+        }
         var created: OpaquePointer?
         try api.check(api.createSession(runtime.environment, path, sessionOptions, &created))
         guard let session = created else { throw ONNXRuntimeError("ONNX Runtime returned no session for \(path)") }

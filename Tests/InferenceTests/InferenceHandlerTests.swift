@@ -101,6 +101,28 @@ final class InferenceHandlerTests: XCTestCase {
         XCTAssertEqual(try call("GET", "/v2/models/double/infer").2.headers["Allow"], "POST")
     }
 
+    func testRepositoryExtensionRoutes() throws {
+        let (status, body, _) = try call("POST", "/v2/repository/index")
+        XCTAssertEqual(status, 200)
+        XCTAssertEqual(body, #"[{"name":"broken","version":"1","state":"UNAVAILABLE","reason":"Load model from /models/broken.onnx failed"},{"name":"double","version":"1","state":"READY"}]"#)
+        XCTAssertEqual(try call("POST", "/v2/repository/index", body: #"{"ready": true}"#).1,
+                       #"[{"name":"double","version":"1","state":"READY"}]"#)
+        XCTAssertEqual(try call("POST", "/v2/repository/index", body: #"{"ready": 1}"#).1,
+                       #"{"error":"Invalid value for 'ready': expected a boolean"}"#)
+        XCTAssertEqual(try call("POST", "/v2/repository/index", body: "[").0, 400)
+        XCTAssertEqual(try call("GET", "/v2/repository/index").0, 405)
+        XCTAssertEqual(try call("POST", "/v2/repository/other/index").0, 501, "named repositories, as Triton: unsupported")
+        XCTAssertEqual(try call("POST", "/v2/repository/models/double/reload").0, 404)
+        // Without `repository_control: explicit`, load and unload are refused with Triton's status and words.
+        let (refused, refusal, _) = try call("POST", "/v2/repository/models/double/unload")
+        XCTAssertEqual(refused, 503)
+        XCTAssertEqual(refusal, #"{"error":"explicit model load / unload is not allowed if polling is enabled"}"#)
+        XCTAssertEqual(try call("POST", "/v2/repository/models/double/load", body: #"{"parameters": {"config": "{}"}}"#).1,
+                       #"{"error":"load parameter 'config' is not supported: the model loads from its repository directory"}"#)
+        XCTAssertEqual(try call("POST", "/v2/repository/models/double/unload", body: #"{"parameters": {"unload_dependents": "x"}}"#).0, 400)
+        XCTAssertTrue(InferenceHandler.extensions.contains("model_repository"))
+    }
+
     func testInferAnswersJSONAndBinaryAndCountsStatistics() throws {
         let json = #"{"id": "7", "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3, 4.5]]}], "outputs": [{"name": "doubled"}]}"#
         let (status, body, _) = try call("POST", "/v2/models/double/infer", body: json)

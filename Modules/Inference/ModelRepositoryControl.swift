@@ -1,0 +1,437 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import KernelCore
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// What loading a model needs once ONNX Runtime is open.
+struct ModelLoader: Sendable {
+    let runtime: ONNXRuntime
+    let logger: Logger
+}
+
+/// Loading, reloading and unloading the versions of a repository's models, at start, through the repository API
+/// and when polling finds a change. Every operation runs on a thread-pool thread, one at a time (`operations`).
+///
+/// A version's new sessions load and warm up before anything changes for requests; then routing switches to them,
+/// and the sessions they replace (or the versions the policy no longer serves) finish the requests they have queued
+/// or running before they are released. A version that fails to load changes nothing that serves: a model whose new
+/// version is broken keeps serving its previous versions.
+extension ModelRepository {
+    /// Triton's refusal of `load`/`unload` outside explicit mode.
+    static let controlRefusal = "explicit model load / unload is not allowed if polling is enabled"
+
+    /// The versions `name` should serve as the disk says now, with what each is loaded from.
+    func wantedVersions(_ name: String) throws -> [(ModelConfiguration, VersionSource)] {
+        if let configured = entries.withLockedValue({ $0[name]?.configured }) {
+            return [(configured, VersionSource(model: FileStamp.of(configured.path), settings: nil))]
+        }
+        guard let layout else { throw ModelRepositoryError("failed to poll from model repository") }
+        let model = try layout.scanModel(name)
+        let settingsStamp = model.settingsPath.flatMap { model.stamps[$0] ?? nil }
+        return model.versions.map { ($0, VersionSource(model: model.stamps[$0.path] ?? nil, settings: settingsStamp)) }
+    }
+
+    /// Loads every model at start (stopping early when `stopped` turns true).
+    func loadAll(_ loader: ModelLoader, stopped: () -> Bool) {
+        let names = entries.withLockedValue { $0.keys.sorted() }
+        for name in names {
+            guard !stopped() else { return }
+            operations.withLock {
+                do {
+                    let wanted = try wantedVersions(name)
+                    if wanted.isEmpty {
+                        loader.logger.error("inference: model '\(name)' has no version to load in the repository (no numbered directory its version_policy serves)")
+                    }
+                    _ = apply(name, wanted: wanted, loader)
+                } catch {
+                    loader.logger.error("inference: model '\(name)' cannot be loaded from the repository: \(error)")
+                    markFailed(name, "\(error)")
+                }
+            }
+        }
+    }
+
+    /// `POST /v2/repository/models/{name}/load`: (re)loads the versions of `name` its policy serves whose files
+    /// changed or that are not ready. Throws Triton's statuses and messages.
+    func load(_ name: String) throws {
+        guard control == .explicit else { throw KernelHTTPError(503, ModelRepository.controlRefusal) }
+        guard let loader = loader.withLockedValue({ $0 }) else { throw KernelHTTPError(503, "the kernel is stopping") }
+        try operations.withLock {
+            let wanted: [(ModelConfiguration, VersionSource)]
+            do {
+                wanted = try wantedVersions(name)
+            } catch let error as ModelRepositoryError {
+                throw KernelHTTPError(400, "failed to load '\(name)', \(error.message)")
+            } catch {
+                throw KernelHTTPError(400, "failed to load '\(name)': \(error)")
+            }
+            guard !wanted.isEmpty else { throw KernelHTTPError(400, "failed to load '\(name)', no version is available") }
+            let failures = apply(name, wanted: wanted, loader)
+            guard failures.isEmpty else {
+                let listed = failures.map { "version \($0.version) is at UNAVAILABLE state: \($0.message);" }
+                throw KernelHTTPError(400, "load failed for model '\(name)': \(listed.joined(separator: " "))")
+            }
+        }
+    }
+
+    /// `POST /v2/repository/models/{name}/unload`: takes every version of `name` out of routing, lets each finish
+    /// what it has queued or running, then releases its sessions.
+    func unload(_ name: String) throws {
+        guard control == .explicit else { throw KernelHTTPError(503, ModelRepository.controlRefusal) }
+        guard let loader = loader.withLockedValue({ $0 }) else { throw KernelHTTPError(503, "the kernel is stopping") }
+        try operations.withLock {
+            guard entries.withLockedValue({ $0[name] }) != nil else {
+                throw KernelHTTPError(400, "failed to unload '\(name)', no version is available")
+            }
+            unloadVersions(of: name, loader, reason: "unloaded")
+        }
+    }
+
+    /// One poll of the repository (`repository_control: poll`): loads added models and versions, reloads changed
+    /// ones (a model file's size or modification time, or its `config.yaml`), unloads removed ones. What did not
+    /// change is left alone.
+    func poll() {
+        guard let loader = loader.withLockedValue({ $0 }), let layout else { return }
+        operations.withLock {
+            let names: [String]
+            do { names = try layout.modelNames() } catch {
+                loader.logger.error("inference: polling the model repository: \(error)")
+                return
+            }
+            let known = entries.withLockedValue { entries in entries.values.filter { $0.configured == nil }.map(\.name) }
+            for name in known where !names.contains(name) {
+                let serving = entries.withLockedValue { entries in !(entries[name]?.requested.isEmpty ?? true) }
+                guard serving else { continue }
+                loader.logger.notice("inference: model '\(name)' is no longer in the repository: unloading it")
+                unloadVersions(of: name, loader, reason: "unloaded: no longer in the model repository")
+            }
+            for name in names {
+                let wanted: [(ModelConfiguration, VersionSource)]
+                do {
+                    wanted = try wantedVersions(name)
+                } catch {
+                    let message = "\(error)"
+                    let known = entries.withLockedValue { entries -> Bool in
+                        defer { entries[name, default: ModelEntry(name: name)].scanError = message }
+                        return entries[name]?.scanError == message
+                    }
+                    if !known { loader.logger.error("inference: model '\(name)': \(message); what serves keeps serving") }
+                    continue
+                }
+                let unchanged = entries.withLockedValue { entries -> Bool in
+                    entries[name]?.scanError = nil
+                    guard let entry = entries[name] else { return false }
+                    return entry.requested == Dictionary(uniqueKeysWithValues: wanted.map { ($0.0.versionNumber, $0.1) })
+                }
+                if !unchanged {
+                    loader.logger.notice("inference: model '\(name)' changed in the repository: loading versions [\(wanted.map(\.0.version).joined(separator: ", "))]")
+                    _ = apply(name, wanted: wanted, loader)
+                }
+            }
+        }
+    }
+
+    /// Loads the `wanted` versions of `name` that are not already serving from the same files, switches routing to
+    /// each as it is ready, and retires the versions no longer wanted once every wanted one loaded.
+    /// Returns the versions that failed, with ORT's message. Called under `operations`.
+    func apply(_ name: String, wanted: [(ModelConfiguration, VersionSource)], _ loader: ModelLoader)
+        -> [(version: Int, message: String)] {
+        let logger = loader.logger
+        let toLoad = entries.withLockedValue { entries -> [(ModelConfiguration, VersionSource)] in
+            var entry = entries[name] ?? ModelEntry(name: name)
+            entry.unloaded = false
+            entry.requested = Dictionary(uniqueKeysWithValues: wanted.map { ($0.0.versionNumber, $0.1) })
+            var toLoad: [(ModelConfiguration, VersionSource)] = []
+            for (configuration, source) in wanted {
+                let number = configuration.versionNumber
+                if let current = entry.versions[number], case .ready = current.state, current.source == source { continue }
+                toLoad.append((configuration, source))
+                if let current = entry.versions[number], case .ready = current.state { continue }
+                entry.versions[number] = ModelVersion(configuration: configuration, state: .loading, source: nil)
+            }
+            entries[name] = entry
+            return toLoad
+        }
+        var failures: [(version: Int, message: String)] = []
+        for (configuration, source) in toLoad {
+            let number = configuration.versionNumber
+            do {
+                let model = try ModelLoadingService.loadModel(configuration, runtime: loader.runtime, logger: logger)
+                let replaced = entries.withLockedValue { entries -> LoadedModel? in
+                    var replaced: LoadedModel?
+                    if case .ready(let old) = entries[name]?.versions[number]?.state { replaced = old }
+                    entries[name]?.versions[number] = ModelVersion(configuration: configuration, state: .ready(model), source: source)
+                    return replaced
+                }
+                ModelLoadingService.logReady(model, logger: logger)
+                if let replaced {
+                    usleep(50_000)  // as in `retire`: requests that resolved the old sessions reach their queue
+                    logger.notice("inference: model '\(name)' version \(number): the previous sessions finish their requests, then are released")
+                    replaced.scheduler.stop(discardingQueued: false)
+                }
+            } catch {
+                let message = "\(error)"
+                failures.append((number, message))
+                let keeps = entries.withLockedValue { entries -> Bool in
+                    if case .ready = entries[name]?.versions[number]?.state { return true }
+                    entries[name]?.versions[number] = ModelVersion(configuration: configuration, state: .failed(message), source: source)
+                    return false
+                }
+                logger.error("inference: model '\(name)' failed to load from \(configuration.path) (version \(number)): \(message)\(keeps ? "; the loaded version \(number) keeps serving" : "")")
+            }
+        }
+        let wantedNumbers = Set(wanted.map { $0.0.versionNumber })
+        guard failures.isEmpty else {
+            let kept = readyVersions(name).filter { !wantedNumbers.contains(Int($0)!) }
+            if !kept.isEmpty {
+                logger.warning("inference: model '\(name)': versions [\(kept.joined(separator: ", "))] keep serving, as a wanted version failed to load")
+            }
+            return failures
+        }
+        retire(name, versions: { !wantedNumbers.contains($0) }, reason: "unloaded", logger: logger)
+        return failures
+    }
+
+    /// Unloads every version of `name` and marks it unloaded on purpose. Called under `operations`.
+    func unloadVersions(of name: String, _ loader: ModelLoader, reason: String) {
+        entries.withLockedValue { entries in
+            entries[name]?.unloaded = true
+            entries[name]?.requested = [:]
+        }
+        retire(name, versions: { _ in true }, reason: reason, logger: loader.logger)
+    }
+
+    /// Takes the chosen versions out of routing, lets their schedulers finish what is queued or running (drain),
+    /// and leaves them `UNAVAILABLE` with `reason`; versions that are not ready are only marked.
+    private func retire(_ name: String, versions chosen: (Int) -> Bool, reason: String, logger: Logger) {
+        let draining = entries.withLockedValue { entries -> [(Int, LoadedModel)] in
+            guard var entry = entries[name] else { return [] }
+            var draining: [(Int, LoadedModel)] = []
+            for (number, version) in entry.versions where chosen(number) {
+                switch version.state {
+                case .ready(let model):
+                    entry.versions[number]?.state = .unloading
+                    draining.append((number, model))
+                case .loading, .unloading:
+                    break
+                case .failed:
+                    entry.versions[number]?.state = .failed(reason)
+                }
+            }
+            entries[name] = entry
+            return draining
+        }
+        if !draining.isEmpty {
+            // A request that resolved the version just before it left routing is on its way to the queue (an event
+            // loop between `resolve` and `submit`): let it get there, so it runs instead of meeting a stopped queue.
+            usleep(50_000)
+        }
+        for (number, model) in draining {
+            model.scheduler.stop(discardingQueued: false)
+            entries.withLockedValue { entries in
+                if case .unloading = entries[name]?.versions[number]?.state {
+                    entries[name]?.versions[number]?.state = .failed(reason)
+                }
+            }
+            logger.notice("inference: model '\(name)' version \(number) unloaded (its requests finished first)")
+        }
+    }
+
+    /// Records a model that could not even be scanned.
+    func markFailed(_ name: String, _ message: String) {
+        entries.withLockedValue { entries in
+            guard var entry = entries[name] else { return }
+            for number in entry.versions.keys { entry.versions[number]?.state = .failed(message) }
+            if entry.versions.isEmpty { entry.scanError = message }
+            entries[name] = entry
+        }
+    }
+
+    /// Stops every version at the end of the generation (`discardingQueued`: a fast stop fails what waits).
+    func stopAll(discardingQueued: Bool) {
+        let models = loadedModels
+        for model in models { model.scheduler.stop(discardingQueued: discardingQueued) }
+        entries.withLockedValue { entries in
+            for name in entries.keys {
+                for number in entries[name]!.versions.keys {
+                    entries[name]!.versions[number]!.state = .failed("the model was unloaded")
+                }
+            }
+        }
+    }
+}
+
+/// Loads the models of a generation before its listeners open, polls the repository while it runs, and unloads
+/// the models when the generation retires.
+///
+/// ONNX Runtime itself must load: without it the kernel cannot serve and startup fails. A model that fails to load
+/// is logged (naming its file and ORT's message) and reports not ready; the other models still serve.
+///
+/// With `load_before_listen: false` the first configuration of the process loads its models in the background:
+/// `start` returns once ONNX Runtime is open, the listeners open, liveness answers, and readiness reports the
+/// models still loading until each has loaded and warmed up. A reload always loads before it switches, so the
+/// running configuration keeps serving meanwhile.
+final class ModelLoadingService: KernelService {
+    let name = "inference"
+    let repository: ModelRepository
+    let runtimeLibrary: String?
+    let environment: [String: String]
+    let logger: Logger
+    /// Whether `start` leaves the models loading behind it.
+    let loadsInBackground: Bool
+    private let runtime = NIOLockedValueBox<ONNXRuntime?>(nil)
+    /// The background load, while it runs; and whether a stop began (a background load then loads no further model).
+    private let backgroundLoad = NIOLockedValueBox<Task<Void, Never>?>(nil)
+    private let polling = NIOLockedValueBox<Task<Void, Never>?>(nil)
+    private let stopped = NIOLockedValueBox(false)
+
+    init(repository: ModelRepository, runtimeLibrary: String?, environment: [String: String], logger: Logger,
+         loadsInBackground: Bool = false) {
+        self.repository = repository
+        self.runtimeLibrary = runtimeLibrary
+        self.environment = environment
+        self.logger = logger
+        self.loadsInBackground = loadsInBackground
+    }
+
+    func start() async throws {
+        let runtime = try await NIOThreadPool.singleton.runIfActive { try self.openRuntime() }
+        let loader = ModelLoader(runtime: runtime, logger: logger)
+        repository.loader.withLockedValue { $0 = loader }
+        guard loadsInBackground else {
+            try await NIOThreadPool.singleton.runIfActive { self.repository.loadAll(loader) { self.stopped.withLockedValue { $0 } } }
+            startPolling()
+            return
+        }
+        logger.notice("inference: \(repository.configurations.count + (repository.settings?.models.count ?? 0)) model(s) load in the background (load_before_listen: false); not ready until they have")
+        let task = Task {
+            do {
+                try await NIOThreadPool.singleton.runIfActive { self.repository.loadAll(loader) { self.stopped.withLockedValue { $0 } } }
+                self.startPolling()
+            } catch {
+                self.logger.error("inference: the background model load did not run: \(error)")
+            }
+        }
+        backgroundLoad.withLockedValue { $0 = task }
+    }
+
+    /// `repository_control: poll`: rescans every `repository_poll` until the generation stops.
+    private func startPolling() {
+        guard let settings = repository.settings, settings.control == .poll, !stopped.withLockedValue({ $0 }) else { return }
+        let interval = settings.pollInterval.nanoseconds
+        let repository = repository
+        let task = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(nanoseconds: UInt64(interval))
+                guard !Task.isCancelled else { return }
+                try? await NIOThreadPool.singleton.runIfActive { repository.poll() }
+            }
+        }
+        polling.withLockedValue { $0 = task }
+    }
+
+    func stop() async { await stop(discardingQueued: false) }
+
+    func abort() async { await stop(discardingQueued: true) }
+
+    private func stop(discardingQueued: Bool) async {
+        stopped.withLockedValue { $0 = true }
+        // A model whose load is under way finishes loading (ONNX Runtime cannot be interrupted), then unloads with
+        // the others; the models after it are not loaded.
+        if let load = backgroundLoad.withLockedValue({ $0 }) { await load.value }
+        if let poll = polling.withLockedValue({ $0 }) {
+            poll.cancel()
+            await poll.value
+        }
+        repository.loader.withLockedValue { $0 = nil }
+        let repository = repository
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            // Joining the instance threads blocks, and a load or unload under way finishes first: off the pool.
+            NIOThreadPool.singleton.submit { _ in
+                repository.operations.withLock { repository.stopAll(discardingQueued: discardingQueued) }
+                continuation.resume()
+            }
+        }
+        runtime.withLockedValue { $0 = nil }
+    }
+
+    private func openRuntime() throws -> ONNXRuntime {
+        let path = try ONNXRuntime.locate(configured: runtimeLibrary, environment: environment)
+        let runtime = try ONNXRuntime.open(path: path)
+        self.runtime.withLockedValue { $0 = runtime }
+        logger.notice("inference: ONNX Runtime \(runtime.version) loaded from \(path)")
+        return runtime
+    }
+
+    static func logReady(_ model: LoadedModel, logger: Logger) {
+        let configuration = model.configuration
+        let inputs = model.signature.inputs.map { "\($0.name) \($0.dataType.rawValue)\($0.shapeText)" }
+        let outputs = model.signature.outputs.map { "\($0.name) \($0.dataType.rawValue)\($0.shapeText)" }
+        logger.notice("inference: model '\(configuration.name)' version \(configuration.version) ready: \(configuration.instances) instance(s), inputs [\(inputs.joined(separator: ", "))], outputs [\(outputs.joined(separator: ", "))], max_batch_size \(configuration.maxBatchSize)")
+    }
+
+    /// Creates one session per instance, checks the model can batch as configured, runs the warm-up, and starts
+    /// the scheduler. The model is ready (routable) only once this returns, so only after its warm-up.
+    static func loadModel(_ configuration: ModelConfiguration, runtime: ONNXRuntime, logger: Logger) throws -> LoadedModel {
+        let options = try runtime.sessionOptions(for: configuration)
+        var sessions: [ONNXSession] = []
+        for _ in 0..<configuration.instances {
+            sessions.append(try ONNXSession(runtime: runtime, path: configuration.path, options: options))
+        }
+        let first = sessions[0]
+        if configuration.maxBatchSize > 0 {
+            for spec in first.inputs + first.outputs where spec.shape.first != -1 {
+                throw ONNXRuntimeError("max_batch_size \(configuration.maxBatchSize) needs dimension 0 of every input and output to be dynamic, but '\(spec.name)' has shape \(spec.shapeText)")
+            }
+        }
+        warmUp(configuration, sessions: sessions, logger: logger)
+        let signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: first.inputs,
+                                       outputs: first.outputs, maxBatchSize: configuration.maxBatchSize)
+        let scheduler = ModelScheduler(modelName: configuration.name, policy: configuration.policy, runners: sessions,
+                                       logger: logger)
+        return LoadedModel(configuration: configuration, signature: signature, scheduler: scheduler)
+    }
+
+    /// Runs every instance `warmup` times at every batch size the batcher can form (or `warmup_batch_sizes`), with
+    /// zero-filled inputs, so that no first batch of a size pays ONNX Runtime's first-run costs (Triton's
+    /// `model_warmup`). Warm-up inputs are guesses (zeros, other free dimensions 1): a model that rejects them still
+    /// serves, with a warning.
+    static func warmUp(_ configuration: ModelConfiguration, sessions: [ONNXSession], logger: Logger) {
+        let sizes = configuration.warmupSizes
+        guard !sizes.isEmpty, let first = sessions.first else { return }
+        let described = sizes.map { $0.map(String.init) ?? "1" }
+        logger.info("inference: model '\(configuration.name)' version \(configuration.version): warming up \(sessions.count) instance(s), \(configuration.warmup) run(s) at batch size(s) [\(described.joined(separator: ", "))]")
+        do {
+            for size in sizes {
+                let inputs = first.inputs.map { warmupTensor($0, batchSize: size) }
+                for session in sessions {
+                    for _ in 0..<configuration.warmup { _ = try session.run(inputs) }
+                }
+            }
+        } catch {
+            logger.warning("inference: model '\(configuration.name)': warm-up with zero inputs (free dimensions 1) failed, serving without it: \(error)")
+        }
+    }
+
+    /// A zero tensor for `spec`: dimension 0 at `batchSize` when batching, other free dimensions 1. A BYTES input
+    /// holds empty strings (each element a zero 4-byte length, Triton's serialisation).
+    static func warmupTensor(_ spec: TensorSpec, batchSize: Int?) -> Tensor {
+        var shape = spec.shape.map { $0 < 0 ? Int64(1) : $0 }
+        if let batchSize, !shape.isEmpty { shape[0] = Int64(batchSize) }
+        let byteCount: Int
+        if spec.dataType.rawValue == "BYTES" {
+            byteCount = TensorSize.elementCount(shape).flatMap { $0 <= TensorSize.bufferLimit / 4 ? $0 * 4 : nil } ?? 0
+        } else {
+            // The model file's fixed dimensions: a size that does not fit gives an empty tensor, which the model
+            // rejects (warm-up failing is only a warning).
+            byteCount = TensorSize.byteCount(shape, spec.dataType).flatMap { $0 <= TensorSize.bufferLimit ? $0 : nil } ?? 0
+        }
+        return Tensor(dataType: spec.dataType, shape: shape, bytes: [UInt8](repeating: 0, count: byteCount))
+    }
+}

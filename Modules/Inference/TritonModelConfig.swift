@@ -1,0 +1,280 @@
+import KernelConfig
+
+/// The basic fields of a Triton `config.pbtxt` (protobuf text format), read into the settings a repository model's
+/// `config.yaml` gives, so that a Triton repository serves as it is.
+///
+/// Understood: `name` (must be the directory's), `platform: "onnxruntime_onnx"` / `backend: "onnxruntime"`,
+/// `max_batch_size`, `instance_group [{count, kind: KIND_CPU}]` (counts add up), `dynamic_batching
+/// {preferred_batch_size, max_queue_delay_microseconds, default_queue_policy {max_queue_size,
+/// default_timeout_microseconds}}` (microseconds rounded up to whole milliseconds), `version_policy`. `input` and
+/// `output` are read from the model itself, as Triton's auto-completion reads them for ONNX, and are skipped here.
+/// Any other field is an error naming its place, rather than something silently not done.
+enum TritonModelConfig {
+    static let fileName = "config.pbtxt"
+
+    /// The settings of `text` (the file at `file`) as a mapping with `config.yaml`'s keys; errors name the pbtxt's
+    /// line and column.
+    static func settings(_ text: String, file: String, modelName: String) throws -> YAMLNode {
+        var parser = TextFormatParser(bytes: Array(text.utf8), file: file)
+        let message = try parser.message(until: nil)
+        let start = SourceMark(file: file, line: 1, column: 1)
+        var out: [(key: YAMLNode, value: YAMLNode)] = []
+        func put(_ key: String, _ value: YAMLNode) {
+            out.append((.scalar(key, mark: value.mark, isPlain: true), value))
+        }
+        var dynamic: [(key: YAMLNode, value: YAMLNode)] = []
+        var instances = 0
+        var instancesMark: SourceMark?
+        for field in message {
+            switch field.name {
+            case "name":
+                guard field.value.scalarText == modelName else {
+                    throw ConfigError(mark: field.value.mark, path: "name",
+                                      message: "the model is named \"\(field.value.scalarText ?? "")\" but its directory is \"\(modelName)\"")
+                }
+            case "platform", "backend":
+                let accepted = field.name == "platform" ? "onnxruntime_onnx" : "onnxruntime"
+                guard field.value.scalarText == accepted else {
+                    throw ConfigError(mark: field.value.mark, path: field.name,
+                                      message: "expected \"\(accepted)\": the kernel serves ONNX models with ONNX Runtime")
+                }
+            case "max_batch_size":
+                put("max_batch_size", field.value)
+            case "input", "output":
+                break
+            case "instance_group":
+                for group in items(field.value) {
+                    var count = 1
+                    for member in try fields(group, path: "instance_group") {
+                        switch member.name {
+                        case "count":
+                            count = try ConfigValue(node: member.value, path: "instance_group.count").int(in: 1...256, what: "an integer 1-256")
+                        case "kind":
+                            guard member.value.scalarText == "KIND_CPU" else {
+                                throw ConfigError(mark: member.value.mark, path: "instance_group.kind",
+                                                  message: "only KIND_CPU instances are served")
+                            }
+                        default:
+                            throw unsupported(member, path: "instance_group")
+                        }
+                    }
+                    instances += count
+                    instancesMark = instancesMark ?? group.mark
+                }
+            case "dynamic_batching":
+                for member in try fields(field.value, path: "dynamic_batching") {
+                    switch member.name {
+                    case "preferred_batch_size":
+                        dynamic.append((.scalar("preferred_batch_sizes", mark: member.value.mark, isPlain: true), member.value))
+                    case "max_queue_delay_microseconds":
+                        dynamic.append((.scalar("max_queue_delay", mark: member.value.mark, isPlain: true),
+                                        try milliseconds(member.value, path: "dynamic_batching.max_queue_delay_microseconds")))
+                    case "default_queue_policy":
+                        for policy in try fields(member.value, path: "dynamic_batching.default_queue_policy") {
+                            switch policy.name {
+                            case "max_queue_size":
+                                put("max_queue", policy.value)
+                            case "default_timeout_microseconds":
+                                put("timeout", try milliseconds(policy.value, path: "default_queue_policy.default_timeout_microseconds"))
+                            default:
+                                throw unsupported(policy, path: "dynamic_batching.default_queue_policy")
+                            }
+                        }
+                    default:
+                        throw unsupported(member, path: "dynamic_batching")
+                    }
+                }
+                put("dynamic_batching", .mapping(dynamic, mark: field.value.mark))
+            case "version_policy":
+                put("version_policy", field.value)
+            default:
+                throw unsupported(field, path: "")
+            }
+        }
+        if let instancesMark {
+            put("instances", .scalar(String(instances), mark: instancesMark, isPlain: true))
+        }
+        return .mapping(out, mark: start)
+    }
+
+    private static func unsupported(_ field: TextFormatField, path: String) -> ConfigError {
+        let name = path.isEmpty ? field.name : "\(path).\(field.name)"
+        return ConfigError(mark: field.nameMark, path: name,
+                           message: "not supported in config.pbtxt (write the model's settings in config.yaml)")
+    }
+
+    /// The members of a message value.
+    private static func fields(_ node: YAMLNode, path: String) throws -> [TextFormatField] {
+        guard case .mapping(let entries, _) = node else {
+            throw ConfigError(mark: node.mark, path: path, message: "expected a message ({ ... })")
+        }
+        return entries.map { TextFormatField(name: $0.key.scalarText ?? "", nameMark: $0.key.mark, value: $0.value) }
+    }
+
+    /// A repeated field's values (one value when it is written once).
+    private static func items(_ node: YAMLNode) -> [YAMLNode] {
+        if case .sequence(let values, _) = node { return values }
+        return [node]
+    }
+
+    /// Microseconds as a whole-millisecond duration (`"1ms"`), rounded up so that a delay never becomes none.
+    private static func milliseconds(_ node: YAMLNode, path: String) throws -> YAMLNode {
+        let micro = try ConfigValue(node: node, path: path).int(in: 0...Int(Int32.max) * 1000, what: "a non-negative integer")
+        return .scalar("\((micro + 999) / 1000)ms", mark: node.mark, isPlain: true)
+    }
+}
+
+/// One `name: value` (or `name { ... }`) of a text-format message.
+struct TextFormatField {
+    var name: String
+    var nameMark: SourceMark
+    var value: YAMLNode
+}
+
+/// Protobuf's text format, as far as model configurations use it: fields `name: scalar`, `name { ... }` or
+/// `name: { ... }`, lists `[a, b]`, repeated fields by repetition, `#` comments, `,` or `;` between fields.
+/// Messages become mappings whose repeated fields are sequences; scalars keep their text (a string without quotes).
+struct TextFormatParser {
+    let bytes: [UInt8]
+    let file: String
+    var index = 0
+    var line = 1
+    var column = 1
+
+    init(bytes: [UInt8], file: String) {
+        self.bytes = bytes
+        self.file = file
+    }
+
+    var mark: SourceMark { SourceMark(file: file, line: line, column: column) }
+
+    func error(_ message: String) -> ConfigError { ConfigError(mark: mark, path: "", message: message) }
+
+    mutating func advance() {
+        if bytes[index] == UInt8(ascii: "\n") { line += 1; column = 1 } else { column += 1 }
+        index += 1
+    }
+
+    mutating func skipSpace() {
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "#") {
+                while index < bytes.count, bytes[index] != UInt8(ascii: "\n") { advance() }
+            } else if byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D {
+                advance()
+            } else {
+                return
+            }
+        }
+    }
+
+    func peek() -> UInt8? { index < bytes.count ? bytes[index] : nil }
+
+    /// Fields until `closing` (or the end of the text when nil), repeated names gathered into sequences.
+    mutating func message(until closing: UInt8?) throws -> [TextFormatField] {
+        var fields: [TextFormatField] = []
+        while true {
+            skipSpace()
+            guard let byte = peek() else {
+                if closing != nil { throw error("expected '\(Character(Unicode.Scalar(closing!)))' before the end of the file") }
+                return fields
+            }
+            if byte == closing {
+                advance()
+                return fields
+            }
+            let nameMark = mark
+            let name = try identifier()
+            skipSpace()
+            var value: YAMLNode
+            if peek() == UInt8(ascii: ":") {
+                advance()
+                skipSpace()
+                value = try self.value()
+            } else if peek() == UInt8(ascii: "{") || peek() == UInt8(ascii: "[") {
+                value = try self.value()
+            } else {
+                throw error("expected ':' or '{' after \"\(name)\"")
+            }
+            skipSpace()
+            if peek() == UInt8(ascii: ",") || peek() == UInt8(ascii: ";") { advance() }
+            if let existing = fields.firstIndex(where: { $0.name == name }) {
+                // A repeated field: its values in order, a list's items included.
+                var values: [YAMLNode]
+                if case .sequence(let earlier, _) = fields[existing].value { values = earlier } else { values = [fields[existing].value] }
+                if case .sequence(let more, _) = value { values += more } else { values.append(value) }
+                fields[existing].value = .sequence(values, mark: fields[existing].value.mark)
+            } else {
+                fields.append(TextFormatField(name: name, nameMark: nameMark, value: value))
+            }
+        }
+    }
+
+    mutating func value() throws -> YAMLNode {
+        let start = mark
+        switch peek() {
+        case UInt8(ascii: "{"):
+            advance()
+            let fields = try message(until: UInt8(ascii: "}"))
+            return .mapping(fields.map { (YAMLNode.scalar($0.name, mark: $0.nameMark, isPlain: true), $0.value) }, mark: start)
+        case UInt8(ascii: "["):
+            advance()
+            var items: [YAMLNode] = []
+            while true {
+                skipSpace()
+                if peek() == UInt8(ascii: "]") { advance(); return .sequence(items, mark: start) }
+                items.append(try value())
+                skipSpace()
+                if peek() == UInt8(ascii: ",") { advance(); continue }
+                guard peek() == UInt8(ascii: "]") else { throw error("expected ',' or ']' in a list") }
+            }
+        case UInt8(ascii: "\""), UInt8(ascii: "'"):
+            return .scalar(try string(), mark: start, isPlain: false)
+        case .some:
+            var text: [UInt8] = []
+            while let byte = peek(), byte == UInt8(ascii: "-") || byte == UInt8(ascii: "+") || byte == UInt8(ascii: ".")
+                    || byte == UInt8(ascii: "_") || (byte >= 0x30 && byte <= 0x39) || (byte | 0x20 >= 0x61 && byte | 0x20 <= 0x7A) {
+                text.append(byte)
+                advance()
+            }
+            guard !text.isEmpty else { throw error("expected a value") }
+            return .scalar(String(decoding: text, as: UTF8.self), mark: start, isPlain: true)
+        case .none:
+            throw error("expected a value before the end of the file")
+        }
+    }
+
+    mutating func identifier() throws -> String {
+        var text: [UInt8] = []
+        while let byte = peek(), byte == UInt8(ascii: "_") || (byte >= 0x30 && byte <= 0x39 && !text.isEmpty)
+                || (byte | 0x20 >= 0x61 && byte | 0x20 <= 0x7A) {
+            text.append(byte)
+            advance()
+        }
+        guard !text.isEmpty else { throw error("expected a field name") }
+        return String(decoding: text, as: UTF8.self)
+    }
+
+    mutating func string() throws -> String {
+        let quote = bytes[index]
+        advance()
+        var text: [UInt8] = []
+        while let byte = peek() {
+            advance()
+            if byte == quote { return String(decoding: text, as: UTF8.self) }
+            if byte == UInt8(ascii: "\\"), let escaped = peek() {
+                advance()
+                switch escaped {
+                case UInt8(ascii: "n"): text.append(0x0A)
+                case UInt8(ascii: "t"): text.append(0x09)
+                default: text.append(escaped)
+                }
+            } else if byte == 0x0A {
+                throw error("a string does not end on its line")
+            } else {
+                text.append(byte)
+            }
+        }
+        throw error("a string does not end before the end of the file")
+    }
+}

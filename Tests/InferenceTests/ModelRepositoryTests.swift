@@ -1,0 +1,451 @@
+import Foundation
+import KernelConfig
+import KernelCore
+import Logging
+import XCTest
+@testable import Inference
+
+/// The model repository: scanning a directory, version policies, per-model settings files and their errors, the
+/// `inference:` keys, and the state logic of versions (routing, index, readiness, load/poll/unload with ONNX Runtime).
+final class ModelRepositoryTests: XCTestCase {
+    var directory: String!
+
+    override func setUpWithError() throws {
+        directory = NSTemporaryDirectory() + "kernel-repository-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    private func write(_ relative: String, _ text: String) throws {
+        let path = directory + "/" + relative
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
+                                                withIntermediateDirectories: true)
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+    }
+
+    private func copyDemo(to relative: String) throws {
+        guard FileManager.default.fileExists(atPath: ONNXRuntimeTests.demoPath) else {
+            throw MissingPrerequisite("\(ONNXRuntimeTests.demoPath) is missing: run scripts/models/make_models.py")
+        }
+        let path = directory + "/" + relative
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
+                                                withIntermediateDirectories: true)
+        try? FileManager.default.removeItem(atPath: path)
+        try FileManager.default.copyItem(atPath: ONNXRuntimeTests.demoPath, toPath: path)
+    }
+
+    private func decode(_ text: String) throws -> InferenceConfiguration {
+        let root = try YAMLParser().parse(text, file: "etc/k.yaml")
+        let value = try XCTUnwrap(try ConfigValue(node: root, path: "").mapping().optional("inference"))
+        return try InferenceConfiguration.decode(value) { $0.hasPrefix("/") ? $0 : "etc/" + $0 }
+    }
+
+    // MARK: - Scanning and policies
+
+    func testVersionPoliciesSelectTheHighestFirst() {
+        XCTAssertEqual(VersionPolicy.latest(1).select([1, 3, 2]), [3])
+        XCTAssertEqual(VersionPolicy.latest(2).select([1, 3, 2]), [3, 2])
+        XCTAssertEqual(VersionPolicy.latest(5).select([1, 2]), [2, 1])
+        XCTAssertEqual(VersionPolicy.all.select([2, 10, 1]), [10, 2, 1])
+        XCTAssertEqual(VersionPolicy.specific([1, 3, 7]).select([1, 2, 3]), [3, 1])
+    }
+
+    func testScansModelsVersionsAndTheirSettings() throws {
+        try write("demo/1/model.onnx", "")
+        try write("demo/2/model.onnx", "")
+        try write("demo/10/model.onnx", "")
+        try write("demo/notes/readme", "")  // not a version
+        try write("demo/config.yaml", """
+            version_policy: {latest: 2}
+            max_batch_size: 8
+            dynamic_batching: {max_queue_delay: 1ms}
+            warmup_batch_sizes: [1, 8]
+            cpu_mem_arena: false
+            """)
+        try write("plain/1/model.onnx", "")
+        try write(".hidden/1/model.onnx", "")
+        try write("bad name/1/model.onnx", "")
+        let layout = ModelRepositoryLayout(path: directory)
+        XCTAssertEqual(try layout.modelNames(), ["demo", "plain"])
+        let models = try layout.scan()
+        let demo = models[0]
+        XCTAssertEqual(demo.availableVersions, [10, 2, 1])
+        XCTAssertEqual(demo.versions.map(\.version), ["10", "2"], "latest 2, highest first")
+        XCTAssertEqual(demo.versions[0].path, directory + "/demo/10/model.onnx")
+        XCTAssertEqual(demo.versions[0].maxBatchSize, 8)
+        XCTAssertEqual(demo.versions[0].policy.maxQueueDelayNanoseconds, 1_000_000)
+        XCTAssertEqual(demo.versions[0].warmupSizes, [1, 8], "a list of sizes turns warm-up on, once each")
+        XCTAssertFalse(demo.versions[0].memory.cpuMemoryArena)
+        XCTAssertNotNil(demo.stamps[directory + "/demo/config.yaml"] ?? nil)
+        let plain = models[1]
+        XCTAssertEqual(plain.policy, .latest(1), "Triton's default policy")
+        XCTAssertEqual(plain.versions.map(\.version), ["1"])
+        XCTAssertEqual(plain.versions[0].maxBatchSize, 0)
+    }
+
+    func testPolicyForms() throws {
+        func policy(_ text: String) throws -> VersionPolicy {
+            try write("m/config.yaml", text)
+            return try ModelRepositoryLayout(path: directory).scanModel("m").policy
+        }
+        try write("m/1/model.onnx", "")
+        XCTAssertEqual(try policy("version_policy: {latest: 3}\n"), .latest(3))
+        XCTAssertEqual(try policy("version_policy: {latest: {num_versions: 2}}\n"), .latest(2))
+        XCTAssertEqual(try policy("version_policy: {all: {}}\n"), .all)
+        XCTAssertEqual(try policy("version_policy: {specific: [1, 3]}\n"), .specific([1, 3]))
+        XCTAssertEqual(try policy("version_policy: {specific: {versions: [4]}}\n"), .specific([4]))
+    }
+
+    func testSettingsErrorsNameTheirFileLineAndColumn() throws {
+        try write("m/1/model.onnx", "")
+        let file = directory + "/m/config.yaml"
+        func error(_ text: String) throws -> String {
+            try write("m/config.yaml", text)
+            do {
+                _ = try ModelRepositoryLayout(path: directory).scanModel("m")
+            } catch {
+                return "\(error)"
+            }
+            XCTFail("no error for \(text)")
+            return ""
+        }
+        XCTAssertEqual(try error("max_batch_size: 4\nbatching: 2\n"),
+                       "\(file):2:1: batching: unknown key (expected one of: arena_extend_strategy, cpu_mem_arena, dynamic_batching, graph_optimization_level, instances, inter_op_threads, intra_op_threads, max_batch_size, max_queue, memory_pattern, queue_full_status, timeout, version_policy, warmup, warmup_batch_sizes)")
+        XCTAssertEqual(try error("version_policy: {latest: 0}\n"),
+                       "\(file):1:26: version_policy.latest: expected a positive integer, found \"0\"")
+        XCTAssertEqual(try error("version_policy: {newest: 1}\n"),
+                       "\(file):1:18: version_policy.newest: unknown key (expected one of: all, latest, specific)")
+        XCTAssertEqual(try error("version_policy: {latest: 1, all: {}}\n"),
+                       "\(file):1:17: version_policy: expected one of {latest: N}, {all: {}}, {specific: [V, ...]}, found a mapping")
+        XCTAssertEqual(try error("max_batch_size: 4\nwarmup_batch_sizes: [2, 8]\n"),
+                       "\(file):2:25: warmup_batch_sizes[1]: warm-up batch size 8 is larger than max_batch_size 4")
+    }
+
+    func testTritonConfigPbtxtBasicFields() throws {
+        try write("demo/1/model.onnx", "")
+        try write("demo/3/model.onnx", "")
+        try write("demo/config.pbtxt", """
+            name: "demo"
+            platform: "onnxruntime_onnx"
+            max_batch_size: 8
+            version_policy: { specific: { versions: [1, 3] } }
+            input [ { name: "input" data_type: TYPE_FP32 dims: [ 64 ] } ]
+            output [ { name: "output", data_type: TYPE_FP32, dims: [ 10 ] } ]
+            # two groups of CPU instances add up
+            instance_group [ { count: 2 kind: KIND_CPU }, { count: 1 } ]
+            dynamic_batching {
+              preferred_batch_size: [ 4, 8 ]
+              max_queue_delay_microseconds: 100
+              default_queue_policy { max_queue_size: 16 default_timeout_microseconds: 2500 }
+            }
+            """)
+        let model = try ModelRepositoryLayout(path: directory).scanModel("demo")
+        XCTAssertEqual(model.policy, .specific([1, 3]))
+        XCTAssertEqual(model.versions.map(\.version), ["3", "1"])
+        XCTAssertEqual(model.settingsPath, directory + "/demo/config.pbtxt")
+        let configuration = model.versions[0]
+        XCTAssertEqual(configuration.maxBatchSize, 8)
+        XCTAssertEqual(configuration.instances, 3)
+        XCTAssertEqual(configuration.dynamicBatching?.preferredBatchSizes, [4, 8])
+        XCTAssertEqual(configuration.dynamicBatching?.maxQueueDelay.milliseconds, 1, "100 us rounds up to 1 ms")
+        XCTAssertEqual(configuration.maxQueue, 16)
+        XCTAssertEqual(configuration.timeout.milliseconds, 3)
+        // Repeated fields written one by one, and Triton's other policy forms.
+        try write("demo/config.pbtxt", "max_batch_size: 4\ndynamic_batching { preferred_batch_size: 2 preferred_batch_size: 4 }\nversion_policy { latest { num_versions: 2 } }\n")
+        let repeated = try ModelRepositoryLayout(path: directory).scanModel("demo")
+        XCTAssertEqual(repeated.versions[0].dynamicBatching?.preferredBatchSizes, [2, 4])
+        XCTAssertEqual(repeated.policy, .latest(2))
+        try write("demo/config.pbtxt", "version_policy: { all { } }\n")
+        XCTAssertEqual(try ModelRepositoryLayout(path: directory).scanModel("demo").policy, .all)
+    }
+
+    func testTritonConfigPbtxtErrorsNameTheirPlace() throws {
+        try write("demo/1/model.onnx", "")
+        let file = directory + "/demo/config.pbtxt"
+        func error(_ text: String) throws -> String {
+            try write("demo/config.pbtxt", text)
+            do { _ = try ModelRepositoryLayout(path: directory).scanModel("demo") } catch { return "\(error)" }
+            XCTFail("no error for \(text)")
+            return ""
+        }
+        XCTAssertEqual(try error("name: \"other\"\n"), "\(file):1:7: name: the model is named \"other\" but its directory is \"demo\"")
+        XCTAssertEqual(try error("platform: \"tensorrt_plan\"\n"), "\(file):1:11: platform: expected \"onnxruntime_onnx\": the kernel serves ONNX models with ONNX Runtime")
+        XCTAssertEqual(try error("max_batch_size: 4\noptimization { }\n"), "\(file):2:1: optimization: not supported in config.pbtxt (write the model's settings in config.yaml)")
+        XCTAssertEqual(try error("instance_group [ { kind: KIND_GPU } ]\n"), "\(file):1:26: instance_group.kind: only KIND_CPU instances are served")
+        XCTAssertEqual(try error("max_batch_size: -1\n"), "\(file):1:17: max_batch_size: expected a non-negative integer, found \"-1\"")
+        XCTAssertEqual(try error("dynamic_batching {\n  preferred_batch_size: 4\n"), "\(file):3:1: expected '}' before the end of the file")
+        XCTAssertEqual(try error("name \"demo\"\n"), "\(file):1:6: expected ':' or '{' after \"name\"")
+        try write("demo/config.yaml", "max_batch_size: 4\n")
+        XCTAssertEqual(try error("max_batch_size: 4\n"), "\(file):1:1: model \"demo\" has both config.yaml and config.pbtxt: keep one")
+    }
+
+    // MARK: - The inference keys
+
+    func testRepositoryKeysAndTheirDefaults() throws {
+        try write("repo/demo/1/model.onnx", "")
+        let none = try decode("inference:\n  model_repository: \(directory!)/repo\n")
+        XCTAssertEqual(none.repository?.control, RepositoryControl.none)
+        XCTAssertEqual(none.repository?.models.map(\.name), ["demo"])
+        let poll = try decode("inference:\n  model_repository: \(directory!)/repo\n  repository_poll: 2s\n")
+        XCTAssertEqual(poll.repository?.control, .poll)
+        XCTAssertEqual(poll.repository?.pollInterval, .seconds(2))
+        let pollDefault = try decode("inference:\n  model_repository: \(directory!)/repo\n  repository_control: poll\n")
+        XCTAssertEqual(pollDefault.repository?.pollInterval, InferenceConfiguration.defaultPollInterval)
+        let explicit = try decode("inference:\n  model_repository: \(directory!)/repo\n  repository_control: explicit\n")
+        XCTAssertEqual(explicit.repository?.control, .explicit)
+        // Relative paths resolve against the configuration file's directory, as `models:` paths do.
+        XCTAssertThrowsError(try decode("inference:\n  model_repository: repo\n")) { error in
+            XCTAssertEqual("\(error)", "etc/k.yaml:2:21: inference.model_repository: model_repository etc/repo cannot be read: No such file or directory")
+        }
+    }
+
+    func testRepositoryKeyErrors() throws {
+        try write("repo/demo/1/model.onnx", "")
+        let repo = directory! + "/repo"
+        func assertError(_ text: String, _ expected: String, line: UInt = #line) {
+            XCTAssertThrowsError(try decode(text), line: line) { XCTAssertEqual("\($0)", expected, line: line) }
+        }
+        assertError("inference:\n  model_repository: \(repo)\n  repository_control: explicit\n  repository_poll: 1s\n",
+                    "etc/k.yaml:4:20: inference.repository_poll: repository_poll needs repository_control: poll (it is explicit)")
+        assertError("inference:\n  repository_poll: 1s\n", "etc/k.yaml:2:20: inference.repository_poll: needs model_repository")
+        assertError("inference:\n  model_repository: \(repo)\n  repository_control: sometimes\n",
+                    "etc/k.yaml:3:23: inference.repository_control: expected one of none, poll, explicit, found \"sometimes\"")
+        assertError("inference:\n  model_repository: \(repo)\n  repository_poll: 0s\n",
+                    "etc/k.yaml:3:20: inference.repository_poll: expected a positive duration, found \"0s\"")
+        // A name in both `models:` and the repository: the `models:` entry's name, with its file, line and column.
+        assertError("inference:\n  model_repository: \(repo)\n  models:\n    - name: demo\n      path: /m.onnx\n",
+                    "etc/k.yaml:4:13: inference.models[0].name: model \"demo\" is declared here and in model_repository \(repo)")
+    }
+
+    func testMemoryOptionsAndTheirInferenceDefaults() throws {
+        let configuration = try decode("""
+            inference:
+              graph_optimization_level: basic
+              arena_extend_strategy: same_as_requested
+              models:
+                - {name: a, path: /a.onnx}
+                - {name: b, path: /b.onnx, cpu_mem_arena: false, memory_pattern: false, graph_optimization_level: disable_all}
+                - {name: c, path: /c.onnx, arena_extend_strategy: next_power_of_two, graph_optimization_level: all}
+            """)
+        XCTAssertEqual(configuration.memoryDefaults.graphOptimizationLevel, .basic)
+        let (a, b, c) = (configuration.models[0].memory, configuration.models[1].memory, configuration.models[2].memory)
+        XCTAssertEqual(a.graphOptimizationLevel, .basic)
+        XCTAssertEqual(a.arenaExtendStrategy, .sameAsRequested)
+        XCTAssertTrue(a.cpuMemoryArena)
+        XCTAssertTrue(a.memoryPattern)
+        XCTAssertFalse(b.cpuMemoryArena)
+        XCTAssertNil(b.arenaExtendStrategy, "an inherited strategy does not apply without an arena")
+        XCTAssertFalse(b.memoryPattern)
+        XCTAssertEqual(b.graphOptimizationLevel.rawValue, 0)
+        XCTAssertEqual(c.arenaExtendStrategy, .nextPowerOfTwo)
+        XCTAssertEqual(c.graphOptimizationLevel.rawValue, 99)
+        XCTAssertEqual(try decode("inference: {}\n").memoryDefaults, SessionMemoryOptions(), "ORT's defaults: arena, patterns, all optimisations")
+        XCTAssertThrowsError(try decode("inference:\n  models:\n    - {name: a, path: /a.onnx, cpu_mem_arena: false, arena_extend_strategy: same_as_requested}\n")) {
+            XCTAssertEqual("\($0)", "etc/k.yaml:3:77: inference.models[0].arena_extend_strategy: arena_extend_strategy needs the CPU memory arena (cpu_mem_arena: true)")
+        }
+        XCTAssertThrowsError(try decode("inference:\n  graph_optimization_level: most\n")) {
+            XCTAssertEqual("\($0)", "etc/k.yaml:2:29: inference.graph_optimization_level: expected one of disable_all, basic, extended, all, found \"most\"")
+        }
+    }
+
+    func testWarmupCoversEveryBatchSizeOrTheConfiguredList() throws {
+        let configuration = try decode("""
+            inference:
+              models:
+                - {name: a, path: /a.onnx, max_batch_size: 4, warmup: 2}
+                - {name: b, path: /b.onnx, max_batch_size: 32, warmup_batch_sizes: [1, 8, 32, 8]}
+                - {name: c, path: /c.onnx, warmup: 1}
+                - {name: d, path: /d.onnx, max_batch_size: 4}
+            """)
+        XCTAssertEqual(configuration.models[0].warmupSizes, [1, 2, 3, 4])
+        XCTAssertEqual(configuration.models[0].warmup, 2)
+        XCTAssertEqual(configuration.models[1].warmupSizes, [1, 8, 32])
+        XCTAssertEqual(configuration.models[1].warmup, 1)
+        XCTAssertEqual(configuration.models[2].warmupSizes, [nil], "a model without batching: one shape, free dimensions 1")
+        XCTAssertEqual(configuration.models[3].warmupSizes, [], "no warm-up unless asked for")
+        let spec = TensorSpec(name: "x", dataType: .fp32, shape: [-1, 3, -1])
+        let tensor = ModelLoadingService.warmupTensor(spec, batchSize: 8)
+        XCTAssertEqual(tensor.shape, [8, 3, 1])
+        XCTAssertEqual(tensor.bytes, [UInt8](repeating: 0, count: 8 * 3 * 4))
+    }
+
+    // MARK: - Version state
+
+    private func entryRepository() throws -> ModelRepository {
+        try write("repo/m/1/model.onnx", "")
+        try write("repo/m/2/model.onnx", "")
+        try write("repo/m/3/model.onnx", "")
+        try write("repo/m/config.yaml", "version_policy: {all: {}}\n")
+        try write("repo/later/1/model.onnx", "")
+        let layout = ModelRepositoryLayout(path: directory + "/repo")
+        let settings = RepositorySettings(path: layout.path, control: .explicit, pollInterval: .seconds(1),
+                                          models: [try layout.scanModel("m")])
+        return ModelRepository(configurations: [], repository: settings)
+    }
+
+    private func loaded(_ configuration: ModelConfiguration) -> LoadedModel {
+        let scheduler = ModelScheduler(modelName: configuration.name, policy: configuration.policy,
+                                       runners: [RecordingRunner(blockFirst: false)], logger: Logger(label: "test"))
+        scheduler.stop()
+        let signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: [], outputs: [],
+                                       maxBatchSize: 0)
+        return LoadedModel(configuration: configuration, signature: signature, scheduler: scheduler)
+    }
+
+    private func setVersion(_ repository: ModelRepository, _ number: Int, _ state: (ModelConfiguration) -> ModelState) {
+        repository.entries.withLockedValue { entries in
+            let configuration = entries["m"]!.versions[number]!.configuration
+            entries["m"]!.versions[number]!.state = state(configuration)
+        }
+    }
+
+    func testRoutingReachesTheHighestReadyVersion() throws {
+        let repository = try entryRepository()
+        guard case .notReady(let loading) = repository.resolve("m", version: nil) else { return XCTFail() }
+        XCTAssertEqual(loading, "Request for unknown model: 'm' version 3 is not at ready state")
+        XCTAssertEqual(repository.notReady().map(\.reason), ["loading"])
+        setVersion(repository, 1) { .ready(self.loaded($0)) }
+        setVersion(repository, 2) { .ready(self.loaded($0)) }
+        setVersion(repository, 3) { _ in .failed("Load model from m/3 failed") }
+        guard case .ready(let model) = repository.resolve("m", version: nil) else { return XCTFail() }
+        XCTAssertEqual(model.configuration.version, "2", "the highest ready version")
+        guard case .ready(let first) = repository.resolve("m", version: "1") else { return XCTFail() }
+        XCTAssertEqual(first.configuration.version, "1")
+        guard case .notReady(let failed) = repository.resolve("m", version: "3") else { return XCTFail() }
+        XCTAssertEqual(failed, "Request for unknown model: 'm' version 3 is not at ready state: Load model from m/3 failed")
+        guard case .notFound(let missing) = repository.resolve("m", version: "4") else { return XCTFail() }
+        XCTAssertEqual(missing, "Request for unknown model: 'm' version 4 is not found")
+        guard case .notFound = repository.resolve("m", version: "x") else { return XCTFail() }
+        guard case .notFound(let unknown) = repository.resolve("nope", version: nil) else { return XCTFail() }
+        XCTAssertEqual(unknown, "Request for unknown model: 'nope' is not found")
+        XCTAssertEqual(repository.readyVersions("m"), ["1", "2"])
+        XCTAssertTrue(repository.notReady().isEmpty, "a model with a version serving is ready")
+        XCTAssertEqual(repository.loadedModels.map(\.configuration.version), ["1", "2"])
+    }
+
+    func testIndexListsEveryVersionAndTheModelsNotLoaded() throws {
+        let repository = try entryRepository()
+        setVersion(repository, 1) { .ready(self.loaded($0)) }
+        setVersion(repository, 2) { _ in .unloading }
+        setVersion(repository, 3) { _ in .failed("unloaded") }
+        XCTAssertEqual(repository.index(readyOnly: false), [
+            RepositoryIndexEntry(name: "later"),
+            RepositoryIndexEntry(name: "m", version: "1", state: "READY"),
+            RepositoryIndexEntry(name: "m", version: "2", state: "UNLOADING"),
+            RepositoryIndexEntry(name: "m", version: "3", state: "UNAVAILABLE", reason: "unloaded"),
+        ])
+        XCTAssertEqual(repository.index(readyOnly: true), [RepositoryIndexEntry(name: "m", version: "1", state: "READY")])
+    }
+
+    func testUnloadedModelsDoNotHoldReadinessBack() throws {
+        let repository = try entryRepository()
+        for number in 1...3 { setVersion(repository, number) { _ in .failed("Load model from x failed") } }
+        XCTAssertEqual(repository.notReady().map(\.reason), ["not loaded: Load model from x failed"])
+        repository.entries.withLockedValue { $0["m"]!.unloaded = true }
+        XCTAssertTrue(repository.notReady().isEmpty)
+    }
+
+    func testControlIsRefusedOutsideExplicitMode() throws {
+        try write("repo/m/1/model.onnx", "")
+        let settings = RepositorySettings(path: directory + "/repo", control: .poll, pollInterval: .seconds(1), models: [])
+        let repository = ModelRepository(configurations: [], repository: settings)
+        XCTAssertThrowsError(try repository.load("m")) { error in
+            XCTAssertEqual((error as? KernelHTTPError)?.status, 503)
+            XCTAssertEqual((error as? KernelHTTPError)?.message, ModelRepository.controlRefusal)
+        }
+        XCTAssertThrowsError(try ModelRepository(configurations: []).unload("m")) { error in
+            XCTAssertEqual((error as? KernelHTTPError)?.status, 503, "no repository: control mode none")
+        }
+    }
+
+    // MARK: - Loading with ONNX Runtime
+
+    func testMemoryOptionsReachTheSessionsAndTheirAnswersDoNotChange() throws {
+        let runtime = try ONNXRuntime.open(path: ONNXRuntime.locate(configured: nil, environment: ProcessInfo.processInfo.environment))
+        try copyDemo(to: "demo.onnx")
+        var configuration = ModelConfiguration(name: "demo", path: directory + "/demo.onnx", version: "1", instances: 1,
+                                               intraOpThreads: 1, interOpThreads: 1, maxBatchSize: 4, dynamicBatching: nil,
+                                               maxQueue: 8, timeout: .seconds(0), warmup: 1)
+        let input = Tensor(dataType: .fp32, shape: [2, 64], bytes: (0..<128).flatMap { index -> [UInt8] in
+            withUnsafeBytes(of: Float(index % 7) / 7) { Array($0) }
+        })
+        let reference = try ONNXSession(runtime: runtime, path: configuration.path, options: SessionOptions()).run([input])
+        var variants: [SessionMemoryOptions] = []
+        var off = SessionMemoryOptions()
+        off.cpuMemoryArena = false
+        off.memoryPattern = false
+        off.graphOptimizationLevel = .disableAll
+        variants.append(off)
+        var shared = SessionMemoryOptions()
+        shared.arenaExtendStrategy = .sameAsRequested
+        shared.graphOptimizationLevel = .extended
+        variants.append(shared)
+        var own = SessionMemoryOptions()
+        own.arenaExtendStrategy = .nextPowerOfTwo
+        own.graphOptimizationLevel = .basic
+        variants.append(own)
+        for memory in variants {
+            configuration.memory = memory
+            let options = try runtime.sessionOptions(for: configuration)
+            XCTAssertEqual(options.useEnvironmentAllocators, memory.arenaExtendStrategy == .sameAsRequested,
+                           "only same_as_requested needs the environment's arena")
+            // Twice: the environment's arena is registered once, and both sessions use it.
+            for _ in 0..<2 {
+                let session = try ONNXSession(runtime: runtime, path: configuration.path, options: options)
+                let outputs = try session.run([input])
+                XCTAssertEqual(outputs[0].shape, reference[0].shape)
+                let got = outputs[0].bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+                let want = reference[0].bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+                for (a, b) in zip(got, want) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+            }
+        }
+    }
+
+    func testLoadPollAndUnloadChangeOnlyWhatChanged() throws {
+        let runtime = try ONNXRuntime.open(path: ONNXRuntime.locate(configured: nil, environment: ProcessInfo.processInfo.environment))
+        try copyDemo(to: "repo/m/1/model.onnx")
+        try write("repo/m/config.yaml", "max_batch_size: 4\nwarmup: 1\n")
+        let layout = ModelRepositoryLayout(path: directory + "/repo")
+        let settings = RepositorySettings(path: layout.path, control: .explicit, pollInterval: .seconds(1),
+                                          models: try layout.scan())
+        let repository = ModelRepository(configurations: [], repository: settings)
+        let loader = ModelLoader(runtime: runtime, logger: Logger(label: "test"))
+        repository.loader.withLockedValue { $0 = loader }
+        defer { repository.stopAll(discardingQueued: true) }
+        repository.loadAll(loader) { false }
+        XCTAssertEqual(repository.readyVersions("m"), ["1"])
+        guard case .ready(let first) = repository.resolve("m", version: nil) else { return XCTFail() }
+
+        // Nothing changed: the same sessions keep serving.
+        repository.poll()
+        guard case .ready(let same) = repository.resolve("m", version: nil) else { return XCTFail() }
+        XCTAssertTrue(same === first)
+
+        // A new version replaces version 1 (latest 1); a broken one after it leaves version 2 serving.
+        try copyDemo(to: "repo/m/2/model.onnx")
+        repository.poll()
+        XCTAssertEqual(repository.readyVersions("m"), ["2"])
+        try write("repo/m/3/model.onnx", "not a model")
+        repository.poll()
+        XCTAssertEqual(repository.readyVersions("m"), ["2"])
+        let states = repository.index(readyOnly: false).map { "\($0.version ?? "-") \($0.state ?? "-")" }
+        XCTAssertEqual(states, ["1 UNAVAILABLE", "2 READY", "3 UNAVAILABLE"])
+        XCTAssertTrue(repository.index(readyOnly: false)[2].reason?.contains("Load model from") ?? false)
+        // The broken version is not retried until its file changes.
+        repository.poll()
+        XCTAssertEqual(repository.readyVersions("m"), ["2"])
+
+        XCTAssertThrowsError(try repository.load("m")) { error in
+            XCTAssertEqual((error as? KernelHTTPError)?.status, 400)
+            XCTAssertTrue((error as? KernelHTTPError)?.message.hasPrefix("load failed for model 'm': version 3 is at UNAVAILABLE state: ") ?? false)
+        }
+        try repository.unload("m")
+        XCTAssertEqual(repository.readyVersions("m"), [])
+        XCTAssertTrue(repository.notReady().isEmpty)
+        guard case .notReady(let message) = repository.resolve("m", version: "2") else { return XCTFail() }
+        XCTAssertEqual(message, "Request for unknown model: 'm' version 2 is not at ready state: unloaded")
+    }
+}

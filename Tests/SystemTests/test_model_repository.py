@@ -1,0 +1,389 @@
+"""A Triton-style model repository served by `kernel --role both`: versions and their routing, the repository
+extension (index, load, unload) while `wrk` drives another model, a broken new version, polling, warm-up before
+readiness, and ONNX Runtime's memory options."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import requests
+
+import tritonclient.http as tritonclient_http
+
+from conftest import KERNEL_BIN
+from inference_support import DEMO, Reference, ensure_models, make_slow_model
+from load_support import WrkRun
+
+ensure_models()
+
+
+def make_scaled_sum_model(path, scale):
+    """FP32 "input" [-1, 64] -> "output" [-1, 10], each output `scale` times the row's sum: the demo MLP's signature
+    with answers that say which version gave them."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    weight = numpy_helper.from_array(np.full((64, 10), scale, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["output"])], "scaled_sum",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    onnx.save(model, path + ".tmp")
+    os.rename(path + ".tmp", path)  # a poll never sees half a file
+    return path
+
+
+def copy_model(source, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    shutil.copyfile(source, path + ".tmp")
+    os.rename(path + ".tmp", path)
+
+
+def write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def make_repository(root, demo_settings="version_policy: {all: {}}\n"):
+    """`demo` versions 1 (the demo MLP) and 2 (scaled sum x2), and `other` version 1 (the demo MLP)."""
+    repository = os.path.join(root, "repo")
+    copy_model(DEMO, os.path.join(repository, "demo", "1", "model.onnx"))
+    make_scaled_sum_model(os.path.join(repository, "demo", "2", "model.onnx"), 2.0)
+    write(os.path.join(repository, "demo", "config.yaml"),
+          demo_settings + "max_batch_size: 8\ndynamic_batching: {}\nwarmup: 1\n"
+          "cpu_mem_arena: false\nmemory_pattern: false\ngraph_optimization_level: disable_all\n")
+    copy_model(DEMO, os.path.join(repository, "other", "1", "model.onnx"))
+    write(os.path.join(repository, "other", "config.yaml"),
+          "max_batch_size: 8\ndynamic_batching: {}\narena_extend_strategy: same_as_requested\n")
+    return repository
+
+
+def repository_yaml(inference_extra, models="", locations=""):
+    return f"""
+http:
+  listen: "127.0.0.1:0"
+inference:
+  model_repository: repo
+{inference_extra}
+{models}
+routing:
+  servers:
+    - locations:
+        - location: "^~ /v2"
+          inference: {{}}
+{locations}"""
+
+
+def rows(count, seed=3):
+    return np.random.default_rng(seed).standard_normal((count, 64)).astype(np.float32)
+
+
+def infer(kernel, path, array):
+    body = {"inputs": [{"name": "input", "shape": list(array.shape), "datatype": "FP32",
+                        "data": array.flatten().tolist()}]}
+    return requests.post(kernel.url(f"/v2/models/{path}/infer"), data=json.dumps(body), timeout=30)
+
+
+def output_of(response):
+    assert response.status_code == 200, response.text
+    output = response.json()["outputs"][0]
+    return np.array(output["data"], dtype=np.float32).reshape(output["shape"])
+
+
+def is_scaled_sum(result, array, scale):
+    return np.allclose(result, np.repeat(array.sum(axis=1, keepdims=True) * scale, 10, axis=1), rtol=1e-4, atol=1e-3)
+
+
+def post(kernel, path, body=None):
+    return requests.post(kernel.url(path), data=json.dumps(body) if body is not None else b"", timeout=60)
+
+
+def index(kernel, body=None):
+    response = post(kernel, "/v2/repository/index", body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_until(condition, what, timeout=30):
+    """Bounded wait for a state the kernel reaches by itself (a poll, a background load)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_versions_routing_metadata_index_and_memory_options(start_kernel, tmp_path):
+    make_repository(str(tmp_path))
+    models = f"""  models:
+    - name: plain
+      path: {DEMO}
+"""
+    kernel = start_kernel(repository_yaml("  repository_control: explicit", models))
+    array = rows(3)
+    reference = Reference(DEMO).run(array)
+
+    # Without a version: the highest ready one (2, the scaled sum); each version by its path.
+    assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
+    assert is_scaled_sum(output_of(infer(kernel, "demo/versions/2", array)), array, 2.0)
+    # Version 1 runs with the arena, memory patterns and graph optimisations off, `other` on the environment's
+    # same_as_requested arena: both give the reference's answers.
+    assert np.allclose(output_of(infer(kernel, "demo/versions/1", array)), reference, rtol=1e-5, atol=1e-6)
+    assert np.allclose(output_of(infer(kernel, "other", array)), reference, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(output_of(infer(kernel, "plain", array)), reference)
+    response = infer(kernel, "demo/versions/1", array)
+    assert response.json()["model_version"] == "1"
+
+    metadata = requests.get(kernel.url("/v2/models/demo"), timeout=10).json()
+    assert metadata["versions"] == ["1", "2"]
+    assert requests.get(kernel.url("/v2/models/demo/versions/1/ready"), timeout=10).status_code == 200
+    assert requests.get(kernel.url("/v2/models/demo/versions/3/ready"), timeout=10).status_code == 404
+    missing = infer(kernel, "demo/versions/3", array)
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "Request for unknown model: 'demo' version 3 is not found"
+    config = requests.get(kernel.url("/v2/models/demo/versions/1/config"), timeout=10).json()
+    assert config["max_batch_size"] == 8
+    stats = requests.get(kernel.url("/v2/models/demo/versions/1/stats"), timeout=10).json()["model_stats"]
+    assert [(s["name"], s["version"]) for s in stats] == [("demo", "1")]
+    assert stats[0]["inference_count"] == 6
+    every = requests.get(kernel.url("/v2/models/demo/stats"), timeout=10).json()["model_stats"]
+    assert [(s["name"], s["version"]) for s in every] == [("demo", "1"), ("demo", "2")]
+
+    listed = index(kernel)
+    assert {"name": "demo", "version": "1", "state": "READY"} in listed
+    assert {"name": "demo", "version": "2", "state": "READY"} in listed
+    assert {"name": "other", "version": "1", "state": "READY"} in listed
+    assert {"name": "plain", "version": "1", "state": "READY"} in listed
+    assert index(kernel, {"ready": True}) == listed
+    bad = post(kernel, "/v2/repository/index", {"ready": "yes"})
+    assert bad.status_code == 400 and bad.json()["error"] == "Invalid value for 'ready': expected a boolean"
+    assert requests.get(kernel.url("/v2/repository/index"), timeout=10).status_code == 405
+    assert "model_repository" in requests.get(kernel.url("/v2"), timeout=10).json()["extensions"]
+
+    # tritonclient's repository calls.
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    try:
+        assert {"name": "demo", "version": "2", "state": "READY"} in client.get_model_repository_index()
+        client.unload_model("plain")
+        assert not client.is_model_ready("plain")
+        client.load_model("plain")
+        assert client.is_model_ready("plain")
+    finally:
+        client.close()
+
+
+def test_load_and_unload_while_wrk_drives_another_model(start_kernel, tmp_path):
+    make_repository(str(tmp_path))
+    kernel = start_kernel(repository_yaml("  repository_control: explicit"))
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]})
+    wrk = WrkRun(kernel.url("/v2/models/other/infer"), kernel.port(), connections=8, method="POST", body=body,
+                 headers={"Content-Type": "application/json"})
+    wrk.wait_until_loaded()
+    array = rows(2)
+    for _ in range(2):
+        response = post(kernel, "/v2/repository/models/demo/unload")
+        assert response.status_code == 200, response.text
+        assert requests.get(kernel.url("/v2/models/demo/ready"), timeout=10).status_code == 400
+        gone = infer(kernel, "demo", array)
+        assert gone.status_code == 400 and "is not at ready state: unloaded" in gone.json()["error"], gone.text
+        listed = index(kernel)
+        assert {"name": "demo", "version": "2", "state": "UNAVAILABLE", "reason": "unloaded"} in listed
+        assert all(entry["name"] != "demo" for entry in index(kernel, {"ready": True}))
+        # An unloaded model does not make the server unready: it was taken out on purpose.
+        assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 200
+        response = post(kernel, "/v2/repository/models/demo/load")
+        assert response.status_code == 200, response.text
+        assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
+    requests_done, output = wrk.finish()
+    assert requests_done > 0
+    assert "Non-2xx" not in output, output
+    assert "Socket errors" not in output, output
+    unknown = post(kernel, "/v2/repository/models/nope/load")
+    assert unknown.status_code == 400
+    assert unknown.json()["error"].startswith("failed to load 'nope', failed to poll from model repository")
+    # A model added to the directory after the start is listed by name, and loads on request.
+    make_scaled_sum_model(os.path.join(str(tmp_path), "repo", "late", "1", "model.onnx"), 4.0)
+    assert {"name": "late"} in index(kernel)
+    assert requests.get(kernel.url("/v2/models/late/ready"), timeout=10).status_code == 404
+    assert post(kernel, "/v2/repository/models/late/load").status_code == 200
+    assert is_scaled_sum(output_of(infer(kernel, "late", array)), array, 4.0)
+
+
+def test_an_unload_finishes_the_requests_it_has_queued(start_kernel, tmp_path):
+    repository = os.path.join(str(tmp_path), "repo")
+    os.makedirs(os.path.join(repository, "slow", "1"), exist_ok=True)
+    # About a second per request of 256 rows: four of them keep the model busy well after the unload arrives.
+    make_slow_model(os.path.join(repository, "slow", "1", "model.onnx"), width=256, layers=480)
+    write(os.path.join(repository, "slow", "config.yaml"), "max_batch_size: 512\n")
+    kernel = start_kernel(repository_yaml("  repository_control: explicit",
+                                          locations="        - location: = /metrics\n          metrics: {}\n"))
+    body = json.dumps({"inputs": [{"name": "x", "shape": [256, 256], "datatype": "FP32", "data": [0.1] * (256 * 256)}]})
+
+    def queued():
+        found = re.search(r'^kernel_model_queue_depth\{model="slow"\} (\d+)', requests.get(kernel.url("/metrics"),
+                          timeout=10).text, re.M)
+        return int(found.group(1)) if found else 0
+
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(requests.post, kernel.url("/v2/models/slow/infer"), data=body, timeout=120)
+                   for _ in range(4)]
+        # Every request has reached the model, and at least two are queued or running (the model's queue-depth
+        # gauge says so) when the unload comes.
+        def reached():
+            depth = queued()
+            return depth >= 2 and depth + sum(future.done() for future in pending) >= 4
+        wait_until(reached, "the requests in the model's queue", timeout=60)
+        unloaded = post(kernel, "/v2/repository/models/slow/unload")
+        assert unloaded.status_code == 200, unloaded.text
+        # Every request the model had queued or running when the unload came got its answer (none was dropped).
+        answers = [future.result() for future in pending]
+    assert [answer.status_code for answer in answers] == [200] * 4, [answer.text for answer in answers]
+    assert requests.get(kernel.url("/v2/models/slow/ready"), timeout=10).status_code == 400
+
+
+def test_a_broken_new_version_keeps_the_old_one_serving(start_kernel, tmp_path):
+    repository = os.path.join(str(tmp_path), "repo")
+    make_scaled_sum_model(os.path.join(repository, "demo", "1", "model.onnx"), 1.0)
+    kernel = start_kernel(repository_yaml("  repository_control: explicit"))
+    array = rows(2)
+    assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 1.0)
+
+    write(os.path.join(repository, "demo", "2", "model.onnx"), "this is not an onnx model")
+    response = post(kernel, "/v2/repository/models/demo/load")
+    assert response.status_code == 400
+    message = response.json()["error"]
+    assert message.startswith("load failed for model 'demo': version 2 is at UNAVAILABLE state: "), message
+    assert "Load model from" in message and "failed" in message  # ONNX Runtime's own words
+    assert re.search(r"model 'demo' failed to load from .*demo/2/model.onnx \(version 2\): Load model from ", kernel.log_text())
+    assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 1.0)
+    assert requests.get(kernel.url("/v2/models/demo/versions/1/ready"), timeout=10).status_code == 200
+    listed = index(kernel)
+    assert {"name": "demo", "version": "1", "state": "READY"} in listed
+    broken = [entry for entry in listed if entry.get("version") == "2"]
+    assert broken[0]["state"] == "UNAVAILABLE" and "Load model from" in broken[0]["reason"]
+
+    # A changed file of a serving version that fails to load leaves the loaded sessions serving too.
+    write(os.path.join(repository, "demo", "1", "model.onnx"), "broken as well")
+    shutil.rmtree(os.path.join(repository, "demo", "2"))
+    response = post(kernel, "/v2/repository/models/demo/load")
+    assert response.status_code == 400
+    assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 1.0)
+    assert "the loaded version 1 keeps serving" in kernel.log_text()
+
+
+def test_polling_picks_up_added_changed_and_removed_versions(start_kernel, tmp_path):
+    repository = os.path.join(str(tmp_path), "repo")
+    make_scaled_sum_model(os.path.join(repository, "demo", "1", "model.onnx"), 1.0)
+    kernel = start_kernel(repository_yaml("  repository_poll: 1s"))
+    array = rows(2)
+    assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 1.0)
+    refused = post(kernel, "/v2/repository/models/demo/load")
+    assert refused.status_code == 503
+    assert refused.json()["error"] == "explicit model load / unload is not allowed if polling is enabled"
+
+    def versions():
+        response = requests.get(kernel.url("/v2/models/demo"), timeout=10)
+        return response.json().get("versions") if response.status_code == 200 else None
+
+    # Added: version 2 replaces 1 (version_policy latest 1).
+    make_scaled_sum_model(os.path.join(repository, "demo", "2", "model.onnx"), 2.0)
+    wait_until(lambda: versions() == ["2"], "version 2 to replace version 1")
+    assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
+    # Changed: the same version with a new file.
+    make_scaled_sum_model(os.path.join(repository, "demo", "2", "model.onnx"), 3.0)
+    wait_until(lambda: is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 3.0), "version 2 to reload")
+    # A new model appears; a removed version brings the policy back to version 1.
+    make_scaled_sum_model(os.path.join(repository, "late", "1", "model.onnx"), 5.0)
+    wait_until(lambda: requests.get(kernel.url("/v2/models/late/ready"), timeout=10).status_code == 200, "model 'late'")
+    shutil.rmtree(os.path.join(repository, "demo", "2"))
+    wait_until(lambda: versions() == ["1"], "version 1 to serve again")
+    assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 1.0)
+    # A removed model is unloaded.
+    shutil.rmtree(os.path.join(repository, "late"))
+    wait_until(lambda: requests.get(kernel.url("/v2/models/late/ready"), timeout=10).status_code == 400, "'late' to go")
+    assert "model 'late' is no longer in the repository" in kernel.log_text()
+
+
+def test_warmup_runs_before_readiness(start_kernel, tmp_path):
+    repository = os.path.join(str(tmp_path), "repo")
+    os.makedirs(os.path.join(repository, "slow", "1"), exist_ok=True)
+    make_slow_model(os.path.join(repository, "slow", "1", "model.onnx"), width=256, layers=480)
+    # Every batch size 1..16, twice each: seconds of warm-up, during which the model must not be ready.
+    write(os.path.join(repository, "slow", "config.yaml"), "max_batch_size: 16\nwarmup: 2\n")
+    kernel = start_kernel(repository_yaml("  load_before_listen: false",
+                                          locations="        - location: = /healthz\n          health: ready\n"))
+    kernel.wait_for_log("warming up 1 instance(s), 2 run(s) at batch size(s) [1, 2, 3", timeout=60)
+    assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 400
+    assert requests.get(kernel.url("/v2/models/slow/ready"), timeout=10).status_code == 400
+    assert requests.get(kernel.url("/healthz"), timeout=10).status_code == 503
+    assert requests.get(kernel.url("/v2/health/live"), timeout=10).status_code == 200
+    kernel.wait_for_log("model 'slow' version 1 ready", timeout=120)
+    assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 200
+    assert requests.get(kernel.url("/v2/models/slow/ready"), timeout=10).status_code == 200
+    assert requests.get(kernel.url("/healthz"), timeout=10).status_code == 200
+    text = kernel.log_text()
+    assert text.index("warming up") < text.index("model 'slow' version 1 ready")
+
+
+def test_a_name_in_models_and_the_repository_is_a_config_error(tmp_path):
+    make_repository(str(tmp_path))
+    config = os.path.join(str(tmp_path), "kernel.yaml")
+    write(config, repository_yaml("", f"  models:\n    - name: other\n      path: {DEMO}\n"))
+    result = subprocess.run([KERNEL_BIN, "-t", "--config", config], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    expected = f"{config}:8:13: inference.models[0].name: model \"other\" is declared here and in model_repository"
+    assert expected in result.stderr + result.stdout, result.stderr + result.stdout
+    # A per-model file's error names its own file, line and column.
+    write(config, repository_yaml(""))
+    write(os.path.join(str(tmp_path), "repo", "other", "config.yaml"), "max_batch_size: 8\nbatching: 3\n")
+    result = subprocess.run([KERNEL_BIN, "-t", "--config", config], capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert f"{tmp_path}/repo/other/config.yaml:2:1: batching: unknown key" in result.stderr + result.stdout
+
+
+def test_every_worker_process_polls_its_own_repository_state(start_kernel, tmp_path):
+    repository = os.path.join(str(tmp_path), "repo")
+    make_scaled_sum_model(os.path.join(repository, "demo", "1", "model.onnx"), 1.0)
+    kernel = start_kernel(f"""
+kernel:
+  pid: {tmp_path}/kernel.pid
+  error_log: {{path: stderr, level: info}}
+  event_loop_threads: 1
+  shutdown_timeout: 10s
+  processes: 2
+""" + repository_yaml("  repository_poll: 1s"))
+    kernel.wait_for_log("model 'demo' version 1 ready", count=2, timeout=60)
+    make_scaled_sum_model(os.path.join(repository, "demo", "2", "model.onnx"), 2.0)
+    # Each worker finds the new version by itself and retires version 1 once version 2 serves.
+    kernel.wait_for_log("model 'demo' version 1 unloaded", count=2, timeout=60)
+    array = rows(2)
+    for _ in range(20):  # a new connection each time: both workers answer some of them
+        assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
+
+
+def test_a_triton_repository_with_config_pbtxt_serves_as_it_is(start_kernel, tmp_path):
+    repository = os.path.join(str(tmp_path), "repo")
+    copy_model(DEMO, os.path.join(repository, "demo", "1", "model.onnx"))
+    write(os.path.join(repository, "demo", "config.pbtxt"), """
+name: "demo"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "input", data_type: TYPE_FP32, dims: [ 64 ] } ]
+output [ { name: "output", data_type: TYPE_FP32, dims: [ 10 ] } ]
+instance_group [ { count: 2, kind: KIND_CPU } ]
+dynamic_batching { max_queue_delay_microseconds: 500 }
+""")
+    kernel = start_kernel(repository_yaml(""))
+    config = requests.get(kernel.url("/v2/models/demo/config"), timeout=10).json()
+    assert config["max_batch_size"] == 8
+    assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
+    array = rows(4)
+    assert np.array_equal(output_of(infer(kernel, "demo", array)), Reference(DEMO).run(array))
