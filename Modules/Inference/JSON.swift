@@ -424,16 +424,29 @@ public struct JSONReader {
 
         @inline(__always) func isDigit(_ byte: UInt8) -> Bool { byte >= 48 && byte <= 57 }
 
+        /// A string's content: where it lies in the document when it has no escape, else its decoded bytes.
+        enum StringContent {
+            case source(Range<Int>)
+            case decoded([UInt8])
+        }
+
         mutating func string() throws -> String {
+            switch try stringContent() {
+            case .source(let range): return String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self)
+            case .decoded(let scalars): return String(decoding: scalars, as: UTF8.self)
+            }
+        }
+
+        /// Reads the string at the cursor (at its opening quote) without making a `String`.
+        mutating func stringContent() throws -> StringContent {
             index += 1
             let start = index
             // Fast path: no escapes.
             while index < bytes.count {
                 let byte = bytes[index]
                 if byte == UInt8(ascii: "\"") {
-                    let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
                     index += 1
-                    return text
+                    return .source(start..<index - 1)
                 }
                 if byte == UInt8(ascii: "\\") { break }
                 guard byte >= 0x20 else { throw error("control character in string") }
@@ -444,7 +457,7 @@ public struct JSONReader {
                 let byte = bytes[index]
                 if byte == UInt8(ascii: "\"") {
                     index += 1
-                    return String(decoding: scalars, as: UTF8.self)
+                    return .decoded(scalars)
                 }
                 guard byte >= 0x20 else { throw error("control character in string") }
                 if byte != UInt8(ascii: "\\") {
@@ -484,6 +497,66 @@ public struct JSONReader {
                 }
             }
             throw error("unterminated string")
+        }
+
+        /// Checks and passes over one value without building it (members the reader does not use).
+        mutating func skipValue(depth: Int) throws {
+            guard depth < JSONReader.maximumDepth else { throw error("nesting deeper than \(JSONReader.maximumDepth)") }
+            skipSpace()
+            guard index < bytes.count else { throw error("unexpected end of JSON") }
+            switch bytes[index] {
+            case UInt8(ascii: "{"):
+                index += 1
+                skipSpace()
+                if index < bytes.count, bytes[index] == UInt8(ascii: "}") { index += 1; return }
+                while true {
+                    skipSpace()
+                    guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a member name") }
+                    _ = try stringContent()
+                    skipSpace()
+                    guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+                    index += 1
+                    try skipValue(depth: depth + 1)
+                    skipSpace()
+                    guard index < bytes.count else { throw error("unexpected end of JSON") }
+                    if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                    if bytes[index] == UInt8(ascii: "}") { index += 1; return }
+                    throw error("expected ',' or '}'")
+                }
+            case UInt8(ascii: "["):
+                index += 1
+                skipSpace()
+                if index < bytes.count, bytes[index] == UInt8(ascii: "]") { index += 1; return }
+                while true {
+                    try skipValue(depth: depth + 1)
+                    skipSpace()
+                    guard index < bytes.count else { throw error("unexpected end of JSON") }
+                    if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                    if bytes[index] == UInt8(ascii: "]") { index += 1; return }
+                    throw error("expected ',' or ']'")
+                }
+            case UInt8(ascii: "\""): _ = try stringContent()
+            case UInt8(ascii: "t"): try literal("true")
+            case UInt8(ascii: "f"): try literal("false")
+            case UInt8(ascii: "n"): try literal("null")
+            default: _ = try number()
+            }
+        }
+
+        /// Reads `expected` (after space), or throws `error(reason)`.
+        mutating func expect(_ byte: UInt8, _ reason: String) throws {
+            skipSpace()
+            guard index < bytes.count, bytes[index] == byte else { throw error(reason) }
+            index += 1
+        }
+
+        /// After a member or item: true for ',' (another follows), false for `close`; anything else is an error.
+        mutating func next(close: UInt8) throws -> Bool {
+            skipSpace()
+            guard index < bytes.count else { throw error("unexpected end of JSON") }
+            if bytes[index] == UInt8(ascii: ",") { index += 1; return true }
+            if bytes[index] == close { index += 1; return false }
+            throw error(close == UInt8(ascii: "}") ? "expected ',' or '}'" : "expected ',' or ']'")
         }
 
         mutating func hex4() throws -> UInt32 {
@@ -552,5 +625,35 @@ public struct JSONWriter {
     private mutating func nonFinite(_ value: Double) {
         if value.isNaN { buffer.writeStaticString("NaN") }
         else { buffer.writeStaticString(value < 0 ? "-Infinity" : "Infinity") }
+    }
+}
+
+extension JSONWriter {
+    /// `bytes` as a JSON string literal, escaped byte by byte as `JSONText` escapes text (`"`, `\`, and control
+    /// characters; `\u0000` for NUL); other bytes are copied as they are. A string with nothing to escape is copied
+    /// in one piece.
+    static func writeQuoted(bytes: UnsafeRawBufferPointer, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(ascii: "\""))
+        guard bytes.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }) else {
+            buffer.writeBytes(bytes)
+            buffer.writeInteger(UInt8(ascii: "\""))
+            return
+        }
+        let hex: StaticString = "0123456789abcdef"
+        for byte in bytes {
+            switch byte {
+            case 0x22: buffer.writeStaticString("\\\"")
+            case 0x5C: buffer.writeStaticString("\\\\")
+            case 0x0A: buffer.writeStaticString("\\n")
+            case 0x0D: buffer.writeStaticString("\\r")
+            case 0x09: buffer.writeStaticString("\\t")
+            case 0..<0x20:
+                buffer.writeStaticString("\\u00")
+                buffer.writeInteger(hex.utf8Start[Int(byte >> 4)])
+                buffer.writeInteger(hex.utf8Start[Int(byte & 0xF)])
+            default: buffer.writeInteger(byte)
+            }
+        }
+        buffer.writeInteger(UInt8(ascii: "\""))
     }
 }

@@ -46,6 +46,15 @@ struct ORTFunctions: Sendable {
     typealias AllocatorFree = @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Status
     typealias GetAllocatorWithDefaultOptions = @convention(c) (UnsafeMutablePointer<OpaquePointer?>?) -> Status
     typealias Release = @convention(c) (OpaquePointer?) -> Void
+    // String tensors (BYTES).
+    typealias CreateTensor = @convention(c) (OpaquePointer?, UnsafePointer<Int64>?, Int, Int32,
+                                             UnsafeMutablePointer<OpaquePointer?>?) -> Status
+    typealias FillStringTensor = @convention(c) (OpaquePointer?, UnsafePointer<UnsafePointer<CChar>?>?, Int) -> Status
+    typealias GetStringTensorDataLength = @convention(c) (OpaquePointer?, UnsafeMutablePointer<Int>?) -> Status
+    typealias GetStringTensorContent = @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int,
+                                                       UnsafeMutablePointer<Int>?, Int) -> Status
+    typealias GetResizedStringTensorElementBuffer = @convention(c) (OpaquePointer?, Int, Int,
+                                                                    UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Status
 
     /// Version of the `OrtApi` table asked from `GetApi`.
     static let apiVersion: UInt32 = 1
@@ -83,7 +92,18 @@ struct ORTFunctions: Sendable {
     let releaseTensorTypeAndShapeInfo: Release    // 99
     let releaseSessionOptions: Release            // 100
 
-    init(table: UnsafePointer<UnsafeRawPointer?>) throws {
+    // String tensors (BYTES): creating them with ORT's allocator, filling and reading them.
+    let createTensorAsOrtValue: CreateTensor      // 48
+    let fillStringTensor: FillStringTensor        // 52 (NUL-terminated elements: the fallback before API 15)
+    let getStringTensorDataLength: GetStringTensorDataLength // 53
+    let getStringTensorContent: GetStringTensorContent       // 54
+    /// 252, since API version 15 (ORT 1.15): an element of any bytes, NULs included. nil in older libraries.
+    let getResizedStringTensorElementBuffer: GetResizedStringTensorElementBuffer?
+    /// The API version that has `getResizedStringTensorElementBuffer`.
+    static let stringElementBufferVersion: UInt32 = 15
+
+    /// `table`: the `OrtApi` for `apiVersion`; `version15`: the table when the library provides API version 15 too.
+    init(table: UnsafePointer<UnsafeRawPointer?>, version15: UnsafePointer<UnsafeRawPointer?>? = nil) throws {
         func slot<F>(_ index: Int, _ type: F.Type) throws -> F {
             guard let pointer = table[index] else {
                 throw ONNXRuntimeError("the ONNX Runtime API table has no function at slot \(index)")
@@ -122,6 +142,13 @@ struct ORTFunctions: Sendable {
         releaseTypeInfo = try slot(98, Release.self)
         releaseTensorTypeAndShapeInfo = try slot(99, Release.self)
         releaseSessionOptions = try slot(100, Release.self)
+        createTensorAsOrtValue = try slot(48, CreateTensor.self)
+        fillStringTensor = try slot(52, FillStringTensor.self)
+        getStringTensorDataLength = try slot(53, GetStringTensorDataLength.self)
+        getStringTensorContent = try slot(54, GetStringTensorContent.self)
+        getResizedStringTensorElementBuffer = version15?[252].map {
+            unsafeBitCast($0, to: GetResizedStringTensorElementBuffer.self)
+        }
     }
 
     /// Turns a returned `OrtStatus*` into a thrown error carrying ORT's message, releasing the status.
@@ -191,7 +218,9 @@ public final class ONNXRuntime: @unchecked Sendable {
                                    + "provide API version \(ORTFunctions.apiVersion); " + ONNXRuntime.installHint)
         }
         let api: ORTFunctions
-        do { api = try ORTFunctions(table: table) } catch {
+        // A table for a later version is the same table, grown: asked for only to learn whether the slot exists.
+        let version15 = unsafeBitCast(getApiPointer, to: GetApi.self)(ORTFunctions.stringElementBufferVersion)
+        do { api = try ORTFunctions(table: table, version15: version15) } catch {
             dlclose(handle)
             throw error
         }
