@@ -55,7 +55,7 @@ struct InferenceRequestDecoder {
         var id: String?
         var binaryOutputDefault = false
         var outputItems: JSONValue?
-        var seen = Set<String>()
+        var seen = Members()
         cursor.skipSpace()
         if cursor.index < cursor.bytes.count, cursor.bytes[cursor.index] == UInt8(ascii: "}") {
             cursor.index += 1
@@ -63,7 +63,7 @@ struct InferenceRequestDecoder {
             repeat {
                 let key = try memberName()
                 // A repeated member: the first is the one read (as a lookup of the key would find it).
-                guard seen.insert(key).inserted else { try cursor.skipValue(depth: 1); continue }
+                guard seen.first(key) else { try cursor.skipValue(depth: 1); continue }
                 switch key {
                 case "id":
                     let value = try cursor.value(depth: 1)
@@ -144,7 +144,7 @@ struct InferenceRequestDecoder {
     struct InputHeader {
         var name: JSONValue?
         var datatype: JSONValue?
-        var shape: JSONValue?
+        var shape: Shape?
         var parameters: JSONValue?
         /// Where `data` starts in the document, when it came before the input could be checked.
         var deferredData: Int?
@@ -171,18 +171,18 @@ struct InferenceRequestDecoder {
         }
         cursor.index += 1
         var header = InputHeader()
-        var seen = Set<String>()
+        var seen = Members()
         cursor.skipSpace()
         if cursor.index < cursor.bytes.count, cursor.bytes[cursor.index] == UInt8(ascii: "}") {
             cursor.index += 1
         } else {
             repeat {
                 let key = try memberName()
-                guard seen.insert(key).inserted else { try cursor.skipValue(depth: 2); continue }
+                guard seen.first(key) else { try cursor.skipValue(depth: 2); continue }
                 switch key {
                 case "name": header.name = try cursor.value(depth: 2)
                 case "datatype": header.datatype = try cursor.value(depth: 2)
-                case "shape": header.shape = try cursor.value(depth: 2)
+                case "shape": header.shape = try shape()
                 case "parameters": header.parameters = try cursor.value(depth: 2)
                 case "data":
                     header.hasData = true
@@ -236,16 +236,14 @@ struct InferenceRequestDecoder {
         guard dataType == spec.dataType else {
             throw KernelHTTPError(400, "inference input '\(name)' data-type is '\(typeName)', but model '\(model.name)' expects '\(spec.dataType.rawValue)'")
         }
-        guard let shapeItems = header.shape?.arrayValue else {
+        let shape: [Int64]
+        switch header.shape {
+        case nil, .notAnArray:
             throw KernelHTTPError(400, "input '\(name)' has no \"shape\" array")
-        }
-        var shape: [Int64] = []
-        shape.reserveCapacity(shapeItems.count)
-        for dimension in shapeItems {
-            guard case .number(let number) = dimension, let value = number.int64, value >= 0 else {
-                throw KernelHTTPError(400, "input '\(name)' has an invalid shape: dimensions must be non-negative integers")
-            }
-            shape.append(value)
+        case .invalid:
+            throw KernelHTTPError(400, "input '\(name)' has an invalid shape: dimensions must be non-negative integers")
+        case .dimensions(let dimensions):
+            shape = dimensions
         }
         guard spec.accepts(shape) else {
             throw KernelHTTPError(400, "unexpected shape for input '\(name)' for model '\(model.name)'. Expected \(spec.shapeText), got \(InferenceCodec.shapeText(shape))")
@@ -261,6 +259,62 @@ struct InferenceRequestDecoder {
             throw KernelHTTPError(400, "input '\(name)' has a shape too large: \(InferenceCodec.shapeText(shape)) of \(typeName) spans more than \(TensorSize.bufferLimit) bytes (counting each empty dimension as 1)")
         }
         return CheckedInput(name: name, position: position, dataType: dataType, shape: shape, count: count, byteCount: byteCount)
+    }
+
+    /// An input's `shape` member as read.
+    enum Shape {
+        case dimensions([Int64])
+        /// An array with an item that is not an integer from 0 to 2^63-1.
+        case invalid
+        case notAnArray
+    }
+
+    /// Reads a `shape` value straight into its dimensions.
+    mutating func shape() throws -> Shape {
+        cursor.skipSpace()
+        guard cursor.index < cursor.bytes.count, cursor.bytes[cursor.index] == UInt8(ascii: "[") else {
+            try cursor.skipValue(depth: 2)
+            return .notAnArray
+        }
+        cursor.index += 1
+        var dimensions: [Int64] = []
+        dimensions.reserveCapacity(4)
+        var valid = true
+        cursor.skipSpace()
+        if cursor.index < cursor.bytes.count, cursor.bytes[cursor.index] == UInt8(ascii: "]") {
+            cursor.index += 1
+            return .dimensions(dimensions)
+        }
+        repeat {
+            cursor.skipSpace()
+            guard cursor.index < cursor.bytes.count else { throw cursor.error("unexpected end of JSON") }
+            let byte = cursor.bytes[cursor.index]
+            if valid, byte == UInt8(ascii: "-") || (byte &- 48) < 10, let value = try cursor.number().int64, value >= 0 {
+                dimensions.append(value)
+            } else {
+                // Not a dimension: the rest is still read, so that a syntax error is reported as one.
+                if cursor.index < cursor.bytes.count, cursor.bytes[cursor.index] != UInt8(ascii: ","),
+                   cursor.bytes[cursor.index] != UInt8(ascii: "]") {
+                    try cursor.skipValue(depth: 3)
+                }
+                valid = false
+            }
+        } while try cursor.next(close: UInt8(ascii: "]"))
+        return valid ? .dimensions(dimensions) : .invalid
+    }
+
+    /// The members of an object already read (those the decoder knows): a repeated one is skipped.
+    struct Members {
+        private var bits: UInt8 = 0
+        private static let names = ["id", "parameters", "inputs", "outputs", "name", "datatype", "shape", "data"]
+
+        /// Whether `key` is met for the first time (always true for members the decoder does not read).
+        mutating func first(_ key: String) -> Bool {
+            guard let index = Members.names.firstIndex(of: key) else { return true }
+            let bit = UInt8(1) << UInt8(index)
+            defer { bits |= bit }
+            return bits & bit == 0
+        }
     }
 
     /// Takes the input's bytes from the binary part, as a slice of the body.
