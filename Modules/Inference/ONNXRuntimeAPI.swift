@@ -16,8 +16,9 @@ public struct ONNXRuntimeError: Error, Sendable, CustomStringConvertible {
 ///
 /// No C header is used: each function type is declared here with `@convention(c)` and loaded from its slot in the
 /// table. Slot numbers follow the order of `struct OrtApi` in the upstream `onnxruntime_c_api.h`; the table only
-/// grows at its end, so a slot learnt for one API version stays valid in every later library. Every slot used here
-/// (the highest is 100, `ReleaseSessionOptions`) exists since API version 1, which is therefore what we ask for.
+/// grows at its end, so a slot learnt for one API version stays valid in every later library. The slots required
+/// (up to 100, `ReleaseSessionOptions`) exist since API version 1, which is therefore what we ask for; the string
+/// element buffer (slot 252, API version 15) is taken only from a library that provides version 15.
 struct ORTFunctions: Sendable {
     typealias Status = OpaquePointer?
     typealias GetErrorMessage = @convention(c) (OpaquePointer?) -> UnsafePointer<CChar>?
