@@ -402,7 +402,7 @@ struct InferenceRequestDecoder {
                 try elements(&writer, depth: depth + 1)
             } else if fp32, writer.written < writer.input.count, byte == UInt8(ascii: "-") || (byte &- 48) < 10 {
                 // The common case, kept tight: FP32 numbers straight into place.
-                let value = try cursor.number().float
+                let value = try cursor.float32()
                 writer.raw.storeBytes(of: value, toByteOffset: writer.written &* 4, as: Float.self)
                 writer.written += 1
             } else {

@@ -133,8 +133,8 @@ public struct JSONNumber: Sendable {
         }
         if longText == nil, mantissa < (1 << 53), exponent >= -22, exponent <= 22 {
             // Exact operands and one correctly rounded operation (Clinger's fast path).
-            let magnitude = exponent < 0 ? Double(mantissa) / powersOfTen[Int(-exponent)]
-                                         : Double(mantissa) * powersOfTen[Int(exponent)]
+            let magnitude = exponent < 0 ? Double(mantissa) / powerOfTen(Int(-exponent))
+                                         : Double(mantissa) * powerOfTen(Int(exponent))
             return negative ? -magnitude : magnitude
         }
         return withCString { strtod($0, nil) }
@@ -147,28 +147,36 @@ public struct JSONNumber: Sendable {
         case .infinity: return negative ? -.infinity : .infinity
         case .none: break
         }
-        if longText == nil, exponent >= -22, exponent <= 22 {
-            if mantissa < (1 << 24), exponent >= -10, exponent <= 10 {
-                // Exact operands, one rounding.
-                let scale = Float(powersOfTen[Int(abs(exponent))])
-                let magnitude = exponent < 0 ? Float(mantissa) / scale : Float(mantissa) * scale
-                return negative ? -magnitude : magnitude
-            }
-            // Python writes FP32 values as the shortest *double* text (17 digits): compute in Double, which lands
-            // within 2 units in the last place of the exact value (two roundings of relative error 2^-53 each).
-            // Rounding that to Float is then exact unless the double lies within those 2 units of a midpoint
-            // between two floats, that is unless the 29 bits Float drops are within 4 of 2^28; and the value is a
-            // normal float. Otherwise, the C library rounds the decimal text itself.
-            let approximate = exponent < 0 ? Double(mantissa) / powersOfTen[Int(-exponent)]
-                                           : Double(mantissa) * powersOfTen[Int(exponent)]
-            let dropped = approximate.significandBitPattern & ((1 << 29) - 1)
-            let distance = dropped > (1 << 28) ? dropped - (1 << 28) : (1 << 28) - dropped
-            if distance > 4, approximate >= Double(Float.leastNormalMagnitude), approximate < Double(Float.greatestFiniteMagnitude) {
-                let magnitude = Float(approximate)
-                return negative ? -magnitude : magnitude
-            }
+        if longText == nil, let value = JSONNumber.fastFloat(mantissa: mantissa, exponent: Int(exponent), negative: negative) {
+            return value
         }
         return withCString { strtof($0, nil) }
+    }
+
+    /// The `Float` nearest to `mantissa` × 10^`exponent` where it can be had without the decimal text, else nil (then
+    /// the C library rounds the text). `float` and the tensor reader's FP32 path (`Cursor.float32`) both take it.
+    @inline(__always)
+    static func fastFloat(mantissa: UInt64, exponent: Int, negative: Bool) -> Float? {
+        guard exponent >= -22, exponent <= 22 else { return nil }
+        if mantissa < (1 << 24), exponent >= -10, exponent <= 10 {
+            // Exact operands, one rounding.
+            let scale = Float(powerOfTen(abs(exponent)))
+            let magnitude = exponent < 0 ? Float(mantissa) / scale : Float(mantissa) * scale
+            return negative ? -magnitude : magnitude
+        }
+        // Python writes FP32 values as the shortest *double* text (17 digits): compute in Double, which lands
+        // within 3 units in the last place of the exact value (at most three roundings of relative error 2^-53
+        // each: the mantissa, 10^-k, the product; a multiplication, where a division would take several times as
+        // long). Rounding that to Float is then exact unless the double lies within those 3 units of a midpoint
+        // between two floats, that is unless the 29 bits Float drops are within 4 of 2^28; and the value is a
+        // normal float.
+        let approximate = Double(mantissa) * (exponent < 0 ? inversePowerOfTen(-exponent) : powerOfTen(exponent))
+        let dropped = approximate.significandBitPattern & ((1 << 29) - 1)
+        let distance = dropped > (1 << 28) ? dropped - (1 << 28) : (1 << 28) - dropped
+        guard distance > 4, approximate >= Double(Float.leastNormalMagnitude),
+              approximate < Double(Float.greatestFiniteMagnitude) else { return nil }
+        let magnitude = Float(approximate)
+        return negative ? -magnitude : magnitude
     }
 
     /// The number as C text (`-123e-4`) for `strtod`/`strtof`, on the stack.
@@ -206,10 +214,65 @@ public struct JSONNumber: Sendable {
     }
 }
 
-private let powersOfTen: [Double] = (0...22).map { exponent in
-    var value = 1.0
-    for _ in 0..<exponent { value *= 10 }
-    return value
+/// 10^exponent for 0...22, each exact in a `Double`. A switch of constants (a table in the binary): a global array
+/// would be initialised lazily, checked on every number.
+@inline(__always)
+func powerOfTen(_ exponent: Int) -> Double {
+    switch exponent {
+    case 0: return 1e0
+    case 1: return 1e1
+    case 2: return 1e2
+    case 3: return 1e3
+    case 4: return 1e4
+    case 5: return 1e5
+    case 6: return 1e6
+    case 7: return 1e7
+    case 8: return 1e8
+    case 9: return 1e9
+    case 10: return 1e10
+    case 11: return 1e11
+    case 12: return 1e12
+    case 13: return 1e13
+    case 14: return 1e14
+    case 15: return 1e15
+    case 16: return 1e16
+    case 17: return 1e17
+    case 18: return 1e18
+    case 19: return 1e19
+    case 20: return 1e20
+    case 21: return 1e21
+    default: return 1e22
+    }
+}
+
+/// 10^-exponent for 0...22, the `Double` nearest to each (not exact: one rounding, which `fastFloat` allows for).
+@inline(__always)
+func inversePowerOfTen(_ exponent: Int) -> Double {
+    switch exponent {
+    case 0: return 1e-0
+    case 1: return 1e-1
+    case 2: return 1e-2
+    case 3: return 1e-3
+    case 4: return 1e-4
+    case 5: return 1e-5
+    case 6: return 1e-6
+    case 7: return 1e-7
+    case 8: return 1e-8
+    case 9: return 1e-9
+    case 10: return 1e-10
+    case 11: return 1e-11
+    case 12: return 1e-12
+    case 13: return 1e-13
+    case 14: return 1e-14
+    case 15: return 1e-15
+    case 16: return 1e-16
+    case 17: return 1e-17
+    case 18: return 1e-18
+    case 19: return 1e-19
+    case 20: return 1e-20
+    case 21: return 1e-21
+    default: return 1e-22
+    }
 }
 
 /// Why a document is not valid JSON, with the byte offset where parsing stopped.
@@ -420,6 +483,84 @@ public struct JSONReader {
             let clamped = Int32(clamping: max(-100_000, min(100_000, exponent)))
             return JSONNumber(negative: negative, mantissa: mantissa, exponent: clamped, isInteger: integer && !truncated,
                               special: .none, longText: truncated ? Array(bytes[start..<i]) : nil)
+        }
+
+        /// An FP32 tensor element: the plain forms (at most 19 digits, an exponent of at most 4 digits) are read and
+        /// converted in one pass without making a `JSONNumber`; anything else, errors included, is left to `number()`
+        /// from the same place, so the value and the error are exactly `number().float`'s.
+        @inline(__always)
+        mutating func float32() throws -> Float {
+            let start = index
+            let count = bytes.count
+            let base = bytes.baseAddress!
+            var i = index
+            let negative = base[i] == UInt8(ascii: "-")
+            if negative { i += 1 }
+            var mantissa: UInt64 = 0
+            var digits = 0
+            let integerStart = i
+            while i < count {
+                let digit = base[i] &- 48
+                guard digit < 10 else { break }
+                mantissa = mantissa &* 10 &+ UInt64(digit)
+                digits += 1
+                i += 1
+            }
+            var exponent = 0
+            // No integer digit, a leading zero, or too many digits: the general reader decides.
+            guard digits > 0, digits <= 19, digits == 1 || base[integerStart] != UInt8(ascii: "0") else {
+                index = start
+                return try number().float
+            }
+            if i < count, base[i] == UInt8(ascii: ".") {
+                i += 1
+                let fractionStart = i
+                while digits <= 11, i + 8 <= count, let eight = JSONNumber.eightDigits(base + i) {
+                    mantissa = mantissa &* 100_000_000 &+ eight
+                    digits += 8
+                    i += 8
+                }
+                while i < count {
+                    let digit = base[i] &- 48
+                    guard digit < 10 else { break }
+                    mantissa = mantissa &* 10 &+ UInt64(digit)
+                    digits += 1
+                    i += 1
+                    if digits > 19 { break }
+                }
+                exponent = fractionStart - i
+                guard i > fractionStart, digits <= 19 else {
+                    index = start
+                    return try number().float
+                }
+            }
+            if i < count, base[i] | 0x20 == UInt8(ascii: "e") {
+                i += 1
+                var negativeExponent = false
+                if i < count, base[i] == UInt8(ascii: "+") || base[i] == UInt8(ascii: "-") {
+                    negativeExponent = base[i] == UInt8(ascii: "-")
+                    i += 1
+                }
+                let exponentStart = i
+                var written = 0
+                while i < count, i - exponentStart < 5 {
+                    let digit = base[i] &- 48
+                    guard digit < 10 else { break }
+                    written = written * 10 + Int(digit)
+                    i += 1
+                }
+                guard i > exponentStart, i - exponentStart < 5, i == count || (base[i] &- 48) >= 10 else {
+                    index = start
+                    return try number().float
+                }
+                exponent += negativeExponent ? -written : written
+            }
+            guard let value = JSONNumber.fastFloat(mantissa: mantissa, exponent: exponent, negative: negative) else {
+                index = start
+                return try number().float
+            }
+            index = i
+            return value
         }
 
         @inline(__always) func isDigit(_ byte: UInt8) -> Bool { byte >= 48 && byte <= 57 }

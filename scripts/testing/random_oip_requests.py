@@ -8,15 +8,19 @@ with -1 for every dimension), the request body (base64; JSON, or JSON followed b
 `header_length` set), and the bytes the input must decode to (base64): `np.array(json.loads(body)[...]["data"],
 dtype).tobytes()` for JSON data (or `expected_error`, a part of the 400's message, for FP16 and BF16,
 which Triton takes as binary data only), the bytes sent for binary data, Triton's serialisation (4-byte little-endian
-length, then the UTF-8 bytes) for BYTES. The kernel's decoder test (Tests/InferenceTests) reads the file and
+length, then the UTF-8 bytes) for BYTES, the exactly rounded float32 of each text for hand-written FP32 texts
+near midpoints (numpy rounds those through a double). The kernel's decoder test (Tests/InferenceTests) reads the
+file and
 compares. Every datatype, ranks 1 to 4 (empty dimensions included), flat and nested `data`, and the number forms
 Python writes (shortest round-trip floats, NaN, Infinity, -0.0, integer extremes).
 """
 import argparse
 import base64
+import decimal
 import json
 import random
 import struct
+from fractions import Fraction
 
 import numpy as np
 
@@ -78,7 +82,43 @@ def nest(values, shape):
     return [nest(values[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
+def nearest_float32(text):
+    """The float32 nearest to the decimal `text` (ties to even), exactly: numpy's own conversion goes through a
+    double and may round twice."""
+    exact = Fraction(text)
+    guess = np.float32(float(exact))
+    candidates = [np.nextafter(guess, np.float32("-inf")), guess, np.nextafter(guess, np.float32("inf"))]
+    def key(candidate):
+        return (abs(Fraction(float(candidate)) - exact), int(np.array(candidate).view(np.uint32)) & 1)
+    return min(candidates, key=key)
+
+
+def hard_float_texts(rng, count):
+    """Decimal texts of 9 to 19 significant digits at or next to the midpoint between two neighbouring float32s: where
+    a conversion that rounds twice, or too loosely, goes wrong."""
+    texts = []
+    for _ in range(count):
+        value = np.float32(rng.choice([-1, 1]) * 10.0 ** rng.uniform(-30, 30))
+        neighbour = np.nextafter(value, np.float32("inf"))
+        midpoint = (Fraction(float(value)) + Fraction(float(neighbour))) / 2
+        digits = rng.choice([9, 12, 15, 16, 17, 18, 19])
+        with decimal.localcontext() as context:
+            context.prec = digits
+            context.rounding = rng.choice([decimal.ROUND_HALF_EVEN, decimal.ROUND_UP, decimal.ROUND_DOWN])
+            text = str(+(decimal.Decimal(midpoint.numerator) / decimal.Decimal(midpoint.denominator)))
+        texts.append(text.replace("E", "e"))
+    return texts
+
+
 def case(rng):
+    if rng.random() < 0.05:
+        # FP32 texts as written by hand or by other writers, not Python's shortest round trip of a float32: the
+        # expected bytes are the exactly rounded float32 of each text.
+        texts = hard_float_texts(rng, 16)
+        text = '{"inputs": [{"name": "x", "shape": [16], "datatype": "FP32", "data": [' + ", ".join(texts) + "]}]}"
+        expected = np.array([nearest_float32(t) for t in texts], dtype=np.float32).tobytes()
+        return {"spec": {"name": "x", "datatype": "FP32", "shape": [-1]}, "body": base64.b64encode(text.encode()).decode(),
+                "header_length": None, "expected": base64.b64encode(expected).decode()}
     binary = rng.random() < 0.3
     datatype = rng.choice(BINARY_TYPES if binary else JSON_TYPES)
     shape = random_shape(rng)
