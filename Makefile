@@ -10,7 +10,7 @@ DESTDIR ?=
 
 export KERNEL_ONNXRUNTIME_LIBRARY ?= $(shell scripts/onnxruntime-library.sh 2>/dev/null)
 
-.PHONY: run test setup build release install unit-test system-test stress bench bench-compare profile fuzz clean
+.PHONY: run test setup build release install unit-test system-test stress bench bench-compare profile profile-inference fuzz clean
 
 setup:
 	@scripts/setup.sh
@@ -73,6 +73,12 @@ bench-compare: setup release
 profile: setup release
 	@command -v perf >/dev/null || (apt-get update -q && apt-get install -y -q linux-perf)
 	KERNEL_BIN=$(RELEASE_BIN) bench/http/profile.py
+
+# Where the CPU of an inference goes: the demo MLP at 32 connections against the same process's `return 200` (perf,
+# root): see docs/performance.md.
+profile-inference: setup release
+	@command -v perf >/dev/null || (apt-get update -q && apt-get install -y -q linux-perf)
+	KERNEL_BIN=$(RELEASE_BIN) KERNEL_ONNXRUNTIME_LIBRARY=$$(scripts/onnxruntime-library.sh) $(PYTHON) bench/inference/profile.py
 
 fuzz:
 	Fuzz/fuzz.sh

@@ -63,149 +63,7 @@ public enum InferenceCodec {
             jsonLength = length
         }
         guard jsonLength > 0 else { throw KernelHTTPError(400, "the request body is empty: expected a JSON inference request") }
-        let document: JSONValue
-        do {
-            document = try JSONReader.parse(body.getSlice(at: body.readerIndex, length: jsonLength)!)
-        } catch let error as JSONParseError {
-            throw KernelHTTPError(400, "failed to parse the request JSON: \(error)")
-        }
-        guard document.isObject else { throw KernelHTTPError(400, "the inference request must be a JSON object") }
-        var binary = body.getSlice(at: body.readerIndex + jsonLength, length: body.readableBytes - jsonLength)!
-
-        var id: String?
-        if let value = document["id"] {
-            guard let text = value.stringValue else { throw KernelHTTPError(400, "\"id\" must be a string, found \(value.kindName)") }
-            id = text
-        }
-        var binaryOutputDefault = false
-        if let parameters = document["parameters"] {
-            guard parameters.isObject else { throw KernelHTTPError(400, "\"parameters\" must be an object") }
-            if let flag = parameters["binary_data_output"] {
-                guard let value = flag.boolValue else { throw KernelHTTPError(400, "\"binary_data_output\" must be a boolean") }
-                binaryOutputDefault = value
-            }
-        }
-
-        guard let inputItems = document["inputs"]?.arrayValue else {
-            throw KernelHTTPError(400, "the inference request has no \"inputs\" array")
-        }
-        var decoded = [Tensor?](repeating: nil, count: model.inputs.count)
-        for item in inputItems {
-            guard item.isObject else { throw KernelHTTPError(400, "each of \"inputs\" must be an object") }
-            guard let name = item["name"]?.stringValue else { throw KernelHTTPError(400, "an input has no \"name\" string") }
-            guard let position = model.inputs.firstIndex(where: { $0.name == name }) else {
-                throw KernelHTTPError(400, "unexpected inference input '\(name)' for model '\(model.name)'")
-            }
-            guard decoded[position] == nil else {
-                throw KernelHTTPError(400, "input '\(name)' already exists in request")
-            }
-            let spec = model.inputs[position]
-            guard let typeName = item["datatype"]?.stringValue else {
-                throw KernelHTTPError(400, "input '\(name)' has no \"datatype\" string")
-            }
-            guard let dataType = TensorDataType(rawValue: typeName) else {
-                throw KernelHTTPError(400, "input '\(name)' has an unsupported datatype '\(typeName)'")
-            }
-            guard dataType == spec.dataType else {
-                throw KernelHTTPError(400, "inference input '\(name)' data-type is '\(typeName)', but model '\(model.name)' expects '\(spec.dataType.rawValue)'")
-            }
-            guard let shapeItems = item["shape"]?.arrayValue else {
-                throw KernelHTTPError(400, "input '\(name)' has no \"shape\" array")
-            }
-            var shape: [Int64] = []
-            shape.reserveCapacity(shapeItems.count)
-            for dimension in shapeItems {
-                guard case .number(let number) = dimension, let value = number.int64, value >= 0 else {
-                    throw KernelHTTPError(400, "input '\(name)' has an invalid shape: dimensions must be non-negative integers")
-                }
-                shape.append(value)
-            }
-            guard spec.accepts(shape) else {
-                throw KernelHTTPError(400, "unexpected shape for input '\(name)' for model '\(model.name)'. Expected \(spec.shapeText), got \(shapeText(shape))")
-            }
-            if model.maxBatchSize > 0, let rows = shape.first, rows > Int64(model.maxBatchSize) {
-                throw KernelHTTPError(400, "inference request batch-size must be <= \(model.maxBatchSize) for '\(model.name)'")
-            }
-            // Sizes are checked before anything is computed from them: the element count, the byte size, and the
-            // extent (non-empty dimensions), so that `[0, 2^62]` cannot overflow a row size or a batch split later.
-            guard let count = TensorSize.elementCount(shape), let byteCount = TensorSize.byteCount(shape, dataType),
-                  let extent = TensorSize.extentByteCount(shape, dataType), extent <= TensorSize.bufferLimit else {
-                throw KernelHTTPError(400, "input '\(name)' has a shape too large: \(shapeText(shape)) of \(typeName) spans more than \(TensorSize.bufferLimit) bytes (counting each empty dimension as 1)")
-            }
-            let parameters = item["parameters"]
-            if let sizeValue = parameters?["binary_data_size"] {
-                guard case .number(let number) = sizeValue, let size = number.int64, size >= 0 else {
-                    throw KernelHTTPError(400, "input '\(name)': binary_data_size must be a non-negative integer")
-                }
-                guard item["data"] == nil else {
-                    throw KernelHTTPError(400, "input '\(name)' has both \"data\" and binary_data_size")
-                }
-                guard size == byteCount else {
-                    throw KernelHTTPError(400, "input '\(name)': binary_data_size \(size) does not match the shape \(shapeText(shape)) of \(typeName) (\(byteCount) bytes)")
-                }
-                guard let bytes = binary.readBytes(length: byteCount) else {
-                    throw KernelHTTPError(400, "input '\(name)': binary_data_size \(size) exceeds the \(binary.readableBytes) binary bytes left in the request")
-                }
-                decoded[position] = Tensor(dataType: dataType, shape: shape, bytes: bytes)
-            } else {
-                guard let data = item["data"] else { throw KernelHTTPError(400, "input '\(name)' has no \"data\"") }
-                // Each JSON element takes at least two bytes of the document: a larger shape cannot be matched by
-                // its data, and must not make us allocate for it.
-                guard count <= jsonLength / 2 + 1 else {
-                    throw KernelHTTPError(400, "unexpected number of elements for input '\(name)': the shape \(shapeText(shape)) needs \(count), more than the request's \(jsonLength) bytes of JSON can hold")
-                }
-                // The elements are counted before the tensor is allocated: a short `data` with a large shape is
-                // refused without allocating for the shape.
-                let given = elementCount(of: data)
-                guard given == count else {
-                    throw KernelHTTPError(400, "unexpected number of elements for input '\(name)': the shape \(shapeText(shape)) needs \(count), the data has \(given)")
-                }
-                let bytes = try decodeData(data, dataType: dataType, count: count, name: name, shape: shape)
-                decoded[position] = Tensor(dataType: dataType, shape: shape, bytes: bytes)
-            }
-        }
-        if binary.readableBytes > 0 {
-            throw KernelHTTPError(400, "the request has \(binary.readableBytes) binary bytes that no input claims")
-        }
-        var inputs: [Tensor] = []
-        inputs.reserveCapacity(decoded.count)
-        for (index, tensor) in decoded.enumerated() {
-            guard let tensor else {
-                let missing = model.inputs[index].name
-                throw KernelHTTPError(400, "expected \(model.inputs.count) inputs but got \(inputItems.count) inputs for model '\(model.name)': missing input '\(missing)'")
-            }
-            inputs.append(tensor)
-        }
-        if model.maxBatchSize > 0, inputs.count > 1 {
-            let rows = inputs[0].shape.first
-            guard inputs.allSatisfy({ $0.shape.first == rows }) else {
-                throw KernelHTTPError(400, "all inputs of model '\(model.name)' must have the same batch size (dimension 0)")
-            }
-        }
-
-        var outputs: [RequestedOutput] = []
-        if let outputItems = document["outputs"] {
-            guard let items = outputItems.arrayValue else { throw KernelHTTPError(400, "\"outputs\" must be an array") }
-            for item in items {
-                guard let name = item["name"]?.stringValue else { throw KernelHTTPError(400, "a requested output has no \"name\" string") }
-                guard model.outputs.contains(where: { $0.name == name }) else {
-                    throw KernelHTTPError(400, "unexpected inference output '\(name)' for model '\(model.name)'")
-                }
-                // Each output is written once: a repeated name would repeat the tensor in the response (as Triton,
-                // refused). `outputs` holds distinct model outputs only, so this scan is bounded by the model.
-                guard !outputs.contains(where: { $0.name == name }) else {
-                    throw KernelHTTPError(400, "output '\(name)' already exists in request")
-                }
-                var binaryFlag: Bool?
-                if let flag = item["parameters"]?["binary_data"] {
-                    guard let value = flag.boolValue else { throw KernelHTTPError(400, "output '\(name)': binary_data must be a boolean") }
-                    binaryFlag = value
-                }
-                outputs.append(RequestedOutput(name: name, binary: binaryFlag))
-            }
-        }
-        if outputs.isEmpty { outputs = model.outputs.map { RequestedOutput(name: $0.name) } }
-        return DecodedInferenceRequest(id: id, inputs: inputs, outputs: outputs, binaryOutputDefault: binaryOutputDefault)
+        return try InferenceRequestDecoder.decode(body: body, jsonLength: jsonLength, model: model)
     }
 
     static func shapeText(_ shape: [Int64]) -> String { "[" + shape.map(String.init).joined(separator: ",") + "]" }
@@ -220,7 +78,7 @@ public enum InferenceCodec {
         }
     }
 
-    /// Flattens `data` (flat or nested arrays) into `count` elements of `dataType`, native byte order.
+    /// Flattens a parsed `data` value (flat or nested arrays) into `count` elements of `dataType`, native byte order.
     static func decodeData(_ data: JSONValue, dataType: TensorDataType, count: Int, name: String, shape: [Int64]) throws -> [UInt8] {
         guard let byteCount = TensorSize.product(count, dataType.byteWidth) else {
             throw KernelHTTPError(400, "input '\(name)' has a shape too large: \(shapeText(shape))")
@@ -290,6 +148,14 @@ public enum InferenceCodec {
             return true
         }
         guard case .number(let number) = value else { return false }
+        return store(number, as: dataType, into: raw, at: index)
+    }
+
+    /// Stores `number` as element `index` of `dataType` (one conversion from its decimal text); false when it is
+    /// not a valid value of the type (not an integer, out of range) or the type has no numbers in JSON.
+    @inline(__always)
+    static func store(_ number: JSONNumber, as dataType: TensorDataType, into raw: UnsafeMutableRawBufferPointer, at index: Int) -> Bool {
+        let offset = index &* dataType.byteWidth
         switch dataType {
         case .fp32: raw.storeBytes(of: number.float, toByteOffset: offset, as: Float.self)
         case .fp64: raw.storeBytes(of: number.double, toByteOffset: offset, as: Double.self)
@@ -318,7 +184,7 @@ public enum InferenceCodec {
         case .uint64:
             guard let v = number.uint64 else { return false }
             raw.storeBytes(of: v, toByteOffset: offset, as: UInt64.self)
-        case .bool:
+        case .bool, .bf16, .bytes:
             return false
         }
         return true
@@ -350,14 +216,18 @@ public enum InferenceCodec {
             }
             guard position < outputs.count, outputs[position].isConsistent else {
                 let found = position < outputs.count
-                    ? "shape \(shapeText(outputs[position].shape)) with \(outputs[position].bytes.count) bytes" : "no tensor"
+                    ? "shape \(shapeText(outputs[position].shape)) with \(outputs[position].byteCount) bytes" : "no tensor"
                 throw KernelHTTPError(500, "inference failed for model '\(model.name)': output '\(wanted.name)' has \(found)")
             }
-            parts.append((wanted.name, outputs[position], wanted.binary ?? request.binaryOutputDefault))
+            let binary = wanted.binary ?? request.binaryOutputDefault
+            guard binary || outputs[position].dataType.hasJSONForm else {
+                throw KernelHTTPError(400, "sending \(outputs[position].dataType.rawValue) data via JSON is not supported. Please use the binary data format for output \(wanted.name)")
+            }
+            parts.append((wanted.name, outputs[position], binary))
         }
-        guard let binaryBytes = TensorSize.total(parts.lazy.filter(\.binary).map(\.tensor.bytes.count)),
+        guard let binaryBytes = TensorSize.total(parts.lazy.filter(\.binary).map(\.tensor.byteCount)),
               binaryBytes <= limit else {
-            let total = parts.filter(\.binary).reduce(UInt64(0)) { $0 &+ UInt64($1.tensor.bytes.count) }
+            let total = parts.filter(\.binary).reduce(UInt64(0)) { $0 &+ UInt64($1.tensor.byteCount) }
             throw KernelHTTPError(500, "the response of model '\(model.name)' would hold \(total) bytes of binary outputs, more than the \(limit) bytes one response can hold")
         }
         // The JSON part may use what the binary outputs leave.
@@ -365,7 +235,9 @@ public enum InferenceCodec {
                                        hasJSONData: parts.contains(where: { !$0.binary }))
         var estimate = 128 + model.name.utf8.count + model.version.utf8.count + (request.id?.utf8.count ?? 0)
         for part in parts {
-            let text = part.binary ? 0 : (TensorSize.product(part.tensor.elementCount, 12) ?? Int.max)
+            // JSON text: about 12 bytes a number; a string's bytes and quotes.
+            let text = part.binary ? 0 : part.tensor.dataType == .bytes ? part.tensor.byteCount
+                : (TensorSize.product(part.tensor.elementCount, 12) ?? Int.max)
             estimate = TensorSize.sum(estimate, TensorSize.sum(96 + part.name.utf8.count + 21 * part.tensor.shape.count, text) ?? Int.max) ?? Int.max
         }
         // Room for the JSON (a guess, at most 16 MiB: a larger text grows the buffer) and the binary outputs.
@@ -400,7 +272,7 @@ public enum InferenceCodec {
             if part.binary {
                 try writer.reserve(64)
                 writer.json.raw(",\"parameters\":{\"binary_data_size\":")
-                writer.json.integer(tensor.bytes.count)
+                writer.json.integer(tensor.byteCount)
                 writer.json.raw("}}")
             } else {
                 try writer.reserve(16)
@@ -419,7 +291,8 @@ public enum InferenceCodec {
         } else {
             headers.add(inferenceHeaderContentLength, String(buffer.readableBytes))
             headers.add("Content-Type", "application/octet-stream")
-            for part in parts where part.binary { buffer.writeBytes(part.tensor.bytes) }
+            // The one copy of each binary output: from where the runtime left it into the response.
+            for part in parts where part.binary { part.tensor.write(to: &buffer) }
         }
         return KernelResponse(status: 200, headers: headers, body: .buffer(buffer))
     }
@@ -463,14 +336,22 @@ public enum InferenceCodec {
         }
     }
 
-    /// The elements of `tensor` as a flat JSON array; room is checked before each element.
+    /// The elements of `tensor` as a flat JSON array, formatted straight from its bytes; room is checked before
+    /// each element.
     static func writeData(_ tensor: Tensor, into bounded: inout BoundedJSONWriter) throws {
         bounded.json.byte(UInt8(ascii: "["))
+        if tensor.dataType == .bytes {
+            try writeStrings(tensor, into: &bounded)
+            try bounded.reserve(1)
+            bounded.json.byte(UInt8(ascii: "]"))
+            return
+        }
         let count = tensor.elementCount
         // Room for every element at once when the whole array surely fits; otherwise element by element.
         let end = TensorSize.product(count, maximumElementText).flatMap { TensorSize.sum(bounded.json.buffer.writerIndex, $0 + 1) }
         let checkEach = end.map { $0 > bounded.limit } ?? true
-        try tensor.bytes.withUnsafeBytes { raw in
+        if !checkEach, let end { try bounded.reserve(end - bounded.json.buffer.writerIndex) }
+        try tensor.withUnsafeBytes { raw in
             for index in 0..<count {
                 if checkEach { try bounded.reserve(maximumElementText) }
                 if index > 0 { bounded.json.byte(UInt8(ascii: ",")) }
@@ -480,6 +361,9 @@ public enum InferenceCodec {
                 case .fp16:
                     let half = Float16(bitPattern: raw.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self))
                     if half.isFinite { bounded.json.buffer.writeString(half.description) } else { bounded.json.float(Float(half)) }
+                case .bf16:
+                    let bits = UInt32(raw.loadUnaligned(fromByteOffset: index * 2, as: UInt16.self)) << 16
+                    bounded.json.float(Float(bitPattern: bits))
                 case .bool: bounded.json.raw(raw[index] != 0 ? "true" : "false")
                 case .uint8: bounded.json.integer(raw[index])
                 case .int8: bounded.json.integer(Int8(bitPattern: raw[index]))
@@ -489,10 +373,24 @@ public enum InferenceCodec {
                 case .int32: bounded.json.integer(raw.loadUnaligned(fromByteOffset: index * 4, as: Int32.self))
                 case .uint64: bounded.json.integer(raw.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self))
                 case .int64: bounded.json.integer(raw.loadUnaligned(fromByteOffset: index * 8, as: Int64.self))
+                case .bytes: break
                 }
             }
         }
         try bounded.reserve(1)
         bounded.json.byte(UInt8(ascii: "]"))
+    }
+
+    /// A BYTES tensor's elements as JSON strings, escaped byte by byte (as Triton writes them: the bytes as they are,
+    /// with `"`, `\\` and control characters escaped; an embedded NUL is `\\u0000`).
+    static func writeStrings(_ tensor: Tensor, into bounded: inout BoundedJSONWriter) throws {
+        try tensor.withUnsafeBytes { raw in
+            for (index, range) in BytesElements.ranges(raw).enumerated() {
+                // An escaped byte takes at most six bytes; the quotes and comma three.
+                try bounded.reserve(TensorSize.product(range.count, 6).flatMap { TensorSize.sum($0, 3) } ?? Int.max)
+                if index > 0 { bounded.json.byte(UInt8(ascii: ",")) }
+                JSONWriter.writeQuoted(bytes: UnsafeRawBufferPointer(rebasing: raw[range]), into: &bounded.json.buffer)
+            }
+        }
     }
 }

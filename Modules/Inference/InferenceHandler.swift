@@ -293,7 +293,8 @@ public struct InferenceHandler: RequestHandler {
                 writer.raw("{\"name\":")
                 writer.string(spec.name)
                 writer.raw(",\"data_type\":")
-                writer.string("TYPE_" + (spec.dataType == .fp16 ? "FP16" : spec.dataType.rawValue))
+                // Triton's config names BYTES tensors TYPE_STRING; the others are TYPE_ and the protocol's name.
+                writer.string("TYPE_" + (spec.dataType == .bytes ? "STRING" : spec.dataType.rawValue))
                 writer.raw(",\"dims\":[")
                 let dims = configuration.maxBatchSize > 0 ? Array(spec.shape.dropFirst()) : spec.shape
                 for (dimensionIndex, dimension) in dims.enumerated() {

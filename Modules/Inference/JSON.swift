@@ -133,8 +133,8 @@ public struct JSONNumber: Sendable {
         }
         if longText == nil, mantissa < (1 << 53), exponent >= -22, exponent <= 22 {
             // Exact operands and one correctly rounded operation (Clinger's fast path).
-            let magnitude = exponent < 0 ? Double(mantissa) / powersOfTen[Int(-exponent)]
-                                         : Double(mantissa) * powersOfTen[Int(exponent)]
+            let magnitude = exponent < 0 ? Double(mantissa) / powerOfTen(Int(-exponent))
+                                         : Double(mantissa) * powerOfTen(Int(exponent))
             return negative ? -magnitude : magnitude
         }
         return withCString { strtod($0, nil) }
@@ -147,28 +147,36 @@ public struct JSONNumber: Sendable {
         case .infinity: return negative ? -.infinity : .infinity
         case .none: break
         }
-        if longText == nil, exponent >= -22, exponent <= 22 {
-            if mantissa < (1 << 24), exponent >= -10, exponent <= 10 {
-                // Exact operands, one rounding.
-                let scale = Float(powersOfTen[Int(abs(exponent))])
-                let magnitude = exponent < 0 ? Float(mantissa) / scale : Float(mantissa) * scale
-                return negative ? -magnitude : magnitude
-            }
-            // Python writes FP32 values as the shortest *double* text (17 digits): compute in Double, which lands
-            // within 2 units in the last place of the exact value (two roundings of relative error 2^-53 each).
-            // Rounding that to Float is then exact unless the double lies within those 2 units of a midpoint
-            // between two floats, that is unless the 29 bits Float drops are within 4 of 2^28; and the value is a
-            // normal float. Otherwise, the C library rounds the decimal text itself.
-            let approximate = exponent < 0 ? Double(mantissa) / powersOfTen[Int(-exponent)]
-                                           : Double(mantissa) * powersOfTen[Int(exponent)]
-            let dropped = approximate.significandBitPattern & ((1 << 29) - 1)
-            let distance = dropped > (1 << 28) ? dropped - (1 << 28) : (1 << 28) - dropped
-            if distance > 4, approximate >= Double(Float.leastNormalMagnitude), approximate < Double(Float.greatestFiniteMagnitude) {
-                let magnitude = Float(approximate)
-                return negative ? -magnitude : magnitude
-            }
+        if longText == nil, let value = JSONNumber.fastFloat(mantissa: mantissa, exponent: Int(exponent), negative: negative) {
+            return value
         }
         return withCString { strtof($0, nil) }
+    }
+
+    /// The `Float` nearest to `mantissa` × 10^`exponent` where it can be had without the decimal text, else nil (then
+    /// the C library rounds the text). `float` and the tensor reader's FP32 path (`Cursor.float32`) both take it.
+    @inline(__always)
+    static func fastFloat(mantissa: UInt64, exponent: Int, negative: Bool) -> Float? {
+        guard exponent >= -22, exponent <= 22 else { return nil }
+        if mantissa < (1 << 24), exponent >= -10, exponent <= 10 {
+            // Exact operands, one rounding.
+            let scale = Float(powerOfTen(abs(exponent)))
+            let magnitude = exponent < 0 ? Float(mantissa) / scale : Float(mantissa) * scale
+            return negative ? -magnitude : magnitude
+        }
+        // Python writes FP32 values as the shortest *double* text (17 digits): compute in Double, which lands
+        // within 3 units in the last place of the exact value (at most three roundings of relative error 2^-53
+        // each: the mantissa, 10^-k, the product; a multiplication, where a division would take several times as
+        // long). Rounding that to Float is then exact unless the double lies within those 3 units of a midpoint
+        // between two floats, that is unless the 29 bits Float drops are within 4 of 2^28; and the value is a
+        // normal float.
+        let approximate = Double(mantissa) * (exponent < 0 ? inversePowerOfTen(-exponent) : powerOfTen(exponent))
+        let dropped = approximate.significandBitPattern & ((1 << 29) - 1)
+        let distance = dropped > (1 << 28) ? dropped - (1 << 28) : (1 << 28) - dropped
+        guard distance > 4, approximate >= Double(Float.leastNormalMagnitude),
+              approximate < Double(Float.greatestFiniteMagnitude) else { return nil }
+        let magnitude = Float(approximate)
+        return negative ? -magnitude : magnitude
     }
 
     /// The number as C text (`-123e-4`) for `strtod`/`strtof`, on the stack.
@@ -206,10 +214,65 @@ public struct JSONNumber: Sendable {
     }
 }
 
-private let powersOfTen: [Double] = (0...22).map { exponent in
-    var value = 1.0
-    for _ in 0..<exponent { value *= 10 }
-    return value
+/// 10^exponent for 0...22, each exact in a `Double`. A switch of constants (a table in the binary): a global array
+/// would be initialised lazily, checked on every number.
+@inline(__always)
+func powerOfTen(_ exponent: Int) -> Double {
+    switch exponent {
+    case 0: return 1e0
+    case 1: return 1e1
+    case 2: return 1e2
+    case 3: return 1e3
+    case 4: return 1e4
+    case 5: return 1e5
+    case 6: return 1e6
+    case 7: return 1e7
+    case 8: return 1e8
+    case 9: return 1e9
+    case 10: return 1e10
+    case 11: return 1e11
+    case 12: return 1e12
+    case 13: return 1e13
+    case 14: return 1e14
+    case 15: return 1e15
+    case 16: return 1e16
+    case 17: return 1e17
+    case 18: return 1e18
+    case 19: return 1e19
+    case 20: return 1e20
+    case 21: return 1e21
+    default: return 1e22
+    }
+}
+
+/// 10^-exponent for 0...22, the `Double` nearest to each (not exact: one rounding, which `fastFloat` allows for).
+@inline(__always)
+func inversePowerOfTen(_ exponent: Int) -> Double {
+    switch exponent {
+    case 0: return 1e-0
+    case 1: return 1e-1
+    case 2: return 1e-2
+    case 3: return 1e-3
+    case 4: return 1e-4
+    case 5: return 1e-5
+    case 6: return 1e-6
+    case 7: return 1e-7
+    case 8: return 1e-8
+    case 9: return 1e-9
+    case 10: return 1e-10
+    case 11: return 1e-11
+    case 12: return 1e-12
+    case 13: return 1e-13
+    case 14: return 1e-14
+    case 15: return 1e-15
+    case 16: return 1e-16
+    case 17: return 1e-17
+    case 18: return 1e-18
+    case 19: return 1e-19
+    case 20: return 1e-20
+    case 21: return 1e-21
+    default: return 1e-22
+    }
 }
 
 /// Why a document is not valid JSON, with the byte offset where parsing stopped.
@@ -422,18 +485,109 @@ public struct JSONReader {
                               special: .none, longText: truncated ? Array(bytes[start..<i]) : nil)
         }
 
+        /// An FP32 tensor element: the plain forms (at most 19 digits, an exponent of at most 4 digits) are read and
+        /// converted in one pass without making a `JSONNumber`; anything else, errors included, is left to `number()`
+        /// from the same place, so the value and the error are exactly `number().float`'s.
+        @inline(__always)
+        mutating func float32() throws -> Float {
+            let start = index
+            let count = bytes.count
+            let base = bytes.baseAddress!
+            var i = index
+            let negative = base[i] == UInt8(ascii: "-")
+            if negative { i += 1 }
+            var mantissa: UInt64 = 0
+            var digits = 0
+            let integerStart = i
+            while i < count {
+                let digit = base[i] &- 48
+                guard digit < 10 else { break }
+                mantissa = mantissa &* 10 &+ UInt64(digit)
+                digits += 1
+                i += 1
+            }
+            var exponent = 0
+            // No integer digit, a leading zero, or too many digits: the general reader decides.
+            guard digits > 0, digits <= 19, digits == 1 || base[integerStart] != UInt8(ascii: "0") else {
+                index = start
+                return try number().float
+            }
+            if i < count, base[i] == UInt8(ascii: ".") {
+                i += 1
+                let fractionStart = i
+                while digits <= 11, i + 8 <= count, let eight = JSONNumber.eightDigits(base + i) {
+                    mantissa = mantissa &* 100_000_000 &+ eight
+                    digits += 8
+                    i += 8
+                }
+                while i < count {
+                    let digit = base[i] &- 48
+                    guard digit < 10 else { break }
+                    mantissa = mantissa &* 10 &+ UInt64(digit)
+                    digits += 1
+                    i += 1
+                    if digits > 19 { break }
+                }
+                exponent = fractionStart - i
+                guard i > fractionStart, digits <= 19 else {
+                    index = start
+                    return try number().float
+                }
+            }
+            if i < count, base[i] | 0x20 == UInt8(ascii: "e") {
+                i += 1
+                var negativeExponent = false
+                if i < count, base[i] == UInt8(ascii: "+") || base[i] == UInt8(ascii: "-") {
+                    negativeExponent = base[i] == UInt8(ascii: "-")
+                    i += 1
+                }
+                let exponentStart = i
+                var written = 0
+                while i < count, i - exponentStart < 5 {
+                    let digit = base[i] &- 48
+                    guard digit < 10 else { break }
+                    written = written * 10 + Int(digit)
+                    i += 1
+                }
+                guard i > exponentStart, i - exponentStart < 5, i == count || (base[i] &- 48) >= 10 else {
+                    index = start
+                    return try number().float
+                }
+                exponent += negativeExponent ? -written : written
+            }
+            guard let value = JSONNumber.fastFloat(mantissa: mantissa, exponent: exponent, negative: negative) else {
+                index = start
+                return try number().float
+            }
+            index = i
+            return value
+        }
+
         @inline(__always) func isDigit(_ byte: UInt8) -> Bool { byte >= 48 && byte <= 57 }
 
+        /// A string's content: where it lies in the document when it has no escape, else its decoded bytes.
+        enum StringContent {
+            case source(Range<Int>)
+            case decoded([UInt8])
+        }
+
         mutating func string() throws -> String {
+            switch try stringContent() {
+            case .source(let range): return String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self)
+            case .decoded(let scalars): return String(decoding: scalars, as: UTF8.self)
+            }
+        }
+
+        /// Reads the string at the cursor (at its opening quote) without making a `String`.
+        mutating func stringContent() throws -> StringContent {
             index += 1
             let start = index
             // Fast path: no escapes.
             while index < bytes.count {
                 let byte = bytes[index]
                 if byte == UInt8(ascii: "\"") {
-                    let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
                     index += 1
-                    return text
+                    return .source(start..<index - 1)
                 }
                 if byte == UInt8(ascii: "\\") { break }
                 guard byte >= 0x20 else { throw error("control character in string") }
@@ -444,7 +598,7 @@ public struct JSONReader {
                 let byte = bytes[index]
                 if byte == UInt8(ascii: "\"") {
                     index += 1
-                    return String(decoding: scalars, as: UTF8.self)
+                    return .decoded(scalars)
                 }
                 guard byte >= 0x20 else { throw error("control character in string") }
                 if byte != UInt8(ascii: "\\") {
@@ -484,6 +638,66 @@ public struct JSONReader {
                 }
             }
             throw error("unterminated string")
+        }
+
+        /// Checks and passes over one value without building it (members the reader does not use).
+        mutating func skipValue(depth: Int) throws {
+            guard depth < JSONReader.maximumDepth else { throw error("nesting deeper than \(JSONReader.maximumDepth)") }
+            skipSpace()
+            guard index < bytes.count else { throw error("unexpected end of JSON") }
+            switch bytes[index] {
+            case UInt8(ascii: "{"):
+                index += 1
+                skipSpace()
+                if index < bytes.count, bytes[index] == UInt8(ascii: "}") { index += 1; return }
+                while true {
+                    skipSpace()
+                    guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a member name") }
+                    _ = try stringContent()
+                    skipSpace()
+                    guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw error("expected ':'") }
+                    index += 1
+                    try skipValue(depth: depth + 1)
+                    skipSpace()
+                    guard index < bytes.count else { throw error("unexpected end of JSON") }
+                    if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                    if bytes[index] == UInt8(ascii: "}") { index += 1; return }
+                    throw error("expected ',' or '}'")
+                }
+            case UInt8(ascii: "["):
+                index += 1
+                skipSpace()
+                if index < bytes.count, bytes[index] == UInt8(ascii: "]") { index += 1; return }
+                while true {
+                    try skipValue(depth: depth + 1)
+                    skipSpace()
+                    guard index < bytes.count else { throw error("unexpected end of JSON") }
+                    if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                    if bytes[index] == UInt8(ascii: "]") { index += 1; return }
+                    throw error("expected ',' or ']'")
+                }
+            case UInt8(ascii: "\""): _ = try stringContent()
+            case UInt8(ascii: "t"): try literal("true")
+            case UInt8(ascii: "f"): try literal("false")
+            case UInt8(ascii: "n"): try literal("null")
+            default: _ = try number()
+            }
+        }
+
+        /// Reads `expected` (after space), or throws `error(reason)`.
+        mutating func expect(_ byte: UInt8, _ reason: String) throws {
+            skipSpace()
+            guard index < bytes.count, bytes[index] == byte else { throw error(reason) }
+            index += 1
+        }
+
+        /// After a member or item: true for ',' (another follows), false for `close`; anything else is an error.
+        mutating func next(close: UInt8) throws -> Bool {
+            skipSpace()
+            guard index < bytes.count else { throw error("unexpected end of JSON") }
+            if bytes[index] == UInt8(ascii: ",") { index += 1; return true }
+            if bytes[index] == close { index += 1; return false }
+            throw error(close == UInt8(ascii: "}") ? "expected ',' or '}'" : "expected ',' or ']'")
         }
 
         mutating func hex4() throws -> UInt32 {
@@ -552,5 +766,35 @@ public struct JSONWriter {
     private mutating func nonFinite(_ value: Double) {
         if value.isNaN { buffer.writeStaticString("NaN") }
         else { buffer.writeStaticString(value < 0 ? "-Infinity" : "Infinity") }
+    }
+}
+
+extension JSONWriter {
+    /// `bytes` as a JSON string literal, escaped byte by byte as `JSONText` escapes text (`"`, `\`, and control
+    /// characters; `\u0000` for NUL); other bytes are copied as they are. A string with nothing to escape is copied
+    /// in one piece.
+    static func writeQuoted(bytes: UnsafeRawBufferPointer, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(ascii: "\""))
+        guard bytes.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }) else {
+            buffer.writeBytes(bytes)
+            buffer.writeInteger(UInt8(ascii: "\""))
+            return
+        }
+        let hex: StaticString = "0123456789abcdef"
+        for byte in bytes {
+            switch byte {
+            case 0x22: buffer.writeStaticString("\\\"")
+            case 0x5C: buffer.writeStaticString("\\\\")
+            case 0x0A: buffer.writeStaticString("\\n")
+            case 0x0D: buffer.writeStaticString("\\r")
+            case 0x09: buffer.writeStaticString("\\t")
+            case 0..<0x20:
+                buffer.writeStaticString("\\u00")
+                buffer.writeInteger(hex.utf8Start[Int(byte >> 4)])
+                buffer.writeInteger(hex.utf8Start[Int(byte & 0xF)])
+            default: buffer.writeInteger(byte)
+            }
+        }
+        buffer.writeInteger(UInt8(ascii: "\""))
     }
 }

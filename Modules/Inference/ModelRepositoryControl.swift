@@ -425,7 +425,7 @@ final class ModelLoadingService: KernelService {
         var shape = spec.shape.map { $0 < 0 ? Int64(1) : $0 }
         if let batchSize, !shape.isEmpty { shape[0] = Int64(batchSize) }
         let byteCount: Int
-        if spec.dataType.rawValue == "BYTES" {
+        if spec.dataType == .bytes {
             byteCount = TensorSize.elementCount(shape).flatMap { $0 <= TensorSize.bufferLimit / 4 ? $0 * 4 : nil } ?? 0
         } else {
             // The model file's fixed dimensions: a size that does not fit gives an empty tensor, which the model

@@ -16,9 +16,10 @@ public struct ONNXRuntimeError: Error, Sendable, CustomStringConvertible {
 ///
 /// No C header is used: each function type is declared here with `@convention(c)` and loaded from its slot in the
 /// table. Slot numbers follow the order of `struct OrtApi` in the upstream `onnxruntime_c_api.h`; the table only
-/// grows at its end, so a slot learnt for one API version stays valid in every later library. The highest slot used
-/// here is 164 (`CreateArenaCfgV2`, API version 8, ONNX Runtime 1.8), which is therefore the version asked for: an
-/// older library answers `GetApi` with nothing, and the kernel says it is too old, instead of reading past its table.
+/// grows at its end, so a slot learnt for one API version stays valid in every later library. The highest slot
+/// required is 164 (`CreateArenaCfgV2`, API version 8, ONNX Runtime 1.8), which is therefore the version asked for:
+/// an older library answers `GetApi` with nothing, and the kernel says it is too old, instead of reading past its
+/// table. The string element buffer (slot 252, API version 15) is taken only from a library that provides version 15.
 struct ORTFunctions: Sendable {
     typealias Status = OpaquePointer?
     typealias GetErrorMessage = @convention(c) (OpaquePointer?) -> UnsafePointer<CChar>?
@@ -47,6 +48,15 @@ struct ORTFunctions: Sendable {
     typealias AllocatorFree = @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Status
     typealias GetAllocatorWithDefaultOptions = @convention(c) (UnsafeMutablePointer<OpaquePointer?>?) -> Status
     typealias Release = @convention(c) (OpaquePointer?) -> Void
+    // String tensors (BYTES).
+    typealias CreateTensor = @convention(c) (OpaquePointer?, UnsafePointer<Int64>?, Int, Int32,
+                                             UnsafeMutablePointer<OpaquePointer?>?) -> Status
+    typealias FillStringTensor = @convention(c) (OpaquePointer?, UnsafePointer<UnsafePointer<CChar>?>?, Int) -> Status
+    typealias GetStringTensorDataLength = @convention(c) (OpaquePointer?, UnsafeMutablePointer<Int>?) -> Status
+    typealias GetStringTensorContent = @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?, Int,
+                                                       UnsafeMutablePointer<Int>?, Int) -> Status
+    typealias GetResizedStringTensorElementBuffer = @convention(c) (OpaquePointer?, Int, Int,
+                                                                    UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Status
 
     /// Version of the `OrtApi` table asked from `GetApi`.
     static let apiVersion: UInt32 = 8
@@ -101,7 +111,18 @@ struct ORTFunctions: Sendable {
     let releaseArenaCfg: Release                  // 157
     let createArenaCfgV2: CreateArenaCfgV2        // 164
 
-    init(table: UnsafePointer<UnsafeRawPointer?>) throws {
+    // String tensors (BYTES): creating them with ORT's allocator, filling and reading them.
+    let createTensorAsOrtValue: CreateTensor      // 48
+    let fillStringTensor: FillStringTensor        // 52 (NUL-terminated elements: the fallback before API 15)
+    let getStringTensorDataLength: GetStringTensorDataLength // 53
+    let getStringTensorContent: GetStringTensorContent       // 54
+    /// 252, since API version 15 (ORT 1.15): an element of any bytes, NULs included. nil in older libraries.
+    let getResizedStringTensorElementBuffer: GetResizedStringTensorElementBuffer?
+    /// The API version that has `getResizedStringTensorElementBuffer`.
+    static let stringElementBufferVersion: UInt32 = 15
+
+    /// `table`: the `OrtApi` for `apiVersion`; `version15`: the table when the library provides API version 15 too.
+    init(table: UnsafePointer<UnsafeRawPointer?>, version15: UnsafePointer<UnsafeRawPointer?>? = nil) throws {
         func slot<F>(_ index: Int, _ type: F.Type) throws -> F {
             guard let pointer = table[index] else {
                 throw ONNXRuntimeError("the ONNX Runtime API table has no function at slot \(index)")
@@ -149,6 +170,13 @@ struct ORTFunctions: Sendable {
         createAndRegisterAllocator = try slot(144, CreateAndRegisterAllocator.self)
         releaseArenaCfg = try slot(157, Release.self)
         createArenaCfgV2 = try slot(164, CreateArenaCfgV2.self)
+        createTensorAsOrtValue = try slot(48, CreateTensor.self)
+        fillStringTensor = try slot(52, FillStringTensor.self)
+        getStringTensorDataLength = try slot(53, GetStringTensorDataLength.self)
+        getStringTensorContent = try slot(54, GetStringTensorContent.self)
+        getResizedStringTensorElementBuffer = version15?[252].map {
+            unsafeBitCast($0, to: GetResizedStringTensorElementBuffer.self)
+        }
     }
 
     /// Turns a returned `OrtStatus*` into a thrown error carrying ORT's message, releasing the status.
@@ -218,7 +246,9 @@ public final class ONNXRuntime: @unchecked Sendable {
                                    + "provide API version \(ORTFunctions.apiVersion); " + ONNXRuntime.installHint)
         }
         let api: ORTFunctions
-        do { api = try ORTFunctions(table: table) } catch {
+        // A table for a later version is the same table, grown: asked for only to learn whether the slot exists.
+        let version15 = unsafeBitCast(getApiPointer, to: GetApi.self)(ORTFunctions.stringElementBufferVersion)
+        do { api = try ORTFunctions(table: table, version15: version15) } catch {
             dlclose(handle)
             throw error
         }

@@ -3,6 +3,8 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import KernelCore
+import NIOCore
 
 /// How a session is created.
 public struct SessionOptions: Sendable {
@@ -33,6 +35,9 @@ public final class ONNXSession: ModelRunner, @unchecked Sendable {
     /// NUL-terminated names kept for the session's life, as `Run` wants them.
     private let inputNames: [UnsafeMutablePointer<CChar>]
     private let outputNames: [UnsafeMutablePointer<CChar>]
+    /// The names as `Run` takes them, made once.
+    private let inputNamePointers: [UnsafePointer<CChar>?]
+    private let outputNamePointers: [UnsafePointer<CChar>?]
 
     /// Loads `path`; the error carries ORT's message (`Load model from X failed: ...`).
     public init(runtime: ONNXRuntime, path: String, options: SessionOptions) throws {
@@ -65,6 +70,8 @@ public final class ONNXSession: ModelRunner, @unchecked Sendable {
         self.session = session
         inputNames = inputs.map { strdup($0.name)! }
         outputNames = outputs.map { strdup($0.name)! }
+        inputNamePointers = inputNames.map { UnsafePointer($0) }
+        outputNamePointers = outputNames.map { UnsafePointer($0) }
     }
 
     deinit {
@@ -111,33 +118,70 @@ public final class ONNXSession: ModelRunner, @unchecked Sendable {
         return specs
     }
 
-    /// Runs the model once. Input tensors wrap the given buffers without copying; outputs are copied out of ORT.
+    /// Runs the model once. Input tensors wrap the given buffers without copying (BYTES inputs are copied once into
+    /// ORT's string tensor); outputs are ORT's own memory, kept alive by the tensors (BYTES outputs are copied once
+    /// into Triton's serialisation).
     public func run(_ inputs: [Tensor]) throws -> [Tensor] {
+        var timing = ComputeTiming()
+        return try execute(inputs, timing: &timing)
+    }
+
+    /// One run for a batch: the requests' rows joined once into one buffer per input (a lone request's tensors are
+    /// used as they are), the outputs split back as views of ORT's output memory. The timing's phases are the
+    /// joining and tensor creation (input), ORT's `Run` (infer), and taking and splitting the outputs (output).
+    public func runBatch(_ requests: [[Tensor]], rows: [Int]) throws -> BatchRun {
+        let start = KernelClock.monotonicNanoseconds()
+        let inputs = BatchAssembly.join(requests)
+        let joinedAt = KernelClock.monotonicNanoseconds()
+        var timing = ComputeTiming()
+        let outputs = try execute(inputs, timing: &timing)
+        let ranAt = KernelClock.monotonicNanoseconds()
+        let split = requests.count == 1 ? [outputs] : try BatchAssembly.split(outputs, rows: rows)
+        let end = KernelClock.monotonicNanoseconds()
+        timing.inputNanoseconds &+= joinedAt &- start
+        timing.outputNanoseconds &+= end &- ranAt
+        return BatchRun(outputs: split, timing: timing)
+    }
+
+    /// Creates the input values, runs, and takes the outputs; `timing` gets the three phases.
+    private func execute(_ inputs: [Tensor], timing: inout ComputeTiming) throws -> [Tensor] {
         let api = runtime.api
         precondition(inputs.count == self.inputs.count)
+        let start = KernelClock.monotonicNanoseconds()
         var values = [OpaquePointer?](repeating: nil, count: inputs.count)
         defer { for value in values { api.releaseValue(value) } }
         var outputValues = [OpaquePointer?](repeating: nil, count: outputs.count)
         defer { for value in outputValues { api.releaseValue(value) } }
+        var createdAt = start
+        var ranAt = start
         try withBufferPointers(inputs, index: 0, pointers: []) { pointers in
             for (index, tensor) in inputs.enumerated() {
+                if tensor.dataType == .bytes {
+                    values[index] = try makeStringTensor(tensor, name: self.inputs[index].name)
+                    continue
+                }
                 try api.check(tensor.shape.withUnsafeBufferPointer { shape in
                     // ORT takes a mutable pointer but never writes into an input tensor.
                     api.createTensorWithDataAsOrtValue(runtime.cpuMemoryInfo,
                                                        UnsafeMutableRawPointer(mutating: pointers[index]),
-                                                       tensor.bytes.count,
+                                                       tensor.byteCount,
                                                        shape.baseAddress, shape.count, tensor.dataType.onnxElementType,
                                                        &values[index])
                 }, "input \"\(self.inputs[index].name)\"")
             }
-            let inputNamePointers = inputNames.map { UnsafePointer<CChar>($0) as UnsafePointer<CChar>? }
-            let outputNamePointers = outputNames.map { UnsafePointer<CChar>($0) as UnsafePointer<CChar>? }
-            try api.check(api.run(session, nil, inputNamePointers, values, values.count,
-                                  outputNamePointers, outputNamePointers.count, &outputValues))
+            createdAt = KernelClock.monotonicNanoseconds()
+            try inputNamePointers.withUnsafeBufferPointer { inputNames in
+                try outputNamePointers.withUnsafeBufferPointer { outputNames in
+                    try api.check(api.run(session, nil, inputNames.baseAddress, values, values.count,
+                                          outputNames.baseAddress, outputNames.count, &outputValues))
+                }
+            }
+            ranAt = KernelClock.monotonicNanoseconds()
         }
         var results: [Tensor] = []
         results.reserveCapacity(outputs.count)
-        for (index, value) in outputValues.enumerated() {
+        for index in outputValues.indices {
+            let value = outputValues[index]
             var info: OpaquePointer?
             try api.check(api.getTensorTypeAndShape(value, &info))
             defer { api.releaseTensorTypeAndShapeInfo(info) }
@@ -146,16 +190,127 @@ public final class ONNXSession: ModelRunner, @unchecked Sendable {
             var shape = [Int64](repeating: 0, count: rank)
             try api.check(shape.withUnsafeMutableBufferPointer { api.getDimensions(info, $0.baseAddress, rank) })
             let dataType = outputs[index].dataType
+            if dataType == .bytes {
+                results.append(try readStringTensor(value, shape: shape, name: outputs[index].name))
+                continue
+            }
             guard let byteCount = TensorSize.byteCount(shape, dataType) else {
                 throw ONNXRuntimeError("output \"\(outputs[index].name)\" has an invalid shape \(shape)")
             }
             var data: UnsafeMutableRawPointer?
             try api.check(api.getTensorMutableData(value, &data))
-            let bytes = byteCount == 0 || data == nil
-                ? [UInt8]() : Array(UnsafeRawBufferPointer(start: data, count: byteCount))
-            results.append(Tensor(dataType: dataType, shape: shape, bytes: bytes))
+            guard byteCount > 0, let data else {
+                results.append(Tensor(dataType: dataType, shape: shape, buffer: ByteBuffer()))
+                continue
+            }
+            // The output's memory stays ORT's: the tensor (and the rows split from it) releases the value when the
+            // last of them is gone, after the response was written from it.
+            let owned = OwnedValue(value: value, releaseValue: api.releaseValue)
+            outputValues[index] = nil
+            let memory = TensorMemory(base: UnsafeRawPointer(data), count: byteCount) { owned.release() }
+            results.append(Tensor(dataType: dataType, shape: shape, memory: memory))
         }
+        let end = KernelClock.monotonicNanoseconds()
+        timing.inputNanoseconds &+= createdAt &- start
+        timing.inferNanoseconds &+= ranAt &- createdAt
+        timing.outputNanoseconds &+= end &- ranAt
         return results
+    }
+
+    /// An `OrtValue` handed to another thread to be released there.
+    private struct OwnedValue: @unchecked Sendable {
+        let value: OpaquePointer?
+        let releaseValue: ORTFunctions.Release
+        func release() { releaseValue(value) }
+    }
+
+    /// An ORT string tensor holding the elements of a BYTES tensor (copied once, NULs and all).
+    private func makeStringTensor(_ tensor: Tensor, name: String) throws -> OpaquePointer? {
+        let api = runtime.api
+        var allocator: OpaquePointer?
+        try api.check(api.getAllocatorWithDefaultOptions(&allocator))
+        var value: OpaquePointer?
+        try api.check(tensor.shape.withUnsafeBufferPointer { shape in
+            api.createTensorAsOrtValue(allocator, shape.baseAddress, shape.count, TensorDataType.bytes.onnxElementType, &value)
+        }, "input \"\(name)\"")
+        do {
+            try tensor.withUnsafeBytes { raw in
+                let ranges = BytesElements.ranges(raw)
+                guard ranges.count == tensor.elementCount else {
+                    throw ONNXRuntimeError("input \"\(name)\" holds \(ranges.count) strings for shape \(tensor.shape)")
+                }
+                if let elementBuffer = api.getResizedStringTensorElementBuffer {
+                    for (index, range) in ranges.enumerated() {
+                        var destination: UnsafeMutablePointer<CChar>?
+                        try api.check(elementBuffer(value, index, range.count, &destination), "input \"\(name)\"")
+                        if let destination, !range.isEmpty {
+                            UnsafeMutableRawPointer(destination).copyMemory(from: raw.baseAddress! + range.lowerBound,
+                                                                            byteCount: range.count)
+                        }
+                    }
+                    return
+                }
+                // Before API 15 elements are C strings: one with a NUL byte cannot be given whole.
+                var copies: [UnsafeMutablePointer<CChar>] = []
+                defer { for copy in copies { free(copy) } }
+                for range in ranges {
+                    let element = raw[range]
+                    guard !element.contains(0) else {
+                        throw KernelHTTPError(400, "input '\(name)' has a string with a NUL byte, which ONNX Runtime "
+                                              + "\(runtime.version) cannot take (it needs 1.15 or later)")
+                    }
+                    let copy = malloc(range.count + 1)!.assumingMemoryBound(to: CChar.self)
+                    if !range.isEmpty {
+                        UnsafeMutableRawPointer(copy).copyMemory(from: raw.baseAddress! + range.lowerBound, byteCount: range.count)
+                    }
+                    copy[range.count] = 0
+                    copies.append(copy)
+                }
+                let pointers = copies.map { UnsafePointer<CChar>($0) as UnsafePointer<CChar>? }
+                try api.check(api.fillStringTensor(value, pointers, pointers.count), "input \"\(name)\"")
+            }
+        } catch {
+            api.releaseValue(value)
+            throw error
+        }
+        return value
+    }
+
+    /// The elements of an ORT string tensor in Triton's serialisation: ORT writes the contents once into the
+    /// buffer's tail, and each element is moved down into place behind its length (the moves never overlap a
+    /// later element's source).
+    private func readStringTensor(_ value: OpaquePointer?, shape: [Int64], name: String) throws -> Tensor {
+        let api = runtime.api
+        guard let count = TensorSize.elementCount(shape) else {
+            throw ONNXRuntimeError("output \"\(name)\" has an invalid shape \(shape)")
+        }
+        var buffer = ByteBuffer()
+        if count > 0 {
+            var dataLength = 0
+            try api.check(api.getStringTensorDataLength(value, &dataLength), "output \"\(name)\"")
+            guard let prefixes = TensorSize.product(count, 4), let total = TensorSize.sum(prefixes, dataLength),
+                  total <= TensorSize.bufferLimit else {
+                throw ONNXRuntimeError("output \"\(name)\" holds more string bytes than one response can carry")
+            }
+            var offsets = [Int](repeating: 0, count: count)
+            buffer = ByteBufferAllocator().buffer(capacity: total)
+            try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: total) { raw in
+                let base = raw.baseAddress!
+                try api.check(offsets.withUnsafeMutableBufferPointer {
+                    api.getStringTensorContent(value, base + prefixes, dataLength, $0.baseAddress, count)
+                }, "output \"\(name)\"")
+                for index in 0..<count {
+                    let source = offsets[index]
+                    let end = index + 1 < count ? offsets[index + 1] : dataLength
+                    let length = end - source
+                    let destination = 4 * (index + 1) + source
+                    raw.storeBytes(of: UInt32(truncatingIfNeeded: length).littleEndian, toByteOffset: destination - 4, as: UInt32.self)
+                    if length > 0 { (base + destination).copyMemory(from: base + prefixes + source, byteCount: length) }
+                }
+                return total
+            }
+        }
+        return Tensor(dataType: .bytes, shape: shape, buffer: buffer)
     }
 
     /// Gives `body` a stable pointer to the bytes of every tensor at once (nested `withUnsafeBytes`).
@@ -163,7 +318,7 @@ public final class ONNXSession: ModelRunner, @unchecked Sendable {
     private func withBufferPointers(_ tensors: [Tensor], index: Int, pointers: [UnsafeRawPointer],
                                     _ body: ([UnsafeRawPointer]) throws -> Void) throws {
         if index == tensors.count { return try body(pointers) }
-        try tensors[index].bytes.withUnsafeBytes { raw in
+        try tensors[index].withUnsafeBytes { raw in
             let pointer = raw.baseAddress ?? UnsafeRawPointer(ONNXSession.emptyTensorByte)
             try withBufferPointers(tensors, index: index + 1, pointers: pointers + [pointer], body)
         }

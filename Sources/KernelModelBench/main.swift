@@ -1,6 +1,7 @@
 // The in-process ceiling of a model: ONNX Runtime in a tight loop, no HTTP, no JSON, no queue.
 //
 //   kernel-model-bench MODEL.onnx --shape 1,64 [--seconds 5] [--intra-op-threads 1] [--instances 1]
+//   kernel-model-bench TEXT.onnx --bytes "hello,Wörld" [--shape 2,1]   (a BYTES input of these strings)
 //
 // Prints one JSON line: runs/s and rows/s over all instances (each on its own thread, as the kernel runs them).
 import Foundation
@@ -15,6 +16,8 @@ struct Arguments {
     var instances = 1
     /// A JSON inference request to decode in a loop instead (the codec's cost, no model run).
     var decodeFile: String?
+    /// The elements of a BYTES input (comma-separated); the shape defaults to one column of them.
+    var strings: [String]?
 
     init(_ list: [String]) throws {
         var iterator = list.makeIterator()
@@ -29,11 +32,13 @@ struct Arguments {
             case "--intra-op-threads": intraOpThreads = Int(try value()) ?? 1
             case "--instances": instances = Int(try value()) ?? 1
             case "--decode": decodeFile = try value()
+            case "--bytes": strings = try value().split(separator: ",", omittingEmptySubsequences: false).map(String.init)
             default: model = argument
             }
         }
+        if let strings, shape.isEmpty { shape = [Int64(strings.count), 1] }
         guard !model.isEmpty, !shape.isEmpty else {
-            throw ONNXRuntimeError("usage: KernelModelBench MODEL.onnx --shape 1,64 [--seconds 5] [--intra-op-threads 1] [--instances 1]")
+            throw ONNXRuntimeError("usage: KernelModelBench MODEL.onnx --shape 1,64 | --bytes a,b [--seconds 5] [--intra-op-threads 1] [--instances 1]")
         }
     }
 }
@@ -64,9 +69,19 @@ do {
     let count = Tensor.elementCount(arguments.shape) ?? 0
     var generator = SystemRandomNumberGenerator()
     let values = (0..<count).map { _ in Float.random(in: -1...1, using: &generator) }
-    let input = Tensor(dataType: spec.dataType, shape: arguments.shape,
+    let input: Tensor
+    if spec.dataType == .bytes {
+        // The given strings, or empty ones (each a 4-byte zero length).
+        let strings = arguments.strings ?? Array(repeating: "", count: count)
+        guard strings.count == count else {
+            throw ONNXRuntimeError("--bytes gives \(strings.count) strings for the shape \(arguments.shape) of \(count) elements")
+        }
+        input = Tensor(strings: strings.map { Array($0.utf8) }, shape: arguments.shape)
+    } else {
+        input = Tensor(dataType: spec.dataType, shape: arguments.shape,
                        bytes: spec.dataType == .fp32 ? values.withUnsafeBytes { Array($0) }
                                                      : [UInt8](repeating: 0, count: count * spec.dataType.byteWidth))
+    }
     for session in sessions { for _ in 0..<20 { _ = try session.run([input]) } }  // warm-up
     /// Runs per instance; each slot is written by one thread only.
     final class RunCounts: @unchecked Sendable {

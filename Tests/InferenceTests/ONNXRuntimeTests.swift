@@ -92,6 +92,75 @@ final class ONNXRuntimeTests: XCTestCase {
     }
 }
 
+extension ONNXRuntimeTests {
+    /// `models/strings/1/model.onnx` (scripts/models/make_models.py), or the same string identity model made with
+    /// onnx.helper in a temporary directory while that file is not there.
+    private func stringsSession(_ runtime: ONNXRuntime) throws -> ONNXSession {
+        var path = ONNXRuntimeTests.root + "/models/strings/1/model.onnx"
+        if !FileManager.default.fileExists(atPath: path) {
+            path = FileManager.default.temporaryDirectory.appendingPathComponent("strings-\(ProcessInfo.processInfo.processIdentifier).onnx").path
+            let script = """
+                import onnx, sys
+                from onnx import TensorProto, helper
+                graph = helper.make_graph([helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])], "strings",
+                    [helper.make_tensor_value_info("INPUT0", TensorProto.STRING, ["rows", "columns"])],
+                    [helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, ["rows", "columns"])])
+                model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                model.ir_version = 8
+                onnx.save(model, sys.argv[1])
+                """
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["python3", "-c", script, path]
+            try process.run()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else { throw MissingPrerequisite("onnx (Python) could not write \(path): run scripts/setup.sh") }
+        }
+        return try ONNXSession(runtime: runtime, path: path, options: SessionOptions())
+    }
+
+    func testStringTensorsRoundTripThroughONNXRuntimeWithNULs() throws {
+        let session = try stringsSession(try runtime())
+        XCTAssertEqual(session.inputs, [TensorSpec(name: "INPUT0", dataType: .bytes, shape: [-1, -1])])
+        XCTAssertEqual(session.outputs, [TensorSpec(name: "OUTPUT0", dataType: .bytes, shape: [-1, -1])])
+        let elements: [[UInt8]] = [[], [0], [0x61, 0, 0x62], Array("h\u{e9}llo \u{6f22}".utf8), [0xFF, 0xFE],
+                                   Array(repeating: 0x7A, count: 1000)]
+        let input = Tensor(strings: elements, shape: [2, 3])
+        let output = try session.run([input])[0]
+        XCTAssertEqual(output.shape, [2, 3])
+        XCTAssertEqual(output.stringElements, elements)
+        XCTAssertEqual(output, input)
+        // Only empty strings: ORT holds no string bytes at all (what warm-up's zero inputs are).
+        let blanks = Tensor(dataType: .bytes, shape: [2, 2], bytes: [UInt8](repeating: 0, count: 16))
+        XCTAssertEqual(try session.run([blanks])[0].stringElements, Array(repeating: [], count: 4))
+        let empty = try session.run([Tensor(strings: [], shape: [0, 3])])[0]
+        XCTAssertEqual(empty.shape, [0, 3])
+        XCTAssertEqual(empty.byteCount, 0)
+    }
+
+    func testRunBatchJoinsStringRequestsAndSplitsThemBack() throws {
+        let session = try stringsSession(try runtime())
+        let requests = [[Tensor(strings: [[1], []], shape: [1, 2])],
+                        [Tensor(strings: [[2, 0, 2], [3], [], [4, 4]], shape: [2, 2])],
+                        [Tensor(strings: [[0], [5]], shape: [1, 2])]]
+        let run = try session.runBatch(requests, rows: [1, 2, 1])
+        XCTAssertEqual(run.outputs.map { $0[0] }, requests.map { $0[0] })
+    }
+
+    func testRunBatchOutputsAreViewsOfOneRuntimeOutput() throws {
+        let session = try demoSession(try runtime())
+        let requests = (0..<3).map { [input(rows: 1 + $0, seed: 40 + $0)] }
+        let run = try session.runBatch(requests, rows: [1, 2, 3])
+        for (request, outputs) in zip(requests, run.outputs) {
+            XCTAssertEqual(outputs[0].bytes, try session.run(request)[0].bytes)
+            guard case .memory = outputs[0].storage else { return XCTFail("an output copied out of ONNX Runtime") }
+        }
+        let base = run.outputs[0][0].withUnsafeBytes { $0.baseAddress! }
+        run.outputs[1][0].withUnsafeBytes { XCTAssertEqual($0.baseAddress, base + 40) }
+        XCTAssertGreaterThan(run.timing.inferNanoseconds, 0)
+    }
+}
+
 /// A prerequisite that `make test` installs is missing: the test fails and says what to run.
 struct MissingPrerequisite: Error, CustomStringConvertible {
     let description: String

@@ -107,4 +107,31 @@ final class TensorSizeTests: XCTestCase {
         XCTAssertEqual(statistics.success.nanoseconds, 0)  // finished before enqueued (clock): 0, not a trap
         for job in jobs { job.promise.succeed(InferenceResult(outputs: [], timing: InferenceTiming())) }
     }
+
+    func testBytesAndHalfSizesAreLowerBoundsAndWidths() throws {
+        // BYTES: 4 bytes an element at least (an empty string is its length alone); BF16 and FP16: 2.
+        XCTAssertEqual(TensorSize.byteCount([2, 3], .bytes), 24)
+        XCTAssertEqual(TensorSize.byteCount([2, 3], .bf16), 12)
+        XCTAssertEqual(TensorSize.extentByteCount([0, 1 << 30], .bytes), 1 << 32)
+        XCTAssertEqual(TensorDataType.bytes.onnxElementType, 8)
+        XCTAssertEqual(TensorDataType.bf16.onnxElementType, 16)
+        XCTAssertEqual(TensorDataType(onnxElementType: 8), .bytes)
+        XCTAssertNil(TensorDataType(onnxElementType: 14))  // complex64: not carried
+        // Zeros of the least size are a valid BYTES tensor of empty strings (what warm-up feeds a string input).
+        let zeros = Tensor(dataType: .bytes, shape: [2, 3], bytes: [UInt8](repeating: 0, count: 24))
+        XCTAssertTrue(zeros.isConsistent)
+        XCTAssertEqual(zeros.stringElements, Array(repeating: [], count: 6))
+        XCTAssertFalse(Tensor(dataType: .bytes, shape: [2, 3], bytes: [UInt8](repeating: 0, count: 20)).isConsistent)
+        XCTAssertNil(zeros.rowByteCount)
+    }
+
+    func testAShapeTooLargeForBytesIs400BeforeAllocating() throws {
+        let model = ModelSignature(name: "s", version: "1", inputs: [TensorSpec(name: "t", dataType: .bytes, shape: [-1, -1])],
+                                   outputs: [], maxBatchSize: 0)
+        let body = ByteBuffer(string: #"{"inputs": [{"name": "t", "shape": [1, 2000000000], "datatype": "BYTES", "data": ["a"]}]}"#)
+        XCTAssertThrowsError(try InferenceCodec.decodeRequest(body: body, headers: [:], model: model)) { error in
+            XCTAssertEqual((error as? KernelHTTPError)?.status, 400)
+            XCTAssertTrue("\(error)".contains("input 't' has a shape too large: [1,2000000000] of BYTES"), "\(error)")
+        }
+    }
 }

@@ -64,7 +64,10 @@ public func fuzzInferenceCodec(_ start: UnsafePointer<UInt8>, _ count: Int) -> C
     }
     checkMatches(request, model)
     answerWithModelOutputs(request, model, filler: payload)
-    answerWithInputs(request, model, binary: control[1] & 4 == 4)
+    // FP16, BF16 and BYTES are echoed as binary data: the first two have no JSON form, and the JSON reader below
+    // reads numbers back only.
+    let binaryOnly = model.inputs.contains { !$0.dataType.hasJSONForm || !$0.dataType.hasFixedWidth }
+    answerWithInputs(request, model, binary: binaryOnly || control[1] & 4 == 4)
     return 0
 }
 
@@ -73,8 +76,7 @@ private func checkMatches(_ request: DecodedInferenceRequest, _ model: ModelSign
     for (tensor, spec) in zip(request.inputs, model.inputs) {
         check(tensor.dataType == spec.dataType, "input type \(tensor.dataType) for \(spec.dataType)")
         check(spec.accepts(tensor.shape), "shape \(tensor.shape) accepted for \(spec.shape)")
-        check(Tensor.elementCount(tensor.shape).map { $0 * tensor.dataType.byteWidth } == tensor.bytes.count,
-              "\(tensor.bytes.count) bytes for shape \(tensor.shape)")
+        check(tensor.isConsistent, "\(tensor.byteCount) bytes for shape \(tensor.shape) of \(tensor.dataType)")
         if model.maxBatchSize > 0 { check(tensor.rows <= model.maxBatchSize, "batch \(tensor.rows) over \(model.maxBatchSize)") }
     }
     check(!request.outputs.isEmpty, "no outputs to return")
@@ -90,7 +92,8 @@ private func answerWithModelOutputs(_ request: DecodedInferenceRequest, _ model:
         let shape = spec.shape.enumerated().map { index, dimension in dimension >= 0 ? dimension : (index == 0 ? rows : 1) }
         let byteCount = Tensor.elementCount(shape)! * spec.dataType.byteWidth
         var bytes = [UInt8](repeating: 0, count: byteCount)
-        if !filler.isEmpty { for i in 0..<byteCount { bytes[i] = filler[i % filler.count] } }
+        // BYTES elements stay empty strings (zero lengths): filler bytes would not be Triton's serialisation.
+        if !filler.isEmpty, spec.dataType.hasFixedWidth { for i in 0..<byteCount { bytes[i] = filler[i % filler.count] } }
         return Tensor(dataType: spec.dataType, shape: shape, bytes: bytes)
     }
     let response: KernelResponse

@@ -1,0 +1,266 @@
+"""The Open Inference Protocol where it goes beyond numbers, against `kernel --role both` with the real
+`tritonclient[http]`: BYTES (string) tensors through a string identity model, FP16 and BF16, and the rules where
+the protocol is silent and Triton decides (statuses and messages as Triton's).
+"""
+import concurrent.futures
+import json
+import os
+import struct
+import threading
+
+import numpy as np
+import pytest
+import requests
+
+import tritonclient.http as tritonclient_http
+from tritonclient.utils import InferenceServerException
+
+from inference_support import ROOT, ensure_models, models_yaml
+
+ensure_models()
+
+STRINGS = os.path.join(ROOT, "models", "strings", "1", "model.onnx")
+
+
+def make_identity(path, element_type, input_name, output_name):
+    """`input_name` [-1, -1] of `element_type` → Identity → `output_name`."""
+    import onnx
+    from onnx import helper
+    graph = helper.make_graph([helper.make_node("Identity", [input_name], [output_name])], "identity",
+                              [helper.make_tensor_value_info(input_name, element_type, ["rows", "columns"])],
+                              [helper.make_tensor_value_info(output_name, element_type, ["rows", "columns"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from onnx import TensorProto
+    folder = tmp_path_factory.mktemp("protocol_models")
+    strings = STRINGS if os.path.exists(STRINGS) else make_identity(str(folder / "strings.onnx"), TensorProto.STRING,
+                                                                    "INPUT0", "OUTPUT0")
+    return {"strings": strings,
+            "half": make_identity(str(folder / "half.onnx"), TensorProto.FLOAT16, "x", "y"),
+            "bhalf": make_identity(str(folder / "bhalf.onnx"), TensorProto.BFLOAT16, "x", "y")}
+
+
+@pytest.fixture(scope="module")
+def kernel(models, tmp_path_factory):
+    """One kernel for the module: each test sends its own requests and none changes the kernel."""
+    from conftest import KERNEL_BIN, Kernel, with_core_section
+    workdir = str(tmp_path_factory.mktemp("protocol_kernel"))
+    extra = "".join(f"    - name: {name}\n      path: {path}\n      max_batch_size: 8\n"
+                    "      dynamic_batching: {max_queue_delay: 2ms}\n" for name, path in models.items())
+    path = os.path.join(workdir, "kernel.yaml")
+    with open(path, "w") as f:
+        f.write(with_core_section(models_yaml(extra), workdir))
+    assert os.path.exists(KERNEL_BIN), f"build the kernel first: {KERNEL_BIN} is missing"
+    started = Kernel(path, "both", workdir, (), None)
+    yield started
+    started.stop()
+
+
+def url(kernel, path):
+    return f"http://127.0.0.1:{kernel.port('http')}{path}"
+
+
+def post(kernel, path, body, headers=None):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(url(kernel, path), data=data, headers=headers or {}, timeout=30)
+
+
+def assert_error(response, status, fragment):
+    """Every inference error is Triton's `{"error": "..."}` body, as JSON."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["error"], body
+    assert fragment in body["error"], body["error"]
+
+
+@pytest.fixture
+def client(kernel):
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}", concurrency=8)
+    yield client
+    client.close()
+
+
+ELEMENTS = [b"", "h\u00e9llo w\u00f6rld \u6f22\u5b57 \U0001F600".encode(), b"a\x00b", b"\x00", b"quote\" back\\slash",
+            b"tab\tnew\nline", b"x" * 300]
+
+
+def strings_array(elements, columns):
+    return np.array(elements, dtype=np.object_).reshape(-1, columns)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_bytes_round_trip_through_the_string_identity_model(client, binary):
+    array = strings_array(ELEMENTS + [b"last"], 4)
+    tensor = tritonclient_http.InferInput("INPUT0", list(array.shape), "BYTES")
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    output = tritonclient_http.InferRequestedOutput("OUTPUT0", binary_data=binary)
+    result = client.infer("strings", [tensor], outputs=[output])
+    got = result.as_numpy("OUTPUT0")
+    assert got.shape == (2, 4)
+    assert result.get_output("OUTPUT0")["datatype"] == "BYTES"
+    # JSON data comes back as text (str), binary data as bytes: the same elements either way.
+    got = [value.encode() if isinstance(value, str) else value for value in got.reshape(-1)]
+    assert got == list(array.reshape(-1))
+
+
+def test_bytes_that_are_not_utf8_round_trip_as_binary_data(client):
+    array = strings_array([b"\xff\xfe", b"\x80abc", b"", b"\xc3"], 2)
+    tensor = tritonclient_http.InferInput("INPUT0", [2, 2], "BYTES")
+    tensor.set_data_from_numpy(array, binary_data=True)
+    result = client.infer("strings", [tensor], outputs=[tritonclient_http.InferRequestedOutput("OUTPUT0", binary_data=True)])
+    assert list(result.as_numpy("OUTPUT0").reshape(-1)) == list(array.reshape(-1))
+
+
+def test_bytes_json_data_may_be_nested_or_flat(kernel):
+    for data in (["a", "", "c\u0000d", "\u00e9"], [["a", ""], ["c\u0000d", "\u00e9"]]):
+        response = post(kernel, "/v2/models/strings/infer",
+                        {"inputs": [{"name": "INPUT0", "shape": [2, 2], "datatype": "BYTES", "data": data}]})
+        assert response.status_code == 200, response.text
+        output = response.json()["outputs"][0]
+        assert output["datatype"] == "BYTES" and output["shape"] == [2, 2]
+        assert output["data"] == ["a", "", "c\u0000d", "\u00e9"]
+
+
+def test_concurrent_bytes_requests_are_batched_and_split_back_exactly(kernel):
+    local = threading.local()  # a tritonclient client per thread: one is not thread-safe
+
+    def call(i):
+        if not hasattr(local, "client"):
+            local.client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+        rows = 1 + i % 3
+        elements = [(f"r{i}-{k}-" + "z" * (k * i % 17)).encode() + (b"\x00" if k % 2 else b"") for k in range(rows * 2)]
+        array = strings_array(elements, 2)
+        tensor = tritonclient_http.InferInput("INPUT0", list(array.shape), "BYTES")
+        tensor.set_data_from_numpy(array, binary_data=i % 2 == 0)
+        output = tritonclient_http.InferRequestedOutput("OUTPUT0", binary_data=True)
+        got = local.client.infer("strings", [tensor], outputs=[output]).as_numpy("OUTPUT0")
+        return list(got.reshape(-1)) == elements
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(call, range(48)))
+    stats = requests.get(url(kernel, "/v2/models/strings/stats"), timeout=10).json()["model_stats"][0]
+    # Some runs joined several requests (the batcher waits 2 ms for company).
+    assert stats["execution_count"] < stats["inference_count"], stats
+
+
+def test_bytes_models_report_bytes_in_metadata_and_type_string_in_config(kernel):
+    metadata = requests.get(url(kernel, "/v2/models/strings"), timeout=10).json()
+    assert metadata["inputs"] == [{"name": "INPUT0", "datatype": "BYTES", "shape": [-1, -1]}]
+    assert metadata["outputs"] == [{"name": "OUTPUT0", "datatype": "BYTES", "shape": [-1, -1]}]
+    config = requests.get(url(kernel, "/v2/models/strings/config"), timeout=10).json()
+    assert config["input"][0]["data_type"] == "TYPE_STRING"
+    assert config["output"][0]["data_type"] == "TYPE_STRING"
+    half = requests.get(url(kernel, "/v2/models/half/config"), timeout=10).json()
+    assert half["input"][0]["data_type"] == "TYPE_FP16"
+    bhalf = requests.get(url(kernel, "/v2/models/bhalf"), timeout=10).json()
+    assert bhalf["inputs"][0]["datatype"] == "BF16"
+
+
+def binary_request(inputs, outputs=None, trailing=b""):
+    """A body of Triton's binary extension: header JSON, then each input's bytes."""
+    header = {"inputs": [{"name": name, "shape": shape, "datatype": datatype,
+                          "parameters": {"binary_data_size": len(data)}} for name, shape, datatype, data in inputs]}
+    if outputs is not None:
+        header["outputs"] = outputs
+    text = json.dumps(header).encode()
+    return text + b"".join(data for *_, data in inputs) + trailing, {"Inference-Header-Content-Length": str(len(text))}
+
+
+def binary_outputs(response):
+    length = int(response.headers["Inference-Header-Content-Length"])
+    return json.loads(response.content[:length]), response.content[length:]
+
+
+def test_bytes_binary_data_must_hold_the_shapes_elements(kernel):
+    def serialise(elements):
+        return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+    cases = [
+        (serialise([b"a", b"b", b"c"]), "expected 4 string elements for inference input 'INPUT0' for model 'strings', got 3"),
+        (serialise([b"a"] * 5), "unexpected number of string elements 5 for inference input 'INPUT0' for model 'strings', expecting 4"),
+        (serialise([b"a"] * 3) + b"\x01\x00", "incomplete string length indicator for inference input 'INPUT0'"),
+        (serialise([b"a"] * 3) + struct.pack("<I", 50) + b"xy", "has length 50, more than the 2 bytes left"),
+    ]
+    for data, message in cases:
+        body, headers = binary_request([("INPUT0", [2, 2], "BYTES", data)])
+        assert_error(post(kernel, "/v2/models/strings/infer", body, headers), 400, message)
+    assert_error(post(kernel, "/v2/models/strings/infer",
+                      {"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "BYTES", "data": ["a", 1]}]}),
+                 400, "input 'INPUT0': element 1 (a number) is not a valid BYTES value")
+
+
+def test_fp16_as_json_data_is_400_and_as_binary_data_runs(kernel, client):
+    response = post(kernel, "/v2/models/half/infer",
+                    {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP16", "data": [1.5, 2.0]}]})
+    assert_error(response, 400, "receiving FP16 data via JSON is not supported. Please use the binary data format for input x")
+    array = np.array([[1.5, -2.25, 65504.0]], dtype=np.float16)
+    tensor = tritonclient_http.InferInput("x", [1, 3], "FP16")
+    tensor.set_data_from_numpy(array, binary_data=True)
+    result = client.infer("half", [tensor], outputs=[tritonclient_http.InferRequestedOutput("y", binary_data=True)])
+    assert result.as_numpy("y").tobytes() == array.tobytes()
+    # An FP16 output asked for as JSON: refused (as Triton), before the model runs.
+    body, headers = binary_request([("x", [1, 3], "FP16", array.tobytes())])
+    assert_error(post(kernel, "/v2/models/half/infer", body, headers), 400,
+                 "sending FP16 data via JSON is not supported. Please use the binary data format for output y")
+
+
+def test_bf16_runs_as_binary_data_only(kernel):
+    bits = np.array([0x3FC0, 0xC010, 0x0000, 0x7F80], dtype="<u2")  # 1.5, -2.25, 0, +inf
+    body, headers = binary_request([("x", [2, 2], "BF16", bits.tobytes())],
+                                   outputs=[{"name": "y", "parameters": {"binary_data": True}}])
+    response = post(kernel, "/v2/models/bhalf/infer", body, headers)
+    assert response.status_code == 200, response.text
+    header, tail = binary_outputs(response)
+    assert header["outputs"][0]["datatype"] == "BF16" and header["outputs"][0]["shape"] == [2, 2]
+    assert tail == bits.tobytes()
+    response = post(kernel, "/v2/models/bhalf/infer",
+                    {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "BF16", "data": [1.5]}]})
+    assert_error(response, 400, "receiving BF16 data via JSON is not supported. Please use the binary data format for input x")
+
+
+def test_a_requested_output_named_twice_is_400(kernel):
+    response = post(kernel, "/v2/models/strings/infer",
+                    {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "BYTES", "data": ["a"]}],
+                     "outputs": [{"name": "OUTPUT0"}, {"name": "OUTPUT0", "parameters": {"binary_data": True}}]})
+    assert_error(response, 400, "output 'OUTPUT0' already exists in request")
+
+
+def test_bytes_after_the_last_binary_tensor_are_400(kernel):
+    body, headers = binary_request([("INPUT0", [1, 1], "BYTES", struct.pack("<I", 1) + b"a")], trailing=b"\x00" * 7)
+    assert_error(post(kernel, "/v2/models/strings/infer", body, headers), 400,
+                 "unexpected additional input data for model 'strings'")
+    body, headers = binary_request([("x", [1, 1], "FP16", b"\x00\x3c")], trailing=b"z")
+    assert_error(post(kernel, "/v2/models/half/infer", body, headers), 400,
+                 "unexpected additional input data for model 'half': the request has 1 binary bytes that no input claims")
+
+
+@pytest.mark.parametrize("method,path,body,status,fragment", [
+    ("POST", "/v2/models/nope/infer", {"inputs": []}, 404, "Request for unknown model: 'nope' is not found"),
+    ("GET", "/v2/models/strings/infer", None, 405, "method GET not allowed"),
+    ("POST", "/v2/models/strings/infer", '{"inputs": [', 400, "failed to parse the request JSON"),
+    ("POST", "/v2/models/strings/infer", {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "FP32", "data": [1]}]},
+     400, "inference input 'INPUT0' data-type is 'FP32', but model 'strings' expects 'BYTES'"),
+    ("POST", "/v2/models/strings/infer", {"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "BYTES", "data": ["a"]}]},
+     400, "unexpected number of elements for input 'INPUT0': the shape [1,2] needs 2, the data has 1"),
+    ("POST", "/v2/models/strings/infer", {"inputs": [{"name": "INPUT0", "shape": [9, 1], "datatype": "BYTES",
+                                                      "data": ["a"] * 9}]},
+     400, "inference request batch-size must be <= 8 for 'strings'"),
+    ("POST", "/v2/models/strings/infer", {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "BYTES", "data": ["a"]}]},
+     400, "unexpected inference input 'X' for model 'strings'"),
+])
+def test_every_inference_error_is_a_json_error_body(kernel, method, path, body, status, fragment):
+    data = None if body is None else body if isinstance(body, str) else json.dumps(body)
+    response = requests.request(method, url(kernel, path), data=data, timeout=10)
+    assert_error(response, status, fragment)
+
+
+def test_tritonclient_sees_the_error_messages(client):
+    tensor = tritonclient_http.InferInput("x", [1, 2], "FP16")
+    tensor.set_data_from_numpy(np.zeros((1, 2), dtype=np.float16), binary_data=False)
+    with pytest.raises(InferenceServerException, match="receiving FP16 data via JSON is not supported"):
+        client.infer("half", [tensor])
