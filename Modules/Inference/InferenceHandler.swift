@@ -94,7 +94,11 @@ public struct InferenceHandler: RequestHandler {
         guard ["", "ready", "config", "stats", "infer"].contains(action) else {
             throw KernelHTTPError(404, "not found: \(request.path)")
         }
-        let resolution = repository.resolve(name, version: version)
+        // An inference holds its version's routing lease until it is in the version's queue (`RoutingLeases`):
+        // `infer` decodes and submits before it returns.
+        let queues = action == "infer" && request.method == "POST"
+        let resolution = repository.resolve(name, version: version, takingLease: queues)
+        defer { if queues, case .ready(let model) = resolution { model.leases.release() } }
         if case .notFound(let message) = resolution { throw KernelHTTPError(404, message) }
         if action == "ready" {
             return try read {

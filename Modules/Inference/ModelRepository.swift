@@ -9,11 +9,50 @@ public final class LoadedModel: Sendable {
     public let configuration: ModelConfiguration
     public let signature: ModelSignature
     public let scheduler: ModelScheduler
+    /// Inference requests routed to this version that have not reached its queue yet.
+    let leases = RoutingLeases()
 
     public init(configuration: ModelConfiguration, signature: ModelSignature, scheduler: ModelScheduler) {
         self.configuration = configuration
         self.signature = signature
         self.scheduler = scheduler
+    }
+}
+
+/// The requests routed to a model version on their way to its queue (decoding their body on an event loop).
+///
+/// A lease is taken under the repository's lock while the version is ready, so none is taken once the version
+/// has left routing; a version leaving routing (an unload, a reload's replaced sessions, a version its policy no
+/// longer serves) stops its scheduler only after the last lease is released. Then every request routed to it is
+/// in its queue, and the scheduler's drain answers it: none meets a stopped queue.
+final class RoutingLeases: @unchecked Sendable {
+    /// `true` while no lease is held; guards `held`.
+    private let lock = ConditionLock<Bool>(value: true)
+    private var held = 0
+
+    func take() {
+        lock.lock()
+        held += 1
+        lock.unlock(withValue: false)
+    }
+
+    func release() {
+        lock.lock()
+        held -= 1
+        lock.unlock(withValue: held == 0)
+    }
+
+    /// Leases held now.
+    var count: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return held
+    }
+
+    /// Blocks (a thread-pool thread, never an event loop) until no lease is held.
+    func waitUntilReleased() {
+        lock.lock(whenValue: true)
+        lock.unlock()
     }
 }
 
@@ -156,7 +195,9 @@ public final class ModelRepository: ReadinessCheck, Sendable {
     }
 
     /// The loaded version a request for `name` (and `version`, when the path names one) reaches.
-    public func resolve(_ name: String, version: String?) -> ModelResolution {
+    /// `takingLease`: a ready version's `RoutingLeases` counts the request until the caller releases it, once the
+    /// request is in the version's queue.
+    public func resolve(_ name: String, version: String?, takingLease: Bool = false) -> ModelResolution {
         entries.withLockedValue { entries in
             guard let entry = entries[name] else { return .notFound("Request for unknown model: '\(name)' is not found") }
             let chosen: ModelVersion
@@ -171,7 +212,10 @@ public final class ModelRepository: ReadinessCheck, Sendable {
                 }
                 chosen = found
             }
-            if case .ready(let model) = chosen.state { return .ready(model) }
+            if case .ready(let model) = chosen.state {
+                if takingLease { model.leases.take() }
+                return .ready(model)
+            }
             var message = "Request for unknown model: '\(name)' version \(chosen.configuration.version) is not at ready state"
             if case .failed(let reason) = chosen.state { message += ": \(reason)" }
             return .notReady(message)

@@ -89,7 +89,7 @@ extension ModelRepository {
             guard entries.withLockedValue({ $0[name] }) != nil else {
                 throw KernelHTTPError(400, "failed to unload '\(name)', no version is available")
             }
-            unloadVersions(of: name, loader, reason: "unloaded")
+            unloadVersions(of: name, logger: loader.logger, reason: "unloaded")
         }
     }
 
@@ -109,7 +109,7 @@ extension ModelRepository {
                 let serving = entries.withLockedValue { entries in !(entries[name]?.requested.isEmpty ?? true) }
                 guard serving else { continue }
                 loader.logger.notice("inference: model '\(name)' is no longer in the repository: unloading it")
-                unloadVersions(of: name, loader, reason: "unloaded: no longer in the model repository")
+                unloadVersions(of: name, logger: loader.logger, reason: "unloaded: no longer in the model repository")
             }
             for name in names {
                 let wanted: [(ModelConfiguration, VersionSource)]
@@ -171,7 +171,8 @@ extension ModelRepository {
                 }
                 ModelLoadingService.logReady(model, logger: logger)
                 if let replaced {
-                    usleep(50_000)  // as in `retire`: requests that resolved the old sessions reach their queue
+                    // As in `retire`: the requests routed to the old sessions reach their queue first.
+                    replaced.leases.waitUntilReleased()
                     logger.notice("inference: model '\(name)' version \(number): the previous sessions finish their requests, then are released")
                     replaced.scheduler.stop(discardingQueued: false)
                 }
@@ -199,12 +200,12 @@ extension ModelRepository {
     }
 
     /// Unloads every version of `name` and marks it unloaded on purpose. Called under `operations`.
-    func unloadVersions(of name: String, _ loader: ModelLoader, reason: String) {
+    func unloadVersions(of name: String, logger: Logger, reason: String) {
         entries.withLockedValue { entries in
             entries[name]?.unloaded = true
             entries[name]?.requested = [:]
         }
-        retire(name, versions: { _ in true }, reason: reason, logger: loader.logger)
+        retire(name, versions: { _ in true }, reason: reason, logger: logger)
     }
 
     /// Takes the chosen versions out of routing, lets their schedulers finish what is queued or running (drain),
@@ -227,12 +228,10 @@ extension ModelRepository {
             entries[name] = entry
             return draining
         }
-        if !draining.isEmpty {
-            // A request that resolved the version just before it left routing is on its way to the queue (an event
-            // loop between `resolve` and `submit`): let it get there, so it runs instead of meeting a stopped queue.
-            usleep(50_000)
-        }
         for (number, model) in draining {
+            // A request that resolved the version just before it left routing is on its way to the queue (an event
+            // loop between `resolve` and `submit`): once it is there, the drain answers it.
+            model.leases.waitUntilReleased()
             model.scheduler.stop(discardingQueued: false)
             entries.withLockedValue { entries in
                 if case .unloading = entries[name]?.versions[number]?.state {

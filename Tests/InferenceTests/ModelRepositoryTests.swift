@@ -2,6 +2,8 @@ import Foundation
 import KernelConfig
 import KernelCore
 import Logging
+import NIOCore
+import NIOPosix
 import XCTest
 @testable import Inference
 
@@ -338,6 +340,45 @@ final class ModelRepositoryTests: XCTestCase {
             RepositoryIndexEntry(name: "m", version: "3", state: "UNAVAILABLE", reason: "unloaded"),
         ])
         XCTAssertEqual(repository.index(readyOnly: true), [RepositoryIndexEntry(name: "m", version: "1", state: "READY")])
+    }
+
+    func testAnUnloadWaitsForTheRequestsRoutedToTheVersionBeforeItStopsItsQueue() throws {
+        let repository = try entryRepository()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        setVersion(repository, 1) { configuration in
+            let scheduler = ModelScheduler(modelName: configuration.name, policy: configuration.policy,
+                                           runners: [RecordingRunner(blockFirst: false)], logger: Logger(label: "test"))
+            let signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: [],
+                                           outputs: [], maxBatchSize: 0)
+            return .ready(LoadedModel(configuration: configuration, signature: signature, scheduler: scheduler))
+        }
+        // A request is routed (as the handler routes an inference) and its event loop is slow to submit it.
+        guard case .ready(let model) = repository.resolve("m", version: "1", takingLease: true) else { return XCTFail() }
+        XCTAssertEqual(model.leases.count, 1)
+        let unloaded = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            repository.unloadVersions(of: "m", logger: Logger(label: "test"), reason: "unloaded")
+            unloaded.signal()
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while repository.index(readyOnly: false).first(where: { $0.name == "m" && $0.version == "1" })?.state != "UNLOADING",
+              Date() < deadline {
+            usleep(1_000)
+        }
+        guard case .notReady = repository.resolve("m", version: "1", takingLease: true) else {
+            return XCTFail("a version leaving routing takes no new lease")
+        }
+        // Longer than any fixed pause would cover: the queue is still open for the routed request.
+        usleep(200_000)
+        XCTAssertEqual(unloaded.wait(timeout: .now()), .timedOut, "the unload waits for the routed request")
+        let answer = model.scheduler.submit([Tensor(float32: [1, 2], shape: [1, 2])], on: group.next())
+        model.leases.release()
+        XCTAssertNoThrow(try answer.wait(), "the routed request runs instead of meeting a stopped queue")
+        XCTAssertEqual(unloaded.wait(timeout: .now() + 10), .success)
+        guard case .notReady(let message) = repository.resolve("m", version: "1") else { return XCTFail() }
+        XCTAssertEqual(message, "Request for unknown model: 'm' version 1 is not at ready state: unloaded")
+        XCTAssertEqual(model.leases.count, 0)
     }
 
     func testUnloadedModelsDoNotHoldReadinessBack() throws {
