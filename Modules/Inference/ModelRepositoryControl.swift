@@ -392,8 +392,8 @@ final class ModelLoadingService: KernelService {
         warmUp(configuration, sessions: sessions, logger: logger)
         let signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: first.inputs,
                                        outputs: first.outputs, maxBatchSize: configuration.maxBatchSize)
-        let scheduler = ModelScheduler(modelName: configuration.name, policy: configuration.policy, runners: sessions,
-                                       logger: logger)
+        let scheduler = ModelScheduler(modelName: configuration.name, modelVersion: configuration.version,
+                                       policy: configuration.policy, runners: sessions, logger: logger)
         return LoadedModel(configuration: configuration, signature: signature, scheduler: scheduler)
     }
 

@@ -90,16 +90,17 @@ public final class ModelScheduler: @unchecked Sendable {
     private var recentRuns = RecentRuns()
     private let metrics: ModelMetrics
 
-    /// One runner per instance; threads start at once. The model's metrics go to `metricsFactory`.
-    public init(modelName: String, policy: SchedulingPolicy, runners: [any ModelRunner], logger: Logger,
-                metricsFactory: any MetricsFactory = MetricsSystem.factory) {
+    /// One runner per instance; threads start at once. The model's metrics go to `metricsFactory`, labelled with
+    /// `modelName` and `modelVersion`.
+    public init(modelName: String, modelVersion: String = "1", policy: SchedulingPolicy, runners: [any ModelRunner],
+                logger: Logger, metricsFactory: any MetricsFactory = MetricsSystem.factory) {
         precondition(!runners.isEmpty)
         self.modelName = modelName
         self.policy = policy
         self.runners = runners
         self.logger = logger
         queues = Array(repeating: Deque(), count: max(1, policy.priorityLevels))
-        metrics = ModelMetrics(model: modelName, factory: metricsFactory)
+        metrics = ModelMetrics(model: modelName, version: modelVersion, factory: metricsFactory)
         for runner in runners {
             threads.append(startThread { [self] in self.workLoop(runner: runner) })
         }
