@@ -326,6 +326,15 @@ final class ModelSchedulerQueueTests: XCTestCase {
         }
     }
 
+    func testARepeatedPriorityHeaderMustAgree() throws {
+        XCTAssertEqual(try RequestPriority.of(request("{}", headers: [("X-Kernel-Priority", "2"), ("x-kernel-priority", "2")])), 2)
+        XCTAssertThrowsError(try RequestPriority.of(request("{}", headers: [("X-Kernel-Priority", "2"), ("X-Kernel-Priority", "1")]))) { error in
+            XCTAssertEqual((error as? KernelHTTPError)?.status, 400)
+            XCTAssertEqual((error as? KernelHTTPError)?.message,
+                           "invalid X-Kernel-Priority header: it appears 2 times with different values")
+        }
+    }
+
     // MARK: - Configuration
 
     private func decodeModel(_ text: String) throws -> ModelConfiguration {
