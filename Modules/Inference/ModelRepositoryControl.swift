@@ -62,6 +62,10 @@ extension ModelRepository {
     func load(_ name: String) throws {
         guard control == .explicit else { throw KernelHTTPError(503, ModelRepository.controlRefusal) }
         guard let loader = loader.withLockedValue({ $0 }) else { throw KernelHTTPError(503, "the kernel is stopping") }
+        // What the index lists, and no other directory: a name that is no model name is not in the repository.
+        guard InferenceConfiguration.isModelName(name) else {
+            throw KernelHTTPError(400, "failed to load '\(name)', failed to poll from model repository")
+        }
         try operations.withLock {
             let wanted: [(ModelConfiguration, VersionSource)]
             do {
