@@ -131,8 +131,12 @@ public final class ModelRepository: ReadinessCheck, Sendable {
     let entries: NIOLockedValueBox<[String: ModelEntry]>
     /// Set while the loading service runs: what load, unload and polling need.
     let loader = NIOLockedValueBox<ModelLoader?>(nil)
-    /// Serialises loads, unloads and polls (held on thread-pool threads, never on an event loop).
+    /// Serialises loads, unloads and polls (held on `operationsPool`'s thread, never on an event loop).
     let operations = NIOLock()
+    /// The thread loads, unloads and polls run on, one after the other (started and shut down by the loading
+    /// service). Not the shared pool: its few threads (one per core) serve the index, spooled request bodies and
+    /// name resolution for every request, and loads waiting for a load of many seconds would hold them all.
+    let operationsPool = NIOThreadPool(numberOfThreads: 1)
 
     public convenience init(configurations: [ModelConfiguration]) {
         self.init(configurations: configurations, repository: nil)

@@ -16,7 +16,8 @@ struct ModelLoader: Sendable {
 }
 
 /// Loading, reloading and unloading the versions of a repository's models, at start, through the repository API
-/// and when polling finds a change. Every operation runs on a thread-pool thread, one at a time (`operations`).
+/// and when polling finds a change. Every operation runs on the repository's own thread (`operationsPool`), one at a
+/// time (`operations`).
 ///
 /// A version's new sessions load and warm up before anything changes for requests; then routing switches to them,
 /// and the sessions they replace (or the versions the policy no longer serves) finish the requests they have queued
@@ -304,18 +305,26 @@ final class ModelLoadingService: KernelService {
     }
 
     func start() async throws {
-        let runtime = try await NIOThreadPool.singleton.runIfActive { try self.openRuntime() }
+        repository.operationsPool.start()
+        let runtime: ONNXRuntime
+        do {
+            runtime = try await repository.operationsPool.runIfActive { try self.openRuntime() }
+        } catch {
+            // The generation does not start, and its stop may never come: the thread must not outlive it.
+            try? await repository.operationsPool.shutdownGracefully()
+            throw error
+        }
         let loader = ModelLoader(runtime: runtime, logger: logger)
         repository.loader.withLockedValue { $0 = loader }
         guard loadsInBackground else {
-            try await NIOThreadPool.singleton.runIfActive { self.repository.loadAll(loader) { self.stopped.withLockedValue { $0 } } }
+            try await repository.operationsPool.runIfActive { self.repository.loadAll(loader) { self.stopped.withLockedValue { $0 } } }
             startPolling()
             return
         }
         logger.notice("inference: \(repository.configurations.count + (repository.settings?.models.count ?? 0)) model(s) load in the background (load_before_listen: false); not ready until they have")
         let task = Task {
             do {
-                try await NIOThreadPool.singleton.runIfActive { self.repository.loadAll(loader) { self.stopped.withLockedValue { $0 } } }
+                try await self.repository.operationsPool.runIfActive { self.repository.loadAll(loader) { self.stopped.withLockedValue { $0 } } }
                 self.startPolling()
             } catch {
                 self.logger.error("inference: the background model load did not run: \(error)")
@@ -333,7 +342,7 @@ final class ModelLoadingService: KernelService {
             while !Task.isCancelled {
                 try? await Task.sleep(nanoseconds: UInt64(interval))
                 guard !Task.isCancelled else { return }
-                try? await NIOThreadPool.singleton.runIfActive { repository.poll() }
+                try? await repository.operationsPool.runIfActive { repository.poll() }
             }
         }
         polling.withLockedValue { $0 = task }
@@ -354,13 +363,12 @@ final class ModelLoadingService: KernelService {
         }
         repository.loader.withLockedValue { $0 = nil }
         let repository = repository
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            // Joining the instance threads blocks, and a load or unload under way finishes first: off the pool.
-            NIOThreadPool.singleton.submit { _ in
-                repository.operations.withLock { repository.stopAll(discardingQueued: discardingQueued) }
-                continuation.resume()
-            }
+        // Joining the instance threads blocks, and a load or unload under way finishes first: on the operations
+        // thread, after what is queued there (a load or unload then finds the loader gone and answers 503).
+        _ = try? await repository.operationsPool.runIfActive {
+            repository.operations.withLock { repository.stopAll(discardingQueued: discardingQueued) }
         }
+        try? await repository.operationsPool.shutdownGracefully()
         runtime.withLockedValue { $0 = nil }
     }
 

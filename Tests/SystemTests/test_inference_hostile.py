@@ -16,7 +16,7 @@ import time
 import requests
 
 from conftest import KERNEL_BIN
-from inference_support import DEMO, ensure_models
+from inference_support import DEMO, ensure_models, make_slow_model
 
 ensure_models()
 
@@ -451,3 +451,31 @@ def test_settings_errors_at_start_name_their_file_line_and_column(tmp_path):
         assert result.returncode != 0, (file, text, result.stdout, result.stderr)
         output = result.stdout + result.stderr
         assert path + place in output, (file, text, output)
+
+
+def test_concurrent_loads_hold_up_no_request_to_another_model(start_kernel, tmp_path):
+    repository = make_repository(str(tmp_path))
+    heavy = os.path.join(repository, "heavy", "1", "model.onnx")
+    os.makedirs(os.path.dirname(heavy))
+    make_slow_model(heavy, width=256, layers=480)
+    # Its warm-up (eight runs of 256 rows) makes each of its loads last seconds.
+    write(os.path.join(repository, "heavy", "config.yaml"), "max_batch_size: 256\nwarmup: 8\nwarmup_batch_sizes: [256]\n")
+    kernel = start_kernel(repository_yaml("repository_control: explicit"))
+    # Padded past client_body_buffer_size (16k): its body is spooled to a file and read back.
+    body = infer_body() + " " * (20 << 10)
+    assert len(body) > 16 << 10
+    assert post(kernel, "/v2/models/other/infer", body).status_code == 200
+    os.utime(heavy, (2000, 2000))
+    warmed = kernel.log_text().count("inference: model 'heavy' version 1: warming up")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        loads = [pool.submit(post, kernel, "/v2/repository/models/heavy/load") for _ in range(3)]
+        kernel.wait_for_log("inference: model 'heavy' version 1: warming up", timeout=60, count=warmed + 1)
+        # While the first load warms up and the others wait for it, requests to other models are answered.
+        answer = post(kernel, "/v2/models/other/infer", body)
+        assert answer.status_code == 200, answer.text
+        assert not all(load.done() for load in loads), "the inference waited for the loads"
+        assert index(kernel)
+        assert not all(load.done() for load in loads), "the index waited for the loads"
+        assert [load.result().status_code for load in loads] == [200] * 3
+    assert requests.get(kernel.url("/v2/models/heavy/ready"), timeout=10).status_code == 200
+    assert_serving(kernel)
