@@ -479,3 +479,41 @@ def test_concurrent_loads_hold_up_no_request_to_another_model(start_kernel, tmp_
         assert [load.result().status_code for load in loads] == [200] * 3
     assert requests.get(kernel.url("/v2/models/heavy/ready"), timeout=10).status_code == 200
     assert_serving(kernel)
+
+
+def test_a_client_that_leaves_while_its_batch_runs_breaks_nothing(start_kernel, tmp_path):
+    repository = make_repository(str(tmp_path))
+    slow = os.path.join(repository, "slow", "1", "model.onnx")
+    os.makedirs(os.path.dirname(slow))
+    make_slow_model(slow, width=256, layers=480)
+    write(os.path.join(repository, "slow", "config.yaml"), "max_batch_size: 256\n")
+    kernel = start_kernel(repository_yaml("repository_control: explicit").replace(
+        "          inference: {}\n", "          inference: {}\n        - location: = /metrics\n          metrics: {}\n"))
+    body = json.dumps({"inputs": [{"name": "x", "shape": [256, 256], "datatype": "FP32",
+                                   "data": [0.1] * (256 * 256)}]}).encode()
+
+    def depth():
+        for line in requests.get(kernel.url("/metrics"), timeout=10).text.splitlines():
+            if line.startswith('kernel_model_queue_depth{model="slow",version="1"} '):
+                return int(float(line.split()[1]))
+        return 0
+
+    def slow_stats():
+        return requests.get(kernel.url("/v2/models/slow/stats"), timeout=10).json()["model_stats"][0]
+
+    for _ in range(3):
+        leaving = socket.create_connection(("127.0.0.1", kernel.port()))
+        leaving.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        # Alone on an idle instance, the request runs as soon as it is queued: the depth gauge says it is in.
+        wait_until(lambda: depth() == 1, "the request to start running")
+        leaving.close()
+        # Its run completes and is counted; its answer goes nowhere; the model and the process carry on.
+        wait_until(lambda: depth() == 0, "the run to end")
+        assert slow_stats()["cancellations"] == 0, "a running request is not cancelled"
+    wait_until(lambda: slow_stats()["execution_count"] == 3, "the three runs to be counted")
+    assert slow_stats()["inference_stats"]["success"]["count"] == 3
+    assert "client prematurely closed connection" in kernel.log_text()
+    answer = post(kernel, "/v2/models/slow/infer", body)
+    assert answer.status_code == 200, answer.text
+    assert_serving(kernel)
