@@ -127,7 +127,7 @@ public final class ModelScheduler: @unchecked Sendable {
         }
         if policy.maxQueue > 0, queues[job.level].count >= policy.maxQueue {
             statistics.queueRejections.saturatingAdd(1)
-            let retryAfter = recentRuns.secondsToDrain(queued: queued, instances: runners.count)
+            let retryAfter = recentRuns.secondsToDrain(queued: queuedAhead(ofLevel: job.level), instances: runners.count)
             lock.unlock()
             metrics.failures.increment()
             promise.fail(KernelHTTPError(policy.queueFullStatus,
@@ -157,6 +157,20 @@ public final class ModelScheduler: @unchecked Sendable {
         // Outside the lock: a cancellation that has already fired runs the callback at once.
         options.cancellation?.whenCancelled { [weak self] _ in self?.cancel(job) }
         return promise.futureResult
+    }
+
+    /// The requests that run before a new request of queue `level`: its level's and the higher ones' (a lower
+    /// level's never do), so a high level's `Retry-After` does not count a low level's backlog. Called with `lock`
+    /// held.
+    private func queuedAhead(ofLevel level: Int) -> Int {
+        queues[...level].reduce(0) { $0 + $1.count }
+    }
+
+    /// `queuedAhead(ofLevel:)` for tests.
+    func requestsAhead(ofLevel level: Int) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return queuedAhead(ofLevel: level)
     }
 
     /// Takes a still queued `job` out of its queue; false when it has started or ended already. Called with

@@ -188,6 +188,23 @@ final class ModelSchedulerQueueTests: XCTestCase {
         }
     }
 
+    func testRetryAfterCountsOnlyTheRequestsThatRunFirst() throws {
+        let runner = TimedRunner(blockFirst: true)
+        let policy = SchedulingPolicy(maxBatchSize: 1, dynamicBatching: true, maxQueue: 2, priorityLevels: 2,
+                                      defaultPriorityLevel: 2)
+        let scheduler = ModelScheduler(modelName: "m", policy: policy, runners: [runner], logger: Logger(label: "test"))
+        let loop = group.next()
+        let first = scheduler.submit([row(0)], options: SubmitOptions(priority: 1), on: loop)
+        runner.entered.wait()
+        let queued = [1, 1, 2, 2].map { scheduler.submit([row(1)], options: SubmitOptions(priority: $0), on: loop) }
+        // A level-1 request waits for level 1's queue only; a level-2 one for both levels.
+        XCTAssertEqual(scheduler.requestsAhead(ofLevel: 0), 2)
+        XCTAssertEqual(scheduler.requestsAhead(ofLevel: 1), 4)
+        runner.gate.signal()
+        for future in [first] + queued { XCTAssertNil(failure(of: future)) }
+        scheduler.stop()
+    }
+
     func testRetryAfterFollowsTheRecentPaceOfRuns() {
         var runs = RecentRuns()
         XCTAssertEqual(runs.secondsToDrain(queued: 100, instances: 1), 1, "at least one second before any run")
