@@ -180,6 +180,11 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(try error("max_batch_size: -1\n"), "\(file):1:17: max_batch_size: expected a non-negative integer, found \"-1\"")
         XCTAssertEqual(try error("dynamic_batching {\n  preferred_batch_size: 4\n"), "\(file):3:1: expected '}' before the end of the file")
         XCTAssertEqual(try error("name \"demo\"\n"), "\(file):1:6: expected ':' or '{' after \"name\"")
+        // Nesting is bounded: a hostile file is an error at its place, not a stack overflow.
+        XCTAssertEqual(try error("parameters: " + String(repeating: "[", count: 1_000_000)),
+                       "\(file):1:113: messages and lists nested deeper than 100 levels")
+        XCTAssertEqual(try error(String(repeating: "a {", count: 200_000)),
+                       "\(file):1:303: messages and lists nested deeper than 100 levels")
         try write("demo/config.yaml", "max_batch_size: 4\n")
         XCTAssertEqual(try error("max_batch_size: 4\n"), "\(file):1:1: model \"demo\" has both config.yaml and config.pbtxt: keep one")
     }

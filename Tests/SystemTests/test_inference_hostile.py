@@ -402,6 +402,9 @@ def test_a_repository_with_junk_at_start_and_while_polling(start_kernel, tmp_pat
     for name in os.listdir(junk):
         os.rename(os.path.join(junk, name), os.path.join(repository, "late_" + name))
     write(os.path.join(repository, "other", "config.yaml"), "max_batch_size: 8\ndynamic_batching: {\n")
+    # A settings file nested a million deep: an error at its place, never a stack overflow of the poll.
+    write(os.path.join(repository, "late_deep", "config.pbtxt"), "parameters: " + "[" * 1000000)
+    copy_model(DEMO, os.path.join(repository, "late_deep", "1", "model.onnx"))
     os.makedirs(os.path.join(repository, "late_dirsettings", "config.yaml"))
     copy_model(DEMO, os.path.join(repository, "late_dirsettings", "1", "model.onnx"))
     kernel.wait_for_log("inference: model 'late_corrupt' failed to load from", timeout=30)
@@ -412,6 +415,7 @@ def test_a_repository_with_junk_at_start_and_while_polling(start_kernel, tmp_pat
     assert kernel.log_text().count("inference: model 'other':") == 1, "a standing error is logged once"
     assert kernel.log_text().count("inference: model 'late_corrupt' failed to load from") == 1, "not retried"
     kernel.wait_for_log("inference: model 'late_dirsettings':", timeout=30)
+    kernel.wait_for_log("config.pbtxt:1:113: messages and lists nested deeper than 100 levels", timeout=30)
     unreadable = requests.get(kernel.url("/v2/models/late_dirsettings/ready"), timeout=10)
     assert "has no available versions" in error_of(unreadable, 400)
     assert_serving(kernel)
@@ -435,7 +439,9 @@ def test_settings_errors_at_start_name_their_file_line_and_column(tmp_path):
              ("config.yaml", "max_batch_size: 8\n  bad indent: [\n", ":2:"),
              ("config.yaml", "max_batch_size: 8\nunknown_key: 1\n", ":2:1"),
              ("config.pbtxt", "name: \"other\"\nmax_batch_size: eight\n", ":2:"),
-             ("config.yaml/", None, ": cannot read file")]
+             ("config.yaml/", None, ": cannot read file"),
+             ("config.pbtxt", "parameters: " + "[" * 1000000, ":1:113: messages and lists nested deeper than 100"),
+             ("config.yaml", "max_batch_size: " + "[" * 1000000, ":1:")]
     for file, text, place in cases:
         shutil.rmtree(os.path.join(repository, "other"))
         copy_model(DEMO, os.path.join(repository, "other", "1", "model.onnx"))
