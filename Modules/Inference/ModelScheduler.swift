@@ -126,12 +126,13 @@ public final class ModelScheduler: @unchecked Sendable {
             return promise.futureResult
         }
         if policy.maxQueue > 0, queues[job.level].count >= policy.maxQueue {
+            // Triton's words first ("Exceeds maximum queue size"): clients match them.
             statistics.queueRejections.saturatingAdd(1)
             let retryAfter = recentRuns.secondsToDrain(queued: queuedAhead(ofLevel: job.level), instances: runners.count)
             lock.unlock()
             metrics.failures.increment()
             promise.fail(KernelHTTPError(policy.queueFullStatus,
-                                         "inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))",
+                                         "Exceeds maximum queue size: inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))",
                                          headers: ["Retry-After": String(retryAfter)]))
             return promise.futureResult
         }

@@ -177,7 +177,7 @@ final class ModelSchedulerQueueTests: XCTestCase {
             let queued = scheduler.submit([row(1)], on: loop)
             let rejected = try XCTUnwrap(failure(of: scheduler.submit([row(2)], on: loop)))
             XCTAssertEqual(rejected.status, status)
-            XCTAssertEqual(rejected.message, "inference request for model 'm' rejected: the queue is full (max_queue 1)")
+            XCTAssertEqual(rejected.message, "Exceeds maximum queue size: inference request for model 'm' rejected: the queue is full (max_queue 1)")
             let retryAfter = try XCTUnwrap(rejected.headers["Retry-After"].flatMap { Int($0) })
             XCTAssertGreaterThanOrEqual(retryAfter, 1)
             runner.gate.signal()
