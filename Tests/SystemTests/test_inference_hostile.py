@@ -17,6 +17,7 @@ import requests
 
 from conftest import KERNEL_BIN
 from inference_support import DEMO, ensure_models, make_slow_model
+from load_support import WrkRun
 
 ensure_models()
 
@@ -327,8 +328,12 @@ def test_a_version_unloaded_and_reloaded_under_load_answers_only_documented_stat
     threads = [threading.Thread(target=drive, args=(path,)) for path in paths]
     for thread in threads:
         thread.start()
+    # And wrk on the version that is unloaded and replaced: many connections, no socket error.
+    wrk = WrkRun(kernel.url("/v2/models/demo/versions/1/infer"), kernel.port(), connections=8, method="POST",
+                 body=infer_body(), headers={"Content-Type": "application/json"})
+    wrk.wait_until_loaded(timeout=30)
     try:
-        for round in range(4):
+        for round in range(8):
             assert post(kernel, "/v2/repository/models/demo/unload").status_code == 200
             assert post(kernel, "/v2/repository/models/demo/load").status_code == 200
             # A changed file: the load replaces version 1's sessions while requests reach them.
@@ -339,6 +344,9 @@ def test_a_version_unloaded_and_reloaded_under_load_answers_only_documented_stat
         stop.set()
         for thread in threads:
             thread.join(timeout=60)
+        done, output = wrk.finish()
+    assert done > 0
+    assert "Socket errors" not in output, output
     assert not failures, failures[:5]
     for path, seen in statuses.items():
         assert 200 in seen, (path, seen)
