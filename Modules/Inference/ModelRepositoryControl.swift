@@ -13,6 +13,9 @@ import NIOPosix
 struct ModelLoader: Sendable {
     let runtime: ONNXRuntime
     let logger: Logger
+    /// Whether the generation is stopping: a warm-up under way stops between runs, so a stop never waits for all
+    /// of a long one (every batch size of a slow model can take minutes).
+    var isStopping: @Sendable () -> Bool = { false }
 }
 
 /// Loading, reloading and unloading the versions of a repository's models, at start, through the repository API
@@ -167,7 +170,8 @@ extension ModelRepository {
         for (configuration, source) in toLoad {
             let number = configuration.versionNumber
             do {
-                let model = try ModelLoadingService.loadModel(configuration, runtime: loader.runtime, logger: logger)
+                let model = try ModelLoadingService.loadModel(configuration, runtime: loader.runtime, logger: logger,
+                                                              isStopping: loader.isStopping)
                 let replaced = entries.withLockedValue { entries -> LoadedModel? in
                     var replaced: LoadedModel?
                     if case .ready(let old) = entries[name]?.versions[number]?.state { replaced = old }
@@ -314,7 +318,8 @@ final class ModelLoadingService: KernelService {
             try? await repository.operationsPool.shutdownGracefully()
             throw error
         }
-        let loader = ModelLoader(runtime: runtime, logger: logger)
+        let stopped = stopped
+        let loader = ModelLoader(runtime: runtime, logger: logger, isStopping: { stopped.withLockedValue { $0 } })
         repository.loader.withLockedValue { $0 = loader }
         guard loadsInBackground else {
             try await repository.operationsPool.runIfActive { self.repository.loadAll(loader) { self.stopped.withLockedValue { $0 } } }
@@ -389,7 +394,8 @@ final class ModelLoadingService: KernelService {
 
     /// Creates one session per instance, checks the model can batch as configured, runs the warm-up, and starts
     /// the scheduler. The model is ready (routable) only once this returns, so only after its warm-up.
-    static func loadModel(_ configuration: ModelConfiguration, runtime: ONNXRuntime, logger: Logger) throws -> LoadedModel {
+    static func loadModel(_ configuration: ModelConfiguration, runtime: ONNXRuntime, logger: Logger,
+                          isStopping: () -> Bool = { false }) throws -> LoadedModel {
         let options = try runtime.sessionOptions(for: configuration)
         var sessions: [ONNXSession] = []
         for _ in 0..<configuration.instances {
@@ -401,7 +407,9 @@ final class ModelLoadingService: KernelService {
                 throw ONNXRuntimeError("max_batch_size \(configuration.maxBatchSize) needs dimension 0 of every input and output to be dynamic, but '\(spec.name)' has shape \(spec.shapeText)")
             }
         }
-        warmUp(configuration, sessions: sessions, logger: logger)
+        guard warmUp(configuration, sessions: sessions, logger: logger, isStopping: isStopping) else {
+            throw ModelRepositoryError("the kernel is stopping: the warm-up was interrupted, the model is not loaded")
+        }
         let signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: first.inputs,
                                        outputs: first.outputs, maxBatchSize: configuration.maxBatchSize)
         let scheduler = ModelScheduler(modelName: configuration.name, modelVersion: configuration.version,
@@ -412,22 +420,32 @@ final class ModelLoadingService: KernelService {
     /// Runs every instance `warmup` times at every batch size the batcher can form (or `warmup_batch_sizes`), with
     /// zero-filled inputs, so that no first batch of a size pays ONNX Runtime's first-run costs (Triton's
     /// `model_warmup`). Warm-up inputs are guesses (zeros, other free dimensions 1): a model that rejects them still
-    /// serves, with a warning.
-    static func warmUp(_ configuration: ModelConfiguration, sessions: [ONNXSession], logger: Logger) {
+    /// serves, with a warning. Returns false when it stopped early because `isStopping` turned true (checked
+    /// before each run).
+    @discardableResult
+    static func warmUp(_ configuration: ModelConfiguration, sessions: [ONNXSession], logger: Logger,
+                       isStopping: () -> Bool = { false }) -> Bool {
         let sizes = configuration.warmupSizes
-        guard !sizes.isEmpty, let first = sessions.first else { return }
+        guard !sizes.isEmpty, let first = sessions.first else { return true }
         let described = sizes.map { $0.map(String.init) ?? "1" }
         logger.info("inference: model '\(configuration.name)' version \(configuration.version): warming up \(sessions.count) instance(s), \(configuration.warmup) run(s) at batch size(s) [\(described.joined(separator: ", "))]")
         do {
             for size in sizes {
                 let inputs = first.inputs.map { warmupTensor($0, batchSize: size) }
                 for session in sessions {
-                    for _ in 0..<configuration.warmup { _ = try session.run(inputs) }
+                    for _ in 0..<configuration.warmup {
+                        if isStopping() {
+                            logger.notice("inference: model '\(configuration.name)' version \(configuration.version): warm-up interrupted, the kernel is stopping")
+                            return false
+                        }
+                        _ = try session.run(inputs)
+                    }
                 }
             }
         } catch {
             logger.warning("inference: model '\(configuration.name)': warm-up with zero inputs (free dimensions 1) failed, serving without it: \(error)")
         }
+        return true
     }
 
     /// A zero tensor for `spec`: dimension 0 at `batchSize` when batching, other free dimensions 1. A BYTES input

@@ -450,6 +450,22 @@ final class ModelRepositoryTests: XCTestCase {
         }
     }
 
+    func testAWarmUpStopsBetweenRunsWhenTheKernelStops() throws {
+        let runtime = try ONNXRuntime.open(path: ONNXRuntime.locate(configured: nil, environment: ProcessInfo.processInfo.environment))
+        try copyDemo(to: "demo.onnx")
+        // 8 batch sizes, 100 runs each: a stop after the third run must not wait for the other 797.
+        let configuration = ModelConfiguration(name: "demo", path: directory + "/demo.onnx", version: "1", instances: 1,
+                                               intraOpThreads: 1, interOpThreads: 1, maxBatchSize: 8,
+                                               dynamicBatching: nil, maxQueue: 8, timeout: .seconds(0), warmup: 100)
+        var checks = 0
+        XCTAssertThrowsError(try ModelLoadingService.loadModel(configuration, runtime: runtime, logger: Logger(label: "test"),
+                                                               isStopping: { checks += 1; return checks > 3 })) { error in
+            XCTAssertEqual("\(error)", "the kernel is stopping: the warm-up was interrupted, the model is not loaded")
+        }
+        XCTAssertEqual(checks, 4, "checked before each run, and no run after the stop")
+        XCTAssertNoThrow(try ModelLoadingService.loadModel(configuration, runtime: runtime, logger: Logger(label: "test")).scheduler.stop())
+    }
+
     func testLoadPollAndUnloadChangeOnlyWhatChanged() throws {
         let runtime = try ONNXRuntime.open(path: ONNXRuntime.locate(configured: nil, environment: ProcessInfo.processInfo.environment))
         try copyDemo(to: "repo/m/1/model.onnx")

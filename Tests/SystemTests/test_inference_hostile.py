@@ -531,3 +531,18 @@ def test_a_client_that_leaves_while_its_batch_runs_breaks_nothing(start_kernel, 
     answer = post(kernel, "/v2/models/slow/infer", body)
     assert answer.status_code == 200, answer.text
     assert_serving(kernel)
+
+
+def test_a_stop_during_a_long_warm_up_does_not_wait_for_all_of_it(start_kernel, tmp_path):
+    repository = make_repository(str(tmp_path))
+    heavy = os.path.join(repository, "heavy", "1", "model.onnx")
+    os.makedirs(os.path.dirname(heavy))
+    make_slow_model(heavy, width=256, layers=480)
+    # Minutes of warm-up: a thousand runs of 256 rows.
+    write(os.path.join(repository, "heavy", "config.yaml"), "max_batch_size: 256\nwarmup: 1000\nwarmup_batch_sizes: [256]\n")
+    kernel = start_kernel(repository_yaml("repository_control: explicit\n  load_before_listen: false"))
+    kernel.wait_for_log("inference: model 'heavy' version 1: warming up", timeout=60)
+    assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 400
+    # SIGTERM: the warm-up stops at its next run and the kernel exits (the fixture's stop allows 15 s).
+    kernel.stop()
+    assert "inference: model 'heavy' version 1: warm-up interrupted, the kernel is stopping" in kernel.log_text()
