@@ -137,6 +137,8 @@ public final class ModelRepository: ReadinessCheck, Sendable {
     /// service). Not the shared pool: its few threads (one per core) serve the index, spooled request bodies and
     /// name resolution for every request, and loads waiting for a load of many seconds would hold them all.
     let operationsPool = NIOThreadPool(numberOfThreads: 1)
+    /// The error of the last poll that could not read the repository directory (logged once until it changes).
+    let pollError = NIOLockedValueBox<String?>(nil)
 
     public convenience init(configurations: [ModelConfiguration]) {
         self.init(configurations: configurations, repository: nil)

@@ -109,8 +109,17 @@ extension ModelRepository {
         operations.withLock {
             let names: [String]
             do { names = try layout.modelNames() } catch {
-                loader.logger.error("inference: polling the model repository: \(error)")
+                // What serves keeps serving (an unmounted volume unloads nothing); logged once, not at every poll.
+                let message = "\(error)"
+                if pollError.withLockedValue({ $0 }) != message {
+                    loader.logger.error("inference: polling the model repository: \(message); what serves keeps serving")
+                    pollError.withLockedValue { $0 = message }
+                }
                 return
+            }
+            if pollError.withLockedValue({ $0 }) != nil {
+                loader.logger.notice("inference: the model repository \(layout.path) can be read again")
+                pollError.withLockedValue { $0 = nil }
             }
             let known = entries.withLockedValue { entries in entries.values.filter { $0.configured == nil }.map(\.name) }
             for name in known where !names.contains(name) {

@@ -439,6 +439,16 @@ def test_a_repository_with_junk_at_start_and_while_polling(start_kernel, tmp_pat
     assert requests.get(kernel.url("/v2/models/demo/versions/1/ready"), timeout=10).status_code == 200
     assert_serving(kernel, "demo")
     assert_serving(kernel, "added")
+    # The whole directory goes away (an unmounted volume), then comes back: logged once, nothing unloads.
+    os.rename(repository, repository + ".away")
+    kernel.wait_for_log("inference: polling the model repository: ", timeout=30)
+    time.sleep(0.5)  # a few more polls of the missing directory
+    assert kernel.log_text().count("inference: polling the model repository: ") == 1
+    assert_serving(kernel, "demo")
+    assert index(kernel)
+    os.rename(repository + ".away", repository)
+    kernel.wait_for_log("can be read again", timeout=30)
+    assert_serving(kernel, "added")
 
 
 def test_settings_errors_at_start_name_their_file_line_and_column(tmp_path):
