@@ -202,7 +202,8 @@ public final class ModelRepository: ReadinessCheck, Sendable {
 
     /// The loaded version a request for `name` (and `version`, when the path names one) reaches.
     /// `takingLease`: a ready version's `RoutingLeases` counts the request until the caller releases it, once the
-    /// request is in the version's queue.
+    /// request is in the version's queue. Every caller that goes on to `submit` must take one (and release it right
+    /// after `submit` returns): without it, a version retired between `resolve` and `submit` answers 503.
     public func resolve(_ name: String, version: String?, takingLease: Bool = false) -> ModelResolution {
         entries.withLockedValue { entries in
             guard let entry = entries[name] else { return .notFound("Request for unknown model: '\(name)' is not found") }
