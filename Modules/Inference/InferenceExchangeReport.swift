@@ -101,13 +101,19 @@ public enum InferenceVariables {
 /// route), else the request's `parameters.priority` (Triton's name), else 0 (the model's default level).
 ///
 /// A level above the model's `priority_levels` runs at the default level, as Triton takes it; a value that is no
-/// non-negative integer is a 400.
+/// non-negative integer, or the header repeated with different values, is a 400.
 enum RequestPriority {
     static let headerName = "X-Kernel-Priority"
     private static let parameterKey = Array("\"priority\"".utf8)
 
     static func of(_ request: KernelRequest) throws -> Int {
-        if let text = request.headers[headerName] {
+        let values = request.headers.values(headerName)
+        if let text = values.first {
+            // One level per request: the header twice with different levels (a client's and an edge's) is no
+            // level at all, rather than whichever came first.
+            guard values.allSatisfy({ $0 == text }) else {
+                throw KernelHTTPError(400, "invalid \(headerName) header: it appears \(values.count) times with different values")
+            }
             guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
                 throw KernelHTTPError(400, "invalid \(headerName) header \"\(text)\": expected a priority level (a non-negative integer)")
             }

@@ -94,7 +94,11 @@ public struct InferenceHandler: RequestHandler {
         guard ["", "ready", "config", "stats", "infer"].contains(action) else {
             throw KernelHTTPError(404, "not found: \(request.path)")
         }
-        let resolution = repository.resolve(name, version: version)
+        // An inference holds its version's routing lease until it is in the version's queue (`RoutingLeases`):
+        // `infer` decodes and submits before it returns.
+        let queues = action == "infer" && request.method == "POST"
+        let resolution = repository.resolve(name, version: version, takingLease: queues)
+        defer { if queues, case .ready(let model) = resolution { model.leases.release() } }
         if case .notFound(let message) = resolution { throw KernelHTTPError(404, message) }
         if action == "ready" {
             return try read {
@@ -149,17 +153,18 @@ public struct InferenceHandler: RequestHandler {
         }
         let name = String(rest[rest.startIndex + 1])
         let repository = repository
-        if rest.last == "load" {
-            try body.checkLoadParameters()
-            return NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) {
-                try repository.load(name)
-                return KernelResponse(status: 200, headers: ["Content-Type": "application/json"])
-            }
-        }
-        try body.checkUnloadParameters()
-        return NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) {
-            try repository.unload(name)
+        let load = rest.last == "load"
+        if load { try body.checkLoadParameters() } else { try body.checkUnloadParameters() }
+        // Refused at once outside explicit mode, without waiting behind a poll's loads.
+        guard repository.control == .explicit else { throw KernelHTTPError(503, ModelRepository.controlRefusal) }
+        // On the repository's own thread, queued behind the loads before it: the shared pool stays free.
+        return repository.operationsPool.runIfActive(eventLoop: context.eventLoop) {
+            if load { try repository.load(name) } else { try repository.unload(name) }
             return KernelResponse(status: 200, headers: ["Content-Type": "application/json"])
+        }.flatMapErrorThrowing { error in
+            // The thread is not running: the generation's models are not loaded yet, or no longer.
+            guard error is NIOThreadPoolError.ThreadPoolInactive else { throw error }
+            throw KernelHTTPError(503, "the kernel is stopping")
         }
     }
 

@@ -9,11 +9,50 @@ public final class LoadedModel: Sendable {
     public let configuration: ModelConfiguration
     public let signature: ModelSignature
     public let scheduler: ModelScheduler
+    /// Inference requests routed to this version that have not reached its queue yet.
+    let leases = RoutingLeases()
 
     public init(configuration: ModelConfiguration, signature: ModelSignature, scheduler: ModelScheduler) {
         self.configuration = configuration
         self.signature = signature
         self.scheduler = scheduler
+    }
+}
+
+/// The requests routed to a model version on their way to its queue (decoding their body on an event loop).
+///
+/// A lease is taken under the repository's lock while the version is ready, so none is taken once the version
+/// has left routing; a version leaving routing (an unload, a reload's replaced sessions, a version its policy no
+/// longer serves) stops its scheduler only after the last lease is released. Then every request routed to it is
+/// in its queue, and the scheduler's drain answers it: none meets a stopped queue.
+final class RoutingLeases: @unchecked Sendable {
+    /// `true` while no lease is held; guards `held`.
+    private let lock = ConditionLock<Bool>(value: true)
+    private var held = 0
+
+    func take() {
+        lock.lock()
+        held += 1
+        lock.unlock(withValue: false)
+    }
+
+    func release() {
+        lock.lock()
+        held -= 1
+        lock.unlock(withValue: held == 0)
+    }
+
+    /// Leases held now.
+    var count: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return held
+    }
+
+    /// Blocks (a thread-pool thread, never an event loop) until no lease is held.
+    func waitUntilReleased() {
+        lock.lock(whenValue: true)
+        lock.unlock()
     }
 }
 
@@ -92,8 +131,14 @@ public final class ModelRepository: ReadinessCheck, Sendable {
     let entries: NIOLockedValueBox<[String: ModelEntry]>
     /// Set while the loading service runs: what load, unload and polling need.
     let loader = NIOLockedValueBox<ModelLoader?>(nil)
-    /// Serialises loads, unloads and polls (held on thread-pool threads, never on an event loop).
+    /// Serialises loads, unloads and polls (held on `operationsPool`'s thread, never on an event loop).
     let operations = NIOLock()
+    /// The thread loads, unloads and polls run on, one after the other (started and shut down by the loading
+    /// service). Not the shared pool: its few threads (one per core) serve the index, spooled request bodies and
+    /// name resolution for every request, and loads waiting for a load of many seconds would hold them all.
+    let operationsPool = NIOThreadPool(numberOfThreads: 1)
+    /// The error of the last poll that could not read the repository directory (logged once until it changes).
+    let pollError = NIOLockedValueBox<String?>(nil)
 
     public convenience init(configurations: [ModelConfiguration]) {
         self.init(configurations: configurations, repository: nil)
@@ -156,7 +201,10 @@ public final class ModelRepository: ReadinessCheck, Sendable {
     }
 
     /// The loaded version a request for `name` (and `version`, when the path names one) reaches.
-    public func resolve(_ name: String, version: String?) -> ModelResolution {
+    /// `takingLease`: a ready version's `RoutingLeases` counts the request until the caller releases it, once the
+    /// request is in the version's queue. Every caller that goes on to `submit` must take one (and release it right
+    /// after `submit` returns): without it, a version retired between `resolve` and `submit` answers 503.
+    public func resolve(_ name: String, version: String?, takingLease: Bool = false) -> ModelResolution {
         entries.withLockedValue { entries in
             guard let entry = entries[name] else { return .notFound("Request for unknown model: '\(name)' is not found") }
             let chosen: ModelVersion
@@ -171,7 +219,10 @@ public final class ModelRepository: ReadinessCheck, Sendable {
                 }
                 chosen = found
             }
-            if case .ready(let model) = chosen.state { return .ready(model) }
+            if case .ready(let model) = chosen.state {
+                if takingLease { model.leases.take() }
+                return .ready(model)
+            }
             var message = "Request for unknown model: '\(name)' version \(chosen.configuration.version) is not at ready state"
             if case .failed(let reason) = chosen.state { message += ": \(reason)" }
             return .notReady(message)

@@ -13,10 +13,14 @@ import NIOPosix
 struct ModelLoader: Sendable {
     let runtime: ONNXRuntime
     let logger: Logger
+    /// Whether the generation is stopping: a warm-up under way stops between runs, so a stop never waits for all
+    /// of a long one (every batch size of a slow model can take minutes).
+    var isStopping: @Sendable () -> Bool = { false }
 }
 
 /// Loading, reloading and unloading the versions of a repository's models, at start, through the repository API
-/// and when polling finds a change. Every operation runs on a thread-pool thread, one at a time (`operations`).
+/// and when polling finds a change. Every operation runs on the repository's own thread (`operationsPool`), one at a
+/// time (`operations`).
 ///
 /// A version's new sessions load and warm up before anything changes for requests; then routing switches to them,
 /// and the sessions they replace (or the versions the policy no longer serves) finish the requests they have queued
@@ -62,6 +66,10 @@ extension ModelRepository {
     func load(_ name: String) throws {
         guard control == .explicit else { throw KernelHTTPError(503, ModelRepository.controlRefusal) }
         guard let loader = loader.withLockedValue({ $0 }) else { throw KernelHTTPError(503, "the kernel is stopping") }
+        // What the index lists, and no other directory: a name that is no model name is not in the repository.
+        guard InferenceConfiguration.isModelName(name) else {
+            throw KernelHTTPError(400, "failed to load '\(name)', failed to poll from model repository")
+        }
         try operations.withLock {
             let wanted: [(ModelConfiguration, VersionSource)]
             do {
@@ -89,7 +97,7 @@ extension ModelRepository {
             guard entries.withLockedValue({ $0[name] }) != nil else {
                 throw KernelHTTPError(400, "failed to unload '\(name)', no version is available")
             }
-            unloadVersions(of: name, loader, reason: "unloaded")
+            unloadVersions(of: name, logger: loader.logger, reason: "unloaded")
         }
     }
 
@@ -101,15 +109,24 @@ extension ModelRepository {
         operations.withLock {
             let names: [String]
             do { names = try layout.modelNames() } catch {
-                loader.logger.error("inference: polling the model repository: \(error)")
+                // What serves keeps serving (an unmounted volume unloads nothing); logged once, not at every poll.
+                let message = "\(error)"
+                if pollError.withLockedValue({ $0 }) != message {
+                    loader.logger.error("inference: polling the model repository: \(message); what serves keeps serving")
+                    pollError.withLockedValue { $0 = message }
+                }
                 return
+            }
+            if pollError.withLockedValue({ $0 }) != nil {
+                loader.logger.notice("inference: the model repository \(layout.path) can be read again")
+                pollError.withLockedValue { $0 = nil }
             }
             let known = entries.withLockedValue { entries in entries.values.filter { $0.configured == nil }.map(\.name) }
             for name in known where !names.contains(name) {
                 let serving = entries.withLockedValue { entries in !(entries[name]?.requested.isEmpty ?? true) }
                 guard serving else { continue }
                 loader.logger.notice("inference: model '\(name)' is no longer in the repository: unloading it")
-                unloadVersions(of: name, loader, reason: "unloaded: no longer in the model repository")
+                unloadVersions(of: name, logger: loader.logger, reason: "unloaded: no longer in the model repository")
             }
             for name in names {
                 let wanted: [(ModelConfiguration, VersionSource)]
@@ -162,7 +179,8 @@ extension ModelRepository {
         for (configuration, source) in toLoad {
             let number = configuration.versionNumber
             do {
-                let model = try ModelLoadingService.loadModel(configuration, runtime: loader.runtime, logger: logger)
+                let model = try ModelLoadingService.loadModel(configuration, runtime: loader.runtime, logger: logger,
+                                                              isStopping: loader.isStopping)
                 let replaced = entries.withLockedValue { entries -> LoadedModel? in
                     var replaced: LoadedModel?
                     if case .ready(let old) = entries[name]?.versions[number]?.state { replaced = old }
@@ -171,7 +189,8 @@ extension ModelRepository {
                 }
                 ModelLoadingService.logReady(model, logger: logger)
                 if let replaced {
-                    usleep(50_000)  // as in `retire`: requests that resolved the old sessions reach their queue
+                    // As in `retire`: the requests routed to the old sessions reach their queue first.
+                    replaced.leases.waitUntilReleased()
                     logger.notice("inference: model '\(name)' version \(number): the previous sessions finish their requests, then are released")
                     replaced.scheduler.stop(discardingQueued: false)
                 }
@@ -199,12 +218,12 @@ extension ModelRepository {
     }
 
     /// Unloads every version of `name` and marks it unloaded on purpose. Called under `operations`.
-    func unloadVersions(of name: String, _ loader: ModelLoader, reason: String) {
+    func unloadVersions(of name: String, logger: Logger, reason: String) {
         entries.withLockedValue { entries in
             entries[name]?.unloaded = true
             entries[name]?.requested = [:]
         }
-        retire(name, versions: { _ in true }, reason: reason, logger: loader.logger)
+        retire(name, versions: { _ in true }, reason: reason, logger: logger)
     }
 
     /// Takes the chosen versions out of routing, lets their schedulers finish what is queued or running (drain),
@@ -227,12 +246,10 @@ extension ModelRepository {
             entries[name] = entry
             return draining
         }
-        if !draining.isEmpty {
-            // A request that resolved the version just before it left routing is on its way to the queue (an event
-            // loop between `resolve` and `submit`): let it get there, so it runs instead of meeting a stopped queue.
-            usleep(50_000)
-        }
         for (number, model) in draining {
+            // A request that resolved the version just before it left routing is on its way to the queue (an event
+            // loop between `resolve` and `submit`): once it is there, the drain answers it.
+            model.leases.waitUntilReleased()
             model.scheduler.stop(discardingQueued: false)
             entries.withLockedValue { entries in
                 if case .unloading = entries[name]?.versions[number]?.state {
@@ -301,18 +318,27 @@ final class ModelLoadingService: KernelService {
     }
 
     func start() async throws {
-        let runtime = try await NIOThreadPool.singleton.runIfActive { try self.openRuntime() }
-        let loader = ModelLoader(runtime: runtime, logger: logger)
+        repository.operationsPool.start()
+        let runtime: ONNXRuntime
+        do {
+            runtime = try await repository.operationsPool.runIfActive { try self.openRuntime() }
+        } catch {
+            // The generation does not start, and its stop may never come: the thread must not outlive it.
+            try? await repository.operationsPool.shutdownGracefully()
+            throw error
+        }
+        let stopped = stopped
+        let loader = ModelLoader(runtime: runtime, logger: logger, isStopping: { stopped.withLockedValue { $0 } })
         repository.loader.withLockedValue { $0 = loader }
         guard loadsInBackground else {
-            try await NIOThreadPool.singleton.runIfActive { self.repository.loadAll(loader) { self.stopped.withLockedValue { $0 } } }
+            try await repository.operationsPool.runIfActive { self.repository.loadAll(loader) { self.stopped.withLockedValue { $0 } } }
             startPolling()
             return
         }
         logger.notice("inference: \(repository.configurations.count + (repository.settings?.models.count ?? 0)) model(s) load in the background (load_before_listen: false); not ready until they have")
         let task = Task {
             do {
-                try await NIOThreadPool.singleton.runIfActive { self.repository.loadAll(loader) { self.stopped.withLockedValue { $0 } } }
+                try await self.repository.operationsPool.runIfActive { self.repository.loadAll(loader) { self.stopped.withLockedValue { $0 } } }
                 self.startPolling()
             } catch {
                 self.logger.error("inference: the background model load did not run: \(error)")
@@ -330,7 +356,7 @@ final class ModelLoadingService: KernelService {
             while !Task.isCancelled {
                 try? await Task.sleep(nanoseconds: UInt64(interval))
                 guard !Task.isCancelled else { return }
-                try? await NIOThreadPool.singleton.runIfActive { repository.poll() }
+                try? await repository.operationsPool.runIfActive { repository.poll() }
             }
         }
         polling.withLockedValue { $0 = task }
@@ -351,13 +377,12 @@ final class ModelLoadingService: KernelService {
         }
         repository.loader.withLockedValue { $0 = nil }
         let repository = repository
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            // Joining the instance threads blocks, and a load or unload under way finishes first: off the pool.
-            NIOThreadPool.singleton.submit { _ in
-                repository.operations.withLock { repository.stopAll(discardingQueued: discardingQueued) }
-                continuation.resume()
-            }
+        // Joining the instance threads blocks, and a load or unload under way finishes first: on the operations
+        // thread, after what is queued there (a load or unload then finds the loader gone and answers 503).
+        _ = try? await repository.operationsPool.runIfActive {
+            repository.operations.withLock { repository.stopAll(discardingQueued: discardingQueued) }
         }
+        try? await repository.operationsPool.shutdownGracefully()
         runtime.withLockedValue { $0 = nil }
     }
 
@@ -378,7 +403,8 @@ final class ModelLoadingService: KernelService {
 
     /// Creates one session per instance, checks the model can batch as configured, runs the warm-up, and starts
     /// the scheduler. The model is ready (routable) only once this returns, so only after its warm-up.
-    static func loadModel(_ configuration: ModelConfiguration, runtime: ONNXRuntime, logger: Logger) throws -> LoadedModel {
+    static func loadModel(_ configuration: ModelConfiguration, runtime: ONNXRuntime, logger: Logger,
+                          isStopping: () -> Bool = { false }) throws -> LoadedModel {
         let options = try runtime.sessionOptions(for: configuration)
         var sessions: [ONNXSession] = []
         for _ in 0..<configuration.instances {
@@ -390,33 +416,45 @@ final class ModelLoadingService: KernelService {
                 throw ONNXRuntimeError("max_batch_size \(configuration.maxBatchSize) needs dimension 0 of every input and output to be dynamic, but '\(spec.name)' has shape \(spec.shapeText)")
             }
         }
-        warmUp(configuration, sessions: sessions, logger: logger)
+        guard warmUp(configuration, sessions: sessions, logger: logger, isStopping: isStopping) else {
+            throw ModelRepositoryError("the kernel is stopping: the warm-up was interrupted, the model is not loaded")
+        }
         let signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: first.inputs,
                                        outputs: first.outputs, maxBatchSize: configuration.maxBatchSize)
-        let scheduler = ModelScheduler(modelName: configuration.name, policy: configuration.policy, runners: sessions,
-                                       logger: logger)
+        let scheduler = ModelScheduler(modelName: configuration.name, modelVersion: configuration.version,
+                                       policy: configuration.policy, runners: sessions, logger: logger)
         return LoadedModel(configuration: configuration, signature: signature, scheduler: scheduler)
     }
 
     /// Runs every instance `warmup` times at every batch size the batcher can form (or `warmup_batch_sizes`), with
     /// zero-filled inputs, so that no first batch of a size pays ONNX Runtime's first-run costs (Triton's
     /// `model_warmup`). Warm-up inputs are guesses (zeros, other free dimensions 1): a model that rejects them still
-    /// serves, with a warning.
-    static func warmUp(_ configuration: ModelConfiguration, sessions: [ONNXSession], logger: Logger) {
+    /// serves, with a warning. Returns false when it stopped early because `isStopping` turned true (checked
+    /// before each run).
+    @discardableResult
+    static func warmUp(_ configuration: ModelConfiguration, sessions: [ONNXSession], logger: Logger,
+                       isStopping: () -> Bool = { false }) -> Bool {
         let sizes = configuration.warmupSizes
-        guard !sizes.isEmpty, let first = sessions.first else { return }
+        guard !sizes.isEmpty, let first = sessions.first else { return true }
         let described = sizes.map { $0.map(String.init) ?? "1" }
         logger.info("inference: model '\(configuration.name)' version \(configuration.version): warming up \(sessions.count) instance(s), \(configuration.warmup) run(s) at batch size(s) [\(described.joined(separator: ", "))]")
         do {
             for size in sizes {
                 let inputs = first.inputs.map { warmupTensor($0, batchSize: size) }
                 for session in sessions {
-                    for _ in 0..<configuration.warmup { _ = try session.run(inputs) }
+                    for _ in 0..<configuration.warmup {
+                        if isStopping() {
+                            logger.notice("inference: model '\(configuration.name)' version \(configuration.version): warm-up interrupted, the kernel is stopping")
+                            return false
+                        }
+                        _ = try session.run(inputs)
+                    }
                 }
             }
         } catch {
             logger.warning("inference: model '\(configuration.name)': warm-up with zero inputs (free dimensions 1) failed, serving without it: \(error)")
         }
+        return true
     }
 
     /// A zero tensor for `spec`: dimension 0 at `batchSize` when batching, other free dimensions 1. A BYTES input

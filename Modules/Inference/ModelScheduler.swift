@@ -90,16 +90,17 @@ public final class ModelScheduler: @unchecked Sendable {
     private var recentRuns = RecentRuns()
     private let metrics: ModelMetrics
 
-    /// One runner per instance; threads start at once. The model's metrics go to `metricsFactory`.
-    public init(modelName: String, policy: SchedulingPolicy, runners: [any ModelRunner], logger: Logger,
-                metricsFactory: any MetricsFactory = MetricsSystem.factory) {
+    /// One runner per instance; threads start at once. The model's metrics go to `metricsFactory`, labelled with
+    /// `modelName` and `modelVersion`.
+    public init(modelName: String, modelVersion: String = "1", policy: SchedulingPolicy, runners: [any ModelRunner],
+                logger: Logger, metricsFactory: any MetricsFactory = MetricsSystem.factory) {
         precondition(!runners.isEmpty)
         self.modelName = modelName
         self.policy = policy
         self.runners = runners
         self.logger = logger
         queues = Array(repeating: Deque(), count: max(1, policy.priorityLevels))
-        metrics = ModelMetrics(model: modelName, factory: metricsFactory)
+        metrics = ModelMetrics(model: modelName, version: modelVersion, factory: metricsFactory)
         for runner in runners {
             threads.append(startThread { [self] in self.workLoop(runner: runner) })
         }
@@ -125,12 +126,13 @@ public final class ModelScheduler: @unchecked Sendable {
             return promise.futureResult
         }
         if policy.maxQueue > 0, queues[job.level].count >= policy.maxQueue {
+            // Triton's words first ("Exceeds maximum queue size"): clients match them.
             statistics.queueRejections.saturatingAdd(1)
-            let retryAfter = recentRuns.secondsToDrain(queued: queued, instances: runners.count)
+            let retryAfter = recentRuns.secondsToDrain(queued: queuedAhead(ofLevel: job.level), instances: runners.count)
             lock.unlock()
             metrics.failures.increment()
             promise.fail(KernelHTTPError(policy.queueFullStatus,
-                                         "inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))",
+                                         "Exceeds maximum queue size: inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))",
                                          headers: ["Retry-After": String(retryAfter)]))
             return promise.futureResult
         }
@@ -156,6 +158,20 @@ public final class ModelScheduler: @unchecked Sendable {
         // Outside the lock: a cancellation that has already fired runs the callback at once.
         options.cancellation?.whenCancelled { [weak self] _ in self?.cancel(job) }
         return promise.futureResult
+    }
+
+    /// The requests that run before a new request of queue `level`: its level's and the higher ones' (a lower
+    /// level's never do), so a high level's `Retry-After` does not count a low level's backlog. Called with `lock`
+    /// held.
+    private func queuedAhead(ofLevel level: Int) -> Int {
+        queues[...level].reduce(0) { $0 + $1.count }
+    }
+
+    /// `queuedAhead(ofLevel:)` for tests.
+    func requestsAhead(ofLevel level: Int) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return queuedAhead(ofLevel: level)
     }
 
     /// Takes a still queued `job` out of its queue; false when it has started or ended already. Called with

@@ -135,11 +135,17 @@ struct TextFormatField {
 /// `name: { ... }`, lists `[a, b]`, repeated fields by repetition, `#` comments, `,` or `;` between fields.
 /// Messages become mappings whose repeated fields are sequences; scalars keep their text (a string without quotes).
 struct TextFormatParser {
+    /// Messages and lists nested in one another at most (protobuf's own text parser stops at 100): the parser
+    /// recurses, and a file of a million `[` must be an error at its place, not a stack overflow.
+    static let maximumNesting = 100
+
     let bytes: [UInt8]
     let file: String
     var index = 0
     var line = 1
     var column = 1
+    /// Messages and lists open around the current position.
+    var nesting = 0
 
     init(bytes: [UInt8], file: String) {
         self.bytes = bytes
@@ -214,10 +220,14 @@ struct TextFormatParser {
         let start = mark
         switch peek() {
         case UInt8(ascii: "{"):
+            try enter()
+            defer { nesting -= 1 }
             advance()
             let fields = try message(until: UInt8(ascii: "}"))
             return .mapping(fields.map { (YAMLNode.scalar($0.name, mark: $0.nameMark, isPlain: true), $0.value) }, mark: start)
         case UInt8(ascii: "["):
+            try enter()
+            defer { nesting -= 1 }
             advance()
             var items: [YAMLNode] = []
             while true {
@@ -242,6 +252,14 @@ struct TextFormatParser {
         case .none:
             throw error("expected a value before the end of the file")
         }
+    }
+
+    /// Counts a message or list opening at the current position, refusing one past `maximumNesting`.
+    mutating func enter() throws {
+        guard nesting < TextFormatParser.maximumNesting else {
+            throw error("messages and lists nested deeper than \(TextFormatParser.maximumNesting) levels")
+        }
+        nesting += 1
     }
 
     mutating func identifier() throws -> String {

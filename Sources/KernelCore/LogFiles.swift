@@ -209,7 +209,24 @@ public struct ErrorLogHandler: LogHandler {
         var text = "\(LogTime.now().errorLog) [\(ErrorLogHandler.name(event.level))] \(getpid())#0: \(event.message)"
         let all = event.metadata.map { metadata.merging($0) { $1 } } ?? metadata
         for (key, value) in all.sorted(by: { $0.key < $1.key }) { text += ", \(key): \(value)" }
-        destination.file.write(line: text)
+        destination.file.write(line: ErrorLogHandler.escapingControlCharacters(text))
+    }
+
+    /// `text` with control characters written as `\xHH`, as nginx escapes its access log: a message quoting what a
+    /// client sent (a decoded `%0A` in a path) stays one line and cannot forge another.
+    package static func escapingControlCharacters(_ text: String) -> String {
+        guard text.utf8.contains(where: { $0 < 0x20 || $0 == 0x7F }) else { return text }
+        var escaped = [UInt8]()
+        escaped.reserveCapacity(text.utf8.count + 16)
+        let hex = Array("0123456789ABCDEF".utf8)
+        for byte in text.utf8 {
+            if byte < 0x20 || byte == 0x7F {
+                escaped.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "x"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
+            } else {
+                escaped.append(byte)
+            }
+        }
+        return String(decoding: escaped, as: UTF8.self)
     }
 
     /// nginx's level names.

@@ -2,6 +2,8 @@ import Foundation
 import KernelConfig
 import KernelCore
 import Logging
+import NIOCore
+import NIOPosix
 import XCTest
 @testable import Inference
 
@@ -178,6 +180,11 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(try error("max_batch_size: -1\n"), "\(file):1:17: max_batch_size: expected a non-negative integer, found \"-1\"")
         XCTAssertEqual(try error("dynamic_batching {\n  preferred_batch_size: 4\n"), "\(file):3:1: expected '}' before the end of the file")
         XCTAssertEqual(try error("name \"demo\"\n"), "\(file):1:6: expected ':' or '{' after \"name\"")
+        // Nesting is bounded: a hostile file is an error at its place, not a stack overflow.
+        XCTAssertEqual(try error("parameters: " + String(repeating: "[", count: 1_000_000)),
+                       "\(file):1:113: messages and lists nested deeper than 100 levels")
+        XCTAssertEqual(try error(String(repeating: "a {", count: 200_000)),
+                       "\(file):1:303: messages and lists nested deeper than 100 levels")
         try write("demo/config.yaml", "max_batch_size: 4\n")
         XCTAssertEqual(try error("max_batch_size: 4\n"), "\(file):1:1: model \"demo\" has both config.yaml and config.pbtxt: keep one")
     }
@@ -340,6 +347,45 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(repository.index(readyOnly: true), [RepositoryIndexEntry(name: "m", version: "1", state: "READY")])
     }
 
+    func testAnUnloadWaitsForTheRequestsRoutedToTheVersionBeforeItStopsItsQueue() throws {
+        let repository = try entryRepository()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        setVersion(repository, 1) { configuration in
+            let scheduler = ModelScheduler(modelName: configuration.name, policy: configuration.policy,
+                                           runners: [RecordingRunner(blockFirst: false)], logger: Logger(label: "test"))
+            let signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: [],
+                                           outputs: [], maxBatchSize: 0)
+            return .ready(LoadedModel(configuration: configuration, signature: signature, scheduler: scheduler))
+        }
+        // A request is routed (as the handler routes an inference) and its event loop is slow to submit it.
+        guard case .ready(let model) = repository.resolve("m", version: "1", takingLease: true) else { return XCTFail() }
+        XCTAssertEqual(model.leases.count, 1)
+        let unloaded = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            repository.unloadVersions(of: "m", logger: Logger(label: "test"), reason: "unloaded")
+            unloaded.signal()
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while repository.index(readyOnly: false).first(where: { $0.name == "m" && $0.version == "1" })?.state != "UNLOADING",
+              Date() < deadline {
+            usleep(1_000)
+        }
+        guard case .notReady = repository.resolve("m", version: "1", takingLease: true) else {
+            return XCTFail("a version leaving routing takes no new lease")
+        }
+        // Longer than any fixed pause would cover: the queue is still open for the routed request.
+        usleep(200_000)
+        XCTAssertEqual(unloaded.wait(timeout: .now()), .timedOut, "the unload waits for the routed request")
+        let answer = model.scheduler.submit([Tensor(float32: [1, 2], shape: [1, 2])], on: group.next())
+        model.leases.release()
+        XCTAssertNoThrow(try answer.wait(), "the routed request runs instead of meeting a stopped queue")
+        XCTAssertEqual(unloaded.wait(timeout: .now() + 10), .success)
+        guard case .notReady(let message) = repository.resolve("m", version: "1") else { return XCTFail() }
+        XCTAssertEqual(message, "Request for unknown model: 'm' version 1 is not at ready state: unloaded")
+        XCTAssertEqual(model.leases.count, 0)
+    }
+
     func testUnloadedModelsDoNotHoldReadinessBack() throws {
         let repository = try entryRepository()
         for number in 1...3 { setVersion(repository, number) { _ in .failed("Load model from x failed") } }
@@ -402,6 +448,22 @@ final class ModelRepositoryTests: XCTestCase {
                 for (a, b) in zip(got, want) { XCTAssertEqual(a, b, accuracy: 1e-5) }
             }
         }
+    }
+
+    func testAWarmUpStopsBetweenRunsWhenTheKernelStops() throws {
+        let runtime = try ONNXRuntime.open(path: ONNXRuntime.locate(configured: nil, environment: ProcessInfo.processInfo.environment))
+        try copyDemo(to: "demo.onnx")
+        // 8 batch sizes, 100 runs each: a stop after the third run must not wait for the other 797.
+        let configuration = ModelConfiguration(name: "demo", path: directory + "/demo.onnx", version: "1", instances: 1,
+                                               intraOpThreads: 1, interOpThreads: 1, maxBatchSize: 8,
+                                               dynamicBatching: nil, maxQueue: 8, timeout: .seconds(0), warmup: 100)
+        var checks = 0
+        XCTAssertThrowsError(try ModelLoadingService.loadModel(configuration, runtime: runtime, logger: Logger(label: "test"),
+                                                               isStopping: { checks += 1; return checks > 3 })) { error in
+            XCTAssertEqual("\(error)", "the kernel is stopping: the warm-up was interrupted, the model is not loaded")
+        }
+        XCTAssertEqual(checks, 4, "checked before each run, and no run after the stop")
+        XCTAssertNoThrow(try ModelLoadingService.loadModel(configuration, runtime: runtime, logger: Logger(label: "test")).scheduler.stop())
     }
 
     func testLoadPollAndUnloadChangeOnlyWhatChanged() throws {

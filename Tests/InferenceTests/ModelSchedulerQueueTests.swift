@@ -177,7 +177,7 @@ final class ModelSchedulerQueueTests: XCTestCase {
             let queued = scheduler.submit([row(1)], on: loop)
             let rejected = try XCTUnwrap(failure(of: scheduler.submit([row(2)], on: loop)))
             XCTAssertEqual(rejected.status, status)
-            XCTAssertEqual(rejected.message, "inference request for model 'm' rejected: the queue is full (max_queue 1)")
+            XCTAssertEqual(rejected.message, "Exceeds maximum queue size: inference request for model 'm' rejected: the queue is full (max_queue 1)")
             let retryAfter = try XCTUnwrap(rejected.headers["Retry-After"].flatMap { Int($0) })
             XCTAssertGreaterThanOrEqual(retryAfter, 1)
             runner.gate.signal()
@@ -186,6 +186,23 @@ final class ModelSchedulerQueueTests: XCTestCase {
             scheduler.stop()
             XCTAssertEqual(scheduler.currentStatistics.queueRejections, 1)
         }
+    }
+
+    func testRetryAfterCountsOnlyTheRequestsThatRunFirst() throws {
+        let runner = TimedRunner(blockFirst: true)
+        let policy = SchedulingPolicy(maxBatchSize: 1, dynamicBatching: true, maxQueue: 2, priorityLevels: 2,
+                                      defaultPriorityLevel: 2)
+        let scheduler = ModelScheduler(modelName: "m", policy: policy, runners: [runner], logger: Logger(label: "test"))
+        let loop = group.next()
+        let first = scheduler.submit([row(0)], options: SubmitOptions(priority: 1), on: loop)
+        runner.entered.wait()
+        let queued = [1, 1, 2, 2].map { scheduler.submit([row(1)], options: SubmitOptions(priority: $0), on: loop) }
+        // A level-1 request waits for level 1's queue only; a level-2 one for both levels.
+        XCTAssertEqual(scheduler.requestsAhead(ofLevel: 0), 2)
+        XCTAssertEqual(scheduler.requestsAhead(ofLevel: 1), 4)
+        runner.gate.signal()
+        for future in [first] + queued { XCTAssertNil(failure(of: future)) }
+        scheduler.stop()
     }
 
     func testRetryAfterFollowsTheRecentPaceOfRuns() {
@@ -323,6 +340,15 @@ final class ModelSchedulerQueueTests: XCTestCase {
         }
         XCTAssertThrowsError(try RequestPriority.of(request("{}", headers: [("X-Kernel-Priority", "-2")]))) { error in
             XCTAssertEqual((error as? KernelHTTPError)?.status, 400)
+        }
+    }
+
+    func testARepeatedPriorityHeaderMustAgree() throws {
+        XCTAssertEqual(try RequestPriority.of(request("{}", headers: [("X-Kernel-Priority", "2"), ("x-kernel-priority", "2")])), 2)
+        XCTAssertThrowsError(try RequestPriority.of(request("{}", headers: [("X-Kernel-Priority", "2"), ("X-Kernel-Priority", "1")]))) { error in
+            XCTAssertEqual((error as? KernelHTTPError)?.status, 400)
+            XCTAssertEqual((error as? KernelHTTPError)?.message,
+                           "invalid X-Kernel-Priority header: it appears 2 times with different values")
         }
     }
 

@@ -150,7 +150,7 @@ final class ModelSchedulerTests: XCTestCase {
         let scheduler = ModelScheduler(modelName: "m", policy: SchedulingPolicy(maxBatchSize: 8, dynamicBatching: true, maxQueue: 2),
                                        runners: [runner], logger: Logger(label: "test"), metricsFactory: metrics)
         defer { scheduler.stop() }
-        let dimensions = [("model", "m")]
+        let dimensions = [("model", "m"), ("version", "1")]
         let depth = try metrics.expectGauge("kernel_model_queue_depth", dimensions)
         XCTAssertEqual(depth.lastValue, 0, "the series exists before the first request")
         let loop = group.next()
@@ -176,7 +176,31 @@ final class ModelSchedulerTests: XCTestCase {
                                      logger: Logger(label: "test"), metricsFactory: metrics)
         defer { failing.stop() }
         XCTAssertEqual(status(of: failing.submit([rows(1, width: 2, start: 0)], on: loop).map(\.outputs)), 500)
-        XCTAssertEqual(try metrics.expectCounter("kernel_model_failures_total", [("model", "f")]).totalValue, 1, "a runtime error")
+        XCTAssertEqual(try metrics.expectCounter("kernel_model_failures_total", [("model", "f"), ("version", "1")]).totalValue, 1, "a runtime error")
+    }
+
+    func testEachVersionOfAModelHasItsOwnSeries() throws {
+        let metrics = TestMetrics()
+        let runner = RecordingRunner(blockFirst: true)
+        let busy = ModelScheduler(modelName: "m", modelVersion: "1", policy: SchedulingPolicy(), runners: [runner],
+                                  logger: Logger(label: "test"), metricsFactory: metrics)
+        defer { busy.stop() }
+        let idle = ModelScheduler(modelName: "m", modelVersion: "2", policy: SchedulingPolicy(),
+                                  runners: [RecordingRunner(blockFirst: false)], logger: Logger(label: "test"),
+                                  metricsFactory: metrics)
+        defer { idle.stop() }
+        let loop = group.next()
+        let first = busy.submit([rows(1, width: 2, start: 0)], on: loop).map(\.outputs)
+        runner.entered.wait()
+        let second = busy.submit([rows(1, width: 2, start: 1)], on: loop).map(\.outputs)
+        XCTAssertEqual(status(of: idle.submit([rows(1, width: 2, start: 2)], on: loop).map(\.outputs)), 200)
+        // Version 2 answering does not overwrite version 1's depth: each version's gauge is its own series.
+        XCTAssertEqual(try metrics.expectGauge("kernel_model_queue_depth", [("model", "m"), ("version", "1")]).lastValue, 2)
+        XCTAssertEqual(try metrics.expectGauge("kernel_model_queue_depth", [("model", "m"), ("version", "2")]).lastValue, 0)
+        runner.gate.signal()
+        for future in [first, second] { XCTAssertEqual(status(of: future), 200) }
+        XCTAssertEqual(try metrics.expectRecorder("kernel_model_batch_size", [("model", "m"), ("version", "1")]).values, [1, 1])
+        XCTAssertEqual(try metrics.expectRecorder("kernel_model_batch_size", [("model", "m"), ("version", "2")]).values, [1])
     }
 
     func testDepthCountsQueuedAndRunningRequestsButNotAnAnsweredOne() throws {

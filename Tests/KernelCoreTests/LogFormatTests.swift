@@ -169,3 +169,11 @@ final class LogFormatTests: XCTestCase {
         XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "499 /a?b 0\n")
     }
 }
+
+final class ErrorLogEscapingTests: XCTestCase {
+    func testControlCharactersInAMessageCannotStartANewLine() {
+        XCTAssertEqual(ErrorLogHandler.escapingControlCharacters("unknown model 'a\nb'\r\t\u{7F}"),
+                       "unknown model 'a\\x0Ab'\\x0D\\x09\\x7F")
+        XCTAssertEqual(ErrorLogHandler.escapingControlCharacters("plain text, é"), "plain text, é")
+    }
+}

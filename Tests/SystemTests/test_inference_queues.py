@@ -227,7 +227,7 @@ def test_a_full_queue_answers_its_status_with_retry_after(start_kernel, tmp_path
     if rejected.status_code == 200:
         pytest.fail("the queue was not full: the long batch ended before the third request arrived")
     assert rejected.status_code == 429, rejected.text
-    assert rejected.json() == {"error": "inference request for model 'slow' rejected: the queue is full (max_queue 1)"}
+    assert rejected.json() == {"error": "Exceeds maximum queue size: inference request for model 'slow' rejected: the queue is full (max_queue 1)"}
     assert int(rejected.headers["Retry-After"]) >= 1
     assert queued.result().status_code == 200
     assert running.result().status_code == 200

@@ -134,12 +134,12 @@ def test_a_model_inference_moves_the_model_metrics(start_kernel):
     after = scrape(kernel)
     for name in ("kernel_model_batch_size_count", "kernel_model_compute_duration_seconds_count",
                  "kernel_model_queue_duration_seconds_count"):
-        assert value(after, name, model="demo") - value(before, name, model="demo") == 1, name
-    assert value(after, "kernel_model_batch_size_sum", model="demo") - value(before, "kernel_model_batch_size_sum", model="demo") == 2
-    assert value(after, "kernel_model_batch_size_bucket", model="demo", le="2.0") >= 1
-    assert value(after, "kernel_model_queue_depth", model="demo") == 0
+        assert value(after, name, model="demo", version="1") - value(before, name, model="demo", version="1") == 1, name
+    assert value(after, "kernel_model_batch_size_sum", model="demo", version="1") - value(before, "kernel_model_batch_size_sum", model="demo", version="1") == 2
+    assert value(after, "kernel_model_batch_size_bucket", model="demo", version="1", le="2.0") >= 1
+    assert value(after, "kernel_model_queue_depth", model="demo", version="1") == 0
     # A request the protocol refuses never reaches the model: not a model failure.
-    assert value(after, "kernel_model_failures_total", model="demo") == value(before, "kernel_model_failures_total", model="demo")
+    assert value(after, "kernel_model_failures_total", model="demo", version="1") == value(before, "kernel_model_failures_total", model="demo", version="1")
 
 
 def test_an_upstream_failure_moves_peer_state_failures_and_retries(start_kernel):

@@ -226,7 +226,7 @@ def test_an_unload_finishes_the_requests_it_has_queued(start_kernel, tmp_path):
     body = json.dumps({"inputs": [{"name": "x", "shape": [256, 256], "datatype": "FP32", "data": [0.1] * (256 * 256)}]})
 
     def queued():
-        found = re.search(r'^kernel_model_queue_depth\{model="slow"\} (\d+)', requests.get(kernel.url("/metrics"),
+        found = re.search(r'^kernel_model_queue_depth\{model="slow",version="1"\} (\d+)', requests.get(kernel.url("/metrics"),
                           timeout=10).text, re.M)
         return int(found.group(1)) if found else 0
 

@@ -58,7 +58,7 @@ def test_the_make_run_configuration_serves_in_its_production_shape(start_kernel,
 
     metrics = requests.get(base + "/metrics", timeout=10).text
     assert re.search(rf'^kernel_workers{{pool="main",state="serving"}} {cores}$', metrics, re.M), metrics
-    assert re.search(r'^kernel_model_batch_size_count{model="demo"} [1-9]', metrics, re.M), metrics
+    assert re.search(r'^kernel_model_batch_size_count{model="demo",version="1"} [1-9]', metrics, re.M), metrics
 
     page = requests.get(base + "/status", timeout=10)
     assert page.status_code == 200 and "<html" in page.text
