@@ -16,7 +16,7 @@ import time
 import requests
 
 from conftest import KERNEL_BIN
-from inference_support import DEMO, ensure_models, make_slow_model
+from inference_support import DEMO, wait_until, ensure_models, make_slow_model
 from load_support import WrkRun
 
 ensure_models()
@@ -110,16 +110,6 @@ def index(kernel, body=b""):
     response = post(kernel, "/v2/repository/index", body)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def wait_until(condition, what, timeout=30):
-    """Bounded wait for a state the kernel reaches by itself (a poll)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_repository_bodies_that_are_not_json_or_of_the_wrong_shape(start_kernel, tmp_path):

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 
 import numpy as np
 import requests
@@ -14,7 +13,7 @@ import requests
 import tritonclient.http as tritonclient_http
 
 from conftest import KERNEL_BIN
-from inference_support import DEMO, Reference, ensure_models, make_slow_model
+from inference_support import DEMO, wait_until, Reference, ensure_models, make_slow_model
 from load_support import WrkRun
 
 ensure_models()
@@ -107,16 +106,6 @@ def index(kernel, body=None):
     response = post(kernel, "/v2/repository/index", body)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def wait_until(condition, what, timeout=30):
-    """Bounded wait for a state the kernel reaches by itself (a poll, a background load)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_versions_routing_metadata_index_and_memory_options(start_kernel, tmp_path):

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -14,6 +15,16 @@ def ensure_models():
     """Builds the demo and PP-OCR models when missing (as `make test` does through scripts/setup.sh)."""
     if not (os.path.exists(DEMO) and os.path.exists(PPOCR_CLS)):
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "models", "make_models.py")], check=True)
+
+
+def wait_until(condition, what, timeout=30):
+    """Bounded wait for a state the kernel reaches by itself (a poll, a background load)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def make_slow_model(path, width=256, layers=48):
