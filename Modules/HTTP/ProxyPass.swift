@@ -163,6 +163,10 @@ public struct ProxyPassHandler: RequestHandler {
         configuration.requestBuffering && configuration.head.passRequestBody || !configuration.head.passRequestBody ? .spooled : .streamed
     }
 
+    /// A group with a `local` server passes the client leaving on to the worker side (`LocalPeer`); a remote
+    /// worker learns it from its connection closing.
+    public var cancelsWhenClientLeaves: Bool { configuration.upstream.group.localPeer != nil }
+
     /// Whether a 101 may answer `request`: nginx tunnels only for a client that asked (`Upgrade` in its request),
     /// and the client's `Upgrade` is hop-by-hop and never passed, so the upstream is asked only by a
     /// `proxy_set_header Upgrade` line. A 101 to a head that did not ask is an invalid answer, never a tunnel.

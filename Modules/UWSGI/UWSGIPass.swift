@@ -191,6 +191,10 @@ public struct UWSGIPassHandler: RequestHandler {
     /// connection, so it is never loaded into memory whole.
     public var requestBodyUse: RequestBodyUse { configuration.requestBuffering ? .spooled : .streamed }
 
+    /// A group with a `local` server passes the client leaving on to the worker side (`LocalPeer`); a remote
+    /// worker learns it from its connection closing.
+    public var cancelsWhenClientLeaves: Bool { configuration.upstream.group.localPeer != nil }
+
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
         guard configuration.deadline.isEnabled,
               let deadline = configuration.deadline.deadline(for: request, logger: context.logger) else {

@@ -24,8 +24,11 @@ public final class LocalPeer: Sendable {
 
     /// The worker side's answer to `request`, on `eventLoop`. Throws `Refusal` for a request that would loop
     /// (it already came through a `local` peer) or whose body is still arriving (`*_request_buffering off`),
-    /// which the worker's handler could not read.
-    public func dispatch(_ request: KernelRequest, on eventLoop: any EventLoop) throws -> EventLoopFuture<KernelResponse> {
+    /// which the worker's handler could not read. `cancellation`, the edge request's, reaches the worker side's
+    /// request: a client of the edge that leaves takes its request out of a model's queue, as a remote worker's
+    /// connection closing does.
+    public func dispatch(_ request: KernelRequest, on eventLoop: any EventLoop,
+                         cancellation: RequestCancellation? = nil) throws -> EventLoopFuture<KernelResponse> {
         guard request.connection.protocolName != Self.protocolName else {
             throw Refusal(description: "local peer reached again from the worker side: the location a local request is routed to proxies to a local peer itself")
         }
@@ -36,6 +39,9 @@ public final class LocalPeer: Sendable {
         local.connection.protocolName = Self.protocolName
         if let listener = workerListener() { local.connection.listener = listener }
         let exchange = runtime.begin(local, on: eventLoop)
+        if let cancellation, let workerSide = exchange.context.cancellation {
+            cancellation.whenCancelled { workerSide.cancel($0) }
+        }
         if let length = local.bodyLength, length > 0, !exchange.admitsBody(ofLength: Int(clamping: length)) {
             exchange.context.logger.info("client intended to send too large body: \(length) bytes, client: \(local.connection.remoteIP), request: \"\(local.requestLine)\" (local peer)")
             let refused = exchange.decorateRefusal(.error(413, "request body too large"), for: local)

@@ -275,7 +275,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             guard let local = configuration.group.localPeer else {
                 throw LocalPeer.Refusal(description: "no local worker side in this process (local needs --role both)")
             }
-            answered = try local.dispatch(request, on: eventLoop)
+            answered = try local.dispatch(request, on: eventLoop, cancellation: context.cancellation)
         } catch {
             let failure = UpstreamFailure.error("\(error)")
             context.logger.error("\(failure.message) while sending request to upstream\(suffix(lease.peer))")

@@ -351,3 +351,43 @@ def test_a_uwsgi_client_that_leaves_drops_its_queued_request(start_kernel, tmp_p
     model = wait_for_stats(kernel, "slow", lambda s: s["cancellations"] == 1)
     assert model["cancellations"] == 1, model
     assert model["execution_count"] == 1
+
+
+def test_a_client_of_the_edge_that_leaves_drops_the_request_it_queued_at_a_local_worker(start_kernel, tmp_path):
+    """--role both: the edge passes to a `local` server; the client leaving reaches the worker side's queue with
+    no socket between them, as a remote worker learns it from its connection closing."""
+    sock = tmp_path / "w.sock"
+    text = f"""
+http:
+  listen: "127.0.0.1:0"
+uwsgi:
+  listen: "unix:{sock}"
+upstreams:
+  models:
+    servers: [local]
+inference:
+  models:
+    - name: slow
+      path: {slow_path(tmp_path)}
+      instances: 1
+routing:
+  servers:
+    - listen: "127.0.0.1:0"
+      locations:
+        - location: /v2/
+          uwsgi_pass: models
+          uwsgi_read_timeout: 60s
+    - listen: "unix:{sock}"
+      locations:
+        - location: "^~ /v2"
+          inference: {{}}
+"""
+    kernel = start_kernel(text, role="both")
+    running = start_long_batch(kernel)
+    leaving = raw_request(kernel, infer_body(2.0))
+    time.sleep(0.05)
+    leaving.close()
+    assert running.result().status_code == 200
+    model = wait_for_stats(kernel, "slow", lambda s: s["cancellations"] == 1)
+    assert model["cancellations"] == 1, model
+    assert model["execution_count"] == 1, "the abandoned request never ran"
