@@ -9,6 +9,9 @@ public struct InferenceConfiguration: Sendable {
     /// `load_before_listen`: whether the first configuration's models load before its listeners open (the
     /// default), or behind them (`false`: liveness answers during a long load, readiness waits for the models).
     public var loadBeforeListen = true
+    /// `pipelines`: steps around the models, mounted with the `pipeline` location directive
+    /// (Modules/Inference/Pipeline, decoded by `PipelineConfiguration.decodeList`).
+    public var pipelines: [PipelineConfiguration] = []
 }
 
 /// One entry of `inference.models`.
@@ -61,9 +64,12 @@ extension InferenceConfiguration {
             }
         }
         let loadBeforeListen = try mapping.optional("load_before_listen")?.bool() ?? true
+        // Pipelines (Modules/Inference/Pipeline/PipelineConfiguration.swift).
+        let pipelines = try mapping.optional("pipelines").map { try PipelineConfiguration.decodeList($0, models: models) } ?? []
         try mapping.finish()
         var configuration = InferenceConfiguration(runtimeLibrary: runtimeLibrary, models: models)
         configuration.loadBeforeListen = loadBeforeListen
+        configuration.pipelines = pipelines
         return configuration
     }
 

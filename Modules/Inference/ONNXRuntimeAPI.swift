@@ -82,6 +82,9 @@ struct ORTFunctions: Sendable {
     let releaseTypeInfo: Release                  // 98
     let releaseTensorTypeAndShapeInfo: Release    // 99
     let releaseSessionOptions: Release            // 100
+    // Model metadata (slots 111, 116, 118; see ORTMetadataFunctions below): what pipelines read from a model file,
+    // such as the character list of a recognition model.
+    let metadata: ORTMetadataFunctions
 
     init(table: UnsafePointer<UnsafeRawPointer?>) throws {
         func slot<F>(_ index: Int, _ type: F.Type) throws -> F {
@@ -122,6 +125,9 @@ struct ORTFunctions: Sendable {
         releaseTypeInfo = try slot(98, Release.self)
         releaseTensorTypeAndShapeInfo = try slot(99, Release.self)
         releaseSessionOptions = try slot(100, Release.self)
+        metadata = ORTMetadataFunctions(sessionGetModelMetadata: try slot(111, ORTMetadataFunctions.SessionGetModelMetadata.self),
+                                        lookupCustomMetadataMap: try slot(116, ORTMetadataFunctions.LookupCustomMetadataMap.self),
+                                        releaseModelMetadata: try slot(118, Release.self))
     }
 
     /// Turns a returned `OrtStatus*` into a thrown error carrying ORT's message, releasing the status.
@@ -133,6 +139,21 @@ struct ORTFunctions: Sendable {
         let context = what()
         throw ONNXRuntimeError(context.isEmpty ? text : "\(context): \(text)")
     }
+}
+
+// MARK: - Model metadata (pipelines)
+
+/// `OrtApi` functions that read a model's metadata (`custom_metadata_map` in ONNX Runtime's Python API).
+///
+/// `SessionGetModelMetadata` (111), `ModelMetadataLookupCustomMetadataMap` (116) and `ReleaseModelMetadata` (118)
+/// came with API version 2 (ONNX Runtime 1.3); `GetApi(1)` answers the library's whole table, which holds them.
+struct ORTMetadataFunctions: Sendable {
+    typealias SessionGetModelMetadata = @convention(c) (OpaquePointer?, UnsafeMutablePointer<OpaquePointer?>?) -> OpaquePointer?
+    typealias LookupCustomMetadataMap = @convention(c) (OpaquePointer?, OpaquePointer?, UnsafePointer<CChar>?,
+                                                        UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> OpaquePointer?
+    let sessionGetModelMetadata: SessionGetModelMetadata // 111
+    let lookupCustomMetadataMap: LookupCustomMetadataMap // 116
+    let releaseModelMetadata: ORTFunctions.Release       // 118
 }
 
 /// The ONNX Runtime shared library, opened once per process, and its environment.
