@@ -26,7 +26,7 @@ uint32_t le24(const uint8_t *p) { return uint32_t(p[0]) | (uint32_t(p[1]) << 8) 
 uint32_t le32(const uint8_t *p) { return le24(p) | (uint32_t(p[3]) << 24); }
 
 /// The JPEG frame header (SOFn) gives the size; markers are walked by their lengths, never past the data.
-/// `scan` receives the offset of the first scan's data (after SOS), where the end-of-image check starts.
+/// `scan` receives the offset of the first scan's data (after SOS), where the end-of-image check starts, or 0.
 cocr_status probe_jpeg(const uint8_t *d, size_t n, int64_t *w, int64_t *h, size_t *scan) {
     size_t i = 2;
     bool sized = false;
@@ -52,7 +52,8 @@ cocr_status probe_jpeg(const uint8_t *d, size_t n, int64_t *w, int64_t *h, size_
         }
         i += 2 + length;
     }
-    return sized ? COCR_CORRUPT : COCR_NOT_AN_IMAGE;
+    // The size is known once the frame header is read; without a scan the data is cut short (`scan` stays 0).
+    return sized ? COCR_OK : COCR_CORRUPT;
 }
 
 cocr_status probe(const uint8_t *d, size_t n, cocr_format *format, int64_t *w, int64_t *h, size_t *scan) {
@@ -259,6 +260,7 @@ cocr_status cocr_decode(const uint8_t *data, size_t length, int64_t max_pixels, 
     if (w <= 0 || h <= 0) return COCR_EMPTY_IMAGE;
     if (w > max_pixels || h > max_pixels || w * h > max_pixels) return COCR_TOO_MANY_PIXELS;
     if (format == COCR_FORMAT_JPEG) {
+        if (scan == 0) return COCR_CORRUPT;
         // libjpeg fills a truncated scan with gray and only warns; PIL (rapidocr's loader) refuses it. A complete
         // JPEG has its end-of-image marker after the scan data.
         bool ended = false;

@@ -169,6 +169,11 @@ def bomb():
     return data
 
 
+def smallest(images, count):
+    """The `count` images with the fewest bytes that hold text (fast to read in a debug build)."""
+    return sorted((item for item in images if "_en" in item[0]), key=lambda item: len(item[1]))[:count]
+
+
 def jpeg(images):
     return next(data for name, data in images if name.endswith(".jpg"))
 
@@ -212,7 +217,7 @@ def test_a_good_request_succeeds_while_bombs_are_refused(kernel, images, referen
     for thread in threads:
         thread.start()
     try:
-        for name, data in images[:3]:
+        for name, data in smallest(images, 2):
             response = parse(kernel, data)
             assert response.status_code == 200, response.text
             assert [line["text"] for line in response.json()["lines"]] == [line["text"] for line in reference[name]]
@@ -225,7 +230,7 @@ def test_a_good_request_succeeds_while_bombs_are_refused(kernel, images, referen
 
 def test_concurrent_requests_batch_in_detection_and_recognition(kernel, images):
     # Eight uploads of one image at once: their detection inputs have one shape, so they can join one batch.
-    name, data = images[0]
+    name, data = smallest(images, 1)[0]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda _: parse(kernel, data), range(8)))
     assert all(response.status_code == 200 for response in responses)
