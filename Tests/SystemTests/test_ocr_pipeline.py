@@ -250,3 +250,12 @@ def test_max_pixels_is_configurable(start_kernel, images):
     small = png(50, 50, rows=b"".join(b"\0" + b"\xff" * 50 for _ in range(50)))
     response = parse(kernel, small)
     assert response.status_code == 200 and response.json()["lines"] == [], response.text
+
+
+def test_the_request_deadline_carries_through_the_steps(kernel, images):
+    # An edge forwards the time its client still waits; no OCR of an image fits in a millisecond, so the pipeline
+    # stops at the step (or in the model queue) where the deadline passes, and answers 504.
+    name, data = smallest(images, 1)[0]
+    response = parse(kernel, data, headers={"X-Kernel-Timeout-Ms": "1"})
+    assert_error(response, 504, "deadline")
+    assert parse(kernel, data).status_code == 200
