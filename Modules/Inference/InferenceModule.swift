@@ -53,6 +53,9 @@ public enum InferenceModule: KernelModule {
         let pipelines = configuration.pipelines.map {
             Pipeline(configuration: $0, repository: repository, runtimeLibrary: configuration.runtimeLibrary)
         }
+        if registrar.mode == .run, !pipelines.isEmpty {
+            registrar.addService(PipelineLoadingService(pipelines: pipelines, logger: registrar.logger))
+        }
         registrar.addLocationHandler("pipeline") { value, _, _ in
             let name = try value.nonEmptyString()
             guard let pipeline = pipelines.first(where: { $0.configuration.name == name }) else {

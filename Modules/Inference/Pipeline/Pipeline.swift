@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import KernelCore
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -163,4 +164,38 @@ public final class Pipeline: Sendable {
         characterLists.withLockedValue { $0[model] = list }
         return list
     }
+}
+
+/// Reads what the pipelines need from their model files (recognition models' character lists) when the generation
+/// starts, after the models load, so no request pays for it. A failure is logged; the request that needs the list
+/// then tries again and answers 500 with the reason.
+final class PipelineLoadingService: KernelService {
+    let name = "pipelines"
+    let pipelines: [Pipeline]
+    let logger: Logger
+
+    init(pipelines: [Pipeline], logger: Logger) {
+        self.pipelines = pipelines
+        self.logger = logger
+    }
+
+    func start() async throws {
+        let pipelines = self.pipelines
+        let logger = self.logger
+        try await NIOThreadPool.singleton.runIfActive {
+            for pipeline in pipelines {
+                for step in pipeline.configuration.steps {
+                    guard case .operation(.ctcDecode(let model)) = step.kind else { continue }
+                    do {
+                        let count = try pipeline.characters(model: model).count
+                        logger.notice("inference: pipeline '\(pipeline.configuration.name)' ready: step '\(step.name)' decodes \(count) classes of model '\(model)'")
+                    } catch {
+                        logger.error("inference: pipeline '\(pipeline.configuration.name)': step '\(step.name)' cannot read the character list of model '\(model)': \(error)")
+                    }
+                }
+            }
+        }
+    }
+
+    func stop() async {}
 }
