@@ -71,6 +71,9 @@ final class PipelineConfigurationTests: XCTestCase {
         guard case .model("det") = pipeline.steps[3].kind else { return XCTFail() }
         guard case .operation(.ocrLines(let textScore)) = pipeline.steps[9].kind else { return XCTFail() }
         XCTAssertEqual(textScore, 0.5)
+        // decode is last read by image (1), det_input by det (3), det by boxes (4); image and boxes by lines (9).
+        XCTAssertEqual(Array(pipeline.lastReaders.prefix(9)), [1, 9, 3, 4, 9, 6, 7, 8, 9])
+        XCTAssertEqual(pipeline.lastReaders[9], Int.max, "the answer is kept")
         XCTAssertTrue(try decode("").pipelines.isEmpty)
     }
 

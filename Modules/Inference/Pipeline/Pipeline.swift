@@ -51,6 +51,8 @@ public final class Pipeline: Sendable {
     let repository: ModelRepository
     let runtimeLibrary: String?
     let pool: NIOThreadPool
+    /// `configuration.lastReaders`, and for each step the values to drop once it has run.
+    private let releasedAfter: [[Int]]
     /// Character lists read from recognition models' metadata, by model name (read on first use).
     private let characterLists = NIOLockedValueBox<[String: [String]]>([:])
 
@@ -60,6 +62,16 @@ public final class Pipeline: Sendable {
         self.repository = repository
         self.runtimeLibrary = runtimeLibrary
         self.pool = pool
+        var released = [[Int]](repeating: [], count: configuration.steps.count)
+        for (value, reader) in configuration.lastReaders.enumerated() where reader < configuration.steps.count {
+            released[reader].append(value)
+        }
+        releasedAfter = released
+    }
+
+    /// Drops the values no step after `step` reads.
+    private func release(after step: Int, in state: RunState) {
+        for value in releasedAfter[step] { state.values[value] = nil }
     }
 
     /// Runs the pipeline on `upload`.
@@ -104,6 +116,7 @@ public final class Pipeline: Sendable {
                 let value = try OCROperations.run(operation, state.inputs(of: steps[position]),
                                                   characters: { try self.characters(model: $0) })
                 state.values[position] = value
+                self.release(after: position, in: state)
                 state.timings.append(PipelineStepTiming(name: steps[position].name,
                                                         nanoseconds: KernelClock.monotonicNanoseconds() &- started))
             }
@@ -145,6 +158,7 @@ public final class Pipeline: Sendable {
             }
             state.values[index] = .tensors(TensorGroups(groups: results.map(\.outputs), items: input.items,
                                                         itemCount: input.itemCount))
+            self.release(after: index, in: state)
             state.timings.append(timing)
         }
     }

@@ -10,6 +10,18 @@ public struct PipelineConfiguration: Sendable {
     public var steps: [PipelineStep]
     /// The step whose value is the answer (the last one).
     public var output: Int { steps.count - 1 }
+
+    /// For each step, the last step that reads its value (the answer's own index for the answer): after that step
+    /// a run drops the value, so a request holds only what is still to be read (a detection input of megabytes is
+    /// gone before recognition starts).
+    public var lastReaders: [Int] {
+        var last = Array(steps.indices)
+        for (index, step) in steps.enumerated() {
+            for input in step.inputs where input >= 0 { last[input] = max(last[input], index) }
+        }
+        last[output] = Int.max
+        return last
+    }
 }
 
 /// A pipeline step: what it does and which earlier steps' values it reads (their indices, in the order written).
