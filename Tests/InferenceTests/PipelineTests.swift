@@ -106,6 +106,9 @@ final class PipelineConfigurationTests: XCTestCase {
                 - {name: p, steps: [{name: a, op: decode_image}]}
                 - {name: p, steps: [{name: a, op: decode_image}]}
             """, "pipeline \"p\" is declared twice")
+        assertError("""
+                - {name: p, steps: [{name: a, op: decode_image}, {name: b, op: ocr_prepare, width_height_ratio: 0}]}
+            """, "a positive number, or -1")
     }
 }
 

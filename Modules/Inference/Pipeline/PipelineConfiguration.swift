@@ -265,7 +265,12 @@ extension PipelineConfiguration {
             parameters.maxSideLen = try int("max_side_len", parameters.maxSideLen)
             parameters.minSideLen = try int("min_side_len", parameters.minSideLen)
             parameters.minHeight = try int("min_height", parameters.minHeight)
-            parameters.widthHeightRatio = try number("width_height_ratio", parameters.widthHeightRatio)
+            if let ratio = mapping.optional("width_height_ratio") {
+                parameters.widthHeightRatio = try ratio.double()
+                guard parameters.widthHeightRatio > 0 || parameters.widthHeightRatio == -1 else {
+                    throw ratio.expected("a positive number, or -1 to turn the ratio rule off")
+                }
+            }
             return .ocrPrepare(parameters)
         case "det_preprocess":
             var parameters = DetPreprocessParameters()
