@@ -54,6 +54,29 @@ let package = Package(
             pkgConfig: "libpcre2-8",
             providers: [.apt(["libpcre2-dev"])]
         ),
+        // OCR pipelines (Modules/Inference/Pipeline): OpenCV's core, imgproc and imgcodecs (Debian:
+        // libopencv-{core,imgproc,imgcodecs}-dev, without a pkg-config file of their own: Debian's opencv4.pc comes
+        // only with the whole of libopencv-dev) and Clipper (libpolyclipping-dev), behind COCRVision's C API.
+        .systemLibrary(
+            name: "COpenCV",
+            path: "Sources/COpenCV",
+            providers: [.apt(["libopencv-core-dev", "libopencv-imgproc-dev", "libopencv-imgcodecs-dev"])]
+        ),
+        .systemLibrary(
+            name: "CPolyclipping",
+            path: "Sources/CPolyclipping",
+            pkgConfig: "polyclipping",
+            providers: [.apt(["libpolyclipping-dev"])]
+        ),
+        .target(
+            name: "COCRVision",
+            dependencies: ["COpenCV", "CPolyclipping"],
+            path: "Sources/COCRVision",
+            cxxSettings: [.unsafeFlags(["-I/usr/include/opencv4"])],
+            // A module map's `link` only autolinks where Swift imports the module; the shim's C++ needs them named.
+            linkerSettings: [.linkedLibrary("opencv_core"), .linkedLibrary("opencv_imgproc"),
+                             .linkedLibrary("opencv_imgcodecs"), .linkedLibrary("polyclipping")]
+        ),
         .target(name: "KernelConfig", dependencies: ["CYAML"], path: "Sources/KernelConfig"),
         .target(
             name: "KernelCore",
@@ -88,7 +111,7 @@ let package = Package(
         ),
         .target(
             name: "Inference",
-            dependencies: nio + ["KernelCore", "KernelConfig", log, locks, coreMetrics,
+            dependencies: nio + ["KernelCore", "KernelConfig", log, locks, coreMetrics, "COCRVision",
                                  .product(name: "DequeModule", package: "swift-collections")],
             path: "Modules/Inference"
         ),
@@ -151,11 +174,12 @@ let package = Package(
         .testTarget(name: "UWSGITests", dependencies: nio + ["UWSGI", "KernelCore", "KernelUpstream", log, embedded]),
         .testTarget(name: "StatusTests", dependencies: ["Status", "Routing", "KernelCore", "KernelConfig", log,
                                                         .product(name: "NIOCore", package: "swift-nio")]),
-        .testTarget(name: "InferenceTests", dependencies: nio + ["Inference", "KernelCore", "KernelConfig", log, locks, coreMetrics,
+        .testTarget(name: "InferenceTests", dependencies: nio + ["Inference", "COCRVision", "KernelCore", "KernelConfig", log, locks, coreMetrics,
                                                                 .product(name: "MetricsTestKit", package: "swift-metrics")]),
         .testTarget(name: "MetricsTests", dependencies: nio + ["KernelMetrics", "Routing", "KernelCore", "KernelConfig", log, locks, coreMetrics,
                                                               .product(name: "Prometheus", package: "swift-prometheus")]),
         // Tests/SystemTests holds the pytest suites that boot the real `kernel` binary (`make system-test`).
     ],
-    swiftLanguageModes: [.v6]
+    swiftLanguageModes: [.v6],
+    cxxLanguageStandard: .cxx17
 )

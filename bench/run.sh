@@ -18,7 +18,7 @@ out=$(mktemp)
     python3 bench/http/proxy.py
     # The deployment: memory against nginx + uWSGI + Flask, time to the first answer, throughput by `processes:`.
     python3 bench/processes/run.py
-    for extra in bench/uwsgi/run.sh bench/inference/run.sh; do
+    for extra in bench/uwsgi/run.sh bench/inference/run.sh bench/ocr/run.sh; do
         if [ -x "$extra" ]; then "$extra"; echo; fi
     done
     if [ -f docs/performance-notes.md ]; then cat docs/performance-notes.md; fi

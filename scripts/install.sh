@@ -57,6 +57,15 @@ if [ -f models/demo/1/model.onnx ]; then
 else
     echo "install: models/demo is missing (scripts/setup.sh makes it): the configuration's demo model will not load" >&2
 fi
+# The OCR pipeline's models (etc/examples/ocr.yaml and /v1/parse in kernel.yaml).
+for model in ocr_det ocr_cls ocr_rec; do
+    if [ -f "models/$model/1/model.onnx" ]; then
+        install -d "$DESTDIR$DATADIR/kernel/models/$model/1"
+        install -m 0644 "models/$model/1/model.onnx" "$DESTDIR$DATADIR/kernel/models/$model/1/model.onnx"
+    else
+        echo "install: models/$model is missing (scripts/setup.sh makes it): the OCR pipeline will not load it" >&2
+    fi
+done
 
 install -m 0644 README.md "$DESTDIR$DOCDIR/README.md"
 for file in docs/*; do

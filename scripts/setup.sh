@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 need_apt=()
 # tmux: the stats test reads uwsgitop's screen through it; chromium: the status page test; systemd:
 # `systemd-analyze verify` checks the unit in etc/deploy (tests only; nothing here runs under systemd).
-for package in libyaml-dev libpcre2-dev nginx-light wrk tmux chromium systemd; do
+# OpenCV (only core, imgproc, imgcodecs) and Clipper: the OCR pipeline's vision shim (Sources/COCRVision);
+# fonts-noto-cjk and fonts-dejavu: the OCR test images (scripts/ocr/make_images.py).
+for package in libyaml-dev libpcre2-dev nginx-light wrk tmux chromium systemd \
+    libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libpolyclipping-dev fonts-noto-cjk fonts-dejavu; do
     dpkg -s "$package" >/dev/null 2>&1 || need_apt+=("$package")
 done
 if ((${#need_apt[@]})); then
@@ -42,6 +45,8 @@ check requests requests
 # A DNS server on loopback for the upstream `resolve` tests, with records changed while they run.
 check dnslib dnslib
 check rapidocr_onnxruntime rapidocr-onnxruntime
+# Pillow draws the OCR test images (scripts/ocr/make_images.py).
+check PIL pillow
 # A WebSocket echo server and client for the proxy_pass Upgrade tunnel test.
 check websockets.sync.client websockets
 # The Kubernetes schemas, offline, for the manifests in etc/deploy/kubernetes.

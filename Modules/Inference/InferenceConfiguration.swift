@@ -14,6 +14,9 @@ public struct InferenceConfiguration: Sendable {
     public var repository: RepositorySettings?
     /// The ONNX Runtime memory options of `inference:`, which every model starts from.
     public var memoryDefaults = SessionMemoryOptions()
+    /// `pipelines`: steps around the models, mounted with the `pipeline` location directive
+    /// (Modules/Inference/Pipeline, decoded by `PipelineConfiguration.decodeList`).
+    public var pipelines: [PipelineConfiguration] = []
 }
 
 /// `inference.model_repository`, `repository_control` and `repository_poll`.
@@ -193,11 +196,14 @@ extension InferenceConfiguration {
         } else if let stray = controlValue ?? pollValue {
             throw stray.error("needs model_repository")
         }
+        // Pipelines (Modules/Inference/Pipeline/PipelineConfiguration.swift).
+        let pipelines = try mapping.optional("pipelines").map { try PipelineConfiguration.decodeList($0, models: models) } ?? []
         try mapping.finish()
         var configuration = InferenceConfiguration(runtimeLibrary: runtimeLibrary, models: models)
         configuration.loadBeforeListen = loadBeforeListen
         configuration.repository = repository
         configuration.memoryDefaults = memoryDefaults
+        configuration.pipelines = pipelines
         return configuration
     }
 

@@ -106,19 +106,23 @@ enum RequestPriority {
     static let headerName = "X-Kernel-Priority"
     private static let parameterKey = Array("\"priority\"".utf8)
 
-    static func of(_ request: KernelRequest) throws -> Int {
+    /// The level the `X-Kernel-Priority` header names, nil without it: what a pipeline's upload (no OIP body) has.
+    static func header(of request: KernelRequest) throws -> Int? {
         let values = request.headers.values(headerName)
-        if let text = values.first {
-            // One level per request: the header twice with different levels (a client's and an edge's) is no
-            // level at all, rather than whichever came first.
-            guard values.allSatisfy({ $0 == text }) else {
-                throw KernelHTTPError(400, "invalid \(headerName) header: it appears \(values.count) times with different values")
-            }
-            guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
-                throw KernelHTTPError(400, "invalid \(headerName) header \"\(text)\": expected a priority level (a non-negative integer)")
-            }
-            return Int(text) ?? Int.max
+        guard let text = values.first else { return nil }
+        // One level per request: the header twice with different levels (a client's and an edge's) is no
+        // level at all, rather than whichever came first.
+        guard values.allSatisfy({ $0 == text }) else {
+            throw KernelHTTPError(400, "invalid \(headerName) header: it appears \(values.count) times with different values")
         }
+        guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
+            throw KernelHTTPError(400, "invalid \(headerName) header \"\(text)\": expected a priority level (a non-negative integer)")
+        }
+        return Int(text) ?? Int.max
+    }
+
+    static func of(_ request: KernelRequest) throws -> Int {
+        if let level = try header(of: request) { return level }
         guard let body = request.body else { return 0 }
         // The JSON part only: binary tensor bytes follow it (the codec has checked the header already).
         let jsonLength = request.headers[inferenceHeaderContentLength].flatMap { Int($0) }

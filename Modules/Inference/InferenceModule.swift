@@ -51,5 +51,19 @@ public enum InferenceModule: KernelModule {
             return InferenceHandler(repository: repository, mount: context.prefix ?? "",
                                     notReady: { runtime.notReadyReasons() })
         }
+        // Pipelines (Modules/Inference/Pipeline): `pipeline: <name>` serves one on its location.
+        let pipelines = configuration.pipelines.map {
+            Pipeline(configuration: $0, repository: repository, runtimeLibrary: configuration.runtimeLibrary)
+        }
+        if registrar.mode == .run, !pipelines.isEmpty {
+            registrar.addService(PipelineLoadingService(pipelines: pipelines, logger: registrar.logger))
+        }
+        registrar.addLocationHandler("pipeline") { value, _, _ in
+            let name = try value.nonEmptyString()
+            guard let pipeline = pipelines.first(where: { $0.configuration.name == name }) else {
+                throw value.error("no pipeline \"\(name)\" in inference.pipelines")
+            }
+            return PipelineHandler(pipeline: pipeline)
+        }
     }
 }

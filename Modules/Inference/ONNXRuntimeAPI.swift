@@ -93,6 +93,9 @@ struct ORTFunctions: Sendable {
     let releaseTypeInfo: Release                  // 98
     let releaseTensorTypeAndShapeInfo: Release    // 99
     let releaseSessionOptions: Release            // 100
+    // Model metadata (slots 111, 116, 118; see ORTMetadataFunctions below): what pipelines read from a model file,
+    // such as the character list of a recognition model.
+    let metadata: ORTMetadataFunctions
 
     // Memory and graph options of a session (`cpu_mem_arena`, `memory_pattern`, `arena_extend_strategy`): the arena
     // switches of OrtSessionOptions, session config entries, and a CPU arena with its own growth strategy registered
@@ -177,6 +180,9 @@ struct ORTFunctions: Sendable {
         getResizedStringTensorElementBuffer = version15?[252].map {
             unsafeBitCast($0, to: GetResizedStringTensorElementBuffer.self)
         }
+        metadata = ORTMetadataFunctions(sessionGetModelMetadata: try slot(111, ORTMetadataFunctions.SessionGetModelMetadata.self),
+                                        lookupCustomMetadataMap: try slot(116, ORTMetadataFunctions.LookupCustomMetadataMap.self),
+                                        releaseModelMetadata: try slot(118, Release.self))
     }
 
     /// Turns a returned `OrtStatus*` into a thrown error carrying ORT's message, releasing the status.
@@ -188,6 +194,21 @@ struct ORTFunctions: Sendable {
         let context = what()
         throw ONNXRuntimeError(context.isEmpty ? text : "\(context): \(text)")
     }
+}
+
+// MARK: - Model metadata (pipelines)
+
+/// `OrtApi` functions that read a model's metadata (`custom_metadata_map` in ONNX Runtime's Python API).
+///
+/// `SessionGetModelMetadata` (111), `ModelMetadataLookupCustomMetadataMap` (116) and `ReleaseModelMetadata` (118)
+/// came with API version 2 (ONNX Runtime 1.3); `GetApi(1)` answers the library's whole table, which holds them.
+struct ORTMetadataFunctions: Sendable {
+    typealias SessionGetModelMetadata = @convention(c) (OpaquePointer?, UnsafeMutablePointer<OpaquePointer?>?) -> OpaquePointer?
+    typealias LookupCustomMetadataMap = @convention(c) (OpaquePointer?, OpaquePointer?, UnsafePointer<CChar>?,
+                                                        UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> OpaquePointer?
+    let sessionGetModelMetadata: SessionGetModelMetadata // 111
+    let lookupCustomMetadataMap: LookupCustomMetadataMap // 116
+    let releaseModelMetadata: ORTFunctions.Release       // 118
 }
 
 /// The ONNX Runtime shared library, opened once per process, and its environment.

@@ -187,6 +187,23 @@ def write_if_changed(path, data, what):
     print(f"make_models: wrote {what}: {os.path.relpath(path, ROOT)} ({len(data)} bytes, sha256 {digest}...)")
 
 
+# ---- OCR pipeline models (etc/examples/ocr.yaml, docs/ocr.md) ----------------------------------------------------
+def write_ocr_models():
+    """The three PP-OCR models rapidocr_onnxruntime ships, as models/ocr_det, models/ocr_cls and models/ocr_rec:
+    PP-OCRv4 detection and recognition (its character list is in the model's metadata) and the mobile v2 direction
+    classifier. Copied, not converted, so the kernel's /v1/parse and rapidocr run the same files."""
+    import rapidocr_onnxruntime
+    base = os.path.join(os.path.dirname(rapidocr_onnxruntime.__file__), "models")
+    for name, file in (("ocr_det", "ch_PP-OCRv4_det_infer.onnx"), ("ocr_cls", "ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+                       ("ocr_rec", "ch_PP-OCRv4_rec_infer.onnx")):
+        source = os.path.join(base, file)
+        if not os.path.exists(source):
+            sys.exit(f"make_models: {file} not found under {base}; install it with `pip install rapidocr-onnxruntime`")
+        with open(source, "rb") as f:
+            write_if_changed(os.path.join(MODELS, name, "1", "model.onnx"), f.read(), f"PP-OCR {name} (from {source})")
+# ---- end of the OCR pipeline models ------------------------------------------------------------------------------
+
+
 def main():
     write_if_changed(os.path.join(MODELS, "demo", "1", "model.onnx"), demo_model_bytes(), "demo MLP")
     source = find_ppocr_classifier()
@@ -196,6 +213,7 @@ def main():
     write_if_changed(os.path.join(MODELS, "strings", "1", "model.onnx"), strings_model_bytes(), "string identity")
     write_if_changed(os.path.join(MODELS, "slow", "1", "model.onnx"), slow_model_bytes(), "slow model")
     write_if_changed(os.path.join(MODELS, "text", "1", "model.onnx"), text_model_bytes(), "text model")
+    write_ocr_models()  # OCR pipeline models: see write_ocr_models
 
 
 if __name__ == "__main__":
