@@ -84,6 +84,14 @@ public final class ModelScheduler: @unchecked Sendable {
     /// Requests taken from the queue whose results are not yet delivered.
     private var running = 0
     private var stopping = false
+    /// Instance threads blocked on the condition, and how many of them a signal is already waking: a submit signals
+    /// only when some waiting thread is not being woken yet, so a burst of requests costs one wake-up, not one each.
+    private var waiting = 0
+    private var pendingWakes = 0
+    /// Since when an event loop task is about to wake an instance thread (nil: none is): submissions of one event
+    /// loop tick are queued without a signal and the task, which runs after the tick's reads, wakes a thread once
+    /// for all of them.
+    private var wakeScheduledSince: UInt64?
     private var threads: [pthread_t] = []
     private var statistics = ModelStatistics()
     /// Recent runs, for the `Retry-After` of a full queue.
@@ -151,11 +159,48 @@ public final class ModelScheduler: @unchecked Sendable {
         queues[job.level].append(job)
         queued += 1
         metrics.queueDepth.record(queued + running)
-        lock.signal()
+        var scheduleWake = false
+        if waiting > pendingWakes {
+            if !eventLoop.inEventLoop {
+                // Not on its event loop (a test, a tool): no tick to wait for.
+                pendingWakes += 1
+                lock.signal()
+            } else if let since = wakeScheduledSince, since &+ 1_000_000 > job.enqueued {
+                // A task of this tick (or of another loop's) wakes a thread soon.
+            } else {
+                // None scheduled, or one that should have run by now (its event loop gone): schedule this one.
+                wakeScheduledSince = job.enqueued
+                scheduleWake = true
+            }
+        }
         lock.unlock()
+        if scheduleWake {
+            // Runs after the requests this tick has read are queued: the thread wakes once and batches them all.
+            eventLoop.execute { [self] in self.wakeInstance() }
+        }
         // Outside the lock: a cancellation that has already fired runs the callback at once.
         options.cancellation?.whenCancelled { [weak self] _ in self?.cancel(job) }
         return promise.futureResult
+    }
+
+    /// Wakes a waiting instance thread for what the tick queued.
+    private func wakeInstance() {
+        lock.lock()
+        wakeScheduledSince = nil
+        if queued > 0, waiting > pendingWakes {
+            pendingWakes += 1
+            lock.signal()
+        }
+        lock.unlock()
+    }
+
+    /// Blocks on the condition (until `deadline` when given), counted in `waiting`. Called with `lock` held.
+    private func waitForWork(untilMonotonicNanoseconds deadline: UInt64? = nil) {
+        waiting += 1
+        if let deadline { lock.wait(untilMonotonicNanoseconds: deadline) } else { lock.wait() }
+        waiting -= 1
+        // A spurious or timed-out wake-up may take another's pending wake: then a later submit signals once more.
+        if pendingWakes > 0 { pendingWakes -= 1 }
     }
 
     /// Takes a still queued `job` out of its queue; false when it has started or ended already. Called with
@@ -246,16 +291,21 @@ public final class ModelScheduler: @unchecked Sendable {
         while true {
             if queued == 0 {
                 if stopping { break }
-                lock.wait()
+                waitForWork()
                 continue
             }
             let now = KernelClock.monotonicNanoseconds()
             switch nextBatch(now: now) {
             case .wait(let until):
-                lock.wait(untilMonotonicNanoseconds: until)
+                waitForWork(untilMonotonicNanoseconds: until)
             case .run(let jobs):
                 for job in jobs { job.state = .started }
                 running += jobs.count
+                // A tick's submissions woke one thread: what this batch leaves is another waiting thread's.
+                if queued > 0, waiting > pendingWakes {
+                    pendingWakes += 1
+                    lock.signal()
+                }
                 lock.unlock()
                 execute(jobs, runner: runner, dequeued: now)
                 lock.lock()
@@ -355,26 +405,25 @@ public final class ModelScheduler: @unchecked Sendable {
         if !succeeded { metrics.failures.increment(by: jobs.count) }
         logger.debug("model '\(modelName)': batch of \(rows) row(s) from \(jobs.count) request(s) in \((finished &- started) / 1000) us")
 
-        // One task per event loop completes all of its requests: a wake-up per loop, not per request.
-        var byLoop: [ObjectIdentifier: (loop: any EventLoop, completions: [(InferenceJob, Result<InferenceResult, Error>)])] = [:]
-        for (index, job) in jobs.enumerated() {
-            job.timer?.cancel()
-            let outcome: Result<InferenceResult, Error> = result.map { run in
-                InferenceResult(outputs: run.outputs[index],
-                                timing: InferenceTiming(queueNanoseconds: dequeued > job.enqueued ? dequeued - job.enqueued : 0,
-                                                        batchSize: rows, compute: run.timing))
-            }
-            let loop = job.promise.futureResult.eventLoop
-            byLoop[ObjectIdentifier(loop), default: (loop, [])].completions.append((job, outcome))
-        }
-        for (_, group) in byLoop {
-            let completions = group.completions
-            if completions.count == 1 {
-                completions[0].0.promise.completeWith(completions[0].1)
-                continue
-            }
-            group.loop.execute {
-                for (job, outcome) in completions { job.promise.completeWith(outcome) }
+        // One task per event loop completes all of its requests: a wake-up per loop, not per request. A batch has few
+        // loops (at most the process's event loop threads), so each task walks the batch for its own requests.
+        var loops: [any EventLoop] = []
+        loops.reserveCapacity(2)
+        for job in jobs where !loops.contains(where: { $0 === job.eventLoop }) { loops.append(job.eventLoop) }
+        for loop in loops {
+            loop.execute {
+                for (index, job) in jobs.enumerated() where job.eventLoop === loop {
+                    job.timer?.cancel()
+                    switch result {
+                    case .success(let run):
+                        let queue = dequeued > job.enqueued ? dequeued - job.enqueued : 0
+                        job.promise.succeed(InferenceResult(outputs: run.outputs[index],
+                                                            timing: InferenceTiming(queueNanoseconds: queue, batchSize: rows,
+                                                                                    compute: run.timing)))
+                    case .failure(let error):
+                        job.promise.fail(error)
+                    }
+                }
             }
         }
     }
@@ -411,6 +460,8 @@ final class InferenceJob: @unchecked Sendable {
     enum State { case queued, started, expired, cancelled }
     let inputs: [Tensor]
     let promise: EventLoopPromise<InferenceResult>
+    /// The promise's event loop, where the request completes.
+    let eventLoop: any EventLoop
     let enqueued: UInt64
     /// Rows along dimension 0 when the model batches (at most `max_batch_size`, checked by the codec); 1 otherwise,
     /// as Triton counts a request to a model without a batch dimension as one inference.
@@ -428,6 +479,7 @@ final class InferenceJob: @unchecked Sendable {
          level: Int = 0) {
         self.inputs = inputs
         self.promise = promise
+        eventLoop = promise.futureResult.eventLoop
         self.enqueued = enqueued
         self.level = level
         rows = batchDimension ? inputs.first?.rows ?? 1 : 1
