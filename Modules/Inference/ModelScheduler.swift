@@ -57,7 +57,7 @@ public struct SchedulingPolicy: Sendable {
 /// Queues a model's requests, joins compatible ones along dimension 0, and runs them on one thread per instance.
 ///
 /// Inference never runs on an event loop: each runner has its own thread, which takes batches from the shared
-/// queues. Results complete the request's promise, whose callbacks run on the request's event loop.
+/// queues. Results complete the request's promise (or run its callback) on the request's event loop.
 ///
 /// There is one queue per priority level (one without `priority_levels`). A batch starts with the oldest request
 /// of the highest level that has one and takes, level by level from there and in arrival order within a level,
@@ -124,23 +124,38 @@ public final class ModelScheduler: @unchecked Sendable {
     public func submit(_ inputs: [Tensor], options: SubmitOptions = SubmitOptions(),
                        on eventLoop: any EventLoop) -> EventLoopFuture<InferenceResult> {
         let promise = eventLoop.makePromise(of: InferenceResult.self)
-        let job = InferenceJob(inputs: inputs, promise: promise, enqueued: KernelClock.monotonicNanoseconds(),
-                               batchDimension: policy.maxBatchSize > 0, level: policy.queueIndex(priority: options.priority))
+        enqueue(inputs, options: options, on: eventLoop, completion: .promise(promise))
+        return promise.futureResult
+    }
+
+    /// `submit(_:options:on:)` without a future: `completion` runs once, on `eventLoop`, with what the future would
+    /// have completed with (the same errors). The serving path uses it: no promise and no future callbacks per
+    /// request between the batch and the response.
+    public func submit(_ inputs: [Tensor], options: SubmitOptions = SubmitOptions(), on eventLoop: any EventLoop,
+                       completion: @escaping @Sendable (Result<InferenceResult, any Error>) -> Void) {
+        enqueue(inputs, options: options, on: eventLoop, completion: .callback(completion))
+    }
+
+    private func enqueue(_ inputs: [Tensor], options: SubmitOptions, on eventLoop: any EventLoop,
+                         completion: InferenceJob.Completion) {
+        let job = InferenceJob(inputs: inputs, eventLoop: eventLoop, completion: completion,
+                               enqueued: KernelClock.monotonicNanoseconds(), batchDimension: policy.maxBatchSize > 0,
+                               level: policy.queueIndex(priority: options.priority))
         lock.lock()
         if stopping {
             lock.unlock()
-            promise.fail(KernelHTTPError(503, "model '\(modelName)' is being unloaded"))
-            return promise.futureResult
+            job.completeOnItsLoop(.failure(KernelHTTPError(503, "model '\(modelName)' is being unloaded")))
+            return
         }
         if policy.maxQueue > 0, queues[job.level].count >= policy.maxQueue {
             statistics.queueRejections.saturatingAdd(1)
             let retryAfter = recentRuns.secondsToDrain(queued: queued, instances: runners.count)
             lock.unlock()
             metrics.failures.increment()
-            promise.fail(KernelHTTPError(policy.queueFullStatus,
-                                         "inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))",
-                                         headers: ["Retry-After": String(retryAfter)]))
-            return promise.futureResult
+            job.completeOnItsLoop(.failure(KernelHTTPError(policy.queueFullStatus,
+                                                           "inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))",
+                                                           headers: ["Retry-After": String(retryAfter)])))
+            return
         }
         if let expiry = QueueExpiry.earliest(timeoutNanoseconds: policy.timeoutNanoseconds, deadline: options.deadline) {
             if expiry.at <= .now() {
@@ -148,8 +163,8 @@ public final class ModelScheduler: @unchecked Sendable {
                 statistics.timeouts.saturatingAdd(1)
                 lock.unlock()
                 metrics.failures.increment()
-                promise.fail(expiry.error(modelName: modelName, policy: policy))
-                return promise.futureResult
+                job.completeOnItsLoop(.failure(expiry.error(modelName: modelName, policy: policy)))
+                return
             }
             job.expiry = expiry
             // On the request's event loop, not an instance thread: it fires at the deadline even while every
@@ -180,7 +195,6 @@ public final class ModelScheduler: @unchecked Sendable {
         }
         // Outside the lock: a cancellation that has already fired runs the callback at once.
         options.cancellation?.whenCancelled { [weak self] _ in self?.cancel(job) }
-        return promise.futureResult
     }
 
     /// Wakes a waiting instance thread for what the tick queued.
@@ -226,7 +240,7 @@ public final class ModelScheduler: @unchecked Sendable {
         statistics.timeouts.saturatingAdd(1)
         lock.unlock()
         metrics.failures.increment()
-        job.promise.fail((job.expiry ?? .timeout(at: .now())).error(modelName: modelName, policy: policy))
+        job.completeOnItsLoop(.failure((job.expiry ?? .timeout(at: .now())).error(modelName: modelName, policy: policy)))
     }
 
     /// Drops a request whose client left while it was queued: it never runs. Its answer (499, nginx's status for
@@ -241,7 +255,7 @@ public final class ModelScheduler: @unchecked Sendable {
         lock.unlock()
         job.timer?.cancel()
         metrics.failures.increment()
-        job.promise.fail(KernelHTTPError(499, "inference request for model '\(modelName)' dropped from the queue: the client closed the connection"))
+        job.completeOnItsLoop(.failure(KernelHTTPError(499, "inference request for model '\(modelName)' dropped from the queue: the client closed the connection")))
     }
 
     /// Stops taking requests, lets the threads finish what is queued (or, with `discardingQueued`, fails it with 503
@@ -265,7 +279,7 @@ public final class ModelScheduler: @unchecked Sendable {
         lock.unlock()
         for job in discarded {
             job.timer?.cancel()
-            job.promise.fail(KernelHTTPError(503, "the kernel is stopping: inference request for model '\(modelName)' dropped"))
+            job.completeOnItsLoop(.failure(KernelHTTPError(503, "the kernel is stopping: inference request for model '\(modelName)' dropped")))
         }
         for thread in joining { pthread_join(thread, nil) }
     }
@@ -275,6 +289,13 @@ public final class ModelScheduler: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return queued + running
+    }
+
+    /// Instance threads waiting for requests (tests wait for it before a burst of submissions).
+    var waitingThreads: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return waiting
     }
 
     /// A snapshot of the counters.
@@ -417,11 +438,11 @@ public final class ModelScheduler: @unchecked Sendable {
                     switch result {
                     case .success(let run):
                         let queue = dequeued > job.enqueued ? dequeued - job.enqueued : 0
-                        job.promise.succeed(InferenceResult(outputs: run.outputs[index],
-                                                            timing: InferenceTiming(queueNanoseconds: queue, batchSize: rows,
-                                                                                    compute: run.timing)))
+                        job.complete(.success(InferenceResult(outputs: run.outputs[index],
+                                                              timing: InferenceTiming(queueNanoseconds: queue, batchSize: rows,
+                                                                                      compute: run.timing))))
                     case .failure(let error):
-                        job.promise.fail(error)
+                        job.complete(.failure(error))
                     }
                 }
             }
@@ -459,8 +480,13 @@ struct RecentRuns {
 final class InferenceJob: @unchecked Sendable {
     enum State { case queued, started, expired, cancelled }
     let inputs: [Tensor]
-    let promise: EventLoopPromise<InferenceResult>
-    /// The promise's event loop, where the request completes.
+    /// Where the outcome goes: the promise `submit` returns the future of, or the caller's callback.
+    enum Completion {
+        case promise(EventLoopPromise<InferenceResult>)
+        case callback(@Sendable (Result<InferenceResult, any Error>) -> Void)
+    }
+    let completion: Completion
+    /// Where the request completes.
     let eventLoop: any EventLoop
     let enqueued: UInt64
     /// Rows along dimension 0 when the model batches (at most `max_batch_size`, checked by the codec); 1 otherwise,
@@ -475,14 +501,37 @@ final class InferenceJob: @unchecked Sendable {
     /// When and why `timer` fires; set with it.
     var expiry: QueueExpiry?
 
-    init(inputs: [Tensor], promise: EventLoopPromise<InferenceResult>, enqueued: UInt64, batchDimension: Bool,
+    init(inputs: [Tensor], eventLoop: any EventLoop, completion: Completion, enqueued: UInt64, batchDimension: Bool,
          level: Int = 0) {
         self.inputs = inputs
-        self.promise = promise
-        eventLoop = promise.futureResult.eventLoop
+        self.eventLoop = eventLoop
+        self.completion = completion
         self.enqueued = enqueued
         self.level = level
         rows = batchDimension ? inputs.first?.rows ?? 1 : 1
+    }
+
+    convenience init(inputs: [Tensor], promise: EventLoopPromise<InferenceResult>, enqueued: UInt64, batchDimension: Bool,
+                     level: Int = 0) {
+        self.init(inputs: inputs, eventLoop: promise.futureResult.eventLoop, completion: .promise(promise),
+                  enqueued: enqueued, batchDimension: batchDimension, level: level)
+    }
+
+    /// Delivers the outcome; on `eventLoop`.
+    func complete(_ outcome: Result<InferenceResult, any Error>) {
+        switch completion {
+        case .promise(let promise): promise.completeWith(outcome)
+        case .callback(let callback): callback(outcome)
+        }
+    }
+
+    /// Delivers the outcome from any thread: at once on `eventLoop`, else in a task there.
+    func completeOnItsLoop(_ outcome: Result<InferenceResult, any Error>) {
+        if eventLoop.inEventLoop {
+            complete(outcome)
+        } else {
+            eventLoop.execute { self.complete(outcome) }
+        }
     }
 
     /// Same element types and the same dimensions after the first on every input: rows can be stacked.
