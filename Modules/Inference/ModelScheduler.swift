@@ -87,6 +87,8 @@ public final class ModelScheduler: @unchecked Sendable {
     /// Instance threads blocked on the condition, and how many of them a signal is already waking: a submit signals
     /// only when some waiting thread is not being woken yet, so a burst of requests costs one wake-up, not one each.
     private var waiting = 0
+    /// Instance threads yielding in `spinForWork` before they wait.
+    private var spinning = 0
     private var pendingWakes = 0
     /// Since when an event loop task is about to wake an instance thread (nil: none is): submissions of one event
     /// loop tick are queued without a signal and the task, which runs after the tick's reads, wakes a thread once
@@ -175,8 +177,14 @@ public final class ModelScheduler: @unchecked Sendable {
         queued += 1
         metrics.queueDepth.record(queued + running)
         var scheduleWake = false
-        if waiting > pendingWakes {
-            if !eventLoop.inEventLoop {
+        if waiting > pendingWakes || spinning > 0 {
+            if waiting <= pendingWakes {
+                // Only spinning threads: they take it after the tick's wake task, with the rest of the tick.
+                if eventLoop.inEventLoop, wakeScheduledSince == nil {
+                    wakeScheduledSince = job.enqueued
+                    scheduleWake = true
+                }
+            } else if !eventLoop.inEventLoop {
                 // Not on its event loop (a test, a tool): no tick to wait for.
                 pendingWakes += 1
                 lock.signal()
@@ -206,6 +214,20 @@ public final class ModelScheduler: @unchecked Sendable {
             lock.signal()
         }
         lock.unlock()
+    }
+
+    /// Yields the processor a bounded number of times before the thread sleeps, so that requests arriving right
+    /// after a batch are taken without a futex wake-up. Returns with `lock` held, early when a tick's requests are
+    /// all queued (`wakeScheduledSince` nil again) or the scheduler stops. Called with `lock` held.
+    private func spinForWork() {
+        spinning += 1
+        defer { spinning -= 1 }
+        for _ in 0..<32 {
+            lock.unlock()
+            sched_yield()
+            lock.lock()
+            if stopping || (queued > 0 && wakeScheduledSince == nil) { return }
+        }
     }
 
     /// Blocks on the condition (until `deadline` when given), counted in `waiting`. Called with `lock` held.
@@ -312,7 +334,8 @@ public final class ModelScheduler: @unchecked Sendable {
         while true {
             if queued == 0 {
                 if stopping { break }
-                waitForWork()
+                spinForWork()
+                if queued == 0, !stopping { waitForWork() }
                 continue
             }
             let now = KernelClock.monotonicNanoseconds()
