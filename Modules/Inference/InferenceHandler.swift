@@ -211,21 +211,28 @@ public struct InferenceHandler: RequestHandler {
         let scheduler = model.scheduler
         context.activity?.note("queued or running in model \"\(signature.name)\" (queue depth \(scheduler.depth))")
         let options = SubmitOptions(deadline: deadline, priority: priority, cancellation: context.cancellation)
-        return scheduler.submit(decoded.inputs, options: options, on: context.eventLoop).flatMapThrowing { result in
-            let encodeStart = KernelClock.monotonicNanoseconds()
-            var response = try InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: result.outputs)
-            // Server-Timing and the $inference_* variables: where this request's time went.
-            InferenceExchangeReport(timing: result.timing, decodeNanoseconds: decodeNanoseconds,
-                                    encodeNanoseconds: KernelClock.monotonicNanoseconds() &- encodeStart)
-                .attach(to: &response)
-            response.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
-            return response
-        }.flatMapErrorThrowing { error in
-            // Rejections and timeouts report the depth too: a full queue is what least_queue must hear of.
-            guard var failure = error as? KernelHTTPError else { throw error }
-            failure.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
-            throw failure
+        // One promise per request: the scheduler's callback runs on this event loop and answers it directly.
+        let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        scheduler.submit(decoded.inputs, options: options, on: context.eventLoop) { outcome in
+            do {
+                let result = try outcome.get()
+                let encodeStart = KernelClock.monotonicNanoseconds()
+                var response = try InferenceCodec.encodeResponse(model: signature, request: decoded, outputs: result.outputs)
+                // Server-Timing and the $inference_* variables: where this request's time went.
+                InferenceExchangeReport(timing: result.timing, decodeNanoseconds: decodeNanoseconds,
+                                        encodeNanoseconds: KernelClock.monotonicNanoseconds() &- encodeStart)
+                    .attach(to: &response)
+                response.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
+                promise.succeed(response)
+            } catch var failure as KernelHTTPError {
+                // Rejections and timeouts report the depth too: a full queue is what least_queue must hear of.
+                failure.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
+                promise.fail(failure)
+            } catch {
+                promise.fail(error)
+            }
         }
+        return promise.futureResult
     }
 
     // MARK: - Metadata

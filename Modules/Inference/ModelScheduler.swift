@@ -57,7 +57,7 @@ public struct SchedulingPolicy: Sendable {
 /// Queues a model's requests, joins compatible ones along dimension 0, and runs them on one thread per instance.
 ///
 /// Inference never runs on an event loop: each runner has its own thread, which takes batches from the shared
-/// queues. Results complete the request's promise, whose callbacks run on the request's event loop.
+/// queues. Results complete the request's promise (or run its callback) on the request's event loop.
 ///
 /// There is one queue per priority level (one without `priority_levels`). A batch starts with the oldest request
 /// of the highest level that has one and takes, level by level from there and in arrival order within a level,
@@ -84,6 +84,16 @@ public final class ModelScheduler: @unchecked Sendable {
     /// Requests taken from the queue whose results are not yet delivered.
     private var running = 0
     private var stopping = false
+    /// Instance threads blocked on the condition, and how many of them a signal is already waking: a submit signals
+    /// only when some waiting thread is not being woken yet, so a burst of requests costs one wake-up, not one each.
+    private var waiting = 0
+    /// Instance threads yielding in `spinForWork` before they wait.
+    private var spinning = 0
+    private var pendingWakes = 0
+    /// Since when an event loop task is about to wake an instance thread (nil: none is): submissions of one event
+    /// loop tick are queued without a signal and the task, which runs after the tick's reads, wakes a thread once
+    /// for all of them.
+    private var wakeScheduledSince: UInt64?
     private var threads: [pthread_t] = []
     private var statistics = ModelStatistics()
     /// Recent runs, for the `Retry-After` of a full queue.
@@ -117,13 +127,28 @@ public final class ModelScheduler: @unchecked Sendable {
     public func submit(_ inputs: [Tensor], options: SubmitOptions = SubmitOptions(),
                        on eventLoop: any EventLoop) -> EventLoopFuture<InferenceResult> {
         let promise = eventLoop.makePromise(of: InferenceResult.self)
-        let job = InferenceJob(inputs: inputs, promise: promise, enqueued: KernelClock.monotonicNanoseconds(),
-                               batchDimension: policy.maxBatchSize > 0, level: policy.queueIndex(priority: options.priority))
+        enqueue(inputs, options: options, on: eventLoop, completion: .promise(promise))
+        return promise.futureResult
+    }
+
+    /// `submit(_:options:on:)` without a future: `completion` runs once, on `eventLoop`, with what the future would
+    /// have completed with (the same errors). The serving path uses it: no promise and no future callbacks per
+    /// request between the batch and the response.
+    public func submit(_ inputs: [Tensor], options: SubmitOptions = SubmitOptions(), on eventLoop: any EventLoop,
+                       completion: @escaping @Sendable (Result<InferenceResult, any Error>) -> Void) {
+        enqueue(inputs, options: options, on: eventLoop, completion: .callback(completion))
+    }
+
+    private func enqueue(_ inputs: [Tensor], options: SubmitOptions, on eventLoop: any EventLoop,
+                         completion: InferenceJob.Completion) {
+        let job = InferenceJob(inputs: inputs, eventLoop: eventLoop, completion: completion,
+                               enqueued: KernelClock.monotonicNanoseconds(), batchDimension: policy.maxBatchSize > 0,
+                               level: policy.queueIndex(priority: options.priority))
         lock.lock()
         if stopping {
             lock.unlock()
-            promise.fail(KernelHTTPError(503, "model '\(modelName)' is being unloaded"))
-            return promise.futureResult
+            job.completeOnItsLoop(.failure(KernelHTTPError(503, "model '\(modelName)' is being unloaded")))
+            return
         }
         if policy.maxQueue > 0, queues[job.level].count >= policy.maxQueue {
             // Triton's words first ("Exceeds maximum queue size"): clients match them.
@@ -131,10 +156,10 @@ public final class ModelScheduler: @unchecked Sendable {
             let retryAfter = recentRuns.secondsToDrain(queued: queuedAhead(ofLevel: job.level), instances: runners.count)
             lock.unlock()
             metrics.failures.increment()
-            promise.fail(KernelHTTPError(policy.queueFullStatus,
-                                         "Exceeds maximum queue size: inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))",
-                                         headers: ["Retry-After": String(retryAfter)]))
-            return promise.futureResult
+            job.completeOnItsLoop(.failure(KernelHTTPError(policy.queueFullStatus,
+                                                           "Exceeds maximum queue size: inference request for model '\(modelName)' rejected: the queue is full (max_queue \(policy.maxQueue))",
+                                                           headers: ["Retry-After": String(retryAfter)])))
+            return
         }
         if let expiry = QueueExpiry.earliest(timeoutNanoseconds: policy.timeoutNanoseconds, deadline: options.deadline) {
             if expiry.at <= .now() {
@@ -142,8 +167,8 @@ public final class ModelScheduler: @unchecked Sendable {
                 statistics.timeouts.saturatingAdd(1)
                 lock.unlock()
                 metrics.failures.increment()
-                promise.fail(expiry.error(modelName: modelName, policy: policy))
-                return promise.futureResult
+                job.completeOnItsLoop(.failure(expiry.error(modelName: modelName, policy: policy)))
+                return
             }
             job.expiry = expiry
             // On the request's event loop, not an instance thread: it fires at the deadline even while every
@@ -153,11 +178,67 @@ public final class ModelScheduler: @unchecked Sendable {
         queues[job.level].append(job)
         queued += 1
         metrics.queueDepth.record(queued + running)
-        lock.signal()
+        var scheduleWake = false
+        if waiting > pendingWakes || spinning > 0 {
+            if waiting <= pendingWakes {
+                // Only spinning threads: they take it after the tick's wake task, with the rest of the tick.
+                if eventLoop.inEventLoop, wakeScheduledSince == nil {
+                    wakeScheduledSince = job.enqueued
+                    scheduleWake = true
+                }
+            } else if !eventLoop.inEventLoop {
+                // Not on its event loop (a test, a tool): no tick to wait for.
+                pendingWakes += 1
+                lock.signal()
+            } else if let since = wakeScheduledSince, since &+ 1_000_000 > job.enqueued {
+                // A task of this tick (or of another loop's) wakes a thread soon.
+            } else {
+                // None scheduled, or one that should have run by now (its event loop gone): schedule this one.
+                wakeScheduledSince = job.enqueued
+                scheduleWake = true
+            }
+        }
         lock.unlock()
+        if scheduleWake {
+            // Runs after the requests this tick has read are queued: the thread wakes once and batches them all.
+            eventLoop.execute { [self] in self.wakeInstance() }
+        }
         // Outside the lock: a cancellation that has already fired runs the callback at once.
         options.cancellation?.whenCancelled { [weak self] _ in self?.cancel(job) }
-        return promise.futureResult
+    }
+
+    /// Wakes a waiting instance thread for what the tick queued.
+    private func wakeInstance() {
+        lock.lock()
+        wakeScheduledSince = nil
+        if queued > 0, waiting > pendingWakes {
+            pendingWakes += 1
+            lock.signal()
+        }
+        lock.unlock()
+    }
+
+    /// Yields the processor a bounded number of times before the thread sleeps, so that requests arriving right
+    /// after a batch are taken without a futex wake-up. Returns with `lock` held, early when a tick's requests are
+    /// all queued (`wakeScheduledSince` nil again) or the scheduler stops. Called with `lock` held.
+    private func spinForWork() {
+        spinning += 1
+        defer { spinning -= 1 }
+        for _ in 0..<32 {
+            lock.unlock()
+            sched_yield()
+            lock.lock()
+            if stopping || (queued > 0 && wakeScheduledSince == nil) { return }
+        }
+    }
+
+    /// Blocks on the condition (until `deadline` when given), counted in `waiting`. Called with `lock` held.
+    private func waitForWork(untilMonotonicNanoseconds deadline: UInt64? = nil) {
+        waiting += 1
+        if let deadline { lock.wait(untilMonotonicNanoseconds: deadline) } else { lock.wait() }
+        waiting -= 1
+        // A spurious or timed-out wake-up may take another's pending wake: then a later submit signals once more.
+        if pendingWakes > 0 { pendingWakes -= 1 }
     }
 
     /// The requests that run before a new request of queue `level`: its level's and the higher ones' (a lower
@@ -197,7 +278,7 @@ public final class ModelScheduler: @unchecked Sendable {
         statistics.timeouts.saturatingAdd(1)
         lock.unlock()
         metrics.failures.increment()
-        job.promise.fail((job.expiry ?? .timeout(at: .now())).error(modelName: modelName, policy: policy))
+        job.completeOnItsLoop(.failure((job.expiry ?? .timeout(at: .now())).error(modelName: modelName, policy: policy)))
     }
 
     /// Drops a request whose client left while it was queued: it never runs. Its answer (499, nginx's status for
@@ -212,7 +293,7 @@ public final class ModelScheduler: @unchecked Sendable {
         lock.unlock()
         job.timer?.cancel()
         metrics.failures.increment()
-        job.promise.fail(KernelHTTPError(499, "inference request for model '\(modelName)' dropped from the queue: the client closed the connection"))
+        job.completeOnItsLoop(.failure(KernelHTTPError(499, "inference request for model '\(modelName)' dropped from the queue: the client closed the connection")))
     }
 
     /// Stops taking requests, lets the threads finish what is queued (or, with `discardingQueued`, fails it with 503
@@ -236,7 +317,7 @@ public final class ModelScheduler: @unchecked Sendable {
         lock.unlock()
         for job in discarded {
             job.timer?.cancel()
-            job.promise.fail(KernelHTTPError(503, "the kernel is stopping: inference request for model '\(modelName)' dropped"))
+            job.completeOnItsLoop(.failure(KernelHTTPError(503, "the kernel is stopping: inference request for model '\(modelName)' dropped")))
         }
         for thread in joining { pthread_join(thread, nil) }
     }
@@ -246,6 +327,13 @@ public final class ModelScheduler: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return queued + running
+    }
+
+    /// Instance threads waiting for requests (tests wait for it before a burst of submissions).
+    var waitingThreads: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return waiting
     }
 
     /// A snapshot of the counters.
@@ -262,16 +350,22 @@ public final class ModelScheduler: @unchecked Sendable {
         while true {
             if queued == 0 {
                 if stopping { break }
-                lock.wait()
+                spinForWork()
+                if queued == 0, !stopping { waitForWork() }
                 continue
             }
             let now = KernelClock.monotonicNanoseconds()
             switch nextBatch(now: now) {
             case .wait(let until):
-                lock.wait(untilMonotonicNanoseconds: until)
+                waitForWork(untilMonotonicNanoseconds: until)
             case .run(let jobs):
                 for job in jobs { job.state = .started }
                 running += jobs.count
+                // A tick's submissions woke one thread: what this batch leaves is another waiting thread's.
+                if queued > 0, waiting > pendingWakes {
+                    pendingWakes += 1
+                    lock.signal()
+                }
                 lock.unlock()
                 execute(jobs, runner: runner, dequeued: now)
                 lock.lock()
@@ -371,26 +465,25 @@ public final class ModelScheduler: @unchecked Sendable {
         if !succeeded { metrics.failures.increment(by: jobs.count) }
         logger.debug("model '\(modelName)': batch of \(rows) row(s) from \(jobs.count) request(s) in \((finished &- started) / 1000) us")
 
-        // One task per event loop completes all of its requests: a wake-up per loop, not per request.
-        var byLoop: [ObjectIdentifier: (loop: any EventLoop, completions: [(InferenceJob, Result<InferenceResult, Error>)])] = [:]
-        for (index, job) in jobs.enumerated() {
-            job.timer?.cancel()
-            let outcome: Result<InferenceResult, Error> = result.map { run in
-                InferenceResult(outputs: run.outputs[index],
-                                timing: InferenceTiming(queueNanoseconds: dequeued > job.enqueued ? dequeued - job.enqueued : 0,
-                                                        batchSize: rows, compute: run.timing))
-            }
-            let loop = job.promise.futureResult.eventLoop
-            byLoop[ObjectIdentifier(loop), default: (loop, [])].completions.append((job, outcome))
-        }
-        for (_, group) in byLoop {
-            let completions = group.completions
-            if completions.count == 1 {
-                completions[0].0.promise.completeWith(completions[0].1)
-                continue
-            }
-            group.loop.execute {
-                for (job, outcome) in completions { job.promise.completeWith(outcome) }
+        // One task per event loop completes all of its requests: a wake-up per loop, not per request. A batch has few
+        // loops (at most the process's event loop threads), so each task walks the batch for its own requests.
+        var loops: [any EventLoop] = []
+        loops.reserveCapacity(2)
+        for job in jobs where !loops.contains(where: { $0 === job.eventLoop }) { loops.append(job.eventLoop) }
+        for loop in loops {
+            loop.execute {
+                for (index, job) in jobs.enumerated() where job.eventLoop === loop {
+                    job.timer?.cancel()
+                    switch result {
+                    case .success(let run):
+                        let queue = dequeued > job.enqueued ? dequeued - job.enqueued : 0
+                        job.complete(.success(InferenceResult(outputs: run.outputs[index],
+                                                              timing: InferenceTiming(queueNanoseconds: queue, batchSize: rows,
+                                                                                      compute: run.timing))))
+                    case .failure(let error):
+                        job.complete(.failure(error))
+                    }
+                }
             }
         }
     }
@@ -426,7 +519,14 @@ struct RecentRuns {
 final class InferenceJob: @unchecked Sendable {
     enum State { case queued, started, expired, cancelled }
     let inputs: [Tensor]
-    let promise: EventLoopPromise<InferenceResult>
+    /// Where the outcome goes: the promise `submit` returns the future of, or the caller's callback.
+    enum Completion {
+        case promise(EventLoopPromise<InferenceResult>)
+        case callback(@Sendable (Result<InferenceResult, any Error>) -> Void)
+    }
+    let completion: Completion
+    /// Where the request completes.
+    let eventLoop: any EventLoop
     let enqueued: UInt64
     /// Rows along dimension 0 when the model batches (at most `max_batch_size`, checked by the codec); 1 otherwise,
     /// as Triton counts a request to a model without a batch dimension as one inference.
@@ -440,13 +540,37 @@ final class InferenceJob: @unchecked Sendable {
     /// When and why `timer` fires; set with it.
     var expiry: QueueExpiry?
 
-    init(inputs: [Tensor], promise: EventLoopPromise<InferenceResult>, enqueued: UInt64, batchDimension: Bool,
+    init(inputs: [Tensor], eventLoop: any EventLoop, completion: Completion, enqueued: UInt64, batchDimension: Bool,
          level: Int = 0) {
         self.inputs = inputs
-        self.promise = promise
+        self.eventLoop = eventLoop
+        self.completion = completion
         self.enqueued = enqueued
         self.level = level
         rows = batchDimension ? inputs.first?.rows ?? 1 : 1
+    }
+
+    convenience init(inputs: [Tensor], promise: EventLoopPromise<InferenceResult>, enqueued: UInt64, batchDimension: Bool,
+                     level: Int = 0) {
+        self.init(inputs: inputs, eventLoop: promise.futureResult.eventLoop, completion: .promise(promise),
+                  enqueued: enqueued, batchDimension: batchDimension, level: level)
+    }
+
+    /// Delivers the outcome; on `eventLoop`.
+    func complete(_ outcome: Result<InferenceResult, any Error>) {
+        switch completion {
+        case .promise(let promise): promise.completeWith(outcome)
+        case .callback(let callback): callback(outcome)
+        }
+    }
+
+    /// Delivers the outcome from any thread: at once on `eventLoop`, else in a task there.
+    func completeOnItsLoop(_ outcome: Result<InferenceResult, any Error>) {
+        if eventLoop.inEventLoop {
+            complete(outcome)
+        } else {
+            eventLoop.execute { self.complete(outcome) }
+        }
     }
 
     /// Same element types and the same dimensions after the first on every input: rows can be stacked.

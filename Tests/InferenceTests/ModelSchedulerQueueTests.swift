@@ -262,7 +262,7 @@ final class ModelSchedulerQueueTests: XCTestCase {
                                batchDimension: true)
         statistics.record(batchSize: 1, requests: [job], timing: ComputeTiming(inputNanoseconds: 1, inferNanoseconds: 2, outputNanoseconds: 3),
                           dequeued: 15, finished: 40, succeeded: true)
-        job.promise.succeed(InferenceResult(outputs: [], timing: InferenceTiming()))
+        job.complete(.success(InferenceResult(outputs: [], timing: InferenceTiming())))
         var writer = JSONWriter(buffer: ByteBufferAllocator().buffer(capacity: 512))
         statistics.write(name: "m", version: "1", into: &writer)
         let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(writer.buffer.readableBytesView)) as? [String: Any])

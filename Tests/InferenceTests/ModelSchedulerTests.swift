@@ -81,6 +81,48 @@ final class ModelSchedulerTests: XCTestCase {
         XCTAssertEqual(statistics.batches[1]?.computeInfer.count, 1)
     }
 
+    func testRequestsSubmittedInOneEventLoopTickJoinOneBatch() throws {
+        let runner = RecordingRunner(blockFirst: false)
+        let scheduler = ModelScheduler(modelName: "m", policy: SchedulingPolicy(maxBatchSize: 8, dynamicBatching: true),
+                                       runners: [runner], logger: Logger(label: "test"))
+        defer { scheduler.stop() }
+        // The instance thread is asleep before the burst (a bounded wait for it to get there).
+        for _ in 0..<1000 where scheduler.waitingThreads == 0 { usleep(1000) }
+        XCTAssertEqual(scheduler.waitingThreads, 1)
+        let loop = group.next()
+        // Four submissions in one task of the loop: the thread is woken once, after the task, and takes them all.
+        let futures = try loop.submit {
+            (0..<4).map { scheduler.submit([self.rows(1, width: 2, start: Float($0))], on: loop).map(\.outputs) }
+        }.wait()
+        for (index, future) in futures.enumerated() {
+            XCTAssertEqual(try future.wait()[0].float32Values, [Float(index) * 2, Float(index) * 2 + 2])
+        }
+        XCTAssertEqual(runner.batches.withLockedValue { $0 }, [[4, 2]])
+    }
+
+    func testTheCallbackFormCompletesOnTheRequestsEventLoop() throws {
+        let runner = RecordingRunner(blockFirst: false)
+        let scheduler = ModelScheduler(modelName: "m", policy: SchedulingPolicy(maxBatchSize: 4, dynamicBatching: true),
+                                       runners: [runner], logger: Logger(label: "test"))
+        let loop = group.next()
+        let answered = loop.makePromise(of: [Float].self)
+        scheduler.submit([rows(2, width: 2, start: 1)], on: loop) { outcome in
+            XCTAssertTrue(loop.inEventLoop)
+            answered.completeWith(outcome.map { $0.outputs[0].float32Values })
+        }
+        XCTAssertEqual(try answered.futureResult.wait(), [2, 4, 6, 8])
+        // A failure takes the same way, with the same status as the future's.
+        scheduler.stop()
+        let refused = loop.makePromise(of: [Float].self)
+        scheduler.submit([rows(1, width: 2, start: 0)], on: loop) { outcome in
+            XCTAssertTrue(loop.inEventLoop)
+            refused.completeWith(outcome.map { $0.outputs[0].float32Values })
+        }
+        XCTAssertThrowsError(try refused.futureResult.wait()) { error in
+            XCTAssertEqual((error as? KernelHTTPError)?.status, 503)
+        }
+    }
+
     func testDoesNotJoinRequestsWhoseOtherDimensionsDiffer() throws {
         let runner = RecordingRunner(blockFirst: true)
         let scheduler = ModelScheduler(modelName: "m", policy: SchedulingPolicy(maxBatchSize: 8, dynamicBatching: true),

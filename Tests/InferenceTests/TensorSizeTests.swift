@@ -97,7 +97,7 @@ final class TensorSizeTests: XCTestCase {
         let unbatched = InferenceJob(inputs: [Tensor(dataType: .fp32, shape: [1 << 62, 0], bytes: [])],
                                      promise: loop.makePromise(of: InferenceResult.self), enqueued: 10, batchDimension: false)
         XCTAssertEqual(unbatched.rows, 1)
-        unbatched.promise.succeed(InferenceResult(outputs: [], timing: InferenceTiming()))
+        unbatched.complete(.success(InferenceResult(outputs: [], timing: InferenceTiming())))
         for job in jobs {
             statistics.record(batchSize: job.rows, requests: [job], timing: ComputeTiming(inferNanoseconds: 1), dequeued: 5, finished: 3,
                               succeeded: true)
@@ -105,7 +105,7 @@ final class TensorSizeTests: XCTestCase {
         XCTAssertEqual(statistics.inferenceCount, .max)
         XCTAssertEqual(statistics.executionCount, 4)
         XCTAssertEqual(statistics.success.nanoseconds, 0)  // finished before enqueued (clock): 0, not a trap
-        for job in jobs { job.promise.succeed(InferenceResult(outputs: [], timing: InferenceTiming())) }
+        for job in jobs { job.complete(.success(InferenceResult(outputs: [], timing: InferenceTiming()))) }
     }
 
     func testBytesAndHalfSizesAreLowerBoundsAndWidths() throws {
