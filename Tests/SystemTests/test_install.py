@@ -61,7 +61,8 @@ def test_layout_is_a_packages(destdir):
     for path in ("bin/kernel", "etc/kernel/kernel.yaml", "etc/kernel/kernel.yaml.default", "etc/kernel/edge.yaml",
                  "etc/kernel/worker.yaml", "etc/kernel/examples/hello.yaml", "share/kernel/models/demo/1/model.onnx",
                  "share/doc/kernel/README.md", "share/doc/kernel/operations.md", "share/doc/kernel/configuration.md",
-                 "share/doc/kernel/examples/kubernetes/edge.yaml", "lib/systemd/system/kernel.service"):
+                 "share/doc/kernel/examples/kubernetes/edge.yaml", "lib/systemd/system/kernel.service",
+                 "lib/kernel/libKernelOCRVision.so"):
         assert os.path.isfile(os.path.join(destdir + PREFIX, path)), path
     assert os.access(os.path.join(destdir + PREFIX, "bin/kernel"), os.X_OK)
     with open(os.path.join(destdir + PREFIX, "etc/kernel/kernel.yaml")) as f:
@@ -86,11 +87,14 @@ def test_an_edited_configuration_survives_a_new_install(destdir):
 
 
 def test_only_system_libraries_are_linked(destdir):
-    """ldd: no Swift runtime library and nothing from the toolchain (ONNX Runtime is opened with dlopen)."""
+    """ldd: no Swift runtime library and nothing from the toolchain, and no OpenCV or Clipper: ONNX Runtime and the
+    OCR vision library (lib/kernel/libKernelOCRVision.so) are opened with dlopen, the vision library only by a
+    configuration with pipelines."""
     output = subprocess.run(["ldd", destdir + PREFIX + "/bin/kernel"], capture_output=True, text=True).stdout
     libraries = [line.split()[0] for line in output.splitlines() if line.strip()]
-    # Swift's own runtime libraries (libswiftCore, libdispatch, libFoundation); OpenCV's codecs bring Debian's
-    # libGLdispatch, which is no toolchain library.
+    vision = [name for name in libraries if name.startswith(("libopencv", "libpolyclipping", "libKernelOCRVision"))]
+    assert not vision, output
+    # Swift's own runtime libraries (libswiftCore, libdispatch, libFoundation).
     toolchain = [name for name in libraries
                  if "swift" in name.lower() or name.startswith("libdispatch") or "Foundation" in name]
     assert not toolchain, output
