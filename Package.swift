@@ -82,8 +82,12 @@ let package = Package(
             publicHeadersPath: ".",
             cxxSettings: [.headerSearchPath("../COCRVisionAPI"), .unsafeFlags(["-I/usr/include/opencv4"])],
             // A module map's `link` only autolinks where Swift imports the module; the shim's C++ needs them named.
+            // swiftc links the library product and would make it need libswiftCore.so for its startup object alone:
+            // the C++ uses no Swift, so no startup files and the static (unreferenced, so empty) runtime leave it
+            // free of the toolchain, and it loads where only the installed kernel is.
             linkerSettings: [.linkedLibrary("opencv_core"), .linkedLibrary("opencv_imgproc"),
-                             .linkedLibrary("opencv_imgcodecs"), .linkedLibrary("polyclipping")]
+                             .linkedLibrary("opencv_imgcodecs"), .linkedLibrary("polyclipping"),
+                             .unsafeFlags(["-nostartfiles", "-static-stdlib"])]
         ),
         .target(name: "KernelConfig", dependencies: ["CYAML"], path: "Sources/KernelConfig"),
         .target(
