@@ -1,4 +1,5 @@
 import COCRVisionAPI
+import Foundation
 import KernelCore
 import XCTest
 @testable import Inference
@@ -50,6 +51,37 @@ final class OCRVisionTests: XCTestCase {
 
     override func setUpWithError() throws {
         vision = try OCRVisionLibrary.open(configured: nil, environment: ProcessEnvironment.all())
+    }
+
+    func testTheLibraryIsLookedForWhereConfiguredThenInTheEnvironmentThenBesideTheExecutable() {
+        let environment = ["KERNEL_OCR_VISION_LIBRARY": "/env/libv.so"]
+        XCTAssertEqual(OCRVisionLibrary.candidates(configured: "/etc/libv.so", environment: environment,
+                                                   executableDirectory: "/opt/k/bin"), ["/etc/libv.so"])
+        XCTAssertEqual(OCRVisionLibrary.candidates(configured: nil, environment: environment,
+                                                   executableDirectory: "/opt/k/bin"), ["/env/libv.so"])
+        XCTAssertEqual(OCRVisionLibrary.candidates(configured: nil, environment: ["KERNEL_OCR_VISION_LIBRARY": ""],
+                                                   executableDirectory: "/opt/k/bin"),
+                       ["/opt/k/bin/libKernelOCRVision.so", "/opt/k/bin/../lib/kernel/libKernelOCRVision.so"])
+        // The test binary is in the build directory, where SwiftPM puts the library.
+        XCTAssertEqual(vision.path, OCRVisionLibrary.executableDirectory()! + "/libKernelOCRVision.so")
+    }
+
+    func testALibraryThatCannotBeOpenedNamesEveryPathTriedAndWhy() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ocr-vision-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let notALibrary = directory + "/libKernelOCRVision.so"
+        try Data(repeating: UInt8(ascii: "x"), count: 4096).write(to: URL(fileURLWithPath: notALibrary))
+        XCTAssertThrowsError(try OCRVisionLibrary(candidates: [directory + "/missing.so", notALibrary])) { error in
+            let message = "\(error)"
+            XCTAssertTrue(message.contains("cannot open the OCR vision library libKernelOCRVision.so"), message)
+            XCTAssertTrue(message.contains(directory + "/missing.so: " + directory + "/missing.so: cannot open shared object file"), message)
+            XCTAssertTrue(message.contains(notALibrary + ": ") && message.contains("invalid ELF header"), message)
+        }
+        // A library without the shim's functions (libm) is refused by name.
+        XCTAssertThrowsError(try OCRVisionLibrary(candidates: ["libm.so.6"])) { error in
+            XCTAssertTrue("\(error)".contains("libm.so.6 is not the OCR vision library (no cocr_set_threads"), "\(error)")
+        }
     }
 
     private func decode(_ bytes: [UInt8], maxPixels: Int64 = 1_000_000) throws -> OCRImage {

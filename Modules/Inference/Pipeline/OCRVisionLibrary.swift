@@ -85,7 +85,8 @@ public final class OCRVisionLibrary: @unchecked Sendable {
         return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 
-    private init(candidates: [String]) throws {
+    /// Opens the first of `candidates` that loads (`open` keeps one per process; tests try others directly).
+    init(candidates: [String]) throws {
         var failures: [String] = []
         var opened: (String, UnsafeMutableRawPointer)?
         for candidate in candidates {
