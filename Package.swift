@@ -28,6 +28,10 @@ let package = Package(
         .library(name: "Balancing", targets: ["Balancing"]),
         .library(name: "CORS", targets: ["CORS"]),
         .library(name: "KernelMetrics", targets: ["KernelMetrics"]),
+        // The OCR pipelines' vision shim as its own shared library (libKernelOCRVision.so): the kernel opens it with
+        // dlopen only when a configuration has pipelines, so that OpenCV's ~135 libraries stay out of every other
+        // process (Modules/Inference/Pipeline/OCRVisionLibrary.swift).
+        .library(name: "KernelOCRVision", type: .dynamic, targets: ["COCRVision"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -68,14 +72,22 @@ let package = Package(
             pkgConfig: "polyclipping",
             providers: [.apt(["libpolyclipping-dev"])]
         ),
+        // The shim's C API, header only: the C++ target implements it, Inference imports its types (no `link`).
+        .systemLibrary(name: "COCRVisionAPI", path: "Sources/COCRVisionAPI"),
         .target(
             name: "COCRVision",
-            dependencies: ["COpenCV", "CPolyclipping"],
+            dependencies: ["COCRVisionAPI", "COpenCV", "CPolyclipping"],
             path: "Sources/COCRVision",
-            cxxSettings: [.unsafeFlags(["-I/usr/include/opencv4"])],
+            // No public headers of its own: the API is COCRVisionAPI's header.
+            publicHeadersPath: ".",
+            cxxSettings: [.headerSearchPath("../COCRVisionAPI"), .unsafeFlags(["-I/usr/include/opencv4"])],
             // A module map's `link` only autolinks where Swift imports the module; the shim's C++ needs them named.
+            // swiftc links the library product and would make it need libswiftCore.so for its startup object alone:
+            // the C++ uses no Swift, so no startup files and the static (unreferenced, so empty) runtime leave it
+            // free of the toolchain, and it loads where only the installed kernel is.
             linkerSettings: [.linkedLibrary("opencv_core"), .linkedLibrary("opencv_imgproc"),
-                             .linkedLibrary("opencv_imgcodecs"), .linkedLibrary("polyclipping")]
+                             .linkedLibrary("opencv_imgcodecs"), .linkedLibrary("polyclipping"),
+                             .unsafeFlags(["-nostartfiles", "-static-stdlib"])]
         ),
         .target(name: "KernelConfig", dependencies: ["CYAML"], path: "Sources/KernelConfig"),
         .target(
@@ -111,7 +123,7 @@ let package = Package(
         ),
         .target(
             name: "Inference",
-            dependencies: nio + ["KernelCore", "KernelConfig", log, locks, coreMetrics, "COCRVision",
+            dependencies: nio + ["KernelCore", "KernelConfig", log, locks, coreMetrics, "COCRVisionAPI",
                                  .product(name: "DequeModule", package: "swift-collections")],
             path: "Modules/Inference"
         ),
@@ -174,7 +186,8 @@ let package = Package(
         .testTarget(name: "UWSGITests", dependencies: nio + ["UWSGI", "KernelCore", "KernelUpstream", log, embedded]),
         .testTarget(name: "StatusTests", dependencies: ["Status", "Routing", "KernelCore", "KernelConfig", log,
                                                         .product(name: "NIOCore", package: "swift-nio")]),
-        .testTarget(name: "InferenceTests", dependencies: nio + ["Inference", "COCRVision", "KernelCore", "KernelConfig", log, locks, coreMetrics,
+        // The vision shim is the shared library next to the test binary, opened as the kernel opens it: not linked.
+        .testTarget(name: "InferenceTests", dependencies: nio + ["Inference", "COCRVisionAPI", "KernelCore", "KernelConfig", log, locks, coreMetrics,
                                                                 .product(name: "MetricsTestKit", package: "swift-metrics")]),
         .testTarget(name: "MetricsTests", dependencies: nio + ["KernelMetrics", "Routing", "KernelCore", "KernelConfig", log, locks, coreMetrics,
                                                               .product(name: "Prometheus", package: "swift-prometheus")]),

@@ -2,6 +2,8 @@
 # `make install`: the release build and its files where a package puts them, under $DESTDIR$PREFIX:
 #   bin/kernel                              the binary (Swift runtime linked in: no toolchain needed to run it;
 #                                           debug information stripped)
+#   lib/kernel/libKernelOCRVision.so        the OCR pipelines' vision library (OpenCV), which the kernel opens from
+#                                           <bin>/../lib/kernel only when a configuration has pipelines
 #   etc/kernel/kernel.yaml                  the configuration (kept when already there, as nginx's install does;
 #   etc/kernel/kernel.yaml.default          the shipped one is always there as .default), edge.yaml, worker.yaml
 #   etc/kernel/examples/                    the example configurations
@@ -23,8 +25,13 @@ DOCDIR=${DOCDIR:-$DATADIR/doc/kernel}
 SYSTEMD_UNIT_DIR=${SYSTEMD_UNIT_DIR:-$PREFIX/lib/systemd/system}
 RUNDIR=${RUNDIR:-/run/kernel}
 BIN=${KERNEL_RELEASE_BIN:-.build/release/kernel}
+VISION_LIBRARY=${KERNEL_RELEASE_VISION_LIBRARY:-$(dirname "$BIN")/libKernelOCRVision.so}
+# The kernel looks for the vision library in <its directory>/../lib/kernel (Modules/Inference/Pipeline/
+# OCRVisionLibrary.swift): LIBDIR stays PREFIX/lib relative to BINDIR.
+KERNEL_LIBDIR=${KERNEL_LIBDIR:-$(dirname "$BINDIR")/lib/kernel}
 
 [ -x "$BIN" ] || { echo "install: $BIN is missing: run 'make release' first" >&2; exit 1; }
+[ -f "$VISION_LIBRARY" ] || { echo "install: $VISION_LIBRARY is missing: run 'make release' first" >&2; exit 1; }
 
 config_dir=$DESTDIR$SYSCONFDIR/kernel
 # Installed configurations: repository-relative run/ and models/ paths made absolute.
@@ -32,10 +39,14 @@ installed_yaml() {
     sed -E -e "s#(\.\./)+run/#$RUNDIR/#g" -e "s#(\.\./)+models/#$DATADIR/kernel/models/#g" "$1"
 }
 
-install -d "$DESTDIR$BINDIR" "$config_dir/examples" "$DESTDIR$DOCDIR/examples/kubernetes" "$DESTDIR$SYSTEMD_UNIT_DIR"
+install -d "$DESTDIR$BINDIR" "$DESTDIR$KERNEL_LIBDIR" "$config_dir/examples" "$DESTDIR$DOCDIR/examples/kubernetes" "$DESTDIR$SYSTEMD_UNIT_DIR"
 install -m 0755 "$BIN" "$DESTDIR$BINDIR/kernel"
 # Debug information off (35 MB instead of 55); the symbol table stays, for the backtraces of a crash.
 if command -v "${STRIP:-strip}" >/dev/null 2>&1; then "${STRIP:-strip}" --strip-debug "$DESTDIR$BINDIR/kernel"; fi
+install -m 0644 "$VISION_LIBRARY" "$DESTDIR$KERNEL_LIBDIR/libKernelOCRVision.so"
+if command -v "${STRIP:-strip}" >/dev/null 2>&1; then
+    "${STRIP:-strip}" --strip-debug "$DESTDIR$KERNEL_LIBDIR/libKernelOCRVision.so"
+fi
 
 for file in etc/kernel.yaml etc/edge.yaml etc/worker.yaml; do
     name=$(basename "$file")
@@ -77,4 +88,4 @@ sed -e "s#/usr/local/bin#$BINDIR#g" -e "s#/usr/local/etc#$SYSCONFDIR#g" -e "s#/u
     etc/deploy/kernel.service >"$DESTDIR$SYSTEMD_UNIT_DIR/kernel.service"
 chmod 0644 "$DESTDIR$SYSTEMD_UNIT_DIR/kernel.service"
 
-echo "install: $DESTDIR$BINDIR/kernel, $config_dir, $DESTDIR$DOCDIR, $DESTDIR$SYSTEMD_UNIT_DIR/kernel.service"
+echo "install: $DESTDIR$BINDIR/kernel, $DESTDIR$KERNEL_LIBDIR/libKernelOCRVision.so, $config_dir, $DESTDIR$DOCDIR, $DESTDIR$SYSTEMD_UNIT_DIR/kernel.service"

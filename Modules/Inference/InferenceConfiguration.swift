@@ -17,6 +17,9 @@ public struct InferenceConfiguration: Sendable {
     /// `pipelines`: steps around the models, mounted with the `pipeline` location directive
     /// (Modules/Inference/Pipeline, decoded by `PipelineConfiguration.decodeList`).
     public var pipelines: [PipelineConfiguration] = []
+    /// `vision_library`: the path of libKernelOCRVision.so that pipelines open, or nil to search for it
+    /// (`OCRVisionLibrary.candidates`).
+    public var visionLibrary: String?
 }
 
 /// `inference.model_repository`, `repository_control` and `repository_poll`.
@@ -198,12 +201,14 @@ extension InferenceConfiguration {
         }
         // Pipelines (Modules/Inference/Pipeline/PipelineConfiguration.swift).
         let pipelines = try mapping.optional("pipelines").map { try PipelineConfiguration.decodeList($0, models: models) } ?? []
+        let visionLibrary = try mapping.optional("vision_library").map { resolvePath(try $0.nonEmptyString()) }
         try mapping.finish()
         var configuration = InferenceConfiguration(runtimeLibrary: runtimeLibrary, models: models)
         configuration.loadBeforeListen = loadBeforeListen
         configuration.repository = repository
         configuration.memoryDefaults = memoryDefaults
         configuration.pipelines = pipelines
+        configuration.visionLibrary = visionLibrary
         return configuration
     }
 

@@ -17,6 +17,16 @@ public enum InferenceModule: KernelModule {
 
     public static func decode(_ value: ConfigValue, registrar: Registrar) throws -> InferenceConfiguration {
         let configuration = try InferenceConfiguration.decode(value, resolvePath: registrar.resolvePath)
+        // Only pipelines need the vision library (OpenCV): opened here, so that `kernel -t` and the start report a
+        // library that cannot be opened; a configuration without pipelines never loads it.
+        if !configuration.pipelines.isEmpty {
+            do {
+                _ = try OCRVisionLibrary.open(configured: configuration.visionLibrary, environment: ProcessEnvironment.all())
+            } catch {
+                let mapping = try value.mapping()
+                throw (mapping.optional("vision_library") ?? mapping.optional("pipelines") ?? value).error("\(error)")
+            }
+        }
         // `kernel -t` reports a model file it cannot read. When running, the load itself reports it (with ONNX
         // Runtime's message) and only that model is not ready, as for any other model that fails to load.
         guard registrar.mode == .check else { return configuration }

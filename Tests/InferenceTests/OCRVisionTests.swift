@@ -1,4 +1,5 @@
-import COCRVision
+import COCRVisionAPI
+import Foundation
 import KernelCore
 import XCTest
 @testable import Inference
@@ -45,8 +46,46 @@ enum TestPNG {
 }
 
 final class OCRVisionTests: XCTestCase {
+    /// libKernelOCRVision.so from the build directory (the test binary's), opened as the kernel opens it.
+    private var vision: OCRVisionLibrary!
+
+    override func setUpWithError() throws {
+        vision = try OCRVisionLibrary.open(configured: nil, environment: ProcessEnvironment.all())
+    }
+
+    func testTheLibraryIsLookedForWhereConfiguredThenInTheEnvironmentThenBesideTheExecutable() {
+        let environment = ["KERNEL_OCR_VISION_LIBRARY": "/env/libv.so"]
+        XCTAssertEqual(OCRVisionLibrary.candidates(configured: "/etc/libv.so", environment: environment,
+                                                   executableDirectory: "/opt/k/bin"), ["/etc/libv.so"])
+        XCTAssertEqual(OCRVisionLibrary.candidates(configured: nil, environment: environment,
+                                                   executableDirectory: "/opt/k/bin"), ["/env/libv.so"])
+        XCTAssertEqual(OCRVisionLibrary.candidates(configured: nil, environment: ["KERNEL_OCR_VISION_LIBRARY": ""],
+                                                   executableDirectory: "/opt/k/bin"),
+                       ["/opt/k/bin/libKernelOCRVision.so", "/opt/k/bin/../lib/kernel/libKernelOCRVision.so"])
+        // The test binary is in the build directory, where SwiftPM puts the library.
+        XCTAssertEqual(vision.path, OCRVisionLibrary.executableDirectory()! + "/libKernelOCRVision.so")
+    }
+
+    func testALibraryThatCannotBeOpenedNamesEveryPathTriedAndWhy() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ocr-vision-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let notALibrary = directory + "/libKernelOCRVision.so"
+        try Data(repeating: UInt8(ascii: "x"), count: 4096).write(to: URL(fileURLWithPath: notALibrary))
+        XCTAssertThrowsError(try OCRVisionLibrary(candidates: [directory + "/missing.so", notALibrary])) { error in
+            let message = "\(error)"
+            XCTAssertTrue(message.contains("cannot open the OCR vision library libKernelOCRVision.so"), message)
+            XCTAssertTrue(message.contains(directory + "/missing.so: " + directory + "/missing.so: cannot open shared object file"), message)
+            XCTAssertTrue(message.contains(notALibrary + ": ") && message.contains("invalid ELF header"), message)
+        }
+        // A library without the shim's functions (libm) is refused by name.
+        XCTAssertThrowsError(try OCRVisionLibrary(candidates: ["libm.so.6"])) { error in
+            XCTAssertTrue("\(error)".contains("libm.so.6 is not the OCR vision library (no cocr_set_threads"), "\(error)")
+        }
+    }
+
     private func decode(_ bytes: [UInt8], maxPixels: Int64 = 1_000_000) throws -> OCRImage {
-        try bytes.withUnsafeBytes { try OCRVision.decode($0, maxPixels: maxPixels) }
+        try bytes.withUnsafeBytes { try OCRVision.decode($0, maxPixels: maxPixels, vision: vision) }
     }
 
     private func assertStatus(_ bytes: [UInt8], _ status: Int, _ fragment: String, maxPixels: Int64 = 1_000_000,
@@ -59,7 +98,7 @@ final class OCRVisionTests: XCTestCase {
     }
 
     func testProbesSizesFromHeadersAlone() {
-        func probe(_ bytes: [UInt8]) -> ImageHeader? { bytes.withUnsafeBytes { OCRVision.probe($0) } }
+        func probe(_ bytes: [UInt8]) -> ImageHeader? { bytes.withUnsafeBytes { OCRVision.probe($0, vision: vision) } }
         XCTAssertEqual(probe(TestPNG.rgb(width: 20000, height: 30000, headerOnly: true)),
                        ImageHeader(format: .png, width: 20000, height: 30000))
         // JPEG: SOI, an APP0 segment, then SOF0 (precision 8, height 0x0102, width 0x0304).
@@ -108,39 +147,39 @@ final class OCRVisionTests: XCTestCase {
         var parameters = cocr_db_params(thresh: 0.3, box_thresh: 0.5, max_candidates: 1000, unclip_ratio: 1.6,
                                         use_dilation: 1, score_mode_slow: 0)
         var boxes = [Float](repeating: 0, count: 80)
-        let count = cocr_db_postprocess(pred, 64, 96, 128, 192, &parameters, &boxes, 10)
+        let count = vision.dbPostprocess(pred, 64, 96, 128, 192, &parameters, &boxes, 10)
         XCTAssertEqual(count, 2)
         XCTAssertEqual(Array(boxes[0..<16]), [4, 68, 72, 68, 72, 116, 4, 116, 28, 8, 132, 8, 132, 52, 28, 52])
         // Box scores are 0.706 and 0.798 (rapidocr's box_score_fast).
         parameters.box_thresh = 0.75
-        XCTAssertEqual(cocr_db_postprocess(pred, 64, 96, 128, 192, &parameters, &boxes, 10), 1, "box_thresh drops the fainter box")
+        XCTAssertEqual(vision.dbPostprocess(pred, 64, 96, 128, 192, &parameters, &boxes, 10), 1, "box_thresh drops the fainter box")
         XCTAssertEqual(Array(boxes[0..<8]), [28, 8, 132, 8, 132, 52, 28, 52])
     }
 
     func testDetectionSizeRoundsToMultiplesOf32() {
         var height: Int32 = 0, width: Int32 = 0
-        XCTAssertEqual(cocr_det_input_size(100, 300, 736, 0, &height, &width), 1)
+        XCTAssertEqual(vision.detInputSize(100, 300, 736, 0, &height, &width), 1)
         XCTAssertEqual([height, width], [736, 2208])
-        XCTAssertEqual(cocr_det_input_size(1000, 1500, 736, 0, &height, &width), 1)
+        XCTAssertEqual(vision.detInputSize(1000, 1500, 736, 0, &height, &width), 1)
         XCTAssertEqual([height, width], [992, 1504], "no resize above the limit, only rounding")
-        XCTAssertEqual(cocr_det_input_size(1000, 3000, 960, 1, &height, &width), 1)
+        XCTAssertEqual(vision.detInputSize(1000, 3000, 960, 1, &height, &width), 1)
         XCTAssertEqual([height, width], [320, 960])
-        XCTAssertEqual(cocr_det_input_size(10, 10, 10, 1, &height, &width), 0, "rounds to nothing")
+        XCTAssertEqual(vision.detInputSize(10, 10, 10, 1, &height, &width), 0, "rounds to nothing")
     }
 
     func testCropTurnsTallBoxesAndNormalisesWithPadding() throws {
         let pixels = (0..<(40 * 30 * 3)).map { UInt8($0 % 251) }
-        let image = try XCTUnwrap(OCRImage(bgr: pixels, width: 40, height: 30))
+        let image = try XCTUnwrap(OCRImage(bgr: pixels, width: 40, height: 30, vision: vision))
         // 8 wide, 20 tall: turned a quarter, so 20 wide and 8 tall.
         let tall: [Float] = [5, 5, 13, 5, 13, 25, 5, 25]
-        let crop = try XCTUnwrap(cocr_crop(image.pointer, tall).map(OCRImage.init))
+        let crop = try XCTUnwrap(vision.crop(image.pointer, tall).map { OCRImage($0, vision) })
         XCTAssertEqual([crop.width, crop.height], [20, 8])
         var out = [Float](repeating: 9, count: 3 * 8 * 48)
-        XCTAssertEqual(cocr_resize_normalize(crop.pointer, 8, 48, &out), COCR_OK)
+        XCTAssertEqual(vision.resizeNormalize(crop.pointer, 8, 48, &out), COCR_OK)
         // Resized to 20 wide (8 * 20 / 8), values in [-1, 1], zeros to the right.
         XCTAssertTrue(out.allSatisfy { $0 >= -1 && $0 <= 1 })
         XCTAssertEqual(out[20..<48].allSatisfy { $0 == 0 }, true)
-        let flipped = try XCTUnwrap(cocr_rotated180(crop.pointer).map(OCRImage.init))
+        let flipped = try XCTUnwrap(vision.rotated180(crop.pointer).map { OCRImage($0, vision) })
         XCTAssertEqual(Array(flipped.bgrPixels.prefix(3)), Array(crop.bgrPixels.suffix(3)))
     }
 }

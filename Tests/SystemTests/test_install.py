@@ -61,7 +61,8 @@ def test_layout_is_a_packages(destdir):
     for path in ("bin/kernel", "etc/kernel/kernel.yaml", "etc/kernel/kernel.yaml.default", "etc/kernel/edge.yaml",
                  "etc/kernel/worker.yaml", "etc/kernel/examples/hello.yaml", "share/kernel/models/demo/1/model.onnx",
                  "share/doc/kernel/README.md", "share/doc/kernel/operations.md", "share/doc/kernel/configuration.md",
-                 "share/doc/kernel/examples/kubernetes/edge.yaml", "lib/systemd/system/kernel.service"):
+                 "share/doc/kernel/examples/kubernetes/edge.yaml", "lib/systemd/system/kernel.service",
+                 "lib/kernel/libKernelOCRVision.so"):
         assert os.path.isfile(os.path.join(destdir + PREFIX, path)), path
     assert os.access(os.path.join(destdir + PREFIX, "bin/kernel"), os.X_OK)
     with open(os.path.join(destdir + PREFIX, "etc/kernel/kernel.yaml")) as f:
@@ -86,11 +87,14 @@ def test_an_edited_configuration_survives_a_new_install(destdir):
 
 
 def test_only_system_libraries_are_linked(destdir):
-    """ldd: no Swift runtime library and nothing from the toolchain (ONNX Runtime is opened with dlopen)."""
+    """ldd: no Swift runtime library and nothing from the toolchain, and no OpenCV or Clipper: ONNX Runtime and the
+    OCR vision library (lib/kernel/libKernelOCRVision.so) are opened with dlopen, the vision library only by a
+    configuration with pipelines."""
     output = subprocess.run(["ldd", destdir + PREFIX + "/bin/kernel"], capture_output=True, text=True).stdout
     libraries = [line.split()[0] for line in output.splitlines() if line.strip()]
-    # Swift's own runtime libraries (libswiftCore, libdispatch, libFoundation); OpenCV's codecs bring Debian's
-    # libGLdispatch, which is no toolchain library.
+    vision = [name for name in libraries if name.startswith(("libopencv", "libpolyclipping", "libKernelOCRVision"))]
+    assert not vision, output
+    # Swift's own runtime libraries (libswiftCore, libdispatch, libFoundation).
     toolchain = [name for name in libraries
                  if "swift" in name.lower() or name.startswith("libdispatch") or "Foundation" in name]
     assert not toolchain, output
@@ -116,6 +120,37 @@ def test_installed_configurations_pass_kernel_t(destdir, empty_directory):
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "test is successful" in result.stderr, f"{installed}: {result.stderr}"
 
+
+
+HELLO = """
+kernel:
+  pid: {dir}/kernel.pid
+  error_log: {{path: stderr, level: notice}}
+http:
+  listen: 127.0.0.1:0
+routing:
+  servers:
+    - locations:
+        - location: /
+          return: 200 "hello"
+"""
+
+
+def test_only_a_configuration_with_pipelines_opens_the_vision_library(destdir, empty_directory, tmp_path):
+    """The installed kernel.yaml mounts /v1/parse: with KERNEL_OCR_VISION_LIBRARY naming nothing, `kernel -t`
+    refuses it and names the path; a configuration without pipelines passes, since it never opens the library."""
+    hello = tmp_path / "hello.yaml"
+    hello.write_text(HELLO.format(dir=tmp_path))
+    missing = str(tmp_path / "no-such-library.so")
+    environment = dict(os.environ, KERNEL_OCR_VISION_LIBRARY=missing)
+    result = subprocess.run(as_installed(destdir, empty_directory,
+                                         [PREFIX + "/bin/kernel", "-t", "--config", PREFIX + "/etc/kernel/kernel.yaml"]),
+                            capture_output=True, text=True, timeout=60, env=environment)
+    assert result.returncode != 0, result.stderr
+    assert "cannot open the OCR vision library" in result.stderr and missing + ": " in result.stderr, result.stderr
+    result = subprocess.run(as_installed(destdir, empty_directory, [PREFIX + "/bin/kernel", "-t", "--config", str(hello)]),
+                            capture_output=True, text=True, timeout=60, env=environment)
+    assert result.returncode == 0 and "test is successful" in result.stderr, result.stderr
 
 SERVE = """
 kernel:
@@ -162,6 +197,12 @@ def test_installed_binary_serves_without_the_toolchain(destdir, empty_directory,
             time.sleep(0.05)
         port = int(LISTENING.findall(log_path.read_text())[0][1].rsplit(":", 1)[1])
         assert request(port, "GET", "/") == (200, b"hello")
+        # No pipelines: neither the master nor its worker has mapped the vision library or OpenCV.
+        pids = [str(process.pid)] + open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()
+        for pid in pids:
+            with open(f"/proc/{pid}/maps") as f:
+                maps = f.read()
+            assert "libopencv" not in maps and "libKernelOCRVision" not in maps, pid
         assert request(port, "GET", "/v2/models/demo/ready")[0] == 200
         with open(os.path.join(ROOT, "etc", "examples", "demo-request.json"), "rb") as f:
             status, answer = request(port, "POST", "/v2/models/demo/infer", f.read())

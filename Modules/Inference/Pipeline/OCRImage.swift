@@ -1,4 +1,4 @@
-import COCRVision
+import COCRVisionAPI
 import KernelCore
 
 /// A decoded 8-bit BGR image held by the vision shim (an OpenCV matrix), freed with the object.
@@ -6,26 +6,31 @@ import KernelCore
 /// Used by one pipeline step at a time (steps run one after another for a request), so it needs no lock.
 public final class OCRImage: @unchecked Sendable {
     let pointer: OpaquePointer
+    /// The library that made the image, which frees it.
+    let vision: OCRVisionLibrary
 
-    init(_ pointer: OpaquePointer) { self.pointer = pointer }
+    init(_ pointer: OpaquePointer, _ vision: OCRVisionLibrary) {
+        self.pointer = pointer
+        self.vision = vision
+    }
 
-    deinit { cocr_image_free(pointer) }
+    deinit { vision.imageFree(pointer) }
 
-    public var width: Int { Int(cocr_image_width(pointer)) }
-    public var height: Int { Int(cocr_image_height(pointer)) }
+    public var width: Int { Int(vision.imageWidth(pointer)) }
+    public var height: Int { Int(vision.imageHeight(pointer)) }
 
     /// An image from BGR pixels, row-major (tests and tools).
-    public convenience init?(bgr pixels: [UInt8], width: Int, height: Int) {
+    public convenience init?(bgr pixels: [UInt8], width: Int, height: Int, vision: OCRVisionLibrary) {
         guard width > 0, height > 0, pixels.count == width * height * 3,
-              let made = pixels.withUnsafeBufferPointer({ cocr_image_from_pixels($0.baseAddress, Int32(width), Int32(height)) })
+              let made = pixels.withUnsafeBufferPointer({ vision.imageFromPixels($0.baseAddress, Int32(width), Int32(height)) })
         else { return nil }
-        self.init(made)
+        self.init(made, vision)
     }
 
     /// The BGR pixels, row-major.
     public var bgrPixels: [UInt8] {
         [UInt8](unsafeUninitializedCapacity: width * height * 3) { buffer, count in
-            cocr_image_copy_pixels(pointer, buffer.baseAddress)
+            vision.imageCopyPixels(pointer, buffer.baseAddress)
             count = buffer.count
         }
     }
@@ -59,17 +64,14 @@ enum OCRVisionError {
     }
 }
 
-/// The vision shim's steps, typed for Swift.
+/// The vision shim's decoding steps, typed for Swift.
 public enum OCRVision {
-    /// OpenCV's own parallel loops stay on the calling thread: the pipeline's thread pool is the parallelism.
-    static let singleThreaded: Void = cocr_set_threads(1)
-
     /// Format and size from the header, nil when the bytes are not a supported image or the header is cut short.
-    public static func probe(_ bytes: UnsafeRawBufferPointer) -> ImageHeader? {
+    public static func probe(_ bytes: UnsafeRawBufferPointer, vision: OCRVisionLibrary) -> ImageHeader? {
         var format = COCR_FORMAT_UNKNOWN
         var width: Int64 = 0
         var height: Int64 = 0
-        let status = cocr_probe(bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count, &format, &width, &height)
+        let status = vision.probe(bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count, &format, &width, &height)
         guard status == COCR_OK else { return nil }
         let named: ImageHeader.Format
         switch format {
@@ -83,13 +85,12 @@ public enum OCRVision {
     }
 
     /// Decodes after checking the header's size against `maxPixels` (413 before any pixel is allocated).
-    public static func decode(_ bytes: UnsafeRawBufferPointer, maxPixels: Int64) throws -> OCRImage {
-        _ = singleThreaded
+    public static func decode(_ bytes: UnsafeRawBufferPointer, maxPixels: Int64, vision: OCRVisionLibrary) throws -> OCRImage {
         guard !bytes.isEmpty else { throw KernelHTTPError(400, "the request has no image: the body is empty") }
         var image: OpaquePointer?
-        let status = cocr_decode(bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count, maxPixels, &image)
-        try OCRVisionError.check(status, maxPixels: maxPixels, header: status == COCR_TOO_MANY_PIXELS ? probe(bytes) : nil)
+        let status = vision.decode(bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count, maxPixels, &image)
+        try OCRVisionError.check(status, maxPixels: maxPixels, header: status == COCR_TOO_MANY_PIXELS ? probe(bytes, vision: vision) : nil)
         guard let image else { throw KernelHTTPError(500, "the image could not be decoded") }
-        return OCRImage(image)
+        return OCRImage(image, vision)
     }
 }

@@ -1,35 +1,36 @@
-import COCRVision
+import COCRVisionAPI
 import KernelCore
 
 /// The built-in operations, each a blocking function of its input values (run on the pipeline's thread pool).
 enum OCROperations {
     static func run(_ operation: PipelineOperation, _ inputs: [PipelineValue],
                     characters: (String) throws -> [String]) throws -> PipelineValue {
+        let vision = try OCRVisionLibrary.forSteps()
         switch (operation, inputs.count) {
         case (.decodeImage(let maxPixels), 1):
             guard case .upload(let upload) = inputs[0] else { break }
-            return .image(try decodeImage(upload, maxPixels: maxPixels))
+            return .image(try decodeImage(upload, maxPixels: maxPixels, vision: vision))
         case (.ocrPrepare(let parameters), 1):
             guard case .image(let image) = inputs[0] else { break }
-            return .image(try prepare(image, parameters))
+            return .image(try prepare(image, parameters, vision: vision))
         case (.detPreprocess(let parameters), 1):
             guard case .image(let image) = inputs[0] else { break }
-            return .tensors(try detPreprocess(image, parameters))
+            return .tensors(try detPreprocess(image, parameters, vision: vision))
         case (.dbPostprocess(let parameters), 2):
             guard case .tensors(let output) = inputs[0], case .image(let image) = inputs[1] else { break }
-            return .boxes(try dbPostprocess(output, image: image, parameters))
+            return .boxes(try dbPostprocess(output, image: image, parameters, vision: vision))
         case (.cropBoxes, 2):
             guard case .image(let image) = inputs[0], case .boxes(let boxes) = inputs[1] else { break }
-            return .crops(try crop(image, boxes))
+            return .crops(try crop(image, boxes, vision: vision))
         case (.clsPreprocess(let parameters), 1):
             guard case .crops(let crops) = inputs[0] else { break }
-            return .tensors(try batches(crops, shape: parameters.imageShape, batchNum: parameters.batchNum, padToWidest: false))
+            return .tensors(try batches(crops, shape: parameters.imageShape, batchNum: parameters.batchNum, padToWidest: false, vision: vision))
         case (.clsPostprocess(let parameters), 2):
             guard case .crops(let crops) = inputs[0], case .tensors(let output) = inputs[1] else { break }
-            return .crops(try classify(crops, output, parameters))
+            return .crops(try classify(crops, output, parameters, vision: vision))
         case (.recPreprocess(let parameters), 1):
             guard case .crops(let crops) = inputs[0] else { break }
-            return .tensors(try batches(crops, shape: parameters.imageShape, batchNum: parameters.batchNum, padToWidest: true))
+            return .tensors(try batches(crops, shape: parameters.imageShape, batchNum: parameters.batchNum, padToWidest: true, vision: vision))
         case (.ctcDecode(let model), 1):
             guard case .tensors(let output) = inputs[0] else { break }
             return .texts(try ctcDecode(output, characters: try characters(model)))
@@ -44,25 +45,25 @@ enum OCROperations {
         throw KernelHTTPError(500, "pipeline step got values of the wrong kind")
     }
 
-    static func decodeImage(_ upload: ImageUpload, maxPixels: Int64) throws -> PipelineImage {
+    static func decodeImage(_ upload: ImageUpload, maxPixels: Int64, vision: OCRVisionLibrary) throws -> PipelineImage {
         let bytes = try upload.imageBytes()
-        let image = try bytes.withUnsafeReadableBytes { try OCRVision.decode($0, maxPixels: maxPixels) }
+        let image = try bytes.withUnsafeReadableBytes { try OCRVision.decode($0, maxPixels: maxPixels, vision: vision) }
         return PipelineImage(image: image, rawWidth: image.width, rawHeight: image.height)
     }
 
-    static func prepare(_ input: PipelineImage, _ p: OCRPrepareParameters) throws -> PipelineImage {
+    static func prepare(_ input: PipelineImage, _ p: OCRPrepareParameters, vision: OCRVisionLibrary) throws -> PipelineImage {
         var geometry = cocr_geometry()
         var prepared: OpaquePointer?
-        let status = cocr_prepare(input.image.pointer, Int32(p.maxSideLen), Int32(p.minSideLen), Int32(p.minHeight),
+        let status = vision.prepare(input.image.pointer, Int32(p.maxSideLen), Int32(p.minSideLen), Int32(p.minHeight),
                                   p.widthHeightRatio, &prepared, &geometry)
         try OCRVisionError.check(status, maxPixels: 0, header: nil)
         guard let prepared else { throw KernelHTTPError(500, "the image could not be resized") }
-        return PipelineImage(image: OCRImage(prepared), rawWidth: input.rawWidth, rawHeight: input.rawHeight,
+        return PipelineImage(image: OCRImage(prepared, vision), rawWidth: input.rawWidth, rawHeight: input.rawHeight,
                              ratioWidth: geometry.ratio_w, ratioHeight: geometry.ratio_h, padTop: Int(geometry.pad_top))
     }
 
     /// TextDetector.get_preprocess picks the side limit, DetPreProcess resizes and normalises.
-    static func detPreprocess(_ input: PipelineImage, _ p: DetPreprocessParameters) throws -> TensorGroups {
+    static func detPreprocess(_ input: PipelineImage, _ p: DetPreprocessParameters, vision: OCRVisionLibrary) throws -> TensorGroups {
         let image = input.image
         var limit = p.limitSideLen
         if p.limitTypeMax {
@@ -71,7 +72,7 @@ enum OCROperations {
         }
         var height: Int32 = 0
         var width: Int32 = 0
-        guard cocr_det_input_size(Int32(image.height), Int32(image.width), Int32(limit), p.limitTypeMax ? 1 : 0,
+        guard vision.detInputSize(Int32(image.height), Int32(image.width), Int32(limit), p.limitTypeMax ? 1 : 0,
                                   &height, &width) != 0 else {
             // rapidocr finds no text in an image that rounds to nothing.
             return TensorGroups(groups: [], items: [], itemCount: 1)
@@ -79,7 +80,7 @@ enum OCROperations {
         let tensor = try FloatTensor.make(shape: [1, 3, Int(height), Int(width)]) { out in
             let status = p.mean.withUnsafeBufferPointer { mean in
                 p.std.withUnsafeBufferPointer { std in
-                    cocr_det_preprocess(image.pointer, height, width, mean.baseAddress, std.baseAddress, out)
+                    vision.detPreprocess(image.pointer, height, width, mean.baseAddress, std.baseAddress, out)
                 }
             }
             try OCRVisionError.check(status, maxPixels: 0, header: nil)
@@ -87,7 +88,7 @@ enum OCROperations {
         return TensorGroups(groups: [[tensor]], items: [[0]], itemCount: 1)
     }
 
-    static func dbPostprocess(_ output: TensorGroups, image: PipelineImage, _ p: DBPostprocessParameters) throws -> [OCRText.Quad] {
+    static func dbPostprocess(_ output: TensorGroups, image: PipelineImage, _ p: DBPostprocessParameters, vision: OCRVisionLibrary) throws -> [OCRText.Quad] {
         guard let first = output.groups.first?.first else { return [] }
         let shape = first.shape
         guard shape.count == 4, shape[0] == 1, shape[1] == 1, shape[2] > 0, shape[3] > 0 else {
@@ -99,7 +100,7 @@ enum OCROperations {
         var boxes = [Float](repeating: 0, count: p.maxCandidates * 8)
         let count = try FloatTensor.read(first) { pred in
             boxes.withUnsafeMutableBufferPointer { out in
-                cocr_db_postprocess(pred.baseAddress, Int32(shape[2]), Int32(shape[3]), Int32(image.image.height),
+                vision.dbPostprocess(pred.baseAddress, Int32(shape[2]), Int32(shape[3]), Int32(image.image.height),
                                     Int32(image.image.width), &parameters, out.baseAddress, Int32(p.maxCandidates))
             }
         }
@@ -110,20 +111,20 @@ enum OCROperations {
         return OCRText.sortedBoxes(quads)
     }
 
-    static func crop(_ input: PipelineImage, _ boxes: [OCRText.Quad]) throws -> [OCRImage] {
+    static func crop(_ input: PipelineImage, _ boxes: [OCRText.Quad], vision: OCRVisionLibrary) throws -> [OCRImage] {
         try boxes.map { box in
             let points = box.flatMap { [$0.x, $0.y] }
-            guard let cropped = points.withUnsafeBufferPointer({ cocr_crop(input.image.pointer, $0.baseAddress) }) else {
+            guard let cropped = points.withUnsafeBufferPointer({ vision.crop(input.image.pointer, $0.baseAddress) }) else {
                 throw KernelHTTPError(500, "cropping a text box failed")
             }
-            return OCRImage(cropped)
+            return OCRImage(cropped, vision)
         }
     }
 
     /// The crops in groups of `batchNum` by increasing width ratio (rapidocr's argsort; a stable sort here), each
     /// group one tensor [n, 3, H, W]: W the configured width, or for recognition (`padToWidest`) the group's widest
     /// ratio times H when that is wider (TextRecognizer's max_wh_ratio).
-    static func batches(_ crops: [OCRImage], shape: [Int], batchNum: Int, padToWidest: Bool) throws -> TensorGroups {
+    static func batches(_ crops: [OCRImage], shape: [Int], batchNum: Int, padToWidest: Bool, vision: OCRVisionLibrary) throws -> TensorGroups {
         let ratios = crops.map { Double($0.width) / Double($0.height) }
         let order = ratios.indices.sorted { ratios[$0] < ratios[$1] || (ratios[$0] == ratios[$1] && $0 < $1) }
         let height = shape[1]
@@ -140,7 +141,7 @@ enum OCROperations {
             let plane = 3 * height * width
             let tensor = try FloatTensor.make(shape: [members.count, 3, height, width]) { out in
                 for (row, index) in members.enumerated() {
-                    let status = cocr_resize_normalize(crops[index].pointer, Int32(height), Int32(width), out + row * plane)
+                    let status = vision.resizeNormalize(crops[index].pointer, Int32(height), Int32(width), out + row * plane)
                     try OCRVisionError.check(status, maxPixels: 0, header: nil)
                 }
             }
@@ -152,7 +153,7 @@ enum OCROperations {
     }
 
     /// ClsPostProcess (arg-max label and its score), and the 180-degree flip above `cls_thresh`.
-    static func classify(_ crops: [OCRImage], _ output: TensorGroups, _ p: ClassifierParameters) throws -> [OCRImage] {
+    static func classify(_ crops: [OCRImage], _ output: TensorGroups, _ p: ClassifierParameters, vision: OCRVisionLibrary) throws -> [OCRImage] {
         var result = crops
         for (group, members) in zip(output.groups, output.items) {
             guard let scores = group.first, scores.shape.count == 2, scores.shape[0] == Int64(members.count),
@@ -166,10 +167,10 @@ enum OCROperations {
                     for label in 1..<classes where values[row * classes + label] > values[row * classes + best] { best = label }
                     let label = best < p.labelList.count ? p.labelList[best] : ""
                     if label.contains("180"), Double(values[row * classes + best]) > p.thresh {
-                        guard let turned = cocr_rotated180(crops[index].pointer) else {
+                        guard let turned = vision.rotated180(crops[index].pointer) else {
                             throw KernelHTTPError(500, "turning a text image failed")
                         }
-                        result[index] = OCRImage(turned)
+                        result[index] = OCRImage(turned, vision)
                     }
                 }
             }

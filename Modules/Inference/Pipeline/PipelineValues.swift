@@ -1,4 +1,3 @@
-import COCRVision
 import KernelCore
 import NIOCore
 

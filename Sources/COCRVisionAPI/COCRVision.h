@@ -1,7 +1,9 @@
 // The image steps of PP-OCR as rapidocr_onnxruntime does them with OpenCV and pyclipper, behind a C API.
 //
-// Swift imports this header as C; the implementation (COCRVision.cpp) calls OpenCV (core, imgproc, imgcodecs) and
-// Clipper. Every function catches OpenCV's exceptions and answers a status: none throws or aborts. Parameter names
+// The implementation (Sources/COCRVision/COCRVision.cpp, over OpenCV core, imgproc, imgcodecs and Clipper) is the
+// shared library libKernelOCRVision.so; Swift imports this header as the module COCRVisionAPI for its types and
+// calls the functions through dlsym (Modules/Inference/Pipeline/OCRVisionLibrary.swift), so that only a
+// configuration with pipelines loads OpenCV. Every function catches OpenCV's exceptions and answers a status: none throws or aborts. Parameter names
 // follow rapidocr's (config.yaml of rapidocr_onnxruntime), the file and function of rapidocr each step mirrors is
 // named at the function.
 #ifndef COCR_VISION_H
