@@ -35,6 +35,7 @@ run: setup release
 	@echo "  curl http://127.0.0.1:8080/v2/models/demo"
 	@echo "  curl -X POST http://127.0.0.1:8080/v2/models/demo/infer -H 'Content-Type: application/json' \\"
 	@echo "       -d @etc/examples/demo-request.json"
+	@echo "  curl -F file=@image.png http://127.0.0.1:8080/v1/parse   (OCR: text, boxes, scores)"
 	@echo "  a master process and one worker process per core (kernel.processes: auto):"
 	@echo "  status page   http://127.0.0.1:8080/status"
 	@echo "  metrics       curl http://127.0.0.1:8080/metrics   (Prometheus text)"
