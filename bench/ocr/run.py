@@ -8,6 +8,7 @@ connections. Reports images/s, p50 and p99, the resident memory of each side's p
 servers read the same text as the in-process reference. Prints a markdown section; bench/run.sh (`make bench`)
 writes it to docs/performance.md.
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -56,20 +57,11 @@ http {{
 }}
 """
 
-UWSGI_INI = """
-[uwsgi]
-socket = 127.0.0.1:{uwsgi_port}
-chdir = {here}
-wsgi-file = flask_app.py
-callable = app
-buffer-size = 65536
-master = true
-lazy = true
-workers = 3
-threads = 1
-disable-logging = true
-die-on-term = true
-"""
+# The tutorial's uWSGI (master, lazy, 3 workers), as the inference benchmark runs it; its `here` is this folder.
+_spec = importlib.util.spec_from_file_location("inference_bench", os.path.join(ROOT, "bench", "inference", "run.py"))
+_inference_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_inference_bench)
+UWSGI_INI = _inference_bench.UWSGI_INI
 
 LUA = """
 wrk.method = "POST"
