@@ -23,6 +23,8 @@ public struct DecodedInferenceRequest: Sendable {
     public var outputs: [RequestedOutput]
     /// Request-level `binary_data_output`.
     public var binaryOutputDefault: Bool
+    /// `parameters.priority` (Triton's priority level), nil when the request names none.
+    public var priority: Int? = nil
 }
 
 /// What a model accepts and returns, as the codec checks requests against it.

@@ -104,7 +104,6 @@ public enum InferenceVariables {
 /// non-negative integer, or the header repeated with different values, is a 400.
 enum RequestPriority {
     static let headerName = "X-Kernel-Priority"
-    private static let parameterKey = Array("\"priority\"".utf8)
 
     /// The level the `X-Kernel-Priority` header names, nil without it: what a pipeline's upload (no OIP body) has.
     static func header(of request: KernelRequest) throws -> Int? {
@@ -121,17 +120,13 @@ enum RequestPriority {
         return Int(text) ?? Int.max
     }
 
-    static func of(_ request: KernelRequest) throws -> Int {
-        if let level = try header(of: request) { return level }
-        guard let body = request.body else { return 0 }
-        // The JSON part only: binary tensor bytes follow it (the codec has checked the header already).
-        let jsonLength = request.headers[inferenceHeaderContentLength].flatMap { Int($0) }
-            .map { min($0, body.readableBytes) } ?? body.readableBytes
-        // Most requests name no priority: a byte search spares them a second parse of the header.
-        let mentioned = body.withUnsafeReadableBytes { contains(UnsafeRawBufferPointer(rebasing: $0[..<jsonLength])) }
-        guard mentioned,
-              let document = try? JSONReader.parse(body.getSlice(at: body.readerIndex, length: jsonLength)!),
-              let value = document["parameters"]?["priority"] else { return 0 }
+    /// The request's level: the header's, else `parameters.priority` as the decoder read it, else 0.
+    static func of(_ request: KernelRequest, parameter: Int?) throws -> Int {
+        try header(of: request) ?? parameter ?? 0
+    }
+
+    /// The level `parameters.priority` names: Triton reads it as an unsigned 64-bit integer.
+    static func parameter(_ value: JSONValue) throws -> Int {
         guard case .number(let number) = value else {
             throw KernelHTTPError(400, "invalid value type for 'priority' parameter, expected an unsigned integer")
         }
@@ -139,21 +134,7 @@ enum RequestPriority {
         if number.negative, number.isInteger {
             throw KernelHTTPError(400, "invalid value for 'priority', expected value >= 0.")
         }
-        // A fraction, or an integer past 64 bits: Triton reads the parameter as an unsigned 64-bit integer.
+        // A fraction, or an integer past 64 bits.
         throw KernelHTTPError(400, "invalid value type for 'priority' parameter, expected an unsigned integer")
-    }
-
-    /// Whether `bytes` hold `"priority"`: `memchr` to each quote, then a comparison.
-    private static func contains(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard let base = bytes.baseAddress, bytes.count >= parameterKey.count else { return false }
-        var offset = 0
-        let last = bytes.count - parameterKey.count
-        while offset <= last {
-            guard let found = memchr(base + offset, Int32(UInt8(ascii: "\"")), last - offset + 1) else { return false }
-            offset = base.distance(to: UnsafeRawPointer(found))
-            if parameterKey.withUnsafeBytes({ memcmp(base + offset, $0.baseAddress!, $0.count) == 0 }) { return true }
-            offset += 1
-        }
-        return false
     }
 }

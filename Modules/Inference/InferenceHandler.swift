@@ -200,7 +200,7 @@ public struct InferenceHandler: RequestHandler {
         let priority: Int
         do {
             decoded = try InferenceCodec.decodeRequest(body: request.body, headers: request.headers, model: model.signature)
-            priority = try RequestPriority.of(request)
+            priority = try RequestPriority.of(request, parameter: decoded.priority)
         } catch {
             return context.eventLoop.makeFailedFuture(error)
         }

@@ -54,6 +54,7 @@ struct InferenceRequestDecoder {
         cursor.index += 1
         var id: String?
         var binaryOutputDefault = false
+        var priority: Int?
         var outputItems: JSONValue?
         var seen = Members()
         cursor.skipSpace()
@@ -76,6 +77,7 @@ struct InferenceRequestDecoder {
                         guard let value = flag.boolValue else { throw KernelHTTPError(400, "\"binary_data_output\" must be a boolean") }
                         binaryOutputDefault = value
                     }
+                    if let level = parameters["priority"] { priority = try RequestPriority.parameter(level) }
                 case "inputs":
                     try inputs()
                 case "outputs":
@@ -109,7 +111,8 @@ struct InferenceRequestDecoder {
             }
         }
         let outputs = try requestedOutputs(outputItems, binaryOutputDefault: binaryOutputDefault)
-        return DecodedInferenceRequest(id: id, inputs: inputs, outputs: outputs, binaryOutputDefault: binaryOutputDefault)
+        return DecodedInferenceRequest(id: id, inputs: inputs, outputs: outputs, binaryOutputDefault: binaryOutputDefault,
+                                       priority: priority)
     }
 
     /// A member's name and its ':'.

@@ -319,33 +319,38 @@ final class ModelSchedulerQueueTests: XCTestCase {
         makeRequest(body, headers: headers)
     }
 
+    /// The level of `body`, decoded as the handler does: the codec reads `parameters.priority`, the header wins.
+    private func priority(_ body: String, headers: [(String, String)] = []) throws -> Int {
+        let model = ModelSignature(name: "m", version: "1", inputs: [], outputs: [], maxBatchSize: 0)
+        let request = request(body, headers: headers)
+        let decoded = try InferenceCodec.decodeRequest(body: request.body, headers: request.headers, model: model)
+        return try RequestPriority.of(request, parameter: decoded.priority)
+    }
+
     func testThePriorityComesFromTheHeaderOrTheRequestParameters() throws {
-        XCTAssertEqual(try RequestPriority.of(request(#"{"inputs": []}"#)), 0)
-        XCTAssertEqual(try RequestPriority.of(request(#"{"parameters": {"priority": 2}, "inputs": []}"#)), 2)
-        XCTAssertEqual(try RequestPriority.of(request(#"{"inputs": [], "parameters": {"priority": 0}}"#)), 0)
-        XCTAssertEqual(try RequestPriority.of(request(#"{"inputs": [{"name": "priority"}]}"#)), 0, "only parameters.priority counts")
-        XCTAssertEqual(try RequestPriority.of(request(#"{"parameters": {"priority": 2}}"#, headers: [("X-Kernel-Priority", "1")])), 1,
+        XCTAssertEqual(try priority(#"{"inputs": []}"#), 0)
+        XCTAssertEqual(try priority(#"{"parameters": {"priority": 2}, "inputs": []}"#), 2)
+        XCTAssertEqual(try priority(#"{"inputs": [], "parameters": {"priority": 0}}"#), 0)
+        XCTAssertEqual(try priority(#"{"id": "priority", "inputs": []}"#), 0, "only parameters.priority counts")
+        XCTAssertEqual(try priority(#"{"parameters": {"priority": 2}, "inputs": []}"#, headers: [("X-Kernel-Priority", "1")]), 1,
                        "the header, which an edge may set, wins")
-        // The binary part is not JSON: only the header's length is read.
-        let binary = request(#"{"parameters":{"priority":3}}"# + "\"priority\"", headers: [("Inference-Header-Content-Length", "29")])
-        XCTAssertEqual(try RequestPriority.of(binary), 3)
-        for (body, message) in [(#"{"parameters": {"priority": -1}}"#, "invalid value for 'priority', expected value >= 0."),
-                                (#"{"parameters": {"priority": "high"}}"#, "invalid value type for 'priority' parameter, expected an unsigned integer"),
-                                (#"{"parameters": {"priority": 1.5}}"#, "invalid value type for 'priority' parameter, expected an unsigned integer"),
-                                (#"{"parameters": {"priority": 99999999999999999999999}}"#, "invalid value type for 'priority' parameter, expected an unsigned integer")] {
-            XCTAssertThrowsError(try RequestPriority.of(request(body))) { error in
+        for (body, message) in [(#"{"parameters": {"priority": -1}, "inputs": []}"#, "invalid value for 'priority', expected value >= 0."),
+                                (#"{"parameters": {"priority": "high"}, "inputs": []}"#, "invalid value type for 'priority' parameter, expected an unsigned integer"),
+                                (#"{"parameters": {"priority": 1.5}, "inputs": []}"#, "invalid value type for 'priority' parameter, expected an unsigned integer"),
+                                (#"{"parameters": {"priority": 99999999999999999999999}, "inputs": []}"#, "invalid value type for 'priority' parameter, expected an unsigned integer")] {
+            XCTAssertThrowsError(try priority(body)) { error in
                 XCTAssertEqual((error as? KernelHTTPError)?.status, 400)
                 XCTAssertEqual((error as? KernelHTTPError)?.message, message)
             }
         }
-        XCTAssertThrowsError(try RequestPriority.of(request("{}", headers: [("X-Kernel-Priority", "-2")]))) { error in
+        XCTAssertThrowsError(try priority(#"{"inputs": []}"#, headers: [("X-Kernel-Priority", "-2")])) { error in
             XCTAssertEqual((error as? KernelHTTPError)?.status, 400)
         }
     }
 
     func testARepeatedPriorityHeaderMustAgree() throws {
-        XCTAssertEqual(try RequestPriority.of(request("{}", headers: [("X-Kernel-Priority", "2"), ("x-kernel-priority", "2")])), 2)
-        XCTAssertThrowsError(try RequestPriority.of(request("{}", headers: [("X-Kernel-Priority", "2"), ("X-Kernel-Priority", "1")]))) { error in
+        XCTAssertEqual(try priority(#"{"inputs": []}"#, headers: [("X-Kernel-Priority", "2"), ("x-kernel-priority", "2")]), 2)
+        XCTAssertThrowsError(try priority(#"{"inputs": []}"#, headers: [("X-Kernel-Priority", "2"), ("X-Kernel-Priority", "1")])) { error in
             XCTAssertEqual((error as? KernelHTTPError)?.status, 400)
             XCTAssertEqual((error as? KernelHTTPError)?.message,
                            "invalid X-Kernel-Priority header: it appears 2 times with different values")
