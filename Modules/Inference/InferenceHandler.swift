@@ -154,12 +154,13 @@ public struct InferenceHandler: RequestHandler {
         let name = String(rest[rest.startIndex + 1])
         let repository = repository
         let load = rest.last == "load"
-        if load { try body.checkLoadParameters() } else { try body.checkUnloadParameters() }
+        let parameters = load ? try body.loadParameters(modelName: name) : ModelLoadParameters()
+        if !load { try body.checkUnloadParameters() }
         // Refused at once outside explicit mode, without waiting behind a poll's loads.
         guard repository.control == .explicit else { throw KernelHTTPError(503, ModelRepository.controlRefusal) }
         // On the repository's own thread, queued behind the loads before it: the shared pool stays free.
         return repository.operationsPool.runIfActive(eventLoop: context.eventLoop) {
-            if load { try repository.load(name) } else { try repository.unload(name) }
+            if load { try repository.load(name, parameters: parameters) } else { try repository.unload(name) }
             return KernelResponse(status: 200, headers: ["Content-Type": "application/json"])
         }.flatMapErrorThrowing { error in
             // The thread is not running: the generation's models are not loaded yet, or no longer.

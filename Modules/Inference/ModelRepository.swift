@@ -80,6 +80,9 @@ public enum ModelState: Sendable {
 struct VersionSource: Sendable, Equatable {
     var model: FileStamp?
     var settings: FileStamp?
+    /// When a load request gave the version's settings or files (Triton's `config`, `file:`): such a version is
+    /// never the same source as the repository's files, so the next load without them loads it again.
+    var loadRequest: UInt64? = nil
 }
 
 /// One version of a model and where it stands.

@@ -30,13 +30,17 @@ extension ModelRepository {
     /// Triton's refusal of `load`/`unload` outside explicit mode.
     static let controlRefusal = "explicit model load / unload is not allowed if polling is enabled"
 
-    /// The versions `name` should serve as the disk says now, with what each is loaded from.
-    func wantedVersions(_ name: String) throws -> [(ModelConfiguration, VersionSource)] {
+    /// The versions `name` should serve as the disk says now (or as a load request's `override` says), with what
+    /// each is loaded from.
+    func wantedVersions(_ name: String, override: ModelLoadOverride? = nil) throws -> [(ModelConfiguration, VersionSource)] {
         if let configured = entries.withLockedValue({ $0[name]?.configured }) {
+            guard override == nil else {
+                throw ModelRepositoryError("it is a models: entry, which loads from its YAML settings: the 'config' and file parameters are for models of the model repository")
+            }
             return [(configured, VersionSource(model: FileStamp.of(configured.path), settings: nil))]
         }
         guard let layout else { throw ModelRepositoryError("failed to poll from model repository") }
-        let model = try layout.scanModel(name)
+        let model = try layout.scanModel(name, override: override)
         let settingsStamp = model.settingsPath.flatMap { model.stamps[$0] ?? nil }
         return model.versions.map { ($0, VersionSource(model: model.stamps[$0.path] ?? nil, settings: settingsStamp)) }
     }
@@ -63,7 +67,12 @@ extension ModelRepository {
 
     /// `POST /v2/repository/models/{name}/load`: (re)loads the versions of `name` its policy serves whose files
     /// changed or that are not ready. Throws Triton's statuses and messages.
-    func load(_ name: String) throws {
+    ///
+    /// With a `config` parameter the model loads with those settings instead of its settings file, and with
+    /// `file:` parameters from those files instead of its directory (a model the repository does not have loads
+    /// so too); as Triton does, every served version then loads again, and a later load without them goes back to
+    /// the repository's files.
+    func load(_ name: String, parameters: ModelLoadParameters = ModelLoadParameters()) throws {
         guard control == .explicit else { throw KernelHTTPError(503, ModelRepository.controlRefusal) }
         guard let loader = loader.withLockedValue({ $0 }) else { throw KernelHTTPError(503, "the kernel is stopping") }
         // What the index lists, and no other directory: a name that is no model name is not in the repository.
@@ -71,15 +80,21 @@ extension ModelRepository {
             throw KernelHTTPError(400, "failed to load '\(name)', failed to poll from model repository")
         }
         try operations.withLock {
-            let wanted: [(ModelConfiguration, VersionSource)]
+            let override = parameters.isEmpty ? nil : try parameters.override(for: name)
+            defer { override?.removeDirectory() }
+            var wanted: [(ModelConfiguration, VersionSource)]
             do {
-                wanted = try wantedVersions(name)
+                wanted = try wantedVersions(name, override: override)
             } catch let error as ModelRepositoryError {
                 throw KernelHTTPError(400, "failed to load '\(name)', \(error.message)")
             } catch {
                 throw KernelHTTPError(400, "failed to load '\(name)': \(error)")
             }
             guard !wanted.isEmpty else { throw KernelHTTPError(400, "failed to load '\(name)', no version is available") }
+            if override != nil {
+                // New settings or files: every version loads again, even one whose model file has not changed.
+                wanted = wanted.map { ($0.0, VersionSource(model: nil, settings: nil, loadRequest: KernelClock.monotonicNanoseconds())) }
+            }
             let failures = apply(name, wanted: wanted, loader)
             guard failures.isEmpty else {
                 let listed = failures.map { "version \($0.version) is at UNAVAILABLE state: \($0.message);" }

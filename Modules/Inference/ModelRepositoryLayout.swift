@@ -80,16 +80,36 @@ public struct ModelRepositoryLayout: Sendable {
     }
 
     /// One model as it is on disk now. Errors: the settings file's (with file:line:column), or a missing directory.
-    public func scanModel(_ name: String) throws -> RepositoryModel {
-        let directory = path.hasSuffix("/") ? path + name : path + "/" + name
+    ///
+    /// `override` is what a load request gives instead (Triton's `config` and `file:` parameters): its settings
+    /// replace the model's settings file, and its directory, when it has one, the model's directory.
+    public func scanModel(_ name: String, override: ModelLoadOverride? = nil) throws -> RepositoryModel {
+        let directory = override?.directory ?? (path.hasSuffix("/") ? path + name : path + "/" + name)
         guard let entries = ModelRepositoryLayout.directories(in: directory) else {
             throw ModelRepositoryError("failed to poll from model repository: no model directory \(directory)")
         }
         let available = entries.filter { InferenceConfiguration.isVersion($0) }.compactMap { Int($0) }.sorted(by: >)
         let yamlPath = directory + "/" + ModelRepositoryLayout.settingsFileName
         let pbtxtPath = directory + "/" + TritonModelConfig.fileName
-        let hasYAML = access(yamlPath, F_OK) == 0
-        let hasPbtxt = access(pbtxtPath, F_OK) == 0
+        let hasYAML = override == nil && access(yamlPath, F_OK) == 0
+        let hasPbtxt = override == nil && access(pbtxtPath, F_OK) == 0
+        if let settings = override?.settings {
+            var policy = VersionPolicy.latest(1)
+            let template: ModelConfiguration
+            do {
+                let mapping = try ConfigValue(node: settings, path: "").mapping()
+                if let policyValue = mapping.optional("version_policy") { policy = try ModelRepositoryLayout.decodePolicy(policyValue) }
+                template = try InferenceConfiguration.decodeModelSettings(mapping, name: name, path: "", version: "",
+                                                                          memoryDefaults: memoryDefaults)
+                try mapping.finish()
+            } catch var error as ConfigError {
+                // A request's JSON has no lines and columns to name: the field's path says where.
+                if error.mark == TritonModelConfig.loadRequestMark { error.mark = nil }
+                throw ModelRepositoryError("invalid model configuration: \(error)")
+            }
+            return model(name, directory: directory, policy: policy, available: available, template: template,
+                         stamps: [:], settingsPath: nil)
+        }
         if hasYAML && hasPbtxt {
             throw ConfigError(mark: SourceMark(file: pbtxtPath, line: 1, column: 1), path: "",
                               message: "model \"\(name)\" has both \(ModelRepositoryLayout.settingsFileName) and \(TritonModelConfig.fileName): keep one")
@@ -122,6 +142,14 @@ public struct ModelRepositoryLayout: Sendable {
                                                                       name: name, path: "", version: "",
                                                                       memoryDefaults: memoryDefaults)
         }
+        return model(name, directory: directory, policy: policy, available: available, template: template,
+                     stamps: stamps, settingsPath: settingsPath)
+    }
+
+    /// The versions `policy` serves of those `available` in `directory`, each `template` with its version and path.
+    private func model(_ name: String, directory: String, policy: VersionPolicy, available: [Int],
+                       template: ModelConfiguration, stamps: [String: FileStamp?], settingsPath: String?) -> RepositoryModel {
+        var stamps = stamps
         let versions = policy.select(available).map { version -> ModelConfiguration in
             var configuration = template
             configuration.version = String(version)

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import KernelConfig
 import KernelCore
 import NIOCore
 
@@ -28,16 +34,38 @@ struct RepositoryRequestBody {
         return flag
     }
 
-    /// A load's `parameters`: Triton's `config` override and `file:` contents are not supported here (the model's
-    /// files and `config.yaml` in the repository are what loads), and are refused rather than ignored.
-    func checkLoadParameters() throws {
-        guard let parameters = value?["parameters"] else { return }
+    /// A load's `parameters`, as Triton reads them: `config`, the model's configuration as a JSON string (used
+    /// instead of the repository's settings file), and `file:<path>` members, base64 file contents that form the
+    /// directory the model loads from instead of its repository directory (Triton requires `config` with them).
+    /// Other parameters are ignored, as Triton ignores them. Only the shapes are checked here, on the event loop;
+    /// the contents are decoded where the load runs.
+    func loadParameters(modelName: String) throws -> ModelLoadParameters {
+        var result = ModelLoadParameters()
+        guard let parameters = value?["parameters"] else { return result }
         guard case .object(let members) = parameters else {
             throw KernelHTTPError(400, "Unable to parse 'parameters': expected an object")
         }
-        for member in members where member.key == "config" || member.key.hasPrefix("file:") {
-            throw KernelHTTPError(400, "load parameter '\(member.key)' is not supported: the model loads from its repository directory")
+        for member in members {
+            if member.key == "config" {
+                guard let text = member.value.stringValue else {
+                    throw KernelHTTPError(400, "failed to load '\(modelName)': the 'config' parameter must be a string of the model configuration in JSON")
+                }
+                result.config = text
+            } else if member.key.hasPrefix("file:") {
+                let path = String(member.key.dropFirst("file:".count))
+                guard ModelLoadParameters.isRelativeFilePath(path) else {
+                    throw KernelHTTPError(400, "failed to load '\(modelName)': invalid file parameter '\(member.key)': expected file:<version>/<file name>, a relative path without '.' or '..'")
+                }
+                guard let content = member.value.stringValue else {
+                    throw KernelHTTPError(400, "failed to load '\(modelName)': file parameter '\(member.key)' must be the file's content in base64")
+                }
+                result.files.append((path, content))
+            }
         }
+        if !result.files.isEmpty, result.config == nil {
+            throw KernelHTTPError(400, "failed to load '\(modelName)': the 'config' parameter must be given with file parameters (the model configuration of the files' directory)")
+        }
+        return result
     }
 
     /// An unload's `parameters.unload_dependents`: a boolean (there are no ensembles, so it changes nothing).
@@ -46,5 +74,127 @@ struct RepositoryRequestBody {
         guard dependents.boolValue != nil else {
             throw KernelHTTPError(400, "Unable to parse 'unload_dependents': expected a boolean")
         }
+    }
+}
+
+/// A load request's overrides, as given (`RepositoryRequestBody.loadParameters`): decoded by `override(for:)` on the
+/// thread that loads.
+struct ModelLoadParameters: Sendable {
+    /// The `config` parameter's text (JSON).
+    var config: String?
+    /// The `file:` parameters: path inside the model directory, base64 content.
+    var files: [(path: String, base64: String)] = []
+
+    var isEmpty: Bool { config == nil && files.isEmpty }
+
+    /// `1/model.onnx`: slash-separated names, none empty, `.` or `..`, not absolute.
+    static func isRelativeFilePath(_ path: String) -> Bool {
+        guard !path.isEmpty, !path.hasPrefix("/") else { return false }
+        return path.split(separator: "/", omittingEmptySubsequences: false).allSatisfy {
+            !$0.isEmpty && $0 != "." && $0 != ".." && !$0.utf8.contains(0)
+        }
+    }
+
+    /// The settings and the directory these parameters stand for; the files are written to a new temporary
+    /// directory, which the caller removes (`ModelLoadOverride.removeDirectory`) once the load is done. Errors are
+    /// Triton's 400 for a load.
+    func override(for modelName: String) throws -> ModelLoadOverride {
+        var result = ModelLoadOverride()
+        if let config {
+            let json: JSONValue
+            do {
+                json = try JSONReader.parse(ByteBuffer(string: config))
+            } catch {
+                throw KernelHTTPError(400, "failed to load '\(modelName)': the 'config' parameter is not valid JSON: \(error)")
+            }
+            do {
+                result.settings = try TritonModelConfig.settings(json: json, modelName: modelName)
+            } catch {
+                throw KernelHTTPError(400, "failed to load '\(modelName)': invalid model configuration: \(error)")
+            }
+        }
+        guard !files.isEmpty else { return result }
+        let directory = try ModelLoadOverride.makeDirectory()
+        result.directory = directory
+        do {
+            for (path, base64) in files {
+                guard let bytes = Base64.decode(base64) else {
+                    throw KernelHTTPError(400, "failed to load '\(modelName)': file parameter 'file:\(path)' is not valid base64")
+                }
+                try ModelLoadOverride.write(bytes, to: path, in: directory)
+            }
+        } catch {
+            result.removeDirectory()
+            throw error
+        }
+        return result
+    }
+}
+
+/// What a load request gives instead of the repository's files.
+public struct ModelLoadOverride: Sendable {
+    /// The model's settings (a mapping with `config.yaml`'s keys) instead of its settings file.
+    public var settings: YAMLNode?
+    /// The directory the model loads from instead of `<repository>/<name>`, made for this load.
+    public var directory: String?
+
+    public init(settings: YAMLNode? = nil, directory: String? = nil) {
+        self.settings = settings
+        self.directory = directory
+    }
+
+    /// A new private directory under `$TMPDIR` (else /tmp).
+    static func makeDirectory() throws -> String {
+        let base = getenv("TMPDIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        var template = Array(((base.hasSuffix("/") ? base : base + "/") + "kernel-model-load-XXXXXX").utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { buffer -> String? in
+            mkdtemp(buffer.baseAddress!).map { String(cString: $0) }
+        }
+        guard let made else {
+            throw KernelHTTPError(500, "cannot make a directory for the load request's files in \(base): \(String(cString: strerror(errno)))")
+        }
+        return made
+    }
+
+    /// Writes `bytes` at `path` (relative, checked) under `directory`, making the directories on the way.
+    static func write(_ bytes: [UInt8], to path: String, in directory: String) throws {
+        var current = directory
+        let parts = path.split(separator: "/")
+        for part in parts.dropLast() {
+            current += "/" + part
+            if mkdir(current, 0o700) != 0, errno != EEXIST {
+                throw KernelHTTPError(500, "cannot make \(current): \(String(cString: strerror(errno)))")
+            }
+        }
+        let file = current + "/" + parts.last!
+        guard let handle = fopen(file, "wbx") else {
+            throw KernelHTTPError(500, "cannot write \(file): \(String(cString: strerror(errno)))")
+        }
+        defer { fclose(handle) }
+        guard bytes.isEmpty || fwrite(bytes, 1, bytes.count, handle) == bytes.count else {
+            throw KernelHTTPError(500, "cannot write \(file): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// Removes `directory` and everything in it (what `write` made: directories and regular files).
+    func removeDirectory() {
+        guard let directory else { return }
+        ModelLoadOverride.removeTree(directory)
+    }
+
+    private static func removeTree(_ path: String) {
+        if let entries = opendir(path) {
+            var names: [String] = []
+            while let entry = readdir(entries) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if name != ".", name != ".." { names.append(name) }
+            }
+            closedir(entries)
+            for name in names {
+                let child = path + "/" + name
+                if unlink(child) != 0 { removeTree(child) }
+            }
+        }
+        rmdir(path)
     }
 }

@@ -17,7 +17,65 @@ enum TritonModelConfig {
     static func settings(_ text: String, file: String, modelName: String) throws -> YAMLNode {
         var parser = TextFormatParser(bytes: Array(text.utf8), file: file)
         let message = try parser.message(until: nil)
-        let start = SourceMark(file: file, line: 1, column: 1)
+        return try settings(message, start: SourceMark(file: file, line: 1, column: 1), modelName: modelName,
+                            unsupportedHint: "not supported in config.pbtxt (write the model's settings in config.yaml)")
+    }
+
+    /// Where the fields of a load request's `config` are said to be: JSON values carry no position, so errors
+    /// name the field's path alone (`ConfigError.mark` is dropped for them).
+    static let loadRequestMark = SourceMark(file: "config", line: 1, column: 1)
+
+    /// The settings of a load request's `config` parameter (Triton's model configuration in its JSON form, as
+    /// `GET .../config` answers it) as a mapping with `config.yaml`'s keys. The same fields as `config.pbtxt` are
+    /// understood; protobuf's JSON mapping may give 64-bit integers as strings, which is accepted.
+    static func settings(json: JSONValue, modelName: String) throws -> YAMLNode {
+        guard case .object = json else {
+            throw ConfigError(mark: nil, path: "", message: "the model configuration must be a JSON object")
+        }
+        func number(_ value: JSONNumber) -> YAMLNode {
+            .scalar(value.int64.map(String.init) ?? String(value.double), mark: loadRequestMark, isPlain: true)
+        }
+        func node(_ value: JSONValue) -> YAMLNode {
+            switch value {
+            case .null: return .scalar("", mark: loadRequestMark, isPlain: true)
+            case .bool(let flag): return .scalar(flag ? "true" : "false", mark: loadRequestMark, isPlain: true)
+            case .number(let value): return number(value)
+            case .string(let text):
+                // Protobuf's JSON mapping writes 64-bit integers as strings ("2000"): those read as numbers.
+                let digits = text.utf8.drop { $0 == UInt8(ascii: "-") }
+                let isInteger = !digits.isEmpty && digits.count >= text.utf8.count - 1 && digits.allSatisfy { (0x30...0x39).contains($0) }
+                return .scalar(text, mark: loadRequestMark, isPlain: isInteger)
+            case .array(let items): return .sequence(items.map(node), mark: loadRequestMark)
+            case .numbers(let values): return .sequence(values.map(number), mark: loadRequestMark)
+            case .object(let members):
+                return .mapping(members.map { (.scalar($0.key, mark: loadRequestMark, isPlain: true), node($0.value)) },
+                                mark: loadRequestMark)
+            }
+        }
+        guard case .mapping(let entries, _) = node(json) else { return .mapping([], mark: loadRequestMark) }
+        let message = entries.map { TextFormatField(name: $0.key.scalarText ?? "", nameMark: loadRequestMark, value: $0.value) }
+        do {
+            return try settings(message, start: loadRequestMark, modelName: modelName,
+                                unsupportedHint: "not supported in a load request's config")
+        } catch var error as ConfigError {
+            error.mark = nil
+            throw error
+        }
+    }
+
+    /// Fields Triton's configuration JSON carries with their default values, which say nothing when empty (a list
+    /// or message with nothing in it): accepted then, an error otherwise.
+    private static let emptyByDefault: Set<String> = ["batch_input", "batch_output", "model_warmup", "parameters",
+                                                      "cc_model_filenames", "metric_tags", "optimization",
+                                                      "model_repository_agents", "response_cache"]
+
+    /// The settings of a parsed configuration message (from a `config.pbtxt` or a load request's JSON).
+    private static func settings(_ message: [TextFormatField], start: SourceMark, modelName: String,
+                                 unsupportedHint: String) throws -> YAMLNode {
+        func unsupported(_ field: TextFormatField, path: String) -> ConfigError {
+            let name = path.isEmpty ? field.name : "\(path).\(field.name)"
+            return ConfigError(mark: field.nameMark, path: name, message: unsupportedHint)
+        }
         var out: [(key: YAMLNode, value: YAMLNode)] = []
         func put(_ key: String, _ value: YAMLNode) {
             out.append((.scalar(key, mark: value.mark, isPlain: true), value))
@@ -87,6 +145,10 @@ enum TritonModelConfig {
                 put("dynamic_batching", .mapping(dynamic, mark: field.value.mark))
             case "version_policy":
                 put("version_policy", field.value)
+            case "default_model_filename" where field.value.scalarText == ModelRepositoryLayout.modelFileName:
+                break
+            case let name where emptyByDefault.contains(name) && isEmpty(field.value):
+                break
             default:
                 throw unsupported(field, path: "")
             }
@@ -97,10 +159,13 @@ enum TritonModelConfig {
         return .mapping(out, mark: start)
     }
 
-    private static func unsupported(_ field: TextFormatField, path: String) -> ConfigError {
-        let name = path.isEmpty ? field.name : "\(path).\(field.name)"
-        return ConfigError(mark: field.nameMark, path: name,
-                           message: "not supported in config.pbtxt (write the model's settings in config.yaml)")
+    /// An empty list or message (`[]`, `{}`), or an empty scalar.
+    private static func isEmpty(_ node: YAMLNode) -> Bool {
+        switch node {
+        case .scalar(let text, _, _): return text.isEmpty
+        case .sequence(let items, _): return items.isEmpty
+        case .mapping(let entries, _): return entries.isEmpty
+        }
     }
 
     /// The members of a message value.

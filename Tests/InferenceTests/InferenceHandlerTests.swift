@@ -118,7 +118,10 @@ final class InferenceHandlerTests: XCTestCase {
         XCTAssertEqual(refused, 503)
         XCTAssertEqual(refusal, #"{"error":"explicit model load / unload is not allowed if polling is enabled"}"#)
         XCTAssertEqual(try call("POST", "/v2/repository/models/double/load", body: #"{"parameters": {"config": "{}"}}"#).1,
-                       #"{"error":"load parameter 'config' is not supported: the model loads from its repository directory"}"#)
+                       #"{"error":"explicit model load / unload is not allowed if polling is enabled"}"#)
+        XCTAssertEqual(try call("POST", "/v2/repository/models/double/load", body: #"{"parameters": {"config": 1}}"#).1,
+                       #"{"error":"failed to load 'double': the 'config' parameter must be a string of the model configuration in JSON"}"#,
+                       "the parameters' shapes are checked first")
         XCTAssertEqual(try call("POST", "/v2/repository/models/double/unload", body: #"{"parameters": {"unload_dependents": "x"}}"#).0, 400)
         XCTAssertTrue(InferenceHandler.extensions.contains("model_repository"))
     }

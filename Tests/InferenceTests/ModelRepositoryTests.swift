@@ -164,6 +164,49 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(try ModelRepositoryLayout(path: directory).scanModel("demo").policy, .all)
     }
 
+    func testALoadRequestsJSONConfigurationReadsAsConfigPbtxtDoes() throws {
+        try write("demo/1/model.onnx", "")
+        try write("demo/2/model.onnx", "")
+        try write("demo/config.yaml", "max_batch_size: 16\n")
+        // As `GET .../config` answers it, with the fields Triton writes at their defaults and 64-bit integers as text.
+        let json = try JSONReader.parse(ByteBuffer(string: #"""
+            {"name": "demo", "platform": "onnxruntime_onnx", "backend": "onnxruntime", "max_batch_size": 4,
+             "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [64]}], "output": [],
+             "instance_group": [{"count": 2, "kind": "KIND_CPU"}],
+             "dynamic_batching": {"preferred_batch_size": [2, 4], "max_queue_delay_microseconds": "1500",
+                                  "default_queue_policy": {"max_queue_size": 9, "default_timeout_microseconds": 0}},
+             "version_policy": {"specific": {"versions": [1]}}, "default_model_filename": "model.onnx",
+             "batch_input": [], "batch_output": [], "parameters": {}, "model_warmup": [], "optimization": {}}
+            """#))
+        let settings = try TritonModelConfig.settings(json: json, modelName: "demo")
+        let model = try ModelRepositoryLayout(path: directory).scanModel("demo", override: ModelLoadOverride(settings: settings))
+        XCTAssertEqual(model.policy, .specific([1]))
+        XCTAssertEqual(model.versions.map(\.version), ["1"])
+        XCTAssertNil(model.settingsPath, "the settings file is not read")
+        let configuration = try XCTUnwrap(model.versions.first)
+        XCTAssertEqual(configuration.maxBatchSize, 4)
+        XCTAssertEqual(configuration.instances, 2)
+        XCTAssertEqual(configuration.dynamicBatching?.preferredBatchSizes, [2, 4])
+        XCTAssertEqual(configuration.dynamicBatching?.maxQueueDelay.milliseconds, 2, "1500 us rounds up to 2 ms")
+        XCTAssertEqual(configuration.maxQueue, 9)
+        // Errors name the field, with no line or column (a request's JSON has none).
+        func error(_ text: String) -> String {
+            do {
+                let settings = try TritonModelConfig.settings(json: try JSONReader.parse(ByteBuffer(string: text)), modelName: "demo")
+                _ = try ModelRepositoryLayout(path: directory).scanModel("demo", override: ModelLoadOverride(settings: settings))
+            } catch {
+                return "\(error)"
+            }
+            XCTFail("no error for \(text)")
+            return ""
+        }
+        XCTAssertEqual(error(#"{"name": "other"}"#), #"name: the model is named "other" but its directory is "demo""#)
+        XCTAssertEqual(error(#"{"optimization": {"graph": {"level": 1}}}"#), "optimization: not supported in a load request's config")
+        XCTAssertEqual(error(#"{"default_model_filename": "model.plan"}"#), "default_model_filename: not supported in a load request's config")
+        XCTAssertEqual(error(#"{"max_batch_size": "many"}"#), #"invalid model configuration: max_batch_size: expected a non-negative integer, found "many""#)
+        XCTAssertEqual(error("[1]"), "the model configuration must be a JSON object")
+    }
+
     func testTritonConfigPbtxtErrorsNameTheirPlace() throws {
         try write("demo/1/model.onnx", "")
         let file = directory + "/demo/config.pbtxt"
@@ -175,7 +218,7 @@ final class ModelRepositoryTests: XCTestCase {
         }
         XCTAssertEqual(try error("name: \"other\"\n"), "\(file):1:7: name: the model is named \"other\" but its directory is \"demo\"")
         XCTAssertEqual(try error("platform: \"tensorrt_plan\"\n"), "\(file):1:11: platform: expected \"onnxruntime_onnx\": the kernel serves ONNX models with ONNX Runtime")
-        XCTAssertEqual(try error("max_batch_size: 4\noptimization { }\n"), "\(file):2:1: optimization: not supported in config.pbtxt (write the model's settings in config.yaml)")
+        XCTAssertEqual(try error("max_batch_size: 4\noptimization { graph { level: 1 } }\n"), "\(file):2:1: optimization: not supported in config.pbtxt (write the model's settings in config.yaml)")
         XCTAssertEqual(try error("instance_group [ { kind: KIND_GPU } ]\n"), "\(file):1:26: instance_group.kind: only KIND_CPU instances are served")
         XCTAssertEqual(try error("max_batch_size: -1\n"), "\(file):1:17: max_batch_size: expected a non-negative integer, found \"-1\"")
         XCTAssertEqual(try error("dynamic_batching {\n  preferred_batch_size: 4\n"), "\(file):3:1: expected '}' before the end of the file")

@@ -129,13 +129,29 @@ def test_repository_bodies_that_are_not_json_or_of_the_wrong_shape(start_kernel,
     for ready in ("yes", 1, None, [], {}):
         message = error_of(post(kernel, "/v2/repository/index", json.dumps({"ready": ready})), 400)
         assert message == "Invalid value for 'ready': expected a boolean"
-    # `parameters` of the wrong type, and Triton's overrides this kernel does not take.
+    # `parameters` of the wrong type, and overrides (Triton's `config` and `file:`) of the wrong shape.
     for parameters in ([], "x", 3, True):
         message = error_of(post(kernel, "/v2/repository/models/demo/load", json.dumps({"parameters": parameters})), 400)
         assert message == "Unable to parse 'parameters': expected an object"
-    for key in ("config", "file:1/model.onnx"):
-        message = error_of(post(kernel, "/v2/repository/models/demo/load", json.dumps({"parameters": {key: "{}"}})), 400)
-        assert message.startswith(f"load parameter '{key}' is not supported")
+    for parameters, expected in (
+            ({"config": {}}, "the 'config' parameter must be a string"),
+            ({"config": 7}, "the 'config' parameter must be a string"),
+            ({"config": "{"}, "the 'config' parameter is not valid JSON"),
+            ({"config": "[]"}, "invalid model configuration: the model configuration must be a JSON object"),
+            ({"config": "{\"name\": \"other\"}"}, "invalid model configuration: name: the model is named"),
+            ({"config": "{\"max_batch_size\": -1}"}, "invalid model configuration: max_batch_size:"),
+            ({"config": "{\"instance_group\": [{\"kind\": \"KIND_GPU\"}]}"}, "only KIND_CPU instances are served"),
+            ({"config": "{\"sequence_batching\": {}}"}, "sequence_batching: not supported in a load request's config"),
+            ({"file:1/model.onnx": "AAAA"}, "the 'config' parameter must be given with file parameters"),
+            ({"config": "{}", "file:../model.onnx": "AAAA"}, "invalid file parameter 'file:../model.onnx'"),
+            ({"config": "{}", "file:/1/model.onnx": "AAAA"}, "invalid file parameter 'file:/1/model.onnx'"),
+            ({"config": "{}", "file:1/model.onnx": 12}, "must be the file's content in base64"),
+            ({"config": "{}", "file:1/model.onnx": "not base64!"}, "is not valid base64"),
+            ({"config": "{}", "file:1/model.onnx": "AAAA"}, "version 1 is at UNAVAILABLE state")):
+        response = post(kernel, "/v2/repository/models/demo/load", json.dumps({"parameters": parameters}))
+        message = error_of(response, 400)
+        assert expected in message, (parameters, message)
+        assert_serving(kernel)
     for dependents in ("yes", 1, None):
         body = json.dumps({"parameters": {"unload_dependents": dependents}})
         message = error_of(post(kernel, "/v2/repository/models/demo/unload", body), 400)

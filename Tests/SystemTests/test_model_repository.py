@@ -376,3 +376,73 @@ dynamic_batching { max_queue_delay_microseconds: 500 }
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
     array = rows(4)
     assert np.array_equal(output_of(infer(kernel, "demo", array)), Reference(DEMO).run(array))
+
+
+def test_a_load_request_gives_the_settings_or_the_files_instead_of_the_repository(start_kernel, tmp_path):
+    """Triton's load overrides: `config` (the model configuration JSON, as tritonclient's `load_model(config=...)`
+    sends it) replaces the model's settings file, `file:` parameters replace its directory (and can load a model the
+    repository does not have). A load without them goes back to the repository's files."""
+    import base64
+    make_repository(str(tmp_path))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    kernel = start_kernel(repository_yaml("  repository_control: explicit"),
+                          env=dict(os.environ, TMPDIR=str(scratch)))
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    assert client.get_model_config("demo")["max_batch_size"] == 8
+    array = rows(2)
+
+    # New settings: a smaller batch, two instances, a queue delay (a 64-bit integer as protobuf's JSON writes it),
+    # and only version 2.
+    client.load_model("demo", config=json.dumps({
+        "name": "demo", "backend": "onnxruntime", "max_batch_size": 4,
+        "instance_group": [{"count": 2, "kind": "KIND_CPU"}],
+        "dynamic_batching": {"preferred_batch_size": [2, 4], "max_queue_delay_microseconds": "2000"},
+        "version_policy": {"specific": {"versions": [2]}}}))
+    config = client.get_model_config("demo")
+    assert config["max_batch_size"] == 4
+    assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+    assert config["dynamic_batching"]["preferred_batch_size"] == [2, 4]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+    assert not client.is_model_ready("demo", "1") and client.is_model_ready("demo", "2")
+    assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
+    assert infer(kernel, "demo", rows(5)).status_code == 400, "5 rows are above the new max_batch_size"
+
+    # What `GET .../config` answers loads back as it is.
+    config["max_batch_size"] = 2
+    config["dynamic_batching"]["preferred_batch_size"] = [2]
+    client.load_model("demo", config=json.dumps(config))
+    assert client.get_model_config("demo")["max_batch_size"] == 2
+
+    # A configuration that does not load leaves the model as it was.
+    refused = post(kernel, "/v2/repository/models/demo/load", {"parameters": {"config": json.dumps({"max_batch_size": "x"})}})
+    assert refused.status_code == 400 and "max_batch_size" in refused.json()["error"], refused.text
+    assert client.get_model_config("demo")["max_batch_size"] == 2
+
+    # Without overrides, the repository's settings and versions again.
+    client.load_model("demo")
+    assert client.get_model_config("demo")["max_batch_size"] == 8
+    assert client.is_model_ready("demo", "1") and client.is_model_ready("demo", "2")
+
+    # Files: a model the repository does not have, from the request alone.
+    model_path = make_scaled_sum_model(str(tmp_path / "upload" / "model.onnx"), 3.0)
+    with open(model_path, "rb") as f:
+        encoded = base64.b64encode(f.read()).decode()
+    loaded = post(kernel, "/v2/repository/models/uploaded/load", {"parameters": {
+        "config": json.dumps({"max_batch_size": 8, "dynamic_batching": {}}), "file:1/model.onnx": encoded}})
+    assert loaded.status_code == 200, loaded.text
+    assert client.is_model_ready("uploaded")
+    assert is_scaled_sum(output_of(infer(kernel, "uploaded", array)), array, 3.0)
+    assert {"name": "uploaded", "version": "1", "state": "READY"} in index(kernel)
+    assert not [name for name in os.listdir(scratch) if name.startswith("kernel-model-load-")], \
+        "the files' directory is removed once the model is loaded"
+    # Files for a model of the repository replace its directory; the next plain load goes back to it.
+    loaded = post(kernel, "/v2/repository/models/demo/load", {"parameters": {
+        "config": "{}", "file:7/model.onnx": encoded}})
+    assert loaded.status_code == 200, loaded.text
+    assert client.is_model_ready("demo", "7") and not client.is_model_ready("demo", "2")
+    assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 3.0)
+    client.load_model("demo")
+    assert client.is_model_ready("demo", "2") and not client.is_model_ready("demo", "7")
+    assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
+    assert "inference: model 'uploaded' version 1 ready" in kernel.log_text()
