@@ -29,8 +29,11 @@ public struct RepositorySettings: Sendable {
     public var control: RepositoryControl
     /// How often `poll` mode rescans the repository.
     public var pollInterval: ConfigDuration
-    /// The models found when the configuration was read (what loads at start), by name.
+    /// The models found when the configuration was read, by name.
     public var models: [RepositoryModel]
+    /// `startup_models` (Triton's `--load-model`): the repository models that load at start with
+    /// `repository_control: explicit`; nil for all of them.
+    public var startupModels: Set<String>? = nil
 }
 
 /// How a repository's models change while the kernel runs (Triton's `--model-control-mode`).
@@ -39,7 +42,8 @@ public enum RepositoryControl: String, Sendable {
     case none
     /// The repository is rescanned every `repository_poll`; `load` and `unload` are refused (as Triton refuses them).
     case poll
-    /// `POST /v2/repository/models/{name}/load` and `/unload` load and unload models (all load at start).
+    /// `POST /v2/repository/models/{name}/load` and `/unload` load and unload models (at start, those
+    /// `startup_models` names: all by default).
     case explicit
 }
 
@@ -196,7 +200,13 @@ extension InferenceConfiguration {
             }
             repository = RepositorySettings(path: path, control: control,
                                             pollInterval: poll ?? defaultPollInterval, models: found)
-        } else if let stray = controlValue ?? pollValue {
+            if let startupValue = mapping.optional("startup_models") {
+                guard control == .explicit else {
+                    throw startupValue.error("startup_models needs repository_control: explicit (with \(control.rawValue) every model of the repository loads at start)")
+                }
+                repository?.startupModels = try decodeStartupModels(startupValue, found: found, path: path)
+            }
+        } else if let stray = controlValue ?? pollValue ?? mapping.optional("startup_models") {
             throw stray.error("needs model_repository")
         }
         // Pipelines (Modules/Inference/Pipeline/PipelineConfiguration.swift).
@@ -222,6 +232,24 @@ extension InferenceConfiguration {
         let model = try decodeModelSettings(mapping, name: name, path: path, version: version, memoryDefaults: memoryDefaults)
         try mapping.finish()
         return model
+    }
+
+    /// `startup_models: [NAME, ...]` or `"*"` (every model, the default); an empty list loads none, as Triton's
+    /// explicit mode does without `--load-model`. A name the repository does not have is an error at its place.
+    static func decodeStartupModels(_ value: ConfigValue, found: [RepositoryModel], path: String) throws -> Set<String>? {
+        if case .scalar = value.node {
+            guard try value.string() == "*" else { throw value.expected("a list of model names, or \"*\" for all") }
+            return nil
+        }
+        var names: Set<String> = []
+        for item in try value.list() {
+            let name = try modelName(item)
+            guard found.contains(where: { $0.name == name }) else {
+                throw item.error("no model \"\(name)\" in model_repository \(path)")
+            }
+            names.insert(name)
+        }
+        return names
     }
 
     /// A model name as URLs carry it.

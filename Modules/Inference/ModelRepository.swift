@@ -160,6 +160,12 @@ public final class ModelRepository: ReadinessCheck, Sendable {
         }
         for model in repository?.models ?? [] {
             var entry = ModelEntry(name: model.name)
+            if let startup = repository?.startupModels, !startup.contains(model.name) {
+                // Not loaded until a load request asks for it, and not waited for by readiness.
+                entry.unloaded = true
+                entries[model.name] = entry
+                continue
+            }
             for configuration in model.versions {
                 entry.versions[configuration.versionNumber] = ModelVersion(configuration: configuration, state: .loading)
             }

@@ -45,9 +45,10 @@ extension ModelRepository {
         return model.versions.map { ($0, VersionSource(model: model.stamps[$0.path] ?? nil, settings: settingsStamp)) }
     }
 
-    /// Loads every model at start (stopping early when `stopped` turns true).
+    /// Loads every model at start (stopping early when `stopped` turns true), but the repository models that
+    /// `startup_models` leaves out.
     func loadAll(_ loader: ModelLoader, stopped: () -> Bool) {
-        let names = entries.withLockedValue { $0.keys.sorted() }
+        let names = entries.withLockedValue { entries in entries.values.filter { !$0.unloaded }.map(\.name).sorted() }
         for name in names {
             guard !stopped() else { return }
             operations.withLock {

@@ -268,6 +268,32 @@ final class ModelRepositoryTests: XCTestCase {
         // A name in both `models:` and the repository: the `models:` entry's name, with its file, line and column.
         assertError("inference:\n  model_repository: \(repo)\n  models:\n    - name: demo\n      path: /m.onnx\n",
                     "etc/k.yaml:4:13: inference.models[0].name: model \"demo\" is declared here and in model_repository \(repo)")
+        assertError("inference:\n  model_repository: \(repo)\n  startup_models: [demo]\n",
+                    "etc/k.yaml:3:19: inference.startup_models: startup_models needs repository_control: explicit (with none every model of the repository loads at start)")
+        assertError("inference:\n  model_repository: \(repo)\n  repository_control: explicit\n  startup_models: [demo, gone]\n",
+                    "etc/k.yaml:4:26: inference.startup_models[1]: no model \"gone\" in model_repository \(repo)")
+        assertError("inference:\n  model_repository: \(repo)\n  repository_control: explicit\n  startup_models: all\n",
+                    "etc/k.yaml:4:19: inference.startup_models: expected a list of model names, or \"*\" for all, found \"all\"")
+        assertError("inference:\n  startup_models: []\n", "etc/k.yaml:2:19: inference.startup_models: needs model_repository")
+    }
+
+    func testStartupModelsChooseWhatLoadsAtStartInExplicitMode() throws {
+        try write("repo/demo/1/model.onnx", "")
+        try write("repo/other/1/model.onnx", "")
+        let repo = directory! + "/repo"
+        func startup(_ line: String) throws -> Set<String>? {
+            try XCTUnwrap(decode("inference:\n  model_repository: \(repo)\n  repository_control: explicit\n\(line)").repository).startupModels
+        }
+        XCTAssertNil(try startup(""), "every model by default")
+        XCTAssertNil(try startup("  startup_models: \"*\"\n"))
+        XCTAssertEqual(try startup("  startup_models: [other]\n"), ["other"])
+        XCTAssertEqual(try startup("  startup_models: []\n"), [], "none, as Triton's explicit mode without --load-model")
+        // A model left out is in the index by name, not waited for by readiness, and loads on request.
+        let settings = try XCTUnwrap(decode("inference:\n  model_repository: \(repo)\n  repository_control: explicit\n  startup_models: [other]\n").repository)
+        let repository = ModelRepository(configurations: [], repository: settings)
+        XCTAssertEqual(repository.index(readyOnly: false).map(\.name), ["demo", "other"])
+        XCTAssertNil(repository.index(readyOnly: false)[0].state)
+        XCTAssertEqual(repository.notReady().map(\.name), ["other"], "only the startup model holds readiness back")
     }
 
     func testMemoryOptionsAndTheirInferenceDefaults() throws {

@@ -446,3 +446,20 @@ def test_a_load_request_gives_the_settings_or_the_files_instead_of_the_repositor
     assert client.is_model_ready("demo", "2") and not client.is_model_ready("demo", "7")
     assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
     assert "inference: model 'uploaded' version 1 ready" in kernel.log_text()
+
+
+def test_startup_models_choose_what_explicit_mode_loads_at_start(start_kernel, tmp_path):
+    """Triton's `--model-control-mode=explicit --load-model=other`: only `other` loads at start; `demo` is in the
+    index by name, does not hold readiness back, and loads when asked."""
+    make_repository(str(tmp_path))
+    kernel = start_kernel(repository_yaml("  repository_control: explicit\n  startup_models: [other]"))
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    assert client.is_server_ready()
+    assert client.is_model_ready("other") and not client.is_model_ready("demo")
+    assert {"name": "demo"} in index(kernel)
+    assert infer(kernel, "demo", rows(1)).status_code in (400, 404)
+    client.load_model("demo")
+    assert client.is_model_ready("demo", "1") and client.is_model_ready("demo", "2")
+    array = rows(2)
+    assert is_scaled_sum(output_of(infer(kernel, "demo/versions/2", array)), array, 2.0)
+    assert "inference: model 'demo' version 2 ready" in kernel.log_text()
