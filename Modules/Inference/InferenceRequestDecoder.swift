@@ -51,41 +51,31 @@ struct InferenceRequestDecoder {
             guard cursor.index == cursor.bytes.count else { throw cursor.error("unexpected data after the JSON value") }
             throw KernelHTTPError(400, "the inference request must be a JSON object")
         }
-        cursor.index += 1
         var id: String?
         var binaryOutputDefault = false
         var priority: Int?
         var outputItems: JSONValue?
-        var seen = Members()
-        cursor.skipSpace()
-        if cursor.index < cursor.bytes.count, cursor.bytes[cursor.index] == UInt8(ascii: "}") {
-            cursor.index += 1
-        } else {
-            repeat {
-                let key = try memberName()
-                // A repeated member: the first is the one read (as a lookup of the key would find it).
-                guard seen.first(key) else { try cursor.skipValue(depth: 1); continue }
-                switch key {
-                case "id":
-                    let value = try cursor.value(depth: 1)
-                    guard let text = value.stringValue else { throw KernelHTTPError(400, "\"id\" must be a string, found \(value.kindName)") }
-                    id = text
-                case "parameters":
-                    let parameters = try cursor.value(depth: 1)
-                    guard parameters.isObject else { throw KernelHTTPError(400, "\"parameters\" must be an object") }
-                    if let flag = parameters["binary_data_output"] {
-                        guard let value = flag.boolValue else { throw KernelHTTPError(400, "\"binary_data_output\" must be a boolean") }
-                        binaryOutputDefault = value
-                    }
-                    if let level = parameters["priority"] { priority = try RequestPriority.parameter(level) }
-                case "inputs":
-                    try inputs()
-                case "outputs":
-                    outputItems = try cursor.value(depth: 1)
-                default:
-                    try cursor.skipValue(depth: 1)
+        try members(depth: 1) { decoder, key in
+            switch key {
+            case "id":
+                let value = try decoder.cursor.value(depth: 1)
+                guard let text = value.stringValue else { throw KernelHTTPError(400, "\"id\" must be a string, found \(value.kindName)") }
+                id = text
+            case "parameters":
+                let parameters = try decoder.cursor.value(depth: 1)
+                guard parameters.isObject else { throw KernelHTTPError(400, "\"parameters\" must be an object") }
+                if let flag = parameters["binary_data_output"] {
+                    guard let value = flag.boolValue else { throw KernelHTTPError(400, "\"binary_data_output\" must be a boolean") }
+                    binaryOutputDefault = value
                 }
-            } while try cursor.next(close: UInt8(ascii: "}"))
+                if let level = parameters["priority"] { priority = try RequestPriority.parameter(level) }
+            case "inputs":
+                try decoder.inputs()
+            case "outputs":
+                outputItems = try decoder.cursor.value(depth: 1)
+            default:
+                try decoder.cursor.skipValue(depth: 1)
+            }
         }
         cursor.skipSpace()
         guard cursor.index == cursor.bytes.count else { throw cursor.error("unexpected data after the JSON value") }
@@ -113,6 +103,23 @@ struct InferenceRequestDecoder {
         let outputs = try requestedOutputs(outputItems, binaryOutputDefault: binaryOutputDefault)
         return DecodedInferenceRequest(id: id, inputs: inputs, outputs: outputs, binaryOutputDefault: binaryOutputDefault,
                                        priority: priority)
+    }
+
+    /// The members of the object whose `{` the cursor is past, at nesting `depth`: `visit` reads each one's value
+    /// (the cursor is at it) the first time its name comes; a repeated member is skipped, so the first is the one
+    /// read, as a lookup of the key would find it.
+    mutating func members(depth: Int, _ visit: (inout InferenceRequestDecoder, String) throws -> Void) throws {
+        cursor.index += 1
+        cursor.skipSpace()
+        if cursor.index < cursor.bytes.count, cursor.bytes[cursor.index] == UInt8(ascii: "}") {
+            cursor.index += 1
+            return
+        }
+        var seen = Members()
+        repeat {
+            let key = try memberName()
+            if seen.first(key) { try visit(&self, key) } else { try cursor.skipValue(depth: depth) }
+        } while try cursor.next(close: UInt8(ascii: "}"))
     }
 
     /// A member's name and its ':'.
@@ -172,35 +179,26 @@ struct InferenceRequestDecoder {
             _ = try cursor.value(depth: 2)
             throw KernelHTTPError(400, "each of \"inputs\" must be an object")
         }
-        cursor.index += 1
         var header = InputHeader()
-        var seen = Members()
-        cursor.skipSpace()
-        if cursor.index < cursor.bytes.count, cursor.bytes[cursor.index] == UInt8(ascii: "}") {
-            cursor.index += 1
-        } else {
-            repeat {
-                let key = try memberName()
-                guard seen.first(key) else { try cursor.skipValue(depth: 2); continue }
-                switch key {
-                case "name": header.name = try cursor.value(depth: 2)
-                case "datatype": header.datatype = try cursor.value(depth: 2)
-                case "shape": header.shape = try shape()
-                case "parameters": header.parameters = try cursor.value(depth: 2)
-                case "data":
-                    header.hasData = true
-                    if header.name != nil, header.datatype != nil, header.shape != nil,
-                       header.parameters?["binary_data_size"] == nil {
-                        let checked = try check(header)
-                        header.checked = checked
-                        try decodeData(checked)
-                    } else {
-                        header.deferredData = cursor.index
-                        try cursor.skipValue(depth: 2)
-                    }
-                default: try cursor.skipValue(depth: 2)
+        try members(depth: 2) { decoder, key in
+            switch key {
+            case "name": header.name = try decoder.cursor.value(depth: 2)
+            case "datatype": header.datatype = try decoder.cursor.value(depth: 2)
+            case "shape": header.shape = try decoder.shape()
+            case "parameters": header.parameters = try decoder.cursor.value(depth: 2)
+            case "data":
+                header.hasData = true
+                if header.name != nil, header.datatype != nil, header.shape != nil,
+                   header.parameters?["binary_data_size"] == nil {
+                    let checked = try decoder.check(header)
+                    header.checked = checked
+                    try decoder.decodeData(checked)
+                } else {
+                    header.deferredData = decoder.cursor.index
+                    try decoder.cursor.skipValue(depth: 2)
                 }
-            } while try cursor.next(close: UInt8(ascii: "}"))
+            default: try decoder.cursor.skipValue(depth: 2)
+            }
         }
         let checked = try header.checked ?? check(header)
         if let sizeValue = header.parameters?["binary_data_size"] {
