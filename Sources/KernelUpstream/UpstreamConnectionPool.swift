@@ -187,11 +187,22 @@ final class UpstreamKeepaliveHandler: ChannelDuplexHandler, @unchecked Sendable 
     typealias OutboundIn = ByteBuffer
 
     private var context: ChannelHandlerContext?
+    /// The connection's `*_read_timeout`, which every request it carries uses (`UpstreamConnectionHandler`).
+    let readTimer: UpstreamReadTimer
+    /// One scheduled task for `keepalive_timeout`, kept across idle periods: entering idle only moves
+    /// `idleDeadline`, and the task, when it fires early, waits again for the moved deadline. So a request on a
+    /// pooled connection costs no timer scheduling and cancelling.
     private var idleTimer: Scheduled<Void>?
+    /// When the connection, idle, is closed (nil: in use).
+    private var idleDeadline: NIODeadline?
     private var onGone: (() -> Void)?
     private(set) var isIdle = false
     /// Bytes of the current request's answer have arrived.
     private(set) var answerStarted = false
+
+    init(readTimer: UpstreamReadTimer) {
+        self.readTimer = readTimer
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -200,6 +211,7 @@ final class UpstreamKeepaliveHandler: ChannelDuplexHandler, @unchecked Sendable 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         idleTimer?.cancel()
+        readTimer.cancel()
     }
 
     /// The connection goes into the cache: a read stays pending, the idle timeout runs; `onGone` is called when
@@ -208,10 +220,23 @@ final class UpstreamKeepaliveHandler: ChannelDuplexHandler, @unchecked Sendable 
         guard let context else { return }
         isIdle = true
         self.onGone = onGone
-        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
-            self.context?.close(promise: nil)
-        }
+        let deadline = NIODeadline.now() + timeout
+        idleDeadline = deadline
+        if idleTimer == nil { scheduleIdleTimer(at: deadline, on: context.eventLoop) }
         context.read()
+    }
+
+    private func scheduleIdleTimer(at deadline: NIODeadline, on eventLoop: any EventLoop) {
+        idleTimer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            idleTimer = nil
+            // In use now: the next idle period sets the timer again.
+            guard isIdle, let current = idleDeadline else { return }
+            if current > .now() {
+                scheduleIdleTimer(at: current, on: eventLoop)  // idle again since the timer was set
+                return
+            }
+            context?.close(promise: nil)
+        }
     }
 
     /// The connection is taken for a request.
@@ -219,8 +244,7 @@ final class UpstreamKeepaliveHandler: ChannelDuplexHandler, @unchecked Sendable 
         isIdle = false
         onGone = nil
         answerStarted = false
-        idleTimer?.cancel()
-        idleTimer = nil
+        idleDeadline = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -249,6 +273,7 @@ final class UpstreamKeepaliveHandler: ChannelDuplexHandler, @unchecked Sendable 
     private func gone() {
         idleTimer?.cancel()
         idleTimer = nil
+        idleDeadline = nil
         let onGone = self.onGone
         self.onGone = nil
         onGone?()

@@ -198,22 +198,30 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             runLocal(lease, started: started)
             return
         }
-        let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop)
-        current = (handler, peer, started)
         let decoder = UpstreamResponseDecoder(parser: engine.hooks.makeResponseParser(for: request),
                                               isHeadRequest: request.method == "HEAD")
         let cache = engine.pool?.cache(on: eventLoop)
         if !afterStaleConnection, let cache, let idle = cache.take(peer) {
+            let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop,
+                                                    readTimer: idle.keepalive.readTimer)
             if let slot = idle.decoderSlot as? UpstreamDecoderSlot<Protocol.Parser>,
                (try? idle.channel.pipeline.syncOperations.addHandler(handler)) != nil {
+                current = (handler, peer, started)
                 slot.decoder = decoder
                 connected(idle.channel, lease: lease, handler: handler, started: started, connection: idle, reused: true)
                 return
             }
             idle.channel.close(promise: nil)
         }
-        // A connection that may be kept gets a decoder it keeps across requests, and the keepalive watch first.
-        let kept = cache.map { _ in (watch: UpstreamKeepaliveHandler(), slot: UpstreamDecoderSlot(decoder)) }
+        // A connection that may be kept gets a decoder it keeps across requests, the keepalive watch first, and a
+        // read timer its requests share.
+        let kept = cache.map { _ in
+            (watch: UpstreamKeepaliveHandler(readTimer: UpstreamReadTimer(eventLoop: eventLoop, shared: true)),
+             slot: UpstreamDecoderSlot(decoder))
+        }
+        let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop,
+                                                readTimer: kept?.watch.readTimer)
+        current = (handler, peer, started)
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout)
             .channelInitializer { channel in
