@@ -141,6 +141,9 @@ public protocol UpstreamGroup: Sendable {
     /// to free up. The future succeeds on `eventLoop` with nil when none is usable (or the wait timed out). The
     /// default answers at once with `begin`.
     func lease(_ request: KernelRequest, excluding excluded: [PeerAddress], on eventLoop: any EventLoop) -> EventLoopFuture<PeerLease?>
+    /// Whether `lease` always answers at once with what `begin` answers: a proxy then calls `begin` itself and
+    /// makes no future per attempt. The default is true; a group that implements `lease` with a wait says false.
+    var leasesAtOnce: Bool { get }
     /// The group's idle connection pool (nginx's `keepalive` in an `upstream` block); nil keeps no connection
     /// open after an answer. The default is nil.
     var keepalive: UpstreamKeepalive? { get }
@@ -172,6 +175,8 @@ extension UpstreamGroup {
     public func lease(_ request: KernelRequest, excluding excluded: [PeerAddress], on eventLoop: any EventLoop) -> EventLoopFuture<PeerLease?> {
         eventLoop.makeSucceededFuture(begin(request, excluding: excluded))
     }
+
+    public var leasesAtOnce: Bool { true }
 
     public var keepalive: UpstreamKeepalive? { nil }
 

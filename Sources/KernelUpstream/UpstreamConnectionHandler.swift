@@ -24,7 +24,10 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
     private let readTimeout: TimeAmount
     let eventLoop: any EventLoop
     private var context: ChannelHandlerContext?
-    private let headPromise: EventLoopPromise<UpstreamResponseHead>
+    /// Who waits for the head (a callback, not a promise: one object fewer per request), or the head's outcome
+    /// when it came before anyone waited.
+    private var headObserver: ((Result<UpstreamResponseHead, any Error>) -> Void)?
+    private var headOutcome: Result<UpstreamResponseHead, any Error>?
     private var pendingHead: UpstreamResponseHead?
     private var headDelivered = false
     private var parts = CircularBuffer<ByteBuffer>()
@@ -44,9 +47,9 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
     private var bodyEndObserver: ((UpstreamBodyEnd) -> Void)?
     /// The whole request was written (set by the exchange when its sender completes).
     var requestFullySent = false
-    /// Set for a connection that may go back to its group's keepalive pool: called instead of closing the
-    /// connection when an answer whose head said `reusable` ends after the whole request was sent.
-    var keepAliveAtEnd: (() -> Void)?
+    /// Set for a connection that may go back to its group's keepalive pool (and the pool's cache): it goes back
+    /// instead of closing when an answer whose head said `reusable` ends after the whole request was sent.
+    var keepAliveAtEnd: (connection: UpstreamConnection, cache: IdleConnectionCache)?
     private var headReusable = false
     private var keptAtReadComplete = false
 
@@ -56,7 +59,6 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         self.readTimeout = readTimeout
         self.eventLoop = eventLoop
         self.readTimer = readTimer ?? UpstreamReadTimer(eventLoop: eventLoop, shared: false)
-        headPromise = eventLoop.makePromise(of: UpstreamResponseHead.self)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -70,7 +72,31 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         if !headDelivered { deliver(error: failure ?? UpstreamResponseError.prematureCloseInHead) }
     }
 
-    var headFuture: EventLoopFuture<UpstreamResponseHead> { headPromise.futureResult }
+    /// `observer` is called once, with the answer's head or why none came (at once when that is known already).
+    func whenHead(_ observer: @escaping (Result<UpstreamResponseHead, any Error>) -> Void) {
+        if let headOutcome {
+            self.headOutcome = nil
+            observer(headOutcome)
+        } else {
+            headObserver = observer
+        }
+    }
+
+    /// The head as a future (for tests; the engine uses `whenHead`).
+    var headFuture: EventLoopFuture<UpstreamResponseHead> {
+        let promise = eventLoop.makePromise(of: UpstreamResponseHead.self)
+        whenHead { promise.completeWith($0) }
+        return promise.futureResult
+    }
+
+    private func resolveHead(_ outcome: Result<UpstreamResponseHead, any Error>) {
+        if let observer = headObserver {
+            headObserver = nil
+            observer(outcome)
+        } else {
+            headOutcome = outcome
+        }
+    }
 
     private func read() {
         guard let context else { return }
@@ -175,10 +201,16 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
             pauseReadTimer()
         }
         context.fireChannelReadComplete()
-        if keptAtReadComplete, let keepAlive = keepAliveAtEnd {
+        if keptAtReadComplete, let (connection, cache) = keepAliveAtEnd {
             keptAtReadComplete = false
             keepAliveAtEnd = nil
-            keepAlive()
+            let slot = connection.decoderSlot
+            slot.decoder = nil
+            if slot.bytesAfterEnd {
+                connection.channel.close(promise: nil)
+            } else {
+                cache.release(connection, removing: self)
+            }
         }
     }
 
@@ -189,7 +221,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         headDelivered = true
         pendingHead = nil
         if ended { bodyEnd = .complete }
-        headPromise.succeed(head)
+        resolveHead(.success(head))
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -211,7 +243,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         stopReadTimer()
         if !headDelivered {
             headDelivered = true
-            headPromise.fail(error)
+            resolveHead(.failure(error))
             return
         }
         guard !ended, failure == nil else { return }

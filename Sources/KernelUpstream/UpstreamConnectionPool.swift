@@ -129,12 +129,12 @@ final class UpstreamConnection: @unchecked Sendable {
     let channel: any Channel
     let peer: PeerAddress
     let keepalive: UpstreamKeepaliveHandler
-    /// The `UpstreamDecoderSlot` of its decoder (of the protocol's parser type).
-    let decoderSlot: AnyObject
+    /// Its decoder's slot.
+    let decoderSlot: UpstreamDecoderSlot
     /// Requests sent over this connection so far.
     var requests = 0
 
-    init(channel: any Channel, peer: PeerAddress, keepalive: UpstreamKeepaliveHandler, decoderSlot: AnyObject) {
+    init(channel: any Channel, peer: PeerAddress, keepalive: UpstreamKeepaliveHandler, decoderSlot: UpstreamDecoderSlot) {
         self.channel = channel
         self.peer = peer
         self.keepalive = keepalive
@@ -146,20 +146,20 @@ final class UpstreamConnection: @unchecked Sendable {
 /// and it is emptied while the connection is idle. One `ByteToMessageHandler` then serves the connection for
 /// its whole life: removing and adding one per request would defer its removal to a later turn of the loop,
 /// and bytes read in between would be lost in it.
-final class UpstreamDecoderSlot<Parser: UpstreamResponseParser>: @unchecked Sendable {
-    var decoder: UpstreamResponseDecoder<Parser>?
+final class UpstreamDecoderSlot: @unchecked Sendable {
+    var decoder: UpstreamResponseDecoder?
     /// Bytes came after the end of an answer: the peer sent more than it framed, so the connection cannot be
     /// trusted with another request.
     var bytesAfterEnd = false
 
-    init(_ decoder: UpstreamResponseDecoder<Parser>) { self.decoder = decoder }
+    init(_ decoder: UpstreamResponseDecoder) { self.decoder = decoder }
 }
 
 /// Decodes through the slot's current decoder; while the slot is empty (idle) bytes wait (the keepalive watch in
 /// front closes an idle connection that receives any).
-struct UpstreamConnectionDecoder<Parser: UpstreamResponseParser>: ByteToMessageDecoder {
+struct UpstreamConnectionDecoder: ByteToMessageDecoder {
     typealias InboundOut = UpstreamResponsePart
-    let slot: UpstreamDecoderSlot<Parser>
+    let slot: UpstreamDecoderSlot
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard slot.decoder != nil else { return .needMoreData }

@@ -6,19 +6,19 @@ import NIOCore
 /// previous one was written, so memory stays bounded by one part whatever the body's size; `*_send_timeout` is
 /// the longest time without progress between two writes (as nginx measures it, through `SendTimeoutWatch`), so a
 /// large body that keeps moving never times out. Lives on the upstream channel's event loop.
-final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendable {
+final class UpstreamRequestSender: @unchecked Sendable {
     /// Bytes read from a spooled file per part.
     static var filePartSize: Int { 256 * 1024 }
 
     private let channel: any Channel
     private let eventLoop: any EventLoop
-    private let hooks: Protocol
+    private let hooks: any UpstreamProtocol
     private let watch: SendTimeoutWatch
     /// Called once, when the whole request is written or sending failed (a callback, not a future: one object
     /// fewer per request on the path every proxied request takes).
     private var completion: ((Result<Void, any Error>) -> Void)?
 
-    init(channel: any Channel, hooks: Protocol, sendTimeout: TimeAmount, eventLoop: any EventLoop,
+    init(channel: any Channel, hooks: any UpstreamProtocol, sendTimeout: TimeAmount, eventLoop: any EventLoop,
          onTimeout: @escaping () -> Void) {
         self.channel = channel
         self.hooks = hooks
