@@ -554,16 +554,17 @@ final class UpstreamExchange: @unchecked Sendable {
     /// a worker's queue depth report (`KernelQueueDepth`, for the balancer only) and those the protocol hides are
     /// dropped; `Upgrade` stays on a `101`, for the listener to write.
     private func responseHeaders(_ head: UpstreamResponseHead, keepingUpgrade: Bool = false) -> HeaderFields {
-        var headers = HeaderFields()
+        var kept: [HeaderFields.Element] = []
+        kept.reserveCapacity(head.headers.count + 1)  // + the Content-Length `makeResponse` may add
         for (name, value) in head.headers {
             if HopByHopHeaders.contains(name), !(keepingUpgrade && name.equalsCaseInsensitive("upgrade")) { continue }
             if name.equalsCaseInsensitive("date") || name.equalsCaseInsensitive("server") || engine.hooks.hidesResponseHeader(name) {
                 continue
             }
             if name.equalsCaseInsensitive(KernelQueueDepth.headerName) { continue }
-            headers.add(name, value)
+            kept.append((name, value))
         }
-        return headers
+        return HeaderFields(kept)
     }
 
     /// The client-facing response, with the headers `responseHeaders` keeps.

@@ -32,20 +32,20 @@ final class UpstreamRequestSender: @unchecked Sendable {
         self.completion = completion
         switch request.bodySource {
         case .file(let file)?:
-            write(head, promise: nil)
+            write(head)
             sendFile(file, from: 0)
         case .stream(let stream)?:
-            write(head, promise: nil)
+            write(head)
             sendStream(stream)
         case nil:
             let body = request.body.flatMap { $0.readableBytes > 0 ? hooks.frameRequestBodyPart($0) : nil }
             if let trailer = hooks.requestBodyTrailer(allocator: channel.allocator) {
-                write(head, promise: nil)
+                write(head)
                 if let body { writeThen(body) { self.sendTrailer(trailer) } } else { sendTrailer(trailer) }
             } else {
                 // Head and body (a uwsgi request: no trailer) in one flush; the last write's end is the request's.
-                if body != nil { write(head, promise: nil, flush: false) }
-                writeThen(body ?? head) { self.finish(.success(())) }
+                if body != nil { write(head, flush: false) }
+                write(body ?? head) { result in self.finish(result) }
             }
         }
     }
@@ -57,13 +57,22 @@ final class UpstreamRequestSender: @unchecked Sendable {
         completion(result)
     }
 
-    /// Writes (and flushes, unless told not to) `buffer` in watched slices; `promise` completes with the last.
-    private func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?, flush: Bool = true) {
+    /// Writes (and flushes, unless told not to) `buffer` in watched slices; `written` is called when the last
+    /// has been written (or failed). One callback per slice does both, so a small request's write costs one
+    /// promise and one closure.
+    private func write(_ buffer: ByteBuffer, flush: Bool = true, then written: ((Result<Void, any Error>) -> Void)? = nil) {
         SendProgress.forEachSlice(of: buffer) { slice, isLast in
-            let written = (isLast ? promise : nil) ?? eventLoop.makePromise(of: Void.self)
+            let promise = eventLoop.makePromise(of: Void.self)
             watch.writeStarted(arming: false)
-            written.futureResult.assumeIsolated().whenComplete { _ in self.watch.writeCompleted() }
-            channel.write(slice, promise: written)
+            if isLast, let written {
+                promise.futureResult.assumeIsolated().whenComplete { result in
+                    self.watch.writeCompleted()
+                    written(result)
+                }
+            } else {
+                promise.futureResult.assumeIsolated().whenComplete { _ in self.watch.writeCompleted() }
+            }
+            channel.write(slice, promise: promise)
         }
         if flush {
             channel.flush()
@@ -84,14 +93,7 @@ final class UpstreamRequestSender: @unchecked Sendable {
 
     /// The protocol's end of the body, whose completion says everything before it left.
     private func sendTrailer(_ trailer: ByteBuffer) {
-        let flushed = eventLoop.makePromise(of: Void.self)
-        write(trailer, promise: flushed)
-        flushed.futureResult.assumeIsolated().whenComplete { result in
-            switch result {
-            case .success: self.finish(.success(()))
-            case .failure(let error): self.finish(.failure(error))
-            }
-        }
+        write(trailer) { result in self.finish(result) }
     }
 
     private func sendFile(_ file: SpooledRequestBody, from offset: Int64) {
@@ -128,9 +130,7 @@ final class UpstreamRequestSender: @unchecked Sendable {
 
     /// Writes `part` and calls `next` once it is written; a failed write ends the request.
     private func writeThen(_ part: ByteBuffer, _ next: @escaping () -> Void) {
-        let written = eventLoop.makePromise(of: Void.self)
-        write(part, promise: written)
-        written.futureResult.assumeIsolated().whenComplete { result in
+        write(part) { result in
             switch result {
             case .success: next()
             case .failure(let error): self.finish(.failure(error))
