@@ -62,6 +62,9 @@ extension BalancedGroup {
         return promise.futureResult
     }
 
+    /// A group without a `queue` leases at once (`begin`).
+    public var leasesAtOnce: Bool { queue == nil }
+
     /// How many requests wait in the queue now.
     public var waiting: Int { lock.withLock { waiters.count } }
 

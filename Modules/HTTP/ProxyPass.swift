@@ -71,6 +71,16 @@ public struct ProxyPassConfiguration: Sendable {
         return lowercasedName == "x-pad" || lowercasedName.hasPrefix("x-accel-")
     }
 
+    /// `hides` for a name in any case. Without `proxy_hide_header`/`proxy_pass_header` lines (the usual case)
+    /// the defaults are compared in place, so no lowered copy is made per header of every answer.
+    func hides(anyCase name: String) -> Bool {
+        guard hiddenHeaders.isEmpty, passedHeaders.isEmpty else { return hides(name.lowercased()) }
+        let utf8 = name.utf8
+        guard utf8.count >= 5, HTTPToken.equalCaseInsensitive(utf8.prefix(2), "x-".utf8) else { return false }
+        if utf8.count == 5 { return name.equalsCaseInsensitive("x-pad") }
+        return HTTPToken.equalCaseInsensitive(utf8.prefix(8), "x-accel-".utf8) && !name.equalsCaseInsensitive("x-accel-buffering")
+    }
+
     /// Rewrites `value` by the first `proxy_redirect` rule whose `from` starts it (from `offset`, which is past
     /// `url=` in a `Refresh`); nil when none applies.
     func rewriteRedirect(_ value: String, from offset: String.Index, context: VariableContext) -> String? {
@@ -188,16 +198,14 @@ public struct ProxyPassHandler: RequestHandler {
         } else {
             engine = lengthFramed
         }
-        let configuration = self.configuration
         var deadline: NIODeadline?
         if configuration.deadline.isEnabled {
             deadline = configuration.deadline.deadline(for: request, logger: context.logger)
             // The time left goes to the upstream with the request, replacing any value the client sent.
             if let deadline { ForwardedDeadline.stamp(&request.headers, deadline: deadline) }
         }
-        return engine.proxy(request, context: context, deadline: deadline).map { [request] response in
-            configuration.finish(response, request: request, context: context)
-        }
+        // The engine hands its answer through `HTTPUpstreamProtocol.finishResponse` (`ProxyPassConfiguration.finish`).
+        return engine.proxy(request, context: context, deadline: deadline)
     }
 }
 
@@ -246,7 +254,11 @@ struct HTTPUpstreamProtocol: UpstreamProtocol {
                             isHeadRequest: request.method == "HEAD")
     }
 
-    func hidesResponseHeader(_ lowercasedName: String) -> Bool { configuration.hides(lowercasedName) }
+    func hidesResponseHeader(_ name: String) -> Bool { configuration.hides(anyCase: name) }
+
+    func finishResponse(_ response: KernelResponse, request: KernelRequest, context: RequestContext) -> KernelResponse {
+        configuration.finish(response, request: request, context: context)
+    }
 }
 
 /// `proxy_buffering on`: reads an upstream answer ahead of the client, up to `limit` bytes, so that the upstream

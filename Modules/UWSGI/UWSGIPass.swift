@@ -229,7 +229,8 @@ struct UWSGIUpstreamProtocol: UpstreamProtocol {
     }
 
     /// nginx's `uwsgi_hide_header` defaults (`Status`, `X-Accel-*`), and `X-Pad`.
-    func hidesResponseHeader(_ lowercasedName: String) -> Bool {
-        lowercasedName == "status" || lowercasedName == "x-pad" || lowercasedName.hasPrefix("x-accel-")
+    func hidesResponseHeader(_ name: String) -> Bool {
+        name.equalsCaseInsensitive("status") || name.equalsCaseInsensitive("x-pad")
+            || HTTPToken.equalCaseInsensitive(name.utf8.prefix(8), "x-accel-".utf8)
     }
 }

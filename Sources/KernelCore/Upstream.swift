@@ -1,4 +1,4 @@
-import NIOConcurrencyHelpers
+import Atomics
 import NIOCore
 
 /// An address a proxy connects to: `host:port`, a unix socket, or `local`: this process's own worker side
@@ -106,7 +106,9 @@ public final class PeerLease: Sendable {
     /// The peer to connect to.
     public let peer: PeerAddress
     private let onFinish: @Sendable (PeerLeaseOutcome) -> Void
-    private let finished = NIOLockedValueBox(false)
+    /// An atomic flag rather than a lock: a lease is made per attempt, and a lock costs its own allocation and
+    /// mutex set-up.
+    private let finished = ManagedAtomic(false)
 
     /// `onFinish` is the balancer's bookkeeping; it runs once, on the thread that finishes the lease.
     public init(peer: PeerAddress, onFinish: @escaping @Sendable (PeerLeaseOutcome) -> Void = { _ in }) {
@@ -116,15 +118,11 @@ public final class PeerLease: Sendable {
 
     /// Ends the attempt with `outcome`.
     public func finish(_ outcome: PeerLeaseOutcome) {
-        let first = finished.withLockedValue { done -> Bool in
-            defer { done = true }
-            return !done
-        }
-        if first { onFinish(outcome) }
+        if !finished.exchange(true, ordering: .acquiringAndReleasing) { onFinish(outcome) }
     }
 
     /// Whether `finish` was called.
-    public var isFinished: Bool { finished.withLockedValue { $0 } }
+    public var isFinished: Bool { finished.load(ordering: .acquiring) }
 }
 
 /// A group of peers with a balancing method (an nginx `upstream` block), contributed by the balancing module.
@@ -141,6 +139,9 @@ public protocol UpstreamGroup: Sendable {
     /// to free up. The future succeeds on `eventLoop` with nil when none is usable (or the wait timed out). The
     /// default answers at once with `begin`.
     func lease(_ request: KernelRequest, excluding excluded: [PeerAddress], on eventLoop: any EventLoop) -> EventLoopFuture<PeerLease?>
+    /// Whether `lease` always answers at once with what `begin` answers: a proxy then calls `begin` itself and
+    /// makes no future per attempt. The default is true; a group that implements `lease` with a wait says false.
+    var leasesAtOnce: Bool { get }
     /// The group's idle connection pool (nginx's `keepalive` in an `upstream` block); nil keeps no connection
     /// open after an answer. The default is nil.
     var keepalive: UpstreamKeepalive? { get }
@@ -172,6 +173,8 @@ extension UpstreamGroup {
     public func lease(_ request: KernelRequest, excluding excluded: [PeerAddress], on eventLoop: any EventLoop) -> EventLoopFuture<PeerLease?> {
         eventLoop.makeSucceededFuture(begin(request, excluding: excluded))
     }
+
+    public var leasesAtOnce: Bool { true }
 
     public var keepalive: UpstreamKeepalive? { nil }
 

@@ -24,17 +24,18 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
     private let readTimeout: TimeAmount
     let eventLoop: any EventLoop
     private var context: ChannelHandlerContext?
-    private let headPromise: EventLoopPromise<UpstreamResponseHead>
+    /// Who waits for the head (a callback, not a promise: one object fewer per request), or the head's outcome
+    /// when it came before anyone waited.
+    private var headObserver: ((Result<UpstreamResponseHead, any Error>) -> Void)?
+    private var headOutcome: Result<UpstreamResponseHead, any Error>?
     private var pendingHead: UpstreamResponseHead?
     private var headDelivered = false
     private var parts = CircularBuffer<ByteBuffer>()
     private var ended = false
     private var failure: (any Error)?
     private var waiter: EventLoopPromise<ByteBuffer?>?
-    private var readTimer: Scheduled<Void>?
-    /// When the read under way times out (nil: no read is timed). Moving it on does not touch `readTimer`: the
-    /// timer, when it fires early, waits again for the moved deadline, so a read costs no timer rescheduling.
-    private var readDeadline: NIODeadline?
+    /// `*_read_timeout`: the connection's, shared by the requests of a kept-alive connection.
+    private let readTimer: UpstreamReadTimer
     private var readPhase = ""
     private var sent = false
     private var closed = false
@@ -46,16 +47,18 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
     private var bodyEndObserver: ((UpstreamBodyEnd) -> Void)?
     /// The whole request was written (set by the exchange when its sender completes).
     var requestFullySent = false
-    /// Set for a connection that may go back to its group's keepalive pool: called instead of closing the
-    /// connection when an answer whose head said `reusable` ends after the whole request was sent.
-    var keepAliveAtEnd: (() -> Void)?
+    /// Set for a connection that may go back to its group's keepalive pool (and the pool's cache): it goes back
+    /// instead of closing when an answer whose head said `reusable` ends after the whole request was sent.
+    var keepAliveAtEnd: (connection: UpstreamConnection, cache: IdleConnectionCache)?
     private var headReusable = false
     private var keptAtReadComplete = false
 
-    init(readTimeout: TimeAmount, eventLoop: any EventLoop) {
+    /// `readTimer` is the connection's when it is kept alive across requests (`UpstreamConnection.readTimer`); a
+    /// connection for one request gets a timer of its own.
+    init(readTimeout: TimeAmount, eventLoop: any EventLoop, readTimer: UpstreamReadTimer? = nil) {
         self.readTimeout = readTimeout
         self.eventLoop = eventLoop
-        headPromise = eventLoop.makePromise(of: UpstreamResponseHead.self)
+        self.readTimer = readTimer ?? UpstreamReadTimer(eventLoop: eventLoop, shared: false)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -69,7 +72,31 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         if !headDelivered { deliver(error: failure ?? UpstreamResponseError.prematureCloseInHead) }
     }
 
-    var headFuture: EventLoopFuture<UpstreamResponseHead> { headPromise.futureResult }
+    /// `observer` is called once, with the answer's head or why none came (at once when that is known already).
+    func whenHead(_ observer: @escaping (Result<UpstreamResponseHead, any Error>) -> Void) {
+        if let headOutcome {
+            self.headOutcome = nil
+            observer(headOutcome)
+        } else {
+            headObserver = observer
+        }
+    }
+
+    /// The head as a future (for tests; the engine uses `whenHead`).
+    var headFuture: EventLoopFuture<UpstreamResponseHead> {
+        let promise = eventLoop.makePromise(of: UpstreamResponseHead.self)
+        whenHead { promise.completeWith($0) }
+        return promise.futureResult
+    }
+
+    private func resolveHead(_ outcome: Result<UpstreamResponseHead, any Error>) {
+        if let observer = headObserver {
+            headObserver = nil
+            observer(outcome)
+        } else {
+            headOutcome = outcome
+        }
+    }
 
     private func read() {
         guard let context else { return }
@@ -118,31 +145,18 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
     private func armReadTimer(phase: String) {
         guard context != nil else { return }
         readPhase = phase
-        let deadline = NIODeadline.now() + readTimeout
-        readDeadline = deadline
-        if readTimer == nil { scheduleReadTimer(at: deadline) }
+        readTimer.arm(NIODeadline.now() + readTimeout, for: self)
     }
 
-    private func scheduleReadTimer(at deadline: NIODeadline) {
-        readTimer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
-            readTimer = nil
-            guard let current = readDeadline else { return }
-            if current > .now() {
-                scheduleReadTimer(at: current)  // read progress since the timer was set
-                return
-            }
-            fail(UpstreamFailure.timeout("upstream timed out (110: Connection timed out) while \(readPhase)"))
-        }
+    /// The read under way took longer than `*_read_timeout`.
+    fileprivate func readTimedOut() {
+        fail(UpstreamFailure.timeout("upstream timed out (110: Connection timed out) while \(readPhase)"))
     }
 
     /// No read is timed any longer; the timer itself goes with the connection (`stopReadTimer`) or fires idle.
-    private func pauseReadTimer() { readDeadline = nil }
+    private func pauseReadTimer() { readTimer.pause(for: self) }
 
-    private func stopReadTimer() {
-        readDeadline = nil
-        readTimer?.cancel()
-        readTimer = nil
-    }
+    private func stopReadTimer() { readTimer.stop(for: self) }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if sent || headDelivered { armReadTimer(phase: headDelivered ? "reading upstream" : "reading response header from upstream") }
@@ -187,10 +201,16 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
             pauseReadTimer()
         }
         context.fireChannelReadComplete()
-        if keptAtReadComplete, let keepAlive = keepAliveAtEnd {
+        if keptAtReadComplete, let (connection, cache) = keepAliveAtEnd {
             keptAtReadComplete = false
             keepAliveAtEnd = nil
-            keepAlive()
+            let slot = connection.decoderSlot
+            slot.decoder = nil
+            if slot.bytesAfterEnd {
+                connection.channel.close(promise: nil)
+            } else {
+                cache.release(connection, removing: self)
+            }
         }
     }
 
@@ -201,7 +221,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         headDelivered = true
         pendingHead = nil
         if ended { bodyEnd = .complete }
-        headPromise.succeed(head)
+        resolveHead(.success(head))
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -213,7 +233,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
 
     func channelInactive(context: ChannelHandlerContext) {
         deliverHeadIfReady()
-        stopReadTimer()
+        readTimer.cancel()
         closed = true
         if !ended { deliver(error: failure ?? UpstreamResponseError.prematureCloseInHead) }
         context.fireChannelInactive()
@@ -223,7 +243,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         stopReadTimer()
         if !headDelivered {
             headDelivered = true
-            headPromise.fail(error)
+            resolveHead(.failure(error))
             return
         }
         guard !ended, failure == nil else { return }
@@ -304,5 +324,74 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
             if let waiter { self.waiter = nil; waiter.succeed(nil) }
         }
         if eventLoop.inEventLoop { close() } else { eventLoop.execute(close) }
+    }
+}
+
+/// An upstream connection's `*_read_timeout`: one scheduled task whose deadline moves with each read instead of
+/// being cancelled and scheduled again; the task, when it fires early, waits again for the moved deadline. A
+/// kept-alive connection has one for its whole life, shared by the requests it carries, so a request on a pooled
+/// connection costs no timer scheduling at all. Used on the connection's event loop only.
+final class UpstreamReadTimer: @unchecked Sendable {
+    private let eventLoop: any EventLoop
+    /// Shared by the requests of a kept-alive connection: stopping leaves the task to fire idle (or serve the
+    /// next request) instead of cancelling it; it is cancelled when the connection closes.
+    private let shared: Bool
+    private var task: Scheduled<Void>?
+    /// When the read under way times out; nil: no read is timed.
+    private var deadline: NIODeadline?
+    /// Whose read is timed: told when it times out.
+    private var owner: UpstreamConnectionHandler?
+
+    init(eventLoop: any EventLoop, shared: Bool) {
+        self.eventLoop = eventLoop
+        self.shared = shared
+    }
+
+    /// Times a read of `owner`'s until `deadline`.
+    func arm(_ deadline: NIODeadline, for owner: UpstreamConnectionHandler) {
+        self.deadline = deadline
+        self.owner = owner
+        if task == nil { schedule(at: deadline) }
+    }
+
+    /// No read of `owner`'s is timed until the next `arm`. (A handler of an earlier request on the same
+    /// connection changes nothing.)
+    func pause(for owner: UpstreamConnectionHandler) {
+        guard self.owner == nil || self.owner === owner else { return }
+        deadline = nil
+    }
+
+    /// `owner`'s reading is over: nothing is timed, and a timer of one request's connection is cancelled.
+    func stop(for owner: UpstreamConnectionHandler) {
+        guard self.owner == nil || self.owner === owner else { return }
+        deadline = nil
+        self.owner = nil
+        if !shared { cancel() }
+    }
+
+    /// The connection is gone.
+    func cancel() {
+        deadline = nil
+        owner = nil
+        task?.cancel()
+        task = nil
+    }
+
+    private func schedule(at deadline: NIODeadline) {
+        task = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            task = nil
+            guard let current = self.deadline else {
+                owner = nil
+                return
+            }
+            if current > .now() {
+                schedule(at: current)  // read progress since the timer was set
+                return
+            }
+            let owner = self.owner
+            self.deadline = nil
+            self.owner = nil
+            owner?.readTimedOut()
+        }
     }
 }

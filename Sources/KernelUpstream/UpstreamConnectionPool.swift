@@ -129,12 +129,12 @@ final class UpstreamConnection: @unchecked Sendable {
     let channel: any Channel
     let peer: PeerAddress
     let keepalive: UpstreamKeepaliveHandler
-    /// The `UpstreamDecoderSlot` of its decoder (of the protocol's parser type).
-    let decoderSlot: AnyObject
+    /// Its decoder's slot.
+    let decoderSlot: UpstreamDecoderSlot
     /// Requests sent over this connection so far.
     var requests = 0
 
-    init(channel: any Channel, peer: PeerAddress, keepalive: UpstreamKeepaliveHandler, decoderSlot: AnyObject) {
+    init(channel: any Channel, peer: PeerAddress, keepalive: UpstreamKeepaliveHandler, decoderSlot: UpstreamDecoderSlot) {
         self.channel = channel
         self.peer = peer
         self.keepalive = keepalive
@@ -146,20 +146,20 @@ final class UpstreamConnection: @unchecked Sendable {
 /// and it is emptied while the connection is idle. One `ByteToMessageHandler` then serves the connection for
 /// its whole life: removing and adding one per request would defer its removal to a later turn of the loop,
 /// and bytes read in between would be lost in it.
-final class UpstreamDecoderSlot<Parser: UpstreamResponseParser>: @unchecked Sendable {
-    var decoder: UpstreamResponseDecoder<Parser>?
+final class UpstreamDecoderSlot: @unchecked Sendable {
+    var decoder: UpstreamResponseDecoder?
     /// Bytes came after the end of an answer: the peer sent more than it framed, so the connection cannot be
     /// trusted with another request.
     var bytesAfterEnd = false
 
-    init(_ decoder: UpstreamResponseDecoder<Parser>) { self.decoder = decoder }
+    init(_ decoder: UpstreamResponseDecoder) { self.decoder = decoder }
 }
 
 /// Decodes through the slot's current decoder; while the slot is empty (idle) bytes wait (the keepalive watch in
 /// front closes an idle connection that receives any).
-struct UpstreamConnectionDecoder<Parser: UpstreamResponseParser>: ByteToMessageDecoder {
+struct UpstreamConnectionDecoder: ByteToMessageDecoder {
     typealias InboundOut = UpstreamResponsePart
-    let slot: UpstreamDecoderSlot<Parser>
+    let slot: UpstreamDecoderSlot
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard slot.decoder != nil else { return .needMoreData }
@@ -187,11 +187,22 @@ final class UpstreamKeepaliveHandler: ChannelDuplexHandler, @unchecked Sendable 
     typealias OutboundIn = ByteBuffer
 
     private var context: ChannelHandlerContext?
+    /// The connection's `*_read_timeout`, which every request it carries uses (`UpstreamConnectionHandler`).
+    let readTimer: UpstreamReadTimer
+    /// One scheduled task for `keepalive_timeout`, kept across idle periods: entering idle only moves
+    /// `idleDeadline`, and the task, when it fires early, waits again for the moved deadline. So a request on a
+    /// pooled connection costs no timer scheduling and cancelling.
     private var idleTimer: Scheduled<Void>?
+    /// When the connection, idle, is closed (nil: in use).
+    private var idleDeadline: NIODeadline?
     private var onGone: (() -> Void)?
     private(set) var isIdle = false
     /// Bytes of the current request's answer have arrived.
     private(set) var answerStarted = false
+
+    init(readTimer: UpstreamReadTimer) {
+        self.readTimer = readTimer
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -200,6 +211,7 @@ final class UpstreamKeepaliveHandler: ChannelDuplexHandler, @unchecked Sendable 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         idleTimer?.cancel()
+        readTimer.cancel()
     }
 
     /// The connection goes into the cache: a read stays pending, the idle timeout runs; `onGone` is called when
@@ -208,10 +220,23 @@ final class UpstreamKeepaliveHandler: ChannelDuplexHandler, @unchecked Sendable 
         guard let context else { return }
         isIdle = true
         self.onGone = onGone
-        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
-            self.context?.close(promise: nil)
-        }
+        let deadline = NIODeadline.now() + timeout
+        idleDeadline = deadline
+        if idleTimer == nil { scheduleIdleTimer(at: deadline, on: context.eventLoop) }
         context.read()
+    }
+
+    private func scheduleIdleTimer(at deadline: NIODeadline, on eventLoop: any EventLoop) {
+        idleTimer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            idleTimer = nil
+            // In use now: the next idle period sets the timer again.
+            guard isIdle, let current = idleDeadline else { return }
+            if current > .now() {
+                scheduleIdleTimer(at: current, on: eventLoop)  // idle again since the timer was set
+                return
+            }
+            context?.close(promise: nil)
+        }
     }
 
     /// The connection is taken for a request.
@@ -219,8 +244,7 @@ final class UpstreamKeepaliveHandler: ChannelDuplexHandler, @unchecked Sendable 
         isIdle = false
         onGone = nil
         answerStarted = false
-        idleTimer?.cancel()
-        idleTimer = nil
+        idleDeadline = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -249,6 +273,7 @@ final class UpstreamKeepaliveHandler: ChannelDuplexHandler, @unchecked Sendable 
     private func gone() {
         idleTimer?.cancel()
         idleTimer = nil
+        idleDeadline = nil
         let onGone = self.onGone
         self.onGone = nil
         onGone?()

@@ -10,14 +10,20 @@ import NIOPosix
 public struct UpstreamEngine<Protocol: UpstreamProtocol>: Sendable {
     public let configuration: UpstreamConfiguration
     public let hooks: Protocol
-    /// The group's idle connections (`keepalive`), shared with every engine of the group; nil without one.
-    let pool: UpstreamConnectionPool?
+    /// The same with the protocol erased: what each request's exchange works with. The exchange and the types it
+    /// makes per request are not generic, so that no generic metadata is looked up and no type is cast at run
+    /// time per request (this module's generic code is not specialised for the protocol modules that use it).
+    let core: UpstreamEngineCore
 
     public init(configuration: UpstreamConfiguration, protocol hooks: Protocol) {
         self.configuration = configuration
         self.hooks = hooks
-        pool = UpstreamConnectionPool.shared(for: configuration.group)
+        core = UpstreamEngineCore(configuration: configuration, hooks: hooks,
+                                  pool: UpstreamConnectionPool.shared(for: configuration.group))
     }
+
+    /// The group's idle connections (`keepalive`), shared with every engine of the group; nil without one.
+    var pool: UpstreamConnectionPool? { core.pool }
 
     /// The response to `request`. The future does not fail: an upstream that cannot answer gives a JSON 502/504
     /// with nginx's log line. Every response made here carries its `UpstreamReport`.
@@ -30,15 +36,29 @@ public struct UpstreamEngine<Protocol: UpstreamProtocol>: Sendable {
     /// the client answered 504 at once, and no further peer is tried. The peer is not counted as failed: the limit
     /// was the request's, not a fault of the peer's. A body already streaming is not cut at the deadline.
     public func proxy(_ request: KernelRequest, context: RequestContext, deadline: NIODeadline?) -> EventLoopFuture<KernelResponse> {
-        let exchange = UpstreamExchange(engine: self, request: request, context: context, deadline: deadline)
+        let exchange = UpstreamExchange(engine: core, request: request, context: context, deadline: deadline)
         return exchange.start()
+    }
+}
+
+/// An engine's settings and protocol hooks, made once per engine and shared by its exchanges.
+final class UpstreamEngineCore: Sendable {
+    let configuration: UpstreamConfiguration
+    let hooks: any UpstreamProtocol
+    /// The group's idle connections (`keepalive`), shared with every engine of the group; nil without one.
+    let pool: UpstreamConnectionPool?
+
+    init(configuration: UpstreamConfiguration, hooks: any UpstreamProtocol, pool: UpstreamConnectionPool?) {
+        self.configuration = configuration
+        self.hooks = hooks
+        self.pool = pool
     }
 }
 
 /// One proxied request: its attempts at peers until one answers or none may be tried. Lives on the request's
 /// event loop.
-final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
-    private let engine: UpstreamEngine<Protocol>
+final class UpstreamExchange: @unchecked Sendable {
+    private let engine: UpstreamEngineCore
     private let request: KernelRequest
     private let context: RequestContext
     private let promise: EventLoopPromise<KernelResponse>
@@ -56,7 +76,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     /// The client has its answer (a response head, or an error): nothing more is sent to the promise.
     private var responded = false
 
-    init(engine: UpstreamEngine<Protocol>, request: KernelRequest, context: RequestContext, deadline: NIODeadline? = nil) {
+    init(engine: UpstreamEngineCore, request: KernelRequest, context: RequestContext, deadline: NIODeadline? = nil) {
         self.engine = engine
         self.request = request
         self.context = context
@@ -128,7 +148,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         deadlineTimer?.cancel()
         var response = response
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts)
-        promise.succeed(response)
+        promise.succeed(engine.hooks.finishResponse(response, request: request, context: context))
     }
 
     /// Whether a failed attempt may go on to another peer (nginx's `ngx_http_upstream_test_next`): the condition
@@ -164,13 +184,21 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             noPeer()
             return
         }
-        group.lease(request, excluding: tried, on: eventLoop).hop(to: eventLoop).assumeIsolated().whenSuccess { lease in
-            if self.deadlineReached {
-                if let lease { self.releaseAfterDeadline(lease, started: KernelClock.monotonicNanoseconds()) }
-                return
+        guard group.leasesAtOnce else {
+            group.lease(request, excluding: tried, on: eventLoop).hop(to: eventLoop).assumeIsolated().whenSuccess { lease in
+                self.leased(lease)
             }
-            if let lease { self.run(lease) } else { self.noPeer() }
+            return
         }
+        leased(group.begin(request, excluding: tried))
+    }
+
+    private func leased(_ lease: PeerLease?) {
+        if deadlineReached {
+            if let lease { releaseAfterDeadline(lease, started: KernelClock.monotonicNanoseconds()) }
+            return
+        }
+        if let lease { run(lease) } else { noPeer() }
     }
 
     /// No peer may be tried: the last failure's answer, or nginx's "no live upstreams" (every peer down, or
@@ -198,22 +226,29 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
             runLocal(lease, started: started)
             return
         }
-        let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop)
-        current = (handler, peer, started)
         let decoder = UpstreamResponseDecoder(parser: engine.hooks.makeResponseParser(for: request),
                                               isHeadRequest: request.method == "HEAD")
         let cache = engine.pool?.cache(on: eventLoop)
         if !afterStaleConnection, let cache, let idle = cache.take(peer) {
-            if let slot = idle.decoderSlot as? UpstreamDecoderSlot<Protocol.Parser>,
-               (try? idle.channel.pipeline.syncOperations.addHandler(handler)) != nil {
-                slot.decoder = decoder
+            let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop,
+                                                    readTimer: idle.keepalive.readTimer)
+            if (try? idle.channel.pipeline.syncOperations.addHandler(handler)) != nil {
+                current = (handler, peer, started)
+                idle.decoderSlot.decoder = decoder
                 connected(idle.channel, lease: lease, handler: handler, started: started, connection: idle, reused: true)
                 return
             }
             idle.channel.close(promise: nil)
         }
-        // A connection that may be kept gets a decoder it keeps across requests, and the keepalive watch first.
-        let kept = cache.map { _ in (watch: UpstreamKeepaliveHandler(), slot: UpstreamDecoderSlot(decoder)) }
+        // A connection that may be kept gets a decoder it keeps across requests, the keepalive watch first, and a
+        // read timer its requests share.
+        let kept = cache.map { _ in
+            (watch: UpstreamKeepaliveHandler(readTimer: UpstreamReadTimer(eventLoop: eventLoop, shared: true)),
+             slot: UpstreamDecoderSlot(decoder))
+        }
+        let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop,
+                                                readTimer: kept?.watch.readTimer)
+        current = (handler, peer, started)
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout)
             .channelInitializer { channel in
@@ -326,7 +361,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts, bodyTiming: timing)
         responded = true
         deadlineTimer?.cancel()
-        promise.succeed(response)
+        promise.succeed(engine.hooks.finishResponse(response, request: request, context: context))
     }
 
     /// An attempt that gave no usable answer: the balancer hears of it, then the next peer or the last failure.
@@ -365,15 +400,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         if let connection, let cache = engine.pool?.cache(on: eventLoop) {
             connection.requests += 1
             if connection.requests < cache.settings.requests {
-                handler.keepAliveAtEnd = { [handler] in
-                    let slot = connection.decoderSlot as? UpstreamDecoderSlot<Protocol.Parser>
-                    slot?.decoder = nil
-                    guard let slot, !slot.bytesAfterEnd else {
-                        connection.channel.close(promise: nil)
-                        return
-                    }
-                    cache.release(connection, removing: handler)
-                }
+                handler.keepAliveAtEnd = (connection, cache)
             }
         }
         let sender = UpstreamRequestSender(channel: channel, hooks: engine.hooks, sendTimeout: configuration.sendTimeout,
@@ -394,7 +421,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         }
         handler.startReading()
         let peer = lease.peer
-        handler.headFuture.assumeIsolated().whenComplete { result in
+        handler.whenHead { result in
             switch result {
             case .success(let head):
                 self.answered(head, lease: lease, handler: handler, channel: channel, started: started, connectTime: connectTime)
@@ -506,7 +533,7 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts, bodyTiming: timing)
         responded = true
         deadlineTimer?.cancel()
-        promise.succeed(response)
+        promise.succeed(engine.hooks.finishResponse(response, request: request, context: context))
     }
 
     /// A `101 Switching Protocols`: the client gets the head, with the upgrade that joins its connection to this
@@ -527,15 +554,17 @@ final class UpstreamExchange<Protocol: UpstreamProtocol>: @unchecked Sendable {
     /// a worker's queue depth report (`KernelQueueDepth`, for the balancer only) and those the protocol hides are
     /// dropped; `Upgrade` stays on a `101`, for the listener to write.
     private func responseHeaders(_ head: UpstreamResponseHead, keepingUpgrade: Bool = false) -> HeaderFields {
-        var headers = HeaderFields()
+        var kept: [HeaderFields.Element] = []
+        kept.reserveCapacity(head.headers.count + 1)  // + the Content-Length `makeResponse` may add
         for (name, value) in head.headers {
             if HopByHopHeaders.contains(name), !(keepingUpgrade && name.equalsCaseInsensitive("upgrade")) { continue }
-            let lower = name.lowercased()
-            if lower == "date" || lower == "server" || engine.hooks.hidesResponseHeader(lower) { continue }
+            if name.equalsCaseInsensitive("date") || name.equalsCaseInsensitive("server") || engine.hooks.hidesResponseHeader(name) {
+                continue
+            }
             if name.equalsCaseInsensitive(KernelQueueDepth.headerName) { continue }
-            headers.add(name, value)
+            kept.append((name, value))
         }
-        return headers
+        return HeaderFields(kept)
     }
 
     /// The client-facing response, with the headers `responseHeaders` keeps.

@@ -25,15 +25,25 @@ public protocol UpstreamProtocol: Sendable {
     /// nginx's `process_header`: a fresh parser for one attempt's answer.
     func makeResponseParser(for request: KernelRequest) -> Parser
 
-    /// Whether a response header (lower-cased name) is kept from the client, beside the hop-by-hop ones and
-    /// `Date`/`Server` that the engine always drops (nginx's `*_hide_header` defaults).
-    func hidesResponseHeader(_ lowercasedName: String) -> Bool
+    /// Whether a response header is kept from the client, beside the hop-by-hop ones and `Date`/`Server` that the
+    /// engine always drops (nginx's `*_hide_header` defaults). `name` is as the upstream sent it: compared without
+    /// ASCII case (no lowered copy is made per header of every answer).
+    func hidesResponseHeader(_ name: String) -> Bool
+
+    /// The response the client gets, made from the engine's: the protocol's own rewriting of an upstream's answer
+    /// (`proxy_redirect`, `X-Accel-Buffering`). Called once per request on its event loop, with whatever the
+    /// engine answers (its own 502 or 504 too), so a handler needs no future of its own to map the engine's.
+    /// The default passes the response on as it is.
+    func finishResponse(_ response: KernelResponse, request: KernelRequest, context: RequestContext) -> KernelResponse
 }
 
 extension UpstreamProtocol {
     public func frameRequestBodyPart(_ part: ByteBuffer) -> ByteBuffer { part }
     public func requestBodyTrailer(allocator: ByteBufferAllocator) -> ByteBuffer? { nil }
-    public func hidesResponseHeader(_ lowercasedName: String) -> Bool { false }
+    public func hidesResponseHeader(_ name: String) -> Bool { false }
+    public func finishResponse(_ response: KernelResponse, request: KernelRequest, context: RequestContext) -> KernelResponse {
+        response
+    }
 }
 
 /// A request the protocol cannot send (a uwsgi vars block over 64k): answered without contacting a peer.

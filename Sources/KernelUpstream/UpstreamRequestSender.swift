@@ -6,19 +6,19 @@ import NIOCore
 /// previous one was written, so memory stays bounded by one part whatever the body's size; `*_send_timeout` is
 /// the longest time without progress between two writes (as nginx measures it, through `SendTimeoutWatch`), so a
 /// large body that keeps moving never times out. Lives on the upstream channel's event loop.
-final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendable {
+final class UpstreamRequestSender: @unchecked Sendable {
     /// Bytes read from a spooled file per part.
     static var filePartSize: Int { 256 * 1024 }
 
     private let channel: any Channel
     private let eventLoop: any EventLoop
-    private let hooks: Protocol
+    private let hooks: any UpstreamProtocol
     private let watch: SendTimeoutWatch
     /// Called once, when the whole request is written or sending failed (a callback, not a future: one object
     /// fewer per request on the path every proxied request takes).
     private var completion: ((Result<Void, any Error>) -> Void)?
 
-    init(channel: any Channel, hooks: Protocol, sendTimeout: TimeAmount, eventLoop: any EventLoop,
+    init(channel: any Channel, hooks: any UpstreamProtocol, sendTimeout: TimeAmount, eventLoop: any EventLoop,
          onTimeout: @escaping () -> Void) {
         self.channel = channel
         self.hooks = hooks
@@ -32,20 +32,20 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
         self.completion = completion
         switch request.bodySource {
         case .file(let file)?:
-            write(head, promise: nil)
+            write(head)
             sendFile(file, from: 0)
         case .stream(let stream)?:
-            write(head, promise: nil)
+            write(head)
             sendStream(stream)
         case nil:
             let body = request.body.flatMap { $0.readableBytes > 0 ? hooks.frameRequestBodyPart($0) : nil }
             if let trailer = hooks.requestBodyTrailer(allocator: channel.allocator) {
-                write(head, promise: nil)
+                write(head)
                 if let body { writeThen(body) { self.sendTrailer(trailer) } } else { sendTrailer(trailer) }
             } else {
                 // Head and body (a uwsgi request: no trailer) in one flush; the last write's end is the request's.
-                if body != nil { write(head, promise: nil, flush: false) }
-                writeThen(body ?? head) { self.finish(.success(())) }
+                if body != nil { write(head, flush: false) }
+                write(body ?? head) { result in self.finish(result) }
             }
         }
     }
@@ -57,13 +57,22 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
         completion(result)
     }
 
-    /// Writes (and flushes, unless told not to) `buffer` in watched slices; `promise` completes with the last.
-    private func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?, flush: Bool = true) {
+    /// Writes (and flushes, unless told not to) `buffer` in watched slices; `written` is called when the last
+    /// has been written (or failed). One callback per slice does both, so a small request's write costs one
+    /// promise and one closure.
+    private func write(_ buffer: ByteBuffer, flush: Bool = true, then written: ((Result<Void, any Error>) -> Void)? = nil) {
         SendProgress.forEachSlice(of: buffer) { slice, isLast in
-            let written = (isLast ? promise : nil) ?? eventLoop.makePromise(of: Void.self)
+            let promise = eventLoop.makePromise(of: Void.self)
             watch.writeStarted(arming: false)
-            written.futureResult.assumeIsolated().whenComplete { _ in self.watch.writeCompleted() }
-            channel.write(slice, promise: written)
+            if isLast, let written {
+                promise.futureResult.assumeIsolated().whenComplete { result in
+                    self.watch.writeCompleted()
+                    written(result)
+                }
+            } else {
+                promise.futureResult.assumeIsolated().whenComplete { _ in self.watch.writeCompleted() }
+            }
+            channel.write(slice, promise: promise)
         }
         if flush {
             channel.flush()
@@ -84,14 +93,7 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
 
     /// The protocol's end of the body, whose completion says everything before it left.
     private func sendTrailer(_ trailer: ByteBuffer) {
-        let flushed = eventLoop.makePromise(of: Void.self)
-        write(trailer, promise: flushed)
-        flushed.futureResult.assumeIsolated().whenComplete { result in
-            switch result {
-            case .success: self.finish(.success(()))
-            case .failure(let error): self.finish(.failure(error))
-            }
-        }
+        write(trailer) { result in self.finish(result) }
     }
 
     private func sendFile(_ file: SpooledRequestBody, from offset: Int64) {
@@ -128,9 +130,7 @@ final class UpstreamRequestSender<Protocol: UpstreamProtocol>: @unchecked Sendab
 
     /// Writes `part` and calls `next` once it is written; a failed write ends the request.
     private func writeThen(_ part: ByteBuffer, _ next: @escaping () -> Void) {
-        let written = eventLoop.makePromise(of: Void.self)
-        write(part, promise: written)
-        written.futureResult.assumeIsolated().whenComplete { result in
+        write(part) { result in
             switch result {
             case .success: next()
             case .failure(let error): self.finish(.failure(error))

@@ -39,7 +39,10 @@ public struct UpstreamInvalidResponse: Error, Sendable, CustomStringConvertible 
 /// Splits an upstream's bytes into the head (through the protocol's parser) and body parts delimited as the head
 /// says, ending with `.end`. The framing is generic: by length, until the connection closes, none, or through the
 /// protocol's own body decoder (chunked).
-public struct UpstreamResponseDecoder<Parser: UpstreamResponseParser>: ByteToMessageDecoder, Sendable {
+///
+/// Not generic over the parser: the engine makes one per request, and a generic decoder would have its metadata
+/// looked up at run time each time (this module's code is not specialised for the protocol modules' parsers).
+public struct UpstreamResponseDecoder: ByteToMessageDecoder, Sendable {
     public typealias InboundOut = UpstreamResponsePart
 
     private enum State: Sendable {
@@ -52,7 +55,7 @@ public struct UpstreamResponseDecoder<Parser: UpstreamResponseParser>: ByteToMes
         case done
     }
 
-    private var parser: Parser
+    private var parser: any UpstreamResponseParser
     /// Whether the request was `HEAD` (its answer has no body whatever its headers say).
     public let isHeadRequest: Bool
     private var state = State.head
@@ -63,7 +66,7 @@ public struct UpstreamResponseDecoder<Parser: UpstreamResponseParser>: ByteToMes
         return false
     }
 
-    public init(parser: Parser, isHeadRequest: Bool) {
+    public init(parser: any UpstreamResponseParser, isHeadRequest: Bool) {
         self.parser = parser
         self.isHeadRequest = isHeadRequest
     }

@@ -26,7 +26,7 @@ struct FakeProtocol: UpstreamProtocol {
 
     func makeResponseParser(for request: KernelRequest) -> FakeParser { FakeParser() }
 
-    func hidesResponseHeader(_ lowercasedName: String) -> Bool { lowercasedName == "x-secret" }
+    func hidesResponseHeader(_ name: String) -> Bool { name.lowercased() == "x-secret" }
 }
 
 struct FakeError: Error, CustomStringConvertible {

@@ -51,7 +51,7 @@ func drainRequest(_ channel: EmbeddedChannel) throws -> DecodedRequest {
 }
 
 /// The upstream engine's response decoder with the uwsgi parser, as `uwsgi_pass` reads answers.
-func uwsgiResponseDecoder(maxHeadSize: Int = 4096, isHeadRequest: Bool = false) -> ByteToMessageHandler<UpstreamResponseDecoder<UWSGIResponseParser>> {
+func uwsgiResponseDecoder(maxHeadSize: Int = 4096, isHeadRequest: Bool = false) -> ByteToMessageHandler<UpstreamResponseDecoder> {
     ByteToMessageHandler(UpstreamResponseDecoder(parser: UWSGIResponseParser(maxHeadSize: maxHeadSize), isHeadRequest: isHeadRequest))
 }
 
