@@ -71,8 +71,8 @@ public enum ArenaExtendStrategy: String, Sendable {
     case sameAsRequested = "same_as_requested"
 }
 
-/// ONNX Runtime's memory and graph options of one model's sessions, named as onnxruntime's Python
-/// `SessionOptions` and Triton's onnxruntime backend name them.
+/// ONNX Runtime's memory, graph and thread-pool options of one model's sessions, named as onnxruntime's Python
+/// `SessionOptions` and Triton's onnxruntime backend name them; `inference:` gives every model's defaults.
 public struct SessionMemoryOptions: Sendable, Equatable {
     /// `cpu_mem_arena` (`enable_cpu_mem_arena`).
     public var cpuMemoryArena = true
@@ -82,6 +82,12 @@ public struct SessionMemoryOptions: Sendable, Equatable {
     public var memoryPattern = true
     /// `graph_optimization_level`.
     public var graphOptimizationLevel = GraphOptimizationLevel.all
+    /// `thread_spinning`: whether the session's intra-op and inter-op thread pools spin waiting for work after a
+    /// parallel section (`session.intra_op.allow_spinning`, `session.inter_op.allow_spinning`) or sleep at once.
+    /// Spinning (ONNX Runtime's default) saves a wake-up when the next section follows soon, but on a machine with
+    /// more busy threads than cores (several models' pools beside the pipeline's threads) it takes a core from
+    /// the others.
+    public var threadSpinning = true
 
     public init() {}
 }
@@ -333,7 +339,8 @@ extension InferenceConfiguration {
         return model
     }
 
-    /// `cpu_mem_arena`, `arena_extend_strategy`, `memory_pattern`, `graph_optimization_level`, over `defaults`.
+    /// `cpu_mem_arena`, `arena_extend_strategy`, `memory_pattern`, `graph_optimization_level`, `thread_spinning`,
+    /// over `defaults`.
     static func decodeMemoryOptions(_ mapping: ConfigMapping, defaults: SessionMemoryOptions) throws -> SessionMemoryOptions {
         var options = defaults
         if let value = mapping.optional("cpu_mem_arena") { options.cpuMemoryArena = try value.bool() }
@@ -346,6 +353,7 @@ extension InferenceConfiguration {
             let name = try value.oneOf(GraphOptimizationLevel.allCases.map(\.configName))
             options.graphOptimizationLevel = GraphOptimizationLevel.allCases.first { $0.configName == name }!
         }
+        if let value = mapping.optional("thread_spinning") { options.threadSpinning = try value.bool() }
         if options.arenaExtendStrategy != nil, !options.cpuMemoryArena {
             // A strategy inherited from `inference:` does not apply to a model that turns its arena off.
             guard let strategyValue else { options.arenaExtendStrategy = nil; return options }

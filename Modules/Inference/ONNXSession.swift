@@ -22,6 +22,18 @@ public struct SessionOptions: Sendable {
         self.memory = memory
         self.useEnvironmentAllocators = useEnvironmentAllocators
     }
+
+    /// The session config entries (`AddSessionConfigEntry`) these options set, in order; ONNX Runtime's defaults
+    /// are left unset.
+    public var configEntries: [(key: String, value: String)] {
+        var entries: [(key: String, value: String)] = []
+        if useEnvironmentAllocators { entries.append(("session.use_env_allocators", "1")) }
+        if !memory.threadSpinning {
+            entries.append(("session.intra_op.allow_spinning", "0"))
+            entries.append(("session.inter_op.allow_spinning", "0"))
+        }
+        return entries
+    }
 }
 
 /// One ONNX Runtime inference session of a model file, with the model's input and output declarations.
@@ -52,8 +64,8 @@ public final class ONNXSession: ModelRunner, @unchecked Sendable {
         try api.check(api.setGraphOptimizationLevel(sessionOptions, options.memory.graphOptimizationLevel.rawValue))
         try api.check(options.memory.cpuMemoryArena ? api.enableCpuMemArena(sessionOptions) : api.disableCpuMemArena(sessionOptions))
         try api.check(options.memory.memoryPattern ? api.enableMemPattern(sessionOptions) : api.disableMemPattern(sessionOptions))
-        if options.useEnvironmentAllocators {
-            try api.check(api.addSessionConfigEntry(sessionOptions, "session.use_env_allocators", "1"))
+        for entry in options.configEntries {
+            try api.check(api.addSessionConfigEntry(sessionOptions, entry.key, entry.value))
         }
         var created: OpaquePointer?
         try api.check(api.createSession(runtime.environment, path, sessionOptions, &created))

@@ -115,7 +115,7 @@ final class ModelRepositoryTests: XCTestCase {
             return ""
         }
         XCTAssertEqual(try error("max_batch_size: 4\nbatching: 2\n"),
-                       "\(file):2:1: batching: unknown key (expected one of: arena_extend_strategy, cpu_mem_arena, dynamic_batching, graph_optimization_level, instances, inter_op_threads, intra_op_threads, max_batch_size, max_queue, memory_pattern, queue_full_status, timeout, version_policy, warmup, warmup_batch_sizes)")
+                       "\(file):2:1: batching: unknown key (expected one of: arena_extend_strategy, cpu_mem_arena, dynamic_batching, graph_optimization_level, instances, inter_op_threads, intra_op_threads, max_batch_size, max_queue, memory_pattern, queue_full_status, thread_spinning, timeout, version_policy, warmup, warmup_batch_sizes)")
         XCTAssertEqual(try error("version_policy: {latest: 0}\n"),
                        "\(file):1:26: version_policy.latest: expected a positive integer, found \"0\"")
         XCTAssertEqual(try error("version_policy: {newest: 1}\n"),
@@ -319,6 +319,20 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(c.arenaExtendStrategy, .nextPowerOfTwo)
         XCTAssertEqual(c.graphOptimizationLevel.rawValue, 99)
         XCTAssertEqual(try decode("inference: {}\n").memoryDefaults, SessionMemoryOptions(), "ORT's defaults: arena, patterns, all optimisations")
+        XCTAssertTrue(SessionMemoryOptions().threadSpinning, "ONNX Runtime's default: pools spin")
+        let spinning = try decode("""
+            inference:
+              thread_spinning: false
+              models:
+                - {name: a, path: /a.onnx}
+                - {name: b, path: /b.onnx, thread_spinning: true}
+            """)
+        XCTAssertFalse(spinning.memoryDefaults.threadSpinning)
+        XCTAssertFalse(spinning.models[0].memory.threadSpinning, "inherited from inference:")
+        XCTAssertTrue(spinning.models[1].memory.threadSpinning, "the model's own value wins")
+        XCTAssertThrowsError(try decode("inference:\n  models:\n    - {name: a, path: /a.onnx, thread_spinning: sometimes}\n")) {
+            XCTAssertTrue("\($0)".contains("inference.models[0].thread_spinning"), "\($0)")
+        }
         XCTAssertThrowsError(try decode("inference:\n  models:\n    - {name: a, path: /a.onnx, cpu_mem_arena: false, arena_extend_strategy: same_as_requested}\n")) {
             XCTAssertEqual("\($0)", "etc/k.yaml:3:77: inference.models[0].arena_extend_strategy: arena_extend_strategy needs the CPU memory arena (cpu_mem_arena: true)")
         }
@@ -502,11 +516,24 @@ final class ModelRepositoryTests: XCTestCase {
         own.arenaExtendStrategy = .nextPowerOfTwo
         own.graphOptimizationLevel = .basic
         variants.append(own)
+        var quiet = SessionMemoryOptions()
+        quiet.threadSpinning = false
+        quiet.arenaExtendStrategy = .sameAsRequested
+        variants.append(quiet)
         for memory in variants {
             configuration.memory = memory
+            // Two intra-op threads for the pool that does not spin, so that it has threads to put to sleep.
+            configuration.intraOpThreads = memory.threadSpinning ? 1 : 2
             let options = try runtime.sessionOptions(for: configuration)
             XCTAssertEqual(options.useEnvironmentAllocators, memory.arenaExtendStrategy == .sameAsRequested,
                            "only same_as_requested needs the environment's arena")
+            XCTAssertEqual(options.intraOpThreads, configuration.intraOpThreads)
+            // What the session is created with (ONNXSession adds exactly these entries).
+            var entries = memory.arenaExtendStrategy == .sameAsRequested ? ["session.use_env_allocators=1"] : []
+            if !memory.threadSpinning {
+                entries += ["session.intra_op.allow_spinning=0", "session.inter_op.allow_spinning=0"]
+            }
+            XCTAssertEqual(options.configEntries.map { "\($0.key)=\($0.value)" }, entries)
             // Twice: the environment's arena is registered once, and both sessions use it.
             for _ in 0..<2 {
                 let session = try ONNXSession(runtime: runtime, path: configuration.path, options: options)

@@ -182,6 +182,24 @@ final class OCRVisionTests: XCTestCase {
         let flipped = try XCTUnwrap(vision.rotated180(crop.pointer).map { OCRImage($0, vision) })
         XCTAssertEqual(Array(flipped.bgrPixels.prefix(3)), Array(crop.bgrPixels.suffix(3)))
     }
+
+    func testRowsPerRequestSplitsABatchKeepingItsPaddedWidth() throws {
+        // Three crops of different widths in one batch: padded to the widest (16 wide at height 8 is ratio 2,
+        // below the configured 40/8, so 40), then one request per row.
+        let crops = try [12, 16, 24].map { width in
+            try XCTUnwrap(OCRImage(bgr: (0..<(width * 8 * 3)).map { UInt8($0 % 199) }, width: width, height: 8, vision: vision))
+        }
+        let whole = try OCROperations.batches(crops, shape: [3, 8, 40], batchNum: 6, padToWidest: true, vision: vision)
+        XCTAssertEqual(whole.groups.map { $0[0].shape }, [[3, 3, 8, 40]])
+        XCTAssertEqual(whole.items, [[0, 1, 2]])
+        let split = try OCROperations.batches(crops, shape: [3, 8, 40], batchNum: 6, rowsPerRequest: 2, padToWidest: true,
+                                              vision: vision)
+        XCTAssertEqual(split.groups.map { $0[0].shape }, [[2, 3, 8, 40], [1, 3, 8, 40]])
+        XCTAssertEqual(split.items, [[0, 1], [2]])
+        XCTAssertEqual(split.itemCount, 3)
+        // The same values, row for row, as the whole batch's tensor.
+        XCTAssertEqual(split.groups.flatMap { $0[0].bytes }, whole.groups[0][0].bytes)
+    }
 }
 
 final class OCRTextTests: XCTestCase {

@@ -39,7 +39,7 @@ final class PipelineConfigurationTests: XCTestCase {
                     - {name: det, model: det}
                     - {name: boxes, op: db_postprocess, inputs: [det, image], unclip_ratio: 2.0, score_mode: slow}
                     - {name: crops, op: crop_boxes, inputs: [image, boxes]}
-                    - {name: rec_input, op: rec_preprocess, rec_batch_num: 4}
+                    - {name: rec_input, op: rec_preprocess, rec_batch_num: 4, rows_per_request: 1}
                     - {name: rec, model: rec}
                     - {name: text, op: ctc_decode, model: rec}
                     - {name: lines, op: ocr_lines, inputs: [image, boxes, text]}
@@ -68,6 +68,7 @@ final class PipelineConfigurationTests: XCTestCase {
         guard case .operation(.recPreprocess(let rec)) = pipeline.steps[6].kind else { return XCTFail() }
         XCTAssertEqual(rec.imageShape, [3, 48, 320])
         XCTAssertEqual(rec.batchNum, 4)
+        XCTAssertEqual(rec.rowsPerRequest, 1)
         guard case .model("det") = pipeline.steps[3].kind else { return XCTFail() }
         guard case .operation(.ocrLines(let textScore)) = pipeline.steps[9].kind else { return XCTFail() }
         XCTAssertEqual(textScore, 0.5)
@@ -109,6 +110,9 @@ final class PipelineConfigurationTests: XCTestCase {
         assertError("""
                 - {name: p, steps: [{name: a, op: decode_image}, {name: b, op: ocr_prepare, width_height_ratio: 0}]}
             """, "a positive number, or -1")
+        assertError("""
+                - {name: p, steps: [{name: a, op: decode_image}, {name: b, op: rec_preprocess, rows_per_request: 0}]}
+            """, "a positive integer")
     }
 }
 

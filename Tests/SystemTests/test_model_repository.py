@@ -1,6 +1,6 @@
 """A Triton-style model repository served by `kernel --role both`: versions and their routing, the repository
 extension (index, load, unload) while `wrk` drives another model, a broken new version, polling, warm-up before
-readiness, and ONNX Runtime's memory options."""
+readiness, and ONNX Runtime's memory and thread-pool options."""
 import json
 import os
 import re
@@ -113,6 +113,10 @@ def test_versions_routing_metadata_index_and_memory_options(start_kernel, tmp_pa
     models = f"""  models:
     - name: plain
       path: {DEMO}
+    - name: quiet
+      path: {DEMO}
+      intra_op_threads: 2
+      thread_spinning: false
 """
     kernel = start_kernel(repository_yaml("  repository_control: explicit", models))
     array = rows(3)
@@ -126,6 +130,8 @@ def test_versions_routing_metadata_index_and_memory_options(start_kernel, tmp_pa
     assert np.allclose(output_of(infer(kernel, "demo/versions/1", array)), reference, rtol=1e-5, atol=1e-6)
     assert np.allclose(output_of(infer(kernel, "other", array)), reference, rtol=1e-5, atol=1e-6)
     assert np.array_equal(output_of(infer(kernel, "plain", array)), reference)
+    # Two intra-op threads whose pool sleeps after each parallel section instead of spinning.
+    assert np.allclose(output_of(infer(kernel, "quiet", array)), reference, rtol=1e-5, atol=1e-6)
     response = infer(kernel, "demo/versions/1", array)
     assert response.json()["model_version"] == "1"
 

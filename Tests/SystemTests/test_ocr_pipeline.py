@@ -32,11 +32,18 @@ def ensure_ocr_models():
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "models", "make_models.py")], check=True)
 
 
-def ocr_config():
+REC_ONE_ROW = "      max_batch_size: 1             # one crop per run: PP-OCRv4 recognition costs more per row in larger batches\n"
+
+
+def ocr_config(rec_batching=False):
     """etc/examples/ocr.yaml on port 0 with absolute model paths, plus the Open Inference Protocol on /v2 for the
-    models' statistics and a longer queue delay so that concurrent requests join batches."""
+    models' statistics and a longer queue delay so that concurrent requests join batches. `rec_batching`: the
+    recognition model batches requests (up to 12 rows) instead of the example's one row per run."""
     with open(os.path.join(ROOT, "etc", "examples", "ocr.yaml")) as f:
         text = f.read()
+    if rec_batching:
+        assert REC_ONE_ROW in text
+        text = text.replace(REC_ONE_ROW, "      max_batch_size: 12\n      dynamic_batching: {max_queue_delay: 2ms}\n")
     text = re.sub(r"^kernel:\n(  .*\n)+", "", text, flags=re.M)
     text = text.replace("../../models/", MODELS + "/").replace("listen: 8100", "listen: 127.0.0.1:0")
     text = text.replace("max_queue_delay: 2ms", "max_queue_delay: 30ms")
@@ -228,8 +235,11 @@ def test_a_good_request_succeeds_while_bombs_are_refused(kernel, images, referen
     assert statuses and set(statuses) == {413}, statuses
 
 
-def test_concurrent_requests_batch_in_detection_and_recognition(kernel, images):
-    # Eight uploads of one image at once: their detection inputs have one shape, so they can join one batch.
+def test_concurrent_requests_batch_in_detection_and_recognition(start_kernel, images):
+    # Eight uploads of one image at once: their detection inputs have one shape, so they can join one batch; their
+    # recognition rows have one width, so with batching on (the example runs one row at a time) they join too.
+    ensure_ocr_models()
+    kernel = start_kernel(ocr_config(rec_batching=True))
     name, data = smallest(images, 1)[0]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda _: parse(kernel, data), range(8)))

@@ -24,13 +24,15 @@ enum OCROperations {
             return .crops(try crop(image, boxes, vision: vision))
         case (.clsPreprocess(let parameters), 1):
             guard case .crops(let crops) = inputs[0] else { break }
-            return .tensors(try batches(crops, shape: parameters.imageShape, batchNum: parameters.batchNum, padToWidest: false, vision: vision))
+            return .tensors(try batches(crops, shape: parameters.imageShape, batchNum: parameters.batchNum,
+                                         rowsPerRequest: parameters.rowsPerRequest, padToWidest: false, vision: vision))
         case (.clsPostprocess(let parameters), 2):
             guard case .crops(let crops) = inputs[0], case .tensors(let output) = inputs[1] else { break }
             return .crops(try classify(crops, output, parameters, vision: vision))
         case (.recPreprocess(let parameters), 1):
             guard case .crops(let crops) = inputs[0] else { break }
-            return .tensors(try batches(crops, shape: parameters.imageShape, batchNum: parameters.batchNum, padToWidest: true, vision: vision))
+            return .tensors(try batches(crops, shape: parameters.imageShape, batchNum: parameters.batchNum,
+                                         rowsPerRequest: parameters.rowsPerRequest, padToWidest: true, vision: vision))
         case (.ctcDecode(let model), 1):
             guard case .tensors(let output) = inputs[0] else { break }
             return .texts(try ctcDecode(output, characters: try characters(model)))
@@ -123,8 +125,11 @@ enum OCROperations {
 
     /// The crops in groups of `batchNum` by increasing width ratio (rapidocr's argsort; a stable sort here), each
     /// group one tensor [n, 3, H, W]: W the configured width, or for recognition (`padToWidest`) the group's widest
-    /// ratio times H when that is wider (TextRecognizer's max_wh_ratio).
-    static func batches(_ crops: [OCRImage], shape: [Int], batchNum: Int, padToWidest: Bool, vision: OCRVisionLibrary) throws -> TensorGroups {
+    /// ratio times H when that is wider (TextRecognizer's max_wh_ratio). With `rowsPerRequest`, a group's rows
+    /// (still at the group's width, so each row's values are what rapidocr computes) are split into tensors of at
+    /// most that many rows, each its own request to the model.
+    static func batches(_ crops: [OCRImage], shape: [Int], batchNum: Int, rowsPerRequest: Int? = nil, padToWidest: Bool,
+                        vision: OCRVisionLibrary) throws -> TensorGroups {
         let ratios = crops.map { Double($0.width) / Double($0.height) }
         let order = ratios.indices.sorted { ratios[$0] < ratios[$1] || (ratios[$0] == ratios[$1] && $0 < $1) }
         let height = shape[1]
@@ -139,14 +144,20 @@ enum OCROperations {
                 width = Int(Double(height) * maxRatio)
             }
             let plane = 3 * height * width
-            let tensor = try FloatTensor.make(shape: [members.count, 3, height, width]) { out in
-                for (row, index) in members.enumerated() {
-                    let status = vision.resizeNormalize(crops[index].pointer, Int32(height), Int32(width), out + row * plane)
-                    try OCRVisionError.check(status, maxPixels: 0, header: nil)
+            let chunk = rowsPerRequest ?? members.count
+            var first = 0
+            while first < members.count {
+                let rows = Array(members[first..<min(members.count, first + chunk)])
+                let tensor = try FloatTensor.make(shape: [rows.count, 3, height, width]) { out in
+                    for (row, index) in rows.enumerated() {
+                        let status = vision.resizeNormalize(crops[index].pointer, Int32(height), Int32(width), out + row * plane)
+                        try OCRVisionError.check(status, maxPixels: 0, header: nil)
+                    }
                 }
+                groups.append([tensor])
+                items.append(rows)
+                first += chunk
             }
-            groups.append([tensor])
-            items.append(members)
             start += batchNum
         }
         return TensorGroups(groups: groups, items: items, itemCount: crops.count)

@@ -128,6 +128,8 @@ public struct DBPostprocessParameters: Sendable {
 public struct ClassifierParameters: Sendable {
     public var imageShape = [3, 48, 192]
     public var batchNum = 6
+    /// `rows_per_request`: how many rows of a batch go to the model in one request (nil: the whole batch).
+    public var rowsPerRequest: Int?
     public var thresh = 0.9
     public var labelList = ["0", "180"]
     public init() {}
@@ -137,6 +139,10 @@ public struct ClassifierParameters: Sendable {
 public struct RecognizerParameters: Sendable {
     public var imageShape = [3, 48, 320]
     public var batchNum = 6
+    /// `rows_per_request`: how many rows of a batch (all padded to its widest crop, as rapidocr pads them) go to
+    /// the model in one request (nil: the whole batch, rapidocr's one run per batch). The model's scheduler
+    /// batches the requests again up to its `max_batch_size`.
+    public var rowsPerRequest: Int?
     public init() {}
 }
 
@@ -294,6 +300,7 @@ extension PipelineConfiguration {
             var parameters = ClassifierParameters()
             parameters.imageShape = try shape("cls_image_shape", parameters.imageShape)
             parameters.batchNum = try int("cls_batch_num", parameters.batchNum)
+            parameters.rowsPerRequest = try mapping.optional("rows_per_request")?.int(in: 1...100_000, what: "a positive integer")
             parameters.thresh = try number("cls_thresh", parameters.thresh)
             if let labels = mapping.optional("label_list") {
                 parameters.labelList = try labels.list().map { try $0.string() }
@@ -304,6 +311,7 @@ extension PipelineConfiguration {
             var parameters = RecognizerParameters()
             parameters.imageShape = try shape("rec_img_shape", parameters.imageShape)
             parameters.batchNum = try int("rec_batch_num", parameters.batchNum)
+            parameters.rowsPerRequest = try mapping.optional("rows_per_request")?.int(in: 1...100_000, what: "a positive integer")
             return .recPreprocess(parameters)
         case "ctc_decode":
             let modelValue = try mapping.required("model")
