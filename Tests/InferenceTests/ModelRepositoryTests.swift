@@ -207,6 +207,58 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(error("[1]"), "the model configuration must be a JSON object")
     }
 
+    func testTheConfigurationATritonServerAnswersLoadsWithItsDefaultFields() throws {
+        try write("demo/1/model.onnx", "")
+        // `GET /v2/models/demo/config` of a Triton server for an ONNX model: every field Triton writes at its
+        // default (a runtime, optimization, an instance group's name and devices, the batcher's ordering and
+        // priorities, the queue policy's action).
+        let json = try JSONReader.parse(ByteBuffer(string: #"""
+            {"name":"demo","platform":"onnxruntime_onnx","backend":"onnxruntime","runtime":"",
+             "version_policy":{"latest":{"num_versions":1}},"max_batch_size":4,
+             "input":[{"name":"input","data_type":"TYPE_FP32","format":"FORMAT_NONE","dims":[64],"is_shape_tensor":false,
+                       "allow_ragged_batch":false,"optional":false}],
+             "output":[{"name":"output","data_type":"TYPE_FP32","dims":[10],"label_filename":"","is_shape_tensor":false}],
+             "batch_input":[],"batch_output":[],
+             "optimization":{"priority":"PRIORITY_DEFAULT","input_pinned_memory":{"enable":true},
+                             "output_pinned_memory":{"enable":true},"gather_kernel_buffer_threshold":0,"eager_batching":false},
+             "dynamic_batching":{"preferred_batch_size":[4],"max_queue_delay_microseconds":0,"preserve_ordering":false,
+                                 "priority_levels":0,"default_priority_level":0,"priority_queue_policy":{},
+                                 "default_queue_policy":{"timeout_action":"REJECT","default_timeout_microseconds":0,
+                                                         "allow_timeout_override":false,"max_queue_size":0}},
+             "instance_group":[{"name":"demo","kind":"KIND_CPU","count":2,"gpus":[],"secondary_devices":[],"profile":[],
+                                "passive":false,"host_policy":""}],
+             "default_model_filename":"model.onnx","cc_model_filenames":{},"metric_tags":{},"parameters":{},
+             "model_warmup":[],"model_transaction_policy":{"decoupled":false},"response_cache":{"enable":false}}
+            """#))
+        let settings = try TritonModelConfig.settings(json: json, modelName: "demo")
+        let model = try ModelRepositoryLayout(path: directory).scanModel("demo", override: ModelLoadOverride(settings: settings))
+        let configuration = try XCTUnwrap(model.versions.first)
+        XCTAssertEqual(configuration.maxBatchSize, 4)
+        XCTAssertEqual(configuration.instances, 2)
+        XCTAssertEqual(configuration.dynamicBatching?.preferredBatchSizes, [4])
+        XCTAssertEqual(configuration.maxQueue, 0)
+        // Priority levels are the batcher's, as config.yaml's dynamic_batching has them.
+        let levels = try TritonModelConfig.settings(json: try JSONReader.parse(ByteBuffer(string: #"""
+            {"max_batch_size": 4, "dynamic_batching": {"priority_levels": 3, "default_priority_level": 2}}
+            """#)), modelName: "demo")
+        let prioritised = try ModelRepositoryLayout(path: directory).scanModel("demo", override: ModelLoadOverride(settings: levels))
+        XCTAssertEqual(prioritised.versions.first?.dynamicBatching?.priorityLevels, 3)
+        XCTAssertEqual(prioritised.versions.first?.dynamicBatching?.defaultPriorityLevel, 2)
+        // Triton gives a configuration with an empty name the model's.
+        XCTAssertNoThrow(try TritonModelConfig.settings(json: try JSONReader.parse(ByteBuffer(string: #"{"name": ""}"#)), modelName: "demo"))
+        // A field away from its default still asks for something not served.
+        func error(_ text: String) -> String {
+            do { _ = try TritonModelConfig.settings(json: try JSONReader.parse(ByteBuffer(string: text)), modelName: "demo") } catch { return "\(error)" }
+            XCTFail("no error for \(text)")
+            return ""
+        }
+        XCTAssertEqual(error(#"{"optimization": {"eager_batching": true}}"#), "optimization: not supported in a load request's config")
+        XCTAssertEqual(error(#"{"instance_group": [{"gpus": [0]}]}"#), "instance_group.gpus: not supported in a load request's config")
+        XCTAssertEqual(error(#"{"max_batch_size": 2, "dynamic_batching": {"preserve_ordering": true}}"#),
+                       "dynamic_batching.preserve_ordering: not supported in a load request's config")
+        XCTAssertEqual(error(#"{"runtime": "model.py"}"#), "runtime: not supported in a load request's config")
+    }
+
     func testTritonConfigPbtxtErrorsNameTheirPlace() throws {
         try write("demo/1/model.onnx", "")
         let file = directory + "/demo/config.pbtxt"
