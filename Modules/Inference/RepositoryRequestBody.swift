@@ -50,7 +50,8 @@ struct RepositoryRequestBody {
                 guard let text = member.value.stringValue else {
                     throw KernelHTTPError(400, "failed to load '\(modelName)': the 'config' parameter must be a string of the model configuration in JSON")
                 }
-                result.config = text
+                // A repeated member: the first is the one read, as a lookup of the key finds it.
+                if result.config == nil { result.config = text }
             } else if member.key.hasPrefix("file:") {
                 let path = String(member.key.dropFirst("file:".count))
                 guard ModelLoadParameters.isRelativeFilePath(path) else {
@@ -59,7 +60,7 @@ struct RepositoryRequestBody {
                 guard let content = member.value.stringValue else {
                     throw KernelHTTPError(400, "failed to load '\(modelName)': file parameter '\(member.key)' must be the file's content in base64")
                 }
-                result.files.append((path, content))
+                if !result.files.contains(where: { $0.path == path }) { result.files.append((path, content)) }
             }
         }
         if !result.files.isEmpty, result.config == nil {
@@ -121,7 +122,7 @@ struct ModelLoadParameters: Sendable {
                 guard let bytes = Base64.decode(base64) else {
                     throw KernelHTTPError(400, "failed to load '\(modelName)': file parameter 'file:\(path)' is not valid base64")
                 }
-                try ModelLoadOverride.write(bytes, to: path, in: directory)
+                try ModelLoadOverride.write(bytes, to: path, in: directory, modelName: modelName)
             }
         } catch {
             result.removeDirectory()
@@ -156,24 +157,28 @@ public struct ModelLoadOverride: Sendable {
         return made
     }
 
-    /// Writes `bytes` at `path` (relative, checked) under `directory`, making the directories on the way.
-    static func write(_ bytes: [UInt8], to path: String, in directory: String) throws {
+    /// Writes `bytes` at `path` (relative, checked) under `directory`, making the directories on the way. A path
+    /// the request's other files make impossible (a file where a directory must be, or the reverse) or a name too
+    /// long for the file system is the request's error (400); anything else is the machine's (500).
+    static func write(_ bytes: [UInt8], to path: String, in directory: String, modelName: String) throws {
+        func failure(_ file: String) -> KernelHTTPError {
+            let code = errno
+            let message = String(cString: strerror(code))
+            if [EEXIST, ENOTDIR, EISDIR, ENAMETOOLONG].contains(code) {
+                return KernelHTTPError(400, "failed to load '\(modelName)': invalid file parameter 'file:\(path)': \(message)")
+            }
+            return KernelHTTPError(500, "failed to load '\(modelName)': cannot write \(file): \(message)")
+        }
         var current = directory
         let parts = path.split(separator: "/")
         for part in parts.dropLast() {
             current += "/" + part
-            if mkdir(current, 0o700) != 0, errno != EEXIST {
-                throw KernelHTTPError(500, "cannot make \(current): \(String(cString: strerror(errno)))")
-            }
+            if mkdir(current, 0o700) != 0, errno != EEXIST { throw failure(current) }
         }
         let file = current + "/" + parts.last!
-        guard let handle = fopen(file, "wbx") else {
-            throw KernelHTTPError(500, "cannot write \(file): \(String(cString: strerror(errno)))")
-        }
+        guard let handle = fopen(file, "wbx") else { throw failure(file) }
         defer { fclose(handle) }
-        guard bytes.isEmpty || fwrite(bytes, 1, bytes.count, handle) == bytes.count else {
-            throw KernelHTTPError(500, "cannot write \(file): \(String(cString: strerror(errno)))")
-        }
+        guard bytes.isEmpty || fwrite(bytes, 1, bytes.count, handle) == bytes.count else { throw failure(file) }
     }
 
     /// Removes `directory` and everything in it (what `write` made: directories and regular files).

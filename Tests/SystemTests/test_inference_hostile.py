@@ -562,3 +562,59 @@ def test_a_stop_during_a_long_warm_up_does_not_wait_for_all_of_it(start_kernel, 
     # SIGTERM: the warm-up stops at its next run and the kernel exits (the fixture's stop allows 15 s).
     kernel.stop()
     assert "inference: model 'heavy' version 1: warm-up interrupted, the kernel is stopping" in kernel.log_text()
+
+
+def test_load_file_parameters_with_odd_paths_repeated_members_and_a_large_file(start_kernel, tmp_path):
+    """`file:` parameters as a hostile client writes them: paths with empty, `.`, NUL or over-long names, a file
+    where another one needs a directory, a repeated member, a non-ASCII name, and tens of MB of base64. Each is a
+    400 or a load, never a 500; the files' directory is removed after each, and `other` serves throughout."""
+    import base64
+    make_repository(str(tmp_path))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    location = """
+routing:
+  servers:
+    - locations:
+        - location: "^~ /v2"
+          client_max_body_size: 64m
+          inference: {}
+"""
+    kernel = start_kernel(repository_yaml("repository_control: explicit").split("routing:")[0] + location,
+                          env=dict(os.environ, TMPDIR=str(scratch)))
+    with open(DEMO, "rb") as f:
+        model = base64.b64encode(f.read()).decode()
+    config = json.dumps({"max_batch_size": 8})
+
+    def load(parameters_text):
+        return post(kernel, "/v2/repository/models/uploaded/load", '{"parameters": {' + parameters_text + '}}')
+
+    def assert_cleaned():
+        left = [name for name in os.listdir(scratch) if name.startswith("kernel-model-load-")]
+        assert not left, left
+
+    for path, expected in (("1//model.onnx", "invalid file parameter"), ("1/./model.onnx", "invalid file parameter"),
+                           ("1/a\\u0000b", "invalid file parameter"),
+                           ("1/" + "x" * 300, "File name too long")):
+        message = error_of(load(f'"config": {json.dumps(config)}, "file:{path}": "{model}"'), 400)
+        assert expected in message, (path, message)
+        assert_cleaned()
+        assert_serving(kernel)
+    # A file where another file needs its directory, either way round.
+    for first, second in (("1", "1/model.onnx"), ("1/model.onnx", "1")):
+        message = error_of(load(f'"config": {json.dumps(config)}, "file:{first}": "{model}", "file:{second}": "{model}"'), 400)
+        assert f"invalid file parameter 'file:{second}'" in message, message
+        assert_cleaned()
+        assert_serving(kernel)
+    # A repeated member: the first is the one read (as a lookup of the key finds it).
+    loaded = load(f'"config": {json.dumps(config)}, "file:1/model.onnx": "{model}", "file:1/model.onnx": "AAAA"')
+    assert loaded.status_code == 200, loaded.text
+    assert_serving(kernel, "uploaded")
+    assert_cleaned()
+    # A non-ASCII name beside the model, and a file of tens of MB.
+    large = base64.b64encode(os.urandom(30 * 1024 * 1024)).decode()
+    loaded = load(f'"config": {json.dumps(config)}, "file:1/model.onnx": "{model}", "file:1/données é.bin": "{large}"')
+    assert loaded.status_code == 200, loaded.text
+    assert_serving(kernel, "uploaded")
+    assert_cleaned()
+    assert kernel.process.poll() is None
