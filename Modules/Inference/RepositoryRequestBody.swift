@@ -37,7 +37,7 @@ struct RepositoryRequestBody {
     /// A load's `parameters`, as Triton reads them: `config`, the model's configuration as a JSON string (used
     /// instead of the repository's settings file), and `file:<path>` members, base64 file contents that form the
     /// directory the model loads from instead of its repository directory (Triton requires `config` with them).
-    /// Other parameters are ignored, as Triton ignores them. Only the shapes are checked here, on the event loop;
+    /// Any other parameter is refused, as Triton refuses it. Only the shapes are checked here, on the event loop;
     /// the contents are decoded where the load runs.
     func loadParameters(modelName: String) throws -> ModelLoadParameters {
         var result = ModelLoadParameters()
@@ -61,6 +61,9 @@ struct RepositoryRequestBody {
                     throw KernelHTTPError(400, "failed to load '\(modelName)': file parameter '\(member.key)' must be the file's content in base64")
                 }
                 if !result.files.contains(where: { $0.path == path }) { result.files.append((path, content)) }
+            } else {
+                // As Triton's model repository manager refuses it: a parameter it does not know is no option.
+                throw KernelHTTPError(400, "failed to load '\(modelName)': Unrecognized load parameter '\(member.key)'")
             }
         }
         if !result.files.isEmpty, result.config == nil {
