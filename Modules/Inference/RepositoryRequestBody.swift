@@ -53,13 +53,13 @@ struct RepositoryRequestBody {
                 // A repeated member: the first is the one read, as a lookup of the key finds it.
                 if result.config == nil { result.config = text }
             } else if member.key.hasPrefix("file:") {
-                let path = String(member.key.dropFirst("file:".count))
-                guard ModelLoadParameters.isRelativeFilePath(path) else {
-                    throw KernelHTTPError(400, "failed to load '\(modelName)': invalid file parameter '\(member.key)': expected file:<version>/<file name>, a relative path without '.' or '..'")
+                guard let path = ModelLoadParameters.normalizedFilePath(String(member.key.dropFirst("file:".count))) else {
+                    throw KernelHTTPError(400, "failed to load '\(modelName)': invalid file parameter '\(member.key)': expected file:<version>/<file name>, a relative path that stays within the model directory")
                 }
                 guard let content = member.value.stringValue else {
                     throw KernelHTTPError(400, "failed to load '\(modelName)': file parameter '\(member.key)' must be the file's content in base64")
                 }
+                // A repeated member, or another spelling of the same path: the first is the one read.
                 if !result.files.contains(where: { $0.path == path }) { result.files.append((path, content)) }
             } else {
                 // As Triton's model repository manager refuses it: a parameter it does not know is no option.
@@ -91,12 +91,20 @@ struct ModelLoadParameters: Sendable {
 
     var isEmpty: Bool { config == nil && files.isEmpty }
 
-    /// `1/model.onnx`: slash-separated names, none empty, `.` or `..`, not absolute.
-    static func isRelativeFilePath(_ path: String) -> Bool {
-        guard !path.isEmpty, !path.hasPrefix("/") else { return false }
-        return path.split(separator: "/", omittingEmptySubsequences: false).allSatisfy {
-            !$0.isEmpty && $0 != "." && $0 != ".." && !$0.utf8.contains(0)
+    /// The path a `file:` parameter names inside the model directory, as Triton resolves it: empty and `.` names
+    /// dropped, `..` taking the name before it away (`1//model.onnx`, `1/./model.onnx` and `2/../1/model.onnx`
+    /// are `1/model.onnx`). Nil for a path that is absolute, has a NUL, leaves the directory or names nothing.
+    static func normalizedFilePath(_ path: String) -> String? {
+        guard !path.hasPrefix("/"), !path.utf8.contains(0) else { return nil }
+        var names: [Substring] = []
+        for name in path.split(separator: "/", omittingEmptySubsequences: true) where name != "." {
+            if name == ".." {
+                guard names.popLast() != nil else { return nil }
+            } else {
+                names.append(name)
+            }
         }
+        return names.isEmpty ? nil : names.joined(separator: "/")
     }
 
     /// The settings and the directory these parameters stand for; the files are written to a new temporary

@@ -207,6 +207,17 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(error("[1]"), "the model configuration must be a JSON object")
     }
 
+    func testFileParameterPathsResolveAsTritonResolvesThem() {
+        XCTAssertEqual(ModelLoadParameters.normalizedFilePath("1/model.onnx"), "1/model.onnx")
+        XCTAssertEqual(ModelLoadParameters.normalizedFilePath("1//model.onnx"), "1/model.onnx")
+        XCTAssertEqual(ModelLoadParameters.normalizedFilePath("./1/./model.onnx/"), "1/model.onnx")
+        XCTAssertEqual(ModelLoadParameters.normalizedFilePath("2/../1/model.onnx"), "1/model.onnx")
+        XCTAssertEqual(ModelLoadParameters.normalizedFilePath("1/données é.bin"), "1/données é.bin")
+        for outside in ["", "/", "//", ".", "1/..", "..", "../1/model.onnx", "1/../../model.onnx", "/1/model.onnx", "1/a\u{0}b"] {
+            XCTAssertNil(ModelLoadParameters.normalizedFilePath(outside), outside)
+        }
+    }
+
     func testTheConfigurationATritonServerAnswersLoadsWithItsDefaultFields() throws {
         try write("demo/1/model.onnx", "")
         // `GET /v2/models/demo/config` of a Triton server for an ONNX model: every field Triton writes at its

@@ -566,7 +566,7 @@ def test_a_stop_during_a_long_warm_up_does_not_wait_for_all_of_it(start_kernel, 
 
 
 def test_load_file_parameters_with_odd_paths_repeated_members_and_a_large_file(start_kernel, tmp_path):
-    """`file:` parameters as a hostile client writes them: paths with empty, `.`, NUL or over-long names, a file
+    """`file:` parameters as a hostile client writes them: paths with empty, `.`, `..`, NUL or over-long names, a file
     where another one needs a directory, a repeated member, a non-ASCII name, and tens of MB of base64. Each is a
     400 or a load, never a 500; the files' directory is removed after each, and `other` serves throughout."""
     import base64
@@ -594,8 +594,14 @@ routing:
         left = [name for name in os.listdir(scratch) if name.startswith("kernel-model-load-")]
         assert not left, left
 
-    for path, expected in (("1//model.onnx", "invalid file parameter"), ("1/./model.onnx", "invalid file parameter"),
-                           ("1/a\\u0000b", "invalid file parameter"),
+    # Paths as Triton resolves them: empty and `.` names dropped, `..` inside the directory followed.
+    for path in ("1//model.onnx", "1/./model.onnx", "2/../1/model.onnx", "./1/model.onnx"):
+        loaded = load(f'"config": {json.dumps(config)}, "file:{path}": "{model}"')
+        assert loaded.status_code == 200, (path, loaded.text)
+        assert_serving(kernel, "uploaded")
+        assert_cleaned()
+    for path, expected in (("1/../../model.onnx", "invalid file parameter"), ("1/..", "invalid file parameter"),
+                           ("1/a\\u0000b", "invalid file parameter"), ("//", "invalid file parameter"),
                            ("1/" + "x" * 300, "File name too long")):
         message = error_of(load(f'"config": {json.dumps(config)}, "file:{path}": "{model}"'), 400)
         assert expected in message, (path, message)
