@@ -114,7 +114,7 @@ enum TritonModelConfig {
                 // Triton gives a configuration without a name (or an empty one) the model's.
                 guard field.value.scalarText == modelName || field.value.scalarText == "" else {
                     throw ConfigError(mark: field.value.mark, path: "name",
-                                      message: "the model is named \"\(field.value.scalarText ?? "")\" but its directory is \"\(modelName)\"")
+                                      message: "unexpected directory name '\(modelName)' for model '\(field.value.scalarText ?? "")', directory name must equal model name")
                 }
             case "platform", "backend":
                 let accepted = field.name == "platform" ? "onnxruntime_onnx" : "onnxruntime"

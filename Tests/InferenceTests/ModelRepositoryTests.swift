@@ -200,7 +200,7 @@ final class ModelRepositoryTests: XCTestCase {
             XCTFail("no error for \(text)")
             return ""
         }
-        XCTAssertEqual(error(#"{"name": "other"}"#), #"name: the model is named "other" but its directory is "demo""#)
+        XCTAssertEqual(error(#"{"name": "other"}"#), "name: unexpected directory name 'demo' for model 'other', directory name must equal model name")
         XCTAssertEqual(error(#"{"optimization": {"graph": {"level": 1}}}"#), "optimization: not supported in a load request's config")
         XCTAssertEqual(error(#"{"default_model_filename": "model.plan"}"#), "default_model_filename: not supported in a load request's config")
         XCTAssertEqual(error(#"{"max_batch_size": "many"}"#), #"invalid model configuration: max_batch_size: expected a non-negative integer, found "many""#)
@@ -279,7 +279,7 @@ final class ModelRepositoryTests: XCTestCase {
             XCTFail("no error for \(text)")
             return ""
         }
-        XCTAssertEqual(try error("name: \"other\"\n"), "\(file):1:7: name: the model is named \"other\" but its directory is \"demo\"")
+        XCTAssertEqual(try error("name: \"other\"\n"), "\(file):1:7: name: unexpected directory name 'demo' for model 'other', directory name must equal model name")
         XCTAssertEqual(try error("platform: \"tensorrt_plan\"\n"), "\(file):1:11: platform: expected \"onnxruntime_onnx\": the kernel serves ONNX models with ONNX Runtime")
         XCTAssertEqual(try error("max_batch_size: 4\noptimization { graph { level: 1 } }\n"), "\(file):2:1: optimization: not supported in config.pbtxt (write the model's settings in config.yaml)")
         XCTAssertEqual(try error("instance_group [ { kind: KIND_GPU } ]\n"), "\(file):1:26: instance_group.kind: only KIND_CPU instances are served")
