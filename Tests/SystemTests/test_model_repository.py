@@ -573,3 +573,21 @@ def test_every_models_config_loads_back_unchanged_and_loads_run_beside_traffic(s
     assert failed.status_code == 400 and "version 1 is at UNAVAILABLE state" in failed.json()["error"], failed.text
     assert_cleaned()
     assert client.is_model_ready("demo", "2")
+
+
+def test_startup_models_empty_starts_ready_with_no_model_as_triton_explicit_mode_does(start_kernel, tmp_path):
+    """`startup_models: []` (Triton's explicit mode without `--load-model`): the server is ready with no model
+    loaded, the index lists the repository's models by name, an unload of a model never loaded succeeds (as in
+    Triton), and a load brings the model in."""
+    make_repository(str(tmp_path))
+    kernel = start_kernel(repository_yaml("  repository_control: explicit\n  startup_models: []"))
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 200
+    assert client.is_server_ready() and not client.is_model_ready("demo") and not client.is_model_ready("other")
+    assert index(kernel) == [{"name": "demo"}, {"name": "other"}]
+    assert index(kernel, {"ready": True}) == []
+    assert post(kernel, "/v2/repository/models/other/unload").status_code == 200
+    assert index(kernel) == [{"name": "demo"}, {"name": "other"}]
+    client.load_model("other")
+    assert client.is_model_ready("other") and not client.is_model_ready("demo")
+    assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 200
