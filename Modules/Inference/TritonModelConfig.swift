@@ -3,12 +3,14 @@ import KernelConfig
 /// The basic fields of a Triton `config.pbtxt` (protobuf text format), read into the settings a repository model's
 /// `config.yaml` gives, so that a Triton repository serves as it is.
 ///
-/// Understood: `name` (must be the directory's), `platform: "onnxruntime_onnx"` / `backend: "onnxruntime"`,
-/// `max_batch_size`, `instance_group [{count, kind: KIND_CPU}]` (counts add up), `dynamic_batching
-/// {preferred_batch_size, max_queue_delay_microseconds, default_queue_policy {max_queue_size,
-/// default_timeout_microseconds}}` (microseconds rounded up to whole milliseconds), `version_policy`. `input` and
-/// `output` are read from the model itself, as Triton's auto-completion reads them for ONNX, and are skipped here.
-/// Any other field is an error naming its place, rather than something silently not done.
+/// Understood: `name` (must be the directory's, or empty), `platform: "onnxruntime_onnx"` / `backend:
+/// "onnxruntime"`, `max_batch_size`, `instance_group [{count, kind: KIND_CPU}]` (counts add up), `dynamic_batching
+/// {preferred_batch_size, max_queue_delay_microseconds, priority_levels, default_priority_level,
+/// default_queue_policy {max_queue_size, default_timeout_microseconds}}` (microseconds rounded up to whole
+/// milliseconds), `version_policy`. `input` and `output` are read from the model itself, as Triton's
+/// auto-completion reads them for ONNX, and are skipped here. The fields Triton writes at their defaults are
+/// accepted at those values (`defaults`). Any other field is an error naming its place, rather than something
+/// silently not done.
 enum TritonModelConfig {
     static let fileName = "config.pbtxt"
 
