@@ -162,6 +162,18 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(repeated.policy, .latest(2))
         try write("demo/config.pbtxt", "version_policy: { all { } }\n")
         XCTAssertEqual(try ModelRepositoryLayout(path: directory).scanModel("demo").policy, .all)
+        // Fields at Triton's defaults, as a configuration saved from a Triton server has them, and priority levels.
+        try write("demo/config.pbtxt", """
+            name: "demo" runtime: "" max_batch_size: 4
+            instance_group [ { name: "demo_0" kind: KIND_CPU count: 2 gpus: [ ] passive: false host_policy: "" } ]
+            optimization { priority: PRIORITY_DEFAULT input_pinned_memory { enable: true } eager_batching: false }
+            dynamic_batching { preserve_ordering: false priority_levels: 2 default_priority_level: 1
+                               default_queue_policy { timeout_action: REJECT allow_timeout_override: false } }
+            """)
+        let defaults = try XCTUnwrap(ModelRepositoryLayout(path: directory).scanModel("demo").versions.first)
+        XCTAssertEqual(defaults.instances, 2)
+        XCTAssertEqual(defaults.dynamicBatching?.priorityLevels, 2)
+        XCTAssertEqual(defaults.dynamicBatching?.defaultPriorityLevel, 1)
     }
 
     func testALoadRequestsJSONConfigurationReadsAsConfigPbtxtDoes() throws {
