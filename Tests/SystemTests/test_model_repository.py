@@ -573,6 +573,11 @@ def test_every_models_config_loads_back_unchanged_and_loads_run_beside_traffic(s
     assert failed.status_code == 400 and "version 1 is at UNAVAILABLE state" in failed.json()["error"], failed.text
     assert_cleaned()
     assert client.is_model_ready("demo", "2")
+    # tritonclient's own `files=`, as a Triton user sends them.
+    with open(DEMO, "rb") as f:
+        client.load_model("sent", config=json.dumps({"max_batch_size": 8}), files={"file:1/model.onnx": f.read()})
+    assert client.is_model_ready("sent", "1")
+    assert_cleaned()
 
 
 def test_startup_models_empty_starts_ready_with_no_model_as_triton_explicit_mode_does(start_kernel, tmp_path):
