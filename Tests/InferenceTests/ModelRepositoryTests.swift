@@ -219,6 +219,19 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(error("[1]"), "the model configuration must be a JSON object")
     }
 
+    func testVersionDirectoriesOfTheSameNumberAreOneVersion() throws {
+        // `1` and `01` are both version 1 (Triton keeps a set of version numbers, and loads `<model>/1`): one
+        // version, not two with the same number.
+        try write("demo/1/model.onnx", "")
+        try write("demo/01/model.onnx", "")
+        try write("demo/002/model.onnx", "")
+        try write("demo/config.yaml", "version_policy: {all: {}}\n")
+        let model = try ModelRepositoryLayout(path: directory).scanModel("demo")
+        XCTAssertEqual(model.versions.map(\.version), ["2", "1"])
+        XCTAssertEqual(model.availableVersions, [2, 1])
+        XCTAssertEqual(model.versions.last?.path, directory + "/demo/1/model.onnx")
+    }
+
     func testFileParameterPathsResolveAsTritonResolvesThem() {
         XCTAssertEqual(ModelLoadParameters.normalizedFilePath("1/model.onnx"), "1/model.onnx")
         XCTAssertEqual(ModelLoadParameters.normalizedFilePath("1//model.onnx"), "1/model.onnx")

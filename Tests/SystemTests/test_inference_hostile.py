@@ -567,8 +567,9 @@ def test_a_stop_during_a_long_warm_up_does_not_wait_for_all_of_it(start_kernel, 
 
 def test_load_file_parameters_with_odd_paths_repeated_members_and_a_large_file(start_kernel, tmp_path):
     """`file:` parameters as a hostile client writes them: paths with empty, `.`, `..`, NUL or over-long names, a file
-    where another one needs a directory, a repeated member, a non-ASCII name, and tens of MB of base64. Each is a
-    400 or a load, never a 500; the files' directory is removed after each, and `other` serves throughout."""
+    where another one needs a directory, a repeated member, two directories of one version number, a non-ASCII
+    name, and tens of MB of base64. Each is a 400 or a load, never a 500 or a crash; the files' directory is
+    removed after each, and `other` serves throughout."""
     import base64
     make_repository(str(tmp_path))
     scratch = tmp_path / "scratch"
@@ -616,6 +617,14 @@ routing:
     # A repeated member: the first is the one read (as a lookup of the key finds it).
     loaded = load(f'"config": {json.dumps(config)}, "file:1/model.onnx": "{model}", "file:1/model.onnx": "AAAA"')
     assert loaded.status_code == 200, loaded.text
+    assert_serving(kernel, "uploaded")
+    assert_cleaned()
+    # Two version directories of one number (`1` and `01`) are one version, as Triton counts them.
+    all_versions = json.dumps({"max_batch_size": 8, "version_policy": {"all": {}}})
+    loaded = load(f'"config": {json.dumps(all_versions)}, "file:1/model.onnx": "{model}", "file:01/model.onnx": "{model}"')
+    assert loaded.status_code == 200, loaded.text
+    assert [entry for entry in index(kernel) if entry["name"] == "uploaded"] == \
+        [{"name": "uploaded", "version": "1", "state": "READY"}]
     assert_serving(kernel, "uploaded")
     assert_cleaned()
     # A non-ASCII name beside the model, and a file of tens of MB.
