@@ -627,9 +627,10 @@ routing:
         [{"name": "uploaded", "version": "1", "state": "READY"}]
     assert_serving(kernel, "uploaded")
     assert_cleaned()
-    # A non-ASCII name beside the model, and a file of tens of MB.
+    # A non-ASCII name beside the model, a file of tens of MB, and nested directories in and beside the version.
     large = base64.b64encode(os.urandom(30 * 1024 * 1024)).decode()
-    loaded = load(f'"config": {json.dumps(config)}, "file:1/model.onnx": "{model}", "file:1/données é.bin": "{large}"')
+    loaded = load(f'"config": {json.dumps(config)}, "file:1/model.onnx": "{model}", "file:1/données é.bin": "{large}", '
+                  f'"file:1/sub/deeper/extra.bin": "AAAA", "file:notes/readme.txt": "AAAA"')
     assert loaded.status_code == 200, loaded.text
     assert_serving(kernel, "uploaded")
     assert_cleaned()
