@@ -232,6 +232,44 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(model.versions.last?.path, directory + "/demo/1/model.onnx")
     }
 
+    func testRandomLoadRequestConfigurationsAreSettingsOrErrorsNeverACrash() throws {
+        // Triton's field names at every level with values of every JSON kind: each configuration reads as
+        // settings that scan, or is an error; none stops the process.
+        try write("demo/1/model.onnx", "")
+        try write("demo/3/model.onnx", "")
+        let names = ["name", "platform", "backend", "runtime", "max_batch_size", "instance_group", "count", "kind",
+                     "dynamic_batching", "preferred_batch_size", "max_queue_delay_microseconds", "priority_levels",
+                     "default_priority_level", "default_queue_policy", "max_queue_size", "default_timeout_microseconds",
+                     "timeout_action", "version_policy", "latest", "num_versions", "all", "specific", "versions",
+                     "optimization", "enable", "input_pinned_memory", "parameters", "gpus", "passive", "input", ""]
+        let scalars = ["null", "true", "false", "0", "1", "2", "-1", "3", "8", "1.5", "1e300", "-0", "\"\"", "\"2000\"",
+                       "\"-3\"", "\"demo\"", "\"KIND_CPU\"", "\"REJECT\"", "\"onnxruntime\"", "99999999999999999999"]
+        var generator = SystemRandomNumberGenerator()
+        func value(_ depth: Int) -> String {
+            switch depth > 3 ? 0 : Int.random(in: 0..<4, using: &generator) {
+            case 0, 1: return scalars.randomElement(using: &generator)!
+            case 2: return "[" + (0..<Int.random(in: 0..<3, using: &generator)).map { _ in value(depth + 1) }.joined(separator: ",") + "]"
+            default: return object(depth + 1)
+            }
+        }
+        func object(_ depth: Int) -> String {
+            "{" + (0..<Int.random(in: 0..<4, using: &generator)).map { _ in
+                "\"\(names.randomElement(using: &generator)!)\": \(value(depth))"
+            }.joined(separator: ",") + "}"
+        }
+        var loaded = 0
+        for _ in 0..<5000 {
+            let text = object(0)
+            guard let json = try? JSONReader.parse(ByteBuffer(string: text)),
+                  let settings = try? TritonModelConfig.settings(json: json, modelName: "demo"),
+                  let model = try? ModelRepositoryLayout(path: directory).scanModel("demo", override: ModelLoadOverride(settings: settings))
+            else { continue }
+            XCTAssertEqual(Set(model.versions.map(\.version)).count, model.versions.count, text)
+            loaded += 1
+        }
+        XCTAssertGreaterThan(loaded, 0, "some configurations are settings")
+    }
+
     func testFileParameterPathsResolveAsTritonResolvesThem() {
         XCTAssertEqual(ModelLoadParameters.normalizedFilePath("1/model.onnx"), "1/model.onnx")
         XCTAssertEqual(ModelLoadParameters.normalizedFilePath("1//model.onnx"), "1/model.onnx")
