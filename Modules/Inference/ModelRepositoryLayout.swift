@@ -88,7 +88,9 @@ public struct ModelRepositoryLayout: Sendable {
         guard let entries = ModelRepositoryLayout.directories(in: directory) else {
             throw ModelRepositoryError("failed to poll from model repository: no model directory \(directory)")
         }
-        let available = entries.filter { InferenceConfiguration.isVersion($0) }.compactMap { Int($0) }.sorted(by: >)
+        // Version numbers, each once: `1` and `01` are one version (as Triton keeps a set of them), never two
+        // versions of one number.
+        let available = Set(entries.filter { InferenceConfiguration.isVersion($0) }.compactMap { Int($0) }).sorted(by: >)
         let yamlPath = directory + "/" + ModelRepositoryLayout.settingsFileName
         let pbtxtPath = directory + "/" + TritonModelConfig.fileName
         let hasYAML = override == nil && access(yamlPath, F_OK) == 0

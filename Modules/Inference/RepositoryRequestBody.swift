@@ -37,7 +37,7 @@ struct RepositoryRequestBody {
     /// A load's `parameters`, as Triton reads them: `config`, the model's configuration as a JSON string (used
     /// instead of the repository's settings file), and `file:<path>` members, base64 file contents that form the
     /// directory the model loads from instead of its repository directory (Triton requires `config` with them).
-    /// Other parameters are ignored, as Triton ignores them. Only the shapes are checked here, on the event loop;
+    /// Any other parameter is refused, as Triton refuses it. Only the shapes are checked here, on the event loop;
     /// the contents are decoded where the load runs.
     func loadParameters(modelName: String) throws -> ModelLoadParameters {
         var result = ModelLoadParameters()
@@ -50,16 +50,20 @@ struct RepositoryRequestBody {
                 guard let text = member.value.stringValue else {
                     throw KernelHTTPError(400, "failed to load '\(modelName)': the 'config' parameter must be a string of the model configuration in JSON")
                 }
-                result.config = text
+                // A repeated member: the first is the one read, as a lookup of the key finds it.
+                if result.config == nil { result.config = text }
             } else if member.key.hasPrefix("file:") {
-                let path = String(member.key.dropFirst("file:".count))
-                guard ModelLoadParameters.isRelativeFilePath(path) else {
-                    throw KernelHTTPError(400, "failed to load '\(modelName)': invalid file parameter '\(member.key)': expected file:<version>/<file name>, a relative path without '.' or '..'")
+                guard let path = ModelLoadParameters.normalizedFilePath(String(member.key.dropFirst("file:".count))) else {
+                    throw KernelHTTPError(400, "failed to load '\(modelName)': invalid file parameter '\(member.key)': expected file:<version>/<file name>, a relative path that stays within the model directory")
                 }
                 guard let content = member.value.stringValue else {
                     throw KernelHTTPError(400, "failed to load '\(modelName)': file parameter '\(member.key)' must be the file's content in base64")
                 }
-                result.files.append((path, content))
+                // A repeated member, or another spelling of the same path: the first is the one read.
+                if !result.files.contains(where: { $0.path == path }) { result.files.append((path, content)) }
+            } else {
+                // As Triton's model repository manager refuses it: a parameter it does not know is no option.
+                throw KernelHTTPError(400, "failed to load '\(modelName)': Unrecognized load parameter '\(member.key)'")
             }
         }
         if !result.files.isEmpty, result.config == nil {
@@ -87,12 +91,20 @@ struct ModelLoadParameters: Sendable {
 
     var isEmpty: Bool { config == nil && files.isEmpty }
 
-    /// `1/model.onnx`: slash-separated names, none empty, `.` or `..`, not absolute.
-    static func isRelativeFilePath(_ path: String) -> Bool {
-        guard !path.isEmpty, !path.hasPrefix("/") else { return false }
-        return path.split(separator: "/", omittingEmptySubsequences: false).allSatisfy {
-            !$0.isEmpty && $0 != "." && $0 != ".." && !$0.utf8.contains(0)
+    /// The path a `file:` parameter names inside the model directory, as Triton resolves it: empty and `.` names
+    /// dropped, `..` taking the name before it away (`1//model.onnx`, `1/./model.onnx` and `2/../1/model.onnx`
+    /// are `1/model.onnx`). Nil for a path that is absolute, has a NUL, leaves the directory or names nothing.
+    static func normalizedFilePath(_ path: String) -> String? {
+        guard !path.hasPrefix("/"), !path.utf8.contains(0) else { return nil }
+        var names: [Substring] = []
+        for name in path.split(separator: "/", omittingEmptySubsequences: true) where name != "." {
+            if name == ".." {
+                guard names.popLast() != nil else { return nil }
+            } else {
+                names.append(name)
+            }
         }
+        return names.isEmpty ? nil : names.joined(separator: "/")
     }
 
     /// The settings and the directory these parameters stand for; the files are written to a new temporary
@@ -121,7 +133,7 @@ struct ModelLoadParameters: Sendable {
                 guard let bytes = Base64.decode(base64) else {
                     throw KernelHTTPError(400, "failed to load '\(modelName)': file parameter 'file:\(path)' is not valid base64")
                 }
-                try ModelLoadOverride.write(bytes, to: path, in: directory)
+                try ModelLoadOverride.write(bytes, to: path, in: directory, modelName: modelName)
             }
         } catch {
             result.removeDirectory()
@@ -156,24 +168,28 @@ public struct ModelLoadOverride: Sendable {
         return made
     }
 
-    /// Writes `bytes` at `path` (relative, checked) under `directory`, making the directories on the way.
-    static func write(_ bytes: [UInt8], to path: String, in directory: String) throws {
+    /// Writes `bytes` at `path` (relative, checked) under `directory`, making the directories on the way. A path
+    /// the request's other files make impossible (a file where a directory must be, or the reverse) or a name too
+    /// long for the file system is the request's error (400); anything else is the machine's (500).
+    static func write(_ bytes: [UInt8], to path: String, in directory: String, modelName: String) throws {
+        func failure(_ file: String) -> KernelHTTPError {
+            let code = errno
+            let message = String(cString: strerror(code))
+            if [EEXIST, ENOTDIR, EISDIR, ENAMETOOLONG].contains(code) {
+                return KernelHTTPError(400, "failed to load '\(modelName)': invalid file parameter 'file:\(path)': \(message)")
+            }
+            return KernelHTTPError(500, "failed to load '\(modelName)': cannot write \(file): \(message)")
+        }
         var current = directory
         let parts = path.split(separator: "/")
         for part in parts.dropLast() {
             current += "/" + part
-            if mkdir(current, 0o700) != 0, errno != EEXIST {
-                throw KernelHTTPError(500, "cannot make \(current): \(String(cString: strerror(errno)))")
-            }
+            if mkdir(current, 0o700) != 0, errno != EEXIST { throw failure(current) }
         }
         let file = current + "/" + parts.last!
-        guard let handle = fopen(file, "wbx") else {
-            throw KernelHTTPError(500, "cannot write \(file): \(String(cString: strerror(errno)))")
-        }
+        guard let handle = fopen(file, "wbx") else { throw failure(file) }
         defer { fclose(handle) }
-        guard bytes.isEmpty || fwrite(bytes, 1, bytes.count, handle) == bytes.count else {
-            throw KernelHTTPError(500, "cannot write \(file): \(String(cString: strerror(errno)))")
-        }
+        guard bytes.isEmpty || fwrite(bytes, 1, bytes.count, handle) == bytes.count else { throw failure(file) }
     }
 
     /// Removes `directory` and everything in it (what `write` made: directories and regular files).

@@ -3,12 +3,14 @@ import KernelConfig
 /// The basic fields of a Triton `config.pbtxt` (protobuf text format), read into the settings a repository model's
 /// `config.yaml` gives, so that a Triton repository serves as it is.
 ///
-/// Understood: `name` (must be the directory's), `platform: "onnxruntime_onnx"` / `backend: "onnxruntime"`,
-/// `max_batch_size`, `instance_group [{count, kind: KIND_CPU}]` (counts add up), `dynamic_batching
-/// {preferred_batch_size, max_queue_delay_microseconds, default_queue_policy {max_queue_size,
-/// default_timeout_microseconds}}` (microseconds rounded up to whole milliseconds), `version_policy`. `input` and
-/// `output` are read from the model itself, as Triton's auto-completion reads them for ONNX, and are skipped here.
-/// Any other field is an error naming its place, rather than something silently not done.
+/// Understood: `name` (must be the directory's, or empty), `platform: "onnxruntime_onnx"` / `backend:
+/// "onnxruntime"`, `max_batch_size`, `instance_group [{count, kind: KIND_CPU}]` (counts add up), `dynamic_batching
+/// {preferred_batch_size, max_queue_delay_microseconds, priority_levels, default_priority_level,
+/// default_queue_policy {max_queue_size, default_timeout_microseconds}}` (microseconds rounded up to whole
+/// milliseconds), `version_policy`. `input` and `output` are read from the model itself, as Triton's
+/// auto-completion reads them for ONNX, and are skipped here. The fields Triton writes at their defaults are
+/// accepted at those values (`defaults`). Any other field is an error naming its place, rather than something
+/// silently not done.
 enum TritonModelConfig {
     static let fileName = "config.pbtxt"
 
@@ -63,11 +65,36 @@ enum TritonModelConfig {
         }
     }
 
-    /// Fields Triton's configuration JSON carries with their default values, which say nothing when empty (a list
-    /// or message with nothing in it): accepted then, an error otherwise.
-    private static let emptyByDefault: Set<String> = ["batch_input", "batch_output", "model_warmup", "parameters",
-                                                      "cc_model_filenames", "metric_tags", "optimization",
-                                                      "model_repository_agents", "response_cache"]
+    /// Fields Triton's configuration JSON (`GET .../config` of a Triton server) carries at their default values,
+    /// with those values: accepted then, since they ask for nothing, and an error otherwise. Lists and messages
+    /// with nothing in them are defaults wherever these fields are.
+    private static let defaults: [String: Set<String>] = [
+        "batch_input": [], "batch_output": [], "model_warmup": [], "parameters": [], "cc_model_filenames": [],
+        "metric_tags": [], "model_repository_agents": [], "response_cache": [], "runtime": [""],
+        "default_model_filename": [""],
+        "response_cache.enable": ["false"], "model_transaction_policy.decoupled": ["false"],
+        "optimization.priority": ["PRIORITY_DEFAULT"], "optimization.gather_kernel_buffer_threshold": ["0"],
+        "optimization.eager_batching": ["false"],
+        // Pinned host memory is for copies to and from a GPU: on or off, nothing changes for CPU instances.
+        "optimization.input_pinned_memory.enable": ["true", "false"],
+        "optimization.output_pinned_memory.enable": ["true", "false"],
+        "dynamic_batching.preserve_ordering": ["false"], "dynamic_batching.priority_queue_policy": [],
+        "default_queue_policy.timeout_action": ["REJECT"], "default_queue_policy.allow_timeout_override": ["false"],
+        "instance_group.gpus": [], "instance_group.secondary_devices": [], "instance_group.profile": [],
+        "instance_group.passive": ["false"], "instance_group.host_policy": [""],
+    ]
+
+    /// Whether `node`, the value of `field` (its path from the configuration's top), is Triton's default for it:
+    /// an empty list or message, a scalar `defaults` lists, or a message whose every member is at its default.
+    private static func isDefault(_ node: YAMLNode, field: String) -> Bool {
+        switch node {
+        case .scalar(let text, _, _): return defaults[field]?.contains(text) ?? false
+        case .sequence(let items, _): return items.isEmpty && defaults[field] != nil
+        case .mapping(let entries, _):
+            guard !entries.isEmpty else { return defaults[field] != nil || defaults.keys.contains { $0.hasPrefix(field + ".") } }
+            return entries.allSatisfy { isDefault($0.value, field: field + "." + ($0.key.scalarText ?? "")) }
+        }
+    }
 
     /// The settings of a parsed configuration message (from a `config.pbtxt` or a load request's JSON).
     private static func settings(_ message: [TextFormatField], start: SourceMark, modelName: String,
@@ -86,9 +113,10 @@ enum TritonModelConfig {
         for field in message {
             switch field.name {
             case "name":
-                guard field.value.scalarText == modelName else {
+                // Triton gives a configuration without a name (or an empty one) the model's.
+                guard field.value.scalarText == modelName || field.value.scalarText == "" else {
                     throw ConfigError(mark: field.value.mark, path: "name",
-                                      message: "the model is named \"\(field.value.scalarText ?? "")\" but its directory is \"\(modelName)\"")
+                                      message: "unexpected directory name '\(modelName)' for model '\(field.value.scalarText ?? "")', directory name must equal model name")
                 }
             case "platform", "backend":
                 let accepted = field.name == "platform" ? "onnxruntime_onnx" : "onnxruntime"
@@ -112,6 +140,11 @@ enum TritonModelConfig {
                                 throw ConfigError(mark: member.value.mark, path: "instance_group.kind",
                                                   message: "only KIND_CPU instances are served")
                             }
+                        case "name":
+                            // Triton names every group (`demo_0`): a name says nothing about how it runs.
+                            break
+                        case let name where isDefault(member.value, field: "instance_group.\(name)"):
+                            break
                         default:
                             throw unsupported(member, path: "instance_group")
                         }
@@ -127,6 +160,8 @@ enum TritonModelConfig {
                     case "max_queue_delay_microseconds":
                         dynamic.append((.scalar("max_queue_delay", mark: member.value.mark, isPlain: true),
                                         try milliseconds(member.value, path: "dynamic_batching.max_queue_delay_microseconds")))
+                    case "priority_levels", "default_priority_level":
+                        dynamic.append((.scalar(member.name, mark: member.value.mark, isPlain: true), member.value))
                     case "default_queue_policy":
                         for policy in try fields(member.value, path: "dynamic_batching.default_queue_policy") {
                             switch policy.name {
@@ -134,10 +169,14 @@ enum TritonModelConfig {
                                 put("max_queue", policy.value)
                             case "default_timeout_microseconds":
                                 put("timeout", try milliseconds(policy.value, path: "default_queue_policy.default_timeout_microseconds"))
+                            case let name where isDefault(policy.value, field: "default_queue_policy.\(name)"):
+                                break
                             default:
                                 throw unsupported(policy, path: "dynamic_batching.default_queue_policy")
                             }
                         }
+                    case let name where isDefault(member.value, field: "dynamic_batching.\(name)"):
+                        break
                     default:
                         throw unsupported(member, path: "dynamic_batching")
                     }
@@ -147,7 +186,7 @@ enum TritonModelConfig {
                 put("version_policy", field.value)
             case "default_model_filename" where field.value.scalarText == ModelRepositoryLayout.modelFileName:
                 break
-            case let name where emptyByDefault.contains(name) && isEmpty(field.value):
+            case let name where isDefault(field.value, field: name):
                 break
             default:
                 throw unsupported(field, path: "")
@@ -157,15 +196,6 @@ enum TritonModelConfig {
             put("instances", .scalar(String(instances), mark: instancesMark, isPlain: true))
         }
         return .mapping(out, mark: start)
-    }
-
-    /// An empty list or message (`[]`, `{}`), or an empty scalar.
-    private static func isEmpty(_ node: YAMLNode) -> Bool {
-        switch node {
-        case .scalar(let text, _, _): return text.isEmpty
-        case .sequence(let items, _): return items.isEmpty
-        case .mapping(let entries, _): return entries.isEmpty
-        }
     }
 
     /// The members of a message value.

@@ -122,6 +122,9 @@ final class InferenceHandlerTests: XCTestCase {
         XCTAssertEqual(try call("POST", "/v2/repository/models/double/load", body: #"{"parameters": {"config": 1}}"#).1,
                        #"{"error":"failed to load 'double': the 'config' parameter must be a string of the model configuration in JSON"}"#,
                        "the parameters' shapes are checked first")
+        // Triton refuses a load parameter that is neither `config` nor `file:`, rather than ignoring it.
+        XCTAssertEqual(try call("POST", "/v2/repository/models/double/load", body: #"{"parameters": {"priority": "1"}}"#).1,
+                       #"{"error":"failed to load 'double': Unrecognized load parameter 'priority'"}"#)
         XCTAssertEqual(try call("POST", "/v2/repository/models/double/unload", body: #"{"parameters": {"unload_dependents": "x"}}"#).0, 400)
         XCTAssertTrue(InferenceHandler.extensions.contains("model_repository"))
     }

@@ -162,6 +162,18 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(repeated.policy, .latest(2))
         try write("demo/config.pbtxt", "version_policy: { all { } }\n")
         XCTAssertEqual(try ModelRepositoryLayout(path: directory).scanModel("demo").policy, .all)
+        // Fields at Triton's defaults, as a configuration saved from a Triton server has them, and priority levels.
+        try write("demo/config.pbtxt", """
+            name: "demo" runtime: "" max_batch_size: 4
+            instance_group [ { name: "demo_0" kind: KIND_CPU count: 2 gpus: [ ] passive: false host_policy: "" } ]
+            optimization { priority: PRIORITY_DEFAULT input_pinned_memory { enable: true } eager_batching: false }
+            dynamic_batching { preserve_ordering: false priority_levels: 2 default_priority_level: 1
+                               default_queue_policy { timeout_action: REJECT allow_timeout_override: false } }
+            """)
+        let defaults = try XCTUnwrap(ModelRepositoryLayout(path: directory).scanModel("demo").versions.first)
+        XCTAssertEqual(defaults.instances, 2)
+        XCTAssertEqual(defaults.dynamicBatching?.priorityLevels, 2)
+        XCTAssertEqual(defaults.dynamicBatching?.defaultPriorityLevel, 1)
     }
 
     func testALoadRequestsJSONConfigurationReadsAsConfigPbtxtDoes() throws {
@@ -200,11 +212,125 @@ final class ModelRepositoryTests: XCTestCase {
             XCTFail("no error for \(text)")
             return ""
         }
-        XCTAssertEqual(error(#"{"name": "other"}"#), #"name: the model is named "other" but its directory is "demo""#)
+        XCTAssertEqual(error(#"{"name": "other"}"#), "name: unexpected directory name 'demo' for model 'other', directory name must equal model name")
         XCTAssertEqual(error(#"{"optimization": {"graph": {"level": 1}}}"#), "optimization: not supported in a load request's config")
         XCTAssertEqual(error(#"{"default_model_filename": "model.plan"}"#), "default_model_filename: not supported in a load request's config")
         XCTAssertEqual(error(#"{"max_batch_size": "many"}"#), #"invalid model configuration: max_batch_size: expected a non-negative integer, found "many""#)
         XCTAssertEqual(error("[1]"), "the model configuration must be a JSON object")
+    }
+
+    func testVersionDirectoriesOfTheSameNumberAreOneVersion() throws {
+        // `1` and `01` are both version 1 (Triton keeps a set of version numbers, and loads `<model>/1`): one
+        // version, not two with the same number.
+        try write("demo/1/model.onnx", "")
+        try write("demo/01/model.onnx", "")
+        try write("demo/002/model.onnx", "")
+        try write("demo/config.yaml", "version_policy: {all: {}}\n")
+        let model = try ModelRepositoryLayout(path: directory).scanModel("demo")
+        XCTAssertEqual(model.versions.map(\.version), ["2", "1"])
+        XCTAssertEqual(model.availableVersions, [2, 1])
+        XCTAssertEqual(model.versions.last?.path, directory + "/demo/1/model.onnx")
+    }
+
+    func testRandomLoadRequestConfigurationsAreSettingsOrErrorsNeverACrash() throws {
+        // Triton's field names at every level with values of every JSON kind: each configuration reads as
+        // settings that scan, or is an error; none stops the process.
+        try write("demo/1/model.onnx", "")
+        try write("demo/3/model.onnx", "")
+        let names = ["name", "platform", "backend", "runtime", "max_batch_size", "instance_group", "count", "kind",
+                     "dynamic_batching", "preferred_batch_size", "max_queue_delay_microseconds", "priority_levels",
+                     "default_priority_level", "default_queue_policy", "max_queue_size", "default_timeout_microseconds",
+                     "timeout_action", "version_policy", "latest", "num_versions", "all", "specific", "versions",
+                     "optimization", "enable", "input_pinned_memory", "parameters", "gpus", "passive", "input", ""]
+        let scalars = ["null", "true", "false", "0", "1", "2", "-1", "3", "8", "1.5", "1e300", "-0", "\"\"", "\"2000\"",
+                       "\"-3\"", "\"demo\"", "\"KIND_CPU\"", "\"REJECT\"", "\"onnxruntime\"", "99999999999999999999"]
+        var generator = SystemRandomNumberGenerator()
+        func value(_ depth: Int) -> String {
+            switch depth > 3 ? 0 : Int.random(in: 0..<4, using: &generator) {
+            case 0, 1: return scalars.randomElement(using: &generator)!
+            case 2: return "[" + (0..<Int.random(in: 0..<3, using: &generator)).map { _ in value(depth + 1) }.joined(separator: ",") + "]"
+            default: return object(depth + 1)
+            }
+        }
+        func object(_ depth: Int) -> String {
+            "{" + (0..<Int.random(in: 0..<4, using: &generator)).map { _ in
+                "\"\(names.randomElement(using: &generator)!)\": \(value(depth))"
+            }.joined(separator: ",") + "}"
+        }
+        var loaded = 0
+        for _ in 0..<5000 {
+            let text = object(0)
+            guard let json = try? JSONReader.parse(ByteBuffer(string: text)),
+                  let settings = try? TritonModelConfig.settings(json: json, modelName: "demo"),
+                  let model = try? ModelRepositoryLayout(path: directory).scanModel("demo", override: ModelLoadOverride(settings: settings))
+            else { continue }
+            XCTAssertEqual(Set(model.versions.map(\.version)).count, model.versions.count, text)
+            loaded += 1
+        }
+        XCTAssertGreaterThan(loaded, 0, "some configurations are settings")
+    }
+
+    func testFileParameterPathsResolveAsTritonResolvesThem() {
+        XCTAssertEqual(ModelLoadParameters.normalizedFilePath("1/model.onnx"), "1/model.onnx")
+        XCTAssertEqual(ModelLoadParameters.normalizedFilePath("1//model.onnx"), "1/model.onnx")
+        XCTAssertEqual(ModelLoadParameters.normalizedFilePath("./1/./model.onnx/"), "1/model.onnx")
+        XCTAssertEqual(ModelLoadParameters.normalizedFilePath("2/../1/model.onnx"), "1/model.onnx")
+        XCTAssertEqual(ModelLoadParameters.normalizedFilePath("1/données é.bin"), "1/données é.bin")
+        for outside in ["", "/", "//", ".", "1/..", "..", "../1/model.onnx", "1/../../model.onnx", "/1/model.onnx", "1/a\u{0}b"] {
+            XCTAssertNil(ModelLoadParameters.normalizedFilePath(outside), outside)
+        }
+    }
+
+    func testTheConfigurationATritonServerAnswersLoadsWithItsDefaultFields() throws {
+        try write("demo/1/model.onnx", "")
+        // `GET /v2/models/demo/config` of a Triton server for an ONNX model: every field Triton writes at its
+        // default (a runtime, optimization, an instance group's name and devices, the batcher's ordering and
+        // priorities, the queue policy's action).
+        let json = try JSONReader.parse(ByteBuffer(string: #"""
+            {"name":"demo","platform":"onnxruntime_onnx","backend":"onnxruntime","runtime":"",
+             "version_policy":{"latest":{"num_versions":1}},"max_batch_size":4,
+             "input":[{"name":"input","data_type":"TYPE_FP32","format":"FORMAT_NONE","dims":[64],"is_shape_tensor":false,
+                       "allow_ragged_batch":false,"optional":false}],
+             "output":[{"name":"output","data_type":"TYPE_FP32","dims":[10],"label_filename":"","is_shape_tensor":false}],
+             "batch_input":[],"batch_output":[],
+             "optimization":{"priority":"PRIORITY_DEFAULT","input_pinned_memory":{"enable":true},
+                             "output_pinned_memory":{"enable":true},"gather_kernel_buffer_threshold":0,"eager_batching":false},
+             "dynamic_batching":{"preferred_batch_size":[4],"max_queue_delay_microseconds":0,"preserve_ordering":false,
+                                 "priority_levels":0,"default_priority_level":0,"priority_queue_policy":{},
+                                 "default_queue_policy":{"timeout_action":"REJECT","default_timeout_microseconds":0,
+                                                         "allow_timeout_override":false,"max_queue_size":0}},
+             "instance_group":[{"name":"demo","kind":"KIND_CPU","count":2,"gpus":[],"secondary_devices":[],"profile":[],
+                                "passive":false,"host_policy":""}],
+             "default_model_filename":"model.onnx","cc_model_filenames":{},"metric_tags":{},"parameters":{},
+             "model_warmup":[],"model_transaction_policy":{"decoupled":false},"response_cache":{"enable":false}}
+            """#))
+        let settings = try TritonModelConfig.settings(json: json, modelName: "demo")
+        let model = try ModelRepositoryLayout(path: directory).scanModel("demo", override: ModelLoadOverride(settings: settings))
+        let configuration = try XCTUnwrap(model.versions.first)
+        XCTAssertEqual(configuration.maxBatchSize, 4)
+        XCTAssertEqual(configuration.instances, 2)
+        XCTAssertEqual(configuration.dynamicBatching?.preferredBatchSizes, [4])
+        XCTAssertEqual(configuration.maxQueue, 0)
+        // Priority levels are the batcher's, as config.yaml's dynamic_batching has them.
+        let levels = try TritonModelConfig.settings(json: try JSONReader.parse(ByteBuffer(string: #"""
+            {"max_batch_size": 4, "dynamic_batching": {"priority_levels": 3, "default_priority_level": 2}}
+            """#)), modelName: "demo")
+        let prioritised = try ModelRepositoryLayout(path: directory).scanModel("demo", override: ModelLoadOverride(settings: levels))
+        XCTAssertEqual(prioritised.versions.first?.dynamicBatching?.priorityLevels, 3)
+        XCTAssertEqual(prioritised.versions.first?.dynamicBatching?.defaultPriorityLevel, 2)
+        // Triton gives a configuration with an empty name the model's.
+        XCTAssertNoThrow(try TritonModelConfig.settings(json: try JSONReader.parse(ByteBuffer(string: #"{"name": ""}"#)), modelName: "demo"))
+        // A field away from its default still asks for something not served.
+        func error(_ text: String) -> String {
+            do { _ = try TritonModelConfig.settings(json: try JSONReader.parse(ByteBuffer(string: text)), modelName: "demo") } catch { return "\(error)" }
+            XCTFail("no error for \(text)")
+            return ""
+        }
+        XCTAssertEqual(error(#"{"optimization": {"eager_batching": true}}"#), "optimization: not supported in a load request's config")
+        XCTAssertEqual(error(#"{"instance_group": [{"gpus": [0]}]}"#), "instance_group.gpus: not supported in a load request's config")
+        XCTAssertEqual(error(#"{"max_batch_size": 2, "dynamic_batching": {"preserve_ordering": true}}"#),
+                       "dynamic_batching.preserve_ordering: not supported in a load request's config")
+        XCTAssertEqual(error(#"{"runtime": "model.py"}"#), "runtime: not supported in a load request's config")
     }
 
     func testTritonConfigPbtxtErrorsNameTheirPlace() throws {
@@ -216,7 +342,7 @@ final class ModelRepositoryTests: XCTestCase {
             XCTFail("no error for \(text)")
             return ""
         }
-        XCTAssertEqual(try error("name: \"other\"\n"), "\(file):1:7: name: the model is named \"other\" but its directory is \"demo\"")
+        XCTAssertEqual(try error("name: \"other\"\n"), "\(file):1:7: name: unexpected directory name 'demo' for model 'other', directory name must equal model name")
         XCTAssertEqual(try error("platform: \"tensorrt_plan\"\n"), "\(file):1:11: platform: expected \"onnxruntime_onnx\": the kernel serves ONNX models with ONNX Runtime")
         XCTAssertEqual(try error("max_batch_size: 4\noptimization { graph { level: 1 } }\n"), "\(file):2:1: optimization: not supported in config.pbtxt (write the model's settings in config.yaml)")
         XCTAssertEqual(try error("instance_group [ { kind: KIND_GPU } ]\n"), "\(file):1:26: instance_group.kind: only KIND_CPU instances are served")

@@ -138,11 +138,12 @@ def test_repository_bodies_that_are_not_json_or_of_the_wrong_shape(start_kernel,
             ({"config": 7}, "the 'config' parameter must be a string"),
             ({"config": "{"}, "the 'config' parameter is not valid JSON"),
             ({"config": "[]"}, "invalid model configuration: the model configuration must be a JSON object"),
-            ({"config": "{\"name\": \"other\"}"}, "invalid model configuration: name: the model is named"),
+            ({"config": "{\"name\": \"other\"}"}, "invalid model configuration: name: unexpected directory name 'demo' for model 'other', directory name must equal model name"),
             ({"config": "{\"max_batch_size\": -1}"}, "invalid model configuration: max_batch_size:"),
             ({"config": "{\"instance_group\": [{\"kind\": \"KIND_GPU\"}]}"}, "only KIND_CPU instances are served"),
             ({"config": "{\"sequence_batching\": {}}"}, "sequence_batching: not supported in a load request's config"),
             ({"file:1/model.onnx": "AAAA"}, "the 'config' parameter must be given with file parameters"),
+            ({"config": "{}", "priority": "1"}, "Unrecognized load parameter 'priority'"),
             ({"config": "{}", "file:../model.onnx": "AAAA"}, "invalid file parameter 'file:../model.onnx'"),
             ({"config": "{}", "file:/1/model.onnx": "AAAA"}, "invalid file parameter 'file:/1/model.onnx'"),
             ({"config": "{}", "file:1/model.onnx": 12}, "must be the file's content in base64"),
@@ -562,3 +563,75 @@ def test_a_stop_during_a_long_warm_up_does_not_wait_for_all_of_it(start_kernel, 
     # SIGTERM: the warm-up stops at its next run and the kernel exits (the fixture's stop allows 15 s).
     kernel.stop()
     assert "inference: model 'heavy' version 1: warm-up interrupted, the kernel is stopping" in kernel.log_text()
+
+
+def test_load_file_parameters_with_odd_paths_repeated_members_and_a_large_file(start_kernel, tmp_path):
+    """`file:` parameters as a hostile client writes them: paths with empty, `.`, `..`, NUL or over-long names, a file
+    where another one needs a directory, a repeated member, two directories of one version number, a non-ASCII
+    name, and tens of MB of base64. Each is a 400 or a load, never a 500 or a crash; the files' directory is
+    removed after each, and `other` serves throughout."""
+    import base64
+    make_repository(str(tmp_path))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    location = """
+routing:
+  servers:
+    - locations:
+        - location: "^~ /v2"
+          client_max_body_size: 64m
+          inference: {}
+"""
+    kernel = start_kernel(repository_yaml("repository_control: explicit").split("routing:")[0] + location,
+                          env=dict(os.environ, TMPDIR=str(scratch)))
+    with open(DEMO, "rb") as f:
+        model = base64.b64encode(f.read()).decode()
+    config = json.dumps({"max_batch_size": 8})
+
+    def load(parameters_text):
+        return post(kernel, "/v2/repository/models/uploaded/load", '{"parameters": {' + parameters_text + '}}')
+
+    def assert_cleaned():
+        left = [name for name in os.listdir(scratch) if name.startswith("kernel-model-load-")]
+        assert not left, left
+
+    # Paths as Triton resolves them: empty and `.` names dropped, `..` inside the directory followed.
+    for path in ("1//model.onnx", "1/./model.onnx", "2/../1/model.onnx", "./1/model.onnx"):
+        loaded = load(f'"config": {json.dumps(config)}, "file:{path}": "{model}"')
+        assert loaded.status_code == 200, (path, loaded.text)
+        assert_serving(kernel, "uploaded")
+        assert_cleaned()
+    for path, expected in (("1/../../model.onnx", "invalid file parameter"), ("1/..", "invalid file parameter"),
+                           ("1/a\\u0000b", "invalid file parameter"), ("//", "invalid file parameter"),
+                           ("1/" + "x" * 300, "File name too long")):
+        message = error_of(load(f'"config": {json.dumps(config)}, "file:{path}": "{model}"'), 400)
+        assert expected in message, (path, message)
+        assert_cleaned()
+        assert_serving(kernel)
+    # A file where another file needs its directory, either way round.
+    for first, second in (("1", "1/model.onnx"), ("1/model.onnx", "1")):
+        message = error_of(load(f'"config": {json.dumps(config)}, "file:{first}": "{model}", "file:{second}": "{model}"'), 400)
+        assert f"invalid file parameter 'file:{second}'" in message, message
+        assert_cleaned()
+        assert_serving(kernel)
+    # A repeated member: the first is the one read (as a lookup of the key finds it).
+    loaded = load(f'"config": {json.dumps(config)}, "file:1/model.onnx": "{model}", "file:1/model.onnx": "AAAA"')
+    assert loaded.status_code == 200, loaded.text
+    assert_serving(kernel, "uploaded")
+    assert_cleaned()
+    # Two version directories of one number (`1` and `01`) are one version, as Triton counts them.
+    all_versions = json.dumps({"max_batch_size": 8, "version_policy": {"all": {}}})
+    loaded = load(f'"config": {json.dumps(all_versions)}, "file:1/model.onnx": "{model}", "file:01/model.onnx": "{model}"')
+    assert loaded.status_code == 200, loaded.text
+    assert [entry for entry in index(kernel) if entry["name"] == "uploaded"] == \
+        [{"name": "uploaded", "version": "1", "state": "READY"}]
+    assert_serving(kernel, "uploaded")
+    assert_cleaned()
+    # A non-ASCII name beside the model, a file of tens of MB, and nested directories in and beside the version.
+    large = base64.b64encode(os.urandom(30 * 1024 * 1024)).decode()
+    loaded = load(f'"config": {json.dumps(config)}, "file:1/model.onnx": "{model}", "file:1/données é.bin": "{large}", '
+                  f'"file:1/sub/deeper/extra.bin": "AAAA", "file:notes/readme.txt": "AAAA"')
+    assert loaded.status_code == 200, loaded.text
+    assert_serving(kernel, "uploaded")
+    assert_cleaned()
+    assert kernel.process.poll() is None

@@ -469,3 +469,136 @@ def test_startup_models_choose_what_explicit_mode_loads_at_start(start_kernel, t
     array = rows(2)
     assert is_scaled_sum(output_of(infer(kernel, "demo/versions/2", array)), array, 2.0)
     assert "inference: model 'demo' version 2 ready" in kernel.log_text()
+
+
+def test_every_models_config_loads_back_unchanged_and_loads_run_beside_traffic(start_kernel, tmp_path):
+    """`GET .../config` loaded back with `load_model(config=...)` gives the same configuration for each shape of
+    model (BYTES, no batching, batching without and with a dynamic batcher), and so does a configuration as a
+    Triton server writes it; overrides of one model and of two at once while `wrk` drives another model fail no
+    request; `unload` after an override load and a plain load after it; the files' directory is always removed."""
+    import base64
+    import threading
+    models = os.path.dirname(os.path.dirname(os.path.dirname(DEMO)))
+    strings_model = os.path.join(models, "strings", "1", "model.onnx")
+    text_model = os.path.join(models, "text", "1", "model.onnx")
+    repository = make_repository(str(tmp_path))
+    copy_model(DEMO, os.path.join(repository, "plain", "1", "model.onnx"))
+    copy_model(DEMO, os.path.join(repository, "batched", "1", "model.onnx"))
+    write(os.path.join(repository, "batched", "config.yaml"), "max_batch_size: 4\ninstances: 2\n")
+    copy_model(DEMO, os.path.join(repository, "queued", "1", "model.onnx"))
+    write(os.path.join(repository, "queued", "config.yaml"),
+          "max_batch_size: 8\ndynamic_batching: {preferred_batch_sizes: [4, 8], max_queue_delay: 3ms}\n"
+          "max_queue: 16\ntimeout: 5s\n")
+    copy_model(strings_model, os.path.join(repository, "strings", "1", "model.onnx"))
+    write(os.path.join(repository, "strings", "config.yaml"), "max_batch_size: 8\ndynamic_batching: {}\n")
+    copy_model(text_model, os.path.join(repository, "text", "1", "model.onnx"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    kernel = start_kernel(repository_yaml("  repository_control: explicit"), env=dict(os.environ, TMPDIR=str(scratch)))
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+
+    def assert_cleaned():
+        left = [name for name in os.listdir(scratch) if name.startswith("kernel-model-load-")]
+        assert not left, left
+
+    for name in ("demo", "other", "plain", "batched", "queued", "strings", "text"):
+        config = client.get_model_config(name)
+        client.load_model(name, config=json.dumps(config))
+        assert client.get_model_config(name) == config, name
+        assert client.is_model_ready(name)
+    assert_cleaned()
+
+    # A Triton server's own answer for the demo MLP, with every field it writes at its default.
+    triton = {"name": "queued", "platform": "onnxruntime_onnx", "backend": "onnxruntime", "runtime": "",
+              "version_policy": {"latest": {"num_versions": 1}}, "max_batch_size": 4,
+              "input": [{"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": [64],
+                         "is_shape_tensor": False, "allow_ragged_batch": False, "optional": False}],
+              "output": [{"name": "output", "data_type": "TYPE_FP32", "dims": [10], "label_filename": "",
+                          "is_shape_tensor": False}],
+              "batch_input": [], "batch_output": [],
+              "optimization": {"priority": "PRIORITY_DEFAULT", "input_pinned_memory": {"enable": True},
+                               "output_pinned_memory": {"enable": True}, "gather_kernel_buffer_threshold": 0,
+                               "eager_batching": False},
+              "dynamic_batching": {"preferred_batch_size": [4], "max_queue_delay_microseconds": 0,
+                                   "preserve_ordering": False, "priority_levels": 0, "default_priority_level": 0,
+                                   "priority_queue_policy": {}},
+              "instance_group": [{"name": "queued", "kind": "KIND_CPU", "count": 2, "gpus": [],
+                                  "secondary_devices": [], "profile": [], "passive": False, "host_policy": ""}],
+              "default_model_filename": "model.onnx", "cc_model_filenames": {}, "metric_tags": {},
+              "parameters": {}, "model_warmup": []}
+    client.load_model("queued", config=json.dumps(triton))
+    config = client.get_model_config("queued")
+    assert config["max_batch_size"] == 4 and config["instance_group"][0]["count"] == 2
+    assert config["dynamic_batching"]["preferred_batch_size"] == [4]
+
+    # Overrides while wrk drives `other`: the same model twice at once, and two models at once.
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]})
+    wrk = WrkRun(kernel.url("/v2/models/other/infer"), kernel.port(), connections=8, method="POST", body=body,
+                 headers={"Content-Type": "application/json"})
+    wrk.wait_until_loaded()
+    with open(DEMO, "rb") as f:
+        encoded = base64.b64encode(f.read()).decode()
+    results = []
+
+    def load(name, batch):
+        response = post(kernel, f"/v2/repository/models/{name}/load", {"parameters": {
+            "config": json.dumps({"max_batch_size": batch, "dynamic_batching": {}}), "file:1/model.onnx": encoded}})
+        results.append((name, response.status_code, response.text))
+
+    for names in (("demo", "demo"), ("demo", "uploaded"), ("other", "plain")):
+        threads = [threading.Thread(target=load, args=(name, 2 + index)) for index, name in enumerate(names)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert [status for _, status, _ in results] == [200] * 6, results
+    requests_done, output = wrk.finish()
+    assert requests_done > 0
+    assert "Non-2xx" not in output, output
+    assert "Socket errors" not in output, output
+    assert_cleaned()
+    listed = index(kernel)
+    assert {"name": "uploaded", "version": "1", "state": "READY"} in listed
+    assert {"name": "demo", "version": "1", "state": "READY"} in listed
+    assert {"name": "demo", "version": "2", "state": "UNAVAILABLE", "reason": "unloaded"} in listed, \
+        "the files have version 1 alone: version 2 is retired"
+
+    # Unload after an override load, then a plain load goes back to the repository's directory and settings.
+    client.unload_model("demo")
+    assert {"name": "demo", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in index(kernel)
+    assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 200
+    client.load_model("demo")
+    assert client.get_model_config("demo")["max_batch_size"] == 8
+    assert client.is_model_ready("demo", "2")
+    client.unload_model("uploaded")
+    assert {"name": "uploaded", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in index(kernel)
+    assert not client.is_model_ready("uploaded")
+    # A failed override load leaves its directory removed too.
+    failed = post(kernel, "/v2/repository/models/demo/load", {"parameters": {
+        "config": json.dumps({"max_batch_size": 8}), "file:1/model.onnx": base64.b64encode(b"not onnx").decode()}})
+    assert failed.status_code == 400 and "version 1 is at UNAVAILABLE state" in failed.json()["error"], failed.text
+    assert_cleaned()
+    assert client.is_model_ready("demo", "2")
+    # tritonclient's own `files=`, as a Triton user sends them.
+    with open(DEMO, "rb") as f:
+        client.load_model("sent", config=json.dumps({"max_batch_size": 8}), files={"file:1/model.onnx": f.read()})
+    assert client.is_model_ready("sent", "1")
+    assert_cleaned()
+
+
+def test_startup_models_empty_starts_ready_with_no_model_as_triton_explicit_mode_does(start_kernel, tmp_path):
+    """`startup_models: []` (Triton's explicit mode without `--load-model`): the server is ready with no model
+    loaded, the index lists the repository's models by name, an unload of a model never loaded succeeds (as in
+    Triton), and a load brings the model in."""
+    make_repository(str(tmp_path))
+    kernel = start_kernel(repository_yaml("  repository_control: explicit\n  startup_models: []"))
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 200
+    assert client.is_server_ready() and not client.is_model_ready("demo") and not client.is_model_ready("other")
+    assert index(kernel) == [{"name": "demo"}, {"name": "other"}]
+    assert index(kernel, {"ready": True}) == []
+    assert post(kernel, "/v2/repository/models/other/unload").status_code == 200
+    assert index(kernel) == [{"name": "demo"}, {"name": "other"}]
+    client.load_model("other")
+    assert client.is_model_ready("other") and not client.is_model_ready("demo")
+    assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 200
