@@ -215,7 +215,10 @@ public final class ModelRepository: ReadinessCheck, Sendable {
     /// after `submit` returns): without it, a version retired between `resolve` and `submit` answers 503.
     public func resolve(_ name: String, version: String?, takingLease: Bool = false) -> ModelResolution {
         entries.withLockedValue { entries in
-            guard let entry = entries[name] else { return .notFound("Request for unknown model: '\(name)' is not found") }
+            // A model of the directory that never loaded (left out by `startup_models`) is unknown, as in Triton.
+            guard let entry = entries[name], !(entry.unloaded && entry.versions.isEmpty) else {
+                return .notFound("Request for unknown model: '\(name)' is not found")
+            }
             let chosen: ModelVersion
             if let version {
                 guard InferenceConfiguration.isVersion(version), let number = Int(version), let found = entry.versions[number] else {
@@ -294,7 +297,7 @@ public final class ModelRepository: ReadinessCheck, Sendable {
         if let layout, let found = try? layout.modelNames() { names.formUnion(found) }
         return entries.withLockedValue { entries in
             names.sorted().flatMap { name -> [RepositoryIndexEntry] in
-                guard let entry = entries[name], !entry.versions.isEmpty else {
+                guard let entry = entries[name], !(entry.unloaded && entry.versions.isEmpty) else {
                     return readyOnly ? [] : [RepositoryIndexEntry(name: name)]
                 }
                 return entry.versions.keys.sorted().compactMap { number in

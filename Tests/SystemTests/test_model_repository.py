@@ -463,7 +463,8 @@ def test_startup_models_choose_what_explicit_mode_loads_at_start(start_kernel, t
     assert client.is_server_ready()
     assert client.is_model_ready("other") and not client.is_model_ready("demo")
     assert {"name": "demo"} in index(kernel)
-    assert infer(kernel, "demo", rows(1)).status_code in (400, 404)
+    unknown = infer(kernel, "demo", rows(1))
+    assert unknown.json() == {"error": "Request for unknown model: 'demo' is not found"}, unknown.text
     client.load_model("demo")
     assert client.is_model_ready("demo", "1") and client.is_model_ready("demo", "2")
     array = rows(2)
