@@ -51,6 +51,13 @@ let package = Package(
             pkgConfig: "yaml-0.1",
             providers: [.apt(["libyaml-dev"])]
         ),
+        // zlib (Debian: zlib1g-dev): gzip and deflate bodies of the inference protocol, as Triton takes and gives them.
+        .systemLibrary(
+            name: "CZlib",
+            path: "Sources/CZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
         // PCRE2, the regular expressions nginx uses (Debian: libpcre2-dev), with JIT.
         .systemLibrary(
             name: "CPCRE2",
@@ -123,7 +130,7 @@ let package = Package(
         ),
         .target(
             name: "Inference",
-            dependencies: nio + ["KernelCore", "KernelConfig", log, locks, coreMetrics, "COCRVisionAPI",
+            dependencies: nio + ["KernelCore", "KernelConfig", log, locks, coreMetrics, "COCRVisionAPI", "CZlib",
                                  .product(name: "DequeModule", package: "swift-collections")],
             path: "Modules/Inference"
         ),

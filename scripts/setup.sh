@@ -10,7 +10,8 @@ need_apt=()
 # `systemd-analyze verify` checks the unit in etc/deploy (tests only; nothing here runs under systemd).
 # OpenCV (only core, imgproc, imgcodecs) and Clipper: the OCR pipeline's vision shim (Sources/COCRVision);
 # fonts-noto-cjk and fonts-dejavu: the OCR test images (scripts/ocr/make_images.py).
-for package in libyaml-dev libpcre2-dev nginx-light wrk tmux chromium systemd \
+# zlib1g-dev: gzip and deflate bodies of the inference protocol (Sources/CZlib).
+for package in libyaml-dev libpcre2-dev zlib1g-dev nginx-light wrk tmux chromium systemd \
     libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libpolyclipping-dev fonts-noto-cjk fonts-dejavu; do
     dpkg -s "$package" >/dev/null 2>&1 || need_apt+=("$package")
 done

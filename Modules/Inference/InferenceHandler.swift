@@ -199,8 +199,11 @@ public struct InferenceHandler: RequestHandler {
         let decodeStart = KernelClock.monotonicNanoseconds()
         let decoded: DecodedInferenceRequest
         let priority: Int
+        let responseEncoding = InferenceBodyEncoding.forResponse(acceptEncoding: request.headers["Accept-Encoding"])
         do {
-            decoded = try InferenceCodec.decodeRequest(body: request.body, headers: request.headers, model: model.signature)
+            let encoding = try InferenceBodyEncoding.ofRequest(request.headers)
+            let body = try request.body.map { try encoding.expand($0, limit: context.maxBodySize) }
+            decoded = try InferenceCodec.decodeRequest(body: body, headers: request.headers, model: model.signature)
             priority = try RequestPriority.of(request, parameter: decoded.priority)
         } catch {
             return context.eventLoop.makeFailedFuture(error)
@@ -224,6 +227,10 @@ public struct InferenceHandler: RequestHandler {
                                         encodeNanoseconds: KernelClock.monotonicNanoseconds() &- encodeStart)
                     .attach(to: &response)
                 response.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
+                if case .buffer(let body) = response.body, let compressed = responseEncoding.compress(body) {
+                    response.body = .buffer(compressed)
+                    response.headers.replace("Content-Encoding", responseEncoding.rawValue)
+                }
                 promise.succeed(response)
             } catch var failure as KernelHTTPError {
                 // Rejections and timeouts report the depth too: a full queue is what least_queue must hear of.

@@ -274,7 +274,8 @@ public final class KernelRuntime: Sendable {
         // A cancellation only for handlers that drop queued work when the client leaves (the connection fires it).
         let context = RequestContext(eventLoop: eventLoop, logger: logger, route: decision.route,
                                      activity: generation.core.recycling.harakiri == nil ? nil : RequestActivity(),
-                                     cancellation: decision.handler.cancelsWhenClientLeaves ? RequestCancellation() : nil)
+                                     cancellation: decision.handler.cancelsWhenClientLeaves ? RequestCancellation() : nil,
+                                     maxBodySize: decision.maxBodySize)
         return RequestExchange(generation: generation, decision: decision, context: context, worker: worker)
     }
 

@@ -36,14 +36,18 @@ public struct RequestContext: Sendable {
     public let activity: RequestActivity?
     /// Cancelled when the client leaves before its answer is complete; nil where nobody can tell (probes).
     public let cancellation: RequestCancellation?
+    /// The location's `client_max_body_size` in bytes (nil: no limit): what a handler that expands a body (a
+    /// compressed one) holds the expanded bytes to.
+    public let maxBodySize: Int?
 
     public init(eventLoop: any EventLoop, logger: Logger, route: RouteInfo, activity: RequestActivity? = nil,
-                cancellation: RequestCancellation? = nil) {
+                cancellation: RequestCancellation? = nil, maxBodySize: Int? = nil) {
         self.eventLoop = eventLoop
         self.logger = logger
         self.route = route
         self.activity = activity
         self.cancellation = cancellation
+        self.maxBodySize = maxBodySize
     }
 }
 

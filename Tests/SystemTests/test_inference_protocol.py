@@ -264,3 +264,48 @@ def test_tritonclient_sees_the_error_messages(client):
     tensor.set_data_from_numpy(np.zeros((1, 2), dtype=np.float16), binary_data=False)
     with pytest.raises(InferenceServerException, match="receiving FP16 data via JSON is not supported"):
         client.infer("half", [tensor])
+
+
+@pytest.mark.parametrize("request_compression", [None, "gzip", "deflate"])
+@pytest.mark.parametrize("response_compression", [None, "gzip", "deflate"])
+@pytest.mark.parametrize("binary", [False, True])
+def test_compressed_bodies_as_tritonclient_sends_and_reads_them(client, request_compression, response_compression,
+                                                                 binary):
+    array = strings_array(ELEMENTS + [b"last"], 4)
+    tensor = tritonclient_http.InferInput("INPUT0", list(array.shape), "BYTES")
+    tensor.set_data_from_numpy(array, binary_data=binary)
+    output = tritonclient_http.InferRequestedOutput("OUTPUT0", binary_data=binary)
+    result = client.infer("strings", [tensor], outputs=[output], request_compression_algorithm=request_compression,
+                          response_compression_algorithm=response_compression)
+    got = [value.encode() if isinstance(value, str) else value for value in result.as_numpy("OUTPUT0").reshape(-1)]
+    assert got == list(array.reshape(-1))
+
+
+def test_compressed_bodies_on_the_wire(kernel):
+    import gzip
+    import zlib
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}).encode()
+    # requests asks for "gzip, deflate" unless told otherwise.
+    plain = post(kernel, "/v2/models/demo/infer", body, {"Accept-Encoding": "identity"})
+    assert plain.status_code == 200 and "Content-Encoding" not in plain.headers
+    for name, compress in (("gzip", gzip.compress), ("deflate", zlib.compress)):
+        # requests expands the answer itself: its headers say what came on the wire.
+        answer = post(kernel, "/v2/models/demo/infer", compress(body),
+                      {"Content-Encoding": name, "Accept-Encoding": name})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["Content-Encoding"] == name
+        assert answer.json()["outputs"] == plain.json()["outputs"]
+        assert_error(post(kernel, "/v2/models/demo/infer", compress(body)[:-6], {"Content-Encoding": name}), 400,
+                     f"failed to decompress the {name} request body")
+    # Triton's choice among several: the first with the highest weight.
+    answer = post(kernel, "/v2/models/demo/infer", body, {"Accept-Encoding": "br, deflate;q=0.5, gzip;q=0.9"})
+    assert answer.headers["Content-Encoding"] == "gzip"
+    refused = post(kernel, "/v2/models/demo/infer", body, {"Content-Encoding": "br"})
+    assert_error(refused, 415, "Unsupported compression type")
+    assert refused.headers["Accept-Encoding"] == "gzip, deflate"
+    # A bomb: 64 MiB of zeros in about 64 KiB, past the location's 16m once expanded: 413 before it is all expanded.
+    bomb = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    assert len(bomb) < (1 << 20)
+    assert_error(post(kernel, "/v2/models/demo/infer", bomb, {"Content-Encoding": "gzip"}), 413,
+                 "Decompressed data size exceeds the maximum allowed value")
+    assert post(kernel, "/v2/models/demo/infer", body).status_code == 200
