@@ -297,3 +297,36 @@ def edge_table(rows, cpu_note=""):
                f"median CPU per request nginx/kernel **{statistics.median(cpu):.2f}** ({min(cpu):.2f} to {max(cpu):.2f}"
                f"{cpu_note}).\n")
     return out
+
+
+def compare_builds(stack, edges, rounds, connections, duration):
+    """Rounds alternating which of two processes goes first: `edges` maps "before" and "after" to (url, process).
+    Warms each up, prints each round's req/s and CPU µs per request, then the medians of after/before for req/s and
+    of before/after for CPU per request (above 1: the newer build is faster, spends less) with their lowest and
+    highest rounds. Any non-2xx answer or socket error stops it."""
+    import statistics
+    stack.check_alive()
+    for url, _ in edges.values():
+        wrk(url, connections, "2s")
+    rows = []
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    print("| round | before req/s | before CPU µs/req | after req/s | after CPU µs/req |")
+    print("|---|---:|---:|---:|---:|")
+    for number in range(rounds):
+        order = ["before", "after"] if number % 2 == 0 else ["after", "before"]
+        results = {name: measure_round(edges[name][0], [edges[name][1].pid], False, connections, duration)
+                   for name in order}
+        stack.check_alive()
+        b, a = results["before"], results["after"]
+        for who, r in (("before", b), ("after", a)):
+            if r["non2xx"] or r["errors"]:
+                raise SystemExit(f"{who}: {r['non2xx']} non-2xx, {r['errors']}")
+        rows.append((b, a))
+        print(f"| {number + 1} | {b['rps']:.0f} | {b['cpu_us']:.1f} | {a['rps']:.0f} | {a['cpu_us']:.1f} |", flush=True)
+    rps = [a["rps"] / b["rps"] for b, a in rows]
+    cpu = [b["cpu_us"] / a["cpu_us"] for b, a in rows]
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
+    print(f"median CPU µs/req before {statistics.median(b['cpu_us'] for b, _ in rows):.1f}, "
+          f"after {statistics.median(a['cpu_us'] for _, a in rows):.1f}")
+    print(f"req/s after/before: median {statistics.median(rps):.3f} ({min(rps):.3f} to {max(rps):.3f})")
+    print(f"CPU/req before/after: median {statistics.median(cpu):.3f} ({min(cpu):.3f} to {max(cpu):.3f})")

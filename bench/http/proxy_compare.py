@@ -13,13 +13,12 @@ the newer build is faster, spends less) with their lowest and highest rounds.
 """
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from common import KERNEL_BIN, Stack, free_port, wait_port, wrk, measure_round  # noqa: E402
+from common import KERNEL_BIN, Stack, compare_builds, free_port, wait_port  # noqa: E402
 import proxy  # noqa: E402
 
 BEFORE = os.environ.get("BEFORE")
@@ -52,31 +51,7 @@ def main():
             process = stack.start([binary, "--role", "edge", "--config", config], f"edge-{name}.stderr")
             wait_port(port)
             edges[name] = (f"http://127.0.0.1:{port}{proxy.PATH}", process)
-        stack.check_alive()
-        for url, _ in edges.values():
-            wrk(url, CONNECTIONS, "2s")
-        rows = []
-        print(f"load average at start: {os.getloadavg()[0]:.2f}")
-        print("| round | before req/s | before CPU µs/req | after req/s | after CPU µs/req |")
-        print("|---|---:|---:|---:|---:|")
-        for number in range(ROUNDS):
-            order = ["before", "after"] if number % 2 == 0 else ["after", "before"]
-            results = {name: measure_round(edges[name][0], [edges[name][1].pid], False, CONNECTIONS, DURATION)
-                       for name in order}
-            stack.check_alive()
-            b, a = results["before"], results["after"]
-            for who, r in (("before", b), ("after", a)):
-                if r["non2xx"] or r["errors"]:
-                    raise SystemExit(f"{who}: {r['non2xx']} non-2xx, {r['errors']}")
-            rows.append((b, a))
-            print(f"| {number + 1} | {b['rps']:.0f} | {b['cpu_us']:.1f} | {a['rps']:.0f} | {a['cpu_us']:.1f} |", flush=True)
-        rps = [a["rps"] / b["rps"] for b, a in rows]
-        cpu = [b["cpu_us"] / a["cpu_us"] for b, a in rows]
-        print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
-        print(f"median CPU µs/req before {statistics.median(b['cpu_us'] for b, _ in rows):.1f}, "
-              f"after {statistics.median(a['cpu_us'] for _, a in rows):.1f}")
-        print(f"req/s after/before: median {statistics.median(rps):.3f} ({min(rps):.3f} to {max(rps):.3f})")
-        print(f"CPU/req before/after: median {statistics.median(cpu):.3f} ({min(cpu):.3f} to {max(cpu):.3f})")
+        compare_builds(stack, edges, ROUNDS, CONNECTIONS, DURATION)
     except BaseException:
         stack.dump_logs()
         raise
