@@ -52,11 +52,25 @@ enum InferenceBodyEncoding: String, Sendable {
         return chosen
     }
 
-    /// `body` expanded, at most `limit` bytes (the location's `client_max_body_size`): more is a 413, as an
-    /// uncompressed body that large would be. A body that is not what its encoding says is a 400.
+    /// How an expansion ended.
+    private enum Expansion {
+        case complete
+        /// More output than the limit allows.
+        case tooLarge
+        /// The input ended before the compressed stream did.
+        case truncated
+        /// Bytes after the end of the compressed stream.
+        case trailing
+        /// zlib's error code (corrupt data, a preset dictionary nobody has).
+        case failed(Int32)
+    }
+
+    /// `body` expanded, at most `limit` bytes (the location's `client_max_body_size`, and never more than one
+    /// buffer holds): more is a 413, as an uncompressed body that large would be, found before more than `limit`
+    /// bytes are made. A body that is not what its encoding says is a 400.
     func expand(_ body: ByteBuffer, limit: Int?) throws -> ByteBuffer {
         guard self != .identity else { return body }
-        let limit = limit ?? Int.max
+        let limit = min(limit ?? Int.max, Int(UInt32.max))
         var stream = z_stream()
         // 15 + 32: zlib's largest window, with the gzip or zlib header detected (Triton expands both this way).
         guard inflateInit2_(&stream, 15 + 32, zlibVersion(), Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
@@ -64,7 +78,7 @@ enum InferenceBodyEncoding: String, Sendable {
         }
         defer { inflateEnd(&stream) }
         var output = ByteBufferAllocator().buffer(capacity: min(limit, max(64 << 10, body.readableBytes * 4)))
-        let status: Int32 = body.withUnsafeReadableBytes { input -> Int32 in
+        let outcome: Expansion = body.withUnsafeReadableBytes { input -> Expansion in
             stream.next_in = UnsafeMutablePointer(mutating: input.bindMemory(to: Bytef.self).baseAddress)
             stream.avail_in = uInt(input.count)
             while true {
@@ -78,7 +92,8 @@ enum InferenceBodyEncoding: String, Sendable {
                         stream.avail_out = 1
                         result = CZlib.inflate(&stream, Z_NO_FLUSH)
                     }
-                    return result == Z_STREAM_END && stream.avail_out == 1 && stream.avail_in == 0 ? Z_STREAM_END : Z_BUF_ERROR
+                    guard result == Z_STREAM_END, stream.avail_out == 1 else { return .tooLarge }
+                    return stream.avail_in == 0 ? .complete : .trailing
                 }
                 if room == 0 {
                     output.reserveCapacity(minimumWritableBytes: min(limit - output.writerIndex, max(64 << 10, output.writerIndex)))
@@ -93,29 +108,29 @@ enum InferenceBodyEncoding: String, Sendable {
                 switch result {
                 case Z_STREAM_END:
                     // Bytes after the compressed stream are not part of any body this request can have.
-                    return stream.avail_in == 0 ? Z_STREAM_END : Z_STREAM_ERROR
+                    return stream.avail_in == 0 ? .complete : .trailing
                 case Z_OK:
                     continue
                 case Z_BUF_ERROR where stream.avail_in == 0:
-                    return Z_NEED_DICT  // the input ended before the compressed stream did
+                    return .truncated
                 case Z_BUF_ERROR:
                     continue  // the output was full: the loop makes room, or stops at the limit
                 default:
-                    return result
+                    return .failed(result)
                 }
             }
         }
-        switch status {
-        case Z_STREAM_END:
+        switch outcome {
+        case .complete:
             return output
-        case Z_BUF_ERROR:
+        case .tooLarge:
             throw KernelHTTPError(413, "Decompressed data size exceeds the maximum allowed value (\(limit) bytes, the location's client_max_body_size)")
-        case Z_NEED_DICT:
+        case .truncated:
             throw KernelHTTPError(400, "failed to decompress the \(rawValue) request body: it ends before the compressed data does")
-        case Z_STREAM_ERROR:
+        case .trailing:
             throw KernelHTTPError(400, "failed to decompress the \(rawValue) request body: there are bytes after the compressed data")
-        default:
-            let reason = stream.msg.map { String(cString: $0) } ?? "the data is not \(rawValue)"
+        case .failed(let code):
+            let reason = stream.msg.map { String(cString: $0) } ?? (code == Z_NEED_DICT ? "it needs a preset dictionary" : "the data is not \(rawValue)")
             throw KernelHTTPError(400, "failed to decompress the \(rawValue) request body: \(reason)")
         }
     }
