@@ -143,7 +143,28 @@ public struct InferenceHandler: RequestHandler {
         guard request.method == "POST" else {
             throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path): use POST", headers: ["Allow": "POST"])
         }
-        let body = try RepositoryRequestBody(request.body, what: isIndex ? "registry index" : rest.last == "load" ? "load model" : "unload model")
+        let what = isIndex ? "registry index" : rest.last == "load" ? "load model" : "unload model"
+        let bytes = request.body
+        // A load's files come base64 in the JSON, megabytes of it: such a body is parsed on the shared pool, so the
+        // event loop's other connections do not wait for it.
+        let parsed = (bytes?.readableBytes ?? 0) > InferenceHandler.repositoryBodyParsedInline
+            ? NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { try RepositoryRequestBody(bytes, what: what) }
+            : context.eventLoop.makeCompletedFuture { try RepositoryRequestBody(bytes, what: what) }
+        return parsed.flatMap { [self] body in
+            do {
+                return try repositoryAction(body, rest, isIndex: isIndex, context: context)
+            } catch {
+                return context.eventLoop.makeFailedFuture(error)
+            }
+        }
+    }
+
+    /// Request bodies of the repository extension up to this size are parsed on the event loop.
+    static let repositoryBodyParsedInline = 64 << 10
+
+    /// What a repository request with a parsed `body` does.
+    private func repositoryAction(_ body: RepositoryRequestBody, _ rest: ArraySlice<Substring>, isIndex: Bool,
+                                  context: RequestContext) throws -> EventLoopFuture<KernelResponse> {
         if isIndex {
             let readyOnly = try body.readyFlag()
             // The index reads the repository directory: off the event loop, as loads are.
