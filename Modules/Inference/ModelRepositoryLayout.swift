@@ -128,7 +128,8 @@ public struct ModelRepositoryLayout: Sendable {
             if hasYAML {
                 root = try YAMLParser().parseFile(path)
             } else {
-                guard let text = ModelRepositoryLayout.readText(path) else {
+                // A settings file is small: a huge one is refused rather than read whole.
+                guard let text = readConfigurationFile(path, limit: 16 << 20) else {
                     throw ModelRepositoryError("\(path) cannot be read: \(String(cString: strerror(errno)))")
                 }
                 root = try TritonModelConfig.settings(text, file: path, modelName: name)
@@ -161,21 +162,6 @@ public struct ModelRepositoryLayout: Sendable {
         }
         return RepositoryModel(name: name, policy: policy, availableVersions: available, versions: versions, stamps: stamps,
                                settingsPath: settingsPath)
-    }
-
-    /// The text of a small file (a settings file), or nil when it cannot be read.
-    static func readText(_ path: String) -> String? {
-        guard let file = fopen(path, "rb") else { return nil }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = fread(&chunk, 1, chunk.count, file)
-            if count > 0 { bytes += chunk[0..<count] }
-            if count < chunk.count { break }
-            guard bytes.count <= 16 << 20 else { return nil }  // a settings file is small; refuse a huge one
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// `version_policy`: `{latest: N}` (or Triton's `{latest: {num_versions: N}}`), `{all: {}}`,

@@ -43,7 +43,7 @@ public struct YAMLParser: Sendable {
     /// `keyPath` is where the file's root sits in the whole configuration (an included file's include key's
     /// mapping), so that errors inside it name the full key path; `nesting` is how deep that mapping is.
     private func parseFile(_ path: String, depth: Int, keyPath: String, nesting: Int, budget: NodeBudget) throws -> YAMLNode {
-        guard let text = readFile(path) else {
+        guard let text = readConfigurationFile(path) else {
             throw ConfigError(mark: nil, path: "", message: "\(path): cannot read file: \(String(cString: strerror(errno)))")
         }
         return try parse(text, file: path, depth: depth, keyPath: keyPath, nesting: nesting, budget: budget)
@@ -180,7 +180,9 @@ public struct YAMLParser: Sendable {
     }
 }
 
-private func readFile(_ path: String) -> String? {
+/// The text of the file at `path` (as UTF-8, invalid bytes replaced), or nil when it cannot be read or is larger
+/// than `limit` bytes (configuration and settings files are small: a huge one is refused, not read whole).
+public func readConfigurationFile(_ path: String, limit: Int = Int.max) -> String? {
     guard let handle = fopen(path, "rb") else { return nil }
     defer { fclose(handle) }
     var bytes: [UInt8] = []
@@ -188,6 +190,7 @@ private func readFile(_ path: String) -> String? {
     while true {
         let count = fread(&chunk, 1, chunk.count, handle)
         if count > 0 { bytes += chunk[0..<count] }
+        guard bytes.count <= limit else { return nil }
         if count < chunk.count { break }
     }
     if ferror(handle) != 0 { return nil }

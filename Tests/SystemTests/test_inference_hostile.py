@@ -106,6 +106,16 @@ def assert_serving(kernel, model="other"):
     assert answer.status_code == 200, answer.text
 
 
+def add_slow_model(repository, name, settings):
+    """A repository model `name` whose runs of 256 rows take long (480 layers of 256x256), with `settings`; returns
+    its model file's path."""
+    path = os.path.join(repository, name, "1", "model.onnx")
+    os.makedirs(os.path.dirname(path))
+    make_slow_model(path, width=256, layers=480)
+    write(os.path.join(repository, name, "config.yaml"), settings)
+    return path
+
+
 def index(kernel, body=b""):
     response = post(kernel, "/v2/repository/index", body)
     assert response.status_code == 200, response.text
@@ -486,11 +496,8 @@ def test_settings_errors_at_start_name_their_file_line_and_column(tmp_path):
 
 def test_concurrent_loads_hold_up_no_request_to_another_model(start_kernel, tmp_path):
     repository = make_repository(str(tmp_path))
-    heavy = os.path.join(repository, "heavy", "1", "model.onnx")
-    os.makedirs(os.path.dirname(heavy))
-    make_slow_model(heavy, width=256, layers=480)
     # Its warm-up (eight runs of 256 rows) makes each of its loads last seconds.
-    write(os.path.join(repository, "heavy", "config.yaml"), "max_batch_size: 256\nwarmup: 8\nwarmup_batch_sizes: [256]\n")
+    heavy = add_slow_model(repository, "heavy", "max_batch_size: 256\nwarmup: 8\nwarmup_batch_sizes: [256]\n")
     kernel = start_kernel(repository_yaml("repository_control: explicit"))
     # Padded past client_body_buffer_size (16k): its body is spooled to a file and read back.
     body = infer_body() + " " * (20 << 10)
@@ -514,10 +521,7 @@ def test_concurrent_loads_hold_up_no_request_to_another_model(start_kernel, tmp_
 
 def test_a_client_that_leaves_while_its_batch_runs_breaks_nothing(start_kernel, tmp_path):
     repository = make_repository(str(tmp_path))
-    slow = os.path.join(repository, "slow", "1", "model.onnx")
-    os.makedirs(os.path.dirname(slow))
-    make_slow_model(slow, width=256, layers=480)
-    write(os.path.join(repository, "slow", "config.yaml"), "max_batch_size: 256\n")
+    add_slow_model(repository, "slow", "max_batch_size: 256\n")
     kernel = start_kernel(repository_yaml("repository_control: explicit").replace(
         "          inference: {}\n", "          inference: {}\n        - location: = /metrics\n          metrics: {}\n"))
     body = json.dumps({"inputs": [{"name": "x", "shape": [256, 256], "datatype": "FP32",
@@ -552,11 +556,8 @@ def test_a_client_that_leaves_while_its_batch_runs_breaks_nothing(start_kernel, 
 
 def test_a_stop_during_a_long_warm_up_does_not_wait_for_all_of_it(start_kernel, tmp_path):
     repository = make_repository(str(tmp_path))
-    heavy = os.path.join(repository, "heavy", "1", "model.onnx")
-    os.makedirs(os.path.dirname(heavy))
-    make_slow_model(heavy, width=256, layers=480)
     # Minutes of warm-up: a thousand runs of 256 rows.
-    write(os.path.join(repository, "heavy", "config.yaml"), "max_batch_size: 256\nwarmup: 1000\nwarmup_batch_sizes: [256]\n")
+    add_slow_model(repository, "heavy", "max_batch_size: 256\nwarmup: 1000\nwarmup_batch_sizes: [256]\n")
     kernel = start_kernel(repository_yaml("repository_control: explicit\n  load_before_listen: false"))
     kernel.wait_for_log("inference: model 'heavy' version 1: warming up", timeout=60)
     assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 400

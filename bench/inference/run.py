@@ -168,6 +168,17 @@ def text_inputs():
 at_least = lambda bound: (lambda value: value >= bound)  # noqa: E731
 at_most = lambda bound: (lambda value: value <= bound)  # noqa: E731
 
+# The sides and targets of a model measured against its in-process ceiling (the classifier, the BYTES model).
+CEILING_SIDES = ["kernel-binary", "kernel-json", "ceiling", "ceiling-batch", "flask"]
+CEILING_RATIOS = [
+    ("kernel binary / ceiling (req/s)", "kernel-binary", "ceiling", "rps", "≥ 0.9", at_least(0.9)),
+    ("kernel JSON / ceiling (req/s)", "kernel-json", "ceiling", "rps", "≥ 0.8", at_least(0.8)),
+    ("kernel binary / ceiling at the kernel's largest batch (rows/s)", "kernel-binary", "ceiling-batch", "rps",
+     None, None),
+    ("kernel JSON / Flask stack (req/s)", "kernel-json", "flask", "rps", None, None),
+    ("kernel JSON p99 / Flask stack p99", "kernel-json", "flask", "p99", None, None),
+]
+
 SECTIONS = [
     Section("demo", "demo MLP, FP32 [1, 64]", demo_inputs, 32,
             ["kernel-json", "kernel-binary", "hello", "flask", "ceiling", "ceiling-batch"], [
@@ -179,23 +190,9 @@ SECTIONS = [
         ("kernel JSON / ceiling at the kernel's largest batch (rows/s)", "kernel-json", "ceiling-batch", "rps", None, None),
     ]),
     Section("ppocr_cls", "PP-OCR classifier, FP32 [1, 3, 48, 192]", ppocr_inputs, 8,
-            ["kernel-binary", "kernel-json", "ceiling", "ceiling-batch", "flask"], [
-        ("kernel binary / ceiling (req/s)", "kernel-binary", "ceiling", "rps", "≥ 0.9", at_least(0.9)),
-        ("kernel JSON / ceiling (req/s)", "kernel-json", "ceiling", "rps", "≥ 0.8", at_least(0.8)),
-        ("kernel binary / ceiling at the kernel's largest batch (rows/s)", "kernel-binary", "ceiling-batch", "rps",
-         None, None),
-        ("kernel JSON / Flask stack (req/s)", "kernel-json", "flask", "rps", None, None),
-        ("kernel JSON p99 / Flask stack p99", "kernel-json", "flask", "p99", None, None),
-    ]),
+            CEILING_SIDES, CEILING_RATIOS),
     Section("text", "text model, BYTES [1, 1]", text_inputs, 32,
-            ["kernel-binary", "kernel-json", "ceiling", "ceiling-batch", "flask"], [
-        ("kernel binary / ceiling (req/s)", "kernel-binary", "ceiling", "rps", "≥ 0.9", at_least(0.9)),
-        ("kernel JSON / ceiling (req/s)", "kernel-json", "ceiling", "rps", "≥ 0.8", at_least(0.8)),
-        ("kernel binary / ceiling at the kernel's largest batch (rows/s)", "kernel-binary", "ceiling-batch", "rps",
-         None, None),
-        ("kernel JSON / Flask stack (req/s)", "kernel-json", "flask", "rps", None, None),
-        ("kernel JSON p99 / Flask stack p99", "kernel-json", "flask", "p99", None, None),
-    ]),
+            CEILING_SIDES, CEILING_RATIOS),
 ]
 
 SIDE_LABELS = {
