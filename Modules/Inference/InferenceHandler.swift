@@ -18,6 +18,9 @@ public struct InferenceHandler: RequestHandler {
     /// What keeps the process from being ready (`/v2/health/ready`): the whole process's readiness when the
     /// module mounts the handler (`KernelRuntime.notReadyReasons`), this repository's models alone by default.
     let notReady: @Sendable () -> [NotReadyReason]
+    /// The process group a load or unload is shared with, so that every worker process serves the same models;
+    /// nil runs it in this process alone.
+    let supervision: (any ProcessSupervision)?
     public static let serverName = "kernel"
     public static let extensions = ["binary_tensor_data", "statistics", "model_configuration", "model_repository"]
     /// A client that leaves takes its queued request out of the model's queue (`RequestContext.cancellation`).
@@ -25,10 +28,12 @@ public struct InferenceHandler: RequestHandler {
 
     /// `mount`: the location's prefix (`LocationContext.prefix`); a trailing slash is dropped, so `/v2/` and `/v2`
     /// mount the same paths.
-    public init(repository: ModelRepository, mount: String = "/v2", notReady: (@Sendable () -> [NotReadyReason])? = nil) {
+    public init(repository: ModelRepository, mount: String = "/v2", notReady: (@Sendable () -> [NotReadyReason])? = nil,
+                supervision: (any ProcessSupervision)? = nil) {
         self.repository = repository
         self.mount = mount.hasSuffix("/") ? String(mount.dropLast()) : mount
         self.notReady = notReady ?? { repository.notReady() }
+        self.supervision = supervision
     }
 
     /// The segments of `path` below the mount point (the protocol path after `/v2`), nil when `path` is not at or
@@ -152,7 +157,7 @@ public struct InferenceHandler: RequestHandler {
             : context.eventLoop.makeCompletedFuture { try RepositoryRequestBody(bytes, what: what) }
         return parsed.flatMap { [self] body in
             do {
-                return try repositoryAction(body, rest, isIndex: isIndex, context: context)
+                return try repositoryAction(body, bytes, rest, isIndex: isIndex, context: context)
             } catch {
                 return context.eventLoop.makeFailedFuture(error)
             }
@@ -162,9 +167,9 @@ public struct InferenceHandler: RequestHandler {
     /// Request bodies of the repository extension up to this size are parsed on the event loop.
     static let repositoryBodyParsedInline = 64 << 10
 
-    /// What a repository request with a parsed `body` does.
-    private func repositoryAction(_ body: RepositoryRequestBody, _ rest: ArraySlice<Substring>, isIndex: Bool,
-                                  context: RequestContext) throws -> EventLoopFuture<KernelResponse> {
+    /// What a repository request with a parsed `body` (from `bytes`) does.
+    private func repositoryAction(_ body: RepositoryRequestBody, _ bytes: ByteBuffer?, _ rest: ArraySlice<Substring>,
+                                  isIndex: Bool, context: RequestContext) throws -> EventLoopFuture<KernelResponse> {
         if isIndex {
             let readyOnly = try body.readyFlag()
             // The index reads the repository directory: off the event loop, as loads are.
@@ -173,21 +178,39 @@ public struct InferenceHandler: RequestHandler {
             }
         }
         let name = String(rest[rest.startIndex + 1])
-        let repository = repository
-        let load = rest.last == "load"
-        let parameters = load ? try body.loadParameters(modelName: name) : ModelLoadParameters()
-        if !load { try body.checkUnloadParameters() }
+        let action: RepositoryCommand.Action = rest.last == "load" ? .load : .unload
+        // The parameters' shapes are checked here, so that a request refused for them is shared with nobody.
+        if action == .load { _ = try body.loadParameters(modelName: name) } else { try body.checkUnloadParameters() }
         // Refused at once outside explicit mode, without waiting behind a poll's loads.
         guard repository.control == .explicit else { throw KernelHTTPError(503, ModelRepository.controlRefusal) }
-        // On the repository's own thread, queued behind the loads before it: the shared pool stays free.
-        return repository.operationsPool.runIfActive(eventLoop: context.eventLoop) {
-            if load { try repository.load(name, parameters: parameters) } else { try repository.unload(name) }
-            return KernelResponse(status: 200, headers: ["Content-Type": "application/json"])
-        }.flatMapErrorThrowing { error in
-            // The thread is not running: the generation's models are not loaded yet, or no longer.
-            guard error is NIOThreadPoolError.ThreadPoolInactive else { throw error }
-            throw KernelHTTPError(503, "the kernel is stopping")
+        let repository = repository
+        let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        if let supervision {
+            let text = RepositoryCommand.text(action: action, model: name, repository: repository.identity, body: bytes)
+            guard !supervision.isSupervised || text.utf8.count <= ProcessSharing.maximumCommandLength else {
+                throw KernelHTTPError(413, "failed to load '\(name)': the request (\(text.utf8.count) bytes) is larger than the \(ProcessSharing.maximumCommandLength) bytes that worker processes can share")
+            }
+            // Every worker process runs it (this one included), each on its repository's own thread; a worker
+            // started later replays it. An unload makes the loads of the model before it irrelevant.
+            let key = RepositoryCommand.key(model: name, repository: repository.identity)
+            promise.completeWithTask {
+                let answers = await supervision.share(text, key: key, resets: action == .unload, timeout: .minutes(10))
+                return try Self.repositoryResponse(RepositoryCommand.combine(answers, own: getpid()))
+            }
+        } else {
+            let command = RepositoryCommand(action: action, model: name, repository: repository.identity, request: body.value)
+            promise.completeWithTask {
+                let answer = await command.run(on: repository)
+                return try Self.repositoryResponse(RepositoryCommand.Outcome(encoded: answer)!)
+            }
         }
+        return promise.futureResult
+    }
+
+    /// A load's or unload's answer: 200 with no body, else the outcome's status and Triton's message.
+    private static func repositoryResponse(_ outcome: RepositoryCommand.Outcome) throws -> KernelResponse {
+        guard outcome.status == 200 else { throw KernelHTTPError(outcome.status, outcome.message) }
+        return KernelResponse(status: 200, headers: ["Content-Type": "application/json"])
     }
 
     /// Triton's index: `[{"name": ..., "version": ..., "state": ..., "reason": ...}]`, absent fields left out.

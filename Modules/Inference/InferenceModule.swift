@@ -45,6 +45,8 @@ public enum InferenceModule: KernelModule {
         registrar.addReadinessCheck(repository)
         let runtime = registrar.runtime
         if registrar.mode == .run {
+            // Loads and unloads of the repository extension, as every worker process runs them (`RepositoryCommand`).
+            runtime.processQueries.registerCommand(RepositoryCommand.name) { await RepositoryCommand.respond(to: $0) }
             // In the background only for the process's first configuration: a reload loads before it switches.
             let background = !configuration.loadBeforeListen && registrar.runtime.currentGeneration == nil
             registrar.addService(ModelLoadingService(repository: repository, runtimeLibrary: configuration.runtimeLibrary,
@@ -59,7 +61,7 @@ public enum InferenceModule: KernelModule {
                 try value.mapping().finish()
             }
             return InferenceHandler(repository: repository, mount: context.prefix ?? "",
-                                    notReady: { runtime.notReadyReasons() })
+                                    notReady: { runtime.notReadyReasons() }, supervision: runtime.supervision)
         }
         // Pipelines (Modules/Inference/Pipeline): `pipeline: <name>` serves one on its location.
         let pipelines = configuration.pipelines.map {

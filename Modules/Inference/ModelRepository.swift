@@ -177,6 +177,10 @@ public final class ModelRepository: ReadinessCheck, Sendable {
     /// How `load`/`unload` behave: `none` without a repository.
     public var control: RepositoryControl { settings?.control ?? .none }
 
+    /// What names this repository to the other worker processes (`RepositoryCommand.repository`): its directory,
+    /// "" with `models:` entries only.
+    var identity: String { settings?.path ?? "" }
+
     /// The configuration of `name`'s version that requests without a version reach (the highest ready one, else the
     /// highest known), or nil when no such model is known.
     public func configuration(_ name: String) -> ModelConfiguration? {

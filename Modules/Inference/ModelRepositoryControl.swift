@@ -346,6 +346,8 @@ final class ModelLoadingService: KernelService {
         let stopped = stopped
         let loader = ModelLoader(runtime: runtime, logger: logger, isStopping: { stopped.withLockedValue { $0 } })
         repository.loader.withLockedValue { $0 = loader }
+        // From here on loads and unloads shared by other worker processes reach this repository.
+        ServingRepositories.shared.add(repository)
         guard loadsInBackground else {
             try await repository.operationsPool.runIfActive { self.repository.loadAll(loader) { self.stopped.withLockedValue { $0 } } }
             startPolling()
@@ -384,6 +386,7 @@ final class ModelLoadingService: KernelService {
 
     private func stop(discardingQueued: Bool) async {
         stopped.withLockedValue { $0 = true }
+        ServingRepositories.shared.remove(repository)
         // A model whose load is under way finishes loading (ONNX Runtime cannot be interrupted), then unloads with
         // the others; the models after it are not loaded.
         if let load = backgroundLoad.withLockedValue({ $0 }) { await load.value }

@@ -11,6 +11,11 @@ import NIOCore
 struct RepositoryRequestBody {
     let value: JSONValue?
 
+    /// A body parsed before (a shared `RepositoryCommand`'s request).
+    init(value: JSONValue?) {
+        self.value = value
+    }
+
     /// `what` names the request in errors as Triton does ("load model", "unload model", "registry index").
     init(_ body: ByteBuffer?, what: String) throws {
         guard let body, body.readableBytes > 0 else {

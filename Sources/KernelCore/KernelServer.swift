@@ -107,6 +107,9 @@ public final class KernelServer: Service, Sendable {
             runtime.logger.notice("exiting")
             return false
         }
+        // A respawned or recycled worker takes on what its siblings changed at run time (models loaded through
+        // the API) before it serves.
+        await runtime.supervision.replaySharedCommands()
         _ = runtime.makeCurrent(generation)
         do {
             let (opened, _) = try await listeners.apply(generation.listeners)

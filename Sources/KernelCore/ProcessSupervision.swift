@@ -25,6 +25,23 @@ public protocol ProcessSupervision: Sendable {
     func gather(_ query: String, timeout: TimeAmount) async -> [ProcessAnswer]
     /// The worker processes of the group as the master sees them (one entry, this process, when standalone).
     func workers() async -> [WorkerProcessInfo]
+    /// Runs `command` (a command query: its name, a space, its argument; see `ProcessQueryRegistry.registerCommand`)
+    /// in every live process of this process's configuration generation, as `gather` runs a query, and has the master
+    /// remember it under `key`, after the commands shared under that key before it or, with `resets`, instead of
+    /// them: a worker of the same generation started later (a respawn, a recycle) runs the remembered commands in
+    /// order before it serves (`replaySharedCommands`), so that state changed at run time (a model loaded through
+    /// the API) is the same in every worker. A reload starts a generation with nothing remembered.
+    func share(_ command: String, key: String, resets: Bool, timeout: TimeAmount) async -> [ProcessAnswer]
+    /// Runs in this process, oldest first, the commands its generation's workers shared before it could receive
+    /// them, until none is left; from then on it receives every new one. `KernelServer` calls it once the
+    /// services have started and before the listeners open.
+    func replaySharedCommands() async
+}
+
+/// Limits of what processes send each other.
+public enum ProcessSharing {
+    /// The longest command `share` carries (a control frame holds it, with room for its other fields).
+    public static let maximumCommandLength = 60 << 20
 }
 
 /// One process's answer to a gathered query.
@@ -75,10 +92,15 @@ public struct WorkerProcessInfo: Sendable, Codable, Equatable {
 /// Produces this process's answer to a named query.
 public typealias ProcessQueryResponder = @Sendable () async -> [UInt8]
 
+/// Produces this process's answer to a command query (a name and an argument): the argument is what follows the
+/// name's space.
+public typealias ProcessCommandResponder = @Sendable (_ argument: Substring) async -> [UInt8]
+
 /// The responders this process has for gathered queries, by name. A module registers its responder when it loads
 /// (again on each reload: the newest registration of a name wins).
 public final class ProcessQueryRegistry: Sendable {
     private let responders = NIOLockedValueBox<[String: ProcessQueryResponder]>([:])
+    private let commands = NIOLockedValueBox<[String: ProcessCommandResponder]>([:])
 
     public init() {}
 
@@ -92,10 +114,21 @@ public final class ProcessQueryRegistry: Sendable {
         responders.withLockedValue { $0[query] }
     }
 
-    /// Runs the responder for `query` in this process; nil when there is none.
+    /// Sets the responder for the command queries named `name` (`"<name> <argument>"`), replacing an earlier one.
+    /// `name` has no space.
+    public func registerCommand(_ name: String, _ responder: @escaping ProcessCommandResponder) {
+        precondition(!name.contains(" "), "a command name has no space")
+        commands.withLockedValue { $0[name] = responder }
+    }
+
+    /// Runs the responder for `query` in this process: a query's by its whole text, else a command's by the text
+    /// before the first space, given the rest. Nil when there is none.
     public func answer(_ query: String) async -> [UInt8]? {
-        guard let responder = responder(for: query) else { return nil }
-        return await responder()
+        if let responder = responder(for: query) { return await responder() }
+        guard let space = query.firstIndex(of: " ") else { return nil }
+        let name = String(query[..<space])
+        guard let command = commands.withLockedValue({ $0[name] }) else { return nil }
+        return await command(query[query.index(after: space)...])
     }
 }
 
@@ -126,6 +159,14 @@ public final class StandaloneSupervision: ProcessSupervision {
         guard let body = await queries.answer(query) else { return [] }
         return [ProcessAnswer(source: .worker(0), pid: getpid(), body: body)]
     }
+
+    /// The one process runs the command; nothing is remembered, since no worker starts after it (a reload starts
+    /// a new generation, which remembers nothing either).
+    public func share(_ command: String, key: String, resets: Bool, timeout: TimeAmount) async -> [ProcessAnswer] {
+        await gather(command, timeout: timeout)
+    }
+
+    public func replaySharedCommands() async {}
 
     public func workers() async -> [WorkerProcessInfo] {
         [WorkerProcessInfo(number: 0, pid: getpid(), pool: "main", spawnedAt: startedAt, respawns: 0, state: "serving")]

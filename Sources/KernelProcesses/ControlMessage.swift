@@ -23,6 +23,17 @@ public enum ControlMessage: Sendable, Equatable {
     case listWorkers(id: UInt32)
     /// Master → worker: the worker table, for the `listWorkers` with this id.
     case workers(id: UInt32, [WorkerProcessInfo])
+    /// Worker → master: remember `command` under `key` (instead of what the key held, with `resets`) for this
+    /// worker's generation, run it in every process of that generation and send me the answers (`gathered`) within
+    /// `timeoutMilliseconds`.
+    case share(id: UInt32, key: String, command: String, resets: Bool, timeoutMilliseconds: UInt32)
+    /// Worker → master: send me the commands my generation remembers that were shared after `after` (a sequence
+    /// number of an earlier `shared`; 0 for all).
+    case listShared(id: UInt32, after: UInt64)
+    /// Master → worker: the commands asked for by the `listShared` with this id, oldest first, and the sequence
+    /// number of the last one (the `after` of the next ask). An empty list means the worker now receives every
+    /// new command.
+    case shared(id: UInt32, commands: [String], through: UInt64)
 }
 
 /// `ProcessAnswer` as the control channel carries it (with equality, for the codec's tests).
@@ -59,11 +70,12 @@ public struct ControlProtocolError: Error, CustomStringConvertible {
 }
 
 extension ControlMessage {
-    /// The largest frame either side accepts (a gathered stats or metrics answer of many workers fits easily).
+    /// The largest frame either side accepts (a gathered stats or metrics answer of many workers fits easily, and
+    /// so does a shared command of `ProcessSharing.maximumCommandLength`).
     public static let maximumFrameLength = 64 << 20
 
     private enum Kind: UInt8 {
-        case ready = 1, replace, gather, gathered, query, answer, listWorkers, workers
+        case ready = 1, replace, gather, gathered, query, answer, listWorkers, workers, share, listShared, shared
     }
 
     /// Appends this message's frame to `buffer`.
@@ -115,6 +127,23 @@ extension ControlMessage {
                 buffer.writeInteger(UInt32(clamping: worker.respawns))
                 buffer.writeControlString(worker.state)
             }
+        case .share(let id, let key, let command, let resets, let timeout):
+            buffer.writeInteger(Kind.share.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeControlString(key)
+            buffer.writeControlString(command)
+            buffer.writeInteger(UInt8(resets ? 1 : 0))
+            buffer.writeInteger(timeout)
+        case .listShared(let id, let after):
+            buffer.writeInteger(Kind.listShared.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeInteger(after)
+        case .shared(let id, let commands, let through):
+            buffer.writeInteger(Kind.shared.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeInteger(through)
+            buffer.writeInteger(UInt32(commands.count))
+            for command in commands { buffer.writeControlString(command) }
         }
         buffer.setInteger(UInt32(buffer.writerIndex - start), at: lengthIndex)
     }
@@ -178,6 +207,19 @@ extension ControlMessage {
                                                respawns: Int(respawns), state: state))
             }
             return .workers(id: id, table)
+        case .share:
+            return .share(id: try frame.readControl(), key: try frame.readControlString(),
+                          command: try frame.readControlString(), resets: try frame.readControl(as: UInt8.self) != 0,
+                          timeoutMilliseconds: try frame.readControl())
+        case .listShared:
+            return .listShared(id: try frame.readControl(), after: try frame.readControl())
+        case .shared:
+            let id: UInt32 = try frame.readControl()
+            let through: UInt64 = try frame.readControl()
+            let count: UInt32 = try frame.readControl()
+            var commands: [String] = []
+            for _ in 0..<min(count, 1 << 16) { commands.append(try frame.readControlString()) }
+            return .shared(id: id, commands: commands, through: through)
         }
     }
 }

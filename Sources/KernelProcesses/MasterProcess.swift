@@ -49,17 +49,23 @@ public actor MasterProcess {
         let spawnedAt: Double
         let startedAt: NIODeadline
         var respawns: Int
+        /// The configuration generation it was started for: shared commands go to the workers of one generation.
+        let generation: Int
         var state = State.starting
+        /// Whether it has caught up with its generation's shared commands (`listShared` found none left), so that
+        /// new ones are sent to it even while it starts.
+        var receivesShared = false
         var connection: ControlConnection?
         /// When the master kills it (SIGKILL) if it has not exited: its drain's mercy.
         var killAt: NIODeadline?
         var exit: ExitStatus?
 
-        init(pid: pid_t, pool: String, number: Int, respawns: Int) {
+        init(pid: pid_t, pool: String, number: Int, respawns: Int, generation: Int) {
             self.pid = pid
             self.pool = pool
             self.number = number
             self.respawns = respawns
+            self.generation = generation
             spawnedAt = wallClock()
             startedAt = .now()
         }
@@ -106,6 +112,8 @@ public actor MasterProcess {
     /// The master's own services, running.
     private var services: [any KernelService] = []
     private let workerReplies = PendingReplies()
+    /// What workers shared (`ProcessSupervision.share`), for the workers of their generation started later.
+    private var sharedCommands = SharedCommandLog()
     private let exitCode = AsyncStream<Int32>.makeStream()
 
     /// Listening sockets inherited from an old master (binary upgrade), taken over at start.
@@ -156,7 +164,7 @@ public actor MasterProcess {
         try PidFile.write(core.pidFile)
         self.plans = plans
         try await startMasterServices()
-        let first = try await startWorkers(plans)
+        let first = try await startWorkers(plans, generation: generation)
         if stopping != nil { return }
         for (key, worker) in first { slots[key] = Slot(worker: worker) }
         started = true
@@ -213,12 +221,12 @@ public actor MasterProcess {
 
     /// Starts one worker for every slot of `plans` and waits until all serve. With `lazy: false` each starts once
     /// the one before serves. Throws (having stopped the ones it started) when one exits before it serves.
-    private func startWorkers(_ plans: [PoolPlan]) async throws -> [SlotKey: Worker] {
+    private func startWorkers(_ plans: [PoolPlan], generation: Int) async throws -> [SlotKey: Worker] {
         var started: [SlotKey: Worker] = [:]
         do {
             for plan in plans {
                 for number in 1...plan.pool.count {
-                    let worker = try await spawnWorker(plan, number: number, respawns: 0)
+                    let worker = try await spawnWorker(plan, number: number, respawns: 0, generation: generation)
                     started[SlotKey(pool: plan.pool.name, number: number)] = worker
                     if !core.lazy { try await waitUntilServing([worker]) }
                 }
@@ -245,7 +253,7 @@ public actor MasterProcess {
         }
     }
 
-    private func spawnWorker(_ plan: PoolPlan, number: Int, respawns: Int) async throws -> Worker {
+    private func spawnWorker(_ plan: PoolPlan, number: Int, respawns: Int, generation: Int) async throws -> Worker {
         var pair: [CInt] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
             throw SpawnError("socketpair() failed (\(errno): \(String(cString: strerror(errno))))")
@@ -287,7 +295,7 @@ public actor MasterProcess {
             throw error
         }
         close(workerEnd)
-        let worker = Worker(pid: pid, pool: plan.pool.name, number: number, respawns: respawns)
+        let worker = Worker(pid: pid, pool: plan.pool.name, number: number, respawns: respawns, generation: generation)
         workers[pid] = worker
         logger.notice("start worker process \(pid) (pool \(plan.pool.name), worker \(number), role \(plan.role))")
         do {
@@ -323,7 +331,24 @@ public actor MasterProcess {
             workerReplies.resolve(id, with: message)
         case .listWorkers(let id):
             worker.connection?.send(.workers(id: id, workerTable()))
-        case .gathered, .query, .workers:
+        case .share(let id, let key, let command, let resets, let timeout):
+            // Remembered and sent in one step of the actor, so that a worker of the generation that is catching up
+            // either finds it in its list or receives it.
+            sharedCommands.remember(command, key: key, resets: resets, generation: worker.generation)
+            let targets = workers.values.filter {
+                $0.generation == worker.generation && $0.exit == nil && ($0.state != .starting || $0.receivesShared)
+            }
+            let connection = worker.connection
+            Task {
+                let answers = await self.gather(command, from: targets, timeout: .milliseconds(Int64(timeout)))
+                connection?.send(.gathered(id: id, answers: answers.map(GatheredAnswer.init)))
+            }
+        case .listShared(let id, let after):
+            let (commands, through) = sharedCommands.commands(after: after, generation: worker.generation,
+                                                              atMost: ProcessSharing.maximumCommandLength)
+            if commands.isEmpty { worker.receivesShared = true }
+            worker.connection?.send(.shared(id: id, commands: commands, through: through))
+        case .gathered, .query, .workers, .shared:
             logger.error("control channel: unexpected \(message) from worker process \(pid)")
         }
     }
@@ -347,7 +372,8 @@ public actor MasterProcess {
         let cause = reason.hasPrefix("harakiri") ? "harakiri" : "recycle"
         restarts[worker.pool, default: [:]][cause, default: 0] += 1
         do {
-            slots[key]?.replacement = try await spawnWorker(plan, number: worker.number, respawns: worker.respawns)
+            slots[key]?.replacement = try await spawnWorker(plan, number: worker.number, respawns: worker.respawns,
+                                                                generation: worker.generation)
         } catch {
             logger.critical("cannot start a replacement for worker process \(worker.pid): \(error)")
         }
@@ -441,7 +467,7 @@ public actor MasterProcess {
         guard stopping == nil, let slot = slots[key], slot.worker == nil,
               let plan = plans.first(where: { $0.pool.name == key.pool }) else { return }
         do {
-            let worker = try await spawnWorker(plan, number: key.number, respawns: slot.respawns + 1)
+            let worker = try await spawnWorker(plan, number: key.number, respawns: slot.respawns + 1, generation: generation)
             slots[key]?.worker = worker
             slots[key]?.respawns += 1
         } catch {
@@ -517,7 +543,7 @@ public actor MasterProcess {
         core = loaded.core
         let fresh: [SlotKey: Worker]
         do {
-            fresh = try await startWorkers(loaded.plans)
+            fresh = try await startWorkers(loaded.plans, generation: generation + 1)
         } catch {
             core = previousCore
             for socket in opened {
@@ -532,6 +558,7 @@ public actor MasterProcess {
         slots = [:]
         for (key, worker) in fresh { slots[key] = Slot(worker: worker) }
         generation += 1
+        sharedCommands.forget(before: generation)
         for slot in old.values {
             if let worker = slot.worker { drain(worker, why: "configuration reloaded") }
             if let replacement = slot.replacement { drain(replacement, why: "configuration reloaded") }
@@ -668,12 +695,16 @@ public actor MasterProcess {
     /// Runs `query` in the master and in every worker that serves or drains; a worker that does not answer within
     /// `timeout` is left out.
     func gatherAll(_ query: String, timeout: TimeAmount) async -> [ProcessAnswer] {
+        await gather(query, from: workers.values.filter { $0.state != .starting && $0.exit == nil }, timeout: timeout)
+    }
+
+    /// Runs `query` in the master and in each of `workers`; one that does not answer within `timeout` is left out.
+    private func gather(_ query: String, from workers: [Worker], timeout: TimeAmount) async -> [ProcessAnswer] {
         var answers: [ProcessAnswer] = []
         if let body = await runtime.processQueries.answer(query) {
             answers.append(ProcessAnswer(source: .master, pid: getpid(), body: body))
         }
-        let targets = workers.values.filter { $0.state != .starting && $0.exit == nil }
-            .compactMap { worker in worker.connection.map { (worker.pid, worker.number, $0) } }
+        let targets = workers.compactMap { worker in worker.connection.map { (worker.pid, worker.number, $0) } }
         let replies = workerReplies
         let fromWorkers = await withTaskGroup(of: ProcessAnswer?.self) { group in
             for (pid, number, connection) in targets {
@@ -757,6 +788,13 @@ public final class MasterSupervision: ProcessSupervision {
         guard let master = master.withLockedValue({ $0 }) else { return [] }
         return await master.workerTable()
     }
+
+    /// The master serves no requests and so changes no shared state: a command is gathered, not remembered.
+    public func share(_ command: String, key: String, resets: Bool, timeout: TimeAmount) async -> [ProcessAnswer] {
+        await gather(command, timeout: timeout)
+    }
+
+    public func replaySharedCommands() async {}
 }
 
 private func wallClock() -> Double {

@@ -80,6 +80,42 @@ public final class WorkerSupervision: ProcessSupervision {
         return table
     }
 
+    public func share(_ command: String, key: String, resets: Bool, timeout: TimeAmount) async -> [ProcessAnswer] {
+        guard command.utf8.count + key.utf8.count <= ProcessSharing.maximumCommandLength else {
+            // A frame the master would refuse closes the channel, and this worker with it.
+            logger.error("a shared command of \(command.utf8.count) bytes is longer than \(ProcessSharing.maximumCommandLength): not sent")
+            return []
+        }
+        let milliseconds = UInt32(clamping: max(timeout.nanoseconds / 1_000_000, 0))
+        let reply = await replies.ask(timeout: timeout + .milliseconds(500)) { id in
+            send(.share(id: id, key: key, command: command, resets: resets, timeoutMilliseconds: milliseconds))
+        }
+        guard case .gathered(_, let answers) = reply else {
+            // No master to ask (it is gone, and this worker stops): this process's own answer is all there is.
+            guard let body = await queries.answer(command) else { return [] }
+            return [ProcessAnswer(source: .worker(identity.number), pid: getpid(), body: body)]
+        }
+        return answers.map(\.processAnswer)
+    }
+
+    public func replaySharedCommands() async {
+        var after: UInt64 = 0
+        var replayed = 0
+        while true {
+            let reply = await replies.ask(timeout: .seconds(30)) { id in send(.listShared(id: id, after: after)) }
+            guard case .shared(_, let commands, let through) = reply else {
+                logger.error("worker process \(identity.number): the master did not send the shared commands to replay")
+                return
+            }
+            // Empty: the master now sends this worker every new command itself.
+            guard !commands.isEmpty else { break }
+            for command in commands { _ = await queries.answer(command) }
+            replayed += commands.count
+            after = through
+        }
+        if replayed > 0 { logger.notice("worker process \(identity.number) replayed \(replayed) command(s) shared before it started") }
+    }
+
     private func send(_ message: ControlMessage) {
         connection.withLockedValue { $0 }?.send(message)
     }
@@ -91,7 +127,7 @@ public final class WorkerSupervision: ProcessSupervision {
                 let body = await queries.answer(query)
                 send(.answer(id: id, body: body))
             }
-        case .gathered(let id, _), .workers(let id, _):
+        case .gathered(let id, _), .workers(let id, _), .shared(let id, _, _):
             replies.resolve(id, with: message)
         default:
             logger.error("control channel: unexpected \(message) from the master")

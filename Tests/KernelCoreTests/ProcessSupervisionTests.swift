@@ -41,4 +41,28 @@ final class ProcessSupervisionTests: XCTestCase {
         runtime.processQueries.register("x") { [1] }
         XCTAssertNotNil(runtime.processQueries.responder(for: "x"))
     }
+
+    func testACommandQueryReachesItsResponderWithTheArgument() async {
+        let queries = ProcessQueryRegistry()
+        queries.registerCommand("repo") { argument in Array("ran \(argument)".utf8) }
+        queries.register("repo stats") { Array("the query".utf8) }
+        // A query registered under the whole text comes first; a command gets what follows its name's space.
+        let exact = await queries.answer("repo stats")
+        let command = await queries.answer("repo load {\"a\": 1}")
+        let bare = await queries.answer("repo")
+        let other = await queries.answer("other load")
+        XCTAssertEqual(exact.map { String(decoding: $0, as: UTF8.self) }, "the query")
+        XCTAssertEqual(command.map { String(decoding: $0, as: UTF8.self) }, "ran load {\"a\": 1}")
+        XCTAssertNil(bare)
+        XCTAssertNil(other)
+    }
+
+    func testStandaloneShareRunsTheCommandHereAndReplaysNothing() async {
+        let queries = ProcessQueryRegistry()
+        let supervision = StandaloneSupervision(queries: queries, logger: logger)
+        queries.registerCommand("repo") { argument in Array(argument.utf8) }
+        let answers = await supervision.share("repo load a", key: "a", resets: false, timeout: .seconds(1))
+        XCTAssertEqual(answers.map { String(decoding: $0.body, as: UTF8.self) }, ["load a"])
+        await supervision.replaySharedCommands()
+    }
 }

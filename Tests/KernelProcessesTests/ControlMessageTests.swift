@@ -16,6 +16,12 @@ final class ControlMessageTests: XCTestCase {
         .answer(id: 10, body: nil),
         .listWorkers(id: 11),
         .workers(id: 11, [WorkerProcessInfo(number: 1, pid: 1234, pool: "edge", spawnedAt: 1764612345.25, respawns: 3, state: "serving")]),
+        .share(id: 12, key: "inference.repository /r demo", command: "inference.repository {\"a\":\"é\"}", resets: true,
+               timeoutMilliseconds: 600_000),
+        .share(id: 13, key: "k", command: "", resets: false, timeoutMilliseconds: 0),
+        .listShared(id: 14, after: 1 << 40),
+        .shared(id: 14, commands: ["c 1", "", "c 3"], through: 77),
+        .shared(id: 15, commands: [], through: 0),
     ]
 
     func testEveryMessageSurvivesTheRoundTrip() throws {

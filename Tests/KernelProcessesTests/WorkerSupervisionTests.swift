@@ -113,4 +113,51 @@ final class WorkerSupervisionTests: XCTestCase {
         let workers = await supervision.workers()
         XCTAssertEqual(workers, table)
     }
+
+    func testShareSendsTheCommandAndReturnsTheGatheredAnswers() async throws {
+        reply.withLockedValue {
+            $0 = { message in
+                guard case .share(let id, "key 1", "load x", false, 2000) = message else { return nil }
+                return .gathered(id: id, answers: [GatheredAnswer(worker: 1, pid: 11, body: Array("ok".utf8)),
+                                                   GatheredAnswer(worker: 2, pid: 22, body: Array("ok".utf8))])
+            }
+        }
+        let answers = await supervision.share("load x", key: "key 1", resets: false, timeout: .milliseconds(2000))
+        XCTAssertEqual(answers.map(\.source), [.worker(1), .worker(2)])
+    }
+
+    func testAShareTooLongForAControlFrameIsNotSent() async throws {
+        let command = String(repeating: "x", count: ProcessSharing.maximumCommandLength + 1)
+        let answers = await supervision.share(command, key: "k", resets: false, timeout: .milliseconds(100))
+        XCTAssertEqual(answers.count, 0)
+        // Nothing reached the master (a frame it refused would have closed the channel).
+        try await Task.sleep(nanoseconds: 100_000_000)
+        XCTAssertEqual(received.withLockedValue { $0 }.count, 0)
+    }
+
+    func testReplayRunsTheRememberedCommandsInOrderUntilNoneIsLeft() async throws {
+        let ran = NIOLockedValueBox<[String]>([])
+        queries.registerCommand("repo") { argument in
+            ran.withLockedValue { $0.append(String(argument)) }
+            return []
+        }
+        // The master hands the commands out in two parts, then none: the worker asks on from the last one it got.
+        reply.withLockedValue {
+            $0 = { message in
+                guard case .listShared(let id, let after) = message else { return nil }
+                switch after {
+                case 0: return .shared(id: id, commands: ["repo load a", "repo load b"], through: 5)
+                case 5: return .shared(id: id, commands: ["repo unload a"], through: 9)
+                default: return .shared(id: id, commands: [], through: after)
+                }
+            }
+        }
+        await supervision.replaySharedCommands()
+        XCTAssertEqual(ran.withLockedValue { $0 }, ["load a", "load b", "unload a"])
+        let asked = received.withLockedValue { $0 }.compactMap { message -> UInt64? in
+            guard case .listShared(_, let after) = message else { return nil }
+            return after
+        }
+        XCTAssertEqual(asked, [0, 5, 9])
+    }
 }

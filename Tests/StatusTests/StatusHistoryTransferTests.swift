@@ -69,6 +69,8 @@ final class SiblingSupervision: ProcessSupervision {
         return answers
     }
     func workers() async -> [WorkerProcessInfo] { [] }
+    func share(_ command: String, key: String, resets: Bool, timeout: TimeAmount) async -> [ProcessAnswer] { [] }
+    func replaySharedCommands() async {}
 }
 
 final class StatusSamplerTests: XCTestCase {

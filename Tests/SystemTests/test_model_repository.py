@@ -343,23 +343,92 @@ def test_a_name_in_models_and_the_repository_is_a_config_error(tmp_path):
     assert f"{tmp_path}/repo/other/config.yaml:2:1: batching: unknown key" in result.stderr + result.stdout
 
 
-def test_every_worker_process_polls_its_own_repository_state(start_kernel, tmp_path):
-    repository = os.path.join(str(tmp_path), "repo")
-    make_scaled_sum_model(os.path.join(repository, "demo", "1", "model.onnx"), 1.0)
-    kernel = start_kernel(f"""
+def two_workers(tmp_path):
+    """The `kernel:` block of a master with two worker processes."""
+    return f"""
 kernel:
   pid: {tmp_path}/kernel.pid
   error_log: {{path: stderr, level: info}}
   event_loop_threads: 1
   shutdown_timeout: 10s
   processes: 2
-""" + repository_yaml("  repository_poll: 1s"))
+"""
+
+
+def test_every_worker_process_polls_its_own_repository_state(start_kernel, tmp_path):
+    repository = os.path.join(str(tmp_path), "repo")
+    make_scaled_sum_model(os.path.join(repository, "demo", "1", "model.onnx"), 1.0)
+    kernel = start_kernel(two_workers(tmp_path) + repository_yaml("  repository_poll: 1s"))
     kernel.wait_for_log("model 'demo' version 1 ready", count=2, timeout=60)
     make_scaled_sum_model(os.path.join(repository, "demo", "2", "model.onnx"), 2.0)
     # Each worker finds the new version by itself and retires version 1 once version 2 serves.
     kernel.wait_for_log("model 'demo' version 1 unloaded", count=2, timeout=60)
     array = rows(2)
     for _ in range(20):  # a new connection each time: both workers answer some of them
+        assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
+
+
+def worker_answers(kernel, model, array, connections=24):
+    """Each of `connections` new connections asks `/pid` then infers on `model`: {worker pid: [statuses]}."""
+    import http.client
+    seen = {}
+    body = json.dumps({"inputs": [{"name": "input", "shape": list(array.shape), "datatype": "FP32",
+                                   "data": array.flatten().tolist()}]})
+    for _ in range(connections):
+        connection = http.client.HTTPConnection("127.0.0.1", kernel.port("http"), timeout=30)
+        connection.request("GET", "/pid")
+        pid = int(connection.getresponse().read())
+        connection.request("POST", f"/v2/models/{model}/infer", body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        seen.setdefault(pid, []).append(response.status)
+    return seen
+
+
+def test_a_load_or_unload_reaches_every_worker_process_and_a_respawned_worker_replays_it(start_kernel, tmp_path):
+    """With `kernel.processes`, the repository extension acts on every worker process, whichever one takes the
+    request, and a worker started later (here respawned after SIGKILL) loads what its siblings loaded before it
+    serves."""
+    import signal
+    make_repository(str(tmp_path))
+    kernel = start_kernel(two_workers(tmp_path) + repository_yaml("  repository_control: explicit\n  startup_models: []", locations="""        - location: = /pid
+          return: 200 "$pid"
+"""))
+    kernel.wait_for_log("kernel started: master process", timeout=60)
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    array = rows(2)
+    assert infer(kernel, "other", array).status_code == 404, "not loaded at start (startup_models: [])"
+
+    client.load_model("other")
+    client.load_model("demo", config=json.dumps({"max_batch_size": 4, "version_policy": {"specific": {"versions": [2]}}}))
+    seen = worker_answers(kernel, "other", array)
+    assert len(seen) == 2 and all(status == 200 for statuses in seen.values() for status in statuses), seen
+    for _ in range(6):  # a new connection each time: both workers answer some
+        assert client.get_model_config("demo")["max_batch_size"] == 4
+        assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
+
+    client.unload_model("other")
+    seen = worker_answers(kernel, "other", array)
+    assert len(seen) == 2 and all(status == 400 for statuses in seen.values() for status in statuses), seen
+
+    # A load that fails everywhere names the failure of the worker that took it, and changes nothing.
+    refused = post(kernel, "/v2/repository/models/demo/load", {"parameters": {"config": json.dumps({"max_batch_size": "x"})}})
+    assert refused.status_code == 400 and "max_batch_size" in refused.json()["error"], refused.text
+    assert "worker process" not in refused.json()["error"], refused.text
+
+    client.load_model("other")
+    workers = sorted(worker_answers(kernel, "other", array))
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+    kernel.wait_for_log(f"worker process {victim} exited on signal 9")
+    # other: unload then load (the unload reset what came before it); demo: the load, then the refused one.
+    kernel.wait_for_log("replayed 4 command(s) shared before it started", timeout=60)
+    seen = worker_answers(kernel, "other", array, connections=30)
+    assert victim not in seen and len(seen) == 2, (seen, victim)
+    assert all(status == 200 for statuses in seen.values() for status in statuses), seen
+    for _ in range(8):
+        assert client.get_model_config("demo")["max_batch_size"] == 4
         assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
 
 

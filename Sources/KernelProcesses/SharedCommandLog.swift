@@ -1,0 +1,54 @@
+/// The master's memory of the commands workers shared (`ProcessSupervision.share`), by configuration generation
+/// and key, so that a worker started later replays what its siblings ran, in the order they ran it.
+///
+/// A key keeps the commands shared under it since the last one that `resets` it (which replaces them all: an
+/// unload does not depend on the loads before it), at most `perKey` of them: replaying them gives the state the
+/// siblings reached even when a later command failed where an earlier one had worked.
+struct SharedCommandLog {
+    private struct Entry {
+        var sequence: UInt64
+        var command: String
+    }
+
+    /// The most commands a key keeps; the oldest go first.
+    static let perKey = 16
+
+    /// Generation → key → commands, oldest first.
+    private var generations: [Int: [String: [Entry]]] = [:]
+    /// The sequence number of the last command remembered (0: none yet); it only grows, across generations.
+    private(set) var lastSequence: UInt64 = 0
+
+    /// Remembers `command` under `key` in `generation`, after every command remembered before it; with `resets`,
+    /// instead of what the key held.
+    mutating func remember(_ command: String, key: String, resets: Bool, generation: Int) {
+        lastSequence += 1
+        var entries = resets ? [] : generations[generation]?[key] ?? []
+        entries.append(Entry(sequence: lastSequence, command: command))
+        if entries.count > Self.perKey { entries.removeFirst(entries.count - Self.perKey) }
+        generations[generation, default: [:]][key] = entries
+    }
+
+    /// The commands of `generation` remembered after sequence number `after`, oldest first, as many as fit in
+    /// `atMost` bytes (always at least one when there is one), and the sequence number of the last one given
+    /// (`after` when none is).
+    func commands(after: UInt64, generation: Int, atMost: Int) -> (commands: [String], through: UInt64) {
+        let pending = (generations[generation] ?? [:]).values.joined().filter { $0.sequence > after }
+            .sorted { $0.sequence < $1.sequence }
+        var commands: [String] = []
+        var through = after
+        var size = 0
+        for entry in pending {
+            size += entry.command.utf8.count
+            guard commands.isEmpty || size <= atMost else { break }
+            commands.append(entry.command)
+            through = entry.sequence
+        }
+        return (commands, through)
+    }
+
+    /// Drops what generations older than `generation` remembered: their workers are draining, and no worker of
+    /// theirs starts again.
+    mutating func forget(before generation: Int) {
+        generations = generations.filter { $0.key >= generation }
+    }
+}

@@ -1,0 +1,51 @@
+@testable import Inference
+import KernelCore
+import NIOCore
+import XCTest
+
+/// A load or unload as worker processes share it: the command's text, and how their outcomes make one answer.
+final class RepositoryCommandTests: XCTestCase {
+    private func answer(_ source: ProcessAnswer.Source, pid: Int32, _ outcome: RepositoryCommand.Outcome?) -> ProcessAnswer {
+        ProcessAnswer(source: source, pid: pid, body: outcome?.encoded ?? [])
+    }
+
+    func testTheCommandCarriesTheRequestBodyAsItCame() throws {
+        let body = ByteBuffer(string: #"{"parameters": {"config": "{\"max_batch_size\": 4}"}}"#)
+        let text = RepositoryCommand.text(action: .load, model: "démo", repository: "/srv/repo \"x\"", body: body)
+        XCTAssertTrue(text.hasPrefix(RepositoryCommand.name + " "))
+        let command = try XCTUnwrap(RepositoryCommand(argument: text.dropFirst(RepositoryCommand.name.count + 1)))
+        XCTAssertEqual(command.action, .load)
+        XCTAssertEqual(command.model, "démo")
+        XCTAssertEqual(command.repository, "/srv/repo \"x\"")
+        let parameters = try RepositoryRequestBody(value: command.request).loadParameters(modelName: "démo")
+        XCTAssertEqual(parameters.config, #"{"max_batch_size": 4}"#)
+
+        let unload = RepositoryCommand.text(action: .unload, model: "m", repository: "", body: nil)
+        let parsed = try XCTUnwrap(RepositoryCommand(argument: unload.dropFirst(RepositoryCommand.name.count + 1)))
+        XCTAssertEqual(parsed.action, .unload)
+        XCTAssertNil(parsed.request)
+        XCTAssertNil(RepositoryCommand(argument: "{\"action\": \"drop\"}"))
+    }
+
+    func testEveryProcessDoneIsDone() {
+        let done = RepositoryCommand.Outcome(status: 200, message: "")
+        let outcome = RepositoryCommand.combine([answer(.worker(1), pid: 10, done), answer(.worker(2), pid: 20, done),
+                                                 answer(.master, pid: 1, nil)], own: 10)
+        XCTAssertEqual(outcome, done)
+    }
+
+    func testTheOwnFailureIsTritonsMessageAndAnotherWorkersNamesIt() {
+        let done = RepositoryCommand.Outcome(status: 200, message: "")
+        let failed = RepositoryCommand.Outcome(status: 400, message: "load failed for model 'm': bad")
+        let own = RepositoryCommand.combine([answer(.worker(1), pid: 10, failed), answer(.worker(2), pid: 20, failed)], own: 20)
+        XCTAssertEqual(own, failed)
+        let other = RepositoryCommand.combine([answer(.worker(1), pid: 10, failed), answer(.worker(2), pid: 20, done)], own: 20)
+        XCTAssertEqual(other, RepositoryCommand.Outcome(status: 400, message: "worker process 1 (pid 10): load failed for model 'm': bad"))
+    }
+
+    func testNoAnswerIsAnError() {
+        XCTAssertEqual(RepositoryCommand.combine([answer(.master, pid: 1, nil)], own: 10).status, 503)
+        let unreadable = ProcessAnswer(source: .worker(1), pid: 10, body: Array("x".utf8))
+        XCTAssertEqual(RepositoryCommand.combine([unreadable], own: 10).status, 500)
+    }
+}

@@ -1,0 +1,50 @@
+@testable import KernelProcesses
+import XCTest
+
+final class SharedCommandLogTests: XCTestCase {
+    func testAKeyKeepsItsCommandsInOrderUntilOneResetsIt() {
+        var log = SharedCommandLog()
+        log.remember("load a v1", key: "a", resets: false, generation: 1)
+        log.remember("load b", key: "b", resets: false, generation: 1)
+        log.remember("load a v2", key: "a", resets: false, generation: 1)
+        XCTAssertEqual(log.commands(after: 0, generation: 1, atMost: 1 << 20).commands, ["load a v1", "load b", "load a v2"])
+        log.remember("unload a", key: "a", resets: true, generation: 1)
+        let all = log.commands(after: 0, generation: 1, atMost: 1 << 20)
+        XCTAssertEqual(all.commands, ["load b", "unload a"])
+        XCTAssertEqual(all.through, log.lastSequence)
+        // Asked from the last one given: nothing is left.
+        XCTAssertEqual(log.commands(after: all.through, generation: 1, atMost: 1 << 20).commands, [])
+        XCTAssertEqual(log.commands(after: all.through, generation: 1, atMost: 1 << 20).through, all.through)
+    }
+
+    func testGenerationsAreSeparateAndOldOnesAreForgotten() {
+        var log = SharedCommandLog()
+        log.remember("old", key: "a", resets: false, generation: 1)
+        log.remember("new", key: "a", resets: false, generation: 2)
+        XCTAssertEqual(log.commands(after: 0, generation: 1, atMost: 100).commands, ["old"])
+        XCTAssertEqual(log.commands(after: 0, generation: 2, atMost: 100).commands, ["new"])
+        log.forget(before: 2)
+        XCTAssertEqual(log.commands(after: 0, generation: 1, atMost: 100).commands, [])
+        XCTAssertEqual(log.commands(after: 0, generation: 2, atMost: 100).commands, ["new"])
+    }
+
+    func testAnAnswerHoldsWhatFitsButAlwaysOneCommand() {
+        var log = SharedCommandLog()
+        for name in ["aaaa", "bbbb", "cccc"] { log.remember(name, key: name, resets: false, generation: 1) }
+        let first = log.commands(after: 0, generation: 1, atMost: 9)
+        XCTAssertEqual(first.commands, ["aaaa", "bbbb"])
+        let second = log.commands(after: first.through, generation: 1, atMost: 2)
+        XCTAssertEqual(second.commands, ["cccc"])  // longer than the bound, but a command is never skipped
+    }
+
+    func testAKeyKeepsAtMostItsBound() {
+        var log = SharedCommandLog()
+        for index in 0..<(SharedCommandLog.perKey + 3) {
+            log.remember("load \(index)", key: "a", resets: false, generation: 1)
+        }
+        let kept = log.commands(after: 0, generation: 1, atMost: 1 << 20).commands
+        XCTAssertEqual(kept.count, SharedCommandLog.perKey)
+        XCTAssertEqual(kept.first, "load 3")
+        XCTAssertEqual(kept.last, "load \(SharedCommandLog.perKey + 2)")
+    }
+}
