@@ -80,7 +80,7 @@ public struct InferenceHandler: RequestHandler {
                 }
             }
         case 2 where rest.first == "models" && rest.last == "stats":
-            return try read { statisticsResponse(repository.loadedModels) }
+            return try statistics(repository.loadedModels, request: request, context: context) { _, _ in true }
         default:
             break
         }
@@ -121,7 +121,10 @@ public struct InferenceHandler: RequestHandler {
         case "stats":
             // Without a version, every ready version of the model (Triton's statistics for an empty version).
             let models = version == nil ? repository.loadedModels.filter { $0.signature.name == name } : [model]
-            return try read { statisticsResponse(models) }
+            let wanted: String? = version == nil ? nil : model.signature.version
+            return try statistics(models, request: request, context: context) { entryName, entryVersion in
+                entryName == name && (wanted == nil || entryVersion == wanted)
+            }
         default:
             guard request.method == "POST" else {
                 throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path): use POST", headers: ["Allow": "POST"])
@@ -399,13 +402,36 @@ public struct InferenceHandler: RequestHandler {
         }
     }
 
-    private func statisticsResponse(_ models: [LoadedModel]) -> KernelResponse {
+    /// The statistics extension's answer for `models` (this process's), or with worker processes for the
+    /// versions `includes` accepts, summed over every worker (`WorkerStatistics`).
+    private func statistics(_ models: [LoadedModel], request: KernelRequest, context: RequestContext,
+                            includes: @escaping @Sendable (_ name: String, _ version: String) -> Bool) throws -> EventLoopFuture<KernelResponse> {
+        guard request.method == "GET" || request.method == "HEAD" else {
+            throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path)", headers: ["Allow": "GET, HEAD"])
+        }
+        let local = models.map {
+            WorkerStatistics.Entry(name: $0.signature.name, version: $0.signature.version, statistics: $0.scheduler.currentStatistics)
+        }
+        guard let supervision, supervision.isSupervised else {
+            return context.eventLoop.makeSucceededFuture(statisticsResponse(local))
+        }
+        let query = WorkerStatistics.name + " " + repository.identity
+        let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        promise.completeWithTask {
+            let answers = await supervision.gather(query, timeout: .seconds(5))
+            // No answer at all (the master is gone): this worker's own figures are all there are.
+            let merged = WorkerStatistics.merge(answers)
+            return statisticsResponse(merged.isEmpty ? local : merged.filter { includes($0.name, $0.version) })
+        }
+        return promise.futureResult
+    }
+
+    private func statisticsResponse(_ entries: [WorkerStatistics.Entry]) -> KernelResponse {
         json { writer in
             writer.raw("{\"model_stats\":[")
-            for (index, model) in models.enumerated() {
+            for (index, entry) in entries.enumerated() {
                 if index > 0 { writer.byte(UInt8(ascii: ",")) }
-                model.scheduler.currentStatistics.write(name: model.signature.name, version: model.signature.version,
-                                                        into: &writer)
+                entry.statistics.write(name: entry.name, version: entry.version, into: &writer)
             }
             writer.raw("]}")
         }

@@ -47,6 +47,8 @@ public enum InferenceModule: KernelModule {
         if registrar.mode == .run {
             // Loads and unloads of the repository extension, as every worker process runs them (`RepositoryCommand`).
             runtime.processQueries.registerCommand(RepositoryCommand.name) { await RepositoryCommand.respond(to: $0) }
+            // Statistics summed over the worker processes (`WorkerStatistics`).
+            runtime.processQueries.registerCommand(WorkerStatistics.name) { WorkerStatistics.respond(to: $0) }
             // In the background only for the process's first configuration: a reload loads before it switches.
             let background = !configuration.loadBeforeListen && registrar.runtime.currentGeneration == nil
             registrar.addService(ModelLoadingService(repository: repository, runtimeLibrary: configuration.runtimeLibrary,

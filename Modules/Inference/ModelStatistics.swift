@@ -13,6 +13,20 @@ public struct DurationCounter: Sendable, Equatable {
         nanoseconds.saturatingAdd(duration)
     }
 
+    /// Adds another process's counter of the same thing.
+    mutating func add(_ other: DurationCounter) {
+        count.saturatingAdd(other.count)
+        nanoseconds.saturatingAdd(other.nanoseconds)
+    }
+
+    /// Reads `{"count": N, "ns": N}` as `write` writes it; nil for anything else.
+    init?(json: JSONValue?) {
+        guard case .number(let count)? = json?["count"], case .number(let nanoseconds)? = json?["ns"],
+              let count = count.uint64, let nanoseconds = nanoseconds.uint64 else { return nil }
+        self.count = count
+        self.nanoseconds = nanoseconds
+    }
+
     func write(_ name: StaticString, into writer: inout JSONWriter) {
         writer.byte(UInt8(ascii: "\""))
         writer.raw(name)
@@ -37,6 +51,12 @@ public struct BatchStatistics: Sendable, Equatable {
         computeInfer.add(timing.inferNanoseconds)
         computeOutput.add(timing.outputNanoseconds)
     }
+
+    mutating func add(_ other: BatchStatistics) {
+        computeInput.add(other.computeInput)
+        computeInfer.add(other.computeInfer)
+        computeOutput.add(other.computeOutput)
+    }
 }
 
 /// A model's counters, in the shape of Triton's statistics extension (`GET /v2/models/{name}/stats`).
@@ -44,7 +64,7 @@ public struct BatchStatistics: Sendable, Equatable {
 /// As Triton counts them: `success`, `queue` and the three compute phases once per request that succeeded (a
 /// request's compute phases are those of the batch it ran in), `fail` once per request that did not, and
 /// `batch_stats` once per model run. `cache_hit` and `cache_miss` stay 0: the kernel has no response cache.
-public struct ModelStatistics: Sendable {
+public struct ModelStatistics: Sendable, Equatable {
     /// Requests answered with outputs, and their time from being queued to completion.
     public var success = DurationCounter()
     /// Requests that failed (runtime errors, timeouts, cancellations), and their time until then.
@@ -92,6 +112,64 @@ public struct ModelStatistics: Sendable {
                 failure.add(elapsed)
             }
         }
+    }
+
+    /// Adds another worker process's statistics of the same model version: every count summed, the later
+    /// `last_inference`.
+    mutating func add(_ other: ModelStatistics) {
+        success.add(other.success)
+        failure.add(other.failure)
+        queue.add(other.queue)
+        computeInput.add(other.computeInput)
+        computeInfer.add(other.computeInfer)
+        computeOutput.add(other.computeOutput)
+        inferenceCount.saturatingAdd(other.inferenceCount)
+        executionCount.saturatingAdd(other.executionCount)
+        lastInference = max(lastInference, other.lastInference)
+        for (size, batch) in other.batches { batches[size, default: BatchStatistics()].add(batch) }
+        queueRejections.saturatingAdd(other.queueRejections)
+        timeouts.saturatingAdd(other.timeouts)
+        cancellations.saturatingAdd(other.cancellations)
+    }
+
+    /// Reads an entry of `model_stats` as `write` writes it (another worker process's answer); nil when it is not
+    /// one.
+    init?(json entry: JSONValue) {
+        func count(_ key: String) -> UInt64? {
+            guard case .number(let number)? = entry[key] else { return nil }
+            return number.uint64
+        }
+        let phases = entry["inference_stats"]
+        guard let success = DurationCounter(json: phases?["success"]), let failure = DurationCounter(json: phases?["fail"]),
+              let queue = DurationCounter(json: phases?["queue"]),
+              let computeInput = DurationCounter(json: phases?["compute_input"]),
+              let computeInfer = DurationCounter(json: phases?["compute_infer"]),
+              let computeOutput = DurationCounter(json: phases?["compute_output"]),
+              let inferenceCount = count("inference_count"), let executionCount = count("execution_count"),
+              let lastInference = count("last_inference"), let batchList = entry["batch_stats"]?.arrayValue else { return nil }
+        self.success = success
+        self.failure = failure
+        self.queue = queue
+        self.computeInput = computeInput
+        self.computeInfer = computeInfer
+        self.computeOutput = computeOutput
+        self.inferenceCount = inferenceCount
+        self.executionCount = executionCount
+        self.lastInference = lastInference
+        for item in batchList {
+            guard case .number(let size)? = item["batch_size"], let rows = size.int64,
+                  let input = DurationCounter(json: item["compute_input"]),
+                  let infer = DurationCounter(json: item["compute_infer"]),
+                  let output = DurationCounter(json: item["compute_output"]) else { return nil }
+            var batch = BatchStatistics()
+            batch.computeInput = input
+            batch.computeInfer = infer
+            batch.computeOutput = output
+            batches[Int(rows)] = batch
+        }
+        queueRejections = count("queue_rejections") ?? 0
+        timeouts = count("timeouts") ?? 0
+        cancellations = count("cancellations") ?? 0
     }
 
     /// One entry of `model_stats`: Triton's members in Triton's order, then the kernel's three counters (Triton

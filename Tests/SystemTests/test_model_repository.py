@@ -404,6 +404,10 @@ def test_a_load_or_unload_reaches_every_worker_process_and_a_respawned_worker_re
     client.load_model("demo", config=json.dumps({"max_batch_size": 4, "version_policy": {"specific": {"versions": [2]}}}))
     seen = worker_answers(kernel, "other", array)
     assert len(seen) == 2 and all(status == 200 for statuses in seen.values() for status in statuses), seen
+    # The statistics are the server's, summed over both workers, whichever answers.
+    for _ in range(4):
+        [stats] = client.get_inference_statistics("other")["model_stats"]
+        assert stats["inference_count"] == 24 * 2 and stats["inference_stats"]["success"]["count"] == 24, stats
     for _ in range(6):  # a new connection each time: both workers answer some
         assert client.get_model_config("demo")["max_batch_size"] == 4
         assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
