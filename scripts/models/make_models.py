@@ -9,7 +9,7 @@
   batchable along dimension 0.
 - models/slow/1/model.onnx: FP32 "x" [-1, 1] -> FP32 "y" [-1, 1] with y == x exactly, after a Loop of
   SLOW_STEPS MatMul+Tanh steps on a constant 256x256 matrix whose start depends on x (so ONNX Runtime cannot fold it
-  away) and whose result is added to x times zero. The loop's cost does not depend on the batch: about 300 ms of one
+  away) and whose result is added to x times zero. The loop's cost does not depend on the batch: 320 to 700 ms of one
   core per run whatever the batch (calibrated with onnxruntime, 1 intra-op thread, by CPU time; on a loaded machine
   the wall time of a run is longer). Batchable: tests use it for a batch that keeps an instance busy.
 - models/text/1/model.onnx: a small deterministic text model for benchmarks, BYTES "text" [-1, 1] ->
@@ -68,9 +68,10 @@ def demo_model_bytes():
     return model.SerializeToString()
 
 
-# One MatMul+Tanh step on 256x256 takes about 0.35 ms of one core of this machine (AMD EPYC, AVX-512, onnxruntime
-# 1.32, 1 intra-op thread): 860 steps make a run of about 300 ms.
-SLOW_STEPS = 860
+# One MatMul+Tanh step on 256x256 takes 0.16 to 0.35 ms of one core of the machines this runs on (AMD EPYC, AVX-512,
+# onnxruntime 1.32, 1 intra-op thread): 2000 steps make a run of 320 to 700 ms, long enough on the fastest of them for
+# the queue tests to fill a queue behind one run.
+SLOW_STEPS = 2000
 SLOW_WIDTH = 256
 
 TEXT_VOCABULARY = ["kernel", "nginx", "uwsgi", "flask", "onnx", "triton", "kserve", "model",
