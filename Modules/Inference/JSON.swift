@@ -214,65 +214,25 @@ public struct JSONNumber: Sendable {
     }
 }
 
-/// 10^exponent for 0...22, each exact in a `Double`. A switch of constants (a table in the binary): a global array
-/// would be initialised lazily, checked on every number.
+/// 10^exponent for 0...22, each exact in a `Double`, and 10^-exponent for 0...22, the `Double` nearest to each (not
+/// exact: one rounding, which `fastFloat` allows for). Tables, not switches: the exponents of consecutive tensor
+/// elements vary (Python writes 16 or 17 digits), and a switch's jump mispredicts on each change; an array of
+/// literals is laid out in the binary at compile time, so reading it costs a load and a bounds check.
+private let powersOfTen: [Double] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
+                                     1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22]
+private let inversePowersOfTen: [Double] = [1e-0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11,
+                                            1e-12, 1e-13, 1e-14, 1e-15, 1e-16, 1e-17, 1e-18, 1e-19, 1e-20, 1e-21, 1e-22]
+
+/// 10^exponent, exact, for 0...22 (the nearest end of that range for anything else).
 @inline(__always)
 func powerOfTen(_ exponent: Int) -> Double {
-    switch exponent {
-    case 0: return 1e0
-    case 1: return 1e1
-    case 2: return 1e2
-    case 3: return 1e3
-    case 4: return 1e4
-    case 5: return 1e5
-    case 6: return 1e6
-    case 7: return 1e7
-    case 8: return 1e8
-    case 9: return 1e9
-    case 10: return 1e10
-    case 11: return 1e11
-    case 12: return 1e12
-    case 13: return 1e13
-    case 14: return 1e14
-    case 15: return 1e15
-    case 16: return 1e16
-    case 17: return 1e17
-    case 18: return 1e18
-    case 19: return 1e19
-    case 20: return 1e20
-    case 21: return 1e21
-    default: return 1e22
-    }
+    powersOfTen[max(0, min(exponent, 22))]
 }
 
-/// 10^-exponent for 0...22, the `Double` nearest to each (not exact: one rounding, which `fastFloat` allows for).
+/// 10^-exponent, nearest, for 0...22 (the nearest end of that range for anything else).
 @inline(__always)
 func inversePowerOfTen(_ exponent: Int) -> Double {
-    switch exponent {
-    case 0: return 1e-0
-    case 1: return 1e-1
-    case 2: return 1e-2
-    case 3: return 1e-3
-    case 4: return 1e-4
-    case 5: return 1e-5
-    case 6: return 1e-6
-    case 7: return 1e-7
-    case 8: return 1e-8
-    case 9: return 1e-9
-    case 10: return 1e-10
-    case 11: return 1e-11
-    case 12: return 1e-12
-    case 13: return 1e-13
-    case 14: return 1e-14
-    case 15: return 1e-15
-    case 16: return 1e-16
-    case 17: return 1e-17
-    case 18: return 1e-18
-    case 19: return 1e-19
-    case 20: return 1e-20
-    case 21: return 1e-21
-    default: return 1e-22
-    }
+    inversePowersOfTen[max(0, min(exponent, 22))]
 }
 
 /// Why a document is not valid JSON, with the byte offset where parsing stopped.
