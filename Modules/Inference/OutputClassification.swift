@@ -34,8 +34,10 @@ enum OutputClassification {
                 let values = (0..<rowElements).map { element(raw, tensor.dataType, start + $0) }
                 let order = values.indices.sorted { first, second in
                     let a = values[first], b = values[second]
-                    // NaN ranks last; equal values keep their order.
-                    if a.number.isNaN != b.number.isNaN { return b.number.isNaN }
+                    // NaN ranks last; equal values (NaNs among them) keep their order.
+                    if a.number.isNaN || b.number.isNaN {
+                        return a.number.isNaN == b.number.isNaN ? first < second : b.number.isNaN
+                    }
                     if a.number != b.number { return a.number > b.number }
                     return first < second
                 }

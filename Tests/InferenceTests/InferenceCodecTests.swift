@@ -161,6 +161,9 @@ final class InferenceCodecTests: XCTestCase {
         // The batch dimension of a batching model's output is its rows: [3] is three rows of one element.
         XCTAssertEqual(written[1]["data"]?.arrayValue?.compactMap(\.stringValue), ["-5:0", "7:0", "7:0"])
         XCTAssertTrue(String(buffer: buffer).contains(#""shape":[3,1]"#), String(buffer: buffer))
+        // NaN ranks below every number, NaNs among themselves in index order.
+        let nan = OutputClassification.classify(Tensor(float32: [.nan, 1, .nan, -.infinity], shape: [1, 4]), count: 4, batched: true)
+        XCTAssertEqual(nan.stringElements.map { String(decoding: $0, as: UTF8.self) }, ["1.000000:1", "-inf:3", "nan:0", "nan:2"])
         assertStatus(400, "classification must be a non-negative integer") {
             _ = try self.decode(#"{"inputs": [\#(self.validInputs)], "outputs": [{"name": "output", "parameters": {"classification": -1}}]}"#)
         }
