@@ -285,6 +285,9 @@ enum HTTPRequestHeadParser {
                 for i in valueRange where bytes[i] == UInt8(ascii: "/") || bytes[i] == UInt8(ascii: "\\") || bytes[i] == HTTPByte.space || bytes[i] == HTTPByte.tab {
                     return .failure(.badRequest("client sent invalid host header", "invalid Host header"))
                 }
+                if !isValidHostName(bytes, valueRange) {
+                    return .failure(.badRequest("client sent invalid host header", "invalid Host header"))
+                }
                 sawHost = true
             } else if equalsLowercased(bytes, nameRange, connection) {
                 // A comma-separated list of options; only `close` and `keep-alive` matter here.
@@ -369,6 +372,35 @@ enum HTTPRequestHeadParser {
         return FieldLine(name: nameRange, value: index..<valueEnd, invalidName: invalidName)
     }
 
+    /// nginx's `ngx_http_validate_host` beyond the bytes refused above: no two dots in a row (`a..b`, which
+    /// `$host` would carry into paths and upstream heads), and a name (before the port, or a `[v6]` literal) that is
+    /// not empty once one trailing dot is dropped (`.`, `:80`).
+    static func isValidHostName(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
+        var nameEnd = range.upperBound
+        var literal = false
+        var previousWasDot = false
+        for i in range {
+            let byte = bytes[i]
+            if byte == UInt8(ascii: ".") {
+                if previousWasDot { return false }
+                previousWasDot = true
+                continue
+            }
+            previousWasDot = false
+            if byte == UInt8(ascii: "["), i == range.lowerBound {
+                literal = true
+            } else if byte == UInt8(ascii: "]"), literal {
+                literal = false
+                if nameEnd == range.upperBound { nameEnd = i + 1 }
+            } else if byte == UInt8(ascii: ":"), !literal, nameEnd == range.upperBound {
+                nameEnd = i
+            }
+        }
+        var nameLength = nameEnd - range.lowerBound
+        if nameLength > 0, bytes[nameEnd - 1] == UInt8(ascii: ".") { nameLength -= 1 }
+        return nameLength > 0
+    }
+
     /// `METHOD SP request-target SP HTTP/d.d`.
     private static func parseRequestLine(_ bytes: UnsafeRawBufferPointer, _ line: Range<Int>) -> Result<HTTPRequestHead, HTTPRequestError> {
         switch checkRequestLine(bytes, line) {
@@ -410,6 +442,10 @@ enum HTTPRequestHeadParser {
             return .failure(.invalidRequestLine)
         }
         index += 5
+        // nginx reads no major version that starts with 0 (`HTTP/01.1`, `HTTP/0.9` aside, is no version it speaks).
+        if index + 1 < line.upperBound, bytes[index] == UInt8(ascii: "0"), bytes[index + 1] != UInt8(ascii: ".") {
+            return .failure(.invalidRequestLine)
+        }
         guard let major = digits(bytes, &index, line.upperBound), index < line.upperBound, bytes[index] == UInt8(ascii: ".") else {
             return .failure(.invalidRequestLine)
         }

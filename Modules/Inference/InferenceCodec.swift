@@ -9,9 +9,13 @@ public struct RequestedOutput: Sendable, Equatable {
     public var name: String
     /// nil: as the request-level `binary_data_output` parameter says.
     public var binary: Bool?
-    public init(name: String, binary: Bool? = nil) {
+    /// The output's `classification` parameter: its largest elements as `value:index` strings instead of the
+    /// tensor (`OutputClassification`); 0 for the tensor itself.
+    public var classCount: Int
+    public init(name: String, binary: Bool? = nil, classCount: Int = 0) {
         self.name = name
         self.binary = binary
+        self.classCount = classCount
     }
 }
 
@@ -222,10 +226,17 @@ public enum InferenceCodec {
                 throw KernelHTTPError(500, "inference failed for model '\(model.name)': output '\(wanted.name)' has \(found)")
             }
             let binary = wanted.binary ?? request.binaryOutputDefault
-            guard binary || outputs[position].dataType.hasJSONForm else {
-                throw KernelHTTPError(400, "sending \(outputs[position].dataType.rawValue) data via JSON is not supported. Please use the binary data format for output \(wanted.name)")
+            var tensor = outputs[position]
+            if wanted.classCount > 0 {
+                guard OutputClassification.supports(tensor.dataType) else {
+                    throw KernelHTTPError(400, "class result not available for output '\(wanted.name)' due to unsupported type '\(tensor.dataType.rawValue)'")
+                }
+                tensor = OutputClassification.classify(tensor, count: wanted.classCount, batched: model.maxBatchSize > 0)
             }
-            parts.append((wanted.name, outputs[position], binary))
+            guard binary || tensor.dataType.hasJSONForm else {
+                throw KernelHTTPError(400, "sending \(tensor.dataType.rawValue) data via JSON is not supported. Please use the binary data format for output \(wanted.name)")
+            }
+            parts.append((wanted.name, tensor, binary))
         }
         guard let binaryBytes = TensorSize.total(parts.lazy.filter(\.binary).map(\.tensor.byteCount)),
               binaryBytes <= limit else {

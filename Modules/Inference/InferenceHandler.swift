@@ -22,7 +22,7 @@ public struct InferenceHandler: RequestHandler {
     /// nil runs it in this process alone.
     let supervision: (any ProcessSupervision)?
     public static let serverName = "kernel"
-    public static let extensions = ["binary_tensor_data", "statistics", "model_configuration", "model_repository"]
+    public static let extensions = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository"]
     /// A client that leaves takes its queued request out of the model's queue (`RequestContext.cancellation`).
     public var cancelsWhenClientLeaves: Bool { true }
 

@@ -486,12 +486,24 @@ struct InferenceRequestDecoder {
                     guard let value = flag.boolValue else { throw KernelHTTPError(400, "output '\(name)': binary_data must be a boolean") }
                     binaryFlag = value
                 }
-                outputs.append(RequestedOutput(name: name, binary: binaryFlag))
+                var classCount = 0
+                if let count = item["parameters"]?["classification"] {
+                    guard case .number(let number) = count, let value = number.int64, value >= 0 else {
+                        throw KernelHTTPError(400, "output '\(name)': classification must be a non-negative integer")
+                    }
+                    // More classes than any output has elements is all of them.
+                    classCount = Int(min(value, Int64(Int32.max)))
+                    if classCount > 0, let spec = model.outputs.first(where: { $0.name == name }),
+                       !OutputClassification.supports(spec.dataType) {
+                        throw KernelHTTPError(400, "class result not available for output '\(name)' due to unsupported type '\(spec.dataType.rawValue)'")
+                    }
+                }
+                outputs.append(RequestedOutput(name: name, binary: binaryFlag, classCount: classCount))
             }
         }
         if outputs.isEmpty { outputs = model.outputs.map { RequestedOutput(name: $0.name) } }
         // As Triton, FP16 and BF16 go as binary data only; refused before the model runs rather than after.
-        for output in outputs where !(output.binary ?? binaryOutputDefault) {
+        for output in outputs where !(output.binary ?? binaryOutputDefault) && output.classCount == 0 {
             if let spec = model.outputs.first(where: { $0.name == output.name }), !spec.dataType.hasJSONForm {
                 throw KernelHTTPError(400, "sending \(spec.dataType.rawValue) data via JSON is not supported. Please use the binary data format for output \(output.name)")
             }

@@ -50,6 +50,8 @@ struct RepositoryRequestBody {
         guard case .object(let members) = parameters else {
             throw KernelHTTPError(400, "Unable to parse 'parameters': expected an object")
         }
+        // The paths taken so far: a request may name many thousands, each looked up once (this runs on the event loop).
+        var paths = Set<String>()
         for member in members {
             if member.key == "config" {
                 guard let text = member.value.stringValue else {
@@ -65,7 +67,7 @@ struct RepositoryRequestBody {
                     throw KernelHTTPError(400, "failed to load '\(modelName)': file parameter '\(member.key)' must be the file's content in base64")
                 }
                 // A repeated member, or another spelling of the same path: the first is the one read.
-                if !result.files.contains(where: { $0.path == path }) { result.files.append((path, content)) }
+                if paths.insert(path).inserted { result.files.append((path, content)) }
             } else {
                 // As Triton's model repository manager refuses it: a parameter it does not know is no option.
                 throw KernelHTTPError(400, "failed to load '\(modelName)': Unrecognized load parameter '\(member.key)'")

@@ -165,6 +165,9 @@ struct ReturnHandler: ImmediateRequestHandler {
     let status: Int
     let body: ReturnDirective.Body
     let template: VariableTemplate
+    /// The body is never read (nginx discards it): one spooled to a file stays there instead of being read back
+    /// into memory before the answer, which held the answer back and cost the body's size in memory.
+    var requestBodyUse: RequestBodyUse { .spooled }
 
     func response(to request: KernelRequest, context: RequestContext) -> KernelResponse {
         ReturnDirective.response(status: status, body: body, text: template.render(request, route: context.route))

@@ -44,10 +44,18 @@ public enum UWSGIRequestMapping {
             default:
                 // Other CGI variables (SCRIPT_NAME, SERVER_NAME, ...) have no place in the request shape.
                 if name.hasPrefix("HTTP_"), name.utf8.count > 5 {
+                    guard isFieldName(name), isFieldValue(value) else {
+                        throw Invalid(description: "invalid header variable \"\(escapeForLog(name))\"")
+                    }
                     headers.set(headerName(fromVariable: name), value)
                 }
             }
         }
+        // These become request head lines when the request is passed on (proxy_pass writes its target and header
+        // lines as they are): bytes no HTTP/1.1 head can hold would let a packet add lines or a request of its own.
+        if let contentType, !isFieldValue(contentType) { throw Invalid(description: "invalid CONTENT_TYPE") }
+        if let requestURI, !isTargetText(requestURI) { throw Invalid(description: "invalid REQUEST_URI") }
+        if let queryString, !isTargetText(queryString) { throw Invalid(description: "invalid QUERY_STRING") }
 
         guard let method, !method.isEmpty else { throw Invalid(description: "missing REQUEST_METHOD") }
         guard method.utf8.allSatisfy(HTTPToken.isTokenByte) else { throw Invalid(description: "invalid REQUEST_METHOD") }
@@ -171,6 +179,23 @@ public enum UWSGIRequestMapping {
             }
             return count
         }
+    }
+
+    /// A header variable's name that can stand in a head line: no control byte, space, DEL or colon (the bytes
+    /// nginx never lets into a header name; other unusual bytes pass, as nginx passes them with
+    /// `ignore_invalid_headers off`).
+    static func isFieldName(_ name: String) -> Bool {
+        name.utf8.allSatisfy { $0 > 0x20 && $0 != 0x7F && $0 != UInt8(ascii: ":") }
+    }
+
+    /// A header value without CR, LF or NUL, the bytes that end a head line (nginx refuses them in a request).
+    static func isFieldValue(_ value: String) -> Bool {
+        value.utf8.allSatisfy { $0 != 13 && $0 != 10 && $0 != 0 }
+    }
+
+    /// A request target (or its query) as an HTTP request line carries it: no control byte, space or DEL.
+    static func isTargetText(_ text: String) -> Bool {
+        text.utf8.allSatisfy { $0 > 0x20 && $0 != 0x7F }
     }
 
     /// `HTTP/1.1` → 1.1.

@@ -27,9 +27,10 @@ public struct RequestBodyBuffering: Sendable, Equatable {
 
 /// What a handler needs of a request body.
 public enum RequestBodyUse: Sendable {
-    /// The whole body in memory, as `KernelRequest.body` (a spooled body is read back for it): `return`, models.
+    /// The whole body in memory, as `KernelRequest.body` (a spooled body is read back for it): models.
     case memory
-    /// The body where it is: in memory, or the spooled file in `KernelRequest.bodySource` (read in parts).
+    /// The body where it is: in memory, or the spooled file in `KernelRequest.bodySource` (read in parts, or not at
+    /// all: `return`).
     case spooled
     /// The handler runs as soon as the head is routed and reads the body while it arrives
     /// (`KernelRequest.bodySource` is a stream): `uwsgi_request_buffering off`.

@@ -221,6 +221,14 @@ final class HTTPConnectionTests: XCTestCase {
             ("GET /hello HTTP/1.1\r\n\r\n", jsonError("400 Bad Request", "missing Host header")),
             ("GET /hello HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", jsonError("400 Bad Request", "duplicate Host")),
             ("GET /hello HTTP/1.1\r\nHost: a/../b\r\n\r\n", jsonError("400 Bad Request", "invalid Host header")),
+            // nginx's ngx_http_validate_host: no two dots in a row, and not empty once a trailing dot is dropped.
+            ("GET /hello HTTP/1.1\r\nHost: a..b\r\n\r\n", jsonError("400 Bad Request", "invalid Host header")),
+            ("GET /hello HTTP/1.1\r\nHost: ..\r\n\r\n", jsonError("400 Bad Request", "invalid Host header")),
+            ("GET /hello HTTP/1.1\r\nHost: .\r\n\r\n", jsonError("400 Bad Request", "invalid Host header")),
+            ("GET /hello HTTP/1.1\r\nHost: .:80\r\n\r\n", jsonError("400 Bad Request", "invalid Host header")),
+            ("GET /hello HTTP/1.1\r\nHost: a.b..\r\n\r\n", jsonError("400 Bad Request", "invalid Host header")),
+            // A major version of more than one digit or with a leading zero is none nginx reads.
+            ("GET /hello HTTP/01.1\r\nHost: test\r\n\r\n", jsonError("400 Bad Request", "invalid request line")),
             ("GET /../etc/passwd HTTP/1.1\r\nHost: test\r\n\r\n", jsonError("400 Bad Request", "invalid request target")),
         ]
         for (request, expected) in cases {
@@ -228,6 +236,14 @@ final class HTTPConnectionTests: XCTestCase {
             try h.send(request)
             XCTAssertEqual(try h.output(), expected, request.debugDescription)
             XCTAssertFalse(h.isOpen, request.debugDescription)
+        }
+    }
+
+    func testHostNamesNginxAcceptsAreServed() throws {
+        for host in ["a.b.", "a.b", "[::1]:80", "[::1]", "a:80", "1.2.3.4:8080", ".a", "x_y"] {
+            let h = try HTTPHarness()
+            try h.send("GET /hello HTTP/1.1\r\nHost: \(host)\r\n\r\n")
+            XCTAssertEqual(try h.output(), hello(), host)
         }
     }
 

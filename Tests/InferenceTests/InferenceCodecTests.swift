@@ -146,6 +146,29 @@ final class InferenceCodecTests: XCTestCase {
         XCTAssertTrue(String(buffer: buffer).contains(#""data":[-5,7]"#))
     }
 
+    func testClassificationIsEachRowsLargestElementsAsTritonWritesThem() throws {
+        let request = try decode(#"{"inputs": [\#(validInputs)], "outputs": [{"name": "output", "parameters": {"classification": 2}}, {"name": "label", "parameters": {"classification": 5}}]}"#)
+        XCTAssertEqual(request.outputs, [RequestedOutput(name: "output", classCount: 2), RequestedOutput(name: "label", classCount: 5)])
+        // Equal values keep their index order; a row's elements are ranked within the row.
+        let outputs = [Tensor(float32: [0.25, 0.25, -1, 3.5], shape: [2, 2]),
+                       Tensor(dataType: .int64, shape: [3], bytes: [Int64(-5), 7, 7].withUnsafeBytes { Array($0) })]
+        let response = try InferenceCodec.encodeResponse(model: model, request: request, outputs: outputs)
+        guard case .buffer(let buffer) = response.body else { return XCTFail() }
+        let written = try XCTUnwrap(JSONReader.parse(buffer)["outputs"]?.arrayValue)
+        XCTAssertEqual(written[0]["datatype"]?.stringValue, "BYTES")
+        XCTAssertTrue(String(buffer: buffer).contains(#""shape":[2,2]"#), String(buffer: buffer))
+        XCTAssertEqual(written[0]["data"]?.arrayValue?.compactMap(\.stringValue), ["0.250000:0", "0.250000:1", "3.500000:1", "-1.000000:0"])
+        // The batch dimension of a batching model's output is its rows: [3] is three rows of one element.
+        XCTAssertEqual(written[1]["data"]?.arrayValue?.compactMap(\.stringValue), ["-5:0", "7:0", "7:0"])
+        XCTAssertTrue(String(buffer: buffer).contains(#""shape":[3,1]"#), String(buffer: buffer))
+        // NaN ranks below every number, NaNs among themselves in index order.
+        let nan = OutputClassification.classify(Tensor(float32: [.nan, 1, .nan, -.infinity], shape: [1, 4]), count: 4, batched: true)
+        XCTAssertEqual(nan.stringElements.map { String(decoding: $0, as: UTF8.self) }, ["1.000000:1", "-inf:3", "nan:0", "nan:2"])
+        assertStatus(400, "classification must be a non-negative integer") {
+            _ = try self.decode(#"{"inputs": [\#(self.validInputs)], "outputs": [{"name": "output", "parameters": {"classification": -1}}]}"#)
+        }
+    }
+
     func testEncodesBinaryOutputsAfterTheJSONHeader() throws {
         let request = DecodedInferenceRequest(id: nil, inputs: [], outputs: [RequestedOutput(name: "output", binary: true),
                                                                           RequestedOutput(name: "label", binary: false)],

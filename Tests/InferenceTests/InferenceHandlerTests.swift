@@ -58,6 +58,7 @@ final class InferenceHandlerTests: XCTestCase {
         let metadata = try JSONReader.parse(Array(body.utf8))
         XCTAssertEqual(metadata["name"]?.stringValue, "kernel")
         XCTAssertTrue(metadata["extensions"]?.arrayValue?.contains { $0.stringValue == "binary_tensor_data" } ?? false)
+        XCTAssertTrue(metadata["extensions"]?.arrayValue?.contains { $0.stringValue == "classification" } ?? false)
         XCTAssertEqual(try call("GET", "/v2/health/live").0, 200)
         XCTAssertEqual(try call("GET", "/v2/health/ready").0, 400)  // "broken" did not load
         XCTAssertEqual(try call("GET", "/v1/models").0, 404)

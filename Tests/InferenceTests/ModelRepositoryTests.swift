@@ -281,6 +281,23 @@ final class ModelRepositoryTests: XCTestCase {
         }
     }
 
+    func testManyFileParametersKeepTheFirstOfEachPath() throws {
+        // Tens of thousands of file members (a body well under a megabyte) are read once each: the first spelling
+        // of a path is the one kept, in the order given.
+        var members: [String] = [#""config": "{}""#]
+        for index in 0..<50_000 { members.append(#""file:1/f\#(index)": "QQ==""#) }
+        members.append(#""file:1/./f7": "Qg==""#)
+        members.append(#""file:2/../1/f49999": "Qg==""#)
+        let body = try RepositoryRequestBody(ByteBuffer(string: #"{"parameters": {"# + members.joined(separator: ",") + "}}"),
+                                             what: "load model")
+        let parameters = try body.loadParameters(modelName: "m")
+        XCTAssertEqual(parameters.files.count, 50_000)
+        XCTAssertEqual(parameters.files.first?.path, "1/f0")
+        XCTAssertEqual(parameters.files.last?.path, "1/f49999")
+        XCTAssertEqual(parameters.files[7].base64, "QQ==")
+        XCTAssertEqual(parameters.files[49_999].base64, "QQ==")
+    }
+
     func testTheConfigurationATritonServerAnswersLoadsWithItsDefaultFields() throws {
         try write("demo/1/model.onnx", "")
         // `GET /v2/models/demo/config` of a Triton server for an ONNX model: every field Triton writes at its

@@ -129,6 +129,17 @@ final class ImageUploadTests: XCTestCase {
         XCTAssertEqual(String(buffer: try ImageUpload(body: buffer("raw"), contentType: nil).imageBytes()), "raw")
     }
 
+    func testQuotedParametersHoldTheirSemicolons() throws {
+        // A quoted filename with "; name=file" in it names nothing: the "photo" part is not the file.
+        let body = "--b\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"x; name=file;.png\"\r\n\r\nNOT\r\n"
+            + "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\\\"b.png\"\r\n\r\nPNGDATA\r\n--b--\r\n"
+        XCTAssertEqual(String(buffer: try ImageUpload(body: buffer(body), contentType: "multipart/form-data; boundary=b").imageBytes()),
+                       "PNGDATA")
+        let type = MediaType("Multipart/Form-Data ; charset=\"a;b\" ; Boundary = \"x\\\"y\" ; empty=; flag")
+        XCTAssertEqual(type.type, "multipart/form-data")
+        XCTAssertEqual(type.parameters, ["charset": "a;b", "boundary": "x\"y", "empty": ""])
+    }
+
     func testRefusesBrokenForms() {
         func assertRefused(_ body: String, _ type: String, _ fragment: String, line: UInt = #line) {
             XCTAssertThrowsError(try ImageUpload(body: buffer(body), contentType: type).imageBytes(), line: line) { error in

@@ -114,6 +114,7 @@ REFUSALS = [
     ("version-2.0", b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505, "client sent unsupported HTTP version"),
     ("version-3.0", b"GET / HTTP/3.0\r\n" + H + b"\r\n", 505, "client sent unsupported HTTP version"),
     ("version-0.9", b"GET / HTTP/0.9\r\n" + H + b"\r\n", 505, "client sent unsupported HTTP version"),
+    ("version-leading-zero", b"GET / HTTP/01.1\r\n" + H + b"\r\n", 400, "client sent invalid request line"),
     ("request-line-too-long", b"GET /" + b"a" * 1100 + b" HTTP/1.1\r\n" + H + b"\r\n", 414,
      "client sent too long URI"),
     ("method-too-long-no-space", b"A" * 5000, 414, "client sent too long URI"),
@@ -158,6 +159,9 @@ REFUSALS = [
     ("host-with-dotdot", b"GET / HTTP/1.1\r\nHost: ../a\r\n\r\n", 400, "client sent invalid host header"),
     ("host-with-space", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "client sent invalid host header"),
     ("host-empty", b"GET / HTTP/1.1\r\nHost: \r\n\r\n", 400, "client sent invalid host header"),
+    # nginx's ngx_http_validate_host: two dots in a row, or nothing but a dot before the port.
+    ("host-two-dots", b"GET / HTTP/1.1\r\nHost: a..b\r\n\r\n", 400, "client sent invalid host header"),
+    ("host-only-a-dot", b"GET / HTTP/1.1\r\nHost: .:80\r\n\r\n", 400, "client sent invalid host header"),
     # Content-Length.
     ("content-length-and-transfer-encoding",
      post([("Content-Length", "5"), ("Transfer-Encoding", "chunked")], b"0\r\n\r\n"), 400,

@@ -309,3 +309,34 @@ def test_compressed_bodies_on_the_wire(kernel):
     assert_error(post(kernel, "/v2/models/demo/infer", bomb, {"Content-Encoding": "gzip"}), 413,
                  "Decompressed data size exceeds the maximum allowed value")
     assert post(kernel, "/v2/models/demo/infer", body).status_code == 200
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_classification_as_tritonclient_asks_for_it(client, binary):
+    # class_count=K is Triton's classification extension: the K largest elements of each row as "value:index"
+    # (six decimals, as std::to_string writes them), a BYTES output of shape [rows, K].
+    rows = np.stack([np.linspace(-1, 1, 64, dtype=np.float32), np.linspace(1, -1, 64, dtype=np.float32)])
+    tensor = tritonclient_http.InferInput("input", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows, binary_data=binary)
+    plain = client.infer("demo", [tensor]).as_numpy("output")
+    result = client.infer("demo", [tensor], outputs=[tritonclient_http.InferRequestedOutput("output", binary_data=binary,
+                                                                                           class_count=3)])
+    output = result.get_output("output")
+    assert output["datatype"] == "BYTES" and output["shape"] == [2, 3], output
+    got = [[value.decode() if isinstance(value, bytes) else value for value in row] for row in result.as_numpy("output")]
+    expected = [[f"{float(row[index]):f}:{index}" for index in np.argsort(-row, kind="stable")[:3]] for row in plain]
+    assert got == expected
+    # More classes than elements is every element; 0 is the tensor itself.
+    many = client.infer("demo", [tensor], outputs=[tritonclient_http.InferRequestedOutput("output", class_count=50)])
+    assert many.get_output("output")["shape"] == [2, 10]
+    none = client.infer("demo", [tensor], outputs=[tritonclient_http.InferRequestedOutput("output", class_count=0)])
+    assert none.get_output("output")["datatype"] == "FP32"
+
+
+def test_classification_of_what_cannot_be_ranked_is_400(kernel):
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "BYTES", "data": ["a"]}],
+            "outputs": [{"name": "OUTPUT0", "parameters": {"classification": 2}}]}
+    assert_error(post(kernel, "/v2/models/strings/infer", body), 400, "class result not available for output 'OUTPUT0'")
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}],
+            "outputs": [{"name": "output", "parameters": {"classification": "3"}}]}
+    assert_error(post(kernel, "/v2/models/demo/infer", body), 400, "classification must be a non-negative integer")

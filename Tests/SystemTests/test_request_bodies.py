@@ -278,3 +278,29 @@ def test_unbuffered_client_leaving_mid_body_closes_the_upstream(start_kernel, si
     # The sink sees the end of its connection: it records what it got.
     assert wait_until(lambda: sink.counts and sink.counts[-1] == 500_000), sink.counts
     assert post(kernel.port(), "/small", 0) == (200, b"small")
+
+
+def test_return_answers_a_spooled_body_without_reading_it_back(start_kernel, sink, tmp_path):
+    # nginx's return discards the body. A spooled one stays in its file: memory does not grow by its size, and a
+    # client that half-closes once it has sent everything still gets its answer (it was once a 499 while the file
+    # was read back).
+    tmp = str(tmp_path / "bodies")
+    kernel = start_kernel(edge_config(sink, tmp, extra='        - location: /fixed\n          return: 200 "fixed"\n'
+                                                       '        - location: /templated\n          return: 200 "$uri"\n'
+                                                       '        - location: /healthz\n          health: live\n'))
+    size = 96 << 20
+    _, hwm_before = memory(kernel)
+    assert post(kernel.port(), "/fixed", size) == (200, b"fixed")
+    assert post(kernel.port(), "/templated", size, chunked=True) == (200, b"/templated")
+    _, hwm_after = memory(kernel)
+    assert hwm_after - hwm_before < RSS_GROWTH_LIMIT, f"peak resident memory grew by {hwm_after - hwm_before} bytes"
+    for path in ("/fixed", "/templated", "/small", "/healthz"):
+        with socket.create_connection(("127.0.0.1", kernel.port()), timeout=30) as s:
+            # GET: health answers other methods with 405; a GET may carry a body all the same.
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1048576\r\n\r\n" % path.encode() + b"x" * (1 << 20))
+            s.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), (path, answer)
+    assert leftover_files(tmp) == []

@@ -290,3 +290,85 @@ def test_uwsgi_ping_fails_without_a_worker():
         result = subprocess.run([UWSGI, "--ping", f"127.0.0.1:{port}", "--ping-timeout", "2"],
                                 capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
+
+
+# What a packet may carry into a request passed on over HTTP.
+
+class CapturingBackend:
+    """An HTTP backend that records every request head it reads and answers 200 "up"."""
+
+    def __init__(self):
+        self.heads = []
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.heads.append(data)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nup")
+
+    def close(self):
+        self.server.close()
+
+
+def exchange_without_half_close(port, data):
+    """Sends `data` and reads until the peer closes: a proxied request whose client half-closes is a client that left
+    (499), as nginx takes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_a_packet_cannot_write_head_lines_into_a_proxied_request(start_kernel):
+    backend = CapturingBackend()
+    try:
+        # `both`: the worker's uwsgi listener and the edge's proxy_pass in one process.
+        kernel = start_kernel(f"""
+http:
+  listen: "127.0.0.1:0"
+uwsgi:
+  listen: "127.0.0.1:0"
+routing:
+  servers:
+    - locations:
+        - location: /p/
+          proxy_pass: http://127.0.0.1:{backend.port}
+""", role="both")
+        port = kernel.port("uwsgi")
+        get = [(b"REQUEST_METHOD", b"GET"), (b"SERVER_PROTOCOL", b"HTTP/1.1")]
+        plain = exchange_without_half_close(port, uwsgi_packet(get + [(b"REQUEST_URI", b"/p/a"), (b"HTTP_X_A", b"v")]))
+        assert plain.startswith(b"HTTP/1.1 200 OK\r\n") and plain.endswith(b"up"), plain
+        smuggling = [
+            [(b"REQUEST_URI", b"/p/b HTTP/1.1\r\nHost: evil\r\n\r\nGET /admin")],
+            [(b"PATH_INFO", b"/p/c"), (b"QUERY_STRING", b"a=1 HTTP/1.1\r\nX-Injected: 1")],
+            [(b"REQUEST_URI", b"/p/d"), (b"HTTP_X_A", b"v\r\nX-Injected: 1")],
+            [(b"REQUEST_URI", b"/p/e"), (b"HTTP_X:INJECTED", b"1")],
+            [(b"REQUEST_URI", b"/p/f"), (b"CONTENT_TYPE", b"a/b\r\nX-Injected: 1")],
+        ]
+        for variables in smuggling:
+            answer = exchange_without_half_close(port, uwsgi_packet(get + variables))
+            assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n"), (variables, answer)
+        assert len(backend.heads) == 1, backend.heads
+        assert b"X-A: v\r\n" in backend.heads[0]
+        assert kernel.log_text().count("client sent invalid uwsgi request") == len(smuggling)
+    finally:
+        backend.close()

@@ -338,6 +338,36 @@ final class UWSGIRequestMappingTests: XCTestCase {
         XCTAssertEqual(request.headers.values("Content-Type"), ["a/b"])
         XCTAssertEqual(request.headers.values("Content-Length"), ["3"])
     }
+
+    func testBytesThatWouldAddHeadLinesAreRefused() throws {
+        // What a packet holds becomes a request line and header lines once a location passes the request on over
+        // HTTP: CR, LF or NUL there would add lines, or a whole request, of the packet's choosing.
+        let refused: [[(String, String)]] = [
+            [("REQUEST_URI", "/a HTTP/1.1\r\nHost: evil\r\n\r\nGET /admin")],
+            [("REQUEST_URI", "/a\nb")],
+            [("REQUEST_URI", "/a b")],
+            [("REQUEST_URI", "/a?x=\u{7F}")],
+            [("PATH_INFO", "/a"), ("QUERY_STRING", "a=1 HTTP/1.1\r\nX-Q: 1")],
+            [("REQUEST_URI", "/a"), ("HTTP_X_A", "v\r\nX-Injected: 1")],
+            [("REQUEST_URI", "/a"), ("HTTP_X_A", "v\nw")],
+            [("REQUEST_URI", "/a"), ("HTTP_X_A", "v\u{0}w")],
+            [("REQUEST_URI", "/a"), ("HTTP_X:EVIL", "v")],
+            [("REQUEST_URI", "/a"), ("HTTP_X EVIL", "v")],
+            [("REQUEST_URI", "/a"), ("HTTP_X\rA", "v")],
+            [("REQUEST_URI", "/a"), ("CONTENT_TYPE", "a/b\r\nX-CT: 1")],
+        ]
+        for vars in refused {
+            XCTAssertThrowsError(try map([("REQUEST_METHOD", "GET")] + vars), "\(vars)") { error in
+                XCTAssertTrue(error is UWSGIRequestMapping.Invalid, "\(error)")
+            }
+        }
+        // What nginx does pass: obs-text and tabs in values, unusual name bytes, raw UTF-8 in the target.
+        let request = try map([("REQUEST_METHOD", "GET"), ("REQUEST_URI", "/caf\u{E9}?q=\u{E9}"),
+                               ("HTTP_X_A", "a\tb \u{E9}"), ("HTTP_X.DOT", "1")])
+        XCTAssertEqual(request.headers["X-A"], "a\tb \u{E9}")
+        XCTAssertEqual(request.headers["X.dot"], "1")
+        XCTAssertEqual(request.query, "q=\u{E9}")
+    }
 }
 
 /// `$connection` and `$connection_requests` on the worker side: one request per connection.

@@ -107,19 +107,44 @@ public struct ImageUpload: Sendable {
 }
 
 /// A media type and its parameters (`multipart/form-data; boundary=x`), names lower-cased, quotes removed.
+/// A quoted value is read to its closing quote (RFC 9110 5.6.4, with `\\` escapes), so a `;` or `name=` inside
+/// one (`filename="a; name=file"`) is part of that value, not a parameter of its own.
 struct MediaType {
     var type: String
     var parameters: [String: String] = [:]
 
     init(_ text: String) {
-        let pieces = text.split(separator: ";", omittingEmptySubsequences: false)
-        type = pieces.first.map { $0.trimmingSpaces.lowercased() } ?? ""
-        for piece in pieces.dropFirst() {
-            let pair = piece.split(separator: "=", maxSplits: 1)
-            guard pair.count == 2 else { continue }
-            var value = pair[1].trimmingSpaces
-            if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
-            parameters[pair[0].trimmingSpaces.lowercased()] = value
+        let bytes = Array(text.utf8)
+        var index = 0
+        func skip(_ isSkipped: (UInt8) -> Bool) { while index < bytes.count, isSkipped(bytes[index]) { index += 1 } }
+        func isSpace(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        skip { $0 != UInt8(ascii: ";") }
+        type = Substring(String(decoding: bytes[0..<index], as: UTF8.self)).trimmingSpaces.lowercased()
+        while index < bytes.count {
+            index += 1  // past the ';'
+            let nameStart = index
+            skip { $0 != UInt8(ascii: "=") && $0 != UInt8(ascii: ";") }
+            let name = Substring(String(decoding: bytes[nameStart..<index], as: UTF8.self)).trimmingSpaces.lowercased()
+            guard index < bytes.count, bytes[index] == UInt8(ascii: "=") else { continue }
+            index += 1
+            skip(isSpace)
+            var value: [UInt8] = []
+            if index < bytes.count, bytes[index] == UInt8(ascii: "\"") {
+                index += 1
+                while index < bytes.count, bytes[index] != UInt8(ascii: "\"") {
+                    if bytes[index] == UInt8(ascii: "\\"), index + 1 < bytes.count { index += 1 }
+                    value.append(bytes[index])
+                    index += 1
+                }
+                skip { $0 != UInt8(ascii: ";") }
+            } else {
+                let valueStart = index
+                skip { $0 != UInt8(ascii: ";") }
+                value = Array(bytes[valueStart..<index])
+                while let last = value.last, isSpace(last) { value.removeLast() }
+            }
+            // A repeated parameter's last value counts, as werkzeug's parse_options_header (Flask) reads it.
+            if !name.isEmpty { parameters[name] = String(decoding: value, as: UTF8.self) }
         }
     }
 }
