@@ -244,12 +244,50 @@ public struct InferenceHandler: RequestHandler {
 
     private func infer(_ request: KernelRequest, model: LoadedModel, context: RequestContext) -> EventLoopFuture<KernelResponse> {
         let decodeStart = KernelClock.monotonicNanoseconds()
+        let encoding: InferenceBodyEncoding
+        do {
+            encoding = try InferenceBodyEncoding.ofRequest(request.headers)
+        } catch {
+            return context.eventLoop.makeFailedFuture(error)
+        }
+        guard encoding != .identity, let body = request.body, body.readableBytes > Self.compressedBodiesExpandedInline else {
+            do {
+                let body = try request.body.map { try encoding.expand($0, limit: context.maxBodySize) }
+                return submit(request, body: body, model: model, context: context, decodeStart: decodeStart)
+            } catch {
+                return context.eventLoop.makeFailedFuture(error)
+            }
+        }
+        // A larger compressed body expands on the shared pool: inflating it (up to client_max_body_size) on the
+        // event loop would hold every other connection of the loop. The version keeps a routing lease meanwhile,
+        // so that an unload does not retire it before the request is in its queue.
+        model.leases.take()
+        let limit = context.maxBodySize
+        let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { try encoding.expand(body, limit: limit) }
+            .whenComplete { [self] expanded in
+                defer { model.leases.release() }
+                switch expanded {
+                case .success(let body):
+                    promise.completeWith(submit(request, body: body, model: model, context: context, decodeStart: decodeStart))
+                case .failure(let error):
+                    promise.fail(error)
+                }
+            }
+        return promise.futureResult
+    }
+
+    /// Compressed infer bodies up to this size are expanded on the event loop.
+    static let compressedBodiesExpandedInline = 64 << 10
+
+    /// Decodes the (expanded) `body` and queues the request in `model`'s scheduler; the answer comes when its batch
+    /// has run.
+    private func submit(_ request: KernelRequest, body: ByteBuffer?, model: LoadedModel, context: RequestContext,
+                        decodeStart: UInt64) -> EventLoopFuture<KernelResponse> {
         let decoded: DecodedInferenceRequest
         let priority: Int
         let responseEncoding = InferenceBodyEncoding.forResponse(acceptEncoding: request.headers["Accept-Encoding"])
         do {
-            let encoding = try InferenceBodyEncoding.ofRequest(request.headers)
-            let body = try request.body.map { try encoding.expand($0, limit: context.maxBodySize) }
             decoded = try InferenceCodec.decodeRequest(body: body, headers: request.headers, model: model.signature)
             priority = try RequestPriority.of(request, parameter: decoded.priority)
         } catch {

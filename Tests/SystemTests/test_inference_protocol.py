@@ -309,6 +309,18 @@ def test_compressed_bodies_on_the_wire(kernel):
     assert_error(post(kernel, "/v2/models/demo/infer", bomb, {"Content-Encoding": "gzip"}), 413,
                  "Decompressed data size exceeds the maximum allowed value")
     assert post(kernel, "/v2/models/demo/infer", body).status_code == 200
+    # A compressed body of more than 64 KiB (expanded off the event loop): the same answer, and the same errors.
+    rows = np.random.default_rng(5).random((3, 3, 48, 192), dtype=np.float32)
+    large = json.dumps({"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP32",
+                                    "data": rows.flatten().tolist()}]}).encode()
+    packed = gzip.compress(large)
+    assert len(packed) > 64 << 10
+    plain = post(kernel, "/v2/models/ppocr_cls/infer", large, {"Accept-Encoding": "identity"})
+    answer = post(kernel, "/v2/models/ppocr_cls/infer", packed, {"Content-Encoding": "gzip"})
+    assert plain.status_code == 200 and answer.status_code == 200, answer.text
+    assert answer.json()["outputs"] == plain.json()["outputs"]
+    assert_error(post(kernel, "/v2/models/ppocr_cls/infer", packed[:-6], {"Content-Encoding": "gzip"}), 400,
+                 "failed to decompress the gzip request body")
 
 
 @pytest.mark.parametrize("binary", [False, True])
