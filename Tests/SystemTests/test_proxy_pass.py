@@ -255,6 +255,11 @@ def test_regex_location_uri_with_a_named_capture(start_kernel, backend):
     kernel = start(start_kernel, backend)
     _, seen = report(kernel, "GET", "/re/items/7?ignored=1")
     assert seen["uri"] == "/captured/items/7"
+    # The capture is decoded: a CR, a space or a tab of the client's goes on escaped, never into the request line
+    # (the location's `.` stops at a line feed, which the unit tests cover).
+    _, seen = report(kernel, "GET", "/re/b%0dX-Injected:%201%09x")
+    assert seen["uri"] == "/captured/b%0DX-Injected:%201%09x"
+    assert header(seen, "X-Injected") == []
 
 
 def test_length_and_chunked_request_bodies_arrive_with_their_length(start_kernel, backend):
