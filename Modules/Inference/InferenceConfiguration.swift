@@ -113,6 +113,17 @@ public struct ModelConfiguration: Sendable {
     /// `warmup_batch_sizes`: the batch sizes warm-up runs; nil for every size the batcher can form.
     public var warmupBatchSizes: [Int]? = nil
     public var memory = SessionMemoryOptions()
+    /// `inputs:` and `outputs:` (Triton's `input` and `output`): what the model must have, checked when it loads.
+    public var declaredInputs: [DeclaredTensor] = []
+    public var declaredOutputs: [DeclaredTensor] = []
+
+    /// A tensor a model's settings declare: its name, data type and dimensions (without the batch dimension when
+    /// `max_batch_size` > 0; -1 where any size goes), as Triton's model configuration declares them.
+    public struct DeclaredTensor: Sendable, Equatable {
+        public var name: String
+        public var dataType: TensorDataType
+        public var dims: [Int64]
+    }
 
     /// `dynamic_batching: {max_queue_delay, preferred_batch_sizes, priority_levels, default_priority_level}`.
     public struct DynamicBatching: Sendable {
@@ -336,7 +347,29 @@ extension InferenceConfiguration {
                                   dynamicBatching: dynamicBatching, maxQueue: maxQueue, timeout: timeout, warmup: warmup,
                                   warmupBatchSizes: warmupBatchSizes, memory: memory)
         model.queueFullStatus = queueFullStatus
+        model.declaredInputs = try decodeDeclaredTensors(mapping.optional("inputs"))
+        model.declaredOutputs = try decodeDeclaredTensors(mapping.optional("outputs"))
         return model
+    }
+
+    /// `inputs:`/`outputs:`: a list of `{name, datatype, dims}`.
+    static func decodeDeclaredTensors(_ value: ConfigValue?) throws -> [ModelConfiguration.DeclaredTensor] {
+        guard let value else { return [] }
+        var declared: [ModelConfiguration.DeclaredTensor] = []
+        for item in try value.list() {
+            let entry = try item.mapping()
+            let name = try entry.required("name").nonEmptyString()
+            let typeValue = try entry.required("datatype")
+            let typeName = try typeValue.nonEmptyString()
+            guard let dataType = TensorDataType(rawValue: typeName) else {
+                throw typeValue.expected("one of \(TensorDataType.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            let dims = try entry.required("dims").list(allowScalar: true).map { Int64(try $0.int(in: -1...Int(Int32.max), what: "-1 or a size")) }
+            try entry.finish()
+            guard !declared.contains(where: { $0.name == name }) else { throw item.error("tensor \"\(name)\" is declared twice") }
+            declared.append(.init(name: name, dataType: dataType, dims: dims))
+        }
+        return declared
     }
 
     /// `cpu_mem_arena`, `arena_extend_strategy`, `memory_pattern`, `graph_optimization_level`, `thread_spinning`,

@@ -435,6 +435,7 @@ final class ModelLoadingService: KernelService {
                 throw ONNXRuntimeError("max_batch_size \(configuration.maxBatchSize) needs dimension 0 of every input and output to be dynamic, but '\(spec.name)' has shape \(spec.shapeText)")
             }
         }
+        try checkDeclaredTensors(configuration, inputs: first.inputs, outputs: first.outputs)
         guard warmUp(configuration, sessions: sessions, logger: logger, isStopping: isStopping) else {
             throw ModelRepositoryError("the kernel is stopping: the warm-up was interrupted, the model is not loaded")
         }
@@ -443,6 +444,30 @@ final class ModelLoadingService: KernelService {
         let scheduler = ModelScheduler(modelName: configuration.name, modelVersion: configuration.version,
                                        policy: configuration.policy, runners: sessions, logger: logger)
         return LoadedModel(configuration: configuration, signature: signature, scheduler: scheduler)
+    }
+
+    /// Triton's check of a configuration's `input` and `output` entries against the model: each names a tensor of
+    /// the model, with its data type and its dimensions (after the batch dimension when batching), where the
+    /// configuration may fix a dimension the model leaves free but not the reverse.
+    static func checkDeclaredTensors(_ configuration: ModelConfiguration, inputs: [TensorSpec], outputs: [TensorSpec]) throws {
+        let batching = configuration.maxBatchSize > 0
+        for (kind, declared, specs) in [("input", configuration.declaredInputs, inputs), ("output", configuration.declaredOutputs, outputs)] {
+            for tensor in declared {
+                guard let spec = specs.first(where: { $0.name == tensor.name }) else {
+                    throw ModelRepositoryError("unexpected inference \(kind) '\(tensor.name)', allowed \(kind)s are: \(specs.map(\.name).joined(separator: ", "))")
+                }
+                guard spec.dataType == tensor.dataType else {
+                    throw ModelRepositoryError("unexpected datatype TYPE_\(tensor.dataType == .bytes ? "STRING" : tensor.dataType.rawValue) for \(kind) '\(tensor.name)', model provides TYPE_\(spec.dataType == .bytes ? "STRING" : spec.dataType.rawValue)")
+                }
+                let modelDims = batching ? Array(spec.shape.dropFirst()) : spec.shape
+                let matches = modelDims.count == tensor.dims.count
+                    && zip(modelDims, tensor.dims).allSatisfy { model, declared in model == -1 || model == declared }
+                guard matches else {
+                    let complete = (batching ? [-1] : []) + tensor.dims
+                    throw ModelRepositoryError("model '\(configuration.name)', tensor '\(tensor.name)': the model expects \(spec.shape.count) dimensions (shape [\(spec.shape.map(String.init).joined(separator: ","))]) but the model configuration specifies \(complete.count) dimensions (\(batching ? "an initial batch dimension because max_batch_size > 0 followed by the explicit tensor shape, making complete shape" : "shape") [\(complete.map(String.init).joined(separator: ","))])")
+                }
+            }
+        }
     }
 
     /// Runs every instance `warmup` times at every batch size the batcher can form (or `warmup_batch_sizes`), with

@@ -82,6 +82,8 @@ enum TritonModelConfig {
         "default_queue_policy.timeout_action": ["REJECT"], "default_queue_policy.allow_timeout_override": ["false"],
         "instance_group.gpus": [], "instance_group.secondary_devices": [], "instance_group.profile": [],
         "instance_group.passive": ["false"], "instance_group.host_policy": [""],
+        "input.format": ["FORMAT_NONE"], "input.is_shape_tensor": ["false"], "input.allow_ragged_batch": ["false"],
+        "input.optional": ["false"], "output.is_shape_tensor": ["false"], "output.label_filename": [""],
     ]
 
     /// Whether `node`, the value of `field` (its path from the configuration's top), is Triton's default for it:
@@ -127,7 +129,13 @@ enum TritonModelConfig {
             case "max_batch_size":
                 put("max_batch_size", field.value)
             case "input", "output":
-                break
+                let key = field.name == "input" ? "inputs" : "outputs"
+                let declared = try items(field.value).map { try tensor($0, path: field.name, unsupported: unsupported) }
+                if let index = out.firstIndex(where: { $0.key.scalarText == key }), case .sequence(let earlier, let mark) = out[index].value {
+                    out[index].value = .sequence(earlier + declared, mark: mark)  // a repeated field: more entries
+                } else {
+                    put(key, .sequence(declared, mark: field.value.mark))
+                }
             case "instance_group":
                 for group in items(field.value) {
                     var count = 1
@@ -210,6 +218,36 @@ enum TritonModelConfig {
     private static func items(_ node: YAMLNode) -> [YAMLNode] {
         if case .sequence(let values, _) = node { return values }
         return [node]
+    }
+
+    /// One `input` or `output` entry as an `inputs:`/`outputs:` item of the settings: `name`, `datatype` (the
+    /// protocol's name: `TYPE_FP32` is `FP32`, `TYPE_STRING` is `BYTES`) and `dims`. What else the entry sets must be
+    /// at Triton's default (a `reshape`, a label file or a shape tensor would change what the model is served as).
+    private static func tensor(_ node: YAMLNode, path: String,
+                               unsupported: (TextFormatField, String) -> ConfigError) throws -> YAMLNode {
+        var entries: [(key: YAMLNode, value: YAMLNode)] = []
+        var dims: [YAMLNode] = []
+        for member in try fields(node, path: path) {
+            switch member.name {
+            case "name":
+                entries.append((.scalar("name", mark: member.nameMark, isPlain: true), member.value))
+            case "data_type":
+                let text = member.value.scalarText ?? ""
+                guard text.hasPrefix("TYPE_") else {
+                    throw ConfigError(mark: member.value.mark, path: "\(path).data_type", message: "expected a data type such as TYPE_FP32")
+                }
+                let type = text == "TYPE_STRING" ? "BYTES" : String(text.dropFirst("TYPE_".count))
+                entries.append((.scalar("datatype", mark: member.nameMark, isPlain: true), .scalar(type, mark: member.value.mark, isPlain: false)))
+            case "dims":
+                dims += items(member.value)
+            case let name where isDefault(member.value, field: "\(path).\(name)"):
+                break
+            default:
+                throw unsupported(member, path)
+            }
+        }
+        entries.append((.scalar("dims", mark: node.mark, isPlain: true), .sequence(dims, mark: node.mark)))
+        return .mapping(entries, mark: node.mark)
     }
 
     /// Microseconds as a whole-millisecond duration (`"1ms"`), rounded up so that a delay never becomes none.

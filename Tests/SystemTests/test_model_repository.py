@@ -368,6 +368,46 @@ def test_every_worker_process_polls_its_own_repository_state(start_kernel, tmp_p
         assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 2.0)
 
 
+def test_a_configurations_inputs_and_outputs_are_checked_against_the_model(start_kernel, tmp_path):
+    """Triton's `input`/`output` entries (a load request's config, a config.pbtxt, `inputs:` in config.yaml) must
+    name the model's tensors with their data types and dimensions; a load that declares others fails and leaves the
+    model as it was."""
+    make_repository(str(tmp_path))
+    write(os.path.join(str(tmp_path), "repo", "other", "config.pbtxt"), """
+max_batch_size: 8
+input [ { name: "input" data_type: TYPE_FP32 dims: [ 64 ] } ]
+output [ { name: "output", data_type: TYPE_FP32, dims: [ 10 ] } ]
+""")
+    os.remove(os.path.join(str(tmp_path), "repo", "other", "config.yaml"))
+    kernel = start_kernel(repository_yaml("  repository_control: explicit"))
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    assert client.is_model_ready("other")
+
+    def load(config):
+        return post(kernel, "/v2/repository/models/demo/load", {"parameters": {"config": json.dumps(config)}})
+
+    good = {"max_batch_size": 8, "input": [{"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": ["64"]}],
+            "output": [{"name": "output", "data_type": "TYPE_FP32", "dims": [10], "label_filename": ""}]}
+    assert load(good).status_code == 200
+    assert client.get_model_config("demo")["max_batch_size"] == 8
+    # What GET .../config answers declares the model's own tensors: it loads back.
+    assert load(client.get_model_config("demo")).status_code == 200
+    for bad, message in [
+        ({"input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [63]}]},
+         "the model expects 2 dimensions (shape [-1,64]) but the model configuration specifies 2 dimensions"),
+        ({"input": [{"name": "input", "data_type": "TYPE_FP64", "dims": [64]}]},
+         "unexpected datatype TYPE_FP64 for input 'input', model provides TYPE_FP32"),
+        ({"output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}]},
+         "unexpected inference output 'probabilities', allowed outputs are: output"),
+        ({"input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [64], "reshape": {"shape": [8, 8]}}]},
+         "input.reshape: not supported in a load request's config"),
+    ]:
+        refused = load(dict(bad, max_batch_size=8))
+        assert refused.status_code == 400 and message in refused.json()["error"], (bad, refused.text)
+    # The model as it was, still serving.
+    assert client.is_model_ready("demo") and client.get_model_config("demo")["max_batch_size"] == 8
+
+
 def worker_answers(kernel, model, array, connections=24):
     """Each of `connections` new connections asks `/pid` then infers on `model`: {worker pid: [statuses]}."""
     import http.client
