@@ -438,11 +438,23 @@ public struct JSONReader {
                 guard i > exponentStart else { index = i; throw error("invalid number") }
                 exponent += negativeExponent ? -written : written
             }
-            index = i
             // Out-of-range exponents saturate: strtod/strtof then give 0 or infinity as the text would.
             let clamped = Int32(clamping: max(-100_000, min(100_000, exponent)))
-            return JSONNumber(negative: negative, mantissa: mantissa, exponent: clamped, isInteger: integer && !truncated,
-                              special: .none, longText: truncated ? Array(bytes[start..<i]) : nil)
+            let number = JSONNumber(negative: negative, mantissa: mantissa, exponent: clamped, isInteger: integer && !truncated,
+                                    special: .none, longText: truncated ? Array(bytes[start..<i]) : nil)
+            // Past a double's range is an error, as rapidjson (Triton's reader) has it; below it is 0.
+            if mantissa != 0, exponent > 308 - 19 {
+                var digits = 0
+                var rest = mantissa
+                while rest > 0 { digits += 1; rest /= 10 }
+                let order = digits + exponent - 1
+                if order > 308 || (order == 308 && number.double.isInfinite) {
+                    index = start
+                    throw error("Number too big to be stored in double")
+                }
+            }
+            index = i
+            return number
         }
 
         /// An FP32 tensor element: the plain forms (at most 19 digits, an exponent of at most 4 digits) are read and

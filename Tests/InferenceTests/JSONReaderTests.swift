@@ -43,13 +43,20 @@ final class JSONReaderTests: XCTestCase {
         // Each text must give exactly what Swift's correctly rounded Float(String)/Double(String) give.
         let texts = ["0.1", "0.10000000149011612", "1e-45", "1.4e-45", "3.4028235e38", "3.4028236e38", "-0.0",
                      "16777217", "0.30000001192092896", "123456789012345678901234567890", "2.5e-3", "1E+2",
-                     "0.000000000000000000000000000000000000011754943508222875", "7.038531e-26", "1e400"]
+                     "0.000000000000000000000000000000000000011754943508222875", "7.038531e-26", "1e-400",
+                     "1.7976931348623157e308", "179769313486231570000000000000000000000000000000000000000000000e246"]
         for text in texts {
             XCTAssertEqual(try number(text).float.bitPattern, Float(text)!.bitPattern, text)
             XCTAssertEqual(try number(text).double.bitPattern, Double(text)!.bitPattern, text)
         }
         XCTAssertTrue(try number("NaN").float.isNaN)
         XCTAssertEqual(try number("-Infinity").double, -.infinity)
+        // Past a double's range: an error, as rapidjson (Triton's reader) has it.
+        for text in ["1e400", "-1e999999999", "1.8e308", "17976931348623159e292", "100000000000000000000000e300"] {
+            XCTAssertThrowsError(try number(text), text) { error in
+                XCTAssertTrue("\(error)".contains("Number too big to be stored in double"), "\(error)")
+            }
+        }
     }
 
     func testFloatFromPythonStyleDoubleTextIsExact() throws {
