@@ -553,18 +553,27 @@ final class UpstreamExchange: @unchecked Sendable {
     /// The upstream's header fields the client gets: hop-by-hop fields, `Date`/`Server` (the kernel writes its own),
     /// a worker's queue depth report (`KernelQueueDepth`, for the balancer only) and those the protocol hides are
     /// dropped; `Upgrade` stays on a `101`, for the listener to write.
+    /// A parser may have left out what is dropped here already (the HTTP one makes no strings for hop-by-hop
+    /// fields, `Date` and `Server`); when nothing is left to drop, the head's fields are passed on as they are,
+    /// without a copy.
     private func responseHeaders(_ head: UpstreamResponseHead, keepingUpgrade: Bool = false) -> HeaderFields {
+        guard let first = head.headers.fields.firstIndex(where: { drops($0.name, keepingUpgrade: keepingUpgrade) }) else {
+            return head.headers
+        }
         var kept: [HeaderFields.Element] = []
-        kept.reserveCapacity(head.headers.count + 1)  // + the Content-Length `makeResponse` may add
-        for (name, value) in head.headers {
-            if HopByHopHeaders.contains(name), !(keepingUpgrade && name.equalsCaseInsensitive("upgrade")) { continue }
-            if name.equalsCaseInsensitive("date") || name.equalsCaseInsensitive("server") || engine.hooks.hidesResponseHeader(name) {
-                continue
-            }
-            if name.equalsCaseInsensitive(KernelQueueDepth.headerName) { continue }
-            kept.append((name, value))
+        kept.reserveCapacity(head.headers.count)
+        kept.append(contentsOf: head.headers.fields[..<first])
+        for field in head.headers.fields[(first + 1)...] where !drops(field.name, keepingUpgrade: keepingUpgrade) {
+            kept.append(field)
         }
         return HeaderFields(kept)
+    }
+
+    /// Whether the client never gets a response header of this name.
+    private func drops(_ name: String, keepingUpgrade: Bool) -> Bool {
+        if HopByHopHeaders.contains(name) { return !(keepingUpgrade && name.equalsCaseInsensitive("upgrade")) }
+        return name.equalsCaseInsensitive("date") || name.equalsCaseInsensitive("server") || engine.hooks.hidesResponseHeader(name)
+            || name.equalsCaseInsensitive(KernelQueueDepth.headerName)
     }
 
     /// The client-facing response, with the headers `responseHeaders` keeps.
