@@ -230,15 +230,13 @@ final class UpstreamExchange: @unchecked Sendable {
                                               isHeadRequest: request.method == "HEAD")
         let cache = engine.pool?.cache(on: eventLoop)
         if !afterStaleConnection, let cache, let idle = cache.take(peer) {
-            let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop,
-                                                    readTimer: idle.keepalive.readTimer)
-            if (try? idle.channel.pipeline.syncOperations.addHandler(handler)) != nil {
-                current = (handler, peer, started)
-                idle.decoderSlot.decoder = decoder
-                connected(idle.channel, lease: lease, handler: handler, started: started, connection: idle, reused: true)
-                return
-            }
-            idle.channel.close(promise: nil)
+            // The connection's reader stays in its pipeline from request to request.
+            let handler = idle.reader
+            handler.beginRequest()
+            current = (handler, peer, started)
+            idle.decoderSlot.decoder = decoder
+            connected(idle.channel, lease: lease, handler: handler, started: started, connection: idle, reused: true)
+            return
         }
         // A connection that may be kept gets a decoder it keeps across requests, the keepalive watch first, and a
         // read timer its requests share.
@@ -281,7 +279,9 @@ final class UpstreamExchange: @unchecked Sendable {
         connecting.hop(to: eventLoop).assumeIsolated().whenComplete { result in
             switch result {
             case .success(let channel):
-                let connection = kept.map { UpstreamConnection(channel: channel, peer: peer, keepalive: $0.watch, decoderSlot: $0.slot) }
+                let connection = kept.map {
+                    UpstreamConnection(channel: channel, peer: peer, keepalive: $0.watch, decoderSlot: $0.slot, reader: handler)
+                }
                 self.connected(channel, lease: lease, handler: handler, started: started, connection: connection, reused: false)
             case .failure(let error):
                 if self.deadlineReached {
@@ -603,8 +603,8 @@ final class UpstreamExchange: @unchecked Sendable {
             let suffix = self.suffix(nil)
             let release = UpstreamBodyRelease(handler: handler)
             body = .stream(ResponseBodyStream(
-                next: { release.handler.next(logger: logger, suffix: suffix) },
-                cancel: { release.handler.cancel() }))
+                next: { release.handler.next(of: release.generation, logger: logger, suffix: suffix) },
+                cancel: { release.handler.cancel(release.generation) }))
         }
         return KernelResponse(status: head.status, reason: head.reason, headers: headers, body: body)
     }
@@ -613,12 +613,19 @@ final class UpstreamExchange: @unchecked Sendable {
 /// Held by a streamed response body: when the last copy of the stream goes without having been read to its end
 /// or cancelled (a filter replaced the response, a protocol module dropped it), the upstream connection closes
 /// and the lease is finished as a client close, so a balancer never counts an attempt that nobody reads.
+///
+/// It names the request it belongs to: the handler of a kept-alive connection serves the next request once this
+/// one's answer has ended, and what this stream does later must not touch that one.
 final class UpstreamBodyRelease: Sendable {
     let handler: UpstreamConnectionHandler
+    let generation: UInt64
 
-    init(handler: UpstreamConnectionHandler) { self.handler = handler }
+    init(handler: UpstreamConnectionHandler) {
+        self.handler = handler
+        generation = handler.generation
+    }
 
-    deinit { handler.cancel() }
+    deinit { handler.cancel(generation) }
 }
 
 /// A named peer without an address in the resolver.
