@@ -336,7 +336,7 @@ final class UpstreamExchange: @unchecked Sendable {
         if let condition = NextUpstreamConditions.condition(forStatus: status), mayRetry(condition, requestSent: true),
            let next = configuration.group.begin(request, excluding: tried) {
             if case .stream(let stream) = response.body { stream.cancel() }
-            attempts.append(UpstreamAttempt(address: lease.peer.description, status: status,
+            attempts.append(UpstreamAttempt(address: lease.address, status: status,
                                             responseTime: seconds(headerNanoseconds), connectTime: 0,
                                             headerTime: seconds(headerNanoseconds)))
             let counts = status != 403 && status != 404
@@ -355,7 +355,7 @@ final class UpstreamExchange: @unchecked Sendable {
                                           failure: end == .failed ? .error : nil, clientClosed: end == .cancelled,
                                           headerNanoseconds: headerNanoseconds, queueDepth: queueDepth))
         }
-        attempts.append(UpstreamAttempt(address: lease.peer.description, status: status,
+        attempts.append(UpstreamAttempt(address: lease.address, status: status,
                                         responseTime: seconds(headerNanoseconds), connectTime: 0,
                                         headerTime: seconds(headerNanoseconds)))
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts, bodyTiming: timing)
@@ -374,7 +374,7 @@ final class UpstreamExchange: @unchecked Sendable {
         let now = KernelClock.monotonicNanoseconds()
         // `$upstream_status` shows the status the failure stands for (502, or 504 for a timeout), as nginx's
         // `ngx_http_upstream_next` records it; the balancer hears of no status, the peer gave none.
-        attempts.append(UpstreamAttempt(address: lease.peer.description, status: failure.response.status,
+        attempts.append(UpstreamAttempt(address: lease.address, status: failure.response.status,
                                         responseTime: seconds(now &- started), connectTime: connectTime))
         lease.finish(PeerLeaseOutcome(status: nil, bytesReceived: 0, durationNanoseconds: now &- started,
                                       failure: failure.peerFailure))
@@ -491,7 +491,7 @@ final class UpstreamExchange: @unchecked Sendable {
         if let condition = NextUpstreamConditions.condition(forStatus: head.status), mayRetry(condition, requestSent: true),
            let next = configuration.group.begin(request, excluding: tried) {
             handler.close()
-            attempts.append(UpstreamAttempt(address: lease.peer.description, status: head.status,
+            attempts.append(UpstreamAttempt(address: lease.address, status: head.status,
                                             responseTime: seconds(headerNanoseconds), connectTime: connectTime,
                                             headerTime: seconds(headerNanoseconds)))
             // nginx counts a 403 or 404 that went on to the next peer as no failure of the peer's.
@@ -527,7 +527,7 @@ final class UpstreamExchange: @unchecked Sendable {
         }
         var response = makeResponse(head, handler: handler)
         let handed = KernelClock.monotonicNanoseconds() &- started
-        attempts.append(UpstreamAttempt(address: lease.peer.description, status: head.status,
+        attempts.append(UpstreamAttempt(address: lease.address, status: head.status,
                                         responseTime: seconds(handed), connectTime: connectTime,
                                         headerTime: seconds(headerNanoseconds)))
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts, bodyTiming: timing)
@@ -545,7 +545,7 @@ final class UpstreamExchange: @unchecked Sendable {
         response.upgrade = UpstreamUpgrade(upstream: channel, handler: handler, lease: lease,
                                            readTimeout: configuration.readTimeout, logger: context.logger,
                                            suffix: suffix(lease.peer), started: started)
-        attempts.append(UpstreamAttempt(address: lease.peer.description, status: 101, responseTime: headerTime,
+        attempts.append(UpstreamAttempt(address: lease.address, status: 101, responseTime: headerTime,
                                         connectTime: connectTime, headerTime: headerTime))
         respond(response)
     }
