@@ -36,8 +36,16 @@ public struct UpstreamEngine<Protocol: UpstreamProtocol>: Sendable {
     /// the client answered 504 at once, and no further peer is tried. The peer is not counted as failed: the limit
     /// was the request's, not a fault of the peer's. A body already streaming is not cut at the deadline.
     public func proxy(_ request: KernelRequest, context: RequestContext, deadline: NIODeadline?) -> EventLoopFuture<KernelResponse> {
-        let exchange = UpstreamExchange(engine: core, request: request, context: context, deadline: deadline)
-        return exchange.start()
+        let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        proxy(request, context: context, deadline: deadline) { promise.succeed($0) }
+        return promise.futureResult
+    }
+
+    /// The same, with the answer handed to `respond` (once, on `context.eventLoop`) instead of through a future:
+    /// what a handler that answers through a callback (`RequestHandler.answersThroughCallback`) calls.
+    public func proxy(_ request: KernelRequest, context: RequestContext, deadline: NIODeadline?,
+                      respond: @escaping (KernelResponse) -> Void) {
+        UpstreamExchange(engine: core, request: request, context: context, deadline: deadline, answer: respond).start()
     }
 }
 
@@ -61,7 +69,8 @@ final class UpstreamExchange: @unchecked Sendable {
     private let engine: UpstreamEngineCore
     private let request: KernelRequest
     private let context: RequestContext
-    private let promise: EventLoopPromise<KernelResponse>
+    /// Who gets the client's answer (once, on the event loop).
+    private let answer: (KernelResponse) -> Void
     private var head: ByteBuffer?
     private var tried: [PeerAddress] = []
     private var attempts: [UpstreamAttempt] = []
@@ -76,20 +85,20 @@ final class UpstreamExchange: @unchecked Sendable {
     /// The client has its answer (a response head, or an error): nothing more is sent to the promise.
     private var responded = false
 
-    init(engine: UpstreamEngineCore, request: KernelRequest, context: RequestContext, deadline: NIODeadline? = nil) {
+    init(engine: UpstreamEngineCore, request: KernelRequest, context: RequestContext, deadline: NIODeadline? = nil,
+         answer: @escaping (KernelResponse) -> Void) {
         self.engine = engine
         self.request = request
         self.context = context
         self.deadline = deadline
-        promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        self.answer = answer
     }
 
     private var eventLoop: any EventLoop { context.eventLoop }
     private var configuration: UpstreamConfiguration { engine.configuration }
 
-    func start() -> EventLoopFuture<KernelResponse> {
+    func start() {
         if eventLoop.inEventLoop { begin() } else { eventLoop.execute { self.begin() } }
-        return promise.futureResult
     }
 
     private func begin() {
@@ -148,7 +157,7 @@ final class UpstreamExchange: @unchecked Sendable {
         deadlineTimer?.cancel()
         var response = response
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts)
-        promise.succeed(engine.hooks.finishResponse(response, request: request, context: context))
+        answer(engine.hooks.finishResponse(response, request: request, context: context))
     }
 
     /// Whether a failed attempt may go on to another peer (nginx's `ngx_http_upstream_test_next`): the condition
@@ -361,7 +370,7 @@ final class UpstreamExchange: @unchecked Sendable {
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts, bodyTiming: timing)
         responded = true
         deadlineTimer?.cancel()
-        promise.succeed(engine.hooks.finishResponse(response, request: request, context: context))
+        answer(engine.hooks.finishResponse(response, request: request, context: context))
     }
 
     /// An attempt that gave no usable answer: the balancer hears of it, then the next peer or the last failure.
@@ -533,7 +542,7 @@ final class UpstreamExchange: @unchecked Sendable {
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts, bodyTiming: timing)
         responded = true
         deadlineTimer?.cancel()
-        promise.succeed(engine.hooks.finishResponse(response, request: request, context: context))
+        answer(engine.hooks.finishResponse(response, request: request, context: context))
     }
 
     /// A `101 Switching Protocols`: the client gets the head, with the upgrade that joins its connection to this
