@@ -165,6 +165,12 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         context?.close(promise: nil)
     }
 
+    /// The answer's body arrived whole with its head, without a failure: its end is known before it is handed on.
+    var bodyEndedWhole: Bool {
+        guard case .complete? = bodyEnd else { return false }
+        return bodyEndObserver == nil
+    }
+
     /// `observer` is called once, when the body handed to the client ends (at once when it already has).
     func observeBodyEnd(_ observer: @escaping (UpstreamBodyEnd) -> Void) {
         if let bodyEnd { observer(bodyEnd) } else { bodyEndObserver = observer }

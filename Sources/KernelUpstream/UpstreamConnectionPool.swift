@@ -133,16 +133,19 @@ final class UpstreamConnection: @unchecked Sendable {
     let decoderSlot: UpstreamDecoderSlot
     /// The reader of every request the connection carries (`UpstreamConnectionHandler.beginRequest`).
     let reader: UpstreamConnectionHandler
+    /// The cache it goes back to: its event loop's, of its group's pool.
+    let cache: IdleConnectionCache
     /// Requests sent over this connection so far.
     var requests = 0
 
     init(channel: any Channel, peer: PeerAddress, keepalive: UpstreamKeepaliveHandler, decoderSlot: UpstreamDecoderSlot,
-         reader: UpstreamConnectionHandler) {
+         reader: UpstreamConnectionHandler, cache: IdleConnectionCache) {
         self.channel = channel
         self.peer = peer
         self.keepalive = keepalive
         self.decoderSlot = decoderSlot
         self.reader = reader
+        self.cache = cache
     }
 }
 

@@ -249,9 +249,9 @@ final class UpstreamExchange: @unchecked Sendable {
         }
         // A connection that may be kept gets a decoder it keeps across requests, the keepalive watch first, and a
         // read timer its requests share.
-        let kept = cache.map { _ in
+        let kept = cache.map {
             (watch: UpstreamKeepaliveHandler(readTimer: UpstreamReadTimer(eventLoop: eventLoop, shared: true)),
-             slot: UpstreamDecoderSlot(decoder))
+             slot: UpstreamDecoderSlot(decoder), cache: $0)
         }
         let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop,
                                                 readTimer: kept?.watch.readTimer)
@@ -289,7 +289,8 @@ final class UpstreamExchange: @unchecked Sendable {
             switch result {
             case .success(let channel):
                 let connection = kept.map {
-                    UpstreamConnection(channel: channel, peer: peer, keepalive: $0.watch, decoderSlot: $0.slot, reader: handler)
+                    UpstreamConnection(channel: channel, peer: peer, keepalive: $0.watch, decoderSlot: $0.slot, reader: handler,
+                                       cache: $0.cache)
                 }
                 self.connected(channel, lease: lease, handler: handler, started: started, connection: connection, reused: false)
             case .failure(let error):
@@ -406,7 +407,9 @@ final class UpstreamExchange: @unchecked Sendable {
         }
         let connectTime = seconds(KernelClock.monotonicNanoseconds() &- started)
         var sendError: (any Error)?
-        if let connection, let cache = engine.pool?.cache(on: eventLoop) {
+        if let connection {
+            // Its own loop's cache, found once when it was made (not through the pool's lock per request).
+            let cache = connection.cache
             connection.requests += 1
             if connection.requests < cache.settings.requests {
                 handler.keepAliveAtEnd = (connection, cache)
@@ -513,9 +516,24 @@ final class UpstreamExchange: @unchecked Sendable {
             run(next)
             return
         }
-        // The balancer hears of the attempt once, when its body has ended (at once for a body that is already
-        // whole), so `least_conn` and response-time balancing count the whole exchange.
+        // The balancer hears of the attempt once, when its body has ended, so `least_conn` and response-time
+        // balancing count the whole exchange.
         let status = head.status
+        if handler.bodyEndedWhole {
+            // A body that is already whole (the common small answer): told now, with the answer's response time
+            // known, so no timing object or end observer is made.
+            let now = KernelClock.monotonicNanoseconds()
+            lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: now &- started,
+                                          headerNanoseconds: headerNanoseconds, queueDepth: queueDepth))
+            var response = makeResponse(head, handler: handler)
+            attempts.append(UpstreamAttempt(address: lease.address, status: status, responseTime: seconds(now &- started),
+                                            connectTime: connectTime, headerTime: seconds(headerNanoseconds)))
+            response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts)
+            responded = true
+            deadlineTimer?.cancel()
+            answer(engine.hooks.finishResponse(response, request: request, context: context))
+            return
+        }
         let timing = UpstreamBodyTiming(startNanoseconds: started)
         handler.observeBodyEnd { [handler] end in
             let now = KernelClock.monotonicNanoseconds()

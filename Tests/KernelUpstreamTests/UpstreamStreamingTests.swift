@@ -169,9 +169,10 @@ final class UpstreamStreamingTests: XCTestCase {
         let handler = UpstreamConnectionHandler(readTimeout: .seconds(60), eventLoop: channel.eventLoop, readTimer: watch.readTimer)
         try channel.pipeline.syncOperations.addHandlers([watch, ByteToMessageHandler(UpstreamConnectionDecoder(slot: slot)), handler])
         let peer = PeerAddress.tcp(host: "127.0.0.1", port: 1)
-        let connection = UpstreamConnection(channel: channel, peer: peer, keepalive: watch, decoderSlot: slot, reader: handler)
         let cache = IdleConnectionCache(settings: UpstreamKeepalive(connections: 1, timeout: .seconds(60), requests: 10),
                                         eventLoop: channel.eventLoop)
+        let connection = UpstreamConnection(channel: channel, peer: peer, keepalive: watch, decoderSlot: slot, reader: handler,
+                                            cache: cache)
         let logger = Logger(label: "test")
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
 
