@@ -43,6 +43,8 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
     private let readTimer: UpstreamReadTimer
     private var readPhase = ""
     private var sent = false
+    /// The send timeout of a request head still being written (`UpstreamRequestSender.sendHeadOnly`).
+    private var sendWatch: SendTimeoutWatch?
     private var closed = false
     /// Body bytes received from the upstream (for the balancer's outcome).
     private(set) var bodyBytesReceived: Int64 = 0
@@ -98,6 +100,8 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         waiter = nil
         readPhase = ""
         sent = false
+        sendWatch?.stop()
+        sendWatch = nil
         closed = false
         bodyBytesReceived = 0
         bodyEnd = nil
@@ -143,9 +147,19 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
 
     func startReading() { read() }
 
+    /// Whether `requestSent` was called for the current request.
+    var isRequestSent: Bool { sent }
+
+    /// Times the write of the current request's head until `requestSent`.
+    func watchSend(_ watch: SendTimeoutWatch) {
+        sendWatch = watch
+    }
+
     /// The request is written: from now on the read timeout runs while an answer is awaited.
     func requestSent() {
         sent = true
+        sendWatch?.stop()
+        sendWatch = nil
         if !headDelivered { armReadTimer(phase: "reading response header from upstream") }
     }
 

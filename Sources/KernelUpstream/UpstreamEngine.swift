@@ -415,11 +415,7 @@ final class UpstreamExchange: @unchecked Sendable {
                 handler.keepAliveAtEnd = (connection, cache)
             }
         }
-        let sender = UpstreamRequestSender(channel: channel, hooks: engine.hooks, sendTimeout: configuration.sendTimeout,
-                                           eventLoop: eventLoop) {
-            handler.fail(UpstreamFailure.timeout("upstream timed out (110: Connection timed out) while sending request to upstream"))
-        }
-        sender.send(head: head ?? ByteBuffer(), request: request) { result in
+        let sent: (Result<Void, any Error>) -> Void = { result in
             switch result {
             case .success:
                 handler.requestFullySent = true
@@ -430,6 +426,15 @@ final class UpstreamExchange: @unchecked Sendable {
                 sendError = error
             }
             handler.requestSent()
+        }
+        let requestHead = head ?? ByteBuffer()
+        if !UpstreamRequestSender.sendHeadOnly(requestHead, of: request, hooks: engine.hooks, channel: channel,
+                                                sendTimeout: configuration.sendTimeout, reader: handler, completion: sent) {
+            let sender = UpstreamRequestSender(channel: channel, hooks: engine.hooks, sendTimeout: configuration.sendTimeout,
+                                               eventLoop: eventLoop) {
+                handler.fail(UpstreamFailure.timeout(UpstreamRequestSender.timeoutMessage))
+            }
+            sender.send(head: requestHead, request: request, completion: sent)
         }
         handler.startReading()
         let peer = lease.peer
