@@ -388,8 +388,10 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         }
     }
 
-    /// The client is gone: the upstream connection closes and a waiting pull ends.
-    func cancel() { cancel(generation) }
+    /// The client of the current request is gone: the upstream connection closes and a waiting pull ends.
+    func cancel() {
+        if eventLoop.inEventLoop { cancel(generation) } else { eventLoop.execute { self.cancel(self.generation) } }
+    }
 
     /// Request `generation`'s client is gone (nothing, once the connection serves another request).
     func cancel(_ generation: UInt64) {
