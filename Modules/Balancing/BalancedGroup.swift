@@ -46,6 +46,8 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
     /// `least_queue` measure.
     struct Peer {
         let server: UpstreamServer
+        /// `server.address` as text, for the leases (`PeerLease.address`): made once, not per attempt.
+        let address: String
         var currentWeight = 0
         var effectiveWeight: Int
         var conns = 0
@@ -75,6 +77,7 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
 
         init(_ server: UpstreamServer) {
             self.server = server
+            address = server.address.description
             effectiveWeight = server.weight
         }
 
@@ -233,19 +236,22 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
         guard let choice else { return nil }
         let slot: Slot
         let address: PeerAddress
+        let text: String
         if choice.backup {
             backup[choice.index].conns += 1
             backup[choice.index].inflightStarts &+= time
             address = backup[choice.index].server.address
+            text = backup[choice.index].address
             slot = Slot(backup: true, index: choice.index, started: time, reports: backup[choice.index].reports)
         } else {
             primary[choice.index].conns += 1
             primary[choice.index].inflightStarts &+= time
             primary[choice.index].startedSinceReport += 1
             address = primary[choice.index].server.address
+            text = primary[choice.index].address
             slot = Slot(backup: false, index: choice.index, started: time, reports: primary[choice.index].reports)
         }
-        return PeerLease(peer: address) { [self] outcome in finished(slot, outcome) }
+        return PeerLease(peer: address, address: text) { [self] outcome in finished(slot, outcome) }
     }
 
     /// The method's choice among the primary servers. The hashing and random methods fall back to round robin as

@@ -184,7 +184,16 @@ public struct ProxyPassHandler: RequestHandler {
         request.headers.contains("Upgrade") && configuration.head.sendsUpgrade(request, route: route)
     }
 
+    /// The engine answers through a callback: a location without filters makes no future per request.
+    public var answersThroughCallback: Bool { true }
+
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        respond(to: request, context: context) { promise.succeed($0) }
+        return promise.futureResult
+    }
+
+    public func respond(to request: KernelRequest, context: RequestContext, with respond: @escaping (KernelResponse) -> Void) {
         var request = request
         if !configuration.head.passRequestBody {
             request.body = nil
@@ -205,7 +214,7 @@ public struct ProxyPassHandler: RequestHandler {
             if let deadline { ForwardedDeadline.stamp(&request.headers, deadline: deadline) }
         }
         // The engine hands its answer through `HTTPUpstreamProtocol.finishResponse` (`ProxyPassConfiguration.finish`).
-        return engine.proxy(request, context: context, deadline: deadline)
+        engine.proxy(request, context: context, deadline: deadline, respond: respond)
     }
 }
 

@@ -109,20 +109,21 @@ struct ProxyResponseParser: UpstreamResponseParser {
         var transferEncoding: String?
         var chunked = false
         var connectionClose = !http11
+        let interim = (100..<200).contains(status) && status != 101
         while let line = lines.next(), !line.isEmpty {
             guard let field = HTTPRequestHeadParser.fieldLine(bytes, line, names: HTTPHeaderNamePolicy(underscoresAllowed: true, ignoreInvalid: false)),
                   bytes[field.name].allSatisfy(HTTPToken.isTokenByte) else {
                 throw ProxyResponseError.invalidHeader(text(bytes, line))
             }
-            let name = text(bytes, field.name)
-            let value = text(bytes, field.value)
-            if (100..<200).contains(status), status != 101 {
-                // Interim heads are dropped: their framing headers mean nothing. A 101 is passed on, so it is
-                // checked as a final head is.
-                headers.append((name, value))
-                continue
-            }
-            if name.equalsCaseInsensitive("Content-Length") {
+            // Interim heads are dropped: their fields mean nothing. A 101 is passed on, so it is checked as a
+            // final head is.
+            if interim { continue }
+            // Known by its bytes: the fields the engine drops (hop-by-hop, `Date`, `Server`) are read here, if at
+            // all, and never become strings (`UpstreamResponseHead.headers`).
+            switch ResponseFieldName(UnsafeRawBufferPointer(rebasing: bytes[field.name])) {
+            case .contentLength:
+                let name = text(bytes, field.name)
+                let value = text(bytes, field.value)
                 if let previous = contentLength {
                     throw ProxyResponseError.duplicateHeader(line: "\(name): \(value)", previous: previous.line)
                 }
@@ -131,7 +132,10 @@ struct ProxyResponseParser: UpstreamResponseParser {
                     throw ProxyResponseError.invalidContentLength("\(name): \(value)")
                 }
                 contentLength = ("\(name): \(value)", Int64(length))
-            } else if name.equalsCaseInsensitive("Transfer-Encoding") {
+                headers.append((name, value))
+            case .transferEncoding:
+                let name = text(bytes, field.name)
+                let value = text(bytes, field.value)
                 if let previous = transferEncoding {
                     throw ProxyResponseError.duplicateHeader(line: "\(name): \(value)", previous: previous)
                 }
@@ -139,12 +143,15 @@ struct ProxyResponseParser: UpstreamResponseParser {
                 guard value.equalsCaseInsensitive("chunked") else { throw ProxyResponseError.unknownTransferEncoding(value) }
                 transferEncoding = "\(name): \(value)"
                 chunked = true
-            } else if name.equalsCaseInsensitive("Connection") {
-                if value.split(separator: ",").contains(where: { HTTPToken.equalCaseInsensitive($0.trimmingSpaces.utf8, "close".utf8) }) {
-                    connectionClose = true
-                }
+            case .connection:
+                if Self.listsClose(UnsafeRawBufferPointer(rebasing: bytes[field.value])) { connectionClose = true }
+            case .upgrade where status == 101:
+                headers.append((text(bytes, field.name), text(bytes, field.value)))
+            case .dropped, .upgrade:
+                continue
+            case .other:
+                headers.append((text(bytes, field.name), text(bytes, field.value)))
             }
-            headers.append((name, value))
         }
         switch status {
         case 101:
@@ -174,6 +181,22 @@ struct ProxyResponseParser: UpstreamResponseParser {
         }
         return UpstreamResponseHead(status: status, reason: reason, headers: HeaderFields(headers), framing: framing,
                                     reusable: http11 && !connectionClose && delimited)
+    }
+
+    /// Whether a `Connection` value lists the `close` option (in any case, among others separated by commas).
+    static func listsClose(_ value: UnsafeRawBufferPointer) -> Bool {
+        var start = 0
+        while start <= value.count {
+            var end = start
+            while end < value.count, value[end] != UInt8(ascii: ",") { end += 1 }
+            var first = start
+            var last = end
+            while first < last, value[first] == HTTPByte.space || value[first] == HTTPByte.tab { first += 1 }
+            while last > first, value[last - 1] == HTTPByte.space || value[last - 1] == HTTPByte.tab { last -= 1 }
+            if HTTPToken.equalCaseInsensitive(UnsafeRawBufferPointer(rebasing: value[first..<last]), "close".utf8) { return true }
+            start = end + 1
+        }
+        return false
     }
 
     /// `HTTP/1.x SP 3DIGIT [SP reason]` → (HTTP/1.1?, status, reason).
@@ -259,12 +282,33 @@ struct ProxyChunkedDecoder: UpstreamBodyDecoder {
     }
 }
 
-private extension Substring {
-    var trimmingSpaces: Substring {
-        var text = self
-        while let first = text.first, first == " " || first == "\t" { text.removeFirst() }
-        while let last = text.last, last == " " || last == "\t" { text.removeLast() }
-        return text
+/// The response header names the parser knows by their bytes: those it reads for the framing, and those the
+/// upstream engine drops from every answer (hop-by-hop fields, `Date` and `Server`, which the listener writes
+/// itself), so that they are never made into strings.
+enum ResponseFieldName {
+    case contentLength
+    case transferEncoding
+    case connection
+    /// Hop-by-hop, but kept on a `101` for the listener to write.
+    case upgrade
+    /// Never passed to the client: `Date`, `Server`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`.
+    case dropped
+    case other
+
+    init(_ name: UnsafeRawBufferPointer) {
+        func named(_ known: StaticString) -> Bool {
+            HTTPToken.equalCaseInsensitive(name, UnsafeRawBufferPointer(start: known.utf8Start, count: known.utf8CodeUnitCount))
+        }
+        switch name.count {
+        case 2: self = named("te") ? .dropped : .other
+        case 4: self = named("date") ? .dropped : .other
+        case 6: self = named("server") ? .dropped : .other
+        case 7: self = named("upgrade") ? .upgrade : named("trailer") ? .dropped : .other
+        case 10: self = named("connection") ? .connection : named("keep-alive") ? .dropped : .other
+        case 14: self = named("content-length") ? .contentLength : .other
+        case 16: self = named("proxy-connection") ? .dropped : .other
+        case 17: self = named("transfer-encoding") ? .transferEncoding : .other
+        default: self = .other
+        }
     }
 }
-

@@ -195,15 +195,25 @@ public struct UWSGIPassHandler: RequestHandler {
     /// worker learns it from its connection closing.
     public var cancelsWhenClientLeaves: Bool { configuration.upstream.group.localPeer != nil }
 
+    /// The engine answers through a callback: a location without filters makes no future per request.
+    public var answersThroughCallback: Bool { true }
+
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        respond(to: request, context: context) { promise.succeed($0) }
+        return promise.futureResult
+    }
+
+    public func respond(to request: KernelRequest, context: RequestContext, with respond: @escaping (KernelResponse) -> Void) {
         guard configuration.deadline.isEnabled,
               let deadline = configuration.deadline.deadline(for: request, logger: context.logger) else {
-            return engine.proxy(request, context: context)
+            engine.proxy(request, context: context, deadline: nil, respond: respond)
+            return
         }
         // The time left goes to the application with the request, replacing any value the client sent.
         var stamped = request
         ForwardedDeadline.stamp(&stamped.headers, deadline: deadline)
-        return engine.proxy(stamped, context: context, deadline: deadline)
+        engine.proxy(stamped, context: context, deadline: deadline, respond: respond)
     }
 }
 

@@ -80,6 +80,10 @@ public enum ExchangeDriver {
     /// handler errors into responses) becomes a 500.
     public static func start<Connection: DrivenConnection>(_ inFlight: InFlightExchange, for owner: Connection,
                                                            context: ChannelHandlerContext) {
+        if inFlight.exchange.answersThroughCallback(inFlight.request) {
+            startThroughCallback(inFlight, for: owner, context: context)
+            return
+        }
         let responded: EventLoopFuture<KernelResponse>
         switch inFlight.exchange.start(inFlight.request) {
         case .ready(let response):
@@ -104,6 +108,26 @@ public enum ExchangeDriver {
             case .failure(let error):
                 exchange.context.logger.error("handler failed: \(error)")
                 response = .error(500, "internal error")
+            }
+            if !owner.exchangeResponded(response, serial: serial, context: context), case .stream(let stream) = response.body {
+                stream.cancel()
+            }
+        }
+    }
+}
+
+extension ExchangeDriver {
+    /// A handler that answers through a callback (a proxy, a location without filters): no future, no mapping of
+    /// one; the answer is handed to the connection as it comes, on its event loop.
+    static func startThroughCallback<Connection: DrivenConnection>(_ inFlight: InFlightExchange, for owner: Connection,
+                                                                   context: ChannelHandlerContext) {
+        let serial = inFlight.serial
+        // Armed before the handler runs: it may answer before `respond` returns.
+        let harakiri = HarakiriWatch.arm(inFlight, for: owner, context: context)
+        inFlight.exchange.respond(to: inFlight.request) { response in
+            if let harakiri, !harakiri.handlerAnswered() {
+                if case .stream(let stream) = response.body { stream.cancel() }
+                return
             }
             if !owner.exchangeResponded(response, serial: serial, context: context), case .stream(let stream) = response.body {
                 stream.cancel()

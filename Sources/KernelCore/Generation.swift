@@ -155,6 +155,20 @@ public final class RequestExchange: @unchecked Sendable {
         return decision.filters.start(request, context: context, handler: decision.handler)
     }
 
+    /// Whether `respond(to:with:)` may answer `request`: the location has no filter, its handler answers through
+    /// a callback (`RequestHandler.answersThroughCallback`), and no spooled body must be read back first.
+    public func answersThroughCallback(_ request: KernelRequest) -> Bool {
+        guard decision.filters.isEmpty, decision.handler.answersThroughCallback else { return false }
+        if case .file? = request.bodySource, decision.handler.requestBodyUse == .memory { return false }
+        return true
+    }
+
+    /// Runs the handler of a location that `answersThroughCallback`, without a future: `respond` is called once,
+    /// on the exchange's event loop.
+    public func respond(to request: KernelRequest, with respond: @escaping (KernelResponse) -> Void) {
+        decision.handler.respond(to: request, context: context, with: respond)
+    }
+
     /// A listener's own answer to this routed request (a 413 before the body is read), with the location's
     /// `headers` phase filters applied (`add_header ... always`, `cors`), so a browser reads the real status.
     public func decorateRefusal(_ response: KernelResponse, for request: KernelRequest) -> KernelResponse {

@@ -66,12 +66,32 @@ public protocol RequestHandler: Sendable {
     /// requests' contexts then carry a `RequestCancellation` the connection fires. The default, false, spares the
     /// other handlers' requests the allocation.
     var cancelsWhenClientLeaves: Bool { get }
+
+    /// Whether `respond(to:context:with:)` is the handler's own way of answering, with no future made per
+    /// request (a proxy completes its answer from an upstream's callbacks): a location without filters then
+    /// calls it instead of `handle`. The default is false.
+    var answersThroughCallback: Bool { get }
+
+    /// Answers `request` by calling `respond` exactly once, on `context.eventLoop` (possibly before returning).
+    /// Errors are answers too (a 502, a 504): there is no failure. The default waits for `handle`'s future.
+    func respond(to request: KernelRequest, context: RequestContext, with respond: @escaping (KernelResponse) -> Void)
 }
 
 extension RequestHandler {
     public func immediateResponse(to request: KernelRequest, context: RequestContext) -> KernelResponse? { nil }
     public var requestBodyUse: RequestBodyUse { .memory }
     public var cancelsWhenClientLeaves: Bool { false }
+    public var answersThroughCallback: Bool { false }
+
+    public func respond(to request: KernelRequest, context: RequestContext, with respond: @escaping (KernelResponse) -> Void) {
+        let logger = context.logger
+        handle(request, context: context).hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let response): respond(response)
+            case .failure(let error): respond(FilterChain.errorResponse(error, logger: logger))
+            }
+        }
+    }
 }
 
 /// A handler that always has its answer at once (`return`, fixed answers, redirects): it writes only `response`,

@@ -53,10 +53,19 @@ public struct HeaderFields: Sendable, Sequence, ExpressibleByDictionaryLiteral, 
 }
 
 extension String {
-    /// ASCII case-insensitive equality, the comparison header names need.
+    /// ASCII case-insensitive equality, the comparison header names need. Compared over the two strings' bytes
+    /// in place (a native or small string has them contiguous): every header of every request and response is
+    /// compared with a few names, and stepping `String.UTF8View` iterators costs several times more.
     @inlinable
     public func equalsCaseInsensitive(_ other: String) -> Bool {
-        HTTPToken.equalCaseInsensitive(self.utf8, other.utf8)
+        let a = utf8
+        let b = other.utf8
+        guard a.count == b.count else { return false }
+        let inPlace = a.withContiguousStorageIfAvailable { x in
+            b.withContiguousStorageIfAvailable { y in HTTPToken.equalCaseInsensitive(bytes: x, y) }
+        }
+        if let inPlace, let equal = inPlace { return equal }
+        return HTTPToken.equalCaseInsensitive(a, b)
     }
 }
 
@@ -76,6 +85,21 @@ public enum HTTPToken {
     @inlinable
     public static func isToken(_ text: String) -> Bool {
         !text.isEmpty && text.utf8.allSatisfy(isTokenByte)
+    }
+
+    /// ASCII case-insensitive equality of two runs of bytes in memory.
+    @inlinable
+    public static func equalCaseInsensitive(bytes a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard a.count == b.count else { return false }
+        for index in 0..<a.count {
+            let x = a[index]
+            let y = b[index]
+            if x == y { continue }
+            let lx = (x >= 65 && x <= 90) ? x | 0x20 : x
+            let ly = (y >= 65 && y <= 90) ? y | 0x20 : y
+            if lx != ly { return false }
+        }
+        return true
     }
 
     /// ASCII case-insensitive equality of two byte sequences.

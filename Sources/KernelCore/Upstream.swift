@@ -105,14 +105,19 @@ public enum KernelQueueDepth {
 public final class PeerLease: Sendable {
     /// The peer to connect to.
     public let peer: PeerAddress
+    /// The peer as logs and `$upstream_addr` show it (`peer.description`), made once per peer by the group
+    /// rather than once per attempt.
+    public let address: String
     private let onFinish: @Sendable (PeerLeaseOutcome) -> Void
     /// An atomic flag rather than a lock: a lease is made per attempt, and a lock costs its own allocation and
     /// mutex set-up.
     private let finished = ManagedAtomic(false)
 
-    /// `onFinish` is the balancer's bookkeeping; it runs once, on the thread that finishes the lease.
-    public init(peer: PeerAddress, onFinish: @escaping @Sendable (PeerLeaseOutcome) -> Void = { _ in }) {
+    /// `onFinish` is the balancer's bookkeeping; it runs once, on the thread that finishes the lease. `address`
+    /// is `peer.description`, which a group that leases its peers often keeps made.
+    public init(peer: PeerAddress, address: String? = nil, onFinish: @escaping @Sendable (PeerLeaseOutcome) -> Void = { _ in }) {
         self.peer = peer
+        self.address = address ?? peer.description
         self.onFinish = onFinish
     }
 
@@ -215,11 +220,15 @@ public protocol UpstreamProber: Sendable {
 /// A group of one fixed peer: what `uwsgi_pass 127.0.0.1:6666` means without an `upstream` block.
 public struct SinglePeerGroup: UpstreamGroup {
     public let peer: PeerAddress
-    public init(_ peer: PeerAddress) { self.peer = peer }
-    public var name: String { peer.description }
+    /// `peer.description`, made once.
+    public let name: String
+    public init(_ peer: PeerAddress) {
+        self.peer = peer
+        name = peer.description
+    }
     public var peers: [PeerAddress] { [peer] }
     public var maxTries: Int { 1 }
     public func begin(_ request: KernelRequest, excluding excluded: [PeerAddress]) -> PeerLease? {
-        excluded.contains(peer) ? nil : PeerLease(peer: peer)
+        excluded.contains(peer) ? nil : PeerLease(peer: peer, address: name)
     }
 }

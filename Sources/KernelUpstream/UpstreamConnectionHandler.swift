@@ -18,6 +18,11 @@ enum UpstreamBodyEnd {
 ///
 /// `*_read_timeout` runs while a head or a pulled part is awaited. Lives on the upstream channel's event loop,
 /// which is the request's.
+///
+/// A connection that may be kept alive has one for its whole life, in its pipeline from the connect on: each request
+/// it carries starts with `beginRequest`, so a request on a pooled connection adds and removes no handler. What
+/// outlives a request (a body stream's pulls and its release) names the request it belongs to (`generation`), and
+/// is ignored once the connection serves another.
 final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHandler, @unchecked Sendable {
     typealias InboundIn = UpstreamResponsePart
 
@@ -38,6 +43,8 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
     private let readTimer: UpstreamReadTimer
     private var readPhase = ""
     private var sent = false
+    /// The send timeout of a request head still being written (`UpstreamRequestSender.sendHeadOnly`).
+    private var sendWatch: SendTimeoutWatch?
     private var closed = false
     /// Body bytes received from the upstream (for the balancer's outcome).
     private(set) var bodyBytesReceived: Int64 = 0
@@ -52,6 +59,11 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
     var keepAliveAtEnd: (connection: UpstreamConnection, cache: IdleConnectionCache)?
     private var headReusable = false
     private var keptAtReadComplete = false
+    /// The answer ended and the connection may be kept, but body parts the client has not pulled are still held:
+    /// it goes back to the pool once they are taken (or dropped).
+    private var keptWhenDrained = false
+    /// The request the handler serves now; incremented by `beginRequest`.
+    private(set) var generation: UInt64 = 0
 
     /// `readTimer` is the connection's when it is kept alive across requests (`UpstreamConnection.readTimer`); a
     /// connection for one request gets a timer of its own.
@@ -67,9 +79,38 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        keepAliveAtEnd = nil  // the connection refers to this handler: no cycle is left behind
+        keptWhenDrained = false
         stopReadTimer()
         // A handler removed before the head arrived (the channel went away) must not leave the head waited for.
         if !headDelivered { deliver(error: failure ?? UpstreamResponseError.prematureCloseInHead) }
+    }
+
+    /// The next request on a kept-alive connection whose previous answer ended: every state of the previous
+    /// request is cleared, and calls that still name it (`generation`) change nothing from now on.
+    func beginRequest() {
+        generation &+= 1
+        headObserver = nil
+        headOutcome = nil
+        pendingHead = nil
+        headDelivered = false
+        parts.removeAll(keepingCapacity: true)
+        ended = false
+        failure = nil
+        waiter = nil
+        readPhase = ""
+        sent = false
+        sendWatch?.stop()
+        sendWatch = nil
+        closed = false
+        bodyBytesReceived = 0
+        bodyEnd = nil
+        bodyEndObserver = nil
+        requestFullySent = false
+        keepAliveAtEnd = nil
+        headReusable = false
+        keptAtReadComplete = false
+        keptWhenDrained = false
     }
 
     /// `observer` is called once, with the answer's head or why none came (at once when that is known already).
@@ -106,9 +147,19 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
 
     func startReading() { read() }
 
+    /// Whether `requestSent` was called for the current request.
+    var isRequestSent: Bool { sent }
+
+    /// Times the write of the current request's head until `requestSent`.
+    func watchSend(_ watch: SendTimeoutWatch) {
+        sendWatch = watch
+    }
+
     /// The request is written: from now on the read timeout runs while an answer is awaited.
     func requestSent() {
         sent = true
+        sendWatch?.stop()
+        sendWatch = nil
         if !headDelivered { armReadTimer(phase: "reading response header from upstream") }
     }
 
@@ -126,6 +177,12 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         ended = true
         stopReadTimer()
         context?.close(promise: nil)
+    }
+
+    /// The answer's body arrived whole with its head, without a failure: its end is known before it is handed on.
+    var bodyEndedWhole: Bool {
+        guard case .complete? = bodyEnd else { return false }
+        return bodyEndObserver == nil
     }
 
     /// `observer` is called once, when the body handed to the client ends (at once when it already has).
@@ -201,16 +258,24 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
             pauseReadTimer()
         }
         context.fireChannelReadComplete()
-        if keptAtReadComplete, let (connection, cache) = keepAliveAtEnd {
+        if keptAtReadComplete {
             keptAtReadComplete = false
-            keepAliveAtEnd = nil
-            let slot = connection.decoderSlot
-            slot.decoder = nil
-            if slot.bytesAfterEnd {
-                connection.channel.close(promise: nil)
-            } else {
-                cache.release(connection, removing: self)
-            }
+            if parts.isEmpty { keepConnection() } else { keptWhenDrained = true }
+        }
+    }
+
+    /// The answer has ended and nothing of it is held: the connection goes back to its pool (this handler stays
+    /// in its pipeline for the next request), unless the peer sent more than it framed.
+    private func keepConnection() {
+        keptWhenDrained = false
+        guard let (connection, cache) = keepAliveAtEnd else { return }
+        keepAliveAtEnd = nil
+        let slot = connection.decoderSlot
+        slot.decoder = nil
+        if slot.bytesAfterEnd {
+            connection.channel.close(promise: nil)
+        } else {
+            cache.keep(connection)
         }
     }
 
@@ -233,6 +298,8 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
 
     func channelInactive(context: ChannelHandlerContext) {
         deliverHeadIfReady()
+        keepAliveAtEnd = nil
+        keptWhenDrained = false
         readTimer.cancel()
         closed = true
         if !ended { deliver(error: failure ?? UpstreamResponseError.prematureCloseInHead) }
@@ -271,12 +338,22 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
 
     /// The consumer's pull: a held part, or one more read from the socket.
     func next(logger: Logger, suffix: String) -> EventLoopFuture<ByteBuffer?> {
-        if eventLoop.inEventLoop { return pull(logger: logger, suffix: suffix) }
-        return eventLoop.flatSubmit { self.pull(logger: logger, suffix: suffix) }
+        next(of: generation, logger: logger, suffix: suffix)
     }
 
-    private func pull(logger: Logger, suffix: String) -> EventLoopFuture<ByteBuffer?> {
-        if let part = parts.popFirst() { return eventLoop.makeSucceededFuture(part) }
+    /// The pull of request `generation`'s consumer: the end once the connection serves another request.
+    func next(of generation: UInt64, logger: Logger, suffix: String) -> EventLoopFuture<ByteBuffer?> {
+        if eventLoop.inEventLoop { return pull(of: generation, logger: logger, suffix: suffix) }
+        return eventLoop.flatSubmit { self.pull(of: generation, logger: logger, suffix: suffix) }
+    }
+
+    private func pull(of generation: UInt64, logger: Logger, suffix: String) -> EventLoopFuture<ByteBuffer?> {
+        guard generation == self.generation else { return eventLoop.makeSucceededFuture(nil) }
+        if let part = parts.popFirst() {
+            // The last held part of an ended answer is taken: the connection may serve the next request.
+            if keptWhenDrained, parts.isEmpty { keepConnection() }
+            return eventLoop.makeSucceededFuture(part)
+        }
         if ended { return eventLoop.makeSucceededFuture(nil) }
         if let failure {
             logger.error("\(UpstreamConnectionHandler.describeBodyFailure(failure))\(suffix)")
@@ -311,10 +388,18 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         }
     }
 
-    /// The client is gone: the upstream connection closes and a waiting pull ends.
+    /// The client of the current request is gone: the upstream connection closes and a waiting pull ends.
     func cancel() {
+        if eventLoop.inEventLoop { cancel(generation) } else { eventLoop.execute { self.cancel(self.generation) } }
+    }
+
+    /// Request `generation`'s client is gone (nothing, once the connection serves another request).
+    func cancel(_ generation: UInt64) {
         let close: @Sendable () -> Void = { [self] in
+            guard generation == self.generation else { return }
             parts.removeAll()
+            // An answer that ended with parts nobody will take: the connection is kept without them.
+            if keptWhenDrained { keepConnection() }
             if !ended {
                 ended = true
                 closed = true

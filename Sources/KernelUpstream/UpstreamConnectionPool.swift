@@ -101,10 +101,9 @@ final class IdleConnectionCache: @unchecked Sendable {
         }
     }
 
-    /// An answer ended on `connection` and it may serve another request: the reader of that request (`handler`)
-    /// leaves the pipeline (at once: it is our own) and the connection goes into the cache.
-    func release(_ connection: UpstreamConnection, removing handler: any RemovableChannelHandler) {
-        connection.channel.pipeline.syncOperations.removeHandler(handler, promise: nil)
+    /// An answer ended on `connection` and it may serve another request: it goes into the cache, its reader
+    /// (`UpstreamConnection.reader`) staying in its pipeline for the next one.
+    func keep(_ connection: UpstreamConnection) {
         if connection.channel.isActive {
             put(connection)
         } else {
@@ -124,21 +123,29 @@ final class IdleConnectionCache: @unchecked Sendable {
 }
 
 /// An upstream connection that may serve several requests: its channel, its peer and how many requests it
-/// carried. Its first handler, `UpstreamKeepaliveHandler`, watches it while it is idle.
+/// carried. Its first handler, `UpstreamKeepaliveHandler`, watches it while it is idle; its last, `reader`, reads
+/// the answer of each request it carries.
 final class UpstreamConnection: @unchecked Sendable {
     let channel: any Channel
     let peer: PeerAddress
     let keepalive: UpstreamKeepaliveHandler
     /// Its decoder's slot.
     let decoderSlot: UpstreamDecoderSlot
+    /// The reader of every request the connection carries (`UpstreamConnectionHandler.beginRequest`).
+    let reader: UpstreamConnectionHandler
+    /// The cache it goes back to: its event loop's, of its group's pool.
+    let cache: IdleConnectionCache
     /// Requests sent over this connection so far.
     var requests = 0
 
-    init(channel: any Channel, peer: PeerAddress, keepalive: UpstreamKeepaliveHandler, decoderSlot: UpstreamDecoderSlot) {
+    init(channel: any Channel, peer: PeerAddress, keepalive: UpstreamKeepaliveHandler, decoderSlot: UpstreamDecoderSlot,
+         reader: UpstreamConnectionHandler, cache: IdleConnectionCache) {
         self.channel = channel
         self.peer = peer
         self.keepalive = keepalive
         self.decoderSlot = decoderSlot
+        self.reader = reader
+        self.cache = cache
     }
 }
 

@@ -36,8 +36,16 @@ public struct UpstreamEngine<Protocol: UpstreamProtocol>: Sendable {
     /// the client answered 504 at once, and no further peer is tried. The peer is not counted as failed: the limit
     /// was the request's, not a fault of the peer's. A body already streaming is not cut at the deadline.
     public func proxy(_ request: KernelRequest, context: RequestContext, deadline: NIODeadline?) -> EventLoopFuture<KernelResponse> {
-        let exchange = UpstreamExchange(engine: core, request: request, context: context, deadline: deadline)
-        return exchange.start()
+        let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        proxy(request, context: context, deadline: deadline) { promise.succeed($0) }
+        return promise.futureResult
+    }
+
+    /// The same, with the answer handed to `respond` (once, on `context.eventLoop`) instead of through a future:
+    /// what a handler that answers through a callback (`RequestHandler.answersThroughCallback`) calls.
+    public func proxy(_ request: KernelRequest, context: RequestContext, deadline: NIODeadline?,
+                      respond: @escaping (KernelResponse) -> Void) {
+        UpstreamExchange(engine: core, request: request, context: context, deadline: deadline, answer: respond).start()
     }
 }
 
@@ -61,7 +69,8 @@ final class UpstreamExchange: @unchecked Sendable {
     private let engine: UpstreamEngineCore
     private let request: KernelRequest
     private let context: RequestContext
-    private let promise: EventLoopPromise<KernelResponse>
+    /// Who gets the client's answer (once, on the event loop).
+    private let answer: (KernelResponse) -> Void
     private var head: ByteBuffer?
     private var tried: [PeerAddress] = []
     private var attempts: [UpstreamAttempt] = []
@@ -76,20 +85,20 @@ final class UpstreamExchange: @unchecked Sendable {
     /// The client has its answer (a response head, or an error): nothing more is sent to the promise.
     private var responded = false
 
-    init(engine: UpstreamEngineCore, request: KernelRequest, context: RequestContext, deadline: NIODeadline? = nil) {
+    init(engine: UpstreamEngineCore, request: KernelRequest, context: RequestContext, deadline: NIODeadline? = nil,
+         answer: @escaping (KernelResponse) -> Void) {
         self.engine = engine
         self.request = request
         self.context = context
         self.deadline = deadline
-        promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        self.answer = answer
     }
 
     private var eventLoop: any EventLoop { context.eventLoop }
     private var configuration: UpstreamConfiguration { engine.configuration }
 
-    func start() -> EventLoopFuture<KernelResponse> {
+    func start() {
         if eventLoop.inEventLoop { begin() } else { eventLoop.execute { self.begin() } }
-        return promise.futureResult
     }
 
     private func begin() {
@@ -148,7 +157,7 @@ final class UpstreamExchange: @unchecked Sendable {
         deadlineTimer?.cancel()
         var response = response
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts)
-        promise.succeed(engine.hooks.finishResponse(response, request: request, context: context))
+        answer(engine.hooks.finishResponse(response, request: request, context: context))
     }
 
     /// Whether a failed attempt may go on to another peer (nginx's `ngx_http_upstream_test_next`): the condition
@@ -230,21 +239,19 @@ final class UpstreamExchange: @unchecked Sendable {
                                               isHeadRequest: request.method == "HEAD")
         let cache = engine.pool?.cache(on: eventLoop)
         if !afterStaleConnection, let cache, let idle = cache.take(peer) {
-            let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop,
-                                                    readTimer: idle.keepalive.readTimer)
-            if (try? idle.channel.pipeline.syncOperations.addHandler(handler)) != nil {
-                current = (handler, peer, started)
-                idle.decoderSlot.decoder = decoder
-                connected(idle.channel, lease: lease, handler: handler, started: started, connection: idle, reused: true)
-                return
-            }
-            idle.channel.close(promise: nil)
+            // The connection's reader stays in its pipeline from request to request.
+            let handler = idle.reader
+            handler.beginRequest()
+            current = (handler, peer, started)
+            idle.decoderSlot.decoder = decoder
+            connected(idle.channel, lease: lease, handler: handler, started: started, connection: idle, reused: true)
+            return
         }
         // A connection that may be kept gets a decoder it keeps across requests, the keepalive watch first, and a
         // read timer its requests share.
-        let kept = cache.map { _ in
+        let kept = cache.map {
             (watch: UpstreamKeepaliveHandler(readTimer: UpstreamReadTimer(eventLoop: eventLoop, shared: true)),
-             slot: UpstreamDecoderSlot(decoder))
+             slot: UpstreamDecoderSlot(decoder), cache: $0)
         }
         let handler = UpstreamConnectionHandler(readTimeout: configuration.readTimeout, eventLoop: eventLoop,
                                                 readTimer: kept?.watch.readTimer)
@@ -281,7 +288,10 @@ final class UpstreamExchange: @unchecked Sendable {
         connecting.hop(to: eventLoop).assumeIsolated().whenComplete { result in
             switch result {
             case .success(let channel):
-                let connection = kept.map { UpstreamConnection(channel: channel, peer: peer, keepalive: $0.watch, decoderSlot: $0.slot) }
+                let connection = kept.map {
+                    UpstreamConnection(channel: channel, peer: peer, keepalive: $0.watch, decoderSlot: $0.slot, reader: handler,
+                                       cache: $0.cache)
+                }
                 self.connected(channel, lease: lease, handler: handler, started: started, connection: connection, reused: false)
             case .failure(let error):
                 if self.deadlineReached {
@@ -336,7 +346,7 @@ final class UpstreamExchange: @unchecked Sendable {
         if let condition = NextUpstreamConditions.condition(forStatus: status), mayRetry(condition, requestSent: true),
            let next = configuration.group.begin(request, excluding: tried) {
             if case .stream(let stream) = response.body { stream.cancel() }
-            attempts.append(UpstreamAttempt(address: lease.peer.description, status: status,
+            attempts.append(UpstreamAttempt(address: lease.address, status: status,
                                             responseTime: seconds(headerNanoseconds), connectTime: 0,
                                             headerTime: seconds(headerNanoseconds)))
             let counts = status != 403 && status != 404
@@ -355,13 +365,13 @@ final class UpstreamExchange: @unchecked Sendable {
                                           failure: end == .failed ? .error : nil, clientClosed: end == .cancelled,
                                           headerNanoseconds: headerNanoseconds, queueDepth: queueDepth))
         }
-        attempts.append(UpstreamAttempt(address: lease.peer.description, status: status,
+        attempts.append(UpstreamAttempt(address: lease.address, status: status,
                                         responseTime: seconds(headerNanoseconds), connectTime: 0,
                                         headerTime: seconds(headerNanoseconds)))
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts, bodyTiming: timing)
         responded = true
         deadlineTimer?.cancel()
-        promise.succeed(engine.hooks.finishResponse(response, request: request, context: context))
+        answer(engine.hooks.finishResponse(response, request: request, context: context))
     }
 
     /// An attempt that gave no usable answer: the balancer hears of it, then the next peer or the last failure.
@@ -374,7 +384,7 @@ final class UpstreamExchange: @unchecked Sendable {
         let now = KernelClock.monotonicNanoseconds()
         // `$upstream_status` shows the status the failure stands for (502, or 504 for a timeout), as nginx's
         // `ngx_http_upstream_next` records it; the balancer hears of no status, the peer gave none.
-        attempts.append(UpstreamAttempt(address: lease.peer.description, status: failure.response.status,
+        attempts.append(UpstreamAttempt(address: lease.address, status: failure.response.status,
                                         responseTime: seconds(now &- started), connectTime: connectTime))
         lease.finish(PeerLeaseOutcome(status: nil, bytesReceived: 0, durationNanoseconds: now &- started,
                                       failure: failure.peerFailure))
@@ -397,17 +407,15 @@ final class UpstreamExchange: @unchecked Sendable {
         }
         let connectTime = seconds(KernelClock.monotonicNanoseconds() &- started)
         var sendError: (any Error)?
-        if let connection, let cache = engine.pool?.cache(on: eventLoop) {
+        if let connection {
+            // Its own loop's cache, found once when it was made (not through the pool's lock per request).
+            let cache = connection.cache
             connection.requests += 1
             if connection.requests < cache.settings.requests {
                 handler.keepAliveAtEnd = (connection, cache)
             }
         }
-        let sender = UpstreamRequestSender(channel: channel, hooks: engine.hooks, sendTimeout: configuration.sendTimeout,
-                                           eventLoop: eventLoop) {
-            handler.fail(UpstreamFailure.timeout("upstream timed out (110: Connection timed out) while sending request to upstream"))
-        }
-        sender.send(head: head ?? ByteBuffer(), request: request) { result in
+        let sent: (Result<Void, any Error>) -> Void = { result in
             switch result {
             case .success:
                 handler.requestFullySent = true
@@ -418,6 +426,15 @@ final class UpstreamExchange: @unchecked Sendable {
                 sendError = error
             }
             handler.requestSent()
+        }
+        let requestHead = head ?? ByteBuffer()
+        if !UpstreamRequestSender.sendHeadOnly(requestHead, of: request, hooks: engine.hooks, channel: channel,
+                                                sendTimeout: configuration.sendTimeout, reader: handler, completion: sent) {
+            let sender = UpstreamRequestSender(channel: channel, hooks: engine.hooks, sendTimeout: configuration.sendTimeout,
+                                               eventLoop: eventLoop) {
+                handler.fail(UpstreamFailure.timeout(UpstreamRequestSender.timeoutMessage))
+            }
+            sender.send(head: requestHead, request: request, completion: sent)
         }
         handler.startReading()
         let peer = lease.peer
@@ -491,7 +508,7 @@ final class UpstreamExchange: @unchecked Sendable {
         if let condition = NextUpstreamConditions.condition(forStatus: head.status), mayRetry(condition, requestSent: true),
            let next = configuration.group.begin(request, excluding: tried) {
             handler.close()
-            attempts.append(UpstreamAttempt(address: lease.peer.description, status: head.status,
+            attempts.append(UpstreamAttempt(address: lease.address, status: head.status,
                                             responseTime: seconds(headerNanoseconds), connectTime: connectTime,
                                             headerTime: seconds(headerNanoseconds)))
             // nginx counts a 403 or 404 that went on to the next peer as no failure of the peer's.
@@ -504,9 +521,24 @@ final class UpstreamExchange: @unchecked Sendable {
             run(next)
             return
         }
-        // The balancer hears of the attempt once, when its body has ended (at once for a body that is already
-        // whole), so `least_conn` and response-time balancing count the whole exchange.
+        // The balancer hears of the attempt once, when its body has ended, so `least_conn` and response-time
+        // balancing count the whole exchange.
         let status = head.status
+        if handler.bodyEndedWhole {
+            // A body that is already whole (the common small answer): told now, with the answer's response time
+            // known, so no timing object or end observer is made.
+            let now = KernelClock.monotonicNanoseconds()
+            lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: now &- started,
+                                          headerNanoseconds: headerNanoseconds, queueDepth: queueDepth))
+            var response = makeResponse(head, handler: handler)
+            attempts.append(UpstreamAttempt(address: lease.address, status: status, responseTime: seconds(now &- started),
+                                            connectTime: connectTime, headerTime: seconds(headerNanoseconds)))
+            response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts)
+            responded = true
+            deadlineTimer?.cancel()
+            answer(engine.hooks.finishResponse(response, request: request, context: context))
+            return
+        }
         let timing = UpstreamBodyTiming(startNanoseconds: started)
         handler.observeBodyEnd { [handler] end in
             let now = KernelClock.monotonicNanoseconds()
@@ -527,13 +559,13 @@ final class UpstreamExchange: @unchecked Sendable {
         }
         var response = makeResponse(head, handler: handler)
         let handed = KernelClock.monotonicNanoseconds() &- started
-        attempts.append(UpstreamAttempt(address: lease.peer.description, status: head.status,
+        attempts.append(UpstreamAttempt(address: lease.address, status: head.status,
                                         responseTime: seconds(handed), connectTime: connectTime,
                                         headerTime: seconds(headerNanoseconds)))
         response.upstream = UpstreamReport(group: configuration.group.name, attempts: attempts, bodyTiming: timing)
         responded = true
         deadlineTimer?.cancel()
-        promise.succeed(engine.hooks.finishResponse(response, request: request, context: context))
+        answer(engine.hooks.finishResponse(response, request: request, context: context))
     }
 
     /// A `101 Switching Protocols`: the client gets the head, with the upgrade that joins its connection to this
@@ -545,7 +577,7 @@ final class UpstreamExchange: @unchecked Sendable {
         response.upgrade = UpstreamUpgrade(upstream: channel, handler: handler, lease: lease,
                                            readTimeout: configuration.readTimeout, logger: context.logger,
                                            suffix: suffix(lease.peer), started: started)
-        attempts.append(UpstreamAttempt(address: lease.peer.description, status: 101, responseTime: headerTime,
+        attempts.append(UpstreamAttempt(address: lease.address, status: 101, responseTime: headerTime,
                                         connectTime: connectTime, headerTime: headerTime))
         respond(response)
     }
@@ -553,18 +585,27 @@ final class UpstreamExchange: @unchecked Sendable {
     /// The upstream's header fields the client gets: hop-by-hop fields, `Date`/`Server` (the kernel writes its own),
     /// a worker's queue depth report (`KernelQueueDepth`, for the balancer only) and those the protocol hides are
     /// dropped; `Upgrade` stays on a `101`, for the listener to write.
+    /// A parser may have left out what is dropped here already (the HTTP one makes no strings for hop-by-hop
+    /// fields, `Date` and `Server`); when nothing is left to drop, the head's fields are passed on as they are,
+    /// without a copy.
     private func responseHeaders(_ head: UpstreamResponseHead, keepingUpgrade: Bool = false) -> HeaderFields {
+        guard let first = head.headers.fields.firstIndex(where: { drops($0.name, keepingUpgrade: keepingUpgrade) }) else {
+            return head.headers
+        }
         var kept: [HeaderFields.Element] = []
-        kept.reserveCapacity(head.headers.count + 1)  // + the Content-Length `makeResponse` may add
-        for (name, value) in head.headers {
-            if HopByHopHeaders.contains(name), !(keepingUpgrade && name.equalsCaseInsensitive("upgrade")) { continue }
-            if name.equalsCaseInsensitive("date") || name.equalsCaseInsensitive("server") || engine.hooks.hidesResponseHeader(name) {
-                continue
-            }
-            if name.equalsCaseInsensitive(KernelQueueDepth.headerName) { continue }
-            kept.append((name, value))
+        kept.reserveCapacity(head.headers.count)
+        kept.append(contentsOf: head.headers.fields[..<first])
+        for field in head.headers.fields[(first + 1)...] where !drops(field.name, keepingUpgrade: keepingUpgrade) {
+            kept.append(field)
         }
         return HeaderFields(kept)
+    }
+
+    /// Whether the client never gets a response header of this name.
+    private func drops(_ name: String, keepingUpgrade: Bool) -> Bool {
+        if HopByHopHeaders.contains(name) { return !(keepingUpgrade && name.equalsCaseInsensitive("upgrade")) }
+        return name.equalsCaseInsensitive("date") || name.equalsCaseInsensitive("server") || engine.hooks.hidesResponseHeader(name)
+            || name.equalsCaseInsensitive(KernelQueueDepth.headerName)
     }
 
     /// The client-facing response, with the headers `responseHeaders` keeps.
@@ -594,8 +635,8 @@ final class UpstreamExchange: @unchecked Sendable {
             let suffix = self.suffix(nil)
             let release = UpstreamBodyRelease(handler: handler)
             body = .stream(ResponseBodyStream(
-                next: { release.handler.next(logger: logger, suffix: suffix) },
-                cancel: { release.handler.cancel() }))
+                next: { release.handler.next(of: release.generation, logger: logger, suffix: suffix) },
+                cancel: { release.handler.cancel(release.generation) }))
         }
         return KernelResponse(status: head.status, reason: head.reason, headers: headers, body: body)
     }
@@ -604,12 +645,19 @@ final class UpstreamExchange: @unchecked Sendable {
 /// Held by a streamed response body: when the last copy of the stream goes without having been read to its end
 /// or cancelled (a filter replaced the response, a protocol module dropped it), the upstream connection closes
 /// and the lease is finished as a client close, so a balancer never counts an attempt that nobody reads.
+///
+/// It names the request it belongs to: the handler of a kept-alive connection serves the next request once this
+/// one's answer has ended, and what this stream does later must not touch that one.
 final class UpstreamBodyRelease: Sendable {
     let handler: UpstreamConnectionHandler
+    let generation: UInt64
 
-    init(handler: UpstreamConnectionHandler) { self.handler = handler }
+    init(handler: UpstreamConnectionHandler) {
+        self.handler = handler
+        generation = handler.generation
+    }
 
-    deinit { handler.cancel() }
+    deinit { handler.cancel(generation) }
 }
 
 /// A named peer without an address in the resolver.

@@ -72,6 +72,8 @@ public struct UpstreamResponseHead: Sendable {
     public var status: Int
     /// The reason phrase as sent; nil when the upstream sent none.
     public var reason: String?
+    /// The answer's fields. A parser may leave out those the engine drops from every answer anyway (hop-by-hop
+    /// fields but `Upgrade` on a `101`, `Date`, `Server`), and read what it needs of them itself.
     public var headers: HeaderFields
     /// How the body that follows is delimited on the wire. The engine makes it `.none` itself for HEAD requests
     /// and 204/304 answers.

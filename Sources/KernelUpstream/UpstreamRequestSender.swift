@@ -26,6 +26,32 @@ final class UpstreamRequestSender: @unchecked Sendable {
         watch = SendTimeoutWatch(timeout: sendTimeout, eventLoop: eventLoop, onTimeout: onTimeout)
     }
 
+    /// The log message of a send that made no progress within `*_send_timeout`.
+    static let timeoutMessage = "upstream timed out (110: Connection timed out) while sending request to upstream"
+
+    /// A request that is its head alone (no body, no trailer, one slice: the common GET) is written here, with no
+    /// sender object, and the send timeout's watch is made only when the flush could not write it at once (the
+    /// reader then holds it until the write completes: `UpstreamConnectionHandler.watchSend`). False, and nothing
+    /// written, for any other request.
+    static func sendHeadOnly(_ head: ByteBuffer, of request: KernelRequest, hooks: any UpstreamProtocol, channel: any Channel,
+                             sendTimeout: TimeAmount, reader: UpstreamConnectionHandler,
+                             completion: @escaping (Result<Void, any Error>) -> Void) -> Bool {
+        guard request.bodySource == nil, (request.body?.readableBytes ?? 0) == 0, head.readableBytes <= SendProgress.sliceSize,
+              hooks.requestBodyTrailer(allocator: channel.allocator) == nil else { return false }
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.assumeIsolated().whenComplete(completion)
+        channel.writeAndFlush(head, promise: promise)
+        if !reader.isRequestSent {
+            // Still waiting for the socket: timed from now, as the sender times a write the flush left pending.
+            let watch = SendTimeoutWatch(timeout: sendTimeout, eventLoop: channel.eventLoop) { [reader] in
+                reader.fail(UpstreamFailure.timeout(timeoutMessage))
+            }
+            watch.writeStarted()
+            reader.watchSend(watch)
+        }
+        return true
+    }
+
     /// Writes the request; `completion` is called once the whole request is written, or with the failure (the
     /// channel closed, the client's body broke off). It may be called before `send` returns.
     func send(head: ByteBuffer, request: KernelRequest, completion: @escaping (Result<Void, any Error>) -> Void) {

@@ -160,6 +160,58 @@ final class UpstreamStreamingTests: XCTestCase {
         handler.cancel()
         XCTAssertEqual(ends, ["complete"], "a cancel after the end changes nothing")
     }
+
+    func testAKeptConnectionsReaderServesTheNextRequestUntouchedByThePreviousOnesStream() throws {
+        // One reader for two requests on one connection, as a pooled connection has it.
+        let slot = UpstreamDecoderSlot(UpstreamResponseDecoder(parser: FakeParser(), isHeadRequest: false))
+        let channel = EmbeddedChannel()
+        let watch = UpstreamKeepaliveHandler(readTimer: UpstreamReadTimer(eventLoop: channel.eventLoop, shared: true))
+        let handler = UpstreamConnectionHandler(readTimeout: .seconds(60), eventLoop: channel.eventLoop, readTimer: watch.readTimer)
+        try channel.pipeline.syncOperations.addHandlers([watch, ByteToMessageHandler(UpstreamConnectionDecoder(slot: slot)), handler])
+        let peer = PeerAddress.tcp(host: "127.0.0.1", port: 1)
+        let cache = IdleConnectionCache(settings: UpstreamKeepalive(connections: 1, timeout: .seconds(60), requests: 10),
+                                        eventLoop: channel.eventLoop)
+        let connection = UpstreamConnection(channel: channel, peer: peer, keepalive: watch, decoderSlot: slot, reader: handler,
+                                            cache: cache)
+        let logger = Logger(label: "test")
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+
+        handler.keepAliveAtEnd = (connection, cache)
+        handler.startReading()
+        handler.requestFullySent = true
+        handler.requestSent()
+        try channel.writeInbound(buffer("200 len:4\nReuse: yes\n\nab"))
+        XCTAssertEqual(try handler.headFuture.wait().status, 200)
+        let first = handler.generation
+        XCTAssertEqual(try handler.next(of: first, logger: logger, suffix: "").wait().map { String(buffer: $0) }, "ab")
+        let rest = handler.next(of: first, logger: logger, suffix: "")
+        try channel.writeInbound(buffer("cd"))
+        XCTAssertEqual(try rest.wait().map { String(buffer: $0) }, "cd")
+
+        XCTAssertEqual(cache.count, 1, "the ended answer left its connection in the pool")
+        XCTAssertTrue(cache.take(peer) === connection)
+        handler.beginRequest()
+        slot.decoder = UpstreamResponseDecoder(parser: FakeParser(), isHeadRequest: false)
+        XCTAssertNotEqual(handler.generation, first)
+        handler.keepAliveAtEnd = (connection, cache)
+        handler.startReading()
+        handler.requestFullySent = true
+        handler.requestSent()
+        try channel.writeInbound(buffer("201 len:4\nReuse: yes\n\nef"))
+        XCTAssertEqual(try handler.headFuture.wait().status, 201, "the second request's head, not the first's")
+        let second = handler.generation
+        // The first request's stream, dropped or pulled late, neither ends nor reads the second one's answer.
+        handler.cancel(first)
+        XCTAssertNil(try handler.next(of: first, logger: logger, suffix: "").wait())
+        XCTAssertEqual(try handler.next(of: second, logger: logger, suffix: "").wait().map { String(buffer: $0) }, "ef")
+        let end = handler.next(of: second, logger: logger, suffix: "")
+        try channel.writeInbound(buffer("gh"))
+        XCTAssertEqual(try end.wait().map { String(buffer: $0) }, "gh")
+        XCTAssertNil(try handler.next(of: second, logger: logger, suffix: "").wait())
+        XCTAssertEqual(handler.bodyBytesReceived, 4, "counted per request")
+        XCTAssertTrue(channel.isActive)
+        XCTAssertEqual(cache.count, 1, "kept again for a third request")
+    }
 }
 
 /// The resolver seam: the engine reads named peers' addresses from a resolver object, never looking a name up
