@@ -90,11 +90,9 @@ public final class WorkerSupervision: ProcessSupervision {
         let reply = await replies.ask(timeout: timeout + .milliseconds(500)) { id in
             send(.share(id: id, key: key, command: command, resets: resets, timeoutMilliseconds: milliseconds))
         }
-        guard case .gathered(_, let answers) = reply else {
-            // No master to ask (it is gone, and this worker stops): this process's own answer is all there is.
-            guard let body = await queries.answer(command) else { return [] }
-            return [ProcessAnswer(source: .worker(identity.number), pid: getpid(), body: body)]
-        }
+        // No reply: the master is gone (and this worker stops). The command is not run here alone, since the
+        // master may have had it run everywhere already.
+        guard case .gathered(_, let answers) = reply else { return [] }
         return answers.map(\.processAnswer)
     }
 
