@@ -132,6 +132,7 @@ struct HTTPHeadScanner {
             let lf = base.distance(to: UnsafeRawPointer(found))
             var lineEnd = lf
             if lineEnd > lineStart, bytes[lineEnd - 1] == HTTPByte.cr { lineEnd -= 1 }
+            if let failure = bareCarriageReturn(base, before: lineEnd) { return failure }
             let length = lineEnd - lineStart
             position = lf + 1
             if length == 0 {
@@ -160,11 +161,25 @@ struct HTTPHeadScanner {
             lineStart = position
             if position - headStart > maxHeadLength { return .failure(.headTooLarge) }
         }
+        // A CR at the very end may still be followed by its LF.
+        if let failure = bareCarriageReturn(base, before: count - 1) { return failure }
         // Only the first `maxLineLength` bytes are judged, so that the answer does not depend on how the line is cut.
         if lines == 0, !HTTPRequestHeadParser.requestLinePrefixIsPlausible(bytes, lineStart..<min(count, lineStart + maxLineLength)) {
             return .failure(.invalidRequestLine)
         }
         return checkPartial(count)
+    }
+
+    /// A CR of the current line before `end` that the next byte shows is no line ending: nginx refuses the request
+    /// at that byte (400) rather than wait for an LF that would not make the line valid. Only a CR the size limits
+    /// have not been passed by yet counts (one within the line's first `maxLineLength` + 1 bytes and the head's
+    /// first `maxHeadLength` + 1), so that the answer is the same however the bytes arrive: fed in pieces, the CR
+    /// is judged when its next byte arrives, before a limit that byte does not pass.
+    private func bareCarriageReturn(_ base: UnsafeRawPointer, before end: Int) -> Outcome? {
+        let last = min(end, lineStart + maxLineLength + 1, headStart + maxHeadLength + 1)
+        // `end` is before the line's own ending and no LF comes before it: a CR before it has a next byte, not an LF.
+        guard last > lineStart, memchr(base + lineStart, Int32(HTTPByte.cr), last - lineStart) != nil else { return nil }
+        return .failure(lines == 0 ? .invalidRequestLine : .invalidHeaderLine)
     }
 
     private func checkPartial(_ count: Int) -> Outcome {

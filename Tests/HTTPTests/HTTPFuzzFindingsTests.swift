@@ -28,6 +28,20 @@ final class HTTPFuzzFindingsTests: XCTestCase {
         Array(Data(base64Encoded: base64)!.dropFirst(2))
     }
 
+    /// A finding whose bytes hold a CR that is no line ending: such a head is a 400 at that CR's next byte,
+    /// whole or cut (checked here), so the limits it once probed are probed with each such CR made an `x`.
+    private func withoutBareCarriageReturns(_ bytes: [UInt8], refusedAs error: HTTPRequestError,
+                                            file: StaticString = #filePath, line: UInt = #line) -> [UInt8] {
+        let (whole, byByte) = outcomes(bytes)
+        XCTAssertEqual(whole, .failure(error), file: file, line: line)
+        XCTAssertEqual(byByte, whole, file: file, line: line)
+        var cleaned = bytes
+        for index in cleaned.indices where cleaned[index] == 13 && (index + 1 == cleaned.count || cleaned[index + 1] != 10) {
+            cleaned[index] = UInt8(ascii: "x")
+        }
+        return cleaned
+    }
+
     /// A request line longer than the limit whose method has a byte no method has: 400 (not 414), however cut.
     func testLongRequestLineWithAnInvalidMethodIs400HoweverCut() {
         let bytes = payload(
@@ -42,12 +56,12 @@ final class HTTPFuzzFindingsTests: XCTestCase {
 
     /// A header line exactly at the limit whose CR and LF arrive apart is not too long.
     func testHeaderLineAtTheLimitIsNotTooLongWhenItsCRArrivesAlone() {
-        let bytes = payload(
+        let bytes = withoutBareCarriageReturns(payload(
             "AAdQT1NUIC9UcmVhY25zZmVyLUVKbm9zdGhvIEhUVFAvMS4xDQr////////////ExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMQN" +
             "Cv///////////8TExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExIEAAADExMTExMTExMTEAgICAgICAgICAgICAgICAgICAgICAgIC" +
             "AhICAgICAgJvgQAAAMTExMTExMTExMQCAgICAgICAgICAgICAgICAgICAgICAgICEgICAgICAm9kaW5nOiBDaHVua2VkDQICAgICAgICAgICAgIC" +
             "AgICU2V0AgICAgICAgICAgICAgICAgICAgICAsTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExHQtTGVubmc6IGNo" +
-            "dW5rZWQNCg0K")
+            "dW5rZWQNCg0K"), refusedAs: .invalidHeaderLine)
         let (whole, byByte) = outcomes(bytes)
         guard case .complete(let start, let end) = whole else { return XCTFail("\(whole)") }
         XCTAssertEqual(byByte, whole)
@@ -59,7 +73,7 @@ final class HTTPFuzzFindingsTests: XCTestCase {
     /// A long header line that starts near the end of the head's room: the head's limit is reached first, whole
     /// or cut.
     func testLongHeaderLineNearTheEndOfTheHeadIsHeadTooLargeHoweverCut() {
-        let bytes = payload(
+        let bytes = withoutBareCarriageReturns(payload(
             "A1pHR0VUIC9oZWxsbyBIVFRQLzEuMg0KSG9zdDogdGVzdA0KDSdFVCAvaGVsbG8gSFRUUC8xRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZG" +
             "RkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkZGRkYuMg0KSG9z/3QHAFBPU1QgL2hvIEhUVFAvMS4xDQpIb3N0OiB0ZXN0" +
             "DQpFeHBnY3Q6IDFlbnRpbnUgdGVzQ2hhcmFjdGV0DQpFeP9nY3Q6IDF0ZWVudC1MZW5ndHRlc3QNClRyYW5zZmVyLUVuY29kaW5naDpFeHANCkVj" +
@@ -80,7 +94,7 @@ final class HTTPFuzzFindingsTests: XCTestCase {
             "Om8xMDAgbi1jdGludSB0ZQAAAN9FeHCinIvF3zdlkXRpUE9TVCAvZWNobyBIVFRQLzEuMQ0KSG9zdDogdGVzdA0KVHJhbnNmZW518vLy8vLy8kV4" +
             "cA0KRWM6dUV4cA0KRWM6eHRncCAxZW50aW51IHQNClRyYW5zZmVyLUVuY29kaW5naDpFeHANCkV4cGdjdDogMmVuZmVykkVuY29kaW5naDpFeHB0" +
             "Om8xMDAgbi1jdGtudSB0ZQAAAN9FeCpwopyLxd83ZZF0aW51RXhwDQpFYzp4dGdwIDFlbnRpbnUgbnUgdGVzdA0KZ2N0OiAxZXRMbmUtdGVuZ3R0" +
-            "ZXN0YW4=")
+            "ZXN0YW4="), refusedAs: .invalidHeaderLine)
         let (whole, byByte) = outcomes(bytes)
         XCTAssertEqual(whole, .failure(.headTooLarge))
         XCTAssertEqual(byByte, whole)
@@ -89,7 +103,7 @@ final class HTTPFuzzFindingsTests: XCTestCase {
     /// A head that ends in an unfinished header line past both limits: the head's limit, reached first, decides
     /// (not the read that happened to pass both at once).
     func testUnfinishedLineAcrossBothLimitsIsHeadTooLargeHoweverCut() {
-        let bytes = payload(
+        let bytes = withoutBareCarriageReturns(payload(
             "A1pQT1NUIC9lY2hvIEhUVFAvMS4xDQpIb3N0OiB0IGNob2VudGludA0KVHJhbnNmZXItRW5jb2RpbmdoOkV4cA0KRWM6eHRncCAxZVVuZW50LUxl" +
             "bmd0dGVzdA0KVHJhbnNmZXItRW5jb2RpbmdoOkV4cA0KRWM6eHRncCAwZVVuc2FmdXRCc2UNCkV4cGdjdDogMmV0ZW50LUxlbmd0dGVzbnQtTGVu" +
             "Z3R0ZXN0DQpUcmFuc2Zlci1FbmNvZGluZ2g6RXhwDUB8fHx8R2N0OiAwZW5mZXKSRW5jb2RpbmdoOkV4cGdjdDpvMTAwIG4gaW50Y3UtdGVzdA0K" +
@@ -104,7 +118,7 @@ final class HTTPFuzzFindingsTests: XCTestCase {
             "Ly4vY3QveC94Ly4veS8uLi8uKS9pbnNwZWN0Ly4veS8uLhguKS90Y3AvLi9TdG4vIEhUVFAvAAAAeS8uLi8uKS90Yy8uLi8uKS9pbnNwZWN0Ly4v" +
             "Y3QveC94Ly4veS8uLi8uKS9pbnNwZWN0Ly4veS8uLhguKS90Y3BlL2lzbng9eT0lMTkuL3kvLi4vLikvaW4uKXkvLi4vLikvaW5zcGJjdC94L3gv" +
             "Li95Ly4uLy8uL3kvLi4vLikvaW5zcGVjdC8uL3kvLi4YLikvdGNwZS9pc254PXk9JTE5Li95Ly4uLy4pL2luLil5Ly4AdGludSB0ZXN0DXNwYmN0" +
-            "L3gveC8uL3kvLi4vLik=")
+            "L3gveC8uL3kvLi4vLik="), refusedAs: .invalidHeaderLine)
         let (whole, byByte) = outcomes(bytes)
         XCTAssertEqual(whole, .failure(.headTooLarge))
         XCTAssertEqual(byByte, whole)
@@ -131,6 +145,35 @@ final class HTTPFuzzFindingsTests: XCTestCase {
             try h.send(bytes: Array(bytes[..<firstRead]))
             if h.isOpen, firstRead < bytes.count { try h.send(bytes: Array(bytes[firstRead...])) }
             XCTAssertEqual(try h.output(), expected, "first read \(firstRead) bytes")
+        }
+    }
+
+    /// A CR that its next byte shows is no line ending is refused at that byte, as nginx does, whole or cut, and
+    /// unless a size limit was passed first; a CR at the end of what has arrived waits for its LF.
+    func testABareCarriageReturnIsRefusedAtTheByteAfterIt() {
+        let cases: [(String, HTTPHeadScanner.Outcome)] = [
+            ("GET / HTTP/1.1\rHost: a\r\r", .failure(.invalidRequestLine)),
+            ("GET / HTTP/1.1\r\nHost: a\rX-B: c\r\n\r\n", .failure(.invalidHeaderLine)),
+            ("GET / HTTP/1.1\r\nHost: a\r\r\n\r\n", .failure(.invalidHeaderLine)),
+            ("GET / HTTP/1.1\r\nHost: a\r", .needMore),
+            ("GE\rT / HTTP/1.1\r\n\r\n", .failure(.invalidRequestLine)),
+            // Past the line's limit before the CR: the limit's answer.
+            ("GET /" + String(repeating: "a", count: 300) + "\rX", .failure(.requestLineTooLong)),
+            ("GET / HTTP/1.1\r\nX-A: " + String(repeating: "a", count: 300) + "\rX", .failure(.headerLineTooLong)),
+        ]
+        for (text, expected) in cases {
+            let (whole, byByte) = outcomes(Array(text.utf8))
+            XCTAssertEqual(whole, expected, text)
+            XCTAssertEqual(byByte, whole, text)
+        }
+        // At every place around the line's limit, whole and cut agree.
+        for offset in (maxLine - 4)...(maxLine + 4) {
+            let line = "GET /" + String(repeating: "a", count: offset - 5) + "\rX"
+            let (whole, byByte) = outcomes(Array(line.utf8))
+            XCTAssertEqual(byByte, whole, "CR at \(offset)")
+            let header = "GET / HTTP/1.1\r\n" + String(repeating: "b", count: offset) + "\rX"
+            let (wholeHeader, byByteHeader) = outcomes(Array(header.utf8))
+            XCTAssertEqual(byByteHeader, wholeHeader, "header CR at \(offset)")
         }
     }
 }

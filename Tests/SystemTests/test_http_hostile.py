@@ -104,6 +104,9 @@ REFUSALS = [
     ("nul-in-target", b"GET /a\x00b HTTP/1.1\r\n" + H + b"\r\n", 400, "client sent invalid request line"),
     ("nul-in-method", b"G\x00T / HTTP/1.1\r\n" + H + b"\r\n", 400, "client sent invalid request line"),
     ("bare-cr-in-request-line", b"GET /\r HTTP/1.1\r\n" + H + b"\r\n", 400, "client sent invalid request line"),
+    # CR alone as the line ending: refused at the byte after it, as nginx does, not at the header timeout.
+    ("bare-cr-line-endings", b"GET / HTTP/1.1\rHost: a\r\r", 400, "client sent invalid request line"),
+    ("bare-cr-ending-a-header", b"GET / HTTP/1.1\r\nHost: a\rX-A: b\r", 400, "client sent invalid header line"),
     ("space-in-target", b"GET /a b HTTP/1.1\r\n" + H + b"\r\n", 400, "client sent invalid request line"),
     ("target-without-slash", b"GET x HTTP/1.1\r\n" + H + b"\r\n", 400, "client sent invalid"),
     ("connect-authority-form", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 400,
