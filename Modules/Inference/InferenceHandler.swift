@@ -277,8 +277,18 @@ public struct InferenceHandler: RequestHandler {
         return promise.futureResult
     }
 
-    /// Compressed infer bodies up to this size are expanded on the event loop.
+    /// Compressed infer bodies up to this size are expanded on the event loop, and answers up to it compressed there.
     static let compressedBodiesExpandedInline = 64 << 10
+
+    /// `response` with `compressed` as its body in `encoding`; as it was when compression gave nothing.
+    private static func compressed(_ response: KernelResponse, _ compressed: ByteBuffer?,
+                                   _ encoding: InferenceBodyEncoding) -> KernelResponse {
+        guard let compressed else { return response }
+        var response = response
+        response.body = .buffer(compressed)
+        response.headers.replace("Content-Encoding", encoding.rawValue)
+        return response
+    }
 
     /// Decodes the (expanded) `body` and queues the request in `model`'s scheduler; the answer comes when its batch
     /// has run.
@@ -302,6 +312,7 @@ public struct InferenceHandler: RequestHandler {
         let options = SubmitOptions(deadline: deadline, priority: priority, cancellation: context.cancellation)
         // One promise per request: the scheduler's callback runs on this event loop and answers it directly.
         let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        let eventLoop = context.eventLoop
         scheduler.submit(decoded.inputs, options: options, on: context.eventLoop) { outcome in
             do {
                 let result = try outcome.get()
@@ -312,11 +323,16 @@ public struct InferenceHandler: RequestHandler {
                                         encodeNanoseconds: KernelClock.monotonicNanoseconds() &- encodeStart)
                     .attach(to: &response)
                 response.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
-                if case .buffer(let body) = response.body, let compressed = responseEncoding.compress(body) {
-                    response.body = .buffer(compressed)
-                    response.headers.replace("Content-Encoding", responseEncoding.rawValue)
+                guard responseEncoding != .identity, case .buffer(let body) = response.body else {
+                    return promise.succeed(response)
                 }
-                promise.succeed(response)
+                guard body.readableBytes > Self.compressedBodiesExpandedInline else {
+                    return promise.succeed(Self.compressed(response, responseEncoding.compress(body), responseEncoding))
+                }
+                // A larger answer is compressed on the shared pool, as a larger request is expanded there.
+                let uncompressed = response
+                promise.completeWith(NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { responseEncoding.compress(body) }
+                    .map { Self.compressed(uncompressed, $0, responseEncoding) })
             } catch var failure as KernelHTTPError {
                 // Rejections and timeouts report the depth too: a full queue is what least_queue must hear of.
                 failure.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))

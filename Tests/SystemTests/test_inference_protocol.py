@@ -321,6 +321,14 @@ def test_compressed_bodies_on_the_wire(kernel):
     assert answer.json()["outputs"] == plain.json()["outputs"]
     assert_error(post(kernel, "/v2/models/ppocr_cls/infer", packed[:-6], {"Content-Encoding": "gzip"}), 400,
                  "failed to decompress the gzip request body")
+    # An answer of more than 64 KiB (compressed off the event loop), gzip and deflate.
+    text = "kernel " * 40000
+    echo = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 1], "datatype": "BYTES", "data": [text]}]}).encode()
+    for name in ("gzip", "deflate"):
+        answer = post(kernel, "/v2/models/strings/infer", echo, {"Accept-Encoding": name})
+        assert answer.status_code == 200 and answer.headers["Content-Encoding"] == name, answer.headers
+        assert int(answer.headers["Content-Length"]) < len(text) // 10
+        assert answer.json()["outputs"][0]["data"] == [text]
 
 
 @pytest.mark.parametrize("binary", [False, True])
