@@ -60,8 +60,9 @@ struct ProxyRequestHead: Sendable {
         case .original:
             return Self.originForm(of: request.uri)
         case .template(let template):
-            // Captures and `$uri` are decoded: a `%0D%0A` of the client's must not become a line of the request.
-            return Self.escapeLineBreaking(template.render(request, route: route))
+            // Captures and `$uri` are decoded: a `%0D%0A` of the client's must not become a line of the request;
+            // `%`, `?` and `#` stay as the template and its variables put them.
+            return PercentEncoding.escaped(template.render(request, route: route))
         case .replacingPrefix(let uri, let locationLength):
             let path = request.path
             let cut = min(locationLength, path.utf8.count)
@@ -86,35 +87,9 @@ struct ProxyRequestHead: Sendable {
     /// nginx's `ngx_escape_uri(..., NGX_ESCAPE_URI)`: controls, space, `#`, `%`, `?`, DEL and bytes from 0x80 as
     /// `%XX`.
     static func escapeURI(_ text: String) -> String {
-        let hex: [UInt8] = Array("0123456789ABCDEF".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(text.utf8.count)
-        for byte in text.utf8 {
-            if byte <= 0x20 || byte == UInt8(ascii: "#") || byte == UInt8(ascii: "%") || byte == UInt8(ascii: "?") || byte >= 0x7F {
-                out += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
-            } else {
-                out.append(byte)
-            }
+        PercentEncoding.escaped(text) {
+            PercentEncoding.breaksALine($0) || $0 == UInt8(ascii: "#") || $0 == UInt8(ascii: "%") || $0 == UInt8(ascii: "?")
         }
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    /// A rendered URI with the bytes no request line may hold (controls, space, DEL, and bytes from 0x80, which a
-    /// decoded capture can hold) as `%XX`; `%`, `?` and `#` stay as the template and its variables put them.
-    static func escapeLineBreaking(_ text: String) -> String {
-        func isUnsafe(_ byte: UInt8) -> Bool { byte <= 0x20 || byte >= 0x7F }
-        guard text.utf8.contains(where: isUnsafe) else { return text }
-        let hex: [UInt8] = Array("0123456789ABCDEF".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(text.utf8.count + 8)
-        for byte in text.utf8 {
-            if isUnsafe(byte) {
-                out += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
-            } else {
-                out.append(byte)
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 
     /// How `request`'s body goes out: chunked only for a body still arriving whose length nobody declared.

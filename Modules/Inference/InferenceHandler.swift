@@ -19,7 +19,7 @@ public struct InferenceHandler: RequestHandler {
     /// module mounts the handler (`KernelRuntime.notReadyReasons`), this repository's models alone by default.
     let notReady: @Sendable () -> [NotReadyReason]
     /// The process group a load or unload is shared with, so that every worker process serves the same models;
-    /// nil runs it in this process alone.
+    /// nil, or a process that runs alone, runs it here.
     let supervision: (any ProcessSupervision)?
     public static let serverName = "kernel"
     public static let extensions = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository"]
@@ -188,9 +188,9 @@ public struct InferenceHandler: RequestHandler {
         guard repository.control == .explicit else { throw KernelHTTPError(503, ModelRepository.controlRefusal) }
         let repository = repository
         let promise = context.eventLoop.makePromise(of: KernelResponse.self)
-        if let supervision {
+        if let supervision, supervision.isSupervised {
             let text = RepositoryCommand.text(action: action, model: name, repository: repository.identity, body: bytes)
-            guard !supervision.isSupervised || text.utf8.count <= ProcessSharing.maximumCommandLength else {
+            guard text.utf8.count <= ProcessSharing.maximumCommandLength else {
                 throw KernelHTTPError(413, "failed to load '\(name)': the request (\(text.utf8.count) bytes) is larger than the \(ProcessSharing.maximumCommandLength) bytes that worker processes can share")
             }
             // Every worker process runs it (this one included), each on its repository's own thread; a worker
@@ -201,6 +201,7 @@ public struct InferenceHandler: RequestHandler {
                 return try Self.repositoryResponse(RepositoryCommand.combine(answers, own: getpid()))
             }
         } else {
+            // A single process: the body parsed above runs here, with no command text to write and read back.
             let command = RepositoryCommand(action: action, model: name, repository: repository.identity, request: body.value)
             promise.completeWithTask {
                 let answer = await command.run(on: repository)

@@ -145,18 +145,7 @@ extension ReturnDirective {
     /// `url` with control characters, blanks and non-ASCII bytes percent-encoded: `$uri` is decoded, and a request
     /// for `/a%0d%0aSet-Cookie:...` must not add a header to a redirect built from it.
     static func headerSafe(_ url: String) -> String {
-        guard url.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) else { return url }
-        let hex: [UInt8] = Array("0123456789ABCDEF".utf8)
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(url.utf8.count + 16)
-        for byte in url.utf8 {
-            if byte <= 0x20 || byte >= 0x7f {
-                bytes += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0x0f)]]
-            } else {
-                bytes.append(byte)
-            }
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        PercentEncoding.escaped(url)
     }
 }
 

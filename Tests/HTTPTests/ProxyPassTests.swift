@@ -335,9 +335,9 @@ final class ProxyPassTests: XCTestCase {
         XCTAssertEqual(plain.url, "http://example.test")
         XCTAssertEqual(ProxyRequestHead.escapeURI("/a b#c%d?e\u{7f}é"), "/a%20b%23c%25d%3Fe%7F%C3%A9")
         // A rendered template keeps its `%`, `?` and `#`; what would break the request line is escaped.
-        XCTAssertEqual(ProxyRequestHead.escapeLineBreaking("/b\r\nX-Injected: 1?q=%41#f"), "/b%0D%0AX-Injected:%201?q=%41#f")
-        XCTAssertEqual(ProxyRequestHead.escapeLineBreaking("/é\u{0}\t\u{7f}"), "/%C3%A9%00%09%7F")
-        XCTAssertEqual(ProxyRequestHead.escapeLineBreaking("/plain/7?x=1"), "/plain/7?x=1")
+        XCTAssertEqual(PercentEncoding.escaped("/b\r\nX-Injected: 1?q=%41#f"), "/b%0D%0AX-Injected:%201?q=%41#f")
+        XCTAssertEqual(PercentEncoding.escaped("/é\u{0}\t\u{7f}"), "/%C3%A9%00%09%7F")
+        XCTAssertEqual(PercentEncoding.escaped("/plain/7?x=1"), "/plain/7?x=1")
     }
 }
 
