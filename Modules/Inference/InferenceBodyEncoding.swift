@@ -65,12 +65,18 @@ enum InferenceBodyEncoding: String, Sendable {
         case failed(Int32)
     }
 
-    /// `body` expanded, at most `limit` bytes (the location's `client_max_body_size`, and never more than one
-    /// buffer holds): more is a 413, as an uncompressed body that large would be, found before more than `limit`
-    /// bytes are made. A body that is not what its encoding says is a 400.
-    func expand(_ body: ByteBuffer, limit: Int?) throws -> ByteBuffer {
+    /// The most bytes an expansion may make, and the setting that says so (named in the 413).
+    struct ExpansionLimit {
+        var bytes: Int
+        var setting: String
+    }
+
+    /// `body` expanded, at most `limit` bytes (and never more than one buffer holds): more is a 413, as an
+    /// uncompressed body that large would be, found before more than `limit` bytes are made. A body that is not
+    /// what its encoding says is a 400.
+    func expand(_ body: ByteBuffer, limit expansionLimit: ExpansionLimit) throws -> ByteBuffer {
         guard self != .identity else { return body }
-        let limit = min(limit ?? Int.max, Int(UInt32.max))
+        let limit = min(expansionLimit.bytes, Int(UInt32.max))
         var stream = z_stream()
         // 15 + 32: zlib's largest window, with the gzip or zlib header detected (Triton expands both this way).
         guard inflateInit2_(&stream, 15 + 32, zlibVersion(), Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
@@ -124,7 +130,7 @@ enum InferenceBodyEncoding: String, Sendable {
         case .complete:
             return output
         case .tooLarge:
-            throw KernelHTTPError(413, "Decompressed data size exceeds the maximum allowed value (\(limit) bytes, the location's client_max_body_size)")
+            throw KernelHTTPError(413, "Decompressed data size exceeds the maximum allowed value (\(limit) bytes, \(expansionLimit.setting))")
         case .truncated:
             throw KernelHTTPError(400, "failed to decompress the \(rawValue) request body: it ends before the compressed data does")
         case .trailing:

@@ -20,6 +20,10 @@ public struct InferenceConfiguration: Sendable {
     /// `vision_library`: the path of libKernelOCRVision.so that pipelines open, or nil to search for it
     /// (`OCRVisionLibrary.candidates`).
     public var visionLibrary: String?
+    /// `max_input_size`: the most bytes a compressed infer body may expand to where the location sets no
+    /// `client_max_body_size` (`0`); where it sets one, that one bounds the expansion. Triton's
+    /// `--http-max-input-size`, with its default of 64 MiB: without a bound a few KB of gzip could claim 4 GiB.
+    public var maxInputSize = InferenceConfiguration.defaultMaxInputSize
 }
 
 /// `inference.model_repository`, `repository_control` and `repository_poll`.
@@ -162,6 +166,8 @@ extension InferenceConfiguration {
     public static let defaultMaxQueue = 1024
     /// Default of `repository_poll` when `repository_control: poll` gives none (Triton's `--repository-poll-secs`).
     public static let defaultPollInterval = ConfigDuration.seconds(15)
+    /// Default of `max_input_size` (Triton's `HTTP_DEFAULT_MAX_INPUT_SIZE`, 64 MiB).
+    public static let defaultMaxInputSize = 64 << 20
 
     /// Decodes the section strictly; relative model paths resolve against the configuration file's directory.
     /// A `model_repository` is scanned here, so that its per-model files and a name in both it and `models:` are
@@ -229,6 +235,11 @@ extension InferenceConfiguration {
         // Pipelines (Modules/Inference/Pipeline/PipelineConfiguration.swift).
         let pipelines = try mapping.optional("pipelines").map { try PipelineConfiguration.decodeList($0, models: models) } ?? []
         let visionLibrary = try mapping.optional("vision_library").map { resolvePath(try $0.nonEmptyString()) }
+        let maxInputSize = try mapping.optional("max_input_size").map { value -> Int in
+            let size = try value.size()
+            guard size.bytes > 0, size.bytes <= Int(UInt32.max) else { throw value.expected("a size from 1 to 4g (e.g. 64m)") }
+            return size.bytes
+        } ?? defaultMaxInputSize
         try mapping.finish()
         var configuration = InferenceConfiguration(runtimeLibrary: runtimeLibrary, models: models)
         configuration.loadBeforeListen = loadBeforeListen
@@ -236,6 +247,7 @@ extension InferenceConfiguration {
         configuration.memoryDefaults = memoryDefaults
         configuration.pipelines = pipelines
         configuration.visionLibrary = visionLibrary
+        configuration.maxInputSize = maxInputSize
         return configuration
     }
 

@@ -21,6 +21,9 @@ public struct InferenceHandler: RequestHandler {
     /// The process group a load or unload is shared with, so that every worker process serves the same models;
     /// nil, or a process that runs alone, runs it here.
     let supervision: (any ProcessSupervision)?
+    /// `inference.max_input_size`: the bound of a compressed body's expansion where the location sets no
+    /// `client_max_body_size`.
+    let maxInputSize: Int
     public static let serverName = "kernel"
     public static let extensions = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository"]
     /// A client that leaves takes its queued request out of the model's queue (`RequestContext.cancellation`).
@@ -29,8 +32,10 @@ public struct InferenceHandler: RequestHandler {
     /// `mount`: the location's prefix (`LocationContext.prefix`); a trailing slash is dropped, so `/v2/` and `/v2`
     /// mount the same paths.
     public init(repository: ModelRepository, mount: String = "/v2", notReady: (@Sendable () -> [NotReadyReason])? = nil,
-                supervision: (any ProcessSupervision)? = nil) {
+                supervision: (any ProcessSupervision)? = nil,
+                maxInputSize: Int = InferenceConfiguration.defaultMaxInputSize) {
         self.repository = repository
+        self.maxInputSize = maxInputSize
         self.mount = mount.hasSuffix("/") ? String(mount.dropLast()) : mount
         self.notReady = notReady ?? { repository.notReady() }
         self.supervision = supervision
@@ -253,7 +258,7 @@ public struct InferenceHandler: RequestHandler {
         }
         guard encoding != .identity, let body = request.body, body.readableBytes > Self.compressedBodiesExpandedInline else {
             do {
-                let body = try request.body.map { try encoding.expand($0, limit: context.maxBodySize) }
+                let body = try request.body.map { try encoding.expand($0, limit: expansionLimit(context)) }
                 return submit(request, body: body, model: model, context: context, decodeStart: decodeStart)
             } catch {
                 return context.eventLoop.makeFailedFuture(error)
@@ -263,7 +268,7 @@ public struct InferenceHandler: RequestHandler {
         // event loop would hold every other connection of the loop. The version keeps a routing lease meanwhile,
         // so that an unload does not retire it before the request is in its queue.
         model.leases.take()
-        let limit = context.maxBodySize
+        let limit = expansionLimit(context)
         let promise = context.eventLoop.makePromise(of: KernelResponse.self)
         NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { try encoding.expand(body, limit: limit) }
             .whenComplete { [self] expanded in
@@ -276,6 +281,13 @@ public struct InferenceHandler: RequestHandler {
                 }
             }
         return promise.futureResult
+    }
+
+    /// The most bytes a compressed body may expand to: the location's `client_max_body_size`, or `max_input_size`
+    /// where the location has no limit.
+    private func expansionLimit(_ context: RequestContext) -> InferenceBodyEncoding.ExpansionLimit {
+        if let bytes = context.maxBodySize { return .init(bytes: bytes, setting: "the location's client_max_body_size") }
+        return .init(bytes: maxInputSize, setting: "inference.max_input_size")
     }
 
     /// Compressed infer bodies up to this size are expanded on the event loop, and answers up to it compressed there.

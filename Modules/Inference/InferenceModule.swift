@@ -63,7 +63,8 @@ public enum InferenceModule: KernelModule {
                 try value.mapping().finish()
             }
             return InferenceHandler(repository: repository, mount: context.prefix ?? "",
-                                    notReady: { runtime.notReadyReasons() }, supervision: runtime.supervision)
+                                    notReady: { runtime.notReadyReasons() }, supervision: runtime.supervision,
+                                    maxInputSize: configuration.maxInputSize)
         }
         // Pipelines (Modules/Inference/Pipeline): `pipeline: <name>` serves one on its location.
         let pipelines = configuration.pipelines.map {

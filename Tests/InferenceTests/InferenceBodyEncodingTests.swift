@@ -41,21 +41,21 @@ final class InferenceBodyEncodingTests: XCTestCase {
             let compressed = try XCTUnwrap(encoding.compress(body))
             XCTAssertLessThan(compressed.readableBytes, body.readableBytes / 10)
             XCTAssertEqual(Array(compressed.readableBytesView.prefix(2)), encoding == .gzip ? [0x1F, 0x8B] : [0x78, 0x9C])
-            XCTAssertEqual(try encoding.expand(compressed, limit: nil), body)
-            XCTAssertEqual(try encoding.expand(compressed, limit: body.readableBytes), body, "exactly at the limit")
-            XCTAssertEqual(status { try encoding.expand(compressed, limit: body.readableBytes - 1) }, 413)
+            XCTAssertEqual(try encoding.expand(compressed, limit: .unbounded), body)
+            XCTAssertEqual(try encoding.expand(compressed, limit: .init(bytes: body.readableBytes, setting: "client_max_body_size")), body, "exactly at the limit")
+            XCTAssertEqual(status { try encoding.expand(compressed, limit: .init(bytes: body.readableBytes - 1, setting: "client_max_body_size")) }, 413)
             // Truncated, corrupted, and followed by other bytes: each a 400.
-            XCTAssertEqual(status { try encoding.expand(compressed.getSlice(at: 0, length: compressed.readableBytes - 9)!, limit: nil) }, 400)
+            XCTAssertEqual(status { try encoding.expand(compressed.getSlice(at: 0, length: compressed.readableBytes - 9)!, limit: .unbounded) }, 400)
             var corrupted = compressed
             corrupted.setInteger(UInt8(0xFF), at: compressed.readableBytes / 2)
             corrupted.setInteger(UInt8(0x00), at: compressed.readableBytes / 2 + 1)
-            XCTAssertEqual(status { try encoding.expand(corrupted, limit: nil) }, 400)
+            XCTAssertEqual(status { try encoding.expand(corrupted, limit: .unbounded) }, 400)
             var trailing = compressed
             trailing.writeString("tail")
-            XCTAssertEqual(status { try encoding.expand(trailing, limit: nil) }, 400)
+            XCTAssertEqual(status { try encoding.expand(trailing, limit: .unbounded) }, 400)
         }
-        XCTAssertEqual(status { try InferenceBodyEncoding.gzip.expand(ByteBuffer(string: "not gzip at all"), limit: nil) }, 400)
-        XCTAssertEqual(status { try InferenceBodyEncoding.gzip.expand(ByteBuffer(), limit: nil) }, 400, "an empty body is no gzip")
+        XCTAssertEqual(status { try InferenceBodyEncoding.gzip.expand(ByteBuffer(string: "not gzip at all"), limit: .unbounded) }, 400)
+        XCTAssertEqual(status { try InferenceBodyEncoding.gzip.expand(ByteBuffer(), limit: .unbounded) }, 400, "an empty body is no gzip")
     }
 
     func testABombIsRefusedAtTheLimitNotAfterExpandingIt() throws {
@@ -63,6 +63,10 @@ final class InferenceBodyEncodingTests: XCTestCase {
         let zeros = ByteBuffer(repeating: 0, count: 64 << 20)
         let bomb = try XCTUnwrap(InferenceBodyEncoding.gzip.compress(zeros))
         XCTAssertLessThan(bomb.readableBytes, 1 << 20)
-        XCTAssertEqual(status { try InferenceBodyEncoding.gzip.expand(bomb, limit: 1 << 20) }, 413)
+        XCTAssertEqual(status { try InferenceBodyEncoding.gzip.expand(bomb, limit: .init(bytes: 1 << 20, setting: "client_max_body_size")) }, 413)
     }
+}
+
+private extension InferenceBodyEncoding.ExpansionLimit {
+    static let unbounded = Self(bytes: Int(UInt32.max), setting: "no limit")
 }

@@ -58,6 +58,8 @@ final class InferenceConfigurationTests: XCTestCase {
         XCTAssertFalse(plain.policy.dynamicBatching)
         XCTAssertEqual(plain.maxQueue, InferenceConfiguration.defaultMaxQueue)
         XCTAssertEqual(plain.policy.timeoutNanoseconds, 0)
+        XCTAssertEqual(configuration.maxInputSize, 64 << 20, "Triton's --http-max-input-size default")
+        XCTAssertEqual(try decode("inference:\n  max_input_size: 100m\n").maxInputSize, 100 << 20)
     }
 
     func testErrorsNameTheKeyAndPlace() {
@@ -74,5 +76,7 @@ final class InferenceConfigurationTests: XCTestCase {
         assertError("inference:\n  models:\n    - {name: a, path: a.onnx, instances: 0}\n",
                     "etc/k.yaml:3:42: inference.models[0].instances: expected an integer 1-256, found \"0\"")
         XCTAssertThrowsError(try decode("inference:\n  load_before_listen: later\n"))
+        assertError("inference:\n  max_input_size: 0\n",
+                    "etc/k.yaml:2:19: inference.max_input_size: expected a size from 1 to 4g (e.g. 64m), found \"0\"")
     }
 }

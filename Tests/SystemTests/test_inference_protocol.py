@@ -360,3 +360,32 @@ def test_classification_of_what_cannot_be_ranked_is_400(kernel):
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}],
             "outputs": [{"name": "output", "parameters": {"classification": "3"}}]}
     assert_error(post(kernel, "/v2/models/demo/infer", body), 400, "classification must be a non-negative integer")
+
+
+def test_compressed_bodies_are_bounded_where_the_location_sets_no_limit(tmp_path):
+    """`client_max_body_size: 0` lifts the location's limit, not the expansion's: a compressed body expands to at
+    most `inference.max_input_size` (64 MiB by default, Triton's `--http-max-input-size`), named in the 413."""
+    import gzip
+    from conftest import Kernel, with_core_section
+    text = models_yaml().replace("client_max_body_size: 16m", "client_max_body_size: 0")
+    defaults = tmp_path / "defaults"
+    defaults.mkdir()
+    (defaults / "kernel.yaml").write_text(with_core_section(text, str(defaults)))
+    bounded = tmp_path / "bounded"
+    bounded.mkdir()
+    (bounded / "kernel.yaml").write_text(with_core_section(text.replace("inference:\n", "inference:\n  max_input_size: 1m\n", 1),
+                                                           str(bounded)))
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}).encode()
+    for folder, limit in ((defaults, 64 << 20), (bounded, 1 << 20)):
+        started = Kernel(str(folder / "kernel.yaml"), "both", str(folder), (), None)
+        try:
+            bomb = gzip.compress(b"\0" * (limit + 1), compresslevel=9)
+            assert_error(post(started, "/v2/models/demo/infer", bomb, {"Content-Encoding": "gzip"}), 413,
+                         f"({limit} bytes, inference.max_input_size)")
+            assert post(started, "/v2/models/demo/infer", gzip.compress(body), {"Content-Encoding": "gzip"}).status_code == 200
+            # An uncompressed body is the location's to bound, and it sets none.
+            large = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}],
+                                "parameters": {"padding": "x" * (2 << 20)}}).encode()
+            assert post(started, "/v2/models/demo/infer", large).status_code == 200
+        finally:
+            started.stop()
