@@ -38,35 +38,30 @@ public final class InferenceExchangeReport: HandlerReport {
     /// compute_infer;dur=1.250, compute_output;dur=0.008, decode;dur=0.030, encode;dur=0.020`. The batch's rows
     /// are a description, not a duration: a browser's developer tools show them beside the times.
     public var serverTiming: String {
-        var text = ""
-        text.reserveCapacity(176)
-        text += "queue;dur="
-        text += Self.milliseconds(timing.queueNanoseconds)
-        text += ", batch;desc=\""
-        text += String(timing.batchSize)
-        text += "\", compute_input;dur="
-        text += Self.milliseconds(timing.compute.inputNanoseconds)
-        text += ", compute_infer;dur="
-        text += Self.milliseconds(timing.compute.inferNanoseconds)
-        text += ", compute_output;dur="
-        text += Self.milliseconds(timing.compute.outputNanoseconds)
-        text += ", decode;dur="
-        text += Self.milliseconds(decodeNanoseconds)
-        text += ", encode;dur="
-        text += Self.milliseconds(encodeNanoseconds)
-        return text
+        // Written as bytes into one buffer: this runs for every answered inference, and seven interpolated
+        // numbers would each be a String of their own.
+        var text = ServerTimingText()
+        text.append("queue;dur=")
+        text.milliseconds(timing.queueNanoseconds)
+        text.append(", batch;desc=\"")
+        text.integer(UInt64(clamping: timing.batchSize))
+        text.append("\", compute_input;dur=")
+        text.milliseconds(timing.compute.inputNanoseconds)
+        text.append(", compute_infer;dur=")
+        text.milliseconds(timing.compute.inferNanoseconds)
+        text.append(", compute_output;dur=")
+        text.milliseconds(timing.compute.outputNanoseconds)
+        text.append(", decode;dur=")
+        text.milliseconds(decodeNanoseconds)
+        text.append(", encode;dur=")
+        text.milliseconds(encodeNanoseconds)
+        return text.string
     }
 
     /// Adds the `Server-Timing` header to `response` and attaches the report for the access log.
     public func attach(to response: inout KernelResponse) {
         response.headers.replace(Self.serverTimingHeader, serverTiming)
         response.handlerReport = self
-    }
-
-    /// Milliseconds with three decimals (microsecond resolution): `1.250`.
-    static func milliseconds(_ nanoseconds: UInt64) -> String {
-        let micros = nanoseconds / 1000 &+ (nanoseconds % 1000 >= 500 ? 1 : 0)
-        return "\(micros / 1000)." + threeDigits(micros % 1000)
     }
 
     /// Seconds with three decimals (millisecond resolution), as nginx writes `$request_time`: `0.012`.
@@ -78,6 +73,46 @@ public final class InferenceExchangeReport: HandlerReport {
     private static func threeDigits(_ value: UInt64) -> String {
         value < 10 ? "00\(value)" : value < 100 ? "0\(value)" : String(value)
     }
+}
+
+/// The bytes of a `Server-Timing` value as they are written: ASCII text and decimal numbers.
+private struct ServerTimingText {
+    private var bytes: [UInt8] = []
+
+    init() { bytes.reserveCapacity(192) }
+
+    mutating func append(_ text: StaticString) {
+        text.withUTF8Buffer { bytes.append(contentsOf: $0) }
+    }
+
+    mutating func integer(_ value: UInt64) {
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+        var rest = value
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            repeat {
+                buffer[19 - count] = UInt8(ascii: "0") &+ UInt8(rest % 10)
+                rest /= 10
+                count += 1
+            } while rest > 0
+            bytes.append(contentsOf: buffer[(20 - count)...])
+        }
+    }
+
+    /// Milliseconds with three decimals (microsecond resolution, rounded): `1.250`.
+    mutating func milliseconds(_ nanoseconds: UInt64) {
+        let micros = nanoseconds / 1000 &+ (nanoseconds % 1000 >= 500 ? 1 : 0)
+        integer(micros / 1000)
+        let fraction = micros % 1000
+        bytes.append(UInt8(ascii: "."))
+        bytes.append(UInt8(ascii: "0") &+ UInt8(fraction / 100))
+        bytes.append(UInt8(ascii: "0") &+ UInt8(fraction / 10 % 10))
+        bytes.append(UInt8(ascii: "0") &+ UInt8(fraction % 10))
+    }
+
+    var string: String { String(decoding: bytes, as: UTF8.self) }
 }
 
 /// The inference module's access-log variables, read from the response's `InferenceExchangeReport`; not found

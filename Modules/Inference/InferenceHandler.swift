@@ -47,7 +47,8 @@ public struct InferenceHandler: RequestHandler {
         guard path.utf8.starts(with: mount.utf8) else { return nil }
         let rest = path.utf8.dropFirst(mount.utf8.count)
         guard rest.isEmpty || rest.first == UInt8(ascii: "/") else { return nil }
-        return Substring(rest).split(separator: "/", omittingEmptySubsequences: true)[...]
+        // Split as bytes: Substring's own split compares Characters, which costs a grapheme check per byte.
+        return rest.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true).map { Substring($0) }[...]
     }
 
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {

@@ -208,9 +208,14 @@ public final class ModelRepository: ReadinessCheck, Sendable {
 
     /// The highest ready version, else the highest version.
     static func defaultVersion(of entry: ModelEntry) -> ModelVersion? {
-        let ready = entry.versions.filter { if case .ready = $0.value.state { return true } else { return false } }
-        if let highest = ready.keys.max() { return ready[highest] }
-        return entry.versions.keys.max().flatMap { entry.versions[$0] }
+        // One pass, no filtered copy: this runs for every request that names no version.
+        var highest: (number: Int, version: ModelVersion)?
+        var highestReady: (number: Int, version: ModelVersion)?
+        for (number, version) in entry.versions {
+            if number > highest?.number ?? Int.min { highest = (number, version) }
+            if case .ready = version.state, number > highestReady?.number ?? Int.min { highestReady = (number, version) }
+        }
+        return (highestReady ?? highest)?.version
     }
 
     /// The loaded version a request for `name` (and `version`, when the path names one) reaches.
