@@ -436,11 +436,16 @@ final class ModelLoadingService: KernelService {
             }
         }
         try checkDeclaredTensors(configuration, inputs: first.inputs, outputs: first.outputs)
-        guard warmUp(configuration, sessions: sessions, logger: logger, isStopping: isStopping) else {
+        // What requests are checked against and metadata reports: the model's tensors, with the dimensions the
+        // configuration fixes where the model leaves them free (Triton serves the configuration's shapes).
+        let batching = configuration.maxBatchSize > 0
+        let inputs = narrowed(first.inputs, by: configuration.declaredInputs, batching: batching)
+        let outputs = narrowed(first.outputs, by: configuration.declaredOutputs, batching: batching)
+        guard warmUp(configuration, sessions: sessions, inputs: inputs, logger: logger, isStopping: isStopping) else {
             throw ModelRepositoryError("the kernel is stopping: the warm-up was interrupted, the model is not loaded")
         }
-        let signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: first.inputs,
-                                       outputs: first.outputs, maxBatchSize: configuration.maxBatchSize)
+        let signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: inputs,
+                                       outputs: outputs, maxBatchSize: configuration.maxBatchSize)
         let scheduler = ModelScheduler(modelName: configuration.name, modelVersion: configuration.version,
                                        policy: configuration.policy, runners: sessions, logger: logger)
         return LoadedModel(configuration: configuration, signature: signature, scheduler: scheduler)
@@ -470,13 +475,24 @@ final class ModelLoadingService: KernelService {
         }
     }
 
+    /// `specs` with the dimensions of their `declared` entries (after the batch dimension when batching), which
+    /// `checkDeclaredTensors` has found compatible: a declared `-1` keeps the model's free dimension.
+    static func narrowed(_ specs: [TensorSpec], by declared: [ModelConfiguration.DeclaredTensor], batching: Bool) -> [TensorSpec] {
+        specs.map { spec in
+            guard let tensor = declared.first(where: { $0.name == spec.name }) else { return spec }
+            var narrowed = spec
+            narrowed.shape = (batching ? Array(spec.shape.prefix(1)) : []) + tensor.dims
+            return narrowed
+        }
+    }
+
     /// Runs every instance `warmup` times at every batch size the batcher can form (or `warmup_batch_sizes`), with
     /// zero-filled inputs, so that no first batch of a size pays ONNX Runtime's first-run costs (Triton's
     /// `model_warmup`). Warm-up inputs are guesses (zeros, other free dimensions 1): a model that rejects them still
     /// serves, with a warning. Returns false when it stopped early because `isStopping` turned true (checked
     /// before each run).
     @discardableResult
-    static func warmUp(_ configuration: ModelConfiguration, sessions: [ONNXSession], logger: Logger,
+    static func warmUp(_ configuration: ModelConfiguration, sessions: [ONNXSession], inputs specs: [TensorSpec], logger: Logger,
                        isStopping: () -> Bool = { false }) -> Bool {
         let sizes = configuration.warmupSizes
         guard !sizes.isEmpty, let first = sessions.first else { return true }
@@ -484,7 +500,7 @@ final class ModelLoadingService: KernelService {
         logger.info("inference: model '\(configuration.name)' version \(configuration.version): warming up \(sessions.count) instance(s), \(configuration.warmup) run(s) at batch size(s) [\(described.joined(separator: ", "))]")
         do {
             for size in sizes {
-                let inputs = first.inputs.map { warmupTensor($0, batchSize: size) }
+                let inputs = specs.map { warmupTensor($0, batchSize: size) }
                 for session in sessions {
                     for _ in 0..<configuration.warmup {
                         if isStopping() {

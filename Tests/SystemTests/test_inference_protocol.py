@@ -389,3 +389,37 @@ def test_compressed_bodies_are_bounded_where_the_location_sets_no_limit(tmp_path
             assert post(started, "/v2/models/demo/infer", large).status_code == 200
         finally:
             started.stop()
+
+
+def test_a_configurations_dimensions_are_what_requests_must_have(models, tmp_path):
+    """A model whose dimensions are free serves the shapes its configuration's `inputs:`/`outputs:` entries fix, as
+    Triton serves a config.pbtxt's `dims`: metadata reports them, and a request of another shape is a 400 that
+    never reaches ONNX Runtime."""
+    from onnx import TensorProto
+    from conftest import Kernel, with_core_section
+    free = make_identity(str(tmp_path / "free.onnx"), TensorProto.FLOAT, "x", "y")
+    extra = (f"    - name: narrowed\n      path: {free}\n      max_batch_size: 8\n"
+             "      inputs: [{name: x, datatype: FP32, dims: [4]}]\n"
+             "      outputs: [{name: y, datatype: FP32, dims: [-1]}]\n")
+    (tmp_path / "kernel.yaml").write_text(with_core_section(models_yaml(extra), str(tmp_path)))
+    started = Kernel(str(tmp_path / "kernel.yaml"), "both", str(tmp_path), (), None)
+    try:
+        client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{started.port('http')}")
+        metadata = client.get_model_metadata("narrowed")
+        assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}], metadata
+        assert metadata["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, -1]}], metadata
+        assert client.get_model_config("narrowed")["input"][0]["dims"] == [4]
+        array = np.arange(8, dtype=np.float32).reshape(2, 4)
+        tensor = tritonclient_http.InferInput("x", list(array.shape), "FP32")
+        tensor.set_data_from_numpy(array, binary_data=True)
+        assert np.array_equal(client.infer("narrowed", [tensor]).as_numpy("y"), array)
+        for shape, message in (([2, 5], "unexpected shape for input 'x' for model 'narrowed'. Expected [-1,4], got [2,5]"),
+                               ([2, 4, 1], "unexpected shape for input 'x' for model 'narrowed'"),
+                               ([9, 4], "inference request batch-size must be <= 8 for 'narrowed'")):
+            data = np.zeros(shape, dtype=np.float32)
+            body = {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data.flatten().tolist()}]}
+            assert_error(post(started, "/v2/models/narrowed/infer", body), 400, message)
+        statistics = client.get_inference_statistics("narrowed")["model_stats"][0]
+        assert statistics["inference_count"] == 2, statistics
+    finally:
+        started.stop()
