@@ -71,6 +71,8 @@ enum HTTPResponseHeadWriter {
                       serverLine: String, date: String, into out: inout ByteBuffer, upgrading: Bool = false) {
         let reason = isSafe(reason) ? reason : HTTPStatusText.reason(for: status)
         var size = 16 + reason.utf8.count + serverLine.utf8.count + 8 + date.utf8.count
+        // A value kept as the bytes it came as (`HeaderFields.undecodedValues`) is no longer than its text, whose
+        // every invalid sequence became a three-byte U+FFFD.
         for field in headers.fields { size += field.name.utf8.count + field.value.utf8.count + 4 }
         size += 64  // Content-Length or Transfer-Encoding, and Connection.
         out.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { buffer in
@@ -94,7 +96,11 @@ enum HTTPResponseHeadWriter {
                 guard isSafe(field.name), isSafe(field.value), !field.name.isEmpty else { continue }
                 head.append(field.name)
                 head.append(": ")
-                head.append(field.value)
+                if let undecoded = headers.undecodedBytes(of: field.value) {
+                    undecoded.withUnsafeBytes { head.append($0) }
+                } else {
+                    head.append(field.value)
+                }
                 head.append("\r\n")
             }
             switch framing {

@@ -108,7 +108,8 @@ struct ProxyRequestHead: Sendable {
         for line in headers {
             let value = line.value.render(context)
             guard Self.isWritten(value) else { continue }
-            writeField(line.name, value, into: &buffer)
+            // A value that is one of the client's (`$http_name`) goes as the bytes it came as.
+            writeField(line.name, value, request.headers.undecodedBytes(of: value), into: &buffer)
         }
         if passRequestBody {
             if framing == .chunked {
@@ -124,7 +125,7 @@ struct ProxyRequestHead: Sendable {
         }
         if passRequestHeaders {
             for (name, value) in request.headers where !Self.isFramingHeader(name) && !sets(name) {
-                writeField(name, value, into: &buffer)
+                writeField(name, value, request.headers.undecodedBytes(of: value), into: &buffer)
             }
         }
         buffer.writeStaticString("\r\n")
@@ -150,10 +151,11 @@ struct ProxyRequestHead: Sendable {
         headers.contains { $0.name.equalsCaseInsensitive(name) }
     }
 
-    private func writeField(_ name: String, _ value: String, into buffer: inout ByteBuffer) {
+    /// `undecoded`: the bytes the value came as, when they were no UTF-8.
+    private func writeField(_ name: String, _ value: String, _ undecoded: [UInt8]?, into buffer: inout ByteBuffer) {
         buffer.writeString(name)
         buffer.writeStaticString(": ")
-        buffer.writeString(value)
+        if let undecoded { buffer.writeBytes(undecoded) } else { buffer.writeString(value) }
         buffer.writeStaticString("\r\n")
     }
 }

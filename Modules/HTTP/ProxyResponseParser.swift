@@ -110,6 +110,8 @@ struct ProxyResponseParser: UpstreamResponseParser {
         var chunked = false
         var connectionClose = !http11
         let interim = (100..<200).contains(status) && status != 101
+        /// Values that are no UTF-8, with their bytes (`HeaderFields.undecodedValues`).
+        var undecoded: [(String, [UInt8])] = []
         while let line = lines.next(), !line.isEmpty {
             guard let field = HTTPRequestHeadParser.fieldLine(bytes, line, names: HTTPHeaderNamePolicy(underscoresAllowed: true, ignoreInvalid: false)),
                   bytes[field.name].allSatisfy(HTTPToken.isTokenByte) else {
@@ -146,17 +148,17 @@ struct ProxyResponseParser: UpstreamResponseParser {
             case .connection:
                 if Self.listsClose(UnsafeRawBufferPointer(rebasing: bytes[field.value])) { connectionClose = true }
             case .upgrade where status == 101:
-                headers.append((text(bytes, field.name), text(bytes, field.value)))
+                headers.append((text(bytes, field.name), value(bytes, field.value, keeping: &undecoded)))
             case .dropped, .upgrade:
                 continue
             case .other:
-                headers.append((text(bytes, field.name), text(bytes, field.value)))
+                headers.append((text(bytes, field.name), value(bytes, field.value, keeping: &undecoded)))
             }
         }
         switch status {
         case 101:
             guard upgradeRequested else { throw ProxyResponseError.unrequestedSwitch }
-            return UpstreamResponseHead(status: status, reason: reason, headers: HeaderFields(headers), framing: .none,
+            return UpstreamResponseHead(status: status, reason: reason, headers: Self.fields(headers, undecoded), framing: .none,
                                         reusable: false)
         case 100..<200:
             if status == 103, !http11 { throw ProxyResponseError.earlyHintsInHTTP10 }
@@ -179,7 +181,7 @@ struct ProxyResponseParser: UpstreamResponseParser {
             framing = .untilClose
             delimited = false
         }
-        return UpstreamResponseHead(status: status, reason: reason, headers: HeaderFields(headers), framing: framing,
+        return UpstreamResponseHead(status: status, reason: reason, headers: Self.fields(headers, undecoded), framing: framing,
                                     reusable: http11 && !connectionClose && delimited)
     }
 
@@ -223,6 +225,20 @@ struct ProxyResponseParser: UpstreamResponseParser {
             reason = text(bytes, reasonRange)
         }
         return (byte(7) == UInt8(ascii: "1"), status, reason)
+    }
+
+    /// A field value's text, its bytes added to `undecoded` when they are no UTF-8.
+    private static func value(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>,
+                              keeping undecoded: inout [(String, [UInt8])]) -> String {
+        let decoded = HeaderValueText.decode(UnsafeRawBufferPointer(rebasing: bytes[range]))
+        if let raw = decoded.undecoded { undecoded.append((decoded.text, raw)) }
+        return decoded.text
+    }
+
+    private static func fields(_ list: [HeaderFields.Element], _ undecoded: [(String, [UInt8])]) -> HeaderFields {
+        var fields = HeaderFields(list)
+        for (value, raw) in undecoded { fields.keep(undecoded: raw, of: value) }
+        return fields
     }
 
     private static func text(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> String {

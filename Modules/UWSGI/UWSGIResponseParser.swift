@@ -68,8 +68,9 @@ public struct UWSGIResponseParser: UpstreamResponseParser, Sendable {
                 if let head = try finishHead() { return head }
                 continue
             }
-            let (name, value) = try UWSGIResponseParser.parseHeaderLine(line)
+            let (name, value, undecoded) = try UWSGIResponseParser.parseHeaderField(line)
             headers.add(name, value)
+            if let undecoded { headers.keep(undecoded: undecoded, of: value) }
         }
     }
 
@@ -138,6 +139,13 @@ public struct UWSGIResponseParser: UpstreamResponseParser, Sendable {
     /// before any text is made: the name is token bytes (ASCII) and only the value goes through
     /// `decodeHeaderText`, as the whole line did (the bytes around it are ASCII, so its text is the same).
     static func parseHeaderLine(_ line: ByteBuffer) throws -> (String, String) {
+        let (name, value, _) = try parseHeaderField(line)
+        return (name, value)
+    }
+
+    /// A header line's name and value, and the value's bytes when they are no UTF-8 (the text is then their
+    /// ISO-8859-1 reading, and the bytes are what a client is sent: `HeaderFields.undecodedValues`).
+    static func parseHeaderField(_ line: ByteBuffer) throws -> (String, String, [UInt8]?) {
         let bytes = line.readableBytesView
         guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")), colon > bytes.startIndex,
               bytes[..<colon].allSatisfy(HTTPToken.isTokenByte) else {
@@ -150,8 +158,12 @@ public struct UWSGIResponseParser: UpstreamResponseParser, Sendable {
         while end > start, isBlank(bytes[end - 1]) { end -= 1 }
         guard !bytes[start..<end].contains(0) else { throw UWSGIResponseError.invalidHeader(decodeHeaderText(line)) }
         let name = decodeHeaderText(line.getSlice(at: bytes.startIndex, length: colon - bytes.startIndex)!)
-        let value = decodeHeaderText(line.getSlice(at: start, length: end - start)!)
-        return (name, value)
+        let valueBytes = line.getSlice(at: start, length: end - start)!
+        let value = decodeHeaderText(valueBytes)
+        // Valid UTF-8 is its own text, byte for byte; the ISO-8859-1 reading of anything else writes each byte
+        // above 0x7F as two, so the lengths differ exactly when the text is not the bytes.
+        let undecoded = value.utf8.count == valueBytes.readableBytes ? nil : Array(valueBytes.readableBytesView)
+        return (name, value, undecoded)
     }
 }
 

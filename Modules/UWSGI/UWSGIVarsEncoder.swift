@@ -29,8 +29,18 @@ extension UWSGIPassConfiguration {
                 if fields[..<index].contains(where: { $0.name.equalsCaseInsensitive(field.name) }) { continue }
                 if UWSGIVarsWriter.headerVariable(field.name, is: "HTTP_TRANSFER_ENCODING") { continue }
                 if headerParamNames.contains(where: { UWSGIVarsWriter.headerVariable(field.name, is: $0) }) { continue }
-                var value = field.value
                 let separator = field.name.equalsCaseInsensitive("Cookie") ? "; " : ", "
+                guard headers.undecodedValues == nil else {
+                    // Some value came in another charset than UTF-8: each goes as the bytes it came as.
+                    var value = headers.undecodedBytes(of: field.value) ?? Array(field.value.utf8)
+                    for later in fields[(index + 1)...] where later.name.equalsCaseInsensitive(field.name) {
+                        value.append(contentsOf: separator.utf8)
+                        value.append(contentsOf: headers.undecodedBytes(of: later.value) ?? Array(later.value.utf8))
+                    }
+                    guard UWSGIVarsWriter.write(headerName: field.name, value: value, into: &buffer) else { return nil }
+                    continue
+                }
+                var value = field.value
                 for later in fields[(index + 1)...] where later.name.equalsCaseInsensitive(field.name) {
                     value += separator
                     value += later.value
@@ -67,14 +77,25 @@ enum UWSGIVarsWriter {
     /// Writes the `HTTP_*` var of a header: `X-Foo-bar` becomes `HTTP_X_FOO_BAR` byte by byte, as
     /// `UWSGIPassConfiguration.variableName(forHeader:)` spells it.
     static func write(headerName: String, value: String, into buffer: inout ByteBuffer) -> Bool {
-        let nameLength = 5 + headerName.utf8.count, valueLength = value.utf8.count
+        write(headerName: headerName, valueLength: value.utf8.count, into: &buffer) { $0.writeString(value) }
+    }
+
+    /// Writes the `HTTP_*` var of a header whose value is `value`'s bytes.
+    static func write(headerName: String, value: [UInt8], into buffer: inout ByteBuffer) -> Bool {
+        write(headerName: headerName, valueLength: value.count, into: &buffer) { $0.writeBytes(value) }
+    }
+
+    @inline(__always)
+    private static func write(headerName: String, valueLength: Int, into buffer: inout ByteBuffer,
+                              value: (inout ByteBuffer) -> Void) -> Bool {
+        let nameLength = 5 + headerName.utf8.count
         guard fits(buffer, adding: nameLength + valueLength) else { return false }
         buffer.writeInteger(UInt16(nameLength), endianness: .little)
         buffer.writeStaticString("HTTP_")
         buffer.reserveCapacity(minimumWritableBytes: nameLength)
         for byte in headerName.utf8 { buffer.writeInteger(variableByte(byte)) }
         buffer.writeInteger(UInt16(valueLength), endianness: .little)
-        buffer.writeString(value)
+        value(&buffer)
         return true
     }
 

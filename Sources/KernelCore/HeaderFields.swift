@@ -3,11 +3,35 @@
 public struct HeaderFields: Sendable, Sequence, ExpressibleByDictionaryLiteral, CustomStringConvertible {
     public typealias Element = (name: String, value: String)
     public private(set) var fields: [Element]
+    /// The bytes of values that came in another charset than UTF-8 (RFC 9110's obs-text, such as ISO-8859-1),
+    /// keyed by the value as decoded (each invalid sequence a U+FFFD, `HeaderValueText`; a uwsgi peer's values each
+    /// byte a code point, as WSGI reads them): writers put these bytes on the wire instead,
+    /// as nginx passes a header's bytes on as they came. nil while every value is UTF-8, as nearly always.
+    public private(set) var undecodedValues: [String: [UInt8]]?
 
     public init() { fields = [] }
     public init(_ fields: [Element]) { self.fields = fields }
+    /// `fields`, some of them taken from fields whose `undecodedValues` these are.
+    public init(_ fields: [Element], undecodedValues: [String: [UInt8]]?) {
+        self.fields = fields
+        self.undecodedValues = undecodedValues
+    }
     public init(dictionaryLiteral elements: (String, String)...) {
         fields = elements.map { (name: $0.0, value: $0.1) }
+    }
+
+    /// Records that `value` came as `bytes`, which are no UTF-8 (`HeaderValueText.decode` tells).
+    public mutating func keep(undecoded bytes: [UInt8], of value: String) {
+        if undecodedValues == nil { undecodedValues = [:] }
+        undecodedValues![value] = bytes
+    }
+
+    /// The bytes `value`, a value of these fields or one rendered from one (`$http_name`), goes on the wire as:
+    /// those it came as when they were no UTF-8, else nil (its UTF-8 is what it came as).
+    @inlinable
+    public func undecodedBytes(of value: String) -> [UInt8]? {
+        guard let undecodedValues else { return nil }
+        return undecodedValues[value]
     }
 
     public var count: Int { fields.count }
@@ -113,5 +137,21 @@ public enum HTTPToken {
             if lx != ly { return false }
         }
         return true
+    }
+}
+
+/// A header value's text from its bytes: Swift strings are UTF-8, and a value in another charset is decoded with a
+/// U+FFFD for each invalid sequence, its bytes kept (`HeaderFields.keep(undecoded:of:)`) so that what is passed on
+/// is what came.
+public enum HeaderValueText {
+    /// The text of `bytes`, and the bytes themselves when they are no UTF-8.
+    @inlinable
+    public static func decode(_ bytes: UnsafeRawBufferPointer) -> (text: String, undecoded: [UInt8]?) {
+        let text = String(decoding: bytes, as: UTF8.self)
+        // ASCII, nearly every value, decodes to the same bytes; so does valid UTF-8, which a repaired text is not.
+        var ascii = true
+        for byte in bytes where byte >= 0x80 { ascii = false; break }
+        if ascii || String(validating: bytes, as: UTF8.self) != nil { return (text, nil) }
+        return (text, Array(bytes))
     }
 }

@@ -598,7 +598,7 @@ final class UpstreamExchange: @unchecked Sendable {
         for field in head.headers.fields[(first + 1)...] where !drops(field.name, keepingUpgrade: keepingUpgrade) {
             kept.append(field)
         }
-        return HeaderFields(kept)
+        return HeaderFields(kept, undecodedValues: head.headers.undecodedValues)
     }
 
     /// Whether the client never gets a response header of this name.

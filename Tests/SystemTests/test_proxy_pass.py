@@ -74,6 +74,8 @@ class Backend:
                                          b"5\r\nhello\r\n0\r\n\r\n")
                 if "/bad-chunk" in path:
                     return self.send_raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+                if "/latin" in path:
+                    return self.send_raw(b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok")
                 if "/obs-fold" in path:
                     return self.send_raw(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nok")
                 if "/chunked" in path:
@@ -414,3 +416,16 @@ def test_a_bad_server_level_proxy_directive_names_its_line(kernel_bin, tmp_path)
     result = subprocess.run([kernel_bin, "-t", "-c", str(path), "--role", "edge"], capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert "edge.yaml:9:" in result.stderr and "proxy_read_timeout" in result.stderr, result.stderr
+
+
+def test_header_values_in_another_charset_cross_as_the_bytes_they_came_as(start_kernel, backend):
+    """nginx passes a header's bytes on as they came: an ISO-8859-1 value (obs-text) reaches the backend, and a
+    backend's reaches the client, unchanged, not as UTF-8 with replacement characters."""
+    kernel = start(start_kernel, backend)
+    # http.client and http.server read and write header text as ISO-8859-1: "caf\xe9" is the byte 0xE9.
+    _, seen = report(kernel, "GET", "/api/charset-in", headers={"Host": "h", "X-Name": "caf\xe9", "X-Raw": "\xff\xfe"})
+    assert header(seen, "X-Name") == ["caf\xe9"]
+    assert header(seen, "X-Raw") == ["\xff\xfe"]
+    response, data = request(kernel, "GET", "/latin")
+    assert response.status == 200 and data == b"ok"
+    assert response.getheader("X-Name") == "caf\xe9"

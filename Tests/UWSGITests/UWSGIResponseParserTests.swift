@@ -115,6 +115,15 @@ final class UWSGIResponseParserTests: XCTestCase {
         }
     }
 
+    func testAValueInAnotherCharsetKeepsItsBytes() throws {
+        let latin = try UWSGIResponseParser.parseHeaderField(buffer(Array("X-Name: caf".utf8) + [0xE9]))
+        XCTAssertEqual(latin.1, "café", "read as ISO-8859-1, as WSGI does")
+        XCTAssertEqual(latin.2, [0x63, 0x61, 0x66, 0xE9])
+        let utf8 = try UWSGIResponseParser.parseHeaderField(buffer(Array("X-Name: café".utf8)))
+        XCTAssertEqual(utf8.1, "café")
+        XCTAssertNil(utf8.2, "UTF-8 is its own text")
+    }
+
     func testInvalidCGIStatus() throws {
         let channel = try channel()
         XCTAssertThrowsError(try channel.writeInbound(buffer("Status: bad\r\n\r\n"))) { error in

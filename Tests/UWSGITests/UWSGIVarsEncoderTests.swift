@@ -51,6 +51,21 @@ final class UWSGIVarsEncoderTests: XCTestCase {
         assertSamePacket(withoutHeaders, request(["X-Kernel-Timeout-Ms": "250", "X-A": "1"]))
     }
 
+    func testValuesInAnotherCharsetGoAsTheBytesTheyCameAs() throws {
+        // `X-Name: caf\xE9` (ISO-8859-1) and a repeated header joined with one such value.
+        var headers = HeaderFields([("Host", "h"), ("X-Name", "caf\u{FFFD}"), ("X-List", "a"), ("X-List", "\u{FFFD}\u{FFFD}")])
+        headers.keep(undecoded: [0x63, 0x61, 0x66, 0xE9], of: "caf\u{FFFD}")
+        headers.keep(undecoded: [0xFF, 0xFE], of: "\u{FFFD}\u{FFFD}")
+        let packet = try XCTUnwrap(base.encodedPacket(for: request(headers), route: RouteInfo(), allocator: ByteBufferAllocator()))
+        let bytes = Array(packet.readableBytesView)
+        func contains(_ needle: [UInt8]) -> Bool {
+            bytes.indices.contains { bytes[$0...].starts(with: needle) }
+        }
+        XCTAssertTrue(contains(Array("HTTP_X_NAME".utf8) + [4, 0, 0x63, 0x61, 0x66, 0xE9]))
+        XCTAssertTrue(contains(Array("HTTP_X_LIST".utf8) + [5, 0] + Array("a, ".utf8) + [0xFF, 0xFE]))
+        XCTAssertFalse(contains([0xEF, 0xBF, 0xBD]), "no U+FFFD reaches the peer")
+    }
+
     func testAStreamedBodysLengthIsItsDeclaredOne() {
         var streamed = request(["Host": "h"])
         streamed.bodySource = .stream(RequestBodyStream(length: 12345, eventLoop: EmbeddedEventLoop()))
