@@ -264,8 +264,8 @@ enum HTTPRequestHeadParser {
         /// nil without a Transfer-Encoding header; else whether it is exactly `chunked`.
         var transferEncodingIsChunked: Bool?
         var sawHost = false
-        /// Values that are no UTF-8, with their bytes (`HeaderFields.undecodedValues`).
-        var undecoded: [(String, [UInt8])] = []
+        /// The fields whose values are no UTF-8, with their bytes (`HeaderFields.undecoded`).
+        var undecoded: [(index: Int, bytes: [UInt8])] = []
         while let line = nextLine(), !line.isEmpty {
             guard let field = fieldLine(bytes, line, names: names) else { return .failure(.invalidHeaderLine) }
             let nameRange = field.name
@@ -279,7 +279,7 @@ enum HTTPRequestHeadParser {
             let name = string(bytes, nameRange)
             let decoded = HeaderValueText.decode(UnsafeRawBufferPointer(rebasing: bytes[valueRange]))
             let value = decoded.text
-            if let raw = decoded.undecoded { undecoded.append((value, raw)) }
+            if let raw = decoded.undecoded { undecoded.append((fields.count, raw)) }
 
             if equalsLowercased(bytes, nameRange, contentLength) {
                 guard head.contentLength == nil else {
@@ -325,7 +325,7 @@ enum HTTPRequestHeadParser {
             fields.append((name: name, value: value))
         }
         head.headers = HeaderFields(fields)
-        for (value, raw) in undecoded { head.headers.keep(undecoded: raw, of: value) }
+        for (index, raw) in undecoded { head.headers.keep(undecoded: raw, at: index) }
 
         if head.version == .http1_1, !sawHost {
             return .failure(.badRequest("client sent HTTP/1.1 request without \"Host\" header", "missing Host header"))

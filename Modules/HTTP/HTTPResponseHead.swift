@@ -71,8 +71,8 @@ enum HTTPResponseHeadWriter {
                       serverLine: String, date: String, into out: inout ByteBuffer, upgrading: Bool = false) {
         let reason = isSafe(reason) ? reason : HTTPStatusText.reason(for: status)
         var size = 16 + reason.utf8.count + serverLine.utf8.count + 8 + date.utf8.count
-        // A value kept as the bytes it came as (`HeaderFields.undecodedValues`) is no longer than its text, whose
-        // every invalid sequence became a three-byte U+FFFD.
+        // A value kept as the bytes it came as (`HeaderFields.undecoded`) is no longer than its text: each byte
+        // of an invalid sequence became at most one U+FFFD (three bytes) or one two-byte ISO-8859-1 code point.
         for field in headers.fields { size += field.name.utf8.count + field.value.utf8.count + 4 }
         size += 64  // Content-Length or Transfer-Encoding, and Connection.
         out.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { buffer in
@@ -92,11 +92,11 @@ enum HTTPResponseHeadWriter {
             head.append("Date: ")
             head.append(date)
             head.append("\r\n")
-            for field in headers.fields where !isConnectionOwned(field.name) {
+            for (index, field) in headers.fields.enumerated() where !isConnectionOwned(field.name) {
                 guard isSafe(field.name), isSafe(field.value), !field.name.isEmpty else { continue }
                 head.append(field.name)
                 head.append(": ")
-                if let undecoded = headers.undecodedBytes(of: field.value) {
+                if let undecoded = headers.undecodedBytes(at: index) {
                     undecoded.withUnsafeBytes { head.append($0) }
                 } else {
                     head.append(field.value)

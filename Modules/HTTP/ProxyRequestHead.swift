@@ -109,7 +109,7 @@ struct ProxyRequestHead: Sendable {
             let value = line.value.render(context)
             guard Self.isWritten(value) else { continue }
             // A value that is one of the client's (`$http_name`) goes as the bytes it came as.
-            writeField(line.name, value, request.headers.undecodedBytes(of: value), into: &buffer)
+            writeField(line.name, value, request.headers.undecodedBytes(ofRendered: value), into: &buffer)
         }
         if passRequestBody {
             if framing == .chunked {
@@ -124,8 +124,8 @@ struct ProxyRequestHead: Sendable {
             }
         }
         if passRequestHeaders {
-            for (name, value) in request.headers where !Self.isFramingHeader(name) && !sets(name) {
-                writeField(name, value, request.headers.undecodedBytes(of: value), into: &buffer)
+            for (index, (name, value)) in request.headers.fields.enumerated() where !Self.isFramingHeader(name) && !sets(name) {
+                writeField(name, value, request.headers.undecodedBytes(at: index), into: &buffer)
             }
         }
         buffer.writeStaticString("\r\n")

@@ -110,8 +110,8 @@ struct ProxyResponseParser: UpstreamResponseParser {
         var chunked = false
         var connectionClose = !http11
         let interim = (100..<200).contains(status) && status != 101
-        /// Values that are no UTF-8, with their bytes (`HeaderFields.undecodedValues`).
-        var undecoded: [(String, [UInt8])] = []
+        /// The fields whose values are no UTF-8, with their bytes (`HeaderFields.undecoded`).
+        var undecoded: [(index: Int, bytes: [UInt8])] = []
         while let line = lines.next(), !line.isEmpty {
             guard let field = HTTPRequestHeadParser.fieldLine(bytes, line, names: HTTPHeaderNamePolicy(underscoresAllowed: true, ignoreInvalid: false)),
                   bytes[field.name].allSatisfy(HTTPToken.isTokenByte) else {
@@ -148,11 +148,11 @@ struct ProxyResponseParser: UpstreamResponseParser {
             case .connection:
                 if Self.listsClose(UnsafeRawBufferPointer(rebasing: bytes[field.value])) { connectionClose = true }
             case .upgrade where status == 101:
-                headers.append((text(bytes, field.name), value(bytes, field.value, keeping: &undecoded)))
+                headers.append((text(bytes, field.name), value(bytes, field.value, index: headers.count, keeping: &undecoded)))
             case .dropped, .upgrade:
                 continue
             case .other:
-                headers.append((text(bytes, field.name), value(bytes, field.value, keeping: &undecoded)))
+                headers.append((text(bytes, field.name), value(bytes, field.value, index: headers.count, keeping: &undecoded)))
             }
         }
         switch status {
@@ -227,17 +227,17 @@ struct ProxyResponseParser: UpstreamResponseParser {
         return (byte(7) == UInt8(ascii: "1"), status, reason)
     }
 
-    /// A field value's text, its bytes added to `undecoded` when they are no UTF-8.
-    private static func value(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>,
-                              keeping undecoded: inout [(String, [UInt8])]) -> String {
+    /// The text of the value of the field at `index`, its bytes added to `undecoded` when they are no UTF-8.
+    private static func value(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, index: Int,
+                              keeping undecoded: inout [(index: Int, bytes: [UInt8])]) -> String {
         let decoded = HeaderValueText.decode(UnsafeRawBufferPointer(rebasing: bytes[range]))
-        if let raw = decoded.undecoded { undecoded.append((decoded.text, raw)) }
+        if let raw = decoded.undecoded { undecoded.append((index, raw)) }
         return decoded.text
     }
 
-    private static func fields(_ list: [HeaderFields.Element], _ undecoded: [(String, [UInt8])]) -> HeaderFields {
+    private static func fields(_ list: [HeaderFields.Element], _ undecoded: [(index: Int, bytes: [UInt8])]) -> HeaderFields {
         var fields = HeaderFields(list)
-        for (value, raw) in undecoded { fields.keep(undecoded: raw, of: value) }
+        for (index, raw) in undecoded { fields.keep(undecoded: raw, at: index) }
         return fields
     }
 

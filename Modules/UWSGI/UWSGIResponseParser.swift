@@ -70,7 +70,7 @@ public struct UWSGIResponseParser: UpstreamResponseParser, Sendable {
             }
             let (name, value, undecoded) = try UWSGIResponseParser.parseHeaderField(line)
             headers.add(name, value)
-            if let undecoded { headers.keep(undecoded: undecoded, of: value) }
+            if let undecoded { headers.keep(undecoded: undecoded, at: headers.count - 1) }
         }
     }
 
@@ -144,7 +144,7 @@ public struct UWSGIResponseParser: UpstreamResponseParser, Sendable {
     }
 
     /// A header line's name and value, and the value's bytes when they are no UTF-8 (the text is then their
-    /// ISO-8859-1 reading, and the bytes are what a client is sent: `HeaderFields.undecodedValues`).
+    /// ISO-8859-1 reading, and the bytes are what a client is sent: `HeaderFields.undecoded`).
     static func parseHeaderField(_ line: ByteBuffer) throws -> (String, String, [UInt8]?) {
         let bytes = line.readableBytesView
         guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")), colon > bytes.startIndex,

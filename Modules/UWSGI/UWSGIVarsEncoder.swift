@@ -30,12 +30,12 @@ extension UWSGIPassConfiguration {
                 if UWSGIVarsWriter.headerVariable(field.name, is: "HTTP_TRANSFER_ENCODING") { continue }
                 if headerParamNames.contains(where: { UWSGIVarsWriter.headerVariable(field.name, is: $0) }) { continue }
                 let separator = field.name.equalsCaseInsensitive("Cookie") ? "; " : ", "
-                guard headers.undecodedValues == nil else {
+                guard headers.undecoded == nil else {
                     // Some value came in another charset than UTF-8: each goes as the bytes it came as.
-                    var value = headers.undecodedBytes(of: field.value) ?? Array(field.value.utf8)
-                    for later in fields[(index + 1)...] where later.name.equalsCaseInsensitive(field.name) {
+                    var value = headers.undecodedBytes(at: index) ?? Array(field.value.utf8)
+                    for later in (index + 1)..<fields.count where fields[later].name.equalsCaseInsensitive(field.name) {
                         value.append(contentsOf: separator.utf8)
-                        value.append(contentsOf: headers.undecodedBytes(of: later.value) ?? Array(later.value.utf8))
+                        value.append(contentsOf: headers.undecodedBytes(at: later) ?? Array(fields[later].value.utf8))
                     }
                     guard UWSGIVarsWriter.write(headerName: field.name, value: value, into: &buffer) else { return nil }
                     continue

@@ -3,35 +3,52 @@
 public struct HeaderFields: Sendable, Sequence, ExpressibleByDictionaryLiteral, CustomStringConvertible {
     public typealias Element = (name: String, value: String)
     public private(set) var fields: [Element]
-    /// The bytes of values that came in another charset than UTF-8 (RFC 9110's obs-text, such as ISO-8859-1),
-    /// keyed by the value as decoded (each invalid sequence a U+FFFD, `HeaderValueText`; a uwsgi peer's values each
-    /// byte a code point, as WSGI reads them): writers put these bytes on the wire instead,
-    /// as nginx passes a header's bytes on as they came. nil while every value is UTF-8, as nearly always.
-    public private(set) var undecodedValues: [String: [UInt8]]?
+    /// The bytes of values that came in another charset than UTF-8 (RFC 9110's obs-text, such as ISO-8859-1), by
+    /// their field's index in `fields`; the text of such a value is its decoding (each invalid sequence a U+FFFD,
+    /// `HeaderValueText`; a uwsgi peer's values each byte a code point, as WSGI reads them). Writers put these
+    /// bytes on the wire, as nginx passes a header's bytes on as they came. nil while every value is UTF-8, as
+    /// nearly always; a field whose value is set anew loses its bytes.
+    public private(set) var undecoded: [Int: [UInt8]]?
 
     public init() { fields = [] }
     public init(_ fields: [Element]) { self.fields = fields }
-    /// `fields`, some of them taken from fields whose `undecodedValues` these are.
-    public init(_ fields: [Element], undecodedValues: [String: [UInt8]]?) {
-        self.fields = fields
-        self.undecodedValues = undecodedValues
-    }
     public init(dictionaryLiteral elements: (String, String)...) {
         fields = elements.map { (name: $0.0, value: $0.1) }
     }
 
-    /// Records that `value` came as `bytes`, which are no UTF-8 (`HeaderValueText.decode` tells).
-    public mutating func keep(undecoded bytes: [UInt8], of value: String) {
-        if undecodedValues == nil { undecodedValues = [:] }
-        undecodedValues![value] = bytes
+    /// Records that the value of the field at `index` came as `bytes`, which are no UTF-8
+    /// (`HeaderValueText.decode` tells).
+    public mutating func keep(undecoded bytes: [UInt8], at index: Int) {
+        if undecoded == nil { undecoded = [:] }
+        undecoded![index] = bytes
     }
 
-    /// The bytes `value`, a value of these fields or one rendered from one (`$http_name`), goes on the wire as:
-    /// those it came as when they were no UTF-8, else nil (its UTF-8 is what it came as).
+    /// The bytes the value of the field at `index` goes on the wire as: those it came as when they were no UTF-8,
+    /// else nil (its UTF-8 is what it came as).
     @inlinable
-    public func undecodedBytes(of value: String) -> [UInt8]? {
-        guard let undecodedValues else { return nil }
-        return undecodedValues[value]
+    public func undecodedBytes(at index: Int) -> [UInt8]? {
+        guard let undecoded else { return nil }
+        return undecoded[index]
+    }
+
+    /// The bytes a text rendered from these fields (a `$http_name` that is a whole `proxy_set_header` value) goes
+    /// on the wire as: those of a field whose value it is and which came as no UTF-8, else nil.
+    public func undecodedBytes(ofRendered value: String) -> [UInt8]? {
+        guard let undecoded else { return nil }
+        for (index, bytes) in undecoded.sorted(by: { $0.key < $1.key }) where fields[index].value == value { return bytes }
+        return nil
+    }
+
+    /// The fields `isIncluded` keeps, in order, with the bytes they came as.
+    public func filter(_ isIncluded: (Element) -> Bool) -> HeaderFields {
+        guard let undecoded else { return HeaderFields(fields.filter(isIncluded)) }
+        var kept = HeaderFields()
+        kept.fields.reserveCapacity(fields.count)
+        for (index, field) in fields.enumerated() where isIncluded(field) {
+            if let bytes = undecoded[index] { kept.keep(undecoded: bytes, at: kept.fields.count) }
+            kept.fields.append(field)
+        }
+        return kept
     }
 
     public var count: Int { fields.count }
@@ -54,12 +71,19 @@ public struct HeaderFields: Sendable, Sequence, ExpressibleByDictionaryLiteral, 
     public mutating func add(_ name: String, _ value: String) { fields.append((name, value)) }
 
     /// Sets the value of the field at `index` (an index of `fields`), keeping its name and place.
-    public mutating func setValue(_ value: String, at index: Int) { fields[index].value = value }
+    public mutating func setValue(_ value: String, at index: Int) {
+        fields[index].value = value
+        undecoded?[index] = nil
+    }
 
     /// Replaces every field called `name` with one field (appended when absent).
     public mutating func replace(_ name: String, _ value: String) {
         if let index = fields.firstIndex(where: { $0.name.equalsCaseInsensitive(name) }) {
-            fields[index] = (fields[index].name, value)
+            setValue(value, at: index)
+            if undecoded != nil {
+                removeFields { $0.name.equalsCaseInsensitive(name) && $1 > index }
+                return
+            }
             var next = fields.index(after: index)
             while next < fields.endIndex {
                 if fields[next].name.equalsCaseInsensitive(name) { fields.remove(at: next) } else { next += 1 }
@@ -70,7 +94,23 @@ public struct HeaderFields: Sendable, Sequence, ExpressibleByDictionaryLiteral, 
     }
 
     public mutating func remove(_ name: String) {
+        guard undecoded == nil else { return removeFields { field, _ in field.name.equalsCaseInsensitive(name) } }
         fields.removeAll { $0.name.equalsCaseInsensitive(name) }
+    }
+
+    /// Removes the fields `shouldRemove` (given each field and its index) names, keeping the others' bytes at
+    /// their new places.
+    private mutating func removeFields(where shouldRemove: (Element, Int) -> Bool) {
+        guard let undecoded else { return }
+        var kept: [Element] = []
+        var keptBytes: [Int: [UInt8]] = [:]
+        kept.reserveCapacity(fields.count)
+        for (index, field) in fields.enumerated() where !shouldRemove(field, index) {
+            if let bytes = undecoded[index] { keptBytes[kept.count] = bytes }
+            kept.append(field)
+        }
+        fields = kept
+        self.undecoded = keptBytes.isEmpty ? nil : keptBytes
     }
 
     public var description: String { fields.map { "\($0.name): \($0.value)" }.joined(separator: "\n") }

@@ -589,16 +589,10 @@ final class UpstreamExchange: @unchecked Sendable {
     /// fields, `Date` and `Server`); when nothing is left to drop, the head's fields are passed on as they are,
     /// without a copy.
     private func responseHeaders(_ head: UpstreamResponseHead, keepingUpgrade: Bool = false) -> HeaderFields {
-        guard let first = head.headers.fields.firstIndex(where: { drops($0.name, keepingUpgrade: keepingUpgrade) }) else {
+        guard head.headers.fields.contains(where: { drops($0.name, keepingUpgrade: keepingUpgrade) }) else {
             return head.headers
         }
-        var kept: [HeaderFields.Element] = []
-        kept.reserveCapacity(head.headers.count)
-        kept.append(contentsOf: head.headers.fields[..<first])
-        for field in head.headers.fields[(first + 1)...] where !drops(field.name, keepingUpgrade: keepingUpgrade) {
-            kept.append(field)
-        }
-        return HeaderFields(kept, undecodedValues: head.headers.undecodedValues)
+        return head.headers.filter { !drops($0.name, keepingUpgrade: keepingUpgrade) }
     }
 
     /// Whether the client never gets a response header of this name.

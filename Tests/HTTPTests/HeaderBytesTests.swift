@@ -25,12 +25,30 @@ final class HeaderBytesTests: XCTestCase {
     }
 
     func testTheRequestParserKeepsAValuesBytes() throws {
-        let head = Array("GET / HTTP/1.1\r\nHost: h\r\nX-Name: ".utf8) + latin + Array("\r\nX-Plain: p\r\n\r\n".utf8)
+        // Two single bytes that are no UTF-8 read as the same text; each field keeps its own.
+        let head = Array("GET / HTTP/1.1\r\nHost: h\r\nX-Name: ".utf8) + latin + Array("\r\nX-Plain: p\r\nX-A: ".utf8)
+            + [0xFF] + Array("\r\nX-B: ".utf8) + [0xFE] + Array("\r\n\r\n".utf8)
         let parsed = head.withUnsafeBytes { HTTPRequestHeadParser.parse($0) }
         guard case .success(let request) = parsed else { return XCTFail("\(parsed)") }
-        XCTAssertEqual(request.headers["X-Name"], "caf\u{FFFD}")
-        XCTAssertEqual(request.headers.undecodedBytes(of: "caf\u{FFFD}"), latin)
-        XCTAssertNil(request.headers.undecodedBytes(of: "p"))
+        var headers = request.headers
+        XCTAssertEqual(headers["X-Name"], "caf\u{FFFD}")
+        XCTAssertEqual(headers.undecodedBytes(at: 1), latin)
+        XCTAssertNil(headers.undecodedBytes(at: 2))
+        XCTAssertEqual(headers["X-A"], "\u{FFFD}")
+        XCTAssertEqual(headers["X-B"], "\u{FFFD}")
+        XCTAssertEqual(headers.undecodedBytes(at: 3), [0xFF])
+        XCTAssertEqual(headers.undecodedBytes(at: 4), [0xFE])
+        XCTAssertEqual(headers.undecodedBytes(ofRendered: "caf\u{FFFD}"), latin)
+        // Removing a field moves the later ones' bytes with them; a value set anew has none.
+        headers.remove("X-Plain")
+        XCTAssertEqual(headers.undecodedBytes(at: 2), [0xFF])
+        XCTAssertEqual(headers.undecodedBytes(at: 3), [0xFE])
+        headers.replace("X-A", "new")
+        XCTAssertNil(headers.undecodedBytes(at: 2))
+        XCTAssertEqual(headers.undecodedBytes(at: 3), [0xFE])
+        let kept = headers.filter { $0.name != "X-Name" }
+        XCTAssertEqual(kept.undecodedBytes(at: 2), [0xFE])
+        XCTAssertNil(kept.undecodedBytes(at: 0))
     }
 
     func testAnUpstreamsValueReachesTheClientAsItCame() throws {

@@ -423,9 +423,12 @@ def test_header_values_in_another_charset_cross_as_the_bytes_they_came_as(start_
     backend's reaches the client, unchanged, not as UTF-8 with replacement characters."""
     kernel = start(start_kernel, backend)
     # http.client and http.server read and write header text as ISO-8859-1: "caf\xe9" is the byte 0xE9.
-    _, seen = report(kernel, "GET", "/api/charset-in", headers={"Host": "h", "X-Name": "caf\xe9", "X-Raw": "\xff\xfe"})
+    _, seen = report(kernel, "GET", "/api/charset-in", headers={"Host": "h", "X-Name": "caf\xe9", "X-Raw": "\xff\xfe",
+                                                                "X-A": "\xff", "X-B": "\xfe"})
     assert header(seen, "X-Name") == ["caf\xe9"]
     assert header(seen, "X-Raw") == ["\xff\xfe"]
+    # Two values that read as the same text (one U+FFFD each) keep their own bytes.
+    assert header(seen, "X-A") == ["\xff"] and header(seen, "X-B") == ["\xfe"]
     response, data = request(kernel, "GET", "/latin")
     assert response.status == 200 and data == b"ok"
     assert response.getheader("X-Name") == "caf\xe9"
