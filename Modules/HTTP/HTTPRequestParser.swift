@@ -34,6 +34,9 @@ struct HTTPRequestError: Error, Equatable {
                                                           logMessage: "client sent unknown \"Transfer-Encoding\"",
                                                           clientMessage: "unsupported transfer encoding")
     static let timedOut = HTTPRequestError(status: 408, logMessage: "client timed out", clientMessage: "request timed out")
+    static let invalidMethod = badRequest("client sent invalid method", "invalid method")
+    static let traceNotAllowed = HTTPRequestError(status: 405, logMessage: "client sent TRACE method",
+                                                  clientMessage: "method not allowed")
 }
 
 /// Byte classes of RFC 9110/9112.
@@ -47,6 +50,11 @@ enum HTTPByte {
     /// `tchar`: the characters of methods and header names (the core's one rule).
     @inline(__always)
     static func isToken(_ byte: UInt8) -> Bool { HTTPToken.isTokenByte(byte) }
+    /// A byte of a method as nginx reads one: `A`-`Z`, `_`, `-`.
+    @inline(__always)
+    static func isMethod(_ byte: UInt8) -> Bool {
+        (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z")) || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
+    }
 
     /// A byte allowed in a header value: HTAB, visible ASCII, space and obs-text; never CR, LF, NUL or DEL.
     @inline(__always)
@@ -344,6 +352,9 @@ enum HTTPRequestHeadParser {
             }
             head.chunked = true
         }
+        // nginx answers TRACE 405 once the head is read, whatever the location (RFC 9110 leaves TRACE to the
+        // server; echoing a request back lets a page read cookies it cannot see).
+        if head.method == "TRACE" { return .failure(.traceNotAllowed) }
         return .success(head)
     }
 
@@ -447,6 +458,8 @@ enum HTTPRequestHeadParser {
         guard index > line.lowerBound, index < line.upperBound, bytes[index] == HTTPByte.space else {
             return .failure(.invalidRequestLine)
         }
+        // A method is upper-case letters, `_` and `-`, as nginx reads one: `get` is no method (400).
+        for i in line.lowerBound..<index where !HTTPByte.isMethod(bytes[i]) { return .failure(.invalidMethod) }
         let methodRange = line.lowerBound..<index
         index += 1
         let targetStart = index

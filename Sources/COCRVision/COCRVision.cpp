@@ -4,6 +4,7 @@
 #include "COCRVision.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -315,20 +316,20 @@ cocr_image *cocr_image_from_pixels(const uint8_t *pixels, int width, int height)
 }
 
 /// reduce_max_side / increase_min_side of utils/process_img.py: the new size rounded to multiples of 32.
-static bool side_resize(cv::Mat &img, double ratio, double *ratio_h, double *ratio_w) {
+static cocr_status side_resize(cv::Mat &img, double ratio, int64_t max_pixels, double *ratio_h, double *ratio_w) {
     int h = img.rows, w = img.cols;
-    int resize_h = int(h * ratio), resize_w = int(w * ratio);
-    resize_h = int(std::nearbyint(resize_h / 32.0) * 32);
-    resize_w = int(std::nearbyint(resize_w / 32.0) * 32);
-    if (resize_w <= 0 || resize_h <= 0) return false;
+    double scaled_h = std::nearbyint(int64_t(h * ratio) / 32.0) * 32, scaled_w = std::nearbyint(int64_t(w * ratio) / 32.0) * 32;
+    if (scaled_w <= 0 || scaled_h <= 0) return COCR_EMPTY_IMAGE;
+    if (scaled_h * scaled_w > double(max_pixels) || scaled_h > INT_MAX || scaled_w > INT_MAX) return COCR_TOO_MANY_PIXELS;
+    int resize_h = int(scaled_h), resize_w = int(scaled_w);
     cv::resize(img, img, cv::Size(resize_w, resize_h));
     *ratio_h = double(h) / resize_h;
     *ratio_w = double(w) / resize_w;
-    return true;
+    return COCR_OK;
 }
 
 cocr_status cocr_prepare(const cocr_image *image, int max_side_len, int min_side_len, int min_height,
-                         double width_height_ratio, cocr_image **prepared, cocr_geometry *geometry) {
+                         double width_height_ratio, int64_t max_pixels, cocr_image **prepared, cocr_geometry *geometry) {
     *prepared = nullptr;
     try {
         cv::Mat img = image->mat;  // shares the pixels until a step below makes new ones
@@ -338,13 +339,15 @@ cocr_status cocr_prepare(const cocr_image *image, int max_side_len, int min_side
         int h = img.rows, w = img.cols;
         if (std::max(h, w) > max_side_len) {
             double ratio = h > w ? double(max_side_len) / h : double(max_side_len) / w;
-            if (!side_resize(img, ratio, &geometry->ratio_h, &geometry->ratio_w)) return COCR_EMPTY_IMAGE;
+            cocr_status resized = side_resize(img, ratio, max_pixels, &geometry->ratio_h, &geometry->ratio_w);
+            if (resized != COCR_OK) return resized;
         }
         h = img.rows;
         w = img.cols;
         if (std::min(h, w) < min_side_len) {
             double ratio = h < w ? double(min_side_len) / h : double(min_side_len) / w;
-            if (!side_resize(img, ratio, &geometry->ratio_h, &geometry->ratio_w)) return COCR_EMPTY_IMAGE;
+            cocr_status resized = side_resize(img, ratio, max_pixels, &geometry->ratio_h, &geometry->ratio_w);
+            if (resized != COCR_OK) return resized;
         }
         h = img.rows;
         w = img.cols;
@@ -352,6 +355,7 @@ cocr_status cocr_prepare(const cocr_image *image, int max_side_len, int min_side
         if (h <= min_height || use_limit_ratio) {
             int new_h = std::max(int(w / width_height_ratio), min_height) * 2;
             int padding_h = int(std::abs(new_h - h) / 2.0);
+            if ((int64_t(h) + 2 * int64_t(padding_h)) * int64_t(w) > max_pixels) return COCR_TOO_MANY_PIXELS;
             cv::copyMakeBorder(img, img, padding_h, padding_h, 0, 0, cv::BORDER_CONSTANT, cv::Scalar(0, 0, 0));
             geometry->pad_top = padding_h;
         }

@@ -70,8 +70,10 @@ typedef struct {
 
 /// RapidOCR.preprocess (reduce_max_side to `max_side_len`, increase_min_side to `min_side_len`) then
 /// RapidOCR.maybe_add_letterbox (`min_height`, `width_height_ratio`; -1 turns the ratio rule off) into `prepared`.
+/// COCR_TOO_MANY_PIXELS, before any allocation, when an image it would make has more than `max_pixels` pixels
+/// (a thin strip scaled up to `min_side_len` and letterboxed grows by orders of magnitude).
 cocr_status cocr_prepare(const cocr_image *image, int max_side_len, int min_side_len, int min_height,
-                         double width_height_ratio, cocr_image **prepared, cocr_geometry *geometry);
+                         double width_height_ratio, int64_t max_pixels, cocr_image **prepared, cocr_geometry *geometry);
 
 /// DetPreProcess.resize's size: the image scaled by `limit_side_len` (`limit_type_max`: 1 for "max", 0 for "min") and
 /// rounded to multiples of 32. Answers 0 when a side would be 0 (rapidocr then finds no text).

@@ -209,14 +209,17 @@ public struct KernelRequest: Sendable {
             rawPath = target[..<mark]
             query = String(target[utf8.index(after: mark)...])
         }
-        // Absolute-form targets (`http://host/path`) keep only their path.
+        // Absolute-form targets (`http://host/path`) keep only their path; the host is checked as nginx reads it.
         if rawPath.hasPrefix("http://") || rawPath.hasPrefix("https://") {
             let afterScheme = rawPath.dropFirst(rawPath.hasPrefix("https://") ? 8 : 7)
-            rawPath = afterScheme.firstIndex(of: "/").map { afterScheme[$0...] } ?? "/"
+            let slash = afterScheme.firstIndex(of: "/")
+            guard isAbsoluteFormAuthority(afterScheme[..<(slash ?? afterScheme.endIndex)].utf8) else { return nil }
+            rawPath = slash.map { afterScheme[$0...] } ?? "/"
         }
-        guard rawPath.utf8.first == UInt8(ascii: "/") else {
-            return rawPath.isEmpty ? nil : (rawPath == "*" ? ("*", query) : nil)
-        }
+        // The origin form only: nginx refuses the asterisk form (`OPTIONS *`) and anything else with 400.
+        guard rawPath.utf8.first == UInt8(ascii: "/") else { return nil }
+        // A fragment is no part of the path (nginx ends `$uri` at `#`); a query after it stays the query.
+        if let hash = rawPath.utf8.firstIndex(of: UInt8(ascii: "#")) { rawPath = rawPath[..<hash] }
         guard let path = normalizedPath(rawPath) else { return nil }
         return (path, query)
     }
@@ -265,13 +268,42 @@ public struct KernelRequest: Sendable {
 
 /// Whether a path starting with `/` has nothing to decode or resolve: no `%`, no NUL, no `//`, no `.` or `..`
 /// segment. Most request paths are like that, and then the path is used as it came.
+/// The authority of an absolute-form target as nginx's request-line parser takes it: a host of letters, digits,
+/// `.` and `-`, or an IP literal in brackets, then an optional `:port` of digits; no user information.
+private func isAbsoluteFormAuthority(_ authority: Substring.UTF8View) -> Bool {
+    var rest = authority[...]
+    if rest.first == UInt8(ascii: "[") {
+        guard let close = rest.firstIndex(of: UInt8(ascii: "]")) else { return false }
+        let literal = rest[rest.index(after: rest.startIndex)..<close]
+        guard !literal.isEmpty, literal.allSatisfy({ byte in
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"):
+                return true
+            default:
+                return Array(":.-_~!$&'()*+,;=".utf8).contains(byte)
+            }
+        }) else { return false }
+        rest = rest[rest.index(after: close)...]
+    } else {
+        let hostEnd = rest.firstIndex { byte in
+            !((byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || (byte | 0x20 >= UInt8(ascii: "a") && byte | 0x20 <= UInt8(ascii: "z"))
+              || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "-"))
+        } ?? rest.endIndex
+        guard hostEnd > rest.startIndex else { return false }
+        rest = rest[hostEnd...]
+    }
+    guard let first = rest.first else { return true }
+    guard first == UInt8(ascii: ":") else { return false }
+    return rest.dropFirst().allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+}
+
 private func isAlreadyNormalized<C: Collection>(_ bytes: C) -> Bool where C.Element == UInt8 {
     var previous: UInt8 = 0
     var segmentLength = 0
     var segmentIsDots = true
     for byte in bytes {
         switch byte {
-        case UInt8(ascii: "%"), 0:
+        case UInt8(ascii: "%"), UInt8(ascii: "#"), 0:
             return false
         case UInt8(ascii: "/"):
             if previous == UInt8(ascii: "/") { return false }

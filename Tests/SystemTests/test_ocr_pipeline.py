@@ -197,6 +197,12 @@ def test_bad_inputs_get_their_status(kernel, images, bomb):
     assert_error(parse(kernel, bomb), 413, "20000x20000")
     assert_error(parse(kernel, b""), 400, "empty")
     assert_error(parse(kernel, png(0, 10, rows=b"")), 400, "no pixels")
+    # A line of pixels far longer than max_side_len: its height scales to nothing (rapidocr's ResizeImgError).
+    assert_error(parse(kernel, png(9000, 1)), 400, "(9000x1) cannot be resized for OCR")
+    # Strips of a few bytes that rapidocr's resizing would grow past 16M pixels (a 2x2000 PNG becomes a 736x690000
+    # detection input, 6 GB of floats): 413 before anything that large is made, tall or wide.
+    assert_error(parse(kernel, png(2, 2000)), 413, "too thin for detection")
+    assert_error(parse(kernel, png(2000, 2)), 413, "too thin for OCR")
     assert_error(parse(kernel, images[0][1][:40]), 400, "truncated or corrupt")
     # The form without its file field, a broken form, bad base64, a GET.
     no_file = requests.post(kernel.url("/v1/parse"), files={"other": ("x", images[0][1])}, timeout=30)

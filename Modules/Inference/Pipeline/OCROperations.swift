@@ -57,7 +57,14 @@ enum OCROperations {
         var geometry = cocr_geometry()
         var prepared: OpaquePointer?
         let status = vision.prepare(input.image.pointer, Int32(p.maxSideLen), Int32(p.minSideLen), Int32(p.minHeight),
-                                  p.widthHeightRatio, &prepared, &geometry)
+                                  p.widthHeightRatio, p.maxPixels, &prepared, &geometry)
+        if status == COCR_TOO_MANY_PIXELS {
+            throw KernelHTTPError(413, "the image (\(input.image.width)x\(input.image.height)) is too thin for OCR: resized as rapidocr resizes it (min_side_len \(p.minSideLen), width_height_ratio \(p.widthHeightRatio)) it would have more than max_pixels \(p.maxPixels) pixels")
+        }
+        if status == COCR_EMPTY_IMAGE {
+            // rapidocr refuses it the same way (ResizeImgError): a side that rounds to no multiple of 32.
+            throw KernelHTTPError(400, "the image (\(input.image.width)x\(input.image.height)) cannot be resized for OCR: scaled to max_side_len \(p.maxSideLen) or min_side_len \(p.minSideLen), a side rounds to 0 pixels")
+        }
         try OCRVisionError.check(status, maxPixels: 0, header: nil)
         guard let prepared else { throw KernelHTTPError(500, "the image could not be resized") }
         return PipelineImage(image: OCRImage(prepared, vision), rawWidth: input.rawWidth, rawHeight: input.rawHeight,
@@ -78,6 +85,11 @@ enum OCROperations {
                                   &height, &width) != 0 else {
             // rapidocr finds no text in an image that rounds to nothing.
             return TensorGroups(groups: [], items: [], itemCount: 1)
+        }
+        // A strip scaled so that its short side is limit_side_len grows by the ratio of its sides: refused before
+        // the tensor (12 bytes a pixel) and the model's activations are made for it.
+        guard Int64(height) * Int64(width) <= p.maxPixels else {
+            throw KernelHTTPError(413, "the image (\(image.width)x\(image.height) after ocr_prepare) is too thin for detection: resized to limit_side_len \(limit) it would be \(width)x\(height), more than max_pixels \(p.maxPixels) pixels")
         }
         let tensor = try FloatTensor.make(shape: [1, 3, Int(height), Int(width)]) { out in
             let status = p.mean.withUnsafeBufferPointer { mean in

@@ -159,7 +159,7 @@ enum OCRVisionFunctions {
     typealias ImageHeight = @convention(c) (Image?) -> Int32
     typealias ImageCopyPixels = @convention(c) (Image?, UnsafeMutablePointer<UInt8>?) -> Void
     typealias ImageFromPixels = @convention(c) (UnsafePointer<UInt8>?, Int32, Int32) -> Image?
-    typealias Prepare = @convention(c) (Image?, Int32, Int32, Int32, Double, UnsafeMutablePointer<Image?>?, UnsafeMutablePointer<cocr_geometry>?) -> cocr_status
+    typealias Prepare = @convention(c) (Image?, Int32, Int32, Int32, Double, Int64, UnsafeMutablePointer<Image?>?, UnsafeMutablePointer<cocr_geometry>?) -> cocr_status
     typealias DetInputSize = @convention(c) (Int32, Int32, Int32, Int32, UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<Int32>?) -> Int32
     typealias DetPreprocess = @convention(c) (Image?, Int32, Int32, UnsafePointer<Double>?, UnsafePointer<Double>?, UnsafeMutablePointer<Float>?) -> cocr_status
     typealias DbPostprocess = @convention(c) (UnsafePointer<Float>?, Int32, Int32, Int32, Int32, UnsafePointer<cocr_db_params>?, UnsafeMutablePointer<Float>?, Int32) -> Int32

@@ -99,6 +99,8 @@ public struct OCRPrepareParameters: Sendable {
     public var minSideLen = 30
     public var minHeight = 30
     public var widthHeightRatio = 8.0
+    /// `max_pixels` (not a rapidocr key): the most pixels an image this step makes may have.
+    public var maxPixels = PipelineConfiguration.defaultMaxStepPixels
     public init() {}
 }
 
@@ -109,6 +111,8 @@ public struct DetPreprocessParameters: Sendable {
     public var limitTypeMax = false
     public var mean: [Double] = [0.5, 0.5, 0.5]
     public var std: [Double] = [0.5, 0.5, 0.5]
+    /// `max_pixels` (not a rapidocr key): the most pixels the detection input may have.
+    public var maxPixels = PipelineConfiguration.defaultMaxStepPixels
     public init() {}
 }
 
@@ -149,6 +153,10 @@ public struct RecognizerParameters: Sendable {
 extension PipelineConfiguration {
     /// Pillow's `Image.MAX_IMAGE_PIXELS` (rapidocr decodes with Pillow): the default of `max_pixels`.
     public static let defaultMaxPixels: Int64 = 89_478_485
+    /// The default `max_pixels` of `ocr_prepare` and `det_preprocess`: 4096 x 4096. An image rapidocr's steps make
+    /// from an ordinary upload is at most about 2000 x 2000 (`max_side_len`); a thin strip of a few bytes grows by
+    /// orders of magnitude (2 x 2000 pixels becomes a 736 x 690000 detection input, 6 GB of floats).
+    public static let defaultMaxStepPixels: Int64 = 1 << 24
 
     /// Decodes `inference.pipelines`; model steps must name models of `models`.
     public static func decodeList(_ value: ConfigValue, models: [ModelConfiguration]) throws -> [PipelineConfiguration] {
@@ -262,6 +270,9 @@ extension PipelineConfiguration {
             guard options.contains(text) else { throw value.expected(options.map { "\"\($0)\"" }.joined(separator: " or ")) }
             return text
         }
+        func stepPixels(_ fallback: Int64) throws -> Int64 {
+            try mapping.optional("max_pixels").map { Int64(try $0.int(in: 1...Int(Int32.max) * 64, what: "a positive integer")) } ?? fallback
+        }
         switch op {
         case "decode_image":
             let maxPixels = try mapping.optional("max_pixels")?.int(in: 1...Int(Int32.max) * 64, what: "a positive integer")
@@ -277,6 +288,7 @@ extension PipelineConfiguration {
                     throw ratio.expected("a positive number, or -1 to turn the ratio rule off")
                 }
             }
+            parameters.maxPixels = try stepPixels(parameters.maxPixels)
             return .ocrPrepare(parameters)
         case "det_preprocess":
             var parameters = DetPreprocessParameters()
@@ -284,6 +296,7 @@ extension PipelineConfiguration {
             parameters.limitTypeMax = try choice("limit_type", ["min", "max"], "min") == "max"
             parameters.mean = try numbers("mean", parameters.mean, count: 3)
             parameters.std = try numbers("std", parameters.std, count: 3)
+            parameters.maxPixels = try stepPixels(parameters.maxPixels)
             return .detPreprocess(parameters)
         case "db_postprocess":
             var parameters = DBPostprocessParameters()
