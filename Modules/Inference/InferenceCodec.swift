@@ -58,6 +58,11 @@ public enum InferenceCodec {
         let body = body ?? ByteBuffer()
         var jsonLength = body.readableBytes
         if let text = headers[inferenceHeaderContentLength] {
+            // The body's framing: the header twice with different lengths is no length at all (as a repeated
+            // Content-Length is not), rather than whichever came first.
+            for field in headers.fields where field.name.equalsCaseInsensitive(inferenceHeaderContentLength) && field.value != text {
+                throw KernelHTTPError(400, "invalid \(inferenceHeaderContentLength) header: it appears more than once with different values (\"\(text)\", \"\(field.value)\")")
+            }
             // Plain decimal digits only (no sign, no space): the JSON part's length, at most the body's.
             guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
                   let length = Int(text) else {

@@ -185,7 +185,10 @@ struct InferenceRequestDecoder {
             case "name": header.name = try decoder.cursor.value(depth: 2)
             case "datatype": header.datatype = try decoder.cursor.value(depth: 2)
             case "shape": header.shape = try decoder.shape()
-            case "parameters": header.parameters = try decoder.cursor.value(depth: 2)
+            case "parameters":
+                let parameters = try decoder.cursor.value(depth: 2)
+                guard parameters.isObject else { throw KernelHTTPError(400, "\"parameters\" of an input must be an object") }
+                header.parameters = parameters
             case "data":
                 header.hasData = true
                 if header.name != nil, header.datatype != nil, header.shape != nil,

@@ -217,6 +217,17 @@ final class InferenceCodecTests: XCTestCase {
         }
     }
 
+    func testParametersThatAreNoObjectAreRefusedAtEitherLevel() {
+        for parameters in ["5", "\"x\"", "[]", "null"] {
+            assertStatus(400, "\"parameters\" must be an object") {
+                _ = try self.decode(#"{"inputs": [\#(self.validInputs)], "parameters": \#(parameters)}"#)
+            }
+            assertStatus(400, "\"parameters\" of an input must be an object") {
+                _ = try self.decode(#"{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "parameters": \#(parameters), "data": [1, 2, 3, 4]}]}"#)
+            }
+        }
+    }
+
     func testShapesWhoseSizesOverflowAreRefused() {
         let cases: [(shape: String, fragment: String)] = [
             ("[0, 4611686018427387904]", "shape too large: [0,4611686018427387904] of FP32"),

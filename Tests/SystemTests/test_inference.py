@@ -480,6 +480,21 @@ def test_negative_dimensions_and_bad_binary_sizes_are_400(identity_kernel, demo_
         response = post(identity_kernel, "/v2/models/identity/infer", header + b"\0" * 8,
                         {"Inference-Header-Content-Length": value})
         assert_error(response, 400, f'invalid Inference-Header-Content-Length header "{value}"')
+    # The header twice: the same length is that length; two lengths are none.
+    import http.client
+    for second, status in ((str(len(header)), 200), ("5", 400), ("abc", 400)):
+        connection = http.client.HTTPConnection("127.0.0.1", identity_kernel.port("http"), timeout=30)
+        connection.putrequest("POST", "/v2/models/identity/infer")
+        connection.putheader("Content-Length", str(len(header) + 8))
+        connection.putheader("Inference-Header-Content-Length", str(len(header)))
+        connection.putheader("Inference-Header-Content-Length", second)
+        connection.endheaders(header + b"\0" * 8)
+        response = connection.getresponse()
+        text = response.read().decode()
+        connection.close()
+        assert response.status == status, (second, text)
+        if status == 400:
+            assert "appears more than once with different values" in json.loads(text)["error"], text
     for size in (-8, 2 ** 63 - 1, 2 ** 64):
         body = json.dumps({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
                                        "parameters": {"binary_data_size": size}}]}).encode()
