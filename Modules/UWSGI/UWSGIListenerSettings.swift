@@ -33,8 +33,5 @@ public struct UWSGIListenerSettings: Sendable {
         // One handler per connection: nginx opens a connection per request, so each handler added is paid per
         // request.
         try channel.pipeline.syncOperations.addHandler(UWSGIServerHandler(runtime: runtime, settings: self))
-        // A peer that half-closes after its whole request still gets the answer, as uWSGI gives it
-        // (`UWSGIServerHandler.userInboundEventTriggered`); a synchronous option costs no future.
-        try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
     }
 }

@@ -244,14 +244,6 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
             if case .waiting = state, !requestStarted { closeNow(context) }
             return
         }
-        if let event = event as? ChannelEvent, event == .inputClosed {
-            // The peer is done sending. A whole request is answered (uWSGI reads no further once it has one, and
-            // writes its answer); anything else is the peer leaving, handled when the channel closes.
-            if case .responding = state, requestComplete { return }
-            if case .closed = state { return }
-            context.close(promise: nil)
-            return
-        }
         context.fireUserInboundEventTriggered(event)
     }
 

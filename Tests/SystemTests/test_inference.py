@@ -522,31 +522,3 @@ def test_empty_tensors_with_wide_rows_run_and_come_back_empty(identity_kernel, d
     stats = requests.get(identity_kernel.url("/v2/models/identity/stats"), timeout=10).json()["model_stats"][0]
     assert stats["inference_count"] == 3
     assert_still_serving(identity_kernel, demo_reference)
-
-
-def test_a_uwsgi_peer_that_half_closes_after_its_whole_request_gets_the_answer(start_kernel, demo_reference):
-    """uWSGI answers a request it has read whole even when the peer shut its sending side: an inference (answered
-    after the model ran, when the end of input has long been seen) comes back, and is counted as run."""
-    import socket
-    import struct
-    worker_yaml = models_yaml().replace('http:\n  listen: "127.0.0.1:0"', 'uwsgi:\n  listen: "127.0.0.1:0"')
-    kernel = start_kernel(worker_yaml, role="worker")
-    array = demo_rows(1, seed=41)
-    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                                   "data": array.flatten().tolist()}]}).encode()
-    pairs = [(b"REQUEST_METHOD", b"POST"), (b"REQUEST_URI", b"/v2/models/demo/infer"), (b"PATH_INFO", b"/v2/models/demo/infer"),
-             (b"QUERY_STRING", b""), (b"SERVER_PROTOCOL", b"HTTP/1.1"), (b"CONTENT_TYPE", b"application/json"),
-             (b"CONTENT_LENGTH", str(len(body)).encode()), (b"HTTP_HOST", b"localhost")]
-    block = b"".join(struct.pack("<H", len(k)) + k + struct.pack("<H", len(v)) + v for k, v in pairs)
-    for _ in range(3):
-        connection = socket.create_connection(("127.0.0.1", kernel.port("uwsgi")), timeout=30)
-        connection.sendall(b"\x00" + struct.pack("<H", len(block)) + b"\x00" + block + body)
-        connection.shutdown(socket.SHUT_WR)
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-        connection.close()
-        head, _, payload = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), answer[:200]
-        outputs = json.loads(payload)["outputs"][0]["data"]
-        assert np.allclose(np.array(outputs, dtype=np.float32).reshape(1, 10), demo_reference.run(array), atol=1e-5)
