@@ -187,11 +187,13 @@ public enum HeaderValueText {
     /// The text of `bytes`, and the bytes themselves when they are no UTF-8.
     @inlinable
     public static func decode(_ bytes: UnsafeRawBufferPointer) -> (text: String, undecoded: [UInt8]?) {
-        let text = String(decoding: bytes, as: UTF8.self)
-        // ASCII, nearly every value, decodes to the same bytes; so does valid UTF-8, which a repaired text is not.
+        // ASCII, nearly every value, is its own text with no validation to speak of; valid UTF-8 is its own text
+        // too; anything else is decoded with replacements, and its bytes kept.
         var ascii = true
         for byte in bytes where byte >= 0x80 { ascii = false; break }
-        if ascii || String(validating: bytes, as: UTF8.self) != nil { return (text, nil) }
-        return (text, Array(bytes))
+        if !ascii, String(validating: bytes, as: UTF8.self) == nil {
+            return (String(decoding: bytes, as: UTF8.self), Array(bytes))
+        }
+        return (String(decoding: bytes, as: UTF8.self), nil)
     }
 }

@@ -187,8 +187,9 @@ public struct KernelRequest: Sendable {
         if uri.hasPrefix("http://") { rest = uri.dropFirst(7) }
         else if uri.hasPrefix("https://") { rest = uri.dropFirst(8) }
         else { return nil }
+        // `splitTarget` has refused any authority but a host and a port (no user information).
         let authority = rest.prefix { $0 != "/" && $0 != "?" }
-        return authority.isEmpty ? nil : String(authority.split(separator: "@").last ?? authority)
+        return authority.isEmpty ? nil : String(authority)
     }
 
     /// `GET /path?q HTTP/1.1`, as `$request` in access logs.
@@ -277,10 +278,14 @@ private func isAbsoluteFormAuthority(_ authority: Substring.UTF8View) -> Bool {
         let literal = rest[rest.index(after: rest.startIndex)..<close]
         guard !literal.isEmpty, literal.allSatisfy({ byte in
             switch byte {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"):
+            case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                 UInt8(ascii: ":"), UInt8(ascii: "."), UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "~"),
+                 UInt8(ascii: "!"), UInt8(ascii: "$"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "("),
+                 UInt8(ascii: ")"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: ","), UInt8(ascii: ";"),
+                 UInt8(ascii: "="):
                 return true
             default:
-                return Array(":.-_~!$&'()*+,;=".utf8).contains(byte)
+                return false
             }
         }) else { return false }
         rest = rest[rest.index(after: close)...]
