@@ -108,7 +108,8 @@ struct ProxyRequestHead: Sendable {
         for line in headers {
             let value = line.value.render(context)
             guard Self.isWritten(value) else { continue }
-            // A value that is one of the client's (`$http_name`) goes as the bytes it came as.
+            // What a value takes from the client's fields (`$http_name`, `$proxy_add_x_forwarded_for`) goes as the
+            // bytes it came as.
             writeField(line.name, value, request.headers.undecodedBytes(ofRendered: value), into: &buffer)
         }
         if passRequestBody {

@@ -31,12 +31,39 @@ public struct HeaderFields: Sendable, Sequence, ExpressibleByDictionaryLiteral, 
         return undecoded[index]
     }
 
-    /// The bytes a text rendered from these fields (a `$http_name` that is a whole `proxy_set_header` value) goes
-    /// on the wire as: those of a field whose value it is and which came as no UTF-8, else nil.
+    /// The bytes a text rendered from these fields (a `proxy_set_header` value such as `$http_name` or
+    /// `$proxy_add_x_forwarded_for`) goes on the wire as: the text with each place where the value of a field that
+    /// came as no UTF-8 appears put back as the bytes that field came as; nil when there is no such place. Longer
+    /// values are put back first (a value can hold a shorter one's text); two fields whose values read alike cannot
+    /// be told apart in a rendered text, and the earlier one's bytes are used.
     public func undecodedBytes(ofRendered value: String) -> [UInt8]? {
         guard let undecoded else { return nil }
-        for (index, bytes) in undecoded.sorted(by: { $0.key < $1.key }) where fields[index].value == value { return bytes }
-        return nil
+        var rendered = Array(value.utf8)
+        var replacedAny = false
+        let candidates = undecoded.map { (index: $0.key, text: Array(fields[$0.key].value.utf8), bytes: $0.value) }
+            .sorted { $0.text.count != $1.text.count ? $0.text.count > $1.text.count : $0.index < $1.index }
+        for (_, text, bytes) in candidates {
+            guard !text.isEmpty, text.count <= rendered.count else { continue }
+            var output: [UInt8] = []
+            output.reserveCapacity(rendered.count)
+            var cursor = 0
+            var replaced = false
+            while cursor < rendered.count {
+                if cursor + text.count <= rendered.count, rendered[cursor..<(cursor + text.count)].elementsEqual(text) {
+                    output.append(contentsOf: bytes)
+                    cursor += text.count
+                    replaced = true
+                } else {
+                    output.append(rendered[cursor])
+                    cursor += 1
+                }
+            }
+            if replaced {
+                rendered = output
+                replacedAny = true
+            }
+        }
+        return replacedAny ? rendered : nil
     }
 
     /// The fields `isIncluded` keeps, in order, with the bytes they came as.

@@ -39,6 +39,12 @@ final class HeaderBytesTests: XCTestCase {
         XCTAssertEqual(headers.undecodedBytes(at: 3), [0xFF])
         XCTAssertEqual(headers.undecodedBytes(at: 4), [0xFE])
         XCTAssertEqual(headers.undecodedBytes(ofRendered: "caf\u{FFFD}"), latin)
+        // A value that only takes a field's text as a part of it keeps that part's bytes; one that takes none, none.
+        XCTAssertEqual(headers.undecodedBytes(ofRendered: "caf\u{FFFD}, 127.0.0.1"), latin + Array(", 127.0.0.1".utf8))
+        XCTAssertEqual(headers.undecodedBytes(ofRendered: "<caf\u{FFFD}|caf\u{FFFD}>"),
+                       Array("<".utf8) + latin + Array("|".utf8) + latin + Array(">".utf8))
+        XCTAssertNil(headers.undecodedBytes(ofRendered: "cafe"))
+        XCTAssertEqual(headers.undecodedBytes(ofRendered: "\u{FFFD}/caf\u{FFFD}"), [0xFF] + Array("/".utf8) + latin)
         // Removing a field moves the later ones' bytes with them; a value set anew has none.
         headers.remove("X-Plain")
         XCTAssertEqual(headers.undecodedBytes(at: 2), [0xFF])

@@ -424,8 +424,11 @@ def test_header_values_in_another_charset_cross_as_the_bytes_they_came_as(start_
     kernel = start(start_kernel, backend)
     # http.client and http.server read and write header text as ISO-8859-1: "caf\xe9" is the byte 0xE9.
     _, seen = report(kernel, "GET", "/api/charset-in", headers={"Host": "h", "X-Name": "caf\xe9", "X-Raw": "\xff\xfe",
-                                                                "X-A": "\xff", "X-B": "\xfe"})
+                                                                "X-A": "\xff", "X-B": "\xfe",
+                                                                "X-Forwarded-For": "proxy-\xe9"})
     assert header(seen, "X-Name") == ["caf\xe9"]
+    # A `proxy_set_header` value that takes the client's value as a part ($proxy_add_x_forwarded_for) keeps its bytes.
+    assert header(seen, "X-Forwarded-For") == ["proxy-\xe9, 127.0.0.1"]
     assert header(seen, "X-Raw") == ["\xff\xfe"]
     # Two values that read as the same text (one U+FFFD each) keep their own bytes.
     assert header(seen, "X-A") == ["\xff"] and header(seen, "X-B") == ["\xfe"]
