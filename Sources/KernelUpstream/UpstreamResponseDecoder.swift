@@ -123,24 +123,28 @@ public struct UpstreamResponseDecoder: ByteToMessageDecoder, Sendable {
             return .continue
 
         case .decoded(var decoder):
-            let step: UpstreamBodyDecoding
-            do {
-                step = try decoder.decode(&buffer)
-            } catch {
-                state = .done
-                throw UpstreamInvalidResponse(underlying: error, inHead: false)
-            }
-            switch step {
-            case .part(let part):
-                state = .decoded(decoder)
-                if part.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(.body(part))) }
-                return .continue
-            case .needMoreData:
-                state = .decoded(decoder)
-                return .needMoreData
-            case .end:
-                end(context)
-                return .continue
+            // A part can be the body's last: the decoder is asked again at once, even when the read left no byte,
+            // as an upstream that keeps its connection open after a whole answer sends nothing more to ask on.
+            while true {
+                let step: UpstreamBodyDecoding
+                do {
+                    step = try decoder.decode(&buffer)
+                } catch {
+                    state = .done
+                    throw UpstreamInvalidResponse(underlying: error, inHead: false)
+                }
+                switch step {
+                case .part(let part):
+                    state = .decoded(decoder)
+                    if part.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(.body(part))) }
+                    guard case .decoded = state else { return .needMoreData }
+                case .needMoreData:
+                    state = .decoded(decoder)
+                    return .needMoreData
+                case .end:
+                    end(context)
+                    return .continue
+                }
             }
 
         case .done:

@@ -221,4 +221,29 @@ final class ProxyResponseParserTests: XCTestCase {
         XCTAssertEqual(parts, ["head 200", "body abc", "end"])
         _ = try? channel.finish()
     }
+
+    /// The last chunk in the same read as the payload before it, with nothing after (an upstream that keeps its
+    /// connection open): the end is seen in that read, not when more bytes or the close arrive.
+    func testTheEndInTheReadOfTheLastPayloadIsSeenAtOnce() throws {
+        for reads in [["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+                      ["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "5\r\nhello\r\n0\r\n\r\n"],
+                      ["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n", "3\r\nllo\r\n0\r\nX-T: 1\r\n\r\n"]] {
+            let channel = EmbeddedChannel(handler: ByteToMessageHandler(
+                UpstreamResponseDecoder(parser: ProxyResponseParser(maxHeadSize: 4096), isHeadRequest: false)))
+            var parts: [String] = []
+            for read in reads {
+                try channel.writeInbound(ByteBuffer(string: read))
+                while let part = try channel.readInbound(as: UpstreamResponsePart.self) {
+                    switch part {
+                    case .head(let head): parts.append("head \(head.status)")
+                    case .body(let body): parts.append("body \(String(buffer: body))")
+                    case .end: parts.append("end")
+                    }
+                }
+            }
+            XCTAssertEqual(parts.last, "end", "\(reads)")
+            XCTAssertEqual(parts.filter { $0.hasPrefix("body") }.map { $0.dropFirst(5) }.joined(), "hello")
+            _ = try? channel.finish()
+        }
+    }
 }

@@ -60,6 +60,13 @@ class RecordingBackend:
                     self.send_response(204)
                     self.end_headers()
                     return
+                if self.path == "/chunked-one-write":
+                    # The whole chunked answer, last chunk included, in one write; the connection stays open.
+                    data = json.dumps({"port": self.client_address[1], "served": self.served}).encode()
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                     b"Transfer-Encoding: chunked\r\n\r\n"
+                                     + b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n")
+                    return
                 data = json.dumps({"port": self.client_address[1], "served": self.served}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -171,6 +178,22 @@ def test_sequential_requests_reuse_one_upstream_connection(start_kernel, backend
         send(conn)
         conn.close()
     assert len({port for port, *_ in backend.seen()}) <= 2, backend.seen()
+
+
+def test_a_chunked_answer_whose_last_chunk_comes_with_its_payload_ends_at_once(start_kernel, backends):
+    """A kept-alive upstream that writes a whole chunked answer at once and keeps its connection: the answer ends
+    when its last chunk arrives (not at proxy_read_timeout), and the connection goes back to the pool."""
+    backend = backends()
+    edge = start_kernel(edge_yaml(backend.port, KEEPALIVE).replace(
+        "proxy_pass: http://backend", "proxy_pass: http://backend\n          proxy_read_timeout: 20s"), role="edge")
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port(), timeout=5)
+    started = time.time()
+    answers = [send(conn, path="/chunked-one-write") for _ in range(3)]
+    conn.close()
+    # Each would otherwise wait for the 20 s read timeout (and the client's 5 s timeout fails first).
+    assert time.time() - started < 5
+    assert [answer["served"] for answer in answers] == [1, 2, 3], answers
+    assert len({answer["port"] for answer in answers}) == 1, answers
 
 
 def test_without_keepalive_every_request_has_its_own_connection(start_kernel, backends):
