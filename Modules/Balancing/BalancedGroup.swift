@@ -428,7 +428,8 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
             return (disabled, serveWaiters(at: time))
         }
         if let disabled {
-            logger?.warning("upstream server temporarily disabled while connecting to upstream, upstream: \"\(disabled)\", group: \"\(name)\"")
+            let phase = outcome.failurePhase ?? "connecting to upstream"
+            logger?.warning("upstream server temporarily disabled while \(phase), upstream: \"\(disabled)\", group: \"\(name)\"")
         }
         deliver(served)
     }

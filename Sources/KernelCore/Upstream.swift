@@ -67,9 +67,13 @@ public struct PeerLeaseOutcome: Sendable {
     /// The model queue depth the peer reported in its answer (`KernelQueueDepth.headerName`); nil when it
     /// reported none (what `least_queue` balances on).
     public var queueDepth: Int?
+    /// What the attempt was doing when it failed, in nginx's words (`connecting to upstream`, `reading response
+    /// header from upstream`, `reading upstream`): the end of the log line of a peer that the failure disables.
+    public var failurePhase: String?
 
     public init(status: Int?, bytesReceived: Int64, durationNanoseconds: UInt64, failure: PeerFailure? = nil,
-                clientClosed: Bool = false, headerNanoseconds: UInt64? = nil, queueDepth: Int? = nil) {
+                clientClosed: Bool = false, headerNanoseconds: UInt64? = nil, queueDepth: Int? = nil,
+                failurePhase: String? = nil) {
         self.status = status
         self.bytesReceived = bytesReceived
         self.durationNanoseconds = durationNanoseconds
@@ -77,6 +81,7 @@ public struct PeerLeaseOutcome: Sendable {
         self.clientClosed = clientClosed
         self.headerNanoseconds = headerNanoseconds
         self.queueDepth = queueDepth
+        self.failurePhase = failurePhase
     }
 
     /// Whether the attempt counts towards the peer's `max_fails`.

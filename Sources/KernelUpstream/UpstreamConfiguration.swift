@@ -108,6 +108,17 @@ public enum UpstreamFailure: Error, Sendable {
         }
     }
 
+    /// What the attempt was doing, from the message's `while ...` (a connect failure's message has none).
+    public var phase: String {
+        let bytes = Array(message.utf8), marker = Array(" while ".utf8)
+        guard bytes.count >= marker.count else { return "connecting to upstream" }
+        for start in stride(from: bytes.count - marker.count, through: 0, by: -1)
+        where bytes[start..<(start + marker.count)].elementsEqual(marker) {
+            return String(decoding: bytes[(start + marker.count)...], as: UTF8.self)
+        }
+        return "connecting to upstream"
+    }
+
     /// What the balancer is told.
     public var peerFailure: PeerFailure {
         switch self {

@@ -387,7 +387,7 @@ final class UpstreamExchange: @unchecked Sendable {
         attempts.append(UpstreamAttempt(address: lease.address, status: failure.response.status,
                                         responseTime: seconds(now &- started), connectTime: connectTime))
         lease.finish(PeerLeaseOutcome(status: nil, bytesReceived: 0, durationNanoseconds: now &- started,
-                                      failure: failure.peerFailure))
+                                      failure: failure.peerFailure, failurePhase: failure.phase))
         lastFailure = failure
         if mayRetry(failure.condition, requestSent: requestSent) {
             attempt()
@@ -551,7 +551,8 @@ final class UpstreamExchange: @unchecked Sendable {
             case .failed(let error):
                 lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration,
                                               failure: UpstreamConnectionHandler.peerFailure(ofBody: error),
-                                              headerNanoseconds: headerNanoseconds, queueDepth: queueDepth))
+                                              headerNanoseconds: headerNanoseconds, queueDepth: queueDepth,
+                                              failurePhase: "reading upstream"))
             case .cancelled:
                 lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: duration,
                                               clientClosed: true, headerNanoseconds: headerNanoseconds, queueDepth: queueDepth))

@@ -4,6 +4,7 @@ import calendar
 import collections
 import http.client
 import json
+import re
 import signal
 import time
 
@@ -87,7 +88,10 @@ def test_a_worker_killed_under_load_loses_no_request_and_comes_back(start_kernel
     workers[0].killed = True
     workers[0].process.send_signal(signal.SIGKILL)
     workers[0].process.wait(10)
-    edge.wait_for_log(f'upstream server temporarily disabled while connecting to upstream, upstream: "127.0.0.1:{ports[0]}"')
+    # In nginx's words for what the failing attempt was doing: a refused connect, or a request the kill cut off.
+    wait_for(lambda: re.search(r'upstream server temporarily disabled while (connecting to upstream|reading response '
+                               rf'header from upstream|reading upstream), upstream: "127\.0\.0\.1:{ports[0]}"',
+                               edge.log_text()), "the dead worker disabled")
     # After fail_timeout (1s) the dead worker is tried again under the load, fails, and is disabled again; the
     # requests that tried it are passed to w2. The log's clock has whole seconds: a refusal stamped two seconds
     # after the first is one after fail_timeout.
@@ -128,7 +132,8 @@ def test_a_hanging_worker_is_a_504_alone_and_passed_over_beside_another(start_ke
         assert served == {(200, "w2"): 4}, served
         log = paired.wait_for_log("upstream timed out (110: Connection timed out) while reading response header")
         assert log.count("upstream timed out") == 1, log
-        assert f'upstream server temporarily disabled while connecting to upstream, upstream: "127.0.0.1:{hanging.port}"' in log
+        assert 'upstream server temporarily disabled while reading response header from upstream, ' \
+            f'upstream: "127.0.0.1:{hanging.port}"' in log, log
     finally:
         hanging.close()
 
