@@ -58,7 +58,7 @@ struct ProxyRequestHead: Sendable {
     func uri(for request: KernelRequest, route: RouteInfo) -> String {
         switch uriRule {
         case .original:
-            return Self.originForm(of: request.uri)
+            return request.requestURI
         case .template(let template):
             // Captures and `$uri` are decoded: a `%0D%0A` of the client's must not become a line of the request;
             // `%`, `?` and `#` stay as the template and its variables put them.
@@ -72,16 +72,6 @@ struct ProxyRequestHead: Sendable {
             let query = request.query
             return query.isEmpty ? uri + tail : uri + tail + "?" + query
         }
-    }
-
-    /// The path and query of an absolute-form target (`http://host/path?q` → `/path?q`); an origin-form target
-    /// as it is.
-    static func originForm(of target: String) -> String {
-        guard target.hasPrefix("http://") || target.hasPrefix("https://") else { return target }
-        let afterScheme = target.dropFirst(target.hasPrefix("https://") ? 8 : 7)
-        guard let start = afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" }) else { return "/" }
-        let rest = afterScheme[start...]
-        return rest.first == "?" ? "/" + rest : String(rest)
     }
 
     /// nginx's `ngx_escape_uri(..., NGX_ESCAPE_URI)`: controls, space, `#`, `%`, `?`, DEL and bytes from 0x80 as

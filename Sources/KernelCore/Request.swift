@@ -103,7 +103,8 @@ public struct KernelRequest: Sendable {
         get { storage.method }
         _modify { yield &unique.method }
     }
-    /// The request target as received (`/v1/parse?x=1`): nginx's `$request_uri`.
+    /// The request target as received (`/v1/parse?x=1`, or the absolute form `http://host/v1/parse?x=1`); its
+    /// origin form is `requestURI`.
     public var uri: String {
         get { storage.uri }
         _modify { yield &unique.uri }
@@ -192,6 +193,17 @@ public struct KernelRequest: Sendable {
         return authority.isEmpty ? nil : String(authority)
     }
 
+    /// The target's path and query as received (`http://host/path?q` → `/path?q`; an origin-form target as it is):
+    /// nginx's `$request_uri`, which starts where the path starts.
+    public var requestURI: String {
+        let target = uri
+        guard target.hasPrefix("http://") || target.hasPrefix("https://") else { return target }
+        let afterScheme = target.dropFirst(target.hasPrefix("https://") ? 8 : 7)
+        guard let start = afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" }) else { return "/" }
+        let rest = afterScheme[start...]
+        return rest.first == "?" ? "/" + rest : String(rest)
+    }
+
     /// `GET /path?q HTTP/1.1`, as `$request` in access logs.
     public var requestLine: String { "\(method) \(uri) \(version)" }
 
@@ -203,12 +215,15 @@ public struct KernelRequest: Sendable {
         if utf8.first == UInt8(ascii: "/"), !utf8.contains(UInt8(ascii: "?")), isAlreadyNormalized(utf8) {
             return (target, "")
         }
+        // A fragment is no part of the target (nginx ends `$uri` and `$args` at `#`, and a `?` after it starts
+        // no query).
         var rawPath = Substring(target)
+        if let hash = utf8.firstIndex(of: UInt8(ascii: "#")) { rawPath = rawPath[..<hash] }
         var query = ""
         // `?` is ASCII, so its UTF-8 position is a valid index of the string.
-        if let mark = utf8.firstIndex(of: UInt8(ascii: "?")) {
-            rawPath = target[..<mark]
-            query = String(target[utf8.index(after: mark)...])
+        if let mark = rawPath.utf8.firstIndex(of: UInt8(ascii: "?")) {
+            query = String(rawPath[rawPath.utf8.index(after: mark)...])
+            rawPath = rawPath[..<mark]
         }
         // Absolute-form targets (`http://host/path`) keep only their path; the host is checked as nginx reads it.
         if rawPath.hasPrefix("http://") || rawPath.hasPrefix("https://") {
@@ -219,8 +234,6 @@ public struct KernelRequest: Sendable {
         }
         // The origin form only: nginx refuses the asterisk form (`OPTIONS *`) and anything else with 400.
         guard rawPath.utf8.first == UInt8(ascii: "/") else { return nil }
-        // A fragment is no part of the path (nginx ends `$uri` at `#`); a query after it stays the query.
-        if let hash = rawPath.utf8.firstIndex(of: UInt8(ascii: "#")) { rawPath = rawPath[..<hash] }
         guard let path = normalizedPath(rawPath) else { return nil }
         return (path, query)
     }

@@ -97,7 +97,7 @@ enum StandardVariables {
         // The request line and target.
         registry.register("request") { $0.request.requestLine }
         registry.register("request_method") { $0.request.method }
-        registry.register("request_uri") { $0.request.uri }
+        registry.register("request_uri") { $0.request.requestURI }
         registry.register("uri") { $0.request.path }
         registry.register("document_uri") { $0.request.path }
         registry.register("args") { $0.request.query }

@@ -3,14 +3,30 @@ import NIOCore
 import XCTest
 
 final class RequestShapeTests: XCTestCase {
+    func testRequestURIIsTheTargetFromItsPath() {
+        func request(_ target: String) -> KernelRequest {
+            KernelRequest(method: "GET", uri: target, path: "/", query: "", version: .http1_1, headers: HeaderFields(),
+                          connection: ConnectionInfo(protocolName: "http", listener: "t", remoteAddress: nil, localAddress: nil))
+        }
+        // nginx's `$request_uri` starts where the path starts, and keeps the rest as received.
+        XCTAssertEqual(request("/a//b/../c?q#f").requestURI, "/a//b/../c?q#f")
+        XCTAssertEqual(request("http://evil.example/r/x?y").requestURI, "/r/x?y")
+        XCTAssertEqual(request("https://h:8443/").requestURI, "/")
+        XCTAssertEqual(request("http://h").requestURI, "/")
+        XCTAssertEqual(request("http://h?y").requestURI, "/?y")
+        XCTAssertEqual(request("http://h/x").uri, "http://h/x", "the target as received stays for `$request`")
+    }
+
     func testTargetSplitsIntoNormalisedPathAndQuery() {
         XCTAssertEqual(KernelRequest.splitTarget("/a/b?x=1&y=2")?.path, "/a/b")
         XCTAssertEqual(KernelRequest.splitTarget("/a/b?x=1&y=2")?.query, "x=1&y=2")
         XCTAssertEqual(KernelRequest.splitTarget("/")?.path, "/")
-        // A fragment ends the path, as nginx ends `$uri` at `#`; a query after it is still the query.
+        // A fragment ends the target, as nginx ends `$uri` and `$args` at `#`: a `?` after it starts no query.
         XCTAssertEqual(KernelRequest.splitTarget("/#frag")?.path, "/")
         XCTAssertEqual(KernelRequest.splitTarget("/a#b?c=1")?.path, "/a")
-        XCTAssertEqual(KernelRequest.splitTarget("/a#b?c=1")?.query, "c=1")
+        XCTAssertEqual(KernelRequest.splitTarget("/a#b?c=1")?.query, "")
+        XCTAssertEqual(KernelRequest.splitTarget("/a?x=1#y")?.query, "x=1")
+        XCTAssertEqual(KernelRequest.splitTarget("/a?x=1#y")?.path, "/a")
         XCTAssertEqual(KernelRequest.splitTarget("/a/b#x/../..")?.path, "/a/b")
         // Asterisk form and absolute forms with a host nginx does not read: refused (400).
         XCTAssertNil(KernelRequest.splitTarget("*"))

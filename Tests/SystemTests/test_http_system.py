@@ -641,6 +641,39 @@ def test_absolute_form_target_chooses_the_server_by_its_host(start_kernel):
     assert (response.status, response.body) == (200, b"beta beta.test")
 
 
+REDIRECTS = """
+http:
+  listen: "127.0.0.1:0"
+routing:
+  servers:
+    - locations:
+        - location: /redir/
+          return: 301 https://example.com$request_uri
+        - location: /show/
+          return: 200 "uri=$uri args=$args request_uri=$request_uri"
+"""
+
+
+@pytest.mark.parametrize("target, location, shown", [
+    # nginx's `$request_uri` starts at the path of an absolute-form target: the redirect idiom stays on its host.
+    ("http://evil.test/redir/x?y", "https://example.com/redir/x?y", None),
+    ("/redir/a//b?c", "https://example.com/redir/a//b?c", None),
+    # A fragment ends `$uri` and `$args`; `$request_uri` keeps the target as received.
+    ("/show/a?x=1#y", None, b"uri=/show/a args=x=1 request_uri=/show/a?x=1#y"),
+    ("/show/a#b?c=1", None, b"uri=/show/a args= request_uri=/show/a#b?c=1"),
+    ("http://h.test/show/p?q", None, b"uri=/show/p args=q request_uri=/show/p?q"),
+])
+def test_request_uri_and_args_read_the_target_as_nginx_does(start_kernel, target, location, shown):
+    kernel = start_kernel(REDIRECTS)
+    with Conn(kernel.port()) as conn:
+        conn.send(request_bytes("GET", target, host="localhost"))
+        response = conn.final_response()
+    if location:
+        assert response.status == 301 and response.header("Location") == location, response
+    else:
+        assert (response.status, response.body) == (200, shown)
+
+
 PRECEDENCE = """
 http:
   listen: "127.0.0.1:0"
