@@ -38,13 +38,19 @@ public struct ConfigValue: Sendable {
         return text
     }
 
+    /// `true`/`false`, `yes`/`no`, `on`/`off` as plain scalars; a quoted one is a string, and its error says so.
     public func bool() throws -> Bool {
-        guard case .scalar(let text, _, let plain) = node, plain else { throw expected("true or false") }
+        guard case .scalar(let text, _, let plain) = node else { throw expected("true or false") }
+        let value: Bool
         switch text {
-        case "true", "True", "TRUE", "yes", "on": return true
-        case "false", "False", "FALSE", "no", "off": return false
+        case "true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON": value = true
+        case "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF": value = false
         default: throw expected("true or false")
         }
+        guard plain else {
+            throw error("expected true or false, found the string \"\(text)\" (write it without quotes)")
+        }
+        return value
     }
 
     /// An integer in `range`; `what` names the expectation in errors ("a positive integer").

@@ -93,6 +93,7 @@ final class ConfigErrorTests: XCTestCase {
             f: maybe
             g: 1.5
             h: "x"
+            i: "off"
             """)
         XCTAssertEqual(message { _ = try mapping.required("a").int(in: 1...1024, what: "a thread count 1-1024") },
                        "etc/kernel.yaml:1:4: a: expected a thread count 1-1024, found \"ten\"")
@@ -112,6 +113,8 @@ final class ConfigErrorTests: XCTestCase {
                        "etc/kernel.yaml:5:4: e: expected an integer, found \"12\"", "a quoted scalar is a string")
         XCTAssertEqual(message { _ = try mapping.required("f").bool() },
                        "etc/kernel.yaml:6:4: f: expected true or false, found \"maybe\"")
+        XCTAssertEqual(message { _ = try mapping.required("i").bool() },
+                       "etc/kernel.yaml:9:4: i: expected true or false, found the string \"off\" (write it without quotes)")
         XCTAssertEqual(message { _ = try mapping.required("g").int(in: 0...10) },
                        "etc/kernel.yaml:7:4: g: expected an integer 0-10, found \"1.5\"")
         XCTAssertEqual(message { _ = try mapping.required("h").oneOf(["combined", "json"]) },
