@@ -115,7 +115,11 @@ struct ProxyRequestHead: Sendable {
             }
         }
         if passRequestHeaders {
-            for (index, (name, value)) in request.headers.fields.enumerated() where !Self.isFramingHeader(name) && !sets(name) {
+            // The client's `Connection` options name fields of its own hop, not passed on (RFC 9110 7.6.1).
+            let connectionValues = request.headers.values("Connection")
+            let listed = connectionValues.isEmpty ? [] : HopByHopHeaders.listedOptions(inConnectionValues: connectionValues)
+            for (index, (name, value)) in request.headers.fields.enumerated()
+            where !Self.isFramingHeader(name) && !sets(name) && !listed.contains(where: { name.equalsCaseInsensitive($0) }) {
                 writeField(name, value, request.headers.undecodedBytes(at: index), into: &buffer)
             }
         }

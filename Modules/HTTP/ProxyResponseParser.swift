@@ -109,6 +109,8 @@ struct ProxyResponseParser: UpstreamResponseParser {
         var transferEncoding: String?
         var chunked = false
         var connectionClose = !http11
+        /// The `Connection` values: the fields they list belong to the upstream's hop and are not passed on.
+        var connectionValues: [String] = []
         let interim = (100..<200).contains(status) && status != 101
         /// The fields whose values are no UTF-8, with their bytes (`HeaderFields.undecoded`).
         var undecoded: [(index: Int, bytes: [UInt8])] = []
@@ -147,6 +149,7 @@ struct ProxyResponseParser: UpstreamResponseParser {
                 chunked = true
             case .connection:
                 if Self.listsClose(UnsafeRawBufferPointer(rebasing: bytes[field.value])) { connectionClose = true }
+                connectionValues.append(text(bytes, field.value))
             case .upgrade where status == 101:
                 headers.append((text(bytes, field.name), value(bytes, field.value, index: headers.count, keeping: &undecoded)))
             case .dropped, .upgrade:
@@ -155,10 +158,15 @@ struct ProxyResponseParser: UpstreamResponseParser {
                 headers.append((text(bytes, field.name), value(bytes, field.value, index: headers.count, keeping: &undecoded)))
             }
         }
+        var fields = Self.fields(headers, undecoded)
+        if !connectionValues.isEmpty {
+            let listed = HopByHopHeaders.listedOptions(inConnectionValues: connectionValues)
+            if !listed.isEmpty { fields = fields.filter { field in !listed.contains { field.name.equalsCaseInsensitive($0) } } }
+        }
         switch status {
         case 101:
             guard upgradeRequested else { throw ProxyResponseError.unrequestedSwitch }
-            return UpstreamResponseHead(status: status, reason: reason, headers: Self.fields(headers, undecoded), framing: .none,
+            return UpstreamResponseHead(status: status, reason: reason, headers: fields, framing: .none,
                                         reusable: false)
         case 100..<200:
             if status == 103, !http11 { throw ProxyResponseError.earlyHintsInHTTP10 }
@@ -181,7 +189,7 @@ struct ProxyResponseParser: UpstreamResponseParser {
             framing = .untilClose
             delimited = false
         }
-        return UpstreamResponseHead(status: status, reason: reason, headers: Self.fields(headers, undecoded), framing: framing,
+        return UpstreamResponseHead(status: status, reason: reason, headers: fields, framing: framing,
                                     reusable: http11 && !connectionClose && delimited)
     }
 

@@ -22,6 +22,33 @@ public enum HopByHopHeaders {
         default: return false
         }
     }
+
+    /// The header names `Connection` values list as options of this hop (RFC 9110 section 7.6.1: a proxy removes
+    /// them before it forwards the message), lower-cased; `close` and `keep-alive` are no header names, the
+    /// hop-by-hop names are dropped anyway, and `Content-Length` frames the message it is in. Empty, without
+    /// allocating, for the usual `keep-alive`, `close` or `Upgrade`.
+    public static func listedOptions<Values: Sequence<String>>(inConnectionValues values: Values) -> [String] {
+        var listed: [String] = []
+        for value in values {
+            for option in value.split(separator: ",") {
+                let name = String(option.trimmingASCIIBlanks())
+                guard !name.isEmpty, !name.equalsCaseInsensitive("close"), !contains(name),
+                      !name.equalsCaseInsensitive("content-length") else { continue }
+                listed.append(name.lowercased())
+            }
+        }
+        return listed
+    }
+}
+
+extension Substring {
+    /// Without the spaces and tabs around it.
+    fileprivate func trimmingASCIIBlanks() -> Substring {
+        var trimmed = self
+        while let first = trimmed.first, first == " " || first == "\t" { trimmed.removeFirst() }
+        while let last = trimmed.last, last == " " || last == "\t" { trimmed.removeLast() }
+        return trimmed
+    }
 }
 
 /// The client of a connection as log lines name it (`client: 10.0.0.1`): the IP address, `unix:` for a unix

@@ -165,6 +165,26 @@ final class ProxyPassTests: XCTestCase {
         XCTAssertTrue(head(try self.handler("proxy_pass: \"http://[::1]:81\""), request("/")).contains("\r\nHost: [::1]:81\r\n"))
     }
 
+    func testFieldsTheClientsConnectionListsStayOnItsHop() throws {
+        // RFC 9110 7.6.1: `Connection: X-Hop` makes X-Hop the client's hop's own. A `proxy_set_header` line is the
+        // proxy's, and framing is the proxy's to write whatever the client lists.
+        let handler = try handler("""
+            proxy_pass: http://127.0.0.1:8000
+            proxy_set_header: {X-Real-IP: "10.0.0.9"}
+            """)
+        let text = head(handler, request("/a", method: "POST", headers: [
+            "Host": "client.test", "Connection": "keep-alive, X-Hop", "connection": "x-other , close", "X-Hop": "1",
+            "X-OTHER": "2", "X-Kept": "3", "X-Real-IP": "spoofed", "Content-Length": "0",
+        ]))
+        XCTAssertTrue(text.contains("\r\nX-Kept: 3\r\n"), text)
+        XCTAssertTrue(text.contains("\r\nX-Real-IP: 10.0.0.9\r\n"), text)
+        XCTAssertFalse(text.contains("X-Hop"), text)
+        XCTAssertFalse(text.contains("X-OTHER"), text)
+        XCTAssertFalse(text.contains("spoofed"), text)
+        XCTAssertEqual(HopByHopHeaders.listedOptions(inConnectionValues: ["keep-alive", "Upgrade", "close", "Content-Length"]), [])
+        XCTAssertEqual(HopByHopHeaders.listedOptions(inConnectionValues: [" X-A,,\tx-b ", "TE"]), ["x-a", "x-b"])
+    }
+
     func testTheTutorialsHeadersAndOverrides() throws {
         let handler = try handler("""
             proxy_pass: http://127.0.0.1:8000

@@ -54,6 +54,17 @@ final class ProxyResponseParserTests: XCTestCase {
         XCTAssertTrue(forHead.reusable)
     }
 
+    func testFieldsTheUpstreamsConnectionListsAreNotPassedOn() throws {
+        let (head, _) = try parse("HTTP/1.1 200 OK\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\nX-Name: caf\u{E9}\r\n"
+                                  + "Connection: content-length\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n")
+        let parsed = try XCTUnwrap(head)
+        XCTAssertNil(parsed.headers["X-Hop"])
+        XCTAssertEqual(parsed.headers["X-Kept"], "2")
+        XCTAssertEqual(parsed.headers["Content-Length"], "0", "framing is not the hop's to remove")
+        XCTAssertEqual(parsed.headers["X-Name"], "caf\u{E9}")
+        XCTAssertTrue(parsed.reusable)
+    }
+
     func testAHeadInPiecesIsParsedOnceWhole() throws {
         var parser = ProxyResponseParser(maxHeadSize: 4096)
         var buffer = ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-")
