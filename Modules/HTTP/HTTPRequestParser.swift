@@ -461,14 +461,19 @@ enum HTTPRequestHeadParser {
         // A method is upper-case letters, `_` and `-`, as nginx reads one: `get` is no method (400).
         for i in line.lowerBound..<index where !HTTPByte.isMethod(bytes[i]) { return .failure(.invalidMethod) }
         let methodRange = line.lowerBound..<index
-        index += 1
+        // Words may be parted by more than one space, and spaces may end the line, as nginx reads a request line
+        // (RFC 9112 section 3 lets a recipient part it on whitespace).
+        while index < line.upperBound, bytes[index] == HTTPByte.space { index += 1 }
         let targetStart = index
         while index < line.upperBound, HTTPByte.isTarget(bytes[index]) { index += 1 }
         guard index > targetStart, index < line.upperBound, bytes[index] == HTTPByte.space else {
             return .failure(.invalidRequestLine)
         }
         let targetRange = targetStart..<index
-        index += 1
+        while index < line.upperBound, bytes[index] == HTTPByte.space { index += 1 }
+        var lineEnd = line.upperBound
+        while lineEnd > index, bytes[lineEnd - 1] == HTTPByte.space { lineEnd -= 1 }
+        let line = line.lowerBound..<lineEnd
         // HTTP-version = "HTTP/" DIGIT "." DIGIT; other digit strings are versions we do not speak (505).
         guard line.upperBound - index >= 7, bytes[index] == UInt8(ascii: "H"), bytes[index + 1] == UInt8(ascii: "T"),
               bytes[index + 2] == UInt8(ascii: "T"), bytes[index + 3] == UInt8(ascii: "P"), bytes[index + 4] == UInt8(ascii: "/") else {

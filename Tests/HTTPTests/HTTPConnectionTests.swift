@@ -138,11 +138,23 @@ final class HTTPConnectionTests: XCTestCase {
         XCTAssertFalse(h.isOpen)
     }
 
+    func testRequestLineWordsMayBePartedBySeveralSpaces() throws {
+        // As nginx reads a request line (RFC 9112 section 3 allows it): more than one space between the words,
+        // and spaces before the line's end.
+        for line in ["GET  /hello HTTP/1.1", "GET /hello   HTTP/1.1", "GET /hello HTTP/1.1 ", "GET   /hello  HTTP/1.1  "] {
+            let h = try HTTPHarness()
+            try h.send(line + "\r\nHost: test\r\n\r\n")
+            XCTAssertEqual(try h.output(), hello(), line.debugDescription)
+            XCTAssertTrue(h.isOpen)
+        }
+    }
+
     func testMalformedRequestsAre400() throws {
         let cases = [
             "\u{1}\u{2}garbage\r\n\r\n",
             "GET /hello\r\nHost: test\r\n\r\n",
-            "GET  /hello HTTP/1.1\r\nHost: test\r\n\r\n",
+            "GET  /hello HTTP/1.1\r\nHost: test\r\n\r\n".replacingOccurrences(of: "  ", with: "\t"),
+            "GET /hello HTTP/1.1 x\r\nHost: test\r\n\r\n",
             "GET /hello HTTP/1.x\r\nHost: test\r\n\r\n",
             "GET /hel\rlo HTTP/1.1\r\nHost: test\r\n\r\n",
             "GET /hello HTTP/1.1\r\nHost: test\r\nX-Bad: a\rb\r\n\r\n",
