@@ -196,9 +196,12 @@ public struct LocationRouter: RequestRouter {
 /// (never the request's bytes), the query kept.
 struct SlashRedirectHandler: ImmediateRequestHandler {
     let location: String
+    /// The location's `absolute_redirect` and the rest.
+    let redirects: RedirectStyle
 
     func response(to request: KernelRequest, context: RequestContext) -> KernelResponse {
         let target = request.query.isEmpty ? location : location + "?" + request.query
-        return ReturnDirective.response(status: 301, body: .redirect(VariableTemplate.empty), text: target)
+        return ReturnDirective.response(status: 301, body: .redirect(VariableTemplate.empty),
+                                        text: redirects.location(target, for: request, serverName: context.route.serverName))
     }
 }

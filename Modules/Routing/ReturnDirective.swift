@@ -105,16 +105,22 @@ struct ReturnDirective: Sendable {
         }
     }
 
-    /// The handler answering this directive: a fixed response when nothing varies per request.
-    func makeHandler() -> any RequestHandler {
+    /// The handler answering this directive: a fixed response when nothing varies per request (a relative
+    /// redirect made absolute varies with the request's host).
+    func makeHandler(redirects: RedirectStyle = .default) -> any RequestHandler {
         switch body {
         case .none:
             return StaticResponseHandler(ReturnDirective.response(status: status, body: body, text: ""))
-        case .text(let template), .redirect(let template):
+        case .text(let template):
             if let constant = template.constantText {
                 return StaticResponseHandler(ReturnDirective.response(status: status, body: body, text: constant))
             }
-            return ReturnHandler(status: status, body: body, template: template)
+            return ReturnHandler(status: status, body: body, template: template, redirects: nil)
+        case .redirect(let template):
+            if let constant = template.constantText, !(redirects.absolute && constant.hasPrefix("/")) {
+                return StaticResponseHandler(ReturnDirective.response(status: status, body: body, text: constant))
+            }
+            return ReturnHandler(status: status, body: body, template: template, redirects: redirects)
         }
     }
 
@@ -154,12 +160,16 @@ struct ReturnHandler: ImmediateRequestHandler {
     let status: Int
     let body: ReturnDirective.Body
     let template: VariableTemplate
+    /// How a redirect's relative URL goes out; nil for a text.
+    let redirects: RedirectStyle?
     /// The body is never read (nginx discards it): one spooled to a file stays there instead of being read back
     /// into memory before the answer, which held the answer back and cost the body's size in memory.
     var requestBodyUse: RequestBodyUse { .spooled }
 
     func response(to request: KernelRequest, context: RequestContext) -> KernelResponse {
-        ReturnDirective.response(status: status, body: body, text: template.render(request, route: context.route))
+        var text = template.render(request, route: context.route)
+        if let redirects { text = redirects.location(text, for: request, serverName: context.route.serverName) }
+        return ReturnDirective.response(status: status, body: body, text: text)
     }
 }
 

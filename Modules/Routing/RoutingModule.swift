@@ -114,6 +114,7 @@ struct RoutingDecoder {
         let maxBodySize = try mapping.optional("client_max_body_size").map(bodySize) ?? RoutingDecoder.defaultMaxBodySize
         let accessLog = try mapping.optional("access_log").map(accessLog) ?? nil
         let bodyBuffering = try decodeBodyBuffering(mapping, inheriting: .default)
+        let redirects = try RedirectStyle.decode(mapping, inheriting: .default)
         // Server-level filter directives: inherited by every location that does not write the same directive, and
         // around the server's own answers (its `return`, its 404).
         let serverFilters = try decodeFilterDirectives(mapping, context: .server)
@@ -131,7 +132,7 @@ struct RoutingDecoder {
             if directive.highestCapture > 0 {
                 throw returnValue.error("$\(directive.highestCapture) needs a regular expression location (~ or ~*)")
             }
-            serverReturn = RouteDecision(route: RouteInfo(serverName: firstName), handler: directive.makeHandler(),
+            serverReturn = RouteDecision(route: RouteInfo(serverName: firstName), handler: directive.makeHandler(redirects: redirects),
                                          filters: serverChain, maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog,
                                          bodyBuffering: bodyBuffering)
         }
@@ -144,8 +145,8 @@ struct RoutingDecoder {
         if let locationsValue = mapping.optional("locations") {
             for item in try locationsValue.list() {
                 let location = try decodeLocation(item, serverName: firstName, maxBodySize: maxBodySize, accessLog: accessLog,
-                                                  bodyBuffering: bodyBuffering, filters: serverFilters,
-                                                  inheriting: inheritedOptions)
+                                                  bodyBuffering: bodyBuffering, redirects: redirects,
+                                                  filters: serverFilters, inheriting: inheritedOptions)
                 if let path = location.match.path {
                     let key = location.match.isExact ? "= \(path)" : path
                     if let first = seen[key] {
@@ -159,7 +160,7 @@ struct RoutingDecoder {
                 case .prefix(let path, let stops):
                     prefixes.append(.init(bytes: Array(path.utf8), stopsRegexSearch: stops, decision: location.decision))
                     if location.capabilities.contains(.proxies), path.count > 1, path.hasSuffix("/") {
-                        let redirect = location.decision.withHandler(SlashRedirectHandler(location: path))
+                        let redirect = location.decision.withHandler(SlashRedirectHandler(location: path, redirects: location.redirects))
                         slashRedirectCandidates.append((String(path.dropLast()), redirect))
                     }
                 case .regex:
@@ -195,11 +196,14 @@ struct RoutingDecoder {
         /// What the handler directive declared (empty for `return`).
         let capabilities: LocationHandlerCapabilities
         let decision: RouteDecision
+        /// The location's `absolute_redirect` and the rest (its slash redirect uses them).
+        let redirects: RedirectStyle
     }
 
     func decodeLocation(_ value: ConfigValue, serverName: String, maxBodySize serverMaxBodySize: Int,
                         accessLog serverAccessLog: AccessLog?,
                         bodyBuffering serverBodyBuffering: RequestBodyBuffering = .default,
+                        redirects serverRedirects: RedirectStyle = .default,
                         filters serverFilters: [String: DirectiveFilter] = [:],
                         inheriting inheritedOptions: [String: ConfigValue] = [:]) throws -> DecodedLocation {
         let mapping = try value.mapping()
@@ -223,6 +227,7 @@ struct RoutingDecoder {
         let maxBodySize = try mapping.optional("client_max_body_size").map(bodySize) ?? serverMaxBodySize
         let accessLog = try mapping.optional("access_log").map(accessLog) ?? serverAccessLog
         let bodyBuffering = try decodeBodyBuffering(mapping, inheriting: serverBodyBuffering)
+        let redirects = try RedirectStyle.decode(mapping, inheriting: serverRedirects)
         let context = LocationContext(match: matchText, prefix: match.path)
         // A filter directive written here replaces the server's value of that directive entirely; the others are
         // inherited (nginx's rule for `add_header` and array directives).
@@ -260,7 +265,7 @@ struct RoutingDecoder {
                     throw chosen.value.error("$\(used) refers to a group the regular expression \"\(regex.pattern)\" does not have (it has \(regex.captureCount))")
                 }
             }
-            handler = directive.makeHandler()
+            handler = directive.makeHandler(redirects: redirects)
         } else {
             let factory = registrar.locationHandler(chosen.key)!
             handler = try factory(chosen.value, mapping, context)
@@ -270,7 +275,7 @@ struct RoutingDecoder {
                                      filters: filters, maxBodySize: maxBodySize == 0 ? nil : maxBodySize, accessLog: accessLog,
                                      bodyBuffering: bodyBuffering)
         return DecodedLocation(match: match, matchText: matchText, matchValue: matchValue, regex: regex,
-                               capabilities: capabilities, decision: decision)
+                               capabilities: capabilities, decision: decision, redirects: redirects)
     }
 
     /// The filter directives written in `mapping` (a server or a location), built, by key.

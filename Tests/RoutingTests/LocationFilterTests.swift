@@ -209,10 +209,14 @@ final class LocationFilterTests: XCTestCase {
                       relay: backend
                     - location: /fake/
                       fake_pass: backend
+                    - location: /kept/
+                      relay: backend
+                      absolute_redirect: off
             """, modules: [module])
-        let redirect = try fixture.respond("/relay?a=1")
+        let redirect = try fixture.respond("/relay?a=1", host: "example.com")
         XCTAssertEqual(redirect.status, 301)
-        XCTAssertEqual(redirect.headers["Location"], "/relay/?a=1")
+        XCTAssertEqual(redirect.headers["Location"], "http://example.com:8080/relay/?a=1", "absolute, as nginx sends it")
+        XCTAssertEqual(try fixture.respond("/kept", host: "example.com").headers["Location"], "/kept/")
         XCTAssertEqual(try fixture.respond("/fake").status, 404, "a _pass name without .proxies does not redirect")
         XCTAssertEqual(try fixture.respond("/fake/x").body, "fake")
     }

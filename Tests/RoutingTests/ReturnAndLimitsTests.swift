@@ -4,6 +4,48 @@ import XCTest
 
 /// `return` responses, `client_max_body_size` inheritance, access logs and handler directives of other modules.
 final class ReturnAndLimitsTests: XCTestCase {
+    func testRelativeRedirectsGoOutAbsoluteAsNginxSendsThem() throws {
+        let fixture = try RoutingFixture()
+        try fixture.load("""
+            routing:
+              servers:
+                - server_name: [example.com, www.example.com]
+                  locations:
+                    - location: = /old
+                      return: 301 /new
+                    - location: = /templated
+                      return: 302 /new$is_args$args
+                    - location: = /relative-kept
+                      absolute_redirect: false
+                      return: 301 /new
+                    - location: = /no-port
+                      port_in_redirect: off
+                      return: 301 /new
+                    - location: = /server-name
+                      server_name_in_redirect: on
+                      return: 301 /new
+                    - location: = /absolute
+                      return: 301 https://other.example/x
+                - server_name: "*.wild.example"
+                  port_in_redirect: false
+                  locations:
+                    - location: = /old
+                      server_name_in_redirect: true
+                      return: 301 /new
+            """)
+        // The host the client asked for ($host, without its port) and the port it connected to (8080 here).
+        XCTAssertEqual(try fixture.respond("/old", host: "WWW.Example.com:9999").headers["Location"], "http://www.example.com:8080/new")
+        XCTAssertEqual(try fixture.respond("/templated?a=1", host: "example.com").headers["Location"], "http://example.com:8080/new?a=1")
+        XCTAssertEqual(try fixture.respond("/old", host: "example.com", scheme: "https").headers["Location"], "https://example.com:8080/new")
+        XCTAssertEqual(try fixture.respond("/relative-kept", host: "example.com").headers["Location"], "/new")
+        XCTAssertEqual(try fixture.respond("/no-port", host: "example.com").headers["Location"], "http://example.com/new")
+        XCTAssertEqual(try fixture.respond("/server-name", host: "www.example.com").headers["Location"], "http://example.com:8080/new")
+        XCTAssertEqual(try fixture.respond("/absolute", host: "example.com").headers["Location"], "https://other.example/x")
+        // No Host (HTTP/1.0) and a server name that names no one host: the address the client connected to.
+        XCTAssertEqual(try fixture.respond("/old").headers["Location"], "http://example.com:8080/new")
+        XCTAssertEqual(try fixture.respond("/old", host: "a.wild.example").headers["Location"], "http://127.0.0.1/new")
+    }
+
     func testReturnVariants() throws {
         let fixture = try RoutingFixture()
         try fixture.load("""
@@ -217,9 +259,9 @@ final class ReturnAndLimitsTests: XCTestCase {
         // The redirect comes before the regex search, as nginx's does.
         let answer = try fixture.respond("/api?x=1")
         XCTAssertEqual(answer.status, 301)
-        XCTAssertEqual(answer.headers["Location"], "/api/?x=1")
+        XCTAssertEqual(answer.headers["Location"], "http://127.0.0.1:8080/api/?x=1")
         XCTAssertEqual(answer.decision.route.location, "/api/")
-        XCTAssertEqual(try fixture.respond("/api").headers["Location"], "/api/")
+        XCTAssertEqual(try fixture.respond("/api").headers["Location"], "http://127.0.0.1:8080/api/")
         XCTAssertEqual(try fixture.respond("/api/x").body, "regex", "below the prefix, regexes still win as usual")
         XCTAssertEqual(try fixture.respond("/both/x").body, "backend - /both/ /both/")
         XCTAssertEqual(try fixture.respond("/docs").status, 404, "only locations whose handler declares .proxies redirect")

@@ -108,11 +108,11 @@ final class RoutingConfigErrorTests: XCTestCase {
 
     func testUnknownKeysAfterTheHandlerRan() {
         XCTAssertEqual(fixture.loadError(thirdLocation("          return: 200\n          proxy_pass: x")),
-                       "FILE:10:11: routing.servers[0].locations[2].proxy_pass: unknown key (expected one of: access_log, client_body_buffer_size, client_body_temp_path, client_max_body_size, location, return)")
+                       "FILE:10:11: routing.servers[0].locations[2].proxy_pass: unknown key (expected one of: absolute_redirect, access_log, client_body_buffer_size, client_body_temp_path, client_max_body_size, location, port_in_redirect, return, server_name_in_redirect)")
         XCTAssertEqual(fixture.loadError("echo: {}\n" + thirdLocation("          echo_pass: x\n          echo_opton: y"), withEcho: true),
-                       "FILE:11:11: routing.servers[0].locations[2].echo_opton: unknown key (expected one of: access_log, client_body_buffer_size, client_body_temp_path, client_max_body_size, echo_option, echo_pass, location)")
+                       "FILE:11:11: routing.servers[0].locations[2].echo_opton: unknown key (expected one of: absolute_redirect, access_log, client_body_buffer_size, client_body_temp_path, client_max_body_size, echo_option, echo_pass, location, port_in_redirect, server_name_in_redirect)")
         XCTAssertEqual(fixture.loadError("routing:\n  servers:\n    - server_names: x\n"),
-                       "FILE:3:7: routing.servers[0].server_names: unknown key (expected one of: access_log, client_body_buffer_size, client_body_temp_path, client_max_body_size, default_server, listen, locations, return, server_name)")
+                       "FILE:3:7: routing.servers[0].server_names: unknown key (expected one of: absolute_redirect, access_log, client_body_buffer_size, client_body_temp_path, client_max_body_size, default_server, listen, locations, port_in_redirect, return, server_name, server_name_in_redirect)")
         XCTAssertEqual(fixture.loadError("routing:\n  server: []\n"),
                        "FILE:2:3: routing: missing required key \"servers\"")
     }

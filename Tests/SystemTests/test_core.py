@@ -256,6 +256,7 @@ routing:
     response = conn.getresponse()
     response.read()
     assert response.status == 301
-    assert response.getheader("Location") == "/api/?x=1"
+    # Absolute, as nginx sends it (`absolute_redirect on`): the host asked for and the port connected to.
+    assert response.getheader("Location") == f"http://127.0.0.1:{kernel.port('http')}/api/?x=1"
     conn.close()
     assert get(kernel.port("http"), "/docs")[0] == 404

@@ -651,7 +651,22 @@ routing:
           return: 301 https://example.com$request_uri
         - location: /show/
           return: 200 "uri=$uri args=$args request_uri=$request_uri"
+        - location: = /relative
+          return: 302 /landing$is_args$args
+        - location: = /relative-kept
+          absolute_redirect: off
+          return: 302 /landing
 """
+
+
+def test_a_relative_redirect_goes_out_absolute_as_nginx_sends_it(start_kernel):
+    kernel = start_kernel(REDIRECTS)
+    for host, target, location in (("Example.TEST:8443", "/relative?a=1", f"http://example.test:{kernel.port()}/landing?a=1"),
+                                   ("localhost", "/relative-kept", "/landing")):
+        with Conn(kernel.port()) as conn:
+            conn.send(request_bytes("GET", target, host=host))
+            response = conn.final_response()
+        assert response.status == 302 and response.header("Location") == location, response
 
 
 @pytest.mark.parametrize("target, location, shown", [
