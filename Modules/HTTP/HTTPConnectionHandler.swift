@@ -58,6 +58,8 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     var inputPending: Bool { (input?.readableBytes ?? 0) > 0 }
     /// Part of a request head was received.
     var requestBytesSeen: Bool { scanner.hasSeenRequestBytes || inputPending }
+    /// A socket error was logged: the close it causes is not logged again.
+    private var socketErrorLogged = false
 
     // MARK: - Channel events
 
@@ -134,6 +136,10 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
 
     public func channelInactive(context: ChannelHandlerContext) {
         timers.cancelAll()
+        if current == nil, !socketErrorLogged, machine.phase == .awaitingHead, requestBytesSeen {
+            // Part of a head and then the end: nginx's info line for it (there is no request to log it under).
+            runtime.logger.info("client prematurely closed connection while reading client request headers, client: \(connection.remoteIP), server: \(settings.listener)")
+        }
         let abandoned = machine.channelInactive()
         if let inFlight = current {
             current = nil
@@ -156,6 +162,7 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // Resets and other socket errors are the client's doing: logged at info, as nginx does.
         runtime.logger.info("\(describeSocketError(error)) while \(machine.phaseDescription(requestBytesSeen: requestBytesSeen)), client: \(connection.remoteIP), server: \(settings.listener)")
+        socketErrorLogged = true
         context.close(promise: nil)
     }
 

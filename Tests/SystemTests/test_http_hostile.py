@@ -527,6 +527,22 @@ def test_client_that_closes_in_the_middle_of_its_body_is_logged(kernel):
     assert_alive(kernel)
 
 
+def test_client_that_closes_in_the_middle_of_its_head_is_logged(kernel):
+    mark = log_mark(kernel)
+    for partial in (b"GET / HTTP/1.1\r\nHost: localhost\r\n", request_bytes("GET", "/x") + b"GET /"):
+        with socket.create_connection(("127.0.0.1", kernel.port())) as s:
+            s.sendall(partial)
+            time.sleep(0.1)
+            if partial.startswith(b"GET /x"):
+                s.recv(65536)
+    wait_for_info(kernel, "client prematurely closed connection while reading client request headers", since=mark,
+                  count=2)
+    # A connection that sent nothing is no request: nothing logged for it.
+    with socket.create_connection(("127.0.0.1", kernel.port())):
+        time.sleep(0.1)
+    assert_alive(kernel)
+
+
 def test_client_that_half_closes_after_its_request_still_gets_the_response(kernel):
     # `printf 'GET / HTTP/1.0\r\n\r\n' | nc -N host port` and similar one-shot clients shut their write side.
     with Conn(kernel.port()) as conn:
