@@ -42,6 +42,9 @@ public struct ProxyPassConfiguration: Sendable {
     public var requestBuffering = true
     /// `proxy_redirect`: the rules applied to `Location` and `Refresh` (empty for `off`).
     var redirects: [ProxyRedirectRule] = []
+    /// The location's `absolute_redirect` and the rest: a `Location` that a `proxy_redirect` rule rewrote to a path
+    /// goes out absolute, as nginx's header filter sends it (one the upstream sent as a path stays as it came).
+    var redirectStyle = RedirectStyle.default
     /// `proxy_hide_header` (lower-cased), beside nginx's defaults.
     public var hiddenHeaders: Set<String> = []
     /// `proxy_pass_header` (lower-cased): defaults that are passed after all.
@@ -128,7 +131,9 @@ public struct ProxyPassConfiguration: Sendable {
             for (index, field) in response.headers.enumerated() {
                 if field.name.equalsCaseInsensitive("Location") {
                     if let rewritten = rewriteRedirect(field.value, from: field.value.startIndex, context: variables) {
-                        response.headers.setValue(rewritten, at: index)
+                        response.headers.setValue(redirectStyle.location(rewritten, for: request,
+                                                                         serverName: context.route.serverName),
+                                                  at: index)
                     }
                 } else if field.name.equalsCaseInsensitive("Refresh"), let url = Self.afterURLMarker(field.value) {
                     if let rewritten = rewriteRedirect(field.value, from: url, context: variables) {

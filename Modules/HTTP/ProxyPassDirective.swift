@@ -110,6 +110,7 @@ enum ProxyPassFactory {
         }
         configuration.redirects = try decodeRedirects(location.optional("proxy_redirect"), target: target,
                                                       uriRule: uriRule, context: context, variables: variables)
+        configuration.redirectStyle = context.redirects
         return ProxyPassHandler(configuration: configuration)
     }
 

@@ -228,7 +228,7 @@ struct RoutingDecoder {
         let accessLog = try mapping.optional("access_log").map(accessLog) ?? serverAccessLog
         let bodyBuffering = try decodeBodyBuffering(mapping, inheriting: serverBodyBuffering)
         let redirects = try RedirectStyle.decode(mapping, inheriting: serverRedirects)
-        let context = LocationContext(match: matchText, prefix: match.path)
+        let context = LocationContext(match: matchText, prefix: match.path, redirects: redirects)
         // A filter directive written here replaces the server's value of that directive entirely; the others are
         // inherited (nginx's rule for `add_header` and array directives).
         let ownFilters = try decodeFilterDirectives(mapping, context: context)

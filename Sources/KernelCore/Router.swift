@@ -107,9 +107,13 @@ public struct LocationContext: Sendable {
     public var match: String
     /// The location's prefix or exact path when it has one (for handlers that strip it), else nil.
     public var prefix: String?
-    public init(match: String, prefix: String?) {
+    /// The location's `absolute_redirect`, `port_in_redirect` and `server_name_in_redirect`, for handlers that
+    /// make or rewrite a `Location`.
+    public var redirects: RedirectStyle
+    public init(match: String, prefix: String?, redirects: RedirectStyle = .default) {
         self.match = match
         self.prefix = prefix
+        self.redirects = redirects
     }
 
     /// The context of a filter directive written in a server rather than a location.

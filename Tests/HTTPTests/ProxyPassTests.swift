@@ -332,9 +332,17 @@ final class ProxyPassTests: XCTestCase {
                                       body: .stream(ResponseBodyStream(next: { loop.makeSucceededFuture(nil) }, cancel: {})))
         response.upstream = UpstreamReport(group: "g", attempts: [UpstreamAttempt(address: "a", status: 302, responseTime: 0, headerTime: 0)])
         let finished = handler.configuration.finish(response, request: request("/one/z"), context: context)
-        XCTAssertEqual(finished.headers["Location"], "/one/x")
+        // The rewritten Location goes out absolute (absolute_redirect on), the Refresh as rewritten: nginx's way.
+        XCTAssertEqual(finished.headers["Location"], "http://client.test/one/x")
         XCTAssertEqual(finished.headers["Refresh"], "3; url=/one/y")
         XCTAssertNil(finished.headers["X-Accel-Buffering"])
+        var relative = handler.configuration
+        relative.redirectStyle.absolute = false
+        XCTAssertEqual(relative.finish(response, request: request("/one/z"), context: context).headers["Location"], "/one/x")
+        // A path the upstream sent, which no rule rewrites, stays a path.
+        var own = response
+        own.headers.replace("Location", "/elsewhere")
+        XCTAssertEqual(handler.configuration.finish(own, request: request("/one/z"), context: context).headers["Location"], "/elsewhere")
         // The engine's own answers (no head from a peer) pass untouched.
         var failed = KernelResponse.error(502, "bad gateway")
         failed.headers.add("Location", "http://127.0.0.1:8000/two/x")

@@ -1,26 +1,28 @@
 import KernelConfig
-import KernelCore
 import NIOCore
 
 /// nginx's `absolute_redirect`, `port_in_redirect` and `server_name_in_redirect`: how a redirect the kernel makes
-/// itself (`return 301 /path`, the slash redirect of a proxying prefix location) names its target. With nginx's
+/// itself (`return 301 /path`, the slash redirect of a proxying prefix location, a `Location` that `proxy_redirect`
+/// rewrote) names its target. With nginx's
 /// defaults a relative `Location` (`/path`) goes out absolute, with the scheme, the host the client asked for and
 /// the port it connected to (left out when it is the scheme's own): `http://example.com:8080/path`.
-struct RedirectStyle: Sendable, Equatable {
+public struct RedirectStyle: Sendable, Equatable {
     /// `absolute_redirect`: off sends a relative `Location` as it is.
-    var absolute = true
+    public var absolute = true
     /// `port_in_redirect`: off leaves the port out.
-    var portInRedirect = true
+    public var portInRedirect = true
     /// `server_name_in_redirect`: on names the server's first `server_name` instead of the client's `Host`.
-    var serverNameInRedirect = false
+    public var serverNameInRedirect = false
 
-    static let `default` = RedirectStyle()
+    public static let `default` = RedirectStyle()
+
+    public init() {}
 
     /// The server and location keys, each inherited by the locations that do not write it.
-    static let keys = ["absolute_redirect", "port_in_redirect", "server_name_in_redirect"]
+    public static let keys = ["absolute_redirect", "port_in_redirect", "server_name_in_redirect"]
 
     /// The style `mapping` writes, over `inherited`.
-    static func decode(_ mapping: ConfigMapping, inheriting inherited: RedirectStyle) throws -> RedirectStyle {
+    public static func decode(_ mapping: ConfigMapping, inheriting inherited: RedirectStyle) throws -> RedirectStyle {
         var style = inherited
         if let value = mapping.optional("absolute_redirect") { style.absolute = try value.bool() }
         if let value = mapping.optional("port_in_redirect") { style.portInRedirect = try value.bool() }
@@ -30,7 +32,7 @@ struct RedirectStyle: Sendable, Equatable {
 
     /// `location` as it goes out for `request`: a relative one made absolute when the style says so; an absolute
     /// one (`https://...`), or one that does not start with `/`, as it is.
-    func location(_ location: String, for request: KernelRequest, serverName: String) -> String {
+    public func location(_ location: String, for request: KernelRequest, serverName: String) -> String {
         guard absolute, location.utf8.first == UInt8(ascii: "/") else { return location }
         let connection = request.connection
         var host = serverNameInRedirect ? Self.literalName(serverName) : (request.host ?? Self.literalName(serverName))
