@@ -36,6 +36,10 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
     @exclusivity(unchecked) var current: InFlightExchange?
     /// How its body is read while it is.
     @exclusivity(unchecked) var bodyReader: HTTPRequestBodyReader?
+    /// How a body its handler does not use is read and dropped (it may outlive its request).
+    @exclusivity(unchecked) var bodyDiscarder: HTTPRequestBodyReader?
+    /// When the discarding of a body that outlived its answer gives up (nginx's `lingering_time`).
+    @exclusivity(unchecked) var discardDeadline: NIODeadline?
     @exclusivity(unchecked) var serial: UInt64 = 0
     /// Inside `channelRead`: writes are flushed once at `channelReadComplete` (one syscall for pipelined responses).
     @exclusivity(unchecked) var inReadCycle = false
@@ -205,6 +209,9 @@ public final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannel
             case .feedBodyStream:
                 feedBodyStream(context)
                 return
+            case .discardBody:
+                discardBody(context)
+                if machine.discardingBody { return }
             }
         }
     }

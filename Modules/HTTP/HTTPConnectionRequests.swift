@@ -53,6 +53,7 @@ extension HTTPConnectionHandler {
             // Asked only when there is a body: a request without one (the common case) costs neither lookup.
             bodyAdmitted: length == 0 || inFlight.exchange.admitsBody(ofLength: length),
             handlerStreamsBody: length > 0 && !head.chunked && inFlight.exchange.requestBodyUse == .streamed,
+            handlerDiscardsBody: (length > 0 || head.chunked) && inFlight.exchange.requestBodyUse == .discarded,
             inputPending: inputPending))
         switch routed {
         case .start:
@@ -74,6 +75,61 @@ extension HTTPConnectionHandler {
             }
             arm(.body, context)
             if case .streamBody = routed { startStreamingBody(inFlight, context) }
+        case .discardBody(let sendContinue):
+            // nginx's discarding: the answer goes out at once, the body is read and dropped meanwhile and after.
+            bodyDiscarder = head.chunked ? .chunked(ChunkedBodyDecoder(maxTrailerLength: settings.maxHeadLength))
+                                         : .length(remaining: length)
+            discardDeadline = nil
+            if sendContinue {
+                var out = context.channel.allocator.buffer(capacity: 25)
+                out.writeStaticString("HTTP/1.1 100 Continue\r\n\r\n")
+                context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+            }
+            // What came with the head is dropped first, as nginx does before its answer: a broken chunk there is
+            // the request's 400.
+            if inputPending {
+                switch bodyDiscarder!.discard(&input!) {
+                case .failure(let error):
+                    bodyDiscarder = nil
+                    reject(error, context)
+                    return
+                case .complete:
+                    bodyDiscarder = nil
+                    _ = machine.bodyDiscarded(inputPending: inputPending, writesPending: false)
+                case .needMore:
+                    break
+                }
+            }
+            ExchangeDriver.start(inFlight, for: self, context: context)
+        }
+    }
+
+    /// Drops what the input holds of a body its handler does not use; at its end the next request may be read.
+    func discardBody(_ context: ChannelHandlerContext) {
+        guard inputPending, bodyDiscarder != nil else { return }
+        switch bodyDiscarder!.discard(&input!) {
+        case .needMore:
+            if let deadline = discardDeadline, context.eventLoop.now >= deadline {
+                // nginx's lingering_time: the answer went out long ago and the body still comes.
+                execute(machine.inputClosed(), context)
+                return
+            }
+            if let timer = machine.bodyDiscardProgressed() { arm(timer, context) }
+        case .complete:
+            bodyDiscarder = nil
+            discardDeadline = nil
+            if let timer = machine.bodyDiscarded(inputPending: inputPending, writesPending: timers.pendingWrites > 0) {
+                arm(timer, context)
+            }
+        case .failure(let error):
+            bodyDiscarder = nil
+            discardDeadline = nil
+            var line = "\(error.logMessage) while reading client request body, client: \(connection.remoteIP), server: \(settings.listener)"
+            if let current { line += ", request: \"\(current.request.requestLine)\"" }
+            runtime.logger.info("\(line)")
+            // Nothing behind a broken body can be read.
+            input = nil
+            if let close = machine.bodyDiscardFailed() { execute(close, context) }
         }
     }
 

@@ -163,10 +163,14 @@ extension HTTPConnectionHandler: DrivenConnection {
         switch next {
         case .close(_, let linger):
             closeAfterWrites(linger: linger, context)
-        case .keepOpen(let waitForWritability, let dropInput, let armKeepalive):
+        case .keepOpen(let waitForWritability, let dropInput, let armKeepalive, let armDiscard):
             if waitForWritability { timers.startSendTimeout(settings.sendTimeout, for: self, context: context) }
             if dropInput { input = nil }
             if armKeepalive { arm(.keepalive, context) }
+            if armDiscard {
+                arm(.discard, context)
+                discardDeadline = context.eventLoop.now + settings.discardTime
+            }
             resumeReads(context)
             process(context)
         }

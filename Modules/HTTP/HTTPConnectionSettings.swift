@@ -24,6 +24,9 @@ public final class HTTPConnectionSettings: Sendable {
     let headerNames: HTTPHeaderNamePolicy
     /// How long unread input is drained after an error response before the socket closes (nginx `lingering_timeout`).
     let lingeringTimeout = LingeringClose.timeout
+    /// How long the rest of a discarded body is read after its answer before the connection gives up on it
+    /// (nginx's `lingering_time`).
+    let discardTime = TimeAmount.seconds(30)
 
     public init(configuration: HTTPConfiguration, listener: String) {
         self.listener = listener
@@ -48,7 +51,7 @@ public final class HTTPConnectionSettings: Sendable {
         case .header: return clientHeaderTimeout
         case .body: return clientBodyTimeout
         case .keepalive: return keepaliveTimeout
-        case .linger: return lingeringTimeout
+        case .linger, .discard: return lingeringTimeout
         }
     }
 }

@@ -18,6 +18,8 @@ struct HTTPConnectionStateMachine {
         case keepalive
         /// The lingering close's drain.
         case linger
+        /// The rest of a discarded body, after its answer went out: nginx's `lingering_timeout` between reads.
+        case discard
     }
 
     enum Phase: Equatable {
@@ -62,6 +64,8 @@ struct HTTPConnectionStateMachine {
         var bodyAdmitted: Bool
         /// The handler takes the body as a stream while it arrives.
         var handlerStreamsBody: Bool
+        /// The handler does not use the body: it is read and dropped.
+        var handlerDiscardsBody = false
         /// Bytes behind the head were received with it.
         var inputPending: Bool
     }
@@ -75,6 +79,8 @@ struct HTTPConnectionStateMachine {
         case parseHead
         case readBody
         case feedBodyStream
+        /// Read and drop what the input holds of a discarded body.
+        case discardBody
     }
 
     /// What a routed head leads to.
@@ -87,6 +93,8 @@ struct HTTPConnectionStateMachine {
         case readBody(sendContinue: Bool)
         /// The exchange starts now and takes the body as a stream while it arrives.
         case streamBody(sendContinue: Bool)
+        /// The exchange starts now; the body is read and dropped, before the next request is read.
+        case discardBody(sendContinue: Bool)
     }
 
     /// How a response goes out.
@@ -125,7 +133,8 @@ struct HTTPConnectionStateMachine {
         case close(abandonBody: Bool, linger: Bool)
         /// Keep the connection for the next request. `waitForWritability`: the client is not reading (`send_timeout`
         /// runs); `dropInput`: nothing is buffered; `armKeepalive`: `keepalive_timeout` starts now.
-        case keepOpen(waitForWritability: Bool, dropInput: Bool, armKeepalive: Bool)
+        /// `armDiscard`: the rest of a discarded body is still to be read; its timer starts now.
+        case keepOpen(waitForWritability: Bool, dropInput: Bool, armKeepalive: Bool, armDiscard: Bool = false)
     }
 
     /// What a due read-side timer leads to.
@@ -165,6 +174,9 @@ struct HTTPConnectionStateMachine {
     private(set) var requestsStarted = 0
     private(set) var quiescing = false
     private(set) var waitingForWritability = false
+    /// A body its handler does not use is being read and dropped; it may outlive its request (the answer went
+    /// out first), and the next request is read only after it.
+    private(set) var discardingBody = false
     private var opened = false
 
     init(keepaliveRequests: Int) {
@@ -189,6 +201,7 @@ struct HTTPConnectionStateMachine {
         switch phase {
         case .awaitingHead:
             guard inputAvailable else { return .stop(dropInput: true) }
+            if discardingBody { return .discardBody }
             guard !waitingForWritability else { return .stop(dropInput: false) }
             guard writable else {
                 waitingForWritability = true
@@ -198,6 +211,7 @@ struct HTTPConnectionStateMachine {
         case .readingBody:
             return .readBody
         case .processing, .writingStream:
+            if discardingBody { return inputAvailable ? .discardBody : .stop(dropInput: true) }
             return request?.bodyStreaming == true ? .feedBodyStream : .stop(dropInput: false)
         case .closing, .closed, .tunnelled:
             return .stop(dropInput: false)
@@ -208,6 +222,8 @@ struct HTTPConnectionStateMachine {
     /// response is produced and `maxBufferedInput` bytes are already waiting behind it.
     func shouldRead(bufferedInput: Int, maxBufferedInput: Int, bodyStreamFull: Bool) -> Bool {
         if request?.bodyStreaming == true { return !bodyStreamFull }
+        // A discarded body's bytes are dropped as they come: they never pile up.
+        if discardingBody { return true }
         let busy = phase == .processing || phase == .writingStream || waitingForWritability
         return !(busy && bufferedInput >= maxBufferedInput)
     }
@@ -238,6 +254,12 @@ struct HTTPConnectionStateMachine {
         }
         if !head.chunked, !head.bodyAdmitted { return .refuseTooLarge }
         let sendContinue = head.expectContinue && head.version == .http1_1 && !head.inputPending
+        if head.handlerDiscardsBody {
+            // As nginx: the answer does not wait for the body (no read timer runs until it has gone out).
+            discardingBody = true
+            phase = .processing
+            return .discardBody(sendContinue: sendContinue)
+        }
         timer = .body
         // A chunked body is read whole first even for a streaming handler: its length, which uwsgi needs before
         // the body, is known only at its end.
@@ -269,6 +291,35 @@ struct HTTPConnectionStateMachine {
     mutating func bodyCompleted() {
         timer = nil
         phase = .processing
+    }
+
+    /// Bytes of a discarded body were dropped and more are due: after the answer, `lingering_timeout` counts from
+    /// now.
+    mutating func bodyDiscardProgressed() -> Timer? {
+        guard request == nil else { return nil }
+        timer = .discard
+        return .discard
+    }
+
+    /// The discarded body ended. Returns the timer to arm: `keepalive_timeout` when the answer has gone out and
+    /// nothing else waits.
+    mutating func bodyDiscarded(inputPending: Bool, writesPending: Bool) -> Timer? {
+        discardingBody = false
+        if timer == .discard { timer = nil }
+        guard !writesPending else { return nil }
+        return armKeepaliveIfIdle(inputPending: inputPending) ? .keepalive : nil
+    }
+
+    /// The discarded body's framing is broken (a bad chunk): nothing behind it can be read. With its answer still
+    /// to come, that answer closes the connection; after it, the connection closes once the answer is sent.
+    mutating func bodyDiscardFailed() -> Close? {
+        discardingBody = false
+        guard request != nil else {
+            beginClosing()
+            return .afterWrites(linger: false)
+        }
+        request!.keepAlive = false
+        return nil
     }
 
     /// The whole unbuffered body went to its stream: `client_body_timeout` stops.
@@ -320,7 +371,7 @@ struct HTTPConnectionStateMachine {
     /// the connection no longer waits for a response.
     mutating func upgradeReady() -> Bool? {
         guard phase == .processing, let current = request else { return nil }
-        guard current.version == .http1_1, !current.isHead, !current.bodyStreaming, !quiescing else { return false }
+        guard current.version == .http1_1, !current.isHead, !current.bodyStreaming, !discardingBody, !quiescing else { return false }
         phase = .tunnelled
         request = nil
         timer = nil
@@ -361,10 +412,18 @@ struct HTTPConnectionStateMachine {
         let abandonBody = request?.bodyStreaming ?? false
         request = nil
         if close || quiescing || abandonBody {
+            // A body still arriving (unbuffered, or discarded) is drained by the lingering close.
+            let linger = abandonBody || discardingBody || inputPending
             beginClosing()
-            return .close(abandonBody: abandonBody, linger: abandonBody || inputPending)
+            return .close(abandonBody: abandonBody, linger: linger)
         }
         phase = .awaitingHead
+        if discardingBody {
+            // The rest of the body is read before the next request: `lingering_timeout` between its reads.
+            timer = .discard
+            waitingForWritability = !writable
+            return .keepOpen(waitForWritability: !writable, dropInput: false, armKeepalive: false, armDiscard: true)
+        }
         if !writable {
             waitingForWritability = true
             return .keepOpen(waitForWritability: true, dropInput: false, armKeepalive: false)
@@ -398,7 +457,7 @@ struct HTTPConnectionStateMachine {
     }
 
     private mutating func armKeepaliveIfIdle(inputPending: Bool) -> Bool {
-        guard phase == .awaitingHead, !inputPending, timer == nil else { return false }
+        guard phase == .awaitingHead, !inputPending, !discardingBody, timer == nil else { return false }
         timer = .keepalive
         return true
     }
@@ -424,6 +483,11 @@ struct HTTPConnectionStateMachine {
             beginClosing()
             return .close
         case .linger:
+            return .close
+        case .discard:
+            // The client stopped sending the body its answer did not need: nginx closes then too.
+            guard request == nil, discardingBody else { return .none }
+            beginClosing()
             return .close
         }
     }
@@ -459,6 +523,7 @@ struct HTTPConnectionStateMachine {
         request = nil
         timer = nil
         waitingForWritability = false
+        discardingBody = false
         return abandoned
     }
 
@@ -466,11 +531,13 @@ struct HTTPConnectionStateMachine {
         if phase != .closed { phase = .closing }
         request = nil
         timer = nil
+        discardingBody = false
     }
 
     /// nginx's phrase for what the connection is doing, for log lines.
     func phaseDescription(requestBytesSeen: Bool) -> String {
         switch phase {
+        case .awaitingHead where discardingBody: return "reading client request body"
         case .awaitingHead: return requestBytesSeen ? "reading client request headers" : "waiting for request"
         case .readingBody: return "reading client request body"
         case .processing: return "processing request"

@@ -42,6 +42,38 @@ enum HTTPRequestBodyReader {
         }
     }
 
+    /// How discarding a body went.
+    enum DiscardOutcome: Equatable {
+        case needMore
+        case complete
+        /// The chunked framing is broken.
+        case failure(HTTPRequestError)
+    }
+
+    /// Drops the body bytes `input` holds (of any size: a discarded body has no limit, as in nginx).
+    mutating func discard(_ input: inout ByteBuffer) -> DiscardOutcome {
+        switch self {
+        case .length(let remaining):
+            let take = min(remaining, input.readableBytes)
+            input.moveReaderIndex(forwardBy: take)
+            guard take == remaining else {
+                self = .length(remaining: remaining - take)
+                return .needMore
+            }
+            return .complete
+        case .chunked(var decoder):
+            var dropped = ByteBuffer()
+            let outcome = decoder.decode(&input, into: &dropped, limit: nil)
+            self = .chunked(decoder)
+            switch outcome {
+            case .needMore: return .needMore
+            case .done: return .complete
+            case .failure(let error): return .failure(error)
+            case .tooLarge: return .needMore  // no limit was given
+            }
+        }
+    }
+
     /// For a body streamed to its handler (always length-framed): the next slice of it `input` holds, and whether
     /// it is the last.
     mutating func nextStreamSlice(_ input: inout ByteBuffer) -> (slice: ByteBuffer, isLast: Bool)? {

@@ -43,9 +43,6 @@ struct HealthHandler: ImmediateRequestHandler {
         case ready, live
     }
 
-    /// A request body is never read: one spooled to a file is not read back into memory.
-    var requestBodyUse: RequestBodyUse { .spooled }
-
     let probe: Probe
     let runtime: KernelRuntime
 

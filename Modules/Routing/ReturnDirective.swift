@@ -162,9 +162,6 @@ struct ReturnHandler: ImmediateRequestHandler {
     let template: VariableTemplate
     /// How a redirect's relative URL goes out; nil for a text.
     let redirects: RedirectStyle?
-    /// The body is never read (nginx discards it): one spooled to a file stays there instead of being read back
-    /// into memory before the answer, which held the answer back and cost the body's size in memory.
-    var requestBodyUse: RequestBodyUse { .spooled }
 
     func response(to request: KernelRequest, context: RequestContext) -> KernelResponse {
         var text = template.render(request, route: context.route)

@@ -101,6 +101,9 @@ public protocol ImmediateRequestHandler: RequestHandler {
 }
 
 extension ImmediateRequestHandler {
+    /// An answer made from the head alone: the body, if any, is discarded while (or after) it goes out.
+    public var requestBodyUse: RequestBodyUse { .discarded }
+
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
         context.eventLoop.makeSucceededFuture(response(to: request, context: context))
     }

@@ -29,12 +29,16 @@ public struct RequestBodyBuffering: Sendable, Equatable {
 public enum RequestBodyUse: Sendable {
     /// The whole body in memory, as `KernelRequest.body` (a spooled body is read back for it): models.
     case memory
-    /// The body where it is: in memory, or the spooled file in `KernelRequest.bodySource` (read in parts, or not at
-    /// all: `return`).
+    /// The body where it is: in memory, or the spooled file in `KernelRequest.bodySource` (read in parts: a
+    /// proxy).
     case spooled
     /// The handler runs as soon as the head is routed and reads the body while it arrives
     /// (`KernelRequest.bodySource` is a stream): `uwsgi_request_buffering off`.
     case streamed
+    /// The body is not used: the handler runs as soon as the head is routed, and the connection reads the body
+    /// and drops it, after the answer if need be, before the next request (nginx's discarding of the body of a
+    /// `return`, a 404, a redirect).
+    case discarded
 }
 
 /// A request body that is not in memory.

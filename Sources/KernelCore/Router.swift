@@ -67,9 +67,6 @@ public struct NotFoundRouter: RequestRouter {
 public final class StaticResponseHandler: ImmediateRequestHandler {
     public let response: KernelResponse
     public init(_ response: KernelResponse) { self.response = response }
-    /// The body is never read (nginx discards it for `return`): a spooled one stays in its file rather than being
-    /// read back into memory before the answer.
-    public var requestBodyUse: RequestBodyUse { .spooled }
     public func response(to request: KernelRequest, context: RequestContext) -> KernelResponse { response }
 }
 

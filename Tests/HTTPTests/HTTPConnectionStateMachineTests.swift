@@ -8,10 +8,10 @@ final class HTTPConnectionStateMachineTests: XCTestCase {
 
     private func head(length: Int = 0, chunked: Bool = false, method: String = "GET", version: ProtocolVersion = .http1_1,
                       keepAlive: Bool = true, expectContinue: Bool = false, admitted: Bool = true, streams: Bool = false,
-                      inputPending: Bool = false) -> Machine.RoutedHead {
+                      discards: Bool = false, inputPending: Bool = false) -> Machine.RoutedHead {
         Machine.RoutedHead(keepAliveWanted: keepAlive, isHead: method == "HEAD", version: version, contentLength: length,
                            chunked: chunked, expectContinue: expectContinue, bodyAdmitted: admitted,
-                           handlerStreamsBody: streams, inputPending: inputPending)
+                           handlerStreamsBody: streams, handlerDiscardsBody: discards, inputPending: inputPending)
     }
 
     private func idle(keepaliveRequests: Int = 100) -> Machine {
@@ -213,6 +213,86 @@ final class HTTPConnectionStateMachineTests: XCTestCase {
         XCTAssertNil(machine.timer)
         XCTAssertEqual(machine.request?.bodyStreaming, false)
         XCTAssertEqual(machine.nextStep(inputAvailable: true, writable: true), .stop(dropInput: false))
+    }
+
+    func testADiscardedBodyDoesNotHoldTheAnswerBackAndIsReadBeforeTheNextRequest() {
+        var machine = idle()
+        _ = machine.headReceived()
+        XCTAssertEqual(machine.requestRouted(head(length: 10, expectContinue: true, discards: true)),
+                       .discardBody(sendContinue: true))
+        XCTAssertEqual(machine.phase, .processing, "the handler runs at once")
+        XCTAssertNil(machine.timer, "no read timer while the answer is made")
+        XCTAssertTrue(machine.shouldRead(bufferedInput: 1 << 20, maxBufferedInput: 1024, bodyStreamFull: false),
+                      "dropped bytes never pile up")
+        XCTAssertEqual(machine.nextStep(inputAvailable: true, writable: true), .discardBody)
+        XCTAssertNil(machine.bodyDiscardProgressed(), "before the answer nothing times the body")
+        guard case .writeBuffered(_, _, let close)? = machine.responseReady(status: 200, streamed: false, bodyLength: 2,
+                                                                            declaredLength: { nil }) else {
+            return XCTFail("no response action")
+        }
+        XCTAssertFalse(close, "the connection stays open: the body's end is known")
+        XCTAssertEqual(machine.responseSent(close: false, inputPending: false, writable: true, writesPending: false),
+                       .keepOpen(waitForWritability: false, dropInput: false, armKeepalive: false, armDiscard: true))
+        XCTAssertEqual(machine.timer, .discard)
+        XCTAssertEqual(machine.phaseDescription(requestBytesSeen: false), "reading client request body")
+        XCTAssertEqual(machine.nextStep(inputAvailable: true, writable: true), .discardBody,
+                       "the rest of the body comes before any next head")
+        XCTAssertEqual(machine.bodyDiscardProgressed(), .discard)
+        XCTAssertNil(machine.writesDrained(inputPending: false), "no keepalive_timeout while the body comes")
+        XCTAssertEqual(machine.bodyDiscarded(inputPending: false, writesPending: false), .keepalive)
+        XCTAssertFalse(machine.discardingBody)
+        XCTAssertEqual(machine.nextStep(inputAvailable: true, writable: true), .parseHead)
+
+        // Pipelined input behind the body: the next head is parsed, no keepalive timer.
+        var pipelined = idle()
+        _ = pipelined.headReceived()
+        _ = pipelined.requestRouted(head(chunked: true, discards: true))
+        _ = pipelined.responseReady(status: 404, streamed: false, bodyLength: 2, declaredLength: { nil })
+        _ = pipelined.responseSent(close: false, inputPending: true, writable: true, writesPending: false)
+        XCTAssertNil(pipelined.bodyDiscarded(inputPending: true, writesPending: false))
+        XCTAssertEqual(pipelined.nextStep(inputAvailable: true, writable: true), .parseHead)
+    }
+
+    func testADiscardedBodyThatStallsOrBreaksAfterItsAnswerClosesTheConnection() {
+        var stalled = idle()
+        _ = stalled.headReceived()
+        _ = stalled.requestRouted(head(length: 10, discards: true))
+        _ = stalled.responseReady(status: 200, streamed: false, bodyLength: 2, declaredLength: { nil })
+        _ = stalled.responseSent(close: false, inputPending: false, writable: true, writesPending: false)
+        XCTAssertEqual(stalled.timerFired(requestBytesSeen: false, inputPending: false), .close)
+        XCTAssertEqual(stalled.phase, .closing)
+
+        var broken = idle()
+        _ = broken.headReceived()
+        _ = broken.requestRouted(head(chunked: true, discards: true))
+        _ = broken.responseReady(status: 200, streamed: false, bodyLength: 2, declaredLength: { nil })
+        _ = broken.responseSent(close: false, inputPending: false, writable: true, writesPending: false)
+        XCTAssertEqual(broken.bodyDiscardFailed(), .afterWrites(linger: false))
+
+        // Broken before the answer: the answer goes out with `Connection: close`, lingering.
+        var early = idle()
+        _ = early.headReceived()
+        _ = early.requestRouted(head(chunked: true, discards: true))
+        XCTAssertNil(early.bodyDiscardFailed())
+        guard case .writeBuffered(_, _, let close)? = early.responseReady(status: 200, streamed: false, bodyLength: 2,
+                                                                          declaredLength: { nil }) else {
+            return XCTFail("no response action")
+        }
+        XCTAssertTrue(close)
+
+        // An answer that closes anyway (HTTP/1.0) drains the rest lingering.
+        var closing = idle()
+        _ = closing.headReceived()
+        _ = closing.requestRouted(head(length: 10, version: .http1_0, keepAlive: false, discards: true))
+        _ = closing.responseReady(status: 200, streamed: false, bodyLength: 2, declaredLength: { nil })
+        XCTAssertEqual(closing.responseSent(close: true, inputPending: false, writable: true, writesPending: false),
+                       .close(abandonBody: false, linger: true))
+        XCTAssertFalse(closing.discardingBody)
+
+        // Too large by its declared length is still refused before a byte is read (client_max_body_size).
+        var large = idle()
+        _ = large.headReceived()
+        XCTAssertEqual(large.requestRouted(head(length: 10, admitted: false, discards: true)), .refuseTooLarge)
     }
 
     // MARK: - Responses

@@ -319,6 +319,44 @@ final class HTTPConnectionTests: XCTestCase {
         XCTAssertEqual(try h.loggedStatuses(), [408])
     }
 
+    func testABodyItsHandlerDoesNotUseIsDiscardedAfterAnAnswerThatDoesNotWaitForIt() throws {
+        // nginx answers a `return` (or a 404) at once and reads the body it does not need after: the connection
+        // stays for the next request, which is read only once the body has ended.
+        let h = try HTTPHarness { $0.clientBodyTimeout = .seconds(5) }
+        try h.send("POST /hello HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc")
+        XCTAssertEqual(try h.output(), hello(), "answered before its body ended")
+        try h.send("defg")
+        h.loop.advanceTime(by: .seconds(4))
+        try h.send("hij" + getHello)
+        XCTAssertEqual(try h.output(), hello(), "the body's last bytes are not a request; the one behind them is")
+        try h.send("POST /missing HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        XCTAssertEqual(try h.output(), response("404 Not Found", ["Content-Type: application/json", "Content-Length: 21"],
+                                                body: "{\"error\":\"not found\"}"))
+        try h.send("0\r\n\r\n" + getHello)
+        XCTAssertEqual(try h.output(), hello())
+        XCTAssertTrue(h.isOpen)
+        XCTAssertEqual(try h.loggedStatuses(), [200, 200, 404, 200])
+    }
+
+    func testADiscardedBodyThatStopsOrBreaksAfterItsAnswerClosesTheConnection() throws {
+        // nginx's lingering_timeout: 5 s without a byte of the rest of the body, and the connection closes.
+        let stalled = try HTTPHarness { $0.clientBodyTimeout = .seconds(60) }
+        try stalled.send("POST /hello HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc")
+        XCTAssertEqual(try stalled.output(), hello())
+        stalled.loop.advanceTime(by: .seconds(4))
+        XCTAssertTrue(stalled.isOpen)
+        stalled.loop.advanceTime(by: .seconds(2))
+        XCTAssertFalse(stalled.isOpen)
+        XCTAssertEqual(try stalled.output(), "", "the answer went out: nothing more is sent")
+
+        let broken = try HTTPHarness()
+        try broken.send("POST /hello HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        XCTAssertEqual(try broken.output(), hello())
+        try broken.send("zz\r\n" + getHello)
+        XCTAssertEqual(try broken.output(), "", "nothing behind a broken body is read")
+        XCTAssertFalse(broken.isOpen)
+    }
+
     func testKeepAliveTimeoutClosesIdleConnection() throws {
         let h = try HTTPHarness { $0.keepaliveTimeout = .seconds(75); $0.clientHeaderTimeout = .seconds(60) }
         try h.send(getHello)

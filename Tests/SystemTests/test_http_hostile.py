@@ -38,6 +38,8 @@ routing:
           return: 200 "SMUGGLED"
         - location: /big
           return: 200 "{BIG_TEXT}"
+        - location: /upload             # reads the body (to a peer no test reaches: refusals come first)
+          proxy_pass: http://127.0.0.1:1
 """
 
 # A complete request pipelined behind every attack: it must never be answered.
@@ -228,11 +230,26 @@ REFUSALS = [
     ("chunk-size-plus", chunked(b"+5\r\nhello\r\n0\r\n\r\n"), 400, "client sent invalid chunked body"),
     ("chunk-size-empty", chunked(b"\r\nhello\r\n0\r\n\r\n"), 400, "client sent invalid chunked body"),
     ("chunk-data-longer-than-size", chunked(b"3\r\nhello\r\n0\r\n\r\n"), 400, "client sent invalid chunked body"),
-    ("chunked-body-over-limit", chunked(b"401\r\n" + b"q" * 1025 + b"\r\n0\r\n\r\n"), 413, "too large"),
-    ("chunk-size-1m-over-limit", chunked(b"100000\r\nabc"), 413, "too large"),
+    # Limits bind where the body is read (a `return` discards it, as nginx does: see below).
+    ("chunked-body-over-limit", post([("Transfer-Encoding", "chunked")], b"401\r\n" + b"q" * 1025 + b"\r\n0\r\n\r\n",
+                                     target="/upload"), 413, "too large"),
+    ("chunk-size-1m-over-limit", post([("Transfer-Encoding", "chunked")], b"100000\r\nabc", target="/upload"), 413,
+     "too large"),
     # nginx: a chunk size near the largest off_t is refused as invalid framing before any limit applies.
     ("chunk-size-2^63-1", chunked(b"7fffffffffffffff\r\nabc"), 400, "client sent invalid chunked body"),
 ]
+
+
+def test_a_body_a_return_does_not_use_is_discarded_and_the_request_behind_it_answered(kernel):
+    # nginx answers a `return` at once and discards the body, with no limit on a chunked one (its discarding
+    # does not count): the request behind a well-framed body is a request, answered in turn.
+    body = b"401\r\n" + b"q" * 1025 + b"\r\n0\r\n\r\n"
+    responses = exchange(kernel.port(), chunked(body) + request_bytes("GET", "/x", headers=[("Connection", "close")]))
+    assert [(r.status, r.body) for r in responses] == [(200, b"ok"), (200, b"x")], responses
+    # Declared by Content-Length, the limit applies before a byte is read (nginx's 413 at the location).
+    responses = exchange(kernel.port(), post([("Content-Length", "1025")], b"q" * 1025) + SMUGGLED)
+    assert [r.status for r in responses] == [413], responses
+    assert_not_smuggled(kernel, responses)
 
 
 @pytest.mark.parametrize("payload, status, phrase", [case[1:] for case in REFUSALS],
@@ -519,7 +536,8 @@ def test_client_that_closes_right_after_sending(kernel):
 
 def test_client_that_closes_in_the_middle_of_its_body_is_logged(kernel):
     mark = log_mark(kernel)
-    for body in (post([("Content-Length", "100")], b"abcdefghij"), chunked(b"10\r\nabc")):
+    for body in (post([("Content-Length", "100")], b"abcdefghij", target="/upload"),
+                 post([("Transfer-Encoding", "chunked")], b"10\r\nabc", target="/upload")):
         with socket.create_connection(("127.0.0.1", kernel.port())) as s:
             s.sendall(body)
             time.sleep(0.1)
@@ -614,7 +632,8 @@ def test_request_sent_one_byte_at_a_time(kernel):
 def test_oversized_chunked_trailer_is_refused(kernel):
     trailer = b"".join(b"X-T%03d: %s\r\n" % (i, b"t" * 200) for i in range(30))     # 6 KB > 4 x 1k
     mark = log_mark(kernel)
-    responses = exchange(kernel.port(), chunked(b"3\r\nabc\r\n0\r\n" + trailer + b"\r\n") + SMUGGLED)
+    responses = exchange(kernel.port(), post([("Transfer-Encoding", "chunked")], b"3\r\nabc\r\n0\r\n" + trailer + b"\r\n",
+                                             target="/upload") + SMUGGLED)
     assert [r.status for r in responses] == [400], responses
     assert_not_smuggled(kernel, responses)
     wait_for_info(kernel, "client sent", since=mark)
