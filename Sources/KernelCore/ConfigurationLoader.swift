@@ -55,7 +55,23 @@ public struct ConfigurationLoader: Sendable {
             active.append(module.configurationKey)
         }
         try root.finish()
+        try Self.checkListenersDoNotClash(registrar.listeners)
         return KernelGeneration(number: number, core: core, registrar: registrar, activeModules: active)
+    }
+}
+
+extension ConfigurationLoader {
+    /// Two listeners of different modules (`http.listen` and `uwsgi.listen`) on one address would fail only when
+    /// the second is bound; `kernel -t` names both places instead. (A module refuses its own duplicates itself.)
+    static func checkListenersDoNotClash(_ listeners: [ListenerSpec]) throws {
+        for (index, listener) in listeners.enumerated() {
+            guard let earlier = listeners[..<index].first(where: { $0.address.clashes(with: listener.address) }) else {
+                continue
+            }
+            let place = earlier.mark.map { " at \($0)" } ?? ""
+            throw ConfigError(mark: listener.mark, path: "",
+                              message: "\(listener.protocolName) listen address \"\(listener.address)\" is also the \(earlier.protocolName) listener's\(place): one socket cannot serve both")
+        }
     }
 }
 

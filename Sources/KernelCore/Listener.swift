@@ -53,6 +53,23 @@ public enum ListenAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Whether two listening sockets on these addresses cannot both be bound: the same unix path, or the same port
+    /// on the same host or with one of them on IPv4's wildcard (`0.0.0.0:8080` holds `127.0.0.1:8080`). Port 0 (any
+    /// free port) never clashes.
+    public func clashes(with other: ListenAddress) -> Bool {
+        switch (self, other) {
+        case (.unix(let path), .unix(let otherPath)):
+            return path == otherPath
+        case (.tcp(let host, let port), .tcp(let otherHost, let otherPort)):
+            guard port == otherPort, port != 0 else { return false }
+            if host == otherHost { return true }
+            let isIPv4 = { (name: String) in !name.contains(":") }
+            return (host == "0.0.0.0" && isIPv4(otherHost)) || (otherHost == "0.0.0.0" && isIPv4(host))
+        default:
+            return false
+        }
+    }
+
     /// The socket path of a unix address.
     public var unixPath: String? {
         if case .unix(let path) = self { return path }

@@ -124,6 +124,19 @@ final class RequestShapeTests: XCTestCase {
         XCTAssertNil(PeerAddress(parsing: "127.0.0.1"))
     }
 
+    func testListenAddressesThatCannotBothBeBoundClash() {
+        func clash(_ a: String, _ b: String) -> Bool { ListenAddress(parsing: a)!.clashes(with: ListenAddress(parsing: b)!) }
+        XCTAssertTrue(clash("127.0.0.1:8080", "127.0.0.1:8080"))
+        XCTAssertTrue(clash("8080", "127.0.0.1:8080"), "the wildcard holds every IPv4 address's port")
+        XCTAssertTrue(clash("127.0.0.2:8080", "*:8080"))
+        XCTAssertTrue(clash("unix:/run/k.sock", "unix:/run/k.sock"))
+        XCTAssertFalse(clash("127.0.0.1:8080", "127.0.0.2:8080"))
+        XCTAssertFalse(clash("127.0.0.1:8080", "127.0.0.1:8081"))
+        XCTAssertFalse(clash("127.0.0.1:0", "127.0.0.1:0"), "port 0 is any free port")
+        XCTAssertFalse(clash("8080", "[::1]:8080"), "an IPv6 address is not under IPv4's wildcard")
+        XCTAssertFalse(clash("unix:/run/a.sock", "unix:/run/b.sock"))
+    }
+
     func testErrorResponseIsJSONWithEscapedMessage() {
         let response = KernelResponse.error(400, "bad \"x\"\n")
         guard case .buffer(let buffer) = response.body else { return XCTFail("expected a buffer body") }

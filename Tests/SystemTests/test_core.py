@@ -51,6 +51,17 @@ def test_check_accepts_a_valid_file(tmp_path):
     assert f"configuration file {path} test is successful" in result.stderr
 
 
+def test_check_rejects_http_and_uwsgi_on_one_address_naming_both_places(tmp_path):
+    text = HELLO.replace('  listen: "127.0.0.1:0"', '  listen: "127.0.0.1:18799"') + 'uwsgi:\n  listen: "127.0.0.1:18799"\n'
+    path, result = check(tmp_path, text.format(text="x"))
+    assert result.returncode == 1, result.stderr
+    lines = with_core_section(text.format(text="x"), str(tmp_path)).splitlines()
+    http_line = next(i for i, l in enumerate(lines, 1) if "18799" in l)
+    uwsgi_line = next(i for i, l in enumerate(lines, 1) if "18799" in l and i > http_line)
+    assert (f'{path}:{uwsgi_line}:11: uwsgi listen address "127.0.0.1:18799" is also the http listener\'s at '
+            f'{path}:{http_line}:11') in result.stderr, result.stderr
+
+
 def test_check_rejects_an_invalid_file_naming_line_and_column(tmp_path):
     text = HELLO.format(text="hello").replace('return: 200 "hello"', 'return: abc')
     path, result = check(tmp_path, text)
