@@ -338,15 +338,18 @@ struct HTTPConnectionStateMachine {
         let sendsBody = ResponseBodyRule.sendsBody(status: status, isHead: current.isHead)
         // An unbuffered body not read to its end cannot be told from a next request: the connection closes.
         var close = !current.keepAlive || quiescing || current.bodyStreaming
+        // A 304 may say the length of the representation it stands for (RFC 9110 8.6): a proxied upstream's is
+        // passed on, as nginx does. 1xx and 204 never carry one.
+        let bodilessFraming: HTTPBodyFraming = status == 304 ? declaredLength().map { .length($0) } ?? .none : .none
         guard streamed else {
             // A bodiless answer to HEAD keeps the length its handler declares (a proxied upstream's), as nginx does.
             let framed = current.isHead && bodyLength == 0 ? declaredLength() ?? 0 : bodyLength
-            return .writeBuffered(framing: bodiless ? .none : .length(framed), sendBody: sendsBody && bodyLength > 0,
+            return .writeBuffered(framing: bodiless ? bodilessFraming : .length(framed), sendBody: sendsBody && bodyLength > 0,
                                   close: close)
         }
         let framing: HTTPBodyFraming
         if bodiless {
-            framing = .none
+            framing = bodilessFraming
         } else if let declared = declaredLength() {
             framing = .length(declared)
         } else if !sendsBody {

@@ -313,6 +313,9 @@ final class HTTPConnectionStateMachineTests: XCTestCase {
             XCTAssertEqual(machine.responseReady(status: status, streamed: false, bodyLength: 5, declaredLength: { nil }),
                            .writeBuffered(framing: .none, sendBody: false, close: false), "\(status)")
         }
+        var notModified = processing()
+        XCTAssertEqual(notModified.responseReady(status: 304, streamed: false, bodyLength: 0, declaredLength: { 1234 }),
+                       .writeBuffered(framing: .length(1234), sendBody: false, close: false))
     }
 
     func testStreamedResponsesAreChunkedCloseDelimitedOrLengthFramed() {
@@ -331,7 +334,11 @@ final class HTTPConnectionStateMachineTests: XCTestCase {
         XCTAssertEqual(head.phase, .processing)
         var notModified = processing()
         XCTAssertEqual(notModified.responseReady(status: 304, streamed: true, bodyLength: 0, declaredLength: { 7 }),
-                       .writeHeadOnly(framing: .none, close: false))
+                       .writeHeadOnly(framing: .length(7), close: false),
+                       "a 304 keeps the length of what it stands for (an upstream's), with no body")
+        var noContent = processing()
+        XCTAssertEqual(noContent.responseReady(status: 204, streamed: true, bodyLength: 0, declaredLength: { 7 }),
+                       .writeHeadOnly(framing: .none, close: false), "a 204 never says a length")
     }
 
     func testAResponseIsTakenOnlyWhileOneIsAwaited() {

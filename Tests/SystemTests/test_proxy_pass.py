@@ -114,6 +114,12 @@ class Backend:
                         time.sleep(0.1)
                     self.wfile.write(b"0\r\n\r\n")
                     return
+                if "/not-modified" in path:
+                    self.send_response(304)
+                    self.send_header("ETag", '"v1"')
+                    self.send_header("Content-Length", "1234")
+                    self.end_headers()
+                    return
                 if "/relative-redirect" in path:
                     self.send_response(302)
                     self.send_header("Location", "/two/elsewhere")
@@ -375,6 +381,20 @@ def test_proxy_redirect_default_rewrites_location_and_refresh(start_kernel, back
     assert response.getheader("Location") == "/two/elsewhere"
     response, _ = request(kernel, "GET", "/relative/redirect")
     assert response.getheader("Location") == "/relative/landing"
+
+
+def test_a_304_keeps_the_upstreams_length_and_the_connection(start_kernel, backend):
+    # RFC 9110 8.6: a 304's Content-Length is the length of what it stands for; nginx passes it on. No body follows.
+    kernel = start(start_kernel, backend)
+    conn = http.client.HTTPConnection("127.0.0.1", kernel.port(), timeout=10)
+    conn.request("GET", "/defaults/not-modified", headers={"If-None-Match": '"v1"'})
+    response = conn.getresponse()
+    assert (response.status, response.getheader("Content-Length"), response.getheader("ETag")) == (304, "1234", '"v1"')
+    assert response.read() == b""
+    conn.request("GET", "/defaults/after")
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["uri"] == "/defaults/after"
+    conn.close()
 
 
 def test_a_named_group_is_proxied_to_with_its_name_as_host(start_kernel, backend):
