@@ -100,7 +100,7 @@ public struct UWSGIPassConfiguration: Sendable {
         for param in params {
             let value: String
             if param.name == "CONTENT_LENGTH", param.value == UWSGIPassConfiguration.contentLengthTemplate,
-               let length = request.bodyLength, length > 0 {
+               let length = UWSGIPassConfiguration.sentBodyLength(of: request) {
                 // uwsgi frames the body by this value: it is the length of the body the engine sends (in memory,
                 // spooled, or the declared length of a stream), never a header string read back.
                 value = String(length)
@@ -132,6 +132,13 @@ public struct UWSGIPassConfiguration: Sendable {
             let entry = merged[key]!
             let variable = UWSGIPassConfiguration.variableName(forHeader: entry.name)
             guard !paramNames.contains(variable), variable != "HTTP_TRANSFER_ENCODING" else { continue }
+            if entry.name.equalsCaseInsensitive("Host"), let authority = request.effectiveAuthority {
+                // What Debian's uwsgi_params fixes and nginx 1.30 recommends (`$host$is_request_port$request_port`):
+                // the raw `Host` would let `GET http://example.com/` with `Host: other` reach the application as
+                // `other`; this is the authority the request is for, with the port the client wrote.
+                variables.append(variable, authority)
+                continue
+            }
             variables.append(variable, entry.values.joined(separator: entry.name.equalsCaseInsensitive("Cookie") ? "; " : ", "))
         }
         return variables
@@ -143,6 +150,16 @@ public struct UWSGIPassConfiguration: Sendable {
 
     /// The stock `CONTENT_LENGTH` value.
     static let contentLengthTemplate = try! UWSGIParamTemplate(parsing: "$content_length")
+
+    /// The `CONTENT_LENGTH` of the body the engine sends: its length when there is one, and `0` for an empty
+    /// chunked body (nginx counts the de-chunked body; WSGI then reads a length of 0, not none). Nil for a request
+    /// that declared no body: `$content_length` (empty) then.
+    static func sentBodyLength(of request: KernelRequest) -> Int64? {
+        guard let length = request.bodyLength else {
+            return request.headers["Transfer-Encoding"] == nil ? nil : 0
+        }
+        return length > 0 || request.headers["Transfer-Encoding"] != nil ? length : nil
+    }
 
     /// The engine's settings for this location.
     var upstream: UpstreamConfiguration {

@@ -13,7 +13,7 @@ extension UWSGIPassConfiguration {
         for param in params {
             let value: String
             if param.name == "CONTENT_LENGTH", param.value == UWSGIPassConfiguration.contentLengthTemplate,
-               let length = request.bodyLength, length > 0 {
+               let length = UWSGIPassConfiguration.sentBodyLength(of: request) {
                 value = String(length)  // the length of the body the engine sends, as in `variables(for:)`
             } else {
                 value = param.value.evaluate(request, route: route)
@@ -29,6 +29,11 @@ extension UWSGIPassConfiguration {
                 if fields[..<index].contains(where: { $0.name.equalsCaseInsensitive(field.name) }) { continue }
                 if UWSGIVarsWriter.headerVariable(field.name, is: "HTTP_TRANSFER_ENCODING") { continue }
                 if headerParamNames.contains(where: { UWSGIVarsWriter.headerVariable(field.name, is: $0) }) { continue }
+                if field.name.equalsCaseInsensitive("Host"), let authority = request.effectiveAuthority {
+                    // The request's own authority, not the raw field (see `variables(for:route:)`).
+                    guard UWSGIVarsWriter.write(headerName: field.name, value: authority, into: &buffer) else { return nil }
+                    continue
+                }
                 let separator = field.name.equalsCaseInsensitive("Cookie") ? "; " : ", "
                 guard headers.undecoded == nil else {
                     // Some value came in another charset than UTF-8: each goes as the bytes it came as.

@@ -182,6 +182,33 @@ public struct KernelRequest: Sendable {
         return host.isEmpty ? nil : host.lowercased()
     }
 
+    /// nginx's `$request_port`: the port of an absolute-form target's authority, else of the `Host` header, as
+    /// written (`8080`); nil when neither names one.
+    public var requestPort: String? {
+        guard let authority = absoluteFormAuthority ?? headers["Host"] else { return nil }
+        let port: Substring
+        if authority.hasPrefix("[") {
+            guard let end = authority.firstIndex(of: "]") else { return nil }
+            let rest = authority[authority.index(after: end)...]
+            guard rest.first == ":" else { return nil }
+            port = rest.dropFirst()
+        } else {
+            guard let colon = authority.lastIndex(of: ":") else { return nil }
+            port = authority[authority.index(after: colon)...]
+        }
+        return port.isEmpty ? nil : String(port)
+    }
+
+    /// The authority the request is for, as an upstream application should see it in `HTTP_HOST`: `$host` and
+    /// the port the client wrote (nginx 1.30's `$host$is_request_port$request_port`). Unlike the raw `Host`
+    /// field it follows an absolute-form target, so `GET http://example.com/` with `Host: other` is for
+    /// `example.com`. Nil without a `Host` or an absolute-form target.
+    public var effectiveAuthority: String? {
+        guard let host else { return nil }
+        guard let port = requestPort else { return host }
+        return host + ":" + port
+    }
+
     /// `example.com:8080` of `http://example.com:8080/path`, or nil for an origin-form target.
     private var absoluteFormAuthority: String? {
         let rest: Substring

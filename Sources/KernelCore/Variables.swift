@@ -110,6 +110,9 @@ enum StandardVariables {
 
         // Names and addresses.
         registry.register("host") { $0.request.host ?? $0.route.serverName }
+        // nginx 1.30's pair, for `$host$is_request_port$request_port`.
+        registry.register("request_port") { $0.request.requestPort ?? "" }
+        registry.register("is_request_port") { $0.request.requestPort == nil ? "" : ":" }
         registry.register("hostname") { _ in Hostname.value }
         // nginx's `$pid`: the process (the worker, under a master) that handles the request.
         registry.register("pid") { _ in String(getpid()) }

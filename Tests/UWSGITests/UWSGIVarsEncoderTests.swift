@@ -66,6 +66,26 @@ final class UWSGIVarsEncoderTests: XCTestCase {
         XCTAssertFalse(contains([0xEF, 0xBF, 0xBD]), "no U+FFFD reaches the peer")
     }
 
+    func testHostIsTheRequestsAuthorityAndAnEmptyChunkedBodyHasLengthZero() {
+        func variable(_ name: String, of request: KernelRequest) -> String? {
+            base.variables(for: request, route: RouteInfo())[name]
+        }
+        XCTAssertEqual(variable("HTTP_HOST", of: request(["Host": "Example.COM.:8080"])), "example.com:8080")
+        XCTAssertEqual(variable("HTTP_HOST", of: request(["Host": "[::1]:9000"])), "[::1]:9000")
+        XCTAssertEqual(variable("HTTP_HOST", of: request(["Host": "example.com"])), "example.com")
+        var absolute = request(["Host": "other"])
+        absolute.uri = "http://Example.com:8080/abs?q=1"
+        XCTAssertEqual(variable("HTTP_HOST", of: absolute), "example.com:8080",
+                       "the target's authority, never a Host that contradicts it")
+        assertSamePacket(base, absolute)
+        XCTAssertNil(variable("HTTP_HOST", of: request([:])))
+
+        let emptyChunked = request(["Host": "h", "Transfer-Encoding": "chunked"], body: "")
+        XCTAssertEqual(variable("CONTENT_LENGTH", of: emptyChunked), "0", "WSGI reads 0, not no length")
+        assertSamePacket(base, emptyChunked)
+        XCTAssertEqual(variable("CONTENT_LENGTH", of: request(["Host": "h"])), "", "no body declared: empty, as nginx")
+    }
+
     func testAStreamedBodysLengthIsItsDeclaredOne() {
         var streamed = request(["Host": "h"])
         streamed.bodySource = .stream(RequestBodyStream(length: 12345, eventLoop: EmbeddedEventLoop()))
