@@ -113,12 +113,15 @@ public struct InferenceHandler: RequestHandler {
         if case .notFound(let message) = resolution { throw KernelHTTPError(404, message) }
         if action == "ready" {
             return try read {
-                if case .notReady(let message) = resolution { return .error(400, message) }
-                return KernelResponse(status: 200)
+                switch resolution {
+                case .noVersionReady(let message), .notReady(let message): return .error(400, message)
+                default: return KernelResponse(status: 200)
+                }
             }
         }
+        if case .noVersionReady(let message) = resolution { throw KernelHTTPError(404, message) }
         guard case .ready(let model) = resolution else {
-            if case .notReady(let message) = resolution { throw KernelHTTPError(400, message) }
+            if case .notReady(let message) = resolution { throw KernelHTTPError(503, message) }
             throw KernelHTTPError(404, "not found: \(request.path)")
         }
         switch action {

@@ -10,6 +10,12 @@ import NIOCore
 /// `datatype` or `shape` (JSON members have no order) is checked in passing and decoded once they are known.
 /// Binary inputs are slices of the body, not copies.
 struct InferenceRequestDecoder {
+    /// Triton's answer to a tensor named for a shared memory region it does not have (none is ever registered
+    /// here: `/v2/systemsharedmemory` and `/v2/cudasharedmemory` are not served).
+    static func noSharedMemory(_ region: JSONValue) -> KernelHTTPError {
+        KernelHTTPError(400, "Unable to find shared memory region: '\(region.stringValue ?? "")'")
+    }
+
     var cursor: JSONReader.Cursor
     let body: ByteBuffer
     let jsonLength: Int
@@ -203,6 +209,7 @@ struct InferenceRequestDecoder {
             default: try decoder.cursor.skipValue(depth: 2)
             }
         }
+        if let region = header.parameters?["shared_memory_region"] { throw Self.noSharedMemory(region) }
         let checked = try header.checked ?? check(header)
         if let sizeValue = header.parameters?["binary_data_size"] {
             guard case .number(let number) = sizeValue, let size = number.int64, size >= 0 else {
@@ -484,6 +491,9 @@ struct InferenceRequestDecoder {
                 guard !outputs.contains(where: { $0.name == name }) else {
                     throw KernelHTTPError(400, "output '\(name)' already exists in request")
                 }
+                // No shared memory is registered here (the extension is not offered): an output meant for a region
+                // would be answered in the body while the client reads the region.
+                if let region = item["parameters"]?["shared_memory_region"] { throw Self.noSharedMemory(region) }
                 var binaryFlag: Bool?
                 if let flag = item["parameters"]?["binary_data"] {
                     guard let value = flag.boolValue else { throw KernelHTTPError(400, "output '\(name)': binary_data must be a boolean") }

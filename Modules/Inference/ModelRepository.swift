@@ -108,9 +108,12 @@ struct ModelEntry: Sendable {
 /// How a request names a model version: the version it reaches, or why it reaches none.
 public enum ModelResolution: Sendable {
     case ready(LoadedModel)
-    /// Triton's 404 (no such model, or no such version).
+    /// Triton's 404 (NOT_FOUND): no such model or no such version.
     case notFound(String)
-    /// Triton's 400 for a model that exists but is not ready.
+    /// Triton's 404 (NOT_FOUND) too, but of a model that exists: the request names no version and none is ready
+    /// (loading, failed, unloaded). Its `/ready` is a plain 400, as for a version that is not ready.
+    case noVersionReady(String)
+    /// Triton's 503 (UNAVAILABLE): the version the request names exists but is not ready.
     case notReady(String)
 }
 
@@ -236,7 +239,7 @@ public final class ModelRepository: ReadinessCheck, Sendable {
                 chosen = found
             } else {
                 guard let found = ModelRepository.defaultVersion(of: entry) else {
-                    return .notReady("Request for unknown model: '\(name)' has no available versions")
+                    return .noVersionReady("Request for unknown model: '\(name)' has no available versions")
                 }
                 chosen = found
             }
@@ -244,9 +247,14 @@ public final class ModelRepository: ReadinessCheck, Sendable {
                 if takingLease { model.leases.take() }
                 return .ready(model)
             }
-            var message = "Request for unknown model: '\(name)' version \(chosen.configuration.version) is not at ready state"
-            if case .failed(let reason) = chosen.state { message += ": \(reason)" }
-            return .notReady(message)
+            var state = "version \(chosen.configuration.version) is not at ready state"
+            if case .failed(let reason) = chosen.state { state += ": \(reason)" }
+            guard version != nil else {
+                // Triton's answer (NOT_FOUND) when no version is named and none is ready; what the highest version
+                // is doing is said after it.
+                return .noVersionReady("Request for unknown model: '\(name)' has no available versions (\(state))")
+            }
+            return .notReady("Request for unknown model: '\(name)' \(state)")
         }
     }
 

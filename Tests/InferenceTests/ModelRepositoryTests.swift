@@ -537,8 +537,11 @@ final class ModelRepositoryTests: XCTestCase {
 
     func testRoutingReachesTheHighestReadyVersion() throws {
         let repository = try entryRepository()
-        guard case .notReady(let loading) = repository.resolve("m", version: nil) else { return XCTFail() }
-        XCTAssertEqual(loading, "Request for unknown model: 'm' version 3 is not at ready state")
+        // Triton: no version named and none ready is NOT_FOUND; a named one that is not ready, UNAVAILABLE.
+        guard case .noVersionReady(let loading) = repository.resolve("m", version: nil) else { return XCTFail() }
+        XCTAssertEqual(loading, "Request for unknown model: 'm' has no available versions (version 3 is not at ready state)")
+        guard case .notReady(let named) = repository.resolve("m", version: "3") else { return XCTFail() }
+        XCTAssertEqual(named, "Request for unknown model: 'm' version 3 is not at ready state")
         XCTAssertEqual(repository.notReady().map(\.reason), ["loading"])
         setVersion(repository, 1) { .ready(self.loaded($0)) }
         setVersion(repository, 2) { .ready(self.loaded($0)) }

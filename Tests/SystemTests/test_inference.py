@@ -225,7 +225,8 @@ def test_model_that_fails_to_load_is_not_ready_and_others_serve(start_kernel, tm
     assert not client.is_server_ready()
     assert client.is_model_ready("demo")
     response = post(kernel, "/v2/models/broken/infer", {"inputs": [good_input()]})
-    assert_error(response, 400, "Request for unknown model: 'broken' version 1 is not at ready state")
+    # Triton: no version named and none ready is NOT_FOUND (404); the reason follows.
+    assert_error(response, 404, "Request for unknown model: 'broken' has no available versions (version 1 is not at ready state")
     assert client.infer("demo", [demo_input(demo_rows(1, 3), False)]).as_numpy("output").shape == (1, 10)
 
 

@@ -186,7 +186,7 @@ def test_load_and_unload_while_wrk_drives_another_model(start_kernel, tmp_path):
         assert response.status_code == 200, response.text
         assert requests.get(kernel.url("/v2/models/demo/ready"), timeout=10).status_code == 400
         gone = infer(kernel, "demo", array)
-        assert gone.status_code == 400 and "is not at ready state: unloaded" in gone.json()["error"], gone.text
+        assert gone.status_code == 404 and "has no available versions (version 2 is not at ready state: unloaded)" in gone.json()["error"], gone.text
         listed = index(kernel)
         assert {"name": "demo", "version": "2", "state": "UNAVAILABLE", "reason": "unloaded"} in listed
         assert all(entry["name"] != "demo" for entry in index(kernel, {"ready": True}))
@@ -454,7 +454,8 @@ def test_a_load_or_unload_reaches_every_worker_process_and_a_respawned_worker_re
 
     client.unload_model("other")
     seen = worker_answers(kernel, "other", array)
-    assert len(seen) == 2 and all(status == 400 for statuses in seen.values() for status in statuses), seen
+    # Unloaded in every worker: Triton's 404 "has no available versions" from each.
+    assert len(seen) == 2 and all(status == 404 for statuses in seen.values() for status in statuses), seen
 
     # A load that fails everywhere names the failure of the worker that took it, and changes nothing.
     refused = post(kernel, "/v2/repository/models/demo/load", {"parameters": {"config": json.dumps({"max_batch_size": "x"})}})

@@ -143,7 +143,7 @@ public final class Pipeline: Sendable {
         let loaded: LoadedModel
         switch repository.resolve(model, version: nil, takingLease: true) {
         case .ready(let model): loaded = model
-        case .notFound(let message), .notReady(let message):
+        case .notFound(let message), .noVersionReady(let message), .notReady(let message):
             return eventLoop.makeFailedFuture(KernelHTTPError(503, message))
         }
         var submitOptions = options
