@@ -32,12 +32,9 @@ public struct ProxyPassConfiguration: Sendable {
     public var resolver: any PeerAddressResolver = PeerAddressBook()
     /// The largest response head accepted (nginx `proxy_buffer_size`, one memory page).
     public var bufferSize = 4096
-    /// nginx's `proxy_buffering`: on, the answer is read from the upstream ahead of the client, up to
-    /// `readAheadSize`; off (or an upstream's `X-Accel-Buffering: no`), each part is read only when the client has
-    /// taken the one before, and goes out the moment it arrives.
-    public var buffering = true
-    /// nginx's `proxy_buffers NUMBER SIZE` as one total: how much of an answer is held ahead of the client.
-    public var readAheadSize = 8 * 4096
+    /// nginx's `proxy_buffering`, `proxy_buffers`, `proxy_max_temp_file_size` and `proxy_temp_path`: how far the
+    /// answer is read ahead of the client (in memory, then a temporary file).
+    public var buffering = UpstreamBuffering(tempPath: "proxy_temp")
     /// nginx's `proxy_request_buffering`: off, the body is sent to the upstream while it arrives.
     public var requestBuffering = true
     /// `proxy_redirect`: the rules applied to `Location` and `Refresh` (empty for `off`).
@@ -66,7 +63,8 @@ public struct ProxyPassConfiguration: Sendable {
 
     /// Whether a response header (lower-cased) stays from the client: nginx's `proxy_hide_header` defaults
     /// (`X-Pad`, `X-Accel-*`; `Date` and `Server` the engine drops itself), the location's own, less those
-    /// `proxy_pass_header` names. `X-Accel-Buffering` is read by the handler first, which hides it then.
+    /// `proxy_pass_header` names. `X-Accel-Buffering` is read by `UpstreamBuffering.apply` first, which hides it
+    /// then.
     func hides(_ lowercasedName: String) -> Bool {
         if lowercasedName == "x-accel-buffering" { return false }
         if hiddenHeaders.contains(lowercasedName) { return true }
@@ -118,14 +116,8 @@ public struct ProxyPassConfiguration: Sendable {
             // The engine's own answer (502, 504): nothing of an upstream to rewrite.
             return response
         }
-        var response = response
-        var buffered = buffering
-        if let accel = response.headers["X-Accel-Buffering"] {
-            // nginx honours the upstream's choice in both directions.
-            if accel.equalsCaseInsensitive("no") { buffered = false }
-            if accel.equalsCaseInsensitive("yes") { buffered = true }
-            if !passedHeaders.contains("x-accel-buffering") { response.headers.remove("X-Accel-Buffering") }
-        }
+        var response = buffering.apply(to: response, passAccelHeader: passedHeaders.contains("x-accel-buffering"),
+                                       logger: context.logger, eventLoop: context.eventLoop)
         if !redirects.isEmpty {
             let variables = VariableContext(request: request, route: context.route)
             for (index, field) in response.headers.enumerated() {
@@ -141,9 +133,6 @@ public struct ProxyPassConfiguration: Sendable {
                     }
                 }
             }
-        }
-        if buffered, case .stream(let stream) = response.body {
-            response.body = .stream(ProxyReadAhead(stream, limit: readAheadSize, eventLoop: context.eventLoop).stream)
         }
         return response
     }
@@ -272,92 +261,5 @@ struct HTTPUpstreamProtocol: UpstreamProtocol {
 
     func finishResponse(_ response: KernelResponse, request: KernelRequest, context: RequestContext) -> KernelResponse {
         configuration.finish(response, request: request, context: context)
-    }
-}
-
-/// `proxy_buffering on`: reads an upstream answer ahead of the client, up to `limit` bytes, so that the upstream
-/// is freed while a slow client is still being written to. What has arrived when the client asks is handed over
-/// at once, joined into one part, so reading ahead never holds a part back. Lives on the request's event loop.
-final class ProxyReadAhead: @unchecked Sendable {
-    private let upstream: ResponseBodyStream
-    private let limit: Int
-    private let eventLoop: any EventLoop
-    private var held = CircularBuffer<ByteBuffer>()
-    private var heldBytes = 0
-    private var reading = false
-    private var ended = false
-    private var failure: (any Error)?
-    private var waiter: EventLoopPromise<ByteBuffer?>?
-    private var cancelled = false
-
-    init(_ upstream: ResponseBodyStream, limit: Int, eventLoop: any EventLoop) {
-        self.upstream = upstream
-        self.limit = limit
-        self.eventLoop = eventLoop
-    }
-
-    /// The stream the client pulls.
-    var stream: ResponseBodyStream {
-        ResponseBodyStream(next: { self.next() }, cancel: { self.cancel() })
-    }
-
-    private func next() -> EventLoopFuture<ByteBuffer?> {
-        guard eventLoop.inEventLoop else { return eventLoop.flatSubmit { self.next() } }
-        if var first = held.popFirst() {
-            while let part = held.popFirst() { first.writeImmutableBuffer(part) }
-            heldBytes = 0
-            fill()
-            return eventLoop.makeSucceededFuture(first)
-        }
-        if let failure { return eventLoop.makeFailedFuture(failure) }
-        if ended { return eventLoop.makeSucceededFuture(nil) }
-        let promise = eventLoop.makePromise(of: ByteBuffer?.self)
-        waiter = promise
-        fill()
-        return promise.futureResult
-    }
-
-    /// One more upstream read, unless one is under way or enough is held.
-    private func fill() {
-        guard !reading, !ended, !cancelled, failure == nil, heldBytes < limit else { return }
-        reading = true
-        upstream.next().hop(to: eventLoop).assumeIsolated().whenComplete { result in
-            self.reading = false
-            switch result {
-            case .success(.some(let part)):
-                if let waiter = self.waiter {
-                    self.waiter = nil
-                    waiter.succeed(part)
-                } else {
-                    self.held.append(part)
-                    self.heldBytes += part.readableBytes
-                }
-                self.fill()
-            case .success(.none):
-                self.ended = true
-                if let waiter = self.waiter {
-                    self.waiter = nil
-                    waiter.succeed(nil)
-                }
-            case .failure(let error):
-                self.failure = error
-                if let waiter = self.waiter {
-                    self.waiter = nil
-                    waiter.fail(error)
-                }
-            }
-        }
-    }
-
-    private func cancel() {
-        guard eventLoop.inEventLoop else { return eventLoop.execute { self.cancel() } }
-        cancelled = true
-        held.removeAll()
-        heldBytes = 0
-        upstream.cancel()
-        if let waiter {
-            self.waiter = nil
-            waiter.succeed(nil)
-        }
     }
 }

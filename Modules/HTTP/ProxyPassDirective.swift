@@ -10,8 +10,8 @@ enum ProxyPassFactory {
     static let optionKeys = [
         "proxy_set_header", "proxy_hide_header", "proxy_pass_header", "proxy_redirect", "proxy_http_version",
         "proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout", "proxy_next_upstream", "proxy_buffer_size",
-        "proxy_buffers", "proxy_buffering", "proxy_request_buffering", "proxy_pass_request_headers",
-        "proxy_pass_request_body",
+        "proxy_buffers", "proxy_buffering", "proxy_max_temp_file_size", "proxy_temp_path", "proxy_request_buffering",
+        "proxy_pass_request_headers", "proxy_pass_request_body",
     ]
 
     static func make(value: ConfigValue, location: ConfigMapping, context: LocationContext,
@@ -99,8 +99,8 @@ enum ProxyPassFactory {
             guard parsed.bytes >= 64, parsed.bytes <= 1 << 20 else { throw size.expected("a size from 64 bytes to 1m") }
             configuration.bufferSize = parsed.bytes
         }
-        if let buffers = location.optional("proxy_buffers") { configuration.readAheadSize = try decodeBuffers(buffers) }
-        if let flag = location.optional("proxy_buffering") { configuration.buffering = try flag.bool() }
+        configuration.buffering = try UpstreamBuffering.decode(location, prefix: "proxy",
+                                                               defaultTempPath: registrar.runDirectory + "/proxy_temp")
         if let flag = location.optional("proxy_request_buffering") { configuration.requestBuffering = try flag.bool() }
         if let names = location.optional("proxy_hide_header") {
             configuration.hiddenHeaders = Set(try decodeNames(names).map { $0.lowercased() })
@@ -208,18 +208,6 @@ enum ProxyPassFactory {
         } catch {
             throw value.error(error.description)
         }
-    }
-
-    /// `proxy_buffers: "8 4k"`: the total a buffered answer may be read ahead of the client.
-    static func decodeBuffers(_ value: ConfigValue) throws -> Int {
-        let what = "\"NUMBER SIZE\" such as \"8 4k\""
-        guard let text = value.node.scalarText else { throw value.expected(what) }
-        let parts = text.split(whereSeparator: { $0 == " " || $0 == "\t" })
-        guard parts.count == 2, let count = Int(parts[0]), (2...1024).contains(count),
-              let size = ByteSize(parsing: String(parts[1])), size.bytes >= 512, size.bytes <= 1 << 20 else {
-            throw value.expected(what + " (2 to 1024 buffers of 512 bytes to 1m)")
-        }
-        return count * size.bytes
     }
 
     /// A header name or a list of them.

@@ -24,7 +24,7 @@ struct HTTPUpstreamProber: UpstreamProber {
         configuration.sendTimeout = timeout
         configuration.readTimeout = timeout
         configuration.nextUpstream = []
-        configuration.buffering = false
+        configuration.buffering.enabled = false
         let book = PeerAddressBook()
         let settings = configuration
         // A named peer was resolved when its group loaded; resolving here again would block the event loop.

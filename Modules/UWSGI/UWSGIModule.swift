@@ -116,7 +116,7 @@ public enum UWSGIModule: KernelModule {
             "uwsgi_param", "uwsgi_pass_request_headers", "uwsgi_connect_timeout", "uwsgi_send_timeout",
             "uwsgi_read_timeout", "uwsgi_buffer_size", "uwsgi_next_upstream", "uwsgi_next_upstream_tries",
             "uwsgi_next_upstream_timeout", "uwsgi_request_buffering", "request_timeout", "request_timeout_header",
-        ])
+        ] + UpstreamBuffering.keys(prefix: "uwsgi"))
         guard registrar.role != .edge else {
             if !configuration.listeners.isEmpty {
                 registrar.logger.info("uwsgi listeners are not opened in role edge")
@@ -194,6 +194,8 @@ enum UWSGIPassFactory {
             guard parsed.bytes >= 64 else { throw size.expected("a size of at least 64 bytes") }
             configuration.bufferSize = parsed.bytes
         }
+        configuration.buffering = try UpstreamBuffering.decode(location, prefix: "uwsgi",
+                                                               defaultTempPath: registrar.runDirectory + "/uwsgi_temp")
         if let modifier = location.optional("uwsgi_modifier1") {
             configuration.modifier1 = UInt8(try modifier.int(in: 0...255))
         }

@@ -61,6 +61,10 @@ public struct UWSGIPassConfiguration: Sendable {
     public var requestBuffering = true
     /// The largest response head accepted (nginx `uwsgi_buffer_size`).
     public var bufferSize: Int
+    /// nginx's `uwsgi_buffering`, `uwsgi_buffers`, `uwsgi_max_temp_file_size` and `uwsgi_temp_path`: the answer is
+    /// read ahead of the client (in memory, then a temporary file), so that a slow client does not hold the
+    /// application's worker.
+    public var buffering = UpstreamBuffering(tempPath: "uwsgi_temp")
     public var modifier1: UInt8
     public var modifier2: UInt8
     /// nginx's `uwsgi_next_upstream`: which failures go on to the group's next peer.
@@ -255,9 +259,17 @@ struct UWSGIUpstreamProtocol: UpstreamProtocol {
         UWSGIResponseParser(maxHeadSize: configuration.bufferSize)
     }
 
-    /// nginx's `uwsgi_hide_header` defaults (`Status`, `X-Accel-*`), and `X-Pad`.
+    /// nginx's `uwsgi_hide_header` defaults (`Status`, `X-Accel-*`), and `X-Pad`. `X-Accel-Buffering` is read by
+    /// `finishResponse` first, which hides it then.
     func hidesResponseHeader(_ name: String) -> Bool {
         name.equalsCaseInsensitive("status") || name.equalsCaseInsensitive("x-pad")
-            || HTTPToken.equalCaseInsensitive(name.utf8.prefix(8), "x-accel-".utf8)
+            || (HTTPToken.equalCaseInsensitive(name.utf8.prefix(8), "x-accel-".utf8)
+                && !name.equalsCaseInsensitive("x-accel-buffering"))
+    }
+
+    /// The answer's body read ahead of the client (`uwsgi_buffering`, or the application's `X-Accel-Buffering`).
+    func finishResponse(_ response: KernelResponse, request: KernelRequest, context: RequestContext) -> KernelResponse {
+        configuration.buffering.apply(to: response, passAccelHeader: false, logger: context.logger,
+                                      eventLoop: context.eventLoop)
     }
 }

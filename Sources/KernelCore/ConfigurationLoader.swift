@@ -36,6 +36,7 @@ public struct ConfigurationLoader: Sendable {
         let root = try parse(file).mapping()
         let core = try CoreConfiguration.decode(root.optional(CoreConfiguration.key), directory: ConfigPath.directory(of: file))
         let registrar = Registrar(role: role, mode: mode, configurationFile: file, runtime: runtime)
+        registrar.runDirectory = ConfigPath.directory(of: core.pidFile)
         var active: [String] = []
         for module in modules {
             let value: ConfigValue

@@ -30,6 +30,9 @@ public final class Registrar: @unchecked Sendable {
     public let mode: Mode
     /// The configuration file, as given on the command line.
     public let configurationFile: String
+    /// The directory of the pid file, under which the temp paths lie by default (`proxy_temp`, `uwsgi_temp`), as
+    /// nginx keeps them under its prefix. Set from `kernel.pid` before the modules load.
+    public internal(set) var runDirectory = "."
     public let runtime: KernelRuntime
     public var logger: Logger { runtime.logger }
     public var eventLoopGroup: any EventLoopGroup { runtime.eventLoopGroup }

@@ -96,21 +96,8 @@ public final class SpooledRequestBody: @unchecked Sendable {
     }
 
     private func readNow(from offset: Int64, count: Int, allocator: ByteBufferAllocator) throws -> ByteBuffer {
-        var buffer = allocator.buffer(capacity: count)
-        var done = 0
-        while done < count {
-            let got = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count - done) { pointer -> Int in
-                while true {
-                    let n = pread(descriptor, pointer.baseAddress, count - done, off_t(offset + Int64(done)))
-                    if n >= 0 { return n }
-                    if errno != EINTR { throw RequestBodyError.io("pread() \"\(path)\" failed (\(errno): \(String(cString: strerror(errno))))") }
-                }
-            }
-            // The file holds exactly `length` bytes: a short read is a truncated file.
-            guard got > 0 else { throw RequestBodyError.io("pread() \"\(path)\" returned a short read") }
-            done += got
-        }
-        return buffer
+        // The file holds exactly `length` bytes: a short read is a truncated file.
+        try TemporaryFile.read(from: descriptor, path: path, offset: offset, count: count, allocator: allocator)
     }
 }
 
@@ -214,30 +201,42 @@ public final class RequestBodySink {
         return (memory, nil)
     }
 
-    /// nginx's temporary file names: ten digits, a sequence number (unique per process; another process using the
-    /// same directory makes `O_EXCL` fail and the next number is tried).
+    private func openTemporaryFile() throws {
+        (descriptor, path) = try TemporaryFile.create(in: tempDirectory)
+        logger.warning("a client request body is buffered to a temporary file \(path)")
+    }
+
+    private func write(_ buffer: ByteBuffer) throws {
+        try TemporaryFile.write(buffer, to: descriptor, path: path)
+    }
+}
+
+/// The temporary files of request bodies and of buffered upstream answers, made as nginx makes them: a name of
+/// ten digits in the temp path (created on first use, mode 0700), unlinked at once so that the file goes with its
+/// descriptor however its request ends. Plain `write(2)` and `pread(2)` calls, as nginx makes them without `aio`:
+/// the page cache takes them.
+public enum TemporaryFile {
+    /// A sequence number, unique per process; another process using the same directory makes `O_EXCL` fail and
+    /// the next number is tried.
     private static let sequence = ManagedAtomic<UInt64>(0)
 
-    private func openTemporaryFile() throws {
+    /// A new nameless file in `directory`: its descriptor, and the path it was made at (for log lines).
+    public static func create(in directory: String) throws -> (descriptor: CInt, path: String) {
         var createdDirectory = false
         var attempts = 0
         while true {
             attempts += 1
-            let number = String(RequestBodySink.sequence.wrappingIncrementThenLoad(ordering: .relaxed))
-            let candidate = tempDirectory + "/" + String(repeating: "0", count: max(0, 10 - number.count)) + number
+            let number = String(sequence.wrappingIncrementThenLoad(ordering: .relaxed))
+            let candidate = directory + "/" + String(repeating: "0", count: max(0, 10 - number.count)) + number
             let fd = open(candidate, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
             if fd >= 0 {
-                // Nameless from now on: the file goes with its descriptor, whatever happens to the request.
                 unlink(candidate)
-                descriptor = fd
-                path = candidate
-                logger.warning("a client request body is buffered to a temporary file \(candidate)")
-                return
+                return (fd, candidate)
             }
             let code = errno
             if code == ENOENT, !createdDirectory {
                 createdDirectory = true
-                try RequestBodySink.makeDirectories(tempDirectory)
+                try makeDirectories(directory)
                 continue
             }
             if code == EEXIST, attempts < 100 { continue }
@@ -246,7 +245,7 @@ public final class RequestBodySink {
     }
 
     /// `mkdir -p` with mode 0700, as nginx creates its temp paths.
-    static func makeDirectories(_ directory: String) throws {
+    public static func makeDirectories(_ directory: String) throws {
         var prefix = directory.hasPrefix("/") ? "" : "."
         for component in directory.split(separator: "/") {
             prefix += "/" + component
@@ -256,7 +255,8 @@ public final class RequestBodySink {
         }
     }
 
-    private func write(_ buffer: ByteBuffer) throws {
+    /// Writes all of `buffer` at the file's end.
+    public static func write(_ buffer: ByteBuffer, to descriptor: CInt, path: String) throws {
         try buffer.withUnsafeReadableBytes { bytes in
             var offset = 0
             while offset < bytes.count {
@@ -268,6 +268,25 @@ public final class RequestBodySink {
                 offset += n
             }
         }
+    }
+
+    /// Reads `count` bytes from `offset` into a new buffer; a short read (the file holds fewer) is an error.
+    public static func read(from descriptor: CInt, path: String, offset: Int64, count: Int,
+                            allocator: ByteBufferAllocator) throws -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: count)
+        var done = 0
+        while done < count {
+            let got = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count - done) { pointer -> Int in
+                while true {
+                    let n = pread(descriptor, pointer.baseAddress, count - done, off_t(offset + Int64(done)))
+                    if n >= 0 { return n }
+                    if errno != EINTR { throw RequestBodyError.io("pread() \"\(path)\" failed (\(errno): \(String(cString: strerror(errno))))") }
+                }
+            }
+            guard got > 0 else { throw RequestBodyError.io("pread() \"\(path)\" returned a short read") }
+            done += got
+        }
+        return buffer
     }
 }
 

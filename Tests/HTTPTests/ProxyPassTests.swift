@@ -368,36 +368,3 @@ final class ProxyPassTests: XCTestCase {
         XCTAssertEqual(PercentEncoding.escaped("/plain/7?x=1"), "/plain/7?x=1")
     }
 }
-
-/// `proxy_buffering on`: the answer is read ahead of the client, up to the limit, and what is held goes out at
-/// once, joined.
-final class ProxyReadAheadTests: XCTestCase {
-    func testReadsAheadUpToTheLimitAndHandsOverWhatIsHeld() throws {
-        let loop = EmbeddedEventLoop()
-        let pulls = NIOLockedValueBox(0)
-        let parts = NIOLockedValueBox(["aaaa", "bbbb", "cccc", "dddd"])
-        let upstream = ResponseBodyStream(next: {
-            pulls.withLockedValue { $0 += 1 }
-            let next = parts.withLockedValue { $0.isEmpty ? nil : $0.removeFirst() }
-            return loop.makeSucceededFuture(next.map { ByteBuffer(string: $0) })
-        }, cancel: {})
-        let stream = ProxyReadAhead(upstream, limit: 8, eventLoop: loop).stream
-        // The first pull reads one part for the client and goes on reading until 8 bytes are held.
-        XCTAssertEqual(try stream.next().wait().map { String(buffer: $0) }, "aaaa")
-        XCTAssertEqual(pulls.withLockedValue { $0 }, 3)
-        XCTAssertEqual(try stream.next().wait().map { String(buffer: $0) }, "bbbbcccc")
-        XCTAssertEqual(try stream.next().wait().map { String(buffer: $0) }, "dddd")
-        XCTAssertNil(try stream.next().wait())
-    }
-
-    func testAFailureAndACancelReachTheClient() throws {
-        let loop = EmbeddedEventLoop()
-        struct Broken: Error {}
-        let cancelled = NIOLockedValueBox(false)
-        let upstream = ResponseBodyStream(next: { loop.makeFailedFuture(Broken()) }, cancel: { cancelled.withLockedValue { $0 = true } })
-        let stream = ProxyReadAhead(upstream, limit: 8, eventLoop: loop).stream
-        XCTAssertThrowsError(try stream.next().wait())
-        stream.cancel()
-        XCTAssertTrue(cancelled.withLockedValue { $0 })
-    }
-}

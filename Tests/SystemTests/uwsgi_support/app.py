@@ -44,6 +44,15 @@ def stream():
     return Response((f"part {i}\n" for i in range(count)), mimetype="text/plain")
 
 
+@app.route("/big-stream")
+@app.route("/app/big-stream")
+def big_stream():
+    """`mib` MiB as a generator of 64 KiB blocks (no Content-Length): what a slow client must not hold a worker for."""
+    blocks = int(request.args.get("mib", "20")) * 16
+    block = b"k" * 65536
+    return Response((block for _ in range(blocks)), mimetype="application/octet-stream")
+
+
 @app.route("/raw", methods=["POST", "PUT"])
 @app.route("/app/raw", methods=["POST", "PUT"])
 def raw():
