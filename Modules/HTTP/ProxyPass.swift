@@ -167,9 +167,10 @@ public struct ProxyPassHandler: RequestHandler {
         configuration.requestBuffering && configuration.head.passRequestBody || !configuration.head.passRequestBody ? .spooled : .streamed
     }
 
-    /// A group with a `local` server passes the client leaving on to the worker side (`LocalPeer`); a remote
-    /// worker learns it from its connection closing.
-    public var cancelsWhenClientLeaves: Bool { configuration.upstream.group.localPeer != nil }
+    /// The client leaving closes the attempt in progress (the upstream learns it from its connection closing, and
+    /// its read timeout does not later count against it); a `local` server's worker side drops the request from
+    /// its model's queue (`LocalPeer`).
+    public var cancelsWhenClientLeaves: Bool { true }
 
     /// Whether a 101 may answer `request`: nginx tunnels only for a client that asked (`Upgrade` in its request),
     /// and the client's `Upgrade` is hop-by-hop and never passed, so the upstream is asked only by a

@@ -212,9 +212,10 @@ public struct UWSGIPassHandler: RequestHandler {
     /// connection, so it is never loaded into memory whole.
     public var requestBodyUse: RequestBodyUse { configuration.requestBuffering ? .spooled : .streamed }
 
-    /// A group with a `local` server passes the client leaving on to the worker side (`LocalPeer`); a remote
-    /// worker learns it from its connection closing.
-    public var cancelsWhenClientLeaves: Bool { configuration.upstream.group.localPeer != nil }
+    /// The client leaving closes the attempt in progress (a remote worker learns it from its connection closing,
+    /// and its read timeout does not later count against it); a `local` server's worker side drops the request
+    /// from its model's queue (`LocalPeer`).
+    public var cancelsWhenClientLeaves: Bool { true }
 
     /// The engine answers through a callback: a location without filters makes no future per request.
     public var answersThroughCallback: Bool { true }

@@ -77,10 +77,12 @@ final class UpstreamExchange: @unchecked Sendable {
     private var lastFailure: UpstreamFailure?
     /// When the first attempt began (`*_next_upstream_timeout` counts from it).
     private var firstAttemptStarted: UInt64?
-    // The request's deadline: the timer that answers 504 at it, whether it was reached, and the attempt it closes.
+    // The request's deadline and the timer that answers 504 at it.
     private let deadline: NIODeadline?
     private var deadlineTimer: Scheduled<Void>?
-    private var deadlineReached = false
+    /// The exchange closed its attempt itself (the deadline, or the client leaving): whatever the attempt does
+    /// next only gives its lease back (`releaseAbandoned`).
+    private var abandoned = false
     private var current: (handler: UpstreamConnectionHandler, peer: PeerAddress, started: UInt64)?
     /// The client has its answer (a response head, or an error): nothing more is sent to the promise.
     private var responded = false
@@ -116,14 +118,33 @@ final class UpstreamExchange: @unchecked Sendable {
         if let deadline {
             deadlineTimer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { self.reachDeadline() }
         }
+        context.cancellation?.whenCancelled { _ in
+            if self.eventLoop.inEventLoop { self.clientLeft() } else { self.eventLoop.execute { self.clientLeft() } }
+        }
         attempt()
     }
 
+    /// The client left before its answer's head (nginx's `proxy_ignore_client_abort off`): the attempt in progress
+    /// is closed at once, so the upstream learns of it and its read timeout does not run out later to count
+    /// against the peer, and its lease is given back as a client close, not a failure of the peer's.
+    private func clientLeft() {
+        guard !responded else { return }
+        abandoned = true
+        if let current {
+            let phase = current.handler.requestFullySent ? "reading response header from upstream" : "sending request to upstream"
+            context.logger.info("client prematurely closed connection, so upstream connection is closed too while \(phase)\(suffix(current.peer))")
+            current.handler.fail(UpstreamFailure.error("client prematurely closed connection"))
+        }
+        deadlineTimer?.cancel()
+        // The connection has finished the exchange (499): this answer goes nowhere, it only ends the exchange.
+        respond(.error(499, "client closed request"))
+    }
+
     /// The request's deadline: the attempt in progress is closed and the client answered 504 now. The attempt's
-    /// own completion then only gives its lease back (`releaseAfterDeadline`).
+    /// own completion then only gives its lease back (`releaseAbandoned`).
     private func reachDeadline() {
         guard !responded else { return }
-        deadlineReached = true
+        abandoned = true
         let failure = UpstreamFailure.timeout("upstream timed out (request deadline reached) while waiting for upstream")
         context.logger.error("\(failure.message)\(suffix(current?.peer))")
         if let current {
@@ -135,8 +156,9 @@ final class UpstreamExchange: @unchecked Sendable {
         respond(failure.response)
     }
 
-    /// A lease whose attempt the deadline ended: given back as a client close, not a failure of the peer's.
-    private func releaseAfterDeadline(_ lease: PeerLease, started: UInt64) {
+    /// A lease whose attempt the exchange ended (the deadline, the client leaving): given back as a client close,
+    /// not a failure of the peer's.
+    private func releaseAbandoned(_ lease: PeerLease, started: UInt64) {
         lease.finish(PeerLeaseOutcome(status: nil, bytesReceived: 0,
                                       durationNanoseconds: KernelClock.monotonicNanoseconds() &- started, clientClosed: true))
     }
@@ -203,8 +225,8 @@ final class UpstreamExchange: @unchecked Sendable {
     }
 
     private func leased(_ lease: PeerLease?) {
-        if deadlineReached {
-            if let lease { releaseAfterDeadline(lease, started: KernelClock.monotonicNanoseconds()) }
+        if abandoned {
+            if let lease { releaseAbandoned(lease, started: KernelClock.monotonicNanoseconds()) }
             return
         }
         if let lease { run(lease) } else { noPeer() }
@@ -294,8 +316,8 @@ final class UpstreamExchange: @unchecked Sendable {
                 }
                 self.connected(channel, lease: lease, handler: handler, started: started, connection: connection, reused: false)
             case .failure(let error):
-                if self.deadlineReached {
-                    self.releaseAfterDeadline(lease, started: started)
+                if self.abandoned {
+                    self.releaseAbandoned(lease, started: started)
                     return
                 }
                 let failure: UpstreamFailure
@@ -335,9 +357,9 @@ final class UpstreamExchange: @unchecked Sendable {
     private func answeredLocally(_ response: KernelResponse, lease: PeerLease, started: UInt64) {
         var response = response
         let headerNanoseconds = KernelClock.monotonicNanoseconds() &- started
-        if deadlineReached {
+        if abandoned {
             if case .stream(let stream) = response.body { stream.cancel() }
-            releaseAfterDeadline(lease, started: started)
+            releaseAbandoned(lease, started: started)
             return
         }
         let queueDepth = KernelQueueDepth.parse(response.headers[KernelQueueDepth.headerName])
@@ -377,8 +399,8 @@ final class UpstreamExchange: @unchecked Sendable {
     /// An attempt that gave no usable answer: the balancer hears of it, then the next peer or the last failure.
     private func failed(_ lease: PeerLease, _ failure: UpstreamFailure, started: UInt64, connectTime: Double?,
                         requestSent: Bool) {
-        if deadlineReached {
-            releaseAfterDeadline(lease, started: started)
+        if abandoned {
+            releaseAbandoned(lease, started: started)
             return
         }
         let now = KernelClock.monotonicNanoseconds()
@@ -400,9 +422,9 @@ final class UpstreamExchange: @unchecked Sendable {
     /// `connection` is set when the connection may go back to the pool after the answer.
     private func connected(_ channel: any Channel, lease: PeerLease, handler: UpstreamConnectionHandler,
                            started: UInt64, connection: UpstreamConnection?, reused: Bool) {
-        if deadlineReached {
+        if abandoned {
             channel.close(promise: nil)
-            releaseAfterDeadline(lease, started: started)
+            releaseAbandoned(lease, started: started)
             return
         }
         let connectTime = seconds(KernelClock.monotonicNanoseconds() &- started)
@@ -443,9 +465,9 @@ final class UpstreamExchange: @unchecked Sendable {
             case .success(let head):
                 self.answered(head, lease: lease, handler: handler, channel: channel, started: started, connectTime: connectTime)
             case .failure(let error):
-                if self.deadlineReached {  // closed by the deadline, already logged and answered
+                if self.abandoned {  // closed by the deadline or the client leaving, already logged and answered
                     channel.close(promise: nil)
-                    self.releaseAfterDeadline(lease, started: started)
+                    self.releaseAbandoned(lease, started: started)
                     return
                 }
                 if reused, let connection, self.isStale(after: error, sendError: sendError, connection: connection) {
@@ -492,9 +514,9 @@ final class UpstreamExchange: @unchecked Sendable {
     /// A head arrived: passed on, or (a status `*_next_upstream` names, with another peer to try) dropped.
     private func answered(_ head: UpstreamResponseHead, lease: PeerLease, handler: UpstreamConnectionHandler,
                           channel: any Channel, started: UInt64, connectTime: Double) {
-        if deadlineReached {
+        if abandoned {
             handler.close()
-            releaseAfterDeadline(lease, started: started)
+            releaseAbandoned(lease, started: started)
             return
         }
         let headerNanoseconds = KernelClock.monotonicNanoseconds() &- started

@@ -3,6 +3,7 @@ reports what it received: the request line, the headers, the body."""
 import hashlib
 import http.client
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -359,6 +360,22 @@ def test_an_upstream_that_hangs_is_a_504(start_kernel, backend):
     response, data = request(kernel, "GET", "/quick/hang")
     assert response.status == 504, data
     kernel.wait_for_log("upstream timed out (110: Connection timed out) while reading response header from upstream")
+
+
+def test_a_client_that_leaves_before_the_head_closes_the_upstream_connection_and_blames_no_peer(start_kernel, backend):
+    # nginx's proxy_ignore_client_abort off: the upstream connection closes with the client's, and its read
+    # timeout does not run out later as a failure of the peer's.
+    kernel = start(start_kernel, backend)
+    client = socket.create_connection(("127.0.0.1", kernel.port()), timeout=10)
+    client.sendall(b"GET /quick/hang HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    time.sleep(0.3)
+    client.close()
+    kernel.wait_for_log("client prematurely closed connection, so upstream connection is closed too while reading "
+                        "response header from upstream")
+    time.sleep(1.5)  # past proxy_read_timeout (1s)
+    assert "upstream timed out" not in kernel.log_text()
+    response, _ = request(kernel, "GET", "/quick/x")
+    assert response.status == 200
 
 
 def test_connection_refused_is_a_502(start_kernel, backend):
