@@ -9,6 +9,8 @@ public enum UWSGIResponseError: Error, Sendable, Hashable, CustomStringConvertib
     case invalidStatus(String)
     case headTooLarge(limit: Int)
     case invalidContentLength(String)
+    /// Two `Content-Length` lines that disagree (nginx 1.23+'s words for it).
+    case conflictingContentLength(String, previous: String)
     case unsupportedTransferEncoding(String)
 
     public var description: String {
@@ -18,6 +20,8 @@ public enum UWSGIResponseError: Error, Sendable, Hashable, CustomStringConvertib
         case .invalidStatus(let value): return "upstream sent invalid status \"\(escapeForLog(value))\""
         case .headTooLarge(let limit): return "upstream sent too big header (over \(limit) bytes)"
         case .invalidContentLength(let value): return "upstream sent invalid \"Content-Length\" header: \"\(escapeForLog(value))\""
+        case .conflictingContentLength(let value, let previous):
+            return "upstream sent duplicate header line: \"Content-Length: \(escapeForLog(value))\", previous value: \"Content-Length: \(escapeForLog(previous))\""
         case .unsupportedTransferEncoding(let value): return "upstream sent unsupported \"Transfer-Encoding\": \"\(escapeForLog(value))\""
         }
     }
@@ -107,17 +111,19 @@ public struct UWSGIResponseParser: UpstreamResponseParser, Sendable {
         if let encoding = headers["Transfer-Encoding"], !encoding.equalsCaseInsensitive("identity") {
             throw UWSGIResponseError.unsupportedTransferEncoding(encoding)
         }
-        var length: Int?
+        var length: (value: Int, text: String)?
         for value in headers.values("Content-Length") {
             guard let parsed = ContentLength.parse(value) else {
                 throw UWSGIResponseError.invalidContentLength(value)
             }
-            if let length, length != parsed { throw UWSGIResponseError.invalidContentLength(value) }
-            length = parsed
+            if let length, length.value != parsed {
+                throw UWSGIResponseError.conflictingContentLength(value, previous: length.text)
+            }
+            length = (parsed, value)
         }
         defer { headers = HeaderFields() }
         return UpstreamResponseHead(status: status, reason: reason, headers: headers,
-                                    framing: length.map { .length(Int64($0)) } ?? .untilClose)
+                                    framing: length.map { .length(Int64($0.value)) } ?? .untilClose)
     }
 
     /// `HTTP/1.1 200 OK` → (200, "OK"); the reason may be empty or absent.

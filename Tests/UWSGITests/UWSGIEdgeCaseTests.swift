@@ -92,6 +92,16 @@ final class UWSGIInterimAnswerTests: XCTestCase {
                 XCTAssertEqual(uwsgiError(error), .invalidContentLength(value))
             }
         }
+        // Two lines that agree are one length; two that disagree are refused in nginx's words.
+        let twice = try channel(head: true)
+        try twice.writeInbound(buffer("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"))
+        XCTAssertEqual(try drainResponse(twice).heads.count, 1)
+        let conflicting = try channel()
+        XCTAssertThrowsError(try conflicting.writeInbound(buffer("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\n"))) { error in
+            XCTAssertEqual(uwsgiError(error), .conflictingContentLength("5", previous: "3"))
+            XCTAssertEqual(uwsgiError(error)?.description,
+                           "upstream sent duplicate header line: \"Content-Length: 5\", previous value: \"Content-Length: 3\"")
+        }
     }
 }
 
