@@ -130,6 +130,7 @@ public final class UpstreamResponseBuffer: @unchecked Sendable {
 
     private func next() -> EventLoopFuture<ByteBuffer?> {
         guard eventLoop.inEventLoop else { return eventLoop.flatSubmit { self.next() } }
+        if cancelled { return eventLoop.makeSucceededFuture(nil) }
         if var first = memory.popFirst() {
             while let part = memory.popFirst() { first.writeImmutableBuffer(part) }
             memoryBytes = 0

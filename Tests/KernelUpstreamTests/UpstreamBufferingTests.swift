@@ -116,6 +116,13 @@ final class UpstreamBufferingTests: XCTestCase {
         spilled.stream.cancel()
         XCTAssertTrue(cancelled.withLockedValue { $0 })
         XCTAssertNil(try spilled.stream.next().wait(), "nothing after a cancel")
+        // An upstream that has not ended: a pull after the cancel ends at once too.
+        let endless = ResponseBodyStream(next: { loop.makeSucceededFuture(ByteBuffer(string: "more")) }, cancel: {})
+        let open = UpstreamResponseBuffer(endless, settings: settings(memory: 8, file: 0), logger: Logger(label: "test"),
+                                          eventLoop: loop).stream
+        _ = try open.next().wait()
+        open.cancel()
+        XCTAssertNil(try open.next().wait())
     }
 
     func testXAccelBufferingChoosesAndIsHiddenAndTheEnginesOwnAnswersPassUntouched() throws {
