@@ -118,7 +118,10 @@ final class UpstreamExchange: @unchecked Sendable {
         if let deadline {
             deadlineTimer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { self.reachDeadline() }
         }
-        context.cancellation?.whenCancelled { _ in
+        // Weakly: the exchange holds its context, which holds the cancellation and its callbacks; a strong
+        // reference back would keep every exchange (its request, its answer) alive for good.
+        context.cancellation?.whenCancelled { [weak self] _ in
+            guard let self else { return }
             if self.eventLoop.inEventLoop { self.clientLeft() } else { self.eventLoop.execute { self.clientLeft() } }
         }
         attempt()

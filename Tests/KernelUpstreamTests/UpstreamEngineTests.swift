@@ -1,3 +1,4 @@
+import Foundation
 import KernelCore
 import Logging
 import NIOConcurrencyHelpers
@@ -70,6 +71,47 @@ final class UpstreamEngineTests: XCTestCase {
         XCTAssertEqual(report.attempts.first?.status, 201)
         XCTAssertNotNil(report.attempts.first?.connectTime)
         XCTAssertNotNil(report.attempts.first?.headerTime)
+    }
+
+    func testAnExchangeThatWatchesForTheClientLeavingIsReleasedOnceAnswered() throws {
+        // The exchange holds its context, which holds the cancellation and its callbacks: a strong reference back
+        // from the callback would keep every exchange alive (a leak per proxied request).
+        let peer = try peer(answer: ["200 len:2\n\nok"])
+        weak var watched: RequestCancellation?
+        try {
+            let cancellation = RequestCancellation()
+            watched = cancellation
+            let context = RequestContext(eventLoop: group.next(), logger: Logger(label: "test"), route: RouteInfo(),
+                                         cancellation: cancellation)
+            let response = try engine(RecordingGroup([peer.address])).proxy(makeRequest(), context: context).wait()
+            XCTAssertEqual(try collectBody(response.body), "ok")
+        }()
+        // The engine lets go of the exchange on its event loop: wait for a turn of it.
+        try group.next().submit {}.wait()
+        XCTAssertNil(watched, "the exchange, its context and its cancellation are gone")
+    }
+
+    func testAClientLeavingBeforeTheHeadClosesTheAttemptAndBlamesNoPeer() throws {
+        let closed = NIOLockedValueBox(false)
+        let peer = try peer { channel, _ in
+            // Never answers; notes when the edge closes the connection.
+            channel.closeFuture.whenComplete { _ in closed.withLockedValue { $0 = true } }
+        }
+        let upstreams = RecordingGroup([peer.address])
+        let cancellation = RequestCancellation()
+        let logger = Logger(label: "test") { _ in RecordingLogHandler(messages: self.messages) }
+        let context = RequestContext(eventLoop: group.next(), logger: logger, route: RouteInfo(), cancellation: cancellation)
+        let answer = engine(upstreams, readTimeout: .seconds(30)).proxy(makeRequest(), context: context)
+        let deadline = Date().addingTimeInterval(5)
+        while peer.requests.isEmpty, Date() < deadline { usleep(10_000) }
+        cancellation.cancel("client prematurely closed connection")
+        XCTAssertEqual(try answer.wait().status, 499)
+        while !closed.withLockedValue({ $0 }), Date() < deadline { usleep(10_000) }
+        XCTAssertTrue(closed.withLockedValue { $0 }, "the upstream connection is closed at once")
+        while upstreams.finished.isEmpty, Date() < deadline { usleep(10_000) }
+        let outcome = try XCTUnwrap(upstreams.finished.first?.1)
+        XCTAssertTrue(outcome.clientClosed && outcome.failure == nil, "a client close, not the peer's failure")
+        XCTAssertTrue(log.contains { $0.contains("client prematurely closed connection, so upstream connection is closed too while reading response header from upstream") }, "\(log)")
     }
 
     func testAWorkersQueueDepthGoesToTheBalancerNotTheClient() throws {
