@@ -228,7 +228,9 @@ extension HTTPConnectionHandler: DrivenConnection {
         if showPhase { line += " while \(phase ?? machine.phaseDescription(requestBytesSeen: requestBytesSeen))" }
         line += ", client: \(connection.remoteIP), server: \(settings.listener)"
         if let shown = requestLine ?? current?.request.requestLine { line += ", request: \"\(shown)\"" }
-        runtime.logger.info("\(line)")
+        // nginx's levels: a body over `client_max_body_size` is an [error] (seen at the default log level, as a
+        // limit the operator set was hit); a malformed or slow request is the client's and goes at [info].
+        if error.status == 413 { runtime.logger.error("\(line)") } else { runtime.logger.info("\(line)") }
         var response = KernelResponse.error(error.status, error.clientMessage)
         // A routed request's refusal (413) gets the location's header filters, as nginx's own error pages do.
         if let current { response = current.exchange.decorateRefusal(response, for: current.request) }

@@ -198,7 +198,7 @@ final class HTTPConnectionTests: XCTestCase {
 
         let big = try HTTPHarness()
         try big.send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 500\r\n\r\n")
-        XCTAssertEqual(big.errorLogLines(), ["[info] client intended to send too large body: 500 bytes, client: 127.0.0.1, server: 127.0.0.1:8080, request: \"POST /echo HTTP/1.1\""])
+        XCTAssertEqual(big.errorLogLines(), ["[error] client intended to send too large body: 500 bytes, client: 127.0.0.1, server: 127.0.0.1:8080, request: \"POST /echo HTTP/1.1\""])
     }
 
     func testGarbageGetsTheExactErrorResponse() throws {

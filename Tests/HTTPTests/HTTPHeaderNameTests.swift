@@ -73,7 +73,7 @@ final class HTTPHeaderNameTests: XCTestCase {
         let big = try HTTPHarness()
         try big.send("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 9223372036854775807\r\n\r\n")
         XCTAssertEqual(try big.output(), jsonError("413 Request Entity Too Large", "request body too large"))
-        XCTAssertEqual(big.errorLogLines(), ["[info] client intended to send too large body: 9223372036854775807 bytes, client: 127.0.0.1, server: 127.0.0.1:8080, request: \"POST /echo HTTP/1.1\""])
+        XCTAssertEqual(big.errorLogLines(), ["[error] client intended to send too large body: 9223372036854775807 bytes, client: 127.0.0.1, server: 127.0.0.1:8080, request: \"POST /echo HTTP/1.1\""])
 
         for value in ["9223372036854775808", "10000000000000000000", "99999999999999999999"] {
             let h = try HTTPHarness()

@@ -205,10 +205,10 @@ def log_mark(kernel):
     return len(kernel.log_text())
 
 
-def wait_for_info(kernel, phrase, since=0, timeout=5.0, count=1):
-    """Waits for `count` error-log lines at level info containing `phrase` and `client: 127.0.0.1`, written after
+def wait_for_info(kernel, phrase, since=0, timeout=5.0, count=1, level="info"):
+    """Waits for `count` error-log lines at `level` containing `phrase` and `client: 127.0.0.1`, written after
     `since`; returns them."""
-    pattern = re.compile(r"^\S+ \S+ \[info\] \d+#\d+: .*" + re.escape(phrase) + r".*$", re.M)
+    pattern = re.compile(r"^\S+ \S+ \[" + level + r"\] \d+#\d+: .*" + re.escape(phrase) + r".*$", re.M)
     deadline = time.time() + timeout
     while True:
         text = kernel.log_text()[since:]
@@ -354,7 +354,7 @@ def test_content_length_over_the_limit_gets_413_before_the_body_is_sent(kernel):
         assert response.header("Content-Type") == "application/json"
         assert "error" in response.json()
         assert conn.closed_by_peer()
-    wait_for_info(kernel, "client intended to send too large body: 2048 bytes", since=mark)
+    wait_for_info(kernel, "client intended to send too large body: 2048 bytes", since=mark, level="error")
     assert_alive(kernel)
 
 
@@ -396,7 +396,7 @@ def test_chunked_body_growing_past_the_limit_gets_413(kernel):
         assert response.status == 413
         assert response.closes
         assert conn.closed_by_peer()
-    wait_for_info(kernel, "too large", since=mark)
+    wait_for_info(kernel, "too large", since=mark, level="error")
     assert_alive(kernel)
 
 
