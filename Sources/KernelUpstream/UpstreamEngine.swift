@@ -615,10 +615,26 @@ final class UpstreamExchange: @unchecked Sendable {
     /// fields, `Date` and `Server`); when nothing is left to drop, the head's fields are passed on as they are,
     /// without a copy.
     private func responseHeaders(_ head: UpstreamResponseHead, keepingUpgrade: Bool = false) -> HeaderFields {
-        guard head.headers.fields.contains(where: { drops($0.name, keepingUpgrade: keepingUpgrade) }) else {
-            return head.headers
+        // One pass to learn whether anything goes: most answers lose nothing and are passed as they came.
+        var dropsAny = false
+        var contentTypes = 0
+        for field in head.headers.fields {
+            if drops(field.name, keepingUpgrade: keepingUpgrade) {
+                dropsAny = true
+            } else if field.name.equalsCaseInsensitive("content-type") {
+                contentTypes += 1
+            }
         }
-        return head.headers.filter { !drops($0.name, keepingUpgrade: keepingUpgrade) }
+        guard dropsAny || contentTypes > 1 else { return head.headers }
+        // A repeated `Content-Type` keeps its last value, as nginx's single `content_type` does (two would leave
+        // the client to choose).
+        var contentTypesSeen = 0
+        return head.headers.filter { field in
+            if drops(field.name, keepingUpgrade: keepingUpgrade) { return false }
+            guard contentTypes > 1, field.name.equalsCaseInsensitive("content-type") else { return true }
+            contentTypesSeen += 1
+            return contentTypesSeen == contentTypes
+        }
     }
 
     /// Whether the client never gets a response header of this name.

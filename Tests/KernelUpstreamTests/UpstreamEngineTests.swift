@@ -114,6 +114,15 @@ final class UpstreamEngineTests: XCTestCase {
         XCTAssertTrue(log.contains { $0.contains("client prematurely closed connection, so upstream connection is closed too while reading response header from upstream") }, "\(log)")
     }
 
+    func testARepeatedContentTypeKeepsItsLastValue() throws {
+        // nginx holds one content type per answer, the last the upstream sent; two would leave the client to choose.
+        let peer = try peer(answer: ["200 len:2\nContent-Type: text/plain\nX-A: 1\ncontent-type: application/json\n\nok"])
+        let response = try proxy(engine(RecordingGroup([peer.address])))
+        XCTAssertEqual(response.headers.values("Content-Type"), ["application/json"])
+        XCTAssertEqual(response.headers["X-A"], "1")
+        XCTAssertEqual(try collectBody(response.body), "ok")
+    }
+
     func testAWorkersQueueDepthGoesToTheBalancerNotTheClient() throws {
         let peer = try peer(answer: ["200 len:2\nX-Kernel-Queue-Depth: 7\nX-App: yes\n\nok"])
         let upstreams = RecordingGroup([peer.address])
