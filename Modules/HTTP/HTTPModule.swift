@@ -36,7 +36,7 @@ public enum HTTPModule: KernelModule {
             "proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout", "proxy_next_upstream",
             "proxy_next_upstream_tries", "proxy_next_upstream_timeout", "proxy_buffer_size", "proxy_buffers",
             "proxy_buffering", "proxy_max_temp_file_size", "proxy_temp_path", "proxy_request_buffering",
-            "proxy_pass_request_headers", "proxy_pass_request_body",
+            "proxy_pass_request_headers", "proxy_pass_request_body", "proxy_ignore_client_abort",
             "request_timeout", "request_timeout_header",
         ])
     }

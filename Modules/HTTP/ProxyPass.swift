@@ -42,10 +42,10 @@ public struct ProxyPassConfiguration: Sendable {
     /// The location's `absolute_redirect` and the rest: a `Location` that a `proxy_redirect` rule rewrote to a path
     /// goes out absolute, as nginx's header filter sends it (one the upstream sent as a path stays as it came).
     var redirectStyle = RedirectStyle.default
-    /// `proxy_hide_header` (lower-cased), beside nginx's defaults.
-    public var hiddenHeaders: Set<String> = []
-    /// `proxy_pass_header` (lower-cased): defaults that are passed after all.
-    public var passedHeaders: Set<String> = []
+    /// `proxy_hide_header` and `proxy_pass_header`.
+    public var headerRules = UpstreamHeaderRules()
+    /// `proxy_ignore_client_abort`: on, a client that leaves does not end the attempt at its upstream.
+    public var ignoreClientAbort = false
 
     init(group: any UpstreamGroup, head: ProxyRequestHead) {
         self.group = group
@@ -61,25 +61,21 @@ public struct ProxyPassConfiguration: Sendable {
         return upstream
     }
 
-    /// Whether a response header (lower-cased) stays from the client: nginx's `proxy_hide_header` defaults
+    /// Whether a response header (in any case) stays from the client: nginx's `proxy_hide_header` defaults
     /// (`X-Pad`, `X-Accel-*`; `Date` and `Server` the engine drops itself), the location's own, less those
     /// `proxy_pass_header` names. `X-Accel-Buffering` is read by `UpstreamBuffering.apply` first, which hides it
     /// then.
-    func hides(_ lowercasedName: String) -> Bool {
-        if lowercasedName == "x-accel-buffering" { return false }
-        if hiddenHeaders.contains(lowercasedName) { return true }
-        if passedHeaders.contains(lowercasedName) { return false }
-        return lowercasedName == "x-pad" || lowercasedName.hasPrefix("x-accel-")
+    func hides(_ name: String) -> Bool {
+        if name.equalsCaseInsensitive("x-accel-buffering") { return false }
+        return headerRules.hides(name, hiddenByDefault: Self.hiddenByDefault)
     }
 
-    /// `hides` for a name in any case. Without `proxy_hide_header`/`proxy_pass_header` lines (the usual case)
-    /// the defaults are compared in place, so no lowered copy is made per header of every answer.
-    func hides(anyCase name: String) -> Bool {
-        guard hiddenHeaders.isEmpty, passedHeaders.isEmpty else { return hides(name.lowercased()) }
+    /// nginx's defaults, compared in place: no lowered copy is made per header of every answer.
+    static func hiddenByDefault(_ name: String) -> Bool {
         let utf8 = name.utf8
         guard utf8.count >= 5, HTTPToken.equalCaseInsensitive(utf8.prefix(2), "x-".utf8) else { return false }
         if utf8.count == 5 { return name.equalsCaseInsensitive("x-pad") }
-        return HTTPToken.equalCaseInsensitive(utf8.prefix(8), "x-accel-".utf8) && !name.equalsCaseInsensitive("x-accel-buffering")
+        return HTTPToken.equalCaseInsensitive(utf8.prefix(8), "x-accel-".utf8)
     }
 
     /// Rewrites `value` by the first `proxy_redirect` rule whose `from` starts it (from `offset`, which is past
@@ -116,7 +112,7 @@ public struct ProxyPassConfiguration: Sendable {
             // The engine's own answer (502, 504): nothing of an upstream to rewrite.
             return response
         }
-        var response = buffering.apply(to: response, passAccelHeader: passedHeaders.contains("x-accel-buffering"),
+        var response = buffering.apply(to: response, passAccelHeader: headerRules.passes("x-accel-buffering"),
                                        logger: context.logger, eventLoop: context.eventLoop)
         if !redirects.isEmpty {
             let variables = VariableContext(request: request, route: context.route)
@@ -169,8 +165,8 @@ public struct ProxyPassHandler: RequestHandler {
 
     /// The client leaving closes the attempt in progress (the upstream learns it from its connection closing, and
     /// its read timeout does not later count against it); a `local` server's worker side drops the request from
-    /// its model's queue (`LocalPeer`).
-    public var cancelsWhenClientLeaves: Bool { true }
+    /// its model's queue (`LocalPeer`). Not with `proxy_ignore_client_abort on`.
+    public var cancelsWhenClientLeaves: Bool { !configuration.ignoreClientAbort }
 
     /// Whether a 101 may answer `request`: nginx tunnels only for a client that asked (`Upgrade` in its request),
     /// and the client's `Upgrade` is hop-by-hop and never passed, so the upstream is asked only by a
@@ -258,7 +254,7 @@ struct HTTPUpstreamProtocol: UpstreamProtocol {
                             isHeadRequest: request.method == "HEAD")
     }
 
-    func hidesResponseHeader(_ name: String) -> Bool { configuration.hides(anyCase: name) }
+    func hidesResponseHeader(_ name: String) -> Bool { configuration.hides(name) }
 
     func finishResponse(_ response: KernelResponse, request: KernelRequest, context: RequestContext) -> KernelResponse {
         configuration.finish(response, request: request, context: context)

@@ -6,14 +6,6 @@ import NIOCore
 /// Builds `proxy_pass` handlers from a location mapping: the directive's URL and the location's `proxy_*` keys,
 /// decoded strictly with nginx's defaults.
 enum ProxyPassFactory {
-    /// Every option key a `proxy_pass` location may hold.
-    static let optionKeys = [
-        "proxy_set_header", "proxy_hide_header", "proxy_pass_header", "proxy_redirect", "proxy_http_version",
-        "proxy_connect_timeout", "proxy_send_timeout", "proxy_read_timeout", "proxy_next_upstream", "proxy_buffer_size",
-        "proxy_buffers", "proxy_buffering", "proxy_max_temp_file_size", "proxy_temp_path", "proxy_request_buffering",
-        "proxy_pass_request_headers", "proxy_pass_request_body",
-    ]
-
     static func make(value: ConfigValue, location: ConfigMapping, context: LocationContext,
                      registrar: Registrar) throws -> ProxyPassHandler {
         let text = try value.nonEmptyString()
@@ -102,12 +94,8 @@ enum ProxyPassFactory {
         configuration.buffering = try UpstreamBuffering.decode(location, prefix: "proxy",
                                                                defaultTempPath: registrar.runDirectory + "/proxy_temp")
         if let flag = location.optional("proxy_request_buffering") { configuration.requestBuffering = try flag.bool() }
-        if let names = location.optional("proxy_hide_header") {
-            configuration.hiddenHeaders = Set(try decodeNames(names).map { $0.lowercased() })
-        }
-        if let names = location.optional("proxy_pass_header") {
-            configuration.passedHeaders = Set(try decodeNames(names).map { $0.lowercased() })
-        }
+        configuration.headerRules = try UpstreamHeaderRules.decode(location, prefix: "proxy")
+        if let flag = location.optional("proxy_ignore_client_abort") { configuration.ignoreClientAbort = try flag.bool() }
         configuration.redirects = try decodeRedirects(location.optional("proxy_redirect"), target: target,
                                                       uriRule: uriRule, context: context, variables: variables)
         configuration.redirectStyle = context.redirects
@@ -207,15 +195,6 @@ enum ProxyPassFactory {
             return try VariableTemplate(text, variables: variables)
         } catch {
             throw value.error(error.description)
-        }
-    }
-
-    /// A header name or a list of them.
-    static func decodeNames(_ value: ConfigValue) throws -> [String] {
-        try value.list(allowScalar: true).map { item in
-            let name = try item.nonEmptyString()
-            guard HTTPToken.isToken(name) else { throw item.error("invalid header name \"\(name)\"") }
-            return name
         }
     }
 

@@ -116,6 +116,7 @@ public enum UWSGIModule: KernelModule {
             "uwsgi_param", "uwsgi_pass_request_headers", "uwsgi_connect_timeout", "uwsgi_send_timeout",
             "uwsgi_read_timeout", "uwsgi_buffer_size", "uwsgi_next_upstream", "uwsgi_next_upstream_tries",
             "uwsgi_next_upstream_timeout", "uwsgi_request_buffering", "request_timeout", "request_timeout_header",
+            "uwsgi_hide_header", "uwsgi_pass_header", "uwsgi_ignore_client_abort",
         ] + UpstreamBuffering.keys(prefix: "uwsgi"))
         guard registrar.role != .edge else {
             if !configuration.listeners.isEmpty {
@@ -196,6 +197,8 @@ enum UWSGIPassFactory {
         }
         configuration.buffering = try UpstreamBuffering.decode(location, prefix: "uwsgi",
                                                                defaultTempPath: registrar.runDirectory + "/uwsgi_temp")
+        configuration.headerRules = try UpstreamHeaderRules.decode(location, prefix: "uwsgi")
+        if let flag = location.optional("uwsgi_ignore_client_abort") { configuration.ignoreClientAbort = try flag.bool() }
         if let modifier = location.optional("uwsgi_modifier1") {
             configuration.modifier1 = UInt8(try modifier.int(in: 0...255))
         }

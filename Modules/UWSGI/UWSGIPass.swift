@@ -65,6 +65,10 @@ public struct UWSGIPassConfiguration: Sendable {
     /// read ahead of the client (in memory, then a temporary file), so that a slow client does not hold the
     /// application's worker.
     public var buffering = UpstreamBuffering(tempPath: "uwsgi_temp")
+    /// `uwsgi_hide_header` and `uwsgi_pass_header`.
+    public var headerRules = UpstreamHeaderRules()
+    /// `uwsgi_ignore_client_abort`: on, a client that leaves does not end the attempt at the application.
+    public var ignoreClientAbort = false
     public var modifier1: UInt8
     public var modifier2: UInt8
     /// nginx's `uwsgi_next_upstream`: which failures go on to the group's next peer.
@@ -214,8 +218,8 @@ public struct UWSGIPassHandler: RequestHandler {
 
     /// The client leaving closes the attempt in progress (a remote worker learns it from its connection closing,
     /// and its read timeout does not later count against it); a `local` server's worker side drops the request
-    /// from its model's queue (`LocalPeer`).
-    public var cancelsWhenClientLeaves: Bool { true }
+    /// from its model's queue (`LocalPeer`). Not with `uwsgi_ignore_client_abort on`.
+    public var cancelsWhenClientLeaves: Bool { !configuration.ignoreClientAbort }
 
     /// The engine answers through a callback: a location without filters makes no future per request.
     public var answersThroughCallback: Bool { true }
@@ -260,17 +264,20 @@ struct UWSGIUpstreamProtocol: UpstreamProtocol {
         UWSGIResponseParser(maxHeadSize: configuration.bufferSize)
     }
 
-    /// nginx's `uwsgi_hide_header` defaults (`Status`, `X-Accel-*`), and `X-Pad`. `X-Accel-Buffering` is read by
+    /// nginx's `uwsgi_hide_header` defaults (`X-Accel-*`), and `X-Pad`, with the location's `uwsgi_hide_header`
+    /// and `uwsgi_pass_header`; `Status` is the answer's status, never a header. `X-Accel-Buffering` is read by
     /// `finishResponse` first, which hides it then.
     func hidesResponseHeader(_ name: String) -> Bool {
-        name.equalsCaseInsensitive("status") || name.equalsCaseInsensitive("x-pad")
-            || (HTTPToken.equalCaseInsensitive(name.utf8.prefix(8), "x-accel-".utf8)
-                && !name.equalsCaseInsensitive("x-accel-buffering"))
+        if name.equalsCaseInsensitive("status") { return true }
+        if name.equalsCaseInsensitive("x-accel-buffering") { return false }
+        return configuration.headerRules.hides(name) { name in
+            name.equalsCaseInsensitive("x-pad") || HTTPToken.equalCaseInsensitive(name.utf8.prefix(8), "x-accel-".utf8)
+        }
     }
 
     /// The answer's body read ahead of the client (`uwsgi_buffering`, or the application's `X-Accel-Buffering`).
     func finishResponse(_ response: KernelResponse, request: KernelRequest, context: RequestContext) -> KernelResponse {
-        configuration.buffering.apply(to: response, passAccelHeader: false, logger: context.logger,
-                                      eventLoop: context.eventLoop)
+        configuration.buffering.apply(to: response, passAccelHeader: configuration.headerRules.passes("x-accel-buffering"),
+                                      logger: context.logger, eventLoop: context.eventLoop)
     }
 }

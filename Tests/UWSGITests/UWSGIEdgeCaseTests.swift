@@ -255,6 +255,22 @@ final class UWSGIPassAnswerTests: XCTestCase {
         return (response, bytes)
     }
 
+    func testHiddenAndPassedHeadersFollowTheLocationsRules() {
+        var configuration = UWSGIPassConfiguration(group: SinglePeerGroup(.tcp(host: "127.0.0.1", port: 6666)))
+        let plain = UWSGIUpstreamProtocol(configuration: configuration)
+        XCTAssertTrue(plain.hidesResponseHeader("X-Accel-Redirect") && plain.hidesResponseHeader("x-pad"))
+        XCTAssertTrue(plain.hidesResponseHeader("Status"))
+        XCTAssertFalse(plain.hidesResponseHeader("X-Accel-Buffering"), "read by the buffering first")
+        XCTAssertFalse(plain.hidesResponseHeader("X-Powered-By"))
+        configuration.headerRules.hidden = ["x-powered-by"]
+        configuration.headerRules.passed = ["x-pad", "status"]
+        let ruled = UWSGIUpstreamProtocol(configuration: configuration)
+        XCTAssertTrue(ruled.hidesResponseHeader("X-Powered-By"))
+        XCTAssertFalse(ruled.hidesResponseHeader("X-Pad"), "uwsgi_pass_header passes a default")
+        XCTAssertTrue(ruled.hidesResponseHeader("X-Accel-Limit-Rate"))
+        XCTAssertTrue(ruled.hidesResponseHeader("Status"), "the status line's, never a header")
+    }
+
     func testHeadKeepsTheUpstreamsContentLength() throws {
         let (response, body) = try pass("HEAD", answer: "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1234\r\n\r\n")
         XCTAssertEqual(response.headers["Content-Length"], "1234")

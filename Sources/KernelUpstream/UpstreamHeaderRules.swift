@@ -1,0 +1,48 @@
+import KernelConfig
+import KernelCore
+
+/// nginx's `*_hide_header` and `*_pass_header` for one location: which of an upstream's response headers the client
+/// does not get, beside the hop-by-hop ones and `Date`/`Server` that the engine always drops.
+public struct UpstreamHeaderRules: Sendable, Equatable {
+    /// `*_hide_header` (lower-cased), beside the protocol's defaults.
+    public var hidden: Set<String> = []
+    /// `*_pass_header` (lower-cased): defaults that are passed after all.
+    public var passed: Set<String> = []
+
+    public init() {}
+
+    /// Reads `PREFIX_hide_header` and `PREFIX_pass_header` (`prefix` is `proxy` or `uwsgi`).
+    public static func decode(_ location: ConfigMapping, prefix: String) throws -> UpstreamHeaderRules {
+        var rules = UpstreamHeaderRules()
+        if let names = location.optional(prefix + "_hide_header") {
+            rules.hidden = Set(try decodeNames(names).map { $0.lowercased() })
+        }
+        if let names = location.optional(prefix + "_pass_header") {
+            rules.passed = Set(try decodeNames(names).map { $0.lowercased() })
+        }
+        return rules
+    }
+
+    /// A header name or a list of them.
+    public static func decodeNames(_ value: ConfigValue) throws -> [String] {
+        try value.list(allowScalar: true).map { item in
+            let name = try item.nonEmptyString()
+            guard HTTPToken.isToken(name) else { throw item.error("invalid header name \"\(name)\"") }
+            return name
+        }
+    }
+
+    /// Whether the client does not get header `name` (as the upstream sent it), where `hiddenByDefault` says what
+    /// the protocol hides on its own. Without `*_hide_header`/`*_pass_header` lines (the usual case) no lowered
+    /// copy of the name is made.
+    public func hides(_ name: String, hiddenByDefault: (String) -> Bool) -> Bool {
+        guard !hidden.isEmpty || !passed.isEmpty else { return hiddenByDefault(name) }
+        let lowered = name.lowercased()
+        if hidden.contains(lowered) { return true }
+        if passed.contains(lowered) { return false }
+        return hiddenByDefault(name)
+    }
+
+    /// Whether `*_pass_header` names `lowercasedName`.
+    public func passes(_ lowercasedName: String) -> Bool { passed.contains(lowercasedName) }
+}
