@@ -321,6 +321,9 @@ final class ProxyPassTests: XCTestCase {
         XCTAssertFalse(plain.hides("content-type"))
         let custom = try handler("proxy_pass: http://127.0.0.1:8000\nproxy_hide_header: [X-Internal]\nproxy_pass_header: X-Pad").configuration
         XCTAssertTrue(custom.hides("x-internal") && !custom.hides("x-pad"))
+        XCTAssertTrue(custom.hides("X-Internal"), "names in any case")
+        XCTAssertTrue(try handler("proxy_pass: http://127.0.0.1:8000").cancelsWhenClientLeaves)
+        XCTAssertFalse(try handler("proxy_pass: http://127.0.0.1:8000\nproxy_ignore_client_abort: on").cancelsWhenClientLeaves)
     }
 
     func testFinishHonoursXAccelBufferingAndRewritesLocation() throws {
