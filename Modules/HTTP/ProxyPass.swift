@@ -63,20 +63,8 @@ public struct ProxyPassConfiguration: Sendable {
 
     /// Whether a response header (in any case) stays from the client: nginx's `proxy_hide_header` defaults
     /// (`X-Pad`, `X-Accel-*`; `Date` and `Server` the engine drops itself), the location's own, less those
-    /// `proxy_pass_header` names. `X-Accel-Buffering` is read by `UpstreamBuffering.apply` first, which hides it
-    /// then.
-    func hides(_ name: String) -> Bool {
-        if name.equalsCaseInsensitive("x-accel-buffering") { return false }
-        return headerRules.hides(name, hiddenByDefault: Self.hiddenByDefault)
-    }
-
-    /// nginx's defaults, compared in place: no lowered copy is made per header of every answer.
-    static func hiddenByDefault(_ name: String) -> Bool {
-        let utf8 = name.utf8
-        guard utf8.count >= 5, HTTPToken.equalCaseInsensitive(utf8.prefix(2), "x-".utf8) else { return false }
-        if utf8.count == 5 { return name.equalsCaseInsensitive("x-pad") }
-        return HTTPToken.equalCaseInsensitive(utf8.prefix(8), "x-accel-".utf8)
-    }
+    /// `proxy_pass_header` names (`UpstreamHeaderRules`).
+    func hides(_ name: String) -> Bool { headerRules.hides(name) }
 
     /// Rewrites `value` by the first `proxy_redirect` rule whose `from` starts it (from `offset`, which is past
     /// `url=` in a `Refresh`); nil when none applies.

@@ -268,11 +268,7 @@ struct UWSGIUpstreamProtocol: UpstreamProtocol {
     /// and `uwsgi_pass_header`; `Status` is the answer's status, never a header. `X-Accel-Buffering` is read by
     /// `finishResponse` first, which hides it then.
     func hidesResponseHeader(_ name: String) -> Bool {
-        if name.equalsCaseInsensitive("status") { return true }
-        if name.equalsCaseInsensitive("x-accel-buffering") { return false }
-        return configuration.headerRules.hides(name) { name in
-            name.equalsCaseInsensitive("x-pad") || HTTPToken.equalCaseInsensitive(name.utf8.prefix(8), "x-accel-".utf8)
-        }
+        name.equalsCaseInsensitive("status") || configuration.headerRules.hides(name)
     }
 
     /// The answer's body read ahead of the client (`uwsgi_buffering`, or the application's `X-Accel-Buffering`).

@@ -120,15 +120,15 @@ class Conn:
         length = response.header("Content-Length")
         if te is not None:
             assert te.lower() == "chunked" and length is None, head
-            body = b""
+            parts = []  # joined once: a large body in many chunks stays linear
             while True:
                 size = int(self._until(b"\r\n")[:-2].split(b";")[0], 16)
                 if size == 0:
                     self._until(b"\r\n")
                     break
-                body += self._exact(size)
+                parts.append(self._exact(size))
                 assert self._exact(2) == b"\r\n"
-            response.body = body
+            response.body = b"".join(parts)
         elif length is not None:
             response.body = self._exact(int(length))
         else:
