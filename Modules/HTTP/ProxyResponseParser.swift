@@ -109,8 +109,8 @@ struct ProxyResponseParser: UpstreamResponseParser {
         var transferEncoding: String?
         var chunked = false
         var connectionClose = !http11
-        /// The `Connection` values: the fields they list belong to the upstream's hop and are not passed on.
-        var connectionValues: [String] = []
+        /// The fields the `Connection` values list: they belong to the upstream's hop and are not passed on.
+        var listed: [String] = []
         let interim = (100..<200).contains(status) && status != 101
         /// The fields whose values are no UTF-8, with their bytes (`HeaderFields.undecoded`).
         var undecoded: [(index: Int, bytes: [UInt8])] = []
@@ -148,8 +148,9 @@ struct ProxyResponseParser: UpstreamResponseParser {
                 transferEncoding = "\(name): \(value)"
                 chunked = true
             case .connection:
-                if Self.listsClose(UnsafeRawBufferPointer(rebasing: bytes[field.value])) { connectionClose = true }
-                connectionValues.append(text(bytes, field.value))
+                let value = UnsafeRawBufferPointer(rebasing: bytes[field.value])
+                if Self.listsClose(value) { connectionClose = true }
+                HopByHopHeaders.addListedOptions(inConnectionValue: value, to: &listed)
             case .upgrade where status == 101:
                 headers.append((text(bytes, field.name), value(bytes, field.value, index: headers.count, keeping: &undecoded)))
             case .dropped, .upgrade:
@@ -159,10 +160,7 @@ struct ProxyResponseParser: UpstreamResponseParser {
             }
         }
         var fields = Self.fields(headers, undecoded)
-        if !connectionValues.isEmpty {
-            let listed = HopByHopHeaders.listedOptions(inConnectionValues: connectionValues)
-            if !listed.isEmpty { fields = fields.filter { field in !listed.contains { field.name.equalsCaseInsensitive($0) } } }
-        }
+        if !listed.isEmpty { fields = fields.filter { field in !listed.contains { field.name.equalsCaseInsensitive($0) } } }
         switch status {
         case 101:
             guard upgradeRequested else { throw ProxyResponseError.unrequestedSwitch }

@@ -30,24 +30,53 @@ public enum HopByHopHeaders {
     public static func listedOptions<Values: Sequence<String>>(inConnectionValues values: Values) -> [String] {
         var listed: [String] = []
         for value in values {
-            for option in value.split(separator: ",") {
-                let name = String(option.trimmingASCIIBlanks())
-                guard !name.isEmpty, !name.equalsCaseInsensitive("close"), !contains(name),
-                      !name.equalsCaseInsensitive("content-length") else { continue }
-                listed.append(name.lowercased())
-            }
+            var value = value
+            value.withUTF8 { addListedOptions(inConnectionValue: UnsafeRawBufferPointer($0), to: &listed) }
         }
         return listed
     }
+
+    /// The same for one `Connection` value in memory (a head's bytes as they came), its options appended to
+    /// `listed`. Read on the bytes: every kept-alive HTTP/1.1 answer carries `Connection: keep-alive`, and
+    /// splitting its text by `Character` cost a grapheme check per byte.
+    public static func addListedOptions(inConnectionValue value: UnsafeRawBufferPointer, to listed: inout [String]) {
+        var start = 0
+        while start < value.count {
+            var end = start
+            while end < value.count, value[end] != UInt8(ascii: ",") { end += 1 }
+            var first = start
+            var last = end
+            while first < last, value[first] == UInt8(ascii: " ") || value[first] == UInt8(ascii: "\t") { first += 1 }
+            while last > first, value[last - 1] == UInt8(ascii: " ") || value[last - 1] == UInt8(ascii: "\t") { last -= 1 }
+            start = end + 1
+            let option = UnsafeRawBufferPointer(rebasing: value[first..<last])
+            guard !option.isEmpty, !isUnlistedOption(option) else { continue }
+            listed.append(String(decoding: option, as: UTF8.self).lowercased())
+        }
+    }
+
+    /// `close`, a hop-by-hop name, or `Content-Length`: an option that names no field to remove.
+    private static func isUnlistedOption(_ option: UnsafeRawBufferPointer) -> Bool {
+        func named(_ known: StaticString) -> Bool {
+            HTTPToken.equalCaseInsensitive(bytes: option.assumingMemoryBound(to: UInt8.self),
+                                           UnsafeBufferPointer(start: known.utf8Start, count: known.utf8CodeUnitCount))
+        }
+        switch option.count {
+        case 2: return named("te")
+        case 5: return named("close")
+        case 7: return named("trailer") || named("upgrade")
+        case 10: return named("connection") || named("keep-alive")
+        case 14: return named("content-length")
+        case 16: return named("proxy-connection")
+        case 17: return named("transfer-encoding")
+        default: return false
+        }
+    }
 }
 
-extension Substring {
-    /// Without the spaces and tabs around it.
-    fileprivate func trimmingASCIIBlanks() -> Substring {
-        var trimmed = self
-        while let first = trimmed.first, first == " " || first == "\t" { trimmed.removeFirst() }
-        while let last = trimmed.last, last == " " || last == "\t" { trimmed.removeLast() }
-        return trimmed
+extension UnsafeRawBufferPointer {
+    fileprivate func assumingMemoryBound(to: UInt8.Type) -> UnsafeBufferPointer<UInt8> {
+        UnsafeBufferPointer(start: baseAddress?.assumingMemoryBound(to: UInt8.self), count: count)
     }
 }
 
