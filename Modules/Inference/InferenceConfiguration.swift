@@ -117,6 +117,9 @@ public struct ModelConfiguration: Sendable {
     /// `warmup_batch_sizes`: the batch sizes warm-up runs; nil for every size the batcher can form.
     public var warmupBatchSizes: [Int]? = nil
     public var memory = SessionMemoryOptions()
+    /// The repository's `version_policy` for the model (Triton's default, the latest one, for a `models:` entry):
+    /// what `GET .../config` reports.
+    public var versionPolicy = VersionPolicy.latest(1)
     /// `inputs:` and `outputs:` (Triton's `input` and `output`): what the model must have, checked when it loads.
     public var declaredInputs: [DeclaredTensor] = []
     public var declaredOutputs: [DeclaredTensor] = []

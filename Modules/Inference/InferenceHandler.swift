@@ -110,21 +110,25 @@ public struct InferenceHandler: RequestHandler {
         let queues = action == "infer" && request.method == "POST"
         let resolution = repository.resolve(name, version: version, takingLease: queues)
         defer { if queues, case .ready(let model) = resolution { model.leases.release() } }
-        if case .notFound(let message) = resolution { throw KernelHTTPError(404, message) }
-        if action == "ready" {
-            return try read {
-                switch resolution {
-                case .noVersionReady(let message), .notReady(let message): return .error(400, message)
-                default: return KernelResponse(status: 200)
-                }
+        if action == "stats" {
+            // Triton's statistics answer for what is not served is its own: 400, naming the model or the version.
+            guard !repository.readyVersions(name).isEmpty else {
+                throw KernelHTTPError(400, "requested model '\(name)' is not available")
+            }
+            guard case .ready = resolution else {
+                throw KernelHTTPError(400, "requested model version is not available for model '\(name)'")
             }
         }
+        // Readiness is asked of the model Triton finds for the path, so what is not served answers as it does for
+        // metadata: 404 for an unknown model or version, or none ready; 503 for a named version not ready.
+        if case .notFound(let message) = resolution { throw KernelHTTPError(404, message) }
         if case .noVersionReady(let message) = resolution { throw KernelHTTPError(404, message) }
         guard case .ready(let model) = resolution else {
             if case .notReady(let message) = resolution { throw KernelHTTPError(503, message) }
             throw KernelHTTPError(404, "not found: \(request.path)")
         }
         switch action {
+        case "ready": return try read { KernelResponse(status: 200) }
         case "": return try read { modelMetadata(model) }
         case "config": return try read { modelConfig(model) }
         case "stats":
@@ -422,9 +426,21 @@ public struct InferenceHandler: RequestHandler {
     }
 
     /// Triton's model configuration, in its JSON form (dimensions without the batch dimension when batching).
+    /// Triton's model configuration JSON as `GET .../config` answers it: every field Triton prints (it prints
+    /// primitives, lists and maps at their defaults too), with the defaults its normalisation fills in
+    /// (`version_policy`, `preferred_batch_size` of `[max_batch_size]`, pinned memory on, the group named after
+    /// the model), so that scripts reading `config["version_policy"]` or `instance_group[0]["name"]` find them.
     private func modelConfig(_ model: LoadedModel) -> KernelResponse {
         let configuration = model.configuration
-        func configTensors(_ specs: [TensorSpec], into writer: inout JSONWriter) {
+        func integers(_ values: [Int], into writer: inout JSONWriter) {
+            writer.byte(UInt8(ascii: "["))
+            for (index, value) in values.enumerated() {
+                if index > 0 { writer.byte(UInt8(ascii: ",")) }
+                writer.integer(value)
+            }
+            writer.byte(UInt8(ascii: "]"))
+        }
+        func configTensors(_ specs: [TensorSpec], isInput: Bool, into writer: inout JSONWriter) {
             writer.byte(UInt8(ascii: "["))
             for (index, spec) in specs.enumerated() {
                 if index > 0 { writer.byte(UInt8(ascii: ",")) }
@@ -439,37 +455,62 @@ public struct InferenceHandler: RequestHandler {
                     if dimensionIndex > 0 { writer.byte(UInt8(ascii: ",")) }
                     writer.integer(dimension)
                 }
-                writer.raw("]}")
+                writer.byte(UInt8(ascii: "]"))
+                if isInput {
+                    writer.raw(",\"format\":\"FORMAT_NONE\",\"is_shape_tensor\":false,\"allow_ragged_batch\":false,\"optional\":false,\"is_non_linear_format_io\":false}")
+                } else {
+                    writer.raw(",\"label_filename\":\"\",\"is_shape_tensor\":false,\"is_non_linear_format_io\":false}")
+                }
             }
             writer.byte(UInt8(ascii: "]"))
         }
         return json { writer in
             writer.raw("{\"name\":")
             writer.string(configuration.name)
-            writer.raw(",\"platform\":\"onnxruntime_onnx\",\"backend\":\"onnxruntime\",\"max_batch_size\":")
-            writer.integer(configuration.maxBatchSize)
-            writer.raw(",\"input\":")
-            configTensors(model.signature.inputs, into: &writer)
-            writer.raw(",\"output\":")
-            configTensors(model.signature.outputs, into: &writer)
-            writer.raw(",\"instance_group\":[{\"count\":")
-            writer.integer(configuration.instances)
-            writer.raw(",\"kind\":\"KIND_CPU\"}]")
-            if let batching = configuration.dynamicBatching {
-                writer.raw(",\"dynamic_batching\":{\"preferred_batch_size\":[")
-                for (index, size) in batching.preferredBatchSizes.enumerated() {
-                    if index > 0 { writer.byte(UInt8(ascii: ",")) }
-                    writer.integer(size)
-                }
-                writer.raw("],\"max_queue_delay_microseconds\":")
-                writer.integer(batching.maxQueueDelay.milliseconds * 1000)
-                writer.raw(",\"default_queue_policy\":{\"max_queue_size\":")
-                writer.integer(configuration.maxQueue)
-                writer.raw(",\"default_timeout_microseconds\":")
-                writer.integer(configuration.timeout.milliseconds * 1000)
+            writer.raw(",\"platform\":\"onnxruntime_onnx\",\"backend\":\"onnxruntime\",\"runtime\":\"\",\"version_policy\":")
+            switch configuration.versionPolicy {
+            case .latest(let count):
+                writer.raw("{\"latest\":{\"num_versions\":")
+                writer.integer(count)
+                writer.raw("}}")
+            case .all:
+                writer.raw("{\"all\":{}}")
+            case .specific(let versions):
+                writer.raw("{\"specific\":{\"versions\":")
+                integers(versions, into: &writer)
                 writer.raw("}}")
             }
-            writer.byte(UInt8(ascii: "}"))
+            writer.raw(",\"max_batch_size\":")
+            writer.integer(configuration.maxBatchSize)
+            writer.raw(",\"input\":")
+            configTensors(model.signature.inputs, isInput: true, into: &writer)
+            writer.raw(",\"output\":")
+            configTensors(model.signature.outputs, isInput: false, into: &writer)
+            writer.raw(",\"batch_input\":[],\"batch_output\":[],\"optimization\":{\"priority\":\"PRIORITY_DEFAULT\",\"input_pinned_memory\":{\"enable\":true},\"output_pinned_memory\":{\"enable\":true},\"gather_kernel_buffer_threshold\":0,\"eager_batching\":false}")
+            if let batching = configuration.dynamicBatching {
+                writer.raw(",\"dynamic_batching\":{\"preferred_batch_size\":")
+                let preferred = batching.preferredBatchSizes.isEmpty && configuration.maxBatchSize > 0
+                    ? [configuration.maxBatchSize] : batching.preferredBatchSizes
+                integers(preferred, into: &writer)
+                writer.raw(",\"max_queue_delay_microseconds\":")
+                writer.integer(batching.maxQueueDelay.milliseconds * 1000)
+                writer.raw(",\"preserve_ordering\":false,\"priority_levels\":")
+                writer.integer(batching.priorityLevels)
+                writer.raw(",\"default_priority_level\":")
+                writer.integer(batching.defaultPriorityLevel)
+                // The queue's bound is reported as it is enforced (`max_queue`, 1024 unless set).
+                writer.raw(",\"default_queue_policy\":{\"timeout_action\":\"REJECT\",\"default_timeout_microseconds\":")
+                writer.integer(configuration.timeout.milliseconds * 1000)
+                writer.raw(",\"allow_timeout_override\":false,\"max_queue_size\":")
+                writer.integer(configuration.maxQueue)
+                writer.raw("},\"priority_queue_policy\":{}}")
+            }
+            writer.raw(",\"instance_group\":[{\"name\":")
+            writer.string(configuration.name)
+            writer.raw(",\"kind\":\"KIND_CPU\",\"count\":")
+            writer.integer(configuration.instances)
+            writer.raw(",\"gpus\":[],\"secondary_devices\":[],\"profile\":[],\"passive\":false,\"host_policy\":\"\"}]")
+            writer.raw(",\"default_model_filename\":\"model.onnx\",\"cc_model_filenames\":{},\"metric_tags\":{},\"parameters\":{},\"model_warmup\":[]}")
         }
     }
 

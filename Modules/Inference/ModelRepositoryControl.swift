@@ -78,7 +78,7 @@ extension ModelRepository {
         guard let loader = loader.withLockedValue({ $0 }) else { throw KernelHTTPError(503, "the kernel is stopping") }
         // What the index lists, and no other directory: a name that is no model name is not in the repository.
         guard InferenceConfiguration.isModelName(name) else {
-            throw KernelHTTPError(400, "failed to load '\(name)', failed to poll from model repository")
+            throw KernelHTTPError(500, "failed to load '\(name)', failed to poll from model repository")
         }
         try operations.withLock {
             let override = parameters.isEmpty ? nil : try parameters.override(for: name)
@@ -87,11 +87,13 @@ extension ModelRepository {
             do {
                 wanted = try wantedVersions(name, override: override)
             } catch let error as ModelRepositoryError {
-                throw KernelHTTPError(400, "failed to load '\(name)', \(error.message)")
+                // A request's configuration that does not decode is the request's fault (400); a repository
+                // that cannot be read for the model is Triton's INTERNAL (500).
+                throw KernelHTTPError(error.isInvalidRequestConfiguration ? 400 : 500, "failed to load '\(name)', \(error.message)")
             } catch {
-                throw KernelHTTPError(400, "failed to load '\(name)': \(error)")
+                throw KernelHTTPError(500, "failed to load '\(name)': \(error)")
             }
-            guard !wanted.isEmpty else { throw KernelHTTPError(400, "failed to load '\(name)', no version is available") }
+            guard !wanted.isEmpty else { throw KernelHTTPError(500, "failed to load '\(name)', no version is available") }
             if override != nil {
                 // New settings or files: every version loads again, even one whose model file has not changed.
                 wanted = wanted.map { ($0.0, VersionSource(model: nil, settings: nil, loadRequest: KernelClock.monotonicNanoseconds())) }
@@ -110,9 +112,9 @@ extension ModelRepository {
         guard control == .explicit else { throw KernelHTTPError(503, ModelRepository.controlRefusal) }
         guard let loader = loader.withLockedValue({ $0 }) else { throw KernelHTTPError(503, "the kernel is stopping") }
         try operations.withLock {
-            guard entries.withLockedValue({ $0[name] }) != nil else {
-                throw KernelHTTPError(400, "failed to unload '\(name)', no version is available")
-            }
+            // Nothing of that name is served: nothing to unload, and done (Triton answers 200), so that an unload
+            // before a load is safe to repeat.
+            guard entries.withLockedValue({ $0[name] }) != nil else { return }
             unloadVersions(of: name, logger: loader.logger, reason: "unloaded")
         }
     }

@@ -107,7 +107,7 @@ public struct ModelRepositoryLayout: Sendable {
             } catch var error as ConfigError {
                 // A request's JSON has no lines and columns to name: the field's path says where.
                 if error.mark == TritonModelConfig.loadRequestMark { error.mark = nil }
-                throw ModelRepositoryError("invalid model configuration: \(error)")
+                throw ModelRepositoryError("invalid model configuration: \(error)", isInvalidRequestConfiguration: true)
             }
             return model(name, directory: directory, policy: policy, available: available, template: template,
                          stamps: [:], settingsPath: nil)
@@ -157,6 +157,7 @@ public struct ModelRepositoryLayout: Sendable {
             var configuration = template
             configuration.version = String(version)
             configuration.path = "\(directory)/\(version)/\(ModelRepositoryLayout.modelFileName)"
+            configuration.versionPolicy = policy
             stamps[configuration.path] = FileStamp.of(configuration.path)
             return configuration
         }
@@ -221,6 +222,11 @@ public struct ModelRepositoryLayout: Sendable {
 /// A repository that cannot be read, or a model that is not in it.
 public struct ModelRepositoryError: Error, Sendable, CustomStringConvertible {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// The configuration a load request gave does not decode: the request's fault, not the repository's.
+    public var isInvalidRequestConfiguration = false
+    public init(_ message: String, isInvalidRequestConfiguration: Bool = false) {
+        self.message = message
+        self.isInvalidRequestConfiguration = isInvalidRequestConfiguration
+    }
     public var description: String { message }
 }

@@ -83,7 +83,8 @@ enum TritonModelConfig {
         "instance_group.gpus": [], "instance_group.secondary_devices": [], "instance_group.profile": [],
         "instance_group.passive": ["false"], "instance_group.host_policy": [""],
         "input.format": ["FORMAT_NONE"], "input.is_shape_tensor": ["false"], "input.allow_ragged_batch": ["false"],
-        "input.optional": ["false"], "output.is_shape_tensor": ["false"], "output.label_filename": [""],
+        "input.optional": ["false"], "input.is_non_linear_format_io": ["false"], "output.is_shape_tensor": ["false"],
+        "output.label_filename": [""], "output.is_non_linear_format_io": ["false"],
     ]
 
     /// Whether `node`, the value of `field` (its path from the configuration's top), is Triton's default for it:

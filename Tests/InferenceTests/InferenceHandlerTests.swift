@@ -100,7 +100,8 @@ final class InferenceHandlerTests: XCTestCase {
         let named = try call("POST", "/v2/models/broken/versions/1/infer", body: "{}")
         XCTAssertEqual(named.0, 503, "Triton's UNAVAILABLE: that version is not ready")
         XCTAssertTrue(named.1.contains("version 1 is not at ready state"), named.1)
-        XCTAssertEqual(try call("GET", "/v2/models/broken/ready").0, 400)
+        XCTAssertEqual(try call("GET", "/v2/models/broken/ready").0, 404, "as metadata: no version ready")
+        XCTAssertEqual(try call("GET", "/v2/models/broken/versions/1/ready").0, 503, "a named version not ready")
         XCTAssertEqual(try call("GET", "/v2/models/double/infer").0, 405)
         XCTAssertEqual(try call("GET", "/v2/models/double/infer").2.headers["Allow"], "POST")
     }

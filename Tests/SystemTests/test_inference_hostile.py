@@ -186,11 +186,13 @@ def test_model_names_versions_and_methods(start_kernel, tmp_path):
     kernel = start_kernel(repository_yaml("repository_control: explicit"))
     assert all(entry["name"] != "a b" for entry in index(kernel))
     for name in ("nope", "a%20b", "x" * 4000, "caf%C3%A9", "tab%09x", "new%0Aline"):
-        for action in ("load", "unload"):
-            status, _, body = raw_request(kernel, "POST", f"/v2/repository/models/{name}/{action}")
-            assert status == 400, (name, action, status, body)
-            message = json.loads(body)["error"]
-            assert message.startswith(f"failed to {action} '"), message
+        # Triton: a load it cannot poll for is INTERNAL (500); an unload of what is not served is done (200).
+        status, _, body = raw_request(kernel, "POST", f"/v2/repository/models/{name}/load")
+        assert status == 500, (name, status, body)
+        message = json.loads(body)["error"]
+        assert message.startswith("failed to load '"), message
+        status, _, body = raw_request(kernel, "POST", f"/v2/repository/models/{name}/unload")
+        assert status == 200, (name, status, body)
     assert all(entry["name"] != "a b" for entry in index(kernel))
     assert_serving(kernel)
     # `..`, encoded slashes and NUL never reach a directory outside the repository.
@@ -255,9 +257,9 @@ def test_load_unload_races_and_a_vanished_directory(start_kernel, tmp_path):
         assert {"name": "demo", "version": "1", "state": "READY"} in index(kernel)
         assert [future.result().status_code for future in loads] == [200] * 3
 
-    # The model's directory vanishes: a load is 400 (Triton's words) and what serves keeps serving.
+    # The model's directory vanishes: a load is 500 (Triton's INTERNAL, its words) and what serves keeps serving.
     shutil.rmtree(os.path.join(repository, "demo"))
-    message = error_of(post(kernel, "/v2/repository/models/demo/load"), 400)
+    message = error_of(post(kernel, "/v2/repository/models/demo/load"), 500)
     assert message.startswith("failed to load 'demo', failed to poll from model repository"), message
     assert requests.get(kernel.url("/v2/models/demo/ready"), timeout=10).status_code == 200
     assert_serving(kernel, "demo")
@@ -272,11 +274,11 @@ def test_load_unload_races_and_a_vanished_directory(start_kernel, tmp_path):
     assert "version 2 is at UNAVAILABLE state: " in message, message
     assert "failed to load from" in kernel.log_text()
     assert_serving(kernel, "demo")
-    # Unloaded, the model's directory gone: unload still answers, load answers 400.
+    # Unloaded, the model's directory gone: unload still answers, load answers 500 (it cannot be polled).
     assert post(kernel, "/v2/repository/models/demo/unload").status_code == 200
     shutil.rmtree(os.path.join(repository, "demo"))
     assert post(kernel, "/v2/repository/models/demo/unload").status_code == 200
-    error_of(post(kernel, "/v2/repository/models/demo/load"), 400)
+    error_of(post(kernel, "/v2/repository/models/demo/load"), 500)
     assert_serving(kernel)
 
 
@@ -443,7 +445,7 @@ def test_a_repository_with_junk_at_start_and_while_polling(start_kernel, tmp_pat
     kernel.wait_for_log("inference: model 'late_dirsettings':", timeout=30)
     kernel.wait_for_log("config.pbtxt:1:113: messages and lists nested deeper than 100 levels", timeout=30)
     unreadable = requests.get(kernel.url("/v2/models/late_dirsettings/ready"), timeout=10)
-    assert "has no available versions" in error_of(unreadable, 400)
+    assert "has no available versions" in error_of(unreadable, 404)
     assert_serving(kernel)
     # A symlink loop replacing a served model's version directory, then a good file again.
     shutil.rmtree(os.path.join(repository, "demo", "2"))

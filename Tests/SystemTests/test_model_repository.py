@@ -184,7 +184,7 @@ def test_load_and_unload_while_wrk_drives_another_model(start_kernel, tmp_path):
     for _ in range(2):
         response = post(kernel, "/v2/repository/models/demo/unload")
         assert response.status_code == 200, response.text
-        assert requests.get(kernel.url("/v2/models/demo/ready"), timeout=10).status_code == 400
+        assert requests.get(kernel.url("/v2/models/demo/ready"), timeout=10).status_code == 404
         gone = infer(kernel, "demo", array)
         assert gone.status_code == 404 and "has no available versions (version 2 is not at ready state: unloaded)" in gone.json()["error"], gone.text
         listed = index(kernel)
@@ -199,9 +199,17 @@ def test_load_and_unload_while_wrk_drives_another_model(start_kernel, tmp_path):
     assert requests_done > 0
     assert "Non-2xx" not in output, output
     assert "Socket errors" not in output, output
+    # Triton's words and statuses: a load it cannot poll for is INTERNAL (500); an unload of what is not served
+    # is done (200, so that unload-then-load scripts can repeat it); statistics of it are 400.
     unknown = post(kernel, "/v2/repository/models/nope/load")
-    assert unknown.status_code == 400
+    assert unknown.status_code == 500
     assert unknown.json()["error"].startswith("failed to load 'nope', failed to poll from model repository")
+    assert post(kernel, "/v2/repository/models/nope/unload").status_code == 200
+    stats = requests.get(kernel.url("/v2/models/nope/stats"), timeout=10)
+    assert stats.status_code == 400 and stats.json() == {"error": "requested model 'nope' is not available"}, stats.text
+    stats = requests.get(kernel.url("/v2/models/other/versions/9/stats"), timeout=10)
+    assert stats.status_code == 400, stats.text
+    assert stats.json() == {"error": "requested model version is not available for model 'other'"}, stats.text
     # A model added to the directory after the start is listed by name, and loads on request.
     make_scaled_sum_model(os.path.join(str(tmp_path), "repo", "late", "1", "model.onnx"), 4.0)
     assert {"name": "late"} in index(kernel)
@@ -240,7 +248,7 @@ def test_an_unload_finishes_the_requests_it_has_queued(start_kernel, tmp_path):
         # Every request the model had queued or running when the unload came got its answer (none was dropped).
         answers = [future.result() for future in pending]
     assert [answer.status_code for answer in answers] == [200] * 4, [answer.text for answer in answers]
-    assert requests.get(kernel.url("/v2/models/slow/ready"), timeout=10).status_code == 400
+    assert requests.get(kernel.url("/v2/models/slow/ready"), timeout=10).status_code == 404
 
 
 def test_a_broken_new_version_keeps_the_old_one_serving(start_kernel, tmp_path):
@@ -302,7 +310,7 @@ def test_polling_picks_up_added_changed_and_removed_versions(start_kernel, tmp_p
     assert is_scaled_sum(output_of(infer(kernel, "demo", array)), array, 1.0)
     # A removed model is unloaded.
     shutil.rmtree(os.path.join(repository, "late"))
-    wait_until(lambda: requests.get(kernel.url("/v2/models/late/ready"), timeout=10).status_code == 400, "'late' to go")
+    wait_until(lambda: requests.get(kernel.url("/v2/models/late/ready"), timeout=10).status_code == 404, "'late' to go")
     assert "model 'late' is no longer in the repository" in kernel.log_text()
 
 
@@ -316,7 +324,7 @@ def test_warmup_runs_before_readiness(start_kernel, tmp_path):
                                           locations="        - location: = /healthz\n          health: ready\n"))
     kernel.wait_for_log("warming up 1 instance(s), 2 run(s) at batch size(s) [1, 2, 3", timeout=60)
     assert requests.get(kernel.url("/v2/health/ready"), timeout=10).status_code == 400
-    assert requests.get(kernel.url("/v2/models/slow/ready"), timeout=10).status_code == 400
+    assert requests.get(kernel.url("/v2/models/slow/ready"), timeout=10).status_code == 404
     assert requests.get(kernel.url("/healthz"), timeout=10).status_code == 503
     assert requests.get(kernel.url("/v2/health/live"), timeout=10).status_code == 200
     kernel.wait_for_log("model 'slow' version 1 ready", timeout=120)
@@ -492,8 +500,15 @@ dynamic_batching { max_queue_delay_microseconds: 500 }
     kernel = start_kernel(repository_yaml(""))
     config = requests.get(kernel.url("/v2/models/demo/config"), timeout=10).json()
     assert config["max_batch_size"] == 8
-    assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+    group = config["instance_group"]
+    assert [(g["name"], g["kind"], g["count"]) for g in group] == [("demo", "KIND_CPU", 2)], group
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
+    # What Triton's normalisation fills in and its JSON always carries.
+    assert config["version_policy"] == {"latest": {"num_versions": 1}}
+    assert config["dynamic_batching"]["preferred_batch_size"] == [8]
+    assert config["default_model_filename"] == "model.onnx" and config["parameters"] == {}
+    assert config["optimization"]["input_pinned_memory"] == {"enable": True}
+    assert config["input"][0]["format"] == "FORMAT_NONE" and config["output"][0]["label_filename"] == ""
     array = rows(4)
     assert np.array_equal(output_of(infer(kernel, "demo", array)), Reference(DEMO).run(array))
 
@@ -521,7 +536,8 @@ def test_a_load_request_gives_the_settings_or_the_files_instead_of_the_repositor
         "version_policy": {"specific": {"versions": [2]}}}))
     config = client.get_model_config("demo")
     assert config["max_batch_size"] == 4
-    assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+    assert [(g["kind"], g["count"]) for g in config["instance_group"]] == [("KIND_CPU", 2)]
+    assert config["version_policy"] == {"specific": {"versions": [2]}}
     assert config["dynamic_batching"]["preferred_batch_size"] == [2, 4]
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
     assert not client.is_model_ready("demo", "1") and client.is_model_ready("demo", "2")
