@@ -47,8 +47,14 @@ public struct InferenceHandler: RequestHandler {
         guard path.utf8.starts(with: mount.utf8) else { return nil }
         let rest = path.utf8.dropFirst(mount.utf8.count)
         guard rest.isEmpty || rest.first == UInt8(ascii: "/") else { return nil }
-        // Split as bytes: Substring's own split compares Characters, which costs a grapheme check per byte.
-        return rest.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true).map { Substring($0) }[...]
+        // The mount point itself, with or without its slash, is the protocol's root (server metadata).
+        if rest.count <= 1 { return [] }
+        // Split as bytes: Substring's own split compares Characters, which costs a grapheme check per byte. An
+        // empty segment (`/v2/models/m/infer/`, `/v2//models`) names no path of the protocol's: Triton matches
+        // its paths whole and answers those 404.
+        let segments = rest.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+        guard !segments.contains(where: \.isEmpty) else { return nil }
+        return segments.map { Substring($0) }[...]
     }
 
     public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {

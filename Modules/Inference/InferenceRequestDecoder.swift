@@ -75,6 +75,7 @@ struct InferenceRequestDecoder {
                     binaryOutputDefault = value
                 }
                 if let level = parameters["priority"] { priority = try RequestPriority.parameter(level) }
+                try Self.checkRequestParameters(parameters)
             case "inputs":
                 try decoder.inputs()
             case "outputs":
@@ -109,6 +110,41 @@ struct InferenceRequestDecoder {
         let outputs = try requestedOutputs(outputItems, binaryOutputDefault: binaryOutputDefault)
         return DecodedInferenceRequest(id: id, inputs: inputs, outputs: outputs, binaryOutputDefault: binaryOutputDefault,
                                        priority: priority)
+    }
+
+    /// Triton's checks of the request's other `parameters` (its HTTP server's `ParseJsonTritonParams`): the
+    /// sequence and timeout parameters have their types (the kernel serves no sequence batcher, and a request's
+    /// `timeout` overrides nothing while `allow_timeout_override` is false, as the configuration reports), names
+    /// starting `triton_` are reserved, and any other parameter is a string, a boolean or a number.
+    static func checkRequestParameters(_ parameters: JSONValue) throws {
+        guard case .object(let members) = parameters else { return }
+        for (key, value) in members {
+            switch key {
+            case "priority", "binary_data_output":
+                continue  // read above
+            case "timeout":
+                guard case .number(let number) = value, number.uint64 != nil else {
+                    throw KernelHTTPError(400, "Unable to parse 'timeout': attempt to access JSON non-unsigned-integer as unsigned-integer")
+                }
+            case "sequence_id":
+                if case .string = value { continue }
+                guard case .number(let number) = value, number.uint64 != nil else {
+                    throw KernelHTTPError(400, "Unable to parse 'sequence_id': attempt to access JSON non-string as string")
+                }
+            case "sequence_start", "sequence_end":
+                guard value.boolValue != nil else {
+                    throw KernelHTTPError(400, "Unable to parse '\(key)': attempt to access JSON non-boolean as boolean")
+                }
+            case let name where name.hasPrefix("triton_"):
+                throw KernelHTTPError(400, "parameter keys starting with 'triton_' are reserved for Triton usage and should not be specified.")
+            default:
+                switch value {
+                case .string, .bool, .number: continue
+                default:
+                    throw KernelHTTPError(400, "parameter '\(key)' has invalid type. It should be either 'int', 'bool', or 'string'.")
+                }
+            }
+        }
     }
 
     /// The members of the object whose `{` the cursor is past, at nesting `depth`: `visit` reads each one's value

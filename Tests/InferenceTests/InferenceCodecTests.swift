@@ -228,6 +228,29 @@ final class InferenceCodecTests: XCTestCase {
         }
     }
 
+    func testRequestParametersFollowTritonsTypes() throws {
+        // Accepted: what Triton's HTTP server reads (timeout and sequence ids unsigned, flags boolean) and any
+        // other parameter that is a string, a boolean or a number.
+        _ = try decode(#"{"inputs": [\#(validInputs)], "parameters": {"timeout": 5000, "sequence_id": "s1", "sequence_start": true, "custom": "x", "n": 2.5, "flag": false}}"#)
+        _ = try decode(#"{"inputs": [\#(validInputs)], "parameters": {"sequence_id": 7, "sequence_end": false}}"#)
+        let refused: [(String, String)] = [
+            (#"{"timeout": -5}"#, "Unable to parse 'timeout'"),
+            (#"{"timeout": "5"}"#, "Unable to parse 'timeout'"),
+            (#"{"timeout": 1.5}"#, "Unable to parse 'timeout'"),
+            (#"{"sequence_id": -1}"#, "Unable to parse 'sequence_id'"),
+            (#"{"sequence_start": 1}"#, "Unable to parse 'sequence_start'"),
+            (#"{"triton_enable_empty_final_response": true}"#, "parameter keys starting with 'triton_' are reserved"),
+            (#"{"custom": [1]}"#, "parameter 'custom' has invalid type. It should be either 'int', 'bool', or 'string'."),
+            (#"{"custom": {"a": 1}}"#, "parameter 'custom' has invalid type"),
+            (#"{"custom": null}"#, "parameter 'custom' has invalid type"),
+        ]
+        for (parameters, message) in refused {
+            assertStatus(400, message) {
+                _ = try self.decode(#"{"inputs": [\#(self.validInputs)], "parameters": \#(parameters)}"#)
+            }
+        }
+    }
+
     func testShapesWhoseSizesOverflowAreRefused() {
         let cases: [(shape: String, fragment: String)] = [
             ("[0, 4611686018427387904]", "shape too large: [0,4611686018427387904] of FP32"),

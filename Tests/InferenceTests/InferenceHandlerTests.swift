@@ -102,6 +102,11 @@ final class InferenceHandlerTests: XCTestCase {
         XCTAssertTrue(named.1.contains("version 1 is not at ready state"), named.1)
         XCTAssertEqual(try call("GET", "/v2/models/broken/ready").0, 404, "as metadata: no version ready")
         XCTAssertEqual(try call("GET", "/v2/models/broken/versions/1/ready").0, 503, "a named version not ready")
+        // Paths are matched whole, as Triton's are: a trailing or doubled slash names nothing.
+        XCTAssertEqual(try call("POST", "/v2/models/double/infer/", body: "{}").0, 404)
+        XCTAssertEqual(try call("GET", "/v2/models/double/").0, 404)
+        XCTAssertEqual(try call("GET", "/v2/models//double").0, 404)
+        XCTAssertEqual(try call("GET", "/v2/").0, 200, "the mount point itself is the server's metadata")
         XCTAssertEqual(try call("GET", "/v2/models/double/infer").0, 405)
         XCTAssertEqual(try call("GET", "/v2/models/double/infer").2.headers["Allow"], "POST")
     }

@@ -170,6 +170,12 @@ final class ImageUploadTests: XCTestCase {
         XCTAssertNil(Base64.decode("aGVs=bG8"))
         XCTAssertNil(Base64.decode("a"))
         XCTAssertNil(Base64.decode("aGVsbG8==="))
+        // MIME's line breaks (Python's base64.encodebytes) and a data URL's prefix, as clients send them.
+        XCTAssertEqual(Base64.decode("aGVs\nbG8=\n"), Array("hello".utf8))
+        XCTAssertEqual(Base64.decode("aGVs\r\nbG8=\r\n"), Array("hello".utf8))
+        XCTAssertEqual(Base64.decode("data:image/png;base64,aGVsbG8="), Array("hello".utf8))
+        XCTAssertNil(Base64.decode("data:text/plain,aGVsbG8="), "a data URL that is not base64")
+        XCTAssertNil(Base64.decode("aGVs-bG8"), "the URL-safe alphabet is not the standard one")
     }
 
     func testQueryFlag() {

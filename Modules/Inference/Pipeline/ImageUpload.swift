@@ -155,7 +155,10 @@ extension Substring {
     }
 }
 
-/// Standard base64 (RFC 4648 section 4), padding optional, no other characters.
+/// Standard base64 (RFC 4648 section 4), padding optional. Line breaks and blanks are skipped (MIME's base64,
+/// RFC 2045, as Python's `base64.encodebytes` writes it, breaks lines every 76 characters), and a data URL's
+/// `data:<type>;base64,` prefix (what a browser's `FileReader.readAsDataURL` gives) is dropped; any other
+/// character is an error.
 enum Base64 {
     static func decode(_ text: String) -> [UInt8]? {
         var output: [UInt8] = []
@@ -163,9 +166,15 @@ enum Base64 {
         var accumulator: UInt32 = 0
         var bits = 0
         var padding = 0
-        for byte in text.utf8 {
+        var encoded = text.utf8[...]
+        if encoded.starts(with: "data:".utf8), let comma = encoded.firstIndex(of: UInt8(ascii: ",")) {
+            guard encoded[..<comma].reversed().starts(with: ";base64".utf8.reversed()) else { return nil }
+            encoded = encoded[encoded.index(after: comma)...]
+        }
+        for byte in encoded {
             let value: UInt8
             switch byte {
+            case UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: " "), UInt8(ascii: "\t"): continue
             case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = byte - UInt8(ascii: "A")
             case UInt8(ascii: "a")...UInt8(ascii: "z"): value = byte - UInt8(ascii: "a") + 26
             case UInt8(ascii: "0")...UInt8(ascii: "9"): value = byte - UInt8(ascii: "0") + 52
