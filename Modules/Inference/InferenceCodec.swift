@@ -39,6 +39,8 @@ public struct ModelSignature: Sendable {
     public var outputs: [TensorSpec]
     /// 0 when the model does not batch: dimension 0 is then not limited by the kernel.
     public var maxBatchSize: Int
+    /// The labels of outputs that have a `label_filename`, by output name: classification answers carry them.
+    public var labels: [String: [String]] = [:]
 
     public init(name: String, version: String, inputs: [TensorSpec], outputs: [TensorSpec], maxBatchSize: Int) {
         self.name = name
@@ -236,7 +238,8 @@ public enum InferenceCodec {
                 guard OutputClassification.supports(tensor.dataType) else {
                     throw KernelHTTPError(400, "class result not available for output '\(wanted.name)' due to unsupported type '\(tensor.dataType.rawValue)'")
                 }
-                tensor = OutputClassification.classify(tensor, count: wanted.classCount, batched: model.maxBatchSize > 0)
+                tensor = OutputClassification.classify(tensor, count: wanted.classCount, batched: model.maxBatchSize > 0,
+                                                       labels: model.labels[wanted.name])
             }
             guard binary || tensor.dataType.hasJSONForm else {
                 throw KernelHTTPError(400, "sending \(tensor.dataType.rawValue) data via JSON is not supported. Please use the binary data format for output \(wanted.name)")

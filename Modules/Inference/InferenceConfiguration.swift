@@ -130,6 +130,15 @@ public struct ModelConfiguration: Sendable {
         public var name: String
         public var dataType: TensorDataType
         public var dims: [Int64]
+        /// `format`: Triton's `FORMAT_NONE`, `FORMAT_NCHW` or `FORMAT_NHWC` (inputs); what it says of the layout is
+        /// reported, the dimensions are what is checked.
+        public var format: String? = nil
+        /// `reshape`: the shape the model itself has for the tensor (without the batch dimension), where `dims`
+        /// is the shape requests and answers carry (Triton's `reshape { shape }`).
+        public var reshape: [Int64]? = nil
+        /// `label_filename` (outputs): one label per line, the line's index the element's; relative to the
+        /// model's directory. Classification answers carry the labels (`value:index:label`).
+        public var labelFile: String? = nil
     }
 
     /// `dynamic_batching: {max_queue_delay, preferred_batch_sizes, priority_levels, default_priority_level}`.
@@ -362,13 +371,14 @@ extension InferenceConfiguration {
                                   dynamicBatching: dynamicBatching, maxQueue: maxQueue, timeout: timeout, warmup: warmup,
                                   warmupBatchSizes: warmupBatchSizes, memory: memory)
         model.queueFullStatus = queueFullStatus
-        model.declaredInputs = try decodeDeclaredTensors(mapping.optional("inputs"))
-        model.declaredOutputs = try decodeDeclaredTensors(mapping.optional("outputs"))
+        model.declaredInputs = try decodeDeclaredTensors(mapping.optional("inputs"), outputs: false)
+        model.declaredOutputs = try decodeDeclaredTensors(mapping.optional("outputs"), outputs: true)
         return model
     }
 
-    /// `inputs:`/`outputs:`: a list of `{name, datatype, dims}`.
-    static func decodeDeclaredTensors(_ value: ConfigValue?) throws -> [ModelConfiguration.DeclaredTensor] {
+    /// `inputs:`/`outputs:`: a list of `{name, datatype, dims}`, with `format`, `reshape` and `label_filename`
+    /// where Triton's configuration has them.
+    static func decodeDeclaredTensors(_ value: ConfigValue?, outputs: Bool) throws -> [ModelConfiguration.DeclaredTensor] {
         guard let value else { return [] }
         var declared: [ModelConfiguration.DeclaredTensor] = []
         for item in try value.list() {
@@ -379,10 +389,25 @@ extension InferenceConfiguration {
             guard let dataType = TensorDataType(rawValue: typeName) else {
                 throw typeValue.expected("one of \(TensorDataType.allCases.map(\.rawValue).joined(separator: ", "))")
             }
-            let dims = try entry.required("dims").list(allowScalar: true).map { Int64(try $0.int(in: -1...Int(Int32.max), what: "-1 or a size")) }
+            let dimsValue = try entry.required("dims")
+            let dims = try dimsValue.list(allowScalar: true).map { Int64(try $0.int(in: -1...Int(Int32.max), what: "-1 or a size")) }
+            var tensor = ModelConfiguration.DeclaredTensor(name: name, dataType: dataType, dims: dims)
+            if !outputs, let format = entry.optional("format") {
+                tensor.format = try format.oneOf(["FORMAT_NONE", "FORMAT_NCHW", "FORMAT_NHWC"])
+                // Triton's rule: an image layout names three dimensions (without the batch dimension).
+                if tensor.format != "FORMAT_NONE", dims.count != 3 {
+                    throw format.error("\(tensor.format!) needs 3 dims (channels, height, width in its order), found \(dims.count)")
+                }
+            }
+            if let reshapeValue = entry.optional("reshape") {
+                let reshape = try reshapeValue.list(allowScalar: true).map { Int64(try $0.int(in: -1...Int(Int32.max), what: "-1 or a size")) }
+                try TensorReshape.check(dims: dims, reshape: reshape, at: reshapeValue)
+                tensor.reshape = reshape
+            }
+            if outputs, let label = entry.optional("label_filename") { tensor.labelFile = try label.nonEmptyString() }
             try entry.finish()
             guard !declared.contains(where: { $0.name == name }) else { throw item.error("tensor \"\(name)\" is declared twice") }
-            declared.append(.init(name: name, dataType: dataType, dims: dims))
+            declared.append(tensor)
         }
         return declared
     }

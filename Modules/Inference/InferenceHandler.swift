@@ -462,10 +462,23 @@ public struct InferenceHandler: RequestHandler {
                     writer.integer(dimension)
                 }
                 writer.byte(UInt8(ascii: "]"))
+                let declared = (isInput ? configuration.declaredInputs : configuration.declaredOutputs).first { $0.name == spec.name }
+                if let reshape = declared?.reshape {
+                    writer.raw(",\"reshape\":{\"shape\":[")
+                    for (dimensionIndex, dimension) in reshape.enumerated() {
+                        if dimensionIndex > 0 { writer.byte(UInt8(ascii: ",")) }
+                        writer.integer(dimension)
+                    }
+                    writer.raw("]}")
+                }
                 if isInput {
-                    writer.raw(",\"format\":\"FORMAT_NONE\",\"is_shape_tensor\":false,\"allow_ragged_batch\":false,\"optional\":false,\"is_non_linear_format_io\":false}")
+                    writer.raw(",\"format\":")
+                    writer.string(declared?.format ?? "FORMAT_NONE")
+                    writer.raw(",\"is_shape_tensor\":false,\"allow_ragged_batch\":false,\"optional\":false,\"is_non_linear_format_io\":false}")
                 } else {
-                    writer.raw(",\"label_filename\":\"\",\"is_shape_tensor\":false,\"is_non_linear_format_io\":false}")
+                    writer.raw(",\"label_filename\":")
+                    writer.string(declared?.labelFile ?? "")
+                    writer.raw(",\"is_shape_tensor\":false,\"is_non_linear_format_io\":false}")
                 }
             }
             writer.byte(UInt8(ascii: "]"))
@@ -492,7 +505,15 @@ public struct InferenceHandler: RequestHandler {
             configTensors(model.signature.inputs, isInput: true, into: &writer)
             writer.raw(",\"output\":")
             configTensors(model.signature.outputs, isInput: false, into: &writer)
-            writer.raw(",\"batch_input\":[],\"batch_output\":[],\"optimization\":{\"priority\":\"PRIORITY_DEFAULT\",\"input_pinned_memory\":{\"enable\":true},\"output_pinned_memory\":{\"enable\":true},\"gather_kernel_buffer_threshold\":0,\"eager_batching\":false}")
+            writer.raw(",\"batch_input\":[],\"batch_output\":[],\"optimization\":{")
+            // The ONNX Runtime backend's graph level, when it is not its default (all).
+            if let level = TritonModelConfig.graphLevels.first(where: { $0.value == configuration.memory.graphOptimizationLevel.configName })?.key,
+               level != 0 {
+                writer.raw("\"graph\":{\"level\":")
+                writer.integer(level)
+                writer.raw("},")
+            }
+            writer.raw("\"priority\":\"PRIORITY_DEFAULT\",\"input_pinned_memory\":{\"enable\":true},\"output_pinned_memory\":{\"enable\":true},\"gather_kernel_buffer_threshold\":0,\"eager_batching\":false}")
             if let batching = configuration.dynamicBatching {
                 writer.raw(",\"dynamic_batching\":{\"preferred_batch_size\":")
                 let preferred = batching.preferredBatchSizes.isEmpty && configuration.maxBatchSize > 0
@@ -516,7 +537,22 @@ public struct InferenceHandler: RequestHandler {
             writer.raw(",\"kind\":\"KIND_CPU\",\"count\":")
             writer.integer(configuration.instances)
             writer.raw(",\"gpus\":[],\"secondary_devices\":[],\"profile\":[],\"passive\":false,\"host_policy\":\"\"}]")
-            writer.raw(",\"default_model_filename\":\"model.onnx\",\"cc_model_filenames\":{},\"metric_tags\":{},\"parameters\":{},\"model_warmup\":[]}")
+            writer.raw(",\"default_model_filename\":\"model.onnx\",\"cc_model_filenames\":{},\"metric_tags\":{},\"parameters\":{")
+            // The ONNX Runtime backend's parameters for what the sessions run with: the thread counts always (the
+            // kernel's default of one thread is not the backend's), the memory switches when off; so that a
+            // configuration read here and loaded back runs the same.
+            var parameters = [("intra_op_thread_count", String(configuration.intraOpThreads)),
+                              ("inter_op_thread_count", String(configuration.interOpThreads))]
+            if !configuration.memory.cpuMemoryArena { parameters.append(("enable_mem_arena", "0")) }
+            if !configuration.memory.memoryPattern { parameters.append(("enable_mem_pattern", "0")) }
+            for (index, (key, value)) in parameters.enumerated() {
+                if index > 0 { writer.byte(UInt8(ascii: ",")) }
+                writer.string(key)
+                writer.raw(":{\"string_value\":")
+                writer.string(value)
+                writer.byte(UInt8(ascii: "}"))
+            }
+            writer.raw("},\"model_warmup\":[]}")
         }
     }
 

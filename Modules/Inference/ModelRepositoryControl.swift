@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import KernelConfig
 import KernelCore
 import Logging
 import NIOConcurrencyHelpers
@@ -439,17 +440,24 @@ final class ModelLoadingService: KernelService {
         }
         try checkDeclaredTensors(configuration, inputs: first.inputs, outputs: first.outputs)
         // What requests are checked against and metadata reports: the model's tensors, with the dimensions the
-        // configuration fixes where the model leaves them free (Triton serves the configuration's shapes).
+        // configuration fixes where the model leaves them free (Triton serves the configuration's shapes), or the
+        // served shapes of the tensors it reshapes.
         let batching = configuration.maxBatchSize > 0
         let inputs = narrowed(first.inputs, by: configuration.declaredInputs, batching: batching)
         let outputs = narrowed(first.outputs, by: configuration.declaredOutputs, batching: batching)
-        guard warmUp(configuration, sessions: sessions, inputs: inputs, logger: logger, isStopping: isStopping) else {
+        let labels = try outputLabels(configuration)
+        var runners: [any ModelRunner] = sessions
+        if (inputs + outputs).contains(where: { $0.reshape != nil }) {
+            runners = sessions.map { ReshapingRunner(base: $0, inputs: inputs.map(\.reshape), outputs: outputs.map(\.reshape)) }
+        }
+        guard warmUp(configuration, sessions: runners, inputs: inputs, logger: logger, isStopping: isStopping) else {
             throw ModelRepositoryError("the kernel is stopping: the warm-up was interrupted, the model is not loaded")
         }
-        let signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: inputs,
+        var signature = ModelSignature(name: configuration.name, version: configuration.version, inputs: inputs,
                                        outputs: outputs, maxBatchSize: configuration.maxBatchSize)
+        signature.labels = labels
         let scheduler = ModelScheduler(modelName: configuration.name, modelVersion: configuration.version,
-                                       policy: configuration.policy, runners: sessions, logger: logger)
+                                       policy: configuration.policy, runners: runners, logger: logger)
         return LoadedModel(configuration: configuration, signature: signature, scheduler: scheduler)
     }
 
@@ -467,10 +475,12 @@ final class ModelLoadingService: KernelService {
                     throw ModelRepositoryError("unexpected datatype TYPE_\(tensor.dataType == .bytes ? "STRING" : tensor.dataType.rawValue) for \(kind) '\(tensor.name)', model provides TYPE_\(spec.dataType == .bytes ? "STRING" : spec.dataType.rawValue)")
                 }
                 let modelDims = batching ? Array(spec.shape.dropFirst()) : spec.shape
-                let matches = modelDims.count == tensor.dims.count
-                    && zip(modelDims, tensor.dims).allSatisfy { model, declared in model == -1 || model == declared }
+                // A reshaped tensor's model shape is the reshape's; `dims` is what is served.
+                let declaredDims = tensor.reshape ?? tensor.dims
+                let matches = modelDims.count == declaredDims.count
+                    && zip(modelDims, declaredDims).allSatisfy { model, declared in model == -1 || declared == -1 || model == declared }
                 guard matches else {
-                    let complete = (batching ? [-1] : []) + tensor.dims
+                    let complete = (batching ? [-1] : []) + declaredDims
                     throw ModelRepositoryError("model '\(configuration.name)', tensor '\(tensor.name)': the model expects \(spec.shape.count) dimensions (shape [\(spec.shape.map(String.init).joined(separator: ","))]) but the model configuration specifies \(complete.count) dimensions (\(batching ? "an initial batch dimension because max_batch_size > 0 followed by the explicit tensor shape, making complete shape" : "shape") [\(complete.map(String.init).joined(separator: ","))])")
                 }
             }
@@ -484,8 +494,35 @@ final class ModelLoadingService: KernelService {
             guard let tensor = declared.first(where: { $0.name == spec.name }) else { return spec }
             var narrowed = spec
             narrowed.shape = (batching ? Array(spec.shape.prefix(1)) : []) + tensor.dims
+            if let reshape = tensor.reshape {
+                narrowed.reshape = TensorReshape(served: tensor.dims, model: reshape, batched: batching)
+            }
             return narrowed
         }
+    }
+
+    /// The labels of each output with a `label_filename` (Triton's label file: one label per line, in index
+    /// order), read when the model loads; a relative name is in the model's directory (the one above its version
+    /// directory), as Triton keeps it beside `config.pbtxt`.
+    static func outputLabels(_ configuration: ModelConfiguration) throws -> [String: [String]] {
+        var labels: [String: [String]] = [:]
+        for output in configuration.declaredOutputs {
+            guard let file = output.labelFile else { continue }
+            func parent(_ path: String) -> String {
+                guard let slash = path.lastIndex(of: "/") else { return "." }
+                return slash == path.startIndex ? "/" : String(path[..<slash])
+            }
+            let path = file.hasPrefix("/") ? file : parent(parent(configuration.path)) + "/" + file
+            guard let text = readConfigurationFile(path, limit: 64 << 20) else {
+                throw ModelRepositoryError("label file \(path) of output '\(output.name)' cannot be read: \(String(cString: strerror(errno)))")
+            }
+            var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+                line.hasSuffix("\r") ? String(line.dropLast()) : String(line)
+            }
+            if lines.last == "" { lines.removeLast() }
+            labels[output.name] = lines
+        }
+        return labels
     }
 
     /// Runs every instance `warmup` times at every batch size the batcher can form (or `warmup_batch_sizes`), with
@@ -494,7 +531,7 @@ final class ModelLoadingService: KernelService {
     /// serves, with a warning. Returns false when it stopped early because `isStopping` turned true (checked
     /// before each run).
     @discardableResult
-    static func warmUp(_ configuration: ModelConfiguration, sessions: [ONNXSession], inputs specs: [TensorSpec], logger: Logger,
+    static func warmUp(_ configuration: ModelConfiguration, sessions: [any ModelRunner], inputs specs: [TensorSpec], logger: Logger,
                        isStopping: () -> Bool = { false }) -> Bool {
         let sizes = configuration.warmupSizes
         guard !sizes.isEmpty, let first = sessions.first else { return true }

@@ -6,7 +6,7 @@ import Darwin
 
 /// Triton's classification extension: an output requested with `"parameters": {"classification": K}` (tritonclient's
 /// `class_count`) is answered with its K largest elements instead of the tensor, per batch row, each as the BYTES
-/// string `value:index` (Triton adds `:label` from a label file; a model here has none). The output's datatype
+/// string `value:index`, or `value:index:label` when the output's `label_filename` has a label for the index. The output's datatype
 /// becomes BYTES and its shape `[rows, min(K, row elements)]` for a model that batches, `[min(K, elements)]`
 /// otherwise, as Triton's HTTP server shapes it.
 enum OutputClassification {
@@ -20,7 +20,7 @@ enum OutputClassification {
 
     /// The classification of `tensor`: its `count` largest elements of each row (rows along dimension 0 when
     /// `batched`), largest first, equal values in index order.
-    static func classify(_ tensor: Tensor, count: Int, batched: Bool) -> Tensor {
+    static func classify(_ tensor: Tensor, count: Int, batched: Bool, labels: [String]? = nil) -> Tensor {
         let rows = batched && !tensor.shape.isEmpty ? Int(max(0, tensor.shape[0])) : 1
         let rowElements = TensorSize.elementCount(batched ? Array(tensor.shape.dropFirst()) : tensor.shape) ?? 0
         let kept = min(count, rowElements)
@@ -41,7 +41,14 @@ enum OutputClassification {
                     if a.number != b.number { return a.number > b.number }
                     return first < second
                 }
-                for index in order.prefix(kept) { strings.append(Array("\(values[index].text):\(index)".utf8)) }
+                for index in order.prefix(kept) {
+                    // Triton appends a label only where the file has a non-empty one for the index.
+                    if let labels, index < labels.count, !labels[index].isEmpty {
+                        strings.append(Array("\(values[index].text):\(index):\(labels[index])".utf8))
+                    } else {
+                        strings.append(Array("\(values[index].text):\(index)".utf8))
+                    }
+                }
             }
         }
         let shape: [Int64] = batched && !tensor.shape.isEmpty ? [Int64(rows), Int64(kept)] : [Int64(kept)]

@@ -71,6 +71,9 @@ public struct TensorSpec: Sendable, Equatable {
     public var name: String
     public var dataType: TensorDataType
     public var shape: [Int64]
+    /// Set when the configuration serves the tensor with another shape than the model's (`reshape`): `shape` is
+    /// then the served one, and a request's shape must also map onto the model's.
+    public var reshape: TensorReshape? = nil
 
     public init(name: String, dataType: TensorDataType, shape: [Int64]) {
         self.name = name
@@ -82,6 +85,7 @@ public struct TensorSpec: Sendable, Equatable {
     public func accepts(_ shape: [Int64]) -> Bool {
         guard shape.count == self.shape.count else { return false }
         for (declared, given) in zip(self.shape, shape) where declared >= 0 && declared != given { return false }
+        if let reshape, reshape.toModel(shape) == nil { return false }
         return true
     }
 

@@ -7,10 +7,13 @@ import KernelConfig
 /// "onnxruntime"`, `max_batch_size`, `instance_group [{count, kind: KIND_CPU}]` (counts add up), `dynamic_batching
 /// {preferred_batch_size, max_queue_delay_microseconds, priority_levels, default_priority_level,
 /// default_queue_policy {max_queue_size, default_timeout_microseconds}}` (microseconds rounded up to whole
-/// milliseconds), `version_policy`. `input` and `output` are read from the model itself, as Triton's
-/// auto-completion reads them for ONNX, and are skipped here. The fields Triton writes at their defaults are
-/// accepted at those values (`defaults`). Any other field is an error naming its place, rather than something
-/// silently not done.
+/// milliseconds), `version_policy`, `input` and `output` entries (`name`, `data_type`, `dims`, and `format`,
+/// `reshape {shape}`, an output's `label_filename`), `optimization { graph { level } }` (the ONNX Runtime
+/// backend's levels: -1 basic, 0 all, 1 extended, 2 none), and the ONNX Runtime backend's `parameters`
+/// (`intra_op_thread_count`, `inter_op_thread_count`, `enable_mem_arena`, `enable_mem_pattern`, `execution_mode`
+/// 0; keys that backend does not read are ignored as it ignores them). The fields Triton writes at their
+/// defaults are accepted at those values (`defaults`). Any other field is an error naming its place, rather than
+/// something silently not done.
 enum TritonModelConfig {
     static let fileName = "config.pbtxt"
 
@@ -74,7 +77,9 @@ enum TritonModelConfig {
         "default_model_filename": [""],
         "response_cache.enable": ["false"], "model_transaction_policy.decoupled": ["false"],
         "optimization.priority": ["PRIORITY_DEFAULT"], "optimization.gather_kernel_buffer_threshold": ["0"],
-        "optimization.eager_batching": ["false"],
+        "optimization.eager_batching": ["false"], "optimization.execution_accelerators": [],
+        "optimization.execution_accelerators.cpu_execution_accelerator": [],
+        "optimization.execution_accelerators.gpu_execution_accelerator": [],
         // Pinned host memory is for copies to and from a GPU: on or off, nothing changes for CPU instances.
         "optimization.input_pinned_memory.enable": ["true", "false"],
         "optimization.output_pinned_memory.enable": ["true", "false"],
@@ -193,6 +198,26 @@ enum TritonModelConfig {
                 put("dynamic_batching", .mapping(dynamic, mark: field.value.mark))
             case "version_policy":
                 put("version_policy", field.value)
+            case "parameters":
+                for (key, value) in try parameterEntries(field.value) {
+                    try backendParameter(key, value, put: put)
+                }
+            case "optimization":
+                for member in try fields(field.value, path: "optimization") {
+                    switch member.name {
+                    case "graph":
+                        for setting in try fields(member.value, path: "optimization.graph") {
+                            guard setting.name == "level" else { throw unsupported(setting, path: "optimization.graph") }
+                            let level = try ConfigValue(node: plain(setting.value), path: "optimization.graph.level")
+                                .int(in: -1...2, what: "-1 (basic), 0 (all), 1 (extended) or 2 (none)")
+                            put("graph_optimization_level", .scalar(graphLevels[level]!, mark: setting.value.mark, isPlain: true))
+                        }
+                    case let name where isDefault(member.value, field: "optimization.\(name)"):
+                        break
+                    default:
+                        throw unsupported(member, path: "optimization")
+                    }
+                }
             case "default_model_filename" where field.value.scalarText == ModelRepositoryLayout.modelFileName:
                 break
             case let name where isDefault(field.value, field: name):
@@ -215,6 +240,66 @@ enum TritonModelConfig {
         return entries.map { TextFormatField(name: $0.key.scalarText ?? "", nameMark: $0.key.mark, value: $0.value) }
     }
 
+    /// The ONNX Runtime backend's `optimization.graph.level` as `graph_optimization_level`.
+    static let graphLevels = [-1: "basic", 0: "all", 1: "extended", 2: "disable_all"]
+
+    /// A scalar read as plain (a quoted `"4"` is the number 4), as the backend parses its string values.
+    private static func plain(_ node: YAMLNode) -> YAMLNode {
+        if case .scalar(let text, let mark, _) = node { return .scalar(text, mark: mark, isPlain: true) }
+        return node
+    }
+
+    /// The entries of `parameters`: in a `config.pbtxt`, map entries `{ key: "k" value { string_value: "v" } }`
+    /// (repeated); in the JSON form, an object of `"k": {"string_value": "v"}`. Each value is its string.
+    private static func parameterEntries(_ node: YAMLNode) throws -> [(key: String, value: YAMLNode)] {
+        func stringValue(_ value: YAMLNode, key: String) throws -> YAMLNode {
+            let members = try fields(value, path: "parameters.\(key)")
+            guard members.count == 1, members[0].name == "string_value", case .scalar = members[0].value else {
+                throw ConfigError(mark: value.mark, path: "parameters.\(key)", message: "expected { string_value: \"...\" }")
+            }
+            return members[0].value
+        }
+        func mapEntry(_ item: YAMLNode) throws -> (key: String, value: YAMLNode) {
+            let members = try fields(item, path: "parameters")
+            guard let key = members.first(where: { $0.name == "key" })?.value.scalarText,
+                  let value = members.first(where: { $0.name == "value" })?.value, members.count == 2 else {
+                throw ConfigError(mark: item.mark, path: "parameters", message: "expected { key: \"...\" value { string_value: \"...\" } }")
+            }
+            return (key, try stringValue(value, key: key))
+        }
+        if case .sequence(let items, _) = node { return try items.map(mapEntry) }
+        let members = try fields(node, path: "parameters")
+        if Set(members.map(\.name)) == ["key", "value"] { return [try mapEntry(node)] }
+        return try members.map { ($0.name, try stringValue($0.value, key: $0.name)) }
+    }
+
+    /// One of the ONNX Runtime backend's parameters as the settings it stands for. The backend's GPU parameters
+    /// mean nothing on CPU instances; keys it does not read are ignored, as it ignores them.
+    private static func backendParameter(_ key: String, _ value: YAMLNode, put: (String, YAMLNode) -> Void) throws {
+        func flag() throws -> YAMLNode {
+            switch value.scalarText?.lowercased() {
+            case "1", "true", "on", "yes": return .scalar("true", mark: value.mark, isPlain: true)
+            case "0", "false", "off", "no": return .scalar("false", mark: value.mark, isPlain: true)
+            default: throw ConfigError(mark: value.mark, path: "parameters.\(key)", message: "expected a boolean such as \"1\" or \"0\"")
+            }
+        }
+        switch key {
+        case "intra_op_thread_count": put("intra_op_threads", plain(value))
+        case "inter_op_thread_count": put("inter_op_threads", plain(value))
+        case "enable_mem_arena": put("cpu_mem_arena", try flag())
+        case "enable_mem_pattern": put("memory_pattern", try flag())
+        case "execution_mode":
+            guard value.scalarText == "0" else {
+                throw ConfigError(mark: value.mark, path: "parameters.execution_mode",
+                                  message: "only 0 (sequential) is served: a model's runs are parallel across instances, not within one")
+            }
+        case "memory.enable_memory_arena_shrinkage":
+            throw ConfigError(mark: value.mark, path: "parameters.\(key)", message: "not supported: the arena is not shrunk after runs")
+        default:
+            break
+        }
+    }
+
     /// A repeated field's values (one value when it is written once).
     private static func items(_ node: YAMLNode) -> [YAMLNode] {
         if case .sequence(let values, _) = node { return values }
@@ -222,8 +307,9 @@ enum TritonModelConfig {
     }
 
     /// One `input` or `output` entry as an `inputs:`/`outputs:` item of the settings: `name`, `datatype` (the
-    /// protocol's name: `TYPE_FP32` is `FP32`, `TYPE_STRING` is `BYTES`) and `dims`. What else the entry sets must be
-    /// at Triton's default (a `reshape`, a label file or a shape tensor would change what the model is served as).
+    /// protocol's name: `TYPE_FP32` is `FP32`, `TYPE_STRING` is `BYTES`), `dims`, `format`, `reshape` and an
+    /// output's `label_filename`. What else the entry sets must be at Triton's default (a shape tensor or a ragged
+    /// batch would change what the model is served as).
     private static func tensor(_ node: YAMLNode, path: String,
                                unsupported: (TextFormatField, String) -> ConfigError) throws -> YAMLNode {
         var entries: [(key: YAMLNode, value: YAMLNode)] = []
@@ -241,6 +327,17 @@ enum TritonModelConfig {
                 entries.append((.scalar("datatype", mark: member.nameMark, isPlain: true), .scalar(type, mark: member.value.mark, isPlain: false)))
             case "dims":
                 dims += items(member.value)
+            case "format" where path == "input":
+                let text = member.value.scalarText ?? ""
+                guard ["FORMAT_NONE", "FORMAT_NCHW", "FORMAT_NHWC"].contains(text) else {
+                    throw ConfigError(mark: member.value.mark, path: "input.format", message: "expected FORMAT_NONE, FORMAT_NCHW or FORMAT_NHWC")
+                }
+                entries.append((.scalar("format", mark: member.nameMark, isPlain: true), .scalar(text, mark: member.value.mark, isPlain: false)))
+            case "reshape":
+                let shape = try fields(member.value, path: "\(path).reshape").filter { $0.name == "shape" }.flatMap { items($0.value) }
+                entries.append((.scalar("reshape", mark: member.nameMark, isPlain: true), .sequence(shape, mark: member.value.mark)))
+            case "label_filename" where path == "output" && member.value.scalarText != "":
+                entries.append((.scalar("label_filename", mark: member.nameMark, isPlain: true), member.value))
             case let name where isDefault(member.value, field: "\(path).\(name)"):
                 break
             default:

@@ -213,7 +213,10 @@ final class ModelRepositoryTests: XCTestCase {
             return ""
         }
         XCTAssertEqual(error(#"{"name": "other"}"#), "name: unexpected directory name 'demo' for model 'other', directory name must equal model name")
-        XCTAssertEqual(error(#"{"optimization": {"graph": {"level": 1}}}"#), "optimization: not supported in a load request's config")
+        XCTAssertEqual(error(#"{"optimization": {"execution_accelerators": {"cpu_execution_accelerator": [{"name": "openvino"}]}}}"#),
+                       "optimization.execution_accelerators: not supported in a load request's config")
+        XCTAssertEqual(error(#"{"optimization": {"graph": {"level": 3}}}"#),
+                       #"optimization.graph.level: expected -1 (basic), 0 (all), 1 (extended) or 2 (none), found "3""#)
         XCTAssertEqual(error(#"{"default_model_filename": "model.plan"}"#), "default_model_filename: not supported in a load request's config")
         XCTAssertEqual(error(#"{"max_batch_size": "many"}"#), #"invalid model configuration: max_batch_size: expected a non-negative integer, found "many""#)
         XCTAssertEqual(error("[1]"), "the model configuration must be a JSON object")
@@ -343,7 +346,7 @@ final class ModelRepositoryTests: XCTestCase {
             XCTFail("no error for \(text)")
             return ""
         }
-        XCTAssertEqual(error(#"{"optimization": {"eager_batching": true}}"#), "optimization: not supported in a load request's config")
+        XCTAssertEqual(error(#"{"optimization": {"eager_batching": true}}"#), "optimization.eager_batching: not supported in a load request's config")
         XCTAssertEqual(error(#"{"instance_group": [{"gpus": [0]}]}"#), "instance_group.gpus: not supported in a load request's config")
         XCTAssertEqual(error(#"{"max_batch_size": 2, "dynamic_batching": {"preserve_ordering": true}}"#),
                        "dynamic_batching.preserve_ordering: not supported in a load request's config")
@@ -361,7 +364,17 @@ final class ModelRepositoryTests: XCTestCase {
         }
         XCTAssertEqual(try error("name: \"other\"\n"), "\(file):1:7: name: unexpected directory name 'demo' for model 'other', directory name must equal model name")
         XCTAssertEqual(try error("platform: \"tensorrt_plan\"\n"), "\(file):1:11: platform: expected \"onnxruntime_onnx\": the kernel serves ONNX models with ONNX Runtime")
-        XCTAssertEqual(try error("max_batch_size: 4\noptimization { graph { level: 1 } }\n"), "\(file):2:1: optimization: not supported in config.pbtxt (write the model's settings in config.yaml)")
+        XCTAssertEqual(try error("max_batch_size: 4\noptimization { cuda { graphs: true } }\n"), "\(file):2:16: optimization.cuda: not supported in config.pbtxt (write the model's settings in config.yaml)")
+        XCTAssertEqual(try error("parameters { key: \"execution_mode\" value { string_value: \"1\" } }\n"),
+                       "\(file):1:58: parameters.execution_mode: only 0 (sequential) is served: a model's runs are parallel across instances, not within one")
+        XCTAssertEqual(try error("parameters { key: \"enable_mem_arena\" value { string_value: \"maybe\" } }\n"),
+                       "\(file):1:60: parameters.enable_mem_arena: expected a boolean such as \"1\" or \"0\"")
+        XCTAssertEqual(try error("input [ { name: \"x\", data_type: TYPE_FP32, dims: [ 4 ], reshape { shape: [ 3 ] } } ]\n"),
+                       "\(file):1:65: inputs[0].reshape: reshape [3] has 3 elements, dims [4] 4")
+        XCTAssertEqual(try error("input [ { name: \"x\", data_type: TYPE_FP32, format: FORMAT_NCHW, dims: [ 4 ] } ]\n"),
+                       "\(file):1:52: inputs[0].format: FORMAT_NCHW needs 3 dims (channels, height, width in its order), found 1")
+        XCTAssertEqual(try error("output [ { name: \"y\", data_type: TYPE_FP32, dims: [ 4 ], format: FORMAT_NCHW } ]\n"),
+                       "\(file):1:58: output.format: not supported in config.pbtxt (write the model's settings in config.yaml)")
         XCTAssertEqual(try error("instance_group [ { kind: KIND_GPU } ]\n"), "\(file):1:26: instance_group.kind: only KIND_CPU instances are served")
         XCTAssertEqual(try error("max_batch_size: -1\n"), "\(file):1:17: max_batch_size: expected a non-negative integer, found \"-1\"")
         XCTAssertEqual(try error("dynamic_batching {\n  preferred_batch_size: 4\n"), "\(file):3:1: expected '}' before the end of the file")

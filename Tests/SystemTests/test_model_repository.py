@@ -408,7 +408,7 @@ output [ { name: "output", data_type: TYPE_FP32, dims: [ 10 ] } ]
         ({"output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}]},
          "unexpected inference output 'probabilities', allowed outputs are: output"),
         ({"input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [64], "reshape": {"shape": [8, 8]}}]},
-         "input.reshape: not supported in a load request's config"),
+         "the model expects 2 dimensions (shape [-1,64]) but the model configuration specifies 3 dimensions"),
     ]:
         refused = load(dict(bad, max_batch_size=8))
         assert refused.status_code == 400 and message in refused.json()["error"], (bad, refused.text)
@@ -506,11 +506,77 @@ dynamic_batching { max_queue_delay_microseconds: 500 }
     # What Triton's normalisation fills in and its JSON always carries.
     assert config["version_policy"] == {"latest": {"num_versions": 1}}
     assert config["dynamic_batching"]["preferred_batch_size"] == [8]
-    assert config["default_model_filename"] == "model.onnx" and config["parameters"] == {}
+    assert config["default_model_filename"] == "model.onnx"
+    # The ONNX Runtime backend's thread counts, as the sessions run (the kernel's default of one thread each).
+    assert config["parameters"] == {"intra_op_thread_count": {"string_value": "1"},
+                                    "inter_op_thread_count": {"string_value": "1"}}
     assert config["optimization"]["input_pinned_memory"] == {"enable": True}
     assert config["input"][0]["format"] == "FORMAT_NONE" and config["output"][0]["label_filename"] == ""
     array = rows(4)
     assert np.array_equal(output_of(infer(kernel, "demo", array)), Reference(DEMO).run(array))
+
+
+def test_a_triton_quickstart_configuration_with_reshape_labels_parameters_and_graph_level(start_kernel, tmp_path):
+    """The fields Triton's own quickstart model (densenet_onnx) uses, on the demo MLP: `format`, `reshape` of
+    inputs and outputs (requests and answers carry `dims`, the model its own shapes), an output's `label_filename`
+    (classification answers `value:index:label`), the ONNX Runtime backend's `parameters` and `optimization { graph
+    { level } }`; and the same with batching, where the batch dimension stays in front."""
+    repository = os.path.join(str(tmp_path), "repo")
+    copy_model(DEMO, os.path.join(repository, "dense", "1", "model.onnx"))
+    write(os.path.join(repository, "dense", "labels.txt"), "".join(f"label {i}\n" for i in range(9)))
+    write(os.path.join(repository, "dense", "config.pbtxt"), """
+name: "dense"
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+input [ { name: "input", data_type: TYPE_FP32, format: FORMAT_NONE, dims: [ 8, 8 ], reshape { shape: [ 1, 64 ] } } ]
+output [ { name: "output", data_type: TYPE_FP32, dims: [ 10 ], reshape { shape: [ 1, 10 ] }, label_filename: "labels.txt" } ]
+parameters { key: "intra_op_thread_count" value { string_value: "1" } }
+parameters { key: "enable_mem_pattern" value: { string_value: "0" } }
+parameters { key: "some_other_backend_key" value: { string_value: "x" } }
+optimization { graph { level: 1 } execution_accelerators { cpu_execution_accelerator: [] } }
+""")
+    copy_model(DEMO, os.path.join(repository, "batched", "1", "model.onnx"))
+    write(os.path.join(repository, "batched", "config.pbtxt"), """
+max_batch_size: 4
+input [ { name: "input", data_type: TYPE_FP32, dims: [ 8, 8 ], reshape: { shape: [ 64 ] } } ]
+output [ { name: "output", data_type: TYPE_FP32, dims: [ 2, 5 ], reshape: { shape: [ 10 ] } } ]
+dynamic_batching { }
+""")
+    kernel = start_kernel(repository_yaml(""))
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    metadata = client.get_model_metadata("dense")
+    assert metadata["inputs"][0]["shape"] == [8, 8] and metadata["outputs"][0]["shape"] == [10], metadata
+    reference = Reference(DEMO)
+    array = rows(1).reshape(8, 8)
+    result = output_of(infer(kernel, "dense", array))
+    assert result.shape == (10,)
+    assert np.allclose(result, reference.run(array.reshape(1, 64)).reshape(10), rtol=1e-5, atol=1e-6)
+    assert infer(kernel, "dense", rows(1)).status_code == 400, "the model's own shape is not what is served"
+
+    # Classification with the labels: the label file has 9 lines, so index 9 has none (Triton adds none).
+    inputs = [tritonclient_http.InferInput("input", [8, 8], "FP32")]
+    inputs[0].set_data_from_numpy(array)
+    answer = client.infer("dense", inputs, outputs=[tritonclient_http.InferRequestedOutput("output", class_count=10)])
+    classes = [item.decode() for item in answer.as_numpy("output").flatten()]
+    order = np.argsort(-result, kind="stable")
+    for text, index in zip(classes, order):
+        value, position, *label = text.split(":")
+        assert int(position) == index and abs(float(value) - result[index]) < 1e-5, (text, index)
+        assert label == ([f"label {index}"] if index < 9 else []), text
+
+    config = client.get_model_config("dense")
+    assert config["input"][0]["reshape"] == {"shape": [1, 64]} and config["input"][0]["dims"] == [8, 8]
+    assert config["output"][0]["label_filename"] == "labels.txt"
+    assert config["optimization"]["graph"] == {"level": 1}
+    assert config["parameters"]["intra_op_thread_count"] == {"string_value": "1"}
+    assert config["parameters"]["enable_mem_pattern"] == {"string_value": "0"}
+
+    # Batched: [3, 8, 8] in, the model gets [3, 64], its [3, 10] answers as [3, 2, 5].
+    batch = rows(3)
+    result = output_of(infer(kernel, "batched", batch.reshape(3, 8, 8)))
+    assert result.shape == (3, 2, 5)
+    assert np.allclose(result.reshape(3, 10), reference.run(batch), rtol=1e-5, atol=1e-6)
+    assert infer(kernel, "batched", rows(5).reshape(5, 8, 8)).status_code == 400, "above max_batch_size 4"
 
 
 def test_a_load_request_gives_the_settings_or_the_files_instead_of_the_repository(start_kernel, tmp_path):
