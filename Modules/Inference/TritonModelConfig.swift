@@ -9,7 +9,8 @@ import KernelConfig
 /// default_queue_policy {max_queue_size, default_timeout_microseconds}}` (microseconds rounded up to whole
 /// milliseconds), `version_policy`, `input` and `output` entries (`name`, `data_type`, `dims`, and `format`,
 /// `reshape {shape}`, an output's `label_filename`), `optimization { graph { level } }` (the ONNX Runtime
-/// backend's levels: -1 basic, 0 all, 1 extended, 2 none), and the ONNX Runtime backend's `parameters`
+/// backend's levels: -1 basic, 0 all, 1 extended, 2 none), `model_warmup` (batch sizes and counts), and the ONNX
+/// Runtime backend's `parameters`
 /// (`intra_op_thread_count`, `inter_op_thread_count`, `enable_mem_arena`, `enable_mem_pattern`, `execution_mode`
 /// 0; keys that backend does not read are ignored as it ignores them). The fields Triton writes at their
 /// defaults are accepted at those values (`defaults`). Any other field is an error naming its place, rather than
@@ -198,6 +199,8 @@ enum TritonModelConfig {
                 put("dynamic_batching", .mapping(dynamic, mark: field.value.mark))
             case "version_policy":
                 put("version_policy", field.value)
+            case "model_warmup":
+                try warmup(field.value, put: put, unsupported: unsupported)
             case "parameters":
                 for (key, value) in try parameterEntries(field.value) {
                     try backendParameter(key, value, put: put)
@@ -229,6 +232,10 @@ enum TritonModelConfig {
         if let instancesMark {
             put("instances", .scalar(String(instances), mark: instancesMark, isPlain: true))
         }
+        // A model that does not batch warms up with one run of its own shapes: Triton's samples for it say
+        // `batch_size: 1`, which is no batch size here.
+        let batches = out.first { $0.key.scalarText == "max_batch_size" }.flatMap { Int($0.value.scalarText ?? "") } ?? 0
+        if batches == 0 { out.removeAll { $0.key.scalarText == "warmup_batch_sizes" } }
         return .mapping(out, mark: start)
     }
 
@@ -238,6 +245,59 @@ enum TritonModelConfig {
             throw ConfigError(mark: node.mark, path: path, message: "expected a message ({ ... })")
         }
         return entries.map { TextFormatField(name: $0.key.scalarText ?? "", nameMark: $0.key.mark, value: $0.value) }
+    }
+
+    /// `model_warmup` samples as `warmup` (runs per batch size: the samples' largest `count`, at least one) and
+    /// `warmup_batch_sizes` (their `batch_size`s; a sample of batch size 0 is one run of a model that does not
+    /// batch). The samples' inputs are checked (`data_type`, `dims`, `zero_data` or `random_data`); each warm-up run
+    /// then has zero inputs at the model's shapes, as every warm-up here does. `input_data_file` is not read.
+    private static func warmup(_ node: YAMLNode, put: (String, YAMLNode) -> Void,
+                               unsupported: (TextFormatField, String) -> ConfigError) throws {
+        var sizes: [YAMLNode] = []
+        var runs = 1
+        let samples = items(node)
+        guard !samples.isEmpty else { return }
+        for sample in samples {
+            for member in try fields(sample, path: "model_warmup") {
+                switch member.name {
+                case "name":
+                    break
+                case "batch_size":
+                    let size = try ConfigValue(node: plain(member.value), path: "model_warmup.batch_size")
+                        .int(in: 0...1_000_000, what: "a non-negative integer")
+                    if size > 0 { sizes.append(.scalar(String(size), mark: member.value.mark, isPlain: true)) }
+                case "count":
+                    let count = try ConfigValue(node: plain(member.value), path: "model_warmup.count")
+                        .int(in: 0...10_000, what: "an integer 0-10000")
+                    runs = max(runs, count)
+                case "inputs":
+                    // A map: entries `{ key: "input" value { ... } }` in a config.pbtxt, `"input": {...}` in JSON.
+                    var described: [YAMLNode] = []
+                    for input in items(member.value) {
+                        let entries = try fields(input, path: "model_warmup.inputs")
+                        if Set(entries.map(\.name)) == ["key", "value"] {
+                            described += entries.filter { $0.name == "value" }.map(\.value)
+                        } else {
+                            described += entries.map(\.value)
+                        }
+                    }
+                    for description in described {
+                        for setting in try fields(description, path: "model_warmup.inputs") {
+                            switch setting.name {
+                            case "data_type", "dims", "zero_data", "random_data":
+                                break
+                            default:
+                                throw unsupported(setting, "model_warmup.inputs")
+                            }
+                        }
+                    }
+                default:
+                    throw unsupported(member, "model_warmup")
+                }
+            }
+        }
+        put("warmup", .scalar(String(runs), mark: node.mark, isPlain: true))
+        if !sizes.isEmpty { put("warmup_batch_sizes", .sequence(sizes, mark: node.mark)) }
     }
 
     /// The ONNX Runtime backend's `optimization.graph.level` as `graph_optimization_level`.

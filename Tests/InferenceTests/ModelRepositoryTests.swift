@@ -174,6 +174,32 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(defaults.instances, 2)
         XCTAssertEqual(defaults.dynamicBatching?.priorityLevels, 2)
         XCTAssertEqual(defaults.dynamicBatching?.defaultPriorityLevel, 1)
+        // The ONNX Runtime backend's parameters and graph level, and Triton's warm-up samples.
+        try write("demo/config.pbtxt", """
+            max_batch_size: 8
+            parameters { key: "intra_op_thread_count" value: { string_value: "2" } }
+            parameters { key: "enable_mem_arena" value: { string_value: "0" } }
+            optimization { graph { level: -1 } }
+            model_warmup [ { name: "small" batch_size: 1 inputs { key: "input" value: { data_type: TYPE_FP32 dims: [ 64 ] zero_data: true } } },
+                           { name: "full" batch_size: 8 count: 3 inputs { key: "input" value: { data_type: TYPE_FP32 dims: [ 64 ] random_data: true } } } ]
+            """)
+        let tuned = try XCTUnwrap(ModelRepositoryLayout(path: directory).scanModel("demo").versions.first)
+        XCTAssertEqual(tuned.intraOpThreads, 2)
+        XCTAssertFalse(tuned.memory.cpuMemoryArena)
+        XCTAssertEqual(tuned.memory.graphOptimizationLevel, .basic)
+        XCTAssertEqual(tuned.warmupBatchSizes, [1, 8])
+        XCTAssertEqual(tuned.warmup, 3, "the samples' largest count")
+        try write("demo/config.pbtxt", "model_warmup [ { batch_size: 1 count: 2 } ]\n")
+        let unbatched = try XCTUnwrap(ModelRepositoryLayout(path: directory).scanModel("demo").versions.first)
+        XCTAssertNil(unbatched.warmupBatchSizes, "a model that does not batch warms up at its own shapes")
+        XCTAssertEqual(unbatched.warmupSizes.count, 1)
+        XCTAssertEqual(unbatched.warmup, 2)
+        try write("demo/config.pbtxt", """
+            model_warmup [ { batch_size: 1 inputs { key: "input" value: { data_type: TYPE_FP32 dims: [ 64 ] input_data_file: "raw" } } } ]
+            """)
+        XCTAssertThrowsError(try ModelRepositoryLayout(path: directory).scanModel("demo")) {
+            XCTAssertTrue("\($0)".contains("model_warmup.inputs.input_data_file: not supported"), "\($0)")
+        }
     }
 
     func testALoadRequestsJSONConfigurationReadsAsConfigPbtxtDoes() throws {
