@@ -219,13 +219,28 @@ extension InferenceConfiguration {
                 }
             }
             let layout = ModelRepositoryLayout(path: path, memoryDefaults: memoryDefaults)
-            let found: [RepositoryModel]
-            do {
-                found = try layout.scan()
-            } catch let error as ConfigError {
-                throw error
-            } catch {
-                throw repositoryValue.error("\(error)")
+            let names: [String]
+            do { names = try layout.modelNames() } catch { throw repositoryValue.error("\(error)") }
+            var startupModels: Set<String>?
+            if let startupValue = mapping.optional("startup_models") {
+                guard control == .explicit else {
+                    throw startupValue.error("startup_models needs repository_control: explicit (with \(control.rawValue) every model of the repository loads at start)")
+                }
+                startupModels = try decodeStartupModels(startupValue, names: names, path: path)
+            }
+            var found: [RepositoryModel] = []
+            for name in names {
+                do {
+                    found.append(try layout.scanModel(name))
+                } catch where startupModels.map({ !$0.contains(name) }) ?? false {
+                    // Explicit mode, and not loaded at start: its settings are read when a load asks for it (a
+                    // broken one is that load's error), as Triton reads only what it loads.
+                    continue
+                } catch let error as ConfigError {
+                    throw error
+                } catch {
+                    throw repositoryValue.error("\(error)")
+                }
             }
             for model in found {
                 if let index = models.firstIndex(where: { $0.name == model.name }) {
@@ -235,12 +250,7 @@ extension InferenceConfiguration {
             }
             repository = RepositorySettings(path: path, control: control,
                                             pollInterval: poll ?? defaultPollInterval, models: found)
-            if let startupValue = mapping.optional("startup_models") {
-                guard control == .explicit else {
-                    throw startupValue.error("startup_models needs repository_control: explicit (with \(control.rawValue) every model of the repository loads at start)")
-                }
-                repository?.startupModels = try decodeStartupModels(startupValue, found: found, path: path)
-            }
+            repository?.startupModels = startupModels
         } else if let stray = controlValue ?? pollValue ?? mapping.optional("startup_models") {
             throw stray.error("needs model_repository")
         }
@@ -277,7 +287,7 @@ extension InferenceConfiguration {
 
     /// `startup_models: [NAME, ...]` or `"*"` (every model, the default); an empty list loads none, as Triton's
     /// explicit mode does without `--load-model`. A name the repository does not have is an error at its place.
-    static func decodeStartupModels(_ value: ConfigValue, found: [RepositoryModel], path: String) throws -> Set<String>? {
+    static func decodeStartupModels(_ value: ConfigValue, names repositoryNames: [String], path: String) throws -> Set<String>? {
         if case .scalar = value.node {
             guard try value.string() == "*" else { throw value.expected("a list of model names, or \"*\" for all") }
             return nil
@@ -285,7 +295,7 @@ extension InferenceConfiguration {
         var names: Set<String> = []
         for item in try value.list() {
             let name = try modelName(item)
-            guard found.contains(where: { $0.name == name }) else {
+            guard repositoryNames.contains(name) else {
                 throw item.error("no model \"\(name)\" in model_repository \(path)")
             }
             names.insert(name)

@@ -652,8 +652,11 @@ def test_a_load_request_gives_the_settings_or_the_files_instead_of_the_repositor
 
 def test_startup_models_choose_what_explicit_mode_loads_at_start(start_kernel, tmp_path):
     """Triton's `--model-control-mode=explicit --load-model=other`: only `other` loads at start; `demo` is in the
-    index by name, does not hold readiness back, and loads when asked."""
-    make_repository(str(tmp_path))
+    index by name, does not hold readiness back, and loads when asked. A model that is not loaded at start is not
+    read at start either (as Triton reads only what it loads): its broken settings are the error of its load."""
+    repository = make_repository(str(tmp_path))
+    copy_model(DEMO, os.path.join(repository, "broken", "1", "model.onnx"))
+    write(os.path.join(repository, "broken", "config.pbtxt"), "max_batch_size: 4\nbogus_field: 1\n")
     kernel = start_kernel(repository_yaml("  repository_control: explicit\n  startup_models: [other]"))
     client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
     assert client.is_server_ready()
@@ -666,6 +669,11 @@ def test_startup_models_choose_what_explicit_mode_loads_at_start(start_kernel, t
     array = rows(2)
     assert is_scaled_sum(output_of(infer(kernel, "demo/versions/2", array)), array, 2.0)
     assert "inference: model 'demo' version 2 ready" in kernel.log_text()
+    assert {"name": "broken"} in index(kernel)
+    refused = post(kernel, "/v2/repository/models/broken/load")
+    assert refused.status_code == 500, refused.text
+    assert "broken/config.pbtxt:2:1: bogus_field: not supported in config.pbtxt" in refused.json()["error"], refused.text
+    assert client.is_model_ready("other"), "what serves keeps serving"
 
 
 def test_every_models_config_loads_back_unchanged_and_loads_run_beside_traffic(start_kernel, tmp_path):
