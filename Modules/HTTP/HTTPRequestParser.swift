@@ -94,8 +94,9 @@ struct HTTPHeaderNamePolicy: Sendable, Equatable {
 /// Finds the end of a request head while bytes arrive, enforcing the nginx size limits on the way, so that a
 /// slowly sent head is scanned once (not once per read) and an oversized one is refused as soon as it shows.
 ///
-/// Limits (`large_client_header_buffers NUMBER SIZE`): a request line longer than SIZE is 414; a header line
-/// longer than SIZE, or a whole head longer than NUMBER × SIZE, is 431. Empty lines before the request line are
+/// Limits (`large_client_header_buffers NUMBER SIZE`): a request line that does not fit in SIZE bytes with its
+/// line ending is 414; such a header line, or a whole head longer than NUMBER × SIZE, is 431. The ending counts,
+/// as in nginx, whose buffer of SIZE bytes holds the line and its CRLF: 8190 bytes of a line with CRLF fit in 8k. Empty lines before the request line are
 /// skipped (RFC 9112 §2.2) but count towards the head size.
 struct HTTPHeadScanner {
     let maxLineLength: Int
@@ -153,7 +154,7 @@ struct HTTPHeadScanner {
                 }
                 return .complete(start: headStart, end: position)
             }
-            if length > maxLineLength {
+            if position - lineStart > maxLineLength {
                 // What the limit's worth of bytes shows decides, as when the line arrives in pieces (below).
                 if lines == 0, !HTTPRequestHeadParser.requestLinePrefixIsPlausible(bytes, lineStart..<lineStart + maxLineLength) {
                     return .failure(.invalidRequestLine)
@@ -180,20 +181,20 @@ struct HTTPHeadScanner {
 
     /// A CR of the current line before `end` that the next byte shows is no line ending: nginx refuses the request
     /// at that byte (400) rather than wait for an LF that would not make the line valid. Only a CR the size limits
-    /// have not been passed by yet counts (one within the line's first `maxLineLength` + 1 bytes and the head's
+    /// have not been passed by yet counts (one within the line's first `maxLineLength` - 1 bytes and the head's
     /// first `maxHeadLength` + 1), so that the answer is the same however the bytes arrive: fed in pieces, the CR
     /// is judged when its next byte arrives, before a limit that byte does not pass.
     private func bareCarriageReturn(_ base: UnsafeRawPointer, before end: Int) -> Outcome? {
-        let last = min(end, lineStart + maxLineLength + 1, headStart + maxHeadLength + 1)
+        let last = min(end, lineStart + maxLineLength - 1, headStart + maxHeadLength + 1)
         // `end` is before the line's own ending and no LF comes before it: a CR before it has a next byte, not an LF.
         guard last > lineStart, memchr(base + lineStart, Int32(HTTPByte.cr), last - lineStart) != nil else { return nil }
         return .failure(lines == 0 ? .invalidRequestLine : .invalidHeaderLine)
     }
 
     private func checkPartial(_ count: Int) -> Outcome {
-        // One byte more than the limits: a CR at the end may begin the line ending, which neither limit counts, so
-        // that a line or head just at its limit is not refused because its CR and LF arrived apart.
-        let lineOver = count - lineStart > maxLineLength + 1
+        // A line without its LF yet is over once its bytes leave no room for the LF. The head's limit does not
+        // count the last line's ending: one byte more, a CR at the end may begin it.
+        let lineOver = count - lineStart >= maxLineLength
         let headOver = count - headStart > maxHeadLength + 1
         guard lineOver || headOver else { return .needMore }
         if lines == 0 { return .failure(.requestLineTooLong) }

@@ -13,7 +13,8 @@ final class HTTPFuzzFindingsTests: XCTestCase {
 
     /// The scanner's outcome over `payload` at once, and over every prefix of it in turn (stopping at the first
     /// answer), as a slow client's reads would give it.
-    private func outcomes(_ payload: [UInt8]) -> (whole: HTTPHeadScanner.Outcome, byByte: HTTPHeadScanner.Outcome) {
+    private func outcomes(_ payload: [UInt8], maxLine: Int? = nil) -> (whole: HTTPHeadScanner.Outcome, byByte: HTTPHeadScanner.Outcome) {
+        let maxLine = maxLine ?? self.maxLine
         var whole = HTTPHeadScanner(maxLineLength: maxLine, maxHeadLength: maxHead)
         let wholeOutcome = payload.withUnsafeBytes { whole.scan($0) }
         var split = HTTPHeadScanner(maxLineLength: maxLine, maxHeadLength: maxHead)
@@ -30,9 +31,9 @@ final class HTTPFuzzFindingsTests: XCTestCase {
 
     /// A finding whose bytes hold a CR that is no line ending: such a head is a 400 at that CR's next byte,
     /// whole or cut (checked here), so the limits it once probed are probed with each such CR made an `x`.
-    private func withoutBareCarriageReturns(_ bytes: [UInt8], refusedAs error: HTTPRequestError,
+    private func withoutBareCarriageReturns(_ bytes: [UInt8], refusedAs error: HTTPRequestError, maxLine: Int? = nil,
                                             file: StaticString = #filePath, line: UInt = #line) -> [UInt8] {
-        let (whole, byByte) = outcomes(bytes)
+        let (whole, byByte) = outcomes(bytes, maxLine: maxLine)
         XCTAssertEqual(whole, .failure(error), file: file, line: line)
         XCTAssertEqual(byByte, whole, file: file, line: line)
         var cleaned = bytes
@@ -54,16 +55,22 @@ final class HTTPFuzzFindingsTests: XCTestCase {
         XCTAssertEqual(byByte, whole)
     }
 
-    /// A header line exactly at the limit whose CR and LF arrive apart is not too long.
+    /// A header line exactly at the limit whose CR and LF arrive apart is not too long. (Its 256 bytes and CRLF
+    /// are the limit of a buffer of 258: the line ending counts, as in nginx.)
     func testHeaderLineAtTheLimitIsNotTooLongWhenItsCRArrivesAlone() {
+        let limit = maxLine + 2
         let bytes = withoutBareCarriageReturns(payload(
             "AAdQT1NUIC9UcmVhY25zZmVyLUVKbm9zdGhvIEhUVFAvMS4xDQr////////////ExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMQN" +
             "Cv///////////8TExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExIEAAADExMTExMTExMTEAgICAgICAgICAgICAgICAgICAgICAgIC" +
             "AhICAgICAgJvgQAAAMTExMTExMTExMQCAgICAgICAgICAgICAgICAgICAgICAgICEgICAgICAm9kaW5nOiBDaHVua2VkDQICAgICAgICAgICAgIC" +
             "AgICU2V0AgICAgICAgICAgICAgICAgICAgICAsTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExMTExHQtTGVubmc6IGNo" +
-            "dW5rZWQNCg0K"), refusedAs: .invalidHeaderLine)
-        let (whole, byByte) = outcomes(bytes)
+            "dW5rZWQNCg0K"), refusedAs: .invalidHeaderLine, maxLine: limit)
+        let (whole, byByte) = outcomes(bytes, maxLine: limit)
         guard case .complete(let start, let end) = whole else { return XCTFail("\(whole)") }
+        // One byte less of room, and the same line is too long, whole or cut.
+        let (tight, tightByByte) = outcomes(bytes, maxLine: limit - 1)
+        XCTAssertEqual(tight, .failure(.headerLineTooLong))
+        XCTAssertEqual(tightByByte, tight)
         XCTAssertEqual(byByte, whole)
         let parsed = bytes.withUnsafeBytes { HTTPRequestHeadParser.parse(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
         guard case .failure(let error) = parsed else { return XCTFail("parsed \(parsed)") }
@@ -174,6 +181,35 @@ final class HTTPFuzzFindingsTests: XCTestCase {
             let header = "GET / HTTP/1.1\r\n" + String(repeating: "b", count: offset) + "\rX"
             let (wholeHeader, byByteHeader) = outcomes(Array(header.utf8))
             XCTAssertEqual(byByteHeader, wholeHeader, "header CR at \(offset)")
+        }
+    }
+    /// Heads with lines around the limit, CRs and LFs in odd places: whole or fed a byte at a time, the scanner
+    /// gives the same answer (deterministic: a fixed seed).
+    func testLinesAroundTheLimitGetOneAnswerHoweverCut() {
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next(_ bound: Int) -> Int {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Int((state >> 33) % UInt64(bound))
+        }
+        func line(_ prefix: String, length: Int) -> [UInt8] {
+            var bytes = Array(prefix.utf8)
+            while bytes.count < length {
+                switch next(40) {
+                case 0: bytes.append(13)
+                case 1: bytes.append(UInt8(ascii: " "))
+                default: bytes.append(UInt8(ascii: "a"))
+                }
+            }
+            return bytes
+        }
+        for _ in 0..<3000 {
+            var payload = line("GET /", length: maxLine - 4 + next(8)) + (next(4) == 0 ? [10] : [13, 10])
+            for _ in 0..<next(4) {
+                payload += line("X-A: ", length: maxLine - 4 + next(8)) + (next(4) == 0 ? [10] : [13, 10])
+            }
+            payload += next(3) == 0 ? [10] : [13, 10]
+            let (whole, byByte) = outcomes(payload)
+            XCTAssertEqual(byByte, whole, String(decoding: payload, as: UTF8.self).debugDescription)
         }
     }
 }

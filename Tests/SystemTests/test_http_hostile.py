@@ -136,6 +136,9 @@ REFUSALS = [
     ("request-line-too-long", b"GET /" + b"a" * 1100 + b" HTTP/1.1\r\n" + H + b"\r\n", 414,
      "client sent too long URI"),
     ("method-too-long-no-space", b"A" * 5000, 414, "client sent too long URI"),
+    # The line ending counts, as nginx's buffer holds it: 1023 bytes and CRLF do not fit in 1k (1022 do, below).
+    ("request-line-1023-and-crlf", b"GET /" + b"a" * 1009 + b" HTTP/1.1\r\n" + H + b"\r\n", 414,
+     "client sent too long URI"),
     # Request target.
     ("dotdot-escapes-root", b"GET /../etc/passwd HTTP/1.1\r\n" + H + b"\r\n", 400,
      "client sent invalid request target"),
@@ -152,6 +155,8 @@ REFUSALS = [
      "client sent invalid request target"),
     # Header lines.
     ("header-line-too-long", b"GET / HTTP/1.1\r\n" + H + b"X-Long: " + b"v" * 1100 + b"\r\n\r\n", 431,
+     "client sent too long header line"),
+    ("header-line-1023-and-crlf", b"GET / HTTP/1.1\r\n" + H + b"X-Long: " + b"v" * 1015 + b"\r\n\r\n", 431,
      "client sent too long header line"),
     ("too-many-headers", b"GET / HTTP/1.1\r\n" + H + b"".join(b"X-%03d: %s\r\n" % (i, b"v" * 90) for i in range(60))
      + b"\r\n", 431, "client sent too large request header"),
@@ -272,6 +277,18 @@ def test_refused_with_exact_status_nothing_behind_it_processed(kernel, payload, 
 # --------------------------------------------------------------------------------------------------------------
 # Accepted oddities: lenient where nginx and RFC 9112 are lenient, never at the cost of framing.
 # --------------------------------------------------------------------------------------------------------------
+
+def test_lines_that_fit_the_buffer_with_their_ending_are_served(kernel):
+    # large_client_header_buffers 4 1k: 1022 bytes and CRLF, or 1023 and a bare LF, fit (nginx's limits exactly).
+    for ending in (b"\r\n", b"\n"):
+        line = b"GET /x?" + b"q" * (1022 + (len(ending) == 1) - 16) + b" HTTP/1.1"
+        header = b"X-Long: " + b"v" * (1022 + (len(ending) == 1) - 8)
+        assert len(line) + len(ending) == 1024 and len(header) + len(ending) == 1024
+        payload = line + ending + b"Host: localhost" + ending + header + ending + b"Connection: close" + ending + ending
+        responses = exchange(kernel.port(), payload)
+        assert [(r.status, r.body) for r in responses] == [(200, b"x")], ending
+    assert_alive(kernel)
+
 
 def test_bare_lf_line_endings_are_accepted_as_nginx_does(kernel):
     responses = exchange(kernel.port(), b"GET /x HTTP/1.1\nHost: localhost\nConnection: close\n\n")
