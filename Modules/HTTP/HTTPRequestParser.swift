@@ -308,9 +308,9 @@ enum HTTPRequestHeadParser {
                     return .failure(.badRequest("client sent duplicate host header: \"\(name): \(value)\"", "duplicate Host"))
                 }
                 // A host is a name, an address or `[v6]`, with an optional port: never empty (nginx refuses it), and
-                // path separators never belong in it.
+                // the path separator never belongs in it (on Linux nginx's is `/` alone: a `\` passes, as there).
                 if valueRange.isEmpty { return .failure(.badRequest("client sent invalid host header", "invalid Host header")) }
-                for i in valueRange where bytes[i] == UInt8(ascii: "/") || bytes[i] == UInt8(ascii: "\\") || bytes[i] == HTTPByte.space || bytes[i] == HTTPByte.tab {
+                for i in valueRange where bytes[i] == UInt8(ascii: "/") || bytes[i] == HTTPByte.space || bytes[i] == HTTPByte.tab {
                     return .failure(.badRequest("client sent invalid host header", "invalid Host header"))
                 }
                 if !isValidHostName(bytes, valueRange) {

@@ -211,21 +211,44 @@ public struct KernelRequest: Sendable {
 
     /// `example.com:8080` of `http://example.com:8080/path`, or nil for an origin-form target.
     private var absoluteFormAuthority: String? {
-        let rest: Substring
-        if uri.hasPrefix("http://") { rest = uri.dropFirst(7) }
-        else if uri.hasPrefix("https://") { rest = uri.dropFirst(8) }
-        else { return nil }
+        guard let prefix = Self.absoluteFormPrefixLength(uri.utf8) else { return nil }
+        let rest = uri.utf8.dropFirst(prefix)
+        let start = rest.startIndex
         // `splitTarget` has refused any authority but a host and a port (no user information).
-        let authority = rest.prefix { $0 != "/" && $0 != "?" }
-        return authority.isEmpty ? nil : String(authority)
+        let end = rest.firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") } ?? rest.endIndex
+        return start == end ? nil : String(uri[start..<end])
+    }
+
+    /// The length of an absolute-form target's `scheme://`, nil for any other target. nginx's request-line parser
+    /// takes any scheme (a letter, then letters, digits, `+`, `-` or `.`, in any case) and then routes by the path:
+    /// `GET ftp://host/x` and `GET HTTP://HOST/x` are requests for `/x` of `host`.
+    public static func absoluteFormPrefixLength<Bytes: Collection>(_ target: Bytes) -> Int? where Bytes.Element == UInt8 {
+        var length = 0
+        var index = target.startIndex
+        while index != target.endIndex {
+            let byte = target[index]
+            let lower = byte | 0x20
+            if lower >= UInt8(ascii: "a"), lower <= UInt8(ascii: "z") {
+                length += 1
+            } else if length > 0, (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: "+")
+                        || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ".") {
+                length += 1
+            } else {
+                break
+            }
+            index = target.index(after: index)
+        }
+        guard length > 0, target.dropFirst(length).starts(with: "://".utf8) else { return nil }
+        return length + 3
     }
 
     /// The target's path and query as received (`http://host/path?q` → `/path?q`; an origin-form target as it is):
     /// nginx's `$request_uri`, which starts where the path starts.
     public var requestURI: String {
         let target = uri
-        guard target.hasPrefix("http://") || target.hasPrefix("https://") else { return target }
-        let afterScheme = target.dropFirst(target.hasPrefix("https://") ? 8 : 7)
+        guard let prefix = Self.absoluteFormPrefixLength(target.utf8) else { return target }
+        // The scheme's bytes are ASCII: the index after them is one of the string's.
+        let afterScheme = target[target.utf8.index(target.startIndex, offsetBy: prefix)...]
         guard let start = afterScheme.firstIndex(where: { $0 == "/" || $0 == "?" }) else { return "/" }
         let rest = afterScheme[start...]
         return rest.first == "?" ? "/" + rest : String(rest)
@@ -253,8 +276,8 @@ public struct KernelRequest: Sendable {
             rawPath = rawPath[..<mark]
         }
         // Absolute-form targets (`http://host/path`) keep only their path; the host is checked as nginx reads it.
-        if rawPath.hasPrefix("http://") || rawPath.hasPrefix("https://") {
-            let afterScheme = rawPath.dropFirst(rawPath.hasPrefix("https://") ? 8 : 7)
+        if let prefix = absoluteFormPrefixLength(rawPath.utf8) {
+            let afterScheme = rawPath[rawPath.utf8.index(rawPath.startIndex, offsetBy: prefix)...]
             let slash = afterScheme.firstIndex(of: "/")
             guard isAbsoluteFormAuthority(afterScheme[..<(slash ?? afterScheme.endIndex)].utf8) else { return nil }
             rawPath = slash.map { afterScheme[$0...] } ?? "/"
@@ -334,7 +357,10 @@ private func isAbsoluteFormAuthority(_ authority: Substring.UTF8View) -> Bool {
             !((byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || (byte | 0x20 >= UInt8(ascii: "a") && byte | 0x20 <= UInt8(ascii: "z"))
               || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "-"))
         } ?? rest.endIndex
-        guard hostEnd > rest.startIndex else { return false }
+        // nginx's host check after its parser: no two dots in a row, and something besides a final dot.
+        let host = rest[..<hostEnd]
+        guard !host.isEmpty, !zip(host, host.dropFirst()).contains(where: { $0 == UInt8(ascii: ".") && $1 == UInt8(ascii: ".") }),
+              !host.elementsEqual([UInt8(ascii: ".")]) else { return false }
         rest = rest[hostEnd...]
     }
     guard let first = rest.first else { return true }

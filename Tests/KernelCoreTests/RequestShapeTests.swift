@@ -15,6 +15,10 @@ final class RequestShapeTests: XCTestCase {
         XCTAssertEqual(request("http://h").requestURI, "/")
         XCTAssertEqual(request("http://h?y").requestURI, "/?y")
         XCTAssertEqual(request("http://h/x").uri, "http://h/x", "the target as received stays for `$request`")
+        XCTAssertEqual(request("FTP://Example.COM:21/r?y").requestURI, "/r?y")
+        // The absolute form's authority is the host ($host, lower-cased) and the port, whatever the scheme.
+        XCTAssertEqual(request("FTP://Example.COM:21/r?y").host, "example.com")
+        XCTAssertEqual(request("FTP://Example.COM:21/r?y").requestPort, "21")
     }
 
     func testTargetSplitsIntoNormalisedPathAndQuery() {
@@ -38,6 +42,12 @@ final class RequestShapeTests: XCTestCase {
         XCTAssertEqual(KernelRequest.splitTarget("http://Host-1.example:8080/x?q")?.path, "/x")
         XCTAssertEqual(KernelRequest.splitTarget("http://[::1]:8080/x")?.path, "/x")
         XCTAssertEqual(KernelRequest.splitTarget("https://host")?.path, "/")
+        // Any scheme nginx's parser takes (a letter first; letters, digits, `+`, `-`, `.`), in any case.
+        XCTAssertEqual(KernelRequest.splitTarget("HTTP://HOST/x")?.path, "/x")
+        XCTAssertEqual(KernelRequest.splitTarget("svn+ssh://host/x")?.path, "/x")
+        XCTAssertNil(KernelRequest.splitTarget("1ftp://host/x"), "a scheme starts with a letter")
+        XCTAssertNil(KernelRequest.splitTarget("http://a..b/x"), "nginx's host check: two dots in a row")
+        XCTAssertNil(KernelRequest.splitTarget("http://./x"))
         XCTAssertEqual(KernelRequest.splitTarget("/a//b/./c/../d")?.path, "/a/b/d")
         XCTAssertEqual(KernelRequest.splitTarget("/a/b/")?.path, "/a/b/")
         XCTAssertEqual(KernelRequest.splitTarget("/a/%41%20b")?.path, "/a/A b")

@@ -125,6 +125,9 @@ REFUSALS = [
      "client sent invalid request target"),
     ("absolute-user-info", b"GET http://user@localhost/ HTTP/1.1\r\n" + H + b"\r\n", 400,
      "client sent invalid request target"),
+    ("absolute-two-dots", b"GET http://a..b/ HTTP/1.1\r\n" + H + b"\r\n", 400, "client sent invalid request target"),
+    ("absolute-scheme-digit-first", b"GET 1http://localhost/ HTTP/1.1\r\n" + H + b"\r\n", 400,
+     "client sent invalid request target"),
     ("absolute-bad-port", b"GET http://localhost:8x/ HTTP/1.1\r\n" + H + b"\r\n", 400,
      "client sent invalid request target"),
     ("version-lower-case", b"GET / http/1.1\r\n" + H + b"\r\n", 400, "client sent invalid request line"),
@@ -297,8 +300,15 @@ def test_bare_lf_line_endings_are_accepted_as_nginx_does(kernel):
 
 
 def test_absolute_form_target_is_routed_by_its_path(kernel):
-    responses = exchange(kernel.port(), b"GET http://example.com/x?q=1 HTTP/1.1\r\nHost: localhost\r\n"
-                                        b"Connection: close\r\n\r\n")
+    # nginx reads any scheme, in any case, and routes by the path.
+    for scheme in (b"http", b"HTTP", b"https", b"ftp", b"svn+ssh"):
+        responses = exchange(kernel.port(), b"GET " + scheme + b"://example.com/x?q=1 HTTP/1.1\r\nHost: localhost\r\n"
+                                            b"Connection: close\r\n\r\n")
+        assert [(r.status, r.body) for r in responses] == [(200, b"x")], scheme
+
+
+def test_a_backslash_in_host_is_accepted_as_nginx_on_linux_does(kernel):
+    responses = exchange(kernel.port(), b"GET /x HTTP/1.1\r\nHost: a\\b\r\nConnection: close\r\n\r\n")
     assert [(r.status, r.body) for r in responses] == [(200, b"x")]
 
 
