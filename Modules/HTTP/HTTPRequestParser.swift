@@ -471,6 +471,12 @@ enum HTTPRequestHeadParser {
             return .failure(.invalidRequestLine)
         }
         let targetRange = targetStart..<index
+        // nginx reads the target before the version: one that starts with neither `/` nor a scheme's letter (the
+        // asterisk form, HTTP/2's `PRI * HTTP/2.0` preface) is refused there, 400 before a 505.
+        let first = bytes[targetStart] | 0x20
+        guard bytes[targetStart] == UInt8(ascii: "/") || (first >= UInt8(ascii: "a") && first <= UInt8(ascii: "z")) else {
+            return .failure(.invalidTarget)
+        }
         while index < line.upperBound, bytes[index] == HTTPByte.space { index += 1 }
         var lineEnd = line.upperBound
         while lineEnd > index, bytes[lineEnd - 1] == HTTPByte.space { lineEnd -= 1 }
