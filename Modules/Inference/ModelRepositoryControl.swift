@@ -427,12 +427,21 @@ final class ModelLoadingService: KernelService {
     /// the scheduler. The model is ready (routable) only once this returns, so only after its warm-up.
     static func loadModel(_ configuration: ModelConfiguration, runtime: ONNXRuntime, logger: Logger,
                           isStopping: () -> Bool = { false }) throws -> LoadedModel {
+        var configuration = configuration
         let options = try runtime.sessionOptions(for: configuration)
         var sessions: [ONNXSession] = []
         for _ in 0..<configuration.instances {
             sessions.append(try ONNXSession(runtime: runtime, path: configuration.path, options: options))
         }
         let first = sessions[0]
+        if configuration.autofillsMaxBatchSize, configuration.maxBatchSize == 0,
+           (first.inputs + first.outputs).allSatisfy({ $0.shape.count > 0 && $0.shape[0] == -1 }) {
+            configuration.maxBatchSize = autofilledMaxBatchSize
+            if configuration.dynamicBatching == nil {
+                configuration.dynamicBatching = .init(maxQueueDelay: ConfigDuration(milliseconds: 0), preferredBatchSizes: [])
+            }
+            logger.warning("inference: autofilled max_batch_size to \(autofilledMaxBatchSize) for model '\(configuration.name)' since batching is supported but no max_batch_size is specified in model configuration (as Triton fills it in); give max_batch_size to batch more, or 0 not to batch")
+        }
         if configuration.maxBatchSize > 0 {
             for spec in first.inputs + first.outputs where spec.shape.first != -1 {
                 throw ONNXRuntimeError("max_batch_size \(configuration.maxBatchSize) needs dimension 0 of every input and output to be dynamic, but '\(spec.name)' has shape \(spec.shapeText)")
@@ -460,6 +469,9 @@ final class ModelLoadingService: KernelService {
                                        policy: configuration.policy, runners: runners, logger: logger)
         return LoadedModel(configuration: configuration, signature: signature, scheduler: scheduler)
     }
+
+    /// Triton's `default-max-batch-size` of its ONNX Runtime backend.
+    static let autofilledMaxBatchSize = 4
 
     /// Triton's check of a configuration's `input` and `output` entries against the model: each names a tensor of
     /// the model, with its data type and its dimensions (after the batch dimension when batching), where the

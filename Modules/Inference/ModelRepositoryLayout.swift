@@ -158,6 +158,8 @@ public struct ModelRepositoryLayout: Sendable {
             configuration.version = String(version)
             configuration.path = "\(directory)/\(version)/\(ModelRepositoryLayout.modelFileName)"
             configuration.versionPolicy = policy
+            configuration.autofillsMaxBatchSize = !configuration.maxBatchSizeGiven
+                && configuration.declaredInputs.isEmpty && configuration.declaredOutputs.isEmpty
             stamps[configuration.path] = FileStamp.of(configuration.path)
             return configuration
         }

@@ -579,6 +579,29 @@ dynamic_batching { }
     assert infer(kernel, "batched", rows(5).reshape(5, 8, 8)).status_code == 400, "above max_batch_size 4"
 
 
+def test_a_model_without_settings_batches_as_tritons_auto_completion_fills_it_in(start_kernel, tmp_path):
+    """Triton's ONNX Runtime backend gives a model whose configuration has no max_batch_size, and whose inputs and
+    outputs all have a free first dimension, max_batch_size 4 and a dynamic batcher; a model with a fixed first
+    dimension, or settings that give max_batch_size (0 too), is left as it is."""
+    repository = os.path.join(str(tmp_path), "repo")
+    copy_model(DEMO, os.path.join(repository, "bare", "1", "model.onnx"))
+    copy_model(DEMO, os.path.join(repository, "unbatched", "1", "model.onnx"))
+    write(os.path.join(repository, "unbatched", "config.pbtxt"), "max_batch_size: 0\n")
+    kernel = start_kernel(repository_yaml(""))
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    config = client.get_model_config("bare")
+    assert config["max_batch_size"] == 4 and "dynamic_batching" in config, config
+    assert config["input"][0]["dims"] == [64]
+    assert "autofilled max_batch_size to 4 for model 'bare'" in kernel.log_text()
+    reference = Reference(DEMO)
+    array = rows(4)
+    assert np.allclose(output_of(infer(kernel, "bare", array)), reference.run(array), rtol=1e-5, atol=1e-6)
+    refused = infer(kernel, "bare", rows(5))
+    assert refused.status_code == 400 and "batch-size must be <= 4" in refused.text, refused.text
+    assert client.get_model_config("unbatched")["max_batch_size"] == 0
+    assert output_of(infer(kernel, "unbatched", rows(5))).shape == (5, 10)
+
+
 def test_a_load_request_gives_the_settings_or_the_files_instead_of_the_repository(start_kernel, tmp_path):
     """Triton's load overrides: `config` (the model configuration JSON, as tritonclient's `load_model(config=...)`
     sends it) replaces the model's settings file, `file:` parameters replace its directory (and can load a model the
