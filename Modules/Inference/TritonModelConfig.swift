@@ -145,7 +145,8 @@ enum TritonModelConfig {
                 }
             case "instance_group":
                 for group in items(field.value) {
-                    var count = 1
+                    // Triton's default count of a CPU group of the ONNX Runtime backend (`SetDefaultInstanceCount`).
+                    var count = defaultInstanceCount
                     for member in try fields(group, path: "instance_group") {
                         switch member.name {
                         case "count":
@@ -231,6 +232,9 @@ enum TritonModelConfig {
         }
         if let instancesMark {
             put("instances", .scalar(String(instances), mark: instancesMark, isPlain: true))
+        } else {
+            // No instance_group: Triton adds one CPU group (on a server without GPUs) of its default count.
+            put("instances", .scalar(String(defaultInstanceCount), mark: start, isPlain: true))
         }
         // A model that does not batch warms up with one run of its own shapes: Triton's samples for it say
         // `batch_size: 1`, which is no batch size here.
@@ -299,6 +303,10 @@ enum TritonModelConfig {
         put("warmup", .scalar(String(runs), mark: node.mark, isPlain: true))
         if !sizes.isEmpty { put("warmup_batch_sizes", .sequence(sizes, mark: node.mark)) }
     }
+
+    /// The instances of a CPU instance group without a `count` (and of a configuration without an
+    /// `instance_group`): Triton's default for the ONNX Runtime backend.
+    static let defaultInstanceCount = 2
 
     /// The ONNX Runtime backend's `optimization.graph.level` as `graph_optimization_level`.
     static let graphLevels = [-1: "basic", 0: "all", 1: "extended", 2: "disable_all"]

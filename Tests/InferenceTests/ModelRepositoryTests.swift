@@ -189,6 +189,10 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(tuned.memory.graphOptimizationLevel, .basic)
         XCTAssertEqual(tuned.warmupBatchSizes, [1, 8])
         XCTAssertEqual(tuned.warmup, 3, "the samples' largest count")
+        XCTAssertEqual(tuned.instances, 2, "no instance_group: Triton's one CPU group of two for ONNX Runtime")
+        try write("demo/config.pbtxt", "instance_group [ { kind: KIND_CPU }, { count: 3 } ]\n")
+        XCTAssertEqual(try ModelRepositoryLayout(path: directory).scanModel("demo").versions.first?.instances, 5,
+                       "a group without a count has Triton's two")
         try write("demo/config.pbtxt", "model_warmup [ { batch_size: 1 count: 2 } ]\n")
         let unbatched = try XCTUnwrap(ModelRepositoryLayout(path: directory).scanModel("demo").versions.first)
         XCTAssertNil(unbatched.warmupBatchSizes, "a model that does not batch warms up at its own shapes")
