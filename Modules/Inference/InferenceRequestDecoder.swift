@@ -94,10 +94,12 @@ struct InferenceRequestDecoder {
         }
         var inputs: [Tensor] = []
         inputs.reserveCapacity(decoded.count)
-        for (index, tensor) in decoded.enumerated() {
+        for tensor in decoded {
             guard let tensor else {
-                let missing = model.inputs[index].name
-                throw KernelHTTPError(400, "expected \(model.inputs.count) inputs but got \(inputCount) inputs for model '\(model.name)': missing input '\(missing)'")
+                // Triton's words: what came, and every input that did not.
+                let given = model.inputs.indices.filter { decoded[$0] != nil }.map { "'\(model.inputs[$0].name)'" }
+                let missing = model.inputs.indices.filter { decoded[$0] == nil }.map { "'\(model.inputs[$0].name)'" }
+                throw KernelHTTPError(400, "expected \(model.inputs.count) inputs but got \(inputCount) inputs for model '\(model.name)'. Got input(s) [\(given.joined(separator: ","))], but missing required input(s) [\(missing.joined(separator: ","))]. Please provide all required input(s).")
             }
             inputs.append(tensor)
         }
@@ -293,7 +295,9 @@ struct InferenceRequestDecoder {
             shape = dimensions
         }
         guard spec.accepts(shape) else {
-            throw KernelHTTPError(400, "unexpected shape for input '\(name)' for model '\(model.name)'. Expected \(spec.shapeText), got \(InferenceCodec.shapeText(shape))")
+            // Triton's words, with its note for a batching model.
+            let note = model.maxBatchSize > 0 ? " NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to each input shape. If you want to specify the full shape including the batch dim in your input dims config, try setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size." : ""
+            throw KernelHTTPError(400, "unexpected shape for input '\(name)' for model '\(model.name)'. Expected \(spec.shapeText), got \(InferenceCodec.shapeText(shape)).\(note)")
         }
         if model.maxBatchSize > 0, let rows = shape.first, rows > Int64(model.maxBatchSize) {
             throw KernelHTTPError(400, "inference request batch-size must be <= \(model.maxBatchSize) for '\(model.name)'")

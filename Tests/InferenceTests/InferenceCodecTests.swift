@@ -68,7 +68,7 @@ final class InferenceCodecTests: XCTestCase {
         assertStatus(400, "unexpected inference input 'other'") {
             _ = try self.decode(#"{"inputs": [\#(self.validInputs), {"name": "other", "shape": [1], "datatype": "FP32", "data": [1]}]}"#)
         }
-        assertStatus(400, "missing input 'mask'") {
+        assertStatus(400, "expected 2 inputs but got 1 inputs for model 'demo'. Got input(s) ['input'], but missing required input(s) ['mask']. Please provide all required input(s).") {
             _ = try self.decode(#"{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}"#)
         }
         assertStatus(400, "data-type is 'FP64', but model 'demo' expects 'FP32'") {
