@@ -25,7 +25,7 @@ public struct InferenceHandler: RequestHandler {
     /// `client_max_body_size`.
     let maxInputSize: Int
     public static let serverName = "kernel"
-    public static let extensions = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository"]
+    public static let extensions = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository", "parameters"]
     /// A client that leaves takes its queued request out of the model's queue (`RequestContext.cancellation`).
     public var cancelsWhenClientLeaves: Bool { true }
 

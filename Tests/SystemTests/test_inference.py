@@ -66,7 +66,7 @@ def test_server_live_ready_and_metadata(client):
     assert metadata["name"] == "kernel"
     assert metadata["version"]
     assert "binary_tensor_data" in metadata["extensions"]
-    assert "statistics" in metadata["extensions"]
+    assert "statistics" in metadata["extensions"] and "parameters" in metadata["extensions"]
 
 
 def test_model_metadata_and_readiness(client):
