@@ -84,6 +84,10 @@ public struct SessionMemoryOptions: Sendable, Equatable {
     public var arenaExtendStrategy: ArenaExtendStrategy?
     /// `memory_pattern` (`enable_mem_pattern`).
     public var memoryPattern = true
+    /// `arena_shrinkage`: the CPU arena gives back its unused memory at the end of each run (ONNX Runtime's run
+    /// option `memory.enable_memory_arena_shrinkage`), so that one large input does not keep its memory for good.
+    /// Each run then allocates what it needs again, which costs CPU where input sizes vary.
+    public var arenaShrinkage = false
     /// `graph_optimization_level`.
     public var graphOptimizationLevel = GraphOptimizationLevel.all
     /// `thread_spinning`: whether the session's intra-op and inter-op thread pools spin waiting for work after a
@@ -430,7 +434,7 @@ extension InferenceConfiguration {
     }
 
     /// `cpu_mem_arena`, `arena_extend_strategy`, `memory_pattern`, `graph_optimization_level`, `thread_spinning`,
-    /// over `defaults`.
+    /// `arena_shrinkage`, over `defaults`.
     static func decodeMemoryOptions(_ mapping: ConfigMapping, defaults: SessionMemoryOptions) throws -> SessionMemoryOptions {
         var options = defaults
         if let value = mapping.optional("cpu_mem_arena") { options.cpuMemoryArena = try value.bool() }
@@ -444,6 +448,13 @@ extension InferenceConfiguration {
             options.graphOptimizationLevel = GraphOptimizationLevel.allCases.first { $0.configName == name }!
         }
         if let value = mapping.optional("thread_spinning") { options.threadSpinning = try value.bool() }
+        let shrinkageValue = mapping.optional("arena_shrinkage")
+        if let shrinkageValue { options.arenaShrinkage = try shrinkageValue.bool() }
+        if options.arenaShrinkage, !options.cpuMemoryArena {
+            // Inherited from `inference:` by a model that turns its arena off: there is nothing to shrink.
+            guard let shrinkageValue else { options.arenaShrinkage = false; return options }
+            throw shrinkageValue.error("arena_shrinkage needs the CPU memory arena (cpu_mem_arena: true)")
+        }
         if options.arenaExtendStrategy != nil, !options.cpuMemoryArena {
             // A strategy inherited from `inference:` does not apply to a model that turns its arena off.
             guard let strategyValue else { options.arenaExtendStrategy = nil; return options }

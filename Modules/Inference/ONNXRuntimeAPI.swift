@@ -113,6 +113,12 @@ struct ORTFunctions: Sendable {
     let createAndRegisterAllocator: CreateAndRegisterAllocator // 144
     let releaseArenaCfg: Release                  // 157
     let createArenaCfgV2: CreateArenaCfgV2        // 164
+    // Run options, for the CPU arena's shrinkage at the end of each run (`arena_shrinkage`).
+    typealias CreateRunOptions = @convention(c) (UnsafeMutablePointer<OpaquePointer?>?) -> Status
+    typealias AddRunConfigEntry = @convention(c) (OpaquePointer?, UnsafePointer<CChar>?, UnsafePointer<CChar>?) -> Status
+    let createRunOptions: CreateRunOptions        // 39
+    let releaseRunOptions: Release                // 97
+    let addRunConfigEntry: AddRunConfigEntry      // 165
 
     // String tensors (BYTES): creating them with ORT's allocator, filling and reading them.
     let createTensorAsOrtValue: CreateTensor      // 48
@@ -173,6 +179,9 @@ struct ORTFunctions: Sendable {
         createAndRegisterAllocator = try slot(144, CreateAndRegisterAllocator.self)
         releaseArenaCfg = try slot(157, Release.self)
         createArenaCfgV2 = try slot(164, CreateArenaCfgV2.self)
+        createRunOptions = try slot(39, CreateRunOptions.self)
+        releaseRunOptions = try slot(97, Release.self)
+        addRunConfigEntry = try slot(165, AddRunConfigEntry.self)
         createTensorAsOrtValue = try slot(48, CreateTensor.self)
         fillStringTensor = try slot(52, FillStringTensor.self)
         getStringTensorDataLength = try slot(53, GetStringTensorDataLength.self)

@@ -50,6 +50,8 @@ public final class ONNXSession: ModelRunner, @unchecked Sendable {
     /// The names as `Run` takes them, made once.
     private let inputNamePointers: [UnsafePointer<CChar>?]
     private let outputNamePointers: [UnsafePointer<CChar>?]
+    /// The `OrtRunOptions*` every run passes (nil: ONNX Runtime's defaults); released in `deinit`.
+    private let runOptions: OpaquePointer?
 
     /// Loads `path`; the error carries ORT's message (`Load model from X failed: ...`).
     public init(runtime: ONNXRuntime, path: String, options: SessionOptions) throws {
@@ -79,6 +81,23 @@ public final class ONNXSession: ModelRunner, @unchecked Sendable {
             api.releaseSession(session)
             throw error
         }
+        if options.memory.arenaShrinkage {
+            // At the end of each run the CPU arena gives back what no tensor holds: a session whose input sizes
+            // vary keeps what its current runs need, not what its largest run once took.
+            var created: OpaquePointer?
+            do {
+                try api.check(api.createRunOptions(&created), "creating the run options")
+                try api.check(api.addRunConfigEntry(created, "memory.enable_memory_arena_shrinkage", "cpu:0"),
+                              "enabling the CPU arena's shrinkage")
+            } catch {
+                api.releaseRunOptions(created)
+                api.releaseSession(session)
+                throw error
+            }
+            runOptions = created
+        } else {
+            runOptions = nil
+        }
         self.session = session
         inputNames = inputs.map { strdup($0.name)! }
         outputNames = outputs.map { strdup($0.name)! }
@@ -87,6 +106,7 @@ public final class ONNXSession: ModelRunner, @unchecked Sendable {
     }
 
     deinit {
+        if let runOptions { runtime.api.releaseRunOptions(runOptions) }
         runtime.api.releaseSession(session)
         for name in inputNames { free(name) }
         for name in outputNames { free(name) }
@@ -184,7 +204,7 @@ public final class ONNXSession: ModelRunner, @unchecked Sendable {
             createdAt = KernelClock.monotonicNanoseconds()
             try inputNamePointers.withUnsafeBufferPointer { inputNames in
                 try outputNamePointers.withUnsafeBufferPointer { outputNames in
-                    try api.check(api.run(session, nil, inputNames.baseAddress, values, values.count,
+                    try api.check(api.run(session, runOptions, inputNames.baseAddress, values, values.count,
                                           outputNames.baseAddress, outputNames.count, &outputValues))
                 }
             }

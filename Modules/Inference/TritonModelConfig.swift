@@ -11,8 +11,9 @@ import KernelConfig
 /// `reshape {shape}`, an output's `label_filename`), `optimization { graph { level } }` (the ONNX Runtime
 /// backend's levels: -1 basic, 0 all, 1 extended, 2 none), `model_warmup` (batch sizes and counts), and the ONNX
 /// Runtime backend's `parameters`
-/// (`intra_op_thread_count`, `inter_op_thread_count`, `enable_mem_arena`, `enable_mem_pattern`, `execution_mode`
-/// 0; keys that backend does not read are ignored as it ignores them). The fields Triton writes at their
+/// (`intra_op_thread_count`, `inter_op_thread_count`, `enable_mem_arena`, `enable_mem_pattern`,
+/// `memory.enable_memory_arena_shrinkage`, `execution_mode` 0; keys that backend does not read are ignored as it
+/// ignores them). The fields Triton writes at their
 /// defaults are accepted at those values (`defaults`). Any other field is an error naming its place, rather than
 /// something silently not done.
 enum TritonModelConfig {
@@ -362,7 +363,9 @@ enum TritonModelConfig {
                                   message: "only 0 (sequential) is served: a model's runs are parallel across instances, not within one")
             }
         case "memory.enable_memory_arena_shrinkage":
-            throw ConfigError(mark: value.mark, path: "parameters.\(key)", message: "not supported: the arena is not shrunk after runs")
+            // The backend passes the run option on as it is (`cpu:0`, `cpu:0;gpu:0`): the CPU arena is the one here.
+            let devices = (value.scalarText ?? "").split(separator: ";")
+            put("arena_shrinkage", .scalar(devices.contains { $0.hasPrefix("cpu") } ? "true" : "false", mark: value.mark, isPlain: true))
         default:
             break
         }

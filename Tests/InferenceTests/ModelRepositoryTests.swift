@@ -115,7 +115,7 @@ final class ModelRepositoryTests: XCTestCase {
             return ""
         }
         XCTAssertEqual(try error("max_batch_size: 4\nbatching: 2\n"),
-                       "\(file):2:1: batching: unknown key (expected one of: arena_extend_strategy, cpu_mem_arena, dynamic_batching, graph_optimization_level, inputs, instances, inter_op_threads, intra_op_threads, max_batch_size, max_queue, memory_pattern, outputs, queue_full_status, thread_spinning, timeout, version_policy, warmup, warmup_batch_sizes)")
+                       "\(file):2:1: batching: unknown key (expected one of: arena_extend_strategy, arena_shrinkage, cpu_mem_arena, dynamic_batching, graph_optimization_level, inputs, instances, inter_op_threads, intra_op_threads, max_batch_size, max_queue, memory_pattern, outputs, queue_full_status, thread_spinning, timeout, version_policy, warmup, warmup_batch_sizes)")
         XCTAssertEqual(try error("version_policy: {latest: 0}\n"),
                        "\(file):1:26: version_policy.latest: expected a positive integer, found \"0\"")
         XCTAssertEqual(try error("version_policy: {newest: 1}\n"),

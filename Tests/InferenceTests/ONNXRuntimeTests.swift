@@ -90,6 +90,37 @@ final class ONNXRuntimeTests: XCTestCase {
         }
         XCTAssertEqual(scheduler.currentStatistics.inferenceCount, UInt64(inputs.reduce(0) { $0 + $1.rows }))
     }
+
+    /// `arena_shrinkage`: after one large run and a small one, a session with it has given the large run's
+    /// memory back; one without keeps it in its arena (ONNX Runtime's arena never shrinks on its own).
+    func testArenaShrinkageGivesALargeRunsMemoryBack() throws {
+        let onnx = try runtime()
+        func residentBytes() -> Int {
+            guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
+                  let pages = text.split(separator: " ").dropFirst().first.flatMap({ Int($0) }) else { return 0 }
+            return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+        }
+        func retained(shrinking: Bool) throws -> Int {
+            var memory = SessionMemoryOptions()
+            memory.arenaShrinkage = shrinking
+            let session = try ONNXSession(runtime: onnx, path: ONNXRuntimeTests.demoPath, options: SessionOptions(memory: memory))
+            let small = input(rows: 1, seed: 1)
+            _ = try session.run([small])
+            let before = residentBytes()
+            // 100000 rows: the inputs (25 MiB) are the test's, the layers' activations and outputs the arena's.
+            do {
+                let large = Tensor(dataType: .fp32, shape: [100_000, 64], bytes: [UInt8](repeating: 0, count: 100_000 * 64 * 4))
+                _ = try session.run([large])
+            }
+            _ = try session.run([small])
+            return residentBytes() - before
+        }
+        let kept = try retained(shrinking: false)
+        let shrunk = try retained(shrinking: true)
+        XCTAssertGreaterThan(kept, 16 << 20, "without shrinkage the arena keeps the large run's memory")
+        XCTAssertLessThan(shrunk, kept / 4, "with shrinkage it is given back (kept \(kept), shrunk \(shrunk))")
+    }
+
 }
 
 extension ONNXRuntimeTests {
