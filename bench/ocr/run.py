@@ -4,7 +4,11 @@ stack (nginx → uWSGI master, lazy, 3 workers → Flask calling rapidocr_onnxru
 rapidocr_onnxruntime called in a loop in one Python process (the in-process reference).
 
 The same image (drawn by scripts/ocr/make_images.py) is posted as multipart/form-data by wrk at 1, 8 and 32
-connections. Reports images/s, p50 and p99, the resident memory of each side's processes, and checks that both
+connections. Both servers run for the whole benchmark and are measured in alternating rounds (BENCH_ROUNDS, the
+order reversed every round; the idle one waits), so that each round's ratio compares the two under the same
+machine load. Before measuring, each side is checked to be what it claims: its port answers with its own `Server`
+header and the same text, and the uWSGI master still runs. Reports images/s, p50 and p99 (medians over the rounds,
+ratios within each round with their spread), the resident memory of each side's processes, and checks that both
 servers read the same text as the in-process reference. Prints a markdown section; bench/run.sh (`make bench`)
 writes it to docs/performance.md.
 """
@@ -25,6 +29,7 @@ import re  # noqa: E402
 from common import KERNEL_BIN, ROOT, free_port, rss_kib, wait_port  # noqa: E402
 
 DURATION = os.environ.get("BENCH_DURATION", "15s")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = [int(c) for c in os.environ.get("BENCH_OCR_CONNECTIONS", "1,8,32").split(",")]
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGE_INDEX = 15  # scripts/ocr/make_images.py's 623x296 PNG: four lines of Latin text, upright
@@ -110,16 +115,26 @@ def stop(process):
             process.wait()
 
 
-def post_texts(url, image):
+def post_texts(url, image, server):
+    """The texts the server at `url` reads, after checking that its answer is the named server's."""
     import requests
     response = requests.post(url, files={"file": ("image.png", image)}, timeout=300)
     response.raise_for_status()
+    if not response.headers.get("Server", "").startswith(server):
+        raise SystemExit(f"{url} answers as {response.headers.get('Server')!r}, not {server}: its port is not its own")
     return [line["text"] for line in response.json()["lines"]]
 
 
-def measure(url, script):
-    wrk(url, 2, "3s", script=script)  # warm-up (lazy workers load their models on a first request)
-    return {c: wrk(url, c, DURATION, threads=2, script=script) for c in CONNECTIONS}
+def parse_seconds(text):
+    """wrk's latency text (`850.12ms`, `1.20s`, `900us`) in seconds; None for anything else."""
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text or "")
+    if not found:
+        return None
+    return float(found.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[found.group(2)]
+
+
+def format_seconds(value):
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s"
 
 
 def in_process(image, seconds):
@@ -158,25 +173,14 @@ def main():
     from PIL import Image
     width, height = Image.open(os.path.join(images, name)).size
 
-    # The kernel.
+    # Both servers run for the whole benchmark: the kernel, and nginx → uWSGI (master, lazy, 3 workers) → Flask +
+    # rapidocr_onnxruntime.
     kernel_dir = os.path.join(work, "kernel")
     os.makedirs(kernel_dir)
     kernel_port = free_port()
     config = os.path.join(kernel_dir, "kernel.yaml")
     with open(config, "w") as f:
         f.write(kernel_yaml(kernel_dir, kernel_port))
-    kernel = subprocess.Popen([KERNEL_BIN, "--role", "both", "--config", config],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(kernel_port)
-        url = f"http://127.0.0.1:{kernel_port}/v1/parse"
-        kernel_texts = post_texts(url, image)
-        kernel_results = measure(url, script)
-        kernel_rss = rss_kib([kernel.pid])
-    finally:
-        stop(kernel)
-
-    # nginx → uWSGI (master, lazy, 3 workers) → Flask + rapidocr_onnxruntime.
     stack_dir = os.path.join(work, "flask")
     os.makedirs(stack_dir)
     nginx_port, uwsgi_port = free_port(), free_port()
@@ -186,25 +190,45 @@ def main():
     conf = os.path.join(stack_dir, "nginx.conf")
     with open(conf, "w") as f:
         f.write(NGINX_CONF.format(workers=os.cpu_count() or 1, dir=stack_dir, port=nginx_port, uwsgi_port=uwsgi_port))
-    uwsgi = subprocess.Popen([shutil.which("uwsgi") or "uwsgi", "--ini", ini], stdout=subprocess.DEVNULL,
-                             stderr=open(os.path.join(stack_dir, "uwsgi.log"), "w"))
-    nginx = subprocess.Popen(["nginx", "-c", conf, "-p", stack_dir], stderr=subprocess.DEVNULL)
+    kernel = uwsgi = nginx = None
     try:
+        kernel = subprocess.Popen([KERNEL_BIN, "--role", "both", "--config", config],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        uwsgi = subprocess.Popen([shutil.which("uwsgi") or "uwsgi", "--ini", ini], stdout=subprocess.DEVNULL,
+                                 stderr=open(os.path.join(stack_dir, "uwsgi.log"), "w"))
+        nginx = subprocess.Popen(["nginx", "-c", conf, "-p", stack_dir], stderr=subprocess.DEVNULL)
+        wait_port(kernel_port)
         wait_port(uwsgi_port)
         wait_port(nginx_port)
-        url = f"http://127.0.0.1:{nginx_port}/v1/parse"
+        kernel_url = f"http://127.0.0.1:{kernel_port}/v1/parse"
+        stack_url = f"http://127.0.0.1:{nginx_port}/v1/parse"
+        kernel_texts = post_texts(kernel_url, image, "kernel/")
         deadline = time.time() + 120
         while True:
             try:
-                stack_texts = post_texts(url, image)
+                stack_texts = post_texts(stack_url, image, "nginx/")
                 break
+            except SystemExit:
+                raise
             except Exception:
                 if time.time() > deadline:
-                    raise SystemExit(f"the nginx → uWSGI → Flask stack does not answer {url}; see {stack_dir}/uwsgi.log")
+                    raise SystemExit(f"the nginx → uWSGI → Flask stack does not answer {stack_url}; see {stack_dir}/uwsgi.log")
                 time.sleep(1)
-        stack_results = measure(url, script)
+        sides = {"kernel": kernel_url, "stack": stack_url}
+        for url in sides.values():
+            wrk(url, 2, "3s", script=script)  # warm-up (lazy workers load their models on a first request)
+        results = {side: {c: [] for c in CONNECTIONS} for side in sides}
+        for round_index in range(ROUNDS):
+            order = ["kernel", "stack"] if round_index % 2 == 0 else ["stack", "kernel"]
+            for c in CONNECTIONS:
+                for side in order:
+                    if uwsgi.poll() is not None or kernel.poll() is not None:
+                        raise SystemExit("a server exited during the benchmark")
+                    results[side][c].append(wrk(sides[side], c, DURATION, threads=2, script=script))
+        kernel_rss = rss_kib([kernel.pid])
         stack_rss = rss_kib([nginx.pid, uwsgi.pid], children=True)
     finally:
+        stop(kernel)
         stop(nginx)
         stop(uwsgi)
 
@@ -219,17 +243,34 @@ def main():
              f"Resident memory: kernel {kernel_rss / 1024:.0f} MiB, Flask stack (nginx + uWSGI master and 3 workers) "
              f"{stack_rss / 1024:.0f} MiB. Same text on all three: {'yes' if same else 'NO'} "
              f"({json.dumps(kernel_texts, ensure_ascii=False)}).", "",
-             "| connections | kernel images/s | p50 | p99 | Flask stack images/s | p50 | p99 | kernel/Flask stack | kernel/in-process |",
+             f"Medians over {ROUNDS} alternating rounds of `wrk -t2 -c{{connections}} -d{DURATION}` per side (the order "
+             "reversed every round); ratios are taken within each round, with their lowest and highest.", "",
+             "| connections | kernel images/s | p50 | p99 | Flask stack images/s | p50 | p99 | kernel/Flask stack (min-max) | kernel/in-process |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def median_text(runs, key):
+        values = [run[key] for run in runs]
+        parsed = [parse_seconds(value) for value in values]
+        if None in parsed:
+            return values[len(values) // 2]
+        return format_seconds(statistics.median(parsed))
     for c in CONNECTIONS:
-        k, s = kernel_results[c], stack_results[c]
+        k, s = results["kernel"][c], results["stack"][c]
+        ratios = [a["rps"] / max(b["rps"], 1e-9) for a, b in zip(k, s)]
         flags = ""
-        if k["non2xx"] or k["errors"]:
-            flags += f" (kernel: {k['non2xx']} non-2xx {k['errors']})"
-        if s["non2xx"] or s["errors"]:
-            flags += f" (Flask stack: {s['non2xx']} non-2xx {s['errors']})"
-        lines.append(f"| {c} | {k['rps']:.2f} | {k['p50']} | {k['p99']} | {s['rps']:.2f} | {s['p50']} | {s['p99']} | "
-                     f"{k['rps'] / max(s['rps'], 1e-9):.1f}× | {k['rps'] / reference['rps']:.1f}×{flags} |")
+        if any(run["non2xx"] or run["errors"] for run in k):
+            flags += " (kernel: non-2xx or socket errors in a round)"
+        if any(run["non2xx"] or run["errors"] for run in s):
+            flags += " (Flask stack: non-2xx or socket errors in a round)"
+        kernel_rps = statistics.median(run["rps"] for run in k)
+        lines.append(f"| {c} | {kernel_rps:.2f} | {median_text(k, 'p50')} | {median_text(k, 'p99')} | "
+                     f"{statistics.median(run['rps'] for run in s):.2f} | {median_text(s, 'p50')} | {median_text(s, 'p99')} | "
+                     f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}-{max(ratios):.2f}) | "
+                     f"{kernel_rps / reference['rps']:.1f}×{flags} |")
+    per_round = ["", "Per round (images/s, kernel / Flask stack):", ""]
+    for c in CONNECTIONS:
+        pairs = ", ".join(f"{a['rps']:.2f}/{b['rps']:.2f}" for a, b in zip(results["kernel"][c], results["stack"][c]))
+        per_round.append(f"- {c} connections: {pairs}")
+    lines += per_round
     print("\n".join(lines))
     if not same:
         print(f"\nTexts differ: kernel {kernel_texts}, Flask stack {stack_texts}, in-process {reference['texts']}")
