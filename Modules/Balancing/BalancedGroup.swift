@@ -404,7 +404,12 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
             peer.conns -= 1
             peer.inflightStarts &-= slot.started
             var disabled: PeerAddress?
-            if outcome.isFailure {
+            // nginx's `peers->single`: the one primary server of a group is never marked unavailable by its
+            // failures (its max_fails and fail_timeout are ignored), since there is nothing else to send to.
+            let single = !slot.backup && primary.count == 1
+            if outcome.isFailure, single {
+                Self.failureCounter(group: name, peer: peer.server.address).increment()
+            } else if outcome.isFailure {
                 Self.failureCounter(group: name, peer: peer.server.address).increment()
                 peer.fails += 1
                 peer.accessed = time

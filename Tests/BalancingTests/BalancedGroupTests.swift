@@ -70,6 +70,25 @@ final class BalancedGroupTests: XCTestCase {
         XCTAssertTrue(sequence(group, 4).contains(1), "back after fail_timeout")
     }
 
+    func testTheOnlyPrimaryIsNeverMarkedDown() throws {
+        // nginx's single-peer groups: max_fails and fail_timeout are ignored, the server keeps taking requests.
+        let clock = TestClock()
+        let group = BalancedGroup(name: "b", method: .roundRobin, servers: [try server("127.0.0.1:1 max_fails=1")],
+                                  now: { clock.now })
+        for _ in 0..<3 {
+            let lease = try XCTUnwrap(group.begin(request(from: "10.0.0.1"), excluding: []))
+            XCTAssertEqual(lease.peer, .tcp(host: "127.0.0.1", port: 1))
+            lease.finish(failure)
+        }
+        XCTAssertEqual(sequence(group, 2), [1, 1], "still usable after failures")
+        // With a second primary the same failures count again.
+        let pair = BalancedGroup(name: "p", method: .roundRobin,
+                                 servers: [try server("127.0.0.1:1 max_fails=1"), try server("127.0.0.1:2")], now: { clock.now })
+        let lease = try XCTUnwrap(pair.begin(request(from: "10.0.0.1"), excluding: [.tcp(host: "127.0.0.1", port: 2)]))
+        lease.finish(failure)
+        XCTAssertEqual(sequence(pair, 3), [2, 2, 2])
+    }
+
     func testBackupServesOnlyWhenEveryPrimaryIsUnavailable() throws {
         let group = BalancedGroup(name: "b", method: .roundRobin,
                                   servers: [try server("127.0.0.1:1 max_conns=1"), try server("127.0.0.1:9 backup")])
