@@ -54,6 +54,9 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
     private var bodyEndObserver: ((UpstreamBodyEnd) -> Void)?
     /// The whole request was written (set by the exchange when its sender completes).
     var requestFullySent = false
+    /// When the whole request was written, for the requests whose sending again needs it (a POST, LOCK or
+    /// PATCH meeting a closed kept-alive connection); 0 otherwise.
+    var requestSentAt: UInt64 = 0
     /// Set for a connection that may go back to its group's keepalive pool (and the pool's cache): it goes back
     /// instead of closing when an answer whose head said `reusable` ends after the whole request was sent.
     var keepAliveAtEnd: (connection: UpstreamConnection, cache: IdleConnectionCache)?
@@ -107,6 +110,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         bodyEnd = nil
         bodyEndObserver = nil
         requestFullySent = false
+        requestSentAt = 0
         keepAliveAtEnd = nil
         headReusable = false
         keptAtReadComplete = false

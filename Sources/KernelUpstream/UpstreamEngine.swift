@@ -193,7 +193,7 @@ final class UpstreamExchange: @unchecked Sendable {
         guard next.contains(condition), tried.count < triesAllowed, withinNextUpstreamTimeout else { return false }
         guard requestSent else { return true }
         if case .stream? = request.bodySource { return false }
-        if ["POST", "LOCK", "PATCH"].contains(request.method), !next.contains(.nonIdempotent) { return false }
+        if Self.isNonIdempotent(request.method), !next.contains(.nonIdempotent) { return false }
         return true
     }
 
@@ -440,10 +440,12 @@ final class UpstreamExchange: @unchecked Sendable {
                 handler.keepAliveAtEnd = (connection, cache)
             }
         }
+        let timesSending = Self.isNonIdempotent(request.method)
         let sent: (Result<Void, any Error>) -> Void = { result in
             switch result {
             case .success:
                 handler.requestFullySent = true
+                if timesSending { handler.requestSentAt = KernelClock.monotonicNanoseconds() }
             case .failure(let error):
                 // A failure of the request's own (a timeout, the client's body broken off) ends the attempt and is
                 // logged with it; a failed write shows as the upstream closing.
@@ -473,7 +475,7 @@ final class UpstreamExchange: @unchecked Sendable {
                     self.releaseAbandoned(lease, started: started)
                     return
                 }
-                if reused, let connection, self.isStale(after: error, sendError: sendError, connection: connection) {
+                if reused, let connection, self.isStale(after: error, sendError: sendError, connection: connection, handler: handler) {
                     // The peer closed a kept-alive connection before this request reached it (its keep-alive ran
                     // out): nothing was processed, so the request goes again, on a new connection to the same peer,
                     // whatever its method, and the peer is not blamed.
@@ -507,11 +509,29 @@ final class UpstreamExchange: @unchecked Sendable {
     /// Whether a failure on a reused connection is the peer having closed it while it was idle: no byte of the
     /// answer arrived, no timeout ran out, and the request can be sent again (its body is not a stream being
     /// read from the client, and did not fail on the client's side).
-    private func isStale(after error: any Error, sendError: (any Error)?, connection: UpstreamConnection) -> Bool {
+    private func isStale(after error: any Error, sendError: (any Error)?, connection: UpstreamConnection,
+                         handler: UpstreamConnectionHandler) -> Bool {
         guard !connection.keepalive.answerStarted else { return false }
         if case .stream? = request.bodySource { return false }
         if error is UpstreamFailure || sendError is UpstreamFailure || error is UpstreamInvalidResponse { return false }
+        // A POST, LOCK or PATCH the peer had whole may have been acted on before it closed: it goes again only when
+        // the close followed its last byte at once (the peer's close crossed the request: a connection it had
+        // closed while idle), or when `*_next_upstream non_idempotent` lets such requests go again anyway. Later,
+        // it is the peer's failure, and nginx's 502.
+        if handler.requestFullySent, Self.isNonIdempotent(request.method), !configuration.nextUpstream.contains(.nonIdempotent),
+           KernelClock.monotonicNanoseconds() &- handler.requestSentAt > Self.staleCloseWindowNanoseconds {
+            return false
+        }
         return true
+    }
+
+    /// How soon after a non-idempotent request's last byte a kept-alive connection's close still counts as the peer
+    /// having closed it idle (its close crossing the request), rather than the peer failing on the request.
+    static let staleCloseWindowNanoseconds: UInt64 = 50_000_000
+
+    /// The methods nginx does not send to another peer once sent (`ngx_http_upstream_next`): POST, LOCK, PATCH.
+    static func isNonIdempotent(_ method: String) -> Bool {
+        method == "POST" || method == "LOCK" || method == "PATCH"
     }
 
     /// A head arrived: passed on, or (a status `*_next_upstream` names, with another peer to try) dropped.

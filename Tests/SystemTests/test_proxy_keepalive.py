@@ -18,13 +18,17 @@ class RecordingBackend:
     - `idle_timeout`: an idle connection is closed after that many seconds (the handler's socket timeout);
     - `close_after_response`: every connection is closed right after its first answer, without `Connection: close`;
     - `drop_reused`: a second request on a connection is read and the connection closed without an answer (a
-      server that closed an idle connection just as the request was on its way).
+      server that closed an idle connection just as the request was on its way);
+    - `drop_reused_after`: the same, the close coming that many seconds after the request was read (a server that
+      took the request and failed on it).
     """
 
-    def __init__(self, idle_timeout=None, close_after_response=False, drop_reused=False):
+    def __init__(self, idle_timeout=None, close_after_response=False, drop_reused=False, drop_reused_after=None):
         self.requests = []  # (client port, method, Connection header, body length)
         self.closed_connections = 0
         self.dropped = 0
+        self.dropped_methods = []
+        drop_reused = drop_reused or drop_reused_after is not None
         self.lock = threading.Lock()
         backend = self
 
@@ -48,8 +52,11 @@ class RecordingBackend:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length) if length else b""
                 if drop_reused and self.served >= 1:
+                    if drop_reused_after:
+                        time.sleep(drop_reused_after)
                     with backend.lock:
                         backend.dropped += 1
+                        backend.dropped_methods.append(self.command)
                     self.close_connection = True
                     return
                 self.served += 1
@@ -265,6 +272,26 @@ def test_a_request_meeting_a_closing_connection_is_sent_again(start_kernel, back
     assert len(retry_lines) == 5, log
     assert all("[info]" in line and f'upstream: "http://127.0.0.1:{backend.port}"' in line for line in retry_lines), log
     assert "[error]" not in log, log
+
+
+def test_a_post_the_upstream_took_before_closing_is_not_sent_again(start_kernel, backends):
+    # The upstream reads the request on a kept connection and closes it a second later without answering: it may
+    # have acted on it. A GET goes again on a new connection; a POST does not (nginx's 502), unlike a close that
+    # crosses the request (the test above).
+    backend = backends(drop_reused_after=1.0)
+    edge = start_kernel(edge_yaml(backend.port, KEEPALIVE), role="edge")
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port(), timeout=30)
+    send(conn, "GET", "/first")
+    send(conn, "GET", "/second")  # dropped on the kept connection a second after it was read, then answered anew
+    assert backend.dropped_methods == ["GET"], backend.dropped_methods
+    conn.request("POST", "/pay", body=b"p" * 100)  # on the new connection, kept: dropped the same way
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    assert response.status == 502, response.status
+    assert backend.dropped_methods == ["GET", "POST"], backend.dropped_methods
+    assert [method for _, method, _, _ in backend.seen()] == ["GET", "GET"], "the POST was not sent again"
+    assert RETRY_LINE in edge.log_text()
 
 
 def test_head_and_bodiless_answers_keep_the_connection(start_kernel, backends):
