@@ -95,8 +95,11 @@ extension HTTPConnectionHandler: DrivenConnection {
             completeResponse(close: end.close, context)
         case .failure(let error):
             guard machine.phase == .writingStream else { return }
-            // The producer broke off: the body cannot be completed, so the connection closes (as nginx does).
-            runtime.logger.error("response body failed: \(error) while sending response to client, client: \(connection.remoteIP), server: \(settings.listener), request: \"\(inFlight.request.requestLine)\"")
+            // The producer broke off: the body cannot be completed, so the connection closes (as nginx does). A
+            // producer that logged its failure (an upstream's) has said it once.
+            if !(error is LoggedBodyFailure) {
+                runtime.logger.error("response body failed: \(error) while sending response to client, client: \(connection.remoteIP), server: \(settings.listener), request: \"\(inFlight.request.requestLine)\"")
+            }
             abortResponse(context)
         }
     }

@@ -15,6 +15,15 @@ public struct ResponseBodyStream: Sendable {
     }
 }
 
+/// A producer's failure that its producer has logged already, with its own words and context (an upstream's
+/// `recv() failed (104: Connection reset by peer) while reading upstream, ..., upstream: "..."`): the consumer
+/// that closes the connection for it logs nothing more, so one failure is one error-log line, as in nginx.
+public struct LoggedBodyFailure: Error, Sendable, CustomStringConvertible {
+    public let underlying: any Error
+    public init(_ underlying: any Error) { self.underlying = underlying }
+    public var description: String { "\(underlying)" }
+}
+
 /// The body of a `KernelResponse`.
 public enum ResponseBody: Sendable {
     case empty

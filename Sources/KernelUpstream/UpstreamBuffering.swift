@@ -223,7 +223,7 @@ public final class UpstreamResponseBuffer: @unchecked Sendable {
         } catch {
             // nginx's [crit] for a temp file it cannot write; the answer cannot be completed.
             logger.critical("\(error) while reading upstream")
-            failure = error
+            failure = LoggedBodyFailure(error)
             upstream.cancel()
             return false
         }
@@ -231,9 +231,10 @@ public final class UpstreamResponseBuffer: @unchecked Sendable {
 
     private func failNow(_ error: any Error) -> EventLoopFuture<ByteBuffer?> {
         logger.critical("\(error) while sending to client")
-        failure = error
+        let logged = LoggedBodyFailure(error)
+        failure = logged
         cancel()
-        return eventLoop.makeFailedFuture(error)
+        return eventLoop.makeFailedFuture(logged)
     }
 
     private func closeFile() {

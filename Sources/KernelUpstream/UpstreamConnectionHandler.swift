@@ -361,7 +361,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         if ended { return eventLoop.makeSucceededFuture(nil) }
         if let failure {
             logger.error("\(UpstreamConnectionHandler.describeBodyFailure(failure))\(suffix)")
-            return eventLoop.makeFailedFuture(failure)
+            return eventLoop.makeFailedFuture(LoggedBodyFailure(failure))
         }
         precondition(waiter == nil, "ResponseBodyStream.next called again before the previous part arrived")
         let promise = eventLoop.makePromise(of: ByteBuffer?.self)
@@ -370,7 +370,7 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         read()
         return promise.futureResult.flatMapErrorThrowing { error in
             logger.error("\(UpstreamConnectionHandler.describeBodyFailure(error))\(suffix)")
-            throw error
+            throw LoggedBodyFailure(error)
         }
     }
 

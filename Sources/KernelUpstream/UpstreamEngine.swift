@@ -688,7 +688,8 @@ final class UpstreamExchange: @unchecked Sendable {
             }
         } else {
             let logger = context.logger
-            let suffix = self.suffix(nil)
+            // The peer is named, as nginx names it in a `while reading upstream` line.
+            let suffix = self.suffix(current?.peer)
             let release = UpstreamBodyRelease(handler: handler)
             body = .stream(ResponseBodyStream(
                 next: { release.handler.next(of: release.generation, logger: logger, suffix: suffix) },

@@ -353,6 +353,11 @@ def test_bad_chunking_breaks_the_answer_off(start_kernel, backend):
         response.read()
     conn.close()
     kernel.wait_for_log("upstream sent invalid chunked response while reading upstream")
+    # One failure, one error-log line, naming the upstream as nginx's does (the client side adds none of its own).
+    time.sleep(0.3)  # a second line would follow within the same event-loop turns
+    errors = [entry for entry in kernel.log_text().splitlines() if "[error]" in entry]
+    assert len(errors) == 1, errors
+    assert 'upstream: "http://127.0.0.1:' in errors[0], errors
 
 
 def test_an_upstream_that_hangs_is_a_504(start_kernel, backend):
