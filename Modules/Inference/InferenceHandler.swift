@@ -431,8 +431,8 @@ public struct InferenceHandler: RequestHandler {
         }
     }
 
-    /// Triton's model configuration, in its JSON form (dimensions without the batch dimension when batching).
-    /// Triton's model configuration JSON as `GET .../config` answers it: every field Triton prints (it prints
+    /// Triton's model configuration JSON as `GET .../config` answers it (dimensions without the batch dimension
+    /// when batching): every field Triton prints (it prints
     /// primitives, lists and maps at their defaults too), with the defaults its normalisation fills in
     /// (`version_policy`, `preferred_batch_size` of `[max_batch_size]`, pinned memory on, the group named after
     /// the model), so that scripts reading `config["version_policy"]` or `instance_group[0]["name"]` find them.

@@ -51,15 +51,20 @@ routing:
     assert requests.post(kernel.url("/healthz"), timeout=10).status_code == 405
 
 
-def test_a_group_whose_only_peer_is_down_is_not_ready(start_kernel):
-    dead = closed_port()
+def test_a_group_whose_every_peer_is_down_is_not_ready(start_kernel):
+    # Two peers: the only server of a group is never marked down by its failures (nginx ignores max_fails there).
+    first = closed_port()
+    second = closed_port()
+    while second == first:
+        second = closed_port()
     kernel = start_kernel(f"""
 http:
   listen: "127.0.0.1:0"
 upstreams:
   backend:
     servers:
-      - 127.0.0.1:{dead} max_fails=1 fail_timeout=60s
+      - 127.0.0.1:{first} max_fails=1 fail_timeout=60s
+      - 127.0.0.1:{second} max_fails=1 fail_timeout=60s
   spare:
     servers:
       - 127.0.0.1:{closed_port()} down
@@ -76,7 +81,7 @@ routing:
     ready = get(kernel, "/healthz")
     assert ready.status_code == 503, ready.text
     assert ready.json() == {"ready": False, "not_ready": [
-        {"check": "upstream", "name": "backend", "reason": "no live peer (1 down)"}]}
+        {"check": "upstream", "name": "backend", "reason": "no live peer (2 down)"}]}
     assert get(kernel, "/livez").status_code == 200
 
 
