@@ -55,6 +55,8 @@ public final class Pipeline: Sendable {
     private let releasedAfter: [[Int]]
     /// Character lists read from recognition models' metadata, by model name (read on first use).
     private let characterLists = NIOLockedValueBox<[String: [String]]>([:])
+    /// `max_in_flight`'s line; nil without a limit.
+    let admission: PipelineAdmission?
 
     public init(configuration: PipelineConfiguration, repository: ModelRepository, runtimeLibrary: String?,
                 pool: NIOThreadPool = PipelineThreadPool.shared) {
@@ -62,6 +64,7 @@ public final class Pipeline: Sendable {
         self.repository = repository
         self.runtimeLibrary = runtimeLibrary
         self.pool = pool
+        admission = configuration.maxInFlight > 0 ? PipelineAdmission(limit: configuration.maxInFlight) : nil
         var released = [[Int]](repeating: [], count: configuration.steps.count)
         for (value, reader) in configuration.lastReaders.enumerated() where reader < configuration.steps.count {
             released[reader].append(value)
@@ -76,6 +79,19 @@ public final class Pipeline: Sendable {
 
     /// Runs the pipeline on `upload`.
     public func run(_ upload: ImageUpload, options: SubmitOptions, on eventLoop: any EventLoop) -> EventLoopFuture<PipelineRun> {
+        guard let admission else { return runSteps(upload, options: options, on: eventLoop) }
+        let name = configuration.name
+        return admission.admit(on: eventLoop, deadline: options.deadline, cancellation: options.cancellation,
+                               expired: { KernelHTTPError(504, "pipeline '\(name)' did not start before the request's deadline") },
+                               left: { KernelHTTPError(499, "the client closed the request") })
+            .flatMap {
+                let run = self.runSteps(upload, options: options, on: eventLoop)
+                run.whenComplete { _ in admission.release() }
+                return run
+            }
+    }
+
+    private func runSteps(_ upload: ImageUpload, options: SubmitOptions, on eventLoop: any EventLoop) -> EventLoopFuture<PipelineRun> {
         let state = RunState(upload: upload, count: configuration.steps.count)
         return step(0, state: state, options: options, on: eventLoop).map {
             PipelineRun(output: state.values[self.configuration.output]!, timings: state.timings)

@@ -8,6 +8,9 @@ public struct PipelineConfiguration: Sendable {
     /// Triton's priority level (1 highest, 0 the model's default) of every model step's requests.
     public var priority: Int
     public var steps: [PipelineStep]
+    /// `max_in_flight`: the requests that run the pipeline at once (0: no limit); the others wait, in order,
+    /// holding only their uploads, until one ends (`PipelineAdmission`).
+    public var maxInFlight = 0
     /// The step whose value is the answer (the last one).
     public var output: Int { steps.count - 1 }
 
@@ -175,6 +178,7 @@ extension PipelineConfiguration {
         let mapping = try value.mapping()
         let name = try mapping.required("name").nonEmptyString()
         let priority = try mapping.optional("priority")?.int(in: 0...1_000_000, what: "a non-negative integer") ?? 0
+        let maxInFlight = try mapping.optional("max_in_flight")?.int(in: 0...1_000_000, what: "a non-negative integer (0: no limit)") ?? 0
         let stepsValue = try mapping.required("steps")
         try mapping.finish()
         var steps: [PipelineStep] = []
@@ -185,7 +189,9 @@ extension PipelineConfiguration {
             kinds.append(step.output)
         }
         guard !steps.isEmpty else { throw stepsValue.error("a pipeline needs at least one step") }
-        return PipelineConfiguration(name: name, priority: priority, steps: steps)
+        var configuration = PipelineConfiguration(name: name, priority: priority, steps: steps)
+        configuration.maxInFlight = maxInFlight
+        return configuration
     }
 
     private static func decodeStep(_ value: ConfigValue, earlier: [PipelineStep], kinds: [PipelineValueKind],
