@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import threading
 import zlib
 
@@ -257,6 +258,30 @@ def test_concurrent_requests_batch_in_detection_and_recognition(start_kernel, im
     submitted = sum(response.json()["timings"]["rec"]["requests"] for response in responses)
     assert max(entry["batch_size"] for entry in rec["batch_stats"]) > 1, rec
     assert rec["execution_count"] < submitted, (rec, submitted)
+
+
+def test_max_in_flight_runs_the_others_in_turn_and_a_waiting_deadline_is_a_504(start_kernel, images, reference):
+    # One request at a time: six uploads at once are all answered, with rapidocr's text; one that waits behind a
+    # run with 50 ms left gets its 504 at its deadline, not when the run ends (its answer comes before the run's).
+    ensure_ocr_models()
+    config = re.sub(r"^      max_in_flight: .*\n", "", ocr_config(), flags=re.M)
+    assert "    - name: ocr\n" in config
+    kernel = start_kernel(config.replace("    - name: ocr\n", "    - name: ocr\n      max_in_flight: 1\n"))
+    name, data = smallest(images, 1)[0]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda _: parse(kernel, data), range(6)))
+    assert [response.status_code for response in responses] == [200] * 6
+    expected = [line["text"] for line in reference[name]]
+    assert all([line["text"] for line in response.json()["lines"]] == expected for response in responses)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(parse, kernel, data)
+        time.sleep(0.05)  # the first takes the one slot
+        started = time.monotonic()
+        late = pool.submit(parse, kernel, data, headers={"X-Kernel-Timeout-Ms": "50"}).result()
+        waited = time.monotonic() - started
+        assert running.result().status_code == 200
+    assert_error(late, 504, "did not start before the request's deadline")
+    assert waited < 5, waited
 
 
 def test_max_pixels_is_configurable(start_kernel, images):
