@@ -159,8 +159,10 @@ struct HTTPHeadScanner {
                 if lines == 0, !HTTPRequestHeadParser.requestLinePrefixIsPlausible(bytes, lineStart..<lineStart + maxLineLength) {
                     return .failure(.invalidRequestLine)
                 }
-                // The limit its bytes reach first: the whole head's when the line starts near its end.
-                if lines > 0, lineStart + maxLineLength > headStart + maxHeadLength { return .failure(.headTooLarge) }
+                // The limit its bytes reach first: the whole head's when the line starts near its end. Fed in
+                // pieces, the line is over at `lineStart + maxLineLength` bytes, the head at `headStart +
+                // maxHeadLength + 2` (below): the head's is named when it comes no later.
+                if lines > 0, lineStart + maxLineLength > headStart + maxHeadLength + 1 { return .failure(.headTooLarge) }
                 return .failure(lines == 0 ? .requestLineTooLong : .headerLineTooLong)
             }
             if lines == 0, case .failure(let error) = HTTPRequestHeadParser.checkRequestLine(bytes, lineStart..<lineEnd) {
@@ -199,7 +201,7 @@ struct HTTPHeadScanner {
         guard lineOver || headOver else { return .needMore }
         if lines == 0 { return .failure(.requestLineTooLong) }
         // Past both: the limit the bytes reached first, whatever the size of the read that passed them.
-        if headOver, !lineOver || headStart + maxHeadLength < lineStart + maxLineLength { return .failure(.headTooLarge) }
+        if headOver, !lineOver || headStart + maxHeadLength + 1 < lineStart + maxLineLength { return .failure(.headTooLarge) }
         return .failure(.headerLineTooLong)
     }
 }

@@ -202,14 +202,35 @@ final class HTTPFuzzFindingsTests: XCTestCase {
             }
             return bytes
         }
-        for _ in 0..<3000 {
+        for _ in 0..<6000 {
             var payload = line("GET /", length: maxLine - 4 + next(8)) + (next(4) == 0 ? [10] : [13, 10])
-            for _ in 0..<next(4) {
-                payload += line("X-A: ", length: maxLine - 4 + next(8)) + (next(4) == 0 ? [10] : [13, 10])
+            // Header lines of any length up to past the line limit, enough of them to reach the head's limit too.
+            for _ in 0..<next(9) {
+                let length = next(2) == 0 ? maxLine - 4 + next(8) : 6 + next(maxLine)
+                payload += line("X-A: ", length: length) + (next(4) == 0 ? [10] : [13, 10])
             }
             payload += next(3) == 0 ? [10] : [13, 10]
             let (whole, byByte) = outcomes(payload)
             XCTAssertEqual(byByte, whole, String(decoding: payload, as: UTF8.self).debugDescription)
+        }
+    }
+    /// A long header line starting near where the head's limit and its own limit meet: whole or fed a byte at a
+    /// time, the same limit is named (the one the bytes reach first).
+    func testALongLineNearTheHeadsLimitNamesTheSameLimitHoweverCut() {
+        let requestLine = Array("GET / HTTP/1.1\r\n".utf8)
+        for start in (maxHead - maxLine - 4)...(maxHead - maxLine + 6) {
+            // Filler lines up to `start`, then a line longer than the limit.
+            var payload = requestLine
+            while payload.count < start {
+                let room = start - payload.count
+                let length = min(max(room - 2, 4), 200)
+                payload += Array("X-F: ".utf8) + Array(repeating: UInt8(ascii: "f"), count: max(0, length - 5)) + [13, 10]
+                if payload.count > start { break }
+            }
+            guard payload.count == start else { continue }
+            payload += Array("X-L: ".utf8) + Array(repeating: UInt8(ascii: "l"), count: maxLine + 50) + [13, 10, 13, 10]
+            let (whole, byByte) = outcomes(payload)
+            XCTAssertEqual(byByte, whole, "a long line starting at \(start)")
         }
     }
 }
