@@ -404,9 +404,10 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
             peer.conns -= 1
             peer.inflightStarts &-= slot.started
             var disabled: PeerAddress?
-            // nginx's `peers->single`: the one primary server of a group is never marked unavailable by its
-            // failures (its max_fails and fail_timeout are ignored), since there is nothing else to send to.
-            let single = !slot.backup && primary.count == 1
+            // nginx's `peers->single`: the one primary server of a group without backup servers is never marked
+            // unavailable by its failures (its max_fails and fail_timeout are ignored), since there is nothing else
+            // to send to. Peers a re-resolution removed (still draining) do not count.
+            let single = !slot.backup && backup.allSatisfy(\.removed) && primary.lazy.filter { !$0.removed }.count == 1
             if outcome.isFailure, single {
                 Self.failureCounter(group: name, peer: peer.server.address).increment()
             } else if outcome.isFailure {

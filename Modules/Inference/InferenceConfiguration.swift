@@ -326,13 +326,17 @@ extension InferenceConfiguration {
     }
 
     /// The keys a `models:` entry shares with a repository model's `config.yaml` (all but name, path, version).
+    /// `inRepository`: the settings of a repository model, whose `max_batch_size` may be left to Triton's
+    /// auto-completion at load (`ModelConfiguration.autofillsMaxBatchSize`), a `dynamic_batching` with it.
     static func decodeModelSettings(_ mapping: ConfigMapping, name: String, path: String, version: String,
-                                    memoryDefaults: SessionMemoryOptions) throws -> ModelConfiguration {
+                                    memoryDefaults: SessionMemoryOptions, inRepository: Bool = false) throws -> ModelConfiguration {
         let positive = "a positive integer"
         let instances = try mapping.optional("instances")?.int(in: 1...256, what: "an integer 1-256") ?? 1
         let intra = try mapping.optional("intra_op_threads")?.int(in: 0...1024, what: "an integer 0-1024 (0: ONNX Runtime decides)") ?? 1
         let inter = try mapping.optional("inter_op_threads")?.int(in: 0...1024, what: "an integer 0-1024 (0: ONNX Runtime decides)") ?? 1
         let maxBatchSize = try mapping.optional("max_batch_size")?.int(in: 0...1_000_000, what: "a non-negative integer") ?? 0
+        // Checked against the batch size when the load has filled it in.
+        let batchSizeAtLoad = inRepository && mapping.optional("max_batch_size") == nil
         var dynamicBatching: ModelConfiguration.DynamicBatching?
         if let batching = mapping.optional("dynamic_batching") {
             let batchingMapping = try batching.mapping()
@@ -341,7 +345,7 @@ extension InferenceConfiguration {
             if let sizes = batchingMapping.optional("preferred_batch_sizes") {
                 for size in try sizes.list(allowScalar: true) {
                     let value = try size.int(in: 1...1_000_000, what: positive)
-                    guard value <= maxBatchSize else {
+                    guard value <= maxBatchSize || batchSizeAtLoad else {
                         throw size.error("preferred batch size \(value) is larger than max_batch_size \(maxBatchSize)")
                     }
                     preferred.append(value)
@@ -355,7 +359,7 @@ extension InferenceConfiguration {
                 throw (defaultLevelValue ?? batching).error("default_priority_level must be in range [1, \(levels)] with priority_levels \(levels)")
             }
             try batchingMapping.finish()
-            guard maxBatchSize > 0 else {
+            guard maxBatchSize > 0 || batchSizeAtLoad else {
                 throw batching.error("dynamic_batching needs max_batch_size greater than 0")
             }
             dynamicBatching = .init(maxQueueDelay: delay, preferredBatchSizes: preferred, priorityLevels: levels,
@@ -452,11 +456,20 @@ extension InferenceConfiguration {
         if let shrinkageValue { options.arenaShrinkage = try shrinkageValue.bool() }
         if options.arenaShrinkage, !options.cpuMemoryArena {
             // Inherited from `inference:` by a model that turns its arena off: there is nothing to shrink.
-            guard let shrinkageValue else { options.arenaShrinkage = false; return options }
+            guard let shrinkageValue else {
+                options.arenaShrinkage = false
+                return try checkedStrategy(options, strategyValue)
+            }
             throw shrinkageValue.error("arena_shrinkage needs the CPU memory arena (cpu_mem_arena: true)")
         }
+        return try checkedStrategy(options, strategyValue)
+    }
+
+    /// A strategy inherited from `inference:` does not apply to a model that turns its arena off; one the model
+    /// sets itself with its arena off is an error.
+    private static func checkedStrategy(_ options: SessionMemoryOptions, _ strategyValue: ConfigValue?) throws -> SessionMemoryOptions {
+        var options = options
         if options.arenaExtendStrategy != nil, !options.cpuMemoryArena {
-            // A strategy inherited from `inference:` does not apply to a model that turns its arena off.
             guard let strategyValue else { options.arenaExtendStrategy = nil; return options }
             throw strategyValue.error("arena_extend_strategy needs the CPU memory arena (cpu_mem_arena: true)")
         }

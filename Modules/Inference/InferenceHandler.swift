@@ -506,9 +506,9 @@ public struct InferenceHandler: RequestHandler {
             writer.raw(",\"output\":")
             configTensors(model.signature.outputs, isInput: false, into: &writer)
             writer.raw(",\"batch_input\":[],\"batch_output\":[],\"optimization\":{")
-            // The ONNX Runtime backend's graph level, when it is not its default (all).
-            if let level = TritonModelConfig.graphLevels.first(where: { $0.value == configuration.memory.graphOptimizationLevel.configName })?.key,
-               level != 0 {
+            // The ONNX Runtime backend's graph level the sessions run with (also at its default, all: a configuration
+            // loaded back without it would take `inference:`'s default, which may be another).
+            if let level = TritonModelConfig.graphLevels.first(where: { $0.value == configuration.memory.graphOptimizationLevel.configName })?.key {
                 writer.raw("\"graph\":{\"level\":")
                 writer.integer(level)
                 writer.raw("},")
@@ -538,13 +538,14 @@ public struct InferenceHandler: RequestHandler {
             writer.integer(configuration.instances)
             writer.raw(",\"gpus\":[],\"secondary_devices\":[],\"profile\":[],\"passive\":false,\"host_policy\":\"\"}]")
             writer.raw(",\"default_model_filename\":\"model.onnx\",\"cc_model_filenames\":{},\"metric_tags\":{},\"parameters\":{")
-            // The ONNX Runtime backend's parameters for what the sessions run with: the thread counts always (the
-            // kernel's default of one thread is not the backend's), the memory switches when off; so that a
-            // configuration read here and loaded back runs the same.
+            // The ONNX Runtime backend's parameters for what the sessions run with (the thread counts, whose
+            // default of one is not the backend's, and the memory switches, whose defaults `inference:` may
+            // change), so that a configuration read here and loaded back runs the same.
             var parameters = [("intra_op_thread_count", String(configuration.intraOpThreads)),
-                              ("inter_op_thread_count", String(configuration.interOpThreads))]
-            if !configuration.memory.cpuMemoryArena { parameters.append(("enable_mem_arena", "0")) }
-            if !configuration.memory.memoryPattern { parameters.append(("enable_mem_pattern", "0")) }
+                              ("inter_op_thread_count", String(configuration.interOpThreads)),
+                              ("enable_mem_arena", configuration.memory.cpuMemoryArena ? "1" : "0"),
+                              ("enable_mem_pattern", configuration.memory.memoryPattern ? "1" : "0")]
+            if configuration.memory.arenaShrinkage { parameters.append(("memory.enable_memory_arena_shrinkage", "cpu:0")) }
             for (index, (key, value)) in parameters.enumerated() {
                 if index > 0 { writer.byte(UInt8(ascii: ",")) }
                 writer.string(key)

@@ -442,6 +442,10 @@ final class ModelLoadingService: KernelService {
             }
             logger.warning("inference: autofilled max_batch_size to \(autofilledMaxBatchSize) for model '\(configuration.name)' since batching is supported but no max_batch_size is specified in model configuration (as Triton fills it in); give max_batch_size to batch more, or 0 not to batch")
         }
+        if configuration.dynamicBatching != nil, configuration.maxBatchSize == 0 {
+            // Settings whose batcher waited for the auto-completion, which this model's tensors do not allow.
+            throw ModelRepositoryError("dynamic_batching needs max_batch_size greater than 0, and the model cannot batch (not every input and output has a free first dimension)")
+        }
         if configuration.maxBatchSize > 0 {
             for spec in first.inputs + first.outputs where spec.shape.first != -1 {
                 throw ONNXRuntimeError("max_batch_size \(configuration.maxBatchSize) needs dimension 0 of every input and output to be dynamic, but '\(spec.name)' has shape \(spec.shapeText)")
@@ -490,7 +494,7 @@ final class ModelLoadingService: KernelService {
                 // A reshaped tensor's model shape is the reshape's; `dims` is what is served.
                 let declaredDims = tensor.reshape ?? tensor.dims
                 let matches = modelDims.count == declaredDims.count
-                    && zip(modelDims, declaredDims).allSatisfy { model, declared in model == -1 || declared == -1 || model == declared }
+                    && zip(modelDims, declaredDims).allSatisfy { model, declared in model == -1 || model == declared }
                 guard matches else {
                     let complete = (batching ? [-1] : []) + declaredDims
                     throw ModelRepositoryError("model '\(configuration.name)', tensor '\(tensor.name)': the model expects \(spec.shape.count) dimensions (shape [\(spec.shape.map(String.init).joined(separator: ","))]) but the model configuration specifies \(complete.count) dimensions (\(batching ? "an initial batch dimension because max_batch_size > 0 followed by the explicit tensor shape, making complete shape" : "shape") [\(complete.map(String.init).joined(separator: ","))])")
@@ -526,7 +530,7 @@ final class ModelLoadingService: KernelService {
             }
             let path = file.hasPrefix("/") ? file : parent(parent(configuration.path)) + "/" + file
             guard let text = readConfigurationFile(path, limit: 64 << 20) else {
-                throw ModelRepositoryError("label file \(path) of output '\(output.name)' cannot be read: \(String(cString: strerror(errno)))")
+                throw ModelRepositoryError("label file \(path) of output '\(output.name)' cannot be read (missing, unreadable, or over 64 MiB)")
             }
             var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { line in
                 line.hasSuffix("\r") ? String(line.dropLast()) : String(line)
@@ -573,6 +577,12 @@ final class ModelLoadingService: KernelService {
     static func warmupTensor(_ spec: TensorSpec, batchSize: Int?) -> Tensor {
         var shape = spec.shape.map { $0 < 0 ? Int64(1) : $0 }
         if let batchSize, !shape.isEmpty { shape[0] = Int64(batchSize) }
+        if let reshape = spec.reshape, reshape.toModel(shape) == nil {
+            // A free served dimension at 1 may hold too few elements for the model's fixed shape: the served shape
+            // is then the one the model's shape (free dimensions 1) gives.
+            let model = (reshape.batched ? [shape.first ?? 1] : []) + reshape.model.map { $0 < 0 ? Int64(1) : $0 }
+            if let served = reshape.toServed(model) { shape = served }
+        }
         let byteCount: Int
         if spec.dataType == .bytes {
             byteCount = TensorSize.elementCount(shape).flatMap { $0 <= TensorSize.bufferLimit / 4 ? $0 * 4 : nil } ?? 0

@@ -102,7 +102,7 @@ public struct ModelRepositoryLayout: Sendable {
                 let mapping = try ConfigValue(node: settings, path: "").mapping()
                 if let policyValue = mapping.optional("version_policy") { policy = try ModelRepositoryLayout.decodePolicy(policyValue) }
                 template = try InferenceConfiguration.decodeModelSettings(mapping, name: name, path: "", version: "",
-                                                                          memoryDefaults: memoryDefaults)
+                                                                          memoryDefaults: memoryDefaults, inRepository: true)
                 try mapping.finish()
             } catch var error as ConfigError {
                 // A request's JSON has no lines and columns to name: the field's path says where.
@@ -137,7 +137,7 @@ public struct ModelRepositoryLayout: Sendable {
             let mapping = try ConfigValue(node: root, path: "").mapping()
             if let policyValue = mapping.optional("version_policy") { policy = try ModelRepositoryLayout.decodePolicy(policyValue) }
             template = try InferenceConfiguration.decodeModelSettings(mapping, name: name, path: "", version: "",
-                                                                      memoryDefaults: memoryDefaults)
+                                                                      memoryDefaults: memoryDefaults, inRepository: true)
             try mapping.finish()
         } else {
             let empty = YAMLNode.mapping([], mark: SourceMark(file: yamlPath, line: 1, column: 1))

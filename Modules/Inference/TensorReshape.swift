@@ -26,8 +26,16 @@ public struct TensorReshape: Sendable, Equatable {
         guard let served = product(dims), let model = product(reshape) else {
             throw value.error("reshape: the shapes have more elements than a tensor can")
         }
-        if !dims.contains(-1), !reshape.contains(-1), served != model {
+        let describe = "reshape [\(reshape.map(String.init).joined(separator: ","))] and dims [\(dims.map(String.init).joined(separator: ","))]"
+        switch (dims.contains(-1), reshape.contains(-1)) {
+        case (false, false) where served != model:
             throw value.error("reshape [\(reshape.map(String.init).joined(separator: ","))] has \(model) elements, dims [\(dims.map(String.init).joined(separator: ","))] \(served)")
+        // One side free: the fixed side's elements must be whole multiples of the free side's fixed part.
+        case (true, false) where served == 0 || model % served != 0,
+             (false, true) where model == 0 || served % model != 0:
+            throw value.error("\(describe) cannot hold the same elements")
+        default:
+            break
         }
     }
 

@@ -215,7 +215,7 @@ public struct KernelRequest: Sendable {
         let rest = uri.utf8.dropFirst(prefix)
         let start = rest.startIndex
         // `splitTarget` has refused any authority but a host and a port (no user information).
-        let end = rest.firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") } ?? rest.endIndex
+        let end = rest.firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") } ?? rest.endIndex
         return start == end ? nil : String(uri[start..<end])
     }
 

@@ -87,6 +87,11 @@ final class BalancedGroupTests: XCTestCase {
         let lease = try XCTUnwrap(pair.begin(request(from: "10.0.0.1"), excluding: [.tcp(host: "127.0.0.1", port: 2)]))
         lease.finish(failure)
         XCTAssertEqual(sequence(pair, 3), [2, 2, 2])
+        // With a backup server the one primary is no single peer: its failures count, the backup takes over.
+        let backed = BalancedGroup(name: "k", method: .roundRobin,
+                                   servers: [try server("127.0.0.1:1 max_fails=1"), try server("127.0.0.1:9 backup")], now: { clock.now })
+        try XCTUnwrap(backed.begin(request(from: "10.0.0.1"), excluding: [])).finish(failure)
+        XCTAssertEqual(try XCTUnwrap(backed.begin(request(from: "10.0.0.1"), excluding: [])).peer, .tcp(host: "127.0.0.1", port: 9))
     }
 
     func testBackupServesOnlyWhenEveryPrimaryIsUnavailable() throws {

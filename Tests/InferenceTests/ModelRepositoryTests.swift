@@ -401,6 +401,8 @@ final class ModelRepositoryTests: XCTestCase {
                        "\(file):1:60: parameters.enable_mem_arena: expected a boolean such as \"1\" or \"0\"")
         XCTAssertEqual(try error("input [ { name: \"x\", data_type: TYPE_FP32, dims: [ 4 ], reshape { shape: [ 3 ] } } ]\n"),
                        "\(file):1:65: inputs[0].reshape: reshape [3] has 3 elements, dims [4] 4")
+        XCTAssertTrue(try error("input [ { name: \"x\", data_type: TYPE_FP32, dims: [ -1, 5 ], reshape { shape: [ 3, 4 ] } } ]\n")
+            .hasSuffix("reshape [3,4] and dims [-1,5] cannot hold the same elements"))
         XCTAssertEqual(try error("input [ { name: \"x\", data_type: TYPE_FP32, format: FORMAT_NCHW, dims: [ 4 ] } ]\n"),
                        "\(file):1:52: inputs[0].format: FORMAT_NCHW needs 3 dims (channels, height, width in its order), found 1")
         XCTAssertEqual(try error("output [ { name: \"y\", data_type: TYPE_FP32, dims: [ 4 ], format: FORMAT_NCHW } ]\n"),
@@ -500,6 +502,19 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertTrue(a.memoryPattern)
         XCTAssertFalse(b.cpuMemoryArena)
         XCTAssertNil(b.arenaExtendStrategy, "an inherited strategy does not apply without an arena")
+        // Inherited arena_shrinkage and strategy both fall away for a model that turns its arena off.
+        let shrinking = try decode("""
+            inference:
+              arena_shrinkage: true
+              arena_extend_strategy: same_as_requested
+              models:
+                - {name: a, path: /a.onnx}
+                - {name: b, path: /b.onnx, cpu_mem_arena: false}
+            """)
+        XCTAssertTrue(shrinking.models[0].memory.arenaShrinkage)
+        XCTAssertFalse(shrinking.models[1].memory.arenaShrinkage)
+        XCTAssertNil(shrinking.models[1].memory.arenaExtendStrategy)
+        XCTAssertThrowsError(try decode("inference:\n  models:\n    - {name: a, path: /a.onnx, cpu_mem_arena: false, arena_shrinkage: true}\n"))
         XCTAssertFalse(b.memoryPattern)
         XCTAssertEqual(b.graphOptimizationLevel.rawValue, 0)
         XCTAssertEqual(c.arenaExtendStrategy, .nextPowerOfTwo)

@@ -19,6 +19,7 @@ final class RequestShapeTests: XCTestCase {
         // The absolute form's authority is the host ($host, lower-cased) and the port, whatever the scheme.
         XCTAssertEqual(request("FTP://Example.COM:21/r?y").host, "example.com")
         XCTAssertEqual(request("FTP://Example.COM:21/r?y").requestPort, "21")
+        XCTAssertEqual(request("http://a#b/x").host, "a", "a fragment is no part of the authority")
     }
 
     func testTargetSplitsIntoNormalisedPathAndQuery() {

@@ -507,9 +507,13 @@ dynamic_batching { max_queue_delay_microseconds: 500 }
     assert config["version_policy"] == {"latest": {"num_versions": 1}}
     assert config["dynamic_batching"]["preferred_batch_size"] == [8]
     assert config["default_model_filename"] == "model.onnx"
-    # The ONNX Runtime backend's thread counts, as the sessions run (the kernel's default of one thread each).
+    # The ONNX Runtime backend's parameters as the sessions run (the kernel's default of one thread each, the
+    # arena and memory patterns on), and its graph level (0: all).
     assert config["parameters"] == {"intra_op_thread_count": {"string_value": "1"},
-                                    "inter_op_thread_count": {"string_value": "1"}}
+                                    "inter_op_thread_count": {"string_value": "1"},
+                                    "enable_mem_arena": {"string_value": "1"},
+                                    "enable_mem_pattern": {"string_value": "1"}}
+    assert config["optimization"]["graph"] == {"level": 0}
     assert config["optimization"]["input_pinned_memory"] == {"enable": True}
     assert config["input"][0]["format"] == "FORMAT_NONE" and config["output"][0]["label_filename"] == ""
     array = rows(4)
@@ -587,6 +591,9 @@ def test_a_model_without_settings_batches_as_tritons_auto_completion_fills_it_in
     copy_model(DEMO, os.path.join(repository, "bare", "1", "model.onnx"))
     copy_model(DEMO, os.path.join(repository, "unbatched", "1", "model.onnx"))
     write(os.path.join(repository, "unbatched", "config.pbtxt"), "max_batch_size: 0\n")
+    # A batcher without max_batch_size, as Triton accepts it: the auto-completion gives it its batch size.
+    copy_model(DEMO, os.path.join(repository, "batcher", "1", "model.onnx"))
+    write(os.path.join(repository, "batcher", "config.pbtxt"), "dynamic_batching { max_queue_delay_microseconds: 2000 }\n")
     kernel = start_kernel(repository_yaml(""))
     client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
     config = client.get_model_config("bare")
@@ -599,6 +606,8 @@ def test_a_model_without_settings_batches_as_tritons_auto_completion_fills_it_in
     refused = infer(kernel, "bare", rows(5))
     assert refused.status_code == 400 and "batch-size must be <= 4" in refused.text, refused.text
     assert client.get_model_config("unbatched")["max_batch_size"] == 0
+    batcher = client.get_model_config("batcher")
+    assert batcher["max_batch_size"] == 4 and batcher["dynamic_batching"]["max_queue_delay_microseconds"] == 2000, batcher
     assert output_of(infer(kernel, "unbatched", rows(5))).shape == (5, 10)
 
 
