@@ -153,7 +153,8 @@ public struct ModelConfiguration: Sendable {
 
     /// `dynamic_batching: {max_queue_delay, preferred_batch_sizes, priority_levels, default_priority_level}`.
     public struct DynamicBatching: Sendable {
-        public var maxQueueDelay: ConfigDuration
+        /// `max_queue_delay`, in microseconds (Triton's `max_queue_delay_microseconds` is kept exactly).
+        public var maxQueueDelayMicroseconds: Int64
         public var preferredBatchSizes: [Int]
         /// Triton's `priority_levels` (0: one queue) and `default_priority_level`.
         public var priorityLevels = 0
@@ -163,7 +164,7 @@ public struct ModelConfiguration: Sendable {
     /// The scheduler policy these settings describe.
     public var policy: SchedulingPolicy {
         SchedulingPolicy(maxBatchSize: maxBatchSize, dynamicBatching: dynamicBatching != nil,
-                         maxQueueDelayNanoseconds: UInt64(max(0, dynamicBatching?.maxQueueDelay.nanoseconds ?? 0)),
+                         maxQueueDelayNanoseconds: UInt64(max(0, dynamicBatching?.maxQueueDelayMicroseconds ?? 0)) * 1000,
                          preferredBatchSizes: dynamicBatching?.preferredBatchSizes ?? [],
                          maxQueue: maxQueue, timeoutNanoseconds: UInt64(max(0, timeout.nanoseconds)),
                          priorityLevels: dynamicBatching?.priorityLevels ?? 0,
@@ -340,7 +341,7 @@ extension InferenceConfiguration {
         var dynamicBatching: ModelConfiguration.DynamicBatching?
         if let batching = mapping.optional("dynamic_batching") {
             let batchingMapping = try batching.mapping()
-            let delay = try batchingMapping.optional("max_queue_delay")?.duration() ?? ConfigDuration(milliseconds: 0)
+            let delay = try batchingMapping.optional("max_queue_delay").map(queueDelayMicroseconds) ?? 0
             var preferred: [Int] = []
             if let sizes = batchingMapping.optional("preferred_batch_sizes") {
                 for size in try sizes.list(allowScalar: true) {
@@ -362,7 +363,7 @@ extension InferenceConfiguration {
             guard maxBatchSize > 0 || batchSizeAtLoad else {
                 throw batching.error("dynamic_batching needs max_batch_size greater than 0")
             }
-            dynamicBatching = .init(maxQueueDelay: delay, preferredBatchSizes: preferred, priorityLevels: levels,
+            dynamicBatching = .init(maxQueueDelayMicroseconds: delay, preferredBatchSizes: preferred, priorityLevels: levels,
                                     defaultPriorityLevel: levels > 0 ? defaultLevel : 0)
         }
         let maxQueue = try mapping.optional("max_queue")?.int(in: 0...10_000_000, what: "a non-negative integer (0: unlimited)")
@@ -399,6 +400,20 @@ extension InferenceConfiguration {
         model.declaredInputs = try decodeDeclaredTensors(mapping.optional("inputs"), outputs: false)
         model.declaredOutputs = try decodeDeclaredTensors(mapping.optional("outputs"), outputs: true)
         return model
+    }
+
+    /// `max_queue_delay`: a time as nginx writes one (`2ms`, `1s`), or microseconds (`500us`), the unit of Triton's
+    /// `max_queue_delay_microseconds`, whose delays are often below a millisecond.
+    static func queueDelayMicroseconds(_ value: ConfigValue) throws -> Int64 {
+        if case .scalar(let text, _, _) = value.node, text.hasSuffix("us") {
+            let digits = text.dropLast(2)
+            guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let micro = Int64(digits),
+                  micro <= Int64(Int32.max) * 1000 else {
+                throw value.expected("a time such as 2ms, or microseconds such as 500us")
+            }
+            return micro
+        }
+        return try value.duration().milliseconds * 1000
     }
 
     /// `inputs:`/`outputs:`: a list of `{name, datatype, dims}`, with `format`, `reshape` and `label_filename`

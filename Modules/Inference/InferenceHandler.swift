@@ -520,7 +520,7 @@ public struct InferenceHandler: RequestHandler {
                     ? [configuration.maxBatchSize] : batching.preferredBatchSizes
                 integers(preferred, into: &writer)
                 writer.raw(",\"max_queue_delay_microseconds\":")
-                writer.integer(batching.maxQueueDelay.milliseconds * 1000)
+                writer.integer(Int(batching.maxQueueDelayMicroseconds))
                 writer.raw(",\"preserve_ordering\":false,\"priority_levels\":")
                 writer.integer(batching.priorityLevels)
                 writer.raw(",\"default_priority_level\":")

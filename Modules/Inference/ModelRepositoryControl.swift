@@ -438,7 +438,7 @@ final class ModelLoadingService: KernelService {
            (first.inputs + first.outputs).allSatisfy({ $0.shape.count > 0 && $0.shape[0] == -1 }) {
             configuration.maxBatchSize = autofilledMaxBatchSize
             if configuration.dynamicBatching == nil {
-                configuration.dynamicBatching = .init(maxQueueDelay: ConfigDuration(milliseconds: 0), preferredBatchSizes: [])
+                configuration.dynamicBatching = .init(maxQueueDelayMicroseconds: 0, preferredBatchSizes: [])
             }
             logger.warning("inference: autofilled max_batch_size to \(autofilledMaxBatchSize) for model '\(configuration.name)' since batching is supported but no max_batch_size is specified in model configuration (as Triton fills it in); give max_batch_size to batch more, or 0 not to batch")
         }

@@ -6,8 +6,8 @@ import KernelConfig
 /// Understood: `name` (must be the directory's, or empty), `platform: "onnxruntime_onnx"` / `backend:
 /// "onnxruntime"`, `max_batch_size`, `instance_group [{count, kind: KIND_CPU}]` (counts add up), `dynamic_batching
 /// {preferred_batch_size, max_queue_delay_microseconds, priority_levels, default_priority_level,
-/// default_queue_policy {max_queue_size, default_timeout_microseconds}}` (microseconds rounded up to whole
-/// milliseconds), `version_policy`, `input` and `output` entries (`name`, `data_type`, `dims`, and `format`,
+/// default_queue_policy {max_queue_size, default_timeout_microseconds}}` (the timeout's microseconds rounded up to
+/// whole milliseconds; the delay's kept), `version_policy`, `input` and `output` entries (`name`, `data_type`, `dims`, and `format`,
 /// `reshape {shape}`, an output's `label_filename`), `optimization { graph { level } }` (the ONNX Runtime
 /// backend's levels: -1 basic, 0 all, 1 extended, 2 none), `model_warmup` (batch sizes and counts), and the ONNX
 /// Runtime backend's `parameters`
@@ -175,8 +175,10 @@ enum TritonModelConfig {
                     case "preferred_batch_size":
                         dynamic.append((.scalar("preferred_batch_sizes", mark: member.value.mark, isPlain: true), member.value))
                     case "max_queue_delay_microseconds":
+                        let micro = try ConfigValue(node: member.value, path: "dynamic_batching.max_queue_delay_microseconds")
+                            .int(in: 0...Int(Int32.max) * 1000, what: "a non-negative integer")
                         dynamic.append((.scalar("max_queue_delay", mark: member.value.mark, isPlain: true),
-                                        try milliseconds(member.value, path: "dynamic_batching.max_queue_delay_microseconds")))
+                                        .scalar("\(micro)us", mark: member.value.mark, isPlain: true)))
                     case "priority_levels", "default_priority_level":
                         dynamic.append((.scalar(member.name, mark: member.value.mark, isPlain: true), member.value))
                     case "default_queue_policy":

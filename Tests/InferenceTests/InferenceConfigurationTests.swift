@@ -47,6 +47,10 @@ final class InferenceConfigurationTests: XCTestCase {
         XCTAssertEqual(demo.policy.maxBatchSize, 32)
         XCTAssertTrue(demo.policy.dynamicBatching)
         XCTAssertEqual(demo.policy.maxQueueDelayNanoseconds, 2_000_000)
+        // Microseconds, the unit of Triton's max_queue_delay_microseconds, kept as they are.
+        let micro = try decode("inference:\n  models:\n    - {name: m, path: /m.onnx, max_batch_size: 4, dynamic_batching: {max_queue_delay: 250us}}\n")
+        XCTAssertEqual(micro.models[0].policy.maxQueueDelayNanoseconds, 250_000)
+        XCTAssertThrowsError(try decode("inference:\n  models:\n    - {name: m, path: /m.onnx, max_batch_size: 4, dynamic_batching: {max_queue_delay: 2.5us}}\n"))
         XCTAssertEqual(demo.policy.preferredBatchSizes, [8, 16])
         XCTAssertEqual(demo.policy.maxQueue, 256)
         XCTAssertEqual(demo.policy.timeoutNanoseconds, 5_000_000_000)

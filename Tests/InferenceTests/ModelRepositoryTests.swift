@@ -152,7 +152,7 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(configuration.maxBatchSize, 8)
         XCTAssertEqual(configuration.instances, 3)
         XCTAssertEqual(configuration.dynamicBatching?.preferredBatchSizes, [4, 8])
-        XCTAssertEqual(configuration.dynamicBatching?.maxQueueDelay.milliseconds, 1, "100 us rounds up to 1 ms")
+        XCTAssertEqual(configuration.dynamicBatching?.maxQueueDelayMicroseconds, 100, "Triton's microseconds, kept")
         XCTAssertEqual(configuration.maxQueue, 16)
         XCTAssertEqual(configuration.timeout.milliseconds, 3)
         // Repeated fields written one by one, and Triton's other policy forms.
@@ -229,7 +229,7 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(configuration.maxBatchSize, 4)
         XCTAssertEqual(configuration.instances, 2)
         XCTAssertEqual(configuration.dynamicBatching?.preferredBatchSizes, [2, 4])
-        XCTAssertEqual(configuration.dynamicBatching?.maxQueueDelay.milliseconds, 2, "1500 us rounds up to 2 ms")
+        XCTAssertEqual(configuration.dynamicBatching?.maxQueueDelayMicroseconds, 1500, "Triton's microseconds, kept")
         XCTAssertEqual(configuration.maxQueue, 9)
         // Errors name the field, with no line or column (a request's JSON has none).
         func error(_ text: String) -> String {

@@ -502,7 +502,7 @@ dynamic_batching { max_queue_delay_microseconds: 500 }
     assert config["max_batch_size"] == 8
     group = config["instance_group"]
     assert [(g["name"], g["kind"], g["count"]) for g in group] == [("demo", "KIND_CPU", 2)], group
-    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 500, "Triton's microseconds, kept"
     # What Triton's normalisation fills in and its JSON always carries.
     assert config["version_policy"] == {"latest": {"num_versions": 1}}
     assert config["dynamic_batching"]["preferred_batch_size"] == [8]
