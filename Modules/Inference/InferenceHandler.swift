@@ -553,8 +553,43 @@ public struct InferenceHandler: RequestHandler {
                 writer.string(value)
                 writer.byte(UInt8(ascii: "}"))
             }
-            writer.raw("},\"model_warmup\":[]}")
+            writer.raw("},\"model_warmup\":")
+            Self.writeWarmup(configuration, inputs: model.signature.inputs, into: &writer)
+            writer.byte(UInt8(ascii: "}"))
         }
+    }
+
+    /// The warm-up as Triton's `model_warmup` samples: one per batch size it runs (batch size 1 for a model that
+    /// does not batch), `count` the runs per size, zero inputs at the served shapes with free dimensions 1 (what
+    /// the warm-up gives ONNX Runtime). `[]` without a warm-up.
+    static func writeWarmup(_ configuration: ModelConfiguration, inputs: [TensorSpec], into writer: inout JSONWriter) {
+        writer.byte(UInt8(ascii: "["))
+        let batched = configuration.maxBatchSize > 0
+        for (index, size) in configuration.warmupSizes.enumerated() {
+            if index > 0 { writer.byte(UInt8(ascii: ",")) }
+            writer.raw("{\"name\":")
+            writer.string("warmup_\(size ?? 1)")
+            writer.raw(",\"batch_size\":")
+            writer.integer(size ?? 1)
+            writer.raw(",\"count\":")
+            writer.integer(configuration.warmup)
+            writer.raw(",\"inputs\":{")
+            for (inputIndex, spec) in inputs.enumerated() {
+                if inputIndex > 0 { writer.byte(UInt8(ascii: ",")) }
+                writer.string(spec.name)
+                writer.raw(":{\"data_type\":")
+                writer.string("TYPE_" + (spec.dataType == .bytes ? "STRING" : spec.dataType.rawValue))
+                writer.raw(",\"dims\":[")
+                let dims = batched ? Array(spec.shape.dropFirst()) : spec.shape
+                for (dimensionIndex, dimension) in dims.enumerated() {
+                    if dimensionIndex > 0 { writer.byte(UInt8(ascii: ",")) }
+                    writer.integer(dimension < 0 ? 1 : dimension)
+                }
+                writer.raw("],\"zero_data\":true}")
+            }
+            writer.raw("}}")
+        }
+        writer.byte(UInt8(ascii: "]"))
     }
 
     /// The statistics extension's answer for `models` (this process's), or with worker processes for the

@@ -144,6 +144,9 @@ def test_versions_routing_metadata_index_and_memory_options(start_kernel, tmp_pa
     assert missing.json()["error"] == "Request for unknown model: 'demo' version 3 is not found"
     config = requests.get(kernel.url("/v2/models/demo/versions/1/config"), timeout=10).json()
     assert config["max_batch_size"] == 8
+    # `warmup: 1` at every batch size the batcher forms, as Triton's warm-up samples.
+    assert [(w["batch_size"], w["count"]) for w in config["model_warmup"]] == [(size, 1) for size in range(1, 9)]
+    assert config["model_warmup"][0]["inputs"] == {"input": {"data_type": "TYPE_FP32", "dims": [64], "zero_data": True}}
     stats = requests.get(kernel.url("/v2/models/demo/versions/1/stats"), timeout=10).json()["model_stats"]
     assert [(s["name"], s["version"]) for s in stats] == [("demo", "1")]
     assert stats[0]["inference_count"] == 6
