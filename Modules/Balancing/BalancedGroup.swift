@@ -393,6 +393,13 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
         }
     }
 
+    /// nginx's `peers->single`: the one primary server of a group without backup servers, never marked unavailable
+    /// by its failures (its max_fails and fail_timeout are ignored), since there is nothing else to send to. Peers a
+    /// re-resolution removed (still draining) do not count. Under the lock; asked only for a failure.
+    private func isSinglePeer(_ slot: Slot) -> Bool {
+        !slot.backup && backup.allSatisfy(\.removed) && primary.lazy.filter { !$0.removed }.count == 1
+    }
+
     /// A lease ended: nginx's `ngx_http_upstream_free_round_robin_peer`, plus the measurements of `least_time`
     /// and `least_queue`; a freed slot goes to the oldest waiting request that can use it.
     private func finished(_ slot: Slot, _ outcome: PeerLeaseOutcome) {
@@ -404,14 +411,10 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
             peer.conns -= 1
             peer.inflightStarts &-= slot.started
             var disabled: PeerAddress?
-            // nginx's `peers->single`: the one primary server of a group without backup servers is never marked
-            // unavailable by its failures (its max_fails and fail_timeout are ignored), since there is nothing else
-            // to send to. Peers a re-resolution removed (still draining) do not count.
-            let single = !slot.backup && backup.allSatisfy(\.removed) && primary.lazy.filter { !$0.removed }.count == 1
-            if outcome.isFailure, single {
+            if outcome.isFailure {
                 Self.failureCounter(group: name, peer: peer.server.address).increment()
-            } else if outcome.isFailure {
-                Self.failureCounter(group: name, peer: peer.server.address).increment()
+            }
+            if outcome.isFailure, !isSinglePeer(slot) {
                 peer.fails += 1
                 peer.accessed = time
                 peer.checked = time
@@ -424,7 +427,7 @@ public final class BalancedGroup: UpstreamGroup, @unchecked Sendable {
                     }
                 }
                 if peer.effectiveWeight < 0 { peer.effectiveWeight = 0 }
-            } else if peer.accessed < peer.checked {
+            } else if !outcome.isFailure, peer.accessed < peer.checked {
                 // A success after fail_timeout has passed since the last failure: the count starts again.
                 peer.fails = 0
             }

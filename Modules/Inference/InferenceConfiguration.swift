@@ -121,8 +121,6 @@ public struct ModelConfiguration: Sendable {
     /// `warmup_batch_sizes`: the batch sizes warm-up runs; nil for every size the batcher can form.
     public var warmupBatchSizes: [Int]? = nil
     public var memory = SessionMemoryOptions()
-    /// Whether the settings gave `max_batch_size` (a `models:` entry's default of 0 is then no choice).
-    public var maxBatchSizeGiven = true
     /// Triton's auto-completion for ONNX models, for a repository model whose settings give no `max_batch_size`
     /// and declare no tensors: when every input and output has a free first dimension, it batches up to 4
     /// (Triton's `--backend-config=onnxruntime,default-max-batch-size=4`) with a dynamic batcher.
@@ -396,9 +394,9 @@ extension InferenceConfiguration {
                                   dynamicBatching: dynamicBatching, maxQueue: maxQueue, timeout: timeout, warmup: warmup,
                                   warmupBatchSizes: warmupBatchSizes, memory: memory)
         model.queueFullStatus = queueFullStatus
-        model.maxBatchSizeGiven = mapping.optional("max_batch_size") != nil
         model.declaredInputs = try decodeDeclaredTensors(mapping.optional("inputs"), outputs: false)
         model.declaredOutputs = try decodeDeclaredTensors(mapping.optional("outputs"), outputs: true)
+        model.autofillsMaxBatchSize = batchSizeAtLoad && model.declaredInputs.isEmpty && model.declaredOutputs.isEmpty
         return model
     }
 

@@ -438,14 +438,6 @@ public struct InferenceHandler: RequestHandler {
     /// the model), so that scripts reading `config["version_policy"]` or `instance_group[0]["name"]` find them.
     private func modelConfig(_ model: LoadedModel) -> KernelResponse {
         let configuration = model.configuration
-        func integers(_ values: [Int], into writer: inout JSONWriter) {
-            writer.byte(UInt8(ascii: "["))
-            for (index, value) in values.enumerated() {
-                if index > 0 { writer.byte(UInt8(ascii: ",")) }
-                writer.integer(value)
-            }
-            writer.byte(UInt8(ascii: "]"))
-        }
         func configTensors(_ specs: [TensorSpec], isInput: Bool, into writer: inout JSONWriter) {
             writer.byte(UInt8(ascii: "["))
             for (index, spec) in specs.enumerated() {
@@ -455,21 +447,13 @@ public struct InferenceHandler: RequestHandler {
                 writer.raw(",\"data_type\":")
                 // Triton's config names BYTES tensors TYPE_STRING; the others are TYPE_ and the protocol's name.
                 writer.string("TYPE_" + (spec.dataType == .bytes ? "STRING" : spec.dataType.rawValue))
-                writer.raw(",\"dims\":[")
-                let dims = configuration.maxBatchSize > 0 ? Array(spec.shape.dropFirst()) : spec.shape
-                for (dimensionIndex, dimension) in dims.enumerated() {
-                    if dimensionIndex > 0 { writer.byte(UInt8(ascii: ",")) }
-                    writer.integer(dimension)
-                }
-                writer.byte(UInt8(ascii: "]"))
+                writer.raw(",\"dims\":")
+                writer.integers(configuration.maxBatchSize > 0 ? spec.shape.dropFirst() : spec.shape[...])
                 let declared = (isInput ? configuration.declaredInputs : configuration.declaredOutputs).first { $0.name == spec.name }
                 if let reshape = declared?.reshape {
-                    writer.raw(",\"reshape\":{\"shape\":[")
-                    for (dimensionIndex, dimension) in reshape.enumerated() {
-                        if dimensionIndex > 0 { writer.byte(UInt8(ascii: ",")) }
-                        writer.integer(dimension)
-                    }
-                    writer.raw("]}")
+                    writer.raw(",\"reshape\":{\"shape\":")
+                    writer.integers(reshape)
+                    writer.byte(UInt8(ascii: "}"))
                 }
                 if isInput {
                     writer.raw(",\"format\":")
@@ -496,7 +480,7 @@ public struct InferenceHandler: RequestHandler {
                 writer.raw("{\"all\":{}}")
             case .specific(let versions):
                 writer.raw("{\"specific\":{\"versions\":")
-                integers(versions, into: &writer)
+                writer.integers(versions)
                 writer.raw("}}")
             }
             writer.raw(",\"max_batch_size\":")
@@ -518,7 +502,7 @@ public struct InferenceHandler: RequestHandler {
                 writer.raw(",\"dynamic_batching\":{\"preferred_batch_size\":")
                 let preferred = batching.preferredBatchSizes.isEmpty && configuration.maxBatchSize > 0
                     ? [configuration.maxBatchSize] : batching.preferredBatchSizes
-                integers(preferred, into: &writer)
+                writer.integers(preferred)
                 writer.raw(",\"max_queue_delay_microseconds\":")
                 writer.integer(Int(batching.maxQueueDelayMicroseconds))
                 writer.raw(",\"preserve_ordering\":false,\"priority_levels\":")
@@ -579,13 +563,9 @@ public struct InferenceHandler: RequestHandler {
                 writer.string(spec.name)
                 writer.raw(":{\"data_type\":")
                 writer.string("TYPE_" + (spec.dataType == .bytes ? "STRING" : spec.dataType.rawValue))
-                writer.raw(",\"dims\":[")
-                let dims = batched ? Array(spec.shape.dropFirst()) : spec.shape
-                for (dimensionIndex, dimension) in dims.enumerated() {
-                    if dimensionIndex > 0 { writer.byte(UInt8(ascii: ",")) }
-                    writer.integer(dimension < 0 ? 1 : dimension)
-                }
-                writer.raw("],\"zero_data\":true}")
+                writer.raw(",\"dims\":")
+                writer.integers((batched ? spec.shape.dropFirst() : spec.shape[...]).map { $0 < 0 ? 1 : $0 })
+                writer.raw(",\"zero_data\":true}")
             }
             writer.raw("}}")
         }

@@ -724,6 +724,18 @@ public struct JSONWriter {
         _ = count
     }
 
+    /// `[a,b,...]`: a list of integers (a shape, dimensions, batch sizes).
+    public mutating func integers<Values: Sequence>(_ values: Values) where Values.Element: BinaryInteger {
+        byte(UInt8(ascii: "["))
+        var first = true
+        for value in values {
+            if !first { byte(UInt8(ascii: ",")) }
+            first = false
+            integer(value)
+        }
+        byte(UInt8(ascii: "]"))
+    }
+
     /// The shortest text that reads back as the same `Float` (Swift's `description`); NaN and infinities as
     /// Python's `json` writes them.
     public mutating func float(_ value: Float) {

@@ -143,7 +143,7 @@ public struct ModelRepositoryLayout: Sendable {
             let empty = YAMLNode.mapping([], mark: SourceMark(file: yamlPath, line: 1, column: 1))
             template = try InferenceConfiguration.decodeModelSettings(try ConfigValue(node: empty, path: "").mapping(),
                                                                       name: name, path: "", version: "",
-                                                                      memoryDefaults: memoryDefaults)
+                                                                      memoryDefaults: memoryDefaults, inRepository: true)
         }
         return model(name, directory: directory, policy: policy, available: available, template: template,
                      stamps: stamps, settingsPath: settingsPath)
@@ -158,8 +158,6 @@ public struct ModelRepositoryLayout: Sendable {
             configuration.version = String(version)
             configuration.path = "\(directory)/\(version)/\(ModelRepositoryLayout.modelFileName)"
             configuration.versionPolicy = policy
-            configuration.autofillsMaxBatchSize = !configuration.maxBatchSizeGiven
-                && configuration.declaredInputs.isEmpty && configuration.declaredOutputs.isEmpty
             stamps[configuration.path] = FileStamp.of(configuration.path)
             return configuration
         }

@@ -13,12 +13,19 @@ public enum HopByHopHeaders {
     /// every header of every response, so it must not allocate.
     @inlinable
     public static func contains(_ name: String) -> Bool {
-        switch name.utf8.count {
-        case 2: return name.equalsCaseInsensitive("te")
-        case 7: return name.equalsCaseInsensitive("trailer") || name.equalsCaseInsensitive("upgrade")
-        case 10: return name.equalsCaseInsensitive("connection") || name.equalsCaseInsensitive("keep-alive")
-        case 16: return name.equalsCaseInsensitive("proxy-connection")
-        case 17: return name.equalsCaseInsensitive("transfer-encoding")
+        name.utf8.withContiguousStorageIfAvailable { contains(bytes: $0) }
+            ?? Array(name.utf8).withUnsafeBufferPointer { contains(bytes: $0) }
+    }
+
+    /// The same for a name's bytes in memory.
+    public static func contains(bytes name: UnsafeBufferPointer<UInt8>) -> Bool {
+        func named(_ known: StaticString) -> Bool { equal(name, known) }
+        switch name.count {
+        case 2: return named("te")
+        case 7: return named("trailer") || named("upgrade")
+        case 10: return named("connection") || named("keep-alive")
+        case 16: return named("proxy-connection")
+        case 17: return named("transfer-encoding")
         default: return false
         }
     }
@@ -49,34 +56,16 @@ public enum HopByHopHeaders {
             while first < last, value[first] == UInt8(ascii: " ") || value[first] == UInt8(ascii: "\t") { first += 1 }
             while last > first, value[last - 1] == UInt8(ascii: " ") || value[last - 1] == UInt8(ascii: "\t") { last -= 1 }
             start = end + 1
-            let option = UnsafeRawBufferPointer(rebasing: value[first..<last])
-            guard !option.isEmpty, !isUnlistedOption(option) else { continue }
+            let option = UnsafeRawBufferPointer(rebasing: value[first..<last]).assumingMemoryBound(to: UInt8.self)
+            // `close`, a hop-by-hop name, or `Content-Length`: options that name no field to remove.
+            guard !option.isEmpty, !contains(bytes: option), !equal(option, "close"), !equal(option, "content-length") else { continue }
             listed.append(String(decoding: option, as: UTF8.self).lowercased())
         }
     }
 
-    /// `close`, a hop-by-hop name, or `Content-Length`: an option that names no field to remove.
-    private static func isUnlistedOption(_ option: UnsafeRawBufferPointer) -> Bool {
-        func named(_ known: StaticString) -> Bool {
-            HTTPToken.equalCaseInsensitive(bytes: option.assumingMemoryBound(to: UInt8.self),
-                                           UnsafeBufferPointer(start: known.utf8Start, count: known.utf8CodeUnitCount))
-        }
-        switch option.count {
-        case 2: return named("te")
-        case 5: return named("close")
-        case 7: return named("trailer") || named("upgrade")
-        case 10: return named("connection") || named("keep-alive")
-        case 14: return named("content-length")
-        case 16: return named("proxy-connection")
-        case 17: return named("transfer-encoding")
-        default: return false
-        }
-    }
-}
-
-extension UnsafeRawBufferPointer {
-    fileprivate func assumingMemoryBound(to: UInt8.Type) -> UnsafeBufferPointer<UInt8> {
-        UnsafeBufferPointer(start: baseAddress?.assumingMemoryBound(to: UInt8.self), count: count)
+    /// Whether `bytes` are `known`, in any case.
+    private static func equal(_ bytes: UnsafeBufferPointer<UInt8>, _ known: StaticString) -> Bool {
+        HTTPToken.equalCaseInsensitive(bytes: bytes, UnsafeBufferPointer(start: known.utf8Start, count: known.utf8CodeUnitCount))
     }
 }
 

@@ -82,7 +82,7 @@ final class PipelineAdmission: Sendable {
         }
     }
 
-    /// Requests running and waiting now (for tests and the logs).
+    /// Requests running and waiting now (what the tests observe).
     var counts: (running: Int, waiting: Int) {
         state.withLockedValue { ($0.running, $0.waiting.count) }
     }
