@@ -224,8 +224,9 @@ def test_load_and_unload_while_wrk_drives_another_model(start_kernel, tmp_path):
 def test_an_unload_finishes_the_requests_it_has_queued(start_kernel, tmp_path):
     repository = os.path.join(str(tmp_path), "repo")
     os.makedirs(os.path.join(repository, "slow", "1"), exist_ok=True)
-    # About a second per request of 256 rows: four of them keep the model busy well after the unload arrives.
-    make_slow_model(os.path.join(repository, "slow", "1", "model.onnx"), width=256, layers=480)
+    # Long enough per request of 256 rows (1500 layers: about a second here) that the queue-depth gauge is seen
+    # with requests waiting before the first has run; with 480 layers a run could end between two readings.
+    make_slow_model(os.path.join(repository, "slow", "1", "model.onnx"), width=256, layers=1500)
     write(os.path.join(repository, "slow", "config.yaml"), "max_batch_size: 512\n")
     kernel = start_kernel(repository_yaml("  repository_control: explicit",
                                           locations="        - location: = /metrics\n          metrics: {}\n"))
