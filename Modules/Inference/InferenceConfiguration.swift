@@ -113,7 +113,9 @@ public struct ModelConfiguration: Sendable {
     /// Present when `dynamic_batching` is configured.
     public var dynamicBatching: DynamicBatching?
     public var maxQueue: Int
-    public var timeout: ConfigDuration
+    /// `timeout`: how long a request may wait in the queue, in microseconds (0: no limit). Triton's
+    /// `default_timeout_microseconds` is kept exactly.
+    public var timeoutMicroseconds: Int64
     /// Runs per instance and batch size at load.
     public var warmup: Int
     /// `queue_full_status`: what a full queue answers, 503 (the default, Triton's) or 429.
@@ -164,7 +166,7 @@ public struct ModelConfiguration: Sendable {
         SchedulingPolicy(maxBatchSize: maxBatchSize, dynamicBatching: dynamicBatching != nil,
                          maxQueueDelayNanoseconds: UInt64(max(0, dynamicBatching?.maxQueueDelayMicroseconds ?? 0)) * 1000,
                          preferredBatchSizes: dynamicBatching?.preferredBatchSizes ?? [],
-                         maxQueue: maxQueue, timeoutNanoseconds: UInt64(max(0, timeout.nanoseconds)),
+                         maxQueue: maxQueue, timeoutNanoseconds: UInt64(max(0, timeoutMicroseconds)) * 1000,
                          priorityLevels: dynamicBatching?.priorityLevels ?? 0,
                          defaultPriorityLevel: dynamicBatching?.defaultPriorityLevel ?? 0,
                          queueFullStatus: queueFullStatus)
@@ -366,7 +368,7 @@ extension InferenceConfiguration {
         }
         let maxQueue = try mapping.optional("max_queue")?.int(in: 0...10_000_000, what: "a non-negative integer (0: unlimited)")
             ?? InferenceConfiguration.defaultMaxQueue
-        let timeout = try mapping.optional("timeout")?.duration() ?? ConfigDuration(milliseconds: 0)
+        let timeout = try mapping.optional("timeout").map(queueDelayMicroseconds) ?? 0
         var warmup = try mapping.optional("warmup")?.int(in: 0...10_000, what: "an integer 0-10000") ?? 0
         var warmupBatchSizes: [Int]?
         if let sizes = mapping.optional("warmup_batch_sizes") {
@@ -391,7 +393,7 @@ extension InferenceConfiguration {
         let memory = try decodeMemoryOptions(mapping, defaults: memoryDefaults)
         var model = ModelConfiguration(name: name, path: path, version: version, instances: instances,
                                   intraOpThreads: intra, interOpThreads: inter, maxBatchSize: maxBatchSize,
-                                  dynamicBatching: dynamicBatching, maxQueue: maxQueue, timeout: timeout, warmup: warmup,
+                                  dynamicBatching: dynamicBatching, maxQueue: maxQueue, timeoutMicroseconds: timeout, warmup: warmup,
                                   warmupBatchSizes: warmupBatchSizes, memory: memory)
         model.queueFullStatus = queueFullStatus
         model.declaredInputs = try decodeDeclaredTensors(mapping.optional("inputs"), outputs: false)
@@ -400,8 +402,8 @@ extension InferenceConfiguration {
         return model
     }
 
-    /// `max_queue_delay`: a time as nginx writes one (`2ms`, `1s`), or microseconds (`500us`), the unit of Triton's
-    /// `max_queue_delay_microseconds`, whose delays are often below a millisecond.
+    /// `max_queue_delay` and `timeout`: a time as nginx writes one (`2ms`, `1s`), or microseconds (`500us`), the
+    /// unit of Triton's `max_queue_delay_microseconds` and `default_timeout_microseconds`, often below a millisecond.
     static func queueDelayMicroseconds(_ value: ConfigValue) throws -> Int64 {
         if case .scalar(let text, _, _) = value.node, text.hasSuffix("us") {
             let digits = text.dropLast(2)

@@ -511,7 +511,7 @@ public struct InferenceHandler: RequestHandler {
                 writer.integer(batching.defaultPriorityLevel)
                 // The queue's bound is reported as it is enforced (`max_queue`, 1024 unless set).
                 writer.raw(",\"default_queue_policy\":{\"timeout_action\":\"REJECT\",\"default_timeout_microseconds\":")
-                writer.integer(configuration.timeout.milliseconds * 1000)
+                writer.integer(Int(configuration.timeoutMicroseconds))
                 writer.raw(",\"allow_timeout_override\":false,\"max_queue_size\":")
                 writer.integer(configuration.maxQueue)
                 writer.raw("},\"priority_queue_policy\":{}}")

@@ -6,8 +6,8 @@ import KernelConfig
 /// Understood: `name` (must be the directory's, or empty), `platform: "onnxruntime_onnx"` / `backend:
 /// "onnxruntime"`, `max_batch_size`, `instance_group [{count, kind: KIND_CPU}]` (counts add up), `dynamic_batching
 /// {preferred_batch_size, max_queue_delay_microseconds, priority_levels, default_priority_level,
-/// default_queue_policy {max_queue_size, default_timeout_microseconds}}` (the timeout's microseconds rounded up to
-/// whole milliseconds; the delay's kept), `version_policy`, `input` and `output` entries (`name`, `data_type`, `dims`, and `format`,
+/// default_queue_policy {max_queue_size, default_timeout_microseconds}}` (both times kept to the microsecond),
+/// `version_policy`, `input` and `output` entries (`name`, `data_type`, `dims`, and `format`,
 /// `reshape {shape}`, an output's `label_filename`), `optimization { graph { level } }` (the ONNX Runtime
 /// backend's levels: -1 basic, 0 all, 1 extended, 2 none), `model_warmup` (batch sizes and counts), and the ONNX
 /// Runtime backend's `parameters`
@@ -187,7 +187,9 @@ enum TritonModelConfig {
                             case "max_queue_size":
                                 put("max_queue", policy.value)
                             case "default_timeout_microseconds":
-                                put("timeout", try milliseconds(policy.value, path: "default_queue_policy.default_timeout_microseconds"))
+                                let micro = try ConfigValue(node: policy.value, path: "dynamic_batching.default_queue_policy.default_timeout_microseconds")
+                                    .int(in: 0...Int(Int32.max) * 1000, what: "a non-negative integer")
+                                put("timeout", .scalar("\(micro)us", mark: policy.value.mark, isPlain: true))
                             case let name where isDefault(policy.value, field: "default_queue_policy.\(name)"):
                                 break
                             default:
@@ -419,12 +421,6 @@ enum TritonModelConfig {
         }
         entries.append((.scalar("dims", mark: node.mark, isPlain: true), .sequence(dims, mark: node.mark)))
         return .mapping(entries, mark: node.mark)
-    }
-
-    /// Microseconds as a whole-millisecond duration (`"1ms"`), rounded up so that a delay never becomes none.
-    private static func milliseconds(_ node: YAMLNode, path: String) throws -> YAMLNode {
-        let micro = try ConfigValue(node: node, path: path).int(in: 0...Int(Int32.max) * 1000, what: "a non-negative integer")
-        return .scalar("\((micro + 999) / 1000)ms", mark: node.mark, isPlain: true)
     }
 }
 

@@ -62,6 +62,10 @@ final class InferenceConfigurationTests: XCTestCase {
         XCTAssertFalse(plain.policy.dynamicBatching)
         XCTAssertEqual(plain.maxQueue, InferenceConfiguration.defaultMaxQueue)
         XCTAssertEqual(plain.policy.timeoutNanoseconds, 0)
+        // A queue timeout below a millisecond, as Triton's default_timeout_microseconds often is, is kept.
+        let short = try decode("inference:\n  models:\n    - {name: m, path: /m.onnx, timeout: 750us}\n").models[0]
+        XCTAssertEqual(short.policy.timeoutNanoseconds, 750_000)
+        XCTAssertThrowsError(try decode("inference:\n  models:\n    - {name: m, path: /m.onnx, timeout: 7x5us}\n"))
         XCTAssertEqual(configuration.maxInputSize, 64 << 20, "Triton's --http-max-input-size default")
         XCTAssertEqual(try decode("inference:\n  max_input_size: 100m\n").maxInputSize, 100 << 20)
     }

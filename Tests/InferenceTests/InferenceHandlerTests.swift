@@ -18,7 +18,7 @@ final class InferenceHandlerTests: XCTestCase {
         func configuration(_ name: String) -> ModelConfiguration {
             ModelConfiguration(name: name, path: "/models/\(name).onnx", version: "1", instances: 1, intraOpThreads: 1,
                                interOpThreads: 1, maxBatchSize: 4, dynamicBatching: nil, maxQueue: 8,
-                               timeout: ConfigDuration(milliseconds: 0), warmup: 0)
+                               timeoutMicroseconds: 0, warmup: 0)
         }
         let ready = configuration("double")
         repository = ModelRepository(configurations: [ready, configuration("broken")])

@@ -154,7 +154,8 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(configuration.dynamicBatching?.preferredBatchSizes, [4, 8])
         XCTAssertEqual(configuration.dynamicBatching?.maxQueueDelayMicroseconds, 100, "Triton's microseconds, kept")
         XCTAssertEqual(configuration.maxQueue, 16)
-        XCTAssertEqual(configuration.timeout.milliseconds, 3)
+        XCTAssertEqual(configuration.timeoutMicroseconds, 2500, "Triton's microseconds, kept")
+        XCTAssertEqual(configuration.policy.timeoutNanoseconds, 2_500_000)
         // Repeated fields written one by one, and Triton's other policy forms.
         try write("demo/config.pbtxt", "max_batch_size: 4\ndynamic_batching { preferred_batch_size: 2 preferred_batch_size: 4 }\nversion_policy { latest { num_versions: 2 } }\n")
         let repeated = try ModelRepositoryLayout(path: directory).scanModel("demo")
@@ -701,7 +702,7 @@ final class ModelRepositoryTests: XCTestCase {
         try copyDemo(to: "demo.onnx")
         var configuration = ModelConfiguration(name: "demo", path: directory + "/demo.onnx", version: "1", instances: 1,
                                                intraOpThreads: 1, interOpThreads: 1, maxBatchSize: 4, dynamicBatching: nil,
-                                               maxQueue: 8, timeout: .seconds(0), warmup: 1)
+                                               maxQueue: 8, timeoutMicroseconds: 0, warmup: 1)
         let input = Tensor(dataType: .fp32, shape: [2, 64], bytes: (0..<128).flatMap { index -> [UInt8] in
             withUnsafeBytes(of: Float(index % 7) / 7) { Array($0) }
         })
@@ -756,7 +757,7 @@ final class ModelRepositoryTests: XCTestCase {
         // 8 batch sizes, 100 runs each: a stop after the third run must not wait for the other 797.
         let configuration = ModelConfiguration(name: "demo", path: directory + "/demo.onnx", version: "1", instances: 1,
                                                intraOpThreads: 1, interOpThreads: 1, maxBatchSize: 8,
-                                               dynamicBatching: nil, maxQueue: 8, timeout: .seconds(0), warmup: 100)
+                                               dynamicBatching: nil, maxQueue: 8, timeoutMicroseconds: 0, warmup: 100)
         var checks = 0
         XCTAssertThrowsError(try ModelLoadingService.loadModel(configuration, runtime: runtime, logger: Logger(label: "test"),
                                                                isStopping: { checks += 1; return checks > 3 })) { error in
