@@ -67,6 +67,11 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
     private var keptWhenDrained = false
     /// The request the handler serves now; incremented by `beginRequest`.
     private(set) var generation: UInt64 = 0
+    /// nginx's warning for bytes the upstream sent after the end of its answer, until it is logged: by the
+    /// exchange when it takes a whole body with the head (`takeExcessWarning`), else by the body's consumer.
+    private var excessWarning: String?
+    /// The error log of the body's consumer, from its first pull: an excess seen after that is logged at once.
+    private var bodyLog: (logger: Logger, suffix: String)?
 
     /// `readTimer` is the connection's when it is kept alive across requests (`UpstreamConnection.readTimer`); a
     /// connection for one request gets a timer of its own.
@@ -115,6 +120,8 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
         headReusable = false
         keptAtReadComplete = false
         keptWhenDrained = false
+        excessWarning = nil
+        bodyLog = nil
     }
 
     /// `observer` is called once, with the answer's head or why none came (at once when that is known already).
@@ -249,7 +256,19 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
                 keepAliveAtEnd = nil
                 context.close(promise: nil)
             }
+        case .excess(let warning):
+            if let bodyLog {
+                bodyLog.logger.warning("\(warning) while reading upstream\(bodyLog.suffix)")
+            } else {
+                excessWarning = warning
+            }
         }
+    }
+
+    /// The excess warning not yet logged, for the exchange to log (once) with its request's error-log suffix.
+    func takeExcessWarning() -> String? {
+        defer { excessWarning = nil }
+        return excessWarning
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -353,6 +372,10 @@ final class UpstreamConnectionHandler: ChannelInboundHandler, RemovableChannelHa
 
     private func pull(of generation: UInt64, logger: Logger, suffix: String) -> EventLoopFuture<ByteBuffer?> {
         guard generation == self.generation else { return eventLoop.makeSucceededFuture(nil) }
+        if bodyLog == nil {
+            bodyLog = (logger, suffix)
+            if let warning = takeExcessWarning() { logger.warning("\(warning) while reading upstream\(suffix)") }
+        }
         if let part = parts.popFirst() {
             // The last held part of an ended answer is taken: the connection may serve the next request.
             if keptWhenDrained, parts.isEmpty { keepConnection() }

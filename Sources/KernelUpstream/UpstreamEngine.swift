@@ -572,6 +572,9 @@ final class UpstreamExchange: @unchecked Sendable {
         if handler.bodyEndedWhole {
             // A body that is already whole (the common small answer): told now, with the answer's response time
             // known, so no timing object or end observer is made.
+            if let warning = handler.takeExcessWarning() {
+                context.logger.warning("\(warning) while reading upstream\(suffix(lease.peer))")
+            }
             let now = KernelClock.monotonicNanoseconds()
             lease.finish(PeerLeaseOutcome(status: status, bytesReceived: handler.bodyBytesReceived, durationNanoseconds: now &- started,
                                           headerNanoseconds: headerNanoseconds, queueDepth: queueDepth))

@@ -6,6 +6,9 @@ public enum UpstreamResponsePart: Sendable {
     case head(UpstreamResponseHead)
     case body(ByteBuffer)
     case end
+    /// Bytes came after the end the answer's framing gave (more than its `Content-Length`, data after the last
+    /// chunk): the warning nginx logs for it. Sent once, after `.end`; the bytes themselves are dropped.
+    case excess(String)
 }
 
 /// Why an upstream's answer broke off, whatever its protocol.
@@ -59,6 +62,9 @@ public struct UpstreamResponseDecoder: ByteToMessageDecoder, Sendable {
     /// Whether the request was `HEAD` (its answer has no body whatever its headers say).
     public let isHeadRequest: Bool
     private var state = State.head
+    /// nginx's warning for bytes after the end of an answer of this framing; nil once reported, and for an answer
+    /// that ends with the connection.
+    private var excessWarning: String?
 
     /// Whether the answer has ended (bytes after it are dropped).
     var hasEnded: Bool {
@@ -94,6 +100,14 @@ public struct UpstreamResponseDecoder: ByteToMessageDecoder, Sendable {
             if isHeadRequest || head.status < 200 || head.status == 204 || head.status == 304 { head.framing = .none }
             let framing = head.framing
             context.fireChannelRead(wrapInboundOut(.head(head)))
+            switch framing {
+            case .none, .length:
+                excessWarning = "upstream sent more data than specified in \"Content-Length\" header"
+            case .decoded:
+                excessWarning = "upstream sent data after final chunk"
+            case .untilClose:
+                break
+            }
             switch framing {
             case .none, .length(0):
                 end(context)
@@ -131,6 +145,7 @@ public struct UpstreamResponseDecoder: ByteToMessageDecoder, Sendable {
                     step = try decoder.decode(&buffer)
                 } catch {
                     state = .done
+                    excessWarning = nil
                     throw UpstreamInvalidResponse(underlying: error, inHead: false)
                 }
                 switch step {
@@ -148,6 +163,10 @@ public struct UpstreamResponseDecoder: ByteToMessageDecoder, Sendable {
             }
 
         case .done:
+            if buffer.readableBytes > 0, let warning = excessWarning {
+                excessWarning = nil
+                context.fireChannelRead(wrapInboundOut(.excess(warning)))
+            }
             buffer.moveReaderIndex(to: buffer.writerIndex)
             return .needMoreData
         }

@@ -227,9 +227,10 @@ final class ProxyResponseParserTests: XCTestCase {
             case .head(let head): parts.append("head \(head.status)")
             case .body(let body): parts.append("body \(String(buffer: body))")
             case .end: parts.append("end")
+            case .excess(let warning): parts.append(warning)
             }
         }
-        XCTAssertEqual(parts, ["head 200", "body abc", "end"])
+        XCTAssertEqual(parts, ["head 200", "body abc", "end", "upstream sent data after final chunk"])
         _ = try? channel.finish()
     }
 
@@ -249,6 +250,7 @@ final class ProxyResponseParserTests: XCTestCase {
                     case .head(let head): parts.append("head \(head.status)")
                     case .body(let body): parts.append("body \(String(buffer: body))")
                     case .end: parts.append("end")
+                    case .excess(let warning): parts.append(warning)
                     }
                 }
             }

@@ -15,25 +15,40 @@ final class UpstreamStreamingTests: XCTestCase {
         return channel
     }
 
-    private func drain(_ channel: EmbeddedChannel) throws -> (heads: [Int], body: String, ends: Int) {
-        var heads: [Int] = [], body = "", ends = 0
+    private func drain(_ channel: EmbeddedChannel) throws -> (heads: [Int], body: String, ends: Int, excess: [String]) {
+        var heads: [Int] = [], body = "", ends = 0, excess: [String] = []
         while let part = try channel.readInbound(as: UpstreamResponsePart.self) {
             switch part {
             case .head(let head): heads.append(head.status)
             case .body(let part): body += String(buffer: part)
             case .end: ends += 1
+            case .excess(let warning): excess.append(warning)
             }
         }
-        return (heads, body, ends)
+        return (heads, body, ends, excess)
     }
 
     func testLengthFramingStopsAtTheLength() throws {
         let channel = try decoderChannel()
         try channel.writeInbound(buffer("200 len:3\n\nabcEXTRA"))
+        try channel.writeInbound(buffer("MORE"))
         let result = try drain(channel)
         XCTAssertEqual(result.heads, [200])
         XCTAssertEqual(result.body, "abc")
         XCTAssertEqual(result.ends, 1)
+        XCTAssertEqual(result.excess, ["upstream sent more data than specified in \"Content-Length\" header"],
+                       "nginx's warning, once however many reads follow")
+    }
+
+    func testNothingAfterTheEndIsNoExcess() throws {
+        let channel = try decoderChannel()
+        try channel.writeInbound(buffer("200 len:3\n\nabc"))
+        XCTAssertEqual(try drain(channel).excess, [])
+        let chunked = try decoderChannel()
+        try chunked.writeInbound(buffer("200 chunked\n\n3\r\nabc\r\n0\r\n\r\nmore"))
+        let result = try drain(chunked)
+        XCTAssertEqual(result.body, "abc")
+        XCTAssertEqual(result.excess, ["upstream sent data after final chunk"])
     }
 
     func testChunkedFramingAcrossReadsThroughTheProtocolsDecoder() throws {

@@ -74,6 +74,15 @@ class RecordingBackend:
                                      b"Transfer-Encoding: chunked\r\n\r\n"
                                      + b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n")
                     return
+                if self.path in ("/too-long", "/after-last-chunk"):
+                    # More bytes than the answer's framing covers, in the same write as the answer.
+                    data = json.dumps({"port": self.client_address[1], "served": self.served}).encode()
+                    if self.path == "/too-long":
+                        framed = b"Content-Length: %d\r\n\r\n" % len(data) + data
+                    else:
+                        framed = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n"
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + framed + b"EXTRA")
+                    return
                 data = json.dumps({"port": self.client_address[1], "served": self.served}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -320,3 +329,23 @@ def test_a_large_post_meeting_a_closing_connection_is_sent_again_whole(start_ker
     conn.close()
     assert [length for *_, length in backend.seen()] == [len(big), len(big)], backend.seen()
     edge.wait_for_log(RETRY_LINE)
+
+
+def test_an_upstream_sending_more_than_its_framing_is_logged_and_its_connection_not_reused(start_kernel, backends):
+    """nginx's warnings for bytes after an answer's end; the client gets the framed body only, and the connection,
+    no longer trusted, is not used again."""
+    backend = backends()
+    edge = start_kernel(edge_yaml(backend.port, KEEPALIVE), role="edge")
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port(), timeout=10)
+    first = send(conn, path="/too-long")
+    second = send(conn, path="/after-last-chunk")
+    third = send(conn)
+    conn.close()
+    assert first["served"] == 1 and second["served"] == 1 and third["served"] == 1, (first, second, third)
+    assert len({first["port"], second["port"], third["port"]}) == 3, (first, second, third)
+    log = edge.wait_for_log("upstream sent data after final chunk")
+    lines = [line for line in log.splitlines() if "upstream sent" in line]
+    assert len(lines) == 2, log
+    assert '[warn]' in lines[0] and 'upstream sent more data than specified in "Content-Length" header while reading upstream' in lines[0], log
+    assert f'upstream: "http://127.0.0.1:{backend.port}' in lines[0] and 'request: "GET /too-long HTTP/1.1"' in lines[0], log
+    assert '[warn]' in lines[1] and 'request: "GET /after-last-chunk HTTP/1.1"' in lines[1], log

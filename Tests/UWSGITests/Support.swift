@@ -65,6 +65,7 @@ struct DecodedResponse {
     var heads: [UpstreamResponseHead] = []
     var body: [UInt8] = []
     var ends = 0
+    var excess: [String] = []
 }
 
 func drainResponse(_ channel: EmbeddedChannel) throws -> DecodedResponse {
@@ -74,6 +75,7 @@ func drainResponse(_ channel: EmbeddedChannel) throws -> DecodedResponse {
         case .head(let head): result.heads.append(head)
         case .body(let part): result.body += Array(part.readableBytesView)
         case .end: result.ends += 1
+        case .excess(let warning): result.excess.append(warning)
         }
     }
     return result
