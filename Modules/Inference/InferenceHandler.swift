@@ -57,17 +57,49 @@ public struct InferenceHandler: RequestHandler {
         return segments.map { Substring($0) }[...]
     }
 
-    public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
-        do {
-            return try route(request, context: context)
-        } catch let error as KernelHTTPError {
-            return context.eventLoop.makeFailedFuture(error)
-        } catch {
-            return context.eventLoop.makeFailedFuture(KernelHTTPError(500, "\(error)"))
+    /// Where an answer goes: `handle`'s promise, or the connection's callback (`respond(to:context:with:)`).
+    typealias Reply = (Result<KernelResponse, any Error>) -> Void
+
+    /// An inference answers from the model's completion callback straight to the connection, with no promise or
+    /// future per request, where the location has no filters.
+    public var answersThroughCallback: Bool { true }
+
+    public func respond(to request: KernelRequest, context: RequestContext, with respond: @escaping (KernelResponse) -> Void) {
+        let logger = context.logger
+        answer(request, context: context) { result in
+            switch result {
+            case .success(let response): respond(response)
+            case .failure(let error): respond(FilterChain.errorResponse(error, logger: logger))
+            }
         }
     }
 
-    private func route(_ request: KernelRequest, context: RequestContext) throws -> EventLoopFuture<KernelResponse> {
+    public func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+        let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+        // The routing and the model's completion run on the request's loop, wherever `handle` is called from.
+        if context.eventLoop.inEventLoop {
+            answer(request, context: context) { promise.completeWith($0) }
+        } else {
+            context.eventLoop.execute { self.answer(request, context: context) { promise.completeWith($0) } }
+        }
+        return promise.futureResult
+    }
+
+    /// Routes `request` and calls `reply` once, on the request's event loop.
+    private func answer(_ request: KernelRequest, context: RequestContext, reply: @escaping Reply) {
+        do {
+            // Only an inference answers through `reply` itself; every other path makes its answer's future.
+            guard let future = try route(request, context: context, reply: reply) else { return }
+            future.hop(to: context.eventLoop).assumeIsolated().whenComplete(reply)
+        } catch let error as KernelHTTPError {
+            reply(.failure(error))
+        } catch {
+            reply(.failure(KernelHTTPError(500, "\(error)")))
+        }
+    }
+
+    /// The answer's future, or nil for an inference, which answers through `reply`.
+    private func route(_ request: KernelRequest, context: RequestContext, reply: @escaping Reply) throws -> EventLoopFuture<KernelResponse>? {
         guard let rest = protocolSegments(of: request.path) else { throw KernelHTTPError(404, "not found: \(request.path)") }
         let isRead = request.method == "GET" || request.method == "HEAD"
         func read(_ body: () throws -> KernelResponse) throws -> EventLoopFuture<KernelResponse> {
@@ -148,7 +180,8 @@ public struct InferenceHandler: RequestHandler {
             guard request.method == "POST" else {
                 throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path): use POST", headers: ["Allow": "POST"])
             }
-            return infer(request, model: model, context: context)
+            infer(request, model: model, context: context, reply: reply)
+            return nil
         }
     }
 
@@ -262,39 +295,38 @@ public struct InferenceHandler: RequestHandler {
         }
     }
 
-    private func infer(_ request: KernelRequest, model: LoadedModel, context: RequestContext) -> EventLoopFuture<KernelResponse> {
+    private func infer(_ request: KernelRequest, model: LoadedModel, context: RequestContext, reply: @escaping Reply) {
         let decodeStart = KernelClock.monotonicNanoseconds()
         let encoding: InferenceBodyEncoding
         do {
             encoding = try InferenceBodyEncoding.ofRequest(request.headers)
         } catch {
-            return context.eventLoop.makeFailedFuture(error)
+            return reply(.failure(error))
         }
         guard encoding != .identity, let body = request.body, body.readableBytes > Self.compressedBodiesExpandedInline else {
             do {
                 let body = try request.body.map { try encoding.expand($0, limit: expansionLimit(context)) }
-                return submit(request, body: body, model: model, context: context, decodeStart: decodeStart)
+                submit(request, body: body, model: model, context: context, decodeStart: decodeStart, reply: reply)
             } catch {
-                return context.eventLoop.makeFailedFuture(error)
+                reply(.failure(error))
             }
+            return
         }
         // A larger compressed body expands on the shared pool: inflating it (up to client_max_body_size) on the
         // event loop would hold every other connection of the loop. The version keeps a routing lease meanwhile,
         // so that an unload does not retire it before the request is in its queue.
         model.leases.take()
         let limit = expansionLimit(context)
-        let promise = context.eventLoop.makePromise(of: KernelResponse.self)
         NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { try encoding.expand(body, limit: limit) }
-            .whenComplete { [self] expanded in
+            .assumeIsolated().whenComplete { [self] expanded in
                 defer { model.leases.release() }
                 switch expanded {
                 case .success(let body):
-                    promise.completeWith(submit(request, body: body, model: model, context: context, decodeStart: decodeStart))
+                    submit(request, body: body, model: model, context: context, decodeStart: decodeStart, reply: reply)
                 case .failure(let error):
-                    promise.fail(error)
+                    reply(.failure(error))
                 }
             }
-        return promise.futureResult
     }
 
     /// The most bytes a compressed body may expand to: the location's `client_max_body_size`, or `max_input_size`
@@ -320,7 +352,7 @@ public struct InferenceHandler: RequestHandler {
     /// Decodes the (expanded) `body` and queues the request in `model`'s scheduler; the answer comes when its batch
     /// has run.
     private func submit(_ request: KernelRequest, body: ByteBuffer?, model: LoadedModel, context: RequestContext,
-                        decodeStart: UInt64) -> EventLoopFuture<KernelResponse> {
+                        decodeStart: UInt64, reply: @escaping Reply) {
         let decoded: DecodedInferenceRequest
         let priority: Int
         let responseEncoding = InferenceBodyEncoding.forResponse(acceptEncoding: request.headers["Accept-Encoding"])
@@ -328,7 +360,7 @@ public struct InferenceHandler: RequestHandler {
             decoded = try InferenceCodec.decodeRequest(body: body, headers: request.headers, model: model.signature)
             priority = try RequestPriority.of(request, parameter: decoded.priority)
         } catch {
-            return context.eventLoop.makeFailedFuture(error)
+            return reply(.failure(error))
         }
         let decodeNanoseconds = KernelClock.monotonicNanoseconds() &- decodeStart
         let signature = model.signature
@@ -337,10 +369,11 @@ public struct InferenceHandler: RequestHandler {
         let scheduler = model.scheduler
         context.activity?.note("queued or running in model \"\(signature.name)\" (queue depth \(scheduler.depth))")
         let options = SubmitOptions(deadline: deadline, priority: priority, cancellation: context.cancellation)
-        // One promise per request: the scheduler's callback runs on this event loop and answers it directly.
-        let promise = context.eventLoop.makePromise(of: KernelResponse.self)
         let eventLoop = context.eventLoop
+        // The scheduler's callback runs on this event loop and answers the request from there.
+        let reply = NIOLoopBound(reply, eventLoop: eventLoop)
         scheduler.submit(decoded.inputs, options: options, on: context.eventLoop) { outcome in
+            let reply = reply.value
             do {
                 let result = try outcome.get()
                 let encodeStart = KernelClock.monotonicNanoseconds()
@@ -351,24 +384,24 @@ public struct InferenceHandler: RequestHandler {
                     .attach(to: &response)
                 response.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
                 guard responseEncoding != .identity, case .buffer(let body) = response.body else {
-                    return promise.succeed(response)
+                    return reply(.success(response))
                 }
                 guard body.readableBytes > Self.compressedBodiesExpandedInline else {
-                    return promise.succeed(Self.compressed(response, responseEncoding.compress(body), responseEncoding))
+                    return reply(.success(Self.compressed(response, responseEncoding.compress(body), responseEncoding)))
                 }
                 // A larger answer is compressed on the shared pool, as a larger request is expanded there.
                 let uncompressed = response
-                promise.completeWith(NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { responseEncoding.compress(body) }
-                    .map { Self.compressed(uncompressed, $0, responseEncoding) })
+                NIOThreadPool.singleton.runIfActive(eventLoop: eventLoop) { responseEncoding.compress(body) }
+                    .map { Self.compressed(uncompressed, $0, responseEncoding) }
+                    .assumeIsolated().whenComplete(reply)
             } catch var failure as KernelHTTPError {
                 // Rejections and timeouts report the depth too: a full queue is what least_queue must hear of.
                 failure.headers.replace(KernelQueueDepth.headerName, String(scheduler.depth))
-                promise.fail(failure)
+                reply(.failure(failure))
             } catch {
-                promise.fail(error)
+                reply(.failure(error))
             }
         }
-        return promise.futureResult
     }
 
     // MARK: - Metadata

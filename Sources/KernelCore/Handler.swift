@@ -229,7 +229,7 @@ public struct FilterChain: Sendable {
 
     /// The response for a handler's error: a `KernelHTTPError`'s status, message and headers, or 500. Logged at
     /// `error` for 5xx, at `info` for what the client caused.
-    static func errorResponse(_ error: any Error, logger: Logger) -> KernelResponse {
+    public static func errorResponse(_ error: any Error, logger: Logger) -> KernelResponse {
         if let error = error as? KernelHTTPError {
             if error.status >= 500 { logger.error("\(error.message)") }
             else { logger.info("\(error.message)") }
