@@ -25,7 +25,10 @@ public struct InferenceHandler: RequestHandler {
     /// `client_max_body_size`.
     let maxInputSize: Int
     public static let serverName = "kernel"
-    public static let extensions = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository", "parameters"]
+    /// The error log whose level Triton's logging extension (`/v2/logging`) reads and sets; nil serves no such path.
+    let errorLog: ErrorLogHandler.Destination?
+    public static let extensions = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository",
+                                    "parameters", "logging"]
     /// A client that leaves takes its queued request out of the model's queue (`RequestContext.cancellation`).
     public var cancelsWhenClientLeaves: Bool { true }
 
@@ -33,8 +36,9 @@ public struct InferenceHandler: RequestHandler {
     /// mount the same paths.
     public init(repository: ModelRepository, mount: String = "/v2", notReady: (@Sendable () -> [NotReadyReason])? = nil,
                 supervision: (any ProcessSupervision)? = nil,
-                maxInputSize: Int = InferenceConfiguration.defaultMaxInputSize) {
+                maxInputSize: Int = InferenceConfiguration.defaultMaxInputSize, errorLog: ErrorLogHandler.Destination? = nil) {
         self.repository = repository
+        self.errorLog = errorLog
         self.maxInputSize = maxInputSize
         self.mount = mount.hasSuffix("/") ? String(mount.dropLast()) : mount
         self.notReady = notReady ?? { repository.notReady() }
@@ -123,6 +127,8 @@ public struct InferenceHandler: RequestHandler {
                     return .error(400, "server is not ready: \(listed.joined(separator: "; "))")
                 }
             }
+        case 1 where rest.first == "logging" && errorLog != nil:
+            return try logging(request, context: context)
         case 2 where rest.first == "models" && rest.last == "stats":
             return try statistics(repository.loadedModels, request: request, context: context) { _, _ in true }
         default:
@@ -182,6 +188,39 @@ public struct InferenceHandler: RequestHandler {
             }
             infer(request, model: model, context: context, reply: reply)
             return nil
+        }
+    }
+
+    // MARK: - Logging extension
+
+    /// `GET /v2/logging` answers the error log's settings in Triton's words; `POST` changes its level (in every
+    /// worker process) and answers the settings after it. A reload sets the level back to `error_log`'s.
+    private func logging(_ request: KernelRequest, context: RequestContext) throws -> EventLoopFuture<KernelResponse> {
+        let errorLog = errorLog!
+        let current = LogSettings(level: errorLog.level, file: errorLog.path)
+        @Sendable func answer(_ settings: LogSettings) -> KernelResponse { json { settings.json(into: &$0) } }
+        switch request.method {
+        case "GET", "HEAD":
+            return context.eventLoop.makeSucceededFuture(answer(current))
+        case "POST":
+            let next = try current.applying(RepositoryRequestBody(request.body, what: "dynamic logging").value)
+            guard next.level != current.level else { return context.eventLoop.makeSucceededFuture(answer(next)) }
+            let name = ErrorLogHandler.name(next.level)
+            context.logger.notice("error log level set to \(name) through the logging extension (was \(ErrorLogHandler.name(current.level)))")
+            guard let supervision, supervision.isSupervised else {
+                errorLog.setLevel(next.level)
+                return context.eventLoop.makeSucceededFuture(answer(next))
+            }
+            // Every worker process takes it (this one included); one started later replays the latest.
+            let promise = context.eventLoop.makePromise(of: KernelResponse.self)
+            promise.completeWithTask {
+                _ = await supervision.share("\(LogSettings.commandName) \(name)", key: LogSettings.commandName, resets: true,
+                                            timeout: .seconds(10))
+                return answer(LogSettings(level: errorLog.level, file: errorLog.path))
+            }
+            return promise.futureResult
+        default:
+            throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path)", headers: ["Allow": "GET, HEAD, POST"])
         }
     }
 

@@ -49,6 +49,10 @@ public enum InferenceModule: KernelModule {
             runtime.processQueries.registerCommand(RepositoryCommand.name) { await RepositoryCommand.respond(to: $0) }
             // Statistics summed over the worker processes (`WorkerStatistics`).
             runtime.processQueries.registerCommand(WorkerStatistics.name) { WorkerStatistics.respond(to: $0) }
+            // The error log's level set through Triton's logging extension, in every worker process.
+            runtime.processQueries.registerCommand(LogSettings.commandName) { [errorLog = runtime.errorLog] argument in
+                LogSettings.respond(to: argument, errorLog: errorLog)
+            }
             // In the background only for the process's first configuration: a reload loads before it switches.
             let background = !configuration.loadBeforeListen && registrar.runtime.currentGeneration == nil
             registrar.addService(ModelLoadingService(repository: repository, runtimeLibrary: configuration.runtimeLibrary,
@@ -64,7 +68,7 @@ public enum InferenceModule: KernelModule {
             }
             return InferenceHandler(repository: repository, mount: context.prefix ?? "",
                                     notReady: { runtime.notReadyReasons() }, supervision: runtime.supervision,
-                                    maxInputSize: configuration.maxInputSize)
+                                    maxInputSize: configuration.maxInputSize, errorLog: runtime.errorLog)
         }
         // Pipelines (Modules/Inference/Pipeline): `pipeline: <name>` serves one on its location.
         let pipelines = configuration.pipelines.map {

@@ -186,6 +186,10 @@ public struct ErrorLogHandler: LogHandler {
         public init(file: LogFile, level: Logger.Level) { state = NIOLockedValueBox((file, level)) }
         public func update(file: LogFile, level: Logger.Level) { state.withLockedValue { $0 = (file, level) } }
         public var level: Logger.Level { state.withLockedValue { $0.level } }
+        /// Sets the minimum level until the next reload or update (Triton's logging extension).
+        public func setLevel(_ level: Logger.Level) { state.withLockedValue { $0.level = level } }
+        /// The path of the file lines go to (`stderr` and `stdout` for the process's streams).
+        public var path: String { file.path }
         var file: LogFile { state.withLockedValue { $0.file } }
     }
 

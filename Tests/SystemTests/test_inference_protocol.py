@@ -442,3 +442,46 @@ def test_a_configurations_dimensions_are_what_requests_must_have(models, tmp_pat
         assert statistics["inference_count"] == 2, statistics
     finally:
         started.stop()
+
+
+def test_the_logging_extension_sets_the_error_logs_level(start_kernel):
+    """Triton's `/v2/logging` through tritonclient: the error log's level read as Triton's switches and changed at
+    run time (a 404 for an unknown model is an info line)."""
+    kernel = start_kernel(models_yaml())
+    client = tritonclient_http.InferenceServerClient(url=f"127.0.0.1:{kernel.port('http')}")
+    try:
+        assert "logging" in client.get_server_metadata()["extensions"]
+        assert client.get_log_settings() == {"log_file": "", "log_info": True, "log_warning": True, "log_error": True,
+                                             "log_verbose_level": 0, "log_format": "default"}
+        after = client.update_log_settings({"log_info": False})
+        assert after["log_info"] is False and after["log_warning"] is True, after
+        assert requests.get(url(kernel, "/v2/models/unknown-while-quiet"), timeout=10).status_code == 404
+        assert client.update_log_settings({"log_info": True})["log_info"] is True
+        assert requests.get(url(kernel, "/v2/models/unknown-while-told"), timeout=10).status_code == 404
+        log = kernel.wait_for_log("unknown-while-told")
+        assert "unknown-while-quiet" not in log, log
+        assert "[notice]" in log and "error log level set to notice through the logging extension (was info)" in log, log
+        # What the error log cannot do is refused in Triton's shape, and changes nothing.
+        assert_error(post(kernel, "/v2/logging", {"log_file": "/tmp/elsewhere.log"}), 501, "can not be updated")
+        assert_error(post(kernel, "/v2/logging", {"log_info": True, "log_error": False}), 400, "one threshold level")
+        assert_error(post(kernel, "/v2/logging", {"log_verbose_level": "high"}), 400, "non-unsigned-integer")
+        assert_error(post(kernel, "/v2/logging", b"{"), 400, "failed to parse the request JSON buffer (dynamic logging)")
+        assert client.get_log_settings()["log_info"] is True
+        assert client.update_log_settings({"log_verbose_level": 1})["log_verbose_level"] == 1
+        assert requests.delete(url(kernel, "/v2/logging"), timeout=10).status_code == 405
+    finally:
+        client.close()
+
+
+def test_a_logging_change_reaches_every_worker_process(start_kernel, tmp_path):
+    """With `processes: 2`, the level set through one worker is every worker's (each connection below may land on
+    either process; each answers the settings of its own)."""
+    core = (f"kernel:\n  pid: {tmp_path}/kernel.pid\n  error_log: {{path: stderr, level: notice}}\n"
+            "  event_loop_threads: 1\n  shutdown_timeout: 10s\n  processes: 2\n")
+    kernel = start_kernel(core + models_yaml())
+    answered = post(kernel, "/v2/logging", {"log_verbose_level": 1})
+    assert answered.status_code == 200 and answered.json()["log_verbose_level"] == 1, answered.text
+    for _ in range(40):
+        with requests.Session() as session:  # a new connection each time
+            response = session.get(url(kernel, "/v2/logging"), timeout=10)
+            assert response.json()["log_verbose_level"] == 1, response.text
