@@ -122,6 +122,11 @@ public struct ModelConfiguration: Sendable {
     public var queueFullStatus = 503
     /// `warmup_batch_sizes`: the batch sizes warm-up runs; nil for every size the batcher can form.
     public var warmupBatchSizes: [Int]? = nil
+    /// The inputs warm-up fills with random bytes instead of zeros (`warmup_data: random`, or Triton's
+    /// `random_data` in a `model_warmup` sample). BYTES inputs stay empty strings, as in Triton.
+    public var warmupRandomInputs: Set<String> = []
+    /// `warmup_data: random`: every input.
+    public var warmupRandomEverywhere = false
     public var memory = SessionMemoryOptions()
     /// Triton's auto-completion for ONNX models, for a repository model whose settings give no `max_batch_size`
     /// and declare no tensors: when every input and output has a free first dimension, it batches up to 4
@@ -385,6 +390,18 @@ extension InferenceConfiguration {
             // A list of sizes asks for warm-up: once each unless `warmup` says how many times.
             if mapping.optional("warmup") == nil { warmup = 1 }
         }
+        var warmupRandomEverywhere = false
+        var warmupRandomInputs: Set<String> = []
+        if let data = mapping.optional("warmup_data") {
+            if case .scalar = data.node {
+                warmupRandomEverywhere = try data.oneOf(["zero", "random"]) == "random"
+            } else {
+                // `{random: [input, ...]}`: the inputs Triton's samples give `random_data` (config.pbtxt's form).
+                let entry = try data.mapping()
+                for input in try entry.required("random").list(allowScalar: true) { warmupRandomInputs.insert(try input.nonEmptyString()) }
+                try entry.finish()
+            }
+        }
         var queueFullStatus = 503
         if let status = mapping.optional("queue_full_status") {
             queueFullStatus = try status.int(in: 429...503, what: "503 or 429")
@@ -396,6 +413,8 @@ extension InferenceConfiguration {
                                   dynamicBatching: dynamicBatching, maxQueue: maxQueue, timeoutMicroseconds: timeout, warmup: warmup,
                                   warmupBatchSizes: warmupBatchSizes, memory: memory)
         model.queueFullStatus = queueFullStatus
+        model.warmupRandomEverywhere = warmupRandomEverywhere
+        model.warmupRandomInputs = warmupRandomInputs
         model.declaredInputs = try decodeDeclaredTensors(mapping.optional("inputs"), outputs: false)
         model.declaredOutputs = try decodeDeclaredTensors(mapping.optional("outputs"), outputs: true)
         model.autofillsMaxBatchSize = batchSizeAtLoad && model.declaredInputs.isEmpty && model.declaredOutputs.isEmpty

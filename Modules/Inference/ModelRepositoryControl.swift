@@ -542,8 +542,8 @@ final class ModelLoadingService: KernelService {
     }
 
     /// Runs every instance `warmup` times at every batch size the batcher can form (or `warmup_batch_sizes`), with
-    /// zero-filled inputs, so that no first batch of a size pays ONNX Runtime's first-run costs (Triton's
-    /// `model_warmup`). Warm-up inputs are guesses (zeros, other free dimensions 1): a model that rejects them still
+    /// zero-filled inputs (random bytes for `warmup_data: random`), so that no first batch of a size pays ONNX Runtime's
+    /// first-run costs (Triton's `model_warmup`). Warm-up inputs are guesses (other free dimensions 1): a model that rejects them still
     /// serves, with a warning. Returns false when it stopped early because `isStopping` turned true (checked
     /// before each run).
     @discardableResult
@@ -554,8 +554,12 @@ final class ModelLoadingService: KernelService {
         let described = sizes.map { $0.map(String.init) ?? "1" }
         logger.info("inference: model '\(configuration.name)' version \(configuration.version): warming up \(sessions.count) instance(s), \(configuration.warmup) run(s) at batch size(s) [\(described.joined(separator: ", "))]")
         do {
+            var generator = SystemRandomNumberGenerator()
             for size in sizes {
-                let inputs = specs.map { warmupTensor($0, batchSize: size) }
+                let inputs = specs.map { spec in
+                    let random = configuration.warmupRandomEverywhere || configuration.warmupRandomInputs.contains(spec.name)
+                    return warmupTensor(spec, batchSize: size, random: random ? { generator.next() } : nil)
+                }
                 for session in sessions {
                     for _ in 0..<configuration.warmup {
                         if isStopping() {
@@ -567,14 +571,15 @@ final class ModelLoadingService: KernelService {
                 }
             }
         } catch {
-            logger.warning("inference: model '\(configuration.name)': warm-up with zero inputs (free dimensions 1) failed, serving without it: \(error)")
+            logger.warning("inference: model '\(configuration.name)': warm-up with \(configuration.warmupRandomEverywhere || !configuration.warmupRandomInputs.isEmpty ? "random" : "zero") inputs (free dimensions 1) failed, serving without it: \(error)")
         }
         return true
     }
 
-    /// A zero tensor for `spec`: dimension 0 at `batchSize` when batching, other free dimensions 1. A BYTES input
-    /// holds empty strings (each element a zero 4-byte length, Triton's serialisation).
-    static func warmupTensor(_ spec: TensorSpec, batchSize: Int?) -> Tensor {
+    /// A tensor for `spec`: dimension 0 at `batchSize` when batching, other free dimensions 1; zeros, or the bytes
+    /// `random` gives (Triton's `random_data`: any bit pattern, NaNs included). A BYTES input holds empty strings
+    /// (each element a zero 4-byte length, Triton's serialisation) either way, as Triton's random data does.
+    static func warmupTensor(_ spec: TensorSpec, batchSize: Int?, random: (() -> UInt64)? = nil) -> Tensor {
         var shape = spec.shape.map { $0 < 0 ? Int64(1) : $0 }
         if let batchSize, !shape.isEmpty { shape[0] = Int64(batchSize) }
         if let reshape = spec.reshape, reshape.toModel(shape) == nil {
@@ -591,6 +596,13 @@ final class ModelLoadingService: KernelService {
             // rejects (warm-up failing is only a warning).
             byteCount = TensorSize.byteCount(shape, spec.dataType).flatMap { $0 <= TensorSize.bufferLimit ? $0 : nil } ?? 0
         }
-        return Tensor(dataType: spec.dataType, shape: shape, bytes: [UInt8](repeating: 0, count: byteCount))
+        var bytes = [UInt8](repeating: 0, count: byteCount)
+        if let random, spec.dataType != .bytes {
+            for index in bytes.indices where index % 8 == 0 {
+                let word = random()
+                for offset in 0..<min(8, bytes.count - index) { bytes[index + offset] = UInt8(truncatingIfNeeded: word >> (offset * 8)) }
+            }
+        }
+        return Tensor(dataType: spec.dataType, shape: shape, bytes: bytes)
     }
 }

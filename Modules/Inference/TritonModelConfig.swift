@@ -259,10 +259,12 @@ enum TritonModelConfig {
     /// `model_warmup` samples as `warmup` (runs per batch size: the samples' largest `count`, at least one) and
     /// `warmup_batch_sizes` (their `batch_size`s; a sample of batch size 0 is one run of a model that does not
     /// batch). The samples' inputs are checked (`data_type`, `dims`, `zero_data` or `random_data`); each warm-up run
-    /// then has zero inputs at the model's shapes, as every warm-up here does. `input_data_file` is not read.
+    /// then has inputs at the model's shapes, random bytes for those a sample gives `random_data` (`warmup_data`),
+    /// zeros for the others. `input_data_file` is not read.
     private static func warmup(_ node: YAMLNode, put: (String, YAMLNode) -> Void,
                                unsupported: (TextFormatField, String) -> ConfigError) throws {
         var sizes: [YAMLNode] = []
+        var random: [YAMLNode] = []
         var runs = 1
         let samples = items(node)
         guard !samples.isEmpty else { return }
@@ -281,19 +283,24 @@ enum TritonModelConfig {
                     runs = max(runs, count)
                 case "inputs":
                     // A map: entries `{ key: "input" value { ... } }` in a config.pbtxt, `"input": {...}` in JSON.
-                    var described: [YAMLNode] = []
+                    var described: [(name: String, value: YAMLNode)] = []
                     for input in items(member.value) {
                         let entries = try fields(input, path: "model_warmup.inputs")
                         if Set(entries.map(\.name)) == ["key", "value"] {
-                            described += entries.filter { $0.name == "value" }.map(\.value)
+                            let key = entries.first { $0.name == "key" }?.value.scalarText ?? ""
+                            described += entries.filter { $0.name == "value" }.map { (key, $0.value) }
                         } else {
-                            described += entries.map(\.value)
+                            described += entries.map { ($0.name, $0.value) }
                         }
                     }
                     for description in described {
-                        for setting in try fields(description, path: "model_warmup.inputs") {
+                        for setting in try fields(description.value, path: "model_warmup.inputs") {
                             switch setting.name {
-                            case "data_type", "dims", "zero_data", "random_data":
+                            case "random_data":
+                                if setting.value.scalarText == "true" {
+                                    random.append(.scalar(description.name, mark: setting.value.mark, isPlain: false))
+                                }
+                            case "data_type", "dims", "zero_data":
                                 break
                             default:
                                 throw unsupported(setting, "model_warmup.inputs")
@@ -307,6 +314,10 @@ enum TritonModelConfig {
         }
         put("warmup", .scalar(String(runs), mark: node.mark, isPlain: true))
         if !sizes.isEmpty { put("warmup_batch_sizes", .sequence(sizes, mark: node.mark)) }
+        if !random.isEmpty {
+            put("warmup_data", .mapping([(.scalar("random", mark: node.mark, isPlain: true), .sequence(random, mark: node.mark))],
+                                        mark: node.mark))
+        }
     }
 
     /// The instances of a CPU instance group without a `count` (and of a configuration without an

@@ -72,7 +72,7 @@ final class InferenceConfigurationTests: XCTestCase {
 
     func testErrorsNameTheKeyAndPlace() {
         assertError("inference:\n  models:\n    - name: a\n      path: a.onnx\n      batch: 3\n",
-                    "etc/k.yaml:5:7: inference.models[0].batch: unknown key (expected one of: arena_extend_strategy, arena_shrinkage, cpu_mem_arena, dynamic_batching, graph_optimization_level, inputs, instances, inter_op_threads, intra_op_threads, max_batch_size, max_queue, memory_pattern, name, outputs, path, queue_full_status, thread_spinning, timeout, version, warmup, warmup_batch_sizes)")
+                    "etc/k.yaml:5:7: inference.models[0].batch: unknown key (expected one of: arena_extend_strategy, arena_shrinkage, cpu_mem_arena, dynamic_batching, graph_optimization_level, inputs, instances, inter_op_threads, intra_op_threads, max_batch_size, max_queue, memory_pattern, name, outputs, path, queue_full_status, thread_spinning, timeout, version, warmup, warmup_batch_sizes, warmup_data)")
         assertError("inference:\n  models:\n    - path: a.onnx\n",
                     "etc/k.yaml:3:7: inference.models[0]: missing required key \"name\"")
         assertError("inference:\n  models:\n    - {name: a, path: a.onnx, dynamic_batching: {}}\n",

@@ -115,7 +115,7 @@ final class ModelRepositoryTests: XCTestCase {
             return ""
         }
         XCTAssertEqual(try error("max_batch_size: 4\nbatching: 2\n"),
-                       "\(file):2:1: batching: unknown key (expected one of: arena_extend_strategy, arena_shrinkage, cpu_mem_arena, dynamic_batching, graph_optimization_level, inputs, instances, inter_op_threads, intra_op_threads, max_batch_size, max_queue, memory_pattern, outputs, queue_full_status, thread_spinning, timeout, version_policy, warmup, warmup_batch_sizes)")
+                       "\(file):2:1: batching: unknown key (expected one of: arena_extend_strategy, arena_shrinkage, cpu_mem_arena, dynamic_batching, graph_optimization_level, inputs, instances, inter_op_threads, intra_op_threads, max_batch_size, max_queue, memory_pattern, outputs, queue_full_status, thread_spinning, timeout, version_policy, warmup, warmup_batch_sizes, warmup_data)")
         XCTAssertEqual(try error("version_policy: {latest: 0}\n"),
                        "\(file):1:26: version_policy.latest: expected a positive integer, found \"0\"")
         XCTAssertEqual(try error("version_policy: {newest: 1}\n"),
@@ -190,6 +190,7 @@ final class ModelRepositoryTests: XCTestCase {
         XCTAssertEqual(tuned.memory.graphOptimizationLevel, .basic)
         XCTAssertEqual(tuned.warmupBatchSizes, [1, 8])
         XCTAssertEqual(tuned.warmup, 3, "the samples' largest count")
+        XCTAssertEqual(tuned.warmupRandomInputs, ["input"], "the input a sample gives random_data")
         XCTAssertEqual(tuned.instances, 2, "no instance_group: Triton's one CPU group of two for ONNX Runtime")
         try write("demo/config.pbtxt", "instance_group [ { kind: KIND_CPU }, { count: 3 } ]\n")
         XCTAssertEqual(try ModelRepositoryLayout(path: directory).scanModel("demo").versions.first?.instances, 5,
@@ -562,6 +563,24 @@ final class ModelRepositoryTests: XCTestCase {
         let tensor = ModelLoadingService.warmupTensor(spec, batchSize: 8)
         XCTAssertEqual(tensor.shape, [8, 3, 1])
         XCTAssertEqual(tensor.bytes, [UInt8](repeating: 0, count: 8 * 3 * 4))
+        // Random data: the generator's bytes, in order; BYTES inputs stay empty strings, as in Triton.
+        var next: UInt64 = 0x0807_0605_0403_0201
+        let random = ModelLoadingService.warmupTensor(TensorSpec(name: "x", dataType: .fp32, shape: [-1, 3]), batchSize: 1) {
+            defer { next &+= 0x0808_0808_0808_0808 }
+            return next
+        }
+        XCTAssertEqual(random.bytes, Array(1...12))
+        let strings = ModelLoadingService.warmupTensor(TensorSpec(name: "s", dataType: .bytes, shape: [-1, 2]), batchSize: 2) { .max }
+        XCTAssertEqual(strings.bytes, [UInt8](repeating: 0, count: 2 * 2 * 4))
+        let chosen = try decode("""
+            inference:
+              models:
+                - {name: a, path: /a.onnx, max_batch_size: 4, warmup: 1, warmup_data: random}
+                - {name: b, path: /b.onnx, warmup: 1, warmup_data: {random: [x, y]}}
+            """)
+        XCTAssertTrue(chosen.models[0].warmupRandomEverywhere)
+        XCTAssertEqual(chosen.models[1].warmupRandomInputs, ["x", "y"])
+        XCTAssertThrowsError(try decode("inference:\n  models:\n    - {name: a, path: /a.onnx, warmup_data: noise}\n"))
     }
 
     // MARK: - Version state
