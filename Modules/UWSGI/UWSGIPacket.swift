@@ -48,6 +48,9 @@ public struct UWSGIPacketHeader: Sendable, Hashable {
 public struct UWSGIVariables: Sendable, Sequence {
     public typealias Element = (name: String, value: String)
     public private(set) var entries: [Element]
+    /// The bytes of the values that came as no UTF-8, by entry index (their text reads each byte as ISO-8859-1):
+    /// what a header made of one goes on as, so that passing it on changes no byte. Nil while there is none.
+    public private(set) var undecodedValues: [Int: [UInt8]]?
 
     public init(_ entries: [Element] = []) { self.entries = entries }
 
@@ -55,6 +58,13 @@ public struct UWSGIVariables: Sendable, Sequence {
     public var count: Int { entries.count }
 
     public mutating func append(_ name: String, _ value: String) { entries.append((name, value)) }
+
+    /// Appends a variable whose value came as `bytes`, which are no UTF-8; `value` is their text.
+    public mutating func append(_ name: String, _ value: String, undecoded bytes: [UInt8]) {
+        if undecodedValues == nil { undecodedValues = [:] }
+        undecodedValues![entries.count] = bytes
+        entries.append((name, value))
+    }
 
     /// The last value of `name` (later entries win, as in a WSGI environ built from the block).
     public subscript(name: String) -> String? {
@@ -141,18 +151,21 @@ public func parseUWSGIContentLength(_ text: String) -> Int? {
 
 /// Text of header names and values as received: UTF-8 when the bytes are valid UTF-8, else each byte as the code
 /// point of the same value (ISO-8859-1, as WSGI reads headers), so that no byte is replaced or lost.
-public func decodeHeaderText(_ buffer: ByteBuffer) -> String {
+public func decodeHeaderText(_ buffer: ByteBuffer) -> String { decodeHeaderTextNotingBytes(buffer).text }
+
+/// `decodeHeaderText`, with the bytes when they were no UTF-8 (the text then stands for them byte by byte).
+public func decodeHeaderTextNotingBytes(_ buffer: ByteBuffer) -> (text: String, undecoded: [UInt8]?) {
     // ASCII (nearly every variable a front proxy sends) is valid UTF-8 as it is: one scan over contiguous bytes,
     // without the generic validating initialiser that costs a metadata lookup per call.
     let ascii = buffer.withUnsafeReadableBytes { raw -> String? in
         for byte in raw where byte >= 0x80 { return nil }
         return String(decoding: raw, as: UTF8.self)
     }
-    if let ascii { return ascii }
+    if let ascii { return (ascii, nil) }
     let bytes = buffer.readableBytesView
-    if let text = String(validating: bytes, as: UTF8.self) { return text }
+    if let text = String(validating: bytes, as: UTF8.self) { return (text, nil) }
     var text = ""
     text.unicodeScalars.reserveCapacity(bytes.count)
     for byte in bytes { text.unicodeScalars.append(Unicode.Scalar(byte)) }
-    return text
+    return (text, Array(bytes))
 }

@@ -180,8 +180,12 @@ public struct UWSGIRequestDecoder: ByteToMessageDecoder, Sendable {
             guard let valueBytes = block.readSlice(length: Int(valueLength)) else {
                 throw UWSGIDecodingError.variableOutOfBounds(offset: valueOffset, length: Int(valueLength))
             }
-            let value = decodeHeaderText(valueBytes)
-            variables.append(key, value)
+            let value = decodeHeaderTextNotingBytes(valueBytes)
+            if let undecoded = value.undecoded {
+                variables.append(key, value.text, undecoded: undecoded)
+            } else {
+                variables.append(key, value.text)
+            }
         }
         return variables
     }

@@ -25,7 +25,7 @@ public enum UWSGIRequestMapping {
         var headers = HeaderVariables()
         var contentType: String?
 
-        for (name, value) in head.variables {
+        for (position, (name, value)) in head.variables.enumerated() {
             switch name {
             case "REQUEST_METHOD": method = value
             case "REQUEST_URI": requestURI = value
@@ -47,7 +47,7 @@ public enum UWSGIRequestMapping {
                     guard isFieldName(name), isFieldValue(value) else {
                         throw Invalid(description: "invalid header variable \"\(escapeForLog(name))\"")
                     }
-                    headers.set(headerName(fromVariable: name), value)
+                    headers.set(headerName(fromVariable: name), value, undecoded: head.variables.undecodedValues?[position])
                 }
             }
         }
@@ -93,7 +93,7 @@ public enum UWSGIRequestMapping {
             version = .http1_0
         }
 
-        var fields = headers.fields
+        var fields = headers.fieldsKeepingBytes
         if let contentType, !contentType.isEmpty { fields.add("Content-Type", contentType) }
         if head.contentLength > 0 || head.variables["CONTENT_LENGTH"].map({ !$0.isEmpty }) == true {
             fields.add("Content-Length", String(head.contentLength))
@@ -131,8 +131,17 @@ public enum UWSGIRequestMapping {
         private(set) var fields = HeaderFields()
         private var index: [String: Int]?
         private static let indexFrom = 32
+        /// The raw bytes of the values that were no UTF-8, by field index (`HeaderFields.undecoded`).
+        private var undecoded: [Int: [UInt8]] = [:]
 
-        mutating func set(_ name: String, _ value: String) {
+        /// The fields, with the bytes of each value that came as no UTF-8 kept for the wire.
+        var fieldsKeepingBytes: HeaderFields {
+            var result = fields
+            for (position, bytes) in undecoded { result.keep(undecoded: bytes, at: position) }
+            return result
+        }
+
+        mutating func set(_ name: String, _ value: String, undecoded bytes: [UInt8]? = nil) {
             if index == nil, fields.count >= HeaderVariables.indexFrom {
                 var built: [String: Int] = [:]
                 for (position, field) in fields.fields.enumerated() { built[field.name] = position }
@@ -144,12 +153,16 @@ public enum UWSGIRequestMapping {
             } else {
                 found = fields.fields.firstIndex(where: { $0.name == name })
             }
+            let position: Int
             if let found {
                 fields.setValue(value, at: found)
+                position = found
             } else {
                 index?[name] = fields.count
+                position = fields.count
                 fields.add(name, value)
             }
+            undecoded[position] = bytes
         }
     }
 

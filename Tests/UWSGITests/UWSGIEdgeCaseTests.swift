@@ -205,6 +205,27 @@ final class UWSGIHeaderVariableTests: XCTestCase {
         XCTAssertEqual(request.headers.fields.map(\.name), ["X-Forwarded-For", "Host"])
     }
 
+    func testAHeaderVariableInAnotherCharsetKeepsItsBytesForTheWire() throws {
+        // `HTTP_X_NAME: caf\xE9` and a repeated `HTTP_X_LIST` whose last value is `\xFF`: read as ISO-8859-1 text,
+        // written on as the bytes they came as (a uwsgi_pass or proxy_pass from this worker changes no byte).
+        var block = ByteBuffer()
+        for (name, value) in [("REQUEST_METHOD", Array("GET".utf8)), ("HTTP_X_NAME", Array("caf".utf8) + [0xE9]),
+                              ("HTTP_X_LIST", Array("first".utf8)), ("HTTP_X_PLAIN", Array("ok".utf8)), ("HTTP_X_LIST", [0xFF])] {
+            block.writeInteger(UInt16(name.utf8.count), endianness: .little)
+            block.writeString(name)
+            block.writeInteger(UInt16(value.count), endianness: .little)
+            block.writeBytes(value)
+        }
+        let variables = try UWSGIRequestDecoder.parseVariables(block)
+        let request = try UWSGIRequestMapping.request(from: UWSGIRequestHead(variables: variables, contentLength: 0),
+                                                      listener: "x", remoteAddress: nil, localAddress: nil)
+        XCTAssertEqual(request.headers["X-Name"], "caf\u{E9}")
+        XCTAssertEqual(request.headers.fields.map(\.name), ["X-Name", "X-List", "X-Plain"])
+        XCTAssertEqual(request.headers.undecodedBytes(at: 0), Array("caf".utf8) + [0xE9])
+        XCTAssertEqual(request.headers.undecodedBytes(at: 1), [0xFF], "the last value's bytes, as its text is the last's")
+        XCTAssertNil(request.headers.undecodedBytes(at: 2))
+    }
+
     func testLastValueWinsInABlockWithManyVariables() throws {
         // Past a few dozen headers an index replaces the linear search; the outcome is the same.
         var vars: [(String, String)] = [("REQUEST_METHOD", "GET")]
