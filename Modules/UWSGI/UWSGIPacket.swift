@@ -18,6 +18,10 @@ public struct UWSGIPacketHeader: Sendable, Hashable {
 
     /// `modifier1` of a request with a vars block (WSGI, CGI style).
     public static let requestModifier: UInt8 = 0
+    /// uWSGI's `UWSGI_MODIFIER_MANAGE_PATH_INFO`: the same request, whose WSGI app gets `PATH_INFO` without the
+    /// `SCRIPT_NAME` prefix (`uwsgi_modifier1 30; uwsgi_param SCRIPT_NAME /app;` in older nginx set-ups). The kernel
+    /// routes on `REQUEST_URI` whole either way, so it serves such a request as one of modifier 0.
+    public static let managePathInfoModifier: UInt8 = 30
     /// `modifier1` of a ping (uWSGI `UWSGI_MODIFIER_PING`, sent by `uwsgi --ping` and the nagios plugin).
     public static let pingModifier: UInt8 = 100
     /// uWSGI's answer to a ping with no warning message set: `modifier1` 100, an empty body, `modifier2` 1.

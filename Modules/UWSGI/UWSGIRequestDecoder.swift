@@ -70,7 +70,8 @@ public struct UWSGIRequestDecoder: ByteToMessageDecoder, Sendable {
                     state = .done
                     throw UWSGIDecodingError.blockTooLarge(size: header.dataSize, maximum: maxBlockSize)
                 }
-                guard header.modifier1 == UWSGIPacketHeader.requestModifier || header.modifier1 == UWSGIPacketHeader.pingModifier else {
+                guard [UWSGIPacketHeader.requestModifier, UWSGIPacketHeader.managePathInfoModifier,
+                       UWSGIPacketHeader.pingModifier].contains(header.modifier1) else {
                     state = .done
                     throw UWSGIDecodingError.unsupportedModifier(header.modifier1)
                 }

@@ -53,9 +53,9 @@ public enum UWSGIRequestMapping {
         }
         // These become request head lines when the request is passed on (proxy_pass writes its target and header
         // lines as they are): bytes no HTTP/1.1 head can hold would let a packet add lines or a request of its own.
-        if let contentType, !isFieldValue(contentType) { throw Invalid(description: "invalid CONTENT_TYPE") }
-        if let requestURI, !isTargetText(requestURI) { throw Invalid(description: "invalid REQUEST_URI") }
-        if let queryString, !isTargetText(queryString) { throw Invalid(description: "invalid QUERY_STRING") }
+        if let contentType, !isFieldValue(contentType) { throw Invalid(description: "invalid CONTENT_TYPE \"\(escapeForLog(contentType))\"") }
+        if let requestURI, !isTargetText(requestURI) { throw Invalid(description: "invalid REQUEST_URI \"\(escapeForLog(requestURI))\"") }
+        if let queryString, !isTargetText(queryString) { throw Invalid(description: "invalid QUERY_STRING \"\(escapeForLog(queryString))\"") }
 
         guard let method, !method.isEmpty else { throw Invalid(description: "missing REQUEST_METHOD") }
         guard method.utf8.allSatisfy(HTTPToken.isTokenByte) else { throw Invalid(description: "invalid REQUEST_METHOD") }

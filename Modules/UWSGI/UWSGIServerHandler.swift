@@ -142,7 +142,10 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
             request = try UWSGIRequestMapping.request(from: head, listener: settings.listener,
                                                       remoteAddress: channel.remoteAddress, localAddress: channel.localAddress)
         } catch {
-            logger.info("client sent invalid uwsgi request: \(error), client: \(describeClient(channel.remoteAddress))")
+            // The client the front proxy names (REMOTE_ADDR, when it is an address), as the other lines of the request
+            // name it once it is mapped; else the peer.
+            let named = head.variables["REMOTE_ADDR"].flatMap { try? SocketAddress(ipAddress: $0, port: 0) }
+            logger.info("client sent invalid uwsgi request: \(error), client: \(describeClient(named ?? channel.remoteAddress))")
             answerWithoutExchange(.error(400, "\(error)"), version: .http1_0, context: context)
             return
         }
@@ -260,7 +263,9 @@ public final class UWSGIServerHandler: ChannelInboundHandler, RemovableChannelHa
                 closeNow(context)
             }
         case .truncatedBody:
-            logger.info("\(error), client: \(client)")
+            // After an early answer (a 413) the body is only being discarded: a client that stops sending it and
+            // closes ends the lingering close, as nginx expects it to, and is not logged as cutting a request short.
+            if case .discarding = state {} else { logger.info("\(error), client: \(client)") }
             finishAbandoned(status: 499)
             if case .discarding = state, timers.pendingWrites > 0 { return }
             closeNow(context)

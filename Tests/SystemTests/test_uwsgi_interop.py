@@ -210,6 +210,25 @@ def test_bad_packets_at_the_kernel_listener(chain):
     # The listener still serves after all that.
     answer = raw_uwsgi(port, packet([(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/hello"), (b"SERVER_PROTOCOL", b"HTTP/1.1")]))
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"hello from kernel")
+    # uWSGI's modifier 30 (`uwsgi_modifier1 30` with a SCRIPT_NAME) is a request like modifier 0's.
+    answer = raw_uwsgi(port, packet([(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/hello"), (b"SCRIPT_NAME", b"/app"),
+                                     (b"SERVER_PROTOCOL", b"HTTP/1.1")], modifier1=30))
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"hello from kernel")
+    # A body above client_max_body_size is answered 413 at once; a client that then stops sending it and closes
+    # ends the drain, which is not logged as a request cut short.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(packet(base + [(b"CONTENT_LENGTH", b"209715200"), (b"SERVER_PROTOCOL", b"HTTP/1.1")], b"x" * 1000))
+        assert s.recv(65536).startswith(b"HTTP/1.1 413 ")
+    answer = raw_uwsgi(port, packet([(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/hello"), (b"SERVER_PROTOCOL", b"HTTP/1.1")]))
+    assert answer.endswith(b"hello from kernel")
+    time.sleep(0.5)
+    log = kernel.stderr_text()
+    assert "client intended to send too large body: 209715200 bytes" in log, log
+    assert "while reading client request body" not in log, log
+    # A refused request's line names the client the front proxy names.
+    answer = raw_uwsgi(port, packet([(b"REQUEST_METHOD", b"GET"), (b"REQUEST_URI", b"/a b"), (b"REMOTE_ADDR", b"10.9.8.7")]))
+    assert answer.startswith(b"HTTP/1.0 400 ")
+    kernel.wait_for_log('client sent invalid uwsgi request: invalid REQUEST_URI "/a b", client: 10.9.8.7')
 
 
 def test_block_over_buffer_size_is_logged_and_closed(tmp_path, start_kernel):
