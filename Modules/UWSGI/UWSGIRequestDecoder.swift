@@ -70,8 +70,10 @@ public struct UWSGIRequestDecoder: ByteToMessageDecoder, Sendable {
                     state = .done
                     throw UWSGIDecodingError.blockTooLarge(size: header.dataSize, maximum: maxBlockSize)
                 }
-                guard [UWSGIPacketHeader.requestModifier, UWSGIPacketHeader.managePathInfoModifier,
-                       UWSGIPacketHeader.pingModifier].contains(header.modifier1) else {
+                switch header.modifier1 {
+                case UWSGIPacketHeader.requestModifier, UWSGIPacketHeader.managePathInfoModifier, UWSGIPacketHeader.pingModifier:
+                    break
+                default:
                     state = .done
                     throw UWSGIDecodingError.unsupportedModifier(header.modifier1)
                 }
