@@ -105,8 +105,9 @@ struct InferenceRequestDecoder {
         }
         if model.maxBatchSize > 0, inputs.count > 1 {
             let rows = inputs[0].shape.first
-            guard inputs.allSatisfy({ $0.shape.first == rows }) else {
-                throw KernelHTTPError(400, "all inputs of model '\(model.name)' must have the same batch size (dimension 0)")
+            if let other = inputs.indices.first(where: { inputs[$0].shape.first != rows }) {
+                // Triton's words (the core's request normalisation), naming the first input that differs.
+                throw KernelHTTPError(400, "input '\(model.inputs[other].name)' batch size does not match other inputs for '\(model.name)'")
             }
         }
         let outputs = try requestedOutputs(outputItems, binaryOutputDefault: binaryOutputDefault)

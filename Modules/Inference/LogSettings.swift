@@ -62,9 +62,12 @@ struct LogSettings: Equatable {
         if let value = request["log_format"], !value.isNull {
             guard let format = value.stringValue else { throw KernelHTTPError(400, "attempt to access JSON non-string as string") }
             guard format == "default" else {
-                throw KernelHTTPError(400, format == "ISO8601"
-                    ? "log_format ISO8601 is not available: the error log is written in nginx's format (\"default\")"
-                    : "invalid argument for --log_format, got: \(format)")
+                // An unknown format is Triton's 503 (UNAVAILABLE); ISO8601, which Triton has, is refused as a request
+                // this server cannot follow.
+                if format == "ISO8601" {
+                    throw KernelHTTPError(400, "log_format ISO8601 is not available: the error log is written in nginx's format (\"default\")")
+                }
+                throw KernelHTTPError(503, "invalid argument for --log_format, got: \(format)")
             }
         }
         // One threshold: a kind turned on turns on the more severe kinds not named, one turned off the less

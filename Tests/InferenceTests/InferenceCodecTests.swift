@@ -106,7 +106,7 @@ final class InferenceCodecTests: XCTestCase {
         assertStatus(400, "unexpected inference output 'nope'") {
             _ = try self.decode(#"{"inputs": [\#(self.validInputs)], "outputs": [{"name": "nope"}]}"#)
         }
-        assertStatus(400, "same batch size") {
+        assertStatus(400, "batch size does not match other inputs for") {
             _ = try self.decode(#"{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}, {"name": "mask", "shape": [2, 2], "datatype": "BOOL", "data": [true, true, true, true]}]}"#)
         }
     }

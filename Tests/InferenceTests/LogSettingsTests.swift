@@ -69,6 +69,7 @@ final class LogSettingsTests: XCTestCase {
         XCTAssertEqual(refusal(#"{"log_verbose_level": 1.5}"#)?.0, 400)
         XCTAssertEqual(refusal(#"{"log_format": "ISO8601"}"#)?.0, 400)
         XCTAssertEqual(refusal(#"{"log_format": "json"}"#)?.1, "invalid argument for --log_format, got: json")
+        XCTAssertEqual(refusal(#"{"log_format": "json"}"#)?.0, 503, "Triton's status for it")
         // Named switches one threshold cannot hold together.
         XCTAssertEqual(refusal(#"{"log_warning": true, "log_error": false}"#)?.0, 400)
         XCTAssertEqual(refusal(#"{"log_info": false, "log_verbose_level": 1}"#)?.0, 400)
