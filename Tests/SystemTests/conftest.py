@@ -27,7 +27,19 @@ class Kernel:
             [KERNEL_BIN, "--role", role, "--config", config_path, *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir, env=env or os.environ.copy())
         self.pid = self.process.pid
-        self.wait_for_log("kernel started", timeout=60)
+        try:
+            self.wait_for_log("kernel started", timeout=60)
+        except AssertionError:
+            # A kernel that never said it started is not left running (with its worker processes) after the test.
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            self._log.close()
+            raise
 
     def log_text(self):
         with open(self.log_path, "rb") as f:
