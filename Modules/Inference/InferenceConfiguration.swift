@@ -127,6 +127,14 @@ public struct ModelConfiguration: Sendable {
     public var warmupRandomInputs: Set<String> = []
     /// `warmup_data: random`: every input.
     public var warmupRandomEverywhere = false
+
+    /// Whether warm-up fills `input` with random bytes (`warmupRandomInputs`, `warmupRandomEverywhere`).
+    public func warmsUpWithRandomData(_ input: String) -> Bool {
+        warmupRandomEverywhere || warmupRandomInputs.contains(input)
+    }
+
+    /// Whether any input warms up with random bytes.
+    public var warmsUpWithRandomData: Bool { warmupRandomEverywhere || !warmupRandomInputs.isEmpty }
     public var memory = SessionMemoryOptions()
     /// Triton's auto-completion for ONNX models, for a repository model whose settings give no `max_batch_size`
     /// and declare no tensors: when every input and output has a free first dimension, it batches up to 4

@@ -637,7 +637,7 @@ public struct InferenceHandler: RequestHandler {
                 writer.string("TYPE_" + (spec.dataType == .bytes ? "STRING" : spec.dataType.rawValue))
                 writer.raw(",\"dims\":")
                 writer.integers((batched ? spec.shape.dropFirst() : spec.shape[...]).map { $0 < 0 ? 1 : $0 })
-                let random = configuration.warmupRandomEverywhere || configuration.warmupRandomInputs.contains(spec.name)
+                let random = configuration.warmsUpWithRandomData(spec.name)
                 writer.raw(random && spec.dataType != .bytes ? ",\"random_data\":true}" : ",\"zero_data\":true}")
             }
             writer.raw("}}")

@@ -557,7 +557,7 @@ final class ModelLoadingService: KernelService {
             var generator = SystemRandomNumberGenerator()
             for size in sizes {
                 let inputs = specs.map { spec in
-                    let random = configuration.warmupRandomEverywhere || configuration.warmupRandomInputs.contains(spec.name)
+                    let random = configuration.warmsUpWithRandomData(spec.name)
                     return warmupTensor(spec, batchSize: size, random: random ? { generator.next() } : nil)
                 }
                 for session in sessions {
@@ -571,7 +571,7 @@ final class ModelLoadingService: KernelService {
                 }
             }
         } catch {
-            logger.warning("inference: model '\(configuration.name)': warm-up with \(configuration.warmupRandomEverywhere || !configuration.warmupRandomInputs.isEmpty ? "random" : "zero") inputs (free dimensions 1) failed, serving without it: \(error)")
+            logger.warning("inference: model '\(configuration.name)': warm-up with \(configuration.warmsUpWithRandomData ? "random" : "zero") inputs (free dimensions 1) failed, serving without it: \(error)")
         }
         return true
     }

@@ -7,7 +7,7 @@ import KernelConfig
 import KernelCore
 import NIOCore
 
-/// The JSON body of a repository-extension request (empty, or an object), read as Triton reads it.
+/// The JSON body of a repository-extension or logging-extension request (empty, or an object), read as Triton reads it.
 struct RepositoryRequestBody {
     let value: JSONValue?
 

@@ -31,14 +31,7 @@ class Kernel:
             self.wait_for_log("kernel started", timeout=60)
         except AssertionError:
             # A kernel that never said it started is not left running (with its worker processes) after the test.
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-            self._log.close()
+            self._end()
             raise
 
     def log_text(self):
@@ -93,6 +86,14 @@ class Kernel:
         A kernel that crashes or hangs while it stops is a defect of the test that stopped it; one that a test
         stopped itself must have exited with 0 (or been killed by the test on purpose, see `killed`).
         """
+        hung = self._end()
+        if hung:
+            raise AssertionError(f"the kernel did not exit within 15 s of SIGTERM:\n{self.log_text()}")
+        if self.process.returncode != 0 and not self.killed:
+            raise AssertionError(f"the kernel exited with {self.process.returncode} while stopping:\n{self.log_text()}")
+
+    def _end(self):
+        """SIGTERM, then SIGKILL after 15 s; closes the log. Returns whether it had to be killed."""
         hung = False
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -103,10 +104,7 @@ class Kernel:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
-        if hung:
-            raise AssertionError(f"the kernel did not exit within 15 s of SIGTERM:\n{self.log_text()}")
-        if self.process.returncode != 0 and not self.killed:
-            raise AssertionError(f"the kernel exited with {self.process.returncode} while stopping:\n{self.log_text()}")
+        return hung
 
     #: Set by a test that kills the kernel on purpose (SIGKILL, a failed start): `stop` then accepts any exit.
     killed = False
