@@ -12,10 +12,14 @@ public struct RequestedOutput: Sendable, Equatable {
     /// The output's `classification` parameter: its largest elements as `value:index` strings instead of the
     /// tensor (`OutputClassification`); 0 for the tensor itself.
     public var classCount: Int
-    public init(name: String, binary: Bool? = nil, classCount: Int = 0) {
+    /// Where the output is written instead of the response (`shared_memory_region`): the answer then gives its
+    /// name, datatype and shape only.
+    public var sharedMemory: SharedMemoryTensor?
+    public init(name: String, binary: Bool? = nil, classCount: Int = 0, sharedMemory: SharedMemoryTensor? = nil) {
         self.name = name
         self.binary = binary
         self.classCount = classCount
+        self.sharedMemory = sharedMemory
     }
 }
 
@@ -56,7 +60,9 @@ public struct ModelSignature: Sendable {
 /// Every problem with a request is a `KernelHTTPError` with status 400 and a message in Triton's words.
 public enum InferenceCodec {
     /// Decodes and validates an infer request body.
-    public static func decodeRequest(body: ByteBuffer?, headers: HeaderFields, model: ModelSignature) throws -> DecodedInferenceRequest {
+    /// `sharedMemory`: the regions tensors may name (Triton's system shared memory extension); nil for none.
+    public static func decodeRequest(body: ByteBuffer?, headers: HeaderFields, model: ModelSignature,
+                                     sharedMemory: SharedMemoryRegistry? = nil) throws -> DecodedInferenceRequest {
         let body = body ?? ByteBuffer()
         var jsonLength = body.readableBytes
         if let text = headers[inferenceHeaderContentLength] {
@@ -76,7 +82,7 @@ public enum InferenceCodec {
             jsonLength = length
         }
         guard jsonLength > 0 else { throw KernelHTTPError(400, "the request body is empty: expected a JSON inference request") }
-        return try InferenceRequestDecoder.decode(body: body, jsonLength: jsonLength, model: model)
+        return try InferenceRequestDecoder.decode(body: body, jsonLength: jsonLength, model: model, sharedMemory: sharedMemory)
     }
 
     static func shapeText(_ shape: [Int64]) -> String { "[" + shape.map(String.init).joined(separator: ",") + "]" }
@@ -218,7 +224,7 @@ public enum InferenceCodec {
                                       allocator: ByteBufferAllocator = ByteBufferAllocator()) throws -> KernelResponse {
         let limit = min(max(0, limit), TensorSize.bufferLimit)
         // The outputs to write, each once, in the requested order.
-        var parts: [(name: String, tensor: Tensor, binary: Bool)] = []
+        var parts: [(name: String, tensor: Tensor, binary: Bool, sharedMemory: SharedMemoryTensor?)] = []
         parts.reserveCapacity(min(request.outputs.count, model.outputs.count))
         for wanted in request.outputs {
             guard let position = model.outputs.firstIndex(where: { $0.name == wanted.name }) else {
@@ -232,8 +238,14 @@ public enum InferenceCodec {
                     ? "shape \(shapeText(outputs[position].shape)) with \(outputs[position].byteCount) bytes" : "no tensor"
                 throw KernelHTTPError(500, "inference failed for model '\(model.name)': output '\(wanted.name)' has \(found)")
             }
-            let binary = wanted.binary ?? request.binaryOutputDefault
             var tensor = outputs[position]
+            if let region = wanted.sharedMemory {
+                // Written into the region now; the answer names it only.
+                try region.write(tensor, output: wanted.name)
+                parts.append((wanted.name, tensor, false, region))
+                continue
+            }
+            let binary = wanted.binary ?? request.binaryOutputDefault
             if wanted.classCount > 0 {
                 guard OutputClassification.supports(tensor.dataType) else {
                     throw KernelHTTPError(400, "class result not available for output '\(wanted.name)' due to unsupported type '\(tensor.dataType.rawValue)'")
@@ -244,7 +256,7 @@ public enum InferenceCodec {
             guard binary || tensor.dataType.hasJSONForm else {
                 throw KernelHTTPError(400, "sending \(tensor.dataType.rawValue) data via JSON is not supported. Please use the binary data format for output \(wanted.name)")
             }
-            parts.append((wanted.name, tensor, binary))
+            parts.append((wanted.name, tensor, binary, nil))
         }
         guard let binaryBytes = TensorSize.total(parts.lazy.filter(\.binary).map(\.tensor.byteCount)),
               binaryBytes <= limit else {
@@ -253,11 +265,11 @@ public enum InferenceCodec {
         }
         // The JSON part may use what the binary outputs leave.
         var writer = BoundedJSONWriter(limit: limit - binaryBytes, modelName: model.name,
-                                       hasJSONData: parts.contains(where: { !$0.binary }))
+                                       hasJSONData: parts.contains(where: { !$0.binary && $0.sharedMemory == nil }))
         var estimate = 128 + model.name.utf8.count + model.version.utf8.count + (request.id?.utf8.count ?? 0)
         for part in parts {
             // JSON text: about 12 bytes a number; a string's bytes and quotes.
-            let text = part.binary ? 0 : part.tensor.dataType == .bytes ? part.tensor.byteCount
+            let text = part.binary || part.sharedMemory != nil ? 0 : part.tensor.dataType == .bytes ? part.tensor.byteCount
                 : (TensorSize.product(part.tensor.elementCount, 12) ?? Int.max)
             estimate = TensorSize.sum(estimate, TensorSize.sum(96 + part.name.utf8.count + 21 * part.tensor.shape.count, text) ?? Int.max) ?? Int.max
         }
@@ -290,7 +302,9 @@ public enum InferenceCodec {
                 writer.json.integer(dimension)
             }
             writer.json.byte(UInt8(ascii: "]"))
-            if part.binary {
+            if part.sharedMemory != nil {
+                writer.json.byte(UInt8(ascii: "}"))
+            } else if part.binary {
                 try writer.reserve(64)
                 writer.json.raw(",\"parameters\":{\"binary_data_size\":")
                 writer.json.integer(tensor.byteCount)

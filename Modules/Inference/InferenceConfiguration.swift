@@ -24,6 +24,10 @@ public struct InferenceConfiguration: Sendable {
     /// `client_max_body_size` (`0`); where it sets one, that one bounds the expansion. Triton's
     /// `--http-max-input-size`, with its default of 64 MiB: without a bound a few KB of gzip could claim 4 GiB.
     public var maxInputSize = InferenceConfiguration.defaultMaxInputSize
+    /// `allow_client_shm` (Triton's `--allow-client-shm`, off by default as there): whether clients may register
+    /// system shared memory regions, which the server then reads inputs from and writes outputs into. A client
+    /// that may register one can have the server read any shared memory object this user can open.
+    public var allowsClientSharedMemory = false
 }
 
 /// `inference.model_repository`, `repository_control` and `repository_poll`.
@@ -286,8 +290,10 @@ extension InferenceConfiguration {
             guard size.bytes > 0, size.bytes <= Int(UInt32.max) else { throw value.expected("a size from 1 to 4g (e.g. 64m)") }
             return size.bytes
         } ?? defaultMaxInputSize
+        let allowsClientSharedMemory = try mapping.optional("allow_client_shm")?.bool() ?? false
         try mapping.finish()
         var configuration = InferenceConfiguration(runtimeLibrary: runtimeLibrary, models: models)
+        configuration.allowsClientSharedMemory = allowsClientSharedMemory
         configuration.loadBeforeListen = loadBeforeListen
         configuration.repository = repository
         configuration.memoryDefaults = memoryDefaults

@@ -27,8 +27,12 @@ public struct InferenceHandler: RequestHandler {
     public static let serverName = "kernel"
     /// The error log whose level Triton's logging extension (`/v2/logging`) reads and sets; nil serves no such path.
     let errorLog: ErrorLogHandler.Destination?
+    /// The shared memory regions clients registered (`SharedMemoryEndpoints.swift`), which tensors may name.
+    let sharedMemory: SharedMemoryRegistry
+    /// Triton's names, as its server metadata lists them (both shared memory extensions, as Triton lists them
+    /// whether or not it has GPUs).
     public static let extensions = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository",
-                                    "parameters", "logging"]
+                                    "parameters", "logging", "system_shared_memory", "cuda_shared_memory"]
     /// A client that leaves takes its queued request out of the model's queue (`RequestContext.cancellation`).
     public var cancelsWhenClientLeaves: Bool { true }
 
@@ -36,8 +40,10 @@ public struct InferenceHandler: RequestHandler {
     /// mount the same paths.
     public init(repository: ModelRepository, mount: String = "/v2", notReady: (@Sendable () -> [NotReadyReason])? = nil,
                 supervision: (any ProcessSupervision)? = nil,
-                maxInputSize: Int = InferenceConfiguration.defaultMaxInputSize, errorLog: ErrorLogHandler.Destination? = nil) {
+                maxInputSize: Int = InferenceConfiguration.defaultMaxInputSize, errorLog: ErrorLogHandler.Destination? = nil,
+                sharedMemory: SharedMemoryRegistry = SharedMemoryRegistry(allowsClientRegions: false)) {
         self.repository = repository
+        self.sharedMemory = sharedMemory
         self.errorLog = errorLog
         self.maxInputSize = maxInputSize
         self.mount = mount.hasSuffix("/") ? String(mount.dropLast()) : mount
@@ -135,6 +141,9 @@ public struct InferenceHandler: RequestHandler {
             break
         }
         if rest.first == "repository" { return try repositoryRoute(rest.dropFirst(), request: request, context: context) }
+        if rest.first == "systemsharedmemory" || rest.first == "cudasharedmemory" {
+            return try sharedMemoryRoute(rest, request: request, context: context)
+        }
         guard rest.first == "models", rest.count >= 2 else { throw KernelHTTPError(404, "not found: \(request.path)") }
         let name = String(rest[rest.startIndex + 1])
         var tail = rest.dropFirst(2)
@@ -289,21 +298,21 @@ public struct InferenceHandler: RequestHandler {
             let key = RepositoryCommand.key(model: name, repository: repository.identity)
             promise.completeWithTask {
                 let answers = await supervision.share(text, key: key, resets: action == .unload, timeout: .minutes(10))
-                return try Self.repositoryResponse(RepositoryCommand.combine(answers, own: getpid()))
+                return try Self.repositoryResponse(SharedCommandOutcome.combine(answers, own: getpid()))
             }
         } else {
             // A single process: the body parsed above runs here, with no command text to write and read back.
             let command = RepositoryCommand(action: action, model: name, repository: repository.identity, request: body.value)
             promise.completeWithTask {
                 let answer = await command.run(on: repository)
-                return try Self.repositoryResponse(RepositoryCommand.Outcome(encoded: answer)!)
+                return try Self.repositoryResponse(SharedCommandOutcome(encoded: answer)!)
             }
         }
         return promise.futureResult
     }
 
     /// A load's or unload's answer: 200 with no body, else the outcome's status and Triton's message.
-    private static func repositoryResponse(_ outcome: RepositoryCommand.Outcome) throws -> KernelResponse {
+    private static func repositoryResponse(_ outcome: SharedCommandOutcome) throws -> KernelResponse {
         guard outcome.status == 200 else { throw KernelHTTPError(outcome.status, outcome.message) }
         return KernelResponse(status: 200, headers: ["Content-Type": "application/json"])
     }
@@ -396,7 +405,8 @@ public struct InferenceHandler: RequestHandler {
         let priority: Int
         let responseEncoding = InferenceBodyEncoding.forResponse(acceptEncoding: request.headers["Accept-Encoding"])
         do {
-            decoded = try InferenceCodec.decodeRequest(body: body, headers: request.headers, model: model.signature)
+            decoded = try InferenceCodec.decodeRequest(body: body, headers: request.headers, model: model.signature,
+                                                       sharedMemory: sharedMemory)
             priority = try RequestPriority.of(request, parameter: decoded.priority)
         } catch {
             return reply(.failure(error))
@@ -445,7 +455,7 @@ public struct InferenceHandler: RequestHandler {
 
     // MARK: - Metadata
 
-    private func json(_ body: (inout JSONWriter) -> Void) -> KernelResponse {
+    func json(_ body: (inout JSONWriter) -> Void) -> KernelResponse {
         var writer = JSONWriter(buffer: ByteBufferAllocator().buffer(capacity: 512))
         body(&writer)
         return KernelResponse(status: 200, headers: ["Content-Type": "application/json"], body: .buffer(writer.buffer))

@@ -44,6 +44,7 @@ public enum InferenceModule: KernelModule {
         InferenceVariables.register(into: &registrar.variables)
         registrar.addReadinessCheck(repository)
         let runtime = registrar.runtime
+        let sharedMemory = SharedMemoryRegistry(allowsClientRegions: configuration.allowsClientSharedMemory)
         if registrar.mode == .run {
             // Loads and unloads of the repository extension, as every worker process runs them (`RepositoryCommand`).
             runtime.processQueries.registerCommand(RepositoryCommand.name) { await RepositoryCommand.respond(to: $0) }
@@ -52,6 +53,10 @@ public enum InferenceModule: KernelModule {
             // The error log's level set through Triton's logging extension, in every worker process.
             runtime.processQueries.registerCommand(LogSettings.commandName) { [errorLog = runtime.errorLog] argument in
                 LogSettings.respond(to: argument, errorLog: errorLog)
+            }
+            // Shared memory regions registered and unregistered through Triton's extension, in every worker process.
+            runtime.processQueries.registerCommand(SharedMemoryCommand.name) { argument in
+                SharedMemoryCommand.respond(to: argument, registry: sharedMemory)
             }
             // In the background only for the process's first configuration: a reload loads before it switches.
             let background = !configuration.loadBeforeListen && registrar.runtime.currentGeneration == nil
@@ -68,7 +73,8 @@ public enum InferenceModule: KernelModule {
             }
             return InferenceHandler(repository: repository, mount: context.prefix ?? "",
                                     notReady: { runtime.notReadyReasons() }, supervision: runtime.supervision,
-                                    maxInputSize: configuration.maxInputSize, errorLog: runtime.errorLog)
+                                    maxInputSize: configuration.maxInputSize, errorLog: runtime.errorLog,
+                                    sharedMemory: sharedMemory)
         }
         // Pipelines (Modules/Inference/Pipeline): `pipeline: <name>` serves one on its location.
         let pipelines = configuration.pipelines.map {

@@ -10,16 +10,12 @@ import NIOCore
 /// `datatype` or `shape` (JSON members have no order) is checked in passing and decoded once they are known.
 /// Binary inputs are slices of the body, not copies.
 struct InferenceRequestDecoder {
-    /// Triton's answer to a tensor named for a shared memory region it does not have (none is ever registered
-    /// here: `/v2/systemsharedmemory` and `/v2/cudasharedmemory` are not served).
-    static func noSharedMemory(_ region: JSONValue) -> KernelHTTPError {
-        KernelHTTPError(400, "Unable to find shared memory region: '\(region.stringValue ?? "")'")
-    }
-
     var cursor: JSONReader.Cursor
     let body: ByteBuffer
     let jsonLength: Int
     let model: ModelSignature
+    /// The regions tensors may name (`shared_memory_region`); nil: none.
+    let sharedMemory: SharedMemoryRegistry?
     /// The binary part not yet claimed: its offset in the body's readable bytes.
     var binaryOffset: Int
 
@@ -27,19 +23,21 @@ struct InferenceRequestDecoder {
     var inputCount = 0
     var sawInputs = false
 
-    init(json: UnsafeBufferPointer<UInt8>, body: ByteBuffer, model: ModelSignature) {
+    init(json: UnsafeBufferPointer<UInt8>, body: ByteBuffer, model: ModelSignature, sharedMemory: SharedMemoryRegistry? = nil) {
         cursor = JSONReader.Cursor(bytes: json, index: 0)
         self.body = body
+        self.sharedMemory = sharedMemory
         jsonLength = json.count
         self.model = model
         binaryOffset = json.count
         decoded = [Tensor?](repeating: nil, count: model.inputs.count)
     }
 
-    static func decode(body: ByteBuffer, jsonLength: Int, model: ModelSignature) throws -> DecodedInferenceRequest {
+    static func decode(body: ByteBuffer, jsonLength: Int, model: ModelSignature,
+                       sharedMemory: SharedMemoryRegistry? = nil) throws -> DecodedInferenceRequest {
         try body.withUnsafeReadableBytes { raw in
             let json = UnsafeBufferPointer(start: raw.baseAddress?.assumingMemoryBound(to: UInt8.self), count: jsonLength)
-            var decoder = InferenceRequestDecoder(json: json, body: body, model: model)
+            var decoder = InferenceRequestDecoder(json: json, body: body, model: model, sharedMemory: sharedMemory)
             do {
                 return try decoder.request()
             } catch let error as JSONParseError {
@@ -237,7 +235,7 @@ struct InferenceRequestDecoder {
             case "data":
                 header.hasData = true
                 if header.name != nil, header.datatype != nil, header.shape != nil,
-                   header.parameters?["binary_data_size"] == nil {
+                   header.parameters?["binary_data_size"] == nil, header.parameters?["shared_memory_region"] == nil {
                     let checked = try decoder.check(header)
                     header.checked = checked
                     try decoder.decodeData(checked)
@@ -248,16 +246,25 @@ struct InferenceRequestDecoder {
             default: try decoder.cursor.skipValue(depth: 2)
             }
         }
-        if let region = header.parameters?["shared_memory_region"] { throw Self.noSharedMemory(region) }
+        // Exactly one of the three places a tensor's bytes can be, named as Triton names them.
+        let binarySize = header.parameters?["binary_data_size"]
+        let inRegion = header.parameters?["shared_memory_region"] != nil
+        let places = [header.hasData ? "data" : nil, binarySize != nil ? "binary_data_size" : nil,
+                      inRegion ? "shared_memory_region" : nil].compactMap { $0 }
+        guard places.count == 1 else {
+            let found = places.isEmpty ? "no field is set" : "set " + places.map { "'\($0)'" }.joined(separator: " ")
+            let name = header.name?.stringValue.map { " (input '\($0)')" } ?? ""
+            throw KernelHTTPError(400, "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', 'shared_memory_region' in 'parameters'. But \(found)\(name)")
+        }
+        let region = try SharedMemoryTensor.from(header.parameters, registry: sharedMemory)
         let checked = try header.checked ?? check(header)
-        if let sizeValue = header.parameters?["binary_data_size"] {
+        if let sizeValue = binarySize {
             guard case .number(let number) = sizeValue, let size = number.int64, size >= 0 else {
                 throw KernelHTTPError(400, "input '\(checked.name)': binary_data_size must be a non-negative integer")
             }
-            guard !header.hasData else {
-                throw KernelHTTPError(400, "input '\(checked.name)' has both \"data\" and binary_data_size")
-            }
             try binaryInput(checked, size: size)
+        } else if let region {
+            try sharedMemoryInput(checked, region)
         } else if header.checked == nil {
             guard let start = header.deferredData else { throw KernelHTTPError(400, "input '\(checked.name)' has no \"data\"") }
             let end = cursor.index
@@ -387,6 +394,24 @@ struct InferenceRequestDecoder {
         }
         binaryOffset += Int(size)
         decoded[input.position] = Tensor(dataType: input.dataType, shape: input.shape, buffer: slice)
+    }
+
+    /// Reads the input's bytes from the shared memory region its parameters name. As in Triton, a fixed-width
+    /// tensor's `shared_memory_byte_size` is exactly its size, and BYTES elements must fill it.
+    mutating func sharedMemoryInput(_ input: CheckedInput, _ part: SharedMemoryTensor) throws {
+        if input.dataType.hasFixedWidth {
+            guard part.byteSize == input.byteCount else {
+                throw KernelHTTPError(400, "[request id: <id_unknown>] input byte size mismatch for input '\(input.name)' for model '\(model.name)'. Expected \(input.byteCount), got \(part.byteSize)")
+            }
+        } else if part.byteSize > TensorSize.bufferLimit {
+            throw KernelHTTPError(400, "input '\(input.name)': shared_memory_byte_size \(part.byteSize) is more than the \(TensorSize.bufferLimit) bytes a tensor can hold")
+        }
+        let bytes = try part.region.read(offset: part.offset, count: part.byteSize)
+        if !input.dataType.hasFixedWidth {
+            let problem = bytes.withUnsafeReadableBytes { BytesElements.validate($0, count: input.count) }
+            if let problem { throw KernelHTTPError(400, problem.message(input: input.name, model: model.name)) }
+        }
+        decoded[input.position] = Tensor(dataType: input.dataType, shape: input.shape, buffer: bytes)
     }
 
     /// Decodes the `data` value at the cursor into the input's buffer.
@@ -532,14 +557,21 @@ struct InferenceRequestDecoder {
                 guard !outputs.contains(where: { $0.name == name }) else {
                     throw KernelHTTPError(400, "output '\(name)' already exists in request")
                 }
-                // No shared memory is registered here (the extension is not offered): an output meant for a region
-                // would be answered in the body while the client reads the region.
-                if let region = item["parameters"]?["shared_memory_region"] { throw Self.noSharedMemory(region) }
                 var binaryFlag: Bool?
                 if let flag = item["parameters"]?["binary_data"] {
                     guard let value = flag.boolValue else { throw KernelHTTPError(400, "output '\(name)': binary_data must be a boolean") }
                     binaryFlag = value
                 }
+                // An output written into a region is answered with its name, datatype and shape only.
+                if item["parameters"]?["shared_memory_region"] != nil {
+                    guard item["parameters"]?["classification"] == nil else {
+                        throw KernelHTTPError(400, "Output can't set both 'shared_memory_region' and 'classification'")
+                    }
+                    guard binaryFlag != true else {
+                        throw KernelHTTPError(400, "Output can't set both 'shared_memory_region' and 'binary_data'")
+                    }
+                }
+                let region = try SharedMemoryTensor.from(item["parameters"], registry: sharedMemory)
                 var classCount = 0
                 if let count = item["parameters"]?["classification"] {
                     guard case .number(let number) = count, let value = number.int64, value >= 0 else {
@@ -552,12 +584,12 @@ struct InferenceRequestDecoder {
                         throw KernelHTTPError(400, "class result not available for output '\(name)' due to unsupported type '\(spec.dataType.rawValue)'")
                     }
                 }
-                outputs.append(RequestedOutput(name: name, binary: binaryFlag, classCount: classCount))
+                outputs.append(RequestedOutput(name: name, binary: binaryFlag, classCount: classCount, sharedMemory: region))
             }
         }
         if outputs.isEmpty { outputs = model.outputs.map { RequestedOutput(name: $0.name) } }
         // As Triton, FP16 and BF16 go as binary data only; refused before the model runs rather than after.
-        for output in outputs where !(output.binary ?? binaryOutputDefault) && output.classCount == 0 {
+        for output in outputs where !(output.binary ?? binaryOutputDefault) && output.classCount == 0 && output.sharedMemory == nil {
             if let spec = model.outputs.first(where: { $0.name == output.name }), !spec.dataType.hasJSONForm {
                 throw KernelHTTPError(400, "sending \(spec.dataType.rawValue) data via JSON is not supported. Please use the binary data format for output \(output.name)")
             }

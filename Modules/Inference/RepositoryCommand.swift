@@ -65,13 +65,14 @@ struct RepositoryCommand: Sendable {
     /// none loaded yet).
     static func respond(to argument: Substring) async -> [UInt8] {
         guard let command = RepositoryCommand(argument: argument) else {
-            return Outcome(status: 500, message: "a repository command that cannot be read").encoded
+            return SharedCommandOutcome(status: 500, message: "a repository command that cannot be read").encoded
         }
         guard let repository = ServingRepositories.shared.newest(identity: command.repository) else { return [] }
         return await command.run(on: repository)
     }
 
-    /// Runs the command on `repository`'s operations thread and answers with its outcome (`Outcome.encoded`).
+    /// Runs the command on `repository`'s operations thread and answers with its outcome
+    /// (`SharedCommandOutcome.encoded`).
     func run(on repository: ModelRepository) async -> [UInt8] {
         do {
             let body = RepositoryRequestBody(value: request)
@@ -80,67 +81,14 @@ struct RepositoryCommand: Sendable {
             try await repository.operationsPool.runIfActive {
                 if action == .load { try repository.load(model, parameters: parameters) } else { try repository.unload(model) }
             }
-            return Outcome(status: 200, message: "").encoded
+            return SharedCommandOutcome(status: 200, message: "").encoded
         } catch let error as KernelHTTPError {
-            return Outcome(status: error.status, message: error.message).encoded
+            return SharedCommandOutcome(status: error.status, message: error.message).encoded
         } catch is NIOThreadPoolError.ThreadPoolInactive {
-            return Outcome(status: 503, message: "the kernel is stopping").encoded
+            return SharedCommandOutcome(status: 503, message: "the kernel is stopping").encoded
         } catch {
-            return Outcome(status: 500, message: "\(error)").encoded
+            return SharedCommandOutcome(status: 500, message: "\(error)").encoded
         }
-    }
-
-    /// One process's outcome: its status (200 when done) and Triton's message otherwise.
-    struct Outcome: Sendable, Equatable {
-        var status: Int
-        var message: String
-
-        var encoded: [UInt8] {
-            var writer = JSONWriter(buffer: ByteBuffer())
-            writer.raw("{\"status\":")
-            writer.integer(status)
-            writer.raw(",\"error\":")
-            writer.string(message)
-            writer.byte(UInt8(ascii: "}"))
-            return Array(buffer: writer.buffer)
-        }
-
-        init(status: Int, message: String) {
-            self.status = status
-            self.message = message
-        }
-
-        init?(encoded: [UInt8]) {
-            guard let value = try? JSONReader.parse(encoded), let message = value["error"]?.stringValue,
-                  case .number(let number)? = value["status"], let status = number.int64 else { return nil }
-            self.status = Int(status)
-            self.message = message
-        }
-    }
-
-    /// What the request answers, from every process's outcome: done when all are; otherwise the failure of the
-    /// process that took the request if it failed, else the first other one's, naming the worker. `own` is the
-    /// pid of the process that took the request.
-    static func combine(_ answers: [ProcessAnswer], own: Int32) -> Outcome {
-        var failures: [(answer: ProcessAnswer, outcome: Outcome)] = []
-        var answered = 0
-        for answer in answers where !answer.body.isEmpty {
-            answered += 1
-            guard let outcome = Outcome(encoded: answer.body) else {
-                failures.append((answer, Outcome(status: 500, message: "an unreadable answer")))
-                continue
-            }
-            if outcome.status != 200 { failures.append((answer, outcome)) }
-        }
-        guard answered > 0 else { return Outcome(status: 503, message: "no process answered the request") }
-        if let mine = failures.first(where: { $0.answer.pid == own }) { return mine.outcome }
-        guard let first = failures.first else { return Outcome(status: 200, message: "") }
-        let who: String
-        switch first.answer.source {
-        case .worker(let number): who = "worker process \(number) (pid \(first.answer.pid))"
-        case .master: who = "the master process"
-        }
-        return Outcome(status: first.outcome.status, message: "\(who): \(first.outcome.message)")
     }
 }
 

@@ -76,8 +76,8 @@ final class InferenceDecoderMembersTests: XCTestCase {
     static let malformedOutcomes = """
         400: the inference request has no "inputs" array
         400: the inference request has no "inputs" array
-        400: an input has no "name" string
-        400: an input has no "name" string
+        400: Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', 'shared_memory_region' in 'parameters'. But no field is set
+        400: Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', 'shared_memory_region' in 'parameters'. But no field is set
         400: failed to parse the request JSON: expected a member name at byte 1
         400: failed to parse the request JSON: expected a member name at byte 11
         400: failed to parse the request JSON: expected ':' at byte 5

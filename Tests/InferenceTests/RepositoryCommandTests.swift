@@ -5,7 +5,7 @@ import XCTest
 
 /// A load or unload as worker processes share it: the command's text, and how their outcomes make one answer.
 final class RepositoryCommandTests: XCTestCase {
-    private func answer(_ source: ProcessAnswer.Source, pid: Int32, _ outcome: RepositoryCommand.Outcome?) -> ProcessAnswer {
+    private func answer(_ source: ProcessAnswer.Source, pid: Int32, _ outcome: SharedCommandOutcome?) -> ProcessAnswer {
         ProcessAnswer(source: source, pid: pid, body: outcome?.encoded ?? [])
     }
 
@@ -28,24 +28,24 @@ final class RepositoryCommandTests: XCTestCase {
     }
 
     func testEveryProcessDoneIsDone() {
-        let done = RepositoryCommand.Outcome(status: 200, message: "")
-        let outcome = RepositoryCommand.combine([answer(.worker(1), pid: 10, done), answer(.worker(2), pid: 20, done),
+        let done = SharedCommandOutcome(status: 200, message: "")
+        let outcome = SharedCommandOutcome.combine([answer(.worker(1), pid: 10, done), answer(.worker(2), pid: 20, done),
                                                  answer(.master, pid: 1, nil)], own: 10)
         XCTAssertEqual(outcome, done)
     }
 
     func testTheOwnFailureIsTritonsMessageAndAnotherWorkersNamesIt() {
-        let done = RepositoryCommand.Outcome(status: 200, message: "")
-        let failed = RepositoryCommand.Outcome(status: 400, message: "load failed for model 'm': bad")
-        let own = RepositoryCommand.combine([answer(.worker(1), pid: 10, failed), answer(.worker(2), pid: 20, failed)], own: 20)
+        let done = SharedCommandOutcome(status: 200, message: "")
+        let failed = SharedCommandOutcome(status: 400, message: "load failed for model 'm': bad")
+        let own = SharedCommandOutcome.combine([answer(.worker(1), pid: 10, failed), answer(.worker(2), pid: 20, failed)], own: 20)
         XCTAssertEqual(own, failed)
-        let other = RepositoryCommand.combine([answer(.worker(1), pid: 10, failed), answer(.worker(2), pid: 20, done)], own: 20)
-        XCTAssertEqual(other, RepositoryCommand.Outcome(status: 400, message: "worker process 1 (pid 10): load failed for model 'm': bad"))
+        let other = SharedCommandOutcome.combine([answer(.worker(1), pid: 10, failed), answer(.worker(2), pid: 20, done)], own: 20)
+        XCTAssertEqual(other, SharedCommandOutcome(status: 400, message: "worker process 1 (pid 10): load failed for model 'm': bad"))
     }
 
     func testNoAnswerIsAnError() {
-        XCTAssertEqual(RepositoryCommand.combine([answer(.master, pid: 1, nil)], own: 10).status, 503)
+        XCTAssertEqual(SharedCommandOutcome.combine([answer(.master, pid: 1, nil)], own: 10).status, 503)
         let unreadable = ProcessAnswer(source: .worker(1), pid: 10, body: Array("x".utf8))
-        XCTAssertEqual(RepositoryCommand.combine([unreadable], own: 10).status, 500)
+        XCTAssertEqual(SharedCommandOutcome.combine([unreadable], own: 10).status, 500)
     }
 }

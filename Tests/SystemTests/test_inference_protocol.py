@@ -230,7 +230,7 @@ def test_a_requested_output_named_twice_is_400(kernel):
     assert_error(response, 400, "output 'OUTPUT0' already exists in request")
 
 
-def test_a_tensor_meant_for_a_shared_memory_region_is_400_as_no_region_is_registered(client):
+def test_a_tensor_meant_for_an_unregistered_shared_memory_region_is_404(client):
     # Triton refuses a region it does not know; answering in the body instead would leave the client reading its
     # region's stale bytes.
     strings = np.array([[b"a"]], dtype=np.object_)
@@ -240,12 +240,12 @@ def test_a_tensor_meant_for_a_shared_memory_region_is_400_as_no_region_is_regist
     out.set_shared_memory("r0", 64)
     with pytest.raises(InferenceServerException) as raised:
         client.infer("strings", [inp], outputs=[out])
-    assert raised.value.status() == "400" and "Unable to find shared memory region: 'r0'" in raised.value.message()
+    assert raised.value.status() == "404" and "Unable to find shared memory region: 'r0'" in raised.value.message()
     into = tritonclient_http.InferInput("INPUT0", [1, 1], "BYTES")
     into.set_shared_memory("in0", 16)
     with pytest.raises(InferenceServerException) as raised:
         client.infer("strings", [into])
-    assert raised.value.status() == "400" and "Unable to find shared memory region: 'in0'" in raised.value.message()
+    assert raised.value.status() == "404" and "Unable to find shared memory region: 'in0'" in raised.value.message()
     assert client.infer("strings", [inp]).as_numpy("OUTPUT0").tolist() == [[b"a"]]
 
 
