@@ -54,6 +54,8 @@ public enum InferenceModule: KernelModule {
             runtime.processQueries.registerCommand(LogSettings.commandName) { [errorLog = runtime.errorLog] argument in
                 LogSettings.respond(to: argument, errorLog: errorLog)
             }
+            // Triton's nv_inference_* metrics, which the metrics location adds to its answer.
+            runtime.processQueries.register(TritonMetrics.query) { TritonMetrics.respond(repository: repository) }
             // Shared memory regions registered and unregistered through Triton's extension, in every worker process.
             runtime.processQueries.registerCommand(SharedMemoryCommand.name) { argument in
                 SharedMemoryCommand.respond(to: argument, registry: sharedMemory)

@@ -329,6 +329,13 @@ public final class ModelScheduler: @unchecked Sendable {
         return queued + running
     }
 
+    /// The requests of this model queued and not yet running (Triton's `nv_inference_pending_request_count`).
+    public var pending: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return queued
+    }
+
     /// Instance threads waiting for requests (tests wait for it before a burst of submissions).
     var waitingThreads: Int {
         lock.lock()

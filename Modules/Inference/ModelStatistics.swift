@@ -91,6 +91,8 @@ public struct ModelStatistics: Sendable, Equatable {
     public var timeouts: UInt64 = 0
     /// Requests dropped from the queue because their client left.
     public var cancellations: UInt64 = 0
+    /// Requests whose batch failed to run (ONNX Runtime's error).
+    public var runFailures: UInt64 = 0
 
     public init() {}
 
@@ -110,6 +112,7 @@ public struct ModelStatistics: Sendable, Equatable {
                 inferenceCount.saturatingAdd(UInt64(clamping: job.rows))
             } else {
                 failure.add(elapsed)
+                runFailures.saturatingAdd(1)
             }
         }
     }
@@ -130,6 +133,7 @@ public struct ModelStatistics: Sendable, Equatable {
         queueRejections.saturatingAdd(other.queueRejections)
         timeouts.saturatingAdd(other.timeouts)
         cancellations.saturatingAdd(other.cancellations)
+        runFailures.saturatingAdd(other.runFailures)
     }
 
     /// Reads an entry of `model_stats` as `write` writes it (another worker process's answer); nil when it is not
@@ -170,9 +174,10 @@ public struct ModelStatistics: Sendable, Equatable {
         queueRejections = count("queue_rejections") ?? 0
         timeouts = count("timeouts") ?? 0
         cancellations = count("cancellations") ?? 0
+        runFailures = count("run_failures") ?? 0
     }
 
-    /// One entry of `model_stats`: Triton's members in Triton's order, then the kernel's three counters (Triton
+    /// One entry of `model_stats`: Triton's members in Triton's order, then the kernel's four counters (Triton
     /// clients read the JSON into a mapping, so extra members are harmless).
     func write(name: String, version: String, into writer: inout JSONWriter) {
         writer.raw("{\"name\":")
@@ -221,6 +226,8 @@ public struct ModelStatistics: Sendable, Equatable {
         writer.integer(timeouts)
         writer.raw(",\"cancellations\":")
         writer.integer(cancellations)
+        writer.raw(",\"run_failures\":")
+        writer.integer(runFailures)
         writer.byte(UInt8(ascii: "}"))
     }
 }

@@ -10,9 +10,15 @@ import NIOCore
 /// `stub_status`.
 struct MetricsHandler: RequestHandler {
     static let contentType = "text/plain; version=0.0.4; charset=utf-8"
+    /// The prefix of Triton's metric names.
+    static let tritonPrefix = "nv_"
 
     let runtime: KernelRuntime
     let gatherTimeout: TimeAmount
+    /// Whether the answer keeps Triton's families (`nv_*`, the inference module's `metrics.inference`), so that
+    /// what was written for Triton's `/metrics` reads this one. Off by default: their names are Triton's, which
+    /// Prometheus' naming rules (and so `promtool check metrics`) fault for units and suffixes.
+    var includesTriton = false
 
     func handle(_ request: KernelRequest, context: RequestContext) -> EventLoopFuture<KernelResponse> {
         guard request.method == "GET" || request.method == "HEAD" else {
@@ -21,11 +27,14 @@ struct MetricsHandler: RequestHandler {
         }
         let runtime = self.runtime
         let timeout = gatherTimeout
+        let includesTriton = self.includesTriton
         let promise = context.eventLoop.makePromise(of: KernelResponse.self)
         promise.completeWithTask {
             let answers = await runtime.supervision.gather("metrics", timeout: timeout)
             let families = answers.map { PrometheusExposition.parse(String(decoding: $0.body, as: UTF8.self)) }
-            return .text(200, PrometheusExposition.render(PrometheusExposition.merge(families)), contentType: Self.contentType)
+            var merged = PrometheusExposition.merge(families)
+            if !includesTriton { merged.removeAll { $0.name.hasPrefix(Self.tritonPrefix) } }
+            return .text(200, PrometheusExposition.render(merged), contentType: Self.contentType)
         }
         return promise.futureResult
     }

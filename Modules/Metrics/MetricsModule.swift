@@ -40,9 +40,9 @@ public enum MetricsModule: KernelModule {
         // Requests are counted once some directive that reads the counts (`metrics:`, the status page) asks.
         registrar.setRequestMetricsObserver { RequestMetrics(registry: registry) }
         registrar.addLocationHandler("metrics") { [weak registrar] value, _, _ in
-            let timeout = try decodeDirective(value)
+            let directive = try decodeDirective(value)
             registrar?.wantRequestMetrics()
-            return MetricsHandler(runtime: runtime, gatherTimeout: timeout)
+            return MetricsHandler(runtime: runtime, gatherTimeout: directive.gatherTimeout, includesTriton: directive.triton)
         }
         registrar.addLocationHandler("health") { value, _, _ in
             let probe = try value.oneOf(HealthHandler.Probe.allCases.map(\.rawValue))
@@ -50,13 +50,22 @@ public enum MetricsModule: KernelModule {
         }
     }
 
-    /// `metrics: {}` (or `metrics: true`), with an optional `gather_timeout`.
-    static func decodeDirective(_ value: ConfigValue) throws -> TimeAmount {
+    /// What a `metrics:` location directive says.
+    struct Directive: Equatable {
+        var gatherTimeout = MetricsModule.defaultGatherTimeout
+        /// `triton: true`: Triton's `nv_inference_*` families too (`MetricsHandler.includesTriton`).
+        var triton = false
+    }
+
+    /// `metrics: {}` (or `metrics: true`), with an optional `gather_timeout` and `triton`.
+    static func decodeDirective(_ value: ConfigValue) throws -> Directive {
         if case .scalar = value.node {
             guard try value.bool() else { throw value.expected("true or a mapping ({})") }
-            return defaultGatherTimeout
+            return Directive()
         }
         let mapping = try value.mapping()
+        var directive = Directive()
+        directive.triton = try mapping.optional("triton")?.bool() ?? false
         var timeout = defaultGatherTimeout
         if let configured = mapping.optional("gather_timeout") {
             let duration = try configured.duration()
@@ -64,6 +73,7 @@ public enum MetricsModule: KernelModule {
             timeout = .milliseconds(duration.milliseconds)
         }
         try mapping.finish()
-        return timeout
+        directive.gatherTimeout = timeout
+        return directive
     }
 }

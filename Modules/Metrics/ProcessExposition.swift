@@ -6,8 +6,8 @@ import Glibc
 
 /// This process's answer to the gathered `"metrics"` query: Prometheus text format 0.0.4 of its registry, plus
 /// what is read when asked rather than recorded as it happens (open connections per listener, each upstream
-/// peer's state, resident memory), plus the `"metrics.listen"` answer (listen queues) when some module registered
-/// one.
+/// peer's state, resident memory), plus the answers of the `metrics.*` queries modules registered (the listen
+/// queues' `metrics.listen`, the inference module's Triton metrics `metrics.inference`).
 struct ProcessExposition: Sendable {
     let runtime: KernelRuntime
     let registry: PrometheusCollectorRegistry
@@ -19,8 +19,10 @@ struct ProcessExposition: Sendable {
 
     func families() async -> [PrometheusFamily] {
         var text = String(decoding: registry.emitToBuffer(), as: UTF8.self)
-        if let listen = await runtime.processQueries.answer("metrics.listen") {
-            text += "\n" + String(decoding: listen, as: UTF8.self)
+        for query in runtime.processQueries.queryNames(withPrefix: "metrics.") {
+            if let answer = await runtime.processQueries.answer(query) {
+                text += "\n" + String(decoding: answer, as: UTF8.self)
+            }
         }
         let recorded = PrometheusExposition.parse(text)
         var merged = PrometheusExposition.merge([recorded, readNow()])

@@ -109,6 +109,11 @@ public final class ProcessQueryRegistry: Sendable {
         responders.withLockedValue { $0[query] = responder }
     }
 
+    /// The names of the queries registered that start with `prefix`, sorted.
+    public func queryNames(withPrefix prefix: String) -> [String] {
+        responders.withLockedValue { $0.keys.filter { $0.hasPrefix(prefix) } }.sorted()
+    }
+
     /// The responder for `query`, if any.
     public func responder(for query: String) -> ProcessQueryResponder? {
         responders.withLockedValue { $0[query] }

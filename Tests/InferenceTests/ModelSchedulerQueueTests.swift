@@ -268,7 +268,7 @@ final class ModelSchedulerQueueTests: XCTestCase {
         let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(writer.buffer.readableBytesView)) as? [String: Any])
         XCTAssertEqual(Set(object.keys), ["name", "version", "last_inference", "inference_count", "execution_count",
                                           "inference_stats", "response_stats", "batch_stats", "memory_usage",
-                                          "queue_rejections", "timeouts", "cancellations"])
+                                          "queue_rejections", "timeouts", "cancellations", "run_failures"])
         let inference = try XCTUnwrap(object["inference_stats"] as? [String: [String: Int]])
         XCTAssertEqual(Set(inference.keys), ["success", "fail", "queue", "compute_input", "compute_infer",
                                              "compute_output", "cache_hit", "cache_miss"])

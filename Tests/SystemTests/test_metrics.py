@@ -44,6 +44,8 @@ routing:
       locations:
         - location: = /metrics
           metrics: {{}}
+        - location: = /triton/metrics
+          metrics: {{triton: true}}
         - location: /hello
           return: 200 "hello"
         - location: "^~ /v2"
@@ -61,8 +63,8 @@ def start(start_kernel):
     return kernel
 
 
-def scrape(kernel):
-    response = requests.get(kernel.url("/metrics"), timeout=10)
+def scrape(kernel, path="/metrics"):
+    response = requests.get(kernel.url(path), timeout=10)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     return response.text
@@ -101,6 +103,34 @@ def test_promtool_accepts_the_metrics(start_kernel):
                    "kernel_process_resident_memory_bytes"):
         assert f"# TYPE {family} " in text, family
         assert f"# HELP {family} " in text, family
+    assert "nv_inference" not in text
+
+
+TRITON_FAMILIES = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
+                   "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
+                   "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
+                   "nv_inference_compute_output_duration_us", "nv_inference_pending_request_count")
+
+
+def promtool_faults_beyond_tritons_names(text):
+    """What `promtool check metrics` says of `text` other than its naming lints on Triton's own names (units in
+    the name, no `_total`), which Triton's dashboards depend on."""
+    result = subprocess.run([shutil.which("promtool"), "check", "metrics"], input=text, capture_output=True,
+                            text=True, timeout=30)
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line for line in lines if line.strip() and not (line.split(" ", 1)[0] in TRITON_FAMILIES and (
+        "should have \"_total\" suffix" in line or "abbreviated units" in line or "should not have \"_count\" suffix" in line))]
+
+
+def test_tritons_families_are_served_where_asked(start_kernel):
+    kernel = start(start_kernel)
+    text = scrape(kernel, "/triton/metrics")
+    assert promtool_faults_beyond_tritons_names(text) == [], text
+    for family in TRITON_FAMILIES:
+        assert f"# TYPE {family} " in text, family
+        assert f"# HELP {family} " in text, family
+    assert "# HELP nv_inference_request_success Number of successful inference requests, all batch sizes\n" in text
+    assert "# TYPE kernel_connections_open gauge" in text  # the kernel's own families stay beside them
 
 
 def test_request_counters_and_latency_move(start_kernel):
@@ -125,13 +155,13 @@ def test_request_counters_and_latency_move(start_kernel):
 
 def test_a_model_inference_moves_the_model_metrics(start_kernel):
     kernel = start(start_kernel)
-    before = scrape(kernel)
+    before = scrape(kernel, "/triton/metrics")
     body = {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [0.5] * 128}]}
     response = requests.post(kernel.url("/v2/models/demo/infer"), data=json.dumps(body), timeout=30)
     assert response.status_code == 200, response.text
     bad = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 3}]}
     assert requests.post(kernel.url("/v2/models/demo/infer"), data=json.dumps(bad), timeout=30).status_code == 400
-    after = scrape(kernel)
+    after = scrape(kernel, "/triton/metrics")
     for name in ("kernel_model_batch_size_count", "kernel_model_compute_duration_seconds_count",
                  "kernel_model_queue_duration_seconds_count"):
         assert value(after, name, model="demo", version="1") - value(before, name, model="demo", version="1") == 1, name
@@ -140,6 +170,59 @@ def test_a_model_inference_moves_the_model_metrics(start_kernel):
     assert value(after, "kernel_model_queue_depth", model="demo", version="1") == 0
     # A request the protocol refuses never reaches the model: not a model failure.
     assert value(after, "kernel_model_failures_total", model="demo", version="1") == value(before, "kernel_model_failures_total", model="demo", version="1")
+    # Triton's metrics, as its statistics count: one request of two rows, one run, its time in microseconds.
+    def moved(name, **labels):
+        return value(after, name, model="demo", version="1", **labels) - value(before, name, model="demo", version="1", **labels)
+    assert moved("nv_inference_request_success") == 1
+    assert moved("nv_inference_count") == 2
+    assert moved("nv_inference_exec_count") == 1
+    for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER"):
+        assert ("nv_inference_request_failure", frozenset({("model", "demo"), ("version", "1"), ("reason", reason)})) in samples(after)
+        assert moved("nv_inference_request_failure", reason=reason) == 0
+    assert moved("nv_inference_compute_infer_duration_us") > 0
+    assert moved("nv_inference_request_duration_us") >= moved("nv_inference_queue_duration_us") + moved("nv_inference_compute_infer_duration_us")
+    assert value(after, "nv_inference_pending_request_count", model="demo", version="1") == 0
+    stats = requests.get(kernel.url("/v2/models/demo/stats"), timeout=10).json()["model_stats"][0]
+    assert value(after, "nv_inference_request_success", model="demo", version="1") == stats["inference_stats"]["success"]["count"]
+    assert value(after, "nv_inference_exec_count", model="demo", version="1") == stats["execution_count"]
+
+
+INFERENCE_WORKERS = """
+kernel:
+  event_loop_threads: 1
+  processes: 2
+http:
+  listen: "127.0.0.1:0"
+inference:
+  models:
+    - name: demo
+      path: {demo}
+      max_batch_size: 8
+      max_queue: 1
+      warmup: 1
+routing:
+  servers:
+    - locations:
+        - location: = /metrics
+          metrics: {{triton: true}}
+        - location: "^~ /v2"
+          inference: {{}}
+"""
+
+
+def test_tritons_metrics_are_summed_over_worker_processes(start_kernel):
+    kernel = start_kernel(INFERENCE_WORKERS.format(demo=DEMO))
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]})
+    for _ in range(20):   # a new connection each: both workers answer some
+        response = requests.post(kernel.url("/v2/models/demo/infer"), data=body, headers={"Connection": "close"}, timeout=30)
+        assert response.status_code == 200, response.text
+    text = scrape(kernel)
+    assert promtool_faults_beyond_tritons_names(text) == [], text
+    assert value(text, "nv_inference_request_success", model="demo", version="1") == 20
+    assert value(text, "nv_inference_count", model="demo", version="1") == 20
+    # The statistics extension sums the same counters over the same processes.
+    stats = requests.get(kernel.url("/v2/models/demo/stats"), timeout=10).json()["model_stats"][0]
+    assert stats["inference_stats"]["success"]["count"] == 20
 
 
 def test_an_upstream_failure_moves_peer_state_failures_and_retries(start_kernel):
