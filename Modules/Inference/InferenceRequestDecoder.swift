@@ -249,9 +249,10 @@ struct InferenceRequestDecoder {
         // Exactly one of the three places a tensor's bytes can be, named as Triton names them.
         let binarySize = header.parameters?["binary_data_size"]
         let inRegion = header.parameters?["shared_memory_region"] != nil
-        let places = [header.hasData ? "data" : nil, binarySize != nil ? "binary_data_size" : nil,
-                      inRegion ? "shared_memory_region" : nil].compactMap { $0 }
-        guard places.count == 1 else {
+        let placeCount = (header.hasData ? 1 : 0) + (binarySize != nil ? 1 : 0) + (inRegion ? 1 : 0)
+        guard placeCount == 1 else {
+            let places = [header.hasData ? "data" : nil, binarySize != nil ? "binary_data_size" : nil,
+                          inRegion ? "shared_memory_region" : nil].compactMap { $0 }
             let found = places.isEmpty ? "no field is set" : "set " + places.map { "'\($0)'" }.joined(separator: " ")
             let name = header.name?.stringValue.map { " (input '\($0)')" } ?? ""
             throw KernelHTTPError(400, "Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', 'shared_memory_region' in 'parameters'. But \(found)\(name)")
