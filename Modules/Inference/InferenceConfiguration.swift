@@ -28,6 +28,8 @@ public struct InferenceConfiguration: Sendable {
     /// system shared memory regions, which the server then reads inputs from and writes outputs into. A client
     /// that may register one can have the server read any shared memory object this user can open.
     public var allowsClientSharedMemory = false
+    /// `trace` (Triton's `--trace-config`): the trace extension's settings at start, and its file.
+    public var trace = TraceSettings()
 }
 
 /// `inference.model_repository`, `repository_control` and `repository_poll`.
@@ -291,9 +293,11 @@ extension InferenceConfiguration {
             return size.bytes
         } ?? defaultMaxInputSize
         let allowsClientSharedMemory = try mapping.optional("allow_client_shm")?.bool() ?? false
+        let trace = try mapping.optional("trace").map { try TraceSettings.decode($0, resolvePath: resolvePath) } ?? TraceSettings()
         try mapping.finish()
         var configuration = InferenceConfiguration(runtimeLibrary: runtimeLibrary, models: models)
         configuration.allowsClientSharedMemory = allowsClientSharedMemory
+        configuration.trace = trace
         configuration.loadBeforeListen = loadBeforeListen
         configuration.repository = repository
         configuration.memoryDefaults = memoryDefaults

@@ -1,4 +1,5 @@
 import KernelCore
+import Logging
 import NIOCore
 import NIOPosix
 
@@ -29,10 +30,12 @@ public struct InferenceHandler: RequestHandler {
     let errorLog: ErrorLogHandler.Destination?
     /// The shared memory regions clients registered (`SharedMemoryEndpoints.swift`), which tensors may name.
     let sharedMemory: SharedMemoryRegistry
+    /// Triton's trace extension: its settings (`/v2[/models/{name}]/trace/setting`) and the requests it samples.
+    let tracer: TraceRecorder
     /// Triton's names, as its server metadata lists them (both shared memory extensions, as Triton lists them
     /// whether or not it has GPUs).
     public static let extensions = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository",
-                                    "parameters", "logging", "system_shared_memory", "cuda_shared_memory"]
+                                    "parameters", "logging", "system_shared_memory", "cuda_shared_memory", "trace"]
     /// A client that leaves takes its queued request out of the model's queue (`RequestContext.cancellation`).
     public var cancelsWhenClientLeaves: Bool { true }
 
@@ -41,9 +44,11 @@ public struct InferenceHandler: RequestHandler {
     public init(repository: ModelRepository, mount: String = "/v2", notReady: (@Sendable () -> [NotReadyReason])? = nil,
                 supervision: (any ProcessSupervision)? = nil,
                 maxInputSize: Int = InferenceConfiguration.defaultMaxInputSize, errorLog: ErrorLogHandler.Destination? = nil,
-                sharedMemory: SharedMemoryRegistry = SharedMemoryRegistry(allowsClientRegions: false)) {
+                sharedMemory: SharedMemoryRegistry = SharedMemoryRegistry(allowsClientRegions: false),
+                tracer: TraceRecorder = TraceRecorder(configured: TraceSettings(), workerNumber: 0, logger: Logger(label: "kernel.trace"))) {
         self.repository = repository
         self.sharedMemory = sharedMemory
+        self.tracer = tracer
         self.errorLog = errorLog
         self.maxInputSize = maxInputSize
         self.mount = mount.hasSuffix("/") ? String(mount.dropLast()) : mount
@@ -135,6 +140,10 @@ public struct InferenceHandler: RequestHandler {
             }
         case 1 where rest.first == "logging" && errorLog != nil:
             return try logging(request, context: context)
+        case 2 where rest.first == "trace" && rest.last == "setting":
+            return try traceSetting(model: nil, request: request, context: context)
+        case 4 where rest.first == "models" && rest[rest.startIndex + 2] == "trace" && rest.last == "setting":
+            return try traceSetting(model: String(rest[rest.startIndex + 1]), request: request, context: context)
         case 2 where rest.first == "models" && rest.last == "stats":
             return try statistics(repository.loadedModels, request: request, context: context) { _, _ in true }
         default:
@@ -411,8 +420,24 @@ public struct InferenceHandler: RequestHandler {
         } catch {
             return reply(.failure(error))
         }
-        let decodeNanoseconds = KernelClock.monotonicNanoseconds() &- decodeStart
+        let queueStart = KernelClock.monotonicNanoseconds()
+        let decodeNanoseconds = queueStart &- decodeStart
         let signature = model.signature
+        // Triton's trace of a sampled request: what is known before it queues now, the rest when it is answered.
+        var trace = tracer.sample(model: signature.name).map(InferenceTraceEvents.init)
+        if trace != nil {
+            // The body was read before the handler ran: its receipt is stamped with the handler's start.
+            trace!.timestamp("HTTP_RECV_START", decodeStart)
+            trace!.timestamp("HTTP_RECV_END", decodeStart)
+            trace!.header(model: signature, requestID: decoded.id)
+            trace!.timestamp("REQUEST_START", decodeStart)
+            trace!.timestamp("QUEUE_START", queueStart)
+            for (index, input) in decoded.inputs.enumerated() {
+                trace!.tensor("TENSOR_QUEUE_INPUT", name: signature.inputs[index].name, input)
+            }
+        }
+        let traced = trace
+        let tracer = self.tracer
         // An edge forwards the time its client still waits: queued work past it is dropped (ModelScheduler).
         let deadline = ForwardedDeadline.deadline(of: request)
         let scheduler = model.scheduler
@@ -423,6 +448,29 @@ public struct InferenceHandler: RequestHandler {
         let reply = NIOLoopBound(reply, eventLoop: eventLoop)
         scheduler.submit(decoded.inputs, options: options, on: context.eventLoop) { outcome in
             let reply = reply.value
+            defer {
+                if var trace = traced {
+                    let end = KernelClock.monotonicNanoseconds()
+                    if case .success(let result) = outcome {
+                        for (index, output) in result.outputs.enumerated() where index < signature.outputs.count {
+                            trace.tensor("TENSOR_BACKEND_OUTPUT", name: signature.outputs[index].name, output)
+                        }
+                        trace.timestamp("INFER_RESPONSE_COMPLETE", end)
+                        let compute = queueStart &+ result.timing.queueNanoseconds
+                        let inputEnd = compute &+ result.timing.compute.inputNanoseconds
+                        let outputStart = inputEnd &+ result.timing.compute.inferNanoseconds
+                        trace.timestamp("COMPUTE_START", compute)
+                        trace.timestamp("COMPUTE_INPUT_END", inputEnd)
+                        trace.timestamp("COMPUTE_OUTPUT_START", outputStart)
+                        trace.timestamp("COMPUTE_END", outputStart &+ result.timing.compute.outputNanoseconds)
+                    }
+                    trace.timestamp("REQUEST_END", end)
+                    // The answer leaves as the connection writes it, after this: stamped as it is handed over.
+                    trace.timestamp("HTTP_SEND_START", end)
+                    trace.timestamp("HTTP_SEND_END", end)
+                    tracer.finish(trace.ticket, objects: trace.text)
+                }
+            }
             do {
                 let result = try outcome.get()
                 let encodeStart = KernelClock.monotonicNanoseconds()

@@ -45,6 +45,8 @@ public enum InferenceModule: KernelModule {
         registrar.addReadinessCheck(repository)
         let runtime = registrar.runtime
         let sharedMemory = SharedMemoryRegistry(allowsClientRegions: configuration.allowsClientSharedMemory)
+        let tracer = TraceRecorder(configured: configuration.trace, workerNumber: runtime.supervision.workerNumber,
+                                   logger: registrar.logger)
         if registrar.mode == .run {
             // Loads and unloads of the repository extension, as every worker process runs them (`RepositoryCommand`).
             runtime.processQueries.registerCommand(RepositoryCommand.name) { await RepositoryCommand.respond(to: $0) }
@@ -56,6 +58,10 @@ public enum InferenceModule: KernelModule {
             }
             // Triton's nv_inference_* metrics, which the metrics location adds to its answer.
             runtime.processQueries.register(TritonMetrics.query) { TritonMetrics.respond(repository: repository) }
+            // Trace settings changed through Triton's trace extension, in every worker process; traces left are
+            // written when the configuration stops.
+            runtime.processQueries.registerCommand(TraceCommand.name) { TraceCommand.respond(to: $0, recorder: tracer) }
+            registrar.addService(TraceFlushService(recorder: tracer))
             // Shared memory regions registered and unregistered through Triton's extension, in every worker process.
             runtime.processQueries.registerCommand(SharedMemoryCommand.name) { argument in
                 SharedMemoryCommand.respond(to: argument, registry: sharedMemory)
@@ -76,7 +82,7 @@ public enum InferenceModule: KernelModule {
             return InferenceHandler(repository: repository, mount: context.prefix ?? "",
                                     notReady: { runtime.notReadyReasons() }, supervision: runtime.supervision,
                                     maxInputSize: configuration.maxInputSize, errorLog: runtime.errorLog,
-                                    sharedMemory: sharedMemory)
+                                    sharedMemory: sharedMemory, tracer: tracer)
         }
         // Pipelines (Modules/Inference/Pipeline): `pipeline: <name>` serves one on its location.
         let pipelines = configuration.pipelines.map {

@@ -693,7 +693,7 @@ public struct JSONReader {
 }
 
 /// Appends JSON text to a `ByteBuffer` without building intermediate strings for structure.
-public struct JSONWriter {
+public struct JSONWriter: Sendable {
     public var buffer: ByteBuffer
 
     public init(buffer: ByteBuffer) { self.buffer = buffer }

@@ -1,0 +1,219 @@
+import KernelConfig
+import KernelCore
+
+/// What Triton's trace extension records of a sampled request: its timestamps, its tensors, or both.
+public struct TraceLevel: OptionSet, Sendable, Hashable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+    /// Triton's bits.
+    public static let timestamps = TraceLevel(rawValue: 0x4)
+    public static let tensors = TraceLevel(rawValue: 0x8)
+
+    /// Triton's names, in Triton's order: `["OFF"]` for none.
+    var names: [String] {
+        guard !isEmpty else { return ["OFF"] }
+        return (contains(.timestamps) ? ["TIMESTAMPS"] : []) + (contains(.tensors) ? ["TENSORS"] : [])
+    }
+
+    /// Reads Triton's names (`OFF` alone, or `TIMESTAMPS` and/or `TENSORS`).
+    static func named(_ names: [String]) throws -> TraceLevel {
+        var level = TraceLevel()
+        for name in names {
+            switch name {
+            case "OFF":
+                guard names.count == 1 else { throw KernelHTTPError(400, "Expect only one trace level 'OFF' is specified") }
+            case "TIMESTAMPS": level.insert(.timestamps)
+            case "TENSORS": level.insert(.tensors)
+            default: throw KernelHTTPError(400, "unknown trace level '\(name)': expected OFF, TIMESTAMPS or TENSORS")
+            }
+        }
+        return level
+    }
+}
+
+/// One set of trace settings (Triton's `trace_level`, `trace_rate`, `trace_count`, `log_frequency`, `trace_file`).
+public struct TraceSettings: Sendable, Equatable {
+    public var level = TraceLevel()
+    /// Every `rate`-th request is traced (0: none).
+    public var rate = 1000
+    /// How many more requests are traced; -1 for no limit.
+    public var count = -1
+    /// Every this many traces go to a file of their own (`<file>.<n>`); 0 writes them to `file` when the settings
+    /// change or the kernel stops.
+    public var logFrequency = 0
+    /// Where traces go; set only in the configuration (Triton refuses to change it through the protocol).
+    public var file = ""
+
+    public init() {}
+
+    /// Whether requests are traced at all under these settings.
+    var samples: Bool { !level.isEmpty && rate > 0 && count != 0 && !file.isEmpty }
+
+    /// Triton's answer: every value a string, `trace_level` a list.
+    func json(into writer: inout JSONWriter) {
+        writer.raw("{\"trace_level\":[")
+        for (index, name) in level.names.enumerated() {
+            if index > 0 { writer.byte(UInt8(ascii: ",")) }
+            writer.string(name)
+        }
+        writer.raw("],\"trace_rate\":")
+        writer.string(String(rate))
+        writer.raw(",\"trace_count\":")
+        writer.string(String(count))
+        writer.raw(",\"log_frequency\":")
+        writer.string(String(logFrequency))
+        writer.raw(",\"trace_file\":")
+        writer.string(file)
+        writer.raw(",\"trace_mode\":\"triton\"}")
+    }
+
+    /// `inference.trace` (Triton's `--trace-config` options): `file`, `level`, `rate`, `count`, `log_frequency`.
+    static func decode(_ value: ConfigValue, resolvePath: (String) -> String) throws -> TraceSettings {
+        let mapping = try value.mapping()
+        var settings = TraceSettings()
+        if let file = mapping.optional("file") { settings.file = resolvePath(try file.nonEmptyString()) }
+        if let level = mapping.optional("level") {
+            let names: [String]
+            if case .scalar = level.node { names = [try level.nonEmptyString().uppercased()] } else {
+                names = try level.list().map { try $0.nonEmptyString().uppercased() }
+            }
+            do {
+                settings.level = try TraceLevel.named(names)
+            } catch let error as KernelHTTPError {
+                throw level.error(error.message)
+            }
+        }
+        func integer(_ key: String, from least: Int) throws -> Int? {
+            guard let value = mapping.optional(key) else { return nil }
+            guard let number = Int(try value.nonEmptyString()), number >= least, number <= Int(Int32.max) else {
+                throw value.expected("an integer from \(least) to \(Int32.max)")
+            }
+            return number
+        }
+        settings.rate = try integer("rate", from: 0) ?? settings.rate
+        settings.count = try integer("count", from: -1) ?? settings.count
+        settings.logFrequency = try integer("log_frequency", from: 0) ?? settings.logFrequency
+        if !settings.level.isEmpty, settings.file.isEmpty {
+            throw (mapping.optional("level") ?? value).error("a trace level needs a trace file (file: PATH)")
+        }
+        try mapping.finish()
+        return settings
+    }
+}
+
+/// A model's own trace settings: each set one replaces the global one; nil follows it.
+struct TraceOverrides: Sendable, Equatable {
+    var level: TraceLevel?
+    var rate: Int?
+    var count: Int?
+    var logFrequency: Int?
+
+    var isEmpty: Bool { level == nil && rate == nil && count == nil && logFrequency == nil }
+
+    func applied(to global: TraceSettings) -> TraceSettings {
+        var settings = global
+        if let level { settings.level = level }
+        if let rate { settings.rate = rate }
+        if let count { settings.count = count }
+        if let logFrequency { settings.logFrequency = logFrequency }
+        return settings
+    }
+}
+
+/// A `POST .../trace/setting` body: each member absent (unchanged), `null` (cleared: back to the global value for
+/// a model, to the configured one for the global settings) or a value, checked with Triton's words.
+struct TraceUpdate: Sendable, Equatable {
+    enum Change<Value: Sendable & Equatable>: Sendable, Equatable {
+        case unchanged
+        case clear
+        case set(Value)
+    }
+
+    var level = Change<TraceLevel>.unchanged
+    var rate = Change<Int>.unchanged
+    var count = Change<Int>.unchanged
+    var logFrequency = Change<Int>.unchanged
+
+    init() {}
+
+    init(_ body: JSONValue?) throws {
+        guard let body else { return }
+        if body["trace_file"] != nil {
+            throw KernelHTTPError(501, "trace file location can not be updated through network protocol")
+        }
+        if let mode = body["trace_mode"], !mode.isNull, mode.stringValue != "triton" {
+            throw KernelHTTPError(400, "trace_mode can not be updated through network protocol: this server traces in mode 'triton'")
+        }
+        func string(_ key: String, _ value: JSONValue) throws -> String {
+            guard let text = value.stringValue else {
+                throw KernelHTTPError(400, "attempt to access JSON non-string as string (\(key) takes a string, as \"10\")")
+            }
+            return text
+        }
+        if let value = body["trace_level"] {
+            if value.isNull {
+                level = .clear
+            } else {
+                guard let items = value.arrayValue else { throw KernelHTTPError(400, "attempt to access JSON non-array as array (trace_level)") }
+                level = .set(try TraceLevel.named(items.map { try string("trace_level", $0) }))
+            }
+        }
+        if let value = body["trace_rate"] {
+            if value.isNull {
+                rate = .clear
+            } else {
+                let text = try string("trace_rate", value)
+                guard let number = Int(text), number >= 0, number <= Int(Int32.max) else {
+                    throw KernelHTTPError(400, "Unable to parse 'trace_rate', got: \(text)")
+                }
+                rate = .set(number)
+            }
+        }
+        if let value = body["trace_count"] {
+            if value.isNull {
+                count = .clear
+            } else {
+                let text = try string("trace_count", value)
+                guard let number = Int(text), number >= -1, number <= Int(Int32.max) else {
+                    throw KernelHTTPError(400, "Unable to parse 'trace_count'. Expecting value >= -1, got:\(text)")
+                }
+                count = .set(number)
+            }
+        }
+        if let value = body["log_frequency"] {
+            if value.isNull {
+                logFrequency = .clear
+            } else {
+                let text = try string("log_frequency", value)
+                guard let number = Int(text), number >= 0, number <= Int(Int32.max) else {
+                    throw KernelHTTPError(400, "Unable to parse 'log_frequency', got: \(text)")
+                }
+                logFrequency = .set(number)
+            }
+        }
+    }
+
+    /// The global settings after the update; `configured` is what a cleared member goes back to.
+    func applied(to settings: TraceSettings, configured: TraceSettings) -> TraceSettings {
+        var next = settings
+        switch level { case .unchanged: break; case .clear: next.level = configured.level; case .set(let value): next.level = value }
+        switch rate { case .unchanged: break; case .clear: next.rate = configured.rate; case .set(let value): next.rate = value }
+        switch count { case .unchanged: break; case .clear: next.count = configured.count; case .set(let value): next.count = value }
+        switch logFrequency {
+        case .unchanged: break
+        case .clear: next.logFrequency = configured.logFrequency
+        case .set(let value): next.logFrequency = value
+        }
+        return next
+    }
+
+    /// A model's overrides after the update.
+    func applied(to overrides: TraceOverrides) -> TraceOverrides {
+        var next = overrides
+        switch level { case .unchanged: break; case .clear: next.level = nil; case .set(let value): next.level = value }
+        switch rate { case .unchanged: break; case .clear: next.rate = nil; case .set(let value): next.rate = value }
+        switch count { case .unchanged: break; case .clear: next.count = nil; case .set(let value): next.count = value }
+        switch logFrequency { case .unchanged: break; case .clear: next.logFrequency = nil; case .set(let value): next.logFrequency = value }
+        return next
+    }
+}
