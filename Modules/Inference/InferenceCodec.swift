@@ -33,6 +33,9 @@ public struct DecodedInferenceRequest: Sendable {
     public var binaryOutputDefault: Bool
     /// `parameters.priority` (Triton's priority level), nil when the request names none.
     public var priority: Int? = nil
+    /// The shared memory regions its inputs were read from, held until the request is answered (outputs hold
+    /// theirs in `outputs`).
+    var inputRegions: [SharedMemoryUse] = []
 }
 
 /// What a model accepts and returns, as the codec checks requests against it.

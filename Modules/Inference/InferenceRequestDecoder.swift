@@ -20,6 +20,10 @@ struct InferenceRequestDecoder {
     var binaryOffset: Int
 
     var decoded: [Tensor?]
+    /// The request's `id`, once read (Triton names it in some messages).
+    var requestID: String?
+    /// The regions inputs were read from.
+    var inputRegions: [SharedMemoryUse] = []
     var inputCount = 0
     var sawInputs = false
 
@@ -65,6 +69,7 @@ struct InferenceRequestDecoder {
                 let value = try decoder.cursor.value(depth: 1)
                 guard let text = value.stringValue else { throw KernelHTTPError(400, "\"id\" must be a string, found \(value.kindName)") }
                 id = text
+                decoder.requestID = text
             case "parameters":
                 let parameters = try decoder.cursor.value(depth: 1)
                 guard parameters.isObject else { throw KernelHTTPError(400, "\"parameters\" must be an object") }
@@ -110,7 +115,7 @@ struct InferenceRequestDecoder {
         }
         let outputs = try requestedOutputs(outputItems, binaryOutputDefault: binaryOutputDefault)
         return DecodedInferenceRequest(id: id, inputs: inputs, outputs: outputs, binaryOutputDefault: binaryOutputDefault,
-                                       priority: priority)
+                                       priority: priority, inputRegions: inputRegions)
     }
 
     /// Triton's checks of the request's other `parameters` (its HTTP server's `ParseJsonTritonParams`): the
@@ -402,7 +407,7 @@ struct InferenceRequestDecoder {
     mutating func sharedMemoryInput(_ input: CheckedInput, _ part: SharedMemoryTensor) throws {
         if input.dataType.hasFixedWidth {
             guard part.byteSize == input.byteCount else {
-                throw KernelHTTPError(400, "[request id: <id_unknown>] input byte size mismatch for input '\(input.name)' for model '\(model.name)'. Expected \(input.byteCount), got \(part.byteSize)")
+                throw KernelHTTPError(400, "[request id: \(requestID.map { $0.isEmpty ? "<id_unknown>" : $0 } ?? "<id_unknown>")] input byte size mismatch for input '\(input.name)' for model '\(model.name)'. Expected \(input.byteCount), got \(part.byteSize)")
             }
         } else if part.byteSize > TensorSize.bufferLimit {
             throw KernelHTTPError(400, "input '\(input.name)': shared_memory_byte_size \(part.byteSize) is more than the \(TensorSize.bufferLimit) bytes a tensor can hold")
@@ -413,6 +418,7 @@ struct InferenceRequestDecoder {
             if let problem { throw KernelHTTPError(400, problem.message(input: input.name, model: model.name)) }
         }
         decoded[input.position] = Tensor(dataType: input.dataType, shape: input.shape, buffer: bytes)
+        inputRegions.append(part.use)
     }
 
     /// Decodes the `data` value at the cursor into the input's buffer.

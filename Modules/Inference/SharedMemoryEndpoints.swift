@@ -75,11 +75,11 @@ extension InferenceHandler {
         let parsed = try RepositoryRequestBody(body, what: "shared memory register").value
         guard let keyValue = parsed?["key"] else { throw KernelHTTPError(400, "Shared memory register request has no 'key' field") }
         guard let key = keyValue.stringValue else { throw KernelHTTPError(400, "attempt to access JSON non-string as string") }
-        func size(_ value: JSONValue) throws -> Int {
-            guard case .number(let number) = value, let size = number.int64, size >= 0 else {
+        func size(_ value: JSONValue) throws -> UInt64 {
+            guard case .number(let number) = value, let size = number.uint64 else {
                 throw KernelHTTPError(400, "attempt to access JSON non-unsigned-integer as unsigned-integer")
             }
-            return Int(size)
+            return size
         }
         let offset = try parsed?["offset"].map(size) ?? 0
         guard let sizeValue = parsed?["byte_size"] else {
@@ -139,7 +139,7 @@ extension InferenceHandler {
 /// A change of the system shared memory regions, as every worker process runs it (`ProcessSupervision.share`):
 /// `inference.shm <JSON>`.
 enum SharedMemoryCommand: Equatable {
-    case register(name: String, key: String, offset: Int, byteSize: Int)
+    case register(name: String, key: String, offset: UInt64, byteSize: UInt64)
     case unregister(name: String)
     case unregisterAll
 
@@ -182,9 +182,9 @@ enum SharedMemoryCommand: Equatable {
     init?(argument: Substring) {
         guard let value = try? JSONReader.parse(Array(argument.utf8)) else { return nil }
         if let name = value["register"]?.stringValue, let key = value["key"]?.stringValue,
-           case .number(let offset)? = value["offset"], let offset = offset.int64,
-           case .number(let byteSize)? = value["byte_size"], let byteSize = byteSize.int64 {
-            self = .register(name: name, key: key, offset: Int(offset), byteSize: Int(byteSize))
+           case .number(let offset)? = value["offset"], let offset = offset.uint64,
+           case .number(let byteSize)? = value["byte_size"], let byteSize = byteSize.uint64 {
+            self = .register(name: name, key: key, offset: offset, byteSize: byteSize)
         } else if let name = value["unregister"]?.stringValue {
             self = .unregister(name: name)
         } else if value["unregister_all"]?.boolValue == true {

@@ -53,7 +53,9 @@ final class SharedMemoryTests: XCTestCase {
         try registry.register(name: "r", key: key, offset: 16, byteSize: 48)
         XCTAssertEqual(status { try registry.register(name: "r", key: key, offset: 0, byteSize: 8) }, 400)
         XCTAssertEqual(status { try registry.register(name: "beyond", key: key, offset: 16, byteSize: 49) }, 400)
-        XCTAssertEqual(status { try registry.register(name: "overflow", key: key, offset: Int.max, byteSize: 2) }, 400)
+        XCTAssertEqual(status { try registry.register(name: "overflow", key: key, offset: UInt64.max, byteSize: 2) }, 400)
+        XCTAssertEqual(status { try registry.register(name: "huge", key: key, offset: 0, byteSize: UInt64.max) }, 400)
+        XCTAssertEqual(status { try registry.register(name: "reserved", key: "/triton_python_backend_shm_region_1", offset: 0, byteSize: 1) }, 400)
         XCTAssertEqual(status { try registry.register(name: "empty", key: key, offset: 0, byteSize: 0) }, 400)
         XCTAssertEqual(status { try registry.register(name: "none", key: "/kernel_unit_absent", offset: 0, byteSize: 1) }, 500)
         XCTAssertEqual(status { try registry.register(name: "slashes", key: "//", offset: 0, byteSize: 1) }, 400)
@@ -74,9 +76,33 @@ final class SharedMemoryTests: XCTestCase {
         XCTAssertNil(status { try region.checkPart(offset: 15, byteSize: 1) })
         XCTAssertEqual(status { try region.checkPart(offset: 16, byteSize: 0) }, 400)
         XCTAssertEqual(status { try region.checkPart(offset: 1, byteSize: 16) }, 400)
-        XCTAssertEqual(status { try region.checkPart(offset: 1, byteSize: Int.max) }, 400)
+        XCTAssertEqual(status { try region.checkPart(offset: 1, byteSize: UInt64.max) }, 400)
+        XCTAssertEqual(status { try region.checkPart(offset: UInt64.max - 1, byteSize: 1) }, 400)
         XCTAssertEqual(Array(buffer: try region.read(offset: 2, count: 4)), [10, 11, 12, 13])
         XCTAssertEqual(status { _ = try registry.region(named: "other") }, 404)
+    }
+
+    func testARegionInUseIsUnregisteredWhenItsLastRequestEnds() throws {
+        let key = try object([UInt8](repeating: 1, count: 16))
+        let registry = SharedMemoryRegistry(allowsClientRegions: true)
+        try registry.register(name: "r", key: key, offset: 0, byteSize: 16)
+        var first: SharedMemoryUse? = try registry.use("r")
+        var second: SharedMemoryUse? = try registry.use("r")
+        registry.unregisterAll()
+        // Still there, as Triton keeps it: listed, usable, its name taken.
+        XCTAssertEqual(registry.all().map(\.name), ["r"])
+        XCTAssertEqual(status { try registry.register(name: "r", key: key, offset: 0, byteSize: 8) }, 400)
+        var third: SharedMemoryUse? = try registry.use("r")
+        first = nil
+        second = nil
+        XCTAssertEqual(registry.all().map(\.name), ["r"])
+        third = nil
+        XCTAssertEqual(registry.all().count, 0)
+        XCTAssertNil(first ?? second ?? third)
+        // A region not in use goes at once.
+        try registry.register(name: "r", key: key, offset: 0, byteSize: 8)
+        registry.unregister("r")
+        XCTAssertEqual(registry.all().count, 0)
     }
 
     private let model = ModelSignature(name: "m", version: "1", inputs: [TensorSpec(name: "x", dataType: .int32, shape: [-1, 2])],

@@ -189,6 +189,11 @@ def test_registration_is_refused_in_tritons_words(kernel, client, regions):
     assert_error(requests.post(base, data=json.dumps({"key": key, "byte_size": -4})), 400, "non-unsigned-integer")
     assert_error(requests.post(base, data=json.dumps({"key": "///", "byte_size": 4})), 400, "invalid shm key '///'")
     assert_error(requests.post(base, data=json.dumps({"key": "/../etc/passwd", "byte_size": 4})), 500, "Unable to open shared memory region")
+    assert_error(requests.post(base, data=json.dumps({"key": key, "byte_size": 2 ** 64 - 1})), 400, "invalid args")
+    assert_error(requests.post(base, data=json.dumps({"key": key, "offset": 257, "byte_size": 0})), 400, "invalid args")
+    assert_error(requests.post(base, data=json.dumps({"key": key, "offset": 0, "byte_size": 0})), 400, "unable to process address space")
+    assert_error(requests.post(base, data=json.dumps({"key": "/triton_python_backend_shm_region_7", "byte_size": 4})), 400,
+                 "as the key contains the reserved prefix 'triton_python_backend_shm_region_'")
     assert_error(requests.post(base, data="{"), 400, "failed to parse the request JSON buffer")
     assert_error(requests.post(url(kernel, "/v2/systemsharedmemory/register"), data="{}"), 400,
                  "'region name' is necessary to register system shared memory region")
@@ -246,6 +251,13 @@ def test_tensors_that_do_not_fit_their_regions_are_refused(kernel, client, regio
                                  ({"binary_data": True}, "Output can't set both 'shared_memory_region' and 'binary_data'")):
         output = {"name": "output", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 64, **parameters}}
         assert_error(requests.post(infer, data=json.dumps({"inputs": [good], "outputs": [output]})), 400, fragment)
+    # Offsets and sizes are unsigned 64-bit integers, checked as Triton checks them.
+    for offset, size, fragment in ((2 ** 64 - 32, 4, "Invalid offset for shared memory region: 'r'"),
+                                   (8, 2 ** 64 - 4, "Integer overflow detected: byte_size (18446744073709551612) + offset (8)")):
+        huge = dict(good, parameters={"shared_memory_region": "r", "shared_memory_byte_size": size, "shared_memory_offset": offset})
+        assert_error(requests.post(infer, data=json.dumps({"inputs": [huge]})), 400, fragment)
+    named = {"id": "abc", "inputs": [dict(good, parameters={"shared_memory_region": "r", "shared_memory_byte_size": 8})]}
+    assert_error(requests.post(infer, data=json.dumps(named)), 400, "[request id: abc] input byte size mismatch")
     # The object shrunk under its registration: the read comes short, and the client hears of it.
     os.truncate("/dev/shm/" + key.lstrip("/"), 8)
     assert_error(requests.post(infer, data=json.dumps({"inputs": [good]})), 400, "no longer holds the")
