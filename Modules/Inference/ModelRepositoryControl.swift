@@ -400,11 +400,15 @@ final class ModelLoadingService: KernelService {
         repository.loader.withLockedValue { $0 = nil }
         let repository = repository
         // Joining the instance threads blocks, and a load or unload under way finishes first: on the operations
-        // thread, after what is queued there (a load or unload then finds the loader gone and answers 503).
-        _ = try? await repository.operationsPool.runIfActive {
-            repository.operations.withLock { repository.stopAll(discardingQueued: discardingQueued) }
-        }
-        try? await repository.operationsPool.shutdownGracefully()
+        // thread, after what is queued there (a load or unload then finds the loader gone and answers 503). In a
+        // task of its own: a fast stop (SIGTERM) cancels the task that stops the services, and a cancelled
+        // `runIfActive` would return at once, leaving a model run going while the process exits under it.
+        await Task.detached {
+            _ = try? await repository.operationsPool.runIfActive {
+                repository.operations.withLock { repository.stopAll(discardingQueued: discardingQueued) }
+            }
+            try? await repository.operationsPool.shutdownGracefully()
+        }.value
         runtime.withLockedValue { $0 = nil }
     }
 

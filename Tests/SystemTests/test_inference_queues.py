@@ -10,6 +10,7 @@ duration.
 import concurrent.futures
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -391,3 +392,22 @@ routing:
     model = wait_for_stats(kernel, "slow", lambda s: s["cancellations"] == 1)
     assert model["cancellations"] == 1, model
     assert model["execution_count"] == 1, "the abandoned request never ran"
+
+
+def test_a_fast_stop_lets_the_running_batch_end_before_the_process_does(start_kernel, tmp_path):
+    """SIGTERM (nginx's fast stop) drops what waits, but the batch ONNX Runtime is running ends before the process
+    exits: exiting under it would tear the runtime down mid-run (its errors on stderr) and complete the request on
+    event loops already shut down (SwiftNIO's error)."""
+    slow = make_slow_model(str(tmp_path / "slower.onnx"), layers=SLOW_LAYERS * 4)
+    kernel = start_kernel(kernel_yaml(slow, demo=False))
+    client = socket.create_connection(("127.0.0.1", kernel.port()))
+    body = infer_body(1.0).encode()
+    client.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    time.sleep(0.5)  # the request is in its batch within milliseconds; the batch runs for over a second
+    os.kill(kernel.pid, signal.SIGTERM)
+    assert kernel.wait_exit() == 0
+    client.close()
+    log = kernel.log_text()
+    assert "fast shutdown" in log
+    assert "Cannot schedule tasks" not in log, log
+    assert "[E:onnxruntime" not in log, log
