@@ -127,6 +127,24 @@ struct TraceUpdate: Sendable, Equatable {
         case unchanged
         case clear
         case set(Value)
+
+        /// `value` after the change; cleared, it is `cleared`.
+        func applied(to value: Value, cleared: Value) -> Value {
+            switch self {
+            case .unchanged: return value
+            case .clear: return cleared
+            case .set(let new): return new
+            }
+        }
+
+        /// An override after the change; cleared, there is none.
+        func applied(to value: Value?) -> Value? {
+            switch self {
+            case .unchanged: return value
+            case .clear: return nil
+            case .set(let new): return new
+            }
+        }
     }
 
     var level = Change<TraceLevel>.unchanged
@@ -158,62 +176,32 @@ struct TraceUpdate: Sendable, Equatable {
                 level = .set(try TraceLevel.named(items.map { try string("trace_level", $0) }))
             }
         }
-        if let value = body["trace_rate"] {
-            if value.isNull {
-                rate = .clear
-            } else {
-                let text = try string("trace_rate", value)
-                guard let number = Int(text), number >= 0, number <= Int(Int32.max) else {
-                    throw KernelHTTPError(400, "Unable to parse 'trace_rate', got: \(text)")
-                }
-                rate = .set(number)
-            }
+        /// A numeric setting, sent as a string as Triton takes it: `refusal` words a value that does not parse.
+        func integer(_ key: String, from least: Int, refusal: (String) -> String) throws -> Change<Int> {
+            guard let value = body[key] else { return .unchanged }
+            if value.isNull { return .clear }
+            let text = try string(key, value)
+            guard let number = Int(text), number >= least, number <= Int(Int32.max) else { throw KernelHTTPError(400, refusal(text)) }
+            return .set(number)
         }
-        if let value = body["trace_count"] {
-            if value.isNull {
-                count = .clear
-            } else {
-                let text = try string("trace_count", value)
-                guard let number = Int(text), number >= -1, number <= Int(Int32.max) else {
-                    throw KernelHTTPError(400, "Unable to parse 'trace_count'. Expecting value >= -1, got:\(text)")
-                }
-                count = .set(number)
-            }
-        }
-        if let value = body["log_frequency"] {
-            if value.isNull {
-                logFrequency = .clear
-            } else {
-                let text = try string("log_frequency", value)
-                guard let number = Int(text), number >= 0, number <= Int(Int32.max) else {
-                    throw KernelHTTPError(400, "Unable to parse 'log_frequency', got: \(text)")
-                }
-                logFrequency = .set(number)
-            }
-        }
+        rate = try integer("trace_rate", from: 0) { "Unable to parse 'trace_rate', got: \($0)" }
+        count = try integer("trace_count", from: -1) { "Unable to parse 'trace_count'. Expecting value >= -1, got:\($0)" }
+        logFrequency = try integer("log_frequency", from: 0) { "Unable to parse 'log_frequency', got: \($0)" }
     }
 
     /// The global settings after the update; `configured` is what a cleared member goes back to.
     func applied(to settings: TraceSettings, configured: TraceSettings) -> TraceSettings {
         var next = settings
-        switch level { case .unchanged: break; case .clear: next.level = configured.level; case .set(let value): next.level = value }
-        switch rate { case .unchanged: break; case .clear: next.rate = configured.rate; case .set(let value): next.rate = value }
-        switch count { case .unchanged: break; case .clear: next.count = configured.count; case .set(let value): next.count = value }
-        switch logFrequency {
-        case .unchanged: break
-        case .clear: next.logFrequency = configured.logFrequency
-        case .set(let value): next.logFrequency = value
-        }
+        next.level = level.applied(to: settings.level, cleared: configured.level)
+        next.rate = rate.applied(to: settings.rate, cleared: configured.rate)
+        next.count = count.applied(to: settings.count, cleared: configured.count)
+        next.logFrequency = logFrequency.applied(to: settings.logFrequency, cleared: configured.logFrequency)
         return next
     }
 
     /// A model's overrides after the update.
     func applied(to overrides: TraceOverrides) -> TraceOverrides {
-        var next = overrides
-        switch level { case .unchanged: break; case .clear: next.level = nil; case .set(let value): next.level = value }
-        switch rate { case .unchanged: break; case .clear: next.rate = nil; case .set(let value): next.rate = value }
-        switch count { case .unchanged: break; case .clear: next.count = nil; case .set(let value): next.count = value }
-        switch logFrequency { case .unchanged: break; case .clear: next.logFrequency = nil; case .set(let value): next.logFrequency = value }
-        return next
+        TraceOverrides(level: level.applied(to: overrides.level), rate: rate.applied(to: overrides.rate),
+                       count: count.applied(to: overrides.count), logFrequency: logFrequency.applied(to: overrides.logFrequency))
     }
 }
