@@ -33,6 +33,8 @@ public final class TraceRecorder: Sendable {
     /// One setting's sampling and the traces it has not written yet.
     private struct Stream {
         var sampled: UInt64 = 0
+        /// Traces sampled and not finished yet.
+        var running = 0
         var buffered: [String] = []
     }
 
@@ -143,6 +145,7 @@ public final class TraceRecorder: Sendable {
             guard settings.samples else { return nil }
             state.streams[key, default: Stream()].sampled &+= 1
             guard state.streams[key]!.sampled % UInt64(settings.rate) == 0 else { return nil }
+            state.streams[key]!.running += 1
             if settings.count > 0 {
                 settings.count -= 1
                 if own { state.models[model]!.count = settings.count } else { state.global.count = settings.count }
@@ -153,14 +156,16 @@ public final class TraceRecorder: Sendable {
     }
 
     /// Keeps a finished trace (its objects, comma-separated) and writes what its setting has gathered when
-    /// `log_frequency` or the end of `count` says so.
+    /// `log_frequency` says so, or once `count` has run out and the last trace it allowed is done.
     func finish(_ ticket: Ticket, objects: String) {
         state.withLockedValue { state in
             let key = Self.key(ticket.setting)
             state.streams[key, default: Stream()].buffered.append(objects)
+            let stream = state.streams[key]!
+            if stream.running > 0 { state.streams[key]!.running -= 1 }
             let settings = ticket.setting.flatMap { state.models[$0] }?.applied(to: state.global) ?? state.global
-            let gathered = state.streams[key]!.buffered.count
-            if (settings.logFrequency > 0 && gathered >= settings.logFrequency) || settings.count == 0 {
+            if (settings.logFrequency > 0 && stream.buffered.count >= settings.logFrequency)
+                || (settings.count == 0 && state.streams[key]!.running == 0) {
                 writeIndexed(&state, key: key)
             }
         }
