@@ -169,12 +169,12 @@ enum SharedMemoryCommand: Equatable {
         return Self.name + " " + String(buffer: writer.buffer)
     }
 
-    /// What the master remembers it under: one key per region name, and one for unregistering them all, which
-    /// replays after the registrations shared before it (`SharedCommandLog` keeps the order).
+    /// What the master remembers it under: one key per region name, and for unregistering them all the key that
+    /// replaces every region's (`SharedCommandLog`: a resetting key ending in `*`).
     var key: String {
         switch self {
         case .register(let name, _, _, _), .unregister(let name): return Self.name + " region " + name
-        case .unregisterAll: return Self.name
+        case .unregisterAll: return Self.name + " region *"
         }
     }
 

@@ -6,6 +6,14 @@ import NIOCore
 extension InferenceHandler {
     func traceSetting(model: String?, request: KernelRequest, context: RequestContext) throws -> EventLoopFuture<KernelResponse> {
         @Sendable func answer(_ settings: TraceSettings) -> KernelResponse { json { settings.json(into: &$0) } }
+        guard request.method == "GET" || request.method == "HEAD" || request.method == "POST" else {
+            throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path)", headers: ["Allow": "GET, HEAD, POST"])
+        }
+        // As Triton: a model's settings exist for a model that serves (and no client can make settings for
+        // names of its own choosing).
+        if let model, repository.readyVersions(model).isEmpty {
+            throw KernelHTTPError(400, "Request for unknown model : \(model)")
+        }
         switch request.method {
         case "GET", "HEAD":
             return context.eventLoop.makeSucceededFuture(answer(tracer.settings(model: model)))

@@ -19,9 +19,15 @@ struct SharedCommandLog {
     private(set) var lastSequence: UInt64 = 0
 
     /// Remembers `command` under `key` in `generation`, after every command remembered before it; with `resets`,
-    /// instead of what the key held.
+    /// instead of what the key held. A key ending in `*` that resets replaces every key it is a prefix of too
+    /// (unregistering every shared memory region makes each one's registration irrelevant), so that keys made of
+    /// names clients choose do not pile up.
     mutating func remember(_ command: String, key: String, resets: Bool, generation: Int) {
         lastSequence += 1
+        if resets, key.hasSuffix("*"), let keys = generations[generation]?.keys {
+            let prefix = key.dropLast()
+            for other in keys where other.hasPrefix(prefix) { generations[generation]![other] = nil }
+        }
         var entries = resets ? [] : generations[generation]?[key] ?? []
         entries.append(Entry(sequence: lastSequence, command: command))
         if entries.count > Self.perKey { entries.removeFirst(entries.count - Self.perKey) }

@@ -17,6 +17,17 @@ final class SharedCommandLogTests: XCTestCase {
         XCTAssertEqual(log.commands(after: all.through, generation: 1, atMost: 1 << 20).through, all.through)
     }
 
+    func testAResettingKeyEndingInAStarReplacesEveryKeyItPrefixes() {
+        var log = SharedCommandLog()
+        log.remember("register a", key: "shm region a", resets: true, generation: 1)
+        log.remember("load m", key: "model m", resets: false, generation: 1)
+        log.remember("register b", key: "shm region b", resets: true, generation: 1)
+        log.remember("unregister all", key: "shm region *", resets: true, generation: 1)
+        XCTAssertEqual(log.commands(after: 0, generation: 1, atMost: 1 << 20).commands, ["load m", "unregister all"])
+        log.remember("register c", key: "shm region c", resets: true, generation: 1)
+        XCTAssertEqual(log.commands(after: 0, generation: 1, atMost: 1 << 20).commands, ["load m", "unregister all", "register c"])
+    }
+
     func testGenerationsAreSeparateAndOldOnesAreForgotten() {
         var log = SharedCommandLog()
         log.remember("old", key: "a", resets: false, generation: 1)

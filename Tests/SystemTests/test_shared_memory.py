@@ -5,6 +5,7 @@ without GPUs, `allow_client_shm` off, and the regions of one worker process reac
 """
 import json
 import os
+import signal
 import uuid
 
 import numpy as np
@@ -78,6 +79,21 @@ def regions():
     yield make
     for handle in made:
         shm.destroy_shared_memory_region(handle)
+
+
+def worker_pids(master):
+    """The live child processes of `master`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[1]) == master:
+                found.append(int(entry))
+    return found
 
 
 def rows(count):
@@ -305,6 +321,12 @@ def test_a_region_registered_through_one_worker_process_serves_through_every_one
     assert register.status_code == 200, register.text
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                         "parameters": {"shared_memory_region": "shared", "shared_memory_byte_size": array.nbytes}}]}
+    # A worker started after the registration (here: one killed and started again) replays it.
+    victim = worker_pids(kernel.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    kernel.wait_for_log(f"worker process {victim} exited on signal 9", timeout=10)
+    kernel.wait_for_log("replayed 1 command(s) shared before it started", timeout=30)
+    kernel.wait_for_log("started: role both", timeout=30, count=3)
     for _ in range(40):
         with requests.Session() as session:  # a new connection each time: either worker process may take it
             response = session.post(base + "/v2/models/demo/infer", data=json.dumps(body), timeout=10)

@@ -62,6 +62,11 @@ def test_the_settings_are_tritons_and_refused_as_triton_refuses_them(start_kerne
         with pytest.raises(InferenceServerException) as raised:
             client.update_trace_settings(settings=settings)
         assert raised.value.status() == status and fragment in raised.value.message(), (settings, raised.value)
+    for call in (lambda: client.get_trace_settings(model_name="nope"),
+                 lambda: client.update_trace_settings(model_name="nope", settings={"trace_rate": "2"})):
+        with pytest.raises(InferenceServerException) as raised:
+            call()
+        assert raised.value.status() == "400" and "Request for unknown model : nope" in raised.value.message()
     assert client.update_trace_settings(settings={"trace_rate": "10"})["trace_rate"] == "10"
     assert client.get_trace_settings(model_name="demo")["trace_rate"] == "10"
     assert client.update_trace_settings(settings={"trace_rate": None})["trace_rate"] == "1000"
