@@ -215,26 +215,27 @@ public struct InferenceHandler: RequestHandler {
     /// worker process) and answers the settings after it. A reload sets the level back to `error_log`'s.
     private func logging(_ request: KernelRequest, context: RequestContext) throws -> EventLoopFuture<KernelResponse> {
         let errorLog = errorLog!
-        let current = LogSettings(level: errorLog.level, file: errorLog.path)
+        let current = LogSettings.current(errorLog)
         @Sendable func answer(_ settings: LogSettings) -> KernelResponse { json { settings.json(into: &$0) } }
         switch request.method {
         case "GET", "HEAD":
             return context.eventLoop.makeSucceededFuture(answer(current))
         case "POST":
             let next = try current.applying(RepositoryRequestBody(request.body, what: "dynamic logging").value)
-            guard next.level != current.level else { return context.eventLoop.makeSucceededFuture(answer(next)) }
-            let name = ErrorLogHandler.name(next.level)
-            context.logger.notice("error log level set to \(name) through the logging extension (was \(ErrorLogHandler.name(current.level)))")
+            guard next != current else { return context.eventLoop.makeSucceededFuture(answer(next)) }
+            if next.level != current.level {
+                context.logger.notice("error log level set to \(ErrorLogHandler.name(next.level)) through the logging extension (was \(ErrorLogHandler.name(current.level)))")
+            }
             guard let supervision, supervision.isSupervised else {
-                errorLog.setLevel(next.level)
+                next.apply(to: errorLog)
                 return context.eventLoop.makeSucceededFuture(answer(next))
             }
             // Every worker process takes it (this one included); one started later replays the latest.
             let promise = context.eventLoop.makePromise(of: KernelResponse.self)
             promise.completeWithTask {
-                _ = await supervision.share("\(LogSettings.commandName) \(name)", key: LogSettings.commandName, resets: true,
-                                            timeout: .seconds(10))
-                return answer(LogSettings(level: errorLog.level, file: errorLog.path))
+                _ = await supervision.share("\(LogSettings.commandName) \(next.commandArgument)", key: LogSettings.commandName,
+                                            resets: true, timeout: .seconds(10))
+                return answer(LogSettings.current(errorLog))
             }
             return promise.futureResult
         default:

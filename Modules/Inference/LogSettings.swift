@@ -1,3 +1,4 @@
+import Atomics
 import KernelCore
 import Logging
 
@@ -21,6 +22,16 @@ struct LogSettings: Equatable {
     var level: Logger.Level
     /// The error log's path as `error_log` names it; Triton's `log_file` is empty for the console.
     var file: String
+    /// Triton's verbose level as last set (every level above 0 is `debug`): read back while the level is `debug`.
+    var verbosity: UInt32 = 1
+
+    /// This process's verbose level, as the last change set it (the error log's level is the process's too).
+    static let processVerbosity = ManagedAtomic<UInt32>(1)
+
+    /// The settings of `errorLog`, with this process's verbose level.
+    static func current(_ errorLog: ErrorLogHandler.Destination) -> LogSettings {
+        LogSettings(level: errorLog.level, file: errorLog.path, verbosity: processVerbosity.load(ordering: .relaxed))
+    }
 
     /// The answer's JSON object, with Triton's members in Triton's order.
     func json(into writer: inout JSONWriter) {
@@ -34,7 +45,7 @@ struct LogSettings: Equatable {
         writer.raw(",\"log_error\":")
         flag(level <= .error)
         writer.raw(",\"log_verbose_level\":")
-        writer.integer(level <= .debug ? 1 : 0)
+        writer.integer(level <= .debug ? max(verbosity, 1) : 0)
         writer.raw(",\"log_format\":\"default\"}")
     }
 
@@ -53,11 +64,13 @@ struct LogSettings: Equatable {
         }
         // The kinds from the least severe: verbose (debug), info, warning, error.
         var asked: [Bool?] = [nil, try flag("log_info"), try flag("log_warning"), try flag("log_error")]
+        var verbose = verbosity
         if let value = request["log_verbose_level"], !value.isNull {
             guard case .number(let number) = value, let verbosity = number.int64, verbosity >= 0, verbosity <= UInt32.max else {
                 throw KernelHTTPError(400, "attempt to access JSON non-unsigned-integer as unsigned-integer")
             }
             asked[0] = verbosity > 0
+            if verbosity > 0 { verbose = UInt32(verbosity) }
         }
         if let value = request["log_format"], !value.isNull {
             guard let format = value.stringValue else { throw KernelHTTPError(400, "attempt to access JSON non-string as string") }
@@ -82,6 +95,7 @@ struct LogSettings: Equatable {
             throw KernelHTTPError(400, "the error log has one threshold level (error_log level): messages of a kind cannot be on while more severe ones are off (asked: log_verbose_level \(on[0] ? 1 : 0), log_info \(on[1]), log_warning \(on[2]), log_error \(on[3]))")
         }
         var next = self
+        next.verbosity = verbose
         if on[0] {
             next.level = .debug
         } else if on[1] {
@@ -100,13 +114,26 @@ struct LogSettings: Equatable {
 
 extension LogSettings {
     /// The command query shared with every worker process (`ProcessSupervision.share`): its argument is the new
-    /// level's nginx name.
+    /// level's nginx name and the verbose level (`debug 2`).
     static let commandName = "inference.logging"
+
+    /// The command's argument for these settings.
+    var commandArgument: String { "\(ErrorLogHandler.name(level)) \(verbosity)" }
+
+    /// Sets these settings' level and verbose level in this process.
+    func apply(to errorLog: ErrorLogHandler.Destination) {
+        Self.processVerbosity.store(verbosity, ordering: .relaxed)
+        errorLog.setLevel(level)
+    }
 
     /// Runs a shared level change in this process; answers `ok`, or why not.
     static func respond(to argument: Substring, errorLog: ErrorLogHandler.Destination) -> [UInt8] {
-        guard let level = ErrorLogHandler.level(named: String(argument)) else { return Array("unknown level \(argument)".utf8) }
-        errorLog.setLevel(level)
+        let parts = argument.split(separator: " ")
+        guard let name = parts.first, let level = ErrorLogHandler.level(named: String(name)) else {
+            return Array("unknown level \(argument)".utf8)
+        }
+        let verbosity = parts.count > 1 ? UInt32(parts[1]) ?? 1 : 1
+        LogSettings(level: level, file: errorLog.path, verbosity: verbosity).apply(to: errorLog)
         return Array("ok".utf8)
     }
 }

@@ -30,6 +30,15 @@ final class LogSettingsTests: XCTestCase {
         XCTAssertTrue(text(settings(.critical)).contains(#""log_info":false,"log_warning":false,"log_error":false"#))
     }
 
+    func testTheVerboseLevelSetReadsBackWhileTheLevelIsDebug() throws {
+        let verbose = try settings(.notice).applying(try JSONReader.parse(ByteBuffer(string: #"{"log_verbose_level": 4}"#)))
+        XCTAssertEqual(verbose.level, .debug)
+        XCTAssertTrue(text(verbose).contains(#""log_verbose_level":4"#))
+        XCTAssertEqual(verbose.commandArgument, "debug 4")
+        let quiet = try verbose.applying(try JSONReader.parse(ByteBuffer(string: #"{"log_verbose_level": 0}"#)))
+        XCTAssertTrue(text(quiet).contains(#""log_verbose_level":0"#))
+    }
+
     func testSwitchesMoveTheThreshold() throws {
         XCTAssertEqual(try apply(#"{"log_info": true}"#, to: .notice), .info)
         XCTAssertEqual(try apply(#"{"log_verbose_level": 2}"#, to: .notice), .debug)

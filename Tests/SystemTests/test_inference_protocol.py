@@ -468,6 +468,10 @@ def test_the_logging_extension_sets_the_error_logs_level(start_kernel):
         assert_error(post(kernel, "/v2/logging", b"{"), 400, "failed to parse the request JSON buffer (dynamic logging)")
         assert client.get_log_settings()["log_info"] is True
         assert client.update_log_settings({"log_verbose_level": 1})["log_verbose_level"] == 1
+        # Every verbose level is debug; the one set reads back.
+        assert client.update_log_settings({"log_verbose_level": 3})["log_verbose_level"] == 3
+        assert client.get_log_settings()["log_verbose_level"] == 3
+        assert client.update_log_settings({"log_verbose_level": 0})["log_verbose_level"] == 0
         assert requests.delete(url(kernel, "/v2/logging"), timeout=10).status_code == 405
     finally:
         client.close()
