@@ -7,7 +7,9 @@ import NIOPosix
 ///
 /// The protocol's paths are `/v2`, `/v2/health/live`, `/v2/health/ready`, `/v2/models/stats`,
 /// `/v2/models/{name}[/versions/{v}]` with nothing (metadata), `/ready`, `/config`, `/stats`, and `POST .../infer`,
-/// and the repository extension's `POST /v2/repository/index` and `/v2/repository/models/{name}/load|unload`.
+/// the repository extension's `POST /v2/repository/index` and `/v2/repository/models/{name}/load|unload`, the
+/// logging (`/v2/logging`), trace (`/v2[/models/{name}]/trace/setting`) and shared memory
+/// (`/v2/systemsharedmemory/...`, `/v2/cudasharedmemory/...`) extensions.
 /// Without a version, a model path reaches the model's highest ready version.
 /// The handler serves them under the prefix location it is mounted on, which takes the place of `/v2`: with
 /// `location ^~ /v2` the paths are the protocol's own; with `location /models/`, `/models/health/ready` is
