@@ -236,7 +236,7 @@ public struct InferenceHandler: RequestHandler {
             let promise = context.eventLoop.makePromise(of: KernelResponse.self)
             promise.completeWithTask {
                 _ = await supervision.share("\(LogSettings.commandName) \(next.commandArgument)", key: LogSettings.commandName,
-                                            resets: true, timeout: .seconds(10))
+                                            memory: .instead, timeout: .seconds(10))
                 return answer(LogSettings.current(errorLog))
             }
             return promise.futureResult
@@ -309,7 +309,7 @@ public struct InferenceHandler: RequestHandler {
             // started later replays it. An unload makes the loads of the model before it irrelevant.
             let key = RepositoryCommand.key(model: name, repository: repository.identity)
             promise.completeWithTask {
-                let answers = await supervision.share(text, key: key, resets: action == .unload, timeout: .minutes(10))
+                let answers = await supervision.share(text, key: key, memory: action == .unload ? .instead : .after, timeout: .minutes(10))
                 return try Self.repositoryResponse(SharedCommandOutcome.combine(answers, own: getpid()))
             }
         } else {

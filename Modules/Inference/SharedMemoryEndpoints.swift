@@ -57,13 +57,20 @@ extension InferenceHandler {
             if outcome.status == 200 { logger.info("\(command.logText)") }
             return context.eventLoop.makeSucceededFuture(try Self.sharedMemoryResponse(outcome))
         }
-        // Every worker process runs it (this one included); one started later replays it. A region's register
-        // or unregister replaces what was shared for that name before it.
+        // Every worker process runs it (this one included); one started later replays the registrations still
+        // standing.
         let promise = context.eventLoop.makePromise(of: KernelResponse.self)
         promise.completeWithTask {
-            let answers = await supervision.share(command.text, key: command.key, resets: true, timeout: .seconds(10))
+            let answers = await supervision.share(command.text, key: command.key, memory: command.memory, timeout: .seconds(10))
             let outcome = SharedCommandOutcome.combine(answers, own: getpid())
-            if outcome.status == 200 { logger.info("\(command.logText)") }
+            if outcome.status == 200 {
+                logger.info("\(command.logText)")
+            } else if case .register(let name, _, _, _) = command, answers.contains(where: { SharedCommandOutcome(encoded: $0.body)?.status == 200 }) {
+                // Registered in some processes only (another still had the name, awaiting its unregister): undone
+                // everywhere, so that every process answers for the name alike.
+                let undo = SharedMemoryCommand.unregister(name: name)
+                _ = await supervision.share(undo.text, key: undo.key, memory: undo.memory, timeout: .seconds(10))
+            }
             return try Self.sharedMemoryResponse(outcome)
         }
         return promise.futureResult
@@ -176,6 +183,13 @@ enum SharedMemoryCommand: Equatable {
         case .register(let name, _, _, _), .unregister(let name): return Self.name + " region " + name
         case .unregisterAll: return Self.name + " region *"
         }
+    }
+
+    /// How the master keeps it for workers started later: a registration instead of what its name had; an
+    /// unregister not at all (a worker that starts after it has no region of that name anyway).
+    var memory: SharedCommandMemory {
+        if case .register = self { return .instead }
+        return .forgetting
     }
 
     /// Reads a command's argument (the text after its name); nil when it is none of these.

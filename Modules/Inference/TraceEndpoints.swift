@@ -10,9 +10,13 @@ extension InferenceHandler {
             throw KernelHTTPError(405, "method \(request.method) not allowed on \(request.path)", headers: ["Allow": "GET, HEAD, POST"])
         }
         // As Triton: a model's settings exist for a model that serves (and no client can make settings for
-        // names of its own choosing).
-        if let model, repository.readyVersions(model).isEmpty {
-            throw KernelHTTPError(400, "Request for unknown model : \(model)")
+        // names of its own choosing); Triton's answers for one that does not.
+        if let model {
+            switch repository.resolve(model, version: nil) {
+            case .ready: break
+            case .notFound(let message), .noVersionReady(let message): throw KernelHTTPError(404, message)
+            default: throw KernelHTTPError(400, "Request for unknown model : \(model)")
+            }
         }
         switch request.method {
         case "GET", "HEAD":
@@ -26,7 +30,7 @@ extension InferenceHandler {
             let command = TraceCommand(model: model, global: model == nil ? next : nil, overrides: model.map { tracer.overrides(of: $0) })
             let promise = context.eventLoop.makePromise(of: KernelResponse.self)
             promise.completeWithTask {
-                _ = await supervision.share(command.text, key: command.key, resets: true, timeout: .seconds(10))
+                _ = await supervision.share(command.text, key: command.key, memory: .instead, timeout: .seconds(10))
                 return answer(next)
             }
             return promise.futureResult

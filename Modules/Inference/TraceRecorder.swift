@@ -57,7 +57,10 @@ public final class TraceRecorder: Sendable {
     private let state: NIOLockedValueBox<State>
     /// Whether any setting samples: checked without the lock on every inference.
     private let active = ManagedAtomic(false)
-    private let nextID = ManagedAtomic<UInt64>(1)
+    /// Trace ids, unique for the process's life (across reloads); a worker process N numbers from N × 10^12,
+    /// so that the files of a group's processes can be read together.
+    private static let nextID = ManagedAtomic<UInt64>(1)
+    private let idBase: UInt64
     private let writes = DispatchQueue(label: "kernel.inference.trace")
     let logger: Logger
     /// The files' path, with this process's suffix.
@@ -67,6 +70,7 @@ public final class TraceRecorder: Sendable {
     public init(configured: TraceSettings, workerNumber: Int, logger: Logger) {
         state = NIOLockedValueBox(State(configured: configured, global: configured))
         path = configured.file.isEmpty || workerNumber <= 0 ? configured.file : configured.file + ".pid\(getpid())"
+        idBase = UInt64(max(workerNumber, 0)) * 1_000_000_000_000
         self.logger = logger
         active.store(configured.samples, ordering: .relaxed)
     }
@@ -93,14 +97,14 @@ public final class TraceRecorder: Sendable {
             if let model {
                 let overrides = update.applied(to: state.models[model] ?? TraceOverrides())
                 let next = overrides.applied(to: state.global)
-                try Self.check(next)
+                try Self.check(next, update)
                 flush(&state, key: Self.key(model), settings: state.models[model].map { $0.applied(to: state.global) } ?? state.global)
                 state.models[model] = overrides.isEmpty ? nil : overrides
                 refreshActive(state)
                 return next
             }
             let next = update.applied(to: state.global, configured: state.configured)
-            try Self.check(next)
+            try Self.check(next, update)
             flush(&state, key: Self.key(nil), settings: state.global)
             state.global = next
             refreshActive(state)
@@ -124,10 +128,14 @@ public final class TraceRecorder: Sendable {
         }
     }
 
-    private static func check(_ settings: TraceSettings) throws {
-        if !settings.level.isEmpty, settings.file.isEmpty {
+    /// Triton's refusals of settings that trace but cannot: no file, no rate, a count set to 0.
+    private static func check(_ settings: TraceSettings, _ update: TraceUpdate) throws {
+        guard !settings.level.isEmpty else { return }
+        if settings.rate == 0 { throw KernelHTTPError(400, "Attempting to set invalid trace setting :sample rate must be non-zero") }
+        if settings.file.isEmpty {
             throw KernelHTTPError(400, "Attempting to set invalid trace setting :trace file name is not given (set inference.trace.file in the configuration)")
         }
+        if update.count == .set(0) { throw KernelHTTPError(400, "Attempting to set invalid trace setting :trace_count 0 traces nothing") }
     }
 
     private func refreshActive(_ state: State) {
@@ -151,7 +159,8 @@ public final class TraceRecorder: Sendable {
                 if own { state.models[model]!.count = settings.count } else { state.global.count = settings.count }
                 if settings.count == 0 { refreshActive(state) }
             }
-            return Ticket(id: nextID.loadThenWrappingIncrement(ordering: .relaxed), level: settings.level, setting: own ? model : nil)
+            return Ticket(id: idBase + Self.nextID.loadThenWrappingIncrement(ordering: .relaxed), level: settings.level,
+                          setting: own ? model : nil)
         }
     }
 
@@ -216,47 +225,59 @@ public final class TraceRecorder: Sendable {
         writes.async { Self.write(text, to: file, flags: O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, logger: logger) }
     }
 
-    /// Adds `text` (objects) to the JSON array in `path`, which stays a whole array after every write.
+    /// Adds `text` (objects) to the JSON array in `path`, which stays a whole array after every write: a write
+    /// that fails (a full disk) is cut back to what the file held. The first write of the process starts the file.
     private static func extendArray(at path: String, with text: String, extending: Bool, logger: Logger) {
-        guard extending else {
-            write("[" + text + "]", to: path, flags: O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, logger: logger)
-            return
-        }
-        let descriptor = open(path, O_WRONLY | O_CLOEXEC)
+        let descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC | (extending ? 0 : O_TRUNC), 0o644)
         guard descriptor >= 0 else {
-            write("[" + text + "]", to: path, flags: O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, logger: logger)
+            logger.error("trace file \"\(path)\" cannot be opened: \(String(cString: strerror(errno)))")
             return
         }
         defer { close(descriptor) }
-        // Over the closing bracket.
         let end = lseek(descriptor, 0, SEEK_END)
-        guard end > 1, lseek(descriptor, end - 1, SEEK_SET) >= 0 else { return }
-        writeAll("," + text + "]", to: descriptor, path: path, logger: logger)
+        // Empty (or not an array this process wrote): a new array; `[]`: its first objects; else after the last.
+        let (at, piece): (off_t, String) = end < 2 ? (0, "[" + text + "]") : end == 2 ? (1, text + "]") : (end - 1, "," + text + "]")
+        if end < 2 { _ = ftruncate(descriptor, 0) }
+        guard lseek(descriptor, at, SEEK_SET) >= 0, writeAll(piece, to: descriptor, path: path, logger: logger) else {
+            // What it held, whole: the array as it was (its closing bracket, written over, put back), or an
+            // empty one.
+            if end >= 2 {
+                _ = ftruncate(descriptor, end)
+                _ = pwrite(descriptor, "]", 1, end - 1)
+            } else if ftruncate(descriptor, 0) == 0, lseek(descriptor, 0, SEEK_SET) == 0 {
+                writeAll("[]", to: descriptor, path: path, logger: logger)
+            }
+            return
+        }
     }
 
+    /// Writes `text` as the whole of a new file at `path`; a write that fails leaves no file.
     private static func write(_ text: String, to path: String, flags: Int32, logger: Logger) {
         let descriptor = open(path, flags, 0o644)
         guard descriptor >= 0 else {
             logger.error("trace file \"\(path)\" cannot be opened: \(String(cString: strerror(errno)))")
             return
         }
-        defer { close(descriptor) }
-        writeAll(text, to: descriptor, path: path, logger: logger)
+        let written = writeAll(text, to: descriptor, path: path, logger: logger)
+        close(descriptor)
+        if !written { unlink(path) }
     }
 
-    private static func writeAll(_ text: String, to descriptor: Int32, path: String, logger: Logger) {
-        var bytes = Array(text.utf8)
+    /// Whether all of `text` was written; a failure is logged.
+    @discardableResult
+    private static func writeAll(_ text: String, to descriptor: Int32, path: String, logger: Logger) -> Bool {
+        let bytes = Array(text.utf8)
         var done = 0
         while done < bytes.count {
-            let wrote = bytes.withUnsafeMutableBytes { Glibc.write(descriptor, $0.baseAddress! + done, $0.count - done) }
+            let wrote = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + done, $0.count - done) }
             if wrote < 0, errno == EINTR { continue }
             guard wrote > 0 else {
                 logger.error("trace file \"\(path)\" cannot be written: \(String(cString: strerror(errno)))")
-                return
+                return false
             }
             done += wrote
         }
-        bytes.removeAll()
+        return true
     }
 }
 

@@ -159,9 +159,6 @@ struct TraceUpdate: Sendable, Equatable {
         if body["trace_file"] != nil {
             throw KernelHTTPError(501, "trace file location can not be updated through network protocol")
         }
-        if let mode = body["trace_mode"], !mode.isNull, mode.stringValue != "triton" {
-            throw KernelHTTPError(400, "trace_mode can not be updated through network protocol: this server traces in mode 'triton'")
-        }
         func string(_ key: String, _ value: JSONValue) throws -> String {
             guard let text = value.stringValue else {
                 throw KernelHTTPError(400, "attempt to access JSON non-string as string (\(key) takes a string, as \"10\")")
@@ -176,17 +173,27 @@ struct TraceUpdate: Sendable, Equatable {
                 level = .set(try TraceLevel.named(items.map { try string("trace_level", $0) }))
             }
         }
-        /// A numeric setting, sent as a string as Triton takes it: `refusal` words a value that does not parse.
-        func integer(_ key: String, from least: Int, refusal: (String) -> String) throws -> Change<Int> {
+        /// A numeric setting, sent as a string as Triton takes it, refused in Triton's words (its range text for
+        /// the unsigned ones names the unsigned range, as Triton's does).
+        func integer(_ key: String, from least: Int) throws -> Change<Int> {
             guard let value = body[key] else { return .unchanged }
             if value.isNull { return .clear }
             let text = try string(key, value)
-            guard let number = Int(text), number >= least, number <= Int(Int32.max) else { throw KernelHTTPError(400, refusal(text)) }
+            guard let number = Int(text) ?? (text.utf8.allSatisfy { $0 == UInt8(ascii: "-") || ($0 &- 48) < 10 } && !text.isEmpty ? Int.max : nil) else {
+                throw KernelHTTPError(400, "Unable to parse '\(key)', got: \(text)")
+            }
+            if least == -1, number < -1 {
+                throw KernelHTTPError(400, "Unable to parse '\(key)'. Expecting value >= -1, got:\(text)")
+            }
+            guard number >= least, number <= Int(Int32.max) else {
+                let range = least == -1 ? "[ -1, \(Int32.max) ]" : "[ 0, \(UInt32.max) ]"
+                throw KernelHTTPError(400, "Unable to parse '\(key)', value is out of range \(range), got: \(text)")
+            }
             return .set(number)
         }
-        rate = try integer("trace_rate", from: 0) { "Unable to parse 'trace_rate', got: \($0)" }
-        count = try integer("trace_count", from: -1) { "Unable to parse 'trace_count'. Expecting value >= -1, got:\($0)" }
-        logFrequency = try integer("log_frequency", from: 0) { "Unable to parse 'log_frequency', got: \($0)" }
+        rate = try integer("trace_rate", from: 0)
+        count = try integer("trace_count", from: -1)
+        logFrequency = try integer("log_frequency", from: 0)
     }
 
     /// The global settings after the update; `configured` is what a cleared member goes back to.

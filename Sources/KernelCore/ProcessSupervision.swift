@@ -27,15 +27,31 @@ public protocol ProcessSupervision: Sendable {
     func workers() async -> [WorkerProcessInfo]
     /// Runs `command` (a command query: its name, a space, its argument; see `ProcessQueryRegistry.registerCommand`)
     /// in every live process of this process's configuration generation, as `gather` runs a query, and has the master
-    /// remember it under `key`, after the commands shared under that key before it or, with `resets`, instead of
-    /// them: a worker of the same generation started later (a respawn, a recycle) runs the remembered commands in
-    /// order before it serves (`replaySharedCommands`), so that state changed at run time (a model loaded through
-    /// the API) is the same in every worker. A reload starts a generation with nothing remembered.
-    func share(_ command: String, key: String, resets: Bool, timeout: TimeAmount) async -> [ProcessAnswer]
+    /// remember it under `key` as `memory` says (after the commands shared under that key before it, instead of
+    /// them, or not at all): a worker of the same generation started later (a respawn, a recycle) runs the
+    /// remembered commands in order before it serves (`replaySharedCommands`), so that state changed at run time (a
+    /// model loaded through the API) is the same in every worker. The master delivers shared commands one after
+    /// the other, so every process runs them in the same order. A reload starts a generation with nothing
+    /// remembered.
+    func share(_ command: String, key: String, memory: SharedCommandMemory, timeout: TimeAmount) async -> [ProcessAnswer]
     /// Runs in this process, oldest first, the commands its generation's workers shared before it could receive
     /// them, until none is left; from then on it receives every new one. `KernelServer` calls it once the
     /// services have started and before the listeners open.
     func replaySharedCommands() async
+}
+
+/// How the master remembers a shared command for the worker processes that start after it (`ProcessSupervision.share`).
+public enum SharedCommandMemory: UInt8, Sendable {
+    /// After the commands shared under its key before it (loads of one model, each on top of the last).
+    case after = 0
+    /// Instead of them (a setting's new value, an unload).
+    case instead = 1
+    /// Not at all, and the key's earlier commands are forgotten: a process that runs none of them is in the state
+    /// this command leaves (an unregister undoes the register before it).
+    case forgetting = 2
+
+    /// The value a control frame carries; an unknown one is read as `after`, which loses nothing.
+    public static func read(_ value: UInt8) -> SharedCommandMemory { SharedCommandMemory(rawValue: value) ?? .after }
 }
 
 /// Limits of what processes send each other.
@@ -167,7 +183,7 @@ public final class StandaloneSupervision: ProcessSupervision {
 
     /// The one process runs the command; nothing is remembered, since no worker starts after it (a reload starts
     /// a new generation, which remembers nothing either).
-    public func share(_ command: String, key: String, resets: Bool, timeout: TimeAmount) async -> [ProcessAnswer] {
+    public func share(_ command: String, key: String, memory: SharedCommandMemory, timeout: TimeAmount) async -> [ProcessAnswer] {
         await gather(command, timeout: timeout)
     }
 

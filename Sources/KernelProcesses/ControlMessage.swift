@@ -26,7 +26,7 @@ public enum ControlMessage: Sendable, Equatable {
     /// Worker → master: remember `command` under `key` (instead of what the key held, with `resets`) for this
     /// worker's generation, run it in every process of that generation and send me the answers (`gathered`) within
     /// `timeoutMilliseconds`.
-    case share(id: UInt32, key: String, command: String, resets: Bool, timeoutMilliseconds: UInt32)
+    case share(id: UInt32, key: String, command: String, memory: SharedCommandMemory, timeoutMilliseconds: UInt32)
     /// Worker → master: send me the commands my generation remembers that were shared after `after` (a sequence
     /// number of an earlier `shared`; 0 for all).
     case listShared(id: UInt32, after: UInt64)
@@ -127,12 +127,12 @@ extension ControlMessage {
                 buffer.writeInteger(UInt32(clamping: worker.respawns))
                 buffer.writeControlString(worker.state)
             }
-        case .share(let id, let key, let command, let resets, let timeout):
+        case .share(let id, let key, let command, let memory, let timeout):
             buffer.writeInteger(Kind.share.rawValue)
             buffer.writeInteger(id)
             buffer.writeControlString(key)
             buffer.writeControlString(command)
-            buffer.writeInteger(UInt8(resets ? 1 : 0))
+            buffer.writeInteger(memory.rawValue)
             buffer.writeInteger(timeout)
         case .listShared(let id, let after):
             buffer.writeInteger(Kind.listShared.rawValue)
@@ -209,7 +209,7 @@ extension ControlMessage {
             return .workers(id: id, table)
         case .share:
             return .share(id: try frame.readControl(), key: try frame.readControlString(),
-                          command: try frame.readControlString(), resets: try frame.readControl(as: UInt8.self) != 0,
+                          command: try frame.readControlString(), memory: try SharedCommandMemory.read(frame.readControl(as: UInt8.self)),
                           timeoutMilliseconds: try frame.readControl())
         case .listShared:
             return .listShared(id: try frame.readControl(), after: try frame.readControl())

@@ -114,6 +114,10 @@ public actor MasterProcess {
     private let workerReplies = PendingReplies()
     /// What workers shared (`ProcessSupervision.share`), for the workers of their generation started later.
     private var sharedCommands = SharedCommandLog()
+    /// The last shared command's delivery: each waits for the one before it, so that every process runs the
+    /// shared commands in the order the master remembers them (two settings shared at once from two workers
+    /// otherwise reach the processes in different orders, and each keeps a different last one).
+    private var lastShareDelivery: Task<Void, Never>?
     private let exitCode = AsyncStream<Int32>.makeStream()
 
     /// Listening sockets inherited from an old master (binary upgrade), taken over at start.
@@ -331,15 +335,17 @@ public actor MasterProcess {
             workerReplies.resolve(id, with: message)
         case .listWorkers(let id):
             worker.connection?.send(.workers(id: id, workerTable()))
-        case .share(let id, let key, let command, let resets, let timeout):
+        case .share(let id, let key, let command, let memory, let timeout):
             // Remembered and sent in one step of the actor, so that a worker of the generation that is catching up
             // either finds it in its list or receives it.
-            sharedCommands.remember(command, key: key, resets: resets, generation: worker.generation)
+            sharedCommands.remember(command, key: key, memory: memory, generation: worker.generation)
             let targets = workers.values.filter {
                 $0.generation == worker.generation && $0.exit == nil && ($0.state != .starting || $0.receivesShared)
             }
             let connection = worker.connection
-            Task {
+            let previous = lastShareDelivery
+            lastShareDelivery = Task {
+                await previous?.value
                 let answers = await self.gather(command, from: targets, timeout: .milliseconds(Int64(timeout)))
                 connection?.send(.gathered(id: id, answers: answers.map(GatheredAnswer.init)))
             }
@@ -790,7 +796,7 @@ public final class MasterSupervision: ProcessSupervision {
     }
 
     /// The master serves no requests and so changes no shared state: a command is gathered, not remembered.
-    public func share(_ command: String, key: String, resets: Bool, timeout: TimeAmount) async -> [ProcessAnswer] {
+    public func share(_ command: String, key: String, memory: SharedCommandMemory, timeout: TimeAmount) async -> [ProcessAnswer] {
         await gather(command, timeout: timeout)
     }
 

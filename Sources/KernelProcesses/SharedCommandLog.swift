@@ -1,8 +1,10 @@
+import KernelCore
+
 /// The master's memory of the commands workers shared (`ProcessSupervision.share`), by configuration generation
 /// and key, so that a worker started later replays what its siblings ran, in the order they ran it.
 ///
-/// A key keeps the commands shared under it since the last one that `resets` it (which replaces them all: an
-/// unload does not depend on the loads before it), at most `perKey` of them: replaying them gives the state the
+/// A key keeps the commands shared under it since the last one remembered `instead` of them (which replaces them
+/// all: an unload does not depend on the loads before it), at most `perKey` of them: replaying them gives the state the
 /// siblings reached even when a later command failed where an earlier one had worked.
 struct SharedCommandLog {
     private struct Entry {
@@ -18,17 +20,21 @@ struct SharedCommandLog {
     /// The sequence number of the last command remembered (0: none yet); it only grows, across generations.
     private(set) var lastSequence: UInt64 = 0
 
-    /// Remembers `command` under `key` in `generation`, after every command remembered before it; with `resets`,
-    /// instead of what the key held. A key ending in `*` that resets replaces every key it is a prefix of too
-    /// (unregistering every shared memory region makes each one's registration irrelevant), so that keys made of
-    /// names clients choose do not pile up.
-    mutating func remember(_ command: String, key: String, resets: Bool, generation: Int) {
+    /// Remembers `command` under `key` in `generation`, as `memory` says: after every command remembered before it,
+    /// instead of what the key held, or not at all (the key's commands forgotten too). A key ending in `*` that
+    /// does not go after the others replaces every key it is a prefix of too (unregistering every shared memory
+    /// region makes each one's registration irrelevant), so that keys made of names clients choose do not pile up.
+    mutating func remember(_ command: String, key: String, memory: SharedCommandMemory, generation: Int) {
         lastSequence += 1
-        if resets, key.hasSuffix("*"), let keys = generations[generation]?.keys {
+        if memory != .after, key.hasSuffix("*"), let keys = generations[generation]?.keys {
             let prefix = key.dropLast()
             for other in keys where other.hasPrefix(prefix) { generations[generation]![other] = nil }
         }
-        var entries = resets ? [] : generations[generation]?[key] ?? []
+        if memory == .forgetting {
+            generations[generation]?[key] = nil
+            return
+        }
+        var entries = memory == .instead ? [] : generations[generation]?[key] ?? []
         entries.append(Entry(sequence: lastSequence, command: command))
         if entries.count > Self.perKey { entries.removeFirst(entries.count - Self.perKey) }
         generations[generation, default: [:]][key] = entries

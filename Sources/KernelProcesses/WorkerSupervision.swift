@@ -80,7 +80,7 @@ public final class WorkerSupervision: ProcessSupervision {
         return table
     }
 
-    public func share(_ command: String, key: String, resets: Bool, timeout: TimeAmount) async -> [ProcessAnswer] {
+    public func share(_ command: String, key: String, memory: SharedCommandMemory, timeout: TimeAmount) async -> [ProcessAnswer] {
         guard command.utf8.count + key.utf8.count <= ProcessSharing.maximumCommandLength else {
             // A frame the master would refuse closes the channel, and this worker with it.
             logger.error("a shared command of \(command.utf8.count) bytes is longer than \(ProcessSharing.maximumCommandLength): not sent")
@@ -88,7 +88,7 @@ public final class WorkerSupervision: ProcessSupervision {
         }
         let milliseconds = UInt32(clamping: max(timeout.nanoseconds / 1_000_000, 0))
         let reply = await replies.ask(timeout: timeout + .milliseconds(500)) { id in
-            send(.share(id: id, key: key, command: command, resets: resets, timeoutMilliseconds: milliseconds))
+            send(.share(id: id, key: key, command: command, memory: memory, timeoutMilliseconds: milliseconds))
         }
         // No reply: the master is gone (and this worker stops). The command is not run here alone, since the
         // master may have had it run everywhere already.

@@ -61,7 +61,7 @@ final class ProcessSupervisionTests: XCTestCase {
         let queries = ProcessQueryRegistry()
         let supervision = StandaloneSupervision(queries: queries, logger: logger)
         queries.registerCommand("repo") { argument in Array(argument.utf8) }
-        let answers = await supervision.share("repo load a", key: "a", resets: false, timeout: .seconds(1))
+        let answers = await supervision.share("repo load a", key: "a", memory: .after, timeout: .seconds(1))
         XCTAssertEqual(answers.map { String(decoding: $0.body, as: UTF8.self) }, ["load a"])
         await supervision.replaySharedCommands()
     }

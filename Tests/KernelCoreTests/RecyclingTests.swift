@@ -18,7 +18,7 @@ private final class RecordingSupervision: ProcessSupervision {
     func requestReplacement(reason: String) { replacements.withLockedValue { $0.append(reason) } }
     func gather(_ query: String, timeout: TimeAmount) async -> [ProcessAnswer] { [] }
     func workers() async -> [WorkerProcessInfo] { [] }
-    func share(_ command: String, key: String, resets: Bool, timeout: TimeAmount) async -> [ProcessAnswer] { [] }
+    func share(_ command: String, key: String, memory: SharedCommandMemory, timeout: TimeAmount) async -> [ProcessAnswer] { [] }
     func replaySharedCommands() async {}
     var asked: [String] { replacements.withLockedValue { $0 } }
 }

@@ -4,11 +4,11 @@ import XCTest
 final class SharedCommandLogTests: XCTestCase {
     func testAKeyKeepsItsCommandsInOrderUntilOneResetsIt() {
         var log = SharedCommandLog()
-        log.remember("load a v1", key: "a", resets: false, generation: 1)
-        log.remember("load b", key: "b", resets: false, generation: 1)
-        log.remember("load a v2", key: "a", resets: false, generation: 1)
+        log.remember("load a v1", key: "a", memory: .after, generation: 1)
+        log.remember("load b", key: "b", memory: .after, generation: 1)
+        log.remember("load a v2", key: "a", memory: .after, generation: 1)
         XCTAssertEqual(log.commands(after: 0, generation: 1, atMost: 1 << 20).commands, ["load a v1", "load b", "load a v2"])
-        log.remember("unload a", key: "a", resets: true, generation: 1)
+        log.remember("unload a", key: "a", memory: .instead, generation: 1)
         let all = log.commands(after: 0, generation: 1, atMost: 1 << 20)
         XCTAssertEqual(all.commands, ["load b", "unload a"])
         XCTAssertEqual(all.through, log.lastSequence)
@@ -19,19 +19,29 @@ final class SharedCommandLogTests: XCTestCase {
 
     func testAResettingKeyEndingInAStarReplacesEveryKeyItPrefixes() {
         var log = SharedCommandLog()
-        log.remember("register a", key: "shm region a", resets: true, generation: 1)
-        log.remember("load m", key: "model m", resets: false, generation: 1)
-        log.remember("register b", key: "shm region b", resets: true, generation: 1)
-        log.remember("unregister all", key: "shm region *", resets: true, generation: 1)
+        log.remember("register a", key: "shm region a", memory: .instead, generation: 1)
+        log.remember("load m", key: "model m", memory: .after, generation: 1)
+        log.remember("register b", key: "shm region b", memory: .instead, generation: 1)
+        log.remember("unregister all", key: "shm region *", memory: .instead, generation: 1)
         XCTAssertEqual(log.commands(after: 0, generation: 1, atMost: 1 << 20).commands, ["load m", "unregister all"])
-        log.remember("register c", key: "shm region c", resets: true, generation: 1)
+        log.remember("register c", key: "shm region c", memory: .instead, generation: 1)
         XCTAssertEqual(log.commands(after: 0, generation: 1, atMost: 1 << 20).commands, ["load m", "unregister all", "register c"])
+    }
+
+    func testACommandRememberedAsForgettingLeavesNothingOfItsKey() {
+        var log = SharedCommandLog()
+        log.remember("register a", key: "shm region a", memory: .instead, generation: 1)
+        log.remember("register b", key: "shm region b", memory: .instead, generation: 1)
+        log.remember("unregister a", key: "shm region a", memory: .forgetting, generation: 1)
+        XCTAssertEqual(log.commands(after: 0, generation: 1, atMost: 1 << 20).commands, ["register b"])
+        log.remember("unregister all", key: "shm region *", memory: .forgetting, generation: 1)
+        XCTAssertEqual(log.commands(after: 0, generation: 1, atMost: 1 << 20).commands, [])
     }
 
     func testGenerationsAreSeparateAndOldOnesAreForgotten() {
         var log = SharedCommandLog()
-        log.remember("old", key: "a", resets: false, generation: 1)
-        log.remember("new", key: "a", resets: false, generation: 2)
+        log.remember("old", key: "a", memory: .after, generation: 1)
+        log.remember("new", key: "a", memory: .after, generation: 2)
         XCTAssertEqual(log.commands(after: 0, generation: 1, atMost: 100).commands, ["old"])
         XCTAssertEqual(log.commands(after: 0, generation: 2, atMost: 100).commands, ["new"])
         log.forget(before: 2)
@@ -41,7 +51,7 @@ final class SharedCommandLogTests: XCTestCase {
 
     func testAnAnswerHoldsWhatFitsButAlwaysOneCommand() {
         var log = SharedCommandLog()
-        for name in ["aaaa", "bbbb", "cccc"] { log.remember(name, key: name, resets: false, generation: 1) }
+        for name in ["aaaa", "bbbb", "cccc"] { log.remember(name, key: name, memory: .after, generation: 1) }
         let first = log.commands(after: 0, generation: 1, atMost: 9)
         XCTAssertEqual(first.commands, ["aaaa", "bbbb"])
         let second = log.commands(after: first.through, generation: 1, atMost: 2)
@@ -51,7 +61,7 @@ final class SharedCommandLogTests: XCTestCase {
     func testAKeyKeepsAtMostItsBound() {
         var log = SharedCommandLog()
         for index in 0..<(SharedCommandLog.perKey + 3) {
-            log.remember("load \(index)", key: "a", resets: false, generation: 1)
+            log.remember("load \(index)", key: "a", memory: .after, generation: 1)
         }
         let kept = log.commands(after: 0, generation: 1, atMost: 1 << 20).commands
         XCTAssertEqual(kept.count, SharedCommandLog.perKey)

@@ -117,18 +117,18 @@ final class WorkerSupervisionTests: XCTestCase {
     func testShareSendsTheCommandAndReturnsTheGatheredAnswers() async throws {
         reply.withLockedValue {
             $0 = { message in
-                guard case .share(let id, "key 1", "load x", false, 2000) = message else { return nil }
+                guard case .share(let id, "key 1", "load x", .after, 2000) = message else { return nil }
                 return .gathered(id: id, answers: [GatheredAnswer(worker: 1, pid: 11, body: Array("ok".utf8)),
                                                    GatheredAnswer(worker: 2, pid: 22, body: Array("ok".utf8))])
             }
         }
-        let answers = await supervision.share("load x", key: "key 1", resets: false, timeout: .milliseconds(2000))
+        let answers = await supervision.share("load x", key: "key 1", memory: .after, timeout: .milliseconds(2000))
         XCTAssertEqual(answers.map(\.source), [.worker(1), .worker(2)])
     }
 
     func testAShareTooLongForAControlFrameIsNotSent() async throws {
         let command = String(repeating: "x", count: ProcessSharing.maximumCommandLength + 1)
-        let answers = await supervision.share(command, key: "k", resets: false, timeout: .milliseconds(100))
+        let answers = await supervision.share(command, key: "k", memory: .after, timeout: .milliseconds(100))
         XCTAssertEqual(answers.count, 0)
         // Nothing reached the master (a frame it refused would have closed the channel).
         try await Task.sleep(nanoseconds: 100_000_000)

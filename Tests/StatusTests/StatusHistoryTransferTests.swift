@@ -69,7 +69,7 @@ final class SiblingSupervision: ProcessSupervision {
         return answers
     }
     func workers() async -> [WorkerProcessInfo] { [] }
-    func share(_ command: String, key: String, resets: Bool, timeout: TimeAmount) async -> [ProcessAnswer] { [] }
+    func share(_ command: String, key: String, memory: SharedCommandMemory, timeout: TimeAmount) async -> [ProcessAnswer] { [] }
     func replaySharedCommands() async {}
 }
 

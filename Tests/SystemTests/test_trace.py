@@ -66,7 +66,10 @@ def test_the_settings_are_tritons_and_refused_as_triton_refuses_them(start_kerne
                  lambda: client.update_trace_settings(model_name="nope", settings={"trace_rate": "2"})):
         with pytest.raises(InferenceServerException) as raised:
             call()
-        assert raised.value.status() == "400" and "Request for unknown model : nope" in raised.value.message()
+        assert raised.value.status() == "404" and "Request for unknown model: 'nope' is not found" in raised.value.message()
+    with pytest.raises(InferenceServerException) as raised:
+        client.update_trace_settings(settings={"trace_count": "99999999999"})
+    assert "Unable to parse 'trace_count', value is out of range [ -1, 2147483647 ], got: 99999999999" in raised.value.message()
     assert client.update_trace_settings(settings={"trace_rate": "10"})["trace_rate"] == "10"
     assert client.get_trace_settings(model_name="demo")["trace_rate"] == "10"
     assert client.update_trace_settings(settings={"trace_rate": None})["trace_rate"] == "1000"
@@ -81,6 +84,9 @@ def test_sampled_requests_are_written_every_log_frequency_traces(start_kernel, t
     settings = client.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"], "trace_rate": "1", "log_frequency": "2"})
     assert settings == {"trace_level": ["TIMESTAMPS"], "trace_rate": "1", "trace_count": "-1", "log_frequency": "2",
                         "trace_file": path, "trace_mode": "triton"}
+    with pytest.raises(InferenceServerException) as raised:
+        client.update_trace_settings(settings={"trace_rate": "0"})
+    assert raised.value.status() == "400" and "Attempting to set invalid trace setting :sample rate must be non-zero" in raised.value.message()
     infer(client, 5)
     client.close()
     kernel.stop()
