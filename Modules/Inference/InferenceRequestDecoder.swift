@@ -114,6 +114,7 @@ struct InferenceRequestDecoder {
             }
         }
         let outputs = try requestedOutputs(outputItems, binaryOutputDefault: binaryOutputDefault)
+        try checkOutputRegions(outputs, rows: model.maxBatchSize > 0 ? inputs.first?.shape.first : nil)
         return DecodedInferenceRequest(id: id, inputs: inputs, outputs: outputs, binaryOutputDefault: binaryOutputDefault,
                                        priority: priority, inputRegions: inputRegions)
     }
@@ -547,6 +548,20 @@ struct InferenceRequestDecoder {
             guard InferenceCodec.store(number, as: input.dataType, into: writer.raw, at: index) else { throw bad("a number") }
         }
         writer.written += 1
+    }
+
+    /// Refuses, before the model runs, an output region smaller than an output whose size the model fixes (every
+    /// dimension known, the batch dimension from the request's rows): Triton's words and status for it, which
+    /// Triton gives once the run has wasted its time. Outputs of free dimensions are checked when written.
+    func checkOutputRegions(_ outputs: [RequestedOutput], rows: Int64?) throws {
+        for output in outputs {
+            guard let region = output.sharedMemory, let spec = model.outputs.first(where: { $0.name == output.name }),
+                  spec.dataType.hasFixedWidth else { continue }
+            var shape = spec.shape
+            if let rows, let first = shape.first, first < 0 { shape[0] = rows }
+            guard shape.allSatisfy({ $0 >= 0 }), let bytes = TensorSize.byteCount(shape, spec.dataType), bytes > region.byteSize else { continue }
+            throw KernelHTTPError(500, "shared memory size specified with the request for output '\(output.name)' (\(region.byteSize) bytes) should be at least \(bytes) bytes to hold the results")
+        }
     }
 
     /// The requested outputs: each a model output, named once. Outputs that would go as JSON must have a JSON form.

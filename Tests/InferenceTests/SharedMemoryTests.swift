@@ -132,13 +132,15 @@ final class SharedMemoryTests: XCTestCase {
         XCTAssertEqual(response.headers["Content-Type"], "application/json")
         XCTAssertEqual(Array(contents(key, count: 48)[24..<40]), output.bytes)
 
-        // A part smaller than the output is Triton's 500; a size that is not the input's is its 400.
-        let small = try decode(#"""
+        // A part smaller than an output the model's dimensions fix is Triton's 500 before the run; one smaller than
+        // what a run gave, when it is written; a size that is not the input's is Triton's 400.
+        XCTAssertEqual(status { _ = try decode(#"""
             {"inputs": [{"name": "x", "datatype": "INT32", "shape": [2, 2],
                          "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 16}}],
              "outputs": [{"name": "y", "parameters": {"shared_memory_region": "out", "shared_memory_byte_size": 15}}]}
-            """#, registry)
-        XCTAssertEqual(status { _ = try InferenceCodec.encodeResponse(model: model, request: small, outputs: [output]) }, 500)
+            """#, registry) }, 500)
+        let larger = Tensor(dataType: .int32, shape: [8, 2], bytes: [UInt8](repeating: 1, count: 64))
+        XCTAssertEqual(status { _ = try InferenceCodec.encodeResponse(model: model, request: request, outputs: [larger]) }, 500)
         XCTAssertEqual(status { _ = try decode(#"""
             {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 2],
                          "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 16}}]}

@@ -251,8 +251,11 @@ def test_tensors_that_do_not_fit_their_regions_are_refused(kernel, client, regio
     tensor.set_shared_memory("r", array.nbytes)
     small = tritonclient_http.InferRequestedOutput("output")
     small.set_shared_memory("r", 8)
+    before = requests.get(url(kernel, "/v2/models/demo/stats")).json()["model_stats"][0]["inference_stats"]["success"]["count"]
     status, message = refused([tensor], [small])
-    assert status == "500" and "shared memory size specified with the request for output 'output' (8 bytes) should be at least" in message, message
+    assert status == "500" and "shared memory size specified with the request for output 'output' (8 bytes) should be at least 80 bytes" in message, message
+    # The output's size is known before the run (its dimensions are the model's): refused before it, not counted.
+    assert requests.get(url(kernel, "/v2/models/demo/stats")).json()["model_stats"][0]["inference_stats"]["success"]["count"] == before
     # Data and a region for one input, a region with classification or binary data for an output.
     both = {"name": "input", "shape": [2, 64], "datatype": "FP32", "data": array.reshape(-1).tolist(),
             "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": array.nbytes}}
