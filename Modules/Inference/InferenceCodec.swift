@@ -23,6 +23,16 @@ public struct RequestedOutput: Sendable, Equatable {
     }
 }
 
+/// One output as a response carries it: in the JSON, after it as binary data, or written into a shared memory
+/// region (named only). A nominal type rather than a tuple, so that its arrays need no type metadata made at run
+/// time on every response.
+struct ResponseOutput {
+    var name: String
+    var tensor: Tensor
+    var binary: Bool
+    var inRegion: Bool
+}
+
 /// An inference request, decoded and checked against the model: inputs are in the model's input order.
 public struct DecodedInferenceRequest: Sendable {
     public var id: String?
@@ -227,7 +237,7 @@ public enum InferenceCodec {
                                       allocator: ByteBufferAllocator = ByteBufferAllocator()) throws -> KernelResponse {
         let limit = min(max(0, limit), TensorSize.bufferLimit)
         // The outputs to write, each once, in the requested order.
-        var parts: [(name: String, tensor: Tensor, binary: Bool, sharedMemory: SharedMemoryTensor?)] = []
+        var parts: [ResponseOutput] = []
         parts.reserveCapacity(min(request.outputs.count, model.outputs.count))
         for wanted in request.outputs {
             guard let position = model.outputs.firstIndex(where: { $0.name == wanted.name }) else {
@@ -245,7 +255,7 @@ public enum InferenceCodec {
             if let region = wanted.sharedMemory {
                 // Written into the region now; the answer names it only.
                 try region.write(tensor, output: wanted.name)
-                parts.append((wanted.name, tensor, false, region))
+                parts.append(ResponseOutput(name: wanted.name, tensor: tensor, binary: false, inRegion: true))
                 continue
             }
             let binary = wanted.binary ?? request.binaryOutputDefault
@@ -259,7 +269,7 @@ public enum InferenceCodec {
             guard binary || tensor.dataType.hasJSONForm else {
                 throw KernelHTTPError(400, "sending \(tensor.dataType.rawValue) data via JSON is not supported. Please use the binary data format for output \(wanted.name)")
             }
-            parts.append((wanted.name, tensor, binary, nil))
+            parts.append(ResponseOutput(name: wanted.name, tensor: tensor, binary: binary, inRegion: false))
         }
         guard let binaryBytes = TensorSize.total(parts.lazy.filter(\.binary).map(\.tensor.byteCount)),
               binaryBytes <= limit else {
@@ -268,11 +278,11 @@ public enum InferenceCodec {
         }
         // The JSON part may use what the binary outputs leave.
         var writer = BoundedJSONWriter(limit: limit - binaryBytes, modelName: model.name,
-                                       hasJSONData: parts.contains(where: { !$0.binary && $0.sharedMemory == nil }))
+                                       hasJSONData: parts.contains(where: { !$0.binary && !$0.inRegion }))
         var estimate = 128 + model.name.utf8.count + model.version.utf8.count + (request.id?.utf8.count ?? 0)
         for part in parts {
             // JSON text: about 12 bytes a number; a string's bytes and quotes.
-            let text = part.binary || part.sharedMemory != nil ? 0 : part.tensor.dataType == .bytes ? part.tensor.byteCount
+            let text = part.binary || part.inRegion ? 0 : part.tensor.dataType == .bytes ? part.tensor.byteCount
                 : (TensorSize.product(part.tensor.elementCount, 12) ?? Int.max)
             estimate = TensorSize.sum(estimate, TensorSize.sum(96 + part.name.utf8.count + 21 * part.tensor.shape.count, text) ?? Int.max) ?? Int.max
         }
@@ -305,7 +315,7 @@ public enum InferenceCodec {
                 writer.json.integer(dimension)
             }
             writer.json.byte(UInt8(ascii: "]"))
-            if part.sharedMemory != nil {
+            if part.inRegion {
                 writer.json.byte(UInt8(ascii: "}"))
             } else if part.binary {
                 try writer.reserve(64)

@@ -151,11 +151,13 @@ public struct InferenceHandler: RequestHandler {
         default:
             break
         }
-        if rest.first == "repository" { return try repositoryRoute(rest.dropFirst(), request: request, context: context) }
-        if rest.first == "systemsharedmemory" || rest.first == "cudasharedmemory" {
-            return try sharedMemoryRoute(rest, request: request, context: context)
+        guard rest.first == "models", rest.count >= 2 else {
+            if rest.first == "repository" { return try repositoryRoute(rest.dropFirst(), request: request, context: context) }
+            if rest.first == "systemsharedmemory" || rest.first == "cudasharedmemory" {
+                return try sharedMemoryRoute(rest, request: request, context: context)
+            }
+            throw KernelHTTPError(404, "not found: \(request.path)")
         }
-        guard rest.first == "models", rest.count >= 2 else { throw KernelHTTPError(404, "not found: \(request.path)") }
         let name = String(rest[rest.startIndex + 1])
         var tail = rest.dropFirst(2)
         var version: String?
