@@ -110,6 +110,22 @@ class Kernel:
     killed = False
 
 
+def child_pids(pid):
+    """The live (not zombie) processes whose parent is `pid`, sorted: a master's worker processes."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(entry))
+    return sorted(found)
+
+
 def with_core_section(text, workdir, pid="kernel.pid"):
     """Adds a `kernel:` section (pid file in the test's directory, info-level log, 2 threads) unless present."""
     text = textwrap.dedent(text)

@@ -9,6 +9,7 @@ import time
 
 import requests
 
+from conftest import child_pids
 from inference_support import DEMO, ensure_models
 from peer_support import closed_port
 
@@ -271,20 +272,6 @@ routing:
 """
 
 
-def worker_pids(master):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and int(fields[1]) == master:
-                found.append(int(entry))
-    return found
-
-
 def test_worker_processes_are_merged_with_the_masters_families(start_kernel):
     """With `processes: 2` the process answering /metrics sums every worker's counters, each worker's own gauges
     keep their `worker` label, and the master adds the worker table and restarts by cause."""
@@ -309,7 +296,7 @@ def test_worker_processes_are_merged_with_the_masters_families(start_kernel):
     assert all(q in samples(text) for q in queues), text
     assert value(text, "kernel_connections_open", listener=f"127.0.0.1:{port}") >= 1
 
-    victim = worker_pids(kernel.pid)[0]
+    victim = child_pids(kernel.pid)[0]
     os.kill(victim, signal.SIGKILL)
     kernel.wait_for_log(f"worker process {victim} exited on signal 9", timeout=10)
     deadline = time.time() + 10

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from conftest import child_pids
 from load_support import WrkRun
 from peer_support import HangingBackend
 
@@ -54,22 +55,6 @@ def get(port, path="/", timeout=30):
     return response.status, body.decode()
 
 
-def children(pid):
-    """Pids whose parent is `pid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(entry))
-    return sorted(found)
-
-
 def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -103,7 +88,7 @@ def test_the_master_starts_workers_that_serve_and_the_pid_file_names_it(start_ke
     kernel = start_kernel(hello(tmp_path))
     port = kernel.port()
     assert read_pid(tmp_path / "kernel.pid") == kernel.pid
-    workers = wait_for(lambda: len(children(kernel.pid)) == 2 and children(kernel.pid), what="two workers")
+    workers = wait_for(lambda: len(child_pids(kernel.pid)) == 2 and child_pids(kernel.pid), what="two workers")
     log = kernel.log_text()
     for pid in workers:
         assert f"start worker process {pid} (pool main, worker" in log
@@ -119,18 +104,18 @@ def test_a_killed_worker_is_respawned_and_the_master_says_why(start_kernel, tmp_
     victim = answering_pid(port)
     os.kill(victim, signal.SIGKILL)
     kernel.wait_for_log(f"worker process {victim} exited on signal 9")
-    replacement = wait_for(lambda: [p for p in children(kernel.pid) if p != victim and
+    replacement = wait_for(lambda: [p for p in child_pids(kernel.pid) if p != victim and
                                     f"start worker process {p}" in kernel.log_text().split(f"{victim} exited")[-1]],
                            what="a respawned worker")[0]
     # The new worker serves: requests go on being answered, and it answers some of them.
     wait_for(lambda: answering_pid(port) == replacement, what=f"an answer from the new worker {replacement}")
     assert not alive(victim)
-    assert len(children(kernel.pid)) == 2
+    assert len(child_pids(kernel.pid)) == 2
 
 
 def test_a_worker_exits_when_its_master_dies(start_kernel, tmp_path):
     kernel = start_kernel(hello(tmp_path))
-    workers = wait_for(lambda: len(children(kernel.pid)) == 2 and children(kernel.pid), what="two workers")
+    workers = wait_for(lambda: len(child_pids(kernel.pid)) == 2 and child_pids(kernel.pid), what="two workers")
     kernel.killed = True
     os.kill(kernel.pid, signal.SIGKILL)
     kernel.wait_exit()
@@ -168,7 +153,7 @@ def test_quit_lets_a_request_in_flight_finish_and_removes_the_pid_file(start_ker
     client = threading.Thread(target=slow_request)
     client.start()
     assert reached.wait(timeout=10), "the request did not reach the upstream"
-    workers = children(kernel.pid)
+    workers = child_pids(kernel.pid)
     assert kernel.control("quit").returncode == 0
     client.join(timeout=30)
     assert result["answer"] == (200, "late")
@@ -182,7 +167,7 @@ def test_quit_lets_a_request_in_flight_finish_and_removes_the_pid_file(start_ker
 @pytest.mark.parametrize("how", ["-s stop", "SIGINT"])
 def test_stop_ends_master_and_workers(start_kernel, tmp_path, how):
     kernel = start_kernel(hello(tmp_path))
-    workers = wait_for(lambda: len(children(kernel.pid)) == 2 and children(kernel.pid), what="two workers")
+    workers = wait_for(lambda: len(child_pids(kernel.pid)) == 2 and child_pids(kernel.pid), what="two workers")
     if how == "SIGINT":
         os.kill(kernel.pid, signal.SIGINT)
     else:
@@ -214,17 +199,17 @@ def test_reload_under_load_starts_new_workers_and_loses_no_request(start_kernel,
     log = kernel.log_text()
     assert "reload failed" not in log
     assert log.count("drains: configuration reloaded") == 2 * reloads
-    assert len(children(kernel.pid)) >= 2
+    assert len(child_pids(kernel.pid)) >= 2
 
 
 def test_a_reload_with_a_broken_configuration_keeps_the_workers(start_kernel, tmp_path):
     kernel = start_kernel(hello(tmp_path))
     port = kernel.port()
-    workers = wait_for(lambda: len(children(kernel.pid)) == 2 and children(kernel.pid), what="two workers")
+    workers = wait_for(lambda: len(child_pids(kernel.pid)) == 2 and child_pids(kernel.pid), what="two workers")
     kernel.write_config(hello(tmp_path).replace("return: 200", "retrun: 200"))
     assert kernel.control("reload").returncode == 0
     kernel.wait_for_log("reload failed, keeping the running configuration")
-    assert children(kernel.pid) == workers
+    assert child_pids(kernel.pid) == workers
     assert get(port)[0] == 200
 
 
@@ -257,7 +242,7 @@ def _quietly(function, *args):
 def test_shutdown_delay_keeps_serving_after_sigterm_then_drains(start_kernel, tmp_path):
     kernel = start_kernel(hello(tmp_path, extra="  shutdown_delay: 2s"))
     port = kernel.port()
-    workers = children(kernel.pid)
+    workers = child_pids(kernel.pid)
     assert get(port, "/healthz")[0] == 200
     os.kill(kernel.pid, signal.SIGTERM)
     kernel.wait_for_log("serve for shutdown_delay 2s, then drain")
@@ -306,7 +291,7 @@ def test_binary_upgrade_under_load_loses_no_request(tmp_path, kernel_bin):
     try:
         wait_for(lambda: "kernel started: master process" in log_path.read_text(), timeout=60, what="the kernel to start")
         port = int(re.search(r"listening on http 127\.0\.0\.1:(\d+)", log_path.read_text()).group(1))
-        old_workers = wait_for(lambda: len(children(old.pid)) == 2 and children(old.pid), what="two workers")
+        old_workers = wait_for(lambda: len(child_pids(old.pid)) == 2 and child_pids(old.pid), what="two workers")
         wrk = WrkRun(f"http://127.0.0.1:{port}/", port, connections=8)
         wrk.wait_until_loaded()
         # The file is replaced (a running executable cannot be written over, so a new copy is renamed onto it).
@@ -319,7 +304,7 @@ def test_binary_upgrade_under_load_loses_no_request(tmp_path, kernel_bin):
         new_master = read_pid(pid_file)
         wait_for(lambda: log_path.read_text().count("kernel started: master process") == 2, timeout=60,
                  what="the new master to start")
-        new_workers = wait_for(lambda: len(children(new_master)) == 2 and children(new_master), what="new workers")
+        new_workers = wait_for(lambda: len(child_pids(new_master)) == 2 and child_pids(new_master), what="new workers")
         os.kill(read_pid(f"{pid_file}.oldbin"), signal.SIGQUIT)
         assert old.wait(timeout=30) == 0
         assert not os.path.exists(f"{pid_file}.oldbin")
@@ -424,23 +409,23 @@ def test_a_worker_asking_to_be_replaced_is_replaced_under_load_with_no_failed_re
     wrk = WrkRun(f"http://127.0.0.1:{port}/", port, connections=8)
     wrk.wait_until_loaded()
     for round in range(3):
-        old = children(kernel.pid)[0]
+        old = child_pids(kernel.pid)[0]
         os.kill(old, signal.SIGHUP)
         kernel.wait_for_log(f"worker process {old} asks to be replaced (SIGHUP to worker process {old})")
         text = kernel.wait_for_log(f"worker process {old} exited with code 0", timeout=30)
         new = int(re.search(rf"worker process {old} drains: replaced by worker process (\d+)", text).group(1))
-        assert alive(new) and new in children(kernel.pid)
+        assert alive(new) and new in child_pids(kernel.pid)
         wait_for(lambda: answering_pid(port) == new, what=f"an answer from the replacement {new}")
     requests, output = wrk.finish()
     assert requests > 0, output
     assert "Non-2xx" not in output, output
     assert "Socket errors" not in output, output
-    assert len(children(kernel.pid)) == 2
+    assert len(child_pids(kernel.pid)) == 2
 
 
 def test_reopen_is_passed_on_to_the_workers(start_kernel, tmp_path):
     kernel = start_kernel(hello(tmp_path))
-    workers = wait_for(lambda: len(children(kernel.pid)) == 2 and children(kernel.pid), what="two workers")
+    workers = wait_for(lambda: len(child_pids(kernel.pid)) == 2 and child_pids(kernel.pid), what="two workers")
     assert kernel.control("reopen").returncode == 0
     kernel.wait_for_log("log files reopened; asking the worker processes to reopen theirs")
     for pid in workers:
@@ -472,14 +457,14 @@ def test_a_worker_that_cannot_start_fails_the_masters_start(tmp_path, kernel_bin
 def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones(start_kernel, tmp_path):
     kernel = start_kernel(hello(tmp_path))
     port = kernel.port()
-    workers = wait_for(lambda: len(children(kernel.pid)) == 2 and children(kernel.pid), what="two workers")
+    workers = wait_for(lambda: len(child_pids(kernel.pid)) == 2 and child_pids(kernel.pid), what="two workers")
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     kernel.write_config(hello(tmp_path, text="new").replace("    - locations:", f"    - access_log: {blocker}/a.log\n      locations:"))
     assert kernel.control("reload").returncode == 0
     text = kernel.wait_for_log("reload failed, keeping the running configuration", timeout=30)
     assert re.search(r"reload failed, keeping the running configuration: worker process \d+ exited with code 1 before it served", text)
-    assert children(kernel.pid) == workers
+    assert child_pids(kernel.pid) == workers
     status, body = get(port)
     assert status == 200 and body.startswith("hello "), body
 
@@ -487,11 +472,11 @@ def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones(start_kernel, tm
 def test_a_worker_that_keeps_dying_is_respawned_with_a_back_off(start_kernel, tmp_path):
     kernel = start_kernel(hello(tmp_path, processes=1))
     for deaths in range(1, 4):
-        victim = wait_for(lambda: children(kernel.pid), what="a worker")[0]
+        victim = wait_for(lambda: child_pids(kernel.pid), what="a worker")[0]
         wait_for(lambda: f"{victim}#0: worker process 1 started" in kernel.log_text(), what="the worker to serve")
         os.kill(victim, signal.SIGKILL)
         kernel.wait_for_log(f"worker process {victim} exited on signal 9")
-        wait_for(lambda: children(kernel.pid) and children(kernel.pid)[0] != victim, timeout=15, what="a respawn")
+        wait_for(lambda: child_pids(kernel.pid) and child_pids(kernel.pid)[0] != victim, timeout=15, what="a respawn")
     log = kernel.log_text()
     assert "worker 1 of pool main exited soon after it started 2 times in a row: respawning in 0.5s" in log
     assert "worker 1 of pool main exited soon after it started 3 times in a row: respawning in 1.0s" in log
@@ -582,7 +567,7 @@ def test_a_reload_changes_the_worker_count_and_the_listeners(start_kernel, tmp_p
     kernel.wait_for_log("configuration reloaded (generation 2)", timeout=30)
     second = int(re.findall(r"listening on http 127\.0\.0\.1:(\d+) \(localhost:0\)", kernel.log_text())[-1])
     assert second != first
-    wait_for(lambda: len(children(kernel.pid)) == 3, what="three workers")
+    wait_for(lambda: len(child_pids(kernel.pid)) == 3, what="three workers")
     for port in (first, second):
         wait_for(lambda: get(port)[1].startswith("again "), what=f"the new workers on {port}")
     # The first listener removed: the master closes it, the old workers drain, nobody accepts there any more.

@@ -16,6 +16,7 @@ import tritonclient.http as tritonclient_http
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
+from conftest import child_pids
 from inference_support import ROOT, ensure_models, models_yaml
 
 ensure_models()
@@ -79,21 +80,6 @@ def regions():
     yield make
     for handle in made:
         shm.destroy_shared_memory_region(handle)
-
-
-def worker_pids(master):
-    """The live child processes of `master`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and int(fields[1]) == master:
-                found.append(int(entry))
-    return found
 
 
 def rows(count):
@@ -325,7 +311,7 @@ def test_a_region_registered_through_one_worker_process_serves_through_every_one
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                         "parameters": {"shared_memory_region": "shared", "shared_memory_byte_size": array.nbytes}}]}
     # A worker started after the registration (here: one killed and started again) replays it.
-    victim = worker_pids(kernel.pid)[0]
+    victim = child_pids(kernel.pid)[0]
     os.kill(victim, signal.SIGKILL)
     kernel.wait_for_log(f"worker process {victim} exited on signal 9", timeout=10)
     kernel.wait_for_log("replayed 1 command(s) shared before it started", timeout=30)
