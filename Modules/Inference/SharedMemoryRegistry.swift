@@ -244,8 +244,6 @@ public struct SharedMemoryTensor: Sendable, Equatable {
     let offset: Int
     let byteSize: Int
 
-    var regionName: String { region.name }
-
     public static func == (a: SharedMemoryTensor, b: SharedMemoryTensor) -> Bool {
         a.region === b.region && a.offset == b.offset && a.byteSize == b.byteSize
     }
